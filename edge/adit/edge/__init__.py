@@ -1,0 +1,1 @@
+"""The self-hosted edge: tunnel listener, public listener, routing, management API."""

@@ -1,0 +1,94 @@
+"""Which connections serve which tunnel: the one interface the request pipeline asks.
+
+Today it answers from this process; later from sibling edge processes or other locations. The
+management API reads it for ``tunnel info``/``list`` and asks it to close connections.
+"""
+
+from __future__ import annotations
+
+import itertools
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Protocol
+
+__all__ = ["ConnectionHandle", "ConnectionRegistry", "LiveConnection"]
+
+
+class ConnectionHandle(Protocol):
+    """The tunnel session behind a registered connection, as the registry needs it."""
+
+    def close(self, reason: str) -> None:
+        """Close the connection (GOAWAY, then the socket); the session removes itself."""
+
+
+@dataclass(eq=False)
+class LiveConnection:
+    """A registered connector connection (cloudflared's API ``connections[]`` entry)."""
+
+    tunnel_id: uuid.UUID
+    account_tag: str
+    connection_id: uuid.UUID
+    client_id: uuid.UUID
+    conn_index: int
+    location: str
+    origin_ip: str
+    opened_at: datetime
+    client_version: str
+    arch: str
+    features: tuple[str, ...]
+    handle: ConnectionHandle = field(repr=False)
+    #: Set when the connector called unregisterConnection: no new requests are routed to it.
+    draining: bool = False
+
+
+class ConnectionRegistry:
+    """Live connections by tunnel; picks one per request, round-robin over the live ones."""
+
+    def __init__(self) -> None:
+        self._by_tunnel: dict[uuid.UUID, list[LiveConnection]] = {}
+        self._turns: dict[uuid.UUID, Iterator[int]] = {}
+
+    def add(self, conn: LiveConnection) -> None:
+        """Record a registered connection."""
+        self._by_tunnel.setdefault(conn.tunnel_id, []).append(conn)
+
+    def remove(self, conn: LiveConnection) -> None:
+        """Forget a connection (closed, or failed)."""
+        conns = self._by_tunnel.get(conn.tunnel_id)
+        if conns is None:
+            return
+        if conn in conns:
+            conns.remove(conn)
+        if not conns:
+            del self._by_tunnel[conn.tunnel_id]
+            self._turns.pop(conn.tunnel_id, None)
+
+    def connections(self, tunnel_id: uuid.UUID) -> list[LiveConnection]:
+        """Every registered connection of a tunnel, draining ones included."""
+        return list(self._by_tunnel.get(tunnel_id, ()))
+
+    def all_connections(self) -> list[LiveConnection]:
+        """Every registered connection of every tunnel."""
+        return [c for conns in self._by_tunnel.values() for c in conns]
+
+    def pick(self, tunnel_id: uuid.UUID) -> LiveConnection | None:
+        """The next live (not draining) connection of a tunnel, or None when there is none."""
+        live = [c for c in self._by_tunnel.get(tunnel_id, ()) if not c.draining]
+        if not live:
+            return None
+        turn = self._turns.setdefault(tunnel_id, itertools.count())
+        return live[next(turn) % len(live)]
+
+    def disconnect(self, tunnel_id: uuid.UUID, client_id: uuid.UUID | None = None) -> int:
+        """Close the tunnel's connections (only one connector's when ``client_id`` is given)."""
+        closing = [
+            c
+            for c in self._by_tunnel.get(tunnel_id, ())
+            if client_id is None or c.client_id == client_id
+        ]
+        for conn in closing:
+            conn.handle.close("connections cleaned up by the tunnel's owner")
+            self.remove(conn)
+        return len(closing)

@@ -1,0 +1,1 @@
+"""The `adit` command line."""

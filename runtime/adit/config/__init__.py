@@ -1,0 +1,1 @@
+"""config.yml: discovery, parsing into msgspec structs, validation, ingress rules."""

@@ -1,0 +1,1 @@
+"""Tunnel credentials files, tunnel tokens and origin certificates (cert.pem)."""

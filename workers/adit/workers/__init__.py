@@ -1,0 +1,1 @@
+"""The connector's worker processes: edge connections and streams to origins."""
