@@ -1,0 +1,174 @@
+"""Typed messages between the supervisor and its workers (msgspec, tagged unions).
+
+Commands flow down (supervisor → worker), events flow up (worker → supervisor). Both are
+encoded with msgpack; every struct is frozen so a received snapshot can be shared safely.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+__all__ = [
+    "Command",
+    "ConnectionLost",
+    "ConnectionRegistered",
+    "ConnectionUnregistered",
+    "Drain",
+    "EdgeTarget",
+    "Event",
+    "Heartbeat",
+    "IngressSnapshot",
+    "RegistrationRefused",
+    "Start",
+    "StatsSnapshot",
+    "WorkerSettings",
+    "decode_command",
+    "decode_event",
+    "encode",
+]
+
+
+class EdgeTarget(msgspec.Struct, frozen=True):
+    """One edge address a connection dials, and the location group it belongs to."""
+
+    host: str
+    port: int
+    location: int = 0
+
+
+class IngressSnapshot(msgspec.Struct, frozen=True):
+    """A versioned ingress config: raw rules (as in config.yml) re-validated by each worker.
+
+    ``rules`` and ``origin_request`` are the plain JSON-compatible forms of ``ingress`` and
+    ``originRequest``; ``cli_url`` etc. describe the single-origin mode when ``rules`` is empty.
+    """
+
+    version: int
+    rules: list[dict[str, object]] = []
+    origin_request: dict[str, object] = {}
+    cli_url: str | None = None
+    cli_hello_world: bool = False
+    cli_unix_socket: str | None = None
+    cli_bastion: bool = False
+    #: The config.yml contents sent to the edge by updateLocalConfiguration (JSON bytes).
+    local_config_json: bytes = b""
+
+
+class WorkerSettings(msgspec.Struct, frozen=True):
+    """Everything a worker needs to serve its share of the HA connections."""
+
+    slot: int
+    connector_id: str  # UUID string, one per supervisor (cloudflared's connector id)
+    account_tag: str
+    tunnel_secret: bytes
+    tunnel_id: str
+    conn_indexes: list[int]
+    edges: list[EdgeTarget]
+    edge_ca_pem: str  # "" = system roots
+    ingress: IngressSnapshot
+    grace_period: float = 30.0
+    retries: int = 5
+    loglevel: str = "info"
+    tags: dict[str, str] = {}
+    features: list[str] = []
+    version: str = ""
+    #: Connector 0 of a locally managed tunnel pushes its config once registered.
+    push_local_config: bool = True
+
+
+class Start(msgspec.Struct, frozen=True, tag=True):
+    """First command to a worker: its settings."""
+
+    settings: WorkerSettings
+
+
+class Drain(msgspec.Struct, frozen=True, tag=True):
+    """Unregister every connection, finish in-flight streams within ``grace`` seconds, exit."""
+
+    grace: float
+
+
+Command = Start | Drain
+
+
+class ConnectionRegistered(msgspec.Struct, frozen=True, tag=True):
+    """The edge accepted ``registerConnection`` for this connection index."""
+
+    slot: int
+    conn_index: int
+    connection_id: str
+    location: str
+    edge: str
+
+
+class RegistrationRefused(msgspec.Struct, frozen=True, tag=True):
+    """The edge refused registration (wrong secret, unknown tunnel, ...)."""
+
+    slot: int
+    conn_index: int
+    cause: str
+    should_retry: bool
+
+
+class ConnectionLost(msgspec.Struct, frozen=True, tag=True):
+    """A connection failed or closed; the worker retries it with backoff."""
+
+    slot: int
+    conn_index: int
+    error: str
+    retry_in: float
+
+
+class ConnectionUnregistered(msgspec.Struct, frozen=True, tag=True):
+    """A connection unregistered during drain."""
+
+    slot: int
+    conn_index: int
+
+
+class StatsSnapshot(msgspec.Struct, frozen=True, tag=True):
+    """Cumulative proxy counters of one worker, pushed periodically."""
+
+    slot: int
+    total_requests: int
+    request_errors: int
+    concurrent_requests: int
+    responses_by_code: dict[str, int]
+
+
+class Heartbeat(msgspec.Struct, frozen=True, tag=True):
+    """Sent from the worker's event loop: proves the loop runs, with its lag."""
+
+    slot: int
+    pid: int
+    loop_lag: float
+    active_streams: int
+
+
+Event = (
+    ConnectionRegistered
+    | RegistrationRefused
+    | ConnectionLost
+    | ConnectionUnregistered
+    | StatsSnapshot
+    | Heartbeat
+)
+
+_command_decoder = msgspec.msgpack.Decoder(Command)
+_event_decoder = msgspec.msgpack.Decoder(Event)
+_encoder = msgspec.msgpack.Encoder()
+
+
+def encode(message: Command | Event) -> bytes:
+    """Encode a command or an event."""
+    return _encoder.encode(message)
+
+
+def decode_command(data: bytes) -> Command:
+    """Decode a command; raises ``msgspec.ValidationError``/``DecodeError`` on bad bytes."""
+    return _command_decoder.decode(data)
+
+
+def decode_event(data: bytes) -> Event:
+    """Decode an event; raises ``msgspec.ValidationError``/``DecodeError`` on bad bytes."""
+    return _event_decoder.decode(data)
