@@ -1,0 +1,188 @@
+"""Header conventions of cloudflared's HTTP/2 transport (PROTOCOL.md §4.2, §4.5, §4.7).
+
+Response headers travel serialised in one HTTP/2 header because HTTP/2 would lower-case and
+filter them; the real HTTP/2 headers on a response are Go artefacts and are ignored. adit's edge
+also serialises *request* headers (``cf-cloudflared-request-headers``) for connectors that
+announce :data:`FEATURE_SERIALIZED_REQUEST_HEADERS`, so an origin sees the eyeball's exact
+header names; the unmodified cloudflared never gets that header.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import enum
+import json
+from collections.abc import Iterable
+
+from adit.protocol.errors import HeaderDecodeError
+
+__all__ = [
+    "CONTROL_STREAM",
+    "FEATURE_SERIALIZED_REQUEST_HEADERS",
+    "HOP_BY_HOP",
+    "PROXY_CONNECTION_UPGRADE",
+    "PROXY_SRC",
+    "REQUEST_HEADERS",
+    "RESPONSE_HEADERS",
+    "RESPONSE_META",
+    "UPDATE_CONFIGURATION",
+    "WEBSOCKET",
+    "RequestType",
+    "ResponseMeta",
+    "classify_request",
+    "decode_serialized_headers",
+    "encode_serialized_headers",
+    "is_hop_by_hop",
+    "strip_hop_by_hop",
+]
+
+PROXY_CONNECTION_UPGRADE = "cf-cloudflared-proxy-connection-upgrade"
+PROXY_SRC = "cf-cloudflared-proxy-src"
+REQUEST_HEADERS = "cf-cloudflared-request-headers"
+RESPONSE_HEADERS = "cf-cloudflared-response-headers"
+RESPONSE_META = "cf-cloudflared-response-meta"
+
+CONTROL_STREAM = "control-stream"
+WEBSOCKET = "websocket"
+UPDATE_CONFIGURATION = "update-configuration"
+
+#: Announced in ClientInfo.features by adit connectors that read REQUEST_HEADERS.
+FEATURE_SERIALIZED_REQUEST_HEADERS = "adit_serialized_request_headers"
+
+#: RFC 9110 §7.6.1 connection-specific fields (plus the legacy ones HTTP/2 forbids).
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "proxy-authenticate",
+        "proxy-authorization",
+    }
+)
+
+# Names never serialised into RESPONSE_HEADERS (connection/header.go).
+_INTERNAL_PREFIXES = (":", "cf-int-", "cf-cloudflared-", "cf-proxy-")
+
+
+class RequestType(enum.Enum):
+    """What an edge-initiated HTTP/2 request asks the connector for (§4.2)."""
+
+    HTTP = "http"
+    WEBSOCKET = "websocket"
+    TCP = "tcp"
+    CONTROL_STREAM = "control-stream"
+    CONFIGURATION = "configuration"
+
+
+def classify_request(headers: Iterable[tuple[str, str]]) -> RequestType:
+    """Classify a request by its special headers, in cloudflared's order of precedence."""
+    upgrade = ""
+    src = ""
+    for name, value in headers:
+        lowered = name.lower()
+        if lowered == PROXY_CONNECTION_UPGRADE:
+            upgrade = value
+        elif lowered == PROXY_SRC:
+            src = value
+    if upgrade == UPDATE_CONFIGURATION:
+        return RequestType.CONFIGURATION
+    if upgrade == WEBSOCKET:
+        return RequestType.WEBSOCKET
+    if src:
+        return RequestType.TCP
+    if upgrade == CONTROL_STREAM:
+        return RequestType.CONTROL_STREAM
+    return RequestType.HTTP
+
+
+def _b64(data: str) -> str:
+    return base64.b64encode(data.encode("utf-8", "surrogateescape")).decode("ascii").rstrip("=")
+
+
+def _unb64(data: str) -> str:
+    padded = data + "=" * (-len(data) % 4)
+    try:
+        raw = base64.b64decode(padded, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise HeaderDecodeError(f"bad base64 in serialised headers: {data[:32]!r}") from exc
+    return raw.decode("utf-8", "surrogateescape")
+
+
+def encode_serialized_headers(headers: Iterable[tuple[str, str]]) -> str:
+    """``b64(name):b64(value)`` pairs joined by ``;`` (unpadded standard base64).
+
+    Internal names (``:…``, ``cf-int-…``, ``cf-cloudflared-…``, ``cf-proxy-…``) are left out,
+    exactly as cloudflared does; repeated names stay repeated and in order.
+    """
+    return ";".join(
+        f"{_b64(name)}:{_b64(value)}"
+        for name, value in headers
+        if not name.lower().startswith(_INTERNAL_PREFIXES)
+    )
+
+
+def decode_serialized_headers(value: str) -> list[tuple[str, str]]:
+    """Inverse of :func:`encode_serialized_headers`; tolerates padding and empty input."""
+    out: list[tuple[str, str]] = []
+    for pair in value.split(";"):
+        if not pair:
+            continue
+        name, sep, val = pair.partition(":")
+        if not sep:
+            raise HeaderDecodeError(f"serialised header without ':': {pair[:32]!r}")
+        out.append((_unb64(name), _unb64(val)))
+    return out
+
+
+def is_hop_by_hop(name: str) -> bool:
+    """True for a connection-specific header name (case-insensitive)."""
+    return name.lower() in HOP_BY_HOP
+
+
+def strip_hop_by_hop(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Drop hop-by-hop headers and every header the ``Connection`` header names."""
+    headers = list(headers)
+    named = {
+        token.strip().lower()
+        for name, value in headers
+        if name.lower() == "connection"
+        for token in value.split(",")
+    }
+    return [
+        (name, value)
+        for name, value in headers
+        if name.lower() not in HOP_BY_HOP and name.lower() not in named
+    ]
+
+
+class ResponseMeta(enum.Enum):
+    """``cf-cloudflared-response-meta``: did the origin or the connector answer?"""
+
+    ORIGIN = '{"src":"origin"}'
+    CONNECTOR = '{"src":"cloudflared"}'
+    FLOW_RATE_LIMITED = '{"src":"cloudflared","flow_rate_limited":true}'
+
+    @classmethod
+    def parse(cls, value: str | None) -> ResponseMeta:
+        """Parse the header; anything unreadable counts as a connector-side answer."""
+        if value is None:
+            return cls.CONNECTOR
+        for member in cls:
+            if member.value == value:
+                return member
+        try:
+            data = json.loads(value)
+        except ValueError:
+            return cls.CONNECTOR
+        if not isinstance(data, dict):
+            return cls.CONNECTOR
+        if data.get("src") == "origin":
+            return cls.ORIGIN
+        if data.get("flow_rate_limited"):
+            return cls.FLOW_RATE_LIMITED
+        return cls.CONNECTOR

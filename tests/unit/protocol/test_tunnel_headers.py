@@ -1,0 +1,121 @@
+"""Serialised header codec, request classification and response meta (PROTOCOL.md §4)."""
+
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from adit.protocol.errors import HeaderDecodeError
+from adit.protocol.headers import (
+    RequestType,
+    ResponseMeta,
+    classify_request,
+    decode_serialized_headers,
+    encode_serialized_headers,
+    strip_hop_by_hop,
+)
+
+# From vectors/http2/headers.txt, stream 3: cloudflared's own encoding.
+VECTOR = (
+    "Q29udGVudC1MZW5ndGg:Mw;Q29udGVudC1UeXBl:dGV4dC9wbGFpbg;WC1PcmlnaW4:c3Bpa2U;"
+    "U2V0LUNvb2tpZQ:YT0x;U2V0LUNvb2tpZQ:Yj0y"
+)
+VECTOR_DECODED = [
+    ("Content-Length", "3"),
+    ("Content-Type", "text/plain"),
+    ("X-Origin", "spike"),
+    ("Set-Cookie", "a=1"),
+    ("Set-Cookie", "b=2"),
+]
+
+
+def test_cloudflared_vector_decodes_and_re_encodes_byte_for_byte() -> None:
+    assert decode_serialized_headers(VECTOR) == VECTOR_DECODED
+    assert encode_serialized_headers(VECTOR_DECODED) == VECTOR
+
+
+def test_websocket_vector() -> None:
+    value = (
+        "VXBncmFkZQ:d2Vic29ja2V0;Q29ubmVjdGlvbg:VXBncmFkZQ;"
+        "U2VjLVdlYnNvY2tldC1BY2NlcHQ:czNwUExNQmlUeGFROWtZR3p6aFpSYksreE9vPQ"
+    )
+    assert decode_serialized_headers(value)[2] == (
+        "Sec-Websocket-Accept",
+        "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=",
+    )
+
+
+def test_internal_headers_are_never_serialised() -> None:
+    encoded = encode_serialized_headers(
+        [(":status", "200"), ("Cf-Int-X", "1"), ("cf-cloudflared-x", "1"), ("CF-Proxy-Y", "1")]
+    )
+    assert encoded == ""
+
+
+header_names = st.text(
+    alphabet=st.characters(min_codepoint=33, max_codepoint=126, exclude_characters=":"),
+    min_size=1,
+    max_size=20,
+).filter(lambda n: not n.lower().startswith(("cf-int-", "cf-cloudflared-", "cf-proxy-")))
+
+
+@given(st.lists(st.tuples(header_names, st.text(max_size=50)), max_size=20))
+def test_round_trip(headers: list[tuple[str, str]]) -> None:
+    assert decode_serialized_headers(encode_serialized_headers(headers)) == headers
+
+
+@given(st.text(max_size=200))
+def test_garbage_raises_only_header_decode_error(value: str) -> None:
+    with contextlib.suppress(HeaderDecodeError):
+        decode_serialized_headers(value)
+
+
+def test_padding_is_tolerated() -> None:
+    assert decode_serialized_headers("QQ==:Qg==") == [("A", "B")]
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        ([], RequestType.HTTP),
+        ([("cf-cloudflared-proxy-connection-upgrade", "websocket")], RequestType.WEBSOCKET),
+        (
+            [("cf-cloudflared-proxy-connection-upgrade", "control-stream")],
+            RequestType.CONTROL_STREAM,
+        ),
+        (
+            [("cf-cloudflared-proxy-connection-upgrade", "update-configuration")],
+            RequestType.CONFIGURATION,
+        ),
+        ([("cf-cloudflared-proxy-src", "x")], RequestType.TCP),
+        (
+            [
+                ("cf-cloudflared-proxy-src", "x"),
+                ("cf-cloudflared-proxy-connection-upgrade", "control-stream"),
+            ],
+            RequestType.TCP,
+        ),
+        ([("cf-cloudflared-proxy-connection-upgrade", "WebSocket")], RequestType.HTTP),
+    ],
+)
+def test_classification_follows_cloudflared_precedence(
+    headers: list[tuple[str, str]], expected: RequestType
+) -> None:
+    assert classify_request(headers) is expected
+
+
+def test_response_meta() -> None:
+    assert ResponseMeta.parse('{"src":"origin"}') is ResponseMeta.ORIGIN
+    assert ResponseMeta.parse('{"src": "origin"}') is ResponseMeta.ORIGIN
+    assert ResponseMeta.parse('{"src":"cloudflared"}') is ResponseMeta.CONNECTOR
+    assert ResponseMeta.parse("garbage") is ResponseMeta.CONNECTOR
+    assert ResponseMeta.parse(None) is ResponseMeta.CONNECTOR
+
+
+def test_strip_hop_by_hop_removes_connection_named_headers() -> None:
+    assert strip_hop_by_hop(
+        [("Connection", "close, X-A"), ("x-a", "1"), ("TE", "trailers"), ("B", "2")]
+    ) == [("B", "2")]
