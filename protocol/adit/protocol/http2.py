@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 from collections import deque
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import h2.config
@@ -68,6 +69,17 @@ class TunnelSettings:
     max_frame_size: int = 1024 * 1024
     max_header_list_size: int = 1024 * 1024
     max_concurrent_streams: int = CONNECTOR_MAX_CONCURRENT_STREAMS
+
+
+def _text_pairs(
+    headers: Iterable[tuple[bytes | str, bytes | str]],
+) -> Iterator[tuple[str, str]]:
+    # h2 yields str when header_encoding is set; its annotations only promise bytes.
+    for name, value in headers:
+        yield (
+            name if isinstance(name, str) else name.decode("utf-8", "surrogateescape"),
+            value if isinstance(value, str) else value.decode("utf-8", "surrogateescape"),
+        )
 
 
 # --- events ---------------------------------------------------------------------------------
@@ -371,7 +383,7 @@ class ConnectorTunnelConnection(_TunnelHttp2):
         method = path = authority = ""
         regular: list[tuple[str, str]] = []
         serialized: str | None = None
-        for name, value in event.headers:  # str: header_encoding is set
+        for name, value in _text_pairs(event.headers):
             if name == ":method":
                 method = value
             elif name == ":path":
@@ -504,7 +516,7 @@ class EdgeTunnelConnection(_TunnelHttp2):
             status = 0
             meta_value: str | None = None
             serialized = ""
-            for name, value in event.headers:  # str: header_encoding is set
+            for name, value in _text_pairs(event.headers):
                 if name == ":status":
                     status = int(value)
                 elif name == RESPONSE_META:
