@@ -1,0 +1,144 @@
+"""Turning an eyeball request into the HTTP/1.1 request head sent to an origin.
+
+Pure functions: they mirror cloudflared's ``proxy.proxyHTTPRequest`` and
+``ingress.httpService.RoundTrip`` header edits (CLOUDFLARED_FEATURES.md §3) so they can be
+tested without sockets. Header names keep the casing and order the tunnel delivered; the
+headers cloudflared sets itself use Go's canonical casing, since that is what an origin sees
+from cloudflared.
+"""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from adit.config.origin import OriginOptions
+from adit.workers.stream import IncomingRequest, StreamKind
+
+__all__ = [
+    "BodyFraming",
+    "OriginRequestHead",
+    "build_request_head",
+    "canonical_header_name",
+    "tag_headers",
+]
+
+# RFC 9110 §7.6.1 connection-specific fields; "host" and the framing fields are rebuilt here.
+_HOP_BY_HOP = frozenset(
+    {"connection", "keep-alive", "proxy-connection", "te", "transfer-encoding", "upgrade"}
+)
+# Headers the tunnel uses for itself (PROTOCOL.md §4.5, §4.7) that must not reach the origin.
+_TUNNEL_INTERNAL = frozenset({"cf-cloudflared-proxy-connection-upgrade", "cf-trace-id"})
+# Go's Transport probes bodies of these methods before choosing chunked framing.
+_BODYLESS_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "DELETE", "CONNECT"})
+
+
+class BodyFraming(enum.Enum):
+    """How the request body is framed towards the origin."""
+
+    NONE = "none"  # no body (websocket upgrade, or known empty)
+    LENGTH = "length"  # the eyeball's Content-Length is forwarded
+    CHUNKED = "chunked"  # Transfer-Encoding: chunked
+    PROBE = "probe"  # bodyless-looking method, length unknown: peek before choosing
+    BUFFERED = "buffered"  # disableChunkedEncoding without a length: read all, then send length
+
+
+@dataclass(frozen=True, slots=True)
+class OriginRequestHead:
+    """Request line and headers for the origin, plus how the body will be framed.
+
+    ``headers`` exclude any framing header (Content-Length/Transfer-Encoding) unless
+    ``framing`` is LENGTH; the sender adds it once the framing is settled.
+    """
+
+    method: str
+    target: str
+    host: str  # value of the Host header sent
+    headers: tuple[tuple[str, str], ...]
+    framing: BodyFraming
+    content_length: int | None = None
+
+
+def canonical_header_name(name: str) -> str:
+    """Go's ``textproto.CanonicalMIMEHeaderKey``: ``cf-warp-tag-id`` -> ``Cf-Warp-Tag-Id``."""
+    if not name.isascii() or " " in name:
+        return name
+    return "-".join(part[:1].upper() + part[1:].lower() for part in name.split("-"))
+
+
+def tag_headers(connector_id: uuid.UUID, tags: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
+    """``Cf-Warp-Tag-Id: <connector id>`` then one ``Cf-Warp-Tag-<K>`` per ``--tag K=V``."""
+    pairs = [("Cf-Warp-Tag-Id", str(connector_id))]
+    pairs.extend(
+        (canonical_header_name(f"Cf-Warp-Tag-{name}"), value) for name, value in tags.items()
+    )
+    return tuple(pairs)
+
+
+def _connection_named(headers: Iterable[tuple[str, str]]) -> frozenset[str]:
+    named: set[str] = set()
+    for name, value in headers:
+        if name.lower() == "connection":
+            named.update(token.strip().lower() for token in value.split(",") if token.strip())
+    return frozenset(named)
+
+
+def _content_length(headers: Iterable[tuple[str, str]]) -> int | None:
+    for name, value in headers:
+        if name.lower() == "content-length":
+            try:
+                length = int(value.strip())
+            except ValueError:
+                return None
+            return length if length >= 0 else None
+    return None
+
+
+def build_request_head(
+    request: IncomingRequest,
+    options: OriginOptions,
+    tags: tuple[tuple[str, str], ...],
+) -> OriginRequestHead:
+    """The origin request for ``request`` under ``options``; ``tags`` from :func:`tag_headers`."""
+    websocket = request.kind is StreamKind.WEBSOCKET
+    public_host = request.authority or request.host
+    host = options.http_host_header or public_host
+    dropped = _HOP_BY_HOP | _TUNNEL_INTERNAL | _connection_named(request.headers)
+    dropped |= {"host", "content-length"}
+    if options.http_host_header:
+        dropped |= {"x-forwarded-host"}
+    if websocket:
+        dropped |= {"sec-websocket-version"}
+
+    headers: list[tuple[str, str]] = [("Host", host)]
+    headers.extend((n, v) for n, v in request.headers if n.lower() not in dropped)
+    headers.extend(tags)
+    if options.http_host_header:
+        headers.append(("X-Forwarded-Host", public_host))
+
+    if websocket:
+        headers.extend(
+            [
+                ("Connection", "Upgrade"),
+                ("Upgrade", "websocket"),
+                ("Sec-Websocket-Version", "13"),
+            ]
+        )
+        return OriginRequestHead(
+            request.method, request.path, host, tuple(headers), BodyFraming.NONE
+        )
+
+    headers.append(("Connection", "keep-alive"))
+    length = _content_length(request.headers)
+    if length is not None:
+        headers.append(("Content-Length", str(length)))
+        framing = BodyFraming.LENGTH
+    elif options.disable_chunked_encoding:
+        framing = BodyFraming.BUFFERED
+    elif request.method.upper() in _BODYLESS_METHODS:
+        framing = BodyFraming.PROBE
+    else:
+        framing = BodyFraming.CHUNKED
+    return OriginRequestHead(request.method, request.path, host, tuple(headers), framing, length)

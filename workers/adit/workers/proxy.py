@@ -1,0 +1,398 @@
+"""Serving one tunnel stream from its matched ingress rule (cloudflared's ``proxy.Proxy``).
+
+:meth:`OriginProxy.serve` never lets an origin or network failure escape: before the
+response head was sent the edge gets ``502`` with ``src: cloudflared``; afterwards the
+stream is reset. Every failure is logged with the rule index, the origin and a hint.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import h11
+
+from adit.config.origin import (
+    HelloWorldService,
+    HttpService,
+    OriginOptions,
+    Rule,
+    StatusService,
+    UnixService,
+)
+from adit.workers.errors import (
+    UNREACHABLE_MESSAGE,
+    OriginError,
+    OriginProtocolError,
+    UnsupportedService,
+)
+from adit.workers.origins.dialer import Dialer, OriginKey
+from adit.workers.origins.helloworld import HelloWorldOrigin
+from adit.workers.origins.http1 import OriginConnection, decode_headers, encode_headers
+from adit.workers.origins.pipe import pipe
+from adit.workers.origins.pool import ConnectionPool
+from adit.workers.origins.request import (
+    BodyFraming,
+    OriginRequestHead,
+    build_request_head,
+    tag_headers,
+)
+from adit.workers.stream import ResponseSource, StreamKind, TunnelStream
+
+__all__ = ["BODY_PROBE_SECONDS", "OriginProxy", "ProxyStats"]
+
+# Go's Transport waits this long for the first byte of a body of unknown length on a
+# GET-like request before it commits to chunked framing (net/http transfer.go).
+BODY_PROBE_SECONDS = 0.2
+
+
+@dataclass(slots=True)
+class ProxyStats:
+    """Counters behind ``cloudflared_tunnel_{total_requests,request_errors,...}``; mutable."""
+
+    total_requests: int = 0
+    request_errors: int = 0
+    concurrent_requests: int = 0
+    responses_by_code: dict[int, int] = field(default_factory=dict)
+
+    def count_response(self, status: int) -> None:
+        """One more response with ``status`` sent to the edge."""
+        self.responses_by_code[status] = self.responses_by_code.get(status, 0) + 1
+
+
+@dataclass(slots=True)
+class _Body:
+    """The request body as it will be sent: a prefix already read, then maybe the stream."""
+
+    framing: BodyFraming
+    prefix: bytes = b""
+    streamed: bool = False  # more body follows from stream.read()
+    pending: asyncio.Future[bytes] | None = None  # a read started while probing
+
+    def discard(self) -> None:
+        """Cancel a probe read nobody will consume."""
+        if self.pending is not None and not self.pending.done():
+            self.pending.cancel()
+
+
+class OriginProxy:
+    """Serves tunnel streams against ingress rules for one worker.
+
+    Holds the worker's keep-alive pool and the lazily started ``hello_world`` origin; call
+    :meth:`aclose` on shutdown.
+    """
+
+    def __init__(
+        self,
+        connector_id: uuid.UUID,
+        tags: Mapping[str, str] | None = None,
+        logger: logging.Logger | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.stats = ProxyStats()
+        self._log = logger or logging.getLogger("adit.workers.proxy")
+        self._tags = tag_headers(connector_id, tags or {})
+        self._pool = ConnectionPool(clock)
+        self._dialer = Dialer()
+        self._hello_world = HelloWorldOrigin(self._log)
+
+    async def aclose(self) -> None:
+        """Close idle origin connections and stop the hello_world origin."""
+        self._pool.close()
+        await self._hello_world.aclose()
+
+    async def serve(self, stream: TunnelStream, rule: Rule) -> None:
+        """Answer ``stream`` from ``rule``'s service; finishes or resets the stream."""
+        self.stats.total_requests += 1
+        self.stats.concurrent_requests += 1
+        try:
+            await self._serve(stream, rule)
+        except OriginError as exc:
+            self._log_failure(stream, rule, exc, exc.hint)
+            await self._abort(stream)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                stream.reset()
+            raise
+        except Exception as exc:
+            # The stream itself failed (the eyeball went away) or a bug: still end cleanly.
+            self._log_failure(stream, rule, exc, "the request ended abruptly")
+            await self._abort(stream)
+        finally:
+            self.stats.concurrent_requests -= 1
+
+    async def _serve(self, stream: TunnelStream, rule: Rule) -> None:
+        service = rule.service
+        if isinstance(service, StatusService):
+            await stream.send_response(
+                service.status, [], source=ResponseSource.ORIGIN, end_stream=True
+            )
+            self.stats.count_response(service.status)
+            return
+        head = build_request_head(stream.request, rule.options, self._tags)
+        if isinstance(service, HttpService):
+            key = _http_key(service, rule.options, head.host)
+        elif isinstance(service, UnixService):
+            key = _unix_key(service, rule.options, head.host)
+        elif isinstance(service, HelloWorldService):
+            host, port = await self._hello_world.address()
+            key = OriginKey(host, port, tls=True, no_tls_verify=True)
+        else:
+            raise UnsupportedService(f"service {service.url} is not supported yet")
+        await self._proxy_http(stream, rule.options, key, head)
+
+    async def _proxy_http(
+        self, stream: TunnelStream, options: OriginOptions, key: OriginKey, head: OriginRequestHead
+    ) -> None:
+        body = await _resolve_body(stream, head.framing)
+        headers = head.headers
+        if body.framing is BodyFraming.CHUNKED:
+            headers = (*headers, ("Transfer-Encoding", "chunked"))
+        elif body.framing is BodyFraming.BUFFERED:
+            headers = (*headers, ("Content-Length", str(len(body.prefix))))
+        request = h11.Request(
+            method=head.method, target=head.target, headers=encode_headers(headers)
+        )
+
+        try:
+            connection = await self._checkout(key, options)
+        except BaseException:
+            body.discard()
+            raise
+        pump: asyncio.Task[None] | None = None
+        pooled = False
+        try:
+            while True:
+                try:
+                    pump, response = await self._exchange(connection, stream, request, body)
+                    break
+                except OriginProtocolError:
+                    # A pooled connection the origin closed meanwhile: retry once on a fresh
+                    # one when nothing was consumed from the stream (Go's Transport does too).
+                    if not connection.reused or connection.response_bytes_seen or body.streamed:
+                        raise
+                    connection.close()
+                    connection = OriginConnection(*await self._dialer.dial(key, options))
+
+            if response.status_code == 101 and stream.request.kind is StreamKind.WEBSOCKET:
+                await stream.send_response(
+                    200, decode_headers(response.headers.raw_items()), source=ResponseSource.ORIGIN
+                )
+                await pipe(stream, connection.reader, connection.writer, connection.trailing_data)
+                await stream.end()
+                return
+
+            await stream.send_response(
+                response.status_code,
+                _response_headers(response),
+                source=ResponseSource.ORIGIN,
+            )
+            self.stats.count_response(response.status_code)
+            async for chunk in connection.body():
+                await stream.write(chunk)
+            await stream.end()
+            if pump is not None and not pump.done():
+                # The origin answered without reading the whole body: the connection is spent.
+                return
+            if pump is not None:
+                pump.result()
+            if connection.reusable:
+                connection.start_next_cycle()
+                self._pool.checkin(
+                    key,
+                    connection,
+                    max_idle=options.keep_alive_connections,
+                    idle_timeout=options.keep_alive_timeout,
+                )
+                pooled = True
+        finally:
+            body.discard()
+            if pump is not None and not pump.done():
+                pump.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await pump
+            if not pooled:
+                connection.close()
+
+    async def _checkout(self, key: OriginKey, options: OriginOptions) -> OriginConnection:
+        connection = self._pool.checkout(key)
+        if connection is not None:
+            return connection
+        return OriginConnection(*await self._dialer.dial(key, options))
+
+    async def _exchange(
+        self,
+        connection: OriginConnection,
+        stream: TunnelStream,
+        request: h11.Request,
+        body: _Body,
+    ) -> tuple[asyncio.Task[None] | None, h11.Response | h11.InformationalResponse]:
+        """Send the request, start the body, and wait for the final response head."""
+        await connection.send(request)
+        pump: asyncio.Task[None] | None = None
+        if body.streamed:
+            pump = asyncio.create_task(_send_body(connection, stream, body))
+        else:
+            if body.prefix:
+                await connection.send(h11.Data(data=body.prefix))
+            await connection.send(h11.EndOfMessage())
+        try:
+            response = await _await_response(connection, pump)
+        except BaseException:
+            if pump is not None:
+                pump.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await pump
+            raise
+        return pump, response
+
+    async def _abort(self, stream: TunnelStream) -> None:
+        self.stats.request_errors += 1
+        try:
+            if stream.response_started:
+                stream.reset()
+            else:
+                await stream.send_response(
+                    502, [], source=ResponseSource.CONNECTOR, end_stream=True
+                )
+        except Exception:
+            # The stream is already gone; resetting is the most we can still try.
+            with contextlib.suppress(Exception):
+                stream.reset()
+
+    def _log_failure(self, stream: TunnelStream, rule: Rule, exc: Exception, hint: str) -> None:
+        if stream.response_started:
+            message = f"Error proxying response from the origin service: {exc}"
+        elif isinstance(exc, OriginError):
+            message = f"{UNREACHABLE_MESSAGE}: {exc}"
+        else:
+            message = f"Incoming request ended abruptly: {exc!r}"
+        request = stream.request
+        self._log.error(
+            'error="%s" connIndex=%d ingressRule=%d originService=%s dest=%s%s hint="%s"',
+            message,
+            request.conn_index,
+            rule.index,
+            rule.service.url,
+            request.authority,
+            request.path,
+            hint,
+            extra={
+                "connIndex": request.conn_index,
+                "ingressRule": rule.index,
+                "originService": rule.service.url,
+                "hint": hint,
+            },
+        )
+
+
+async def _resolve_body(stream: TunnelStream, framing: BodyFraming) -> _Body:
+    """Settle PROBE and BUFFERED framings by reading from the stream as Go would."""
+    if framing is BodyFraming.NONE:
+        return _Body(BodyFraming.NONE)
+    if framing in (BodyFraming.LENGTH, BodyFraming.CHUNKED):
+        return _Body(framing, streamed=True)
+    if framing is BodyFraming.BUFFERED:
+        # disableChunkedEncoding with no Content-Length: WSGI origins cannot take chunked
+        # bodies, so the body must be counted before it is sent.
+        parts = []
+        while data := await stream.read():
+            parts.append(data)
+        return _Body(BodyFraming.BUFFERED, prefix=b"".join(parts))
+    read = asyncio.ensure_future(stream.read())
+    done, _ = await asyncio.wait({read}, timeout=BODY_PROBE_SECONDS)
+    if not done:
+        # Still waiting: commit to chunked; the pending read becomes the first chunk.
+        return _Body(BodyFraming.CHUNKED, streamed=True, pending=read)
+    first = read.result()
+    if not first:
+        return _Body(BodyFraming.NONE)
+    return _Body(BodyFraming.CHUNKED, prefix=first, streamed=True)
+
+
+async def _send_body(connection: OriginConnection, stream: TunnelStream, body: _Body) -> None:
+    if body.prefix:
+        await connection.send(h11.Data(data=body.prefix))
+    if body.pending is not None:
+        first = await body.pending
+        if not first:
+            await connection.send(h11.EndOfMessage())
+            return
+        await connection.send(h11.Data(data=first))
+    while data := await stream.read():
+        await connection.send(h11.Data(data=data))
+    await connection.send(h11.EndOfMessage())
+
+
+async def _await_response(
+    connection: OriginConnection, pump: asyncio.Task[None] | None
+) -> h11.Response | h11.InformationalResponse:
+    """The first non-1xx response head (or a 101), failing early if the body pump fails."""
+    while True:
+        receive = asyncio.ensure_future(connection.receive_response())
+        if pump is not None and not pump.done():
+            await asyncio.wait({receive, pump}, return_when=asyncio.FIRST_COMPLETED)
+            if not receive.done() and pump.done() and pump.exception() is not None:
+                receive.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await receive
+                pump.result()
+        response = await receive
+        if isinstance(response, h11.Response) or response.status_code == 101:
+            return response
+
+
+def _response_headers(response: h11.Response | h11.InformationalResponse) -> list[tuple[str, str]]:
+    # Go's client moves Transfer-Encoding out of the header map; every other field stays.
+    return [
+        (name, value)
+        for name, value in decode_headers(response.headers.raw_items())
+        if name.lower() != "transfer-encoding"
+    ]
+
+
+def _hostname(authority: str) -> str:
+    """``authority`` without its port (``[v6]:443`` -> ``v6``)."""
+    if authority.startswith("["):
+        return authority[1:].split("]", 1)[0]
+    return authority.rsplit(":", 1)[0] if authority.count(":") == 1 else authority
+
+
+def _server_name(options: OriginOptions, host_header: str, default: str) -> str:
+    # cloudflared applies matchSNItoHost per request after httpHostHeader, so it wins.
+    if options.match_sni_to_host:
+        return _hostname(host_header)
+    return options.origin_server_name or default
+
+
+def _http_key(service: HttpService, options: OriginOptions, host_header: str) -> OriginKey:
+    if service.scheme != "https":
+        return OriginKey(service.host, service.port)
+    return OriginKey(
+        service.host,
+        service.port,
+        tls=True,
+        server_name=_server_name(options, host_header, service.host),
+        ca_pool=options.ca_pool,
+        no_tls_verify=options.no_tls_verify,
+    )
+
+
+def _unix_key(service: UnixService, options: OriginOptions, host_header: str) -> OriginKey:
+    if not service.tls:
+        return OriginKey("", 0, unix_path=service.path)
+    return OriginKey(
+        "",
+        0,
+        unix_path=service.path,
+        tls=True,
+        server_name=_server_name(options, host_header, _hostname(host_header)),
+        ca_pool=options.ca_pool,
+        no_tls_verify=options.no_tls_verify,
+    )
