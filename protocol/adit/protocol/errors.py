@@ -6,7 +6,14 @@ A daemon catches :class:`ProtocolError` around each connection and never dies of
 
 from __future__ import annotations
 
-__all__ = ["HeaderDecodeError", "Http2TunnelError", "ProtocolError"]
+__all__ = [
+    "FramingError",
+    "HeaderDecodeError",
+    "Http2TunnelError",
+    "ProtocolError",
+    "ProtocolUsageError",
+    "RpcProtocolError",
+]
 
 
 class ProtocolError(Exception):
@@ -19,3 +26,19 @@ class HeaderDecodeError(ProtocolError):
 
 class Http2TunnelError(ProtocolError):
     """The HTTP/2 layer of a tunnel connection failed (bad frames, bad headers)."""
+
+
+class RpcProtocolError(ProtocolError):
+    """The peer's Cap'n Proto RPC byte stream is malformed or breaks the RPC rules."""
+
+
+class FramingError(RpcProtocolError):
+    """A Cap'n Proto stream-framing header is absurd (too many or too large segments)."""
+
+
+class ProtocolUsageError(Exception):
+    """Our own code used a protocol object in a way its state does not allow.
+
+    Deliberately not a :class:`ProtocolError`: it is a bug on this side, not the peer's fault, and
+    must not be mistaken for (and silently handled as) a misbehaving peer.
+    """
