@@ -1,0 +1,105 @@
+"""Effective setting values: command-line flag > environment variable > config file > default.
+
+cloudflared applies a file key to a flag only when the flag was neither given on the command
+line nor through one of its env vars, and only when the file value is non-empty. Click
+records where each parameter value came from (``ctx.get_parameter_source``), so the rule is
+a few lines here instead of a second flag parser.
+
+Deliberate difference: a boolean ``false`` in the file is applied (cloudflared's altsrc only
+applies ``true``, so ``management-diagnostics: false`` would be ignored there).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+import msgspec
+from click.core import ParameterSource
+
+from adit.config.duration import Duration
+from adit.config.load import LoadedConfig
+from adit.config.model import ConfigFile
+
+__all__ = ["DURATION", "DurationType", "effective_value", "file_value"]
+
+_EXPLICIT = (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT, ParameterSource.PROMPT)
+_KEY_TO_ATTRIBUTE = {f.encode_name: f.name for f in msgspec.structs.fields(ConfigFile)}
+
+
+class DurationType(click.ParamType[Duration, "str | Duration"]):
+    """A click parameter type for Go duration strings (``30s``, ``1m30s``) → :class:`Duration`."""
+
+    name = "duration"
+
+    def convert(
+        self, value: str | Duration, param: click.Parameter | None, ctx: click.Context | None
+    ) -> Duration:
+        if isinstance(value, Duration):
+            return value
+        try:
+            return Duration.parse(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+DURATION = DurationType()
+
+
+def file_value(config: ConfigFile | LoadedConfig | None, key: str) -> Any:
+    """The value of top-level ``key`` (flag spelling, e.g. ``grace-period``) or ``None``.
+
+    Keys that the model does not know are looked up in the loaded file's extra keys.
+    """
+    if config is None:
+        return None
+    loaded = config if isinstance(config, LoadedConfig) else None
+    model = loaded.config if loaded is not None else config
+    assert isinstance(model, ConfigFile)
+    attribute = _KEY_TO_ATTRIBUTE.get(key)
+    if attribute is not None:
+        return getattr(model, attribute)
+    return None if loaded is None else loaded.extra.get(key)
+
+
+def _owner(ctx: click.Context, name: str) -> tuple[click.Context, click.Parameter] | None:
+    """The nearest context (this one or a parent) whose command declares parameter ``name``."""
+    current: click.Context | None = ctx
+    while current is not None:
+        for param in current.command.params:
+            if param.name == name:
+                return current, param
+        current = current.parent
+    return None
+
+
+def _file_key(param: click.Parameter) -> str:
+    """The config key of a flag: its longest ``--long-name`` without the dashes."""
+    longs = [opt for opt in param.opts if opt.startswith("--")]
+    return max(longs, key=len)[2:] if longs else str(param.name).replace("_", "-")
+
+
+def effective_value(
+    ctx: click.Context,
+    name: str,
+    config: ConfigFile | LoadedConfig | None,
+    *,
+    key: str | None = None,
+) -> Any:
+    """The value of parameter ``name`` with flag > env > config file > default precedence.
+
+    ``name`` is the click parameter name (``grace_period``); the file key defaults to the
+    flag's long name (``grace-period``) and can be given as ``key``. The parameter may be
+    declared on ``ctx``'s command or on any parent group. File values are the modelled types
+    (durations as :class:`Duration`); use :data:`DURATION` for duration flags so both agree.
+    """
+    found = _owner(ctx, name)
+    if found is None:
+        return file_value(config, key or name.replace("_", "-"))
+    owner, param = found
+    if owner.get_parameter_source(name) in _EXPLICIT:
+        return owner.params.get(name)
+    value = file_value(config, key or _file_key(param))
+    if value is None or value in ("", []):
+        return owner.params.get(name)
+    return value
