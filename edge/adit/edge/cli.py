@@ -1,0 +1,118 @@
+"""``adit edge``: run the edge, or administer its state (accounts, tokens, CA)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from adit.edge.admin import ADMIN_COMMANDS, DEFAULT_STATE_DIR
+
+
+@click.group("edge", invoke_without_command=True)
+@click.option(
+    "--state-dir",
+    envvar="ADIT_EDGE_STATE_DIR",
+    default=DEFAULT_STATE_DIR,
+    show_default=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where the store and the CA live (created on first start).",
+)
+@click.option(
+    "--tunnel-listen",
+    multiple=True,
+    default=["0.0.0.0:7844"],
+    show_default=True,
+    help="Tunnel listener for connectors (TLS). Repeatable.",
+)
+@click.option(
+    "--http-listen",
+    multiple=True,
+    default=["0.0.0.0:8080"],
+    show_default=True,
+    help="Public HTTP listener. Repeatable.",
+)
+@click.option(
+    "--api-listen",
+    multiple=True,
+    default=["127.0.0.1:7843"],
+    show_default=True,
+    help="Management API listener (HTTPS, token-authenticated). Repeatable.",
+)
+@click.option("--location", default="adit", show_default=True, help="This edge's location name.")
+@click.option(
+    "--advertise",
+    multiple=True,
+    help="host:port connectors should dial (written into credentials). Repeatable.",
+)
+@click.option(
+    "--api-name",
+    "api_names",
+    multiple=True,
+    default=["localhost"],
+    show_default=True,
+    help="DNS name in the API certificate. Repeatable.",
+)
+@click.option(
+    "--ready-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write the bound addresses here (JSON) once listening.",
+)
+@click.option(
+    "--loglevel",
+    default="info",
+    type=click.Choice(["debug", "info", "warn", "error"]),
+    show_default=True,
+)
+@click.pass_context
+def edge(
+    ctx: click.Context,
+    state_dir: Path,
+    tunnel_listen: tuple[str, ...],
+    http_listen: tuple[str, ...],
+    api_listen: tuple[str, ...],
+    location: str,
+    advertise: tuple[str, ...],
+    api_names: tuple[str, ...],
+    ready_file: Path | None,
+    loglevel: str,
+) -> None:
+    """Run the self-hosted edge (or administer it with a subcommand)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from adit.edge.server import EdgeSettings, run_edge
+
+    logging.basicConfig(
+        level=logging.WARNING if loglevel == "warn" else getattr(logging, loglevel.upper()),
+        format="%(asctime)s %(levelname).3s %(name)s %(message)s",
+        stream=sys.stderr,
+    )
+    settings = EdgeSettings(
+        state_dir=state_dir,
+        tunnel_listen=tunnel_listen,
+        http_listen=http_listen,
+        api_listen=api_listen,
+        location=location,
+        advertise=advertise,
+        api_names=api_names,
+        ready_file=ready_file,
+    )
+    import uvloop
+
+    try:
+        code = uvloop.run(run_edge(settings))
+    except KeyboardInterrupt:
+        code = 0
+    sys.exit(code)
+
+
+for _command in ADMIN_COMMANDS:
+    edge.add_command(_command)
+
+
+def main() -> None:
+    """``adit-edge`` console script."""
+    edge(prog_name="adit-edge")

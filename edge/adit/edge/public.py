@@ -1,0 +1,294 @@
+"""The public listener: eyeball HTTP(S) requests, routed by Host to tunnels.
+
+One seam per concern (DESIGN.md §3): parse (h11) → Access policy (none yet) → route
+(hostname → tunnel) → pick a connection (the registry) → forward over the tunnel. Bodies are
+streamed both ways; the socket's and the tunnel's back-pressure meet in the middle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+
+import h11
+
+from adit.edge.http1 import H11Connection, HeadersTooLarge, serve_connection
+from adit.edge.pages import (
+    BAD_REQUEST,
+    HEADERS_TOO_LARGE,
+    ORIGIN_FAILED,
+    STREAM_FAILED,
+    TUNNEL_DOWN,
+    UNKNOWN_HOST,
+    ErrorPage,
+)
+from adit.edge.registry import ConnectionRegistry
+from adit.edge.store import Store
+from adit.edge.tunnel_session import RequestStream, TunnelSession
+from adit.protocol.errors import Http2TunnelError
+from adit.protocol.headers import HOP_BY_HOP, RequestType, ResponseMeta
+from adit.tunnelio import StreamClosedError
+
+log = logging.getLogger("adit.edge.public")
+
+# Headers the edge sets itself; an eyeball's own values must not pass through.
+_EDGE_SET = frozenset({"x-forwarded-for", "x-forwarded-proto", "cf-connecting-ip", "cf-ray"})
+
+
+class PublicListener:
+    """Serves eyeball connections for every routed hostname."""
+
+    def __init__(
+        self, store: Store, registry: ConnectionRegistry, *, location: str, scheme: str
+    ) -> None:
+        self.store = store
+        self.registry = registry
+        self.location = location
+        self.scheme = scheme
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """asyncio.start_server callback."""
+        await serve_connection(reader, writer, self._handle, self._bad_request)
+
+    async def _bad_request(self, conn: H11Connection, exc: Exception) -> None:
+        page = HEADERS_TOO_LARGE if isinstance(exc, HeadersTooLarge) else BAD_REQUEST
+        with contextlib.suppress(Exception):
+            await self._page(conn, page, "-", self._ray(), keep_alive=False)
+
+    def _ray(self) -> str:
+        return f"{secrets.token_hex(8)}-{self.location}"
+
+    async def _page(
+        self, conn: H11Connection, page: ErrorPage, host: str, ray: str, *, keep_alive: bool = True
+    ) -> None:
+        extra: tuple[tuple[str, str], ...] = (("Cf-Ray", ray),)
+        if not keep_alive:
+            extra += (("Connection", "close"),)
+        await conn.respond_simple(
+            page.status,
+            page.render(host, ray),
+            content_type="text/html; charset=utf-8",
+            extra=extra,
+        )
+
+    async def _handle(self, conn: H11Connection, request: h11.Request) -> bool:
+        ray = self._ray()
+        raw_headers = [
+            (n.decode("latin-1"), v.decode("latin-1")) for n, v in request.headers.raw_items()
+        ]
+        authority = next((v for n, v in raw_headers if n.lower() == "host"), "")
+        host = _strip_port(authority).lower()
+        route = self.store.tunnel_for_hostname(host) if host else None
+        if route is None:
+            await self._drain_body(conn)
+            await self._page(conn, UNKNOWN_HOST, host or "-", ray)
+            return True
+        tunnel_id, _account = route
+        live = self.registry.pick(tunnel_id)
+        if live is None:
+            await self._drain_body(conn)
+            await self._page(conn, TUNNEL_DOWN, host, ray)
+            return True
+        session = live.handle
+        assert isinstance(session, TunnelSession)
+
+        websocket = _is_websocket(raw_headers)
+        peer = conn.writer.get_extra_info("peername")
+        client_ip = peer[0] if peer else ""
+        headers = _forwarded_headers(raw_headers, client_ip, self.scheme, ray)
+        has_body = _has_body(raw_headers)
+        method = request.method.decode("ascii")
+        target = request.target.decode("latin-1")
+        try:
+            stream = session.open_request(
+                method,
+                target,
+                authority,
+                headers,
+                request_type=RequestType.WEBSOCKET if websocket else RequestType.HTTP,
+                end_stream=not has_body and not websocket,
+            )
+        except (StreamClosedError, Http2TunnelError) as exc:
+            log.warning("cannot open a stream to tunnel %s: %s", tunnel_id, exc)
+            await self._drain_body(conn)
+            await self._page(conn, STREAM_FAILED, host, ray)
+            return True
+        try:
+            if websocket:
+                await self._forward_websocket(conn, stream, host, ray)
+                return False
+            return await self._forward_http(conn, stream, host, ray, has_body)
+        finally:
+            session.finished(stream)
+
+    async def _forward_http(
+        self, conn: H11Connection, stream: RequestStream, host: str, ray: str, has_body: bool
+    ) -> bool:
+        uploader = asyncio.ensure_future(self._upload(conn, stream)) if has_body else None
+        try:
+            response = await stream.response()
+        except StreamClosedError:
+            if uploader is not None:
+                uploader.cancel()
+            await self._page(conn, STREAM_FAILED, host, ray, keep_alive=False)
+            return False
+        if response.meta is not ResponseMeta.ORIGIN:
+            if uploader is not None:
+                uploader.cancel()
+            stream.channel.reset()
+            await self._page(conn, ORIGIN_FAILED, host, ray, keep_alive=uploader is None)
+            return uploader is None
+        headers = [(n, v) for n, v in response.headers if n.lower() not in HOP_BY_HOP]
+        headers.append(("Cf-Ray", ray))
+        await conn.send(h11.Response(status_code=response.status, headers=headers))
+        try:
+            while True:
+                chunk = await stream.channel.read()
+                if not chunk:
+                    break
+                await conn.send(h11.Data(data=chunk))
+        except StreamClosedError:
+            # The body broke after the status went out: all we can do is cut the connection.
+            if uploader is not None:
+                uploader.cancel()
+            return False
+        await conn.send(h11.EndOfMessage())
+        if uploader is not None:
+            try:
+                await uploader
+            except (StreamClosedError, h11.RemoteProtocolError):
+                return False
+        return True
+
+    async def _upload(self, conn: H11Connection, stream: RequestStream) -> None:
+        """Eyeball request body → tunnel stream."""
+        if conn.h11.they_are_waiting_for_100_continue:
+            await conn.send(h11.InformationalResponse(status_code=100, headers=[]))
+        try:
+            while True:
+                event = await conn.next_event()
+                if isinstance(event, h11.Data):
+                    await stream.channel.write(bytes(event.data))
+                elif isinstance(event, h11.EndOfMessage):
+                    stream.channel.end()
+                    return
+                else:
+                    stream.channel.reset()
+                    return
+        except (h11.RemoteProtocolError, HeadersTooLarge):
+            stream.channel.reset()
+            raise
+
+    async def _drain_body(self, conn: H11Connection) -> None:
+        """Read and discard a request body we answer without forwarding."""
+        while conn.h11.their_state is h11.SEND_BODY:
+            event = await conn.next_event()
+            if isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
+                return
+
+    async def _forward_websocket(
+        self, conn: H11Connection, stream: RequestStream, host: str, ray: str
+    ) -> None:
+        try:
+            response = await stream.response()
+        except StreamClosedError:
+            await self._page(conn, STREAM_FAILED, host, ray, keep_alive=False)
+            return
+        if response.meta is not ResponseMeta.ORIGIN:
+            stream.channel.reset()
+            await self._page(conn, ORIGIN_FAILED, host, ray, keep_alive=False)
+            return
+        if response.status not in (101, 200):
+            # The origin refused the upgrade: pass its answer on as a plain response.
+            headers = [(n, v) for n, v in response.headers if n.lower() not in HOP_BY_HOP]
+            await conn.send(h11.Response(status_code=response.status, headers=headers))
+            with contextlib.suppress(StreamClosedError):
+                while chunk := await stream.channel.read():
+                    await conn.send(h11.Data(data=chunk))
+            await conn.send(h11.EndOfMessage())
+            return
+        headers = [
+            (n, v)
+            for n, v in response.headers
+            if n.lower() not in ("content-length", "transfer-encoding")
+        ]
+        await conn.send(h11.InformationalResponse(status_code=101, headers=headers))
+        leftover, _closed = conn.h11.trailing_data
+        await _pipe_raw(conn, stream, bytes(leftover))
+
+
+async def _pipe_raw(conn: H11Connection, stream: RequestStream, leftover: bytes) -> None:
+    """Bytes both ways after a WebSocket upgrade until either side ends."""
+
+    async def upstream() -> None:
+        if leftover:
+            await stream.channel.write(leftover)
+        while data := await conn.reader.read(256 * 1024):
+            await stream.channel.write(data)
+        stream.channel.end()
+
+    async def downstream() -> None:
+        while data := await stream.channel.read():
+            conn.writer.write(data)
+            await conn.writer.drain()
+
+    up = asyncio.ensure_future(upstream())
+    down = asyncio.ensure_future(downstream())
+    try:
+        done, _ = await asyncio.wait({up, down}, return_when=asyncio.FIRST_COMPLETED)
+        if down in done:
+            up.cancel()
+        else:
+            # The eyeball closed: give the origin's last bytes a moment, then stop.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(down), 5.0)
+            down.cancel()
+    finally:
+        for task in (up, down):
+            task.cancel()
+        for task in (up, down):
+            with contextlib.suppress(BaseException):
+                await task
+        stream.channel.reset()
+
+
+def _strip_port(authority: str) -> str:
+    if authority.startswith("["):
+        return authority[1 : authority.find("]")] if "]" in authority else authority
+    return authority.rsplit(":", 1)[0] if authority.count(":") == 1 else authority
+
+
+def _is_websocket(headers: list[tuple[str, str]]) -> bool:
+    upgrade = any(n.lower() == "upgrade" and v.lower() == "websocket" for n, v in headers)
+    connection = any(n.lower() == "connection" and "upgrade" in v.lower() for n, v in headers)
+    return upgrade and connection
+
+
+def _has_body(headers: list[tuple[str, str]]) -> bool:
+    for name, value in headers:
+        lowered = name.lower()
+        if lowered == "transfer-encoding":
+            return True
+        if lowered == "content-length":
+            return value.strip() not in ("0", "")
+    return False
+
+
+def _forwarded_headers(
+    headers: list[tuple[str, str]], client_ip: str, scheme: str, ray: str
+) -> list[tuple[str, str]]:
+    """The eyeball's headers plus what Cloudflare's edge adds for the origin."""
+    out = [(n, v) for n, v in headers if n.lower() not in _EDGE_SET]
+    prior = [v for n, v in headers if n.lower() == "x-forwarded-for"]
+    chain = ", ".join([*prior, client_ip]) if client_ip else ", ".join(prior)
+    out.extend(
+        [
+            ("Cf-Ray", ray),
+            ("Cf-Connecting-Ip", client_ip),
+            ("X-Forwarded-For", chain),
+            ("X-Forwarded-Proto", scheme),
+        ]
+    )
+    return out

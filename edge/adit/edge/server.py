@@ -1,0 +1,225 @@
+"""The ``adit edge`` process: tunnel listener, public listener, management API.
+
+Signals only enqueue; the main coroutine stops the listeners, says GOAWAY to every connector
+and exits 0 on SIGTERM/SIGINT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import h11
+
+from adit.edge.api import EdgeInfo, ManagementApi
+from adit.edge.ca import EdgeCA
+from adit.edge.http1 import H11Connection, serve_connection
+from adit.edge.public import PublicListener
+from adit.edge.registry import ConnectionRegistry
+from adit.edge.store import Store
+from adit.edge.tunnel_session import EdgeIdentity, TunnelSession
+
+log = logging.getLogger("adit.edge")
+
+#: A TLS handshake that does not finish in this time is dropped (half-open guard).
+TLS_HANDSHAKE_TIMEOUT = 10.0
+MAX_API_BODY = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class EdgeSettings:
+    """How an edge process listens and what it calls itself."""
+
+    state_dir: Path
+    tunnel_listen: tuple[str, ...] = ("0.0.0.0:7844",)
+    http_listen: tuple[str, ...] = ("0.0.0.0:8080",)
+    api_listen: tuple[str, ...] = ("127.0.0.1:7843",)
+    location: str = "adit"
+    #: Addresses connectors are told to dial (default: the tunnel listeners as bound).
+    advertise: tuple[str, ...] = ()
+    api_names: tuple[str, ...] = ("localhost",)
+    ready_file: Path | None = None
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+def split_address(address: str) -> tuple[str, int]:
+    """``host:port`` (``[v6]:port``; empty host = all addresses) → (host, port)."""
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]")
+    return host or "0.0.0.0", int(port)  # noqa: S104 - an edge listens publicly by design
+
+
+def _bound(server: asyncio.Server) -> list[str]:
+    out = []
+    for sock in server.sockets:
+        host, port = sock.getsockname()[:2]
+        out.append(f"[{host}]:{port}" if sock.family == socket.AF_INET6 else f"{host}:{port}")
+    return out
+
+
+class EdgeServer:
+    """Owns the store, the CA, the registry and the listeners of one edge process."""
+
+    def __init__(self, settings: EdgeSettings) -> None:
+        self.settings = settings
+        settings.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.ca = EdgeCA.load_or_create(settings.state_dir)
+        self.store = Store.open_in(settings.state_dir)
+        self.registry = ConnectionRegistry()
+        self.identity = EdgeIdentity(location=settings.location)
+        self.sessions: set[TunnelSession] = set()
+        self.servers: list[asyncio.Server] = []
+        self.addresses: dict[str, list[str]] = {}
+        self.api: ManagementApi | None = None
+
+    async def start(self) -> None:
+        """Bind every listener; then write the ready file."""
+        loop = asyncio.get_running_loop()
+        tunnel_tls = self.ca.tunnel_server_context()
+        tunnel_bound: list[str] = []
+        for address in self.settings.tunnel_listen:
+            host, port = split_address(address)
+            server = await loop.create_server(
+                self._new_session,
+                host,
+                port,
+                ssl=tunnel_tls,
+                ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT,
+                reuse_address=True,
+            )
+            self.servers.append(server)
+            tunnel_bound += _bound(server)
+        self.addresses["tunnel"] = tunnel_bound
+        advertise = self.settings.advertise or tuple(
+            a.replace("0.0.0.0", "127.0.0.1")  # noqa: S104 - rewriting, not binding
+            for a in tunnel_bound
+        )
+        self.api = ManagementApi(
+            self.store, self.registry, EdgeInfo(tunnel_addresses=advertise, ca_pem=self.ca.cert_pem)
+        )
+        public = PublicListener(
+            self.store, self.registry, location=self.settings.location, scheme="http"
+        )
+        self.addresses["http"] = []
+        for address in self.settings.http_listen:
+            host, port = split_address(address)
+            server = await asyncio.start_server(
+                public.serve, host, port, limit=256 * 1024, reuse_address=True
+            )
+            self.servers.append(server)
+            self.addresses["http"] += _bound(server)
+        api_tls = self.ca.api_server_context(self.settings.api_names)
+        self.addresses["api"] = []
+        for address in self.settings.api_listen:
+            host, port = split_address(address)
+            server = await asyncio.start_server(
+                self._serve_api,
+                host,
+                port,
+                ssl=api_tls,
+                ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT,
+                reuse_address=True,
+            )
+            self.servers.append(server)
+            self.addresses["api"] += [f"https://{a}" for a in _bound(server)]
+        for kind, bound in self.addresses.items():
+            for address in bound:
+                log.info("listening: %s %s", kind, address)
+        log.info("edge location %s ready; CA at %s", self.settings.location, self.ca_path)
+        if self.settings.ready_file is not None:
+            self._write_ready_file(self.settings.ready_file, advertise)
+
+    @property
+    def ca_path(self) -> Path:
+        """The CA certificate connectors use as ``--cacert``."""
+        return self.settings.state_dir / "ca.pem"
+
+    def _write_ready_file(self, path: Path, advertise: tuple[str, ...]) -> None:
+        data = {
+            "tunnel": self.addresses["tunnel"],
+            "advertise": list(advertise),
+            "http": self.addresses["http"],
+            "api": self.addresses["api"],
+            "ca": str(self.ca_path),
+            "pid": os.getpid(),
+        }
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data))
+        tmp.replace(path)
+
+    def _new_session(self) -> TunnelSession:
+        session = TunnelSession(
+            self.store, self.registry, self.identity, on_closed=self.sessions.discard
+        )
+        self.sessions.add(session)
+        return session
+
+    async def _serve_api(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await serve_connection(reader, writer, self._api_request, self._api_bad_request)
+
+    async def _api_bad_request(self, conn: H11Connection, exc: Exception) -> None:
+        with contextlib.suppress(Exception):
+            await conn.respond_simple(400, b'{"success":false}', content_type="application/json")
+
+    async def _api_request(self, conn: H11Connection, request: h11.Request) -> bool:
+        assert self.api is not None
+        body = bytearray()
+        while True:
+            event = await conn.next_event()
+            if isinstance(event, h11.Data):
+                body += event.data
+                if len(body) > MAX_API_BODY:
+                    await conn.respond_simple(
+                        413, b'{"success":false}', content_type="application/json"
+                    )
+                    return False
+            else:
+                break
+        status, headers, payload = await self.api.handle(
+            request.method.decode("ascii"),
+            request.target.decode("latin-1"),
+            list(request.headers.raw_items()),
+            bytes(body),
+        )
+        response_headers = [(n, v) for n, v in headers if n.lower() != b"content-length"]
+        response_headers.append((b"Content-Length", str(len(payload)).encode()))
+        await conn.send(h11.Response(status_code=status, headers=response_headers))
+        await conn.send(h11.Data(data=payload))
+        await conn.send(h11.EndOfMessage())
+        return True
+
+    async def stop(self) -> None:
+        """Stop listening and close every tunnel connection."""
+        for server in self.servers:
+            server.close()
+        for session in list(self.sessions):
+            session.close("edge shutting down")
+        for server in self.servers:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(server.wait_closed(), 2.0)
+        self.store.close()
+
+
+async def run_edge(settings: EdgeSettings) -> int:
+    """Run until SIGTERM/SIGINT; returns the exit code."""
+    loop = asyncio.get_running_loop()
+    signals: asyncio.Queue[int] = asyncio.Queue()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, signals.put_nowait, signum)
+    edge = EdgeServer(settings)
+    try:
+        await edge.start()
+    except OSError as exc:
+        log.error("cannot listen: %s", exc)
+        return 1
+    received = await signals.get()
+    log.info("shutting down on %s", signal.Signals(received).name)
+    await edge.stop()
+    return 0

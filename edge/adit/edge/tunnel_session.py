@@ -1,0 +1,321 @@
+"""One connector connection on the tunnel listener: control stream, registration, streams.
+
+The edge is the HTTP/2 client here (PROTOCOL.md §4.1): as soon as TLS is up it opens the
+control stream and serves ``RegistrationServer`` on it. A registered session is recorded in
+the :class:`~adit.edge.registry.ConnectionRegistry`; the public pipeline then opens request
+streams on it with :meth:`TunnelSession.open_request`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import ipaddress
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from adit.edge.registry import ConnectionRegistry, LiveConnection
+from adit.edge.store import Store
+from adit.protocol.errors import ProtocolError
+from adit.protocol.headers import FEATURE_SERIALIZED_REQUEST_HEADERS, RequestType
+from adit.protocol.http2 import (
+    ConnectionTerminated,
+    EdgeTunnelConnection,
+    Event,
+    ResponseReceived,
+    StreamReset,
+)
+from adit.protocol.registration import (
+    ConnectionDetails,
+    ConnectionOptions,
+    RegistrationError,
+    TunnelAuth,
+)
+from adit.protocol.rpc import (
+    RegisterConnectionCalled,
+    RegistrationServerSession,
+    RpcAborted,
+    UnregisterConnectionCalled,
+    UpdateLocalConfigurationCalled,
+)
+from adit.tunnelio import StreamChannel, StreamClosedError, TunnelIO
+
+log = logging.getLogger("adit.edge.tunnel")
+
+#: Without a registration within this time the connection is dropped (slowloris guard).
+REGISTRATION_TIMEOUT = 15.0
+
+
+@dataclass(frozen=True, slots=True)
+class EdgeIdentity:
+    """What this edge process tells connectors about itself."""
+
+    location: str
+
+
+class RequestStream:
+    """An eyeball request in flight on a tunnel connection, seen from the edge."""
+
+    def __init__(self, session: TunnelSession, channel: StreamChannel) -> None:
+        self.session = session
+        self.channel = channel
+        self._response: asyncio.Future[ResponseReceived] = (
+            asyncio.get_running_loop().create_future()
+        )
+
+    async def response(self) -> ResponseReceived:
+        """Wait for the connector's response headers (StreamClosedError if it reset)."""
+        return await self._response
+
+    def _answered(self, event: ResponseReceived) -> None:
+        if not self._response.done():
+            self._response.set_result(event)
+
+    def _failed(self, reason: str) -> None:
+        if not self._response.done():
+            self._response.set_exception(StreamClosedError(reason))
+            # Retrieved here so an abandoned request does not log "never retrieved".
+            self._response.exception()
+
+
+class TunnelSession(TunnelIO[EdgeTunnelConnection]):
+    """The edge side of one tunnel connection."""
+
+    def __init__(
+        self,
+        store: Store,
+        registry: ConnectionRegistry,
+        identity: EdgeIdentity,
+        *,
+        on_closed: Callable[[TunnelSession], None] | None = None,
+    ) -> None:
+        super().__init__(EdgeTunnelConnection())
+        self.store = store
+        self.registry = registry
+        self.identity = identity
+        self.rpc = RegistrationServerSession()
+        self.control: StreamChannel | None = None
+        self.live: LiveConnection | None = None
+        self.serialize_headers = False
+        self.peer = "?"
+        self._requests: dict[int, RequestStream] = {}
+        self._on_closed = on_closed
+        self._timeout: asyncio.TimerHandle | None = None
+        self._control_task: asyncio.Task[None] | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        peer = transport.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
+        control_id = self.conn.open_control_stream()
+        self.control = self.channel(control_id)
+        self.flush()
+        loop = asyncio.get_running_loop()
+        self._timeout = loop.call_later(REGISTRATION_TIMEOUT, self._registration_timed_out)
+        self._control_task = loop.create_task(self._serve_control(self.control))
+
+    def _registration_timed_out(self) -> None:
+        if self.live is None:
+            log.warning("connector %s did not register in time; closing", self.peer)
+            self.close("registration timeout")
+
+    def close(self, reason: str) -> None:
+        """GOAWAY and close (the registry's ConnectionHandle)."""
+        log.info("closing tunnel connection from %s: %s", self.peer, reason)
+        if not self.closed:
+            with contextlib.suppress(Exception):
+                self.conn.close()
+                self.flush()
+        self._unlist()
+        self.close_transport()
+
+    def on_lost(self, exc: Exception | None) -> None:
+        if self._timeout is not None:
+            self._timeout.cancel()
+        for request in self._requests.values():
+            request._failed("the tunnel connection closed")
+        self._requests.clear()
+        if self.live is not None:
+            log.info(
+                "tunnel connection lost tunnelID=%s connIndex=%d connection=%s",
+                self.live.tunnel_id,
+                self.live.conn_index,
+                self.live.connection_id,
+            )
+        self._unlist()
+        if self._on_closed is not None:
+            self._on_closed(self)
+
+    def on_failure(self, reason: str) -> None:
+        log.warning("tunnel connection from %s failed: %s", self.peer, reason)
+
+    def _unlist(self) -> None:
+        if self.live is not None:
+            self.registry.remove(self.live)
+
+    # -- control stream --------------------------------------------------------------------------
+
+    async def _serve_control(self, control: StreamChannel) -> None:
+        try:
+            while True:
+                data = await control.read()
+                if not data:
+                    break
+                for event in self.rpc.receive_data(data):
+                    self._rpc_event(event)
+                out = self.rpc.data_to_send()
+                if out:
+                    await control.write(out)
+        except StreamClosedError:
+            pass
+        except ProtocolError as exc:
+            self.fail(f"control stream: {exc}")
+            return
+        # The control stream ended: cloudflared does this after unregistering. Stop routing
+        # new requests; in-flight streams finish on this connection.
+        if self.live is not None:
+            self.live.draining = True
+
+    def _rpc_event(self, event: object) -> None:
+        if isinstance(event, RegisterConnectionCalled):
+            result = self._register(event.auth, event.tunnel_id, event.conn_index, event.options)
+            self.rpc.answer_register(event.answer_id, result)
+            if isinstance(result, RegistrationError):
+                # cloudflared acts on a refusal only when the connection ends (§4.4).
+                asyncio.get_running_loop().call_later(0.2, self.close, result.cause)
+        elif isinstance(event, UnregisterConnectionCalled):
+            if self.live is not None:
+                self.live.draining = True
+                log.info(
+                    "connector unregistered tunnelID=%s connIndex=%d",
+                    self.live.tunnel_id,
+                    self.live.conn_index,
+                )
+            self.rpc.answer_empty(event.answer_id)
+        elif isinstance(event, UpdateLocalConfigurationCalled):
+            log.debug("local configuration from %s: %d bytes", self.peer, len(event.config))
+            self.rpc.answer_empty(event.answer_id)
+        elif isinstance(event, RpcAborted):
+            log.debug("connector closed its RPC session: %s", event.reason)
+
+    def _register(
+        self, auth: TunnelAuth, tunnel_id: uuid.UUID, conn_index: int, options: ConnectionOptions
+    ) -> ConnectionDetails | RegistrationError:
+        if self.live is not None:
+            return RegistrationError("this connection is already registered", 0, False)
+        if not self.store.verify_tunnel_secret(tunnel_id, auth.account_tag, auth.tunnel_secret):
+            # Deliberately without the word "Unauthorized": cloudflared retries forever on it,
+            # and a wrong secret will not become right by retrying.
+            log.warning(
+                "refused registration for tunnel %s from %s: bad credentials", tunnel_id, self.peer
+            )
+            return RegistrationError(
+                f"tunnel credentials rejected for tunnel {tunnel_id}: unknown tunnel or wrong "
+                "secret (recreate the credentials with `adit tunnel token` or `create`)",
+                0,
+                False,
+            )
+        for other in self.registry.connections(tunnel_id):
+            same = other.client_id == options.client.client_id and other.conn_index == conn_index
+            if same and not other.draining:
+                return RegistrationError("EDUPCONN", 0, True)
+        connection_id = uuid.uuid4()
+        self.live = LiveConnection(
+            tunnel_id=tunnel_id,
+            account_tag=auth.account_tag,
+            connection_id=connection_id,
+            client_id=options.client.client_id,
+            conn_index=conn_index,
+            location=self.identity.location,
+            origin_ip=_origin_ip(options.origin_local_ip, self.peer),
+            opened_at=datetime.datetime.now(datetime.UTC),
+            client_version=options.client.version,
+            arch=options.client.arch,
+            features=options.client.features,
+            handle=self,
+        )
+        self.serialize_headers = FEATURE_SERIALIZED_REQUEST_HEADERS in options.client.features
+        self.registry.add(self.live)
+        if self._timeout is not None:
+            self._timeout.cancel()
+        log.info(
+            "Registered tunnel connection tunnelID=%s connIndex=%d connection=%s client=%s "
+            "version=%s from=%s",
+            tunnel_id,
+            conn_index,
+            connection_id,
+            options.client.client_id,
+            options.client.version,
+            self.peer,
+        )
+        return ConnectionDetails(connection_id, self.identity.location, False)
+
+    # -- request streams --------------------------------------------------------------------
+
+    def open_request(
+        self,
+        method: str,
+        path: str,
+        authority: str,
+        headers: list[tuple[str, str]],
+        *,
+        request_type: RequestType,
+        end_stream: bool,
+    ) -> RequestStream:
+        """Open a stream for an eyeball request."""
+        if self.closed:
+            raise StreamClosedError("tunnel connection is closed")
+        stream_id = self.conn.send_request(
+            method,
+            path,
+            authority,
+            headers,
+            request_type=request_type,
+            serialize_headers=self.serialize_headers,
+            end_stream=end_stream,
+        )
+        channel = self.channel(stream_id)
+        if end_stream:
+            channel.local_ended = True
+        request = RequestStream(self, channel)
+        self._requests[stream_id] = request
+        self.flush()
+        return request
+
+    def finished(self, request: RequestStream) -> None:
+        """The pipeline is done with a request stream."""
+        self._requests.pop(request.channel.stream_id, None)
+        self.forget(request.channel)
+
+    def dispatch(self, event: Event) -> None:
+        super().dispatch(event)
+        if isinstance(event, StreamReset):
+            request = self._requests.get(event.stream_id)
+            if request is not None:
+                request._failed(f"the connector reset the stream (code {event.error_code})")
+
+    def on_event(self, event: Event) -> None:
+        if isinstance(event, ResponseReceived):
+            request = self._requests.get(event.stream_id)
+            if request is not None:
+                request._answered(event)
+            elif self.control is not None and event.stream_id == self.control.stream_id:
+                pass  # the control stream's 200: RPC bytes follow as DATA
+
+    def on_goaway(self, event: ConnectionTerminated) -> None:
+        if self.live is not None:
+            self.live.draining = True
+
+
+def _origin_ip(raw: bytes, peer: str) -> str:
+    if len(raw) in (4, 16):
+        address = ipaddress.ip_address(raw)
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(address)
+    return peer.rsplit(":", 1)[0]

@@ -1,0 +1,249 @@
+"""asyncio adapter for the sans-IO HTTP/2 tunnel transport, shared by the edge and workers.
+
+One :class:`TunnelIO` per TLS connection pumps bytes between the transport and the protocol
+object; each stream's bodies are a :class:`StreamChannel` with back-pressure in both
+directions: ``read`` credits the peer only for what was consumed, ``write`` waits while the
+stream's queue is above :data:`HIGH_WATER` or the socket's buffer is full.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+from typing import Generic, TypeVar
+
+from adit.protocol.errors import ProtocolError
+from adit.protocol.http2 import (
+    ConnectionTerminated,
+    DataReceived,
+    Event,
+    SendBufferDrained,
+    StreamEnded,
+    StreamReset,
+    TunnelHttp2Connection,
+)
+
+__all__ = ["HIGH_WATER", "StreamChannel", "StreamClosedError", "TunnelIO"]
+
+#: Bytes a writer may queue on one stream before it waits for the peer's window.
+HIGH_WATER = 512 * 1024
+
+Conn = TypeVar("Conn", bound=TunnelHttp2Connection)
+
+
+class StreamClosedError(Exception):
+    """The stream was reset, or the tunnel connection went away."""
+
+
+class StreamChannel:
+    """The bodies of one stream as async reads and writes."""
+
+    def __init__(self, io: TunnelIO[TunnelHttp2Connection], stream_id: int) -> None:
+        self.io = io
+        self.stream_id = stream_id
+        self._inbound: deque[tuple[bytes, int]] = deque()
+        self._readable = asyncio.Event()
+        self._writable = asyncio.Event()
+        self._writable.set()
+        self.remote_ended = False
+        self.local_ended = False
+        self.reset_code: int | None = None
+
+    # -- reading -------------------------------------------------------------------------------
+
+    async def read(self) -> bytes:
+        """Next body chunk; ``b""`` once the peer ended the stream."""
+        while not self._inbound:
+            if self.reset_code is not None:
+                raise StreamClosedError(f"stream reset (code {self.reset_code})")
+            if self.remote_ended:
+                return b""
+            self._readable.clear()
+            await self._readable.wait()
+        data, flow_len = self._inbound.popleft()
+        self.io.acknowledge(self.stream_id, flow_len)
+        return data
+
+    # -- writing -------------------------------------------------------------------------------
+
+    async def write(self, data: bytes) -> None:
+        """Queue body bytes, waiting while the peer or the socket cannot take more."""
+        if self.reset_code is not None or self.io.closed:
+            raise StreamClosedError("stream is closed")
+        self.io.conn.send_data(self.stream_id, data)
+        self.io.flush()
+        while self.io.conn.pending(self.stream_id) > HIGH_WATER or self.io.paused:
+            if self.reset_code is not None or self.io.closed:
+                raise StreamClosedError("stream is closed")
+            self._writable.clear()
+            await self._writable.wait()
+
+    def end(self) -> None:
+        """End our side (after what is queued)."""
+        if self.local_ended or self.reset_code is not None or self.io.closed:
+            return
+        self.local_ended = True
+        self.io.conn.end_stream(self.stream_id)
+        self.io.flush()
+        self.io.maybe_forget(self)
+
+    def reset(self) -> None:
+        """Abort the stream in both directions."""
+        if self.reset_code is None:
+            self.reset_code = 8  # CANCEL
+            if not self.io.closed:
+                self.io.conn.reset_stream(self.stream_id)
+                self.io.flush()
+        self._wake()
+        self.io.forget(self)
+
+    # -- fed by TunnelIO -----------------------------------------------------------------------
+
+    def _feed(self, data: bytes, flow_len: int) -> None:
+        self._inbound.append((data, flow_len))
+        self._readable.set()
+
+    def _ended(self) -> None:
+        self.remote_ended = True
+        self._readable.set()
+        self.io.maybe_forget(self)
+
+    def _reset(self, code: int) -> None:
+        self.reset_code = code
+        self._wake()
+
+    def _wake(self) -> None:
+        self._readable.set()
+        self._writable.set()
+
+
+class TunnelIO(asyncio.Protocol, Generic[Conn]):
+    """Pumps one tunnel connection; subclasses handle the role-specific events."""
+
+    def __init__(self, conn: Conn) -> None:
+        self.conn = conn
+        self.transport: asyncio.Transport | None = None
+        self.channels: dict[int, StreamChannel] = {}
+        self.closed = False
+        self.paused = False
+        self.lost = asyncio.get_running_loop().create_future()
+
+    # -- asyncio.Protocol ------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.conn.initiate()
+        self.flush()
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            events = self.conn.receive_data(data)
+        except ProtocolError as exc:
+            self.fail(f"protocol error from peer: {exc}")
+            return
+        for event in events:
+            self.dispatch(event)
+        self.flush()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        for channel in list(self.channels.values()):
+            channel._reset(-1)
+        self.channels.clear()
+        if not self.lost.done():
+            self.lost.set_result(str(exc) if exc else "connection closed")
+        self.on_lost(exc)
+
+    def pause_writing(self) -> None:
+        self.paused = True
+
+    def resume_writing(self) -> None:
+        self.paused = False
+        for channel in list(self.channels.values()):
+            channel._writable.set()
+
+    # -- plumbing --------------------------------------------------------------------------------
+
+    def flush(self) -> None:
+        """Hand whatever the protocol produced to the socket."""
+        data = self.conn.data_to_send()
+        if data and self.transport is not None and not self.closed:
+            self.transport.write(data)
+
+    def acknowledge(self, stream_id: int, flow_len: int) -> None:
+        """Credit consumed bytes back to the peer."""
+        if not self.closed:
+            self.conn.acknowledge(stream_id, flow_len)
+            self.flush()
+
+    def channel(self, stream_id: int) -> StreamChannel:
+        """Create and track the channel of a new stream."""
+        channel = StreamChannel(self, stream_id)  # type: ignore[arg-type]
+        self.channels[stream_id] = channel
+        return channel
+
+    def forget(self, channel: StreamChannel) -> None:
+        """Stop tracking a finished stream."""
+        self.channels.pop(channel.stream_id, None)
+
+    def maybe_forget(self, channel: StreamChannel) -> None:
+        """Forget a stream once both sides ended and its inbound data was consumed."""
+        if channel.local_ended and channel.remote_ended:
+            self.forget(channel)
+
+    def dispatch(self, event: Event) -> None:
+        """Route an event to its channel or to the role hook."""
+        if isinstance(event, DataReceived):
+            channel = self.channels.get(event.stream_id)
+            if channel is None:
+                # Nobody will read it: give the window back at once.
+                self.conn.acknowledge(event.stream_id, event.flow_controlled_length)
+            else:
+                channel._feed(event.data, event.flow_controlled_length)
+        elif isinstance(event, StreamEnded):
+            channel = self.channels.get(event.stream_id)
+            if channel is not None:
+                channel._ended()
+        elif isinstance(event, StreamReset):
+            channel = self.channels.pop(event.stream_id, None)
+            if channel is not None:
+                channel._reset(event.error_code)
+        elif isinstance(event, SendBufferDrained):
+            channel = self.channels.get(event.stream_id)
+            if channel is not None:
+                channel._writable.set()
+        elif isinstance(event, ConnectionTerminated):
+            self.on_goaway(event)
+        else:
+            self.on_event(event)
+
+    def fail(self, reason: str) -> None:
+        """Close the connection because of a protocol failure."""
+        if self.closed:
+            return
+        with contextlib.suppress(Exception):
+            self.conn.close(error_code=1)
+            self.flush()
+        self.close_transport()
+        self.on_failure(reason)
+
+    def close_transport(self) -> None:
+        """Close the socket (after what was written)."""
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+
+    # -- role hooks --------------------------------------------------------------------------
+
+    def on_event(self, event: Event) -> None:
+        """Requests (connector) or responses (edge)."""
+
+    def on_goaway(self, event: ConnectionTerminated) -> None:
+        """The peer sent GOAWAY."""
+
+    def on_lost(self, exc: Exception | None) -> None:
+        """The socket closed."""
+
+    def on_failure(self, reason: str) -> None:
+        """The connection failed (protocol error)."""

@@ -1,0 +1,336 @@
+"""One connection from a worker to the edge: TLS, HTTP/2 server role, registration, streams.
+
+The edge opens the control stream; we answer it and pipeline ``registerConnection`` on the
+bootstrap capability, exactly as cloudflared (PROTOCOL.md §3.4, §4.3). Every other stream is
+an eyeball request handed to the :class:`~adit.workers.proxy.OriginProxy`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import ipaddress
+import json
+import logging
+import uuid
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+
+from adit.config.ingress import Ingress
+from adit.protocol.errors import Http2TunnelError, ProtocolError
+from adit.protocol.headers import RequestType, ResponseMeta
+from adit.protocol.http2 import ConnectorTunnelConnection, Event, RequestReceived
+from adit.protocol.registration import (
+    ConnectionDetails,
+    ConnectionOptions,
+    RegistrationError,
+    RegistrationResult,
+    TunnelAuth,
+)
+from adit.protocol.rpc import (
+    CallFailed,
+    CallReturned,
+    RegistrationClientSession,
+    RegistrationFailed,
+    RegistrationReturned,
+    RpcAborted,
+)
+from adit.tunnelio import StreamChannel, StreamClosedError, TunnelIO
+from adit.workers.proxy import OriginProxy
+from adit.workers.stream import IncomingRequest, ResponseSource, StreamKind
+
+log = logging.getLogger("adit.workers.edge")
+
+#: cloudflared's --rpc-timeout.
+RPC_TIMEOUT = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class Registration:
+    """What a connection registers with."""
+
+    auth: TunnelAuth
+    tunnel_id: uuid.UUID
+    conn_index: int
+    options: ConnectionOptions
+    local_config: bytes = b""
+
+
+class ConnectorStream:
+    """A :class:`~adit.workers.stream.TunnelStream` over one HTTP/2 stream."""
+
+    def __init__(
+        self, connection: EdgeConnection, channel: StreamChannel, request: IncomingRequest
+    ) -> None:
+        self.connection = connection
+        self.channel = channel
+        self.request = request
+        self._started = False
+
+    @property
+    def response_started(self) -> bool:
+        return self._started
+
+    async def read(self) -> bytes:
+        return await self.channel.read()
+
+    async def send_response(
+        self,
+        status: int,
+        headers: list[tuple[str, str]],
+        *,
+        source: ResponseSource = ResponseSource.ORIGIN,
+        end_stream: bool = False,
+    ) -> None:
+        if self.channel.reset_code is not None or self.connection.closed:
+            raise StreamClosedError("stream is closed")
+        meta = ResponseMeta.ORIGIN if source is ResponseSource.ORIGIN else ResponseMeta.CONNECTOR
+        try:
+            self.connection.conn.send_response(
+                self.channel.stream_id, status, headers, meta=meta, end_stream=end_stream
+            )
+        except Http2TunnelError as exc:
+            raise StreamClosedError(str(exc)) from exc
+        self._started = True
+        if end_stream:
+            self.channel.local_ended = True
+            self.connection.maybe_forget(self.channel)
+        self.connection.flush()
+
+    async def write(self, data: bytes) -> None:
+        await self.channel.write(data)
+
+    async def end(self) -> None:
+        self.channel.end()
+
+    def reset(self) -> None:
+        self.channel.reset()
+
+
+class EdgeConnection(TunnelIO[ConnectorTunnelConnection]):
+    """The connector's side of one tunnel connection."""
+
+    def __init__(
+        self,
+        registration: Registration,
+        proxy: OriginProxy,
+        ingress: Callable[[], Ingress],
+    ) -> None:
+        super().__init__(ConnectorTunnelConnection())
+        self.registration = registration
+        self.proxy = proxy
+        self.ingress = ingress
+        self.rpc = RegistrationClientSession()
+        self.control: StreamChannel | None = None
+        loop = asyncio.get_running_loop()
+        self.registered: asyncio.Future[RegistrationResult] = loop.create_future()
+        self.details: ConnectionDetails | None = None
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.background: set[asyncio.Task[None]] = set()
+        self._calls: dict[int, asyncio.Future[bool]] = {}
+        self.failure: str | None = None
+
+    @property
+    def conn_index(self) -> int:
+        """This connection's HA index."""
+        return self.registration.conn_index
+
+    # -- requests ----------------------------------------------------------------------------
+
+    def on_event(self, event: Event) -> None:
+        if not isinstance(event, RequestReceived):
+            return
+        channel = self.channel(event.stream_id)
+        if event.request_type is RequestType.CONTROL_STREAM:
+            self._open_control(channel)
+        elif event.request_type is RequestType.CONFIGURATION:
+            self.spawn(self._refuse_remote_config(channel))
+        elif event.request_type is RequestType.TCP:
+            # Private-network (WARP) routing is not offered by this connector.
+            self.conn.send_response(
+                event.stream_id, 502, [], meta=ResponseMeta.CONNECTOR, end_stream=True
+            )
+            channel.local_ended = True
+        else:
+            kind = (
+                StreamKind.WEBSOCKET
+                if event.request_type is RequestType.WEBSOCKET
+                else (StreamKind.HTTP)
+            )
+            host = _host_of(event.authority)
+            request = IncomingRequest(
+                kind=kind,
+                method=event.method,
+                path=event.path,
+                authority=event.authority,
+                host=host,
+                headers=event.headers,
+                conn_index=self.conn_index,
+            )
+            rule = self.ingress().find_matching_rule(host, event.path.split("?", 1)[0])
+            stream = ConnectorStream(self, channel, request)
+            self.spawn(self.proxy.serve(stream, rule), stream=True)
+
+    def spawn(self, coro: Coroutine[object, object, None], *, stream: bool = False) -> None:
+        """Run ``coro`` tied to this connection; ``stream`` tasks are what a drain waits for."""
+        task = asyncio.ensure_future(coro)
+        tracked = self.tasks if stream else self.background
+        tracked.add(task)
+        task.add_done_callback(tracked.discard)
+
+    async def _refuse_remote_config(self, channel: StreamChannel) -> None:
+        # Locally managed: the config file is the source of truth (cloudflared answers the
+        # same way when it cannot apply a push: HTTP 200 with a non-null err).
+        with contextlib.suppress(StreamClosedError):
+            while await channel.read():
+                pass
+            body = json.dumps(
+                {"lastAppliedVersion": -1, "err": "this connector is locally managed"}
+            ).encode()
+            self.conn.send_response(channel.stream_id, 200, [("Content-Type", "application/json")])
+            await channel.write(body)
+            channel.end()
+
+    # -- control stream / RPC -------------------------------------------------------------------
+
+    def _open_control(self, channel: StreamChannel) -> None:
+        if self.control is not None:
+            channel.reset()
+            return
+        self.control = channel
+        self.conn.send_response(
+            channel.stream_id, 200, [("Content-Type", "application/octet-stream")]
+        )
+        reg = self.registration
+        sockname = self.transport.get_extra_info("sockname") if self.transport else None
+        options = dataclasses.replace(reg.options, origin_local_ip=local_ip_bytes(sockname))
+        self.rpc.register(reg.auth, reg.tunnel_id, reg.conn_index, options)
+        self.spawn(self._serve_control(channel))
+
+    async def _serve_control(self, control: StreamChannel) -> None:
+        try:
+            await self._send_rpc()
+            while data := await control.read():
+                for event in self.rpc.receive_data(data):
+                    self._rpc_event(event)
+                await self._send_rpc()
+        except StreamClosedError:
+            pass
+        except ProtocolError as exc:
+            self.fail(f"control stream: {exc}")
+        if not self.registered.done():
+            self.registered.set_exception(
+                ConnectionError("control stream closed before registration")
+            )
+
+    async def _send_rpc(self) -> None:
+        data = self.rpc.data_to_send()
+        if data and self.control is not None:
+            await self.control.write(data)
+
+    def _rpc_event(self, event: object) -> None:
+        if isinstance(event, RegistrationReturned):
+            if isinstance(event.result, ConnectionDetails):
+                self.details = event.result
+            if not self.registered.done():
+                self.registered.set_result(event.result)
+        elif isinstance(event, RegistrationFailed):
+            if not self.registered.done():
+                self.registered.set_result(RegistrationError(event.reason, 0, True))
+        elif isinstance(event, CallReturned):
+            call = self._calls.pop(event.question_id, None)
+            if call is not None and not call.done():
+                call.set_result(True)
+        elif isinstance(event, CallFailed):
+            call = self._calls.pop(event.question_id, None)
+            if call is not None and not call.done():
+                call.set_result(False)
+        elif isinstance(event, RpcAborted):
+            log.debug("edge aborted the RPC session: %s", event.reason)
+
+    async def _call(self, question_id: int) -> bool:
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._calls[question_id] = future
+        await self._send_rpc()
+        try:
+            return await asyncio.wait_for(future, RPC_TIMEOUT)
+        except TimeoutError:
+            return False
+
+    async def push_local_config(self) -> bool:
+        """``updateLocalConfiguration`` with the config file (conn 0 of a local tunnel)."""
+        if not self.registration.local_config:
+            return True
+        return await self._call(self.rpc.update_local_configuration(self.registration.local_config))
+
+    async def push_local_config_quietly(self) -> None:
+        """Push the local config; a failure is only logged (the tunnel works without it)."""
+        if not await self.push_local_config():
+            log.warning(
+                "connIndex=%d the edge did not take the local configuration", self.conn_index
+            )
+
+    async def unregister(self) -> None:
+        """Tell the edge to stop routing new requests here, then close the RPC session."""
+        if self.details is None or self.closed or self.control is None:
+            return
+        with contextlib.suppress(StreamClosedError):
+            await self._call(self.rpc.unregister())
+            self.rpc.close()
+            await self._send_rpc()
+            self.control.reset()
+
+    async def drain(self, deadline: float) -> None:
+        """Wait for in-flight streams until ``deadline`` (loop time), then close."""
+        loop = asyncio.get_running_loop()
+        while self.tasks and loop.time() < deadline:
+            await asyncio.wait(set(self.tasks), timeout=max(0.0, deadline - loop.time()))
+        for task in [*self.tasks, *self.background]:
+            task.cancel()
+        self.close("connector shutting down")
+
+    def close(self, reason: str) -> None:
+        """GOAWAY and close."""
+        if not self.closed:
+            with contextlib.suppress(Exception):
+                self.conn.close()
+                self.flush()
+        self.close_transport()
+
+    def on_failure(self, reason: str) -> None:
+        self.failure = reason
+        log.warning("connIndex=%d connection failed: %s", self.conn_index, reason)
+
+    def on_lost(self, exc: Exception | None) -> None:
+        if not self.registered.done():
+            self.registered.set_exception(
+                ConnectionError(str(exc) if exc else "the edge closed the connection")
+            )
+        for call in self._calls.values():
+            if not call.done():
+                call.set_result(False)
+
+
+def _host_of(authority: str) -> str:
+    if authority.startswith("["):
+        return authority[1 : authority.find("]")] if "]" in authority else authority
+    return authority.rsplit(":", 1)[0] if authority.count(":") == 1 else authority
+
+
+def local_ip_bytes(sockname: object) -> bytes:
+    """The socket's local IP as the 16-byte (v4-mapped) form cloudflared sends."""
+    if isinstance(sockname, tuple) and sockname:
+        try:
+            address = ipaddress.ip_address(sockname[0])
+        except ValueError:
+            return b""
+        if isinstance(address, ipaddress.IPv4Address):
+            return ipaddress.IPv6Address(f"::ffff:{address}").packed
+        return address.packed
+    return b""
+
+
+def is_refusal(result: RegistrationResult) -> bool:
+    """True when the edge refused the registration."""
+    return isinstance(result, RegistrationError)
