@@ -1,0 +1,187 @@
+"""``RegistrationServer`` params and results <-> the values of :mod:`adit.protocol.registration`.
+
+Interface ``0xf71695ec7fe85497`` (PROTOCOL.md §3.2): ``registerConnection`` @0,
+``unregisterConnection`` @1, ``updateLocalConfiguration`` @2. Builders set fields in schema order;
+pycapnp then copies them into the RPC message depth-first, which is the order go-capnproto2
+allocates them in, so our bytes match cloudflared's.
+
+Decoders reject what cloudflared itself would reject (a UUID that is not 16 bytes) with
+``ValueError``; :func:`adit.protocol.rpc_messages.read_content` turns that into an
+:class:`~adit.protocol.errors.RpcProtocolError`.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from adit.protocol.errors import ProtocolUsageError
+from adit.protocol.registration import (
+    ClientInfo,
+    ConnectionDetails,
+    ConnectionOptions,
+    RegistrationError,
+    RegistrationResult,
+    TunnelAuth,
+)
+from adit.protocol.rpc_messages import struct_module, struct_schema, tunnelrpc
+
+__all__ = [
+    "REGISTER_CONNECTION",
+    "REGISTRATION_SERVER_INTERFACE_ID",
+    "UNREGISTER_CONNECTION",
+    "UPDATE_LOCAL_CONFIGURATION",
+    "RegisterConnectionParams",
+    "build_empty",
+    "build_register_params",
+    "build_register_results",
+    "build_update_local_configuration_params",
+    "decode_register_params",
+    "decode_register_results",
+    "decode_update_local_configuration_params",
+    "register_params_schema",
+    "register_results_schema",
+    "update_local_configuration_params_schema",
+]
+
+REGISTRATION_SERVER_INTERFACE_ID = 0xF71695EC7FE85497
+REGISTER_CONNECTION = 0
+UNREGISTER_CONNECTION = 1
+UPDATE_LOCAL_CONFIGURATION = 2
+
+_SERVER = tunnelrpc.RegistrationServer
+register_params_schema: Any = struct_schema(_SERVER, "registerConnection")
+register_results_schema: Any = struct_schema(_SERVER, "registerConnection", results=True)
+update_local_configuration_params_schema: Any = struct_schema(_SERVER, "updateLocalConfiguration")
+_RegisterParams: Any = struct_module(register_params_schema, "RegisterConnectionParams")
+_RegisterResults: Any = struct_module(register_results_schema, "RegisterConnectionResults")
+_UpdateParams: Any = struct_module(update_local_configuration_params_schema, "UpdateParams")
+_Empty: Any = struct_module(struct_schema(_SERVER, "unregisterConnection"), "Empty")
+
+_UINT8 = range(256)
+
+
+@dataclass(frozen=True, slots=True)
+class RegisterConnectionParams:
+    """The arguments of one ``registerConnection`` call."""
+
+    auth: TunnelAuth
+    tunnel_id: uuid.UUID
+    conn_index: int
+    options: ConnectionOptions
+
+
+def _check_uint8(name: str, value: int) -> None:
+    if value not in _UINT8:
+        raise ProtocolUsageError(f"{name} must fit in a UInt8, got {value}")
+
+
+def build_register_params(params: RegisterConnectionParams) -> Any:
+    """A ``registerConnection`` params struct builder."""
+    options = params.options
+    _check_uint8("conn_index", params.conn_index)
+    _check_uint8("compression_quality", options.compression_quality)
+    _check_uint8("num_previous_attempts", options.num_previous_attempts)
+    builder = _RegisterParams.new_message()
+    auth = builder.init("auth")
+    auth.accountTag = params.auth.account_tag
+    auth.tunnelSecret = params.auth.tunnel_secret
+    builder.tunnelId = params.tunnel_id.bytes
+    builder.connIndex = params.conn_index
+    options_builder = builder.init("options")
+    client = options_builder.init("client")
+    client.clientId = options.client.client_id.bytes
+    features = client.init("features", len(options.client.features))
+    for index, feature in enumerate(options.client.features):
+        features[index] = feature
+    client.version = options.client.version
+    client.arch = options.client.arch
+    options_builder.originLocalIp = options.origin_local_ip
+    options_builder.replaceExisting = options.replace_existing
+    options_builder.compressionQuality = options.compression_quality
+    options_builder.numPreviousAttempts = options.num_previous_attempts
+    return builder
+
+
+def _uuid(data: bytes, what: str) -> uuid.UUID:
+    if len(data) != 16:
+        raise ValueError(f"{what} must be 16 bytes, got {len(data)}")
+    return uuid.UUID(bytes=bytes(data))
+
+
+def decode_register_params(reader: Any) -> RegisterConnectionParams:
+    """Plain values from a ``registerConnection`` params struct reader."""
+    auth = reader.auth
+    options = reader.options
+    client = options.client
+    return RegisterConnectionParams(
+        auth=TunnelAuth(account_tag=str(auth.accountTag), tunnel_secret=bytes(auth.tunnelSecret)),
+        tunnel_id=_uuid(reader.tunnelId, "tunnelId"),
+        conn_index=int(reader.connIndex),
+        options=ConnectionOptions(
+            client=ClientInfo(
+                client_id=_uuid(client.clientId, "clientId"),
+                features=tuple(str(feature) for feature in client.features),
+                version=str(client.version),
+                arch=str(client.arch),
+            ),
+            origin_local_ip=bytes(options.originLocalIp),
+            replace_existing=bool(options.replaceExisting),
+            compression_quality=int(options.compressionQuality),
+            num_previous_attempts=int(options.numPreviousAttempts),
+        ),
+    )
+
+
+def build_register_results(result: RegistrationResult) -> Any:
+    """A ``registerConnection`` results struct builder (a ``ConnectionResponse``)."""
+    builder = _RegisterResults.new_message()
+    response = builder.init("result").result
+    if isinstance(result, ConnectionDetails):
+        details = response.init("connectionDetails")
+        details.uuid = result.uuid.bytes
+        details.locationName = result.location_name
+        details.tunnelIsRemotelyManaged = result.tunnel_is_remotely_managed
+    else:
+        error = response.init("error")
+        error.cause = result.cause
+        error.retryAfter = result.retry_after_ns
+        error.shouldRetry = result.should_retry
+    return builder
+
+
+def decode_register_results(reader: Any) -> RegistrationResult:
+    """A :data:`RegistrationResult` from a ``registerConnection`` results struct reader."""
+    response = reader.result.result
+    kind = response.which()
+    if kind == "connectionDetails":
+        details = response.connectionDetails
+        return ConnectionDetails(
+            uuid=_uuid(details.uuid, "connectionDetails.uuid"),
+            location_name=str(details.locationName),
+            tunnel_is_remotely_managed=bool(details.tunnelIsRemotelyManaged),
+        )
+    if kind == "error":
+        error = response.error
+        return RegistrationError(
+            cause=str(error.cause),
+            retry_after_ns=int(error.retryAfter),
+            should_retry=bool(error.shouldRetry),
+        )
+    raise ValueError(f"ConnectionResponse of unknown kind {kind!r}")
+
+
+def build_update_local_configuration_params(config: bytes) -> Any:
+    """An ``updateLocalConfiguration`` params struct builder."""
+    return _UpdateParams.new_message(config=config)
+
+
+def decode_update_local_configuration_params(reader: Any) -> bytes:
+    """The config JSON bytes of an ``updateLocalConfiguration`` params struct reader."""
+    return bytes(reader.config)
+
+
+def build_empty() -> Any:
+    """An empty struct builder: params of ``unregisterConnection``, results of @1 and @2."""
+    return _Empty.new_message()
