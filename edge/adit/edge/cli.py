@@ -90,6 +90,8 @@ def edge(
         format="%(asctime)s %(levelname).3s %(name)s %(message)s",
         stream=sys.stderr,
     )
+    for noisy in ("hpack", "h2"):  # frame-level debug output would drown the edge's own
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     settings = EdgeSettings(
         state_dir=state_dir,
         tunnel_listen=tunnel_listen,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from http import HTTPStatus
 from collections.abc import Awaitable, Callable
 
 import h11
@@ -67,7 +68,9 @@ class H11Connection:
             ("Content-Length", str(len(body))),
             *extra,
         ]
-        await self.send(h11.Response(status_code=status, headers=headers))
+        await self.send(
+            h11.Response(status_code=status, headers=headers, reason=HTTPStatus(status).phrase)
+        )
         await self.send(h11.Data(data=body))
         await self.send(h11.EndOfMessage())
 

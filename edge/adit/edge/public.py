@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
+from http import HTTPStatus
 
 import h11
 
@@ -142,7 +143,11 @@ class PublicListener:
             return uploader is None
         headers = [(n, v) for n, v in response.headers if n.lower() not in HOP_BY_HOP]
         headers.append(("Cf-Ray", ray))
-        await conn.send(h11.Response(status_code=response.status, headers=headers))
+        await conn.send(
+            h11.Response(
+                status_code=response.status, headers=headers, reason=_reason(response.status)
+            )
+        )
         try:
             while True:
                 chunk = await stream.channel.read()
@@ -203,7 +208,11 @@ class PublicListener:
         if response.status not in (101, 200):
             # The origin refused the upgrade: pass its answer on as a plain response.
             headers = [(n, v) for n, v in response.headers if n.lower() not in HOP_BY_HOP]
-            await conn.send(h11.Response(status_code=response.status, headers=headers))
+            await conn.send(
+                h11.Response(
+                    status_code=response.status, headers=headers, reason=_reason(response.status)
+                )
+            )
             with contextlib.suppress(StreamClosedError):
                 while chunk := await stream.channel.read():
                     await conn.send(h11.Data(data=chunk))
@@ -252,6 +261,13 @@ async def _pipe_raw(conn: H11Connection, stream: RequestStream, leftover: bytes)
             with contextlib.suppress(BaseException):
                 await task
         stream.channel.reset()
+
+
+def _reason(status: int) -> bytes:
+    try:
+        return HTTPStatus(status).phrase.encode("ascii")
+    except ValueError:
+        return b""
 
 
 def _strip_port(authority: str) -> str:
