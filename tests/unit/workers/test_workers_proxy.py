@@ -565,6 +565,49 @@ async def test_origin_closing_idle_connection_is_retried_transparently() -> None
 
 
 @asynctest
+async def test_stale_pooled_connection_is_retried_on_a_fresh_one() -> None:
+    per_connection: dict[int, int] = {}
+
+    async def handler(seen: Seen, reply: Reply) -> None:
+        task = id(asyncio.current_task())
+        per_connection[task] = per_connection.get(task, 0) + 1
+        if per_connection[task] == 2:
+            raise OSError("origin dropped a kept-alive connection as the request arrived")
+        await reply.simple(200, [], b"fine")
+
+    async with running(Origin(handler)) as origin, proxy_for_test() as proxy:
+        await proxy.serve(FakeTunnelStream(incoming(), body=[]), http_rule(origin.port))
+        stream = FakeTunnelStream(incoming(), body=[])
+        await proxy.serve(stream, http_rule(origin.port))
+    assert (stream.status, stream.body) == (200, b"fine")
+    assert origin.connections == 2
+    assert len(origin.requests) == 3
+    assert proxy.stats.request_errors == 0
+
+
+@asynctest
+async def test_early_response_without_reading_body_is_forwarded() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 3\r\n\r\nbig")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handler, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server, proxy_for_test() as proxy:
+        stream = FakeTunnelStream(incoming("/up", "POST"))
+        task = asyncio.create_task(proxy.serve(stream, http_rule(port)))
+        stream.feed(b"x" * 1000)
+        await stream.finished.wait()
+        stream.feed(b"y" * 1000)
+        stream.feed_eof()
+        await task
+    assert (stream.status, stream.body) == (413, b"big")
+    assert stream.ended and not stream.was_reset
+
+
+@asynctest
 async def test_connection_close_response_is_not_pooled() -> None:
     async def handler(seen: Seen, reply: Reply) -> None:
         await reply.simple(200, [("Connection", "close")], b"bye")

@@ -197,11 +197,10 @@ class OriginProxy:
             async for chunk in connection.body():
                 await stream.write(chunk)
             await stream.end()
-            if pump is not None and not pump.done():
-                # The origin answered without reading the whole body: the connection is spent.
+            if pump is not None and (not pump.done() or pump.exception() is not None):
+                # The origin answered without taking the whole body (an early 413, say): the
+                # response stands, but the connection is spent.
                 return
-            if pump is not None:
-                pump.result()
             if connection.reusable:
                 connection.start_next_cycle()
                 self._pool.checkin(

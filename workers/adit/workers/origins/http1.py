@@ -15,7 +15,10 @@ import h11
 from adit.workers.errors import OriginProtocolError
 from adit.workers.origins.dialer import READ_LIMIT
 
-__all__ = ["OriginConnection", "decode_headers", "encode_headers"]
+__all__ = ["MAX_RESPONSE_HEAD", "OriginConnection", "decode_headers", "encode_headers"]
+
+# Go's Transport accepts response heads up to 1 MiB (MaxResponseHeaderBytes default).
+MAX_RESPONSE_HEAD = 1 << 20
 
 
 def encode_headers(headers: tuple[tuple[str, str], ...]) -> list[tuple[bytes, bytes]]:
@@ -41,7 +44,7 @@ class OriginConnection:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader = reader
         self.writer = writer
-        self._h11 = h11.Connection(our_role=h11.CLIENT)
+        self._h11 = h11.Connection(our_role=h11.CLIENT, max_incomplete_event_size=MAX_RESPONSE_HEAD)
         self.requests = 0  # requests started on this connection
         self.response_bytes_seen = False  # any byte of the current response arrived
 

@@ -1,0 +1,125 @@
+"""Pure pieces of the origin side: request heads, WebSocket frames, Go durations."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from adit.config.origin import OriginOptions
+from adit.workers.origins.helloworld import go_duration, parse_go_duration
+from adit.workers.origins.request import (
+    BodyFraming,
+    build_request_head,
+    canonical_header_name,
+    tag_headers,
+)
+from adit.workers.origins.wsecho import FrameReader, Opcode, accept_key, encode_frame
+from adit.workers.stream import IncomingRequest, StreamKind
+
+CONNECTOR = uuid.UUID(int=1)
+
+
+def request(
+    method: str = "GET",
+    headers: tuple[tuple[str, str], ...] = (),
+    kind: StreamKind = StreamKind.HTTP,
+) -> IncomingRequest:
+    return IncomingRequest(kind, method, "/p?q=1", "pub.example.com", "pub.example.com", headers)
+
+
+@pytest.mark.parametrize(
+    ("name", "canonical"),
+    [("cf-warp-tag-id", "Cf-Warp-Tag-Id"), ("X-FOO", "X-Foo"), ("env", "Env")],
+)
+def test_canonical_header_name(name: str, canonical: str) -> None:
+    assert canonical_header_name(name) == canonical
+
+
+def test_tag_headers_put_the_connector_id_first() -> None:
+    assert tag_headers(CONNECTOR, {"region": "eu", "RACK": "7"}) == (
+        ("Cf-Warp-Tag-Id", str(CONNECTOR)),
+        ("Cf-Warp-Tag-Region", "eu"),
+        ("Cf-Warp-Tag-Rack", "7"),
+    )
+
+
+@pytest.mark.parametrize(
+    ("method", "headers", "options", "framing"),
+    [
+        ("GET", (), OriginOptions(), BodyFraming.PROBE),
+        ("POST", (), OriginOptions(), BodyFraming.CHUNKED),
+        ("POST", (("content-length", "12"),), OriginOptions(), BodyFraming.LENGTH),
+        ("POST", (), OriginOptions(disable_chunked_encoding=True), BodyFraming.BUFFERED),
+        ("POST", (("content-length", "nope"),), OriginOptions(), BodyFraming.CHUNKED),
+    ],
+)
+def test_body_framing(
+    method: str,
+    headers: tuple[tuple[str, str], ...],
+    options: OriginOptions,
+    framing: BodyFraming,
+) -> None:
+    assert build_request_head(request(method, headers), options, ()).framing is framing
+
+
+def test_websocket_head_replaces_connection_headers_and_has_no_body() -> None:
+    head = build_request_head(
+        request(
+            headers=(
+                ("sec-websocket-key", "k"),
+                ("sec-websocket-version", "8"),
+                ("connection", "keep-alive"),
+            ),
+            kind=StreamKind.WEBSOCKET,
+        ),
+        OriginOptions(),
+        (),
+    )
+    assert head.framing is BodyFraming.NONE
+    assert head.headers == (
+        ("Host", "pub.example.com"),
+        ("sec-websocket-key", "k"),
+        ("Connection", "Upgrade"),
+        ("Upgrade", "websocket"),
+        ("Sec-Websocket-Version", "13"),
+    )
+
+
+def test_accept_key_matches_rfc_6455_example() -> None:
+    assert accept_key("dGhlIHNhbXBsZSBub25jZQ==") == "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+
+
+@given(
+    payload=st.binary(max_size=70_000),
+    opcode=st.sampled_from([Opcode.TEXT, Opcode.BINARY, Opcode.PING]),
+    mask=st.sampled_from([b"", b"\x01\x02\x03\x04"]),
+    split=st.integers(min_value=0, max_value=20),
+)
+def test_frames_round_trip_in_pieces(payload: bytes, opcode: int, mask: bytes, split: int) -> None:
+    wire = encode_frame(opcode, payload, mask=mask)
+    reader = FrameReader()
+    frames = reader.feed(wire[:split]) + reader.feed(wire[split:])
+    assert [(f.fin, f.opcode, f.payload) for f in frames] == [(True, opcode, payload)]
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("10ms", 0.01), ("1m30s", 90.0), ("1.5h", 5400.0), ("", None), ("10", None), ("5x", None)],
+)
+def test_parse_go_duration(text: str, seconds: float | None) -> None:
+    result = parse_go_duration(text)
+    if seconds is None:
+        assert result is None
+    else:
+        assert result == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [(0.0015, "1.5ms"), (2.5, "2.5s"), (62.0, "1m2s"), (3725.5, "1h2m5.5s")],
+)
+def test_go_duration(seconds: float, text: str) -> None:
+    assert go_duration(seconds) == text
