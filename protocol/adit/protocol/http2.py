@@ -53,6 +53,7 @@ __all__ = [
     "SendBufferDrained",
     "StreamEnded",
     "StreamReset",
+    "TunnelHttp2Connection",
     "TunnelSettings",
 ]
 
@@ -185,7 +186,7 @@ class _Outbound:
     end: bool = False
 
 
-class _TunnelHttp2:
+class TunnelHttp2Connection:
     """What both roles share: h2 set-up, buffered sending, event translation."""
 
     def __init__(self, *, client_side: bool, settings: TunnelSettings) -> None:
@@ -367,7 +368,7 @@ class _TunnelHttp2:
 # --- the connector's side -------------------------------------------------------------------
 
 
-class ConnectorTunnelConnection(_TunnelHttp2):
+class ConnectorTunnelConnection(TunnelHttp2Connection):
     """The connector: HTTP/2 *server* on the TLS connection it dialled to the edge."""
 
     def __init__(self, settings: TunnelSettings | None = None) -> None:
@@ -443,7 +444,7 @@ class ConnectorTunnelConnection(_TunnelHttp2):
 # --- the edge's side ------------------------------------------------------------------------
 
 
-class EdgeTunnelConnection(_TunnelHttp2):
+class EdgeTunnelConnection(TunnelHttp2Connection):
     """The edge: HTTP/2 *client* on the TLS connection the connector dialled."""
 
     def __init__(self, settings: TunnelSettings | None = None) -> None:
