@@ -1,0 +1,332 @@
+"""The connector's main process: spawns workers, dispatches one queue of inputs, never a stream.
+
+Everything that happens to the supervisor becomes an item on one ``asyncio.Queue``: signals
+(their handlers only enqueue), worker events from ZeroMQ, worker exits (a pidfd becoming
+readable) and clock ticks. One dispatcher feeds each item to :class:`SupervisorState` and
+carries out the actions it returns, so decisions are made in one place and in order.
+
+Workers are started by fork+exec (``subprocess.Popen`` of ``python -m adit.workers``, no
+``preexec_fn``), so no child inherits this process's event loop, zmq context or threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+import uvloop
+import zmq.asyncio
+
+from adit.ipc.channels import (
+    WORKER_BOOT_ERROR,
+    CommandSender,
+    EventReceiver,
+    create_runtime_directory,
+    remove_runtime_directory,
+)
+from adit.ipc.messages import Command, Event
+from adit.logs import fields
+from adit.supervisor.errors import SupervisorError
+from adit.supervisor.metrics import build_registry, render_metrics
+from adit.supervisor.metrics_server import MetricsServer, bind_metrics_socket, format_address
+from adit.supervisor.pidfile import write_pidfile
+from adit.supervisor.settings import SupervisorSettings
+from adit.supervisor.signals import SignalReceived, install_signal_handlers, remove_signal_handlers
+from adit.supervisor.state import (
+    Action,
+    Exit,
+    KillWorkers,
+    Notify,
+    SendCommand,
+    SpawnWorker,
+    SupervisorState,
+    VerifyAffinity,
+    WritePidfile,
+)
+from adit.supervisor.systemd import Notifier, SystemdNotifier
+
+__all__ = ["TICK_INTERVAL", "Supervisor", "WorkerExited", "worker_environment"]
+
+log = logging.getLogger("adit.supervisor")
+
+#: How often timers (respawn backoff, drain deadline) are checked.
+TICK_INTERVAL = 0.1
+#: Variables meant for the supervisor alone (systemd's notify and socket activation).
+_PRIVATE_ENV = (
+    "NOTIFY_SOCKET",
+    "LISTEN_FDS",
+    "LISTEN_PID",
+    "LISTEN_FDNAMES",
+    "WATCHDOG_USEC",
+    "WATCHDOG_PID",
+)
+
+
+@dataclass(frozen=True)
+class WorkerExited:
+    """A worker process ended (queue item)."""
+
+    slot: int
+    pid: int
+    returncode: int
+
+
+@dataclass(frozen=True)
+class _Tick:
+    """Time passed (queue item)."""
+
+
+_Input = SignalReceived | WorkerExited | _Tick | Event
+
+
+def worker_environment(environ: dict[str, str] | None = None) -> dict[str, str]:
+    """The supervisor's environment without what only the supervisor may use."""
+    env = dict(os.environ if environ is None else environ)
+    for key in _PRIVATE_ENV:
+        env.pop(key, None)
+    return env
+
+
+class _WorkerHandle:
+    """A running worker process, its command socket and its outbox task."""
+
+    def __init__(self, slot: int, process: subprocess.Popen[bytes], sender: CommandSender) -> None:
+        self.slot = slot
+        self.process = process
+        self.sender = sender
+        self.outbox: asyncio.Queue[Command] = asyncio.Queue()
+        self.task = asyncio.create_task(self._send_commands(), name=f"commands-{slot}")
+        self.pidfd: int | None = None
+
+    async def _send_commands(self) -> None:
+        while True:
+            command = await self.outbox.get()
+            await self.sender.send(command)
+
+    def close(self) -> None:
+        self.task.cancel()
+        self.sender.close()
+        if self.pidfd is not None:
+            with contextlib.suppress(OSError, ValueError):
+                asyncio.get_running_loop().remove_reader(self.pidfd)
+            os.close(self.pidfd)
+            self.pidfd = None
+
+
+class Supervisor:
+    """Runs one connector: workers, signals, sd_notify, pidfile, metrics and readiness."""
+
+    def __init__(
+        self,
+        settings: SupervisorSettings,
+        *,
+        notifier: Notifier | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.settings = settings
+        self._notifier = notifier
+        self._clock = clock
+        cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+        self.state = SupervisorState(settings, cpus=cpus)
+        #: After :meth:`run`: the message for stderr when the exit code is not 0.
+        self.failure: str | None = None
+        self._inbox: asyncio.Queue[_Input] = asyncio.Queue()
+        self._handles: dict[int, _WorkerHandle] = {}
+        self._runtime_dir: Path | None = None
+        self._context: zmq.asyncio.Context | None = None
+        self._registry = build_registry(self.state.stats)
+
+    def run(self) -> int:
+        """Run until drained or failed; the process exit code."""
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            return runner.run(self._main())
+
+    async def _main(self) -> int:
+        loop = asyncio.get_running_loop()
+        notifier = self._notifier or SystemdNotifier()
+        self._notifier = notifier
+        metrics_server = MetricsServer(self.state.ready_body, self._render_metrics)
+        install_signal_handlers(loop, self._inbox.put_nowait)
+        self._runtime_dir = create_runtime_directory()
+        self._context = zmq.asyncio.Context()
+        events = EventReceiver(self._context, self._runtime_dir)
+        pumps: list[asyncio.Task[None]] = []
+        try:
+            log.info("Generated Connector ID: %s", self.settings.connector_id)
+            log.info("Initial protocol http2")
+            try:
+                sock = bind_metrics_socket(self.settings.metrics_address)
+            except SupervisorError as exc:
+                self.failure = str(exc)
+                return 1
+            await metrics_server.start(sock)
+            log.info("Starting metrics server on %s/metrics", format_address(sock))
+            pumps = [
+                asyncio.create_task(self._pump_events(events), name="events"),
+                asyncio.create_task(self._tick(), name="tick"),
+            ]
+            return await self._dispatch(self.state.start(self._clock()))
+        finally:
+            remove_signal_handlers(loop)
+            for task in pumps:
+                task.cancel()
+            await asyncio.gather(*pumps, return_exceptions=True)
+            self._kill_all()
+            await metrics_server.close()
+            events.close()
+            self._context.term()
+            notifier.close()
+            remove_runtime_directory(self._runtime_dir)
+
+    async def _dispatch(self, initial: list[Action]) -> int:
+        pending = list(initial)
+        while True:
+            for action in pending:
+                code = self._perform(action)
+                if code is not None:
+                    return code
+            item = await self._inbox.get()
+            now = self._clock()
+            if isinstance(item, SignalReceived):
+                pending = self.state.handle_signal(item.signum, now)
+            elif isinstance(item, WorkerExited):
+                self._forget_worker(item.slot, item.pid)
+                pending = self.state.worker_exited(item.slot, item.pid, item.returncode, now)
+            elif isinstance(item, _Tick):
+                self._poll_exits()
+                pending = self.state.tick(now)
+            else:
+                pending = self.state.handle_event(item, now)
+
+    def _perform(self, action: Action) -> int | None:
+        if isinstance(action, SpawnWorker):
+            self._spawn(action.slot)
+        elif isinstance(action, SendCommand):
+            handle = self._handles.get(action.slot)
+            if handle is not None:
+                handle.outbox.put_nowait(action.command)
+        elif isinstance(action, Notify):
+            assert self._notifier is not None
+            self._notifier.notify(action.state)
+        elif isinstance(action, WritePidfile):
+            if self.settings.pidfile:
+                write_pidfile(self.settings.pidfile, os.getpid())
+        elif isinstance(action, KillWorkers):
+            self._kill_all()
+        elif isinstance(action, VerifyAffinity):
+            self._verify_affinity(action)
+        elif isinstance(action, Exit):
+            self.failure = action.failure
+            return action.code
+        return None
+
+    def _spawn(self, slot: int) -> None:
+        assert self._runtime_dir is not None and self._context is not None
+        record = self.state.workers[slot]
+        log_settings = self.settings.log
+        argv = [
+            sys.executable, "-m", "adit.workers",
+            "--slot", str(slot),
+            "--runtime-dir", str(self._runtime_dir),
+            "--parent-pid", str(os.getpid()),
+            "--loglevel", log_settings.level,
+            "--output", log_settings.output,
+        ]  # fmt: skip
+        if record.cpu is not None:
+            argv += ["--cpu", str(record.cpu)]
+        if log_settings.logfile:
+            argv += ["--logfile", log_settings.logfile]
+        elif log_settings.log_directory:
+            argv += ["--log-directory", log_settings.log_directory]
+        sender = CommandSender(self._context, self._runtime_dir, slot)
+        try:
+            process = subprocess.Popen(
+                argv, env=worker_environment(), stdin=subprocess.DEVNULL, close_fds=True
+            )
+        except OSError as exc:
+            sender.close()
+            log.error("Cannot start worker error=%r", str(exc), extra=fields(slot=slot))
+            # Handled like a worker that exited with its boot-error code: stop, do not flap.
+            record.pid = -1
+            record.started_at = self._clock()
+            self._inbox.put_nowait(WorkerExited(slot, -1, WORKER_BOOT_ERROR))
+            return
+        handle = _WorkerHandle(slot, process, sender)
+        self._handles[slot] = handle
+        self._watch_exit(handle)
+        for action in self.state.worker_started(slot, process.pid, self._clock()):
+            self._perform(action)
+
+    def _watch_exit(self, handle: _WorkerHandle) -> None:
+        """Enqueue :class:`WorkerExited` as soon as the process ends (pidfd: no SIGCHLD)."""
+        loop = asyncio.get_running_loop()
+        process = handle.process
+
+        def on_readable() -> None:
+            code = process.poll()
+            if code is not None:
+                if handle.pidfd is not None:
+                    loop.remove_reader(handle.pidfd)
+                self._inbox.put_nowait(WorkerExited(handle.slot, process.pid, code))
+
+        try:
+            handle.pidfd = os.pidfd_open(process.pid)
+        except (OSError, AttributeError):
+            return  # no pidfd (old kernel): _poll_exits() finds the exit on the next tick
+        loop.add_reader(handle.pidfd, on_readable)
+
+    def _poll_exits(self) -> None:
+        for handle in list(self._handles.values()):
+            if handle.pidfd is None and (code := handle.process.poll()) is not None:
+                self._inbox.put_nowait(WorkerExited(handle.slot, handle.process.pid, code))
+
+    def _forget_worker(self, slot: int, pid: int) -> None:
+        handle = self._handles.get(slot)
+        if handle is not None and handle.process.pid == pid:
+            del self._handles[slot]
+            handle.close()
+
+    def _kill_all(self) -> None:
+        for handle in list(self._handles.values()):
+            if handle.process.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    handle.process.send_signal(signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                handle.process.wait(timeout=2.0)
+            handle.close()
+        self._handles.clear()
+
+    def _verify_affinity(self, action: VerifyAffinity) -> None:
+        try:
+            affinity = psutil.Process(action.pid).cpu_affinity()
+        except (psutil.Error, AttributeError):
+            return
+        if affinity != [action.cpu]:
+            log.warning(
+                "Worker is not pinned to its CPU",
+                extra=fields(slot=action.slot, cpu=action.cpu, affinity=affinity),
+            )
+        else:
+            log.debug("Worker pinned", extra=fields(slot=action.slot, cpu=action.cpu))
+
+    async def _pump_events(self, events: EventReceiver) -> None:
+        while True:
+            self._inbox.put_nowait(await events.receive())
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(TICK_INTERVAL)
+            self._inbox.put_nowait(_Tick())
+
+    def _render_metrics(self) -> bytes:
+        return render_metrics(self._registry)

@@ -1,0 +1,167 @@
+"""The supervisor's Prometheus registry: worker telemetry summed under cloudflared's names.
+
+Workers push cumulative :class:`StatsSnapshot` counters; the supervisor keeps the latest per
+slot and sums them at scrape time. When a worker is replaced its slot's counters start again
+from zero, so the sums can step down once: query them with ``sum(rate(...))``, which handles
+counter resets. Gauges of a dead worker are dropped with it.
+"""
+
+from __future__ import annotations
+
+import platform
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString as _untyped_float_to_go_string
+
+from adit.ipc.messages import StatsSnapshot
+
+__all__ = ["TunnelCollector", "TunnelStats", "build_registry", "render_metrics"]
+
+
+def _counter(name: str, documentation: str, samples: list[tuple[dict[str, str], float]]) -> Metric:
+    """A counter exposed under exactly ``name``, as Go's client does (:func:`render_metrics`)."""
+    metric = Metric(name, documentation, "counter")
+    for labels, value in samples:
+        metric.add_sample(name, labels, value)
+    return metric
+
+
+class TunnelStats:
+    """Latest worker snapshots plus the supervisor's own connection counts."""
+
+    def __init__(self, version: str) -> None:
+        self.version = version
+        self._snapshots: dict[int, StatsSnapshot] = {}
+        #: Connections currently registered across all workers.
+        self.ha_connections = 0
+        #: Successful ``registerConnection`` calls since start.
+        self.register_success = 0
+
+    def update(self, snapshot: StatsSnapshot) -> None:
+        """Keep ``snapshot`` as the slot's latest counters."""
+        self._snapshots[snapshot.slot] = snapshot
+
+    def drop_slot(self, slot: int) -> None:
+        """Forget a worker that exited (its replacement starts from zero)."""
+        self._snapshots.pop(slot, None)
+
+    @property
+    def total_requests(self) -> int:
+        """Proxied requests over all workers."""
+        return sum(s.total_requests for s in self._snapshots.values())
+
+    @property
+    def request_errors(self) -> int:
+        """Proxy errors over all workers."""
+        return sum(s.request_errors for s in self._snapshots.values())
+
+    @property
+    def concurrent_requests(self) -> int:
+        """Requests in flight over all live workers."""
+        return sum(s.concurrent_requests for s in self._snapshots.values())
+
+    def responses_by_code(self) -> dict[str, int]:
+        """Origin responses per status code, summed."""
+        totals: dict[str, int] = {}
+        for snapshot in self._snapshots.values():
+            for code, count in snapshot.responses_by_code.items():
+                totals[code] = totals.get(code, 0) + count
+        return totals
+
+
+class TunnelCollector(Collector):
+    """Yields the ``cloudflared_tunnel_*`` families and ``build_info`` from :class:`TunnelStats`."""
+
+    def __init__(self, stats: TunnelStats) -> None:
+        self._stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        """One family per metric, computed at scrape time."""
+        stats = self._stats
+        build = GaugeMetricFamily(
+            "build_info",
+            "Build and version information",
+            labels=["goversion", "type", "revision", "version"],
+        )
+        build.add_metric([f"python{platform.python_version()}", "", "", stats.version], 1)
+        yield build
+        yield _counter(
+            "cloudflared_tunnel_total_requests",
+            "Amount of requests proxied through all the tunnels",
+            [({}, stats.total_requests)],
+        )
+        yield _counter(
+            "cloudflared_tunnel_request_errors",
+            "Amount of errors due to proxying",
+            [({}, stats.request_errors)],
+        )
+        yield GaugeMetricFamily(
+            "cloudflared_tunnel_concurrent_requests_per_tunnel",
+            "Concurrent requests proxied through each tunnel",
+            value=stats.concurrent_requests,
+        )
+        yield _counter(
+            "cloudflared_tunnel_response_by_code",
+            "Count of responses by HTTP status code",
+            [({"status_code": code}, n) for code, n in sorted(stats.responses_by_code().items())],
+        )
+        yield GaugeMetricFamily(
+            "cloudflared_tunnel_ha_connections",
+            "Number of active ha connections",
+            value=stats.ha_connections,
+        )
+        yield _counter(
+            "cloudflared_tunnel_tunnel_register_success",
+            "Count of successful tunnel registrations",
+            [({"rpcName": "registerConnection"}, stats.register_success)],
+        )
+
+
+def build_registry(stats: TunnelStats) -> CollectorRegistry:
+    """A private registry (not the global default) with the tunnel and process collectors."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(TunnelCollector(stats))
+    return registry
+
+
+def _go_float(value: float) -> str:
+    """Go's float formatting (``1.0``, ``+Inf``), as the text exposition writes values."""
+    text: str = _untyped_float_to_go_string(value)  # type: ignore[no-untyped-call]
+    return text
+
+
+def _escape_label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _render_family(metric: Metric) -> str:
+    doc = metric.documentation.replace("\\", "\\\\").replace("\n", "\\n")
+    lines = [f"# HELP {metric.name} {doc}", f"# TYPE {metric.name} {metric.type}"]
+    for sample in metric.samples:
+        labels = ",".join(f'{k}="{_escape_label(v)}"' for k, v in sorted(sample.labels.items()))
+        name = f"{sample.name}{{{labels}}}" if labels else sample.name
+        lines.append(f"{name} {_go_float(sample.value)}")
+    return "\n".join(lines) + "\n"
+
+
+def render_metrics(registry: CollectorRegistry) -> bytes:
+    """Prometheus text format 0.0.4 of ``registry`` plus this process's ``process_*`` metrics.
+
+    The tunnel families are rendered here rather than by ``generate_latest``, which appends
+    ``_total`` to every counter's name (``cloudflared_tunnel_total_requests_total``) and would
+    break dashboards written for cloudflared's Go client.
+    """
+    text = "".join(_render_family(metric) for metric in registry.collect())
+    return text.encode("utf-8") + _process_metrics()
+
+
+_PROCESS_REGISTRY = CollectorRegistry(auto_describe=False)
+ProcessCollector(registry=_PROCESS_REGISTRY)
+
+
+def _process_metrics() -> bytes:
+    data: bytes = generate_latest(_PROCESS_REGISTRY)
+    return data

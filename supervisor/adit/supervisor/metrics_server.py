@@ -1,0 +1,171 @@
+"""The supervisor's HTTP listener: ``/metrics``, ``/ready`` and ``/healthcheck`` (h11, asyncio).
+
+Address logic is cloudflared's (``metrics.CreateMetricsListener``): the default ``localhost:0``
+means the first free of ``127.0.0.1:20241``..``20245``, else a random port; any other address is
+bound exactly and failing to bind is fatal. One request per connection, 10 s to send it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import socket
+from collections.abc import Callable
+
+import h11
+
+from adit.supervisor.errors import MetricsListenerError
+from adit.supervisor.settings import DEFAULT_METRICS_ADDRESS
+
+__all__ = [
+    "DEFAULT_METRICS_PORTS",
+    "MetricsServer",
+    "bind_metrics_socket",
+    "format_address",
+    "parse_listen_address",
+]
+
+DEFAULT_METRICS_PORTS = (20241, 20242, 20243, 20244, 20245)
+_REQUEST_TIMEOUT = 10.0
+_MAX_REQUEST = 65536
+
+ReadyProvider = Callable[[], tuple[int, dict[str, object]]]
+MetricsProvider = Callable[[], bytes]
+
+
+def parse_listen_address(address: str) -> tuple[str, int]:
+    """``host:port`` / ``[v6]:port`` / ``:port`` into a host and a port (Go's ``SplitHostPort``)."""
+    host, sep, port_text = address.rpartition(":")
+    if not sep:
+        raise MetricsListenerError(
+            f"Error opening metrics server listener: address {address}: missing port in address"
+        )
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise MetricsListenerError(
+            f"Error opening metrics server listener: address {address}: invalid port"
+        ) from None
+    if not 0 <= port <= 65535:
+        raise MetricsListenerError(
+            f"Error opening metrics server listener: address {address}: invalid port"
+        )
+    return host, port
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    if host in ("", "localhost"):
+        # cloudflared binds localhost as 127.0.0.1 (and "" as every interface).
+        host = "127.0.0.1" if host == "localhost" else "0.0.0.0"  # noqa: S104 - Go's ":port"
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    family, kind, proto, _name, sockaddr = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(sockaddr)
+        sock.listen(128)
+    except OSError:
+        sock.close()
+        raise
+    sock.setblocking(False)
+    return sock
+
+
+def bind_metrics_socket(address: str) -> socket.socket:
+    """A listening socket for ``--metrics address`` (see the module docstring)."""
+    if address == DEFAULT_METRICS_ADDRESS:
+        for port in DEFAULT_METRICS_PORTS:
+            with contextlib.suppress(OSError):
+                return _bind("localhost", port)
+    host, port = parse_listen_address(address)
+    try:
+        return _bind(host, port)
+    except OSError as exc:
+        raise MetricsListenerError(
+            f"Error opening metrics server listener: listen tcp {address}: {exc.strerror or exc}"
+        ) from exc
+
+
+def format_address(sock: socket.socket) -> str:
+    """The bound ``host:port`` (IPv6 in brackets), as the startup log line shows it."""
+    host, port = sock.getsockname()[:2]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class MetricsServer:
+    """Serves the three endpoints from providers owned by the supervisor."""
+
+    def __init__(self, ready: ReadyProvider, metrics: MetricsProvider) -> None:
+        self._ready = ready
+        self._metrics = metrics
+        self._server: asyncio.Server | None = None
+
+    async def start(self, sock: socket.socket) -> None:
+        """Start accepting on ``sock``."""
+        self._server = await asyncio.start_server(self._handle, sock=sock)
+
+    async def close(self) -> None:
+        """Stop accepting and wait (bounded) for the listener to close."""
+        if self._server is not None:
+            self._server.close()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._server.wait_closed(), 2.0)
+            self._server = None
+
+    def respond(self, method: str, target: str) -> tuple[int, str, bytes]:
+        """Status, content type and body for a request (no I/O; unit-testable)."""
+        path = target.split("?", 1)[0]
+        if method not in ("GET", "HEAD"):
+            return 405, "text/plain; charset=utf-8", b"Method Not Allowed\n"
+        if path == "/ready":
+            status, body = self._ready()
+            payload = json.dumps(body, separators=(",", ":")).encode()
+            return status, "text/plain; charset=utf-8", payload
+        if path == "/healthcheck":
+            return 200, "text/plain; charset=utf-8", b"OK\n"
+        if path == "/metrics":
+            return 200, "text/plain; version=0.0.4; charset=utf-8", self._metrics()
+        return 404, "text/plain; charset=utf-8", b"404 page not found\n"
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=_MAX_REQUEST)
+        try:
+            async with asyncio.timeout(_REQUEST_TIMEOUT):
+                request = await self._read_request(conn, reader)
+                if request is None:
+                    return
+                method = request.method.decode("ascii", "replace")
+                target = request.target.decode("ascii", "replace")
+                status, content_type, body = self.respond(method, target)
+                headers = [
+                    ("content-type", content_type),
+                    ("content-length", str(len(body))),
+                    ("connection", "close"),
+                ]
+                writer.write(conn.send(h11.Response(status_code=status, headers=headers)) or b"")
+                if method != "HEAD":
+                    writer.write(conn.send(h11.Data(data=body)) or b"")
+                writer.write(conn.send(h11.EndOfMessage()) or b"")
+                await writer.drain()
+        except (h11.ProtocolError, TimeoutError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+            with contextlib.suppress(ConnectionError, TimeoutError):
+                await asyncio.wait_for(writer.wait_closed(), 1.0)
+
+    @staticmethod
+    async def _read_request(
+        conn: h11.Connection, reader: asyncio.StreamReader
+    ) -> h11.Request | None:
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                conn.receive_data(await reader.read(_MAX_REQUEST))
+                continue
+            if isinstance(event, h11.Request):
+                return event
+            return None

@@ -1,0 +1,54 @@
+"""Everything the supervisor needs, resolved and validated by ``adit tunnel run`` beforehand."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+
+from adit.ipc.messages import EdgeTarget, IngressSnapshot
+from adit.logs import LogSettings
+from adit.version import __version__
+
+__all__ = ["DEFAULT_METRICS_ADDRESS", "SupervisorSettings"]
+
+#: cloudflared's ``--metrics`` default: try 20241..20245 on localhost, then a random port.
+DEFAULT_METRICS_ADDRESS = "localhost:0"
+
+
+def _new_connector_id() -> str:
+    return str(uuid.uuid4())
+
+
+@dataclass(frozen=True)
+class SupervisorSettings:
+    """A validated, immutable description of one connector run."""
+
+    tunnel_id: str
+    account_tag: str
+    tunnel_secret: bytes = field(repr=False)
+    #: The edge's tunnel listener addresses; each HA connection dials one of them.
+    edges: tuple[EdgeTarget, ...]
+    #: PEM of the CA of the edge's tunnel certificate ("" = system roots).
+    edge_ca_pem: str = field(default="", repr=False)
+    ingress: IngressSnapshot = field(default_factory=lambda: IngressSnapshot(version=0))
+    #: Edge connections to hold (already capped at ``len(edges)``).
+    ha_connections: int = 4
+    #: Worker processes; connection ``i`` is served by worker ``i % workers``.
+    workers: int = 1
+    #: Seconds in-flight streams get to finish after SIGTERM/SIGINT.
+    grace_period: float = 30.0
+    retries: int = 5
+    metrics_address: str = DEFAULT_METRICS_ADDRESS
+    #: Written with the PID (no newline) after the first registration.
+    pidfile: str | None = None
+    log: LogSettings = field(default_factory=LogSettings)
+    #: ``--tag KEY=VALUE`` pairs, sent to origins as ``Cf-Warp-Tag-KEY``.
+    tags: dict[str, str] = field(default_factory=dict)
+    features: tuple[str, ...] = ()
+    #: Pin worker ``i`` to the ``i``-th CPU this process may run on (when there are enough).
+    pin_cpus: bool = True
+    #: One random UUID per supervisor (cloudflared's connector id).
+    connector_id: str = field(default_factory=_new_connector_id)
+    #: Extra seconds past the grace period before workers still draining are killed.
+    drain_margin: float = 5.0
+    version: str = __version__

@@ -1,0 +1,428 @@
+"""The supervisor's decisions, without I/O: inputs in, actions out, time passed in.
+
+:class:`SupervisorState` receives signals, worker events, worker exits and clock ticks and
+answers with a list of actions (:class:`SpawnWorker`, :class:`SendCommand`, :class:`Notify`,
+:class:`WritePidfile`, :class:`KillWorkers`, :class:`Exit`) that
+:class:`adit.supervisor.app.Supervisor` carries out.
+
+Invariants:
+
+* Phases only move forward: STARTING → RUNNING → DRAINING (STARTING → DRAINING directly when
+  the first connection is refused or a signal arrives before any registration).
+* ``READY=1`` and the pidfile happen exactly once, on the first ``ConnectionRegistered``.
+* Nothing is spawned once DRAINING; DRAINING ends in exactly one :class:`Exit`, when the last
+  worker is gone, when the drain deadline passes (after :class:`KillWorkers`), or at once on a
+  second SIGTERM/SIGINT.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import signal
+from dataclasses import dataclass, field
+
+from adit.ipc.channels import WORKER_BOOT_ERROR
+from adit.ipc.messages import (
+    Command,
+    ConnectionLost,
+    ConnectionRegistered,
+    ConnectionUnregistered,
+    Drain,
+    Event,
+    Heartbeat,
+    RegistrationRefused,
+    Start,
+    StatsSnapshot,
+    WorkerSettings,
+)
+from adit.logs import fields
+from adit.supervisor.metrics import TunnelStats
+from adit.supervisor.settings import SupervisorSettings
+
+__all__ = [
+    "FAST_FAILURE_SECONDS",
+    "MAX_FAST_FAILURES",
+    "Action",
+    "Exit",
+    "KillWorkers",
+    "Notify",
+    "Phase",
+    "SendCommand",
+    "SpawnWorker",
+    "SupervisorState",
+    "VerifyAffinity",
+    "WorkerRecord",
+    "WritePidfile",
+    "restart_delay",
+    "split_conn_indexes",
+]
+
+log = logging.getLogger("adit.supervisor")
+
+#: A worker that dies sooner than this after its start counts as a fast failure.
+FAST_FAILURE_SECONDS = 10.0
+#: Consecutive fast failures of one slot after which the supervisor gives up.
+MAX_FAST_FAILURES = 5
+_SIGNAL_WORDS = {signal.SIGTERM: "terminated", signal.SIGINT: "interrupt"}
+
+
+class Phase(enum.Enum):
+    """Where the supervisor is in its life."""
+
+    STARTING = "starting"  # workers up, no connection registered yet
+    RUNNING = "running"  # at least one registration succeeded
+    DRAINING = "draining"  # workers told to drain; waiting for them to exit
+
+
+@dataclass(frozen=True)
+class SpawnWorker:
+    """Start the worker process of ``slot`` and send it ``Start``."""
+
+    slot: int
+
+
+@dataclass(frozen=True)
+class SendCommand:
+    """Send ``command`` to the worker of ``slot``."""
+
+    slot: int
+    command: Command
+
+
+@dataclass(frozen=True)
+class Notify:
+    """An ``sd_notify`` state string (``READY=1``, ``STOPPING=1``, ``STATUS=...``)."""
+
+    state: str
+
+
+@dataclass(frozen=True)
+class WritePidfile:
+    """Write the supervisor's PID to ``--pidfile``."""
+
+
+@dataclass(frozen=True)
+class KillWorkers:
+    """SIGKILL every live worker."""
+
+
+@dataclass(frozen=True)
+class VerifyAffinity:
+    """Check (and report) that worker ``pid`` runs only on ``cpu``."""
+
+    slot: int
+    pid: int
+    cpu: int
+
+
+@dataclass(frozen=True)
+class Exit:
+    """Stop the supervisor with ``code``; ``failure`` is the message for stderr."""
+
+    code: int
+    failure: str | None = None
+
+
+Action = SpawnWorker | SendCommand | Notify | WritePidfile | KillWorkers | VerifyAffinity | Exit
+
+
+def split_conn_indexes(ha_connections: int, workers: int) -> list[list[int]]:
+    """Connection ``i`` goes to worker ``i % workers`` (workers without one get an empty list)."""
+    shares: list[list[int]] = [[] for _ in range(workers)]
+    for index in range(ha_connections):
+        shares[index % workers].append(index)
+    return shares
+
+
+def restart_delay(fast_failures: int) -> float:
+    """Backoff before respawning a worker: 0.5 s doubling per fast failure, at most 30 s."""
+    if fast_failures <= 0:
+        return 0.5
+    return float(min(30.0, 0.5 * 2**fast_failures))
+
+
+@dataclass
+class WorkerRecord:
+    """What the supervisor knows of one worker slot."""
+
+    slot: int
+    conn_indexes: list[int]
+    cpu: int | None = None
+    pid: int | None = None
+    started_at: float = 0.0
+    restart_at: float | None = None
+    fast_failures: int = 0
+    restarts: int = 0
+    last_heartbeat: float | None = None
+    loop_lag: float = 0.0
+    active_streams: int = 0
+    heartbeat_seen: bool = False
+
+    @property
+    def alive(self) -> bool:
+        """A process is running (or starting) in this slot."""
+        return self.pid is not None
+
+
+@dataclass
+class SupervisorState:
+    """Pure decision logic of the supervisor (see the module docstring for the invariants)."""
+
+    settings: SupervisorSettings
+    cpus: list[int] = field(default_factory=list)
+    phase: Phase = Phase.STARTING
+    workers: dict[int, WorkerRecord] = field(default_factory=dict)
+    registered: dict[int, ConnectionRegistered] = field(default_factory=dict)
+    stats: TunnelStats = field(init=False)
+    exit_code: int = 0
+    failure: str | None = None
+    drain_deadline: float | None = None
+    exited: bool = False
+    _last_status: str = ""
+
+    def __post_init__(self) -> None:
+        self.stats = TunnelStats(self.settings.version)
+        pin = self.settings.pin_cpus and 0 < self.settings.workers <= len(self.cpus)
+        shares = split_conn_indexes(self.settings.ha_connections, self.settings.workers)
+        for slot, share in enumerate(shares):
+            cpu = self.cpus[slot] if pin else None
+            self.workers[slot] = WorkerRecord(slot=slot, conn_indexes=share, cpu=cpu)
+
+    # -- queries ---------------------------------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        """``/ready`` answers 200: at least one connection registered and not draining."""
+        return self.phase is not Phase.DRAINING and bool(self.registered)
+
+    @property
+    def ready_connections(self) -> int:
+        """Connections currently registered."""
+        return len(self.registered)
+
+    def ready_body(self) -> tuple[int, dict[str, object]]:
+        """``/ready``'s status code and JSON body, as cloudflared's ``ReadyServer`` builds it."""
+        status = 200 if self.ready else 503
+        return status, {
+            "status": status,
+            "readyConnections": self.ready_connections,
+            "connectorId": self.settings.connector_id,
+        }
+
+    def worker_settings(self, slot: int) -> WorkerSettings:
+        """The ``Start`` payload of ``slot``."""
+        s = self.settings
+        return WorkerSettings(
+            slot=slot,
+            connector_id=s.connector_id,
+            account_tag=s.account_tag,
+            tunnel_secret=s.tunnel_secret,
+            tunnel_id=s.tunnel_id,
+            conn_indexes=list(self.workers[slot].conn_indexes),
+            edges=list(s.edges),
+            edge_ca_pem=s.edge_ca_pem,
+            ingress=s.ingress,
+            grace_period=s.grace_period,
+            retries=s.retries,
+            loglevel=s.log.level,
+            tags=dict(s.tags),
+            features=list(s.features),
+            version=s.version,
+        )
+
+    # -- inputs ----------------------------------------------------------------------------
+
+    def start(self, now: float) -> list[Action]:
+        """Spawn every worker slot."""
+        return [SpawnWorker(slot) for slot in sorted(self.workers)]
+
+    def worker_started(self, slot: int, pid: int, now: float) -> list[Action]:
+        """The process of ``slot`` was created: hand it its settings."""
+        record = self.workers[slot]
+        record.pid = pid
+        record.started_at = now
+        record.restart_at = None
+        record.heartbeat_seen = False
+        record.last_heartbeat = None
+        log.info(
+            "Started worker pid=%d",
+            pid,
+            extra=fields(slot=slot, cpu=record.cpu, connIndexes=record.conn_indexes),
+        )
+        return [SendCommand(slot, Start(self.worker_settings(slot))), *self._status()]
+
+    def handle_signal(self, signum: int, now: float) -> list[Action]:
+        """SIGTERM/SIGINT: drain, and at once on the second; anything else is ignored."""
+        if signum not in _SIGNAL_WORDS:
+            log.info("Ignored signal %s", signal.Signals(signum).name)
+            return []
+        if self.phase is Phase.DRAINING:
+            log.info("Second %s: exiting immediately", signal.Signals(signum).name)
+            return self._exit_now(KillWorkers(), code=128 + signum)
+        word = _SIGNAL_WORDS[signal.Signals(signum)]
+        log.info("Initiating graceful shutdown due to signal %s ...", word)
+        return self._begin_drain(self.settings.grace_period, now)
+
+    def handle_event(self, event: Event, now: float) -> list[Action]:
+        """A worker's event."""
+        if isinstance(event, Heartbeat):
+            return self._on_heartbeat(event, now)
+        if isinstance(event, StatsSnapshot):
+            self.stats.update(event)
+            return []
+        if isinstance(event, ConnectionRegistered):
+            return self._on_registered(event)
+        if isinstance(event, RegistrationRefused):
+            return self._on_refused(event, now)
+        if isinstance(event, ConnectionLost):
+            self.registered.pop(event.conn_index, None)
+            log.warning(
+                "Connection terminated",
+                extra=fields(connIndex=event.conn_index, error=event.error, retryIn=event.retry_in),
+            )
+            return self._status()
+        if isinstance(event, ConnectionUnregistered):
+            self.registered.pop(event.conn_index, None)
+            log.info("Unregistered tunnel connection", extra=fields(connIndex=event.conn_index))
+            return self._status()
+        raise AssertionError(f"unhandled event {event!r}")  # pragma: no cover - Event is closed
+
+    def worker_exited(self, slot: int, pid: int, returncode: int, now: float) -> list[Action]:
+        """The process of ``slot`` ended with ``returncode`` (negative: killed by a signal)."""
+        record = self.workers[slot]
+        if record.pid != pid:
+            return []
+        record.pid = None
+        self.stats.drop_slot(slot)
+        for index in record.conn_indexes:
+            self.registered.pop(index, None)
+        if self.phase is Phase.DRAINING:
+            log.info("Worker exited code=%d", returncode, extra=fields(slot=slot, pid=pid))
+            if not any(w.alive for w in self.workers.values()):
+                return self._exit_now(code=self.exit_code, failure=self.failure)
+            return self._status()
+        log.error(
+            "Worker exited unexpectedly code=%d", returncode, extra=fields(slot=slot, pid=pid)
+        )
+        if returncode == WORKER_BOOT_ERROR:
+            return self._fail(f"worker {slot} could not start (exit code {returncode})", now)
+        if now - record.started_at < FAST_FAILURE_SECONDS:
+            record.fast_failures += 1
+        else:
+            record.fast_failures = 0
+        if record.fast_failures >= MAX_FAST_FAILURES:
+            return self._fail(
+                f"worker {slot} exited {record.fast_failures} times in a row right after start",
+                now,
+            )
+        delay = restart_delay(record.fast_failures)
+        record.restart_at = now + delay
+        log.info("Restarting worker in %.1fs", delay, extra=fields(slot=slot))
+        return self._status()
+
+    def tick(self, now: float) -> list[Action]:
+        """Time passed: respawn due workers, enforce the drain deadline."""
+        if self.exited:
+            return []
+        if self.phase is Phase.DRAINING:
+            if self.drain_deadline is not None and now >= self.drain_deadline:
+                log.warning("Grace period over; killing workers still draining")
+                return self._exit_now(KillWorkers(), code=self.exit_code, failure=self.failure)
+            return []
+        actions: list[Action] = []
+        for record in self.workers.values():
+            if not record.alive and record.restart_at is not None and now >= record.restart_at:
+                record.restart_at = None
+                record.restarts += 1
+                actions.append(SpawnWorker(record.slot))
+        return actions
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _on_heartbeat(self, event: Heartbeat, now: float) -> list[Action]:
+        record = self.workers.get(event.slot)
+        if record is None or record.pid != event.pid:
+            return []
+        record.last_heartbeat = now
+        record.loop_lag = event.loop_lag
+        record.active_streams = event.active_streams
+        if record.heartbeat_seen:
+            return []
+        record.heartbeat_seen = True
+        log.debug(
+            "First heartbeat from worker pid=%d",
+            event.pid,
+            extra=fields(slot=event.slot, loopLag=round(event.loop_lag, 4)),
+        )
+        return [] if record.cpu is None else [VerifyAffinity(event.slot, event.pid, record.cpu)]
+
+    def _on_registered(self, event: ConnectionRegistered) -> list[Action]:
+        self.registered[event.conn_index] = event
+        self.stats.register_success += 1
+        host, _, _port = event.edge.rpartition(":")
+        log.info(
+            "Registered tunnel connection",
+            extra=fields(
+                connIndex=event.conn_index,
+                connection=event.connection_id,
+                event=0,
+                ip=host or event.edge,
+                location=event.location,
+                protocol="http2",
+            ),
+        )
+        actions: list[Action] = []
+        if self.phase is Phase.STARTING:
+            self.phase = Phase.RUNNING
+            actions += [Notify("READY=1"), WritePidfile()]
+        return actions + self._status()
+
+    def _on_refused(self, event: RegistrationRefused, now: float) -> list[Action]:
+        log.error(
+            "Register tunnel error from server side",
+            extra=fields(connIndex=event.conn_index, error=event.cause),
+        )
+        if self.phase is Phase.STARTING and event.conn_index == 0:
+            log.error("Couldn't start tunnel", extra=fields(error=event.cause))
+            return self._fail(f"initial tunnel connection failed: {event.cause}", now)
+        return []
+
+    def _fail(self, failure: str, now: float) -> list[Action]:
+        if self.phase is Phase.DRAINING:
+            return []
+        self.exit_code = 1
+        self.failure = failure
+        return self._begin_drain(0.0, now)
+
+    def _begin_drain(self, grace: float, now: float) -> list[Action]:
+        self.phase = Phase.DRAINING
+        self.drain_deadline = now + grace + self.settings.drain_margin
+        for record in self.workers.values():
+            record.restart_at = None
+        actions: list[Action] = [Notify("STOPPING=1")]
+        live = [w.slot for w in self.workers.values() if w.alive]
+        if not live:
+            return actions + self._exit_now(code=self.exit_code, failure=self.failure)
+        actions += [SendCommand(slot, Drain(grace)) for slot in live]
+        return actions + self._status()
+
+    def _exit_now(self, *first: Action, code: int = 0, failure: str | None = None) -> list[Action]:
+        if self.exited:
+            return []
+        self.exited = True
+        self.phase = Phase.DRAINING
+        return [*first, Exit(code, failure)]
+
+    def _status(self) -> list[Action]:
+        live = sum(1 for w in self.workers.values() if w.alive)
+        self.stats.ha_connections = len(self.registered)
+        text = (
+            f"STATUS={self.phase.value}: {len(self.registered)}/"
+            f"{self.settings.ha_connections} connections registered, "
+            f"{live}/{len(self.workers)} workers running"
+        )
+        if text == self._last_status:
+            return []
+        self._last_status = text
+        return [Notify(text)]

@@ -1,0 +1,18 @@
+"""``python -m adit.workers``: the worker process the supervisor starts.
+
+Signal dispositions are set before the heavy imports: a SIGTERM or SIGINT sent to the whole
+process group while the worker is still booting must become a drain, not a crash.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+
+_early_signals: list[int] = []
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+signal.signal(signal.SIGTERM, lambda signum, _frame: _early_signals.append(signum))
+
+from adit.workers.process import main  # noqa: E402 - after the signal dispositions on purpose
+
+sys.exit(main(early_signals=_early_signals))
