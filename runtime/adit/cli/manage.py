@@ -5,8 +5,6 @@ Behaviour, flags, env vars, output and messages follow cloudflared (CLOUDFLARED_
 cert.pem (adit's edge, or Cloudflare's API with a real cert.pem).
 """
 
-# ruff: noqa: PLR0917 (click passes every option positionally-named to the command function)
-
 from __future__ import annotations
 
 import base64
