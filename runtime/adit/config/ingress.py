@@ -256,6 +256,7 @@ def decode_remote_config(obj: Mapping[str, Any]) -> RemoteConfig:
         if not message:
             raise IngressError(str(exc)) from None
         location = format_location(parse_location(where.strip("`")))
+        message = message.replace(" | null`", "`")
         raise IngressError(f"{location}: {message}", location) from None
 
 

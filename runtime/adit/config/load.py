@@ -165,4 +165,5 @@ def _located_error(path: Path, node: yaml.Node | None, text: str) -> ConfigParse
     if not message:
         return ConfigParseError(path, "", text)
     parts = parse_location(where.strip("`"))
+    message = message.replace(" | null`", "`")  # every key is optional; "null" is noise here
     return ConfigParseError(path, format_location(parts), message, line=line_of(node, parts))
