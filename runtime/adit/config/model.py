@@ -26,6 +26,7 @@ __all__ = [
     "RemoteConfig",
     "WarpRoutingConfig",
     "duration_hook",
+    "to_json_object",
 ]
 
 Unsigned = Annotated[int, msgspec.Meta(ge=0)]
@@ -233,3 +234,15 @@ def _kind(value: Any) -> str:
     return {bool: "bool", int: "int", float: "float", list: "list", dict: "map"}.get(
         type(value), type(value).__name__
     )
+
+
+def _encode_duration(value: Any) -> Any:
+    if isinstance(value, Duration):
+        seconds = value.seconds
+        return int(seconds) if seconds.is_integer() else seconds
+    raise NotImplementedError(f"cannot encode {type(value).__name__}")
+
+
+def to_json_object(value: msgspec.Struct) -> Any:
+    """``value`` as JSON-ready builtins in remote-config form (durations in seconds)."""
+    return msgspec.to_builtins(value, enc_hook=_encode_duration)
