@@ -1,0 +1,51 @@
+"""The RPC modules' public names resolve, and the modules stay sans-IO."""
+
+from __future__ import annotations
+
+import ast
+import importlib
+from pathlib import Path
+
+import pytest
+
+MODULES = [
+    "adit.protocol.framing",
+    "adit.protocol.registration_codec",
+    "adit.protocol.rpc",
+    "adit.protocol.rpc_client",
+    "adit.protocol.rpc_events",
+    "adit.protocol.rpc_messages",
+    "adit.protocol.rpc_server",
+]
+BANNED = {"asyncio", "socket", "ssl", "zmq", "uvloop", "time", "threading"}
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_all_names_resolve(name: str) -> None:
+    module = importlib.import_module(name)
+    exported = module.__all__
+    assert sorted(exported) == sorted(set(exported))
+    for attribute in exported:
+        assert hasattr(module, attribute), attribute
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_no_io_or_clock_imports(name: str) -> None:
+    module = importlib.import_module(name)
+    assert module.__file__ is not None
+    tree = ast.parse(Path(module.__file__).read_text())
+    imported: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imported.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            imported.add(node.module.split(".")[0])
+    assert not imported & BANNED
+
+
+def test_schemas_ship_inside_the_package() -> None:
+    module = importlib.import_module("adit.protocol.rpc_messages")
+    assert module.__file__ is not None
+    schema_dir = Path(module.__file__).with_name("capnp_schema")
+    names = {path.name for path in schema_dir.glob("*.capnp")}
+    assert names == {"rpc.capnp", "tunnelrpc.capnp", "quic_metadata_protocol.capnp"}
