@@ -109,3 +109,13 @@ def test_local_configuration_round_trip(config: bytes) -> None:
     assert update == UpdateLocalConfigurationCalled(answer_id=question, config=config)
     server.answer_empty(update.answer_id)
     assert client.receive_data(server.data_to_send()) == [CallReturned(question)]
+
+
+def test_large_configuration() -> None:
+    config = bytes(range(256)) * 1024  # 256 KiB
+    client, server, event = registered(*MINIMAL)
+    server.answer_register(event.answer_id, ConnectionDetails(uuid.UUID(int=3), "X"))
+    client.receive_data(server.data_to_send())
+    question = client.update_local_configuration(config)
+    (update,) = server.receive_data(client.data_to_send())
+    assert update == UpdateLocalConfigurationCalled(answer_id=question, config=config)

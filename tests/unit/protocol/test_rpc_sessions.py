@@ -33,6 +33,7 @@ from adit.protocol.registration_codec import (
     RegisterConnectionParams,
     build_empty,
     build_register_params,
+    build_update_local_configuration_params,
 )
 from adit.protocol.rpc import (
     CallFailed,
@@ -500,4 +501,22 @@ def test_client_answers_edge_bootstrap_and_calls_with_exceptions() -> None:
     assert [(r.answer_id, r.outcome) for r in replies if isinstance(r, ReturnMessage)] == [
         (0, "exception"),
         (1, "exception"),
+    ]
+
+
+def test_multi_segment_messages_are_understood() -> None:
+    # A tiny first segment forces pycapnp to spread the Call over many segments (far pointers).
+    message = upstream_rpc.Message.new_message(num_first_segment_words=2)
+    call = message.init("call")
+    call.questionId = 1
+    call.init("target").importedCap = 0
+    call.interfaceId = REGISTRATION_SERVER_INTERFACE_ID
+    call.methodId = 2
+    params = call.init("params")
+    params.content = build_update_local_configuration_params(b"x" * 100)
+    data = bytes(message.to_bytes())
+    assert int.from_bytes(data[:4], "little") >= 1
+    server = bootstrapped_server()
+    assert server.receive_data(data) == [
+        UpdateLocalConfigurationCalled(answer_id=1, config=b"x" * 100)
     ]
