@@ -4,16 +4,37 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 
 import h11
 
-__all__ = ["MAX_HEADER_BYTES", "H11Connection", "HeadersTooLarge", "serve_connection"]
+__all__ = [
+    "MAX_HEADER_BYTES",
+    "H11Connection",
+    "HeadersTooLarge",
+    "reason_phrase",
+    "serve_connection",
+]
+
+log = logging.getLogger("adit.edge.http")
 
 #: Request line plus headers; beyond this the edge answers 431 and closes.
 MAX_HEADER_BYTES = 64 * 1024
 READ_SIZE = 256 * 1024
+
+
+#: Cloudflare's own codes that HTTP has no phrase for.
+_EXTRA_REASONS = {530: b"Origin Unreachable"}
+
+
+def reason_phrase(status: int) -> bytes:
+    """The reason phrase for a status line (empty when unknown, as HTTP allows)."""
+    try:
+        return HTTPStatus(status).phrase.encode("ascii")
+    except ValueError:
+        return _EXTRA_REASONS.get(status, b"")
 
 
 class HeadersTooLarge(Exception):
@@ -69,7 +90,7 @@ class H11Connection:
             *extra,
         ]
         await self.send(
-            h11.Response(status_code=status, headers=headers, reason=HTTPStatus(status).phrase)
+            h11.Response(status_code=status, headers=headers, reason=reason_phrase(status))
         )
         await self.send(h11.Data(data=body))
         await self.send(h11.EndOfMessage())
@@ -114,5 +135,8 @@ async def serve_connection(
             conn.start_next_cycle()
     except (ConnectionError, OSError, asyncio.IncompleteReadError, h11.LocalProtocolError):
         pass
+    except Exception:
+        # A bug in one request's handling must cost that connection, never the listener.
+        log.exception("request handling failed")
     finally:
         await conn.close()

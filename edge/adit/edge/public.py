@@ -11,11 +11,10 @@ import asyncio
 import contextlib
 import logging
 import secrets
-from http import HTTPStatus
 
 import h11
 
-from adit.edge.http1 import H11Connection, HeadersTooLarge, serve_connection
+from adit.edge.http1 import H11Connection, HeadersTooLarge, reason_phrase, serve_connection
 from adit.edge.pages import (
     BAD_REQUEST,
     HEADERS_TOO_LARGE,
@@ -145,7 +144,7 @@ class PublicListener:
         headers.append(("Cf-Ray", ray))
         await conn.send(
             h11.Response(
-                status_code=response.status, headers=headers, reason=_reason(response.status)
+                status_code=response.status, headers=headers, reason=reason_phrase(response.status)
             )
         )
         try:
@@ -210,7 +209,9 @@ class PublicListener:
             headers = [(n, v) for n, v in response.headers if n.lower() not in HOP_BY_HOP]
             await conn.send(
                 h11.Response(
-                    status_code=response.status, headers=headers, reason=_reason(response.status)
+                    status_code=response.status,
+                    headers=headers,
+                    reason=reason_phrase(response.status),
                 )
             )
             with contextlib.suppress(StreamClosedError):
@@ -261,13 +262,6 @@ async def _pipe_raw(conn: H11Connection, stream: RequestStream, leftover: bytes)
             with contextlib.suppress(BaseException):
                 await task
         stream.channel.reset()
-
-
-def _reason(status: int) -> bytes:
-    try:
-        return HTTPStatus(status).phrase.encode("ascii")
-    except ValueError:
-        return b""
 
 
 def _strip_port(authority: str) -> str:

@@ -82,14 +82,7 @@ class Dialer:
             async with asyncio.timeout(options.connect_timeout):
                 if key.unix_path:
                     return await asyncio.open_unix_connection(key.unix_path, limit=READ_LIMIT)
-                reader, writer = await asyncio.open_connection(
-                    key.host,
-                    key.port,
-                    limit=READ_LIMIT,
-                    happy_eyeballs_delay=None
-                    if options.no_happy_eyeballs
-                    else HAPPY_EYEBALLS_DELAY,
-                )
+                reader, writer = await _open_tcp(key.host, key.port, options.no_happy_eyeballs)
         except TimeoutError as exc:
             raise OriginConnectTimeout(
                 f"dial {key.describe()}: i/o timeout after {options.connect_timeout:g}s"
@@ -111,3 +104,18 @@ def _set_keepalive(writer: asyncio.StreamWriter, period: float) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, seconds)
     if hasattr(socket, "TCP_KEEPINTVL"):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, seconds)
+
+
+async def _open_tcp(
+    host: str, port: int, no_happy_eyeballs: bool
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    if not no_happy_eyeballs:
+        try:
+            return await asyncio.open_connection(
+                host, port, limit=READ_LIMIT, happy_eyeballs_delay=HAPPY_EYEBALLS_DELAY
+            )
+        except TypeError:
+            # uvloop's create_connection has no Happy Eyeballs: it tries the resolved
+            # addresses one after the other instead.
+            pass
+    return await asyncio.open_connection(host, port, limit=READ_LIMIT)
