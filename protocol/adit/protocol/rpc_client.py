@@ -176,7 +176,8 @@ class RegistrationClientSession:
         """Feed bytes from the edge; return the events they complete.
 
         Raises :class:`~adit.protocol.errors.RpcProtocolError` if the edge broke the protocol;
-        an Abort is then waiting in :meth:`data_to_send`.
+        an Abort is then waiting in :meth:`data_to_send`. Events completed
+        earlier in the same call are dropped with it: the connection is over anyway.
         """
         events: list[ClientEvent] = []
         if self._closed:

@@ -103,7 +103,8 @@ class RegistrationServerSession:
 
         Raises :class:`~adit.protocol.errors.RpcProtocolError` (or its subclass
         :class:`~adit.protocol.errors.FramingError`) if the peer broke the protocol; an Abort is
-        then waiting in :meth:`data_to_send` and the connection should be closed.
+        then waiting in :meth:`data_to_send` and the connection should be closed. Events completed
+        earlier in the same call are dropped with it: the connection is over anyway.
         """
         events: list[ServerEvent] = []
         if self._closed:
