@@ -62,6 +62,16 @@ from adit.edge.admin import ADMIN_COMMANDS, DEFAULT_STATE_DIR
     help="Write the bound addresses here (JSON) once listening.",
 )
 @click.option(
+    "--quick-tunnel",
+    "quick_tunnel_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    hidden=True,
+    help="Provision a throwaway tunnel on <random>.localhost; write its token here.",
+)
+@click.option("--exit-with-pid", type=int, default=None, hidden=True)
+@click.option("--ephemeral", is_flag=True, hidden=True, help="Delete the state dir on exit.")
+@click.option(
     "--loglevel",
     default="info",
     type=click.Choice(["debug", "info", "warn", "error"]),
@@ -78,6 +88,9 @@ def edge(
     advertise: tuple[str, ...],
     api_names: tuple[str, ...],
     ready_file: Path | None,
+    quick_tunnel_file: Path | None,
+    exit_with_pid: int | None,
+    ephemeral: bool,
     loglevel: str,
 ) -> None:
     """Run the self-hosted edge (or administer it with a subcommand)."""
@@ -101,6 +114,9 @@ def edge(
         advertise=advertise,
         api_names=api_names,
         ready_file=ready_file,
+        quick_tunnel_file=quick_tunnel_file,
+        exit_with_pid=exit_with_pid,
+        ephemeral=ephemeral,
     )
     import uvloop
 

@@ -11,13 +11,16 @@ import contextlib
 import json
 import logging
 import os
+import secrets
+import shutil
 import signal
 import socket
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import h11
 
+from adit.credentials import TunnelCredentials, encode_tunnel_token
 from adit.edge.api import EdgeInfo, ManagementApi
 from adit.edge.ca import EdgeCA
 from adit.edge.http1 import H11Connection, serve_connection
@@ -46,7 +49,12 @@ class EdgeSettings:
     advertise: tuple[str, ...] = ()
     api_names: tuple[str, ...] = ("localhost",)
     ready_file: Path | None = None
-    extra: dict[str, str] = field(default_factory=dict)
+    #: Provision a throwaway tunnel routed at ``<random>.localhost`` and write its token here.
+    quick_tunnel_file: Path | None = None
+    #: Exit when this process is gone (the quick-tunnel CLI that started us).
+    exit_with_pid: int | None = None
+    #: Delete the state directory on exit (quick tunnels leave nothing behind).
+    ephemeral: bool = False
 
 
 def split_address(address: str) -> tuple[str, int]:
@@ -133,8 +141,31 @@ class EdgeServer:
             for address in bound:
                 log.info("listening: %s %s", kind, address)
         log.info("edge location %s ready; CA at %s", self.settings.location, self.ca_path)
+        if self.settings.quick_tunnel_file is not None:
+            self._provision_quick_tunnel(self.settings.quick_tunnel_file, advertise)
         if self.settings.ready_file is not None:
             self._write_ready_file(self.settings.ready_file, advertise)
+
+    def _provision_quick_tunnel(self, path: Path, advertise: tuple[str, ...]) -> None:
+        label = secrets.token_hex(6)
+        account = self.store.create_account("quick")
+        tunnel = self.store.create_tunnel(account.tag, f"quick-{label}")
+        hostname = f"{label}.localhost"
+        self.store.route_hostname(account.tag, tunnel.id, hostname)
+        http_port = self.addresses["http"][0].rsplit(":", 1)[1]
+        token = encode_tunnel_token(
+            TunnelCredentials(
+                account_tag=account.tag,
+                tunnel_secret=tunnel.secret,
+                tunnel_id=tunnel.id,
+                edge=advertise,
+                edge_ca_pem=self.ca.cert_pem,
+            )
+        )
+        data = {"hostname": hostname, "url": f"http://{hostname}:{http_port}", "token": token}
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            json.dump(data, out)
 
     @property
     def ca_path(self) -> Path:
@@ -219,7 +250,29 @@ async def run_edge(settings: EdgeSettings) -> int:
     except OSError as exc:
         log.error("cannot listen: %s", exc)
         return 1
+    watcher = (
+        loop.create_task(_watch_parent(settings.exit_with_pid, signals))
+        if settings.exit_with_pid is not None
+        else None
+    )
     received = await signals.get()
     log.info("shutting down on %s", signal.Signals(received).name)
+    if watcher is not None:
+        watcher.cancel()
     await edge.stop()
+    if settings.ephemeral:
+        shutil.rmtree(settings.state_dir, ignore_errors=True)
     return 0
+
+
+async def _watch_parent(pid: int, signals: asyncio.Queue[int]) -> None:
+    """Enqueue SIGTERM once ``pid`` no longer exists."""
+    while True:
+        await asyncio.sleep(0.5)
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            signals.put_nowait(signal.SIGTERM)
+            return
+        except PermissionError:
+            continue

@@ -4,22 +4,98 @@ from __future__ import annotations
 
 import click
 
-from adit.cli.state import cli_state
+from adit.cli.state import CommandFailure, cli_state
 
 
 @click.group(invoke_without_command=True)
-@click.option("--config", "config_path", envvar="TUNNEL_CONFIG", default=None,
-              help="Path to a config.yml (default: the first found in the search path).")
-@click.option("--origincert", envvar="TUNNEL_ORIGIN_CERT", default=None,
-              help="Path to the origin certificate written by `adit tunnel login`.")
+@click.option(
+    "--config",
+    "config_path",
+    envvar="TUNNEL_CONFIG",
+    default=None,
+    help="Path to a config.yml (default: the first found in the search path).",
+)
+@click.option(
+    "--origincert",
+    envvar="TUNNEL_ORIGIN_CERT",
+    default=None,
+    help="Path to the origin certificate written by `adit tunnel login`.",
+)
+@click.option(
+    "--url",
+    envvar="TUNNEL_URL",
+    default=None,
+    help="Quick tunnel: publish this local service through an embedded edge.",
+)
+@click.option(
+    "--hello-world",
+    envvar="TUNNEL_HELLO_WORLD",
+    is_flag=True,
+    default=False,
+    help="Quick tunnel: publish the built-in hello-world origin.",
+)
+@click.option(
+    "--quick-listen",
+    default="127.0.0.1:0",
+    show_default=True,
+    hidden=True,
+    help="The embedded edge's public listener for a quick tunnel.",
+)
+@click.option(
+    "--metrics",
+    envvar="TUNNEL_METRICS",
+    default=None,
+    help="Metrics/readiness listener of a quick tunnel's connector.",
+)
+@click.option(
+    "--loglevel",
+    envvar="TUNNEL_LOGLEVEL",
+    default=None,
+    help="Log level of a quick tunnel's connector.",
+)
 @click.pass_context
-def tunnel(ctx: click.Context, config_path: str | None, origincert: str | None) -> None:
-    """Create, route and run tunnels."""
+def tunnel(
+    ctx: click.Context,
+    config_path: str | None,
+    origincert: str | None,
+    url: str | None,
+    hello_world: bool,
+    quick_listen: str,
+    metrics: str | None,
+    loglevel: str | None,
+) -> None:
+    """Create, route and run tunnels; with --url alone, a quick tunnel."""
     state = cli_state(ctx)
     state.config_path = config_path
     state.origincert = origincert
-    if ctx.invoked_subcommand is None:
-        click.echo(ctx.get_help())
+    if ctx.invoked_subcommand is not None:
+        return
+    if url is None and not hello_world:
+        raise CommandFailure(NO_ARGUMENT_MESSAGE)
+    from adit.cli.quick import start_quick_tunnel
+
+    passthrough: list[str] = []
+    if metrics:
+        passthrough += ["--metrics", metrics]
+    if loglevel:
+        passthrough += ["--loglevel", loglevel]
+    start_quick_tunnel(
+        url=url, hello_world=hello_world, http_listen=quick_listen, passthrough=passthrough
+    )
+
+
+NO_ARGUMENT_MESSAGE = "\n".join(
+    [
+        "You did not specify any valid additional argument to the adit tunnel command.",
+        "",
+        "If you are trying to run a Quick Tunnel then you need to explicitly pass the --url flag.",
+        "Eg. adit tunnel --url localhost:8080/.",
+        "",
+        "Please note that Quick Tunnels are meant to be ephemeral and should only be used for "
+        "testing purposes.",
+        "For production usage, create a named tunnel: adit tunnel create NAME.",
+    ]
+)
 
 
 def _attach() -> None:

@@ -1,0 +1,110 @@
+"""Quick tunnels: ``adit tunnel --url URL`` with no edge configured.
+
+cloudflared asks trycloudflare.com for a throwaway tunnel; adit starts an embedded edge on
+loopback instead, provisions a tunnel on ``<random>.localhost`` (which curl and browsers
+resolve to 127.0.0.1 without DNS), then becomes the connector for it. The edge exits with
+this process and deletes its state.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import click
+
+from adit.cli.state import CommandFailure
+
+START_TIMEOUT = 20.0
+
+
+def _banner(url: str) -> str:
+    lines = [
+        "Your quick Tunnel has been created! Visit it at (it is served by an embedded edge on",
+        "this machine's loopback, so only this machine can reach it):",
+        url,
+    ]
+    width = max(len(line) for line in lines) + 4
+    rule = "+" + "-" * (width - 2) + "+"
+    body = [f"|  {line.ljust(width - 6)}  |" for line in lines]
+    return "\n".join([rule, *body, rule])
+
+
+def start_quick_tunnel(
+    *,
+    url: str | None,
+    hello_world: bool,
+    http_listen: str,
+    passthrough: list[str],
+) -> None:
+    """Start the embedded edge, then exec into ``adit tunnel run`` for the quick tunnel."""
+    state = Path(tempfile.mkdtemp(prefix="adit-quick-"))
+    ready = state / "ready.json"
+    quick = state / "quick.json"
+    log_path = state / "edge.log"
+    with log_path.open("wb") as log:
+        edge = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "adit.cli",
+                "edge",
+                "--state-dir",
+                str(state),
+                "--tunnel-listen",
+                "127.0.0.1:0",
+                "--http-listen",
+                http_listen,
+                "--api-listen",
+                "127.0.0.1:0",
+                "--location",
+                "quick",
+                "--quick-tunnel",
+                str(quick),
+                "--ready-file",
+                str(ready),
+                "--exit-with-pid",
+                str(os.getpid()),
+                "--ephemeral",
+                "--loglevel",
+                "warn",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+    deadline = time.monotonic() + START_TIMEOUT
+    while not ready.exists():
+        if edge.poll() is not None or time.monotonic() > deadline:
+            output = log_path.read_text(errors="replace") if log_path.exists() else ""
+            edge.kill()
+            raise CommandFailure(f"failed to start the embedded edge for a quick tunnel:\n{output}")
+        time.sleep(0.05)
+    info = json.loads(quick.read_text())
+    token_file = state / "token"
+    fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(info["token"])
+    click.echo(_banner(info["url"]), err=True)
+    origin = ["--hello-world"] if hello_world else ["--url", url or "http://localhost:8080"]
+    argv = [
+        sys.executable,
+        "-m",
+        "adit.cli",
+        "tunnel",
+        "run",
+        "--token-file",
+        str(token_file),
+        "--ha-connections",
+        "1",
+        *origin,
+        *passthrough,
+    ]
+    sys.stderr.flush()
+    sys.stdout.flush()
+    os.execv(sys.executable, argv)  # noqa: S606 - argv is ours, no shell involved
