@@ -4,6 +4,7 @@ Behaviour comes from the environment the test gives the supervisor (inherited by
 
 * ``ADIT_TEST_STANDIN_MODE``: ``register`` (default) reports every connection registered;
   ``refuse`` reports connection 0 refused; ``idle`` reports nothing.
+* ``ADIT_TEST_STANDIN_DRAIN``: ``ignore`` never finishes a drain (to test the second signal).
 * ``ADIT_TEST_STANDIN_LOG``: a file that gets one line per observed command
   (``start <slot> <pid> <conn indexes>``, ``drain <slot> <grace>``).
 """
@@ -60,7 +61,8 @@ class StandInRuntime:
     def begin_drain(self, grace: float) -> None:
         """Record the drain and finish."""
         _record(f"drain {self.settings.slot} {grace}")
-        self._drained.set()
+        if os.environ.get("ADIT_TEST_STANDIN_DRAIN") != "ignore":
+            self._drained.set()
 
     def apply_ingress(self, snapshot: IngressSnapshot) -> None:
         """Nothing to swap."""

@@ -525,7 +525,9 @@ def run(ctx: click.Context, /, tunnel: tuple[str, ...], **_options: Any) -> None
     if code == 1:
         raise CommandFailure(supervisor.failure or "tunnel stopped with an error")
     if code != 0:
-        raise click.exceptions.Exit(code)
+        # Killed by a second signal: 128 + signum, what a shell reports for cloudflared.
+        # (click's own Exit would be swallowed by standalone_mode=False.)
+        raise SystemExit(code)
 
 
 COMMANDS = [run]

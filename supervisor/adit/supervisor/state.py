@@ -375,7 +375,8 @@ class SupervisorState:
         actions: list[Action] = []
         if self.phase is Phase.STARTING:
             self.phase = Phase.RUNNING
-            actions += [Notify("READY=1"), WritePidfile()]
+            # The pidfile first: whoever reacts to READY=1 may read it at once.
+            actions += [WritePidfile(), Notify("READY=1")]
         return actions + self._status()
 
     def _on_refused(self, event: RegistrationRefused, now: float) -> list[Action]:

@@ -1,0 +1,241 @@
+"""The real supervisor (``adit tunnel run``) with real worker processes and a stand-in runtime.
+
+The workers' data plane is replaced through ``ADIT_TEST_WORKER_RUNTIME`` (a test-only seam) by
+``supervisor_standin.StandInRuntime``; everything else is real: fork+exec, zmq ipc, signals,
+sd_notify on a real unix datagram socket, the pidfile and the HTTP listener.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import queue
+import re
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from adit.credentials import TunnelCredentials, encode_tunnel_token
+
+pytestmark = [pytest.mark.process, pytest.mark.timeout(30)]
+
+STANDIN = Path(__file__).with_name("supervisor_standin.py")
+WORKER_STARTED = re.compile(r"Started worker pid=(\d+)")
+
+
+class Connector:
+    """One ``adit tunnel run`` process, its stderr lines and its sd_notify messages."""
+
+    def __init__(self, tmp: Path, mode: str = "register", drain: str = "") -> None:
+        self.tmp = tmp
+        self.runtime_base = tmp / "run"
+        self.runtime_base.mkdir()
+        self.standin_log = tmp / "standin.log"
+        self.pidfile = tmp / "adit.pid"
+        self.notify_path = tmp / "notify"
+        self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.notify.bind(str(self.notify_path))
+        self.lines: queue.Queue[str] = queue.Queue()
+        self.seen: list[str] = []
+        self.worker_pids: set[int] = set()
+        creds = TunnelCredentials(
+            "acct", b"s" * 32, uuid.uuid4(), edge=("127.0.0.1:7844", "127.0.0.1:7845")
+        )
+        env = {
+            key: value
+            for key, value in os.environ.items()
+            if not key.startswith(("TUNNEL_", "NOTIFY_", "ADIT_TEST_"))
+        }
+        env.update(
+            HOME=str(tmp),
+            RUNTIME_DIRECTORY=str(self.runtime_base),
+            NOTIFY_SOCKET=str(self.notify_path),
+            ADIT_TEST_WORKER_RUNTIME=f"{STANDIN}:StandInRuntime",
+            ADIT_TEST_STANDIN_MODE=mode,
+            ADIT_TEST_STANDIN_DRAIN=drain,
+            ADIT_TEST_STANDIN_LOG=str(self.standin_log),
+        )
+        args = [
+            "tunnel", "run",
+            "--token", encode_tunnel_token(creds),
+            "--metrics", "127.0.0.1:0",
+            "--grace-period", "2s",
+            "--loglevel", "debug",
+            "--url", "http://127.0.0.1:9",
+            "--pidfile", str(self.pidfile),
+        ]  # fmt: skip
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", "from adit.cli.main import main; main()", *args],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        self._reader = threading.Thread(target=self._read_stderr, daemon=True)
+        self._reader.start()
+
+    def _read_stderr(self) -> None:
+        assert self.process.stderr is not None
+        for line in self.process.stderr:
+            self.lines.put(line.rstrip("\n"))
+
+    def wait_line(self, pattern: str, timeout: float = 10.0) -> re.Match[str]:
+        """The first stderr line (seen or coming) matching ``pattern``."""
+        regex = re.compile(pattern)
+        for line in self.seen:
+            if match := regex.search(line):
+                return match
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                line = self.lines.get(timeout=left)
+            except queue.Empty:
+                break
+            self.seen.append(line)
+            if started := WORKER_STARTED.search(line):
+                self.worker_pids.add(int(started.group(1)))
+            if match := regex.search(line):
+                return match
+        raise AssertionError(f"no line matching {pattern!r}; got:\n" + "\n".join(self.seen))
+
+    def wait_notify(self, wanted: str, timeout: float = 10.0) -> list[str]:
+        """sd_notify datagrams until one equals ``wanted``."""
+        received: list[str] = []
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            self.notify.settimeout(left)
+            try:
+                message = self.notify.recv(4096).decode()
+            except TimeoutError:
+                break
+            received.append(message)
+            if message == wanted:
+                return received
+        raise AssertionError(f"no {wanted!r} from sd_notify; got {received}")
+
+    def wait_exit(self, timeout: float = 10.0) -> int:
+        return self.process.wait(timeout=timeout)
+
+    def standin_lines(self) -> list[str]:
+        if not self.standin_log.exists():
+            return []
+        return self.standin_log.read_text().splitlines()
+
+    def close(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        for pid in self.worker_pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        self.process.wait(timeout=5)
+        self._reader.join(timeout=5)
+        assert self.process.stderr is not None
+        self.process.stderr.close()
+        self.notify.close()
+
+
+@pytest.fixture
+def short_tmp() -> Iterator[Path]:
+    # AF_UNIX paths are limited to 108 bytes; pytest's tmp_path can be longer.
+    with tempfile.TemporaryDirectory(prefix="adit-t-") as directory:
+        yield Path(directory)
+
+
+@pytest.fixture
+def connector(short_tmp: Path) -> Iterator[Connector]:
+    running = Connector(short_tmp)
+    yield running
+    running.close()
+
+
+def _wait_for(predicate: object, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():  # type: ignore[operator]
+            return
+        time.sleep(0.05)
+    raise AssertionError("condition not met in time")
+
+
+def test_supervisor_lifecycle(connector: Connector) -> None:
+    worker_pid = int(connector.wait_line(r"Started worker pid=(\d+)").group(1))
+    assert worker_pid != connector.process.pid
+    cmdline = Path(f"/proc/{worker_pid}/cmdline")
+    # Right after execve the kernel may not have published the new arguments yet.
+    _wait_for(lambda: cmdline.read_bytes() != b"")
+    assert b"adit.workers" in cmdline.read_bytes().split(b"\0")  # exec'd, not a bare fork
+
+    (runtime_dir,) = connector.runtime_base.glob("adit-*")
+    assert stat.S_IMODE(runtime_dir.stat().st_mode) == 0o700
+
+    connector.wait_notify("READY=1")
+    assert connector.pidfile.read_text() == str(connector.process.pid)
+    connector.wait_line(r"First heartbeat from worker pid=" + str(worker_pid))
+    assert any(line.startswith(f"start 0 {worker_pid} ") for line in connector.standin_lines())
+
+    port = int(connector.wait_line(r"Starting metrics server on 127\.0\.0\.1:(\d+)/metrics")[1])
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=5) as response:
+        ready = json.loads(response.read())
+    assert ready["status"] == 200 and ready["readyConnections"] == 2
+
+    connector.process.send_signal(signal.SIGTERM)
+    connector.wait_notify("STOPPING=1")
+    assert connector.wait_exit() == 0
+    assert "drain 0 2.0" in connector.standin_lines()
+    assert not runtime_dir.exists()
+    assert not Path(f"/proc/{worker_pid}").exists()
+
+
+def test_second_sigterm_exits_at_once(short_tmp: Path) -> None:
+    connector = Connector(short_tmp, drain="ignore")
+    try:
+        worker_pid = int(connector.wait_line(r"Started worker pid=(\d+)").group(1))
+        connector.wait_notify("READY=1")
+        connector.process.send_signal(signal.SIGTERM)
+        connector.wait_notify("STOPPING=1")
+        _wait_for(lambda: "drain 0 2.0" in connector.standin_lines())
+        started = time.monotonic()
+        connector.process.send_signal(signal.SIGTERM)
+        assert connector.wait_exit(timeout=5) == 128 + signal.SIGTERM
+        assert time.monotonic() - started < 2.0  # well before the 2 s grace period ends
+        _wait_for(lambda: not Path(f"/proc/{worker_pid}").exists())
+    finally:
+        connector.close()
+
+
+def test_refused_first_connection_exits_1(short_tmp: Path) -> None:
+    connector = Connector(short_tmp, mode="refuse")
+    try:
+        assert connector.wait_exit() == 1
+        connector.wait_line(r"ERR Couldn't start tunnel error=")
+        connector.wait_line(r"^initial tunnel connection failed: Unauthorized: bad secret$")
+        assert not connector.pidfile.exists()
+    finally:
+        connector.close()
+
+
+def test_killed_worker_is_restarted(connector: Connector) -> None:
+    first = int(connector.wait_line(r"Started worker pid=(\d+)").group(1))
+    connector.wait_notify("READY=1")
+    os.kill(first, signal.SIGKILL)
+    connector.wait_line(r"Worker exited unexpectedly code=-9")
+    second = int(connector.wait_line(rf"Started worker pid=(?!{first}\b)(\d+)").group(1))
+    assert second != first
+    connector.wait_line(r"First heartbeat from worker pid=" + str(second))
+    assert any(line.startswith(f"start 0 {second} ") for line in connector.standin_lines())
+    connector.process.send_signal(signal.SIGINT)
+    assert connector.wait_exit() == 0
