@@ -1,0 +1,124 @@
+"""``adit tunnel run`` failures before any worker starts: messages and exit codes (§1.10)."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from adit.cli.main import main
+from adit.credentials import TunnelCredentials, encode_tunnel_token
+
+TUNNEL_ID = "6ff42ae2-765d-4adf-8112-31c55c1551ef"
+
+
+@pytest.fixture(autouse=True)
+def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    # No config or credentials from the real home; logging handlers restored afterwards.
+    monkeypatch.setenv("HOME", str(tmp_path))
+    for name in ("TUNNEL_TOKEN", "TUNNEL_CRED_FILE", "TUNNEL_CRED_CONTENTS", "TUNNEL_EDGE"):
+        monkeypatch.delenv(name, raising=False)
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    for handler in handlers:
+        root.addHandler(handler)
+    root.setLevel(level)
+
+
+def _run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    with pytest.raises(SystemExit) as exited:
+        main(["tunnel", "run", *args])
+    code = exited.value.code
+    return int(code) if isinstance(code, int) else 1, capsys.readouterr().err
+
+
+def _token(**extra: object) -> str:
+    creds = TunnelCredentials("acct", b"s" * 32, uuid.UUID(TUNNEL_ID), **extra)  # type: ignore[arg-type]
+    return encode_tunnel_token(creds)
+
+
+def test_no_tunnel_is_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    code, err = _run([], capsys)
+    assert code == 255
+    assert '"adit tunnel run" requires the ID or name of the tunnel' in err
+    assert "See 'adit tunnel run --help'." in err
+
+
+def test_two_arguments(capsys: pytest.CaptureFixture[str]) -> None:
+    code, err = _run(["a", "b"], capsys)
+    assert code == 255
+    assert '"adit tunnel run" accepts only one argument' in err
+
+
+def test_bad_token(capsys: pytest.CaptureFixture[str]) -> None:
+    code, err = _run(["--token", "not-a-token"], capsys)
+    assert (code, "Provided Tunnel token is not valid." in err) == (255, True)
+
+
+def test_unreadable_token_file(capsys: pytest.CaptureFixture[str]) -> None:
+    code, err = _run(["--token-file", "/nonexistent"], capsys)
+    assert code == 255
+    assert "Failed to read token file: open /nonexistent: no such file or directory" in err
+
+
+def test_missing_credentials_file(capsys: pytest.CaptureFixture[str]) -> None:
+    code, err = _run(["--credentials-file", "/nonexistent.json", TUNNEL_ID], capsys)
+    assert code == 1
+    assert "Tunnel credentials file '/nonexistent.json' doesn't exist or is not a file" in err
+
+
+def test_malformed_credentials_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text("{nope")
+    code, err = _run(["--cred-file", str(bad), TUNNEL_ID], capsys)
+    assert code == 1
+    assert "Invalid JSON when parsing tunnel credentials file" in err
+
+
+def test_no_credentials_found(capsys: pytest.CaptureFixture[str]) -> None:
+    code, err = _run([TUNNEL_ID], capsys)
+    assert (code, err.strip().endswith("tunnel credentials file not found")) == (1, True)
+
+
+def test_grace_period_cap(capsys: pytest.CaptureFixture[str]) -> None:
+    code, err = _run(["--token", _token(), "--grace-period", "4m"], capsys)
+    assert (code, "grace-period must be equal or less than 3m0s" in err) == (1, True)
+
+
+def test_quic_is_not_yet_available(capsys: pytest.CaptureFixture[str]) -> None:
+    code, err = _run(["--token", _token(), "--protocol", "quic"], capsys)
+    assert code == 1 and "QUIC is not supported by adit yet" in err
+
+
+def test_unknown_protocol(capsys: pytest.CaptureFixture[str]) -> None:
+    code, err = _run(["--token", _token(), "--protocol", "h3"], capsys)
+    assert code == 1 and "unknown protocol h3, Available protocols:" in err
+
+
+def test_bad_tag(capsys: pytest.CaptureFixture[str]) -> None:
+    code, err = _run(["--token", _token(), "--tag", "bad tag"], capsys)
+    assert code == 1 and "Tag parse failure: Cannot parse tag value bad tag" in err
+
+
+def test_no_edge(capsys: pytest.CaptureFixture[str]) -> None:
+    code, err = _run(["--token", _token()], capsys)
+    assert code == 1 and "No edge address" in err
+
+
+def test_invalid_ingress_fails_before_workers(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "config.yml"
+    config.write_text("ingress:\n  - hostname: a.example.com\n    service: http://localhost:1\n")
+    code, err = _run(
+        ["--config", str(config), "--token", _token(), "--edge", "127.0.0.1:7844"], capsys
+    )
+    assert code == 1
+    assert "Couldn't start tunnel" in err
+    assert "The last ingress rule must match all URLs" in err
