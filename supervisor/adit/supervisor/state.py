@@ -277,9 +277,12 @@ class SupervisorState:
             return self._on_refused(event, now)
         if isinstance(event, ConnectionLost):
             self.registered.pop(event.conn_index, None)
-            log.warning(
+            # The worker already logged the failure with its details; keep one line per event.
+            log.debug(
                 "Connection terminated",
-                extra=fields(connIndex=event.conn_index, error=event.error, retryIn=event.retry_in),
+                extra=fields(
+                    connIndex=event.conn_index, error=event.error, retryIn=round(event.retry_in, 3)
+                ),
             )
             return self._status()
         if isinstance(event, ConnectionUnregistered):
