@@ -68,6 +68,8 @@ def tunnel(
     state = cli_state(ctx)
     state.config_path = config_path
     state.origincert = origincert
+    if url is not None:
+        state.extra["url"] = url  # `ingress validate` refuses --url with ingress rules
     if ctx.invoked_subcommand is not None:
         return
     if url is None and not hello_world:
