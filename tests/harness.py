@@ -253,8 +253,6 @@ def start_connector(
             "127.0.0.1:0",
             "--grace-period",
             "10s",
-            "--credentials-file",
-            str(tunnel.credentials),
             *(extra or []),
             tunnel.name,
         ],

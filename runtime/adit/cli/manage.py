@@ -170,7 +170,7 @@ def valid_hostname(name: str) -> bool:
 # -- account context ------------------------------------------------------------------------
 
 
-class _Account:
+class AccountContext:
     """cert.pem and the API client made from it (cloudflared's ``subcommandContext``)."""
 
     def __init__(self, ctx: click.Context, origincert: str | None, api_url: str | None) -> None:
@@ -420,7 +420,7 @@ def create(
             '"adit tunnel create" requires exactly 1 argument, the name of tunnel to create.'
         )
     name = args[0]
-    account = _Account(ctx, origincert, api_url)
+    account = AccountContext(ctx, origincert, api_url)
     prefix = "failed to create tunnel"
     try:
         client = account.client()
@@ -534,7 +534,7 @@ def route_dns(
         raise UsageFailure(
             'This command expects the format "adit tunnel route dns <tunnel name/id> <hostname>"'
         )
-    account = _Account(ctx, origincert, api_url)
+    account = AccountContext(ctx, origincert, api_url)
     try:
         tunnel_id = account.find_id(args[0])
     except ApiError as exc:
@@ -662,7 +662,7 @@ def list_command(
     if max_fetch_size > 0:
         query["per_page"] = str(max_fetch_size)
     try:
-        tunnels = _Account(ctx, origincert, api_url).client().list_tunnels(query)
+        tunnels = AccountContext(ctx, origincert, api_url).client().list_tunnels(query)
     except ApiError as exc:
         raise _fail("", exc) from exc
     key = _sort_key(sort_by)
@@ -748,7 +748,7 @@ def info(
             '"adit tunnel info" accepts exactly one argument, the ID or name of '
             "the tunnel to get info about."
         )
-    account = _Account(ctx, origincert, api_url)
+    account = AccountContext(ctx, origincert, api_url)
     try:
         tunnel_id = account.find_id(args[0])
     except ApiError as exc:
@@ -863,7 +863,7 @@ def delete(
             '"adit tunnel delete" requires at least 1 argument, the ID or name of '
             "the tunnel to delete."
         )
-    account = _Account(ctx, origincert, api_url)
+    account = AccountContext(ctx, origincert, api_url)
     try:
         ids = account.find_ids(args)
         client = account.client()
@@ -921,7 +921,7 @@ def token(
             '"adit tunnel token" requires exactly 1 argument, the name or UUID of '
             "tunnel to fetch the credentials token for."
         )
-    account = _Account(ctx, origincert, api_url)
+    account = AccountContext(ctx, origincert, api_url)
     try:
         tunnel_id = account.find_id(args[0], cred_file)
     except ApiError as exc:
@@ -973,7 +973,7 @@ def cleanup(
             '"adit tunnel cleanup" requires at least 1 argument, the IDs of the '
             "tunnels to cleanup connections."
         )
-    account = _Account(ctx, origincert, api_url)
+    account = AccountContext(ctx, origincert, api_url)
     try:
         ids = account.find_ids(args)
     except ApiError as exc:

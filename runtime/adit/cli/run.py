@@ -347,14 +347,20 @@ def resolve_credentials(
     cred_file = values.get("credentials_file") or values.get("credentials_file", key="cred-file")
     if cred_file:
         return _with_tunnel_id(_credentials_file(str(cred_file)), ref)
+    origincert = values.get("origincert") or cli_state(ctx).origincert
     try:
         tunnel_id = uuid.UUID(ref)
     except ValueError:
-        raise CommandFailure(
-            f"tunnel credentials file not found: give --credentials-file for tunnel {ref!r} "
-            "(a tunnel name needs its credentials file; search by name is not supported)"
-        ) from None
-    origincert = values.get("origincert") or cli_state(ctx).origincert
+        # A name: ask the edge's API with cert.pem, as cloudflared's findID does.
+        from adit.cli.apiclient import ApiError
+        from adit.cli.manage import AccountContext
+
+        try:
+            tunnel_id = AccountContext(ctx, str(origincert) if origincert else None, None).find_id(
+                ref
+            )
+        except ApiError as exc:
+            raise CommandFailure(f"error parsing tunnel ID: {exc}") from None
     cert_path = Path(str(origincert)) if origincert else find_default_origin_cert()
     found = find_credentials_file(tunnel_id, cert_path)
     if found is None:
