@@ -166,9 +166,11 @@ def encode(message: Command | Event) -> bytes:
 
 def decode_command(data: bytes) -> Command:
     """Decode a command; raises ``msgspec.ValidationError``/``DecodeError`` on bad bytes."""
-    return _command_decoder.decode(data)
+    command: Command = _command_decoder.decode(data)
+    return command
 
 
 def decode_event(data: bytes) -> Event:
     """Decode an event; raises ``msgspec.ValidationError``/``DecodeError`` on bad bytes."""
-    return _event_decoder.decode(data)
+    event: Event = _event_decoder.decode(data)
+    return event

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import ast
-import importlib
+import importlib.util
 import sys
 from pathlib import Path
 
@@ -14,7 +14,7 @@ SOURCE_ROOTS = ("supervisor", "workers", "edge", "protocol", "runtime")
 
 
 def test_adit_is_a_namespace_package_over_all_roots() -> None:
-    assert adit.__file__ is None
+    assert getattr(adit, "__file__", None) is None
     paths = {Path(p).resolve() for p in adit.__path__}
     assert paths == {ROOT / r / "adit" for r in SOURCE_ROOTS}
 
