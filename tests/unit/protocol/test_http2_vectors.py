@@ -30,6 +30,20 @@ def _body(events: list[Event], stream_id: int) -> bytes:
     )
 
 
+def _feed(
+    conn: EdgeTunnelConnection | ConnectorTunnelConnection, wire: bytes, step: int
+) -> list[Event]:
+    """Feed ``wire`` in ``step``-sized pieces, crediting every DATA frame as it is consumed."""
+    events: list[Event] = []
+    for offset in range(0, len(wire), step):
+        new = conn.receive_data(wire[offset : offset + step])
+        for event in new:
+            if isinstance(event, DataReceived):
+                conn.acknowledge(event.stream_id, event.flow_controlled_length)
+        events += new
+    return events
+
+
 def test_edge_role_decodes_cloudflareds_answers() -> None:
     edge = EdgeTunnelConnection()
     edge.initiate()
