@@ -50,6 +50,9 @@ _JSON_HEADERS = [
 _PREFIX = "/client/v4"
 _HOSTNAME = re.compile(r"^[*_a-zA-Z0-9][-_.a-zA-Z0-9]*$")
 _DEFAULT_PER_PAGE = 20
+#: How long the previous tunnel secret stays valid after ``rotate`` unless finished earlier.
+DEFAULT_ROTATION_DEADLINE = 3600
+MAX_ROTATION_DEADLINE = 30 * 24 * 3600
 _MAX_PER_PAGE = 1000
 
 # Cloudflare's error codes where one exists; the CLI prints them as ``code: N, reason: msg``.
@@ -217,6 +220,14 @@ class ManagementApi:
                 tunnel.id, _parse_uuid(client_id, "client_id") if client_id else None
             )
             return self._ok(None)
+        if rest[1:] == ["rotate"]:
+            self._allow(method, "POST")
+            return self._rotate(account, tunnel_id, body)
+        if rest[1:] == ["rotate", "finish"]:
+            self._allow(method, "POST")
+            tunnel = self._get(account, tunnel_id)
+            finished = self._store.finish_rotation(tunnel.id)
+            return self._ok({"id": str(tunnel.id), "finished": finished})
         if rest[1:] == ["token"]:
             self._allow(method, "GET")
             tunnel = self._get(account, tunnel_id)
@@ -381,6 +392,40 @@ class ManagementApi:
         except TunnelDeleted as exc:
             raise ApiError(400, _NOT_FOUND, str(exc)) from None
         return self._ok(self._tunnel_json(deleted))
+
+    def _rotate(self, account: str, tunnel_id: uuid.UUID, body: bytes) -> Response:
+        """adit's secret rotation: a new secret now, the old one accepted until the deadline
+        (or until every connection re-registered with the new one, or ``rotate/finish``)."""
+        req = self._body(body)
+        deadline = req.get("deadline_seconds", DEFAULT_ROTATION_DEADLINE)
+        if (
+            not isinstance(deadline, int | float)
+            or isinstance(deadline, bool)
+            or not 0 <= deadline <= MAX_ROTATION_DEADLINE
+        ):
+            raise ApiError(
+                400,
+                _BAD_REQUEST,
+                f"deadline_seconds must be a number from 0 to {MAX_ROTATION_DEADLINE}",
+            )
+        try:
+            tunnel, rotation = self._store.rotate_tunnel_secret(
+                account, tunnel_id, datetime.timedelta(seconds=deadline)
+            )
+        except TunnelNotFound:
+            raise ApiError(404, _NOT_FOUND, f"Tunnel {tunnel_id} not found") from None
+        except TunnelDeleted as exc:
+            raise ApiError(400, _NOT_FOUND, str(exc)) from None
+        return self._ok(
+            {
+                "id": str(tunnel.id),
+                "name": tunnel.name,
+                "token": self._token(tunnel),
+                "previous_secret_expires_at": rotation.expires_at.isoformat().replace(
+                    "+00:00", "Z"
+                ),
+            }
+        )
 
     def _route(self, account: str, tunnel_id: uuid.UUID, body: bytes) -> Response:
         req = self._body(body)

@@ -15,6 +15,7 @@ Calls are short and synchronous; the edge calls them from its event loop.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import enum
 import hashlib
@@ -38,6 +39,8 @@ __all__ = [
     "IssuedToken",
     "RouteChange",
     "RouteResult",
+    "SecretMatch",
+    "SecretRotation",
     "Store",
     "StoreError",
     "Tunnel",
@@ -75,6 +78,12 @@ CREATE TABLE IF NOT EXISTS tunnels (
 );
 CREATE UNIQUE INDEX IF NOT EXISTS tunnels_live_name
     ON tunnels(account_tag, name) WHERE deleted_at IS NULL;
+CREATE TABLE IF NOT EXISTS secret_rotations (
+    tunnel_id TEXT PRIMARY KEY REFERENCES tunnels(id),
+    previous_secret BLOB NOT NULL,
+    started_at TEXT NOT NULL,
+    expires_at TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS routes (
     hostname TEXT PRIMARY KEY,
     account_tag TEXT NOT NULL REFERENCES accounts(tag),
@@ -149,6 +158,24 @@ class Tunnel:
     created_at: datetime.datetime
     deleted_at: datetime.datetime | None = None
     remote_config: bool = False
+
+
+@dataclass(frozen=True)
+class SecretRotation:
+    """A rotation in progress: the previous secret is still accepted until ``expires_at``."""
+
+    tunnel_id: uuid.UUID
+    started_at: datetime.datetime
+    expires_at: datetime.datetime
+
+
+class SecretMatch(enum.Enum):
+    """Which of a tunnel's secrets a connector presented."""
+
+    NONE = "none"
+    CURRENT = "current"
+    #: The secret being rotated out, still inside its rotation window.
+    PREVIOUS = "previous"
 
 
 @dataclass(frozen=True)
@@ -443,6 +470,7 @@ class Store:
                 "UPDATE tunnels SET deleted_at = ? WHERE id = ?", (_ts(deleted_at), str(tunnel_id))
             )
             db.execute("DELETE FROM routes WHERE tunnel_id = ?", (str(tunnel_id),))
+            db.execute("DELETE FROM secret_rotations WHERE tunnel_id = ?", (str(tunnel_id),))
         return Tunnel(
             id=tunnel.id,
             account_tag=tunnel.account_tag,
@@ -455,17 +483,87 @@ class Store:
 
     def verify_tunnel_secret(self, tunnel_id: uuid.UUID, account_tag: str, secret: bytes) -> bool:
         """Whether a connector's TunnelAuth matches a live tunnel (constant-time compare)."""
+        return self.match_tunnel_secret(tunnel_id, account_tag, secret) is not SecretMatch.NONE
+
+    def match_tunnel_secret(
+        self, tunnel_id: uuid.UUID, account_tag: str, secret: bytes
+    ) -> SecretMatch:
+        """Which secret of a live tunnel ``secret`` is: the current one, or the previous one
+        while its rotation window is open. Both comparisons always run, in constant time."""
         with self._transaction() as db:
             row = db.execute(
-                "SELECT secret FROM tunnels"
-                " WHERE id = ? AND account_tag = ? AND deleted_at IS NULL",
+                "SELECT t.secret, r.previous_secret, r.expires_at FROM tunnels t"
+                " LEFT JOIN secret_rotations r ON r.tunnel_id = t.id"
+                " WHERE t.id = ? AND t.account_tag = ? AND t.deleted_at IS NULL",
                 (str(tunnel_id), account_tag),
             ).fetchone()
-        stored = bytes(row[0]) if row is not None else b""
-        matches = hmac.compare_digest(
-            hashlib.sha256(secret).digest(), hashlib.sha256(stored).digest()
-        )
-        return row is not None and matches
+        current = bytes(row[0]) if row is not None else b""
+        previous = bytes(row[1]) if row is not None and row[1] is not None else b""
+        expires = _parse_ts(row[2]) if row is not None else None
+        digest = hashlib.sha256(secret).digest()
+        # Comparing digests keeps the time independent of the lengths involved.
+        is_current = hmac.compare_digest(digest, hashlib.sha256(current).digest())
+        is_previous = hmac.compare_digest(digest, hashlib.sha256(previous).digest())
+        if row is None or not secret:
+            return SecretMatch.NONE
+        if is_current:
+            return SecretMatch.CURRENT
+        if is_previous and previous and expires is not None and self._clock() < expires:
+            return SecretMatch.PREVIOUS
+        return SecretMatch.NONE
+
+    def rotate_tunnel_secret(
+        self,
+        account_tag: str,
+        tunnel_id: uuid.UUID,
+        deadline: datetime.timedelta,
+        secret: bytes | None = None,
+    ) -> tuple[Tunnel, SecretRotation]:
+        """Give the tunnel a new secret (32 random bytes by default); the current one stays
+        valid until ``deadline`` from now or :meth:`finish_rotation`. Rotating again during a
+        window drops the oldest secret at once: only two secrets are ever valid."""
+        new_secret = secret if secret is not None else secrets.token_bytes(32)
+        with self._transaction() as db:
+            row = db.execute(
+                f"SELECT {self._TUNNEL_COLUMNS} FROM tunnels WHERE id = ? AND account_tag = ?",  # noqa: S608 (fixed fragments)
+                (str(tunnel_id), account_tag),
+            ).fetchone()
+            if row is None:
+                raise TunnelNotFound(f"tunnel {tunnel_id} not found")
+            tunnel = self._tunnel(row)
+            if tunnel.deleted_at is not None:
+                raise TunnelDeleted(f"Tunnel {tunnel_id} has already been deleted")
+            now = self._clock()
+            rotation = SecretRotation(tunnel.id, now, now + deadline)
+            db.execute(
+                "INSERT OR REPLACE INTO secret_rotations"
+                " (tunnel_id, previous_secret, started_at, expires_at) VALUES (?, ?, ?, ?)",
+                (str(tunnel.id), tunnel.secret, _ts(now), _ts(rotation.expires_at)),
+            )
+            db.execute("UPDATE tunnels SET secret = ? WHERE id = ?", (new_secret, str(tunnel.id)))
+        return dataclasses.replace(tunnel, secret=new_secret), rotation
+
+    def rotation(self, tunnel_id: uuid.UUID) -> SecretRotation | None:
+        """The tunnel's open rotation window, if any (an expired one counts as finished)."""
+        with self._transaction() as db:
+            row = db.execute(
+                "SELECT started_at, expires_at FROM secret_rotations WHERE tunnel_id = ?",
+                (str(tunnel_id),),
+            ).fetchone()
+        if row is None:
+            return None
+        started, expires = _parse_ts(row[0]), _parse_ts(row[1])
+        assert started is not None and expires is not None
+        if self._clock() >= expires:
+            return None
+        return SecretRotation(tunnel_id, started, expires)
+
+    def finish_rotation(self, tunnel_id: uuid.UUID) -> bool:
+        """Stop accepting the previous secret; False when no rotation was open."""
+        open_window = self.rotation(tunnel_id) is not None
+        with self._transaction() as db:
+            db.execute("DELETE FROM secret_rotations WHERE tunnel_id = ?", (str(tunnel_id),))
+        return open_window
 
     # -- hostname routes ------------------------------------------------------------------
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import hashlib
+import hmac
 import ipaddress
 import logging
 import uuid
@@ -18,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from adit.edge.registry import ConnectionRegistry, LiveConnection
-from adit.edge.store import Store
+from adit.edge.store import SecretMatch, Store
 from adit.protocol.errors import ProtocolError
 from adit.protocol.headers import FEATURE_SERIALIZED_REQUEST_HEADERS, RequestType
 from adit.protocol.http2 import (
@@ -105,6 +107,8 @@ class TunnelSession(TunnelIO[EdgeTunnelConnection]):
         self._on_closed = on_closed
         self._timeout: asyncio.TimerHandle | None = None
         self._control_task: asyncio.Task[None] | None = None
+        #: SHA-256 of the secret the connector registered with (rotation bookkeeping).
+        self.secret_digest = b""
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -196,6 +200,7 @@ class TunnelSession(TunnelIO[EdgeTunnelConnection]):
                     self.live.tunnel_id,
                     self.live.conn_index,
                 )
+                self._maybe_finish_rotation(self.live.tunnel_id, self.live.account_tag)
             self.rpc.answer_empty(event.answer_id)
         elif isinstance(event, UpdateLocalConfigurationCalled):
             log.debug("local configuration from %s: %d bytes", self.peer, len(event.config))
@@ -208,7 +213,8 @@ class TunnelSession(TunnelIO[EdgeTunnelConnection]):
     ) -> ConnectionDetails | RegistrationError:
         if self.live is not None:
             return RegistrationError("this connection is already registered", 0, False)
-        if not self.store.verify_tunnel_secret(tunnel_id, auth.account_tag, auth.tunnel_secret):
+        match = self.store.match_tunnel_secret(tunnel_id, auth.account_tag, auth.tunnel_secret)
+        if match is SecretMatch.NONE:
             # Deliberately without the word "Unauthorized": cloudflared retries forever on it,
             # and a wrong secret will not become right by retrying.
             log.warning(
@@ -223,7 +229,19 @@ class TunnelSession(TunnelIO[EdgeTunnelConnection]):
         for other in self.registry.connections(tunnel_id):
             same = other.client_id == options.client.client_id and other.conn_index == conn_index
             if same and not other.draining:
-                return RegistrationError("EDUPCONN", 0, True)
+                if not options.replace_existing:
+                    return RegistrationError("EDUPCONN", 0, True)
+                # The connector rolls this connection (new credentials or addresses): the new
+                # one takes the requests from now on, the old one finishes what it carries and
+                # is unregistered by the connector.
+                other.draining = True
+                log.info(
+                    "connection replaced tunnelID=%s connIndex=%d old=%s",
+                    tunnel_id,
+                    conn_index,
+                    other.connection_id,
+                )
+        self.secret_digest = hashlib.sha256(auth.tunnel_secret).digest()
         connection_id = uuid.uuid4()
         self.live = LiveConnection(
             tunnel_id=tunnel_id,
@@ -253,7 +271,29 @@ class TunnelSession(TunnelIO[EdgeTunnelConnection]):
             options.client.version,
             self.peer,
         )
+        if match is SecretMatch.CURRENT:
+            self._maybe_finish_rotation(tunnel_id, auth.account_tag)
         return ConnectionDetails(connection_id, self.identity.location, False)
+
+    def _maybe_finish_rotation(self, tunnel_id: uuid.UUID, account_tag: str) -> None:
+        """End a secret rotation once every routable connection of the tunnel on this edge
+        registered with the new secret (at least one did: a crashed connector's stale file is
+        no proof the rotation reached it)."""
+        if self.store.rotation(tunnel_id) is None:
+            return
+        tunnel = self.store.get_tunnel(account_tag, tunnel_id)
+        if tunnel is None:
+            return
+        current = hashlib.sha256(tunnel.secret).digest()
+        live = [c for c in self.registry.connections(tunnel_id) if not c.draining]
+        digests = [c.handle.secret_digest for c in live if isinstance(c.handle, TunnelSession)]
+        if not digests or not all(hmac.compare_digest(d, current) for d in digests):
+            return
+        if self.store.finish_rotation(tunnel_id):
+            log.info(
+                "secret rotation finished tunnelID=%s: the previous secret is refused from now on",
+                tunnel_id,
+            )
 
     # -- request streams --------------------------------------------------------------------
 
