@@ -35,13 +35,14 @@ def test_cloudflared_in_a_loopback_only_namespace() -> None:
     if shutil.which("unshare") is None or os.geteuid() != 0:
         pytest.skip("needs root and unshare(1) for a private network namespace")
     inner = f"{Path(__file__)}::test_cloudflared_connects_and_proxies"
+    inside = f'ip link set lo up && exec "{sys.executable}" -m pytest -q -p no:cacheprovider'
     result = subprocess.run(
         [
             "unshare",
             "-n",
             "sh",
             "-c",
-            f'ip link set lo up && exec "{sys.executable}" -m pytest -q -p no:cacheprovider "{inner}"',
+            f'{inside} "{inner}"',
         ],
         env={**os.environ, "ADIT_INTEROP_NAMESPACE": "1"},
         capture_output=True,
@@ -50,6 +51,7 @@ def test_cloudflared_in_a_loopback_only_namespace() -> None:
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+    assert "1 passed" in result.stdout, result.stdout  # the inner test ran, not skipped
 
 
 @pytest.mark.skipif(not INSIDE, reason="runs inside the namespace made by the test above")
