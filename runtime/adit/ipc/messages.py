@@ -18,6 +18,7 @@ __all__ = [
     "Event",
     "Heartbeat",
     "IngressSnapshot",
+    "Reconfigure",
     "RegistrationRefused",
     "Start",
     "StatsSnapshot",
@@ -74,6 +75,9 @@ class WorkerSettings(msgspec.Struct, frozen=True):
     version: str = ""
     #: Connector 0 of a locally managed tunnel pushes its config once registered.
     push_local_config: bool = True
+    #: Connections of the whole connector (all workers; 0 = unknown): which edge addresses
+    #: belong to other workers' connections, so a failing connection never takes one.
+    ha_connections: int = 0
 
 
 class Start(msgspec.Struct, frozen=True, tag=True):
@@ -88,7 +92,16 @@ class Drain(msgspec.Struct, frozen=True, tag=True):
     grace: float
 
 
-Command = Start | Drain
+class Reconfigure(msgspec.Struct, frozen=True, tag=True):
+    """New settings for a running worker (credentials, edge addresses, ingress...).
+
+    Connections are re-registered one at a time, each replacement before the old one drains.
+    """
+
+    settings: WorkerSettings
+
+
+Command = Start | Drain | Reconfigure
 
 
 class ConnectionRegistered(msgspec.Struct, frozen=True, tag=True):
