@@ -717,7 +717,7 @@ async def test_stream_services_are_not_served_yet(caplog: pytest.LogCaptureFixtu
         with caplog.at_level(logging.ERROR, logger="test.proxy"):
             await proxy.serve(stream, Rule(0, "", "", None, service))
     assert (stream.status, stream.source) == (502, ResponseSource.CONNECTOR)
-    assert "later release" in caplog.records[0].getMessage()
+    assert "originService=ssh://127.0.0.1:22" in caplog.records[0].getMessage()
 
 
 # --------------------------------------------------------------------------- TLS
