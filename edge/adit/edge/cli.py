@@ -73,10 +73,21 @@ from adit.edge.admin import ADMIN_COMMANDS, DEFAULT_STATE_DIR
 @click.option("--ephemeral", is_flag=True, hidden=True, help="Delete the state dir on exit.")
 @click.option(
     "--loglevel",
+    envvar="ADIT_EDGE_LOGLEVEL",
     default="info",
     type=click.Choice(["debug", "info", "warn", "error"]),
     show_default=True,
 )
+@click.option(
+    "--log-format",
+    "--output",
+    "log_format",
+    type=click.Choice(["default", "json"]),
+    default="default",
+    show_default=True,
+    help="Console log format.",
+)
+@click.option("--logfile", default=None, help="Also write JSON log lines to this file.")
 @click.pass_context
 def edge(
     ctx: click.Context,
@@ -92,17 +103,16 @@ def edge(
     exit_with_pid: int | None,
     ephemeral: bool,
     loglevel: str,
+    log_format: str,
+    logfile: str | None,
 ) -> None:
     """Run the self-hosted edge (or administer it with a subcommand)."""
     if ctx.invoked_subcommand is not None:
         return
     from adit.edge.server import EdgeSettings, run_edge
+    from adit.logs import LogSettings, configure_logging
 
-    logging.basicConfig(
-        level=logging.WARNING if loglevel == "warn" else getattr(logging, loglevel.upper()),
-        format="%(asctime)s %(levelname).3s %(name)s %(message)s",
-        stream=sys.stderr,
-    )
+    configure_logging(LogSettings(level=loglevel, output=log_format, logfile=logfile))
     for noisy in ("hpack", "h2"):  # frame-level debug output would drown the edge's own
         logging.getLogger(noisy).setLevel(logging.WARNING)
     settings = EdgeSettings(

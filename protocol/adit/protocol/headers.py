@@ -1,5 +1,8 @@
 """Header conventions of cloudflared's HTTP/2 transport (PROTOCOL.md §4.2, §4.5, §4.7).
 
+Header names and values are ``str`` holding latin-1 decoded bytes everywhere in adit, so any
+byte an origin or an eyeball sends survives the trip unchanged (HTTP field values are bytes).
+
 Response headers travel serialised in one HTTP/2 header because HTTP/2 would lower-case and
 filter them; the real HTTP/2 headers on a response are Go artefacts and are ignored. adit's edge
 also serialises *request* headers (``cf-cloudflared-request-headers``) for connectors that
@@ -35,6 +38,7 @@ __all__ = [
     "encode_serialized_headers",
     "is_hop_by_hop",
     "strip_hop_by_hop",
+    "wire_bytes",
 ]
 
 PROXY_CONNECTION_UPGRADE = "cf-cloudflared-proxy-connection-upgrade"
@@ -100,8 +104,19 @@ def classify_request(headers: Iterable[tuple[str, str]]) -> RequestType:
     return RequestType.HTTP
 
 
+def wire_bytes(text: str) -> bytes:
+    """Header text to wire bytes: adit carries header bytes as latin-1 text, one char a byte.
+
+    Text that is not latin-1 (only our own code could make it) goes out as UTF-8.
+    """
+    try:
+        return text.encode("latin-1")
+    except UnicodeEncodeError:
+        return text.encode("utf-8")
+
+
 def _b64(data: str) -> str:
-    return base64.b64encode(data.encode("utf-8", "surrogateescape")).decode("ascii").rstrip("=")
+    return base64.b64encode(wire_bytes(data)).decode("ascii").rstrip("=")
 
 
 def _unb64(data: str) -> str:
@@ -110,7 +125,7 @@ def _unb64(data: str) -> str:
         raw = base64.b64decode(padded, validate=True)
     except (binascii.Error, ValueError) as exc:
         raise HeaderDecodeError(f"bad base64 in serialised headers: {data[:32]!r}") from exc
-    return raw.decode("utf-8", "surrogateescape")
+    return raw.decode("latin-1")
 
 
 def encode_serialized_headers(headers: Iterable[tuple[str, str]]) -> str:

@@ -39,6 +39,7 @@ from adit.protocol.headers import (
     decode_serialized_headers,
     encode_serialized_headers,
     strip_hop_by_hop,
+    wire_bytes,
 )
 
 __all__ = [
@@ -75,12 +76,16 @@ class TunnelSettings:
 def _text_pairs(
     headers: Iterable[tuple[bytes | str, bytes | str]],
 ) -> Iterator[tuple[str, str]]:
-    # h2 yields str when header_encoding is set; its annotations only promise bytes.
+    # Without header_encoding h2 yields bytes: latin-1 keeps every byte as one char.
     for name, value in headers:
         yield (
-            name if isinstance(name, str) else name.decode("utf-8", "surrogateescape"),
-            value if isinstance(value, str) else value.decode("utf-8", "surrogateescape"),
+            name if isinstance(name, str) else name.decode("latin-1"),
+            value if isinstance(value, str) else value.decode("latin-1"),
         )
+
+
+def _wire_pairs(headers: Iterable[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
+    return [(wire_bytes(name), wire_bytes(value)) for name, value in headers]
 
 
 # --- events ---------------------------------------------------------------------------------
@@ -193,7 +198,7 @@ class TunnelHttp2Connection:
         self._settings = settings
         config = h2.config.H2Configuration(
             client_side=client_side,
-            header_encoding="utf-8",
+            header_encoding=None,
             validate_outbound_headers=False,
             normalize_outbound_headers=False,
             validate_inbound_headers=True,
@@ -436,7 +441,7 @@ class ConnectorTunnelConnection(TunnelHttp2Connection):
                 ("content-length", v) for n, v in headers if n.lower() == "content-length"
             )
         try:
-            self._h2.send_headers(stream_id, h2_headers, end_stream=end_stream)
+            self._h2.send_headers(stream_id, _wire_pairs(h2_headers), end_stream=end_stream)
         except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError) as exc:
             raise Http2TunnelError(f"stream {stream_id}: cannot send response: {exc}") from exc
 
@@ -506,7 +511,7 @@ class EdgeTunnelConnection(TunnelHttp2Connection):
                 (name.lower(), value) for name, value in clean if name.lower() != "host"
             )
         try:
-            self._h2.send_headers(stream_id, h2_headers, end_stream=end_stream)
+            self._h2.send_headers(stream_id, _wire_pairs(h2_headers), end_stream=end_stream)
         except h2.exceptions.TooManyStreamsError as exc:
             raise Http2TunnelError("the connector's stream limit is reached") from exc
         return stream_id

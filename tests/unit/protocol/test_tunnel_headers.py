@@ -62,9 +62,17 @@ header_names = st.text(
 ).filter(lambda n: not n.lower().startswith(("cf-int-", "cf-cloudflared-", "cf-proxy-")))
 
 
-@given(st.lists(st.tuples(header_names, st.text(max_size=50)), max_size=20))
-def test_round_trip(headers: list[tuple[str, str]]) -> None:
+latin1_values = st.text(alphabet=st.characters(max_codepoint=255), max_size=50)
+
+
+@given(st.lists(st.tuples(header_names, latin1_values), max_size=20))
+def test_round_trip_keeps_every_byte(headers: list[tuple[str, str]]) -> None:
     assert decode_serialized_headers(encode_serialized_headers(headers)) == headers
+
+
+def test_non_latin1_text_goes_out_as_utf8_bytes() -> None:
+    (pair,) = decode_serialized_headers(encode_serialized_headers([("X-Snow", "\u2603")]))
+    assert pair == ("X-Snow", "\u2603".encode().decode("latin-1"))
 
 
 @given(st.text(max_size=200))
