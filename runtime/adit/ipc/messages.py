@@ -9,6 +9,7 @@ from __future__ import annotations
 import msgspec
 
 __all__ = [
+    "ApplyIngress",
     "Command",
     "ConnectionLost",
     "ConnectionRegistered",
@@ -101,7 +102,15 @@ class Reconfigure(msgspec.Struct, frozen=True, tag=True):
     settings: WorkerSettings
 
 
-Command = Start | Drain | Reconfigure
+class ApplyIngress(msgspec.Struct, frozen=True, tag=True):
+    """Swap the ingress rules (and origin settings) live; stale versions are ignored."""
+
+    snapshot: IngressSnapshot
+    #: The log level to switch to ("" = unchanged).
+    loglevel: str = ""
+
+
+Command = Start | Drain | Reconfigure | ApplyIngress
 
 
 class ConnectionRegistered(msgspec.Struct, frozen=True, tag=True):
