@@ -3,9 +3,15 @@
 The worker process (``adit.workers.process``) owns ipc and signals; this class owns the
 connections. It never touches ZeroMQ: events go out through the ``publish`` callback.
 
-Each assigned connection index runs one loop: dial → TLS → register → serve until the
-connection is lost → back off (jittered, never zero) → again. The first index registers
-before the others dial, as cloudflared does.
+Each assigned connection index is a :class:`ConnectionSlot` run by one loop: dial → TLS →
+register → serve until the connection is lost → back off (jittered, never zero) → again.
+Addresses are spread over edge locations (``adit.workers.locations``); a dial error moves the
+connection to a free address. Connection 0 registers before the others dial, as cloudflared
+does; the others follow a short stagger apart.
+
+:meth:`WorkerRuntime.reconfigure` rolls the connections one at a time: a replacement is
+dialled and registered (``replace_existing``, same index and connector id) while the old
+connection still serves, then the old one is unregistered and drained, so no request fails.
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ from adit.protocol.registration import (
 )
 from adit.workers.backoff import Backoff
 from adit.workers.edge_connection import EdgeConnection, Registration
+from adit.workers.locations import fallback, home_address
 from adit.workers.proxy import OriginProxy
 
 log = logging.getLogger("adit.workers")
@@ -51,6 +58,10 @@ EDGE_SNI = "h2.cftunnel.com"
 #: TCP connect plus TLS handshake, as cloudflared's fixed 15 s.
 DIAL_TIMEOUT = 15.0
 STATS_INTERVAL = 1.0
+#: Spacing of the first dials of connections other than 0 (cloudflared: 1 s).
+REGISTRATION_STAGGER = 0.5
+#: How long a roll waits for one connection's replacement before moving on to the next.
+ROLL_TIMEOUT = 2 * DIAL_TIMEOUT
 
 #: What adit's connector tells the edge it supports.
 FEATURES = ("serialized_headers", FEATURE_SERIALIZED_REQUEST_HEADERS)
@@ -73,6 +84,43 @@ def edge_tls_context(ca_pem: str) -> ssl.SSLContext:
     return context
 
 
+def _needs_new_connections(old: WorkerSettings, new: WorkerSettings) -> bool:
+    """Whether registered connections no longer match ``new`` (credentials, edge, CA)."""
+    return (
+        old.account_tag != new.account_tag
+        or old.tunnel_secret != new.tunnel_secret
+        or old.tunnel_id != new.tunnel_id
+        or old.edges != new.edges
+        or old.edge_ca_pem != new.edge_ca_pem
+    )
+
+
+class ConnectionSlot:
+    """One HA connection index of this worker: its address, backoff and live connection."""
+
+    def __init__(self, conn_index: int, address: int, retries: int) -> None:
+        self.conn_index = conn_index
+        #: Index into ``WorkerSettings.edges`` this slot dials.
+        self.address = address
+        self.backoff = Backoff(retries=retries)
+        self.connection: EdgeConnection | None = None
+        self.ever_registered = False
+        #: The settings generation the live connection registered with.
+        self.generation = 0
+        #: Set when the slot should replace its connection (new settings); cleared by the slot.
+        self.roll_wanted = asyncio.Event()
+        self.rolls: list[asyncio.Future[bool]] = []
+        self.removed = False
+        self.task: asyncio.Task[None] | None = None
+
+    def finish_rolls(self, ok: bool) -> None:
+        """Tell whoever waits for this slot's roll how it went."""
+        for future in self.rolls:
+            if not future.done():
+                future.set_result(ok)
+        self.rolls.clear()
+
+
 class WorkerRuntime:
     """Dials the edge for each assigned connection index, registers, serves streams."""
 
@@ -83,30 +131,43 @@ class WorkerRuntime:
         self.proxy = OriginProxy(self.connector_id, settings.tags)
         self._ingress: Ingress = build_ingress(settings.ingress)
         self.ingress_version = settings.ingress.version
-        self.connections: dict[int, EdgeConnection] = {}
+        self.slots: dict[int, ConnectionSlot] = {}
         self._draining = asyncio.Event()
-        self._drained = asyncio.Event()
         self._grace = settings.grace_period
-        self._first_registered = asyncio.Event()
+        self._first_attempted = asyncio.Event()
         self._tls = edge_tls_context(settings.edge_ca_pem)
+        #: Old connections unregistered by a roll, finishing their streams.
+        self._retiring: set[asyncio.Task[None]] = set()
+        self._reconfiguring = asyncio.Lock()
+        #: Location names edges reported, by address index (reset when the addresses change).
+        self._learned: dict[int, str] = {}
+        #: Bumped by every reconfiguration that needs new connections.
+        self._generation = 0
+        self._leader = settings.conn_indexes[0] if settings.conn_indexes else 0
+        self._running = False
         self.fatal: str | None = None
 
     # -- public surface -------------------------------------------------------------------------
 
+    @property
+    def connections(self) -> dict[int, EdgeConnection]:
+        """Registered connections by connection index."""
+        return {i: s.connection for i, s in self.slots.items() if s.connection is not None}
+
     async def run(self) -> None:
         """Serve until :meth:`begin_drain` finished draining."""
-        indexes = self.settings.conn_indexes
-        loops = [
-            asyncio.ensure_future(self._maintain(i, first=(n == 0))) for n, i in enumerate(indexes)
-        ]
+        self._running = True
+        for position, index in enumerate(self.settings.conn_indexes):
+            self._add_slot(index, position)
         stats = asyncio.ensure_future(self._report_stats())
         try:
             await self._draining.wait()
             await self._drain()
         finally:
-            for task in [*loops, stats]:
+            tasks = [s.task for s in self.slots.values() if s.task is not None]
+            for task in [*tasks, *self._retiring, stats]:
                 task.cancel()
-            for task in [*loops, stats]:
+            for task in [*tasks, *self._retiring, stats]:
                 with contextlib.suppress(BaseException):
                     await task
             self._publish_stats()
@@ -128,14 +189,91 @@ class WorkerRuntime:
         """The rules in force (read per request, so a swap applies to the next request)."""
         return self._ingress
 
+    def reconfigure(self, settings: WorkerSettings) -> asyncio.Task[None]:
+        """Apply new settings; connections that need new credentials or addresses are rolled.
+
+        Returns the task doing the roll (awaiting it is optional): one connection at a time,
+        each replacement registered before its predecessor is unregistered and drained.
+        Ingress and grace period apply at once; added connection indexes start, removed ones
+        are unregistered and drained.
+        """
+        return asyncio.ensure_future(self._reconfigure(settings))
+
     @property
     def active_streams(self) -> int:
-        """Streams in flight across all connections."""
-        return sum(len(c.tasks) for c in self.connections.values())
+        """Streams in flight across all connections (retiring ones included)."""
+        live = sum(len(c.tasks) for c in self.connections.values())
+        return live + sum(1 for t in self._retiring if not t.done())
+
+    # -- reconfiguration ----------------------------------------------------------------------
+
+    async def _reconfigure(self, settings: WorkerSettings) -> None:
+        async with self._reconfiguring:
+            old = self.settings
+            if settings.connector_id != old.connector_id:
+                log.warning("Ignored a new connector id: it is fixed for the life of a worker")
+                settings = _with_connector_id(settings, old.connector_id)
+            roll = _needs_new_connections(old, settings)
+            self.settings = settings
+            if roll:
+                self._generation += 1
+            self._grace = settings.grace_period
+            self.apply_ingress(settings.ingress)
+            if settings.edge_ca_pem != old.edge_ca_pem:
+                self._tls = edge_tls_context(settings.edge_ca_pem)
+            if settings.edges != old.edges:
+                self._learned.clear()
+            if self._draining.is_set() or not self._running:
+                return
+            wanted = list(settings.conn_indexes)
+            for index in [i for i in self.slots if i not in wanted]:
+                self._remove_slot(index)
+            for position, index in enumerate(wanted):
+                if index not in self.slots:
+                    self._add_slot(index, position, staggered=False)
+            if not roll:
+                return
+            log.info("Re-registering connections connIndexes=%s", sorted(self.slots))
+            for index in sorted(self.slots):
+                slot = self.slots.get(index)
+                if slot is None or slot.removed:
+                    continue
+                slot.address = home_address(settings.edges, index)
+                if slot.connection is None:
+                    continue  # its next dial uses the new settings
+                done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+                slot.rolls.append(done)
+                slot.roll_wanted.set()
+                try:
+                    ok = await asyncio.wait_for(asyncio.shield(done), ROLL_TIMEOUT)
+                except TimeoutError:
+                    ok = False
+                if not ok:
+                    log.warning(
+                        "connIndex=%d not re-registered yet; it keeps trying in the background",
+                        index,
+                    )
+
+    def _add_slot(self, index: int, position: int, *, staggered: bool = True) -> None:
+        slot = ConnectionSlot(
+            index, home_address(self.settings.edges, index), self.settings.retries
+        )
+        self.slots[index] = slot
+        slot.task = asyncio.ensure_future(self._maintain(slot, position if staggered else -1))
+
+    def _remove_slot(self, index: int) -> None:
+        slot = self.slots.pop(index)
+        slot.removed = True
+        slot.finish_rolls(False)
+        if slot.task is not None:
+            slot.task.cancel()
+        if slot.connection is not None:
+            self._retire(slot.conn_index, slot.connection, announce=True)
+            slot.connection = None
 
     # -- connection loops ---------------------------------------------------------------------
 
-    def _registration(self, conn_index: int, attempts: int) -> Registration:
+    def _registration(self, conn_index: int, attempts: int, *, replace: bool) -> Registration:
         s = self.settings
         client = ClientInfo(
             client_id=self.connector_id,
@@ -143,7 +281,9 @@ class WorkerRuntime:
             version=s.version,
             arch=go_arch(),
         )
-        options = ConnectionOptions(client=client, num_previous_attempts=min(attempts, 255))
+        options = ConnectionOptions(
+            client=client, replace_existing=replace, num_previous_attempts=min(attempts, 255)
+        )
         push = s.push_local_config and conn_index == 0
         return Registration(
             auth=TunnelAuth(s.account_tag, s.tunnel_secret),
@@ -153,42 +293,158 @@ class WorkerRuntime:
             local_config=s.ingress.local_config_json if push else b"",
         )
 
-    def _edge_for(self, conn_index: int, turn: int) -> EdgeTarget:
-        edges = self.settings.edges
-        return edges[(conn_index + turn) % len(edges)]
+    async def _wait_turn(self, slot: ConnectionSlot, position: int) -> None:
+        """Connection 0 first; the others once this worker's first dial is done, staggered.
 
-    async def _maintain(self, conn_index: int, *, first: bool) -> None:
-        if not first:
-            await self._first_registered.wait()
-        backoff = Backoff(retries=self.settings.retries)
-        turn = 0
-        while not self._draining.is_set():
-            edge = self._edge_for(conn_index, turn)
-            error = await self._serve_once(conn_index, edge, backoff)
-            if self._draining.is_set():
-                return
-            if error == "EDUPCONN":
-                turn += 1  # another address, at once (cloudflared's rotation)
-                delay = 0.1
+        A worker without connection 0 gives it a head start of one stagger before its own
+        first connection dials.
+        """
+        if position < 0 or slot.conn_index == 0:
+            return
+        if slot.conn_index == self._leader:
+            delay = REGISTRATION_STAGGER
+        else:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._first_attempted.wait(), DIAL_TIMEOUT)
+            delay = REGISTRATION_STAGGER * position
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._draining.wait(), delay)
+
+    async def _maintain(self, slot: ConnectionSlot, position: int) -> None:
+        await self._wait_turn(slot, position)
+        while not self._draining.is_set() and not slot.removed:
+            if slot.connection is None:
+                await self._connect(slot)
             else:
-                delay = backoff.next_delay()
-            self.publish(
-                ConnectionLost(self.settings.slot, conn_index, error or "connection closed", delay)
+                await self._serve(slot)
+
+    async def _connect(self, slot: ConnectionSlot) -> None:
+        """One dial + registration; on failure, back off (never zero) and maybe move."""
+        edges = self.settings.edges
+        edge = edges[slot.address % len(edges)]
+        generation = self._generation
+        outcome = await self._dial(slot, edge, replace=slot.ever_registered)
+        if slot.conn_index == self._leader:
+            self._first_attempted.set()
+        if isinstance(outcome, EdgeConnection):
+            self._install(slot, outcome, edge, generation)
+            return
+        if self._draining.is_set() or slot.removed:
+            return
+        error, dial_error = outcome
+        # Rolls waiting on this slot are served by whatever connects next with new settings.
+        slot.finish_rolls(False)
+        if dial_error or error == "EDUPCONN":
+            self._move(slot)
+        delay = slot.backoff.next_delay()
+        self.publish(ConnectionLost(self.settings.slot, slot.conn_index, error, delay))
+        log.warning(
+            "connIndex=%d connection to %s:%d ended: %s; retrying in %.1fs",
+            slot.conn_index,
+            edge.host,
+            edge.port,
+            error,
+            delay,
+        )
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._draining.wait(), delay)
+
+    def _move(self, slot: ConnectionSlot) -> None:
+        edges = self.settings.edges
+        in_use = {i: s.address for i, s in self.slots.items() if s.connection is not None}
+        total = self.settings.ha_connections or (max(self.slots, default=0) + 1)
+        target = fallback(edges, slot.conn_index, slot.address, total, in_use, self._learned)
+        if target != slot.address:
+            log.info(
+                "connIndex=%d moving from %s:%d to %s:%d",
+                slot.conn_index,
+                edges[slot.address].host,
+                edges[slot.address].port,
+                edges[target].host,
+                edges[target].port,
             )
+            slot.address = target
+
+    async def _serve(self, slot: ConnectionSlot) -> None:
+        """Wait for the connection to end, or replace it when a roll is wanted."""
+        connection = slot.connection
+        assert connection is not None
+        if slot.generation < self._generation and not connection.lost.done():
+            await self._roll(slot, connection)
+            return
+        roll = asyncio.ensure_future(slot.roll_wanted.wait())
+        draining = asyncio.ensure_future(self._draining.wait())
+        try:
+            await asyncio.wait(
+                {connection.lost, roll, draining}, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            roll.cancel()
+            draining.cancel()
+        if self._draining.is_set():
+            # Keep serving; _drain() unregisters this connection.
+            await asyncio.Future()
+        if connection.lost.done():
+            slot.connection = None
+            reason = connection.lost.result()
+            error = connection.failure or f"lost connection with the edge: {reason}"
+            delay = slot.backoff.next_delay()
+            self.publish(ConnectionLost(self.settings.slot, slot.conn_index, error, delay))
             log.warning(
-                "connIndex=%d connection to %s:%d ended: %s; retrying in %.1fs",
-                conn_index,
-                edge.host,
-                edge.port,
-                error or "connection closed",
+                "connIndex=%d connection ended: %s; retrying in %.1fs",
+                slot.conn_index,
+                error,
                 delay,
             )
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._draining.wait(), delay)
+            return
+        await self._roll(slot, connection)
 
-    async def _serve_once(self, conn_index: int, edge: EdgeTarget, backoff: Backoff) -> str:
+    async def _roll(self, slot: ConnectionSlot, old: EdgeConnection) -> None:
+        slot.roll_wanted.clear()
+        if slot.generation >= self._generation:
+            slot.finish_rolls(True)
+            return
+        edges = self.settings.edges
+        edge = edges[slot.address % len(edges)]
+        generation = self._generation
+        outcome = await self._dial(slot, edge, replace=True)
+        if isinstance(outcome, EdgeConnection):
+            slot.connection = None
+            self._install(slot, outcome, edge, generation)
+            self._retire(slot.conn_index, old, announce=False)
+            return
+        error, dial_error = outcome
+        slot.finish_rolls(False)
+        if dial_error:
+            self._move(slot)
+        delay = slot.backoff.next_delay()
+        log.warning(
+            "connIndex=%d replacement connection to %s:%d failed: %s; the current one keeps "
+            "serving, next try in %.1fs",
+            slot.conn_index,
+            edge.host,
+            edge.port,
+            error,
+            delay,
+        )
+        # Try again after the backoff unless the old connection dies first (then the normal
+        # loop reconnects with the new settings).
+        lost = asyncio.ensure_future(asyncio.shield(old.lost))
+        try:
+            await asyncio.wait({lost}, timeout=delay)
+        finally:
+            lost.cancel()
+        if not old.lost.done() and not self._draining.is_set():
+            slot.roll_wanted.set()  # _serve() sees the old generation and rolls again
+
+    async def _dial(
+        self, slot: ConnectionSlot, edge: EdgeTarget, *, replace: bool
+    ) -> EdgeConnection | tuple[str, bool]:
+        """A registered connection, or ``(error, was_a_dial_error)``."""
         loop = asyncio.get_running_loop()
-        registration = self._registration(conn_index, backoff.attempts)
+        registration = self._registration(slot.conn_index, slot.backoff.attempts, replace=replace)
         try:
             _, connection = await asyncio.wait_for(
                 loop.create_connection(
@@ -202,49 +458,80 @@ class WorkerRuntime:
                 DIAL_TIMEOUT,
             )
         except (OSError, TimeoutError, ssl.SSLError) as exc:
-            return (
-                f"failed to dial the edge at {edge.host}:{edge.port}: {exc or type(exc).__name__}"
-            )
+            detail = f"{exc or type(exc).__name__}"
+            return f"failed to dial the edge at {edge.host}:{edge.port}: {detail}", True
         try:
             result = await asyncio.wait_for(asyncio.shield(connection.registered), DIAL_TIMEOUT)
         except (ConnectionError, TimeoutError) as exc:
             connection.close("registration failed")
-            return f"registration did not complete: {exc or 'timeout'}"
+            return f"registration did not complete: {exc or 'timeout'}", False
         if isinstance(result, RegistrationError):
             self.publish(
                 RegistrationRefused(
-                    self.settings.slot, conn_index, result.cause, result.should_retry
+                    self.settings.slot, slot.conn_index, result.cause, result.should_retry
                 )
             )
             log.error(
-                "connIndex=%d the edge refused the registration: %s", conn_index, result.cause
+                "connIndex=%d the edge refused the registration: %s",
+                slot.conn_index,
+                result.cause,
             )
             connection.close("registration refused")
-            return "EDUPCONN" if result.cause == "EDUPCONN" else result.cause
+            return result.cause, False
         assert isinstance(result, ConnectionDetails)
-        self.connections[conn_index] = connection
-        backoff.reset()
+        return connection
+
+    def _install(
+        self, slot: ConnectionSlot, connection: EdgeConnection, edge: EdgeTarget, generation: int
+    ) -> None:
+        details = connection.details
+        assert details is not None
+        slot.connection = connection
+        slot.generation = generation
+        slot.ever_registered = True
+        slot.backoff.reset()
+        if generation >= self._generation:
+            slot.finish_rolls(True)
+        if details.location_name:
+            self._learned[slot.address % len(self.settings.edges)] = details.location_name
         self.publish(
             ConnectionRegistered(
                 self.settings.slot,
-                conn_index,
-                str(result.uuid),
-                result.location_name,
+                slot.conn_index,
+                str(details.uuid),
+                details.location_name,
                 f"{edge.host}:{edge.port}",
             )
         )
         log.info(
-            "Registered tunnel connection connIndex=%d connection=%s location=%s protocol=http2",
-            conn_index,
-            result.uuid,
-            result.location_name,
+            "Registered tunnel connection connIndex=%d connection=%s location=%s ip=%s "
+            "protocol=http2",
+            slot.conn_index,
+            details.uuid,
+            details.location_name,
+            edge.host,
         )
-        self._first_registered.set()
-        if registration.local_config:
+        if connection.registration.local_config:
             connection.spawn(connection.push_local_config_quietly())
-        reason = await connection.lost
-        self.connections.pop(conn_index, None)
-        return connection.failure or f"lost connection with the edge: {reason}"
+
+    def _retire(self, conn_index: int, connection: EdgeConnection, *, announce: bool) -> None:
+        """Unregister ``connection`` and let its streams finish within the grace period."""
+
+        async def retire() -> None:
+            deadline = asyncio.get_running_loop().time() + self._grace
+            await connection.unregister()
+            if announce:
+                self.publish(ConnectionUnregistered(self.settings.slot, conn_index))
+            log.info(
+                "Unregistered the replaced tunnel connection connIndex=%d connection=%s",
+                conn_index,
+                connection.details.uuid if connection.details else "?",
+            )
+            await connection.drain(deadline)
+
+        task = asyncio.ensure_future(retire())
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
 
     # -- drain -----------------------------------------------------------------------------
 
@@ -256,7 +543,10 @@ class WorkerRuntime:
         for conn_index, _ in connections:
             self.publish(ConnectionUnregistered(self.settings.slot, conn_index))
             log.info("Unregistered tunnel connection connIndex=%d", conn_index)
-        await asyncio.gather(*(c.drain(deadline) for _, c in connections), return_exceptions=True)
+        retiring = list(self._retiring)
+        await asyncio.gather(
+            *(c.drain(deadline) for _, c in connections), *retiring, return_exceptions=True
+        )
 
     async def _report_stats(self) -> None:
         while True:
@@ -274,3 +564,9 @@ class WorkerRuntime:
                 responses_by_code={str(k): v for k, v in stats.responses_by_code.items()},
             )
         )
+
+
+def _with_connector_id(settings: WorkerSettings, connector_id: str) -> WorkerSettings:
+    import msgspec
+
+    return msgspec.structs.replace(settings, connector_id=connector_id)
