@@ -19,13 +19,14 @@ class ErrorPage:
     title: str
     detail: str
 
-    def render(self, host: str, ray: str) -> bytes:
-        """The HTML body."""
+    def render(self, host: str, ray: str, note: str = "") -> bytes:
+        """The HTML body; ``note`` is the connector's own words, shown verbatim."""
+        extra = f"<pre>{html.escape(note)}</pre>\n" if note else ""
         return (
             '<!DOCTYPE html>\n<html><head><meta charset="utf-8">'
             f"<title>{html.escape(self.title)} | {html.escape(host)}</title></head>\n"
             f"<body><h1>Error {html.escape(self.code)}: {html.escape(self.title)}</h1>\n"
-            f"<p>{html.escape(self.detail)}</p>\n"
+            f"<p>{html.escape(self.detail)}</p>\n{extra}"
             f"<p><small>host: {html.escape(host)} &middot; ray id: {html.escape(ray)} &middot; "
             "adit edge</small></p></body></html>\n"
         ).encode()
@@ -56,6 +57,41 @@ ORIGIN_FAILED = ErrorPage(
     "refused, timed out or failed TLS verification). The tunnel owner should check the origin "
     "and the connector's log.",
 )
+
+ORIGIN_REFUSED = ErrorPage(
+    502,
+    "502",
+    "Bad gateway: the origin refused the connection",
+    "The tunnel is up, but its connector could not connect to the origin service: nothing "
+    "accepted the connection. The tunnel owner should check that the origin is running and "
+    "that the ingress rule points at the right address and port.",
+)
+
+ORIGIN_TIMEOUT = ErrorPage(
+    502,
+    "502",
+    "Bad gateway: the connection to the origin timed out",
+    "The tunnel is up, but the origin service did not accept the connector's connection in "
+    "time. The tunnel owner should check the origin, or raise originRequest.connectTimeout.",
+)
+
+ORIGIN_TLS = ErrorPage(
+    502,
+    "502",
+    "Bad gateway: TLS verification of the origin failed",
+    "The tunnel is up, but the origin's TLS certificate was not accepted by the connector. "
+    "The tunnel owner can set originRequest.originServerName to the name in the certificate, "
+    "add its CA with originRequest.caPool, or set originRequest.noTLSVerify.",
+)
+
+#: The connector's ``cf-int-adit-origin-error`` values and their pages.
+ORIGIN_FAILURES = {"refused": ORIGIN_REFUSED, "timeout": ORIGIN_TIMEOUT, "tls": ORIGIN_TLS}
+
+
+def origin_failure_page(reason: str) -> ErrorPage:
+    """The page for a connector 502 with ``reason`` (generic when absent or unknown)."""
+    return ORIGIN_FAILURES.get(reason.strip().lower(), ORIGIN_FAILED)
+
 
 STREAM_FAILED = ErrorPage(
     502,

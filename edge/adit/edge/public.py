@@ -23,6 +23,7 @@ from adit.edge.pages import (
     TUNNEL_DOWN,
     UNKNOWN_HOST,
     ErrorPage,
+    origin_failure_page,
 )
 from adit.edge.registry import ConnectionRegistry
 from adit.edge.store import Store
@@ -35,6 +36,11 @@ log = logging.getLogger("adit.edge.public")
 
 # Headers the edge sets itself; an eyeball's own values must not pass through.
 _EDGE_SET = frozenset({"x-forwarded-for", "x-forwarded-proto", "cf-connecting-ip", "cf-ray"})
+# An adit connector names why it answered 502 (refused | timeout | tls) and says more in a
+# short plain-text body; cloudflared's 502 has neither, which gets the generic page.
+_ORIGIN_ERROR_HEADER = "cf-int-adit-origin-error"
+_MAX_REASON = 2048
+_REASON_WAIT = 2.0
 
 
 class PublicListener:
@@ -61,14 +67,21 @@ class PublicListener:
         return f"{secrets.token_hex(8)}-{self.location}"
 
     async def _page(
-        self, conn: H11Connection, page: ErrorPage, host: str, ray: str, *, keep_alive: bool = True
+        self,
+        conn: H11Connection,
+        page: ErrorPage,
+        host: str,
+        ray: str,
+        *,
+        keep_alive: bool = True,
+        note: str = "",
     ) -> None:
         extra: tuple[tuple[str, str], ...] = (("Cf-Ray", ray),)
         if not keep_alive:
             extra += (("Connection", "close"),)
         await conn.respond_simple(
             page.status,
-            page.render(host, ray),
+            page.render(host, ray, note),
             content_type="text/html; charset=utf-8",
             extra=extra,
         )
@@ -137,8 +150,8 @@ class PublicListener:
         if response.meta is not ResponseMeta.ORIGIN:
             if uploader is not None:
                 uploader.cancel()
-            stream.channel.reset()
-            await self._page(conn, ORIGIN_FAILED, host, ray, keep_alive=uploader is None)
+            page, note = await _connector_failure(stream, response.headers)
+            await self._page(conn, page, host, ray, keep_alive=uploader is None, note=note)
             return uploader is None
         headers = [(n, v) for n, v in response.headers if n.lower() not in HOP_BY_HOP]
         headers.append(("Cf-Ray", ray))
@@ -201,8 +214,8 @@ class PublicListener:
             await self._page(conn, STREAM_FAILED, host, ray, keep_alive=False)
             return
         if response.meta is not ResponseMeta.ORIGIN:
-            stream.channel.reset()
-            await self._page(conn, ORIGIN_FAILED, host, ray, keep_alive=False)
+            page, note = await _connector_failure(stream, response.headers)
+            await self._page(conn, page, host, ray, keep_alive=False, note=note)
             return
         if response.status not in (101, 200):
             # The origin refused the upgrade: pass its answer on as a plain response.
@@ -262,6 +275,22 @@ async def _pipe_raw(conn: H11Connection, stream: RequestStream, leftover: bytes)
             with contextlib.suppress(BaseException):
                 await task
         stream.channel.reset()
+
+
+async def _connector_failure(
+    stream: RequestStream, headers: tuple[tuple[str, str], ...]
+) -> tuple[ErrorPage, str]:
+    """The page for a connector-made error response, and its reason text if it sent one."""
+    reason = next((v for n, v in headers if n.lower() == _ORIGIN_ERROR_HEADER), "")
+    note = b""
+    if reason:
+        with contextlib.suppress(StreamClosedError, TimeoutError):
+            async with asyncio.timeout(_REASON_WAIT):
+                while len(note) < _MAX_REASON and (chunk := await stream.channel.read()):
+                    note += chunk
+    stream.channel.reset()
+    page = origin_failure_page(reason) if reason else ORIGIN_FAILED
+    return page, note[:_MAX_REASON].decode("utf-8", "replace").strip()
 
 
 def _strip_port(authority: str) -> str:

@@ -37,6 +37,10 @@ def _attach_commands() -> None:
     from adit.cli.tunnel import tunnel
 
     cli.add_command(tunnel)
+    from adit.cli.access import access
+
+    cli.add_command(access, "access")
+    cli.add_command(access, "forward")
     try:
         from adit.edge.cli import edge
     except ImportError:  # the edge is optional in a connector-only install

@@ -627,7 +627,12 @@ async def test_origin_refused_gives_502_from_connector(caplog: pytest.LogCapture
             await proxy.serve(stream, http_rule(port))
     assert stream.status == 502
     assert stream.source is ResponseSource.CONNECTOR
-    assert stream.ended and stream.headers == [] and stream.writes == []
+    assert stream.ended
+    assert stream.headers == [
+        ("cf-int-adit-origin-error", "refused"),
+        ("content-type", "text/plain"),
+    ]
+    assert b"connect: connection refused" in b"".join(stream.writes)
     (record,) = caplog.records
     message = record.getMessage()
     assert UNREACHABLE_MESSAGE in message

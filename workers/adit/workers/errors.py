@@ -8,6 +8,7 @@ a stream reset after). Each class carries a ``hint`` an operator can act on.
 from __future__ import annotations
 
 __all__ = [
+    "BastionDestinationMissing",
     "OriginConnectTimeout",
     "OriginError",
     "OriginProtocolError",
@@ -23,19 +24,27 @@ UNREACHABLE_MESSAGE = (
 
 
 class OriginError(Exception):
-    """Base: the request to the origin failed; only this request is affected."""
+    """Base: the request to the origin failed; only this request is affected.
+
+    ``reason`` names the failure for the edge's error page (header
+    ``cf-int-adit-origin-error``); empty when no specific page applies.
+    """
 
     hint = "check that the origin service is running and reachable from the connector"
+    reason = ""
 
 
 class OriginUnreachable(OriginError):
     """No connection to the origin could be made (refused, reset, DNS failure...)."""
+
+    reason = "refused"
 
 
 class OriginConnectTimeout(OriginUnreachable):
     """The TCP (or unix socket) connect did not finish within ``connectTimeout``."""
 
     hint = "the origin did not accept the connection in time; raise originRequest.connectTimeout"
+    reason = "timeout"
 
 
 class OriginTLSError(OriginUnreachable):
@@ -45,6 +54,7 @@ class OriginTLSError(OriginUnreachable):
         "the TLS handshake with the origin failed; check originServerName, add the origin's CA "
         "with originRequest.caPool, or set originRequest.noTLSVerify"
     )
+    reason = "tls"
 
 
 class OriginProtocolError(OriginError):
@@ -54,6 +64,12 @@ class OriginProtocolError(OriginError):
 
 
 class UnsupportedService(OriginError):
-    """The rule's service kind is not served by this version of the worker."""
+    """The request cannot be served by the rule's kind of service."""
 
-    hint = "this service type (TCP over WebSocket, bastion, socks-proxy) arrives in a later release"
+    hint = "TCP services take WebSocket clients such as `adit access tcp`"
+
+
+class BastionDestinationMissing(OriginError):
+    """A bastion rule got a stream without ``Cf-Access-Jump-Destination``."""
+
+    hint = "run the client with --destination host:port"

@@ -18,11 +18,14 @@ from dataclasses import dataclass, field
 import h11
 
 from adit.config.origin import (
+    BastionService,
     HelloWorldService,
     HttpService,
     OriginOptions,
     Rule,
+    SocksProxyService,
     StatusService,
+    StreamService,
     UnixService,
 )
 from adit.workers.errors import (
@@ -31,7 +34,7 @@ from adit.workers.errors import (
     OriginProtocolError,
     UnsupportedService,
 )
-from adit.workers.origins.dialer import Dialer, OriginKey
+from adit.workers.origins.dialer import Dialer, OriginKey, split_destination
 from adit.workers.origins.helloworld import HelloWorldOrigin
 from adit.workers.origins.http1 import OriginConnection, decode_headers, encode_headers
 from adit.workers.origins.pipe import pipe
@@ -42,9 +45,15 @@ from adit.workers.origins.request import (
     build_request_head,
     tag_headers,
 )
+from adit.workers.origins.socks import serve_socks
+from adit.workers.origins.wsbridge import ack_headers, bridge, jump_destination
 from adit.workers.stream import ResponseSource, StreamKind, TunnelStream
 
-__all__ = ["BODY_PROBE_SECONDS", "OriginProxy", "ProxyStats"]
+__all__ = ["BODY_PROBE_SECONDS", "ORIGIN_ERROR_HEADER", "OriginProxy", "ProxyStats"]
+
+# Tells the edge why the connector answered 502 (refused | timeout | tls); cloudflared sends
+# no such header, and the edge falls back to its generic page without it.
+ORIGIN_ERROR_HEADER = "cf-int-adit-origin-error"
 
 # Go's Transport waits this long for the first byte of a body of unknown length on a
 # GET-like request before it commits to chunked framing (net/http transfer.go).
@@ -115,7 +124,7 @@ class OriginProxy:
             await self._serve(stream, rule)
         except OriginError as exc:
             self._log_failure(stream, rule, exc, exc.hint)
-            await self._abort(stream)
+            await self._abort(stream, exc)
         except asyncio.CancelledError:
             with contextlib.suppress(Exception):
                 stream.reset()
@@ -135,6 +144,9 @@ class OriginProxy:
             )
             self.stats.count_response(service.status)
             return
+        if isinstance(service, StreamService | BastionService | SocksProxyService):
+            await self._serve_stream(stream, rule)
+            return
         head = build_request_head(stream.request, rule.options, self._tags)
         if isinstance(service, HttpService):
             key = _http_key(service, rule.options, head.host)
@@ -146,6 +158,39 @@ class OriginProxy:
         else:
             raise UnsupportedService(f"service {service.url} is not supported yet")
         await self._proxy_http(stream, rule.options, key, head)
+
+    async def _serve_stream(self, stream: TunnelStream, rule: Rule) -> None:
+        """TCP over WebSocket: ack the stream ourselves and bridge frames to the origin."""
+        if stream.request.kind is not StreamKind.WEBSOCKET:
+            raise UnsupportedService(
+                f"{rule.service.url} serves WebSocket streams only, got a plain HTTP request"
+            )
+        service = rule.service
+        socks = isinstance(service, SocksProxyService) or rule.options.proxy_type == "socks"
+        reader: asyncio.StreamReader | None = None
+        writer: asyncio.StreamWriter | None = None
+        if not socks:
+            if isinstance(service, BastionService):
+                host, port = split_destination(jump_destination(stream.request))
+            else:
+                assert isinstance(service, StreamService)
+                if not service.port:
+                    split_destination(service.host)  # raises Go's "missing port" error
+                host, port = service.host, service.port
+            reader, writer = await self._dialer.dial(OriginKey(host, port), rule.options)
+        try:
+            await stream.send_response(
+                200, ack_headers(stream.request), source=ResponseSource.ORIGIN
+            )
+            self.stats.count_response(200)
+            if reader is not None and writer is not None:
+                await bridge(stream, reader, writer)
+            else:
+                await serve_socks(stream, rule.options, self._dialer)
+            await stream.end()
+        finally:
+            if writer is not None:
+                writer.close()
 
     async def _proxy_http(
         self, stream: TunnelStream, options: OriginOptions, key: OriginKey, head: OriginRequestHead
@@ -251,11 +296,20 @@ class OriginProxy:
             raise
         return pump, response
 
-    async def _abort(self, stream: TunnelStream) -> None:
+    async def _abort(self, stream: TunnelStream, error: OriginError | None = None) -> None:
         self.stats.request_errors += 1
         try:
             if stream.response_started:
                 stream.reset()
+            elif error is not None and error.reason:
+                # A short reason the edge can show; cloudflared's own 502 has no body.
+                await stream.send_response(
+                    502,
+                    [(ORIGIN_ERROR_HEADER, error.reason), ("content-type", "text/plain")],
+                    source=ResponseSource.CONNECTOR,
+                )
+                await stream.write(f"{error}\n{error.hint}\n".encode())
+                await stream.end()
             else:
                 await stream.send_response(
                     502, [], source=ResponseSource.CONNECTOR, end_stream=True

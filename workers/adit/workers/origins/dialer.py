@@ -7,15 +7,26 @@
 from __future__ import annotations
 
 import asyncio
+import functools
+import os
 import socket
 import ssl
+from asyncio import staggered
 from dataclasses import dataclass
+from typing import Any
 
 from adit.config.origin import OriginOptions
 from adit.workers.errors import OriginConnectTimeout, OriginTLSError, OriginUnreachable
 from adit.workers.origins.tls import ClientContexts
 
-__all__ = ["HAPPY_EYEBALLS_DELAY", "READ_LIMIT", "Dialer", "OriginKey"]
+__all__ = [
+    "HAPPY_EYEBALLS_DELAY",
+    "READ_LIMIT",
+    "Dialer",
+    "OriginKey",
+    "interleave_families",
+    "split_destination",
+]
 
 # Go's net.Dialer FallbackDelay default: how long IPv6 gets before IPv4 races it.
 HAPPY_EYEBALLS_DELAY = 0.3
@@ -88,7 +99,9 @@ class Dialer:
                 f"dial {key.describe()}: i/o timeout after {options.connect_timeout:g}s"
             ) from exc
         except OSError as exc:
-            raise OriginUnreachable(f"dial {key.describe()}: {exc}") from exc
+            # Go's wording: "dial tcp 127.0.0.1:1: connect: connection refused".
+            cause = os.strerror(exc.errno).lower() if exc.errno else str(exc)
+            raise OriginUnreachable(f"dial {key.describe()}: connect: {cause}") from exc
         _set_keepalive(writer, options.tcp_keep_alive)
         return reader, writer
 
@@ -109,13 +122,74 @@ def _set_keepalive(writer: asyncio.StreamWriter, period: float) -> None:
 async def _open_tcp(
     host: str, port: int, no_happy_eyeballs: bool
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    if not no_happy_eyeballs:
-        try:
-            return await asyncio.open_connection(
-                host, port, limit=READ_LIMIT, happy_eyeballs_delay=HAPPY_EYEBALLS_DELAY
-            )
-        except TypeError:
-            # uvloop's create_connection has no Happy Eyeballs: it tries the resolved
-            # addresses one after the other instead.
-            pass
-    return await asyncio.open_connection(host, port, limit=READ_LIMIT)
+    """Connect to ``host:port``, racing its addresses as Go's dialer does.
+
+    asyncio's ``happy_eyeballs_delay`` is not available under uvloop, so the race is done
+    here: addresses are interleaved by family (RFC 8305 §4) and a new attempt starts every
+    :data:`HAPPY_EYEBALLS_DELAY` seconds or as soon as the previous one failed; the first
+    connection wins. With ``noHappyEyeballs`` the addresses are tried one after the other.
+    """
+    loop = asyncio.get_running_loop()
+    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    if not infos:
+        raise OSError(f"no addresses for {host}")
+    addresses = interleave_families([(info[0], info[4]) for info in infos])
+    if no_happy_eyeballs or len(addresses) == 1:
+        errors: list[OSError] = []
+        for family, address in addresses:
+            try:
+                sock = await _connect_socket(family, address)
+            except OSError as exc:
+                errors.append(exc)
+                continue
+            return await asyncio.open_connection(sock=sock, limit=READ_LIMIT)
+        raise errors[0] if len(errors) == 1 else OSError(f"all addresses failed: {errors}")
+    attempts = [
+        functools.partial(_connect_socket, family, address) for family, address in addresses
+    ]
+    sock, _index, exceptions = await staggered.staggered_race(attempts, HAPPY_EYEBALLS_DELAY)
+    if sock is None:
+        failures = [exc for exc in exceptions if exc is not None]
+        raise OSError(f"all addresses failed: {failures}")
+    return await asyncio.open_connection(sock=sock, limit=READ_LIMIT)
+
+
+def interleave_families(
+    addresses: list[tuple[int, Any]],
+) -> list[tuple[int, Any]]:
+    """Alternate address families, starting with the first one's (RFC 8305 §4)."""
+    if not addresses:
+        return []
+    first = addresses[0][0]
+    primary = [a for a in addresses if a[0] == first]
+    secondary = [a for a in addresses if a[0] != first]
+    out: list[tuple[int, Any]] = []
+    for index in range(max(len(primary), len(secondary))):
+        out.extend(group[index] for group in (primary, secondary) if index < len(group))
+    return out
+
+
+async def _connect_socket(family: int, address: Any) -> socket.socket:
+    loop = asyncio.get_running_loop()
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setblocking(False)
+        await loop.sock_connect(sock, address)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def split_destination(destination: str) -> tuple[str, int]:
+    """Go's ``net.SplitHostPort`` for a dial address (``[v6]:22``, ``host:22``).
+
+    Raises :class:`OriginUnreachable` with Go's wording when the port is missing or bad.
+    """
+    host, sep, port = destination.rpartition(":")
+    if not sep or (":" in host and not host.startswith("[")):
+        raise OriginUnreachable(f"dial tcp: address {destination}: missing port in address")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise OriginUnreachable(f"dial tcp: address {destination}: invalid port")
+    return host, int(port)

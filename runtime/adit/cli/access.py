@@ -1,0 +1,402 @@
+"""``adit access`` (alias ``forward``): the client side of TCP over WebSocket.
+
+``tcp``/``ssh``/``rdp``/``smb`` are one command, as in cloudflared (CLOUDFLARED_FEATURES.md
+§1.15, §7.1): with ``--url`` it listens and gives each accepted connection its own WebSocket
+to ``wss://HOSTNAME/``; without it, stdin/stdout carry one connection (ssh's ProxyCommand).
+
+Dialling: the hostname is always reached over TLS, as cloudflared does. The hidden
+``--connect-to`` redirects the dial (``host``, ``host:port`` or ``sni:port:host``, the last one
+without certificate verification); the hidden ``--edge-url http(s)://addr:port`` (an adit
+extension) dials an edge's public listener directly, in plain HTTP when its scheme is ``http``,
+still sending ``Host: HOSTNAME``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import ssl
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import click
+import idna
+
+from adit.protocol.websocket import (
+    CloseCode,
+    Opcode,
+    Role,
+    WebSocketConnection,
+    WebSocketError,
+    accept_key,
+    client_key,
+)
+from adit.version import __version__
+
+__all__ = ["EdgeTarget", "access", "handshake_request", "resolve_target"]
+
+log = logging.getLogger("adit.access")
+
+_READ = 64 * 1024
+_MAX_HEAD = 64 * 1024
+_HANDSHAKE_TIMEOUT = 30.0
+
+
+class AccessError(click.ClickException):
+    """The WebSocket to the edge could not be opened."""
+
+
+@dataclass(frozen=True, slots=True)
+class EdgeTarget:
+    """Where to dial and what to send: ``Host`` and path, TCP address, TLS settings."""
+
+    host_header: str
+    path: str
+    address: str
+    port: int
+    tls: bool
+    server_name: str
+    verify: bool = True
+
+
+def _split_host(netloc: str, default_port: int) -> tuple[str, int]:
+    if netloc.startswith("["):
+        host, _, rest = netloc[1:].partition("]")
+        return host, int(rest[1:]) if rest.startswith(":") else default_port
+    host, sep, port = netloc.rpartition(":")
+    if not sep or not port.isdigit():
+        return netloc, default_port
+    return host, int(port)
+
+
+def _punycode(host: str) -> str:
+    try:
+        return idna.encode(host, uts46=True).decode("ascii") if not host.isascii() else host
+    except idna.IDNAError as exc:
+        raise click.BadParameter(f"invalid hostname {host!r}: {exc}") from exc
+
+
+def resolve_target(hostname: str, connect_to: str = "", edge_url: str = "") -> EdgeTarget:
+    """cloudflared's ``parseURL`` + ``--connect-to`` handling, plus ``--edge-url``."""
+    raw = hostname if hostname.startswith(("https://", "http://")) else f"https://{hostname}"
+    parts = urlsplit(raw)
+    if not parts.hostname:
+        raise click.BadParameter("failed to parse Host", param_hint="--hostname")
+    netloc = parts.netloc.rpartition("@")[2]
+    host, port = _split_host(netloc, 443)
+    host = _punycode(host)
+    bracketed = f"[{host}]" if ":" in host else host
+    host_header = bracketed if port == 443 else f"{bracketed}:{port}"
+    path = parts.path or "/"
+    target = EdgeTarget(host_header, path, host, port, tls=True, server_name=host)
+    if edge_url:
+        edge = urlsplit(edge_url)
+        tls = edge.scheme in ("https", "wss")
+        address, edge_port = _split_host(edge.netloc, 443 if tls else 80)
+        return EdgeTarget(host_header, path, address, edge_port, tls, host)
+    if connect_to:
+        pieces = connect_to.split(":")
+        if len(pieces) == 1:
+            return EdgeTarget(host_header, path, pieces[0], 443, True, host)
+        if len(pieces) == 2:
+            return EdgeTarget(host_header, path, pieces[0], int(pieces[1]), True, host)
+        if len(pieces) == 3:
+            log.warning("Using insecure SSL connection because SNI overridden to %s", pieces[0])
+            return EdgeTarget(
+                host_header, path, pieces[2], int(pieces[1]), True, pieces[0], verify=False
+            )
+        raise click.ClickException(f"invalid connection override: {connect_to}")
+    return target
+
+
+def handshake_request(target: EdgeTarget, key: str, headers: Sequence[tuple[str, str]]) -> bytes:
+    """The HTTP/1.1 upgrade request, in the header order cloudflared's dialer sends."""
+    lines = [f"GET {target.path} HTTP/1.1", f"Host: {target.host_header}"]
+    lines += [f"{name}: {value}" for name, value in headers]
+    lines += [
+        "Connection: Upgrade",
+        f"Sec-WebSocket-Key: {key}",
+        "Sec-WebSocket-Version: 13",
+        "Upgrade: websocket",
+    ]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+def _client_context(target: EdgeTarget) -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    context.set_alpn_protocols(["http/1.1"])
+    if not target.verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+async def open_websocket(
+    target: EdgeTarget, headers: Sequence[tuple[str, str]]
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, bytes]:
+    """Dial, upgrade, check ``Sec-WebSocket-Accept``; returns the bytes read past the head."""
+    key = client_key(os.urandom(16))
+    try:
+        async with asyncio.timeout(_HANDSHAKE_TIMEOUT):
+            reader, writer = await asyncio.open_connection(
+                target.address,
+                target.port,
+                ssl=_client_context(target) if target.tls else None,
+                server_hostname=target.server_name if target.tls else None,
+                limit=_MAX_HEAD,
+            )
+            writer.write(handshake_request(target, key, headers))
+            await writer.drain()
+            buffer = b""
+            while b"\r\n\r\n" not in buffer:
+                chunk = await reader.read(_READ)
+                if not chunk or len(buffer) > _MAX_HEAD:
+                    raise AccessError("websocket: bad handshake (connection closed)")
+                buffer += chunk
+    except (OSError, TimeoutError) as exc:
+        raise AccessError(f"failed to connect to origin: {exc}") from exc
+    head, _, rest = buffer.partition(b"\r\n\r\n")
+    status_line, *header_lines = head.decode("latin-1").split("\r\n")
+    fields = status_line.split(" ", 2)
+    status = int(fields[1]) if len(fields) > 1 and fields[1].isdigit() else 0
+    received = {}
+    for line in header_lines:
+        name, _, value = line.partition(":")
+        received[name.strip().lower()] = value.strip()
+    if status != 101:
+        writer.close()
+        raise AccessError(
+            f'failed to connect to origin error="websocket: bad handshake" ({status})'
+        )
+    if received.get("sec-websocket-accept") != accept_key(key):
+        writer.close()
+        raise AccessError("websocket: bad handshake (Sec-WebSocket-Accept mismatch)")
+    return reader, writer, rest
+
+
+async def carry(
+    local_reader: asyncio.StreamReader,
+    local_write: _LocalWriter,
+    target: EdgeTarget,
+    headers: Sequence[tuple[str, str]],
+) -> None:
+    """One local connection ↔ one WebSocket, until either side ends."""
+    reader, writer, rest = await open_websocket(target, headers)
+    ws = WebSocketConnection(Role.CLIENT)
+    lock = asyncio.Lock()
+
+    async def send(data: bytes) -> None:
+        if data:
+            async with lock:
+                writer.write(data)
+                await writer.drain()
+
+    async def up() -> None:
+        while data := await local_reader.read(_READ):
+            await send(ws.send_data(data))
+        await send(ws.send_close(CloseCode.NORMAL))
+        # Keep reading the edge until it answers our close (or goes away).
+        await down_done.wait()
+
+    down_done = asyncio.Event()
+
+    async def down() -> None:
+        data = rest
+        try:
+            while True:
+                if data:
+                    try:
+                        frames = ws.receive(data)
+                    finally:
+                        await send(ws.data_to_send())
+                    for frame in frames:
+                        if frame.opcode in (Opcode.BINARY, Opcode.TEXT, Opcode.CONTINUATION):
+                            await local_write(frame.payload)
+                        elif frame.opcode == Opcode.CLOSE:
+                            return
+                data = await reader.read(_READ)
+                if not data:
+                    return
+        finally:
+            down_done.set()
+
+    tasks = {asyncio.create_task(up()), asyncio.create_task(down())}
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            with contextlib.suppress(asyncio.CancelledError, WebSocketError, OSError):
+                task.result()
+    finally:
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        writer.close()
+
+
+class _LocalWriter:
+    """Writes to the local side: a socket writer or stdout."""
+
+    def __init__(self, writer: asyncio.StreamWriter | None) -> None:
+        self._writer = writer
+
+    async def __call__(self, data: bytes) -> None:
+        if self._writer is None:
+            await asyncio.to_thread(_write_stdout, data)
+            return
+        self._writer.write(data)
+        await self._writer.drain()
+
+
+def _write_stdout(data: bytes) -> None:
+    sys.stdout.buffer.write(data)
+    sys.stdout.buffer.flush()
+
+
+async def _stdin_reader() -> asyncio.StreamReader:
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=_READ)
+    protocol = asyncio.StreamReaderProtocol(reader)
+    await loop.connect_read_pipe(lambda: protocol, os.fdopen(sys.stdin.fileno(), "rb", 0))
+    return reader
+
+
+async def _serve_stdio(target: EdgeTarget, headers: Sequence[tuple[str, str]]) -> None:
+    await carry(await _stdin_reader(), _LocalWriter(None), target, headers)
+
+
+async def _serve_listener(
+    listen: str, target: EdgeTarget, headers: Sequence[tuple[str, str]]
+) -> None:
+    raw = listen if "://" in listen else f"tcp://{listen}"
+    host, port = _split_host(urlsplit(raw).netloc, 0)
+    if not port:
+        raise click.BadParameter(f"{listen}: a port is required", param_hint="--url")
+
+    async def accepted(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await carry(reader, _LocalWriter(writer), target, headers)
+        except AccessError as exc:
+            log.error("%s", exc.message)
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(accepted, host or "localhost", port)
+    log.info("Start Websocket listener host=%s", f"{host}:{port}")
+    async with server:
+        await server.serve_forever()
+
+
+def _headers(
+    raw: Sequence[str], token_id: str | None, token_secret: str | None, destination: str | None
+) -> list[tuple[str, str]]:
+    out: list[tuple[str, str]] = []
+    for item in raw:
+        name, sep, value = item.partition(":")
+        if sep and name.strip():
+            out.append((name.strip(), value.strip()))
+    if token_id:
+        out.append(("Cf-Access-Client-Id", token_id))
+    if token_secret:
+        out.append(("Cf-Access-Client-Secret", token_secret))
+    out.append(("User-Agent", f"adit/{__version__}"))
+    if destination:
+        out.append(("Cf-Access-Jump-Destination", destination))
+    return out
+
+
+@click.group("access")
+def access() -> None:
+    """Access applications: carry TCP (ssh, rdp, smb, any) over WebSocket through the edge."""
+
+
+@click.command("tcp", context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--hostname", "--tunnel-host", "-T", default=None, help="The public hostname.")
+@click.option(
+    "--url", "--listener", "-L", "listen", default=None, help="Listen on host:port (else stdio)."
+)
+@click.option("--destination", default=None, help="Bastion mode: the final host:port.")
+@click.option("--header", "-H", "header", multiple=True, help='Extra header "K: V" (repeatable).')
+@click.option(
+    "--service-token-id",
+    "--id",
+    "token_id",
+    envvar="TUNNEL_SERVICE_TOKEN_ID",
+    default=None,
+    help="Access service token id (CF-Access-Client-Id).",
+)
+@click.option(
+    "--service-token-secret",
+    "--secret",
+    "token_secret",
+    envvar="TUNNEL_SERVICE_TOKEN_SECRET",
+    default=None,
+    help="Access service token secret (CF-Access-Client-Secret).",
+)
+@click.option("--logfile", default=None, help="Also write the log to this file.")
+@click.option("--log-directory", default=None, hidden=True)
+@click.option(
+    "--log-level",
+    "--loglevel",
+    "log_level",
+    default="info",
+    help="debug, info, warn, error or fatal.",
+)
+@click.option("--connect-to", default="", hidden=True, help="host, host:port or sni:port:host.")
+@click.option("--edge-url", default="", hidden=True, help="Dial this edge URL (http or https).")
+@click.option("--debug-stream", default=None, hidden=True, type=int)
+@click.pass_context
+def tcp(
+    ctx: click.Context,
+    hostname: str | None,
+    listen: str | None,
+    destination: str | None,
+    header: tuple[str, ...],
+    token_id: str | None,
+    token_secret: str | None,
+    logfile: str | None,
+    log_directory: str | None,
+    log_level: str,
+    connect_to: str,
+    edge_url: str,
+    debug_stream: int | None,
+) -> None:
+    """Forward a local listener (--url) or stdin/stdout to a TCP service behind a tunnel."""
+    if not hostname:
+        click.echo(ctx.get_help())
+        ctx.exit(0)
+    _configure_logging(log_level, logfile, stderr=listen is not None)
+    target = resolve_target(hostname, connect_to, edge_url)
+    headers = _headers(header, token_id, token_secret, destination)
+    try:
+        if listen:
+            asyncio.run(_serve_listener(listen, target, headers))
+        else:
+            asyncio.run(_serve_stdio(target, headers))
+    except KeyboardInterrupt:
+        return
+
+
+def _configure_logging(level: str, logfile: str | None, *, stderr: bool) -> None:
+    # In stdio mode stderr is ssh's terminal: only errors go there, as cloudflared keeps quiet.
+    names = {"debug": logging.DEBUG, "warn": logging.WARNING, "error": logging.ERROR}
+    root = logging.getLogger("adit")
+    root.setLevel(names.get(level.lower(), logging.INFO))
+    formatter = logging.Formatter("%(asctime)s %(levelname).3s %(message)s")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setLevel(logging.DEBUG if stderr else logging.ERROR)
+    handler.setFormatter(formatter)
+    root.addHandler(handler)
+    if logfile:
+        file_handler = logging.FileHandler(logfile)
+        file_handler.setFormatter(formatter)
+        root.addHandler(file_handler)
+
+
+for _name in ("tcp", "ssh", "rdp", "smb"):
+    access.add_command(tcp, _name)

@@ -1,0 +1,282 @@
+"""TCP over WebSocket end to end: `adit access` → `adit edge` → tunnel → `adit tunnel run` → a
+real OpenSSH server or redis-server started by the test on 127.0.0.1."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shlex
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from harness import (
+    Account,
+    Edge,
+    Processes,
+    adit_command,
+    create_tunnel,
+    start_connector,
+    write_config,
+)
+
+pytestmark = pytest.mark.process
+
+SSH_HOST = "ssh.example.test"
+REDIS_HOST = "redis.example.test"
+FIFTY_MB = 50 * 1024 * 1024
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait_port(port: int, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise AssertionError(f"nothing listens on 127.0.0.1:{port}")
+
+
+def _need(*programs: str) -> None:
+    for program in programs:
+        if shutil.which(program) is None and not Path(program).exists():
+            pytest.skip(f"{program} is not installed (Debian package missing)")
+
+
+def _access(edge: Edge, hostname: str, *extra: str) -> list[str]:
+    return [
+        *adit_command(),
+        "access",
+        "tcp",
+        "--hostname",
+        hostname,
+        "--edge-url",
+        f"http://{edge.http}",
+        *extra,
+    ]
+
+
+class Sshd:
+    """A private sshd on 127.0.0.1 and the client options to log in to it."""
+
+    def __init__(self, tmp: Path, processes: Processes) -> None:
+        _need("/usr/sbin/sshd", "ssh", "scp", "ssh-keygen")
+        self.dir = tmp / "sshd"
+        self.dir.mkdir()
+        self.port = _free_port()
+        host_key = self.dir / "host_ed25519"
+        self.user_key = self.dir / "id_ed25519"
+        for key in (host_key, self.user_key):
+            subprocess.run(
+                ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True
+            )
+        (self.dir / "authorized_keys").write_text(self.user_key.with_suffix(".pub").read_text())
+        config = self.dir / "sshd_config"
+        config.write_text(
+            "\n".join(
+                [
+                    "ListenAddress 127.0.0.1",
+                    f"Port {self.port}",
+                    f"HostKey {host_key}",
+                    f"PidFile {self.dir / 'sshd.pid'}",
+                    f"AuthorizedKeysFile {self.dir / 'authorized_keys'}",
+                    "UsePAM no",
+                    "StrictModes no",
+                    "PermitRootLogin prohibit-password",
+                    "PasswordAuthentication no",
+                    "KbdInteractiveAuthentication no",
+                    "Subsystem sftp /usr/lib/openssh/sftp-server",
+                    "",
+                ]
+            )
+        )
+        # sshd insists on its privilege-separation directory.
+        Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
+        self.proc = processes.start("sshd", ["/usr/sbin/sshd", "-D", "-e", "-f", str(config)])
+        _wait_port(self.port)
+
+    def client_options(self, proxy_command: str) -> list[str]:
+        return [
+            "-F",
+            "/dev/null",
+            "-i",
+            str(self.user_key),
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "LogLevel=ERROR",
+            "-o",
+            f"ProxyCommand={proxy_command}",
+        ]
+
+
+@pytest.fixture
+def sshd(tmp_path: Path, processes: Processes) -> Sshd:
+    return Sshd(tmp_path, processes)
+
+
+def test_ssh_command_and_fifty_megabyte_scp_through_the_tunnel(
+    edge: Edge, account: Account, processes: Processes, sshd: Sshd, tmp_path: Path
+) -> None:
+    tunnel = create_tunnel(account, "ssh", SSH_HOST)
+    config = write_config(
+        tmp_path / "config.yml", SSH_HOST, [{"service": f"ssh://127.0.0.1:{sshd.port}"}]
+    )
+    start_connector(processes, tunnel, config)
+    proxy = shlex.join(
+        [*adit_command(), "access", "ssh", "--hostname", "%h", "--edge-url", f"http://{edge.http}"]
+    )
+    user = os.environ.get("USER") or "root"
+    options = sshd.client_options(proxy)
+
+    result = subprocess.run(
+        ["ssh", *options, f"{user}@{SSH_HOST}", "echo through-the-tunnel; uname -s"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["through-the-tunnel", "Linux"]
+
+    source = tmp_path / "fifty.bin"
+    with source.open("wb") as handle:
+        for index in range(50):
+            handle.write(hashlib.sha256(index.to_bytes(4, "big")).digest() * 32768)
+    assert source.stat().st_size == FIFTY_MB
+    dest = tmp_path / "copied.bin"
+    result = subprocess.run(
+        ["scp", "-q", *options, str(source), f"{user}@{SSH_HOST}:{dest}"],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    digest = hashlib.sha256(source.read_bytes()).hexdigest()
+    assert hashlib.sha256(dest.read_bytes()).hexdigest() == digest
+
+    back = tmp_path / "back.bin"
+    result = subprocess.run(
+        ["scp", "-q", *options, f"{user}@{SSH_HOST}:{dest}", str(back)],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert hashlib.sha256(back.read_bytes()).hexdigest() == digest
+
+
+@pytest.fixture
+def redis_port(processes: Processes) -> int:
+    _need("redis-server", "redis-cli")
+    port = _free_port()
+    processes.start(
+        "redis",
+        [
+            "redis-server",
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ],
+    )
+    _wait_port(port)
+    return port
+
+
+def _redis_cli(port: int, *args: str, stdin: str | None = None) -> str:
+    result = subprocess.run(
+        ["redis-cli", "-h", "127.0.0.1", "-p", str(port), *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+def test_redis_cli_through_access_tcp_listener(
+    edge: Edge, account: Account, processes: Processes, redis_port: int, tmp_path: Path
+) -> None:
+    tunnel = create_tunnel(account, "redis", REDIS_HOST)
+    config = write_config(
+        tmp_path / "config.yml", REDIS_HOST, [{"service": f"tcp://127.0.0.1:{redis_port}"}]
+    )
+    start_connector(processes, tunnel, config)
+    local = _free_port()
+    access = processes.start("access", _access(edge, REDIS_HOST, "--url", f"127.0.0.1:{local}"))
+    access.wait_for_log("Start Websocket listener")
+    assert _redis_cli(local, "PING") == "PONG"
+    assert _redis_cli(local, "SET", "greeting", "hello over the tunnel") == "OK"
+    assert _redis_cli(local, "GET", "greeting") == "hello over the tunnel"
+    big = "x" * 300_000
+    # -x: the value (larger than one argv string may be) comes from stdin.
+    assert _redis_cli(local, "-x", "SET", "big", stdin=big) == "OK"
+    assert _redis_cli(local, "STRLEN", "big") == "300000"
+    # Several connections at once, each with its own WebSocket.
+    clients = [
+        subprocess.Popen(
+            ["redis-cli", "-h", "127.0.0.1", "-p", str(local), "INCR", "counter"],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(5)
+    ]
+    for client in clients:
+        out, _ = client.communicate(timeout=30)
+        assert out.strip().isdigit()
+    assert _redis_cli(local, "GET", "counter") == "5"
+
+
+def test_bastion_takes_the_destination_from_the_client(
+    edge: Edge, account: Account, processes: Processes, redis_port: int, tmp_path: Path
+) -> None:
+    tunnel = create_tunnel(account, "jump", REDIS_HOST)
+    config = write_config(tmp_path / "config.yml", REDIS_HOST, [{"service": "bastion"}])
+    start_connector(processes, tunnel, config)
+    local = _free_port()
+    access = processes.start(
+        "access",
+        _access(
+            edge,
+            REDIS_HOST,
+            "--url",
+            f"127.0.0.1:{local}",
+            "--destination",
+            f"tcp://127.0.0.1:{redis_port}/ignored",
+        ),
+    )
+    access.wait_for_log("Start Websocket listener")
+    assert _redis_cli(local, "PING") == "PONG"
+
+    missing = _free_port()
+    access = processes.start(
+        "access-nodest", _access(edge, REDIS_HOST, "--url", f"127.0.0.1:{missing}")
+    )
+    access.wait_for_log("Start Websocket listener")
+    with socket.create_connection(("127.0.0.1", missing), timeout=10) as sock:
+        sock.sendall(b"PING\r\n")
+        assert sock.recv(100) == b""
+    access.wait_for_log("bad handshake")
