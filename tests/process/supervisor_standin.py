@@ -65,7 +65,12 @@ class StandInRuntime:
             self._drained.set()
 
     def apply_ingress(self, snapshot: IngressSnapshot) -> None:
-        """Nothing to swap."""
+        """Record the version."""
+        _record(f"ingress {self.settings.slot} {snapshot.version}")
+
+    def reconfigure(self, settings: WorkerSettings) -> None:
+        """Record the new connection indexes."""
+        _record(f"reconfigure {settings.slot} {settings.conn_indexes}")
 
     @property
     def active_streams(self) -> int:

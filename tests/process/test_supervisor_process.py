@@ -38,7 +38,14 @@ WORKER_STARTED = re.compile(r"Started worker pid=(\d+)")
 class Connector:
     """One ``adit tunnel run`` process, its stderr lines and its sd_notify messages."""
 
-    def __init__(self, tmp: Path, mode: str = "register", drain: str = "") -> None:
+    def __init__(
+        self,
+        tmp: Path,
+        mode: str = "register",
+        drain: str = "",
+        extra: list[str] | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.tmp = tmp
         self.runtime_base = tmp / "run"
         self.runtime_base.mkdir()
@@ -53,6 +60,7 @@ class Connector:
         creds = TunnelCredentials(
             "acct", b"s" * 32, uuid.uuid4(), edge=("127.0.0.1:7844", "127.0.0.1:7845")
         )
+        env_extra = env
         env = {
             key: value
             for key, value in os.environ.items()
@@ -67,6 +75,7 @@ class Connector:
             ADIT_TEST_STANDIN_DRAIN=drain,
             ADIT_TEST_STANDIN_LOG=str(self.standin_log),
         )
+        env.update(env_extra or {})
         args = [
             "tunnel", "run",
             "--token", encode_tunnel_token(creds),
@@ -75,6 +84,7 @@ class Connector:
             "--loglevel", "debug",
             "--url", "http://127.0.0.1:9",
             "--pidfile", str(self.pidfile),
+            *(extra if extra is not None else ["--workers", "1"]),
         ]  # fmt: skip
         self.process = subprocess.Popen(
             [sys.executable, "-c", "from adit.cli.main import main; main()", *args],

@@ -14,7 +14,7 @@ import os
 import platform
 import uuid
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import click
 import msgspec
@@ -38,7 +38,18 @@ from adit.ipc.messages import EdgeTarget, IngressSnapshot
 from adit.logs import LogSettings, configure_logging, fields
 from adit.version import __version__
 
-__all__ = ["COMMANDS", "MAX_GRACE_PERIOD", "parse_edge_addresses", "parse_tags", "run"]
+if TYPE_CHECKING:
+    from adit.supervisor.settings import SupervisorSettings
+
+__all__ = [
+    "COMMANDS",
+    "MAX_GRACE_PERIOD",
+    "load_settings",
+    "parse_edge_addresses",
+    "parse_tags",
+    "run",
+    "usable_cpus",
+]
 
 #: cloudflared's hard cap on ``--grace-period``.
 MAX_GRACE_PERIOD: Final = 180.0
@@ -94,8 +105,11 @@ _OPTIONS: Final = [
     _opt("--cacert", envvar="TUNNEL_CACERT", default=None, help="CA (PEM) of the edge's TLS."),
     _opt("--ha-connections", type=int, default=4, show_default=True,
          help="Edge connections to hold."),
-    _opt("--workers", type=int, default=1, show_default=True,
-         help="Worker processes serving the edge connections (adit only)."),
+    _opt("--workers", type=int, default=None,
+         help="Worker processes (adit only; default: min(usable CPUs, --ha-connections))."),
+    _opt("--worker-timeout", type=DURATION, envvar="TUNNEL_WORKER_TIMEOUT",
+         default=Duration.parse("10s"),
+         help="A worker without a heartbeat this long is aborted and replaced (adit only)."),
     _opt("--grace-period", type=DURATION, envvar="TUNNEL_GRACE_PERIOD",
          default=Duration.parse("30s"), help="Drain time on SIGTERM/SIGINT (max 3m)."),
     _opt("--retries", type=int, envvar="TUNNEL_RETRIES", default=5, help="Backoff doublings."),
@@ -440,19 +454,26 @@ def _log_startup(tunnel_id: str, flags: dict[str, object]) -> None:
         log.info("Environmental variables %s", _go_map(dict(env)))
 
 
-@click.command("run")
-@click.argument("tunnel", nargs=-1)
-@_with_options
-@click.pass_context
-def run(ctx: click.Context, /, tunnel: tuple[str, ...], **_options: Any) -> None:
-    """Run a tunnel: connect to the edge and proxy its requests to local origins.
+def _credentials_path(values: _Resolver) -> str | None:
+    """The file the credentials came from, watched for rotation (``None``: inline/token)."""
+    if values.get("token") or values.get("credentials_contents"):
+        return None
+    path = values.get("token_file") or values.get("credentials_file")
+    path = path or values.get("credentials_file", key="cred-file")
+    return os.path.expanduser(str(path)) if path else None
 
-    TUNNEL is the tunnel's UUID or name (or `tunnel:` in the config file); a --token needs none.
+
+def load_settings(
+    ctx: click.Context, tunnel: tuple[str, ...], *, starting: bool = False
+) -> SupervisorSettings:
+    """Read the config file and resolve every flag into settings, as start-up does.
+
+    Pure apart from reading files (config, credentials, CA): the supervisor calls it again on
+    SIGHUP. Raises :class:`click.ClickException` (``CommandFailure``/``UsageFailure``) with
+    the message for the user. ``starting`` also installs logging and prints the start-up lines.
     """
-    from adit.supervisor.app import Supervisor
     from adit.supervisor.settings import SupervisorSettings
 
-    configure_logging(LogSettings())
     loaded = _load_config(ctx, ctx.params.get("config_path"))
     values = _Resolver(ctx, loaded)
     log_settings = LogSettings(
@@ -461,7 +482,8 @@ def run(ctx: click.Context, /, tunnel: tuple[str, ...], **_options: Any) -> None
         logfile=values.get("logfile"),
         log_directory=values.get("log_directory"),
     )
-    configure_logging(log_settings)
+    if starting:
+        configure_logging(log_settings)
 
     protocol = str(values.get("protocol") or "auto").lower()
     if protocol == "quic":
@@ -479,14 +501,19 @@ def run(ctx: click.Context, /, tunnel: tuple[str, ...], **_options: Any) -> None
     if grace_seconds > MAX_GRACE_PERIOD:
         raise CommandFailure("grace-period must be equal or less than 3m0s")
     grace_seconds = max(0.0, grace_seconds)
+    timeout = values.get("worker_timeout")
+    worker_timeout = timeout.seconds if isinstance(timeout, Duration) else 10.0
+    if worker_timeout <= 0:
+        raise UsageFailure("--worker-timeout must be positive", ctx)
     tags = parse_tags(values.list("tag"))
-    workers = int(values.get("workers") or 1)
-    if workers < 1:
+    workers_value = values.get("workers")
+    if workers_value is not None and int(workers_value) < 1:
         raise UsageFailure("--workers must be at least 1", ctx)
 
     creds = resolve_credentials(ctx, values, tunnel)
     flags = values.set_flags()
-    _log_startup(str(creds.tunnel_id), flags)
+    if starting:
+        _log_startup(str(creds.tunnel_id), flags)
 
     edge_list = values.list("edge") or list(creds.edge)
     edges = parse_edge_addresses(edge_list)
@@ -497,8 +524,10 @@ def run(ctx: click.Context, /, tunnel: tuple[str, ...], **_options: Any) -> None
         )
     requested = int(values.get("ha_connections") or 4)
     ha = max(1, min(requested, len(edges)))
-    if ha < requested:
+    if ha < requested and starting:
         log.info("You requested %d HA connections but I can give you at most %d.", requested, ha)
+    # Default: one worker per CPU this process may use, but never more than connections.
+    workers = int(workers_value) if workers_value is not None else min(len(usable_cpus()), ha)
 
     ca_pem = creds.edge_ca_pem
     cacert = values.get("cacert")
@@ -509,7 +538,7 @@ def run(ctx: click.Context, /, tunnel: tuple[str, ...], **_options: Any) -> None
             raise CommandFailure(f"Failed to read the edge CA certificate: {exc}") from None
 
     ingress = build_ingress_snapshot(values, flags)
-    settings = SupervisorSettings(
+    return SupervisorSettings(
         tunnel_id=str(creds.tunnel_id),
         account_tag=creds.account_tag,
         tunnel_secret=creds.tunnel_secret,
@@ -517,7 +546,7 @@ def run(ctx: click.Context, /, tunnel: tuple[str, ...], **_options: Any) -> None
         edge_ca_pem=ca_pem,
         ingress=ingress,
         ha_connections=ha,
-        workers=workers,
+        workers=max(1, workers),
         grace_period=grace_seconds,
         retries=int(values.get("retries") or 5),
         metrics_address=str(values.get("metrics") or "localhost:0"),
@@ -525,8 +554,33 @@ def run(ctx: click.Context, /, tunnel: tuple[str, ...], **_options: Any) -> None
         log=log_settings,
         tags=tags,
         features=tuple(values.list("features")),
+        worker_timeout=worker_timeout,
+        config_path=str(loaded.path) if loaded is not None else None,
+        credentials_path=_credentials_path(values),
     )
-    supervisor = Supervisor(settings)
+
+
+def usable_cpus() -> list[int]:
+    """The CPUs this process may run on (its affinity mask), at least one entry."""
+    if hasattr(os, "sched_getaffinity"):
+        return sorted(os.sched_getaffinity(0)) or [0]
+    return list(range(os.cpu_count() or 1))
+
+
+@click.command("run")
+@click.argument("tunnel", nargs=-1)
+@_with_options
+@click.pass_context
+def run(ctx: click.Context, /, tunnel: tuple[str, ...], **_options: Any) -> None:
+    """Run a tunnel: connect to the edge and proxy its requests to local origins.
+
+    TUNNEL is the tunnel's UUID or name (or `tunnel:` in the config file); a --token needs none.
+    """
+    from adit.supervisor.app import Supervisor
+
+    configure_logging(LogSettings())
+    settings = load_settings(ctx, tunnel, starting=True)
+    supervisor = Supervisor(settings, reload=lambda: load_settings(ctx, tunnel))
     code = supervisor.run()
     if code == 1:
         raise CommandFailure(supervisor.failure or "tunnel stopped with an error")

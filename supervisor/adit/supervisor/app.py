@@ -2,8 +2,10 @@
 
 Everything that happens to the supervisor becomes an item on one ``asyncio.Queue``: signals
 (their handlers only enqueue), worker events from ZeroMQ, worker exits (a pidfd becoming
-readable) and clock ticks. One dispatcher feeds each item to :class:`SupervisorState` and
-carries out the actions it returns, so decisions are made in one place and in order.
+readable), clock ticks, watchdog periods, a changed credentials file and the result of
+reloading the settings (read in a thread: resolving a tunnel name may ask the edge's API).
+One dispatcher feeds each item to :class:`SupervisorState` and carries out the actions it
+returns, so decisions are made in one place and in order.
 
 Workers are started by fork+exec (``subprocess.Popen`` of ``python -m adit.workers``, no
 ``preexec_fn``), so no child inherits this process's event loop, zmq context or threads.
@@ -19,10 +21,11 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import click
 import psutil
 import uvloop
 import zmq.asyncio
@@ -35,9 +38,9 @@ from adit.ipc.channels import (
     remove_runtime_directory,
 )
 from adit.ipc.messages import Command, Event
-from adit.logs import fields
+from adit.logs import fields, parse_level
 from adit.supervisor.errors import SupervisorError
-from adit.supervisor.metrics import build_registry, render_metrics
+from adit.supervisor.metrics import WorkerSample, build_registry, render_metrics
 from adit.supervisor.metrics_server import MetricsServer, bind_metrics_socket, format_address
 from adit.supervisor.pidfile import write_pidfile
 from adit.supervisor.settings import SupervisorSettings
@@ -46,8 +49,11 @@ from adit.supervisor.state import (
     Action,
     Exit,
     KillWorkers,
+    LoadSettings,
     Notify,
     SendCommand,
+    SetLogLevel,
+    SignalWorker,
     SpawnWorker,
     SupervisorState,
     VerifyAffinity,
@@ -59,8 +65,10 @@ __all__ = ["TICK_INTERVAL", "Supervisor", "WorkerExited", "worker_environment"]
 
 log = logging.getLogger("adit.supervisor")
 
-#: How often timers (respawn backoff, drain deadline) are checked.
+#: How often timers (respawn backoff, drain deadline, stuck workers) are checked.
 TICK_INTERVAL = 0.1
+#: How often the credentials file's modification time is compared.
+CREDENTIALS_POLL_INTERVAL = 2.0
 #: Variables meant for the supervisor alone (systemd's notify and socket activation).
 _PRIVATE_ENV = (
     "NOTIFY_SOCKET",
@@ -86,7 +94,58 @@ class _Tick:
     """Time passed (queue item)."""
 
 
-_Input = SignalReceived | WorkerExited | _Tick | Event
+@dataclass(frozen=True)
+class _WatchdogDue:
+    """Half of ``WATCHDOG_USEC`` passed (queue item)."""
+
+
+@dataclass(frozen=True)
+class _CredentialsChanged:
+    """The credentials file's modification time changed (queue item)."""
+
+
+@dataclass(frozen=True)
+class _SettingsLoaded:
+    """The reload finished: new settings or the reason they were rejected (queue item)."""
+
+    settings: SupervisorSettings | None
+    error: str | None = None
+
+
+_Input = (
+    SignalReceived
+    | WorkerExited
+    | _Tick
+    | _WatchdogDue
+    | _CredentialsChanged
+    | _SettingsLoaded
+    | Event
+)
+SettingsLoader = Callable[[], SupervisorSettings]
+
+
+def watchdog_interval(
+    environ: dict[str, str] | None = None, pid: int | None = None
+) -> float | None:
+    """Half of ``$WATCHDOG_USEC`` in seconds when systemd's watchdog is on for this process."""
+    env = os.environ if environ is None else environ
+    usec = env.get("WATCHDOG_USEC", "")
+    owner = env.get("WATCHDOG_PID", "")
+    if not usec.isdigit() or int(usec) <= 0:
+        return None
+    if owner and owner != str(os.getpid() if pid is None else pid):
+        return None
+    return int(usec) / 2_000_000
+
+
+def _file_signature(path: str | None) -> tuple[int, int, int] | None:
+    if not path:
+        return None
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return info.st_mtime_ns, info.st_size, info.st_ino
 
 
 def worker_environment(environ: dict[str, str] | None = None) -> dict[str, str]:
@@ -132,10 +191,15 @@ class Supervisor:
         *,
         notifier: Notifier | None = None,
         clock: Callable[[], float] = time.monotonic,
+        reload: SettingsLoader | None = None,
     ) -> None:
         self.settings = settings
         self._notifier = notifier
         self._clock = clock
+        self._reload = reload
+        self._followups: list[Action] = []
+        self._watchdog = watchdog_interval()
+        self._processes: dict[int, psutil.Process] = {}
         cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
         self.state = SupervisorState(settings, cpus=cpus)
         #: After :meth:`run`: the message for stderr when the exit code is not 0.
@@ -144,7 +208,8 @@ class Supervisor:
         self._handles: dict[int, _WorkerHandle] = {}
         self._runtime_dir: Path | None = None
         self._context: zmq.asyncio.Context | None = None
-        self._registry = build_registry(self.state.stats)
+        self._background: set[asyncio.Task[None]] = set()
+        self._registry = build_registry(self.state.stats, self._sample_workers)
 
     def run(self) -> int:
         """Run until drained or failed; the process exit code."""
@@ -174,7 +239,10 @@ class Supervisor:
             pumps = [
                 asyncio.create_task(self._pump_events(events), name="events"),
                 asyncio.create_task(self._tick(), name="tick"),
+                asyncio.create_task(self._watch_credentials(), name="credentials"),
             ]
+            if self._watchdog is not None:
+                pumps.append(asyncio.create_task(self._watchdog_pings(), name="watchdog"))
             return await self._dispatch(self.state.start(self._clock()))
         finally:
             remove_signal_handlers(loop)
@@ -191,10 +259,12 @@ class Supervisor:
     async def _dispatch(self, initial: list[Action]) -> int:
         pending = list(initial)
         while True:
-            for action in pending:
-                code = self._perform(action)
+            while pending:
+                code = self._perform(pending.pop(0))
                 if code is not None:
                     return code
+                pending = self._followups + pending
+                self._followups = []
             item = await self._inbox.get()
             now = self._clock()
             if isinstance(item, SignalReceived):
@@ -205,6 +275,16 @@ class Supervisor:
             elif isinstance(item, _Tick):
                 self._poll_exits()
                 pending = self.state.tick(now)
+            elif isinstance(item, _WatchdogDue):
+                pending = self.state.watchdog(now)
+            elif isinstance(item, _CredentialsChanged):
+                pending = self.state.request_reload("credentials file changed", now)
+            elif isinstance(item, _SettingsLoaded):
+                if item.settings is not None:
+                    pending = self.state.settings_loaded(item.settings, now)
+                    self.settings = self.state.settings
+                else:
+                    pending = self.state.settings_rejected(item.error or "unknown error", now)
             else:
                 pending = self.state.handle_event(item, now)
 
@@ -225,6 +305,15 @@ class Supervisor:
             self._kill_all()
         elif isinstance(action, VerifyAffinity):
             self._verify_affinity(action)
+        elif isinstance(action, SignalWorker):
+            handle = self._handles.get(action.slot)
+            if handle is not None and handle.process.pid == action.pid:
+                with contextlib.suppress(ProcessLookupError):
+                    handle.process.send_signal(action.signum)
+        elif isinstance(action, LoadSettings):
+            self._load_settings()
+        elif isinstance(action, SetLogLevel):
+            logging.getLogger().setLevel(parse_level(action.level) or logging.INFO)
         elif isinstance(action, Exit):
             self.failure = action.failure
             return action.code
@@ -318,6 +407,68 @@ class Supervisor:
             )
         else:
             log.debug("Worker pinned", extra=fields(slot=action.slot, cpu=action.cpu))
+
+    def _load_settings(self) -> None:
+        """Run the loader in a thread; its outcome comes back through the inbox."""
+        loader = self._reload
+        if loader is None:
+            self._inbox.put_nowait(_SettingsLoaded(None, "reloading is not available"))
+            return
+
+        def load() -> _SettingsLoaded:
+            try:
+                return _SettingsLoaded(loader())
+            except click.ClickException as exc:
+                return _SettingsLoaded(None, exc.format_message())
+            except Exception as exc:  # a loader bug must not take the connector down
+                log.exception("Reloading the settings failed")
+                return _SettingsLoaded(None, f"{type(exc).__name__}: {exc}")
+
+        async def run() -> None:
+            result = await asyncio.get_running_loop().run_in_executor(None, load)
+            self._inbox.put_nowait(result)
+
+        task = asyncio.create_task(run(), name="reload")
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _watch_credentials(self) -> None:
+        path = self.state.settings.credentials_path
+        seen = _file_signature(path)
+        while True:
+            await asyncio.sleep(CREDENTIALS_POLL_INTERVAL)
+            current_path = self.state.settings.credentials_path
+            current = _file_signature(current_path)
+            if current_path == path and current != seen and current is not None:
+                self._inbox.put_nowait(_CredentialsChanged())
+            path, seen = current_path, current
+
+    async def _watchdog_pings(self) -> None:
+        assert self._watchdog is not None
+        while True:
+            await asyncio.sleep(self._watchdog)
+            self._inbox.put_nowait(_WatchdogDue())
+
+    def _sample_workers(self) -> Iterator[WorkerSample]:
+        for record in self.state.workers.values():
+            pid = record.pid
+            if pid is None or pid < 0:
+                continue
+            rss: int | None = None
+            cpu: float | None = None
+            try:
+                process = self._processes.get(pid)
+                if process is None:
+                    process = self._processes[pid] = psutil.Process(pid)
+                rss = process.memory_info().rss
+                times = process.cpu_times()
+                cpu = times.user + times.system
+            except psutil.Error:
+                self._processes.pop(pid, None)
+            yield WorkerSample(record.slot, record.restarts, record.loop_lag, rss, cpu)
+        live = {w.pid for w in self.state.workers.values()}
+        for pid in [p for p in self._processes if p not in live]:
+            del self._processes[pid]
 
     async def _pump_events(self, events: EventReceiver) -> None:
         while True:

@@ -4,12 +4,16 @@ Workers push cumulative :class:`StatsSnapshot` counters; the supervisor keeps th
 slot and sums them at scrape time. When a worker is replaced its slot's counters start again
 from zero, so the sums can step down once: query them with ``sum(rate(...))``, which handles
 counter resets. Gauges of a dead worker are dropped with it.
+
+Per-worker families (``adit_worker_*{slot}``) come from :class:`WorkerSample` values the
+supervisor measures at scrape time (RSS and CPU with psutil, loop lag from the heartbeat).
 """
 
 from __future__ import annotations
 
 import platform
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -18,7 +22,7 @@ from prometheus_client.utils import floatToGoString as _untyped_float_to_go_stri
 
 from adit.ipc.messages import StatsSnapshot
 
-__all__ = ["TunnelCollector", "TunnelStats", "build_registry", "render_metrics"]
+__all__ = ["TunnelCollector", "TunnelStats", "WorkerSample", "build_registry", "render_metrics"]
 
 
 def _counter(name: str, documentation: str, samples: list[tuple[dict[str, str], float]]) -> Metric:
@@ -39,6 +43,33 @@ class TunnelStats:
         self.ha_connections = 0
         #: Successful ``registerConnection`` calls since start.
         self.register_success = 0
+        #: Refused registrations by cloudflared's ``error`` label.
+        self.register_fail: dict[str, int] = {}
+        #: Connections waiting to dial again after losing their edge connection.
+        self.timer_retries = 0
+        #: Version of the ingress snapshot in force (1 at start, +1 per changed reload).
+        self.config_version = 0
+        self.reload_failures = 0
+        self.last_reload_success = True
+        #: Streams in flight by live worker, from their heartbeats.
+        self.active_streams = 0
+        #: Edge location per connection index: the current one, then the earlier ones.
+        self._locations: dict[int, list[str]] = {}
+
+    def set_location(self, conn_index: int, location: str) -> None:
+        """Connection ``conn_index`` now serves from ``location``."""
+        seen = self._locations.setdefault(conn_index, [])
+        if location in seen:
+            seen.remove(location)
+        seen.insert(0, location)
+
+    def locations(self) -> list[tuple[str, str, int]]:
+        """``(connection_id, edge_location, 1 current / 0 previous)`` rows."""
+        return [
+            (str(index), location, 1 if position == 0 else 0)
+            for index, seen in sorted(self._locations.items())
+            for position, location in enumerate(seen)
+        ]
 
     def update(self, snapshot: StatsSnapshot) -> None:
         """Keep ``snapshot`` as the slot's latest counters."""
@@ -72,11 +103,26 @@ class TunnelStats:
         return totals
 
 
+@dataclass(frozen=True)
+class WorkerSample:
+    """One live worker as measured at scrape time."""
+
+    slot: int
+    restarts: int
+    loop_lag: float = 0.0
+    rss_bytes: int | None = None
+    cpu_seconds: float | None = None
+
+
+WorkerSampler = Callable[[], Iterable[WorkerSample]]
+
+
 class TunnelCollector(Collector):
     """Yields the ``cloudflared_tunnel_*`` families and ``build_info`` from :class:`TunnelStats`."""
 
-    def __init__(self, stats: TunnelStats) -> None:
+    def __init__(self, stats: TunnelStats, workers: WorkerSampler | None = None) -> None:
         self._stats = stats
+        self._workers = workers
 
     def collect(self) -> Iterator[Metric]:
         """One family per metric, computed at scrape time."""
@@ -118,12 +164,89 @@ class TunnelCollector(Collector):
             "Count of successful tunnel registrations",
             [({"rpcName": "registerConnection"}, stats.register_success)],
         )
+        yield _counter(
+            "cloudflared_tunnel_tunnel_register_fail",
+            "Count of tunnel registration errors by type",
+            [
+                ({"error": error, "rpcName": "registerConnection"}, n)
+                for error, n in sorted(stats.register_fail.items())
+            ],
+        )
+        yield GaugeMetricFamily(
+            "cloudflared_tunnel_active_streams",
+            "Number of active streams",
+            value=stats.active_streams,
+        )
+        yield GaugeMetricFamily(
+            "cloudflared_tunnel_timer_retries",
+            "Connections waiting to retry after losing the edge",
+            value=stats.timer_retries,
+        )
+        locations = GaugeMetricFamily(
+            "cloudflared_tunnel_server_locations",
+            "Where each tunnel is connected to. 1 means current location, 0 means previous "
+            "locations.",
+            labels=["connection_id", "edge_location"],
+        )
+        for conn_id, location, current in stats.locations():
+            locations.add_metric([conn_id, location], current)
+        yield locations
+        yield GaugeMetricFamily(
+            "cloudflared_orchestration_config_version",
+            "Configuration Version",
+            value=stats.config_version,
+        )
+        yield GaugeMetricFamily(
+            "adit_config_version",
+            "Version of the configuration in force (1 at start, +1 per accepted change)",
+            value=stats.config_version,
+        )
+        yield _counter(
+            "adit_config_reload_failures_total",
+            "Reloads whose configuration was rejected",
+            [({}, stats.reload_failures)],
+        )
+        yield GaugeMetricFamily(
+            "adit_config_last_reload_success",
+            "1 if the last reload was accepted (or none happened), else 0",
+            value=1 if stats.last_reload_success else 0,
+        )
+        yield from self._collect_workers()
+
+    def _collect_workers(self) -> Iterator[Metric]:
+        samples = list(self._workers()) if self._workers is not None else []
+        rss = GaugeMetricFamily(
+            "adit_worker_rss_bytes", "Resident memory of each worker", labels=["slot"]
+        )
+        lag = GaugeMetricFamily(
+            "adit_worker_loop_lag_seconds",
+            "Event loop lag measured by each worker's heartbeat",
+            labels=["slot"],
+        )
+        cpu: list[tuple[dict[str, str], float]] = []
+        restarts: list[tuple[dict[str, str], float]] = []
+        for sample in sorted(samples, key=lambda s: s.slot):
+            slot = str(sample.slot)
+            if sample.rss_bytes is not None:
+                rss.add_metric([slot], sample.rss_bytes)
+            if sample.cpu_seconds is not None:
+                cpu.append(({"slot": slot}, sample.cpu_seconds))
+            lag.add_metric([slot], sample.loop_lag)
+            restarts.append(({"slot": slot}, sample.restarts))
+        yield rss
+        yield _counter(
+            "adit_worker_cpu_seconds_total", "CPU time (user+system) of each worker", cpu
+        )
+        yield lag
+        yield _counter(
+            "adit_worker_restarts_total", "Times each worker slot was restarted", restarts
+        )
 
 
-def build_registry(stats: TunnelStats) -> CollectorRegistry:
+def build_registry(stats: TunnelStats, workers: WorkerSampler | None = None) -> CollectorRegistry:
     """A private registry (not the global default) with the tunnel and process collectors."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(TunnelCollector(stats))
+    registry.register(TunnelCollector(stats, workers))
     return registry
 
 

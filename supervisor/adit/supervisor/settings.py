@@ -52,3 +52,9 @@ class SupervisorSettings:
     #: Extra seconds past the grace period before workers still draining are killed.
     drain_margin: float = 5.0
     version: str = __version__
+    #: Seconds without a heartbeat after which a worker counts as stuck (SIGABRT, SIGKILL).
+    worker_timeout: float = 10.0
+    #: The config file the settings came from (named in reload errors).
+    config_path: str | None = None
+    #: The credentials (or token) file; a change of its mtime triggers a reload.
+    credentials_path: str | None = None

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable
 
 __all__ = ["HANDLED_SIGNALS", "SignalReceived", "install_signal_handlers", "remove_signal_handlers"]
 
-#: SIGTERM/SIGINT drain; SIGHUP is received (so it no longer kills us) and ignored for now.
+#: SIGTERM/SIGINT drain; SIGHUP reloads the configuration.
 HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 

@@ -13,6 +13,12 @@ Invariants:
 * Nothing is spawned once DRAINING; DRAINING ends in exactly one :class:`Exit`, when the last
   worker is gone, when the drain deadline passes (after :class:`KillWorkers`), or at once on a
   second SIGTERM/SIGINT.
+* A worker without a heartbeat for ``worker_timeout`` gets SIGABRT once (its faulthandler
+  prints every thread's traceback), then SIGKILL after :data:`ABORT_GRACE`; its exit is then
+  handled like any crash. ``WATCHDOG=1`` is only sent while no live worker is overdue.
+* A reload (SIGHUP or a changed credentials file) is bracketed by ``RELOADING=1`` and
+  ``READY=1`` once RUNNING, whether the new settings are accepted or rejected; a rejected one
+  changes nothing but the reload metrics and ``STATUS=``.
 """
 
 from __future__ import annotations
@@ -20,10 +26,13 @@ from __future__ import annotations
 import enum
 import logging
 import signal
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+
+import msgspec
 
 from adit.ipc.channels import WORKER_BOOT_ERROR
 from adit.ipc.messages import (
+    ApplyIngress,
     Command,
     ConnectionLost,
     ConnectionRegistered,
@@ -31,6 +40,8 @@ from adit.ipc.messages import (
     Drain,
     Event,
     Heartbeat,
+    IngressSnapshot,
+    Reconfigure,
     RegistrationRefused,
     Start,
     StatsSnapshot,
@@ -41,14 +52,20 @@ from adit.supervisor.metrics import TunnelStats
 from adit.supervisor.settings import SupervisorSettings
 
 __all__ = [
+    "ABORT_GRACE",
+    "BOOT_TIMEOUT",
     "FAST_FAILURE_SECONDS",
+    "HEARTBEAT_STALE",
     "MAX_FAST_FAILURES",
     "Action",
     "Exit",
     "KillWorkers",
+    "LoadSettings",
     "Notify",
     "Phase",
     "SendCommand",
+    "SetLogLevel",
+    "SignalWorker",
     "SpawnWorker",
     "SupervisorState",
     "VerifyAffinity",
@@ -64,6 +81,12 @@ log = logging.getLogger("adit.supervisor")
 FAST_FAILURE_SECONDS = 10.0
 #: Consecutive fast failures of one slot after which the supervisor gives up.
 MAX_FAST_FAILURES = 5
+#: Seconds a SIGABRTed worker gets to print its traceback and die before SIGKILL.
+ABORT_GRACE = 2.0
+#: A fresh worker's first heartbeat may take this long (imports, Start, runtime set-up).
+BOOT_TIMEOUT = 15.0
+#: A heartbeat older than this makes a worker unhealthy for systemd's watchdog.
+HEARTBEAT_STALE = 1.5
 _SIGNAL_WORDS = {signal.SIGTERM: "terminated", signal.SIGINT: "interrupt"}
 
 
@@ -117,6 +140,27 @@ class VerifyAffinity:
 
 
 @dataclass(frozen=True)
+class SignalWorker:
+    """Send ``signum`` to worker ``pid`` of ``slot``."""
+
+    slot: int
+    pid: int
+    signum: int
+
+
+@dataclass(frozen=True)
+class LoadSettings:
+    """Read the config and credentials again; report with ``settings_loaded``/``_rejected``."""
+
+
+@dataclass(frozen=True)
+class SetLogLevel:
+    """Change the supervisor's own log level."""
+
+    level: str
+
+
+@dataclass(frozen=True)
 class Exit:
     """Stop the supervisor with ``code``; ``failure`` is the message for stderr."""
 
@@ -124,7 +168,18 @@ class Exit:
     failure: str | None = None
 
 
-Action = SpawnWorker | SendCommand | Notify | WritePidfile | KillWorkers | VerifyAffinity | Exit
+Action = (
+    SpawnWorker
+    | SendCommand
+    | Notify
+    | WritePidfile
+    | KillWorkers
+    | VerifyAffinity
+    | SignalWorker
+    | LoadSettings
+    | SetLogLevel
+    | Exit
+)
 
 
 def split_conn_indexes(ha_connections: int, workers: int) -> list[list[int]]:
@@ -158,6 +213,9 @@ class WorkerRecord:
     loop_lag: float = 0.0
     active_streams: int = 0
     heartbeat_seen: bool = False
+    #: When the supervisor sent SIGABRT to a stuck process of this slot (``None``: never).
+    aborted_at: float | None = None
+    killed: bool = False
 
     @property
     def alive(self) -> bool:
@@ -179,10 +237,19 @@ class SupervisorState:
     failure: str | None = None
     drain_deadline: float | None = None
     exited: bool = False
+    #: Why the last reload was rejected (``None`` after a successful one).
+    reload_error: str | None = None
+    #: A reload is in progress and ``RELOADING=1`` was sent.
+    bracketed: bool = False
+    #: Settings are being loaded; another request meanwhile loads once more afterwards.
+    loading: bool = False
+    reload_queued: bool = False
+    retrying: set[int] = field(default_factory=set)
     _last_status: str = ""
 
     def __post_init__(self) -> None:
         self.stats = TunnelStats(self.settings.version)
+        self.stats.config_version = self.settings.ingress.version
         pin = self.settings.pin_cpus and 0 < self.settings.workers <= len(self.cpus)
         shares = split_conn_indexes(self.settings.ha_connections, self.settings.workers)
         for slot, share in enumerate(shares):
@@ -245,6 +312,8 @@ class SupervisorState:
         record.restart_at = None
         record.heartbeat_seen = False
         record.last_heartbeat = None
+        record.aborted_at = None
+        record.killed = False
         log.info(
             "Started worker pid=%d",
             pid,
@@ -253,7 +322,9 @@ class SupervisorState:
         return [SendCommand(slot, Start(self.worker_settings(slot))), *self._status()]
 
     def handle_signal(self, signum: int, now: float) -> list[Action]:
-        """SIGTERM/SIGINT: drain, and at once on the second; anything else is ignored."""
+        """SIGTERM/SIGINT: drain, and at once on the second; SIGHUP: reload."""
+        if signum == signal.SIGHUP:
+            return self.request_reload("SIGHUP", now)
         if signum not in _SIGNAL_WORDS:
             log.info("Ignored signal %s", signal.Signals(signum).name)
             return []
@@ -277,6 +348,8 @@ class SupervisorState:
             return self._on_refused(event, now)
         if isinstance(event, ConnectionLost):
             self.registered.pop(event.conn_index, None)
+            self.retrying.add(event.conn_index)
+            self.stats.timer_retries = len(self.retrying)
             # The worker already logged the failure with its details; keep one line per event.
             log.debug(
                 "Connection terminated",
@@ -297,6 +370,7 @@ class SupervisorState:
         if record.pid != pid:
             return []
         record.pid = None
+        record.active_streams = 0
         self.stats.drop_slot(slot)
         for index in record.conn_indexes:
             self.registered.pop(index, None)
@@ -333,7 +407,7 @@ class SupervisorState:
                 log.warning("Grace period over; killing workers still draining")
                 return self._exit_now(KillWorkers(), code=self.exit_code, failure=self.failure)
             return []
-        actions: list[Action] = []
+        actions: list[Action] = self._murder_workers(now)
         for record in self.workers.values():
             if not record.alive and record.restart_at is not None and now >= record.restart_at:
                 record.restart_at = None
@@ -341,7 +415,172 @@ class SupervisorState:
                 actions.append(SpawnWorker(record.slot))
         return actions
 
+    def healthy(self, now: float) -> bool:
+        """Every live worker heartbeats (or is still booting) and none is being aborted."""
+        for record in self.workers.values():
+            if not record.alive or record.pid is None or record.pid < 0:
+                continue
+            if record.aborted_at is not None:
+                return False
+            if record.heartbeat_seen:
+                assert record.last_heartbeat is not None
+                if now - record.last_heartbeat > HEARTBEAT_STALE:
+                    return False
+            elif now - record.started_at > BOOT_TIMEOUT:
+                return False
+        return True
+
+    def watchdog(self, now: float) -> list[Action]:
+        """A watchdog period passed: ``WATCHDOG=1`` only while :meth:`healthy`."""
+        if self.exited or not self.healthy(now):
+            return []
+        return [Notify("WATCHDOG=1")]
+
+    def request_reload(self, reason: str, now: float) -> list[Action]:
+        """SIGHUP or a changed credentials file: load the settings again."""
+        if self.phase is Phase.DRAINING:
+            log.info("Ignored a reload (%s) while shutting down", reason)
+            return []
+        if self.loading:
+            self.reload_queued = True
+            return []
+        self.loading = True
+        log.info("Reloading configuration", extra=fields(reason=reason))
+        actions: list[Action] = []
+        if self.phase is Phase.RUNNING and not self.bracketed:
+            self.bracketed = True
+            usec = int(now * 1_000_000)
+            actions.append(Notify(f"RELOADING=1\nMONOTONIC_USEC={usec}"))
+        return [*actions, LoadSettings()]
+
+    def settings_rejected(self, error: str, now: float) -> list[Action]:
+        """The reloaded settings did not validate: keep the old ones and say why."""
+        if self.phase is Phase.DRAINING:
+            self.loading = False
+            return []
+        self.reload_error = " ".join(error.split())
+        self.stats.reload_failures += 1
+        self.stats.last_reload_success = False
+        log.error(
+            "Rejected the new configuration; the previous one keeps serving",
+            extra=fields(config=self.settings.config_path or "", error=self.reload_error),
+        )
+        return self._end_reload()
+
+    def settings_loaded(self, new: SupervisorSettings, now: float) -> list[Action]:
+        """Apply validated settings: live parts pushed to workers, connection parts rolled."""
+        if self.phase is Phase.DRAINING:
+            self.loading = False
+            return []
+        old = self.settings
+        new = self._keep_fixed(old, new)
+        ingress_changed = _ingress_key(old.ingress) != _ingress_key(new.ingress)
+        version = old.ingress.version + (1 if ingress_changed else 0)
+        new = replace(new, ingress=msgspec.structs.replace(new.ingress, version=version))
+        level_changed = new.log.level != old.log.level
+        connections_changed = (
+            old.account_tag != new.account_tag
+            or old.tunnel_secret != new.tunnel_secret
+            or old.tunnel_id != new.tunnel_id
+            or old.edges != new.edges
+            or old.edge_ca_pem != new.edge_ca_pem
+        )
+        self.settings = new
+        self.reload_error = None
+        self.stats.last_reload_success = True
+        self.stats.config_version = version
+        actions: list[Action] = []
+        if level_changed:
+            actions.append(SetLogLevel(new.log.level))
+        live = [w.slot for w in self.workers.values() if w.alive]
+        if ingress_changed or level_changed:
+            push = ApplyIngress(new.ingress, loglevel=new.log.level)
+            actions += [SendCommand(slot, push) for slot in live]
+        if connections_changed or old.grace_period != new.grace_period:
+            actions += [SendCommand(slot, Reconfigure(self.worker_settings(slot))) for slot in live]
+        log.info(
+            "Updated to new configuration",
+            extra=fields(
+                version=version,
+                config=new.config_path or "",
+                ingressChanged=ingress_changed,
+                reconnect=connections_changed,
+            ),
+        )
+        return actions + self._end_reload()
+
     # -- internals -------------------------------------------------------------------------
+
+    def _keep_fixed(self, old: SupervisorSettings, new: SupervisorSettings) -> SupervisorSettings:
+        """What a reload cannot change in this process: say so and keep the old values."""
+        fixed = {
+            "workers": "workers",
+            "ha_connections": "ha-connections",
+            "metrics_address": "metrics",
+            "pidfile": "pidfile",
+        }
+        for attribute, flag in fixed.items():
+            if getattr(old, attribute) != getattr(new, attribute):
+                log.warning(
+                    "--%s changed; it applies after a restart", flag, extra=fields(flag=flag)
+                )
+        return replace(
+            new,
+            connector_id=old.connector_id,
+            workers=old.workers,
+            ha_connections=old.ha_connections,
+            metrics_address=old.metrics_address,
+            pidfile=old.pidfile,
+            log=replace(old.log, level=new.log.level),  # outputs and files stay; the level follows
+        )
+
+    def _end_reload(self) -> list[Action]:
+        self.loading = False
+        if self.reload_queued and self.phase is not Phase.DRAINING:
+            self.reload_queued = False
+            self.loading = True
+            return [LoadSettings()]
+        self.reload_queued = False
+        actions: list[Action] = []
+        if self.bracketed:
+            self.bracketed = False
+            actions.append(Notify("READY=1"))
+        self._last_status = ""  # always restate STATUS= after a reload
+        return actions + self._status()
+
+    def _murder_workers(self, now: float) -> list[Action]:
+        """SIGABRT a worker whose loop stopped heartbeating; SIGKILL it if that is not enough."""
+        actions: list[Action] = []
+        timeout = self.settings.worker_timeout
+        for record in self.workers.values():
+            pid = record.pid
+            if pid is None or pid < 0:
+                continue
+            if record.aborted_at is not None:
+                if not record.killed and now - record.aborted_at >= ABORT_GRACE:
+                    record.killed = True
+                    log.error("Worker did not exit after SIGABRT; killing it", extra=fields(
+                        slot=record.slot, pid=pid))  # fmt: skip
+                    actions.append(SignalWorker(record.slot, pid, signal.SIGKILL))
+                continue
+            if record.heartbeat_seen:
+                assert record.last_heartbeat is not None
+                silent = now - record.last_heartbeat
+                overdue = silent > timeout
+            else:
+                silent = now - record.started_at
+                overdue = silent > max(timeout, BOOT_TIMEOUT)
+            if overdue:
+                record.aborted_at = now
+                log.error(
+                    "Worker is stuck: no heartbeat for %.1fs; aborting it (SIGABRT)",
+                    silent,
+                    extra=fields(slot=record.slot, pid=pid),
+                )
+                actions.append(SignalWorker(record.slot, pid, signal.SIGABRT))
+        if actions:
+            actions += self._status()
+        return actions
 
     def _on_heartbeat(self, event: Heartbeat, now: float) -> list[Action]:
         record = self.workers.get(event.slot)
@@ -350,6 +589,7 @@ class SupervisorState:
         record.last_heartbeat = now
         record.loop_lag = event.loop_lag
         record.active_streams = event.active_streams
+        self.stats.active_streams = sum(w.active_streams for w in self.workers.values() if w.alive)
         if record.heartbeat_seen:
             return []
         record.heartbeat_seen = True
@@ -362,7 +602,10 @@ class SupervisorState:
 
     def _on_registered(self, event: ConnectionRegistered) -> list[Action]:
         self.registered[event.conn_index] = event
+        self.retrying.discard(event.conn_index)
+        self.stats.timer_retries = len(self.retrying)
         self.stats.register_success += 1
+        self.stats.set_location(event.conn_index, event.location)
         host, _, _port = event.edge.rpartition(":")
         log.info(
             "Registered tunnel connection",
@@ -383,6 +626,9 @@ class SupervisorState:
         return actions + self._status()
 
     def _on_refused(self, event: RegistrationRefused, now: float) -> list[Action]:
+        self.stats.register_fail["server_error"] = (
+            self.stats.register_fail.get("server_error", 0) + 1
+        )
         log.error(
             "Register tunnel error from server side",
             extra=fields(connIndex=event.conn_index, error=event.cause),
@@ -424,9 +670,17 @@ class SupervisorState:
         text = (
             f"STATUS={self.phase.value}: {len(self.registered)}/"
             f"{self.settings.ha_connections} connections registered, "
-            f"{live}/{len(self.workers)} workers running"
+            f"{live}/{len(self.workers)} workers running, config version "
+            f"{self.settings.ingress.version}"
         )
+        if self.reload_error is not None:
+            text += f"; reload rejected: {self.reload_error}"
         if text == self._last_status:
             return []
         self._last_status = text
         return [Notify(text)]
+
+
+def _ingress_key(snapshot: IngressSnapshot) -> bytes:
+    """What decides whether the ingress changed: everything but its version."""
+    return msgspec.msgpack.encode(msgspec.structs.replace(snapshot, version=0))

@@ -22,6 +22,7 @@ from adit.supervisor.state import (
     MAX_FAST_FAILURES,
     Exit,
     KillWorkers,
+    LoadSettings,
     Notify,
     Phase,
     SendCommand,
@@ -136,9 +137,9 @@ def test_drain_deadline_kills_stragglers() -> None:
     assert state.tick(10.0 + 1.0 + state.settings.drain_margin) == [KillWorkers(), Exit(0)]
 
 
-def test_sighup_is_ignored() -> None:
+def test_sighup_before_ready_reloads_without_bracket() -> None:
     state = _started()
-    assert state.handle_signal(signal.SIGHUP, 1.0) == []
+    assert state.handle_signal(signal.SIGHUP, 1.0) == [LoadSettings()]
     assert state.phase is Phase.STARTING
 
 
@@ -161,6 +162,7 @@ def test_refusal_after_success_is_only_logged() -> None:
 def test_crashed_worker_restarts_after_backoff() -> None:
     state = _started()
     state.handle_event(_registered(0, 0), 1.0)
+    state.handle_event(Heartbeat(1, 101, 0.0, 0), 19.0)  # worker 1 is not stuck
     state.worker_exited(0, 100, -9, 20.0)
     assert not state.workers[0].alive
     assert state.ready_body()[1]["readyConnections"] == 0

@@ -6,7 +6,9 @@ pin the CPU, set up logging, ignore SIGINT, then start uvloop and create the zmq
 
 Signals never bypass the supervisor's drain: SIGINT (a terminal's Ctrl-C reaches the whole
 process group) is ignored, SIGTERM is treated as ``Drain(grace_period)``. The heartbeat is a
-task on the worker's own event loop, so a stuck loop stops heartbeating.
+task on the worker's own event loop, so a stuck loop stops heartbeating; the supervisor then
+sends SIGABRT, for which ``faulthandler`` prints every thread's Python traceback to stderr
+(the supervisor's log) before the process dies.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import asyncio
 import contextlib
 import ctypes
 import ctypes.util
+import faulthandler
 import importlib
 import importlib.util
 import logging
@@ -32,18 +35,27 @@ import zmq.asyncio
 
 from adit.ipc.channels import WORKER_BOOT_ERROR, WorkerChannel
 from adit.ipc.messages import (
+    ApplyIngress,
     Command,
     Drain,
     Event,
     Heartbeat,
     IngressSnapshot,
+    Reconfigure,
     Start,
     WorkerSettings,
 )
-from adit.logs import LogSettings, configure_logging
+from adit.logs import LogSettings, configure_logging, parse_level
 from adit.workers.runtime import WorkerRuntime
 
-__all__ = ["HEARTBEAT_INTERVAL", "RUNTIME_OVERRIDE_ENV", "RuntimeLike", "WorkerProcess", "main"]
+__all__ = [
+    "HEARTBEAT_INTERVAL",
+    "RUNTIME_OVERRIDE_ENV",
+    "STUCK_HOOK_ENV",
+    "RuntimeLike",
+    "WorkerProcess",
+    "main",
+]
 
 log = logging.getLogger("adit.workers")
 
@@ -53,6 +65,8 @@ HEARTBEAT_INTERVAL = 0.5
 START_TIMEOUT = 30.0
 #: Test seam only: ``module:Class`` or ``/path/file.py:Class`` of a stand-in runtime.
 RUNTIME_OVERRIDE_ENV = "ADIT_TEST_WORKER_RUNTIME"
+#: Test seam only: when set to ``1``, SIGUSR2 blocks this worker's event loop for good.
+STUCK_HOOK_ENV = "ADIT_TEST_STUCK_ON_SIGUSR2"
 _PR_SET_PDEATHSIG = 1
 
 
@@ -62,6 +76,7 @@ class RuntimeLike(Protocol):
     async def run(self) -> None: ...
     def begin_drain(self, grace: float) -> None: ...
     def apply_ingress(self, snapshot: IngressSnapshot) -> None: ...
+    def reconfigure(self, settings: WorkerSettings) -> object: ...
     @property
     def active_streams(self) -> int: ...
 
@@ -115,6 +130,8 @@ class WorkerProcess:
         channel = WorkerChannel(context, self.runtime_dir, self.slot)
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self._on_sigterm)
+        if os.environ.get(STUCK_HOOK_ENV) == "1":
+            loop.add_signal_handler(signal.SIGUSR2, _block_forever)
         if self._early_signals:
             self._on_sigterm()
         tasks = [
@@ -144,6 +161,9 @@ class WorkerProcess:
         if isinstance(first, Drain):
             log.info("Drained before start")
             return 0
+        if isinstance(first, ApplyIngress):
+            log.error("The first command was not Start")
+            return WORKER_BOOT_ERROR
         settings = first.settings
         if settings.slot != self.slot:
             log.error("Start for slot %d sent to slot %d", settings.slot, self.slot)
@@ -178,8 +198,27 @@ class WorkerProcess:
                     log.info("Draining grace=%.1fs", command.grace)
                 self._draining = True
                 runtime.begin_drain(command.grace)
+            elif isinstance(command, ApplyIngress):
+                self._apply_ingress(runtime, command)
+            elif isinstance(command, Reconfigure):
+                if command.settings.slot != self.slot:
+                    log.error("Ignored settings for slot %d", command.settings.slot)
+                    continue
+                self._grace = command.settings.grace_period
+                runtime.reconfigure(command.settings)
             elif isinstance(command, Start):
                 log.warning("Ignored a second Start command")
+
+    def _apply_ingress(self, runtime: RuntimeLike, command: ApplyIngress) -> None:
+        if command.loglevel:
+            logging.getLogger().setLevel(parse_level(command.loglevel) or logging.INFO)
+        try:
+            runtime.apply_ingress(command.snapshot)
+        except Exception:
+            # The supervisor validated the same snapshot; keep the rules in force if not.
+            log.exception("Cannot apply ingress version %d", command.snapshot.version)
+            return
+        log.info("Applied ingress version %d", command.snapshot.version)
 
     async def _receive_commands(self, channel: WorkerChannel) -> None:
         while True:
@@ -204,6 +243,13 @@ class WorkerProcess:
             before = time.monotonic()
             await asyncio.sleep(HEARTBEAT_INTERVAL)
             lag = max(0.0, time.monotonic() - before - HEARTBEAT_INTERVAL)
+
+
+def _block_forever() -> None:
+    """The test-only stuck loop: a callback that never returns (see :data:`STUCK_HOOK_ENV`)."""
+    log.warning("Blocking the event loop (test hook)")
+    while True:
+        time.sleep(3600)
 
 
 def _die_with_parent() -> None:
@@ -247,6 +293,8 @@ def main(argv: list[str] | None = None, early_signals: list[int] | None = None) 
         context={"slot": args.slot},
         rotate=False,
     )
+    # SIGABRT (sent by the supervisor to a stuck worker) prints every thread's traceback.
+    faulthandler.enable(file=sys.stderr, all_threads=True)
     _die_with_parent()
     if args.parent_pid is not None and os.getppid() != args.parent_pid:
         log.error("The supervisor exited before this worker started")

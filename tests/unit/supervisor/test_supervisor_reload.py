@@ -1,0 +1,175 @@
+"""SupervisorState: reloads, stuck workers and the systemd watchdog, with injected time."""
+
+from __future__ import annotations
+
+import dataclasses
+import signal
+from collections.abc import Sequence
+
+from adit.ipc.messages import (
+    ApplyIngress,
+    ConnectionRegistered,
+    EdgeTarget,
+    Heartbeat,
+    IngressSnapshot,
+    Reconfigure,
+)
+from adit.logs import LogSettings
+from adit.supervisor.metrics import TunnelStats, WorkerSample, build_registry, render_metrics
+from adit.supervisor.settings import SupervisorSettings
+from adit.supervisor.state import (
+    ABORT_GRACE,
+    BOOT_TIMEOUT,
+    LoadSettings,
+    Notify,
+    SendCommand,
+    SetLogLevel,
+    SignalWorker,
+    SupervisorState,
+)
+
+RULES: list[dict[str, object]] = [{"service": "http_status:404"}]
+
+
+def _settings(**changes: object) -> SupervisorSettings:
+    base = SupervisorSettings(
+        tunnel_id="6ff42ae2-765d-4adf-8112-31c55c1551ef",
+        account_tag="acct",
+        tunnel_secret=b"s" * 32,
+        edges=(EdgeTarget("127.0.0.1", 7844), EdgeTarget("127.0.0.1", 7845, 1)),
+        ingress=IngressSnapshot(version=1, rules=RULES),
+        ha_connections=2,
+        workers=2,
+        worker_timeout=5.0,
+        config_path="/etc/adit/config.yml",
+        connector_id="c0ffee00-0000-4000-8000-000000000000",
+    )
+    return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
+
+
+def _running() -> SupervisorState:
+    state = SupervisorState(_settings(), cpus=[0, 1])
+    state.start(0.0)
+    for slot in range(2):
+        state.worker_started(slot, 100 + slot, 0.0)
+        state.handle_event(Heartbeat(slot, 100 + slot, 0.0, 0), 0.5)
+    state.handle_event(ConnectionRegistered(0, 0, "c0", "TST", "127.0.0.1:7844"), 1.0)
+    return state
+
+
+def _notified(actions: Sequence[object]) -> list[str]:
+    return [a.state for a in actions if isinstance(a, Notify)]
+
+
+def test_sighup_is_bracketed_and_a_changed_ingress_gets_the_next_version() -> None:
+    state = _running()
+    actions = state.handle_signal(signal.SIGHUP, 2.5)
+    assert actions == [Notify("RELOADING=1\nMONOTONIC_USEC=2500000"), LoadSettings()]
+    rules: list[dict[str, object]] = [
+        {"hostname": "new.test", "service": "http_status:201"},
+        *RULES,
+    ]
+    new = _settings(ingress=IngressSnapshot(version=1, rules=rules), connector_id="other")
+    actions = state.settings_loaded(new, 3.0)
+    pushes = [a for a in actions if isinstance(a, SendCommand)]
+    assert [p.slot for p in pushes] == [0, 1]
+    assert all(isinstance(p.command, ApplyIngress) for p in pushes)
+    assert pushes[0].command.snapshot.version == 2  # type: ignore[union-attr]
+    assert _notified(actions)[0] == "READY=1"
+    assert state.settings.connector_id == "c0ffee00-0000-4000-8000-000000000000"
+    assert state.stats.config_version == 2
+
+
+def test_unchanged_reload_keeps_the_version_and_pushes_nothing() -> None:
+    state = _running()
+    state.handle_signal(signal.SIGHUP, 2.0)
+    actions = state.settings_loaded(_settings(), 3.0)
+    assert not [a for a in actions if isinstance(a, SendCommand)]
+    assert state.settings.ingress.version == 1
+
+
+def test_rejected_reload_keeps_the_old_settings_and_says_why() -> None:
+    state = _running()
+    old = state.settings
+    state.handle_signal(signal.SIGHUP, 2.0)
+    actions = state.settings_rejected("bad ingress\nrule 1", 3.0)
+    states = _notified(actions)
+    assert states[0] == "READY=1"
+    assert "reload rejected: bad ingress rule 1" in states[1]
+    assert state.settings is old
+    assert state.stats.reload_failures == 1 and not state.stats.last_reload_success
+    text = render_metrics(build_registry(state.stats)).decode()
+    assert "adit_config_reload_failures_total 1.0" in text
+    assert "adit_config_last_reload_success 0.0" in text
+
+
+def test_new_credentials_and_level_roll_connections_and_change_the_level() -> None:
+    state = _running()
+    state.request_reload("credentials file changed", 2.0)
+    new = _settings(tunnel_secret=b"t" * 32, log=LogSettings(level="debug"))
+    actions = state.settings_loaded(new, 3.0)
+    assert SetLogLevel("debug") in actions
+    rolls = [
+        a for a in actions if isinstance(a, SendCommand) and isinstance(a.command, Reconfigure)
+    ]
+    assert [r.slot for r in rolls] == [0, 1]
+    assert rolls[1].command.settings.tunnel_secret == b"t" * 32  # type: ignore[union-attr]
+    assert rolls[1].command.settings.conn_indexes == [1]  # type: ignore[union-attr]
+
+
+def test_second_request_during_a_load_loads_once_more() -> None:
+    state = _running()
+    assert state.handle_signal(signal.SIGHUP, 2.0)[-1] == LoadSettings()
+    assert state.handle_signal(signal.SIGHUP, 2.1) == []
+    assert state.settings_loaded(_settings(), 3.0) == [LoadSettings()]
+    assert _notified(state.settings_loaded(_settings(), 3.5))[0] == "READY=1"
+
+
+def test_worker_counts_are_kept_until_restart() -> None:
+    state = _running()
+    state.handle_signal(signal.SIGHUP, 2.0)
+    state.settings_loaded(_settings(workers=1, ha_connections=4), 3.0)
+    assert state.settings.workers == 2 and state.settings.ha_connections == 2
+
+
+def test_stuck_worker_gets_sigabrt_then_sigkill() -> None:
+    state = _running()
+    state.handle_event(Heartbeat(1, 101, 0.0, 0), 10.0)
+    assert not [a for a in state.tick(5.4) if isinstance(a, SignalWorker)]
+    actions = state.tick(10.0)
+    assert SignalWorker(0, 100, signal.SIGABRT) in actions
+    assert SignalWorker(1, 101, signal.SIGABRT) not in actions
+    assert not [a for a in state.tick(10.0 + ABORT_GRACE / 2) if isinstance(a, SignalWorker)]
+    assert SignalWorker(0, 100, signal.SIGKILL) in state.tick(10.0 + ABORT_GRACE)
+    assert not [a for a in state.tick(20.0) if isinstance(a, SignalWorker) and a.slot == 0]
+
+
+def test_booting_worker_gets_the_boot_allowance() -> None:
+    state = SupervisorState(_settings(), cpus=[0, 1])
+    state.start(0.0)
+    state.worker_started(0, 100, 0.0)
+    assert not state.tick(BOOT_TIMEOUT - 0.1)
+    assert SignalWorker(0, 100, signal.SIGABRT) in state.tick(BOOT_TIMEOUT + 0.1)
+
+
+def test_watchdog_only_while_every_worker_heartbeats() -> None:
+    state = _running()
+    assert state.watchdog(1.0) == [Notify("WATCHDOG=1")]
+    state.handle_event(Heartbeat(0, 100, 0.0, 0), 2.0)
+    assert state.watchdog(2.5) == []  # worker 1's last heartbeat is 2 s old
+    state.handle_event(Heartbeat(1, 101, 0.0, 0), 2.6)
+    assert state.watchdog(2.7) == [Notify("WATCHDOG=1")]
+
+
+def test_worker_metrics_and_locations() -> None:
+    stats = TunnelStats("1.0")
+    stats.set_location(0, "AMS")
+    stats.set_location(0, "FRA")
+    samples = [WorkerSample(0, 2, 0.25, 1000, 1.5)]
+    text = render_metrics(build_registry(stats, lambda: samples)).decode()
+    assert 'cloudflared_tunnel_server_locations{connection_id="0",edge_location="FRA"} 1.0' in text
+    assert 'cloudflared_tunnel_server_locations{connection_id="0",edge_location="AMS"} 0.0' in text
+    assert 'adit_worker_rss_bytes{slot="0"} 1000.0' in text
+    assert 'adit_worker_cpu_seconds_total{slot="0"} 1.5' in text
+    assert 'adit_worker_loop_lag_seconds{slot="0"} 0.25' in text
+    assert 'adit_worker_restarts_total{slot="0"} 2.0' in text
