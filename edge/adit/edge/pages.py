@@ -84,7 +84,7 @@ ORIGIN_TLS = ErrorPage(
     "add its CA with originRequest.caPool, or set originRequest.noTLSVerify.",
 )
 
-#: The connector's ``cf-int-adit-origin-error`` values and their pages.
+#: The connector's ``adit-origin-error`` values and their pages.
 ORIGIN_FAILURES = {"refused": ORIGIN_REFUSED, "timeout": ORIGIN_TIMEOUT, "tls": ORIGIN_TLS}
 
 

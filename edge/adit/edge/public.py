@@ -36,9 +36,10 @@ log = logging.getLogger("adit.edge.public")
 
 # Headers the edge sets itself; an eyeball's own values must not pass through.
 _EDGE_SET = frozenset({"x-forwarded-for", "x-forwarded-proto", "cf-connecting-ip", "cf-ray"})
-# An adit connector names why it answered 502 (refused | timeout | tls) and says more in a
-# short plain-text body; cloudflared's 502 has neither, which gets the generic page.
-_ORIGIN_ERROR_HEADER = "cf-int-adit-origin-error"
+# An adit connector says why it answered 502 in the first line of a short plain-text body,
+# "adit-origin-error: refused|timeout|tls", and more on the next lines; cloudflared's 502 has
+# no body, which gets the generic page.
+_ORIGIN_ERROR_PREFIX = b"adit-origin-error:"
 _MAX_REASON = 2048
 _REASON_WAIT = 2.0
 
@@ -150,7 +151,7 @@ class PublicListener:
         if response.meta is not ResponseMeta.ORIGIN:
             if uploader is not None:
                 uploader.cancel()
-            page, note = await _connector_failure(stream, response.headers)
+            page, note = await _connector_failure(stream, response.end_stream)
             await self._page(conn, page, host, ray, keep_alive=uploader is None, note=note)
             return uploader is None
         headers = [(n, v) for n, v in response.headers if n.lower() not in HOP_BY_HOP]
@@ -214,7 +215,7 @@ class PublicListener:
             await self._page(conn, STREAM_FAILED, host, ray, keep_alive=False)
             return
         if response.meta is not ResponseMeta.ORIGIN:
-            page, note = await _connector_failure(stream, response.headers)
+            page, note = await _connector_failure(stream, response.end_stream)
             await self._page(conn, page, host, ray, keep_alive=False, note=note)
             return
         if response.status not in (101, 200):
@@ -277,20 +278,20 @@ async def _pipe_raw(conn: H11Connection, stream: RequestStream, leftover: bytes)
         stream.channel.reset()
 
 
-async def _connector_failure(
-    stream: RequestStream, headers: tuple[tuple[str, str], ...]
-) -> tuple[ErrorPage, str]:
-    """The page for a connector-made error response, and its reason text if it sent one."""
-    reason = next((v for n, v in headers if n.lower() == _ORIGIN_ERROR_HEADER), "")
-    note = b""
-    if reason:
+async def _connector_failure(stream: RequestStream, ended: bool) -> tuple[ErrorPage, str]:
+    """The page for a connector-made error response, and the reason text it sent, if any."""
+    body = b""
+    if not ended:
         with contextlib.suppress(StreamClosedError, TimeoutError):
             async with asyncio.timeout(_REASON_WAIT):
-                while len(note) < _MAX_REASON and (chunk := await stream.channel.read()):
-                    note += chunk
+                while len(body) < _MAX_REASON and (chunk := await stream.channel.read()):
+                    body += chunk
     stream.channel.reset()
-    page = origin_failure_page(reason) if reason else ORIGIN_FAILED
-    return page, note[:_MAX_REASON].decode("utf-8", "replace").strip()
+    if not body.startswith(_ORIGIN_ERROR_PREFIX):
+        return ORIGIN_FAILED, ""
+    first, _, rest = body[:_MAX_REASON].partition(b"\n")
+    reason = first[len(_ORIGIN_ERROR_PREFIX) :].decode("latin-1").strip()
+    return origin_failure_page(reason), rest.decode("utf-8", "replace").strip()
 
 
 def _strip_port(authority: str) -> str:

@@ -27,7 +27,7 @@ class OriginError(Exception):
     """Base: the request to the origin failed; only this request is affected.
 
     ``reason`` names the failure for the edge's error page (header
-    ``cf-int-adit-origin-error``); empty when no specific page applies.
+    ``adit-origin-error``); empty when no specific page applies.
     """
 
     hint = "check that the origin service is running and reachable from the connector"

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 
 import h11
@@ -37,6 +38,7 @@ from adit.workers.errors import (
 from adit.workers.origins.dialer import Dialer, OriginKey, split_destination
 from adit.workers.origins.helloworld import HelloWorldOrigin
 from adit.workers.origins.http1 import OriginConnection, decode_headers, encode_headers
+from adit.workers.origins.http2 import H2OriginConnection, h2_request_headers
 from adit.workers.origins.pipe import pipe
 from adit.workers.origins.pool import ConnectionPool
 from adit.workers.origins.request import (
@@ -49,11 +51,13 @@ from adit.workers.origins.socks import serve_socks
 from adit.workers.origins.wsbridge import ack_headers, bridge, jump_destination
 from adit.workers.stream import ResponseSource, StreamKind, TunnelStream
 
-__all__ = ["BODY_PROBE_SECONDS", "ORIGIN_ERROR_HEADER", "OriginProxy", "ProxyStats"]
+__all__ = ["BODY_PROBE_SECONDS", "ORIGIN_ERROR_PREFIX", "OriginProxy", "ProxyStats"]
 
-# Tells the edge why the connector answered 502 (refused | timeout | tls); cloudflared sends
-# no such header, and the edge falls back to its generic page without it.
-ORIGIN_ERROR_HEADER = "cf-int-adit-origin-error"
+# The first line of the body of the connector's 502 tells the edge why (refused | timeout |
+# tls); the lines after it are shown on the error page. cloudflared's 502 has no body, and the
+# edge falls back to its generic page. (Not a header: the tunnel carries no headers for
+# responses the connector makes itself, as cloudflared sends none.)
+ORIGIN_ERROR_PREFIX = "adit-origin-error:"
 
 # Go's Transport waits this long for the first byte of a body of unknown length on a
 # GET-like request before it commits to chunked framing (net/http transfer.go).
@@ -107,13 +111,15 @@ class OriginProxy:
         self.stats = ProxyStats()
         self._log = logger or logging.getLogger("adit.workers.proxy")
         self._tags = tag_headers(connector_id, tags or {})
-        self._pool = ConnectionPool(clock)
+        self._pool: ConnectionPool[OriginConnection] = ConnectionPool(clock)
+        self._h2_pool: ConnectionPool[H2OriginConnection] = ConnectionPool(clock)
         self._dialer = Dialer()
         self._hello_world = HelloWorldOrigin(self._log)
 
     async def aclose(self) -> None:
         """Close idle origin connections and stop the hello_world origin."""
         self._pool.close()
+        self._h2_pool.close()
         await self._hello_world.aclose()
 
     async def serve(self, stream: TunnelStream, rule: Rule) -> None:
@@ -157,7 +163,60 @@ class OriginProxy:
             key = OriginKey(host, port, tls=True, no_tls_verify=True)
         else:
             raise UnsupportedService(f"service {service.url} is not supported yet")
+        if key.tls and rule.options.http2_origin and stream.request.kind is StreamKind.HTTP:
+            await self._proxy_h2(stream, rule.options, dataclasses.replace(key, http2=True), head)
+            return
         await self._proxy_http(stream, rule.options, key, head)
+
+    async def _proxy_h2(
+        self, stream: TunnelStream, options: OriginOptions, key: OriginKey, head: OriginRequestHead
+    ) -> None:
+        """``http2Origin``: HTTP/2 when the origin picks ``h2`` in ALPN, else HTTP/1.1."""
+        if (http1 := self._pool.checkout(key)) is not None:
+            # This origin answered HTTP/1.1 before; keep using it.
+            await self._proxy_http(stream, options, key, head, http1)
+            return
+        connection = self._h2_pool.checkout(key)
+        if connection is None:
+            reader, writer = await self._dialer.dial(key, options)
+            ssl_object = writer.get_extra_info("ssl_object")
+            if ssl_object is None or ssl_object.selected_alpn_protocol() != "h2":
+                await self._proxy_http(stream, options, key, head, OriginConnection(reader, writer))
+                return
+            connection = H2OriginConnection(reader, writer)
+        pooled = False
+        pump: asyncio.Task[None] | None = None
+        try:
+            no_body = head.framing is BodyFraming.NONE
+            await connection.send_request(
+                h2_request_headers(head.method, head.target, head.host, head.headers),
+                end_stream=no_body,
+            )
+            if not no_body:
+                pump = asyncio.create_task(connection.send_body(_stream_chunks(stream)))
+            status, headers = await connection.receive_response()
+            await stream.send_response(status, headers, source=ResponseSource.ORIGIN)
+            self.stats.count_response(status)
+            async for chunk in connection.body():
+                await stream.write(chunk)
+            await stream.end()
+            if pump is not None and (not pump.done() or pump.exception() is not None):
+                return
+            if connection.reusable:
+                self._h2_pool.checkin(
+                    key,
+                    connection,
+                    max_idle=options.keep_alive_connections,
+                    idle_timeout=options.keep_alive_timeout,
+                )
+                pooled = True
+        finally:
+            if pump is not None and not pump.done():
+                pump.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await pump
+            if not pooled:
+                connection.close()
 
     async def _serve_stream(self, stream: TunnelStream, rule: Rule) -> None:
         """TCP over WebSocket: ack the stream ourselves and bridge frames to the origin."""
@@ -193,7 +252,12 @@ class OriginProxy:
                 writer.close()
 
     async def _proxy_http(
-        self, stream: TunnelStream, options: OriginOptions, key: OriginKey, head: OriginRequestHead
+        self,
+        stream: TunnelStream,
+        options: OriginOptions,
+        key: OriginKey,
+        head: OriginRequestHead,
+        connection: OriginConnection | None = None,
     ) -> None:
         body = await _resolve_body(stream, head.framing)
         headers = head.headers
@@ -206,7 +270,8 @@ class OriginProxy:
         )
 
         try:
-            connection = await self._checkout(key, options)
+            if connection is None:
+                connection = await self._checkout(key, options)
         except BaseException:
             body.discard()
             raise
@@ -303,12 +368,9 @@ class OriginProxy:
                 stream.reset()
             elif error is not None and error.reason:
                 # A short reason the edge can show; cloudflared's own 502 has no body.
-                await stream.send_response(
-                    502,
-                    [(ORIGIN_ERROR_HEADER, error.reason), ("content-type", "text/plain")],
-                    source=ResponseSource.CONNECTOR,
-                )
-                await stream.write(f"{error}\n{error.hint}\n".encode())
+                await stream.send_response(502, [], source=ResponseSource.CONNECTOR)
+                text = f"{ORIGIN_ERROR_PREFIX} {error.reason}\n{error}\n{error.hint}\n"
+                await stream.write(text.encode())
                 await stream.end()
             else:
                 await stream.send_response(
@@ -367,6 +429,11 @@ async def _resolve_body(stream: TunnelStream, framing: BodyFraming) -> _Body:
     if not first:
         return _Body(BodyFraming.NONE)
     return _Body(BodyFraming.CHUNKED, prefix=first, streamed=True)
+
+
+async def _stream_chunks(stream: TunnelStream) -> AsyncIterator[bytes]:
+    while data := await stream.read():
+        yield data
 
 
 async def _send_body(connection: OriginConnection, stream: TunnelStream, body: _Body) -> None:

@@ -44,6 +44,7 @@ class OriginKey:
     server_name: str = ""  # SNI and verification name when ``tls``
     ca_pool: str = ""
     no_tls_verify: bool = False
+    http2: bool = False  # offer h2 in ALPN (http2Origin)
 
     def describe(self) -> str:
         """Where this key points, for log lines."""
@@ -67,7 +68,7 @@ class Dialer:
         if not key.tls:
             return reader, writer
         try:
-            context = self._contexts.get(key.ca_pool, key.no_tls_verify)
+            context = self._contexts.get(key.ca_pool, key.no_tls_verify, key.http2)
         except (OSError, ssl.SSLError) as exc:
             writer.close()
             raise OriginTLSError(f"cannot load caPool {key.ca_pool!r}: {exc}") from exc

@@ -11,30 +11,42 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Generic, Protocol, TypeVar
 
 from adit.workers.origins.dialer import OriginKey
-from adit.workers.origins.http1 import OriginConnection
 
-__all__ = ["DEFAULT_MAX_IDLE", "ConnectionPool"]
+__all__ = ["DEFAULT_MAX_IDLE", "ConnectionPool", "Poolable"]
+
+
+class Poolable(Protocol):
+    """What the pool needs of a connection (HTTP/1.1 or HTTP/2)."""
+
+    @property
+    def stale(self) -> bool: ...
+
+    def close(self) -> None: ...
+
+
+C = TypeVar("C", bound=Poolable)
 
 # Go uses DefaultMaxIdleConnsPerHost when MaxIdleConnsPerHost is 0.
 DEFAULT_MAX_IDLE = 2
 
 
 @dataclass(slots=True)
-class _Idle:
-    connection: OriginConnection
+class _Idle(Generic[C]):
+    connection: C
     expires_at: float
 
 
-class ConnectionPool:
+class ConnectionPool(Generic[C]):
     """Idle origin connections keyed by :class:`OriginKey`."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
-        self._idle: dict[OriginKey, list[_Idle]] = {}
+        self._idle: dict[OriginKey, list[_Idle[C]]] = {}
 
-    def checkout(self, key: OriginKey) -> OriginConnection | None:
+    def checkout(self, key: OriginKey) -> C | None:
         """A live idle connection for ``key`` (removed from the pool), or ``None``."""
         entries = self._idle.get(key)
         now = self._clock()
@@ -51,7 +63,7 @@ class ConnectionPool:
     def checkin(
         self,
         key: OriginKey,
-        connection: OriginConnection,
+        connection: C,
         *,
         max_idle: int,
         idle_timeout: float,
@@ -63,7 +75,7 @@ class ConnectionPool:
             connection.close()
             return
         now = self._clock()
-        entries: list[_Idle] = []
+        entries: list[_Idle[C]] = []
         for entry in self._idle.get(key, []):
             if entry.expires_at > now:
                 entries.append(entry)

@@ -15,21 +15,24 @@ class ClientContexts:
     """A cache of client :class:`ssl.SSLContext` keyed by the options that shape them."""
 
     def __init__(self) -> None:
-        self._contexts: dict[tuple[str, bool], ssl.SSLContext] = {}
+        self._contexts: dict[tuple[str, bool, bool], ssl.SSLContext] = {}
 
-    def get(self, ca_pool: str, no_tls_verify: bool) -> ssl.SSLContext:
-        """The context for these options: system roots plus ``ca_pool``, or no verification."""
-        key = (ca_pool, no_tls_verify)
+    def get(self, ca_pool: str, no_tls_verify: bool, http2: bool = False) -> ssl.SSLContext:
+        """The context for these options: system roots plus ``ca_pool``, or no verification.
+
+        ``http2`` offers ``h2`` before ``http/1.1`` in ALPN (``http2Origin``).
+        """
+        key = (ca_pool, no_tls_verify, http2)
         context = self._contexts.get(key)
         if context is None:
-            context = _build(ca_pool, no_tls_verify)
+            context = _build(ca_pool, no_tls_verify, http2)
             self._contexts[key] = context
         return context
 
 
-def _build(ca_pool: str, no_tls_verify: bool) -> ssl.SSLContext:
+def _build(ca_pool: str, no_tls_verify: bool, http2: bool) -> ssl.SSLContext:
     context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
-    context.set_alpn_protocols(["http/1.1"])
+    context.set_alpn_protocols(["h2", "http/1.1"] if http2 else ["http/1.1"])
     if no_tls_verify:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
