@@ -35,6 +35,12 @@ from adit.edge.admin import ADMIN_COMMANDS, DEFAULT_STATE_DIR
     help="Public HTTP listener. Repeatable.",
 )
 @click.option(
+    "--https-listen",
+    multiple=True,
+    default=[],
+    help="Public HTTPS listener (certificates from the edge CA by SNI). Repeatable.",
+)
+@click.option(
     "--api-listen",
     multiple=True,
     default=["127.0.0.1:7843"],
@@ -94,6 +100,7 @@ def edge(
     state_dir: Path,
     tunnel_listen: tuple[str, ...],
     http_listen: tuple[str, ...],
+    https_listen: tuple[str, ...],
     api_listen: tuple[str, ...],
     location: str,
     advertise: tuple[str, ...],
@@ -119,6 +126,7 @@ def edge(
         state_dir=state_dir,
         tunnel_listen=tunnel_listen,
         http_listen=http_listen,
+        https_listen=https_listen,
         api_listen=api_listen,
         location=location,
         advertise=advertise,

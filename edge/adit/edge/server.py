@@ -15,6 +15,7 @@ import secrets
 import shutil
 import signal
 import socket
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,6 +44,8 @@ class EdgeSettings:
     state_dir: Path
     tunnel_listen: tuple[str, ...] = ("0.0.0.0:7844",)
     http_listen: tuple[str, ...] = ("0.0.0.0:8080",)
+    #: Public HTTPS listeners (certificates from the edge CA, per routed hostname by SNI).
+    https_listen: tuple[str, ...] = ()
     api_listen: tuple[str, ...] = ("127.0.0.1:7843",)
     location: str = "adit"
     #: Addresses connectors are told to dial (default: the tunnel listeners as bound).
@@ -123,6 +126,25 @@ class EdgeServer:
             )
             self.servers.append(server)
             self.addresses["http"] += _bound(server)
+        self.addresses["https"] = []
+        if self.settings.https_listen:
+            secure = PublicListener(
+                self.store, self.registry, location=self.settings.location, scheme="https"
+            )
+            public_tls = self._public_tls_context()
+            for address in self.settings.https_listen:
+                host, port = split_address(address)
+                server = await asyncio.start_server(
+                    secure.serve,
+                    host,
+                    port,
+                    limit=256 * 1024,
+                    reuse_address=True,
+                    ssl=public_tls,
+                    ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT,
+                )
+                self.servers.append(server)
+                self.addresses["https"] += _bound(server)
         api_tls = self.ca.api_server_context(self.settings.api_names)
         self.addresses["api"] = []
         for address in self.settings.api_listen:
@@ -167,6 +189,32 @@ class EdgeServer:
         with os.fdopen(fd, "w") as out:
             json.dump(data, out)
 
+    def _public_tls_context(self) -> ssl.SSLContext:
+        """The HTTPS listener's context: a leaf per routed hostname, chosen by SNI.
+
+        Leaves are issued by the edge CA on first use and kept for the process's life;
+        names that are not routed (or no SNI) get the API names' certificate.
+        """
+        default = self.ca.api_server_context(self.settings.api_names)
+        default.set_alpn_protocols(["http/1.1"])
+        by_name: dict[str, ssl.SSLContext] = {}
+
+        def choose(connection: ssl.SSLObject, name: str | None, _ctx: ssl.SSLContext) -> None:
+            if not name:
+                return
+            name = name.lower()
+            context = by_name.get(name)
+            if context is None:
+                if self.store.tunnel_for_hostname(name) is None:
+                    return
+                context = self.ca.issue_leaf([name]).server_context()
+                context.set_alpn_protocols(["http/1.1"])
+                by_name[name] = context
+            connection.context = context
+
+        default.sni_callback = choose
+        return default
+
     @property
     def ca_path(self) -> Path:
         """The CA certificate connectors use as ``--cacert``."""
@@ -177,6 +225,7 @@ class EdgeServer:
             "tunnel": self.addresses["tunnel"],
             "advertise": list(advertise),
             "http": self.addresses["http"],
+            "https": self.addresses["https"],
             "api": self.addresses["api"],
             "ca": str(self.ca_path),
             "pid": os.getpid(),
