@@ -130,6 +130,12 @@ async def serve_connection(
                 break
             if not await handle(conn, event):
                 break
+            # A body-less request still owes h11 its EndOfMessage (no bytes needed): without
+            # it the request never reaches DONE and keep-alive would end after one request.
+            while conn.h11.their_state is h11.SEND_BODY:
+                pending = await conn.next_event()
+                if isinstance(pending, h11.EndOfMessage | h11.ConnectionClosed):
+                    break
             if not conn.can_continue():
                 break
             conn.start_next_cycle()
