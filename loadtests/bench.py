@@ -1,0 +1,491 @@
+"""``./run bench``: adit next to the direct path and its peers, same machine, same run.
+
+Starts nginx (+ upload sink, WebSocket echo), ``adit edge``, then for each path a connector
+(or none, or ``ssh -R``, or cloudflared) and drives the scenarios through it. Results go to
+``loadtests/results/<stamp>/`` (``results.json``, ``results.md``, ``latency.png``). See
+loadtests/README.md for what each figure means.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import drivers
+import psutil
+import report
+from drivers import Figures, Target
+from processes import BenchError, Processes, Service
+from services import (
+    HOSTNAME,
+    Edge,
+    Origin,
+    Tunnel,
+    create_tunnel,
+    start_adit,
+    start_cloudflared,
+    start_edge,
+    start_origin,
+    start_ssh,
+    write_ingress,
+)
+
+HERE = Path(__file__).resolve().parent
+HA_CONNECTIONS = 4
+
+
+def _loadavg() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def _tree(pid: int) -> list[psutil.Process]:
+    try:
+        root = psutil.Process(pid)
+        return [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def _rss_mb(process: psutil.Process) -> float | None:
+    try:
+        return round(process.memory_info().rss / 2**20, 1)
+    except psutil.NoSuchProcess:
+        return None
+
+
+#: Roles whose work happens in child processes (nginx workers, sshd's per-connection child).
+_FORKING = frozenset({"nginx", "sshd"})
+
+
+def _cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for role, pid in pids.items():
+        total = 0.0
+        for proc in _tree(pid) if role in _FORKING else _tree(pid)[:1]:
+            try:
+                times = proc.cpu_times()
+                total += times.user + times.system
+            except psutil.NoSuchProcess:
+                continue
+        out[role] = total
+    return out
+
+
+class Bench:
+    """One benchmark run: the services, the paths, the figures."""
+
+    def __init__(self, args: argparse.Namespace, tmp: Path) -> None:
+        self.args = args
+        self.tmp = tmp
+        self.processes = Processes(tmp)
+        self.results: dict[str, dict[str, Figures]] = {}
+        self.curves: dict[str, list[float]] = {}
+        self.origin: Origin | None = None
+        self.edge: Edge | None = None
+        self.tunnel: Tunnel | None = None
+        self.config: Path | None = None
+        self.profiles: list[str] = []
+
+    # -- set-up ---------------------------------------------------------------------------
+
+    def setup(self) -> None:
+        self.origin = start_origin(self.processes, self.tmp, self.args.size_mib * 2**20)
+        self.edge = start_edge(self.processes, self.tmp, HA_CONNECTIONS)
+        self.tunnel = create_tunnel(self.edge, self.tmp)
+        self.config = write_ingress(self.tmp / "config.yml", self.tunnel, self.origin)
+
+    def _edge_target(self, name: str) -> Target:
+        assert self.edge is not None
+        base = f"127.0.0.1:{self.edge.http_port}"
+        return Target(name, base, base, base, HOSTNAME)
+
+    # -- paths ----------------------------------------------------------------------------
+
+    def run_direct(self) -> None:
+        assert self.origin is not None
+        o = self.origin
+        target = Target(
+            "direct", f"127.0.0.1:{o.port}", f"127.0.0.1:{o.sink_port}", f"127.0.0.1:{o.ws_port}"
+        )
+        nginx = next(s for s in self.processes.services if s.name == "nginx")
+        self.scenarios(target, {"nginx": nginx.pid}, connector=None)
+
+    def run_ssh(self) -> None:
+        assert self.origin is not None
+        started = time.monotonic()
+        ssh = start_ssh(self.processes, self.tmp, self.origin)
+        target = Target(
+            "ssh",
+            f"127.0.0.1:{ssh.static_port}",
+            f"127.0.0.1:{ssh.sink_port}",
+            f"127.0.0.1:{ssh.ws_port}",
+        )
+        figures: Figures = {"first_ok_s": drivers.first_ok(target, since=started, timeout=30)}
+        self.results.setdefault("ssh", {})["startup"] = figures
+        try:
+            self.scenarios(target, {"ssh": ssh.client.pid, "sshd": ssh.sshd.pid}, connector=None)
+        finally:
+            ssh.client.stop()
+            ssh.sshd.stop()
+
+    def run_adit(self, workers: int) -> None:
+        assert self.tunnel is not None and self.config is not None
+        name = f"adit-{workers}w"
+        started = time.monotonic()
+        connector = start_adit(
+            self.processes,
+            self.tunnel,
+            self.config,
+            workers=workers,
+            ha=HA_CONNECTIONS,
+            name=name,
+        )
+        self._connector_path(name, connector, started, lambda: self._adit_pids(connector))
+
+    def run_cloudflared(self, binary: Path) -> None:
+        assert self.tunnel is not None and self.config is not None and self.edge is not None
+        started = time.monotonic()
+        connector = start_cloudflared(
+            self.processes, binary, self.edge, self.tunnel, self.config, ha=HA_CONNECTIONS
+        )
+        self._connector_path(
+            "cloudflared", connector, started, lambda: {"cloudflared": connector.pid}
+        )
+
+    def _adit_pids(self, supervisor: Service) -> dict[str, int]:
+        pids = {"supervisor": supervisor.pid}
+        try:
+            children = psutil.Process(supervisor.pid).children()
+        except psutil.NoSuchProcess:
+            children = []
+        for index, child in enumerate(sorted(children, key=lambda p: p.pid)):
+            pids[f"worker{index}"] = child.pid
+        return pids
+
+    def _connector_path(
+        self,
+        name: str,
+        connector: Service,
+        started: float,
+        pids: Callable[[], dict[str, int]],
+    ) -> None:
+        target = self._edge_target(name)
+        startup: Figures = {}
+        self.results.setdefault(name, {})["startup"] = startup
+        try:
+            registered = connector.wait_log(r"Registered tunnel connection", timeout=30)
+            startup["first_registered_s"] = round(registered - started, 3)
+            startup["first_ok_s"] = drivers.first_ok(target, since=started, timeout=30)
+            connector.wait_log(r"Registered tunnel connection", timeout=30, count=HA_CONNECTIONS)
+            startup["all_registered_s"] = round(time.monotonic() - started, 3)
+            self.scenarios(target, pids(), connector=connector)
+            if "recovery" in self.args.scenarios:
+                self.results[name]["recovery"] = self.recovery(target)
+        except BenchError as exc:
+            self.results[name]["error"] = {"error": str(exc)[:2000]}
+            print(f"  {name}: {exc}", file=sys.stderr)
+        finally:
+            connector.stop()
+
+    # -- scenarios --------------------------------------------------------------------------
+
+    def scenarios(self, target: Target, roles: dict[str, int], connector: Service | None) -> None:
+        args = self.args
+        assert self.origin is not None
+        big_file = self.origin.big_file
+        if self.edge is not None and connector is not None and self.edge.service is not None:
+            roles = {"edge": self.edge.service.pid, **roles}
+        out = self.results.setdefault(target.name, {})
+        out["idle_rss_mb"] = {role: _rss_mb(psutil.Process(pid)) for role, pid in roles.items()}
+        steps: list[tuple[str, Callable[[], Figures]]] = [
+            ("small_gets", lambda: self._small_gets(target, roles)),
+            ("latency", lambda: self._latency(target)),
+            (
+                "download",
+                lambda: drivers.download(
+                    target, expected=args.size_mib * 2**20, max_seconds=args.max_transfer
+                ),
+            ),
+            (
+                "upload",
+                lambda: drivers.upload(target, big_file, max_seconds=args.max_transfer),
+            ),
+            ("websockets", lambda: self._websockets(target, roles)),
+        ]
+        for scenario, step in steps:
+            if scenario not in args.scenarios:
+                continue
+            before = _loadavg()
+            print(f"  {target.name}: {scenario}", file=sys.stderr, flush=True)
+            try:
+                figures = step()
+            except Exception as exc:
+                figures = {"error": f"{type(exc).__name__}: {exc}"[:1000]}
+            figures["loadavg_before"] = " ".join(map(str, before))
+            out[scenario] = figures
+            print(f"    {_brief(figures)}", file=sys.stderr, flush=True)
+
+    def _small_gets(self, target: Target, roles: dict[str, int]) -> Figures:
+        before = _cpu_seconds(roles)
+        wall = time.monotonic()
+        profilers = self._start_profilers(target.name, "small_gets", roles)
+        figures = drivers.small_gets(target, seconds=self.args.seconds)
+        self._stop_profilers(profilers)
+        wall = time.monotonic() - wall
+        after = _cpu_seconds(roles)
+        requests = figures.get("requests")
+        for role in roles:
+            used = after[role] - before[role]
+            figures[f"cpu_{role}"] = round(used / wall, 2)
+            # CPU per request is steadier than requests/s on a machine shared with others.
+            if isinstance(requests, int) and requests:
+                figures[f"cpu_us_per_req_{role}"] = round(1e6 * used / requests, 1)
+        return figures
+
+    def _latency(self, target: Target) -> Figures:
+        figures, ordered = drivers.latency(
+            target,
+            rate=self.args.rate,
+            clients=self.args.rate_clients,
+            seconds=self.args.seconds,
+            log_file=self.tmp / f"h2load-{target.name}.log",
+        )
+        if ordered:
+            self.curves[target.name] = [
+                round(ordered[min(len(ordered) - 1, int(p / 1000 * len(ordered)))], 3)
+                for p in range(1000)
+            ]
+        return figures
+
+    def _websockets(self, target: Target, roles: dict[str, int]) -> Figures:
+        def measure() -> Figures:
+            figures: Figures = {}
+            for role, pid in roles.items():
+                figures[f"rss_{role}_mb"] = _rss_mb(psutil.Process(pid))
+            return figures
+
+        return drivers.idle_websockets(target, self.args.websockets, measure)
+
+    def recovery(self, target: Target) -> Figures:
+        """Restart the edge on the same addresses; time until a request succeeds again."""
+        assert self.edge is not None
+        stopped = time.monotonic()
+        self.edge.stop()
+        down = time.monotonic()
+        ready = self.edge.start()
+        ok = drivers.first_ok(target, since=ready, timeout=60)
+        return {
+            "edge_stop_s": round(down - stopped, 3),
+            "edge_start_s": round(ready - down, 3),
+            "ok_after_edge_ready_s": ok,
+            "ok_after_edge_down_s": round(ok + ready - down, 3) if ok is not None else None,
+        }
+
+    # -- profiling ----------------------------------------------------------------------------
+
+    def _start_profilers(
+        self, path: str, scenario: str, roles: dict[str, int]
+    ) -> list[subprocess.Popen[bytes]]:
+        if not self.args.py_spy or not path.startswith("adit"):
+            return []
+        running = []
+        for role, pid in roles.items():
+            if role == "supervisor":
+                continue
+            out = self.args.profile_dir / f"{path}-{scenario}-{role}.txt"
+            running.append(
+                subprocess.Popen(
+                    [
+                        self.args.py_spy,
+                        "record",
+                        "--pid",
+                        str(pid),
+                        "--format",
+                        "raw",
+                        "--rate",
+                        "200",
+                        "--duration",
+                        str(self.args.seconds),
+                        "--output",
+                        str(out),
+                        "--nonblocking",
+                    ],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
+            self.profiles.append(str(out))
+        return running
+
+    def _stop_profilers(self, running: list[subprocess.Popen[bytes]]) -> None:
+        for popen in running:
+            try:
+                popen.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                popen.kill()
+                popen.wait()
+
+
+def _brief(figures: Figures) -> str:
+    keys = ("rps", "p50_ms", "p99_ms", "mbps", "opened", "error")
+    return " ".join(f"{k}={figures[k]}" for k in keys if k in figures) or "done"
+
+
+def _versions(cloudflared: Path | None) -> dict[str, str]:
+    def first_line(argv: list[str]) -> str:
+        try:
+            result = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False)
+        except OSError as exc:
+            return f"unavailable: {exc}"
+        text = (result.stdout or result.stderr).strip().splitlines()
+        return text[0] if text else ""
+
+    import h2
+    import uvloop
+
+    git = subprocess.run(
+        ["git", "-C", str(HERE), "describe", "--always", "--dirty"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
+    versions = {
+        "adit": git,
+        "python": platform.python_version(),
+        "uvloop": str(getattr(uvloop, "__version__", "?")),
+        "h2": h2.__version__,
+        "kernel": platform.release(),
+        "nginx": first_line(["nginx", "-v"]),
+        "wrk": first_line(["wrk", "-v"]),
+        "h2load": first_line(["h2load", "--version"]),
+        "curl": first_line(["curl", "--version"]),
+        "openssh": first_line(["ssh", "-V"]),
+    }
+    if cloudflared is not None:
+        versions["cloudflared"] = first_line([str(cloudflared), "--version"])
+    return versions
+
+
+def _cpu_model() -> str:
+    with Path("/proc/cpuinfo").open() as info:
+        for line in info:
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor()
+
+
+SCENARIOS = ("small_gets", "latency", "download", "upload", "websockets", "recovery")
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """Command-line options (all have defaults that make the documented run)."""
+    parser = argparse.ArgumentParser(prog="./run bench", description=__doc__)
+    parser.add_argument(
+        "--cloudflared", type=Path, default=os.environ.get("ADIT_BENCH_CLOUDFLARED")
+    )
+    parser.add_argument(
+        "--paths",
+        default="direct,ssh,adit-1w,adit-nw,cloudflared",
+        help="comma-separated subset of direct,ssh,adit-1w,adit-nw,cloudflared",
+    )
+    parser.add_argument("--scenarios", default=",".join(SCENARIOS))
+    parser.add_argument("--seconds", type=int, default=10, help="wrk and h2load duration")
+    parser.add_argument("--rate", type=int, default=500, help="latency scenario: requests/s")
+    parser.add_argument("--rate-clients", type=int, default=10)
+    parser.add_argument("--size-mib", type=int, default=1024, help="download/upload size")
+    parser.add_argument("--max-transfer", type=int, default=60, help="seconds per transfer")
+    parser.add_argument("--websockets", type=int, default=1000)
+    parser.add_argument("--out", type=Path, default=HERE / "results" / "latest")
+    parser.add_argument("--plot-python", default=None, help="python with matplotlib")
+    parser.add_argument("--py-spy", default=None, help="profile adit's processes with py-spy")
+    parser.add_argument("--note", default="", help="free text stored with the results")
+    args = parser.parse_args(argv)
+    args.paths = [p.strip() for p in args.paths.split(",") if p.strip()]
+    args.scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
+    return args
+
+
+def main(argv: list[str]) -> int:
+    """Run the benchmark; returns the exit code."""
+    args = parse_args(argv)
+    if args.cloudflared is not None and not args.cloudflared.exists():
+        print(f"no cloudflared at {args.cloudflared}", file=sys.stderr)
+        return 2
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 65536)), hard))
+    args.out.mkdir(parents=True, exist_ok=True)
+    args.profile_dir = args.out / "profiles"
+    if args.py_spy:
+        args.profile_dir.mkdir(exist_ok=True)
+    scratch = HERE / "results" / "tmp"
+    scratch.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix="bench-", dir=scratch))
+    cpus = os.cpu_count() or 1
+    meta: dict[str, object] = {
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "cpus": cpus,
+        "cpu_model": _cpu_model(),
+        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+        "loadavg_start": _loadavg(),
+        "versions": _versions(args.cloudflared),
+        "parameters": {
+            "seconds": args.seconds,
+            "connections": 64,
+            "wrk_threads": 2,
+            "rate": args.rate,
+            "rate_clients": args.rate_clients,
+            "size_mib": args.size_mib,
+            "websockets": args.websockets,
+            "ha_connections": HA_CONNECTIONS,
+        },
+        "note": args.note,
+    }
+    bench = Bench(args, tmp)
+    started = time.monotonic()
+    try:
+        bench.setup()
+        for path in args.paths:
+            print(f"path {path}", file=sys.stderr, flush=True)
+            if path == "direct":
+                bench.run_direct()
+            elif path == "ssh":
+                bench.run_ssh()
+            elif path == "adit-1w":
+                bench.run_adit(1)
+            elif path == "adit-nw":
+                bench.run_adit(cpus)
+            elif path == "cloudflared" and args.cloudflared is not None:
+                bench.run_cloudflared(args.cloudflared)
+    finally:
+        bench.processes.cleanup()
+        meta["loadavg_end"] = _loadavg()
+        meta["duration_s"] = round(time.monotonic() - started, 1)
+        data = {"meta": meta, "paths": bench.results, "latency_curves_ms": bench.curves}
+        data["ratios"] = report.ratios(bench.results)
+        (args.out / "results.json").write_text(json.dumps(data, indent=1) + "\n")
+        (args.out / "results.md").write_text(report.markdown(data))
+        if args.plot_python:
+            subprocess.run(
+                [args.plot_python, str(HERE / "plot.py"), str(args.out / "results.json")],
+                check=False,
+            )
+        if args.py_spy and bench.profiles:
+            report.summarise_profiles(bench.profiles, args.profile_dir / "summary.txt")
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(f"results in {args.out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
