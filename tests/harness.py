@@ -123,9 +123,18 @@ class Edge:
         return f"http://{self.http}{path}"
 
 
-def start_edge(processes: Processes, name: str = "edge", location: str = "test") -> Edge:
+def start_edge(
+    processes: Processes,
+    name: str = "edge",
+    location: str = "test",
+    tunnel_listen: list[str] | None = None,
+) -> Edge:
+    """An edge on 127.0.0.1; ``tunnel_listen`` gives several tunnel listeners (HA tests)."""
     state = processes.tmp / f"{name}-state"
     ready = processes.tmp / f"{name}-ready.json"
+    listeners: list[str] = []
+    for address in tunnel_listen or ["127.0.0.1:0"]:
+        listeners += ["--tunnel-listen", address]
     proc = processes.start(
         name,
         [
@@ -133,8 +142,7 @@ def start_edge(processes: Processes, name: str = "edge", location: str = "test")
             "edge",
             "--state-dir",
             str(state),
-            "--tunnel-listen",
-            "127.0.0.1:0",
+            *listeners,
             "--http-listen",
             "127.0.0.1:0",
             "--api-listen",
