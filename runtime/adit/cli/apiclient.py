@@ -268,6 +268,24 @@ class ApiClient:
             raise ApiError("the Cloudflare API response was an unexpected type")
         return result
 
+    def rotate_tunnel_secret(self, tunnel_id: uuid.UUID, deadline_seconds: float) -> dict[str, Any]:
+        """adit's ``POST .../cfd_tunnel/{id}/rotate``: a new secret; the old one stays valid for
+        ``deadline_seconds`` (or until every connection re-registered, or :meth:`finish`)."""
+        reply = self._call(
+            "POST",
+            f"{self._tunnels}/{tunnel_id}/rotate",
+            body={"deadline_seconds": deadline_seconds},
+        )
+        return self._object("rotate tunnel secret", reply)
+
+    def finish_rotation(self, tunnel_id: uuid.UUID) -> bool:
+        """adit's ``POST .../cfd_tunnel/{id}/rotate/finish``: refuse the previous secret now."""
+        result = self._object(
+            "finish secret rotation",
+            self._call("POST", f"{self._tunnels}/{tunnel_id}/rotate/finish", body={}),
+        )
+        return bool(result.get("finished"))
+
     def route_dns(self, tunnel_id: uuid.UUID, hostname: str, overwrite: bool) -> dict[str, Any]:
         """``PUT /zones/{zone}/tunnels/{id}/routes`` with a DNS route."""
         body = {"type": "dns", "user_hostname": hostname, "overwrite_existing": overwrite}

@@ -1,4 +1,4 @@
-"""``adit tunnel login/create/route dns/list/info/delete/token/cleanup``: account-side commands.
+"""``adit tunnel login/create/route dns/list/info/delete/token/cleanup/rotate``: account side.
 
 Behaviour, flags, env vars, output and messages follow cloudflared (CLOUDFLARED_FEATURES.md
 §1.2-1.9) with ``adit`` in place of ``cloudflared``. They talk to the management API named in
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import datetime
 import json
 import os
@@ -25,11 +26,13 @@ import yaml
 
 from adit.cli.apiclient import ApiClient, ApiError, fetch_unverified_ca
 from adit.cli.state import CommandFailure, UsageFailure, cli_state
+from adit.config.duration import parse_go_duration
 from adit.credentials import (
     CredentialsError,
     InvalidTunnelToken,
     OriginCert,
     TunnelCredentials,
+    credentials_to_json,
     decode_tunnel_token,
     default_login_directory,
     find_credentials_file,
@@ -1005,4 +1008,152 @@ def cleanup(
             _log("ERR", f"Error cleaning up connections for tunnel {tunnel_id}, error :{exc}")
 
 
-COMMANDS: list[click.Command] = [login, create, route, list_command, info, delete, token, cleanup]
+# -- rotate ---------------------------------------------------------------------------------
+
+DEFAULT_ROTATION_DEADLINE = "1h"
+
+
+def replace_credentials_file(path: Path, creds: TunnelCredentials) -> None:
+    """Rewrite a credentials file atomically: a new file with the old one's mode (0400 when it
+    had none we can read), fsynced, then renamed over it, so a connector reading it on SIGHUP
+    sees the old or the new credentials, never half of them."""
+    try:
+        mode = path.stat().st_mode & 0o777
+    except OSError:
+        mode = 0o400
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(credentials_to_json(creds))
+            out.flush()
+            os.fsync(out.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
+@click.command("rotate")
+@_cred_file_option
+@click.option(
+    "--deadline",
+    default=DEFAULT_ROTATION_DEADLINE,
+    show_default=True,
+    help="How long the previous secret stays valid if connectors do not all re-register "
+    "with the new one earlier (Go duration, e.g. 30m).",
+)
+@click.option(
+    "--finish",
+    is_flag=True,
+    help="End a rotation now: the previous secret is refused from here on.",
+)
+@_account_options
+@click.argument("args", nargs=-1)
+@click.pass_context
+def rotate(
+    ctx: click.Context,
+    cred_file: str | None,
+    deadline: str,
+    finish: bool,
+    origincert: str | None,
+    api_url: str | None,
+    args: tuple[str, ...],
+) -> None:
+    """Give a tunnel a new secret and rewrite its credentials file (by name or UUID).
+
+    The edge keeps accepting the previous secret until every connection re-registered with
+    the new one, until --deadline, or until `adit tunnel rotate --finish`. Running connectors
+    pick up the rewritten file on SIGHUP. Tunnels run with --token get a new token, printed
+    on stdout.
+    """
+    if len(args) != 1:
+        raise UsageFailure(
+            '"adit tunnel rotate" requires exactly 1 argument, the name or UUID of '
+            "the tunnel whose secret to rotate."
+        )
+    try:
+        seconds = parse_go_duration(deadline)
+    except ValueError as exc:
+        raise CommandFailure(f"invalid --deadline: {exc}") from exc
+    if seconds < 0:
+        raise CommandFailure("invalid --deadline: must not be negative")
+    account = AccountContext(ctx, origincert, api_url)
+    try:
+        tunnel_id = account.find_id(args[0], cred_file)
+        client = account.client()
+    except ApiError as exc:
+        raise _fail("error parsing tunnel ID", exc) from exc
+    if finish:
+        try:
+            finished = client.finish_rotation(tunnel_id)
+        except ApiError as exc:
+            raise _fail(f"Error finishing the secret rotation of tunnel {tunnel_id}", exc) from exc
+        if finished:
+            click.echo(
+                f"Finished the secret rotation of tunnel {tunnel_id}: the previous "
+                "secret is no longer accepted."
+            )
+        else:
+            click.echo(f"Tunnel {tunnel_id} has no secret rotation in progress.")
+        return
+    local = (
+        Path(os.path.expanduser(cred_file))
+        if cred_file
+        else find_credentials_file(tunnel_id, account.cert_path_hint())
+    )
+    try:
+        result = client.rotate_tunnel_secret(tunnel_id, seconds)
+        creds = decode_tunnel_token(str(result.get("token", "")))
+    except (ApiError, InvalidTunnelToken) as exc:
+        raise _fail(f"Error rotating the secret of tunnel {tunnel_id}", exc) from exc
+    expires = _parse_time(result.get("previous_secret_expires_at"))
+    name = result.get("name") or args[0]
+    click.echo(
+        f"Rotated the secret of tunnel {name} with id {tunnel_id}. The previous secret is "
+        f"accepted until {_rfc3339(expires)}, or until every connection has registered with "
+        "the new one."
+    )
+    wrote = False
+    if local is not None and local.is_file():
+        try:
+            old = load_credentials_file(local)
+            updated = TunnelCredentials(
+                account_tag=creds.account_tag or old.account_tag,
+                tunnel_secret=creds.tunnel_secret,
+                tunnel_id=tunnel_id,
+                endpoint=old.endpoint or creds.endpoint,
+                edge=old.edge or creds.edge,
+                edge_ca_pem=old.edge_ca_pem or creds.edge_ca_pem,
+            )
+            replace_credentials_file(local, updated)
+        except (CredentialsError, OSError) as exc:
+            _log("ERR", f"Couldn't rewrite the tunnel credentials file {local}", error=str(exc))
+        else:
+            wrote = True
+            click.echo(
+                f"Tunnel credentials written to {local}. Keep this file secret. Send SIGHUP to "
+                "running connectors (`adit tunnel run`) to re-register them with the new secret."
+            )
+    if not wrote:
+        _log(
+            "INF",
+            "No credentials file for this tunnel here: connectors run with --token need the new "
+            "token below (also shown by `adit tunnel token`).",
+        )
+        click.echo(str(result.get("token", "")))
+
+
+COMMANDS: list[click.Command] = [
+    login,
+    create,
+    route,
+    list_command,
+    info,
+    delete,
+    token,
+    cleanup,
+    rotate,
+]
