@@ -4,6 +4,7 @@ real OpenSSH server or redis-server started by the test on 127.0.0.1."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shlex
 import shutil
@@ -20,6 +21,7 @@ from harness import (
     Processes,
     adit_command,
     create_tunnel,
+    login,
     start_connector,
     write_config,
 )
@@ -280,3 +282,67 @@ def test_bastion_takes_the_destination_from_the_client(
         sock.sendall(b"PING\r\n")
         assert sock.recv(100) == b""
     access.wait_for_log("bad handshake")
+
+
+def test_access_over_the_edge_https_listener(
+    processes: Processes, redis_port: int, tmp_path: Path
+) -> None:
+    """wss:// as cloudflared dials it: the edge's --https-listen, verified against its CA."""
+    ready = tmp_path / "tls-edge-ready.json"
+    edge_proc = processes.start(
+        "tls-edge",
+        [
+            *adit_command(),
+            "edge",
+            "--state-dir",
+            str(tmp_path / "tls-edge-state"),
+            "--tunnel-listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+            "--https-listen",
+            "127.0.0.1:0",
+            "--api-listen",
+            "127.0.0.1:0",
+            "--location",
+            "tls",
+            "--ready-file",
+            str(ready),
+        ],
+    )
+    deadline = time.monotonic() + 20
+    while not ready.exists():
+        assert edge_proc.popen.poll() is None and time.monotonic() < deadline, edge_proc.text()
+        time.sleep(0.05)
+    info = json.loads(ready.read_text())
+    edge = Edge(
+        edge_proc,
+        tmp_path / "tls-edge-state",
+        info["http"][0],
+        info["api"][0],
+        info["advertise"],
+        Path(info["ca"]),
+    )
+    tunnel = create_tunnel(login(edge, tmp_path / "home"), "redis-tls", REDIS_HOST)
+    config = write_config(
+        tmp_path / "config.yml", REDIS_HOST, [{"service": f"tcp://127.0.0.1:{redis_port}"}]
+    )
+    start_connector(processes, tunnel, config)
+    local = _free_port()
+    access = processes.start(
+        "access",
+        [
+            *adit_command(),
+            "access",
+            "rdp",
+            "-T",
+            REDIS_HOST,
+            "-L",
+            f"127.0.0.1:{local}",
+            "--connect-to",
+            info["https"][0],
+        ],
+        env={"SSL_CERT_FILE": info["ca"]},
+    )
+    access.wait_for_log("Start Websocket listener")
+    assert _redis_cli(local, "PING") == "PONG"
