@@ -34,13 +34,24 @@ from cryptography.x509.oid import NameOID
 from websockets.asyncio.server import ServerConnection, serve
 
 from adit.config.origin import (
+    BastionService,
     HelloWorldService,
     HttpService,
+    IpRule,
     OriginOptions,
     Rule,
+    SocksProxyService,
     StatusService,
     StreamService,
     UnixService,
+)
+from adit.protocol.websocket import (
+    Frame,
+    FrameDecoder,
+    Opcode,
+    Role,
+    WebSocketConnection,
+    encode_frame,
 )
 from adit.workers.errors import UNREACHABLE_MESSAGE
 from adit.workers.proxy import OriginProxy
@@ -713,15 +724,164 @@ async def test_http_status_service() -> None:
     assert proxy.stats.responses_by_code == {418: 1}
 
 
+async def _echo_server() -> tuple[asyncio.Server, int]:
+    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(echo, "127.0.0.1", 0)
+    return server, int(server.sockets[0].getsockname()[1])
+
+
+WS_KEY = "dGhlIHNhbXBsZSBub25jZQ=="
+
+
+def ws_incoming(*extra: tuple[str, str]) -> IncomingRequest:
+    return incoming(
+        kind=StreamKind.WEBSOCKET,
+        headers=[("sec-websocket-key", WS_KEY), ("sec-websocket-version", "13"), *extra],
+    )
+
+
 @asynctest
-async def test_stream_services_are_not_served_yet(caplog: pytest.LogCaptureFixture) -> None:
-    service = StreamService("ssh", "127.0.0.1", 22, "ssh://127.0.0.1:22")
+async def test_stream_service_is_a_websocket_server_bridging_to_tcp() -> None:
+    server, port = await _echo_server()
+    service = StreamService("tcp", "127.0.0.1", port, f"tcp://127.0.0.1:{port}")
+    client = WebSocketConnection(Role.CLIENT)
+    async with server, proxy_for_test() as proxy:
+        stream = FakeTunnelStream(ws_incoming())
+        task = asyncio.create_task(proxy.serve(stream, Rule(0, "", "", None, service)))
+        stream.feed(client.send_data(b"hello ") + client.send_data(b"origin"))
+        body = await stream.wait_for_body(lambda b: payloads(b) == b"hello origin")
+        assert (stream.status, stream.source) == (200, ResponseSource.ORIGIN)
+        assert stream.headers == [
+            ("Connection", "Upgrade"),
+            ("Sec-Websocket-Accept", "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="),
+            ("Upgrade", "websocket"),
+        ]
+        seen = len(body)
+        stream.feed(client.send_ping(b"hb"))
+        await stream.wait_for_body(lambda b: len(b) > seen)
+        assert client.receive(stream.body[seen:]) == [Frame(True, Opcode.PONG, b"hb")]
+        seen = len(stream.body)
+        stream.feed(client.send_close(1000))
+        await asyncio.wait_for(task, 10)
+        (frame,) = client.receive(stream.body[seen:])
+        assert frame.opcode == Opcode.CLOSE and client.closed
+        assert stream.ended and not stream.was_reset
+
+
+@asynctest
+async def test_stream_origin_eof_sends_a_close_frame() -> None:
+    async def hello_and_bye(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"banner\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(hello_and_bye, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    service = StreamService("ssh", "127.0.0.1", port, f"ssh://127.0.0.1:{port}")
+    async with server, proxy_for_test() as proxy:
+        stream = FakeTunnelStream(ws_incoming())
+        await asyncio.wait_for(proxy.serve(stream, Rule(0, "", "", None, service)), 10)
+    frames = WebSocketConnection(Role.CLIENT).receive(stream.body)
+    assert [(f.opcode, f.payload) for f in frames] == [
+        (Opcode.BINARY, b"banner\r\n"),
+        (Opcode.CLOSE, struct.pack("!H", 1000)),
+    ]
+
+
+@asynctest
+async def test_unmasked_client_frames_are_refused_with_1002() -> None:
+    server, port = await _echo_server()
+    service = StreamService("tcp", "127.0.0.1", port, f"tcp://127.0.0.1:{port}")
+    async with server, proxy_for_test() as proxy:
+        stream = FakeTunnelStream(ws_incoming(), body=[encode_frame(Opcode.BINARY, b"bare")])
+        await asyncio.wait_for(proxy.serve(stream, Rule(0, "", "", None, service)), 10)
+    assert stream.body == encode_frame(Opcode.CLOSE, struct.pack("!H", 1002))
+
+
+@asynctest
+async def test_bastion_destination_from_the_jump_header() -> None:
+    server, port = await _echo_server()
+    client = WebSocketConnection(Role.CLIENT)
+    async with server, proxy_for_test() as proxy:
+        stream = FakeTunnelStream(
+            ws_incoming(("cf-access-jump-destination", f"tcp://127.0.0.1:{port}/some/path"))
+        )
+        task = asyncio.create_task(proxy.serve(stream, Rule(0, "", "", None, BastionService())))
+        stream.feed(client.send_data(b"via bastion"))
+        await stream.wait_for_bytes(b"via bastion")
+        stream.feed_eof()
+        await asyncio.wait_for(task, 10)
+    assert stream.status == 200
+
+
+@asynctest
+async def test_bastion_without_destination_is_cloudflareds_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     async with proxy_for_test() as proxy:
-        stream = FakeTunnelStream(incoming(kind=StreamKind.WEBSOCKET), body=[])
+        stream = FakeTunnelStream(ws_incoming(), body=[])
         with caplog.at_level(logging.ERROR, logger="test.proxy"):
-            await proxy.serve(stream, Rule(0, "", "", None, service))
+            await proxy.serve(stream, Rule(2, "", "", None, BastionService()))
     assert (stream.status, stream.source) == (502, ResponseSource.CONNECTOR)
-    assert "originService=ssh://127.0.0.1:22" in caplog.records[0].getMessage()
+    message = caplog.records[0].getMessage()
+    assert (
+        "Did not receive final destination from client. The --destination flag is likely "
+        "not set on the client side"
+    ) in message
+    assert "ingressRule=2 originService=bastion" in message
+
+
+@asynctest
+async def test_stream_service_refuses_plain_http_and_reports_refused_origins(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    service = StreamService("ssh", "127.0.0.1", free_port(), "ssh://127.0.0.1:x")
+    async with proxy_for_test() as proxy:
+        plain = FakeTunnelStream(incoming(), body=[])
+        await proxy.serve(plain, Rule(0, "", "", None, service))
+        refused = FakeTunnelStream(ws_incoming(), body=[])
+        await proxy.serve(refused, Rule(0, "", "", None, service))
+    assert (plain.status, plain.source) == (502, ResponseSource.CONNECTOR)
+    assert (refused.status, refused.source) == (502, ResponseSource.CONNECTOR)
+    assert refused.body.startswith(b"adit-origin-error: refused\n")
+
+
+def payloads(body: bytes) -> bytes:
+    """The payloads of the server frames in ``body`` (a trailing partial frame is ignored)."""
+    return b"".join(f.payload for f in FrameDecoder(expect_masked=False).feed(body))
+
+
+@asynctest
+async def test_socks_proxy_follows_ip_rules() -> None:
+    server, port = await _echo_server()
+    async with server:
+        for rules, expected in [
+            ((IpRule("127.0.0.0/8", (port,), allow=True),), 0x00),
+            ((IpRule("127.0.0.1/32", (), allow=False), IpRule("0.0.0.0/0", (), True)), 0x02),
+            ((), 0x02),
+        ]:
+            client = WebSocketConnection(Role.CLIENT)
+            async with proxy_for_test() as proxy:
+                stream = FakeTunnelStream(ws_incoming())
+                rule = Rule(0, "", "", None, SocksProxyService(), OriginOptions(ip_rules=rules))
+                task = asyncio.create_task(proxy.serve(stream, rule))
+                stream.feed(client.send_data(b"\x05\x01\x00"))
+                request = b"\x05\x01\x00\x01" + socket.inet_aton("127.0.0.1")
+                stream.feed(client.send_data(request + struct.pack("!H", port)))
+                await stream.wait_for_body(lambda b: len(payloads(b)) >= 12)
+                decoded = payloads(stream.body)
+                assert decoded[:2] == b"\x05\x00"
+                assert decoded[2:4] == bytes([5, expected])
+                if expected == 0:
+                    stream.feed(client.send_data(b"socks!"))
+                    await stream.wait_for_bytes(b"socks!")
+                stream.feed_eof()
+                await asyncio.wait_for(task, 10)
 
 
 # --------------------------------------------------------------------------- TLS

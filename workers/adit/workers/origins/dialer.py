@@ -12,6 +12,7 @@ import os
 import socket
 import ssl
 from asyncio import staggered
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -156,7 +157,7 @@ async def _open_tcp(
 
 
 def interleave_families(
-    addresses: list[tuple[int, Any]],
+    addresses: Sequence[tuple[int, Any]],
 ) -> list[tuple[int, Any]]:
     """Alternate address families, starting with the first one's (RFC 8305 §4)."""
     if not addresses:
