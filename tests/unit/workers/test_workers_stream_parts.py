@@ -3,13 +3,17 @@ SOCKS ip rules."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import socket
+import time
+from collections.abc import Iterator
 
 import pytest
 
 from adit.config.origin import IpRule
 from adit.workers.errors import BastionDestinationMissing, OriginUnreachable
-from adit.workers.origins.dialer import interleave_families, split_destination
+from adit.workers.origins.dialer import connect_first, interleave_families, split_destination
 from adit.workers.origins.http2 import h2_request_headers
 from adit.workers.origins.socks import ip_allowed
 from adit.workers.origins.wsbridge import ack_headers, jump_destination
@@ -105,3 +109,49 @@ def test_ip_rules_first_match_decides_and_default_denies() -> None:
     assert ip_allowed(rules, "2001:db8::1", 443)
     assert not ip_allowed(rules, "192.0.2.1", 22)
     assert not ip_allowed((), "127.0.0.1", 22)
+
+
+@pytest.fixture
+def black_hole() -> Iterator[tuple[str, int]]:
+    """A listener whose accept backlog is full: SYNs are dropped, connects hang."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    address = listener.getsockname()
+    fillers = []
+    for _ in range(8):
+        filler = socket.socket()
+        filler.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            filler.connect(address)
+        fillers.append(filler)
+    try:
+        yield address
+    finally:
+        for filler in fillers:
+            filler.close()
+        listener.close()
+
+
+def test_happy_eyeballs_races_past_a_hanging_address(black_hole: tuple[str, int]) -> None:
+    with socket.socket() as good:
+        good.bind(("127.0.0.1", 0))
+        good.listen(8)
+        addresses = [(socket.AF_INET, black_hole), (socket.AF_INET, good.getsockname())]
+
+        async def race() -> float:
+            started = time.monotonic()
+            sock = await asyncio.wait_for(connect_first(addresses, race=True, delay=0.2), 5)
+            with sock:
+                assert sock.getpeername() == good.getsockname()
+            return time.monotonic() - started
+
+        elapsed = asyncio.run(race())
+        assert 0.15 <= elapsed < 3
+
+        async def serial() -> None:
+            await asyncio.wait_for(connect_first(addresses, race=False), 1.0)
+
+        # noHappyEyeballs: the first address hangs and nothing else is tried meanwhile.
+        with pytest.raises(TimeoutError):
+            asyncio.run(serial())

@@ -25,6 +25,7 @@ __all__ = [
     "READ_LIMIT",
     "Dialer",
     "OriginKey",
+    "connect_first",
     "interleave_families",
     "split_destination",
 ]
@@ -136,24 +137,37 @@ async def _open_tcp(
     if not infos:
         raise OSError(f"no addresses for {host}")
     addresses = interleave_families([(info[0], info[4]) for info in infos])
-    if no_happy_eyeballs or len(addresses) == 1:
+    sock = await connect_first(addresses, race=not no_happy_eyeballs)
+    return await asyncio.open_connection(sock=sock, limit=READ_LIMIT)
+
+
+async def connect_first(
+    addresses: Sequence[tuple[int, Any]], *, race: bool, delay: float = HAPPY_EYEBALLS_DELAY
+) -> socket.socket:
+    """A connected socket to the first address that answers.
+
+    ``race``: a new attempt starts every ``delay`` seconds or as soon as the previous one
+    failed (RFC 8305 staggering, as Go's dialer); else one address after the other.
+    """
+    if not race or len(addresses) == 1:
         errors: list[OSError] = []
         for family, address in addresses:
             try:
-                sock = await _connect_socket(family, address)
+                return await _connect_socket(family, address)
             except OSError as exc:
                 errors.append(exc)
-                continue
-            return await asyncio.open_connection(sock=sock, limit=READ_LIMIT)
         raise errors[0] if len(errors) == 1 else OSError(f"all addresses failed: {errors}")
     attempts = [
         functools.partial(_connect_socket, family, address) for family, address in addresses
     ]
-    sock, _index, exceptions = await staggered.staggered_race(attempts, HAPPY_EYEBALLS_DELAY)
+    sock, _index, exceptions = await staggered.staggered_race(attempts, delay)
     if sock is None:
         failures = [exc for exc in exceptions if exc is not None]
+        if len(failures) == 1 and isinstance(failures[0], OSError):
+            raise failures[0]
         raise OSError(f"all addresses failed: {failures}")
-    return await asyncio.open_connection(sock=sock, limit=READ_LIMIT)
+    assert isinstance(sock, socket.socket)
+    return sock
 
 
 def interleave_families(
