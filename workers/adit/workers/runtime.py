@@ -352,7 +352,9 @@ class WorkerRuntime:
     def _move(self, slot: ConnectionSlot) -> None:
         edges = self.settings.edges
         in_use = {i: s.address for i, s in self.slots.items() if s.connection is not None}
-        total = self.settings.ha_connections or (max(self.slots, default=0) + 1)
+        # Unknown total: assume every address is some connection's home (the CLI's default
+        # caps connections at the address count), so a failing connection never doubles up.
+        total = self.settings.ha_connections or len(edges)
         target = fallback(edges, slot.conn_index, slot.address, total, in_use, self._learned)
         if target != slot.address:
             log.info(
