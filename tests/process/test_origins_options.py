@@ -208,6 +208,36 @@ def unix_origin(tmp_path: Path) -> Iterator[Path]:
         server.server_close()
 
 
+@pytest.fixture
+def unix_tls_origin(tmp_path: Path, pki: Pki) -> Iterator[Path]:
+    path = tmp_path / "origin-tls.sock"
+    context = _server_context(pki, ["http/1.1"], [])
+
+    class Handler(_Handler):
+        def address_string(self) -> str:
+            return "unix"
+
+    class Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+        daemon_threads = True
+
+        def get_request(self) -> tuple[socket.socket, object]:
+            sock, address = self.socket.accept()
+            try:
+                return context.wrap_socket(sock, server_side=True), address
+            except (ssl.SSLError, OSError):
+                sock.close()
+                raise
+
+    server = Server(str(path), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield path
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 @dataclass
 class H2Origin:
     port: int
@@ -317,6 +347,7 @@ def connector(
     pki: Pki,
     tls_origin: TlsOrigin,
     unix_origin: Path,
+    unix_tls_origin: Path,
     h2_origin: H2Origin,
     origin: Origin,
     black_hole: int,
@@ -341,6 +372,12 @@ def connector(
             "service": https,
             "originRequest": {"noTLSVerify": True, "matchSNItoHost": True},
         },
+        {
+            "path": "^/unixtls",
+            "service": f"unix+tls:{unix_tls_origin}",
+            "originRequest": {"caPool": str(pki.ca), "originServerName": CERT_NAME},
+        },
+        {"path": "^/unxtls-unverified", "service": f"unix+tls:{unix_tls_origin}"},
         {"path": "^/unix", "service": f"unix:{unix_origin}"},
         {
             "path": "^/h2",
@@ -410,10 +447,15 @@ def test_no_tls_verify_ca_pool_and_sni(edge: Edge, connector: Proc, tls_origin: 
     assert tls_origin.sni[-1] == HOST
 
 
-def test_unix_socket_origin(edge: Edge, connector: Proc) -> None:
+def test_unix_socket_origins(edge: Edge, connector: Proc) -> None:
     data = _json(edge, "/unix/x?y=1")
     assert data["path"] == "/unix/x?y=1"
     assert _headers(data)["host"] == HOST
+    assert _json(edge, "/unixtls/z")["path"] == "/unixtls/z"
+    # unix+tls verifies the certificate against the request's host by default.
+    reply = request(edge, HOST, path="/unxtls-unverified")
+    assert reply.status == 502
+    assert "TLS verification" in reply.body.decode()
 
 
 def test_http2_origin(edge: Edge, connector: Proc, h2_origin: H2Origin) -> None:
