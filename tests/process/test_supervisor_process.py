@@ -27,7 +27,12 @@ from pathlib import Path
 
 import pytest
 
-from adit.credentials import TunnelCredentials, encode_tunnel_token
+from adit.credentials import (
+    TunnelCredentials,
+    encode_tunnel_token,
+    load_credentials_file,
+    write_credentials_file,
+)
 
 pytestmark = [pytest.mark.process, pytest.mark.timeout(30)]
 
@@ -45,6 +50,7 @@ class Connector:
         drain: str = "",
         extra: list[str] | None = None,
         env: dict[str, str] | None = None,
+        credentials_file: Path | None = None,
     ) -> None:
         self.tmp = tmp
         self.runtime_base = tmp / "run"
@@ -60,6 +66,11 @@ class Connector:
         creds = TunnelCredentials(
             "acct", b"s" * 32, uuid.uuid4(), edge=("127.0.0.1:7844", "127.0.0.1:7845")
         )
+        if credentials_file is not None:
+            write_credentials_file(credentials_file, creds)
+            source = ["--credentials-file", str(credentials_file)]
+        else:
+            source = ["--token", encode_tunnel_token(creds)]
         env_extra = env
         env = {
             key: value
@@ -78,13 +89,14 @@ class Connector:
         env.update(env_extra or {})
         args = [
             "tunnel", "run",
-            "--token", encode_tunnel_token(creds),
+            *source,
             "--metrics", "127.0.0.1:0",
             "--grace-period", "2s",
             "--loglevel", "debug",
             "--url", "http://127.0.0.1:9",
             "--pidfile", str(self.pidfile),
             *(extra if extra is not None else ["--workers", "1"]),
+            *([str(creds.tunnel_id)] if credentials_file is not None else []),
         ]  # fmt: skip
         self.process = subprocess.Popen(
             [sys.executable, "-c", "from adit.cli.main import main; main()", *args],
@@ -249,3 +261,42 @@ def test_killed_worker_is_restarted(connector: Connector) -> None:
     assert any(line.startswith(f"start 0 {second} ") for line in connector.standin_lines())
     connector.process.send_signal(signal.SIGINT)
     assert connector.wait_exit() == 0
+
+
+def test_changed_credentials_file_rolls_every_worker(short_tmp: Path) -> None:
+    path = short_tmp / "creds.json"
+    connector = Connector(short_tmp, extra=["--workers", "2"], credentials_file=path)
+    try:
+        connector.wait_notify("READY=1")
+        old = load_credentials_file(path)
+        rotated = TunnelCredentials(old.account_tag, b"r" * 32, old.tunnel_id, edge=old.edge)
+        # As a rotation does: a new file, renamed over the old one.
+        write_credentials_file(short_tmp / "creds.new", rotated)
+        os.replace(short_tmp / "creds.new", path)
+        messages = connector.wait_notify("READY=1", timeout=10)
+        assert any(m.startswith("RELOADING=1\nMONOTONIC_USEC=") for m in messages)
+        connector.wait_line(r"Reloading configuration reason=\"credentials file changed\"")
+        _wait_for(
+            lambda: {"reconfigure 0 [0]", "reconfigure 1 [1]"} <= set(connector.standin_lines())
+        )
+        connector.process.send_signal(signal.SIGTERM)
+        assert connector.wait_exit() == 0
+    finally:
+        connector.close()
+
+
+def test_sighup_with_unchanged_settings_pushes_nothing(short_tmp: Path) -> None:
+    connector = Connector(short_tmp)
+    try:
+        connector.wait_notify("READY=1")
+        connector.process.send_signal(signal.SIGHUP)
+        messages = connector.wait_notify("READY=1")
+        assert [m for m in messages if not m.startswith("STATUS=")][0].startswith(
+            "RELOADING=1\nMONOTONIC_USEC="
+        )
+        connector.wait_line(r"Updated to new configuration .*version=1")
+        connector.process.send_signal(signal.SIGTERM)
+        assert connector.wait_exit() == 0
+        assert not any(line.startswith("ingress ") for line in connector.standin_lines())
+    finally:
+        connector.close()

@@ -296,6 +296,7 @@ class SupervisorState:
             tags=dict(s.tags),
             features=list(s.features),
             version=s.version,
+            ha_connections=s.ha_connections,
         )
 
     # -- inputs ----------------------------------------------------------------------------
@@ -485,6 +486,17 @@ class SupervisorState:
             or old.edges != new.edges
             or old.edge_ca_pem != new.edge_ca_pem
         )
+        resized = new.ha_connections != old.ha_connections
+        if resized:
+            # Round-robin shares: with the same worker count, a new count of connections only
+            # adds indexes to or removes them from each worker; none moves between workers.
+            shares = split_conn_indexes(new.ha_connections, new.workers)
+            for slot, share in enumerate(shares):
+                self.workers[slot].conn_indexes = share
+            log.info(
+                "HA connections changed",
+                extra=fields(old=old.ha_connections, new=new.ha_connections),
+            )
         self.settings = new
         self.reload_error = None
         self.stats.last_reload_success = True
@@ -496,7 +508,7 @@ class SupervisorState:
         if ingress_changed or level_changed:
             push = ApplyIngress(new.ingress, loglevel=new.log.level)
             actions += [SendCommand(slot, push) for slot in live]
-        if connections_changed or old.grace_period != new.grace_period:
+        if connections_changed or resized or old.grace_period != new.grace_period:
             actions += [SendCommand(slot, Reconfigure(self.worker_settings(slot))) for slot in live]
         log.info(
             "Updated to new configuration",
@@ -515,7 +527,6 @@ class SupervisorState:
         """What a reload cannot change in this process: say so and keep the old values."""
         fixed = {
             "workers": "workers",
-            "ha_connections": "ha-connections",
             "metrics_address": "metrics",
             "pidfile": "pidfile",
         }
@@ -528,7 +539,6 @@ class SupervisorState:
             new,
             connector_id=old.connector_id,
             workers=old.workers,
-            ha_connections=old.ha_connections,
             metrics_address=old.metrics_address,
             pidfile=old.pidfile,
             log=replace(old.log, level=new.log.level),  # outputs and files stay; the level follows

@@ -125,11 +125,17 @@ def test_second_request_during_a_load_loads_once_more() -> None:
     assert _notified(state.settings_loaded(_settings(), 3.5))[0] == "READY=1"
 
 
-def test_worker_counts_are_kept_until_restart() -> None:
+def test_worker_count_is_kept_until_restart_and_ha_connections_reshare() -> None:
     state = _running()
     state.handle_signal(signal.SIGHUP, 2.0)
-    state.settings_loaded(_settings(workers=1, ha_connections=4), 3.0)
-    assert state.settings.workers == 2 and state.settings.ha_connections == 2
+    actions = state.settings_loaded(_settings(workers=1, ha_connections=4), 3.0)
+    assert state.settings.workers == 2 and state.settings.ha_connections == 4
+    rolls = [
+        a for a in actions if isinstance(a, SendCommand) and isinstance(a.command, Reconfigure)
+    ]
+    shares = [r.command.settings.conn_indexes for r in rolls]  # type: ignore[union-attr]
+    assert shares == [[0, 2], [1, 3]]
+    assert all(r.command.settings.ha_connections == 4 for r in rolls)  # type: ignore[union-attr]
 
 
 def test_stuck_worker_gets_sigabrt_then_sigkill() -> None:
