@@ -37,6 +37,9 @@ def _attach_commands() -> None:
     from adit.cli.tunnel import tunnel
 
     cli.add_command(tunnel)
+    from adit.cli.service import service
+
+    cli.add_command(service)
     from adit.cli.access import access
 
     cli.add_command(access, "access")
