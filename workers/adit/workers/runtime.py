@@ -481,6 +481,11 @@ class WorkerRuntime:
             connection.close("registration refused")
             return result.cause, False
         assert isinstance(result, ConnectionDetails)
+        if self._draining.is_set() or slot.removed:
+            # Registered while the worker began draining: it would never be unregistered.
+            await connection.unregister()
+            connection.close("connector shutting down")
+            return "the connector is shutting down", False
         return connection
 
     def _install(
