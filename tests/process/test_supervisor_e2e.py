@@ -385,3 +385,39 @@ def test_stuck_worker_is_aborted_with_a_traceback_and_the_watchdog_pauses(
     wait_until(lambda: worker_pids(proc)[0] != pids[0])
     proc.wait_for_log(r"Registered tunnel connection", count=3)
     assert request(edge2, HOST).status == 200
+
+
+def test_sighup_with_a_new_worker_count_moves_connections_without_failures(
+    processes: Processes,
+    edge2: Edge,
+    account2: Account,
+    origin: Origin,
+    tmp_path: Path,
+) -> None:
+    import psutil
+
+    tunnel = create_tunnel(account2, "resize", HOST)
+    config = tmp_path / "config.yml"
+    rules = [{"hostname": HOST, "service": origin.url}, {"service": "http_status:404"}]
+    config.write_text(yaml.safe_dump({"workers": 2, "ingress": rules}))
+    proc = start_connector(processes, tunnel, config, wait=2)
+    port = metrics_port(proc)
+    wait_until(lambda: ready(port)["readyConnections"] == 2)
+
+    def workers() -> int:
+        return len(psutil.Process(proc.popen.pid).children())
+
+    assert workers() == 2
+    with RequestLoop(edge2, HOST) as loop:
+        loop.wait_count(10)
+        config.write_text(yaml.safe_dump({"workers": 1, "ingress": rules}))
+        proc.signal(signal.SIGHUP)
+        proc.wait_for_log(r"Retired worker exited")
+        wait_until(lambda: workers() == 1 and ready(port)["readyConnections"] == 2)
+        loop.wait_count(len(loop.statuses) + 10)
+        config.write_text(yaml.safe_dump({"workers": 2, "ingress": rules}))
+        proc.signal(signal.SIGHUP)
+        wait_until(lambda: workers() == 2)
+        wait_until(lambda: ready(port)["readyConnections"] == 2)
+        loop.wait_count(len(loop.statuses) + 10)
+    assert loop.failures == []

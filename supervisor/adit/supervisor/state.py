@@ -216,6 +216,8 @@ class WorkerRecord:
     #: When the supervisor sent SIGABRT to a stuck process of this slot (``None``: never).
     aborted_at: float | None = None
     killed: bool = False
+    #: A reload removed this slot: its process drains and is not replaced.
+    retiring: bool = False
 
     @property
     def alive(self) -> bool:
@@ -348,7 +350,7 @@ class SupervisorState:
         if isinstance(event, RegistrationRefused):
             return self._on_refused(event, now)
         if isinstance(event, ConnectionLost):
-            self.registered.pop(event.conn_index, None)
+            self._forget_connection(event.slot, event.conn_index)
             self.retrying.add(event.conn_index)
             self.stats.timer_retries = len(self.retrying)
             # The worker already logged the failure with its details; keep one line per event.
@@ -360,7 +362,7 @@ class SupervisorState:
             )
             return self._status()
         if isinstance(event, ConnectionUnregistered):
-            self.registered.pop(event.conn_index, None)
+            self._forget_connection(event.slot, event.conn_index)
             log.info("Unregistered tunnel connection", extra=fields(connIndex=event.conn_index))
             return self._status()
         raise AssertionError(f"unhandled event {event!r}")  # pragma: no cover - Event is closed
@@ -373,8 +375,18 @@ class SupervisorState:
         record.pid = None
         record.active_streams = 0
         self.stats.drop_slot(slot)
-        for index in record.conn_indexes:
-            self.registered.pop(index, None)
+        self._forget_connections(slot)
+        if record.retiring and slot < self.settings.workers and self.phase is not Phase.DRAINING:
+            # Retired, then wanted again by a later reload before it was gone: start it anew.
+            record.retiring = False
+            record.restart_at = now
+            return self._status()
+        if record.retiring:
+            del self.workers[slot]
+            log.info("Retired worker exited code=%d", returncode, extra=fields(slot=slot, pid=pid))
+            if self.phase is Phase.DRAINING and not any(w.alive for w in self.workers.values()):
+                return self._exit_now(code=self.exit_code, failure=self.failure)
+            return self._status()
         if self.phase is Phase.DRAINING:
             log.info("Worker exited code=%d", returncode, extra=fields(slot=slot, pid=pid))
             if not any(w.alive for w in self.workers.values()):
@@ -486,17 +498,7 @@ class SupervisorState:
             or old.edges != new.edges
             or old.edge_ca_pem != new.edge_ca_pem
         )
-        resized = new.ha_connections != old.ha_connections
-        if resized:
-            # Round-robin shares: with the same worker count, a new count of connections only
-            # adds indexes to or removes them from each worker; none moves between workers.
-            shares = split_conn_indexes(new.ha_connections, new.workers)
-            for slot, share in enumerate(shares):
-                self.workers[slot].conn_indexes = share
-            log.info(
-                "HA connections changed",
-                extra=fields(old=old.ha_connections, new=new.ha_connections),
-            )
+        resized = new.ha_connections != old.ha_connections or new.workers != old.workers
         self.settings = new
         self.reload_error = None
         self.stats.last_reload_success = True
@@ -504,12 +506,20 @@ class SupervisorState:
         actions: list[Action] = []
         if level_changed:
             actions.append(SetLogLevel(new.log.level))
-        live = [w.slot for w in self.workers.values() if w.alive]
+        live = [w.slot for w in self.workers.values() if w.alive and not w.retiring]
         if ingress_changed or level_changed:
             push = ApplyIngress(new.ingress, loglevel=new.log.level)
             actions += [SendCommand(slot, push) for slot in live]
-        if connections_changed or resized or old.grace_period != new.grace_period:
-            actions += [SendCommand(slot, Reconfigure(self.worker_settings(slot))) for slot in live]
+        moved = self._reshare(old, new) if resized else set()
+        if connections_changed or old.grace_period != new.grace_period:
+            moved |= set(live)
+        actions += [
+            SendCommand(slot, Reconfigure(self.worker_settings(slot)))
+            for slot in sorted(moved)
+            if slot in live
+        ]
+        if resized:
+            actions += self._resize_workers(new)
         log.info(
             "Updated to new configuration",
             extra=fields(
@@ -526,7 +536,6 @@ class SupervisorState:
     def _keep_fixed(self, old: SupervisorSettings, new: SupervisorSettings) -> SupervisorSettings:
         """What a reload cannot change in this process: say so and keep the old values."""
         fixed = {
-            "workers": "workers",
             "metrics_address": "metrics",
             "pidfile": "pidfile",
         }
@@ -538,11 +547,54 @@ class SupervisorState:
         return replace(
             new,
             connector_id=old.connector_id,
-            workers=old.workers,
             metrics_address=old.metrics_address,
             pidfile=old.pidfile,
             log=replace(old.log, level=new.log.level),  # outputs and files stay; the level follows
         )
+
+    def _reshare(self, old: SupervisorSettings, new: SupervisorSettings) -> set[int]:
+        """New connection shares; the slots (of running workers) whose share changed."""
+        log.info(
+            "Resizing",
+            extra=fields(
+                haConnections=f"{old.ha_connections}->{new.ha_connections}",
+                workers=f"{old.workers}->{new.workers}",
+            ),
+        )
+        changed: set[int] = set()
+        pin = new.pin_cpus and 0 < new.workers <= len(self.cpus)
+        for slot, share in enumerate(split_conn_indexes(new.ha_connections, new.workers)):
+            record = self.workers.get(slot)
+            if record is None:
+                cpu = self.cpus[slot] if pin else None
+                self.workers[slot] = WorkerRecord(slot=slot, conn_indexes=share, cpu=cpu)
+            elif record.conn_indexes != share:
+                record.conn_indexes = share
+                changed.add(slot)
+        return changed
+
+    def _resize_workers(self, new: SupervisorSettings) -> list[Action]:
+        """Start the added slots; drain the surplus ones (their connections moved already).
+
+        Connections that move to another worker are dropped by their old worker (unregistered,
+        streams drained) as the new owner starts; the other connections keep serving meanwhile.
+        """
+        actions: list[Action] = []
+        for slot, record in sorted(self.workers.items()):
+            if slot >= new.workers:
+                if record.retiring:
+                    continue
+                record.retiring = True
+                record.restart_at = None
+                if record.alive:
+                    log.info("Retiring worker", extra=fields(slot=slot))
+                    actions.append(SendCommand(slot, Drain(new.grace_period)))
+                else:
+                    del self.workers[slot]
+            elif not record.alive and record.restart_at is None:
+                record.retiring = False
+                actions.append(SpawnWorker(slot))
+        return actions
 
     def _end_reload(self) -> list[Action]:
         self.loading = False
@@ -557,6 +609,16 @@ class SupervisorState:
             actions.append(Notify("READY=1"))
         self._last_status = ""  # always restate STATUS= after a reload
         return actions + self._status()
+
+    def _forget_connection(self, slot: int, conn_index: int) -> None:
+        """Drop a registration, unless another worker has taken that index over since."""
+        current = self.registered.get(conn_index)
+        if current is not None and current.slot == slot:
+            del self.registered[conn_index]
+
+    def _forget_connections(self, slot: int) -> None:
+        for index in [i for i, r in self.registered.items() if r.slot == slot]:
+            del self.registered[index]
 
     def _murder_workers(self, now: float) -> list[Action]:
         """SIGABRT a worker whose loop stopped heartbeating; SIGKILL it if that is not enough."""
@@ -675,12 +737,13 @@ class SupervisorState:
         return [*first, Exit(code, failure)]
 
     def _status(self) -> list[Action]:
-        live = sum(1 for w in self.workers.values() if w.alive)
+        live = sum(1 for w in self.workers.values() if w.alive and not w.retiring)
+        wanted = sum(1 for w in self.workers.values() if not w.retiring)
         self.stats.ha_connections = len(self.registered)
         text = (
             f"STATUS={self.phase.value}: {len(self.registered)}/"
             f"{self.settings.ha_connections} connections registered, "
-            f"{live}/{len(self.workers)} workers running, config version "
+            f"{live}/{wanted} workers running, config version "
             f"{self.settings.ingress.version}"
         )
         if self.reload_error is not None:
@@ -692,5 +755,11 @@ class SupervisorState:
 
 
 def _ingress_key(snapshot: IngressSnapshot) -> bytes:
-    """What decides whether the ingress changed: everything but its version."""
-    return msgspec.msgpack.encode(msgspec.structs.replace(snapshot, version=0))
+    """What decides whether the ingress changed: the rules and origin settings.
+
+    Not the version, nor the copy of the flags sent to the edge (``local_config_json``): a
+    new ``workers:`` alone does not make a new ingress version.
+    """
+    return msgspec.msgpack.encode(
+        msgspec.structs.replace(snapshot, version=0, local_config_json=b"")
+    )

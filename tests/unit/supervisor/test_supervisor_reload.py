@@ -9,6 +9,8 @@ from collections.abc import Sequence
 from adit.ipc.messages import (
     ApplyIngress,
     ConnectionRegistered,
+    ConnectionUnregistered,
+    Drain,
     EdgeTarget,
     Heartbeat,
     IngressSnapshot,
@@ -25,6 +27,7 @@ from adit.supervisor.state import (
     SendCommand,
     SetLogLevel,
     SignalWorker,
+    SpawnWorker,
     SupervisorState,
 )
 
@@ -125,17 +128,43 @@ def test_second_request_during_a_load_loads_once_more() -> None:
     assert _notified(state.settings_loaded(_settings(), 3.5))[0] == "READY=1"
 
 
-def test_worker_count_is_kept_until_restart_and_ha_connections_reshare() -> None:
+def test_new_ha_connections_reshare_without_moving_indexes() -> None:
     state = _running()
     state.handle_signal(signal.SIGHUP, 2.0)
-    actions = state.settings_loaded(_settings(workers=1, ha_connections=4), 3.0)
-    assert state.settings.workers == 2 and state.settings.ha_connections == 4
+    actions = state.settings_loaded(_settings(ha_connections=4), 3.0)
+    assert state.settings.ha_connections == 4
     rolls = [
         a for a in actions if isinstance(a, SendCommand) and isinstance(a.command, Reconfigure)
     ]
     shares = [r.command.settings.conn_indexes for r in rolls]  # type: ignore[union-attr]
     assert shares == [[0, 2], [1, 3]]
     assert all(r.command.settings.ha_connections == 4 for r in rolls)  # type: ignore[union-attr]
+
+
+def test_more_workers_start_new_slots_and_fewer_retire_the_surplus() -> None:
+    state = _running()
+    state.handle_event(ConnectionRegistered(1, 1, "c1", "TST", "127.0.0.1:7845"), 1.0)
+    state.handle_signal(signal.SIGHUP, 2.0)
+    actions = state.settings_loaded(_settings(workers=3, ha_connections=3), 3.0)
+    assert SpawnWorker(2) in actions
+    assert state.workers[2].conn_indexes == [2] and state.workers[2].cpu is None  # 2 CPUs
+    state.worker_started(2, 102, 3.1)
+
+    state.handle_signal(signal.SIGHUP, 4.0)
+    actions = state.settings_loaded(_settings(workers=1, ha_connections=3), 5.0)
+    rolls = [
+        a for a in actions if isinstance(a, SendCommand) and isinstance(a.command, Reconfigure)
+    ]
+    assert [(r.slot, r.command.settings.conn_indexes) for r in rolls] == [(0, [0, 1, 2])]  # type: ignore[union-attr]
+    assert SendCommand(1, Drain(30.0)) in actions and SendCommand(2, Drain(30.0)) in actions
+    # Worker 0 takes connection 1 over before worker 1 reports it unregistered: keep it.
+    state.handle_event(ConnectionRegistered(0, 1, "c1b", "TST", "127.0.0.1:7845"), 5.5)
+    state.handle_event(ConnectionUnregistered(1, 1), 5.6)
+    assert state.registered[1].slot == 0
+    assert not [a for a in state.worker_exited(1, 101, 0, 6.0) if isinstance(a, SpawnWorker)]
+    state.worker_exited(2, 102, 0, 6.0)
+    assert sorted(state.workers) == [0]
+    assert state.ready_connections == 2
 
 
 def test_stuck_worker_gets_sigabrt_then_sigkill() -> None:
