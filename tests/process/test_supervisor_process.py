@@ -291,7 +291,7 @@ def test_sighup_with_unchanged_settings_pushes_nothing(short_tmp: Path) -> None:
         connector.wait_notify("READY=1")
         connector.process.send_signal(signal.SIGHUP)
         messages = connector.wait_notify("READY=1")
-        assert [m for m in messages if not m.startswith("STATUS=")][0].startswith(
+        assert next(m for m in messages if not m.startswith("STATUS=")).startswith(
             "RELOADING=1\nMONOTONIC_USEC="
         )
         connector.wait_line(r"Updated to new configuration .*version=1")
