@@ -215,7 +215,7 @@ def plan_install(host: Host, token: str | None, config_path: str | None) -> Inst
         try:
             decode_tunnel_token(token.strip())
         except CredentialsError as exc:
-            raise UsageFailure(f"Provided tunnel token is not valid ({exc}).") from None
+            raise UsageFailure(str(exc)) from None
         files.append((host.token, token.strip() + "\n", 0o600))
         dropin = dropin_text(binary, ("token", Path("/etc/adit/token")), "--token-file")
     else:
