@@ -28,6 +28,9 @@ __all__ = ["HIGH_WATER", "StreamChannel", "StreamClosedError", "TunnelIO"]
 
 #: Bytes a writer may queue on one stream before it waits for the peer's window.
 HIGH_WATER = 512 * 1024
+#: Output held back to be coalesced with what other streams produce in the same loop
+#: iteration; beyond this it is written at once (a bulk transfer needs no batching).
+COALESCE_LIMIT = 64 * 1024
 
 Conn = TypeVar("Conn", bound=TunnelHttp2Connection)
 
@@ -51,6 +54,11 @@ class StreamChannel:
         self.reset_code: int | None = None
 
     # -- reading -------------------------------------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        """Whether :meth:`read` would return without waiting."""
+        return bool(self._inbound) or self.remote_ended or self.reset_code is not None
 
     async def read(self) -> bytes:
         """Next body chunk; ``b""`` once the peer ended the stream."""
@@ -127,7 +135,11 @@ class TunnelIO(asyncio.Protocol, Generic[Conn]):
         self.channels: dict[int, StreamChannel] = {}
         self.closed = False
         self.paused = False
-        self.lost = asyncio.get_running_loop().create_future()
+        self._loop = asyncio.get_running_loop()
+        self.lost = self._loop.create_future()
+        self._held: list[bytes] = []
+        self._held_size = 0
+        self._write_scheduled = False
 
     # -- asyncio.Protocol ------------------------------------------------------------------------
 
@@ -167,10 +179,38 @@ class TunnelIO(asyncio.Protocol, Generic[Conn]):
     # -- plumbing --------------------------------------------------------------------------------
 
     def flush(self) -> None:
-        """Hand whatever the protocol produced to the socket."""
+        """Hand whatever the protocol produced to the socket, coalescing small writes.
+
+        Under load many streams each produce a few frames per loop iteration (HEADERS, a
+        DATA frame, END_STREAM, WINDOW_UPDATEs); writing them one syscall each was the
+        largest single cost of a small request. Small output is therefore held until the end
+        of the current iteration and written as one; large output goes at once.
+        """
         data = self.conn.data_to_send()
-        if data and self.transport is not None and not self.closed:
-            self.transport.write(data)
+        if not data or self.closed:
+            return
+        self._held.append(data)
+        self._held_size += len(data)
+        if self._held_size >= COALESCE_LIMIT:
+            self.write_held()
+        elif not self._write_scheduled:
+            self._write_scheduled = True
+            self._loop.call_soon(self.write_held)
+
+    def write_held(self) -> None:
+        """Write the held output now."""
+        self._write_scheduled = False
+        if not self._held:
+            return
+        held = self._held
+        self._held = []
+        self._held_size = 0
+        if self.transport is None or self.closed:
+            return
+        if len(held) == 1:
+            self.transport.write(held[0])
+        else:
+            self.transport.writelines(held)
 
     def acknowledge(self, stream_id: int, flow_len: int) -> None:
         """Credit consumed bytes back to the peer."""
@@ -230,7 +270,9 @@ class TunnelIO(asyncio.Protocol, Generic[Conn]):
         self.on_failure(reason)
 
     def close_transport(self) -> None:
-        """Close the socket (after what was written)."""
+        """Close the socket (after what was written, held output included)."""
+        self.flush()
+        self.write_held()
         if self.transport is not None and not self.transport.is_closing():
             self.transport.close()
 

@@ -48,6 +48,7 @@ class H11Connection:
         self.reader = reader
         self.writer = writer
         self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEADER_BYTES)
+        self._held: list[bytes] = []
 
     async def next_event(self) -> h11.Event | type[h11.NEED_DATA] | type[h11.PAUSED]:
         """The next h11 event, reading from the socket as needed.
@@ -68,11 +69,22 @@ class H11Connection:
             if not data and self.h11.their_state is h11.IDLE:
                 return h11.ConnectionClosed()
 
-    async def send(self, event: h11.Event) -> None:
-        """Serialise and write an event, honouring the socket's back-pressure."""
-        data = self.h11.send(event)
-        if data:
-            self.writer.write(data)
+    async def send(self, event: h11.Event, *, flush: bool = True) -> None:
+        """Serialise and write an event, honouring the socket's back-pressure.
+
+        With ``flush=False`` the bytes are held and go out with the next flushing send: a
+        small response then costs one write instead of three (head, body, end). Bodies are
+        passed through as they are, never joined into a new buffer.
+        """
+        parts = self.h11.send_with_data_passthrough(event)
+        if parts:
+            self._held.extend(parts)
+        if flush and self._held:
+            held, self._held = self._held, []
+            if len(held) == 1:
+                self.writer.write(held[0])
+            else:
+                self.writer.writelines(held)
             await self.writer.drain()
 
     async def respond_simple(
@@ -90,9 +102,10 @@ class H11Connection:
             *extra,
         ]
         await self.send(
-            h11.Response(status_code=status, headers=headers, reason=reason_phrase(status))
+            h11.Response(status_code=status, headers=headers, reason=reason_phrase(status)),
+            flush=False,
         )
-        await self.send(h11.Data(data=body))
+        await self.send(h11.Data(data=body), flush=False)
         await self.send(h11.EndOfMessage())
 
     def can_continue(self) -> bool:

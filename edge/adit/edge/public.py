@@ -156,17 +156,21 @@ class PublicListener:
             return uploader is None
         headers = [(n, v) for n, v in response.headers if n.lower() not in HOP_BY_HOP]
         headers.append(("Cf-Ray", ray))
+        # The head waits for body bytes that are already here (never for ones still to come:
+        # a stream of events must show its head at once), and a chunk that is all the body
+        # there is waits for the end: a small response leaves in one write.
         await conn.send(
             h11.Response(
                 status_code=response.status, headers=headers, reason=reason_phrase(response.status)
-            )
+            ),
+            flush=not stream.channel.ready,
         )
         try:
             while True:
                 chunk = await stream.channel.read()
                 if not chunk:
                     break
-                await conn.send(h11.Data(data=chunk))
+                await conn.send(h11.Data(data=chunk), flush=not stream.channel.remote_ended)
         except StreamClosedError:
             # The body broke after the status went out: all we can do is cut the connection.
             if uploader is not None:
