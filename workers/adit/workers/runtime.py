@@ -139,6 +139,11 @@ class WorkerRuntime:
         #: Old connections unregistered by a roll, finishing their streams.
         self._retiring: set[asyncio.Task[None]] = set()
         self._reconfiguring = asyncio.Lock()
+        #: Clear while a reconfiguration hands out roll turns.
+        self._rolls_idle = asyncio.Event()
+        self._rolls_idle.set()
+        #: Every connection whose socket is open (registered, retiring or refused).
+        self._open: set[EdgeConnection] = set()
         #: Location names edges reported, by address index (reset when the addresses change).
         self._learned: dict[int, str] = {}
         #: Bumped by every reconfiguration that needs new connections.
@@ -170,6 +175,7 @@ class WorkerRuntime:
             for task in [*tasks, *self._retiring, stats]:
                 with contextlib.suppress(BaseException):
                     await task
+            await self._close_leftovers()
             self._publish_stats()
             await self.proxy.aclose()
 
@@ -233,26 +239,33 @@ class WorkerRuntime:
                     self._add_slot(index, position, staggered=False)
             if not roll:
                 return
-            log.info("Re-registering connections connIndexes=%s", sorted(self.slots))
-            for index in sorted(self.slots):
-                slot = self.slots.get(index)
-                if slot is None or slot.removed:
-                    continue
-                slot.address = home_address(settings.edges, index)
-                if slot.connection is None:
-                    continue  # its next dial uses the new settings
-                done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-                slot.rolls.append(done)
-                slot.roll_wanted.set()
-                try:
-                    ok = await asyncio.wait_for(asyncio.shield(done), ROLL_TIMEOUT)
-                except TimeoutError:
-                    ok = False
-                if not ok:
-                    log.warning(
-                        "connIndex=%d not re-registered yet; it keeps trying in the background",
-                        index,
-                    )
+            self._rolls_idle.clear()
+            try:
+                await self._roll_all(settings)
+            finally:
+                self._rolls_idle.set()
+
+    async def _roll_all(self, settings: WorkerSettings) -> None:
+        """Roll every slot in index order, each replacement registered before the next starts."""
+        log.info("Re-registering connections connIndexes=%s", sorted(self.slots))
+        for index, each in self.slots.items():
+            each.address = home_address(settings.edges, index)
+        for index in sorted(self.slots):
+            slot = self.slots.get(index)
+            if slot is None or slot.removed or slot.connection is None:
+                continue  # a slot without a connection dials with the new settings anyway
+            done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+            slot.rolls.append(done)
+            slot.roll_wanted.set()
+            try:
+                ok = await asyncio.wait_for(asyncio.shield(done), ROLL_TIMEOUT)
+            except TimeoutError:
+                ok = False
+            if not ok:
+                log.warning(
+                    "connIndex=%d not re-registered yet; it keeps trying in the background",
+                    index,
+                )
 
     def _add_slot(self, index: int, position: int, *, staggered: bool = True) -> None:
         slot = ConnectionSlot(
@@ -371,18 +384,21 @@ class WorkerRuntime:
         """Wait for the connection to end, or replace it when a roll is wanted."""
         connection = slot.connection
         assert connection is not None
-        if slot.generation < self._generation and not connection.lost.done():
+        stale = slot.generation < self._generation and not connection.lost.done()
+        # While a reconfiguration runs it hands out the turns, one connection at a time; a
+        # slot whose replacement failed retries on its own once none runs.
+        if slot.roll_wanted.is_set() or (stale and self._rolls_idle.is_set()):
             await self._roll(slot, connection)
             return
-        roll = asyncio.ensure_future(slot.roll_wanted.wait())
-        draining = asyncio.ensure_future(self._draining.wait())
+        waiters = [slot.roll_wanted.wait(), self._draining.wait()]
+        if stale:
+            waiters.append(self._rolls_idle.wait())
+        futures = {asyncio.ensure_future(w) for w in waiters}
         try:
-            await asyncio.wait(
-                {connection.lost, roll, draining}, return_when=asyncio.FIRST_COMPLETED
-            )
+            await asyncio.wait({connection.lost, *futures}, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            roll.cancel()
-            draining.cancel()
+            for future in futures:
+                future.cancel()
         if self._draining.is_set():
             # Keep serving; _drain() unregisters this connection.
             await asyncio.Future()
@@ -401,7 +417,7 @@ class WorkerRuntime:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._draining.wait(), delay)
             return
-        await self._roll(slot, connection)
+        # A turn to roll, or rolls became idle: the next _serve() decides.
 
     async def _roll(self, slot: ConnectionSlot, old: EdgeConnection) -> None:
         slot.roll_wanted.clear()
@@ -438,8 +454,8 @@ class WorkerRuntime:
             await asyncio.wait({lost}, timeout=delay)
         finally:
             lost.cancel()
-        if not old.lost.done() and not self._draining.is_set():
-            slot.roll_wanted.set()  # _serve() sees the old generation and rolls again
+        # Back in _serve(), the old generation makes the slot try again (or wait for its turn
+        # when another reconfiguration is rolling).
 
     async def _dial(
         self, slot: ConnectionSlot, edge: EdgeTarget, *, replace: bool
@@ -462,6 +478,8 @@ class WorkerRuntime:
         except (OSError, TimeoutError, ssl.SSLError) as exc:
             detail = f"{exc or type(exc).__name__}"
             return f"failed to dial the edge at {edge.host}:{edge.port}: {detail}", True
+        self._open.add(connection)
+        connection.lost.add_done_callback(lambda _: self._open.discard(connection))
         try:
             result = await asyncio.wait_for(asyncio.shield(connection.registered), DIAL_TIMEOUT)
         except (ConnectionError, TimeoutError) as exc:
@@ -554,6 +572,16 @@ class WorkerRuntime:
         await asyncio.gather(
             *(c.drain(deadline) for _, c in connections), *retiring, return_exceptions=True
         )
+
+    async def _close_leftovers(self) -> None:
+        """Abort whatever connection is still open (its drain ended), so no socket outlives
+        the runtime."""
+        leftovers = [c for c in self._open if not c.lost.done()]
+        for connection in leftovers:
+            if connection.transport is not None:
+                connection.transport.abort()
+        if leftovers:
+            await asyncio.wait([c.lost for c in leftovers], timeout=2.0)
 
     async def _report_stats(self) -> None:
         while True:
