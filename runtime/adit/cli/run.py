@@ -331,12 +331,16 @@ def _credentials_file(path: str) -> TunnelCredentials:
 
 def resolve_credentials(
     ctx: click.Context, values: _Resolver, args: tuple[str, ...]
-) -> TunnelCredentials:
-    """cloudflared's order: token, token file, then tunnel ref + contents / file / search."""
+) -> tuple[TunnelCredentials, str | None]:
+    """cloudflared's order: token, token file, then tunnel ref + contents / file / search.
+
+    Also returns the file the credentials came from (``None``: a token or inline JSON), which
+    the supervisor watches for rotation.
+    """
     token = values.get("token")
     if token:
         try:
-            return decode_tunnel_token(str(token))
+            return decode_tunnel_token(str(token)), None
         except CredentialsError as exc:
             raise UsageFailure(str(exc), ctx) from None
     token_file = values.get("token_file")
@@ -348,19 +352,20 @@ def resolve_credentials(
                 f"Failed to read token file: {_go_errno(str(token_file), exc)}", ctx
             ) from None
         try:
-            return decode_tunnel_token(text.strip())
+            return decode_tunnel_token(text.strip()), os.path.expanduser(str(token_file))
         except CredentialsError as exc:
             raise UsageFailure(str(exc), ctx) from None
     ref = _tunnel_ref(ctx, args, values.loaded)
     contents = values.get("credentials_contents")
     if contents:
         try:
-            return _with_tunnel_id(credentials_from_json(str(contents)), ref)
+            return _with_tunnel_id(credentials_from_json(str(contents)), ref), None
         except ValueError:
             raise CommandFailure("Invalid JSON when parsing tunnel credentials file") from None
     cred_file = values.get("credentials_file") or values.get("credentials_file", key="cred-file")
     if cred_file:
-        return _with_tunnel_id(_credentials_file(str(cred_file)), ref)
+        path = os.path.expanduser(str(cred_file))
+        return _with_tunnel_id(_credentials_file(str(cred_file)), ref), path
     origincert = values.get("origincert") or cli_state(ctx).origincert
     try:
         tunnel_id = uuid.UUID(ref)
@@ -379,7 +384,7 @@ def resolve_credentials(
     found = find_credentials_file(tunnel_id, cert_path)
     if found is None:
         raise CommandFailure("tunnel credentials file not found")
-    return _with_tunnel_id(_credentials_file(str(found)), ref)
+    return _with_tunnel_id(_credentials_file(str(found)), ref), str(found)
 
 
 def _origin_request_from_flags(values: _Resolver) -> dict[str, object]:
@@ -454,15 +459,6 @@ def _log_startup(tunnel_id: str, flags: dict[str, object]) -> None:
         log.info("Environmental variables %s", _go_map(dict(env)))
 
 
-def _credentials_path(values: _Resolver) -> str | None:
-    """The file the credentials came from, watched for rotation (``None``: inline/token)."""
-    if values.get("token") or values.get("credentials_contents"):
-        return None
-    path = values.get("token_file") or values.get("credentials_file")
-    path = path or values.get("credentials_file", key="cred-file")
-    return os.path.expanduser(str(path)) if path else None
-
-
 def load_settings(
     ctx: click.Context, tunnel: tuple[str, ...], *, starting: bool = False
 ) -> SupervisorSettings:
@@ -510,7 +506,7 @@ def load_settings(
     if workers_value is not None and int(workers_value) < 1:
         raise UsageFailure("--workers must be at least 1", ctx)
 
-    creds = resolve_credentials(ctx, values, tunnel)
+    creds, credentials_path = resolve_credentials(ctx, values, tunnel)
     flags = values.set_flags()
     if starting:
         _log_startup(str(creds.tunnel_id), flags)
@@ -556,7 +552,7 @@ def load_settings(
         features=tuple(values.list("features")),
         worker_timeout=worker_timeout,
         config_path=str(loaded.path) if loaded is not None else None,
-        credentials_path=_credentials_path(values),
+        credentials_path=credentials_path,
     )
 
 
