@@ -421,3 +421,8 @@ def test_sighup_with_a_new_worker_count_moves_connections_without_failures(
         wait_until(lambda: ready(port)["readyConnections"] == 2)
         loop.wait_count(len(loop.statuses) + 10)
     assert loop.failures == []
+
+    # The credentials file found by the tunnel's name is watched too.
+    stat = tunnel.credentials.stat()
+    os.utime(tunnel.credentials, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    proc.wait_for_log(r'Reloading configuration reason="credentials file changed"', timeout=8)
