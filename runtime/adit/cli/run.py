@@ -270,7 +270,9 @@ class _Resolver:
         return settings
 
 
-def _load_config(ctx: click.Context, explicit: str | None) -> LoadedConfig | None:
+def _load_config(
+    ctx: click.Context, explicit: str | None, *, reject_empty: bool = False
+) -> LoadedConfig | None:
     path = find_config_path(explicit or cli_state(ctx).config_path)
     if path is None:
         dirs = " ".join(str(d) for d in search_directories())
@@ -284,6 +286,9 @@ def _load_config(ctx: click.Context, explicit: str | None) -> LoadedConfig | Non
     except ConfigError as exc:
         raise CommandFailure(str(exc)) from None
     if loaded.empty:
+        if reject_empty:
+            # On reload an empty file is more likely half-written than meant.
+            raise CommandFailure(f"Configuration file {path} was empty")
         log.error("Configuration file %s was empty", path)
         return None
     if loaded.warnings:
@@ -470,7 +475,7 @@ def load_settings(
     """
     from adit.supervisor.settings import SupervisorSettings
 
-    loaded = _load_config(ctx, ctx.params.get("config_path"))
+    loaded = _load_config(ctx, ctx.params.get("config_path"), reject_empty=not starting)
     values = _Resolver(ctx, loaded)
     log_settings = LogSettings(
         level=str(values.get("loglevel") or "info"),

@@ -208,3 +208,13 @@ def test_worker_metrics_and_locations() -> None:
     assert 'adit_worker_cpu_seconds_total{slot="0"} 1.5' in text
     assert 'adit_worker_loop_lag_seconds{slot="0"} 0.25' in text
     assert 'adit_worker_restarts_total{slot="0"} 2.0' in text
+
+
+def test_watchdog_interval_is_half_of_watchdog_usec_for_this_process() -> None:
+    from adit.supervisor.app import watchdog_interval
+
+    assert watchdog_interval({}, pid=7) is None
+    assert watchdog_interval({"WATCHDOG_USEC": "3000000"}, pid=7) == 1.5
+    assert watchdog_interval({"WATCHDOG_USEC": "3000000", "WATCHDOG_PID": "7"}, pid=7) == 1.5
+    assert watchdog_interval({"WATCHDOG_USEC": "3000000", "WATCHDOG_PID": "8"}, pid=7) is None
+    assert watchdog_interval({"WATCHDOG_USEC": "0"}, pid=7) is None
