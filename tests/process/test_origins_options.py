@@ -432,7 +432,7 @@ def test_self_signed_origin_refused_with_a_clear_page_and_log(
     reply = request(edge, HOST, path="/tls/plain")
     assert reply.status == 502
     page = reply.body.decode()
-    assert "TLS verification of the origin failed" in page
+    assert "the origin could not be reached: TLS verification failed" in page
     assert "noTLSVerify" in page and "caPool" in page and "originServerName" in page
     assert "certificate verify failed" in page  # the connector's own words
     log = connector.wait_for_log(r"ingressRule=0 originService=https://127\.0\.0\.1")

@@ -61,7 +61,7 @@ ORIGIN_FAILED = ErrorPage(
 ORIGIN_REFUSED = ErrorPage(
     502,
     "502",
-    "Bad gateway: the origin refused the connection",
+    "Bad gateway: the origin could not be reached: it refused the connection",
     "The tunnel is up, but its connector could not connect to the origin service: nothing "
     "accepted the connection. The tunnel owner should check that the origin is running and "
     "that the ingress rule points at the right address and port.",
@@ -70,7 +70,7 @@ ORIGIN_REFUSED = ErrorPage(
 ORIGIN_TIMEOUT = ErrorPage(
     502,
     "502",
-    "Bad gateway: the connection to the origin timed out",
+    "Bad gateway: the origin could not be reached: the connection timed out",
     "The tunnel is up, but the origin service did not accept the connector's connection in "
     "time. The tunnel owner should check the origin, or raise originRequest.connectTimeout.",
 )
@@ -78,7 +78,7 @@ ORIGIN_TIMEOUT = ErrorPage(
 ORIGIN_TLS = ErrorPage(
     502,
     "502",
-    "Bad gateway: TLS verification of the origin failed",
+    "Bad gateway: the origin could not be reached: TLS verification failed",
     "The tunnel is up, but the origin's TLS certificate was not accepted by the connector. "
     "The tunnel owner can set originRequest.originServerName to the name in the certificate, "
     "add its CA with originRequest.caPool, or set originRequest.noTLSVerify.",
