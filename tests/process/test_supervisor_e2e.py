@@ -331,9 +331,22 @@ def test_workers_metrics_affinity_and_a_killed_worker(
     assert psutil.Process(worker_pids(proc)[1]).cpu_affinity() == [cpus[1]]
     wait_until(lambda: _scrape(port).get('adit_worker_restarts_total{slot="1"}') == 1)
 
-    # Secrets never reach a log: neither the token nor the tunnel secret.
+    # SIGTERM with a stream in flight: /ready answers 503 at once, the stream finishes, exit 0.
+    slow: list[bytes] = []
+    before = len(origin.seen_headers)
+    waiter = threading.Thread(target=lambda: slow.append(request(edge2, HOST, path="/slow").body))
+    waiter.start()
+    wait_until(lambda: len(origin.seen_headers) > before)  # the origin is holding the stream open
     proc.signal(signal.SIGTERM)
+    wait_until(lambda: http_get(port, "/ready")[0] == 503, timeout=5)
+    assert ready(port)["readyConnections"] == 0
+    assert proc.popen.poll() is None  # still draining the slow stream
+    origin.release_slow.set()
+    waiter.join(timeout=15)
+    assert slow == [b"first piece\nsecond piece\n"]
     assert proc.wait(timeout=20) == 0
+
+    # Secrets never reach a log: neither the token nor the tunnel secret.
     for text in (proc.text(), logfile.read_text()):
         assert token not in text and secret not in text
     lines = [json.loads(line) for line in logfile.read_text().splitlines()]
