@@ -25,6 +25,7 @@ import h2.errors
 import h2.events
 import h2.exceptions
 import h2.settings
+import hpack
 
 from adit.protocol.errors import HeaderDecodeError, Http2TunnelError
 from adit.protocol.headers import (
@@ -184,6 +185,33 @@ Event = (
 # --- shared core ----------------------------------------------------------------------------
 
 
+class _PlainEncoder(hpack.Encoder):
+    """HPACK without Huffman coding.
+
+    hpack's Huffman coder is pure Python, one loop turn per character; the serialised header
+    blocks of a tunnel are long and new on every request, so coding them was the largest
+    single cost of opening a stream. A tunnel's bytes are cheap; its CPU is not.
+    """
+
+    def encode(
+        self,
+        headers: Iterable[
+            hpack.HeaderTuple
+            | tuple[bytes | str, bytes | str]
+            | tuple[bytes | str, bytes | str, bool | None]
+        ]
+        | dict[bytes | str, bytes | str],
+        huffman: bool = True,
+    ) -> bytes:
+        return super().encode(headers, huffman=False)
+
+
+def _unindexed(name: str, value: str) -> tuple[str, str]:
+    # Serialised header blocks differ on every request (they carry the ray id): kept out of
+    # the dynamic table they no longer evict the entries that do repeat (":method GET", ...).
+    return hpack.NeverIndexedHeaderTuple(name, value)  # type: ignore[return-value]
+
+
 @dataclass(slots=True)
 class _Outbound:
     chunks: deque[bytes]
@@ -201,9 +229,13 @@ class TunnelHttp2Connection:
             header_encoding=None,
             validate_outbound_headers=False,
             normalize_outbound_headers=False,
-            validate_inbound_headers=True,
+            # h2's per-character checks of every inbound header were a fifth of a request's
+            # cost, and protect nothing here: what a tunnel carries sits base64-coded in the
+            # serialised blocks (decoded by us), and h11 validates every header it writes.
+            validate_inbound_headers=False,
         )
         self._h2 = h2.connection.H2Connection(config=config)
+        self._h2.encoder = _PlainEncoder()
         self._h2.local_settings = h2.settings.Settings(
             client=client_side,
             initial_values={
@@ -436,7 +468,7 @@ class ConnectorTunnelConnection(TunnelHttp2Connection):
             (RESPONSE_META, meta.value),
         ]
         if meta is ResponseMeta.ORIGIN:
-            h2_headers.append((RESPONSE_HEADERS, encode_serialized_headers(headers)))
+            h2_headers.append(_unindexed(RESPONSE_HEADERS, encode_serialized_headers(headers)))
             h2_headers.extend(
                 ("content-length", v) for n, v in headers if n.lower() == "content-length"
             )
@@ -505,7 +537,7 @@ class EdgeTunnelConnection(TunnelHttp2Connection):
         elif request_type is RequestType.TCP:
             h2_headers.append((PROXY_SRC, "tcp"))
         if serialize_headers:
-            h2_headers.append((REQUEST_HEADERS, encode_serialized_headers(clean)))
+            h2_headers.append(_unindexed(REQUEST_HEADERS, encode_serialized_headers(clean)))
         else:
             h2_headers.extend(
                 (name.lower(), value) for name, value in clean if name.lower() != "host"
