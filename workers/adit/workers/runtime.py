@@ -104,7 +104,6 @@ class ConnectionSlot:
         self.address = address
         self.backoff = Backoff(retries=retries)
         self.connection: EdgeConnection | None = None
-        self.ever_registered = False
         #: The settings generation the live connection registered with.
         self.generation = 0
         #: Set when the slot should replace its connection (new settings); cleared by the slot.
@@ -336,7 +335,9 @@ class WorkerRuntime:
         edges = self.settings.edges
         edge = edges[slot.address % len(edges)]
         generation = self._generation
-        outcome = await self._dial(slot, edge, replace=slot.ever_registered)
+        # Same connector id and index can only be this connector (a restarted worker, or a
+        # connection the edge has not yet seen die): let the edge retire that one.
+        outcome = await self._dial(slot, edge, replace=True)
         if slot.conn_index == self._leader:
             self._first_attempted.set()
         if isinstance(outcome, EdgeConnection):
@@ -513,7 +514,6 @@ class WorkerRuntime:
         assert details is not None
         slot.connection = connection
         slot.generation = generation
-        slot.ever_registered = True
         slot.backoff.reset()
         if generation >= self._generation:
             slot.finish_rolls(True)
