@@ -43,5 +43,5 @@ for script in postinst prerm postrm; do install -m0755 "$here/$script" "$root/DE
 chmod 0644 "$root/DEBIAN/md5sums" "$root/DEBIAN/conffiles" "$root/DEBIAN/control"
 mkdir -p "$out"
 deb="$out/adit_${version}_${arch}.deb"
-dpkg-deb --root-owner-group -Zxz --build "$root" "$deb" >/dev/null
+dpkg-deb --root-owner-group -Zgzip --build "$root" "$deb" >/dev/null
 echo "$deb"

@@ -23,6 +23,8 @@ while [ $# -gt 0 ]; do
     esac
 done
 version="$("$here/version.sh")"
+# Bytecode only where asked for (below), never as a side effect of running the staged code.
+export PYTHONDONTWRITEBYTECODE=1
 prefix=/usr/lib/adit
 venv="$prefix/venv"
 mkdir -p "$dest"
@@ -51,6 +53,7 @@ for f in "$dest$venv/bin/"*; do
     if head -c2 "$f" | grep -q '#!'; then sed -i "1s|^#!.*python.*|#!$venv/bin/python3|" "$f"; fi
 done
 sed -i "/^command = /d" "$dest$venv/pyvenv.cfg"
+rm -f "$dest$venv/.gitignore"
 find "$dest$venv" -name RECORD -path '*.dist-info/*' -exec sed -i "s|$dest||g" {} +
 find "$dest$venv" -name direct_url.json -delete
 find "$dest$venv" -name __pycache__ -prune -exec rm -rf {} +
