@@ -18,6 +18,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 
 from adit.config.ingress import Ingress
+from adit.logs import fields
 from adit.protocol.errors import Http2TunnelError, ProtocolError
 from adit.protocol.headers import RequestType, ResponseMeta
 from adit.protocol.http2 import ConnectorTunnelConnection, Event, RequestReceived
@@ -268,7 +269,8 @@ class EdgeConnection(TunnelIO[ConnectorTunnelConnection]):
         """Push the local config; a failure is only logged (the tunnel works without it)."""
         if not await self.push_local_config():
             log.warning(
-                "connIndex=%d the edge did not take the local configuration", self.conn_index
+                "The edge did not take the local configuration",
+                extra=fields(connIndex=self.conn_index),
             )
 
     async def unregister(self) -> None:
@@ -300,7 +302,9 @@ class EdgeConnection(TunnelIO[ConnectorTunnelConnection]):
 
     def on_failure(self, reason: str) -> None:
         self.failure = reason
-        log.warning("connIndex=%d connection failed: %s", self.conn_index, reason)
+        log.warning(
+            "Tunnel connection failed", extra=fields(connIndex=self.conn_index, error=reason)
+        )
 
     def on_lost(self, exc: Exception | None) -> None:
         if not self.registered.done():

@@ -38,6 +38,7 @@ from adit.ipc.messages import (
     WorkerSettings,
 )
 from adit.ipc.snapshot import build_ingress
+from adit.logs import fields
 from adit.protocol.headers import FEATURE_SERIALIZED_REQUEST_HEADERS
 from adit.protocol.registration import (
     ClientInfo,
@@ -262,8 +263,8 @@ class WorkerRuntime:
                 ok = False
             if not ok:
                 log.warning(
-                    "connIndex=%d not re-registered yet; it keeps trying in the background",
-                    index,
+                    "Not re-registered yet; it keeps trying in the background",
+                    extra=fields(connIndex=index),
                 )
 
     def _add_slot(self, index: int, position: int, *, staggered: bool = True) -> None:
@@ -353,12 +354,9 @@ class WorkerRuntime:
         delay = slot.backoff.next_delay()
         self.publish(ConnectionLost(self.settings.slot, slot.conn_index, error, delay))
         log.warning(
-            "connIndex=%d connection to %s:%d ended: %s; retrying in %.1fs",
-            slot.conn_index,
-            edge.host,
-            edge.port,
-            error,
+            "Connection to the edge ended; retrying in %.1fs",
             delay,
+            extra=fields(connIndex=slot.conn_index, ip=f"{edge.host}:{edge.port}", error=error),
         )
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._draining.wait(), delay)
@@ -372,12 +370,12 @@ class WorkerRuntime:
         target = fallback(edges, slot.conn_index, slot.address, total, in_use, self._learned)
         if target != slot.address:
             log.info(
-                "connIndex=%d moving from %s:%d to %s:%d",
-                slot.conn_index,
+                "Moving the connection from %s:%d to %s:%d",
                 edges[slot.address].host,
                 edges[slot.address].port,
                 edges[target].host,
                 edges[target].port,
+                extra=fields(connIndex=slot.conn_index),
             )
             slot.address = target
 
@@ -410,10 +408,9 @@ class WorkerRuntime:
             delay = slot.backoff.next_delay()
             self.publish(ConnectionLost(self.settings.slot, slot.conn_index, error, delay))
             log.warning(
-                "connIndex=%d connection ended: %s; retrying in %.1fs",
-                slot.conn_index,
-                error,
+                "Connection to the edge ended; retrying in %.1fs",
                 delay,
+                extra=fields(connIndex=slot.conn_index, error=error),
             )
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._draining.wait(), delay)
@@ -440,13 +437,9 @@ class WorkerRuntime:
             self._move(slot)
         delay = slot.backoff.next_delay()
         log.warning(
-            "connIndex=%d replacement connection to %s:%d failed: %s; the current one keeps "
-            "serving, next try in %.1fs",
-            slot.conn_index,
-            edge.host,
-            edge.port,
-            error,
+            "Replacement connection failed; the current one keeps serving, next try in %.1fs",
             delay,
+            extra=fields(connIndex=slot.conn_index, ip=f"{edge.host}:{edge.port}", error=error),
         )
         # Try again after the backoff unless the old connection dies first (then the normal
         # loop reconnects with the new settings).
@@ -493,9 +486,8 @@ class WorkerRuntime:
                 )
             )
             log.error(
-                "connIndex=%d the edge refused the registration: %s",
-                slot.conn_index,
-                result.cause,
+                "The edge refused the registration",
+                extra=fields(connIndex=slot.conn_index, error=result.cause),
             )
             connection.close("registration refused")
             return result.cause, False
@@ -529,12 +521,14 @@ class WorkerRuntime:
             )
         )
         log.info(
-            "Registered tunnel connection connIndex=%d connection=%s location=%s ip=%s "
-            "protocol=http2",
-            slot.conn_index,
-            details.uuid,
-            details.location_name,
-            edge.host,
+            "Registered tunnel connection",
+            extra=fields(
+                connIndex=slot.conn_index,
+                connection=str(details.uuid),
+                location=details.location_name,
+                ip=edge.host,
+                protocol="http2",
+            ),
         )
         if connection.registration.local_config:
             connection.spawn(connection.push_local_config_quietly())
@@ -548,9 +542,11 @@ class WorkerRuntime:
             if announce:
                 self.publish(ConnectionUnregistered(self.settings.slot, conn_index))
             log.info(
-                "Unregistered the replaced tunnel connection connIndex=%d connection=%s",
-                conn_index,
-                connection.details.uuid if connection.details else "?",
+                "Unregistered the replaced tunnel connection",
+                extra=fields(
+                    connIndex=conn_index,
+                    connection=str(connection.details.uuid) if connection.details else "?",
+                ),
             )
             await connection.drain(deadline)
 
@@ -567,7 +563,7 @@ class WorkerRuntime:
         await asyncio.gather(*(c.unregister() for _, c in connections), return_exceptions=True)
         for conn_index, _ in connections:
             self.publish(ConnectionUnregistered(self.settings.slot, conn_index))
-            log.info("Unregistered tunnel connection connIndex=%d", conn_index)
+            log.info("Unregistered tunnel connection", extra=fields(connIndex=conn_index))
         retiring = list(self._retiring)
         await asyncio.gather(
             *(c.drain(deadline) for _, c in connections), *retiring, return_exceptions=True
