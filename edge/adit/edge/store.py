@@ -24,6 +24,7 @@ import os
 import secrets
 import sqlite3
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -91,6 +92,11 @@ CREATE TABLE IF NOT EXISTS routes (
     created_at TEXT NOT NULL
 );
 """
+
+
+#: How long an answer of :meth:`Store.tunnel_for_hostname` is reused.
+ROUTE_CACHE_SECONDS = 1.0
+ROUTE_CACHE_SIZE = 10_000
 
 
 class StoreError(Exception):
@@ -215,6 +221,7 @@ class Store:
         path: str | os.PathLike[str],
         *,
         clock: Callable[[], datetime.datetime] = _utcnow,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         db_path = Path(path)
         if str(path) != ":memory:":
@@ -223,6 +230,8 @@ class Store:
                 os.close(os.open(db_path, os.O_WRONLY | os.O_CREAT, 0o600))
             os.chmod(db_path, 0o600)
         self._clock = clock
+        self._monotonic = monotonic
+        self._route_cache: dict[str, tuple[tuple[uuid.UUID, str] | None, float]] = {}
         # One connection guarded by a lock: the edge uses it from its loop thread, tests and
         # admin commands from others.
         self._lock = threading.Lock()
@@ -243,6 +252,8 @@ class Store:
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
+        # Any write may change routing (routes, deleted tunnels): forget cached answers.
+        self._route_cache.clear()
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
@@ -617,15 +628,31 @@ class Store:
 
     def tunnel_for_hostname(self, hostname: str) -> tuple[uuid.UUID, str] | None:
         """``(tunnel_id, account_tag)`` serving a request's host: exact route, else the nearest
-        wildcard (``*.example.com`` covers ``a.example.com`` and ``a.b.example.com``)."""
+        wildcard (``*.example.com`` covers ``a.example.com`` and ``a.b.example.com``).
+
+        Asked once per public request, so answers are kept for :data:`ROUTE_CACHE_SECONDS`;
+        route changes made through this store clear them at once, changes by another process
+        (an admin command, a sibling edge) show within that time.
+        """
+        now = self._monotonic()
+        cached = self._route_cache.get(hostname)
+        if cached is not None and cached[1] > now:
+            return cached[0]
+        found = self._lookup_route(hostname)
+        if len(self._route_cache) >= ROUTE_CACHE_SIZE:
+            self._route_cache.clear()
+        self._route_cache[hostname] = (found, now + ROUTE_CACHE_SECONDS)
+        return found
+
+    def _lookup_route(self, hostname: str) -> tuple[uuid.UUID, str] | None:
         host = normalize_hostname(
             hostname.rsplit(":", 1)[0] if hostname.count(":") == 1 else hostname
         )
         labels = host.split(".")
         candidates = [host] + ["*." + ".".join(labels[i:]) for i in range(1, len(labels))]
-        with self._transaction() as db:
+        with self._lock:  # a plain read: no transaction, so the route cache stays
             for candidate in candidates:
-                row = db.execute(
+                row = self._db.execute(
                     "SELECT r.tunnel_id, r.account_tag FROM routes r JOIN tunnels t"
                     " ON t.id = r.tunnel_id WHERE r.hostname = ? AND t.deleted_at IS NULL",
                     (candidate,),

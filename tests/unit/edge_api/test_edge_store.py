@@ -166,3 +166,22 @@ def test_verify_tunnel_secret(store: Store) -> None:
     assert not store.verify_tunnel_secret(uuid.uuid4(), a, b"k" * 32)
     store.delete_tunnel(a, t.id)
     assert not store.verify_tunnel_secret(t.id, a, b"k" * 32)
+
+
+def test_route_answers_are_cached_and_cleared_by_writes(tmp_path: Path) -> None:
+    now = [100.0]
+    store = Store(tmp_path / "s.db", monotonic=lambda: now[0])
+    other = Store(tmp_path / "s.db")  # a second process's view of the same database
+    account = store.create_account("a")
+    tunnel = store.create_tunnel(account.tag, "t")
+    store.route_hostname(account.tag, tunnel.id, "app.test")
+    assert store.tunnel_for_hostname("app.test") == (tunnel.id, account.tag)
+    # A write through this store clears the cache at once.
+    store.delete_tunnel(account.tag, tunnel.id)
+    assert store.tunnel_for_hostname("app.test") is None
+    # A write by another process shows once the cached answer expires.
+    second = other.create_tunnel(account.tag, "t2")
+    other.route_hostname(account.tag, second.id, "app.test")
+    assert store.tunnel_for_hostname("app.test") is None
+    now[0] += 1.5
+    assert store.tunnel_for_hostname("app.test") == (second.id, account.tag)
