@@ -107,6 +107,7 @@ def origin() -> Iterator[Origin]:
                         ("X-Multi", "one"),
                         ("X-Multi", "two"),
                         ("X-CamelCase-Header", "Kept"),
+                        ("X-Latin", "caf\xe9"),
                         ("Set-Cookie", "a=1"),
                         ("Set-Cookie", "b=2"),
                         ("Content-Type", "application/json"),

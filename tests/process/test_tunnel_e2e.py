@@ -95,15 +95,22 @@ def test_repeated_and_mixed_case_headers_are_preserved(
         edge,
         HOST,
         path="/headers",
-        headers=[("X-Request-CamelCase", "A"), ("X-Dup", "1"), ("X-Dup", "2")],
+        headers=[
+            ("X-Request-CamelCase", "A"),
+            ("X-Dup", "1"),
+            ("X-Dup", "2"),
+            ("X-Latin-Request", "na\xefve"),  # one byte 0xEF: header bytes are not text
+        ],
     )
     assert reply.status == 200
     assert [v for n, v in reply.headers if n == "X-Multi"] == ["one", "two"]
     assert ("X-CamelCase-Header", "Kept") in reply.headers
     assert [v for n, v in reply.headers if n == "Set-Cookie"] == ["a=1", "b=2"]
+    assert ("X-Latin", "caf\xe9") in reply.headers
     seen = [tuple(pair) for pair in json.loads(reply.body)]
     assert ("X-Request-CamelCase", "A") in seen
     assert [v for n, v in seen if n == "X-Dup"] == ["1", "2"]
+    assert ("X-Latin-Request", "na\xefve") in seen
     names = {n.lower() for n, _ in seen}
     assert {"x-forwarded-for", "x-forwarded-proto", "cf-connecting-ip", "cf-ray"} <= names
     assert ("Host", HOST) in seen

@@ -29,7 +29,7 @@ from adit.edge.registry import ConnectionRegistry
 from adit.edge.store import Store
 from adit.edge.tunnel_session import RequestStream, TunnelSession
 from adit.protocol.errors import Http2TunnelError
-from adit.protocol.headers import HOP_BY_HOP, RequestType, ResponseMeta
+from adit.protocol.headers import HOP_BY_HOP, RequestType, ResponseMeta, wire_bytes
 from adit.tunnelio import StreamClosedError
 
 log = logging.getLogger("adit.edge.public")
@@ -161,7 +161,9 @@ class PublicListener:
         # there is waits for the end: a small response leaves in one write.
         await conn.send(
             h11.Response(
-                status_code=response.status, headers=headers, reason=reason_phrase(response.status)
+                status_code=response.status,
+                headers=_wire(headers),
+                reason=reason_phrase(response.status),
             ),
             flush=not stream.channel.ready,
         )
@@ -228,7 +230,7 @@ class PublicListener:
             await conn.send(
                 h11.Response(
                     status_code=response.status,
-                    headers=headers,
+                    headers=_wire(headers),
                     reason=reason_phrase(response.status),
                 )
             )
@@ -242,7 +244,7 @@ class PublicListener:
             for n, v in response.headers
             if n.lower() not in ("content-length", "transfer-encoding")
         ]
-        await conn.send(h11.InformationalResponse(status_code=101, headers=headers))
+        await conn.send(h11.InformationalResponse(status_code=101, headers=_wire(headers)))
         leftover, _closed = conn.h11.trailing_data
         await _pipe_raw(conn, stream, bytes(leftover))
 
@@ -296,6 +298,11 @@ async def _connector_failure(stream: RequestStream, ended: bool) -> tuple[ErrorP
     first, _, rest = body[:_MAX_REASON].partition(b"\n")
     reason = first[len(_ORIGIN_ERROR_PREFIX) :].decode("latin-1").strip()
     return origin_failure_page(reason), rest.decode("utf-8", "replace").strip()
+
+
+def _wire(headers: list[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
+    # Header text is latin-1 decoded bytes; h11 would only accept ASCII text.
+    return [(wire_bytes(name), wire_bytes(value)) for name, value in headers]
 
 
 def _strip_port(authority: str) -> str:
