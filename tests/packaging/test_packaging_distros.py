@@ -181,7 +181,7 @@ class Artifacts:
 
 
 @pytest.fixture(scope="session")
-def artifacts(tmp_path_factory: pytest.TempPathFactory) -> Artifacts:
+def artifacts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Artifacts]:
     """Build all packages at once: a .deb inside each root, the .rpm and pacman on the host."""
     work = tmp_path_factory.mktemp("packages")
     src = clean_tree(work / "src")
@@ -251,7 +251,10 @@ def artifacts(tmp_path_factory: pytest.TempPathFactory) -> Artifacts:
                 build.popen.kill()
                 build.popen.wait()
         shutil.rmtree(pac_work, ignore_errors=True)
-    return Artifacts(debs, rpm, work / pacman.name, roots, src)
+    yield Artifacts(debs, rpm, work / pacman.name, roots, src)
+    # The booted copies are ~0.4 GB each; pytest would keep three runs of them.
+    for root in roots.values():
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def check_file_list(names: list[str]) -> None:
