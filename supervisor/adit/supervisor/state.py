@@ -267,8 +267,9 @@ class SupervisorState:
 
     @property
     def ready_connections(self) -> int:
-        """Connections currently registered."""
-        return len(self.registered)
+        """Connections registered and serving; none once draining began (they unregister
+        at once, so /ready's count and status never disagree while the events arrive)."""
+        return 0 if self.phase is Phase.DRAINING else len(self.registered)
 
     def ready_body(self) -> tuple[int, dict[str, object]]:
         """``/ready``'s status code and JSON body, as cloudflared's ``ReadyServer`` builds it."""
