@@ -180,3 +180,45 @@ def _adit() -> list[str]:
     from harness import adit_command
 
     return adit_command()
+
+
+def test_token_file_connector_rolls_to_the_rotated_token(
+    processes: Processes, origin: Origin, tmp_path: Path
+) -> None:
+    """A remotely-managed style connector (`--token-file`) rotates the same way."""
+    edge = start_edge(processes)
+    account = login(edge, tmp_path / "home")
+    create_tunnel(account, "tokrun", HOST)
+    token_file = tmp_path / "token"
+    token_file.write_text(account.cli("tunnel", "token", "tokrun").stdout.strip())
+    token_file.chmod(0o600)
+    config = write_config(tmp_path / "config.yml", HOST, [{"service": origin.url}])
+    connector = processes.start(
+        "tokrun",
+        [
+            *_adit(),
+            "tunnel",
+            "--config",
+            str(config),
+            "run",
+            "--token-file",
+            str(token_file),
+            "--metrics",
+            "127.0.0.1:0",
+        ],
+        env={"HOME": str(tmp_path / "elsewhere")},
+    )
+    connector.wait_for_log("Registered tunnel connection")
+    with RequestLoop(edge) as loop:
+        time.sleep(0.5)
+        account.cli("tunnel", "rotate", "--deadline", "10m", "tokrun")
+        new_token = account.cli("tunnel", "token", "tokrun").stdout.strip()
+        tmp = token_file.with_suffix(".new")
+        tmp.write_text(new_token)
+        tmp.replace(token_file)  # the connector watches the file it read its token from
+        edge.proc.wait_for_log(r"secret rotation finished", timeout=30)
+        time.sleep(0.5)
+    assert loop.failures == []
+    assert loop.ok > 0
+    assert "connection replaced" in edge.proc.text()
+    assert "tunnel credentials rejected" not in connector.text()
