@@ -5,8 +5,6 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 
 from adit.config.origin import OriginOptions
 from adit.workers.origins.helloworld import go_duration, parse_go_duration
@@ -16,7 +14,6 @@ from adit.workers.origins.request import (
     canonical_header_name,
     tag_headers,
 )
-from adit.workers.origins.wsecho import FrameReader, Opcode, accept_key, encode_frame
 from adit.workers.stream import IncomingRequest, StreamKind
 
 CONNECTOR = uuid.UUID(int=1)
@@ -86,23 +83,6 @@ def test_websocket_head_replaces_connection_headers_and_has_no_body() -> None:
         ("Upgrade", "websocket"),
         ("Sec-Websocket-Version", "13"),
     )
-
-
-def test_accept_key_matches_rfc_6455_example() -> None:
-    assert accept_key("dGhlIHNhbXBsZSBub25jZQ==") == "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
-
-
-@given(
-    payload=st.binary(max_size=70_000),
-    opcode=st.sampled_from([Opcode.TEXT, Opcode.BINARY, Opcode.PING]),
-    mask=st.sampled_from([b"", b"\x01\x02\x03\x04"]),
-    split=st.integers(min_value=0, max_value=20),
-)
-def test_frames_round_trip_in_pieces(payload: bytes, opcode: int, mask: bytes, split: int) -> None:
-    wire = encode_frame(opcode, payload, mask=mask)
-    reader = FrameReader()
-    frames = reader.feed(wire[:split]) + reader.feed(wire[split:])
-    assert [(f.fin, f.opcode, f.payload) for f in frames] == [(True, opcode, payload)]
 
 
 @pytest.mark.parametrize(

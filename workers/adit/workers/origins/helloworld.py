@@ -21,8 +21,14 @@ from urllib.parse import parse_qs, urlsplit
 
 import h11
 
+from adit.protocol.websocket import (
+    FrameDecoder,
+    Opcode,
+    WebSocketError,
+    accept_key,
+    encode_frame,
+)
 from adit.workers.origins.certificate import self_signed_server_context
-from adit.workers.origins.wsecho import FrameReader, Opcode, accept_key, encode_frame
 
 __all__ = ["DEFAULT_SSE_INTERVAL", "HelloWorldOrigin", "go_duration", "parse_go_duration"]
 
@@ -277,7 +283,7 @@ class _Session:
                 ],
             )
         )
-        frames = FrameReader()
+        frames = FrameDecoder(expect_masked=True)
         message = bytearray()
         message_opcode = Opcode.TEXT
         pending = bytes(self._conn.trailing_data[0])
@@ -286,7 +292,11 @@ class _Session:
             pending = b""
             if not data:
                 return
-            for frame in frames.feed(data):
+            try:
+                received = frames.feed(data)
+            except WebSocketError:
+                return  # a broken client: the echo just ends
+            for frame in received:
                 if frame.opcode == Opcode.CLOSE:
                     self._writer.write(encode_frame(Opcode.CLOSE, frame.payload[:2]))
                     await self._writer.drain()
