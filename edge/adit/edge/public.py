@@ -244,7 +244,11 @@ class PublicListener:
             for n, v in response.headers
             if n.lower() not in ("content-length", "transfer-encoding")
         ]
-        await conn.send(h11.InformationalResponse(status_code=101, headers=_wire(headers)))
+        await conn.send(
+            h11.InformationalResponse(
+                status_code=101, headers=_wire(headers), reason=reason_phrase(101)
+            )
+        )
         leftover, _closed = conn.h11.trailing_data
         await _pipe_raw(conn, stream, bytes(leftover))
 

@@ -141,6 +141,11 @@ class HelloWorldOrigin:
             await _Session(self, reader, writer).run()
         except (OSError, h11.ProtocolError, asyncio.IncompleteReadError):
             pass  # a client going away mid-request is routine for a test server
+        except asyncio.CancelledError:
+            # aclose() cancels open clients. Ending quietly here matters: asyncio reads a
+            # connection callback's outcome with task.exception(), which logs a traceback
+            # for a cancelled task.
+            return
         finally:
             self._clients.discard(task)
             writer.close()
