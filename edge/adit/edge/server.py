@@ -16,6 +16,7 @@ import shutil
 import signal
 import socket
 import ssl
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -287,11 +288,33 @@ class EdgeServer:
         self.store.close()
 
 
+class _Notify:
+    """sd_notify for the edge (``NOTIFY_SOCKET`` only under systemd); never raises."""
+
+    def __init__(self) -> None:
+        self._notifier: object | None = None
+        if os.environ.get("NOTIFY_SOCKET"):
+            import sdnotify
+
+            self._notifier = sdnotify.SystemdNotifier()
+
+    def __call__(self, state: str) -> None:
+        if self._notifier is not None:
+            with contextlib.suppress(Exception):
+                self._notifier.notify(state)  # type: ignore[attr-defined]
+
+
 async def run_edge(settings: EdgeSettings) -> int:
-    """Run until SIGTERM/SIGINT; returns the exit code."""
+    """Run until SIGTERM/SIGINT; returns the exit code.
+
+    systemd sees READY=1 once every listener is bound, RELOADING=1/READY=1 around SIGHUP and
+    STOPPING=1 when shutdown begins. The edge's state lives in its store, read per request,
+    so a reload has nothing to re-read yet: it only tells systemd it is done.
+    """
     loop = asyncio.get_running_loop()
+    notify = _Notify()
     signals: asyncio.Queue[int] = asyncio.Queue()
-    for signum in (signal.SIGTERM, signal.SIGINT):
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         loop.add_signal_handler(signum, signals.put_nowait, signum)
     edge = EdgeServer(settings)
     try:
@@ -299,12 +322,18 @@ async def run_edge(settings: EdgeSettings) -> int:
     except OSError as exc:
         log.error("cannot listen: %s", exc)
         return 1
+    notify("READY=1")
     watcher = (
         loop.create_task(_watch_parent(settings.exit_with_pid, signals))
         if settings.exit_with_pid is not None
         else None
     )
-    received = await signals.get()
+    while (received := await signals.get()) == signal.SIGHUP:
+        usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+        notify(f"RELOADING=1\nMONOTONIC_USEC={usec}")
+        log.info("reload requested: routes and tunnels are read from the store per request")
+        notify("READY=1")
+    notify("STOPPING=1")
     log.info("shutting down on %s", signal.Signals(received).name)
     if watcher is not None:
         watcher.cancel()
