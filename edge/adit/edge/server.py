@@ -30,6 +30,7 @@ from adit.edge.public import PublicListener
 from adit.edge.registry import ConnectionRegistry
 from adit.edge.store import Store
 from adit.edge.tunnel_session import EdgeIdentity, TunnelSession
+from adit.systemd import SystemdNotifier
 
 log = logging.getLogger("adit.edge")
 
@@ -288,22 +289,6 @@ class EdgeServer:
         self.store.close()
 
 
-class _Notify:
-    """sd_notify for the edge (``NOTIFY_SOCKET`` only under systemd); never raises."""
-
-    def __init__(self) -> None:
-        self._notifier: object | None = None
-        if os.environ.get("NOTIFY_SOCKET"):
-            import sdnotify
-
-            self._notifier = sdnotify.SystemdNotifier()
-
-    def __call__(self, state: str) -> None:
-        if self._notifier is not None:
-            with contextlib.suppress(Exception):
-                self._notifier.notify(state)  # type: ignore[attr-defined]
-
-
 async def run_edge(settings: EdgeSettings) -> int:
     """Run until SIGTERM/SIGINT; returns the exit code.
 
@@ -312,7 +297,8 @@ async def run_edge(settings: EdgeSettings) -> int:
     so a reload has nothing to re-read yet: it only tells systemd it is done.
     """
     loop = asyncio.get_running_loop()
-    notify = _Notify()
+    notifier = SystemdNotifier()
+    notify = notifier.notify
     signals: asyncio.Queue[int] = asyncio.Queue()
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         loop.add_signal_handler(signum, signals.put_nowait, signum)
@@ -338,6 +324,7 @@ async def run_edge(settings: EdgeSettings) -> int:
     if watcher is not None:
         watcher.cancel()
     await edge.stop()
+    notifier.close()
     if settings.ephemeral:
         shutil.rmtree(settings.state_dir, ignore_errors=True)
     return 0

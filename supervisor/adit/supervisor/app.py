@@ -59,7 +59,7 @@ from adit.supervisor.state import (
     VerifyAffinity,
     WritePidfile,
 )
-from adit.supervisor.systemd import Notifier, SystemdNotifier
+from adit.systemd import Notifier, SystemdNotifier
 
 __all__ = ["TICK_INTERVAL", "Supervisor", "WorkerExited", "worker_environment"]
 

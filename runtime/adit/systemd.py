@@ -1,7 +1,8 @@
-"""sd_notify for the supervisor (only it talks to systemd: ``NotifyAccess=main``).
+"""sd_notify for adit's main processes: the connector's supervisor and the edge.
 
-Never raises and does nothing outside systemd. Workers never see ``NOTIFY_SOCKET``: the
-supervisor removes it from their environment.
+Only the main process talks to systemd (``NotifyAccess=main``). Never raises and does nothing
+outside systemd. Workers never see ``NOTIFY_SOCKET``: the supervisor removes it from their
+environment.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Protocol
 
 __all__ = ["Notifier", "SystemdNotifier"]
 
-log = logging.getLogger("adit.supervisor")
+log = logging.getLogger("adit.systemd")
 
 
 class Notifier(Protocol):
