@@ -137,7 +137,7 @@ class TunnelIO(asyncio.Protocol, Generic[Conn]):
         self.paused = False
         self._loop = asyncio.get_running_loop()
         self.lost = self._loop.create_future()
-        self._held: list[bytes] = []
+        self._held: list[bytes | memoryview] = []
         self._held_size = 0
         self._write_scheduled = False
 
@@ -186,11 +186,11 @@ class TunnelIO(asyncio.Protocol, Generic[Conn]):
         largest single cost of a small request. Small output is therefore held until the end
         of the current iteration and written as one; large output goes at once.
         """
-        data = self.conn.data_to_send()
-        if not data or self.closed:
+        parts = self.conn.data_to_send_parts()
+        if not parts or self.closed:
             return
-        self._held.append(data)
-        self._held_size += len(data)
+        self._held.extend(parts)
+        self._held_size += sum(map(len, parts))
         if self._held_size >= COALESCE_LIMIT:
             self.write_held()
         elif not self._write_scheduled:

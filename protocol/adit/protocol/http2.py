@@ -4,7 +4,8 @@ The connector dials the edge, but on that TLS connection the *edge* is the HTTP/
 opens one stream per eyeball request (and one control stream). :class:`EdgeTunnelConnection`
 is that client; :class:`ConnectorTunnelConnection` is the connector's server side.
 
-Both wrap ``h2`` and add what every adapter would otherwise re-implement: an outbound buffer
+Both implement the part of HTTP/2 (RFC 9113) a tunnel uses, on :mod:`adit.protocol.http2_frames`
+and an HPACK decoder, and add what every adapter would otherwise re-implement: an outbound buffer
 per stream that is flushed as flow-control windows open, so an adapter only ever calls
 ``send_data`` and waits while :meth:`pending` is above its high-water mark (the
 :class:`SendBufferDrained` event says when to look again). Inbound data is only credited back
@@ -14,17 +15,12 @@ to end: a slow eyeball slows the origin, and no body is ever held whole in memor
 
 from __future__ import annotations
 
-import contextlib
+import struct
 from collections import deque
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import cast
 
-import h2.config
-import h2.connection
-import h2.errors
-import h2.events
-import h2.exceptions
-import h2.settings
 import hpack
 
 from adit.protocol.errors import HeaderDecodeError, Http2TunnelError
@@ -42,12 +38,31 @@ from adit.protocol.headers import (
     strip_hop_by_hop,
     wire_bytes,
 )
+from adit.protocol.hpack_encoder import PlainHpackEncoder
+from adit.protocol.http2_frames import (
+    CONNECTION_PREFACE,
+    DEFAULT_MAX_FRAME_SIZE,
+    Flag,
+    FrameReader,
+    FrameType,
+    data_frame_header,
+    frame,
+    goaway_frame,
+    parse_goaway,
+    parse_settings,
+    parse_u32,
+    ping_frame,
+    rst_stream_frame,
+    settings_frame,
+    window_update_frame,
+)
 
 __all__ = [
     "ConnectionTerminated",
     "ConnectorTunnelConnection",
     "DataReceived",
     "EdgeTunnelConnection",
+    "ErrorCode",
     "Event",
     "PingAcknowledged",
     "RequestReceived",
@@ -85,8 +100,11 @@ def _text_pairs(
         )
 
 
-def _wire_pairs(headers: Iterable[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
-    return [(wire_bytes(name), wire_bytes(value)) for name, value in headers]
+_PROXY_CONNECTION_UPGRADE = PROXY_CONNECTION_UPGRADE.encode()
+_PROXY_SRC = PROXY_SRC.encode()
+_REQUEST_HEADERS = REQUEST_HEADERS.encode()
+_RESPONSE_HEADERS = RESPONSE_HEADERS.encode()
+_RESPONSE_META = RESPONSE_META.encode()
 
 
 # --- events ---------------------------------------------------------------------------------
@@ -184,221 +202,489 @@ Event = (
 
 # --- shared core ----------------------------------------------------------------------------
 
-
-class _PlainEncoder(hpack.Encoder):
-    """HPACK without Huffman coding.
-
-    hpack's Huffman coder is pure Python, one loop turn per character; the serialised header
-    blocks of a tunnel are long and new on every request, so coding them was the largest
-    single cost of opening a stream. A tunnel's bytes are cheap; its CPU is not.
-    """
-
-    def encode(
-        self,
-        headers: Iterable[
-            hpack.HeaderTuple
-            | tuple[bytes | str, bytes | str]
-            | tuple[bytes | str, bytes | str, bool | None]
-        ]
-        | dict[bytes | str, bytes | str],
-        huffman: bool = True,
-    ) -> bytes:
-        return super().encode(headers, huffman=False)
+_MAX_WINDOW = 2**31 - 1
+_DEFAULT_WINDOW = 65535
+# Our own HTTP/2 state machine (RFC 9113) instead of h2's: h2 cost ~300 µs of CPU per stream
+# and side (its event objects, enum flags, per-frame logging and stream-state tables); a
+# tunnel needs a fraction of HTTP/2, and both of its peers (adit, Go's http2) are strict.
+_SENSITIVE = (REQUEST_HEADERS.encode(), RESPONSE_HEADERS.encode())
 
 
-def _unindexed(name: str, value: str) -> tuple[str, str]:
-    # Serialised header blocks differ on every request (they carry the ray id): kept out of
-    # the dynamic table they no longer evict the entries that do repeat (":method GET", ...).
-    return hpack.NeverIndexedHeaderTuple(name, value)  # type: ignore[return-value]
+class ErrorCode:
+    """HTTP/2 error codes (RFC 9113 §7)."""
+
+    NO_ERROR = 0x0
+    PROTOCOL_ERROR = 0x1
+    INTERNAL_ERROR = 0x2
+    FLOW_CONTROL_ERROR = 0x3
+    STREAM_CLOSED = 0x5
+    FRAME_SIZE_ERROR = 0x6
+    REFUSED_STREAM = 0x7
+    CANCEL = 0x8
+    COMPRESSION_ERROR = 0x9
 
 
-@dataclass(slots=True)
-class _Outbound:
-    chunks: deque[bytes]
+class _Setting:
+    HEADER_TABLE_SIZE = 0x1
+    ENABLE_PUSH = 0x2
+    MAX_CONCURRENT_STREAMS = 0x3
+    INITIAL_WINDOW_SIZE = 0x4
+    MAX_FRAME_SIZE = 0x5
+    MAX_HEADER_LIST_SIZE = 0x6
+
+
+class _ConnectionError(Exception):
+    """Internal: the peer broke the protocol; becomes :class:`Http2TunnelError`."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(slots=True, eq=False)
+class _Stream:
+    """One stream's state: windows both ways, which sides are closed, queued output."""
+
+    stream_id: int
+    send_window: int
+    recv_window: int
+    recv_unacked: int = 0
+    local_closed: bool = False  # END_STREAM (or RST_STREAM) went out
+    remote_closed: bool = False  # END_STREAM arrived
+    end_queued: bool = False  # END_STREAM goes out after the queued data
+    headers_seen: bool = False  # the final response head arrived (edge side)
+    chunks: deque[bytes | memoryview] = field(default_factory=deque)
     size: int = 0
-    end: bool = False
 
 
 class TunnelHttp2Connection:
-    """What both roles share: h2 set-up, buffered sending, event translation."""
+    """What both roles share: connection state, buffered sending, receiving."""
 
     def __init__(self, *, client_side: bool, settings: TunnelSettings) -> None:
         self._settings = settings
-        config = h2.config.H2Configuration(
-            client_side=client_side,
-            header_encoding=None,
-            validate_outbound_headers=False,
-            normalize_outbound_headers=False,
-            # h2's per-character checks of every inbound header were a fifth of a request's
-            # cost, and protect nothing here: what a tunnel carries sits base64-coded in the
-            # serialised blocks (decoded by us), and h11 validates every header it writes.
-            validate_inbound_headers=False,
-        )
-        self._h2 = h2.connection.H2Connection(config=config)
-        self._h2.encoder = _PlainEncoder()
-        self._h2.local_settings = h2.settings.Settings(
-            client=client_side,
-            initial_values={
-                h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: settings.stream_window,
-                h2.settings.SettingCodes.MAX_FRAME_SIZE: settings.max_frame_size,
-                h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: settings.max_header_list_size,
-                h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: settings.max_concurrent_streams,
-                h2.settings.SettingCodes.ENABLE_PUSH: 0,
-            },
-        )
-        self._h2.max_inbound_frame_size = settings.max_frame_size
-        self._outbound: dict[int, _Outbound] = {}
+        self._client = client_side
+        self._out: list[bytes | memoryview] = []
+        self._reader = FrameReader(settings.max_frame_size, expect_preface=not client_side)
+        self._encoder = PlainHpackEncoder(_SENSITIVE)
+        self._decoder = hpack.Decoder()
+        self._decoder.max_header_list_size = settings.max_header_list_size
+        self._streams: dict[int, _Stream] = {}
+        self._next_stream_id = 1
+        self._last_remote_id = 0
+        self._peer_window = _DEFAULT_WINDOW
+        self._peer_max_frame = DEFAULT_MAX_FRAME_SIZE
+        # Until the peer's SETTINGS arrive, what h2 and Go assume.
+        self._peer_max_streams = 100
+        self._send_window = _DEFAULT_WINDOW
+        self._recv_window = _DEFAULT_WINDOW
+        self._recv_unacked = 0
+        self._goaway_received = False
+        self._header_block: tuple[int, int, bytearray] | None = None
         self._pending_events: list[Event] = []
 
     def initiate(self) -> None:
         """Queue the connection preface, our SETTINGS and a large connection window."""
-        self._h2.initiate_connection()
-        extra = self._settings.connection_window - 65535
+        settings = self._settings
+        if self._client:
+            self._out.append(CONNECTION_PREFACE)
+        self._out.append(
+            settings_frame(
+                [
+                    (_Setting.ENABLE_PUSH, 0),
+                    (_Setting.MAX_CONCURRENT_STREAMS, settings.max_concurrent_streams),
+                    (_Setting.INITIAL_WINDOW_SIZE, settings.stream_window),
+                    (_Setting.MAX_FRAME_SIZE, settings.max_frame_size),
+                    (_Setting.MAX_HEADER_LIST_SIZE, settings.max_header_list_size),
+                ]
+            )
+        )
+        extra = settings.connection_window - _DEFAULT_WINDOW
         if extra > 0:
-            self._h2.increment_flow_control_window(extra)
+            self._out.append(window_update_frame(0, extra))
+            self._recv_window += extra
 
     # -- sending -------------------------------------------------------------------------
 
+    def _open_stream(self, stream_id: int) -> _Stream:
+        stream = _Stream(stream_id, self._peer_window, self._settings.stream_window)
+        self._streams[stream_id] = stream
+        return stream
+
+    def _send_headers(self, stream: _Stream, headers: list[tuple[bytes, bytes]], end: bool) -> None:
+        block = self._encoder.encode(headers)
+        flags = Flag.END_STREAM if end else 0
+        limit = self._peer_max_frame
+        sid = stream.stream_id
+        if len(block) <= limit:
+            self._out.append(frame(FrameType.HEADERS, flags | Flag.END_HEADERS, sid, block))
+        else:
+            self._out.append(frame(FrameType.HEADERS, flags, sid, block[:limit]))
+            for offset in range(limit, len(block), limit):
+                last = offset + limit >= len(block)
+                fragment = block[offset : offset + limit]
+                flag = Flag.END_HEADERS if last else 0
+                self._out.append(frame(FrameType.CONTINUATION, flag, sid, fragment))
+        if end:
+            stream.local_closed = stream.end_queued = True
+            self._maybe_forget(stream)
+
     def send_data(self, stream_id: int, data: bytes, *, end_stream: bool = False) -> None:
         """Queue body bytes; they go out as the peer's windows allow."""
-        out = self._outbound.get(stream_id)
-        if out is None:
-            out = self._outbound[stream_id] = _Outbound(deque())
-        if out.end:
+        stream = self._streams.get(stream_id)
+        if stream is None:
+            return  # reset (or finished) meanwhile: the data has nowhere to go
+        if stream.end_queued:
             raise Http2TunnelError(f"stream {stream_id}: data after end of stream")
         if data:
-            out.chunks.append(data)
-            out.size += len(data)
-        out.end = end_stream
-        self._flush(stream_id, out)
+            stream.chunks.append(data)
+            stream.size += len(data)
+        stream.end_queued = end_stream
+        self._flush(stream)
 
     def end_stream(self, stream_id: int) -> None:
         """End our side of the stream once the queued data is sent."""
+        stream = self._streams.get(stream_id)
+        if stream is None or stream.end_queued:
+            return
         self.send_data(stream_id, b"", end_stream=True)
 
-    def reset_stream(self, stream_id: int, error_code: int = h2.errors.ErrorCodes.CANCEL) -> None:
+    def reset_stream(self, stream_id: int, error_code: int = ErrorCode.CANCEL) -> None:
         """Reset a stream, dropping whatever is still queued for it."""
-        self._outbound.pop(stream_id, None)
-        # Already closed on both sides: nothing left to reset.
-        with contextlib.suppress(h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
-            self._h2.reset_stream(stream_id, error_code)
+        stream = self._streams.pop(stream_id, None)
+        if stream is None:
+            return  # already closed on both sides: nothing left to reset
+        stream.chunks.clear()
+        stream.size = 0
+        self._out.append(rst_stream_frame(stream_id, error_code))
 
     def pending(self, stream_id: int) -> int:
         """Bytes queued for a stream and not yet handed to the transport."""
-        out = self._outbound.get(stream_id)
-        return out.size if out is not None else 0
+        stream = self._streams.get(stream_id)
+        return stream.size if stream is not None else 0
 
     def acknowledge(self, stream_id: int, flow_controlled_length: int) -> None:
         """Credit consumed inbound bytes back to the peer (WINDOW_UPDATE when worthwhile)."""
         if flow_controlled_length <= 0:
             return
-        try:
-            self._h2.acknowledge_received_data(flow_controlled_length, stream_id)
-        except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
-            # The stream is gone; the connection window still needs the credit.
-            self._h2.increment_flow_control_window(flow_controlled_length)
+        self._recv_unacked += flow_controlled_length
+        if self._recv_unacked >= self._settings.connection_window // 2:
+            self._out.append(window_update_frame(0, self._recv_unacked))
+            self._recv_window += self._recv_unacked
+            self._recv_unacked = 0
+        stream = self._streams.get(stream_id)
+        if stream is None or stream.remote_closed:
+            return
+        stream.recv_unacked += flow_controlled_length
+        if stream.recv_unacked >= self._settings.stream_window // 2:
+            self._out.append(window_update_frame(stream_id, stream.recv_unacked))
+            stream.recv_window += stream.recv_unacked
+            stream.recv_unacked = 0
 
     def ping(self, payload: bytes) -> None:
         """Send a PING (8 bytes) for liveness."""
-        self._h2.ping(payload)
+        self._out.append(ping_frame(payload))
 
     def close(self, error_code: int = 0, last_stream_id: int | None = None) -> None:
         """Send GOAWAY."""
-        self._h2.close_connection(error_code=error_code, last_stream_id=last_stream_id)
+        last = self._last_remote_id if last_stream_id is None else last_stream_id
+        self._out.append(goaway_frame(last, error_code))
 
     def data_to_send(self) -> bytes:
         """Bytes for the transport."""
-        return self._h2.data_to_send()
+        return b"".join(self.data_to_send_parts())
+
+    def data_to_send_parts(self) -> list[bytes | memoryview]:
+        """Bytes for the transport as separate buffers (bodies uncopied), for ``writelines``."""
+        out = self._out
+        self._out = []
+        return out
 
     @property
     def open_streams(self) -> int:
         """Streams currently open in either direction."""
-        return int(self._h2.open_inbound_streams + self._h2.open_outbound_streams)
+        return len(self._streams)
 
     # -- receiving ---------------------------------------------------------------------------
 
     def receive_data(self, data: bytes) -> list[Event]:
         """Feed transport bytes; returns the resulting events (``b""`` is not EOF here)."""
-        try:
-            h2_events = self._h2.receive_data(data)
-        except h2.exceptions.ProtocolError as exc:
-            raise Http2TunnelError(f"HTTP/2 protocol error: {exc}") from exc
         events = self._pending_events
         self._pending_events = []
-        for event in h2_events:
-            self._translate(event, events)
+        try:
+            for kind, flags, stream_id, payload in self._reader.feed(data):
+                if self._header_block is not None and kind != FrameType.CONTINUATION:
+                    raise _ConnectionError(
+                        ErrorCode.PROTOCOL_ERROR, "header block interrupted by another frame"
+                    )
+                if kind == FrameType.DATA:
+                    self._on_data(flags, stream_id, payload, events)
+                elif kind == FrameType.HEADERS:
+                    self._on_headers(flags, stream_id, payload, events)
+                elif kind == FrameType.CONTINUATION:
+                    self._on_continuation(flags, stream_id, payload, events)
+                elif kind == FrameType.WINDOW_UPDATE:
+                    self._on_window_update(stream_id, payload, events)
+                elif kind == FrameType.RST_STREAM:
+                    self._on_rst_stream(stream_id, payload, events)
+                elif kind == FrameType.SETTINGS:
+                    self._on_settings(flags, stream_id, payload, events)
+                elif kind == FrameType.PING:
+                    self._on_ping(flags, stream_id, payload, events)
+                elif kind == FrameType.GOAWAY:
+                    last, code = parse_goaway(payload)
+                    self._goaway_received = True
+                    events.append(ConnectionTerminated(code, last))
+                elif kind == FrameType.PUSH_PROMISE:
+                    raise _ConnectionError(ErrorCode.PROTOCOL_ERROR, "PUSH_PROMISE, push is off")
+                elif kind == FrameType.PRIORITY and len(payload) != 5:
+                    raise _ConnectionError(ErrorCode.FRAME_SIZE_ERROR, "PRIORITY not 5 bytes")
+                # PRIORITY and unknown frame types are ignored (§5.5).
+        except _ConnectionError as exc:
+            raise Http2TunnelError(f"HTTP/2 protocol error: {exc}") from exc
+        except (hpack.HPACKError, struct.error, ValueError, IndexError) as exc:
+            raise Http2TunnelError(f"HTTP/2 protocol error: {exc!r}") from exc
         return events
 
-    def _translate(self, event: h2.events.Event, events: list[Event]) -> None:
-        if isinstance(event, h2.events.DataReceived):
-            assert event.stream_id is not None and event.data is not None
-            # h2 reports END_STREAM on a DATA frame as a separate StreamEnded event too.
-            events.append(
-                DataReceived(event.stream_id, event.data, event.flow_controlled_length or 0)
+    def _closed_or_idle(self, stream_id: int) -> bool:
+        """For a stream we do not track: True when it existed once (closed), False if idle."""
+        if stream_id % 2 == 1:  # opened by the edge (the client)
+            return (
+                stream_id < self._next_stream_id
+                if self._client
+                else (stream_id <= self._last_remote_id)
             )
-        elif isinstance(event, h2.events.StreamEnded):
-            assert event.stream_id is not None
-            events.append(StreamEnded(event.stream_id))
-        elif isinstance(event, h2.events.StreamReset):
-            assert event.stream_id is not None
-            self._outbound.pop(event.stream_id, None)
-            events.append(StreamReset(event.stream_id, int(event.error_code or 0)))
-        elif isinstance(event, h2.events.WindowUpdated):
-            if event.stream_id:
-                out = self._outbound.get(event.stream_id)
-                if out is not None:
-                    self._flush(event.stream_id, out, events)
-            else:
-                self._flush_all(events)
-        elif isinstance(event, h2.events.RemoteSettingsChanged):
-            self._flush_all(events)
-        elif isinstance(event, h2.events.PingAckReceived):
-            events.append(PingAcknowledged(event.ping_data or b""))
-        elif isinstance(event, h2.events.ConnectionTerminated):
-            events.append(
-                ConnectionTerminated(int(event.error_code or 0), int(event.last_stream_id or 0))
-            )
-        else:
-            self._translate_headers(event, events)
+        return False
 
-    def _translate_headers(self, event: h2.events.Event, events: list[Event]) -> None:
-        """Role-specific: requests (connector) or responses (edge)."""
+    def _on_data(self, flags: int, stream_id: int, payload: bytes, events: list[Event]) -> None:
+        length = len(payload)
+        if stream_id == 0:
+            raise _ConnectionError(ErrorCode.PROTOCOL_ERROR, "DATA on stream 0")
+        if length > self._recv_window:
+            raise _ConnectionError(ErrorCode.FLOW_CONTROL_ERROR, "DATA beyond the window")
+        self._recv_window -= length
+        stream = self._streams.get(stream_id)
+        if stream is None or stream.remote_closed:
+            if stream is None and not self._closed_or_idle(stream_id):
+                raise _ConnectionError(ErrorCode.PROTOCOL_ERROR, f"DATA on idle {stream_id}")
+            # A stream we reset or finished: nobody reads it, but the connection window
+            # still needs the credit.
+            self.acknowledge(0, length)
+            return
+        if length > stream.recv_window:
+            self._stream_error(stream, ErrorCode.FLOW_CONTROL_ERROR, events)
+            self.acknowledge(0, length)
+            return
+        stream.recv_window -= length
+        data = payload
+        if flags & Flag.PADDED:
+            if not length or payload[0] >= length:
+                raise _ConnectionError(ErrorCode.PROTOCOL_ERROR, "padding exceeds the frame")
+            data = payload[1 : length - payload[0]]
+        if data:
+            events.append(DataReceived(stream_id, data, length))
+        elif length:
+            self.acknowledge(stream_id, length)
+        if flags & Flag.END_STREAM:
+            self._remote_end(stream, events)
+
+    def _on_headers(self, flags: int, stream_id: int, payload: bytes, events: list[Event]) -> None:
+        if stream_id == 0:
+            raise _ConnectionError(ErrorCode.PROTOCOL_ERROR, "HEADERS on stream 0")
+        start, stop = 0, len(payload)
+        if flags & Flag.PADDED:
+            if not payload or payload[0] >= len(payload):
+                raise _ConnectionError(ErrorCode.PROTOCOL_ERROR, "padding exceeds the frame")
+            start, stop = 1, len(payload) - payload[0]
+        if flags & Flag.PRIORITY:
+            start += 5
+        if start > stop:
+            raise _ConnectionError(ErrorCode.FRAME_SIZE_ERROR, "HEADERS too short")
+        fragment = payload[start:stop]
+        if flags & Flag.END_HEADERS:
+            self._on_header_block(stream_id, flags, fragment, events)
+        else:
+            self._header_block = (stream_id, flags, bytearray(fragment))
+
+    def _on_continuation(
+        self, flags: int, stream_id: int, payload: bytes, events: list[Event]
+    ) -> None:
+        if self._header_block is None or self._header_block[0] != stream_id:
+            raise _ConnectionError(ErrorCode.PROTOCOL_ERROR, "unexpected CONTINUATION")
+        block = self._header_block[2]
+        block += payload
+        if len(block) > self._settings.max_header_list_size * 2:
+            raise _ConnectionError(ErrorCode.PROTOCOL_ERROR, "header block too large")
+        if flags & Flag.END_HEADERS:
+            first_flags = self._header_block[1]
+            self._header_block = None
+            self._on_header_block(stream_id, first_flags, bytes(block), events)
+
+    def _on_header_block(
+        self, stream_id: int, flags: int, block: bytes, events: list[Event]
+    ) -> None:
+        # Always decoded, even for a stream we will ignore: HPACK state is per connection.
+        headers = cast(list[tuple[bytes, bytes]], self._decoder.decode(block, raw=True))
+        end_stream = bool(flags & Flag.END_STREAM)
+        stream = self._streams.get(stream_id)
+        if stream is None:
+            if self._client or stream_id % 2 == 0:
+                if stream_id % 2 == 0:
+                    raise _ConnectionError(ErrorCode.PROTOCOL_ERROR, "HEADERS on a push stream")
+                return  # a stream we reset: its late answer goes nowhere
+            if stream_id <= self._last_remote_id:
+                return  # closed already (we reset it)
+            self._last_remote_id = stream_id
+            if len(self._streams) >= self._settings.max_concurrent_streams:
+                self._out.append(rst_stream_frame(stream_id, ErrorCode.REFUSED_STREAM))
+                return
+            stream = self._open_stream(stream_id)
+            self._on_new_stream(stream, headers, end_stream, events)
+        elif stream.remote_closed:
+            return
+        else:
+            self._on_stream_headers(stream, headers, end_stream, events)
+        if end_stream and stream_id in self._streams:
+            self._remote_end(stream, events)
+
+    def _remote_end(self, stream: _Stream, events: list[Event]) -> None:
+        stream.remote_closed = True
+        events.append(StreamEnded(stream.stream_id))
+        self._maybe_forget(stream)
+
+    def _maybe_forget(self, stream: _Stream) -> None:
+        if stream.local_closed and stream.remote_closed:
+            self._streams.pop(stream.stream_id, None)
+
+    def _stream_error(self, stream: _Stream, code: int, events: list[Event]) -> None:
+        self.reset_stream(stream.stream_id, code)
+        events.append(StreamReset(stream.stream_id, code))
+
+    def _on_window_update(self, stream_id: int, payload: bytes, events: list[Event]) -> None:
+        if len(payload) != 4:
+            raise _ConnectionError(ErrorCode.FRAME_SIZE_ERROR, "WINDOW_UPDATE not 4 bytes")
+        increment = parse_u32(payload) & _MAX_WINDOW
+        if stream_id == 0:
+            if increment == 0:
+                raise _ConnectionError(ErrorCode.PROTOCOL_ERROR, "WINDOW_UPDATE of 0")
+            self._send_window += increment
+            if self._send_window > _MAX_WINDOW:
+                raise _ConnectionError(ErrorCode.FLOW_CONTROL_ERROR, "window beyond 2^31-1")
+            self._flush_all(events)
+            return
+        stream = self._streams.get(stream_id)
+        if stream is None:
+            return
+        if increment == 0:
+            self._stream_error(stream, ErrorCode.PROTOCOL_ERROR, events)
+            return
+        stream.send_window += increment
+        if stream.send_window > _MAX_WINDOW:
+            self._stream_error(stream, ErrorCode.FLOW_CONTROL_ERROR, events)
+            return
+        self._flush(stream, events)
+
+    def _on_rst_stream(self, stream_id: int, payload: bytes, events: list[Event]) -> None:
+        if stream_id == 0 or len(payload) != 4:
+            raise _ConnectionError(ErrorCode.PROTOCOL_ERROR, "malformed RST_STREAM")
+        if self._streams.pop(stream_id, None) is not None:
+            events.append(StreamReset(stream_id, parse_u32(payload)))
+
+    def _on_settings(self, flags: int, stream_id: int, payload: bytes, events: list[Event]) -> None:
+        if stream_id != 0:
+            raise _ConnectionError(ErrorCode.PROTOCOL_ERROR, "SETTINGS on a stream")
+        if flags & Flag.ACK:
+            if payload:
+                raise _ConnectionError(ErrorCode.FRAME_SIZE_ERROR, "SETTINGS ACK with payload")
+            return
+        for code, value in parse_settings(payload):
+            if code == _Setting.INITIAL_WINDOW_SIZE:
+                if value > _MAX_WINDOW:
+                    raise _ConnectionError(ErrorCode.FLOW_CONTROL_ERROR, "initial window too big")
+                delta = value - self._peer_window
+                self._peer_window = value
+                for stream in self._streams.values():
+                    stream.send_window += delta
+            elif code == _Setting.MAX_FRAME_SIZE:
+                if not DEFAULT_MAX_FRAME_SIZE <= value <= 2**24 - 1:
+                    raise _ConnectionError(ErrorCode.PROTOCOL_ERROR, "bad MAX_FRAME_SIZE")
+                self._peer_max_frame = value
+            elif code == _Setting.MAX_CONCURRENT_STREAMS:
+                self._peer_max_streams = value
+            elif code == _Setting.ENABLE_PUSH and value > 1:
+                raise _ConnectionError(ErrorCode.PROTOCOL_ERROR, "bad ENABLE_PUSH")
+            # HEADER_TABLE_SIZE: our encoder keeps no dynamic table, any size suits it.
+        self._out.append(settings_frame(ack=True))
+        self._flush_all(events)
+
+    def _on_ping(self, flags: int, stream_id: int, payload: bytes, events: list[Event]) -> None:
+        if stream_id != 0 or len(payload) != 8:
+            raise _ConnectionError(ErrorCode.PROTOCOL_ERROR, "malformed PING")
+        if flags & Flag.ACK:
+            events.append(PingAcknowledged(payload))
+        else:
+            self._out.append(ping_frame(payload, ack=True))
+
+    # -- role hooks ----------------------------------------------------------------------------
+
+    def _on_new_stream(
+        self,
+        stream: _Stream,
+        headers: list[tuple[bytes, bytes]],
+        end_stream: bool,
+        events: list[Event],
+    ) -> None:
+        """A peer-initiated stream (requests on the connector's side)."""
+        raise _ConnectionError(ErrorCode.PROTOCOL_ERROR, "the peer may not open streams")
+
+    def _on_stream_headers(
+        self,
+        stream: _Stream,
+        headers: list[tuple[bytes, bytes]],
+        end_stream: bool,
+        events: list[Event],
+    ) -> None:
+        """A header block on a stream we know (responses on the edge's side); default: trailers
+        (ignored)."""
 
     # -- flushing ----------------------------------------------------------------------------
 
     def _flush_all(self, events: list[Event] | None = None) -> None:
-        for stream_id, out in list(self._outbound.items()):
-            self._flush(stream_id, out, events)
+        for stream in list(self._streams.values()):
+            if stream.chunks or (stream.end_queued and not stream.local_closed):
+                self._flush(stream, events)
 
-    def _flush(self, stream_id: int, out: _Outbound, events: list[Event] | None = None) -> None:
-        had = out.size
-        h2conn = self._h2
-        try:
-            while out.chunks:
-                window = min(
-                    h2conn.local_flow_control_window(stream_id), h2conn.max_outbound_frame_size
-                )
-                if window <= 0:
-                    break
-                head = out.chunks[0]
-                if len(head) <= window:
-                    out.chunks.popleft()
-                    chunk = head
-                else:
-                    chunk, out.chunks[0] = head[:window], head[window:]
-                out.size -= len(chunk)
-                h2conn.send_data(stream_id, chunk)
-            if out.end and not out.chunks:
-                h2conn.end_stream(stream_id)
-        except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
-            # The peer reset or closed the stream meanwhile; its data has nowhere to go.
-            out.chunks.clear()
-            out.size = 0
-            out.end = True
-        if out.end and not out.chunks:
-            del self._outbound[stream_id]
-        if had and out.size < had:
-            drained = SendBufferDrained(stream_id)
+    def _flush(self, stream: _Stream, events: list[Event] | None = None) -> None:
+        had = stream.size
+        out = self._out
+        chunks = stream.chunks
+        sid = stream.stream_id
+        while chunks:
+            window = min(stream.send_window, self._send_window, self._peer_max_frame)
+            if window <= 0:
+                break
+            head = chunks[0]
+            if len(head) <= window:
+                chunks.popleft()
+                chunk = head
+            else:
+                view = head if isinstance(head, memoryview) else memoryview(head)
+                chunk, chunks[0] = view[:window], view[window:]
+            size = len(chunk)
+            stream.size -= size
+            stream.send_window -= size
+            self._send_window -= size
+            last = stream.end_queued and not chunks
+            out.append(data_frame_header(sid, size, end_stream=last))
+            out.append(chunk)
+            if last:
+                stream.local_closed = True
+        if stream.end_queued and not chunks and not stream.local_closed:
+            out.append(data_frame_header(sid, 0, end_stream=True))
+            stream.local_closed = True
+        if stream.local_closed:
+            self._maybe_forget(stream)
+        if had and stream.size < had:
+            drained = SendBufferDrained(sid)
             (events if events is not None else self._pending_events).append(drained)
 
 
@@ -411,17 +697,22 @@ class ConnectorTunnelConnection(TunnelHttp2Connection):
     def __init__(self, settings: TunnelSettings | None = None) -> None:
         super().__init__(client_side=False, settings=settings or TunnelSettings())
 
-    def _translate_headers(self, event: h2.events.Event, events: list[Event]) -> None:
-        if isinstance(event, h2.events.RequestReceived):
-            assert event.stream_id is not None and event.headers is not None
-            events.append(self._request(event))
+    def _on_new_stream(
+        self,
+        stream: _Stream,
+        headers: list[tuple[bytes, bytes]],
+        end_stream: bool,
+        events: list[Event],
+    ) -> None:
+        events.append(self._request(stream.stream_id, headers, end_stream))
 
-    def _request(self, event: h2.events.RequestReceived) -> RequestReceived:
-        assert event.stream_id is not None and event.headers is not None
+    def _request(
+        self, stream_id: int, raw: list[tuple[bytes, bytes]], end_stream: bool
+    ) -> RequestReceived:
         method = path = authority = ""
         regular: list[tuple[str, str]] = []
         serialized: str | None = None
-        for name, value in _text_pairs(event.headers):
+        for name, value in _text_pairs(raw):
             if name == ":method":
                 method = value
             elif name == ":path":
@@ -444,13 +735,13 @@ class ConnectorTunnelConnection(TunnelHttp2Connection):
             (n, v) for n, v in headers if n.lower() not in (PROXY_CONNECTION_UPGRADE, PROXY_SRC)
         )
         return RequestReceived(
-            stream_id=event.stream_id,
+            stream_id=stream_id,
             request_type=request_type,
             method=method,
             path=path or "/",
             authority=authority,
             headers=visible,
-            end_stream=event.stream_ended is not None,
+            end_stream=end_stream,
         )
 
     def send_response(
@@ -463,19 +754,23 @@ class ConnectorTunnelConnection(TunnelHttp2Connection):
         end_stream: bool = False,
     ) -> None:
         """Answer a stream: the origin's headers go serialised, as cloudflared sends them."""
-        h2_headers: list[tuple[str, str]] = [
-            (":status", str(200 if status == 101 else status)),
-            (RESPONSE_META, meta.value),
+        stream = self._streams.get(stream_id)
+        if stream is None or stream.local_closed or stream.headers_seen:
+            raise Http2TunnelError(f"stream {stream_id}: cannot send response: stream closed")
+        stream.headers_seen = True
+        h2_headers: list[tuple[bytes, bytes]] = [
+            (b":status", str(200 if status == 101 else status).encode("ascii")),
+            (_RESPONSE_META, meta.value.encode("ascii")),
         ]
         if meta is ResponseMeta.ORIGIN:
-            h2_headers.append(_unindexed(RESPONSE_HEADERS, encode_serialized_headers(headers)))
+            serialized = encode_serialized_headers(headers)
+            h2_headers.append((_RESPONSE_HEADERS, serialized.encode("ascii")))
             h2_headers.extend(
-                ("content-length", v) for n, v in headers if n.lower() == "content-length"
+                (b"content-length", wire_bytes(v))
+                for n, v in headers
+                if n.lower() == "content-length"
             )
-        try:
-            self._h2.send_headers(stream_id, _wire_pairs(h2_headers), end_stream=end_stream)
-        except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError) as exc:
-            raise Http2TunnelError(f"stream {stream_id}: cannot send response: {exc}") from exc
+        self._send_headers(stream, h2_headers, end_stream)
 
 
 # --- the edge's side ------------------------------------------------------------------------
@@ -490,22 +785,32 @@ class EdgeTunnelConnection(TunnelHttp2Connection):
     @property
     def peer_max_concurrent_streams(self) -> int:
         """What the connector allows (cloudflared: 250)."""
-        return int(self._h2.remote_settings.max_concurrent_streams)
+        return self._peer_max_streams
+
+    def _new_stream_id(self) -> int:
+        if self._goaway_received:
+            raise Http2TunnelError("the connector sent GOAWAY: no new streams")
+        if len(self._streams) >= self._peer_max_streams:
+            raise Http2TunnelError("the connector's stream limit is reached")
+        stream_id = self._next_stream_id
+        self._next_stream_id += 2
+        return stream_id
 
     def open_control_stream(self) -> int:
         """Open the stream that carries the Cap'n Proto RPC (no END_STREAM)."""
-        stream_id: int = self._h2.get_next_available_stream_id()
-        self._h2.send_headers(
-            stream_id,
+        stream = self._open_stream(self._new_stream_id())
+        self._send_headers(
+            stream,
             [
-                (":method", "GET"),
-                (":scheme", "https"),
-                (":authority", "localhost"),
-                (":path", "/"),
-                (PROXY_CONNECTION_UPGRADE, "control-stream"),
+                (b":method", b"GET"),
+                (b":scheme", b"https"),
+                (b":authority", b"localhost"),
+                (b":path", b"/"),
+                (_PROXY_CONNECTION_UPGRADE, b"control-stream"),
             ],
+            False,
         )
-        return stream_id
+        return stream.stream_id
 
     def send_request(
         self,
@@ -524,58 +829,64 @@ class EdgeTunnelConnection(TunnelHttp2Connection):
         ``serialize_headers`` (connectors announcing the adit feature) the exact header names
         travel in ``cf-cloudflared-request-headers`` instead of as HTTP/2 headers.
         """
-        stream_id: int = self._h2.get_next_available_stream_id()
+        stream = self._open_stream(self._new_stream_id())
         clean = strip_hop_by_hop(headers)
-        h2_headers: list[tuple[str, str]] = [
-            (":method", method),
-            (":scheme", "https"),
-            (":authority", authority),
-            (":path", path),
+        h2_headers: list[tuple[bytes, bytes]] = [
+            (b":method", wire_bytes(method)),
+            (b":scheme", b"https"),
+            (b":authority", wire_bytes(authority)),
+            (b":path", wire_bytes(path)),
         ]
         if request_type is RequestType.WEBSOCKET:
-            h2_headers.append((PROXY_CONNECTION_UPGRADE, "websocket"))
+            h2_headers.append((_PROXY_CONNECTION_UPGRADE, b"websocket"))
         elif request_type is RequestType.TCP:
-            h2_headers.append((PROXY_SRC, "tcp"))
+            h2_headers.append((_PROXY_SRC, b"tcp"))
         if serialize_headers:
-            h2_headers.append(_unindexed(REQUEST_HEADERS, encode_serialized_headers(clean)))
+            serialized = encode_serialized_headers(clean)
+            h2_headers.append((_REQUEST_HEADERS, serialized.encode("ascii")))
         else:
             h2_headers.extend(
-                (name.lower(), value) for name, value in clean if name.lower() != "host"
+                (wire_bytes(name.lower()), wire_bytes(value))
+                for name, value in clean
+                if name.lower() != "host"
             )
-        try:
-            self._h2.send_headers(stream_id, _wire_pairs(h2_headers), end_stream=end_stream)
-        except h2.exceptions.TooManyStreamsError as exc:
-            raise Http2TunnelError("the connector's stream limit is reached") from exc
-        return stream_id
+        self._send_headers(stream, h2_headers, end_stream)
+        return stream.stream_id
 
-    def _translate_headers(self, event: h2.events.Event, events: list[Event]) -> None:
-        if isinstance(event, h2.events.ResponseReceived):
-            assert event.stream_id is not None and event.headers is not None
-            status = 0
-            meta_value: str | None = None
-            serialized = ""
-            for name, value in _text_pairs(event.headers):
+    def _on_stream_headers(
+        self,
+        stream: _Stream,
+        headers: list[tuple[bytes, bytes]],
+        end_stream: bool,
+        events: list[Event],
+    ) -> None:
+        if stream.headers_seen:
+            return  # trailers: nothing to forward on a tunnel
+        status = 0
+        meta_value: str | None = None
+        serialized = ""
+        try:
+            for name, value in _text_pairs(headers):
                 if name == ":status":
                     status = int(value)
                 elif name == RESPONSE_META:
                     meta_value = value
                 elif name == RESPONSE_HEADERS:
                     serialized = value
-            try:
-                headers = tuple(decode_serialized_headers(serialized))
-            except HeaderDecodeError:
-                # One connector answer is broken: fail that stream, not the connection.
-                self.reset_stream(event.stream_id, h2.errors.ErrorCodes.PROTOCOL_ERROR)
-                events.append(StreamReset(event.stream_id, h2.errors.ErrorCodes.PROTOCOL_ERROR))
-                return
-            events.append(
-                ResponseReceived(
-                    stream_id=event.stream_id,
-                    status=status,
-                    headers=headers,
-                    meta=ResponseMeta.parse(meta_value),
-                    end_stream=event.stream_ended is not None,
-                )
+            decoded = tuple(decode_serialized_headers(serialized))
+        except (HeaderDecodeError, ValueError):
+            # One connector answer is broken: fail that stream, not the connection.
+            self._stream_error(stream, ErrorCode.PROTOCOL_ERROR, events)
+            return
+        if 100 <= status < 200 and status != 101 and not end_stream:
+            return  # 1xx before the real answer: nothing to forward on a tunnel
+        stream.headers_seen = True
+        events.append(
+            ResponseReceived(
+                stream_id=stream.stream_id,
+                status=status,
+                headers=decoded,
+                meta=ResponseMeta.parse(meta_value),
+                end_stream=end_stream,
             )
-        elif isinstance(event, h2.events.InformationalResponseReceived):
-            pass  # 1xx before the real answer: nothing to forward on a tunnel
+        )

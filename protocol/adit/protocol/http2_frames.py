@@ -1,0 +1,166 @@
+"""HTTP/2 frames (RFC 9113 §4, §6): splitting a byte stream into frames and building frames.
+
+Sans-IO and stateless beyond the receive buffer: :class:`FrameReader` turns bytes into
+``(type, flags, stream_id, payload)`` tuples, the ``*_frame`` functions build the bytes of one
+frame. What the frames mean (streams, windows, settings) is :mod:`adit.protocol.http2`'s job.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterable
+
+from adit.protocol.errors import Http2TunnelError
+
+__all__ = [
+    "CONNECTION_PREFACE",
+    "DEFAULT_MAX_FRAME_SIZE",
+    "Flag",
+    "FrameReader",
+    "FrameType",
+    "data_frame_header",
+    "frame",
+    "goaway_frame",
+    "parse_goaway",
+    "parse_settings",
+    "parse_u32",
+    "ping_frame",
+    "rst_stream_frame",
+    "settings_frame",
+    "window_update_frame",
+]
+
+CONNECTION_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+DEFAULT_MAX_FRAME_SIZE = 16384
+_HEADER = struct.Struct(">HBBBL")  # 24-bit length as (high 16, low 8), type, flags, stream id
+_U32 = struct.Struct(">L")
+_SETTING = struct.Struct(">HL")
+_GOAWAY = struct.Struct(">LL")
+_STREAM_MASK = 0x7FFFFFFF
+
+
+class FrameType:
+    """Frame type codes (§6)."""
+
+    DATA = 0x0
+    HEADERS = 0x1
+    PRIORITY = 0x2
+    RST_STREAM = 0x3
+    SETTINGS = 0x4
+    PUSH_PROMISE = 0x5
+    PING = 0x6
+    GOAWAY = 0x7
+    WINDOW_UPDATE = 0x8
+    CONTINUATION = 0x9
+
+
+class Flag:
+    """Frame flags (§6); the same bit means different things on different frame types."""
+
+    END_STREAM = 0x1
+    ACK = 0x1
+    END_HEADERS = 0x4
+    PADDED = 0x8
+    PRIORITY = 0x20
+
+
+Frame = tuple[int, int, int, bytes]
+
+
+class FrameReader:
+    """Splits received bytes into whole frames, enforcing our advertised maximum size."""
+
+    def __init__(self, max_frame_size: int, *, expect_preface: bool) -> None:
+        self.max_frame_size = max_frame_size
+        self._buffer = b""
+        self._preface = expect_preface
+
+    def feed(self, data: bytes) -> list[Frame]:
+        """Frames completed by ``data``; a partial frame is kept for the next call."""
+        buffer = self._buffer + data if self._buffer else data
+        if self._preface:
+            if len(buffer) < len(CONNECTION_PREFACE):
+                if not CONNECTION_PREFACE.startswith(buffer):
+                    raise Http2TunnelError("the peer did not send the HTTP/2 connection preface")
+                self._buffer = buffer
+                return []
+            if not buffer.startswith(CONNECTION_PREFACE):
+                raise Http2TunnelError("the peer did not send the HTTP/2 connection preface")
+            buffer = buffer[len(CONNECTION_PREFACE) :]
+            self._preface = False
+        frames: list[Frame] = []
+        offset = 0
+        end = len(buffer)
+        unpack = _HEADER.unpack_from
+        limit = self.max_frame_size
+        while end - offset >= 9:
+            high, low, kind, flags, stream_id = unpack(buffer, offset)
+            length = (high << 8) | low
+            if length > limit:
+                raise Http2TunnelError(f"frame of {length} bytes exceeds our limit of {limit}")
+            start = offset + 9
+            stop = start + length
+            if stop > end:
+                break
+            frames.append((kind, flags, stream_id & _STREAM_MASK, buffer[start:stop]))
+            offset = stop
+        self._buffer = buffer[offset:] if offset < end else b""
+        return frames
+
+
+def frame(kind: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes:
+    """One whole frame."""
+    length = len(payload)
+    return _HEADER.pack(length >> 8, length & 0xFF, kind, flags, stream_id) + payload
+
+
+def data_frame_header(stream_id: int, length: int, *, end_stream: bool) -> bytes:
+    """The 9-byte header of a DATA frame; the payload is written after it, uncopied."""
+    flags = Flag.END_STREAM if end_stream else 0
+    return _HEADER.pack(length >> 8, length & 0xFF, FrameType.DATA, flags, stream_id)
+
+
+def settings_frame(settings: Iterable[tuple[int, int]] = (), *, ack: bool = False) -> bytes:
+    """SETTINGS (or its acknowledgement)."""
+    payload = b"".join(_SETTING.pack(code, value) for code, value in settings)
+    return frame(FrameType.SETTINGS, Flag.ACK if ack else 0, 0, payload)
+
+
+def window_update_frame(stream_id: int, increment: int) -> bytes:
+    """WINDOW_UPDATE for a stream (or the connection, stream 0)."""
+    return frame(FrameType.WINDOW_UPDATE, 0, stream_id, _U32.pack(increment))
+
+
+def rst_stream_frame(stream_id: int, error_code: int) -> bytes:
+    """RST_STREAM."""
+    return frame(FrameType.RST_STREAM, 0, stream_id, _U32.pack(error_code))
+
+
+def ping_frame(payload: bytes, *, ack: bool = False) -> bytes:
+    """PING (8 opaque bytes) or its answer."""
+    return frame(FrameType.PING, Flag.ACK if ack else 0, 0, payload)
+
+
+def goaway_frame(last_stream_id: int, error_code: int) -> bytes:
+    """GOAWAY."""
+    return frame(FrameType.GOAWAY, 0, 0, _GOAWAY.pack(last_stream_id, error_code))
+
+
+def parse_u32(payload: bytes) -> int:
+    """The 31-bit value of a WINDOW_UPDATE (reserved bit cleared) or an error code."""
+    return int(_U32.unpack(payload)[0])
+
+
+def parse_settings(payload: bytes) -> list[tuple[int, int]]:
+    """SETTINGS parameters in order."""
+    if len(payload) % 6:
+        raise Http2TunnelError("SETTINGS payload is not a multiple of 6 bytes")
+    return [_SETTING.unpack_from(payload, i) for i in range(0, len(payload), 6)]
+
+
+def parse_goaway(payload: bytes) -> tuple[int, int]:
+    """``(last_stream_id, error_code)`` of a GOAWAY."""
+    if len(payload) < 8:
+        raise Http2TunnelError("GOAWAY shorter than 8 bytes")
+    last, code = _GOAWAY.unpack_from(payload)
+    return last & _STREAM_MASK, code
