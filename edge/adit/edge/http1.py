@@ -1,19 +1,30 @@
-"""HTTP/1.1 plumbing on asyncio streams with h11: what the public and API listeners share."""
+"""Server-side HTTP/1.1 on asyncio streams: what the public and API listeners share.
+
+llhttp (through httptools) parses requests; responses are serialised here, the head in one
+build and bodies passed through as they are. llhttp runs in its strict mode: requests with
+both Content-Length and Transfer-Encoding, duplicate Content-Lengths, a Transfer-Encoding
+other than a final ``chunked`` or a bad chunk size are rejected (no lenient flag is set).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
 from http import HTTPStatus
 
-import h11
+import httptools
 
 __all__ = [
     "MAX_HEADER_BYTES",
-    "H11Connection",
+    "BadRequest",
     "HeadersTooLarge",
+    "Http1Connection",
+    "Request",
+    "RequestParser",
+    "ResponseError",
     "reason_phrase",
     "serve_connection",
 ]
@@ -24,61 +35,283 @@ log = logging.getLogger("adit.edge.http")
 MAX_HEADER_BYTES = 64 * 1024
 READ_SIZE = 256 * 1024
 
-
 #: Cloudflare's own codes that HTTP has no phrase for.
 _EXTRA_REASONS = {530: b"Origin Unreachable"}
+_REASONS: dict[int, bytes] = {s.value: s.phrase.encode("ascii") for s in HTTPStatus}
+_REASONS.update(_EXTRA_REASONS)
+_STATUS_LINES: dict[int, str] = {
+    code: f"HTTP/1.1 {code} {phrase.decode('ascii')}\r\n" for code, phrase in _REASONS.items()
+}
 
 
 def reason_phrase(status: int) -> bytes:
     """The reason phrase for a status line (empty when unknown, as HTTP allows)."""
-    try:
-        return HTTPStatus(status).phrase.encode("ascii")
-    except ValueError:
-        return _EXTRA_REASONS.get(status, b"")
+    return _REASONS.get(status, b"")
 
 
-class HeadersTooLarge(Exception):
+def _status_line(status: int) -> str:
+    line = _STATUS_LINES.get(status)
+    return line if line is not None else f"HTTP/1.1 {status} \r\n"
+
+
+class BadRequest(Exception):
+    """The request is malformed (the edge answers 400 and closes)."""
+
+
+class HeadersTooLarge(BadRequest):
     """The request's head exceeds :data:`MAX_HEADER_BYTES`."""
 
 
-class H11Connection:
-    """One server-side HTTP/1.1 connection: h11 state plus the stream pair."""
+class ResponseError(Exception):
+    """Our side broke HTTP framing (a body longer or shorter than its Content-Length...)."""
+
+
+class Request:
+    """One request's head as the parser saw it; header names and values are raw bytes."""
+
+    __slots__ = (
+        "expect_continue",
+        "has_body",
+        "headers",
+        "http_version",
+        "keep_alive",
+        "method",
+        "target",
+        "upgrade",
+    )
+
+    def __init__(self) -> None:
+        self.method = b"GET"
+        self.target = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.http_version = "1.1"
+        self.keep_alive = False
+        self.expect_continue = False
+        self.has_body = False
+        #: llhttp stopped after this head (Connection: upgrade or CONNECT); what follows is
+        #: raw bytes if the handler switches protocols.
+        self.upgrade = False
+
+
+class RequestParser:
+    """Sans-IO request parser: bytes in, :attr:`events` out.
+
+    Events, in order: a :class:`Request` when its head is complete, ``bytes`` body chunks,
+    then ``b""`` when that request's message ended. After an upgrade request the parser stops
+    and :attr:`after_upgrade` holds the bytes that followed the head.
+    """
+
+    def __init__(self) -> None:
+        self.events: deque[Request | bytes] = deque()
+        self.after_upgrade: bytes | None = None
+        self.in_message = False
+        self._parser = httptools.HttpRequestParser(self)
+        self._request = Request()
+        self._url: list[bytes] = []
+        self._in_head = False
+        self._head_size = 0
+        self._has_host = False
+
+    def feed(self, data: bytes) -> None:
+        """Parse ``data``; raises :class:`BadRequest` or :class:`HeadersTooLarge`."""
+        was_in_head = self._in_head
+        before = self._head_size
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            self._upgraded(data[exc.args[0] :])
+            return
+        except httptools.HttpParserCallbackError as exc:
+            if isinstance(exc.__context__, BadRequest):
+                raise exc.__context__ from None
+            raise
+        except httptools.HttpParserError as exc:
+            raise BadRequest(str(exc)) from exc
+        if self._in_head:
+            # A chunk that began and ended inside a head is all head, whatever of it the
+            # callbacks have seen: this bounds a head that never ends.
+            if was_in_head:
+                self._head_size = before + max(len(data), self._head_size - before)
+            if self._head_size > MAX_HEADER_BYTES:
+                raise HeadersTooLarge("request head too large")
+
+    def resume(self) -> None:
+        """Parse on after an upgrade request the handler did not switch protocols for."""
+        pending, self.after_upgrade = self.after_upgrade, None
+        self._parser = httptools.HttpRequestParser(self)
+        if pending:
+            self.feed(pending)
+
+    def _upgraded(self, rest: bytes) -> None:
+        request = self._request
+        request.upgrade = True
+        if request.has_body:
+            # llhttp stops before such a body; parsing it as the next request would let a
+            # body smuggle requests past a proxy in front of us.
+            raise BadRequest("an upgrade request with a body")
+        self.after_upgrade = rest
+        self.in_message = False
+
+    # -- llhttp callbacks ----------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        """llhttp: a request starts."""
+        self._request = Request()
+        self._url = []
+        self._in_head = True
+        self._head_size = 0
+        self._has_host = False
+        self.in_message = True
+
+    def on_url(self, url: bytes) -> None:
+        """llhttp: (part of) the request target."""
+        self._url.append(url)
+        self._head_size += len(url) + 16
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        """llhttp: one complete header line."""
+        request = self._request
+        request.headers.append((name, value))
+        self._head_size += len(name) + len(value) + 4
+        if self._head_size > MAX_HEADER_BYTES:
+            raise HeadersTooLarge("request head too large")
+        lowered = name.lower()
+        if lowered == b"host":
+            self._has_host = True
+        elif lowered == b"content-length":
+            request.has_body = value.strip() != b"0"
+        elif lowered == b"transfer-encoding":
+            request.has_body = True
+        elif lowered == b"expect":
+            request.expect_continue = value.lower() == b"100-continue"
+
+    def on_headers_complete(self) -> None:
+        """llhttp: the head is complete."""
+        self._in_head = False
+        request = self._request
+        parser = self._parser
+        request.method = parser.get_method()
+        request.target = self._url[0] if len(self._url) == 1 else b"".join(self._url)
+        request.http_version = parser.get_http_version()
+        request.keep_alive = parser.should_keep_alive()
+        if request.http_version == "1.1" and not self._has_host:
+            raise BadRequest("HTTP/1.1 request without Host")
+        self.events.append(request)
+
+    def on_body(self, body: bytes) -> None:
+        """llhttp: a piece of the body (chunk framing already removed)."""
+        self.events.append(body)
+
+    def on_message_complete(self) -> None:
+        """llhttp: the request ended."""
+        self.in_message = False
+        self.events.append(b"")
+
+
+class Http1Connection:
+    """One server-side HTTP/1.1 connection: the parser plus the stream pair.
+
+    Requests are answered in order. The handler of a request reads its body with
+    :meth:`read_body` and answers with :meth:`start_response`, :meth:`send_body` and
+    :meth:`end_response` (or :meth:`respond_simple`).
+    """
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader = reader
         self.writer = writer
-        self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEADER_BYTES)
+        self.parser = RequestParser()
+        self.request = Request()
         self._held: list[bytes] = []
+        self._body_done = True
+        self._continue_sent = False
+        self._must_close = False
+        # The response in progress.
+        self._keep_alive = False
+        self._responded = False
+        self._head_only = False
+        self._chunked = False
+        self._remaining: int | None = None
 
-    async def next_event(self) -> h11.Event | type[h11.NEED_DATA] | type[h11.PAUSED]:
-        """The next h11 event, reading from the socket as needed.
+    # -- reading -------------------------------------------------------------------------------
 
-        Raises :class:`HeadersTooLarge` or ``h11.RemoteProtocolError`` on bad input.
-        """
-        while True:
-            try:
-                event = self.h11.next_event()
-            except h11.RemoteProtocolError as exc:
-                if "exceeds" in str(exc) or "too long" in str(exc).lower():
-                    raise HeadersTooLarge(str(exc)) from exc
-                raise
-            if event is not h11.NEED_DATA:
-                return event
+    async def _next_event(self) -> Request | bytes | None:
+        """The next parser event, reading as needed; ``None`` at the end of the input."""
+        parser = self.parser
+        events = parser.events
+        while not events:
+            if parser.after_upgrade is not None:
+                parser.resume()
+                continue
             data = await self.reader.read(READ_SIZE)
-            self.h11.receive_data(data)
-            if not data and self.h11.their_state is h11.IDLE:
-                return h11.ConnectionClosed()
+            if not data:
+                if parser.in_message:
+                    raise BadRequest("the connection closed in the middle of a request")
+                return None
+            parser.feed(data)
+        return events.popleft()
 
-    async def send(self, event: h11.Event, *, flush: bool = True) -> None:
-        """Serialise and write an event, honouring the socket's back-pressure.
+    async def next_request(self) -> Request | None:
+        """The next request's head, or ``None`` once the client closed between requests.
 
-        With ``flush=False`` the bytes are held and go out with the next flushing send: a
-        small response then costs one write instead of three (head, body, end). Bodies are
-        passed through as they are, never joined into a new buffer.
+        Raises :class:`BadRequest` (or :class:`HeadersTooLarge`) on bad input.
         """
-        parts = self.h11.send_with_data_passthrough(event)
-        if parts:
-            self._held.extend(parts)
+        event = await self._next_event()
+        if event is None:
+            return None
+        assert isinstance(event, Request)
+        self.request = event
+        self._body_done = False
+        self._continue_sent = False
+        self._must_close = False
+        self._responded = False
+        return event
+
+    async def read_body(self) -> bytes:
+        """The next chunk of the current request's body; ``b""`` once it ended."""
+        if self._body_done:
+            return b""
+        event = await self._next_event()
+        if event is None:
+            raise BadRequest("the connection closed in the middle of a request")
+        assert isinstance(event, bytes)
+        if not event:
+            self._body_done = True
+        return event
+
+    async def drain_body(self) -> None:
+        """Read and discard what is left of the current request's body.
+
+        A client waiting for ``100 Continue`` sends nothing: then the connection is closed
+        after the response instead.
+        """
+        if self.expects_continue:
+            self._must_close = True
+            return
+        while not self._body_done:
+            await self.read_body()
+
+    @property
+    def expects_continue(self) -> bool:
+        """The client waits for ``100 Continue`` before it sends the body."""
+        return (
+            self.request.expect_continue
+            and not self._continue_sent
+            and not self._body_done
+            and not self.parser.events
+            and self.request.http_version == "1.1"
+        )
+
+    def take_leftover(self) -> bytes:
+        """After switching protocols: the bytes the client sent after the request head."""
+        leftover = self.parser.after_upgrade or b""
+        self.parser.after_upgrade = None
+        return leftover
+
+    # -- writing -------------------------------------------------------------------------------
+
+    async def _write(self, data: bytes, flush: bool) -> None:
+        if data:
+            self._held.append(data)
         if flush and self._held:
             held, self._held = self._held, []
             if len(held) == 1:
@@ -86,6 +319,90 @@ class H11Connection:
             else:
                 self.writer.writelines(held)
             await self.writer.drain()
+
+    async def send_continue(self) -> None:
+        """``100 Continue``, if the client waits for it."""
+        if self.expects_continue:
+            self._continue_sent = True
+            await self._write(b"HTTP/1.1 100 Continue\r\n\r\n", True)
+
+    async def send_informational(self, status: int, headers: Sequence[tuple[str, str]]) -> None:
+        """A 1xx response (``101 Switching Protocols``), headers as given."""
+        lines = [_status_line(status)]
+        lines.extend(f"{name}: {value}\r\n" for name, value in headers)
+        lines.append("\r\n")
+        await self._write(_encode_head(lines, headers), True)
+
+    async def start_response(
+        self, status: int, headers: Sequence[tuple[str, str]], *, flush: bool = True
+    ) -> None:
+        """The status line and headers of the final response.
+
+        Header text is latin-1 decoded bytes (one char a byte). Framing is ours: a given
+        Content-Length is kept, else the body is chunked (or, to an HTTP/1.0 client, ends
+        with the connection); Transfer-Encoding and Connection headers given are replaced.
+        ``flush=False`` holds the head for the next write, so a small response leaves in one.
+        """
+        request = self.request
+        keep_alive = request.keep_alive and not self._must_close
+        head_only = request.method == b"HEAD" or status in (204, 304)
+        length: int | None = None
+        lines = [_status_line(status)]
+        for name, value in headers:
+            lowered = name.lower()
+            if lowered == "content-length":
+                try:
+                    length = int(value)
+                except ValueError as exc:
+                    raise ResponseError(f"bad Content-Length {value!r}") from exc
+            elif lowered == "transfer-encoding":
+                continue
+            elif lowered == "connection":
+                if "close" in value.lower():
+                    keep_alive = False
+                continue
+            lines.append(f"{name}: {value}\r\n")
+        chunked = False
+        if not head_only and length is None:
+            if request.http_version == "1.1":
+                chunked = True
+                lines.append("Transfer-Encoding: chunked\r\n")
+            else:
+                keep_alive = False
+        if not keep_alive:
+            lines.append("Connection: close\r\n")
+        elif request.http_version == "1.0":
+            lines.append("Connection: keep-alive\r\n")
+        lines.append("\r\n")
+        self._keep_alive = keep_alive
+        self._head_only = head_only
+        self._chunked = chunked
+        self._remaining = None if head_only else length
+        self._responded = True
+        await self._write(_encode_head(lines, headers), flush)
+
+    async def send_body(self, data: bytes, *, flush: bool = True) -> None:
+        """Body bytes, passed through (no copy); ``flush=False`` holds them for the next."""
+        if self._head_only or not data:
+            if flush:
+                await self._write(b"", True)
+            return
+        if self._remaining is not None:
+            self._remaining -= len(data)
+            if self._remaining < 0:
+                raise ResponseError("response body longer than its Content-Length")
+        elif self._chunked:
+            self._held.append(b"%x\r\n" % len(data))
+            self._held.append(data)
+            await self._write(b"\r\n", flush)
+            return
+        await self._write(data, flush)
+
+    async def end_response(self) -> None:
+        """The response is complete; everything held is written."""
+        if self._remaining:
+            raise ResponseError("response body shorter than its Content-Length")
+        await self._write(b"0\r\n\r\n" if self._chunked else b"", True)
 
     async def respond_simple(
         self,
@@ -95,26 +412,30 @@ class H11Connection:
         content_type: str,
         extra: tuple[tuple[str, str], ...] = (),
     ) -> None:
-        """A complete small response."""
+        """A complete small response in one write."""
         headers = [
             ("Content-Type", content_type),
             ("Content-Length", str(len(body))),
             *extra,
         ]
-        await self.send(
-            h11.Response(status_code=status, headers=headers, reason=reason_phrase(status)),
-            flush=False,
-        )
-        await self.send(h11.Data(data=body), flush=False)
-        await self.send(h11.EndOfMessage())
+        await self.start_response(status, headers, flush=False)
+        await self.send_body(body, flush=False)
+        await self.end_response()
 
-    def can_continue(self) -> bool:
-        """Whether the connection may serve another request (keep-alive)."""
-        return self.h11.our_state is h11.DONE and self.h11.their_state is h11.DONE
+    @property
+    def keeps_alive(self) -> bool:
+        """Whether the response sent lets the connection live on (once the body is read)."""
+        return self._responded and self._keep_alive and not self._must_close
 
-    def start_next_cycle(self) -> None:
-        """Reset for the next request on this connection."""
-        self.h11.start_next_cycle()
+    @property
+    def reusable(self) -> bool:
+        """Whether another request may follow on this connection now."""
+        return self.keeps_alive and self._body_done
+
+    @property
+    def responded(self) -> bool:
+        """Whether the current request's response has begun."""
+        return self._responded
 
     async def close(self) -> None:
         """Close the socket, ignoring a peer that is already gone."""
@@ -123,36 +444,43 @@ class H11Connection:
             await self.writer.wait_closed()
 
 
+def _encode_head(lines: list[str], headers: Sequence[tuple[str, str]]) -> bytes:
+    head = "".join(lines)
+    # A CR or LF inside a name or value would split the head: one count over it all.
+    if head.count("\n") != len(lines) or head.count("\r") != len(lines):
+        raise ResponseError("a response header holds CR or LF")
+    try:
+        return head.encode("latin-1")
+    except UnicodeEncodeError:
+        # Only our own text can be beyond latin-1; it goes out as UTF-8 (wire_bytes' rule).
+        return head.encode("utf-8")
+
+
 async def serve_connection(
     reader: asyncio.StreamReader,
     writer: asyncio.StreamWriter,
-    handle: Callable[[H11Connection, h11.Request], Awaitable[bool]],
-    on_bad_request: Callable[[H11Connection, Exception], Awaitable[None]],
+    handle: Callable[[Http1Connection, Request], Awaitable[bool]],
+    on_bad_request: Callable[[Http1Connection, BadRequest], Awaitable[None]],
 ) -> None:
     """Serve requests on one connection until it closes; ``handle`` returns keep-alive."""
-    conn = H11Connection(reader, writer)
+    conn = Http1Connection(reader, writer)
     try:
         while True:
             try:
-                event = await conn.next_event()
-            except (h11.RemoteProtocolError, HeadersTooLarge) as exc:
-                if conn.h11.our_state in (h11.IDLE, h11.SEND_RESPONSE):
-                    await on_bad_request(conn, exc)
+                request = await conn.next_request()
+            except BadRequest as exc:
+                # Only ever between responses: answer with the placeholder request (close).
+                conn.request = Request()
+                await on_bad_request(conn, exc)
                 break
-            if not isinstance(event, h11.Request):
+            if request is None:
                 break
-            if not await handle(conn, event):
+            if not await handle(conn, request) or not conn.keeps_alive:
                 break
-            # A body-less request still owes h11 its EndOfMessage (no bytes needed): without
-            # it the request never reaches DONE and keep-alive would end after one request.
-            while conn.h11.their_state is h11.SEND_BODY:
-                pending = await conn.next_event()
-                if isinstance(pending, h11.EndOfMessage | h11.ConnectionClosed):
-                    break
-            if not conn.can_continue():
+            await conn.drain_body()
+            if not conn.reusable:
                 break
-            conn.start_next_cycle()
-    except (ConnectionError, OSError, asyncio.IncompleteReadError, h11.LocalProtocolError):
+    except (ConnectionError, OSError, BadRequest, ResponseError):
         pass
     except Exception:
         # A bug in one request's handling must cost that connection, never the listener.

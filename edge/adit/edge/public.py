@@ -1,6 +1,6 @@
 """The public listener: eyeball HTTP(S) requests, routed by Host to tunnels.
 
-One seam per concern (DESIGN.md §3): parse (h11) → Access policy (none yet) → route
+One seam per concern (DESIGN.md §3): parse (llhttp) → Access policy (none yet) → route
 (hostname → tunnel) → pick a connection (the registry) → forward over the tunnel. Bodies are
 streamed both ways; the socket's and the tunnel's back-pressure meet in the middle.
 """
@@ -12,9 +12,14 @@ import contextlib
 import logging
 import secrets
 
-import h11
-
-from adit.edge.http1 import H11Connection, HeadersTooLarge, reason_phrase, serve_connection
+from adit.edge.http1 import (
+    BadRequest,
+    HeadersTooLarge,
+    Http1Connection,
+    Request,
+    ResponseError,
+    serve_connection,
+)
 from adit.edge.pages import (
     BAD_REQUEST,
     HEADERS_TOO_LARGE,
@@ -29,7 +34,7 @@ from adit.edge.registry import ConnectionRegistry
 from adit.edge.store import Store
 from adit.edge.tunnel_session import RequestStream, TunnelSession
 from adit.protocol.errors import Http2TunnelError
-from adit.protocol.headers import HOP_BY_HOP, RequestType, ResponseMeta, wire_bytes
+from adit.protocol.headers import HOP_BY_HOP, RequestType, ResponseMeta
 from adit.tunnelio import StreamClosedError
 
 log = logging.getLogger("adit.edge.public")
@@ -59,7 +64,7 @@ class PublicListener:
         """asyncio.start_server callback."""
         await serve_connection(reader, writer, self._handle, self._bad_request)
 
-    async def _bad_request(self, conn: H11Connection, exc: Exception) -> None:
+    async def _bad_request(self, conn: Http1Connection, exc: BadRequest) -> None:
         page = HEADERS_TOO_LARGE if isinstance(exc, HeadersTooLarge) else BAD_REQUEST
         with contextlib.suppress(Exception):
             await self._page(conn, page, "-", self._ray(), keep_alive=False)
@@ -69,7 +74,7 @@ class PublicListener:
 
     async def _page(
         self,
-        conn: H11Connection,
+        conn: Http1Connection,
         page: ErrorPage,
         host: str,
         ray: str,
@@ -87,11 +92,9 @@ class PublicListener:
             extra=extra,
         )
 
-    async def _handle(self, conn: H11Connection, request: h11.Request) -> bool:
+    async def _handle(self, conn: Http1Connection, request: Request) -> bool:
         ray = self._ray()
-        raw_headers = [
-            (n.decode("latin-1"), v.decode("latin-1")) for n, v in request.headers.raw_items()
-        ]
+        raw_headers = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in request.headers]
         authority = next((v for n, v in raw_headers if n.lower() == "host"), "")
         host = _strip_port(authority).lower()
         route = self.store.tunnel_for_hostname(host) if host else None
@@ -112,7 +115,7 @@ class PublicListener:
         peer = conn.writer.get_extra_info("peername")
         client_ip = peer[0] if peer else ""
         headers = _forwarded_headers(raw_headers, client_ip, self.scheme, ray)
-        has_body = _has_body(raw_headers)
+        has_body = request.has_body
         method = request.method.decode("ascii")
         target = request.target.decode("latin-1")
         try:
@@ -138,7 +141,7 @@ class PublicListener:
             session.finished(stream)
 
     async def _forward_http(
-        self, conn: H11Connection, stream: RequestStream, host: str, ray: str, has_body: bool
+        self, conn: Http1Connection, stream: RequestStream, host: str, ray: str, has_body: bool
     ) -> bool:
         uploader = asyncio.ensure_future(self._upload(conn, stream)) if has_body else None
         try:
@@ -159,61 +162,43 @@ class PublicListener:
         # The head waits for body bytes that are already here (never for ones still to come:
         # a stream of events must show its head at once), and a chunk that is all the body
         # there is waits for the end: a small response leaves in one write.
-        await conn.send(
-            h11.Response(
-                status_code=response.status,
-                headers=_wire(headers),
-                reason=reason_phrase(response.status),
-            ),
-            flush=not stream.channel.ready,
-        )
         try:
+            await conn.start_response(response.status, headers, flush=not stream.channel.ready)
             while True:
                 chunk = await stream.channel.read()
                 if not chunk:
                     break
-                await conn.send(h11.Data(data=chunk), flush=not stream.channel.remote_ended)
-        except StreamClosedError:
+                await conn.send_body(chunk, flush=not stream.channel.remote_ended)
+            await conn.end_response()
+        except (StreamClosedError, ResponseError):
             # The body broke after the status went out: all we can do is cut the connection.
             if uploader is not None:
                 uploader.cancel()
             return False
-        await conn.send(h11.EndOfMessage())
         if uploader is not None:
             try:
                 await uploader
-            except (StreamClosedError, h11.RemoteProtocolError):
+            except (StreamClosedError, BadRequest):
                 return False
         return True
 
-    async def _upload(self, conn: H11Connection, stream: RequestStream) -> None:
-        """Eyeball request body → tunnel stream."""
-        if conn.h11.they_are_waiting_for_100_continue:
-            await conn.send(h11.InformationalResponse(status_code=100, headers=[]))
+    async def _upload(self, conn: Http1Connection, stream: RequestStream) -> None:
+        """Eyeball request body → tunnel stream (the tunnel's back-pressure paces the reads)."""
+        await conn.send_continue()
         try:
-            while True:
-                event = await conn.next_event()
-                if isinstance(event, h11.Data):
-                    await stream.channel.write(bytes(event.data))
-                elif isinstance(event, h11.EndOfMessage):
-                    stream.channel.end()
-                    return
-                else:
-                    stream.channel.reset()
-                    return
-        except (h11.RemoteProtocolError, HeadersTooLarge):
+            while chunk := await conn.read_body():
+                await stream.channel.write(chunk)
+        except BadRequest:
             stream.channel.reset()
             raise
+        stream.channel.end()
 
-    async def _drain_body(self, conn: H11Connection) -> None:
+    async def _drain_body(self, conn: Http1Connection) -> None:
         """Read and discard a request body we answer without forwarding."""
-        while conn.h11.their_state is h11.SEND_BODY:
-            event = await conn.next_event()
-            if isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
-                return
+        await conn.drain_body()
 
     async def _forward_websocket(
-        self, conn: H11Connection, stream: RequestStream, host: str, ray: str
+        self, conn: Http1Connection, stream: RequestStream, host: str, ray: str
     ) -> None:
         try:
             response = await stream.response()
@@ -227,33 +212,22 @@ class PublicListener:
         if response.status not in (101, 200):
             # The origin refused the upgrade: pass its answer on as a plain response.
             headers = [(n, v) for n, v in response.headers if n.lower() not in HOP_BY_HOP]
-            await conn.send(
-                h11.Response(
-                    status_code=response.status,
-                    headers=_wire(headers),
-                    reason=reason_phrase(response.status),
-                )
-            )
+            await conn.start_response(response.status, headers)
             with contextlib.suppress(StreamClosedError):
                 while chunk := await stream.channel.read():
-                    await conn.send(h11.Data(data=chunk))
-            await conn.send(h11.EndOfMessage())
+                    await conn.send_body(chunk)
+            await conn.end_response()
             return
         headers = [
             (n, v)
             for n, v in response.headers
             if n.lower() not in ("content-length", "transfer-encoding")
         ]
-        await conn.send(
-            h11.InformationalResponse(
-                status_code=101, headers=_wire(headers), reason=reason_phrase(101)
-            )
-        )
-        leftover, _closed = conn.h11.trailing_data
-        await _pipe_raw(conn, stream, bytes(leftover))
+        await conn.send_informational(101, headers)
+        await _pipe_raw(conn, stream, conn.take_leftover())
 
 
-async def _pipe_raw(conn: H11Connection, stream: RequestStream, leftover: bytes) -> None:
+async def _pipe_raw(conn: Http1Connection, stream: RequestStream, leftover: bytes) -> None:
     """Bytes both ways after a WebSocket upgrade until either side ends."""
 
     async def upstream() -> None:
@@ -304,11 +278,6 @@ async def _connector_failure(stream: RequestStream, ended: bool) -> tuple[ErrorP
     return origin_failure_page(reason), rest.decode("utf-8", "replace").strip()
 
 
-def _wire(headers: list[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
-    # Header text is latin-1 decoded bytes; h11 would only accept ASCII text.
-    return [(wire_bytes(name), wire_bytes(value)) for name, value in headers]
-
-
 def _strip_port(authority: str) -> str:
     if authority.startswith("["):
         return authority[1 : authority.find("]")] if "]" in authority else authority
@@ -319,16 +288,6 @@ def _is_websocket(headers: list[tuple[str, str]]) -> bool:
     upgrade = any(n.lower() == "upgrade" and v.lower() == "websocket" for n, v in headers)
     connection = any(n.lower() == "connection" and "upgrade" in v.lower() for n, v in headers)
     return upgrade and connection
-
-
-def _has_body(headers: list[tuple[str, str]]) -> bool:
-    for name, value in headers:
-        lowered = name.lower()
-        if lowered == "transfer-encoding":
-            return True
-        if lowered == "content-length":
-            return value.strip() not in ("0", "")
-    return False
 
 
 def _forwarded_headers(

@@ -20,12 +20,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import h11
-
 from adit.credentials import TunnelCredentials, encode_tunnel_token
 from adit.edge.api import EdgeInfo, ManagementApi
 from adit.edge.ca import EdgeCA
-from adit.edge.http1 import H11Connection, serve_connection
+from adit.edge.http1 import BadRequest, Http1Connection, Request, serve_connection
 from adit.edge.public import PublicListener
 from adit.edge.registry import ConnectionRegistry
 from adit.edge.store import Store
@@ -246,35 +244,39 @@ class EdgeServer:
     async def _serve_api(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await serve_connection(reader, writer, self._api_request, self._api_bad_request)
 
-    async def _api_bad_request(self, conn: H11Connection, exc: Exception) -> None:
+    async def _api_bad_request(self, conn: Http1Connection, exc: BadRequest) -> None:
         with contextlib.suppress(Exception):
             await conn.respond_simple(400, b'{"success":false}', content_type="application/json")
 
-    async def _api_request(self, conn: H11Connection, request: h11.Request) -> bool:
+    async def _api_request(self, conn: Http1Connection, request: Request) -> bool:
         assert self.api is not None
         body = bytearray()
-        while True:
-            event = await conn.next_event()
-            if isinstance(event, h11.Data):
-                body += event.data
-                if len(body) > MAX_API_BODY:
-                    await conn.respond_simple(
-                        413, b'{"success":false}', content_type="application/json"
-                    )
-                    return False
-            else:
-                break
+        await conn.send_continue()
+        while chunk := await conn.read_body():
+            body += chunk
+            if len(body) > MAX_API_BODY:
+                await conn.respond_simple(
+                    413,
+                    b'{"success":false}',
+                    content_type="application/json",
+                    extra=(("Connection", "close"),),
+                )
+                return False
         status, headers, payload = await self.api.handle(
             request.method.decode("ascii"),
             request.target.decode("latin-1"),
-            list(request.headers.raw_items()),
+            request.headers,
             bytes(body),
         )
-        response_headers = [(n, v) for n, v in headers if n.lower() != b"content-length"]
-        response_headers.append((b"Content-Length", str(len(payload)).encode()))
-        await conn.send(h11.Response(status_code=status, headers=response_headers))
-        await conn.send(h11.Data(data=payload))
-        await conn.send(h11.EndOfMessage())
+        response_headers = [
+            (n.decode("latin-1"), v.decode("latin-1"))
+            for n, v in headers
+            if n.lower() != b"content-length"
+        ]
+        response_headers.append(("Content-Length", str(len(payload))))
+        await conn.start_response(status, response_headers, flush=False)
+        await conn.send_body(payload, flush=False)
+        await conn.end_response()
         return True
 
     async def stop(self) -> None:
