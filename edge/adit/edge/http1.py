@@ -110,12 +110,22 @@ class RequestParser:
         self._url: list[bytes] = []
         self._in_head = False
         self._head_size = 0
+        self._head_counted_by_callbacks = True
+        self._messages = 0
         self._has_host = False
+        self._tail = b""
 
     def feed(self, data: bytes) -> None:
         """Parse ``data``; raises :class:`BadRequest` or :class:`HeadersTooLarge`."""
-        was_in_head = self._in_head
-        before = self._head_size
+        # llhttp has no head limit. A head that ends in the read it began in is measured by
+        # its callbacks; one that spans reads is measured here, by where it ends.
+        spanning = self._in_head
+        if spanning:
+            self._head_size += self._head_part(data)
+            if self._head_size > MAX_HEADER_BYTES:
+                raise HeadersTooLarge("request head too large")
+            self._head_counted_by_callbacks = False
+        message = self._messages
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -127,13 +137,24 @@ class RequestParser:
             raise
         except httptools.HttpParserError as exc:
             raise BadRequest(str(exc)) from exc
-        if self._in_head:
-            # A chunk that began and ended inside a head is all head, whatever of it the
-            # callbacks have seen: this bounds a head that never ends.
-            if was_in_head:
-                self._head_size = before + max(len(data), self._head_size - before)
+        finally:
+            self._tail = data[-3:]
+        if self._in_head and (not spanning or message != self._messages):
+            # A head began in this read and is still open: it is at most what follows the
+            # last head end here (more only after a pipelined body, which is rare).
+            end = data.rfind(b"\r\n\r\n")
+            begun = len(data) - (end + 4 if end >= 0 else 0)
+            self._head_size = max(self._head_size, begun)
             if self._head_size > MAX_HEADER_BYTES:
                 raise HeadersTooLarge("request head too large")
+
+    def _head_part(self, data: bytes) -> int:
+        """How much of ``data`` belongs to the open head (its end may straddle reads)."""
+        joint = (self._tail + data[:3]).find(b"\r\n\r\n")
+        if joint >= 0:
+            return joint + 4 - len(self._tail)
+        end = data.find(b"\r\n\r\n")
+        return end + 4 if end >= 0 else len(data)
 
     def resume(self) -> None:
         """Parse on after an upgrade request the handler did not switch protocols for."""
@@ -160,21 +181,25 @@ class RequestParser:
         self._url = []
         self._in_head = True
         self._head_size = 0
+        self._head_counted_by_callbacks = True
+        self._messages += 1
         self._has_host = False
         self.in_message = True
 
     def on_url(self, url: bytes) -> None:
         """llhttp: (part of) the request target."""
         self._url.append(url)
-        self._head_size += len(url) + 16
+        if self._head_counted_by_callbacks:
+            self._head_size += len(url) + 16
 
     def on_header(self, name: bytes, value: bytes) -> None:
         """llhttp: one complete header line."""
         request = self._request
         request.headers.append((name, value))
-        self._head_size += len(name) + len(value) + 4
-        if self._head_size > MAX_HEADER_BYTES:
-            raise HeadersTooLarge("request head too large")
+        if self._head_counted_by_callbacks:
+            self._head_size += len(name) + len(value) + 4
+            if self._head_size > MAX_HEADER_BYTES:
+                raise HeadersTooLarge("request head too large")
         lowered = name.lower()
         if lowered == b"host":
             self._has_host = True
@@ -222,6 +247,7 @@ class Http1Connection:
         self.parser = RequestParser()
         self.request = Request()
         self._held: list[bytes] = []
+        self._error: BadRequest | None = None
         self._body_done = True
         self._continue_sent = False
         self._must_close = False
@@ -239,15 +265,21 @@ class Http1Connection:
         parser = self.parser
         events = parser.events
         while not events:
-            if parser.after_upgrade is not None:
-                parser.resume()
-                continue
-            data = await self.reader.read(READ_SIZE)
-            if not data:
-                if parser.in_message:
-                    raise BadRequest("the connection closed in the middle of a request")
-                return None
-            parser.feed(data)
+            if self._error is not None:
+                raise self._error
+            try:
+                if parser.after_upgrade is not None:
+                    parser.resume()
+                    continue
+                data = await self.reader.read(READ_SIZE)
+                if not data:
+                    if parser.in_message:
+                        raise BadRequest("the connection closed in the middle of a request")
+                    return None
+                parser.feed(data)
+            except BadRequest as exc:
+                # Requests parsed before the bad bytes are still answered first.
+                self._error = exc
         return events.popleft()
 
     async def next_request(self) -> Request | None:
