@@ -1,20 +1,28 @@
-"""An HPACK encoder (RFC 7541) that never uses the dynamic table and never Huffman-codes.
+"""HPACK (RFC 7541): an encoder that never indexes nor Huffman-codes, and a full decoder.
 
 A tunnel's header blocks are few fields, and the long one (the serialised eyeball headers,
 carrying the ray id) is new on every request: indexing it only evicts what repeats, and
 hpack's pure-Python Huffman coder was the largest single cost of opening a stream. Static-table
 references plus raw literals cost a few microseconds; any HPACK decoder reads them.
-Decoding stays with the ``hpack`` library (peers such as Go's encoder do use the dynamic
-table and Huffman codes).
+The decoder takes everything a peer may send (Go's encoder indexes and Huffman-codes); it is
+ours rather than the ``hpack`` library's because that one cost ~25 % of a stream's protocol
+work in per-field logging and objects. Huffman strings still go through ``hpack``'s table.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterable
 
+from hpack.huffman_table import decode_huffman
 from hpack.table import HeaderTable
 
-__all__ = ["PlainHpackEncoder"]
+from adit.protocol.errors import Http2TunnelError
+
+__all__ = ["HpackDecoder", "HpackError", "PlainHpackEncoder"]
+
+_STATIC = HeaderTable.STATIC_TABLE
+_ENTRY_OVERHEAD = 32  # RFC 7541 §4.1
 
 _STATIC_FIELDS: dict[tuple[bytes, bytes], int] = {}
 _STATIC_NAMES: dict[bytes, int] = {}
@@ -80,3 +88,110 @@ class PlainHpackEncoder:
                 parts.append(_string(name))
             parts.append(_string(value))
         return b"".join(parts)
+
+
+class HpackError(Http2TunnelError):
+    """A header block that cannot be decoded: a connection error (COMPRESSION_ERROR)."""
+
+
+class HpackDecoder:
+    """Decodes header blocks in order, keeping the peer's dynamic table (RFC 7541 §2.3)."""
+
+    def __init__(self, *, max_table_size: int = 4096, max_header_list_size: int = 1 << 20) -> None:
+        self._allowed_table_size = max_table_size  # our SETTINGS_HEADER_TABLE_SIZE
+        self._table_size = max_table_size  # the peer's current choice, at most the above
+        self._max_list = max_header_list_size
+        self._dynamic: deque[tuple[bytes, bytes]] = deque()
+        self._dynamic_size = 0
+
+    def decode(self, block: bytes) -> list[tuple[bytes, bytes]]:
+        """The header list of one complete header block (names and values as bytes)."""
+        headers: list[tuple[bytes, bytes]] = []
+        size = 0
+        pos = 0
+        end = len(block)
+        try:
+            while pos < end:
+                first = block[pos]
+                if first & 0x80:  # indexed field
+                    index, pos = _read_integer(block, pos, 7)
+                    field = self._entry(index)
+                elif first & 0x40:  # literal, add to the table
+                    field, pos = self._literal(block, pos, 6)
+                    self._add(field)
+                elif first & 0x20:  # dynamic table size update
+                    new_size, pos = _read_integer(block, pos, 5)
+                    if new_size > self._allowed_table_size:
+                        raise HpackError(f"table size update to {new_size} beyond our limit")
+                    self._table_size = new_size
+                    self._evict()
+                    continue
+                else:  # literal without indexing (0x00) or never indexed (0x10)
+                    field, pos = self._literal(block, pos, 4)
+                headers.append(field)
+                size += len(field[0]) + len(field[1]) + _ENTRY_OVERHEAD
+                if size > self._max_list:
+                    raise HpackError("header list exceeds our MAX_HEADER_LIST_SIZE")
+        except IndexError as exc:
+            raise HpackError("truncated header block") from exc
+        return headers
+
+    def _entry(self, index: int) -> tuple[bytes, bytes]:
+        if 0 < index <= len(_STATIC):
+            return _STATIC[index - 1]
+        dynamic = index - len(_STATIC) - 1
+        if 0 <= dynamic < len(self._dynamic):
+            return self._dynamic[dynamic]
+        raise HpackError(f"header table index {index} out of range")
+
+    def _literal(self, block: bytes, pos: int, prefix: int) -> tuple[tuple[bytes, bytes], int]:
+        index, pos = _read_integer(block, pos, prefix)
+        if index:
+            name = self._entry(index)[0]
+        else:
+            name, pos = _read_string(block, pos)
+        value, pos = _read_string(block, pos)
+        return (name, value), pos
+
+    def _add(self, field: tuple[bytes, bytes]) -> None:
+        self._dynamic.appendleft(field)
+        self._dynamic_size += len(field[0]) + len(field[1]) + _ENTRY_OVERHEAD
+        self._evict()
+
+    def _evict(self) -> None:
+        while self._dynamic_size > self._table_size and self._dynamic:
+            name, value = self._dynamic.pop()
+            self._dynamic_size -= len(name) + len(value) + _ENTRY_OVERHEAD
+
+
+def _read_integer(block: bytes, pos: int, prefix_bits: int) -> tuple[int, int]:
+    limit = (1 << prefix_bits) - 1
+    value = block[pos] & limit
+    pos += 1
+    if value < limit:
+        return value, pos
+    shift = 0
+    while True:
+        byte = block[pos]
+        pos += 1
+        value += (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, pos
+        shift += 7
+        if shift > 28:
+            raise HpackError("HPACK integer too large")
+
+
+def _read_string(block: bytes, pos: int) -> tuple[bytes, int]:
+    huffman = block[pos] & 0x80
+    length, pos = _read_integer(block, pos, 7)
+    stop = pos + length
+    if stop > len(block):
+        raise HpackError("HPACK string runs past the header block")
+    data = block[pos:stop]
+    if huffman:
+        try:
+            data = decode_huffman(data)
+        except Exception as exc:  # hpack raises its own HPACKDecodingError
+            raise HpackError(f"bad Huffman string: {exc}") from exc
+    return data, stop

@@ -17,11 +17,7 @@ from __future__ import annotations
 
 import struct
 from collections import deque
-from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import cast
-
-import hpack
 
 from adit.protocol.errors import HeaderDecodeError, Http2TunnelError
 from adit.protocol.headers import (
@@ -38,7 +34,7 @@ from adit.protocol.headers import (
     strip_hop_by_hop,
     wire_bytes,
 )
-from adit.protocol.hpack_encoder import PlainHpackEncoder
+from adit.protocol.hpack_codec import HpackDecoder, PlainHpackEncoder
 from adit.protocol.http2_frames import (
     CONNECTION_PREFACE,
     DEFAULT_MAX_FRAME_SIZE,
@@ -87,17 +83,6 @@ class TunnelSettings:
     max_frame_size: int = 1024 * 1024
     max_header_list_size: int = 1024 * 1024
     max_concurrent_streams: int = CONNECTOR_MAX_CONCURRENT_STREAMS
-
-
-def _text_pairs(
-    headers: Iterable[tuple[bytes | str, bytes | str]],
-) -> Iterator[tuple[str, str]]:
-    # Without header_encoding h2 yields bytes: latin-1 keeps every byte as one char.
-    for name, value in headers:
-        yield (
-            name if isinstance(name, str) else name.decode("latin-1"),
-            value if isinstance(value, str) else value.decode("latin-1"),
-        )
 
 
 _PROXY_CONNECTION_UPGRADE = PROXY_CONNECTION_UPGRADE.encode()
@@ -266,8 +251,7 @@ class TunnelHttp2Connection:
         self._out: list[bytes | memoryview] = []
         self._reader = FrameReader(settings.max_frame_size, expect_preface=not client_side)
         self._encoder = PlainHpackEncoder(_SENSITIVE)
-        self._decoder = hpack.Decoder()
-        self._decoder.max_header_list_size = settings.max_header_list_size
+        self._decoder = HpackDecoder(max_header_list_size=settings.max_header_list_size)
         self._streams: dict[int, _Stream] = {}
         self._next_stream_id = 1
         self._last_remote_id = 0
@@ -441,7 +425,7 @@ class TunnelHttp2Connection:
                 # PRIORITY and unknown frame types are ignored (§5.5).
         except _ConnectionError as exc:
             raise Http2TunnelError(f"HTTP/2 protocol error: {exc}") from exc
-        except (hpack.HPACKError, struct.error, ValueError, IndexError) as exc:
+        except (struct.error, ValueError, IndexError) as exc:
             raise Http2TunnelError(f"HTTP/2 protocol error: {exc!r}") from exc
         return events
 
@@ -523,7 +507,7 @@ class TunnelHttp2Connection:
         self, stream_id: int, flags: int, block: bytes, events: list[Event]
     ) -> None:
         # Always decoded, even for a stream we will ignore: HPACK state is per connection.
-        headers = cast(list[tuple[bytes, bytes]], self._decoder.decode(block, raw=True))
+        headers = self._decoder.decode(block)
         end_stream = bool(flags & Flag.END_STREAM)
         stream = self._streams.get(stream_id)
         if stream is None:
@@ -711,18 +695,19 @@ class ConnectorTunnelConnection(TunnelHttp2Connection):
     ) -> RequestReceived:
         method = path = authority = ""
         regular: list[tuple[str, str]] = []
-        serialized: str | None = None
-        for name, value in _text_pairs(raw):
-            if name == ":method":
-                method = value
-            elif name == ":path":
-                path = value
-            elif name == ":authority":
-                authority = value
-            elif name == REQUEST_HEADERS:
+        serialized: bytes | None = None
+        for name, value in raw:
+            if name[:1] == b":":
+                if name == b":method":
+                    method = value.decode("latin-1")
+                elif name == b":path":
+                    path = value.decode("latin-1")
+                elif name == b":authority":
+                    authority = value.decode("latin-1")
+            elif name == _REQUEST_HEADERS:
                 serialized = value
-            elif not name.startswith(":"):
-                regular.append((name, value))
+            else:
+                regular.append((name.decode("latin-1"), value.decode("latin-1")))
         request_type = classify_request(regular)
         if serialized is not None:
             try:
@@ -763,8 +748,7 @@ class ConnectorTunnelConnection(TunnelHttp2Connection):
             (_RESPONSE_META, meta.value.encode("ascii")),
         ]
         if meta is ResponseMeta.ORIGIN:
-            serialized = encode_serialized_headers(headers)
-            h2_headers.append((_RESPONSE_HEADERS, serialized.encode("ascii")))
+            h2_headers.append((_RESPONSE_HEADERS, encode_serialized_headers(headers)))
             h2_headers.extend(
                 (b"content-length", wire_bytes(v))
                 for n, v in headers
@@ -842,8 +826,7 @@ class EdgeTunnelConnection(TunnelHttp2Connection):
         elif request_type is RequestType.TCP:
             h2_headers.append((_PROXY_SRC, b"tcp"))
         if serialize_headers:
-            serialized = encode_serialized_headers(clean)
-            h2_headers.append((_REQUEST_HEADERS, serialized.encode("ascii")))
+            h2_headers.append((_REQUEST_HEADERS, encode_serialized_headers(clean)))
         else:
             h2_headers.extend(
                 (wire_bytes(name.lower()), wire_bytes(value))
@@ -864,14 +847,14 @@ class EdgeTunnelConnection(TunnelHttp2Connection):
             return  # trailers: nothing to forward on a tunnel
         status = 0
         meta_value: str | None = None
-        serialized = ""
+        serialized = b""
         try:
-            for name, value in _text_pairs(headers):
-                if name == ":status":
+            for name, value in headers:
+                if name == b":status":
                     status = int(value)
-                elif name == RESPONSE_META:
-                    meta_value = value
-                elif name == RESPONSE_HEADERS:
+                elif name == _RESPONSE_META:
+                    meta_value = value.decode("latin-1")
+                elif name == _RESPONSE_HEADERS:
                     serialized = value
             decoded = tuple(decode_serialized_headers(serialized))
         except (HeaderDecodeError, ValueError):

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from adit.protocol.errors import Http2TunnelError
 from adit.protocol.headers import ResponseMeta
-from adit.protocol.hpack_encoder import PlainHpackEncoder
+from adit.protocol.hpack_codec import HpackDecoder, HpackError, PlainHpackEncoder
 from adit.protocol.http2 import (
     ConnectionTerminated,
     ConnectorTunnelConnection,
@@ -255,3 +255,34 @@ def test_garbage_only_ever_raises_the_protocol_error(data: bytes) -> None:
             conn.receive_data(frame(FrameType.SETTINGS, 0, 0, data))
         except Http2TunnelError:
             pass
+
+
+_FIELD = st.tuples(
+    st.sampled_from([b":method", b":path", b"cookie", b"x-a", b"set-cookie", b"x-new"])
+    | st.binary(min_size=1, max_size=20),
+    st.sampled_from([b"GET", b"/", b"1"]) | st.binary(max_size=300),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    blocks=st.lists(st.lists(_FIELD, max_size=12), min_size=1, max_size=6),
+    table_size=st.sampled_from([0, 256, 4096]),
+)
+def test_decoder_reads_what_the_reference_encoder_writes(
+    blocks: list[list[tuple[bytes, bytes]]], table_size: int
+) -> None:
+    encoder = hpack.Encoder()  # indexes and Huffman-codes, as Go's encoder does
+    decoder = HpackDecoder()
+    encoder.header_table_size = table_size
+    for fields in blocks:
+        assert decoder.decode(encoder.encode(fields)) == fields
+
+
+def test_decoder_refuses_bad_blocks() -> None:
+    decoder = HpackDecoder(max_header_list_size=100)
+    for bad in (b"\xff\xff\xff\xff\xff\xff\xff", b"\x80", b"\xbe", b"\x00\x05ab", b"\x3f\xe2\x1f"):
+        with pytest.raises(HpackError):
+            HpackDecoder().decode(bad)
+    with pytest.raises(HpackError, match="MAX_HEADER_LIST_SIZE"):
+        decoder.decode(PlainHpackEncoder().encode([(b"x-a", b"v" * 100)]))
