@@ -16,8 +16,6 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 
-import h11
-
 from adit.config.origin import (
     BastionService,
     HelloWorldService,
@@ -37,7 +35,7 @@ from adit.workers.errors import (
 )
 from adit.workers.origins.dialer import Dialer, OriginKey, split_destination
 from adit.workers.origins.helloworld import HelloWorldOrigin
-from adit.workers.origins.http1 import OriginConnection, decode_headers, encode_headers
+from adit.workers.origins.http1 import OriginConnection, OriginResponse
 from adit.workers.origins.http2 import H2OriginConnection, h2_request_headers
 from adit.workers.origins.pipe import pipe
 from adit.workers.origins.pool import ConnectionPool
@@ -78,19 +76,16 @@ class ProxyStats:
         self.responses_by_code[status] = self.responses_by_code.get(status, 0) + 1
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class _Body:
     """The request body as it will be sent: a prefix already read, then maybe the stream."""
 
     framing: BodyFraming
     prefix: bytes = b""
     streamed: bool = False  # more body follows from stream.read()
-    pending: asyncio.Future[bytes] | None = None  # a read started while probing
 
-    def discard(self) -> None:
-        """Cancel a probe read nobody will consume."""
-        if self.pending is not None and not self.pending.done():
-            self.pending.cancel()
+
+_NO_BODY = _Body(BodyFraming.NONE)
 
 
 class OriginProxy:
@@ -265,22 +260,16 @@ class OriginProxy:
             headers = (*headers, ("Transfer-Encoding", "chunked"))
         elif body.framing is BodyFraming.BUFFERED:
             headers = (*headers, ("Content-Length", str(len(body.prefix))))
-        request = h11.Request(
-            method=head.method, target=head.target, headers=encode_headers(headers)
-        )
+        request = _Request(head.method, head.target, headers, body, head.content_length)
 
-        try:
-            if connection is None:
-                connection = await self._checkout(key, options)
-        except BaseException:
-            body.discard()
-            raise
+        if connection is None:
+            connection = await self._checkout(key, options)
         pump: asyncio.Task[None] | None = None
         pooled = False
         try:
             while True:
                 try:
-                    pump, response = await self._exchange(connection, stream, request, body)
+                    pump, response = await self._exchange(connection, stream, request)
                     break
                 except OriginProtocolError:
                     # A pooled connection the origin closed meanwhile: retry once on a fresh
@@ -290,20 +279,20 @@ class OriginProxy:
                     connection.close()
                     connection = OriginConnection(*await self._dialer.dial(key, options))
 
-            if response.status_code == 101 and stream.request.kind is StreamKind.WEBSOCKET:
-                await stream.send_response(
-                    200, decode_headers(response.headers.raw_items()), source=ResponseSource.ORIGIN
-                )
+            if response.status == 101:
+                if stream.request.kind is not StreamKind.WEBSOCKET:
+                    raise OriginProtocolError("origin switched protocols without being asked to")
+                await stream.send_response(200, response.headers, source=ResponseSource.ORIGIN)
                 await pipe(stream, connection.reader, connection.writer, connection.trailing_data)
                 await stream.end()
                 return
 
             await stream.send_response(
-                response.status_code,
+                response.status,
                 _response_headers(response),
                 source=ResponseSource.ORIGIN,
             )
-            self.stats.count_response(response.status_code)
+            self.stats.count_response(response.status)
             async for chunk in connection.body():
                 await stream.write(chunk)
             await stream.end()
@@ -312,7 +301,6 @@ class OriginProxy:
                 # response stands, but the connection is spent.
                 return
             if connection.reusable:
-                connection.start_next_cycle()
                 self._pool.checkin(
                     key,
                     connection,
@@ -321,7 +309,6 @@ class OriginProxy:
                 )
                 pooled = True
         finally:
-            body.discard()
             if pump is not None and not pump.done():
                 pump.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -336,28 +323,33 @@ class OriginProxy:
         return OriginConnection(*await self._dialer.dial(key, options))
 
     async def _exchange(
-        self,
-        connection: OriginConnection,
-        stream: TunnelStream,
-        request: h11.Request,
-        body: _Body,
-    ) -> tuple[asyncio.Task[None] | None, h11.Response | h11.InformationalResponse]:
+        self, connection: OriginConnection, stream: TunnelStream, request: _Request
+    ) -> tuple[asyncio.Task[None] | None, OriginResponse]:
         """Send the request, start the body, and wait for the final response head."""
-        await connection.send(request)
-        pump: asyncio.Task[None] | None = None
-        if body.streamed:
-            pump = asyncio.create_task(_send_body(connection, stream, body))
-        else:
-            if body.prefix:
-                await connection.send(h11.Data(data=body.prefix))
-            await connection.send(h11.EndOfMessage())
+        body = request.body
+        length = request.content_length if body.framing is BodyFraming.LENGTH else None
+        if body.framing is BodyFraming.BUFFERED:
+            length = len(body.prefix)
+        chunked = body.framing is BodyFraming.CHUNKED
+        await connection.send_request(
+            request.method,
+            request.target,
+            request.headers,
+            body=body.prefix,
+            content_length=length,
+            chunked=chunked,
+            end=not body.streamed,
+        )
+        if not body.streamed:
+            # The common case (a GET): no task, the response head is awaited right here.
+            return None, await connection.receive_response()
+        pump = asyncio.create_task(_send_body(connection, stream))
         try:
             response = await _await_response(connection, pump)
         except BaseException:
-            if pump is not None:
-                pump.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await pump
+            pump.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await pump
             raise
         return pump, response
 
@@ -407,10 +399,21 @@ class OriginProxy:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class _Request:
+    """What goes to the origin: the head (framing header included) and the body plan."""
+
+    method: str
+    target: str
+    headers: tuple[tuple[str, str], ...]
+    body: _Body
+    content_length: int | None
+
+
 async def _resolve_body(stream: TunnelStream, framing: BodyFraming) -> _Body:
     """Settle PROBE and BUFFERED framings by reading from the stream as Go would."""
     if framing is BodyFraming.NONE:
-        return _Body(BodyFraming.NONE)
+        return _NO_BODY
     if framing in (BodyFraming.LENGTH, BodyFraming.CHUNKED):
         return _Body(framing, streamed=True)
     if framing is BodyFraming.BUFFERED:
@@ -420,14 +423,17 @@ async def _resolve_body(stream: TunnelStream, framing: BodyFraming) -> _Body:
         while data := await stream.read():
             parts.append(data)
         return _Body(BodyFraming.BUFFERED, prefix=b"".join(parts))
-    read = asyncio.ensure_future(stream.read())
-    done, _ = await asyncio.wait({read}, timeout=BODY_PROBE_SECONDS)
-    if not done:
-        # Still waiting: commit to chunked; the pending read becomes the first chunk.
-        return _Body(BodyFraming.CHUNKED, streamed=True, pending=read)
-    first = read.result()
+    # A GET whose stream already ended (END_STREAM on its HEADERS, the normal case) reads
+    # b"" here without suspending: no task, no wait. Reads are cancel-safe (nothing is taken
+    # from the stream until a read returns), so a probe that times out loses nothing.
+    try:
+        async with asyncio.timeout(BODY_PROBE_SECONDS):
+            first = await stream.read()
+    except TimeoutError:
+        # Still waiting: commit to chunked; the body is read from the stream as it comes.
+        return _Body(BodyFraming.CHUNKED, streamed=True)
     if not first:
-        return _Body(BodyFraming.NONE)
+        return _NO_BODY
     return _Body(BodyFraming.CHUNKED, prefix=first, streamed=True)
 
 
@@ -436,44 +442,31 @@ async def _stream_chunks(stream: TunnelStream) -> AsyncIterator[bytes]:
         yield data
 
 
-async def _send_body(connection: OriginConnection, stream: TunnelStream, body: _Body) -> None:
-    if body.prefix:
-        await connection.send(h11.Data(data=body.prefix))
-    if body.pending is not None:
-        first = await body.pending
-        if not first:
-            await connection.send(h11.EndOfMessage())
-            return
-        await connection.send(h11.Data(data=first))
+async def _send_body(connection: OriginConnection, stream: TunnelStream) -> None:
     while data := await stream.read():
-        await connection.send(h11.Data(data=data))
-    await connection.send(h11.EndOfMessage())
+        await connection.send_body(data)
+    await connection.end_request()
 
 
-async def _await_response(
-    connection: OriginConnection, pump: asyncio.Task[None] | None
-) -> h11.Response | h11.InformationalResponse:
-    """The first non-1xx response head (or a 101), failing early if the body pump fails."""
-    while True:
-        receive = asyncio.ensure_future(connection.receive_response())
-        if pump is not None and not pump.done():
-            await asyncio.wait({receive, pump}, return_when=asyncio.FIRST_COMPLETED)
-            if not receive.done() and pump.done() and pump.exception() is not None:
-                receive.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await receive
-                pump.result()
-        response = await receive
-        if isinstance(response, h11.Response) or response.status_code == 101:
-            return response
+async def _await_response(connection: OriginConnection, pump: asyncio.Task[None]) -> OriginResponse:
+    """The final response head (or a 101), failing early if the body pump fails."""
+    receive = asyncio.ensure_future(connection.receive_response())
+    if not pump.done():
+        await asyncio.wait({receive, pump}, return_when=asyncio.FIRST_COMPLETED)
+    if not receive.done() and pump.done() and pump.exception() is not None:
+        receive.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await receive
+        pump.result()
+    return await receive
 
 
-def _response_headers(response: h11.Response | h11.InformationalResponse) -> list[tuple[str, str]]:
+def _response_headers(response: OriginResponse) -> list[tuple[str, str]]:
     # Go's client moves Transfer-Encoding out of the header map; every other field stays.
     return [
         (name, value)
-        for name, value in decode_headers(response.headers.raw_items())
-        if name.lower() != "transfer-encoding"
+        for name, value in response.headers
+        if len(name) != 17 or name.lower() != "transfer-encoding"
     ]
 
 

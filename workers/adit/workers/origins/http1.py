@@ -1,41 +1,218 @@
-"""One HTTP/1.1 client connection to an origin: h11 (sans-IO) driven by asyncio streams.
+"""One HTTP/1.1 client connection to an origin: llhttp (httptools) driven by asyncio streams.
 
-h11 keeps the request and response halves separately, so one task may stream the request
-body while another reads the response, as Go's Transport does. Header names and values
-travel as ``str`` holding latin-1 decoded bytes, so any byte sequence survives the trip.
+Requests are serialised here in one buffer (request line and headers), the body passed
+through as it comes: as is under a Content-Length, in chunked framing when streamed without
+one. Responses are parsed by llhttp; once a head says ``Content-Length`` (or the body runs to
+the end of the connection) the body bytes bypass the parser and are handed on unchanged.
+
+The request and response halves are independent, so one task may stream the request body
+while another reads the response, as Go's Transport does. Header names and values travel as
+``str`` holding latin-1 decoded bytes, so any byte sequence survives the trip.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import re
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 
-import h11
+import httptools
 
 from adit.workers.errors import OriginProtocolError
 from adit.workers.origins.dialer import READ_LIMIT
 
-__all__ = ["MAX_RESPONSE_HEAD", "OriginConnection", "decode_headers", "encode_headers"]
+__all__ = ["MAX_RESPONSE_HEAD", "OriginConnection", "OriginResponse", "serialise_request_head"]
 
 # Go's Transport accepts response heads up to 1 MiB (MaxResponseHeaderBytes default).
 MAX_RESPONSE_HEAD = 1 << 20
 
+_TCHARS = r"[-!#$%&'*+.^_`|~0-9A-Za-z]+"
+# Header names joined by LF: one regex call checks them all (an LF inside a name is caught
+# by counting line ends).
+_NAMES = re.compile(f"{_TCHARS}(?:\n{_TCHARS})*")
+_METHOD = re.compile(_TCHARS)
+# Control characters other than HTAB; CR and LF are counted separately (one pair per line).
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_TARGET = re.compile(r"[^\x00-\x20\x7f]+")
 
-def encode_headers(headers: tuple[tuple[str, str], ...]) -> list[tuple[bytes, bytes]]:
-    """``str`` pairs to the bytes h11 sends; non-latin-1 text falls back to UTF-8."""
-    return [(_encode(name), _encode(value)) for name, value in headers]
 
+def serialise_request_head(method: str, target: str, headers: Sequence[tuple[str, str]]) -> bytes:
+    """The request line and header block, latin-1 (UTF-8 for text outside latin-1).
 
-def decode_headers(raw: list[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
-    """Bytes pairs (original case, repeats kept) to ``str`` pairs, losslessly."""
-    return [(name.decode("latin-1"), value.decode("latin-1")) for name, value in raw]
-
-
-def _encode(text: str) -> bytes:
+    Raises :class:`OriginProtocolError` for a method, target, name or value that would
+    break the message framing (control characters, CR/LF, names that are not tokens).
+    """
+    if not _METHOD.fullmatch(method) or not _TARGET.fullmatch(target):
+        raise OriginProtocolError(f"invalid request for the origin: {method} {target!r}")
+    if headers and not _NAMES.fullmatch("\n".join([name for name, _ in headers])):
+        raise OriginProtocolError("invalid request for the origin: illegal header name")
+    text = "".join([f"{method} {target} HTTP/1.1\r\n", *[f"{n}: {v}\r\n" for n, v in headers]])
+    lines = len(headers) + 1
+    if text.count("\n") != lines or text.count("\r") != lines or _CONTROL.search(text):
+        raise OriginProtocolError("invalid request for the origin: illegal header value")
     try:
-        return text.encode("latin-1")
+        return text.encode("latin-1") + b"\r\n"
     except UnicodeEncodeError:
-        return text.encode("utf-8")
+        return text.encode("utf-8") + b"\r\n"
+
+
+@dataclass(frozen=True, slots=True)
+class OriginResponse:
+    """A final response head from the origin (or a ``101``).
+
+    ``headers`` keep the origin's order, case and repeats, latin-1 decoded.
+    """
+
+    status: int
+    headers: list[tuple[str, str]]
+
+
+class _SkipBody(Exception):
+    """Raised from llhttp's headers callback to stop at the end of a HEAD response's head."""
+
+
+class _Response:
+    """Parse state of one response; llhttp's callback target (one parser per response)."""
+
+    __slots__ = (
+        "chunks",
+        "complete",
+        "extra",
+        "head_done",
+        "head_request",
+        "head_size",
+        "headers",
+        "keep_alive",
+        "parser",
+        "raw",
+        "remaining",
+        "status",
+        "trailing",
+    )
+
+    def __init__(self, head_request: bool) -> None:
+        self.parser = httptools.HttpResponseParser(self)
+        # Go and h11 accept bare LF line ends from origins; llhttp only when told to.
+        self.parser.set_dangerous_leniencies(lenient_optional_cr_before_lf=True)
+        self.head_request = head_request
+        self.headers: list[tuple[str, str]] = []
+        self.status = 0
+        self.head_done = False  # the final (or 101) head is parsed
+        self.head_size = 0
+        self.chunks: list[bytes] = []
+        self.complete = False
+        self.keep_alive = False
+        self.extra = False  # bytes arrived after the end of the message
+        self.raw = False  # body bytes bypass the parser
+        self.remaining = -1  # body bytes still due when ``raw``; -1: until the connection ends
+        self.trailing = b""
+
+    # -- llhttp callbacks ------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        if self.complete:
+            self.extra = True
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        # Trailers of a chunked body arrive here too, after the head: not forwarded (as Go).
+        if not self.head_done:
+            self.headers.append((name.decode("latin-1"), value.decode("latin-1")))
+
+    def on_headers_complete(self) -> None:
+        status = self.parser.get_status_code()
+        if status < 200 and status != 101:
+            self.headers = []  # an interim response: the final one follows
+            return
+        self.status = status
+        self.head_done = True
+        self.keep_alive = self.parser.should_keep_alive()
+        if status == 101:
+            return
+        if self.head_request:
+            self.complete = True
+            raise _SkipBody
+        if status in (204, 304):
+            return
+        length = -1
+        coded = False
+        for name, value in self.headers:
+            if len(name) == 14 and name.lower() == "content-length":
+                length = int(value)  # llhttp has checked it is one decimal number
+            elif len(name) == 17 and name.lower() == "transfer-encoding":
+                last = value.rsplit(",", 1)[-1].strip().lower()
+                coded = True if last == "chunked" else coded
+        if not coded:
+            self.raw = True  # llhttp still parses the body bytes already fed
+            self.remaining = length
+            if length == -1:
+                self.keep_alive = False
+
+    def on_body(self, body: bytes) -> None:
+        self.chunks.append(body)
+        if self.remaining > 0:
+            self.remaining -= len(body)
+
+    def on_message_complete(self) -> None:
+        if self.head_done:
+            self.complete = True
+
+    # -- feeding -----------------------------------------------------------------------------
+
+    def feed(self, data: bytes) -> None:
+        """Parse ``data`` (or pass it through as body); raises :class:`OriginProtocolError`."""
+        if self.raw and self.head_done:
+            self._feed_raw(data)
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            self.trailing = data[exc.args[0] :]
+        except httptools.HttpParserError as exc:
+            if self.head_request and self.complete:
+                # Stopped on purpose; anything after the blank line is not ours to read.
+                self.extra = not data.endswith((b"\r\n\r\n", b"\n\n"))
+                return
+            if self.complete and self.status != 101:
+                # Garbage after a complete response: the response stands, the connection not.
+                self.extra = True
+                return
+            raise OriginProtocolError(f"malformed response from origin: {exc}") from exc
+        if not self.head_done:
+            self.head_size += len(data)
+            if self.head_size > MAX_RESPONSE_HEAD:
+                raise OriginProtocolError(
+                    f"malformed response from origin: head larger than {MAX_RESPONSE_HEAD} bytes"
+                )
+        elif self.raw and self.remaining == 0:
+            self.complete = True
+
+    def _feed_raw(self, data: bytes) -> None:
+        if self.remaining < 0:
+            self.chunks.append(data)
+            return
+        if len(data) < self.remaining:
+            self.chunks.append(data)
+            self.remaining -= len(data)
+            return
+        if len(data) > self.remaining:
+            # More than the announced length: the connection cannot be trusted any more.
+            self.extra = True
+            data = data[: self.remaining]
+        self.chunks.append(data)
+        self.remaining = 0
+        self.complete = True
+
+    def feed_eof(self) -> None:
+        """The origin closed its side; raises unless that ends the message."""
+        if not self.head_done:
+            raise OriginProtocolError("origin closed the connection in the middle of the response")
+        if not self.complete:
+            if not (self.raw and self.remaining < 0):
+                raise OriginProtocolError(
+                    "origin closed the connection before the response body was complete"
+                )
+            self.complete = True
 
 
 class OriginConnection:
@@ -44,9 +221,12 @@ class OriginConnection:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader = reader
         self.writer = writer
-        self._h11 = h11.Connection(our_role=h11.CLIENT, max_incomplete_event_size=MAX_RESPONSE_HEAD)
         self.requests = 0  # requests started on this connection
         self.response_bytes_seen = False  # any byte of the current response arrived
+        self._response = _Response(False)
+        self._request_done = False
+        self._body_left = 0  # bytes still due under a Content-Length
+        self._chunked = False
 
     @property
     def reused(self) -> bool:
@@ -61,74 +241,126 @@ class OriginConnection:
     @property
     def reusable(self) -> bool:
         """Both halves of the exchange completed and neither side asked to close."""
-        return self._h11.our_state is h11.DONE and self._h11.their_state is h11.DONE
+        response = self._response
+        return (
+            self._request_done
+            and response.complete
+            and response.keep_alive
+            and not response.extra
+            and response.status != 101
+        )
 
     @property
     def trailing_data(self) -> bytes:
         """Bytes received after a 101 response (the start of the upgraded protocol)."""
-        return bytes(self._h11.trailing_data[0])
+        return self._response.trailing
 
-    def start_next_cycle(self) -> None:
-        """Reset h11 for the next request; only valid when :attr:`reusable`."""
-        self._h11.start_next_cycle()
+    # -- the request ---------------------------------------------------------------------------
 
-    async def send(self, event: h11.Event) -> None:
-        """Serialise ``event`` and write it, waiting for the socket to drain."""
-        try:
-            data = self._h11.send(event)
-        except h11.LocalProtocolError as exc:
-            raise OriginProtocolError(f"invalid request for the origin: {exc}") from exc
-        if isinstance(event, h11.Request):
-            self.requests += 1
-            self.response_bytes_seen = False
+    async def send_request(
+        self,
+        method: str,
+        target: str,
+        headers: Sequence[tuple[str, str]],
+        *,
+        body: bytes = b"",
+        content_length: int | None = None,
+        chunked: bool = False,
+        end: bool = True,
+    ) -> None:
+        """Write the request head, then ``body``, then (when ``end``) the end of the message.
+
+        ``headers`` are sent as given and must carry the framing header the body needs:
+        ``Content-Length`` (pass the same ``content_length``, which is enforced) or
+        ``Transfer-Encoding: chunked`` (pass ``chunked``). With neither there is no body.
+        """
+        head = serialise_request_head(method, target, headers)
+        self.requests += 1
+        self.response_bytes_seen = False
+        self._response = _Response(method == "HEAD")
+        self._request_done = False
+        self._chunked = chunked
+        self._body_left = content_length if content_length is not None else 0
+        if body:
+            await self._write(head, *self._frame(body), *self._ending(end))
+        else:
+            await self._write(head, *self._ending(end))
+
+    async def send_body(self, data: bytes) -> None:
+        """Write a piece of the request body (framed as :meth:`send_request` announced)."""
         if data:
-            try:
-                self.writer.write(data)
-                await self.writer.drain()
-            except OSError as exc:
-                raise OriginProtocolError(f"write to origin failed: {exc}") from exc
+            await self._write(*self._frame(data))
 
-    async def next_event(self) -> h11.Event | type[h11.PAUSED]:
-        """The next event from the origin; reads from the socket as needed."""
-        while True:
-            try:
-                event = self._h11.next_event()
-            except h11.RemoteProtocolError as exc:
-                raise OriginProtocolError(f"malformed response from origin: {exc}") from exc
-            if event is h11.NEED_DATA:
-                try:
-                    data = await self.reader.read(READ_LIMIT)
-                except OSError as exc:
-                    raise OriginProtocolError(f"read from origin failed: {exc}") from exc
-                if data:
-                    self.response_bytes_seen = True
-                self._h11.receive_data(data)
-                continue
-            if event is h11.PAUSED:
-                return h11.PAUSED
-            assert isinstance(event, h11.Event)
-            return event
+    async def end_request(self) -> None:
+        """Finish the request body."""
+        await self._write(*self._ending(True))
 
-    async def receive_response(self) -> h11.Response | h11.InformationalResponse:
-        """The next response head (1xx included); the caller skips what it does not need."""
-        event = await self.next_event()
-        if isinstance(event, h11.Response | h11.InformationalResponse):
-            return event
-        if isinstance(event, h11.ConnectionClosed):
-            raise OriginProtocolError("origin closed the connection before responding")
-        raise OriginProtocolError(f"unexpected event from origin: {event!r}")
+    def _frame(self, data: bytes) -> tuple[bytes, ...]:
+        if self._chunked:
+            return (b"%x\r\n" % len(data), data, b"\r\n")
+        if len(data) > self._body_left:
+            raise OriginProtocolError("request body longer than its Content-Length")
+        self._body_left -= len(data)
+        return (data,)
+
+    def _ending(self, end: bool) -> tuple[bytes, ...]:
+        if not end:
+            return ()
+        if self._body_left:
+            raise OriginProtocolError("request body shorter than its Content-Length")
+        self._request_done = True
+        return (b"0\r\n\r\n",) if self._chunked else ()
+
+    async def _write(self, *parts: bytes) -> None:
+        try:
+            if len(parts) == 1:
+                self.writer.write(parts[0])
+            elif parts:
+                self.writer.writelines(parts)
+            await self.writer.drain()
+        except OSError as exc:
+            raise OriginProtocolError(f"write to origin failed: {exc}") from exc
+
+    # -- the response --------------------------------------------------------------------------
+
+    async def receive_response(self) -> OriginResponse:
+        """The final response head (interim 1xx skipped), or a ``101``."""
+        response = self._response
+        while not response.head_done:
+            data = await self._read()
+            if not data:
+                if self.response_bytes_seen:
+                    raise OriginProtocolError(
+                        "origin closed the connection in the middle of the response head"
+                    )
+                raise OriginProtocolError("origin closed the connection before responding")
+            response.feed(data)
+        return OriginResponse(response.status, response.headers)
 
     async def body(self) -> AsyncIterator[bytes]:
         """The response body, chunk by chunk as it arrives; ends at the end of the message."""
+        response = self._response
         while True:
-            event = await self.next_event()
-            if isinstance(event, h11.Data):
-                if event.data:
-                    yield bytes(event.data)
-            elif isinstance(event, h11.EndOfMessage):
+            if response.chunks:
+                chunks, response.chunks = response.chunks, []
+                for chunk in chunks:
+                    yield chunk
+            if response.complete:
                 return
+            data = await self._read()
+            if data:
+                response.feed(data)
             else:
-                raise OriginProtocolError(f"unexpected event in response body: {event!r}")
+                response.feed_eof()
+
+    async def _read(self) -> bytes:
+        try:
+            data = await self.reader.read(READ_LIMIT)
+        except OSError as exc:
+            raise OriginProtocolError(f"read from origin failed: {exc}") from exc
+        if data:
+            self.response_bytes_seen = True
+        return data
 
     def close(self) -> None:
         """Close the socket without waiting (safe to call twice)."""
