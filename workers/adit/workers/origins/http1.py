@@ -161,9 +161,12 @@ class _Response:
 
     def feed(self, data: bytes) -> None:
         """Parse ``data`` (or pass it through as body); raises :class:`OriginProtocolError`."""
-        if self.raw and self.head_done:
-            self._feed_raw(data)
-            return
+        if self.head_done:
+            if self.raw:
+                self._feed_raw(data)
+                return
+        else:
+            self.head_size += len(data)
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -178,13 +181,15 @@ class _Response:
                 self.extra = True
                 return
             raise OriginProtocolError(f"malformed response from origin: {exc}") from exc
-        if not self.head_done:
-            self.head_size += len(data)
-            if self.head_size > MAX_RESPONSE_HEAD:
-                raise OriginProtocolError(
-                    f"malformed response from origin: head larger than {MAX_RESPONSE_HEAD} bytes"
-                )
-        elif self.raw and self.remaining == 0:
+        if self.head_size > MAX_RESPONSE_HEAD and (
+            # The bytes read so far exceed the limit; measure the head itself once complete.
+            not self.head_done
+            or sum(len(n) + len(v) + 4 for n, v in self.headers) > MAX_RESPONSE_HEAD
+        ):
+            raise OriginProtocolError(
+                f"malformed response from origin: head larger than {MAX_RESPONSE_HEAD} bytes"
+            )
+        if self.raw and self.remaining == 0:
             self.complete = True
 
     def _feed_raw(self, data: bytes) -> None:
