@@ -73,6 +73,7 @@ class Request:
         "expect_continue",
         "has_body",
         "headers",
+        "host",
         "http_version",
         "keep_alive",
         "method",
@@ -84,6 +85,8 @@ class Request:
         self.method = b"GET"
         self.target = b""
         self.headers: list[tuple[bytes, bytes]] = []
+        #: The Host header's value (``b""`` without one).
+        self.host = b""
         self.http_version = "1.1"
         self.keep_alive = False
         self.expect_continue = False
@@ -202,7 +205,10 @@ class RequestParser:
                 raise HeadersTooLarge("request head too large")
         lowered = name.lower()
         if lowered == b"host":
+            if self._has_host:
+                raise BadRequest("more than one Host header")
             self._has_host = True
+            request.host = value
         elif lowered == b"content-length":
             request.has_body = value.strip() != b"0"
         elif lowered == b"transfer-encoding":

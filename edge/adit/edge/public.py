@@ -95,7 +95,7 @@ class PublicListener:
     async def _handle(self, conn: Http1Connection, request: Request) -> bool:
         ray = self._ray()
         raw_headers = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in request.headers]
-        authority = next((v for n, v in raw_headers if n.lower() == "host"), "")
+        authority = request.host.decode("latin-1")
         host = _strip_port(authority).lower()
         route = self.store.tunnel_for_hostname(host) if host else None
         if route is None:
@@ -111,7 +111,7 @@ class PublicListener:
         session = live.handle
         assert isinstance(session, TunnelSession)
 
-        websocket = _is_websocket(raw_headers)
+        websocket = request.upgrade and _is_websocket(raw_headers)
         peer = conn.writer.get_extra_info("peername")
         client_ip = peer[0] if peer else ""
         headers = _forwarded_headers(raw_headers, client_ip, self.scheme, ray)

@@ -199,6 +199,7 @@ def test_keep_alive_follows_version_and_connection_header() -> None:
         b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n",
         b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, gzip\r\n",
         b"GET / HTTP/1.1\r\n",  # HTTP/1.1 without Host
+        b"GET / HTTP/1.1\r\nHost: x\r\nHost: y\r\n",
         b"GET / HTTP/1.1\r\nHost: x\r\nBad Name: y\r\n",
         b"GET / HTTP/1.1\r\nHost: x\r\n folded: y\r\n",
         b"G\x00T / HTTP/1.1\r\nHost: x\r\n",
