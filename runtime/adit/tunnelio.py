@@ -46,9 +46,10 @@ class StreamChannel:
         self.io = io
         self.stream_id = stream_id
         self._inbound: deque[tuple[bytes, int]] = deque()
-        self._readable = asyncio.Event()
-        self._writable = asyncio.Event()
-        self._writable.set()
+        # One reader and one writer at a time: a bare future each is all the waiting needs
+        # (two asyncio.Events per stream cost CPU per request and memory per idle stream).
+        self._read_waiter: asyncio.Future[None] | None = None
+        self._write_waiter: asyncio.Future[None] | None = None
         self.remote_ended = False
         self.local_ended = False
         self.reset_code: int | None = None
@@ -67,8 +68,11 @@ class StreamChannel:
                 raise StreamClosedError(f"stream reset (code {self.reset_code})")
             if self.remote_ended:
                 return b""
-            self._readable.clear()
-            await self._readable.wait()
+            self._read_waiter = waiter = self.io._loop.create_future()
+            try:
+                await waiter
+            finally:
+                self._read_waiter = None
         data, flow_len = self._inbound.popleft()
         self.io.acknowledge(self.stream_id, flow_len)
         return data
@@ -84,8 +88,11 @@ class StreamChannel:
         while self.io.conn.pending(self.stream_id) > HIGH_WATER or self.io.paused:
             if self.reset_code is not None or self.io.closed:
                 raise StreamClosedError("stream is closed")
-            self._writable.clear()
-            await self._writable.wait()
+            self._write_waiter = waiter = self.io._loop.create_future()
+            try:
+                await waiter
+            finally:
+                self._write_waiter = None
 
     def end(self) -> None:
         """End our side (after what is queued)."""
@@ -110,11 +117,11 @@ class StreamChannel:
 
     def _feed(self, data: bytes, flow_len: int) -> None:
         self._inbound.append((data, flow_len))
-        self._readable.set()
+        self._wake_reader()
 
     def _ended(self) -> None:
         self.remote_ended = True
-        self._readable.set()
+        self._wake_reader()
         self.io.maybe_forget(self)
 
     def _reset(self, code: int) -> None:
@@ -122,8 +129,18 @@ class StreamChannel:
         self._wake()
 
     def _wake(self) -> None:
-        self._readable.set()
-        self._writable.set()
+        self._wake_reader()
+        self._wake_writer()
+
+    def _wake_reader(self) -> None:
+        waiter = self._read_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _wake_writer(self) -> None:
+        waiter = self._write_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
 
 class TunnelIO(asyncio.Protocol, Generic[Conn]):
@@ -174,7 +191,7 @@ class TunnelIO(asyncio.Protocol, Generic[Conn]):
     def resume_writing(self) -> None:
         self.paused = False
         for channel in list(self.channels.values()):
-            channel._writable.set()
+            channel._wake_writer()
 
     # -- plumbing --------------------------------------------------------------------------------
 
@@ -253,7 +270,7 @@ class TunnelIO(asyncio.Protocol, Generic[Conn]):
         elif isinstance(event, SendBufferDrained):
             channel = self.channels.get(event.stream_id)
             if channel is not None:
-                channel._writable.set()
+                channel._wake_writer()
         elif isinstance(event, ConnectionTerminated):
             self.on_goaway(event)
         else:
