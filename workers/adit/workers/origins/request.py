@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import enum
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from adit.config.origin import OriginOptions
@@ -77,23 +77,16 @@ def tag_headers(connector_id: uuid.UUID, tags: Mapping[str, str]) -> tuple[tuple
     return tuple(pairs)
 
 
-def _connection_named(headers: Iterable[tuple[str, str]]) -> frozenset[str]:
-    named: set[str] = set()
-    for name, value in headers:
-        if name.lower() == "connection":
-            named.update(token.strip().lower() for token in value.split(",") if token.strip())
-    return frozenset(named)
+# Dropped from every forwarded request (the Host and framing headers are rebuilt).
+_DROPPED = _HOP_BY_HOP | _TUNNEL_INTERNAL | {"host", "content-length"}
 
 
-def _content_length(headers: Iterable[tuple[str, str]]) -> int | None:
-    for name, value in headers:
-        if name.lower() == "content-length":
-            try:
-                length = int(value.strip())
-            except ValueError:
-                return None
-            return length if length >= 0 else None
-    return None
+def _content_length(value: str) -> int | None:
+    try:
+        length = int(value.strip())
+    except ValueError:
+        return None
+    return length if length >= 0 else None
 
 
 def build_request_head(
@@ -105,15 +98,28 @@ def build_request_head(
     websocket = request.kind is StreamKind.WEBSOCKET
     public_host = request.authority or request.host
     host = options.http_host_header or public_host
-    dropped = _HOP_BY_HOP | _TUNNEL_INTERNAL | _connection_named(request.headers)
-    dropped |= {"host", "content-length"}
+    # One lower-casing pass: it finds the Connection-named fields and the first
+    # Content-Length, and the filter below reuses it.
+    lowered = [name.lower() for name, _ in request.headers]
+    dropped = _DROPPED
+    length: int | None = None
+    seen_length = False
+    for lower, (_, value) in zip(lowered, request.headers, strict=True):
+        if lower == "connection":
+            named = {token.strip().lower() for token in value.split(",") if token.strip()}
+            dropped = dropped | named
+        elif lower == "content-length" and not seen_length:
+            seen_length = True
+            length = _content_length(value)
     if options.http_host_header:
-        dropped |= {"x-forwarded-host"}
+        dropped = dropped | {"x-forwarded-host"}
     if websocket:
-        dropped |= {"sec-websocket-version"}
+        dropped = dropped | {"sec-websocket-version"}
 
     headers: list[tuple[str, str]] = [("Host", host)]
-    headers.extend((n, v) for n, v in request.headers if n.lower() not in dropped)
+    headers.extend(
+        pair for lower, pair in zip(lowered, request.headers, strict=True) if lower not in dropped
+    )
     headers.extend(tags)
     if options.http_host_header:
         headers.append(("X-Forwarded-Host", public_host))
@@ -131,7 +137,6 @@ def build_request_head(
         )
 
     headers.append(("Connection", "keep-alive"))
-    length = _content_length(request.headers)
     if length is not None:
         headers.append(("Content-Length", str(length)))
         framing = BodyFraming.LENGTH
