@@ -401,7 +401,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument("--scenarios", default=",".join(SCENARIOS))
     parser.add_argument("--seconds", type=int, default=10, help="wrk and h2load duration")
-    parser.add_argument("--rate", type=int, default=500, help="latency scenario: requests/s")
+    parser.add_argument("--rate", type=int, default=200, help="latency scenario: requests/s")
     parser.add_argument("--rate-clients", type=int, default=10)
     parser.add_argument("--size-mib", type=int, default=1024, help="download/upload size")
     parser.add_argument("--max-transfer", type=int, default=60, help="seconds per transfer")

@@ -81,33 +81,58 @@ def small_gets(target: Target, *, seconds: int, connections: int = 64, threads: 
 def latency(
     target: Target, *, rate: int, clients: int, seconds: int, log_file: Path
 ) -> tuple[Figures, list[float]]:
-    """h2load --h1 at a fixed request rate (``rate`` total), percentiles from its per-request log.
+    """h2load --h1 at a fixed request rate (``rate`` total), percentiles from per-request logs.
 
-    Each client sends at most one request at a time at ``rate/clients`` per second; the rate
-    is far below saturation, so responses return long before the next request is due and the
-    schedule is kept (no coordinated omission to speak of; ``late`` counts the exceptions).
+    ``clients`` separate h2load processes, one connection each, at ``rate/clients`` per second,
+    started ``1/rate`` s apart: requests arrive evenly spread. (One h2load with ``-c`` clients
+    starts all their schedules at once, so requests came in bursts of ``clients`` and every
+    path's figure measured the burst, not the rate.) Each connection sends at most one request
+    at a time; the rate is far below saturation, so the schedule is kept (``late`` counts the
+    exceptions).
     """
     per_client = max(1, rate // clients)
-    log_file.unlink(missing_ok=True)
-    _run(
-        [
-            "h2load",
-            "--h1",
-            f"-c{clients}",
-            "-m1",
-            f"--rps={per_client}",
-            f"-D{seconds}",
-            "--warm-up-time=1",
-            f"--log-file={log_file}",
-            # h2load sends its own Host; a second one would be a 400 at the edge.
-            *target.header_args("-H", ":authority"),
-            f"http://{target.static}{SMALL_PATH}",
-        ],
-        timeout=seconds + 30,
-    )
+    logs = [log_file.with_suffix(f".{index}.log") for index in range(clients)]
+    running = []
+    for index, client_log in enumerate(logs):
+        client_log.unlink(missing_ok=True)
+        if index:
+            time.sleep(1.0 / (per_client * clients))
+        running.append(
+            subprocess.Popen(
+                [
+                    "h2load",
+                    "--h1",
+                    "-c1",
+                    "-m1",
+                    f"--rps={per_client}",
+                    f"-D{seconds}",
+                    "--warm-up-time=1",
+                    f"--log-file={client_log}",
+                    # h2load sends its own Host; a second one would be a 400 at the edge.
+                    *target.header_args("-H", ":authority"),
+                    f"http://{target.static}{SMALL_PATH}",
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+            )
+        )
+    failed = []
+    for process in running:
+        try:
+            _, stderr = process.communicate(timeout=seconds + 30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            _, stderr = process.communicate()
+        if process.returncode != 0:
+            failed.append(stderr.decode(errors="replace")[-300:])
+    if failed:
+        raise RuntimeError(f"h2load failed: {failed[0]}")
+    lines = [line for client_log in logs for line in client_log.read_text().splitlines()]
+    log_file.write_text("\n".join(lines))
     samples: list[float] = []
     errors = 0
-    for line in log_file.read_text().splitlines():
+    for line in lines:
         parts = line.split("\t")
         if len(parts) < 3:
             continue
