@@ -1,4 +1,4 @@
-"""Server-side HTTP/1.1 on asyncio streams: what the public and API listeners share.
+"""Server-side HTTP/1.1 as an asyncio protocol: what the public and API listeners share.
 
 llhttp (through httptools) parses requests; responses are serialised here, the head in one
 build and bodies passed through as they are. llhttp runs in its strict mode: requests with
@@ -9,11 +9,11 @@ other than a final ``chunked`` or a bad chunk size are rejected (no lenient flag
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from http import HTTPStatus
+from typing import cast
 
 import httptools
 
@@ -26,7 +26,6 @@ __all__ = [
     "RequestParser",
     "ResponseError",
     "reason_phrase",
-    "serve_connection",
 ]
 
 log = logging.getLogger("adit.edge.http")
@@ -239,19 +238,40 @@ class RequestParser:
         self.events.append(b"")
 
 
-class Http1Connection:
-    """One server-side HTTP/1.1 connection: the parser plus the stream pair.
+Handler = Callable[["Http1Connection", Request], Awaitable[bool]]
+BadRequestHandler = Callable[["Http1Connection", BadRequest], Awaitable[None]]
 
-    Requests are answered in order. The handler of a request reads its body with
-    :meth:`read_body` and answers with :meth:`start_response`, :meth:`send_body` and
-    :meth:`end_response` (or :meth:`respond_simple`).
+
+class Http1Connection(asyncio.Protocol):
+    """One server-side HTTP/1.1 connection, as the protocol of its transport.
+
+    Bytes go straight from ``data_received`` into the parser (no stream buffer in between);
+    a task per connection answers the requests in order with ``handle``. The handler reads
+    a request's body with :meth:`read_body` and answers with :meth:`start_response`,
+    :meth:`send_body` and :meth:`end_response` (or :meth:`respond_simple`). Reading pauses
+    while more than :data:`READ_SIZE` bytes wait for the handler (back-pressure).
     """
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader = reader
-        self.writer = writer
+    def __init__(self, handle: Handler, on_bad_request: BadRequestHandler) -> None:
+        self._handle = handle
+        self._on_bad_request = on_bad_request
         self.parser = RequestParser()
         self.request = Request()
+        self.transport: asyncio.Transport | None = None
+        #: The client's address ("" when the transport has none).
+        self.client_ip = ""
+        #: The task serving this connection (done once it is closed).
+        self.serving: asyncio.Task[None] | None = None
+        self._loop = asyncio.get_running_loop()
+        self._waiter: asyncio.Future[None] | None = None
+        self._drain_waiter: asyncio.Future[None] | None = None
+        self._buffered = 0
+        self._reading_paused = False
+        self._writing_paused = False
+        self._eof = False
+        self._lost = False
+        self._over_ssl = False
+        self._raw: deque[bytes] | None = None
         self._held: list[bytes] = []
         self._error: BadRequest | None = None
         self._body_done = True
@@ -264,7 +284,77 @@ class Http1Connection:
         self._chunked = False
         self._remaining: int | None = None
 
+    # -- asyncio.Protocol --------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Start serving."""
+        # uvloop's transports are not asyncio.Transport subclasses, only alike.
+        self.transport = cast(asyncio.Transport, transport)
+        peer = transport.get_extra_info("peername")
+        self.client_ip = str(peer[0]) if peer else ""
+        self._over_ssl = transport.get_extra_info("sslcontext") is not None
+        self.serving = self._loop.create_task(self._serve())
+
+    def data_received(self, data: bytes) -> None:
+        """Parse what arrived (or keep it raw after switching protocols)."""
+        self._buffered += len(data)
+        if self._raw is not None:
+            self._raw.append(data)
+        elif self.parser.after_upgrade is not None:
+            # Not ours to parse until the handler says whether it switches protocols.
+            self.parser.after_upgrade += data
+        elif self._error is None:
+            try:
+                self.parser.feed(data)
+            except BadRequest as exc:
+                # Requests parsed before the bad bytes are still answered first.
+                self._error = exc
+        if self._buffered > READ_SIZE and not self._reading_paused and self.transport:
+            self._reading_paused = True
+            self.transport.pause_reading()
+        self._wake()
+
+    def eof_received(self) -> bool:
+        """The client finished sending; answer what it sent (half-close, except over TLS)."""
+        self._eof = True
+        self._wake()
+        return not self._over_ssl
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """Wake whatever waits: reads end, writes fail."""
+        self._lost = True
+        self._eof = True
+        self._wake()
+        waiter, self._drain_waiter = self._drain_waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def pause_writing(self) -> None:
+        """The transport's buffer is full."""
+        self._writing_paused = True
+
+    def resume_writing(self) -> None:
+        """The transport's buffer drained."""
+        self._writing_paused = False
+        waiter, self._drain_waiter = self._drain_waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
     # -- reading -------------------------------------------------------------------------------
+
+    def _wake(self) -> None:
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def _wait_for_data(self) -> None:
+        """Wait for ``data_received`` (or the end), letting the socket be read again."""
+        self._buffered = 0
+        if self._reading_paused and self.transport is not None:
+            self._reading_paused = False
+            self.transport.resume_reading()
+        waiter = self._waiter = self._loop.create_future()
+        await waiter
 
     async def _next_event(self) -> Request | bytes | None:
         """The next parser event, reading as needed; ``None`` at the end of the input."""
@@ -273,19 +363,17 @@ class Http1Connection:
         while not events:
             if self._error is not None:
                 raise self._error
-            try:
-                if parser.after_upgrade is not None:
+            if parser.after_upgrade is not None:
+                try:
                     parser.resume()
-                    continue
-                data = await self.reader.read(READ_SIZE)
-                if not data:
-                    if parser.in_message:
-                        raise BadRequest("the connection closed in the middle of a request")
-                    return None
-                parser.feed(data)
-            except BadRequest as exc:
-                # Requests parsed before the bad bytes are still answered first.
-                self._error = exc
+                except BadRequest as exc:
+                    self._error = exc
+                continue
+            if self._eof:
+                if parser.in_message:
+                    raise BadRequest("the connection closed in the middle of a request")
+                return None
+            await self._wait_for_data()
         return events.popleft()
 
     async def next_request(self) -> Request | None:
@@ -340,10 +428,30 @@ class Http1Connection:
         )
 
     def take_leftover(self) -> bytes:
-        """After switching protocols: the bytes the client sent after the request head."""
+        """Switch to raw bytes (after a 101): what the client sent after the request head.
+
+        From then on :meth:`read_raw` and :meth:`write_raw` carry the connection.
+        """
         leftover = self.parser.after_upgrade or b""
         self.parser.after_upgrade = None
+        self._raw = deque()
         return leftover
+
+    async def read_raw(self) -> bytes:
+        """After :meth:`take_leftover`: the next bytes the client sent; ``b""`` at its end."""
+        raw = self._raw
+        assert raw is not None
+        while not raw:
+            if self._eof:
+                return b""
+            await self._wait_for_data()
+        data = raw.popleft() if len(raw) == 1 else b"".join(raw)
+        raw.clear()
+        return data
+
+    async def write_raw(self, data: bytes) -> None:
+        """After :meth:`take_leftover`: bytes to the client, honouring back-pressure."""
+        await self._write(data, True)
 
     # -- writing -------------------------------------------------------------------------------
 
@@ -351,12 +459,16 @@ class Http1Connection:
         if data:
             self._held.append(data)
         if flush and self._held:
+            if self._lost or self.transport is None:
+                raise ConnectionResetError("the client went away")
             held, self._held = self._held, []
             if len(held) == 1:
-                self.writer.write(held[0])
+                self.transport.write(held[0])
             else:
-                self.writer.writelines(held)
-            await self.writer.drain()
+                self.transport.writelines(held)
+            while self._writing_paused and not self._lost:
+                waiter = self._drain_waiter = self._loop.create_future()
+                await waiter
 
     async def send_continue(self) -> None:
         """``100 Continue``, if the client waits for it."""
@@ -475,11 +587,36 @@ class Http1Connection:
         """Whether the current request's response has begun."""
         return self._responded
 
-    async def close(self) -> None:
-        """Close the socket, ignoring a peer that is already gone."""
-        self.writer.close()
-        with contextlib.suppress(ConnectionError, OSError):
-            await self.writer.wait_closed()
+    def close(self) -> None:
+        """Close the socket (what is written still goes out)."""
+        if self.transport is not None:
+            self.transport.close()
+
+    async def _serve(self) -> None:
+        """Answer requests until the connection ends; ``handle`` returns keep-alive."""
+        try:
+            while True:
+                try:
+                    request = await self.next_request()
+                except BadRequest as exc:
+                    # Only ever between responses: answer with the placeholder (close).
+                    self.request = Request()
+                    await self._on_bad_request(self, exc)
+                    break
+                if request is None:
+                    break
+                if not await self._handle(self, request) or not self.keeps_alive:
+                    break
+                await self.drain_body()
+                if not self.reusable:
+                    break
+        except (ConnectionError, OSError, BadRequest, ResponseError):
+            pass
+        except Exception:
+            # A bug in one request's handling must cost that connection, never the listener.
+            log.exception("request handling failed")
+        finally:
+            self.close()
 
 
 def _encode_head(lines: list[str], headers: Sequence[tuple[str, str]]) -> bytes:
@@ -492,36 +629,3 @@ def _encode_head(lines: list[str], headers: Sequence[tuple[str, str]]) -> bytes:
     except UnicodeEncodeError:
         # Only our own text can be beyond latin-1; it goes out as UTF-8 (wire_bytes' rule).
         return head.encode("utf-8")
-
-
-async def serve_connection(
-    reader: asyncio.StreamReader,
-    writer: asyncio.StreamWriter,
-    handle: Callable[[Http1Connection, Request], Awaitable[bool]],
-    on_bad_request: Callable[[Http1Connection, BadRequest], Awaitable[None]],
-) -> None:
-    """Serve requests on one connection until it closes; ``handle`` returns keep-alive."""
-    conn = Http1Connection(reader, writer)
-    try:
-        while True:
-            try:
-                request = await conn.next_request()
-            except BadRequest as exc:
-                # Only ever between responses: answer with the placeholder request (close).
-                conn.request = Request()
-                await on_bad_request(conn, exc)
-                break
-            if request is None:
-                break
-            if not await handle(conn, request) or not conn.keeps_alive:
-                break
-            await conn.drain_body()
-            if not conn.reusable:
-                break
-    except (ConnectionError, OSError, BadRequest, ResponseError):
-        pass
-    except Exception:
-        # A bug in one request's handling must cost that connection, never the listener.
-        log.exception("request handling failed")
-    finally:
-        await conn.close()

@@ -18,7 +18,6 @@ from adit.edge.http1 import (
     Http1Connection,
     Request,
     ResponseError,
-    serve_connection,
 )
 from adit.edge.pages import (
     BAD_REQUEST,
@@ -60,9 +59,9 @@ class PublicListener:
         self.location = location
         self.scheme = scheme
 
-    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """asyncio.start_server callback."""
-        await serve_connection(reader, writer, self._handle, self._bad_request)
+    def protocol(self) -> Http1Connection:
+        """The protocol factory for ``loop.create_server``: one per eyeball connection."""
+        return Http1Connection(self._handle, self._bad_request)
 
     async def _bad_request(self, conn: Http1Connection, exc: BadRequest) -> None:
         page = HEADERS_TOO_LARGE if isinstance(exc, HeadersTooLarge) else BAD_REQUEST
@@ -112,9 +111,7 @@ class PublicListener:
         assert isinstance(session, TunnelSession)
 
         websocket = request.upgrade and _is_websocket(raw_headers)
-        peer = conn.writer.get_extra_info("peername")
-        client_ip = peer[0] if peer else ""
-        headers = _forwarded_headers(raw_headers, client_ip, self.scheme, ray)
+        headers = _forwarded_headers(raw_headers, conn.client_ip, self.scheme, ray)
         has_body = request.has_body
         method = request.method.decode("ascii")
         target = request.target.decode("latin-1")
@@ -233,14 +230,13 @@ async def _pipe_raw(conn: Http1Connection, stream: RequestStream, leftover: byte
     async def upstream() -> None:
         if leftover:
             await stream.channel.write(leftover)
-        while data := await conn.reader.read(256 * 1024):
+        while data := await conn.read_raw():
             await stream.channel.write(data)
         stream.channel.end()
 
     async def downstream() -> None:
         while data := await stream.channel.read():
-            conn.writer.write(data)
-            await conn.writer.drain()
+            await conn.write_raw(data)
 
     up = asyncio.ensure_future(upstream())
     down = asyncio.ensure_future(downstream())

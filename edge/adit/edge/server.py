@@ -23,7 +23,7 @@ from pathlib import Path
 from adit.credentials import TunnelCredentials, encode_tunnel_token
 from adit.edge.api import EdgeInfo, ManagementApi
 from adit.edge.ca import EdgeCA
-from adit.edge.http1 import BadRequest, Http1Connection, Request, serve_connection
+from adit.edge.http1 import BadRequest, Http1Connection, Request
 from adit.edge.public import PublicListener
 from adit.edge.registry import ConnectionRegistry
 from adit.edge.store import Store
@@ -121,9 +121,7 @@ class EdgeServer:
         self.addresses["http"] = []
         for address in self.settings.http_listen:
             host, port = split_address(address)
-            server = await asyncio.start_server(
-                public.serve, host, port, limit=256 * 1024, reuse_address=True
-            )
+            server = await loop.create_server(public.protocol, host, port, reuse_address=True)
             self.servers.append(server)
             self.addresses["http"] += _bound(server)
         self.addresses["https"] = []
@@ -134,11 +132,10 @@ class EdgeServer:
             public_tls = self._public_tls_context()
             for address in self.settings.https_listen:
                 host, port = split_address(address)
-                server = await asyncio.start_server(
-                    secure.serve,
+                server = await loop.create_server(
+                    secure.protocol,
                     host,
                     port,
-                    limit=256 * 1024,
                     reuse_address=True,
                     ssl=public_tls,
                     ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT,
@@ -149,8 +146,8 @@ class EdgeServer:
         self.addresses["api"] = []
         for address in self.settings.api_listen:
             host, port = split_address(address)
-            server = await asyncio.start_server(
-                self._serve_api,
+            server = await loop.create_server(
+                self._api_protocol,
                 host,
                 port,
                 ssl=api_tls,
@@ -241,8 +238,8 @@ class EdgeServer:
         self.sessions.add(session)
         return session
 
-    async def _serve_api(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await serve_connection(reader, writer, self._api_request, self._api_bad_request)
+    def _api_protocol(self) -> Http1Connection:
+        return Http1Connection(self._api_request, self._api_bad_request)
 
     async def _api_bad_request(self, conn: Http1Connection, exc: BadRequest) -> None:
         with contextlib.suppress(Exception):

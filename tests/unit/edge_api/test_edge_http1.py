@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 
 import pytest
+import uvloop
 
 from adit.edge.http1 import (
     MAX_HEADER_BYTES,
@@ -15,7 +16,6 @@ from adit.edge.http1 import (
     Request,
     RequestParser,
     reason_phrase,
-    serve_connection,
 )
 
 Client = tuple[asyncio.StreamReader, asyncio.StreamWriter]
@@ -62,9 +62,8 @@ async def _handle(conn: Http1Connection, request: Request) -> bool:
         data = conn.take_leftover()
         while True:
             if data:
-                conn.writer.write(data.upper())
-                await conn.writer.drain()
-            data = await conn.reader.read(65536)
+                await conn.write_raw(data.upper())
+            data = await conn.read_raw()
             if not data:
                 return False
     # As the public listener does: a body not forwarded is read and dropped first.
@@ -79,29 +78,28 @@ async def _bad_request(conn: Http1Connection, exc: BadRequest) -> None:
 
 
 async def _with_server(test: Callable[[int], Awaitable[None]]) -> None:
-    connections: set[asyncio.Task[object]] = set()
+    connections: list[Http1Connection] = []
 
-    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        connections.add(task)
-        await serve_connection(reader, writer, _handle, _bad_request)
+    def protocol() -> Http1Connection:
+        conn = Http1Connection(_handle, _bad_request)
+        connections.append(conn)
+        return conn
 
-    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    server = await asyncio.get_running_loop().create_server(protocol, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     try:
         async with asyncio.timeout(20):
             await test(port)
             # Every connection the test made has ended on the server too.
-            while pending := [t for t in connections if not t.done()]:
-                await asyncio.wait(pending)
+            await asyncio.gather(*(c.serving for c in connections if c.serving is not None))
     finally:
         server.close()
         await server.wait_closed()
 
 
 def _run(test: Callable[[int], Awaitable[None]]) -> None:
-    asyncio.run(_with_server(test))
+    # The edge runs on uvloop, whose transports differ from asyncio's in small ways.
+    uvloop.run(_with_server(test))
 
 
 async def _connect(port: int) -> Client:
