@@ -32,7 +32,9 @@ __all__ = [
 
 # Go's net.Dialer FallbackDelay default: how long IPv6 gets before IPv4 races it.
 HAPPY_EYEBALLS_DELAY = 0.3
-READ_LIMIT = 64 * 1024
+# One read of an origin socket: 256 KiB costs ~30% less CPU per MiB on downloads than 64 KiB
+# (fewer reads, fewer tunnel writes); the StreamReader pauses the socket at twice this.
+READ_LIMIT = 256 * 1024
 
 
 @dataclass(frozen=True, slots=True)
