@@ -1,7 +1,7 @@
 """The ``adit`` command: cloudflared's command tree with ``adit`` in its place.
 
-Subcommands live in their own modules and are attached here; heavy imports happen inside the
-commands so that ``adit --help`` stays fast.
+Subcommands live in their own modules and are imported only when used (:class:`LazyGroup`), so
+``adit tunnel run`` loads neither the edge nor ``access`` before its first connection.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import sys
 
 import click
 
+from adit.cli.lazy_group import LazyGroup
 from adit.cli.state import CliState, UsageFailure
 from adit.version import __version__
 
@@ -18,7 +19,23 @@ def _version_line() -> str:
     return f"adit version {__version__}"
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+#: Subcommands and where they live (``access`` doubles as ``forward``, as in cloudflared).
+_COMMANDS = {
+    "tunnel": "adit.cli.tunnel:tunnel",
+    "service": "adit.cli.service:service",
+    "access": "adit.cli.access:access",
+    "forward": "adit.cli.access:access",
+    "edge": "adit.edge.cli:edge",
+}
+
+
+@click.group(
+    cls=LazyGroup,
+    lazy_commands=_COMMANDS,
+    # The edge is optional in a connector-only install.
+    optional_modules=frozenset({"adit.edge.cli"}),
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
 @click.version_option(__version__, "--version", "-v", "-V", message=_version_line())
 @click.pass_context
 def cli(ctx: click.Context) -> None:
@@ -31,27 +48,6 @@ def cli(ctx: click.Context) -> None:
 def version_command(short: bool) -> None:
     """Print the version."""
     click.echo(__version__ if short else _version_line())
-
-
-def _attach_commands() -> None:
-    from adit.cli.tunnel import tunnel
-
-    cli.add_command(tunnel)
-    from adit.cli.service import service
-
-    cli.add_command(service)
-    from adit.cli.access import access
-
-    cli.add_command(access, "access")
-    cli.add_command(access, "forward")
-    try:
-        from adit.edge.cli import edge
-    except ImportError:  # the edge is optional in a connector-only install
-        return
-    cli.add_command(edge)
-
-
-_attach_commands()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -4,10 +4,22 @@ from __future__ import annotations
 
 import click
 
+from adit.cli.lazy_group import LazyGroup
 from adit.cli.state import CommandFailure, cli_state
 
+_MANAGE = "adit.cli.manage:COMMANDS"
+#: The subcommands, imported when used: `tunnel run` never loads the management commands.
+_COMMANDS = {
+    "ingress": "adit.cli.ingress:ingress",
+    **dict.fromkeys(
+        ("login", "create", "route", "list", "info", "delete", "token", "cleanup", "rotate"),
+        _MANAGE,
+    ),
+    "run": "adit.cli.run:COMMANDS",
+}
 
-@click.group(invoke_without_command=True)
+
+@click.group(cls=LazyGroup, lazy_commands=_COMMANDS, invoke_without_command=True)
 @click.option(
     "--config",
     "config_path",
@@ -98,25 +110,3 @@ NO_ARGUMENT_MESSAGE = "\n".join(
         "For production usage, create a named tunnel: adit tunnel create NAME.",
     ]
 )
-
-
-def _attach() -> None:
-    import importlib
-
-    for module_name, attr in (
-        ("adit.cli.ingress", "ingress"),
-        ("adit.cli.manage", "COMMANDS"),
-        ("adit.cli.run", "COMMANDS"),
-    ):
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name != module_name:
-                raise
-            continue
-        found = getattr(module, attr)
-        for command in found if isinstance(found, list | tuple) else [found]:
-            tunnel.add_command(command)
-
-
-_attach()

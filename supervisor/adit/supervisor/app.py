@@ -24,9 +24,9 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
-import psutil
 import uvloop
 import zmq.asyncio
 
@@ -40,7 +40,6 @@ from adit.ipc.channels import (
 from adit.ipc.messages import Command, Event
 from adit.logs import fields, parse_level
 from adit.supervisor.errors import SupervisorError
-from adit.supervisor.metrics import WorkerSample, build_registry, render_metrics
 from adit.supervisor.metrics_server import MetricsServer, bind_metrics_socket, format_address
 from adit.supervisor.pidfile import write_pidfile
 from adit.supervisor.settings import SupervisorSettings
@@ -59,7 +58,12 @@ from adit.supervisor.state import (
     VerifyAffinity,
     WritePidfile,
 )
+from adit.supervisor.stats import WorkerSample
 from adit.systemd import Notifier, SystemdNotifier
+
+if TYPE_CHECKING:
+    import psutil
+    from prometheus_client import CollectorRegistry
 
 __all__ = ["TICK_INTERVAL", "Supervisor", "WorkerExited", "worker_environment"]
 
@@ -209,7 +213,8 @@ class Supervisor:
         self._runtime_dir: Path | None = None
         self._context: zmq.asyncio.Context | None = None
         self._background: set[asyncio.Task[None]] = set()
-        self._registry = build_registry(self.state.stats, self._sample_workers)
+        # Built at the first scrape: prometheus_client is not needed to start the workers.
+        self._registry: CollectorRegistry | None = None
 
     def run(self) -> int:
         """Run until drained or failed; the process exit code."""
@@ -397,8 +402,8 @@ class Supervisor:
 
     def _verify_affinity(self, action: VerifyAffinity) -> None:
         try:
-            affinity = psutil.Process(action.pid).cpu_affinity()
-        except (psutil.Error, AttributeError):
+            affinity = sorted(os.sched_getaffinity(action.pid))
+        except (OSError, AttributeError):
             return
         if affinity != [action.cpu]:
             log.warning(
@@ -450,6 +455,8 @@ class Supervisor:
             self._inbox.put_nowait(_WatchdogDue())
 
     def _sample_workers(self) -> Iterator[WorkerSample]:
+        import psutil
+
         for record in self.state.workers.values():
             pid = record.pid
             if pid is None or pid < 0:
@@ -480,4 +487,8 @@ class Supervisor:
             self._inbox.put_nowait(_Tick())
 
     def _render_metrics(self) -> bytes:
+        from adit.supervisor.metrics import build_registry, render_metrics
+
+        if self._registry is None:
+            self._registry = build_registry(self.state.stats, self._sample_workers)
         return render_metrics(self._registry)

@@ -12,15 +12,14 @@ supervisor measures at scrape time (RSS and CPU with psutil, loop lag from the h
 from __future__ import annotations
 
 import platform
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString as _untyped_float_to_go_string
 
-from adit.ipc.messages import StatsSnapshot
+from adit.supervisor.stats import TunnelStats, WorkerSample, WorkerSampler
 
 __all__ = ["TunnelCollector", "TunnelStats", "WorkerSample", "build_registry", "render_metrics"]
 
@@ -31,90 +30,6 @@ def _counter(name: str, documentation: str, samples: list[tuple[dict[str, str], 
     for labels, value in samples:
         metric.add_sample(name, labels, value)
     return metric
-
-
-class TunnelStats:
-    """Latest worker snapshots plus the supervisor's own connection counts."""
-
-    def __init__(self, version: str) -> None:
-        self.version = version
-        self._snapshots: dict[int, StatsSnapshot] = {}
-        #: Connections currently registered across all workers.
-        self.ha_connections = 0
-        #: Successful ``registerConnection`` calls since start.
-        self.register_success = 0
-        #: Refused registrations by cloudflared's ``error`` label.
-        self.register_fail: dict[str, int] = {}
-        #: Connections waiting to dial again after losing their edge connection.
-        self.timer_retries = 0
-        #: Version of the ingress snapshot in force (1 at start, +1 per changed reload).
-        self.config_version = 0
-        self.reload_failures = 0
-        self.last_reload_success = True
-        #: Streams in flight by live worker, from their heartbeats.
-        self.active_streams = 0
-        #: Edge location per connection index: the current one, then the earlier ones.
-        self._locations: dict[int, list[str]] = {}
-
-    def set_location(self, conn_index: int, location: str) -> None:
-        """Connection ``conn_index`` now serves from ``location``."""
-        seen = self._locations.setdefault(conn_index, [])
-        if location in seen:
-            seen.remove(location)
-        seen.insert(0, location)
-
-    def locations(self) -> list[tuple[str, str, int]]:
-        """``(connection_id, edge_location, 1 current / 0 previous)`` rows."""
-        return [
-            (str(index), location, 1 if position == 0 else 0)
-            for index, seen in sorted(self._locations.items())
-            for position, location in enumerate(seen)
-        ]
-
-    def update(self, snapshot: StatsSnapshot) -> None:
-        """Keep ``snapshot`` as the slot's latest counters."""
-        self._snapshots[snapshot.slot] = snapshot
-
-    def drop_slot(self, slot: int) -> None:
-        """Forget a worker that exited (its replacement starts from zero)."""
-        self._snapshots.pop(slot, None)
-
-    @property
-    def total_requests(self) -> int:
-        """Proxied requests over all workers."""
-        return sum(s.total_requests for s in self._snapshots.values())
-
-    @property
-    def request_errors(self) -> int:
-        """Proxy errors over all workers."""
-        return sum(s.request_errors for s in self._snapshots.values())
-
-    @property
-    def concurrent_requests(self) -> int:
-        """Requests in flight over all live workers."""
-        return sum(s.concurrent_requests for s in self._snapshots.values())
-
-    def responses_by_code(self) -> dict[str, int]:
-        """Origin responses per status code, summed."""
-        totals: dict[str, int] = {}
-        for snapshot in self._snapshots.values():
-            for code, count in snapshot.responses_by_code.items():
-                totals[code] = totals.get(code, 0) + count
-        return totals
-
-
-@dataclass(frozen=True)
-class WorkerSample:
-    """One live worker as measured at scrape time."""
-
-    slot: int
-    restarts: int
-    loop_lag: float = 0.0
-    rss_bytes: int | None = None
-    cpu_seconds: float | None = None
-
-
-WorkerSampler = Callable[[], Iterable[WorkerSample]]
 
 
 class TunnelCollector(Collector):

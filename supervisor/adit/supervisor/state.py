@@ -48,8 +48,8 @@ from adit.ipc.messages import (
     WorkerSettings,
 )
 from adit.logs import fields
-from adit.supervisor.metrics import TunnelStats
 from adit.supervisor.settings import SupervisorSettings
+from adit.supervisor.stats import TunnelStats
 
 __all__ = [
     "ABORT_GRACE",
