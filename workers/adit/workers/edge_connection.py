@@ -16,6 +16,7 @@ import logging
 import uuid
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 from adit.config.ingress import Ingress
 from adit.logs import fields
@@ -73,8 +74,10 @@ class ConnectorStream:
     def response_started(self) -> bool:
         return self._started
 
-    async def read(self) -> bytes:
-        return await self.channel.read()
+    # read() and write() hand out the channel's own coroutines: no wrapper frame per call (on
+    # the data path) nor per idle stream (a WebSocket waits in read() for its whole life).
+    def read(self) -> Coroutine[Any, Any, bytes]:
+        return self.channel.read()
 
     async def send_response(
         self,
@@ -99,8 +102,8 @@ class ConnectorStream:
             self.connection.maybe_forget(self.channel)
         self.connection.flush()
 
-    async def write(self, data: bytes) -> None:
-        await self.channel.write(data)
+    def write(self, data: bytes) -> Coroutine[Any, Any, None]:
+        return self.channel.write(data)
 
     async def end(self) -> None:
         self.channel.end()

@@ -17,7 +17,6 @@ import argparse
 import asyncio
 import contextlib
 import ctypes
-import ctypes.util
 import faulthandler
 import importlib
 import importlib.util
@@ -254,11 +253,10 @@ def _block_forever() -> None:
 
 def _die_with_parent() -> None:
     """Ask the kernel for SIGTERM (i.e. a drain) if the supervisor dies without stopping us."""
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(name, use_errno=True)
+    # The symbols already loaded into this process (libc among them): find_library("c") would
+    # run ``ldconfig -p`` in a subprocess on every worker start.
+    with contextlib.suppress(OSError, AttributeError, TypeError):
+        libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
 
 

@@ -10,7 +10,6 @@ frame payloads to the origin and origin bytes into binary frames.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
 from adit.protocol.websocket import (
     CloseCode,
@@ -22,6 +21,7 @@ from adit.protocol.websocket import (
 )
 from adit.workers.errors import BastionDestinationMissing
 from adit.workers.origins.dialer import READ_LIMIT
+from adit.workers.origins.pipe import race
 from adit.workers.stream import IncomingRequest, TunnelStream
 
 __all__ = ["JUMP_DESTINATION_HEADER", "ack_headers", "bridge", "jump_destination"]
@@ -106,13 +106,5 @@ async def bridge(
             await send(ws.send_data(data))
         await send(ws.send_close(CloseCode.NORMAL))
 
-    tasks = {asyncio.create_task(edge_to_origin()), asyncio.create_task(origin_to_edge())}
-    try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            # Either direction failing just ends the bridge, as in cloudflared.
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+    # Either direction ending or failing ends the bridge, as in cloudflared.
+    await race(edge_to_origin(), origin_to_edge())
