@@ -563,3 +563,83 @@ async def test_origin_closing_after_each_response_is_served_on_fresh_connections
             await origin_proxy.serve(stream, rule)
             assert (stream.status, stream.writes) == (200, [b"a"])
     assert origin.connections == 2
+
+
+@asynctest
+async def test_slow_consumer_gets_every_byte_of_a_large_body() -> None:
+    body = bytes(range(256)) * 32768  # 8 MiB: reading the origin pauses while the tunnel lags
+    origin = ScriptedOrigin([b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body])
+    async with origin.running():
+        connection = await origin.connect()
+        await connection.send_request("GET", "/", [("Host", "o")])
+        await connection.receive_response()
+        received = bytearray()
+        async for chunk in connection.body():
+            received += chunk
+            await asyncio.sleep(0.001)
+        assert received == body
+        assert connection.reusable
+        connection.close()
+
+
+async def _upgrading_origin(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Answers 101 plus the first upgraded bytes in one write, then echoes until EOF."""
+    try:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\nfirst;"
+        )
+        await writer.drain()
+        while data := await reader.read(65536):
+            writer.write(data.upper())
+            await writer.drain()
+    finally:
+        writer.close()
+
+
+class UpgradedStream(EndedStream):
+    """A WebSocket stream: the edge sends ``frames`` after the response, then ends."""
+
+    def __init__(self, request: IncomingRequest, frames: list[bytes]) -> None:
+        super().__init__(request)
+        self.inbound: asyncio.Queue[bytes] = asyncio.Queue()
+        self.frames = frames
+        self.got = asyncio.Event()
+
+    async def read(self) -> bytes:
+        return await self.inbound.get()
+
+    async def send_response(
+        self,
+        status: int,
+        headers: list[tuple[str, str]],
+        *,
+        source: ResponseSource = ResponseSource.ORIGIN,
+        end_stream: bool = False,
+    ) -> None:
+        await super().send_response(status, headers, source=source, end_stream=end_stream)
+        for frame in self.frames:
+            self.inbound.put_nowait(frame)
+
+    async def write(self, data: bytes) -> None:
+        self.writes.append(data)
+        if b"".join(self.writes).endswith(b"HELLO"):
+            self.inbound.put_nowait(b"")  # the eyeball ends once its echo arrived
+
+
+@asynctest
+async def test_websocket_upgrade_pipes_trailing_bytes_then_both_ways() -> None:
+    server = await asyncio.start_server(_upgrading_origin, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with proxy() as origin_proxy:
+            stream = UpgradedStream(get_request(StreamKind.WEBSOCKET), [b"hello"])
+            await asyncio.wait_for(origin_proxy.serve(stream, rule_for(port)), 10)
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert stream.status == 200
+    assert ("Sec-WebSocket-Accept", "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=") in stream.headers
+    assert b"".join(stream.writes) == b"first;HELLO"
+    assert stream.ended and not stream.was_reset

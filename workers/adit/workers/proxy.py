@@ -283,7 +283,8 @@ class OriginProxy:
                 if stream.request.kind is not StreamKind.WEBSOCKET:
                     raise OriginProtocolError("origin switched protocols without being asked to")
                 await stream.send_response(200, response.headers, source=ResponseSource.ORIGIN)
-                await pipe(stream, connection.reader, connection.writer, connection.trailing_data)
+                reader, writer = connection.upgrade()
+                await pipe(stream, reader, writer, connection.trailing_data)
                 await stream.end()
                 return
 

@@ -1,4 +1,4 @@
-"""One HTTP/1.1 client connection to an origin: llhttp (httptools) driven by asyncio streams.
+"""One HTTP/1.1 client connection to an origin: llhttp (httptools) on an asyncio protocol.
 
 Requests are serialised here in one buffer (request line and headers), the body passed
 through as it comes: as is under a Content-Length, in chunked framing when streamed without
@@ -16,6 +16,7 @@ import asyncio
 import re
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import httptools
 
@@ -26,6 +27,8 @@ __all__ = ["MAX_RESPONSE_HEAD", "OriginConnection", "OriginResponse", "serialise
 
 # Go's Transport accepts response heads up to 1 MiB (MaxResponseHeaderBytes default).
 MAX_RESPONSE_HEAD = 1 << 20
+# Response bytes held for the tunnel before the origin socket stops being read.
+_PAUSE_READING_AT = 2 * READ_LIMIT
 
 _TCHARS = r"[-!#$%&'*+.^_`|~0-9A-Za-z]+"
 # Header names joined by LF: one regex call checks them all (an LF inside a name is caught
@@ -161,6 +164,12 @@ class _Response:
 
     def feed(self, data: bytes) -> None:
         """Parse ``data`` (or pass it through as body); raises :class:`OriginProtocolError`."""
+        if self.complete:
+            if self.status == 101:
+                self.trailing += data  # the upgraded protocol's bytes, until the switch
+            else:
+                self.extra = True  # unsolicited bytes: the connection cannot be reused
+            return
         if self.head_done:
             if self.raw:
                 self._feed_raw(data)
@@ -172,11 +181,13 @@ class _Response:
         except httptools.HttpParserUpgrade as exc:
             self.trailing = data[exc.args[0] :]
         except httptools.HttpParserError as exc:
-            if self.head_request and self.complete:
+            # llhttp's callbacks may have completed the message meanwhile.
+            complete = self.completed()
+            if self.head_request and complete:
                 # Stopped on purpose; anything after the blank line is not ours to read.
                 self.extra = not data.endswith((b"\r\n\r\n", b"\n\n"))
                 return
-            if self.complete and self.status != 101:
+            if complete and self.status != 101:
                 # Garbage after a complete response: the response stands, the connection not.
                 self.extra = True
                 return
@@ -208,6 +219,10 @@ class _Response:
         self.remaining = 0
         self.complete = True
 
+    def completed(self) -> bool:
+        """Whether the whole response has arrived."""
+        return self.complete
+
     def feed_eof(self) -> None:
         """The origin closed its side; raises unless that ends the message."""
         if not self.head_done:
@@ -220,18 +235,62 @@ class _Response:
             self.complete = True
 
 
+class _Link(asyncio.Protocol):
+    """The transport's callbacks, handed to the connection that owns it."""
+
+    __slots__ = ("connection",)
+
+    def __init__(self, connection: OriginConnection) -> None:
+        self.connection = connection
+
+    def data_received(self, data: bytes) -> None:
+        self.connection._received(data)
+
+    def eof_received(self) -> bool:
+        self.connection._ended(None)
+        return False  # HTTP/1.1 has nothing to send after the origin ended: close
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.connection._ended(exc)
+        self.connection._lost = True
+        self.connection._wake_writer()
+
+    def pause_writing(self) -> None:
+        self.connection._write_paused = True
+
+    def resume_writing(self) -> None:
+        self.connection._write_paused = False
+        self.connection._wake_writer()
+
+
 class OriginConnection:
-    """An open connection to an origin, reusable for sequential requests."""
+    """An open connection to an origin, reusable for sequential requests.
+
+    Built from the dialer's streams, it takes their transport over with its own protocol:
+    bytes from the socket go straight into llhttp (or, for a body of known length, straight
+    to :meth:`body`), without the StreamReader's buffer and its two copies per read.
+    """
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader = reader
-        self.writer = writer
+        # The origin speaks only after a request, so the reader holds no data yet. The
+        # writer is kept: dropping it would close the transport (StreamWriter.__del__).
+        self._writer = writer
+        self._transport = cast(asyncio.Transport, writer.transport)
         self.requests = 0  # requests started on this connection
         self.response_bytes_seen = False  # any byte of the current response arrived
         self._response = _Response(False)
         self._request_done = False
         self._body_left = 0  # bytes still due under a Content-Length
         self._chunked = False
+        self._eof = reader.at_eof()
+        self._lost = False
+        self._error: OriginProtocolError | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        self._buffered = 0  # response bytes received and not yet taken by body()
+        self._read_paused = False
+        self._write_paused = False
+        self._drain: asyncio.Future[None] | None = None
+        self._transport.set_protocol(_Link(self))
 
     @property
     def reused(self) -> bool:
@@ -240,8 +299,8 @@ class OriginConnection:
 
     @property
     def stale(self) -> bool:
-        """The origin closed its side (or the transport is going away) while idle."""
-        return self.reader.at_eof() or self.writer.is_closing()
+        """The origin closed its side, sent bytes nobody asked for, or the transport is going."""
+        return self._eof or self._response.extra or self._transport.is_closing()
 
     @property
     def reusable(self) -> bool:
@@ -283,6 +342,7 @@ class OriginConnection:
         self.requests += 1
         self.response_bytes_seen = False
         self._response = _Response(method == "HEAD")
+        self._buffered = 0
         self._request_done = False
         self._chunked = chunked
         self._body_left = content_length if content_length is not None else 0
@@ -317,14 +377,27 @@ class OriginConnection:
         return (b"0\r\n\r\n",) if self._chunked else ()
 
     async def _write(self, *parts: bytes) -> None:
+        if self._lost or self._transport.is_closing():
+            raise OriginProtocolError("write to origin failed: the connection is closed")
         try:
             if len(parts) == 1:
-                self.writer.write(parts[0])
+                self._transport.write(parts[0])
             elif parts:
-                self.writer.writelines(parts)
-            await self.writer.drain()
+                self._transport.writelines(parts)
         except OSError as exc:
             raise OriginProtocolError(f"write to origin failed: {exc}") from exc
+        while self._write_paused and not self._lost:
+            self._drain = asyncio.get_running_loop().create_future()
+            try:
+                await self._drain
+            finally:
+                self._drain = None
+        if self._lost:
+            raise OriginProtocolError("write to origin failed: the connection is closed")
+
+    def _wake_writer(self) -> None:
+        if self._drain is not None and not self._drain.done():
+            self._drain.set_result(None)
 
     # -- the response --------------------------------------------------------------------------
 
@@ -332,14 +405,15 @@ class OriginConnection:
         """The final response head (interim 1xx skipped), or a ``101``."""
         response = self._response
         while not response.head_done:
-            data = await self._read()
-            if not data:
+            if self._error is not None:
+                raise self._error
+            if self._eof:
                 if self.response_bytes_seen:
                     raise OriginProtocolError(
                         "origin closed the connection in the middle of the response head"
                     )
                 raise OriginProtocolError("origin closed the connection before responding")
-            response.feed(data)
+            await self._wait()
         return OriginResponse(response.status, response.headers)
 
     async def body(self) -> AsyncIterator[bytes]:
@@ -348,25 +422,73 @@ class OriginConnection:
         while True:
             if response.chunks:
                 chunks, response.chunks = response.chunks, []
+                self._buffered = 0
+                if self._read_paused:
+                    self._read_paused = False
+                    self._transport.resume_reading()
                 for chunk in chunks:
                     yield chunk
+                continue
             if response.complete:
                 return
-            data = await self._read()
-            if data:
-                response.feed(data)
-            else:
+            if self._error is not None:
+                raise self._error
+            if self._eof:
                 response.feed_eof()
+                continue
+            await self._wait()
 
-    async def _read(self) -> bytes:
+    async def _wait(self) -> None:
+        if self._read_paused:
+            self._read_paused = False
+            self._transport.resume_reading()
+        self._waiter = asyncio.get_running_loop().create_future()
         try:
-            data = await self.reader.read(READ_LIMIT)
-        except OSError as exc:
-            raise OriginProtocolError(f"read from origin failed: {exc}") from exc
-        if data:
-            self.response_bytes_seen = True
-        return data
+            await self._waiter
+        finally:
+            self._waiter = None
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    def _received(self, data: bytes) -> None:
+        if self._error is not None:
+            return
+        self.response_bytes_seen = True
+        try:
+            self._response.feed(data)
+        except OriginProtocolError as exc:
+            self._error = exc
+        self._buffered += len(data)
+        if self._buffered > _PAUSE_READING_AT and not self._read_paused:
+            # The tunnel takes the body slower than the origin sends it: stop reading.
+            self._read_paused = True
+            self._transport.pause_reading()
+        self._wake()
+
+    def _ended(self, exc: Exception | None) -> None:
+        self._eof = True
+        if exc is not None and self._error is None and not self._response.complete:
+            self._error = OriginProtocolError(f"read from origin failed: {exc}")
+        self._wake()
+
+    # -- after a 101 ---------------------------------------------------------------------------
+
+    def upgrade(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """Streams for the upgraded protocol; bytes that came before are :attr:`trailing_data`."""
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(limit=READ_LIMIT, loop=loop)
+        protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
+        self._transport.set_protocol(protocol)
+        protocol.connection_made(self._transport)
+        if self._eof:
+            reader.feed_eof()
+        if self._read_paused:
+            self._read_paused = False
+            self._transport.resume_reading()
+        return reader, asyncio.StreamWriter(self._transport, protocol, reader, loop)
 
     def close(self) -> None:
         """Close the socket without waiting (safe to call twice)."""
-        self.writer.close()
+        self._transport.close()
