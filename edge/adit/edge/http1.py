@@ -19,6 +19,7 @@ import httptools
 
 __all__ = [
     "MAX_HEADER_BYTES",
+    "READ_SIZE",
     "BadRequest",
     "HeadersTooLarge",
     "Http1Connection",
@@ -325,9 +326,8 @@ class Http1Connection(asyncio.Protocol):
         self._lost = True
         self._eof = True
         self._wake()
-        waiter, self._drain_waiter = self._drain_waiter, None
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        _release(self._drain_waiter)
+        self._drain_waiter = None
 
     def pause_writing(self) -> None:
         """The transport's buffer is full."""
@@ -336,16 +336,14 @@ class Http1Connection(asyncio.Protocol):
     def resume_writing(self) -> None:
         """The transport's buffer drained."""
         self._writing_paused = False
-        waiter, self._drain_waiter = self._drain_waiter, None
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        _release(self._drain_waiter)
+        self._drain_waiter = None
 
     # -- reading -------------------------------------------------------------------------------
 
     def _wake(self) -> None:
-        waiter, self._waiter = self._waiter, None
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        _release(self._waiter)
+        self._waiter = None
 
     async def _wait_for_data(self) -> None:
         """Wait for ``data_received`` (or the end), letting the socket be read again."""
@@ -484,13 +482,19 @@ class Http1Connection(asyncio.Protocol):
         await self._write(_encode_head(lines, headers), True)
 
     async def start_response(
-        self, status: int, headers: Sequence[tuple[str, str]], *, flush: bool = True
+        self,
+        status: int,
+        headers: Sequence[tuple[str, str]],
+        *,
+        drop: frozenset[str] = frozenset(),
+        flush: bool = True,
     ) -> None:
         """The status line and headers of the final response.
 
         Header text is latin-1 decoded bytes (one char a byte). Framing is ours: a given
         Content-Length is kept, else the body is chunked (or, to an HTTP/1.0 client, ends
         with the connection); Transfer-Encoding and Connection headers given are replaced.
+        Headers whose lower-cased name is in ``drop`` are left out (a proxy's hop-by-hop set).
         ``flush=False`` holds the head for the next write, so a small response leaves in one.
         """
         request = self.request
@@ -500,6 +504,8 @@ class Http1Connection(asyncio.Protocol):
         lines = [_status_line(status)]
         for name, value in headers:
             lowered = name.lower()
+            if lowered in drop:
+                continue
             if lowered == "content-length":
                 try:
                     length = int(value)
@@ -617,6 +623,12 @@ class Http1Connection(asyncio.Protocol):
             log.exception("request handling failed")
         finally:
             self.close()
+
+
+def _release(waiter: asyncio.Future[None] | None) -> None:
+    """Let whoever awaits ``waiter`` go on."""
+    if waiter is not None and not waiter.done():
+        waiter.set_result(None)
 
 
 def _encode_head(lines: list[str], headers: Sequence[tuple[str, str]]) -> bytes:

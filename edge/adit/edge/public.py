@@ -93,7 +93,6 @@ class PublicListener:
 
     async def _handle(self, conn: Http1Connection, request: Request) -> bool:
         ray = self._ray()
-        raw_headers = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in request.headers]
         authority = request.host.decode("latin-1")
         host = _strip_port(authority).lower()
         route = self.store.tunnel_for_hostname(host) if host else None
@@ -110,8 +109,8 @@ class PublicListener:
         session = live.handle
         assert isinstance(session, TunnelSession)
 
-        websocket = request.upgrade and _is_websocket(raw_headers)
-        headers = _forwarded_headers(raw_headers, conn.client_ip, self.scheme, ray)
+        headers = _forwarded_headers(request.headers, conn.client_ip, self.scheme, ray)
+        websocket = request.upgrade and _is_websocket(headers)
         has_body = request.has_body
         method = request.method.decode("ascii")
         target = request.target.decode("latin-1")
@@ -154,13 +153,14 @@ class PublicListener:
             page, note = await _connector_failure(stream, response.end_stream)
             await self._page(conn, page, host, ray, keep_alive=uploader is None, note=note)
             return uploader is None
-        headers = [(n, v) for n, v in response.headers if n.lower() not in HOP_BY_HOP]
-        headers.append(("Cf-Ray", ray))
+        headers = [*response.headers, ("Cf-Ray", ray)]
         # The head waits for body bytes that are already here (never for ones still to come:
         # a stream of events must show its head at once), and a chunk that is all the body
         # there is waits for the end: a small response leaves in one write.
         try:
-            await conn.start_response(response.status, headers, flush=not stream.channel.ready)
+            await conn.start_response(
+                response.status, headers, drop=HOP_BY_HOP, flush=not stream.channel.ready
+            )
             while True:
                 chunk = await stream.channel.read()
                 if not chunk:
@@ -208,8 +208,7 @@ class PublicListener:
             return
         if response.status not in (101, 200):
             # The origin refused the upgrade: pass its answer on as a plain response.
-            headers = [(n, v) for n, v in response.headers if n.lower() not in HOP_BY_HOP]
-            await conn.start_response(response.status, headers)
+            await conn.start_response(response.status, response.headers, drop=HOP_BY_HOP)
             with contextlib.suppress(StreamClosedError):
                 while chunk := await stream.channel.read():
                     await conn.send_body(chunk)
@@ -287,11 +286,19 @@ def _is_websocket(headers: list[tuple[str, str]]) -> bool:
 
 
 def _forwarded_headers(
-    headers: list[tuple[str, str]], client_ip: str, scheme: str, ray: str
+    headers: list[tuple[bytes, bytes]], client_ip: str, scheme: str, ray: str
 ) -> list[tuple[str, str]]:
-    """The eyeball's headers plus what Cloudflare's edge adds for the origin."""
-    out = [(n, v) for n, v in headers if n.lower() not in _EDGE_SET]
-    prior = [v for n, v in headers if n.lower() == "x-forwarded-for"]
+    """The eyeball's headers as latin-1 text, plus what Cloudflare's edge adds for the origin."""
+    out = []
+    prior = []
+    for raw_name, raw_value in headers:
+        name = raw_name.decode("latin-1")
+        value = raw_value.decode("latin-1")
+        lowered = name.lower()
+        if lowered not in _EDGE_SET:
+            out.append((name, value))
+        elif lowered == "x-forwarded-for":
+            prior.append(value)
     chain = ", ".join([*prior, client_ip]) if client_ip else ", ".join(prior)
     out.extend(
         [

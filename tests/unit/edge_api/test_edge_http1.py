@@ -10,6 +10,7 @@ import uvloop
 
 from adit.edge.http1 import (
     MAX_HEADER_BYTES,
+    READ_SIZE,
     BadRequest,
     HeadersTooLarge,
     Http1Connection,
@@ -34,6 +35,8 @@ async def _handle(conn: Http1Connection, request: Request) -> bool:
         payload = request.method + b" " + path + b" " + bytes(body)
         await conn.respond_simple(200, payload, content_type="text/plain")
         return True
+    if path == b"/slow-upload":
+        return await _slow_upload(conn)
     if path == b"/stream":
         await conn.start_response(200, [("Content-Type", "text/plain")])
         await conn.send_body(b"first,")
@@ -54,6 +57,13 @@ async def _handle(conn: Http1Connection, request: Request) -> bool:
             200, b"ok", content_type="text/plain", extra=(("X-Bad", "a\r\nInjected: 1"),)
         )
         return True
+    if path == b"/hop-by-hop":
+        hop = [("Connection", "close"), ("Keep-Alive", "timeout=5"), ("X-Kept", "1")]
+        await conn.start_response(
+            200, [*hop, ("Content-Length", "0")], drop=frozenset({"connection", "keep-alive"})
+        )
+        await conn.end_response()
+        return True
     if path == b"/odd-status":
         await conn.respond_simple(599, b"", content_type="text/plain")
         return True
@@ -69,6 +79,20 @@ async def _handle(conn: Http1Connection, request: Request) -> bool:
     # As the public listener does: a body not forwarded is read and dropped first.
     await conn.drain_body()
     await conn.respond_simple(404, b"no such path", content_type="text/plain")
+    return True
+
+
+async def _slow_upload(conn: Http1Connection) -> bool:
+    """Read one piece, then hold off until the socket is no longer read: report what waits."""
+    received = len(await conn.read_body())
+    assert conn.transport is not None
+    async with asyncio.timeout(10):
+        while conn.transport.is_reading():
+            await asyncio.sleep(0.01)
+    queued = sum(len(e) for e in conn.parser.events if isinstance(e, bytes))
+    while chunk := await conn.read_body():
+        received += len(chunk)
+    await conn.respond_simple(200, b"%d %d" % (queued, received), content_type="text/plain")
     return True
 
 
@@ -343,6 +367,21 @@ def test_request_body_is_streamed_in_pieces() -> None:
     _run(test)
 
 
+def test_a_body_the_handler_does_not_read_stops_the_socket_reads() -> None:
+    async def test(port: int) -> None:
+        reader, writer = await _connect(port)
+        size = 16 * 1024 * 1024
+        writer.write(b"PUT /slow-upload HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % size)
+        writer.write(b"u" * size)
+        response = await _read_response(reader)
+        queued, received = (int(n) for n in response.body.split())
+        assert received == size
+        assert queued <= 2 * READ_SIZE  # the rest waited in the kernel and the client
+        await _close(writer)
+
+    _run(test)
+
+
 def test_expect_100_continue_is_answered_before_the_body() -> None:
     async def test(port: int) -> None:
         reader, writer = await _connect(port)
@@ -463,6 +502,18 @@ def test_response_framing_and_header_bytes() -> None:
         # The HEAD and 204 left no stray bytes: this request's answer parses cleanly.
         writer.write(b"GET /echo HTTP/1.1\r\nHost: x\r\n\r\n")
         assert (await _read_response(reader)).body == b"GET /echo "
+        await _close(writer)
+
+    _run(test)
+
+
+def test_dropped_hop_by_hop_headers_neither_show_nor_close() -> None:
+    async def test(port: int) -> None:
+        reader, writer = await _connect(port)
+        for _ in range(2):
+            writer.write(b"GET /hop-by-hop HTTP/1.1\r\nHost: x\r\n\r\n")
+            response = await _read_response(reader)
+            assert response.headers == [(b"X-Kept", b"1"), (b"Content-Length", b"0")]
         await _close(writer)
 
     _run(test)
