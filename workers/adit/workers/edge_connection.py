@@ -16,9 +16,8 @@ import logging
 import uuid
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-from adit.config.ingress import Ingress
 from adit.logs import fields
 from adit.protocol.errors import Http2TunnelError, ProtocolError
 from adit.protocol.headers import RequestType, ResponseMeta
@@ -39,13 +38,26 @@ from adit.protocol.rpc import (
     RpcAborted,
 )
 from adit.tunnelio import StreamChannel, StreamClosedError, TunnelIO
-from adit.workers.proxy import OriginProxy
-from adit.workers.stream import IncomingRequest, ResponseSource, StreamKind
+from adit.workers.stream import IncomingRequest, ResponseSource, StreamKind, TunnelStream
+
+if TYPE_CHECKING:
+    from adit.config.ingress import Ingress
+    from adit.config.origin import Rule
 
 log = logging.getLogger("adit.workers.edge")
 
 #: cloudflared's --rpc-timeout.
 RPC_TIMEOUT = 5.0
+
+
+class StreamServer(Protocol):
+    """What serves the eyeball streams (:class:`~adit.workers.proxy.OriginProxy`).
+
+    A protocol rather than the class, so that dialling the edge does not import the origin
+    side (h11, h2, cryptography for hello_world...): the worker loads it meanwhile.
+    """
+
+    def serve(self, stream: TunnelStream, rule: Rule) -> Coroutine[Any, Any, None]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,7 +130,7 @@ class EdgeConnection(TunnelIO[ConnectorTunnelConnection]):
     def __init__(
         self,
         registration: Registration,
-        proxy: OriginProxy,
+        proxy: StreamServer,
         ingress: Callable[[], Ingress],
     ) -> None:
         super().__init__(ConnectorTunnelConnection())

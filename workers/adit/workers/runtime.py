@@ -9,6 +9,11 @@ Addresses are spread over edge locations (``adit.workers.locations``); a dial er
 connection to a free address. Connection 0 registers before the others dial, as cloudflared
 does; the others follow a short stagger apart.
 
+The origin side (:class:`~adit.workers.proxy.OriginProxy`: h11, h2, cryptography for
+hello_world) is not needed to register: it is imported in a thread while connection 0 dials
+(the TLS handshake and the edge's answer leave this process mostly waiting), and a request
+that arrives before it is ready waits for it.
+
 :meth:`WorkerRuntime.reconfigure` rolls the connections one at a time: a replacement is
 dialled and registered (``replace_existing``, same index and connector id) while the old
 connection still serves, then the old one is unregistered and drained, so no request fails.
@@ -18,12 +23,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import logging
 import platform
 import ssl
 import sys
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any
 
 from adit.config.ingress import Ingress
 from adit.ipc.messages import (
@@ -50,7 +57,11 @@ from adit.protocol.registration import (
 from adit.workers.backoff import Backoff
 from adit.workers.edge_connection import EdgeConnection, Registration
 from adit.workers.locations import fallback, home_address
-from adit.workers.proxy import OriginProxy
+from adit.workers.stream import TunnelStream
+
+if TYPE_CHECKING:
+    from adit.config.origin import Rule
+    from adit.workers.proxy import OriginProxy
 
 log = logging.getLogger("adit.workers")
 
@@ -83,6 +94,43 @@ def edge_tls_context(ca_pem: str) -> ssl.SSLContext:
     context = ssl.create_default_context(cadata=ca_pem or None)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     return context
+
+
+class LazyProxy:
+    """The worker's :class:`~adit.workers.proxy.OriginProxy`, built on first use.
+
+    :meth:`preload` imports its module in a thread so that the first dial does not wait for
+    it; :meth:`serve` (what connections call) builds the proxy when needed, waiting for an
+    import still in progress.
+    """
+
+    MODULE = "adit.workers.proxy"
+
+    def __init__(self, connector_id: uuid.UUID, tags: dict[str, str]) -> None:
+        self._connector_id = connector_id
+        self._tags = tags
+        self._proxy: OriginProxy | None = None
+
+    @property
+    def loaded(self) -> OriginProxy | None:
+        """The proxy if it was built."""
+        return self._proxy
+
+    def get(self) -> OriginProxy:
+        """The proxy, importing and building it now if needed."""
+        if self._proxy is None:
+            module = importlib.import_module(self.MODULE)
+            self._proxy = module.OriginProxy(self._connector_id, self._tags)
+        return self._proxy
+
+    async def preload(self) -> None:
+        """Import the proxy's module without blocking this loop (errors surface in :meth:`get`)."""
+        with contextlib.suppress(Exception):
+            await asyncio.to_thread(importlib.import_module, self.MODULE)
+
+    def serve(self, stream: TunnelStream, rule: Rule) -> Coroutine[Any, Any, None]:
+        """Serve ``stream`` (see ``OriginProxy.serve``)."""
+        return self.get().serve(stream, rule)
 
 
 def _needs_new_connections(old: WorkerSettings, new: WorkerSettings) -> bool:
@@ -128,7 +176,7 @@ class WorkerRuntime:
         self.settings = settings
         self.publish = publish
         self.connector_id = uuid.UUID(settings.connector_id)
-        self.proxy = OriginProxy(self.connector_id, settings.tags)
+        self.proxy = LazyProxy(self.connector_id, settings.tags)
         self._ingress: Ingress = build_ingress(settings.ingress)
         self.ingress_version = settings.ingress.version
         self.slots: dict[int, ConnectionSlot] = {}
@@ -164,6 +212,7 @@ class WorkerRuntime:
         self._running = True
         for position, index in enumerate(self.settings.conn_indexes):
             self._add_slot(index, position)
+        preload = asyncio.ensure_future(self.proxy.preload())
         stats = asyncio.ensure_future(self._report_stats())
         try:
             await self._draining.wait()
@@ -175,9 +224,13 @@ class WorkerRuntime:
             for task in [*tasks, *self._retiring, stats]:
                 with contextlib.suppress(BaseException):
                     await task
+            # A thread cannot be cancelled: let an import in progress end before we do.
+            with contextlib.suppress(BaseException):
+                await preload
             await self._close_leftovers()
             self._publish_stats()
-            await self.proxy.aclose()
+            if self.proxy.loaded is not None:
+                await self.proxy.loaded.aclose()
 
     def begin_drain(self, grace: float) -> None:
         """Unregister all connections, let in-flight streams finish within ``grace`` seconds."""
@@ -585,7 +638,12 @@ class WorkerRuntime:
             self._publish_stats()
 
     def _publish_stats(self) -> None:
-        stats = self.proxy.stats
+        proxy = self.proxy.loaded
+        if proxy is None:
+            # Nothing served yet.
+            self.publish(StatsSnapshot(self.settings.slot, 0, 0, 0, {}))
+            return
+        stats = proxy.stats
         self.publish(
             StatsSnapshot(
                 slot=self.settings.slot,
