@@ -31,6 +31,8 @@ HIGH_WATER = 512 * 1024
 #: Output held back to be coalesced with what other streams produce in the same loop
 #: iteration; beyond this it is written at once (a bulk transfer needs no batching).
 COALESCE_LIMIT = 64 * 1024
+#: Buffers below this are joined before they reach TLS (one record instead of many).
+_SMALL_PART = 16 * 1024
 
 Conn = TypeVar("Conn", bound=TunnelHttp2Connection)
 
@@ -143,6 +145,22 @@ class StreamChannel:
             waiter.set_result(None)
 
 
+def _coalesced(parts: list[bytes | memoryview]) -> list[bytes | memoryview]:
+    out: list[bytes | memoryview] = []
+    small: list[bytes | memoryview] = []
+    for part in parts:
+        if len(part) < _SMALL_PART:
+            small.append(part)
+            continue
+        if small:
+            out.append(b"".join(small))
+            small = []
+        out.append(part)
+    if small:
+        out.append(b"".join(small))
+    return out
+
+
 class TunnelIO(asyncio.Protocol, Generic[Conn]):
     """Pumps one tunnel connection; subclasses handle the role-specific events."""
 
@@ -227,7 +245,9 @@ class TunnelIO(asyncio.Protocol, Generic[Conn]):
         if len(held) == 1:
             self.transport.write(held[0])
         else:
-            self.transport.writelines(held)
+            # TLS makes a record of every buffer it is handed: small frames are joined into
+            # one (a few KiB copied), large bodies still go through uncopied.
+            self.transport.writelines(_coalesced(held))
 
     def acknowledge(self, stream_id: int, flow_len: int) -> None:
         """Credit consumed bytes back to the peer."""
