@@ -15,13 +15,17 @@ import types
 import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
-import yaml
 
 from adit.config.errors import ConfigParseError
 from adit.config.model import GO_TYPE_NAMES, ConfigFile
+
+# yaml is imported by the functions that parse: workers use this module's location helpers
+# and rebuild their rules from msgspec snapshots, never from YAML text.
+if TYPE_CHECKING:
+    import yaml
 
 __all__ = [
     "Location",
@@ -52,6 +56,8 @@ class UnusedKey:
 
 def parse_yaml(text: str, path: Path) -> tuple[Any, yaml.Node | None]:
     """The first YAML document of ``text`` as data and as a node tree (``None`` when empty)."""
+    import yaml
+
     loader = yaml.SafeLoader(text)
     try:
         node = loader.get_node() if loader.check_node() else None
@@ -91,6 +97,8 @@ def parse_location(text: str) -> Location:
 
 def _child(node: yaml.Node, part: str | int) -> tuple[yaml.Node, yaml.Node] | None:
     """``(key_node, value_node)`` of ``part`` in ``node`` (key node = item node for lists)."""
+    import yaml
+
     if isinstance(node, yaml.MappingNode) and isinstance(part, str):
         for key_node, value_node in node.value:
             if isinstance(key_node, yaml.ScalarNode) and key_node.value == part:
@@ -185,6 +193,8 @@ def _normalise_value(
     *,
     coerce: bool,
 ) -> Any:
+    import yaml
+
     kind, inner = _struct_of(annotation)
     if kind == "struct":
         return normalise(value, node, inner, parts, unused)
