@@ -12,11 +12,14 @@ import contextlib
 import json
 import socket
 from collections.abc import Callable
-
-import h11
+from typing import TYPE_CHECKING
 
 from adit.supervisor.errors import MetricsListenerError
 from adit.supervisor.settings import DEFAULT_METRICS_ADDRESS
+
+# h11 is imported at the first request: the supervisor starts its workers without it.
+if TYPE_CHECKING:
+    import h11
 
 __all__ = [
     "DEFAULT_METRICS_PORTS",
@@ -131,6 +134,8 @@ class MetricsServer:
         return 404, "text/plain; charset=utf-8", b"404 page not found\n"
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        import h11
+
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=_MAX_REQUEST)
         try:
             async with asyncio.timeout(_REQUEST_TIMEOUT):
@@ -161,6 +166,8 @@ class MetricsServer:
     async def _read_request(
         conn: h11.Connection, reader: asyncio.StreamReader
     ) -> h11.Request | None:
+        import h11
+
         while True:
             event = conn.next_event()
             if event is h11.NEED_DATA:
