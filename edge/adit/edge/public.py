@@ -139,12 +139,28 @@ class PublicListener:
     async def _forward_http(
         self, conn: Http1Connection, stream: RequestStream, host: str, ray: str, has_body: bool
     ) -> bool:
-        uploader = asyncio.ensure_future(self._upload(conn, stream)) if has_body else None
+        uploader = None
+        if has_body:
+            uploader = asyncio.ensure_future(self._upload(conn, stream))
+            # Its error matters only while we wait for it; after that it is the answer's.
+            uploader.add_done_callback(_retrieve)
+        try:
+            return await self._relay_response(conn, stream, host, ray, uploader)
+        finally:
+            if uploader is not None:
+                uploader.cancel()
+
+    async def _relay_response(
+        self,
+        conn: Http1Connection,
+        stream: RequestStream,
+        host: str,
+        ray: str,
+        uploader: asyncio.Future[None] | None,
+    ) -> bool:
         try:
             response = await stream.response()
         except StreamClosedError:
-            if uploader is not None:
-                uploader.cancel()
             await self._page(conn, STREAM_FAILED, host, ray, keep_alive=False)
             return False
         if response.meta is not ResponseMeta.ORIGIN:
@@ -169,8 +185,6 @@ class PublicListener:
             await conn.end_response()
         except (StreamClosedError, ResponseError):
             # The body broke after the status went out: all we can do is cut the connection.
-            if uploader is not None:
-                uploader.cancel()
             return False
         if uploader is not None:
             try:
@@ -255,6 +269,11 @@ async def _pipe_raw(conn: Http1Connection, stream: RequestStream, leftover: byte
             with contextlib.suppress(BaseException):
                 await task
         stream.channel.reset()
+
+
+def _retrieve(task: asyncio.Future[None]) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 async def _connector_failure(stream: RequestStream, ended: bool) -> tuple[ErrorPage, str]:
