@@ -12,7 +12,6 @@ copies edge→origin itself and a single task copies origin→edge (no second ta
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Coroutine
 from typing import Any
 
@@ -20,6 +19,33 @@ from adit.workers.origins.dialer import READ_LIMIT
 from adit.workers.stream import TunnelStream
 
 __all__ = ["pipe", "race"]
+
+
+class _Race:
+    """The bookkeeping of one :func:`race` (slots, not closures: a thousand idle ones add up)."""
+
+    __slots__ = ("consumed", "failure", "other", "racing", "requested", "task")
+
+    def __init__(self, task: asyncio.Task[Any], other: asyncio.Task[None]) -> None:
+        self.task = task
+        self.other = other
+        self.requested = False  # we asked to cancel ``task``
+        self.consumed = False  # ...and that request was delivered and taken back
+        self.racing = True
+        self.failure: Exception | None = None
+
+    def wake(self, _: asyncio.Future[None]) -> None:
+        """``other`` ended: interrupt ``here``."""
+        if self.racing:
+            self.requested = True
+            self.task.cancel()
+
+    def ours(self) -> bool:
+        """Whether the CancelledError being handled is our own wake-up alone."""
+        if self.requested and not self.consumed and self.task.uncancel() == 0:
+            self.consumed = True
+            return True
+        return False
 
 
 async def race(here: Coroutine[Any, Any, None], there: Coroutine[Any, Any, None]) -> None:
@@ -32,64 +58,50 @@ async def race(here: Coroutine[Any, Any, None], there: Coroutine[Any, Any, None]
     """
     task = asyncio.current_task()
     assert task is not None
-    other = asyncio.ensure_future(there)
-    requested = False  # we asked to cancel this task
-    consumed = False  # ...and that request was delivered and taken back
-    racing = True
-
-    def wake(_: asyncio.Future[None]) -> None:
-        nonlocal requested
-        if racing:
-            requested = True
-            task.cancel()
-
-    def ours() -> bool:
-        """Whether the CancelledError being handled is our own wake-up alone."""
-        nonlocal consumed
-        if requested and not consumed and task.uncancel() == 0:
-            consumed = True
-            return True
-        return False
-
-    other.add_done_callback(wake)
+    state = _Race(task, asyncio.ensure_future(there))
+    other = state.other
+    other.add_done_callback(state.wake)
     try:
         try:
-            with contextlib.suppress(Exception):
-                await here
+            await here
         except asyncio.CancelledError:
-            if not ours():
+            if not state.ours():
                 raise
+        except Exception as exc:
+            state.failure = exc
         finally:
-            racing = False
-            other.remove_done_callback(wake)
+            state.racing = False
+            other.remove_done_callback(state.wake)
             other.cancel()
         try:
-            with contextlib.suppress(Exception):
-                await other
+            await other
         except asyncio.CancelledError:
             # ``other`` cancelled by us is expected; this task being cancelled is not.
-            if task.cancelling() and not ours():
+            if task.cancelling() and not state.ours():
                 raise
-        if requested and not consumed:
+        except Exception as exc:
+            state.failure = state.failure or exc
+        if state.requested and not state.consumed:
             # The wake-up came as ``here`` ended by itself: deliver it now, not to the caller.
             try:
                 await asyncio.sleep(0)
             except asyncio.CancelledError:
-                if not ours():
+                if not state.ours():
                     raise
     finally:
         if not other.done():
             other.cancel()
 
 
-async def pipe(
+def pipe(
     stream: TunnelStream,
     reader: asyncio.StreamReader,
     writer: asyncio.StreamWriter,
     initial: bytes = b"",
-) -> None:
-    """Copy edge→origin and origin→edge until one direction ends or fails."""
-    await race(_edge_to_origin(stream, writer), _origin_to_edge(stream, reader, initial))
+) -> Coroutine[Any, Any, None]:
+    """Copy edge→origin and origin→edge until one direction ends or fails (await it)."""
+    # The race itself is what the caller awaits: no frame of our own per open stream.
+    return race(_edge_to_origin(stream, writer), _origin_to_edge(stream, reader, initial))
 
 
 async def _edge_to_origin(stream: TunnelStream, writer: asyncio.StreamWriter) -> None:
