@@ -415,6 +415,7 @@ def test_request_head_serialisation() -> None:
     )
     # Text outside latin-1 goes as UTF-8 (as the h11 client did).
     assert "\u2603".encode() in serialise_request_head("GET", "/", [("X", "\u2603")])
+    assert b"X: a\tb\r\n" in serialise_request_head("GET", "/", [("X", "a\tb")])
 
 
 @pytest.mark.parametrize(
@@ -423,6 +424,9 @@ def test_request_head_serialisation() -> None:
         ("GET", "/", [("X", "a\r\nInjected: 1")]),
         ("GET", "/", [("X", "a\nb")]),
         ("GET", "/", [("X", "a\x00b")]),
+        ("GET", "/", [("X", "a\x7fb")]),
+        ("GET", "/", [("X", "a\rb")]),
+        ("GET", "/", [("X", "\u2603\n")]),
         ("GET", "/", [("Bad Name", "v")]),
         ("GET", "/", [("Bad:Name", "v")]),
         ("GET", "/", [("Na\nme", "v")]),

@@ -35,8 +35,8 @@ _TCHARS = r"[-!#$%&'*+.^_`|~0-9A-Za-z]+"
 # by counting line ends).
 _NAMES = re.compile(f"{_TCHARS}(?:\n{_TCHARS})*")
 _METHOD = re.compile(_TCHARS)
-# Control characters other than HTAB; CR and LF are counted separately (one pair per line).
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+# Control bytes other than HTAB (CR and LF included: exactly one pair per line is allowed).
+_CONTROLS = bytes([*range(0x09), *range(0x0A, 0x20), 0x7F])
 _TARGET = re.compile(r"[^\x00-\x20\x7f]+")
 
 
@@ -51,13 +51,15 @@ def serialise_request_head(method: str, target: str, headers: Sequence[tuple[str
     if headers and not _NAMES.fullmatch("\n".join([name for name, _ in headers])):
         raise OriginProtocolError("invalid request for the origin: illegal header name")
     text = "".join([f"{method} {target} HTTP/1.1\r\n", *[f"{n}: {v}\r\n" for n, v in headers]])
-    lines = len(headers) + 1
-    if text.count("\n") != lines or text.count("\r") != lines or _CONTROL.search(text):
-        raise OriginProtocolError("invalid request for the origin: illegal header value")
     try:
-        return text.encode("latin-1") + b"\r\n"
+        data = text.encode("latin-1")
     except UnicodeEncodeError:
-        return text.encode("utf-8") + b"\r\n"
+        data = text.encode("utf-8")  # UTF-8 sequences hold no byte below 0x80
+    lines = len(headers) + 1
+    controls = len(data) - len(data.translate(None, _CONTROLS))
+    if controls != 2 * lines or data.count(b"\n") != lines or data.count(b"\r") != lines:
+        raise OriginProtocolError("invalid request for the origin: illegal header value")
+    return data + b"\r\n"
 
 
 @dataclass(frozen=True, slots=True)
