@@ -647,3 +647,30 @@ async def test_websocket_upgrade_pipes_trailing_bytes_then_both_ways() -> None:
     assert ("Sec-WebSocket-Accept", "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=") in stream.headers
     assert b"".join(stream.writes) == b"first;HELLO"
     assert stream.ended and not stream.was_reset
+
+
+class FailingUpload(EndedStream):
+    """A POST whose eyeball goes away after the first piece of the body."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            IncomingRequest(StreamKind.HTTP, "POST", "/up", "app.test", "app.test", ())
+        )
+        self.reads = 0
+
+    async def read(self) -> bytes:
+        self.reads += 1
+        if self.reads == 1:
+            return b"part"
+        raise ConnectionResetError("the eyeball went away")
+
+
+@asynctest
+async def test_a_failed_upload_ends_the_wait_for_a_response() -> None:
+    # The origin waits for the end of a chunked body that never comes (and so never answers).
+    origin = ScriptedOrigin([b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"])
+    async with origin.running(), proxy() as origin_proxy:
+        stream = FailingUpload()
+        await asyncio.wait_for(origin_proxy.serve(stream, rule_for(origin.port)), 10)
+    assert (stream.status, stream.ended) == (502, True)
+    assert origin_proxy.stats.request_errors == 1

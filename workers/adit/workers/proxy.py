@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
 import time
 import uuid
@@ -345,8 +346,9 @@ class OriginProxy:
             # The common case (a GET): no task, the response head is awaited right here.
             return None, await connection.receive_response()
         pump = asyncio.create_task(_send_body(connection, stream))
+        pump.add_done_callback(functools.partial(_interrupt_on_failure, connection))
         try:
-            response = await _await_response(connection, pump)
+            response = await connection.receive_response()
         except BaseException:
             pump.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -449,17 +451,10 @@ async def _send_body(connection: OriginConnection, stream: TunnelStream) -> None
     await connection.end_request()
 
 
-async def _await_response(connection: OriginConnection, pump: asyncio.Task[None]) -> OriginResponse:
-    """The final response head (or a 101), failing early if the body pump fails."""
-    receive = asyncio.ensure_future(connection.receive_response())
-    if not pump.done():
-        await asyncio.wait({receive, pump}, return_when=asyncio.FIRST_COMPLETED)
-    if not receive.done() and pump.done() and pump.exception() is not None:
-        receive.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await receive
-        pump.result()
-    return await receive
+def _interrupt_on_failure(connection: OriginConnection, pump: asyncio.Task[None]) -> None:
+    """A body pump that failed ends the wait for the response head (and is retrieved)."""
+    if not pump.cancelled() and (exc := pump.exception()) is not None:
+        connection.interrupt(exc)
 
 
 def _response_headers(response: OriginResponse) -> list[tuple[str, str]]:

@@ -287,6 +287,7 @@ class OriginConnection:
         self._eof = reader.at_eof()
         self._lost = False
         self._error: OriginProtocolError | None = None
+        self._interrupt: BaseException | None = None  # the request body failed
         self._waiter: asyncio.Future[None] | None = None
         self._buffered = 0  # response bytes received and not yet taken by body()
         self._read_paused = False
@@ -344,6 +345,7 @@ class OriginConnection:
         self.requests += 1
         self.response_bytes_seen = False
         self._response = _Response(method == "HEAD")
+        self._interrupt = None
         self._buffered = 0
         self._request_done = False
         self._chunked = chunked
@@ -407,6 +409,8 @@ class OriginConnection:
         """The final response head (interim 1xx skipped), or a ``101``."""
         response = self._response
         while not response.head_done:
+            if self._interrupt is not None:
+                raise self._interrupt
             if self._error is not None:
                 raise self._error
             if self._eof:
@@ -417,6 +421,15 @@ class OriginConnection:
                 raise OriginProtocolError("origin closed the connection before responding")
             await self._wait()
         return OriginResponse(response.status, response.headers)
+
+    def interrupt(self, exc: BaseException) -> None:
+        """Make :meth:`receive_response` raise ``exc`` unless the head is already in.
+
+        For a request body sent by another task: when it fails, waiting for an answer to a
+        request that will never be complete is pointless.
+        """
+        self._interrupt = exc
+        self._wake()
 
     async def body(self) -> AsyncIterator[bytes]:
         """The response body, chunk by chunk as it arrives; ends at the end of the message."""
