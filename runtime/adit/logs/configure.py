@@ -13,7 +13,6 @@ the supervisor has rotated it.
 from __future__ import annotations
 
 import logging
-import logging.handlers
 import os
 import sys
 from collections.abc import Mapping
@@ -66,11 +65,13 @@ def _file_handler(settings: LogSettings, rotate: bool) -> logging.Handler | None
     else:
         return None
     path.parent.mkdir(mode=0o744, parents=True, exist_ok=True)
+    from logging import handlers  # only with a log file: not on every process's start-up path
+
     if rotate and not settings.logfile:
-        return logging.handlers.RotatingFileHandler(
+        return handlers.RotatingFileHandler(
             path, maxBytes=_MAX_BYTES, backupCount=_BACKUPS, encoding="utf-8"
         )
-    return logging.handlers.WatchedFileHandler(path, encoding="utf-8")
+    return handlers.WatchedFileHandler(path, encoding="utf-8")
 
 
 def configure_logging(
