@@ -19,7 +19,6 @@ import contextlib
 import ctypes
 import faulthandler
 import importlib
-import importlib.util
 import logging
 import os
 import signal
@@ -89,9 +88,11 @@ def _runtime_factory() -> RuntimeFactory:
         return WorkerRuntime
     module_name, _, attr = spec.rpartition(":")
     if module_name.endswith(".py"):
-        file_spec = importlib.util.spec_from_file_location("adit_test_worker_runtime", module_name)
+        from importlib import util  # the test seam only: not on a real worker's start-up path
+
+        file_spec = util.spec_from_file_location("adit_test_worker_runtime", module_name)
         assert file_spec is not None and file_spec.loader is not None
-        module = importlib.util.module_from_spec(file_spec)
+        module = util.module_from_spec(file_spec)
         file_spec.loader.exec_module(module)
     else:
         module = importlib.import_module(module_name)
