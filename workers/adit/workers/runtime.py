@@ -100,8 +100,8 @@ class LazyProxy:
     """The worker's :class:`~adit.workers.proxy.OriginProxy`, built on first use.
 
     :meth:`preload` imports its module in a thread so that the first dial does not wait for
-    it; :meth:`serve` (what connections call) builds the proxy when needed, waiting for an
-    import still in progress.
+    it; a stream that arrives before that import finished awaits it (this loop never blocks on
+    the import lock the thread holds).
     """
 
     MODULE = "adit.workers.proxy"
@@ -110,6 +110,7 @@ class LazyProxy:
         self._connector_id = connector_id
         self._tags = tags
         self._proxy: OriginProxy | None = None
+        self._loading: asyncio.Future[None] | None = None
 
     @property
     def loaded(self) -> OriginProxy | None:
@@ -123,14 +124,30 @@ class LazyProxy:
             self._proxy = module.OriginProxy(self._connector_id, self._tags)
         return self._proxy
 
-    async def preload(self) -> None:
-        """Import the proxy's module without blocking this loop (errors surface in :meth:`get`)."""
+    def preload(self) -> asyncio.Future[None]:
+        """Start importing the proxy's module in a thread; the future ends when it did.
+
+        Import errors are not raised here: :meth:`get` raises them where they matter.
+        """
+        if self._loading is None:
+            self._loading = asyncio.ensure_future(self._import())
+        return self._loading
+
+    async def _import(self) -> None:
         with contextlib.suppress(Exception):
             await asyncio.to_thread(importlib.import_module, self.MODULE)
 
     def serve(self, stream: TunnelStream, rule: Rule) -> Coroutine[Any, Any, None]:
         """Serve ``stream`` (see ``OriginProxy.serve``)."""
-        return self.get().serve(stream, rule)
+        if self._proxy is not None or self._loading is None or self._loading.done():
+            return self.get().serve(stream, rule)
+        return self._serve_when_loaded(self._loading, stream, rule)
+
+    async def _serve_when_loaded(
+        self, loading: asyncio.Future[None], stream: TunnelStream, rule: Rule
+    ) -> None:
+        await asyncio.shield(loading)
+        await self.get().serve(stream, rule)
 
 
 def _needs_new_connections(old: WorkerSettings, new: WorkerSettings) -> bool:
@@ -212,7 +229,7 @@ class WorkerRuntime:
         self._running = True
         for position, index in enumerate(self.settings.conn_indexes):
             self._add_slot(index, position)
-        preload = asyncio.ensure_future(self.proxy.preload())
+        preload = self.proxy.preload()
         stats = asyncio.ensure_future(self._report_stats())
         try:
             await self._draining.wait()
