@@ -577,7 +577,7 @@ def run(ctx: click.Context, /, tunnel: tuple[str, ...], **_options: Any) -> None
 
     TUNNEL is the tunnel's UUID or name (or `tunnel:` in the config file); a --token needs none.
     """
-    from adit.supervisor.app import Supervisor
+    from adit.supervisor.launch import Supervisor
 
     configure_logging(LogSettings())
     settings = load_settings(ctx, tunnel, starting=True)

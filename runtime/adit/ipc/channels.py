@@ -17,8 +17,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import msgspec
@@ -26,6 +24,13 @@ import zmq
 import zmq.asyncio
 
 from adit.ipc.messages import Command, Event, decode_command, decode_event, encode
+from adit.ipc.rendezvous import (
+    WORKER_BOOT_ERROR,
+    create_runtime_directory,
+    events_endpoint,
+    remove_runtime_directory,
+    worker_endpoint,
+)
 
 __all__ = [
     "WORKER_BOOT_ERROR",
@@ -40,53 +45,23 @@ __all__ = [
 
 log = logging.getLogger("adit.ipc")
 
-#: Worker exit code for "cannot boot" (bad arguments, no Start, unusable settings): the
-#: supervisor stops instead of respawning in a loop (gunicorn's ``WORKER_BOOT_ERROR``).
-WORKER_BOOT_ERROR = 3
-
 #: How long a closing socket may keep flushing queued messages (milliseconds).
 _LINGER_MS = 2000
-
-
-def create_runtime_directory(environ: dict[str, str] | None = None) -> Path:
-    """A fresh mode-0700 directory for this supervisor's sockets.
-
-    Created under ``$RUNTIME_DIRECTORY`` (systemd's ``RuntimeDirectory=``), else under
-    ``$XDG_RUNTIME_DIR``, else in the system temp directory. ``mkdtemp`` gives 0700 and a unique
-    name, so two connectors on one host never share sockets.
-    """
-    env = os.environ if environ is None else environ
-    base: str | None = None
-    for key in ("RUNTIME_DIRECTORY", "XDG_RUNTIME_DIR"):
-        value = env.get(key, "")
-        # RUNTIME_DIRECTORY may list several directories separated by colons; use the first.
-        first = value.split(":")[0]
-        if first and os.path.isdir(first):
-            base = first
-            break
-    path = Path(tempfile.mkdtemp(prefix="adit-", dir=base))
-    os.chmod(path, 0o700)
-    return path
-
-
-def remove_runtime_directory(path: Path) -> None:
-    """Remove the directory and its socket files; never raises."""
-    shutil.rmtree(path, ignore_errors=True)
-
-
-def events_endpoint(directory: Path) -> str:
-    """Where the supervisor collects every worker's events."""
-    return f"ipc://{directory}/events"
-
-
-def worker_endpoint(directory: Path, slot: int) -> str:
-    """Where the worker of ``slot`` receives its commands."""
-    return f"ipc://{directory}/worker-{slot}"
 
 
 def _unlink_endpoint(endpoint: str) -> None:
     with contextlib.suppress(FileNotFoundError):
         os.unlink(endpoint.removeprefix("ipc://"))
+
+
+def _retry_soon(socket: zmq.asyncio.Socket) -> None:
+    """Retry a connect to a socket not bound yet after 10 ms (then backing off to 1 s).
+
+    A worker may be started before its supervisor binds (the supervisor starts it first and
+    sets up ZeroMQ while it boots); zmq's default first retry would come only after 100 ms.
+    """
+    socket.setsockopt(zmq.RECONNECT_IVL, 10)
+    socket.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
 
 
 class EventReceiver:
@@ -140,8 +115,10 @@ class WorkerChannel:
     def __init__(self, context: zmq.asyncio.Context, directory: Path, slot: int) -> None:
         self._commands = context.socket(zmq.PULL)
         self._commands.setsockopt(zmq.LINGER, 0)
+        _retry_soon(self._commands)
         self._commands.connect(worker_endpoint(directory, slot))
         self._events = context.socket(zmq.PUSH)
+        _retry_soon(self._events)
         # Events queued just before exit (ConnectionUnregistered, the last stats) still go out.
         self._events.setsockopt(zmq.LINGER, _LINGER_MS)
         self._events.connect(events_endpoint(directory))

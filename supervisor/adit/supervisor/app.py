@@ -19,7 +19,6 @@ import logging
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -40,6 +39,7 @@ from adit.ipc.channels import (
 from adit.ipc.messages import Command, Event
 from adit.logs import fields, parse_level
 from adit.supervisor.errors import SupervisorError
+from adit.supervisor.launch import EarlyWorkers, worker_argv, worker_environment
 from adit.supervisor.metrics_server import MetricsServer, bind_metrics_socket, format_address
 from adit.supervisor.pidfile import write_pidfile
 from adit.supervisor.settings import SupervisorSettings
@@ -65,7 +65,7 @@ if TYPE_CHECKING:
     import psutil
     from prometheus_client import CollectorRegistry
 
-__all__ = ["TICK_INTERVAL", "Supervisor", "WorkerExited", "worker_environment"]
+__all__ = ["TICK_INTERVAL", "Supervisor", "WorkerExited", "watchdog_interval", "worker_environment"]
 
 log = logging.getLogger("adit.supervisor")
 
@@ -73,15 +73,6 @@ log = logging.getLogger("adit.supervisor")
 TICK_INTERVAL = 0.1
 #: How often the credentials file's modification time is compared.
 CREDENTIALS_POLL_INTERVAL = 2.0
-#: Variables meant for the supervisor alone (systemd's notify and socket activation).
-_PRIVATE_ENV = (
-    "NOTIFY_SOCKET",
-    "LISTEN_FDS",
-    "LISTEN_PID",
-    "LISTEN_FDNAMES",
-    "WATCHDOG_USEC",
-    "WATCHDOG_PID",
-)
 
 
 @dataclass(frozen=True)
@@ -152,14 +143,6 @@ def _file_signature(path: str | None) -> tuple[int, int, int] | None:
     return info.st_mtime_ns, info.st_size, info.st_ino
 
 
-def worker_environment(environ: dict[str, str] | None = None) -> dict[str, str]:
-    """The supervisor's environment without what only the supervisor may use."""
-    env = dict(os.environ if environ is None else environ)
-    for key in _PRIVATE_ENV:
-        env.pop(key, None)
-    return env
-
-
 class _WorkerHandle:
     """A running worker process, its command socket and its outbox task."""
 
@@ -196,8 +179,11 @@ class Supervisor:
         notifier: Notifier | None = None,
         clock: Callable[[], float] = time.monotonic,
         reload: SettingsLoader | None = None,
+        early: EarlyWorkers | None = None,
     ) -> None:
         self.settings = settings
+        #: Worker processes started before this loop (adit.supervisor.launch), to adopt.
+        self._early = early
         self._notifier = notifier
         self._clock = clock
         self._reload = reload
@@ -227,7 +213,9 @@ class Supervisor:
         self._notifier = notifier
         metrics_server = MetricsServer(self.state.ready_body, self._render_metrics)
         install_signal_handlers(loop, self._inbox.put_nowait)
-        self._runtime_dir = create_runtime_directory()
+        self._runtime_dir = (
+            self._early.runtime_dir if self._early is not None else create_runtime_directory()
+        )
         self._context = zmq.asyncio.Context()
         events = EventReceiver(self._context, self._runtime_dir)
         pumps: list[asyncio.Task[None]] = []
@@ -255,6 +243,8 @@ class Supervisor:
                 task.cancel()
             await asyncio.gather(*pumps, return_exceptions=True)
             self._kill_all()
+            if self._early is not None:
+                self._early.discard()
             await metrics_server.close()
             events.close()
             self._context.term()
@@ -327,24 +317,11 @@ class Supervisor:
     def _spawn(self, slot: int) -> None:
         assert self._runtime_dir is not None and self._context is not None
         record = self.state.workers[slot]
-        log_settings = self.settings.log
-        argv = [
-            sys.executable, "-m", "adit.workers",
-            "--slot", str(slot),
-            "--runtime-dir", str(self._runtime_dir),
-            "--parent-pid", str(os.getpid()),
-            "--loglevel", log_settings.level,
-            "--output", log_settings.output,
-        ]  # fmt: skip
-        if record.cpu is not None:
-            argv += ["--cpu", str(record.cpu)]
-        if log_settings.logfile:
-            argv += ["--logfile", log_settings.logfile]
-        elif log_settings.log_directory:
-            argv += ["--log-directory", log_settings.log_directory]
+        argv = worker_argv(self.settings, slot, record.cpu, self._runtime_dir)
         sender = CommandSender(self._context, self._runtime_dir, slot)
         try:
-            process = subprocess.Popen(
+            early = self._early.take(slot, record.cpu) if self._early is not None else None
+            process = early or subprocess.Popen(
                 argv, env=worker_environment(), stdin=subprocess.DEVNULL, close_fds=True
             )
         except OSError as exc:

@@ -30,7 +30,6 @@ from dataclasses import dataclass, field, replace
 
 import msgspec
 
-from adit.ipc.channels import WORKER_BOOT_ERROR
 from adit.ipc.messages import (
     ApplyIngress,
     Command,
@@ -47,6 +46,7 @@ from adit.ipc.messages import (
     StatsSnapshot,
     WorkerSettings,
 )
+from adit.ipc.rendezvous import WORKER_BOOT_ERROR
 from adit.logs import fields
 from adit.supervisor.settings import SupervisorSettings
 from adit.supervisor.stats import TunnelStats
