@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from adit.workers.runtime import LazyProxy
+from adit.ipc.messages import EdgeTarget, IngressSnapshot, WorkerSettings
+from adit.workers.runtime import LazyProxy, WorkerRuntime
 
 _SLOW_MODULE = """
 import time
@@ -84,5 +85,52 @@ def test_a_stream_before_the_import_finished_waits_for_it(slow_module: str) -> N
         assert module.served == [(stream, rule)]
         built: Any = lazy.loaded
         assert built.connector_id == uuid.UUID(int=1)
+
+    asyncio.run(main())
+
+
+def _settings(ingress: IngressSnapshot) -> WorkerSettings:
+    return WorkerSettings(
+        slot=0,
+        connector_id=str(uuid.UUID(int=3)),
+        account_tag="acct",
+        tunnel_secret=b"s" * 32,
+        tunnel_id=str(uuid.UUID(int=4)),
+        conn_indexes=[0],
+        edges=[EdgeTarget("127.0.0.1", 1)],  # refused: the connection just keeps retrying
+        edge_ca_pem="",
+        ingress=ingress,
+    )
+
+
+def test_rules_are_built_off_the_start_path_and_a_bad_snapshot_ends_the_worker() -> None:
+    async def main() -> WorkerRuntime:
+        # No catch-all rule: what the supervisor would have refused (a version skew).
+        bad = IngressSnapshot(version=1, rules=[{"hostname": "a.example.com", "service": "x"}])
+        runtime = WorkerRuntime(_settings(bad), lambda _event: None)
+        await asyncio.wait_for(runtime.run(), 20)  # ends by itself
+        return runtime
+
+    runtime = asyncio.run(main())
+    assert runtime.fatal is not None and "ingress" in runtime.fatal
+
+
+def test_good_rules_are_ready_without_a_request() -> None:
+    async def main() -> None:
+        good = IngressSnapshot(version=1, cli_hello_world=True)
+        runtime = WorkerRuntime(_settings(good), lambda _event: None)
+        task = asyncio.ensure_future(runtime.run())
+        for _ in range(1000):
+            if runtime._ingress is not None:
+                break
+            await asyncio.sleep(0.01)
+        built = runtime._ingress  # by the runtime itself, after the background import
+        assert built is not None
+        rules = runtime.ingress()
+        assert rules is built
+        assert rules is runtime.ingress()  # built once
+        runtime.begin_drain(0.0)
+        await asyncio.wait_for(task, 20)
+        assert runtime.fatal is None
 
     asyncio.run(main())

@@ -187,6 +187,10 @@ class WorkerProcess:
             for task in (heartbeat, dispatch):
                 task.cancel()
             await asyncio.gather(heartbeat, dispatch, return_exceptions=True)
+        if getattr(runtime, "fatal", None):
+            # Unusable settings found after start (the runtime builds its rules off the
+            # first dial's path): a boot error, so the supervisor does not respawn in a loop.
+            return WORKER_BOOT_ERROR
         log.info("Worker finished")
         return 0
 

@@ -32,7 +32,6 @@ import uuid
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
-from adit.config.ingress import Ingress
 from adit.ipc.messages import (
     ConnectionLost,
     ConnectionRegistered,
@@ -44,7 +43,6 @@ from adit.ipc.messages import (
     StatsSnapshot,
     WorkerSettings,
 )
-from adit.ipc.snapshot import build_ingress
 from adit.logs import fields
 from adit.protocol.headers import FEATURE_SERIALIZED_REQUEST_HEADERS
 from adit.protocol.registration import (
@@ -60,6 +58,7 @@ from adit.workers.locations import fallback, home_address
 from adit.workers.stream import TunnelStream
 
 if TYPE_CHECKING:
+    from adit.config.ingress import Ingress
     from adit.config.origin import Rule
     from adit.workers.proxy import OriginProxy
 
@@ -105,6 +104,9 @@ class LazyProxy:
     """
 
     MODULE = "adit.workers.proxy"
+    #: Imported by :meth:`preload` too: what the first request needs besides the proxy (the
+    #: ingress rules are rebuilt with these).
+    ALSO = ("adit.ipc.snapshot",)
 
     def __init__(self, connector_id: uuid.UUID, tags: dict[str, str]) -> None:
         self._connector_id = connector_id
@@ -135,7 +137,7 @@ class LazyProxy:
 
     async def _import(self) -> None:
         with contextlib.suppress(Exception):
-            await asyncio.to_thread(importlib.import_module, self.MODULE)
+            await asyncio.to_thread(_import_all, (*self.ALSO, self.MODULE))
 
     def serve(self, stream: TunnelStream, rule: Rule) -> Coroutine[Any, Any, None]:
         """Serve ``stream`` (see ``OriginProxy.serve``)."""
@@ -148,6 +150,17 @@ class LazyProxy:
     ) -> None:
         await asyncio.shield(loading)
         await self.get().serve(stream, rule)
+
+
+def _import_all(names: tuple[str, ...]) -> None:
+    for name in names:
+        importlib.import_module(name)
+
+
+def _build_ingress(snapshot: IngressSnapshot) -> Ingress:
+    from adit.ipc.snapshot import build_ingress
+
+    return build_ingress(snapshot)
 
 
 def _needs_new_connections(old: WorkerSettings, new: WorkerSettings) -> bool:
@@ -194,7 +207,9 @@ class WorkerRuntime:
         self.publish = publish
         self.connector_id = uuid.UUID(settings.connector_id)
         self.proxy = LazyProxy(self.connector_id, settings.tags)
-        self._ingress: Ingress = build_ingress(settings.ingress)
+        # Built once the config modules are imported (off the first dial's path, see run()).
+        self._ingress: Ingress | None = None
+        self._initial_ingress = settings.ingress
         self.ingress_version = settings.ingress.version
         self.slots: dict[int, ConnectionSlot] = {}
         self._draining = asyncio.Event()
@@ -229,7 +244,7 @@ class WorkerRuntime:
         self._running = True
         for position, index in enumerate(self.settings.conn_indexes):
             self._add_slot(index, position)
-        preload = self.proxy.preload()
+        preload = asyncio.ensure_future(self._load_serving())
         stats = asyncio.ensure_future(self._report_stats())
         try:
             await self._draining.wait()
@@ -249,6 +264,18 @@ class WorkerRuntime:
             if self.proxy.loaded is not None:
                 await self.proxy.loaded.aclose()
 
+    async def _load_serving(self) -> None:
+        """Import the origin side in a thread while connection 0 dials, then build the rules."""
+        await self.proxy.preload()
+        try:
+            self.ingress()
+        except Exception as exc:
+            # The supervisor validated this very snapshot with the same code: only a version
+            # skew between the two gets here. The worker cannot serve: it ends as a boot error.
+            log.exception("Cannot build the ingress rules")
+            self.fatal = f"cannot build the ingress rules: {exc}"
+            self.begin_drain(0.0)
+
     def begin_drain(self, grace: float) -> None:
         """Unregister all connections, let in-flight streams finish within ``grace`` seconds."""
         self._grace = grace
@@ -258,11 +285,13 @@ class WorkerRuntime:
         """Swap the ingress rules atomically; stale versions are ignored."""
         if snapshot.version <= self.ingress_version:
             return
-        self._ingress = build_ingress(snapshot)
+        self._ingress = _build_ingress(snapshot)
         self.ingress_version = snapshot.version
 
     def ingress(self) -> Ingress:
         """The rules in force (read per request, so a swap applies to the next request)."""
+        if self._ingress is None:
+            self._ingress = _build_ingress(self._initial_ingress)
         return self._ingress
 
     def reconfigure(self, settings: WorkerSettings) -> asyncio.Task[None]:
