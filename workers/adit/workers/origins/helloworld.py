@@ -28,7 +28,6 @@ from adit.protocol.websocket import (
     accept_key,
     encode_frame,
 )
-from adit.workers.origins.certificate import self_signed_server_context
 
 __all__ = ["DEFAULT_SSE_INTERVAL", "HelloWorldOrigin", "go_duration", "parse_go_duration"]
 
@@ -114,6 +113,9 @@ class HelloWorldOrigin:
 
     async def _start(self) -> None:
         now = datetime.datetime.now(datetime.UTC)
+        # Imported here: cryptography is ~9 MiB in every worker that never serves hello_world.
+        from adit.workers.origins.certificate import self_signed_server_context
+
         context = self_signed_server_context("hello-world.adit.invalid", now)
         server = await asyncio.start_server(self._accept, "127.0.0.1", 0, ssl=context)
         host, port = server.sockets[0].getsockname()[:2]
