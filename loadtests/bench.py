@@ -213,13 +213,23 @@ class Bench:
             ("latency", lambda: self._latency(target)),
             (
                 "download",
-                lambda: drivers.download(
-                    target, expected=args.size_mib * 2**20, max_seconds=args.max_transfer
+                lambda: self._transfer(
+                    target,
+                    roles,
+                    "download",
+                    lambda: drivers.download(
+                        target, expected=args.size_mib * 2**20, max_seconds=args.max_transfer
+                    ),
                 ),
             ),
             (
                 "upload",
-                lambda: drivers.upload(target, big_file, max_seconds=args.max_transfer),
+                lambda: self._transfer(
+                    target,
+                    roles,
+                    "upload",
+                    lambda: drivers.upload(target, big_file, max_seconds=args.max_transfer),
+                ),
             ),
             ("websockets", lambda: self._websockets(target, roles)),
         ]
@@ -251,6 +261,29 @@ class Bench:
             # CPU per request is steadier than requests/s on a machine shared with others.
             if isinstance(requests, int) and requests:
                 figures[f"cpu_us_per_req_{role}"] = round(1e6 * used / requests, 1)
+        return figures
+
+    def _transfer(
+        self,
+        target: Target,
+        roles: dict[str, int],
+        scenario: str,
+        run: Callable[[], Figures],
+    ) -> Figures:
+        """A download or upload, with each process's CPU (cores busy, CPU s per GiB)."""
+        before = _cpu_seconds(roles)
+        wall = time.monotonic()
+        profilers = self._start_profilers(target.name, scenario, roles)
+        figures = run()
+        wall = time.monotonic() - wall
+        after = _cpu_seconds(roles)
+        self._stop_profilers(profilers)
+        moved = figures.get("bytes")
+        for role in roles:
+            used = after[role] - before[role]
+            figures[f"cpu_{role}"] = round(used / wall, 2)
+            if isinstance(moved, int) and moved:
+                figures[f"cpu_s_per_gib_{role}"] = round(used / (moved / 2**30), 2)
         return figures
 
     def _latency(self, target: Target) -> Figures:
