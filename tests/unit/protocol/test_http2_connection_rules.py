@@ -286,3 +286,29 @@ def test_decoder_refuses_bad_blocks() -> None:
             HpackDecoder().decode(bad)
     with pytest.raises(HpackError, match="MAX_HEADER_LIST_SIZE"):
         decoder.decode(PlainHpackEncoder().encode([(b"x-a", b"v" * 100)]))
+
+
+def test_a_large_data_frame_is_passed_on_as_its_pieces_arrive() -> None:
+    payload = bytes(range(256)) * 1024
+    wire = frame(FrameType.DATA, Flag.END_STREAM, 1, payload)
+    reader = FrameReader(1 << 20, expect_preface=False)
+    assert reader.feed(wire[:100]) == [(FrameType.DATA, 0, 1, wire[9:100])]
+    middle = wire[100:200_000]
+    ((kind, flags, sid, piece),) = reader.feed(middle)
+    assert (kind, flags, sid) == (FrameType.DATA, 0, 1)
+    assert piece is middle  # a read that is all body is passed on uncopied
+    rest = reader.feed(wire[200_000:] + ping_frame(b"12345678"))
+    assert rest == [
+        (FrameType.DATA, Flag.END_STREAM, 1, wire[200_000:]),
+        (FrameType.PING, 0, 0, b"12345678"),
+    ]
+
+
+def test_a_padded_data_frame_split_over_reads_is_collected_whole() -> None:
+    conn = _connector()
+    conn.receive_data(
+        frame(FrameType.HEADERS, Flag.END_HEADERS, 1, hpack.Encoder().encode(_REQUEST))
+    )
+    wire = frame(FrameType.DATA, Flag.PADDED | Flag.END_STREAM, 1, bytes([2]) + b"abcdef" + b"\0\0")
+    assert conn.receive_data(wire[:12]) == []
+    assert conn.receive_data(wire[12:]) == [DataReceived(1, b"abcdef", 9), StreamEnded(1)]
