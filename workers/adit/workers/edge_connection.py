@@ -183,6 +183,7 @@ class EdgeConnection(TunnelIO[ConnectorTunnelConnection]):
                 host=host,
                 headers=event.headers,
                 conn_index=self.conn_index,
+                end_stream=event.end_stream,
             )
             rule = self.ingress().find_matching_rule(host, event.path.split("?", 1)[0])
             stream = ConnectorStream(self, channel, request)

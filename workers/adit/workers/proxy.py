@@ -16,6 +16,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from adit.config.origin import (
     BastionService,
@@ -35,9 +36,7 @@ from adit.workers.errors import (
     UnsupportedService,
 )
 from adit.workers.origins.dialer import Dialer, OriginKey, split_destination
-from adit.workers.origins.helloworld import HelloWorldOrigin
 from adit.workers.origins.http1 import OriginConnection, OriginResponse
-from adit.workers.origins.http2 import H2OriginConnection, h2_request_headers
 from adit.workers.origins.pipe import pipe
 from adit.workers.origins.pool import ConnectionPool
 from adit.workers.origins.request import (
@@ -49,6 +48,12 @@ from adit.workers.origins.request import (
 from adit.workers.origins.socks import serve_socks
 from adit.workers.origins.wsbridge import ack_headers, bridge, jump_destination
 from adit.workers.stream import ResponseSource, StreamKind, TunnelStream
+
+if TYPE_CHECKING:
+    # Imported when first used: h2 (http2Origin) and h11 (hello_world) are memory in every
+    # worker that serves neither.
+    from adit.workers.origins.helloworld import HelloWorldOrigin
+    from adit.workers.origins.http2 import H2OriginConnection
 
 __all__ = ["BODY_PROBE_SECONDS", "ORIGIN_ERROR_PREFIX", "OriginProxy", "ProxyStats"]
 
@@ -110,13 +115,14 @@ class OriginProxy:
         self._pool: ConnectionPool[OriginConnection] = ConnectionPool(clock)
         self._h2_pool: ConnectionPool[H2OriginConnection] = ConnectionPool(clock)
         self._dialer = Dialer()
-        self._hello_world = HelloWorldOrigin(self._log)
+        self._hello_world: HelloWorldOrigin | None = None
 
     async def aclose(self) -> None:
         """Close idle origin connections and stop the hello_world origin."""
         self._pool.close()
         self._h2_pool.close()
-        await self._hello_world.aclose()
+        if self._hello_world is not None:
+            await self._hello_world.aclose()
 
     async def serve(self, stream: TunnelStream, rule: Rule) -> None:
         """Answer ``stream`` from ``rule``'s service; finishes or resets the stream."""
@@ -155,6 +161,10 @@ class OriginProxy:
         elif isinstance(service, UnixService):
             key = _unix_key(service, rule.options, head.host)
         elif isinstance(service, HelloWorldService):
+            if self._hello_world is None:
+                from adit.workers.origins.helloworld import HelloWorldOrigin
+
+                self._hello_world = HelloWorldOrigin(self._log)
             host, port = await self._hello_world.address()
             key = OriginKey(host, port, tls=True, no_tls_verify=True)
         else:
@@ -168,6 +178,8 @@ class OriginProxy:
         self, stream: TunnelStream, options: OriginOptions, key: OriginKey, head: OriginRequestHead
     ) -> None:
         """``http2Origin``: HTTP/2 when the origin picks ``h2`` in ALPN, else HTTP/1.1."""
+        from adit.workers.origins.http2 import H2OriginConnection, h2_request_headers
+
         if (http1 := self._pool.checkout(key)) is not None:
             # This origin answered HTTP/1.1 before; keep using it.
             await self._proxy_http(stream, options, key, head, http1)
@@ -426,9 +438,11 @@ async def _resolve_body(stream: TunnelStream, framing: BodyFraming) -> _Body:
         while data := await stream.read():
             parts.append(data)
         return _Body(BodyFraming.BUFFERED, prefix=b"".join(parts))
-    # A GET whose stream already ended (END_STREAM on its HEADERS, the normal case) reads
-    # b"" here without suspending: no task, no wait. Reads are cancel-safe (nothing is taken
-    # from the stream until a read returns), so a probe that times out loses nothing.
+    if stream.request.end_stream:
+        # A GET whose stream ended with its head (the normal case): no timer, no read.
+        return _NO_BODY
+    # Reads are cancel-safe (nothing is taken from the stream until a read returns), so a
+    # probe that times out loses nothing.
     try:
         async with asyncio.timeout(BODY_PROBE_SECONDS):
             first = await stream.read()

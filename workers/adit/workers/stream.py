@@ -41,13 +41,16 @@ class IncomingRequest:
     host: str
     headers: tuple[tuple[str, str], ...]
     conn_index: int = 0
+    #: The edge ended the stream with the request head (END_STREAM on HEADERS): no body.
+    end_stream: bool = False
 
 
 class TunnelStream(Protocol):
     """One edge-initiated stream, from the proxy's point of view.
 
-    ``read`` returns ``b""`` once the edge ended its side. ``write`` waits while the edge's
-    flow-control window is closed (back-pressure: never buffers a whole body).
+    ``read`` returns ``b""`` once the edge ended its side, and is safe to cancel: nothing is
+    taken from the stream until a read returns (the body probe relies on it). ``write`` waits
+    while the edge's flow-control window is closed (back-pressure: never buffers a whole body).
     """
 
     request: IncomingRequest
