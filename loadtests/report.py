@@ -157,9 +157,11 @@ def _goals(paths: dict[str, Any]) -> list[str]:
         workers = [v for k, v in ws.items() if k.startswith("rss_worker") and v is not None]
         if workers:
             worst = max(workers)
+            # The goal is in MB (10^6 bytes); RSS is reported in MiB.
+            worst_mb = worst * 2**20 / 1e6
             out.append(
                 f"- worker RSS ≤ 60 MB with {ws.get('opened')} idle WebSockets ({name}): "
-                f"max {worst} MiB → {'met' if worst <= 60 else 'NOT met'}"
+                f"max {worst} MiB = {worst_mb:.1f} MB → {'met' if worst_mb <= 60 else 'NOT met'}"
             )
     if "cloudflared" in paths:
         for name in (n for n in paths if n.startswith("adit")):
