@@ -431,13 +431,11 @@ class TunnelHttp2Connection:
 
     def _closed_or_idle(self, stream_id: int) -> bool:
         """For a stream we do not track: True when it existed once (closed), False if idle."""
-        if stream_id % 2 == 1:  # opened by the edge (the client)
-            return (
-                stream_id < self._next_stream_id
-                if self._client
-                else (stream_id <= self._last_remote_id)
-            )
-        return False
+        if stream_id % 2 == 0:
+            return False  # even ids would be the connector's own streams: never opened
+        if self._client:
+            return stream_id < self._next_stream_id
+        return stream_id <= self._last_remote_id
 
     def _on_data(self, flags: int, stream_id: int, payload: bytes, events: list[Event]) -> None:
         length = len(payload)
