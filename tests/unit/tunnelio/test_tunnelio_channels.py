@@ -3,14 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 import hashlib
 import socket
-from collections.abc import Callable, Coroutine
-from typing import Any
 
 import pytest
-import uvloop
 
 from adit.protocol.http2 import (
     ConnectorTunnelConnection,
@@ -20,18 +16,9 @@ from adit.protocol.http2 import (
     ResponseReceived,
 )
 from adit.tunnelio import HIGH_WATER, StreamChannel, StreamClosedError, TunnelIO
+from asynctests import uvloop_test
 
 pytestmark = pytest.mark.timeout(60)
-
-
-def uvloop_test(test: Callable[[], Coroutine[Any, Any, None]]) -> Callable[[], None]:
-    """Run on uvloop, the loop adit's processes use (no pytest asyncio plugin here)."""
-
-    @functools.wraps(test)
-    def run() -> None:
-        uvloop.run(test())
-
-    return run
 
 
 class _Edge(TunnelIO[EdgeTunnelConnection]):

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import uuid
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any, ParamSpec
+from typing import Any
 
 import pytest
 
@@ -22,20 +21,9 @@ from adit.workers.origins.http1 import (
 )
 from adit.workers.proxy import ORIGIN_ERROR_PREFIX, OriginProxy
 from adit.workers.stream import IncomingRequest, ResponseSource, StreamKind
+from asynctests import asynctest
 
 pytestmark = pytest.mark.timeout(30)
-
-P = ParamSpec("P")
-
-
-def asynctest(test: Callable[P, Coroutine[Any, Any, None]]) -> Callable[P, None]:
-    """Run an async test function on a fresh event loop."""
-
-    @functools.wraps(test)
-    def run(*args: P.args, **kwargs: P.kwargs) -> None:
-        asyncio.run(test(*args, **kwargs))
-
-    return run
 
 
 @dataclass

@@ -10,7 +10,6 @@ import asyncio
 import base64
 import contextlib
 import datetime
-import functools
 import hashlib
 import ipaddress
 import json
@@ -20,10 +19,9 @@ import socket
 import ssl
 import struct
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ParamSpec
 
 import h11
 import pytest
@@ -56,24 +54,13 @@ from adit.protocol.websocket import (
 from adit.workers.errors import UNREACHABLE_MESSAGE
 from adit.workers.proxy import OriginProxy
 from adit.workers.stream import IncomingRequest, ResponseSource, StreamKind
+from asynctests import asynctest
 
 CONNECTOR_ID = uuid.UUID("5b8a4c2e-9d51-4b0f-8a52-0c1d2e3f4a5b")
 PUBLIC_HOST = "app.example.com"
 WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 pytestmark = pytest.mark.timeout(30)
-
-P = ParamSpec("P")
-
-
-def asynctest(test: Callable[P, Coroutine[Any, Any, None]]) -> Callable[P, None]:
-    """Run an async test function on a fresh event loop (no pytest asyncio plugin here)."""
-
-    @functools.wraps(test)
-    def run(*args: P.args, **kwargs: P.kwargs) -> None:
-        asyncio.run(test(*args, **kwargs))
-
-    return run
 
 
 # --------------------------------------------------------------------------- the edge side
