@@ -24,7 +24,7 @@ from adit.protocol.http2 import (
     TunnelHttp2Connection,
 )
 
-__all__ = ["HIGH_WATER", "StreamChannel", "StreamClosedError", "TunnelIO"]
+__all__ = ["HIGH_WATER", "StreamChannel", "StreamClosedError", "TunnelIO", "release_waiter"]
 
 #: Bytes a writer may queue on one stream before it waits for the peer's window.
 HIGH_WATER = 512 * 1024
@@ -135,14 +135,16 @@ class StreamChannel:
         self._wake_writer()
 
     def _wake_reader(self) -> None:
-        waiter = self._read_waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        release_waiter(self._read_waiter)
 
     def _wake_writer(self) -> None:
-        waiter = self._write_waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        release_waiter(self._write_waiter)
+
+
+def release_waiter(waiter: asyncio.Future[None] | None) -> None:
+    """Let whoever awaits ``waiter`` (a bare future standing for an event) go on."""
+    if waiter is not None and not waiter.done():
+        waiter.set_result(None)
 
 
 def _coalesced(parts: list[bytes | memoryview]) -> list[bytes | memoryview]:

@@ -17,6 +17,9 @@ from typing import cast
 
 import httptools
 
+from adit.protocol.headers import wire_bytes
+from adit.tunnelio import release_waiter
+
 __all__ = [
     "MAX_HEADER_BYTES",
     "READ_SIZE",
@@ -326,7 +329,7 @@ class Http1Connection(asyncio.Protocol):
         self._lost = True
         self._eof = True
         self._wake()
-        _release(self._drain_waiter)
+        release_waiter(self._drain_waiter)
         self._drain_waiter = None
 
     def pause_writing(self) -> None:
@@ -336,13 +339,13 @@ class Http1Connection(asyncio.Protocol):
     def resume_writing(self) -> None:
         """The transport's buffer drained."""
         self._writing_paused = False
-        _release(self._drain_waiter)
+        release_waiter(self._drain_waiter)
         self._drain_waiter = None
 
     # -- reading -------------------------------------------------------------------------------
 
     def _wake(self) -> None:
-        _release(self._waiter)
+        release_waiter(self._waiter)
         self._waiter = None
 
     async def _wait_for_data(self) -> None:
@@ -625,19 +628,9 @@ class Http1Connection(asyncio.Protocol):
             self.close()
 
 
-def _release(waiter: asyncio.Future[None] | None) -> None:
-    """Let whoever awaits ``waiter`` go on."""
-    if waiter is not None and not waiter.done():
-        waiter.set_result(None)
-
-
 def _encode_head(lines: list[str], headers: Sequence[tuple[str, str]]) -> bytes:
     head = "".join(lines)
     # A CR or LF inside a name or value would split the head: one count over it all.
     if head.count("\n") != len(lines) or head.count("\r") != len(lines):
         raise ResponseError("a response header holds CR or LF")
-    try:
-        return head.encode("latin-1")
-    except UnicodeEncodeError:
-        # Only our own text can be beyond latin-1; it goes out as UTF-8 (wire_bytes' rule).
-        return head.encode("utf-8")
+    return wire_bytes(head)

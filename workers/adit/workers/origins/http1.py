@@ -20,6 +20,7 @@ from typing import cast
 
 import httptools
 
+from adit.protocol.headers import wire_bytes
 from adit.workers.errors import OriginProtocolError
 from adit.workers.origins.dialer import READ_LIMIT
 
@@ -51,10 +52,7 @@ def serialise_request_head(method: str, target: str, headers: Sequence[tuple[str
     if headers and not _NAMES.fullmatch("\n".join([name for name, _ in headers])):
         raise OriginProtocolError("invalid request for the origin: illegal header name")
     text = "".join([f"{method} {target} HTTP/1.1\r\n", *[f"{n}: {v}\r\n" for n, v in headers]])
-    try:
-        data = text.encode("latin-1")
-    except UnicodeEncodeError:
-        data = text.encode("utf-8")  # UTF-8 sequences hold no byte below 0x80
+    data = wire_bytes(text)  # UTF-8 beyond latin-1: its sequences hold no byte below 0x80
     lines = len(headers) + 1
     controls = len(data) - len(data.translate(None, _CONTROLS))
     if controls != 2 * lines or data.count(b"\n") != lines or data.count(b"\r") != lines:
