@@ -237,7 +237,7 @@ class _Stream:
     local_closed: bool = False  # END_STREAM (or RST_STREAM) went out
     remote_closed: bool = False  # END_STREAM arrived
     end_queued: bool = False  # END_STREAM goes out after the queued data
-    headers_seen: bool = False  # the final response head arrived (edge side)
+    headers_seen: bool = False  # the final response head went out (connector) or came in (edge)
     chunks: deque[bytes | memoryview] = field(default_factory=deque)
     size: int = 0
 
