@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import functools
 import logging
 import time
@@ -17,6 +16,8 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
+
+import msgspec
 
 from adit.config.origin import (
     BastionService,
@@ -82,8 +83,7 @@ class ProxyStats:
         self.responses_by_code[status] = self.responses_by_code.get(status, 0) + 1
 
 
-@dataclass(frozen=True, slots=True)
-class _Body:
+class _Body(msgspec.Struct, frozen=True):
     """The request body as it will be sent: a prefix already read, then maybe the stream."""
 
     framing: BodyFraming
@@ -170,7 +170,8 @@ class OriginProxy:
         else:
             raise UnsupportedService(f"service {service.url} is not supported yet")
         if key.tls and rule.options.http2_origin and stream.request.kind is StreamKind.HTTP:
-            await self._proxy_h2(stream, rule.options, dataclasses.replace(key, http2=True), head)
+            h2_key = msgspec.structs.replace(key, http2=True)
+            await self._proxy_h2(stream, rule.options, h2_key, head)
             return
         await self._proxy_http(stream, rule.options, key, head)
 
@@ -414,8 +415,7 @@ class OriginProxy:
         )
 
 
-@dataclass(frozen=True, slots=True)
-class _Request:
+class _Request(msgspec.Struct, frozen=True):
     """What goes to the origin: the head (framing header included) and the body plan."""
 
     method: str

@@ -7,8 +7,9 @@ the proxy serves it without knowing the transport.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
 from typing import Protocol
+
+import msgspec
 
 
 class StreamKind(enum.Enum):
@@ -26,8 +27,7 @@ class ResponseSource(enum.Enum):
     CONNECTOR = "cloudflared"
 
 
-@dataclass(frozen=True, slots=True)
-class IncomingRequest:
+class IncomingRequest(msgspec.Struct, frozen=True):
     """An eyeball request as the edge forwarded it.
 
     ``headers`` keep the eyeball's order and repeated names; names are as received on the

@@ -13,8 +13,9 @@ import socket
 import ssl
 from asyncio import staggered
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
+
+import msgspec
 
 from adit.config.origin import OriginOptions
 from adit.workers.errors import OriginConnectTimeout, OriginTLSError, OriginUnreachable
@@ -37,8 +38,7 @@ HAPPY_EYEBALLS_DELAY = 0.3
 READ_LIMIT = 256 * 1024
 
 
-@dataclass(frozen=True, slots=True)
-class OriginKey:
+class OriginKey(msgspec.Struct, frozen=True):
     """Everything that makes two origin connections interchangeable (the pool key)."""
 
     host: str  # TCP host; "" for unix sockets

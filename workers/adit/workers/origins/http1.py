@@ -15,10 +15,10 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
 from typing import cast
 
 import httptools
+import msgspec
 
 from adit.protocol.headers import wire_bytes
 from adit.workers.errors import OriginProtocolError
@@ -60,8 +60,7 @@ def serialise_request_head(method: str, target: str, headers: Sequence[tuple[str
     return data + b"\r\n"
 
 
-@dataclass(frozen=True, slots=True)
-class OriginResponse:
+class OriginResponse(msgspec.Struct, frozen=True):
     """A final response head from the origin (or a ``101``).
 
     ``headers`` keep the origin's order, case and repeats, latin-1 decoded.

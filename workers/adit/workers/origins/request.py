@@ -12,7 +12,8 @@ from __future__ import annotations
 import enum
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
+
+import msgspec
 
 from adit.config.origin import OriginOptions
 from adit.workers.stream import IncomingRequest, StreamKind
@@ -45,8 +46,7 @@ class BodyFraming(enum.Enum):
     BUFFERED = "buffered"  # disableChunkedEncoding without a length: read all, then send length
 
 
-@dataclass(frozen=True, slots=True)
-class OriginRequestHead:
+class OriginRequestHead(msgspec.Struct, frozen=True):
     """Request line and headers for the origin, plus how the body will be framed.
 
     ``headers`` exclude any framing header (Content-Length/Transfer-Encoding) unless
