@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from adit.protocol import headers as headers_module
 from adit.protocol.errors import HeaderDecodeError
 from adit.protocol.headers import (
     RequestType,
@@ -127,3 +128,37 @@ def test_strip_hop_by_hop_removes_connection_named_headers() -> None:
     assert strip_hop_by_hop(
         [("Connection", "close, X-A"), ("x-a", "1"), ("TE", "trailers"), ("B", "2")]
     ) == [("B", "2")]
+
+
+def test_repeated_pairs_code_the_same_from_the_cache() -> None:
+    headers = [("Server", "nginx"), (":status", "200"), ("Cf-Int-X", "1"), ("X-A", "b")]
+    first = encode_serialized_headers(headers)
+    assert encode_serialized_headers(headers) == first == b"U2VydmVy:bmdpbng;WC1B:Yg"
+    assert decode_serialized_headers(first) == decode_serialized_headers(first)
+    assert decode_serialized_headers(first) == [("Server", "nginx"), ("X-A", "b")]
+
+
+def test_credentials_are_never_kept_by_the_header_caches() -> None:
+    secret = "s3cr3t-" + "x" * 20
+    headers = [
+        ("Cookie", f"session={secret}"),
+        ("authorization", f"Bearer {secret}"),
+        ("Set-Cookie", f"id={secret}"),
+        ("Cf-Access-Client-Secret", secret),
+    ]
+    assert decode_serialized_headers(encode_serialized_headers(headers)) == headers
+    kept = [*headers_module._encoded, *headers_module._decoded.values()]
+    assert not [pair for pair in kept if secret in pair[1]]
+    assert not [piece for piece in headers_module._decoded if b"czNjcjN0" in piece]
+
+
+def test_header_caches_stay_bounded() -> None:
+    limit = headers_module._CACHE_ENTRIES
+    for n in range(3 * limit):
+        encoded = encode_serialized_headers([("X-N", str(n))])
+        assert decode_serialized_headers(encoded) == [("X-N", str(n))]
+    assert 0 < len(headers_module._encoded) <= limit
+    assert 0 < len(headers_module._decoded) <= limit
+    big = "v" * (headers_module._CACHE_PAIR_BYTES + 1)
+    encode_serialized_headers([("X-Big", big)])
+    assert ("X-Big", big) not in headers_module._encoded
