@@ -6,20 +6,34 @@ drives keep-alive GETs from a client in another process. The figure is this proc
 time per request, so it holds up on a busy machine better than requests/s. Usage:
 ``python loadtests/edge_http1_bench.py [--requests N] [--depth D] [--rounds R]``
 (``--depth`` > 1 pipelines D requests per write).
+
+``--tunnel`` measures the whole public path instead, in one process and without sockets:
+``PublicListener`` (route, pick, forwarded headers) → ``TunnelSession`` (HTTP/2, serialised
+headers) → a sans-IO connector that answers every stream with the same 1 KiB response →
+back to the eyeball's ``Http1Connection``. ``--concurrency C`` eyeballs each send a request
+before the connector answers them all in one read (as under load). The connector's own CPU is
+measured apart and left out: the figure is the edge's Python per request, no syscalls, no TLS.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime
 import json
 import statistics
 import sys
 import time
+import uuid
 
 import uvloop
 
 from adit.edge.http1 import BadRequest, Http1Connection, Request
+from adit.edge.public import PublicListener
+from adit.edge.registry import ConnectionRegistry, LiveConnection
+from adit.edge.store import Store
+from adit.edge.tunnel_session import EdgeIdentity, TunnelSession
+from adit.protocol.http2 import ConnectorTunnelConnection, RequestReceived
 
 _BODY = b"x" * 1024
 _HEADERS = [
@@ -99,17 +113,151 @@ async def _run(requests: int, depth: int, rounds: int) -> list[float]:
     return figures
 
 
+class _Transport:
+    """Stands in for a socket: keeps what is written."""
+
+    def __init__(self) -> None:
+        self.out: list[bytes | memoryview] = []
+        self.closing = False
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return ("127.0.0.1", 40000) if name == "peername" else default
+
+    def write(self, data: bytes | memoryview) -> None:
+        self.out.append(data)
+
+    def writelines(self, parts: list[bytes | memoryview]) -> None:
+        self.out.extend(parts)
+
+    def take(self) -> bytes:
+        data = b"".join(self.out)
+        self.out.clear()
+        return data
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def close(self) -> None:
+        self.closing = True
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+_REQUEST = (
+    b"GET /file-1k HTTP/1.1\r\nHost: bench.localhost\r\nUser-Agent: bench/1.0\r\n"
+    b"Accept: */*\r\nAccept-Encoding: gzip\r\n\r\n"
+)
+
+
+class _TunnelPath:
+    """The edge's public path wired to an in-process connector (see the module docstring)."""
+
+    def __init__(self, concurrency: int) -> None:
+        store = Store(":memory:")
+        account = store.create_account("bench")
+        tunnel = store.create_tunnel(account.tag, "bench")
+        store.route_hostname(account.tag, tunnel.id, "bench.localhost")
+        registry = ConnectionRegistry()
+        self.listener = PublicListener(store, registry, location="bench", scheme="https")
+        self.session = TunnelSession(store, registry, EdgeIdentity("bench"))
+        self.session.live = LiveConnection(
+            tunnel_id=tunnel.id,
+            account_tag=account.tag,
+            connection_id=uuid.uuid4(),
+            client_id=uuid.uuid4(),
+            conn_index=0,
+            location="bench",
+            origin_ip="127.0.0.1",
+            opened_at=datetime.datetime.now(datetime.UTC),
+            client_version="bench",
+            arch="bench",
+            features=(),
+            handle=self.session,
+        )
+        registry.add(self.session.live)
+        self.session.serialize_headers = True
+        self.tunnel = _Transport()
+        self.session.connection_made(self.tunnel)  # type: ignore[arg-type]
+        self.connector = ConnectorTunnelConnection()
+        self.connector.initiate()
+        self.connector_cpu = 0.0
+        self.eyeballs = []
+        for _ in range(concurrency):
+            transport = _Transport()
+            conn = self.listener.protocol()
+            conn.connection_made(transport)  # type: ignore[arg-type]
+            self.eyeballs.append((conn, transport))
+
+    def answer(self) -> bytes:
+        """The connector's turn: answer every request the edge sent (timed apart)."""
+        start = time.thread_time()
+        connector = self.connector
+        for event in connector.receive_data(self.tunnel.take()):
+            if isinstance(event, RequestReceived) and event.request_type.value == "http":
+                connector.send_response(event.stream_id, 200, _HEADERS)
+                connector.send_data(event.stream_id, _BODY, end_stream=True)
+        out = connector.data_to_send()
+        self.connector_cpu += time.thread_time() - start
+        return out
+
+    async def settle(self) -> None:
+        """Let the edge's tasks and callbacks run until nothing is left to do."""
+        for _ in range(8):
+            await asyncio.sleep(0)
+
+    async def round(self) -> None:
+        """One request on every eyeball connection, answered together."""
+        for conn, _ in self.eyeballs:
+            conn.data_received(_REQUEST)
+        await self.settle()
+        self.session.data_received(self.answer())
+        await self.settle()
+        for _, transport in self.eyeballs:
+            response = transport.take()
+            if not response.startswith(b"HTTP/1.1 200 ") or not response.endswith(_BODY):
+                raise RuntimeError(f"unexpected response {response[:80]!r}")
+
+
+async def _run_tunnel(requests: int, concurrency: int, rounds: int) -> list[float]:
+    path = _TunnelPath(concurrency)
+    await path.settle()
+    path.session.data_received(path.answer())  # SETTINGS both ways
+    for _ in range(300 // concurrency + 1):
+        await path.round()  # warm-up
+    figures = []
+    per_round = max(1, requests // concurrency)
+    for _ in range(rounds):
+        path.connector_cpu = 0.0
+        start = time.process_time()
+        for _ in range(per_round):
+            await path.round()
+        spent = time.process_time() - start - path.connector_cpu
+        figures.append(spent / (per_round * concurrency) * 1e6)
+    return figures
+
+
 def main() -> None:
     """Print CPU µs per request (median, min, max over the rounds) as JSON."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--requests", type=int, default=10_000)
     parser.add_argument("--depth", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--tunnel", action="store_true", help="the whole public path")
+    parser.add_argument("--concurrency", type=int, default=8, help="with --tunnel")
     args = parser.parse_args()
-    figures = uvloop.run(_run(args.requests, args.depth, args.rounds))
+    if args.tunnel:
+        figures = uvloop.run(_run_tunnel(args.requests, args.concurrency, args.rounds))
+    else:
+        figures = uvloop.run(_run(args.requests, args.depth, args.rounds))
     result = {
         "requests": args.requests,
         "depth": args.depth,
+        "tunnel": args.tunnel,
+        "concurrency": args.concurrency if args.tunnel else 1,
         "cpu_us_per_request_median": round(statistics.median(figures), 1),
         "min": round(min(figures), 1),
         "max": round(max(figures), 1),
