@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from http import HTTPStatus
 from typing import cast
 
@@ -24,6 +24,7 @@ __all__ = [
     "MAX_HEADER_BYTES",
     "READ_SIZE",
     "BadRequest",
+    "FastHandler",
     "HeadersTooLarge",
     "Http1Connection",
     "Request",
@@ -42,6 +43,8 @@ READ_SIZE = 256 * 1024
 _EXTRA_REASONS = {530: b"Origin Unreachable"}
 _REASONS: dict[int, bytes] = {s.value: s.phrase.encode("ascii") for s in HTTPStatus}
 _REASONS.update(_EXTRA_REASONS)
+# Response headers whose lower-cased names the framing logic looks at.
+_FRAMING = frozenset({"content-length", "transfer-encoding", "connection"})
 _STATUS_LINES: dict[int, str] = {
     code: f"HTTP/1.1 {code} {phrase.decode('ascii')}\r\n" for code, phrase in _REASONS.items()
 }
@@ -244,6 +247,10 @@ class RequestParser:
 
 Handler = Callable[["Http1Connection", Request], Awaitable[bool]]
 BadRequestHandler = Callable[["Http1Connection", BadRequest], Awaitable[None]]
+#: Takes a complete request without a body from ``data_received``, without the serving task:
+#: returns False to leave it to ``handle`` (before doing anything), or True and later calls
+#: :meth:`Http1Connection.finish_fast` or :meth:`Http1Connection.continue_async`.
+FastHandler = Callable[["Http1Connection", Request], bool]
 
 
 class Http1Connection(asyncio.Protocol):
@@ -254,11 +261,26 @@ class Http1Connection(asyncio.Protocol):
     a request's body with :meth:`read_body` and answers with :meth:`start_response`,
     :meth:`send_body` and :meth:`end_response` (or :meth:`respond_simple`). Reading pauses
     while more than :data:`READ_SIZE` bytes wait for the handler (back-pressure).
+
+    With a ``fast`` handler, a bodiless request that arrives whole while the task waits for
+    the next one is offered to it from ``data_received``: a response that is all there then
+    goes out with :meth:`respond_now` from a callback, and the task is not woken at all.
     """
 
-    def __init__(self, handle: Handler, on_bad_request: BadRequestHandler) -> None:
+    def __init__(
+        self,
+        handle: Handler,
+        on_bad_request: BadRequestHandler,
+        fast: FastHandler | None = None,
+    ) -> None:
         self._handle = handle
         self._on_bad_request = on_bad_request
+        self._fast = fast
+        # The task waits for the next request (only then may a fast request be taken).
+        self._idle = False
+        # A fast request is in flight: the task stays asleep until it finished.
+        self._fast_busy = False
+        self._continuation: Coroutine[object, object, bool] | None = None
         self.parser = RequestParser()
         self.request = Request()
         self.transport: asyncio.Transport | None = None
@@ -298,6 +320,8 @@ class Http1Connection(asyncio.Protocol):
         self.client_ip = str(peer[0]) if peer else ""
         self._over_ssl = transport.get_extra_info("sslcontext") is not None
         self.serving = self._loop.create_task(self._serve())
+        # Idle until the task's first step: a request in the first read may be fast too.
+        self._idle = True
 
     def data_received(self, data: bytes) -> None:
         """Parse what arrived (or keep it raw after switching protocols)."""
@@ -313,9 +337,13 @@ class Http1Connection(asyncio.Protocol):
             except BadRequest as exc:
                 # Requests parsed before the bad bytes are still answered first.
                 self._error = exc
+        if self._idle and not self._fast_busy and self.parser.events:
+            self._serve_fast()
         if self._buffered > READ_SIZE and not self._reading_paused and self.transport:
             self._reading_paused = True
             self.transport.pause_reading()
+        if self._fast_busy or (self._idle and not self._actionable()):
+            return  # nothing for the task yet
         self._wake()
 
     def eof_received(self) -> bool:
@@ -345,8 +373,75 @@ class Http1Connection(asyncio.Protocol):
     # -- reading -------------------------------------------------------------------------------
 
     def _wake(self) -> None:
+        if self._fast_busy:
+            return  # finish_fast or continue_async wake the task once the request is done
         release_waiter(self._waiter)
         self._waiter = None
+
+    def _actionable(self) -> bool:
+        """Whether the idle task has something to do (a request, an error, the end)."""
+        parser = self.parser
+        return bool(
+            parser.events
+            or self._error is not None
+            or parser.after_upgrade is not None
+            or self._eof
+            or self._continuation is not None
+        )
+
+    # -- the fast path -------------------------------------------------------------------------
+
+    def _serve_fast(self) -> None:
+        """Offer whole bodiless requests to the fast handler while it takes them."""
+        events = self.parser.events
+        fast = self._fast
+        while fast is not None and len(events) >= 2 and not self._fast_busy:
+            request = events[0]
+            if (
+                type(request) is not Request
+                or events[1] != b""
+                or request.upgrade
+                or self._error is not None
+                or self._writing_paused
+                or self._lost
+            ):
+                return
+            self._begin(request)
+            self._body_done = True
+            self._fast_busy = True
+            if not fast(self, request):
+                self._fast_busy = False
+                return
+            events.popleft()
+            events.popleft()
+        if not events:
+            self._buffered = 0
+            if self._reading_paused and self.transport is not None:
+                self._reading_paused = False
+                self.transport.resume_reading()
+
+    def finish_fast(self, keep_alive: bool) -> None:
+        """The fast request is answered (with :meth:`respond_now`); serve on or close."""
+        self._fast_busy = False
+        if not (keep_alive and self.keeps_alive) or self._lost:
+            self.close()
+            self._wake()
+            return
+        if self._idle:
+            self._serve_fast()
+            if self._fast_busy or not self._actionable():
+                return
+        self._wake()
+
+    def continue_async(self, answer: Coroutine[object, object, bool]) -> None:
+        """The fast request needs the task after all: it awaits ``answer`` (keep-alive)."""
+        self._fast_busy = False
+        if self.serving is None or self.serving.done():
+            answer.close()  # nobody left to await it
+            self.close()
+            return
+        self._continuation = answer
+        self._wake()
 
     async def _wait_for_data(self) -> None:
         """Wait for ``data_received`` (or the end), letting the socket be read again."""
@@ -386,12 +481,37 @@ class Http1Connection(asyncio.Protocol):
         if event is None:
             return None
         assert isinstance(event, Request)
-        self.request = event
+        self._begin(event)
+        return event
+
+    def _begin(self, request: Request) -> None:
+        self.request = request
         self._body_done = False
         self._continue_sent = False
         self._must_close = False
         self._responded = False
-        return event
+
+    async def _next_step(self) -> Request | Coroutine[object, object, bool] | None:
+        """What the serving task does next: a request, a fast request's continuation, or
+        ``None`` at the end. Waiting here is being idle: the fast handler may run meanwhile."""
+        parser = self.parser
+        while True:
+            continuation = self._continuation
+            if continuation is not None:
+                self._continuation = None
+                return continuation
+            if not self._fast_busy and (
+                parser.events
+                or self._error is not None
+                or parser.after_upgrade is not None
+                or self._eof
+            ):
+                return await self.next_request()
+            self._idle = True
+            try:
+                await self._wait_for_data()
+            finally:
+                self._idle = False
 
     async def read_body(self) -> bytes:
         """The next chunk of the current request's body; ``b""`` once it ended."""
@@ -482,7 +602,7 @@ class Http1Connection(asyncio.Protocol):
         lines = [_status_line(status)]
         lines.extend(f"{name}: {value}\r\n" for name, value in headers)
         lines.append("\r\n")
-        await self._write(_encode_head(lines, headers), True)
+        await self._write(_encode_head(lines), True)
 
     async def start_response(
         self,
@@ -500,6 +620,15 @@ class Http1Connection(asyncio.Protocol):
         Headers whose lower-cased name is in ``drop`` are left out (a proxy's hop-by-hop set).
         ``flush=False`` holds the head for the next write, so a small response leaves in one.
         """
+        await self._write(self._head(status, headers, drop), flush)
+
+    def _head(
+        self,
+        status: int,
+        headers: Sequence[tuple[str, str]],
+        drop: frozenset[str],
+        extra: Sequence[tuple[str, str]] = (),
+    ) -> bytes:
         request = self.request
         keep_alive = request.keep_alive and not self._must_close
         head_only = request.method == b"HEAD" or status in (204, 304)
@@ -509,17 +638,20 @@ class Http1Connection(asyncio.Protocol):
             lowered = name.lower()
             if lowered in drop:
                 continue
-            if lowered == "content-length":
-                try:
-                    length = int(value)
-                except ValueError as exc:
-                    raise ResponseError(f"bad Content-Length {value!r}") from exc
-            elif lowered == "transfer-encoding":
-                continue
-            elif lowered == "connection":
-                if "close" in value.lower():
-                    keep_alive = False
-                continue
+            if lowered in _FRAMING:
+                if lowered == "content-length":
+                    try:
+                        length = int(value)
+                    except ValueError as exc:
+                        raise ResponseError(f"bad Content-Length {value!r}") from exc
+                elif lowered == "transfer-encoding":
+                    continue
+                elif lowered == "connection":
+                    if "close" in value.lower():
+                        keep_alive = False
+                    continue
+            lines.append(f"{name}: {value}\r\n")
+        for name, value in extra:
             lines.append(f"{name}: {value}\r\n")
         chunked = False
         if not head_only and length is None:
@@ -538,7 +670,7 @@ class Http1Connection(asyncio.Protocol):
         self._chunked = chunked
         self._remaining = None if head_only else length
         self._responded = True
-        await self._write(_encode_head(lines, headers), flush)
+        return _encode_head(lines)
 
     async def send_body(self, data: bytes, *, flush: bool = True) -> None:
         """Body bytes, passed through (no copy); ``flush=False`` holds them for the next."""
@@ -581,6 +713,43 @@ class Http1Connection(asyncio.Protocol):
         await self.send_body(body, flush=False)
         await self.end_response()
 
+    def respond_now(
+        self,
+        status: int,
+        headers: Sequence[tuple[str, str]],
+        body: list[bytes],
+        *,
+        drop: frozenset[str] = frozenset(),
+        extra: Sequence[tuple[str, str]] = (),
+    ) -> None:
+        """A whole response at once, from a callback: head (``extra`` headers appended),
+        ``body`` and its framing in one write, with no wait for the socket's buffer (the
+        fast path takes no request while it is full). Raises :class:`ResponseError` (nothing
+        written) when the body does not match its Content-Length, ConnectionResetError when
+        the client is gone."""
+        if self._lost or self.transport is None:
+            raise ConnectionResetError("the client went away")
+        parts = [self._head(status, headers, drop, extra)]
+        if not self._head_only:
+            size = 0
+            for chunk in body:
+                size += len(chunk)
+            if self._remaining is not None:
+                if size != self._remaining:
+                    raise ResponseError("response body does not match its Content-Length")
+                parts.extend(body)
+            elif self._chunked:
+                if size:
+                    parts.append(b"%x\r\n" % size)
+                    parts.extend(body)
+                    parts.append(b"\r\n0\r\n\r\n")
+                else:
+                    parts.append(b"0\r\n\r\n")
+            else:
+                parts.extend(body)
+        self._remaining = None
+        self.transport.write(parts[0] if len(parts) == 1 else b"".join(parts))
+
     @property
     def keeps_alive(self) -> bool:
         """Whether the response sent lets the connection live on (once the body is read)."""
@@ -606,15 +775,19 @@ class Http1Connection(asyncio.Protocol):
         try:
             while True:
                 try:
-                    request = await self.next_request()
+                    step = await self._next_step()
                 except BadRequest as exc:
                     # Only ever between responses: answer with the placeholder (close).
                     self.request = Request()
                     await self._on_bad_request(self, exc)
                     break
-                if request is None:
+                if step is None:
                     break
-                if not await self._handle(self, request) or not self.keeps_alive:
+                if type(step) is Request:
+                    keep = await self._handle(self, step)
+                else:
+                    keep = await cast(Coroutine[object, object, bool], step)
+                if not keep or not self.keeps_alive:
                     break
                 await self.drain_body()
                 if not self.reusable:
@@ -628,7 +801,7 @@ class Http1Connection(asyncio.Protocol):
             self.close()
 
 
-def _encode_head(lines: list[str], headers: Sequence[tuple[str, str]]) -> bytes:
+def _encode_head(lines: list[str]) -> bytes:
     head = "".join(lines)
     # A CR or LF inside a name or value would split the head: one count over it all.
     if head.count("\n") != len(lines) or head.count("\r") != len(lines):

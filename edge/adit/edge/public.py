@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import secrets
+from random import getrandbits
 
 from adit.edge.http1 import (
     BadRequest,
@@ -58,10 +58,11 @@ class PublicListener:
         self.registry = registry
         self.location = location
         self.scheme = scheme
+        self._ray_suffix = f"-{location}"
 
     def protocol(self) -> Http1Connection:
         """The protocol factory for ``loop.create_server``: one per eyeball connection."""
-        return Http1Connection(self._handle, self._bad_request)
+        return Http1Connection(self._handle, self._bad_request, self._fast)
 
     async def _bad_request(self, conn: Http1Connection, exc: BadRequest) -> None:
         page = HEADERS_TOO_LARGE if isinstance(exc, HeadersTooLarge) else BAD_REQUEST
@@ -69,7 +70,40 @@ class PublicListener:
             await self._page(conn, page, "-", self._ray(), keep_alive=False)
 
     def _ray(self) -> str:
-        return f"{secrets.token_hex(8)}-{self.location}"
+        # An identifier for logs and error pages, not a secret: no system call per request.
+        return f"{getrandbits(64):016x}{self._ray_suffix}"
+
+    def _fast(self, conn: Http1Connection, request: Request) -> bool:
+        """A bodiless request, from the connection's ``data_received``: forwarded at once,
+        and answered from the tunnel's read when the whole response came in it (see
+        :class:`_FastAnswer`). Anything unusual is left to :meth:`_handle` (returns False)."""
+        if request.has_body or request.upgrade:
+            return False
+        authority = request.host.decode("latin-1")
+        host = _strip_port(authority).lower()
+        route = self.store.tunnel_for_hostname(host) if host else None
+        if route is None:
+            return False
+        live = self.registry.pick(route[0])
+        if live is None:
+            return False
+        session = live.handle
+        assert isinstance(session, TunnelSession)
+        ray = self._ray()
+        answer = _FastAnswer(self, conn, host, ray)
+        try:
+            answer.stream = session.open_request(
+                request.method.decode("ascii"),
+                request.target.decode("latin-1"),
+                authority,
+                _forwarded_headers(request.headers, conn.client_ip, self.scheme, ray),
+                request_type=RequestType.HTTP,
+                end_stream=True,
+                on_answer=answer.answered,
+            )
+        except (StreamClosedError, Http2TunnelError):
+            return False
+        return True
 
     async def _page(
         self,
@@ -135,6 +169,15 @@ class PublicListener:
             return await self._forward_http(conn, stream, host, ray, has_body)
         finally:
             session.finished(stream)
+
+    async def _answer_later(
+        self, conn: Http1Connection, stream: RequestStream, host: str, ray: str
+    ) -> bool:
+        """A fast request whose answer was not whole or not the origin's, in the task."""
+        try:
+            return await self._relay_response(conn, stream, host, ray, None)
+        finally:
+            stream.session.finished(stream)
 
     async def _forward_http(
         self, conn: Http1Connection, stream: RequestStream, host: str, ray: str, has_body: bool
@@ -269,6 +312,42 @@ async def _pipe_raw(conn: Http1Connection, stream: RequestStream, leftover: byte
             with contextlib.suppress(BaseException):
                 await task
         stream.channel.reset()
+
+
+class _FastAnswer:
+    """Where a fast request's answer goes: the eyeball connection it came from."""
+
+    __slots__ = ("conn", "host", "listener", "ray", "stream")
+
+    def __init__(self, listener: PublicListener, conn: Http1Connection, host: str, ray: str):
+        self.listener = listener
+        self.conn = conn
+        self.host = host
+        self.ray = ray
+        self.stream: RequestStream | None = None
+
+    def answered(self, stream: RequestStream) -> None:
+        """From the tunnel's read: write a whole response now, else leave it to the task."""
+        conn = self.conn
+        answer = stream.answer
+        if not stream.complete or answer is None:
+            conn.continue_async(self.listener._answer_later(conn, stream, self.host, self.ray))
+            return
+        keep_alive = False
+        try:
+            conn.respond_now(
+                answer.status,
+                answer.headers,
+                stream.body,
+                drop=HOP_BY_HOP,
+                extra=(("Cf-Ray", self.ray),),
+            )
+            keep_alive = True
+        except (ResponseError, ConnectionError):
+            pass  # as in the task: all we can do is cut the connection
+        finally:
+            stream.session.finished(stream)
+            conn.finish_fast(keep_alive)
 
 
 def _retrieve(task: asyncio.Future[None]) -> None:

@@ -6,9 +6,7 @@ management API reads it for ``tunnel info``/``list`` and asks it to close connec
 
 from __future__ import annotations
 
-import itertools
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
@@ -48,7 +46,8 @@ class ConnectionRegistry:
 
     def __init__(self) -> None:
         self._by_tunnel: dict[uuid.UUID, list[LiveConnection]] = {}
-        self._turns: dict[uuid.UUID, Iterator[int]] = {}
+        # The index of the next connection to try, per tunnel.
+        self._turns: dict[uuid.UUID, int] = {}
 
     def add(self, conn: LiveConnection) -> None:
         """Record a registered connection."""
@@ -75,11 +74,19 @@ class ConnectionRegistry:
 
     def pick(self, tunnel_id: uuid.UUID) -> LiveConnection | None:
         """The next live (not draining) connection of a tunnel, or None when there is none."""
-        live = [c for c in self._by_tunnel.get(tunnel_id, ()) if not c.draining]
-        if not live:
+        conns = self._by_tunnel.get(tunnel_id)
+        if not conns:
             return None
-        turn = self._turns.setdefault(tunnel_id, itertools.count())
-        return live[next(turn) % len(live)]
+        # Asked once per request: walk from this tunnel's turn to the first live connection
+        # (no list of the live ones built each time).
+        count = len(conns)
+        turn = self._turns.get(tunnel_id, 0)
+        for step in range(count):
+            conn = conns[(turn + step) % count]
+            if not conn.draining:
+                self._turns[tunnel_id] = (turn + step + 1) % count
+                return conn
+        return None
 
     def disconnect(self, tunnel_id: uuid.UUID, client_id: uuid.UUID | None = None) -> int:
         """Close the tunnel's connections (only one connector's when ``client_id`` is given)."""

@@ -22,12 +22,14 @@ from dataclasses import dataclass
 from adit.edge.registry import ConnectionRegistry, LiveConnection
 from adit.edge.store import SecretMatch, Store
 from adit.protocol.errors import ProtocolError
-from adit.protocol.headers import FEATURE_SERIALIZED_REQUEST_HEADERS, RequestType
+from adit.protocol.headers import FEATURE_SERIALIZED_REQUEST_HEADERS, RequestType, ResponseMeta
 from adit.protocol.http2 import (
     ConnectionTerminated,
+    DataReceived,
     EdgeTunnelConnection,
     Event,
     ResponseReceived,
+    StreamEnded,
     StreamReset,
 )
 from adit.protocol.registration import (
@@ -58,26 +60,92 @@ class EdgeIdentity:
     location: str
 
 
-class RequestStream:
-    """An eyeball request in flight on a tunnel connection, seen from the edge."""
+#: Called once when a request stream's answer is known (:attr:`RequestStream.answer` or
+#: :attr:`RequestStream.failure` set), at the end of the tunnel read that brought it.
+AnswerCallback = Callable[["RequestStream"], None]
 
-    def __init__(self, session: TunnelSession, channel: StreamChannel) -> None:
+
+class RequestStream:
+    """An eyeball request in flight on a tunnel connection, seen from the edge.
+
+    Awaited with :meth:`response`, or, with an ``on_answer`` callback, told from the tunnel's
+    ``data_received``: then an origin's response whose body ended in the same read as its
+    head is :attr:`complete`, its body in :attr:`body` (already credited to the connector),
+    and the channel never sees it; otherwise the body is in the channel as usual.
+    """
+
+    __slots__ = (
+        "_response",
+        "answer",
+        "body",
+        "channel",
+        "complete",
+        "failure",
+        "held",
+        "on_answer",
+        "session",
+    )
+
+    def __init__(
+        self, session: TunnelSession, channel: StreamChannel, on_answer: AnswerCallback | None
+    ) -> None:
         self.session = session
         self.channel = channel
-        self._response: asyncio.Future[ResponseReceived] = (
-            asyncio.get_running_loop().create_future()
-        )
+        self.on_answer = on_answer
+        self.answer: ResponseReceived | None = None
+        self.failure: str | None = None
+        self.complete = False
+        self.body: list[bytes] = []
+        #: Body events of the answer's read, while it is being delivered.
+        self.held: list[Event] | None = None
+        self._response: asyncio.Future[ResponseReceived] | None = None
 
     async def response(self) -> ResponseReceived:
         """Wait for the connector's response headers (StreamClosedError if it reset)."""
+        if self.answer is not None:
+            return self.answer
+        if self.failure is not None:
+            raise StreamClosedError(self.failure)
+        self._response = asyncio.get_running_loop().create_future()
         return await self._response
 
     def _answered(self, event: ResponseReceived) -> None:
-        if not self._response.done():
+        if self.answer is not None or self.failure is not None:
+            return
+        self.answer = event
+        if self.on_answer is not None:
+            self.held = []
+            self.session._delivering.append(self)
+        elif self._response is not None and not self._response.done():
             self._response.set_result(event)
 
+    def _deliver(self) -> None:
+        """End of the answer's read: the body is whole, or goes to the channel; tell."""
+        held, self.held = self.held or [], None
+        answer = self.answer
+        ended = (held and type(held[-1]) is StreamEnded) or (answer and answer.end_stream)
+        if ended and answer is not None and answer.meta is ResponseMeta.ORIGIN:
+            flow = 0
+            for event in held:
+                if type(event) is DataReceived:
+                    self.body.append(event.data)
+                    flow += event.flow_controlled_length
+            self.complete = True
+            if flow:
+                self.session.acknowledge(self.channel.stream_id, flow)
+        else:
+            for event in held:
+                self.session._to_channel(event)
+        if self.on_answer is not None:
+            self.on_answer(self)
+
     def _failed(self, reason: str) -> None:
-        if not self._response.done():
+        if self.answer is not None or self.failure is not None:
+            return
+        self.failure = reason
+        if self.on_answer is not None:
+            self.on_answer(self)
+        elif self._response is not None and not self._response.done():
             self._response.set_exception(StreamClosedError(reason))
             # Retrieved here so an abandoned request does not log "never retrieved".
             self._response.exception()
@@ -104,6 +172,8 @@ class TunnelSession(TunnelIO[EdgeTunnelConnection]):
         self.serialize_headers = False
         self.peer = "?"
         self._requests: dict[int, RequestStream] = {}
+        # Answered requests with a callback, told at the end of the current read.
+        self._delivering: list[RequestStream] = []
         self._on_closed = on_closed
         self._timeout: asyncio.TimerHandle | None = None
         self._control_task: asyncio.Task[None] | None = None
@@ -306,8 +376,9 @@ class TunnelSession(TunnelIO[EdgeTunnelConnection]):
         *,
         request_type: RequestType,
         end_stream: bool,
+        on_answer: AnswerCallback | None = None,
     ) -> RequestStream:
-        """Open a stream for an eyeball request."""
+        """Open a stream for an eyeball request (``on_answer``: see :class:`RequestStream`)."""
         if self.closed:
             raise StreamClosedError("tunnel connection is closed")
         stream_id = self.conn.send_request(
@@ -322,7 +393,7 @@ class TunnelSession(TunnelIO[EdgeTunnelConnection]):
         channel = self.channel(stream_id)
         if end_stream:
             channel.local_ended = True
-        request = RequestStream(self, channel)
+        request = RequestStream(self, channel, on_answer)
         self._requests[stream_id] = request
         self.flush()
         return request
@@ -332,12 +403,29 @@ class TunnelSession(TunnelIO[EdgeTunnelConnection]):
         self._requests.pop(request.channel.stream_id, None)
         self.forget(request.channel)
 
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self._delivering:
+            # Every frame of this read is in: whole small responses can be told as such.
+            delivering, self._delivering = self._delivering, []
+            for request in delivering:
+                request._deliver()
+
     def dispatch(self, event: Event) -> None:
+        if self._delivering and (type(event) is DataReceived or type(event) is StreamEnded):
+            request = self._requests.get(event.stream_id)
+            if request is not None and request.held is not None:
+                request.held.append(event)
+                return
         super().dispatch(event)
         if isinstance(event, StreamReset):
             request = self._requests.get(event.stream_id)
             if request is not None:
                 request._failed(f"the connector reset the stream (code {event.error_code})")
+
+    def _to_channel(self, event: Event) -> None:
+        """A held body event, passed on to its channel after all."""
+        super().dispatch(event)
 
     def on_event(self, event: Event) -> None:
         if isinstance(event, ResponseReceived):

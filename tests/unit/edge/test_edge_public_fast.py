@@ -1,0 +1,331 @@
+"""The public listener's fast path: bodiless requests forwarded from ``data_received`` and
+answered from the tunnel's read when the whole response is in it, else by the serving task.
+
+The edge's real objects (store, registry, listener, tunnel session, eyeball connection) talk
+to a sans-IO connector (``ConnectorTunnelConnection``); the two sockets are stand-ins that
+keep what is written, so each test decides exactly which bytes arrive in which read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import uuid
+
+from tests.asynctests import uvloop_test
+
+from adit.edge.http1 import Http1Connection
+from adit.edge.public import PublicListener
+from adit.edge.registry import ConnectionRegistry, LiveConnection
+from adit.edge.store import Store
+from adit.edge.tunnel_session import EdgeIdentity, TunnelSession
+from adit.protocol.headers import RequestType, ResponseMeta
+from adit.protocol.http2 import ConnectorTunnelConnection, RequestReceived
+
+_GET = b"GET /file HTTP/1.1\r\nHost: app.example.com\r\nAccept: */*\r\n\r\n"
+_HEADERS = [("Content-Type", "text/plain"), ("Content-Length", "5"), ("Connection", "close")]
+
+
+class _Socket:
+    """A transport that keeps what is written."""
+
+    def __init__(self) -> None:
+        self.out: list[bytes] = []
+        self.closed = False
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return ("127.0.0.1", 40000) if name == "peername" else default
+
+    def write(self, data: bytes) -> None:
+        self.out.append(bytes(data))
+
+    def writelines(self, parts: list[bytes]) -> None:
+        self.out.extend(bytes(p) for p in parts)
+
+    def take(self) -> bytes:
+        data = b"".join(self.out)
+        self.out.clear()
+        return data
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+class _Edge:
+    """One tunnel connection (registered, serialised headers) and eyeball connections."""
+
+    def __init__(self) -> None:
+        store = Store(":memory:")
+        account = store.create_account("fast")
+        tunnel = store.create_tunnel(account.tag, "fast")
+        store.route_hostname(account.tag, tunnel.id, "app.example.com")
+        registry = ConnectionRegistry()
+        self.listener = PublicListener(store, registry, location="tst", scheme="https")
+        self.session = TunnelSession(store, registry, EdgeIdentity("tst"))
+        self.session.live = LiveConnection(
+            tunnel_id=tunnel.id,
+            account_tag=account.tag,
+            connection_id=uuid.uuid4(),
+            client_id=uuid.uuid4(),
+            conn_index=0,
+            location="tst",
+            origin_ip="127.0.0.1",
+            opened_at=datetime.datetime.now(datetime.UTC),
+            client_version="test",
+            arch="test",
+            features=(),
+            handle=self.session,
+        )
+        registry.add(self.session.live)
+        self.session.serialize_headers = True
+        self.tunnel = _Socket()
+        self.session.connection_made(self.tunnel)  # type: ignore[arg-type]
+        self.connector = ConnectorTunnelConnection()
+        self.connector.initiate()
+
+    async def start(self) -> None:
+        await settle()
+        self.requests()  # the edge's preface and control stream
+        self.session.data_received(self.connector.data_to_send())
+        await settle()
+        self.requests()  # SETTINGS acknowledged
+
+    def eyeball(self) -> tuple[Http1Connection, _Socket]:
+        conn = self.listener.protocol()
+        socket = _Socket()
+        conn.connection_made(socket)  # type: ignore[arg-type]
+        return conn, socket
+
+    def requests(self) -> list[RequestReceived]:
+        """What the edge sent the connector since last asked: the requests among it."""
+        events = self.connector.receive_data(self.tunnel.take())
+        return [
+            e
+            for e in events
+            if isinstance(e, RequestReceived) and e.request_type is not RequestType.CONTROL_STREAM
+        ]
+
+    def answer(
+        self,
+        stream_id: int,
+        body: bytes = b"hello",
+        headers: list[tuple[str, str]] | None = None,
+        meta: ResponseMeta = ResponseMeta.ORIGIN,
+    ) -> bytes:
+        """The connector's bytes for a whole response (head and body, END_STREAM)."""
+        self.connector.send_response(stream_id, 200, headers or _HEADERS, meta=meta)
+        self.connector.send_data(stream_id, body, end_stream=True)
+        return self.connector.data_to_send()
+
+
+async def settle() -> None:
+    """Let callbacks and woken tasks run (bounded)."""
+    for _ in range(10):
+        await asyncio.sleep(0)
+
+
+@uvloop_test
+async def test_whole_response_from_the_tunnel_read() -> None:
+    edge = _Edge()
+    await edge.start()
+    conn, socket = edge.eyeball()
+    conn.data_received(_GET)
+    await settle()
+    (request,) = edge.requests()
+    assert request.end_stream and request.path == "/file"
+    edge.session.data_received(edge.answer(request.stream_id))
+    # Written from the tunnel's read, before any task ran.
+    response = socket.take()
+    assert response.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert b"\r\nContent-Length: 5\r\n" in response and b"\r\nCf-Ray: " in response
+    assert b"Connection" not in response  # the origin's hop-by-hop header is not passed on
+    assert response.endswith(b"\r\n\r\nhello")
+    assert not socket.closed
+    assert edge.session.channels.keys() == {edge.session.control.stream_id}  # type: ignore[union-attr]
+    # The connection serves the next request the same way.
+    conn.data_received(_GET)
+    await settle()
+    (second,) = edge.requests()
+    edge.session.data_received(edge.answer(second.stream_id, b"again", [("X-A", "1")]))
+    assert socket.take().endswith(b"Transfer-Encoding: chunked\r\n\r\n5\r\nagain\r\n0\r\n\r\n")
+
+
+@uvloop_test
+async def test_pipelined_requests_answered_in_order() -> None:
+    edge = _Edge()
+    await edge.start()
+    conn, socket = edge.eyeball()
+    conn.data_received(_GET + _GET.replace(b"/file", b"/second"))
+    await settle()
+    (first,) = edge.requests()  # the second waits for the first's answer
+    edge.session.data_received(edge.answer(first.stream_id, b"one.."))
+    await settle()
+    (second,) = edge.requests()
+    assert second.path == "/second"
+    edge.session.data_received(edge.answer(second.stream_id, b"two.."))
+    out = socket.take()
+    assert out.count(b"HTTP/1.1 200 OK") == 2
+    assert out.index(b"one..") < out.index(b"two..")
+
+
+@uvloop_test
+async def test_body_in_a_later_read_goes_through_the_task() -> None:
+    edge = _Edge()
+    await edge.start()
+    conn, socket = edge.eyeball()
+    conn.data_received(_GET)
+    await settle()
+    (request,) = edge.requests()
+    edge.connector.send_response(request.stream_id, 200, _HEADERS)
+    edge.session.data_received(edge.connector.data_to_send())
+    await settle()
+    # No body bytes are there yet: the head goes at once (a stream of events shows it).
+    assert socket.take().startswith(b"HTTP/1.1 200 OK\r\n")
+    edge.connector.send_data(request.stream_id, b"hel")
+    edge.session.data_received(edge.connector.data_to_send())
+    await settle()
+    edge.connector.send_data(request.stream_id, b"lo", end_stream=True)
+    edge.session.data_received(edge.connector.data_to_send())
+    await settle()
+    assert socket.take() == b"hello"
+    # And back on the fast path for the next request.
+    conn.data_received(_GET)
+    await settle()
+    (second,) = edge.requests()
+    edge.session.data_received(edge.answer(second.stream_id))
+    assert socket.take().endswith(b"hello")
+    assert not socket.closed
+
+
+@uvloop_test
+async def test_connector_error_gets_the_origin_error_page() -> None:
+    edge = _Edge()
+    await edge.start()
+    conn, socket = edge.eyeball()
+    conn.data_received(_GET)
+    await settle()
+    (request,) = edge.requests()
+    reply = edge.answer(
+        request.stream_id,
+        b"adit-origin-error: refused\ndial tcp: refused",
+        meta=ResponseMeta.CONNECTOR,
+    )
+    edge.session.data_received(reply)
+    await settle()
+    response = socket.take()
+    assert response.startswith(b"HTTP/1.1 502 ")
+    assert b"dial tcp: refused" in response
+    assert not socket.closed
+
+
+@uvloop_test
+async def test_body_longer_than_its_length_cuts_the_connection() -> None:
+    edge = _Edge()
+    await edge.start()
+    conn, socket = edge.eyeball()
+    conn.data_received(_GET)
+    await settle()
+    (request,) = edge.requests()
+    edge.session.data_received(edge.answer(request.stream_id, b"too long"))
+    await settle()
+    assert socket.take() == b""
+    assert socket.closed
+
+
+@uvloop_test
+async def test_head_request_gets_no_body() -> None:
+    edge = _Edge()
+    await edge.start()
+    conn, socket = edge.eyeball()
+    conn.data_received(_GET.replace(b"GET", b"HEAD"))
+    await settle()
+    (request,) = edge.requests()
+    assert request.method == "HEAD"
+    edge.connector.send_response(request.stream_id, 200, _HEADERS, end_stream=True)
+    edge.session.data_received(edge.connector.data_to_send())
+    response = socket.take()
+    assert response.startswith(b"HTTP/1.1 200 OK\r\n") and response.endswith(b"\r\n\r\n")
+    assert b"Content-Length: 5" in response
+
+
+@uvloop_test
+async def test_http10_response_without_length_ends_with_the_connection() -> None:
+    edge = _Edge()
+    await edge.start()
+    conn, socket = edge.eyeball()
+    conn.data_received(b"GET /file HTTP/1.0\r\nHost: app.example.com\r\n\r\n")
+    await settle()
+    (request,) = edge.requests()
+    edge.session.data_received(edge.answer(request.stream_id, b"plain", [("X-A", "1")]))
+    await settle()
+    response = socket.take()
+    assert b"Connection: close\r\n" in response and response.endswith(b"\r\n\r\nplain")
+    assert socket.closed
+
+
+@uvloop_test
+async def test_reset_stream_gets_the_stream_failed_page() -> None:
+    edge = _Edge()
+    await edge.start()
+    conn, socket = edge.eyeball()
+    conn.data_received(_GET)
+    await settle()
+    (request,) = edge.requests()
+    edge.connector.reset_stream(request.stream_id)
+    edge.session.data_received(edge.connector.data_to_send())
+    await settle()
+    response = socket.take()
+    assert response.startswith(b"HTTP/1.1 502 ") and b"Connection: close" in response
+    assert socket.closed
+
+
+@uvloop_test
+async def test_tunnel_lost_before_the_answer() -> None:
+    edge = _Edge()
+    await edge.start()
+    conn, socket = edge.eyeball()
+    conn.data_received(_GET)
+    await settle()
+    edge.session.connection_lost(None)
+    await settle()
+    assert socket.take().startswith(b"HTTP/1.1 502 ")
+    assert socket.closed
+
+
+@uvloop_test
+async def test_eyeball_gone_before_the_answer() -> None:
+    edge = _Edge()
+    await edge.start()
+    conn, socket = edge.eyeball()
+    conn.data_received(_GET)
+    await settle()
+    (request,) = edge.requests()
+    conn.connection_lost(None)
+    await settle()
+    edge.session.data_received(edge.answer(request.stream_id))
+    await settle()
+    assert socket.take() == b""
+    assert len(edge.session.channels) == 1  # only the control stream is left
+    assert conn.serving is not None
+    await asyncio.wait_for(conn.serving, 1.0)
+
+
+@uvloop_test
+async def test_unknown_host_is_answered_by_the_task() -> None:
+    edge = _Edge()
+    await edge.start()
+    conn, socket = edge.eyeball()
+    conn.data_received(_GET.replace(b"app.example.com", b"other.example.com"))
+    await settle()
+    assert edge.requests() == []
+    assert socket.take().startswith(b"HTTP/1.1 404 ")
+    assert not socket.closed
