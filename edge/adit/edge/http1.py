@@ -72,6 +72,11 @@ class ResponseError(Exception):
     """Our side broke HTTP framing (a body longer or shorter than its Content-Length...)."""
 
 
+# The lengths of the request header names the parser notes: Host, Expect, Content-Length,
+# Transfer-Encoding.
+_NOTED_LENGTHS = frozenset({4, 6, 14, 17})
+
+
 class Request:
     """One request's head as the parser saw it; header names and values are raw bytes."""
 
@@ -146,9 +151,11 @@ class RequestParser:
             raise
         except httptools.HttpParserError as exc:
             raise BadRequest(str(exc)) from exc
-        finally:
-            self._tail = data[-3:]
-        if self._in_head and (not spanning or message != self._messages):
+        if not self._in_head:
+            return
+        # Where the next read's bytes may complete this head's end.
+        self._tail = data[-3:]
+        if not spanning or message != self._messages:
             # A head began in this read and is still open: it is at most what follows the
             # last head end here (more only after a pipelined body, which is rare).
             end = data.rfind(b"\r\n\r\n")
@@ -209,6 +216,8 @@ class RequestParser:
             self._head_size += len(name) + len(value) + 4
             if self._head_size > MAX_HEADER_BYTES:
                 raise HeadersTooLarge("request head too large")
+        if len(name) not in _NOTED_LENGTHS:
+            return  # most headers: not one the edge looks at (no lower-casing them)
         lowered = name.lower()
         if lowered == b"host":
             if self._has_host:
@@ -634,7 +643,11 @@ class Http1Connection(asyncio.Protocol):
         head_only = request.method == b"HEAD" or status in (204, 304)
         length: int | None = None
         lines = [_status_line(status)]
+        noted = _noted_lengths(drop)
         for name, value in headers:
+            if len(name) not in noted:
+                lines.append(f"{name}: {value}\r\n")
+                continue
             lowered = name.lower()
             if lowered in drop:
                 continue
@@ -799,6 +812,20 @@ class Http1Connection(asyncio.Protocol):
             log.exception("request handling failed")
         finally:
             self.close()
+
+
+_NOTED_BY_DROP: dict[frozenset[str], frozenset[int]] = {}
+
+
+def _noted_lengths(drop: frozenset[str]) -> frozenset[int]:
+    """The lengths of the response header names framing or ``drop`` care about: a name of
+    another length passes unexamined (most do; no lower-casing them)."""
+    lengths = _NOTED_BY_DROP.get(drop)
+    if lengths is None:
+        lengths = frozenset(len(name) for name in drop | _FRAMING)
+        if len(_NOTED_BY_DROP) < 64:  # drop sets are a handful of constants
+            _NOTED_BY_DROP[drop] = lengths
+    return lengths
 
 
 def _encode_head(lines: list[str]) -> bytes:
