@@ -6,6 +6,7 @@ management API reads it for ``tunnel info``/``list`` and asks it to close connec
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -42,12 +43,20 @@ class LiveConnection:
 
 
 class ConnectionRegistry:
-    """Live connections by tunnel; picks one per request, round-robin over the live ones."""
+    """Live connections by tunnel; picks one per request, round-robin over the live ones.
+
+    The turn moves on once per event-loop iteration, not per request: the requests that
+    arrive together go to one connection together (one TLS record and one read on each side
+    instead of one per connection), and the next iteration's go to the next connection.
+    """
 
     def __init__(self) -> None:
         self._by_tunnel: dict[uuid.UUID, list[LiveConnection]] = {}
         # The index of the next connection to try, per tunnel.
         self._turns: dict[uuid.UUID, int] = {}
+        # This loop iteration's pick per tunnel (forgotten when the iteration ends).
+        self._current: dict[uuid.UUID, LiveConnection] = {}
+        self._turn_ends = False
 
     def add(self, conn: LiveConnection) -> None:
         """Record a registered connection."""
@@ -55,6 +64,8 @@ class ConnectionRegistry:
 
     def remove(self, conn: LiveConnection) -> None:
         """Forget a connection (closed, or failed)."""
+        if self._current.get(conn.tunnel_id) is conn:
+            del self._current[conn.tunnel_id]
         conns = self._by_tunnel.get(conn.tunnel_id)
         if conns is None:
             return
@@ -74,6 +85,9 @@ class ConnectionRegistry:
 
     def pick(self, tunnel_id: uuid.UUID) -> LiveConnection | None:
         """The next live (not draining) connection of a tunnel, or None when there is none."""
+        current = self._current.get(tunnel_id)
+        if current is not None and not current.draining:
+            return current
         conns = self._by_tunnel.get(tunnel_id)
         if not conns:
             return None
@@ -85,8 +99,24 @@ class ConnectionRegistry:
             conn = conns[(turn + step) % count]
             if not conn.draining:
                 self._turns[tunnel_id] = (turn + step + 1) % count
+                self._hold(tunnel_id, conn)
                 return conn
         return None
+
+    def _hold(self, tunnel_id: uuid.UUID, conn: LiveConnection) -> None:
+        """Pick ``conn`` again for this tunnel until the loop iteration ends."""
+        if not self._turn_ends:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                return  # no loop, no iterations: plain round-robin
+            loop.call_soon(self._next_turn)
+            self._turn_ends = True
+        self._current[tunnel_id] = conn
+
+    def _next_turn(self) -> None:
+        self._turn_ends = False
+        self._current.clear()
 
     def disconnect(self, tunnel_id: uuid.UUID, client_id: uuid.UUID | None = None) -> int:
         """Close the tunnel's connections (only one connector's when ``client_id`` is given)."""

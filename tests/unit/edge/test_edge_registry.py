@@ -1,0 +1,80 @@
+"""ConnectionRegistry.pick: round-robin over live connections, one turn per loop iteration."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import uuid
+
+from tests.asynctests import uvloop_test
+
+from adit.edge.registry import ConnectionRegistry, LiveConnection
+
+TUNNEL = uuid.uuid4()
+
+
+class _Handle:
+    def close(self, reason: str) -> None:
+        pass
+
+
+def _conn(index: int) -> LiveConnection:
+    return LiveConnection(
+        tunnel_id=TUNNEL,
+        account_tag="acct",
+        connection_id=uuid.uuid4(),
+        client_id=uuid.uuid4(),
+        conn_index=index,
+        location="tst",
+        origin_ip="127.0.0.1",
+        opened_at=datetime.datetime.now(datetime.UTC),
+        client_version="test",
+        arch="test",
+        features=(),
+        handle=_Handle(),
+    )
+
+
+def _registry(count: int) -> tuple[ConnectionRegistry, list[LiveConnection]]:
+    registry = ConnectionRegistry()
+    conns = [_conn(i) for i in range(count)]
+    for conn in conns:
+        registry.add(conn)
+    return registry, conns
+
+
+async def _next_iteration() -> None:
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+
+
+def test_without_a_loop_every_pick_takes_the_next_turn() -> None:
+    registry, conns = _registry(3)
+    assert [registry.pick(TUNNEL) for _ in range(4)] == [conns[0], conns[1], conns[2], conns[0]]
+    assert registry.pick(uuid.uuid4()) is None
+
+
+@uvloop_test
+async def test_one_connection_per_iteration_then_the_next() -> None:
+    registry, conns = _registry(3)
+    picked = []
+    for _ in range(4):
+        batch = {id(registry.pick(TUNNEL)) for _ in range(5)}
+        assert len(batch) == 1  # requests of one iteration travel together
+        picked.append(registry.pick(TUNNEL))
+        await _next_iteration()
+    assert picked == [conns[0], conns[1], conns[2], conns[0]]
+
+
+@uvloop_test
+async def test_draining_or_removed_connections_are_skipped() -> None:
+    registry, conns = _registry(3)
+    assert registry.pick(TUNNEL) is conns[0]
+    conns[0].draining = True
+    assert registry.pick(TUNNEL) is conns[1]  # at once, within the same iteration
+    registry.remove(conns[1])
+    assert registry.pick(TUNNEL) is conns[2]
+    await _next_iteration()
+    assert registry.pick(TUNNEL) is conns[2]
+    conns[2].draining = True
+    assert registry.pick(TUNNEL) is None
