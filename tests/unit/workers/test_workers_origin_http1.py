@@ -455,9 +455,12 @@ class EndedStream:
         *,
         source: ResponseSource = ResponseSource.ORIGIN,
         end_stream: bool = False,
+        body: bytes = b"",
     ) -> None:
         self.status, self.headers, self.ended = status, headers, end_stream
         self.source = source
+        if body:
+            self.writes.append(body)
 
     async def write(self, data: bytes) -> None:
         self.writes.append(data)
@@ -609,8 +612,11 @@ class UpgradedStream(EndedStream):
         *,
         source: ResponseSource = ResponseSource.ORIGIN,
         end_stream: bool = False,
+        body: bytes = b"",
     ) -> None:
-        await super().send_response(status, headers, source=source, end_stream=end_stream)
+        await super().send_response(
+            status, headers, source=source, end_stream=end_stream, body=body
+        )
         for frame in self.frames:
             self.inbound.put_nowait(frame)
 

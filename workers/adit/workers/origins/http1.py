@@ -428,6 +428,27 @@ class OriginConnection:
         self._interrupt = exc
         self._wake()
 
+    def whole_body(self, limit: int) -> bytes | None:
+        """The whole body when the response is complete and at most ``limit`` bytes; else
+        ``None`` (then read it with :meth:`body`)."""
+        response = self._response
+        if not response.complete:
+            return None
+        chunks = response.chunks
+        if not chunks:
+            return b""
+        if len(chunks) == 1:
+            whole = chunks[0]
+        else:
+            if sum(map(len, chunks)) > limit:
+                return None
+            whole = b"".join(chunks)
+        if len(whole) > limit:
+            return None
+        response.chunks = []
+        self._buffered = 0
+        return whole
+
     async def body(self) -> AsyncIterator[bytes]:
         """The response body, chunk by chunk as it arrives; ends at the end of the message."""
         response = self._response
