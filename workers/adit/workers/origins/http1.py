@@ -87,6 +87,7 @@ class _Response:
         "headers",
         "keep_alive",
         "parser",
+        "parsed_whole",
         "raw",
         "remaining",
         "status",
@@ -97,6 +98,22 @@ class _Response:
         self.parser = httptools.HttpResponseParser(self)
         # Go and h11 accept bare LF line ends from origins; llhttp only when told to.
         self.parser.set_dangerous_leniencies(lenient_optional_cr_before_lf=True)
+        self._start(head_request)
+
+    def renew(self, head_request: bool) -> _Response:
+        """The parse state for the next response on the connection.
+
+        llhttp's parser is kept when it saw the whole previous message itself (a small
+        response read in one piece): it then waits for the next one. Otherwise (a body passed
+        through raw, a HEAD stopped early, an upgrade, an error) a fresh parser starts.
+        """
+        if not self.parsed_whole or self.extra or self.status == 101:
+            return _Response(head_request)
+        self._start(head_request)
+        return self
+
+    def _start(self, head_request: bool) -> None:
+        self.parsed_whole = False  # llhttp itself reached the end of the message
         self.head_request = head_request
         self.headers: list[tuple[str, str]] = []
         self.status = 0
@@ -158,6 +175,7 @@ class _Response:
     def on_message_complete(self) -> None:
         if self.head_done:
             self.complete = True
+            self.parsed_whole = True
 
     # -- feeding -----------------------------------------------------------------------------
 
@@ -203,6 +221,7 @@ class _Response:
             self.complete = True
 
     def _feed_raw(self, data: bytes) -> None:
+        self.parsed_whole = False  # the parser is left in the middle of this body
         if self.remaining < 0:
             self.chunks.append(data)
             return
@@ -341,7 +360,7 @@ class OriginConnection:
         head = serialise_request_head(method, target, headers)
         self.requests += 1
         self.response_bytes_seen = False
-        self._response = _Response(method == "HEAD")
+        self._response = self._response.renew(method == "HEAD")
         self._interrupt = None
         self._buffered = 0
         self._request_done = False
