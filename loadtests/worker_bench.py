@@ -155,8 +155,12 @@ async def run(requests: int, concurrency: int, profile: cProfile.Profile | None)
             profile.enable()
         worker.data_received(data)
         # Every request reaches an origin connection (which one is the pool's choice).
-        while sum(len(t.out) for t in origins) < concurrency:
+        for _ in range(1000):
+            if sum(len(t.out) for t in origins) >= concurrency:
+                break
             await asyncio.sleep(0)
+        else:
+            raise SystemExit("the requests did not reach the origin connections")
         for transport in origins:
             if transport.out:
                 transport.out.clear()
