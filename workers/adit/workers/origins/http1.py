@@ -75,7 +75,7 @@ class _SkipBody(Exception):
 
 
 class _Response:
-    """Parse state of one response; llhttp's callback target (one parser per response)."""
+    """Parse state of one response; llhttp's callback target (its parser may serve the next)."""
 
     __slots__ = (
         "chunks",
@@ -86,8 +86,8 @@ class _Response:
         "head_size",
         "headers",
         "keep_alive",
-        "parser",
         "parsed_whole",
+        "parser",
         "raw",
         "remaining",
         "status",
