@@ -197,7 +197,7 @@ class EdgeConnection(TunnelIO[ConnectorTunnelConnection]):
 
     def spawn(self, coro: Coroutine[object, object, None], *, stream: bool = False) -> None:
         """Run ``coro`` tied to this connection; ``stream`` tasks are what a drain waits for."""
-        task = asyncio.ensure_future(coro)
+        task = self._loop.create_task(coro)
         tracked = self.tasks if stream else self.background
         tracked.add(task)
         task.add_done_callback(tracked.discard)

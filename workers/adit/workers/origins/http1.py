@@ -367,9 +367,11 @@ class OriginConnection:
         self._chunked = chunked
         self._body_left = content_length if content_length is not None else 0
         if body:
-            await self._write(head, *self._frame(body), *self._ending(end))
+            self._put(head, *self._frame(body), *self._ending(end))
         else:
-            await self._write(head, *self._ending(end))
+            self._put(head, *self._ending(end))
+        if self._write_paused or self._lost:
+            await self._drained()  # (no coroutine frame for the usual request)
 
     async def send_body(self, data: bytes) -> None:
         """Write a piece of the request body (framed as :meth:`send_request` announced)."""
@@ -397,6 +399,10 @@ class OriginConnection:
         return (b"0\r\n\r\n",) if self._chunked else ()
 
     async def _write(self, *parts: bytes) -> None:
+        self._put(*parts)
+        await self._drained()
+
+    def _put(self, *parts: bytes) -> None:
         if self._lost or self._transport.is_closing():
             raise OriginProtocolError("write to origin failed: the connection is closed")
         try:
@@ -406,6 +412,9 @@ class OriginConnection:
                 self._transport.writelines(parts)
         except OSError as exc:
             raise OriginProtocolError(f"write to origin failed: {exc}") from exc
+
+    async def _drained(self) -> None:
+        """Wait while the socket's buffer is above its high-water mark."""
         while self._write_paused and not self._lost:
             self._drain = asyncio.get_running_loop().create_future()
             try:
