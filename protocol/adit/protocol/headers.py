@@ -83,11 +83,16 @@ class RequestType(enum.Enum):
     CONFIGURATION = "configuration"
 
 
+_SPECIAL_LENGTHS = frozenset((len(PROXY_CONNECTION_UPGRADE), len(PROXY_SRC)))
+
+
 def classify_request(headers: Iterable[tuple[str, str]]) -> RequestType:
     """Classify a request by its special headers, in cloudflared's order of precedence."""
     upgrade = ""
     src = ""
     for name, value in headers:
+        if len(name) not in _SPECIAL_LENGTHS:
+            continue
         lowered = name.lower()
         if lowered == PROXY_CONNECTION_UPGRADE:
             upgrade = value

@@ -22,6 +22,7 @@ from adit.protocol.errors import Http2TunnelError
 __all__ = ["HpackDecoder", "HpackError", "PlainHpackEncoder"]
 
 _STATIC = HeaderTable.STATIC_TABLE
+_STATIC_COUNT = len(_STATIC)
 _ENTRY_OVERHEAD = 32  # RFC 7541 §4.1
 
 _STATIC_FIELDS: dict[tuple[bytes, bytes], int] = {}
@@ -29,6 +30,12 @@ _STATIC_NAMES: dict[bytes, int] = {}
 for _index, (_name, _value) in enumerate(HeaderTable.STATIC_TABLE, start=1):
     _STATIC_FIELDS.setdefault((_name, _value), _index)
     _STATIC_NAMES.setdefault(_name, _index)
+
+_CACHED_FIELDS = 1024
+_CACHED_FIELD_BYTES = 128
+_encoded_fields: dict[tuple[bytes, bytes], bytes] = {}
+for _field, _index in _STATIC_FIELDS.items():
+    _encoded_fields[_field] = bytes((0x80 | _index,))
 
 # A dynamic table size update to 0 (RFC 7541 §6.3): once sent, the peer's decoder holds no
 # dynamic table for us whatever HEADER_TABLE_SIZE either side advertises later.
@@ -69,25 +76,35 @@ class PlainHpackEncoder:
         if self._first:
             parts.append(_TABLE_SIZE_ZERO)
             self._first = False
-        fields = _STATIC_FIELDS
-        names = _STATIC_NAMES
-        for name, value in headers:
-            index = fields.get((name, value))
-            if index is not None:
-                parts.append(bytes((0x80 | index,)) if index < 127 else _integer(index, 7, 0x80))
-                continue
-            pattern = 0x10 if name in self._sensitive else 0x00
-            name_index = names.get(name)
-            if name_index is not None:
-                if name_index < 15:
-                    parts.append(bytes((pattern | name_index,)))
-                else:
-                    parts.append(_integer(name_index, 4, pattern))
-            else:
-                parts.append(bytes((pattern,)))
-                parts.append(_string(name))
-            parts.append(_string(value))
+        known = _encoded_fields
+        sensitive = self._sensitive
+        for field in headers:
+            # The cache is shared by every encoder: never consulted for a name that is
+            # sensitive to this one (another may have cached it as an ordinary literal).
+            coded = known.get(field) if field[0] not in sensitive else None
+            if coded is None:
+                coded = self._field(field)
+            parts.append(coded)
         return b"".join(parts)
+
+    def _field(self, field: tuple[bytes, bytes]) -> bytes:
+        name, value = field
+        index = _STATIC_FIELDS.get(field)
+        if index is not None:
+            return bytes((0x80 | index,))  # the static table has 61 entries: one byte
+        sensitive = name in self._sensitive
+        name_index = _STATIC_NAMES.get(name)
+        if name_index is not None:
+            coded = _integer(name_index, 4, 0x10 if sensitive else 0x00) + _string(value)
+        else:
+            coded = (b"\x10" if sensitive else b"\x00") + _string(name) + _string(value)
+        # The same few fields (a status, the response meta, a length) recur on every stream;
+        # the serialised eyeball headers do not, and are sensitive anyway.
+        if not sensitive and len(coded) <= _CACHED_FIELD_BYTES:
+            if len(_encoded_fields) >= _CACHED_FIELDS:
+                _encoded_fields.clear()
+            _encoded_fields[field] = coded
+        return coded
 
 
 class HpackError(Http2TunnelError):
@@ -110,24 +127,52 @@ class HpackDecoder:
         size = 0
         pos = 0
         end = len(block)
+        static = _STATIC
         try:
             while pos < end:
                 first = block[pos]
                 if first & 0x80:  # indexed field
-                    index, pos = _read_integer(block, pos, 7)
-                    field = self._entry(index)
+                    index = first & 0x7F
+                    if 0 < index <= _STATIC_COUNT:  # the usual case, inline
+                        pos += 1
+                        field = static[index - 1]
+                    else:
+                        index, pos = _read_integer(block, pos, 7)
+                        field = self._entry(index)
+                elif not first & 0xE0:
+                    # A literal not indexed (0x00) or never indexed (0x10): ours, and most of
+                    # Go's. Inline for static names and raw values (the usual case).
+                    index = first & 0x0F
+                    if 0 < index < 0x0F:  # a static name (0x0F: the index goes on)
+                        pos += 1
+                        name = static[index - 1][0]
+                    else:
+                        index, pos = _read_integer(block, pos, 4)
+                        if index:
+                            name = self._entry(index)[0]
+                        else:
+                            name, pos = _read_string(block, pos)
+                    length = block[pos]
+                    if length & 0x80 or length == 0x7F:
+                        value, pos = _read_string(block, pos)
+                    else:
+                        pos += 1
+                        stop = pos + length
+                        if stop > end:
+                            raise HpackError("HPACK string runs past the header block")
+                        value = block[pos:stop]
+                        pos = stop
+                    field = (name, value)
                 elif first & 0x40:  # literal, add to the table
                     field, pos = self._literal(block, pos, 6)
                     self._add(field)
-                elif first & 0x20:  # dynamic table size update
+                else:  # 0x20: dynamic table size update
                     new_size, pos = _read_integer(block, pos, 5)
                     if new_size > self._allowed_table_size:
                         raise HpackError(f"table size update to {new_size} beyond our limit")
                     self._table_size = new_size
                     self._evict()
                     continue
-                else:  # literal without indexing (0x00) or never indexed (0x10)
-                    field, pos = self._literal(block, pos, 4)
                 headers.append(field)
                 size += len(field[0]) + len(field[1]) + _ENTRY_OVERHEAD
                 if size > self._max_list:

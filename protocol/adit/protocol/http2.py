@@ -190,6 +190,8 @@ _DEFAULT_WINDOW = 65535
 # and side (its event objects, enum flags, per-frame logging and stream-state tables); a
 # tunnel needs a fraction of HTTP/2, and both of its peers (adit, Go's http2) are strict.
 _SENSITIVE = (REQUEST_HEADERS.encode(), RESPONSE_HEADERS.encode())
+# Lengths of the tunnel's own request header names: most names are ruled out without lower().
+_TUNNEL_NAME_LENGTHS = frozenset((len(PROXY_CONNECTION_UPGRADE), len(PROXY_SRC)))
 
 
 class ErrorCode:
@@ -712,7 +714,10 @@ class ConnectorTunnelConnection(TunnelHttp2Connection):
         else:
             headers = regular
         visible = tuple(
-            (n, v) for n, v in headers if n.lower() not in (PROXY_CONNECTION_UPGRADE, PROXY_SRC)
+            (n, v)
+            for n, v in headers
+            if len(n) not in _TUNNEL_NAME_LENGTHS
+            or n.lower() not in (PROXY_CONNECTION_UPGRADE, PROXY_SRC)
         )
         return RequestReceived(
             stream_id=stream_id,
@@ -732,8 +737,13 @@ class ConnectorTunnelConnection(TunnelHttp2Connection):
         *,
         meta: ResponseMeta = ResponseMeta.ORIGIN,
         end_stream: bool = False,
+        body: bytes = b"",
     ) -> None:
-        """Answer a stream: the origin's headers go serialised, as cloudflared sends them."""
+        """Answer a stream: the origin's headers go serialised, as cloudflared sends them.
+
+        ``body`` (a small body already whole) follows at once, ending the stream on its last
+        DATA frame when ``end_stream``: one call instead of three for most responses.
+        """
         stream = self._streams.get(stream_id)
         if stream is None or stream.local_closed or stream.headers_seen:
             raise Http2TunnelError(f"stream {stream_id}: cannot send response: stream closed")
@@ -747,9 +757,13 @@ class ConnectorTunnelConnection(TunnelHttp2Connection):
             h2_headers.extend(
                 (b"content-length", wire_bytes(v))
                 for n, v in headers
-                if n.lower() == "content-length"
+                if len(n) == 14 and n.lower() == "content-length"
             )
-        self._send_headers(stream, h2_headers, end_stream)
+        if body:
+            self._send_headers(stream, h2_headers, False)
+            self.send_data(stream_id, body, end_stream=end_stream)
+        else:
+            self._send_headers(stream, h2_headers, end_stream)
 
 
 # --- the edge's side ------------------------------------------------------------------------

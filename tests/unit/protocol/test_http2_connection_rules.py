@@ -279,6 +279,35 @@ def test_decoder_reads_what_the_reference_encoder_writes(
         assert decoder.decode(encoder.encode(fields)) == fields
 
 
+_STATIC_NAMES = sorted({name for name, _ in hpack.table.HeaderTable.STATIC_TABLE})
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    blocks=st.lists(
+        st.lists(
+            st.tuples(
+                st.sampled_from(_STATIC_NAMES) | st.binary(min_size=1, max_size=20),
+                st.binary(max_size=300),
+            ),
+            max_size=12,
+        ),
+        min_size=1,
+        max_size=4,
+    ),
+    sensitive=st.sets(st.sampled_from(_STATIC_NAMES), max_size=5),
+)
+def test_decoder_reads_what_our_encoder_writes(
+    blocks: list[list[tuple[bytes, bytes]]], sensitive: set[bytes]
+) -> None:
+    # Literal names from every static index (beyond 14 the index takes a second byte),
+    # never-indexed ones, and values of every length class, twice (the encoder caches).
+    encoder = PlainHpackEncoder(sensitive)
+    decoder = HpackDecoder()
+    for fields in [*blocks, *blocks]:
+        assert decoder.decode(encoder.encode(fields)) == fields
+
+
 def test_decoder_refuses_bad_blocks() -> None:
     decoder = HpackDecoder(max_header_list_size=100)
     for bad in (b"\xff\xff\xff\xff\xff\xff\xff", b"\x80", b"\xbe", b"\x00\x05ab", b"\x3f\xe2\x1f"):

@@ -115,6 +115,41 @@ async def test_body_split_over_many_writes_bypasses_the_parser_unchanged() -> No
 
 
 @asynctest
+async def test_one_connection_parses_every_framing_in_turn() -> None:
+    # The parser is kept after a response it saw whole and renewed after one whose body
+    # bypassed it, a HEAD, or an interim response: each next answer must still parse.
+    big = bytes(range(256)) * 1024
+    replies = [
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+        b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(big) + big,
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n",
+        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 1\r\n\r\nc",
+        b"HTTP/1.1 204 No Content\r\nX-N: 1\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nlast",
+    ]
+    methods = ["GET", "GET", "GET", "HEAD", "GET", "GET", "GET"]
+    expected = [
+        (200, b"ok"),
+        (200, big),
+        (200, b"abc"),
+        (200, b""),
+        (201, b"c"),
+        (204, b""),
+        (200, b"last"),
+    ]
+    origin = ScriptedOrigin(replies)
+    async with origin.running():
+        connection = await origin.connect()
+        for method, (status, body) in zip(methods, expected, strict=True):
+            got_status, _, got_body = await fetch(connection, method)
+            assert (got_status, got_body) == (status, body)
+            assert connection.reusable
+        assert origin.connections == 1
+        connection.close()
+
+
+@asynctest
 async def test_chunked_response() -> None:
     reply = (
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-A: 1\r\n\r\n"
@@ -455,9 +490,12 @@ class EndedStream:
         *,
         source: ResponseSource = ResponseSource.ORIGIN,
         end_stream: bool = False,
+        body: bytes = b"",
     ) -> None:
         self.status, self.headers, self.ended = status, headers, end_stream
         self.source = source
+        if body:
+            self.writes.append(body)
 
     async def write(self, data: bytes) -> None:
         self.writes.append(data)
@@ -609,8 +647,11 @@ class UpgradedStream(EndedStream):
         *,
         source: ResponseSource = ResponseSource.ORIGIN,
         end_stream: bool = False,
+        body: bytes = b"",
     ) -> None:
-        await super().send_response(status, headers, source=source, end_stream=end_stream)
+        await super().send_response(
+            status, headers, source=source, end_stream=end_stream, body=body
+        )
         for frame in self.frames:
             self.inbound.put_nowait(frame)
 

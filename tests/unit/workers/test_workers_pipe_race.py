@@ -115,6 +115,7 @@ class _Stream:
         *,
         source: ResponseSource = ResponseSource.ORIGIN,
         end_stream: bool = False,
+        body: bytes = b"",
     ) -> None:
         raise AssertionError("not used by pipe")
 

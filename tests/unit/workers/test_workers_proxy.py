@@ -107,9 +107,12 @@ class FakeTunnelStream:
         *,
         source: ResponseSource = ResponseSource.ORIGIN,
         end_stream: bool = False,
+        body: bytes = b"",
     ) -> None:
         assert self.status is None, "response sent twice"
         self.status, self.headers, self.source = status, list(headers), source
+        if body:
+            self.writes.append(body)
         if end_stream:
             self.ended = True
             self.finished.set()

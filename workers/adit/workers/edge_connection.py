@@ -98,13 +98,19 @@ class ConnectorStream:
         *,
         source: ResponseSource = ResponseSource.ORIGIN,
         end_stream: bool = False,
+        body: bytes = b"",
     ) -> None:
         if self.channel.reset_code is not None or self.connection.closed:
             raise StreamClosedError("stream is closed")
         meta = ResponseMeta.ORIGIN if source is ResponseSource.ORIGIN else ResponseMeta.CONNECTOR
         try:
             self.connection.conn.send_response(
-                self.channel.stream_id, status, headers, meta=meta, end_stream=end_stream
+                self.channel.stream_id,
+                status,
+                headers,
+                meta=meta,
+                end_stream=end_stream,
+                body=body,
             )
         except Http2TunnelError as exc:
             raise StreamClosedError(str(exc)) from exc
@@ -191,7 +197,7 @@ class EdgeConnection(TunnelIO[ConnectorTunnelConnection]):
 
     def spawn(self, coro: Coroutine[object, object, None], *, stream: bool = False) -> None:
         """Run ``coro`` tied to this connection; ``stream`` tasks are what a drain waits for."""
-        task = asyncio.ensure_future(coro)
+        task = self._loop.create_task(coro)
         tracked = self.tasks if stream else self.background
         tracked.add(task)
         task.add_done_callback(tracked.discard)

@@ -68,6 +68,10 @@ ORIGIN_ERROR_PREFIX = "adit-origin-error:"
 # GET-like request before it commits to chunked framing (net/http transfer.go).
 BODY_PROBE_SECONDS = 0.2
 
+#: A response body up to this size that has wholly arrived with its head goes to the tunnel
+#: in the same call as the head (it is in memory already; larger ones are streamed).
+WHOLE_BODY_LIMIT = 64 * 1024
+
 
 @dataclass(slots=True)
 class ProxyStats:
@@ -302,15 +306,27 @@ class OriginProxy:
                 await stream.end()
                 return
 
-            await stream.send_response(
-                response.status,
-                _response_headers(response),
-                source=ResponseSource.ORIGIN,
-            )
-            self.stats.count_response(response.status)
-            async for chunk in connection.body():
-                await stream.write(chunk)
-            await stream.end()
+            whole = connection.whole_body(WHOLE_BODY_LIMIT)
+            if whole is not None:
+                # Most responses have all arrived with their head: one tunnel write for all.
+                await stream.send_response(
+                    response.status,
+                    _response_headers(response),
+                    source=ResponseSource.ORIGIN,
+                    end_stream=True,
+                    body=whole,
+                )
+                self.stats.count_response(response.status)
+            else:
+                await stream.send_response(
+                    response.status,
+                    _response_headers(response),
+                    source=ResponseSource.ORIGIN,
+                )
+                self.stats.count_response(response.status)
+                async for chunk in connection.body():
+                    await stream.write(chunk)
+                await stream.end()
             if pump is not None and (not pump.done() or pump.exception() is not None):
                 # The origin answered without taking the whole body (an early 413, say): the
                 # response stands, but the connection is spent.

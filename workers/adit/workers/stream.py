@@ -64,7 +64,10 @@ class TunnelStream(Protocol):
         *,
         source: ResponseSource = ResponseSource.ORIGIN,
         end_stream: bool = False,
-    ) -> None: ...
+        body: bytes = b"",
+    ) -> None:
+        """The response head, then ``body`` (a whole small body already in memory), then
+        the end of the stream when ``end_stream``."""
 
     async def write(self, data: bytes) -> None: ...
 

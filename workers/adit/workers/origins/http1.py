@@ -75,7 +75,7 @@ class _SkipBody(Exception):
 
 
 class _Response:
-    """Parse state of one response; llhttp's callback target (one parser per response)."""
+    """Parse state of one response; llhttp's callback target (its parser may serve the next)."""
 
     __slots__ = (
         "chunks",
@@ -86,6 +86,7 @@ class _Response:
         "head_size",
         "headers",
         "keep_alive",
+        "parsed_whole",
         "parser",
         "raw",
         "remaining",
@@ -97,6 +98,22 @@ class _Response:
         self.parser = httptools.HttpResponseParser(self)
         # Go and h11 accept bare LF line ends from origins; llhttp only when told to.
         self.parser.set_dangerous_leniencies(lenient_optional_cr_before_lf=True)
+        self._start(head_request)
+
+    def renew(self, head_request: bool) -> _Response:
+        """The parse state for the next response on the connection.
+
+        llhttp's parser is kept when it saw the whole previous message itself (a small
+        response read in one piece): it then waits for the next one. Otherwise (a body passed
+        through raw, a HEAD stopped early, an upgrade, an error) a fresh parser starts.
+        """
+        if not self.parsed_whole or self.extra or self.status == 101:
+            return _Response(head_request)
+        self._start(head_request)
+        return self
+
+    def _start(self, head_request: bool) -> None:
+        self.parsed_whole = False  # llhttp itself reached the end of the message
         self.head_request = head_request
         self.headers: list[tuple[str, str]] = []
         self.status = 0
@@ -158,6 +175,7 @@ class _Response:
     def on_message_complete(self) -> None:
         if self.head_done:
             self.complete = True
+            self.parsed_whole = True
 
     # -- feeding -----------------------------------------------------------------------------
 
@@ -203,6 +221,7 @@ class _Response:
             self.complete = True
 
     def _feed_raw(self, data: bytes) -> None:
+        self.parsed_whole = False  # the parser is left in the middle of this body
         if self.remaining < 0:
             self.chunks.append(data)
             return
@@ -341,16 +360,18 @@ class OriginConnection:
         head = serialise_request_head(method, target, headers)
         self.requests += 1
         self.response_bytes_seen = False
-        self._response = _Response(method == "HEAD")
+        self._response = self._response.renew(method == "HEAD")
         self._interrupt = None
         self._buffered = 0
         self._request_done = False
         self._chunked = chunked
         self._body_left = content_length if content_length is not None else 0
         if body:
-            await self._write(head, *self._frame(body), *self._ending(end))
+            self._put(head, *self._frame(body), *self._ending(end))
         else:
-            await self._write(head, *self._ending(end))
+            self._put(head, *self._ending(end))
+        if self._write_paused or self._lost:
+            await self._drained()  # (no coroutine frame for the usual request)
 
     async def send_body(self, data: bytes) -> None:
         """Write a piece of the request body (framed as :meth:`send_request` announced)."""
@@ -378,6 +399,10 @@ class OriginConnection:
         return (b"0\r\n\r\n",) if self._chunked else ()
 
     async def _write(self, *parts: bytes) -> None:
+        self._put(*parts)
+        await self._drained()
+
+    def _put(self, *parts: bytes) -> None:
         if self._lost or self._transport.is_closing():
             raise OriginProtocolError("write to origin failed: the connection is closed")
         try:
@@ -387,6 +412,9 @@ class OriginConnection:
                 self._transport.writelines(parts)
         except OSError as exc:
             raise OriginProtocolError(f"write to origin failed: {exc}") from exc
+
+    async def _drained(self) -> None:
+        """Wait while the socket's buffer is above its high-water mark."""
         while self._write_paused and not self._lost:
             self._drain = asyncio.get_running_loop().create_future()
             try:
@@ -427,6 +455,27 @@ class OriginConnection:
         """
         self._interrupt = exc
         self._wake()
+
+    def whole_body(self, limit: int) -> bytes | None:
+        """The whole body when the response is complete and at most ``limit`` bytes; else
+        ``None`` (then read it with :meth:`body`)."""
+        response = self._response
+        if not response.complete:
+            return None
+        chunks = response.chunks
+        if not chunks:
+            return b""
+        if len(chunks) == 1:
+            whole = chunks[0]
+        else:
+            if sum(map(len, chunks)) > limit:
+                return None
+            whole = b"".join(chunks)
+        if len(whole) > limit:
+            return None
+        response.chunks = []
+        self._buffered = 0
+        return whole
 
     async def body(self) -> AsyncIterator[bytes]:
         """The response body, chunk by chunk as it arrives; ends at the end of the message."""

@@ -75,16 +75,14 @@ class ConnectionPool(Generic[C]):
             connection.close()
             return
         now = self._clock()
-        entries: list[_Idle[C]] = []
-        for entry in self._idle.get(key, []):
-            if entry.expires_at > now:
-                entries.append(entry)
-            else:
-                entry.connection.close()
-        entries.append(_Idle(connection, now + idle_timeout))
-        while len(entries) > max_idle:
+        entries = self._idle.get(key)
+        if entries is None:
+            entries = self._idle[key] = []
+        # Oldest first: the expired ones are at the front (one check per request, not a scan
+        # of every idle connection).
+        while entries and (entries[0].expires_at <= now or len(entries) >= max_idle):
             entries.pop(0).connection.close()
-        self._idle[key] = entries
+        entries.append(_Idle(connection, now + idle_timeout))
 
     def idle_count(self, key: OriginKey) -> int:
         """How many idle connections are held for ``key`` (expired ones included)."""
