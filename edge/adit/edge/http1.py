@@ -404,7 +404,13 @@ class Http1Connection(asyncio.Protocol):
         """Offer whole bodiless requests to the fast handler while it takes them."""
         events = self.parser.events
         fast = self._fast
-        while fast is not None and len(events) >= 2 and not self._fast_busy:
+        # Never past a request the task still has to answer (a continuation not yet taken).
+        while (
+            fast is not None
+            and len(events) >= 2
+            and not self._fast_busy
+            and self._continuation is None
+        ):
             request = events[0]
             if (
                 type(request) is not Request

@@ -329,3 +329,27 @@ async def test_unknown_host_is_answered_by_the_task() -> None:
     assert edge.requests() == []
     assert socket.take().startswith(b"HTTP/1.1 404 ")
     assert not socket.closed
+
+
+@uvloop_test
+async def test_next_request_waits_for_an_answer_left_to_the_task() -> None:
+    edge = _Edge()
+    await edge.start()
+    conn, socket = edge.eyeball()
+    conn.data_received(_GET)
+    await settle()
+    (first,) = edge.requests()
+    edge.connector.send_response(first.stream_id, 200, _HEADERS)
+    edge.session.data_received(edge.connector.data_to_send())  # head only: to the task
+    conn.data_received(_GET.replace(b"/file", b"/second"))  # before the task ran
+    await settle()
+    assert edge.requests() == []  # not forwarded while the first is being answered
+    edge.connector.send_data(first.stream_id, b"first", end_stream=True)
+    edge.session.data_received(edge.connector.data_to_send())
+    await settle()
+    (second,) = edge.requests()
+    assert second.path == "/second"
+    edge.session.data_received(edge.answer(second.stream_id, b"secnd"))
+    await settle()
+    out = socket.take()
+    assert out.index(b"first") < out.index(b"secnd")
