@@ -424,7 +424,15 @@ class Http1Connection(asyncio.Protocol):
             self._begin(request)
             self._body_done = True
             self._fast_busy = True
-            if not fast(self, request):
+            try:
+                taken = fast(self, request)
+            except Exception:
+                # As in the task: a bug in one request's handling costs only its connection.
+                log.exception("request handling failed")
+                self._fast_busy = False
+                self.close()
+                return
+            if not taken:
                 self._fast_busy = False
                 return
             events.popleft()

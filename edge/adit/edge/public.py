@@ -92,7 +92,7 @@ class PublicListener:
         ray = self._ray()
         answer = _FastAnswer(self, conn, host, ray)
         try:
-            answer.stream = session.open_request(
+            session.open_request(
                 request.method.decode("ascii"),
                 request.target.decode("latin-1"),
                 authority,
@@ -317,14 +317,13 @@ async def _pipe_raw(conn: Http1Connection, stream: RequestStream, leftover: byte
 class _FastAnswer:
     """Where a fast request's answer goes: the eyeball connection it came from."""
 
-    __slots__ = ("conn", "host", "listener", "ray", "stream")
+    __slots__ = ("conn", "host", "listener", "ray")
 
     def __init__(self, listener: PublicListener, conn: Http1Connection, host: str, ray: str):
         self.listener = listener
         self.conn = conn
         self.host = host
         self.ray = ray
-        self.stream: RequestStream | None = None
 
     def answered(self, stream: RequestStream) -> None:
         """From the tunnel's read: write a whole response now, else leave it to the task."""
@@ -345,6 +344,9 @@ class _FastAnswer:
             keep_alive = True
         except (ResponseError, ConnectionError):
             pass  # as in the task: all we can do is cut the connection
+        except Exception:
+            # Called from the tunnel's read: a bug here must cost this request, not the tunnel.
+            log.exception("request handling failed")
         finally:
             stream.session.finished(stream)
             conn.finish_fast(keep_alive)
