@@ -119,8 +119,10 @@ class RequestStream:
         elif self._response is not None and not self._response.done():
             self._response.set_result(event)
 
-    def _deliver(self) -> None:
-        """End of the answer's read: the body is whole, or goes to the channel; tell."""
+    def _deliver(self) -> int:
+        """End of the answer's read: the body is whole, or goes to the channel; tell.
+
+        Returns the flow-controlled bytes of a whole body, for the session to credit."""
         held, self.held = self.held or [], None
         answer = self.answer
         ended = (held and type(held[-1]) is StreamEnded) or (answer and answer.end_stream)
@@ -131,13 +133,13 @@ class RequestStream:
                     self.body.append(event.data)
                     flow += event.flow_controlled_length
             self.complete = True
-            if flow:
-                self.session.acknowledge(self.channel.stream_id, flow)
         else:
+            flow = 0
             for event in held:
                 self.session._to_channel(event)
         if self.on_answer is not None:
             self.on_answer(self)
+        return flow
 
     def _failed(self, reason: str) -> None:
         if self.answer is not None or self.failure is not None:
@@ -408,8 +410,13 @@ class TunnelSession(TunnelIO[EdgeTunnelConnection]):
         if self._delivering:
             # Every frame of this read is in: whole small responses can be told as such.
             delivering, self._delivering = self._delivering, []
+            flow = 0
             for request in delivering:
-                request._deliver()
+                flow += request._deliver()
+            if flow:
+                # Whole bodies belong to streams that ended both ways: only the connection's
+                # window is owed, once for all of them.
+                self.acknowledge(delivering[-1].channel.stream_id, flow)
 
     def dispatch(self, event: Event) -> None:
         if self._delivering and (type(event) is DataReceived or type(event) is StreamEnded):

@@ -353,3 +353,21 @@ async def test_next_request_waits_for_an_answer_left_to_the_task() -> None:
     await settle()
     out = socket.take()
     assert out.index(b"first") < out.index(b"secnd")
+
+
+@uvloop_test
+async def test_whole_bodies_are_credited_to_the_connection_window() -> None:
+    # 40 MiB through a 32 MiB connection window: the later answers need the earlier credit.
+    edge = _Edge()
+    await edge.start()
+    conn, socket = edge.eyeball()
+    body = b"b" * (1 << 20)
+    for _ in range(40):
+        conn.data_received(_GET)
+        await settle()
+        (request,) = edge.requests()
+        headers = [("Content-Length", str(len(body)))]
+        edge.session.data_received(edge.answer(request.stream_id, body, headers))
+        response = socket.take()
+        assert response.endswith(b"\r\n\r\n" + body)
+    assert not socket.closed
