@@ -57,6 +57,8 @@ class ConnectionRegistry:
         # This loop iteration's pick per tunnel (forgotten when the iteration ends).
         self._current: dict[uuid.UUID, LiveConnection] = {}
         self._turn_ends = False
+        # Asked for once: get_running_loop costs a getpid system call each time.
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def add(self, conn: LiveConnection) -> None:
         """Record a registered connection."""
@@ -106,10 +108,12 @@ class ConnectionRegistry:
     def _hold(self, tunnel_id: uuid.UUID, conn: LiveConnection) -> None:
         """Pick ``conn`` again for this tunnel until the loop iteration ends."""
         if not self._turn_ends:
-            try:
-                loop = asyncio.get_running_loop()
-            except RuntimeError:
-                return  # no loop, no iterations: plain round-robin
+            loop = self._loop
+            if loop is None or not loop.is_running():
+                try:
+                    loop = self._loop = asyncio.get_running_loop()
+                except RuntimeError:
+                    return  # no loop, no iterations: plain round-robin
             loop.call_soon(self._next_turn)
             self._turn_ends = True
         self._current[tunnel_id] = conn
