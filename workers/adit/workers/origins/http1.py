@@ -378,7 +378,9 @@ class OriginConnection:
     async def send_body(self, data: bytes) -> None:
         """Write a piece of the request body (framed as :meth:`send_request` announced)."""
         if data:
-            await self._write(*self._frame(data))
+            self._put(*self._frame(data))
+            if self._write_paused or self._lost:
+                await self._drained()
 
     async def end_request(self) -> None:
         """Finish the request body."""
