@@ -145,7 +145,11 @@ async def run(requests: int, concurrency: int, profile: cProfile.Profile | None)
     while done < requests:
         for _ in range(concurrency):
             edge.send_request(
-                "GET", "/1k.bin", "bench.localhost", _EYEBALL, serialize_headers=True,
+                "GET",
+                "/1k.bin",
+                "bench.localhost",
+                _EYEBALL,
+                serialize_headers=True,
                 end_stream=True,
             )
         data = edge.data_to_send()

@@ -31,6 +31,8 @@ HIGH_WATER = 512 * 1024
 #: Output held back to be coalesced with what other streams produce in the same loop
 #: iteration; beyond this it is written at once (a bulk transfer needs no batching).
 COALESCE_LIMIT = 64 * 1024
+#: Open streams (the control stream and one request) up to which output is not held back.
+ALONE = 2
 #: Buffers below this are joined before they reach TLS (one record instead of many).
 _SMALL_PART = 16 * 1024
 
@@ -221,14 +223,16 @@ class TunnelIO(asyncio.Protocol, Generic[Conn]):
         Under load many streams each produce a few frames per loop iteration (HEADERS, a
         DATA frame, END_STREAM, WINDOW_UPDATEs); writing them one syscall each was the
         largest single cost of a small request. Small output is therefore held until the end
-        of the current iteration and written as one; large output goes at once.
+        of the current iteration and written as one; large output goes at once, and so does
+        the output of a connection with a single request open (nothing to join it with:
+        holding it would only cost another loop iteration of latency).
         """
         parts = self.conn.data_to_send_parts()
         if not parts or self.closed:
             return
         self._held.extend(parts)
         self._held_size += sum(map(len, parts))
-        if self._held_size >= COALESCE_LIMIT:
+        if self._held_size >= COALESCE_LIMIT or len(self.channels) <= ALONE:
             self.write_held()
         elif not self._write_scheduled:
             self._write_scheduled = True

@@ -116,8 +116,11 @@ def edge(
     """Run the self-hosted edge (or administer it with a subcommand)."""
     if ctx.invoked_subcommand is not None:
         return
+    from adit.allocator import keep_read_buffers_on_heap
     from adit.edge.server import EdgeSettings, run_edge
     from adit.logs import LogSettings, configure_logging
+
+    keep_read_buffers_on_heap()
 
     configure_logging(LogSettings(level=loglevel, output=log_format, logfile=logfile))
     for noisy in ("hpack", "h2"):  # frame-level debug output would drown the edge's own

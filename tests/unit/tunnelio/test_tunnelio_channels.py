@@ -139,3 +139,24 @@ async def test_losing_the_socket_wakes_every_waiting_stream() -> None:
         await asyncio.wait_for(reader, 5)
     assert await asyncio.wait_for(connector.lost, 5)
     a.close()
+
+
+@uvloop_test
+async def test_a_lone_request_goes_out_at_once_and_busy_ones_are_joined() -> None:
+    edge, connector, *_ = await _pair()
+    # One stream open: the request reaches the socket within the call, nothing is held.
+    sid = edge.conn.send_request("GET", "/", "h.test", [], end_stream=True)
+    edge.channel(sid)
+    edge.flush()
+    assert edge._held == []
+    await asyncio.wait_for(connector.requests.get(), 5)
+    # Several open: their output waits for the end of the loop iteration, then goes as one.
+    for _ in range(3):
+        edge.channel(edge.conn.send_request("GET", "/", "h.test", [], end_stream=True))
+        edge.flush()
+    assert len(edge._held) == 2  # the first of these went alone (two open), the others wait
+    for _ in range(3):
+        await asyncio.wait_for(connector.requests.get(), 5)
+    assert edge._held == []
+    edge.close_transport()
+    connector.close_transport()

@@ -294,6 +294,8 @@ class OriginConnection:
         # writer is kept: dropping it would close the transport (StreamWriter.__del__).
         self._writer = writer
         self._transport = cast(asyncio.Transport, writer.transport)
+        # Kept: Python 3.11's get_running_loop() makes a getpid() system call every time.
+        self._loop = asyncio.get_running_loop()
         self.requests = 0  # requests started on this connection
         self.response_bytes_seen = False  # any byte of the current response arrived
         self._response = _Response(False)
@@ -376,7 +378,9 @@ class OriginConnection:
     async def send_body(self, data: bytes) -> None:
         """Write a piece of the request body (framed as :meth:`send_request` announced)."""
         if data:
-            await self._write(*self._frame(data))
+            self._put(*self._frame(data))
+            if self._write_paused or self._lost:
+                await self._drained()
 
     async def end_request(self) -> None:
         """Finish the request body."""
@@ -416,7 +420,7 @@ class OriginConnection:
     async def _drained(self) -> None:
         """Wait while the socket's buffer is above its high-water mark."""
         while self._write_paused and not self._lost:
-            self._drain = asyncio.get_running_loop().create_future()
+            self._drain = self._loop.create_future()
             try:
                 await self._drain
             finally:
@@ -503,7 +507,7 @@ class OriginConnection:
         if self._read_paused:
             self._read_paused = False
             self._transport.resume_reading()
-        self._waiter = asyncio.get_running_loop().create_future()
+        self._waiter = self._loop.create_future()
         try:
             await self._waiter
         finally:
