@@ -140,6 +140,8 @@ def _unb64(data: bytes) -> str:
 # (they were a third of the tunnel protocol's CPU per request). The output is a pure function
 # of the input, so nothing crosses from one tunnel to another; credentials are never kept, so
 # their lifetime in memory is that of the request and no timing can tell a guess apart.
+# Names whose value is new on every request are not kept either: they would only push out
+# the pairs that do repeat.
 _CACHE_ENTRIES = 2048
 _CACHE_PAIR_BYTES = 256
 _NEVER_CACHED = frozenset(
@@ -152,6 +154,15 @@ _NEVER_CACHED = frozenset(
         "cf-access-jwt-assertion",
         "cf-access-token",
         "cf-authorization",
+        # new on every request
+        "cf-ray",
+        "x-request-id",
+        "traceparent",
+        "tracestate",
+        "x-amzn-trace-id",
+        "x-b3-traceid",
+        "x-b3-spanid",
+        "sentry-trace",
     }
 )
 _encoded: dict[tuple[str, str], bytes] = {}
@@ -254,9 +265,9 @@ class ResponseMeta(enum.Enum):
         """Parse the header; anything unreadable counts as a connector-side answer."""
         if value is None:
             return cls.CONNECTOR
-        for member in cls:
-            if member.value == value:
-                return member
+        member = _META_BY_VALUE.get(value)
+        if member is not None:
+            return member
         try:
             data = json.loads(value)
         except ValueError:
@@ -268,3 +279,6 @@ class ResponseMeta(enum.Enum):
         if data.get("flow_rate_limited"):
             return cls.FLOW_RATE_LIMITED
         return cls.CONNECTOR
+
+
+_META_BY_VALUE = {member.value: member for member in ResponseMeta}

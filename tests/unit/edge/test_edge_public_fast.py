@@ -12,8 +12,6 @@ import asyncio
 import datetime
 import uuid
 
-from tests.asynctests import uvloop_test
-
 from adit.edge.http1 import Http1Connection
 from adit.edge.public import PublicListener
 from adit.edge.registry import ConnectionRegistry, LiveConnection
@@ -21,6 +19,7 @@ from adit.edge.store import Store
 from adit.edge.tunnel_session import EdgeIdentity, TunnelSession
 from adit.protocol.headers import RequestType, ResponseMeta
 from adit.protocol.http2 import ConnectorTunnelConnection, RequestReceived
+from asynctests import uvloop_test
 
 _GET = b"GET /file HTTP/1.1\r\nHost: app.example.com\r\nAccept: */*\r\n\r\n"
 _HEADERS = [("Content-Type", "text/plain"), ("Content-Length", "5"), ("Connection", "close")]

@@ -6,9 +6,8 @@ import asyncio
 import datetime
 import uuid
 
-from tests.asynctests import uvloop_test
-
 from adit.edge.registry import ConnectionRegistry, LiveConnection
+from asynctests import uvloop_test
 
 TUNNEL = uuid.uuid4()
 
