@@ -68,6 +68,8 @@ HOP_BY_HOP = frozenset(
     }
 )
 
+_HOP_BY_HOP_LENGTHS = frozenset(map(len, HOP_BY_HOP))
+
 # Names never serialised into RESPONSE_HEADERS (connection/header.go).
 _INTERNAL_PREFIXES = (":", "cf-int-", "cf-cloudflared-", "cf-proxy-")
 _INTERNAL_INITIALS = frozenset(":cC")
@@ -239,18 +241,22 @@ def is_hop_by_hop(name: str) -> bool:
 
 def strip_hop_by_hop(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
     """Drop hop-by-hop headers and every header the ``Connection`` header names."""
-    headers = list(headers)
-    named = {
-        token.strip().lower()
-        for name, value in headers
-        if name.lower() == "connection"
-        for token in value.split(",")
-    }
-    return [
-        (name, value)
-        for name, value in headers
-        if name.lower() not in HOP_BY_HOP and name.lower() not in named
-    ]
+    # One pass, lower-casing only names as long as a hop-by-hop one (every eyeball request
+    # goes through here); the Connection-named ones are rare and filtered after.
+    kept: list[tuple[str, str]] = []
+    named: set[str] = set()
+    for pair in headers:
+        name = pair[0]
+        if len(name) in _HOP_BY_HOP_LENGTHS:
+            lowered = name.lower()
+            if lowered in HOP_BY_HOP:
+                if lowered == "connection":
+                    named.update(token.strip().lower() for token in pair[1].split(","))
+                continue
+        kept.append(pair)
+    if named:
+        kept = [pair for pair in kept if pair[0].lower() not in named]
+    return kept
 
 
 class ResponseMeta(enum.Enum):

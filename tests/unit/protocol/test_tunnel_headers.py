@@ -128,6 +128,17 @@ def test_strip_hop_by_hop_removes_connection_named_headers() -> None:
     assert strip_hop_by_hop(
         [("Connection", "close, X-A"), ("x-a", "1"), ("TE", "trailers"), ("B", "2")]
     ) == [("B", "2")]
+    assert strip_hop_by_hop(
+        [
+            ("X-Named", "1"),  # named by a Connection header that comes later
+            ("Keep-Alive", "timeout=5"),
+            ("User-Agent", "ua"),  # as long as a hop-by-hop name, but not one
+            ("connection", "x-named"),
+            ("Proxy-Authorization", "Basic x"),
+            ("Transfer-Encoding", "chunked"),
+            ("Host", "h"),
+        ]
+    ) == [("User-Agent", "ua"), ("Host", "h")]
 
 
 def test_repeated_pairs_code_the_same_from_the_cache() -> None:
