@@ -23,7 +23,9 @@ __all__ = [
     "RegistrationRefused",
     "Start",
     "StatsSnapshot",
+    "WorkerBoot",
     "WorkerSettings",
+    "decode_boot",
     "decode_command",
     "decode_event",
     "encode",
@@ -113,6 +115,22 @@ class ApplyIngress(msgspec.Struct, frozen=True, tag=True):
 Command = Start | Drain | Reconfigure | ApplyIngress
 
 
+class WorkerBoot(msgspec.Struct, frozen=True):
+    """What a worker process reads from its stdin (then closed) before it does anything else.
+
+    A worker may be started before its settings exist (``adit tunnel run`` starts worker 0
+    while it still reads its config), so nothing that depends on them is on its command line.
+    """
+
+    start: Start
+    #: The CPU to pin the worker to (``None``: not pinned).
+    cpu: int | None = None
+    loglevel: str = "info"
+    output: str = "default"
+    logfile: str | None = None
+    log_directory: str | None = None
+
+
 class ConnectionRegistered(msgspec.Struct, frozen=True, tag=True):
     """The edge accepted ``registerConnection`` for this connection index."""
 
@@ -176,13 +194,14 @@ Event = (
     | Heartbeat
 )
 
+_boot_decoder = msgspec.msgpack.Decoder(WorkerBoot)
 _command_decoder = msgspec.msgpack.Decoder(Command)
 _event_decoder = msgspec.msgpack.Decoder(Event)
 _encoder = msgspec.msgpack.Encoder()
 
 
-def encode(message: Command | Event) -> bytes:
-    """Encode a command or an event."""
+def encode(message: Command | Event | WorkerBoot) -> bytes:
+    """Encode a command, an event or a worker's boot message."""
     return _encoder.encode(message)
 
 
@@ -196,3 +215,9 @@ def decode_event(data: bytes) -> Event:
     """Decode an event; raises ``msgspec.ValidationError``/``DecodeError`` on bad bytes."""
     event: Event = _event_decoder.decode(data)
     return event
+
+
+def decode_boot(data: bytes) -> WorkerBoot:
+    """Decode a worker's boot message; raises like :func:`decode_command`."""
+    boot: WorkerBoot = _boot_decoder.decode(data)
+    return boot

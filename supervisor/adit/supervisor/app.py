@@ -8,7 +8,9 @@ One dispatcher feeds each item to :class:`SupervisorState` and carries out the a
 returns, so decisions are made in one place and in order.
 
 Workers are started by fork+exec (``subprocess.Popen`` of ``python -m adit.workers``, no
-``preexec_fn``), so no child inherits this process's event loop, zmq context or threads.
+``preexec_fn``), so no child inherits this process's event loop, zmq context or threads. A
+worker's ``Start`` goes to its stdin as its boot message (``adit.supervisor.launch``); every
+later command goes through ZeroMQ.
 """
 
 from __future__ import annotations
@@ -36,10 +38,16 @@ from adit.ipc.channels import (
     create_runtime_directory,
     remove_runtime_directory,
 )
-from adit.ipc.messages import Command, Event
+from adit.ipc.messages import Command, Event, Start
 from adit.logs import fields, parse_level
 from adit.supervisor.errors import SupervisorError
-from adit.supervisor.launch import EarlyWorkers, worker_argv, worker_environment
+from adit.supervisor.launch import (
+    EarlyWorkers,
+    send_boot,
+    spawn_worker,
+    worker_boot,
+    worker_environment,
+)
 from adit.supervisor.metrics_server import MetricsServer, bind_metrics_socket, format_address
 from adit.supervisor.pidfile import write_pidfile
 from adit.supervisor.settings import SupervisorSettings
@@ -288,7 +296,14 @@ class Supervisor:
             self._spawn(action.slot)
         elif isinstance(action, SendCommand):
             handle = self._handles.get(action.slot)
-            if handle is not None:
+            if handle is None:
+                pass
+            elif isinstance(action.command, Start):
+                # Once, on stdin; a worker started early by launch was sent it already.
+                if handle.process.stdin is not None:
+                    cpu = self.state.workers[action.slot].cpu
+                    send_boot(handle.process, worker_boot(self.settings, action.command, cpu))
+            else:
                 handle.outbox.put_nowait(action.command)
         elif isinstance(action, Notify):
             assert self._notifier is not None
@@ -317,13 +332,10 @@ class Supervisor:
     def _spawn(self, slot: int) -> None:
         assert self._runtime_dir is not None and self._context is not None
         record = self.state.workers[slot]
-        argv = worker_argv(self.settings, slot, record.cpu, self._runtime_dir)
         sender = CommandSender(self._context, self._runtime_dir, slot)
         try:
-            early = self._early.take(slot, record.cpu) if self._early is not None else None
-            process = early or subprocess.Popen(
-                argv, env=worker_environment(), stdin=subprocess.DEVNULL, close_fds=True
-            )
+            early = self._early.take(slot) if self._early is not None else None
+            process = early or spawn_worker(slot, self._runtime_dir)
         except OSError as exc:
             sender.close()
             log.error("Cannot start worker error=%r", str(exc), extra=fields(slot=slot))
