@@ -1,7 +1,7 @@
 """``adit``'s console script: starts worker 0 early for ``tunnel run``, then runs click.
 
 Nothing is imported at the top but ``sys``: ``adit tunnel run`` starts its first worker
-process (``adit.supervisor.launch.prestart``) before click and the config modules are
+process (``adit.supervisor.spawn.prestart``) before click and the config modules are
 imported, so the worker's own imports overlap them.
 """
 
@@ -20,7 +20,7 @@ def main(argv: list[str] | None = None) -> None:
     """
     args = sys.argv[1:] if argv is None else argv
     if argv is None:
-        from adit.supervisor.launch import prestart
+        from adit.supervisor.spawn import prestart
 
         prestart(args)
     run_cli(args)

@@ -577,7 +577,8 @@ def run(ctx: click.Context, /, tunnel: tuple[str, ...], **_options: Any) -> None
 
     TUNNEL is the tunnel's UUID or name (or `tunnel:` in the config file); a --token needs none.
     """
-    from adit.supervisor.launch import Supervisor, discard_prestarted
+    from adit.supervisor.launch import Supervisor
+    from adit.supervisor.spawn import discard_prestarted
 
     configure_logging(LogSettings())
     try:

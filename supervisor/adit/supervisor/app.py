@@ -7,10 +7,10 @@ reloading the settings (read in a thread: resolving a tunnel name may ask the ed
 One dispatcher feeds each item to :class:`SupervisorState` and carries out the actions it
 returns, so decisions are made in one place and in order.
 
-Workers are started by fork+exec (``subprocess.Popen`` of ``python -m adit.workers``, no
-``preexec_fn``), so no child inherits this process's event loop, zmq context or threads. A
-worker's ``Start`` goes to its stdin as its boot message (``adit.supervisor.launch``); every
-later command goes through ZeroMQ.
+Workers are started by fork+exec (``posix_spawn`` of ``python -m adit.workers``,
+``adit.supervisor.spawn``), so no child inherits this process's event loop, zmq context or
+threads. A worker's ``Start`` goes to its stdin as its boot message
+(``adit.supervisor.launch``); every later command goes through ZeroMQ.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ import contextlib
 import logging
 import os
 import signal
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -41,17 +40,12 @@ from adit.ipc.channels import (
 from adit.ipc.messages import Command, Event, Start
 from adit.logs import fields, parse_level
 from adit.supervisor.errors import SupervisorError
-from adit.supervisor.launch import (
-    EarlyWorkers,
-    send_boot,
-    spawn_worker,
-    worker_boot,
-    worker_environment,
-)
+from adit.supervisor.launch import EarlyWorkers, send_boot, worker_boot
 from adit.supervisor.metrics_server import MetricsServer, bind_metrics_socket, format_address
 from adit.supervisor.pidfile import write_pidfile
 from adit.supervisor.settings import SupervisorSettings
 from adit.supervisor.signals import SignalReceived, install_signal_handlers, remove_signal_handlers
+from adit.supervisor.spawn import WorkerChild, spawn_worker, worker_environment
 from adit.supervisor.state import (
     Action,
     Exit,
@@ -154,7 +148,7 @@ def _file_signature(path: str | None) -> tuple[int, int, int] | None:
 class _WorkerHandle:
     """A running worker process, its command socket and its outbox task."""
 
-    def __init__(self, slot: int, process: subprocess.Popen[bytes], sender: CommandSender) -> None:
+    def __init__(self, slot: int, process: WorkerChild, sender: CommandSender) -> None:
         self.slot = slot
         self.process = process
         self.sender = sender
@@ -384,7 +378,7 @@ class Supervisor:
             if handle.process.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
                     handle.process.send_signal(signal.SIGKILL)
-            with contextlib.suppress(subprocess.TimeoutExpired):
+            with contextlib.suppress(TimeoutError):
                 handle.process.wait(timeout=2.0)
             handle.close()
         self._handles.clear()

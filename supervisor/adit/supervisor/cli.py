@@ -14,7 +14,7 @@ __all__ = ["main"]
 def main(argv: list[str] | None = None) -> None:
     """Run ``adit tunnel run`` with ``argv`` (default: this process's arguments)."""
     from adit.cli.main import run_cli
-    from adit.supervisor.launch import prestart
+    from adit.supervisor.spawn import prestart
 
     args = ["tunnel", "run", *(sys.argv[1:] if argv is None else argv)]
     if argv is None:

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import os
-import subprocess
+import signal
 import sys
 from pathlib import Path
 
+import pytest
+
 from adit.ipc.messages import EdgeTarget, IngressSnapshot, Start, decode_boot, encode
 from adit.logs import LogSettings
-from adit.supervisor.launch import EarlyWorkers, wants_prestart, worker_argv, worker_boot
+from adit.supervisor.launch import EarlyWorkers, worker_boot
 from adit.supervisor.settings import SupervisorSettings
+from adit.supervisor.spawn import WorkerChild, wants_prestart, worker_argv
 from adit.supervisor.state import SupervisorState
 
 
@@ -26,8 +29,13 @@ def _settings(log: LogSettings) -> SupervisorSettings:
     )
 
 
-def _sleeper() -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+def _child(code: str) -> WorkerChild:
+    argv = [sys.executable, "-c", code]
+    return WorkerChild(os.posix_spawn(argv[0], argv, dict(os.environ)), None)
+
+
+def _sleeper() -> WorkerChild:
+    return _child("import time; time.sleep(60)")
 
 
 def test_worker_argv_carries_only_what_is_known_before_the_settings(tmp_path: Path) -> None:
@@ -63,7 +71,7 @@ def test_early_workers_are_adopted_once(tmp_path: Path) -> None:
         assert early.take(0) is None  # a respawn starts a new process
         assert early.take(1) is None
     finally:
-        first.kill()
+        first.send_signal(signal.SIGKILL)
         first.wait(timeout=10)
 
 
@@ -83,3 +91,16 @@ def test_only_tunnel_run_prestarts_a_worker() -> None:
     assert not wants_prestart(["tunnel", "--url", "http://127.0.0.1:8080"])
     assert not wants_prestart(["edge", "run"])
     assert not wants_prestart(["run"])
+
+
+def test_worker_child_reports_exits_like_popen() -> None:
+    done = _child("raise SystemExit(7)")
+    assert done.wait(timeout=10) == 7
+    assert done.poll() == 7
+    done.send_signal(signal.SIGTERM)  # reaped: never signals a pid that may be reused
+    sleeper = _sleeper()
+    with pytest.raises(TimeoutError):
+        sleeper.wait(timeout=0.05)
+    assert sleeper.poll() is None
+    sleeper.send_signal(signal.SIGKILL)
+    assert sleeper.wait() == -signal.SIGKILL
