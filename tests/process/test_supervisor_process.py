@@ -348,3 +348,14 @@ def test_settings_that_fail_stop_the_early_worker(short_tmp: Path) -> None:
         assert not any("Traceback" in line for line in connector.seen)
     finally:
         connector.close()
+
+
+def test_a_worker_drains_when_its_supervisor_dies(connector: Connector) -> None:
+    worker_pid = int(connector.wait_line(r"Started worker pid=(\d+)").group(1))
+    connector.wait_notify("READY=1")
+    worker = psutil.Process(worker_pid)
+    # SIGKILL: no drain command, no SIGTERM; only the worker's stdin reaching end-of-file.
+    connector.process.kill()
+    connector.wait_line(r"The supervisor exited; draining")
+    _wait_for(lambda: "drain 0 2.0" in connector.standin_lines())
+    worker.wait(timeout=10)

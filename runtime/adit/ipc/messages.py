@@ -6,6 +6,8 @@ encoded with msgpack; every struct is frozen so a received snapshot can be share
 
 from __future__ import annotations
 
+from typing import BinaryIO
+
 import msgspec
 
 __all__ = [
@@ -29,6 +31,8 @@ __all__ = [
     "decode_command",
     "decode_event",
     "encode",
+    "frame",
+    "read_frame",
 ]
 
 
@@ -221,3 +225,23 @@ def decode_boot(data: bytes) -> WorkerBoot:
     """Decode a worker's boot message; raises like :func:`decode_command`."""
     boot: WorkerBoot = _boot_decoder.decode(data)
     return boot
+
+
+#: Bytes of the big-endian length in front of a framed message.
+FRAME_HEADER = 4
+
+
+def frame(data: bytes) -> bytes:
+    """``data`` with its length in front, for a byte stream (a worker's stdin)."""
+    return len(data).to_bytes(FRAME_HEADER, "big") + data
+
+
+def read_frame(stream: BinaryIO) -> bytes | None:
+    """The next framed message of ``stream`` (blocking), ``None`` at end-of-file before one.
+
+    A message cut short by end-of-file is returned short: decoding it then fails.
+    """
+    header = stream.read(FRAME_HEADER)
+    if len(header) < FRAME_HEADER:
+        return None
+    return stream.read(int.from_bytes(header, "big"))

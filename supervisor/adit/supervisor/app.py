@@ -164,6 +164,7 @@ class _WorkerHandle:
     def close(self) -> None:
         self.task.cancel()
         self.sender.close()
+        self.process.close_stdin()
         if self.pidfd is not None:
             with contextlib.suppress(OSError, ValueError):
                 asyncio.get_running_loop().remove_reader(self.pidfd)
@@ -294,9 +295,8 @@ class Supervisor:
                 pass
             elif isinstance(action.command, Start):
                 # Once, on stdin; a worker started early by launch was sent it already.
-                if handle.process.stdin is not None:
-                    cpu = self.state.workers[action.slot].cpu
-                    send_boot(handle.process, worker_boot(self.settings, action.command, cpu))
+                cpu = self.state.workers[action.slot].cpu
+                send_boot(handle.process, worker_boot(self.settings, action.command, cpu))
             else:
                 handle.outbox.put_nowait(action.command)
         elif isinstance(action, Notify):

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from adit.ipc.messages import Start, WorkerBoot, encode
+from adit.ipc.messages import Start, WorkerBoot, encode, frame
 from adit.ipc.rendezvous import create_runtime_directory, remove_runtime_directory
 from adit.supervisor.spawn import WorkerChild, spawn_worker, take_prestarted
 
@@ -56,15 +56,17 @@ def worker_boot(settings: SupervisorSettings, start: Start, cpu: int | None) -> 
 
 
 def send_boot(process: WorkerChild, boot: WorkerBoot) -> None:
-    """Write ``boot`` to the worker's stdin and close it, without waiting for the worker.
+    """Write ``boot`` (framed) to the worker's stdin once, without waiting for the worker.
 
     A pipe holds 64 KiB; a larger message (many ingress rules, a CA bundle) would block until
-    the worker, still importing, reads it. A thread writes it, so the caller never waits.
+    the worker, still importing, reads it. A thread writes it to a duplicate of the pipe's
+    descriptor, so the caller never waits and may close its own at any time.
     """
-    fd = process.take_stdin()
-    if fd is None:
+    if process.booted or process.stdin is None:
         return
-    data = encode(boot)
+    process.booted = True
+    data = frame(encode(boot))
+    fd = os.dup(process.stdin)
 
     def write() -> None:
         view = memoryview(data)
@@ -99,6 +101,7 @@ class EarlyWorkers:
 
 
 def _kill(process: WorkerChild) -> None:
+    process.close_stdin()
     with contextlib.suppress(ProcessLookupError):
         process.send_signal(signal.SIGKILL)
     with contextlib.suppress(TimeoutError):

@@ -6,7 +6,8 @@ them. This module therefore imports nothing but ``os``, ``sys`` and ``time`` (bu
 :class:`WorkerChild` is the small part of ``subprocess.Popen`` the supervisor uses.
 
 A worker reads its settings from its stdin (``adit.workers.process``), so it can be started
-before they are known; the write end of that pipe is :attr:`WorkerChild.stdin`.
+before they are known; the write end of that pipe is :attr:`WorkerChild.stdin`, kept open
+while the worker lives (its end-of-file tells the worker the supervisor died).
 """
 
 from __future__ import annotations
@@ -48,19 +49,17 @@ class WorkerChild:
 
     def __init__(self, pid: int, stdin: int | None) -> None:
         self.pid = pid
-        #: The write end of the worker's stdin until :meth:`take_stdin`.
+        #: The write end of the worker's stdin, open for the worker's life: the boot message
+        #: goes there, and its end-of-file tells the worker this process died.
         self.stdin = stdin
+        #: Whether the boot message was sent (it is sent once).
+        self.booted = False
         #: The exit code once known (``-N``: killed by signal ``N``), as ``Popen.returncode``.
         self.returncode: int | None = None
 
-    def take_stdin(self) -> int | None:
-        """The write end of the worker's stdin, now owned by the caller (once)."""
-        fd, self.stdin = self.stdin, None
-        return fd
-
     def close_stdin(self) -> None:
-        """Close the worker's stdin without writing: a worker still waiting on it exits."""
-        fd = self.take_stdin()
+        """Close the worker's stdin: one still waiting for its settings exits quietly."""
+        fd, self.stdin = self.stdin, None
         if fd is not None:
             os.close(fd)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 import sys
@@ -9,7 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from adit.ipc.messages import EdgeTarget, IngressSnapshot, Start, decode_boot, encode
+from adit.ipc.messages import (
+    EdgeTarget,
+    IngressSnapshot,
+    Start,
+    decode_boot,
+    encode,
+    frame,
+    read_frame,
+)
 from adit.logs import LogSettings
 from adit.supervisor.launch import EarlyWorkers, worker_boot
 from adit.supervisor.settings import SupervisorSettings
@@ -52,7 +61,9 @@ def test_worker_argv_carries_only_what_is_known_before_the_settings(tmp_path: Pa
 def test_boot_message_carries_cpu_log_settings_and_start(tmp_path: Path) -> None:
     settings = _settings(LogSettings("debug", "json", None, "/var/log/adit"))
     start = Start(SupervisorState(settings, cpus=[0]).worker_settings(0))
-    boot = decode_boot(encode(worker_boot(settings, start, 1)))
+    framed = frame(encode(worker_boot(settings, start, 1)))
+    assert read_frame(io.BytesIO(framed + b"more")) == framed[4:]
+    boot = decode_boot(framed[4:])
     assert boot.cpu == 1
     assert (boot.loglevel, boot.output, boot.logfile, boot.log_directory) == (
         "debug",

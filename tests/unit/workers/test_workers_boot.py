@@ -16,6 +16,7 @@ from adit.ipc.messages import (
     WorkerBoot,
     WorkerSettings,
     encode,
+    frame,
 )
 from adit.ipc.rendezvous import WORKER_BOOT_ERROR
 from adit.workers.process import WorkerOptions, main, parse_worker_args
@@ -42,7 +43,7 @@ def _boot(slot: int) -> bytes:
         edge_ca_pem="",
         ingress=IngressSnapshot(version=1),
     )
-    return encode(WorkerBoot(Start(settings)))
+    return frame(encode(WorkerBoot(Start(settings))))
 
 
 def test_arguments_in_both_spellings() -> None:
@@ -72,13 +73,21 @@ def test_bad_arguments_are_a_boot_error(
 
 def test_closed_stdin_ends_the_worker_quietly(capsys: pytest.CaptureFixture[str]) -> None:
     # The supervisor could not load its settings and said so; the worker adds nothing.
-    assert main(["--slot", "0", "--runtime-dir", "/d"], stdin=io.BytesIO(b"")) == 3
+    argv = ["--slot", "0", "--runtime-dir", "/d"]
+    assert main(argv, stdin=io.BytesIO(b"")) == WORKER_BOOT_ERROR
+    assert main(argv, stdin=io.BytesIO(b"\0\0")) == WORKER_BOOT_ERROR
     assert capsys.readouterr() == ("", "")
+
+
+def test_a_message_cut_short_is_unreadable(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["--slot", "0", "--runtime-dir", "/d"]
+    assert main(argv, stdin=io.BytesIO(_boot(0)[:-3])) == WORKER_BOOT_ERROR
+    assert "unreadable boot message" in capsys.readouterr().err
 
 
 def test_unreadable_or_misaddressed_boot_message(capsys: pytest.CaptureFixture[str]) -> None:
     argv = ["--slot", "0", "--runtime-dir", "/d"]
-    assert main(argv, stdin=io.BytesIO(b"\xc1garbage")) == WORKER_BOOT_ERROR
+    assert main(argv, stdin=io.BytesIO(frame(b"\xc1garbage"))) == WORKER_BOOT_ERROR
     assert "unreadable boot message" in capsys.readouterr().err
     assert main(argv, stdin=io.BytesIO(_boot(1))) == WORKER_BOOT_ERROR
     assert "settings for slot 1" in capsys.readouterr().err

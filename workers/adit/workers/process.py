@@ -2,12 +2,14 @@
 
 Started by the supervisor as ``python -m adit.workers --slot N --runtime-dir D --parent-pid P``
 (fork+exec, so nothing of the supervisor's loop, zmq context or threads is inherited). The
-rest arrives on stdin as one :class:`~adit.ipc.messages.WorkerBoot` message: ``adit tunnel
+rest arrives on stdin as one framed :class:`~adit.ipc.messages.WorkerBoot` message: ``adit tunnel
 run`` starts worker 0 before it has read its settings, and the worker imports what it needs to
 dial while the settings are loaded. Order: read the boot message, set up logging, pin the CPU,
 start uvloop and the runtime; ZeroMQ (the supervisor's channel) is imported once the first
 connection registered or failed, so its import is not on the way to the first registration.
-Events published before that wait in the outbox; SIGTERM needs no channel.
+Events published before that wait in the outbox; SIGTERM needs no channel. The supervisor
+keeps its end of stdin open and never writes again: end-of-file means it died, and the worker
+drains (what a parent-death signal would do, without ctypes and prctl).
 
 Signals never bypass the supervisor's drain: SIGINT (a terminal's Ctrl-C reaches the whole
 process group) is ignored, SIGTERM is treated as ``Drain(grace_period)``. The heartbeat is a
@@ -46,6 +48,7 @@ from adit.ipc.messages import (
     Start,
     WorkerSettings,
     decode_boot,
+    read_frame,
 )
 from adit.ipc.rendezvous import WORKER_BOOT_ERROR
 from adit.logs import LogSettings, configure_logging, parse_level
@@ -73,6 +76,7 @@ HEARTBEAT_INTERVAL = 0.5
 #: Longest wait for the first connection's outcome before the supervisor's channel is opened
 #: anyway (a slow edge must not keep Drain and Reconfigure commands from the worker).
 IPC_DEFER_LIMIT = 2.0
+_STDIN = 0
 #: How long queued events may take to leave when the worker ends (the channel may still have
 #: to be opened, ZeroMQ imported first).
 _FLUSH_TIMEOUT = 3.0
@@ -80,7 +84,6 @@ _FLUSH_TIMEOUT = 3.0
 RUNTIME_OVERRIDE_ENV = "ADIT_TEST_WORKER_RUNTIME"
 #: Test seam only: when set to ``1``, SIGUSR2 blocks this worker's event loop for good.
 STUCK_HOOK_ENV = "ADIT_TEST_STUCK_ON_SIGUSR2"
-_PR_SET_PDEATHSIG = 1
 
 
 class RuntimeLike(Protocol):
@@ -125,8 +128,10 @@ class WorkerProcess:
         runtime_factory: RuntimeFactory = WorkerRuntime,
         early_signals: list[int] | None = None,
         parent_pid: int | None = None,
+        watch_stdin: bool = True,
     ) -> None:
         self.start = start
+        self._watch_stdin = watch_stdin
         self.slot = start.settings.slot
         self.runtime_dir = runtime_dir
         self._factory = runtime_factory
@@ -151,6 +156,8 @@ class WorkerProcess:
         """Serve until the runtime returns; the process's exit code."""
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self._on_sigterm)
+        if self._watch_stdin:
+            self._watch_parent(loop)
         if os.environ.get(STUCK_HOOK_ENV) == "1":
             loop.add_signal_handler(signal.SIGUSR2, _block_forever)
         ipc = asyncio.create_task(self._ipc(), name="ipc")
@@ -158,6 +165,9 @@ class WorkerProcess:
             return await self._serve()
         finally:
             loop.remove_signal_handler(signal.SIGTERM)
+            if self._watch_stdin:
+                with contextlib.suppress(OSError, ValueError):
+                    loop.remove_reader(_STDIN)
             # Whatever was published must still reach the supervisor: open the channel now
             # if the first connection's outcome never came.
             self._ipc_due.set()
@@ -173,8 +183,7 @@ class WorkerProcess:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._ipc_due.wait(), IPC_DEFER_LIMIT)
         # In a thread: a request that arrives right after the registration is not held up.
-        await asyncio.to_thread(_import_all, ("zmq.asyncio", "adit.ipc.channels", "ctypes"))
-        self._watch_parent()
+        await asyncio.to_thread(_import_all, ("zmq.asyncio", "adit.ipc.channels"))
         import zmq.asyncio
 
         from adit.ipc.channels import WorkerChannel
@@ -189,12 +198,28 @@ class WorkerProcess:
             channel.close()
             context.term()
 
-    def _watch_parent(self) -> None:
-        """SIGTERM (a drain) when the supervisor dies; at once if it already did."""
-        _die_with_parent()
-        if self._parent_pid is not None and os.getppid() != self._parent_pid:
+    def _watch_parent(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Drain when the supervisor's end of stdin closes (it died, or it already had)."""
+
+        def readable() -> None:
+            try:
+                data = os.read(_STDIN, 4096)
+            except BlockingIOError:
+                return
+            except OSError:
+                data = b""
+            if data:
+                return  # the supervisor writes nothing after the boot message
+            loop.remove_reader(_STDIN)
             log.error("The supervisor exited; draining")
             self._on_sigterm()
+
+        try:
+            loop.add_reader(_STDIN, readable)
+        except (OSError, ValueError, NotImplementedError):
+            log.warning("Cannot watch stdin: this worker will not notice its supervisor's death")
+        if self._parent_pid is not None and os.getppid() != self._parent_pid:
+            readable()
 
     async def _serve(self) -> int:
         if self._early_signals:
@@ -301,20 +326,6 @@ def _import_all(names: tuple[str, ...]) -> None:
         importlib.import_module(name)
 
 
-def _die_with_parent() -> None:
-    """Ask the kernel for SIGTERM (i.e. a drain) if the supervisor dies without stopping us.
-
-    Called on the main thread: the parent-death signal is a property of the calling thread.
-    """
-    import ctypes
-
-    # The symbols already loaded into this process (libc among them): find_library("c") would
-    # run ``ldconfig -p`` in a subprocess on every worker start.
-    with contextlib.suppress(OSError, AttributeError, TypeError):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-
-
 @dataclass(frozen=True)
 class WorkerOptions:
     """The worker's command line: what is known before the settings are."""
@@ -360,7 +371,7 @@ def main(
 
     ``early_signals`` collects SIGTERMs that arrived before the event loop took over (see
     ``__main__``); one means the supervisor is stopping. The boot message is read from
-    ``stdin`` (default: this process's) to its end.
+    ``stdin`` (default: this process's, which is then watched for the supervisor's death).
     """
     early = [] if early_signals is None else early_signals
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -370,8 +381,8 @@ def main(
         sys.stderr.write(_USAGE)
         return WORKER_BOOT_ERROR
     # Blocks until the supervisor knows the settings (all imports above are done by then).
-    data = (sys.stdin.buffer if stdin is None else stdin).read()
-    if not data:
+    data = read_frame(sys.stdin.buffer if stdin is None else stdin)
+    if data is None:
         # The supervisor closed the pipe without settings: it failed to load them and has
         # said why. Nothing to add.
         return WORKER_BOOT_ERROR
@@ -404,7 +415,12 @@ def main(
         log.exception("Cannot load the worker runtime")
         return WORKER_BOOT_ERROR
     worker = WorkerProcess(
-        boot.start, options.runtime_dir, factory, early_signals=early, parent_pid=options.parent_pid
+        boot.start,
+        options.runtime_dir,
+        factory,
+        early_signals=early,
+        parent_pid=options.parent_pid,
+        watch_stdin=stdin is None,
     )
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         return runner.run(worker.run())
