@@ -208,7 +208,8 @@ def test_supervisor_lifecycle(connector: Connector) -> None:
     connector.wait_notify("READY=1")
     assert connector.pidfile.read_text() == str(connector.process.pid)
     connector.wait_line(r"First heartbeat from worker pid=" + str(worker_pid))
-    assert any(line.startswith(f"start 0 {worker_pid} ") for line in connector.standin_lines())
+    (start,) = [x for x in connector.standin_lines() if x.startswith(f"start 0 {worker_pid} ")]
+    assert start.endswith(" gc=True")
 
     port = int(connector.wait_line(r"Starting metrics server on 127\.0\.0\.1:(\d+)/metrics")[1])
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=5) as response:

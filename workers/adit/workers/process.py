@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import faulthandler
+import gc
 import importlib
 import logging
 import os
@@ -422,6 +423,8 @@ def main(
         parent_pid=options.parent_pid,
         watch_stdin=stdin is None,
     )
+    # Off while importing when started as ``python -m adit.workers`` (see ``__main__``).
+    gc.enable()
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         return runner.run(worker.run())
 
