@@ -17,7 +17,6 @@ import os
 import signal
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -81,13 +80,13 @@ def send_boot(process: WorkerChild, boot: WorkerBoot) -> None:
     threading.Thread(target=write, name=f"boot-{boot.start.settings.slot}", daemon=True).start()
 
 
-@dataclass
 class EarlyWorkers:
     """Worker processes started before the supervisor's loop, waiting to be adopted by it."""
 
-    runtime_dir: Path
-    #: slot -> process (already sent its boot message)
-    processes: dict[int, WorkerChild] = field(default_factory=dict)
+    def __init__(self, runtime_dir: Path, processes: dict[int, WorkerChild] | None = None) -> None:
+        self.runtime_dir = runtime_dir
+        #: slot -> process (already sent its boot message)
+        self.processes: dict[int, WorkerChild] = {} if processes is None else processes
 
     def take(self, slot: int) -> WorkerChild | None:
         """The process started for ``slot``, once."""
