@@ -43,6 +43,21 @@ from services import (
 
 HERE = Path(__file__).resolve().parent
 HA_CONNECTIONS = 4
+#: adit's source roots (an editable install runs from them).
+SOURCE_ROOTS = ("protocol", "runtime", "edge", "workers", "supervisor")
+
+
+def compile_bytecode() -> None:
+    """Byte-compile adit's sources, as an installed adit is (deb postinst, rpm, pip).
+
+    Without it, an editable install run with ``PYTHONDONTWRITEBYTECODE`` (as in CI and these
+    sandboxes) compiles every module from source at every start of every process, which the
+    start-up scenario would count against adit and no installed adit does.
+    """
+    roots = [str(HERE.parent / root / "adit") for root in SOURCE_ROOTS]
+    subprocess.run(
+        [sys.executable, "-m", "compileall", "-q", *roots], check=True, stdin=subprocess.DEVNULL
+    )
 
 
 def _loadavg() -> list[float]:
@@ -484,6 +499,8 @@ def main(argv: list[str]) -> int:
         },
         "note": args.note,
     }
+    compile_bytecode()
+    meta["bytecode"] = "compiled before the run (as installed)"
     bench = Bench(args, tmp)
     started = time.monotonic()
     try:

@@ -6,12 +6,13 @@ Behaviour comes from the environment the test gives the supervisor (inherited by
   ``refuse`` reports connection 0 refused; ``idle`` reports nothing.
 * ``ADIT_TEST_STANDIN_DRAIN``: ``ignore`` never finishes a drain (to test the second signal).
 * ``ADIT_TEST_STANDIN_LOG``: a file that gets one line per observed command
-  (``start <slot> <pid> <conn indexes>``, ``drain <slot> <grace>``).
+  (``start <slot> <pid> <conn indexes> gc=<bool>``, ``drain <slot> <grace>``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 from collections.abc import Callable
 
@@ -40,7 +41,8 @@ class StandInRuntime:
         self.settings = settings
         self.publish = publish
         self._drained = asyncio.Event()
-        _record(f"start {settings.slot} {os.getpid()} {settings.conn_indexes}")
+        # The worker turns the cyclic GC off while it imports: it must be on again by now.
+        _record(f"start {settings.slot} {os.getpid()} {settings.conn_indexes} gc={gc.isenabled()}")
 
     async def run(self) -> None:
         """Report the configured outcome, then wait for a drain."""

@@ -25,6 +25,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 
 from adit.credentials import (
@@ -207,7 +208,8 @@ def test_supervisor_lifecycle(connector: Connector) -> None:
     connector.wait_notify("READY=1")
     assert connector.pidfile.read_text() == str(connector.process.pid)
     connector.wait_line(r"First heartbeat from worker pid=" + str(worker_pid))
-    assert any(line.startswith(f"start 0 {worker_pid} ") for line in connector.standin_lines())
+    (start,) = [x for x in connector.standin_lines() if x.startswith(f"start 0 {worker_pid} ")]
+    assert start.endswith(" gc=True")
 
     port = int(connector.wait_line(r"Starting metrics server on 127\.0\.0\.1:(\d+)/metrics")[1])
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=5) as response:
@@ -300,3 +302,61 @@ def test_sighup_with_unchanged_settings_pushes_nothing(short_tmp: Path) -> None:
         assert not any(line.startswith("ingress ") for line in connector.standin_lines())
     finally:
         connector.close()
+
+
+def _worker_children(pid: int) -> list[psutil.Process]:
+    return [
+        child
+        for child in psutil.Process(pid).children()
+        if "adit.workers" in child.cmdline() and child.status() != psutil.STATUS_ZOMBIE
+    ]
+
+
+def test_worker_0_starts_before_the_settings_are_read(short_tmp: Path) -> None:
+    # A FIFO as the config file: reading the settings blocks until the test writes it.
+    config = short_tmp / "config.yml"
+    os.mkfifo(config)
+    connector = Connector(short_tmp, extra=["--workers", "1", "--config", str(config)])
+    try:
+        _wait_for(lambda: len(_worker_children(connector.process.pid)) == 1, timeout=10)
+        (early,) = _worker_children(connector.process.pid)
+        assert "--slot" in early.cmdline() and "0" in early.cmdline()
+        assert not any("Starting tunnel" in line for line in connector.seen)
+        with config.open("w") as out:
+            out.write("no-autoupdate: true\n")
+        connector.wait_notify("READY=1")
+        assert int(connector.wait_line(r"Started worker pid=(\d+)")[1]) == early.pid
+        assert any(line.startswith(f"start 0 {early.pid} ") for line in connector.standin_lines())
+        connector.process.send_signal(signal.SIGTERM)
+        assert connector.wait_exit() == 0
+    finally:
+        connector.close()
+
+
+def test_settings_that_fail_stop_the_early_worker(short_tmp: Path) -> None:
+    config = short_tmp / "config.yml"
+    os.mkfifo(config)
+    connector = Connector(short_tmp, extra=["--workers", "1", "--config", str(config)])
+    try:
+        _wait_for(lambda: len(_worker_children(connector.process.pid)) == 1, timeout=10)
+        (early,) = _worker_children(connector.process.pid)
+        with config.open("w") as out:
+            out.write("ingress: [\n")
+        assert connector.wait_exit() == 1
+        early.wait(timeout=5)  # raises if it is still running
+        assert not early.is_running()
+        assert list(connector.runtime_base.iterdir()) == []
+        assert not any("Traceback" in line for line in connector.seen)
+    finally:
+        connector.close()
+
+
+def test_a_worker_drains_when_its_supervisor_dies(connector: Connector) -> None:
+    worker_pid = int(connector.wait_line(r"Started worker pid=(\d+)").group(1))
+    connector.wait_notify("READY=1")
+    worker = psutil.Process(worker_pid)
+    # SIGKILL: no drain command, no SIGTERM; only the worker's stdin reaching end-of-file.
+    connector.process.kill()
+    connector.wait_line(r"The supervisor exited; draining")
+    _wait_for(lambda: "drain 0 2.0" in connector.standin_lines())
+    worker.wait(timeout=10)

@@ -1,58 +1,38 @@
-"""The ``adit`` command: cloudflared's command tree with ``adit`` in its place.
+"""``adit``'s console script: starts worker 0 early for ``tunnel run``, then runs click.
 
-Subcommands live in their own modules and are imported only when used (:class:`LazyGroup`), so
-``adit tunnel run`` loads neither the edge nor ``access`` before its first connection.
+Nothing is imported at the top but ``sys``: ``adit tunnel run`` starts its first worker
+process (``adit.supervisor.spawn.prestart``) before click and the config modules are
+imported, so the worker's own imports overlap them.
 """
 
 from __future__ import annotations
 
 import sys
 
-import click
-
-from adit.cli.lazy_group import LazyGroup
-from adit.cli.state import CliState, UsageFailure
-from adit.version import __version__
-
-
-def _version_line() -> str:
-    return f"adit version {__version__}"
-
-
-#: Subcommands and where they live (``access`` doubles as ``forward``, as in cloudflared).
-_COMMANDS = {
-    "tunnel": "adit.cli.tunnel:tunnel",
-    "service": "adit.cli.service:service",
-    "access": "adit.cli.access:access",
-    "forward": "adit.cli.access:access",
-    "edge": "adit.edge.cli:edge",
-}
-
-
-@click.group(
-    cls=LazyGroup,
-    lazy_commands=_COMMANDS,
-    # The edge is optional in a connector-only install.
-    optional_modules=frozenset({"adit.edge.cli"}),
-    context_settings={"help_option_names": ["-h", "--help"]},
-)
-@click.version_option(__version__, "--version", "-v", "-V", message=_version_line())
-@click.pass_context
-def cli(ctx: click.Context) -> None:
-    """adit: a self-hostable, Cloudflare-Tunnel-compatible tunnel."""
-    ctx.ensure_object(CliState)
-
-
-@cli.command("version")
-@click.option("--short", "-s", is_flag=True, help="Print just the version number.")
-def version_command(short: bool) -> None:
-    """Print the version."""
-    click.echo(__version__ if short else _version_line())
+__all__ = ["main"]
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console-script entry point with cloudflared's exit codes (usage 255, failure 1)."""
+    """Console-script entry point with cloudflared's exit codes (usage 255, failure 1).
+
+    Only the real command line (``argv`` is ``None``) prestarts a worker: a caller that passes
+    arguments (tests, ``adit-supervisor``) decides for itself.
+    """
     args = sys.argv[1:] if argv is None else argv
+    if argv is None:
+        from adit.supervisor.spawn import prestart
+
+        prestart(args)
+    run_cli(args)
+
+
+def run_cli(args: list[str]) -> None:
+    """Run the click command tree on ``args``, mapping click's outcomes to exit codes."""
+    import click
+
+    from adit.cli.root import cli
+    from adit.cli.state import UsageFailure
+
     try:
         cli.main(args=args, prog_name="adit", standalone_mode=False)
     except click.exceptions.NoArgsIsHelpError as exc:

@@ -578,9 +578,15 @@ def run(ctx: click.Context, /, tunnel: tuple[str, ...], **_options: Any) -> None
     TUNNEL is the tunnel's UUID or name (or `tunnel:` in the config file); a --token needs none.
     """
     from adit.supervisor.launch import Supervisor
+    from adit.supervisor.spawn import discard_prestarted
 
     configure_logging(LogSettings())
-    settings = load_settings(ctx, tunnel, starting=True)
+    try:
+        settings = load_settings(ctx, tunnel, starting=True)
+    except BaseException:
+        # Worker 0 may have been started before the settings (adit.cli.main): it never runs.
+        discard_prestarted()
+        raise
     supervisor = Supervisor(settings, reload=lambda: load_settings(ctx, tunnel))
     code = supervisor.run()
     if code == 1:

@@ -6,6 +6,8 @@ encoded with msgpack; every struct is frozen so a received snapshot can be share
 
 from __future__ import annotations
 
+from typing import BinaryIO
+
 import msgspec
 
 __all__ = [
@@ -23,10 +25,14 @@ __all__ = [
     "RegistrationRefused",
     "Start",
     "StatsSnapshot",
+    "WorkerBoot",
     "WorkerSettings",
+    "decode_boot",
     "decode_command",
     "decode_event",
     "encode",
+    "frame",
+    "read_frame",
 ]
 
 
@@ -113,6 +119,22 @@ class ApplyIngress(msgspec.Struct, frozen=True, tag=True):
 Command = Start | Drain | Reconfigure | ApplyIngress
 
 
+class WorkerBoot(msgspec.Struct, frozen=True):
+    """What a worker process reads from its stdin (then closed) before it does anything else.
+
+    A worker may be started before its settings exist (``adit tunnel run`` starts worker 0
+    while it still reads its config), so nothing that depends on them is on its command line.
+    """
+
+    start: Start
+    #: The CPU to pin the worker to (``None``: not pinned).
+    cpu: int | None = None
+    loglevel: str = "info"
+    output: str = "default"
+    logfile: str | None = None
+    log_directory: str | None = None
+
+
 class ConnectionRegistered(msgspec.Struct, frozen=True, tag=True):
     """The edge accepted ``registerConnection`` for this connection index."""
 
@@ -176,13 +198,14 @@ Event = (
     | Heartbeat
 )
 
+_boot_decoder = msgspec.msgpack.Decoder(WorkerBoot)
 _command_decoder = msgspec.msgpack.Decoder(Command)
 _event_decoder = msgspec.msgpack.Decoder(Event)
 _encoder = msgspec.msgpack.Encoder()
 
 
-def encode(message: Command | Event) -> bytes:
-    """Encode a command or an event."""
+def encode(message: Command | Event | WorkerBoot) -> bytes:
+    """Encode a command, an event or a worker's boot message."""
     return _encoder.encode(message)
 
 
@@ -196,3 +219,29 @@ def decode_event(data: bytes) -> Event:
     """Decode an event; raises ``msgspec.ValidationError``/``DecodeError`` on bad bytes."""
     event: Event = _event_decoder.decode(data)
     return event
+
+
+def decode_boot(data: bytes) -> WorkerBoot:
+    """Decode a worker's boot message; raises like :func:`decode_command`."""
+    boot: WorkerBoot = _boot_decoder.decode(data)
+    return boot
+
+
+#: Bytes of the big-endian length in front of a framed message.
+FRAME_HEADER = 4
+
+
+def frame(data: bytes) -> bytes:
+    """``data`` with its length in front, for a byte stream (a worker's stdin)."""
+    return len(data).to_bytes(FRAME_HEADER, "big") + data
+
+
+def read_frame(stream: BinaryIO) -> bytes | None:
+    """The next framed message of ``stream`` (blocking), ``None`` at end-of-file before one.
+
+    A message cut short by end-of-file is returned short: decoding it then fails.
+    """
+    header = stream.read(FRAME_HEADER)
+    if len(header) < FRAME_HEADER:
+        return None
+    return stream.read(int.from_bytes(header, "big"))

@@ -6,10 +6,9 @@ needs for that lives here; :mod:`adit.ipc.channels` re-exports it.
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from pathlib import Path
+
+from adit.ipc.directory import make_runtime_directory
 
 __all__ = [
     "WORKER_BOOT_ERROR",
@@ -25,28 +24,15 @@ WORKER_BOOT_ERROR = 3
 
 
 def create_runtime_directory(environ: dict[str, str] | None = None) -> Path:
-    """A fresh mode-0700 directory for this supervisor's sockets.
-
-    Created under ``$RUNTIME_DIRECTORY`` (systemd's ``RuntimeDirectory=``), else under
-    ``$XDG_RUNTIME_DIR``, else in the system temp directory. ``mkdtemp`` gives 0700 and a unique
-    name, so two connectors on one host never share sockets.
-    """
-    env = os.environ if environ is None else environ
-    base: str | None = None
-    for key in ("RUNTIME_DIRECTORY", "XDG_RUNTIME_DIR"):
-        value = env.get(key, "")
-        # RUNTIME_DIRECTORY may list several directories separated by colons; use the first.
-        first = value.split(":")[0]
-        if first and os.path.isdir(first):
-            base = first
-            break
-    path = Path(tempfile.mkdtemp(prefix="adit-", dir=base))
-    os.chmod(path, 0o700)
-    return path
+    """A fresh mode-0700 directory for this supervisor's sockets (see
+    :func:`adit.ipc.directory.make_runtime_directory`)."""
+    return Path(make_runtime_directory(environ))
 
 
 def remove_runtime_directory(path: Path) -> None:
     """Remove the directory and its socket files; never raises."""
+    import shutil
+
     shutil.rmtree(path, ignore_errors=True)
 
 

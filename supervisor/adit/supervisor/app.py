@@ -7,8 +7,10 @@ reloading the settings (read in a thread: resolving a tunnel name may ask the ed
 One dispatcher feeds each item to :class:`SupervisorState` and carries out the actions it
 returns, so decisions are made in one place and in order.
 
-Workers are started by fork+exec (``subprocess.Popen`` of ``python -m adit.workers``, no
-``preexec_fn``), so no child inherits this process's event loop, zmq context or threads.
+Workers are started by fork+exec (``posix_spawn`` of ``python -m adit.workers``,
+``adit.supervisor.spawn``), so no child inherits this process's event loop, zmq context or
+threads. A worker's ``Start`` goes to its stdin as its boot message
+(``adit.supervisor.launch``); every later command goes through ZeroMQ.
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ import contextlib
 import logging
 import os
 import signal
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -36,14 +37,15 @@ from adit.ipc.channels import (
     create_runtime_directory,
     remove_runtime_directory,
 )
-from adit.ipc.messages import Command, Event
+from adit.ipc.messages import Command, Event, Start
 from adit.logs import fields, parse_level
 from adit.supervisor.errors import SupervisorError
-from adit.supervisor.launch import EarlyWorkers, worker_argv, worker_environment
+from adit.supervisor.launch import EarlyWorkers, send_boot, worker_boot
 from adit.supervisor.metrics_server import MetricsServer, bind_metrics_socket, format_address
 from adit.supervisor.pidfile import write_pidfile
 from adit.supervisor.settings import SupervisorSettings
 from adit.supervisor.signals import SignalReceived, install_signal_handlers, remove_signal_handlers
+from adit.supervisor.spawn import WorkerChild, spawn_worker, worker_environment
 from adit.supervisor.state import (
     Action,
     Exit,
@@ -146,7 +148,7 @@ def _file_signature(path: str | None) -> tuple[int, int, int] | None:
 class _WorkerHandle:
     """A running worker process, its command socket and its outbox task."""
 
-    def __init__(self, slot: int, process: subprocess.Popen[bytes], sender: CommandSender) -> None:
+    def __init__(self, slot: int, process: WorkerChild, sender: CommandSender) -> None:
         self.slot = slot
         self.process = process
         self.sender = sender
@@ -162,6 +164,7 @@ class _WorkerHandle:
     def close(self) -> None:
         self.task.cancel()
         self.sender.close()
+        self.process.close_stdin()
         if self.pidfd is not None:
             with contextlib.suppress(OSError, ValueError):
                 asyncio.get_running_loop().remove_reader(self.pidfd)
@@ -288,7 +291,13 @@ class Supervisor:
             self._spawn(action.slot)
         elif isinstance(action, SendCommand):
             handle = self._handles.get(action.slot)
-            if handle is not None:
+            if handle is None:
+                pass
+            elif isinstance(action.command, Start):
+                # Once, on stdin; a worker started early by launch was sent it already.
+                cpu = self.state.workers[action.slot].cpu
+                send_boot(handle.process, worker_boot(self.settings, action.command, cpu))
+            else:
                 handle.outbox.put_nowait(action.command)
         elif isinstance(action, Notify):
             assert self._notifier is not None
@@ -317,13 +326,10 @@ class Supervisor:
     def _spawn(self, slot: int) -> None:
         assert self._runtime_dir is not None and self._context is not None
         record = self.state.workers[slot]
-        argv = worker_argv(self.settings, slot, record.cpu, self._runtime_dir)
         sender = CommandSender(self._context, self._runtime_dir, slot)
         try:
-            early = self._early.take(slot, record.cpu) if self._early is not None else None
-            process = early or subprocess.Popen(
-                argv, env=worker_environment(), stdin=subprocess.DEVNULL, close_fds=True
-            )
+            early = self._early.take(slot) if self._early is not None else None
+            process = early or spawn_worker(slot, self._runtime_dir)
         except OSError as exc:
             sender.close()
             log.error("Cannot start worker error=%r", str(exc), extra=fields(slot=slot))
@@ -372,7 +378,7 @@ class Supervisor:
             if handle.process.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
                     handle.process.send_signal(signal.SIGKILL)
-            with contextlib.suppress(subprocess.TimeoutExpired):
+            with contextlib.suppress(TimeoutError):
                 handle.process.wait(timeout=2.0)
             handle.close()
         self._handles.clear()

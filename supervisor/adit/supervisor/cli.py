@@ -13,6 +13,10 @@ __all__ = ["main"]
 
 def main(argv: list[str] | None = None) -> None:
     """Run ``adit tunnel run`` with ``argv`` (default: this process's arguments)."""
-    from adit.cli.main import main as adit_main
+    from adit.cli.main import run_cli
+    from adit.supervisor.spawn import prestart
 
-    adit_main(["tunnel", "run", *(sys.argv[1:] if argv is None else argv)])
+    args = ["tunnel", "run", *(sys.argv[1:] if argv is None else argv)]
+    if argv is None:
+        prestart(args)
+    run_cli(args)

@@ -1,11 +1,13 @@
 """The connector's start: worker processes first, then the supervisor's event loop.
 
-A worker is a fresh interpreter (fork+exec) that spends most of its start-up importing. The
-:class:`Supervisor` here starts the workers as soon as the settings are known, before the
-supervisor itself imports asyncio, uvloop and ZeroMQ and binds its sockets
-(:mod:`adit.supervisor.app`), so both boot at the same time on different CPUs. A worker that
-connects before the supervisor bound simply retries (``adit.ipc.channels``). This module
-imports nothing heavy: it is what ``adit tunnel run`` loads before the settings.
+A worker is a fresh interpreter (fork+exec) that spends most of its start-up importing. So
+``adit tunnel run`` starts worker 0 first thing (``adit.supervisor.spawn.prestart``, before it
+imports click or reads its config); the worker imports what it needs to dial while the
+settings are loaded, then reads them from its stdin (:class:`~adit.ipc.messages.WorkerBoot`,
+see ``adit.workers.process``). :class:`Supervisor` sends every worker its boot message as soon
+as the settings are known, before the supervisor itself imports asyncio, uvloop and ZeroMQ
+and binds its sockets (:mod:`adit.supervisor.app`). A worker that connects before the
+supervisor bound simply retries (``adit.ipc.channels``).
 """
 
 from __future__ import annotations
@@ -13,42 +15,25 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import subprocess
-import sys
+import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from adit.ipc.messages import Start, WorkerBoot, encode, frame
 from adit.ipc.rendezvous import create_runtime_directory, remove_runtime_directory
-from adit.supervisor.settings import SupervisorSettings
-from adit.supervisor.state import SupervisorState
+from adit.supervisor.spawn import WorkerChild, spawn_worker, take_prestarted
+
+if TYPE_CHECKING:
+    from adit.supervisor.settings import SupervisorSettings
 
 __all__ = [
     "EarlyWorkers",
     "Supervisor",
+    "send_boot",
     "start_workers",
-    "worker_argv",
-    "worker_environment",
+    "worker_boot",
 ]
-
-#: Variables meant for the supervisor alone (systemd's notify and socket activation).
-_PRIVATE_ENV = (
-    "NOTIFY_SOCKET",
-    "LISTEN_FDS",
-    "LISTEN_PID",
-    "LISTEN_FDNAMES",
-    "WATCHDOG_USEC",
-    "WATCHDOG_PID",
-)
-
-
-def worker_environment(environ: dict[str, str] | None = None) -> dict[str, str]:
-    """The supervisor's environment without what only the supervisor may use."""
-    env = dict(os.environ if environ is None else environ)
-    for key in _PRIVATE_ENV:
-        env.pop(key, None)
-    return env
 
 
 def _affinity() -> list[int]:
@@ -56,79 +41,93 @@ def _affinity() -> list[int]:
     return sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
 
 
-def worker_argv(
-    settings: SupervisorSettings, slot: int, cpu: int | None, runtime_dir: Path
-) -> list[str]:
-    """``python -m adit.workers ...`` for the worker of ``slot``."""
-    log_settings = settings.log
-    argv = [
-        sys.executable, "-m", "adit.workers",
-        "--slot", str(slot),
-        "--runtime-dir", str(runtime_dir),
-        "--parent-pid", str(os.getpid()),
-        "--loglevel", log_settings.level,
-        "--output", log_settings.output,
-    ]  # fmt: skip
-    if cpu is not None:
-        argv += ["--cpu", str(cpu)]
-    if log_settings.logfile:
-        argv += ["--logfile", log_settings.logfile]
-    elif log_settings.log_directory:
-        argv += ["--log-directory", log_settings.log_directory]
-    return argv
+def worker_boot(settings: SupervisorSettings, start: Start, cpu: int | None) -> WorkerBoot:
+    """The boot message of the worker that ``start`` is for."""
+    log = settings.log
+    return WorkerBoot(
+        start=start,
+        cpu=cpu,
+        loglevel=log.level,
+        output=log.output,
+        logfile=log.logfile,
+        log_directory=log.log_directory,
+    )
 
 
-@dataclass
+def send_boot(process: WorkerChild, boot: WorkerBoot) -> None:
+    """Write ``boot`` (framed) to the worker's stdin once, without waiting for the worker.
+
+    A pipe holds 64 KiB; a larger message (many ingress rules, a CA bundle) would block until
+    the worker, still importing, reads it. A thread writes it to a duplicate of the pipe's
+    descriptor, so the caller never waits and may close its own at any time.
+    """
+    if process.booted or process.stdin is None:
+        return
+    process.booted = True
+    data = frame(encode(boot))
+    fd = os.dup(process.stdin)
+
+    def write() -> None:
+        view = memoryview(data)
+        try:
+            while view:
+                view = view[os.write(fd, view) :]
+        except OSError:
+            pass  # a worker that died first is noticed by its exit, not here
+        finally:
+            os.close(fd)
+
+    threading.Thread(target=write, name=f"boot-{boot.start.settings.slot}", daemon=True).start()
+
+
 class EarlyWorkers:
     """Worker processes started before the supervisor's loop, waiting to be adopted by it."""
 
-    runtime_dir: Path
-    #: slot -> (process, the CPU it was started pinned to)
-    processes: dict[int, tuple[subprocess.Popen[bytes], int | None]] = field(default_factory=dict)
+    def __init__(self, runtime_dir: Path, processes: dict[int, WorkerChild] | None = None) -> None:
+        self.runtime_dir = runtime_dir
+        #: slot -> process (already sent its boot message)
+        self.processes: dict[int, WorkerChild] = {} if processes is None else processes
 
-    def take(self, slot: int, cpu: int | None) -> subprocess.Popen[bytes] | None:
-        """The process started for ``slot`` if it matches what the supervisor wants now."""
-        found = self.processes.pop(slot, None)
-        if found is None:
-            return None
-        process, started_cpu = found
-        if started_cpu != cpu:
-            _kill(process)
-            return None
-        return process
+    def take(self, slot: int) -> WorkerChild | None:
+        """The process started for ``slot``, once."""
+        return self.processes.pop(slot, None)
 
     def discard(self) -> None:
         """Kill the processes nobody adopted (the supervisor failed before it could)."""
-        for process, _ in self.processes.values():
+        for process in self.processes.values():
             _kill(process)
         self.processes.clear()
 
 
-def _kill(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            process.send_signal(signal.SIGKILL)
-    with contextlib.suppress(subprocess.TimeoutExpired):
+def _kill(process: WorkerChild) -> None:
+    process.close_stdin()
+    with contextlib.suppress(ProcessLookupError):
+        process.send_signal(signal.SIGKILL)
+    with contextlib.suppress(TimeoutError):
         process.wait(timeout=2.0)
 
 
 def start_workers(settings: SupervisorSettings, cpus: list[int]) -> EarlyWorkers:
-    """Create the socket directory and start every worker slot's process.
+    """Start every worker slot's process (adopting a prestarted one) and send it its boot message.
 
     A slot whose process cannot be started is left out: the supervisor starts it again and
     reports the error the usual way.
     """
+    from adit.supervisor.state import SupervisorState
+
     layout = SupervisorState(settings, cpus=cpus)
-    early = EarlyWorkers(create_runtime_directory())
+    found = take_prestarted()
+    early = EarlyWorkers(Path(found[0]) if found else create_runtime_directory())
     for slot, record in sorted(layout.workers.items()):
-        argv = worker_argv(settings, slot, record.cpu, early.runtime_dir)
-        try:
-            process = subprocess.Popen(
-                argv, env=worker_environment(), stdin=subprocess.DEVNULL, close_fds=True
-            )
-        except OSError:
-            continue
-        early.processes[slot] = (process, record.cpu)
+        if slot == 0 and found is not None:
+            process = found[1]
+        else:
+            try:
+                process = spawn_worker(slot, early.runtime_dir)
+            except OSError:
+                continue
+        send_boot(process, worker_boot(settings, Start(layout.worker_settings(slot)), record.cpu))
+        early.processes[slot] = process
     return early
 
 

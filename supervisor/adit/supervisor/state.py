@@ -98,40 +98,38 @@ class Phase(enum.Enum):
     DRAINING = "draining"  # workers told to drain; waiting for them to exit
 
 
-@dataclass(frozen=True)
-class SpawnWorker:
+# Actions are msgspec Structs, not dataclasses: the state is imported before the first worker
+# gets its settings, and each frozen dataclass costs about a millisecond to create.
+
+
+class SpawnWorker(msgspec.Struct, frozen=True):
     """Start the worker process of ``slot`` and send it ``Start``."""
 
     slot: int
 
 
-@dataclass(frozen=True)
-class SendCommand:
+class SendCommand(msgspec.Struct, frozen=True):
     """Send ``command`` to the worker of ``slot``."""
 
     slot: int
     command: Command
 
 
-@dataclass(frozen=True)
-class Notify:
+class Notify(msgspec.Struct, frozen=True):
     """An ``sd_notify`` state string (``READY=1``, ``STOPPING=1``, ``STATUS=...``)."""
 
     state: str
 
 
-@dataclass(frozen=True)
-class WritePidfile:
+class WritePidfile(msgspec.Struct, frozen=True):
     """Write the supervisor's PID to ``--pidfile``."""
 
 
-@dataclass(frozen=True)
-class KillWorkers:
+class KillWorkers(msgspec.Struct, frozen=True):
     """SIGKILL every live worker."""
 
 
-@dataclass(frozen=True)
-class VerifyAffinity:
+class VerifyAffinity(msgspec.Struct, frozen=True):
     """Check (and report) that worker ``pid`` runs only on ``cpu``."""
 
     slot: int
@@ -139,8 +137,7 @@ class VerifyAffinity:
     cpu: int
 
 
-@dataclass(frozen=True)
-class SignalWorker:
+class SignalWorker(msgspec.Struct, frozen=True):
     """Send ``signum`` to worker ``pid`` of ``slot``."""
 
     slot: int
@@ -148,20 +145,17 @@ class SignalWorker:
     signum: int
 
 
-@dataclass(frozen=True)
-class LoadSettings:
+class LoadSettings(msgspec.Struct, frozen=True):
     """Read the config and credentials again; report with ``settings_loaded``/``_rejected``."""
 
 
-@dataclass(frozen=True)
-class SetLogLevel:
+class SetLogLevel(msgspec.Struct, frozen=True):
     """Change the supervisor's own log level."""
 
     level: str
 
 
-@dataclass(frozen=True)
-class Exit:
+class Exit(msgspec.Struct, frozen=True):
     """Stop the supervisor with ``code``; ``failure`` is the message for stderr."""
 
     code: int

@@ -1,8 +1,15 @@
 """The worker process: ipc, signals and heartbeats around a :class:`WorkerRuntime`.
 
-Started by the supervisor as ``python -m adit.workers --slot N --runtime-dir D [--cpu C]``
-(fork+exec, so nothing of the supervisor's loop, zmq context or threads is inherited). Order:
-pin the CPU, set up logging, ignore SIGINT, then start uvloop and create the zmq context.
+Started by the supervisor as ``python -m adit.workers --slot N --runtime-dir D --parent-pid P``
+(fork+exec, so nothing of the supervisor's loop, zmq context or threads is inherited). The
+rest arrives on stdin as one framed :class:`~adit.ipc.messages.WorkerBoot` message: ``adit tunnel
+run`` starts worker 0 before it has read its settings, and the worker imports what it needs to
+dial while the settings are loaded. Order: read the boot message, set up logging, pin the CPU,
+start uvloop and the runtime; ZeroMQ (the supervisor's channel) is imported once the first
+connection registered or failed, so its import is not on the way to the first registration.
+Events published before that wait in the outbox; SIGTERM needs no channel. The supervisor
+keeps its end of stdin open and never writes again: end-of-file means it died, and the worker
+drains (what a parent-death signal would do, without ctypes and prctl).
 
 Signals never bypass the supervisor's drain: SIGINT (a terminal's Ctrl-C reaches the whole
 process group) is ignored, SIGTERM is treated as ``Drain(grace_period)``. The heartbeat is a
@@ -13,11 +20,10 @@ sends SIGABRT, for which ``faulthandler`` prints every thread's Python traceback
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
-import ctypes
 import faulthandler
+import gc
 import importlib
 import logging
 import os
@@ -25,13 +31,13 @@ import signal
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, BinaryIO, Protocol
 
+import msgspec
 import uvloop
-import zmq.asyncio
 
-from adit.ipc.channels import WORKER_BOOT_ERROR, WorkerChannel
 from adit.ipc.messages import (
     ApplyIngress,
     Command,
@@ -42,30 +48,43 @@ from adit.ipc.messages import (
     Reconfigure,
     Start,
     WorkerSettings,
+    decode_boot,
+    read_frame,
 )
+from adit.ipc.rendezvous import WORKER_BOOT_ERROR
 from adit.logs import LogSettings, configure_logging, parse_level
 from adit.workers.runtime import WorkerRuntime
 
+if TYPE_CHECKING:
+    from adit.ipc.channels import WorkerChannel
+
 __all__ = [
     "HEARTBEAT_INTERVAL",
+    "IPC_DEFER_LIMIT",
     "RUNTIME_OVERRIDE_ENV",
     "STUCK_HOOK_ENV",
     "RuntimeLike",
+    "WorkerOptions",
     "WorkerProcess",
     "main",
+    "parse_worker_args",
 ]
 
 log = logging.getLogger("adit.workers")
 
 #: Seconds between heartbeats.
 HEARTBEAT_INTERVAL = 0.5
-#: How long a fresh worker waits for its ``Start`` command before giving up.
-START_TIMEOUT = 30.0
+#: Longest wait for the first connection's outcome before the supervisor's channel is opened
+#: anyway (a slow edge must not keep Drain and Reconfigure commands from the worker).
+IPC_DEFER_LIMIT = 2.0
+_STDIN = 0
+#: How long queued events may take to leave when the worker ends (the channel may still have
+#: to be opened, ZeroMQ imported first).
+_FLUSH_TIMEOUT = 3.0
 #: Test seam only: ``module:Class`` or ``/path/file.py:Class`` of a stand-in runtime.
 RUNTIME_OVERRIDE_ENV = "ADIT_TEST_WORKER_RUNTIME"
 #: Test seam only: when set to ``1``, SIGUSR2 blocks this worker's event loop for good.
 STUCK_HOOK_ENV = "ADIT_TEST_STUCK_ON_SIGUSR2"
-_PR_SET_PDEATHSIG = 1
 
 
 class RuntimeLike(Protocol):
@@ -101,74 +120,114 @@ def _runtime_factory() -> RuntimeFactory:
 
 
 class WorkerProcess:
-    """One worker's life: connect, await Start, run the runtime, drain on command."""
+    """One worker's life: run the runtime from its ``Start``, talk to the supervisor, drain."""
 
     def __init__(
         self,
-        slot: int,
+        start: Start,
         runtime_dir: Path,
         runtime_factory: RuntimeFactory = WorkerRuntime,
         early_signals: list[int] | None = None,
+        parent_pid: int | None = None,
+        watch_stdin: bool = True,
     ) -> None:
-        self.slot = slot
+        self.start = start
+        self._watch_stdin = watch_stdin
+        self.slot = start.settings.slot
         self.runtime_dir = runtime_dir
         self._factory = runtime_factory
+        self._parent_pid = parent_pid
         self._outbox: asyncio.Queue[Event] = asyncio.Queue()
         self._commands: asyncio.Queue[Command] = asyncio.Queue()
         self._runtime: RuntimeLike | None = None
-        self._grace = 30.0
+        self._grace = start.settings.grace_period
         self._draining = False
         self._early_signals = early_signals if early_signals is not None else []
+        #: Set by the first event other than a heartbeat: the channel may be opened now.
+        self._ipc_due = asyncio.Event()
+        self._channel: WorkerChannel | None = None
 
     def publish(self, event: Event) -> None:
         """Queue an event for the supervisor (safe to call from any task of this loop)."""
         self._outbox.put_nowait(event)
+        if not isinstance(event, Heartbeat):
+            self._ipc_due.set()
 
     async def run(self) -> int:
         """Serve until the runtime returns; the process's exit code."""
-        context = zmq.asyncio.Context()
-        channel = WorkerChannel(context, self.runtime_dir, self.slot)
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self._on_sigterm)
+        if self._watch_stdin:
+            self._watch_parent(loop)
         if os.environ.get(STUCK_HOOK_ENV) == "1":
             loop.add_signal_handler(signal.SIGUSR2, _block_forever)
-        if self._early_signals:
-            self._on_sigterm()
-        tasks = [
-            asyncio.create_task(self._receive_commands(channel), name="commands"),
-            asyncio.create_task(self._send_events(channel), name="events"),
-        ]
+        ipc = asyncio.create_task(self._ipc(), name="ipc")
         try:
             return await self._serve()
         finally:
             loop.remove_signal_handler(signal.SIGTERM)
-            await self._flush(channel)
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            channel.close()
-            context.term()
+            if self._watch_stdin:
+                with contextlib.suppress(OSError, ValueError):
+                    loop.remove_reader(_STDIN)
+            # Whatever was published must still reach the supervisor: open the channel now
+            # if the first connection's outcome never came.
+            self._ipc_due.set()
+            await self._flush(ipc)
+            ipc.cancel()
+            await asyncio.gather(ipc, return_exceptions=True)
 
     def _on_sigterm(self) -> None:
         self._commands.put_nowait(Drain(self._grace))
 
-    async def _serve(self) -> int:
+    async def _ipc(self) -> None:
+        """Open the supervisor's channel once due, then pump commands and events."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._ipc_due.wait(), IPC_DEFER_LIMIT)
+        # In a thread: a request that arrives right after the registration is not held up.
+        await asyncio.to_thread(_import_all, ("zmq.asyncio", "adit.ipc.channels"))
+        import zmq.asyncio
+
+        from adit.ipc.channels import WorkerChannel
+
+        context = zmq.asyncio.Context()
+        channel = WorkerChannel(context, self.runtime_dir, self.slot)
+        self._channel = channel
         try:
-            first = await asyncio.wait_for(self._commands.get(), START_TIMEOUT)
-        except TimeoutError:
-            log.error("No Start command from the supervisor within %.0fs", START_TIMEOUT)
-            return WORKER_BOOT_ERROR
-        if isinstance(first, Drain):
+            await asyncio.gather(self._receive_commands(channel), self._send_events(channel))
+        finally:
+            self._channel = None
+            channel.close()
+            context.term()
+
+    def _watch_parent(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Drain when the supervisor's end of stdin closes (it died, or it already had)."""
+
+        def readable() -> None:
+            try:
+                data = os.read(_STDIN, 4096)
+            except BlockingIOError:
+                return
+            except OSError:
+                data = b""
+            if data:
+                return  # the supervisor writes nothing after the boot message
+            loop.remove_reader(_STDIN)
+            log.error("The supervisor exited; draining")
+            self._on_sigterm()
+
+        try:
+            loop.add_reader(_STDIN, readable)
+        except (OSError, ValueError, NotImplementedError):
+            log.warning("Cannot watch stdin: this worker will not notice its supervisor's death")
+        if self._parent_pid is not None and os.getppid() != self._parent_pid:
+            readable()
+
+    async def _serve(self) -> int:
+        if self._early_signals:
+            # SIGTERM while booting: the supervisor is stopping, nothing to serve.
             log.info("Drained before start")
             return 0
-        if isinstance(first, ApplyIngress):
-            log.error("The first command was not Start")
-            return WORKER_BOOT_ERROR
-        settings = first.settings
-        if settings.slot != self.slot:
-            log.error("Start for slot %d sent to slot %d", settings.slot, self.slot)
-            return WORKER_BOOT_ERROR
-        self._grace = settings.grace_period
+        settings = self.start.settings
         try:
             runtime = self._factory(settings, self.publish)
         except Exception:
@@ -211,7 +270,7 @@ class WorkerProcess:
                 self._grace = command.settings.grace_period
                 runtime.reconfigure(command.settings)
             elif isinstance(command, Start):
-                log.warning("Ignored a second Start command")
+                log.warning("Ignored a Start command: the settings came with the boot message")
 
     def _apply_ingress(self, runtime: RuntimeLike, command: ApplyIngress) -> None:
         if command.loglevel:
@@ -234,10 +293,17 @@ class WorkerProcess:
             await channel.send_event(event)
             self._outbox.task_done()
 
-    async def _flush(self, channel: WorkerChannel) -> None:
+    async def _flush(self, ipc: asyncio.Task[None]) -> None:
         """Give queued events a bounded chance to leave before the sockets close."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._outbox.join(), 2.0)
+        outbox = asyncio.ensure_future(self._outbox.join())
+        try:
+            await asyncio.wait(
+                {outbox, ipc}, timeout=_FLUSH_TIMEOUT, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            outbox.cancel()
+        if ipc.done() and not ipc.cancelled() and ipc.exception() is not None:
+            log.error("No channel to the supervisor error=%r", str(ipc.exception()))
 
     async def _heartbeat(self, runtime: RuntimeLike) -> None:
         pid = os.getpid()
@@ -256,63 +322,109 @@ def _block_forever() -> None:
         time.sleep(3600)
 
 
-def _die_with_parent() -> None:
-    """Ask the kernel for SIGTERM (i.e. a drain) if the supervisor dies without stopping us."""
-    # The symbols already loaded into this process (libc among them): find_library("c") would
-    # run ``ldconfig -p`` in a subprocess on every worker start.
-    with contextlib.suppress(OSError, AttributeError, TypeError):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+def _import_all(names: tuple[str, ...]) -> None:
+    for name in names:
+        importlib.import_module(name)
 
 
-def _parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m adit.workers")
-    parser.add_argument("--slot", type=int, required=True)
-    parser.add_argument("--runtime-dir", type=Path, required=True)
-    parser.add_argument("--cpu", type=int, default=None)
-    parser.add_argument("--parent-pid", type=int, default=None)
-    parser.add_argument("--loglevel", default="info")
-    parser.add_argument("--output", default="default")
-    parser.add_argument("--logfile", default=None)
-    parser.add_argument("--log-directory", default=None)
-    return parser.parse_args(argv)
+@dataclass(frozen=True)
+class WorkerOptions:
+    """The worker's command line: what is known before the settings are."""
+
+    slot: int
+    runtime_dir: Path
+    parent_pid: int | None = None
 
 
-def main(argv: list[str] | None = None, early_signals: list[int] | None = None) -> int:
+_USAGE = "usage: python -m adit.workers --slot N --runtime-dir DIR [--parent-pid PID]\n"
+
+
+def parse_worker_args(argv: list[str]) -> WorkerOptions | None:
+    """``--slot N --runtime-dir DIR [--parent-pid PID]`` (``--name=value`` too), else ``None``.
+
+    By hand: argparse would cost more import time than the rest of this function.
+    """
+    values: dict[str, str] = {}
+    items = iter(argv)
+    for item in items:
+        name, sep, value = item.partition("=")
+        if name not in ("--slot", "--runtime-dir", "--parent-pid") or name in values:
+            return None
+        if not sep:
+            value = next(items, "")
+        if not value:
+            return None
+        values[name] = value
+    try:
+        slot = int(values["--slot"])
+        parent = values.get("--parent-pid")
+        return WorkerOptions(slot, Path(values["--runtime-dir"]), int(parent) if parent else None)
+    except (KeyError, ValueError):
+        return None
+
+
+def main(
+    argv: list[str] | None = None,
+    early_signals: list[int] | None = None,
+    stdin: BinaryIO | None = None,
+) -> int:
     """Entry point of ``python -m adit.workers``; returns the exit code.
 
     ``early_signals`` collects SIGTERMs that arrived before the event loop took over (see
-    ``__main__``); each becomes a drain once the worker runs.
+    ``__main__``); one means the supervisor is stopping. The boot message is read from
+    ``stdin`` (default: this process's, which is then watched for the supervisor's death).
     """
     early = [] if early_signals is None else early_signals
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, lambda signum, _frame: early.append(signum))
+    options = parse_worker_args(sys.argv[1:] if argv is None else argv)
+    if options is None:
+        sys.stderr.write(_USAGE)
+        return WORKER_BOOT_ERROR
+    # Blocks until the supervisor knows the settings (all imports above are done by then).
+    data = read_frame(sys.stdin.buffer if stdin is None else stdin)
+    if data is None:
+        # The supervisor closed the pipe without settings: it failed to load them and has
+        # said why. Nothing to add.
+        return WORKER_BOOT_ERROR
     try:
-        args = _parse_args(argv)
-    except SystemExit:
+        boot = decode_boot(data)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        sys.stderr.write(f"adit worker: unreadable boot message: {exc}\n")
+        return WORKER_BOOT_ERROR
+    if boot.start.settings.slot != options.slot:
+        sys.stderr.write(f"adit worker: settings for slot {boot.start.settings.slot}\n")
         return WORKER_BOOT_ERROR
     configure_logging(
-        LogSettings(args.loglevel, args.output, args.logfile, args.log_directory),
-        context={"slot": args.slot},
+        LogSettings(boot.loglevel, boot.output, boot.logfile, boot.log_directory),
+        context={"slot": options.slot},
         rotate=False,
     )
     # SIGABRT (sent by the supervisor to a stuck worker) prints every thread's traceback.
     faulthandler.enable(file=sys.stderr, all_threads=True)
-    _die_with_parent()
-    if args.parent_pid is not None and os.getppid() != args.parent_pid:
+    if options.parent_pid is not None and os.getppid() != options.parent_pid:
         log.error("The supervisor exited before this worker started")
         return WORKER_BOOT_ERROR
-    if args.cpu is not None:
+    if boot.cpu is not None:
         try:
-            os.sched_setaffinity(0, {args.cpu})
+            os.sched_setaffinity(0, {boot.cpu})
         except OSError as exc:
-            log.warning("Cannot pin to CPU %d error=%r", args.cpu, str(exc))
+            log.warning("Cannot pin to CPU %d error=%r", boot.cpu, str(exc))
     try:
         factory = _runtime_factory()
     except (ImportError, AttributeError, AssertionError):
         log.exception("Cannot load the worker runtime")
         return WORKER_BOOT_ERROR
-    worker = WorkerProcess(args.slot, args.runtime_dir, factory, early_signals=early)
+    worker = WorkerProcess(
+        boot.start,
+        options.runtime_dir,
+        factory,
+        early_signals=early,
+        parent_pid=options.parent_pid,
+        watch_stdin=stdin is None,
+    )
+    # Off while importing when started as ``python -m adit.workers`` (see ``__main__``).
+    gc.enable()
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         return runner.run(worker.run())
 

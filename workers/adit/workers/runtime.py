@@ -9,10 +9,10 @@ Addresses are spread over edge locations (``adit.workers.locations``); a dial er
 connection to a free address. Connection 0 registers before the others dial, as cloudflared
 does; the others follow a short stagger apart.
 
-The origin side (:class:`~adit.workers.proxy.OriginProxy`: h11, h2, cryptography for
-hello_world) is not needed to register: it is imported in a thread while connection 0 dials
-(the TLS handshake and the edge's answer leave this process mostly waiting), and a request
-that arrives before it is ready waits for it.
+The origin side (:class:`~adit.workers.proxy.OriginProxy`: the config modules, httptools,
+h2 and cryptography when used) is not needed to register: it is imported in a thread once
+connection 0's first dial is done (during the dial the thread would take the GIL from the TLS
+handshake and the registration), and a request that arrives before it is ready waits for it.
 
 :meth:`WorkerRuntime.reconfigure` rolls the connections one at a time: a replacement is
 dialled and registered (``replace_existing``, same index and connector id) while the old
@@ -140,10 +140,13 @@ class LazyProxy:
             await asyncio.to_thread(_import_all, (*self.ALSO, self.MODULE))
 
     def serve(self, stream: TunnelStream, rule: Rule) -> Coroutine[Any, Any, None]:
-        """Serve ``stream`` (see ``OriginProxy.serve``)."""
-        if self._proxy is not None or self._loading is None or self._loading.done():
+        """Serve ``stream`` (see ``OriginProxy.serve``), starting the import if not yet begun."""
+        if self._proxy is not None:
+            return self._proxy.serve(stream, rule)
+        loading = self.preload()
+        if loading.done():
             return self.get().serve(stream, rule)
-        return self._serve_when_loaded(self._loading, stream, rule)
+        return self._serve_when_loaded(loading, stream, rule)
 
     async def _serve_when_loaded(
         self, loading: asyncio.Future[None], stream: TunnelStream, rule: Rule
@@ -265,7 +268,9 @@ class WorkerRuntime:
                 await self.proxy.loaded.aclose()
 
     async def _load_serving(self) -> None:
-        """Import the origin side in a thread while connection 0 dials, then build the rules."""
+        """Import the origin side in a thread once the first dial is done, then build the rules."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._first_attempted.wait(), DIAL_TIMEOUT)
         await self.proxy.preload()
         try:
             self.ingress()
