@@ -2,8 +2,9 @@
 
 ``adit tunnel run`` calls :func:`prestart` first thing, before click, the config modules or
 even ``subprocess`` are imported, so worker 0's interpreter start and imports overlap all of
-them. This module therefore imports nothing but ``os``, ``sys`` and ``time`` (built in), and
-:class:`WorkerChild` is the small part of ``subprocess.Popen`` the supervisor uses.
+them. This module therefore imports nothing but ``os``, ``sys`` and ``time`` (built in) and two
+of ours that import nothing, and :class:`WorkerChild` is the small part of
+``subprocess.Popen`` the supervisor uses.
 
 A worker reads its settings from its stdin (``adit.workers.process``), so it can be started
 before they are known; the write end of that pipe is :attr:`WorkerChild.stdin`, kept open
@@ -16,6 +17,7 @@ import os
 import sys
 import time
 
+from adit.allocator import ENVIRONMENT as ALLOCATOR_ENVIRONMENT
 from adit.ipc.directory import make_runtime_directory
 
 __all__ = [
@@ -104,10 +106,15 @@ class WorkerChild:
 
 
 def worker_environment(environ: dict[str, str] | None = None) -> dict[str, str]:
-    """The supervisor's environment without what only the supervisor may use."""
+    """The supervisor's environment without what only the supervisor may use, with the
+    allocator settings of :mod:`adit.allocator`."""
     env = dict(os.environ if environ is None else environ)
     for key in _PRIVATE_ENV:
         env.pop(key, None)
+    # Read by glibc as the worker starts: its TLS read buffers come from the heap
+    # (adit.allocator). An operator's own MALLOC_* settings win.
+    for key, value in ALLOCATOR_ENVIRONMENT.items():
+        env.setdefault(key, value)
     return env
 
 

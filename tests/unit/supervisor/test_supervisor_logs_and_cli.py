@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from adit.allocator import ENVIRONMENT as ALLOCATOR_ENVIRONMENT
 from adit.cli.run import parse_edge_addresses, parse_tags
 from adit.cli.state import CommandFailure
 from adit.ipc.channels import (
@@ -68,7 +69,13 @@ def test_runtime_directory_is_private(tmp_path: Path) -> None:
 
 def test_worker_environment_hides_notify_socket() -> None:
     env = worker_environment({"NOTIFY_SOCKET": "/run/x", "LISTEN_FDS": "1", "PATH": "/bin"})
-    assert env == {"PATH": "/bin"}
+    assert env == {"PATH": "/bin", **ALLOCATOR_ENVIRONMENT}
+
+
+def test_worker_environment_keeps_the_operators_malloc_settings() -> None:
+    env = worker_environment({"MALLOC_MMAP_THRESHOLD_": "131072"})
+    assert env["MALLOC_MMAP_THRESHOLD_"] == "131072"
+    assert env["MALLOC_TRIM_THRESHOLD_"] == ALLOCATOR_ENVIRONMENT["MALLOC_TRIM_THRESHOLD_"]
 
 
 def test_edge_addresses_alternate_locations() -> None:
