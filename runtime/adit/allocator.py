@@ -16,9 +16,10 @@ from __future__ import annotations
 __all__ = ["ENVIRONMENT", "MMAP_THRESHOLD", "TRIM_THRESHOLD", "keep_read_buffers_on_heap"]
 
 #: Allocations below this come from the heap (a TLS read buffer is 256 KiB + a header).
-MMAP_THRESHOLD = 1 << 20
-#: Free memory at the top of the heap kept for reuse rather than returned to the kernel.
-TRIM_THRESHOLD = 8 << 20
+MMAP_THRESHOLD = 512 << 10
+#: Free memory at the top of the heap kept for reuse rather than returned to the kernel: room
+#: for a few read buffers, no more (after a bulk transfer RSS would stay higher by this much).
+TRIM_THRESHOLD = 1 << 20
 
 #: The same settings for a child process, read by glibc as it starts (no ctypes needed).
 ENVIRONMENT = {

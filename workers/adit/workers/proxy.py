@@ -46,8 +46,6 @@ from adit.workers.origins.request import (
     build_request_head,
     tag_headers,
 )
-from adit.workers.origins.socks import serve_socks
-from adit.workers.origins.wsbridge import ack_headers, bridge, jump_destination
 from adit.workers.stream import ResponseSource, StreamKind, TunnelStream
 
 if TYPE_CHECKING:
@@ -233,6 +231,11 @@ class OriginProxy:
 
     async def _serve_stream(self, stream: TunnelStream, rule: Rule) -> None:
         """TCP over WebSocket: ack the stream ourselves and bridge frames to the origin."""
+        # Imported here: most configurations never proxy TCP, and the WebSocket codec
+        # (hashlib with it) and the SOCKS server would be ~1 MiB of every worker's memory.
+        from adit.workers.origins.socks import serve_socks
+        from adit.workers.origins.wsbridge import ack_headers, bridge, jump_destination
+
         if stream.request.kind is not StreamKind.WEBSOCKET:
             raise UnsupportedService(
                 f"{rule.service.url} serves WebSocket streams only, got a plain HTTP request"
