@@ -160,3 +160,21 @@ async def test_a_lone_request_goes_out_at_once_and_busy_ones_are_joined() -> Non
     assert edge._held == []
     edge.close_transport()
     connector.close_transport()
+
+
+@uvloop_test
+async def test_many_small_pieces_read_back_in_order_across_compactions() -> None:
+    edge, connector, *_ = await _pair()
+    _, down = await _open(edge, connector)
+    pieces = [b"%d;" % n for n in range(1000)]
+    for piece in pieces[:300]:
+        down._feed(piece, 0)
+    got = [await down.read() for _ in range(200)]  # past the compaction point, not empty
+    for piece in pieces[300:]:
+        down._feed(piece, 0)
+    while down.ready and len(got) < len(pieces):
+        got.append(await down.read())
+    assert got == pieces
+    assert not down.ready
+    edge.close_transport()
+    connector.close_transport()
