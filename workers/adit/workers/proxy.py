@@ -305,7 +305,10 @@ class OriginProxy:
                     raise OriginProtocolError("origin switched protocols without being asked to")
                 await stream.send_response(200, response.headers, source=ResponseSource.ORIGIN)
                 reader, writer = connection.upgrade()
-                await pipe(stream, reader, writer, connection.trailing_data)
+                trailing = connection.trailing_data
+                # A WebSocket is piped for as long as it lives: hold nothing of the exchange.
+                del head, headers, body, request, response
+                await pipe(stream, reader, writer, trailing)
                 await stream.end()
                 return
 
