@@ -97,6 +97,19 @@ def _cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
     return out
 
 
+def _cpu_figures(
+    before: dict[str, float], after: dict[str, float], wall: float, requests: object
+) -> Figures:
+    """Cores busy per process over ``wall`` seconds, and CPU µs per request when counted."""
+    figures: Figures = {}
+    for role, start in before.items():
+        used = after[role] - start
+        figures[f"cpu_{role}"] = round(used / wall, 2)
+        if isinstance(requests, int) and requests:
+            figures[f"cpu_us_per_req_{role}"] = round(1e6 * used / requests, 1)
+    return figures
+
+
 class Bench:
     """One benchmark run: the services, the paths, the figures."""
 
@@ -225,7 +238,7 @@ class Bench:
         out["idle_rss_mb"] = {role: _rss_mb(psutil.Process(pid)) for role, pid in roles.items()}
         steps: list[tuple[str, Callable[[], Figures]]] = [
             ("small_gets", lambda: self._small_gets(target, roles)),
-            ("latency", lambda: self._latency(target)),
+            ("latency", lambda: self._latency(target, roles)),
             (
                 "download",
                 lambda: self._transfer(
@@ -268,14 +281,8 @@ class Bench:
         figures = drivers.small_gets(target, seconds=self.args.seconds)
         self._stop_profilers(profilers)
         wall = time.monotonic() - wall
-        after = _cpu_seconds(roles)
-        requests = figures.get("requests")
-        for role in roles:
-            used = after[role] - before[role]
-            figures[f"cpu_{role}"] = round(used / wall, 2)
-            # CPU per request is steadier than requests/s on a machine shared with others.
-            if isinstance(requests, int) and requests:
-                figures[f"cpu_us_per_req_{role}"] = round(1e6 * used / requests, 1)
+        # CPU per request is steadier than requests/s on a machine shared with others.
+        figures.update(_cpu_figures(before, _cpu_seconds(roles), wall, figures.get("requests")))
         return figures
 
     def _transfer(
@@ -301,7 +308,9 @@ class Bench:
                 figures[f"cpu_s_per_gib_{role}"] = round(used / (moved / 2**30), 2)
         return figures
 
-    def _latency(self, target: Target) -> Figures:
+    def _latency(self, target: Target, roles: dict[str, int]) -> Figures:
+        before = _cpu_seconds(roles)
+        wall = time.monotonic()
         figures, ordered = drivers.latency(
             target,
             rate=self.args.rate,
@@ -309,6 +318,10 @@ class Bench:
             seconds=self.args.seconds,
             log_file=self.tmp / f"h2load-{target.name}.log",
         )
+        # What an isolated request costs each process (no batching; caches cold between them).
+        wall = time.monotonic() - wall
+        cpu = _cpu_figures(before, _cpu_seconds(roles), wall, figures.get("count"))
+        figures.update({k: v for k, v in cpu.items() if k.startswith("cpu_us_per_req_")})
         if ordered:
             self.curves[target.name] = [
                 round(ordered[min(len(ordered) - 1, int(p / 1000 * len(ordered)))], 3)

@@ -110,6 +110,12 @@ def markdown(data: dict[str, Any]) -> str:
         cpu = ", ".join(f"{k[4:]} {v}" for k, v in gets.items() if k.startswith("cpu_"))
         if cpu:
             lines.append(f"- {path}: {cpu}")
+    lines += ["", "## CPU per request at the fixed rate (µs; each request alone)", ""]
+    for path in names:
+        rated = paths[path].get("latency", {})
+        cpu = ", ".join(f"{k[15:]} {v}" for k, v in rated.items() if k.startswith("cpu_us_"))
+        if cpu:
+            lines.append(f"- {path}: {cpu}")
     lines += ["", "## Goals", ""]
     lines += _goals(paths)
     lines += ["", "## Every figure", ""]
