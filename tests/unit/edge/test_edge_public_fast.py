@@ -132,11 +132,17 @@ async def settle() -> None:
         await asyncio.sleep(0)
 
 
-@uvloop_test
-async def test_whole_response_from_the_tunnel_read() -> None:
+async def _started() -> tuple[_Edge, Http1Connection, _Socket]:
+    """An edge with its tunnel session up, and one eyeball connection to it."""
     edge = _Edge()
     await edge.start()
     conn, socket = edge.eyeball()
+    return edge, conn, socket
+
+
+@uvloop_test
+async def test_whole_response_from_the_tunnel_read() -> None:
+    edge, conn, socket = await _started()
     conn.data_received(_GET)
     await settle()
     (request,) = edge.requests()
@@ -160,9 +166,7 @@ async def test_whole_response_from_the_tunnel_read() -> None:
 
 @uvloop_test
 async def test_pipelined_requests_answered_in_order() -> None:
-    edge = _Edge()
-    await edge.start()
-    conn, socket = edge.eyeball()
+    edge, conn, socket = await _started()
     conn.data_received(_GET + _GET.replace(b"/file", b"/second"))
     await settle()
     (first,) = edge.requests()  # the second waits for the first's answer
@@ -178,9 +182,7 @@ async def test_pipelined_requests_answered_in_order() -> None:
 
 @uvloop_test
 async def test_body_in_a_later_read_goes_through_the_task() -> None:
-    edge = _Edge()
-    await edge.start()
-    conn, socket = edge.eyeball()
+    edge, conn, socket = await _started()
     conn.data_received(_GET)
     await settle()
     (request,) = edge.requests()
@@ -207,9 +209,7 @@ async def test_body_in_a_later_read_goes_through_the_task() -> None:
 
 @uvloop_test
 async def test_connector_error_gets_the_origin_error_page() -> None:
-    edge = _Edge()
-    await edge.start()
-    conn, socket = edge.eyeball()
+    edge, conn, socket = await _started()
     conn.data_received(_GET)
     await settle()
     (request,) = edge.requests()
@@ -228,9 +228,7 @@ async def test_connector_error_gets_the_origin_error_page() -> None:
 
 @uvloop_test
 async def test_body_longer_than_its_length_cuts_the_connection() -> None:
-    edge = _Edge()
-    await edge.start()
-    conn, socket = edge.eyeball()
+    edge, conn, socket = await _started()
     conn.data_received(_GET)
     await settle()
     (request,) = edge.requests()
@@ -242,9 +240,7 @@ async def test_body_longer_than_its_length_cuts_the_connection() -> None:
 
 @uvloop_test
 async def test_head_request_gets_no_body() -> None:
-    edge = _Edge()
-    await edge.start()
-    conn, socket = edge.eyeball()
+    edge, conn, socket = await _started()
     conn.data_received(_GET.replace(b"GET", b"HEAD"))
     await settle()
     (request,) = edge.requests()
@@ -258,9 +254,7 @@ async def test_head_request_gets_no_body() -> None:
 
 @uvloop_test
 async def test_http10_response_without_length_ends_with_the_connection() -> None:
-    edge = _Edge()
-    await edge.start()
-    conn, socket = edge.eyeball()
+    edge, conn, socket = await _started()
     conn.data_received(b"GET /file HTTP/1.0\r\nHost: app.example.com\r\n\r\n")
     await settle()
     (request,) = edge.requests()
@@ -273,9 +267,7 @@ async def test_http10_response_without_length_ends_with_the_connection() -> None
 
 @uvloop_test
 async def test_reset_stream_gets_the_stream_failed_page() -> None:
-    edge = _Edge()
-    await edge.start()
-    conn, socket = edge.eyeball()
+    edge, conn, socket = await _started()
     conn.data_received(_GET)
     await settle()
     (request,) = edge.requests()
@@ -289,9 +281,7 @@ async def test_reset_stream_gets_the_stream_failed_page() -> None:
 
 @uvloop_test
 async def test_tunnel_lost_before_the_answer() -> None:
-    edge = _Edge()
-    await edge.start()
-    conn, socket = edge.eyeball()
+    edge, conn, socket = await _started()
     conn.data_received(_GET)
     await settle()
     edge.session.connection_lost(None)
@@ -302,9 +292,7 @@ async def test_tunnel_lost_before_the_answer() -> None:
 
 @uvloop_test
 async def test_eyeball_gone_before_the_answer() -> None:
-    edge = _Edge()
-    await edge.start()
-    conn, socket = edge.eyeball()
+    edge, conn, socket = await _started()
     conn.data_received(_GET)
     await settle()
     (request,) = edge.requests()
@@ -320,9 +308,7 @@ async def test_eyeball_gone_before_the_answer() -> None:
 
 @uvloop_test
 async def test_unknown_host_is_answered_by_the_task() -> None:
-    edge = _Edge()
-    await edge.start()
-    conn, socket = edge.eyeball()
+    edge, conn, socket = await _started()
     conn.data_received(_GET.replace(b"app.example.com", b"other.example.com"))
     await settle()
     assert edge.requests() == []
@@ -332,9 +318,7 @@ async def test_unknown_host_is_answered_by_the_task() -> None:
 
 @uvloop_test
 async def test_next_request_waits_for_an_answer_left_to_the_task() -> None:
-    edge = _Edge()
-    await edge.start()
-    conn, socket = edge.eyeball()
+    edge, conn, socket = await _started()
     conn.data_received(_GET)
     await settle()
     (first,) = edge.requests()
@@ -357,9 +341,7 @@ async def test_next_request_waits_for_an_answer_left_to_the_task() -> None:
 @uvloop_test
 async def test_whole_bodies_are_credited_to_the_connection_window() -> None:
     # 40 MiB through a 32 MiB connection window: the later answers need the earlier credit.
-    edge = _Edge()
-    await edge.start()
-    conn, socket = edge.eyeball()
+    edge, conn, socket = await _started()
     body = b"b" * (1 << 20)
     for _ in range(40):
         conn.data_received(_GET)
