@@ -312,24 +312,17 @@ class OriginProxy:
                 await stream.end()
                 return
 
+            # Most responses have all arrived with their head: then one tunnel write for all.
             whole = connection.whole_body(WHOLE_BODY_LIMIT)
-            if whole is not None:
-                # Most responses have all arrived with their head: one tunnel write for all.
-                await stream.send_response(
-                    response.status,
-                    _response_headers(response),
-                    source=ResponseSource.ORIGIN,
-                    end_stream=True,
-                    body=whole,
-                )
-                self.stats.count_response(response.status)
-            else:
-                await stream.send_response(
-                    response.status,
-                    _response_headers(response),
-                    source=ResponseSource.ORIGIN,
-                )
-                self.stats.count_response(response.status)
+            await stream.send_response(
+                response.status,
+                _response_headers(response),
+                source=ResponseSource.ORIGIN,
+                end_stream=whole is not None,
+                body=whole or b"",
+            )
+            self.stats.count_response(response.status)
+            if whole is None:
                 async for chunk in connection.body():
                     await stream.write(chunk)
                 await stream.end()
