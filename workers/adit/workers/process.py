@@ -423,8 +423,14 @@ def main(
         parent_pid=options.parent_pid,
         watch_stdin=stdin is None,
     )
-    # Off while importing when started as ``python -m adit.workers`` (see ``__main__``).
-    gc.enable()
+    if not gc.isenabled():
+        # Off while importing when started as ``python -m adit.workers`` (see ``__main__``).
+        # Everything allocated so far is still in the youngest generation: the first
+        # collection after enable() would trace all of it (15-20 ms, before the first dial).
+        # The imported modules live as long as the process, so they go to the permanent
+        # generation instead and are never traced.
+        gc.freeze()
+        gc.enable()
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         return runner.run(worker.run())
 
