@@ -13,6 +13,7 @@ supervisor bound simply retries (``adit.ipc.channels``).
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import signal
 import threading
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
 __all__ = [
     "EarlyWorkers",
     "Supervisor",
+    "collect_again",
     "send_boot",
     "start_workers",
     "worker_boot",
@@ -78,6 +80,17 @@ def send_boot(process: WorkerChild, boot: WorkerBoot) -> None:
             os.close(fd)
 
     threading.Thread(target=write, name=f"boot-{boot.start.settings.slot}", daemon=True).start()
+
+
+def collect_again() -> None:
+    """Turn the cyclic garbage collector on again if ``adit.cli.main`` turned it off.
+
+    What exists by now (modules, settings) lives as long as the process: it goes to the
+    permanent generation, so the first collection does not trace all of it at once.
+    """
+    if not gc.isenabled():
+        gc.freeze()
+        gc.enable()
 
 
 class EarlyWorkers:
@@ -156,6 +169,7 @@ class Supervisor:
         """Run until drained or failed; the process exit code."""
         from adit.supervisor.app import Supervisor as SupervisorLoop
 
+        collect_again()
         try:
             loop = SupervisorLoop(
                 self.settings, reload=self._reload, early=self._early, **self._options
