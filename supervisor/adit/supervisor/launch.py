@@ -4,9 +4,10 @@ A worker is a fresh interpreter (fork+exec) that spends most of its start-up imp
 ``adit tunnel run`` starts worker 0 first thing (``adit.supervisor.spawn.prestart``, before it
 imports click or reads its config); the worker imports what it needs to dial while the
 settings are loaded, then reads them from its stdin (:class:`~adit.ipc.messages.WorkerBoot`,
-see ``adit.workers.process``). :class:`Supervisor` sends every worker its boot message as soon
+see ``adit.workers.process``). :class:`Supervisor` sends worker 0 its boot message as soon
 as the settings are known, before the supervisor itself imports asyncio, uvloop and ZeroMQ
-and binds its sockets (:mod:`adit.supervisor.app`). A worker that connects before the
+and binds its sockets (:mod:`adit.supervisor.app`); the other workers are started by the
+supervisor's loop. A worker that connects before the
 supervisor bound simply retries (``adit.ipc.channels``).
 """
 
@@ -121,17 +122,22 @@ def _kill(process: WorkerChild) -> None:
 
 
 def start_workers(settings: SupervisorSettings, cpus: list[int]) -> EarlyWorkers:
-    """Start every worker slot's process (adopting a prestarted one) and send it its boot message.
+    """Start the first worker slot's process (adopting a prestarted one) and send it its boot
+    message.
 
-    A slot whose process cannot be started is left out: the supervisor starts it again and
-    reports the error the usual way.
+    Only that one: it dials connection 0, the first registration. The other slots' workers
+    would spend their ~0.2 s of imports on the same two CPUs as worker 0's dial and the
+    supervisor's own imports; the supervisor's loop starts them once it runs (their
+    connections wait a registration stagger for connection 0 anyway). A slot whose process
+    cannot be started is left out: the supervisor starts it again and reports the error the
+    usual way.
     """
     from adit.supervisor.state import SupervisorState
 
     layout = SupervisorState(settings, cpus=cpus)
     found = take_prestarted()
     early = EarlyWorkers(Path(found[0]) if found else create_runtime_directory())
-    for slot, record in sorted(layout.workers.items()):
+    for slot, record in sorted(layout.workers.items())[:1]:
         if slot == 0 and found is not None:
             process = found[1]
         else:
