@@ -7,7 +7,9 @@ the connector only ever see these.
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass, field
+from typing import ClassVar
+
+from adit.protocol.values import Value
 
 __all__ = [
     "ClientInfo",
@@ -19,16 +21,16 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True, slots=True)
-class TunnelAuth:
+class TunnelAuth(Value, frozen=True):
     """What proves a connector may serve a tunnel: the account tag and the tunnel secret."""
 
     account_tag: str
-    tunnel_secret: bytes = field(repr=False)
+    tunnel_secret: bytes
+
+    hidden_in_repr: ClassVar[frozenset[str]] = frozenset({"tunnel_secret"})
 
 
-@dataclass(frozen=True, slots=True)
-class ClientInfo:
+class ClientInfo(Value, frozen=True):
     """The connector process: a random id per process, features, version, ``GOOS_GOARCH``."""
 
     client_id: uuid.UUID
@@ -37,8 +39,7 @@ class ClientInfo:
     arch: str
 
 
-@dataclass(frozen=True, slots=True)
-class ConnectionOptions:
+class ConnectionOptions(Value, frozen=True):
     """Per-connection options sent with ``registerConnection``."""
 
     client: ClientInfo
@@ -48,8 +49,7 @@ class ConnectionOptions:
     num_previous_attempts: int = 0
 
 
-@dataclass(frozen=True, slots=True)
-class ConnectionDetails:
+class ConnectionDetails(Value, frozen=True):
     """A successful registration: the edge's connection id and its location name."""
 
     uuid: uuid.UUID
@@ -57,8 +57,7 @@ class ConnectionDetails:
     tunnel_is_remotely_managed: bool = False
 
 
-@dataclass(frozen=True, slots=True)
-class RegistrationError:
+class RegistrationError(Value, frozen=True):
     """A refused registration; ``cause == "EDUPCONN"`` means a duplicate connection."""
 
     cause: str

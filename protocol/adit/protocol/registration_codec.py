@@ -13,7 +13,6 @@ Decoders reject what cloudflared itself would reject (a UUID that is not 16 byte
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
 from typing import Any
 
 from adit.protocol.errors import ProtocolUsageError
@@ -26,6 +25,7 @@ from adit.protocol.registration import (
     TunnelAuth,
 )
 from adit.protocol.rpc_messages import struct_module, struct_schema, tunnelrpc
+from adit.protocol.values import Value
 
 __all__ = [
     "REGISTER_CONNECTION",
@@ -62,8 +62,7 @@ _Empty: Any = struct_module(struct_schema(_SERVER, "unregisterConnection"), "Emp
 _UINT8 = range(256)
 
 
-@dataclass(frozen=True, slots=True)
-class RegisterConnectionParams:
+class RegisterConnectionParams(Value, frozen=True):
     """The arguments of one ``registerConnection`` call."""
 
     auth: TunnelAuth

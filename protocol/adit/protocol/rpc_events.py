@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass, field
+from typing import ClassVar
 
 from adit.protocol.registration import ConnectionOptions, RegistrationResult, TunnelAuth
+from adit.protocol.values import Value
 
 __all__ = [
     "CallFailed",
@@ -21,8 +22,7 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True, slots=True)
-class RegisterConnectionCalled:
+class RegisterConnectionCalled(Value, frozen=True):
     """The connector called ``registerConnection``; answer with ``answer_register``."""
 
     answer_id: int
@@ -32,51 +32,46 @@ class RegisterConnectionCalled:
     options: ConnectionOptions
 
 
-@dataclass(frozen=True, slots=True)
-class UnregisterConnectionCalled:
+class UnregisterConnectionCalled(Value, frozen=True):
     """The connector is shutting down gracefully; answer with ``answer_empty``."""
 
     answer_id: int
 
 
-@dataclass(frozen=True, slots=True)
-class UpdateLocalConfigurationCalled:
+class UpdateLocalConfigurationCalled(Value, frozen=True):
     """The connector reported its local configuration (JSON); answer with ``answer_empty``."""
 
     answer_id: int
-    config: bytes = field(repr=False)
+    config: bytes
+
+    hidden_in_repr: ClassVar[frozenset[str]] = frozenset({"config"})
 
 
-@dataclass(frozen=True, slots=True)
-class RpcAborted:
+class RpcAborted(Value, frozen=True):
     """The peer sent ``Abort``: the RPC connection is over."""
 
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
-class RegistrationReturned:
+class RegistrationReturned(Value, frozen=True):
     """The edge answered ``registerConnection`` (success or a registration error)."""
 
     result: RegistrationResult
 
 
-@dataclass(frozen=True, slots=True)
-class RegistrationFailed:
+class RegistrationFailed(Value, frozen=True):
     """``registerConnection`` (or the bootstrap it was pipelined on) raised an RPC exception."""
 
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
-class CallReturned:
+class CallReturned(Value, frozen=True):
     """A call on the registration capability returned normally."""
 
     question_id: int
 
 
-@dataclass(frozen=True, slots=True)
-class CallFailed:
+class CallFailed(Value, frozen=True):
     """A call on the registration capability raised an RPC exception."""
 
     question_id: int

@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
 
 import capnp
 
 from adit.protocol.errors import RpcProtocolError
+from adit.protocol.values import Value
 
 __all__ = [
     "AbortMessage",
@@ -71,15 +71,13 @@ ExceptionType = Literal["failed", "overloaded", "disconnected", "unimplemented"]
 T = TypeVar("T")
 
 
-@dataclass(frozen=True, slots=True)
-class ImportedCapTarget:
+class ImportedCapTarget(Value, frozen=True):
     """A call addressed to a capability the callee exported earlier."""
 
     import_id: int
 
 
-@dataclass(frozen=True, slots=True)
-class PromisedAnswerTarget:
+class PromisedAnswerTarget(Value, frozen=True):
     """A pipelined call addressed to the (future) result of an earlier question.
 
     ``transform`` lists the operations applied to that result: ``None`` for a no-op, an int for
@@ -93,23 +91,20 @@ class PromisedAnswerTarget:
 CallTarget = ImportedCapTarget | PromisedAnswerTarget
 
 
-@dataclass(frozen=True, slots=True)
-class CapDescriptor:
+class CapDescriptor(Value, frozen=True):
     """One cap-table entry of a payload, e.g. ``("senderHosted", 0)``."""
 
     kind: str
     id: int
 
 
-@dataclass(frozen=True, slots=True)
-class BootstrapMessage:
+class BootstrapMessage(Value, frozen=True):
     """``Bootstrap``: the peer asks for our bootstrap capability."""
 
     question_id: int
 
 
-@dataclass(frozen=True, slots=True)
-class CallMessage:
+class CallMessage(Value, frozen=True):
     """``Call``: a method call; the parameters stay in ``raw`` (see :func:`read_content`)."""
 
     question_id: int
@@ -117,11 +112,12 @@ class CallMessage:
     interface_id: int
     method_id: int
     results_to_caller: bool
-    raw: bytes = field(repr=False)
+    raw: bytes
+
+    hidden_in_repr: ClassVar[frozenset[str]] = frozenset({"raw"})
 
 
-@dataclass(frozen=True, slots=True)
-class ReturnMessage:
+class ReturnMessage(Value, frozen=True):
     """``Return``: the answer to one of our questions.
 
     ``outcome`` is the union member that was set; ``reason`` is filled for exceptions and
@@ -132,35 +128,33 @@ class ReturnMessage:
     outcome: str
     reason: str
     cap_table: tuple[CapDescriptor, ...]
-    raw: bytes = field(repr=False)
+    raw: bytes
+
+    hidden_in_repr: ClassVar[frozenset[str]] = frozenset({"raw"})
 
 
-@dataclass(frozen=True, slots=True)
-class FinishMessage:
+class FinishMessage(Value, frozen=True):
     """``Finish``: the peer is done with the answer to its question."""
 
     question_id: int
     release_result_caps: bool
 
 
-@dataclass(frozen=True, slots=True)
-class ReleaseMessage:
+class ReleaseMessage(Value, frozen=True):
     """``Release``: the peer drops ``reference_count`` references to one of our exports."""
 
     import_id: int
     reference_count: int
 
 
-@dataclass(frozen=True, slots=True)
-class AbortMessage:
+class AbortMessage(Value, frozen=True):
     """``Abort``: the peer is closing the RPC connection."""
 
     reason: str
     type: str
 
 
-@dataclass(frozen=True, slots=True)
-class UnimplementedMessage:
+class UnimplementedMessage(Value, frozen=True):
     """``Unimplemented``: the peer did not understand a message we sent.
 
     ``kind`` and ``question_id`` describe the echoed message when it was a Call or Bootstrap.
@@ -170,12 +164,13 @@ class UnimplementedMessage:
     question_id: int | None
 
 
-@dataclass(frozen=True, slots=True)
-class OtherMessage:
+class OtherMessage(Value, frozen=True):
     """Any other message kind (Resolve, Disembargo, ... or one unknown to our schema)."""
 
     kind: str | None
-    raw: bytes = field(repr=False)
+    raw: bytes
+
+    hidden_in_repr: ClassVar[frozenset[str]] = frozenset({"raw"})
 
 
 RpcMessage = (

@@ -31,7 +31,6 @@ import signal
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Protocol
 
@@ -327,8 +326,7 @@ def _import_all(names: tuple[str, ...]) -> None:
         importlib.import_module(name)
 
 
-@dataclass(frozen=True)
-class WorkerOptions:
+class WorkerOptions(msgspec.Struct, frozen=True):
     """The worker's command line: what is known before the settings are."""
 
     slot: int
