@@ -52,7 +52,7 @@ from adit.ipc.messages import (
 )
 from adit.ipc.rendezvous import WORKER_BOOT_ERROR
 from adit.logs import LogSettings, configure_logging, parse_level
-from adit.workers.runtime import WorkerRuntime
+from adit.workers.runtime import WorkerRuntime, warm_up
 
 if TYPE_CHECKING:
     from adit.ipc.channels import WorkerChannel
@@ -379,6 +379,7 @@ def main(
     if options is None:
         sys.stderr.write(_USAGE)
         return WORKER_BOOT_ERROR
+    warm_up()
     # Blocks until the supervisor knows the settings (all imports above are done by then).
     data = read_frame(sys.stdin.buffer if stdin is None else stdin)
     if data is None:

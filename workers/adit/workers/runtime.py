@@ -87,6 +87,16 @@ def go_arch() -> str:
     return f"{sys.platform}_{arch}"
 
 
+def warm_up() -> None:
+    """Do now, while the settings are still on their way, what the first dial does once.
+
+    OpenSSL initialises itself at the first context (~2 ms) and ``ssl`` encodes the SNI with
+    the ``idna`` codec, whose module and tables are imported at first use (~2 ms).
+    """
+    ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    EDGE_SNI.encode("idna")
+
+
 def edge_tls_context(ca_pem: str) -> ssl.SSLContext:
     """Verify the edge against ``ca_pem`` only (cloudflared's ``--cacert``), else system roots."""
     # With cadata the default context trusts only that CA, not the system store.
