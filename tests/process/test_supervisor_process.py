@@ -333,6 +333,24 @@ def test_worker_0_starts_before_the_settings_are_read(short_tmp: Path) -> None:
         connector.close()
 
 
+def test_sigterm_while_the_settings_load_drains_once_they_are_read(short_tmp: Path) -> None:
+    # The supervisor's loop (and its signal handlers) starts after the settings are read: a
+    # SIGTERM before that is remembered and drains the connector, not killed by the default.
+    config = short_tmp / "config.yml"
+    os.mkfifo(config)
+    connector = Connector(short_tmp, extra=["--workers", "1", "--config", str(config)])
+    try:
+        _wait_for(lambda: len(_worker_children(connector.process.pid)) == 1, timeout=10)
+        connector.process.send_signal(signal.SIGTERM)
+        with config.open("w") as out:
+            out.write("no-autoupdate: true\n")
+        connector.wait_line(r"Initiating graceful shutdown due to signal terminated")
+        assert connector.wait_exit() == 0
+        assert not any("Traceback" in line for line in connector.seen)
+    finally:
+        connector.close()
+
+
 def test_settings_that_fail_stop_the_early_worker(short_tmp: Path) -> None:
     config = short_tmp / "config.yml"
     os.mkfifo(config)

@@ -67,12 +67,20 @@ if TYPE_CHECKING:
     import psutil
     from prometheus_client import CollectorRegistry
 
-__all__ = ["TICK_INTERVAL", "Supervisor", "WorkerExited", "watchdog_interval", "worker_environment"]
+__all__ = [
+    "EXIT_POLL_INTERVAL",
+    "Supervisor",
+    "WorkerExited",
+    "watchdog_interval",
+    "worker_environment",
+]
 
 log = logging.getLogger("adit.supervisor")
 
-#: How often timers (respawn backoff, drain deadline, stuck workers) are checked.
-TICK_INTERVAL = 0.1
+#: How often a worker's exit is polled for where the kernel has no pidfd to wait on. Timers
+#: (respawn backoff, drain deadline, stuck workers) need no polling: the dispatcher wakes at
+#: the state's next deadline.
+EXIT_POLL_INTERVAL = 0.1
 #: How often the credentials file's modification time is compared.
 CREDENTIALS_POLL_INTERVAL = 2.0
 
@@ -88,7 +96,7 @@ class WorkerExited:
 
 @dataclass(frozen=True)
 class _Tick:
-    """Time passed (queue item)."""
+    """A deadline of the state passed, or exits are due a poll (not queued)."""
 
 
 @dataclass(frozen=True)
@@ -234,7 +242,6 @@ class Supervisor:
             log.info("Starting metrics server on %s/metrics", format_address(sock))
             pumps = [
                 asyncio.create_task(self._pump_events(events), name="events"),
-                asyncio.create_task(self._tick(), name="tick"),
                 asyncio.create_task(self._watch_credentials(), name="credentials"),
             ]
             if self._watchdog is not None:
@@ -263,7 +270,7 @@ class Supervisor:
                     return code
                 pending = self._followups + pending
                 self._followups = []
-            item = await self._inbox.get()
+            item = await self._next_input()
             now = self._clock()
             if isinstance(item, SignalReceived):
                 pending = self.state.handle_signal(item.signum, now)
@@ -359,7 +366,7 @@ class Supervisor:
         try:
             handle.pidfd = os.pidfd_open(process.pid)
         except (OSError, AttributeError):
-            return  # no pidfd (old kernel): _poll_exits() finds the exit on the next tick
+            return  # no pidfd (old kernel): _poll_exits() finds the exit within EXIT_POLL_INTERVAL
         loop.add_reader(handle.pidfd, on_readable)
 
     def _poll_exits(self) -> None:
@@ -464,10 +471,21 @@ class Supervisor:
         while True:
             self._inbox.put_nowait(await events.receive())
 
-    async def _tick(self) -> None:
-        while True:
-            await asyncio.sleep(TICK_INTERVAL)
-            self._inbox.put_nowait(_Tick())
+    async def _next_input(self) -> _Input:
+        """The next queued input, or a tick once the state's next deadline has passed."""
+        deadline = self.state.next_deadline()
+        if any(handle.pidfd is None for handle in self._handles.values()):
+            poll = self._clock() + EXIT_POLL_INTERVAL
+            deadline = poll if deadline is None else min(deadline, poll)
+        if deadline is None or not self._inbox.empty():
+            return await self._inbox.get()
+        timeout = deadline - self._clock()
+        if timeout <= 0:
+            return _Tick()
+        try:
+            return await asyncio.wait_for(self._inbox.get(), timeout)
+        except TimeoutError:
+            return _Tick()
 
     def _render_metrics(self) -> bytes:
         from adit.supervisor.metrics import build_registry, render_metrics

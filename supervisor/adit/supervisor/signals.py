@@ -2,15 +2,30 @@
 
 The dispatcher in :class:`adit.supervisor.app.Supervisor` consumes the queue with every other
 input, so a signal is handled like any other command, in order, on the event loop.
+
+Before that loop exists (``adit tunnel run`` starts worker 0, then loads its settings), the
+signals are only remembered (:func:`capture_early`) and handed to the queue when the loop's
+handlers are installed: a SIGTERM from systemd or a Ctrl-C while the connector is still starting
+drains it instead of killing the supervisor by the default disposition.
 """
 
 from __future__ import annotations
 
-import asyncio
 import signal
 from collections.abc import Callable, Iterable
+from types import FrameType
+from typing import TYPE_CHECKING
 
-__all__ = ["HANDLED_SIGNALS", "SignalReceived", "install_signal_handlers", "remove_signal_handlers"]
+if TYPE_CHECKING:
+    import asyncio
+
+__all__ = [
+    "HANDLED_SIGNALS",
+    "SignalReceived",
+    "capture_early",
+    "install_signal_handlers",
+    "remove_signal_handlers",
+]
 
 #: SIGTERM/SIGINT drain; SIGHUP reloads the configuration.
 HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
@@ -28,14 +43,35 @@ class SignalReceived:
         return f"SignalReceived({signal.Signals(self.signum).name})"
 
 
+#: Signals that arrived after :func:`capture_early` and before the loop's handlers, in order.
+_early: list[int] = []
+
+
+def _remember(signum: int, _frame: FrameType | None) -> None:
+    _early.append(signum)
+
+
+def capture_early(signals: Iterable[int] = HANDLED_SIGNALS) -> None:
+    """Remember these signals until :func:`install_signal_handlers` takes them over."""
+    for signum in signals:
+        signal.signal(signum, _remember)
+
+
 def install_signal_handlers(
     loop: asyncio.AbstractEventLoop,
     enqueue: Callable[[SignalReceived], None],
     signals: Iterable[int] = HANDLED_SIGNALS,
 ) -> None:
-    """Make each signal put a :class:`SignalReceived` on the dispatcher's queue."""
+    """Make each signal put a :class:`SignalReceived` on the dispatcher's queue.
+
+    Signals remembered since :func:`capture_early` are queued first, in their order.
+    """
     for signum in signals:
         loop.add_signal_handler(signum, enqueue, SignalReceived(signum))
+    early = _early[:]
+    del _early[: len(early)]
+    for signum in early:
+        enqueue(SignalReceived(signum))
 
 
 def remove_signal_handlers(

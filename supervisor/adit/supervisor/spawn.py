@@ -196,6 +196,11 @@ def prestart(args: list[str]) -> None:
         return
     import atexit
 
+    from adit.supervisor.signals import capture_early
+
+    # From here on this process is a supervisor: a signal before its loop runs must drain.
+    capture_early()
+
     try:
         runtime_dir = make_runtime_directory()
     except OSError:

@@ -615,36 +615,56 @@ class SupervisorState:
         for index in [i for i, r in self.registered.items() if r.slot == slot]:
             del self.registered[index]
 
+    def next_deadline(self) -> float | None:
+        """When :meth:`tick` next has something to do; ``None`` until an input changes that."""
+        if self.exited:
+            return None
+        if self.phase is Phase.DRAINING:
+            return self.drain_deadline
+        due = [
+            when
+            for record in self.workers.values()
+            if (when := record.restart_at if not record.alive else self._stuck_at(record))
+            is not None
+        ]
+        return min(due, default=None)
+
+    def _stuck_at(self, record: WorkerRecord) -> float | None:
+        """When this worker's process is overdue for SIGABRT (or, once aborted, SIGKILL)."""
+        if record.pid is None or record.pid < 0:
+            return None
+        if record.aborted_at is not None:
+            return None if record.killed else record.aborted_at + ABORT_GRACE
+        timeout = self.settings.worker_timeout
+        if record.heartbeat_seen:
+            assert record.last_heartbeat is not None
+            return record.last_heartbeat + timeout
+        return record.started_at + max(timeout, BOOT_TIMEOUT)
+
     def _murder_workers(self, now: float) -> list[Action]:
         """SIGABRT a worker whose loop stopped heartbeating; SIGKILL it if that is not enough."""
         actions: list[Action] = []
-        timeout = self.settings.worker_timeout
         for record in self.workers.values():
+            due = self._stuck_at(record)
+            if due is None or now < due:
+                continue
             pid = record.pid
-            if pid is None or pid < 0:
-                continue
+            assert pid is not None
             if record.aborted_at is not None:
-                if not record.killed and now - record.aborted_at >= ABORT_GRACE:
-                    record.killed = True
-                    log.error("Worker did not exit after SIGABRT; killing it", extra=fields(
-                        slot=record.slot, pid=pid))  # fmt: skip
-                    actions.append(SignalWorker(record.slot, pid, signal.SIGKILL))
+                record.killed = True
+                log.error("Worker did not exit after SIGABRT; killing it", extra=fields(
+                    slot=record.slot, pid=pid))  # fmt: skip
+                actions.append(SignalWorker(record.slot, pid, signal.SIGKILL))
                 continue
-            if record.heartbeat_seen:
-                assert record.last_heartbeat is not None
-                silent = now - record.last_heartbeat
-                overdue = silent > timeout
-            else:
-                silent = now - record.started_at
-                overdue = silent > max(timeout, BOOT_TIMEOUT)
-            if overdue:
-                record.aborted_at = now
-                log.error(
-                    "Worker is stuck: no heartbeat for %.1fs; aborting it (SIGABRT)",
-                    silent,
-                    extra=fields(slot=record.slot, pid=pid),
-                )
-                actions.append(SignalWorker(record.slot, pid, signal.SIGABRT))
+            last = record.last_heartbeat if record.heartbeat_seen else None
+            silent = now - (last if last is not None else record.started_at)
+            record.aborted_at = now
+            log.error(
+                "Worker is stuck: no heartbeat for %.1fs; aborting it (SIGABRT)",
+                silent,
+                extra=fields(slot=record.slot, pid=pid),
+            )
+            actions.append(SignalWorker(record.slot, pid, signal.SIGABRT))
         if actions:
             actions += self._status()
         return actions

@@ -21,7 +21,12 @@ from adit.supervisor.metrics_server import (
     parse_listen_address,
 )
 from adit.supervisor.settings import DEFAULT_METRICS_ADDRESS
-from adit.supervisor.signals import SignalReceived, install_signal_handlers, remove_signal_handlers
+from adit.supervisor.signals import (
+    SignalReceived,
+    capture_early,
+    install_signal_handlers,
+    remove_signal_handlers,
+)
 
 
 def _stats() -> TunnelStats:
@@ -157,3 +162,29 @@ def test_signal_handlers_only_enqueue() -> None:
             remove_signal_handlers(loop, [signal.SIGUSR1])
 
     assert asyncio.run(main()).signum == signal.SIGUSR1
+
+
+def test_signals_before_the_loop_are_queued_in_order_once_it_runs() -> None:
+    wanted = [signal.SIGUSR1, signal.SIGUSR2]
+    capture_early(wanted)
+    try:
+        os.kill(os.getpid(), signal.SIGUSR2)
+        os.kill(os.getpid(), signal.SIGUSR1)
+    except BaseException:
+        for signum in wanted:
+            signal.signal(signum, signal.SIG_DFL)
+        raise
+
+    async def main() -> list[int]:
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[SignalReceived] = asyncio.Queue()
+        install_signal_handlers(loop, queue.put_nowait, wanted)
+        try:
+            early = [queue.get_nowait().signum, queue.get_nowait().signum]
+            os.kill(os.getpid(), signal.SIGUSR1)
+            later = await asyncio.wait_for(queue.get(), 5.0)
+            return [*early, later.signum]
+        finally:
+            remove_signal_handlers(loop, wanted)
+
+    assert asyncio.run(main()) == [signal.SIGUSR2, signal.SIGUSR1, signal.SIGUSR1]

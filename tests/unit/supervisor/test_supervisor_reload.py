@@ -22,6 +22,7 @@ from adit.supervisor.settings import SupervisorSettings
 from adit.supervisor.state import (
     ABORT_GRACE,
     BOOT_TIMEOUT,
+    Exit,
     LoadSettings,
     Notify,
     SendCommand,
@@ -218,3 +219,41 @@ def test_watchdog_interval_is_half_of_watchdog_usec_for_this_process() -> None:
     assert watchdog_interval({"WATCHDOG_USEC": "3000000", "WATCHDOG_PID": "7"}, pid=7) == 1.5
     assert watchdog_interval({"WATCHDOG_USEC": "3000000", "WATCHDOG_PID": "8"}, pid=7) is None
     assert watchdog_interval({"WATCHDOG_USEC": "0"}, pid=7) is None
+
+
+def _signals(actions: Sequence[object]) -> list[SignalWorker]:
+    return [a for a in actions if isinstance(a, SignalWorker)]
+
+
+def test_the_next_deadline_is_when_a_tick_acts_and_never_before() -> None:
+    # The supervisor sleeps until next_deadline(): a tick just before it must do nothing, a
+    # tick at it must act (or the dispatcher would wake for nothing, or never).
+    state = _running()
+    state.handle_event(Heartbeat(1, 101, 0.0, 0), 3.0)
+    assert state.next_deadline() == 0.5 + 5.0  # worker 0's heartbeat is the oldest
+    assert _signals(state.tick(5.5 - 1e-9)) == []
+    assert _signals(state.tick(5.5)) == [SignalWorker(0, 100, signal.SIGABRT)]
+    assert state.next_deadline() == 5.5 + ABORT_GRACE
+    assert _signals(state.tick(5.5 + ABORT_GRACE)) == [SignalWorker(0, 100, signal.SIGKILL)]
+    # Worker 0 is left to die; worker 1's heartbeat is next.
+    assert state.next_deadline() == 3.0 + 5.0
+    state.handle_event(Heartbeat(1, 101, 0.0, 0), 7.8)
+    state.worker_exited(0, 100, -9, 7.8)
+    restart = state.workers[0].restart_at
+    assert restart is not None and state.next_deadline() == restart
+    assert state.tick(restart - 1e-9) == []
+    assert state.tick(restart) == [SpawnWorker(0)]
+
+
+def test_a_booting_worker_and_a_drain_have_deadlines_too() -> None:
+    state = SupervisorState(_settings(), cpus=[0, 1])
+    state.start(0.0)
+    assert state.next_deadline() is None  # nothing started yet: only an input can change that
+    state.worker_started(0, 100, 1.0)
+    assert state.next_deadline() == 1.0 + BOOT_TIMEOUT
+    state.handle_signal(signal.SIGTERM, 2.0)
+    deadline = state.next_deadline()
+    assert deadline is not None and deadline == state.drain_deadline
+    assert state.tick(deadline - 1e-9) == []
+    assert isinstance(state.tick(deadline)[-1], Exit)
+    assert state.next_deadline() is None

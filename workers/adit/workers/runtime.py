@@ -30,7 +30,7 @@ import ssl
 import sys
 import uuid
 from collections.abc import Callable, Coroutine
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from adit.ipc.messages import (
     ConnectionLost,
@@ -185,6 +185,16 @@ def _needs_new_connections(old: WorkerSettings, new: WorkerSettings) -> bool:
         or old.edges != new.edges
         or old.edge_ca_pem != new.edge_ca_pem
     )
+
+
+class DialFailure(NamedTuple):
+    """Why a dial and registration did not give a connection."""
+
+    error: str
+    #: The dial itself failed (TCP or TLS), not the registration.
+    dial: bool
+    #: The address answered with a reset at once: nothing listens there (yet).
+    refused: bool = False
 
 
 class ConnectionSlot:
@@ -460,14 +470,16 @@ class WorkerRuntime:
             return
         if self._draining.is_set() or slot.removed:
             return
-        error, dial_error = outcome
         # Rolls waiting on this slot are served by whatever connects next with new settings.
         slot.finish_rolls(False)
-        if dial_error or error == "EDUPCONN":
+        if outcome.dial or outcome.error == "EDUPCONN":
             self._move(slot)
-        delay = slot.backoff.next_delay()
+        delay = slot.backoff.next_delay(refused=outcome.refused)
+        error = outcome.error
         self.publish(ConnectionLost(self.settings.slot, slot.conn_index, error, delay))
-        log.warning(
+        # The quick redials while an edge restarts would be a warning every 0.1 s.
+        log.log(
+            logging.DEBUG if slot.backoff.quick else logging.WARNING,
             "Connection to the edge ended; retrying in %.1fs",
             delay,
             extra=fields(connIndex=slot.conn_index, ip=f"{edge.host}:{edge.port}", error=error),
@@ -519,7 +531,7 @@ class WorkerRuntime:
             slot.connection = None
             reason = connection.lost.result()
             error = connection.failure or f"lost connection with the edge: {reason}"
-            delay = slot.backoff.next_delay()
+            delay = slot.backoff.lost(asyncio.get_running_loop().time())
             self.publish(ConnectionLost(self.settings.slot, slot.conn_index, error, delay))
             log.warning(
                 "Connection to the edge ended; retrying in %.1fs",
@@ -545,11 +557,11 @@ class WorkerRuntime:
             self._install(slot, outcome, edge, generation)
             self._retire(slot.conn_index, old, announce=False)
             return
-        error, dial_error = outcome
         slot.finish_rolls(False)
-        if dial_error:
+        if outcome.dial:
             self._move(slot)
         delay = slot.backoff.next_delay()
+        error = outcome.error
         log.warning(
             "Replacement connection failed; the current one keeps serving, next try in %.1fs",
             delay,
@@ -567,8 +579,8 @@ class WorkerRuntime:
 
     async def _dial(
         self, slot: ConnectionSlot, edge: EdgeTarget, *, replace: bool
-    ) -> EdgeConnection | tuple[str, bool]:
-        """A registered connection, or ``(error, was_a_dial_error)``."""
+    ) -> EdgeConnection | DialFailure:
+        """A registered connection, or why not."""
         loop = asyncio.get_running_loop()
         registration = self._registration(slot.conn_index, slot.backoff.attempts, replace=replace)
         try:
@@ -585,14 +597,18 @@ class WorkerRuntime:
             )
         except (OSError, TimeoutError, ssl.SSLError) as exc:
             detail = f"{exc or type(exc).__name__}"
-            return f"failed to dial the edge at {edge.host}:{edge.port}: {detail}", True
+            return DialFailure(
+                f"failed to dial the edge at {edge.host}:{edge.port}: {detail}",
+                dial=True,
+                refused=isinstance(exc, ConnectionRefusedError),
+            )
         self._open.add(connection)
         connection.lost.add_done_callback(lambda _: self._open.discard(connection))
         try:
             result = await asyncio.wait_for(asyncio.shield(connection.registered), DIAL_TIMEOUT)
         except (ConnectionError, TimeoutError) as exc:
             connection.close("registration failed")
-            return f"registration did not complete: {exc or 'timeout'}", False
+            return DialFailure(f"registration did not complete: {exc or 'timeout'}", dial=False)
         if isinstance(result, RegistrationError):
             self.publish(
                 RegistrationRefused(
@@ -604,13 +620,13 @@ class WorkerRuntime:
                 extra=fields(connIndex=slot.conn_index, error=result.cause),
             )
             connection.close("registration refused")
-            return result.cause, False
+            return DialFailure(result.cause, dial=False)
         assert isinstance(result, ConnectionDetails)
         if self._draining.is_set() or slot.removed:
             # Registered while the worker began draining: it would never be unregistered.
             await connection.unregister()
             connection.close("connector shutting down")
-            return "the connector is shutting down", False
+            return DialFailure("the connector is shutting down", dial=False)
         return connection
 
     def _install(
@@ -620,7 +636,7 @@ class WorkerRuntime:
         assert details is not None
         slot.connection = connection
         slot.generation = generation
-        slot.backoff.reset()
+        slot.backoff.connected(asyncio.get_running_loop().time())
         if generation >= self._generation:
             slot.finish_rolls(True)
         if details.location_name:
