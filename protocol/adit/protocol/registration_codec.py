@@ -15,7 +15,6 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from adit.protocol.errors import ProtocolUsageError
 from adit.protocol.registration import (
     ClientInfo,
     ConnectionDetails,
@@ -23,6 +22,13 @@ from adit.protocol.registration import (
     RegistrationError,
     RegistrationResult,
     TunnelAuth,
+)
+from adit.protocol.registration_wire import (
+    REGISTER_CONNECTION,
+    REGISTRATION_SERVER_INTERFACE_ID,
+    UNREGISTER_CONNECTION,
+    UPDATE_LOCAL_CONFIGURATION,
+    check_uint8,
 )
 from adit.protocol.rpc_messages import struct_module, struct_schema, tunnelrpc
 from adit.protocol.values import Value
@@ -45,10 +51,6 @@ __all__ = [
     "update_local_configuration_params_schema",
 ]
 
-REGISTRATION_SERVER_INTERFACE_ID = 0xF71695EC7FE85497
-REGISTER_CONNECTION = 0
-UNREGISTER_CONNECTION = 1
-UPDATE_LOCAL_CONFIGURATION = 2
 
 _SERVER = tunnelrpc.RegistrationServer
 register_params_schema: Any = struct_schema(_SERVER, "registerConnection")
@@ -58,8 +60,6 @@ _RegisterParams: Any = struct_module(register_params_schema, "RegisterConnection
 _RegisterResults: Any = struct_module(register_results_schema, "RegisterConnectionResults")
 _UpdateParams: Any = struct_module(update_local_configuration_params_schema, "UpdateParams")
 _Empty: Any = struct_module(struct_schema(_SERVER, "unregisterConnection"), "Empty")
-
-_UINT8 = range(256)
 
 
 class RegisterConnectionParams(Value, frozen=True):
@@ -71,17 +71,12 @@ class RegisterConnectionParams(Value, frozen=True):
     options: ConnectionOptions
 
 
-def _check_uint8(name: str, value: int) -> None:
-    if value not in _UINT8:
-        raise ProtocolUsageError(f"{name} must fit in a UInt8, got {value}")
-
-
 def build_register_params(params: RegisterConnectionParams) -> Any:
     """A ``registerConnection`` params struct builder."""
     options = params.options
-    _check_uint8("conn_index", params.conn_index)
-    _check_uint8("compression_quality", options.compression_quality)
-    _check_uint8("num_previous_attempts", options.num_previous_attempts)
+    check_uint8("conn_index", params.conn_index)
+    check_uint8("compression_quality", options.compression_quality)
+    check_uint8("num_previous_attempts", options.num_previous_attempts)
     builder = _RegisterParams.new_message()
     auth = builder.init("auth")
     auth.accountTag = params.auth.account_tag

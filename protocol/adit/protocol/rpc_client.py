@@ -11,6 +11,12 @@ Question ids come from go-capnproto2's generator: a freed id goes on a stack and
 freed one is reused first (so after Bootstrap q0 and the call q1 both return, the next call is
 q1 again, as in the golden vectors).
 
+The messages of a registration (Bootstrap, the call, the two Returns and their Finishes) and
+``updateLocalConfiguration`` are written and read by :mod:`adit.protocol.registration_wire`,
+without pycapnp: a worker registers before it ever imports it. Everything else (other
+messages, malformed ones, unregistering, closing) goes through :mod:`adit.protocol.rpc_messages`,
+imported when first needed.
+
 Invariants: a question id is live from our message until its Return arrives; registration is
 reported exactly once (:class:`RegistrationReturned` or :class:`RegistrationFailed`); a protocol
 error queues Abort and closes the session, and a closed session ignores input.
@@ -20,21 +26,18 @@ from __future__ import annotations
 
 import enum
 import uuid
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
+from adit.protocol import registration_wire as wire
 from adit.protocol.errors import ProtocolUsageError, RpcProtocolError
 from adit.protocol.framing import DEFAULT_MAX_MESSAGE_SIZE, MessageSplitter
 from adit.protocol.registration import ConnectionOptions, TunnelAuth
-from adit.protocol.registration_codec import (
+from adit.protocol.registration_wire import (
     REGISTER_CONNECTION,
     REGISTRATION_SERVER_INTERFACE_ID,
     UNREGISTER_CONNECTION,
     UPDATE_LOCAL_CONFIGURATION,
-    RegisterConnectionParams,
-    build_empty,
-    build_register_params,
-    build_update_local_configuration_params,
-    decode_register_results,
-    register_results_schema,
 )
 from adit.protocol.rpc_events import (
     CallFailed,
@@ -44,27 +47,9 @@ from adit.protocol.rpc_events import (
     RegistrationReturned,
     RpcAborted,
 )
-from adit.protocol.rpc_messages import (
-    AbortMessage,
-    BootstrapMessage,
-    CallMessage,
-    FinishMessage,
-    ImportedCapTarget,
-    PromisedAnswerTarget,
-    ReleaseMessage,
-    ReturnMessage,
-    RpcMessage,
-    UnimplementedMessage,
-    decode_message,
-    encode_abort,
-    encode_bootstrap,
-    encode_call,
-    encode_exception_return,
-    encode_finish,
-    encode_release,
-    encode_unimplemented,
-    read_content,
-)
+
+if TYPE_CHECKING:
+    from adit.protocol.rpc_messages import RpcMessage, UnimplementedMessage
 
 __all__ = ["SHUTDOWN_REASON", "RegistrationClientSession"]
 
@@ -136,36 +121,62 @@ class RegistrationClientSession:
         self._check_open()
         if self._registration_started:
             raise ProtocolUsageError("registerConnection was already called on this session")
-        params = build_register_params(
-            RegisterConnectionParams(
-                auth=auth, tunnel_id=tunnel_id, conn_index=conn_index, options=options
-            )
-        )
+        # Checked before any question id is taken: a refused call leaves the session as it was.
+        wire.check_uint8("conn_index", conn_index)
+        wire.check_uint8("compression_quality", options.compression_quality)
+        wire.check_uint8("num_previous_attempts", options.num_previous_attempts)
         self._registration_started = True
         bootstrap_id = self._ask(_QuestionKind.BOOTSTRAP)
-        self._outgoing += encode_bootstrap(bootstrap_id)
+        self._outgoing += wire.encode_bootstrap(bootstrap_id)
         call_id = self._ask(_QuestionKind.REGISTER)
-        self._outgoing += encode_call(
+        self._outgoing += wire.encode_register_call(
             call_id,
-            PromisedAnswerTarget(question_id=bootstrap_id, transform=()),
+            bootstrap_id,
             REGISTRATION_SERVER_INTERFACE_ID,
             REGISTER_CONNECTION,
-            params,
+            auth,
+            tunnel_id,
+            conn_index,
+            options,
         )
 
     def update_local_configuration(self, config: bytes) -> int:
         """Call ``updateLocalConfiguration(config)``; return the question id of the call."""
-        params = build_update_local_configuration_params(config)
-        return self._call_import(UPDATE_LOCAL_CONFIGURATION, params)
+
+        def encode(question_id: int, import_id: int) -> bytes:
+            return wire.encode_update_local_configuration_call(
+                question_id,
+                import_id,
+                REGISTRATION_SERVER_INTERFACE_ID,
+                UPDATE_LOCAL_CONFIGURATION,
+                config,
+            )
+
+        return self._call_import(encode)
 
     def unregister(self) -> int:
         """Call ``unregisterConnection()``; return the question id of the call."""
-        return self._call_import(UNREGISTER_CONNECTION, build_empty())
+
+        def encode(question_id: int, import_id: int) -> bytes:
+            from adit.protocol.registration_codec import build_empty
+            from adit.protocol.rpc_messages import ImportedCapTarget, encode_call
+
+            return encode_call(
+                question_id,
+                ImportedCapTarget(import_id=import_id),
+                REGISTRATION_SERVER_INTERFACE_ID,
+                UNREGISTER_CONNECTION,
+                build_empty(),
+            )
+
+        return self._call_import(encode)
 
     def close(self) -> None:
         """Release the edge's capability and send ``Abort("rpc: shutdown")``; idempotent."""
         if self._closed:
             return
+        from adit.protocol.rpc_messages import encode_abort, encode_release
+
         if self._import_id is not None and self._import_refs:
             self._outgoing += encode_release(self._import_id, self._import_refs)
             self._import_refs = 0
@@ -184,10 +195,20 @@ class RegistrationClientSession:
             return events
         try:
             for raw in self._splitter.feed(data):
-                self._handle(decode_message(raw), events)
+                read = wire.decode_return(raw)
+                if read is not None:
+                    self._handle_return(
+                        read.answer_id, read.outcome, read.reason, read.cap_table, raw, events
+                    )
+                else:
+                    from adit.protocol.rpc_messages import decode_message
+
+                    self._handle(decode_message(raw), events)
                 if self.closed:  # an Abort ends the stream; later bytes are meaningless
                     break
         except RpcProtocolError as exc:
+            from adit.protocol.rpc_messages import encode_abort
+
             self._outgoing += encode_abort(f"rpc: protocol error: {exc}")
             self._closed = True
             raise
@@ -208,18 +229,13 @@ class RegistrationClientSession:
         self._questions[question_id] = kind
         return question_id
 
-    def _call_import(self, method_id: int, params: object) -> int:
+    def _call_import(self, encode: Callable[[int, int], bytes]) -> int:
+        """Queue the call ``encode(question_id, import_id)`` writes; its question id."""
         self._check_open()
         if self._import_id is None:
             raise ProtocolUsageError("the edge's registration capability is not known yet")
         question_id = self._ask(_QuestionKind.CALL)
-        self._outgoing += encode_call(
-            question_id,
-            ImportedCapTarget(import_id=self._import_id),
-            REGISTRATION_SERVER_INTERFACE_ID,
-            method_id,
-            params,
-        )
+        self._outgoing += encode(question_id, self._import_id)
         return question_id
 
     def _report_registration(
@@ -231,8 +247,23 @@ class RegistrationClientSession:
         return [event]
 
     def _handle(self, message: RpcMessage, events: list[ClientEvent]) -> None:
+        from adit.protocol.rpc_messages import (
+            AbortMessage,
+            BootstrapMessage,
+            CallMessage,
+            FinishMessage,
+            ReleaseMessage,
+            ReturnMessage,
+            UnimplementedMessage,
+            encode_exception_return,
+            encode_unimplemented,
+        )
+
         if isinstance(message, ReturnMessage):
-            self._handle_return(message, events)
+            caps = tuple((entry.kind, entry.id) for entry in message.cap_table)
+            self._handle_return(
+                message.answer_id, message.outcome, message.reason, caps, message.raw, events
+            )
         elif isinstance(message, UnimplementedMessage):
             self._handle_unimplemented(message, events)
         elif isinstance(message, AbortMessage):
@@ -253,31 +284,47 @@ class RegistrationClientSession:
         else:
             self._outgoing += encode_unimplemented(message.raw)
 
-    def _handle_return(self, message: ReturnMessage, events: list[ClientEvent]) -> None:
-        question_id = message.answer_id
+    def _handle_return(
+        self,
+        question_id: int,
+        outcome: str,
+        reason: str,
+        cap_table: tuple[tuple[str, int], ...],
+        raw: bytes,
+        events: list[ClientEvent],
+    ) -> None:
+        """A Return: ``outcome`` is its union member, ``cap_table`` ``(kind, id)`` pairs."""
         kind = self._questions.pop(question_id, None)
         if kind is None:
             raise RpcProtocolError(f"Return for unknown question {question_id}")
         self._ids.give_back(question_id)
-        self._outgoing += encode_finish(question_id)
-        failure = message.reason if message.outcome == "exception" else message.outcome
+        self._outgoing += wire.encode_finish(question_id)
+        failure = reason if outcome == "exception" else outcome
         if kind is _QuestionKind.BOOTSTRAP:
-            caps = [entry for entry in message.cap_table if entry.kind in _CAPABILITY_KINDS]
-            if message.outcome == "results" and caps:
+            caps = [entry for entry in cap_table if entry[0] in _CAPABILITY_KINDS]
+            if outcome == "results" and caps:
                 # The content is a pointer to the one capability in the cap table.
-                self._import_id = caps[0].id
+                self._import_id = caps[0][1]
                 self._import_refs += 1
             else:
-                no_cap = message.outcome == "results"
+                no_cap = outcome == "results"
                 reason = "bootstrap returned no capability" if no_cap else failure
                 events += self._report_registration(RegistrationFailed(reason=reason))
         elif kind is _QuestionKind.REGISTER:
-            if message.outcome == "results":
-                result = read_content(message.raw, register_results_schema, decode_register_results)
+            if outcome == "results":
+                result = wire.decode_register_results(raw)
+                if result is None:
+                    from adit.protocol.registration_codec import (
+                        decode_register_results,
+                        register_results_schema,
+                    )
+                    from adit.protocol.rpc_messages import read_content
+
+                    result = read_content(raw, register_results_schema, decode_register_results)
                 events += self._report_registration(RegistrationReturned(result=result))
             else:
                 events += self._report_registration(RegistrationFailed(reason=failure))
-        elif message.outcome == "results":
+        elif outcome == "results":
             events.append(CallReturned(question_id=question_id))
         else:
             events.append(CallFailed(question_id=question_id, reason=failure))
