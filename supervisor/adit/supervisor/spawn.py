@@ -194,12 +194,19 @@ def prestart(args: list[str]) -> None:
     """
     if _pending.worker is not None or not wants_prestart(args):
         return
+    try:
+        _start_first_worker()
+    finally:
+        from adit.supervisor.signals import capture_early
+
+        # From here on this process is a supervisor: a signal before its loop runs must
+        # drain. Only now: the signal module's imports (enum, typing: ~10 ms) would delay
+        # worker 0, which ignores SIGINT and turns SIGTERM into a drain from its first lines.
+        capture_early()
+
+
+def _start_first_worker() -> None:
     import atexit
-
-    from adit.supervisor.signals import capture_early
-
-    # From here on this process is a supervisor: a signal before its loop runs must drain.
-    capture_early()
 
     try:
         runtime_dir = make_runtime_directory()
