@@ -15,9 +15,7 @@ position) → path regex; the first failure is reported with 1-based ``Rule #N``
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any, Final
 
 import idna
@@ -65,12 +63,11 @@ _PORT_MESSAGE: Final = "Hostname cannot contain a port"
 _ACCESS_MESSAGE: Final = "access.TeamName cannot be blank when access.audTags are present"
 
 
-@dataclass(frozen=True, slots=True)
-class Ingress:
+class Ingress(msgspec.Struct, frozen=True):
     """A validated, immutable rule set; the last rule matches everything."""
 
     rules: tuple[Rule, ...]
-    defaults: OriginOptions = field(default_factory=OriginOptions)
+    defaults: OriginOptions = msgspec.field(default_factory=OriginOptions)
 
     def find_matching_rule(self, host: str, path: str) -> Rule:
         """The first rule matching ``host`` (port stripped) and ``path``, else the last rule."""
@@ -150,7 +147,7 @@ def _socks_options(rule: IngressRuleConfig, options: OriginOptions, index: int) 
                 f"unable to create ip rule for socks-proxy: {exc}",
                 f"ingress[{index}].originRequest.ipRules[{position}]",
             ) from None
-    return dataclasses.replace(options, ip_rules=tuple(built))
+    return msgspec.structs.replace(options, ip_rules=tuple(built))
 
 
 def _parse_rule(rule: IngressRuleConfig, index: int, total: int, defaults: OriginOptions) -> Rule:
@@ -224,7 +221,7 @@ def ingress_from_cli(
     if hello_world:
         return _single_rule(HelloWorldService(), options)
     if bastion:
-        return _single_rule(BastionService(), dataclasses.replace(options, bastion_mode=True))
+        return _single_rule(BastionService(), msgspec.structs.replace(options, bastion_mode=True))
     if url is not None:
         return _single_rule(_cli_url_service(url), options)
     if unix_socket is not None:
@@ -244,7 +241,7 @@ def _cli_url_service(url: str) -> Service:
     if not parsed.hostname:
         raise IngressError(f"{prefix}URL {url} has invalid format", "url")
     # The origin gets the eyeball's path, so a path in --url is dropped like cloudflared does.
-    return url_service(dataclasses.replace(parsed, path="", suffix=""))
+    return url_service(msgspec.structs.replace(parsed, path="", suffix=""))
 
 
 def decode_remote_config(obj: Mapping[str, Any]) -> RemoteConfig:

@@ -8,7 +8,6 @@ whole.
 
 from __future__ import annotations
 
-import dataclasses
 import ipaddress
 from typing import Any
 
@@ -77,4 +76,4 @@ def resolve_options(base: OriginOptions, config: OriginRequestConfig | None) -> 
         elif field.name == "access":
             value = access_settings(value)
         changes[field.name] = value
-    return dataclasses.replace(base, **changes) if changes else base
+    return msgspec.structs.replace(base, **changes) if changes else base

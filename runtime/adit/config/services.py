@@ -9,10 +9,10 @@ that the same strings are accepted and rejected with the same messages.
 
 from __future__ import annotations
 
-import dataclasses
 import re
-from dataclasses import dataclass
 from typing import Final
+
+import msgspec
 
 from adit.config.origin import (
     BastionService,
@@ -50,8 +50,7 @@ def go_atoi(text: str) -> int:
     return value
 
 
-@dataclass(frozen=True, slots=True)
-class GoURL:
+class GoURL(msgspec.Struct, frozen=True):
     """The parts of a URL as Go's ``url.Parse`` splits them (scheme lower-cased)."""
 
     scheme: str
@@ -154,7 +153,7 @@ def parse_service(value: str, options: OriginOptions) -> tuple[Service, OriginOp
     if value == "socks-proxy":
         return SocksProxyService(), options
     if value == "bastion" or options.bastion_mode:
-        return BastionService(), dataclasses.replace(options, bastion_mode=True)
+        return BastionService(), msgspec.structs.replace(options, bastion_mode=True)
     url = parse_go_url(value)
     if not url.scheme or not url.hostname:
         raise ValueError(

@@ -13,7 +13,6 @@ from __future__ import annotations
 import re
 import types
 import typing
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -41,8 +40,7 @@ Location = tuple[str | int, ...]
 _PATH_PART = re.compile(r"\.([^.\[]+)|\[(\d+)\]")
 
 
-@dataclass(frozen=True, slots=True)
-class UnusedKey:
+class UnusedKey(msgspec.Struct, frozen=True):
     """A key that no modelled struct knows, e.g. a typo in ``originRequest``."""
 
     line: int
