@@ -63,17 +63,18 @@ def resolve_options(base: OriginOptions, config: OriginRequestConfig | None) -> 
     if config is None:
         return base
     changes: dict[str, Any] = {}
-    for field in msgspec.structs.fields(OriginRequestConfig):
-        value = getattr(config, field.name)
+    # The names only: msgspec.structs.fields() would resolve every type hint on each call.
+    for name in OriginRequestConfig.__struct_fields__:
+        value = getattr(config, name)
         if value is None:
             continue
         if isinstance(value, Duration):
             value = value.seconds
-        elif field.name == "ip_rules":
+        elif name == "ip_rules":
             if not value:
                 continue
             value = _valid_ip_rules(value)
-        elif field.name == "access":
+        elif name == "access":
             value = access_settings(value)
-        changes[field.name] = value
+        changes[name] = value
     return msgspec.structs.replace(base, **changes) if changes else base

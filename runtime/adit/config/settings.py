@@ -14,7 +14,6 @@ from __future__ import annotations
 from typing import Any
 
 import click
-import msgspec
 from click.core import ParameterSource
 
 from adit.config.duration import Duration
@@ -24,7 +23,10 @@ from adit.config.model import ConfigFile
 __all__ = ["DURATION", "DurationType", "effective_value", "file_value"]
 
 _EXPLICIT = (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT, ParameterSource.PROMPT)
-_KEY_TO_ATTRIBUTE = {f.encode_name: f.name for f in msgspec.structs.fields(ConfigFile)}
+# The names without msgspec.structs.fields(), which resolves every type hint (~3 ms a call).
+_KEY_TO_ATTRIBUTE = dict(
+    zip(ConfigFile.__struct_encode_fields__, ConfigFile.__struct_fields__, strict=True)
+)
 
 
 class DurationType(click.ParamType[Duration, "str | Duration"]):

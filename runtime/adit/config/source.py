@@ -10,6 +10,7 @@ separately.
 
 from __future__ import annotations
 
+import functools
 import re
 import types
 import typing
@@ -50,6 +51,13 @@ class UnusedKey(msgspec.Struct, frozen=True):
 
     def __str__(self) -> str:
         return f"line {self.line}: field {self.key} not found in type {self.type_name}"
+
+
+@functools.cache
+def _fields_by_key(target: type[msgspec.Struct]) -> dict[str, msgspec.structs.FieldInfo]:
+    # msgspec.structs.fields() resolves every type hint on each call (~3 ms for ConfigFile),
+    # and a config file visits the same few structs again and again.
+    return {f.encode_name: f for f in msgspec.structs.fields(target)}
 
 
 def parse_yaml(text: str, path: Path) -> tuple[Any, yaml.Node | None]:
@@ -158,7 +166,7 @@ def normalise(
     """
     if not isinstance(data, dict):
         return data
-    fields = {f.encode_name: f for f in msgspec.structs.fields(target)}
+    fields = _fields_by_key(target)
     result: dict[str, Any] = {}
     for key, value in data.items():
         found = None if node is None else _child(node, str(key))
