@@ -312,61 +312,79 @@ def _worker_children(pid: int) -> list[psutil.Process]:
     ]
 
 
-def test_worker_0_starts_before_the_settings_are_read(short_tmp: Path) -> None:
-    # A FIFO as the config file: reading the settings blocks until the test writes it.
-    config = short_tmp / "config.yml"
-    os.mkfifo(config)
-    connector = Connector(short_tmp, extra=["--workers", "1", "--config", str(config)])
-    try:
-        _wait_for(lambda: len(_worker_children(connector.process.pid)) == 1, timeout=10)
-        (early,) = _worker_children(connector.process.pid)
-        assert "--slot" in early.cmdline() and "0" in early.cmdline()
-        assert not any("Starting tunnel" in line for line in connector.seen)
-        with config.open("w") as out:
-            out.write("no-autoupdate: true\n")
-        connector.wait_notify("READY=1")
-        assert int(connector.wait_line(r"Started worker pid=(\d+)")[1]) == early.pid
-        assert any(line.startswith(f"start 0 {early.pid} ") for line in connector.standin_lines())
-        connector.process.send_signal(signal.SIGTERM)
-        assert connector.wait_exit() == 0
-    finally:
-        connector.close()
+def _catches(pid: int, signum: int) -> bool:
+    """Whether process ``pid`` has a handler for ``signum`` (SigCgt in /proc/PID/status)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigCgt:"):
+            return bool(int(line.split()[1], 16) & (1 << (signum - 1)))
+    return False
 
 
-def test_sigterm_while_the_settings_load_drains_once_they_are_read(short_tmp: Path) -> None:
+class _HeldSettings:
+    """A connector whose config file is a FIFO: loading its settings blocks until released."""
+
+    def __init__(self, short_tmp: Path) -> None:
+        self.config = short_tmp / "config.yml"
+        os.mkfifo(self.config)
+        self.connector = Connector(
+            short_tmp, extra=["--workers", "1", "--config", str(self.config)]
+        )
+
+    def early_worker(self) -> psutil.Process:
+        """Worker 0, started before the settings are read."""
+        pid = self.connector.process.pid
+        _wait_for(lambda: len(_worker_children(pid)) == 1, timeout=10)
+        (early,) = _worker_children(pid)
+        return early
+
+    def release(self, text: str) -> None:
+        with self.config.open("w") as out:
+            out.write(text)
+
+
+@pytest.fixture
+def held(short_tmp: Path) -> Iterator[_HeldSettings]:
+    running = _HeldSettings(short_tmp)
+    yield running
+    running.connector.close()
+
+
+def test_worker_0_starts_before_the_settings_are_read(held: _HeldSettings) -> None:
+    connector = held.connector
+    early = held.early_worker()
+    assert "--slot" in early.cmdline() and "0" in early.cmdline()
+    assert not any("Starting tunnel" in line for line in connector.seen)
+    held.release("no-autoupdate: true\n")
+    connector.wait_notify("READY=1")
+    assert int(connector.wait_line(r"Started worker pid=(\d+)")[1]) == early.pid
+    assert any(line.startswith(f"start 0 {early.pid} ") for line in connector.standin_lines())
+    connector.process.send_signal(signal.SIGTERM)
+    assert connector.wait_exit() == 0
+
+
+def test_sigterm_while_the_settings_load_drains_once_they_are_read(held: _HeldSettings) -> None:
     # The supervisor's loop (and its signal handlers) starts after the settings are read: a
     # SIGTERM before that is remembered and drains the connector, not killed by the default.
-    config = short_tmp / "config.yml"
-    os.mkfifo(config)
-    connector = Connector(short_tmp, extra=["--workers", "1", "--config", str(config)])
-    try:
-        _wait_for(lambda: len(_worker_children(connector.process.pid)) == 1, timeout=10)
-        connector.process.send_signal(signal.SIGTERM)
-        with config.open("w") as out:
-            out.write("no-autoupdate: true\n")
-        connector.wait_line(r"Initiating graceful shutdown due to signal terminated")
-        assert connector.wait_exit() == 0
-        assert not any("Traceback" in line for line in connector.seen)
-    finally:
-        connector.close()
+    connector = held.connector
+    held.early_worker()
+    # Worker 0 is spawned just before the early handlers go in: wait for SIGTERM to be caught.
+    _wait_for(lambda: _catches(connector.process.pid, signal.SIGTERM), timeout=10)
+    connector.process.send_signal(signal.SIGTERM)
+    held.release("no-autoupdate: true\n")
+    connector.wait_line(r"Initiating graceful shutdown due to signal terminated")
+    assert connector.wait_exit() == 0
+    assert not any("Traceback" in line for line in connector.seen)
 
 
-def test_settings_that_fail_stop_the_early_worker(short_tmp: Path) -> None:
-    config = short_tmp / "config.yml"
-    os.mkfifo(config)
-    connector = Connector(short_tmp, extra=["--workers", "1", "--config", str(config)])
-    try:
-        _wait_for(lambda: len(_worker_children(connector.process.pid)) == 1, timeout=10)
-        (early,) = _worker_children(connector.process.pid)
-        with config.open("w") as out:
-            out.write("ingress: [\n")
-        assert connector.wait_exit() == 1
-        early.wait(timeout=5)  # raises if it is still running
-        assert not early.is_running()
-        assert list(connector.runtime_base.iterdir()) == []
-        assert not any("Traceback" in line for line in connector.seen)
-    finally:
-        connector.close()
+def test_settings_that_fail_stop_the_early_worker(held: _HeldSettings) -> None:
+    connector = held.connector
+    early = held.early_worker()
+    held.release("ingress: [\n")
+    assert connector.wait_exit() == 1
+    early.wait(timeout=5)  # raises if it is still running
+    assert not early.is_running()
+    assert list(connector.runtime_base.iterdir()) == []
+    assert not any("Traceback" in line for line in connector.seen)
 
 
 def test_a_worker_drains_when_its_supervisor_dies(connector: Connector) -> None:
