@@ -475,14 +475,20 @@ class WorkerRuntime:
         if outcome.dial or outcome.error == "EDUPCONN":
             self._move(slot)
         delay = slot.backoff.next_delay(refused=outcome.refused)
-        error = outcome.error
-        self.publish(ConnectionLost(self.settings.slot, slot.conn_index, error, delay))
         # The quick redials while an edge restarts would be a warning every 0.1 s.
+        level = logging.DEBUG if slot.backoff.quick else logging.WARNING
+        await self._retry_after(slot, delay, outcome.error, level, ip=f"{edge.host}:{edge.port}")
+
+    async def _retry_after(
+        self, slot: ConnectionSlot, delay: float, error: str, level: int, **where: str
+    ) -> None:
+        """Report that ``slot`` has no connection, then wait ``delay`` or until a drain."""
+        self.publish(ConnectionLost(self.settings.slot, slot.conn_index, error, delay))
         log.log(
-            logging.DEBUG if slot.backoff.quick else logging.WARNING,
+            level,
             "Connection to the edge ended; retrying in %.1fs",
             delay,
-            extra=fields(connIndex=slot.conn_index, ip=f"{edge.host}:{edge.port}", error=error),
+            extra=fields(connIndex=slot.conn_index, **where, error=error),
         )
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._draining.wait(), delay)
@@ -532,14 +538,7 @@ class WorkerRuntime:
             reason = connection.lost.result()
             error = connection.failure or f"lost connection with the edge: {reason}"
             delay = slot.backoff.lost(asyncio.get_running_loop().time())
-            self.publish(ConnectionLost(self.settings.slot, slot.conn_index, error, delay))
-            log.warning(
-                "Connection to the edge ended; retrying in %.1fs",
-                delay,
-                extra=fields(connIndex=slot.conn_index, error=error),
-            )
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._draining.wait(), delay)
+            await self._retry_after(slot, delay, error, logging.WARNING)
             return
         # A turn to roll, or rolls became idle: the next _serve() decides.
 
