@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import re
 import signal
 import socket
@@ -17,12 +18,40 @@ class BenchError(Exception):
     """A benchmark step could not be carried out (a service did not start, say)."""
 
 
+#: Ports handed out by :func:`free_port` in this run: never twice.
+_given: set[int] = set()
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as file:
+            low, high = (int(part) for part in file.read().split())
+    except (OSError, ValueError):
+        return 32768, 60999
+    return low, high
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
+    """A TCP port on 127.0.0.1 that nothing uses now and no other call of this run returns.
+
+    Chosen below the kernel's ephemeral range: a port from ``bind(0)`` is free only at that
+    moment, and a client connection made before the service binds it (a readiness probe, say)
+    may take it as its own source port ("address already in use" at the service's start).
+    """
+    low, high = _ephemeral_range()
+    first, last = (10000, low - 1) if low > 11000 else (high + 1, 65535)
+    for _ in range(200):
+        port = random.randint(first, last)  # noqa: S311 - a port number, not a secret
+        if port in _given:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _given.add(port)
         return port
+    raise BenchError(f"no free port in {first}-{last} after 200 tries")
 
 
 def wait_port(port: int, timeout: float = 10.0) -> None:
