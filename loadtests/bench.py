@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import calibration
 import drivers
 import psutil
 import report
@@ -527,6 +528,7 @@ def main(argv: list[str]) -> int:
     }
     compile_bytecode()
     meta["bytecode"] = "compiled before the run (as installed)"
+    meta["calibration_start"] = calibration.cold_factor()
     bench = Bench(args, tmp)
     started = time.monotonic()
     try:
@@ -546,6 +548,7 @@ def main(argv: list[str]) -> int:
     finally:
         bench.processes.cleanup()
         meta["loadavg_end"] = _loadavg()
+        meta["calibration_end"] = calibration.cold_factor()
         meta["duration_s"] = round(time.monotonic() - started, 1)
         data = {"meta": meta, "paths": bench.results, "latency_curves_ms": bench.curves}
         data["ratios"] = report.ratios(bench.results)

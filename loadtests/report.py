@@ -66,6 +66,7 @@ def markdown(data: dict[str, Any]) -> str:
     ]
     if meta.get("note"):
         lines += [str(meta["note"]), ""]
+    lines += _calibration(meta)
     lines += ["## Figures (ratio against direct in brackets)", ""]
     lines.append("| scenario | " + " | ".join(names) + " |")
     lines.append("|---|" + "---|" * len(names))
@@ -126,6 +127,27 @@ def markdown(data: dict[str, Any]) -> str:
     lines += ["", "## Versions", ""]
     lines += [f"- {k}: {v}" for k, v in meta["versions"].items()]
     return "\n".join(lines) + "\n"
+
+
+def _calibration(meta: dict[str, Any]) -> list[str]:
+    """The machine's cold factor at the start and the end (``calibration.py``)."""
+    lines = []
+    for when in ("start", "end"):
+        figures = meta.get(f"calibration_{when}")
+        if figures:
+            lines.append(
+                f"- Python work unit at the {when}: {figures['unit_us_gap_0ms']} µs back to back,"
+                f" {figures['unit_us_gap_1ms']} µs after 1 ms idle,"
+                f" {figures['unit_us_gap_5ms']} µs after 5 ms idle"
+                f" (cold factor {figures['cold_factor_5ms']}×)"
+            )
+    if lines:
+        lines.append(
+            "- The fixed-rate scenario's requests come ~5 ms apart: every process on the path"
+            " pays about the cold factor on its CPU per request."
+        )
+        lines.append("")
+    return lines
 
 
 def _goals(paths: dict[str, Any]) -> list[str]:
