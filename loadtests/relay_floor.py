@@ -10,8 +10,8 @@ already cost, no Python design of the two processes can win back.
 
     .venv/bin/python loadtests/relay_floor.py [--seconds N] [--rate R]
 
-Loopback only (``./run bench`` runs it in a network namespace of its own when asked:
-``unshare -n`` as below); every process is stopped at the end.
+Loopback only, best in a network namespace of its own (``unshare -n sh -c 'ip link set lo up
+&& exec .venv/bin/python loadtests/relay_floor.py'``); every process is stopped at the end.
 """
 
 from __future__ import annotations
