@@ -84,7 +84,7 @@ def _rss_mb(process: psutil.Process) -> float | None:
 _FORKING = frozenset({"nginx", "sshd"})
 
 
-def _cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
+def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
     out: dict[str, float] = {}
     for role, pid in pids.items():
         total = 0.0
@@ -111,7 +111,7 @@ def _on_cpu_seconds(pid: int) -> float:
     return total / 1e9
 
 
-def _cpu_figures(
+def cpu_figures(
     before: dict[str, float], after: dict[str, float], wall: float, requests: object
 ) -> Figures:
     """Cores busy per process over ``wall`` seconds, and CPU µs per request when counted."""
@@ -289,14 +289,14 @@ class Bench:
             print(f"    {_brief(figures)}", file=sys.stderr, flush=True)
 
     def _small_gets(self, target: Target, roles: dict[str, int]) -> Figures:
-        before = _cpu_seconds(roles)
+        before = cpu_seconds(roles)
         wall = time.monotonic()
         profilers = self._start_profilers(target.name, "small_gets", roles)
         figures = drivers.small_gets(target, seconds=self.args.seconds)
         self._stop_profilers(profilers)
         wall = time.monotonic() - wall
         # CPU per request is steadier than requests/s on a machine shared with others.
-        figures.update(_cpu_figures(before, _cpu_seconds(roles), wall, figures.get("requests")))
+        figures.update(cpu_figures(before, cpu_seconds(roles), wall, figures.get("requests")))
         return figures
 
     def _transfer(
@@ -307,12 +307,12 @@ class Bench:
         run: Callable[[], Figures],
     ) -> Figures:
         """A download or upload, with each process's CPU (cores busy, CPU s per GiB)."""
-        before = _cpu_seconds(roles)
+        before = cpu_seconds(roles)
         wall = time.monotonic()
         profilers = self._start_profilers(target.name, scenario, roles)
         figures = run()
         wall = time.monotonic() - wall
-        after = _cpu_seconds(roles)
+        after = cpu_seconds(roles)
         self._stop_profilers(profilers)
         moved = figures.get("bytes")
         for role in roles:
@@ -323,7 +323,7 @@ class Bench:
         return figures
 
     def _latency(self, target: Target, roles: dict[str, int]) -> Figures:
-        before = _cpu_seconds(roles)
+        before = cpu_seconds(roles)
         wall = time.monotonic()
         figures, ordered = drivers.latency(
             target,
@@ -334,7 +334,7 @@ class Bench:
         )
         # What an isolated request costs each process (no batching; caches cold between them).
         wall = time.monotonic() - wall
-        cpu = _cpu_figures(before, _cpu_seconds(roles), wall, figures.get("count"))
+        cpu = cpu_figures(before, cpu_seconds(roles), wall, figures.get("count"))
         figures.update({k: v for k, v in cpu.items() if k.startswith("cpu_us_per_req_")})
         if ordered:
             self.curves[target.name] = [

@@ -146,7 +146,7 @@ def _measure(tls: bool, args: argparse.Namespace) -> dict[str, object]:
                 target = Target(name, f"127.0.0.1:{port}", "", "")
                 gets = drivers.small_gets(target, seconds=args.seconds)
                 figures[f"{name}_rps"] = gets.get("rps")
-                before, wall = bench._cpu_seconds(roles), time.monotonic()
+                before, wall = bench.cpu_seconds(roles), time.monotonic()
                 rated, _ = drivers.latency(
                     target,
                     rate=args.rate,
@@ -156,10 +156,10 @@ def _measure(tls: bool, args: argparse.Namespace) -> dict[str, object]:
                 )
                 figures[f"{name}_p50_ms"] = rated.get("p50_ms")
                 if name == "relays":
-                    used = bench._cpu_seconds(roles)
+                    used = bench.cpu_seconds(roles)
                     wall = time.monotonic() - wall
                     count = rated.get("count")
-                    cpu = bench._cpu_figures(before, used, wall, count)
+                    cpu = bench.cpu_figures(before, used, wall, count)
                     figures.update({k: v for k, v in cpu.items() if k.startswith("cpu_us_")})
             for service in (relay1, relay2):
                 if service.popen.poll() is not None:
