@@ -132,13 +132,11 @@ def _measure(tls: bool, args: argparse.Namespace) -> dict[str, object]:
             origin = start_origin(processes, tmp, 1 << 20)
             inner, outer = free_port(), free_port()
             me = [sys.executable, str(Path(__file__).resolve()), "relay"]
-            ca = ["--tls-in", str(tmp / "ca")] if tls else []
-            relay2 = processes.start("relay2", [*me, str(inner), str(origin.port), *ca])
-            ca = ["--tls-out", str(tmp / "ca")] if tls else []
-            if tls:
-                wait_port(inner)  # relay 2 made the CA first
-            relay1 = processes.start("relay1", [*me, str(outer), str(inner), *ca])
-            wait_port(inner)
+            serve_tls = ["--tls-in", str(tmp / "ca")] if tls else []
+            dial_tls = ["--tls-out", str(tmp / "ca")] if tls else []
+            relay2 = processes.start("relay2", [*me, str(inner), str(origin.port), *serve_tls])
+            wait_port(inner)  # relay 2 has made the CA that relay 1 trusts
+            relay1 = processes.start("relay1", [*me, str(outer), str(inner), *dial_tls])
             wait_port(outer)
             roles = {"relay1": relay1.pid, "relay2": relay2.pid}
             figures: dict[str, object] = {}
