@@ -187,21 +187,22 @@ def _adit(args: list[str], home: Path) -> str:
     return result.stdout
 
 
-def create_tunnel(edge: Edge, tmp: Path) -> Tunnel:
-    """Account, login, ``tunnel create`` and the route for :data:`HOSTNAME`."""
-    home = tmp / "home"
+def create_tunnel(edge: Edge, tmp: Path, name: str = "bench", hostname: str = HOSTNAME) -> Tunnel:
+    """An account named ``name``, its login, ``tunnel create NAME`` and the route for
+    ``hostname`` (one account per tunnel: each is a tenant of the edge)."""
+    home = tmp / f"home-{name}" if name != "bench" else tmp / "home"
     home.mkdir()
     state = ["--state-dir", str(edge.state)]
-    tag = _adit(["edge", "account", "create", "bench", *state], home).strip()
+    tag = _adit(["edge", "account", "create", name, *state], home).strip()
     out = _adit(
         ["edge", "token", "create", "--account", tag, "--api-url", edge.api_url, *state], home
     )
     line = next(x for x in out.splitlines() if "tunnel login" in x)
     _adit(line.split()[1:], home)
-    created = _adit(["tunnel", "create", "bench"], home)
+    created = _adit(["tunnel", "create", name], home)
     tunnel_id = next(w for w in created.split() if len(w) == 36 and w.count("-") == 4)
-    _adit(["tunnel", "route", "dns", "bench", HOSTNAME], home)
-    return Tunnel("bench", tunnel_id, home, home / ".adit" / f"{tunnel_id}.json")
+    _adit(["tunnel", "route", "dns", name, hostname], home)
+    return Tunnel(name, tunnel_id, home, home / ".adit" / f"{tunnel_id}.json")
 
 
 def write_ingress(path: Path, tunnel: Tunnel, origin: Origin) -> Path:
