@@ -323,8 +323,10 @@ def start_tenant(
     extra: list[str] | None = None,
     rules: list[dict[str, object]] | None = None,
     wait: int = 1,
+    env: dict[str, str] | None = None,
 ) -> Tenant:
-    """Log a new account in, create and route a tunnel, run its connector."""
+    """Log a new account in, create and route a tunnel, run its connector (``env``: added to
+    the connector's environment)."""
     home = processes.tmp / f"home-{name}"
     account = login(edge, home, name)
     tunnel = create_tunnel(account, name, hostname)
@@ -332,7 +334,7 @@ def start_tenant(
         processes.tmp / f"config-{name}.yml", hostname, rules or [{"service": origin_url}]
     )
     connector = start_connector(
-        processes, tunnel, config, name=f"connector-{name}", extra=extra, wait=wait
+        processes, tunnel, config, name=f"connector-{name}", extra=extra, wait=wait, env=env
     )
     return Tenant(account, tunnel, connector, hostname)
 

@@ -34,6 +34,7 @@ from harness import (
     create_tunnel,
     login,
     request,
+    seam_env,
     start_connector,
     start_edge,
     write_config,
@@ -374,7 +375,7 @@ def test_stuck_worker_is_aborted_with_a_traceback_and_the_watchdog_pauses(
         env={
             "NOTIFY_SOCKET": notify.path,
             "WATCHDOG_USEC": "1000000",
-            "ADIT_TEST_STUCK_ON_SIGUSR2": "1",
+            **seam_env(ADIT_TEST_STUCK_ON_SIGUSR2="1"),
         },
         wait=2,
     )
