@@ -10,6 +10,8 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import struct
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -420,3 +422,91 @@ def tmp_file(tmp: Path, name: str, text: str) -> Path:
     path = tmp / name
     path.write_text(text)
     return path
+
+
+# --- systemd's side of sd_notify ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Notification:
+    """One sd_notify datagram: when it arrived, which process sent it, what it said."""
+
+    at: float
+    pid: int
+    state: str
+
+
+class NotifySocket:
+    """A real unix datagram socket given to a process as ``NOTIFY_SOCKET``.
+
+    Like systemd it asks the kernel for each sender's credentials (``SO_PASSCRED``), so a test
+    can tell which process sent a state (``NotifyAccess=main`` accepts the main process only).
+    """
+
+    def __init__(self) -> None:
+        # AF_UNIX paths are limited to 108 bytes; pytest's tmp_path can be longer.
+        self._dir = tempfile.TemporaryDirectory(prefix="adit-n-")
+        self.path = str(Path(self._dir.name) / "notify")
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+        self._sock.bind(self.path)
+        self._sock.settimeout(0.2)
+        self.received: list[Notification] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        space = socket.CMSG_SPACE(struct.calcsize("3i"))
+        while not self._stop.is_set():
+            try:
+                data, ancillary, _flags, _addr = self._sock.recvmsg(4096, space)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            pid = 0
+            for level, kind, payload in ancillary:
+                if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
+                    pid = struct.unpack("3i", payload[: struct.calcsize("3i")])[0]
+            with self._lock:
+                self.received.append(Notification(time.monotonic(), pid, data.decode()))
+
+    @property
+    def messages(self) -> list[tuple[float, str]]:
+        """``(arrival, state)`` of every datagram so far."""
+        with self._lock:
+            return [(n.at, n.state) for n in self.received]
+
+    def states(self) -> list[str]:
+        """Every state string so far, in order."""
+        with self._lock:
+            return [n.state for n in self.received]
+
+    def wait_for(self, predicate: str, timeout: float = 15.0, start: int = 0) -> int:
+        """Index of the first message from ``start`` on that starts with ``predicate``."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for index, message in enumerate(self.states()[start:], start):
+                if message.startswith(predicate):
+                    return index
+            time.sleep(0.02)
+        raise AssertionError(f"no {predicate!r} from sd_notify; got {self.states()[start:]}")
+
+    def close(self) -> None:
+        """Stop reading and remove the socket."""
+        self._stop.set()
+        self._thread.join(timeout=2)
+        self._sock.close()
+        self._dir.cleanup()
+
+
+@contextlib.contextmanager
+def notify_socket() -> Iterator[NotifySocket]:
+    """A :class:`NotifySocket`, closed on exit."""
+    sock = NotifySocket()
+    try:
+        yield sock
+    finally:
+        sock.close()
