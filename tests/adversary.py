@@ -36,6 +36,13 @@ from harness import (
 
 #: What a :class:`RawOrigin` answers by default: a small, complete, keep-alive response.
 OK_RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nok"
+#: The same response, asking the client not to reuse the connection: a :class:`RawOrigin`
+#: answers once per connection, so a test that sends several requests through one connector
+#: (whose origin connections are pooled) gives its origin ``canned(CLOSE_RESPONSE)``.
+CLOSE_RESPONSE = (
+    b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\nConnection: close"
+    b"\r\n\r\nok"
+)
 
 #: Decides the answer from the bytes received so far on one connection: the bytes to send
 #: (``b""`` to wait for more input), or ``None`` to keep the connection open and silent.
