@@ -7,6 +7,7 @@ and memory from /proc (psutil). Shared by ``tests/adversarial/`` and other proce
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import socket
@@ -14,12 +15,15 @@ import struct
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+import uuid
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar
 
 import psutil
 
+from adit.edge.tunnel_session import EdgeIdentity, TunnelSession
 from harness import (
     Account,
     Edge,
@@ -517,3 +521,180 @@ def notify_socket() -> Iterator[NotifySocket]:
         yield sock
     finally:
         sock.close()
+
+
+# --- an edge the test can speak for ----------------------------------------------------------
+
+_T = TypeVar("_T")
+
+
+@dataclass
+class EdgeAnswer:
+    """What a connector answered to a request the in-process edge sent."""
+
+    status: int
+    headers: list[tuple[str, str]]
+
+
+class InProcessEdge:
+    """adit's own tunnel listener (``TunnelSession``, store, CA) in a thread of the test.
+
+    For connector tests that need to send what a visitor cannot: a request stream with headers
+    only the edge may set (``Cf-Access-Jwt-Assertion`` once Access has authenticated the
+    visitor, say). The tunnel side is the real edge code; there is no public listener, the
+    test opens streams itself with :meth:`request`. :meth:`credentials` writes a credentials
+    file (with this edge's address and CA) for ``adit tunnel run --credentials-file``.
+    """
+
+    def __init__(self, state_dir: Path) -> None:
+        # Everything the loop's thread runs is imported here, in the test's thread: CPython
+        # 3.11's compiler keeps per-interpreter state that two threads compiling modules at
+        # once corrupt ("AST constructor recursion depth mismatch" later, anywhere).
+        from adit.edge.ca import EdgeCA
+        from adit.edge.registry import ConnectionRegistry
+        from adit.edge.store import Store
+
+        state_dir.mkdir(parents=True, exist_ok=True)
+        self.ca = EdgeCA.load_or_create(state_dir)
+        self.ca_path = state_dir / "ca.pem"
+        self.ca_path.write_text(self.ca.cert_pem)
+        self.store = Store.open_in(state_dir)
+        self.registry = ConnectionRegistry()
+        self._sessions: list[TunnelSession] = []
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._thread.start()
+        self._server = self._run(self._listen())
+        self.address = f"127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+        self.tunnel_id = uuid.UUID(int=0)
+
+    def _run(self, coroutine: Coroutine[Any, Any, _T], timeout: float = 30.0) -> _T:
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
+
+    async def _listen(self) -> asyncio.Server:
+        identity = EdgeIdentity(location="inproc")
+
+        def session() -> TunnelSession:
+            made = TunnelSession(self.store, self.registry, identity)
+            self._sessions.append(made)
+            return made
+
+        return await self.loop.create_server(
+            session, "127.0.0.1", 0, ssl=self.ca.tunnel_server_context()
+        )
+
+    def credentials(self, path: Path, name: str = "inproc") -> Path:
+        """Create an account and a tunnel; write its credentials file to ``path``."""
+        from adit.credentials import TunnelCredentials, write_credentials_file
+
+        account = self.store.create_account(name)
+        tunnel = self.store.create_tunnel(account.tag, name)
+        self.tunnel_id = tunnel.id
+        creds = TunnelCredentials(
+            account.tag,
+            tunnel.secret,
+            tunnel.id,
+            edge=(self.address,),
+            edge_ca_pem=self.ca.cert_pem,
+        )
+        write_credentials_file(path, creds)
+        return path
+
+    def wait_registered(self, timeout: float = 20.0) -> None:
+        """Until the tunnel has a live connection."""
+        deadline = time.monotonic() + timeout
+        while self._run(self._pick()) is None:
+            assert time.monotonic() < deadline, "no connection registered at the in-process edge"
+            time.sleep(0.05)
+
+    async def _pick(self) -> object:
+        return self.registry.pick(self.tunnel_id)
+
+    def request(
+        self, host: str, path: str = "/", headers: list[tuple[str, str]] | None = None
+    ) -> EdgeAnswer:
+        """A GET for ``host`` through the tunnel, ``headers`` exactly as given."""
+        return self._run(self._request(host, path, headers or []))
+
+    async def _request(self, host: str, path: str, headers: list[tuple[str, str]]) -> EdgeAnswer:
+        from adit.protocol.headers import RequestType
+
+        live = self.registry.pick(self.tunnel_id)
+        assert live is not None, "no live connection"
+        stream = live.handle.open_request(  # type: ignore[attr-defined]
+            "GET", path, host, headers, request_type=RequestType.HTTP, end_stream=True
+        )
+        try:
+            answer = await stream.response()
+            return EdgeAnswer(answer.status, list(answer.headers))
+        finally:
+            live.handle.finished(stream)  # type: ignore[attr-defined]
+
+    def close(self) -> None:
+        """Close the listener and every tunnel connection, stop the loop."""
+
+        async def stop() -> None:
+            self._server.close()
+            for session in self._sessions:
+                session.close("test over")
+                if session.transport is not None:
+                    session.transport.abort()
+            await self._server.wait_closed()
+            await asyncio.sleep(0)  # the aborted transports' connection_lost
+
+        self._run(stop())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(5)
+        self.loop.close()
+        self.store.close()
+
+
+# --- an HTTPS JSON endpoint (a JWKS) -----------------------------------------------------------
+
+
+class JsonOverHttps:
+    """An HTTPS server on 127.0.0.1 answering every GET with ``document`` as JSON.
+
+    ``document = None`` answers 503 (an endpoint that is down). Every GET's path is kept in
+    ``fetches``, with its time.
+    """
+
+    def __init__(self, context: object, document: object = None) -> None:
+        import http.server
+        import json
+        import ssl
+
+        assert isinstance(context, ssl.SSLContext)
+        self.document = document
+        self.fetches: list[tuple[float, str]] = []
+        owner = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                owner.fetches.append((time.monotonic(), self.path))
+                if owner.document is None:
+                    self.send_response(503)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                body = json.dumps(owner.document).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
+        self.url = f"https://127.0.0.1:{self._server.server_address[1]}"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        """Stop serving."""
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(5)

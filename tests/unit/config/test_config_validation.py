@@ -52,3 +52,31 @@ def test_an_empty_file_says_so(tmp_path: Path) -> None:
 
 def test_no_file_is_left_to_the_flags() -> None:
     assert validate_file(None, single_origin=False) is None
+
+
+@pytest.mark.parametrize(
+    ("domain", "error"),
+    [
+        ("https://access.example.test", None),
+        ("https://127.0.0.1:8443/", None),
+        ("http://access.example.test", "must be an https:// URL"),
+        ("https://access.example.test/cdn-cgi", "must be a bare origin"),
+    ],
+)
+def test_access_team_domain_must_be_an_https_origin(
+    tmp_path: Path, domain: str, error: str | None
+) -> None:
+    access = f"{{required: true, audTag: [a], teamDomain: '{domain}'}}"
+    loaded = _loaded(
+        tmp_path,
+        f"ingress:\n  - service: http_status:200\n    originRequest:\n      access: {access}\n",
+    )
+    if error is None:
+        ingress = validate_file(loaded, single_origin=False)
+        assert ingress is not None
+        assert ingress.rules[0].options.access is not None
+        assert ingress.rules[0].options.access.team_domain == domain.rstrip("/")
+        return
+    with pytest.raises(IngressError, match=error) as caught:
+        validate_file(loaded, single_origin=False)
+    assert caught.value.location == "ingress[0].originRequest.access.teamDomain"
