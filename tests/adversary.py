@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 import psutil
 
 from adit.edge.tunnel_session import EdgeIdentity, TunnelSession
+from adit.protocol.registration import RegistrationError
 from harness import (
     Account,
     Edge,
@@ -541,8 +542,9 @@ class InProcessEdge:
 
     For connector tests that need to send what a visitor cannot: a request stream with headers
     only the edge may set (``Cf-Access-Jwt-Assertion`` once Access has authenticated the
-    visitor, say). The tunnel side is the real edge code; there is no public listener, the
-    test opens streams itself with :meth:`request`. :meth:`credentials` writes a credentials
+    visitor, say), or registration answers the real edge gives rarely (:attr:`refusals`). The
+    tunnel side is the real edge code; there is no public listener, the test opens streams
+    itself with :meth:`request`. :meth:`credentials` writes a credentials
     file (with this edge's address and CA) for ``adit tunnel run --credentials-file``.
     """
 
@@ -561,6 +563,10 @@ class InProcessEdge:
         self.store = Store.open_in(state_dir)
         self.registry = ConnectionRegistry()
         self._sessions: list[TunnelSession] = []
+        #: Answers to the next registrations, before any is accepted (a refusing edge).
+        self.refusals: list[RegistrationError] = []
+        #: When each registration was asked for (monotonic seconds).
+        self.attempts: list[float] = []
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self._thread.start()
@@ -573,9 +579,19 @@ class InProcessEdge:
 
     async def _listen(self) -> asyncio.Server:
         identity = EdgeIdentity(location="inproc")
+        edge = self
+
+        class Session(TunnelSession):
+            """The edge's own session; answers the queued :attr:`refusals` first."""
+
+            def _register(self, *args: Any, **kwargs: Any) -> Any:
+                edge.attempts.append(time.monotonic())
+                if edge.refusals:
+                    return edge.refusals.pop(0)
+                return super()._register(*args, **kwargs)
 
         def session() -> TunnelSession:
-            made = TunnelSession(self.store, self.registry, identity)
+            made = Session(self.store, self.registry, identity)
             self._sessions.append(made)
             return made
 

@@ -5,16 +5,21 @@ holds a copy of its credentials that a finished rotation made stale; the edge re
 both connections dial again and are refused for good ("tunnel credentials rejected",
 ``should_retry=false``). Each connection must stop at its refusal (no retry storm), and with
 every connection refused the connector must stop: exit code 1, a clear message, STOPPING=1.
+
+Second test: an edge (adit's own tunnel code, in the test) answers the first registration
+"retry in 3 s"; the connector must wait that long, not give up, then register.
 """
 
 from __future__ import annotations
 
 import re
 import shutil
+from pathlib import Path
 
 import pytest
 
-from adversary import notify_socket, start_tenant
+from adit.protocol.registration import RegistrationError
+from adversary import InProcessEdge, notify_socket, start_tenant
 from harness import Processes, adit_command, start_edge
 
 pytestmark = [pytest.mark.process, pytest.mark.timeout(120)]
@@ -67,3 +72,38 @@ def test_every_connection_refused_for_good_stops_the_connector(processes: Proces
         # One refusal per connection: a permanent refusal is not retried.
         refusals = re.findall(r"refused registration for tunnel", again.proc.text())
         assert len(refusals) == 2, again.proc.text()
+
+
+def test_a_retryable_refusal_waits_its_retry_after_and_is_not_fatal(
+    processes: Processes, tmp_path: Path
+) -> None:
+    edge = InProcessEdge(tmp_path / "edge")
+    try:
+        credentials = edge.credentials(tmp_path / "credentials.json")
+        config = tmp_path / "config.yml"
+        config.write_text("ingress:\n  - service: http_status:204\n")
+        # The first connection's first registration: "not now, in 3 s".
+        edge.refusals.append(RegistrationError("edge busy", 3_000_000_000, True))
+        connector = processes.start(
+            "connector",
+            [
+                *adit_command(),
+                "tunnel",
+                "--config",
+                str(config),
+                "run",
+                "--metrics",
+                "127.0.0.1:0",
+                "--credentials-file",
+                str(credentials),
+                str(edge.tunnel_id),
+            ],
+            env={"HOME": str(tmp_path)},
+        )
+        edge.wait_registered(timeout=30)
+        assert connector.popen.poll() is None
+        first, second = edge.attempts[:2]
+        assert second - first >= 3.0, edge.attempts
+        assert edge.request("any.example.test").status == 204
+    finally:
+        edge.close()
