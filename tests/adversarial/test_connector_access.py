@@ -159,10 +159,12 @@ def test_only_a_valid_access_token_reaches_the_origin(
         assert connector.popen.poll() is None
 
         # Made-up key ids do not make the connector hammer the team's endpoint.
-        fetches = len(certs.fetches)
+        fetches, started = len(certs.fetches), time.monotonic()
         for _ in range(30):
             assert status(team.sign(good, kid=uuid.uuid4().hex)) == 403
-        assert len(certs.fetches) - fetches <= 1
+        # At most one fetch per refetch interval (however slow this machine is today).
+        allowed = 1 + (time.monotonic() - started) / REFETCH_INTERVAL
+        assert len(certs.fetches) - fetches <= allowed, certs.fetches
 
         # A rotated key: unknown at first, fetched once the refetch interval allows.
         certs.document = {"keys": [team.jwk(), rotated.jwk()]}

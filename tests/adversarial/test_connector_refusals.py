@@ -22,7 +22,7 @@ from adit.protocol.registration import RegistrationError
 from adversary import InProcessEdge, notify_socket, start_tenant
 from harness import Processes, adit_command, start_edge
 
-pytestmark = [pytest.mark.process, pytest.mark.timeout(120)]
+pytestmark = [pytest.mark.process, pytest.mark.timeout(240)]
 
 HOST = "app.example.test"
 
@@ -54,7 +54,8 @@ def test_every_connection_refused_for_good_stops_the_connector(processes: Proces
             ],
             env={"HOME": str(tenant.account.home), "NOTIFY_SOCKET": notify.path},
         )
-        two.proc.wait_for_log(r"Registered tunnel connection .*connIndex=1", timeout=30)
+        # The supervisor's line (it has event=): this connector's, not the first one's.
+        connector.wait_for_log(r"Registered tunnel connection connIndex=1 .*event=0", timeout=30)
         ready = notify.wait_for("READY=1")
         tenant.account.cli("tunnel", "rotate", "--deadline", "10m", tenant.tunnel.name)
         tenant.account.cli("tunnel", "rotate", "--finish", tenant.tunnel.name)
@@ -65,7 +66,9 @@ def test_every_connection_refused_for_good_stops_the_connector(processes: Proces
         (processes.tmp / "edge-again-state").symlink_to(two.state_dir)
         again = start_edge(processes, "edge-again", tunnel_listen=two.tunnel)
 
-        assert connector.wait(timeout=60) == 1
+        # Bounded by the backoff the connector reached while the edge was down (up to ~30 s
+        # on a busy machine), then one refusal per connection.
+        assert connector.wait(timeout=150) == 1, connector.text()
         text = connector.text()
         assert "every connection" in text and "tunnel credentials rejected" in text, text
         notify.wait_for("STOPPING=1", start=ready + 1)
