@@ -7,17 +7,24 @@ and memory from /proc (psutil). Shared by ``tests/adversarial/`` and other proce
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import socket
+import struct
+import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+import uuid
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar
 
 import psutil
 
+from adit.edge.tunnel_session import EdgeIdentity, TunnelSession
+from adit.protocol.registration import RegistrationError
 from harness import (
     Account,
     Edge,
@@ -34,6 +41,13 @@ from harness import (
 
 #: What a :class:`RawOrigin` answers by default: a small, complete, keep-alive response.
 OK_RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nok"
+#: The same response, asking the client not to reuse the connection: a :class:`RawOrigin`
+#: answers once per connection, so a test that sends several requests through one connector
+#: (whose origin connections are pooled) gives its origin ``canned(CLOSE_RESPONSE)``.
+CLOSE_RESPONSE = (
+    b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\nConnection: close"
+    b"\r\n\r\nok"
+)
 
 #: Decides the answer from the bytes received so far on one connection: the bytes to send
 #: (``b""`` to wait for more input), or ``None`` to keep the connection open and silent.
@@ -323,8 +337,10 @@ def start_tenant(
     extra: list[str] | None = None,
     rules: list[dict[str, object]] | None = None,
     wait: int = 1,
+    env: dict[str, str] | None = None,
 ) -> Tenant:
-    """Log a new account in, create and route a tunnel, run its connector."""
+    """Log a new account in, create and route a tunnel, run its connector (``env``: added to
+    the connector's environment)."""
     home = processes.tmp / f"home-{name}"
     account = login(edge, home, name)
     tunnel = create_tunnel(account, name, hostname)
@@ -332,7 +348,7 @@ def start_tenant(
         processes.tmp / f"config-{name}.yml", hostname, rules or [{"service": origin_url}]
     )
     connector = start_connector(
-        processes, tunnel, config, name=f"connector-{name}", extra=extra, wait=wait
+        processes, tunnel, config, name=f"connector-{name}", extra=extra, wait=wait, env=env
     )
     return Tenant(account, tunnel, connector, hostname)
 
@@ -418,3 +434,283 @@ def tmp_file(tmp: Path, name: str, text: str) -> Path:
     path = tmp / name
     path.write_text(text)
     return path
+
+
+# --- systemd's side of sd_notify ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Notification:
+    """One sd_notify datagram: when it arrived, which process sent it, what it said."""
+
+    at: float
+    pid: int
+    state: str
+
+
+class NotifySocket:
+    """A real unix datagram socket given to a process as ``NOTIFY_SOCKET``.
+
+    Like systemd it asks the kernel for each sender's credentials (``SO_PASSCRED``), so a test
+    can tell which process sent a state (``NotifyAccess=main`` accepts the main process only).
+    """
+
+    def __init__(self) -> None:
+        # AF_UNIX paths are limited to 108 bytes; pytest's tmp_path can be longer.
+        self._dir = tempfile.TemporaryDirectory(prefix="adit-n-")
+        self.path = str(Path(self._dir.name) / "notify")
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+        self._sock.bind(self.path)
+        self._sock.settimeout(0.2)
+        self.received: list[Notification] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        space = socket.CMSG_SPACE(struct.calcsize("3i"))
+        while not self._stop.is_set():
+            try:
+                data, ancillary, _flags, _addr = self._sock.recvmsg(4096, space)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            pid = 0
+            for level, kind, payload in ancillary:
+                if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
+                    pid = struct.unpack("3i", payload[: struct.calcsize("3i")])[0]
+            with self._lock:
+                self.received.append(Notification(time.monotonic(), pid, data.decode()))
+
+    @property
+    def messages(self) -> list[tuple[float, str]]:
+        """``(arrival, state)`` of every datagram so far."""
+        with self._lock:
+            return [(n.at, n.state) for n in self.received]
+
+    def states(self) -> list[str]:
+        """Every state string so far, in order."""
+        with self._lock:
+            return [n.state for n in self.received]
+
+    def wait_for(self, predicate: str, timeout: float = 15.0, start: int = 0) -> int:
+        """Index of the first message from ``start`` on that starts with ``predicate``."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for index, message in enumerate(self.states()[start:], start):
+                if message.startswith(predicate):
+                    return index
+            time.sleep(0.02)
+        raise AssertionError(f"no {predicate!r} from sd_notify; got {self.states()[start:]}")
+
+    def close(self) -> None:
+        """Stop reading and remove the socket."""
+        self._stop.set()
+        self._thread.join(timeout=2)
+        self._sock.close()
+        self._dir.cleanup()
+
+
+@contextlib.contextmanager
+def notify_socket() -> Iterator[NotifySocket]:
+    """A :class:`NotifySocket`, closed on exit."""
+    sock = NotifySocket()
+    try:
+        yield sock
+    finally:
+        sock.close()
+
+
+# --- an edge the test can speak for ----------------------------------------------------------
+
+_T = TypeVar("_T")
+
+
+@dataclass
+class EdgeAnswer:
+    """What a connector answered to a request the in-process edge sent."""
+
+    status: int
+    headers: list[tuple[str, str]]
+
+
+class InProcessEdge:
+    """adit's own tunnel listener (``TunnelSession``, store, CA) in a thread of the test.
+
+    For connector tests that need to send what a visitor cannot: a request stream with headers
+    only the edge may set (``Cf-Access-Jwt-Assertion`` once Access has authenticated the
+    visitor, say), or registration answers the real edge gives rarely (:attr:`refusals`). The
+    tunnel side is the real edge code; there is no public listener, the test opens streams
+    itself with :meth:`request`. :meth:`credentials` writes a credentials
+    file (with this edge's address and CA) for ``adit tunnel run --credentials-file``.
+    """
+
+    def __init__(self, state_dir: Path) -> None:
+        # Everything the loop's thread runs is imported here, in the test's thread: CPython
+        # 3.11's compiler keeps per-interpreter state that two threads compiling modules at
+        # once corrupt ("AST constructor recursion depth mismatch" later, anywhere).
+        from adit.edge.ca import EdgeCA
+        from adit.edge.registry import ConnectionRegistry
+        from adit.edge.store import Store
+
+        state_dir.mkdir(parents=True, exist_ok=True)
+        self.ca = EdgeCA.load_or_create(state_dir)
+        self.ca_path = state_dir / "ca.pem"
+        self.ca_path.write_text(self.ca.cert_pem)
+        self.store = Store.open_in(state_dir)
+        self.registry = ConnectionRegistry()
+        self._sessions: list[TunnelSession] = []
+        #: Answers to the next registrations, before any is accepted (a refusing edge).
+        self.refusals: list[RegistrationError] = []
+        #: When each registration was asked for (monotonic seconds).
+        self.attempts: list[float] = []
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._thread.start()
+        self._server = self._run(self._listen())
+        self.address = f"127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+        self.tunnel_id = uuid.UUID(int=0)
+
+    def _run(self, coroutine: Coroutine[Any, Any, _T], timeout: float = 30.0) -> _T:
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
+
+    async def _listen(self) -> asyncio.Server:
+        identity = EdgeIdentity(location="inproc")
+        edge = self
+
+        class Session(TunnelSession):
+            """The edge's own session; answers the queued :attr:`refusals` first."""
+
+            def _register(self, *args: Any, **kwargs: Any) -> Any:
+                edge.attempts.append(time.monotonic())
+                if edge.refusals:
+                    return edge.refusals.pop(0)
+                return super()._register(*args, **kwargs)
+
+        def session() -> TunnelSession:
+            made = Session(self.store, self.registry, identity)
+            self._sessions.append(made)
+            return made
+
+        return await self.loop.create_server(
+            session, "127.0.0.1", 0, ssl=self.ca.tunnel_server_context()
+        )
+
+    def credentials(self, path: Path, name: str = "inproc") -> Path:
+        """Create an account and a tunnel; write its credentials file to ``path``."""
+        from adit.credentials import TunnelCredentials, write_credentials_file
+
+        account = self.store.create_account(name)
+        tunnel = self.store.create_tunnel(account.tag, name)
+        self.tunnel_id = tunnel.id
+        creds = TunnelCredentials(
+            account.tag,
+            tunnel.secret,
+            tunnel.id,
+            edge=(self.address,),
+            edge_ca_pem=self.ca.cert_pem,
+        )
+        write_credentials_file(path, creds)
+        return path
+
+    def wait_registered(self, timeout: float = 20.0) -> None:
+        """Until the tunnel has a live connection."""
+        deadline = time.monotonic() + timeout
+        while self._run(self._pick()) is None:
+            assert time.monotonic() < deadline, "no connection registered at the in-process edge"
+            time.sleep(0.05)
+
+    async def _pick(self) -> object:
+        return self.registry.pick(self.tunnel_id)
+
+    def request(
+        self, host: str, path: str = "/", headers: list[tuple[str, str]] | None = None
+    ) -> EdgeAnswer:
+        """A GET for ``host`` through the tunnel, ``headers`` exactly as given."""
+        return self._run(self._request(host, path, headers or []))
+
+    async def _request(self, host: str, path: str, headers: list[tuple[str, str]]) -> EdgeAnswer:
+        from adit.protocol.headers import RequestType
+
+        live = self.registry.pick(self.tunnel_id)
+        assert live is not None, "no live connection"
+        stream = live.handle.open_request(  # type: ignore[attr-defined]
+            "GET", path, host, headers, request_type=RequestType.HTTP, end_stream=True
+        )
+        try:
+            answer = await stream.response()
+            return EdgeAnswer(answer.status, list(answer.headers))
+        finally:
+            live.handle.finished(stream)  # type: ignore[attr-defined]
+
+    def close(self) -> None:
+        """Close the listener and every tunnel connection, stop the loop."""
+
+        async def stop() -> None:
+            self._server.close()
+            for session in self._sessions:
+                session.close("test over")
+                if session.transport is not None:
+                    session.transport.abort()
+            await self._server.wait_closed()
+            await asyncio.sleep(0)  # the aborted transports' connection_lost
+
+        self._run(stop())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(5)
+        self.loop.close()
+        self.store.close()
+
+
+# --- an HTTPS JSON endpoint (a JWKS) -----------------------------------------------------------
+
+
+class JsonOverHttps:
+    """An HTTPS server on 127.0.0.1 answering every GET with ``document`` as JSON.
+
+    ``document = None`` answers 503 (an endpoint that is down). Every GET's path is kept in
+    ``fetches``, with its time.
+    """
+
+    def __init__(self, context: object, document: object = None) -> None:
+        import http.server
+        import json
+        import ssl
+
+        assert isinstance(context, ssl.SSLContext)
+        self.document = document
+        self.fetches: list[tuple[float, str]] = []
+        owner = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                owner.fetches.append((time.monotonic(), self.path))
+                if owner.document is None:
+                    self.send_response(503)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                body = json.dumps(owner.document).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
+        self.url = f"https://127.0.0.1:{self._server.server_address[1]}"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        """Stop serving."""
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(5)

@@ -19,6 +19,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 BIN = Path(sys.executable).parent
+#: ``sitecustomize`` and the stand-in runtime: test seams for the processes a test starts.
+SEAMS = Path(__file__).with_name("seams")
+
+
+def seam_env(**flags: str) -> dict[str, str]:
+    """Environment that turns on test seams (``tests/seams/sitecustomize.py``) in the processes
+    started with it and their children, e.g. ``seam_env(ADIT_TEST_STANDIN="1")``."""
+    path = os.pathsep.join(p for p in (str(SEAMS), os.environ.get("PYTHONPATH", "")) if p)
+    return {"PYTHONPATH": path, **flags}
 
 
 def adit_command() -> list[str]:

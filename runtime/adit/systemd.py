@@ -1,8 +1,8 @@
 """sd_notify for adit's main processes: the connector's supervisor and the edge.
 
 Only the main process talks to systemd (``NotifyAccess=main``). Never raises and does nothing
-outside systemd. Workers never see ``NOTIFY_SOCKET``: the supervisor removes it from their
-environment.
+outside systemd. No child sees ``NOTIFY_SOCKET`` or the rest of what systemd hands the main
+process: workers and a quick tunnel's embedded edge get ``adit.service_manager.child_environment``.
 """
 
 from __future__ import annotations

@@ -12,8 +12,6 @@ import json
 import os
 import re
 import signal
-import socket
-import tempfile
 import threading
 import time
 import urllib.error
@@ -25,6 +23,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from adversary import NotifySocket
 from harness import (
     Account,
     Edge,
@@ -34,6 +33,7 @@ from harness import (
     create_tunnel,
     login,
     request,
+    seam_env,
     start_connector,
     start_edge,
     write_config,
@@ -44,54 +44,6 @@ pytestmark = [pytest.mark.process, pytest.mark.timeout(60)]
 HOST = "reload.example.test"
 
 STARTED = re.compile(r"Started worker pid=(\d+).*slot=(\d+)")
-
-
-class NotifySocket:
-    """A real unix datagram socket given to the connector as ``NOTIFY_SOCKET``."""
-
-    def __init__(self) -> None:
-        # AF_UNIX paths are limited to 108 bytes; pytest's tmp_path can be longer.
-        self._dir = tempfile.TemporaryDirectory(prefix="adit-n-")
-        self.path = str(Path(self._dir.name) / "notify")
-        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self._sock.bind(self.path)
-        self._sock.settimeout(0.2)
-        self.messages: list[tuple[float, str]] = []
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._read, daemon=True)
-        self._thread.start()
-
-    def _read(self) -> None:
-        while not self._stop.is_set():
-            try:
-                data = self._sock.recv(4096)
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            with self._lock:
-                self.messages.append((time.monotonic(), data.decode()))
-
-    def states(self) -> list[str]:
-        with self._lock:
-            return [m for _, m in self.messages]
-
-    def wait_for(self, predicate: str, timeout: float = 15.0, start: int = 0) -> int:
-        """Index of the first message from ``start`` on that starts with ``predicate``."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for index, message in enumerate(self.states()[start:], start):
-                if message.startswith(predicate):
-                    return index
-            time.sleep(0.02)
-        raise AssertionError(f"no {predicate!r} from sd_notify; got {self.states()[start:]}")
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=2)
-        self._sock.close()
-        self._dir.cleanup()
 
 
 @dataclass
@@ -374,7 +326,7 @@ def test_stuck_worker_is_aborted_with_a_traceback_and_the_watchdog_pauses(
         env={
             "NOTIFY_SOCKET": notify.path,
             "WATCHDOG_USEC": "1000000",
-            "ADIT_TEST_STUCK_ON_SIGUSR2": "1",
+            **seam_env(ADIT_TEST_STUCK_ON_SIGUSR2="1"),
         },
         wait=2,
     )

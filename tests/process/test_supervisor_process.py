@@ -1,8 +1,9 @@
 """The real supervisor (``adit tunnel run``) with real worker processes and a stand-in runtime.
 
-The workers' data plane is replaced through ``ADIT_TEST_WORKER_RUNTIME`` (a test-only seam) by
-``supervisor_standin.StandInRuntime``; everything else is real: fork+exec, zmq ipc, signals,
-sd_notify on a real unix datagram socket, the pidfile and the HTTP listener.
+The workers' data plane is replaced by ``supervisor_standin.StandInRuntime``, installed by the
+test seam ``tests/seams/sitecustomize.py`` (on the connector's PYTHONPATH only); everything else
+is real: fork+exec, zmq ipc, signals, sd_notify on a real unix datagram socket, the pidfile and
+the HTTP listener.
 """
 
 from __future__ import annotations
@@ -34,10 +35,10 @@ from adit.credentials import (
     load_credentials_file,
     write_credentials_file,
 )
+from harness import seam_env
 
 pytestmark = [pytest.mark.process, pytest.mark.timeout(30)]
 
-STANDIN = Path(__file__).with_name("supervisor_standin.py")
 WORKER_STARTED = re.compile(r"Started worker pid=(\d+)")
 
 
@@ -82,11 +83,11 @@ class Connector:
             HOME=str(tmp),
             RUNTIME_DIRECTORY=str(self.runtime_base),
             NOTIFY_SOCKET=str(self.notify_path),
-            ADIT_TEST_WORKER_RUNTIME=f"{STANDIN}:StandInRuntime",
             ADIT_TEST_STANDIN_MODE=mode,
             ADIT_TEST_STANDIN_DRAIN=drain,
             ADIT_TEST_STANDIN_LOG=str(self.standin_log),
         )
+        env.update(seam_env(ADIT_TEST_STANDIN="1"))
         env.update(env_extra or {})
         args = [
             "tunnel", "run",

@@ -26,6 +26,7 @@ from adit.config.ingress import (
 from adit.config.load import LoadedConfig, find_config_path, load_config
 from adit.config.origin import Rule
 from adit.config.services import parse_go_url
+from adit.config.validation import validate_file
 
 __all__ = ["ingress"]
 
@@ -121,7 +122,8 @@ def validate(ctx: click.Context, config_path: str | None, json_text: str | None)
         raise CommandFailure(NO_CONFIG_MESSAGE)
     click.echo(f"Validating rules from {path}")
     try:
-        parse_ingress(loaded.config.ingress or [], loaded.config.origin_request)
+        # The check `adit tunnel run` makes at start and on every reload.
+        validate_file(loaded, single_origin=False)
     except IngressError as exc:
         raise CommandFailure(f"Validation failed: {exc}") from None
     if _url_is_set(ctx, loaded):

@@ -19,6 +19,7 @@ from pathlib import Path
 import click
 
 from adit.cli.state import CommandFailure
+from adit.service_manager import child_environment
 
 START_TIMEOUT = 20.0
 
@@ -77,6 +78,9 @@ def start_quick_tunnel(
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
+            # systemd's notify socket, watchdog and sockets are the connector's: the edge is
+            # up long before a connection is, and must not say READY=1 (nor STOPPING=1).
+            env=child_environment(),
         )
     deadline = time.monotonic() + START_TIMEOUT
     while not ready.exists():

@@ -14,7 +14,7 @@ import os
 import platform
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, NoReturn
 
 import click
 import msgspec
@@ -66,6 +66,8 @@ _UNKNOWN_PROTOCOL: Final = (
     "to Cloudflare edge"
 )
 _SECRET_FLAGS: Final = frozenset({"token", "credentials-contents"})
+#: The flags (or keys) of ``--url`` mode: one of them serves a file without ``ingress`` rules.
+_SINGLE_ORIGIN_FLAGS: Final = ("url", "hello_world", "unix_socket", "bastion")
 _SECRET_ENV: Final = frozenset({"TUNNEL_TOKEN", "TUNNEL_CRED_CONTENTS"})
 #: ``--url``-mode flags and the ``originRequest`` key each one sets.
 _ORIGIN_FLAGS: Final = {
@@ -270,9 +272,7 @@ class _Resolver:
         return settings
 
 
-def _load_config(
-    ctx: click.Context, explicit: str | None, *, reject_empty: bool = False
-) -> LoadedConfig | None:
+def _load_config(ctx: click.Context, explicit: str | None) -> LoadedConfig | None:
     path = find_config_path(explicit or cli_state(ctx).config_path)
     if path is None:
         dirs = " ".join(str(d) for d in search_directories())
@@ -286,11 +286,8 @@ def _load_config(
     except ConfigError as exc:
         raise CommandFailure(str(exc)) from None
     if loaded.empty:
-        if reject_empty:
-            # On reload an empty file is more likely half-written than meant.
-            raise CommandFailure(f"Configuration file {path} was empty")
+        # Kept, not dropped: an empty file has no rules, which validate_file judges.
         log.error("Configuration file %s was empty", path)
-        return None
     if loaded.warnings:
         log.warning("Your configuration file has unused keys: %s", loaded.warnings_text())
     return loaded
@@ -408,12 +405,26 @@ def _enc_hook(value: object) -> object:
     raise NotImplementedError(f"cannot encode {type(value).__name__}")
 
 
-def build_ingress_snapshot(values: _Resolver, flags: dict[str, object]) -> IngressSnapshot:
-    """The ingress the workers will run: the file's rules, else ``--url`` mode; validated."""
+def build_ingress_snapshot(
+    values: _Resolver, flags: dict[str, object], *, starting: bool = False
+) -> IngressSnapshot:
+    """The ingress the workers will run: the file's rules, else ``--url`` mode; validated.
+
+    The file goes through :func:`~adit.config.validation.validate_file`, as in ``ingress
+    validate``; errors name the file, the line and the location.
+    """
+    from adit.config.errors import IngressError
     from adit.config.ingress import URL_WITH_INGRESS_MESSAGE
+    from adit.config.validation import validate_file
     from adit.ipc.snapshot import build_ingress
 
     loaded = values.loaded
+    single_origin = any(values.get(name) for name in _SINGLE_ORIGIN_FLAGS)
+    try:
+        validate_file(loaded, single_origin=single_origin)
+    except IngressError as exc:
+        assert loaded is not None  # no file raises nothing
+        _refuse(str(loaded.locate(exc)), starting=starting)
     rules: list[dict[str, object]] = []
     origin_request: dict[str, object] = {}
     if loaded is not None and loaded.config.ingress:
@@ -435,8 +446,7 @@ def build_ingress_snapshot(values: _Resolver, flags: dict[str, object]) -> Ingre
     try:
         build_ingress(snapshot)
     except ConfigError as exc:
-        log.error("Couldn't start tunnel", extra=fields(error=str(exc)))
-        raise CommandFailure(str(exc)) from None
+        _refuse(str(exc), starting=starting)
     local = {
         "__configuration_flags": {k: str(v) for k, v in flags.items()},
         "ingress": rules,
@@ -447,6 +457,13 @@ def build_ingress_snapshot(values: _Resolver, flags: dict[str, object]) -> Ingre
     return msgspec.structs.replace(
         snapshot, local_config_json=json.dumps(local, separators=(",", ":")).encode()
     )
+
+
+def _refuse(error: str, *, starting: bool) -> NoReturn:
+    """Fail with ``error``; a reload's refusal is logged by the supervisor, a start's here."""
+    if starting:
+        log.error("Couldn't start tunnel", extra=fields(error=error))
+    raise CommandFailure(error)
 
 
 def _log_startup(tunnel_id: str, flags: dict[str, object]) -> None:
@@ -465,17 +482,23 @@ def _log_startup(tunnel_id: str, flags: dict[str, object]) -> None:
 
 
 def load_settings(
-    ctx: click.Context, tunnel: tuple[str, ...], *, starting: bool = False
+    ctx: click.Context,
+    tunnel: tuple[str, ...],
+    *,
+    starting: bool = False,
+    config_path: str | None = None,
 ) -> SupervisorSettings:
     """Read the config file and resolve every flag into settings, as start-up does.
 
     Pure apart from reading files (config, credentials, CA): the supervisor calls it again on
-    SIGHUP. Raises :class:`click.ClickException` (``CommandFailure``/``UsageFailure``) with
-    the message for the user. ``starting`` also installs logging and prints the start-up lines.
+    SIGHUP, with ``config_path`` the file the start read (a reload reads that file or fails;
+    it never falls back to another one on the search path). Raises
+    :class:`click.ClickException` (``CommandFailure``/``UsageFailure``) with the message for
+    the user. ``starting`` also installs logging and prints the start-up lines.
     """
     from adit.supervisor.settings import SupervisorSettings
 
-    loaded = _load_config(ctx, ctx.params.get("config_path"), reject_empty=not starting)
+    loaded = _load_config(ctx, config_path or ctx.params.get("config_path"))
     values = _Resolver(ctx, loaded)
     log_settings = LogSettings(
         level=str(values.get("loglevel") or "info"),
@@ -538,7 +561,7 @@ def load_settings(
         except OSError as exc:
             raise CommandFailure(f"Failed to read the edge CA certificate: {exc}") from None
 
-    ingress = build_ingress_snapshot(values, flags)
+    ingress = build_ingress_snapshot(values, flags, starting=starting)
     return SupervisorSettings(
         tunnel_id=str(creds.tunnel_id),
         account_tag=creds.account_tag,
@@ -587,7 +610,9 @@ def run(ctx: click.Context, /, tunnel: tuple[str, ...], **_options: Any) -> None
         # Worker 0 may have been started before the settings (adit.cli.main): it never runs.
         discard_prestarted()
         raise
-    supervisor = Supervisor(settings, reload=lambda: load_settings(ctx, tunnel))
+    supervisor = Supervisor(
+        settings, reload=lambda: load_settings(ctx, tunnel, config_path=settings.config_path)
+    )
     code = supervisor.run()
     if code == 1:
         raise CommandFailure(supervisor.failure or "tunnel stopped with an error")

@@ -1,7 +1,8 @@
 """Config error taxonomy: every error names its file, its location and, where known, its line.
 
 * :class:`ConfigError` — a problem in a config file (or in remote/JSON config when ``path`` is
-  ``None``). ``str()`` is ``<file>:<line>: <location>: <message>``.
+  ``None``). ``str()`` is ``<file>:<line>: <location>: <message>``, then ``fix: <hint>`` on a
+  line of its own when there is a hint.
 * :class:`ConfigNotFoundError` — an explicit ``--config`` path that cannot be opened.
 * :class:`ConfigParseError` — YAML syntax or type errors; rendered the way cloudflared renders
   them (``error parsing YAML in config file at <path>: ...``) so ``ingress validate`` matches.
@@ -47,7 +48,8 @@ class ConfigError(Exception):
                 if self.location
                 else (f"{where}: {self.message}")
             )
-        return f"{text}\n{self.hint}" if self.hint else text
+        # "fix:" keeps the hint apart from the message once a log line flattens the newline.
+        return f"{text}\nfix: {self.hint}" if self.hint else text
 
 
 class ConfigNotFoundError(ConfigError):

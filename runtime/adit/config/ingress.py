@@ -23,7 +23,7 @@ import msgspec
 
 from adit.config.errors import IngressError
 from adit.config.model import IngressRuleConfig, OriginRequestConfig, RemoteConfig, duration_hook
-from adit.config.options import build_ip_rule, resolve_options
+from adit.config.options import build_ip_rule, resolve_options, team_domain_error
 from adit.config.origin import (
     BastionService,
     HelloWorldService,
@@ -159,8 +159,12 @@ def _parse_rule(rule: IngressRuleConfig, index: int, total: int, defaults: Origi
     if rule.service == "socks-proxy":
         options = _socks_options(rule, options, index)
     access = options.access
-    if access is not None and access.required and not access.team_name and access.aud_tags:
+    # A teamDomain (adit only) names the issuer that a teamName would otherwise.
+    named = access is not None and (access.team_name or access.team_domain)
+    if access is not None and access.required and not named and access.aud_tags:
         raise IngressError(_ACCESS_MESSAGE, f"ingress[{index}].originRequest.access")
+    if access is not None and (problem := team_domain_error(access.team_domain)):
+        raise IngressError(problem, f"ingress[{index}].originRequest.access.teamDomain")
     _validate_hostname(rule, index, total)
     catch_all = rule.hostname in ("", "*") and not rule.path
     pattern = None

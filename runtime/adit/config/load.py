@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 import yaml
 
-from adit.config.errors import ConfigNotFoundError, ConfigParseError, IngressError
+from adit.config.errors import ConfigError, ConfigNotFoundError, ConfigParseError, IngressError
 from adit.config.model import ConfigFile, duration_hook
 from adit.config.source import (
     UnusedKey,
@@ -99,15 +99,24 @@ class LoadedConfig:
         """1-based line of ``location`` (``ingress[1].service``) in the file, if known."""
         return line_of(self.node, parse_location(location), key=key)
 
-    def parse_ingress(self) -> Ingress:
-        """Validate this file's ingress; errors are :class:`ConfigError` with a line."""
+    def validate_ingress(self) -> Ingress:
+        """This file's ingress rules, validated; raises :class:`IngressError` (see
+        :meth:`locate`)."""
         from adit.config.ingress import parse_ingress
 
+        return parse_ingress(self.config.ingress or [], self.config.origin_request)
+
+    def locate(self, error: IngressError) -> ConfigError:
+        """``error`` as a :class:`ConfigError` naming this file and the line of its location."""
+        line = self.line_of(error.location) if error.location else None
+        return error.located(self.path, line)
+
+    def parse_ingress(self) -> Ingress:
+        """Validate this file's ingress; errors are :class:`ConfigError` with a line."""
         try:
-            return parse_ingress(self.config.ingress or [], self.config.origin_request)
+            return self.validate_ingress()
         except IngressError as exc:
-            line = self.line_of(exc.location) if exc.location else None
-            raise exc.located(self.path, line) from exc
+            raise self.locate(exc) from exc
 
 
 def load_config(path: Path | str) -> LoadedConfig:

@@ -39,6 +39,9 @@ class AccessConfig(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True
     team_name: str = msgspec.field(default="", name="teamName")
     aud_tag: list[str] = msgspec.field(default_factory=list, name="audTag")
     environment: str = ""
+    #: adit only: the Access issuer's URL (``https://host[:port]``) in place of
+    #: ``https://<teamName>.cloudflareaccess.com``, e.g. a self-hosted edge's Access.
+    team_domain: str = msgspec.field(default="", name="teamDomain")
 
 
 class IpRuleConfig(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):

@@ -9,6 +9,7 @@ whole.
 from __future__ import annotations
 
 import ipaddress
+import urllib.parse
 from typing import Any
 
 import msgspec
@@ -17,7 +18,7 @@ from adit.config.duration import Duration
 from adit.config.model import AccessConfig, IpRuleConfig, OriginRequestConfig
 from adit.config.origin import AccessSettings, IpRule, OriginOptions
 
-__all__ = ["access_settings", "build_ip_rule", "resolve_options"]
+__all__ = ["access_settings", "build_ip_rule", "resolve_options", "team_domain_error"]
 
 
 def build_ip_rule(config: IpRuleConfig) -> IpRule:
@@ -45,7 +46,24 @@ def access_settings(config: AccessConfig) -> AccessSettings:
         team_name=config.team_name,
         aud_tags=tuple(config.aud_tag),
         environment=config.environment,
+        team_domain=config.team_domain.rstrip("/"),
     )
+
+
+def team_domain_error(url: str) -> str | None:
+    """Why ``access.teamDomain`` is unusable (``None``: it is fine or unset).
+
+    It names the token issuer and, under ``/cdn-cgi/access/certs``, its signing keys: HTTPS
+    only, since keys fetched in clear could be anyone's.
+    """
+    if not url:
+        return None
+    parsed = urllib.parse.urlsplit(url)
+    if parsed.scheme != "https" or not parsed.hostname:
+        return f"access.teamDomain {url} must be an https:// URL"
+    if parsed.path.strip("/") or parsed.query or parsed.fragment or parsed.username:
+        return f"access.teamDomain {url} must be a bare origin such as https://access.example.com"
+    return None
 
 
 def _valid_ip_rules(configs: list[IpRuleConfig]) -> tuple[IpRule, ...]:

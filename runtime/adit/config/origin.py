@@ -43,6 +43,8 @@ class AccessSettings(msgspec.Struct, frozen=True):
     team_name: str = ""
     aud_tags: tuple[str, ...] = ()
     environment: str = ""
+    #: The issuer URL when not Cloudflare's (``teamDomain``, adit only); "" otherwise.
+    team_domain: str = ""
 
 
 class OriginOptions(msgspec.Struct, frozen=True):

@@ -146,12 +146,19 @@ class ConnectionRegistered(msgspec.Struct, frozen=True, tag=True):
 
 
 class RegistrationRefused(msgspec.Struct, frozen=True, tag=True):
-    """The edge refused registration (wrong secret, unknown tunnel, ...)."""
+    """The edge refused registration (wrong secret, unknown tunnel, ...).
+
+    ``should_retry`` false: the connection stops until new settings arrive (a permanent
+    refusal); otherwise the worker dials again in ``retry_in`` seconds. ``metric_label`` is
+    the refusal's ``cloudflared_tunnel_tunnel_register_fail`` label.
+    """
 
     slot: int
     conn_index: int
     cause: str
     should_retry: bool
+    retry_in: float = 0.0
+    metric_label: str = "server_error"
 
 
 class ConnectionLost(msgspec.Struct, frozen=True, tag=True):

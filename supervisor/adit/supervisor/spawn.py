@@ -2,7 +2,7 @@
 
 ``adit tunnel run`` calls :func:`prestart` first thing, before click, the config modules or
 even ``subprocess`` are imported, so worker 0's interpreter start and imports overlap all of
-them. This module therefore imports nothing but ``os``, ``sys`` and ``time`` (built in) and two
+them. This module therefore imports nothing but ``os``, ``sys`` and ``time`` (built in) and three
 of ours that import nothing, and :class:`WorkerChild` is the small part of
 ``subprocess.Popen`` the supervisor uses.
 
@@ -19,6 +19,7 @@ import time
 
 from adit.allocator import ENVIRONMENT as ALLOCATOR_ENVIRONMENT
 from adit.ipc.directory import make_runtime_directory
+from adit.service_manager import child_environment
 
 __all__ = [
     "WorkerChild",
@@ -31,15 +32,6 @@ __all__ = [
     "worker_environment",
 ]
 
-#: Variables meant for the supervisor alone (systemd's notify and socket activation).
-_PRIVATE_ENV = (
-    "NOTIFY_SOCKET",
-    "LISTEN_FDS",
-    "LISTEN_PID",
-    "LISTEN_FDNAMES",
-    "WATCHDOG_USEC",
-    "WATCHDOG_PID",
-)
 #: ``adit tunnel ... run`` arguments after which no tunnel runs (help and version).
 _NO_RUN = frozenset({"-h", "--help", "-v", "-V", "--version"})
 #: Longest sleep between two looks at a child that is waited for with a timeout.
@@ -108,9 +100,7 @@ class WorkerChild:
 def worker_environment(environ: dict[str, str] | None = None) -> dict[str, str]:
     """The supervisor's environment without what only the supervisor may use, with the
     allocator settings of :mod:`adit.allocator`."""
-    env = dict(os.environ if environ is None else environ)
-    for key in _PRIVATE_ENV:
-        env.pop(key, None)
+    env = child_environment(environ)
     # Read by glibc as the worker starts: its TLS read buffers come from the heap
     # (adit.allocator). An operator's own MALLOC_* settings win.
     for key, value in ALLOCATOR_ENVIRONMENT.items():

@@ -8,7 +8,10 @@ answers with a list of actions (:class:`SpawnWorker`, :class:`SendCommand`, :cla
 Invariants:
 
 * Phases only move forward: STARTING → RUNNING → DRAINING (STARTING → DRAINING directly when
-  the first connection is refused or a signal arrives before any registration).
+  the first connection is refused for good or a signal arrives before any registration).
+* A refusal the edge marks retryable is retried by its worker; one it does not stops that
+  connection until new connection settings arrive. With every connection refused for good and
+  none registered, the supervisor stops with exit code 1.
 * ``READY=1`` and the pidfile happen exactly once, on the first ``ConnectionRegistered``.
 * Nothing is spawned once DRAINING; DRAINING ends in exactly one :class:`Exit`, when the last
   worker is gone, when the drain deadline passes (after :class:`KillWorkers`), or at once on a
@@ -241,6 +244,8 @@ class SupervisorState:
     loading: bool = False
     reload_queued: bool = False
     retrying: set[int] = field(default_factory=set)
+    #: Connection indexes the edge refused for good (with the cause), until new settings.
+    refused: dict[int, str] = field(default_factory=dict)
     _last_status: str = ""
 
     def __post_init__(self) -> None:
@@ -371,6 +376,8 @@ class SupervisorState:
         record.active_streams = 0
         self.stats.drop_slot(slot)
         self._forget_connections(slot)
+        for index in record.conn_indexes:
+            self.refused.pop(index, None)  # a new process of this slot asks the edge again
         if record.retiring and slot < self.settings.workers and self.phase is not Phase.DRAINING:
             # Retired, then wanted again by a later reload before it was gone: start it anew.
             record.retiring = False
@@ -494,6 +501,8 @@ class SupervisorState:
             or old.edge_ca_pem != new.edge_ca_pem
         )
         resized = new.ha_connections != old.ha_connections or new.workers != old.workers
+        if connections_changed:
+            self.refused.clear()  # the workers dial those connections again with new settings
         self.settings = new
         self.reload_error = None
         self.stats.last_reload_success = True
@@ -689,6 +698,7 @@ class SupervisorState:
 
     def _on_registered(self, event: ConnectionRegistered) -> list[Action]:
         self.registered[event.conn_index] = event
+        self.refused.pop(event.conn_index, None)
         self.retrying.discard(event.conn_index)
         self.stats.timer_retries = len(self.retrying)
         self.stats.register_success += 1
@@ -713,17 +723,33 @@ class SupervisorState:
         return actions + self._status()
 
     def _on_refused(self, event: RegistrationRefused, now: float) -> list[Action]:
-        self.stats.register_fail["server_error"] = (
-            self.stats.register_fail.get("server_error", 0) + 1
-        )
-        log.error(
-            "Register tunnel error from server side",
-            extra=fields(connIndex=event.conn_index, error=event.cause),
-        )
+        """The worker acted on a refusal already (retry after ``retry_in``, or stop that
+        connection); here: the metric, and stopping the connector once nothing can serve."""
+        label = event.metric_label
+        self.stats.register_fail[label] = self.stats.register_fail.get(label, 0) + 1
+        where = fields(connIndex=event.conn_index, error=event.cause)
+        if event.should_retry:
+            self.refused.pop(event.conn_index, None)
+            log.warning("Register tunnel error from server side; retrying", extra=where)
+            return self._status()
+        self.refused[event.conn_index] = event.cause
+        self.retrying.discard(event.conn_index)
+        self.stats.timer_retries = len(self.retrying)
+        log.error("Register tunnel error from server side", extra=where)
         if self.phase is Phase.STARTING and event.conn_index == 0:
             log.error("Couldn't start tunnel", extra=fields(error=event.cause))
             return self._fail(f"initial tunnel connection failed: {event.cause}", now)
-        return []
+        wanted = set(range(self.settings.ha_connections))
+        if not self.registered and wanted <= set(self.refused):
+            # Nothing serves and nothing will by retrying: stop, as cloudflared stops when its
+            # first connection is refused for good. systemd restarts a failed unit after
+            # RestartSec, which reads the credentials again; retrying here would not.
+            log.error(
+                "The edge refused every connection for good; stopping",
+                extra=fields(error=event.cause),
+            )
+            return self._fail(f"every connection was refused by the edge: {event.cause}", now)
+        return self._status()
 
     def _fail(self, failure: str, now: float) -> list[Action]:
         if self.phase is Phase.DRAINING:
@@ -763,6 +789,9 @@ class SupervisorState:
         )
         if self.reload_error is not None:
             text += f"; reload rejected: {self.reload_error}"
+        if self.refused:
+            causes = sorted(set(self.refused.values()))
+            text += f"; {len(self.refused)} refused by the edge: {causes[0]}"
         if text == self._last_status:
             return []
         self._last_status = text

@@ -195,5 +195,5 @@ def test_hostname_and_path_error_lines(
 def test_config_error_str_shapes() -> None:
     assert str(ConfigError("c.yml", "a.b", "bad", line=3)) == "c.yml:3: a.b: bad"
     assert str(ConfigError("c.yml", "", "bad")) == "c.yml: bad"
-    assert str(ConfigError("c.yml", "a", "bad", "try x")) == "c.yml: a: bad\ntry x"
+    assert str(ConfigError("c.yml", "a", "bad", "try x")) == "c.yml: a: bad\nfix: try x"
     assert str(IngressError("exact message", "ingress[0]")) == "exact message"

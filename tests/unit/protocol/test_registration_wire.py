@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -12,7 +13,10 @@ from adit.protocol.registration import (
     ClientInfo,
     ConnectionDetails,
     ConnectionOptions,
+    DuplicateConnection,
+    PermanentRefusal,
     RegistrationError,
+    TemporaryRefusal,
     TunnelAuth,
 )
 from adit.protocol.registration_codec import (
@@ -166,3 +170,28 @@ def test_readers_decline_or_agree_on_corrupted_returns(data: st.DataObject) -> N
     result = wire.decode_register_results(bytes(raw))
     if result is not None:
         assert read_content(bytes(raw), register_results_schema, decode_register_results) == result
+
+
+@pytest.mark.parametrize(
+    ("error", "kind", "retryable", "move", "after"),
+    [
+        (RegistrationError("EDUPCONN", 0, True), DuplicateConnection, True, True, 0.0),
+        (RegistrationError("EDUPCONN", 0, False), DuplicateConnection, True, True, 0.0),
+        (RegistrationError("busy", 2_500_000_000, True), TemporaryRefusal, True, False, 2.5),
+        (RegistrationError("busy", -5, True), TemporaryRefusal, True, False, 0.0),
+        (
+            RegistrationError("bad secret", 9_000_000_000, False),
+            PermanentRefusal,
+            False,
+            False,
+            0.0,
+        ),
+    ],
+)
+def test_a_refusal_carries_its_policy(
+    error: RegistrationError, kind: type, retryable: bool, move: bool, after: float
+) -> None:
+    refusal = error.refusal()
+    assert type(refusal) is kind
+    assert (refusal.retryable, refusal.try_another_address) == (retryable, move)
+    assert refusal.retry_after == after and refusal.cause == error.cause

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+from dataclasses import replace
 
 import pytest
 
@@ -222,3 +223,59 @@ def test_stats_are_summed_and_dropped_with_the_worker() -> None:
 def test_signal_before_any_worker_exits_immediately(signum: int) -> None:
     state = SupervisorState(_settings(), cpus=[])
     assert state.handle_signal(signum, 0.0) == [Notify("STOPPING=1"), Exit(0)]
+
+
+def test_a_retryable_refusal_of_the_first_connection_is_retried_not_fatal() -> None:
+    state = _started()
+    actions = state.handle_event(RegistrationRefused(0, 0, "busy", True, 5.0), 1.0)
+    assert not any(isinstance(a, (Exit, SendCommand)) for a in actions)
+    assert state.phase is Phase.STARTING
+    assert state.stats.register_fail == {"server_error": 1}
+
+
+def test_every_connection_refused_for_good_stops_with_the_cause() -> None:
+    state = _started()
+    for index in range(4):
+        state.handle_event(_registered(index % 2, index), 1.0)
+    for index in range(4):
+        state.handle_event(ConnectionLost(index % 2, index, "lost", 0.1), 2.0)
+    for index in range(3):
+        actions = state.handle_event(
+            RegistrationRefused(index % 2, index, "bad secret", False), 3.0
+        )
+        assert not any(isinstance(a, SendCommand) for a in actions)
+    actions = state.handle_event(RegistrationRefused(1, 3, "bad secret", False), 3.0)
+    assert SendCommand(0, Drain(0.0)) in actions and Notify("STOPPING=1") in actions
+    state.worker_exited(0, 100, 0, 4.0)
+    final = state.worker_exited(1, 101, 0, 4.0)
+    assert final[-1] == Exit(1, "every connection was refused by the edge: bad secret")
+
+
+def test_a_registered_connection_keeps_the_connector_up_despite_refusals() -> None:
+    state = _started(ha=2)
+    state.handle_event(_registered(0, 0), 1.0)
+    actions = state.handle_event(RegistrationRefused(1, 1, "bad secret", False), 2.0)
+    assert not any(isinstance(a, SendCommand) for a in actions)
+    assert any(
+        isinstance(a, Notify) and "1 refused by the edge: bad secret" in a.state for a in actions
+    )
+    # The refused index registering later (new settings) clears it.
+    state.handle_event(_registered(1, 1), 3.0)
+    assert state.refused == {}
+
+
+def test_new_credentials_clear_the_refusals() -> None:
+    state = _started(ha=2)
+    state.handle_event(_registered(0, 0), 1.0)
+    state.handle_event(RegistrationRefused(1, 1, "bad secret", False), 2.0)
+    rotated = replace(state.settings, tunnel_secret=b"r" * 32)
+    state.request_reload("SIGHUP", 3.0)
+    state.settings_loaded(rotated, 3.0)
+    assert state.refused == {}
+
+
+def test_the_refusal_metric_uses_the_refusals_label() -> None:
+    state = _started()
+    state.handle_event(_registered(0, 0), 1.0)
+    state.handle_event(RegistrationRefused(1, 1, "EDUPCONN", True, 0.5, "dup_edge_conn"), 2.0)
+    assert state.stats.register_fail == {"dup_edge_conn": 1}

@@ -60,8 +60,6 @@ if TYPE_CHECKING:
 __all__ = [
     "HEARTBEAT_INTERVAL",
     "IPC_DEFER_LIMIT",
-    "RUNTIME_OVERRIDE_ENV",
-    "STUCK_HOOK_ENV",
     "RuntimeLike",
     "WorkerOptions",
     "WorkerProcess",
@@ -80,10 +78,6 @@ _STDIN = 0
 #: How long queued events may take to leave when the worker ends (the channel may still have
 #: to be opened, ZeroMQ imported first).
 _FLUSH_TIMEOUT = 3.0
-#: Test seam only: ``module:Class`` or ``/path/file.py:Class`` of a stand-in runtime.
-RUNTIME_OVERRIDE_ENV = "ADIT_TEST_WORKER_RUNTIME"
-#: Test seam only: when set to ``1``, SIGUSR2 blocks this worker's event loop for good.
-STUCK_HOOK_ENV = "ADIT_TEST_STUCK_ON_SIGUSR2"
 
 
 class RuntimeLike(Protocol):
@@ -98,24 +92,6 @@ class RuntimeLike(Protocol):
 
 
 RuntimeFactory = Callable[[WorkerSettings, Callable[[Event], None]], RuntimeLike]
-
-
-def _runtime_factory() -> RuntimeFactory:
-    spec = os.environ.get(RUNTIME_OVERRIDE_ENV, "")
-    if not spec:
-        return WorkerRuntime
-    module_name, _, attr = spec.rpartition(":")
-    if module_name.endswith(".py"):
-        from importlib import util  # the test seam only: not on a real worker's start-up path
-
-        file_spec = util.spec_from_file_location("adit_test_worker_runtime", module_name)
-        assert file_spec is not None and file_spec.loader is not None
-        module = util.module_from_spec(file_spec)
-        file_spec.loader.exec_module(module)
-    else:
-        module = importlib.import_module(module_name)
-    factory: RuntimeFactory = getattr(module, attr)
-    return factory
 
 
 class WorkerProcess:
@@ -158,8 +134,6 @@ class WorkerProcess:
         loop.add_signal_handler(signal.SIGTERM, self._on_sigterm)
         if self._watch_stdin:
             self._watch_parent(loop)
-        if os.environ.get(STUCK_HOOK_ENV) == "1":
-            loop.add_signal_handler(signal.SIGUSR2, _block_forever)
         ipc = asyncio.create_task(self._ipc(), name="ipc")
         try:
             return await self._serve()
@@ -314,13 +288,6 @@ class WorkerProcess:
             lag = max(0.0, time.monotonic() - before - HEARTBEAT_INTERVAL)
 
 
-def _block_forever() -> None:
-    """The test-only stuck loop: a callback that never returns (see :data:`STUCK_HOOK_ENV`)."""
-    log.warning("Blocking the event loop (test hook)")
-    while True:
-        time.sleep(3600)
-
-
 def _import_all(names: tuple[str, ...]) -> None:
     for name in names:
         importlib.import_module(name)
@@ -409,15 +376,9 @@ def main(
             os.sched_setaffinity(0, {boot.cpu})
         except OSError as exc:
             log.warning("Cannot pin to CPU %d error=%r", boot.cpu, str(exc))
-    try:
-        factory = _runtime_factory()
-    except (ImportError, AttributeError, AssertionError):
-        log.exception("Cannot load the worker runtime")
-        return WORKER_BOOT_ERROR
     worker = WorkerProcess(
         boot.start,
         options.runtime_dir,
-        factory,
         early_signals=early,
         parent_pid=options.parent_pid,
         watch_stdin=stdin is None,

@@ -30,6 +30,7 @@ from adit.config.origin import (
     StreamService,
     UnixService,
 )
+from adit.logs import fields
 from adit.workers.errors import (
     UNREACHABLE_MESSAGE,
     OriginError,
@@ -49,8 +50,9 @@ from adit.workers.origins.request import (
 from adit.workers.stream import ResponseSource, StreamKind, TunnelStream
 
 if TYPE_CHECKING:
-    # Imported when first used: h2 (http2Origin) and h11 (hello_world) are memory in every
-    # worker that serves neither.
+    # Imported when first used: h2 (http2Origin), h11 (hello_world) and PyJWT (access) are
+    # memory in every worker that serves none of them.
+    from adit.workers.access import AccessGate
     from adit.workers.origins.helloworld import HelloWorldOrigin
     from adit.workers.origins.http2 import H2OriginConnection
 
@@ -118,6 +120,7 @@ class OriginProxy:
         self._h2_pool: ConnectionPool[H2OriginConnection] = ConnectionPool(clock)
         self._dialer = Dialer()
         self._hello_world: HelloWorldOrigin | None = None
+        self._access: AccessGate | None = None
 
     async def aclose(self) -> None:
         """Close idle origin connections and stop the hello_world origin."""
@@ -147,6 +150,12 @@ class OriginProxy:
             self.stats.concurrent_requests -= 1
 
     async def _serve(self, stream: TunnelStream, rule: Rule) -> None:
+        access = rule.options.access
+        if access is not None and access.required and not await self._access_granted(stream, rule):
+            # cloudflared's middleware: a bare 403, before any service is touched.
+            await stream.send_response(403, [], source=ResponseSource.ORIGIN, end_stream=True)
+            self.stats.count_response(403)
+            return
         service = rule.service
         if isinstance(service, StatusService):
             await stream.send_response(
@@ -176,6 +185,24 @@ class OriginProxy:
             await self._proxy_h2(stream, rule.options, h2_key, head)
             return
         await self._proxy_http(stream, rule.options, key, head)
+
+    async def _access_granted(self, stream: TunnelStream, rule: Rule) -> bool:
+        """``originRequest.access.required``: the request's Access JWT is valid for the rule."""
+        from adit.workers.access import AccessDenied, AccessGate
+
+        assert rule.options.access is not None
+        if self._access is None:
+            self._access = AccessGate()
+        try:
+            await self._access.check(stream.request.headers, rule.options.access)
+        except AccessDenied as exc:
+            self._log.info(
+                "Request filtered by the Access JWT check due to: %s",
+                exc,
+                extra=fields(ingressRule=rule.index, connIndex=stream.request.conn_index),
+            )
+            return False
+        return True
 
     async def _proxy_h2(
         self, stream: TunnelStream, options: OriginOptions, key: OriginKey, head: OriginRequestHead

@@ -50,6 +50,7 @@ from adit.protocol.registration import (
     ConnectionDetails,
     ConnectionOptions,
     RegistrationError,
+    RegistrationRefusal,
     TunnelAuth,
 )
 from adit.workers.backoff import Backoff
@@ -73,6 +74,8 @@ STATS_INTERVAL = 1.0
 REGISTRATION_STAGGER = 0.5
 #: How long a roll waits for one connection's replacement before moving on to the next.
 ROLL_TIMEOUT = 2 * DIAL_TIMEOUT
+#: The longest ``retry_after`` of a refusal that is honoured as given (a longer one is cut).
+MAX_RETRY_AFTER = 600.0
 
 #: What adit's connector tells the edge it supports.
 FEATURES = ("serialized_headers", FEATURE_SERIALIZED_REQUEST_HEADERS)
@@ -195,6 +198,8 @@ class DialFailure(NamedTuple):
     dial: bool
     #: The address answered with a reset at once: nothing listens there (yet).
     refused: bool = False
+    #: The edge answered the registration with a refusal (its class carries the policy).
+    refusal: RegistrationRefusal | None = None
 
 
 class ConnectionSlot:
@@ -251,6 +256,8 @@ class WorkerRuntime:
         self._learned: dict[int, str] = {}
         #: Bumped by every reconfiguration that needs new connections.
         self._generation = 0
+        #: Set (and replaced) at each bump: what a permanently refused slot waits for.
+        self._new_generation = asyncio.Event()
         self._leader = settings.conn_indexes[0] if settings.conn_indexes else 0
         self._running = False
         self.fatal: str | None = None
@@ -347,6 +354,8 @@ class WorkerRuntime:
             self.settings = settings
             if roll:
                 self._generation += 1
+                self._new_generation.set()
+                self._new_generation = asyncio.Event()
             self._grace = settings.grace_period
             self.apply_ingress(settings.ingress)
             if settings.edge_ca_pem != old.edge_ca_pem:
@@ -472,12 +481,57 @@ class WorkerRuntime:
             return
         # Rolls waiting on this slot are served by whatever connects next with new settings.
         slot.finish_rolls(False)
-        if outcome.dial or outcome.error == "EDUPCONN":
-            self._move(slot)
-        delay = slot.backoff.next_delay(refused=outcome.refused)
+        delay = self._next_attempt(slot, outcome)
+        if delay is None:
+            log.error(
+                "Not retrying: the edge refused this connection for good; it dials again once "
+                "the credentials or the edge addresses change",
+                extra=fields(connIndex=slot.conn_index),
+            )
+            await self._hold_refused(generation)
+            return
         # The quick redials while an edge restarts would be a warning every 0.1 s.
         level = logging.DEBUG if slot.backoff.quick else logging.WARNING
         await self._retry_after(slot, delay, outcome.error, level, ip=f"{edge.host}:{edge.port}")
+
+    def _next_attempt(self, slot: ConnectionSlot, outcome: DialFailure) -> float | None:
+        """Seconds until ``slot`` dials again after ``outcome``; ``None``: not with these
+        settings. The one place a refusal's policy (its class) is acted on."""
+        refusal = outcome.refusal
+        delay: float | None = None
+        if refusal is None or refusal.retryable:
+            if outcome.dial or (refusal is not None and refusal.try_another_address):
+                self._move(slot)
+            delay = slot.backoff.next_delay(refused=outcome.refused)
+            if refusal is not None:
+                # The edge's own wait, when it gave one, is a floor for ours.
+                delay = max(delay, min(refusal.retry_after, MAX_RETRY_AFTER))
+        if refusal is not None:
+            self.publish(
+                RegistrationRefused(
+                    self.settings.slot,
+                    slot.conn_index,
+                    refusal.cause,
+                    should_retry=delay is not None,
+                    retry_in=delay or 0.0,
+                    metric_label=refusal.metric_label,
+                )
+            )
+        return delay
+
+    async def _hold_refused(self, generation: int) -> None:
+        """Wait, after a permanent refusal, for settings that may be accepted (or a drain)."""
+        if generation != self._generation:
+            return  # new settings arrived while the refused registration was in flight
+        waiters = {
+            asyncio.ensure_future(self._new_generation.wait()),
+            asyncio.ensure_future(self._draining.wait()),
+        }
+        try:
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
 
     async def _retry_after(
         self, slot: ConnectionSlot, delay: float, error: str, level: int, **where: str
@@ -557,22 +611,33 @@ class WorkerRuntime:
             self._retire(slot.conn_index, old, announce=False)
             return
         slot.finish_rolls(False)
-        if outcome.dial:
-            self._move(slot)
-        delay = slot.backoff.next_delay()
+        delay = self._next_attempt(slot, outcome)
         error = outcome.error
-        log.warning(
-            "Replacement connection failed; the current one keeps serving, next try in %.1fs",
-            delay,
-            extra=fields(connIndex=slot.conn_index, ip=f"{edge.host}:{edge.port}", error=error),
-        )
-        # Try again after the backoff unless the old connection dies first (then the normal
-        # loop reconnects with the new settings).
+        where = fields(connIndex=slot.conn_index, ip=f"{edge.host}:{edge.port}", error=error)
+        if delay is None:
+            log.error(
+                "The edge refused the new settings for good; the current connection keeps "
+                "serving until it ends",
+                extra=where,
+            )
+        else:
+            log.warning(
+                "Replacement connection failed; the current one keeps serving, next try in %.1fs",
+                delay,
+                extra=where,
+            )
+        # Try again after the backoff (after a permanent refusal: once newer settings come)
+        # unless the old connection dies first (then the normal loop reconnects with the new
+        # settings).
         lost = asyncio.ensure_future(asyncio.shield(old.lost))
+        waiters = {lost}
+        if delay is None:
+            waiters.add(asyncio.ensure_future(self._new_generation.wait()))
         try:
-            await asyncio.wait({lost}, timeout=delay)
+            await asyncio.wait(waiters, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            lost.cancel()
+            for waiter in waiters:
+                waiter.cancel()
         # Back in _serve(), the old generation makes the slot try again (or wait for its turn
         # when another reconfiguration is rolling).
 
@@ -609,17 +674,15 @@ class WorkerRuntime:
             connection.close("registration failed")
             return DialFailure(f"registration did not complete: {exc or 'timeout'}", dial=False)
         if isinstance(result, RegistrationError):
-            self.publish(
-                RegistrationRefused(
-                    self.settings.slot, slot.conn_index, result.cause, result.should_retry
-                )
-            )
+            refusal = result.refusal()
             log.error(
                 "The edge refused the registration",
-                extra=fields(connIndex=slot.conn_index, error=result.cause),
+                extra=fields(
+                    connIndex=slot.conn_index, error=refusal.cause, retry=refusal.retryable
+                ),
             )
             connection.close("registration refused")
-            return DialFailure(result.cause, dial=False)
+            return DialFailure(refusal.cause, dial=False, refusal=refusal)
         assert isinstance(result, ConnectionDetails)
         if self._draining.is_set() or slot.removed:
             # Registered while the worker began draining: it would never be unregistered.

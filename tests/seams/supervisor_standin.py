@@ -1,4 +1,4 @@
-"""A stand-in worker runtime for supervisor process tests (loaded via ADIT_TEST_WORKER_RUNTIME).
+"""A stand-in worker runtime for supervisor process tests (installed by ``sitecustomize``).
 
 Behaviour comes from the environment the test gives the supervisor (inherited by workers):
 
