@@ -141,13 +141,13 @@ def test_edge_info(env: Env) -> None:
 
 
 def test_create_get_list_with_prefix(env: Env) -> None:
-    secret = base64.b64encode(b"x" * 32).decode()
+    secret = base64.b64encode(bytes(range(32))).decode()
     tunnel = create(env, "web", tunnel_secret=secret)
     assert set(tunnel) >= {"id", "name", "created_at", "deleted_at", "connections", "token"}
     assert tunnel["deleted_at"] is None
     assert tunnel["connections"] == []
     creds = decode_tunnel_token(tunnel["token"])
-    assert creds.tunnel_secret == b"x" * 32
+    assert creds.tunnel_secret == bytes(range(32))
     assert creds.account_tag == env.account
     assert creds.edge == ("127.0.0.1:7844",)
     assert creds.edge_ca_pem == env.ca_pem
@@ -317,6 +317,12 @@ def test_routes(env: Env) -> None:
     path2 = f"/zones/{env.account}/tunnels/{t2['id']}/routes"
     dns = {"type": "dns", "user_hostname": "app.example.com", "overwrite_existing": False}
     status, body = env.call("PUT", path1, dns)
+    assert status == 403  # no zone holds it yet
+    assert isinstance(body, dict)
+    assert body["errors"][0]["code"] == 9109
+    assert "administrator" in body["errors"][0]["message"]
+    env.store.add_zone(env.account, "example.com")
+    status, body = env.call("PUT", path1, dns)
     assert status == 200
     assert isinstance(body, dict)
     assert body["result"] == {"cname": "new", "name": "app.example.com"}
@@ -328,8 +334,9 @@ def test_routes(env: Env) -> None:
     status, body = env.call("PUT", path2, {**dns, "overwrite_existing": True})
     assert isinstance(body, dict)
     assert body["result"]["cname"] == "updated"
-    status, body = env.call("PUT", path1, {**dns, "user_hostname": "bad host"})
-    assert status == 400
+    for bad in ("bad host", "*.com", "com", "a" * 64 + ".example.com", 5):
+        status, body = env.call("PUT", path1, {**dns, "user_hostname": bad})
+        assert status == 400, bad
     status, body = env.call("PUT", path1, {"type": "lb", "lb_name": "x", "lb_pool": "p"})
     assert status == 400
     status, body = env.call("PUT", path1, {**dns, "user_hostname": "*.example.com"})
