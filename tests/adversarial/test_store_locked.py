@@ -2,9 +2,10 @@
 
 Every API call took ``BEGIN IMMEDIATE`` on the event loop: while another process held the
 store's write lock (``adit edge token create``, a second edge on the same state dir), one API
-call froze all routing for 5 s and then failed without a response. Reads take no write lock,
-writes run on a thread with a bounded wait, a locked store answers the API caller 503 (v4
-envelope), and routing goes on from memory.
+call froze all routing for 5 s and then failed without a response, and so did a connector's
+registration. Reads take no write lock, writes run on a thread with a bounded wait, a locked
+store answers the API caller 503 (v4 envelope), connectors register, and routing goes on from
+memory.
 """
 
 from __future__ import annotations
@@ -17,11 +18,11 @@ from pathlib import Path
 import pytest
 
 from adversary import SteadyLoad, Tenant, api_call, start_tenant
-from harness import Edge, Origin, Proc, Processes
+from harness import Edge, Origin, Proc, Processes, start_connector
 
 pytestmark = pytest.mark.process
 
-HOLD_SECONDS = 8.0
+HOLD_SECONDS = 12.0
 
 _LOCKER = """
 import sqlite3, sys, time
@@ -54,6 +55,7 @@ def test_a_locked_store_costs_api_writes_a_503_and_routing_nothing(
 ) -> None:
     tenant = served
     account = tenant.account
+    config = tmp_path / "config-steady.yml"  # start_tenant wrote it
     path = f"/client/v4/accounts/{account.tag}/cfd_tunnel"
     with SteadyLoad(edge, tenant.hostname, rate=20, timeout=3) as load:
         time.sleep(0.5)
@@ -69,6 +71,12 @@ def test_a_locked_store_costs_api_writes_a_503_and_routing_nothing(
         reply = json.loads(body)
         assert reply["success"] is False and reply["errors"][0]["code"], reply
         assert answered_in < HOLD_SECONDS, "the API waited for the lock to go"
+        # A connector registers meanwhile: registration only reads the store.
+        second = start_connector(
+            processes, tenant.tunnel, config, name="connector-during-lock", wait=0
+        )
+        second.wait_for_log(r"Registered tunnel connection", timeout=HOLD_SECONDS)
+        assert "released" not in locker.text(), "registered only once the lock was gone"
         locker.wait_for_log("released", timeout=HOLD_SECONDS + 10)
         time.sleep(0.5)
     # The refused write did not happen behind the caller's back.

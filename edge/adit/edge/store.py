@@ -22,6 +22,7 @@ event loop hands writes to :meth:`Store.off_loop`.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime
 import enum
@@ -31,7 +32,7 @@ import os
 import secrets
 import sqlite3
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ParamSpec, TypeVar
@@ -286,7 +287,9 @@ class Store:
             for statement in _SCHEMA:
                 db.execute(statement)
 
-    def off_loop(self, call: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> Awaitable[T]:
+    def off_loop(
+        self, call: Callable[P, T], *args: P.args, **kwargs: P.kwargs
+    ) -> asyncio.Future[T]:
         """Run a write (``store.create_tunnel`` ...) on the store's writer thread and await it
         from the event loop: the loop never waits for SQLite's write lock. Raises
         :class:`StoreBusy` if the write could not start within ``write_timeout``."""
