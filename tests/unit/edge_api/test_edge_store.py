@@ -222,4 +222,6 @@ def test_hostnames_are_checked_before_any_lookup(store: Store) -> None:
         store.tunnel_for_hostname(".".join(["a"] * 32_000))
     with pytest.raises(InvalidHostname):
         store.tunnel_for_hostname("a b")
+    with pytest.raises(InvalidHostname):
+        store.tunnel_for_hostname("bücher.example")  # a Host carries the A-label
     assert store.tunnel_for_hostname("unrouted.example") is None
