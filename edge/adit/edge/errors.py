@@ -74,10 +74,10 @@ class HostnameRefused(StoreError):
 class HostnameOutsideZones(StoreError):
     """The route's name lies in none of the account's zones."""
 
-    def __init__(self, hostname: str, zone: str) -> None:
+    def __init__(self, hostname: str, zone: str, account_tag: str) -> None:
         super().__init__(
             f"{hostname} is not in a zone of this account: ask the edge's administrator to add "
-            f"the zone (adit edge zone add --account <your account tag> {zone})"
+            f"the zone (adit edge zone add --account {account_tag} {zone})"
         )
         self.hostname = hostname
         #: The zone that would hold it (the registrable domain).

@@ -112,11 +112,11 @@ def check_route_name(hostname: str) -> str:
     return name
 
 
-def zone_for_route(name: str, zones: list[str]) -> str:
-    """The zone of ``zones`` holding route ``name`` (normalised, ``*.`` allowed), or
-    :class:`HostnameOutsideZones` naming the zone the admin would have to add."""
+def zone_for_route(name: str, zones: list[str], account_tag: str) -> str:
+    """The zone of ``zones`` (the account's) holding route ``name`` (normalised, ``*.``
+    allowed), or :class:`HostnameOutsideZones` naming the zone the admin would have to add."""
     base = name.removeprefix("*.")
     inside = [zone for zone in zones if is_within(base, zone)]
     if not inside:
-        raise HostnameOutsideZones(name, _registrable(base))
+        raise HostnameOutsideZones(name, _registrable(base), account_tag)
     return max(inside, key=len)

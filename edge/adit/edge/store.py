@@ -64,7 +64,12 @@ from adit.edge.names import (
     zone_for_route,
 )
 from adit.edge.route_table import ROUTES_COUNTER, LiveRoutes, Route, RouteTable
-from adit.protocol.hostnames import InvalidHostname, check_hostname, is_within
+from adit.protocol.hostnames import (
+    InvalidHostname,
+    check_hostname,
+    is_within,
+    normalize_hostname,
+)
 
 __all__ = [
     "STORE_FILE",
@@ -647,7 +652,7 @@ class Store:
     def remove_zone(self, name: str) -> int:
         """Take a zone from its account, with the account's routes that no other zone of
         theirs holds (as a DNS zone's records go with it); returns how many routes went."""
-        zone_name = check_hostname(name) if name else name
+        zone_name = normalize_hostname(name)
         with self._db.write() as db:
             row = db.execute(
                 "SELECT account_tag FROM zones WHERE name = ?", (zone_name,)
@@ -700,7 +705,7 @@ class Store:
                     "SELECT name FROM zones WHERE account_tag = ?", (account_tag,)
                 )
             ]
-            zone_for_route(host, zones)
+            zone_for_route(host, zones, account_tag)
             change = self._put_route(db, account_tag, tunnel_id, host, overwrite)
         if change is not RouteChange.UNCHANGED:
             self._routes.changed()

@@ -135,7 +135,7 @@ def test_create_route_list_info_token_cleanup_delete(cli: Cli) -> None:
     assert outside.stderr.strip() == (
         "Failed to add route: code: 9109, reason: app.example.com is not in a zone of this "
         "account: ask the edge's administrator to add the zone (adit edge zone add --account "
-        "<your account tag> example.com)"
+        f"{account} example.com)"
     )
     cli.server.store.add_zone(account, "example.com")
     routed = cli.run("tunnel", "route", "dns", "web", "app.example.com")

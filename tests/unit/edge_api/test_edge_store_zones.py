@@ -82,7 +82,10 @@ def test_routes_lie_inside_the_accounts_zones(store: Store) -> None:
         store.route_hostname(a, ta.id, "example.org")
     assert "adit edge zone add" in str(outside.value)
     assert outside.value.zone == "example.org"
-    assert HostnameOutsideZones("a.b.example.co.uk", "example.co.uk").zone == "example.co.uk"
+    with pytest.raises(HostnameOutsideZones) as outside:
+        store.route_hostname(a, ta.id, "a.b.example.co.uk")
+    assert outside.value.zone == "example.co.uk"  # what the admin would add
+    assert f"--account {a} example.co.uk" in str(outside.value)
     for name in ("*.com", "com", "localhost", "*.localhost", "x.localhost", "*.co.uk"):
         with pytest.raises((HostnameRefused, HostnameOutsideZones)):
             store.route_hostname(a, ta.id, name)
