@@ -50,8 +50,8 @@ from adit.protocol.rpc_client import RegistrationClientSession
 from adit.protocol.rpc_events import RegistrationFailed, RegistrationReturned
 
 HERE = Path(__file__).resolve().parent
-HOST_A = "a.bench.localhost"
-HOST_B = "b.bench.localhost"
+HOST_A = "a.bench.example.test"
+HOST_B = "b.bench.example.test"
 EDGE_SNI = "h2.cftunnel.com"
 #: Frames written per batch by the flooding connector (one write each).
 BATCH = 512

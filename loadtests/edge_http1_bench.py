@@ -160,7 +160,7 @@ class _TunnelPath:
         store = Store(":memory:")
         account = store.create_account("bench")
         tunnel = store.create_tunnel(account.tag, "bench")
-        store.route_hostname(account.tag, tunnel.id, "bench.localhost")
+        store.route_quick_tunnel(account.tag, tunnel.id, "bench")  # bench.localhost
         registry = ConnectionRegistry()
         self.listener = PublicListener(store, registry, location="bench", scheme="https")
         self.session = TunnelSession(store, registry, EdgeIdentity("bench"))

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from processes import BenchError, Processes, Service, free_port, wait_port
 
-HOSTNAME = "bench.localhost"
+HOSTNAME = "bench.example.test"  # a zone of the bench account (names under localhost are none)
 #: The 1 KiB file of the small-GET scenario.
 SMALL_PATH = "/1k.bin"
 BIG_PATH = "/big.bin"
@@ -194,6 +194,7 @@ def create_tunnel(edge: Edge, tmp: Path, name: str = "bench", hostname: str = HO
     home.mkdir()
     state = ["--state-dir", str(edge.state)]
     tag = _adit(["edge", "account", "create", name, *state], home).strip()
+    _adit(["edge", "zone", "add", "--account", tag, hostname, *state], home)
     out = _adit(
         ["edge", "token", "create", "--account", tag, "--api-url", edge.api_url, *state], home
     )

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import http.client
 import os
 import socket
+import ssl
 import struct
 import tempfile
 import threading
@@ -20,6 +22,7 @@ from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import psutil
 
@@ -236,6 +239,34 @@ def exchange(
         if half_close:
             sock.shutdown(socket.SHUT_WR)
         return read_until_closed(sock, timeout)
+
+
+def api_call(
+    account: Account,
+    method: str,
+    path: str,
+    body: bytes | None = None,
+    *,
+    timeout: float = 15.0,
+) -> tuple[int, bytes]:
+    """One raw HTTPS request to the edge's management API with ``account``'s bearer token:
+    ``(status, body)``. The edge's CA is trusted; its name is not checked (the API certificate
+    names ``localhost`` and the test dials 127.0.0.1)."""
+    context = ssl.create_default_context(cafile=str(account.edge.ca))
+    context.check_hostname = False
+    url = urlsplit(account.edge.api_url)
+    conn = http.client.HTTPSConnection(
+        url.hostname or "127.0.0.1", url.port, context=context, timeout=timeout
+    )
+    headers = {"Authorization": f"Bearer {account.token}"}
+    if body is not None:
+        headers["Content-Type"] = "application/json"
+    try:
+        conn.request(method, path, body=body, headers=headers)
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
 
 
 def status_of(response: bytes) -> int:

@@ -206,12 +206,15 @@ class Account:
     edge: Edge
     home: Path
     tag: str
+    #: The account's API bearer token (for raw API requests).
+    token: str = field(default="", repr=False)
 
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return run_cli(list(args), home=self.home, check=check)
 
 
-def login(edge: Edge, home: Path, name: str = "acme") -> Account:
+def login(edge: Edge, home: Path, name: str = "acme", zones: tuple[str, ...] = ()) -> Account:
+    """A new account with an API token, logged in under ``home``, owning ``zones``."""
     home.mkdir(parents=True, exist_ok=True)
     state = ["--state-dir", str(edge.state_dir)]
     tag = run_cli(["edge", "account", "create", name, *state], home=home).stdout.strip()
@@ -222,7 +225,22 @@ def login(edge: Edge, home: Path, name: str = "acme") -> Account:
     line = next(x for x in out.splitlines() if "tunnel login" in x)
     args = line.split()[1:]  # drop "adit"
     run_cli(args, home=home)
-    return Account(edge, home, tag)
+    account = Account(edge, home, tag, args[args.index("--api-token") + 1])
+    for zone in zones:
+        add_zone(account, zone)
+    return account
+
+
+def add_zone(account: Account, zone: str) -> None:
+    """``adit edge zone add`` as the edge's admin: ``zone`` becomes the account's."""
+    state = ["--state-dir", str(account.edge.state_dir)]
+    run_cli(["edge", "zone", "add", "--account", account.tag, zone, *state], home=account.home)
+
+
+def zone_of(hostname: str) -> str:
+    """The narrowest zone a route to ``hostname`` needs: the name itself (``*.`` removed), so
+    that tests giving neighbouring names to different accounts never overlap."""
+    return hostname.removeprefix("*.")
 
 
 @dataclass
@@ -237,12 +255,14 @@ class Tunnel:
 
 
 def create_tunnel(account: Account, name: str, hostname: str) -> Tunnel:
+    """``adit tunnel create NAME`` and a route for ``hostname`` (its zone added first)."""
     out = account.cli("tunnel", "create", name).stdout
     match = re.search(r"Created tunnel \S+ with id ([0-9a-f-]{36})", out)
     assert match, out
     tunnel_id = match.group(1)
     credentials = account.home / ".adit" / f"{tunnel_id}.json"
     assert credentials.exists(), out
+    add_zone(account, zone_of(hostname))  # adding a zone the account has is a no-op
     account.cli("tunnel", "route", "dns", name, hostname)
     return Tunnel(account, name, tunnel_id, credentials, hostname)
 

@@ -465,6 +465,7 @@ def provision(c: Container) -> str:
     admin = "runuser -u adit -- env HOME=/tmp adit edge"
     state = "--state-dir /var/lib/adit-edge"
     tag = c.out(f"{admin} account create acme {state}")
+    c.sh(f"{admin} zone add --account {tag} {HOST} {state}")
     token_out = c.out(
         f"{admin} token create --account {tag} --api-url https://127.0.0.1:7843 {state}"
     )

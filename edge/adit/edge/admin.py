@@ -1,18 +1,22 @@
-"""``adit edge`` administration: accounts, API tokens and the CA, straight on the state dir.
+"""``adit edge`` administration: accounts, zones, API tokens and the CA, on the state dir.
 
 These run on the edge host (they open the store and CA files directly, no API involved) and
-are what an operator uses to onboard a user: create an account, mint a token, hand over the
-printed ``adit tunnel login`` line.
+are what an operator uses to onboard a user: create an account, give it its zones, mint a
+token, hand over the printed ``adit tunnel login`` line. A running edge picks up their
+changes by itself (its route watcher), and they never block its requests.
 """
 
 from __future__ import annotations
 
+import datetime
 import shlex
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import click
 
 from adit.edge.ca import EdgeCA
-from adit.edge.store import AccountNotFound, Store
+from adit.edge.store import Store, StoreError
 
 __all__ = ["ADMIN_COMMANDS", "DEFAULT_STATE_DIR"]
 
@@ -28,6 +32,22 @@ _state_dir_option = click.option(
 )
 
 
+@contextmanager
+def _opened(state_dir: str) -> Iterator[Store]:
+    """The store, closed afterwards; its refusals are the command's error message."""
+    store = Store.open_in(state_dir)
+    try:
+        yield store
+    except StoreError as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        store.close()
+
+
+def _when(moment: datetime.datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 @click.group("account")
 def account_group() -> None:
     """Manage accounts (tenants) of this edge."""
@@ -38,24 +58,60 @@ def account_group() -> None:
 @_state_dir_option
 def account_create(name: str, state_dir: str) -> None:
     """Create an account and print its tag."""
-    store = Store.open_in(state_dir)
-    try:
+    with _opened(state_dir) as store:
         click.echo(store.create_account(name).tag)
-    finally:
-        store.close()
 
 
 @account_group.command("list")
 @_state_dir_option
 def account_list(state_dir: str) -> None:
     """List accounts: tag, creation time, name."""
-    store = Store.open_in(state_dir)
-    try:
+    with _opened(state_dir) as store:
         for account in store.list_accounts():
-            created = account.created_at.strftime("%Y-%m-%dT%H:%M:%SZ")
-            click.echo(f"{account.tag} {created} {account.name}")
-    finally:
-        store.close()
+            click.echo(f"{account.tag} {_when(account.created_at)} {account.name}")
+
+
+@click.group("zone")
+def zone_group() -> None:
+    """Give DNS zones to accounts: an account routes only names inside its zones."""
+
+
+@zone_group.command("add")
+@click.option("--account", "account_tag", required=True, help="Account tag the zone is for.")
+@click.argument("name")
+@_state_dir_option
+def zone_add(account_tag: str, name: str, state_dir: str) -> None:
+    """Give zone NAME (example.com) to an account: it may route NAME and any name below it.
+
+    A zone belongs to one account and overlaps no other account's zone; single labels,
+    public suffixes (co.uk, github.io...) and names under localhost are refused.
+    """
+    with _opened(state_dir) as store:
+        zone, created = store.add_zone(account_tag, name)
+    if created:
+        click.echo(f"zone {zone.name} added to account {account_tag}")
+    else:
+        click.echo(f"zone {zone.name} already belongs to account {account_tag}")
+
+
+@zone_group.command("list")
+@click.option("--account", "account_tag", default=None, help="Only this account's zones.")
+@_state_dir_option
+def zone_list(account_tag: str | None, state_dir: str) -> None:
+    """List zones: name, account tag, creation time."""
+    with _opened(state_dir) as store:
+        for zone in store.zones(account_tag):
+            click.echo(f"{zone.name} {zone.account_tag} {_when(zone.created_at)}")
+
+
+@zone_group.command("remove")
+@click.argument("name")
+@_state_dir_option
+def zone_remove(name: str, state_dir: str) -> None:
+    """Take zone NAME from its account, with the routes inside it (as a DNS zone's records)."""
+    with _opened(state_dir) as store:
+        dropped = store.remove_zone(name)
+    click.echo(f"zone {name} removed with {dropped} route{'' if dropped == 1 else 's'}")
 
 
 @click.group("token")
@@ -75,13 +131,8 @@ def token_group() -> None:
 @_state_dir_option
 def token_create(account_tag: str, label: str, api_url: str, state_dir: str) -> None:
     """Create an API token; it is printed once and only its hash is stored."""
-    store = Store.open_in(state_dir)
-    try:
+    with _opened(state_dir) as store:
         issued = store.create_api_token(account_tag, label)
-    except AccountNotFound as exc:
-        raise click.ClickException(str(exc)) from None
-    finally:
-        store.close()
     ca = EdgeCA.load_or_create(state_dir)
     click.echo(f"API token {issued.token_id} for account {account_tag} (shown only once):")
     click.echo(issued.token)
@@ -106,12 +157,10 @@ def token_create(account_tag: str, label: str, api_url: str, state_dir: str) -> 
 @_state_dir_option
 def token_revoke(token_id: str, state_dir: str) -> None:
     """Revoke an API token by its ID (the part after ``adit.``)."""
-    store = Store.open_in(state_dir)
-    try:
-        if not store.revoke_api_token(token_id):
-            raise click.ClickException(f"no live API token with ID {token_id}")
-    finally:
-        store.close()
+    with _opened(state_dir) as store:
+        revoked = store.revoke_api_token(token_id)
+    if not revoked:
+        raise click.ClickException(f"no live API token with ID {token_id}")
 
 
 @click.command("ca")
@@ -123,4 +172,4 @@ def ca_command(fingerprint: bool, state_dir: str) -> None:
     click.echo(ca.fingerprint if fingerprint else ca.cert_pem, nl=fingerprint)
 
 
-ADMIN_COMMANDS: list[click.Command] = [account_group, token_group, ca_command]
+ADMIN_COMMANDS: list[click.Command] = [account_group, zone_group, token_group, ca_command]

@@ -14,27 +14,35 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime
-import json
-import re
+import logging
 import uuid
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-import idna
+import msgspec
 
 from adit.credentials import TunnelCredentials, encode_tunnel_token
 from adit.edge.api_json import active_clients_json, envelope, error_envelope, tunnel_json
 from adit.edge.registry import ConnectionRegistry
 from adit.edge.store import (
+    AccountNotFound,
     HostnameConflict,
+    HostnameOutsideZones,
+    HostnameRefused,
     HostnameTaken,
+    InvalidName,
     Store,
+    StoreBusy,
+    StoreError,
     Tunnel,
     TunnelDeleted,
     TunnelNameConflict,
     TunnelNotFound,
+    WeakSecret,
 )
+
+log = logging.getLogger("adit.edge.api")
 
 __all__ = ["MAX_BODY", "EdgeInfo", "ManagementApi", "Response"]
 
@@ -48,7 +56,6 @@ _JSON_HEADERS = [
     (b"cache-control", b"no-store"),
 ]
 _PREFIX = "/client/v4"
-_HOSTNAME = re.compile(r"^[*_a-zA-Z0-9][-_.a-zA-Z0-9]*$")
 _DEFAULT_PER_PAGE = 20
 #: How long the previous tunnel secret stays valid after ``rotate`` unless finished earlier.
 DEFAULT_ROTATION_DEADLINE = 3600
@@ -64,6 +71,26 @@ _NOT_FOUND = 1003
 _NAME_CONFLICT = 1013
 _ACTIVE_CONNECTIONS = 1022
 _ROUTE_CONFLICT = 1053
+_DNS_VALIDATION = 1004  # Cloudflare's "DNS Validation Error"
+_NO_ZONE_ACCESS = 9109  # Cloudflare's "Unauthorized to access requested resource"
+_INTERNAL = 10001
+_UNAVAILABLE = 10013
+
+#: How each refusal of the store reaches the caller: HTTP status and Cloudflare code; the
+#: message is the error's own.
+_STORE_ERRORS: dict[type[StoreError], tuple[int, int]] = {
+    StoreBusy: (503, _UNAVAILABLE),
+    AccountNotFound: (404, _NOT_FOUND),
+    TunnelNotFound: (404, _NOT_FOUND),
+    TunnelDeleted: (400, _NOT_FOUND),
+    TunnelNameConflict: (409, _NAME_CONFLICT),
+    InvalidName: (400, _BAD_REQUEST),
+    WeakSecret: (400, _BAD_REQUEST),
+    HostnameConflict: (409, _ROUTE_CONFLICT),
+    HostnameTaken: (409, _ROUTE_CONFLICT),
+    HostnameRefused: (400, _DNS_VALIDATION),
+    HostnameOutsideZones: (403, _NO_ZONE_ACCESS),
+}
 
 
 @dataclass(frozen=True)
@@ -92,23 +119,12 @@ def _json_response(status: int, body: bytes) -> Response:
     return status, list(_JSON_HEADERS), body
 
 
-def _valid_hostname(name: str) -> bool:
-    # cloudflared: IDNA ToASCII with label validation and DNS lengths, then a regex that allows
-    # a leading "*" and underscores; only non-ASCII labels need IDNA here.
-    labels = name.split(".")
-    ascii_labels = []
-    for label in labels:
-        if label.isascii():
-            ascii_labels.append(label)
-            continue
-        try:
-            ascii_labels.append(idna.alabel(label).decode("ascii"))
-        except idna.IDNAError:
-            return False
-    if any(not 0 < len(label) <= 63 for label in ascii_labels):
-        return False
-    puny = ".".join(ascii_labels)
-    return len(puny) <= 253 and bool(_HOSTNAME.match(puny))
+def _store_error(exc: StoreError) -> ApiError:
+    status, code = next(
+        (answer for kind, answer in _STORE_ERRORS.items() if isinstance(exc, kind)),
+        (400, _BAD_REQUEST),
+    )
+    return ApiError(status, code, str(exc))
 
 
 def _parse_uuid(text: str, what: str) -> uuid.UUID:
@@ -137,15 +153,21 @@ class ManagementApi:
     async def handle(
         self, method: str, target: str, headers: list[tuple[bytes, bytes]], body: bytes
     ) -> Response:
-        """Answer one request; never raises for a client's mistake."""
+        """Answer one request; never raises, whatever the request (a bug of ours is a 500)."""
         try:
-            return self._dispatch(method.upper(), target, headers, body)
+            return await self._dispatch(method.upper(), target, headers, body)
         except ApiError as exc:
             return _json_response(exc.status, error_envelope(exc.code, exc.message))
+        except StoreError as exc:
+            error = _store_error(exc)
+            return _json_response(error.status, error_envelope(error.code, error.message))
+        except Exception:
+            log.exception("management API request failed: %s %s", method, target[:200])
+            return _json_response(500, error_envelope(_INTERNAL, "Internal error"))
 
     # -- dispatch -------------------------------------------------------------------------
 
-    def _dispatch(
+    async def _dispatch(
         self, method: str, target: str, headers: list[tuple[bytes, bytes]], body: bytes
     ) -> Response:
         if len(body) > MAX_BODY:
@@ -174,7 +196,7 @@ class ManagementApi:
             )
         if len(segments) >= 3 and segments[0] == "accounts" and segments[2] == "cfd_tunnel":
             self._same_account(account, segments[1])
-            return self._tunnels(method, account, segments[3:], query, body)
+            return await self._tunnels(method, account, segments[3:], query, body)
         if (
             len(segments) == 5
             and segments[0] == "zones"
@@ -184,14 +206,14 @@ class ManagementApi:
             # The account is the zone (cert.pem's zoneID is the account tag).
             self._same_account(account, segments[1])
             self._allow(method, "PUT")
-            return self._route(account, _parse_uuid(segments[3], "tunnel ID"), body)
+            return await self._route(account, _parse_uuid(segments[3], "tunnel ID"), body)
         raise ApiError(
             404,
             _NOT_ROUTABLE,
             f"Could not route to {path}, perhaps your object identifier is invalid?",
         )
 
-    def _tunnels(
+    async def _tunnels(
         self,
         method: str,
         account: str,
@@ -203,13 +225,13 @@ class ManagementApi:
             if method == "GET":
                 return self._list(account, query)
             self._allow(method, "POST")
-            return self._create(account, body)
+            return await self._create(account, body)
         tunnel_id = _parse_uuid(rest[0], "tunnel ID")
         if len(rest) == 1:
             if method == "GET":
                 return self._ok(self._tunnel_json(self._get(account, tunnel_id)))
             self._allow(method, "DELETE")
-            return self._delete(account, tunnel_id, query)
+            return await self._delete(account, tunnel_id, query)
         if rest[1:] == ["connections"]:
             tunnel = self._get(account, tunnel_id)
             if method == "GET":
@@ -222,11 +244,11 @@ class ManagementApi:
             return self._ok(None)
         if rest[1:] == ["rotate"]:
             self._allow(method, "POST")
-            return self._rotate(account, tunnel_id, body)
+            return await self._rotate(account, tunnel_id, body)
         if rest[1:] == ["rotate", "finish"]:
             self._allow(method, "POST")
             tunnel = self._get(account, tunnel_id)
-            finished = self._store.finish_rotation(tunnel.id)
+            finished = await self._store.off_loop(self._store.finish_rotation, tunnel.id)
             return self._ok({"id": str(tunnel.id), "finished": finished})
         if rest[1:] == ["token"]:
             self._allow(method, "GET")
@@ -286,16 +308,19 @@ class ManagementApi:
     @staticmethod
     def _body(body: bytes) -> dict[str, Any]:
         try:
-            obj = json.loads(body or b"{}")
-        except (ValueError, UnicodeDecodeError):
+            obj = msgspec.json.decode(body or b"{}")
+        except msgspec.DecodeError:
             raise ApiError(400, _BAD_REQUEST, "Invalid request body: not JSON") from None
+        except RecursionError:
+            # msgspec stops at its nesting limit (about a thousand levels) with this, at once.
+            raise ApiError(400, _BAD_REQUEST, "Invalid request body: nested too deeply") from None
         if not isinstance(obj, dict):
             raise ApiError(400, _BAD_REQUEST, "Invalid request body: expected a JSON object")
         return obj
 
     # -- endpoints ------------------------------------------------------------------------
 
-    def _create(self, account: str, body: bytes) -> Response:
+    async def _create(self, account: str, body: bytes) -> Response:
         req = self._body(body)
         name = req.get("name")
         if not isinstance(name, str) or not name:
@@ -317,11 +342,11 @@ class ManagementApi:
                 secret = base64.b64decode(raw_secret, validate=True)
             except (binascii.Error, ValueError):
                 raise ApiError(400, _BAD_REQUEST, "tunnel_secret must be base64") from None
-            if len(secret) < 32:
-                raise ApiError(400, _BAD_REQUEST, "tunnel_secret must be at least 32 bytes long")
         remote = req.get("config_src") == "cloudflare"
         try:
-            tunnel = self._store.create_tunnel(account, name, secret, remote_config=remote)
+            tunnel = await self._store.off_loop(
+                self._store.create_tunnel, account, name, secret, remote_config=remote
+            )
         except TunnelNameConflict:
             raise ApiError(409, _NAME_CONFLICT, "A tunnel with this name already exists") from None
         return self._ok(self._tunnel_json(tunnel, token=self._token(tunnel)))
@@ -371,7 +396,7 @@ class ManagementApi:
             raise ApiError(400, _BAD_REQUEST, f"{name} must be between {low} and {high}")
         return value
 
-    def _delete(self, account: str, tunnel_id: uuid.UUID, query: dict[str, str]) -> Response:
+    async def _delete(self, account: str, tunnel_id: uuid.UUID, query: dict[str, str]) -> Response:
         tunnel = self._get(account, tunnel_id)
         if tunnel.deleted_at is not None:
             raise ApiError(400, _NOT_FOUND, f"Tunnel {tunnel.id} has already been deleted")
@@ -386,14 +411,14 @@ class ManagementApi:
                 )
             self._registry.disconnect(tunnel.id)
         try:
-            deleted = self._store.delete_tunnel(account, tunnel.id)
+            deleted = await self._store.off_loop(self._store.delete_tunnel, account, tunnel.id)
         except TunnelNotFound:
             raise ApiError(404, _NOT_FOUND, f"Tunnel {tunnel_id} not found") from None
         except TunnelDeleted as exc:
             raise ApiError(400, _NOT_FOUND, str(exc)) from None
         return self._ok(self._tunnel_json(deleted))
 
-    def _rotate(self, account: str, tunnel_id: uuid.UUID, body: bytes) -> Response:
+    async def _rotate(self, account: str, tunnel_id: uuid.UUID, body: bytes) -> Response:
         """adit's secret rotation: a new secret now, the old one accepted until the deadline
         (or until every connection re-registered with the new one, or ``rotate/finish``)."""
         req = self._body(body)
@@ -409,8 +434,11 @@ class ManagementApi:
                 f"deadline_seconds must be a number from 0 to {MAX_ROTATION_DEADLINE}",
             )
         try:
-            tunnel, rotation = self._store.rotate_tunnel_secret(
-                account, tunnel_id, datetime.timedelta(seconds=deadline)
+            tunnel, rotation = await self._store.off_loop(
+                self._store.rotate_tunnel_secret,
+                account,
+                tunnel_id,
+                datetime.timedelta(seconds=deadline),
             )
         except TunnelNotFound:
             raise ApiError(404, _NOT_FOUND, f"Tunnel {tunnel_id} not found") from None
@@ -427,7 +455,7 @@ class ManagementApi:
             }
         )
 
-    def _route(self, account: str, tunnel_id: uuid.UUID, body: bytes) -> Response:
+    async def _route(self, account: str, tunnel_id: uuid.UUID, body: bytes) -> Response:
         req = self._body(body)
         route_type = req.get("type")
         if route_type == "lb":
@@ -435,15 +463,13 @@ class ManagementApi:
         if route_type != "dns":
             raise ApiError(400, _BAD_REQUEST, f"unknown route type {route_type!r}")
         hostname = req.get("user_hostname")
-        if not isinstance(hostname, str) or not _valid_hostname(hostname):
+        if not isinstance(hostname, str):
             raise ApiError(400, _BAD_REQUEST, f"{hostname} is not a valid hostname")
         overwrite = req.get("overwrite_existing") is True
         try:
-            result = self._store.route_hostname(account, tunnel_id, hostname, overwrite=overwrite)
+            result = await self._store.off_loop(
+                self._store.route_hostname, account, tunnel_id, hostname, overwrite=overwrite
+            )
         except TunnelNotFound:
             raise ApiError(404, _NOT_FOUND, f"Tunnel {tunnel_id} not found") from None
-        except TunnelDeleted as exc:
-            raise ApiError(400, _NOT_FOUND, str(exc)) from None
-        except (HostnameConflict, HostnameTaken) as exc:
-            raise ApiError(409, _ROUTE_CONFLICT, str(exc)) from None
         return self._ok({"cname": str(result.change), "name": result.hostname})

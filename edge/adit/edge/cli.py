@@ -75,6 +75,15 @@ from adit.edge.admin import ADMIN_COMMANDS, DEFAULT_STATE_DIR
     hidden=True,
     help="Provision a throwaway tunnel on <random>.localhost; write its token here.",
 )
+@click.option(
+    "--store-timeout",
+    envvar="ADIT_EDGE_STORE_TIMEOUT",
+    type=click.FloatRange(min=0.1, max=60),
+    default=2.0,
+    show_default=True,
+    help="Seconds an API write waits for the store's write lock (held by another process) "
+    "before answering 503. Env: ADIT_EDGE_STORE_TIMEOUT.",
+)
 @click.option("--exit-with-pid", type=int, default=None, hidden=True)
 @click.option("--ephemeral", is_flag=True, hidden=True, help="Delete the state dir on exit.")
 @click.option(
@@ -107,6 +116,7 @@ def edge(
     api_names: tuple[str, ...],
     ready_file: Path | None,
     quick_tunnel_file: Path | None,
+    store_timeout: float,
     exit_with_pid: int | None,
     ephemeral: bool,
     loglevel: str,
@@ -138,6 +148,7 @@ def edge(
         quick_tunnel_file=quick_tunnel_file,
         exit_with_pid=exit_with_pid,
         ephemeral=ephemeral,
+        store_timeout=store_timeout,
     )
     import uvloop
 

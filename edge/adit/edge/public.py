@@ -34,6 +34,7 @@ from adit.edge.store import Store
 from adit.edge.tunnel_session import RequestStream, TunnelSession
 from adit.protocol.errors import Http2TunnelError
 from adit.protocol.headers import HOP_BY_HOP, RequestType, ResponseMeta
+from adit.protocol.hostnames import InvalidHostname, host_of_authority
 from adit.tunnelio import StreamClosedError
 
 log = logging.getLogger("adit.edge.public")
@@ -80,8 +81,11 @@ class PublicListener:
         if request.has_body or request.upgrade:
             return False
         authority = request.host.decode("latin-1")
-        host = _strip_port(authority).lower()
-        route = self.store.tunnel_for_hostname(host) if host else None
+        host = host_of_authority(authority)
+        try:
+            route = self.store.tunnel_for_hostname(host)
+        except InvalidHostname:
+            return False  # the task path answers 400
         if route is None:
             return False
         live = self.registry.pick(route[0])
@@ -128,8 +132,13 @@ class PublicListener:
     async def _handle(self, conn: Http1Connection, request: Request) -> bool:
         ray = self._ray()
         authority = request.host.decode("latin-1")
-        host = _strip_port(authority).lower()
-        route = self.store.tunnel_for_hostname(host) if host else None
+        host = host_of_authority(authority)
+        try:
+            route = self.store.tunnel_for_hostname(host)
+        except InvalidHostname:
+            # No hostname (RFC 1035): nothing to route, and nothing of it goes back.
+            await self._page(conn, BAD_REQUEST, "-", ray, keep_alive=False)
+            return False
         if route is None:
             await self._drain_body(conn)
             await self._page(conn, UNKNOWN_HOST, host or "-", ray)
@@ -371,12 +380,6 @@ async def _connector_failure(stream: RequestStream, ended: bool) -> tuple[ErrorP
     first, _, rest = body[:_MAX_REASON].partition(b"\n")
     reason = first[len(_ORIGIN_ERROR_PREFIX) :].decode("latin-1").strip()
     return origin_failure_page(reason), rest.decode("utf-8", "replace").strip()
-
-
-def _strip_port(authority: str) -> str:
-    if authority.startswith("["):
-        return authority[1 : authority.find("]")] if "]" in authority else authority
-    return authority.rsplit(":", 1)[0] if authority.count(":") == 1 else authority
 
 
 def _is_websocket(headers: list[tuple[str, str]]) -> bool:

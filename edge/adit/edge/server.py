@@ -16,6 +16,7 @@ import secrets
 import shutil
 import signal
 import socket
+import sqlite3
 import ssl
 import time
 from dataclasses import dataclass
@@ -27,8 +28,9 @@ from adit.edge.ca import EdgeCA
 from adit.edge.http1 import BadRequest, Http1Connection, Request
 from adit.edge.public import PublicListener
 from adit.edge.registry import ConnectionRegistry
-from adit.edge.store import Store
+from adit.edge.store import Store, StoreError
 from adit.edge.tunnel_session import EdgeIdentity, TunnelSession
+from adit.protocol.hostnames import InvalidHostname, split_address, split_host_port
 from adit.systemd import SystemdNotifier
 
 log = logging.getLogger("adit.edge")
@@ -36,6 +38,8 @@ log = logging.getLogger("adit.edge")
 #: A TLS handshake that does not finish in this time is dropped (half-open guard).
 TLS_HANDSHAKE_TIMEOUT = 10.0
 MAX_API_BODY = 1024 * 1024
+#: How often the edge looks for route changes other processes made (one row read a time).
+ROUTE_WATCH_INTERVAL = 0.5
 
 
 @dataclass(frozen=True)
@@ -59,13 +63,14 @@ class EdgeSettings:
     exit_with_pid: int | None = None
     #: Delete the state directory on exit (quick tunnels leave nothing behind).
     ephemeral: bool = False
+    #: How long an API write waits for the store's write lock (another process may hold it)
+    #: before the caller gets a 503.
+    store_timeout: float = 2.0
 
 
-def split_address(address: str) -> tuple[str, int]:
+def _listen_address(address: str) -> tuple[str, int]:
     """``host:port`` (``[v6]:port``; empty host = all addresses) → (host, port)."""
-    host, _, port = address.rpartition(":")
-    host = host.strip("[]")
-    return host or "0.0.0.0", int(port)  # noqa: S104 - an edge listens publicly by design
+    return split_address(address, default_host="0.0.0.0")  # noqa: S104 - public by design
 
 
 def _bound(server: asyncio.Server) -> list[str]:
@@ -83,7 +88,7 @@ class EdgeServer:
         self.settings = settings
         settings.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.ca = EdgeCA.load_or_create(settings.state_dir)
-        self.store = Store.open_in(settings.state_dir)
+        self.store = Store.open_in(settings.state_dir, write_timeout=settings.store_timeout)
         self.registry = ConnectionRegistry()
         self.identity = EdgeIdentity(location=settings.location)
         self.sessions: set[TunnelSession] = set()
@@ -92,12 +97,14 @@ class EdgeServer:
         self.api: ManagementApi | None = None
 
     async def start(self) -> None:
-        """Bind every listener; then write the ready file."""
+        """Load the routes, bind every listener; then write the ready file."""
         loop = asyncio.get_running_loop()
+        self.store.load_routes()
+        self.store.watch_routes(ROUTE_WATCH_INTERVAL)
         tunnel_tls = self.ca.tunnel_server_context()
         tunnel_bound: list[str] = []
         for address in self.settings.tunnel_listen:
-            host, port = split_address(address)
+            host, port = _listen_address(address)
             server = await loop.create_server(
                 self._new_session,
                 host,
@@ -121,7 +128,7 @@ class EdgeServer:
         )
         self.addresses["http"] = []
         for address in self.settings.http_listen:
-            host, port = split_address(address)
+            host, port = _listen_address(address)
             server = await loop.create_server(public.protocol, host, port, reuse_address=True)
             self.servers.append(server)
             self.addresses["http"] += _bound(server)
@@ -132,7 +139,7 @@ class EdgeServer:
             )
             public_tls = self._public_tls_context()
             for address in self.settings.https_listen:
-                host, port = split_address(address)
+                host, port = _listen_address(address)
                 server = await loop.create_server(
                     secure.protocol,
                     host,
@@ -146,7 +153,7 @@ class EdgeServer:
         api_tls = self.ca.api_server_context(self.settings.api_names)
         self.addresses["api"] = []
         for address in self.settings.api_listen:
-            host, port = split_address(address)
+            host, port = _listen_address(address)
             server = await loop.create_server(
                 self._api_protocol,
                 host,
@@ -170,9 +177,9 @@ class EdgeServer:
         label = secrets.token_hex(6)
         account = self.store.create_account("quick")
         tunnel = self.store.create_tunnel(account.tag, f"quick-{label}")
-        hostname = f"{label}.localhost"
-        self.store.route_hostname(account.tag, tunnel.id, hostname)
-        http_port = self.addresses["http"][0].rsplit(":", 1)[1]
+        # The edge's own route, outside any zone: the one narrow exception to zones.
+        hostname = self.store.route_quick_tunnel(account.tag, tunnel.id, label)
+        http_port = split_host_port(self.addresses["http"][0])[1]
         token = encode_tunnel_token(
             TunnelCredentials(
                 account_tag=account.tag,
@@ -203,7 +210,10 @@ class EdgeServer:
             name = name.lower()
             context = by_name.get(name)
             if context is None:
-                if self.store.tunnel_for_hostname(name) is None:
+                try:
+                    if self.store.tunnel_for_hostname(name) is None:
+                        return
+                except InvalidHostname:
                     return
                 context = self.ca.issue_leaf([name]).server_context()
                 context.set_alpn_protocols(["http/1.1"])
@@ -293,8 +303,8 @@ async def run_edge(settings: EdgeSettings) -> int:
     """Run until SIGTERM/SIGINT; returns the exit code.
 
     systemd sees READY=1 once every listener is bound, RELOADING=1/READY=1 around SIGHUP and
-    STOPPING=1 when shutdown begins. The edge's state lives in its store, read per request,
-    so a reload has nothing to re-read yet: it only tells systemd it is done.
+    STOPPING=1 when shutdown begins. The edge's state lives in its store; routes are kept in
+    memory and followed by a watcher thread, and a reload re-reads them at once.
     """
     loop = asyncio.get_running_loop()
     notifier = SystemdNotifier()
@@ -320,7 +330,11 @@ async def run_edge(settings: EdgeSettings) -> int:
     while (received := await signals.get()) == signal.SIGHUP:
         usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
         notify(f"RELOADING=1\nMONOTONIC_USEC={usec}")
-        log.info("reload requested: routes and tunnels are read from the store per request")
+        try:
+            table = await loop.run_in_executor(None, edge.store.load_routes)
+            log.info("reloaded: %d routes", len(table))
+        except (sqlite3.Error, StoreError) as exc:
+            log.warning("reload: cannot read routes from the store: %s", exc)
         notify("READY=1")
     notify("STOPPING=1")
     log.info("shutting down on %s", signal.Signals(received).name)

@@ -1,4 +1,4 @@
-"""The edge's state: accounts, API tokens, tunnels and hostname routes, in one SQLite file.
+"""The edge's state: accounts, API tokens, tunnels, zones and hostname routes, in one SQLite file.
 
 Invariants:
 
@@ -7,14 +7,22 @@ Invariants:
 * Every tunnel and route query is scoped by account tag; nothing here returns another
   account's rows to a caller that names an account.
 * A tunnel name is unique per account among non-deleted tunnels (a partial unique index).
-* A hostname routes to at most one tunnel (hostnames are global on the edge); the account is
-  the DNS "zone", so ``zoneID`` = account tag.
+* A zone (``example.com``) belongs to one account and overlaps no other account's zone; the
+  edge's admin gives zones (:mod:`adit.edge.names` says which names can be zones). A route lies
+  inside a zone of its account; a hostname routes to at most one tunnel. The one exception is
+  the edge's own quick tunnel (:meth:`Store.route_quick_tunnel`).
+* Routes are served from memory (:class:`~adit.edge.route_table.RouteTable`): loaded once,
+  rebuilt at once after this process changes routes, and by :meth:`Store.watch_routes` when
+  another process did (the ``routes`` counter, bumped in the same transaction as the change).
 
-Calls are short and synchronous; the edge calls them from its event loop.
+Threads (see :mod:`adit.edge.database`): reads run on the caller's thread and take no write
+lock; every write is one ``BEGIN IMMEDIATE`` transaction bounded by a deadline, and the edge's
+event loop hands writes to :meth:`Store.off_loop`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime
 import enum
@@ -23,52 +31,94 @@ import hmac
 import os
 import secrets
 import sqlite3
-import threading
-import time
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ParamSpec, TypeVar
+
+from adit.edge.database import DEFAULT_WRITE_TIMEOUT, Database
+from adit.edge.errors import (
+    AccountNotFound,
+    HostnameConflict,
+    HostnameOutsideZones,
+    HostnameRefused,
+    HostnameTaken,
+    InvalidName,
+    StoreBusy,
+    StoreError,
+    TunnelDeleted,
+    TunnelNameConflict,
+    TunnelNotFound,
+    WeakSecret,
+    ZoneNotFound,
+    ZoneRefused,
+    ZoneTaken,
+)
+from adit.edge.names import (
+    QUICK_TUNNEL_DOMAIN,
+    check_name,
+    check_route_name,
+    check_secret,
+    check_zone_name,
+    zone_for_route,
+)
+from adit.edge.route_table import ROUTES_COUNTER, LiveRoutes, Route, RouteTable
+from adit.protocol.hostnames import (
+    InvalidHostname,
+    check_hostname,
+    is_within,
+    normalize_hostname,
+)
 
 __all__ = [
     "STORE_FILE",
     "Account",
     "AccountNotFound",
     "HostnameConflict",
+    "HostnameOutsideZones",
+    "HostnameRefused",
     "HostnameTaken",
+    "InvalidName",
     "IssuedToken",
+    "Route",
     "RouteChange",
     "RouteResult",
     "SecretMatch",
     "SecretRotation",
     "Store",
+    "StoreBusy",
     "StoreError",
     "Tunnel",
     "TunnelDeleted",
     "TunnelNameConflict",
     "TunnelNotFound",
+    "WeakSecret",
+    "Zone",
+    "ZoneNotFound",
+    "ZoneRefused",
+    "ZoneTaken",
 ]
 
 STORE_FILE = "adit-edge.sqlite3"
 
 _TOKEN_PREFIX = "adit"  # noqa: S105 (a format marker, not a secret)
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS accounts (
+_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS accounts (
     tag TEXT PRIMARY KEY,
     name TEXT NOT NULL,
     created_at TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS api_tokens (
+)""",
+    """CREATE TABLE IF NOT EXISTS api_tokens (
     id TEXT PRIMARY KEY,
     account_tag TEXT NOT NULL REFERENCES accounts(tag),
     secret_sha256 BLOB NOT NULL,
     label TEXT NOT NULL,
     created_at TEXT NOT NULL,
     revoked_at TEXT
-);
-CREATE TABLE IF NOT EXISTS tunnels (
+)""",
+    """CREATE TABLE IF NOT EXISTS tunnels (
     id TEXT PRIMARY KEY,
     account_tag TEXT NOT NULL REFERENCES accounts(tag),
     name TEXT NOT NULL,
@@ -76,55 +126,41 @@ CREATE TABLE IF NOT EXISTS tunnels (
     created_at TEXT NOT NULL,
     deleted_at TEXT,
     remote_config INTEGER NOT NULL DEFAULT 0
-);
-CREATE UNIQUE INDEX IF NOT EXISTS tunnels_live_name
-    ON tunnels(account_tag, name) WHERE deleted_at IS NULL;
-CREATE TABLE IF NOT EXISTS secret_rotations (
+)""",
+    """CREATE UNIQUE INDEX IF NOT EXISTS tunnels_live_name
+    ON tunnels(account_tag, name) WHERE deleted_at IS NULL""",
+    """CREATE TABLE IF NOT EXISTS secret_rotations (
     tunnel_id TEXT PRIMARY KEY REFERENCES tunnels(id),
     previous_secret BLOB NOT NULL,
     started_at TEXT NOT NULL,
     expires_at TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS routes (
+)""",
+    """CREATE TABLE IF NOT EXISTS routes (
     hostname TEXT PRIMARY KEY,
     account_tag TEXT NOT NULL REFERENCES accounts(tag),
     tunnel_id TEXT NOT NULL REFERENCES tunnels(id),
     created_at TEXT NOT NULL
-);
-"""
+)""",
+    """CREATE TABLE IF NOT EXISTS zones (
+    name TEXT PRIMARY KEY,
+    account_tag TEXT NOT NULL REFERENCES accounts(tag),
+    created_at TEXT NOT NULL
+)""",
+    # Bumped by every write that changes what a hostname routes to, in the same transaction:
+    # another process's edge sees that its route table is stale by reading one row.
+    """CREATE TABLE IF NOT EXISTS counters (
+    name TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+)""",
+    f"INSERT OR IGNORE INTO counters (name, value) VALUES ('{ROUTES_COUNTER}', 0)",  # noqa: S608 (a constant)
+)
+_TABLES = frozenset(
+    {"accounts", "api_tokens", "tunnels", "secret_rotations", "routes", "zones", "counters"}
+)
+_BUMP_ROUTES = f"UPDATE counters SET value = value + 1 WHERE name = '{ROUTES_COUNTER}'"  # noqa: S608
 
-
-#: How long an answer of :meth:`Store.tunnel_for_hostname` is reused.
-ROUTE_CACHE_SECONDS = 1.0
-ROUTE_CACHE_SIZE = 10_000
-
-
-class StoreError(Exception):
-    """Base of the store's refusals; ``str()`` is a message fit for an API error."""
-
-
-class AccountNotFound(StoreError):
-    """No account with that tag."""
-
-
-class TunnelNotFound(StoreError):
-    """No tunnel with that ID in the caller's account."""
-
-
-class TunnelDeleted(StoreError):
-    """The tunnel exists but was deleted."""
-
-
-class TunnelNameConflict(StoreError):
-    """A non-deleted tunnel of the account already has that name."""
-
-
-class HostnameConflict(StoreError):
-    """The hostname routes to another tunnel of the account and overwrite was not asked."""
-
-
-class HostnameTaken(StoreError):
-    """The hostname is routed by another account."""
+P = ParamSpec("P")
+T = TypeVar("T")
 
 
 class RouteChange(enum.StrEnum):
@@ -192,6 +228,15 @@ class RouteResult:
     change: RouteChange
 
 
+@dataclass(frozen=True)
+class Zone:
+    """A DNS zone of an account: routes may name it and names below it."""
+
+    name: str
+    account_tag: str
+    created_at: datetime.datetime
+
+
 def _utcnow() -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC)
 
@@ -208,67 +253,63 @@ def _secret_digest(secret: str) -> bytes:
     return hashlib.sha256(secret.encode("utf-8")).digest()
 
 
-def normalize_hostname(hostname: str) -> str:
-    """Hostnames compare case-insensitively and without a trailing dot."""
-    return hostname.strip().rstrip(".").lower()
-
-
 class Store:
-    """SQLite-backed edge state (WAL mode, one file, mode 0600)."""
+    """SQLite-backed edge state (WAL mode, one file, mode 0600); usable from any thread."""
 
     def __init__(
         self,
         path: str | os.PathLike[str],
         *,
         clock: Callable[[], datetime.datetime] = _utcnow,
-        monotonic: Callable[[], float] = time.monotonic,
+        write_timeout: float = DEFAULT_WRITE_TIMEOUT,
     ) -> None:
-        db_path = Path(path)
-        if str(path) != ":memory:":
-            db_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            if not db_path.exists():
-                os.close(os.open(db_path, os.O_WRONLY | os.O_CREAT, 0o600))
-            os.chmod(db_path, 0o600)
         self._clock = clock
-        self._monotonic = monotonic
-        self._route_cache: dict[str, tuple[tuple[uuid.UUID, str] | None, float]] = {}
-        # One connection guarded by a lock: the edge uses it from its loop thread, tests and
-        # admin commands from others.
-        self._lock = threading.Lock()
-        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA foreign_keys=ON")
-        self._db.executescript(_SCHEMA)
+        self._db = Database(path, write_timeout=write_timeout)
+        self._migrate()
+        self._routes = LiveRoutes(self._db)
 
     @classmethod
-    def open_in(cls, state_dir: str | os.PathLike[str]) -> Store:
+    def open_in(
+        cls, state_dir: str | os.PathLike[str], *, write_timeout: float = DEFAULT_WRITE_TIMEOUT
+    ) -> Store:
         """The store file inside an edge state directory."""
-        return cls(Path(state_dir) / STORE_FILE)
+        return cls(Path(state_dir) / STORE_FILE, write_timeout=write_timeout)
 
     def close(self) -> None:
-        """Close the database."""
-        with self._lock:
-            self._db.close()
+        """Stop watching routes, finish queued writes, close the database."""
+        self._routes.close()
+        self._db.close()
 
-    @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        # Any write may change routing (routes, deleted tunnels): forget cached answers.
-        self._route_cache.clear()
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+    def _migrate(self) -> None:
+        names = {row[0] for row in self._db.read("SELECT name FROM sqlite_master")}
+        counted = (
+            "counters" in names
+            and self._db.read("SELECT 1 FROM counters WHERE name = ?", (ROUTES_COUNTER,)).fetchone()
+        )
+        if names >= _TABLES and counted:
+            return  # nothing to create: opening takes no write lock
+        with self._db.write() as db:
+            for statement in _SCHEMA:
+                db.execute(statement)
+
+    def off_loop(
+        self, call: Callable[P, T], *args: P.args, **kwargs: P.kwargs
+    ) -> asyncio.Future[T]:
+        """Run a write (``store.create_tunnel`` ...) on the store's writer thread and await it
+        from the event loop: the loop never waits for SQLite's write lock. Raises
+        :class:`StoreBusy` if the write could not start within ``write_timeout``."""
+        return self._db.off_loop(call, *args, **kwargs)
 
     # -- accounts -------------------------------------------------------------------------
 
     def create_account(self, name: str) -> Account:
         """A new account with a random 32-hex tag."""
-        account = Account(tag=secrets.token_hex(16), name=name, created_at=self._clock())
-        with self._transaction() as db:
+        account = Account(
+            tag=secrets.token_hex(16),
+            name=check_name(name, "account name"),
+            created_at=self._clock(),
+        )
+        with self._db.write() as db:
             db.execute(
                 "INSERT INTO accounts (tag, name, created_at) VALUES (?, ?, ?)",
                 (account.tag, account.name, _ts(account.created_at)),
@@ -277,10 +318,9 @@ class Store:
 
     def get_account(self, tag: str) -> Account | None:
         """The account with that tag, if any."""
-        with self._transaction() as db:
-            row = db.execute(
-                "SELECT tag, name, created_at FROM accounts WHERE tag = ?", (tag,)
-            ).fetchone()
+        row = self._db.read(
+            "SELECT tag, name, created_at FROM accounts WHERE tag = ?", (tag,)
+        ).fetchone()
         if row is None:
             return None
         created = _parse_ts(row[2])
@@ -289,27 +329,26 @@ class Store:
 
     def list_accounts(self) -> list[Account]:
         """Every account, oldest first."""
-        with self._transaction() as db:
-            rows = db.execute(
-                "SELECT tag, name, created_at FROM accounts ORDER BY created_at"
-            ).fetchall()
+        rows = self._db.read("SELECT tag, name, created_at FROM accounts ORDER BY created_at")
         return [
             Account(tag=r[0], name=r[1], created_at=datetime.datetime.fromisoformat(r[2]))
             for r in rows
         ]
 
+    @staticmethod
+    def _require_account(db: sqlite3.Connection, account_tag: str) -> None:
+        if db.execute("SELECT 1 FROM accounts WHERE tag = ?", (account_tag,)).fetchone() is None:
+            raise AccountNotFound(f"account {account_tag} does not exist")
+
     # -- API tokens -----------------------------------------------------------------------
 
     def create_api_token(self, account_tag: str, label: str = "") -> IssuedToken:
         """A new bearer token for one account: ``adit.<id>.<secret>``; only a hash is kept."""
+        check_name(label, "token label", allow_empty=True)
         token_id = secrets.token_hex(8)
         secret = secrets.token_urlsafe(32)
-        with self._transaction() as db:
-            if (
-                db.execute("SELECT 1 FROM accounts WHERE tag = ?", (account_tag,)).fetchone()
-                is None
-            ):
-                raise AccountNotFound(f"account {account_tag} does not exist")
+        with self._db.write() as db:
+            self._require_account(db, account_tag)
             db.execute(
                 "INSERT INTO api_tokens (id, account_tag, secret_sha256, label, created_at)"
                 " VALUES (?, ?, ?, ?, ?)",
@@ -326,12 +365,10 @@ class Store:
         prefix, _, rest = token.partition(".")
         token_id, _, secret = rest.partition(".")
         digest = _secret_digest(secret)
-        with self._transaction() as db:
-            row = db.execute(
-                "SELECT account_tag, secret_sha256 FROM api_tokens"
-                " WHERE id = ? AND revoked_at IS NULL",
-                (token_id,),
-            ).fetchone()
+        row = self._db.read(
+            "SELECT account_tag, secret_sha256 FROM api_tokens WHERE id = ? AND revoked_at IS NULL",
+            (token_id,),
+        ).fetchone()
         # Compare even when the ID is unknown, so timing says nothing about which IDs exist.
         stored: bytes = row[1] if row is not None else b"\0" * len(digest)
         matches = hmac.compare_digest(digest, stored)
@@ -342,7 +379,7 @@ class Store:
 
     def revoke_api_token(self, token_id: str) -> bool:
         """Revoke a token by ID; False when there was no such live token."""
-        with self._transaction() as db:
+        with self._db.write() as db:
             cursor = db.execute(
                 "UPDATE api_tokens SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
                 (_ts(self._clock()), token_id),
@@ -375,21 +412,18 @@ class Store:
         *,
         remote_config: bool = False,
     ) -> Tunnel:
-        """A new tunnel; ``secret`` defaults to 32 random bytes."""
+        """A new tunnel; ``secret`` defaults to 32 random bytes, a given one must not be weak
+        (:class:`WeakSecret`)."""
         tunnel = Tunnel(
             id=uuid.uuid4(),
             account_tag=account_tag,
-            name=name,
-            secret=secret if secret is not None else secrets.token_bytes(32),
+            name=check_name(name, "tunnel name"),
+            secret=check_secret(secret) if secret is not None else secrets.token_bytes(32),
             created_at=self._clock(),
             remote_config=remote_config,
         )
-        with self._transaction() as db:
-            if (
-                db.execute("SELECT 1 FROM accounts WHERE tag = ?", (account_tag,)).fetchone()
-                is None
-            ):
-                raise AccountNotFound(f"account {account_tag} does not exist")
+        with self._db.write() as db:
+            self._require_account(db, account_tag)
             try:
                 db.execute(
                     "INSERT INTO tunnels (id, account_tag, name, secret, created_at, deleted_at,"
@@ -409,12 +443,10 @@ class Store:
 
     def get_tunnel(self, account_tag: str, tunnel_id: uuid.UUID) -> Tunnel | None:
         """The account's tunnel with that ID (deleted ones included), or None."""
-        with self._transaction() as db:
-            row = db.execute(
-                "SELECT id, account_tag, name, secret, created_at, deleted_at, remote_config"
-                " FROM tunnels WHERE id = ? AND account_tag = ?",
-                (str(tunnel_id), account_tag),
-            ).fetchone()
+        row = self._db.read(
+            f"SELECT {self._TUNNEL_COLUMNS} FROM tunnels WHERE id = ? AND account_tag = ?",  # noqa: S608 (fixed fragments)
+            (str(tunnel_id), account_tag),
+        ).fetchone()
         return None if row is None else self._tunnel(row)
 
     def list_tunnels(
@@ -447,12 +479,11 @@ class Store:
         if tunnel_id is not None:
             where.append("id = ?")
             args.append(str(tunnel_id))
-        with self._transaction() as db:
-            rows = db.execute(
-                f"SELECT {self._TUNNEL_COLUMNS} FROM tunnels WHERE {' AND '.join(where)}"  # noqa: S608 (fixed fragments)
-                " ORDER BY created_at, id",
-                args,
-            ).fetchall()
+        rows = self._db.read(
+            f"SELECT {self._TUNNEL_COLUMNS} FROM tunnels WHERE {' AND '.join(where)}"  # noqa: S608 (fixed fragments)
+            " ORDER BY created_at, id",
+            args,
+        ).fetchall()
         tunnels = [self._tunnel(r) for r in rows]
         if existed_at is not None:
             tunnels = [
@@ -465,10 +496,9 @@ class Store:
 
     def delete_tunnel(self, account_tag: str, tunnel_id: uuid.UUID) -> Tunnel:
         """Mark the tunnel deleted and drop its hostname routes."""
-        with self._transaction() as db:
+        with self._db.write() as db:
             row = db.execute(
-                "SELECT id, account_tag, name, secret, created_at, deleted_at, remote_config"
-                " FROM tunnels WHERE id = ? AND account_tag = ?",
+                f"SELECT {self._TUNNEL_COLUMNS} FROM tunnels WHERE id = ? AND account_tag = ?",  # noqa: S608 (fixed fragments)
                 (str(tunnel_id), account_tag),
             ).fetchone()
             if row is None:
@@ -480,17 +510,13 @@ class Store:
             db.execute(
                 "UPDATE tunnels SET deleted_at = ? WHERE id = ?", (_ts(deleted_at), str(tunnel_id))
             )
-            db.execute("DELETE FROM routes WHERE tunnel_id = ?", (str(tunnel_id),))
+            dropped = db.execute("DELETE FROM routes WHERE tunnel_id = ?", (str(tunnel_id),))
+            if dropped.rowcount:
+                db.execute(_BUMP_ROUTES)
             db.execute("DELETE FROM secret_rotations WHERE tunnel_id = ?", (str(tunnel_id),))
-        return Tunnel(
-            id=tunnel.id,
-            account_tag=tunnel.account_tag,
-            name=tunnel.name,
-            secret=tunnel.secret,
-            created_at=tunnel.created_at,
-            deleted_at=deleted_at,
-            remote_config=tunnel.remote_config,
-        )
+        if dropped.rowcount:
+            self._routes.changed()
+        return dataclasses.replace(tunnel, deleted_at=deleted_at)
 
     def verify_tunnel_secret(self, tunnel_id: uuid.UUID, account_tag: str, secret: bytes) -> bool:
         """Whether a connector's TunnelAuth matches a live tunnel (constant-time compare)."""
@@ -500,14 +526,14 @@ class Store:
         self, tunnel_id: uuid.UUID, account_tag: str, secret: bytes
     ) -> SecretMatch:
         """Which secret of a live tunnel ``secret`` is: the current one, or the previous one
-        while its rotation window is open. Both comparisons always run, in constant time."""
-        with self._transaction() as db:
-            row = db.execute(
-                "SELECT t.secret, r.previous_secret, r.expires_at FROM tunnels t"
-                " LEFT JOIN secret_rotations r ON r.tunnel_id = t.id"
-                " WHERE t.id = ? AND t.account_tag = ? AND t.deleted_at IS NULL",
-                (str(tunnel_id), account_tag),
-            ).fetchone()
+        while its rotation window is open. Both comparisons always run, in constant time.
+        A read: it takes no write lock."""
+        row = self._db.read(
+            "SELECT t.secret, r.previous_secret, r.expires_at FROM tunnels t"
+            " LEFT JOIN secret_rotations r ON r.tunnel_id = t.id"
+            " WHERE t.id = ? AND t.account_tag = ? AND t.deleted_at IS NULL",
+            (str(tunnel_id), account_tag),
+        ).fetchone()
         current = bytes(row[0]) if row is not None else b""
         previous = bytes(row[1]) if row is not None and row[1] is not None else b""
         expires = _parse_ts(row[2]) if row is not None else None
@@ -533,8 +559,8 @@ class Store:
         """Give the tunnel a new secret (32 random bytes by default); the current one stays
         valid until ``deadline`` from now or :meth:`finish_rotation`. Rotating again during a
         window drops the oldest secret at once: only two secrets are ever valid."""
-        new_secret = secret if secret is not None else secrets.token_bytes(32)
-        with self._transaction() as db:
+        new_secret = check_secret(secret) if secret is not None else secrets.token_bytes(32)
+        with self._db.write() as db:
             row = db.execute(
                 f"SELECT {self._TUNNEL_COLUMNS} FROM tunnels WHERE id = ? AND account_tag = ?",  # noqa: S608 (fixed fragments)
                 (str(tunnel_id), account_tag),
@@ -556,11 +582,10 @@ class Store:
 
     def rotation(self, tunnel_id: uuid.UUID) -> SecretRotation | None:
         """The tunnel's open rotation window, if any (an expired one counts as finished)."""
-        with self._transaction() as db:
-            row = db.execute(
-                "SELECT started_at, expires_at FROM secret_rotations WHERE tunnel_id = ?",
-                (str(tunnel_id),),
-            ).fetchone()
+        row = self._db.read(
+            "SELECT started_at, expires_at FROM secret_rotations WHERE tunnel_id = ?",
+            (str(tunnel_id),),
+        ).fetchone()
         if row is None:
             return None
         started, expires = _parse_ts(row[0]), _parse_ts(row[1])
@@ -570,20 +595,102 @@ class Store:
         return SecretRotation(tunnel_id, started, expires)
 
     def finish_rotation(self, tunnel_id: uuid.UUID) -> bool:
-        """Stop accepting the previous secret; False when no rotation was open."""
+        """Stop accepting the previous secret; False when no rotation was open. A write: on
+        the event loop, call it through :meth:`off_loop`."""
         open_window = self.rotation(tunnel_id) is not None
-        with self._transaction() as db:
+        with self._db.write() as db:
             db.execute("DELETE FROM secret_rotations WHERE tunnel_id = ?", (str(tunnel_id),))
         return open_window
+
+    # -- zones ----------------------------------------------------------------------------
+
+    def add_zone(self, account_tag: str, name: str) -> tuple[Zone, bool]:
+        """Give zone ``name`` to an account: ``(zone, created)``; ``created`` is False when
+        the account had it already. :class:`ZoneRefused` for names that cannot be zones,
+        :class:`ZoneTaken` when it is, holds or lies in another account's zone, or holds
+        another account's routes."""
+        zone = Zone(check_zone_name(name), account_tag, self._clock())
+        with self._db.write() as db:
+            self._require_account(db, account_tag)
+            for other, owner in db.execute(
+                "SELECT name, account_tag FROM zones WHERE name = ?"
+                " OR substr(?, -length(name) - 1) = '.' || name"
+                " OR substr(name, -length(?) - 1) = '.' || ?",
+                (zone.name, zone.name, zone.name, zone.name),
+            ):
+                if owner != account_tag:
+                    raise ZoneTaken(f"{zone.name} overlaps {other}, a zone of another account")
+                if other == zone.name:
+                    return self._zone(db, other), False
+            for (hostname,) in db.execute(
+                "SELECT hostname FROM routes WHERE account_tag != ?", (account_tag,)
+            ):
+                if is_within(hostname.removeprefix("*."), zone.name):
+                    raise ZoneTaken(f"{zone.name} holds {hostname}, routed by another account")
+            db.execute(
+                "INSERT INTO zones (name, account_tag, created_at) VALUES (?, ?, ?)",
+                (zone.name, account_tag, _ts(zone.created_at)),
+            )
+        return zone, True
+
+    @staticmethod
+    def _zone(db: sqlite3.Connection, name: str) -> Zone:
+        row = db.execute(
+            "SELECT name, account_tag, created_at FROM zones WHERE name = ?", (name,)
+        ).fetchone()
+        return Zone(row[0], row[1], datetime.datetime.fromisoformat(row[2]))
+
+    def zones(self, account_tag: str | None = None) -> list[Zone]:
+        """Every zone (or one account's), by name."""
+        where, args = ("WHERE account_tag = ?", (account_tag,)) if account_tag else ("", ())
+        rows = self._db.read(
+            f"SELECT name, account_tag, created_at FROM zones {where} ORDER BY name",  # noqa: S608 (fixed fragments)
+            args,
+        )
+        return [Zone(r[0], r[1], datetime.datetime.fromisoformat(r[2])) for r in rows]
+
+    def remove_zone(self, name: str) -> int:
+        """Take a zone from its account, with the account's routes that no other zone of
+        theirs holds (as a DNS zone's records go with it); returns how many routes went."""
+        zone_name = normalize_hostname(name)
+        with self._db.write() as db:
+            row = db.execute(
+                "SELECT account_tag FROM zones WHERE name = ?", (zone_name,)
+            ).fetchone()
+            if row is None:
+                raise ZoneNotFound(f"no zone {zone_name}")
+            account_tag = row[0]
+            db.execute("DELETE FROM zones WHERE name = ?", (zone_name,))
+            left = [
+                z
+                for (z,) in db.execute(
+                    "SELECT name FROM zones WHERE account_tag = ?", (account_tag,)
+                )
+            ]
+            dropped = [
+                hostname
+                for (hostname,) in db.execute(
+                    "SELECT hostname FROM routes WHERE account_tag = ?", (account_tag,)
+                )
+                if is_within(hostname.removeprefix("*."), zone_name)
+                and not any(is_within(hostname.removeprefix("*."), z) for z in left)
+            ]
+            db.executemany("DELETE FROM routes WHERE hostname = ?", [(h,) for h in dropped])
+            if dropped:
+                db.execute(_BUMP_ROUTES)
+        if dropped:
+            self._routes.changed()
+        return len(dropped)
 
     # -- hostname routes ------------------------------------------------------------------
 
     def route_hostname(
         self, account_tag: str, tunnel_id: uuid.UUID, hostname: str, *, overwrite: bool = False
     ) -> RouteResult:
-        """Route ``hostname`` (``*.example.com`` allowed) to one of the account's tunnels."""
-        host = normalize_hostname(hostname)
-        with self._transaction() as db:
+        """Route ``hostname`` (``*.example.com`` allowed) to one of the account's tunnels; it
+        must lie in one of the account's zones (:class:`HostnameOutsideZones`)."""
+        host = check_route_name(hostname)
+        with self._db.write() as db:
             tunnel = db.execute(
                 "SELECT deleted_at FROM tunnels WHERE id = ? AND account_tag = ?",
                 (str(tunnel_id), account_tag),
@@ -592,71 +699,100 @@ class Store:
                 raise TunnelNotFound(f"tunnel {tunnel_id} not found")
             if tunnel[0] is not None:
                 raise TunnelDeleted(f"Tunnel {tunnel_id} has already been deleted")
-            existing = db.execute(
-                "SELECT account_tag, tunnel_id FROM routes WHERE hostname = ?", (host,)
-            ).fetchone()
-            if existing is None:
-                db.execute(
-                    "INSERT INTO routes (hostname, account_tag, tunnel_id, created_at)"
-                    " VALUES (?, ?, ?, ?)",
-                    (host, account_tag, str(tunnel_id), _ts(self._clock())),
+            zones = [
+                z
+                for (z,) in db.execute(
+                    "SELECT name FROM zones WHERE account_tag = ?", (account_tag,)
                 )
-                return RouteResult(host, RouteChange.NEW)
-            if existing[0] != account_tag:
-                raise HostnameTaken(f"{host} is already routed by another account")
-            if existing[1] == str(tunnel_id):
-                return RouteResult(host, RouteChange.UNCHANGED)
-            if not overwrite:
-                raise HostnameConflict(
-                    f"An A, AAAA, or CNAME record with that host already exists: {host}"
-                    " routes to another tunnel (use --overwrite-dns to move it)"
-                )
+            ]
+            zone_for_route(host, zones, account_tag)
+            change = self._put_route(db, account_tag, tunnel_id, host, overwrite)
+        if change is not RouteChange.UNCHANGED:
+            self._routes.changed()
+        return RouteResult(host, change)
+
+    def route_quick_tunnel(self, account_tag: str, tunnel_id: uuid.UUID, label: str) -> str:
+        """The edge's own quick tunnel: route ``<label>.localhost`` without a zone. Only the
+        edge calls this (``--quick-tunnel``), for a tunnel it just made; no account can ask
+        for it, and ``localhost`` is never a zone (:func:`~adit.edge.names.check_zone_name`)."""
+        host = check_hostname(f"{label}.{QUICK_TUNNEL_DOMAIN}")
+        if host.count(".") != 1:
+            raise HostnameRefused(f"{label!r} is not one label")
+        with self._db.write() as db:
+            self._put_route(db, account_tag, tunnel_id, host, overwrite=False)
+        self._routes.changed()
+        return host
+
+    def _put_route(
+        self,
+        db: sqlite3.Connection,
+        account_tag: str,
+        tunnel_id: uuid.UUID,
+        host: str,
+        overwrite: bool,
+    ) -> RouteChange:
+        existing = db.execute(
+            "SELECT account_tag, tunnel_id FROM routes WHERE hostname = ?", (host,)
+        ).fetchone()
+        if existing is None:
             db.execute(
-                "UPDATE routes SET tunnel_id = ?, created_at = ? WHERE hostname = ?",
-                (str(tunnel_id), _ts(self._clock()), host),
+                "INSERT INTO routes (hostname, account_tag, tunnel_id, created_at)"
+                " VALUES (?, ?, ?, ?)",
+                (host, account_tag, str(tunnel_id), _ts(self._clock())),
             )
-            return RouteResult(host, RouteChange.UPDATED)
+            db.execute(_BUMP_ROUTES)
+            return RouteChange.NEW
+        if existing[0] != account_tag:
+            raise HostnameTaken(f"{host} is already routed by another account")
+        if existing[1] == str(tunnel_id):
+            return RouteChange.UNCHANGED
+        if not overwrite:
+            raise HostnameConflict(
+                f"An A, AAAA, or CNAME record with that host already exists: {host}"
+                " routes to another tunnel (use --overwrite-dns to move it)"
+            )
+        db.execute(
+            "UPDATE routes SET tunnel_id = ?, created_at = ? WHERE hostname = ?",
+            (str(tunnel_id), _ts(self._clock()), host),
+        )
+        db.execute(_BUMP_ROUTES)
+        return RouteChange.UPDATED
 
     def routes(self, account_tag: str) -> list[tuple[str, uuid.UUID]]:
         """The account's ``(hostname, tunnel_id)`` routes, by hostname."""
-        with self._transaction() as db:
-            rows = db.execute(
-                "SELECT hostname, tunnel_id FROM routes WHERE account_tag = ? ORDER BY hostname",
-                (account_tag,),
-            ).fetchall()
+        rows = self._db.read(
+            "SELECT hostname, tunnel_id FROM routes WHERE account_tag = ? ORDER BY hostname",
+            (account_tag,),
+        )
         return [(r[0], uuid.UUID(r[1])) for r in rows]
 
-    def tunnel_for_hostname(self, hostname: str) -> tuple[uuid.UUID, str] | None:
-        """``(tunnel_id, account_tag)`` serving a request's host: exact route, else the nearest
-        wildcard (``*.example.com`` covers ``a.example.com`` and ``a.b.example.com``).
+    # -- routing from memory --------------------------------------------------------------
 
-        Asked once per public request, so answers are kept for :data:`ROUTE_CACHE_SECONDS`;
-        route changes made through this store clear them at once, changes by another process
-        (an admin command, a sibling edge) show within that time.
+    def tunnel_for_hostname(self, hostname: str) -> Route | None:
+        """The route serving a request's host (port already removed): exact route, else the
+        nearest wildcard (``*.example.com`` covers ``a.example.com`` and ``a.b.example.com``).
+
+        Raises :class:`~adit.protocol.hostnames.InvalidHostname` (a 400 for the visitor) when
+        ``hostname`` is no hostname. Answered from memory in O(labels): the table is loaded on
+        first use (the edge loads it at start with :meth:`load_routes`), rebuilt at once after
+        this store changes routes, and by :meth:`watch_routes` after another process did.
         """
-        now = self._monotonic()
-        cached = self._route_cache.get(hostname)
-        if cached is not None and cached[1] > now:
-            return cached[0]
-        found = self._lookup_route(hostname)
-        if len(self._route_cache) >= ROUTE_CACHE_SIZE:
-            self._route_cache.clear()
-        self._route_cache[hostname] = (found, now + ROUTE_CACHE_SECONDS)
-        return found
+        if not hostname.isascii():
+            # A Host is ASCII (RFC 9110's reg-name; IDNs travel as A-labels): refused before
+            # any IDNA work, which costs a millisecond for a long Unicode name.
+            raise InvalidHostname("a request's host is ASCII")
+        return self._routes.find(check_hostname(hostname))
 
-    def _lookup_route(self, hostname: str) -> tuple[uuid.UUID, str] | None:
-        host = normalize_hostname(
-            hostname.rsplit(":", 1)[0] if hostname.count(":") == 1 else hostname
-        )
-        labels = host.split(".")
-        candidates = [host] + ["*." + ".".join(labels[i:]) for i in range(1, len(labels))]
-        with self._lock:  # a plain read: no transaction, so the route cache stays
-            for candidate in candidates:
-                row = self._db.execute(
-                    "SELECT r.tunnel_id, r.account_tag FROM routes r JOIN tunnels t"
-                    " ON t.id = r.tunnel_id WHERE r.hostname = ? AND t.deleted_at IS NULL",
-                    (candidate,),
-                ).fetchone()
-                if row is not None:
-                    return uuid.UUID(row[0]), str(row[1])
-        return None
+    def load_routes(self) -> RouteTable:
+        """Build the route table now (the edge does, before it serves)."""
+        return self._routes.reload()
+
+    def refresh_routes(self) -> bool:
+        """Rebuild the route table if another process changed routes since it was built;
+        True when it did."""
+        return self._routes.refresh()
+
+    def watch_routes(self, interval: float) -> None:
+        """Look for other processes' route changes every ``interval`` seconds, on a thread of
+        its own (never the event loop), until :meth:`close`."""
+        self._routes.watch(interval)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import functools
 import hashlib
 import hmac
 import ipaddress
@@ -20,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from adit.edge.registry import ConnectionRegistry, LiveConnection
-from adit.edge.store import SecretMatch, Store
+from adit.edge.store import SecretMatch, Store, StoreError
 from adit.protocol.errors import ProtocolError
 from adit.protocol.headers import FEATURE_SERIALIZED_REQUEST_HEADERS, RequestType, ResponseMeta
 from adit.protocol.http2 import (
@@ -361,11 +362,9 @@ class TunnelSession(TunnelIO[EdgeTunnelConnection]):
         digests = [c.handle.secret_digest for c in live if isinstance(c.handle, TunnelSession)]
         if not digests or not all(hmac.compare_digest(d, current) for d in digests):
             return
-        if self.store.finish_rotation(tunnel_id):
-            log.info(
-                "secret rotation finished tunnelID=%s: the previous secret is refused from now on",
-                tunnel_id,
-            )
+        # A write: on the store's writer thread, never waiting for its lock on the loop.
+        finishing = self.store.off_loop(self.store.finish_rotation, tunnel_id)
+        finishing.add_done_callback(functools.partial(_rotation_finished, tunnel_id))
 
     # -- request streams --------------------------------------------------------------------
 
@@ -445,6 +444,21 @@ class TunnelSession(TunnelIO[EdgeTunnelConnection]):
     def on_goaway(self, event: ConnectionTerminated) -> None:
         if self.live is not None:
             self.live.draining = True
+
+
+def _rotation_finished(tunnel_id: uuid.UUID, done: asyncio.Future[bool]) -> None:
+    if done.cancelled():
+        return
+    exc = done.exception()
+    if isinstance(exc, StoreError):
+        log.warning("cannot finish the secret rotation of tunnel %s yet: %s", tunnel_id, exc)
+    elif exc is not None:
+        log.error("finishing the secret rotation of tunnel %s failed", tunnel_id, exc_info=exc)
+    elif done.result():
+        log.info(
+            "secret rotation finished tunnelID=%s: the previous secret is refused from now on",
+            tunnel_id,
+        )
 
 
 def _origin_ip(raw: bytes, peer: str) -> str:

@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 import click
 import idna
 
+from adit.protocol.hostnames import AddressError, host_of_authority, split_address
 from adit.protocol.websocket import (
     CloseCode,
     Opcode,
@@ -64,13 +65,10 @@ class EdgeTarget:
 
 
 def _split_host(netloc: str, default_port: int) -> tuple[str, int]:
-    if netloc.startswith("["):
-        host, _, rest = netloc[1:].partition("]")
-        return host, int(rest[1:]) if rest.startswith(":") else default_port
-    host, sep, port = netloc.rpartition(":")
-    if not sep or not port.isdigit():
-        return netloc, default_port
-    return host, int(port)
+    try:
+        return split_address(netloc)
+    except AddressError:
+        return host_of_authority(netloc), default_port
 
 
 def _punycode(host: str) -> str:

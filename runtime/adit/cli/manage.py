@@ -13,7 +13,6 @@ import contextlib
 import datetime
 import json
 import os
-import re
 import secrets
 import uuid
 from collections.abc import Callable, Sequence
@@ -21,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import click
-import idna
 import yaml
 
 from adit.cli.apiclient import ApiClient, ApiError, fetch_unverified_ca
@@ -43,11 +41,11 @@ from adit.credentials import (
     write_credentials_file,
     write_origin_cert,
 )
+from adit.protocol.hostnames import InvalidHostname, check_hostname
 
 __all__ = ["COMMANDS"]
 
 DEFAULT_API_URL = "https://api.cloudflare.com/client/v4"
-_HOSTNAME = re.compile(r"^[*_a-zA-Z0-9][-_.a-zA-Z0-9]*$")
 _LIST_SORT_FIELDS = "name, id, createdAt, deletedAt, numConnections"
 _INFO_SORT_FIELDS = "id, createdAt, numConnections, version"
 _GO_ZERO_TIME = "0001-01-01T00:00:00Z"
@@ -154,20 +152,13 @@ def _fmt_connections(conns: Sequence[dict[str, Any]], show_recently_disconnected
 
 
 def valid_hostname(name: str) -> bool:
-    """cloudflared's ``validateHostname``: IDNA to ASCII (DNS lengths), then its regex."""
-    labels = []
-    for label in name.split("."):
-        if label.isascii():
-            labels.append(label)
-            continue
-        try:
-            labels.append(idna.alabel(label).decode("ascii"))
-        except idna.IDNAError:
-            return False
-    if any(not 0 < len(label) <= 63 for label in labels):
+    """Whether ``name`` can be routed (``*.`` allowed): the edge's own rule, checked before a
+    request is made."""
+    try:
+        check_hostname(name, wildcard=True)
+    except InvalidHostname:
         return False
-    puny = ".".join(labels)
-    return len(puny) <= 253 and bool(_HOSTNAME.match(puny))
+    return True
 
 
 # -- account context ------------------------------------------------------------------------

@@ -36,6 +36,7 @@ from adit.credentials import (
 )
 from adit.ipc.messages import EdgeTarget, IngressSnapshot
 from adit.logs import LogSettings, configure_logging, fields
+from adit.protocol.hostnames import AddressError, split_address
 from adit.version import __version__
 
 if TYPE_CHECKING:
@@ -188,11 +189,13 @@ def parse_edge_addresses(addresses: list[str]) -> list[EdgeTarget]:
         for address in (a.strip() for a in entry.split(",")):
             if not address:
                 continue
-            host, sep, port_text = address.rpartition(":")
-            if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+            try:
+                host, port = split_address(address)
+            except AddressError:
+                host, port = "", 0
+            if not host or port == 0:
                 raise CommandFailure(f"Invalid edge address {address}: expected host:port")
-            host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-            targets.append(EdgeTarget(host, int(port_text), location=len(targets) % 2))
+            targets.append(EdgeTarget(host, port, location=len(targets) % 2))
     return targets
 
 

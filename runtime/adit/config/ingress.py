@@ -8,6 +8,8 @@ Stable API:
   when the file has no ``ingress``.
 * :func:`ingress_from_json` — remotely managed config (durations in integer seconds).
 * :meth:`Ingress.find_matching_rule` — first rule matching a host and path, else the last.
+  Hosts compare in the one spelling the edge routes by (``adit.protocol.hostnames``): case,
+  a trailing dot and IDNA spellings do not matter, unlike in cloudflared.
 
 Per rule, validation runs: service → ``access`` → hostname (port, wildcard, catch-all
 position) → path regex; the first failure is reported with 1-based ``Rule #N`` numbering.
@@ -18,7 +20,6 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
-import idna
 import msgspec
 
 from adit.config.errors import IngressError
@@ -36,6 +37,12 @@ from adit.config.origin import (
 from adit.config.pathregex import compile_path
 from adit.config.services import parse_go_url, parse_service, url_service
 from adit.config.source import format_location, parse_location
+from adit.protocol.hostnames import (
+    AddressError,
+    host_of_authority,
+    normalize_hostname,
+    split_host_port,
+)
 
 __all__ = [
     "NO_RULES_MESSAGE",
@@ -45,7 +52,6 @@ __all__ = [
     "ingress_from_cli",
     "ingress_from_json",
     "parse_ingress",
-    "split_host_port",
 ]
 
 NO_RULES_MESSAGE: Final = "The config file doesn't contain any ingress rules"
@@ -70,27 +76,13 @@ class Ingress(msgspec.Struct, frozen=True):
     defaults: OriginOptions = msgspec.field(default_factory=OriginOptions)
 
     def find_matching_rule(self, host: str, path: str) -> Rule:
-        """The first rule matching ``host`` (port stripped) and ``path``, else the last rule."""
-        host = split_host_port(host)[0]
+        """The first rule matching ``host`` (an authority: a port is removed) and ``path``,
+        else the last rule."""
+        host = normalize_hostname(host_of_authority(host))
         for rule in self.rules:
             if _rule_matches(rule, host, path):
                 return rule
         return self.rules[-1]
-
-
-def split_host_port(text: str) -> tuple[str, str | None]:
-    """Go's ``net.SplitHostPort``: ``(host, port)``, or ``(text, None)`` when it fails."""
-    colon = text.rfind(":")
-    if colon < 0:
-        return text, None
-    host, port = text[:colon], text[colon + 1 :]
-    if host.startswith("["):
-        if not host.endswith("]") or "]" in host[1:-1] or "[" in host[1:]:
-            return text, None
-        return host[1:-1], port
-    if ":" in host or "[" in host or "]" in text:
-        return text, None
-    return host, port
 
 
 def _host_matches(rule_host: str, host: str) -> bool:
@@ -101,25 +93,31 @@ def _host_matches(rule_host: str, host: str) -> bool:
 
 
 def _rule_matches(rule: Rule, host: str, path: str) -> bool:
-    host_match = rule.hostname in ("", "*") or _host_matches(rule.hostname, host)
-    if not host_match and rule.punycode_hostname:
-        host_match = _host_matches(rule.punycode_hostname, host)
+    # ``host`` is normalised; so is the rule's name, in punycode_hostname when that differs.
+    host_match = rule.hostname in ("", "*") or _host_matches(
+        rule.punycode_hostname or rule.hostname, host
+    )
     return host_match and (rule.path is None or rule.path.search(path) is not None)
 
 
 def _punycode(hostname: str) -> str:
-    """The IDNA form of ``hostname`` when it differs ("" otherwise or when not encodable)."""
-    wildcard, rest = ("*.", hostname[2:]) if hostname.startswith("*.") else ("", hostname)
+    """The normalised form of ``hostname`` (lower case, no trailing dot, A-labels: what
+    cloudflared's IDNA ``punycodeHostname`` is, and more) when it differs, else ""."""
+    normal = normalize_hostname(hostname)
+    return "" if normal == hostname else normal
+
+
+def _has_port(hostname: str) -> bool:
     try:
-        encoded = wildcard + idna.encode(rest, uts46=True).decode("ascii")
-    except (idna.IDNAError, UnicodeError, ValueError):
-        return ""
-    return "" if encoded == hostname else encoded
+        split_host_port(hostname)
+    except AddressError:
+        return False
+    return True
 
 
 def _validate_hostname(rule: IngressRuleConfig, index: int, total: int) -> None:
     where = f"ingress[{index}].hostname"
-    if split_host_port(rule.hostname)[1] is not None:
+    if _has_port(rule.hostname):
         raise IngressError(_PORT_MESSAGE, where)
     if rule.hostname.rfind("*") > 0:
         raise IngressError(_WILDCARD_MESSAGE, where)

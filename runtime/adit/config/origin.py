@@ -141,7 +141,7 @@ class Rule(msgspec.Struct, frozen=True):
 
     index: int
     hostname: str  # "" or "*" match every host; "*.example.com" matches subdomains
-    punycode_hostname: str  # the IDNA form of ``hostname`` ("" when identical)
+    punycode_hostname: str  # ``hostname`` normalised (lower case, A-labels; "" when identical)
     path: re.Pattern[str] | None
     service: Service
     options: OriginOptions = msgspec.field(default_factory=OriginOptions)

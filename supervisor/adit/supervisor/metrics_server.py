@@ -14,6 +14,7 @@ import socket
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from adit.protocol.hostnames import AddressError, split_address
 from adit.supervisor.errors import MetricsListenerError
 from adit.supervisor.settings import DEFAULT_METRICS_ADDRESS
 
@@ -39,24 +40,10 @@ MetricsProvider = Callable[[], bytes]
 
 def parse_listen_address(address: str) -> tuple[str, int]:
     """``host:port`` / ``[v6]:port`` / ``:port`` into a host and a port (Go's ``SplitHostPort``)."""
-    host, sep, port_text = address.rpartition(":")
-    if not sep:
-        raise MetricsListenerError(
-            f"Error opening metrics server listener: address {address}: missing port in address"
-        )
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
     try:
-        port = int(port_text)
-    except ValueError:
-        raise MetricsListenerError(
-            f"Error opening metrics server listener: address {address}: invalid port"
-        ) from None
-    if not 0 <= port <= 65535:
-        raise MetricsListenerError(
-            f"Error opening metrics server listener: address {address}: invalid port"
-        )
-    return host, port
+        return split_address(address)
+    except AddressError as exc:
+        raise MetricsListenerError(f"Error opening metrics server listener: {exc}") from None
 
 
 def _bind(host: str, port: int) -> socket.socket:

@@ -124,11 +124,12 @@ RULE_CASES: list[tuple[list[str], Outcome]] = [
         ),
     ),
     (
-        ["tunnel", "--config", GOOD, "ingress", "rule", "https://WWW.EXAMPLE.COM/"],
+        # Hosts match in one spelling, as the edge routes them (cloudflared: rule #2).
+        ["tunnel", "--config", GOOD, "ingress", "rule", "https://WWW.EXAMPLE.COM./"],
         Outcome(
             0,
-            "Using rules from 01-good.yml\nMatched rule #2\n\thostname: *\n"
-            "\tservice: https://localhost:8002\n",
+            "Using rules from 01-good.yml\nMatched rule #0\n\thostname: www.example.com\n"
+            "\tservice: https://localhost:8000\n",
             "",
         ),
     ),

@@ -66,6 +66,7 @@ class _Edge:
         store = Store(":memory:")
         account = store.create_account("fast")
         tunnel = store.create_tunnel(account.tag, "fast")
+        store.add_zone(account.tag, "example.com")
         store.route_hostname(account.tag, tunnel.id, "app.example.com")
         registry = ConnectionRegistry()
         self.listener = PublicListener(store, registry, location="tst", scheme="https")

@@ -6,6 +6,7 @@ import asyncio
 import base64
 import datetime
 import json
+import sqlite3
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ from adit.credentials import decode_tunnel_token
 from adit.edge.api import EdgeInfo, ManagementApi
 from adit.edge.ca import EdgeCA
 from adit.edge.registry import ConnectionRegistry, LiveConnection
-from adit.edge.store import Store
+from adit.edge.store import STORE_FILE, Store
 
 
 @dataclass
@@ -141,13 +142,13 @@ def test_edge_info(env: Env) -> None:
 
 
 def test_create_get_list_with_prefix(env: Env) -> None:
-    secret = base64.b64encode(b"x" * 32).decode()
+    secret = base64.b64encode(bytes(range(32))).decode()
     tunnel = create(env, "web", tunnel_secret=secret)
     assert set(tunnel) >= {"id", "name", "created_at", "deleted_at", "connections", "token"}
     assert tunnel["deleted_at"] is None
     assert tunnel["connections"] == []
     creds = decode_tunnel_token(tunnel["token"])
-    assert creds.tunnel_secret == b"x" * 32
+    assert creds.tunnel_secret == bytes(range(32))
     assert creds.account_tag == env.account
     assert creds.edge == ("127.0.0.1:7844",)
     assert creds.edge_ca_pem == env.ca_pem
@@ -317,6 +318,12 @@ def test_routes(env: Env) -> None:
     path2 = f"/zones/{env.account}/tunnels/{t2['id']}/routes"
     dns = {"type": "dns", "user_hostname": "app.example.com", "overwrite_existing": False}
     status, body = env.call("PUT", path1, dns)
+    assert status == 403  # no zone holds it yet
+    assert isinstance(body, dict)
+    assert body["errors"][0]["code"] == 9109
+    assert "administrator" in body["errors"][0]["message"]
+    env.store.add_zone(env.account, "example.com")
+    status, body = env.call("PUT", path1, dns)
     assert status == 200
     assert isinstance(body, dict)
     assert body["result"] == {"cname": "new", "name": "app.example.com"}
@@ -328,8 +335,9 @@ def test_routes(env: Env) -> None:
     status, body = env.call("PUT", path2, {**dns, "overwrite_existing": True})
     assert isinstance(body, dict)
     assert body["result"]["cname"] == "updated"
-    status, body = env.call("PUT", path1, {**dns, "user_hostname": "bad host"})
-    assert status == 400
+    for bad in ("bad host", "*.com", "com", "a" * 64 + ".example.com", 5):
+        status, body = env.call("PUT", path1, {**dns, "user_hostname": bad})
+        assert status == 400, bad
     status, body = env.call("PUT", path1, {"type": "lb", "lb_name": "x", "lb_pool": "p"})
     assert status == 400
     status, body = env.call("PUT", path1, {**dns, "user_hostname": "*.example.com"})
@@ -346,3 +354,43 @@ def test_unknown_paths_and_methods(env: Env) -> None:
     assert status == 405
     status, _ = env.call("GET", f"{env.tunnels()}/not-a-uuid")
     assert status == 400
+
+
+def test_a_locked_store_answers_writes_503_and_reads_as_usual(tmp_path: Path) -> None:
+    store = Store.open_in(tmp_path, write_timeout=0.2)
+    account = store.create_account("a").tag
+    token = store.create_api_token(account).token
+    info = EdgeInfo(tunnel_addresses=("127.0.0.1:7844",), ca_pem=CA.cert_pem)
+    api = ManagementApi(store, ConnectionRegistry(), info)
+    headers = [(b"authorization", f"Bearer {token}".encode())]
+    path = f"/accounts/{account}/cfd_tunnel"
+    other = sqlite3.connect(tmp_path / STORE_FILE, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    try:
+        status, _, _ = asyncio.run(api.handle("GET", path, headers, b""))
+        assert status == 200
+        status, _, payload = asyncio.run(api.handle("POST", path, headers, b'{"name": "x"}'))
+        assert status == 503
+        error = json.loads(payload)["errors"][0]
+        assert error["code"] == 10013 and "try again" in error["message"]
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    status, _, _ = asyncio.run(api.handle("POST", path, headers, b'{"name": "x"}'))
+    assert status == 200
+    store.close()
+
+
+def test_a_bug_of_ours_is_a_500_in_the_envelope(env: Env) -> None:
+    class Broken(ConnectionRegistry):
+        def connections(self, tunnel_id: uuid.UUID) -> list[LiveConnection]:
+            raise RuntimeError("a bug")
+
+    tunnel = create(env)
+    info = EdgeInfo(tunnel_addresses=("127.0.0.1:7844",), ca_pem=CA.cert_pem)
+    api = ManagementApi(env.store, Broken(), info)
+    headers = [(b"authorization", f"Bearer {env.token}".encode())]
+    target = f"{env.tunnels()}/{tunnel['id']}"
+    status, _, payload = asyncio.run(api.handle("GET", target, headers, b""))
+    assert status == 500
+    assert json.loads(payload)["errors"] == [{"code": 10001, "message": "Internal error"}]

@@ -130,6 +130,14 @@ def test_create_route_list_info_token_cleanup_delete(cli: Cli) -> None:
         "failed to create tunnel: Create Tunnel API call failed: tunnel with name already exists"
     )
 
+    outside = cli.run("tunnel", "route", "dns", "web", "app.example.com")
+    assert outside.returncode == 1
+    assert outside.stderr.strip() == (
+        "Failed to add route: code: 9109, reason: app.example.com is not in a zone of this "
+        "account: ask the edge's administrator to add the zone (adit edge zone add --account "
+        f"{account} example.com)"
+    )
+    cli.server.store.add_zone(account, "example.com")
     routed = cli.run("tunnel", "route", "dns", "web", "app.example.com")
     assert routed.returncode == 0, routed.stderr
     assert "INF Added CNAME app.example.com which will route to this tunnel" in routed.stderr

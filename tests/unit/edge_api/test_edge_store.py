@@ -5,6 +5,7 @@ from __future__ import annotations
 import hmac
 import sqlite3
 import stat
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,12 +16,15 @@ from adit.edge import store as store_module
 from adit.edge.store import (
     AccountNotFound,
     HostnameConflict,
-    HostnameTaken,
+    HostnameOutsideZones,
     RouteChange,
     Store,
     TunnelDeleted,
     TunnelNameConflict,
 )
+from adit.protocol.hostnames import InvalidHostname
+
+SECRET = bytes(range(32))
 
 
 @pytest.fixture
@@ -102,10 +106,11 @@ def test_account_isolation(store: Store) -> None:
     assert store.list_tunnels(b, tunnel_id=ta.id) == []
     with pytest.raises(store_module.TunnelNotFound):
         store.delete_tunnel(b, ta.id)
+    store.add_zone(a, "example.com")
     with pytest.raises(store_module.TunnelNotFound):
         store.route_hostname(b, ta.id, "x.example.com")
     store.route_hostname(a, ta.id, "a.example.com")
-    with pytest.raises(HostnameTaken):
+    with pytest.raises(HostnameOutsideZones):
         store.route_hostname(b, tb.id, "a.example.com", overwrite=True)
     assert store.routes(b) == []
     assert not store.verify_tunnel_secret(ta.id, b, ta.secret)
@@ -140,7 +145,8 @@ def test_routes_and_wildcards(store: Store) -> None:
     a = store.create_account("a").tag
     t1 = store.create_tunnel(a, "one")
     t2 = store.create_tunnel(a, "two")
-    assert store.route_hostname(a, t1.id, "App.Example.com").change is RouteChange.NEW
+    store.add_zone(a, "example.com")
+    assert store.route_hostname(a, t1.id, "App.Example.com.").change is RouteChange.NEW
     assert store.route_hostname(a, t1.id, "app.example.com").change is RouteChange.UNCHANGED
     with pytest.raises(HostnameConflict):
         store.route_hostname(a, t2.id, "app.example.com")
@@ -149,7 +155,7 @@ def test_routes_and_wildcards(store: Store) -> None:
     )
     store.route_hostname(a, t1.id, "*.example.com")
     assert store.tunnel_for_hostname("app.example.com") == (t2.id, a)
-    assert store.tunnel_for_hostname("APP.example.com:443") == (t2.id, a)
+    assert store.tunnel_for_hostname("APP.example.com.") == (t2.id, a)
     assert store.tunnel_for_hostname("other.example.com") == (t1.id, a)
     assert store.tunnel_for_hostname("deep.other.example.com") == (t1.id, a)
     assert store.tunnel_for_hostname("example.com") is None
@@ -160,28 +166,62 @@ def test_routes_and_wildcards(store: Store) -> None:
 
 def test_verify_tunnel_secret(store: Store) -> None:
     a = store.create_account("a").tag
-    t = store.create_tunnel(a, "one", b"k" * 32)
-    assert store.verify_tunnel_secret(t.id, a, b"k" * 32)
-    assert not store.verify_tunnel_secret(t.id, a, b"k" * 31)
-    assert not store.verify_tunnel_secret(uuid.uuid4(), a, b"k" * 32)
+    t = store.create_tunnel(a, "one", SECRET)
+    assert store.verify_tunnel_secret(t.id, a, SECRET)
+    assert not store.verify_tunnel_secret(t.id, a, SECRET[:31])
+    assert not store.verify_tunnel_secret(uuid.uuid4(), a, SECRET)
     store.delete_tunnel(a, t.id)
-    assert not store.verify_tunnel_secret(t.id, a, b"k" * 32)
+    assert not store.verify_tunnel_secret(t.id, a, SECRET)
 
 
-def test_route_answers_are_cached_and_cleared_by_writes(tmp_path: Path) -> None:
-    now = [100.0]
-    store = Store(tmp_path / "s.db", monotonic=lambda: now[0])
+def test_routes_are_served_from_memory_and_follow_every_writer(tmp_path: Path) -> None:
+    store = Store(tmp_path / "s.db")
     other = Store(tmp_path / "s.db")  # a second process's view of the same database
     account = store.create_account("a")
+    store.add_zone(account.tag, "app.test")
     tunnel = store.create_tunnel(account.tag, "t")
     store.route_hostname(account.tag, tunnel.id, "app.test")
     assert store.tunnel_for_hostname("app.test") == (tunnel.id, account.tag)
-    # A write through this store clears the cache at once.
+    # A write through this store changes the table at once.
     store.delete_tunnel(account.tag, tunnel.id)
     assert store.tunnel_for_hostname("app.test") is None
-    # A write by another process shows once the cached answer expires.
+    # Another process's write shows once the store looks (the edge's watcher thread does).
     second = other.create_tunnel(account.tag, "t2")
     other.route_hostname(account.tag, second.id, "app.test")
     assert store.tunnel_for_hostname("app.test") is None
-    now[0] += 1.5
+    assert store.refresh_routes()
     assert store.tunnel_for_hostname("app.test") == (second.id, account.tag)
+    assert not store.refresh_routes()  # nothing changed: one counter read
+    # Writes that do not touch routes leave the table alone.
+    other.create_tunnel(account.tag, "t3")
+    other.create_api_token(account.tag)
+    assert not store.refresh_routes()
+    other.close()
+    store.close()
+
+
+def test_a_watcher_thread_follows_another_process(tmp_path: Path) -> None:
+    store = Store(tmp_path / "s.db")
+    other = Store(tmp_path / "s.db")
+    account = other.create_account("a")
+    other.add_zone(account.tag, "app.test")
+    store.load_routes()
+    store.watch_routes(0.02)
+    tunnel = other.create_tunnel(account.tag, "t")
+    other.route_hostname(account.tag, tunnel.id, "app.test")
+    deadline = time.monotonic() + 5
+    while store.tunnel_for_hostname("app.test") is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert store.tunnel_for_hostname("app.test") == (tunnel.id, account.tag)
+    store.close()
+    other.close()
+
+
+def test_hostnames_are_checked_before_any_lookup(store: Store) -> None:
+    with pytest.raises(InvalidHostname):
+        store.tunnel_for_hostname(".".join(["a"] * 32_000))
+    with pytest.raises(InvalidHostname):
+        store.tunnel_for_hostname("a b")
+    with pytest.raises(InvalidHostname):
+        store.tunnel_for_hostname("bücher.example")  # a Host carries the A-label
+    assert store.tunnel_for_hostname("unrouted.example") is None

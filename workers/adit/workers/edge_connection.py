@@ -21,6 +21,7 @@ import msgspec
 from adit.logs import fields
 from adit.protocol.errors import Http2TunnelError, ProtocolError
 from adit.protocol.headers import RequestType, ResponseMeta
+from adit.protocol.hostnames import host_of_authority
 from adit.protocol.http2 import ConnectorTunnelConnection, Event, RequestReceived
 from adit.protocol.registration import (
     ConnectionDetails,
@@ -181,7 +182,7 @@ class EdgeConnection(TunnelIO[ConnectorTunnelConnection]):
                 if event.request_type is RequestType.WEBSOCKET
                 else (StreamKind.HTTP)
             )
-            host = _host_of(event.authority)
+            host = host_of_authority(event.authority)
             request = IncomingRequest(
                 kind=kind,
                 method=event.method,
@@ -337,12 +338,6 @@ class EdgeConnection(TunnelIO[ConnectorTunnelConnection]):
         for call in self._calls.values():
             if not call.done():
                 call.set_result(False)
-
-
-def _host_of(authority: str) -> str:
-    if authority.startswith("["):
-        return authority[1 : authority.find("]")] if "]" in authority else authority
-    return authority.rsplit(":", 1)[0] if authority.count(":") == 1 else authority
 
 
 def local_ip_bytes(sockname: object) -> bytes:

@@ -31,6 +31,7 @@ from adit.config.origin import (
     UnixService,
 )
 from adit.logs import fields
+from adit.protocol.hostnames import host_of_authority
 from adit.workers.errors import (
     UNREACHABLE_MESSAGE,
     OriginError,
@@ -522,17 +523,10 @@ def _response_headers(response: OriginResponse) -> list[tuple[str, str]]:
     ]
 
 
-def _hostname(authority: str) -> str:
-    """``authority`` without its port (``[v6]:443`` -> ``v6``)."""
-    if authority.startswith("["):
-        return authority[1:].split("]", 1)[0]
-    return authority.rsplit(":", 1)[0] if authority.count(":") == 1 else authority
-
-
 def _server_name(options: OriginOptions, host_header: str, default: str) -> str:
     # cloudflared applies matchSNItoHost per request after httpHostHeader, so it wins.
     if options.match_sni_to_host:
-        return _hostname(host_header)
+        return host_of_authority(host_header)
     return options.origin_server_name or default
 
 
@@ -557,7 +551,7 @@ def _unix_key(service: UnixService, options: OriginOptions, host_header: str) ->
         0,
         unix_path=service.path,
         tls=True,
-        server_name=_server_name(options, host_header, _hostname(host_header)),
+        server_name=_server_name(options, host_header, host_of_authority(host_header)),
         ca_pool=options.ca_pool,
         no_tls_verify=options.no_tls_verify,
     )

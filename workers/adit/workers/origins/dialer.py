@@ -18,6 +18,7 @@ from typing import Any
 import msgspec
 
 from adit.config.origin import OriginOptions
+from adit.protocol.hostnames import AddressError, split_address
 from adit.workers.errors import OriginConnectTimeout, OriginTLSError, OriginUnreachable
 from adit.workers.origins.tls import ClientContexts
 
@@ -204,10 +205,10 @@ def split_destination(destination: str) -> tuple[str, int]:
 
     Raises :class:`OriginUnreachable` with Go's wording when the port is missing or bad.
     """
-    host, sep, port = destination.rpartition(":")
-    if not sep or (":" in host and not host.startswith("[")):
-        raise OriginUnreachable(f"dial tcp: address {destination}: missing port in address")
-    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-    if not port.isdigit() or not 0 < int(port) < 65536:
+    try:
+        host, port = split_address(destination)
+    except AddressError as exc:
+        raise OriginUnreachable(f"dial tcp: {exc}") from None
+    if port == 0:
         raise OriginUnreachable(f"dial tcp: address {destination}: invalid port")
-    return host, int(port)
+    return host, port
