@@ -415,10 +415,22 @@ class ScriptedConnector:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._connection is not None:
-            self._loop.call_soon_threadsafe(self._connection.close, "test over")
+        with contextlib.suppress(Exception):
+            asyncio.run_coroutine_threadsafe(self._close(), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
+        self._loop.close()
+
+    async def _close(self) -> None:
+        connection = self._connection
+        if connection is not None:
+            connection.close("test over")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(connection.lost), 5)
+        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _connect(self) -> None:
         import base64

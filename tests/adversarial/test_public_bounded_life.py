@@ -79,6 +79,7 @@ def test_broken_and_abandoned_uploads_leave_no_socket_behind(
                             f"POST /upload HTTP/1.1\r\nHost: {tenant.hostname}\r\n"
                             "Content-Length: 1000\r\n\r\n0123456789".encode()
                         )
+            time.sleep(1.0)  # the other tenant's requests go on meanwhile
             edge_probe.wait_until(
                 lambda p: p.close_wait() == 0 and p.fds() <= fds_before + 2,
                 timeout=10,

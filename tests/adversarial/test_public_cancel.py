@@ -13,8 +13,10 @@ from adversary import (
     RawOrigin,
     Tenant,
     connect,
+    exchange,
     hang,
     probe,
+    status_of,
     streaming,
     worker_pids,
 )
@@ -50,6 +52,12 @@ def test_a_download_given_up_stops_the_origin(
 def test_visitors_who_give_up_on_a_hung_origin_free_every_socket(
     edge: Edge, tenant: Tenant, recorder: RawOrigin
 ) -> None:
+    # One request first: what a worker opens for its first request stays open for good.
+    ok = exchange(
+        edge.http,
+        f"GET / HTTP/1.1\r\nHost: {tenant.hostname}\r\nConnection: close\r\n\r\n".encode(),
+    )
+    assert status_of(ok) == 200
     recorder.responder = hang
     edge_probe = probe(edge.proc)
     workers = [ProcessProbe(pid) for pid in worker_pids(tenant.connector)]

@@ -44,8 +44,9 @@ SLACK = 3.0
 
 
 @pytest.fixture
-def edge_env() -> dict[str, str]:
-    return LIMITS
+def edge_env(request: pytest.FixtureRequest) -> dict[str, str]:
+    """The edge's ``ADIT_EDGE_*`` settings (a test may give its own with ``indirect``)."""
+    return getattr(request, "param", LIMITS)
 
 
 @pytest.fixture
