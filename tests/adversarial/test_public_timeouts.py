@@ -4,6 +4,8 @@ client holds heads, bodies and idle sockets open. Small limits are set through `
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import ssl
 import time
@@ -25,6 +27,7 @@ from adversary import (
     split_hostport,
     start_tenant,
     status_of,
+    worker_pids,
 )
 from harness import Edge, Processes, start_edge
 
@@ -157,6 +160,25 @@ def test_no_response_in_time_gets_524(edge: Edge, tenant: Tenant, recorder: RawO
     assert b"ray id: " in reply.lower()
     assert time.monotonic() - started < 2 + SLACK
     recorder.wait_for(lambda o: o.open_connections == 0, what="the origin request closed")
+
+
+def test_a_frozen_connector_gets_524_in_time(edge: Edge, tenant: Tenant) -> None:
+    workers = worker_pids(tenant.connector)
+    for pid in workers:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        reply = exchange(
+            edge.http,
+            f"GET / HTTP/1.1\r\nHost: {tenant.hostname}\r\n\r\n".encode(),
+            timeout=2 + SLACK + 3,
+        )
+        elapsed = time.monotonic() - started
+    finally:
+        for pid in workers:
+            os.kill(pid, signal.SIGCONT)
+    assert status_of(reply) == 524, reply[:200]
+    assert elapsed < 2 + SLACK
 
 
 def _tls_connect(address: str, source: str, ca: str) -> socket.socket:
