@@ -705,8 +705,10 @@ class Http1Connection(asyncio.Protocol):
             events.popleft()  # a request without a body ended with its head
             self._body_done = True
         self.phase = _SERVING
-        # Until the handler says what it waits for: its answer, in the response timeout.
-        self._arm(_WAIT_RESPONSE)
+        if self._timeouts:  # _arm, inlined: until the handler says what it waits for, its
+            # answer is due in the response timeout
+            self._waiting_for = _WAIT_RESPONSE
+            self.deadline = self._loop.time() + self._timeouts[_WAIT_RESPONSE]
         return event
 
     def _begin(self, request: Request) -> None:
@@ -959,17 +961,16 @@ class Http1Connection(asyncio.Protocol):
 
     async def send_body(self, data: bytes, *, flush: bool = True) -> None:
         """Body bytes, passed through (no copy); ``flush=False`` holds them for the next."""
-        mode = self._body_mode
-        if mode is _NO_BODY or not data:
+        if self._body_mode is _NO_BODY or not data:
             if flush:
                 await self._write(b"", True)
             return
-        if mode is _LENGTH:
-            assert self._remaining is not None
-            self._remaining -= len(data)
-            if self._remaining < 0:
+        remaining = self._remaining  # not None exactly under a Content-Length
+        if remaining is not None:
+            self._remaining = remaining = remaining - len(data)
+            if remaining < 0:
                 raise ResponseError("response body longer than its Content-Length")
-        elif mode is _CHUNKED:
+        elif self._body_mode is _CHUNKED:
             self._held.append(b"%x\r\n" % len(data))
             self._held.append(data)
             await self._write(b"\r\n", flush)
