@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import enum
 import math
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -128,13 +127,15 @@ class ConnectionTracker:
 
     def release(self, conn: Tracked) -> None:
         """A connection admitted before has closed."""
-        if self._connections.pop(conn, 0) is None:
-            ip = conn.client_ip
-            count = self._per_ip.get(ip, 1) - 1
-            if count:
-                self._per_ip[ip] = count
-            else:
-                self._per_ip.pop(ip, None)
+        if conn not in self._connections:
+            return
+        del self._connections[conn]
+        ip = conn.client_ip
+        count = self._per_ip[ip] - 1
+        if count:
+            self._per_ip[ip] = count
+        else:
+            del self._per_ip[ip]
         if not self._connections and self._emptied is not None and not self._emptied.done():
             self._emptied.set_result(None)
 
@@ -173,8 +174,3 @@ class ConnectionTracker:
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
-
-
-def connections_of(trackers: Iterable[ConnectionTracker]) -> int:
-    """How many connections the trackers hold together."""
-    return sum(len(tracker) for tracker in trackers)
