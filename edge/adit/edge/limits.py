@@ -8,17 +8,18 @@ or task is made per request or per wait: arming a deadline is two attribute stor
 The defaults are what a production edge ships (each is an ``adit edge`` flag):
 
 * a request head must arrive within 10 s of the connection (or of its first byte, after an
-  idle keep-alive wait): nginx's CDN setups and HAProxy's recommended ``timeout http-request``;
-  a slow-loris client holds a socket for no longer;
+  idle keep-alive wait), the figure HAProxy's examples give ``timeout http-request`` and CDN
+  edges use (nginx's 60 s default dates from modems): a real client sends its head in one
+  round trip, a slow-loris client holds a socket for no longer;
 * a keep-alive connection may idle 400 s between requests, Cloudflare's figure for HTTP/1.1;
-* a request body may stall (and a client may stop reading a response) for 30 s, nginx's and
-  Cloudflare's proxy write figure, and must average 500 B/s (Apache mod_reqtimeout's
-  ``MinRate``), so a client trickling a byte now and then cannot hold a request open either;
+* a request body may stall (and a client may stop reading a response) for 30 s, Cloudflare's
+  proxy write timeout (nginx allows 60 s), and must average 500 B/s, Apache mod_reqtimeout's
+  ``MinRate``, so a client trickling a byte now and then cannot hold a request open either;
 * the tunnel must answer (and, mid-response, send more) within 100 s, after which the
   visitor gets Cloudflare's 524 page;
-* a listener takes 10,000 connections, one client address 256 of them: enough for a carrier
-  NAT's worth of browsers, few enough that one address cannot take the edge's descriptors
-  (the packaged unit raises ``LimitNOFILE`` above the sum of its listeners).
+* a listener takes 10,000 connections, one client address 256 of them: enough for the
+  browsers behind a carrier NAT, few enough that one address cannot take the edge's
+  descriptors (the packaged unit's ``LimitNOFILE=65536`` covers three full listeners).
 """
 
 from __future__ import annotations
