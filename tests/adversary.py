@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import http.client
+import json
 import os
 import socket
 import ssl
@@ -18,10 +19,10 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 from urllib.parse import urlsplit
 
 import psutil
@@ -52,9 +53,11 @@ CLOSE_RESPONSE = (
     b"\r\n\r\nok"
 )
 
-#: Decides the answer from the bytes received so far on one connection: the bytes to send
-#: (``b""`` to wait for more input), or ``None`` to keep the connection open and silent.
-Responder = Callable[[bytes], bytes | None]
+#: Decides the answer from the bytes a connection received since its last answer (so a
+#: keep-alive connection gets one answer per request): the bytes to send (``b""`` to wait for
+#: more input), pieces to send one after the other (an iterable, taken lazily: a streamed
+#: body, or a delay before the answer), or ``None`` to stay silent.
+Responder = Callable[[bytes], bytes | Iterable[bytes] | None]
 
 
 def head_complete(received: bytes) -> bool:
@@ -63,7 +66,7 @@ def head_complete(received: bytes) -> bool:
 
 
 def canned(response: bytes = OK_RESPONSE) -> Responder:
-    """Answer ``response`` once a request head arrived (once per connection)."""
+    """Answer ``response`` once a request head arrived (once per request head)."""
 
     def respond(received: bytes) -> bytes | None:
         return response if head_complete(received) else b""
@@ -71,9 +74,41 @@ def canned(response: bytes = OK_RESPONSE) -> Responder:
     return respond
 
 
-def hang(received: bytes) -> bytes | None:
+def hang(received: bytes) -> bytes | Iterable[bytes] | None:
     """Never answer (an origin that hangs)."""
     return None
+
+
+def streaming(total: int, piece: int = 64 * 1024) -> Responder:
+    """Answer a body of ``total`` bytes under its Content-Length, sent piece by piece as the
+    peer takes it (a large download: :attr:`OriginConnection.sent` shows how far it got)."""
+
+    def pieces() -> Iterator[bytes]:
+        yield b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n"
+        yield b"Content-Length: %d\r\n\r\n" % total
+        block = b"x" * piece
+        left = total
+        while left > 0:
+            yield block[: min(piece, left)]
+            left -= piece
+
+    def respond(received: bytes) -> bytes | Iterable[bytes]:
+        return pieces() if head_complete(received) else b""
+
+    return respond
+
+
+def delayed(seconds: float, response: bytes = OK_RESPONSE) -> Responder:
+    """Answer ``response`` ``seconds`` after the request head arrived (a slow origin)."""
+
+    def later() -> Iterator[bytes]:
+        time.sleep(seconds)
+        yield response
+
+    def respond(received: bytes) -> bytes | Iterable[bytes]:
+        return later() if head_complete(received) else b""
+
+    return respond
 
 
 @dataclass
@@ -109,6 +144,12 @@ class RawOrigin:
     def url(self) -> str:
         """``http://127.0.0.1:PORT`` for an ingress rule."""
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def sent(self) -> int:
+        """Bytes sent on every connection so far."""
+        with self._lock:
+            return sum(c.sent for c in self.connections)
 
     @property
     def requests(self) -> list[bytes]:
@@ -156,9 +197,26 @@ class RawOrigin:
             self._threads.append(thread)
             thread.start()
 
+    def _send(self, sock: socket.socket, record: OriginConnection, data: bytes) -> bool:
+        """Send ``data`` as the peer takes it, counting what went; False once it is gone."""
+        view = memoryview(data)
+        while view:
+            if self._stop.is_set():
+                return False
+            try:
+                sent = sock.send(view)
+            except TimeoutError:
+                continue
+            except OSError:
+                return False
+            view = view[sent:]
+            with self._lock:
+                record.sent += sent
+        return True
+
     def _serve(self, sock: socket.socket, record: OriginConnection) -> None:
         sock.settimeout(0.2)
-        answered = False
+        answered = 0  # where the bytes after the last answer begin
         try:
             while not self._stop.is_set():
                 try:
@@ -169,14 +227,14 @@ class RawOrigin:
                     return
                 with self._lock:
                     record.received += data
-                    received = bytes(record.received)
-                if answered:
-                    continue
+                    received = bytes(record.received[answered:])
                 answer = self.responder(received)
-                if answer:
-                    sock.sendall(answer)
-                    record.sent += len(answer)
-                    answered = True
+                if answer is None or answer == b"":
+                    continue
+                answered += len(received)
+                for piece in [answer] if isinstance(answer, bytes) else answer:
+                    if not self._send(sock, record, piece):
+                        return
         except OSError:
             return
         finally:
@@ -204,9 +262,65 @@ def split_hostport(address: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def connect(address: str, timeout: float = 10.0) -> socket.socket:
-    """A plain TCP connection to ``host:port``."""
-    return socket.create_connection(split_hostport(address), timeout=timeout)
+def connect(address: str, timeout: float = 10.0, *, source: str = "") -> socket.socket:
+    """A plain TCP connection to ``host:port`` (from the local address ``source`` if given:
+    any 127.x.y.z is a separate client address on loopback)."""
+    return socket.create_connection(
+        split_hostport(address), timeout=timeout, source_address=(source, 0) if source else None
+    )
+
+
+def closed_by_peer(sock: socket.socket, timeout: float) -> bool:
+    """Whether the peer closes ``sock`` within ``timeout`` (whatever it sends first)."""
+    read_until_closed(sock, timeout)
+    return _at_end(sock)
+
+
+def closing_times(
+    socks: list[socket.socket], timeout: float, *, trickle: bytes = b"", every: float = 0.25
+) -> list[float | None]:
+    """Seconds until the peer closed each socket (``None``: still open after ``timeout``).
+
+    With ``trickle``, each open socket sends those bytes every ``every`` seconds meanwhile
+    (a slowloris client). What the peer sends before closing is read and dropped.
+    """
+    import select
+
+    started = time.monotonic()
+    closed: list[float | None] = [None] * len(socks)
+    next_trickle = started
+    while time.monotonic() - started < timeout:
+        open_ones = [s for i, s in enumerate(socks) if closed[i] is None]
+        if not open_ones:
+            break
+        now = time.monotonic()
+        if trickle and now >= next_trickle:
+            next_trickle = now + every
+            for sock in open_ones:
+                with contextlib.suppress(OSError):
+                    sock.send(trickle)
+        readable, _, _ = select.select(open_ones, [], [], 0.05)
+        for sock in readable:
+            try:
+                sock.setblocking(False)
+                data = sock.recv(65536)
+            except (BlockingIOError, ssl.SSLWantReadError):
+                continue
+            except OSError:
+                data = b""
+            if not data:
+                closed[socks.index(sock)] = time.monotonic() - started
+    return closed
+
+
+def _at_end(sock: socket.socket) -> bool:
+    sock.settimeout(0.01)
+    try:
+        return sock.recv(1) == b""
+    except TimeoutError:
+        return False
+    except OSError:
+        return True
 
 
 def read_until_closed(sock: socket.socket, timeout: float = 10.0, limit: int = 1 << 24) -> bytes:
@@ -273,6 +387,121 @@ def status_of(response: bytes) -> int:
     """The status code of the first response in raw bytes (0 when there is none)."""
     line = response.split(b"\r\n", 1)[0].split()
     return int(line[1]) if len(line) >= 2 and line[0].startswith(b"HTTP/") else 0
+
+
+# --- a scripted connector ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What a :class:`ScriptedConnector` answers one stream with, sent as given: header names
+    and values are not checked (a hostile or broken connector is the point)."""
+
+    status: int = 200
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    body: bytes = b""
+    #: End the stream after the body (else it stays open until the edge resets it).
+    end: bool = True
+
+
+#: The answer for a request, from its path.
+Script = Callable[[str], Answer]
+
+
+class _Ingress:
+    """Stands in for the ingress rules: every stream goes to the script."""
+
+    def find_matching_rule(self, host: str, path: str) -> None:
+        return None
+
+
+class _ScriptedServer:
+    """The connector's stream server: answers each stream from the script."""
+
+    def __init__(self, script: Script) -> None:
+        self.script = script
+        self.resets = 0
+
+    async def serve(self, stream: Any, rule: object) -> None:
+        from adit.tunnelio import StreamClosedError
+
+        answer = self.script(stream.request.path)
+        try:
+            await stream.send_response(
+                answer.status, answer.headers, end_stream=answer.end, body=answer.body
+            )
+            if not answer.end:
+                while await stream.read():
+                    pass
+        except StreamClosedError:
+            self.resets += 1
+
+
+class ScriptedConnector:
+    """A connector that registers with a tunnel's real credentials (adit's own connection
+    code) and answers every stream exactly as its script says, on an event loop in a thread:
+    a tenant whose connector is broken or hostile."""
+
+    def __init__(self, edge: Edge, tunnel: Tunnel, script: Script) -> None:
+        self.server = _ScriptedServer(script)
+        self._edge = edge
+        self._credentials = json.loads(tunnel.credentials.read_text())
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._connection: Any = None
+
+    def __enter__(self) -> ScriptedConnector:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._connect(), self._loop).result(20)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with contextlib.suppress(Exception):
+            asyncio.run_coroutine_threadsafe(self._close(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._loop.close()
+
+    async def _close(self) -> None:
+        connection = self._connection
+        if connection is not None:
+            connection.close("test over")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(connection.lost), 5)
+        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _connect(self) -> None:
+        import base64
+
+        from adit.protocol.registration import ClientInfo, ConnectionOptions, TunnelAuth
+        from adit.workers.edge_connection import EdgeConnection, Registration
+        from adit.workers.runtime import EDGE_SNI, FEATURES
+
+        creds = self._credentials
+        registration = Registration(
+            auth=TunnelAuth(creds["AccountTag"], base64.b64decode(creds["TunnelSecret"])),
+            tunnel_id=uuid.UUID(creds["TunnelID"]),
+            conn_index=0,
+            options=ConnectionOptions(
+                client=ClientInfo(
+                    client_id=uuid.uuid4(), features=FEATURES, version="scripted", arch="test"
+                )
+            ),
+        )
+        context = ssl.create_default_context(cafile=str(self._edge.ca))
+        host, port = split_hostport(self._edge.tunnel[0])
+        _, connection = await self._loop.create_connection(
+            lambda: EdgeConnection(registration, self.server, cast(Any, _Ingress)),
+            host,
+            port,
+            ssl=context,
+            server_hostname=EDGE_SNI,
+        )
+        self._connection = connection
+        await asyncio.wait_for(connection.registered, 10)
 
 
 # --- process probes --------------------------------------------------------------------------

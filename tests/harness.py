@@ -137,8 +137,11 @@ def start_edge(
     name: str = "edge",
     location: str = "test",
     tunnel_listen: list[str] | None = None,
+    *,
+    env: dict[str, str] | None = None,
 ) -> Edge:
-    """An edge on 127.0.0.1; ``tunnel_listen`` gives several tunnel listeners (HA tests)."""
+    """An edge on 127.0.0.1; ``tunnel_listen`` gives several tunnel listeners (HA tests),
+    ``env`` extra environment (``ADIT_EDGE_*`` settings)."""
     state = processes.tmp / f"{name}-state"
     ready = processes.tmp / f"{name}-ready.json"
     listeners: list[str] = []
@@ -161,6 +164,7 @@ def start_edge(
             "--ready-file",
             str(ready),
         ],
+        env=env,
     )
     deadline = time.monotonic() + 20
     while not ready.exists():

@@ -72,10 +72,12 @@ class StreamChannel:
     async def read(self) -> bytes:
         """Next body chunk; ``b""`` once the peer ended the stream."""
         while self._next >= len(self._inbound):
-            if self.reset_code is not None:
-                raise StreamClosedError(f"stream reset (code {self.reset_code})")
+            # The peer's end first: a reset after it (Go's RST_STREAM NO_ERROR once it has
+            # answered, RFC 9113 §8.1) stops our sending, not what was received whole.
             if self.remote_ended:
                 return b""
+            if self.reset_code is not None:
+                raise StreamClosedError(f"stream reset (code {self.reset_code})")
             self._read_waiter = waiter = self.io._loop.create_future()
             try:
                 await waiter

@@ -8,7 +8,32 @@ from pathlib import Path
 
 import click
 
+from adit.config.duration import format_go_duration, parse_go_duration
 from adit.edge.admin import ADMIN_COMMANDS, DEFAULT_STATE_DIR
+from adit.edge.limits import Limits
+
+
+class _Seconds(click.ParamType[float, "str | float"]):
+    """A Go duration (``30s``, ``1m30s``), as cloudflared's flags take them, in seconds."""
+
+    name = "duration"
+
+    def convert(
+        self, value: str | float, param: click.Parameter | None, ctx: click.Context | None
+    ) -> float:
+        if isinstance(value, float):
+            return value
+        try:
+            seconds = parse_go_duration(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+        if seconds <= 0:
+            self.fail(f"{value} is not a positive duration", param, ctx)
+        return seconds
+
+
+_SECONDS = _Seconds()
+_LIMITS = Limits()
 
 
 @click.group("edge", invoke_without_command=True)
@@ -103,6 +128,70 @@ from adit.edge.admin import ADMIN_COMMANDS, DEFAULT_STATE_DIR
     help="Console log format.",
 )
 @click.option("--logfile", default=None, help="Also write JSON log lines to this file.")
+@click.option(
+    "--header-timeout",
+    envvar="ADIT_EDGE_HEADER_TIMEOUT",
+    type=_SECONDS,
+    default=format_go_duration(_LIMITS.header_timeout),
+    show_default=True,
+    help="Time a client has to send a request head (answered 408 after).",
+)
+@click.option(
+    "--keepalive-timeout",
+    envvar="ADIT_EDGE_KEEPALIVE_TIMEOUT",
+    type=_SECONDS,
+    default=format_go_duration(_LIMITS.keepalive_timeout),
+    show_default=True,
+    help="Time a keep-alive connection may idle between requests.",
+)
+@click.option(
+    "--body-timeout",
+    envvar="ADIT_EDGE_BODY_TIMEOUT",
+    type=_SECONDS,
+    default=format_go_duration(_LIMITS.body_timeout),
+    show_default=True,
+    help="Time a request body may stall, or a client may not read its response.",
+)
+@click.option(
+    "--body-min-rate",
+    envvar="ADIT_EDGE_BODY_MIN_RATE",
+    type=click.IntRange(min=0),
+    default=_LIMITS.body_min_rate,
+    show_default=True,
+    help="Bytes per second a request body must average (0: only stalls count).",
+)
+@click.option(
+    "--response-timeout",
+    envvar="ADIT_EDGE_RESPONSE_TIMEOUT",
+    type=_SECONDS,
+    default=format_go_duration(_LIMITS.response_timeout),
+    show_default=True,
+    help="Time the tunnel has to answer, or to go on answering (a 524 page after).",
+)
+@click.option(
+    "--max-connections",
+    envvar="ADIT_EDGE_MAX_CONNECTIONS",
+    type=click.IntRange(min=1),
+    default=_LIMITS.max_connections,
+    show_default=True,
+    help="Connections each public or API listener takes at most.",
+)
+@click.option(
+    "--max-connections-per-ip",
+    envvar="ADIT_EDGE_MAX_CONNECTIONS_PER_IP",
+    type=click.IntRange(min=1),
+    default=_LIMITS.max_connections_per_ip,
+    show_default=True,
+    help="Connections one client address may hold on each public or API listener.",
+)
+@click.option(
+    "--grace-period",
+    envvar="ADIT_EDGE_GRACE_PERIOD",
+    type=_SECONDS,
+    default="30s",
+    show_default=True,
+    help="After SIGTERM, how long in-flight requests may take to finish.",
+)
 @click.pass_context
 def edge(
     ctx: click.Context,
@@ -122,6 +211,14 @@ def edge(
     loglevel: str,
     log_format: str,
     logfile: str | None,
+    header_timeout: float,
+    keepalive_timeout: float,
+    body_timeout: float,
+    body_min_rate: int,
+    response_timeout: float,
+    max_connections: int,
+    max_connections_per_ip: int,
+    grace_period: float,
 ) -> None:
     """Run the self-hosted edge (or administer it with a subcommand)."""
     if ctx.invoked_subcommand is not None:
@@ -149,6 +246,16 @@ def edge(
         exit_with_pid=exit_with_pid,
         ephemeral=ephemeral,
         store_timeout=store_timeout,
+        limits=Limits(
+            header_timeout=header_timeout,
+            keepalive_timeout=keepalive_timeout,
+            body_timeout=body_timeout,
+            body_min_rate=body_min_rate,
+            response_timeout=response_timeout,
+            max_connections=max_connections,
+            max_connections_per_ip=max_connections_per_ip,
+        ),
+        grace_period=grace_period,
     )
     import uvloop
 

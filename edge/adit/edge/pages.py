@@ -2,6 +2,11 @@
 
 404: no route for this hostname. 530 (Cloudflare's error 1033): the hostname belongs to a
 tunnel that has no live connection. 502: the connector reached no origin, or the stream broke.
+524: the tunnel did not answer in time. 400, 408, 431: the visitor's request was bad or slow.
+
+A page says what class of thing went wrong and the Ray ID, never the detail: addresses and
+errors from inside the tunnel are for the operator, who finds them in the edge's log under
+the same Ray ID.
 """
 
 from __future__ import annotations
@@ -19,14 +24,13 @@ class ErrorPage:
     title: str
     detail: str
 
-    def render(self, host: str, ray: str, note: str = "") -> bytes:
-        """The HTML body; ``note`` is the connector's own words, shown verbatim."""
-        extra = f"<pre>{html.escape(note)}</pre>\n" if note else ""
+    def render(self, host: str, ray: str) -> bytes:
+        """The HTML body."""
         return (
             '<!DOCTYPE html>\n<html><head><meta charset="utf-8">'
             f"<title>{html.escape(self.title)} | {html.escape(host)}</title></head>\n"
             f"<body><h1>Error {html.escape(self.code)}: {html.escape(self.title)}</h1>\n"
-            f"<p>{html.escape(self.detail)}</p>\n{extra}"
+            f"<p>{html.escape(self.detail)}</p>\n"
             f"<p><small>host: {html.escape(host)} &middot; ray id: {html.escape(ray)} &middot; "
             "adit edge</small></p></body></html>\n"
         ).encode()
@@ -100,7 +104,27 @@ STREAM_FAILED = ErrorPage(
     "The tunnel connection broke while this request was in flight. Retrying usually works.",
 )
 
+BAD_RESPONSE = ErrorPage(
+    502,
+    "502",
+    "Bad gateway: the origin's response could not be delivered",
+    "The tunnel answered with a response that is not valid HTTP (a malformed header, or a "
+    "body that does not match its length). The tunnel owner should check the origin.",
+)
+
+TUNNEL_TIMEOUT = ErrorPage(
+    524,
+    "524",
+    "A timeout occurred",
+    "The tunnel is up, but the origin did not answer in time. The tunnel owner should check "
+    "why the origin is slow to respond.",
+)
+
 BAD_REQUEST = ErrorPage(400, "400", "Bad request", "The request could not be parsed.")
+
+REQUEST_TIMEOUT = ErrorPage(
+    408, "408", "Request timeout", "The request did not arrive in time; try again."
+)
 
 HEADERS_TOO_LARGE = ErrorPage(
     431,

@@ -1,8 +1,15 @@
 """The public listener: eyeball HTTP(S) requests, routed by Host to tunnels.
 
 One seam per concern (DESIGN.md §3): parse (llhttp) → Access policy (none yet) → route
-(hostname → tunnel) → pick a connection (the registry) → forward over the tunnel. Bodies are
-streamed both ways; the socket's and the tunnel's back-pressure meet in the middle.
+(hostname → tunnel) → pick a connection (the registry) → forward over the tunnel. Both ways a
+request is served go through :meth:`PublicListener._forward` for all but the parsing: the fast
+path (a bodiless request taken in ``data_received`` and answered from the tunnel's read) and
+the connection's serving task (bodies, upgrades, answers that come in pieces). What it returns,
+an :class:`_Exchange`, is held by the eyeball connection while the request is in flight, and
+every way out ends there: the answer, the visitor leaving (the stream is reset, so the
+connector stops the origin request), a deadline (408 or 524), or a broken body (400).
+
+Bodies are streamed both ways; the socket's and the tunnel's back-pressure meet in the middle.
 """
 
 from __future__ import annotations
@@ -16,15 +23,21 @@ from adit.edge.http1 import (
     BadRequest,
     HeadersTooLarge,
     Http1Connection,
+    Phase,
     Request,
+    RequestTimeout,
     ResponseError,
 )
+from adit.edge.limits import ConnectionTracker, Deadline
 from adit.edge.pages import (
     BAD_REQUEST,
+    BAD_RESPONSE,
     HEADERS_TOO_LARGE,
     ORIGIN_FAILED,
+    REQUEST_TIMEOUT,
     STREAM_FAILED,
     TUNNEL_DOWN,
+    TUNNEL_TIMEOUT,
     UNKNOWN_HOST,
     ErrorPage,
     origin_failure_page,
@@ -35,6 +48,7 @@ from adit.edge.tunnel_session import RequestStream, TunnelSession
 from adit.protocol.errors import Http2TunnelError
 from adit.protocol.headers import HOP_BY_HOP, RequestType, ResponseMeta
 from adit.protocol.hostnames import InvalidHostname, host_of_authority
+from adit.protocol.http2 import ResponseReceived
 from adit.tunnelio import StreamClosedError
 
 log = logging.getLogger("adit.edge.public")
@@ -43,71 +57,145 @@ log = logging.getLogger("adit.edge.public")
 _EDGE_SET = frozenset({"x-forwarded-for", "x-forwarded-proto", "cf-connecting-ip", "cf-ray"})
 # An adit connector says why it answered 502 in the first line of a short plain-text body,
 # "adit-origin-error: refused|timeout|tls", and more on the next lines; cloudflared's 502 has
-# no body, which gets the generic page.
+# no body, which gets the generic page. The class picks the page; the rest goes to the log.
 _ORIGIN_ERROR_PREFIX = b"adit-origin-error:"
 _MAX_REASON = 2048
 _REASON_WAIT = 2.0
+_HTML = "text/html; charset=utf-8"
+
+
+class ClientGone(StreamClosedError):
+    """The visitor went away (or closed its side): nothing more is sent to them."""
+
+
+class TunnelTimeout(StreamClosedError):
+    """The tunnel did not answer, take the body or go on answering in time (524)."""
+
+
+class RequestAborted(StreamClosedError):
+    """The request body broke or stalled: the visitor gets ``cause``'s page (400, 408)."""
+
+    def __init__(self, cause: BadRequest) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+def request_error_page(exc: BadRequest) -> ErrorPage:
+    """The page for a request the edge cannot serve."""
+    if isinstance(exc, HeadersTooLarge):
+        return HEADERS_TOO_LARGE
+    if isinstance(exc, RequestTimeout):
+        return REQUEST_TIMEOUT
+    return BAD_REQUEST
 
 
 class PublicListener:
     """Serves eyeball connections for every routed hostname."""
 
     def __init__(
-        self, store: Store, registry: ConnectionRegistry, *, location: str, scheme: str
+        self,
+        store: Store,
+        registry: ConnectionRegistry,
+        *,
+        location: str,
+        scheme: str,
+        tracker: ConnectionTracker | None = None,
     ) -> None:
         self.store = store
         self.registry = registry
         self.location = location
         self.scheme = scheme
+        self.tracker = tracker
         self._ray_suffix = f"-{location}"
 
     def protocol(self) -> Http1Connection:
         """The protocol factory for ``loop.create_server``: one per eyeball connection."""
-        return Http1Connection(self._handle, self._bad_request, self._fast)
+        return Http1Connection(self._handle, self._refuse, self._fast, tracker=self.tracker)
 
-    async def _bad_request(self, conn: Http1Connection, exc: BadRequest) -> None:
-        page = HEADERS_TOO_LARGE if isinstance(exc, HeadersTooLarge) else BAD_REQUEST
+    async def _refuse(self, conn: Http1Connection, exc: BadRequest) -> None:
         with contextlib.suppress(Exception):
-            await self._page(conn, page, "-", self._ray(), keep_alive=False)
+            await self._page(conn, request_error_page(exc), "-", self._ray(), keep_alive=False)
 
     def _ray(self) -> str:
         # An identifier for logs and error pages, not a secret: no system call per request.
         return f"{getrandbits(64):016x}{self._ray_suffix}"
 
-    def _fast(self, conn: Http1Connection, request: Request) -> bool:
-        """A bodiless request, from the connection's ``data_received``: forwarded at once,
-        and answered from the tunnel's read when the whole response came in it (see
-        :class:`_FastAnswer`). Anything unusual is left to :meth:`_handle` (returns False)."""
-        if request.has_body or request.upgrade:
-            return False
+    # -- the seam: route → access → pick → forward ---------------------------------------------
+
+    def _forward(
+        self, conn: Http1Connection, request: Request, ray: str, *, fast: bool
+    ) -> _Exchange | tuple[ErrorPage, str]:
+        """Open the tunnel stream for ``request``, or the page that says why not (and the
+        hostname it names).
+
+        ``fast``: the answer is told from the tunnel's read (:meth:`_Exchange.answered`).
+        """
         authority = request.host.decode("latin-1")
         host = host_of_authority(authority)
         try:
             route = self.store.tunnel_for_hostname(host)
         except InvalidHostname:
-            return False  # the task path answers 400
+            # No hostname (RFC 1035): nothing to route, and nothing of it goes back.
+            return BAD_REQUEST, "-"
         if route is None:
-            return False
-        live = self.registry.pick(route[0])
+            return UNKNOWN_HOST, host or "-"
+        # Access policy: none yet; its check goes here, before a connection is picked.
+        tunnel_id, _account = route
+        live = self.registry.pick(tunnel_id)
         if live is None:
-            return False
+            return TUNNEL_DOWN, host
         session = live.handle
         assert isinstance(session, TunnelSession)
-        ray = self._ray()
-        answer = _FastAnswer(self, conn, host, ray)
+        headers = _forwarded_headers(request.headers, conn.client_ip, self.scheme, ray)
+        websocket = request.upgrade and _is_websocket(headers)
         try:
-            session.open_request(
+            stream = session.open_request(
                 request.method.decode("ascii"),
                 request.target.decode("latin-1"),
                 authority,
-                _forwarded_headers(request.headers, conn.client_ip, self.scheme, ray),
-                request_type=RequestType.HTTP,
-                end_stream=True,
-                on_answer=answer.answered,
+                headers,
+                request_type=RequestType.WEBSOCKET if websocket else RequestType.HTTP,
+                end_stream=not request.has_body and not websocket,
             )
-        except (StreamClosedError, Http2TunnelError):
-            return False
-        return True
+        except (StreamClosedError, Http2TunnelError) as exc:
+            log.warning("cannot open a stream to tunnel %s ray=%s: %s", tunnel_id, ray, exc)
+            return STREAM_FAILED, host
+        exchange = _Exchange(self, conn, stream, host, ray, websocket)
+        if fast:
+            stream.on_answer = exchange.answered
+        conn.exchange = exchange
+        return exchange
+
+    def _fast(self, conn: Http1Connection, request: Request) -> _Exchange | None:
+        """A bodiless request, from the connection's ``data_received``: forwarded at once,
+        and answered from the tunnel's read when the whole response came in it (see
+        :meth:`_Exchange.answered`). Anything unusual is left to :meth:`_handle`."""
+        if request.has_body or request.upgrade:
+            return None
+        forwarded = self._forward(conn, request, self._ray(), fast=True)
+        return None if isinstance(forwarded, tuple) else forwarded
+
+    async def _handle(self, conn: Http1Connection, request: Request) -> bool:
+        ray = self._ray()
+        forwarded = self._forward(conn, request, ray, fast=False)
+        if isinstance(forwarded, tuple):
+            page, host = forwarded
+            if page is BAD_REQUEST:
+                # A request we cannot even route is not worth its body: answer and close.
+                await self._page(conn, page, host, ray, keep_alive=False)
+                return False
+            await conn.drain_body()
+            await self._page(conn, page, host, ray)
+            return True
+        try:
+            if forwarded.websocket:
+                await self._forward_websocket(forwarded)
+                return False
+            return await self._forward_http(forwarded, request.has_body)
+        finally:
+            forwarded.finish()
+
+    # -- answering ------------------------------------------------------------------------------
 
     async def _page(
         self,
@@ -117,126 +205,53 @@ class PublicListener:
         ray: str,
         *,
         keep_alive: bool = True,
-        note: str = "",
     ) -> None:
         extra: tuple[tuple[str, str], ...] = (("Cf-Ray", ray),)
         if not keep_alive:
             extra += (("Connection", "close"),)
         await conn.respond_simple(
-            page.status,
-            page.render(host, ray, note),
-            content_type="text/html; charset=utf-8",
-            extra=extra,
+            page.status, page.render(host, ray), content_type=_HTML, extra=extra
         )
 
-    async def _handle(self, conn: Http1Connection, request: Request) -> bool:
-        ray = self._ray()
-        authority = request.host.decode("latin-1")
-        host = host_of_authority(authority)
-        try:
-            route = self.store.tunnel_for_hostname(host)
-        except InvalidHostname:
-            # No hostname (RFC 1035): nothing to route, and nothing of it goes back.
-            await self._page(conn, BAD_REQUEST, "-", ray, keep_alive=False)
-            return False
-        if route is None:
-            await self._drain_body(conn)
-            await self._page(conn, UNKNOWN_HOST, host or "-", ray)
-            return True
-        tunnel_id, _account = route
-        live = self.registry.pick(tunnel_id)
-        if live is None:
-            await self._drain_body(conn)
-            await self._page(conn, TUNNEL_DOWN, host, ray)
-            return True
-        session = live.handle
-        assert isinstance(session, TunnelSession)
-
-        headers = _forwarded_headers(request.headers, conn.client_ip, self.scheme, ray)
-        websocket = request.upgrade and _is_websocket(headers)
-        has_body = request.has_body
-        method = request.method.decode("ascii")
-        target = request.target.decode("latin-1")
-        try:
-            stream = session.open_request(
-                method,
-                target,
-                authority,
-                headers,
-                request_type=RequestType.WEBSOCKET if websocket else RequestType.HTTP,
-                end_stream=not has_body and not websocket,
-            )
-        except (StreamClosedError, Http2TunnelError) as exc:
-            log.warning("cannot open a stream to tunnel %s: %s", tunnel_id, exc)
-            await self._drain_body(conn)
-            await self._page(conn, STREAM_FAILED, host, ray)
-            return True
-        try:
-            if websocket:
-                await self._forward_websocket(conn, stream, host, ray)
-                return False
-            return await self._forward_http(conn, stream, host, ray, has_body)
-        finally:
-            session.finished(stream)
-
-    async def _answer_later(
-        self, conn: Http1Connection, stream: RequestStream, host: str, ray: str
-    ) -> bool:
+    async def _answer_later(self, exchange: _Exchange) -> bool:
         """A fast request whose answer was not whole or not the origin's, in the task."""
         try:
-            return await self._relay_response(conn, stream, host, ray, None)
+            return await self._relay_response(exchange, None)
         finally:
-            stream.session.finished(stream)
+            exchange.finish()
 
-    async def _forward_http(
-        self, conn: Http1Connection, stream: RequestStream, host: str, ray: str, has_body: bool
-    ) -> bool:
+    async def _forward_http(self, exchange: _Exchange, has_body: bool) -> bool:
         uploader = None
         if has_body:
-            uploader = asyncio.ensure_future(self._upload(conn, stream))
+            uploader = asyncio.ensure_future(self._upload(exchange))
             # Its error matters only while we wait for it; after that it is the answer's.
             uploader.add_done_callback(_retrieve)
         try:
-            return await self._relay_response(conn, stream, host, ray, uploader)
+            return await self._relay_response(exchange, uploader)
         finally:
             if uploader is not None:
                 uploader.cancel()
 
     async def _relay_response(
-        self,
-        conn: Http1Connection,
-        stream: RequestStream,
-        host: str,
-        ray: str,
-        uploader: asyncio.Future[None] | None,
+        self, exchange: _Exchange, uploader: asyncio.Future[None] | None
     ) -> bool:
+        conn = exchange.conn
+        stream = exchange.stream
+        if uploader is None:
+            # While a body is uploaded its waits are the deadline (the client's and the
+            # tunnel's); after that, the answer is due in the response timeout.
+            conn.arm(Deadline.RESPONSE)
         try:
             response = await stream.response()
-        except StreamClosedError:
-            await self._page(conn, STREAM_FAILED, host, ray, keep_alive=False)
-            return False
+        except StreamClosedError as exc:
+            return await self._failed(exchange, exc)
         if response.meta is not ResponseMeta.ORIGIN:
             if uploader is not None:
                 uploader.cancel()
-            page, note = await _connector_failure(stream, response.end_stream)
-            await self._page(conn, page, host, ray, keep_alive=uploader is None, note=note)
+            page = await self._connector_failure(exchange, response.end_stream)
+            await self._page(conn, page, exchange.host, exchange.ray, keep_alive=uploader is None)
             return uploader is None
-        headers = [*response.headers, ("Cf-Ray", ray)]
-        # The head waits for body bytes that are already here (never for ones still to come:
-        # a stream of events must show its head at once), and a chunk that is all the body
-        # there is waits for the end: a small response leaves in one write.
-        try:
-            await conn.start_response(
-                response.status, headers, drop=HOP_BY_HOP, flush=not stream.channel.ready
-            )
-            while True:
-                chunk = await stream.channel.read()
-                if not chunk:
-                    break
-                await conn.send_body(chunk, flush=not stream.channel.remote_ended)
-            await conn.end_response()
-        except (StreamClosedError, ResponseError):
-            # The body broke after the status went out: all we can do is cut the connection.
+        if not await self._relay(exchange, response, keep_alive=uploader is None):
             return False
         if uploader is not None:
             try:
@@ -245,48 +260,151 @@ class PublicListener:
                 return False
         return True
 
-    async def _upload(self, conn: Http1Connection, stream: RequestStream) -> None:
-        """Eyeball request body → tunnel stream (the tunnel's back-pressure paces the reads)."""
-        await conn.send_continue()
+    async def _relay(
+        self, exchange: _Exchange, response: ResponseReceived, *, keep_alive: bool
+    ) -> bool:
+        """The origin's response to the visitor; True once all of it went out. A response
+        that cannot be delivered, or a stream that breaks, before any of it was written gets
+        a page instead."""
+        conn = exchange.conn
+        stream = exchange.stream
+        channel = stream.channel
+        headers = [*response.headers, ("Cf-Ray", exchange.ray)]
         try:
+            # The head waits for body bytes that are already here (never for ones still to
+            # come: a stream of events must show its head at once), and a chunk that is all
+            # the body there is waits for the end: a small response leaves in one write.
+            await conn.start_response(
+                response.status, headers, drop=HOP_BY_HOP, flush=not channel.ready
+            )
+            while True:
+                if not channel.ready:
+                    conn.arm(Deadline.RESPONSE)
+                chunk = await channel.read()
+                if not chunk:
+                    break
+                await conn.send_body(chunk, flush=not channel.remote_ended)
+            await conn.end_response()
+        except ResponseError as exc:
+            log.warning(
+                "undeliverable response for %s ray=%s: %s", exchange.host, exchange.ray, exc
+            )
+            stream.cancel(StreamClosedError("the response cannot be delivered"))
+            if conn.discard_response():
+                await self._page(
+                    conn, BAD_RESPONSE, exchange.host, exchange.ray, keep_alive=keep_alive
+                )
+                return keep_alive
+            return False
+        except StreamClosedError as exc:
+            if conn.discard_response():
+                return await self._failed(exchange, stream.failure or exc)
+            return False  # the body broke after the status went out: cut the connection
+        return True
+
+    async def _failed(self, exchange: _Exchange, error: StreamClosedError) -> bool:
+        """Answer a request whose stream ended before its answer; never keep-alive."""
+        if isinstance(error, ClientGone):
+            return False
+        if isinstance(error, RequestAborted):
+            page = request_error_page(error.cause)
+            log.info(
+                "request from %s failed ray=%s: %s", exchange.conn.client_ip, exchange.ray, error
+            )
+        elif isinstance(error, TunnelTimeout):
+            page = TUNNEL_TIMEOUT
+            log.warning(
+                "no answer in time from the tunnel for %s ray=%s", exchange.host, exchange.ray
+            )
+        else:
+            page = STREAM_FAILED
+            log.warning(
+                "tunnel stream failed for %s ray=%s: %s", exchange.host, exchange.ray, error
+            )
+        await self._page(exchange.conn, page, exchange.host, exchange.ray, keep_alive=False)
+        return False
+
+    async def _upload(self, exchange: _Exchange) -> None:
+        """Eyeball request body → tunnel stream (the tunnel's back-pressure paces the reads).
+
+        A body that breaks or stalls resets the stream with the reason (the answer then
+        carries it); a tunnel that does not take the body in time is a 524."""
+        conn = exchange.conn
+        channel = exchange.stream.channel
+        try:
+            await conn.send_continue()
             while chunk := await conn.read_body():
-                await stream.channel.write(chunk)
-        except BadRequest:
-            stream.channel.reset()
+                conn.arm(Deadline.RESPONSE)
+                await channel.write(chunk)
+        except BadRequest as exc:
+            exchange.stream.cancel(RequestAborted(exc))
             raise
-        stream.channel.end()
+        channel.end()
+        if not conn.responded:
+            conn.arm(Deadline.RESPONSE)
 
-    async def _drain_body(self, conn: Http1Connection) -> None:
-        """Read and discard a request body we answer without forwarding."""
-        await conn.drain_body()
-
-    async def _forward_websocket(
-        self, conn: Http1Connection, stream: RequestStream, host: str, ray: str
-    ) -> None:
+    async def _forward_websocket(self, exchange: _Exchange) -> None:
+        conn = exchange.conn
+        stream = exchange.stream
+        conn.arm(Deadline.RESPONSE)
         try:
             response = await stream.response()
-        except StreamClosedError:
-            await self._page(conn, STREAM_FAILED, host, ray, keep_alive=False)
+        except StreamClosedError as exc:
+            await self._failed(exchange, exc)
             return
         if response.meta is not ResponseMeta.ORIGIN:
-            page, note = await _connector_failure(stream, response.end_stream)
-            await self._page(conn, page, host, ray, keep_alive=False, note=note)
+            page = await self._connector_failure(exchange, response.end_stream)
+            await self._page(conn, page, exchange.host, exchange.ray, keep_alive=False)
             return
-        if response.status not in (101, 200):
-            # The origin refused the upgrade: pass its answer on as a plain response.
-            await conn.start_response(response.status, response.headers, drop=HOP_BY_HOP)
-            with contextlib.suppress(StreamClosedError):
-                while chunk := await stream.channel.read():
-                    await conn.send_body(chunk)
-            await conn.end_response()
+        if not _switched(response):
+            # The origin refused the upgrade: its answer goes on as it is.
+            conn.close_after()
+            await self._relay(exchange, response, keep_alive=False)
             return
         headers = [
             (n, v)
             for n, v in response.headers
             if n.lower() not in ("content-length", "transfer-encoding")
         ]
-        await conn.send_informational(101, headers)
+        try:
+            await conn.send_informational(101, headers)
+        except ResponseError as exc:
+            log.warning("undeliverable upgrade for %s ray=%s: %s", exchange.host, exchange.ray, exc)
+            await self._page(conn, BAD_RESPONSE, exchange.host, exchange.ray, keep_alive=False)
+            return
         await _pipe_raw(conn, stream, conn.take_leftover())
+
+    async def _connector_failure(self, exchange: _Exchange, ended: bool) -> ErrorPage:
+        """The page for a connector-made error response. Its reason's class picks the page;
+        the connector's words (addresses, errors) go to the log under the Ray ID."""
+        stream = exchange.stream
+        body = b""
+        if not ended:
+            with contextlib.suppress(StreamClosedError, TimeoutError):
+                async with asyncio.timeout(_REASON_WAIT):
+                    while len(body) < _MAX_REASON and (chunk := await stream.channel.read()):
+                        body += chunk
+        stream.channel.reset()
+        if not body.startswith(_ORIGIN_ERROR_PREFIX):
+            log.warning(
+                "the connector could not reach the origin for %s ray=%s (it gave no reason)",
+                exchange.host,
+                exchange.ray,
+            )
+            return ORIGIN_FAILED
+        first, _, rest = body[:_MAX_REASON].partition(b"\n")
+        reason = first[len(_ORIGIN_ERROR_PREFIX) :].decode("latin-1").strip()
+        detail = " | ".join(
+            line.strip() for line in rest.decode("utf-8", "replace").splitlines() if line.strip()
+        )
+        log.warning(
+            "the connector could not reach the origin for %s ray=%s: %s: %s",
+            exchange.host,
+            exchange.ray,
+            reason,
+            detail,
+        )
+        return origin_failure_page(reason)
 
 
 async def _pipe_raw(conn: Http1Connection, stream: RequestStream, leftover: bytes) -> None:
@@ -323,23 +441,38 @@ async def _pipe_raw(conn: Http1Connection, stream: RequestStream, leftover: byte
         stream.channel.reset()
 
 
-class _FastAnswer:
-    """Where a fast request's answer goes: the eyeball connection it came from."""
+class _Exchange:
+    """One eyeball request forwarded over a tunnel stream, until it is answered or given up.
 
-    __slots__ = ("conn", "host", "listener", "ray")
+    The eyeball connection holds it (:attr:`Http1Connection.exchange`) and calls
+    :meth:`abandon` when the visitor leaves or a deadline passes; the fast path's answer
+    comes to :meth:`answered` from the tunnel's read.
+    """
 
-    def __init__(self, listener: PublicListener, conn: Http1Connection, host: str, ray: str):
+    __slots__ = ("conn", "host", "listener", "ray", "stream", "websocket")
+
+    def __init__(
+        self,
+        listener: PublicListener,
+        conn: Http1Connection,
+        stream: RequestStream,
+        host: str,
+        ray: str,
+        websocket: bool,
+    ) -> None:
         self.listener = listener
         self.conn = conn
+        self.stream = stream
         self.host = host
         self.ray = ray
+        self.websocket = websocket
 
     def answered(self, stream: RequestStream) -> None:
         """From the tunnel's read: write a whole response now, else leave it to the task."""
         conn = self.conn
         answer = stream.answer
         if not stream.complete or answer is None:
-            conn.continue_async(self.listener._answer_later(conn, stream, self.host, self.ray))
+            conn.continue_async(self.listener._answer_later(self))
             return
         keep_alive = False
         try:
@@ -351,14 +484,58 @@ class _FastAnswer:
                 extra=(("Cf-Ray", self.ray),),
             )
             keep_alive = True
-        except (ResponseError, ConnectionError):
-            pass  # as in the task: all we can do is cut the connection
+        except ResponseError as exc:
+            log.warning("undeliverable response for %s ray=%s: %s", self.host, self.ray, exc)
+            keep_alive = self._respond_page(BAD_RESPONSE, keep_alive=True)
+        except ConnectionError:
+            pass  # the visitor is gone: all we can do is close
         except Exception:
             # Called from the tunnel's read: a bug here must cost this request, not the tunnel.
             log.exception("request handling failed")
         finally:
             stream.session.finished(stream)
-            conn.finish_fast(keep_alive)
+            conn.finish_fast(keep_alive)  # the connection lets go of the exchange
+
+    def abandon(self, why: Deadline | None) -> None:
+        """The visitor left (``why`` is None) or the answer is overdue: reset the stream (the
+        connector stops the origin request). A fast request is finished here, with a 524
+        page when it timed out; the task's waits raise the reason and it answers."""
+        self.stream.cancel(
+            ClientGone("the visitor went away")
+            if why is None
+            else TunnelTimeout("no answer in time")
+        )
+        conn = self.conn
+        if conn.phase is not Phase.FAST:
+            return
+        if why is not None:
+            log.warning("no answer in time from the tunnel for %s ray=%s", self.host, self.ray)
+            self._respond_page(TUNNEL_TIMEOUT, keep_alive=False)
+        self.finish()
+        conn.finish_fast(False)
+
+    def finish(self) -> None:
+        """The pipeline is done with the stream (reset if still open)."""
+        if self.conn.exchange is self:
+            self.conn.exchange = None
+        self.stream.session.finished(self.stream)
+
+    def _respond_page(self, page: ErrorPage, *, keep_alive: bool) -> bool:
+        """A page written at once (no task): whether the connection may live on."""
+        extra: tuple[tuple[str, str], ...] = (("Cf-Ray", self.ray),)
+        if not keep_alive:
+            extra += (("Connection", "close"),)
+        body = page.render(self.host, self.ray)
+        try:
+            self.conn.respond_now(
+                page.status,
+                [("Content-Type", _HTML), ("Content-Length", str(len(body)))],
+                [body],
+                extra=extra,
+            )
+        except (ConnectionError, ResponseError):
+            return False
+        return keep_alive
 
 
 def _retrieve(task: asyncio.Future[None]) -> None:
@@ -366,26 +543,20 @@ def _retrieve(task: asyncio.Future[None]) -> None:
         task.exception()
 
 
-async def _connector_failure(stream: RequestStream, ended: bool) -> tuple[ErrorPage, str]:
-    """The page for a connector-made error response, and the reason text it sent, if any."""
-    body = b""
-    if not ended:
-        with contextlib.suppress(StreamClosedError, TimeoutError):
-            async with asyncio.timeout(_REASON_WAIT):
-                while len(body) < _MAX_REASON and (chunk := await stream.channel.read()):
-                    body += chunk
-    stream.channel.reset()
-    if not body.startswith(_ORIGIN_ERROR_PREFIX):
-        return ORIGIN_FAILED, ""
-    first, _, rest = body[:_MAX_REASON].partition(b"\n")
-    reason = first[len(_ORIGIN_ERROR_PREFIX) :].decode("latin-1").strip()
-    return origin_failure_page(reason), rest.decode("utf-8", "replace").strip()
-
-
 def _is_websocket(headers: list[tuple[str, str]]) -> bool:
     upgrade = any(n.lower() == "upgrade" and v.lower() == "websocket" for n, v in headers)
     connection = any(n.lower() == "connection" and "upgrade" in v.lower() for n, v in headers)
     return upgrade and connection
+
+
+def _switched(response: ResponseReceived) -> bool:
+    """Whether the origin accepted a WebSocket upgrade. HTTP/2 has no 101: a connector
+    answers 200 either way (cloudflared's ``http2RespWriter`` turns the origin's 101 into
+    200), so what tells an accepted upgrade from a refusal is the origin's
+    ``Sec-WebSocket-Accept``, which the connector passes on with the 101's other headers."""
+    return response.status in (101, 200) and any(
+        len(name) == 20 and name.lower() == "sec-websocket-accept" for name, _ in response.headers
+    )
 
 
 def _forwarded_headers(

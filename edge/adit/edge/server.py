@@ -1,7 +1,10 @@
 """The ``adit edge`` process: tunnel listener, public listener, management API.
 
-Signals only enqueue; the main coroutine stops the listeners, says GOAWAY to every connector
-and exits 0 on SIGTERM/SIGINT.
+Signals only enqueue; the main coroutine drains on SIGTERM/SIGINT: systemd hears STOPPING=1,
+every listening socket closes (new visitors and connectors are refused), in-flight requests
+finish within the grace period (their responses say ``Connection: close``; idle connections
+close at once), and only then do the tunnel connections get GOAWAY. A second signal ends the
+drain at once. The exit code is 0.
 """
 
 from __future__ import annotations
@@ -19,13 +22,14 @@ import socket
 import sqlite3
 import ssl
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from adit.credentials import TunnelCredentials, encode_tunnel_token
 from adit.edge.api import EdgeInfo, ManagementApi
 from adit.edge.ca import EdgeCA
-from adit.edge.http1 import BadRequest, Http1Connection, Request
+from adit.edge.http1 import BadRequest, Http1Connection, Request, RequestTimeout
+from adit.edge.limits import ConnectionTracker, Limits
 from adit.edge.public import PublicListener
 from adit.edge.registry import ConnectionRegistry
 from adit.edge.store import Store, StoreError
@@ -66,6 +70,10 @@ class EdgeSettings:
     #: How long an API write waits for the store's write lock (another process may hold it)
     #: before the caller gets a 503.
     store_timeout: float = 2.0
+    #: Timeouts and connection caps of the public and API listeners (each its own).
+    limits: Limits = field(default_factory=Limits)
+    #: How long in-flight requests may take to finish after SIGTERM (cloudflared's flag).
+    grace_period: float = 30.0
 
 
 def _listen_address(address: str) -> tuple[str, int]:
@@ -95,6 +103,9 @@ class EdgeServer:
         self.servers: list[asyncio.Server] = []
         self.addresses: dict[str, list[str]] = {}
         self.api: ManagementApi | None = None
+        #: The eyeball-facing listeners' connections: public HTTP, public HTTPS, API.
+        self.trackers = [ConnectionTracker(settings.limits) for _ in range(3)]
+        self._api_tracker = self.trackers[2]
 
     async def start(self) -> None:
         """Load the routes, bind every listener; then write the ready file."""
@@ -124,7 +135,11 @@ class EdgeServer:
             self.store, self.registry, EdgeInfo(tunnel_addresses=advertise, ca_pem=self.ca.cert_pem)
         )
         public = PublicListener(
-            self.store, self.registry, location=self.settings.location, scheme="http"
+            self.store,
+            self.registry,
+            location=self.settings.location,
+            scheme="http",
+            tracker=self.trackers[0],
         )
         self.addresses["http"] = []
         for address in self.settings.http_listen:
@@ -135,7 +150,11 @@ class EdgeServer:
         self.addresses["https"] = []
         if self.settings.https_listen:
             secure = PublicListener(
-                self.store, self.registry, location=self.settings.location, scheme="https"
+                self.store,
+                self.registry,
+                location=self.settings.location,
+                scheme="https",
+                tracker=self.trackers[1],
             )
             public_tls = self._public_tls_context()
             for address in self.settings.https_listen:
@@ -250,11 +269,17 @@ class EdgeServer:
         return session
 
     def _api_protocol(self) -> Http1Connection:
-        return Http1Connection(self._api_request, self._api_bad_request)
+        return Http1Connection(self._api_request, self._api_bad_request, tracker=self._api_tracker)
 
     async def _api_bad_request(self, conn: Http1Connection, exc: BadRequest) -> None:
+        status = 408 if isinstance(exc, RequestTimeout) else 400
         with contextlib.suppress(Exception):
-            await conn.respond_simple(400, b'{"success":false}', content_type="application/json")
+            await conn.respond_simple(
+                status,
+                b'{"success":false}',
+                content_type="application/json",
+                extra=(("Connection", "close"),),
+            )
 
     async def _api_request(self, conn: Http1Connection, request: Request) -> bool:
         assert self.api is not None
@@ -287,10 +312,24 @@ class EdgeServer:
         await conn.end_response()
         return True
 
-    async def stop(self) -> None:
-        """Stop listening and close every tunnel connection."""
+    def stop_listening(self) -> None:
+        """Close every listening socket (new connections are refused from now on) and let
+        each eyeball connection end after its response in progress (idle ones close now)."""
         for server in self.servers:
             server.close()
+        for tracker in self.trackers:
+            tracker.drain()
+
+    async def drained(self) -> None:
+        """Until every eyeball connection has ended (their requests finished)."""
+        for tracker in self.trackers:
+            await tracker.wait_empty()
+
+    async def stop(self) -> None:
+        """Close what is left: eyeball connections at once, then every tunnel connection."""
+        for tracker in self.trackers:
+            tracker.abort_all()
+            tracker.close()
         for session in list(self.sessions):
             session.close("edge shutting down")
         for server in self.servers:
@@ -337,14 +376,41 @@ async def run_edge(settings: EdgeSettings) -> int:
             log.warning("reload: cannot read routes from the store: %s", exc)
         notify("READY=1")
     notify("STOPPING=1")
-    log.info("shutting down on %s", signal.Signals(received).name)
+    log.info(
+        "shutting down on %s: in-flight requests have %gs to finish",
+        signal.Signals(received).name,
+        settings.grace_period,
+    )
     if watcher is not None:
         watcher.cancel()
+    edge.stop_listening()
+    await _drain(edge, signals, settings.grace_period)
     await edge.stop()
     notifier.close()
     if settings.ephemeral:
         shutil.rmtree(settings.state_dir, ignore_errors=True)
     return 0
+
+
+async def _drain(edge: EdgeServer, signals: asyncio.Queue[int], grace: float) -> None:
+    """Wait for in-flight requests: until none is left, the grace period is over, or a second
+    SIGTERM/SIGINT says to stop now (a SIGHUP meanwhile changes nothing)."""
+    drained = asyncio.ensure_future(edge.drained())
+    try:
+        async with asyncio.timeout(grace):
+            while not drained.done():
+                second = asyncio.ensure_future(signals.get())
+                await asyncio.wait({drained, second}, return_when=asyncio.FIRST_COMPLETED)
+                if not second.done():
+                    second.cancel()
+                elif second.result() != signal.SIGHUP:
+                    log.info("second signal: not waiting for in-flight requests")
+                    return
+        log.info("in-flight requests finished")
+    except TimeoutError:
+        log.warning("grace period over: closing the connections still in flight")
+    finally:
+        drained.cancel()
 
 
 async def _watch_parent(pid: int, signals: asyncio.Queue[int]) -> None:

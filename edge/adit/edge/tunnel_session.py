@@ -73,6 +73,9 @@ class RequestStream:
     ``data_received``: then an origin's response whose body ended in the same read as its
     head is :attr:`complete`, its body in :attr:`body` (already credited to the connector),
     and the channel never sees it; otherwise the body is in the channel as usual.
+
+    Every wait on it ends: with the answer, with the connector's reset or the tunnel's end,
+    or with :meth:`cancel` (the edge gives up on it: the error given is what waits raise).
     """
 
     __slots__ = (
@@ -94,7 +97,8 @@ class RequestStream:
         self.channel = channel
         self.on_answer = on_answer
         self.answer: ResponseReceived | None = None
-        self.failure: str | None = None
+        #: Why the stream ended before (or instead of) its answer.
+        self.failure: StreamClosedError | None = None
         self.complete = False
         self.body: list[bytes] = []
         #: Body events of the answer's read, while it is being delivered.
@@ -106,9 +110,19 @@ class RequestStream:
         if self.answer is not None:
             return self.answer
         if self.failure is not None:
-            raise StreamClosedError(self.failure)
+            raise self.failure
         self._response = asyncio.get_running_loop().create_future()
         return await self._response
+
+    def cancel(self, error: StreamClosedError) -> None:
+        """Give up on the stream: RST_STREAM (CANCEL) to the connector, so that it stops the
+        origin request; waits on the stream raise ``error`` (or the channel's closed error),
+        and ``on_answer`` is not called for it."""
+        self.on_answer = None
+        if self.failure is None:
+            self.failure = error
+        self._fail_waiter(self.failure)
+        self.channel.reset()
 
     def _answered(self, event: ResponseReceived) -> None:
         if self.answer is not None or self.failure is not None:
@@ -134,6 +148,7 @@ class RequestStream:
                     self.body.append(event.data)
                     flow += event.flow_controlled_length
             self.complete = True
+            self.channel.remote_ended = True  # its end was held here, not fed to the channel
         else:
             flow = 0
             for event in held:
@@ -145,11 +160,15 @@ class RequestStream:
     def _failed(self, reason: str) -> None:
         if self.answer is not None or self.failure is not None:
             return
-        self.failure = reason
+        self.failure = StreamClosedError(reason)
         if self.on_answer is not None:
             self.on_answer(self)
-        elif self._response is not None and not self._response.done():
-            self._response.set_exception(StreamClosedError(reason))
+        else:
+            self._fail_waiter(self.failure)
+
+    def _fail_waiter(self, error: StreamClosedError) -> None:
+        if self._response is not None and not self._response.done():
+            self._response.set_exception(error)
             # Retrieved here so an abandoned request does not log "never retrieved".
             self._response.exception()
 
@@ -400,9 +419,14 @@ class TunnelSession(TunnelIO[EdgeTunnelConnection]):
         return request
 
     def finished(self, request: RequestStream) -> None:
-        """The pipeline is done with a request stream."""
+        """The pipeline is done with a request stream; one still open either way is reset
+        (the connector then stops its origin request, and sends no more of the body)."""
         self._requests.pop(request.channel.stream_id, None)
-        self.forget(request.channel)
+        channel = request.channel
+        if channel.reset_code is None and not (channel.local_ended and channel.remote_ended):
+            channel.reset()
+        else:
+            self.forget(channel)
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)

@@ -12,6 +12,8 @@ import asyncio
 import datetime
 import uuid
 
+import pytest
+
 from adit.edge.http1 import Http1Connection
 from adit.edge.public import PublicListener
 from adit.edge.registry import ConnectionRegistry, LiveConnection
@@ -209,7 +211,7 @@ async def test_body_in_a_later_read_goes_through_the_task() -> None:
 
 
 @uvloop_test
-async def test_connector_error_gets_the_origin_error_page() -> None:
+async def test_connector_error_gets_the_origin_error_page(caplog: pytest.LogCaptureFixture) -> None:
     edge, conn, socket = await _started()
     conn.data_received(_GET)
     await settle()
@@ -223,20 +225,26 @@ async def test_connector_error_gets_the_origin_error_page() -> None:
     await settle()
     response = socket.take()
     assert response.startswith(b"HTTP/1.1 502 ")
-    assert b"dial tcp: refused" in response
+    assert b"refused the connection" in response  # the reason's class is shown...
+    assert b"dial tcp" not in response  # ...its detail only logged, with the Ray ID
+    ray = response.split(b"Cf-Ray: ", 1)[1].split(b"\r\n", 1)[0].decode()
+    assert any(
+        ray in r.getMessage() and "dial tcp: refused" in r.getMessage() for r in caplog.records
+    )
     assert not socket.closed
 
 
 @uvloop_test
-async def test_body_longer_than_its_length_cuts_the_connection() -> None:
+async def test_body_not_matching_its_length_gets_a_502_page() -> None:
     edge, conn, socket = await _started()
     conn.data_received(_GET)
     await settle()
     (request,) = edge.requests()
     edge.session.data_received(edge.answer(request.stream_id, b"too long"))
     await settle()
-    assert socket.take() == b""
-    assert socket.closed
+    response = socket.take()
+    assert response.startswith(b"HTTP/1.1 502 ") and b"too long" not in response
+    assert not socket.closed  # nothing was sent: the connection goes on
 
 
 @uvloop_test

@@ -22,7 +22,7 @@ from adit.logs import fields
 from adit.protocol.errors import Http2TunnelError, ProtocolError
 from adit.protocol.headers import RequestType, ResponseMeta
 from adit.protocol.hostnames import host_of_authority
-from adit.protocol.http2 import ConnectorTunnelConnection, Event, RequestReceived
+from adit.protocol.http2 import ConnectorTunnelConnection, Event, RequestReceived, StreamReset
 from adit.protocol.registration import (
     ConnectionDetails,
     ConnectionOptions,
@@ -152,6 +152,8 @@ class EdgeConnection(TunnelIO[ConnectorTunnelConnection]):
         self.details: ConnectionDetails | None = None
         self.tasks: set[asyncio.Task[None]] = set()
         self.background: set[asyncio.Task[None]] = set()
+        # The task serving each eyeball stream, to stop when the edge resets it.
+        self._serving: dict[int, asyncio.Task[None]] = {}
         self._calls: dict[int, asyncio.Future[bool]] = {}
         self.failure: str | None = None
 
@@ -195,14 +197,31 @@ class EdgeConnection(TunnelIO[ConnectorTunnelConnection]):
             )
             rule = self.ingress().find_matching_rule(host, event.path.split("?", 1)[0])
             stream = ConnectorStream(self, channel, request)
-            self.spawn(self.proxy.serve(stream, rule), stream=True)
+            task = self.spawn(self.proxy.serve(stream, rule), stream=True)
+            stream_id = event.stream_id
+            self._serving[stream_id] = task
+            task.add_done_callback(lambda _: self._serving.pop(stream_id, None))
 
-    def spawn(self, coro: Coroutine[object, object, None], *, stream: bool = False) -> None:
+    def dispatch(self, event: Event) -> None:
+        super().dispatch(event)
+        if type(event) is StreamReset:
+            task = self._serving.get(event.stream_id)
+            if task is not None:
+                # The edge gave up on the request (its visitor left, or a deadline passed):
+                # stop the origin request now, not when it next writes, and drop its origin
+                # connection (cloudflared cancels the request's context; Go's Transport then
+                # closes the connection).
+                task.cancel()
+
+    def spawn(
+        self, coro: Coroutine[object, object, None], *, stream: bool = False
+    ) -> asyncio.Task[None]:
         """Run ``coro`` tied to this connection; ``stream`` tasks are what a drain waits for."""
         task = self._loop.create_task(coro)
         tracked = self.tasks if stream else self.background
         tracked.add(task)
         task.add_done_callback(tracked.discard)
+        return task
 
     async def _refuse_remote_config(self, channel: StreamChannel) -> None:
         # Locally managed: the config file is the source of truth (cloudflared answers the
