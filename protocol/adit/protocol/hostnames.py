@@ -77,13 +77,18 @@ class AddressError(ValueError):
 
 
 def _normalize_label(label: str) -> str:
+    # Lower-cased and mapped before encoding, so that a label that cannot be encoded comes out
+    # as what the next pass would see too (normalising twice changes nothing).
+    label = label.lower()
     if label.isascii():
-        return label.lower()
+        return label
+    with contextlib.suppress(idna.IDNAError, UnicodeError, ValueError):
+        label = idna.uts46_remap(label, std3_rules=False, transitional=False)
     try:
         return idna.alabel(label).decode("ascii")
     except (idna.IDNAError, UnicodeError, ValueError):
         # Not encodable: still one spelling for it (and nothing a valid name can equal).
-        return label.lower()
+        return label
 
 
 def normalize_hostname(name: str) -> str:
