@@ -32,8 +32,9 @@ from adit.edge.pages import (
 from adit.edge.registry import ConnectionRegistry
 from adit.edge.store import Store
 from adit.edge.tunnel_session import RequestStream, TunnelSession
-from adit.protocol.errors import Http2TunnelError
+from adit.protocol.errors import BadRequestTarget, Http2TunnelError
 from adit.protocol.headers import HOP_BY_HOP, RequestType, ResponseMeta
+from adit.protocol.request_target import RequestTarget, normalize_target
 from adit.tunnelio import StreamClosedError
 
 log = logging.getLogger("adit.edge.public")
@@ -79,7 +80,11 @@ class PublicListener:
         :class:`_FastAnswer`). Anything unusual is left to :meth:`_handle` (returns False)."""
         if request.has_body or request.upgrade:
             return False
-        authority = request.host.decode("latin-1")
+        try:
+            target = _target(request)
+        except BadRequestTarget:
+            return False  # the task answers it
+        authority = target.authority
         host = _strip_port(authority).lower()
         route = self.store.tunnel_for_hostname(host) if host else None
         if route is None:
@@ -94,7 +99,7 @@ class PublicListener:
         try:
             session.open_request(
                 request.method.decode("ascii"),
-                request.target.decode("latin-1"),
+                target.path,
                 authority,
                 _forwarded_headers(request.headers, conn.client_ip, self.scheme, ray),
                 request_type=RequestType.HTTP,
@@ -127,7 +132,14 @@ class PublicListener:
 
     async def _handle(self, conn: Http1Connection, request: Request) -> bool:
         ray = self._ray()
-        authority = request.host.decode("latin-1")
+        try:
+            target = _target(request)
+        except BadRequestTarget as exc:
+            # Not one path of this host: nothing is forwarded, and what follows the head
+            # (a CONNECT tunnel's bytes, a body) is not read as another request.
+            await self._page(conn, BAD_REQUEST, "-", ray, keep_alive=False, note=str(exc))
+            return False
+        authority = target.authority
         host = _strip_port(authority).lower()
         route = self.store.tunnel_for_hostname(host) if host else None
         if route is None:
@@ -147,11 +159,10 @@ class PublicListener:
         websocket = request.upgrade and _is_websocket(headers)
         has_body = request.has_body
         method = request.method.decode("ascii")
-        target = request.target.decode("latin-1")
         try:
             stream = session.open_request(
                 method,
-                target,
+                target.path,
                 authority,
                 headers,
                 request_type=RequestType.WEBSOCKET if websocket else RequestType.HTTP,
@@ -371,6 +382,15 @@ async def _connector_failure(stream: RequestStream, ended: bool) -> tuple[ErrorP
     first, _, rest = body[:_MAX_REASON].partition(b"\n")
     reason = first[len(_ORIGIN_ERROR_PREFIX) :].decode("latin-1").strip()
     return origin_failure_page(reason), rest.decode("utf-8", "replace").strip()
+
+
+def _target(request: Request) -> RequestTarget:
+    """The target to route and forward: one normal path (raises :class:`BadRequestTarget`)."""
+    return normalize_target(
+        request.method.decode("ascii"),
+        request.target.decode("latin-1"),
+        request.host.decode("latin-1"),
+    )
 
 
 def _strip_port(authority: str) -> str:

@@ -70,7 +70,11 @@ class Ingress(msgspec.Struct, frozen=True):
     defaults: OriginOptions = msgspec.field(default_factory=OriginOptions)
 
     def find_matching_rule(self, host: str, path: str) -> Rule:
-        """The first rule matching ``host`` (port stripped) and ``path``, else the last rule."""
+        """The first rule matching ``host`` (port stripped) and ``path``, else the last rule.
+
+        ``path`` is the request's *decoded* path, without the query: what cloudflared matches
+        is Go's ``URL.Path`` (:func:`adit.protocol.request_target.decoded_path` makes it).
+        """
         host = split_host_port(host)[0]
         for rule in self.rules:
             if _rule_matches(rule, host, path):

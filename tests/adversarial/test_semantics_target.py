@@ -1,0 +1,141 @@
+"""One request target for the ingress and the origin (issue 13 item 4).
+
+A path rule sends ``/other`` to its own origin. Every other spelling of ``/other`` (an empty
+segment, dot segments, a percent-encoded unreserved letter, the absolute form) must reach that
+same rule, and its origin must receive the one normal spelling, so what the ingress matched
+and what the origin serves are the same path. Targets that name another host or are not a
+path at all get a 400 and reach no origin. Real edge, real connector, raw-socket origins.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from adversary import (
+    OK_CLOSE_RESPONSE,
+    RawOrigin,
+    Tenant,
+    canned,
+    exchange,
+    raw_origin,
+    start_tenant,
+    status_of,
+)
+from harness import Edge, Processes
+
+pytestmark = pytest.mark.process
+
+HOST = "app.example.test"
+
+
+@pytest.fixture
+def other() -> Iterator[RawOrigin]:
+    """The origin of the ``^/other`` rule."""
+    with raw_origin(canned(OK_CLOSE_RESPONSE)) as origin:
+        yield origin
+
+
+@pytest.fixture
+def main() -> Iterator[RawOrigin]:
+    """The origin of the hostname's other paths."""
+    with raw_origin(canned(OK_CLOSE_RESPONSE)) as origin:
+        yield origin
+
+
+@pytest.fixture
+def site(processes: Processes, edge: Edge, other: RawOrigin, main: RawOrigin) -> Tenant:
+    rules: list[dict[str, object]] = [
+        {"path": "^/other$", "service": other.url},
+        {"path": "^/café$", "service": other.url},
+        {"service": main.url},
+    ]
+    return start_tenant(processes, edge, "acme", HOST, main.url, rules=rules)
+
+
+def _get(edge: Edge, target: str, method: str = "GET", host: str = HOST) -> int:
+    head = f"{method} {target} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    return status_of(exchange(edge.http, head.encode("latin-1")))
+
+
+def _outcome(status: int, other: RawOrigin, main: RawOrigin, before: tuple[int, int]) -> str:
+    """The status, which origin got the one new request, and its request line, as one line."""
+    got_other = other.parsed[before[0] :]
+    got_main = main.parsed[before[1] :]
+    if got_other and not got_main:
+        return f"{status} other {got_other[0].line.decode('latin-1')}"
+    if got_main and not got_other:
+        return f"{status} main {got_main[0].line.decode('latin-1')}"
+    return f"{status} {'nowhere' if not (got_other or got_main) else 'both'}"
+
+
+def _counts(other: RawOrigin, main: RawOrigin) -> tuple[int, int]:
+    return len(other.parsed), len(main.parsed)
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "/other",
+        "//other",
+        "/./other",
+        "/x/../other",
+        "/x/%2e%2E/other",
+        "/%6fther",
+        "/%6F%74her",
+        f"http://{HOST}/other",
+        f"HTTP://{HOST.upper()}/other",
+        "/x\\..\\other",
+    ],
+)
+def test_every_spelling_of_a_path_reaches_its_rule(
+    edge: Edge, site: Tenant, other: RawOrigin, main: RawOrigin, target: str
+) -> None:
+    before = _counts(other, main)
+    # An origin records a request before it answers: after the status, the record is whole.
+    status = _get(edge, target)
+    assert _outcome(status, other, main, before) == "200 other GET /other HTTP/1.1"
+
+
+def test_the_ingress_matches_the_decoded_path(
+    edge: Edge, site: Tenant, other: RawOrigin, main: RawOrigin
+) -> None:
+    """``^/café$`` matches ``/caf%C3%A9`` (cloudflared matches Go's decoded ``URL.Path``);
+    the origin gets the encoded form, with upper-case hex (RFC 3986 §6.2.2.1)."""
+    before = _counts(other, main)
+    status = _get(edge, "/caf%c3%a9")
+    assert _outcome(status, other, main, before) == "200 other GET /caf%C3%A9 HTTP/1.1"
+
+
+def test_reserved_characters_stay_encoded(
+    edge: Edge, site: Tenant, other: RawOrigin, main: RawOrigin
+) -> None:
+    """``%2F`` is data, not a separator: it is kept (upper-cased), and the query is as sent."""
+    before = _counts(other, main)
+    status = _get(edge, "/a%2fb/%7Euser?q=%2e%2E&x=/../")
+    expected = "200 main GET /a%2Fb/~user?q=%2e%2E&x=/../ HTTP/1.1"
+    assert _outcome(status, other, main, before) == expected
+
+
+@pytest.mark.parametrize(
+    ("method", "target"),
+    [
+        ("GET", "http://internal.local/"),  # another vhost than Host: the authority would win
+        ("GET", f"http://{HOST}:8080/other"),  # another port than Host's
+        ("GET", f"http://user@{HOST}/other"),  # userinfo
+        ("GET", f"ftp://{HOST}/other"),
+        ("CONNECT", f"{HOST}:443"),
+        ("OPTIONS", "*"),
+        ("GET", "/other#fragment"),
+        ("GET", "/bad%zzescape"),
+        ("GET", "/x/..%2Fother"),  # a dot segment once %2F is decoded: traversal at the origin
+        ("GET", "/x%2F%2Fother"),  # an empty segment once decoded
+    ],
+)
+def test_targets_that_are_not_one_path_of_this_host_get_400(
+    edge: Edge, site: Tenant, other: RawOrigin, main: RawOrigin, method: str, target: str
+) -> None:
+    before = _counts(other, main)
+    status = _get(edge, target, method)
+    assert _outcome(status, other, main, before) == "400 nowhere"
