@@ -36,7 +36,9 @@ __all__ = [
     "decode_serialized_headers",
     "encode_serialized_headers",
     "is_hop_by_hop",
+    "is_tunnel_internal",
     "strip_hop_by_hop",
+    "strip_tunnel_internal",
     "wire_bytes",
 ]
 
@@ -73,6 +75,32 @@ _HOP_BY_HOP_LENGTHS = frozenset(map(len, HOP_BY_HOP))
 # Names never serialised into RESPONSE_HEADERS (connection/header.go).
 _INTERNAL_PREFIXES = (":", "cf-int-", "cf-cloudflared-", "cf-proxy-")
 _INTERNAL_INITIALS = frozenset(":cC")
+
+
+# Request header names the tunnel gives meaning to: the stream kind (PROXY_CONNECTION_UPGRADE,
+# PROXY_SRC), the serialised headers, whatever cloudflared reserves by prefix
+# (connection/header.go), and cloudflared's tracing request (tracing.go, "cf-trace-id": it
+# makes the connector trace the request and answer with its spans). Only the edge may send
+# them; an eyeball's copy never enters a tunnel, and a connector never passes one to an origin.
+_TUNNEL_PREFIXES = _INTERNAL_PREFIXES
+_TUNNEL_NAMES = frozenset({"cf-trace-id"})
+
+
+def is_tunnel_internal(name: str) -> bool:
+    """True for a request header name the tunnel protocol gives meaning to.
+
+    ``_`` counts as ``-``: CGI-style origins read ``Cf_Cloudflared_Proxy_Src`` and
+    ``Cf-Cloudflared-Proxy-Src`` as one variable.
+    """
+    if name[:1] not in _INTERNAL_INITIALS:
+        return False  # most names: no lower-casing them
+    lowered = name.lower().replace("_", "-")
+    return lowered.startswith(_TUNNEL_PREFIXES) or lowered in _TUNNEL_NAMES
+
+
+def strip_tunnel_internal(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    """``headers`` without the names :func:`is_tunnel_internal` rules out, order kept."""
+    return [pair for pair in headers if not is_tunnel_internal(pair[0])]
 
 
 class RequestType(enum.Enum):
