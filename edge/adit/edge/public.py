@@ -12,6 +12,7 @@ import contextlib
 import logging
 from random import getrandbits
 
+from adit.edge.header_policy import tunnel_request_headers
 from adit.edge.http1 import (
     BadRequest,
     HeadersTooLarge,
@@ -39,8 +40,6 @@ from adit.tunnelio import StreamClosedError
 
 log = logging.getLogger("adit.edge.public")
 
-# Headers the edge sets itself; an eyeball's own values must not pass through.
-_EDGE_SET = frozenset({"x-forwarded-for", "x-forwarded-proto", "cf-connecting-ip", "cf-ray"})
 # An adit connector says why it answered 502 in the first line of a short plain-text body,
 # "adit-origin-error: refused|timeout|tls", and more on the next lines; cloudflared's 502 has
 # no body, which gets the generic page.
@@ -101,7 +100,7 @@ class PublicListener:
                 request.method.decode("ascii"),
                 target.path,
                 authority,
-                _forwarded_headers(request.headers, conn.client_ip, self.scheme, ray),
+                tunnel_request_headers(request.headers, conn.client_ip, self.scheme, ray),
                 request_type=RequestType.HTTP,
                 end_stream=True,
                 on_answer=answer.answered,
@@ -155,7 +154,7 @@ class PublicListener:
         session = live.handle
         assert isinstance(session, TunnelSession)
 
-        headers = _forwarded_headers(request.headers, conn.client_ip, self.scheme, ray)
+        headers = tunnel_request_headers(request.headers, conn.client_ip, self.scheme, ray)
         websocket = request.upgrade and _is_websocket(headers)
         has_body = request.has_body
         method = request.method.decode("ascii")
@@ -403,29 +402,3 @@ def _is_websocket(headers: list[tuple[str, str]]) -> bool:
     upgrade = any(n.lower() == "upgrade" and v.lower() == "websocket" for n, v in headers)
     connection = any(n.lower() == "connection" and "upgrade" in v.lower() for n, v in headers)
     return upgrade and connection
-
-
-def _forwarded_headers(
-    headers: list[tuple[bytes, bytes]], client_ip: str, scheme: str, ray: str
-) -> list[tuple[str, str]]:
-    """The eyeball's headers as latin-1 text, plus what Cloudflare's edge adds for the origin."""
-    out = []
-    prior = []
-    for raw_name, raw_value in headers:
-        name = raw_name.decode("latin-1")
-        value = raw_value.decode("latin-1")
-        lowered = name.lower()
-        if lowered not in _EDGE_SET:
-            out.append((name, value))
-        elif lowered == "x-forwarded-for":
-            prior.append(value)
-    chain = ", ".join([*prior, client_ip]) if client_ip else ", ".join(prior)
-    out.extend(
-        [
-            ("Cf-Ray", ray),
-            ("Cf-Connecting-Ip", client_ip),
-            ("X-Forwarded-For", chain),
-            ("X-Forwarded-Proto", scheme),
-        ]
-    )
-    return out
