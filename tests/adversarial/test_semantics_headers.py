@@ -97,3 +97,33 @@ def test_forged_edge_headers_never_reach_the_origin(
     for name, value in VISITOR_SENT[:-2]:
         assert got.values(name) == [value.encode()], name
     assert got.values("X-Custom") == [b"kept"]
+
+
+def test_a_visitor_cannot_name_the_edge_headers_hop_by_hop(
+    edge: Edge, tenant: Tenant, recorder: RawOrigin
+) -> None:
+    """``Connection`` names headers to drop at the next hop (RFC 9110 §7.6.1): the visitor's
+    own, never the ones the edge adds after it, or an origin would lose the client address."""
+    named = "Cf-Connecting-Ip, X-Forwarded-For, Cf-Ray, X-Forwarded-Proto, Cf-Visitor, X-Mine"
+    head = (
+        f"GET /h HTTP/1.1\r\nHost: {tenant.hostname}\r\nConnection: close, {named}\r\n"
+        "X-Mine: hop\r\nX-Forwarded-For: 198.51.100.7\r\n\r\n"
+    )
+    assert status_of(exchange(edge.http, head.encode())) == 200
+    (got,) = recorder.parsed
+    present = {
+        name: len(got.values(name))
+        for name in ("Cf-Connecting-Ip", "X-Forwarded-For", "Cf-Ray", "X-Forwarded-Proto")
+    }
+    present["Cf-Visitor"] = len(got.values("Cf-Visitor"))
+    present["X-Mine"] = len(got.values("X-Mine"))
+    assert present == {
+        "Cf-Connecting-Ip": 1,
+        "X-Forwarded-For": 1,
+        "Cf-Ray": 1,
+        "X-Forwarded-Proto": 1,
+        "Cf-Visitor": 1,
+        "X-Mine": 0,
+    }
+    # The chain the visitor sent was named hop-by-hop: only the address the edge saw is left.
+    assert got.values("X-Forwarded-For") == [b"127.0.0.1"]

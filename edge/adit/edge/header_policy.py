@@ -21,16 +21,19 @@ the connector's tags. A visitor's copy of any of them is a forgery, so the polic
    yet, and "XX" would claim a lookup), ``True-Client-Ip`` (an Enterprise-only transform at
    Cloudflare), ``X-Real-Ip`` and ``Forwarded`` (Cloudflare sends neither).
 
-Every other header passes, in order, with the visitor's casing.
+Connection-specific headers end at the edge (RFC 9110 §7.6.1, RFC 9113 §8.2.2): the
+hop-by-hop set and every header the visitor's ``Connection`` names are dropped here, before the
+edge adds its own, so ``Connection: Cf-Connecting-Ip`` drops nothing but the visitor's own
+copy. Every other header passes, in order, with the visitor's casing.
 """
 
 from __future__ import annotations
 
 import json
 
-from adit.protocol.headers import is_tunnel_internal
+from adit.protocol.headers import HOP_BY_HOP, is_tunnel_internal
 
-__all__ = ["tunnel_request_headers"]
+__all__ = ["is_websocket_upgrade", "tunnel_request_headers"]
 
 # Cf- headers that are the visitor's own words, not the edge's: each passes unchanged.
 _VISITOR_SENT = frozenset(
@@ -51,9 +54,17 @@ _VISITOR_SENT = frozenset(
 # Client-address claims besides the Cf- ones, and the scheme the edge states itself.
 _EDGE_ASSERTED = frozenset({"true-client-ip", "x-real-ip", "forwarded", "x-forwarded-proto"})
 _XFF = "x-forwarded-for"
+_CONNECTION_LENGTH = len("connection")
 _VISITOR = {
     scheme: json.dumps({"scheme": scheme}, separators=(",", ":")) for scheme in ("http", "https")
 }
+
+
+def is_websocket_upgrade(headers: list[tuple[bytes, bytes]]) -> bool:
+    """Whether an eyeball request's (raw) headers ask to switch to WebSocket: ``Upgrade:
+    websocket`` and an ``upgrade`` token in ``Connection`` (RFC 6455 §4.1)."""
+    upgrade = any(n.lower() == b"upgrade" and v.strip().lower() == b"websocket" for n, v in headers)
+    return upgrade and "upgrade" in _connection_named(headers)
 
 
 def _asserted(lowered: str) -> bool:
@@ -66,16 +77,29 @@ def _asserted(lowered: str) -> bool:
     return lowered in _EDGE_ASSERTED or lowered == _XFF or is_tunnel_internal(lowered)
 
 
+def _connection_named(headers: list[tuple[bytes, bytes]]) -> frozenset[str]:
+    """The (lower-case) names the ``Connection`` headers list; empty without one."""
+    named: set[str] = set()
+    for name, value in headers:
+        if len(name) == _CONNECTION_LENGTH and name.lower() == b"connection":
+            tokens = value.decode("latin-1").lower().split(",")
+            named.update(token.strip() for token in tokens)
+    return frozenset(named)
+
+
 def tunnel_request_headers(
     headers: list[tuple[bytes, bytes]], client_ip: str, scheme: str, ray: str
 ) -> list[tuple[str, str]]:
     """The headers to send into a tunnel for an eyeball request with ``headers`` (raw bytes)
     that came from ``client_ip`` over ``scheme``, as latin-1 text (one char a byte)."""
+    dropped = _connection_named(headers) | HOP_BY_HOP
     out = []
     prior = []
     for raw_name, raw_value in headers:
         name = raw_name.decode("latin-1")
         lowered = name.lower()
+        if lowered in dropped:
+            continue
         if lowered == _XFF:
             prior.append(raw_value.decode("latin-1"))
         elif not _asserted(lowered):

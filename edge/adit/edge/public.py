@@ -12,7 +12,7 @@ import contextlib
 import logging
 from random import getrandbits
 
-from adit.edge.header_policy import tunnel_request_headers
+from adit.edge.header_policy import is_websocket_upgrade, tunnel_request_headers
 from adit.edge.http1 import (
     BadRequest,
     HeadersTooLarge,
@@ -155,7 +155,7 @@ class PublicListener:
         assert isinstance(session, TunnelSession)
 
         headers = tunnel_request_headers(request.headers, conn.client_ip, self.scheme, ray)
-        websocket = request.upgrade and _is_websocket(headers)
+        websocket = request.upgrade and is_websocket_upgrade(request.headers)
         has_body = request.has_body
         method = request.method.decode("ascii")
         try:
@@ -396,9 +396,3 @@ def _strip_port(authority: str) -> str:
     if authority.startswith("["):
         return authority[1 : authority.find("]")] if "]" in authority else authority
     return authority.rsplit(":", 1)[0] if authority.count(":") == 1 else authority
-
-
-def _is_websocket(headers: list[tuple[str, str]]) -> bool:
-    upgrade = any(n.lower() == "upgrade" and v.lower() == "websocket" for n, v in headers)
-    connection = any(n.lower() == "connection" and "upgrade" in v.lower() for n, v in headers)
-    return upgrade and connection

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from adit.edge.header_policy import tunnel_request_headers
+from adit.edge.header_policy import is_websocket_upgrade, tunnel_request_headers
 
 EDGE_SET = ["Cf-Ray", "Cf-Connecting-Ip", "X-Forwarded-For", "X-Forwarded-Proto", "Cf-Visitor"]
 # A visitor's spellings of names only the edge, the connector or the tunnel may send.
@@ -79,3 +80,30 @@ def test_only_the_edge_speaks_for_the_edge(pairs: list[tuple[str, str]], scheme:
 def test_header_bytes_pass_one_char_a_byte() -> None:
     raw = [(b"X-Bin", b"\xff\x00a")]
     assert tunnel_request_headers(raw, "", "http", "r")[0] == ("X-Bin", "\xff\x00a")
+
+
+@given(headers, st.lists(st.sampled_from(FORGED + VISITOR_SENT + EDGE_SET), max_size=6))
+def test_connection_names_only_the_visitors_own_headers(
+    pairs: list[tuple[str, str]], named: list[str]
+) -> None:
+    """``Connection: Cf-Connecting-Ip`` drops the visitor's copy, never the edge's."""
+    out = _policy([*pairs, ("Connection", ", ".join(["keep-alive", *named]))])
+    lowered = {n.lower() for n in named}
+    assert [n for n, _ in out][-len(EDGE_SET) :] == EDGE_SET
+    assert out[: -len(EDGE_SET)] == [
+        (n, v) for n, v in pairs if n in VISITOR_SENT and n.lower() not in lowered
+    ]
+
+
+@pytest.mark.parametrize(
+    ("headers", "websocket"),
+    [
+        ([(b"Upgrade", b"websocket"), (b"Connection", b"Upgrade")], True),
+        ([(b"upgrade", b"WebSocket "), (b"connection", b"keep-alive, upgrade")], True),
+        ([(b"Upgrade", b"websocket")], False),
+        ([(b"Upgrade", b"h2c"), (b"Connection", b"Upgrade")], False),
+        ([(b"Upgrade", b"websocket"), (b"Connection", b"upgraded")], False),
+    ],
+)
+def test_websocket_upgrade(headers: list[tuple[bytes, bytes]], websocket: bool) -> None:
+    assert is_websocket_upgrade(headers) is websocket
