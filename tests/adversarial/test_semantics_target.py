@@ -10,20 +10,25 @@ path at all get a 400 and reach no origin. Real edge, real connector, raw-socket
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from adversary import (
+    CLOUDFLARED,
+    INSIDE_NETNS,
     OK_CLOSE_RESPONSE,
     RawOrigin,
     Tenant,
     canned,
     exchange,
     raw_origin,
+    rerun_in_private_netns,
+    start_cloudflared,
     start_tenant,
     status_of,
 )
-from harness import Edge, Processes
+from harness import Account, Edge, Processes, create_tunnel, write_config
 
 pytestmark = pytest.mark.process
 
@@ -44,14 +49,17 @@ def main() -> Iterator[RawOrigin]:
         yield origin
 
 
-@pytest.fixture
-def site(processes: Processes, edge: Edge, other: RawOrigin, main: RawOrigin) -> Tenant:
-    rules: list[dict[str, object]] = [
+def _rules(other: RawOrigin, main: RawOrigin) -> list[dict[str, object]]:
+    return [
         {"path": "^/other$", "service": other.url},
         {"path": "^/café$", "service": other.url},
         {"service": main.url},
     ]
-    return start_tenant(processes, edge, "acme", HOST, main.url, rules=rules)
+
+
+@pytest.fixture
+def site(processes: Processes, edge: Edge, other: RawOrigin, main: RawOrigin) -> Tenant:
+    return start_tenant(processes, edge, "acme", HOST, main.url, rules=_rules(other, main))
 
 
 def _get(edge: Edge, target: str, method: str = "GET", host: str = HOST) -> int:
@@ -139,3 +147,41 @@ def test_targets_that_are_not_one_path_of_this_host_get_400(
     before = _counts(other, main)
     status = _get(edge, target, method)
     assert _outcome(status, other, main, before) == "400 nowhere"
+
+
+@pytest.mark.skipif(not CLOUDFLARED, reason="set ADIT_CLOUDFLARED to a cloudflared binary")
+def test_cloudflared_in_a_private_namespace() -> None:
+    if INSIDE_NETNS:
+        pytest.skip("already inside the namespace")
+    rerun_in_private_netns(f"{Path(__file__)}::test_cloudflared_matches_the_path_it_forwards")
+
+
+@pytest.mark.skipif(not INSIDE_NETNS, reason="runs inside the namespace made by the test above")
+def test_cloudflared_matches_the_path_it_forwards(
+    processes: Processes,
+    edge: Edge,
+    account: Account,
+    other: RawOrigin,
+    main: RawOrigin,
+    tmp_path: Path,
+) -> None:
+    """The unmodified cloudflared, given the normal form, matches the rule that form means and
+    sends the origin that same path (Go re-serialises the request line from ``URL``)."""
+    tunnel = create_tunnel(account, "cfd", HOST)
+    start_cloudflared(
+        processes, tunnel, write_config(tmp_path / "c.yml", HOST, _rules(other, main)), edge
+    )
+    cases = {
+        "//other": "200 other GET /other HTTP/1.1",
+        "/x/../other": "200 other GET /other HTTP/1.1",
+        "/%6fther": "200 other GET /other HTTP/1.1",
+        f"http://{HOST}/other": "200 other GET /other HTTP/1.1",
+        "/caf%c3%a9": "200 other GET /caf%C3%A9 HTTP/1.1",
+        "/a%2fb?x=/../": "200 main GET /a%2Fb?x=/../ HTTP/1.1",
+        "/x/..%2Fother": "400 nowhere",
+    }
+    seen = {}
+    for target in cases:
+        before = _counts(other, main)
+        seen[target] = _outcome(_get(edge, target), other, main, before)
+    assert seen == cases
