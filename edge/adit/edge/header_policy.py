@@ -82,9 +82,41 @@ def _connection_named(headers: list[tuple[bytes, bytes]]) -> frozenset[str]:
     named: set[str] = set()
     for name, value in headers:
         if len(name) == _CONNECTION_LENGTH and name.lower() == b"connection":
-            tokens = value.decode("latin-1").lower().split(",")
-            named.update(token.strip() for token in tokens)
+            named.update(_tokens(value))
     return frozenset(named)
+
+
+def _tokens(value: bytes) -> list[str]:
+    return [token.strip() for token in value.decode("latin-1").lower().split(",")]
+
+
+# What to do with a header name, by its raw bytes: every request repeats most names (Host,
+# User-Agent, Accept...), so each is decoded, lower-cased and judged once, not per request
+# (the policy runs on every request's hot path). Bounded like the serialised-header caches.
+_PASS, _DROP, _CHAIN, _CONNECTION = range(4)
+_CACHE_ENTRIES = 1024
+_CACHE_NAME_BYTES = 64
+_verdicts: dict[bytes, tuple[int, str, str]] = {}
+
+
+def _verdict(raw_name: bytes) -> tuple[int, str, str]:
+    """``(what to do, name as text, lower-cased name)`` for a header name."""
+    name = raw_name.decode("latin-1")
+    lowered = name.lower()
+    if lowered == "connection":
+        verdict = _CONNECTION
+    elif lowered == _XFF:
+        verdict = _CHAIN
+    elif lowered in HOP_BY_HOP or _asserted(lowered):
+        verdict = _DROP
+    else:
+        verdict = _PASS
+    entry = (verdict, name, lowered)
+    if len(raw_name) <= _CACHE_NAME_BYTES:
+        if len(_verdicts) >= _CACHE_ENTRIES:
+            _verdicts.clear()
+        _verdicts[raw_name] = entry
+    return entry
 
 
 def tunnel_request_headers(
@@ -92,18 +124,26 @@ def tunnel_request_headers(
 ) -> list[tuple[str, str]]:
     """The headers to send into a tunnel for an eyeball request with ``headers`` (raw bytes)
     that came from ``client_ip`` over ``scheme``, as latin-1 text (one char a byte)."""
-    dropped = _connection_named(headers) | HOP_BY_HOP
+    known = _verdicts
     out = []
     prior = []
+    named: list[str] = []
     for raw_name, raw_value in headers:
-        name = raw_name.decode("latin-1")
-        lowered = name.lower()
-        if lowered in dropped:
-            continue
-        if lowered == _XFF:
+        entry = known.get(raw_name) or _verdict(raw_name)
+        verdict = entry[0]
+        if verdict == _PASS:
+            out.append((entry[1], raw_value.decode("latin-1")))
+        elif verdict == _CHAIN:
             prior.append(raw_value.decode("latin-1"))
-        elif not _asserted(lowered):
-            out.append((name, raw_value.decode("latin-1")))
+        elif verdict == _CONNECTION:
+            named += _tokens(raw_value)
+    if named:
+        # Rare beyond "keep-alive"/"close"/"upgrade": the visitor's own headers it names go.
+        gone = frozenset(named) - HOP_BY_HOP
+        if gone:
+            out = [pair for pair in out if pair[0].lower() not in gone]
+            if _XFF in gone:
+                prior = []
     chain = ", ".join([*prior, client_ip]) if client_ip else ", ".join(prior)
     out.append(("Cf-Ray", ray))
     if client_ip:

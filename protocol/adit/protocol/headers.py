@@ -37,6 +37,7 @@ __all__ = [
     "encode_serialized_headers",
     "is_hop_by_hop",
     "is_tunnel_internal",
+    "strip_for_tunnel",
     "strip_hop_by_hop",
     "strip_tunnel_internal",
     "wire_bytes",
@@ -92,15 +93,53 @@ def is_tunnel_internal(name: str) -> bool:
     ``_`` counts as ``-``: CGI-style origins read ``Cf_Cloudflared_Proxy_Src`` and
     ``Cf-Cloudflared-Proxy-Src`` as one variable.
     """
-    if name[:1] not in _INTERNAL_INITIALS:
-        return False  # most names: no lower-casing them
-    lowered = name.lower().replace("_", "-")
-    return lowered.startswith(_TUNNEL_PREFIXES) or lowered in _TUNNEL_NAMES
+    return (_fates.get(name) or _judge(name)) == _INTERNAL
 
 
 def strip_tunnel_internal(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
     """``headers`` without the names :func:`is_tunnel_internal` rules out, order kept."""
-    return [pair for pair in headers if not is_tunnel_internal(pair[0])]
+    known = _fates
+    return [pair for pair in headers if (known.get(pair[0]) or _judge(pair[0])) != _INTERNAL]
+
+
+def strip_for_tunnel(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    """What of a request's headers may enter a tunnel, in one pass: no hop-by-hop header nor
+    one the ``Connection`` header names (:func:`strip_hop_by_hop`), and none the tunnel gives
+    meaning to (:func:`strip_tunnel_internal`)."""
+    known = _fates
+    kept: list[tuple[str, str]] = []
+    named: set[str] = set()
+    for pair in headers:
+        fate = known.get(pair[0]) or _judge(pair[0])
+        if fate == _KEEP:
+            kept.append(pair)
+        elif fate == _CONNECTION:
+            named.update(token.strip().lower() for token in pair[1].split(","))
+    if named:
+        kept = [pair for pair in kept if pair[0].lower() not in named]
+    return kept
+
+
+# What a request header name is to the tunnel, by name: every request repeats most names, so
+# each is lower-cased and judged once, and the passes above cost a dict lookup a header (they
+# run on every request, at the edge and at the connector). Bounded like the caches below.
+_KEEP, _HOP, _CONNECTION, _INTERNAL = 1, 2, 3, 4
+_fates: dict[str, int] = {}
+
+
+def _judge(name: str) -> int:
+    lowered = name.lower()
+    if lowered in HOP_BY_HOP:
+        fate = _CONNECTION if lowered == "connection" else _HOP
+    else:
+        lowered = lowered.replace("_", "-")
+        internal = lowered.startswith(_TUNNEL_PREFIXES) or lowered in _TUNNEL_NAMES
+        fate = _INTERNAL if internal else _KEEP
+    if len(name) <= _CACHE_PAIR_BYTES:
+        if len(_fates) >= _CACHE_ENTRIES:
+            _fates.clear()
+        _fates[name] = fate
+    return fate
 
 
 class RequestType(enum.Enum):

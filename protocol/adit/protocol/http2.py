@@ -33,7 +33,7 @@ from adit.protocol.headers import (
     classify_request,
     decode_serialized_headers,
     encode_serialized_headers,
-    strip_hop_by_hop,
+    strip_for_tunnel,
     strip_tunnel_internal,
     wire_bytes,
 )
@@ -829,7 +829,7 @@ class EdgeTunnelConnection(TunnelHttp2Connection):
         stream = self._open_stream(self._new_stream_id())
         # A connector that reads plain HTTP/2 headers (cloudflared) would take an eyeball's
         # cf-cloudflared-proxy-connection-upgrade as the edge's word: a configuration push.
-        clean = strip_tunnel_internal(strip_hop_by_hop(headers))
+        clean = strip_for_tunnel(headers)
         h2_headers: list[tuple[bytes, bytes]] = [
             (b":method", wire_bytes(method)),
             (b":scheme", b"https"),

@@ -28,8 +28,9 @@ Pure functions over latin-1 text (one char per byte, as adit carries all header 
 from __future__ import annotations
 
 import re
-from typing import NamedTuple
 from urllib.parse import unquote_to_bytes
+
+import msgspec
 
 from adit.protocol.errors import BadRequestTarget
 
@@ -37,18 +38,25 @@ __all__ = ["RequestTarget", "decoded_path", "normalize_path", "normalize_target"
 
 _UNRESERVED = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~"
 #: RFC 3986 ``pchar`` without ``pct-encoded``, and ``/``: a path holds these as they are.
-_PATH_CHARS = frozenset(_UNRESERVED + "!$&'()*+,;=:@/")
-_DECODED = {f"{ord(c):02X}": c for c in _UNRESERVED}
-_HEX = frozenset("0123456789abcdefABCDEF")
-# A path that is already normal: only path characters (no "%", no "\"), and no segment that
-# is empty or starts with "." (a cheap superset of the dot segments). Most paths are.
-_PLAIN = re.compile(r"(?:/[A-Za-z0-9\-_~!$&'()*+,;=:@][A-Za-z0-9\-._~!$&'()*+,;=:@]*)*/?")
+_PATH_CHARS = _UNRESERVED + "!$&'()*+,;=:@/"
+# Every escape's two hex digits (any case) → its normal form: the character itself when
+# unreserved, else the escape in upper case. A lookup, not a call per escape: a 64 KB target
+# of escapes must cost a few milliseconds, not a blocked event loop.
+_ESCAPES = {
+    f"{high}{low}": chr(value) if chr(value) in _UNRESERVED else f"%{value:02X}"
+    for value in range(256)
+    for high in {f"{value:02x}"[0], f"{value:02X}"[0]}
+    for low in {f"{value:02x}"[1], f"{value:02X}"[1]}
+}
+# Characters a path may not hold, percent-encoded ("%" is left: it starts the escapes).
+_ENCODE = {code: f"%{code:02X}" for code in range(256) if chr(code) not in _PATH_CHARS + "%"}
+_PATH_SET = frozenset(_PATH_CHARS)
 _SLASHES = re.compile(r"/{2,}")
 _ABSOLUTE = re.compile(r"(https?)://([^/?#]*)(.*)", re.IGNORECASE | re.DOTALL)
 _DEFAULT_PORTS = {"http": ":80", "https": ":443"}
 
 
-class RequestTarget(NamedTuple):
+class RequestTarget(msgspec.Struct, frozen=True):
     """A request target in normal origin form, and the authority to route it by."""
 
     #: The normalised path, then ``?query`` exactly as sent.
@@ -65,14 +73,19 @@ def normalize_target(method: str, target: str, host: str) -> RequestTarget:
     """
     if method == "CONNECT":
         raise BadRequestTarget("CONNECT: the edge is not a forward proxy")
-    if target == "*":
-        raise BadRequestTarget("the asterisk form asks about the edge itself, not an origin")
     if target[:1] != "/":
+        if target == "*":
+            raise BadRequestTarget("the asterisk form asks about the edge itself, not an origin")
         target, host = _origin_form(target, host)
-    path, mark, query = target.partition("?")
     if "#" in target:
         raise BadRequestTarget("a request target holds no fragment")
-    return RequestTarget(normalize_path(path) + mark + query, host)
+    query = target.find("?")
+    path = target if query < 0 else target[:query]
+    # Most targets are already normal: no copy of them then (this runs on every request).
+    normal = normalize_path(path)
+    if normal is not path:
+        target = normal if query < 0 else normal + target[query:]
+    return RequestTarget(target, host)
 
 
 def _origin_form(target: str, host: str) -> tuple[str, str]:
@@ -102,7 +115,9 @@ def normalize_path(path: str) -> str:
     aside). Raises :class:`BadRequestTarget` for a broken percent-encoding, or when decoding
     the result's ``%2F`` / ``%5C`` would give a path with an empty or dot segment.
     """
-    if _PLAIN.fullmatch(path):
+    # Most paths are normal already: only path characters (no "%", no backslash), no empty
+    # segment, no segment that starts with "." (a cheap superset of the dot segments).
+    if _PATH_SET.issuperset(path) and "//" not in path and "/." not in path:
         return path
     path = _SLASHES.sub("/", path.replace("\\", "/"))
     path = _remove_dot_segments(_recode(path))
@@ -114,30 +129,20 @@ def normalize_path(path: str) -> str:
 def _recode(path: str) -> str:
     """Decode percent-encoded unreserved characters, upper-case the other percent-encodings,
     percent-encode characters a path may not hold (RFC 3986 §6.2.2.1-2)."""
-    pieces = path.split("%")
-    out = [_encode_others(pieces[0])]
-    for piece in pieces[1:]:
-        digits = piece[:2]
-        if len(digits) != 2 or not _HEX.issuperset(digits):
-            raise BadRequestTarget("a '%' in the path starts no percent-encoding")
-        digits = digits.upper()
-        out.append(_DECODED.get(digits) or "%" + digits)
-        out.append(_encode_others(piece[2:]))
-    return "".join(out)
+    first, *escaped = path.split("%")
+    try:
+        path = first + "".join([_ESCAPES[piece[:2]] + piece[2:] for piece in escaped])
+    except KeyError:
+        raise BadRequestTarget("a '%' in the path starts no percent-encoding") from None
+    encoded = path.translate(_ENCODE)
+    if not encoded.isascii():
+        # Wider than latin-1 (only our own code makes such text): its UTF-8 bytes, encoded.
+        encoded = "".join(c if c.isascii() else _utf8_escapes(c) for c in encoded)
+    return encoded
 
 
-def _encode_others(text: str) -> str:
-    if _PATH_CHARS.issuperset(text):
-        return text
-    # latin-1 text is one char a byte; a wider char (only our own code makes one) is UTF-8.
-    return "".join(
-        char if char in _PATH_CHARS else "".join(f"%{b:02X}" for b in _char_bytes(char))
-        for char in text
-    )
-
-
-def _char_bytes(char: str) -> bytes:
-    return bytes([ord(char)]) if ord(char) < 256 else char.encode("utf-8")
+def _utf8_escapes(char: str) -> str:
+    return "".join(f"%{byte:02X}" for byte in char.encode("utf-8"))
 
 
 def _remove_dot_segments(path: str) -> str:
@@ -157,9 +162,11 @@ def _remove_dot_segments(path: str) -> str:
 
 
 def _refuse_hidden_segments(path: str) -> None:
-    decoded = decoded_path(path).replace("\\", "/")
-    inner = decoded.split("/")[1:-1]
-    if "" in inner or "." in inner or ".." in inner or decoded.endswith(("/.", "/..")):
+    # The unreserved escapes are decoded already (%2E is "."): only %2F and %5C turn into
+    # separators when the path is decoded, so this is the decoded path's segment structure.
+    seen = path.replace("%2F", "/").replace("%5C", "/")
+    inner = seen.split("/")[1:-1]
+    if "" in inner or "." in inner or ".." in inner or seen.endswith(("/.", "/..")):
         raise BadRequestTarget("an encoded '/' or '\\' in the path hides an empty or dot segment")
 
 

@@ -12,7 +12,12 @@ from hypothesis import strategies as st
 from adit.config.ingress import parse_ingress
 from adit.config.model import IngressRuleConfig
 from adit.protocol.errors import BadRequestTarget
-from adit.protocol.request_target import decoded_path, normalize_path, normalize_target
+from adit.protocol.request_target import (
+    RequestTarget,
+    decoded_path,
+    normalize_path,
+    normalize_target,
+)
 
 HOST = "app.example.test"
 UNRESERVED = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~"
@@ -133,11 +138,11 @@ def test_only_the_typed_error_escapes(path: str, query: str) -> None:
     ],
 )
 def test_cases(method: str, target: str, expected: str) -> None:
-    assert normalize_target(method, target, HOST) == (expected, HOST)
+    assert normalize_target(method, target, HOST) == RequestTarget(expected, HOST)
 
 
 def test_an_absolute_url_gives_the_authority_when_there_is_no_host() -> None:
-    assert normalize_target("GET", "http://a.example/x", "") == ("/x", "a.example")
+    assert normalize_target("GET", "http://a.example/x", "") == RequestTarget("/x", "a.example")
 
 
 @pytest.mark.parametrize(
