@@ -21,8 +21,11 @@ from adversary import (
     RawOrigin,
     Tenant,
     canned,
+    connect,
     exchange,
+    probe,
     raw_origin,
+    read_until_closed,
     rerun_in_private_netns,
     start_cloudflared,
     start_tenant,
@@ -147,6 +150,35 @@ def test_targets_that_are_not_one_path_of_this_host_get_400(
     before = _counts(other, main)
     status = _get(edge, target, method)
     assert _outcome(status, other, main, before) == "400 nowhere"
+
+
+def test_refused_targets_leave_nothing_behind(
+    edge: Edge, site: Tenant, other: RawOrigin, main: RawOrigin
+) -> None:
+    """Hundreds of refused targets, some with bytes after the head (a CONNECT tunnel's, a
+    body, a pipelined request): each gets its 400 and its connection closed by the edge; no
+    socket is left half-closed and no descriptor kept."""
+    edge_probe = probe(edge.proc)
+    assert _get(edge, "/warm") == 200
+    fds = edge_probe.fds()
+    heads = [
+        f"CONNECT {HOST}:443 HTTP/1.1\r\nHost: {HOST}:443\r\n\r\n\x16\x03\x01junk",
+        f"GET http://internal.local/ HTTP/1.1\r\nHost: {HOST}\r\n\r\nGET / HTTP/1.1\r\n",
+        f"POST /x/..%2Fother HTTP/1.1\r\nHost: {HOST}\r\nContent-Length: 5\r\n\r\nhello",
+        f"OPTIONS * HTTP/1.1\r\nHost: {HOST}\r\n\r\n",
+    ]
+    before = _counts(other, main)
+    for round_ in range(60):
+        for head in heads:
+            with connect(edge.http) as sock:
+                sock.sendall(head.encode("latin-1"))
+                if round_ % 2:
+                    sock.close()  # a visitor that does not wait for the answer
+                    continue
+                assert read_until_closed(sock).startswith(b"HTTP/1.1 400 "), head
+    assert _counts(other, main) == before
+    edge_probe.wait_until(lambda p: p.close_wait() == 0, what="no CLOSE_WAIT socket")
+    edge_probe.wait_until(lambda p: p.fds() <= fds + 2, what="descriptors back to the start")
 
 
 @pytest.mark.skipif(not CLOUDFLARED, reason="set ADIT_CLOUDFLARED to a cloudflared binary")
