@@ -12,9 +12,13 @@ import contextlib
 import http.client
 import json
 import os
+import re
+import shutil
 import socket
 import ssl
 import struct
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -26,6 +30,7 @@ from typing import Any, TypeVar, cast
 from urllib.parse import urlsplit
 
 import psutil
+import pytest
 
 from adit.edge.tunnel_session import EdgeIdentity, TunnelSession
 from adit.protocol.registration import RegistrationError
@@ -45,9 +50,8 @@ from harness import (
 
 #: What a :class:`RawOrigin` answers by default: a small, complete, keep-alive response.
 OK_RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nok"
-#: The same response, asking the client not to reuse the connection: a :class:`RawOrigin`
-#: answers once per connection, so a test that sends several requests through one connector
-#: (whose origin connections are pooled) gives its origin ``canned(CLOSE_RESPONSE)``.
+#: The same response, asking the client not to reuse the connection (each request of a
+#: connector then reaches the origin on a connection of its own).
 CLOSE_RESPONSE = (
     b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\nConnection: close"
     b"\r\n\r\nok"
@@ -65,11 +69,21 @@ def head_complete(received: bytes) -> bool:
     return b"\r\n\r\n" in received
 
 
-def canned(response: bytes = OK_RESPONSE) -> Responder:
-    """Answer ``response`` once a request head arrived (once per request head)."""
+def request_complete(received: bytes) -> bool:
+    """Whether ``received`` holds a whole first request (its body framed by Content-Length or
+    chunked; a head without either has no body)."""
+    requests = parse_requests(received)
+    return bool(requests) and requests[0].complete
+
+
+def canned(
+    response: bytes = OK_RESPONSE, when: Callable[[bytes], bool] = head_complete
+) -> Responder:
+    """Answer ``response`` once ``when`` says enough of a request arrived (once per request):
+    by default its head; :func:`request_complete` waits for the body as well."""
 
     def respond(received: bytes) -> bytes | None:
-        return response if head_complete(received) else b""
+        return response if when(received) else b""
 
     return respond
 
@@ -158,6 +172,11 @@ class RawOrigin:
             return [bytes(c.received) for c in self.connections]
 
     @property
+    def parsed(self) -> list[RecordedRequest]:
+        """Every request received so far, parsed, connection by connection."""
+        return [request for data in self.requests for request in parse_requests(data)]
+
+    @property
     def open_connections(self) -> int:
         """Connections the origin still has open (the peer has not closed them)."""
         with self._lock:
@@ -241,6 +260,72 @@ class RawOrigin:
             with self._lock:
                 record.open = False
             sock.close()
+
+
+@dataclass(frozen=True)
+class RecordedRequest:
+    """One request as an origin received it: the request line and headers byte for byte."""
+
+    line: bytes
+    headers: tuple[tuple[bytes, bytes], ...]
+    body: bytes
+    #: The whole body arrived (else ``body`` is what did).
+    complete: bool = True
+
+    @property
+    def target(self) -> bytes:
+        """The request target of the request line."""
+        parts = self.line.split(b" ")
+        return parts[1] if len(parts) == 3 else b""
+
+    def values(self, name: str) -> list[bytes]:
+        """Every value of header ``name`` (case-insensitive), in the order received."""
+        wanted = name.lower().encode("latin-1")
+        return [v for n, v in self.headers if n.lower() == wanted]
+
+
+def parse_requests(data: bytes) -> list[RecordedRequest]:
+    """The requests in one connection's bytes (bodies framed by Content-Length or chunked).
+
+    Deliberately simple: it reads what a connector writes, not what an attacker writes. The
+    last request may be incomplete (``complete`` is False); nothing after it is parsed.
+    """
+    out: list[RecordedRequest] = []
+    rest = data
+    while b"\r\n\r\n" in rest:
+        head, _, rest = rest.partition(b"\r\n\r\n")
+        line, *fields = head.split(b"\r\n")
+        headers = tuple(
+            (name, value.strip(b" \t"))
+            for name, _, value in (field.partition(b":") for field in fields)
+        )
+        lengths = [v for n, v in headers if n.lower() == b"content-length"]
+        if any(n.lower() == b"transfer-encoding" and b"chunked" in v.lower() for n, v in headers):
+            body, rest, whole = _dechunk(rest)
+        else:
+            size = int(lengths[0]) if lengths else 0
+            body, rest = rest[:size], rest[size:]
+            whole = len(body) == size
+        out.append(RecordedRequest(line, headers, body, whole))
+        if not whole:
+            break
+    return out
+
+
+def _dechunk(data: bytes) -> tuple[bytes, bytes, bool]:
+    body = bytearray()
+    while b"\r\n" in data:
+        size_line, _, rest = data.partition(b"\r\n")
+        size = int(size_line.split(b";")[0], 16)
+        if size == 0:
+            if not rest.startswith(b"\r\n"):  # no trailers from a connector
+                break
+            return bytes(body), rest[2:], True
+        if len(rest) < size + 2:
+            break
+        body += rest[:size]
+        data = rest[size + 2 :]
+    return bytes(body), b"", False
 
 
 @contextlib.contextmanager
@@ -974,3 +1059,73 @@ class JsonOverHttps:
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(5)
+
+
+# --- the unmodified cloudflared ----------------------------------------------------------------
+
+#: A cloudflared binary built from its source (never committed); tests using it skip without.
+CLOUDFLARED = os.environ.get("ADIT_CLOUDFLARED", "")
+#: Set in the private network namespace that :func:`rerun_in_private_netns` makes.
+INSIDE_NETNS = os.environ.get("ADIT_INTEROP_NAMESPACE") == "1"
+
+
+def rerun_in_private_netns(nodeid: str, timeout: float = 300) -> None:
+    """Run the test ``nodeid`` (``path::name``) again in a fresh network namespace.
+
+    cloudflared looks up DNS records on the machine's resolver at start: in a namespace that
+    holds only a loopback interface, edge, origins, cloudflared and client all live on
+    127.0.0.1 and nothing leaves the machine. The inner run sees :data:`INSIDE_NETNS`.
+    """
+    if shutil.which("unshare") is None or os.geteuid() != 0:
+        pytest.skip("needs root and unshare(1) for a private network namespace")
+    inner = f'ip link set lo up && exec "{sys.executable}" -m pytest -q -p no:cacheprovider'
+    result = subprocess.run(
+        ["unshare", "-n", "sh", "-c", f'{inner} "{nodeid}"'],
+        env={**os.environ, "ADIT_INTEROP_NAMESPACE": "1"},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert " passed" in result.stdout and "skipped" not in result.stdout, result.stdout
+
+
+def start_cloudflared(processes: Processes, tunnel: Tunnel, config: Path, edge: Edge) -> Proc:
+    """The unmodified cloudflared serving ``tunnel`` through ``edge`` (HTTP/2 transport), with
+    its metrics server (``/config``, ``/ready``) on an ephemeral port; waits for a
+    registration."""
+    proc = processes.start(
+        "cloudflared",
+        [
+            CLOUDFLARED,
+            "tunnel",
+            "--no-autoupdate",
+            "--config",
+            str(config),
+            "--edge",
+            edge.tunnel[0],
+            "--cacert",
+            str(edge.ca),
+            "--protocol",
+            "http2",
+            "--no-prechecks",
+            "--metrics",
+            "127.0.0.1:0",
+            "--grace-period",
+            "3s",
+            "run",
+            "--credentials-file",
+            str(tunnel.credentials),
+            tunnel.id,
+        ],
+    )
+    proc.wait_for_log("Registered tunnel connection", timeout=30)
+    return proc
+
+
+def cloudflared_metrics(proc: Proc) -> str:
+    """``host:port`` of a cloudflared's metrics server, from its log."""
+    match = re.search(r"Starting metrics server on (\S+)/metrics", proc.text())
+    assert match, proc.text()
+    return match.group(1)

@@ -19,6 +19,7 @@ import contextlib
 import logging
 from random import getrandbits
 
+from adit.edge.header_policy import is_websocket_upgrade, tunnel_request_headers
 from adit.edge.http1 import (
     BadRequest,
     HeadersTooLarge,
@@ -45,16 +46,15 @@ from adit.edge.pages import (
 from adit.edge.registry import ConnectionRegistry
 from adit.edge.store import Store
 from adit.edge.tunnel_session import RequestStream, TunnelSession
-from adit.protocol.errors import Http2TunnelError
+from adit.protocol.errors import BadRequestTarget, Http2TunnelError
 from adit.protocol.headers import HOP_BY_HOP, RequestType, ResponseMeta
 from adit.protocol.hostnames import InvalidHostname, host_of_authority
 from adit.protocol.http2 import ResponseReceived
+from adit.protocol.request_target import RequestTarget, normalize_target
 from adit.tunnelio import StreamClosedError
 
 log = logging.getLogger("adit.edge.public")
 
-# Headers the edge sets itself; an eyeball's own values must not pass through.
-_EDGE_SET = frozenset({"x-forwarded-for", "x-forwarded-proto", "cf-connecting-ip", "cf-ray"})
 # An adit connector says why it answered 502 in the first line of a short plain-text body,
 # "adit-origin-error: refused|timeout|tls", and more on the next lines; cloudflared's 502 has
 # no body, which gets the generic page. The class picks the page; the rest goes to the log.
@@ -130,7 +130,14 @@ class PublicListener:
 
         ``fast``: the answer is told from the tunnel's read (:meth:`_Exchange.answered`).
         """
-        authority = request.host.decode("latin-1")
+        try:
+            target = _target(request)
+        except BadRequestTarget as exc:
+            # Not one path of this host: nothing is forwarded, and what follows the head (a
+            # CONNECT tunnel's bytes, a body) is not read as another request.
+            log.debug("refused request target ray=%s: %s", ray, exc)
+            return BAD_REQUEST, "-"
+        authority = target.authority
         host = host_of_authority(authority)
         try:
             route = self.store.tunnel_for_hostname(host)
@@ -146,12 +153,12 @@ class PublicListener:
             return TUNNEL_DOWN, host
         session = live.handle
         assert isinstance(session, TunnelSession)
-        headers = _forwarded_headers(request.headers, conn.client_ip, self.scheme, ray)
-        websocket = request.upgrade and _is_websocket(headers)
+        headers = tunnel_request_headers(request.headers, conn.client_ip, self.scheme, ray)
+        websocket = request.upgrade and is_websocket_upgrade(request.headers)
         try:
             stream = session.open_request(
                 request.method.decode("ascii"),
-                request.target.decode("latin-1"),
+                target.path,
                 authority,
                 headers,
                 request_type=RequestType.WEBSOCKET if websocket else RequestType.HTTP,
@@ -543,12 +550,6 @@ def _retrieve(task: asyncio.Future[None]) -> None:
         task.exception()
 
 
-def _is_websocket(headers: list[tuple[str, str]]) -> bool:
-    upgrade = any(n.lower() == "upgrade" and v.lower() == "websocket" for n, v in headers)
-    connection = any(n.lower() == "connection" and "upgrade" in v.lower() for n, v in headers)
-    return upgrade and connection
-
-
 def _switched(response: ResponseReceived) -> bool:
     """Whether the origin accepted a WebSocket upgrade. HTTP/2 has no 101: a connector
     answers 200 either way (cloudflared's ``http2RespWriter`` turns the origin's 101 into
@@ -559,27 +560,10 @@ def _switched(response: ResponseReceived) -> bool:
     )
 
 
-def _forwarded_headers(
-    headers: list[tuple[bytes, bytes]], client_ip: str, scheme: str, ray: str
-) -> list[tuple[str, str]]:
-    """The eyeball's headers as latin-1 text, plus what Cloudflare's edge adds for the origin."""
-    out = []
-    prior = []
-    for raw_name, raw_value in headers:
-        name = raw_name.decode("latin-1")
-        value = raw_value.decode("latin-1")
-        lowered = name.lower()
-        if lowered not in _EDGE_SET:
-            out.append((name, value))
-        elif lowered == "x-forwarded-for":
-            prior.append(value)
-    chain = ", ".join([*prior, client_ip]) if client_ip else ", ".join(prior)
-    out.extend(
-        [
-            ("Cf-Ray", ray),
-            ("Cf-Connecting-Ip", client_ip),
-            ("X-Forwarded-For", chain),
-            ("X-Forwarded-Proto", scheme),
-        ]
+def _target(request: Request) -> RequestTarget:
+    """The target to route and forward: one normal path (raises :class:`BadRequestTarget`)."""
+    return normalize_target(
+        request.method.decode("ascii"),
+        request.target.decode("latin-1"),
+        request.host.decode("latin-1"),
     )
-    return out

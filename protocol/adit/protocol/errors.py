@@ -7,6 +7,7 @@ A daemon catches :class:`ProtocolError` around each connection and never dies of
 from __future__ import annotations
 
 __all__ = [
+    "BadRequestTarget",
     "FramingError",
     "HeaderDecodeError",
     "Http2TunnelError",
@@ -22,6 +23,11 @@ class ProtocolError(Exception):
 
 class HeaderDecodeError(ProtocolError):
     """A serialised header value (``cf-cloudflared-*-headers``) could not be decoded."""
+
+
+class BadRequestTarget(ProtocolError):
+    """An eyeball's request target is not one unambiguous path of the host it is sent to
+    (:mod:`adit.protocol.request_target`): the edge answers 400 and forwards nothing."""
 
 
 class Http2TunnelError(ProtocolError):

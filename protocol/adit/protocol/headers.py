@@ -36,7 +36,10 @@ __all__ = [
     "decode_serialized_headers",
     "encode_serialized_headers",
     "is_hop_by_hop",
+    "is_tunnel_internal",
+    "strip_for_tunnel",
     "strip_hop_by_hop",
+    "strip_tunnel_internal",
     "wire_bytes",
 ]
 
@@ -68,11 +71,81 @@ HOP_BY_HOP = frozenset(
     }
 )
 
-_HOP_BY_HOP_LENGTHS = frozenset(map(len, HOP_BY_HOP))
 
 # Names never serialised into RESPONSE_HEADERS (connection/header.go).
 _INTERNAL_PREFIXES = (":", "cf-int-", "cf-cloudflared-", "cf-proxy-")
 _INTERNAL_INITIALS = frozenset(":cC")
+
+
+# Request header names the tunnel gives meaning to: the stream kind (PROXY_CONNECTION_UPGRADE,
+# PROXY_SRC), the serialised headers, whatever cloudflared reserves by prefix
+# (connection/header.go), and cloudflared's tracing request (tracing.go, "cf-trace-id": it
+# makes the connector trace the request and answer with its spans). Only the edge may send
+# them; an eyeball's copy never enters a tunnel, and a connector never passes one to an origin.
+_TUNNEL_PREFIXES = _INTERNAL_PREFIXES
+_TUNNEL_NAMES = frozenset({"cf-trace-id"})
+
+
+def is_tunnel_internal(name: str) -> bool:
+    """True for a request header name the tunnel protocol gives meaning to.
+
+    ``_`` counts as ``-``: CGI-style origins read ``Cf_Cloudflared_Proxy_Src`` and
+    ``Cf-Cloudflared-Proxy-Src`` as one variable.
+    """
+    return (_fates.get(name) or _judge(name)) == _INTERNAL
+
+
+def strip_tunnel_internal(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    """``headers`` without the names :func:`is_tunnel_internal` rules out, order kept."""
+    known = _fates
+    return [pair for pair in headers if (known.get(pair[0]) or _judge(pair[0])) != _INTERNAL]
+
+
+def strip_for_tunnel(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    """What of a request's headers may enter a tunnel, in one pass: no hop-by-hop header nor
+    one the ``Connection`` header names (:func:`strip_hop_by_hop`), and none the tunnel gives
+    meaning to (:func:`strip_tunnel_internal`)."""
+    return _strip(headers, _TUNNEL_FATES)
+
+
+def _strip(headers: Iterable[tuple[str, str]], dropped: int) -> list[tuple[str, str]]:
+    # One pass; the Connection-named headers are rare and filtered after.
+    known = _fates
+    kept: list[tuple[str, str]] = []
+    named: set[str] = set()
+    for pair in headers:
+        fate = known.get(pair[0]) or _judge(pair[0])
+        if fate == _CONNECTION:
+            named.update(token.strip().lower() for token in pair[1].split(","))
+        elif not fate & dropped:
+            kept.append(pair)
+    if named:
+        kept = [pair for pair in kept if pair[0].lower() not in named]
+    return kept
+
+
+# What a request header name is to the tunnel, by name: every request repeats most names, so
+# each is lower-cased and judged once, and the passes above cost a dict lookup a header (they
+# run on every request, at the edge and at the connector). Bounded like the caches below.
+_KEEP, _HOP, _CONNECTION, _INTERNAL = 1, 2, 4, 8  # bits: a pass drops a set of them
+_HOP_FATES = _HOP
+_TUNNEL_FATES = _HOP | _INTERNAL
+_fates: dict[str, int] = {}
+
+
+def _judge(name: str) -> int:
+    lowered = name.lower()
+    if lowered in HOP_BY_HOP:
+        fate = _CONNECTION if lowered == "connection" else _HOP
+    else:
+        lowered = lowered.replace("_", "-")
+        internal = lowered.startswith(_TUNNEL_PREFIXES) or lowered in _TUNNEL_NAMES
+        fate = _INTERNAL if internal else _KEEP
+    if len(name) <= _CACHE_PAIR_BYTES:
+        if len(_fates) >= _CACHE_ENTRIES:
+            _fates.clear()
+        _fates[name] = fate
+    return fate
 
 
 class RequestType(enum.Enum):
@@ -241,22 +314,7 @@ def is_hop_by_hop(name: str) -> bool:
 
 def strip_hop_by_hop(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
     """Drop hop-by-hop headers and every header the ``Connection`` header names."""
-    # One pass, lower-casing only names as long as a hop-by-hop one (every eyeball request
-    # goes through here); the Connection-named ones are rare and filtered after.
-    kept: list[tuple[str, str]] = []
-    named: set[str] = set()
-    for pair in headers:
-        name = pair[0]
-        if len(name) in _HOP_BY_HOP_LENGTHS:
-            lowered = name.lower()
-            if lowered in HOP_BY_HOP:
-                if lowered == "connection":
-                    named.update(token.strip().lower() for token in pair[1].split(","))
-                continue
-        kept.append(pair)
-    if named:
-        kept = [pair for pair in kept if pair[0].lower() not in named]
-    return kept
+    return _strip(headers, _HOP_FATES)
 
 
 class ResponseMeta(enum.Enum):

@@ -33,7 +33,8 @@ from adit.protocol.headers import (
     classify_request,
     decode_serialized_headers,
     encode_serialized_headers,
-    strip_hop_by_hop,
+    strip_for_tunnel,
+    strip_tunnel_internal,
     wire_bytes,
 )
 from adit.protocol.hpack_codec import HpackDecoder, PlainHpackEncoder
@@ -190,8 +191,6 @@ _DEFAULT_WINDOW = 65535
 # and side (its event objects, enum flags, per-frame logging and stream-state tables); a
 # tunnel needs a fraction of HTTP/2, and both of its peers (adit, Go's http2) are strict.
 _SENSITIVE = (REQUEST_HEADERS.encode(), RESPONSE_HEADERS.encode())
-# Lengths of the tunnel's own request header names: most names are ruled out without lower().
-_TUNNEL_NAME_LENGTHS = frozenset((len(PROXY_CONNECTION_UPGRADE), len(PROXY_SRC)))
 
 
 class ErrorCode:
@@ -719,12 +718,9 @@ class ConnectorTunnelConnection(TunnelHttp2Connection):
                 headers = regular
         else:
             headers = regular
-        visible = tuple(
-            (n, v)
-            for n, v in headers
-            if len(n) not in _TUNNEL_NAME_LENGTHS
-            or n.lower() not in (PROXY_CONNECTION_UPGRADE, PROXY_SRC)
-        )
+        # What the stream is was told by the edge's own headers (above); none of the tunnel's
+        # names is the eyeball's to pass on to an origin.
+        visible = tuple(strip_tunnel_internal(headers))
         return RequestReceived(
             stream_id=stream_id,
             request_type=request_type,
@@ -824,12 +820,16 @@ class EdgeTunnelConnection(TunnelHttp2Connection):
     ) -> int:
         """Open a stream for an eyeball request; returns its stream id.
 
-        Hop-by-hop headers are dropped (Go's HTTP/2 server refuses them). With
+        Hop-by-hop headers are dropped (Go's HTTP/2 server refuses them), and so is every
+        header the tunnel gives meaning to (:func:`~adit.protocol.headers.is_tunnel_internal`):
+        the stream's kind is ``request_type`` alone, whatever headers the caller passes. With
         ``serialize_headers`` (connectors announcing the adit feature) the exact header names
         travel in ``cf-cloudflared-request-headers`` instead of as HTTP/2 headers.
         """
         stream = self._open_stream(self._new_stream_id())
-        clean = strip_hop_by_hop(headers)
+        # A connector that reads plain HTTP/2 headers (cloudflared) would take an eyeball's
+        # cf-cloudflared-proxy-connection-upgrade as the edge's word: a configuration push.
+        clean = strip_for_tunnel(headers)
         h2_headers: list[tuple[bytes, bytes]] = [
             (b":method", wire_bytes(method)),
             (b":scheme", b"https"),

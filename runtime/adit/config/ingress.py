@@ -77,7 +77,11 @@ class Ingress(msgspec.Struct, frozen=True):
 
     def find_matching_rule(self, host: str, path: str) -> Rule:
         """The first rule matching ``host`` (an authority: a port is removed) and ``path``,
-        else the last rule."""
+        else the last rule.
+
+        ``path`` is the request's *decoded* path, without the query: what cloudflared matches
+        is Go's ``URL.Path`` (:func:`adit.protocol.request_target.decoded_path` makes it).
+        """
         host = normalize_hostname(host_of_authority(host))
         for rule in self.rules:
             if _rule_matches(rule, host, path):

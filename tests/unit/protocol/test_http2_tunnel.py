@@ -169,3 +169,42 @@ def test_any_chunking_of_the_wire_gives_the_same_stream(body: bytes, cut: list[i
     got = b"".join(e.data for e in events if isinstance(e, DataReceived))
     assert got == body
     assert any(isinstance(e, StreamEnded) for e in events)
+
+
+# Names the tunnel gives meaning to, as a visitor might spell them, and what they would ask for.
+_SMUGGLED_NAMES = [
+    "Cf-Cloudflared-Proxy-Connection-Upgrade",
+    "cf-cloudflared-proxy-src",
+    "CF-CLOUDFLARED-REQUEST-HEADERS",
+    "Cf_Cloudflared_Proxy_Src",
+    "Cf-Int-Anything",
+    "Cf-Proxy-Anything",
+    "cf-trace-id",
+]
+_SMUGGLED_VALUES = ["update-configuration", "control-stream", "websocket", "tcp", "1.2.3.4:22"]
+
+
+@given(
+    kind=st.sampled_from([RequestType.HTTP, RequestType.WEBSOCKET]),
+    serialize=st.booleans(),
+    smuggled=st.lists(
+        st.tuples(st.sampled_from(_SMUGGLED_NAMES), st.sampled_from(_SMUGGLED_VALUES)),
+        min_size=1,
+        max_size=4,
+    ),
+)
+@settings(max_examples=50)
+def test_no_header_a_caller_passes_changes_what_the_stream_is(
+    kind: RequestType, serialize: bool, smuggled: list[tuple[str, str]]
+) -> None:
+    """The stream's kind is ``request_type`` alone, whatever headers come with it, and none of
+    the tunnel's names reaches the connector's request (issue 13 item 6)."""
+    pair = Pair()
+    headers = [("X-Before", "1"), *smuggled, ("X-After", "2")]
+    pair.edge.send_request(
+        "PUT", "/", "h.test", headers, request_type=kind, serialize_headers=serialize
+    )
+    pair.pump()
+    (req,) = pair.take(pair.connector_events, RequestReceived)
+    assert req.request_type is kind
+    assert [(n.lower(), v) for n, v in req.headers] == [("x-before", "1"), ("x-after", "2")]

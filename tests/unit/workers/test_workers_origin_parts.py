@@ -43,6 +43,28 @@ def test_tag_headers_put_the_connector_id_first() -> None:
     )
 
 
+def test_the_connector_sets_its_tags_and_tunnel_names_never_reach_the_origin() -> None:
+    """Another edge than adit's may pass a visitor's Cf-Warp-Tag-*: the connector's tags
+    replace them (cloudflared appends after them), and tunnel-internal names are dropped."""
+    tags = tag_headers(CONNECTOR, {"team": "blue"})
+    forged = (
+        ("Cf-Warp-Tag-Id", "forged"),
+        ("cf_warp_tag_team", "forged"),
+        ("cf-warp-tag-other", "forged"),
+        ("cf-cloudflared-proxy-src", "1.2.3.4:22"),
+        ("cf-trace-id", "x"),
+        ("X-Kept", "1"),
+    )
+    head = build_request_head(request(headers=forged), OriginOptions(), tags)
+    assert head.headers == (
+        ("Host", "pub.example.com"),
+        ("X-Kept", "1"),
+        ("Cf-Warp-Tag-Id", str(CONNECTOR)),
+        ("Cf-Warp-Tag-Team", "blue"),
+        ("Connection", "keep-alive"),
+    )
+
+
 @pytest.mark.parametrize(
     ("method", "headers", "options", "framing"),
     [

@@ -30,6 +30,7 @@ from adit.protocol.registration import (
     RegistrationResult,
     TunnelAuth,
 )
+from adit.protocol.request_target import decoded_path
 
 # Not adit.protocol.rpc: that would import the edge's server session too.
 from adit.protocol.rpc_client import RegistrationClientSession
@@ -195,7 +196,9 @@ class EdgeConnection(TunnelIO[ConnectorTunnelConnection]):
                 conn_index=self.conn_index,
                 end_stream=event.end_stream,
             )
-            rule = self.ingress().find_matching_rule(host, event.path.split("?", 1)[0])
+            # The decoded path, as cloudflared matches Go's URL.Path; the origin gets the
+            # path as sent, which the edge made the one normal spelling of that same path.
+            rule = self.ingress().find_matching_rule(host, decoded_path(event.path))
             stream = ConnectorStream(self, channel, request)
             task = self.spawn(self.proxy.serve(stream, rule), stream=True)
             stream_id = event.stream_id

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 import msgspec
 
 from adit.config.origin import OriginOptions
+from adit.protocol.headers import is_tunnel_internal
 from adit.workers.stream import IncomingRequest, StreamKind
 
 __all__ = [
@@ -30,8 +31,8 @@ __all__ = [
 _HOP_BY_HOP = frozenset(
     {"connection", "keep-alive", "proxy-connection", "te", "transfer-encoding", "upgrade"}
 )
-# Headers the tunnel uses for itself (PROTOCOL.md §4.5, §4.7) that must not reach the origin.
-_TUNNEL_INTERNAL = frozenset({"cf-cloudflared-proxy-connection-upgrade", "cf-trace-id"})
+# The connector's own tags (``--tag``): its word to the origin, never a visitor's.
+_TAG_PREFIX = "Cf-Warp-Tag-"
 # Go's Transport probes bodies of these methods before choosing chunked framing.
 _BODYLESS_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "DELETE", "CONNECT"})
 
@@ -70,15 +71,26 @@ def canonical_header_name(name: str) -> str:
 
 def tag_headers(connector_id: uuid.UUID, tags: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
     """``Cf-Warp-Tag-Id: <connector id>`` then one ``Cf-Warp-Tag-<K>`` per ``--tag K=V``."""
-    pairs = [("Cf-Warp-Tag-Id", str(connector_id))]
+    pairs = [(f"{_TAG_PREFIX}Id", str(connector_id))]
     pairs.extend(
-        (canonical_header_name(f"Cf-Warp-Tag-{name}"), value) for name, value in tags.items()
+        (canonical_header_name(f"{_TAG_PREFIX}{name}"), value) for name, value in tags.items()
     )
     return tuple(pairs)
 
 
 # Dropped from every forwarded request (the Host and framing headers are rebuilt).
-_DROPPED = _HOP_BY_HOP | _TUNNEL_INTERNAL | {"host", "content-length"}
+_DROPPED = _HOP_BY_HOP | {"host", "content-length"}
+_TAG_LOWER = _TAG_PREFIX.lower()
+
+
+def _connector_owned(lowered: str) -> bool:
+    """A name only the tunnel or this connector may send the origin: the eyeball's copy is
+    dropped, so the tags are *set*, never appended after a forged one (cloudflared appends).
+    ``_`` counts as ``-``, as CGI-style origins read them."""
+    if lowered[:1] != "c":
+        return False  # most names
+    lowered = lowered.replace("_", "-")
+    return lowered.startswith(_TAG_LOWER) or is_tunnel_internal(lowered)
 
 
 def _content_length(value: str) -> int | None:
@@ -118,7 +130,9 @@ def build_request_head(
 
     headers: list[tuple[str, str]] = [("Host", host)]
     headers.extend(
-        pair for lower, pair in zip(lowered, request.headers, strict=True) if lower not in dropped
+        pair
+        for lower, pair in zip(lowered, request.headers, strict=True)
+        if lower not in dropped and not _connector_owned(lower)
     )
     headers.extend(tags)
     if options.http_host_header:
