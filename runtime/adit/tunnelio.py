@@ -12,10 +12,11 @@ import asyncio
 import contextlib
 from typing import Generic, TypeVar, cast
 
-from adit.protocol.errors import ProtocolError
+from adit.protocol.errors import Http2TunnelError, ProtocolError
 from adit.protocol.http2 import (
     ConnectionTerminated,
     DataReceived,
+    ErrorCode,
     Event,
     SendBufferDrained,
     StreamEnded,
@@ -36,6 +37,14 @@ _COMPACT_AT = 64
 ALONE = 2
 #: Buffers below this are joined before they reach TLS (one record instead of many).
 _SMALL_PART = 16 * 1024
+#: How long a closing connection may take to hand its last bytes (a GOAWAY) to a peer that
+#: does not read them, before the socket is aborted.
+CLOSE_GRACE = 2.0
+#: Answers (ACKs, resets) a peer may make us owe while our writes are blocked before we stop
+#: reading it. An honest peer owes us a read at most for as long as its own writes are
+#: blocked, and sends a PING a second at most meanwhile; the protocol's own cap
+#: (``FrameLimits.max_owed_control``) closes the connection beyond that.
+OWED_BEFORE_PAUSING = 64
 
 Conn = TypeVar("Conn", bound=TunnelHttp2Connection)
 
@@ -193,6 +202,8 @@ class TunnelIO(asyncio.Protocol, Generic[Conn]):
         self._held: list[bytes | memoryview] = []
         self._held_size = 0
         self._write_scheduled = False
+        #: We stopped reading the peer (it does not read what it makes us answer).
+        self.reading_paused = False
 
     # -- asyncio.Protocol ------------------------------------------------------------------------
 
@@ -204,13 +215,16 @@ class TunnelIO(asyncio.Protocol, Generic[Conn]):
 
     def data_received(self, data: bytes) -> None:
         try:
-            events = self.conn.receive_data(data)
+            events = self.conn.receive_data(data, self._loop.time())
         except ProtocolError as exc:
-            self.fail(f"protocol error from peer: {exc}")
+            code = exc.error_code if isinstance(exc, Http2TunnelError) else None
+            self.fail(f"protocol error from peer: {exc}", code or ErrorCode.PROTOCOL_ERROR)
             return
         for event in events:
             self.dispatch(event)
         self.flush()
+        if self.paused and self.conn.owed_control_frames >= OWED_BEFORE_PAUSING:
+            self._pause_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -222,12 +236,28 @@ class TunnelIO(asyncio.Protocol, Generic[Conn]):
         self.on_lost(exc)
 
     def pause_writing(self) -> None:
+        # From now on our output stays in the protocol object (flush() takes none), where the
+        # answers the peer makes us owe are counted: once it made us owe OWED_BEFORE_PAUSING
+        # of them, reading stops until the transport drains (a peer that does not read cannot
+        # make us read, and queue, without end), and the protocol caps them. Reading does not
+        # stop merely because our writes are blocked: two honest peers sending bulk both ways
+        # would then each wait for the other to read, for ever (test_tunnelio_channels).
         self.paused = True
 
     def resume_writing(self) -> None:
         self.paused = False
+        if self.reading_paused:
+            self.reading_paused = False
+            if self.transport is not None and not self.closed:
+                self.transport.resume_reading()
+        self.flush()
         for channel in list(self.channels.values()):
             channel._wake_writer()
+
+    def _pause_reading(self) -> None:
+        if not self.reading_paused and self.transport is not None and not self.closed:
+            self.reading_paused = True
+            self.transport.pause_reading()
 
     # -- plumbing --------------------------------------------------------------------------------
 
@@ -241,8 +271,10 @@ class TunnelIO(asyncio.Protocol, Generic[Conn]):
         the output of a connection with a single request open (nothing to join it with:
         holding it would only cost another loop iteration of latency).
         """
+        if self.paused or self.closed:
+            return
         parts = self.conn.data_to_send_parts()
-        if not parts or self.closed:
+        if not parts:
             return
         self._held.extend(parts)
         self._held_size += sum(map(len, parts))
@@ -316,22 +348,30 @@ class TunnelIO(asyncio.Protocol, Generic[Conn]):
         else:
             self.on_event(event)
 
-    def fail(self, reason: str) -> None:
-        """Close the connection because of a protocol failure."""
+    def fail(self, reason: str, error_code: int = ErrorCode.PROTOCOL_ERROR) -> None:
+        """Close the connection because of a protocol failure: GOAWAY with ``error_code``."""
         if self.closed:
             return
         with contextlib.suppress(Exception):
-            self.conn.close(error_code=1)
-            self.flush()
+            self.conn.close(error_code=error_code)
         self.close_transport()
         self.on_failure(reason)
 
     def close_transport(self) -> None:
-        """Close the socket (after what was written, held output included)."""
-        self.flush()
+        """Close the socket after what is queued (held output included, even while paused);
+        a peer that does not take it within :data:`CLOSE_GRACE` is cut off."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if not self.closed:
+            self._held.extend(self.conn.data_to_send_parts())
         self.write_held()
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.close()
+        transport.close()
+        self._loop.call_later(CLOSE_GRACE, self._abort_if_open)
+
+    def _abort_if_open(self) -> None:
+        if not self.closed and self.transport is not None:
+            self.transport.abort()
 
     # -- role hooks --------------------------------------------------------------------------
 
