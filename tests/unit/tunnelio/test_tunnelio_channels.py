@@ -25,6 +25,7 @@ from adit.protocol.http2_frames import (
     settings_frame,
 )
 from adit.protocol.http2_limits import FrameLimits, RateLimit
+from adit.protocol.liveness import LivenessSettings
 from adit.tunnelio import HIGH_WATER, StreamChannel, StreamClosedError, TunnelIO
 from asynctests import uvloop_test
 
@@ -290,3 +291,43 @@ async def test_a_protocol_error_ends_in_a_goaway_with_its_code() -> None:
     goaways = [parse_goaway(payload) for kind, _, _, payload in frames if kind == FrameType.GOAWAY]
     assert goaways == [(0, ErrorCode.FLOW_CONTROL_ERROR)]
     peer.close()
+
+
+FAST = LivenessSettings(interval=0.1, allowance=0.15, timeout=0.6)
+
+
+class _WatchfulEdge(TunnelIO[EdgeTunnelConnection]):
+    def __init__(self) -> None:
+        super().__init__(EdgeTunnelConnection(), FAST)
+        self.changes: list[tuple[float, bool]] = []
+
+    def on_responsive(self, responsive: bool) -> None:
+        self.changes.append((self._loop.time(), responsive))
+
+
+@uvloop_test
+async def test_a_silent_peer_is_unresponsive_then_dropped() -> None:
+    loop = asyncio.get_running_loop()
+    a, peer = socket.socketpair()
+    _, edge = await loop.create_connection(_WatchfulEdge, sock=a)
+    started = loop.time()
+    peer.sendall(settings_frame())  # then nothing: frozen
+    await asyncio.wait_for(edge.lost, 5)
+    took = loop.time() - started
+    assert [responsive for _, responsive in edge.changes] == [False]
+    unresponsive_after = edge.changes[0][0] - started
+    assert FAST.interval + FAST.allowance - 0.01 <= unresponsive_after < FAST.timeout
+    assert FAST.timeout - 0.01 <= took < FAST.timeout + 1.0
+    peer.close()
+
+
+@uvloop_test
+async def test_a_peer_that_answers_pings_stays() -> None:
+    loop = asyncio.get_running_loop()
+    a, b = socket.socketpair()
+    _, edge = await loop.create_connection(_WatchfulEdge, sock=a)
+    _, connector = await loop.create_connection(_Connector, sock=b)
+    await asyncio.sleep(FAST.timeout * 3)  # idle the whole time: kept alive by PINGs alone
+    assert not edge.closed and edge.changes == []
+    edge.close_transport()
+    connector.close_transport()
