@@ -8,7 +8,27 @@ from pathlib import Path
 
 import click
 
+from adit.config.duration import parse_go_duration
 from adit.edge.admin import ADMIN_COMMANDS, DEFAULT_STATE_DIR
+
+
+class Seconds(click.ParamType[float, "str | float"]):
+    """A Go duration (``1s``, ``1500ms``, ``1m30s``) as seconds."""
+
+    name = "duration"
+
+    def convert(
+        self, value: object, param: click.Parameter | None, ctx: click.Context | None
+    ) -> float:
+        if isinstance(value, float):
+            return value
+        try:
+            return parse_go_duration(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+SECONDS = Seconds()
 
 
 @click.group("edge", invoke_without_command=True)
@@ -75,6 +95,30 @@ from adit.edge.admin import ADMIN_COMMANDS, DEFAULT_STATE_DIR
     hidden=True,
     help="Provision a throwaway tunnel on <random>.localhost; write its token here.",
 )
+@click.option(
+    "--tunnel-ping-interval",
+    type=SECONDS,
+    envvar="ADIT_EDGE_TUNNEL_PING_INTERVAL",
+    default="1s",
+    show_default=True,
+    help="PING a connector connection after this much silence.",
+)
+@click.option(
+    "--tunnel-ping-timeout",
+    type=SECONDS,
+    envvar="ADIT_EDGE_TUNNEL_PING_TIMEOUT",
+    default="1.5s",
+    show_default=True,
+    help="A PING unanswered this long: route no new requests to that connection.",
+)
+@click.option(
+    "--tunnel-idle-timeout",
+    type=SECONDS,
+    envvar="ADIT_EDGE_TUNNEL_IDLE_TIMEOUT",
+    default="5s",
+    show_default=True,
+    help="Close a connector connection silent this long (cloudflared's QUIC idle timeout).",
+)
 @click.option("--exit-with-pid", type=int, default=None, hidden=True)
 @click.option("--ephemeral", is_flag=True, hidden=True, help="Delete the state dir on exit.")
 @click.option(
@@ -107,6 +151,9 @@ def edge(
     api_names: tuple[str, ...],
     ready_file: Path | None,
     quick_tunnel_file: Path | None,
+    tunnel_ping_interval: float,
+    tunnel_ping_timeout: float,
+    tunnel_idle_timeout: float,
     exit_with_pid: int | None,
     ephemeral: bool,
     loglevel: str,
@@ -138,7 +185,14 @@ def edge(
         quick_tunnel_file=quick_tunnel_file,
         exit_with_pid=exit_with_pid,
         ephemeral=ephemeral,
+        tunnel_ping_interval=tunnel_ping_interval,
+        tunnel_ping_timeout=tunnel_ping_timeout,
+        tunnel_idle_timeout=tunnel_idle_timeout,
     )
+    try:
+        settings.tunnel_liveness  # noqa: B018 - validates the three durations together
+    except ValueError as exc:
+        raise click.UsageError(f"--tunnel-ping-*/--tunnel-idle-timeout: {exc}") from None
     import uvloop
 
     try:

@@ -32,6 +32,7 @@ from adit.protocol.http2 import (
     StreamEnded,
     StreamReset,
 )
+from adit.protocol.liveness import LivenessSettings
 from adit.protocol.registration import (
     ConnectionDetails,
     ConnectionOptions,
@@ -163,8 +164,9 @@ class TunnelSession(TunnelIO[EdgeTunnelConnection]):
         identity: EdgeIdentity,
         *,
         on_closed: Callable[[TunnelSession], None] | None = None,
+        liveness: LivenessSettings | None = None,
     ) -> None:
-        super().__init__(EdgeTunnelConnection())
+        super().__init__(EdgeTunnelConnection(), liveness)
         self.store = store
         self.registry = registry
         self.identity = identity
@@ -229,6 +231,19 @@ class TunnelSession(TunnelIO[EdgeTunnelConnection]):
 
     def on_failure(self, reason: str) -> None:
         log.warning("tunnel connection from %s failed: %s", self.peer, reason)
+
+    def on_responsive(self, responsive: bool) -> None:
+        # Routing follows at once: the registry skips an unresponsive connection while the
+        # tunnel has another (see ConnectionRegistry.pick).
+        if self.live is not None:
+            self.live.responsive = responsive
+        log.warning(
+            "tunnel connection from %s %s tunnelID=%s connIndex=%s",
+            self.peer,
+            "answers again" if responsive else "does not answer PINGs: no new requests to it",
+            self.live.tunnel_id if self.live else "-",
+            self.live.conn_index if self.live else "-",
+        )
 
     def _unlist(self) -> None:
         if self.live is not None:
