@@ -22,6 +22,7 @@ from adit.logs import fields
 from adit.protocol.errors import Http2TunnelError, ProtocolError
 from adit.protocol.headers import RequestType, ResponseMeta
 from adit.protocol.http2 import ConnectorTunnelConnection, Event, RequestReceived
+from adit.protocol.liveness import LivenessSettings
 from adit.protocol.registration import (
     ConnectionDetails,
     ConnectionOptions,
@@ -50,6 +51,9 @@ log = logging.getLogger("adit.workers.edge")
 
 #: cloudflared's --rpc-timeout.
 RPC_TIMEOUT = 5.0
+#: How the connector watches the edge (the same rule the edge applies to us): a frozen or cut
+#: off edge is noticed within the idle timeout and the connection is dialled again.
+LIVENESS = LivenessSettings()
 
 
 class StreamServer(Protocol):
@@ -140,7 +144,7 @@ class EdgeConnection(TunnelIO[ConnectorTunnelConnection]):
         proxy: StreamServer,
         ingress: Callable[[], Ingress],
     ) -> None:
-        super().__init__(ConnectorTunnelConnection())
+        super().__init__(ConnectorTunnelConnection(), LIVENESS)
         self.registration = registration
         self.proxy = proxy
         self.ingress = ingress
