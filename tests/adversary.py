@@ -427,6 +427,59 @@ class SteadyLoad:
             return [o for o in self.outcomes if o.status != 200]
 
 
+class SequentialLoad:
+    """``clients`` threads, each sending one request after another (a new connection each).
+
+    Unlike :class:`SteadyLoad`, a client whose request hangs sends nothing more until it is
+    answered or times out: the way browsers and API clients with a small pool behave, and the
+    load under which one stuck connection can stall a whole tunnel.
+    """
+
+    def __init__(
+        self, edge: Edge, host: str, clients: int = 4, path: str = "/", timeout: float = 20.0
+    ) -> None:
+        self.edge = edge
+        self.host = host
+        self.path = path
+        self.timeout = timeout
+        self.outcomes: list[Outcome] = []
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(clients)]
+
+    def __enter__(self) -> SequentialLoad:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(self.timeout + 5)
+
+    def _run(self) -> None:
+        request = (
+            f"GET {self.path} HTTP/1.1\r\nHost: {self.host}\r\nConnection: close\r\n\r\n"
+        ).encode()
+        while not self._stop.is_set():
+            started = time.monotonic()
+            status, error = 0, ""
+            try:
+                status = status_of(exchange(self.edge.http, request, self.timeout))
+            except OSError as exc:
+                error = repr(exc)
+            outcome = Outcome(started, time.monotonic() - started, status, error)
+            with self._lock:
+                self.outcomes.append(outcome)
+
+    def answered_between(self, start: float, end: float) -> list[Outcome]:
+        """Requests answered 200 within ``[start, end)`` (by the time they ended)."""
+        with self._lock:
+            return [
+                o for o in self.outcomes if o.status == 200 and start <= o.started + o.seconds < end
+            ]
+
+
 def tmp_file(tmp: Path, name: str, text: str) -> Path:
     """Write ``text`` to ``tmp/name`` and return the path."""
     path = tmp / name
