@@ -17,13 +17,26 @@ edge connection the same way and dials again.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
 from adversary import SequentialLoad, SteadyLoad, start_tenant, worker_pids
-from harness import Origin, Processes, start_edge
+from harness import (
+    Origin,
+    Processes,
+    adit_command,
+    create_tunnel,
+    login,
+    request,
+    start_edge,
+    write_config,
+)
 
 pytestmark = pytest.mark.process
 
@@ -71,3 +84,92 @@ def test_a_frozen_worker_stops_receiving_requests_within_seconds(
     edge.proc.wait_for_log(REGISTERED, count=6, timeout=30)
     log = edge.proc.text()
     assert "does not answer PINGs" in log and "no answer from the peer for 5s" in log
+
+
+# --- a connection cut off without a FIN -------------------------------------------------------
+
+INSIDE = os.environ.get("ADIT_LIVENESS_NAMESPACE") == "1"
+EDGE_SIDE, CONNECTOR_SIDE = "10.213.0.1", "10.213.0.2"
+
+
+def test_a_silently_dropped_connection_is_noticed_both_ways() -> None:
+    """Runs the test below in a private network namespace (it needs links it can cut)."""
+    if INSIDE:
+        pytest.skip("already inside the namespace")
+    if shutil.which("unshare") is None or shutil.which("ip") is None or os.geteuid() != 0:
+        pytest.skip("needs root, unshare(1) and ip(8) for private network namespaces")
+    inner = f"{Path(__file__)}::test_a_link_cut_without_a_fin_is_redialled"
+    inside = f'ip link set lo up && exec "{sys.executable}" -m pytest -q -p no:cacheprovider'
+    result = subprocess.run(
+        ["unshare", "-n", "sh", "-c", f'{inside} "{inner}"'],
+        env={**os.environ, "ADIT_LIVENESS_NAMESPACE": "1"},
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "1 passed" in result.stdout, result.stdout  # the inner test ran, not skipped
+
+
+def _ip(*args: str, netns: int | None = None) -> None:
+    prefix = ["nsenter", f"--net=/proc/{netns}/ns/net"] if netns else []
+    subprocess.run([*prefix, "ip", *args], check=True, capture_output=True, timeout=10)
+
+
+@pytest.mark.skipif(not INSIDE, reason="runs inside the namespace made by the test above")
+def test_a_link_cut_without_a_fin_is_redialled(processes: Processes, tmp_path: Path) -> None:
+    # The connector lives in a namespace of its own, joined to the edge's by a veth pair: a
+    # link taken down drops every packet both ways, and neither end is told.
+    holder = processes.start("netns", ["unshare", "-n", "sleep", "600"])
+    time.sleep(0.2)
+    other = holder.popen.pid
+    _ip("link", "add", "va", "type", "veth", "peer", "name", "vb")
+    _ip("link", "set", "vb", "netns", str(other))
+    _ip("addr", "add", f"{EDGE_SIDE}/24", "dev", "va")
+    _ip("link", "set", "va", "up")
+    _ip("link", "set", "lo", "up", netns=other)
+    _ip("addr", "add", f"{CONNECTOR_SIDE}/24", "dev", "vb", netns=other)
+    _ip("link", "set", "vb", "up", netns=other)
+
+    edge = start_edge(processes, tunnel_listen=[f"{EDGE_SIDE}:0"])
+    account = login(edge, tmp_path / "home")
+    tunnel = create_tunnel(account, "cut", HOST)
+    config = write_config(tmp_path / "config.yml", HOST, [{"service": "hello_world"}])
+    connector = processes.start(
+        "connector",
+        [
+            "nsenter",
+            f"--net=/proc/{other}/ns/net",
+            *adit_command(),
+            "tunnel",
+            "--config",
+            str(config),
+            "run",
+            "--metrics",
+            "127.0.0.1:0",
+            "--edge",
+            edge.tunnel[0],
+            "--ha-connections",
+            "1",
+            "--credentials-file",
+            str(tunnel.credentials),
+            tunnel.id,  # by id: the API is out of the connector's reach
+        ],
+        env={"HOME": str(account.home)},
+    )
+    edge.proc.wait_for_log(REGISTERED, count=1)
+    assert request(edge, HOST).status == 200
+
+    cut_at = time.monotonic()
+    _ip("link", "set", "va", "down")
+    edge.proc.wait_for_log(r"does not answer PINGs", timeout=10)
+    edge.proc.wait_for_log(r"no answer from the peer for 5s", timeout=15)
+    connector.wait_for_log(r"no answer from the peer for 5s", timeout=15)
+    noticed = time.monotonic() - cut_at
+    assert noticed < 12.0, f"noticed {noticed:.1f}s after the cut"
+    assert request(edge, HOST).status != 200  # no connection: the edge says so at once
+
+    _ip("link", "set", "va", "up")
+    edge.proc.wait_for_log(REGISTERED, count=2, timeout=60)
+    assert request(edge, HOST).status == 200
