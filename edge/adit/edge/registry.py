@@ -21,6 +21,9 @@ class ConnectionHandle(Protocol):
     def close(self, reason: str) -> None:
         """Close the connection (GOAWAY, then the socket); the session removes itself."""
 
+    def revalidate(self) -> bool:
+        """Close the connection if its credentials are no longer accepted; True if it stays."""
+
 
 @dataclass(eq=False)
 class LiveConnection:
@@ -129,6 +132,16 @@ class ConnectionRegistry:
     def _next_turn(self) -> None:
         self._turn_ends = False
         self._current.clear()
+
+    def revalidate(self, tunnel_id: uuid.UUID) -> int:
+        """Close the tunnel's connections whose credentials are no longer accepted (after a
+        rotation changed, finished, or the tunnel was deleted); returns how many closed."""
+        closed = 0
+        for conn in list(self._by_tunnel.get(tunnel_id, ())):
+            if not conn.handle.revalidate():
+                self.remove(conn)
+                closed += 1
+        return closed
 
     def disconnect(self, tunnel_id: uuid.UUID, client_id: uuid.UUID | None = None) -> int:
         """Close the tunnel's connections (only one connector's when ``client_id`` is given)."""

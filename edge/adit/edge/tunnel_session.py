@@ -52,6 +52,10 @@ log = logging.getLogger("adit.edge.tunnel")
 
 #: Without a registration within this time the connection is dropped (slowloris guard).
 REGISTRATION_TIMEOUT = 15.0
+#: How often a registered connection checks that its secret is still accepted, besides the
+#: checks when this process rotates or deletes the tunnel and at the end of a rotation window
+#: (this one notices what another edge process sharing the store did).
+SECRET_RECHECK = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,6 +187,9 @@ class TunnelSession(TunnelIO[EdgeTunnelConnection]):
         self._control_task: asyncio.Task[None] | None = None
         #: SHA-256 of the secret the connector registered with (rotation bookkeeping).
         self.secret_digest = b""
+        # The secret itself, to ask the store (in constant time) whether it is still accepted.
+        self._secret = b""
+        self._recheck: asyncio.TimerHandle | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -215,6 +222,8 @@ class TunnelSession(TunnelIO[EdgeTunnelConnection]):
     def on_lost(self, exc: Exception | None) -> None:
         if self._timeout is not None:
             self._timeout.cancel()
+        if self._recheck is not None:
+            self._recheck.cancel()
         for request in self._requests.values():
             request._failed("the tunnel connection closed")
         self._requests.clear()
@@ -329,6 +338,7 @@ class TunnelSession(TunnelIO[EdgeTunnelConnection]):
                     other.connection_id,
                 )
         self.secret_digest = hashlib.sha256(auth.tunnel_secret).digest()
+        self._secret = auth.tunnel_secret
         connection_id = uuid.uuid4()
         self.live = LiveConnection(
             tunnel_id=tunnel_id,
@@ -360,7 +370,38 @@ class TunnelSession(TunnelIO[EdgeTunnelConnection]):
         )
         if match is SecretMatch.CURRENT:
             self._maybe_finish_rotation(tunnel_id, auth.account_tag)
+        self._arm_recheck(match)
         return ConnectionDetails(connection_id, self.identity.location, False)
+
+    # -- the secret it registered with ---------------------------------------------------------
+
+    def revalidate(self) -> bool:
+        """Close this connection if the secret it registered with is no longer accepted (the
+        rotation finished or expired, the tunnel was deleted); True when it stays."""
+        live = self.live
+        if live is None or self.closed:
+            return True
+        match = self.store.match_tunnel_secret(live.tunnel_id, live.account_tag, self._secret)
+        if match is SecretMatch.NONE:
+            self.close("the secret it registered with is no longer accepted")
+            return False
+        self._arm_recheck(match)
+        return True
+
+    def _arm_recheck(self, match: SecretMatch) -> None:
+        """Check again in :data:`SECRET_RECHECK`, or when the rotation window that keeps the
+        secret valid ends, whichever comes first."""
+        assert self.live is not None
+        delay = SECRET_RECHECK
+        if match is SecretMatch.PREVIOUS:
+            rotation = self.store.rotation(self.live.tunnel_id)
+            if rotation is not None:
+                left = rotation.expires_at - datetime.datetime.now(datetime.UTC)
+                # Just after the end: the store compares ``now >= expires_at``.
+                delay = min(delay, max(0.0, left.total_seconds()) + 0.05)
+        if self._recheck is not None:
+            self._recheck.cancel()
+        self._recheck = self._loop.call_later(delay, self.revalidate)
 
     def _maybe_finish_rotation(self, tunnel_id: uuid.UUID, account_tag: str) -> None:
         """End a secret rotation once every routable connection of the tunnel on this edge

@@ -16,6 +16,9 @@ class _Handle:
     def close(self, reason: str) -> None:
         pass
 
+    def revalidate(self) -> bool:
+        return True
+
 
 def _conn(index: int) -> LiveConnection:
     return LiveConnection(
