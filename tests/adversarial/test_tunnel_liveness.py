@@ -86,6 +86,24 @@ def test_a_frozen_worker_stops_receiving_requests_within_seconds(
     assert "does not answer PINGs" in log and "no answer from the peer for 5s" in log
 
 
+def test_both_ends_turn_tcp_keepalive_on(processes: Processes, origin: Origin) -> None:
+    edge = start_edge(processes)
+    start_tenant(processes, edge, "acme", HOST, origin.url)
+    if shutil.which("ss") is None:
+        pytest.skip("needs ss(8) to see the sockets' timers")
+    port = edge.tunnel[0].rsplit(":", 1)[1]
+    query = ["ss", "-tno", "state", "established", f"( sport = :{port} or dport = :{port} )"]
+    # ss shows the timer running now: a retransmit timer ("on") while a PING is unacknowledged,
+    # the keepalive timer otherwise. Both sockets (the edge's and the connector's) show it.
+    sockets = ""
+    for _ in range(50):
+        sockets = subprocess.run(query, capture_output=True, text=True, check=True).stdout
+        if sockets.count("timer:(keepalive") == 2:
+            break
+        time.sleep(0.1)
+    assert sockets.count("timer:(keepalive") == 2, sockets
+
+
 # --- a connection cut off without a FIN -------------------------------------------------------
 
 INSIDE = os.environ.get("ADIT_LIVENESS_NAMESPACE") == "1"
