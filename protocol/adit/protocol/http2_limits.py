@@ -10,7 +10,7 @@ gets GOAWAY ``ENHANCE_YOUR_CALM`` (:class:`~adit.protocol.errors.Http2FloodError
 The limits are set from what the legitimate peers of a tunnel send, with room to spare, and
 from what others settled on for the same attacks:
 
-* nghttp2 (1.62) meters "glitches" (frames for closed or idle streams, empty DATA without
+* nghttp2 (1.67) meters "glitches" (frames for closed or idle streams, empty DATA without
   END_STREAM, PRIORITY...) with a bucket of 10,000 refilled at 330/s, stream resets with
   1,000 at 33/s, allows 8 CONTINUATION frames per header block, 32 entries per SETTINGS frame,
   and closes a session that leaves 1,000 SETTINGS/PING ACKs unsent (CVE-2019-9512/9515).
