@@ -15,6 +15,7 @@ import hashlib
 import hmac
 import ipaddress
 import logging
+import random
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -53,9 +54,10 @@ log = logging.getLogger("adit.edge.tunnel")
 #: Without a registration within this time the connection is dropped (slowloris guard).
 REGISTRATION_TIMEOUT = 15.0
 #: How often a registered connection checks that its secret is still accepted, besides the
-#: checks when this process rotates or deletes the tunnel and at the end of a rotation window
-#: (this one notices what another edge process sharing the store did).
-SECRET_RECHECK = 30.0
+#: checks when this process rotates or deletes the tunnel and at the end of a rotation window.
+#: This one notices what another edge process sharing the store did; it is one store read per
+#: connection a minute (jittered, so that the connections of a busy edge do not ask at once).
+SECRET_RECHECK = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -392,7 +394,7 @@ class TunnelSession(TunnelIO[EdgeTunnelConnection]):
         """Check again in :data:`SECRET_RECHECK`, or when the rotation window that keeps the
         secret valid ends, whichever comes first."""
         assert self.live is not None
-        delay = SECRET_RECHECK
+        delay = SECRET_RECHECK * (0.75 + random.random() / 2)  # noqa: S311 - spacing only
         if match is SecretMatch.PREVIOUS:
             rotation = self.store.rotation(self.live.tunnel_id)
             if rotation is not None:
