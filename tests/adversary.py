@@ -32,8 +32,24 @@ from urllib.parse import urlsplit
 import psutil
 import pytest
 
+from adit.credentials.tunnel_credentials import TunnelCredentials, load_credentials_file
 from adit.edge.tunnel_session import EdgeIdentity, TunnelSession
-from adit.protocol.registration import RegistrationError
+from adit.protocol.errors import ProtocolError
+from adit.protocol.http2 import (
+    ConnectionTerminated,
+    ConnectorTunnelConnection,
+    DataReceived,
+    RequestReceived,
+)
+from adit.protocol.registration import (
+    ClientInfo,
+    ConnectionDetails,
+    ConnectionOptions,
+    RegistrationError,
+    TunnelAuth,
+)
+from adit.protocol.rpc_client import RegistrationClientSession
+from adit.protocol.rpc_events import RegistrationFailed, RegistrationReturned
 from harness import (
     Account,
     Edge,
@@ -774,6 +790,59 @@ class SteadyLoad:
             return [o for o in self.outcomes if o.status != 200]
 
 
+class SequentialLoad:
+    """``clients`` threads, each sending one request after another (a new connection each).
+
+    Unlike :class:`SteadyLoad`, a client whose request hangs sends nothing more until it is
+    answered or times out: the way browsers and API clients with a small pool behave, and the
+    load under which one stuck connection can stall a whole tunnel.
+    """
+
+    def __init__(
+        self, edge: Edge, host: str, clients: int = 4, path: str = "/", timeout: float = 20.0
+    ) -> None:
+        self.edge = edge
+        self.host = host
+        self.path = path
+        self.timeout = timeout
+        self.outcomes: list[Outcome] = []
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(clients)]
+
+    def __enter__(self) -> SequentialLoad:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(self.timeout + 5)
+
+    def _run(self) -> None:
+        request = (
+            f"GET {self.path} HTTP/1.1\r\nHost: {self.host}\r\nConnection: close\r\n\r\n"
+        ).encode()
+        while not self._stop.is_set():
+            started = time.monotonic()
+            status, error = 0, ""
+            try:
+                status = status_of(exchange(self.edge.http, request, self.timeout))
+            except OSError as exc:
+                error = repr(exc)
+            outcome = Outcome(started, time.monotonic() - started, status, error)
+            with self._lock:
+                self.outcomes.append(outcome)
+
+    def answered_between(self, start: float, end: float) -> list[Outcome]:
+        """Requests answered 200 within ``[start, end)`` (by the time they ended)."""
+        with self._lock:
+            return [
+                o for o in self.outcomes if o.status == 200 and start <= o.started + o.seconds < end
+            ]
+
+
 def tmp_file(tmp: Path, name: str, text: str) -> Path:
     """Write ``text`` to ``tmp/name`` and return the path."""
     path = tmp / name
@@ -1129,3 +1198,208 @@ def cloudflared_metrics(proc: Proc) -> str:
     match = re.search(r"Starting metrics server on (\S+)/metrics", proc.text())
     assert match, proc.text()
     return match.group(1)
+
+
+# --- a hostile connector ---------------------------------------------------------------------
+
+#: The SNI connectors send to the tunnel listener (PROTOCOL.md §1.4).
+TUNNEL_SNI = "h2.cftunnel.com"
+
+
+@dataclass
+class FloodResult:
+    """What a :meth:`HostileConnector.flood` saw."""
+
+    #: Frames written before the edge closed the connection or the time ran out.
+    frames: int
+    #: Seconds from the first frame until the edge closed the connection (or the flood ended).
+    seconds: float
+    #: The edge closed the connection (EOF, reset, or a write refused).
+    closed: bool
+    #: The error code of the GOAWAY the edge sent, when it was read.
+    goaway_code: int | None
+
+
+class HostileConnector:
+    """A tenant's connector that registers as adit's does, then writes HTTP/2 frames by hand.
+
+    The handshake and the registration use adit's own sans-IO connector side (the part that is
+    not under attack); after that the test decides every byte that goes to the edge. Reading
+    can be stopped (a peer that never reads what the edge owes it), and everything the edge
+    sends while reading is fed to the sans-IO connector, so a GOAWAY and its code are seen.
+    """
+
+    def __init__(
+        self, address: str, ca_pem: str, credentials: TunnelCredentials, conn_index: int = 0
+    ) -> None:
+        self.address = address
+        self.ca_pem = ca_pem
+        self.credentials = credentials
+        self.conn_index = conn_index
+        self.conn = ConnectorTunnelConnection()
+        self.rpc = RegistrationClientSession()
+        self.control_stream = 0
+        self.registered: ConnectionDetails | None = None
+        self.goaway_code: int | None = None
+        self.closed = asyncio.Event()
+        self._reading = asyncio.Event()
+        self._reading.set()
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._registration: asyncio.Future[object] | None = None
+
+    @classmethod
+    def for_tunnel(cls, edge: Edge, tunnel: Tunnel, conn_index: int = 0) -> HostileConnector:
+        """A hostile connector holding ``tunnel``'s credentials, dialling ``edge``."""
+        return cls(
+            edge.tunnel[0],
+            edge.ca.read_text(),
+            load_credentials_file(tunnel.credentials),
+            conn_index,
+        )
+
+    async def open(self, *, register: bool = True, timeout: float = 15.0) -> None:
+        """TLS to the tunnel listener, the HTTP/2 handshake and (by default) registration."""
+        context = ssl.create_default_context(cadata=self.ca_pem)
+        host, port = split_hostport(self.address)
+        self._reader, self._writer = await asyncio.wait_for(
+            asyncio.open_connection(host, port, ssl=context, server_hostname=TUNNEL_SNI),
+            timeout,
+        )
+        self._registration = asyncio.get_running_loop().create_future()
+        self.conn.initiate()
+        self._task = asyncio.ensure_future(self._read())
+        await self.pump()
+        if register:
+            result = await asyncio.wait_for(self._registration, timeout)
+            if not isinstance(result, ConnectionDetails):
+                raise AssertionError(f"registration refused: {result!r}")
+            self.registered = result
+
+    async def pump(self) -> None:
+        """Send what adit's connector side would send now (SETTINGS ACKs, RPC, PING ACKs)."""
+        out = self.conn.data_to_send()
+        if out and self._writer is not None:
+            self._writer.write(out)
+            await self._writer.drain()
+
+    def stop_reading(self) -> None:
+        """From now on read nothing: whatever the edge writes stays in the socket buffers."""
+        self._reading.clear()
+
+    async def send(self, data: bytes) -> None:
+        """Write raw bytes (frames built with ``adit.protocol.http2_frames``)."""
+        assert self._writer is not None
+        self._writer.write(data)
+        await self._writer.drain()
+
+    async def flood(
+        self, frames: Callable[[int], bytes], *, seconds: float, batch: int = 200
+    ) -> FloodResult:
+        """Write ``frames(n)`` for n = 0, 1, ... as fast as the edge takes them.
+
+        Ends when the edge closes the connection or after ``seconds``; a write the edge does
+        not take (it stopped reading) waits, bounded by the same deadline.
+        """
+        assert self._writer is not None
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        deadline = start + seconds
+        sent = 0
+        closed = False
+        while loop.time() < deadline and not self.closed.is_set():
+            chunk = b"".join(frames(sent + i) for i in range(batch))
+            try:
+                self._writer.write(chunk)
+                await asyncio.wait_for(self._writer.drain(), max(0.0, deadline - loop.time()))
+            except TimeoutError:
+                break
+            except (ConnectionError, ssl.SSLError, OSError):
+                closed = True
+                break
+            sent += batch
+        if not closed and not self.closed.is_set():
+            # What the edge did during the last batch: give a close a moment to arrive.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.closed.wait(), 0.5)
+        closed = closed or self.closed.is_set() or self._writer.is_closing()
+        return FloodResult(sent, loop.time() - start, closed, self.goaway_code)
+
+    async def wait_closed(self, timeout: float) -> bool:
+        """Whether the edge closed the connection within ``timeout`` seconds."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.closed.wait(), timeout)
+        return self.closed.is_set()
+
+    async def close(self) -> None:
+        """Close our side and stop the reader."""
+        if self._writer is not None:
+            self._writer.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._writer.wait_closed(), 2.0)
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(BaseException):
+                await self._task
+
+    async def _read(self) -> None:
+        assert self._reader is not None
+        try:
+            while True:
+                await self._reading.wait()
+                data = await self._reader.read(65536)
+                if not data:
+                    break
+                self._receive(data)
+                if self.registered is None:
+                    await self.pump()
+        except (ConnectionError, ssl.SSLError, OSError):
+            pass
+        finally:
+            self.closed.set()
+
+    def _receive(self, data: bytes) -> None:
+        try:
+            events = self.conn.receive_data(data)
+        except ProtocolError:
+            return
+        for event in events:
+            if isinstance(event, ConnectionTerminated):
+                self.goaway_code = event.error_code
+            elif isinstance(event, RequestReceived) and not self.control_stream:
+                self._open_control(event.stream_id)
+            elif isinstance(event, DataReceived) and event.stream_id == self.control_stream:
+                self.conn.acknowledge(event.stream_id, event.flow_controlled_length)
+                for answer in self.rpc.receive_data(event.data):
+                    self._answered(answer)
+                self._send_rpc()
+
+    def _answered(self, answer: object) -> None:
+        waiting = self._registration
+        if waiting is None or waiting.done():
+            return
+        if isinstance(answer, RegistrationReturned):
+            waiting.set_result(answer.result)
+        elif isinstance(answer, RegistrationFailed):
+            waiting.set_result(answer)
+
+    def _open_control(self, stream_id: int) -> None:
+        self.control_stream = stream_id
+        self.conn.send_response(stream_id, 200, [("Content-Type", "application/octet-stream")])
+        creds = self.credentials
+        client = ClientInfo(
+            client_id=uuid.uuid4(), features=(), version="hostile", arch="linux_amd64"
+        )
+        self.rpc.register(
+            TunnelAuth(creds.account_tag, creds.tunnel_secret),
+            creds.tunnel_id,
+            self.conn_index,
+            ConnectionOptions(client=client),
+        )
+        self._send_rpc()
+
+    def _send_rpc(self) -> None:
+        out = self.rpc.data_to_send()
+        if out:
+            self.conn.send_data(self.control_stream, out)

@@ -10,20 +10,30 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from typing import Generic, TypeVar, cast
 
-from adit.protocol.errors import ProtocolError
+from adit.protocol.errors import Http2TunnelError, ProtocolError
 from adit.protocol.http2 import (
     ConnectionTerminated,
     DataReceived,
+    ErrorCode,
     Event,
     SendBufferDrained,
     StreamEnded,
     StreamReset,
     TunnelHttp2Connection,
 )
+from adit.protocol.liveness import Liveness, LivenessSettings, PeerState
 
-__all__ = ["HIGH_WATER", "StreamChannel", "StreamClosedError", "TunnelIO", "release_waiter"]
+__all__ = [
+    "HIGH_WATER",
+    "StreamChannel",
+    "StreamClosedError",
+    "TunnelIO",
+    "release_waiter",
+    "set_keepalive",
+]
 
 #: Bytes a writer may queue on one stream before it waits for the peer's window.
 HIGH_WATER = 512 * 1024
@@ -36,6 +46,20 @@ _COMPACT_AT = 64
 ALONE = 2
 #: Buffers below this are joined before they reach TLS (one record instead of many).
 _SMALL_PART = 16 * 1024
+#: How long a closing connection may take to hand its last bytes (a GOAWAY) to a peer that
+#: does not read them, before the socket is aborted.
+CLOSE_GRACE = 2.0
+#: Answers (ACKs, resets) a peer may make us owe while our writes are blocked before we stop
+#: reading it. An honest peer owes us a read at most for as long as its own writes are
+#: blocked, and sends a PING a second at most meanwhile; the protocol's own cap
+#: (``FrameLimits.max_owed_control``) closes the connection beyond that.
+OWED_BEFORE_PAUSING = 64
+#: TCP keepalive under the HTTP/2 PINGs (which see a frozen peer in seconds): the kernel's
+#: own probe of a silent connection, with Go's defaults (cloudflared's dialer): the first probe
+#: after 15 s idle, then every 15 s, 9 unanswered ones and the socket is dead.
+KEEPALIVE_IDLE = 15
+KEEPALIVE_INTERVAL = 15
+KEEPALIVE_COUNT = 9
 
 Conn = TypeVar("Conn", bound=TunnelHttp2Connection)
 
@@ -181,10 +205,27 @@ def _coalesced(parts: list[bytes | memoryview]) -> list[bytes | memoryview]:
     return out
 
 
-class TunnelIO(asyncio.Protocol, Generic[Conn]):
-    """Pumps one tunnel connection; subclasses handle the role-specific events."""
+def set_keepalive(transport: asyncio.BaseTransport) -> None:
+    """Turn TCP keepalive on for the socket under ``transport`` (when it is a TCP socket)."""
+    sock = transport.get_extra_info("socket")
+    if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, KEEPALIVE_IDLE)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, KEEPALIVE_INTERVAL)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, KEEPALIVE_COUNT)
 
-    def __init__(self, conn: Conn) -> None:
+
+class TunnelIO(asyncio.Protocol, Generic[Conn]):
+    """Pumps one tunnel connection; subclasses handle the role-specific events.
+
+    Both roles watch the peer with the same liveness rule (:mod:`adit.protocol.liveness`):
+    PINGs after a silence, :meth:`on_responsive` when the peer stops or resumes answering,
+    and the connection dropped after the idle timeout (``liveness=None``: never).
+    """
+
+    def __init__(self, conn: Conn, liveness: LivenessSettings | None = None) -> None:
         self.conn = conn
         self.transport: asyncio.Transport | None = None
         self.channels: dict[int, StreamChannel] = {}
@@ -195,27 +236,48 @@ class TunnelIO(asyncio.Protocol, Generic[Conn]):
         self._held: list[bytes | memoryview] = []
         self._held_size = 0
         self._write_scheduled = False
+        #: We stopped reading the peer (it does not read what it makes us answer).
+        self.reading_paused = False
+        self._liveness_settings = liveness
+        self._liveness: Liveness | None = None
+        self._liveness_timer: asyncio.TimerHandle | None = None
+        #: The peer answers (see :mod:`adit.protocol.liveness`).
+        self.responsive = True
 
     # -- asyncio.Protocol ------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement the interface without subclassing asyncio.Transport.
         self.transport = cast(asyncio.Transport, transport)
+        set_keepalive(transport)
         self.conn.initiate()
         self.flush()
+        if self._liveness_settings is not None:
+            self._liveness = Liveness(self._liveness_settings, self._loop.time())
+            self._arm_liveness(self._loop.time())
 
     def data_received(self, data: bytes) -> None:
+        now = self._loop.time()
+        if self._liveness is not None:
+            self._liveness.heard(now)
+            if not self.responsive:
+                self._set_responsive(True)
         try:
-            events = self.conn.receive_data(data)
+            events = self.conn.receive_data(data, now)
         except ProtocolError as exc:
-            self.fail(f"protocol error from peer: {exc}")
+            code = exc.error_code if isinstance(exc, Http2TunnelError) else None
+            self.fail(f"protocol error from peer: {exc}", code or ErrorCode.PROTOCOL_ERROR)
             return
         for event in events:
             self.dispatch(event)
         self.flush()
+        if self.paused and self.conn.owed_control_frames >= OWED_BEFORE_PAUSING:
+            self._pause_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if self._liveness_timer is not None:
+            self._liveness_timer.cancel()
         for channel in list(self.channels.values()):
             channel._reset(-1)
         self.channels.clear()
@@ -224,12 +286,61 @@ class TunnelIO(asyncio.Protocol, Generic[Conn]):
         self.on_lost(exc)
 
     def pause_writing(self) -> None:
+        # From now on our output stays in the protocol object (flush() takes none), where the
+        # answers the peer makes us owe are counted: once it made us owe OWED_BEFORE_PAUSING
+        # of them, reading stops until the transport drains (a peer that does not read cannot
+        # make us read, and queue, without end), and the protocol caps them. Reading does not
+        # stop merely because our writes are blocked: two honest peers sending bulk both ways
+        # would then each wait for the other to read, for ever (test_tunnelio_channels).
         self.paused = True
 
     def resume_writing(self) -> None:
         self.paused = False
+        if self.reading_paused:
+            self.reading_paused = False
+            if self.transport is not None and not self.closed:
+                self.transport.resume_reading()
+        self.flush()
         for channel in list(self.channels.values()):
             channel._wake_writer()
+
+    def _pause_reading(self) -> None:
+        if not self.reading_paused and self.transport is not None and not self.closed:
+            self.reading_paused = True
+            self.transport.pause_reading()
+
+    # -- liveness ----------------------------------------------------------------------------
+
+    def _arm_liveness(self, now: float) -> None:
+        assert self._liveness is not None
+        at = self._liveness.deadline(now)
+        self._liveness_timer = self._loop.call_at(at, self._check_liveness)
+
+    def _check_liveness(self) -> None:
+        live = self._liveness
+        if live is None or self.closed:
+            return
+        now = self._loop.time()
+        payload = live.poll(now)
+        if payload is not None:
+            self.conn.ping(payload)
+            self.flush()
+        state = live.state(now)
+        if state is PeerState.GONE:
+            timeout = live.settings.timeout
+            self.fail(f"no answer from the peer for {timeout:g}s", ErrorCode.NO_ERROR)
+            # It reads nothing: waiting for it to take the GOAWAY is pointless.
+            if self.transport is not None:
+                self.transport.abort()
+            return
+        responsive = state is PeerState.ALIVE
+        if responsive != self.responsive:
+            self._set_responsive(responsive)
+        self._arm_liveness(now)
+
+    def _set_responsive(self, responsive: bool) -> None:
+        self.responsive = responsive
+        self.on_responsive(responsive)
 
     # -- plumbing --------------------------------------------------------------------------------
 
@@ -243,8 +354,10 @@ class TunnelIO(asyncio.Protocol, Generic[Conn]):
         the output of a connection with a single request open (nothing to join it with:
         holding it would only cost another loop iteration of latency).
         """
+        if self.paused or self.closed:
+            return
         parts = self.conn.data_to_send_parts()
-        if not parts or self.closed:
+        if not parts:
             return
         self._held.extend(parts)
         self._held_size += sum(map(len, parts))
@@ -318,22 +431,30 @@ class TunnelIO(asyncio.Protocol, Generic[Conn]):
         else:
             self.on_event(event)
 
-    def fail(self, reason: str) -> None:
-        """Close the connection because of a protocol failure."""
+    def fail(self, reason: str, error_code: int = ErrorCode.PROTOCOL_ERROR) -> None:
+        """Close the connection because of a protocol failure: GOAWAY with ``error_code``."""
         if self.closed:
             return
         with contextlib.suppress(Exception):
-            self.conn.close(error_code=1)
-            self.flush()
+            self.conn.close(error_code=error_code)
         self.close_transport()
         self.on_failure(reason)
 
     def close_transport(self) -> None:
-        """Close the socket (after what was written, held output included)."""
-        self.flush()
+        """Close the socket after what is queued (held output included, even while paused);
+        a peer that does not take it within :data:`CLOSE_GRACE` is cut off."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if not self.closed:
+            self._held.extend(self.conn.data_to_send_parts())
         self.write_held()
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.close()
+        transport.close()
+        self._loop.call_later(CLOSE_GRACE, self._abort_if_open)
+
+    def _abort_if_open(self) -> None:
+        if not self.closed and self.transport is not None:
+            self.transport.abort()
 
     # -- role hooks --------------------------------------------------------------------------
 
@@ -347,4 +468,7 @@ class TunnelIO(asyncio.Protocol, Generic[Conn]):
         """The socket closed."""
 
     def on_failure(self, reason: str) -> None:
-        """The connection failed (protocol error)."""
+        """The connection failed (protocol error, or the peer stopped answering)."""
+
+    def on_responsive(self, responsive: bool) -> None:
+        """The peer stopped answering PINGs in time (False), or was heard from again (True)."""

@@ -249,6 +249,7 @@ class ManagementApi:
             self._allow(method, "POST")
             tunnel = self._get(account, tunnel_id)
             finished = await self._store.off_loop(self._store.finish_rotation, tunnel.id)
+            self._registry.revalidate(tunnel.id)  # the previous secret's connections go now
             return self._ok({"id": str(tunnel.id), "finished": finished})
         if rest[1:] == ["token"]:
             self._allow(method, "GET")
@@ -416,6 +417,7 @@ class ManagementApi:
             raise ApiError(404, _NOT_FOUND, f"Tunnel {tunnel_id} not found") from None
         except TunnelDeleted as exc:
             raise ApiError(400, _NOT_FOUND, str(exc)) from None
+        self._registry.revalidate(tunnel.id)  # one that registered meanwhile goes too
         return self._ok(self._tunnel_json(deleted))
 
     async def _rotate(self, account: str, tunnel_id: uuid.UUID, body: bytes) -> Response:
@@ -444,6 +446,9 @@ class ManagementApi:
             raise ApiError(404, _NOT_FOUND, f"Tunnel {tunnel_id} not found") from None
         except TunnelDeleted as exc:
             raise ApiError(400, _NOT_FOUND, str(exc)) from None
+        # Connections on the secret now rotated out learn when its window ends; a rotation
+        # during a window drops the oldest secret, and its connections, at once.
+        self._registry.revalidate(tunnel.id)
         return self._ok(
             {
                 "id": str(tunnel.id),

@@ -36,6 +36,25 @@ _SECONDS = _Seconds()
 _LIMITS = Limits()
 
 
+class Seconds(click.ParamType[float, "str | float"]):
+    """A Go duration (``1s``, ``1500ms``, ``1m30s``) as seconds."""
+
+    name = "duration"
+
+    def convert(
+        self, value: object, param: click.Parameter | None, ctx: click.Context | None
+    ) -> float:
+        if isinstance(value, float):
+            return value
+        try:
+            return parse_go_duration(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+SECONDS = Seconds()
+
+
 @click.group("edge", invoke_without_command=True)
 @click.option(
     "--state-dir",
@@ -108,6 +127,30 @@ _LIMITS = Limits()
     show_default=True,
     help="Seconds an API write waits for the store's write lock (held by another process) "
     "before answering 503. Env: ADIT_EDGE_STORE_TIMEOUT.",
+)
+@click.option(
+    "--tunnel-ping-interval",
+    type=SECONDS,
+    envvar="ADIT_EDGE_TUNNEL_PING_INTERVAL",
+    default="1s",
+    show_default=True,
+    help="PING a connector connection after this much silence.",
+)
+@click.option(
+    "--tunnel-ping-timeout",
+    type=SECONDS,
+    envvar="ADIT_EDGE_TUNNEL_PING_TIMEOUT",
+    default="1.5s",
+    show_default=True,
+    help="A PING unanswered this long: route no new requests to that connection.",
+)
+@click.option(
+    "--tunnel-idle-timeout",
+    type=SECONDS,
+    envvar="ADIT_EDGE_TUNNEL_IDLE_TIMEOUT",
+    default="5s",
+    show_default=True,
+    help="Close a connector connection silent this long (cloudflared's QUIC idle timeout).",
 )
 @click.option("--exit-with-pid", type=int, default=None, hidden=True)
 @click.option("--ephemeral", is_flag=True, hidden=True, help="Delete the state dir on exit.")
@@ -206,6 +249,9 @@ def edge(
     ready_file: Path | None,
     quick_tunnel_file: Path | None,
     store_timeout: float,
+    tunnel_ping_interval: float,
+    tunnel_ping_timeout: float,
+    tunnel_idle_timeout: float,
     exit_with_pid: int | None,
     ephemeral: bool,
     loglevel: str,
@@ -256,7 +302,14 @@ def edge(
             max_connections_per_ip=max_connections_per_ip,
         ),
         grace_period=grace_period,
+        tunnel_ping_interval=tunnel_ping_interval,
+        tunnel_ping_timeout=tunnel_ping_timeout,
+        tunnel_idle_timeout=tunnel_idle_timeout,
     )
+    try:
+        settings.tunnel_liveness  # noqa: B018 - validates the three durations together
+    except ValueError as exc:
+        raise click.UsageError(f"--tunnel-ping-*/--tunnel-idle-timeout: {exc}") from None
     import uvloop
 
     try:

@@ -21,6 +21,9 @@ class ConnectionHandle(Protocol):
     def close(self, reason: str) -> None:
         """Close the connection (GOAWAY, then the socket); the session removes itself."""
 
+    def revalidate(self) -> bool:
+        """Close the connection if its credentials are no longer accepted; True if it stays."""
+
 
 @dataclass(eq=False)
 class LiveConnection:
@@ -40,6 +43,9 @@ class LiveConnection:
     handle: ConnectionHandle = field(repr=False)
     #: Set when the connector called unregisterConnection: no new requests are routed to it.
     draining: bool = False
+    #: Cleared while the connector does not answer PINGs (frozen, or cut off): new requests
+    #: go to the tunnel's other connections (see :meth:`ConnectionRegistry.pick`).
+    responsive: bool = True
 
 
 class ConnectionRegistry:
@@ -86,9 +92,14 @@ class ConnectionRegistry:
         return [c for conns in self._by_tunnel.values() for c in conns]
 
     def pick(self, tunnel_id: uuid.UUID) -> LiveConnection | None:
-        """The next live (not draining) connection of a tunnel, or None when there is none."""
+        """The next live (not draining) connection of a tunnel, or None when there is none.
+
+        One that does not answer PINGs is picked only when the tunnel has no other: a request
+        it carries may still be answered if the connector was only slow, where refusing it
+        would fail it for sure.
+        """
         current = self._current.get(tunnel_id)
-        if current is not None and not current.draining:
+        if current is not None and not current.draining and current.responsive:
             return current
         conns = self._by_tunnel.get(tunnel_id)
         if not conns:
@@ -99,11 +110,11 @@ class ConnectionRegistry:
         turn = self._turns.get(tunnel_id, 0)
         for step in range(count):
             conn = conns[(turn + step) % count]
-            if not conn.draining:
+            if not conn.draining and conn.responsive:
                 self._turns[tunnel_id] = (turn + step + 1) % count
                 self._hold(tunnel_id, conn)
                 return conn
-        return None
+        return next((conn for conn in conns if not conn.draining), None)
 
     def _hold(self, tunnel_id: uuid.UUID, conn: LiveConnection) -> None:
         """Pick ``conn`` again for this tunnel until the loop iteration ends."""
@@ -121,6 +132,16 @@ class ConnectionRegistry:
     def _next_turn(self) -> None:
         self._turn_ends = False
         self._current.clear()
+
+    def revalidate(self, tunnel_id: uuid.UUID) -> int:
+        """Close the tunnel's connections whose credentials are no longer accepted (after a
+        rotation changed, finished, or the tunnel was deleted); returns how many closed."""
+        closed = 0
+        for conn in list(self._by_tunnel.get(tunnel_id, ())):
+            if not conn.handle.revalidate():
+                self.remove(conn)
+                closed += 1
+        return closed
 
     def disconnect(self, tunnel_id: uuid.UUID, client_id: uuid.UUID | None = None) -> int:
         """Close the tunnel's connections (only one connector's when ``client_id`` is given)."""

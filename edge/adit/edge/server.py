@@ -35,6 +35,12 @@ from adit.edge.registry import ConnectionRegistry
 from adit.edge.store import Store, StoreError
 from adit.edge.tunnel_session import EdgeIdentity, TunnelSession
 from adit.protocol.hostnames import InvalidHostname, split_address, split_host_port
+from adit.protocol.liveness import (
+    DEFAULT_ALLOWANCE,
+    DEFAULT_INTERVAL,
+    DEFAULT_TIMEOUT,
+    LivenessSettings,
+)
 from adit.systemd import SystemdNotifier
 
 log = logging.getLogger("adit.edge")
@@ -74,6 +80,20 @@ class EdgeSettings:
     limits: Limits = field(default_factory=Limits)
     #: How long in-flight requests may take to finish after SIGTERM (cloudflared's flag).
     grace_period: float = 30.0
+    #: Liveness of connector connections (:mod:`adit.protocol.liveness`): a PING after this
+    #: much silence...
+    tunnel_ping_interval: float = DEFAULT_INTERVAL
+    #: ...unanswered this long: no new requests to that connection...
+    tunnel_ping_timeout: float = DEFAULT_ALLOWANCE
+    #: ...and silent this long: the connection is closed.
+    tunnel_idle_timeout: float = DEFAULT_TIMEOUT
+
+    @property
+    def tunnel_liveness(self) -> LivenessSettings:
+        """The liveness rule for connector connections (ValueError when inconsistent)."""
+        return LivenessSettings(
+            self.tunnel_ping_interval, self.tunnel_ping_timeout, self.tunnel_idle_timeout
+        )
 
 
 def _listen_address(address: str) -> tuple[str, int]:
@@ -99,6 +119,7 @@ class EdgeServer:
         self.store = Store.open_in(settings.state_dir, write_timeout=settings.store_timeout)
         self.registry = ConnectionRegistry()
         self.identity = EdgeIdentity(location=settings.location)
+        self.liveness = settings.tunnel_liveness
         self.sessions: set[TunnelSession] = set()
         self.servers: list[asyncio.Server] = []
         self.addresses: dict[str, list[str]] = {}
@@ -263,7 +284,11 @@ class EdgeServer:
 
     def _new_session(self) -> TunnelSession:
         session = TunnelSession(
-            self.store, self.registry, self.identity, on_closed=self.sessions.discard
+            self.store,
+            self.registry,
+            self.identity,
+            on_closed=self.sessions.discard,
+            liveness=self.liveness,
         )
         self.sessions.add(session)
         return session

@@ -16,6 +16,7 @@ import hashlib
 import hmac
 import ipaddress
 import logging
+import random
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ from adit.protocol.http2 import (
     StreamEnded,
     StreamReset,
 )
+from adit.protocol.liveness import LivenessSettings
 from adit.protocol.registration import (
     ConnectionDetails,
     ConnectionOptions,
@@ -52,6 +54,11 @@ log = logging.getLogger("adit.edge.tunnel")
 
 #: Without a registration within this time the connection is dropped (slowloris guard).
 REGISTRATION_TIMEOUT = 15.0
+#: How often a registered connection checks that its secret is still accepted, besides the
+#: checks when this process rotates or deletes the tunnel and at the end of a rotation window.
+#: This one notices what another edge process sharing the store did; it is one store read per
+#: connection a minute (jittered, so that the connections of a busy edge do not ask at once).
+SECRET_RECHECK = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,8 +190,9 @@ class TunnelSession(TunnelIO[EdgeTunnelConnection]):
         identity: EdgeIdentity,
         *,
         on_closed: Callable[[TunnelSession], None] | None = None,
+        liveness: LivenessSettings | None = None,
     ) -> None:
-        super().__init__(EdgeTunnelConnection())
+        super().__init__(EdgeTunnelConnection(), liveness)
         self.store = store
         self.registry = registry
         self.identity = identity
@@ -201,6 +209,9 @@ class TunnelSession(TunnelIO[EdgeTunnelConnection]):
         self._control_task: asyncio.Task[None] | None = None
         #: SHA-256 of the secret the connector registered with (rotation bookkeeping).
         self.secret_digest = b""
+        # The secret itself, to ask the store (in constant time) whether it is still accepted.
+        self._secret = b""
+        self._recheck: asyncio.TimerHandle | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -233,6 +244,8 @@ class TunnelSession(TunnelIO[EdgeTunnelConnection]):
     def on_lost(self, exc: Exception | None) -> None:
         if self._timeout is not None:
             self._timeout.cancel()
+        if self._recheck is not None:
+            self._recheck.cancel()
         for request in self._requests.values():
             request._failed("the tunnel connection closed")
         self._requests.clear()
@@ -249,6 +262,19 @@ class TunnelSession(TunnelIO[EdgeTunnelConnection]):
 
     def on_failure(self, reason: str) -> None:
         log.warning("tunnel connection from %s failed: %s", self.peer, reason)
+
+    def on_responsive(self, responsive: bool) -> None:
+        # Routing follows at once: the registry skips an unresponsive connection while the
+        # tunnel has another (see ConnectionRegistry.pick).
+        if self.live is not None:
+            self.live.responsive = responsive
+        log.warning(
+            "tunnel connection from %s %s tunnelID=%s connIndex=%s",
+            self.peer,
+            "answers again" if responsive else "does not answer PINGs: no new requests to it",
+            self.live.tunnel_id if self.live else "-",
+            self.live.conn_index if self.live else "-",
+        )
 
     def _unlist(self) -> None:
         if self.live is not None:
@@ -334,6 +360,7 @@ class TunnelSession(TunnelIO[EdgeTunnelConnection]):
                     other.connection_id,
                 )
         self.secret_digest = hashlib.sha256(auth.tunnel_secret).digest()
+        self._secret = auth.tunnel_secret
         connection_id = uuid.uuid4()
         self.live = LiveConnection(
             tunnel_id=tunnel_id,
@@ -365,7 +392,38 @@ class TunnelSession(TunnelIO[EdgeTunnelConnection]):
         )
         if match is SecretMatch.CURRENT:
             self._maybe_finish_rotation(tunnel_id, auth.account_tag)
+        self._arm_recheck(match)
         return ConnectionDetails(connection_id, self.identity.location, False)
+
+    # -- the secret it registered with ---------------------------------------------------------
+
+    def revalidate(self) -> bool:
+        """Close this connection if the secret it registered with is no longer accepted (the
+        rotation finished or expired, the tunnel was deleted); True when it stays."""
+        live = self.live
+        if live is None or self.closed:
+            return True
+        match = self.store.match_tunnel_secret(live.tunnel_id, live.account_tag, self._secret)
+        if match is SecretMatch.NONE:
+            self.close("the secret it registered with is no longer accepted")
+            return False
+        self._arm_recheck(match)
+        return True
+
+    def _arm_recheck(self, match: SecretMatch) -> None:
+        """Check again in :data:`SECRET_RECHECK`, or when the rotation window that keeps the
+        secret valid ends, whichever comes first."""
+        assert self.live is not None
+        delay = SECRET_RECHECK * (0.75 + random.random() / 2)  # noqa: S311 - spacing only
+        if match is SecretMatch.PREVIOUS:
+            rotation = self.store.rotation(self.live.tunnel_id)
+            if rotation is not None:
+                left = rotation.expires_at - datetime.datetime.now(datetime.UTC)
+                # Just after the end: the store compares ``now >= expires_at``.
+                delay = min(delay, max(0.0, left.total_seconds()) + 0.05)
+        if self._recheck is not None:
+            self._recheck.cancel()
+        self._recheck = self._loop.call_later(delay, self.revalidate)
 
     def _maybe_finish_rotation(self, tunnel_id: uuid.UUID, account_tag: str) -> None:
         """End a secret rotation once every routable connection of the tunnel on this edge

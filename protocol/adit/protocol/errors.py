@@ -10,6 +10,7 @@ __all__ = [
     "BadRequestTarget",
     "FramingError",
     "HeaderDecodeError",
+    "Http2FloodError",
     "Http2TunnelError",
     "ProtocolError",
     "ProtocolUsageError",
@@ -31,7 +32,26 @@ class BadRequestTarget(ProtocolError):
 
 
 class Http2TunnelError(ProtocolError):
-    """The HTTP/2 layer of a tunnel connection failed (bad frames, bad headers)."""
+    """The HTTP/2 layer of a tunnel connection failed (bad frames, bad headers).
+
+    ``error_code`` is the HTTP/2 error code (RFC 9113 §7) the GOAWAY that ends the connection
+    carries: PROTOCOL_ERROR unless the failure has a more precise one.
+    """
+
+    #: PROTOCOL_ERROR.
+    error_code: int = 0x1
+
+    def __init__(self, message: str, error_code: int | None = None) -> None:
+        super().__init__(message)
+        if error_code is not None:
+            self.error_code = error_code
+
+
+class Http2FloodError(Http2TunnelError):
+    """The peer sent more frames of some kind than any legitimate peer does (a flood)."""
+
+    #: ENHANCE_YOUR_CALM (RFC 9113 §7).
+    error_code = 0xB
 
 
 class RpcProtocolError(ProtocolError):

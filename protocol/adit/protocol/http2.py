@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import struct
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import msgspec
 
-from adit.protocol.errors import HeaderDecodeError, Http2TunnelError
+from adit.protocol.errors import HeaderDecodeError, Http2FloodError, Http2TunnelError
 from adit.protocol.headers import (
     PROXY_CONNECTION_UPGRADE,
     PROXY_SRC,
@@ -55,6 +55,7 @@ from adit.protocol.http2_frames import (
     settings_frame,
     window_update_frame,
 )
+from adit.protocol.http2_limits import Flood, FrameBudget, FrameLimits
 
 __all__ = [
     "ConnectionTerminated",
@@ -86,6 +87,8 @@ class TunnelSettings:
     max_frame_size: int = 1024 * 1024
     max_header_list_size: int = 1024 * 1024
     max_concurrent_streams: int = CONNECTOR_MAX_CONCURRENT_STREAMS
+    #: How many frames of each costly kind the peer may send (the flood policy).
+    limits: FrameLimits = field(default_factory=FrameLimits)
 
 
 _PROXY_CONNECTION_UPGRADE = PROXY_CONNECTION_UPGRADE.encode()
@@ -205,6 +208,8 @@ class ErrorCode:
     REFUSED_STREAM = 0x7
     CANCEL = 0x8
     COMPRESSION_ERROR = 0x9
+    #: The peer sends more than any legitimate peer does (a flood).
+    ENHANCE_YOUR_CALM = 0xB
 
 
 class _Setting:
@@ -264,7 +269,14 @@ class TunnelHttp2Connection:
         self._recv_unacked = 0
         self._goaway_received = False
         self._header_block: tuple[int, int, bytearray] | None = None
+        #: CONTINUATION frames of the header block being received.
+        self._continuations = 0
         self._pending_events: list[Event] = []
+        self._budget = FrameBudget(settings.limits)
+        #: Control frames the peer made us owe (ACKs, RST_STREAM answers) still in ``_out``.
+        self._owed = 0
+        #: The time of the current :meth:`receive_data` call (None: the caller gave none).
+        self._now: float | None = None
 
     def initiate(self) -> None:
         """Queue the connection preface, our SETTINGS and a large connection window."""
@@ -342,6 +354,7 @@ class TunnelHttp2Connection:
         stream.chunks = None
         stream.size = 0
         self._out.append(rst_stream_frame(stream_id, error_code))
+        self._budget.reset_locally()
 
     def pending(self, stream_id: int) -> int:
         """Bytes queued for a stream and not yet handed to the transport."""
@@ -383,7 +396,28 @@ class TunnelHttp2Connection:
         """Bytes for the transport as separate buffers (bodies uncopied), for ``writelines``."""
         out = self._out
         self._out = []
+        self._owed = 0
         return out
+
+    @property
+    def owed_control_frames(self) -> int:
+        """Answers (ACKs, resets) the peer made us queue that the transport has not taken."""
+        return self._owed
+
+    def _owe(self, control_frame: bytes) -> None:
+        """Queue an answer the peer's frame made us owe; refuse to owe too many.
+
+        While the transport takes our output this never reaches the cap (:meth:`data_to_send`
+        clears it); a peer that does not read what we write and keeps asking would otherwise
+        grow our memory without bound (CVE-2019-9512/9515).
+        """
+        self._out.append(control_frame)
+        self._count_owed()
+
+    def _count_owed(self) -> None:
+        self._owed += 1
+        if self._owed > self._settings.limits.max_owed_control:
+            raise Http2FloodError(f"the peer made us owe more than {self._owed - 1} answers")
 
     @property
     def open_streams(self) -> int:
@@ -392,10 +426,18 @@ class TunnelHttp2Connection:
 
     # -- receiving ---------------------------------------------------------------------------
 
-    def receive_data(self, data: bytes) -> list[Event]:
-        """Feed transport bytes; returns the resulting events (``b""`` is not EOF here)."""
+    def receive_data(self, data: bytes, now: float | None = None) -> list[Event]:
+        """Feed transport bytes; returns the resulting events (``b""`` is not EOF here).
+
+        ``now`` (seconds, any monotonic clock) paces the flood limits; without it time stands
+        still for them and they only count. Raises :class:`Http2TunnelError` (its
+        ``error_code`` for the GOAWAY) when the peer broke the protocol, and
+        :class:`Http2FloodError` when it sent more of a costly kind of frame than allowed.
+        """
         events = self._pending_events
         self._pending_events = []
+        if now is not None:
+            self._now = now
         try:
             for kind, flags, stream_id, payload in self._reader.feed(data):
                 if self._header_block is not None and kind != FrameType.CONTINUATION:
@@ -424,9 +466,12 @@ class TunnelHttp2Connection:
                     raise _ConnectionError(ErrorCode.PROTOCOL_ERROR, "PUSH_PROMISE, push is off")
                 elif kind == FrameType.PRIORITY and len(payload) != 5:
                     raise _ConnectionError(ErrorCode.FRAME_SIZE_ERROR, "PRIORITY not 5 bytes")
-                # PRIORITY and unknown frame types are ignored (§5.5).
+                else:
+                    # PRIORITY and unknown frame types are ignored (§5.5), and metered: no
+                    # peer of a tunnel sends them.
+                    self._budget.charge(Flood.GLITCH, self._now)
         except _ConnectionError as exc:
-            raise Http2TunnelError(f"HTTP/2 protocol error: {exc}") from exc
+            raise Http2TunnelError(f"HTTP/2 protocol error: {exc}", exc.code) from exc
         except (struct.error, ValueError, IndexError) as exc:
             raise Http2TunnelError(f"HTTP/2 protocol error: {exc!r}") from exc
         return events
@@ -459,6 +504,8 @@ class TunnelHttp2Connection:
             self.acknowledge(0, length)
             return
         stream.recv_window -= length
+        if not length and not flags & Flag.END_STREAM:
+            self._budget.charge(Flood.GLITCH, self._now)  # moves nothing; Go never sends one
         data = payload
         if flags & Flag.PADDED:
             if not length or payload[0] >= length:
@@ -488,6 +535,7 @@ class TunnelHttp2Connection:
             self._on_header_block(stream_id, flags, fragment, events)
         else:
             self._header_block = (stream_id, flags, bytearray(fragment))
+            self._continuations = 0
 
     def _on_continuation(
         self, flags: int, stream_id: int, payload: bytes, events: list[Event]
@@ -498,6 +546,13 @@ class TunnelHttp2Connection:
         block += payload
         if len(block) > self._settings.max_header_list_size * 2:
             raise _ConnectionError(ErrorCode.PROTOCOL_ERROR, "header block too large")
+        self._continuations += 1
+        if self._continuations > self._settings.limits.max_continuations:
+            raise Http2FloodError(f"a header block of more than {self._continuations} frames")
+        if not payload and not flags & Flag.END_HEADERS:
+            # An empty fragment adds nothing: a stream of them never ends the block
+            # (CVE-2024-27316's class), so each counts as a glitch.
+            self._budget.charge(Flood.GLITCH, self._now)
         if flags & Flag.END_HEADERS:
             first_flags = self._header_block[1]
             self._header_block = None
@@ -519,7 +574,7 @@ class TunnelHttp2Connection:
                 return  # closed already (we reset it)
             self._last_remote_id = stream_id
             if len(self._streams) >= self._settings.max_concurrent_streams:
-                self._out.append(rst_stream_frame(stream_id, ErrorCode.REFUSED_STREAM))
+                self._owe(rst_stream_frame(stream_id, ErrorCode.REFUSED_STREAM))
                 return
             stream = self._open_stream(stream_id)
             self._on_new_stream(stream, headers, end_stream, events)
@@ -541,9 +596,11 @@ class TunnelHttp2Connection:
 
     def _stream_error(self, stream: _Stream, code: int, events: list[Event]) -> None:
         self.reset_stream(stream.stream_id, code)
+        self._count_owed()  # our RST_STREAM answers the peer's frame (see _owe)
         events.append(StreamReset(stream.stream_id, code))
 
     def _on_window_update(self, stream_id: int, payload: bytes, events: list[Event]) -> None:
+        self._budget.charge(Flood.WINDOW_UPDATE, self._now)
         if len(payload) != 4:
             raise _ConnectionError(ErrorCode.FRAME_SIZE_ERROR, "WINDOW_UPDATE not 4 bytes")
         increment = parse_u32(payload) & _MAX_WINDOW
@@ -571,15 +628,25 @@ class TunnelHttp2Connection:
         if stream_id == 0 or len(payload) != 4:
             raise _ConnectionError(ErrorCode.PROTOCOL_ERROR, "malformed RST_STREAM")
         if self._streams.pop(stream_id, None) is not None:
+            # Resetting an open stream is free: each stream can be reset once (see
+            # http2_limits for why open streams are not metered).
             events.append(StreamReset(stream_id, parse_u32(payload)))
+        elif self._closed_or_idle(stream_id):
+            self._budget.charge(Flood.GLITCH, self._now)
+        else:
+            raise _ConnectionError(ErrorCode.PROTOCOL_ERROR, f"RST_STREAM on idle {stream_id}")
 
     def _on_settings(self, flags: int, stream_id: int, payload: bytes, events: list[Event]) -> None:
+        self._budget.charge(Flood.SETTINGS, self._now)
         if stream_id != 0:
             raise _ConnectionError(ErrorCode.PROTOCOL_ERROR, "SETTINGS on a stream")
         if flags & Flag.ACK:
             if payload:
                 raise _ConnectionError(ErrorCode.FRAME_SIZE_ERROR, "SETTINGS ACK with payload")
             return
+        entries = len(payload) // 6
+        if entries > self._settings.limits.max_settings_entries:
+            raise Http2FloodError(f"a SETTINGS frame with {entries} entries")
         for code, value in parse_settings(payload):
             if code == _Setting.INITIAL_WINDOW_SIZE:
                 if value > _MAX_WINDOW:
@@ -597,16 +664,17 @@ class TunnelHttp2Connection:
             elif code == _Setting.ENABLE_PUSH and value > 1:
                 raise _ConnectionError(ErrorCode.PROTOCOL_ERROR, "bad ENABLE_PUSH")
             # HEADER_TABLE_SIZE: our encoder keeps no dynamic table, any size suits it.
-        self._out.append(settings_frame(ack=True))
+        self._owe(settings_frame(ack=True))
         self._flush_all(events)
 
     def _on_ping(self, flags: int, stream_id: int, payload: bytes, events: list[Event]) -> None:
+        self._budget.charge(Flood.PING, self._now)
         if stream_id != 0 or len(payload) != 8:
             raise _ConnectionError(ErrorCode.PROTOCOL_ERROR, "malformed PING")
         if flags & Flag.ACK:
             events.append(PingAcknowledged(payload))
         else:
-            self._out.append(ping_frame(payload, ack=True))
+            self._owe(ping_frame(payload, ack=True))
 
     # -- role hooks ----------------------------------------------------------------------------
 
@@ -642,6 +710,7 @@ class TunnelHttp2Connection:
         out = self._out
         chunks = stream.chunks
         sid = stream.stream_id
+        sent = 0
         while chunks:
             window = min(stream.send_window, self._send_window, self._peer_max_frame)
             if window <= 0:
@@ -654,6 +723,7 @@ class TunnelHttp2Connection:
                 view = head if isinstance(head, memoryview) else memoryview(head)
                 chunk, chunks[0] = view[:window], view[window:]
             size = len(chunk)
+            sent += size
             stream.size -= size
             stream.send_window -= size
             self._send_window -= size
@@ -662,6 +732,8 @@ class TunnelHttp2Connection:
             out.append(chunk)
             if last:
                 stream.local_closed = True
+        if sent:
+            self._budget.sent_data(sent)
         if chunks is not None and not chunks:
             stream.chunks = None
         if stream.end_queued and not chunks and not stream.local_closed:

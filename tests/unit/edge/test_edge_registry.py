@@ -16,6 +16,9 @@ class _Handle:
     def close(self, reason: str) -> None:
         pass
 
+    def revalidate(self) -> bool:
+        return True
+
 
 def _conn(index: int) -> LiveConnection:
     return LiveConnection(
@@ -77,3 +80,29 @@ async def test_draining_or_removed_connections_are_skipped() -> None:
     assert registry.pick(TUNNEL) is conns[2]
     conns[2].draining = True
     assert registry.pick(TUNNEL) is None
+
+
+def test_an_unresponsive_connection_gets_nothing_while_another_answers() -> None:
+    registry, conns = _registry(4)
+    conns[1].responsive = conns[3].responsive = False
+    assert {registry.pick(TUNNEL) for _ in range(8)} == {conns[0], conns[2]}
+    conns[1].responsive = True
+    assert conns[1] in {registry.pick(TUNNEL) for _ in range(8)}
+
+
+def test_with_no_responsive_connection_left_one_still_serves() -> None:
+    """Better a request that may be answered when the connector wakes than one refused."""
+    registry, conns = _registry(2)
+    conns[0].responsive = conns[1].responsive = False
+    assert registry.pick(TUNNEL) in conns
+    conns[0].draining = conns[1].draining = True
+    assert registry.pick(TUNNEL) is None
+
+
+@uvloop_test
+async def test_this_iterations_pick_is_dropped_when_it_stops_answering() -> None:
+    registry, _ = _registry(2)
+    first = registry.pick(TUNNEL)
+    assert first is not None
+    first.responsive = False
+    assert registry.pick(TUNNEL) is not first

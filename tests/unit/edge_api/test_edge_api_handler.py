@@ -31,6 +31,9 @@ class RecordingHandle:
     def close(self, reason: str) -> None:
         self.closed.append(reason)
 
+    def revalidate(self) -> bool:
+        return True
+
 
 @dataclass
 class Env:

@@ -28,6 +28,9 @@ class Handle:
     def close(self, reason: str) -> None:
         self.closed = True
 
+    def revalidate(self) -> bool:
+        return True
+
 
 @dataclass
 class Cli:

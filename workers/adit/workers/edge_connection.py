@@ -23,6 +23,7 @@ from adit.protocol.errors import Http2TunnelError, ProtocolError
 from adit.protocol.headers import RequestType, ResponseMeta
 from adit.protocol.hostnames import host_of_authority
 from adit.protocol.http2 import ConnectorTunnelConnection, Event, RequestReceived, StreamReset
+from adit.protocol.liveness import LivenessSettings
 from adit.protocol.registration import (
     ConnectionDetails,
     ConnectionOptions,
@@ -52,6 +53,9 @@ log = logging.getLogger("adit.workers.edge")
 
 #: cloudflared's --rpc-timeout.
 RPC_TIMEOUT = 5.0
+#: How the connector watches the edge (the same rule the edge applies to us): a frozen or cut
+#: off edge is noticed within the idle timeout and the connection is dialled again.
+LIVENESS = LivenessSettings()
 
 
 class StreamServer(Protocol):
@@ -142,7 +146,7 @@ class EdgeConnection(TunnelIO[ConnectorTunnelConnection]):
         proxy: StreamServer,
         ingress: Callable[[], Ingress],
     ) -> None:
-        super().__init__(ConnectorTunnelConnection())
+        super().__init__(ConnectorTunnelConnection(), LIVENESS)
         self.registration = registration
         self.proxy = proxy
         self.ingress = ingress

@@ -26,6 +26,7 @@ import contextlib
 import importlib
 import logging
 import platform
+import random
 import ssl
 import sys
 import uuid
@@ -76,6 +77,10 @@ REGISTRATION_STAGGER = 0.5
 ROLL_TIMEOUT = 2 * DIAL_TIMEOUT
 #: The longest ``retry_after`` of a refusal that is honoured as given (a longer one is cut).
 MAX_RETRY_AFTER = 600.0
+#: How long a connection that moved off its home address waits before trying it again
+#: (jittered), and the longest it waits when home answers but will not take it.
+HOMECOMING_DELAY = 5.0
+HOMECOMING_MAX_DELAY = 60.0
 
 #: What adit's connector tells the edge it supports.
 FEATURES = ("serialized_headers", FEATURE_SERIALIZED_REQUEST_HEADERS)
@@ -218,6 +223,10 @@ class ConnectionSlot:
         self.rolls: list[asyncio.Future[bool]] = []
         self.removed = False
         self.task: asyncio.Task[None] | None = None
+        #: Away from its home address: when (loop time) to try going back; None when home.
+        self.home_at: float | None = None
+        #: Tries to go home that reached it and failed (they space the next tries out).
+        self.home_failures = 0
 
     def finish_rolls(self, ok: bool) -> None:
         """Tell whoever waits for this slot's roll how it went."""
@@ -579,8 +588,16 @@ class WorkerRuntime:
         if stale:
             waiters.append(self._rolls_idle.wait())
         futures = {asyncio.ensure_future(w) for w in waiters}
+        loop = asyncio.get_running_loop()
+        # Away from home, and no reconfiguration busy rolling: go back when it is time.
+        away = slot.home_at is not None and not stale and self._rolls_idle.is_set()
+        timeout = max(0.0, slot.home_at - loop.time()) if slot.home_at is not None else None
         try:
-            await asyncio.wait({connection.lost, *futures}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(
+                {connection.lost, *futures},
+                timeout=timeout if away else None,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
         finally:
             for future in futures:
                 future.cancel()
@@ -594,7 +611,40 @@ class WorkerRuntime:
             delay = slot.backoff.lost(asyncio.get_running_loop().time())
             await self._retry_after(slot, delay, error, logging.WARNING)
             return
+        if away and slot.home_at is not None and loop.time() >= slot.home_at:
+            await self._go_home(slot, connection)
         # A turn to roll, or rolls became idle: the next _serve() decides.
+
+    async def _go_home(self, slot: ConnectionSlot, old: EdgeConnection) -> None:
+        """Move a connection that failed over back to its home address, rolling: the new
+        connection registers there before the old one is unregistered and drained, so a
+        location that returns gets its share of the connections back."""
+        edges = self.settings.edges
+        home = home_address(edges, slot.conn_index)
+        edge = edges[home]
+        generation = self._generation
+        outcome = await self._dial(slot, edge, replace=True)
+        if isinstance(outcome, EdgeConnection):
+            log.info(
+                "Moved the connection back to its home address %s:%d",
+                edge.host,
+                edge.port,
+                extra=fields(connIndex=slot.conn_index),
+            )
+            slot.address = home
+            slot.connection = None
+            self._install(slot, outcome, edge, generation)
+            self._retire(slot.conn_index, old, announce=False)
+            return
+        if not outcome.refused:
+            slot.home_failures += 1  # home answers but does not take us: ask less often
+        delay = min(HOMECOMING_MAX_DELAY, HOMECOMING_DELAY * 2**slot.home_failures)
+        slot.home_at = asyncio.get_running_loop().time() + _jittered(delay)
+        log.debug(
+            "The home address still does not take the connection; next try in %.1fs",
+            delay,
+            extra=fields(connIndex=slot.conn_index, ip=f"{edge.host}:{edge.port}"),
+        )
 
     async def _roll(self, slot: ConnectionSlot, old: EdgeConnection) -> None:
         slot.roll_wanted.clear()
@@ -698,7 +748,15 @@ class WorkerRuntime:
         assert details is not None
         slot.connection = connection
         slot.generation = generation
-        slot.backoff.connected(asyncio.get_running_loop().time())
+        now = asyncio.get_running_loop().time()
+        slot.backoff.connected(now)
+        if slot.address % len(self.settings.edges) == home_address(
+            self.settings.edges, slot.conn_index
+        ):
+            slot.home_at = None
+            slot.home_failures = 0
+        elif slot.home_at is None:
+            slot.home_at = now + _jittered(HOMECOMING_DELAY)
         if generation >= self._generation:
             slot.finish_rolls(True)
         if details.location_name:
@@ -792,6 +850,11 @@ class WorkerRuntime:
                 responses_by_code={str(k): v for k, v in stats.responses_by_code.items()},
             )
         )
+
+
+def _jittered(delay: float) -> float:
+    """``delay`` give or take a quarter: the workers' connections do not all move at once."""
+    return delay * (0.75 + random.random() / 2)  # noqa: S311 - spacing, not secrecy
 
 
 def _with_connector_id(settings: WorkerSettings, connector_id: str) -> WorkerSettings:
