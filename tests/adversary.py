@@ -7,17 +7,25 @@ and memory from /proc (psutil). Shared by ``tests/adversarial/`` and other proce
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import socket
+import ssl
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
 
+from adit.credentials import load_credentials_file
+from adit.protocol.http2 import ConnectorTunnelConnection, Event, RequestReceived
+from adit.protocol.registration import ClientInfo, ConnectionOptions, TunnelAuth
+from adit.protocol.rpc_client import RegistrationClientSession
+from adit.protocol.rpc_events import RegistrationFailed, RegistrationReturned
 from harness import (
     Account,
     Edge,
@@ -411,6 +419,138 @@ class SteadyLoad:
         """Every request that did not get a 200."""
         with self._lock:
             return [o for o in self.outcomes if o.status != 200]
+
+
+# --- a connector scripted by the test ----------------------------------------------------------
+
+#: Answers one eyeball request on a :class:`ScriptedConnector`: queue the answer on the sans-IO
+#: connection (``send_response``...) and/or return raw bytes to write after what it queued.
+Answer = Callable[[ConnectorTunnelConnection, RequestReceived], bytes]
+
+
+def answer_ok(conn: ConnectorTunnelConnection, request: RequestReceived) -> bytes:
+    """An honest connector's answer: 200 with a two-byte body."""
+    conn.send_response(
+        request.stream_id, 200, [("Content-Length", "2")], end_stream=True, body=b"ok"
+    )
+    return b""
+
+
+class ScriptedConnector:
+    """A tunnel connection to the edge made of adit's own sans-IO objects, run by a test.
+
+    It registers honestly with a tunnel's credentials (the edge routes to it like to any
+    connector), then answers every eyeball request with ``answer``: a hostile connector is a
+    connector whose ``answer`` writes what no real one would. Its event loop runs in a thread;
+    :attr:`closed` says whether the edge dropped the connection.
+    """
+
+    def __init__(self, edge: Edge, credentials: Path, answer: Answer = answer_ok) -> None:
+        self.answer = answer
+        self.requests: list[RequestReceived] = []
+        self._creds = load_credentials_file(credentials)
+        self._edge = edge
+        self._conn = ConnectorTunnelConnection()
+        self._rpc = RegistrationClientSession()
+        self._control = 0
+        self._registered = threading.Event()
+        self._registration_ok = False
+        self._closed = threading.Event()
+        self._transport: asyncio.Transport | None = None
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+
+    def __enter__(self) -> ScriptedConnector:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._dial(), self._loop).result(10)
+        if not self._registered.wait(10) or not self._registration_ok:
+            raise AssertionError("the scripted connector could not register")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._thread.is_alive():
+            with contextlib.suppress(TimeoutError):
+                asyncio.run_coroutine_threadsafe(self._shut(), self._loop).result(5)
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(5)
+        self._loop.close()
+
+    async def _shut(self) -> None:
+        if self._transport is not None and not self._closed.is_set():
+            self._transport.abort()
+            for _ in range(100):  # connection_lost comes a few loop turns later
+                if self._closed.is_set():
+                    break
+                await asyncio.sleep(0.01)
+
+    @property
+    def closed(self) -> bool:
+        """Whether the edge closed the connection."""
+        return self._closed.is_set()
+
+    async def _dial(self) -> None:
+        context = ssl.create_default_context(cafile=str(self._edge.ca))
+        host, port = split_hostport(self._edge.tunnel[0])
+        transport, _ = await self._loop.create_connection(
+            lambda: _ScriptedProtocol(self),
+            host,
+            port,
+            ssl=context,
+            server_hostname="h2.cftunnel.com",
+        )
+        self._transport = transport
+
+    def _made(self, transport: asyncio.Transport) -> None:
+        self._conn.initiate()
+        transport.write(self._conn.data_to_send())
+
+    def _received(self, data: bytes, transport: asyncio.Transport) -> None:
+        raw = b""
+        for event in self._conn.receive_data(data):
+            raw += self._on_event(event)
+        transport.write(self._conn.data_to_send() + raw)
+
+    def _on_event(self, event: Event) -> bytes:
+        if isinstance(event, RequestReceived) and not self._control:
+            self._control = event.stream_id
+            self._conn.send_response(event.stream_id, 200, [])
+            client = ClientInfo(uuid.uuid4(), ("serialized_headers",), "scripted", "linux")
+            auth = TunnelAuth(self._creds.account_tag, self._creds.tunnel_secret)
+            self._rpc.register(auth, self._creds.tunnel_id, 0, ConnectionOptions(client=client))
+            self._conn.send_data(self._control, self._rpc.data_to_send())
+            return b""
+        if isinstance(event, RequestReceived):
+            self.requests.append(event)
+            return self.answer(self._conn, event)
+        if getattr(event, "stream_id", None) == self._control and self._control:
+            data = getattr(event, "data", b"")
+            if data:
+                self._conn.acknowledge(self._control, len(data))
+            for rpc_event in self._rpc.receive_data(data):
+                if isinstance(rpc_event, RegistrationReturned | RegistrationFailed):
+                    self._registration_ok = isinstance(rpc_event, RegistrationReturned)
+                    self._registered.set()
+            self._conn.send_data(self._control, self._rpc.data_to_send())
+        return b""
+
+
+class _ScriptedProtocol(asyncio.Protocol):
+    def __init__(self, owner: ScriptedConnector) -> None:
+        self.owner = owner
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.owner._made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        assert self.transport is not None
+        self.owner._received(data, self.transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.owner._closed.set()
+        self.owner._registered.set()
 
 
 def tmp_file(tmp: Path, name: str, text: str) -> Path:
