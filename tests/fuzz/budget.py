@@ -2,7 +2,7 @@
 
 The suite runs a bounded budget (the whole of ``tests/fuzz`` well under a minute on two busy
 cores). ``ADIT_FUZZ_SCALE=N`` multiplies every test's examples by N; ``./run fuzz`` is the long
-run (N = 200 unless given). Hypothesis keeps what it finds in ``.hypothesis/``, so a failure
+run (N = 100 unless given). Hypothesis keeps what it finds in ``.hypothesis/``, so a failure
 of a long run is replayed first by the next run; a failure that was a bug becomes an explicit
 ``@example`` next to its test, so it stays tested whatever the database holds.
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import struct
 from pathlib import Path
 
+from hpack.huffman import HuffmanEncoder
+from hpack.huffman_constants import REQUEST_CODES, REQUEST_CODES_LENGTH
 from hypothesis import strategies as st
 
 __all__ = [
@@ -160,11 +162,11 @@ def _integer(value: int, prefix_bits: int, first: int) -> bytes:
     return bytes(out)
 
 
+_HUFFMAN = HuffmanEncoder(REQUEST_CODES, REQUEST_CODES_LENGTH)
+
+
 @st.composite
 def _hpack_string(draw: st.DrawFn) -> bytes:
-    from hpack.huffman import HuffmanEncoder
-    from hpack.huffman_constants import REQUEST_CODES, REQUEST_CODES_LENGTH
-
     text = draw(
         st.one_of(
             st.sampled_from([b":status", b"200", b":path", b"/", b"cf-cloudflared-response-meta"]),
@@ -172,7 +174,7 @@ def _hpack_string(draw: st.DrawFn) -> bytes:
         )
     )
     if draw(st.booleans()):
-        coded = HuffmanEncoder(REQUEST_CODES, REQUEST_CODES_LENGTH).encode(text)
+        coded = _HUFFMAN.encode(text)
         return _integer(len(coded), 7, 0x80) + coded
     return _integer(len(text), 7, 0) + text
 
