@@ -269,8 +269,8 @@ REFUSALS: list[Refusal] = [
         "RFC 9112 §6.1 lets a server refuse it; it is the CL.TE/TE.CL smuggling pair, so "
         "llhttp's strict mode does (h11 ignores Content-Length).",
         lambda raw, m: (
-            bool(_header(m, b"content-length") and _header(m, b"transfer-encoding"))
-            or (b"content-length" in raw.lower() and b"transfer-encoding" in raw.lower())
+            b"content-length" in _field_lines(raw).lower()
+            and b"transfer-encoding" in _field_lines(raw).lower()
         ),
     ),
     Refusal(
