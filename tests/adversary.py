@@ -1206,6 +1206,11 @@ def cloudflared_metrics(proc: Proc) -> str:
 TUNNEL_SNI = "h2.cftunnel.com"
 
 
+#: Answers one eyeball request on a :class:`HostileConnector`: queue the answer on the sans-IO
+#: connection (``send_response``...) and/or return raw bytes to write after what it queued.
+HostileAnswer = Callable[[ConnectorTunnelConnection, RequestReceived], bytes]
+
+
 @dataclass
 class FloodResult:
     """What a :meth:`HostileConnector.flood` saw."""
@@ -1230,9 +1235,18 @@ class HostileConnector:
     """
 
     def __init__(
-        self, address: str, ca_pem: str, credentials: TunnelCredentials, conn_index: int = 0
+        self,
+        address: str,
+        ca_pem: str,
+        credentials: TunnelCredentials,
+        conn_index: int = 0,
+        answer: HostileAnswer | None = None,
     ) -> None:
         self.address = address
+        #: Answers each eyeball request (none: requests go unanswered).
+        self.answer = answer
+        #: The eyeball requests the edge opened on this connection, in order.
+        self.requests: list[RequestReceived] = []
         self.ca_pem = ca_pem
         self.credentials = credentials
         self.conn_index = conn_index
@@ -1250,13 +1264,20 @@ class HostileConnector:
         self._registration: asyncio.Future[object] | None = None
 
     @classmethod
-    def for_tunnel(cls, edge: Edge, tunnel: Tunnel, conn_index: int = 0) -> HostileConnector:
+    def for_tunnel(
+        cls,
+        edge: Edge,
+        tunnel: Tunnel,
+        conn_index: int = 0,
+        answer: HostileAnswer | None = None,
+    ) -> HostileConnector:
         """A hostile connector holding ``tunnel``'s credentials, dialling ``edge``."""
         return cls(
             edge.tunnel[0],
             edge.ca.read_text(),
             load_credentials_file(tunnel.credentials),
             conn_index,
+            answer,
         )
 
     async def open(self, *, register: bool = True, timeout: float = 15.0) -> None:
@@ -1352,7 +1373,9 @@ class HostileConnector:
                 if not data:
                     break
                 self._receive(data)
-                if self.registered is None:
+                if self.registered is None or self.answer is not None:
+                    # Registering, or answering requests: acknowledge what an honest
+                    # connector would (SETTINGS, the edge's PINGs, window updates).
                     await self.pump()
         except (ConnectionError, ssl.SSLError, OSError):
             pass
@@ -1369,11 +1392,20 @@ class HostileConnector:
                 self.goaway_code = event.error_code
             elif isinstance(event, RequestReceived) and not self.control_stream:
                 self._open_control(event.stream_id)
+            elif isinstance(event, RequestReceived):
+                self.requests.append(event)
+                if self.answer is not None:
+                    raw = self.answer(self.conn, event)
+                    self._write_now(self.conn.data_to_send() + raw)
             elif isinstance(event, DataReceived) and event.stream_id == self.control_stream:
                 self.conn.acknowledge(event.stream_id, event.flow_controlled_length)
                 for answer in self.rpc.receive_data(event.data):
                     self._answered(answer)
                 self._send_rpc()
+
+    def _write_now(self, data: bytes) -> None:
+        if data and self._writer is not None and not self._writer.is_closing():
+            self._writer.write(data)
 
     def _answered(self, answer: object) -> None:
         waiting = self._registration

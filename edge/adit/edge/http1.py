@@ -96,6 +96,9 @@ class ResponseError(Exception):
 # The lengths of the request header names the parser notes: Host, Expect, Content-Length,
 # Transfer-Encoding.
 _NOTED_LENGTHS = frozenset({4, 6, 14, 17})
+_NOT_TRAILERS = frozenset({b"host", b"content-length", b"transfer-encoding"})
+_OWS = b" \t"
+_VERSIONS = frozenset({"1.1", "1.0"})
 
 
 class Request:
@@ -149,6 +152,11 @@ class RequestParser:
         self._messages = 0
         self._has_host = False
         self._tail = b""
+        # Bytes read inside a body without a body byte or the message's end coming of them:
+        # chunk framing and trailers. httptools buffers a trailer line whole, copying it on
+        # every read, so the trailer section is bounded like a head.
+        self._stalled = 0
+        self._progress = False
 
     def feed(self, data: bytes) -> None:
         """Parse ``data``; raises :class:`BadRequest` or :class:`HeadersTooLarge`."""
@@ -161,6 +169,7 @@ class RequestParser:
                 raise HeadersTooLarge("request head too large")
             self._head_counted_by_callbacks = False
         message = self._messages
+        self._progress = False
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -173,6 +182,10 @@ class RequestParser:
         except httptools.HttpParserError as exc:
             raise BadRequest(str(exc)) from exc
         if not self._in_head:
+            if self.in_message and not self._progress:
+                self._stalled += len(data)
+                if self._stalled > MAX_HEADER_BYTES:
+                    raise HeadersTooLarge("request trailers too large")
             return
         # Where the next read's bytes may complete this head's end.
         self._tail = data[-3:]
@@ -201,12 +214,7 @@ class RequestParser:
             self.feed(pending)
 
     def _upgraded(self, rest: bytes) -> None:
-        request = self._request
-        request.upgrade = True
-        if request.has_body:
-            # llhttp stops before such a body; parsing it as the next request would let a
-            # body smuggle requests past a proxy in front of us.
-            raise BadRequest("an upgrade request with a body")
+        self._request.upgrade = True
         self.after_upgrade = rest
         self.in_message = False
 
@@ -221,6 +229,7 @@ class RequestParser:
         self._head_counted_by_callbacks = True
         self._messages += 1
         self._has_host = False
+        self._stalled = 0
         self.in_message = True
 
     def on_url(self, url: bytes) -> None:
@@ -230,7 +239,13 @@ class RequestParser:
             self._head_size += len(url) + 16
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        """llhttp: one complete header line."""
+        """llhttp: one complete header (or trailer) line."""
+        if value and value[-1] in _OWS:
+            # RFC 9112 §5: OWS is not part of the value; llhttp strips only the leading OWS.
+            value = value.rstrip(_OWS)
+        if not self._in_head:
+            self._on_trailer(name)
+            return
         request = self._request
         request.headers.append((name, value))
         if self._head_counted_by_callbacks:
@@ -246,31 +261,55 @@ class RequestParser:
             self._has_host = True
             request.host = value
         elif lowered == b"content-length":
-            request.has_body = value.strip() != b"0"
+            request.has_body = bool(value.lstrip(b"0"))  # llhttp took only digits
         elif lowered == b"transfer-encoding":
+            # llhttp takes any list ending in chunked ("gzip, chunked"): the edge decodes no
+            # other coding, so it would forward a body it has not understood (RFC 9112 §6.1).
+            if value.lower() != b"chunked":
+                raise BadRequest("a Transfer-Encoding other than chunked")
             request.has_body = True
         elif lowered == b"expect":
             request.expect_continue = value.lower() == b"100-continue"
 
+    def _on_trailer(self, name: bytes) -> None:
+        # Trailers go nowhere: the request's head was forwarded at its end. Fields that frame
+        # or route a message may not be trailers (RFC 9110 §6.5.1).
+        if len(name) in _NOTED_LENGTHS and name.lower() in _NOT_TRAILERS:
+            raise BadRequest(f"a {name.decode('latin-1')} trailer")
+
     def on_headers_complete(self) -> None:
         """llhttp: the head is complete."""
         self._in_head = False
+        self._progress = True
+        self._stalled = 0
         request = self._request
         parser = self._parser
         request.method = parser.get_method()
         request.target = self._url[0] if len(self._url) == 1 else b"".join(self._url)
         request.http_version = parser.get_http_version()
         request.keep_alive = parser.should_keep_alive()
+        if request.http_version not in _VERSIONS:
+            # llhttp also takes HTTP/0.9 (a bare "GET /") and 2.0 in HTTP/1 framing.
+            raise BadRequest(f"HTTP/{request.http_version} is not spoken here")
         if request.http_version == "1.1" and not self._has_host:
             raise BadRequest("HTTP/1.1 request without Host")
+        if request.has_body and parser.should_upgrade():
+            # llhttp stops before such a body; parsing it as the next request would let a
+            # body smuggle requests past a proxy in front of us. Refused before the request
+            # is passed on, so it is not served either.
+            raise BadRequest("an upgrade request with a body")
         self.events.append(request)
 
     def on_body(self, body: bytes) -> None:
         """llhttp: a piece of the body (chunk framing already removed)."""
-        self.events.append(body)
+        self._progress = True
+        self._stalled = 0
+        if body:  # an empty piece (a read of nothing) would read as the message's end
+            self.events.append(body)
 
     def on_message_complete(self) -> None:
         """llhttp: the request ended."""
+        self._progress = True
         self.in_message = False
         self.events.append(b"")
 

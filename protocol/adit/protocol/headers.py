@@ -332,6 +332,9 @@ class ResponseMeta(enum.Enum):
         member = _META_BY_VALUE.get(value)
         if member is not None:
             return member
+        if len(value) > _META_MAX_LENGTH:
+            # Bounds json's recursion (RecursionError on "[[[[..."), not just its time.
+            return cls.CONNECTOR
         try:
             data = json.loads(value)
         except ValueError:
@@ -346,3 +349,5 @@ class ResponseMeta(enum.Enum):
 
 
 _META_BY_VALUE = {member.value: member for member in ResponseMeta}
+# cloudflared's longest meta is under 64 characters.
+_META_MAX_LENGTH = 128

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterable
 
+from hpack.exceptions import HPACKDecodingError
 from hpack.huffman_table import decode_huffman
 from hpack.table import HeaderTable
 
@@ -122,63 +123,69 @@ class HpackDecoder:
         self._dynamic_size = 0
 
     def decode(self, block: bytes) -> list[tuple[bytes, bytes]]:
-        """The header list of one complete header block (names and values as bytes)."""
+        """The header list of one complete header block (names and values as bytes).
+
+        Every malformed block raises :class:`HpackError`; each bound is checked before the
+        byte it guards is read, so nothing else escapes.
+        """
         headers: list[tuple[bytes, bytes]] = []
         size = 0
         pos = 0
         end = len(block)
         static = _STATIC
-        try:
-            while pos < end:
-                first = block[pos]
-                if first & 0x80:  # indexed field
-                    index = first & 0x7F
-                    if 0 < index <= _STATIC_COUNT:  # the usual case, inline
-                        pos += 1
-                        field = static[index - 1]
+        while pos < end:
+            first = block[pos]
+            if first & 0x80:  # indexed field
+                index = first & 0x7F
+                if 0 < index <= _STATIC_COUNT:  # the usual case, inline
+                    pos += 1
+                    field = static[index - 1]
+                else:
+                    index, pos = _read_integer(block, pos, 7)
+                    field = self._entry(index)
+            elif not first & 0xE0:
+                # A literal not indexed (0x00) or never indexed (0x10): ours, and most of
+                # Go's. Inline for static names and raw values (the usual case).
+                index = first & 0x0F
+                if 0 < index < 0x0F:  # a static name (0x0F: the index goes on)
+                    pos += 1
+                    name = static[index - 1][0]
+                else:
+                    index, pos = _read_integer(block, pos, 4)
+                    if index:
+                        name = self._entry(index)[0]
                     else:
-                        index, pos = _read_integer(block, pos, 7)
-                        field = self._entry(index)
-                elif not first & 0xE0:
-                    # A literal not indexed (0x00) or never indexed (0x10): ours, and most of
-                    # Go's. Inline for static names and raw values (the usual case).
-                    index = first & 0x0F
-                    if 0 < index < 0x0F:  # a static name (0x0F: the index goes on)
-                        pos += 1
-                        name = static[index - 1][0]
-                    else:
-                        index, pos = _read_integer(block, pos, 4)
-                        if index:
-                            name = self._entry(index)[0]
-                        else:
-                            name, pos = _read_string(block, pos)
-                    length = block[pos]
-                    if length & 0x80 or length == 0x7F:
-                        value, pos = _read_string(block, pos)
-                    else:
-                        pos += 1
-                        stop = pos + length
-                        if stop > end:
-                            raise HpackError("HPACK string runs past the header block")
-                        value = block[pos:stop]
-                        pos = stop
-                    field = (name, value)
-                elif first & 0x40:  # literal, add to the table
-                    field, pos = self._literal(block, pos, 6)
-                    self._add(field)
-                else:  # 0x20: dynamic table size update
-                    new_size, pos = _read_integer(block, pos, 5)
-                    if new_size > self._allowed_table_size:
-                        raise HpackError(f"table size update to {new_size} beyond our limit")
-                    self._table_size = new_size
-                    self._evict()
-                    continue
-                headers.append(field)
-                size += len(field[0]) + len(field[1]) + _ENTRY_OVERHEAD
-                if size > self._max_list:
-                    raise HpackError("header list exceeds our MAX_HEADER_LIST_SIZE")
-        except IndexError as exc:
-            raise HpackError("truncated header block") from exc
+                        name, pos = _read_string(block, pos)
+                if pos >= end:
+                    raise HpackError("header block ends before a string")
+                length = block[pos]
+                if length & 0x80 or length == 0x7F:
+                    value, pos = _read_string(block, pos)
+                else:
+                    pos += 1
+                    stop = pos + length
+                    if stop > end:
+                        raise HpackError("HPACK string runs past the header block")
+                    value = block[pos:stop]
+                    pos = stop
+                field = (name, value)
+            elif first & 0x40:  # literal, add to the table
+                field, pos = self._literal(block, pos, 6)
+                self._add(field)
+            else:  # 0x20: dynamic table size update
+                if headers:
+                    # RFC 7541 §4.2: only at the start of a block.
+                    raise HpackError("dynamic table size update after a header field")
+                new_size, pos = _read_integer(block, pos, 5)
+                if new_size > self._allowed_table_size:
+                    raise HpackError(f"table size update to {new_size} beyond our limit")
+                self._table_size = new_size
+                self._evict()
+                continue
+            headers.append(field)
+            size += len(field[0]) + len(field[1]) + _ENTRY_OVERHEAD
+            if size > self._max_list:
+                raise HpackError("header list exceeds our MAX_HEADER_LIST_SIZE")
         return headers
 
     def _entry(self, index: int) -> tuple[bytes, bytes]:
@@ -210,13 +217,17 @@ class HpackDecoder:
 
 
 def _read_integer(block: bytes, pos: int, prefix_bits: int) -> tuple[int, int]:
+    """RFC 7541 §5.1: the integer at ``pos`` and the position after it."""
+    end = len(block)
+    if pos >= end:
+        raise HpackError("header block ends before an integer")
     limit = (1 << prefix_bits) - 1
     value = block[pos] & limit
     pos += 1
     if value < limit:
         return value, pos
     shift = 0
-    while True:
+    while pos < end:
         byte = block[pos]
         pos += 1
         value += (byte & 0x7F) << shift
@@ -225,9 +236,13 @@ def _read_integer(block: bytes, pos: int, prefix_bits: int) -> tuple[int, int]:
         shift += 7
         if shift > 28:
             raise HpackError("HPACK integer too large")
+    raise HpackError("header block ends inside an integer")
 
 
 def _read_string(block: bytes, pos: int) -> tuple[bytes, int]:
+    """RFC 7541 §5.2: the string at ``pos``, Huffman-decoded, and the position after it."""
+    if pos >= len(block):
+        raise HpackError("header block ends before a string")
     huffman = block[pos] & 0x80
     length, pos = _read_integer(block, pos, 7)
     stop = pos + length
@@ -237,6 +252,6 @@ def _read_string(block: bytes, pos: int) -> tuple[bytes, int]:
     if huffman:
         try:
             data = decode_huffman(data)
-        except Exception as exc:  # hpack raises its own HPACKDecodingError
+        except HPACKDecodingError as exc:
             raise HpackError(f"bad Huffman string: {exc}") from exc
     return data, stop

@@ -90,6 +90,9 @@ class FrameReader:
         if self._partial:
             self._partial += data
             if len(self._partial) < self._need:
+                if self._preface and not CONNECTION_PREFACE.startswith(self._partial):
+                    # Refused as soon as it goes wrong, however the bytes were split.
+                    raise Http2TunnelError("the peer did not send the HTTP/2 connection preface")
                 return []
             buffer: bytes = bytes(self._partial)
             self._partial.clear()

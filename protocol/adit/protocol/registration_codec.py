@@ -6,8 +6,8 @@ pycapnp then copies them into the RPC message depth-first, which is the order go
 allocates them in, so our bytes match cloudflared's.
 
 Decoders reject what cloudflared itself would reject (a UUID that is not 16 bytes) with
-``ValueError``; :func:`adit.protocol.rpc_messages.read_content` turns that into an
-:class:`~adit.protocol.errors.RpcProtocolError`.
+:class:`~adit.protocol.errors.RpcProtocolError`, which
+:func:`adit.protocol.rpc_messages.read_content` passes on.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+from adit.protocol.errors import RpcProtocolError
 from adit.protocol.registration import (
     ClientInfo,
     ConnectionDetails,
@@ -30,7 +31,7 @@ from adit.protocol.registration_wire import (
     UPDATE_LOCAL_CONFIGURATION,
     check_uint8,
 )
-from adit.protocol.rpc_messages import struct_module, struct_schema, tunnelrpc
+from adit.protocol.rpc_messages import struct_module, struct_schema, tunnelrpc, union_member
 from adit.protocol.values import Value
 
 __all__ = [
@@ -100,7 +101,7 @@ def build_register_params(params: RegisterConnectionParams) -> Any:
 
 def _uuid(data: bytes, what: str) -> uuid.UUID:
     if len(data) != 16:
-        raise ValueError(f"{what} must be 16 bytes, got {len(data)}")
+        raise RpcProtocolError(f"{what} must be 16 bytes, got {len(data)}")
     return uuid.UUID(bytes=bytes(data))
 
 
@@ -148,7 +149,7 @@ def build_register_results(result: RegistrationResult) -> Any:
 def decode_register_results(reader: Any) -> RegistrationResult:
     """A :data:`RegistrationResult` from a ``registerConnection`` results struct reader."""
     response = reader.result.result
-    kind = response.which()
+    kind = union_member(response)
     if kind == "connectionDetails":
         details = response.connectionDetails
         return ConnectionDetails(
@@ -163,7 +164,7 @@ def decode_register_results(reader: Any) -> RegistrationResult:
             retry_after_ns=int(error.retryAfter),
             should_retry=bool(error.shouldRetry),
         )
-    raise ValueError(f"ConnectionResponse of unknown kind {kind!r}")
+    raise RpcProtocolError(f"ConnectionResponse of unknown kind {kind!r}")
 
 
 def build_update_local_configuration_params(config: bytes) -> Any:

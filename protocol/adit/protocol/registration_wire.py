@@ -319,6 +319,11 @@ class _Struct:
         size = data_words + pointer_count
         if tag_lower & 3 != 0 or count < 0 or count * size > upper >> 3:
             raise _Unreadable("list elements overrun the list")
+        if count and not size:
+            # Zero-sized elements take no words: a 96-byte message could claim 2^29 of them
+            # and each costs us an object. None of ours is empty; pycapnp charges them to its
+            # traversal limit.
+            raise _Unreadable("a list of empty structs")
         elements = []
         for element in range(count):
             first = tag + 1 + element * size
@@ -398,7 +403,7 @@ def decode_return(data: bytes) -> ReadReturn | None:
                 return None
             caps.append((kind, entry.uint(4, _U32) if kind in _WITH_ID else 0))
         return ReadReturn(answer_id, outcome, "", tuple(caps))
-    except (_Unreadable, struct.error):
+    except _Unreadable:
         return None
 
 
@@ -432,5 +437,5 @@ def decode_register_results(data: bytes) -> RegistrationResult | None:
                 should_retry=value.bit(64),
             )
         return None
-    except (_Unreadable, struct.error):
+    except _Unreadable:
         return None

@@ -51,6 +51,7 @@ __all__ = [
     "struct_module",
     "struct_schema",
     "tunnelrpc",
+    "union_member",
 ]
 
 _SCHEMA_DIR = Path(__file__).with_name("capnp_schema")
@@ -200,7 +201,13 @@ def _open(data: bytes) -> Any:
     )
 
 
-def _which(reader: Any) -> str | None:
+# What pycapnp raises for bytes it cannot read: KjException for a malformed message (bad
+# pointers, limits, schema mismatches), UnicodeDecodeError for a Text field that is not UTF-8.
+# Readers catch exactly these at the trust boundary; anything else escaping is a bug of ours.
+_MALFORMED = (capnp.KjException, UnicodeDecodeError)
+
+
+def union_member(reader: Any) -> str | None:
     """The union member set in ``reader``, or None if our schema does not know it."""
     try:
         return str(reader.which())
@@ -209,21 +216,26 @@ def _which(reader: Any) -> str | None:
         return None
 
 
+def _enum_name(value: Any) -> str:
+    """An enum field's name; a value our schema does not know reads as ``unknown(N)``."""
+    try:
+        return str(value)
+    except RuntimeError:
+        # pycapnp's "Member was null.": the value is not in the schema's enumerants.
+        return f"unknown({value.raw})"
+
+
 def decode_message(data: bytes) -> RpcMessage:
     """Decode one framed RPC message; raise :class:`RpcProtocolError` if it is malformed."""
     try:
         with _open(data) as message:
             return _decode(message, data)
-    except RpcProtocolError:
-        raise
-    except Exception as exc:
-        # Trust boundary: pycapnp reports bad input as KjException, RuntimeError, ValueError,
-        # UnicodeDecodeError, ... and none of them may escape as anything but a protocol error.
+    except _MALFORMED as exc:
         raise RpcProtocolError(f"malformed capnp RPC message: {exc}") from exc
 
 
 def _decode(message: Any, raw: bytes) -> RpcMessage:
-    kind = _which(message)
+    kind = union_member(message)
     if kind == "bootstrap":
         return BootstrapMessage(question_id=message.bootstrap.questionId)
     if kind == "call":
@@ -233,12 +245,12 @@ def _decode(message: Any, raw: bytes) -> RpcMessage:
             target=_decode_target(call.target),
             interface_id=call.interfaceId,
             method_id=call.methodId,
-            results_to_caller=_which(call.sendResultsTo) == "caller",
+            results_to_caller=union_member(call.sendResultsTo) == "caller",
             raw=raw,
         )
     if kind == "return":
         ret = getattr(message, "return")
-        outcome = _which(ret) or "unknown"
+        outcome = union_member(ret) or "unknown"
         reason = ""
         cap_table: tuple[CapDescriptor, ...] = ()
         if outcome == "exception":
@@ -257,10 +269,10 @@ def _decode(message: Any, raw: bytes) -> RpcMessage:
         release = message.release
         return ReleaseMessage(import_id=release.id, reference_count=release.referenceCount)
     if kind == "abort":
-        return AbortMessage(reason=str(message.abort.reason), type=str(message.abort.type))
+        return AbortMessage(reason=str(message.abort.reason), type=_enum_name(message.abort.type))
     if kind == "unimplemented":
         echoed = message.unimplemented
-        echoed_kind = _which(echoed)
+        echoed_kind = union_member(echoed)
         question_id: int | None = None
         if echoed_kind == "call":
             question_id = echoed.call.questionId
@@ -271,13 +283,13 @@ def _decode(message: Any, raw: bytes) -> RpcMessage:
 
 
 def _decode_target(target: Any) -> CallTarget:
-    kind = _which(target)
+    kind = union_member(target)
     if kind == "importedCap":
         return ImportedCapTarget(import_id=target.importedCap)
     if kind == "promisedAnswer":
         promised = target.promisedAnswer
         transform = tuple(
-            op.getPointerField if _which(op) == "getPointerField" else None
+            op.getPointerField if union_member(op) == "getPointerField" else None
             for op in promised.transform
         )
         return PromisedAnswerTarget(question_id=promised.questionId, transform=transform)
@@ -285,7 +297,7 @@ def _decode_target(target: Any) -> CallTarget:
 
 
 def _decode_cap(entry: Any) -> CapDescriptor:
-    kind = _which(entry) or "unknown"
+    kind = union_member(entry) or "unknown"
     value = (
         getattr(entry, kind) if kind in {"senderHosted", "senderPromise", "receiverHosted"} else 0
     )
@@ -295,12 +307,13 @@ def _decode_cap(entry: Any) -> CapDescriptor:
 def read_content(raw: bytes, schema: Any, decode: Callable[[Any], T]) -> T:
     """Read the params of a Call or the results of a Return in ``raw`` as ``schema``.
 
-    ``decode`` turns the struct reader into plain values while the buffer is open. Anything the
-    bytes cannot satisfy surfaces as :class:`RpcProtocolError`.
+    ``decode`` turns the struct reader into plain values while the buffer is open, raising
+    :class:`RpcProtocolError` for values it rejects. Anything the bytes cannot satisfy
+    surfaces as :class:`RpcProtocolError` too.
     """
     try:
         with _open(raw) as message:
-            kind = _which(message)
+            kind = union_member(message)
             if kind == "call":
                 payload = message.call.params
             elif kind == "return":
@@ -308,10 +321,7 @@ def read_content(raw: bytes, schema: Any, decode: Callable[[Any], T]) -> T:
             else:
                 raise RpcProtocolError(f"{kind!r} message carries no payload")
             return decode(payload.content.as_struct(schema))
-    except RpcProtocolError:
-        raise
-    except Exception as exc:
-        # Trust boundary, as in decode_message; ``decode`` may also reject values (ValueError).
+    except _MALFORMED as exc:
         raise RpcProtocolError(f"malformed RPC payload: {exc}") from exc
 
 
@@ -442,8 +452,8 @@ def encode_unimplemented(raw: bytes) -> bytes:
             message = _rpc.Message.new_message()
             message.unimplemented = original
             return _serialise(message)
-    except Exception as exc:
-        # Trust boundary: the echoed message came from the peer.
+    except _MALFORMED as exc:
+        # The echoed message came from the peer.
         raise RpcProtocolError(f"cannot echo malformed message: {exc}") from exc
 
 
