@@ -284,6 +284,12 @@ class TunnelIO(asyncio.Protocol, Generic[Conn]):
         if not self.lost.done():
             self.lost.set_result(str(exc) if exc else "connection closed")
         self.on_lost(exc)
+        # This protocol and its transport (and the TLS layer between them) refer to each other:
+        # left to the cycle collector, a closed connection's buffers, the TLS input it never
+        # read among them, lived until a full collection (~80 KiB each; a tenant redialling
+        # and flooding grew the edge by hundreds of MiB). Cut the cycle now.
+        self.transport = None
+        self._liveness_timer = None
 
     def pause_writing(self) -> None:
         # From now on our output stays in the protocol object (flush() takes none), where the
@@ -438,7 +444,7 @@ class TunnelIO(asyncio.Protocol, Generic[Conn]):
         with contextlib.suppress(Exception):
             self.conn.close(error_code=error_code)
         self.close_transport()
-        self.on_failure(reason)
+        self.on_failure(reason, error_code)
 
     def close_transport(self) -> None:
         """Close the socket after what is queued (held output included, even while paused);
@@ -467,8 +473,9 @@ class TunnelIO(asyncio.Protocol, Generic[Conn]):
     def on_lost(self, exc: Exception | None) -> None:
         """The socket closed."""
 
-    def on_failure(self, reason: str) -> None:
-        """The connection failed (protocol error, or the peer stopped answering)."""
+    def on_failure(self, reason: str, error_code: int) -> None:
+        """The connection failed (protocol error, or the peer stopped answering); the GOAWAY
+        said ``error_code`` (ENHANCE_YOUR_CALM for a flood)."""
 
     def on_responsive(self, responsive: bool) -> None:
         """The peer stopped answering PINGs in time (False), or was heard from again (True)."""

@@ -152,6 +152,23 @@ SECONDS = Seconds()
     show_default=True,
     help="Close a connector connection silent this long (cloudflared's QUIC idle timeout).",
 )
+@click.option(
+    "--tunnel-dial-rate",
+    type=click.FloatRange(min=0.1),
+    envvar="ADIT_EDGE_TUNNEL_DIAL_RATE",
+    default=20.0,
+    show_default=True,
+    help="New tunnel connections a client address may open per second, after the burst; "
+    "more are closed before their TLS handshake.",
+)
+@click.option(
+    "--tunnel-dial-burst",
+    type=click.IntRange(min=1),
+    envvar="ADIT_EDGE_TUNNEL_DIAL_BURST",
+    default=400,
+    show_default=True,
+    help="New tunnel connections a client address may open at once (a reconnect storm).",
+)
 @click.option("--exit-with-pid", type=int, default=None, hidden=True)
 @click.option("--ephemeral", is_flag=True, hidden=True, help="Delete the state dir on exit.")
 @click.option(
@@ -252,6 +269,8 @@ def edge(
     tunnel_ping_interval: float,
     tunnel_ping_timeout: float,
     tunnel_idle_timeout: float,
+    tunnel_dial_rate: float,
+    tunnel_dial_burst: int,
     exit_with_pid: int | None,
     ephemeral: bool,
     loglevel: str,
@@ -271,6 +290,7 @@ def edge(
         return
     from adit.allocator import keep_read_buffers_on_heap
     from adit.edge.server import EdgeSettings, run_edge
+    from adit.edge.tls_gate import DialRates
     from adit.logs import LogSettings, configure_logging
 
     keep_read_buffers_on_heap()
@@ -305,6 +325,7 @@ def edge(
         tunnel_ping_interval=tunnel_ping_interval,
         tunnel_ping_timeout=tunnel_ping_timeout,
         tunnel_idle_timeout=tunnel_idle_timeout,
+        tunnel_dial_rates=DialRates(rate=tunnel_dial_rate, burst=tunnel_dial_burst),
     )
     try:
         settings.tunnel_liveness  # noqa: B018 - validates the three durations together

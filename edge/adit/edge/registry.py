@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
 
+from adit.edge.cooldown import Cooldowns
+
 __all__ = ["ConnectionHandle", "ConnectionRegistry", "LiveConnection"]
 
 
@@ -57,6 +59,8 @@ class ConnectionRegistry:
     """
 
     def __init__(self) -> None:
+        #: Tunnels that flooded the edge, refused registration for a while.
+        self.cooldowns = Cooldowns()
         self._by_tunnel: dict[uuid.UUID, list[LiveConnection]] = {}
         # The index of the next connection to try, per tunnel.
         self._turns: dict[uuid.UUID, int] = {}

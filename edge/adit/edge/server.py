@@ -25,6 +25,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from adit.allocator import HeapTrimmer
 from adit.credentials import TunnelCredentials, encode_tunnel_token
 from adit.edge.api import EdgeInfo, ManagementApi
 from adit.edge.ca import EdgeCA
@@ -33,6 +34,7 @@ from adit.edge.limits import ConnectionTracker, Limits
 from adit.edge.public import PublicListener
 from adit.edge.registry import ConnectionRegistry
 from adit.edge.store import Store, StoreError
+from adit.edge.tls_gate import DialRates, GatedListener
 from adit.edge.tunnel_session import EdgeIdentity, TunnelSession
 from adit.protocol.hostnames import InvalidHostname, split_address, split_host_port
 from adit.protocol.liveness import (
@@ -44,6 +46,9 @@ from adit.protocol.liveness import (
 from adit.systemd import SystemdNotifier
 
 log = logging.getLogger("adit.edge")
+
+#: How often the edge looks at whether freed heap memory should go back to the kernel.
+HEAP_CHECK_INTERVAL = 10.0
 
 #: A TLS handshake that does not finish in this time is dropped (half-open guard).
 TLS_HANDSHAKE_TIMEOUT = 10.0
@@ -87,6 +92,8 @@ class EdgeSettings:
     tunnel_ping_timeout: float = DEFAULT_ALLOWANCE
     #: ...and silent this long: the connection is closed.
     tunnel_idle_timeout: float = DEFAULT_TIMEOUT
+    #: New tunnel connections one client address may open (before their TLS handshake).
+    tunnel_dial_rates: DialRates = field(default_factory=DialRates)
 
     @property
     def tunnel_liveness(self) -> LivenessSettings:
@@ -101,7 +108,7 @@ def _listen_address(address: str) -> tuple[str, int]:
     return split_address(address, default_host="0.0.0.0")  # noqa: S104 - public by design
 
 
-def _bound(server: asyncio.Server) -> list[str]:
+def _bound(server: asyncio.Server | GatedListener) -> list[str]:
     out = []
     for sock in server.sockets:
         host, port = sock.getsockname()[:2]
@@ -121,7 +128,7 @@ class EdgeServer:
         self.identity = EdgeIdentity(location=settings.location)
         self.liveness = settings.tunnel_liveness
         self.sessions: set[TunnelSession] = set()
-        self.servers: list[asyncio.Server] = []
+        self.servers: list[asyncio.Server | GatedListener] = []
         self.addresses: dict[str, list[str]] = {}
         self.api: ManagementApi | None = None
         #: The eyeball-facing listeners' connections: public HTTP, public HTTPS, API.
@@ -137,16 +144,17 @@ class EdgeServer:
         tunnel_bound: list[str] = []
         for address in self.settings.tunnel_listen:
             host, port = _listen_address(address)
-            server = await loop.create_server(
-                self._new_session,
+            # A client address is admitted (its dial rate) before any TLS work is done.
+            gated = GatedListener.bind(
                 host,
                 port,
-                ssl=tunnel_tls,
-                ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT,
-                reuse_address=True,
+                self._new_session,
+                tunnel_tls,
+                TLS_HANDSHAKE_TIMEOUT,
+                self.settings.tunnel_dial_rates,
             )
-            self.servers.append(server)
-            tunnel_bound += _bound(server)
+            self.servers.append(gated)
+            tunnel_bound += _bound(gated)
         self.addresses["tunnel"] = tunnel_bound
         advertise = self.settings.advertise or tuple(
             a.replace("0.0.0.0", "127.0.0.1")  # noqa: S104 - rewriting, not binding
@@ -391,6 +399,7 @@ async def run_edge(settings: EdgeSettings) -> int:
         if settings.exit_with_pid is not None
         else None
     )
+    trimming = loop.create_task(_trim_heap(HeapTrimmer()))
     while (received := await signals.get()) == signal.SIGHUP:
         usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
         notify(f"RELOADING=1\nMONOTONIC_USEC={usec}")
@@ -408,6 +417,7 @@ async def run_edge(settings: EdgeSettings) -> int:
     )
     if watcher is not None:
         watcher.cancel()
+    trimming.cancel()
     edge.stop_listening()
     await _drain(edge, signals, settings.grace_period)
     await edge.stop()
@@ -436,6 +446,14 @@ async def _drain(edge: EdgeServer, signals: asyncio.Queue[int], grace: float) ->
         log.warning("grace period over: closing the connections still in flight")
     finally:
         drained.cancel()
+
+
+async def _trim_heap(trimmer: HeapTrimmer) -> None:
+    """Give freed heap memory back now and then (see :class:`~adit.allocator.HeapTrimmer`)."""
+    while True:
+        await asyncio.sleep(HEAP_CHECK_INTERVAL)
+        if trimmer.check():
+            log.debug("gave freed heap memory back: %d MiB resident", trimmer.resident() >> 20)
 
 
 async def _watch_parent(pid: int, signals: asyncio.Queue[int]) -> None:

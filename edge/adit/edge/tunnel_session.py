@@ -29,6 +29,7 @@ from adit.protocol.http2 import (
     ConnectionTerminated,
     DataReceived,
     EdgeTunnelConnection,
+    ErrorCode,
     Event,
     ResponseReceived,
     StreamEnded,
@@ -36,6 +37,7 @@ from adit.protocol.http2 import (
 )
 from adit.protocol.liveness import LivenessSettings
 from adit.protocol.registration import (
+    DUPLICATE_CONNECTION,
     ConnectionDetails,
     ConnectionOptions,
     RegistrationError,
@@ -259,9 +261,24 @@ class TunnelSession(TunnelIO[EdgeTunnelConnection]):
         self._unlist()
         if self._on_closed is not None:
             self._on_closed(self)
+        # What refers back to this session (its registry entry, control channel and task,
+        # timers) goes, so the session is freed when the transport lets go of it.
+        self.live = None
+        self.control = None
+        self._control_task = None
+        self._timeout = self._recheck = None
 
-    def on_failure(self, reason: str) -> None:
+    def on_failure(self, reason: str, error_code: int) -> None:
         log.warning("tunnel connection from %s failed: %s", self.peer, reason)
+        if error_code == ErrorCode.ENHANCE_YOUR_CALM and self.live is not None:
+            # A tenant's connector flooded us: its tunnel waits before registering again, or
+            # it could make us pay a handshake and a registration per flood, many a second.
+            wait = self.registry.cooldowns.punish(self.live.tunnel_id, self._loop.time())
+            log.warning(
+                "tunnel %s flooded the edge: its registrations are refused for %gs",
+                self.live.tunnel_id,
+                wait,
+            )
 
     def on_responsive(self, responsive: bool) -> None:
         # Routing follows at once: the registry skips an unresponsive connection while the
@@ -331,6 +348,15 @@ class TunnelSession(TunnelIO[EdgeTunnelConnection]):
     ) -> ConnectionDetails | RegistrationError:
         if self.live is not None:
             return RegistrationError("this connection is already registered", 0, False)
+        wait = self.registry.cooldowns.remaining(tunnel_id, self._loop.time())
+        if wait > 0:
+            # Before the store is asked: a flooding tenant's redials cost a dict lookup.
+            return RegistrationError(
+                f"tunnel {tunnel_id} flooded the edge (ENHANCE_YOUR_CALM): it may register "
+                f"again in {wait:.1f}s",
+                int(wait * 1e9),
+                True,
+            )
         match = self.store.match_tunnel_secret(tunnel_id, auth.account_tag, auth.tunnel_secret)
         if match is SecretMatch.NONE:
             # Deliberately without the word "Unauthorized": cloudflared retries forever on it,
@@ -348,7 +374,7 @@ class TunnelSession(TunnelIO[EdgeTunnelConnection]):
             same = other.client_id == options.client.client_id and other.conn_index == conn_index
             if same and not other.draining:
                 if not options.replace_existing:
-                    return RegistrationError("EDUPCONN", 0, True)
+                    return RegistrationError(DUPLICATE_CONNECTION, 0, True)
                 # The connector rolls this connection (new credentials or addresses): the new
                 # one takes the requests from now on, the old one finishes what it carries and
                 # is unregistered by the connector.

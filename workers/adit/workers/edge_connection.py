@@ -350,7 +350,7 @@ class EdgeConnection(TunnelIO[ConnectorTunnelConnection]):
                 self.flush()
         self.close_transport()
 
-    def on_failure(self, reason: str) -> None:
+    def on_failure(self, reason: str, error_code: int) -> None:
         self.failure = reason
         log.warning(
             "Tunnel connection failed", extra=fields(connIndex=self.conn_index, error=reason)
