@@ -156,7 +156,7 @@ SECONDS = Seconds()
     "--tunnel-dial-rate",
     type=click.FloatRange(min=0.1),
     envvar="ADIT_EDGE_TUNNEL_DIAL_RATE",
-    default=20.0,
+    default=16.0,
     show_default=True,
     help="New tunnel connections a client address may open per second, after the burst; "
     "more are closed before their TLS handshake.",
@@ -165,7 +165,7 @@ SECONDS = Seconds()
     "--tunnel-dial-burst",
     type=click.IntRange(min=1),
     envvar="ADIT_EDGE_TUNNEL_DIAL_BURST",
-    default=400,
+    default=128,
     show_default=True,
     help="New tunnel connections a client address may open at once (a reconnect storm).",
 )

@@ -443,7 +443,7 @@ class TunnelHttp2Connection:
         if now is not None:
             self._now = now
         try:
-            for kind, flags, stream_id, payload in self._reader.feed(data):
+            for kind, flags, stream_id, payload in self._reader.frames(data):
                 if self._header_block is not None and kind != FrameType.CONTINUATION:
                     raise _ConnectionError(
                         ErrorCode.PROTOCOL_ERROR, "header block interrupted by another frame"
