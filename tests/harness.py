@@ -127,6 +127,8 @@ class Edge:
     api_url: str
     tunnel: list[str]
     ca: Path
+    #: host:port of the public HTTPS listener ("" without one).
+    https: str = ""
 
     def url(self, path: str = "/") -> str:
         return f"http://{self.http}{path}"
@@ -139,9 +141,10 @@ def start_edge(
     tunnel_listen: list[str] | None = None,
     *,
     env: dict[str, str] | None = None,
+    https: bool = False,
 ) -> Edge:
     """An edge on 127.0.0.1; ``tunnel_listen`` gives several tunnel listeners (HA tests),
-    ``env`` extra environment (``ADIT_EDGE_*`` settings)."""
+    ``env`` extra environment (``ADIT_EDGE_*`` settings), ``https`` a public HTTPS listener."""
     state = processes.tmp / f"{name}-state"
     ready = processes.tmp / f"{name}-ready.json"
     listeners: list[str] = []
@@ -157,6 +160,7 @@ def start_edge(
             *listeners,
             "--http-listen",
             "127.0.0.1:0",
+            *(["--https-listen", "127.0.0.1:0"] if https else []),
             "--api-listen",
             "127.0.0.1:0",
             "--location",
@@ -179,6 +183,7 @@ def start_edge(
         api_url=info["api"][0],
         tunnel=info["advertise"],
         ca=Path(info["ca"]),
+        https=info["https"][0] if info["https"] else "",
     )
 
 

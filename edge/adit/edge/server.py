@@ -34,7 +34,7 @@ from adit.edge.limits import ConnectionTracker, Limits
 from adit.edge.public import PublicListener
 from adit.edge.registry import ConnectionRegistry
 from adit.edge.store import Store, StoreError
-from adit.edge.tls_gate import DialRates, GatedListener
+from adit.edge.tls_gate import Admission, DialRates, GatedListener
 from adit.edge.tunnel_session import EdgeIdentity, TunnelSession
 from adit.protocol.hostnames import InvalidHostname, split_address, split_host_port
 from adit.protocol.liveness import (
@@ -47,6 +47,8 @@ from adit.systemd import SystemdNotifier
 
 log = logging.getLogger("adit.edge")
 
+#: Tunnel-listener handshakes in progress at once (from every client address together).
+TUNNEL_MAX_HANDSHAKES = 4096
 #: How often the edge looks at whether freed heap memory should go back to the kernel.
 HEAP_CHECK_INTERVAL = 10.0
 
@@ -108,6 +110,13 @@ def _listen_address(address: str) -> tuple[str, int]:
     return split_address(address, default_host="0.0.0.0")  # noqa: S104 - public by design
 
 
+def _admission(limits: Limits) -> Admission:
+    """A public or API listener's caps, applied to connections still in their handshake."""
+    return Admission(
+        max_pending=limits.max_connections, max_pending_per_ip=limits.max_connections_per_ip
+    )
+
+
 def _bound(server: asyncio.Server | GatedListener) -> list[str]:
     out = []
     for sock in server.sockets:
@@ -151,7 +160,11 @@ class EdgeServer:
                 self._new_session,
                 tunnel_tls,
                 TLS_HANDSHAKE_TIMEOUT,
-                self.settings.tunnel_dial_rates,
+                Admission(
+                    self.settings.tunnel_dial_rates,
+                    max_pending=TUNNEL_MAX_HANDSHAKES,
+                    max_pending_per_ip=int(self.settings.tunnel_dial_rates.burst),
+                ),
             )
             self.servers.append(gated)
             tunnel_bound += _bound(gated)
@@ -188,30 +201,31 @@ class EdgeServer:
             public_tls = self._public_tls_context()
             for address in self.settings.https_listen:
                 host, port = _listen_address(address)
-                server = await loop.create_server(
-                    secure.protocol,
+                # The listener's caps apply from the first byte, not only once TLS is up.
+                gated = GatedListener.bind(
                     host,
                     port,
-                    reuse_address=True,
-                    ssl=public_tls,
-                    ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT,
+                    secure.protocol,
+                    public_tls,
+                    TLS_HANDSHAKE_TIMEOUT,
+                    _admission(self.settings.limits),
                 )
-                self.servers.append(server)
-                self.addresses["https"] += _bound(server)
+                self.servers.append(gated)
+                self.addresses["https"] += _bound(gated)
         api_tls = self.ca.api_server_context(self.settings.api_names)
         self.addresses["api"] = []
         for address in self.settings.api_listen:
             host, port = _listen_address(address)
-            server = await loop.create_server(
-                self._api_protocol,
+            gated = GatedListener.bind(
                 host,
                 port,
-                ssl=api_tls,
-                ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT,
-                reuse_address=True,
+                self._api_protocol,
+                api_tls,
+                TLS_HANDSHAKE_TIMEOUT,
+                _admission(self.settings.limits),
             )
-            self.servers.append(server)
-            self.addresses["api"] += [f"https://{a}" for a in _bound(server)]
+            self.servers.append(gated)
+            self.addresses["api"] += [f"https://{a}" for a in _bound(gated)]
         for kind, bound in self.addresses.items():
             for address in bound:
                 log.info("listening: %s %s", kind, address)

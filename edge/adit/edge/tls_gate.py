@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 from adit.protocol.rate_limit import TokenBucket
 
-__all__ = ["DialRates", "GatedListener"]
+__all__ = ["Admission", "DialRates", "GatedListener"]
 
 log = logging.getLogger("adit.edge.tunnel")
 
@@ -52,6 +52,20 @@ class DialRates:
     burst: float = 128.0
     #: Addresses remembered at most (the quietest are forgotten first).
     max_addresses: int = 100_000
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """Which accepted connections a :class:`GatedListener` lets start a TLS handshake."""
+
+    #: New connections per client address (None: no rate, as on the public listener, where
+    #: a carrier NAT's browsers share one address).
+    rates: DialRates | None = None
+    #: Handshakes in progress at once, and from one client address: a client that connects
+    #: and never finishes its handshake holds a socket until the handshake timeout, and these
+    #: bound how many it can hold (after the handshake the listener's own caps count it).
+    max_pending: int = 10_000
+    max_pending_per_ip: int = 256
 
 
 class _Doors:
@@ -89,13 +103,15 @@ class GatedListener:
         protocol: Callable[[], asyncio.Protocol],
         context: ssl.SSLContext,
         handshake_timeout: float,
-        rates: DialRates,
+        admission: Admission,
     ) -> None:
         self.sockets = [sock]
         self._protocol = protocol
         self._context = context
         self._handshake_timeout = handshake_timeout
-        self._doors = _Doors(rates)
+        self._admission = admission
+        self._doors = _Doors(admission.rates) if admission.rates is not None else None
+        self._pending: dict[str, int] = {}
         self._loop = asyncio.get_running_loop()
         self._handshakes: set[asyncio.Task[None]] = set()
         self._accepting = self._loop.create_task(self._accept())
@@ -108,13 +124,13 @@ class GatedListener:
         protocol: Callable[[], asyncio.Protocol],
         context: ssl.SSLContext,
         handshake_timeout: float,
-        rates: DialRates,
+        admission: Admission,
     ) -> GatedListener:
         """Listen on ``host:port`` (``SO_REUSEADDR``, as ``loop.create_server`` does)."""
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         sock = socket.create_server((host, port), family=family, backlog=BACKLOG)
         sock.setblocking(False)
-        return cls(sock, protocol, context, handshake_timeout, rates)
+        return cls(sock, protocol, context, handshake_timeout, admission)
 
     def close(self) -> None:
         """Stop accepting and close the listening socket (accepted connections live on)."""
@@ -127,6 +143,17 @@ class GatedListener:
         with contextlib.suppress(asyncio.CancelledError):
             await self._accepting
 
+    def _admit(self, address: str) -> str:
+        """Why a connection from ``address`` is turned away ("" when it is let in)."""
+        admission = self._admission
+        if len(self._handshakes) >= admission.max_pending:
+            return "too many handshakes in progress"
+        if self._pending.get(address, 0) >= admission.max_pending_per_ip:
+            return "too many of its handshakes in progress"
+        if self._doors is not None and not self._doors.admit(address, self._loop.time()):
+            return "it dials too fast"
+        return ""
+
     async def _accept(self) -> None:
         sock = self.sockets[0]
         while True:
@@ -134,19 +161,21 @@ class GatedListener:
                 conn, peer = await self._loop.sock_accept(sock)
             except OSError as exc:
                 # Out of descriptors, or the like: wait a moment rather than spin.
-                log.warning("tunnel listener cannot accept: %s", exc)
+                log.warning("listener cannot accept: %s", exc)
                 await asyncio.sleep(ACCEPT_RETRY)
                 continue
             address = str(peer[0]) if isinstance(peer, tuple) and peer else ""
-            if not self._doors.admit(address, self._loop.time()):
-                log.debug("turned away a connection from %s: it dials too fast", address)
+            refusal = self._admit(address)
+            if refusal:
+                log.debug("turned away a connection from %s: %s", address, refusal)
                 conn.close()
                 continue
-            task = self._loop.create_task(self._handshake(conn))
+            self._pending[address] = self._pending.get(address, 0) + 1
+            task = self._loop.create_task(self._handshake(conn, address))
             self._handshakes.add(task)
             task.add_done_callback(self._handshakes.discard)
 
-    async def _handshake(self, conn: socket.socket) -> None:
+    async def _handshake(self, conn: socket.socket, address: str) -> None:
         try:
             await self._loop.connect_accepted_socket(
                 self._protocol,
@@ -157,3 +186,7 @@ class GatedListener:
         except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as exc:
             log.debug("TLS handshake failed: %s", exc or type(exc).__name__)
             conn.close()
+        finally:
+            left = self._pending.pop(address, 1) - 1
+            if left:
+                self._pending[address] = left
