@@ -1138,15 +1138,20 @@ CLOUDFLARED = os.environ.get("ADIT_CLOUDFLARED", "")
 INSIDE_NETNS = os.environ.get("ADIT_INTEROP_NAMESPACE") == "1"
 
 
-def rerun_in_private_netns(nodeid: str, timeout: float = 300) -> None:
+def rerun_in_private_netns(
+    nodeid: str, timeout: float = 300, needs: tuple[str, ...] = ("unshare",)
+) -> None:
     """Run the test ``nodeid`` (``path::name``) again in a fresh network namespace.
 
     cloudflared looks up DNS records on the machine's resolver at start: in a namespace that
     holds only a loopback interface, edge, origins, cloudflared and client all live on
-    127.0.0.1 and nothing leaves the machine. The inner run sees :data:`INSIDE_NETNS`.
+    127.0.0.1 and nothing leaves the machine. The inner run sees :data:`INSIDE_NETNS`. The
+    test is skipped without root or one of the commands it ``needs``.
     """
-    if shutil.which("unshare") is None or os.geteuid() != 0:
-        pytest.skip("needs root and unshare(1) for a private network namespace")
+    if INSIDE_NETNS:
+        pytest.skip("already inside the namespace")
+    if any(shutil.which(command) is None for command in needs) or os.geteuid() != 0:
+        pytest.skip(f"needs root and {', '.join(needs)} for a private network namespace")
     inner = f'ip link set lo up && exec "{sys.executable}" -m pytest -q -p no:cacheprovider'
     result = subprocess.run(
         ["unshare", "-n", "sh", "-c", f'{inner} "{nodeid}"'],

@@ -6,18 +6,16 @@ values, a body that does not match its length: a 502 page instead), and nothing 
 from __future__ import annotations
 
 import base64
-import os
 import re
-import shutil
 import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from adit.protocol.websocket import accept_key
 from adversary import (
+    CLOUDFLARED,
+    INSIDE_NETNS,
     Answer,
     RawOrigin,
     ScriptedConnector,
@@ -27,6 +25,8 @@ from adversary import (
     exchange,
     head_complete,
     raw_origin,
+    rerun_in_private_netns,
+    start_cloudflared,
     start_tenant,
     status_of,
 )
@@ -172,33 +172,13 @@ def test_the_502_page_names_the_reason_and_the_ray_not_the_inside(
 
 # --- the same with the unmodified cloudflared -------------------------------------------------
 
-CLOUDFLARED = os.environ.get("ADIT_CLOUDFLARED", "")
-INSIDE = os.environ.get("ADIT_INTEROP_NAMESPACE") == "1"
-
 
 @pytest.mark.skipif(not CLOUDFLARED, reason="set ADIT_CLOUDFLARED to a cloudflared binary")
 def test_cloudflared_answers_in_a_loopback_only_namespace() -> None:
-    # cloudflared looks names up at start: run it where only loopback exists (as the interop
-    # test in tests/process does).
-    if INSIDE:
-        pytest.skip("already inside the namespace")
-    if shutil.which("unshare") is None or os.geteuid() != 0:
-        pytest.skip("needs root and unshare(1) for a private network namespace")
-    inner = f"{Path(__file__)}::test_cloudflared_passes_a_refused_upgrade_on"
-    inside = f'ip link set lo up && exec "{sys.executable}" -m pytest -q -p no:cacheprovider'
-    result = subprocess.run(
-        ["unshare", "-n", "sh", "-c", f'{inside} "{inner}"'],
-        env={**os.environ, "ADIT_INTEROP_NAMESPACE": "1"},
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "1 passed" in result.stdout, result.stdout
+    rerun_in_private_netns(f"{Path(__file__)}::test_cloudflared_passes_a_refused_upgrade_on")
 
 
-@pytest.mark.skipif(not INSIDE, reason="runs inside the namespace made by the test above")
+@pytest.mark.skipif(not INSIDE_NETNS, reason="runs inside the namespace made by the test above")
 def test_cloudflared_passes_a_refused_upgrade_on(
     processes: Processes, edge: Edge, account: Account, tmp_path: Path
 ) -> None:
@@ -219,30 +199,7 @@ def test_cloudflared_passes_a_refused_upgrade_on(
                 {"service": f"http://127.0.0.1:{_closed_port()}"},
             ],
         )
-        cloudflared = processes.start(
-            "cloudflared",
-            [
-                CLOUDFLARED,
-                "tunnel",
-                "--no-autoupdate",
-                "--config",
-                str(config),
-                "--edge",
-                edge.tunnel[0],
-                "--cacert",
-                str(edge.ca),
-                "--protocol",
-                "http2",
-                "--no-prechecks",
-                "--metrics",
-                "127.0.0.1:0",
-                "run",
-                "--credentials-file",
-                str(tunnel.credentials),
-                tunnel.id,
-            ],
-        )
-        cloudflared.wait_for_log("Registered tunnel connection", timeout=30)
+        start_cloudflared(processes, tunnel, config, edge)
         refused = exchange(edge.http, _upgrade(host).replace(b"/ws", b"/refused"), timeout=10)
         assert status_of(refused) == 200, refused[:300]
         assert refused.endswith(b"nope!")

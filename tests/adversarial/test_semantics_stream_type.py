@@ -90,8 +90,6 @@ def test_adit_connector_serves_smuggled_kinds_as_plain_requests(
 
 @pytest.mark.skipif(not CLOUDFLARED, reason="set ADIT_CLOUDFLARED to a cloudflared binary")
 def test_cloudflared_in_a_private_namespace() -> None:
-    if INSIDE_NETNS:
-        pytest.skip("already inside the namespace")
     rerun_in_private_netns(f"{Path(__file__)}::test_cloudflared_serves_smuggled_kinds_as_plain")
 
 

@@ -183,8 +183,6 @@ def test_refused_targets_leave_nothing_behind(
 
 @pytest.mark.skipif(not CLOUDFLARED, reason="set ADIT_CLOUDFLARED to a cloudflared binary")
 def test_cloudflared_in_a_private_namespace() -> None:
-    if INSIDE_NETNS:
-        pytest.skip("already inside the namespace")
     rerun_in_private_netns(f"{Path(__file__)}::test_cloudflared_matches_the_path_it_forwards")
 
 

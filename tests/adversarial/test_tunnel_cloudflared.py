@@ -11,77 +11,40 @@ DNS at start, so the test re-runs itself in a loopback-only network namespace.
 from __future__ import annotations
 
 import hashlib
-import os
-import shutil
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from adversary import SteadyLoad, probe
+from adversary import (
+    CLOUDFLARED,
+    INSIDE_NETNS,
+    SteadyLoad,
+    probe,
+    rerun_in_private_netns,
+    start_cloudflared,
+)
 from harness import Account, Edge, Origin, Processes, create_tunnel, request, write_config
 
 pytestmark = pytest.mark.process
 
-CLOUDFLARED = os.environ.get("ADIT_CLOUDFLARED", "")
-INSIDE = os.environ.get("ADIT_CLOUDFLARED_LIMITS_NAMESPACE") == "1"
 HOST = "cfd.example.test"
 MIB = 1024 * 1024
 
 
 @pytest.mark.skipif(not CLOUDFLARED, reason="set ADIT_CLOUDFLARED to a cloudflared binary")
 def test_cloudflared_under_load_is_neither_a_flood_nor_silent() -> None:
-    if INSIDE:
-        pytest.skip("already inside the namespace")
-    if shutil.which("unshare") is None or os.geteuid() != 0:
-        pytest.skip("needs root and unshare(1) for a private network namespace")
-    inner = f"{Path(__file__)}::test_cloudflared_idle_then_at_full_speed"
-    inside = f'ip link set lo up && exec "{sys.executable}" -m pytest -q -p no:cacheprovider'
-    result = subprocess.run(
-        ["unshare", "-n", "sh", "-c", f'{inside} "{inner}"'],
-        env={**os.environ, "ADIT_CLOUDFLARED_LIMITS_NAMESPACE": "1"},
-        capture_output=True,
-        text=True,
-        timeout=400,
-        check=False,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "1 passed" in result.stdout, result.stdout
+    rerun_in_private_netns(f"{Path(__file__)}::test_cloudflared_idle_then_at_full_speed", 400)
 
 
-@pytest.mark.skipif(not INSIDE, reason="runs inside the namespace made by the test above")
+@pytest.mark.skipif(not INSIDE_NETNS, reason="runs inside the namespace made by the test above")
 def test_cloudflared_idle_then_at_full_speed(
     processes: Processes, edge: Edge, account: Account, origin: Origin, tmp_path: Path
 ) -> None:
     tunnel = create_tunnel(account, "cfd", HOST)
     config = write_config(tmp_path / "config.yml", HOST, [{"service": origin.url}])
-    cloudflared = processes.start(
-        "cloudflared",
-        [
-            CLOUDFLARED,
-            "tunnel",
-            "--no-autoupdate",
-            "--config",
-            str(config),
-            "--edge",
-            edge.tunnel[0],
-            "--cacert",
-            str(edge.ca),
-            "--protocol",
-            "http2",
-            "--no-prechecks",
-            "--metrics",
-            "127.0.0.1:0",
-            "run",
-            "--credentials-file",
-            str(tunnel.credentials),
-            tunnel.id,
-        ],
-    )
-    cloudflared.wait_for_log("Registered tunnel connection", timeout=30)
+    cloudflared = start_cloudflared(processes, tunnel, config, edge)
 
     # Idle for longer than the edge's idle timeout (5 s): kept by cloudflared's PING answers.
     time.sleep(8.0)

@@ -20,13 +20,19 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from adversary import SequentialLoad, SteadyLoad, start_tenant, worker_pids
+from adversary import (
+    INSIDE_NETNS,
+    SequentialLoad,
+    SteadyLoad,
+    rerun_in_private_netns,
+    start_tenant,
+    worker_pids,
+)
 from harness import (
     Origin,
     Processes,
@@ -109,28 +115,16 @@ def test_both_ends_turn_tcp_keepalive_on(processes: Processes, origin: Origin) -
 
 # --- a connection cut off without a FIN -------------------------------------------------------
 
-INSIDE = os.environ.get("ADIT_LIVENESS_NAMESPACE") == "1"
 EDGE_SIDE, CONNECTOR_SIDE = "10.213.0.1", "10.213.0.2"
 
 
 def test_a_silently_dropped_connection_is_noticed_both_ways() -> None:
     """Runs the test below in a private network namespace (it needs links it can cut)."""
-    if INSIDE:
-        pytest.skip("already inside the namespace")
-    if shutil.which("unshare") is None or shutil.which("ip") is None or os.geteuid() != 0:
-        pytest.skip("needs root, unshare(1) and ip(8) for private network namespaces")
-    inner = f"{Path(__file__)}::test_a_link_cut_without_a_fin_is_redialled"
-    inside = f'ip link set lo up && exec "{sys.executable}" -m pytest -q -p no:cacheprovider'
-    result = subprocess.run(
-        ["unshare", "-n", "sh", "-c", f'{inside} "{inner}"'],
-        env={**os.environ, "ADIT_LIVENESS_NAMESPACE": "1"},
-        capture_output=True,
-        text=True,
-        timeout=240,
-        check=False,
+    rerun_in_private_netns(
+        f"{Path(__file__)}::test_a_link_cut_without_a_fin_is_redialled",
+        240,
+        needs=("unshare", "ip", "nsenter"),
     )
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "1 passed" in result.stdout, result.stdout  # the inner test ran, not skipped
 
 
 def _ip(*args: str, netns: int | None = None) -> None:
@@ -138,7 +132,7 @@ def _ip(*args: str, netns: int | None = None) -> None:
     subprocess.run([*prefix, "ip", *args], check=True, capture_output=True, timeout=10)
 
 
-@pytest.mark.skipif(not INSIDE, reason="runs inside the namespace made by the test above")
+@pytest.mark.skipif(not INSIDE_NETNS, reason="runs inside the namespace made by the test above")
 def test_a_link_cut_without_a_fin_is_redialled(processes: Processes, tmp_path: Path) -> None:
     # The connector lives in a namespace of its own, joined to the edge's by a veth pair: a
     # link taken down drops every packet both ways, and neither end is told.

@@ -11,50 +11,25 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import websockets.asyncio.client
 
+from adversary import CLOUDFLARED, INSIDE_NETNS, rerun_in_private_netns, start_cloudflared
 from harness import Account, Edge, Origin, Processes, create_tunnel, request, write_config
 
 pytestmark = pytest.mark.process
 
-CLOUDFLARED = os.environ.get("ADIT_CLOUDFLARED", "")
-INSIDE = os.environ.get("ADIT_INTEROP_NAMESPACE") == "1"
 HOST = "cfd.example.test"
 
 
 @pytest.mark.skipif(not CLOUDFLARED, reason="set ADIT_CLOUDFLARED to a cloudflared binary")
 def test_cloudflared_in_a_loopback_only_namespace() -> None:
-    if INSIDE:
-        pytest.skip("already inside the namespace")
-    if shutil.which("unshare") is None or os.geteuid() != 0:
-        pytest.skip("needs root and unshare(1) for a private network namespace")
-    inner = f"{Path(__file__)}::test_cloudflared_connects_and_proxies"
-    inside = f'ip link set lo up && exec "{sys.executable}" -m pytest -q -p no:cacheprovider'
-    result = subprocess.run(
-        [
-            "unshare",
-            "-n",
-            "sh",
-            "-c",
-            f'{inside} "{inner}"',
-        ],
-        env={**os.environ, "ADIT_INTEROP_NAMESPACE": "1"},
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "1 passed" in result.stdout, result.stdout  # the inner test ran, not skipped
+    rerun_in_private_netns(f"{Path(__file__)}::test_cloudflared_connects_and_proxies")
 
 
-@pytest.mark.skipif(not INSIDE, reason="runs inside the namespace made by the test above")
+@pytest.mark.skipif(not INSIDE_NETNS, reason="runs inside the namespace made by the test above")
 def test_cloudflared_connects_and_proxies(
     processes: Processes,
     edge: Edge,
@@ -69,32 +44,7 @@ def test_cloudflared_connects_and_proxies(
         HOST,
         [{"path": "^/ws", "service": f"http://127.0.0.1:{ws_origin}"}, {"service": origin.url}],
     )
-    cloudflared = processes.start(
-        "cloudflared",
-        [
-            CLOUDFLARED,
-            "tunnel",
-            "--no-autoupdate",
-            "--config",
-            str(config),
-            "--edge",
-            edge.tunnel[0],
-            "--cacert",
-            str(edge.ca),
-            "--protocol",
-            "http2",
-            "--no-prechecks",
-            "--metrics",
-            "127.0.0.1:0",
-            "--grace-period",
-            "3s",
-            "run",
-            "--credentials-file",
-            str(tunnel.credentials),
-            tunnel.id,
-        ],
-    )
-    cloudflared.wait_for_log("Registered tunnel connection", timeout=30)
+    cloudflared = start_cloudflared(processes, tunnel, config, edge)
 
     reply = request(edge, HOST, path="/headers", headers=[("X-Dup", "1"), ("X-Dup", "2")])
     assert reply.status == 200
