@@ -724,55 +724,40 @@ class Outcome:
     error: str = ""
 
 
-class SteadyLoad:
-    """Requests to one hostname at a fixed rate from a thread, each on a new connection.
+class _Load:
+    """Requests to one hostname, each on a new connection, from threads; every outcome kept
+    with its start time, so a test can look at any window."""
 
-    Used to show that another tenant's requests are answered throughout an attack: every
-    outcome is kept, with its start time, so a test can look at any window.
-    """
-
-    def __init__(
-        self, edge: Edge, host: str, rate: float = 20.0, path: str = "/", timeout: float = 10.0
-    ) -> None:
+    def __init__(self, edge: Edge, host: str, path: str, timeout: float) -> None:
         self.edge = edge
         self.host = host
-        self.interval = 1.0 / rate
         self.path = path
         self.timeout = timeout
         self.outcomes: list[Outcome] = []
+        self._request = (
+            f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+        ).encode()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
 
-    def __enter__(self) -> SteadyLoad:
-        self._threads.append(threading.Thread(target=self._run, daemon=True))
-        self._threads[0].start()
-        return self
+    def _start(self, *targets: Callable[[], None]) -> None:
+        for target in targets:
+            thread = threading.Thread(target=target, daemon=True)
+            thread.start()
+            self._threads.append(thread)
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         for thread in self._threads:
             thread.join(self.timeout + 5)
 
-    def _run(self) -> None:
-        # A request that takes longer than the interval must not hold the next one back: each
-        # runs in its own thread, started on schedule (bounded by the load's duration).
-        next_at = time.monotonic()
-        while not self._stop.is_set():
-            thread = threading.Thread(target=self._one, daemon=True)
-            thread.start()
-            self._threads.append(thread)
-            next_at += self.interval
-            self._stop.wait(max(0.0, next_at - time.monotonic()))
-
     def _one(self) -> None:
+        """One request; its outcome is recorded."""
         started = time.monotonic()
-        request = (
-            f"GET {self.path} HTTP/1.1\r\nHost: {self.host}\r\nConnection: close\r\n\r\n"
-        ).encode()
         status, error = 0, ""
         try:
-            status = status_of(exchange(self.edge.http, request, self.timeout))
+            status = status_of(exchange(self.edge.http, self._request, self.timeout))
         except OSError as exc:
             error = repr(exc)
         outcome = Outcome(started, time.monotonic() - started, status, error)
@@ -784,14 +769,47 @@ class SteadyLoad:
         with self._lock:
             return [o for o in self.outcomes if start <= o.started < end]
 
+    def answered_between(self, start: float, end: float) -> list[Outcome]:
+        """Requests answered 200 within ``[start, end)`` (by the time they ended)."""
+        with self._lock:
+            return [
+                o for o in self.outcomes if o.status == 200 and start <= o.started + o.seconds < end
+            ]
+
     def failures(self) -> list[Outcome]:
         """Every request that did not get a 200."""
         with self._lock:
             return [o for o in self.outcomes if o.status != 200]
 
 
-class SequentialLoad:
-    """``clients`` threads, each sending one request after another (a new connection each).
+class SteadyLoad(_Load):
+    """Requests at a fixed rate, each started on schedule in a thread of its own.
+
+    Used to show that another tenant's requests are answered throughout an attack.
+    """
+
+    def __init__(
+        self, edge: Edge, host: str, rate: float = 20.0, path: str = "/", timeout: float = 10.0
+    ) -> None:
+        super().__init__(edge, host, path, timeout)
+        self.interval = 1.0 / rate
+
+    def __enter__(self) -> SteadyLoad:
+        self._start(self._run)
+        return self
+
+    def _run(self) -> None:
+        # A request that takes longer than the interval must not hold the next one back: each
+        # runs in its own thread, started on schedule (bounded by the load's duration).
+        next_at = time.monotonic()
+        while not self._stop.is_set():
+            self._start(self._one)
+            next_at += self.interval
+            self._stop.wait(max(0.0, next_at - time.monotonic()))
+
+
+class SequentialLoad(_Load):
+    """``clients`` threads, each sending one request after another.
 
     Unlike :class:`SteadyLoad`, a client whose request hangs sends nothing more until it is
     answered or times out: the way browsers and API clients with a small pool behave, and the
@@ -801,46 +819,16 @@ class SequentialLoad:
     def __init__(
         self, edge: Edge, host: str, clients: int = 4, path: str = "/", timeout: float = 20.0
     ) -> None:
-        self.edge = edge
-        self.host = host
-        self.path = path
-        self.timeout = timeout
-        self.outcomes: list[Outcome] = []
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(clients)]
+        super().__init__(edge, host, path, timeout)
+        self.clients = clients
 
     def __enter__(self) -> SequentialLoad:
-        for thread in self._threads:
-            thread.start()
+        self._start(*(self._run for _ in range(self.clients)))
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(self.timeout + 5)
-
     def _run(self) -> None:
-        request = (
-            f"GET {self.path} HTTP/1.1\r\nHost: {self.host}\r\nConnection: close\r\n\r\n"
-        ).encode()
         while not self._stop.is_set():
-            started = time.monotonic()
-            status, error = 0, ""
-            try:
-                status = status_of(exchange(self.edge.http, request, self.timeout))
-            except OSError as exc:
-                error = repr(exc)
-            outcome = Outcome(started, time.monotonic() - started, status, error)
-            with self._lock:
-                self.outcomes.append(outcome)
-
-    def answered_between(self, start: float, end: float) -> list[Outcome]:
-        """Requests answered 200 within ``[start, end)`` (by the time they ended)."""
-        with self._lock:
-            return [
-                o for o in self.outcomes if o.status == 200 and start <= o.started + o.seconds < end
-            ]
+            self._one()
 
 
 def tmp_file(tmp: Path, name: str, text: str) -> Path:
