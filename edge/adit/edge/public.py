@@ -48,7 +48,7 @@ from adit.edge.store import Store
 from adit.edge.tunnel_session import RequestStream, TunnelSession
 from adit.protocol.errors import BadRequestTarget, Http2TunnelError
 from adit.protocol.headers import HOP_BY_HOP, RequestType, ResponseMeta
-from adit.protocol.hostnames import InvalidHostname, host_of_authority
+from adit.protocol.hostnames import InvalidHostname, host_of_authority, normalize_authority
 from adit.protocol.http2 import ResponseReceived
 from adit.protocol.request_target import RequestTarget, normalize_target
 from adit.tunnelio import StreamClosedError
@@ -137,13 +137,15 @@ class PublicListener:
             # CONNECT tunnel's bytes, a body) is not read as another request.
             log.debug("refused request target ray=%s: %s", ray, exc)
             return BAD_REQUEST, "-"
-        authority = target.authority
-        host = host_of_authority(authority)
+        host = host_of_authority(target.authority)
         try:
             route = self.store.tunnel_for_hostname(host)
         except InvalidHostname:
             # No hostname (RFC 1035): nothing to route, and nothing of it goes back.
             return BAD_REQUEST, "-"
+        # The name in the one spelling the edge routed (case, trailing dot): every connector
+        # matches its rules on it, cloudflared's byte for byte.
+        authority = normalize_authority(target.authority)
         if route is None:
             return UNKNOWN_HOST, host or "-"
         # Access policy: none yet; its check goes here, before a connection is picked.

@@ -40,6 +40,7 @@ __all__ = [
     "host_of_authority",
     "is_within",
     "join_host_port",
+    "normalize_authority",
     "normalize_hostname",
     "split_address",
     "split_host_port",
@@ -195,6 +196,19 @@ def host_of_authority(authority: str) -> str:
         if authority.startswith("[") and authority.endswith("]"):
             return authority[1:-1]
         return authority
+
+
+def normalize_authority(authority: str) -> str:
+    """``authority`` with its host in the one spelling (:func:`normalize_hostname`), the port
+    as it was: what the edge forwards, so that every connector, cloudflared included (whose
+    rules compare names as given), and the origin see the name the edge routed."""
+    host = host_of_authority(authority)
+    normal = normalize_hostname(host)
+    if normal == host:
+        return authority
+    if ":" not in authority or ":" in host:
+        return normal  # no port (an IPv6 literal is no hostname: nothing is routed to it)
+    return join_host_port(normal, split_host_port(authority)[1])
 
 
 def split_address(address: str, *, default_host: str = "") -> tuple[str, int]:
