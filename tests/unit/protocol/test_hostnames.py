@@ -13,6 +13,7 @@ from adit.protocol.hostnames import (
     host_of_authority,
     is_within,
     join_host_port,
+    normalize_authority,
     normalize_hostname,
     split_address,
     split_host_port,
@@ -175,3 +176,27 @@ def test_split_address() -> None:
 @given(st.sampled_from(["example.com", "127.0.0.1", "::1", ""]), st.integers(0, 65535))
 def test_join_and_split_round_trip(host: str, port: int) -> None:
     assert split_address(join_host_port(host, port)) == (host, port)
+
+
+@pytest.mark.parametrize(
+    ("authority", "normal"),
+    [
+        ("app.example.com", "app.example.com"),
+        ("APP.Example.COM.", "app.example.com"),
+        ("App.Example.Com.:8080", "app.example.com:8080"),
+        ("app.example.com:", "app.example.com:"),
+        ("[::1]:443", "[::1]:443"),
+        ("[::1]", "[::1]"),
+    ],
+)
+def test_normalize_authority(authority: str, normal: str) -> None:
+    assert normalize_authority(authority) == normal
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=40))
+def test_normalize_authority_keeps_the_host_it_routes(authority: str) -> None:
+    normal = normalize_authority(authority)
+    assert normalize_hostname(host_of_authority(normal)) == normalize_hostname(
+        host_of_authority(authority)
+    )
