@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import h11
 
-from adit.edge.http1 import BadRequest, Request, RequestParser
+from adit.edge.http1_request import BadRequest, Request, RequestParser
 
 __all__ = [
     "LENIENCIES",

@@ -12,7 +12,7 @@ from __future__ import annotations
 from hypothesis import event, example, given
 from hypothesis import strategies as st
 
-from adit.edge.http1 import HeadersTooLarge, RequestParser
+from adit.edge.http1_request import HeadersTooLarge, RequestParser
 from fuzz.budget import allocation_bounded, budget, cpu_bounded
 from fuzz.http1_models import REFUSALS, End, Message, Reading, edge_reading, h11_reading
 from fuzz.http2_wire import splits
