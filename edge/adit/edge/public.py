@@ -48,12 +48,20 @@ from adit.edge.store import Store
 from adit.edge.tunnel_session import RequestStream, TunnelSession
 from adit.protocol.errors import BadRequestTarget, Http2TunnelError
 from adit.protocol.headers import HOP_BY_HOP, RequestType, ResponseMeta
-from adit.protocol.hostnames import InvalidHostname, host_of_authority, normalize_authority
+from adit.protocol.hostnames import (
+    InvalidHostname,
+    check_hostname,
+    host_of_authority,
+    normalize_authority,
+)
 from adit.protocol.http2 import ResponseReceived
 from adit.protocol.request_target import RequestTarget, normalize_target
 from adit.tunnelio import StreamClosedError
 
 log = logging.getLogger("adit.edge.public")
+
+#: Authorities whose hostname is remembered (see ``PublicListener._names``).
+_NAMES_KEPT = 4096
 
 # An adit connector says why it answered 502 in the first line of a short plain-text body,
 # "adit-origin-error: refused|timeout|tls", and more on the next lines; cloudflared's 502 has
@@ -107,6 +115,10 @@ class PublicListener:
         self.scheme = scheme
         self.tracker = tracker
         self._ray_suffix = f"-{location}"
+        # A request's authority → (its hostname checked and in the one spelling, the
+        # authority to forward): pure functions of the text, and most requests repeat a
+        # handful of authorities. Bounded; names that are no hostname are never kept.
+        self._names: dict[str, tuple[str, str]] = {}
 
     def protocol(self) -> Http1Connection:
         """The protocol factory for ``loop.create_server``: one per eyeball connection."""
@@ -137,15 +149,12 @@ class PublicListener:
             # CONNECT tunnel's bytes, a body) is not read as another request.
             log.debug("refused request target ray=%s: %s", ray, exc)
             return BAD_REQUEST, "-"
-        host = host_of_authority(target.authority)
         try:
-            route = self.store.tunnel_for_hostname(host)
+            host, authority = self._names.get(target.authority) or self._name(target.authority)
         except InvalidHostname:
             # No hostname (RFC 1035): nothing to route, and nothing of it goes back.
             return BAD_REQUEST, "-"
-        # The name in the one spelling the edge routed (case, trailing dot): every connector
-        # matches its rules on it, cloudflared's byte for byte.
-        authority = normalize_authority(target.authority)
+        route = self.store.route(host)
         if route is None:
             return UNKNOWN_HOST, host or "-"
         # Access policy: none yet; its check goes here, before a connection is picked.
@@ -174,6 +183,22 @@ class PublicListener:
             stream.on_answer = exchange.answered
         conn.exchange = exchange
         return exchange
+
+    def _name(self, authority: str) -> tuple[str, str]:
+        """The hostname of ``authority``, checked (RFC 1035) and in the one spelling the edge
+        routes by, and the authority to forward: the host in that spelling, so that every
+        connector (cloudflared's rules compare names byte for byte) matches what was routed.
+        Raises :class:`InvalidHostname`."""
+        host = host_of_authority(authority)
+        if not host.isascii():
+            # A Host is ASCII (RFC 9110's reg-name; IDNs travel as A-labels): refused before
+            # any IDNA work, which costs a millisecond for a long Unicode name.
+            raise InvalidHostname("a request's host is ASCII")
+        names = (check_hostname(host), normalize_authority(authority))
+        if len(self._names) >= _NAMES_KEPT:
+            self._names.clear()
+        self._names[authority] = names
+        return names
 
     def _fast(self, conn: Http1Connection, request: Request) -> _Exchange | None:
         """A bodiless request, from the connection's ``data_received``: forwarded at once,

@@ -783,6 +783,11 @@ class Store:
             raise InvalidHostname("a request's host is ASCII")
         return self._routes.find(check_hostname(hostname))
 
+    def route(self, name: str) -> Route | None:
+        """:meth:`tunnel_for_hostname` of a name already checked and normalised
+        (:func:`~adit.protocol.hostnames.check_hostname`)."""
+        return self._routes.find(name)
+
     def load_routes(self) -> RouteTable:
         """Build the route table now (the edge does, before it serves)."""
         return self._routes.reload()
