@@ -561,7 +561,8 @@ def main(argv: list[str]) -> int:
             )
         if args.py_spy and bench.profiles:
             report.summarise_profiles(bench.profiles, args.profile_dir / "summary.txt")
-        shutil.rmtree(tmp, ignore_errors=True)
+        if not os.environ.get("ADIT_BENCH_KEEP"):
+            shutil.rmtree(tmp, ignore_errors=True)
     print(f"results in {args.out}", file=sys.stderr)
     return 0
 

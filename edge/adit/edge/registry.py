@@ -26,6 +26,11 @@ class ConnectionHandle(Protocol):
     def revalidate(self) -> bool:
         """Close the connection if its credentials are no longer accepted; True if it stays."""
 
+    @property
+    def full(self) -> bool:
+        """The connector takes no more streams on this connection now (its
+        ``MAX_CONCURRENT_STREAMS``: cloudflared's is 250)."""
+
 
 @dataclass(eq=False)
 class LiveConnection:
@@ -98,12 +103,12 @@ class ConnectionRegistry:
     def pick(self, tunnel_id: uuid.UUID) -> LiveConnection | None:
         """The next live (not draining) connection of a tunnel, or None when there is none.
 
-        One that does not answer PINGs is picked only when the tunnel has no other: a request
-        it carries may still be answered if the connector was only slow, where refusing it
-        would fail it for sure.
+        One that does not answer PINGs, or takes no more streams, is picked only when the
+        tunnel has no other: a request it carries may still be answered if the connector was
+        only slow, where refusing it would fail it for sure.
         """
         current = self._current.get(tunnel_id)
-        if current is not None and not current.draining and current.responsive:
+        if current is not None and _usable(current):
             return current
         conns = self._by_tunnel.get(tunnel_id)
         if not conns:
@@ -114,7 +119,7 @@ class ConnectionRegistry:
         turn = self._turns.get(tunnel_id, 0)
         for step in range(count):
             conn = conns[(turn + step) % count]
-            if not conn.draining and conn.responsive:
+            if _usable(conn):
                 self._turns[tunnel_id] = (turn + step + 1) % count
                 self._hold(tunnel_id, conn)
                 return conn
@@ -158,3 +163,8 @@ class ConnectionRegistry:
             conn.handle.close("connections cleaned up by the tunnel's owner")
             self.remove(conn)
         return len(closing)
+
+
+def _usable(conn: LiveConnection) -> bool:
+    """Whether a connection should get the next request: routable, answering, with room."""
+    return not conn.draining and conn.responsive and not conn.handle.full

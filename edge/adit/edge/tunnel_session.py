@@ -421,6 +421,11 @@ class TunnelSession(TunnelIO[EdgeTunnelConnection]):
         self._arm_recheck(match)
         return ConnectionDetails(connection_id, self.identity.location, False)
 
+    @property
+    def full(self) -> bool:
+        """The connector takes no more streams here now (the registry's ConnectionHandle)."""
+        return self.conn.open_streams >= self.conn.peer_max_concurrent_streams
+
     # -- the secret it registered with ---------------------------------------------------------
 
     def revalidate(self) -> bool:

@@ -13,11 +13,18 @@ TUNNEL = uuid.uuid4()
 
 
 class _Handle:
+    def __init__(self) -> None:
+        self.is_full = False
+
     def close(self, reason: str) -> None:
         pass
 
     def revalidate(self) -> bool:
         return True
+
+    @property
+    def full(self) -> bool:
+        return self.is_full
 
 
 def _conn(index: int) -> LiveConnection:
@@ -106,3 +113,19 @@ async def test_this_iterations_pick_is_dropped_when_it_stops_answering() -> None
     assert first is not None
     first.responsive = False
     assert registry.pick(TUNNEL) is not first
+
+
+@uvloop_test
+async def test_a_connection_without_room_for_a_stream_is_passed_over() -> None:
+    """cloudflared takes 250 streams a connection: a full one must not fail the request that
+    another connection of the tunnel has room for (the bench's thousand WebSockets did)."""
+    registry, conns = _registry(3)
+    assert registry.pick(TUNNEL) is conns[0]
+    handle = conns[0].handle
+    assert isinstance(handle, _Handle)
+    handle.is_full = True
+    assert registry.pick(TUNNEL) is conns[1]  # at once, within the same iteration
+    for conn in conns:
+        assert isinstance(conn.handle, _Handle)
+        conn.handle.is_full = True
+    assert registry.pick(TUNNEL) in conns  # none has room: one is tried (its refusal is a 502)

@@ -34,6 +34,10 @@ class RecordingHandle:
     def revalidate(self) -> bool:
         return True
 
+    @property
+    def full(self) -> bool:
+        return False
+
 
 @dataclass
 class Env:

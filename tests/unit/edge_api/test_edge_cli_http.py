@@ -31,6 +31,10 @@ class Handle:
     def revalidate(self) -> bool:
         return True
 
+    @property
+    def full(self) -> bool:
+        return False
+
 
 @dataclass
 class Cli:
