@@ -132,12 +132,13 @@ def test_closed_connections_leave_nothing_behind(processes: Processes) -> None:
             await connector.open(register=False)
             await _flood_once(connector)
 
-    asyncio.run(floods(20))  # warm up: modules, caches, the first buffers
+    asyncio.run(floods(50))  # warm up: modules, caches, the heap the buffers come from
     before = edge_probe.rss()
     asyncio.run(floods(300))
     edge_probe.wait_until(
         lambda p: set(p.tcp_states()) == {"LISTEN"}, what="no tunnel connection left open"
     )
     grown = edge_probe.rss() - before
-    # ~80 KiB a connection stayed until a full garbage collection: 300 of them were ~24 MiB.
-    assert grown < 8 * MIB, f"the edge grew by {grown / MIB:.1f} MiB over 300 flooded connections"
+    # ~100 KiB a connection stayed until a full garbage collection: 300 of them were 31 MiB
+    # (what a busy machine adds to the heap's own slack stays well below 12).
+    assert grown < 12 * MIB, f"the edge grew by {grown / MIB:.1f} MiB over 300 flooded connections"
