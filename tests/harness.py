@@ -187,6 +187,22 @@ def start_edge(
     )
 
 
+def start_location(
+    processes: Processes, name: str, location: str, listen: list[str], shared: Edge | None = None
+) -> Edge:
+    """An edge process as a location of its own (HA tests); with ``shared``, on that edge's
+    state directory (one store and one CA: the stand-in for a multi-node edge's shared
+    database)."""
+    if shared is not None:
+        (processes.tmp / f"{name}-state").symlink_to(shared.state_dir)
+    return start_edge(processes, name, location, tunnel_listen=listen)
+
+
+def edge_args(*edges: Edge) -> list[str]:
+    """``--edge`` flags for every tunnel listener of ``edges``."""
+    return [flag for edge in edges for address in edge.tunnel for flag in ("--edge", address)]
+
+
 def run_cli(
     args: list[str], *, home: Path, check: bool = True, timeout: float = 30
 ) -> subprocess.CompletedProcess[str]:

@@ -25,7 +25,7 @@ from harness import (
     login,
     request,
     start_connector,
-    start_edge,
+    start_location,
     write_config,
 )
 
@@ -37,14 +37,6 @@ REGISTERED = r"Registered tunnel connection tunnelID=\S+ connIndex=(\d+)"
 BACK_WITHIN = 30.0
 
 
-def _location(
-    processes: Processes, name: str, location: str, shared: Edge | None, listen: list[str]
-) -> Edge:
-    if shared is not None:
-        (processes.tmp / f"{name}-state").symlink_to(shared.state_dir)
-    return start_edge(processes, name, location, tunnel_listen=listen)
-
-
 def _indexes(edge: Edge) -> list[int]:
     return [int(i) for i in re.findall(REGISTERED, edge.proc.text())]
 
@@ -53,8 +45,8 @@ def test_a_connection_moves_back_when_its_location_returns(
     processes: Processes, origin: Origin, tmp_path: Path
 ) -> None:
     two = ["127.0.0.1:0", "127.0.0.1:0"]
-    edge_a = _location(processes, "edge-a", "a", None, two)
-    edge_b = _location(processes, "edge-b", "b", edge_a, two)
+    edge_a = start_location(processes, "edge-a", "a", two)
+    edge_b = start_location(processes, "edge-b", "b", two, edge_a)
     account = login(edge_a, tmp_path / "home")
     tunnel = create_tunnel(account, "home", HOST)
     config = write_config(tmp_path / "config.yml", HOST, [{"service": origin.url}])
@@ -84,7 +76,7 @@ def test_a_connection_moves_back_when_its_location_returns(
 
         # Back on the same addresses: the connection returns, rolling (registered at b
         # before it is unregistered at a), while a's requests go on.
-        edge_b2 = _location(processes, "edge-b2", "b", edge_a, edge_b.tunnel)
+        edge_b2 = start_location(processes, "edge-b2", "b", edge_b.tunnel, edge_a)
         back_since = time.monotonic()
         edge_b2.proc.wait_for_log(REGISTERED, count=1, timeout=BACK_WITHIN)
         took = time.monotonic() - back_since

@@ -20,10 +20,11 @@ from harness import (
     Proc,
     Processes,
     create_tunnel,
+    edge_args,
     login,
     request,
     start_connector,
-    start_edge,
+    start_location,
     write_config,
 )
 
@@ -31,23 +32,6 @@ pytestmark = pytest.mark.process
 
 HOST = "ha.example.test"
 REGISTERED = r"Registered tunnel connection tunnelID="
-
-
-def _location_edge(
-    processes: Processes, name: str, location: str, state_of: Edge | None, listen: list[str]
-) -> Edge:
-    if state_of is not None:
-        # Same store and CA as the first edge: one tunnel, one CA for the connector.
-        (processes.tmp / f"{name}-state").symlink_to(state_of.state_dir)
-    return start_edge(processes, name, location, tunnel_listen=listen)
-
-
-def _edge_args(*edges: Edge) -> list[str]:
-    args: list[str] = []
-    for edge in edges:
-        for address in edge.tunnel:
-            args += ["--edge", address]
-    return args
 
 
 def _registered_indexes(edge_log: str) -> list[int]:
@@ -63,8 +47,8 @@ def test_two_locations_one_killed_and_restarted(
     processes: Processes, origin: Origin, tmp_path: Path
 ) -> None:
     any_port = ["127.0.0.1:0", "127.0.0.1:0"]
-    edge_a = _location_edge(processes, "edge-a", "a", None, any_port)
-    edge_b = _location_edge(processes, "edge-b", "b", edge_a, any_port)
+    edge_a = start_location(processes, "edge-a", "a", any_port)
+    edge_b = start_location(processes, "edge-b", "b", any_port, edge_a)
     assert len(edge_a.tunnel) == 2 and len(edge_b.tunnel) == 2
     account = login(edge_a, tmp_path / "home")
     tunnel = create_tunnel(account, "ha", HOST)
@@ -73,7 +57,7 @@ def test_two_locations_one_killed_and_restarted(
         processes,
         tunnel,
         config,
-        extra=[*_edge_args(edge_a, edge_b), "--ha-connections", "4", "--workers", "2"],
+        extra=[*edge_args(edge_a, edge_b), "--ha-connections", "4", "--workers", "2"],
         wait=0,
     )
 
@@ -98,7 +82,7 @@ def test_two_locations_one_killed_and_restarted(
     assert failures == []
 
     # Restarted on the same addresses, location b gets its two connections back.
-    edge_b2 = _location_edge(processes, "edge-b2", "b", edge_a, edge_b.tunnel)
+    edge_b2 = start_location(processes, "edge-b2", "b", edge_b.tunnel, edge_a)
     assert edge_b2.tunnel == edge_b.tunnel
     back = _wait_registered(edge_b2.proc, 2, timeout=45)
     assert sorted(back) == sorted(in_b)
