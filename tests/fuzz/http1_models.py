@@ -309,6 +309,15 @@ REFUSALS: list[Refusal] = [
         ),
     ),
     Refusal(
+        "a content-length beyond 64 bits",
+        "llhttp refuses a Content-Length that overflows 64 bits (a body no client sends); h11 "
+        "takes any number of digits and would wait for that many bytes.",
+        lambda raw, m: any(
+            int(value) >= 2**64
+            for value in re.findall(rb"(?im)^content-length:[ \t]*([0-9]{20,})", _head(raw))
+        ),
+    ),
+    Refusal(
         "a method llhttp does not know",
         "llhttp parses the registered methods only (case-sensitive); h11 takes any token.",
         lambda raw, m: (

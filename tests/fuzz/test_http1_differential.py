@@ -323,6 +323,8 @@ def test_seeds_split_at_every_byte_boundary() -> None:
 @example(_post(CHUNKED, b"5\r\nhello\r\n0\r\n\r\n\r\n", b"HTTP/1.0"), None)
 # A chunk size beyond 64 bits: llhttp refuses, h11 waits for exabytes.
 @example(_post(CHUNKED, b"FFFFFFFFFFFFFFFFF5\r\n\x00\r\n0\r\n\r\n"), None)
+# A Content-Length beyond 64 bits: the same.
+@example(b"GET / HTTP/1.1\r\n" + HOST + b"Content-Length: 99999999999999999999\r\n\r\n", None)
 def test_generated_requests_read_as_h11_reads_them(data: bytes, draw: st.DataObject | None) -> None:
     _check(data, draw.draw(splits(data)) if draw is not None else [data])
 
