@@ -1,0 +1,469 @@
+"""QUIC for the tunnel (cloudflared's default transport), both roles, on aioquic (sans-IO).
+
+The edge is the QUIC server, the connector the client. This module holds cloudflared's QUIC
+settings (:func:`quic_configuration`) and :class:`TunnelQuicConnection`, an aioquic
+``QuicConnection`` subclass adding what the tunnel needs and aioquic 1.7 lacks:
+
+* the X25519MLKEM768 hybrid key share (:mod:`adit.protocol.quic_tls`), without which
+  cloudflared's handshake fails against an aioquic server;
+* **consumption-based flow control.** aioquic raises MAX_STREAM_DATA / MAX_DATA (doubling,
+  without limit) whenever the peer has *sent* half the window, whatever the application has
+  read (``QuicConnection._write_stream_limits`` / ``_write_connection_limits``), so a slow
+  reader buffers without bound. Here the advertised limits are ``consumed + window``: the
+  application reports what it has processed with :meth:`TunnelQuicConnection.consumed`; the
+  peer can never have more than a window in flight beyond that, as with quic-go, whose flow
+  controller also counts bytes *read* (internal/flowcontrol). Updates are batched: a limit
+  moves once half a window has been consumed since it last moved (quic-go: a quarter,
+  internal/protocol WindowUpdateThreshold);
+* a configurable number of streams the peer may open (aioquic hard-codes 128; cloudflared
+  allows 2^60, ``quic/constants.go`` MaxIncomingStreams);
+* quic-go's overall handshake deadline (2 × HandshakeIdleTimeout, quic-go ``config.go``
+  ``handshakeTimeout``): aioquic only has the idle timeout, which a peer trickling packets
+  keeps pushing back;
+* send-queue accessors for writer back-pressure.
+
+Keep-alive PINGs (cloudflared sends one after 1 s of silence) are not here: the tunnel's
+transport-independent :mod:`adit.protocol.liveness` decides when to call ``send_ping``.
+
+What the application must do: call :meth:`~TunnelQuicConnection.consumed` for every byte of
+``StreamDataReceived.data`` once it is done with it, including on streams it abandons or that
+the peer resets (bytes the peer announced but never delivered are credited here).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import ClassVar
+
+from aioquic._buffer import Buffer
+from aioquic.quic import events
+from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.connection import (
+    CONNECTION_LIMIT_FRAME_CAPACITY,
+    MAX_STREAM_DATA_FRAME_CAPACITY,
+    STREAM_COUNT_MAX,
+    NetworkAddress,
+    QuicConnection,
+    QuicReceiveContext,
+    QuicTokenHandler,
+)
+from aioquic.quic.packet import QuicErrorCode, QuicFrameType, QuicProtocolVersion
+from aioquic.quic.packet_builder import QuicPacketBuilder
+from aioquic.quic.recovery import QuicPacketSpace
+from aioquic.quic.stream import QuicStream
+from aioquic.tls import AlertDescription
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
+
+from adit.protocol.quic_tls import X25519MLKEM768, PostQuantum, TunnelTlsContext, group_name
+
+__all__ = [
+    "ALPN",
+    "CONNECTION_RECEIVE_WINDOW",
+    "HANDSHAKE_IDLE_TIMEOUT",
+    "HANDSHAKE_TIMEOUT",
+    "INITIAL_PACKET_SIZE_IPV4",
+    "INITIAL_PACKET_SIZE_IPV6",
+    "KEEPALIVE_PERIOD",
+    "MAX_DATAGRAM_FRAME_SIZE",
+    "MAX_IDLE_TIMEOUT",
+    "MAX_INCOMING_STREAMS",
+    "PROBE_SERVER_NAME",
+    "SERVER_MAX_INCOMING_STREAMS",
+    "SERVER_NAME",
+    "STREAM_RECEIVE_WINDOW",
+    "PostQuantum",
+    "TunnelQuicConfiguration",
+    "TunnelQuicConnection",
+    "quic_configuration",
+]
+
+#: The only ALPN cloudflared offers over QUIC (connection/protocol.go); quic-go refuses a
+#: handshake where the server selects none.
+ALPN = "argotunnel"
+#: SNI cloudflared hard-codes for QUIC, and for its pre-check probes (connection/protocol.go).
+SERVER_NAME = "quic.cftunnel.com"
+PROBE_SERVER_NAME = "probe.cftunnel.com"
+#: cloudflared quic/constants.go. aioquic's idle timeout also covers the handshake, so the two
+#: timeouts are one setting here; HANDSHAKE_TIMEOUT bounds the whole handshake as quic-go does.
+HANDSHAKE_IDLE_TIMEOUT = 5.0
+HANDSHAKE_TIMEOUT = 2 * HANDSHAKE_IDLE_TIMEOUT
+MAX_IDLE_TIMEOUT = 5.0
+#: cloudflared's KeepAlivePeriod (quic/constants.go MaxIdlePingPeriod).
+KEEPALIVE_PERIOD = 1.0
+#: quic-go's max_datagram_frame_size transport parameter (internal/wire MaxDatagramSize).
+MAX_DATAGRAM_FRAME_SIZE = 16383
+#: cloudflared's InitialPacketSize by edge address family (supervisor/tunnel.go serveQUIC:
+#: 1232 for IPv4, 1252 otherwise; the comment in cmd/cloudflared/flags says the opposite).
+INITIAL_PACKET_SIZE_IPV4 = 1232
+INITIAL_PACKET_SIZE_IPV6 = 1252
+#: cloudflared's --quic-connection-level-flow-control-limit / --quic-stream-level-... defaults
+#: (cmd/cloudflared/tunnel/cmd.go): quic-go auto-tunes its windows up to these.
+CONNECTION_RECEIVE_WINDOW = 30 * (1 << 20)
+STREAM_RECEIVE_WINDOW = 6 * (1 << 20)
+#: quic/constants.go MaxIncomingStreams (and MaxIncomingUniStreams): quic-go's maximum. The
+#: connector's default: the edge opens one stream per proxied request.
+MAX_INCOMING_STREAMS = 1 << 60
+#: The edge's default. cloudflared opens only its control stream and short-lived RPC streams,
+#: and aioquic creates every lower-numbered stream a peer implicitly opens (RFC 9000 §2.1) as an
+#: object, before the tunnel is even registered: 2^60 would let any client exhaust memory.
+SERVER_MAX_INCOMING_STREAMS = 128
+
+_HANDSHAKE_FAILURE = QuicErrorCode.CRYPTO_ERROR + AlertDescription.handshake_failure
+
+
+@dataclass
+class TunnelQuicConfiguration(QuicConfiguration):
+    """aioquic's configuration plus the tunnel's own settings.
+
+    ``max_stream_data`` and ``max_data`` are the stream and connection receive *windows*: the
+    initial limits sent in the transport parameters, and then how far beyond what the
+    application has consumed the peer may send.
+    """
+
+    #: Key exchange policy of the TLS handshake.
+    post_quantum: PostQuantum = PostQuantum.PREFER
+    #: Bidirectional (and unidirectional) streams the peer may have open at once; ``None``:
+    #: :data:`MAX_INCOMING_STREAMS` for a client, :data:`SERVER_MAX_INCOMING_STREAMS` for a server.
+    max_incoming_streams: int | None = None
+
+
+def quic_configuration(
+    *,
+    is_client: bool,
+    post_quantum: PostQuantum,
+    server_name: str = SERVER_NAME,
+    cafile: str | None = None,
+    cadata: bytes | None = None,
+    certificate: x509.Certificate | None = None,
+    certificate_chain: Sequence[x509.Certificate] = (),
+    private_key: CertificateIssuerPrivateKeyTypes | None = None,
+    stream_window: int = STREAM_RECEIVE_WINDOW,
+    connection_window: int = CONNECTION_RECEIVE_WINDOW,
+    max_datagram_size: int = INITIAL_PACKET_SIZE_IPV4,
+    max_incoming_streams: int | None = None,
+) -> TunnelQuicConfiguration:
+    """cloudflared's QUIC settings (supervisor/tunnel.go serveQUIC) for either role.
+
+    A server needs ``certificate`` and ``private_key`` (loaded by the caller; a leaf valid for
+    :data:`SERVER_NAME`) and requires the ALPN :data:`ALPN`. A client verifies the server
+    against ``cafile``/``cadata`` (or aioquic's default roots) and the name ``server_name``.
+    """
+    if is_client and (certificate is not None or private_key is not None):
+        raise ValueError("a tunnel client presents no certificate (cloudflared sends none)")
+    if not is_client and (certificate is None or private_key is None):
+        raise ValueError("a tunnel server needs a certificate and its private key")
+    if min(stream_window, connection_window) < 2:
+        raise ValueError("receive windows must be at least 2 bytes")
+    configuration = TunnelQuicConfiguration(
+        is_client=is_client,
+        alpn_protocols=[ALPN],
+        idle_timeout=MAX_IDLE_TIMEOUT,
+        max_datagram_frame_size=MAX_DATAGRAM_FRAME_SIZE,
+        max_datagram_size=max_datagram_size,
+        max_stream_data=stream_window,
+        max_data=connection_window,
+        # quic-go's congestion controller is Cubic (internal/congestion); aioquic defaults to Reno.
+        congestion_control_algorithm="cubic",
+        # cloudflared dials QUIC v1 (PROTOCOL.md §5.1); offering v2 only adds a code path.
+        supported_versions=[QuicProtocolVersion.VERSION_1],
+        post_quantum=post_quantum,
+        max_incoming_streams=max_incoming_streams,
+    )
+    if is_client:
+        configuration.server_name = server_name
+        configuration.load_verify_locations(cafile=cafile, cadata=cadata)
+    else:
+        configuration.certificate = certificate
+        configuration.certificate_chain = list(certificate_chain)
+        configuration.private_key = private_key
+    return configuration
+
+
+class TunnelQuicConnection(QuicConnection):
+    """An aioquic ``QuicConnection`` for the tunnel: hybrid post-quantum TLS, flow control by
+    consumption, configurable incoming streams, a handshake deadline. Same sans-IO API
+    (``receive_datagram``/``datagrams_to_send``/``get_timer``/``handle_timer(now)``)."""
+
+    #: The TLS context class the connection uses (a seam: tests offer cloudflared's exact groups).
+    tls_context_class: ClassVar[type[TunnelTlsContext]] = TunnelTlsContext
+
+    def __init__(
+        self,
+        *,
+        configuration: TunnelQuicConfiguration,
+        original_destination_connection_id: bytes | None = None,
+        retry_source_connection_id: bytes | None = None,
+        token_handler: QuicTokenHandler | None = None,
+    ) -> None:
+        if configuration.post_quantum is not PostQuantum.OFF and configuration.session_ticket:
+            raise ValueError("session resumption is not supported with X25519MLKEM768")
+        if min(configuration.max_stream_data, configuration.max_data) < 2:
+            raise ValueError("receive windows must be at least 2 bytes")
+        super().__init__(
+            configuration=configuration,
+            original_destination_connection_id=original_destination_connection_id,
+            retry_source_connection_id=retry_source_connection_id,
+            token_handler=token_handler,
+        )
+        self._post_quantum = configuration.post_quantum
+        self._stream_window = configuration.max_stream_data
+        self._connection_window = configuration.max_data
+        self._consumed_total = 0
+        self._stream_consumed: dict[int, int] = {}
+        self._handshake_deadline: float | None = None
+        streams = configuration.max_incoming_streams
+        if streams is None:
+            streams = MAX_INCOMING_STREAMS if self._is_client else SERVER_MAX_INCOMING_STREAMS
+        # Read into the transport parameters by _initialize, which runs after __init__.
+        for limit in (self._local_max_streams_bidi, self._local_max_streams_uni):
+            limit.value = limit.sent = streams
+
+    # TLS
+
+    @property
+    def key_exchange_group(self) -> int | None:
+        """The TLS group the handshake used (0x11EC for X25519MLKEM768), once known."""
+        context = getattr(self, "tls", None)  # set by _initialize
+        return context.key_exchange_group if isinstance(context, TunnelTlsContext) else None
+
+    def _initialize(self, peer_cid: bytes) -> None:
+        super()._initialize(peer_cid)
+        self.tls = self.tls_context_class.adopt(self.tls, self._post_quantum)
+
+    def next_event(self) -> events.QuicEvent | None:
+        """aioquic's next event; a strict client refused during the handshake is told why."""
+        event = super().next_event()
+        if (
+            isinstance(event, events.ConnectionTerminated)
+            and self._is_client
+            and self._post_quantum is PostQuantum.STRICT
+            and not self._handshake_complete
+            and event.error_code == _HANDSHAKE_FAILURE
+            and "X25519MLKEM768" not in event.reason_phrase
+        ):
+            # A server without the hybrid (aioquic's says "No supported key share") never names it.
+            reason = (
+                f"{event.reason_phrase} (post-quantum strict mode offered only "
+                f"{group_name(X25519MLKEM768)})"
+            )
+            event = dataclasses.replace(event, reason_phrase=reason)
+        return event
+
+    # handshake deadline
+
+    def connect(self, addr: NetworkAddress, now: float) -> None:
+        """Start the client handshake (aioquic's ``connect``) and its deadline."""
+        self._handshake_deadline = now + HANDSHAKE_TIMEOUT
+        super().connect(addr, now)
+
+    def receive_datagram(self, data: bytes, addr: NetworkAddress, now: float) -> None:
+        """aioquic's ``receive_datagram``; a server's handshake deadline starts with the first."""
+        if self._handshake_deadline is None:
+            self._handshake_deadline = now + HANDSHAKE_TIMEOUT
+        super().receive_datagram(data, addr, now)
+
+    def get_timer(self) -> float | None:
+        """aioquic's timer, or the handshake deadline if that comes first."""
+        timer_at = super().get_timer()
+        deadline = self._handshake_deadline
+        if timer_at is None or deadline is None or self._handshake_complete:
+            return timer_at
+        return min(timer_at, deadline)
+
+    def handle_timer(self, now: float) -> None:
+        """aioquic's timer work; past the handshake deadline, close the connection."""
+        deadline = self._handshake_deadline
+        if deadline is not None and now >= deadline and not self._handshake_complete:
+            self._handshake_deadline = None
+            self.close(
+                error_code=QuicErrorCode.NO_ERROR,
+                frame_type=QuicFrameType.PADDING,
+                reason_phrase=f"handshake not complete after {HANDSHAKE_TIMEOUT:g} s",
+            )
+        super().handle_timer(now)
+
+    # flow control
+
+    @property
+    def consumed_total(self) -> int:
+        """Bytes of stream data the application consumed (plus those credited on resets)."""
+        return self._consumed_total
+
+    def consumed(self, stream_id: int, length: int) -> None:
+        """The application is done with ``length`` more bytes received on ``stream_id``.
+
+        Raises the stream's and the connection's receive limits to ``consumed + window`` once
+        half a window has been consumed since they last moved (the MAX_STREAM_DATA / MAX_DATA
+        frames go out with the next ``datagrams_to_send``). ``ValueError`` if that is more than
+        was delivered.
+        """
+        if length < 0:
+            raise ValueError("cannot consume a negative length")
+        if self._consumed_total + length > self._local_max_data.used:
+            raise ValueError("consumed more than the connection received")
+        stream = self._streams.get(stream_id)
+        if stream is not None and not stream.receiver.is_finished:
+            consumed = self._stream_consumed.get(stream_id, 0) + length
+            if consumed > stream.receiver.starting_offset():
+                raise ValueError(f"consumed more than stream {stream_id} delivered")
+            self._stream_consumed[stream_id] = consumed
+            limit = consumed + self._stream_window
+            if limit - stream.max_stream_data_local >= self._stream_window // 2:
+                stream.max_stream_data_local = limit
+        else:
+            # Finished receiving (no limit to raise any more) or already discarded.
+            self._stream_consumed.pop(stream_id, None)
+        self._credit_connection(length)
+        if len(self._stream_consumed) > 2 * len(self._streams) + 64:
+            # Streams abandoned without a last consumed() call: forget the discarded ones.
+            for gone in self._stream_consumed.keys() - self._streams.keys():
+                del self._stream_consumed[gone]
+
+    def _credit_connection(self, length: int) -> None:
+        self._consumed_total += length
+        max_data = self._local_max_data
+        limit = self._consumed_total + self._connection_window
+        if limit - max_data.value >= self._connection_window // 2:
+            max_data.value = limit
+
+    def _write_stream_limits(
+        self, builder: QuicPacketBuilder, space: QuicPacketSpace, stream: QuicStream
+    ) -> None:
+        # Replaces aioquic's, which doubles the limit whenever the peer has sent half of it:
+        # consumed() moves the limit; this only sends it (again, after a loss: aioquic's
+        # _on_max_stream_data_delivery zeroes max_stream_data_local_sent).
+        if stream.max_stream_data_local_sent == stream.max_stream_data_local:
+            return
+        assert stream.stream_id is not None  # only crypto streams have none
+        buf = builder.start_frame(
+            QuicFrameType.MAX_STREAM_DATA,
+            capacity=MAX_STREAM_DATA_FRAME_CAPACITY,
+            handler=self._on_max_stream_data_delivery,
+            handler_args=(stream,),
+        )
+        buf.push_uint_var(stream.stream_id)
+        buf.push_uint_var(stream.max_stream_data_local)
+        stream.max_stream_data_local_sent = stream.max_stream_data_local
+        frames = builder.quic_logger_frames
+        if self._quic_logger is not None and frames is not None:
+            frames.append(
+                self._quic_logger.encode_max_stream_data_frame(
+                    maximum=stream.max_stream_data_local, stream_id=stream.stream_id
+                )
+            )
+
+    def _write_connection_limits(self, builder: QuicPacketBuilder, space: QuicPacketSpace) -> None:
+        # Replaces aioquic's for the same reason as _write_stream_limits; MAX_STREAMS keeps
+        # aioquic's batching: wait until the peer has fewer streams left to open than the
+        # update would grant. Values stay within the 2^60 RFC 9000 §19.11 allows.
+        for limit in (
+            self._local_max_data,
+            self._local_max_streams_bidi,
+            self._local_max_streams_uni,
+        ):
+            if limit is not self._local_max_data:
+                limit.value = min(limit.value, STREAM_COUNT_MAX)
+                if limit.sent - limit.used >= limit.value - limit.sent:
+                    continue
+            if limit.value == limit.sent:
+                continue
+            buf = builder.start_frame(
+                limit.frame_type,
+                capacity=CONNECTION_LIMIT_FRAME_CAPACITY,
+                handler=self._on_connection_limit_delivery,
+                handler_args=(limit,),
+            )
+            buf.push_uint_var(limit.value)
+            limit.sent = limit.value
+            frames = builder.quic_logger_frames
+            if self._quic_logger is not None and frames is not None:
+                frames.append(
+                    self._quic_logger.encode_connection_limit_frame(
+                        frame_type=limit.frame_type, maximum=limit.value
+                    )
+                )
+
+    def _handle_reset_stream_frame(
+        self, context: QuicReceiveContext, frame_type: int, buf: Buffer
+    ) -> None:
+        # RFC 9000 §4.5: a reset stream's final size counts against connection flow control,
+        # but the bytes between what was delivered and the final size never reach the
+        # application, which therefore cannot consume them: credit them here.
+        start = buf.tell()
+        stream_id = buf.pull_uint_var()
+        buf.seek(start)
+        stream = self._streams.get(stream_id)
+        was_finished = stream is not None and stream.receiver.is_finished
+        super()._handle_reset_stream_frame(context, frame_type, buf)
+        stream = self._streams.get(stream_id)
+        if stream is not None and stream.receiver.is_finished and not was_finished:
+            self._credit_connection(
+                stream.receiver.highest_offset - stream.receiver.starting_offset()
+            )
+
+    # send side
+
+    def stream_send_queued(self, stream_id: int) -> int:
+        """Bytes written to ``stream_id`` that have not been sent yet (0 for an unknown or
+        discarded stream): what a writer should keep bounded."""
+        stream = self._streams.get(stream_id)
+        if stream is None:
+            return 0
+        return stream.sender._buffer_stop - stream.sender.highest_offset
+
+    def stream_send_queue_below(self, stream_id: int, mark: int) -> bool:
+        """Whether fewer than ``mark`` bytes wait unsent on ``stream_id`` (write more if so)."""
+        return self.stream_send_queued(stream_id) < mark
+
+
+def _check_aioquic() -> None:
+    """Fail the import if aioquic's connection internals hooked here are not the expected ones."""
+    problems: list[str] = []
+    expected = {
+        "_initialize": ["self", "peer_cid"],
+        "_write_stream_limits": ["self", "builder", "space", "stream"],
+        "_write_connection_limits": ["self", "builder", "space"],
+        "_handle_reset_stream_frame": ["self", "context", "frame_type", "buf"],
+        "_on_max_stream_data_delivery": ["self", "delivery", "stream"],
+        "_on_connection_limit_delivery": ["self", "delivery", "limit"],
+    }
+    for name, parameters in expected.items():
+        method = getattr(QuicConnection, name, None)
+        if method is None or list(inspect.signature(method).parameters) != parameters:
+            problems.append(f"QuicConnection.{name} is not ({', '.join(parameters)})")
+    probe = QuicConnection(configuration=QuicConfiguration(is_client=True))
+    for attribute in (
+        "_local_max_data",
+        "_local_max_streams_bidi",
+        "_local_max_streams_uni",
+        "_streams",
+        "_handshake_complete",
+        "_is_client",
+        "_quic_logger",
+    ):
+        if not hasattr(probe, attribute):
+            problems.append(f"QuicConnection has no {attribute}")
+    limit = probe._local_max_data
+    if not all(hasattr(limit, name) for name in ("frame_type", "sent", "used", "value")):
+        problems.append("Limit lacks frame_type, sent, used or value")
+    stream = QuicStream(stream_id=0, max_stream_data_local=1)
+    for owner, names in (
+        (stream, ("max_stream_data_local", "max_stream_data_local_sent")),
+        (stream.receiver, ("highest_offset", "is_finished", "starting_offset")),
+        (stream.sender, ("highest_offset", "_buffer_stop")),
+    ):
+        problems += [
+            f"{type(owner).__name__} has no {name}" for name in names if not hasattr(owner, name)
+        ]
+    if problems:
+        raise ImportError(
+            "adit.protocol.quic_engine hooks aioquic 1.7 internals that this aioquic lacks: "
+            + "; ".join(problems)
+        )
+
+
+_check_aioquic()
