@@ -8,12 +8,14 @@ from __future__ import annotations
 
 __all__ = [
     "BadRequestTarget",
+    "DatagramError",
     "FramingError",
     "HeaderDecodeError",
     "Http2FloodError",
     "Http2TunnelError",
     "ProtocolError",
     "ProtocolUsageError",
+    "QuicMetadataError",
     "RpcProtocolError",
 ]
 
@@ -60,6 +62,20 @@ class RpcProtocolError(ProtocolError):
 
 class FramingError(RpcProtocolError):
     """A Cap'n Proto stream-framing header is absurd (too many or too large segments)."""
+
+
+class QuicMetadataError(ProtocolError):
+    """The head of a QUIC stream is malformed: an unknown signature or version, or a
+    ``ConnectRequest``/``ConnectResponse`` that is not a valid struct of its type (PROTOCOL.md
+    §3.3, §5.2-§5.4). The stream is reset; the connection lives on."""
+
+
+class DatagramError(ProtocolError):
+    """A QUIC DATAGRAM payload is not a valid datagram v2 or v3 (PROTOCOL.md §6).
+
+    Datagrams are unreliable and unordered: the receiver drops the one datagram, as cloudflared
+    does, and keeps the connection.
+    """
 
 
 class ProtocolUsageError(Exception):
