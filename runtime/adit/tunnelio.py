@@ -270,6 +270,7 @@ class TunnelIO(asyncio.Protocol, Generic[Conn]):
             return
         for event in events:
             self.dispatch(event)
+        self.after_read()
         self.flush()
         if self.paused and self.conn.owed_control_frames >= OWED_BEFORE_PAUSING:
             self._pause_reading()
@@ -402,6 +403,17 @@ class TunnelIO(asyncio.Protocol, Generic[Conn]):
         self.channels[stream_id] = channel
         return channel
 
+    def release(self, channel: StreamChannel) -> None:
+        """The reader is done with ``channel``: what it left unread is credited to the peer
+        (the connection's window would otherwise shrink by it for good) and dropped."""
+        inbound = channel._inbound
+        unread = inbound[channel._next :]
+        if unread:
+            inbound.clear()
+            channel._next = 0
+            if not self.closed:
+                self.acknowledge(channel.stream_id, sum(flow for _, flow in unread))
+
     def forget(self, channel: StreamChannel) -> None:
         """Stop tracking a finished stream."""
         self.channels.pop(channel.stream_id, None)
@@ -463,6 +475,9 @@ class TunnelIO(asyncio.Protocol, Generic[Conn]):
             self.transport.abort()
 
     # -- role hooks --------------------------------------------------------------------------
+
+    def after_read(self) -> None:
+        """Every event of one read was dispatched."""
 
     def on_event(self, event: Event) -> None:
         """Requests (connector) or responses (edge)."""

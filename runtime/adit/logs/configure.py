@@ -88,6 +88,9 @@ def configure_logging(
         handler.close()
     level = parse_level(settings.level)
     root.setLevel(logging.INFO if level is None else level)
+    # aioquic logs every connection's handshake steps at info ("ALPN negotiated..."), one
+    # line per connector dial: its warnings are what an operator needs.
+    logging.getLogger("quic").setLevel(max(logging.WARNING, root.level))
     context_filter = ContextFilter(context or {})
 
     console = logging.StreamHandler(sys.stderr)

@@ -1,0 +1,180 @@
+"""asyncio adapter for the QUIC tunnel transport: :class:`TunnelIO` over UDP datagrams.
+
+A QUIC connection has no socket of its own on the edge (one UDP socket serves them all, a
+listener routes datagrams by connection id) and on the connector its socket is one UDP
+endpoint. :class:`QuicIO` is mixed in before a :class:`~adit.tunnelio.TunnelIO` subclass (the
+edge's tunnel session, the worker's edge connection) and replaces what is TCP-specific: how
+bytes come in (datagrams) and go out (``sendto``), the timers QUIC needs (retransmission,
+idle timeout), and how the connection ends (CONNECTION_CLOSE, then the draining period).
+Streams, channels, back-pressure and the role logic above stay as they are.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from typing import Any
+
+from aioquic.quic.connection import NetworkAddress
+
+from adit.protocol.errors import ProtocolError
+from adit.protocol.http2 import ConnectionTerminated, ErrorCode, Event, StreamReset
+from adit.protocol.liveness import Liveness, PeerState
+from adit.protocol.quic_tunnel import HandshakeDone, QuicEvent, QuicTunnelConnection
+from adit.tunnelio import HIGH_WATER, TunnelIO
+
+__all__ = ["QuicIO", "QuicSender"]
+
+#: How long a closed connection lingers to answer the peer's last packets (QUIC's closing
+#: period is three PTOs; aioquic ends it with ConnectionTerminated, this bounds it).
+CLOSING_LIMIT = 3.0
+
+#: Sends one datagram to an address (the listener's or the endpoint's transport).
+QuicSender = Callable[[bytes, NetworkAddress], None]
+
+
+class QuicIO(TunnelIO[Any]):
+    """The QUIC half of a tunnel connection's I/O; mix in before the role's class."""
+
+    conn: QuicTunnelConnection
+
+    def start_quic(self, send: QuicSender, peer: NetworkAddress, *, client: bool) -> None:
+        """Begin: datagrams go out through ``send``; ``peer`` is the far end's address; a
+        ``client`` starts the handshake."""
+        self._send = send
+        self._peer_address = peer
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._closing_timer: asyncio.TimerHandle | None = None
+        #: The negotiated ALPN once the handshake is done; fails if the connection ends first.
+        self.handshake: asyncio.Future[str | None] = self._loop.create_future()
+        if client:
+            self.conn.quic.connect(peer, now=self._loop.time())
+        self.conn.initiate()
+        if self._liveness_settings is not None:
+            now = self._loop.time()
+            self._liveness = Liveness(self._liveness_settings, now)
+            self._arm_liveness(now)
+        self._handle(self.conn.take_events())
+        if client:
+            self.flush()  # the Initial; a server has nothing to send before its first datagram
+
+    # -- datagrams in ------------------------------------------------------------------------
+
+    def datagram_received(self, data: bytes, addr: NetworkAddress) -> None:
+        """A datagram of this connection (routed here by the listener or the endpoint)."""
+        if self.closed:
+            return
+        now = self._loop.time()
+        if self._liveness is not None:
+            self._liveness.heard(now)
+            if not self.responsive:
+                self._set_responsive(True)
+        try:
+            events = self.conn.receive_datagram(data, addr, now)
+        except ProtocolError as exc:
+            self.fail(f"protocol error from peer: {exc}", ErrorCode.PROTOCOL_ERROR)
+            return
+        self._handle(events)
+        self.flush()
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        if self.closed:
+            return
+        self._handle(self.conn.handle_timer(self._loop.time()))
+        self.flush()
+
+    def _handle(self, events: list[QuicEvent]) -> None:
+        ended: ConnectionTerminated | None = None
+        for event in events:
+            if type(event) is ConnectionTerminated:
+                ended = event
+            elif type(event) is HandshakeDone and not self.handshake.done():
+                self.handshake.set_result(event.alpn)
+            self.dispatch(event)  # type: ignore[arg-type]
+        self.after_read()
+        if ended is not None:
+            self._terminated(self.conn.terminated_reason or "connection closed")
+
+    # -- datagrams out -----------------------------------------------------------------------
+
+    def flush(self) -> None:
+        """Send what QUIC has to send now, and arm its timer."""
+        if self.closed:
+            return
+        now = self._loop.time()
+        send = self._send
+        for data, addr in self.conn.datagrams_to_send(now):
+            send(data, addr)
+        self._arm_timer()
+        # QUIC has no "buffer drained" event: writers waiting for room are told here.
+        for channel in self.channels.values():
+            if (
+                channel._write_waiter is not None
+                and self.conn.pending(channel.stream_id) <= HIGH_WATER
+            ):
+                channel._wake_writer()
+
+    def write_held(self) -> None:
+        """Nothing is held: datagrams are sent as :meth:`flush` makes them."""
+
+    def _arm_timer(self) -> None:
+        at = self.conn.get_timer()
+        if self._timer is not None:
+            if at == self._timer_at:
+                return
+            self._timer.cancel()
+            self._timer = None
+        self._timer_at = at
+        if at is not None:
+            self._timer = self._loop.call_at(at, self._on_timer)
+
+    # -- flow control ------------------------------------------------------------------------
+
+    def dispatch(self, event: Event) -> None:
+        if type(event) is StreamReset:
+            channel = self.channels.get(event.stream_id)
+            super().dispatch(event)
+            if channel is not None:
+                # Nobody reads a reset stream to its end: QUIC's connection window moves
+                # with what was consumed, so what it holds is credited now.
+                self.release(channel)
+            return
+        super().dispatch(event)
+
+    # -- the end -----------------------------------------------------------------------------
+
+    def close_transport(self) -> None:
+        """Send the CONNECTION_CLOSE queued by the caller; the connection ends when QUIC's
+        closing period does, or after :data:`CLOSING_LIMIT` at the latest."""
+        if self.closed:
+            return
+        self.flush()
+        if self._closing_timer is None:
+            self._closing_timer = self._loop.call_later(CLOSING_LIMIT, self._terminated, "closed")
+
+    def _check_liveness(self) -> None:
+        # The base class aborts the transport of a silent peer; here there is none to abort
+        # (the edge's UDP socket is every connection's): close the connection, end it now.
+        live = self._liveness
+        if live is None or self.closed:
+            return
+        super()._check_liveness()
+        if live.state(self._loop.time()) is PeerState.GONE:
+            self._terminated("no answer from the peer")
+
+    def _terminated(self, reason: str = "connection closed") -> None:
+        if self.closed:
+            return
+        if not self.handshake.done():
+            self.handshake.set_exception(ConnectionError(f"QUIC handshake failed: {reason}"))
+            self.handshake.exception()
+        for timer in (self._timer, self._closing_timer):
+            if timer is not None:
+                timer.cancel()
+        self._timer = self._closing_timer = None
+        with contextlib.suppress(Exception):
+            self.flush()
+        self.connection_lost(ConnectionError(reason))
