@@ -32,6 +32,7 @@ from adit.edge.ca import EdgeCA
 from adit.edge.http1 import BadRequest, Http1Connection, Request, RequestTimeout
 from adit.edge.limits import ConnectionTracker, Limits
 from adit.edge.public import PublicListener
+from adit.edge.quic_listener import QuicListener, QuicTunnelSession, edge_quic_configuration
 from adit.edge.registry import ConnectionRegistry
 from adit.edge.store import Store, StoreError
 from adit.edge.tls_gate import Admission, DialRates, GatedListener
@@ -43,6 +44,7 @@ from adit.protocol.liveness import (
     DEFAULT_TIMEOUT,
     LivenessSettings,
 )
+from adit.protocol.quic_engine import TunnelQuicConnection
 from adit.systemd import SystemdNotifier
 
 log = logging.getLogger("adit.edge")
@@ -138,6 +140,7 @@ class EdgeServer:
         self.liveness = settings.tunnel_liveness
         self.sessions: set[TunnelSession] = set()
         self.servers: list[asyncio.Server | GatedListener] = []
+        self.quic_listeners: list[QuicListener] = []
         self.addresses: dict[str, list[str]] = {}
         self.api: ManagementApi | None = None
         #: The eyeball-facing listeners' connections: public HTTP, public HTTPS, API.
@@ -168,6 +171,22 @@ class EdgeServer:
             )
             self.servers.append(gated)
             tunnel_bound += _bound(gated)
+        # QUIC on the same addresses and ports, UDP (cloudflared dials both at one address).
+        leaf = self.ca.tunnel_leaf()
+        quic_config = edge_quic_configuration(leaf.cert_chain_pem, leaf.key_pem)
+        for address in tunnel_bound:
+            host, port = _listen_address(address)
+            _, listener = await loop.create_datagram_endpoint(
+                lambda: QuicListener(
+                    quic_config,
+                    self._new_quic_session,
+                    max_connections=TUNNEL_MAX_HANDSHAKES,
+                    max_connections_per_ip=int(self.settings.tunnel_dial_rates.burst),
+                ),
+                local_addr=(host, port),
+                reuse_port=False,
+            )
+            self.quic_listeners.append(listener)
         self.addresses["tunnel"] = tunnel_bound
         advertise = self.settings.advertise or tuple(
             a.replace("0.0.0.0", "127.0.0.1")  # noqa: S104 - rewriting, not binding
@@ -315,6 +334,25 @@ class EdgeServer:
         self.sessions.add(session)
         return session
 
+    def _new_quic_session(
+        self, quic: TunnelQuicConnection, listener: QuicListener
+    ) -> QuicTunnelSession:
+        def closed(session: TunnelSession) -> None:
+            self.sessions.discard(session)
+            listener.forget(session)
+
+        session = QuicTunnelSession(
+            quic,
+            self.store,
+            self.registry,
+            self.identity,
+            listener=listener,
+            on_closed=closed,
+            liveness=self.liveness,
+        )
+        self.sessions.add(session)
+        return session
+
     def _api_protocol(self) -> Http1Connection:
         return Http1Connection(self._api_request, self._api_bad_request, tracker=self._api_tracker)
 
@@ -364,6 +402,8 @@ class EdgeServer:
         each eyeball connection end after its response in progress (idle ones close now)."""
         for server in self.servers:
             server.close()
+        for listener in self.quic_listeners:
+            listener.stop_accepting()
         for tracker in self.trackers:
             tracker.drain()
 
@@ -379,6 +419,9 @@ class EdgeServer:
             tracker.close()
         for session in list(self.sessions):
             session.close("edge shutting down")
+        for listener in self.quic_listeners:
+            # After the sessions: their CONNECTION_CLOSE goes out on the listener's socket.
+            listener.close()
         for server in self.servers:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(server.wait_closed(), 2.0)

@@ -193,8 +193,9 @@ class TunnelSession(TunnelIO[EdgeTunnelConnection]):
         *,
         on_closed: Callable[[TunnelSession], None] | None = None,
         liveness: LivenessSettings | None = None,
+        conn: EdgeTunnelConnection | None = None,
     ) -> None:
-        super().__init__(EdgeTunnelConnection(), liveness)
+        super().__init__(conn or EdgeTunnelConnection(), liveness)
         self.store = store
         self.registry = registry
         self.identity = identity
@@ -220,7 +221,12 @@ class TunnelSession(TunnelIO[EdgeTunnelConnection]):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         peer = transport.get_extra_info("peername")
-        self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
+        self.begin(f"{peer[0]}:{peer[1]}" if peer else "?")
+
+    def begin(self, peer: str) -> None:
+        """The connection is up (TCP: TLS is; QUIC: its first datagram came): expect the
+        control stream, and a registration on it within :data:`REGISTRATION_TIMEOUT`."""
+        self.peer = peer
         control_id = self.conn.open_control_stream()
         self.control = self.channel(control_id)
         self.flush()
@@ -512,13 +518,13 @@ class TunnelSession(TunnelIO[EdgeTunnelConnection]):
         (the connector then stops its origin request, and sends no more of the body)."""
         self._requests.pop(request.channel.stream_id, None)
         channel = request.channel
+        self.release(channel)
         if channel.reset_code is None and not (channel.local_ended and channel.remote_ended):
             channel.reset()
         else:
             self.forget(channel)
 
-    def data_received(self, data: bytes) -> None:
-        super().data_received(data)
+    def after_read(self) -> None:
         if self._delivering:
             # Every frame of this read is in: whole small responses can be told as such.
             delivering, self._delivering = self._delivering, []
