@@ -23,7 +23,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Coroutine, Iterable, Iterator
+from collections.abc import Callable, Coroutine, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar, cast
@@ -522,6 +522,9 @@ class _ScriptedServer:
     def __init__(self, script: Script) -> None:
         self.script = script
         self.resets = 0
+
+    async def serve_private(self, stream: Any, options: object) -> None:
+        await self.serve(stream, options)
 
     async def serve(self, stream: Any, rule: object) -> None:
         from adit.tunnelio import StreamClosedError
@@ -1127,22 +1130,34 @@ INSIDE_NETNS = os.environ.get("ADIT_INTEROP_NAMESPACE") == "1"
 
 
 def rerun_in_private_netns(
-    nodeid: str, timeout: float = 300, needs: tuple[str, ...] = ("unshare",)
+    nodeid: str,
+    timeout: float = 300,
+    needs: tuple[str, ...] = ("unshare",),
+    *,
+    resolver: bool = False,
 ) -> None:
     """Run the test ``nodeid`` (``path::name``) again in a fresh network namespace.
 
     cloudflared looks up DNS records on the machine's resolver at start: in a namespace that
     holds only a loopback interface, edge, origins, cloudflared and client all live on
     127.0.0.1 and nothing leaves the machine. The inner run sees :data:`INSIDE_NETNS`. The
-    test is skipped without root or one of the commands it ``needs``.
+    test is skipped without root or one of the commands it ``needs``. With ``resolver``, the
+    namespace's ``/etc/resolv.conf`` (in a mount namespace of its own) names 127.0.0.1, where
+    the test serves the DNS records it needs (``dns_records.serving``).
     """
     if INSIDE_NETNS:
         pytest.skip("already inside the namespace")
     if any(shutil.which(command) is None for command in needs) or os.geteuid() != 0:
         pytest.skip(f"needs root and {', '.join(needs)} for a private network namespace")
     inner = f'ip link set lo up && exec "{sys.executable}" -m pytest -q -p no:cacheprovider'
+    command = ["unshare", "-n"]
+    if resolver:
+        conf = Path(tempfile.mkdtemp(prefix="adit-resolv-")) / "resolv.conf"
+        conf.write_text("nameserver 127.0.0.1\noptions timeout:1 attempts:1\n")
+        inner = f'mount --bind "{conf}" /etc/resolv.conf && {inner}'
+        command.append("-m")
     result = subprocess.run(
-        ["unshare", "-n", "sh", "-c", f'{inner} "{nodeid}"'],
+        [*command, "sh", "-c", f'{inner} "{nodeid}"'],
         env={**os.environ, "ADIT_INTEROP_NAMESPACE": "1"},
         capture_output=True,
         text=True,
@@ -1153,36 +1168,52 @@ def rerun_in_private_netns(
     assert " passed" in result.stdout and "skipped" not in result.stdout, result.stdout
 
 
-def start_cloudflared(processes: Processes, tunnel: Tunnel, config: Path, edge: Edge) -> Proc:
-    """The unmodified cloudflared serving ``tunnel`` through ``edge`` (HTTP/2 transport), with
-    its metrics server (``/config``, ``/ready``) on an ephemeral port; waits for a
-    registration."""
+def start_cloudflared(
+    processes: Processes,
+    tunnel: Tunnel,
+    config: Path,
+    edge: Edge,
+    *,
+    protocol: str | None = "http2",
+    edges: Sequence[str] | None = None,
+    extra: Sequence[str] = (),
+    name: str = "cloudflared",
+    wait: float | None = 30,
+    token: str | None = None,
+) -> Proc:
+    """The unmodified cloudflared serving ``tunnel`` through ``edge`` (``protocol``: its
+    ``--protocol``; None leaves cloudflared's default, ``auto``), at ``edges`` (``--edge``
+    values; default the edge's first tunnel address), ``token`` instead of the credentials
+    file, with its metrics server (``/config``,
+    ``/ready``) on an ephemeral port; waits ``wait`` seconds for a registration."""
     proc = processes.start(
-        "cloudflared",
+        name,
         [
             CLOUDFLARED,
             "tunnel",
             "--no-autoupdate",
             "--config",
             str(config),
-            "--edge",
-            edge.tunnel[0],
+            *[flag for address in edges or edge.tunnel[:1] for flag in ("--edge", address)],
             "--cacert",
             str(edge.ca),
-            "--protocol",
-            "http2",
+            *(["--protocol", protocol] if protocol else []),
             "--no-prechecks",
             "--metrics",
             "127.0.0.1:0",
             "--grace-period",
             "3s",
+            *extra,
             "run",
-            "--credentials-file",
-            str(tunnel.credentials),
-            tunnel.id,
+            *(
+                ["--token", token]
+                if token
+                else ["--credentials-file", str(tunnel.credentials), tunnel.id]
+            ),
         ],
     )
-    proc.wait_for_log("Registered tunnel connection", timeout=30)
+    if wait is not None:
+        proc.wait_for_log("Registered tunnel connection", timeout=wait)
     return proc
 
 
