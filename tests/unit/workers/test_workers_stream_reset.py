@@ -47,6 +47,9 @@ class _Hung:
         self.started = asyncio.Event()
         self.cancelled = asyncio.Event()
 
+    async def serve_private(self, stream: TunnelStream, options: object) -> None:
+        await self.serve(stream, options)
+
     async def serve(self, stream: TunnelStream, rule: object) -> None:
         self.started.set()
         try:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
 
+from adit.config.origin import OriginOptions
 from adit.logs import fields
 from adit.protocol.errors import Http2TunnelError, ProtocolError
 from adit.protocol.headers import RequestType, ResponseMeta
@@ -58,6 +59,11 @@ RPC_TIMEOUT = 5.0
 LIVENESS = LivenessSettings()
 
 
+#: cloudflared's ``warp-routing`` defaults for private-network flows: 5 s to connect, TCP
+#: keep-alive every 30 s (CLOUDFLARED_FEATURES.md §4.13).
+WARP_ROUTING = OriginOptions(connect_timeout=5.0, tcp_keep_alive=30.0)
+
+
 class StreamServer(Protocol):
     """What serves the eyeball streams (:class:`~adit.workers.proxy.OriginProxy`).
 
@@ -66,6 +72,10 @@ class StreamServer(Protocol):
     """
 
     def serve(self, stream: TunnelStream, rule: Rule) -> Coroutine[Any, Any, None]: ...
+
+    def serve_private(
+        self, stream: TunnelStream, options: OriginOptions
+    ) -> Coroutine[Any, Any, None]: ...
 
 
 class Registration(msgspec.Struct, frozen=True):
@@ -145,8 +155,10 @@ class EdgeConnection(TunnelIO[ConnectorTunnelConnection]):
         registration: Registration,
         proxy: StreamServer,
         ingress: Callable[[], Ingress],
+        *,
+        conn: ConnectorTunnelConnection | None = None,
     ) -> None:
-        super().__init__(ConnectorTunnelConnection(), LIVENESS)
+        super().__init__(conn or ConnectorTunnelConnection(), LIVENESS)
         self.registration = registration
         self.proxy = proxy
         self.ingress = ingress
@@ -161,6 +173,13 @@ class EdgeConnection(TunnelIO[ConnectorTunnelConnection]):
         self._serving: dict[int, asyncio.Task[None]] = {}
         self._calls: dict[int, asyncio.Future[bool]] = {}
         self.failure: str | None = None
+
+    #: The transport, as cloudflared names it in logs and metrics.
+    protocol_name = "http2"
+
+    def local_sockname(self) -> object:
+        """The local address of the connection's socket."""
+        return self.transport.get_extra_info("sockname") if self.transport else None
 
     @property
     def conn_index(self) -> int:
@@ -178,11 +197,23 @@ class EdgeConnection(TunnelIO[ConnectorTunnelConnection]):
         elif event.request_type is RequestType.CONFIGURATION:
             self.spawn(self._refuse_remote_config(channel))
         elif event.request_type is RequestType.TCP:
-            # Private-network (WARP) routing is not offered by this connector.
-            self.conn.send_response(
-                event.stream_id, 502, [], meta=ResponseMeta.CONNECTOR, end_stream=True
+            # Private-network (WARP) routing: the edge opens a flow to ``ip:port`` only for a
+            # route of the tunnel's account (enablement is the edge's, as with cloudflared).
+            request = IncomingRequest(
+                kind=StreamKind.TCP,
+                method="CONNECT",
+                path="",
+                authority=event.authority,
+                host="",
+                headers=event.headers,
+                conn_index=self.conn_index,
+                end_stream=event.end_stream,
             )
-            channel.local_ended = True
+            stream = ConnectorStream(self, channel, request)
+            self._track(
+                event.stream_id,
+                self.spawn(self.proxy.serve_private(stream, WARP_ROUTING), stream=True),
+            )
         else:
             kind = (
                 StreamKind.WEBSOCKET
@@ -204,10 +235,20 @@ class EdgeConnection(TunnelIO[ConnectorTunnelConnection]):
             # path as sent, which the edge made the one normal spelling of that same path.
             rule = self.ingress().find_matching_rule(host, decoded_path(event.path))
             stream = ConnectorStream(self, channel, request)
-            task = self.spawn(self.proxy.serve(stream, rule), stream=True)
-            stream_id = event.stream_id
-            self._serving[stream_id] = task
-            task.add_done_callback(lambda _: self._serving.pop(stream_id, None))
+            self._track(event.stream_id, self.spawn(self.proxy.serve(stream, rule), stream=True))
+
+    def _track(self, stream_id: int, task: asyncio.Task[None]) -> None:
+        """Remember the task serving a stream, to cancel it when the edge resets the stream."""
+        self._serving[stream_id] = task
+
+        def done(_: asyncio.Task[None]) -> None:
+            self._serving.pop(stream_id, None)
+            channel = self.channels.get(stream_id)
+            if channel is not None:
+                # A request body the origin never read is credited back to the edge.
+                self.release(channel)
+
+        task.add_done_callback(done)
 
     def dispatch(self, event: Event) -> None:
         super().dispatch(event)
@@ -254,8 +295,9 @@ class EdgeConnection(TunnelIO[ConnectorTunnelConnection]):
             channel.stream_id, 200, [("Content-Type", "application/octet-stream")]
         )
         reg = self.registration
-        sockname = self.transport.get_extra_info("sockname") if self.transport else None
-        options = msgspec.structs.replace(reg.options, origin_local_ip=local_ip_bytes(sockname))
+        options = msgspec.structs.replace(
+            reg.options, origin_local_ip=local_ip_bytes(self.local_sockname())
+        )
         self.rpc.register(reg.auth, reg.tunnel_id, reg.conn_index, options)
         self.spawn(self._serve_control(channel))
 

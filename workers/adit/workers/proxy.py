@@ -150,6 +150,47 @@ class OriginProxy:
         finally:
             self.stats.concurrent_requests -= 1
 
+    async def serve_private(self, stream: TunnelStream, options: OriginOptions) -> None:
+        """A private-network TCP flow (cloudflared's ``ProxyTCP``): the edge names the
+        ``ip:port`` itself, for a route of the account's to this tunnel; no ingress rule is
+        involved. The bytes are piped both ways until either side ends."""
+        self.stats.total_requests += 1
+        self.stats.concurrent_requests += 1
+        writer: asyncio.StreamWriter | None = None
+        try:
+            host, port = split_destination(stream.request.authority)
+            reader, writer = await self._dialer.dial(OriginKey(host, port), options)
+            await stream.send_response(200, [], source=ResponseSource.ORIGIN)
+            await pipe(stream, reader, writer)
+            await stream.end()
+        except OriginError as exc:
+            self._log.warning(
+                "%s: %s",
+                UNREACHABLE_MESSAGE,
+                exc,
+                extra=fields(
+                    destAddr=stream.request.authority, connIndex=stream.request.conn_index
+                ),
+            )
+            await self._abort(stream, exc)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                stream.reset()
+            raise
+        except Exception as exc:
+            self._log.info(
+                "private network flow ended: %s",
+                exc,
+                extra=fields(
+                    destAddr=stream.request.authority, connIndex=stream.request.conn_index
+                ),
+            )
+            await self._abort(stream)
+        finally:
+            if writer is not None:
+                writer.close()
+            self.stats.concurrent_requests -= 1
+
     async def _serve(self, stream: TunnelStream, rule: Rule) -> None:
         access = rule.options.access
         if access is not None and access.required and not await self._access_granted(stream, rule):

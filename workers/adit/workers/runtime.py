@@ -61,7 +61,7 @@ from adit.workers.stream import TunnelStream
 
 if TYPE_CHECKING:
     from adit.config.ingress import Ingress
-    from adit.config.origin import Rule
+    from adit.config.origin import OriginOptions, Rule
     from adit.workers.proxy import OriginProxy
 
 log = logging.getLogger("adit.workers")
@@ -171,6 +171,11 @@ class LazyProxy:
     ) -> None:
         await asyncio.shield(loading)
         await self.get().serve(stream, rule)
+
+    async def serve_private(self, stream: TunnelStream, options: OriginOptions) -> None:
+        """Serve a private-network flow (see ``OriginProxy.serve_private``)."""
+        await asyncio.shield(self.preload())
+        await self.get().serve_private(stream, options)
 
 
 def _import_all(names: tuple[str, ...]) -> None:
