@@ -85,6 +85,11 @@ class WorkerSettings(msgspec.Struct, frozen=True):
     #: Connections of the whole connector (all workers; 0 = unknown): which edge addresses
     #: belong to other workers' connections, so a failing connection never takes one.
     ha_connections: int = 0
+    #: ``auto``, ``quic`` or ``http2`` (``adit.workers.protocol_choice``).
+    protocol: str = "http2"
+    #: Dial errors of a connection before it may fall back from QUIC (cloudflared's
+    #: ``--max-edge-addr-retries``).
+    max_edge_addr_retries: int = 8
 
 
 class Start(msgspec.Struct, frozen=True, tag=True):

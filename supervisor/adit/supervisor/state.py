@@ -299,6 +299,8 @@ class SupervisorState:
             features=list(s.features),
             version=s.version,
             ha_connections=s.ha_connections,
+            protocol=s.protocol,
+            max_edge_addr_retries=s.max_edge_addr_retries,
         )
 
     # -- inputs ----------------------------------------------------------------------------
@@ -539,9 +541,13 @@ class SupervisorState:
 
     def _keep_fixed(self, old: SupervisorSettings, new: SupervisorSettings) -> SupervisorSettings:
         """What a reload cannot change in this process: say so and keep the old values."""
+        # The protocol choice keeps per-connection memory for the life of the process, as
+        # cloudflared's does (supervisor/supervisor.go:39): its settings stay with it.
         fixed = {
             "metrics_address": "metrics",
             "pidfile": "pidfile",
+            "protocol": "protocol",
+            "max_edge_addr_retries": "max-edge-addr-retries",
         }
         for attribute, flag in fixed.items():
             if getattr(old, attribute) != getattr(new, attribute):
@@ -553,6 +559,8 @@ class SupervisorState:
             connector_id=old.connector_id,
             metrics_address=old.metrics_address,
             pidfile=old.pidfile,
+            protocol=old.protocol,
+            max_edge_addr_retries=old.max_edge_addr_retries,
             log=replace(old.log, level=new.log.level),  # outputs and files stay; the level follows
         )
 

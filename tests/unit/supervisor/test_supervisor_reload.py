@@ -92,6 +92,21 @@ def test_unchanged_reload_keeps_the_version_and_pushes_nothing() -> None:
     assert state.settings.ingress.version == 1
 
 
+def test_workers_get_the_protocol_settings() -> None:
+    state = SupervisorState(_settings(protocol="auto", max_edge_addr_retries=3), cpus=[0, 1])
+    settings = state.worker_settings(1)
+    assert (settings.protocol, settings.max_edge_addr_retries) == ("auto", 3)
+
+
+def test_the_protocol_settings_apply_after_a_restart() -> None:
+    # Each connection's protocol choice lives as long as the process, as cloudflared's.
+    state = _running()
+    state.handle_signal(signal.SIGHUP, 2.0)
+    actions = state.settings_loaded(_settings(protocol="auto", max_edge_addr_retries=3), 3.0)
+    assert not [a for a in actions if isinstance(a, SendCommand)]
+    assert (state.settings.protocol, state.settings.max_edge_addr_retries) == ("http2", 8)
+
+
 def test_rejected_reload_keeps_the_old_settings_and_says_why() -> None:
     state = _running()
     old = state.settings
