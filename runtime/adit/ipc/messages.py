@@ -148,6 +148,8 @@ class ConnectionRegistered(msgspec.Struct, frozen=True, tag=True):
     connection_id: str
     location: str
     edge: str
+    #: The transport it registered over: ``http2`` or ``quic``.
+    protocol: str = "http2"
 
 
 class RegistrationRefused(msgspec.Struct, frozen=True, tag=True):

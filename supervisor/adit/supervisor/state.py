@@ -720,7 +720,7 @@ class SupervisorState:
                 event=0,
                 ip=host or event.edge,
                 location=event.location,
-                protocol="http2",
+                protocol=event.protocol,
             ),
         )
         actions: list[Action] = []
