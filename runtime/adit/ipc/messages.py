@@ -22,6 +22,7 @@ __all__ = [
     "Heartbeat",
     "IngressSnapshot",
     "Reconfigure",
+    "RecordRegistration",
     "RegistrationRefused",
     "Start",
     "StatsSnapshot",
@@ -121,7 +122,19 @@ class ApplyIngress(msgspec.Struct, frozen=True, tag=True):
     loglevel: str = ""
 
 
-Command = Start | Drain | Reconfigure | ApplyIngress
+class RecordRegistration(msgspec.Struct, frozen=True, tag=True):
+    """Connection ``conn_index`` registered over ``protocol`` (``http2`` or ``quic``).
+
+    Relayed to every worker: cloudflared holds back a protocol fallback while any of its
+    connections is registered over the current protocol, and starts its other connections
+    with the protocol connection 0 registered with (``adit.workers.protocol_choice``).
+    """
+
+    conn_index: int
+    protocol: str
+
+
+Command = Start | Drain | Reconfigure | ApplyIngress | RecordRegistration
 
 
 class WorkerBoot(msgspec.Struct, frozen=True):

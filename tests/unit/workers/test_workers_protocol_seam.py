@@ -9,14 +9,28 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from adit.ipc.messages import ConnectionLost, EdgeTarget, Event, IngressSnapshot, WorkerSettings
+from adit.ipc.messages import (
+    ConnectionLost,
+    ConnectionRegistered,
+    EdgeTarget,
+    Event,
+    IngressSnapshot,
+    RecordRegistration,
+    Start,
+    WorkerSettings,
+    decode_command,
+    decode_event,
+    encode,
+)
 from adit.protocol.registration import DuplicateConnection, PermanentRefusal, TemporaryRefusal
 from adit.workers import protocol_choice, runtime
 from adit.workers.edge_connection import EdgeConnection, Registration
+from adit.workers.process import WorkerProcess
 from adit.workers.protocol_choice import UDP_BLOCKED_WARNING, Outcome, Protocol
 from adit.workers.runtime import ConnectionSlot, DialFailure, WorkerRuntime
 
@@ -119,3 +133,45 @@ def test_refusals_count_as_cloudflared_counts_them() -> None:
     assert runtime._refusal_outcome(DuplicateConnection("dup")) is Outcome.DUPLICATE
     assert runtime._refusal_outcome(PermanentRefusal("no")) is Outcome.REFUSED_FOR_GOOD
     assert runtime._refusal_outcome(TemporaryRefusal("later")) is Outcome.FAILED
+
+
+def test_a_relayed_registration_reaches_the_protocol_choice(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(protocol_choice, "QUIC_AVAILABLE", True)
+    worker = WorkerRuntime(_settings("auto"), lambda _event: None)
+    worker.record_registration(1, "quic")
+    assert worker.protocols.registered_with(1) is Protocol.QUIC
+    worker.record_registration(2, "h3")  # a newer supervisor's protocol: ignored
+    assert worker.protocols.registered_with(2) is None
+    assert "unknown protocol 'h3'" in caplog.text
+
+
+def test_the_worker_process_hands_relayed_registrations_to_its_runtime(tmp_path: Path) -> None:
+    class Recorder:
+        def __init__(self) -> None:
+            self.registrations: list[tuple[int, str]] = []
+
+        def record_registration(self, conn_index: int, protocol: str) -> None:
+            self.registrations.append((conn_index, protocol))
+
+    async def main() -> list[tuple[int, str]]:
+        process = WorkerProcess(Start(_settings("auto")), tmp_path, watch_stdin=False)
+        recorder = Recorder()
+        dispatch = asyncio.ensure_future(process._dispatch(recorder))  # type: ignore[arg-type]
+        process._commands.put_nowait(RecordRegistration(3, "quic"))
+        while not recorder.registrations:
+            await asyncio.sleep(0.01)
+        dispatch.cancel()
+        return recorder.registrations
+
+    assert asyncio.run(main()) == [(3, "quic")]
+
+
+def test_the_relay_and_a_registrations_protocol_survive_the_wire() -> None:
+    relay = RecordRegistration(3, "quic")
+    assert decode_command(encode(relay)) == relay
+    event = ConnectionRegistered(0, 1, "c1", "TST", "127.0.0.1:7844", "quic")
+    assert decode_event(encode(event)) == event
+    # An older worker's event (no protocol) is an http2 registration.
+    assert ConnectionRegistered(0, 1, "c1", "TST", "127.0.0.1:7844").protocol == "http2"

@@ -368,6 +368,17 @@ class WorkerRuntime:
         """
         return asyncio.ensure_future(self._reconfigure(settings))
 
+    def record_registration(self, conn_index: int, protocol: str) -> None:
+        """Another worker's connection ``conn_index`` registered over ``protocol`` (relayed by
+        the supervisor): the protocol choice takes it into account as cloudflared's tracker
+        would."""
+        try:
+            known = Protocol(protocol)
+        except ValueError:
+            log.warning("Ignored a registration over an unknown protocol %r", protocol)
+            return
+        self.protocols.registered(conn_index, known)
+
     @property
     def active_streams(self) -> int:
         """Streams in flight across all connections (retiring ones included)."""
