@@ -214,3 +214,14 @@ def test_invalid_ingress_fails_before_workers(
     assert code == 1
     assert "Couldn't start tunnel" in err
     assert "The last ingress rule must match all URLs" in err
+
+
+def test_a_quick_tunnel_is_quic_unless_the_protocol_was_set(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from adit.cli.quick import quick_protocol_args
+
+    assert quick_protocol_args({}) == []  # no QUIC yet: nothing forced
+    monkeypatch.setattr(protocol_choice, "QUIC_AVAILABLE", True)
+    assert quick_protocol_args({}) == ["--protocol", "quic"]
+    assert quick_protocol_args({"TUNNEL_TRANSPORT_PROTOCOL": "http2"}) == []
