@@ -74,6 +74,10 @@ class StandInRuntime:
         """Record the new connection indexes."""
         _record(f"reconfigure {settings.slot} {settings.conn_indexes}")
 
+    def record_registration(self, conn_index: int, protocol: str) -> None:
+        """Record the relayed registration."""
+        _record(f"registration {self.settings.slot} {conn_index} {protocol}")
+
     @property
     def active_streams(self) -> int:
         """No streams."""

@@ -38,6 +38,7 @@ from adit.ipc.messages import EdgeTarget, IngressSnapshot
 from adit.logs import LogSettings, configure_logging, fields
 from adit.protocol.hostnames import AddressError, split_address
 from adit.version import __version__
+from adit.workers import protocol_choice
 
 if TYPE_CHECKING:
     from adit.supervisor.settings import SupervisorSettings
@@ -48,6 +49,7 @@ __all__ = [
     "load_settings",
     "parse_edge_addresses",
     "parse_tags",
+    "resolve_protocol",
     "run",
     "usable_cpus",
 ]
@@ -65,6 +67,15 @@ _UNKNOWN_PROTOCOL: Final = (
     "over time (the default; and also the recommended one); 'quic' - based on QUIC, relying on "
     "UDP egress to Cloudflare edge; 'http2' - using Go's HTTP2 library, relying on TCP egress "
     "to Cloudflare edge"
+)
+_QUIC_NOT_YET: Final = (
+    "QUIC is not supported by adit yet (it arrives in a later release); "
+    "use --protocol http2 or auto"
+)
+#: cloudflared's words (connection/protocol.go:243-246).
+_H2MUX_WARNING: Final = (
+    "h2mux is no longer a supported protocol: upgrading edge connection to http2. Please "
+    "remove '--protocol h2mux' from runtime arguments to remove this warning."
 )
 _SECRET_FLAGS: Final = frozenset({"token", "credentials-contents"})
 #: The flags (or keys) of ``--url`` mode: one of them serves a file without ``ingress`` rules.
@@ -115,7 +126,10 @@ _OPTIONS: Final = [
          help="A worker without a heartbeat this long is aborted and replaced (adit only)."),
     _opt("--grace-period", type=DURATION, envvar="TUNNEL_GRACE_PERIOD",
          default=Duration.parse("30s"), help="Drain time on SIGTERM/SIGINT (max 3m)."),
-    _opt("--retries", type=int, envvar="TUNNEL_RETRIES", default=5, help="Backoff doublings."),
+    _opt("--retries", type=int, envvar="TUNNEL_RETRIES", default=5,
+         help="Backoff doublings; also failures before falling back from QUIC to HTTP/2."),
+    _opt("--max-edge-addr-retries", type=int, default=8, hidden=True,
+         help="Dial errors of a connection before it may fall back from QUIC to HTTP/2."),
     _opt("--metrics", envvar="TUNNEL_METRICS", default="localhost:0", show_default=True,
          help="Listen address of /metrics, /ready and /healthcheck."),
     _opt("--pidfile", envvar="TUNNEL_PIDFILE", default=None,
@@ -131,7 +145,7 @@ _OPTIONS: Final = [
     _opt("--output", "--log-format", "output", envvar=["TUNNEL_MANAGEMENT_OUTPUT",
          "TUNNEL_LOG_OUTPUT"], default="default", help="Console log format: default or json."),
     _opt("--protocol", "-p", envvar="TUNNEL_TRANSPORT_PROTOCOL", default="auto",
-         help="auto or http2 (QUIC arrives later)."),
+         help="auto, http2 or quic (auto: QUIC, falling back to HTTP/2)."),
     _opt("--url", envvar="TUNNEL_URL", default=None, help="Single origin (without ingress)."),
     _opt("--hello-world", envvar="TUNNEL_HELLO_WORLD", is_flag=True, default=False,
          help="Serve the built-in test origin."),
@@ -208,6 +222,34 @@ def parse_tags(values: list[str]) -> dict[str, str]:
             raise CommandFailure(f"Tag parse failure: Cannot parse tag value {value}")
         tags[key] = tag_value
     return tags
+
+
+def resolve_protocol(value: str) -> str:
+    """``--protocol`` as the workers get it: ``auto``, ``quic`` or ``http2``.
+
+    cloudflared's choices, compared as given (connection/protocol.go:241-259): ``h2mux`` is
+    http2 with a warning, anything else is refused. Until adit has QUIC
+    (:data:`adit.workers.protocol_choice.QUIC_AVAILABLE`) ``quic`` is refused and ``auto`` is
+    http2, so nothing falls back.
+    """
+    if value == "h2mux":
+        log.warning(_H2MUX_WARNING)
+        return "http2"
+    if value == "http2":
+        return value
+    if value == "quic":
+        if not protocol_choice.QUIC_AVAILABLE:
+            raise CommandFailure(_QUIC_NOT_YET)
+        return value
+    if value == "auto":
+        return value if protocol_choice.QUIC_AVAILABLE else "http2"
+    raise CommandFailure(_UNKNOWN_PROTOCOL.format(value))
+
+
+def _uint8(value: int) -> int:
+    """``value`` as Go's ``uint8(...)`` conversion leaves it (cloudflared keeps
+    ``--max-edge-addr-retries`` in a uint8: cmd/cloudflared/tunnel/configuration.go:248)."""
+    return value % 256
 
 
 def _go_map(values: dict[str, object]) -> str:
@@ -512,16 +554,7 @@ def load_settings(
     if starting:
         configure_logging(log_settings)
 
-    protocol = str(values.get("protocol") or "auto").lower()
-    if protocol == "quic":
-        raise CommandFailure(
-            "QUIC is not supported by adit yet (it arrives in a later release); "
-            "use --protocol http2 or auto"
-        )
-    if protocol == "h2mux":
-        log.warning("h2mux is no longer supported; using http2")
-    elif protocol not in ("auto", "http2"):
-        raise CommandFailure(_UNKNOWN_PROTOCOL.format(protocol))
+    protocol = resolve_protocol(str(values.get("protocol") or "auto"))
 
     grace = values.get("grace_period")
     grace_seconds = grace.seconds if isinstance(grace, Duration) else 30.0
@@ -576,6 +609,8 @@ def load_settings(
         workers=max(1, workers),
         grace_period=grace_seconds,
         retries=int(values.get("retries") or 5),
+        protocol=protocol,
+        max_edge_addr_retries=_uint8(int(values.get("max_edge_addr_retries"))),
         metrics_address=str(values.get("metrics") or "localhost:0"),
         pidfile=values.get("pidfile"),
         log=log_settings,

@@ -22,6 +22,7 @@ __all__ = [
     "Heartbeat",
     "IngressSnapshot",
     "Reconfigure",
+    "RecordRegistration",
     "RegistrationRefused",
     "Start",
     "StatsSnapshot",
@@ -85,6 +86,11 @@ class WorkerSettings(msgspec.Struct, frozen=True):
     #: Connections of the whole connector (all workers; 0 = unknown): which edge addresses
     #: belong to other workers' connections, so a failing connection never takes one.
     ha_connections: int = 0
+    #: ``auto``, ``quic`` or ``http2`` (``adit.workers.protocol_choice``).
+    protocol: str = "http2"
+    #: Dial errors of a connection before it may fall back from QUIC (cloudflared's
+    #: ``--max-edge-addr-retries``).
+    max_edge_addr_retries: int = 8
 
 
 class Start(msgspec.Struct, frozen=True, tag=True):
@@ -116,7 +122,19 @@ class ApplyIngress(msgspec.Struct, frozen=True, tag=True):
     loglevel: str = ""
 
 
-Command = Start | Drain | Reconfigure | ApplyIngress
+class RecordRegistration(msgspec.Struct, frozen=True, tag=True):
+    """Connection ``conn_index`` registered over ``protocol`` (``http2`` or ``quic``).
+
+    Relayed to every worker: cloudflared holds back a protocol fallback while any of its
+    connections is registered over the current protocol, and starts its other connections
+    with the protocol connection 0 registered with (``adit.workers.protocol_choice``).
+    """
+
+    conn_index: int
+    protocol: str
+
+
+Command = Start | Drain | Reconfigure | ApplyIngress | RecordRegistration
 
 
 class WorkerBoot(msgspec.Struct, frozen=True):
@@ -143,6 +161,8 @@ class ConnectionRegistered(msgspec.Struct, frozen=True, tag=True):
     connection_id: str
     location: str
     edge: str
+    #: The transport it registered over: ``http2`` or ``quic``.
+    protocol: str = "http2"
 
 
 class RegistrationRefused(msgspec.Struct, frozen=True, tag=True):

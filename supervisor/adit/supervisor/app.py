@@ -232,7 +232,7 @@ class Supervisor:
         pumps: list[asyncio.Task[None]] = []
         try:
             log.info("Generated Connector ID: %s", self.settings.connector_id)
-            log.info("Initial protocol http2")
+            log.info("Initial protocol %s", self.settings.initial_protocol)
             try:
                 sock = bind_metrics_socket(self.settings.metrics_address)
             except SupervisorError as exc:

@@ -38,6 +38,10 @@ class SupervisorSettings:
     #: Seconds in-flight streams get to finish after SIGTERM/SIGINT.
     grace_period: float = 30.0
     retries: int = 5
+    #: ``auto``, ``quic`` or ``http2``, as ``adit.cli.run.resolve_protocol`` left it.
+    protocol: str = "http2"
+    #: cloudflared's ``--max-edge-addr-retries``: dial errors before a protocol fallback.
+    max_edge_addr_retries: int = 8
     metrics_address: str = DEFAULT_METRICS_ADDRESS
     #: Written with the PID (no newline) after the first registration.
     pidfile: str | None = None
@@ -58,3 +62,9 @@ class SupervisorSettings:
     config_path: str | None = None
     #: The credentials (or token) file; a change of its mtime triggers a reload.
     credentials_path: str | None = None
+
+    @property
+    def initial_protocol(self) -> str:
+        """The protocol connections start with: ``auto`` starts with QUIC
+        (connection/protocol.go:251-255), the others are themselves."""
+        return "http2" if self.protocol == "http2" else "quic"

@@ -44,6 +44,7 @@ from adit.ipc.messages import (
     Heartbeat,
     IngressSnapshot,
     Reconfigure,
+    RecordRegistration,
     RegistrationRefused,
     Start,
     StatsSnapshot,
@@ -246,6 +247,9 @@ class SupervisorState:
     retrying: set[int] = field(default_factory=set)
     #: Connection indexes the edge refused for good (with the cause), until new settings.
     refused: dict[int, str] = field(default_factory=dict)
+    #: The protocol of each connection index's latest registration, kept for the life of the
+    #: process as cloudflared's tracker keeps it (tunnelstate/conntracker.go:40-60).
+    protocols: dict[int, str] = field(default_factory=dict)
     _last_status: str = ""
 
     def __post_init__(self) -> None:
@@ -299,6 +303,8 @@ class SupervisorState:
             features=list(s.features),
             version=s.version,
             ha_connections=s.ha_connections,
+            protocol=s.protocol,
+            max_edge_addr_retries=s.max_edge_addr_retries,
         )
 
     # -- inputs ----------------------------------------------------------------------------
@@ -322,7 +328,15 @@ class SupervisorState:
             pid,
             extra=fields(slot=slot, cpu=record.cpu, connIndexes=record.conn_indexes),
         )
-        return [SendCommand(slot, Start(self.worker_settings(slot))), *self._status()]
+        # What the other connections registered over, as a new cloudflared connection would
+        # find its tracker.
+        known = [
+            SendCommand(slot, RecordRegistration(index, protocol))
+            for index, protocol in sorted(self.protocols.items())
+        ]
+        if not self._protocols_shared:
+            known = []
+        return [SendCommand(slot, Start(self.worker_settings(slot))), *known, *self._status()]
 
     def handle_signal(self, signum: int, now: float) -> list[Action]:
         """SIGTERM/SIGINT: drain, and at once on the second; SIGHUP: reload."""
@@ -539,9 +553,13 @@ class SupervisorState:
 
     def _keep_fixed(self, old: SupervisorSettings, new: SupervisorSettings) -> SupervisorSettings:
         """What a reload cannot change in this process: say so and keep the old values."""
+        # The protocol choice keeps per-connection memory for the life of the process, as
+        # cloudflared's does (supervisor/supervisor.go:39): its settings stay with it.
         fixed = {
             "metrics_address": "metrics",
             "pidfile": "pidfile",
+            "protocol": "protocol",
+            "max_edge_addr_retries": "max-edge-addr-retries",
         }
         for attribute, flag in fixed.items():
             if getattr(old, attribute) != getattr(new, attribute):
@@ -553,6 +571,8 @@ class SupervisorState:
             connector_id=old.connector_id,
             metrics_address=old.metrics_address,
             pidfile=old.pidfile,
+            protocol=old.protocol,
+            max_edge_addr_retries=old.max_edge_addr_retries,
             log=replace(old.log, level=new.log.level),  # outputs and files stay; the level follows
         )
 
@@ -696,7 +716,25 @@ class SupervisorState:
         )
         return [] if record.cpu is None else [VerifyAffinity(event.slot, event.pid, record.cpu)]
 
+    @property
+    def _protocols_shared(self) -> bool:
+        """Whether the workers need each other's registrations: only a QUIC setting can
+        change protocol or warn about it (static http2 never does)."""
+        return self.settings.protocol != "http2"
+
+    def _share_registration(self, event: ConnectionRegistered) -> list[Action]:
+        self.protocols[event.conn_index] = event.protocol
+        if not self._protocols_shared:
+            return []
+        record = RecordRegistration(event.conn_index, event.protocol)
+        return [
+            SendCommand(w.slot, record)
+            for w in self.workers.values()
+            if w.alive and not w.retiring and w.slot != event.slot
+        ]
+
     def _on_registered(self, event: ConnectionRegistered) -> list[Action]:
+        shared = self._share_registration(event)
         self.registered[event.conn_index] = event
         self.refused.pop(event.conn_index, None)
         self.retrying.discard(event.conn_index)
@@ -712,10 +750,10 @@ class SupervisorState:
                 event=0,
                 ip=host or event.edge,
                 location=event.location,
-                protocol="http2",
+                protocol=event.protocol,
             ),
         )
-        actions: list[Action] = []
+        actions: list[Action] = shared
         if self.phase is Phase.STARTING:
             self.phase = Phase.RUNNING
             # The pidfile first: whoever reacts to READY=1 may read it at once.

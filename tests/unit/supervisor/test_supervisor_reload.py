@@ -15,6 +15,8 @@ from adit.ipc.messages import (
     Heartbeat,
     IngressSnapshot,
     Reconfigure,
+    RecordRegistration,
+    Start,
 )
 from adit.logs import LogSettings
 from adit.supervisor.metrics import TunnelStats, WorkerSample, build_registry, render_metrics
@@ -90,6 +92,61 @@ def test_unchanged_reload_keeps_the_version_and_pushes_nothing() -> None:
     actions = state.settings_loaded(_settings(), 3.0)
     assert not [a for a in actions if isinstance(a, SendCommand)]
     assert state.settings.ingress.version == 1
+
+
+def test_workers_get_the_protocol_settings() -> None:
+    state = SupervisorState(_settings(protocol="auto", max_edge_addr_retries=3), cpus=[0, 1])
+    settings = state.worker_settings(1)
+    assert (settings.protocol, settings.max_edge_addr_retries) == ("auto", 3)
+
+
+def test_the_protocol_settings_apply_after_a_restart() -> None:
+    # Each connection's protocol choice lives as long as the process, as cloudflared's.
+    state = _running()
+    state.handle_signal(signal.SIGHUP, 2.0)
+    actions = state.settings_loaded(_settings(protocol="auto", max_edge_addr_retries=3), 3.0)
+    assert not [a for a in actions if isinstance(a, SendCommand)]
+    assert (state.settings.protocol, state.settings.max_edge_addr_retries) == ("http2", 8)
+
+
+def _two_workers(protocol: str) -> SupervisorState:
+    state = SupervisorState(_settings(protocol=protocol), cpus=[0, 1])
+    state.start(0.0)
+    for slot in range(2):
+        state.worker_started(slot, 100 + slot, 0.0)
+    return state
+
+
+def _relayed(actions: Sequence[object]) -> list[tuple[int, RecordRegistration]]:
+    return [
+        (a.slot, a.command)
+        for a in actions
+        if isinstance(a, SendCommand) and isinstance(a.command, RecordRegistration)
+    ]
+
+
+def test_a_registration_is_relayed_to_the_other_workers() -> None:
+    # cloudflared's fallback looks at every connection's registration, not only its own.
+    state = _two_workers("auto")
+    actions = state.handle_event(ConnectionRegistered(0, 0, "c0", "TST", "e:1", "quic"), 1.0)
+    assert _relayed(actions) == [(1, RecordRegistration(0, "quic"))]
+
+
+def test_nothing_is_relayed_when_the_protocol_cannot_change() -> None:
+    state = _two_workers("http2")
+    actions = state.handle_event(ConnectionRegistered(0, 0, "c0", "TST", "e:1"), 1.0)
+    assert _relayed(actions) == []
+
+
+def test_a_new_worker_learns_every_registration_after_its_start() -> None:
+    state = _two_workers("quic")
+    state.handle_event(ConnectionRegistered(0, 0, "c0", "TST", "e:1", "quic"), 1.0)
+    state.handle_event(ConnectionRegistered(1, 1, "c1", "TST", "e:2", "http2"), 1.5)
+    state.worker_exited(1, 101, -9, 2.0)
+    actions = state.worker_started(1, 102, 3.0)
+    commands = [a.command for a in actions if isinstance(a, SendCommand)]
+    assert isinstance(commands[0], Start)
+    assert commands[1:] == [RecordRegistration(0, "quic"), RecordRegistration(1, "http2")]
 
 
 def test_rejected_reload_keeps_the_old_settings_and_says_why() -> None:

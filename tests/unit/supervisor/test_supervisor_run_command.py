@@ -11,15 +11,25 @@ import pytest
 
 from adit.cli.main import main
 from adit.credentials import TunnelCredentials, encode_tunnel_token
+from adit.supervisor import launch
+from adit.supervisor.settings import SupervisorSettings
+from adit.workers import protocol_choice
 
 TUNNEL_ID = "6ff42ae2-765d-4adf-8112-31c55c1551ef"
+CATCH_ALL = "ingress:\n  - service: http_status:404\n"
 
 
 @pytest.fixture(autouse=True)
 def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     # No config or credentials from the real home; logging handlers restored afterwards.
     monkeypatch.setenv("HOME", str(tmp_path))
-    for name in ("TUNNEL_TOKEN", "TUNNEL_CRED_FILE", "TUNNEL_CRED_CONTENTS", "TUNNEL_EDGE"):
+    for name in (
+        "TUNNEL_TOKEN",
+        "TUNNEL_CRED_FILE",
+        "TUNNEL_CRED_CONTENTS",
+        "TUNNEL_EDGE",
+        "TUNNEL_TRANSPORT_PROTOCOL",
+    ):
         monkeypatch.delenv(name, raising=False)
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
@@ -101,6 +111,88 @@ def test_unknown_protocol(capsys: pytest.CaptureFixture[str]) -> None:
     assert code == 1 and "unknown protocol h3, Available protocols:" in err
 
 
+def test_protocols_are_compared_as_given(capsys: pytest.CaptureFixture[str]) -> None:
+    code, err = _run(["--token", _token(), "--protocol", "HTTP2"], capsys)
+    assert code == 1 and "unknown protocol HTTP2, Available protocols:" in err
+
+
+# -- what reaches the supervisor ---------------------------------------------------------------
+
+
+@pytest.fixture
+def started(monkeypatch: pytest.MonkeyPatch) -> list[SupervisorSettings]:
+    """The settings ``tunnel run`` starts its supervisor with (none is started)."""
+    seen: list[SupervisorSettings] = []
+
+    class NoSupervisor:
+        failure = None
+
+        def __init__(self, settings: SupervisorSettings, reload: object) -> None:
+            seen.append(settings)
+
+        def run(self) -> int:
+            return 0
+
+    monkeypatch.setattr(launch, "Supervisor", NoSupervisor)
+    return seen
+
+
+@pytest.fixture
+def with_quic(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(protocol_choice, "QUIC_AVAILABLE", True)
+
+
+def _settings(started: list[SupervisorSettings], *args: str) -> SupervisorSettings:
+    main(["tunnel", "run", "--token", _token(), "--edge", "127.0.0.1:7844", *args])
+    return started[-1]
+
+
+def test_without_quic_auto_is_http2(started: list[SupervisorSettings]) -> None:
+    settings = _settings(started)
+    assert (settings.protocol, settings.initial_protocol) == ("http2", "http2")
+    assert settings.max_edge_addr_retries == 8
+
+
+def test_h2mux_is_http2_with_cloudflareds_warning(
+    started: list[SupervisorSettings], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert _settings(started, "--protocol", "h2mux").protocol == "http2"
+    assert "h2mux is no longer a supported protocol: upgrading edge connection to http2." in (
+        capsys.readouterr().err
+    )
+
+
+@pytest.mark.usefixtures("with_quic")
+def test_with_quic_auto_starts_with_quic(started: list[SupervisorSettings]) -> None:
+    settings = _settings(started)
+    assert (settings.protocol, settings.initial_protocol) == ("auto", "quic")
+    assert _settings(started, "-p", "quic").protocol == "quic"
+    assert _settings(started, "--protocol", "http2").protocol == "http2"
+
+
+@pytest.mark.usefixtures("with_quic")
+def test_protocol_flag_beats_env_beats_config_file(
+    started: list[SupervisorSettings], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tmp_path / "config.yml"
+    config.write_text(f"protocol: http2\n{CATCH_ALL}")
+    assert _settings(started, "--config", str(config)).protocol == "http2"
+    monkeypatch.setenv("TUNNEL_TRANSPORT_PROTOCOL", "quic")
+    assert _settings(started, "--config", str(config)).protocol == "quic"
+    assert _settings(started, "--config", str(config), "-p", "auto").protocol == "auto"
+
+
+def test_max_edge_addr_retries_from_flag_or_file_as_a_uint8(
+    started: list[SupervisorSettings], tmp_path: Path
+) -> None:
+    assert _settings(started, "--max-edge-addr-retries", "3").max_edge_addr_retries == 3
+    config = tmp_path / "config.yml"
+    config.write_text(f"max-edge-addr-retries: 5\n{CATCH_ALL}")
+    assert _settings(started, "--config", str(config)).max_edge_addr_retries == 5
+    # cloudflared keeps it in a uint8.
+    assert _settings(started, "--max-edge-addr-retries", "257").max_edge_addr_retries == 1
+
+
 def test_bad_tag(capsys: pytest.CaptureFixture[str]) -> None:
     code, err = _run(["--token", _token(), "--tag", "bad tag"], capsys)
     assert code == 1 and "Tag parse failure: Cannot parse tag value bad tag" in err
@@ -122,3 +214,14 @@ def test_invalid_ingress_fails_before_workers(
     assert code == 1
     assert "Couldn't start tunnel" in err
     assert "The last ingress rule must match all URLs" in err
+
+
+def test_a_quick_tunnel_is_quic_unless_the_protocol_was_set(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from adit.cli.quick import quick_protocol_args
+
+    assert quick_protocol_args({}) == []  # no QUIC yet: nothing forced
+    monkeypatch.setattr(protocol_choice, "QUIC_AVAILABLE", True)
+    assert quick_protocol_args({}) == ["--protocol", "quic"]
+    assert quick_protocol_args({"TUNNEL_TRANSPORT_PROTOCOL": "http2"}) == []

@@ -45,6 +45,7 @@ from adit.ipc.messages import (
     Heartbeat,
     IngressSnapshot,
     Reconfigure,
+    RecordRegistration,
     Start,
     WorkerSettings,
     decode_boot,
@@ -87,6 +88,7 @@ class RuntimeLike(Protocol):
     def begin_drain(self, grace: float) -> None: ...
     def apply_ingress(self, snapshot: IngressSnapshot) -> None: ...
     def reconfigure(self, settings: WorkerSettings) -> object: ...
+    def record_registration(self, conn_index: int, protocol: str) -> None: ...
     @property
     def active_streams(self) -> int: ...
 
@@ -242,6 +244,8 @@ class WorkerProcess:
                     continue
                 self._grace = command.settings.grace_period
                 runtime.reconfigure(command.settings)
+            elif isinstance(command, RecordRegistration):
+                runtime.record_registration(command.conn_index, command.protocol)
             elif isinstance(command, Start):
                 log.warning("Ignored a Start command: the settings came with the boot message")
 

@@ -9,6 +9,13 @@ Addresses are spread over edge locations (``adit.workers.locations``); a dial er
 connection to a free address. Connection 0 registers before the others dial, as cloudflared
 does; the others follow a short stagger apart.
 
+Which transport a slot dials (QUIC or HTTP/2) is ``adit.workers.protocol_choice``'s: the
+connect loop asks the slot's :class:`~adit.workers.protocol_choice.ConnectionProtocol` before
+each dial (:meth:`WorkerRuntime._choose_protocol`) and reports every outcome to it (the
+``record`` calls in :meth:`WorkerRuntime._connect`, :meth:`WorkerRuntime._install` and
+:meth:`WorkerRuntime._serve`). Replacement dials (rolls, going home) reuse the protocol of
+the connection they replace and report only a registration.
+
 The origin side (:class:`~adit.workers.proxy.OriginProxy`: the config modules, httptools,
 h2 and cryptography when used) is not needed to register: it is imported in a thread once
 connection 0's first dial is done (during the dial the thread would take the GIL from the TLS
@@ -50,6 +57,7 @@ from adit.protocol.registration import (
     ClientInfo,
     ConnectionDetails,
     ConnectionOptions,
+    DuplicateConnection,
     RegistrationError,
     RegistrationRefusal,
     TunnelAuth,
@@ -57,6 +65,7 @@ from adit.protocol.registration import (
 from adit.workers.backoff import Backoff
 from adit.workers.edge_connection import EdgeConnection, Registration
 from adit.workers.locations import fallback, home_address
+from adit.workers.protocol_choice import ConnectionProtocol, Outcome, Protocol, ProtocolSelector
 from adit.workers.stream import TunnelStream
 
 if TYPE_CHECKING:
@@ -67,7 +76,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("adit.workers")
 
 #: SNI cloudflared uses for HTTP/2 (PROTOCOL.md §1.4): the edge's certificate must match it.
-EDGE_SNI = "h2.cftunnel.com"
+EDGE_SNI = Protocol.HTTP2.server_name
 #: TCP connect plus TLS handshake, as cloudflared's fixed 15 s.
 DIAL_TIMEOUT = 15.0
 STATS_INTERVAL = 1.0
@@ -210,16 +219,23 @@ class DialFailure(NamedTuple):
     refused: bool = False
     #: The edge answered the registration with a refusal (its class carries the policy).
     refusal: RegistrationRefusal | None = None
+    #: What the failure counts as for the protocol choice.
+    outcome: Outcome = Outcome.FAILED
 
 
 class ConnectionSlot:
-    """One HA connection index of this worker: its address, backoff and live connection."""
+    """One HA connection index of this worker: its address, backoff, protocol and live
+    connection."""
 
-    def __init__(self, conn_index: int, address: int, retries: int) -> None:
+    def __init__(
+        self, conn_index: int, address: int, retries: int, transport: ConnectionProtocol
+    ) -> None:
         self.conn_index = conn_index
         #: Index into ``WorkerSettings.edges`` this slot dials.
         self.address = address
         self.backoff = Backoff(retries=retries)
+        #: Which protocol this index dials, and cloudflared's memory of its fallback.
+        self.transport = transport
         self.connection: EdgeConnection | None = None
         #: The settings generation the live connection registered with.
         self.generation = 0
@@ -258,6 +274,13 @@ class WorkerRuntime:
         self._grace = settings.grace_period
         self._first_attempted = asyncio.Event()
         self._tls = edge_tls_context(settings.edge_ca_pem)
+        #: ``--protocol`` and which protocol each connection index last registered with.
+        #: Fixed for the worker's life: the supervisor keeps the setting across reloads.
+        self.protocols = ProtocolSelector(
+            settings.protocol,
+            retries=settings.retries,
+            max_edge_addr_retries=settings.max_edge_addr_retries,
+        )
         #: Old connections unregistered by a roll, finishing their streams.
         self._retiring: set[asyncio.Task[None]] = set()
         self._reconfiguring = asyncio.Lock()
@@ -350,6 +373,17 @@ class WorkerRuntime:
         """
         return asyncio.ensure_future(self._reconfigure(settings))
 
+    def record_registration(self, conn_index: int, protocol: str) -> None:
+        """Another worker's connection ``conn_index`` registered over ``protocol`` (relayed by
+        the supervisor): the protocol choice takes it into account as cloudflared's tracker
+        would."""
+        try:
+            known = Protocol(protocol)
+        except ValueError:
+            log.warning("Ignored a registration over an unknown protocol %r", protocol)
+            return
+        self.protocols.registered(conn_index, known)
+
     @property
     def active_streams(self) -> int:
         """Streams in flight across all connections (retiring ones included)."""
@@ -416,7 +450,10 @@ class WorkerRuntime:
 
     def _add_slot(self, index: int, position: int, *, staggered: bool = True) -> None:
         slot = ConnectionSlot(
-            index, home_address(self.settings.edges, index), self.settings.retries
+            index,
+            home_address(self.settings.edges, index),
+            self.settings.retries,
+            self.protocols.connection(index),
         )
         self.slots[index] = slot
         slot.task = asyncio.ensure_future(self._maintain(slot, position if staggered else -1))
@@ -483,6 +520,7 @@ class WorkerRuntime:
         edges = self.settings.edges
         edge = edges[slot.address % len(edges)]
         generation = self._generation
+        self._choose_protocol(slot, edge)
         # Same connector id and index can only be this connector (a restarted worker, or a
         # connection the edge has not yet seen die): let the edge retire that one.
         outcome = await self._dial(slot, edge, replace=True)
@@ -493,6 +531,7 @@ class WorkerRuntime:
             return
         if self._draining.is_set() or slot.removed:
             return
+        slot.transport.record(outcome.outcome)
         # Rolls waiting on this slot are served by whatever connects next with new settings.
         slot.finish_rolls(False)
         delay = self._next_attempt(slot, outcome)
@@ -507,6 +546,17 @@ class WorkerRuntime:
         # The quick redials while an edge restarts would be a warning every 0.1 s.
         level = logging.DEBUG if slot.backoff.quick else logging.WARNING
         await self._retry_after(slot, delay, outcome.error, level, ip=f"{edge.host}:{edge.port}")
+
+    def _choose_protocol(self, slot: ConnectionSlot, edge: EdgeTarget) -> None:
+        """Settle ``slot.transport.protocol`` for the next dial (cloudflared decides after its
+        backoff, which is now), with cloudflared's lines when it changed or QUIC looked
+        blocked."""
+        choice = slot.transport.choose(asyncio.get_running_loop().time())
+        where = fields(connIndex=slot.conn_index, ip=edge.host)
+        if choice.warning is not None:
+            log.warning(choice.warning, extra=where)
+        if choice.reason is not None:
+            log.info(choice.reason, extra=where)
 
     def _next_attempt(self, slot: ConnectionSlot, outcome: DialFailure) -> float | None:
         """Seconds until ``slot`` dials again after ``outcome``; ``None``: not with these
@@ -611,6 +661,7 @@ class WorkerRuntime:
             await asyncio.Future()
         if connection.lost.done():
             slot.connection = None
+            slot.transport.record(self._loss_outcome(connection))
             reason = connection.lost.result()
             error = connection.failure or f"lost connection with the edge: {reason}"
             delay = slot.backoff.lost(asyncio.get_running_loop().time())
@@ -699,9 +750,21 @@ class WorkerRuntime:
     async def _dial(
         self, slot: ConnectionSlot, edge: EdgeTarget, *, replace: bool
     ) -> EdgeConnection | DialFailure:
-        """A registered connection, or why not."""
-        loop = asyncio.get_running_loop()
+        """A registered connection over the slot's protocol, or why not."""
         registration = self._registration(slot.conn_index, slot.backoff.attempts, replace=replace)
+        if slot.transport.protocol is Protocol.QUIC:
+            opened = await self._dial_quic(slot, edge, registration)
+        else:
+            opened = await self._dial_http2(edge, registration)
+        if isinstance(opened, DialFailure):
+            return opened
+        return await self._register(slot, opened)
+
+    async def _dial_http2(
+        self, edge: EdgeTarget, registration: Registration
+    ) -> EdgeConnection | DialFailure:
+        """TCP and TLS to ``edge``; the connection then registers by itself."""
+        loop = asyncio.get_running_loop()
         try:
             _, connection = await asyncio.wait_for(
                 loop.create_connection(
@@ -720,7 +783,39 @@ class WorkerRuntime:
                 f"failed to dial the edge at {edge.host}:{edge.port}: {detail}",
                 dial=True,
                 refused=isinstance(exc, ConnectionRefusedError),
+                outcome=Outcome.DIAL_FAILED,
             )
+        return connection
+
+    async def _dial_quic(
+        self, slot: ConnectionSlot, edge: EdgeTarget, registration: Registration
+    ) -> EdgeConnection | DialFailure:
+        """The QUIC transport's dial: reached only when ``protocol_choice.QUIC_AVAILABLE``.
+
+        To be filled in by the QUIC transport, returning what :meth:`_dial_http2` returns:
+        a connection whose ``registered`` future the registration fills (see
+        :meth:`_register`), or a :class:`DialFailure` with ``dial=True`` and the outcome
+        cloudflared's rules need: :attr:`Outcome.QUIC_HANDSHAKE_IDLE` when the handshake
+        heard nothing for 5 s (``protocol_choice.quic_handshake_expiry``; also for an ICMP
+        unreachable), :attr:`Outcome.QUIC_DIAL_NOT_PERMITTED` for "operation not permitted",
+        else :attr:`Outcome.DIAL_FAILED`. SNI and ALPN: ``Protocol.QUIC.server_name``,
+        ``argotunnel``.
+        """
+        raise NotImplementedError("adit has no QUIC transport yet")
+
+    def _loss_outcome(self, connection: EdgeConnection) -> Outcome:
+        """What the end of a registered connection counts as for the protocol choice.
+
+        HTTP/2: a failure cloudflared retries. The QUIC transport adds its own: an idle
+        timeout (:attr:`Outcome.QUIC_IDLE_TIMEOUT`) and "operation not permitted"
+        (:attr:`Outcome.QUIC_NOT_PERMITTED`).
+        """
+        return Outcome.FAILED
+
+    async def _register(
+        self, slot: ConnectionSlot, connection: EdgeConnection
+    ) -> EdgeConnection | DialFailure:
+        """Wait for ``connection``'s registration: the connection, or why not."""
         self._open.add(connection)
         connection.lost.add_done_callback(lambda _: self._open.discard(connection))
         try:
@@ -737,7 +832,9 @@ class WorkerRuntime:
                 ),
             )
             connection.close("registration refused")
-            return DialFailure(refusal.cause, dial=False, refusal=refusal)
+            return DialFailure(
+                refusal.cause, dial=False, refusal=refusal, outcome=_refusal_outcome(refusal)
+            )
         assert isinstance(result, ConnectionDetails)
         if self._draining.is_set() or slot.removed:
             # Registered while the worker began draining: it would never be unregistered.
@@ -753,6 +850,8 @@ class WorkerRuntime:
         assert details is not None
         slot.connection = connection
         slot.generation = generation
+        slot.transport.record(Outcome.REGISTERED)
+        protocol = slot.transport.protocol.value
         now = asyncio.get_running_loop().time()
         slot.backoff.connected(now)
         if slot.address % len(self.settings.edges) == home_address(
@@ -773,6 +872,7 @@ class WorkerRuntime:
                 str(details.uuid),
                 details.location_name,
                 f"{edge.host}:{edge.port}",
+                protocol,
             )
         )
         log.info(
@@ -782,7 +882,7 @@ class WorkerRuntime:
                 connection=str(details.uuid),
                 location=details.location_name,
                 ip=edge.host,
-                protocol="http2",
+                protocol=protocol,
             ),
         )
         if connection.registration.local_config:
@@ -855,6 +955,13 @@ class WorkerRuntime:
                 responses_by_code={str(k): v for k, v in stats.responses_by_code.items()},
             )
         )
+
+
+def _refusal_outcome(refusal: RegistrationRefusal) -> Outcome:
+    """A refusal as the protocol choice counts it (cloudflared: supervisor/tunnel.go:406-415)."""
+    if isinstance(refusal, DuplicateConnection):
+        return Outcome.DUPLICATE
+    return Outcome.FAILED if refusal.retryable else Outcome.REFUSED_FOR_GOOD
 
 
 def _jittered(delay: float) -> float:
