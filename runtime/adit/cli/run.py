@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import platform
+import ssl
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, NoReturn
@@ -62,6 +63,11 @@ _NO_TUNNEL: Final = (
     "argument or in the configuration file."
 )
 _TWO_ARGS: Final = f"{_COMMAND} accepts only one argument, the ID or name of the tunnel to run."
+_POST_QUANTUM_HTTP2: Final = (
+    "--post-quantum needs the X25519MLKEM768 key exchange, which adit does over QUIC; over "
+    "HTTP/2 TLS is {}'s, which does not offer it: use --protocol quic (or auto, which then "
+    "means quic)"
+)
 _UNKNOWN_PROTOCOL: Final = (
     "unknown protocol {}, Available protocols: 'auto' - automatically chooses the best protocol "
     "over time (the default; and also the recommended one); 'quic' - based on QUIC, relying on "
@@ -244,6 +250,16 @@ def resolve_protocol(value: str) -> str:
     if value == "auto":
         return value if protocol_choice.QUIC_AVAILABLE else "http2"
     raise CommandFailure(_UNKNOWN_PROTOCOL.format(value))
+
+
+def post_quantum_protocol(protocol: str) -> str:
+    """The protocol ``--post-quantum`` leaves: QUIC, whose key exchange adit does itself
+    (X25519MLKEM768, strict); HTTP/2's TLS is the system OpenSSL's, and OpenSSL 3.0 has no
+    ML-KEM, so ``http2`` is refused with a reason instead of failing every handshake, and
+    ``auto`` never falls back to it."""
+    if protocol == "http2":
+        raise CommandFailure(_POST_QUANTUM_HTTP2.format(ssl.OPENSSL_VERSION))
+    return "quic"
 
 
 def _uint8(value: int) -> int:
@@ -555,6 +571,9 @@ def load_settings(
         configure_logging(log_settings)
 
     protocol = resolve_protocol(str(values.get("protocol") or "auto"))
+    post_quantum = bool(values.get("post_quantum"))
+    if post_quantum:
+        protocol = post_quantum_protocol(protocol)
 
     grace = values.get("grace_period")
     grace_seconds = grace.seconds if isinstance(grace, Duration) else 30.0
@@ -611,6 +630,7 @@ def load_settings(
         retries=int(values.get("retries") or 5),
         protocol=protocol,
         max_edge_addr_retries=_uint8(int(values.get("max_edge_addr_retries"))),
+        post_quantum=post_quantum,
         metrics_address=str(values.get("metrics") or "localhost:0"),
         pidfile=values.get("pidfile"),
         log=log_settings,

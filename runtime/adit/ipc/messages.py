@@ -91,6 +91,8 @@ class WorkerSettings(msgspec.Struct, frozen=True):
     #: Dial errors of a connection before it may fall back from QUIC (cloudflared's
     #: ``--max-edge-addr-retries``).
     max_edge_addr_retries: int = 8
+    #: ``--post-quantum``: the QUIC key exchange is X25519MLKEM768 only (else preferred).
+    post_quantum: bool = False
 
 
 class Start(msgspec.Struct, frozen=True, tag=True):

@@ -42,6 +42,8 @@ class SupervisorSettings:
     protocol: str = "http2"
     #: cloudflared's ``--max-edge-addr-retries``: dial errors before a protocol fallback.
     max_edge_addr_retries: int = 8
+    #: ``--post-quantum``: QUIC's key exchange is X25519MLKEM768 only.
+    post_quantum: bool = False
     metrics_address: str = DEFAULT_METRICS_ADDRESS
     #: Written with the PID (no newline) after the first registration.
     pidfile: str | None = None

@@ -305,6 +305,7 @@ class SupervisorState:
             ha_connections=s.ha_connections,
             protocol=s.protocol,
             max_edge_addr_retries=s.max_edge_addr_retries,
+            post_quantum=s.post_quantum,
         )
 
     # -- inputs ----------------------------------------------------------------------------

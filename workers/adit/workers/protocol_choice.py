@@ -88,7 +88,7 @@ __all__ = [
 #: Whether adit can dial QUIC. The one switch the QUIC transport flips: while it is False,
 #: ``--protocol quic`` is refused and ``auto`` means http2 (``adit.cli.run``), and a selector
 #: never hands out QUIC.
-QUIC_AVAILABLE: bool = False
+QUIC_AVAILABLE: bool = True
 
 #: What ``WorkerSettings.protocol`` may hold (``h2mux`` is mapped to http2 by the CLI).
 PROTOCOL_SETTINGS: Final = ("auto", "quic", "http2")

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import importlib
 import logging
 import platform
@@ -65,12 +66,19 @@ from adit.protocol.registration import (
 from adit.workers.backoff import Backoff
 from adit.workers.edge_connection import EdgeConnection, Registration
 from adit.workers.locations import fallback, home_address
-from adit.workers.protocol_choice import ConnectionProtocol, Outcome, Protocol, ProtocolSelector
+from adit.workers.protocol_choice import (
+    QUIC_HANDSHAKE_TIMEOUT,
+    ConnectionProtocol,
+    Outcome,
+    Protocol,
+    ProtocolSelector,
+)
 from adit.workers.stream import TunnelStream
 
 if TYPE_CHECKING:
     from adit.config.ingress import Ingress
     from adit.config.origin import OriginOptions, Rule
+    from adit.protocol.quic_engine import TunnelQuicConfiguration
     from adit.workers.proxy import OriginProxy
 
 log = logging.getLogger("adit.workers")
@@ -274,6 +282,8 @@ class WorkerRuntime:
         self._grace = settings.grace_period
         self._first_attempted = asyncio.Event()
         self._tls = edge_tls_context(settings.edge_ca_pem)
+        # Built at the first QUIC dial (aioquic is imported then, not at start).
+        self._quic_config: TunnelQuicConfiguration | None = None
         #: ``--protocol`` and which protocol each connection index last registered with.
         #: Fixed for the worker's life: the supervisor keeps the setting across reloads.
         self.protocols = ProtocolSelector(
@@ -408,6 +418,7 @@ class WorkerRuntime:
             self.apply_ingress(settings.ingress)
             if settings.edge_ca_pem != old.edge_ca_pem:
                 self._tls = edge_tls_context(settings.edge_ca_pem)
+                self._quic_config = None
             if settings.edges != old.edges:
                 self._learned.clear()
             if self._draining.is_set() or not self._running:
@@ -790,18 +801,49 @@ class WorkerRuntime:
     async def _dial_quic(
         self, slot: ConnectionSlot, edge: EdgeTarget, registration: Registration
     ) -> EdgeConnection | DialFailure:
-        """The QUIC transport's dial: reached only when ``protocol_choice.QUIC_AVAILABLE``.
+        """UDP and the QUIC handshake to ``edge`` (SNI ``quic.cftunnel.com``, ALPN
+        ``argotunnel``); the connection then registers by itself on its stream 0.
 
-        To be filled in by the QUIC transport, returning what :meth:`_dial_http2` returns:
-        a connection whose ``registered`` future the registration fills (see
-        :meth:`_register`), or a :class:`DialFailure` with ``dial=True`` and the outcome
-        cloudflared's rules need: :attr:`Outcome.QUIC_HANDSHAKE_IDLE` when the handshake
-        heard nothing for 5 s (``protocol_choice.quic_handshake_expiry``; also for an ICMP
-        unreachable), :attr:`Outcome.QUIC_DIAL_NOT_PERMITTED` for "operation not permitted",
-        else :attr:`Outcome.DIAL_FAILED`. SNI and ALPN: ``Protocol.QUIC.server_name``,
-        ``argotunnel``.
-        """
-        raise NotImplementedError("adit has no QUIC transport yet")
+        A handshake that heard nothing for 5 s (UDP dropped on the way, or an ICMP
+        unreachable: cloudflared never learns of one and ends the same way) is
+        :attr:`Outcome.QUIC_HANDSHAKE_IDLE`, what makes ``auto`` fall back to HTTP/2."""
+        del slot
+        # Imported at the first QUIC dial: aioquic costs memory and start-up time an HTTP/2
+        # connector does not need.
+        from adit.workers.quic_dial import (
+            QuicDialError,
+            QuicEdgeConnection,
+            connector_quic_configuration,
+            dial_quic,
+        )
+
+        config = self._quic_config
+        if config is None:
+            config = self._quic_config = connector_quic_configuration(
+                self.settings.edge_ca_pem, post_quantum=self.settings.post_quantum
+            )
+        where = f"{edge.host}:{edge.port}"
+        try:
+            return await dial_quic(
+                edge.host,
+                edge.port,
+                config,
+                lambda quic: QuicEdgeConnection(quic, registration, self.proxy, self.ingress),
+                handshake_timeout=QUIC_HANDSHAKE_TIMEOUT,
+            )
+        except QuicDialError as exc:
+            return DialFailure(
+                f"failed to dial to edge with quic at {where}: {exc}",
+                dial=True,
+                outcome=Outcome.QUIC_HANDSHAKE_IDLE if exc.timed_out else Outcome.DIAL_FAILED,
+            )
+        except OSError as exc:
+            not_permitted = exc.errno == errno.EPERM
+            return DialFailure(
+                f"failed to dial to edge with quic at {where}: {exc}",
+                dial=True,
+                outcome=Outcome.QUIC_DIAL_NOT_PERMITTED if not_permitted else Outcome.FAILED,
+            )
 
     def _loss_outcome(self, connection: EdgeConnection) -> Outcome:
         """What the end of a registered connection counts as for the protocol choice.
@@ -810,6 +852,12 @@ class WorkerRuntime:
         timeout (:attr:`Outcome.QUIC_IDLE_TIMEOUT`) and "operation not permitted"
         (:attr:`Outcome.QUIC_NOT_PERMITTED`).
         """
+        if connection.protocol_name == "quic" and connection.lost.done():
+            reason = str(connection.lost.result())
+            if "Idle timeout" in reason or "no answer from the peer" in reason:
+                return Outcome.QUIC_IDLE_TIMEOUT
+            if "not permitted" in reason:
+                return Outcome.QUIC_NOT_PERMITTED
         return Outcome.FAILED
 
     async def _register(
