@@ -20,6 +20,7 @@ from typing import Any, ClassVar, Literal, TypeVar
 import capnp
 
 from adit.protocol.errors import RpcProtocolError
+from adit.protocol.rpc_targets import CallTarget, ImportedCapTarget, PromisedAnswerTarget
 from adit.protocol.values import Value
 
 __all__ = [
@@ -70,26 +71,6 @@ _EMPTY_STRUCT_POINTER = struct.pack("<iI", -4, 0)
 
 ExceptionType = Literal["failed", "overloaded", "disconnected", "unimplemented"]
 T = TypeVar("T")
-
-
-class ImportedCapTarget(Value, frozen=True):
-    """A call addressed to a capability the callee exported earlier."""
-
-    import_id: int
-
-
-class PromisedAnswerTarget(Value, frozen=True):
-    """A pipelined call addressed to the (future) result of an earlier question.
-
-    ``transform`` lists the operations applied to that result: ``None`` for a no-op, an int for
-    "take that pointer field".
-    """
-
-    question_id: int
-    transform: tuple[int | None, ...]
-
-
-CallTarget = ImportedCapTarget | PromisedAnswerTarget
 
 
 class CapDescriptor(Value, frozen=True):
