@@ -13,6 +13,7 @@ byte-identical to cloudflared's (the golden vectors check this).
 from __future__ import annotations
 
 import struct
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar, Literal, TypeVar
@@ -38,6 +39,7 @@ __all__ = [
     "ReturnMessage",
     "RpcMessage",
     "UnimplementedMessage",
+    "build_empty",
     "decode_message",
     "encode_abort",
     "encode_bootstrap",
@@ -53,6 +55,7 @@ __all__ = [
     "struct_schema",
     "tunnelrpc",
     "union_member",
+    "uuid_from_data",
 ]
 
 _SCHEMA_DIR = Path(__file__).with_name("capnp_schema")
@@ -277,6 +280,14 @@ def _decode_target(target: Any) -> CallTarget:
     raise RpcProtocolError(f"call target of unknown kind {kind!r}")
 
 
+def uuid_from_data(data: bytes, what: str) -> uuid.UUID:
+    """The UUID in the Data field ``what``; :class:`RpcProtocolError` unless it is 16 bytes (Go's
+    ``uuid.FromBytes``, which cloudflared uses for every id it reads, refuses the same)."""
+    if len(data) != 16:
+        raise RpcProtocolError(f"{what} must be 16 bytes, got {len(data)}")
+    return uuid.UUID(bytes=bytes(data))
+
+
 def _decode_cap(entry: Any) -> CapDescriptor:
     kind = union_member(entry) or "unknown"
     value = (
@@ -450,3 +461,9 @@ def struct_module(schema: Any, name: str) -> Any:
 _EMPTY: Any = struct_module(
     struct_schema(tunnelrpc.RegistrationServer, "unregisterConnection"), "Empty"
 )
+
+
+def build_empty() -> Any:
+    """An empty struct builder: the params or results of any method that has none (struct ids
+    never reach the wire, so one empty struct serves them all)."""
+    return _EMPTY.new_message()
