@@ -12,6 +12,7 @@ import pytest
 
 MODULES = [
     "adit.protocol.framing",
+    "adit.protocol.quic_rpc_codec",
     "adit.protocol.registration_codec",
     "adit.protocol.rpc",
     "adit.protocol.rpc_client",
