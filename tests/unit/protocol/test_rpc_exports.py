@@ -12,7 +12,11 @@ import pytest
 
 MODULES = [
     "adit.protocol.framing",
+    "adit.protocol.quic_rpc",
+    "adit.protocol.quic_rpc_client",
     "adit.protocol.quic_rpc_codec",
+    "adit.protocol.quic_rpc_events",
+    "adit.protocol.quic_rpc_server",
     "adit.protocol.registration_codec",
     "adit.protocol.rpc",
     "adit.protocol.rpc_client",
