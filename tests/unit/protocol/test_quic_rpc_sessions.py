@@ -47,6 +47,7 @@ from adit.protocol.rpc_messages import (
     PromisedAnswerTarget,
     ReturnMessage,
     RpcMessage,
+    UnimplementedMessage,
     build_empty,
     decode_message,
     encode_bootstrap,
@@ -366,6 +367,35 @@ def test_edge_fails_an_unregister_with_a_bad_session_id() -> None:
     server = bootstrapped(SessionManagerServerSession())
     assert server.receive_data(call_on_import(1, SESSION_MANAGER, 1, params)) == []
     assert "sessionId must be 16 bytes" in only_return(server.data_to_send()).reason
+
+
+def call_with_unknown_target() -> bytes:
+    data = bytearray(call_on_import(1, SESSION_MANAGER, 1, build_empty()))
+    assert data[80:88] == bytes(8)  # the MessageTarget's data word: importedCap 0
+    data[84] = 2  # its union discriminant: a target kind after promisedAnswer
+    return bytes(data)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        CloudflaredServerSession,
+        SessionManagerServerSession,
+        CloudflaredClientSession,
+        SessionManagerClientSession,
+    ],
+)
+def test_a_call_to_an_unknown_kind_of_target_gets_unimplemented(make: Callable[[], Any]) -> None:
+    # go-capnproto2 echoes it (rpc/rpc.go handleCallMessage); it is no reason to hang up.
+    session = make()
+    sent = call_with_unknown_target()
+    assert session.receive_data(sent) == []
+    data = session.data_to_send()
+    (reply,) = messages(data)
+    assert isinstance(reply, UnimplementedMessage)
+    assert reply.kind == "call"
+    assert sent[16:] in data  # the call, echoed verbatim
+    assert not session.closed
 
 
 # Hostile bytes ------------------------------------------------------------------------------------
