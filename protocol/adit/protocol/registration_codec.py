@@ -31,7 +31,14 @@ from adit.protocol.registration_wire import (
     UPDATE_LOCAL_CONFIGURATION,
     check_uint8,
 )
-from adit.protocol.rpc_messages import struct_module, struct_schema, tunnelrpc, union_member
+from adit.protocol.rpc_messages import (
+    build_empty,
+    struct_module,
+    struct_schema,
+    tunnelrpc,
+    union_member,
+    uuid_from_data,
+)
 from adit.protocol.values import Value
 
 __all__ = [
@@ -60,7 +67,6 @@ update_local_configuration_params_schema: Any = struct_schema(_SERVER, "updateLo
 _RegisterParams: Any = struct_module(register_params_schema, "RegisterConnectionParams")
 _RegisterResults: Any = struct_module(register_results_schema, "RegisterConnectionResults")
 _UpdateParams: Any = struct_module(update_local_configuration_params_schema, "UpdateParams")
-_Empty: Any = struct_module(struct_schema(_SERVER, "unregisterConnection"), "Empty")
 
 
 class RegisterConnectionParams(Value, frozen=True):
@@ -99,12 +105,6 @@ def build_register_params(params: RegisterConnectionParams) -> Any:
     return builder
 
 
-def _uuid(data: bytes, what: str) -> uuid.UUID:
-    if len(data) != 16:
-        raise RpcProtocolError(f"{what} must be 16 bytes, got {len(data)}")
-    return uuid.UUID(bytes=bytes(data))
-
-
 def decode_register_params(reader: Any) -> RegisterConnectionParams:
     """Plain values from a ``registerConnection`` params struct reader."""
     auth = reader.auth
@@ -112,11 +112,11 @@ def decode_register_params(reader: Any) -> RegisterConnectionParams:
     client = options.client
     return RegisterConnectionParams(
         auth=TunnelAuth(account_tag=str(auth.accountTag), tunnel_secret=bytes(auth.tunnelSecret)),
-        tunnel_id=_uuid(reader.tunnelId, "tunnelId"),
+        tunnel_id=uuid_from_data(reader.tunnelId, "tunnelId"),
         conn_index=int(reader.connIndex),
         options=ConnectionOptions(
             client=ClientInfo(
-                client_id=_uuid(client.clientId, "clientId"),
+                client_id=uuid_from_data(client.clientId, "clientId"),
                 features=tuple(str(feature) for feature in client.features),
                 version=str(client.version),
                 arch=str(client.arch),
@@ -153,7 +153,7 @@ def decode_register_results(reader: Any) -> RegistrationResult:
     if kind == "connectionDetails":
         details = response.connectionDetails
         return ConnectionDetails(
-            uuid=_uuid(details.uuid, "connectionDetails.uuid"),
+            uuid=uuid_from_data(details.uuid, "connectionDetails.uuid"),
             location_name=str(details.locationName),
             tunnel_is_remotely_managed=bool(details.tunnelIsRemotelyManaged),
         )
@@ -175,8 +175,3 @@ def build_update_local_configuration_params(config: bytes) -> Any:
 def decode_update_local_configuration_params(reader: Any) -> bytes:
     """The config JSON bytes of an ``updateLocalConfiguration`` params struct reader."""
     return bytes(reader.config)
-
-
-def build_empty() -> Any:
-    """An empty struct builder: params of ``unregisterConnection``, results of @1 and @2."""
-    return _Empty.new_message()

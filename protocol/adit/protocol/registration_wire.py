@@ -32,6 +32,7 @@ __all__ = [
     "UNREGISTER_CONNECTION",
     "UPDATE_LOCAL_CONFIGURATION",
     "ReadReturn",
+    "check_fits",
     "check_uint8",
     "decode_register_results",
     "decode_return",
@@ -73,10 +74,16 @@ _POINTER = 6
 _COMPOSITE = 7
 
 
+def check_fits(name: str, value: int, allowed: range, type_name: str) -> None:
+    """Raise :class:`ProtocolUsageError` unless ``value`` is in ``allowed``, the values of the
+    capnp integer type ``type_name`` (e.g. ``"a UInt8"``) of the field ``name``."""
+    if value not in allowed:
+        raise ProtocolUsageError(f"{name} must fit in {type_name}, got {value}")
+
+
 def check_uint8(name: str, value: int) -> None:
     """Raise :class:`ProtocolUsageError` unless ``value`` fits in a UInt8 field."""
-    if value not in _U8_RANGE:
-        raise ProtocolUsageError(f"{name} must fit in a UInt8, got {value}")
+    check_fits(name, value, _U8_RANGE, "a UInt8")
 
 
 # -- writing ------------------------------------------------------------------------------------

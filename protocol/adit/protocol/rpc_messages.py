@@ -13,6 +13,7 @@ byte-identical to cloudflared's (the golden vectors check this).
 from __future__ import annotations
 
 import struct
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar, Literal, TypeVar
@@ -20,6 +21,7 @@ from typing import Any, ClassVar, Literal, TypeVar
 import capnp
 
 from adit.protocol.errors import RpcProtocolError
+from adit.protocol.rpc_targets import CallTarget, ImportedCapTarget, PromisedAnswerTarget
 from adit.protocol.values import Value
 
 __all__ = [
@@ -37,6 +39,7 @@ __all__ = [
     "ReturnMessage",
     "RpcMessage",
     "UnimplementedMessage",
+    "build_empty",
     "decode_message",
     "encode_abort",
     "encode_bootstrap",
@@ -52,6 +55,7 @@ __all__ = [
     "struct_schema",
     "tunnelrpc",
     "union_member",
+    "uuid_from_data",
 ]
 
 _SCHEMA_DIR = Path(__file__).with_name("capnp_schema")
@@ -70,26 +74,6 @@ _EMPTY_STRUCT_POINTER = struct.pack("<iI", -4, 0)
 
 ExceptionType = Literal["failed", "overloaded", "disconnected", "unimplemented"]
 T = TypeVar("T")
-
-
-class ImportedCapTarget(Value, frozen=True):
-    """A call addressed to a capability the callee exported earlier."""
-
-    import_id: int
-
-
-class PromisedAnswerTarget(Value, frozen=True):
-    """A pipelined call addressed to the (future) result of an earlier question.
-
-    ``transform`` lists the operations applied to that result: ``None`` for a no-op, an int for
-    "take that pointer field".
-    """
-
-    question_id: int
-    transform: tuple[int | None, ...]
-
-
-CallTarget = ImportedCapTarget | PromisedAnswerTarget
 
 
 class CapDescriptor(Value, frozen=True):
@@ -166,7 +150,8 @@ class UnimplementedMessage(Value, frozen=True):
 
 
 class OtherMessage(Value, frozen=True):
-    """Any other message kind (Resolve, Disembargo, ... or one unknown to our schema)."""
+    """Any other message kind (Resolve, Disembargo, ... or one unknown to our schema), or a Call
+    whose target kind our schema does not know (``kind`` is then ``"call"``)."""
 
     kind: str | None
     raw: bytes
@@ -240,9 +225,14 @@ def _decode(message: Any, raw: bytes) -> RpcMessage:
         return BootstrapMessage(question_id=message.bootstrap.questionId)
     if kind == "call":
         call = message.call
+        target = _decode_target(call.target)
+        if target is None:
+            # A target kind newer than our schema: go-capnproto2 echoes such a call as
+            # Unimplemented (rpc/rpc.go handleCallMessage), which OtherMessage gets.
+            return OtherMessage(kind=kind, raw=raw)
         return CallMessage(
             question_id=call.questionId,
-            target=_decode_target(call.target),
+            target=target,
             interface_id=call.interfaceId,
             method_id=call.methodId,
             results_to_caller=union_member(call.sendResultsTo) == "caller",
@@ -282,7 +272,7 @@ def _decode(message: Any, raw: bytes) -> RpcMessage:
     return OtherMessage(kind=kind, raw=raw)
 
 
-def _decode_target(target: Any) -> CallTarget:
+def _decode_target(target: Any) -> CallTarget | None:
     kind = union_member(target)
     if kind == "importedCap":
         return ImportedCapTarget(import_id=target.importedCap)
@@ -293,7 +283,15 @@ def _decode_target(target: Any) -> CallTarget:
             for op in promised.transform
         )
         return PromisedAnswerTarget(question_id=promised.questionId, transform=transform)
-    raise RpcProtocolError(f"call target of unknown kind {kind!r}")
+    return None
+
+
+def uuid_from_data(data: bytes, what: str) -> uuid.UUID:
+    """The UUID in the Data field ``what``; :class:`RpcProtocolError` unless it is 16 bytes (Go's
+    ``uuid.FromBytes``, which cloudflared uses for every id it reads, refuses the same)."""
+    if len(data) != 16:
+        raise RpcProtocolError(f"{what} must be 16 bytes, got {len(data)}")
+    return uuid.UUID(bytes=bytes(data))
 
 
 def _decode_cap(entry: Any) -> CapDescriptor:
@@ -469,3 +467,9 @@ def struct_module(schema: Any, name: str) -> Any:
 _EMPTY: Any = struct_module(
     struct_schema(tunnelrpc.RegistrationServer, "unregisterConnection"), "Empty"
 )
+
+
+def build_empty() -> Any:
+    """An empty struct builder: the params or results of any method that has none (struct ids
+    never reach the wire, so one empty struct serves them all)."""
+    return _EMPTY.new_message()
