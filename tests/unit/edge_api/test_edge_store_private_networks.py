@@ -91,6 +91,7 @@ def test_a_network_is_routed_once_per_virtual_network(store: Store, account: str
 def test_a_deleted_route_frees_its_network(store: Store, account: str) -> None:
     tunnel = store.create_tunnel(account, "t")
     route = store.private.add_route(account, "192.168.0.0/24", tunnel.id)
+    assert store.private_route(account, ip("192.168.0.1")) == tunnel.id
     deleted = store.private.delete_route(account, route.id)
     assert deleted.deleted_at is not None
     assert store.private_route(account, ip("192.168.0.1")) is None
