@@ -219,6 +219,10 @@ def test_route_ip_and_vnet_as_a_user_meets_them(
     )
     their_vnets = table(other.cli("tunnel", "vnet", "list").stdout, _VNET_HEADER)
     assert [v[1] for v in their_vnets] == ["default"] and their_vnets[0][0] != default_vnet
+    # An empty --vnet names no network, even where the account has only one.
+    assert refused(other, "tunnel", "route", "ip", "get", "--vnet", "", "10.1.2.3") == (
+        "there should only be 1 non-deleted virtual network named"
+    )
     # The first account's routes are as they were.
     got = account.cli("tunnel", "route", "ip", "get", "10.1.2.3").stdout
     assert [r[5] for r in table(got, ROUTE_HEADER)] == ["beta"]

@@ -346,6 +346,8 @@ class ApiClient:
     def list_vnets(self, query: dict[str, str]) -> list[dict[str, Any]]:
         """``GET .../teamnet/virtual_networks?...`` (one request, as cloudflared makes)."""
         result = self._result("list virtual networks", self._call("GET", self._vnets, query))
+        if result is None:
+            return []  # Go decodes a null result as no networks
         if not isinstance(result, list):
             raise ApiError("the Cloudflare API response was an unexpected type")
         return [v for v in result if isinstance(v, dict)]

@@ -95,6 +95,8 @@ def _vnet_id(account: AccountContext, ref: str) -> uuid.UUID:
     found = _parse_uuid(ref)
     if found is not None:
         return found
+    if not ref:  # an empty name filter would list every network, and one would "match"
+        raise CommandFailure("there should only be 1 non-deleted virtual network named ")
     try:
         vnets = _client(account).list_vnets({"is_deleted": "false", "name": ref})
     except ApiError as exc:
