@@ -3,6 +3,8 @@
 Pure request → response (no sockets): the edge's HTTPS listener calls ``ManagementApi.handle``.
 Paths are accepted with or without Cloudflare's ``/client/v4`` prefix, so ``--api-url`` may be
 ``https://edge:port`` or ``https://edge:port/client/v4``; the real cloudflared CLI works too.
+Tunnels and hostname routes are answered here, private-network routes and virtual networks
+(``/accounts/{a}/teamnet/...``) by :mod:`adit.edge.api_teamnet`.
 
 Authorisation: every path except ``/adit/v1/ca.pem`` needs ``Authorization: Bearer <token>``; a
 token acts for exactly one account, and any path naming another account or zone is refused
@@ -20,10 +22,21 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-import msgspec
-
 from adit.credentials import TunnelCredentials, encode_tunnel_token
 from adit.edge.api_json import active_clients_json, envelope, error_envelope, tunnel_json
+from adit.edge.api_request import (
+    BAD_REQUEST,
+    NOT_FOUND,
+    ApiError,
+    Response,
+    json_object,
+    json_response,
+    page_of,
+    parse_bool,
+    parse_existed_at,
+    parse_uuid,
+)
+from adit.edge.api_teamnet import TeamnetApi
 from adit.edge.registry import ConnectionRegistry
 from adit.edge.store import (
     AccountNotFound,
@@ -32,13 +45,21 @@ from adit.edge.store import (
     HostnameRefused,
     HostnameTaken,
     InvalidName,
+    IpRouteConflict,
+    IpRouteNotFound,
+    NetworkRefused,
     Store,
     StoreBusy,
     StoreError,
     Tunnel,
     TunnelDeleted,
+    TunnelHasRoutes,
     TunnelNameConflict,
     TunnelNotFound,
+    VirtualNetworkInUse,
+    VirtualNetworkIsDefault,
+    VirtualNetworkNameConflict,
+    VirtualNetworkNotFound,
     WeakSecret,
 )
 
@@ -49,25 +70,15 @@ __all__ = ["MAX_BODY", "EdgeInfo", "ManagementApi", "Response"]
 #: Request bodies are tiny JSON documents; anything bigger is refused unread by the listener.
 MAX_BODY = 1 << 20
 
-Response = tuple[int, list[tuple[bytes, bytes]], bytes]
-
-_JSON_HEADERS = [
-    (b"content-type", b"application/json"),
-    (b"cache-control", b"no-store"),
-]
 _PREFIX = "/client/v4"
-_DEFAULT_PER_PAGE = 20
 #: How long the previous tunnel secret stays valid after ``rotate`` unless finished earlier.
 DEFAULT_ROTATION_DEADLINE = 3600
 MAX_ROTATION_DEADLINE = 30 * 24 * 3600
-_MAX_PER_PAGE = 1000
 
 # Cloudflare's error codes where one exists; the CLI prints them as ``code: N, reason: msg``.
 _AUTH_ERROR = 10000
 _NOT_ROUTABLE = 7003
 _METHOD_NOT_ALLOWED = 10405
-_BAD_REQUEST = 1001
-_NOT_FOUND = 1003
 _NAME_CONFLICT = 1013
 _ACTIVE_CONNECTIONS = 1022
 _ROUTE_CONFLICT = 1053
@@ -75,21 +86,33 @@ _DNS_VALIDATION = 1004  # Cloudflare's "DNS Validation Error"
 _NO_ZONE_ACCESS = 9109  # Cloudflare's "Unauthorized to access requested resource"
 _INTERNAL = 10001
 _UNAVAILABLE = 10013
+_IP_ROUTE_CONFLICT = 1014  # "You already have a route defined for this exact IP subnet"
+_IP_ROUTE_NOT_FOUND = 1015  # "... modify the route for a network that isn't routed ..."
+_HAS_DEPENDENCIES = 1023  # "Cannot delete tunnel because it has Warp routing configured"
 
 #: How each refusal of the store reaches the caller: HTTP status and Cloudflare code; the
 #: message is the error's own.
 _STORE_ERRORS: dict[type[StoreError], tuple[int, int]] = {
     StoreBusy: (503, _UNAVAILABLE),
-    AccountNotFound: (404, _NOT_FOUND),
-    TunnelNotFound: (404, _NOT_FOUND),
-    TunnelDeleted: (400, _NOT_FOUND),
+    AccountNotFound: (404, NOT_FOUND),
+    TunnelNotFound: (404, NOT_FOUND),
+    TunnelDeleted: (400, NOT_FOUND),
     TunnelNameConflict: (409, _NAME_CONFLICT),
-    InvalidName: (400, _BAD_REQUEST),
-    WeakSecret: (400, _BAD_REQUEST),
+    InvalidName: (400, BAD_REQUEST),
+    WeakSecret: (400, BAD_REQUEST),
     HostnameConflict: (409, _ROUTE_CONFLICT),
     HostnameTaken: (409, _ROUTE_CONFLICT),
     HostnameRefused: (400, _DNS_VALIDATION),
     HostnameOutsideZones: (403, _NO_ZONE_ACCESS),
+    TunnelHasRoutes: (400, _HAS_DEPENDENCIES),
+    NetworkRefused: (400, BAD_REQUEST),
+    IpRouteConflict: (409, _IP_ROUTE_CONFLICT),
+    IpRouteNotFound: (404, _IP_ROUTE_NOT_FOUND),
+    VirtualNetworkNotFound: (404, NOT_FOUND),
+    VirtualNetworkNameConflict: (409, _NAME_CONFLICT),
+    # adit's choices: Cloudflare's codes for these are not documented.
+    VirtualNetworkInUse: (400, _HAS_DEPENDENCIES),
+    VirtualNetworkIsDefault: (400, BAD_REQUEST),
 }
 
 
@@ -105,41 +128,12 @@ class EdgeInfo:
     endpoint: str = ""
 
 
-class ApiError(Exception):
-    """A request refused with an HTTP status and one envelope error."""
-
-    def __init__(self, status: int, code: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-
-
-def _json_response(status: int, body: bytes) -> Response:
-    return status, list(_JSON_HEADERS), body
-
-
 def _store_error(exc: StoreError) -> ApiError:
     status, code = next(
         (answer for kind, answer in _STORE_ERRORS.items() if isinstance(exc, kind)),
-        (400, _BAD_REQUEST),
+        (400, BAD_REQUEST),
     )
     return ApiError(status, code, str(exc))
-
-
-def _parse_uuid(text: str, what: str) -> uuid.UUID:
-    try:
-        return uuid.UUID(text)
-    except ValueError:
-        raise ApiError(400, _BAD_REQUEST, f"{what} is not a valid UUID: {text}") from None
-
-
-def _parse_bool(text: str, what: str) -> bool:
-    if text.lower() in ("true", "1"):
-        return True
-    if text.lower() in ("false", "0"):
-        return False
-    raise ApiError(400, _BAD_REQUEST, f"{what} must be true or false")
 
 
 class ManagementApi:
@@ -149,6 +143,7 @@ class ManagementApi:
         self._store = store
         self._registry = registry
         self._edge = edge_info
+        self._teamnet = TeamnetApi(store)
 
     async def handle(
         self, method: str, target: str, headers: list[tuple[bytes, bytes]], body: bytes
@@ -157,13 +152,13 @@ class ManagementApi:
         try:
             return await self._dispatch(method.upper(), target, headers, body)
         except ApiError as exc:
-            return _json_response(exc.status, error_envelope(exc.code, exc.message))
+            return json_response(exc.status, error_envelope(exc.code, exc.message))
         except StoreError as exc:
             error = _store_error(exc)
-            return _json_response(error.status, error_envelope(error.code, error.message))
+            return json_response(error.status, error_envelope(error.code, error.message))
         except Exception:
             log.exception("management API request failed: %s %s", method, target[:200])
-            return _json_response(500, error_envelope(_INTERNAL, "Internal error"))
+            return json_response(500, error_envelope(_INTERNAL, "Internal error"))
 
     # -- dispatch -------------------------------------------------------------------------
 
@@ -171,7 +166,7 @@ class ManagementApi:
         self, method: str, target: str, headers: list[tuple[bytes, bytes]], body: bytes
     ) -> Response:
         if len(body) > MAX_BODY:
-            raise ApiError(413, _BAD_REQUEST, "request body too large")
+            raise ApiError(413, BAD_REQUEST, "request body too large")
         parts = urlsplit(target)
         path = parts.path
         if path.startswith(_PREFIX + "/"):
@@ -197,6 +192,9 @@ class ManagementApi:
         if len(segments) >= 3 and segments[0] == "accounts" and segments[2] == "cfd_tunnel":
             self._same_account(account, segments[1])
             return await self._tunnels(method, account, segments[3:], query, body)
+        if len(segments) >= 4 and segments[0] == "accounts" and segments[2] == "teamnet":
+            self._same_account(account, segments[1])
+            return await self._teamnet.dispatch(method, account, segments[3:], query, body)
         if (
             len(segments) == 5
             and segments[0] == "zones"
@@ -206,7 +204,7 @@ class ManagementApi:
             # The account is the zone (cert.pem's zoneID is the account tag).
             self._same_account(account, segments[1])
             self._allow(method, "PUT")
-            return await self._route(account, _parse_uuid(segments[3], "tunnel ID"), body)
+            return await self._route(account, parse_uuid(segments[3], "tunnel ID"), body)
         raise ApiError(
             404,
             _NOT_ROUTABLE,
@@ -226,7 +224,7 @@ class ManagementApi:
                 return self._list(account, query)
             self._allow(method, "POST")
             return await self._create(account, body)
-        tunnel_id = _parse_uuid(rest[0], "tunnel ID")
+        tunnel_id = parse_uuid(rest[0], "tunnel ID")
         if len(rest) == 1:
             if method == "GET":
                 return self._ok(self._tunnel_json(self._get(account, tunnel_id)))
@@ -239,7 +237,7 @@ class ManagementApi:
             self._allow(method, "DELETE")
             client_id = query.get("client_id")
             self._registry.disconnect(
-                tunnel.id, _parse_uuid(client_id, "client_id") if client_id else None
+                tunnel.id, parse_uuid(client_id, "client_id") if client_id else None
             )
             return self._ok(None)
         if rest[1:] == ["rotate"]:
@@ -255,7 +253,7 @@ class ManagementApi:
             self._allow(method, "GET")
             tunnel = self._get(account, tunnel_id)
             if tunnel.deleted_at is not None:
-                raise ApiError(400, _NOT_FOUND, f"Tunnel {tunnel.id} has been deleted")
+                raise ApiError(400, NOT_FOUND, f"Tunnel {tunnel.id} has been deleted")
             return self._ok(self._token(tunnel))
         raise ApiError(404, _NOT_ROUTABLE, "Could not route to the requested resource")
 
@@ -268,7 +266,7 @@ class ManagementApi:
 
     @staticmethod
     def _ok(result: object, result_info: dict[str, int] | None = None) -> Response:
-        return _json_response(200, envelope(result, result_info))
+        return json_response(200, envelope(result, result_info))
 
     def _authenticate(self, headers: list[tuple[bytes, bytes]]) -> str:
         for name, value in headers:
@@ -289,7 +287,7 @@ class ManagementApi:
     def _get(self, account: str, tunnel_id: uuid.UUID) -> Tunnel:
         tunnel = self._store.get_tunnel(account, tunnel_id)
         if tunnel is None:
-            raise ApiError(404, _NOT_FOUND, f"Tunnel {tunnel_id} not found")
+            raise ApiError(404, NOT_FOUND, f"Tunnel {tunnel_id} not found")
         return tunnel
 
     def _tunnel_json(self, tunnel: Tunnel, token: str | None = None) -> dict[str, Any]:
@@ -306,43 +304,30 @@ class ManagementApi:
         )
         return encode_tunnel_token(creds)
 
-    @staticmethod
-    def _body(body: bytes) -> dict[str, Any]:
-        try:
-            obj = msgspec.json.decode(body or b"{}")
-        except msgspec.DecodeError:
-            raise ApiError(400, _BAD_REQUEST, "Invalid request body: not JSON") from None
-        except RecursionError:
-            # msgspec stops at its nesting limit (about a thousand levels) with this, at once.
-            raise ApiError(400, _BAD_REQUEST, "Invalid request body: nested too deeply") from None
-        if not isinstance(obj, dict):
-            raise ApiError(400, _BAD_REQUEST, "Invalid request body: expected a JSON object")
-        return obj
-
     # -- endpoints ------------------------------------------------------------------------
 
     async def _create(self, account: str, body: bytes) -> Response:
-        req = self._body(body)
+        req = json_object(body)
         name = req.get("name")
         if not isinstance(name, str) or not name:
-            raise ApiError(400, _BAD_REQUEST, "tunnel name required")
+            raise ApiError(400, BAD_REQUEST, "tunnel name required")
         try:
             uuid.UUID(name)
         except ValueError:
             pass
         else:
-            raise ApiError(400, _BAD_REQUEST, "you cannot use UUIDs as tunnel names")
+            raise ApiError(400, BAD_REQUEST, "you cannot use UUIDs as tunnel names")
         if len(name) > 255:
-            raise ApiError(400, _BAD_REQUEST, "tunnel name must be at most 255 characters")
+            raise ApiError(400, BAD_REQUEST, "tunnel name must be at most 255 characters")
         secret: bytes | None = None
         raw_secret = req.get("tunnel_secret")
         if raw_secret is not None:
             if not isinstance(raw_secret, str):
-                raise ApiError(400, _BAD_REQUEST, "tunnel_secret must be a base64 string")
+                raise ApiError(400, BAD_REQUEST, "tunnel_secret must be a base64 string")
             try:
                 secret = base64.b64decode(raw_secret, validate=True)
             except (binascii.Error, ValueError):
-                raise ApiError(400, _BAD_REQUEST, "tunnel_secret must be base64") from None
+                raise ApiError(400, BAD_REQUEST, "tunnel_secret must be base64") from None
         remote = req.get("config_src") == "cloudflare"
         try:
             tunnel = await self._store.off_loop(
@@ -353,14 +338,6 @@ class ManagementApi:
         return self._ok(self._tunnel_json(tunnel, token=self._token(tunnel)))
 
     def _list(self, account: str, query: dict[str, str]) -> Response:
-        existed_at: datetime.datetime | None = None
-        if query.get("existed_at"):
-            try:
-                existed_at = datetime.datetime.fromisoformat(query["existed_at"])
-            except ValueError:
-                raise ApiError(400, _BAD_REQUEST, "existed_at must be RFC 3339") from None
-            if existed_at.tzinfo is None:
-                existed_at = existed_at.replace(tzinfo=datetime.UTC)
         is_deleted = query.get("is_deleted")
         tunnel_uuid = query.get("uuid")
         tunnels = self._store.list_tunnels(
@@ -368,40 +345,18 @@ class ManagementApi:
             name=query.get("name") or None,
             name_prefix=query.get("name_prefix") or None,
             exclude_prefix=query.get("exclude_prefix") or None,
-            is_deleted=_parse_bool(is_deleted, "is_deleted") if is_deleted else None,
-            tunnel_id=_parse_uuid(tunnel_uuid, "uuid") if tunnel_uuid else None,
-            existed_at=existed_at,
+            is_deleted=parse_bool(is_deleted, "is_deleted") if is_deleted else None,
+            tunnel_id=parse_uuid(tunnel_uuid, "uuid") if tunnel_uuid else None,
+            existed_at=parse_existed_at(query),
         )
-        page = self._int_param(query, "page", 1, 1, 1 << 30)
-        per_page = self._int_param(query, "per_page", _DEFAULT_PER_PAGE, 1, _MAX_PER_PAGE)
-        chunk = tunnels[(page - 1) * per_page : page * per_page]
-        info = {
-            "count": len(chunk),
-            "page": page,
-            "per_page": per_page,
-            "total_count": len(tunnels),
-            "total_pages": max(1, -(-len(tunnels) // per_page)),
-        }
+        chunk, info = page_of(query, tunnels)
         return self._ok([self._tunnel_json(t) for t in chunk], info)
-
-    @staticmethod
-    def _int_param(query: dict[str, str], name: str, default: int, low: int, high: int) -> int:
-        text = query.get(name)
-        if not text:
-            return default
-        try:
-            value = int(text)
-        except ValueError:
-            raise ApiError(400, _BAD_REQUEST, f"{name} must be an integer") from None
-        if not low <= value <= high:
-            raise ApiError(400, _BAD_REQUEST, f"{name} must be between {low} and {high}")
-        return value
 
     async def _delete(self, account: str, tunnel_id: uuid.UUID, query: dict[str, str]) -> Response:
         tunnel = self._get(account, tunnel_id)
         if tunnel.deleted_at is not None:
-            raise ApiError(400, _NOT_FOUND, f"Tunnel {tunnel.id} has already been deleted")
-        cascade = _parse_bool(query["cascade"], "cascade") if query.get("cascade") else False
+            raise ApiError(400, NOT_FOUND, f"Tunnel {tunnel.id} has already been deleted")
+        cascade = parse_bool(query["cascade"], "cascade") if query.get("cascade") else False
         if self._registry.connections(tunnel.id):
             if not cascade:
                 raise ApiError(
@@ -412,18 +367,20 @@ class ManagementApi:
                 )
             self._registry.disconnect(tunnel.id)
         try:
-            deleted = await self._store.off_loop(self._store.delete_tunnel, account, tunnel.id)
+            deleted = await self._store.off_loop(
+                self._store.delete_tunnel, account, tunnel.id, cascade=cascade
+            )
         except TunnelNotFound:
-            raise ApiError(404, _NOT_FOUND, f"Tunnel {tunnel_id} not found") from None
+            raise ApiError(404, NOT_FOUND, f"Tunnel {tunnel_id} not found") from None
         except TunnelDeleted as exc:
-            raise ApiError(400, _NOT_FOUND, str(exc)) from None
+            raise ApiError(400, NOT_FOUND, str(exc)) from None
         self._registry.revalidate(tunnel.id)  # one that registered meanwhile goes too
         return self._ok(self._tunnel_json(deleted))
 
     async def _rotate(self, account: str, tunnel_id: uuid.UUID, body: bytes) -> Response:
         """adit's secret rotation: a new secret now, the old one accepted until the deadline
         (or until every connection re-registered with the new one, or ``rotate/finish``)."""
-        req = self._body(body)
+        req = json_object(body)
         deadline = req.get("deadline_seconds", DEFAULT_ROTATION_DEADLINE)
         if (
             not isinstance(deadline, int | float)
@@ -432,7 +389,7 @@ class ManagementApi:
         ):
             raise ApiError(
                 400,
-                _BAD_REQUEST,
+                BAD_REQUEST,
                 f"deadline_seconds must be a number from 0 to {MAX_ROTATION_DEADLINE}",
             )
         try:
@@ -443,9 +400,9 @@ class ManagementApi:
                 datetime.timedelta(seconds=deadline),
             )
         except TunnelNotFound:
-            raise ApiError(404, _NOT_FOUND, f"Tunnel {tunnel_id} not found") from None
+            raise ApiError(404, NOT_FOUND, f"Tunnel {tunnel_id} not found") from None
         except TunnelDeleted as exc:
-            raise ApiError(400, _NOT_FOUND, str(exc)) from None
+            raise ApiError(400, NOT_FOUND, str(exc)) from None
         # Connections on the secret now rotated out learn when its window ends; a rotation
         # during a window drops the oldest secret, and its connections, at once.
         self._registry.revalidate(tunnel.id)
@@ -461,20 +418,20 @@ class ManagementApi:
         )
 
     async def _route(self, account: str, tunnel_id: uuid.UUID, body: bytes) -> Response:
-        req = self._body(body)
+        req = json_object(body)
         route_type = req.get("type")
         if route_type == "lb":
-            raise ApiError(400, _BAD_REQUEST, "load balancer routes are not supported by adit")
+            raise ApiError(400, BAD_REQUEST, "load balancer routes are not supported by adit")
         if route_type != "dns":
-            raise ApiError(400, _BAD_REQUEST, f"unknown route type {route_type!r}")
+            raise ApiError(400, BAD_REQUEST, f"unknown route type {route_type!r}")
         hostname = req.get("user_hostname")
         if not isinstance(hostname, str):
-            raise ApiError(400, _BAD_REQUEST, f"{hostname} is not a valid hostname")
+            raise ApiError(400, BAD_REQUEST, f"{hostname} is not a valid hostname")
         overwrite = req.get("overwrite_existing") is True
         try:
             result = await self._store.off_loop(
                 self._store.route_hostname, account, tunnel_id, hostname, overwrite=overwrite
             )
         except TunnelNotFound:
-            raise ApiError(404, _NOT_FOUND, f"Tunnel {tunnel_id} not found") from None
+            raise ApiError(404, NOT_FOUND, f"Tunnel {tunnel_id} not found") from None
         return self._ok({"cname": str(result.change), "name": result.hostname})

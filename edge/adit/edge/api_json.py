@@ -1,8 +1,10 @@
 """JSON shapes of the management API: cloudflared's ``cfapi`` structs and the v4 envelope.
 
 Field names and nesting follow ``cfapi/tunnel.go`` (``Tunnel``, ``TunnelWithToken``,
-``Connection``, ``ActiveClient``) so the real cloudflared CLI decodes them unchanged; the extra
-fields a Cloudflare tunnel object carries (``account_tag``, ``status``...) are added for humans.
+``Connection``, ``ActiveClient``), ``cfapi/ip_route.go`` (``Route``, ``DetailedRoute``) and
+``cfapi/virtual_network.go`` (``VirtualNetwork``) so the real cloudflared CLI decodes them
+unchanged; the extra fields a Cloudflare object carries (``account_tag``, ``status``,
+``tun_type``, ``virtual_network_name``...) are added as Cloudflare's API has them.
 """
 
 from __future__ import annotations
@@ -15,15 +17,17 @@ from collections.abc import Iterable
 from typing import Any
 
 from adit.edge.registry import LiveConnection
-from adit.edge.store import Tunnel
+from adit.edge.store import IpRoute, Tunnel, VirtualNetwork
 
 __all__ = [
     "active_clients_json",
     "connection_json",
     "envelope",
     "error_envelope",
+    "ip_route_json",
     "rfc3339",
     "tunnel_json",
+    "virtual_network_json",
 ]
 
 
@@ -111,6 +115,37 @@ def active_clients_json(connections: Iterable[LiveConnection]) -> list[dict[str,
         )
     clients.sort(key=lambda c: (str(c["run_at"]), str(c["id"])))
     return clients
+
+
+def ip_route_json(route: IpRoute, *, detailed: bool = False) -> dict[str, Any]:
+    """A ``cfapi.Route`` (what create and delete answer), or with ``detailed`` a
+    ``cfapi.DetailedRoute`` (what list and get-by-IP answer: the tunnel's name added)."""
+    obj: dict[str, Any] = {
+        "id": str(route.id),
+        "network": route.network.compressed,
+        "tunnel_id": str(route.tunnel_id),
+        "virtual_network_id": str(route.virtual_network_id),
+        "comment": route.comment,
+        "created_at": rfc3339(route.created_at),
+        "deleted_at": rfc3339(route.deleted_at),
+    }
+    if detailed:
+        obj["tunnel_name"] = route.tunnel_name
+        obj["tun_type"] = "cfd_tunnel"
+        obj["virtual_network_name"] = route.virtual_network_name
+    return obj
+
+
+def virtual_network_json(vnet: VirtualNetwork) -> dict[str, Any]:
+    """A ``cfapi.VirtualNetwork``."""
+    return {
+        "id": str(vnet.id),
+        "comment": vnet.comment,
+        "name": vnet.name,
+        "is_default_network": vnet.is_default,
+        "created_at": rfc3339(vnet.created_at),
+        "deleted_at": rfc3339(vnet.deleted_at),
+    }
 
 
 def envelope(result: object, result_info: dict[str, int] | None = None) -> bytes:

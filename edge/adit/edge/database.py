@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import datetime
 import os
 import sqlite3
 import threading
@@ -29,7 +30,7 @@ from typing import ParamSpec, TypeVar
 
 from adit.edge.errors import StoreBusy
 
-__all__ = ["DEFAULT_WRITE_TIMEOUT", "Database"]
+__all__ = ["DEFAULT_WRITE_TIMEOUT", "Database", "decode_time", "encode_time"]
 
 #: How long a write may wait for another process's write lock, by default.
 DEFAULT_WRITE_TIMEOUT = 5.0
@@ -39,6 +40,16 @@ _BUSY_CODES = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
 
 P = ParamSpec("P")
 T = TypeVar("T")
+
+
+def encode_time(moment: datetime.datetime) -> str:
+    """A moment as the store keeps it: ISO 8601 in UTC."""
+    return moment.astimezone(datetime.UTC).isoformat()
+
+
+def decode_time(text: str | None) -> datetime.datetime | None:
+    """A stored moment (or None for a NULL column)."""
+    return None if text is None else datetime.datetime.fromisoformat(text)
 
 
 def _is_busy(exc: sqlite3.OperationalError) -> bool:

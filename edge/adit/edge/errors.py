@@ -13,11 +13,19 @@ __all__ = [
     "HostnameRefused",
     "HostnameTaken",
     "InvalidName",
+    "IpRouteConflict",
+    "IpRouteNotFound",
+    "NetworkRefused",
     "StoreBusy",
     "StoreError",
     "TunnelDeleted",
+    "TunnelHasRoutes",
     "TunnelNameConflict",
     "TunnelNotFound",
+    "VirtualNetworkInUse",
+    "VirtualNetworkIsDefault",
+    "VirtualNetworkNameConflict",
+    "VirtualNetworkNotFound",
     "WeakSecret",
     "ZoneNotFound",
     "ZoneRefused",
@@ -95,3 +103,37 @@ class ZoneTaken(StoreError):
 
 class ZoneNotFound(StoreError):
     """No zone of that name."""
+
+
+class TunnelHasRoutes(StoreError):
+    """The tunnel still has IP routes and deleting them with it (cascade) was not asked."""
+
+
+class NetworkRefused(StoreError):
+    """An IP route's network is no CIDR network, or an address with host bits set."""
+
+
+class IpRouteConflict(StoreError):
+    """The virtual network already routes exactly this network (each prefix once per virtual
+    network, as Cloudflare has it)."""
+
+
+class IpRouteNotFound(StoreError):
+    """No live IP route with that ID (or network) in the caller's account."""
+
+
+class VirtualNetworkNotFound(StoreError):
+    """No live virtual network with that ID in the caller's account."""
+
+
+class VirtualNetworkNameConflict(StoreError):
+    """Another live virtual network of the account has that name."""
+
+
+class VirtualNetworkInUse(StoreError):
+    """The virtual network still has IP routes and force was not asked."""
+
+
+class VirtualNetworkIsDefault(StoreError):
+    """What was asked would leave the account without a default virtual network: deleting the
+    default one, or making it not the default."""

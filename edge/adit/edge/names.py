@@ -29,9 +29,11 @@ from adit.edge.errors import (
 from adit.protocol.hostnames import InvalidHostname, check_hostname, is_within
 
 __all__ = [
+    "MAX_COMMENT_LENGTH",
     "MAX_NAME_LENGTH",
     "MIN_SECRET_BYTES",
     "QUICK_TUNNEL_DOMAIN",
+    "check_comment",
     "check_name",
     "check_route_name",
     "check_secret",
@@ -40,6 +42,8 @@ __all__ = [
 ]
 
 MAX_NAME_LENGTH = 255
+#: Cloudflare's limit for the comment of an IP route or a virtual network.
+MAX_COMMENT_LENGTH = 100
 MIN_SECRET_BYTES = 32
 #: A random 32-byte secret has about 30 distinct byte values; fewer than this is a pattern.
 _MIN_DISTINCT_SECRET_BYTES = 16
@@ -59,6 +63,14 @@ def check_name(text: str, what: str, *, allow_empty: bool = False) -> str:
     if any(unicodedata.category(c) in _REFUSED_CATEGORIES for c in text):
         raise InvalidName(f"{what} must not contain control characters")
     return text
+
+
+def check_comment(text: str) -> str:
+    """``text`` if it may be kept as the comment of an IP route or a virtual network (a
+    display name, empty allowed, at most :data:`MAX_COMMENT_LENGTH` characters)."""
+    if len(text) > MAX_COMMENT_LENGTH:
+        raise InvalidName(f"comment must be at most {MAX_COMMENT_LENGTH} characters")
+    return check_name(text, "comment", allow_empty=True)
 
 
 def check_secret(secret: bytes) -> bytes:

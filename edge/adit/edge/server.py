@@ -151,6 +151,7 @@ class EdgeServer:
         """Load the routes, bind every listener; then write the ready file."""
         loop = asyncio.get_running_loop()
         self.store.load_routes()
+        self.store.load_private_routes()
         self.store.watch_routes(ROUTE_WATCH_INTERVAL)
         tunnel_tls = self.ca.tunnel_server_context()
         tunnel_bound: list[str] = []
@@ -462,7 +463,8 @@ async def run_edge(settings: EdgeSettings) -> int:
         notify(f"RELOADING=1\nMONOTONIC_USEC={usec}")
         try:
             table = await loop.run_in_executor(None, edge.store.load_routes)
-            log.info("reloaded: %d routes", len(table))
+            private = await loop.run_in_executor(None, edge.store.load_private_routes)
+            log.info("reloaded: %d routes, %d private routes", len(table), len(private))
         except (sqlite3.Error, StoreError) as exc:
             log.warning("reload: cannot read routes from the store: %s", exc)
         notify("READY=1")

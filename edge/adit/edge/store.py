@@ -1,4 +1,5 @@
-"""The edge's state: accounts, API tokens, tunnels, zones and hostname routes, in one SQLite file.
+"""The edge's state: accounts, API tokens, tunnels, zones, hostname routes and private-network
+(IP) routes, in one SQLite file.
 
 Invariants:
 
@@ -14,6 +15,10 @@ Invariants:
 * Routes are served from memory (:class:`~adit.edge.route_table.RouteTable`): loaded once,
   rebuilt at once after this process changes routes, and by :meth:`Store.watch_routes` when
   another process did (the ``routes`` counter, bumped in the same transaction as the change).
+* Virtual networks and IP routes follow Cloudflare's rules (:mod:`adit.edge.private_networks`,
+  reached as :attr:`Store.private`) and are served from memory the same way
+  (:meth:`Store.private_route`, the ``private_routes`` counter). A tunnel with live IP routes
+  is deleted only with ``cascade``, which deletes its routes too.
 
 Threads (see :mod:`adit.edge.database`): reads run on the caller's thread and take no write
 lock; every write is one ``BEGIN IMMEDIATE`` transaction bounded by a deadline, and the edge's
@@ -38,6 +43,8 @@ from pathlib import Path
 from typing import ParamSpec, TypeVar
 
 from adit.edge.database import DEFAULT_WRITE_TIMEOUT, Database
+from adit.edge.database import decode_time as _parse_ts
+from adit.edge.database import encode_time as _ts
 from adit.edge.errors import (
     AccountNotFound,
     HostnameConflict,
@@ -45,16 +52,25 @@ from adit.edge.errors import (
     HostnameRefused,
     HostnameTaken,
     InvalidName,
+    IpRouteConflict,
+    IpRouteNotFound,
+    NetworkRefused,
     StoreBusy,
     StoreError,
     TunnelDeleted,
+    TunnelHasRoutes,
     TunnelNameConflict,
     TunnelNotFound,
+    VirtualNetworkInUse,
+    VirtualNetworkIsDefault,
+    VirtualNetworkNameConflict,
+    VirtualNetworkNotFound,
     WeakSecret,
     ZoneNotFound,
     ZoneRefused,
     ZoneTaken,
 )
+from adit.edge.live_table import TableWatcher
 from adit.edge.names import (
     QUICK_TUNNEL_DOMAIN,
     check_name,
@@ -63,7 +79,21 @@ from adit.edge.names import (
     check_zone_name,
     zone_for_route,
 )
+from adit.edge.private_networks import SCHEMA as PRIVATE_NETWORKS_SCHEMA
+from adit.edge.private_networks import TABLES as PRIVATE_NETWORKS_TABLES
+from adit.edge.private_networks import (
+    IpRoute,
+    PrivateNetworks,
+    VirtualNetwork,
+    retire_tunnel_routes,
+)
+from adit.edge.private_routes import (
+    PRIVATE_ROUTES_COUNTER,
+    LivePrivateRoutes,
+    PrivateRouteTable,
+)
 from adit.edge.route_table import ROUTES_COUNTER, LiveRoutes, Route, RouteTable
+from adit.protocol.cidr import IPAddress
 from adit.protocol.hostnames import (
     InvalidHostname,
     check_hostname,
@@ -80,7 +110,12 @@ __all__ = [
     "HostnameRefused",
     "HostnameTaken",
     "InvalidName",
+    "IpRoute",
+    "IpRouteConflict",
+    "IpRouteNotFound",
     "IssuedToken",
+    "NetworkRefused",
+    "PrivateNetworks",
     "Route",
     "RouteChange",
     "RouteResult",
@@ -91,8 +126,14 @@ __all__ = [
     "StoreError",
     "Tunnel",
     "TunnelDeleted",
+    "TunnelHasRoutes",
     "TunnelNameConflict",
     "TunnelNotFound",
+    "VirtualNetwork",
+    "VirtualNetworkInUse",
+    "VirtualNetworkIsDefault",
+    "VirtualNetworkNameConflict",
+    "VirtualNetworkNotFound",
     "WeakSecret",
     "Zone",
     "ZoneNotFound",
@@ -153,10 +194,13 @@ _SCHEMA = (
     value INTEGER NOT NULL
 )""",
     f"INSERT OR IGNORE INTO counters (name, value) VALUES ('{ROUTES_COUNTER}', 0)",  # noqa: S608 (a constant)
+    *PRIVATE_NETWORKS_SCHEMA,
 )
 _TABLES = frozenset(
     {"accounts", "api_tokens", "tunnels", "secret_rotations", "routes", "zones", "counters"}
+    | PRIVATE_NETWORKS_TABLES
 )
+_COUNTERS = (ROUTES_COUNTER, PRIVATE_ROUTES_COUNTER)
 _BUMP_ROUTES = f"UPDATE counters SET value = value + 1 WHERE name = '{ROUTES_COUNTER}'"  # noqa: S608
 
 P = ParamSpec("P")
@@ -241,14 +285,6 @@ def _utcnow() -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC)
 
 
-def _ts(moment: datetime.datetime) -> str:
-    return moment.astimezone(datetime.UTC).isoformat()
-
-
-def _parse_ts(text: str | None) -> datetime.datetime | None:
-    return None if text is None else datetime.datetime.fromisoformat(text)
-
-
 def _secret_digest(secret: str) -> bytes:
     return hashlib.sha256(secret.encode("utf-8")).digest()
 
@@ -267,6 +303,10 @@ class Store:
         self._db = Database(path, write_timeout=write_timeout)
         self._migrate()
         self._routes = LiveRoutes(self._db)
+        self._private_routes = LivePrivateRoutes(self._db)
+        self._watcher = TableWatcher([self._routes, self._private_routes])
+        #: Virtual networks and IP routes (:class:`~adit.edge.private_networks.PrivateNetworks`).
+        self.private = PrivateNetworks(self._db, clock, self._private_routes)
 
     @classmethod
     def open_in(
@@ -277,14 +317,13 @@ class Store:
 
     def close(self) -> None:
         """Stop watching routes, finish queued writes, close the database."""
-        self._routes.close()
+        self._watcher.close()
         self._db.close()
 
     def _migrate(self) -> None:
         names = {row[0] for row in self._db.read("SELECT name FROM sqlite_master")}
-        counted = (
-            "counters" in names
-            and self._db.read("SELECT 1 FROM counters WHERE name = ?", (ROUTES_COUNTER,)).fetchone()
+        counted = "counters" in names and len(_COUNTERS) == len(
+            self._db.read("SELECT name FROM counters WHERE name IN (?, ?)", _COUNTERS).fetchall()
         )
         if names >= _TABLES and counted:
             return  # nothing to create: opening takes no write lock
@@ -494,8 +533,11 @@ class Store:
             ]
         return tunnels
 
-    def delete_tunnel(self, account_tag: str, tunnel_id: uuid.UUID) -> Tunnel:
-        """Mark the tunnel deleted and drop its hostname routes."""
+    def delete_tunnel(
+        self, account_tag: str, tunnel_id: uuid.UUID, *, cascade: bool = False
+    ) -> Tunnel:
+        """Mark the tunnel deleted and drop its hostname routes. A tunnel with live IP routes
+        is refused (:class:`TunnelHasRoutes`) unless ``cascade``, which deletes them too."""
         with self._db.write() as db:
             row = db.execute(
                 f"SELECT {self._TUNNEL_COLUMNS} FROM tunnels WHERE id = ? AND account_tag = ?",  # noqa: S608 (fixed fragments)
@@ -507,6 +549,7 @@ class Store:
             if tunnel.deleted_at is not None:
                 raise TunnelDeleted(f"Tunnel {tunnel_id} has already been deleted")
             deleted_at = self._clock()
+            retired = retire_tunnel_routes(db, tunnel_id, cascade=cascade, now=deleted_at)
             db.execute(
                 "UPDATE tunnels SET deleted_at = ? WHERE id = ?", (_ts(deleted_at), str(tunnel_id))
             )
@@ -516,6 +559,8 @@ class Store:
             db.execute("DELETE FROM secret_rotations WHERE tunnel_id = ?", (str(tunnel_id),))
         if dropped.rowcount:
             self._routes.changed()
+        if retired:
+            self._private_routes.changed()
         return dataclasses.replace(tunnel, deleted_at=deleted_at)
 
     def verify_tunnel_secret(self, tunnel_id: uuid.UUID, account_tag: str, secret: bytes) -> bool:
@@ -798,6 +843,33 @@ class Store:
         return self._routes.refresh()
 
     def watch_routes(self, interval: float) -> None:
-        """Look for other processes' route changes every ``interval`` seconds, on a thread of
-        its own (never the event loop), until :meth:`close`."""
-        self._routes.watch(interval)
+        """Look for other processes' changes of hostname and IP routes every ``interval``
+        seconds, on a thread of its own (never the event loop), until :meth:`close`."""
+        self._watcher.watch(interval)
+
+    # -- private-network routing from memory ----------------------------------------------
+
+    def private_route(
+        self, account_tag: str, ip: IPAddress, vnet_id: uuid.UUID | None = None
+    ) -> uuid.UUID | None:
+        """The tunnel that serves private address ``ip`` for an account: the live IP route with
+        the longest prefix holding ``ip`` in virtual network ``vnet_id`` (the account's
+        default one when None), or None (no such route, or a virtual network that is not the
+        account's).
+
+        For the data plane, once per flow: answered from memory in at most one dict probe per
+        distinct prefix length, never a query, kept current like :meth:`tunnel_for_hostname`
+        (rebuilt at once after this store's writes, by :meth:`watch_routes` after another
+        process's). :meth:`PrivateNetworks.route_for_ip` answers the same from the database.
+        """
+        route = self._private_routes.find(account_tag, ip, vnet_id)
+        return None if route is None else route.tunnel_id
+
+    def load_private_routes(self) -> PrivateRouteTable:
+        """Build the private route table now (the edge does, before it serves)."""
+        return self._private_routes.reload()
+
+    def refresh_private_routes(self) -> bool:
+        """Rebuild the private route table if another process changed IP routes or virtual
+        networks since it was built; True when it did."""
+        return self._private_routes.refresh()

@@ -223,15 +223,19 @@ class ApiClient:
 
     def list_tunnels(self, query: dict[str, str]) -> list[dict[str, Any]]:
         """``GET .../cfd_tunnel?...``, fetching page after page like cloudflared."""
+        return self._fetch_all("list tunnels", self._tunnels, query)
+
+    def _fetch_all(self, op: str, path: str, query: dict[str, str]) -> list[dict[str, Any]]:
+        """cloudflared's ``fetchExhaustively``: pages until one is short or all were seen."""
         found: list[dict[str, Any]] = []
         page = 0
         while True:
             page += 1
-            reply = self._call("GET", self._tunnels, {**query, "page": str(page)})
+            reply = self._call("GET", path, {**query, "page": str(page)})
             if reply.status != 200:
                 raise ApiError(
                     f"Error Parsing page {page}: REST request failed: "
-                    f"{self._status_error('list tunnels', reply)}"
+                    f"{self._status_error(op, reply)}"
                 )
             envelope = self._envelope(reply)
             result = envelope.get("result") or []
@@ -291,3 +295,73 @@ class ApiClient:
         body = {"type": "dns", "user_hostname": hostname, "overwrite_existing": overwrite}
         reply = self._call("PUT", f"/zones/{self.zone_id}/tunnels/{tunnel_id}/routes", body=body)
         return self._object("add route", reply)
+
+    # -- private networks (cfapi/ip_route.go, cfapi/virtual_network.go) -------------------
+
+    @property
+    def _routes(self) -> str:
+        return f"/accounts/{self.account_tag}/teamnet/routes"
+
+    @property
+    def _vnets(self) -> str:
+        return f"/accounts/{self.account_tag}/teamnet/virtual_networks"
+
+    def list_routes(self, query: dict[str, str]) -> list[dict[str, Any]]:
+        """``GET .../teamnet/routes?...`` (every page): ``[]DetailedRoute``."""
+        return self._fetch_all("list routes", self._routes, query)
+
+    def add_route(
+        self, network: str, tunnel_id: uuid.UUID, comment: str, vnet_id: uuid.UUID | None
+    ) -> dict[str, Any]:
+        """``POST .../teamnet/routes`` → ``Route``."""
+        body: dict[str, str] = {
+            "network": network,
+            "tunnel_id": str(tunnel_id),
+            "comment": comment,
+        }
+        if vnet_id is not None:
+            body["virtual_network_id"] = str(vnet_id)
+        return self._object("add route", self._call("POST", self._routes, body=body))
+
+    def delete_route(self, route_id: uuid.UUID) -> None:
+        """``DELETE .../teamnet/routes/{id}``."""
+        self._result("delete route", self._call("DELETE", f"{self._routes}/{route_id}"))
+
+    def get_route_by_ip(self, ip: str, vnet_id: uuid.UUID | None) -> dict[str, Any] | None:
+        """``GET .../teamnet/routes/ip/{ip}[?virtual_network_id=]``: the ``DetailedRoute``
+        serving ``ip``, None when no route does."""
+        query = {"virtual_network_id": str(vnet_id)} if vnet_id is not None else None
+        result = self._result(
+            "get route by IP", self._call("GET", f"{self._routes}/ip/{ip}", query)
+        )
+        if result is not None and not isinstance(result, dict):
+            raise ApiError("the Cloudflare API response was an unexpected type")
+        return result or None
+
+    def create_vnet(self, name: str, comment: str, is_default: bool) -> dict[str, Any]:
+        """``POST .../teamnet/virtual_networks`` → ``VirtualNetwork``."""
+        body = {"name": name, "comment": comment, "is_default_network": is_default}
+        return self._object("add virtual network", self._call("POST", self._vnets, body=body))
+
+    def list_vnets(self, query: dict[str, str]) -> list[dict[str, Any]]:
+        """``GET .../teamnet/virtual_networks?...`` (one request, as cloudflared makes)."""
+        result = self._result("list virtual networks", self._call("GET", self._vnets, query))
+        if result is None:
+            return []  # Go decodes a null result as no networks
+        if not isinstance(result, list):
+            raise ApiError("the Cloudflare API response was an unexpected type")
+        return [v for v in result if isinstance(v, dict)]
+
+    def delete_vnet(self, vnet_id: uuid.UUID, force: bool) -> None:
+        """``DELETE .../teamnet/virtual_networks/{id}[?force=true]``."""
+        query = {"force": "true"} if force else None
+        self._result(
+            "delete virtual network", self._call("DELETE", f"{self._vnets}/{vnet_id}", query)
+        )
+
+    def update_vnet(self, vnet_id: uuid.UUID, updates: dict[str, object]) -> None:
+        """``PATCH .../teamnet/virtual_networks/{id}`` with the fields to change."""
+        self._result(
+            "update virtual network",
+            self._call("PATCH", f"{self._vnets}/{vnet_id}", body=updates),
+        )

@@ -1,5 +1,7 @@
 """``adit tunnel login/create/route dns/list/info/delete/token/cleanup/rotate``: account side.
 
+``route ip`` and ``vnet`` (private networks) live in :mod:`adit.cli.teamnet`.
+
 Behaviour, flags, env vars, output and messages follow cloudflared (CLOUDFLARED_FEATURES.md
 §1.2-1.9) with ``adit`` in place of ``cloudflared``. They talk to the management API named in
 cert.pem (adit's edge, or Cloudflare's API with a real cert.pem).
@@ -23,6 +25,7 @@ import click
 import yaml
 
 from adit.cli.apiclient import ApiClient, ApiError, fetch_unverified_ca
+from adit.cli.lazy_group import LazyGroup
 from adit.cli.state import CommandFailure, UsageFailure, cli_state
 from adit.config.duration import parse_go_duration
 from adit.credentials import (
@@ -500,9 +503,10 @@ def create(
 # -- route dns ------------------------------------------------------------------------------
 
 
-@click.group("route")
+@click.group("route", cls=LazyGroup, lazy_commands={"ip": "adit.cli.teamnet:route_ip"})
 def route() -> None:
-    """Define which traffic is routed from the edge to this tunnel: requests to a DNS hostname."""
+    """Define which traffic is routed from the edge to this tunnel: requests to a DNS
+    hostname, or traffic to private IP networks (route ip)."""
 
 
 @route.command("dns")

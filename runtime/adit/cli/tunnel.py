@@ -15,6 +15,7 @@ _COMMANDS = {
         ("login", "create", "route", "list", "info", "delete", "token", "cleanup", "rotate"),
         _MANAGE,
     ),
+    "vnet": "adit.cli.teamnet:vnet",
     "run": "adit.cli.run:COMMANDS",
 }
 
