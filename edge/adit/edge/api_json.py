@@ -62,6 +62,8 @@ def connection_json(conn: LiveConnection) -> dict[str, Any]:
         "opened_at": rfc3339(conn.opened_at),
         "client_id": str(conn.client_id),
         "client_version": conn.client_version,
+        # adit's own (Cloudflare's API has no such field; cloudflared ignores it).
+        "protocol": conn.protocol,
     }
 
 

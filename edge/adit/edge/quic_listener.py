@@ -85,6 +85,7 @@ class QuicTunnelSession(QuicIO, TunnelSession):
     """A connector's QUIC connection, seen from the edge."""
 
     conn: EdgeQuicConnection
+    protocol_name = "quic"
 
     def __init__(
         self,

@@ -48,6 +48,8 @@ class LiveConnection:
     arch: str
     features: tuple[str, ...]
     handle: ConnectionHandle = field(repr=False)
+    #: The transport: ``http2`` or ``quic`` (UDP sessions need QUIC's datagrams).
+    protocol: str = "http2"
     #: Set when the connector called unregisterConnection: no new requests are routed to it.
     draining: bool = False
     #: Cleared while the connector does not answer PINGs (frozen, or cut off): new requests

@@ -185,6 +185,9 @@ class RequestStream:
 class TunnelSession(TunnelIO[EdgeTunnelConnection]):
     """The edge side of one tunnel connection."""
 
+    #: The transport, as the API and logs name it.
+    protocol_name = "http2"
+
     def __init__(
         self,
         store: Store,
@@ -407,6 +410,7 @@ class TunnelSession(TunnelIO[EdgeTunnelConnection]):
             arch=options.client.arch,
             features=options.client.features,
             handle=self,
+            protocol=self.protocol_name,
         )
         self.serialize_headers = FEATURE_SERIALIZED_REQUEST_HEADERS in options.client.features
         self.registry.add(self.live)
@@ -414,13 +418,14 @@ class TunnelSession(TunnelIO[EdgeTunnelConnection]):
             self._timeout.cancel()
         log.info(
             "Registered tunnel connection tunnelID=%s connIndex=%d connection=%s client=%s "
-            "version=%s from=%s",
+            "version=%s from=%s protocol=%s",
             tunnel_id,
             conn_index,
             connection_id,
             options.client.client_id,
             options.client.version,
             self.peer,
+            self.protocol_name,
         )
         if match is SecretMatch.CURRENT:
             self._maybe_finish_rotation(tunnel_id, auth.account_tag)

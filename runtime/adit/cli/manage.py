@@ -122,6 +122,7 @@ def _connection_out(conn: dict[str, Any]) -> dict[str, Any]:
         "is_pending_reconnect": bool(conn.get("is_pending_reconnect")),
         "origin_ip": conn.get("origin_ip") or "",
         "opened_at": _rfc3339_nano(conn.get("opened_at")),
+        "protocol": conn.get("protocol") or "http2",
     }
 
 
@@ -145,11 +146,14 @@ def _go_yaml(value: Any) -> Any:
     return value
 
 
-def _fmt_connections(conns: Sequence[dict[str, Any]], show_recently_disconnected: bool) -> str:
+def _fmt_connections(
+    conns: Sequence[dict[str, Any]], show_recently_disconnected: bool, key: str = "colo_name"
+) -> str:
+    """``2xlhr, 1xams``: the connections counted by ``key`` (their location, or protocol)."""
     per_colo: dict[str, int] = {}
     for conn in conns:
         if not conn.get("is_pending_reconnect") or show_recently_disconnected:
-            colo = str(conn.get("colo_name", ""))
+            colo = str(conn.get(key) or ("http2" if key == "protocol" else ""))
             per_colo[colo] = per_colo.get(colo, 0) + 1
     return ", ".join(f"{per_colo[c]}x{c}" for c in sorted(per_colo))
 
@@ -809,12 +813,15 @@ def info(
     click.echo(f"ID:       {tunnel.get('id', '')}")
     click.echo(f"CREATED:  {_go_default_time(tunnel.get('created_at'))}")
     click.echo("")
-    rows = [["CONNECTOR ID", "CREATED", "ARCHITECTURE", "VERSION", "ORIGIN IP", "EDGE"]]
+    # cloudflared's columns, then adit's PROTOCOL (last, so that what reads the others by
+    # position still finds them).
+    rows = [["CONNECTOR ID", "CREATED", "ARCHITECTURE", "VERSION", "ORIGIN IP", "EDGE", "PROTOCOL"]]
     for c in clients:
         conns = c.get("conns") or []
         edge = _fmt_connections(conns, show_recently_disconnected)
         if not edge:
             continue
+        protocols = _fmt_connections(conns, show_recently_disconnected, key="protocol")
         rows.append(
             [
                 str(c.get("id", "")),
@@ -823,6 +830,7 @@ def info(
                 str(c.get("version", "")),
                 str(conns[0].get("origin_ip") or "<nil>"),
                 edge,
+                protocols,
             ]
         )
     if len(rows) == 1:

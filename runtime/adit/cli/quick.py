@@ -21,16 +21,14 @@ import click
 
 from adit.cli.state import CommandFailure
 from adit.service_manager import child_environment
-from adit.workers import protocol_choice
 
 START_TIMEOUT = 20.0
 
 
 def quick_protocol_args(environ: Mapping[str, str]) -> list[str]:
     """cloudflared runs a quick tunnel over QUIC unless the protocol was set
-    (cmd/cloudflared/tunnel/quick_tunnel.go:85-86); here only its variable can set it. Until
-    adit has QUIC, nothing is forced."""
-    if not protocol_choice.QUIC_AVAILABLE or "TUNNEL_TRANSPORT_PROTOCOL" in environ:
+    (cmd/cloudflared/tunnel/quick_tunnel.go:85-86); here only its variable can set it."""
+    if "TUNNEL_TRANSPORT_PROTOCOL" in environ:
         return []
     return ["--protocol", "quic"]
 

@@ -39,7 +39,6 @@ from adit.ipc.messages import EdgeTarget, IngressSnapshot
 from adit.logs import LogSettings, configure_logging, fields
 from adit.protocol.hostnames import AddressError, split_address
 from adit.version import __version__
-from adit.workers import protocol_choice
 
 if TYPE_CHECKING:
     from adit.supervisor.settings import SupervisorSettings
@@ -73,10 +72,6 @@ _UNKNOWN_PROTOCOL: Final = (
     "over time (the default; and also the recommended one); 'quic' - based on QUIC, relying on "
     "UDP egress to Cloudflare edge; 'http2' - using Go's HTTP2 library, relying on TCP egress "
     "to Cloudflare edge"
-)
-_QUIC_NOT_YET: Final = (
-    "QUIC is not supported by adit yet (it arrives in a later release); "
-    "use --protocol http2 or auto"
 )
 #: cloudflared's words (connection/protocol.go:243-246).
 _H2MUX_WARNING: Final = (
@@ -234,21 +229,14 @@ def resolve_protocol(value: str) -> str:
     """``--protocol`` as the workers get it: ``auto``, ``quic`` or ``http2``.
 
     cloudflared's choices, compared as given (connection/protocol.go:241-259): ``h2mux`` is
-    http2 with a warning, anything else is refused. Until adit has QUIC
-    (:data:`adit.workers.protocol_choice.QUIC_AVAILABLE`) ``quic`` is refused and ``auto`` is
-    http2, so nothing falls back.
+    http2 with a warning, anything else is refused. ``auto`` starts with QUIC and falls
+    back to HTTP/2 (:mod:`adit.workers.protocol_choice`).
     """
     if value == "h2mux":
         log.warning(_H2MUX_WARNING)
         return "http2"
-    if value == "http2":
+    if value in ("http2", "quic", "auto"):
         return value
-    if value == "quic":
-        if not protocol_choice.QUIC_AVAILABLE:
-            raise CommandFailure(_QUIC_NOT_YET)
-        return value
-    if value == "auto":
-        return value if protocol_choice.QUIC_AVAILABLE else "http2"
     raise CommandFailure(_UNKNOWN_PROTOCOL.format(value))
 
 

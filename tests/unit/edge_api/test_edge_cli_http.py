@@ -203,11 +203,13 @@ def test_create_route_list_info_token_cleanup_delete(cli: Cli) -> None:
     assert info_lines[2].startswith("CREATED:  ") and info_lines[2].endswith(" +0000 UTC")
     assert info_lines[4].split() == [
         "CONNECTOR", "ID", "CREATED", "ARCHITECTURE", "VERSION", "ORIGIN", "IP", "EDGE",
+        "PROTOCOL",
     ]  # fmt: skip
     assert info_lines[5].split(maxsplit=4)[:4] == [
         str(client_id), "2026-11-25T09:59:00Z", "linux_amd64", "2026.8.2",
     ]  # fmt: skip
-    assert info_lines[5].endswith("198.51.100.7 2xams01, 1xfra08 ")
+    # Connections the API does not say the protocol of are HTTP/2 (an older edge's).
+    assert info_lines[5].endswith("198.51.100.7 2xams01, 1xfra08 3xhttp2  ")
     unknown = cli.run("tunnel", "info", "nope")
     assert unknown.returncode == 1
     assert unknown.stderr.strip() == (

@@ -13,7 +13,6 @@ from adit.cli.main import main
 from adit.credentials import TunnelCredentials, encode_tunnel_token
 from adit.supervisor import launch
 from adit.supervisor.settings import SupervisorSettings
-from adit.workers import protocol_choice
 
 TUNNEL_ID = "6ff42ae2-765d-4adf-8112-31c55c1551ef"
 CATCH_ALL = "ingress:\n  - service: http_status:404\n"
@@ -101,9 +100,16 @@ def test_grace_period_cap(capsys: pytest.CaptureFixture[str]) -> None:
     assert (code, "grace-period must be equal or less than 3m0s" in err) == (1, True)
 
 
-def test_quic_is_not_yet_available(capsys: pytest.CaptureFixture[str]) -> None:
-    code, err = _run(["--token", _token(), "--protocol", "quic"], capsys)
-    assert code == 1 and "QUIC is not supported by adit yet" in err
+def test_post_quantum_over_http2_is_refused_with_the_reason(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code, err = _run(["--token", _token(), "--protocol", "http2", "--post-quantum"], capsys)
+    assert code == 1 and "--post-quantum needs the X25519MLKEM768 key exchange" in err
+
+
+def test_post_quantum_makes_auto_quic_only(started: list[SupervisorSettings]) -> None:
+    settings = _settings(started, "--post-quantum")
+    assert (settings.protocol, settings.post_quantum) == ("quic", True)
 
 
 def test_unknown_protocol(capsys: pytest.CaptureFixture[str]) -> None:
@@ -137,20 +143,9 @@ def started(monkeypatch: pytest.MonkeyPatch) -> list[SupervisorSettings]:
     return seen
 
 
-@pytest.fixture
-def with_quic(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(protocol_choice, "QUIC_AVAILABLE", True)
-
-
 def _settings(started: list[SupervisorSettings], *args: str) -> SupervisorSettings:
     main(["tunnel", "run", "--token", _token(), "--edge", "127.0.0.1:7844", *args])
     return started[-1]
-
-
-def test_without_quic_auto_is_http2(started: list[SupervisorSettings]) -> None:
-    settings = _settings(started)
-    assert (settings.protocol, settings.initial_protocol) == ("http2", "http2")
-    assert settings.max_edge_addr_retries == 8
 
 
 def test_h2mux_is_http2_with_cloudflareds_warning(
@@ -162,15 +157,14 @@ def test_h2mux_is_http2_with_cloudflareds_warning(
     )
 
 
-@pytest.mark.usefixtures("with_quic")
-def test_with_quic_auto_starts_with_quic(started: list[SupervisorSettings]) -> None:
+def test_auto_starts_with_quic(started: list[SupervisorSettings]) -> None:
     settings = _settings(started)
     assert (settings.protocol, settings.initial_protocol) == ("auto", "quic")
+    assert settings.max_edge_addr_retries == 8
     assert _settings(started, "-p", "quic").protocol == "quic"
     assert _settings(started, "--protocol", "http2").protocol == "http2"
 
 
-@pytest.mark.usefixtures("with_quic")
 def test_protocol_flag_beats_env_beats_config_file(
     started: list[SupervisorSettings], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -221,7 +215,5 @@ def test_a_quick_tunnel_is_quic_unless_the_protocol_was_set(
 ) -> None:
     from adit.cli.quick import quick_protocol_args
 
-    assert quick_protocol_args({}) == []  # no QUIC yet: nothing forced
-    monkeypatch.setattr(protocol_choice, "QUIC_AVAILABLE", True)
     assert quick_protocol_args({}) == ["--protocol", "quic"]
     assert quick_protocol_args({"TUNNEL_TRANSPORT_PROTOCOL": "http2"}) == []

@@ -33,7 +33,7 @@ BACK_TO_QUIC = "Changing protocol to quic"
 
 
 def _selector(setting: str = "auto", **counts: int) -> ProtocolSelector:
-    return ProtocolSelector(setting, quic_available=True, **counts)
+    return ProtocolSelector(setting, **counts)
 
 
 def _conn(setting: str = "auto", index: int = 0, **counts: int) -> ConnectionProtocol:
@@ -76,20 +76,9 @@ def test_a_named_protocol_is_static(setting: str, protocol: Protocol) -> None:
     assert selector.connection(0).state is ChoiceState.STATIC
 
 
-@pytest.mark.parametrize("setting", ["auto", "quic", "http2"])
-def test_without_quic_every_setting_is_static_http2(setting: str) -> None:
-    selector = ProtocolSelector(setting, quic_available=False)
-    assert (selector.current, selector.fallback) == (HTTP2, None)
-
-
-def test_the_default_availability_is_the_module_switch() -> None:
-    expected = QUIC if protocol_choice.QUIC_AVAILABLE else HTTP2
-    assert ProtocolSelector("auto").current is expected
-
-
 def test_an_unknown_setting_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown protocol setting 'h2mux'"):
-        ProtocolSelector("h2mux", quic_available=True)
+        ProtocolSelector("h2mux")
 
 
 # -- rules 4 and 7: --retries failures fall back ---------------------------------------------

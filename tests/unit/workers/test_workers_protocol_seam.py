@@ -28,7 +28,7 @@ from adit.ipc.messages import (
     encode,
 )
 from adit.protocol.registration import DuplicateConnection, PermanentRefusal, TemporaryRefusal
-from adit.workers import protocol_choice, runtime
+from adit.workers import runtime
 from adit.workers.edge_connection import EdgeConnection, Registration
 from adit.workers.process import WorkerProcess
 from adit.workers.protocol_choice import UDP_BLOCKED_WARNING, Outcome, Protocol
@@ -99,7 +99,6 @@ def _run(settings: WorkerSettings) -> tuple[StandInDials, list[Event]]:
 def test_auto_falls_back_to_http2_after_a_silent_quic_handshake(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setattr(protocol_choice, "QUIC_AVAILABLE", True)
     with caplog.at_level(logging.INFO, logger="adit.workers"):
         worker, events = _run(_settings("auto"))
     assert worker.dials == [Protocol.QUIC, Protocol.HTTP2]
@@ -110,23 +109,8 @@ def test_auto_falls_back_to_http2_after_a_silent_quic_handshake(
 
 
 def test_static_quic_keeps_dialling_quic(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(protocol_choice, "QUIC_AVAILABLE", True)
     worker, _ = _run(_settings("quic"))
     assert worker.dials == [Protocol.QUIC, Protocol.QUIC]
-
-
-def test_without_quic_auto_dials_http2() -> None:
-    assert not protocol_choice.QUIC_AVAILABLE  # the integrator flips it with the transport
-    worker, _ = _run(_settings("auto"))
-    assert worker.dials == [Protocol.HTTP2, Protocol.HTTP2]
-
-
-def test_the_quic_dial_is_a_hook_to_fill() -> None:
-    worker = WorkerRuntime(_settings("auto"), lambda _event: None)
-    slot: Any = None
-    registration: Any = None
-    with pytest.raises(NotImplementedError):
-        asyncio.run(worker._dial_quic(slot, EdgeTarget("127.0.0.1", 1), registration))
 
 
 def test_refusals_count_as_cloudflared_counts_them() -> None:
@@ -138,7 +122,6 @@ def test_refusals_count_as_cloudflared_counts_them() -> None:
 def test_a_relayed_registration_reaches_the_protocol_choice(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setattr(protocol_choice, "QUIC_AVAILABLE", True)
     worker = WorkerRuntime(_settings("auto"), lambda _event: None)
     worker.record_registration(1, "quic")
     assert worker.protocols.registered_with(1) is Protocol.QUIC

@@ -68,7 +68,6 @@ from typing import Final, NamedTuple
 
 __all__ = [
     "PROTOCOL_SETTINGS",
-    "QUIC_AVAILABLE",
     "QUIC_HANDSHAKE_IDLE_TIMEOUT",
     "QUIC_HANDSHAKE_TIMEOUT",
     "QUIC_MAX_IDLE_TIMEOUT",
@@ -84,11 +83,6 @@ __all__ = [
     "quic_handshake_deadline",
     "quic_handshake_expiry",
 ]
-
-#: Whether adit can dial QUIC. The one switch the QUIC transport flips: while it is False,
-#: ``--protocol quic`` is refused and ``auto`` means http2 (``adit.cli.run``), and a selector
-#: never hands out QUIC.
-QUIC_AVAILABLE: bool = True
 
 #: What ``WorkerSettings.protocol`` may hold (``h2mux`` is mapped to http2 by the CLI).
 PROTOCOL_SETTINGS: Final = ("auto", "quic", "http2")
@@ -261,8 +255,7 @@ class Choice(NamedTuple):
 class ProtocolSelector:
     """One worker's ``--protocol``: the current protocol, its fallback, who registered how.
 
-    ``setting`` is ``auto``, ``quic`` or ``http2``. Without QUIC (``quic_available`` false,
-    by default :data:`QUIC_AVAILABLE`) every setting is static http2. ``retries`` and
+    ``setting`` is ``auto``, ``quic`` or ``http2``. ``retries`` and
     ``max_edge_addr_retries`` are cloudflared's ``--retries`` and ``--max-edge-addr-retries``.
     """
 
@@ -272,15 +265,12 @@ class ProtocolSelector:
         *,
         retries: int = 5,
         max_edge_addr_retries: int = 8,
-        quic_available: bool | None = None,
     ) -> None:
         if setting not in PROTOCOL_SETTINGS:
             raise ValueError(f"unknown protocol setting {setting!r}")
-        available = QUIC_AVAILABLE if quic_available is None else quic_available
-        quic = available and setting != "http2"
-        self.current = Protocol.QUIC if quic else Protocol.HTTP2
+        self.current = Protocol.HTTP2 if setting == "http2" else Protocol.QUIC
         #: ``None``: static (rule 1).
-        self.fallback = self.current.fallback if available and setting == "auto" else None
+        self.fallback = self.current.fallback if setting == "auto" else None
         self.retries = max(0, retries)
         self.max_edge_addr_retries = max(0, max_edge_addr_retries)
         #: The protocol of each connection index's latest registration (rule 6).
