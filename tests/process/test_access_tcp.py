@@ -131,14 +131,16 @@ def sshd(tmp_path: Path, processes: Processes) -> Sshd:
     return Sshd(tmp_path, processes)
 
 
+@pytest.mark.parametrize("protocol", ["http2", "quic"])
 def test_ssh_command_and_fifty_megabyte_scp_through_the_tunnel(
-    edge: Edge, account: Account, processes: Processes, sshd: Sshd, tmp_path: Path
+    edge: Edge, account: Account, processes: Processes, sshd: Sshd, tmp_path: Path, protocol: str
 ) -> None:
     tunnel = create_tunnel(account, "ssh", SSH_HOST)
     config = write_config(
         tmp_path / "config.yml", SSH_HOST, [{"service": f"ssh://127.0.0.1:{sshd.port}"}]
     )
-    start_connector(processes, tunnel, config)
+    connector = start_connector(processes, tunnel, config, extra=["--protocol", protocol])
+    assert f"protocol={protocol}" in connector.wait_for_log("Registered tunnel connection")
     proxy = shlex.join(
         [*adit_command(), "access", "ssh", "--hostname", "%h", "--edge-url", f"http://{edge.http}"]
     )

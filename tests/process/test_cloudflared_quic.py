@@ -49,6 +49,7 @@ TWINS = [
     "test_auto_with_one_address_dials_quic",
     "test_auto_with_four_addresses_dials_quic_on_each",
     "test_token_with_the_default_protocol_dials_quic",
+    "test_post_quantum_strict_over_quic_and_a_clear_refusal_over_http2",
 ]
 
 
@@ -275,3 +276,39 @@ def test_token_with_the_default_protocol_dials_quic(
     cloudflared = start_cloudflared(processes, tunnel, config, edge, protocol=None, token=token)
     _registered_over_quic(cloudflared.text())
     assert request(edge, HOST, path="/headers").status == 200
+
+
+@inside
+def test_post_quantum_strict_over_quic_and_a_clear_refusal_over_http2(
+    processes: Processes,
+    edge: Edge,
+    account: Account,
+    origin: Origin,
+    ws_origin: int,
+    tcp_echo: int,
+    tmp_path: Path,
+) -> None:
+    tunnel = create_tunnel(account, "pq", HOST)
+    config = _config(tmp_path, origin, ws_origin, tcp_echo)
+    # Over QUIC the edge does X25519MLKEM768 itself: cloudflared's strict mode connects.
+    strict = start_cloudflared(
+        processes, tunnel, config, edge, protocol="quic", extra=["--post-quantum"]
+    )
+    _registered_over_quic(strict.text())
+    assert request(edge, HOST, path="/headers").status == 200
+    strict.signal(15)
+    assert strict.wait(timeout=30) == 0
+    # Over HTTP/2 TLS is OpenSSL 3.0's, which has no ML-KEM: a refusal that says why on the
+    # edge, and a TLS alert (not a bare EOF) for cloudflared.
+    refused = start_cloudflared(
+        processes,
+        tunnel,
+        config,
+        edge,
+        protocol="http2",
+        extra=["--post-quantum"],
+        name="cloudflared-http2",
+        wait=None,
+    )
+    edge.proc.wait_for_log("offers no key exchange this edge's TLS", timeout=30)
+    refused.wait_for_log("handshake failure", timeout=30)

@@ -169,6 +169,7 @@ class EdgeServer:
                     max_pending=TUNNEL_MAX_HANDSHAKES,
                     max_pending_per_ip=int(self.settings.tunnel_dial_rates.burst),
                 ),
+                check_groups=True,
             )
             self.servers.append(gated)
             tunnel_bound += _bound(gated)

@@ -30,7 +30,9 @@ import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from adit.edge.client_hello import CLASSICAL_GROUPS, HANDSHAKE_FAILURE_ALERT, offered_groups
 from adit.protocol.rate_limit import TokenBucket
+from adit.tunnelio import release_waiter
 
 __all__ = ["Admission", "DialRates", "GatedListener"]
 
@@ -52,6 +54,15 @@ class DialRates:
     burst: float = 128.0
     #: Addresses remembered at most (the quietest are forgotten first).
     max_addresses: int = 100_000
+
+
+#: Bytes of a ClientHello peeked at (cloudflared's, post-quantum share included, is ~1.5 KiB).
+_PEEK = 4096
+#: How long the refused client's last bytes are read before the socket closes.
+_ALERT_LINGER = 1.0
+#: One warning per address this often (seconds), for this many addresses at most.
+_REFUSAL_LOG_EVERY = 60.0
+_REFUSALS_REMEMBERED = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,8 +115,13 @@ class GatedListener:
         context: ssl.SSLContext,
         handshake_timeout: float,
         admission: Admission,
+        *,
+        check_groups: bool = False,
     ) -> None:
         self.sockets = [sock]
+        #: Peek at each ClientHello and refuse one offering only key exchanges OpenSSL lacks
+        #: (the tunnel listener: cloudflared --post-quantum over HTTP/2).
+        self._check_groups = check_groups
         self._protocol = protocol
         self._context = context
         self._handshake_timeout = handshake_timeout
@@ -114,6 +130,7 @@ class GatedListener:
         self._pending: dict[str, int] = {}
         self._loop = asyncio.get_running_loop()
         self._handshakes: set[asyncio.Task[None]] = set()
+        self._refusals_logged: dict[str, float] = {}
         self._accepting = self._loop.create_task(self._accept())
 
     @classmethod
@@ -125,12 +142,14 @@ class GatedListener:
         context: ssl.SSLContext,
         handshake_timeout: float,
         admission: Admission,
+        *,
+        check_groups: bool = False,
     ) -> GatedListener:
         """Listen on ``host:port`` (``SO_REUSEADDR``, as ``loop.create_server`` does)."""
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         sock = socket.create_server((host, port), family=family, backlog=BACKLOG)
         sock.setblocking(False)
-        return cls(sock, protocol, context, handshake_timeout, admission)
+        return cls(sock, protocol, context, handshake_timeout, admission, check_groups=check_groups)
 
     def close(self) -> None:
         """Stop accepting and close the listening socket (accepted connections live on)."""
@@ -175,8 +194,57 @@ class GatedListener:
             self._handshakes.add(task)
             task.add_done_callback(self._handshakes.discard)
 
+    async def _offers_nothing_we_have(self, conn: socket.socket) -> bool:
+        """Whether the client's ClientHello (peeked, left for OpenSSL) offers key exchanges
+        only this edge's OpenSSL lacks. Waits for its first bytes (the handshake timeout
+        bounds it); False when unsure."""
+        readable: asyncio.Future[None] = self._loop.create_future()
+        fd = conn.fileno()
+        self._loop.add_reader(fd, release_waiter, readable)
+        try:
+            async with asyncio.timeout(self._handshake_timeout):
+                await readable
+        except TimeoutError:
+            return False
+        finally:
+            self._loop.remove_reader(fd)
+        try:
+            head = conn.recv(_PEEK, socket.MSG_PEEK)
+        except OSError:
+            return False
+        groups = offered_groups(head)
+        return bool(groups) and groups is not None and not groups & CLASSICAL_GROUPS
+
+    async def _refuse_groups(self, conn: socket.socket, address: str) -> None:
+        """Refuse a client that offers no key exchange OpenSSL has, with TLS's own alert and
+        a reason in the log (once a minute per address: such a client redials at once)."""
+        now = self._loop.time()
+        if now - self._refusals_logged.get(address, -_REFUSAL_LOG_EVERY) >= _REFUSAL_LOG_EVERY:
+            if len(self._refusals_logged) > _REFUSALS_REMEMBERED:
+                self._refusals_logged.clear()
+            self._refusals_logged[address] = now
+            log.warning(
+                "TLS handshake from %s refused: it offers no key exchange this edge's TLS (%s) "
+                "supports (a connector with --post-quantum offers only X25519MLKEM768, which "
+                "the edge does over QUIC: use --protocol quic)",
+                address,
+                ssl.OPENSSL_VERSION,
+            )
+        with contextlib.suppress(OSError, TimeoutError):
+            await self._loop.sock_sendall(conn, HANDSHAKE_FAILURE_ALERT)
+            conn.shutdown(socket.SHUT_WR)
+            # What the client still sends is read, so that the close is no reset that would
+            # overtake the alert.
+            async with asyncio.timeout(_ALERT_LINGER):
+                while await self._loop.sock_recv(conn, 4096):
+                    pass
+
     async def _handshake(self, conn: socket.socket, address: str) -> None:
         try:
+            if self._check_groups and await self._offers_nothing_we_have(conn):
+                await self._refuse_groups(conn, address)
+                conn.close()
+                return
             await self._loop.connect_accepted_socket(
                 self._protocol,
                 conn,
