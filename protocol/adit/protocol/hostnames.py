@@ -204,7 +204,9 @@ def normalize_authority(authority: str) -> str:
     rules compare names as given), and the origin see the name the edge routed."""
     host = host_of_authority(authority)
     normal = normalize_hostname(host)
-    if normal == host:
+    if normal == host or ":" in normal:
+        # (A host that only normalises to something with a colon, U+FE13 "︓" to ":", is no
+        # hostname: it is refused before routing, and respelling it would change the host.)
         return authority
     if ":" not in authority or ":" in host:
         return normal  # no port (an IPv6 literal is no hostname: nothing is routed to it)
