@@ -109,6 +109,11 @@ class QuicTunnelSession(QuicIO, TunnelSession):
         )
         self.listener = listener
 
+    def undelivered(self, stream_id: int) -> bool:
+        # QUIC acknowledges stream data: a stream the connector acknowledged none of never
+        # reached it (a connector killed, or gone silent, before it read the request).
+        return self.conn.quic.stream_unacknowledged(stream_id)
+
     def on_event(self, event: object) -> None:
         if isinstance(event, ConnectionIdIssued):
             self.listener.route(event.connection_id, self)

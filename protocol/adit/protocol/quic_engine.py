@@ -667,6 +667,15 @@ class TunnelQuicConnection(QuicConnection):
             return 0
         return stream.sender._buffer_stop - stream.sender.highest_offset
 
+    def stream_unacknowledged(self, stream_id: int) -> bool:
+        """Whether the peer acknowledged none of the data sent on ``stream_id`` (nothing was
+        sent, or all of it is unacknowledged); false for an unknown or discarded stream."""
+        stream = self._streams.get(stream_id)
+        if stream is None:
+            return False
+        sender = stream.sender
+        return sender._buffer_start == 0 and len(sender._acked) == 0 and not sender._acked_fin
+
     def stream_send_queue_below(self, stream_id: int, mark: int) -> bool:
         """Whether fewer than ``mark`` bytes wait unsent on ``stream_id`` (write more if so)."""
         return self.stream_send_queued(stream_id) < mark
@@ -751,7 +760,10 @@ def _check_aioquic() -> None:
     for owner, names in (
         (stream, ("max_stream_data_local", "max_stream_data_local_sent")),
         (stream.receiver, ("highest_offset", "is_finished", "starting_offset")),
-        (stream.sender, ("highest_offset", "_buffer_stop")),
+        (
+            stream.sender,
+            ("highest_offset", "_buffer_stop", "_buffer_start", "_acked", "_acked_fin"),
+        ),
     ):
         problems += [
             f"{type(owner).__name__} has no {name}" for name in names if not hasattr(owner, name)
