@@ -72,13 +72,16 @@ def edge_quic_configuration(
     cannot ask for another (no HelloRetryRequest), so the hybrid is what it gets."""
     chain = x509.load_pem_x509_certificates(chain_pem.encode("ascii"))
     key = load_pem_private_key(key_pem.encode("ascii"), password=None)
-    return quic_configuration(
+    configuration = quic_configuration(
         is_client=False,
         post_quantum=post_quantum,
         certificate=chain[0],
         certificate_chain=chain[1:],
         private_key=cast(CertificateIssuerPrivateKeyTypes, key),
     )
+    # The quic_client_* metrics are the connector's: no per-packet counting here.
+    configuration.count_for_metrics = False
+    return configuration
 
 
 class QuicTunnelSession(QuicIO, TunnelSession):

@@ -157,6 +157,9 @@ class TunnelQuicConfiguration(QuicConfiguration):
     #: Bidirectional (and unidirectional) streams the peer may have open at once; ``None``:
     #: :data:`MAX_INCOMING_STREAMS` for a client, :data:`SERVER_MAX_INCOMING_STREAMS` for a server.
     max_incoming_streams: int | None = None
+    #: Count what cloudflared's ``quic_client_*`` metrics show (frames, losses, drops: see
+    #: :mod:`adit.protocol.quic_counters`); the edge, which exposes none, leaves it off.
+    count_for_metrics: bool = True
 
 
 def quic_configuration(
@@ -391,6 +394,12 @@ class TunnelQuicConnection(QuicConnection):
         #: What cloudflared's quic_client_* counters read (see quic_counters).
         self.counters = QuicCounters()
         self._peer_max_udp_payload: int | None = None
+        self._counting = configuration.count_for_metrics
+        if self._counting:
+            self._install_counters(configuration)
+
+    def _install_counters(self, configuration: TunnelQuicConfiguration) -> None:
+        """Hook the counting into aioquic's recovery and frame handler table."""
         # aioquic's recovery as it was just made, with the loss counting subclass.
         self._loss = _LossCountingRecovery(
             counters=self.counters,
@@ -423,8 +432,12 @@ class TunnelQuicConnection(QuicConnection):
     def _initialize(self, peer_cid: bytes) -> None:
         super()._initialize(peer_cid)
         self.tls = self.tls_context_class.adopt(self.tls, self._post_quantum)
-        # Drops on receipt, counted where aioquic decides them: decryption, then the
-        # duplicate check (both made just now, before any packet was decrypted).
+        if self._counting:
+            self._count_drops()
+
+    def _count_drops(self) -> None:
+        """Count drops on receipt where aioquic decides them: decryption, then the duplicate
+        check (both made by ``_initialize`` just now, before any packet was decrypted)."""
         counters = self.counters
         # The Initial pairs (one per version; _cryptos holds the one in use), then the rest.
         pairs: list[tuple[CryptoPair, str]] = [
@@ -506,7 +519,7 @@ class TunnelQuicConnection(QuicConnection):
     ) -> list[tuple[bytes, NetworkAddress]]:
         datagrams = super()._flush_builder(builder, network_path, peer_cid, now)
         counters = self.counters
-        if isinstance(builder, _FrameNotingBuilder):
+        if self._counting and isinstance(builder, _FrameNotingBuilder):
             sent = counters.frames_sent
             for frame_type in builder.frame_types:
                 sent[frame_type] += 1

@@ -865,3 +865,17 @@ def test_a_plain_aioquic_connection_still_works_with_the_noting_builder(pki: Pki
     client = QuicConnection(configuration=plain_client_config(pki))
     link = Link.connect(client, plain_server(plain_server_config(pki)))
     link.handshake()
+
+
+def test_a_connection_told_not_to_count_counts_no_frames(pki: Pki) -> None:
+    # The edge's setting: the quic_client_* metrics are the connector's.
+    config = server_config(pki, PostQuantum.PREFER)
+    config.count_for_metrics = False
+    client = TunnelQuicConnection(configuration=client_config(pki, PostQuantum.PREFER))
+    link = Link.connect(client, tunnel_server(config))
+    link.handshake()
+    link.run()
+    assert isinstance(link.server, TunnelQuicConnection)
+    assert not any(link.server.counters.frames_sent)
+    assert not any(link.server.counters.frames_received)
+    assert any(client.counters.frames_received)
