@@ -24,11 +24,15 @@ from adit.protocol.liveness import Liveness, PeerState
 from adit.protocol.quic_tunnel import HandshakeDone, QuicEvent, QuicTunnelConnection
 from adit.tunnelio import HIGH_WATER, TunnelIO
 
-__all__ = ["QuicIO", "QuicSender"]
+__all__ = ["NO_ANSWER", "QuicIO", "QuicSender"]
 
 #: How long a closed connection lingers to answer the peer's last packets (QUIC's closing
 #: period is three PTOs; aioquic ends it with ConnectionTerminated, this bounds it).
 CLOSING_LIMIT = 3.0
+
+#: Why a connection ends whose peer stayed silent for the liveness timeout: during the
+#: handshake, what quic-go's handshake idle timeout is.
+NO_ANSWER = "no answer from the peer"
 
 #: Sends one datagram to an address (the listener's or the endpoint's transport).
 QuicSender = Callable[[bytes, NetworkAddress], None]
@@ -163,7 +167,7 @@ class QuicIO(TunnelIO[Any]):
             return
         super()._check_liveness()
         if live.state(self._loop.time()) is PeerState.GONE:
-            self._terminated("no answer from the peer")
+            self._terminated(NO_ANSWER)
 
     def _terminated(self, reason: str = "connection closed") -> None:
         if self.closed:

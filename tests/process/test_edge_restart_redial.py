@@ -38,7 +38,11 @@ def test_a_restarting_edge_gets_quick_redials_then_the_usual_backoff(
     tunnel = create_tunnel(account, "redial", HOST)
     config = write_config(tmp_path / "config.yml", HOST, [{"service": origin.url}])
     connector = start_connector(
-        processes, tunnel, config, extra=["--ha-connections", "1", "--loglevel", "debug"]
+        processes,
+        tunnel,
+        config,
+        # TCP's reset says at once that nothing listens (QUIC: test_quic_operations.py).
+        extra=["--protocol", "http2", "--ha-connections", "1", "--loglevel", "debug"],
     )
     assert request(edge, HOST, path="/echo-headers").status == 200
     # Only a connection that served for a while earns quick redials.

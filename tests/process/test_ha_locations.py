@@ -32,6 +32,9 @@ pytestmark = pytest.mark.process
 
 HOST = "ha.example.test"
 REGISTERED = r"Registered tunnel connection tunnelID="
+#: The HTTP/2 runs: a refused TCP dial is what these tests watch (QUIC:
+#: test_quic_operations.py).
+HTTP2 = ["--protocol", "http2"]
 
 
 def _registered_indexes(edge_log: str) -> list[int]:
@@ -57,7 +60,7 @@ def test_two_locations_one_killed_and_restarted(
         processes,
         tunnel,
         config,
-        extra=[*edge_args(edge_a, edge_b), "--ha-connections", "4", "--workers", "2"],
+        extra=[*HTTP2, *edge_args(edge_a, edge_b), "--ha-connections", "4", "--workers", "2"],
         wait=0,
     )
 
@@ -111,7 +114,7 @@ def test_a_refusing_address_never_spins(
             processes,
             tunnel,
             config,
-            extra=["--edge", f"127.0.0.1:{port}", "--ha-connections", "1"],
+            extra=[*HTTP2, "--edge", f"127.0.0.1:{port}", "--ha-connections", "1"],
             wait=0,
         )
         attempt = rf"failed to dial the edge at 127\.0\.0\.1:{port}"

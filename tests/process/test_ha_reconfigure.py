@@ -70,8 +70,9 @@ def _target(address: str, location: int) -> EdgeTarget:
     return EdgeTarget(host, int(port), location=location)
 
 
+@pytest.mark.parametrize("protocol", ["http2", "quic"])
 def test_new_edge_addresses_roll_every_connection_without_failures(
-    processes: Processes, origin: Origin, tmp_path: Path
+    processes: Processes, origin: Origin, tmp_path: Path, protocol: str
 ) -> None:
     edge = start_edge(processes, tunnel_listen=["127.0.0.1:0"] * 4)
     account = login(edge, tmp_path / "home")
@@ -91,6 +92,7 @@ def test_new_edge_addresses_roll_every_connection_without_failures(
         ingress=IngressSnapshot(version=1, cli_url=origin.url),
         grace_period=5.0,
         ha_connections=2,
+        protocol=protocol,
     )
 
     async def scenario() -> tuple[list[Event], Loop]:

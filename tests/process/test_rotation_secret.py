@@ -99,7 +99,9 @@ def test_rotation_under_load_then_the_old_secret_is_refused(
     old_copy.write_text(tunnel.credentials.read_text())
     old_secret = _secret(tunnel.credentials)
     config = write_config(tmp_path / "config.yml", HOST, [{"service": origin.url}])
-    connector = start_connector(processes, tunnel, config, extra=["--ha-connections", "2"], wait=0)
+    connector = start_connector(
+        processes, tunnel, config, extra=["--protocol", "http2", "--ha-connections", "2"], wait=0
+    )
     edge.proc.wait_for_log(REGISTERED, count=2)
 
     slow: list[Reply] = []

@@ -1,7 +1,8 @@
 """The connector against a real edge: SIGHUP reload, killed and stuck workers, metrics, systemd.
 
 Every test runs the real ``adit edge`` (two tunnel listeners, so two HA connections and two
-workers), a real ``adit tunnel run`` and a threaded origin; sd_notify messages arrive on a real
+workers), a real ``adit tunnel run`` over HTTP/2 (test_quic_operations.py has them over QUIC)
+and a threaded origin; sd_notify messages arrive on a real
 unix datagram socket given as ``NOTIFY_SOCKET``. Request loops run in a thread, bounded.
 """
 
@@ -42,6 +43,8 @@ from harness import (
 pytestmark = [pytest.mark.process, pytest.mark.timeout(60)]
 
 HOST = "reload.example.test"
+#: These are the HTTP/2 runs (``auto`` would start with QUIC).
+HTTP2 = ["--protocol", "http2"]
 
 STARTED = re.compile(r"Started worker pid=(\d+).*slot=(\d+)")
 
@@ -157,7 +160,9 @@ def test_sighup_applies_new_rules_refuses_bad_ones_and_drops_nothing(
 ) -> None:
     tunnel = create_tunnel(account2, "reload", HOST)
     config = write_config(tmp_path / "config.yml", HOST, [{"service": origin.url}])
-    proc = start_connector(processes, tunnel, config, env={"NOTIFY_SOCKET": notify.path}, wait=2)
+    proc = start_connector(
+        processes, tunnel, config, extra=HTTP2, env={"NOTIFY_SOCKET": notify.path}, wait=2
+    )
     assert len(worker_pids(proc)) == 2
     ready_at = notify.wait_for("READY=1")
     assert request(edge2, HOST, path="/new").status == 200  # the origin answers everything
@@ -239,15 +244,14 @@ def test_workers_metrics_affinity_and_a_killed_worker(
         processes,
         tunnel,
         config,
-        extra=["--token", token, "--logfile", str(logfile), "--loglevel", "debug"],
+        extra=[*HTTP2, "--token", token, "--logfile", str(logfile), "--loglevel", "debug"],
         wait=2,
     )
     port = metrics_port(proc)
     wait_until(lambda: ready(port)["readyConnections"] == 2)
     body = ready(port)
     assert body["status"] == 200
-    # A token run's auto is http2 until adit has QUIC; each registration names its protocol
-    # (the worker's line and the supervisor's).
+    # Each registration names its protocol (the worker's line and the supervisor's).
     text = proc.text()
     assert "Initial protocol http2" in text
     assert len(re.findall(r"Registered tunnel connection .*protocol=http2", text)) >= 4
@@ -327,7 +331,7 @@ def test_stuck_worker_is_aborted_with_a_traceback_and_the_watchdog_pauses(
         processes,
         tunnel,
         config,
-        extra=["--worker-timeout", "4s"],
+        extra=[*HTTP2, "--worker-timeout", "4s"],
         env={
             "NOTIFY_SOCKET": notify.path,
             "WATCHDOG_USEC": "1000000",
@@ -370,7 +374,7 @@ def test_sighup_with_a_new_worker_count_moves_connections_without_failures(
     config = tmp_path / "config.yml"
     rules = [{"hostname": HOST, "service": origin.url}, {"service": "http_status:404"}]
     config.write_text(yaml.safe_dump({"workers": 2, "ingress": rules}))
-    proc = start_connector(processes, tunnel, config, wait=2)
+    proc = start_connector(processes, tunnel, config, extra=HTTP2, wait=2)
     port = metrics_port(proc)
     wait_until(lambda: ready(port)["readyConnections"] == 2)
 

@@ -45,7 +45,7 @@ from adit.edge.pages import (
 )
 from adit.edge.registry import ConnectionRegistry
 from adit.edge.store import Store
-from adit.edge.tunnel_session import RequestStream, TunnelSession
+from adit.edge.tunnel_session import RequestStream, StreamUndelivered, TunnelSession
 from adit.protocol.errors import BadRequestTarget, Http2TunnelError
 from adit.protocol.headers import HOP_BY_HOP, RequestType, ResponseMeta
 from adit.protocol.hostnames import (
@@ -178,7 +178,7 @@ class PublicListener:
         except (StreamClosedError, Http2TunnelError) as exc:
             log.warning("cannot open a stream to tunnel %s ray=%s: %s", tunnel_id, ray, exc)
             return STREAM_FAILED, host
-        exchange = _Exchange(self, conn, stream, host, ray, websocket)
+        exchange = _Exchange(self, conn, request, stream, host, ray, websocket)
         if fast:
             stream.on_answer = exchange.answered
         conn.exchange = exchange
@@ -278,6 +278,8 @@ class PublicListener:
         try:
             response = await stream.response()
         except StreamClosedError as exc:
+            if uploader is None and _resendable(exchange, exc):
+                return await self._resend(exchange, exc)
             return await self._failed(exchange, exc)
         if response.meta is not ResponseMeta.ORIGIN:
             if uploader is not None:
@@ -335,6 +337,24 @@ class PublicListener:
                 return await self._failed(exchange, stream.failure or exc)
             return False  # the body broke after the status went out: cut the connection
         return True
+
+    async def _resend(self, exchange: _Exchange, error: StreamClosedError) -> bool:
+        """Forward a request again, once, over another connection: its first one ended
+        before the connector received any of it (see :func:`_resendable`)."""
+        forwarded = self._forward(exchange.conn, exchange.request, exchange.ray, fast=False)
+        if isinstance(forwarded, tuple):
+            return await self._failed(exchange, error)
+        log.info(
+            "request sent again over another tunnel connection for %s ray=%s: %s",
+            exchange.host,
+            exchange.ray,
+            error,
+        )
+        forwarded.resent = True
+        try:
+            return await self._relay_response(forwarded, None)
+        finally:
+            forwarded.finish()
 
     async def _failed(self, exchange: _Exchange, error: StreamClosedError) -> bool:
         """Answer a request whose stream ended before its answer; never keep-alive."""
@@ -483,12 +503,13 @@ class _Exchange:
     comes to :meth:`answered` from the tunnel's read.
     """
 
-    __slots__ = ("conn", "host", "listener", "ray", "stream", "websocket")
+    __slots__ = ("conn", "host", "listener", "ray", "request", "resent", "stream", "websocket")
 
     def __init__(
         self,
         listener: PublicListener,
         conn: Http1Connection,
+        request: Request,
         stream: RequestStream,
         host: str,
         ray: str,
@@ -496,10 +517,13 @@ class _Exchange:
     ) -> None:
         self.listener = listener
         self.conn = conn
+        self.request = request
         self.stream = stream
         self.host = host
         self.ray = ray
         self.websocket = websocket
+        #: This is the request's second stream (it is never sent a third time).
+        self.resent = False
 
     def answered(self, stream: RequestStream) -> None:
         """From the tunnel's read: write a whole response now, else leave it to the task."""
@@ -570,6 +594,26 @@ class _Exchange:
         except (ConnectionError, ResponseError):
             return False
         return keep_alive
+
+
+#: Methods a proxy may send again after a failure (RFC 9110 §9.2.2).
+_IDEMPOTENT = frozenset((b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"))
+
+
+def _resendable(exchange: _Exchange, error: StreamClosedError) -> bool:
+    """Whether a request whose stream failed may go over another connection: the connector
+    acknowledged none of it when its connection ended (QUIC tells; a connector killed or
+    gone silent), it has no body (nothing of the visitor's was consumed), its method is
+    idempotent (had the connector read it and died before acknowledging, the origin may see
+    it twice), and it was not sent again already."""
+    request = exchange.request
+    return (
+        isinstance(error, StreamUndelivered)
+        and not exchange.resent
+        and not exchange.websocket
+        and not request.has_body
+        and request.method in _IDEMPOTENT
+    )
 
 
 def _retrieve(task: asyncio.Future[None]) -> None:

@@ -72,13 +72,16 @@ def edge_quic_configuration(
     cannot ask for another (no HelloRetryRequest), so the hybrid is what it gets."""
     chain = x509.load_pem_x509_certificates(chain_pem.encode("ascii"))
     key = load_pem_private_key(key_pem.encode("ascii"), password=None)
-    return quic_configuration(
+    configuration = quic_configuration(
         is_client=False,
         post_quantum=post_quantum,
         certificate=chain[0],
         certificate_chain=chain[1:],
         private_key=cast(CertificateIssuerPrivateKeyTypes, key),
     )
+    # The quic_client_* metrics are the connector's: no per-packet counting here.
+    configuration.count_for_metrics = False
+    return configuration
 
 
 class QuicTunnelSession(QuicIO, TunnelSession):
@@ -108,6 +111,11 @@ class QuicTunnelSession(QuicIO, TunnelSession):
             conn=EdgeQuicConnection(quic),  # type: ignore[arg-type]
         )
         self.listener = listener
+
+    def undelivered(self, stream_id: int) -> bool:
+        # QUIC acknowledges stream data: a stream the connector acknowledged none of never
+        # reached it (a connector killed, or gone silent, before it read the request).
+        return self.conn.quic.stream_unacknowledged(stream_id)
 
     def on_event(self, event: object) -> None:
         if isinstance(event, ConnectionIdIssued):

@@ -75,6 +75,11 @@ class EdgeIdentity:
 AnswerCallback = Callable[["RequestStream"], None]
 
 
+class StreamUndelivered(StreamClosedError):
+    """The tunnel connection ended before the connector acknowledged any of the request: it
+    never reached the origin, and may be sent over another connection."""
+
+
 class RequestStream:
     """An eyeball request in flight on a tunnel connection, seen from the edge.
 
@@ -166,10 +171,10 @@ class RequestStream:
             self.on_answer(self)
         return flow
 
-    def _failed(self, reason: str) -> None:
+    def _failed(self, reason: str, *, undelivered: bool = False) -> None:
         if self.answer is not None or self.failure is not None:
             return
-        self.failure = StreamClosedError(reason)
+        self.failure = StreamUndelivered(reason) if undelivered else StreamClosedError(reason)
         if self.on_answer is not None:
             self.on_answer(self)
         else:
@@ -257,8 +262,8 @@ class TunnelSession(TunnelIO[EdgeTunnelConnection]):
             self._timeout.cancel()
         if self._recheck is not None:
             self._recheck.cancel()
-        for request in self._requests.values():
-            request._failed("the tunnel connection closed")
+        for stream_id, request in self._requests.items():
+            request._failed("the tunnel connection closed", undelivered=self.undelivered(stream_id))
         self._requests.clear()
         if self.live is not None:
             log.info(
@@ -276,6 +281,12 @@ class TunnelSession(TunnelIO[EdgeTunnelConnection]):
         self.control = None
         self._control_task = None
         self._timeout = self._recheck = None
+
+    def undelivered(self, stream_id: int) -> bool:
+        """Whether the connector provably never received stream ``stream_id`` of this lost
+        connection. HTTP/2 cannot tell: TCP acknowledges bytes, not streams."""
+        del stream_id
+        return False
 
     def on_failure(self, reason: str, error_code: int) -> None:
         log.warning("tunnel connection from %s failed: %s", self.peer, reason)

@@ -20,7 +20,12 @@ settings (:func:`quic_configuration`) and :class:`TunnelQuicConnection`, an aioq
 * quic-go's overall handshake deadline (2 × HandshakeIdleTimeout, quic-go ``config.go``
   ``handshakeTimeout``): aioquic only has the idle timeout, which a peer trickling packets
   keeps pushing back;
-* send-queue accessors for writer back-pressure.
+* send-queue accessors for writer back-pressure;
+* counts for cloudflared's ``quic_client_*`` metrics (:attr:`TunnelQuicConnection.counters`,
+  :meth:`TunnelQuicConnection.path_stats`; :mod:`adit.protocol.quic_counters` says why not
+  aioquic's qlog): frames through the frame handler table and a packet builder that notes
+  each frame it starts, losses through a recovery subclass, drops around decryption and the
+  duplicate check. Each costs a call and an integer added per packet or frame.
 
 Keep-alive PINGs (cloudflared sends one after 1 s of silence) are not here: the tunnel's
 transport-independent :mod:`adit.protocol.liveness` decides when to call ``send_ping``.
@@ -34,11 +39,14 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
+from aioquic import tls
 from aioquic._buffer import Buffer
+from aioquic._crypto import CryptoError
+from aioquic.quic import connection as aioquic_connection
 from aioquic.quic import events
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import (
@@ -47,17 +55,37 @@ from aioquic.quic.connection import (
     STREAM_COUNT_MAX,
     NetworkAddress,
     QuicConnection,
+    QuicNetworkPath,
     QuicReceiveContext,
     QuicTokenHandler,
 )
-from aioquic.quic.packet import QuicErrorCode, QuicFrameType, QuicProtocolVersion
-from aioquic.quic.packet_builder import QuicPacketBuilder
-from aioquic.quic.recovery import QuicPacketSpace
+from aioquic.quic.crypto import CryptoPair, KeyUnavailableError
+from aioquic.quic.packet import (
+    QuicErrorCode,
+    QuicFrameType,
+    QuicProtocolVersion,
+    pull_quic_transport_parameters,
+)
+from aioquic.quic.packet_builder import QuicDeliveryHandler, QuicPacketBuilder, QuicSentPacket
+from aioquic.quic.recovery import (
+    K_TIME_THRESHOLD,
+    QuicPacketNumberWindow,
+    QuicPacketRecovery,
+    QuicPacketSpace,
+)
 from aioquic.quic.stream import QuicStream
 from aioquic.tls import AlertDescription
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
 
+from adit.protocol.quic_counters import (
+    FRAME_LABELS,
+    LOSS_REORDERING,
+    LOSS_TIME,
+    PathStats,
+    QuicCounters,
+    congestion_state,
+)
 from adit.protocol.quic_tls import X25519MLKEM768, PostQuantum, TunnelTlsContext, group_name
 
 __all__ = [
@@ -129,6 +157,9 @@ class TunnelQuicConfiguration(QuicConfiguration):
     #: Bidirectional (and unidirectional) streams the peer may have open at once; ``None``:
     #: :data:`MAX_INCOMING_STREAMS` for a client, :data:`SERVER_MAX_INCOMING_STREAMS` for a server.
     max_incoming_streams: int | None = None
+    #: Count what cloudflared's ``quic_client_*`` metrics show (frames, losses, drops: see
+    #: :mod:`adit.protocol.quic_counters`); the edge, which exposes none, leaves it off.
+    count_for_metrics: bool = True
 
 
 def quic_configuration(
@@ -183,6 +214,145 @@ def quic_configuration(
     return configuration
 
 
+# -- counting hooks (see adit.protocol.quic_counters) -------------------------------------------
+
+
+class _FrameNotingBuilder(QuicPacketBuilder):
+    """aioquic's packet builder, noting the type of every frame it starts.
+
+    aioquic makes its builder inside ``datagrams_to_send`` (and ``_send_probing_frames``) by
+    the name its connection module gives the class, with no argument to pick another: this
+    subclass takes that name (the end of this module), and
+    :meth:`TunnelQuicConnection._flush_builder` counts what it noted. Another
+    ``QuicConnection`` in the process builds with it too; nobody reads its notes.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.frame_types: list[int] = []
+
+    def start_frame(
+        self,
+        frame_type: int,
+        capacity: int = 1,
+        handler: QuicDeliveryHandler | None = None,
+        handler_args: Sequence[Any] = (),
+    ) -> Buffer:
+        buf = super().start_frame(frame_type, capacity, handler, handler_args)
+        # After the call: a frame that does not fit raises before anything is written.
+        self.frame_types.append(frame_type)
+        return buf
+
+
+class _LossCountingRecovery(QuicPacketRecovery):
+    """aioquic's loss recovery, counting ack-eliciting packets declared lost by their
+    trigger, as quic-go reports them (internal/ackhandler ``detectLostPackets``)."""
+
+    def __init__(self, *, counters: QuicCounters, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._counters = counters
+
+    def _on_packets_lost(
+        self,
+        *,
+        congestion_event: bool = True,
+        now: float,
+        packets: Iterable[QuicSentPacket],
+        persistent_congestion: bool = False,
+        space: QuicPacketSpace,
+    ) -> None:
+        if congestion_event:
+            # Only _detect_loss declares losses: a PTO's early retransmission is none (nor
+            # in quic-go). quic-go tests the time threshold first, then the reordering one.
+            packets = list(packets)
+            rtt = (
+                max(self._rtt_latest, self._rtt_smoothed)
+                if self._rtt_initialized
+                else self._rtt_initial
+            )
+            late = now - K_TIME_THRESHOLD * rtt
+            lost = self._counters.lost
+            for packet in packets:
+                if packet.is_ack_eliciting:
+                    sent = packet.sent_time if packet.sent_time is not None else now
+                    lost[LOSS_TIME if sent <= late else LOSS_REORDERING] += 1
+        super()._on_packets_lost(
+            congestion_event=congestion_event,
+            now=now,
+            packets=packets,
+            persistent_congestion=persistent_congestion,
+            space=space,
+        )
+
+
+class _DuplicateCountingWindow(QuicPacketNumberWindow):
+    """A packet space's received packet numbers; aioquic asks it (only) whether a packet is
+    a duplicate, to drop it: counted as qlog's ``duplicate`` drop."""
+
+    def __init__(self, counters: QuicCounters, packet_type: str) -> None:
+        super().__init__()
+        self._counters = counters
+        self._packet_type = packet_type
+
+    def __contains__(self, packet_number: int) -> bool:
+        seen = super().__contains__(packet_number)
+        if seen:
+            counters = self._counters
+            counters.drop(self._packet_type, "duplicate", counters.last_packet_size)
+        return seen
+
+
+_Decrypt = Callable[[bytes, int, int], tuple[bytes, bytes, int]]
+
+
+def _drop_counting(decrypt: _Decrypt, counters: QuicCounters, packet_type: str) -> _Decrypt:
+    """``decrypt`` (a crypto pair's ``decrypt_packet``), counting the packets it cannot
+    decrypt as aioquic's qlog names the drop; aioquic then drops them."""
+
+    def decrypt_packet(
+        packet: bytes, encrypted_offset: int, expected_packet_number: int
+    ) -> tuple[bytes, bytes, int]:
+        counters.last_packet_size = size = len(packet)
+        try:
+            return decrypt(packet, encrypted_offset, expected_packet_number)
+        except KeyUnavailableError:
+            # quic-go buffers such a packet (keys to come); aioquic drops it.
+            counters.drop(packet_type, "key_unavailable", size)
+            raise
+        except CryptoError:
+            counters.drop(packet_type, "payload_decrypt_error", size)
+            raise
+
+    return decrypt_packet
+
+
+def _counted_frames(handler: _FrameHandler, counts: list[int]) -> _FrameHandler:
+    """A frame handler of aioquic's table that counts the frames it is given."""
+
+    def handle(context: QuicReceiveContext, frame_type: int, buf: Buffer) -> None:
+        counts[frame_type] += 1
+        handler(context, frame_type, buf)
+
+    return handle
+
+
+_FrameHandler = Callable[[QuicReceiveContext, int, Buffer], None]
+#: qlog's packet type of each epoch's packets.
+_PACKET_TYPES = {
+    tls.Epoch.INITIAL: "initial",
+    tls.Epoch.ZERO_RTT: "0RTT",
+    tls.Epoch.HANDSHAKE: "handshake",
+    tls.Epoch.ONE_RTT: "1RTT",
+}
+#: What the peer's ``max_udp_payload_size`` is when it does not send one (RFC 9000 §18.2).
+_DEFAULT_MAX_UDP_PAYLOAD = 65527
+
+
+def _milliseconds(seconds: float) -> int:
+    """Go's ``Duration.Milliseconds``: truncated."""
+    return int(seconds * 1000)
+
+
 class TunnelQuicConnection(QuicConnection):
     """An aioquic ``QuicConnection`` for the tunnel: hybrid post-quantum TLS, flow control by
     consumption, configurable incoming streams, a handshake deadline. Same sans-IO API
@@ -221,6 +391,35 @@ class TunnelQuicConnection(QuicConnection):
         # Read into the transport parameters by _initialize, which runs after __init__.
         for limit in (self._local_max_streams_bidi, self._local_max_streams_uni):
             limit.value = limit.sent = streams
+        #: What cloudflared's quic_client_* counters read (see quic_counters).
+        self.counters = QuicCounters()
+        self._peer_max_udp_payload: int | None = None
+        self._counting = configuration.count_for_metrics
+        if self._counting:
+            self._install_counters(configuration)
+
+    def _install_counters(self, configuration: TunnelQuicConfiguration) -> None:
+        """Hook the counting into aioquic's recovery and frame handler table."""
+        # aioquic's recovery as it was just made, with the loss counting subclass.
+        self._loss = _LossCountingRecovery(
+            counters=self.counters,
+            congestion_control_algorithm=configuration.congestion_control_algorithm,
+            initial_rtt=configuration.initial_rtt,
+            max_datagram_size=self._max_datagram_size,
+            peer_completed_address_validation=not self._is_client,
+            quic_logger=self._quic_logger,
+            send_probe=self._send_probe,
+            logger=self._logger,
+        )
+        # Received frames are counted on their way to aioquic's handlers (its per-instance
+        # table, name-mangled), PADDING left out as quic-go leaves it out.
+        table: dict[int, tuple[_FrameHandler, frozenset[tls.Epoch]]] = vars(self)[
+            "_QuicConnection__frame_handlers"
+        ]
+        received = self.counters.frames_received
+        for frame_type, (handler, epochs) in table.items():
+            if frame_type in FRAME_LABELS:
+                table[frame_type] = (_counted_frames(handler, received), epochs)
 
     # TLS
 
@@ -233,6 +432,28 @@ class TunnelQuicConnection(QuicConnection):
     def _initialize(self, peer_cid: bytes) -> None:
         super()._initialize(peer_cid)
         self.tls = self.tls_context_class.adopt(self.tls, self._post_quantum)
+        if self._counting:
+            self._count_drops()
+
+    def _count_drops(self) -> None:
+        """Count drops on receipt where aioquic decides them: decryption, then the duplicate
+        check (both made by ``_initialize`` just now, before any packet was decrypted)."""
+        counters = self.counters
+        # The Initial pairs (one per version; _cryptos holds the one in use), then the rest.
+        pairs: list[tuple[CryptoPair, str]] = [
+            (pair, "initial") for pair in self._cryptos_initial.values()
+        ]
+        pairs += [
+            (self._cryptos[epoch], _PACKET_TYPES[epoch])
+            for epoch in (tls.Epoch.ZERO_RTT, tls.Epoch.HANDSHAKE, tls.Epoch.ONE_RTT)
+        ]
+        for pair, packet_type in pairs:
+            # An instance attribute: aioquic calls crypto.decrypt_packet(...) on the pair.
+            pair.decrypt_packet = _drop_counting(  # type: ignore[method-assign,assignment]
+                pair.decrypt_packet, counters, packet_type
+            )
+        for epoch, space in self._spaces.items():
+            space.received_packets = _DuplicateCountingWindow(counters, _PACKET_TYPES[epoch])
 
     def next_event(self) -> events.QuicEvent | None:
         """aioquic's next event; a strict client refused during the handshake is told why."""
@@ -264,6 +485,7 @@ class TunnelQuicConnection(QuicConnection):
         """aioquic's ``receive_datagram``; a server's handshake deadline starts with the first."""
         if self._handshake_deadline is None:
             self._handshake_deadline = now + HANDSHAKE_TIMEOUT
+        self.counters.bytes_received += len(data)
         super().receive_datagram(data, addr, now)
 
     def get_timer(self) -> float | None:
@@ -285,6 +507,49 @@ class TunnelQuicConnection(QuicConnection):
                 reason_phrase=f"handshake not complete after {HANDSHAKE_TIMEOUT:g} s",
             )
         super().handle_timer(now)
+
+    # metrics
+
+    def _flush_builder(
+        self,
+        builder: QuicPacketBuilder,
+        network_path: QuicNetworkPath,
+        peer_cid: bytes,
+        now: float,
+    ) -> list[tuple[bytes, NetworkAddress]]:
+        datagrams = super()._flush_builder(builder, network_path, peer_cid, now)
+        counters = self.counters
+        if self._counting and isinstance(builder, _FrameNotingBuilder):
+            sent = counters.frames_sent
+            for frame_type in builder.frame_types:
+                sent[frame_type] += 1
+        for data, _ in datagrams:
+            counters.bytes_sent += len(data)
+        return datagrams
+
+    def _parse_transport_parameters(self, data: bytes, from_session_ticket: bool = False) -> None:
+        super()._parse_transport_parameters(data, from_session_ticket)
+        if not from_session_ticket:
+            # aioquic checks the peer's max_udp_payload_size and keeps nothing of it: read
+            # again (once per connection) for quic_client_max_udp_payload.
+            parameters = pull_quic_transport_parameters(Buffer(data=data))
+            size = parameters.max_udp_payload_size
+            self._peer_max_udp_payload = _DEFAULT_MAX_UDP_PAYLOAD if size is None else size
+
+    def path_stats(self) -> PathStats:
+        """The connection's RTTs, congestion window and state, MTU and the peer's largest
+        UDP payload, as cloudflared's ``quic_client_*`` gauges show them."""
+        loss = self._loss
+        sampled = loss._rtt_initialized
+        return PathStats(
+            max_udp_payload=self._peer_max_udp_payload,
+            min_rtt_ms=_milliseconds(loss._rtt_min) if sampled else None,
+            latest_rtt_ms=_milliseconds(loss._rtt_latest) if sampled else None,
+            smoothed_rtt_ms=_milliseconds(loss._rtt_smoothed) if sampled else None,
+            mtu=self._max_datagram_size,
+            congestion_window=loss.congestion_window,
+            congestion_state=congestion_state(loss, self._max_datagram_size),
+        )
 
     # flow control
 
@@ -415,6 +680,15 @@ class TunnelQuicConnection(QuicConnection):
             return 0
         return stream.sender._buffer_stop - stream.sender.highest_offset
 
+    def stream_unacknowledged(self, stream_id: int) -> bool:
+        """Whether the peer acknowledged none of the data sent on ``stream_id`` (nothing was
+        sent, or all of it is unacknowledged); false for an unknown or discarded stream."""
+        stream = self._streams.get(stream_id)
+        if stream is None:
+            return False
+        sender = stream.sender
+        return sender._buffer_start == 0 and len(sender._acked) == 0 and not sender._acked_fin
+
     def stream_send_queue_below(self, stream_id: int, mark: int) -> bool:
         """Whether fewer than ``mark`` bytes wait unsent on ``stream_id`` (write more if so)."""
         return self.stream_send_queued(stream_id) < mark
@@ -430,13 +704,58 @@ def _check_aioquic() -> None:
         "_handle_reset_stream_frame": ["self", "context", "frame_type", "buf"],
         "_on_max_stream_data_delivery": ["self", "delivery", "stream"],
         "_on_connection_limit_delivery": ["self", "delivery", "limit"],
+        "_flush_builder": ["self", "builder", "network_path", "peer_cid", "now"],
+        "_parse_transport_parameters": ["self", "data", "from_session_ticket"],
     }
     for name, parameters in expected.items():
         method = getattr(QuicConnection, name, None)
         if method is None or list(inspect.signature(method).parameters) != parameters:
             problems.append(f"QuicConnection.{name} is not ({', '.join(parameters)})")
+    for cls, name, parameters in (
+        (
+            QuicPacketRecovery,
+            "_on_packets_lost",
+            ["self", "congestion_event", "now", "packets", "persistent_congestion", "space"],
+        ),
+        (
+            QuicPacketRecovery,
+            "__init__",
+            [
+                "self",
+                "congestion_control_algorithm",
+                "initial_rtt",
+                "max_datagram_size",
+                "peer_completed_address_validation",
+                "send_probe",
+                "logger",
+                "quic_logger",
+            ],
+        ),
+        (QuicPacketNumberWindow, "__contains__", ["self", "packet_number"]),
+        (
+            CryptoPair,
+            "decrypt_packet",
+            ["self", "packet", "encrypted_offset", "expected_packet_number"],
+        ),
+        (
+            QuicPacketBuilder,
+            "start_frame",
+            ["self", "frame_type", "capacity", "handler", "handler_args"],
+        ),
+    ):
+        method = getattr(cls, name, None)
+        if method is None or list(inspect.signature(method).parameters) != parameters:
+            problems.append(f"{cls.__name__}.{name} is not ({', '.join(parameters)})")
+    builder = vars(aioquic_connection).get("QuicPacketBuilder")
+    if not (isinstance(builder, type) and issubclass(builder, QuicPacketBuilder)):
+        problems.append("aioquic.quic.connection has no QuicPacketBuilder to build packets")
     probe = QuicConnection(configuration=QuicConfiguration(is_client=True))
     for attribute in (
+        "_QuicConnection__frame_handlers",
+        "_loss",
+        "_max_datagram_size",
+        "_send_probe",
+        "_logger",
         "_local_max_data",
         "_local_max_streams_bidi",
         "_local_max_streams_uni",
@@ -454,7 +773,10 @@ def _check_aioquic() -> None:
     for owner, names in (
         (stream, ("max_stream_data_local", "max_stream_data_local_sent")),
         (stream.receiver, ("highest_offset", "is_finished", "starting_offset")),
-        (stream.sender, ("highest_offset", "_buffer_stop")),
+        (
+            stream.sender,
+            ("highest_offset", "_buffer_stop", "_buffer_start", "_acked", "_acked_fin"),
+        ),
     ):
         problems += [
             f"{type(owner).__name__} has no {name}" for name in names if not hasattr(owner, name)
@@ -467,3 +789,6 @@ def _check_aioquic() -> None:
 
 
 _check_aioquic()
+# aioquic's connection module builds its packets with the class it names QuicPacketBuilder
+# (see _FrameNotingBuilder): from now on, one that notes the frames it starts.
+aioquic_connection.QuicPacketBuilder = _FrameNotingBuilder  # type: ignore[attr-defined]

@@ -21,6 +21,8 @@ __all__ = [
     "Event",
     "Heartbeat",
     "IngressSnapshot",
+    "QuicClientStats",
+    "QuicConnectionStats",
     "Reconfigure",
     "RecordRegistration",
     "RegistrationRefused",
@@ -199,6 +201,40 @@ class ConnectionUnregistered(msgspec.Struct, frozen=True, tag=True):
     conn_index: int
 
 
+class QuicConnectionStats(msgspec.Struct, frozen=True):
+    """cloudflared's ``quic_client_*`` series of one connection index in one worker.
+
+    Counters add up every QUIC connection the index had in this worker; the gauges are those
+    of its latest (``None``: not measured yet)."""
+
+    conn_index: int
+    #: Frames by cloudflared's ``frame_type`` label.
+    sent_frames: dict[str, int] = {}
+    received_frames: dict[str, int] = {}
+    sent_bytes: int = 0
+    receive_bytes: int = 0
+    #: Lost packets by ``reason``.
+    lost_packets: dict[str, int] = {}
+    #: Bytes of dropped packets as ``(packet_type, reason, bytes)``.
+    dropped_packets: list[tuple[str, str, int]] = []
+    max_udp_payload: int | None = None
+    min_rtt_ms: int | None = None
+    latest_rtt_ms: int | None = None
+    smoothed_rtt_ms: int | None = None
+    mtu: int | None = None
+    congestion_window: int | None = None
+    congestion_state: int | None = None
+
+
+class QuicClientStats(msgspec.Struct, frozen=True):
+    """A worker's QUIC client telemetry (present once it dialled QUIC)."""
+
+    #: QUIC connections started (dials) and ended, whatever the outcome.
+    total_connections: int
+    closed_connections: int
+    connections: list[QuicConnectionStats] = []
+
+
 class StatsSnapshot(msgspec.Struct, frozen=True, tag=True):
     """Cumulative proxy counters of one worker, pushed periodically."""
 
@@ -207,6 +243,9 @@ class StatsSnapshot(msgspec.Struct, frozen=True, tag=True):
     request_errors: int
     concurrent_requests: int
     responses_by_code: dict[str, int]
+    #: ``None`` until the worker dialled QUIC (cloudflared registers its quic_client_*
+    #: families at the first QUIC dial).
+    quic: QuicClientStats | None = None
 
 
 class Heartbeat(msgspec.Struct, frozen=True, tag=True):

@@ -19,6 +19,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString as _untyped_float_to_go_string
 
+from adit.supervisor.quic_metrics import QuicClientCollector
 from adit.supervisor.stats import TunnelStats, WorkerSample, WorkerSampler
 
 __all__ = ["TunnelCollector", "TunnelStats", "WorkerSample", "build_registry", "render_metrics"]
@@ -162,6 +163,7 @@ def build_registry(stats: TunnelStats, workers: WorkerSampler | None = None) -> 
     """A private registry (not the global default) with the tunnel and process collectors."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(TunnelCollector(stats, workers))
+    registry.register(QuicClientCollector(stats))
     return registry
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from adit.ipc.messages import StatsSnapshot
+from adit.ipc.messages import QuicClientStats, StatsSnapshot
 
 __all__ = ["TunnelStats", "WorkerSample", "WorkerSampler"]
 
@@ -75,6 +75,14 @@ class TunnelStats:
     def concurrent_requests(self) -> int:
         """Requests in flight over all live workers."""
         return sum(s.concurrent_requests for s in self._snapshots.values())
+
+    def quic_clients(self) -> list[QuicClientStats]:
+        """The QUIC telemetry of the live workers that dialled QUIC, by slot."""
+        return [
+            snapshot.quic
+            for _, snapshot in sorted(self._snapshots.items())
+            if snapshot.quic is not None
+        ]
 
     def responses_by_code(self) -> dict[str, int]:
         """Origin responses per status code, summed."""

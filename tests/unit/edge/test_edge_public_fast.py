@@ -361,3 +361,79 @@ async def test_whole_bodies_are_credited_to_the_connection_window() -> None:
         response = socket.take()
         assert response.endswith(b"\r\n\r\n" + body)
     assert not socket.closed
+
+
+def _second_session(edge: _Edge) -> tuple[TunnelSession, _Socket, ConnectorTunnelConnection]:
+    """Another registered connection of the same tunnel, with its connector."""
+    listener = edge.listener
+    session = TunnelSession(listener.store, listener.registry, EdgeIdentity("tst"))
+    first = edge.session.live
+    assert first is not None
+    session.live = LiveConnection(
+        tunnel_id=first.tunnel_id,
+        account_tag=first.account_tag,
+        connection_id=uuid.uuid4(),
+        client_id=first.client_id,
+        conn_index=1,
+        location="tst",
+        origin_ip="127.0.0.1",
+        opened_at=datetime.datetime.now(datetime.UTC),
+        client_version="test",
+        arch="test",
+        features=(),
+        handle=session,
+    )
+    listener.registry.add(session.live)
+    session.serialize_headers = True
+    tunnel = _Socket()
+    session.connection_made(tunnel)  # type: ignore[arg-type]
+    connector = ConnectorTunnelConnection()
+    connector.initiate()
+    connector.receive_data(tunnel.take())
+    session.data_received(connector.data_to_send())
+    connector.receive_data(tunnel.take())
+    return session, tunnel, connector
+
+
+@pytest.mark.parametrize("method", [b"GET", b"POST"])
+@uvloop_test
+async def test_a_request_its_lost_connection_never_acknowledged_goes_over_another(
+    method: bytes,
+) -> None:
+    edge, conn, socket = await _started()
+    # QUIC tells which streams the connector acknowledged nothing of (HTTP/2 cannot).
+    edge.session.undelivered = lambda stream_id: True  # type: ignore[method-assign]
+    conn.data_received(_GET.replace(b"GET", method, 1))
+    await settle()
+    (lost,) = edge.requests()
+    second, tunnel, connector = _second_session(edge)
+    edge.session.connection_lost(ConnectionError("no answer from the peer"))
+    await settle()
+    events = connector.receive_data(tunnel.take())
+    again = [e for e in events if isinstance(e, RequestReceived) and e.path == "/file"]
+    if method == b"POST":
+        # Not idempotent: had the connector read it before dying, the origin would see it
+        # twice. The visitor gets the error page.
+        assert again == []
+        assert socket.take().startswith(b"HTTP/1.1 502 ")
+        return
+    (request,) = again
+    connector.send_response(request.stream_id, 200, _HEADERS)
+    connector.send_data(request.stream_id, b"hello", end_stream=True)
+    second.data_received(connector.data_to_send())
+    await settle()
+    response = socket.take()
+    assert response.startswith(b"HTTP/1.1 200 OK\r\n") and response.endswith(b"\r\n\r\nhello")
+    assert lost.stream_id == request.stream_id  # each connection numbers its own streams
+
+
+@uvloop_test
+async def test_a_lost_connection_that_may_have_read_the_request_is_not_resent() -> None:
+    edge, conn, socket = await _started()
+    conn.data_received(_GET)
+    await settle()
+    edge.requests()
+    _second_session(edge)
+    edge.session.connection_lost(ConnectionError("reset"))  # HTTP/2: no proof either way
+    await settle()
+    assert socket.take().startswith(b"HTTP/1.1 502 ")

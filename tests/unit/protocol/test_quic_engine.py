@@ -21,7 +21,15 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, mlkem, x25519
 from cryptography.x509.oid import NameOID
 
-from adit.protocol import quic_engine, quic_tls
+from adit.protocol import quic_counters, quic_engine, quic_tls
+from adit.protocol.quic_counters import (
+    CONGESTION_APPLICATION_LIMITED,
+    FRAME_LABELS,
+    FRAME_TYPE_SLOTS,
+    LOSS_REORDERING,
+    LOSS_TIME,
+    frames_by_label,
+)
 from adit.protocol.quic_engine import (
     ALPN,
     MAX_DATAGRAM_FRAME_SIZE,
@@ -734,8 +742,140 @@ def test_a_different_aioquic_fails_the_import_check(monkeypatch: pytest.MonkeyPa
         quic_engine._check_aioquic()
 
 
-@pytest.mark.parametrize("module", [quic_engine, quic_tls])
+@pytest.mark.parametrize("module", [quic_engine, quic_tls, quic_counters])
 def test_public_names_resolve(module: ModuleType) -> None:
     exported = module.__all__
     assert sorted(exported) == sorted(set(exported))
     assert all(hasattr(module, name) for name in exported)
+
+
+# (vii) what a connection counts for cloudflared's quic_client_* metrics
+
+
+def test_frames_and_bytes_are_counted_each_way(pki: Pki) -> None:
+    client = TunnelQuicConnection(configuration=client_config(pki, PostQuantum.PREFER))
+    link = Link.connect(client, tunnel_server(server_config(pki, PostQuantum.PREFER)))
+    link.handshake()
+    link.client.send_stream_data(0, b"x" * 5000, end_stream=True)
+    link.client.send_datagram_frame(b"to the edge")
+    link.run()
+    assert isinstance(link.server, TunnelQuicConnection)
+    sent = frames_by_label(client.counters.frames_sent)
+    received = frames_by_label(link.server.counters.frames_received)
+    # Every frame the client started reached the server (nothing was lost on this wire), bar
+    # the server's first Initial which the link hands over before the server exists.
+    assert sent["Stream"] == received["Stream"] >= 4
+    assert sent["Datagram"] == received["Datagram"] == 1
+    assert {"Crypto", "Ack"} <= sent.keys()
+    assert "HandshakeDone" in frames_by_label(client.counters.frames_received)
+    assert "Padding" not in sent and "Padding" not in received
+    assert client.counters.bytes_sent == link.server.counters.bytes_received > 5000
+    assert link.server.counters.bytes_sent == client.counters.bytes_received > 0
+    assert client.counters.dropped == {}
+    assert client.counters.lost == {LOSS_REORDERING: 0, LOSS_TIME: 0}
+
+
+def test_path_stats_read_aioquics_rtt_window_and_the_peers_payload_limit(pki: Pki) -> None:
+    client = TunnelQuicConnection(configuration=client_config(pki, PostQuantum.PREFER))
+    before = client.path_stats()
+    assert before.min_rtt_ms is None and before.max_udp_payload is None
+    link = Link.connect(client, tunnel_server(server_config(pki, PostQuantum.PREFER)))
+    link.handshake()
+    link.run()
+    stats = client.path_stats()
+    # The link moves datagrams every 2 ms of its clock: an RTT of a few milliseconds.
+    assert stats.min_rtt_ms is not None and stats.smoothed_rtt_ms is not None
+    assert 1 <= stats.min_rtt_ms <= stats.smoothed_rtt_ms <= 20
+    assert stats.latest_rtt_ms is not None and stats.latest_rtt_ms >= 1
+    assert stats.max_udp_payload == 65527  # aioquic's server sends the largest there is
+    assert stats.mtu == quic_engine.INITIAL_PACKET_SIZE_IPV4
+    assert stats.congestion_window == client._loss.congestion_window > 0
+    # Nothing in flight on an idle connection: the window is not what limits it.
+    assert stats.congestion_state == CONGESTION_APPLICATION_LIMITED
+
+
+def test_packets_lost_on_the_wire_are_counted_by_trigger(pki: Pki) -> None:
+    client = TunnelQuicConnection(configuration=client_config(pki, PostQuantum.PREFER))
+    link = Link.connect(client, tunnel_server(server_config(pki, PostQuantum.PREFER)))
+    link.handshake()
+    assert isinstance(link.server, TunnelQuicConnection)
+    stream_id = link.server.get_next_available_stream_id()
+    link.server.send_stream_data(stream_id, bytes(200_000), end_stream=True)
+    link.drop_to_client = True
+    for _ in range(3):
+        link.step()
+    link.drop_to_client = False
+    link.run(5.0)
+    lost = link.server.counters.lost
+    assert lost[LOSS_REORDERING] + lost[LOSS_TIME] > 0
+    assert link.received[(True, stream_id)] == 200_000
+    # A loss is a congestion event: the window was cut, and recovery ended since.
+    assert link.server._loss._cc.ssthresh is not None
+
+
+def test_duplicate_and_undecryptable_packets_are_counted_as_drops(pki: Pki) -> None:
+    client = TunnelQuicConnection(configuration=client_config(pki, PostQuantum.PREFER))
+    link = Link.connect(client, tunnel_server(server_config(pki, PostQuantum.PREFER)))
+    link.handshake()
+    link.run()
+    assert isinstance(link.server, TunnelQuicConnection)
+    client.send_ping(1)
+    (datagram, _), *_ = client.datagrams_to_send(link.now)
+    link.server.receive_datagram(datagram, CLIENT_ADDR, link.now)
+    link.server.receive_datagram(datagram, CLIENT_ADDR, link.now)
+    corrupt = datagram[:-1] + bytes([datagram[-1] ^ 0xFF])
+    link.server.receive_datagram(corrupt, CLIENT_ADDR, link.now)
+    assert link.server.counters.dropped == {
+        ("1RTT", "duplicate"): len(datagram),
+        ("1RTT", "payload_decrypt_error"): len(datagram),
+    }
+
+
+def test_a_handshake_packet_before_its_keys_is_dropped_as_key_unavailable(pki: Pki) -> None:
+    client = TunnelQuicConnection(configuration=client_config(pki, PostQuantum.PREFER))
+    server = tunnel_server(server_config(pki, PostQuantum.PREFER))
+    link = Link.connect(client, server)
+    # The server's first flight (Initial and Handshake packets) reaches the client without
+    # the Initial: the Handshake keys are not known yet.
+    flight = link.server.datagrams_to_send(link.now)
+    held = [d for d, _ in flight if (d[0] & 0x30) == 0x20]  # long header, type Handshake
+    for data in held:
+        client.receive_datagram(data, SERVER_ADDR, link.now)
+    dropped = client.counters.dropped
+    assert held and sum(n for (kind, reason), n in dropped.items()) > 0
+    assert {reason for _, reason in dropped} <= {"key_unavailable"}
+
+
+def test_frame_labels_are_quic_gos_names() -> None:
+    counts = [0] * FRAME_TYPE_SLOTS
+    for frame_type in (0x02, 0x03, 0x08, 0x0F, 0x12, 0x13, 0x1C, 0x1D, 0x31):
+        counts[frame_type] += 1
+    assert frames_by_label(counts) == {
+        "Ack": 2,
+        "Stream": 2,
+        "MaxStreams": 2,
+        "ConnectionClose": 2,
+        "Datagram": 1,
+    }
+    assert 0x00 not in FRAME_LABELS  # PADDING: quic-go reports none
+
+
+def test_a_plain_aioquic_connection_still_works_with_the_noting_builder(pki: Pki) -> None:
+    # aioquic's module builds packets with the frame-noting builder from now on (quic_engine).
+    client = QuicConnection(configuration=plain_client_config(pki))
+    link = Link.connect(client, plain_server(plain_server_config(pki)))
+    link.handshake()
+
+
+def test_a_connection_told_not_to_count_counts_no_frames(pki: Pki) -> None:
+    # The edge's setting: the quic_client_* metrics are the connector's.
+    config = server_config(pki, PostQuantum.PREFER)
+    config.count_for_metrics = False
+    client = TunnelQuicConnection(configuration=client_config(pki, PostQuantum.PREFER))
+    link = Link.connect(client, tunnel_server(config))
+    link.handshake()
+    link.run()
+    assert isinstance(link.server, TunnelQuicConnection)
+    assert not any(link.server.counters.frames_sent)
+    assert not any(link.server.counters.frames_received)
+    assert any(client.counters.frames_received)

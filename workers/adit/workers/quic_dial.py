@@ -22,7 +22,7 @@ from adit.protocol.quic_engine import (
     quic_configuration,
 )
 from adit.protocol.quic_tunnel import ConnectorQuicConnection, DatagramReceived, RpcStreamOpened
-from adit.quicio import QuicIO
+from adit.quicio import NO_ANSWER, QuicIO
 from adit.workers.edge_connection import EdgeConnection, Registration, StreamServer
 
 if TYPE_CHECKING:
@@ -88,11 +88,27 @@ class QuicEdgeConnection(QuicIO, EdgeConnection):
         else:
             super().on_event(event)  # type: ignore[arg-type]
 
+    def on_failure(self, reason: str, error_code: int) -> None:
+        if not self.handshake.done():
+            # A handshake that heard nothing: the dial's failure, which the connect loop
+            # reports (a "Tunnel connection failed" warning would say it twice).
+            self.failure = reason
+            return
+        super().on_failure(reason, error_code)
+
     def on_lost(self, exc: Exception | None) -> None:
         super().on_lost(exc)
         if self.udp is not None:
             self.udp.close()
             self.udp = None
+
+    def abandon(self) -> None:
+        """The dial failed: nobody waits for this connection's registration."""
+        registered = self.registered
+        if registered.done():
+            registered.exception()  # read: no "exception was never retrieved" at collection
+        else:
+            registered.cancel()
 
 
 class _Endpoint(asyncio.DatagramProtocol):
@@ -144,6 +160,7 @@ async def dial_quic(
     try:
         await asyncio.wait_for(asyncio.shield(connection.handshake), handshake_timeout)
     except TimeoutError:
+        connection.abandon()
         connection.close("QUIC handshake timed out")
         transport.close()
         raise QuicDialError(
@@ -151,6 +168,10 @@ async def dial_quic(
             timed_out=True,
         ) from None
     except ConnectionError as exc:
+        connection.abandon()
         transport.close()
-        raise QuicDialError(str(exc), timed_out="Idle timeout" in str(exc)) from None
+        # Silence ends a handshake two ways, both quic-go's handshake idle timeout: aioquic's
+        # idle timer, or the liveness rule's (the same 5 s, which usually fires first).
+        silent = "Idle timeout" in str(exc) or NO_ANSWER in str(exc)
+        raise QuicDialError(str(exc), timed_out=silent) from None
     return connection

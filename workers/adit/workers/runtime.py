@@ -78,8 +78,9 @@ from adit.workers.stream import TunnelStream
 if TYPE_CHECKING:
     from adit.config.ingress import Ingress
     from adit.config.origin import OriginOptions, Rule
-    from adit.protocol.quic_engine import TunnelQuicConfiguration
+    from adit.protocol.quic_engine import TunnelQuicConfiguration, TunnelQuicConnection
     from adit.workers.proxy import OriginProxy
+    from adit.workers.quic_telemetry import QuicTelemetry
 
 log = logging.getLogger("adit.workers")
 
@@ -284,6 +285,9 @@ class WorkerRuntime:
         self._tls = edge_tls_context(settings.edge_ca_pem)
         # Built at the first QUIC dial (aioquic is imported then, not at start).
         self._quic_config: TunnelQuicConfiguration | None = None
+        #: The quic_client_* counts, from the first QUIC dial on (cloudflared registers them
+        #: then).
+        self.quic_telemetry: QuicTelemetry | None = None
         #: ``--protocol`` and which protocol each connection index last registered with.
         #: Fixed for the worker's life: the supervisor keeps the setting across reloads.
         self.protocols = ProtocolSelector(
@@ -807,7 +811,6 @@ class WorkerRuntime:
         A handshake that heard nothing for 5 s (UDP dropped on the way, or an ICMP
         unreachable: cloudflared never learns of one and ends the same way) is
         :attr:`Outcome.QUIC_HANDSHAKE_IDLE`, what makes ``auto`` fall back to HTTP/2."""
-        del slot
         # Imported at the first QUIC dial: aioquic costs memory and start-up time an HTTP/2
         # connector does not need.
         from adit.workers.quic_dial import (
@@ -816,6 +819,17 @@ class WorkerRuntime:
             connector_quic_configuration,
             dial_quic,
         )
+        from adit.workers.quic_telemetry import QuicTelemetry
+
+        telemetry = self.quic_telemetry
+        if telemetry is None:
+            telemetry = self.quic_telemetry = QuicTelemetry()
+
+        def make(quic: TunnelQuicConnection) -> QuicEdgeConnection:
+            connection = QuicEdgeConnection(quic, registration, self.proxy, self.ingress)
+            telemetry.opened(slot.conn_index, quic)
+            connection.lost.add_done_callback(lambda _: telemetry.closed(quic))
+            return connection
 
         config = self._quic_config
         if config is None:
@@ -828,7 +842,7 @@ class WorkerRuntime:
                 edge.host,
                 edge.port,
                 config,
-                lambda quic: QuicEdgeConnection(quic, registration, self.proxy, self.ingress),
+                make,
                 handshake_timeout=QUIC_HANDSHAKE_TIMEOUT,
             )
         except QuicDialError as exc:
@@ -989,9 +1003,10 @@ class WorkerRuntime:
 
     def _publish_stats(self) -> None:
         proxy = self.proxy.loaded
+        quic = self.quic_telemetry.snapshot() if self.quic_telemetry is not None else None
         if proxy is None:
             # Nothing served yet.
-            self.publish(StatsSnapshot(self.settings.slot, 0, 0, 0, {}))
+            self.publish(StatsSnapshot(self.settings.slot, 0, 0, 0, {}, quic=quic))
             return
         stats = proxy.stats
         self.publish(
@@ -1001,6 +1016,7 @@ class WorkerRuntime:
                 request_errors=stats.request_errors,
                 concurrent_requests=stats.concurrent_requests,
                 responses_by_code={str(k): v for k, v in stats.responses_by_code.items()},
+                quic=quic,
             )
         )
 
