@@ -299,6 +299,11 @@ class _Struct:
     def text(self, index: int) -> str:
         raw = self.data(index)
         if not raw:
+            word = self.pointer(index)
+            if word is not None and self._segment[8 * word : 8 * word + 8] != _NULL_WORD:
+                # A Text of no bytes at all (not even its NUL): capnp refuses it, and so do we
+                # (found by Hypothesis; a null pointer is the empty text).
+                raise _Unreadable("text without its NUL")
             return ""
         if raw[-1] != 0:
             raise _Unreadable("text without its NUL")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 import uuid
 
 import pytest
@@ -195,3 +196,22 @@ def test_a_refusal_carries_its_policy(
     assert type(refusal) is kind
     assert (refusal.retryable, refusal.try_another_address) == (retryable, move)
     assert refusal.retry_after == after and refusal.cause == error.cause
+
+
+def test_a_text_of_no_bytes_is_refused_as_capnp_refuses_it() -> None:
+    """Found by Hypothesis: a Text pointer to a list of 0 bytes (not even the NUL) was read as
+    "" by our reader and refused by capnp's."""
+    raw = bytearray(
+        encode_results_return(
+            7, build_register_results(ConnectionDetails(uuid.UUID(int=9), "loc", True))
+        )
+    )
+    text_pointer = (4 << 3) | 2  # a byte list of 4 elements: "loc" and its NUL
+    patched = 0
+    for at in range(8, len(raw) - 7, 8):
+        lower, upper = struct.unpack_from("<iI", raw, at)
+        if lower & 3 == 1 and upper == text_pointer:
+            struct.pack_into("<iI", raw, at, lower, 2)  # 0 elements
+            patched += 1
+    assert patched == 1
+    assert wire.decode_register_results(bytes(raw)) is None
