@@ -93,6 +93,8 @@ class WorkerSettings(msgspec.Struct, frozen=True):
     max_edge_addr_retries: int = 8
     #: ``--post-quantum``: the QUIC key exchange is X25519MLKEM768 only (else preferred).
     post_quantum: bool = False
+    #: ``--max-active-flows``: private-network UDP flows served at once (0: no limit).
+    max_active_flows: int = 0
 
 
 class Start(msgspec.Struct, frozen=True, tag=True):
