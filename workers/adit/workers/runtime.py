@@ -50,6 +50,7 @@ from adit.ipc.messages import (
     IngressSnapshot,
     RegistrationRefused,
     StatsSnapshot,
+    UdpStats,
     WorkerSettings,
 )
 from adit.logs import fields
@@ -1027,9 +1028,10 @@ class WorkerRuntime:
 
     def _publish_stats(self) -> None:
         proxy = self.proxy.loaded
+        udp = _udp_stats(self._udp_counters)
         if proxy is None:
             # Nothing served yet.
-            self.publish(StatsSnapshot(self.settings.slot, 0, 0, 0, {}))
+            self.publish(StatsSnapshot(self.settings.slot, 0, 0, 0, {}, udp))
             return
         stats = proxy.stats
         self.publish(
@@ -1039,8 +1041,26 @@ class WorkerRuntime:
                 request_errors=stats.request_errors,
                 concurrent_requests=stats.concurrent_requests,
                 responses_by_code={str(k): v for k, v in stats.responses_by_code.items()},
+                udp=udp,
             )
         )
+
+
+def _udp_stats(counters: UdpCounters | None) -> UdpStats | None:
+    """The worker's UDP counters as the supervisor gets them (None before any QUIC dial)."""
+    if counters is None:
+        return None
+    dropped: dict[int, dict[str, int]] = {}
+    for (conn_index, reason), count in counters.dropped.items():
+        dropped.setdefault(conn_index, {})[reason] = count
+    return UdpStats(
+        active_sessions=counters.active_sessions,
+        total_sessions=counters.total_sessions,
+        active_flows=dict(counters.active_flows),
+        total_flows=dict(counters.total_flows),
+        failed_flows=dict(counters.failed_flows),
+        dropped_datagrams=dropped,
+    )
 
 
 def _refusal_outcome(refusal: RegistrationRefusal) -> Outcome:
