@@ -145,6 +145,9 @@ def test_datagrams_cross_to_an_echo_and_back_in_order_of_sending(
                 # v2 tells the connector, which closes the session and its socket.
                 await eventually(lambda: len(pair.connector.sessions) == 0, what="unregistered")
                 assert pair.counters.active_sessions == 0
+            # Every RPC stream either side opened was closed both ways: only stream 0 is left.
+            await eventually(lambda: list(pair.session.channels) == [0], what="edge streams")
+            await eventually(lambda: list(pair.connector.channels) == [0], what="streams")
 
     run()
 
