@@ -255,6 +255,10 @@ class PrivateFlows:
         except ApiError as exc:
             await self._refuse(conn, exc)
             return False
+        if flow.kind == "udp":
+            # Carried once the QUIC session's UDP flows exist (datagrams, RFC 9221).
+            await self._refuse(conn, ApiError(501, _UNAVAILABLE, "UDP flows are not carried yet"))
+            return False
         self._active[flow.account] = self._active.get(flow.account, 0) + 1
         try:
             await self._carry_tcp(conn, flow)
