@@ -463,12 +463,6 @@ class PrivateFlows:
             if outcome.code == CloseCode.NORMAL:
                 # The destination closed: our end too, so the connector sees both ends.
                 stream.channel.end()
-            if outcome.code == 1014:
-                log.warning(
-                    "private flow: the connector could not reach the destination %s: %s",
-                    flow.describe(),
-                    outcome.reason,
-                )
             await client.close(outcome.code, outcome.reason)
             if not up.done():
                 # The client answers our Close (its reply is read by ``up``), or goes.
@@ -534,6 +528,11 @@ class PrivateFlows:
             async with asyncio.timeout(self.limits.connect_timeout):
                 response = await stream.response()
         except TimeoutError:
+            log.warning(
+                "private flow: the connector did not answer in %gs %s",
+                self.limits.connect_timeout,
+                flow.describe(),
+            )
             raise CloseWith(
                 1014,
                 f"the connector did not reach {flow.destination} "
@@ -543,7 +542,17 @@ class PrivateFlows:
             raise CloseWith(1011, f"the tunnel stream failed: {exc}") from None
         if response.meta is not ResponseMeta.ORIGIN or response.status not in (101, 200):
             reason = await _connector_reason(stream, response.end_stream)
-            raise CloseWith(1014, f"cannot reach {flow.destination}: {reason}")
+            log.warning(
+                "private flow: the connector could not reach the destination %s: %s",
+                flow.describe(),
+                reason,
+            )
+            text = f"cannot reach {flow.destination}: {reason}"
+            if len(text.encode()) > _MAX_CLOSE_REASON:
+                # A close frame holds 123 bytes: the innermost of Go's "a: b: c" errors says
+                # what happened ("connection refused"); the log has all of it.
+                text = f"cannot reach {flow.destination}: {reason.rsplit(': ', 1)[-1]}"
+            raise CloseWith(1014, text)
         log.debug("private flow connected %s", flow.describe())
         ws = client.ws
         channel = stream.channel

@@ -488,3 +488,16 @@ async def test_the_accounts_cap_counts_open_flows(world: World) -> None:
     client.send(client.ws.send_close(1000))
     await asyncio.wait_for(client.served, 10)
     await _open(world, flows)  # room again
+
+
+@uvloop_test
+async def test_a_reason_longer_than_a_close_frame_holds_keeps_its_innermost_part(
+    world: World,
+) -> None:
+    client, stream = await _open(world, world.flows())
+    stream.refuse(
+        b"unable to dial tcp to origin 10.1.2.3:22: dial tcp 10.1.2.3:22: connect: "
+        b"connection refused (and a long tail the log keeps: " + b"x" * 100 + b"): "
+        b"connection refused"
+    )
+    assert await client.closed_with() == (1014, "cannot reach 10.1.2.3:22: connection refused")
