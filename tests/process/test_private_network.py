@@ -248,6 +248,16 @@ def test_the_clients_end_of_input_still_gets_the_answer_and_mistakes_are_told(
     assert result.returncode == 1
     assert b"no route for 127.0.0.2 in virtual network default (" in result.stderr
 
+    # ...but in a virtual network that routes it, the flow reaches the connector (which
+    # finds nothing listening on 127.0.0.2 there).
+    account.cli("tunnel", "vnet", "add", "lab")
+    account.cli("tunnel", "route", "ip", "add", "--vnet", "lab", "127.0.0.0/8", "private")
+    result = _access(account, "tcp", "--vnet", "lab", "--destination", f"127.0.0.2:{closed}")
+    assert result.returncode == 1
+    assert f"cannot reach 127.0.0.2:{closed}".encode() in result.stderr
+    result = _access(account, "tcp", "--vnet", "nope", "--destination", destination)
+    assert result.returncode == 1 and b"no virtual network named 'nope'" in result.stderr
+
     # Not an address and a port: told before anything is dialled.
     result = _access(account, "tcp", "--destination", "db.internal:5432")
     assert result.returncode == 1 and b"names are not resolved" in result.stderr
