@@ -11,6 +11,7 @@ import http.client
 import json
 import os
 import shlex
+import signal
 import socket
 import ssl
 import subprocess
@@ -272,8 +273,26 @@ def test_the_clients_end_of_input_still_gets_the_answer_and_mistakes_are_told(
     )
     assert result.returncode == 1 and b"run `adit tunnel login` first" in result.stderr
 
+    # The connector dies in the middle of a flow: the client is told the tunnel failed.
+    opened = edge.proc.text().count("private flow opened")
+    flow = subprocess.Popen(
+        [*adit_command(), "access", "tcp", "--destination", destination],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "HOME": str(account.home)},
+    )
+    assert flow.stdin is not None
+    flow.stdin.write(b"held open")
+    flow.stdin.flush()
+    edge.proc.wait_for_log("private flow opened", count=opened + 1)
+    os.killpg(connector.popen.pid, signal.SIGKILL)
+    _, err = flow.communicate(timeout=60)
+    assert flow.returncode == 1
+    assert b"the tunnel stream failed" in err and b"(close 1011)" in err, err
+
     # The tunnel down: 503 with the reason.
-    connector.stop()
+    connector.popen.wait(timeout=10)
     result = _access(account, "tcp", "--destination", destination, stdin=b"x")
     assert result.returncode == 1
     assert f"tunnel {tunnel.id} is down".encode() in result.stderr and b"(503)" in result.stderr
