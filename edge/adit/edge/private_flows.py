@@ -40,7 +40,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from random import getrandbits
 from typing import Literal
@@ -59,6 +59,7 @@ from adit.protocol.headers import RequestType, ResponseMeta
 from adit.protocol.hostnames import join_host_port
 from adit.protocol.websocket import (
     CloseCode,
+    Frame,
     Opcode,
     Role,
     WebSocketConnection,
@@ -413,8 +414,20 @@ class PrivateFlows:
             ws = WebSocketConnection(Role.SERVER, max_frame=MAX_TCP_FRAME)
             client = _Client(conn, ws)
             watch = _IdleWatch(self.limits.tcp_idle_timeout)
+
+            def closing(outcome: CloseWith) -> None:
+                if outcome.code == CloseCode.NORMAL:
+                    # The destination closed: our end too, so the connector sees both ends.
+                    stream.channel.end()
+
             try:
-                outcome = await self._pipe_tcp(client, stream, leftover, watch, counts, flow)
+                outcome = await self._run(
+                    client,
+                    self._tcp_up(client, stream, leftover, watch, counts),
+                    self._tcp_down(client, stream, watch, counts, flow),
+                    watch,
+                    closing,
+                )
             finally:
                 watch.cancel()
         except (ConnectionError, OSError):
@@ -430,62 +443,58 @@ class PrivateFlows:
                 outcome,
             )
 
-    async def _pipe_tcp(
+    async def _run(
         self,
         client: _Client,
-        stream: RequestStream,
-        leftover: bytes,
+        up: Coroutine[object, object, str],
+        down: Coroutine[object, object, str],
         watch: _IdleWatch,
-        counts: list[int],
-        flow: _Admitted,
+        closing: Callable[[CloseWith], None] | None = None,
     ) -> str:
-        """Carry the flow until it ends; returns how it ended (for the log)."""
-        up = asyncio.ensure_future(self._tcp_up(client, stream, leftover, watch, counts))
-        down = asyncio.ensure_future(self._tcp_down(client, stream, watch, counts, flow))
+        """Carry a flow (``up``: the client's messages on, ``down``: the destination's back)
+        until either ends, it idles out or the edge shuts down; the client gets the Close
+        that says how (``closing`` is told first). Returns how it ended, for the log."""
+        up_task = asyncio.ensure_future(up)
+        down_task = asyncio.ensure_future(down)
         going_away = self._going_away_future()
         try:
             await asyncio.wait(
-                {up, down, watch.expired, going_away}, return_when=asyncio.FIRST_COMPLETED
+                {up_task, down_task, watch.expired, going_away},
+                return_when=asyncio.FIRST_COMPLETED,
             )
             outcome: str | CloseWith
-            if up.done() and not up.cancelled() and up.exception() is None:
-                outcome = up.result()  # the client closed or went: whatever down was doing
-            elif down.done():
-                outcome = _ending(down)
-            elif up.done():
-                outcome = _ending(up)
+            if up_task.done() and not up_task.cancelled() and up_task.exception() is None:
+                outcome = up_task.result()  # the client closed or went: whatever down did
+            elif down_task.done():
+                outcome = _ending(down_task)
+            elif up_task.done():
+                outcome = _ending(up_task)
             elif watch.expired.done():
                 outcome = CloseWith(CloseCode.GOING_AWAY, f"idle for {watch.timeout:g}s")
             else:
                 outcome = CloseWith(CloseCode.GOING_AWAY, "the edge is shutting down")
             if isinstance(outcome, str):
                 return outcome  # the client closed, or went away: nothing more to say
-            if outcome.code == CloseCode.NORMAL:
-                # The destination closed: our end too, so the connector sees both ends.
-                stream.channel.end()
+            if closing is not None:
+                closing(outcome)
             await client.close(outcome.code, outcome.reason)
-            if not up.done():
+            if not up_task.done():
                 # The client answers our Close (its reply is read by ``up``), or goes.
-                await asyncio.wait({up}, timeout=CLOSE_WAIT)
+                await asyncio.wait({up_task}, timeout=CLOSE_WAIT)
             return f"{outcome.reason} (close {outcome.code})"
         finally:
-            for task in (up, down):
+            for task in (up_task, down_task):
                 task.cancel()
-            for task in (up, down):
+            for task in (up_task, down_task):
                 with contextlib.suppress(BaseException):
                     await task
 
-    async def _tcp_up(
-        self,
-        client: _Client,
-        stream: RequestStream,
-        leftover: bytes,
-        watch: _IdleWatch,
-        counts: list[int],
+    async def _from_client(
+        self, client: _Client, leftover: bytes, take: Callable[[Frame], Awaitable[None]]
     ) -> str:
-        """Client messages → the stream. Returns when the client closed or went away."""
+        """The client's data frames to ``take``, pings and its Close answered; returns when
+        the client closed or went away."""
         ws = client.ws
-        channel = stream.channel
         data = leftover
         while True:
             if data:
@@ -498,15 +507,7 @@ class PrivateFlows:
                 for frame in frames:
                     opcode = frame.opcode
                     if opcode in (Opcode.BINARY, Opcode.CONTINUATION):
-                        if frame.payload:
-                            watch.touch()
-                            counts[0] += len(frame.payload)
-                            try:
-                                await channel.write(frame.payload)
-                            except StreamClosedError as exc:
-                                raise CloseWith(1011, f"the tunnel stream failed: {exc}") from None
-                        elif opcode == Opcode.BINARY and frame.fin:
-                            channel.end()  # the client's half-close
+                        await take(frame)
                     elif opcode == Opcode.TEXT:
                         raise CloseWith(1003, "text messages are not carried: send binary ones")
                     elif opcode == Opcode.CLOSE:
@@ -514,6 +515,30 @@ class PrivateFlows:
             data = await client.conn.read_raw()
             if not data:
                 return "the client went away"
+
+    def _tcp_up(
+        self,
+        client: _Client,
+        stream: RequestStream,
+        leftover: bytes,
+        watch: _IdleWatch,
+        counts: list[int],
+    ) -> Coroutine[object, object, str]:
+        """Client messages → the stream; an empty message is the client's half-close."""
+        channel = stream.channel
+
+        async def take(frame: Frame) -> None:
+            if frame.payload:
+                watch.touch()
+                counts[0] += len(frame.payload)
+                try:
+                    await channel.write(frame.payload)
+                except StreamClosedError as exc:
+                    raise CloseWith(1011, f"the tunnel stream failed: {exc}") from None
+            elif frame.opcode == Opcode.BINARY and frame.fin:
+                channel.end()
+
+        return self._from_client(client, leftover, take)
 
     async def _tcp_down(
         self,
