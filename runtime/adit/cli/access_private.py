@@ -82,6 +82,11 @@ _CLOSE_WAIT = 5.0
 class FlowFailed(AccessError):
     """The edge ended the flow with an error (its close code and reason)."""
 
+    def __init__(self, message: str, code: int = 0) -> None:
+        super().__init__(message)
+        #: The edge's close code (0: the connection ended without one).
+        self.code = code
+
 
 @dataclass(frozen=True)
 class PrivateAccount:
@@ -208,7 +213,7 @@ def _closed_with(ws: WebSocketConnection, payload: bytes) -> FlowFailed | None:
     if code in (None, CloseCode.NORMAL, CloseCode.NO_STATUS):
         return None
     reason = payload[2:].decode("utf-8", "replace") or "no reason given"
-    return FlowFailed(f"the flow ended: {reason} (close {code})")
+    return FlowFailed(f"the flow ended: {reason} (close {code})", code)
 
 
 # -- TCP --------------------------------------------------------------------------------------
@@ -340,6 +345,13 @@ class _UdpFlow:
     async def _run(self) -> None:
         try:
             await self._carry()
+        except FlowFailed as exc:
+            if exc.code == CloseCode.GOING_AWAY:
+                # Idle at the edge or the connector, or the edge restarting: the client's next
+                # datagram opens another flow.
+                log.info("UDP flow for %s: %s", join_host_port(*self.peer), exc.message)
+            else:
+                self._failed(exc.message)
         except AccessError as exc:
             self._failed(exc.message)
         except (OSError, WebSocketError) as exc:
