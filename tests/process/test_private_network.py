@@ -359,3 +359,67 @@ def test_ssh_and_scp_through_cloudflared_over_quic(
         result = _access(account, "tcp", "--destination", f"127.0.0.1:{closed}", stdin=b"x")
     assert result.returncode == 1
     assert b"connection refused" in result.stderr and b"(close 1014)" in result.stderr
+
+
+# -- UDP ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def udp_echo() -> Iterator[int]:
+    """A UDP echo server on 127.0.0.1."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.settimeout(0.2)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                data, peer = sock.recvfrom(65536)
+            except TimeoutError:
+                continue
+            sock.sendto(data, peer)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield int(sock.getsockname()[1])
+    stop.set()
+    thread.join(5)
+    sock.close()
+
+
+def free_udp_port() -> int:
+    """A UDP port free on 127.0.0.1 just now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_udp_needs_a_quic_connection(
+    edge: Edge,
+    account: Account,
+    processes: Processes,
+    udp_echo: int,
+    tmp_path: Path,
+) -> None:
+    tunnel, config = _tunnel(account, tmp_path, "127.0.0.1/32")
+    start_connector(processes, tunnel, config, extra=["--protocol", "http2"])
+    local = free_udp_port()
+    access = processes.start(
+        "access-udp",
+        [
+            *adit_command(),
+            "access",
+            "udp",
+            "--destination",
+            f"127.0.0.1:{udp_echo}",
+            "--listen",
+            f"127.0.0.1:{local}",
+        ],
+        env={"HOME": str(account.home)},
+    )
+    access.wait_for_log("Start private UDP listener")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.sendto(b"hello?", ("127.0.0.1", local))  # the first datagram opens a flow
+    access.wait_for_log("no QUIC connection to this edge")
+    assert "--protocol quic" in access.text() and "(503)" in access.text()
