@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import os
 from collections.abc import Callable
@@ -38,6 +39,13 @@ from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from adit.edge.registry import ConnectionRegistry
 from adit.edge.store import Store
 from adit.edge.tunnel_session import EdgeIdentity, TunnelSession
+from adit.edge.udp_flows import (
+    DEFAULT_IDLE_TIMEOUT,
+    UdpFlow,
+    UdpFlowError,
+    UdpFlows,
+    datagram_version,
+)
 from adit.protocol.liveness import LivenessSettings
 from adit.protocol.quic_engine import (
     PostQuantum,
@@ -48,6 +56,7 @@ from adit.protocol.quic_engine import (
 from adit.protocol.quic_tunnel import (
     ConnectionIdIssued,
     ConnectionIdRetired,
+    DatagramReceived,
     EdgeQuicConnection,
     RpcStreamOpened,
 )
@@ -108,17 +117,48 @@ class QuicTunnelSession(QuicIO, TunnelSession):
             conn=EdgeQuicConnection(quic),  # type: ignore[arg-type]
         )
         self.listener = listener
+        #: The UDP flows this connection carries (:mod:`adit.edge.udp_flows`).
+        self.udp = UdpFlows(self)
+
+    async def open_udp(
+        self,
+        address: ipaddress.IPv4Address | ipaddress.IPv6Address,
+        port: int,
+        *,
+        idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+    ) -> UdpFlow:
+        """A UDP flow to ``address:port`` in the connector's network, over the datagram
+        version the connector announced; raises :class:`UdpFlowError` saying why not."""
+        live = self.live
+        if live is None or self.closed:
+            raise UdpFlowError("the tunnel connection is not registered")
+        if live.draining:
+            raise UdpFlowError("the tunnel connection is draining (the connector unregistered)")
+        version = datagram_version(live.features)
+        if version is None:
+            raise UdpFlowError(
+                "the connector does not proxy UDP (it announced neither support_datagram_v2 "
+                "nor support_datagram_v3_2)"
+            )
+        return await self.udp.open(version, address, port, idle_timeout=idle_timeout)
 
     def on_event(self, event: object) -> None:
-        if isinstance(event, ConnectionIdIssued):
+        if isinstance(event, DatagramReceived):
+            self.udp.on_datagram(event.data)
+        elif isinstance(event, ConnectionIdIssued):
             self.listener.route(event.connection_id, self)
         elif isinstance(event, ConnectionIdRetired):
             self.listener.unroute(event.connection_id)
         elif isinstance(event, RpcStreamOpened):
-            # UDP sessions (datagram v2) are not served yet: the stream is refused.
-            self.conn.reset_stream(event.stream_id)
+            # The connector's SessionManager client: unregisterUdpSession (datagram v2). The
+            # channel exists before the event's RPC bytes are dispatched to it.
+            self.udp.serve(self.channel(event.stream_id))
         else:
             super().on_event(event)  # type: ignore[arg-type]
+
+    def on_lost(self, exc: Exception | None) -> None:
+        self.udp.close_all("the tunnel connection closed")
+        super().on_lost(exc)
 
 
 class QuicListener(asyncio.DatagramProtocol):
