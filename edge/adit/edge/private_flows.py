@@ -26,7 +26,10 @@ On the WebSocket, binary messages carry the flow:
   how the flow ended: 1000 once the destination closed the connection (after every byte of
   it), 1014 when the connector could not reach the destination (with its reason), 1011 when
   the tunnel failed, 1001 when the flow idled too long or the edge shuts down.
-* UDP: one message is one datagram, both ways.
+* UDP: one message is one datagram, both ways (a datagram the tunnel cannot carry is dropped
+  and counted, as UDP goes). The connector opens the flow before the upgrade, so its refusal
+  is a 502 with its reason; its end of the flow (idle there too, or the tunnel connection
+  gone) is a Close 1001 with the reason.
 
 Every flow has an idle deadline (no byte either way for that long ends it) and counts
 towards its account's cap; each is logged when it opens and ends, with the account, the
@@ -43,7 +46,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from random import getrandbits
-from typing import Literal
+from typing import Literal, Protocol, runtime_checkable
 from urllib.parse import parse_qs, urlsplit
 
 from adit.edge.api_json import error_envelope
@@ -53,6 +56,7 @@ from adit.edge.http1 import Http1Connection, Request
 from adit.edge.registry import ConnectionRegistry, LiveConnection
 from adit.edge.store import Store
 from adit.edge.tunnel_session import RequestStream, TunnelSession
+from adit.edge.udp_flows import UdpFlow, UdpFlowClosed, UdpFlowError
 from adit.protocol.cidr import InvalidDestination, IPAddress, parse_destination
 from adit.protocol.errors import Http2TunnelError
 from adit.protocol.headers import RequestType, ResponseMeta
@@ -68,7 +72,7 @@ from adit.protocol.websocket import (
 )
 from adit.tunnelio import StreamClosedError
 
-__all__ = ["FlowLimits", "PrivateFlows", "flow_path"]
+__all__ = ["FlowLimits", "OpensUdp", "PrivateFlows", "flow_path"]
 
 log = logging.getLogger("adit.edge.private")
 
@@ -84,6 +88,8 @@ MAX_MESSAGE = 16 * 1024
 MAX_TCP_FRAME = 1024 * 1024
 #: The largest UDP payload there is (IPv4: 65,535 less the IP and UDP headers).
 MAX_DATAGRAM = 65_507
+#: A UDP flow's idle timeout travels to the connector in 16 bits of seconds.
+MAX_UDP_IDLE = 65_535.0
 #: After the edge's Close, how long the client has to answer it before the socket closes.
 CLOSE_WAIT = 5.0
 #: How much of a connector's reason for a 502 is read, and for how long.
@@ -94,9 +100,19 @@ _ORIGIN_ERROR_PREFIX = b"adit-origin-error:"
 #: A close frame's reason is at most 123 bytes (RFC 6455 §5.5).
 _MAX_CLOSE_REASON = 123
 _UNAVAILABLE = 10013
+_BAD_GATEWAY = 10502
 _TOO_MANY = 10429
 _METHOD_NOT_ALLOWED = 10405
 _JSON = "application/json"
+
+
+@runtime_checkable
+class OpensUdp(Protocol):
+    """A tunnel connection that carries UDP flows (QUIC's: :class:`QuicTunnelSession`)."""
+
+    async def open_udp(
+        self, address: IPAddress, port: int, *, idle_timeout: float = ...
+    ) -> UdpFlow: ...
 
 
 class CloseWith(Exception):
@@ -256,13 +272,12 @@ class PrivateFlows:
         except ApiError as exc:
             await self._refuse(conn, exc)
             return False
-        if flow.kind == "udp":
-            # Carried once the QUIC session's UDP flows exist (datagrams, RFC 9221).
-            await self._refuse(conn, ApiError(501, _UNAVAILABLE, "UDP flows are not carried yet"))
-            return False
         self._active[flow.account] = self._active.get(flow.account, 0) + 1
         try:
-            await self._carry_tcp(conn, flow)
+            if flow.kind == "udp":
+                await self._carry_udp(conn, flow)
+            else:
+                await self._carry_tcp(conn, flow)
         finally:
             left = self._active[flow.account] - 1
             if left:
@@ -594,6 +609,111 @@ class PrivateFlows:
                 return "the flow is closing"  # the client's Close was answered: no more data
             for start in range(0, len(chunk), MAX_MESSAGE):
                 await client.send(ws.send_data(chunk[start : start + MAX_MESSAGE]))
+
+    # -- UDP ------------------------------------------------------------------------------
+
+    async def _carry_udp(self, conn: Http1Connection, flow: _Admitted) -> None:
+        session = flow.live.handle
+        assert isinstance(session, OpensUdp)  # admission picked a QUIC connection
+        idle = min(self.limits.udp_idle_timeout, MAX_UDP_IDLE)
+        try:
+            async with asyncio.timeout(self.limits.connect_timeout):
+                udp = await session.open_udp(flow.address, flow.port, idle_timeout=idle)
+        except UdpFlowError as exc:
+            log.warning("private flow refused: no UDP flow: %s %s", exc, flow.describe())
+            await self._refuse(
+                conn,
+                ApiError(
+                    502,
+                    _BAD_GATEWAY,
+                    f"the connector opened no UDP flow to {flow.destination}: {exc}",
+                ),
+            )
+            return
+        except TimeoutError:
+            log.warning("private flow refused: the connector did not answer %s", flow.describe())
+            await self._refuse(
+                conn,
+                ApiError(
+                    504,
+                    _BAD_GATEWAY,
+                    f"the connector did not open a UDP flow to {flow.destination} "
+                    f"in {self.limits.connect_timeout:g}s",
+                ),
+            )
+            return
+        started = time.monotonic()
+        counts = [0, 0, 0]  # datagrams client → destination, destination → client, dropped
+        outcome = "the flow ended"
+        log.info("private flow opened %s udpSession=%s", flow.describe(), udp.session_id.hex)
+        try:
+            leftover = await self._switch(conn, flow)
+            client = _Client(conn, WebSocketConnection(Role.SERVER, max_frame=MAX_DATAGRAM))
+            watch = _IdleWatch(idle)
+            try:
+                outcome = await self._run(
+                    client,
+                    self._udp_up(client, udp, leftover, watch, counts),
+                    self._udp_down(client, udp, watch, counts),
+                    watch,
+                )
+            finally:
+                watch.cancel()
+        except (ConnectionError, OSError):
+            outcome = "the client went away"
+        finally:
+            udp.close(outcome)
+            log.info(
+                "private flow closed %s datagrams up=%d down=%d dropped=%d duration=%.3fs: %s",
+                flow.describe(),
+                counts[0],
+                counts[1],
+                counts[2],
+                time.monotonic() - started,
+                outcome,
+            )
+
+    def _udp_up(
+        self,
+        client: _Client,
+        udp: UdpFlow,
+        leftover: bytes,
+        watch: _IdleWatch,
+        counts: list[int],
+    ) -> Coroutine[object, object, str]:
+        """Client messages → datagrams, one a message (a fragmented one put together)."""
+        message = bytearray()
+
+        async def take(frame: Frame) -> None:
+            message.extend(frame.payload)
+            if len(message) > MAX_DATAGRAM:
+                raise CloseWith(CloseCode.TOO_BIG, f"a datagram is at most {MAX_DATAGRAM} bytes")
+            if not frame.fin:
+                return
+            watch.touch()
+            counts[0] += 1
+            if not udp.send(bytes(message)):
+                counts[2] += 1  # UDP's way: dropped (too large, or the connection's queue full)
+            message.clear()
+
+        return self._from_client(client, leftover, take)
+
+    async def _udp_down(
+        self, client: _Client, udp: UdpFlow, watch: _IdleWatch, counts: list[int]
+    ) -> str:
+        """Datagrams from the destination → one message each."""
+        ws = client.ws
+        while True:
+            try:
+                datagram = await udp.receive()
+            except UdpFlowClosed as exc:
+                # The connector ended it (idle there too), or the tunnel connection went.
+                raise CloseWith(CloseCode.GOING_AWAY, f"the UDP flow ended: {exc}") from None
+            watch.touch()
+            counts[1] += 1
+            if ws.close_sent:
+                return "the flow is closing"
+            await client.send(ws.send_data(datagram))
 
 
 class _UpgradeRequired(ApiError):

@@ -4,7 +4,8 @@ Admission is checked request by request (each refusal's status and words, in the
 module docstring gives); carrying runs a real ``Http1Connection`` over a stand-in transport,
 a client WebSocket written by the test, and a stand-in tunnel stream, so every way a flow
 ends is seen from the client's side: the destination's close, the connector's 502, a text
-message, the idle deadline, the edge shutting down, the client's half-close and its Close.
+message, the idle deadline, the edge shutting down, the client's half-close and its Close;
+and for UDP, a message a datagram each way, the connector's end and refusal, drops counted.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import asyncio
 import base64
 import datetime
 import json
+import logging
 import struct
 import uuid
 from collections.abc import Iterator
@@ -23,13 +25,16 @@ import pytest
 
 from adit.edge.http1 import Http1Connection, Request
 from adit.edge.limits import ConnectionTracker, Limits
-from adit.edge.private_flows import MAX_MESSAGE, FlowLimits, PrivateFlows, flow_path
+from adit.edge.private_flows import MAX_MESSAGE, FlowLimits, OpensUdp, PrivateFlows, flow_path
+from adit.edge.quic_listener import QuicTunnelSession
 from adit.edge.registry import ConnectionRegistry, LiveConnection
 from adit.edge.store import Store
 from adit.edge.tunnel_session import EdgeIdentity, RequestStream, TunnelSession
+from adit.edge.udp_flows import UdpFlow, UdpFlowClosed, UdpFlowError
+from adit.protocol.cidr import IPAddress
 from adit.protocol.headers import RequestType, ResponseMeta
 from adit.protocol.http2 import ResponseReceived
-from adit.protocol.websocket import Frame, Opcode, Role, WebSocketConnection
+from adit.protocol.websocket import Frame, Opcode, Role, WebSocketConnection, encode_frame
 from adit.tunnelio import StreamClosedError
 from asynctests import uvloop_test
 
@@ -501,3 +506,160 @@ async def test_a_reason_longer_than_a_close_frame_holds_keeps_its_innermost_part
         b"connection refused"
     )
     assert await client.closed_with() == (1014, "cannot reach 10.1.2.3:22: connection refused")
+
+
+# -- carrying UDP -----------------------------------------------------------------------------
+
+#: QUIC tunnel connections are what UDP flows open on (checked by mypy, structurally).
+_QUIC_OPENS_UDP: type[OpensUdp] = QuicTunnelSession
+
+
+class _UdpFlow:
+    """A UDP flow through the connector, in memory."""
+
+    def __init__(self) -> None:
+        self.session_id = uuid.uuid4()
+        self.sent: list[bytes] = []
+        self.refuse_sends = False
+        self.inbound: asyncio.Queue[bytes | UdpFlowClosed] = asyncio.Queue()
+        self.closed_with: str | None = None
+
+    def send(self, payload: bytes) -> bool:
+        if self.refuse_sends:
+            return False
+        self.sent.append(payload)
+        return True
+
+    async def receive(self) -> bytes:
+        item = await self.inbound.get()
+        if isinstance(item, UdpFlowClosed):
+            raise item
+        return item
+
+    def close(self, reason: str = "") -> None:
+        self.closed_with = reason
+
+    @property
+    def closed(self) -> bool:
+        return self.closed_with is not None
+
+
+class _QuicSession(_Session):
+    """A QUIC tunnel connection: it opens UDP flows (or refuses with a reason)."""
+
+    def __init__(self, world: World) -> None:
+        super().__init__(world)
+        self.udp_opened: list[tuple[str, int, float]] = []
+        self.udp_flows: list[_UdpFlow] = []
+        self.refusal: str | None = None
+
+    async def open_udp(
+        self, address: IPAddress, port: int, *, idle_timeout: float = 210.0
+    ) -> UdpFlow:
+        if self.refusal is not None:
+            raise UdpFlowError(self.refusal)
+        self.udp_opened.append((str(address), port, idle_timeout))
+        flow = _UdpFlow()
+        self.udp_flows.append(flow)
+        return cast(UdpFlow, flow)
+
+
+def _quic(world: World) -> _QuicSession:
+    session = _QuicSession(world)
+    live = LiveConnection(
+        tunnel_id=world.tunnel,
+        account_tag=world.account,
+        connection_id=uuid.uuid4(),
+        client_id=uuid.uuid4(),
+        conn_index=0,
+        location="tst",
+        origin_ip="127.0.0.1",
+        opened_at=datetime.datetime.now(datetime.UTC),
+        client_version="test",
+        arch="test",
+        features=(),
+        handle=session,
+        protocol="quic",
+    )
+    session.live = live
+    world.registry.add(live)
+    world.sessions.append(session)
+    return session
+
+
+async def _open_udp(world: World, flows: PrivateFlows) -> tuple[Client, _UdpFlow]:
+    session = _quic(world)
+    client = Client(flows)
+    client.ask(_target(world, "udp", "destination=10.1.2.53:53"), _headers(world))
+    await client.upgraded()
+    assert session.udp_opened == [("10.1.2.53", 53, 210.0)]
+    return client, session.udp_flows[0]
+
+
+@uvloop_test
+async def test_a_message_is_a_datagram_both_ways(world: World) -> None:
+    client, udp = await _open_udp(world, world.flows())
+    client.send(client.ws.send_data(b"query one") + client.ws.send_data(b""))
+    # A message in two frames is one datagram.
+    client.send(
+        encode_frame(Opcode.BINARY, b"query ", fin=False, mask=b"abcd")
+        + encode_frame(Opcode.CONTINUATION, b"two", mask=b"efgh")
+    )
+    for _ in range(1000):  # the connection's task takes them in a few loop turns
+        if len(udp.sent) == 3:
+            break
+        await asyncio.sleep(0)
+    assert udp.sent == [b"query one", b"", b"query two"]
+    for answer in (b"answer one", b"answer two"):
+        udp.inbound.put_nowait(answer)
+    assert [f.payload for f in await client.frames(2)] == [b"answer one", b"answer two"]
+    client.send(client.ws.send_close(1000))
+    assert await asyncio.wait_for(client.served, 10) is False
+    assert udp.closed_with == "the client closed the flow"
+
+
+@uvloop_test
+async def test_the_connector_ending_the_flow_closes_with_its_reason(world: World) -> None:
+    client, udp = await _open_udp(world, world.flows())
+    udp.inbound.put_nowait(UdpFlowClosed("session idle for 3m30s"))
+    assert await client.closed_with() == (1001, "the UDP flow ended: session idle for 3m30s")
+
+
+@uvloop_test
+async def test_a_message_larger_than_any_datagram_is_refused_with_1009(world: World) -> None:
+    client, udp = await _open_udp(world, world.flows())
+    piece = b"x" * 40_000
+    client.send(
+        encode_frame(Opcode.BINARY, piece, fin=False, mask=b"abcd")
+        + encode_frame(Opcode.CONTINUATION, piece, mask=b"abcd")
+    )
+    code, reason = await client.closed_with()
+    assert code == 1009 and "65507" in reason
+    assert udp.sent == []
+
+
+@uvloop_test
+async def test_datagrams_the_tunnel_drops_are_counted(
+    world: World, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, "adit.edge.private")
+    client, udp = await _open_udp(world, world.flows())
+    udp.refuse_sends = True
+    client.send(client.ws.send_data(b"lost") + client.ws.send_close(1000))
+    await asyncio.wait_for(client.served, 10)
+    (closed,) = [r.getMessage() for r in caplog.records if "private flow closed" in r.getMessage()]
+    assert "proto=udp" in closed and "datagrams up=1 down=0 dropped=1" in closed
+
+
+@uvloop_test
+async def test_a_flow_the_connector_cannot_open_is_a_502_with_its_reason(world: World) -> None:
+    session = _quic(world)
+    session.refusal = "the connector does not proxy UDP"
+    client = Client(world.flows())
+    client.ask(_target(world, "udp", "destination=10.1.2.53:53"), _headers(world))
+    status, body = await client.answer()
+    errors = cast(list[dict[str, object]], body["errors"])
+    assert status == 502
+    assert errors[0]["message"] == (
+        "the connector opened no UDP flow to 10.1.2.53:53: the connector does not proxy UDP"
+    )
