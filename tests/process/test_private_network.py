@@ -20,6 +20,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import dns.message
+import dns.query
+import dns.rdatatype
 import pytest
 
 import dns_records
@@ -328,7 +331,10 @@ def test_another_accounts_routes_are_out_of_reach(
 
 # -- the unmodified cloudflared ----------------------------------------------------------------
 
-TWINS = ["test_ssh_and_scp_through_cloudflared_over_quic"]
+TWINS = [
+    "test_ssh_and_scp_through_cloudflared_over_quic",
+    "test_datagrams_through_cloudflared",
+]
 
 
 @pytest.mark.skipif(not CLOUDFLARED, reason="set ADIT_CLOUDFLARED to a cloudflared binary")
@@ -363,6 +369,11 @@ def test_ssh_and_scp_through_cloudflared_over_quic(
 
 # -- UDP ---------------------------------------------------------------------------------------
 
+DATAGRAMS = 10_000
+#: Datagrams in flight at once: the sender waits for echoes (or a lull) before sending more, so
+#: what is lost is what the path drops, not what a burst overflowed in a socket buffer.
+WINDOW = 64
+
 
 @pytest.fixture
 def udp_echo() -> Iterator[int]:
@@ -388,11 +399,93 @@ def udp_echo() -> Iterator[int]:
     sock.close()
 
 
+def _udp_access(processes: Processes, account: Account, destination: str, name: str) -> int:
+    """`adit access udp` for ``destination``; returns its local port once it listens."""
+    local = free_udp_port()
+    processes.start(
+        name,
+        [
+            *adit_command(),
+            "access",
+            "udp",
+            "--destination",
+            destination,
+            "--listen",
+            f"127.0.0.1:{local}",
+        ],
+        env={"HOME": str(account.home)},
+    ).wait_for_log("Start private UDP listener")
+    return local
+
+
 def free_udp_port() -> int:
     """A UDP port free on 127.0.0.1 just now."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def _echo_many(port: int) -> tuple[int, int]:
+    """Send :data:`DATAGRAMS` numbered datagrams to ``port``, :data:`WINDOW` in flight at most;
+    returns (sent, echoed back intact). A datagram unanswered in a lull counts as lost."""
+    received: set[int] = set()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.connect(("127.0.0.1", port))
+        sock.settimeout(2.0)
+        sent = 0
+        outstanding: set[int] = set()
+        while sent < DATAGRAMS or outstanding:
+            while sent < DATAGRAMS and len(outstanding) < WINDOW:
+                sock.send(sent.to_bytes(4, "big") + hashlib.sha256(str(sent).encode()).digest())
+                outstanding.add(sent)
+                sent += 1
+            try:
+                data = sock.recv(65536)
+            except TimeoutError:
+                outstanding.clear()  # a lull: what is still out is lost
+                continue
+            number = int.from_bytes(data[:4], "big")
+            if data[4:] == hashlib.sha256(str(number).encode()).digest():
+                received.add(number)
+            outstanding.discard(number)
+    return sent, len(received)
+
+
+def _ten_thousand_echoed(account: Account, processes: Processes, udp_echo: int) -> None:
+    local = _udp_access(processes, account, f"127.0.0.1:{udp_echo}", "access-udp")
+    sent, echoed = _echo_many(local)
+    loss = sent - echoed
+    print(f"UDP through the tunnel: {sent} sent, {echoed} echoed, {loss} lost")
+    assert sent == DATAGRAMS
+    assert echoed >= DATAGRAMS * 95 // 100, f"{loss} of {sent} datagrams lost"
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize(
+    "features",
+    [pytest.param([], id="datagram-v2"), pytest.param(["-F", "support_datagram_v3_2"], id="v3")],
+)
+def test_ten_thousand_datagrams_and_a_dns_query_to_private_addresses(
+    edge: Edge,
+    account: Account,
+    processes: Processes,
+    udp_echo: int,
+    tmp_path: Path,
+    features: list[str],
+) -> None:
+    tunnel, config = _tunnel(account, tmp_path, "127.0.0.1/32")
+    start_connector(processes, tunnel, config, extra=["--protocol", "quic", *features])
+    _ten_thousand_echoed(account, processes, udp_echo)
+
+    # A DNS query to a resolver in the private network, through its own flow.
+    dns_port = free_udp_port()
+    with dns_records.serving({"db.corp.test.": "10.1.2.3"}, port=dns_port):
+        resolver = _udp_access(processes, account, f"127.0.0.1:{dns_port}", "access-dns")
+        query = dns.message.make_query("db.corp.test.", dns.rdatatype.TXT)
+        answer = dns.query.udp(query, "127.0.0.1", port=resolver, timeout=10)
+    assert [r.to_text() for r in answer.answer[0]] == ['"10.1.2.3"']
+    text = edge.proc.text()
+    assert "proto=udp" in text and f"destination=127.0.0.1:{dns_port}" in text
 
 
 def test_udp_needs_a_quic_connection(
@@ -423,3 +516,17 @@ def test_udp_needs_a_quic_connection(
         sock.sendto(b"hello?", ("127.0.0.1", local))  # the first datagram opens a flow
     access.wait_for_log("no QUIC connection to this edge")
     assert "--protocol quic" in access.text() and "(503)" in access.text()
+
+
+@inside
+@pytest.mark.timeout(300)
+def test_datagrams_through_cloudflared(
+    edge: Edge, account: Account, processes: Processes, udp_echo: int, tmp_path: Path
+) -> None:
+    """cloudflared opens the UDP session the edge registers (datagram v2, its default) to the
+    address the edge names, and carries the datagrams both ways."""
+    tunnel, config = _tunnel(account, tmp_path, "127.0.0.1/32")
+    with dns_records.serving():
+        start_cloudflared(processes, tunnel, config, edge, protocol="quic")
+        _ten_thousand_echoed(account, processes, udp_echo)
+    assert "proto=udp" in edge.proc.text()
