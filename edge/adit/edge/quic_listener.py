@@ -3,7 +3,8 @@
 cloudflared dials QUIC first (``--protocol auto``, its default), on the same port as HTTP/2
 (PROTOCOL.md §1.2, §5). Each QUIC connection becomes a :class:`QuicTunnelSession`: the same
 tunnel session as over TLS/TCP (registration, registry, request streams), with the QUIC I/O
-of :class:`~adit.quicio.QuicIO` under it.
+of :class:`~adit.quicio.QuicIO` under it, and what only QUIC carries: UDP flows to the
+connector's network (:meth:`QuicTunnelSession.open_udp`, :mod:`adit.edge.udp_flows`).
 
 Before a datagram costs a connection, it must be an Initial of full size (a client pads it to
 1200 bytes: no amplification) and, while many handshakes are in flight or the address has

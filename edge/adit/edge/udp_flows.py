@@ -30,6 +30,7 @@ import collections
 import contextlib
 import ipaddress
 import logging
+import math
 import uuid
 
 from adit.protocol.datagrams import (
@@ -261,8 +262,12 @@ class UdpFlows:
     async def _register_v3(
         self, flow: UdpFlow, address: ipaddress.IPv4Address | ipaddress.IPv6Address, port: int
     ) -> None:
+        # The idle timeout in whole seconds, rounded up: never 0, the connector's 210 s default.
         datagram = encode_registration_datagram_v3(
-            flow.session_id.int, address, port, idle_seconds=round(flow.idle_timeout)
+            flow.session_id.int,
+            address,
+            port,
+            idle_seconds=min(_U16_MAX, math.ceil(flow.idle_timeout)),
         )
         loop = self.io._loop
         flow._registration = answer = loop.create_future()

@@ -385,3 +385,18 @@ def test_flows_close_when_the_tunnel_connection_ends(
                 await pair.session.open_udp(LOOPBACK, port)
 
     run()
+
+
+def test_a_v3_idle_timeout_under_a_second_reaches_the_connector_as_one_second(
+    tmp_path: Path,
+) -> None:
+    @uvloop_test
+    async def run() -> None:
+        async with tunnel(tmp_path, V3) as pair, udp_echo() as (port, _):
+            flow = await pair.session.open_udp(LOOPBACK, port, idle_timeout=0.4)
+            # 0 would be the connector's default, 210 s: whole seconds are rounded up.
+            (session,) = pair.connector.sessions._sessions.values()
+            assert session.idle_timeout == 1.0
+            assert flow.idle_timeout == 0.4
+
+    run()
