@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 from collections.abc import Callable
 from typing import Any
 
@@ -22,9 +23,9 @@ from adit.protocol.errors import ProtocolError
 from adit.protocol.http2 import ConnectionTerminated, ErrorCode, Event, StreamReset
 from adit.protocol.liveness import Liveness, PeerState
 from adit.protocol.quic_tunnel import HandshakeDone, QuicEvent, QuicTunnelConnection
-from adit.tunnelio import HIGH_WATER, TunnelIO
+from adit.tunnelio import HIGH_WATER, StreamChannel, StreamClosedError, TunnelIO
 
-__all__ = ["NO_ANSWER", "QuicIO", "QuicSender"]
+__all__ = ["MAX_QUEUED_DATAGRAMS", "NO_ANSWER", "DatagramSend", "QuicIO", "QuicSender"]
 
 #: How long a closed connection lingers to answer the peer's last packets (QUIC's closing
 #: period is three PTOs; aioquic ends it with ConnectionTerminated, this bounds it).
@@ -36,6 +37,19 @@ NO_ANSWER = "no answer from the peer"
 
 #: Sends one datagram to an address (the listener's or the endpoint's transport).
 QuicSender = Callable[[bytes, NetworkAddress], None]
+
+#: DATAGRAM frames that may wait for the congestion window; beyond, a new one is dropped, as a
+#: full socket buffer drops UDP (aioquic's queue has no bound of its own).
+MAX_QUEUED_DATAGRAMS = 1024
+
+
+class DatagramSend(enum.Enum):
+    """What became of a datagram handed to :meth:`QuicIO.send_datagram`."""
+
+    SENT = "sent"
+    TOO_LARGE = "too large for one QUIC packet"
+    FULL = "too many datagrams queued"
+    CLOSED = "the connection is closed"
 
 
 class QuicIO(TunnelIO[Any]):
@@ -123,6 +137,34 @@ class QuicIO(TunnelIO[Any]):
 
     def write_held(self) -> None:
         """Nothing is held: datagrams are sent as :meth:`flush` makes them."""
+
+    # -- DATAGRAM frames and RPC streams (UDP sessions) ---------------------------------------
+
+    def send_datagram(self, data: bytes) -> DatagramSend:
+        """Send one DATAGRAM frame now, or say why it was dropped (unreliable, as UDP)."""
+        if self.closed:
+            return DatagramSend.CLOSED
+        quic = self.conn.quic
+        if len(data) > quic.max_datagram_payload:
+            return DatagramSend.TOO_LARGE
+        if quic.datagrams_queued >= MAX_QUEUED_DATAGRAMS:
+            return DatagramSend.FULL
+        quic.send_datagram_frame(data)
+        self.flush()
+        return DatagramSend.SENT
+
+    def open_rpc_stream(self, data: bytes) -> StreamChannel:
+        """A new stream of ours carrying RPC: its preamble and ``data`` (Cap'n Proto) are
+        sent at once; the peer's answer is read from the channel."""
+        if self.closed:
+            raise StreamClosedError("the tunnel connection is closed")
+        try:
+            stream_id = self.conn.open_rpc_stream(data)
+        except ProtocolError as exc:
+            raise StreamClosedError(str(exc)) from exc
+        channel = self.channel(stream_id)
+        self.flush()
+        return channel
 
     def _arm_timer(self) -> None:
         at = self.conn.get_timer()

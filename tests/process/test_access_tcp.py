@@ -7,7 +7,6 @@ import hashlib
 import json
 import os
 import shlex
-import shutil
 import socket
 import subprocess
 import time
@@ -25,34 +24,13 @@ from harness import (
     start_connector,
     write_config,
 )
+from sshd import Sshd, free_port, need, wait_port
 
 pytestmark = pytest.mark.process
 
 SSH_HOST = "ssh.example.test"
 REDIS_HOST = "redis.example.test"
 FIFTY_MB = 50 * 1024 * 1024
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _wait_port(port: int, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise AssertionError(f"nothing listens on 127.0.0.1:{port}")
-
-
-def _need(*programs: str) -> None:
-    for program in programs:
-        if shutil.which(program) is None and not Path(program).exists():
-            pytest.skip(f"{program} is not installed (Debian package missing)")
 
 
 def _access(edge: Edge, hostname: str, *extra: str) -> list[str]:
@@ -66,64 +44,6 @@ def _access(edge: Edge, hostname: str, *extra: str) -> list[str]:
         f"http://{edge.http}",
         *extra,
     ]
-
-
-class Sshd:
-    """A private sshd on 127.0.0.1 and the client options to log in to it."""
-
-    def __init__(self, tmp: Path, processes: Processes) -> None:
-        _need("/usr/sbin/sshd", "ssh", "scp", "ssh-keygen")
-        self.dir = tmp / "sshd"
-        self.dir.mkdir()
-        self.port = _free_port()
-        host_key = self.dir / "host_ed25519"
-        self.user_key = self.dir / "id_ed25519"
-        for key in (host_key, self.user_key):
-            subprocess.run(
-                ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True
-            )
-        (self.dir / "authorized_keys").write_text(self.user_key.with_suffix(".pub").read_text())
-        config = self.dir / "sshd_config"
-        config.write_text(
-            "\n".join(
-                [
-                    "ListenAddress 127.0.0.1",
-                    f"Port {self.port}",
-                    f"HostKey {host_key}",
-                    f"PidFile {self.dir / 'sshd.pid'}",
-                    f"AuthorizedKeysFile {self.dir / 'authorized_keys'}",
-                    "UsePAM no",
-                    "StrictModes no",
-                    "PermitRootLogin prohibit-password",
-                    "PasswordAuthentication no",
-                    "KbdInteractiveAuthentication no",
-                    "Subsystem sftp /usr/lib/openssh/sftp-server",
-                    "",
-                ]
-            )
-        )
-        # sshd insists on its privilege-separation directory.
-        Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
-        self.proc = processes.start("sshd", ["/usr/sbin/sshd", "-D", "-e", "-f", str(config)])
-        _wait_port(self.port)
-
-    def client_options(self, proxy_command: str) -> list[str]:
-        return [
-            "-F",
-            "/dev/null",
-            "-i",
-            str(self.user_key),
-            "-o",
-            "StrictHostKeyChecking=no",
-            "-o",
-            "UserKnownHostsFile=/dev/null",
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "LogLevel=ERROR",
-            "-o",
-            f"ProxyCommand={proxy_command}",
-        ]
 
 
 @pytest.fixture
@@ -188,8 +108,8 @@ def test_ssh_command_and_fifty_megabyte_scp_through_the_tunnel(
 
 @pytest.fixture
 def redis_port(processes: Processes) -> int:
-    _need("redis-server", "redis-cli")
-    port = _free_port()
+    need("redis-server", "redis-cli")
+    port = free_port()
     processes.start(
         "redis",
         [
@@ -204,7 +124,7 @@ def redis_port(processes: Processes) -> int:
             "no",
         ],
     )
-    _wait_port(port)
+    wait_port(port)
     return port
 
 
@@ -229,7 +149,7 @@ def test_redis_cli_through_access_tcp_listener(
         tmp_path / "config.yml", REDIS_HOST, [{"service": f"tcp://127.0.0.1:{redis_port}"}]
     )
     start_connector(processes, tunnel, config)
-    local = _free_port()
+    local = free_port()
     access = processes.start("access", _access(edge, REDIS_HOST, "--url", f"127.0.0.1:{local}"))
     access.wait_for_log("Start Websocket listener")
     assert _redis_cli(local, "PING") == "PONG"
@@ -260,7 +180,7 @@ def test_bastion_takes_the_destination_from_the_client(
     tunnel = create_tunnel(account, "jump", REDIS_HOST)
     config = write_config(tmp_path / "config.yml", REDIS_HOST, [{"service": "bastion"}])
     start_connector(processes, tunnel, config)
-    local = _free_port()
+    local = free_port()
     access = processes.start(
         "access",
         _access(
@@ -275,7 +195,7 @@ def test_bastion_takes_the_destination_from_the_client(
     access.wait_for_log("Start Websocket listener")
     assert _redis_cli(local, "PING") == "PONG"
 
-    missing = _free_port()
+    missing = free_port()
     access = processes.start(
         "access-nodest", _access(edge, REDIS_HOST, "--url", f"127.0.0.1:{missing}")
     )
@@ -330,7 +250,7 @@ def test_access_over_the_edge_https_listener(
         tmp_path / "config.yml", REDIS_HOST, [{"service": f"tcp://127.0.0.1:{redis_port}"}]
     )
     start_connector(processes, tunnel, config)
-    local = _free_port()
+    local = free_port()
     access = processes.start(
         "access",
         [

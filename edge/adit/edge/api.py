@@ -178,7 +178,7 @@ class ManagementApi:
             self._allow(method, "GET")
             return 200, [(b"content-type", b"application/x-pem-file")], self._edge.ca_pem.encode()
 
-        account = self._authenticate(headers)
+        account = self.authenticate(headers)
         if segments == ["adit", "v1", "edge"]:
             self._allow(method, "GET")
             return self._ok(
@@ -268,7 +268,9 @@ class ManagementApi:
     def _ok(result: object, result_info: dict[str, int] | None = None) -> Response:
         return json_response(200, envelope(result, result_info))
 
-    def _authenticate(self, headers: list[tuple[bytes, bytes]]) -> str:
+    def authenticate(self, headers: list[tuple[bytes, bytes]]) -> str:
+        """The account a request's bearer token acts for; :class:`ApiError` 401 without one
+        (the private flow endpoints ask too)."""
         for name, value in headers:
             if name.lower() != b"authorization":
                 continue

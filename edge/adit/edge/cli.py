@@ -11,6 +11,7 @@ import click
 from adit.config.duration import format_go_duration, parse_go_duration
 from adit.edge.admin import ADMIN_COMMANDS, DEFAULT_STATE_DIR
 from adit.edge.limits import Limits
+from adit.edge.private_flows import FlowLimits
 
 
 class _Seconds(click.ParamType[float, "str | float"]):
@@ -34,6 +35,7 @@ class _Seconds(click.ParamType[float, "str | float"]):
 
 _SECONDS = _Seconds()
 _LIMITS = Limits()
+_FLOWS = FlowLimits()
 
 
 class Seconds(click.ParamType[float, "str | float"]):
@@ -245,6 +247,30 @@ SECONDS = Seconds()
     help="Connections one client address may hold on each public or API listener.",
 )
 @click.option(
+    "--private-flows-per-account",
+    envvar="ADIT_EDGE_PRIVATE_FLOWS_PER_ACCOUNT",
+    type=click.IntRange(min=1),
+    default=_FLOWS.max_per_account,
+    show_default=True,
+    help="Private-network flows (adit access --destination) one account may have open.",
+)
+@click.option(
+    "--private-tcp-idle-timeout",
+    envvar="ADIT_EDGE_PRIVATE_TCP_IDLE_TIMEOUT",
+    type=_SECONDS,
+    default=format_go_duration(_FLOWS.tcp_idle_timeout),
+    show_default=True,
+    help="Close a private TCP flow that carried no byte for this long.",
+)
+@click.option(
+    "--private-udp-idle-timeout",
+    envvar="ADIT_EDGE_PRIVATE_UDP_IDLE_TIMEOUT",
+    type=_SECONDS,
+    default=format_go_duration(_FLOWS.udp_idle_timeout),
+    show_default=True,
+    help="Close a private UDP flow that carried no datagram for this long.",
+)
+@click.option(
     "--grace-period",
     envvar="ADIT_EDGE_GRACE_PERIOD",
     type=_SECONDS,
@@ -283,6 +309,9 @@ def edge(
     response_timeout: float,
     max_connections: int,
     max_connections_per_ip: int,
+    private_flows_per_account: int,
+    private_tcp_idle_timeout: float,
+    private_udp_idle_timeout: float,
     grace_period: float,
 ) -> None:
     """Run the self-hosted edge (or administer it with a subcommand)."""
@@ -326,6 +355,11 @@ def edge(
         tunnel_ping_timeout=tunnel_ping_timeout,
         tunnel_idle_timeout=tunnel_idle_timeout,
         tunnel_dial_rates=DialRates(rate=tunnel_dial_rate, burst=tunnel_dial_burst),
+        private_flows=FlowLimits(
+            max_per_account=private_flows_per_account,
+            tcp_idle_timeout=private_tcp_idle_timeout,
+            udp_idle_timeout=private_udp_idle_timeout,
+        ),
     )
     try:
         settings.tunnel_liveness  # noqa: B018 - validates the three durations together

@@ -3,7 +3,8 @@
 cloudflared dials QUIC first (``--protocol auto``, its default), on the same port as HTTP/2
 (PROTOCOL.md §1.2, §5). Each QUIC connection becomes a :class:`QuicTunnelSession`: the same
 tunnel session as over TLS/TCP (registration, registry, request streams), with the QUIC I/O
-of :class:`~adit.quicio.QuicIO` under it.
+of :class:`~adit.quicio.QuicIO` under it, and what only QUIC carries: UDP flows to the
+connector's network (:meth:`QuicTunnelSession.open_udp`, :mod:`adit.edge.udp_flows`).
 
 Before a datagram costs a connection, it must be an Initial of full size (a client pads it to
 1200 bytes: no amplification) and, while many handshakes are in flight or the address has
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import os
 from collections.abc import Callable
@@ -38,6 +40,13 @@ from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from adit.edge.registry import ConnectionRegistry
 from adit.edge.store import Store
 from adit.edge.tunnel_session import EdgeIdentity, TunnelSession
+from adit.edge.udp_flows import (
+    DEFAULT_IDLE_TIMEOUT,
+    UdpFlow,
+    UdpFlowError,
+    UdpFlows,
+    datagram_version,
+)
 from adit.protocol.liveness import LivenessSettings
 from adit.protocol.quic_engine import (
     PostQuantum,
@@ -48,6 +57,7 @@ from adit.protocol.quic_engine import (
 from adit.protocol.quic_tunnel import (
     ConnectionIdIssued,
     ConnectionIdRetired,
+    DatagramReceived,
     EdgeQuicConnection,
     RpcStreamOpened,
 )
@@ -111,6 +121,30 @@ class QuicTunnelSession(QuicIO, TunnelSession):
             conn=EdgeQuicConnection(quic),  # type: ignore[arg-type]
         )
         self.listener = listener
+        #: The UDP flows this connection carries (:mod:`adit.edge.udp_flows`).
+        self.udp = UdpFlows(self)
+
+    async def open_udp(
+        self,
+        address: ipaddress.IPv4Address | ipaddress.IPv6Address,
+        port: int,
+        *,
+        idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+    ) -> UdpFlow:
+        """A UDP flow to ``address:port`` in the connector's network, over the datagram
+        version the connector announced; raises :class:`UdpFlowError` saying why not."""
+        live = self.live
+        if live is None or self.closed:
+            raise UdpFlowError("the tunnel connection is not registered")
+        if live.draining:
+            raise UdpFlowError("the tunnel connection is draining (the connector unregistered)")
+        version = datagram_version(live.features)
+        if version is None:
+            raise UdpFlowError(
+                "the connector does not proxy UDP (it announced neither support_datagram_v2 "
+                "nor support_datagram_v3_2)"
+            )
+        return await self.udp.open(version, address, port, idle_timeout=idle_timeout)
 
     def undelivered(self, stream_id: int) -> bool:
         # QUIC acknowledges stream data: a stream the connector acknowledged none of never
@@ -118,15 +152,22 @@ class QuicTunnelSession(QuicIO, TunnelSession):
         return self.conn.quic.stream_unacknowledged(stream_id)
 
     def on_event(self, event: object) -> None:
-        if isinstance(event, ConnectionIdIssued):
+        if isinstance(event, DatagramReceived):
+            self.udp.on_datagram(event.data)
+        elif isinstance(event, ConnectionIdIssued):
             self.listener.route(event.connection_id, self)
         elif isinstance(event, ConnectionIdRetired):
             self.listener.unroute(event.connection_id)
         elif isinstance(event, RpcStreamOpened):
-            # UDP sessions (datagram v2) are not served yet: the stream is refused.
-            self.conn.reset_stream(event.stream_id)
+            # The connector's SessionManager client: unregisterUdpSession (datagram v2). The
+            # channel exists before the event's RPC bytes are dispatched to it.
+            self.udp.serve(self.channel(event.stream_id))
         else:
             super().on_event(event)  # type: ignore[arg-type]
+
+    def on_lost(self, exc: Exception | None) -> None:
+        self.udp.close_all("the tunnel connection closed")
+        super().on_lost(exc)
 
 
 class QuicListener(asyncio.DatagramProtocol):

@@ -71,6 +71,8 @@ class ConnectionRegistry:
         self._by_tunnel: dict[uuid.UUID, list[LiveConnection]] = {}
         # The index of the next connection to try, per tunnel.
         self._turns: dict[uuid.UUID, int] = {}
+        # The same for picks of one transport (:meth:`pick_over`), per tunnel.
+        self._transport_turns: dict[uuid.UUID, int] = {}
         # This loop iteration's pick per tunnel (forgotten when the iteration ends).
         self._current: dict[uuid.UUID, LiveConnection] = {}
         self._turn_ends = False
@@ -93,6 +95,7 @@ class ConnectionRegistry:
         if not conns:
             del self._by_tunnel[conn.tunnel_id]
             self._turns.pop(conn.tunnel_id, None)
+            self._transport_turns.pop(conn.tunnel_id, None)
 
     def connections(self, tunnel_id: uuid.UUID) -> list[LiveConnection]:
         """Every registered connection of a tunnel, draining ones included."""
@@ -126,6 +129,26 @@ class ConnectionRegistry:
                 self._hold(tunnel_id, conn)
                 return conn
         return next((conn for conn in conns if not conn.draining), None)
+
+    def pick_over(self, tunnel_id: uuid.UUID, protocol: str) -> LiveConnection | None:
+        """The next live connection of a tunnel over ``protocol`` (a UDP flow needs QUIC's
+        datagrams), or None when the tunnel has none: round-robin like :meth:`pick`, with
+        the same preference for connections that answer and have room. Flows open one at a
+        time, not in bursts: no holding a pick for the loop iteration."""
+        conns = [
+            c
+            for c in self._by_tunnel.get(tunnel_id, ())
+            if c.protocol == protocol and not c.draining
+        ]
+        if not conns:
+            return None
+        turn = self._transport_turns.get(tunnel_id, 0)
+        for step in range(len(conns)):
+            conn = conns[(turn + step) % len(conns)]
+            if _usable(conn):
+                self._transport_turns[tunnel_id] = turn + step + 1
+                return conn
+        return conns[turn % len(conns)]
 
     def _hold(self, tunnel_id: uuid.UUID, conn: LiveConnection) -> None:
         """Pick ``conn`` again for this tunnel until the loop iteration ends."""

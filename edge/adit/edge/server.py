@@ -31,6 +31,7 @@ from adit.edge.api import EdgeInfo, ManagementApi
 from adit.edge.ca import EdgeCA
 from adit.edge.http1 import BadRequest, Http1Connection, Request, RequestTimeout
 from adit.edge.limits import ConnectionTracker, Limits
+from adit.edge.private_flows import FlowLimits, PrivateFlows, flow_path
 from adit.edge.public import PublicListener
 from adit.edge.quic_listener import QuicListener, QuicTunnelSession, edge_quic_configuration
 from adit.edge.registry import ConnectionRegistry
@@ -98,6 +99,8 @@ class EdgeSettings:
     tunnel_idle_timeout: float = DEFAULT_TIMEOUT
     #: New tunnel connections one client address may open (before their TLS handshake).
     tunnel_dial_rates: DialRates = field(default_factory=DialRates)
+    #: Caps and idle deadlines of private-network flows (on the API listener).
+    private_flows: FlowLimits = field(default_factory=FlowLimits)
 
     @property
     def tunnel_liveness(self) -> LivenessSettings:
@@ -143,6 +146,7 @@ class EdgeServer:
         self.quic_listeners: list[QuicListener] = []
         self.addresses: dict[str, list[str]] = {}
         self.api: ManagementApi | None = None
+        self.flows: PrivateFlows | None = None
         #: The eyeball-facing listeners' connections: public HTTP, public HTTPS, API.
         self.trackers = [ConnectionTracker(settings.limits) for _ in range(3)]
         self._api_tracker = self.trackers[2]
@@ -196,6 +200,13 @@ class EdgeServer:
         )
         self.api = ManagementApi(
             self.store, self.registry, EdgeInfo(tunnel_addresses=advertise, ca_pem=self.ca.cert_pem)
+        )
+        self.flows = PrivateFlows(
+            self.store,
+            self.registry,
+            self.api.authenticate,
+            self.settings.private_flows,
+            location=self.settings.location,
         )
         public = PublicListener(
             self.store,
@@ -370,6 +381,11 @@ class EdgeServer:
 
     async def _api_request(self, conn: Http1Connection, request: Request) -> bool:
         assert self.api is not None
+        flow = flow_path(request.target)
+        if flow is not None:
+            # A private-network flow: a WebSocket, not a request and a response.
+            assert self.flows is not None
+            return await self.flows.serve(conn, request, *flow)
         body = bytearray()
         await conn.send_continue()
         while chunk := await conn.read_body():
@@ -406,6 +422,10 @@ class EdgeServer:
             server.close()
         for listener in self.quic_listeners:
             listener.stop_accepting()
+        if self.flows is not None:
+            # Private flows last for hours: they end now (their clients told why), not after
+            # the grace period meant for requests in flight.
+            self.flows.drain()
         for tracker in self.trackers:
             tracker.drain()
 

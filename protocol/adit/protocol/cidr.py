@@ -5,6 +5,10 @@ refusal reads the same from both. It accepts what Go's ``net.ParseCIDR`` and ``n
 accept, which is what cloudflared sends: an IPv4 or IPv6 address without a zone, a slash, a
 decimal prefix length.
 
+A private-network flow's destination (``adit access tcp --destination 10.1.2.3:22``, and the
+edge's ``private/tcp?destination=``) is an address and a port, parsed here too
+(:func:`parse_destination`): the same mistake reads the same on the client and the edge.
+
 One deliberate difference: ``net.ParseCIDR`` clears host bits without a word (cloudflared turns
 ``10.1.2.3/16`` into a route for all of ``10.1.0.0/16``). A user who typed an address with a
 prefix meant either the network or the one address; routing 65,536 addresses when one was
@@ -15,12 +19,16 @@ from __future__ import annotations
 
 import ipaddress
 
+from adit.protocol.hostnames import AddressError, split_host_port
+
 __all__ = [
     "HostBitsSet",
     "IPAddress",
     "IPNetwork",
+    "InvalidDestination",
     "InvalidNetwork",
     "parse_address",
+    "parse_destination",
     "parse_network",
 ]
 
@@ -31,6 +39,10 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 class InvalidNetwork(ValueError):
     """Not a CIDR network; ``str()`` is Go's wording (``invalid CIDR address: X``) or, for
     :class:`HostBitsSet`, the fix."""
+
+
+class InvalidDestination(ValueError):
+    """Not ``IP:PORT`` (a flow's destination); ``str()`` says what is wrong and what fits."""
 
 
 class HostBitsSet(InvalidNetwork):
@@ -76,3 +88,46 @@ def parse_network(text: str) -> IPNetwork:
     if network.network_address != address:
         raise HostBitsSet(text, network, address)
     return network
+
+
+_DESTINATION_FORM = "IP:PORT, e.g. 10.1.2.3:22 or [fd00::1]:22"
+
+
+def parse_destination(text: str) -> tuple[IPAddress, int]:
+    """A private-network flow's destination: an IP address (IPv6 in brackets) and a port from
+    1 to 65535. Names are refused, not resolved: a route matches addresses, and the client
+    side has no resolver of the private network to ask.
+
+    Unspecified, multicast and broadcast addresses are refused too: no route should carry a
+    connection to "any address" or to a group (the connector would dial its own host for
+    ``0.0.0.0``). Raises :class:`InvalidDestination`.
+    """
+    try:
+        host, port_text = split_host_port(text)
+    except AddressError:
+        raise InvalidDestination(f"destination {text!r} is not {_DESTINATION_FORM}") from None
+    if not (port_text.isascii() and port_text.isdigit()) or len(port_text) > 5:
+        raise InvalidDestination(f"destination {text!r} has no port from 1 to 65535")
+    port = int(port_text)
+    if not 1 <= port <= 65535:
+        raise InvalidDestination(f"destination {text!r} has no port from 1 to 65535")
+    try:
+        address = parse_address(host)
+    except ValueError:
+        raise InvalidDestination(
+            f"destination {text!r} is not {_DESTINATION_FORM}: {host!r} is not an IP address "
+            "(names are not resolved)"
+        ) from None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        # What a dual-stack socket reports for an IPv4 peer: the route and the dial are IPv4.
+        address = address.ipv4_mapped
+    if (
+        address.is_unspecified
+        or address.is_multicast
+        or address == ipaddress.IPv4Address("255.255.255.255")
+    ):
+        raise InvalidDestination(
+            f"destination {text!r}: {address} is not one host's address (unspecified, "
+            "multicast or broadcast)"
+        )
+    return address, port

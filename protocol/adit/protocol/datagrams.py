@@ -26,6 +26,7 @@ import enum
 import ipaddress
 import struct
 import uuid
+from collections.abc import Iterable
 
 import msgspec
 
@@ -46,6 +47,7 @@ __all__ = [
     "DatagramV2Type",
     "DatagramV3",
     "DatagramV3Type",
+    "DatagramVersion",
     "IcmpDatagramV3",
     "IpPacketDatagramV2",
     "PayloadDatagramV3",
@@ -55,6 +57,7 @@ __all__ = [
     "TracedIpPacketDatagramV2",
     "TracingSpansDatagramV2",
     "UdpDatagramV2",
+    "datagram_version",
     "decode_datagram_v2",
     "decode_datagram_v3",
     "encode_icmp_datagram_v3",
@@ -88,6 +91,29 @@ REGISTRATION_RESPONSE_HEADER_V3 = 20
 """type, response type, request id, error message length u16."""
 MAX_REGISTRATION_MESSAGE = MAX_UDP_PAYLOAD - REGISTRATION_RESPONSE_HEADER_V3
 """1260: the response's error message and header stay within :data:`MAX_UDP_PAYLOAD`."""
+
+
+class DatagramVersion(enum.Enum):
+    """The two datagram protocols, by the feature a connector announces for each
+    (features/features.go)."""
+
+    V2 = "support_datagram_v2"
+    V3 = "support_datagram_v3_2"
+
+
+def datagram_version(features: Iterable[str]) -> DatagramVersion | None:
+    """The datagram version of a connector announcing ``features`` (None: it takes no UDP).
+
+    cloudflared announces ``support_datagram_v3_2`` *beside* its default
+    ``support_datagram_v2`` when v3 is on (features/selector.go ``clientFeatures``): v3 is
+    looked for first.
+    """
+    announced = set(features)
+    for version in (DatagramVersion.V3, DatagramVersion.V2):
+        if version.value in announced:
+            return version
+    return None
+
 
 _U16 = struct.Struct(">H")
 _REQUEST_IDS = range(1 << 128)

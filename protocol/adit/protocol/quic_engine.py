@@ -46,6 +46,7 @@ from typing import Any, ClassVar
 from aioquic import tls
 from aioquic._buffer import Buffer
 from aioquic._crypto import CryptoError
+from aioquic.buffer import size_uint_var
 from aioquic.quic import connection as aioquic_connection
 from aioquic.quic import events
 from aioquic.quic.configuration import QuicConfiguration
@@ -139,6 +140,9 @@ MAX_INCOMING_STREAMS = 1 << 60
 #: and aioquic creates every lower-numbered stream a peer implicitly opens (RFC 9000 §2.1) as an
 #: object, before the tunnel is even registered: 2^60 would let any client exhaust memory.
 SERVER_MAX_INCOMING_STREAMS = 128
+
+#: The AEAD tag of every 1-RTT packet (AES-GCM and ChaCha20-Poly1305 alike).
+_AEAD_TAG_SIZE = 16
 
 _HANDSHAKE_FAILURE = QuicErrorCode.CRYPTO_ERROR + AlertDescription.handshake_failure
 
@@ -693,6 +697,33 @@ class TunnelQuicConnection(QuicConnection):
         """Whether fewer than ``mark`` bytes wait unsent on ``stream_id`` (write more if so)."""
         return self.stream_send_queued(stream_id) < mark
 
+    # datagrams
+
+    @property
+    def max_datagram_payload(self) -> int:
+        """The largest DATAGRAM frame payload this side can send (0 before the peer allowed
+        any).
+
+        aioquic sends every packet at the configured ``max_datagram_size`` (no path MTU
+        discovery) and queues DATAGRAM frames in order: one that cannot fit in an empty
+        short-header packet would stay at the head of the queue for good and hold back every
+        datagram after it. So the bound is what fits in one: the packet, less its header (one
+        byte, the peer's connection id, a two-byte packet number), the AEAD tag and the frame's
+        type and length, and no more than the peer's ``max_datagram_frame_size``.
+        """
+        remote = self._remote_max_datagram_frame_size
+        if not remote:
+            return 0
+        room = self._max_datagram_size - (3 + len(self._peer_cid.cid)) - _AEAD_TAG_SIZE
+        payload = room - 1 - size_uint_var(room)
+        return max(0, min(payload, remote - 1 - size_uint_var(remote)))
+
+    @property
+    def datagrams_queued(self) -> int:
+        """DATAGRAM frames waiting to be sent (congestion control holds them): what a sender
+        of datagrams should keep bounded, dropping beyond, as UDP would."""
+        return len(self._datagrams_pending)
+
 
 def _check_aioquic() -> None:
     """Fail the import if aioquic's connection internals hooked here are not the expected ones."""
@@ -763,6 +794,9 @@ def _check_aioquic() -> None:
         "_handshake_complete",
         "_is_client",
         "_quic_logger",
+        "_max_datagram_size",
+        "_remote_max_datagram_frame_size",
+        "_datagrams_pending",
     ):
         if not hasattr(probe, attribute):
             problems.append(f"QuicConnection has no {attribute}")

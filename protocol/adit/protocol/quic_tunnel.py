@@ -10,7 +10,8 @@ routing and proxying above it are one code for both transports (PROTOCOL.md §5)
   (the HTTP/2 transport's control stream, minus its HTTP head);
 * streams the edge opens start with the data-stream preamble and a ``ConnectRequest``; the
   connector answers with the preamble and a ``ConnectResponse``, then the bodies follow raw;
-* other streams start with the RPC preamble (configuration pushes, UDP sessions).
+* other streams start with the RPC preamble (configuration pushes, UDP sessions), opened by
+  either side with :meth:`QuicTunnelConnection.open_rpc_stream`.
 
 Flow control is the application's: what a stream's reader consumed is credited back with
 ``acknowledge``, as on HTTP/2 (aioquic on its own would grant the peer more window whatever
@@ -49,6 +50,7 @@ from adit.protocol.quic_metadata import (
     StreamHeadReader,
     StreamSignature,
     encode_data_stream_head,
+    encode_rpc_stream_head,
     http_request_metadata,
     http_response_metadata,
     parse_http_request,
@@ -207,6 +209,20 @@ class QuicTunnelConnection:
             self.quic.reset_stream(stream_id, error_code)
         if not stream.remote_ended:
             self.quic.stop_stream(stream_id, error_code)
+
+    def open_rpc_stream(self, data: bytes) -> int:
+        """Open a stream of ours for one Cap'n Proto RPC exchange (PROTOCOL.md §5.6, §6.1).
+
+        The RPC preamble and ``data``, the session's first bytes, go out in one write:
+        cloudflared reads the signature and hands the rest of the stream to capnp at once. The
+        peer answers with raw capnp (no preamble), which arrives as ``DataReceived``.
+        """
+        if self._terminated:
+            raise Http2TunnelError("the connection is closed: no new streams")
+        stream_id = self.quic.get_next_available_stream_id()
+        self._streams[stream_id] = _Stream(stream_id, _Phase.RAW)
+        self.quic.send_stream_data(stream_id, encode_rpc_stream_head() + data)
+        return stream_id
 
     def pending(self, stream_id: int) -> int:
         """Bytes queued on the stream and not yet sent."""
@@ -530,6 +546,9 @@ class ConnectorQuicConnection(QuicTunnelConnection):
         self._streams[stream_id] = _Stream(
             stream_id, _Phase.RAW, request_type=RequestType.CONTROL_STREAM
         )
+        # Created in aioquic now (nothing is sent): the next stream we open (an RPC stream)
+        # must not be given its id before the registration writes to it.
+        self.quic.send_stream_data(stream_id, b"")
         self._events.append(
             RequestReceived(
                 stream_id=stream_id,

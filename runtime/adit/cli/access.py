@@ -3,6 +3,9 @@
 ``tcp``/``ssh``/``rdp``/``smb`` are one command, as in cloudflared (CLOUDFLARED_FEATURES.md
 §1.15, §7.1): with ``--url`` it listens and gives each accepted connection its own WebSocket
 to ``wss://HOSTNAME/``; without it, stdin/stdout carry one connection (ssh's ProxyCommand).
+Without ``--hostname``, ``--destination IP:PORT`` reaches a private address behind a tunnel
+through the edge's API (adit's stand-in for the WARP client), as does ``udp`` for UDP: see
+:mod:`adit.cli.access_private`.
 
 Dialling: the hostname is always reached over TLS, as cloudflared does. The hidden
 ``--connect-to`` redirects the dial (``host``, ``host:port`` or ``sni:port:host``, the last one
@@ -19,7 +22,7 @@ import logging
 import os
 import ssl
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -51,6 +54,15 @@ class AccessError(click.ClickException):
     """The WebSocket to the edge could not be opened."""
 
 
+class HandshakeRefused(AccessError):
+    """The edge answered the upgrade with another status; ``body`` is what it said."""
+
+    def __init__(self, status: int, body: bytes) -> None:
+        super().__init__(f'failed to connect to origin error="websocket: bad handshake" ({status})')
+        self.status = status
+        self.body = body
+
+
 @dataclass(frozen=True, slots=True)
 class EdgeTarget:
     """Where to dial and what to send: ``Host`` and path, TCP address, TLS settings."""
@@ -62,6 +74,8 @@ class EdgeTarget:
     tls: bool
     server_name: str
     verify: bool = True
+    #: PEM of the only CA to trust (the edge CA pinned in cert.pem); empty: the system's.
+    ca_pem: str = ""
 
 
 def _split_host(netloc: str, default_port: int) -> tuple[str, int]:
@@ -125,7 +139,7 @@ def handshake_request(target: EdgeTarget, key: str, headers: Sequence[tuple[str,
 
 
 def _client_context(target: EdgeTarget) -> ssl.SSLContext:
-    context = ssl.create_default_context()
+    context = ssl.create_default_context(cadata=target.ca_pem or None)
     context.set_alpn_protocols(["http/1.1"])
     if not target.verify:
         context.check_hostname = False
@@ -166,14 +180,27 @@ async def open_websocket(
         name, _, value = line.partition(":")
         received[name.strip().lower()] = value.strip()
     if status != 101:
+        body = await _refusal_body(reader, rest, received.get("content-length", ""))
         writer.close()
-        raise AccessError(
-            f'failed to connect to origin error="websocket: bad handshake" ({status})'
-        )
+        raise HandshakeRefused(status, body)
     if received.get("sec-websocket-accept") != accept_key(key):
         writer.close()
         raise AccessError("websocket: bad handshake (Sec-WebSocket-Accept mismatch)")
     return reader, writer, rest
+
+
+async def _refusal_body(reader: asyncio.StreamReader, rest: bytes, length: str) -> bytes:
+    """The body of a refused upgrade (the edge's JSON error), as much as comes in time."""
+    want = int(length) if length.isdigit() else _MAX_HEAD
+    body = rest
+    with contextlib.suppress(OSError, TimeoutError):
+        async with asyncio.timeout(_HANDSHAKE_TIMEOUT):
+            while len(body) < min(want, _MAX_HEAD):
+                chunk = await reader.read(_READ)
+                if not chunk:
+                    break
+                body += chunk
+    return body[:want]
 
 
 async def carry(
@@ -313,12 +340,40 @@ def access() -> None:
     """Access applications: carry TCP (ssh, rdp, smb, any) over WebSocket through the edge."""
 
 
+def _private_options(func: Callable[..., None]) -> Callable[..., None]:
+    """The options of a private-network flow: where the account's login is, which virtual
+    network, and (hidden) another API URL than cert.pem's."""
+    func = click.option(
+        "--api-url", envvar="TUNNEL_API_URL", default=None, hidden=True, help="Management API."
+    )(func)
+    func = click.option(
+        "--vnet",
+        "--vn",
+        "vnet",
+        default=None,
+        help="Private mode: the virtual network (name or ID) whose route to use (default: the "
+        "account's default one).",
+    )(func)
+    return click.option(
+        "--origincert",
+        envvar="TUNNEL_ORIGIN_CERT",
+        default=None,
+        help="Private mode: the cert.pem `adit tunnel login` wrote (default: searched as "
+        "`adit tunnel` does).",
+    )(func)
+
+
 @click.command("tcp", context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--hostname", "--tunnel-host", "-T", default=None, help="The public hostname.")
 @click.option(
     "--url", "--listener", "-L", "listen", default=None, help="Listen on host:port (else stdio)."
 )
-@click.option("--destination", default=None, help="Bastion mode: the final host:port.")
+@click.option(
+    "--destination",
+    default=None,
+    help="With --hostname: bastion mode's final host:port. Without: a private IP:PORT "
+    "behind a tunnel (adit tunnel route ip), reached through the edge.",
+)
 @click.option("--header", "-H", "header", multiple=True, help='Extra header "K: V" (repeatable).')
 @click.option(
     "--service-token-id",
@@ -348,6 +403,7 @@ def access() -> None:
 @click.option("--connect-to", default="", hidden=True, help="host, host:port or sni:port:host.")
 @click.option("--edge-url", default="", hidden=True, help="Dial this edge URL (http or https).")
 @click.option("--debug-stream", default=None, hidden=True, type=int)
+@_private_options
 @click.pass_context
 def tcp(
     ctx: click.Context,
@@ -363,8 +419,16 @@ def tcp(
     connect_to: str,
     edge_url: str,
     debug_stream: int | None,
+    origincert: str | None,
+    vnet: str | None,
+    api_url: str | None,
 ) -> None:
-    """Forward a local listener (--url) or stdin/stdout to a TCP service behind a tunnel."""
+    """Forward a local listener (--url) or stdin/stdout to a TCP service behind a tunnel:
+    a public hostname's (--hostname), or a private address (--destination IP:PORT)."""
+    if not hostname and destination:
+        _configure_logging(log_level, logfile, stderr=listen is not None)
+        _run_private_tcp(listen, destination, origincert, vnet, api_url)
+        return
     if not hostname:
         click.echo(ctx.get_help())
         ctx.exit(0)
@@ -376,6 +440,87 @@ def tcp(
             asyncio.run(_serve_listener(listen, target, headers))
         else:
             asyncio.run(_serve_stdio(target, headers))
+    except KeyboardInterrupt:
+        return
+
+
+def _run_private_tcp(
+    listen: str | None,
+    destination: str,
+    origincert: str | None,
+    vnet: str | None,
+    api_url: str | None,
+) -> None:
+    from adit.cli import access_private
+
+    access_private.check_destination(destination)  # a typo is told before cert.pem is read
+    account = access_private.load_account(origincert, api_url)
+    vnet_id = access_private.resolve_vnet(account, vnet) if vnet is not None else None
+    target, headers = access_private.private_target(account, "tcp", destination, vnet_id)
+    try:
+        asyncio.run(access_private.serve_private_tcp(listen, target, headers))
+    except KeyboardInterrupt:
+        return
+
+
+@click.command("udp", context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--destination", required=True, help="The private IP:PORT behind a tunnel.")
+@click.option(
+    "--listen",
+    "--url",
+    "listen",
+    required=True,
+    help="The local UDP address (host:port) whose datagrams go to the destination.",
+)
+@click.option(
+    "--idle-timeout",
+    type=click.FloatRange(min=0.1),
+    default=30.0,
+    show_default=True,
+    help="Seconds after which a client address's flow without datagrams is closed.",
+)
+@click.option(
+    "--max-flows",
+    type=click.IntRange(min=1),
+    default=128,
+    show_default=True,
+    help="Client addresses with a flow at once; past it the one idle longest makes room.",
+)
+@click.option("--logfile", default=None, help="Also write the log to this file.")
+@click.option(
+    "--log-level",
+    "--loglevel",
+    "log_level",
+    default="info",
+    help="debug, info, warn, error or fatal.",
+)
+@_private_options
+def udp(
+    destination: str,
+    listen: str,
+    idle_timeout: float,
+    max_flows: int,
+    logfile: str | None,
+    log_level: str,
+    origincert: str | None,
+    vnet: str | None,
+    api_url: str | None,
+) -> None:
+    """Relay a local UDP socket to a private IP:PORT behind a tunnel (DNS, say), through the
+    edge; each client address gets a flow of its own. Needs a connector over QUIC."""
+    from adit.cli import access_private
+
+    _configure_logging(log_level, logfile, stderr=True)
+    access_private.check_destination(destination)
+    account = access_private.load_account(origincert, api_url)
+    vnet_id = access_private.resolve_vnet(account, vnet) if vnet is not None else None
+    target, headers = access_private.private_target(account, "udp", destination, vnet_id)
+    try:
+        asyncio.run(
+            access_private.serve_udp(
+                listen, target, headers, idle_timeout=idle_timeout, max_flows=max_flows
+            )
+        )
     except KeyboardInterrupt:
         return
 
@@ -398,3 +543,4 @@ def _configure_logging(level: str, logfile: str | None, *, stderr: bool) -> None
 
 for _name in ("tcp", "ssh", "rdp", "smb"):
     access.add_command(tcp, _name)
+access.add_command(udp)

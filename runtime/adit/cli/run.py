@@ -171,6 +171,9 @@ _OPTIONS: Final = [
     _opt("--tag", multiple=True, envvar="TUNNEL_TAG", help="KEY=VALUE sent to origins (repeat)."),
     _opt("--label", default=None, help="Connector label."),
     _opt("--features", "-F", multiple=True, help="Opt-in feature names (repeat)."),
+    _opt("--max-active-flows", type=click.IntRange(min=0), envvar="TUNNEL_MAX_ACTIVE_FLOWS",
+         default=None,
+         help="Most private-network UDP flows served at once (0: no limit; per worker)."),
     _opt("--no-autoupdate", envvar="NO_AUTOUPDATE", is_flag=True, default=False,
          help="Accepted; adit never updates itself."),
     _opt("--autoupdate-freq", type=DURATION, default=None, help="Accepted, no effect."),
@@ -624,10 +627,25 @@ def load_settings(
         log=log_settings,
         tags=tags,
         features=tuple(values.list("features")),
+        max_active_flows=_max_active_flows(values),
         worker_timeout=worker_timeout,
         config_path=str(loaded.path) if loaded is not None else None,
         credentials_path=credentials_path,
     )
+
+
+def _max_active_flows(values: _Resolver) -> int:
+    """``--max-active-flows``, else the config file's ``warp-routing.maxActiveFlows``, else 0
+    (no limit): the flag overrides the configured value (orchestration/orchestrator.go
+    ``overrideMaxActiveFlows``)."""
+    flag = values.get("max_active_flows")
+    if flag is not None:
+        return int(flag)
+    loaded = values.loaded
+    warp = loaded.config.warp_routing if loaded is not None else None
+    if warp is not None and warp.max_active_flows is not None:
+        return int(warp.max_active_flows)
+    return 0
 
 
 def usable_cpus() -> list[int]:

@@ -173,6 +173,7 @@ class ConfigFile(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, 
     quic_disable_pmtu_discovery: bool | None = None
     quic_connection_level_flow_control_limit: Unsigned | None = None
     quic_stream_level_flow_control_limit: Unsigned | None = None
+    max_active_flows: Unsigned | None = None
     # Connector identity and behaviour.
     tag: str | list[str] | None = None
     label: str | None = None

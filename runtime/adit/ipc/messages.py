@@ -28,6 +28,7 @@ __all__ = [
     "RegistrationRefused",
     "Start",
     "StatsSnapshot",
+    "UdpStats",
     "WorkerBoot",
     "WorkerSettings",
     "decode_boot",
@@ -95,6 +96,8 @@ class WorkerSettings(msgspec.Struct, frozen=True):
     max_edge_addr_retries: int = 8
     #: ``--post-quantum``: the QUIC key exchange is X25519MLKEM768 only (else preferred).
     post_quantum: bool = False
+    #: ``--max-active-flows``: private-network UDP flows served at once (0: no limit).
+    max_active_flows: int = 0
 
 
 class Start(msgspec.Struct, frozen=True, tag=True):
@@ -235,6 +238,18 @@ class QuicClientStats(msgspec.Struct, frozen=True):
     connections: list[QuicConnectionStats] = []
 
 
+class UdpStats(msgspec.Struct, frozen=True):
+    """One worker's private-network UDP counters (cloudflared_udp_*): datagram v2 sessions;
+    v3 flows by connection index; dropped datagrams by connection index and reason."""
+
+    active_sessions: int = 0
+    total_sessions: int = 0
+    active_flows: dict[int, int] = {}
+    total_flows: dict[int, int] = {}
+    failed_flows: dict[int, int] = {}
+    dropped_datagrams: dict[int, dict[str, int]] = {}
+
+
 class StatsSnapshot(msgspec.Struct, frozen=True, tag=True):
     """Cumulative proxy counters of one worker, pushed periodically."""
 
@@ -243,6 +258,8 @@ class StatsSnapshot(msgspec.Struct, frozen=True, tag=True):
     request_errors: int
     concurrent_requests: int
     responses_by_code: dict[str, int]
+    #: None until the worker dialled QUIC (UDP sessions exist only there).
+    udp: UdpStats | None = None
     #: ``None`` until the worker dialled QUIC (cloudflared registers its quic_client_*
     #: families at the first QUIC dial).
     quic: QuicClientStats | None = None

@@ -127,6 +127,7 @@ class TunnelCollector(Collector):
             "1 if the last reload was accepted (or none happened), else 0",
             value=1 if stats.last_reload_success else 0,
         )
+        yield from _collect_udp(stats)
         yield from self._collect_workers()
 
     def _collect_workers(self) -> Iterator[Metric]:
@@ -157,6 +158,50 @@ class TunnelCollector(Collector):
         yield _counter(
             "adit_worker_restarts_total", "Times each worker slot was restarted", restarts
         )
+
+
+def _collect_udp(stats: TunnelStats) -> Iterator[Metric]:
+    """cloudflared's ``cloudflared_udp_*`` families (datagramsession/metrics.go for v2
+    sessions, quic/v3/metrics.go for v3 flows and dropped datagrams), from the workers'
+    counters; v3's appear per ``conn_index`` once a flow used one, as Go's vectors do."""
+    udp = stats.udp()
+    yield GaugeMetricFamily(
+        "cloudflared_udp_active_sessions",
+        "Concurrent count of UDP sessions that are being proxied to any origin",
+        value=udp.active_sessions,
+    )
+    yield _counter(
+        "cloudflared_udp_total_sessions",
+        "Total count of UDP sessions that have been proxied to any origin",
+        [({}, udp.total_sessions)],
+    )
+    active = GaugeMetricFamily(
+        "cloudflared_udp_active_flows",
+        "Concurrent count of UDP flows that are being proxied to any origin",
+        labels=["conn_index"],
+    )
+    for conn_index, count in sorted(udp.active_flows.items()):
+        active.add_metric([str(conn_index)], count)
+    yield active
+    yield _counter(
+        "cloudflared_udp_total_flows",
+        "Total count of UDP flows that have been proxied to any origin",
+        [({"conn_index": str(i)}, n) for i, n in sorted(udp.total_flows.items())],
+    )
+    yield _counter(
+        "cloudflared_udp_failed_flows",
+        "Total count of flows that errored and closed",
+        [({"conn_index": str(i)}, n) for i, n in sorted(udp.failed_flows.items())],
+    )
+    yield _counter(
+        "cloudflared_udp_dropped_datagrams",
+        "Total count of UDP dropped datagrams",
+        [
+            ({"conn_index": str(i), "reason": reason}, n)
+            for i, reasons in sorted(udp.dropped_datagrams.items())
+            for reason, n in sorted(reasons.items())
+        ],
+    )
 
 
 def build_registry(stats: TunnelStats, workers: WorkerSampler | None = None) -> CollectorRegistry:

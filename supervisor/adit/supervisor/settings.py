@@ -51,6 +51,8 @@ class SupervisorSettings:
     #: ``--tag KEY=VALUE`` pairs, sent to origins as ``Cf-Warp-Tag-KEY``.
     tags: dict[str, str] = field(default_factory=dict)
     features: tuple[str, ...] = ()
+    #: ``--max-active-flows``: UDP flows a worker serves at once (0: no limit).
+    max_active_flows: int = 0
     #: Pin worker ``i`` to the ``i``-th CPU this process may run on (when there are enough).
     pin_cpus: bool = True
     #: One random UUID per supervisor (cloudflared's connector id).

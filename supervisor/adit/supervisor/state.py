@@ -306,6 +306,7 @@ class SupervisorState:
             protocol=s.protocol,
             max_edge_addr_retries=s.max_edge_addr_retries,
             post_quantum=s.post_quantum,
+            max_active_flows=s.max_active_flows,
         )
 
     # -- inputs ----------------------------------------------------------------------------

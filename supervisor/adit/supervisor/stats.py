@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from adit.ipc.messages import QuicClientStats, StatsSnapshot
+from adit.ipc.messages import QuicClientStats, StatsSnapshot, UdpStats
 
-__all__ = ["TunnelStats", "WorkerSample", "WorkerSampler"]
+__all__ = ["TunnelStats", "WorkerSample", "WorkerSampler", "sum_udp"]
 
 
 class TunnelStats:
@@ -84,6 +84,10 @@ class TunnelStats:
             if snapshot.quic is not None
         ]
 
+    def udp(self) -> UdpStats:
+        """Private-network UDP counters over all workers."""
+        return sum_udp(self._snapshots.values())
+
     def responses_by_code(self) -> dict[str, int]:
         """Origin responses per status code, summed."""
         totals: dict[str, int] = {}
@@ -91,6 +95,30 @@ class TunnelStats:
             for code, count in snapshot.responses_by_code.items():
                 totals[code] = totals.get(code, 0) + count
         return totals
+
+
+def sum_udp(snapshots: Iterable[StatsSnapshot]) -> UdpStats:
+    """The UDP counters of every worker, summed (connection indexes belong to one worker each,
+    so the per-index families are merged, not added)."""
+    active = total = 0
+    flows: list[dict[int, int]] = [{}, {}, {}]
+    dropped: dict[int, dict[str, int]] = {}
+    for snapshot in snapshots:
+        udp = snapshot.udp
+        if udp is None:
+            continue
+        active += udp.active_sessions
+        total += udp.total_sessions
+        for merged, own in zip(
+            flows, (udp.active_flows, udp.total_flows, udp.failed_flows), strict=True
+        ):
+            for conn_index, count in own.items():
+                merged[conn_index] = merged.get(conn_index, 0) + count
+        for conn_index, reasons in udp.dropped_datagrams.items():
+            into = dropped.setdefault(conn_index, {})
+            for reason, count in reasons.items():
+                into[reason] = into.get(reason, 0) + count
+    return UdpStats(active, total, flows[0], flows[1], flows[2], dropped)
 
 
 @dataclass(frozen=True)

@@ -129,3 +129,31 @@ async def test_a_connection_without_room_for_a_stream_is_passed_over() -> None:
         assert isinstance(conn.handle, _Handle)
         conn.handle.is_full = True
     assert registry.pick(TUNNEL) in conns  # none has room: one is tried (its refusal is a 502)
+
+
+def test_a_pick_over_one_transport_takes_turns_among_its_connections_only() -> None:
+    registry, conns = _registry(4)
+    conns[1].protocol = conns[3].protocol = "quic"
+    assert [registry.pick_over(TUNNEL, "quic") for _ in range(3)] == [
+        conns[1],
+        conns[3],
+        conns[1],
+    ]
+    assert registry.pick_over(TUNNEL, "http2") in (conns[0], conns[2])
+    conns[3].draining = True
+    assert [registry.pick_over(TUNNEL, "quic") for _ in range(2)] == [conns[1], conns[1]]
+    conns[1].responsive = False  # the only one left: picked all the same
+    assert registry.pick_over(TUNNEL, "quic") is conns[1]
+    registry.remove(conns[1])
+    assert registry.pick_over(TUNNEL, "quic") is None
+    assert registry.pick_over(uuid.uuid4(), "quic") is None
+
+
+def test_a_pick_over_one_transport_prefers_a_connection_that_answers() -> None:
+    registry, conns = _registry(3)
+    for conn in conns:
+        conn.protocol = "quic"
+    conns[0].responsive = False
+    assert isinstance(conns[2].handle, _Handle)
+    conns[2].handle.is_full = True
+    assert [registry.pick_over(TUNNEL, "quic") for _ in range(3)] == [conns[1]] * 3

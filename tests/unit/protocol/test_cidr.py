@@ -8,7 +8,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from adit.protocol.cidr import HostBitsSet, InvalidNetwork, parse_address, parse_network
+from adit.protocol.cidr import (
+    HostBitsSet,
+    InvalidDestination,
+    InvalidNetwork,
+    parse_address,
+    parse_destination,
+    parse_network,
+)
 
 
 @pytest.mark.parametrize(
@@ -93,3 +100,60 @@ def test_addresses_parse_as_go_parse_ip_takes_them() -> None:
     for bad in ("10.1.2", "010.1.2.3", "fe80::1%eth0", "[::1]", "10.1.2.3/32", ""):
         with pytest.raises(ValueError, match=r"does not appear|is not an IP"):
             parse_address(bad)
+
+
+# -- a flow's destination -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "address", "port"),
+    [
+        ("10.1.2.3:22", "10.1.2.3", 22),
+        ("127.0.0.1:65535", "127.0.0.1", 65535),
+        ("[fd00::1]:53", "fd00::1", 53),
+        ("[FD00:0::1]:1", "fd00::1", 1),
+        ("[::ffff:10.1.2.3]:53", "10.1.2.3", 53),  # an IPv4 peer as a dual-stack socket has it
+    ],
+)
+def test_destinations_are_an_address_and_a_port(text: str, address: str, port: int) -> None:
+    assert parse_destination(text) == (ipaddress.ip_address(address), port)
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        ("10.1.2.3", "is not IP:PORT"),
+        ("fd00::1:22", "is not IP:PORT"),  # IPv6 without brackets is ambiguous
+        ("db.corp:5432", "'db.corp' is not an IP address (names are not resolved)"),
+        ("010.1.2.3:22", "is not an IP address"),
+        ("[fe80::1%eth0]:22", "is not an IP address"),
+        ("10.1.2.3:0", "no port from 1 to 65535"),
+        ("10.1.2.3:65536", "no port from 1 to 65535"),
+        ("10.1.2.3:+22", "no port from 1 to 65535"),
+        ("10.1.2.3:２２", "no port from 1 to 65535"),  # fullwidth digits
+        ("10.1.2.3:0000022", "no port from 1 to 65535"),
+        ("10.1.2.3:", "no port from 1 to 65535"),
+        ("0.0.0.0:22", "not one host's address"),
+        ("[::]:22", "not one host's address"),
+        ("224.0.0.251:5353", "not one host's address"),
+        ("[ff02::fb]:5353", "not one host's address"),
+        ("255.255.255.255:67", "not one host's address"),
+        ("", "is not IP:PORT"),
+    ],
+)
+def test_bad_destinations_are_refused_saying_why(text: str, says: str) -> None:
+    with pytest.raises(InvalidDestination) as caught:
+        parse_destination(text)
+    assert says in str(caught.value)
+
+
+@given(st.ip_addresses(), st.integers(1, 65535))
+def test_every_unicast_address_and_port_round_trips(
+    address: ipaddress.IPv4Address | ipaddress.IPv6Address, port: int
+) -> None:
+    if address.is_unspecified or address.is_multicast or str(address) == "255.255.255.255":
+        return
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return
+    text = f"[{address}]:{port}" if address.version == 6 else f"{address}:{port}"
+    assert parse_destination(text) == (address, port)

@@ -28,6 +28,7 @@ def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]
         "TUNNEL_CRED_CONTENTS",
         "TUNNEL_EDGE",
         "TUNNEL_TRANSPORT_PROTOCOL",
+        "TUNNEL_MAX_ACTIVE_FLOWS",
     ):
         monkeypatch.delenv(name, raising=False)
     root = logging.getLogger()
@@ -217,3 +218,23 @@ def test_a_quick_tunnel_is_quic_unless_the_protocol_was_set(
 
     assert quick_protocol_args({}) == ["--protocol", "quic"]
     assert quick_protocol_args({"TUNNEL_TRANSPORT_PROTOCOL": "http2"}) == []
+
+
+def test_max_active_flows_from_flag_env_or_warp_routing(
+    started: list[SupervisorSettings], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert _settings(started).max_active_flows == 0  # cloudflared's default: no limit
+    config = tmp_path / "config.yml"
+    config.write_text(f"warp-routing:\n  maxActiveFlows: 7\n{CATCH_ALL}")
+    assert _settings(started, "--config", str(config)).max_active_flows == 7
+    # The flag overrides the configured value (orchestration/orchestrator.go).
+    assert (
+        _settings(started, "--config", str(config), "--max-active-flows", "2").max_active_flows == 2
+    )
+    monkeypatch.setenv("TUNNEL_MAX_ACTIVE_FLOWS", "3")
+    assert _settings(started).max_active_flows == 3
+
+
+def test_a_negative_max_active_flows_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    code, err = _run(["--token", _token(), "--max-active-flows", "-1"], capsys)
+    assert code != 0 and "--max-active-flows" in err

@@ -51,6 +51,7 @@ from adit.protocol.websocket import (
     WebSocketConnection,
     encode_frame,
 )
+from adit.workers.edge_connection import WARP_ROUTING
 from adit.workers.errors import UNREACHABLE_MESSAGE
 from adit.workers.proxy import OriginProxy
 from adit.workers.stream import IncomingRequest, ResponseSource, StreamKind
@@ -1139,3 +1140,61 @@ async def test_hello_world_sse_streams_until_cancelled() -> None:
             await task
     assert stream.was_reset
     assert proxy.stats.concurrent_requests == 0
+
+
+# --------------------------------------------------------------------------- private flows
+
+
+def private_incoming(port: int) -> IncomingRequest:
+    return incoming(kind=StreamKind.TCP, method="CONNECT", authority=f"127.0.0.1:{port}")
+
+
+@asynctest
+async def test_a_private_flow_passes_the_clients_end_on_and_the_answer_still_comes() -> None:
+    ends: list[bytes] = []
+
+    async def answer_at_eof(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        request = await reader.read()  # everything, up to the client's end
+        ends.append(request)
+        writer.write(b"got " + request)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer_at_eof, "127.0.0.1", 0)
+    port = int(server.sockets[0].getsockname()[1])
+    async with server, proxy_for_test() as proxy:
+        stream = FakeTunnelStream(private_incoming(port), body=[b"PI", b"NG"])
+        await asyncio.wait_for(proxy.serve_private(stream, WARP_ROUTING), 10)
+    assert ends == [b"PING"]
+    assert (stream.status, stream.source) == (200, ResponseSource.ORIGIN)
+    assert stream.body == b"got PING"
+    assert stream.ended and not stream.was_reset
+
+
+@asynctest
+async def test_a_private_flow_ends_its_stream_when_the_destination_closes_first() -> None:
+    async def banner_and_close(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"bye\r\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(banner_and_close, "127.0.0.1", 0)
+    port = int(server.sockets[0].getsockname()[1])
+    async with server, proxy_for_test() as proxy:
+        stream = FakeTunnelStream(private_incoming(port))
+        task = asyncio.create_task(proxy.serve_private(stream, WARP_ROUTING))
+        await asyncio.wait_for(stream.finished.wait(), 10)
+        # The stream ended our way; the edge's end (its client told) ends the flow.
+        assert stream.ended and stream.body == b"bye\r\n" and not task.done()
+        stream.feed_eof()
+        await asyncio.wait_for(task, 10)
+    assert not stream.was_reset
+
+
+@asynctest
+async def test_a_private_flow_to_a_closed_port_is_a_502_with_the_reason() -> None:
+    async with proxy_for_test() as proxy:
+        stream = FakeTunnelStream(private_incoming(free_port()))
+        await asyncio.wait_for(proxy.serve_private(stream, WARP_ROUTING), 10)
+    assert (stream.status, stream.source) == (502, ResponseSource.CONNECTOR)
+    assert stream.body.startswith(b"adit-origin-error: refused\n")

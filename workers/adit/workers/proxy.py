@@ -40,7 +40,7 @@ from adit.workers.errors import (
 )
 from adit.workers.origins.dialer import Dialer, OriginKey, split_destination
 from adit.workers.origins.http1 import OriginConnection, OriginResponse
-from adit.workers.origins.pipe import pipe
+from adit.workers.origins.pipe import pipe, pipe_half_closing
 from adit.workers.origins.pool import ConnectionPool
 from adit.workers.origins.request import (
     BodyFraming,
@@ -161,8 +161,8 @@ class OriginProxy:
             host, port = split_destination(stream.request.authority)
             reader, writer = await self._dialer.dial(OriginKey(host, port), options)
             await stream.send_response(200, [], source=ResponseSource.ORIGIN)
-            await pipe(stream, reader, writer)
-            await stream.end()
+            # A TCP connection end to end: a client's end of input still gets the answer.
+            await pipe_half_closing(stream, reader, writer)
         except OriginError as exc:
             self._log.warning(
                 "%s: %s",

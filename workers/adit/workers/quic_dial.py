@@ -3,7 +3,8 @@
 The connection is the worker's :class:`~adit.workers.edge_connection.EdgeConnection` (control
 stream, registration, streams to origins) with the QUIC I/O of :class:`~adit.quicio.QuicIO`
 under it, as cloudflared's ``quicConnection`` (PROTOCOL.md §5): SNI ``quic.cftunnel.com``, ALPN
-``argotunnel``, datagrams on, the control stream opened by us as stream 0.
+``argotunnel``, datagrams on, the control stream opened by us as stream 0. The edge's RPC
+streams and the DATAGRAM frames are its UDP sessions (:mod:`adit.workers.udp_sessions`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING, cast
 
 from aioquic.quic.connection import NetworkAddress
 
+from adit.protocol.datagrams import DatagramVersion, datagram_version
 from adit.protocol.quic_engine import (
     PostQuantum,
     TunnelQuicConfiguration,
@@ -24,6 +26,7 @@ from adit.protocol.quic_engine import (
 from adit.protocol.quic_tunnel import ConnectorQuicConnection, DatagramReceived, RpcStreamOpened
 from adit.quicio import NO_ANSWER, QuicIO
 from adit.workers.edge_connection import EdgeConnection, Registration, StreamServer
+from adit.workers.udp_sessions import FlowLimiter, UdpCounters, UdpSessions
 
 if TYPE_CHECKING:
     from adit.config.ingress import Ingress
@@ -64,6 +67,9 @@ class QuicEdgeConnection(QuicIO, EdgeConnection):
         registration: Registration,
         proxy: StreamServer,
         ingress: Callable[[], Ingress],
+        *,
+        flow_limiter: FlowLimiter | None = None,
+        udp_counters: UdpCounters | None = None,
     ) -> None:
         EdgeConnection.__init__(
             self,
@@ -73,6 +79,17 @@ class QuicEdgeConnection(QuicIO, EdgeConnection):
             conn=ConnectorQuicConnection(quic),  # type: ignore[arg-type]
         )
         self.udp: asyncio.DatagramTransport | None = None
+        #: The UDP sessions to origins, in the datagram version the features announce (a
+        #: connector announcing neither gets none asked of it, but would serve v2).
+        version = datagram_version(registration.options.client.features) or DatagramVersion.V2
+        self.sessions = UdpSessions(
+            self,
+            version,
+            registration.conn_index,
+            self.spawn,
+            limiter=flow_limiter,
+            counters=udp_counters,
+        )
 
     protocol_name = "quic"
 
@@ -80,11 +97,13 @@ class QuicEdgeConnection(QuicIO, EdgeConnection):
         return self.udp.get_extra_info("sockname") if self.udp is not None else None
 
     def on_event(self, event: object) -> None:
-        if isinstance(event, RpcStreamOpened):
-            # Configuration pushes and UDP sessions are not served here yet: refused.
-            self.conn.reset_stream(event.stream_id)
-        elif isinstance(event, DatagramReceived):
-            pass
+        if isinstance(event, DatagramReceived):
+            self.sessions.on_datagram(event.data)
+        elif isinstance(event, RpcStreamOpened):
+            # UDP session registrations and configuration pushes (cloudflared's
+            # CloudflaredServer). The channel exists before the stream's RPC bytes are
+            # dispatched to it.
+            self.sessions.serve(self.channel(event.stream_id))
         else:
             super().on_event(event)  # type: ignore[arg-type]
 
@@ -97,6 +116,7 @@ class QuicEdgeConnection(QuicIO, EdgeConnection):
         super().on_failure(reason, error_code)
 
     def on_lost(self, exc: Exception | None) -> None:
+        self.sessions.close_all()
         super().on_lost(exc)
         if self.udp is not None:
             self.udp.close()

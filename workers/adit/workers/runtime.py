@@ -38,7 +38,7 @@ import random
 import ssl
 import sys
 import uuid
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from adit.ipc.messages import (
@@ -50,6 +50,7 @@ from adit.ipc.messages import (
     IngressSnapshot,
     RegistrationRefused,
     StatsSnapshot,
+    UdpStats,
     WorkerSettings,
 )
 from adit.logs import fields
@@ -81,6 +82,7 @@ if TYPE_CHECKING:
     from adit.protocol.quic_engine import TunnelQuicConfiguration, TunnelQuicConnection
     from adit.workers.proxy import OriginProxy
     from adit.workers.quic_telemetry import QuicTelemetry
+    from adit.workers.udp_sessions import FlowLimiter, UdpCounters
 
 log = logging.getLogger("adit.workers")
 
@@ -100,8 +102,27 @@ MAX_RETRY_AFTER = 600.0
 HOMECOMING_DELAY = 5.0
 HOMECOMING_MAX_DELAY = 60.0
 
-#: What adit's connector tells the edge it supports.
-FEATURES = ("serialized_headers", FEATURE_SERIALIZED_REQUEST_HEADERS)
+#: What adit's connector tells the edge it supports whatever ``--features`` says: cloudflared's
+#: defaults (features/features.go ``defaultFeatures``) less what adit does not do (remote
+#: configuration, management logs, ``support_quic_eof``), plus its own request headers.
+FEATURES = ("serialized_headers", FEATURE_SERIALIZED_REQUEST_HEADERS, "support_datagram_v2")
+#: Dropped from ``--features`` as cloudflared drops them (features/features.go).
+DEPRECATED_FEATURES = frozenset({"support_datagram_v3", "support_datagram_v3_1"})
+
+
+def announced_features(cli: Sequence[str], *, post_quantum: bool) -> tuple[str, ...]:
+    """The features a connection announces, as cloudflared builds them (features/selector.go
+    ``clientFeatures``): the defaults, ``--features`` (deprecated names removed),
+    ``postquantum`` with ``--post-quantum``, and the datagram version: v3
+    (``support_datagram_v3_2``, beside the default v2) when ``--features`` names it. Each
+    once, in that order (cloudflared's order is a Go map's)."""
+    extra = [*cli, *(["postquantum"] if post_quantum else [])]
+    version = "support_datagram_v3_2" if "support_datagram_v3_2" in extra else "support_datagram_v2"
+    announced: dict[str, None] = {}
+    for feature in (*FEATURES, *extra, version):
+        if feature not in DEPRECATED_FEATURES:
+            announced[feature] = None
+    return tuple(announced)
 
 
 def go_arch() -> str:
@@ -288,6 +309,10 @@ class WorkerRuntime:
         #: The quic_client_* counts, from the first QUIC dial on (cloudflared registers them
         #: then).
         self.quic_telemetry: QuicTelemetry | None = None
+        # UDP sessions' flow limit (--max-active-flows) and counters, shared by every QUIC
+        # connection of the worker; built at the first QUIC dial, as the module is.
+        self._flow_limiter: FlowLimiter | None = None
+        self._udp_counters: UdpCounters | None = None
         #: ``--protocol`` and which protocol each connection index last registered with.
         #: Fixed for the worker's life: the supervisor keeps the setting across reloads.
         self.protocols = ProtocolSelector(
@@ -425,6 +450,8 @@ class WorkerRuntime:
                 self._quic_config = None
             if settings.edges != old.edges:
                 self._learned.clear()
+            if self._flow_limiter is not None:
+                self._flow_limiter.limit = settings.max_active_flows
             if self._draining.is_set() or not self._running:
                 return
             wanted = list(settings.conn_indexes)
@@ -489,7 +516,7 @@ class WorkerRuntime:
         s = self.settings
         client = ClientInfo(
             client_id=self.connector_id,
-            features=tuple(s.features) or FEATURES,
+            features=announced_features(s.features, post_quantum=s.post_quantum),
             version=s.version,
             arch=go_arch(),
         )
@@ -820,22 +847,35 @@ class WorkerRuntime:
             dial_quic,
         )
         from adit.workers.quic_telemetry import QuicTelemetry
+        from adit.workers.udp_sessions import FlowLimiter, UdpCounters
 
         telemetry = self.quic_telemetry
         if telemetry is None:
             telemetry = self.quic_telemetry = QuicTelemetry()
-
-        def make(quic: TunnelQuicConnection) -> QuicEdgeConnection:
-            connection = QuicEdgeConnection(quic, registration, self.proxy, self.ingress)
-            telemetry.opened(slot.conn_index, quic)
-            connection.lost.add_done_callback(lambda _: telemetry.closed(quic))
-            return connection
 
         config = self._quic_config
         if config is None:
             config = self._quic_config = connector_quic_configuration(
                 self.settings.edge_ca_pem, post_quantum=self.settings.post_quantum
             )
+        if self._flow_limiter is None or self._udp_counters is None:
+            self._flow_limiter = FlowLimiter(self.settings.max_active_flows)
+            self._udp_counters = UdpCounters()
+        limiter, counters = self._flow_limiter, self._udp_counters
+
+        def make(quic: TunnelQuicConnection) -> QuicEdgeConnection:
+            connection = QuicEdgeConnection(
+                quic,
+                registration,
+                self.proxy,
+                self.ingress,
+                flow_limiter=limiter,
+                udp_counters=counters,
+            )
+            telemetry.opened(slot.conn_index, quic)
+            connection.lost.add_done_callback(lambda _: telemetry.closed(quic))
+            return connection
+
         where = f"{edge.host}:{edge.port}"
         try:
             return await dial_quic(
@@ -1004,9 +1044,10 @@ class WorkerRuntime:
     def _publish_stats(self) -> None:
         proxy = self.proxy.loaded
         quic = self.quic_telemetry.snapshot() if self.quic_telemetry is not None else None
+        udp = _udp_stats(self._udp_counters)
         if proxy is None:
             # Nothing served yet.
-            self.publish(StatsSnapshot(self.settings.slot, 0, 0, 0, {}, quic=quic))
+            self.publish(StatsSnapshot(self.settings.slot, 0, 0, 0, {}, udp, quic=quic))
             return
         stats = proxy.stats
         self.publish(
@@ -1016,9 +1057,27 @@ class WorkerRuntime:
                 request_errors=stats.request_errors,
                 concurrent_requests=stats.concurrent_requests,
                 responses_by_code={str(k): v for k, v in stats.responses_by_code.items()},
+                udp=udp,
                 quic=quic,
             )
         )
+
+
+def _udp_stats(counters: UdpCounters | None) -> UdpStats | None:
+    """The worker's UDP counters as the supervisor gets them (None before any QUIC dial)."""
+    if counters is None:
+        return None
+    dropped: dict[int, dict[str, int]] = {}
+    for (conn_index, reason), count in counters.dropped.items():
+        dropped.setdefault(conn_index, {})[reason] = count
+    return UdpStats(
+        active_sessions=counters.active_sessions,
+        total_sessions=counters.total_sessions,
+        active_flows=dict(counters.active_flows),
+        total_flows=dict(counters.total_flows),
+        failed_flows=dict(counters.failed_flows),
+        dropped_datagrams=dropped,
+    )
 
 
 def _refusal_outcome(refusal: RegistrationRefusal) -> Outcome:

@@ -7,18 +7,26 @@ either direction ends; the caller then closes both sides.
 An idle WebSocket is mostly this pipe waiting, a thousand of them at a time: the calling task
 copies edge→origin itself and a single task copies origin→edge (no second task and no
 ``asyncio.wait`` bookkeeping per stream, see :func:`race`).
+
+A private-network flow is a TCP connection end to end, and :func:`pipe_half_closing` carries
+it as one: each direction's end is passed on (the edge's end of the stream as a FIN to the
+destination, the destination's FIN as the end of the stream) and the other direction goes on
+until it ends too, so a client that ends its input (``echo PING | adit access tcp ...``)
+still gets the answer. cloudflared's ``Pipe`` ends both directions at the first end instead.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Coroutine
 from typing import Any
 
+from adit.tunnelio import StreamClosedError
 from adit.workers.origins.dialer import READ_LIMIT
 from adit.workers.stream import TunnelStream
 
-__all__ = ["pipe", "race"]
+__all__ = ["pipe", "pipe_half_closing", "race"]
 
 
 class _Race:
@@ -125,3 +133,38 @@ async def _origin_to_edge(
         if not data:
             return
         await stream.write(data)
+
+
+async def pipe_half_closing(
+    stream: TunnelStream, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+) -> None:
+    """Copy both ways until both directions ended, each end passed on to the other side; a
+    failure of either direction (a reset, a broken socket) stops both and is raised."""
+    tasks = (
+        asyncio.ensure_future(_edge_to_origin(stream, writer)),
+        asyncio.ensure_future(_origin_to_edge_then_end(stream, reader)),
+    )
+    up, down = tasks
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        for task in done:
+            failure = task.exception()
+            if failure is None:
+                continue
+            # The destination ended first and the edge then dropped the stream (its client
+            # was told and left): the flow is over, not broken.
+            over = down in done and not down.cancelled() and down.exception() is None
+            if task is up and isinstance(failure, StreamClosedError) and over:
+                continue
+            raise failure
+    finally:
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(BaseException):
+                await task
+
+
+async def _origin_to_edge_then_end(stream: TunnelStream, reader: asyncio.StreamReader) -> None:
+    await _origin_to_edge(stream, reader, b"")
+    await stream.end()
