@@ -530,3 +530,65 @@ def test_datagrams_through_cloudflared(
         start_cloudflared(processes, tunnel, config, edge, protocol="quic")
         _ten_thousand_echoed(account, processes, udp_echo)
     assert "proto=udp" in edge.proc.text()
+
+
+def test_each_client_address_gets_a_flow_and_idle_ones_close(
+    edge: Edge,
+    account: Account,
+    processes: Processes,
+    udp_echo: int,
+    tmp_path: Path,
+) -> None:
+    tunnel, config = _tunnel(account, tmp_path, "127.0.0.1/32")
+    start_connector(processes, tunnel, config, extra=["--protocol", "quic"])
+
+    def relay(name: str, *options: str) -> tuple[Proc, int]:
+        local = free_udp_port()
+        access = processes.start(
+            name,
+            [
+                *adit_command(),
+                "access",
+                "udp",
+                "--destination",
+                f"127.0.0.1:{udp_echo}",
+                "--listen",
+                f"127.0.0.1:{local}",
+                *options,
+            ],
+            env={"HOME": str(account.home)},
+        )
+        access.wait_for_log("Start private UDP listener")
+        return access, local
+
+    def client(local: int) -> socket.socket:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.connect(("127.0.0.1", local))
+        sock.settimeout(15)
+        return sock
+
+    def echo(sock: socket.socket, payload: bytes) -> None:
+        sock.send(payload)
+        assert sock.recv(65536) == payload
+
+    # Three client addresses, room for two flows: the flow idle longest makes room.
+    crowded, local = relay("access-crowded", "--max-flows", "2")
+    clients = [client(local) for _ in range(3)]
+    try:
+        for index, sock in enumerate(clients):
+            echo(sock, f"client {index}".encode())
+        crowded.wait_for_log("UDP flow for .* opened", count=3)
+        crowded.wait_for_log("closed: evicted for another client")
+    finally:
+        for sock in clients:
+            sock.close()
+
+    # An idle flow closes; the address's next datagram opens another.
+    quiet, local = relay("access-quiet", "--idle-timeout", "0.5")
+    with client(local) as sock:
+        echo(sock, b"before")
+        quiet.wait_for_log("closed: idle")
+        echo(sock, b"after")
+    quiet.wait_for_log("UDP flow for .* opened", count=2)
+    opened = [line for line in edge.proc.text().splitlines() if "private flow opened" in line]
+    assert len(opened) == 5 and all("proto=udp" in line for line in opened)

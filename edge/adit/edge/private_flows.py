@@ -99,10 +99,12 @@ _REASON_WAIT = 2.0
 _ORIGIN_ERROR_PREFIX = b"adit-origin-error:"
 #: A close frame's reason is at most 123 bytes (RFC 6455 §5.5).
 _MAX_CLOSE_REASON = 123
+# Cloudflare's codes where the API has one (as adit.edge.api); the gateway and cap refusals are
+# adit's own (Cloudflare documents none for them), numbered after their HTTP status.
 _UNAVAILABLE = 10013
-_BAD_GATEWAY = 10502
-_TOO_MANY = 10429
 _METHOD_NOT_ALLOWED = 10405
+_TOO_MANY = 10429
+_BAD_GATEWAY = 10502
 _JSON = "application/json"
 
 

@@ -351,15 +351,15 @@ def _private_options(func: Callable[..., None]) -> Callable[..., None]:
         "--vn",
         "vnet",
         default=None,
-        help="Private mode: the virtual network (name or ID) whose route to use (default: the "
-        "account's default one).",
+        help="For a private address: the virtual network (name or ID) whose route to use "
+        "(default: the account's default one).",
     )(func)
     return click.option(
         "--origincert",
         envvar="TUNNEL_ORIGIN_CERT",
         default=None,
-        help="Private mode: the cert.pem `adit tunnel login` wrote (default: searched as "
-        "`adit tunnel` does).",
+        help="For a private address: the cert.pem `adit tunnel login` wrote (default: "
+        "searched as `adit tunnel` does).",
     )(func)
 
 

@@ -369,6 +369,7 @@ class _UdpFlow:
     async def _carry(self) -> None:
         relay = self.relay
         reader, writer, rest = await _open(relay.target, relay.headers)
+        log.info("UDP flow for %s opened", join_host_port(*self.peer))
         ws = WebSocketConnection(Role.CLIENT, max_frame=65_535)
         lock = asyncio.Lock()
 
@@ -420,8 +421,13 @@ class _UdpFlow:
             if up_task.done():
                 up_task.result()
             # Idle (or evicted): we end the flow, and wait a moment for the edge's answer.
+            why = "evicted for another client" if self.evicted.is_set() else "idle"
+            # Out of the table before the closing handshake: the address's next datagram
+            # opens another flow instead of going to this one.
+            self.relay.forget(self)
+            log.info("UDP flow for %s closed: %s", join_host_port(*self.peer), why)
             with contextlib.suppress(OSError):
-                await send(ws.send_close(CloseCode.NORMAL, "idle"))
+                await send(ws.send_close(CloseCode.NORMAL, why))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait({down_task}, timeout=_CLOSE_WAIT)
         finally:
