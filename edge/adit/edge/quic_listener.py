@@ -19,6 +19,7 @@ import contextlib
 import logging
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import cast
 
 from aioquic._buffer import Buffer
@@ -53,7 +54,7 @@ from adit.protocol.quic_tunnel import (
 )
 from adit.quicio import QuicIO
 
-__all__ = ["QuicListener", "QuicTunnelSession", "edge_quic_configuration"]
+__all__ = ["QuicListener", "QuicListenerStats", "QuicTunnelSession", "edge_quic_configuration"]
 
 log = logging.getLogger("adit.edge.quic")
 
@@ -121,6 +122,26 @@ class QuicTunnelSession(QuicIO, TunnelSession):
             super().on_event(event)  # type: ignore[arg-type]
 
 
+@dataclass(frozen=True)
+class QuicListenerStats:
+    """What a QUIC listener holds now, and what it did since it started."""
+
+    #: Live connections (sessions), registered or not.
+    sessions: int
+    #: Sessions without a registration yet (in their handshake, or not registered).
+    unregistered: int
+    #: Connection ids routed to a session.
+    routes: int
+    #: Connection ids the listener keeps for its sessions (to unroute them at the end).
+    tracked_ids: int
+    #: Live sessions by client address.
+    per_ip: dict[str, int]
+    #: Sessions created since the listener started.
+    created: int
+    #: Retry packets sent since the listener started.
+    retries: int
+
+
 class QuicListener(asyncio.DatagramProtocol):
     """Routes the datagrams of one UDP socket to their QUIC tunnel sessions."""
 
@@ -140,6 +161,8 @@ class QuicListener(asyncio.DatagramProtocol):
         self._sessions: dict[QuicTunnelSession, tuple[str, list[bytes]]] = {}
         self._per_ip: dict[str, int] = {}
         self._retry = QuicRetryTokenHandler()
+        self._created = 0
+        self._retries = 0
         self.transport: asyncio.DatagramTransport | None = None
         self._loop = asyncio.get_running_loop()
 
@@ -217,6 +240,7 @@ class QuicListener(asyncio.DatagramProtocol):
                 ),
                 addr,
             )
+            self._retries += 1
             return
         quic = TunnelQuicConnection(
             configuration=self.configuration,
@@ -224,6 +248,7 @@ class QuicListener(asyncio.DatagramProtocol):
             retry_source_connection_id=retry_cid,
         )
         session = self._new_session(quic, self)
+        self._created += 1
         self._sessions[session] = (host, [])
         self._per_ip[host] = self._per_ip.get(host, 0) + 1
         self.route(header.destination_cid, session)
@@ -268,6 +293,18 @@ class QuicListener(asyncio.DatagramProtocol):
             self._per_ip[host] = left
         else:
             self._per_ip.pop(host, None)
+
+    def stats(self) -> QuicListenerStats:
+        """A snapshot of the listener's state and counters."""
+        return QuicListenerStats(
+            sessions=len(self._sessions),
+            unregistered=sum(1 for s in self._sessions if s.live is None),
+            routes=len(self._routes),
+            tracked_ids=sum(len(cids) for _, cids in self._sessions.values()),
+            per_ip=dict(self._per_ip),
+            created=self._created,
+            retries=self._retries,
+        )
 
     @property
     def sessions(self) -> list[QuicTunnelSession]:
