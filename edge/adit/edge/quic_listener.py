@@ -26,7 +26,9 @@ from aioquic._buffer import Buffer
 from aioquic.quic.configuration import SMALLEST_MAX_DATAGRAM_SIZE
 from aioquic.quic.connection import NetworkAddress
 from aioquic.quic.packet import (
+    PACKET_LONG_HEADER,
     QuicPacketType,
+    QuicProtocolVersion,
     encode_quic_retry,
     encode_quic_version_negotiation,
     pull_quic_header,
@@ -54,7 +56,13 @@ from adit.protocol.quic_tunnel import (
 )
 from adit.quicio import QuicIO
 
-__all__ = ["QuicListener", "QuicListenerStats", "QuicTunnelSession", "edge_quic_configuration"]
+__all__ = [
+    "QuicListener",
+    "QuicListenerStats",
+    "QuicTunnelSession",
+    "edge_quic_configuration",
+    "long_header_invariants",
+]
 
 log = logging.getLogger("adit.edge.quic")
 
@@ -62,6 +70,23 @@ log = logging.getLogger("adit.edge.quic")
 RETRY_ABOVE = 16
 #: Connections of one client address above which its new ones must prove the address.
 RETRY_ABOVE_PER_ADDRESS = 4
+
+
+def long_header_invariants(data: bytes) -> tuple[int, bytes, bytes] | None:
+    """(version, destination connection id, source connection id) of a long-header packet,
+    read by the rules every QUIC version shares (RFC 8999 §5.1: connection ids of up to 255
+    bytes); None when ``data`` is too short to hold them."""
+    if len(data) < 7:
+        return None
+    version = int.from_bytes(data[1:5], "big")
+    end = 6 + data[5]
+    if len(data) <= end:
+        return None
+    destination_cid = data[6:end]
+    source_end = end + 1 + data[end]
+    if len(data) < source_end:
+        return None
+    return version, destination_cid, data[end + 1 : source_end]
 
 
 def edge_quic_configuration(
@@ -176,31 +201,49 @@ class QuicListener(asyncio.DatagramProtocol):
         log.debug("QUIC listener: %s", exc)
 
     def datagram_received(self, data: bytes, addr: NetworkAddress) -> None:
+        if not data:
+            return
+        if data[0] & PACKET_LONG_HEADER:
+            header = long_header_invariants(data)
+            if header is None:
+                return  # not even a long header's invariant fields: nothing to answer
+            version, destination_cid, source_cid = header
+        else:
+            version, source_cid = None, b""
+            destination_cid = data[1 : 1 + self.configuration.connection_id_length]
+        session = self._routes.get(destination_cid)
+        if session is not None:
+            session.datagram_received(data, addr)
+            return
+        if version is None:
+            return  # a short header for no connection of ours (a stateless reset is optional)
+        if version == QuicProtocolVersion.NEGOTIATION:
+            return  # never answered (RFC 9000 §6.1: two endpoints would ping-pong for ever)
+        if version not in self.configuration.supported_versions:
+            # RFC 9000 §5.2.2, §6.1: a packet that could open a connection in some version gets
+            # the versions we speak; a smaller one MUST be dropped (an answer would amplify it).
+            # Its connection ids are read by the version-independent rules (RFC 8999 §5.1):
+            # another version's may be up to 255 bytes, and its other bits mean nothing here.
+            if len(data) >= SMALLEST_MAX_DATAGRAM_SIZE:
+                self._send(
+                    encode_quic_version_negotiation(
+                        source_cid=destination_cid,
+                        destination_cid=source_cid,
+                        supported_versions=self.configuration.supported_versions,
+                    ),
+                    addr,
+                )
+            return
+        self._initial(data, addr)
+
+    def _initial(self, data: bytes, addr: NetworkAddress) -> None:
+        """A long-header packet of our version for no connection: a new one, if it is a
+        client's Initial (of full size, from a proven address when needed, that decrypts)."""
         buf = Buffer(data=data)
         try:
             header = pull_quic_header(buf, host_cid_length=self.configuration.connection_id_length)
         except ValueError:
             return  # not QUIC: nothing to answer (answering garbage amplifies it)
-        session = self._routes.get(header.destination_cid)
-        if session is not None:
-            session.datagram_received(data, addr)
-            return
-        if (
-            header.packet_type != QuicPacketType.VERSION_NEGOTIATION
-            and header.version is not None
-            and header.version not in self.configuration.supported_versions
-        ):
-            # RFC 9000 §6: tell the client which versions we speak (never answering a
-            # Version Negotiation with another: two servers would ping-pong for ever).
-            self._send(
-                encode_quic_version_negotiation(
-                    source_cid=header.destination_cid,
-                    destination_cid=header.source_cid,
-                    supported_versions=self.configuration.supported_versions,
-                ),
-                addr,
-            )
-            return
         if header.packet_type != QuicPacketType.INITIAL or len(data) < SMALLEST_MAX_DATAGRAM_SIZE:
             return  # a packet of a connection we do not have, or an unpadded Initial
         host = str(addr[0])
@@ -247,6 +290,11 @@ class QuicListener(asyncio.DatagramProtocol):
             original_destination_connection_id=original_cid or header.destination_cid,
             retry_source_connection_id=retry_cid,
         )
+        quic.receive_datagram(data, addr, now)
+        if not quic.peer_packet_received:
+            # Nothing in it decrypted with the Initial keys of its own connection id: bytes
+            # made to look like an Initial. No connection (nor anything else) is kept for them.
+            return
         session = self._new_session(quic, self)
         self._created += 1
         self._sessions[session] = (host, [])
@@ -254,7 +302,6 @@ class QuicListener(asyncio.DatagramProtocol):
         self.route(header.destination_cid, session)
         self.route(quic.host_cid, session)
         session.start_quic(self._send, addr, client=False)
-        session.datagram_received(data, addr)
         session.begin(f"{host}:{addr[1]}")
 
     def _must_validate(self, host: str) -> bool:

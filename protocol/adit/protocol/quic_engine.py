@@ -47,6 +47,7 @@ from aioquic.quic.connection import (
     STREAM_COUNT_MAX,
     NetworkAddress,
     QuicConnection,
+    QuicConnectionState,
     QuicReceiveContext,
     QuicTokenHandler,
 )
@@ -253,6 +254,12 @@ class TunnelQuicConnection(QuicConnection):
             event = dataclasses.replace(event, reason_phrase=reason)
         return event
 
+    @property
+    def peer_packet_received(self) -> bool:
+        """Whether a packet of the peer was decrypted yet. A server's first datagram may hold
+        none: then it was no client's Initial, whatever its header said."""
+        return self._state is not QuicConnectionState.FIRSTFLIGHT
+
     # handshake deadline
 
     def connect(self, addr: NetworkAddress, now: float) -> None:
@@ -443,6 +450,7 @@ def _check_aioquic() -> None:
         "_streams",
         "_handshake_complete",
         "_is_client",
+        "_state",
         "_quic_logger",
     ):
         if not hasattr(probe, attribute):
