@@ -36,6 +36,7 @@ from adit.credentials.tunnel_credentials import TunnelCredentials, load_credenti
 from adit.protocol.quic_capnp import ConnectRequest, ConnectResponse
 from adit.protocol.quic_engine import TunnelQuicConfiguration, TunnelQuicConnection
 from adit.protocol.quic_metadata import StreamHeadReader, encode_data_stream_head
+from adit.protocol.quic_tls import PostQuantum
 from adit.protocol.registration import (
     ClientInfo,
     ConnectionDetails,
@@ -46,7 +47,7 @@ from adit.protocol.rpc_client import RegistrationClientSession
 from adit.protocol.rpc_events import RegistrationFailed, RegistrationReturned
 from adit.workers.quic_dial import connector_quic_configuration
 from adversary import split_hostport
-from harness import Edge, Proc, Tunnel
+from harness import Edge, Tunnel
 
 #: The seam's environment variable: where the edge writes its QUIC listener state on SIGUSR1.
 STATE_SEAM = "ADIT_TEST_QUIC_STATE"
@@ -120,18 +121,103 @@ def parse_version_negotiation(datagram: bytes) -> tuple[bytes, bytes, list[int]]
     return dcid, scid, versions
 
 
-def first_flight(edge_address: str, ca_pem: str, *, token: bytes = b"") -> tuple[bytes, bytes]:
-    """A real client's first datagram (a padded Initial with its ClientHello; ``token`` in
-    its header) and its original destination connection id."""
+def first_flight(edge_address: str, ca_pem: str) -> bytes:
+    """A real client's first datagram (a padded Initial with the start of its ClientHello)."""
     quic = TunnelQuicConnection(configuration=connector_quic_configuration(ca_pem))
-    host, port = split_hostport(edge_address)
-    quic.connect((host, port), now=time.monotonic())
-    if token:
-        # The token a Retry would have given (aioquic puts it in every Initial it sends).
-        quic._peer_token = token
+    quic.connect(split_hostport(edge_address), now=time.monotonic())
     datagrams = quic.datagrams_to_send(now=time.monotonic())
     assert datagrams, "aioquic sent no Initial"
-    return datagrams[0][0], quic._peer_cid.cid
+    return datagrams[0][0]
+
+
+#: A version no QUIC implementation uses (the 0x?a?a?a?a pattern is reserved for greasing).
+UNKNOWN_VERSION = 0x1A2A3A4A
+#: What a client's Initial must fill (RFC 9000 §14.1), and what a packet of an unknown version
+#: must fill to be answered (§5.2.2).
+FULL_SIZE = 1200
+
+
+def varint2(value: int) -> bytes:
+    """``value`` (< 16384) as a two-byte QUIC variable-length integer."""
+    return (0x4000 | value).to_bytes(2, "big")
+
+
+def unknown_version_packet(size: int, dcid: bytes = b"", scid: bytes = b"") -> bytes:
+    """A packet of an unknown version whose bytes also parse as a version 1 Handshake packet
+    (so that an edge reading every header as version 1 answers it too)."""
+    head = long_header(UNKNOWN_VERSION, dcid or os.urandom(8), scid or os.urandom(8), first=0xE0)
+    rest = size - len(head) - 2
+    return head + varint2(rest) + os.urandom(rest)
+
+
+def answers_until_marker(
+    sock: socket.socket, edge: Edge, datagrams: list[bytes], timeout: float = 15.0
+) -> list[bytes]:
+    """Send ``datagrams`` from ``sock``, then return everything the edge answered to them,
+    known for sure without waiting for a silence: a packet that gets a Version Negotiation
+    follows them from the same socket, and the edge handles (and answers) one socket's
+    datagrams in order."""
+    address = split_hostport(edge.tunnel[0])
+    marker = os.urandom(8)
+    for datagram in datagrams:
+        sock.sendto(datagram, address)
+    sock.sendto(unknown_version_packet(FULL_SIZE, marker, b"marker!!"), address)
+    sock.settimeout(timeout)
+    got: list[bytes] = []
+    for _ in range(100):
+        try:
+            data = sock.recv(65536)
+        except TimeoutError:
+            raise AssertionError(f"no answer to the marker; got {got}") from None
+        if data[1:5] == b"\0\0\0\0" and parse_version_negotiation(data)[:2] == (
+            b"marker!!",
+            marker,
+        ):
+            return got
+        got.append(data)
+    raise AssertionError(f"the marker's answer never came: {len(got)} other datagrams")
+
+
+def raw_client(edge: Edge, *, post_quantum: bool = True) -> TunnelQuicConnection:
+    """A client connection to ``edge`` (adit's connector settings; ``post_quantum`` off: a
+    classical ClientHello, one datagram) driven by hand: what it sends may be replayed from
+    anywhere."""
+    configuration = connector_quic_configuration(edge.ca.read_text())
+    if not post_quantum:
+        configuration.post_quantum = PostQuantum.OFF
+    quic = TunnelQuicConnection(configuration=configuration)
+    quic.connect(split_hostport(edge.tunnel[0]), now=time.monotonic())
+    return quic
+
+
+def to_send(quic: TunnelQuicConnection) -> list[bytes]:
+    """The datagrams ``quic`` has to send now."""
+    return [data for data, _ in quic.datagrams_to_send(now=time.monotonic())]
+
+
+def initial_close_code(datagram: bytes, destination_cid: bytes) -> int | None:
+    """The error code of the CONNECTION_CLOSE in a server's Initial packet sent in answer to
+    a client Initial addressed to ``destination_cid`` (decrypted with that id's Initial keys,
+    as the client would); None if there is none."""
+    from aioquic._buffer import Buffer
+    from aioquic.quic.crypto import CryptoPair
+
+    buf = Buffer(data=datagram)
+    header = pull_quic_header(buf, host_cid_length=8)
+    if header.packet_type is not QuicPacketType.INITIAL:
+        return None
+    crypto = CryptoPair()
+    crypto.setup_initial(cid=destination_cid, is_client=True, version=header.version or 1)
+    _, payload, _ = crypto.decrypt_packet(datagram[: header.packet_length], buf.tell(), 0)
+    frames = Buffer(data=payload)
+    while not frames.eof():
+        frame_type = frames.pull_uint_var()
+        if frame_type == 0x00:
+            continue  # PADDING
+        if frame_type == 0x1C:
+            return int(frames.pull_uint_var())
+        return None
+    return None
 
 
 # --- the edge's QUIC state (test seam) ----------------------------------------------------------
@@ -484,8 +570,3 @@ class HostileQuic:
         if out:
             self.quic.send_stream_data(0, out)
             self.flush()
-
-
-def edge_proc_log(proc: Proc) -> str:
-    """The edge's log so far (for assertion messages)."""
-    return proc.text()

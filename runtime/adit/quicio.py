@@ -52,10 +52,6 @@ class QuicIO(TunnelIO[Any]):
         if client:
             self.conn.quic.connect(peer, now=self._loop.time())
         self.conn.initiate()
-        if self._liveness_settings is not None:
-            now = self._loop.time()
-            self._liveness = Liveness(self._liveness_settings, now)
-            self._arm_liveness(now)
         self._handle(self.conn.take_events())
         if client:
             self.flush()  # the Initial; a server has nothing to send before its first datagram
@@ -93,10 +89,20 @@ class QuicIO(TunnelIO[Any]):
                 ended = event
             elif type(event) is HandshakeDone and not self.handshake.done():
                 self.handshake.set_result(event.alpn)
+                self._start_liveness()
             self.dispatch(event)  # type: ignore[arg-type]
         self.after_read()
         if ended is not None:
             self._terminated(self.conn.terminated_reason or "connection closed")
+
+    def _start_liveness(self) -> None:
+        # From the end of the handshake: before it there is nothing to PING with, and a
+        # handshake has its own bounds (QUIC's idle timeout, the handshake deadline), so a
+        # client that never finishes one is not "a peer that stopped answering PINGs".
+        if self._liveness_settings is not None and self._liveness is None:
+            now = self._loop.time()
+            self._liveness = Liveness(self._liveness_settings, now)
+            self._arm_liveness(now)
 
     # -- datagrams out -----------------------------------------------------------------------
 

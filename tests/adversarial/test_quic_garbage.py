@@ -29,19 +29,22 @@ import pytest
 from adversary import SteadyLoad, probe, split_hostport, start_tenant
 from harness import Edge, Origin, Processes, start_edge
 from quic_hostile import (
+    UNKNOWN_VERSION,
+    answers_until_marker,
     first_flight,
     long_header,
     parse_version_negotiation,
     quic_seam_env,
     quic_state,
     udp_socket,
+    unknown_version_packet,
+    varint2,
 )
 
 pytestmark = pytest.mark.process
 
 VICTIM = "victim.example.test"
-#: A version no QUIC implementation uses (the 0x?a?a?a?a pattern is reserved for greasing).
-UNKNOWN = 0x1A2A3A4A
+UNKNOWN = UNKNOWN_VERSION
 MIB = 1 << 20
 #: What a client's Initial must fill, and what an unknown version's packet must fill to be
 #: answered (RFC 9000 §14.1, §5.2.2).
@@ -54,15 +57,11 @@ def edge(processes: Processes) -> Edge:
     return start_edge(processes, env=quic_seam_env(processes.tmp))
 
 
-def _varint2(value: int) -> bytes:
-    return (0x4000 | value).to_bytes(2, "big")
-
-
 def _initial_lookalike(size: int = FULL) -> bytes:
     """A version 1 Initial header (fresh connection ids, no token) over random bytes."""
     head = long_header(1, os.urandom(8), os.urandom(8), first=0xC0)
     rest = size - len(head) - 1 - 2
-    return head + b"\x00" + _varint2(rest) + os.urandom(rest)
+    return head + b"\x00" + varint2(rest) + os.urandom(rest)
 
 
 def _unknown(size: int, dcid: bytes, scid: bytes, *, first: int = 0xC0) -> bytes:
@@ -70,47 +69,19 @@ def _unknown(size: int, dcid: bytes, scid: bytes, *, first: int = 0xC0) -> bytes
     return head + os.urandom(max(0, size - len(head)))
 
 
-def _unknown_v1_shaped(size: int, dcid: bytes = b"", scid: bytes = b"") -> bytes:
-    """An unknown version whose bytes parse as a version 1 Handshake packet."""
-    head = long_header(UNKNOWN, dcid or os.urandom(8), scid or os.urandom(8), first=0xE0)
-    rest = size - len(head) - 2
-    return head + _varint2(rest) + os.urandom(rest)
-
-
 def _answers_to(sock: socket.socket, edge: Edge, datagram: bytes) -> list[bytes]:
-    """Everything the edge sends back to ``datagram``, known for sure without waiting for a
-    silence: a packet that gets a Version Negotiation follows it from the same socket, and the
-    edge handles (and answers) one socket's datagrams in order."""
-    address = split_hostport(edge.tunnel[0])
-    marker = os.urandom(8)
-    sock.sendto(datagram, address)
-    # Shaped as a version 1 packet: answered by the edge before these fixes too.
-    sock.sendto(_unknown_v1_shaped(FULL, marker, b"marker!!"), address)
-    sock.settimeout(15)
-    got: list[bytes] = []
-    for _ in range(100):
-        try:
-            data = sock.recv(65536)
-        except TimeoutError:
-            raise AssertionError(f"no answer to the marker; got {got}") from None
-        if data[1:5] == b"\0\0\0\0" and parse_version_negotiation(data)[:2] == (
-            b"marker!!",
-            marker,
-        ):
-            return got
-        got.append(data)
-    raise AssertionError(f"the marker's answer never came: {len(got)} other datagrams")
+    return answers_until_marker(sock, edge, [datagram])
 
 
 def _nothing_answered(edge: Edge) -> dict[str, bytes]:
     """Datagrams the edge must not answer (nor keep anything for)."""
     address = edge.tunnel[0]
-    real, _ = first_flight(address, edge.ca.read_text())
+    real = first_flight(address, edge.ca.read_text())
     cases: dict[str, bytes] = {
         "zero-length": b"",
         "one byte": b"\xc0",
-        "unknown version, 26 bytes": _unknown_v1_shaped(26),
-        "unknown version, 1199 bytes": _unknown_v1_shaped(FULL - 1),
+        "unknown version, 26 bytes": unknown_version_packet(26),
+        "unknown version, 1199 bytes": unknown_version_packet(FULL - 1),
         "unknown version, a truncated header": long_header(UNKNOWN, b"12345678", b"")[:9],
         "version negotiation, full size": long_header(0, os.urandom(8), os.urandom(8))
         + b"\0\0\0\1" * 300,
@@ -118,15 +89,15 @@ def _nothing_answered(edge: Edge) -> dict[str, bytes]:
         "short header, unknown connection id": bytes([0x40]) + os.urandom(FULL),
         "short header, a few bytes": bytes([0x41, 0x02]),
         "version 1 handshake packet, unknown connection id": long_header(
-            1, os.urandom(8), os.urandom(8), first=0xE0, rest=_varint2(FULL) + os.urandom(FULL)
+            1, os.urandom(8), os.urandom(8), first=0xE0, rest=varint2(FULL) + os.urandom(FULL)
         ),
         "version 1 0-RTT packet, unknown connection id": long_header(
-            1, os.urandom(8), os.urandom(8), first=0xD0, rest=_varint2(FULL) + os.urandom(FULL)
+            1, os.urandom(8), os.urandom(8), first=0xD0, rest=varint2(FULL) + os.urandom(FULL)
         ),
         "version 1 initial, random payload": _initial_lookalike(),
         "version 1 initial, random payload, oversized": _initial_lookalike(1400),
         "version 1 initial, connection id of 21 bytes": long_header(
-            1, os.urandom(21), os.urandom(8), rest=b"\x00" + _varint2(FULL) + os.urandom(FULL)
+            1, os.urandom(21), os.urandom(8), rest=b"\x00" + varint2(FULL) + os.urandom(FULL)
         ),
         "a real client's initial, unpadded (truncated)": real[: FULL - 1],
     }
@@ -156,7 +127,7 @@ def test_each_kind_of_garbage_gets_only_what_rfc_9000_allows(edge: Edge) -> None
             negotiated[name] = (_unknown(size, dcid, scid, first=first), dcid, scid)
         dcid, scid = os.urandom(8), os.urandom(8)
         negotiated["shaped as a version 1 packet"] = (
-            _unknown_v1_shaped(FULL, dcid, scid),
+            unknown_version_packet(FULL, dcid, scid),
             dcid,
             scid,
         )

@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import cast
@@ -25,14 +26,19 @@ from typing import cast
 from aioquic._buffer import Buffer
 from aioquic.quic.configuration import SMALLEST_MAX_DATAGRAM_SIZE
 from aioquic.quic.connection import NetworkAddress
+from aioquic.quic.crypto import CryptoPair
 from aioquic.quic.packet import (
     PACKET_LONG_HEADER,
+    QuicErrorCode,
+    QuicFrameType,
+    QuicHeader,
     QuicPacketType,
     QuicProtocolVersion,
     encode_quic_retry,
     encode_quic_version_negotiation,
     pull_quic_header,
 )
+from aioquic.quic.packet_builder import QuicPacketBuilder
 from aioquic.quic.retry import QuicRetryTokenHandler
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
@@ -54,6 +60,12 @@ from adit.protocol.quic_tunnel import (
     EdgeQuicConnection,
     RpcStreamOpened,
 )
+from adit.protocol.registration import (
+    ConnectionDetails,
+    ConnectionOptions,
+    RegistrationError,
+    TunnelAuth,
+)
 from adit.quicio import QuicIO
 
 __all__ = [
@@ -70,6 +82,9 @@ log = logging.getLogger("adit.edge.quic")
 RETRY_ABOVE = 16
 #: Connections of one client address above which its new ones must prove the address.
 RETRY_ABOVE_PER_ADDRESS = 4
+#: Connections refused at the caps are logged at most once in this many seconds (with how
+#: many there were): the datagrams of a flood must not become as many log lines.
+REFUSALS_LOGGED_EVERY = 10.0
 
 
 def long_header_invariants(data: bytes) -> tuple[int, bytes, bytes] | None:
@@ -87,6 +102,30 @@ def long_header_invariants(data: bytes) -> tuple[int, bytes, bytes] | None:
     if len(data) < source_end:
         return None
     return version, destination_cid, data[end + 1 : source_end]
+
+
+def initial_close(header: QuicHeader, error_code: int, reason: str) -> bytes:
+    """A server Initial packet with a CONNECTION_CLOSE for the connection ``header``'s Initial
+    would open, without making that connection (RFC 9000 §10.2.3: before the handshake, the
+    close goes in an Initial, under the keys of the client's destination connection id)."""
+    crypto = CryptoPair()
+    crypto.setup_initial(cid=header.destination_cid, is_client=False, version=header.version or 1)
+    builder = QuicPacketBuilder(
+        host_cid=os.urandom(8),
+        peer_cid=header.source_cid,
+        version=header.version or 1,
+        is_client=False,
+        max_datagram_size=SMALLEST_MAX_DATAGRAM_SIZE,
+    )
+    builder.start_packet(QuicPacketType.INITIAL, crypto)
+    phrase = reason.encode("ascii")
+    buf = builder.start_frame(QuicFrameType.TRANSPORT_CLOSE, capacity=16 + len(phrase))
+    buf.push_uint_var(error_code)
+    buf.push_uint_var(QuicFrameType.PADDING)
+    buf.push_uint_var(len(phrase))
+    buf.push_bytes(phrase)
+    datagrams, _ = builder.flush()
+    return datagrams[0]
 
 
 def edge_quic_configuration(
@@ -134,6 +173,14 @@ class QuicTunnelSession(QuicIO, TunnelSession):
             conn=EdgeQuicConnection(quic),  # type: ignore[arg-type]
         )
         self.listener = listener
+
+    def _register(
+        self, auth: TunnelAuth, tunnel_id: uuid.UUID, conn_index: int, options: ConnectionOptions
+    ) -> ConnectionDetails | RegistrationError:
+        result = super()._register(auth, tunnel_id, conn_index, options)
+        if self.live is not None:
+            self.listener.registered(self)
+        return result
 
     def on_event(self, event: object) -> None:
         if isinstance(event, ConnectionIdIssued):
@@ -185,9 +232,13 @@ class QuicListener(asyncio.DatagramProtocol):
         self._routes: dict[bytes, QuicTunnelSession] = {}
         self._sessions: dict[QuicTunnelSession, tuple[str, list[bytes]]] = {}
         self._per_ip: dict[str, int] = {}
+        #: Sessions not registered yet: what the Retry threshold counts.
+        self._unregistered: set[QuicTunnelSession] = set()
         self._retry = QuicRetryTokenHandler()
         self._created = 0
         self._retries = 0
+        self._refused = 0
+        self._refusals_logged_at: float | None = None
         self.transport: asyncio.DatagramTransport | None = None
         self._loop = asyncio.get_running_loop()
 
@@ -247,12 +298,12 @@ class QuicListener(asyncio.DatagramProtocol):
         if header.packet_type != QuicPacketType.INITIAL or len(data) < SMALLEST_MAX_DATAGRAM_SIZE:
             return  # a packet of a connection we do not have, or an unpadded Initial
         host = str(addr[0])
+        now = self._loop.time()
         if len(self._sessions) >= self._max or self._per_ip.get(host, 0) >= self._max_per_ip:
-            log.warning("QUIC connection from %s refused: connection limit reached", host)
+            self._refuse(host, now)
             return
         original_cid: bytes | None = None
         retry_cid: bytes | None = None
-        now = self._loop.time()
         if header.token:
             try:
                 original_cid = self._retry.validate_token(
@@ -261,12 +312,18 @@ class QuicListener(asyncio.DatagramProtocol):
                     token=header.token,
                     now=now,
                 )
-                retry_cid = header.destination_cid
-            except ValueError:
-                # Not a token of ours (expired, another address, another edge process): as if
-                # there were none, so that an honest client is asked again, not left hanging.
-                pass
-        if original_cid is None and self._must_validate(host):
+            except ValueError as exc:
+                # This edge gives out no token but in a Retry, and a client takes one Retry per
+                # connection attempt (RFC 9000 §17.2.5.2): asking again would leave it hanging,
+                # making the connection would fail its check of the Retry. Refused, and told
+                # so at once (RFC 9000 §8.1.3: INVALID_TOKEN); no connection is made.
+                log.debug("QUIC Initial from %s: bad token (%s)", host, exc)
+                self._send(
+                    initial_close(header, QuicErrorCode.INVALID_TOKEN, "invalid token"), addr
+                )
+                return
+            retry_cid = header.destination_cid
+        elif self._must_validate(host):
             source_cid = os.urandom(8)
             self._send(
                 encode_quic_retry(
@@ -298,15 +355,31 @@ class QuicListener(asyncio.DatagramProtocol):
         session = self._new_session(quic, self)
         self._created += 1
         self._sessions[session] = (host, [])
+        self._unregistered.add(session)
         self._per_ip[host] = self._per_ip.get(host, 0) + 1
         self.route(header.destination_cid, session)
         self.route(quic.host_cid, session)
         session.start_quic(self._send, addr, client=False)
         session.begin(f"{host}:{addr[1]}")
 
+    def _refuse(self, host: str, now: float) -> None:
+        self._refused += 1
+        logged = self._refusals_logged_at
+        if logged is None or now - logged >= REFUSALS_LOGGED_EVERY:
+            log.warning(
+                "QUIC connections refused: connection limit reached (%d since the last report, "
+                "the latest from %s)",
+                self._refused,
+                host,
+            )
+            self._refused = 0
+            self._refusals_logged_at = now
+
     def _must_validate(self, host: str) -> bool:
-        handshaking = sum(1 for s in self._sessions if s.live is None)
-        return handshaking >= RETRY_ABOVE or self._per_ip.get(host, 0) >= RETRY_ABOVE_PER_ADDRESS
+        return (
+            len(self._unregistered) >= RETRY_ABOVE
+            or self._per_ip.get(host, 0) >= RETRY_ABOVE_PER_ADDRESS
+        )
 
     def _send(self, data: bytes, addr: NetworkAddress) -> None:
         if self.transport is not None and not self.transport.is_closing():
@@ -322,13 +395,19 @@ class QuicListener(asyncio.DatagramProtocol):
         self._routes[cid] = session
         self._sessions[session][1].append(cid)
 
+    def registered(self, session: QuicTunnelSession) -> None:
+        """``session`` registered: it no longer counts as a handshake in flight."""
+        self._unregistered.discard(session)
+
     def unroute(self, cid: bytes) -> None:
         """``cid`` was retired."""
         self._routes.pop(cid, None)
 
     def forget(self, session: TunnelSession) -> None:
         """A session ended: its connection ids and its place in the caps are freed."""
-        entry = self._sessions.pop(cast(QuicTunnelSession, session), None)
+        quic_session = cast(QuicTunnelSession, session)
+        self._unregistered.discard(quic_session)
+        entry = self._sessions.pop(quic_session, None)
         if entry is None:
             return
         host, cids = entry
@@ -345,7 +424,7 @@ class QuicListener(asyncio.DatagramProtocol):
         """A snapshot of the listener's state and counters."""
         return QuicListenerStats(
             sessions=len(self._sessions),
-            unregistered=sum(1 for s in self._sessions if s.live is None),
+            unregistered=len(self._unregistered),
             routes=len(self._routes),
             tracked_ids=sum(len(cids) for _, cids in self._sessions.values()),
             per_ip=dict(self._per_ip),
