@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -25,6 +26,8 @@ from adit.protocol.quic_tunnel import HandshakeDone, QuicEvent, QuicTunnelConnec
 from adit.tunnelio import HIGH_WATER, TunnelIO
 
 __all__ = ["QuicIO", "QuicSender"]
+
+log = logging.getLogger("adit.quic")
 
 #: How long a closed connection lingers to answer the peer's last packets (QUIC's closing
 #: period is three PTOs; aioquic ends it with ConnectionTerminated, this bounds it).
@@ -62,6 +65,12 @@ class QuicIO(TunnelIO[Any]):
         """A datagram of this connection (routed here by the listener or the endpoint)."""
         if self.closed:
             return
+        try:
+            self._received(data, addr)
+        except Exception as exc:
+            self._internal_error(exc)
+
+    def _received(self, data: bytes, addr: NetworkAddress) -> None:
         now = self._loop.time()
         if self._liveness is not None:
             self._liveness.heard(now)
@@ -79,8 +88,26 @@ class QuicIO(TunnelIO[Any]):
         self._timer = None
         if self.closed:
             return
-        self._handle(self.conn.handle_timer(self._loop.time()))
-        self.flush()
+        try:
+            self._handle(self.conn.handle_timer(self._loop.time()))
+            self.flush()
+        except Exception as exc:
+            self._internal_error(exc)
+
+    def _internal_error(self, exc: Exception) -> None:
+        """A bug met while handling this connection costs this connection, closed with
+        INTERNAL_ERROR: never the socket every other connection shares, nor a connection
+        left half-handled (its events dropped, its timer not armed again)."""
+        log.error(
+            "QUIC connection with %s:%s: internal error; closing it",
+            *self._peer_address[:2],
+            exc_info=exc,
+        )
+        try:
+            self.fail(f"internal error: {exc!r}", ErrorCode.INTERNAL_ERROR)
+        except Exception:
+            with contextlib.suppress(Exception):
+                self._terminated("internal error")
 
     def _handle(self, events: list[QuicEvent]) -> None:
         ended: ConnectionTerminated | None = None

@@ -252,6 +252,14 @@ class QuicListener(asyncio.DatagramProtocol):
         log.debug("QUIC listener: %s", exc)
 
     def datagram_received(self, data: bytes, addr: NetworkAddress) -> None:
+        try:
+            self._received(data, addr)
+        except Exception:
+            # A bug costs the datagram, never the socket every connection shares (a session's
+            # own errors close that session: QuicIO).
+            log.exception("QUIC listener: a datagram from %s:%s could not be handled", *addr[:2])
+
+    def _received(self, data: bytes, addr: NetworkAddress) -> None:
         if not data:
             return
         if data[0] & PACKET_LONG_HEADER:
@@ -359,8 +367,11 @@ class QuicListener(asyncio.DatagramProtocol):
         self._per_ip[host] = self._per_ip.get(host, 0) + 1
         self.route(header.destination_cid, session)
         self.route(quic.host_cid, session)
-        session.start_quic(self._send, addr, client=False)
-        session.begin(f"{host}:{addr[1]}")
+        try:
+            session.start_quic(self._send, addr, client=False)
+            session.begin(f"{host}:{addr[1]}")
+        except Exception as exc:
+            session._internal_error(exc)
 
     def _refuse(self, host: str, now: float) -> None:
         self._refused += 1

@@ -204,9 +204,31 @@ class QuicTunnelConnection:
         if stream is None:
             return
         if not stream.local_ended and not stream.stopped:
-            self.quic.reset_stream(stream_id, error_code)
+            self._reset_sending(stream_id, error_code)
         if not stream.remote_ended:
+            self._stop_receiving(stream_id, error_code)
+
+    def _abort(self, stream_id: int, error_code: int = RESET_CODE) -> None:
+        """RESET_STREAM where we send, STOP_SENDING where we receive."""
+        self._reset_sending(stream_id, error_code)
+        self._stop_receiving(stream_id, error_code)
+
+    def _reset_sending(self, stream_id: int, error_code: int) -> None:
+        if self._can_send(stream_id):
+            self.quic.reset_stream(stream_id, error_code)
+
+    def _stop_receiving(self, stream_id: int, error_code: int) -> None:
+        # A stream whose state aioquic already discarded (both sides done) has nothing to stop.
+        if self._can_receive(stream_id) and stream_id in self.quic._streams:
             self.quic.stop_stream(stream_id, error_code)
+
+    def _can_send(self, stream_id: int) -> bool:
+        """Not a unidirectional stream the peer opened (aioquic raises for those)."""
+        return not stream_id & 2 or bool(stream_id & 1) != self.quic._is_client
+
+    def _can_receive(self, stream_id: int) -> bool:
+        """Not a unidirectional stream we opened."""
+        return not stream_id & 2 or bool(stream_id & 1) == self.quic._is_client
 
     def pending(self, stream_id: int) -> int:
         """Bytes queued on the stream and not yet sent."""
@@ -296,7 +318,7 @@ class QuicTunnelConnection:
                 # and make the peer stop.
                 self._consume(stream_id, len(data))
                 if not end_stream:
-                    self.quic.stop_stream(stream_id, RESET_CODE)
+                    self._stop_receiving(stream_id, RESET_CODE)
                 return
             self._streams[stream_id] = stream
         if stream.phase is _Phase.DROP:
@@ -314,8 +336,7 @@ class QuicTunnelConnection:
                 # One bad stream head fails that stream, not the connection.
                 self._consume(stream_id, len(data))
                 self._streams.pop(stream_id, None)
-                self.quic.reset_stream(stream_id, RESET_CODE)
-                self.quic.stop_stream(stream_id, RESET_CODE)
+                self._abort(stream_id)
                 out.append(StreamReset(stream_id=stream_id, error_code=RESET_CODE))
                 return
             if head is None:
@@ -438,6 +459,8 @@ class EdgeQuicConnection(QuicTunnelConnection):
     def _new_peer_stream(self, stream_id: int) -> _Stream | None:
         if stream_id & 1:
             return None  # a server stream we do not know: given up already
+        if stream_id & 2:
+            return None  # cloudflared opens no unidirectional stream: stopped at once
         if stream_id == CONTROL_STREAM_ID:
             return None  # only if it was never expected (open_control_stream was not called)
         # The connector's RPC streams (datagram v2 unregisterUdpSession, §6.1).
@@ -458,8 +481,7 @@ class EdgeQuicConnection(QuicTunnelConnection):
             # A data head on a stream the connector opened: not a thing cloudflared does.
             stream.phase = _Phase.DROP
             self._streams.pop(stream.stream_id, None)
-            self.quic.reset_stream(stream.stream_id, RESET_CODE)
-            self.quic.stop_stream(stream.stream_id, RESET_CODE)
+            self._abort(stream.stream_id)
             return
         if message.error:
             # The connector could not serve it: the reason goes to the pipeline as the body of

@@ -32,6 +32,7 @@ from adit.protocol.quic_engine import (
     quic_configuration,
 )
 from adit.protocol.quic_metadata import (
+    RPC_STREAM_PREAMBLE,
     ConnectionType,
     ConnectRequest,
     encode_data_stream_head,
@@ -320,3 +321,28 @@ def test_a_data_head_on_a_connector_stream_is_refused(pki: Pki) -> None:
     tunnel.connector.quic.send_stream_data(stream, head)
     tunnel.run()
     assert not any(isinstance(e, RequestReceived) for e in tunnel.take("edge"))
+
+
+def test_a_unidirectional_stream_from_the_connector_is_stopped(pki: Pki) -> None:
+    """cloudflared opens none; whatever it carries (an RPC head, a data head, bytes), the
+    edge stops it, and never tries to reset a stream it cannot send on."""
+    tunnel = Tunnel.open(pki)
+    tunnel.take("connector")
+    quic = tunnel.connector.quic
+    head = encode_data_stream_head(ConnectRequest(dest="/", type=ConnectionType.HTTP))
+    uni = []
+    for payload in (RPC_STREAM_PREAMBLE, head, b"bytes"):
+        stream = quic.get_next_available_stream_id(is_unidirectional=True)
+        quic.send_stream_data(stream, payload)
+        uni.append(stream)
+    tunnel.run()
+    edge_events = tunnel.take("edge")
+    assert not any(isinstance(e, RequestReceived | ConnectionTerminated) for e in edge_events)
+    for stream in uni:
+        # STOP_SENDING came: the stream is reset (and gone once the edge acknowledged that).
+        left = quic._streams.get(stream)
+        assert left is None or left.sender._reset_error_code is not None, stream
+    good = tunnel.edge.send_request("GET", "/", "app.example.com", [], end_stream=True)
+    tunnel.run()
+    requests = [e for e in tunnel.take("connector") if isinstance(e, RequestReceived)]
+    assert [e.stream_id for e in requests] == [good]
