@@ -216,6 +216,8 @@ class TunnelQuicConnection(QuicConnection):
         self._consumed_total = 0
         self._stream_consumed: dict[int, int] = {}
         self._handshake_deadline: float | None = None
+        #: The peer closed the connection (its CONNECTION_CLOSE came), rather than this side.
+        self.closed_by_peer = False
         streams = configuration.max_incoming_streams
         if streams is None:
             streams = MAX_INCOMING_STREAMS if self._is_client else SERVER_MAX_INCOMING_STREAMS
@@ -412,6 +414,12 @@ class TunnelQuicConnection(QuicConnection):
                 stream.receiver.highest_offset - stream.receiver.starting_offset()
             )
 
+    def _handle_connection_close_frame(
+        self, context: QuicReceiveContext, frame_type: int, buf: Buffer
+    ) -> None:
+        self.closed_by_peer = True
+        super()._handle_connection_close_frame(context, frame_type, buf)
+
     # send side
 
     def stream_send_queued(self, stream_id: int) -> int:
@@ -435,6 +443,7 @@ def _check_aioquic() -> None:
         "_write_stream_limits": ["self", "builder", "space", "stream"],
         "_write_connection_limits": ["self", "builder", "space"],
         "_handle_reset_stream_frame": ["self", "context", "frame_type", "buf"],
+        "_handle_connection_close_frame": ["self", "context", "frame_type", "buf"],
         "_on_max_stream_data_delivery": ["self", "delivery", "stream"],
         "_on_connection_limit_delivery": ["self", "delivery", "limit"],
     }

@@ -304,7 +304,15 @@ class QuicTunnelConnection:
             out.append(ConnectionIdRetired(connection_id=event.connection_id))
         elif isinstance(event, quic_events.ConnectionTerminated) and not self._terminated:
             self._terminated = True
-            self.terminated_reason = event.reason_phrase or f"closed with code {event.error_code}"
+            phrase = event.reason_phrase
+            if self.quic.closed_by_peer:
+                kind = "transport" if event.frame_type is not None else "application"
+                self.terminated_reason = (
+                    f"closed by the peer ({kind} error {event.error_code:#x}"
+                    + (f": {phrase})" if phrase else ")")
+                )
+            else:
+                self.terminated_reason = phrase or f"closed with code {event.error_code:#x}"
             out.append(ConnectionTerminated(error_code=event.error_code, last_stream_id=0))
 
     def _on_stream_data(
@@ -332,18 +340,22 @@ class QuicTunnelConnection:
             assert stream.reader is not None
             try:
                 head = stream.reader.feed(data)
-            except ProtocolError:
+            except ProtocolError as exc:
                 # One bad stream head fails that stream, not the connection.
                 self._consume(stream_id, len(data))
                 self._streams.pop(stream_id, None)
                 self._abort(stream_id)
-                out.append(StreamReset(stream_id=stream_id, error_code=RESET_CODE))
+                reason = f"bad stream head from the peer: {exc}"
+                out.append(StreamReset(stream_id=stream_id, error_code=RESET_CODE, reason=reason))
                 return
             if head is None:
                 self._consume(stream_id, len(data))
                 if end_stream:
                     self._streams.pop(stream_id, None)
-                    out.append(StreamReset(stream_id=stream_id, error_code=RESET_CODE))
+                    reason = "the peer ended the stream inside its head"
+                    out.append(
+                        StreamReset(stream_id=stream_id, error_code=RESET_CODE, reason=reason)
+                    )
                 return
             stream.reader = None
             # The head's bytes are ours, consumed now; the rest is the reader's to credit.
