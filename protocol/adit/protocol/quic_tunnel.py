@@ -351,7 +351,10 @@ class QuicTunnelConnection:
             if head is None:
                 self._consume(stream_id, len(data))
                 if end_stream:
+                    # Our side goes too, or the stream (and its place among those the peer
+                    # may open) would stay half-open for the connection's life.
                     self._streams.pop(stream_id, None)
+                    self._reset_sending(stream_id, RESET_CODE)
                     reason = "the peer ended the stream inside its head"
                     out.append(
                         StreamReset(stream_id=stream_id, error_code=RESET_CODE, reason=reason)
@@ -475,8 +478,11 @@ class EdgeQuicConnection(QuicTunnelConnection):
             return None  # cloudflared opens no unidirectional stream: stopped at once
         if stream_id == CONTROL_STREAM_ID:
             return None  # only if it was never expected (open_control_stream was not called)
-        # The connector's RPC streams (datagram v2 unregisterUdpSession, §6.1).
-        return _Stream(stream_id, _Phase.HEAD, reader=StreamHeadReader(ConnectRequest))
+        # The connector's RPC streams (datagram v2 unregisterUdpSession, §6.1), and nothing
+        # else: a data head (the edge's to send) is refused at its first byte, not buffered.
+        return _Stream(
+            stream_id, _Phase.HEAD, reader=StreamHeadReader(ConnectRequest, rpc_only=True)
+        )
 
     def _on_head(
         self,

@@ -32,6 +32,7 @@ from adit.protocol.quic_engine import (
     quic_configuration,
 )
 from adit.protocol.quic_metadata import (
+    DATA_STREAM_SIGNATURE,
     RPC_STREAM_PREAMBLE,
     ConnectionType,
     ConnectRequest,
@@ -324,6 +325,16 @@ def test_a_data_head_on_a_connector_stream_is_refused(pki: Pki) -> None:
     assert not any(isinstance(e, RequestReceived) for e in tunnel.take("edge"))
 
 
+def test_a_data_head_on_a_connector_stream_is_refused_at_its_first_byte(pki: Pki) -> None:
+    """Connector-opened streams carry RPC only: nothing of a data head is kept."""
+    tunnel = Tunnel.open(pki)
+    stream = 4  # the connector's first stream after its control stream
+    tunnel.connector.quic.send_stream_data(stream, DATA_STREAM_SIGNATURE[:1])
+    tunnel.run()
+    resets = [e for e in tunnel.take("edge") if isinstance(e, StreamReset)]
+    assert [(e.stream_id, "only RPC" in e.reason) for e in resets] == [(stream, True)]
+
+
 def test_a_unidirectional_stream_from_the_connector_is_stopped(pki: Pki) -> None:
     """cloudflared opens none; whatever it carries (an RPC head, a data head, bytes), the
     edge stops it, and never tries to reset a stream it cannot send on."""
@@ -347,3 +358,15 @@ def test_a_unidirectional_stream_from_the_connector_is_stopped(pki: Pki) -> None
     tunnel.run()
     requests = [e for e in tunnel.take("connector") if isinstance(e, RequestReceived)]
     assert [e.stream_id for e in requests] == [good]
+
+
+def test_a_stream_ended_inside_its_head_is_closed_both_ways(pki: Pki) -> None:
+    """Else its state, and its place among the streams the connector may open, would stay
+    for the connection's life (the edge's side of it never ended)."""
+    tunnel = Tunnel.open(pki)
+    stream = 4
+    tunnel.connector.quic.send_stream_data(stream, RPC_STREAM_PREAMBLE[:3], end_stream=True)
+    tunnel.run()
+    resets = [e for e in tunnel.take("edge") if isinstance(e, StreamReset)]
+    assert [(e.stream_id, "inside its head" in e.reason) for e in resets] == [(stream, True)]
+    assert stream not in tunnel.edge.quic._streams
