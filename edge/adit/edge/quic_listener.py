@@ -230,7 +230,8 @@ class QuicListener(asyncio.DatagramProtocol):
         self._max = max_connections
         self._max_per_ip = max_connections_per_ip
         self._routes: dict[bytes, QuicTunnelSession] = {}
-        self._sessions: dict[QuicTunnelSession, tuple[str, list[bytes]]] = {}
+        #: Each session's client address and the connection ids routed to it.
+        self._sessions: dict[QuicTunnelSession, tuple[str, set[bytes]]] = {}
         self._per_ip: dict[str, int] = {}
         #: Sessions not registered yet: what the Retry threshold counts.
         self._unregistered: set[QuicTunnelSession] = set()
@@ -362,7 +363,7 @@ class QuicListener(asyncio.DatagramProtocol):
             return
         session = self._new_session(quic, self)
         self._created += 1
-        self._sessions[session] = (host, [])
+        self._sessions[session] = (host, set())
         self._unregistered.add(session)
         self._per_ip[host] = self._per_ip.get(host, 0) + 1
         self.route(header.destination_cid, session)
@@ -404,15 +405,19 @@ class QuicListener(asyncio.DatagramProtocol):
         if session.closed or session not in self._sessions:
             return
         self._routes[cid] = session
-        self._sessions[session][1].append(cid)
+        self._sessions[session][1].add(cid)
 
     def registered(self, session: QuicTunnelSession) -> None:
         """``session`` registered: it no longer counts as a handshake in flight."""
         self._unregistered.discard(session)
 
     def unroute(self, cid: bytes) -> None:
-        """``cid`` was retired."""
-        self._routes.pop(cid, None)
+        """``cid`` was retired (its session forgets it too: a peer retiring ids for as long as
+        the connection lives must not grow what the listener keeps)."""
+        session = self._routes.pop(cid, None)
+        entry = self._sessions.get(session) if session is not None else None
+        if entry is not None:
+            entry[1].discard(cid)
 
     def forget(self, session: TunnelSession) -> None:
         """A session ended: its connection ids and its place in the caps are freed."""
