@@ -6,10 +6,15 @@ tunnel session as over TLS/TCP (registration, registry, request streams), with t
 of :class:`~adit.quicio.QuicIO` under it.
 
 Before a datagram costs a connection, it must be an Initial of full size (a client pads it to
-1200 bytes: no amplification) and, while many handshakes are in flight or the address has
-many, carry a Retry token proving its source address (RFC 9000 §8.1): a flood of Initials from
-forged addresses then costs one stateless Retry packet each. Connections are capped in total
-and per client address, as the TCP listeners are.
+1200 bytes: no amplification), that decrypts, and, while many handshakes are in flight or the
+address has many, carry a Retry token proving its source address (RFC 9000 §8.1): a flood of
+Initials from forged addresses then costs one stateless Retry packet each. A token that does
+not prove it (another address, expired) gets CONNECTION_CLOSE INVALID_TOKEN, stateless too.
+Connections are capped in total and per client address, as the TCP listeners are.
+
+Nothing else is answered but a Version Negotiation to a full-size packet of another version
+(RFC 9000 §5.2.2, §6.1), and a bug met while handling a datagram costs that datagram (or its
+connection: :class:`~adit.quicio.QuicIO`), never the socket every connection shares.
 """
 
 from __future__ import annotations
