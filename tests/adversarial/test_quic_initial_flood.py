@@ -92,11 +92,13 @@ def _attacker(edge: Edge, tmp_path: Path) -> Tunnel:
     return create_tunnel(account, "mallory", ATTACKER)
 
 
-async def _holders(edge: Edge, tunnel: Tunnel, count: int) -> list[HostileQuic]:
-    """``count`` registered connections from :data:`HOLDER` (they answer the edge's PINGs)."""
+async def _holders(
+    edge: Edge, tunnel: Tunnel, count: int, source: str = HOLDER
+) -> list[HostileQuic]:
+    """``count`` registered connections from ``source`` (they answer the edge's PINGs)."""
     holders = []
     for index in range(count):
-        holder = HostileQuic.for_tunnel(edge, tunnel, source=HOLDER, conn_index=index)
+        holder = HostileQuic.for_tunnel(edge, tunnel, source=source, conn_index=index)
         await holder.open()
         holders.append(holder)
     return holders
@@ -168,6 +170,38 @@ def test_past_the_per_address_threshold_a_retry_is_demanded_and_proves_the_addre
     assert after.created == before.created, (before, after)
     assert after.retries - before.retries == len(retries), (before, after)
     assert honest.retried and honest.registered is not None
+
+
+def test_adits_connector_gets_through_a_retry(
+    processes: Processes, edge: Edge, origin: Origin, tmp_path: Path
+) -> None:
+    """The real connector, from an address that already holds the threshold's connections:
+    its Initial must be answered with a Retry, and it registers through it."""
+    tunnel = _attacker(edge, tmp_path)
+    quic = ["--protocol", "quic", "--ha-connections", "1"]
+
+    async def scenario() -> tuple[QuicState, QuicState, int]:
+        holders = await _holders(edge, tunnel, RETRY_ABOVE_PER_ADDRESS, source="127.0.0.1")
+        try:
+            before = await asyncio.to_thread(quic_state, edge)
+            await asyncio.to_thread(
+                start_tenant, processes, edge, "victim", VICTIM, origin.url, extra=quic
+            )
+            after = await asyncio.to_thread(quic_state, edge)
+            reply = await asyncio.to_thread(request, edge, VICTIM, path="/through-retry")
+            return before, after, reply.status
+        finally:
+            for holder in holders:
+                await holder.close()
+
+    before, after, status = asyncio.run(scenario())
+    assert before.per_ip.get("127.0.0.1") == RETRY_ABOVE_PER_ADDRESS, before
+    assert after.retries > before.retries, (before, after)
+    assert after.per_ip.get("127.0.0.1") == RETRY_ABOVE_PER_ADDRESS + 1, after
+    assert status == 200
+    lines = edge.proc.text().splitlines()
+    registered = [line for line in lines if "Registered tunnel connection" in line]
+    assert "protocol=quic" in registered[-1], registered
 
 
 @pytest.fixture
