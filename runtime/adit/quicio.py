@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -26,6 +27,8 @@ from adit.protocol.quic_tunnel import HandshakeDone, QuicEvent, QuicTunnelConnec
 from adit.tunnelio import HIGH_WATER, StreamChannel, StreamClosedError, TunnelIO
 
 __all__ = ["MAX_QUEUED_DATAGRAMS", "NO_ANSWER", "DatagramSend", "QuicIO", "QuicSender"]
+
+log = logging.getLogger("adit.quic")
 
 #: How long a closed connection lingers to answer the peer's last packets (QUIC's closing
 #: period is three PTOs; aioquic ends it with ConnectionTerminated, this bounds it).
@@ -70,10 +73,6 @@ class QuicIO(TunnelIO[Any]):
         if client:
             self.conn.quic.connect(peer, now=self._loop.time())
         self.conn.initiate()
-        if self._liveness_settings is not None:
-            now = self._loop.time()
-            self._liveness = Liveness(self._liveness_settings, now)
-            self._arm_liveness(now)
         self._handle(self.conn.take_events())
         if client:
             self.flush()  # the Initial; a server has nothing to send before its first datagram
@@ -84,6 +83,12 @@ class QuicIO(TunnelIO[Any]):
         """A datagram of this connection (routed here by the listener or the endpoint)."""
         if self.closed:
             return
+        try:
+            self._received(data, addr)
+        except Exception as exc:
+            self._internal_error(exc)
+
+    def _received(self, data: bytes, addr: NetworkAddress) -> None:
         now = self._loop.time()
         if self._liveness is not None:
             self._liveness.heard(now)
@@ -101,8 +106,26 @@ class QuicIO(TunnelIO[Any]):
         self._timer = None
         if self.closed:
             return
-        self._handle(self.conn.handle_timer(self._loop.time()))
-        self.flush()
+        try:
+            self._handle(self.conn.handle_timer(self._loop.time()))
+            self.flush()
+        except Exception as exc:
+            self._internal_error(exc)
+
+    def _internal_error(self, exc: Exception) -> None:
+        """A bug met while handling this connection costs this connection, closed with
+        INTERNAL_ERROR: never the socket every other connection shares, nor a connection
+        left half-handled (its events dropped, its timer not armed again)."""
+        log.error(
+            "QUIC connection with %s:%s: internal error; closing it",
+            *self._peer_address[:2],
+            exc_info=exc,
+        )
+        try:
+            self.fail(f"internal error: {exc!r}", ErrorCode.INTERNAL_ERROR)
+        except Exception:
+            with contextlib.suppress(Exception):
+                self._terminated("internal error")
 
     def _handle(self, events: list[QuicEvent]) -> None:
         ended: ConnectionTerminated | None = None
@@ -111,10 +134,20 @@ class QuicIO(TunnelIO[Any]):
                 ended = event
             elif type(event) is HandshakeDone and not self.handshake.done():
                 self.handshake.set_result(event.alpn)
+                self._start_liveness()
             self.dispatch(event)  # type: ignore[arg-type]
         self.after_read()
         if ended is not None:
             self._terminated(self.conn.terminated_reason or "connection closed")
+
+    def _start_liveness(self) -> None:
+        # From the end of the handshake: before it there is nothing to PING with, and a
+        # handshake has its own bounds (QUIC's idle timeout, the handshake deadline), so a
+        # client that never finishes one is not "a peer that stopped answering PINGs".
+        if self._liveness_settings is not None and self._liveness is None:
+            now = self._loop.time()
+            self._liveness = Liveness(self._liveness_settings, now)
+            self._arm_liveness(now)
 
     # -- datagrams out -----------------------------------------------------------------------
 

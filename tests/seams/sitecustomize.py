@@ -9,13 +9,22 @@ directory on the path nothing here exists.
   place of the real data plane (the supervisor's process tests).
 * ``ADIT_TEST_STUCK_ON_SIGUSR2=1``: SIGUSR2 blocks the receiving process's main thread for
   good, i.e. a stuck event loop (the stuck-worker test).
+* ``ADIT_TEST_QUIC_STATE=PATH``: on SIGUSR1 an edge writes what its QUIC listeners hold
+  (``QuicListener.stats``, summed) to PATH as JSON, with the number found in ``PATH.seq``
+  (``tests/quic_hostile.quic_state``).
+* ``ADIT_TEST_QUIC_TOKEN_LIFETIME=SECONDS``: how long the edge accepts its Retry tokens
+  (aioquic's 30 s; a negative value makes every token expired).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
+import weakref
+from pathlib import Path
+from typing import Any
 
 
 def _install_standin() -> None:
@@ -39,3 +48,56 @@ if os.environ.get("ADIT_TEST_STANDIN") == "1":
     _install_standin()
 if os.environ.get("ADIT_TEST_STUCK_ON_SIGUSR2") == "1":
     signal.signal(signal.SIGUSR2, _block_forever)
+
+
+def _install_quic_state(path: Path) -> None:
+    # The edge's listeners are remembered as they are made (weakly), read on SIGUSR1 in the
+    # main thread between two callbacks of its loop, so never while they change.
+    from adit.edge.quic_listener import QuicListener
+
+    listeners: weakref.WeakSet[QuicListener] = weakref.WeakSet()
+    made = QuicListener.__init__
+
+    def remembered(self: QuicListener, *args: Any, **kwargs: Any) -> None:
+        made(self, *args, **kwargs)
+        listeners.add(self)
+
+    QuicListener.__init__ = remembered  # type: ignore[method-assign]
+
+    def dump(_signum: int, _frame: object) -> None:
+        total: dict[str, Any] = {
+            "sessions": 0,
+            "unregistered": 0,
+            "routes": 0,
+            "tracked_ids": 0,
+            "per_ip": {},
+            "created": 0,
+            "retries": 0,
+        }
+        for listener in list(listeners):
+            stats = listener.stats()
+            for name, value in vars(stats).items():
+                if name == "per_ip":
+                    for host, count in value.items():
+                        total["per_ip"][host] = total["per_ip"].get(host, 0) + count
+                else:
+                    total[name] += value
+        seq = path.with_suffix(".seq")
+        total["seq"] = int(seq.read_text()) if seq.exists() else 0
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(total))
+        tmp.replace(path)
+
+    signal.signal(signal.SIGUSR1, dump)
+
+
+def _set_token_lifetime(seconds: float) -> None:
+    import aioquic.quic.retry
+
+    aioquic.quic.retry.TOKEN_LIFETIME = seconds
+
+
+if os.environ.get("ADIT_TEST_QUIC_STATE"):
+    _install_quic_state(Path(os.environ["ADIT_TEST_QUIC_STATE"]))
+if os.environ.get("ADIT_TEST_QUIC_TOKEN_LIFETIME"):
+    _set_token_lifetime(float(os.environ["ADIT_TEST_QUIC_TOKEN_LIFETIME"]))

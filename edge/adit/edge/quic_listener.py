@@ -7,10 +7,15 @@ of :class:`~adit.quicio.QuicIO` under it, and what only QUIC carries: UDP flows 
 connector's network (:meth:`QuicTunnelSession.open_udp`, :mod:`adit.edge.udp_flows`).
 
 Before a datagram costs a connection, it must be an Initial of full size (a client pads it to
-1200 bytes: no amplification) and, while many handshakes are in flight or the address has
-many, carry a Retry token proving its source address (RFC 9000 §8.1): a flood of Initials from
-forged addresses then costs one stateless Retry packet each. Connections are capped in total
-and per client address, as the TCP listeners are.
+1200 bytes: no amplification), that decrypts, and, while many handshakes are in flight or the
+address has many, carry a Retry token proving its source address (RFC 9000 §8.1): a flood of
+Initials from forged addresses then costs one stateless Retry packet each. A token that does
+not prove it (another address, expired) gets CONNECTION_CLOSE INVALID_TOKEN, stateless too.
+Connections are capped in total and per client address, as the TCP listeners are.
+
+Nothing else is answered but a Version Negotiation to a full-size packet of another version
+(RFC 9000 §5.2.2, §6.1), and a bug met while handling a datagram costs that datagram (or its
+connection: :class:`~adit.quicio.QuicIO`), never the socket every connection shares.
 """
 
 from __future__ import annotations
@@ -20,18 +25,27 @@ import contextlib
 import ipaddress
 import logging
 import os
+import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import cast
 
 from aioquic._buffer import Buffer
 from aioquic.quic.configuration import SMALLEST_MAX_DATAGRAM_SIZE
 from aioquic.quic.connection import NetworkAddress
+from aioquic.quic.crypto import CryptoPair
 from aioquic.quic.packet import (
+    PACKET_LONG_HEADER,
+    QuicErrorCode,
+    QuicFrameType,
+    QuicHeader,
     QuicPacketType,
+    QuicProtocolVersion,
     encode_quic_retry,
     encode_quic_version_negotiation,
     pull_quic_header,
 )
+from aioquic.quic.packet_builder import QuicPacketBuilder
 from aioquic.quic.retry import QuicRetryTokenHandler
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
@@ -61,9 +75,21 @@ from adit.protocol.quic_tunnel import (
     EdgeQuicConnection,
     RpcStreamOpened,
 )
+from adit.protocol.registration import (
+    ConnectionDetails,
+    ConnectionOptions,
+    RegistrationError,
+    TunnelAuth,
+)
 from adit.quicio import QuicIO
 
-__all__ = ["QuicListener", "QuicTunnelSession", "edge_quic_configuration"]
+__all__ = [
+    "QuicListener",
+    "QuicListenerStats",
+    "QuicTunnelSession",
+    "edge_quic_configuration",
+    "long_header_invariants",
+]
 
 log = logging.getLogger("adit.edge.quic")
 
@@ -71,6 +97,50 @@ log = logging.getLogger("adit.edge.quic")
 RETRY_ABOVE = 16
 #: Connections of one client address above which its new ones must prove the address.
 RETRY_ABOVE_PER_ADDRESS = 4
+#: Connections refused at the caps are logged at most once in this many seconds (with how
+#: many there were): the datagrams of a flood must not become as many log lines.
+REFUSALS_LOGGED_EVERY = 10.0
+
+
+def long_header_invariants(data: bytes) -> tuple[int, bytes, bytes] | None:
+    """(version, destination connection id, source connection id) of a long-header packet,
+    read by the rules every QUIC version shares (RFC 8999 §5.1: connection ids of up to 255
+    bytes); None when ``data`` is too short to hold them."""
+    if len(data) < 7:
+        return None
+    version = int.from_bytes(data[1:5], "big")
+    end = 6 + data[5]
+    if len(data) <= end:
+        return None
+    destination_cid = data[6:end]
+    source_end = end + 1 + data[end]
+    if len(data) < source_end:
+        return None
+    return version, destination_cid, data[end + 1 : source_end]
+
+
+def initial_close(header: QuicHeader, error_code: int, reason: str) -> bytes:
+    """A server Initial packet with a CONNECTION_CLOSE for the connection ``header``'s Initial
+    would open, without making that connection (RFC 9000 §10.2.3: before the handshake, the
+    close goes in an Initial, under the keys of the client's destination connection id)."""
+    crypto = CryptoPair()
+    crypto.setup_initial(cid=header.destination_cid, is_client=False, version=header.version or 1)
+    builder = QuicPacketBuilder(
+        host_cid=os.urandom(8),
+        peer_cid=header.source_cid,
+        version=header.version or 1,
+        is_client=False,
+        max_datagram_size=SMALLEST_MAX_DATAGRAM_SIZE,
+    )
+    builder.start_packet(QuicPacketType.INITIAL, crypto)
+    phrase = reason.encode("ascii")
+    buf = builder.start_frame(QuicFrameType.TRANSPORT_CLOSE, capacity=16 + len(phrase))
+    buf.push_uint_var(error_code)
+    buf.push_uint_var(QuicFrameType.PADDING)
+    buf.push_uint_var(len(phrase))
+    buf.push_bytes(phrase)
+    datagrams, _ = builder.flush()
+    return datagrams[0]
 
 
 def edge_quic_configuration(
@@ -151,6 +221,14 @@ class QuicTunnelSession(QuicIO, TunnelSession):
         # reached it (a connector killed, or gone silent, before it read the request).
         return self.conn.quic.stream_unacknowledged(stream_id)
 
+    def _register(
+        self, auth: TunnelAuth, tunnel_id: uuid.UUID, conn_index: int, options: ConnectionOptions
+    ) -> ConnectionDetails | RegistrationError:
+        result = super()._register(auth, tunnel_id, conn_index, options)
+        if self.live is not None:
+            self.listener.registered(self)
+        return result
+
     def on_event(self, event: object) -> None:
         if isinstance(event, DatagramReceived):
             self.udp.on_datagram(event.data)
@@ -170,6 +248,26 @@ class QuicTunnelSession(QuicIO, TunnelSession):
         super().on_lost(exc)
 
 
+@dataclass(frozen=True)
+class QuicListenerStats:
+    """What a QUIC listener holds now, and what it did since it started."""
+
+    #: Live connections (sessions), registered or not.
+    sessions: int
+    #: Sessions without a registration yet (in their handshake, or not registered).
+    unregistered: int
+    #: Connection ids routed to a session.
+    routes: int
+    #: Connection ids the listener keeps for its sessions (to unroute them at the end).
+    tracked_ids: int
+    #: Live sessions by client address.
+    per_ip: dict[str, int]
+    #: Sessions created since the listener started.
+    created: int
+    #: Retry packets sent since the listener started.
+    retries: int
+
+
 class QuicListener(asyncio.DatagramProtocol):
     """Routes the datagrams of one UDP socket to their QUIC tunnel sessions."""
 
@@ -186,9 +284,16 @@ class QuicListener(asyncio.DatagramProtocol):
         self._max = max_connections
         self._max_per_ip = max_connections_per_ip
         self._routes: dict[bytes, QuicTunnelSession] = {}
-        self._sessions: dict[QuicTunnelSession, tuple[str, list[bytes]]] = {}
+        #: Each session's client address and the connection ids routed to it.
+        self._sessions: dict[QuicTunnelSession, tuple[str, set[bytes]]] = {}
         self._per_ip: dict[str, int] = {}
+        #: Sessions not registered yet: what the Retry threshold counts.
+        self._unregistered: set[QuicTunnelSession] = set()
         self._retry = QuicRetryTokenHandler()
+        self._created = 0
+        self._retries = 0
+        self._refused = 0
+        self._refusals_logged_at: float | None = None
         self.transport: asyncio.DatagramTransport | None = None
         self._loop = asyncio.get_running_loop()
 
@@ -202,40 +307,66 @@ class QuicListener(asyncio.DatagramProtocol):
         log.debug("QUIC listener: %s", exc)
 
     def datagram_received(self, data: bytes, addr: NetworkAddress) -> None:
+        try:
+            self._received(data, addr)
+        except Exception:
+            # A bug costs the datagram, never the socket every connection shares (a session's
+            # own errors close that session: QuicIO).
+            log.exception("QUIC listener: a datagram from %s:%s could not be handled", *addr[:2])
+
+    def _received(self, data: bytes, addr: NetworkAddress) -> None:
+        if not data:
+            return
+        if data[0] & PACKET_LONG_HEADER:
+            header = long_header_invariants(data)
+            if header is None:
+                return  # not even a long header's invariant fields: nothing to answer
+            version, destination_cid, source_cid = header
+        else:
+            version, source_cid = None, b""
+            destination_cid = data[1 : 1 + self.configuration.connection_id_length]
+        session = self._routes.get(destination_cid)
+        if session is not None:
+            session.datagram_received(data, addr)
+            return
+        if version is None:
+            return  # a short header for no connection of ours (a stateless reset is optional)
+        if version == QuicProtocolVersion.NEGOTIATION:
+            return  # never answered (RFC 9000 §6.1: two endpoints would ping-pong for ever)
+        if version not in self.configuration.supported_versions:
+            # RFC 9000 §5.2.2, §6.1: a packet that could open a connection in some version gets
+            # the versions we speak; a smaller one MUST be dropped (an answer would amplify it).
+            # Its connection ids are read by the version-independent rules (RFC 8999 §5.1):
+            # another version's may be up to 255 bytes, and its other bits mean nothing here.
+            if len(data) >= SMALLEST_MAX_DATAGRAM_SIZE:
+                self._send(
+                    encode_quic_version_negotiation(
+                        source_cid=destination_cid,
+                        destination_cid=source_cid,
+                        supported_versions=self.configuration.supported_versions,
+                    ),
+                    addr,
+                )
+            return
+        self._initial(data, addr)
+
+    def _initial(self, data: bytes, addr: NetworkAddress) -> None:
+        """A long-header packet of our version for no connection: a new one, if it is a
+        client's Initial (of full size, from a proven address when needed, that decrypts)."""
         buf = Buffer(data=data)
         try:
             header = pull_quic_header(buf, host_cid_length=self.configuration.connection_id_length)
         except ValueError:
             return  # not QUIC: nothing to answer (answering garbage amplifies it)
-        session = self._routes.get(header.destination_cid)
-        if session is not None:
-            session.datagram_received(data, addr)
-            return
-        if (
-            header.packet_type != QuicPacketType.VERSION_NEGOTIATION
-            and header.version is not None
-            and header.version not in self.configuration.supported_versions
-        ):
-            # RFC 9000 §6: tell the client which versions we speak (never answering a
-            # Version Negotiation with another: two servers would ping-pong for ever).
-            self._send(
-                encode_quic_version_negotiation(
-                    source_cid=header.destination_cid,
-                    destination_cid=header.source_cid,
-                    supported_versions=self.configuration.supported_versions,
-                ),
-                addr,
-            )
-            return
         if header.packet_type != QuicPacketType.INITIAL or len(data) < SMALLEST_MAX_DATAGRAM_SIZE:
             return  # a packet of a connection we do not have, or an unpadded Initial
         host = str(addr[0])
+        now = self._loop.time()
         if len(self._sessions) >= self._max or self._per_ip.get(host, 0) >= self._max_per_ip:
-            log.warning("QUIC connection from %s refused: connection limit reached", host)
+            self._refuse(host, now)
             return
         original_cid: bytes | None = None
         retry_cid: bytes | None = None
-        now = self._loop.time()
         if header.token:
             try:
                 original_cid = self._retry.validate_token(
@@ -244,12 +375,18 @@ class QuicListener(asyncio.DatagramProtocol):
                     token=header.token,
                     now=now,
                 )
-                retry_cid = header.destination_cid
-            except ValueError:
-                # Not a token of ours (expired, another address, another edge process): as if
-                # there were none, so that an honest client is asked again, not left hanging.
-                pass
-        if original_cid is None and self._must_validate(host):
+            except ValueError as exc:
+                # This edge gives out no token but in a Retry, and a client takes one Retry per
+                # connection attempt (RFC 9000 §17.2.5.2): asking again would leave it hanging,
+                # making the connection would fail its check of the Retry. Refused, and told
+                # so at once (RFC 9000 §8.1.3: INVALID_TOKEN); no connection is made.
+                log.debug("QUIC Initial from %s: bad token (%s)", host, exc)
+                self._send(
+                    initial_close(header, QuicErrorCode.INVALID_TOKEN, "invalid token"), addr
+                )
+                return
+            retry_cid = header.destination_cid
+        elif self._must_validate(host):
             source_cid = os.urandom(8)
             self._send(
                 encode_quic_retry(
@@ -266,24 +403,49 @@ class QuicListener(asyncio.DatagramProtocol):
                 ),
                 addr,
             )
+            self._retries += 1
             return
         quic = TunnelQuicConnection(
             configuration=self.configuration,
             original_destination_connection_id=original_cid or header.destination_cid,
             retry_source_connection_id=retry_cid,
         )
+        quic.receive_datagram(data, addr, now)
+        if not quic.peer_packet_received:
+            # Nothing in it decrypted with the Initial keys of its own connection id: bytes
+            # made to look like an Initial. No connection (nor anything else) is kept for them.
+            return
         session = self._new_session(quic, self)
-        self._sessions[session] = (host, [])
+        self._created += 1
+        self._sessions[session] = (host, set())
+        self._unregistered.add(session)
         self._per_ip[host] = self._per_ip.get(host, 0) + 1
         self.route(header.destination_cid, session)
         self.route(quic.host_cid, session)
-        session.start_quic(self._send, addr, client=False)
-        session.datagram_received(data, addr)
-        session.begin(f"{host}:{addr[1]}")
+        try:
+            session.start_quic(self._send, addr, client=False)
+            session.begin(f"{host}:{addr[1]}")
+        except Exception as exc:
+            session._internal_error(exc)
+
+    def _refuse(self, host: str, now: float) -> None:
+        self._refused += 1
+        logged = self._refusals_logged_at
+        if logged is None or now - logged >= REFUSALS_LOGGED_EVERY:
+            log.warning(
+                "QUIC connections refused: connection limit reached (%d since the last report, "
+                "the latest from %s)",
+                self._refused,
+                host,
+            )
+            self._refused = 0
+            self._refusals_logged_at = now
 
     def _must_validate(self, host: str) -> bool:
-        handshaking = sum(1 for s in self._sessions if s.live is None)
-        return handshaking >= RETRY_ABOVE or self._per_ip.get(host, 0) >= RETRY_ABOVE_PER_ADDRESS
+        return (
+            len(self._unregistered) >= RETRY_ABOVE
+            or self._per_ip.get(host, 0) >= RETRY_ABOVE_PER_ADDRESS
+        )
 
     def _send(self, data: bytes, addr: NetworkAddress) -> None:
         if self.transport is not None and not self.transport.is_closing():
@@ -297,15 +459,25 @@ class QuicListener(asyncio.DatagramProtocol):
         if session.closed or session not in self._sessions:
             return
         self._routes[cid] = session
-        self._sessions[session][1].append(cid)
+        self._sessions[session][1].add(cid)
+
+    def registered(self, session: QuicTunnelSession) -> None:
+        """``session`` registered: it no longer counts as a handshake in flight."""
+        self._unregistered.discard(session)
 
     def unroute(self, cid: bytes) -> None:
-        """``cid`` was retired."""
-        self._routes.pop(cid, None)
+        """``cid`` was retired (its session forgets it too: a peer retiring ids for as long as
+        the connection lives must not grow what the listener keeps)."""
+        session = self._routes.pop(cid, None)
+        entry = self._sessions.get(session) if session is not None else None
+        if entry is not None:
+            entry[1].discard(cid)
 
     def forget(self, session: TunnelSession) -> None:
         """A session ended: its connection ids and its place in the caps are freed."""
-        entry = self._sessions.pop(cast(QuicTunnelSession, session), None)
+        quic_session = cast(QuicTunnelSession, session)
+        self._unregistered.discard(quic_session)
+        entry = self._sessions.pop(quic_session, None)
         if entry is None:
             return
         host, cids = entry
@@ -317,6 +489,18 @@ class QuicListener(asyncio.DatagramProtocol):
             self._per_ip[host] = left
         else:
             self._per_ip.pop(host, None)
+
+    def stats(self) -> QuicListenerStats:
+        """A snapshot of the listener's state and counters."""
+        return QuicListenerStats(
+            sessions=len(self._sessions),
+            unregistered=len(self._unregistered),
+            routes=len(self._routes),
+            tracked_ids=sum(len(cids) for _, cids in self._sessions.values()),
+            per_ip=dict(self._per_ip),
+            created=self._created,
+            retries=self._retries,
+        )
 
     @property
     def sessions(self) -> list[QuicTunnelSession]:

@@ -267,10 +267,12 @@ class TunnelSession(TunnelIO[EdgeTunnelConnection]):
         self._requests.clear()
         if self.live is not None:
             log.info(
-                "tunnel connection lost tunnelID=%s connIndex=%d connection=%s",
+                "tunnel connection lost tunnelID=%s connIndex=%d connection=%s from=%s: %s",
                 self.live.tunnel_id,
                 self.live.conn_index,
                 self.live.connection_id,
+                self.peer,
+                exc or "closed",
             )
         self._unlist()
         if self._on_closed is not None:
@@ -562,7 +564,9 @@ class TunnelSession(TunnelIO[EdgeTunnelConnection]):
         if isinstance(event, StreamReset):
             request = self._requests.get(event.stream_id)
             if request is not None:
-                request._failed(f"the connector reset the stream (code {event.error_code})")
+                request._failed(
+                    event.reason or f"the connector reset the stream (code {event.error_code})"
+                )
 
     def _to_channel(self, event: Event) -> None:
         """A held body event, passed on to its channel after all."""

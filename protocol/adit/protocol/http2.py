@@ -148,10 +148,12 @@ class StreamEnded(msgspec.Struct, frozen=True):
 
 
 class StreamReset(msgspec.Struct, frozen=True):
-    """The stream was reset (by the peer, or locally because of a stream error)."""
+    """The stream was reset (by the peer, or locally because of a stream error: ``reason``
+    then says what the peer did wrong)."""
 
     stream_id: int
     error_code: int
+    reason: str = ""
 
 
 class SendBufferDrained(msgspec.Struct, frozen=True):

@@ -56,6 +56,7 @@ from aioquic.quic.connection import (
     STREAM_COUNT_MAX,
     NetworkAddress,
     QuicConnection,
+    QuicConnectionState,
     QuicNetworkPath,
     QuicReceiveContext,
     QuicTokenHandler,
@@ -389,6 +390,8 @@ class TunnelQuicConnection(QuicConnection):
         self._consumed_total = 0
         self._stream_consumed: dict[int, int] = {}
         self._handshake_deadline: float | None = None
+        #: The peer closed the connection (its CONNECTION_CLOSE came), rather than this side.
+        self.closed_by_peer = False
         streams = configuration.max_incoming_streams
         if streams is None:
             streams = MAX_INCOMING_STREAMS if self._is_client else SERVER_MAX_INCOMING_STREAMS
@@ -477,6 +480,12 @@ class TunnelQuicConnection(QuicConnection):
             )
             event = dataclasses.replace(event, reason_phrase=reason)
         return event
+
+    @property
+    def peer_packet_received(self) -> bool:
+        """Whether a packet of the peer was decrypted yet. A server's first datagram may hold
+        none: then it was no client's Initial, whatever its header said."""
+        return self._state is not QuicConnectionState.FIRSTFLIGHT
 
     # handshake deadline
 
@@ -674,6 +683,12 @@ class TunnelQuicConnection(QuicConnection):
                 stream.receiver.highest_offset - stream.receiver.starting_offset()
             )
 
+    def _handle_connection_close_frame(
+        self, context: QuicReceiveContext, frame_type: int, buf: Buffer
+    ) -> None:
+        self.closed_by_peer = True
+        super()._handle_connection_close_frame(context, frame_type, buf)
+
     # send side
 
     def stream_send_queued(self, stream_id: int) -> int:
@@ -733,6 +748,7 @@ def _check_aioquic() -> None:
         "_write_stream_limits": ["self", "builder", "space", "stream"],
         "_write_connection_limits": ["self", "builder", "space"],
         "_handle_reset_stream_frame": ["self", "context", "frame_type", "buf"],
+        "_handle_connection_close_frame": ["self", "context", "frame_type", "buf"],
         "_on_max_stream_data_delivery": ["self", "delivery", "stream"],
         "_on_connection_limit_delivery": ["self", "delivery", "limit"],
         "_flush_builder": ["self", "builder", "network_path", "peer_cid", "now"],
@@ -793,6 +809,7 @@ def _check_aioquic() -> None:
         "_streams",
         "_handshake_complete",
         "_is_client",
+        "_state",
         "_quic_logger",
         "_max_datagram_size",
         "_remote_max_datagram_frame_size",

@@ -143,14 +143,24 @@ class StreamHeadReader(Generic[M]):
     ``max_message_size`` (cloudflared's own bound is 64 MiB, go-capnproto2's default).
     """
 
-    def __init__(self, expect: type[M], *, max_message_size: int = 64 * 1024) -> None:
+    def __init__(
+        self,
+        expect: type[M],
+        *,
+        max_message_size: int = 64 * 1024,
+        rpc_only: bool = False,
+    ) -> None:
         if max_message_size < 8:
             raise ValueError("max_message_size must be at least 8 bytes")
+        if rpc_only and expect is not ConnectRequest:
+            raise ValueError("only a stream the peer opened may be an RPC stream")
         decode = decode_connect_request if expect is ConnectRequest else decode_connect_response
         self._decode: Callable[[bytes], M] = cast("Callable[[bytes], M]", decode)
         self._max_message_size = max_message_size
         self._signatures: tuple[StreamSignature, ...] = (
-            (StreamSignature.DATA, StreamSignature.RPC)
+            (StreamSignature.RPC,)
+            if rpc_only
+            else (StreamSignature.DATA, StreamSignature.RPC)
             if expect is ConnectRequest
             else (StreamSignature.DATA,)
         )
@@ -194,6 +204,8 @@ class StreamHeadReader(Generic[M]):
             self._done = True
             if RPC_STREAM_SIGNATURE.startswith(prefix):
                 raise QuicMetadataError("RPC stream signature where a data stream answers")
+            if DATA_STREAM_SIGNATURE.startswith(prefix):
+                raise QuicMetadataError("data stream signature where only RPC streams are taken")
             raise QuicMetadataError(f"unknown stream signature, starting {prefix.hex()}")
         if len(prefix) < _SIGNATURE_LENGTH:
             return None

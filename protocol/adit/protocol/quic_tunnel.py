@@ -206,8 +206,22 @@ class QuicTunnelConnection:
         if stream is None:
             return
         if not stream.local_ended and not stream.stopped:
-            self.quic.reset_stream(stream_id, error_code)
+            self._reset_sending(stream_id, error_code)
         if not stream.remote_ended:
+            self._stop_receiving(stream_id, error_code)
+
+    def _abort(self, stream_id: int, error_code: int = RESET_CODE) -> None:
+        """RESET_STREAM where we send, STOP_SENDING where we receive."""
+        self._reset_sending(stream_id, error_code)
+        self._stop_receiving(stream_id, error_code)
+
+    def _reset_sending(self, stream_id: int, error_code: int) -> None:
+        if self._can_send(stream_id):
+            self.quic.reset_stream(stream_id, error_code)
+
+    def _stop_receiving(self, stream_id: int, error_code: int) -> None:
+        # A stream whose state aioquic already discarded (both sides done) has nothing to stop.
+        if self._can_receive(stream_id) and stream_id in self.quic._streams:
             self.quic.stop_stream(stream_id, error_code)
 
     def open_rpc_stream(self, data: bytes) -> int:
@@ -223,6 +237,14 @@ class QuicTunnelConnection:
         self._streams[stream_id] = _Stream(stream_id, _Phase.RAW)
         self.quic.send_stream_data(stream_id, encode_rpc_stream_head() + data)
         return stream_id
+
+    def _can_send(self, stream_id: int) -> bool:
+        """Not a unidirectional stream the peer opened (aioquic raises for those)."""
+        return not stream_id & 2 or bool(stream_id & 1) != self.quic._is_client
+
+    def _can_receive(self, stream_id: int) -> bool:
+        """Not a unidirectional stream we opened."""
+        return not stream_id & 2 or bool(stream_id & 1) == self.quic._is_client
 
     def pending(self, stream_id: int) -> int:
         """Bytes queued on the stream and not yet sent."""
@@ -298,7 +320,15 @@ class QuicTunnelConnection:
             out.append(ConnectionIdRetired(connection_id=event.connection_id))
         elif isinstance(event, quic_events.ConnectionTerminated) and not self._terminated:
             self._terminated = True
-            self.terminated_reason = event.reason_phrase or f"closed with code {event.error_code}"
+            phrase = event.reason_phrase
+            if self.quic.closed_by_peer:
+                kind = "transport" if event.frame_type is not None else "application"
+                self.terminated_reason = (
+                    f"closed by the peer ({kind} error {event.error_code:#x}"
+                    + (f": {phrase})" if phrase else ")")
+                )
+            else:
+                self.terminated_reason = phrase or f"closed with code {event.error_code:#x}"
             out.append(ConnectionTerminated(error_code=event.error_code, last_stream_id=0))
 
     def _on_stream_data(
@@ -312,7 +342,7 @@ class QuicTunnelConnection:
                 # and make the peer stop.
                 self._consume(stream_id, len(data))
                 if not end_stream:
-                    self.quic.stop_stream(stream_id, RESET_CODE)
+                    self._stop_receiving(stream_id, RESET_CODE)
                 return
             self._streams[stream_id] = stream
         if stream.phase is _Phase.DROP:
@@ -326,19 +356,25 @@ class QuicTunnelConnection:
             assert stream.reader is not None
             try:
                 head = stream.reader.feed(data)
-            except ProtocolError:
+            except ProtocolError as exc:
                 # One bad stream head fails that stream, not the connection.
                 self._consume(stream_id, len(data))
                 self._streams.pop(stream_id, None)
-                self.quic.reset_stream(stream_id, RESET_CODE)
-                self.quic.stop_stream(stream_id, RESET_CODE)
-                out.append(StreamReset(stream_id=stream_id, error_code=RESET_CODE))
+                self._abort(stream_id)
+                reason = f"bad stream head from the peer: {exc}"
+                out.append(StreamReset(stream_id=stream_id, error_code=RESET_CODE, reason=reason))
                 return
             if head is None:
                 self._consume(stream_id, len(data))
                 if end_stream:
+                    # Our side goes too, or the stream (and its place among those the peer
+                    # may open) would stay half-open for the connection's life.
                     self._streams.pop(stream_id, None)
-                    out.append(StreamReset(stream_id=stream_id, error_code=RESET_CODE))
+                    self._reset_sending(stream_id, RESET_CODE)
+                    reason = "the peer ended the stream inside its head"
+                    out.append(
+                        StreamReset(stream_id=stream_id, error_code=RESET_CODE, reason=reason)
+                    )
                 return
             stream.reader = None
             # The head's bytes are ours, consumed now; the rest is the reader's to credit.
@@ -454,10 +490,15 @@ class EdgeQuicConnection(QuicTunnelConnection):
     def _new_peer_stream(self, stream_id: int) -> _Stream | None:
         if stream_id & 1:
             return None  # a server stream we do not know: given up already
+        if stream_id & 2:
+            return None  # cloudflared opens no unidirectional stream: stopped at once
         if stream_id == CONTROL_STREAM_ID:
             return None  # only if it was never expected (open_control_stream was not called)
-        # The connector's RPC streams (datagram v2 unregisterUdpSession, §6.1).
-        return _Stream(stream_id, _Phase.HEAD, reader=StreamHeadReader(ConnectRequest))
+        # The connector's RPC streams (datagram v2 unregisterUdpSession, §6.1), and nothing
+        # else: a data head (the edge's to send) is refused at its first byte, not buffered.
+        return _Stream(
+            stream_id, _Phase.HEAD, reader=StreamHeadReader(ConnectRequest, rpc_only=True)
+        )
 
     def _on_head(
         self,
@@ -474,8 +515,7 @@ class EdgeQuicConnection(QuicTunnelConnection):
             # A data head on a stream the connector opened: not a thing cloudflared does.
             stream.phase = _Phase.DROP
             self._streams.pop(stream.stream_id, None)
-            self.quic.reset_stream(stream.stream_id, RESET_CODE)
-            self.quic.stop_stream(stream.stream_id, RESET_CODE)
+            self._abort(stream.stream_id)
             return
         if message.error:
             # The connector could not serve it: the reason goes to the pipeline as the body of

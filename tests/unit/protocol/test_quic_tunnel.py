@@ -32,6 +32,8 @@ from adit.protocol.quic_engine import (
     quic_configuration,
 )
 from adit.protocol.quic_metadata import (
+    DATA_STREAM_SIGNATURE,
+    RPC_STREAM_PREAMBLE,
     ConnectionType,
     ConnectRequest,
     encode_data_stream_head,
@@ -310,7 +312,8 @@ def test_a_stream_without_the_preamble_is_reset_and_the_connection_lives(pki: Pk
     good = tunnel.edge.send_request("GET", "/", "app.example.com", [], end_stream=True)
     tunnel.run()
     events = tunnel.take("connector")
-    assert StreamReset(stream_id=bogus, error_code=0) in events
+    resets = [e for e in events if isinstance(e, StreamReset) and e.stream_id == bogus]
+    assert [(e.error_code, "unknown stream signature" in e.reason) for e in resets] == [(0, True)]
     assert [e.stream_id for e in events if isinstance(e, RequestReceived)] == [good]
     assert not any(isinstance(e, ConnectionTerminated) for e in events)
 
@@ -380,3 +383,50 @@ def test_no_datagram_fits_before_the_peer_allows_them(pki: Pki) -> None:
         )
     )
     assert client.max_datagram_payload == 0
+
+
+def test_a_data_head_on_a_connector_stream_is_refused_at_its_first_byte(pki: Pki) -> None:
+    """Connector-opened streams carry RPC only: nothing of a data head is kept."""
+    tunnel = Tunnel.open(pki)
+    stream = 4  # the connector's first stream after its control stream
+    tunnel.connector.quic.send_stream_data(stream, DATA_STREAM_SIGNATURE[:1])
+    tunnel.run()
+    resets = [e for e in tunnel.take("edge") if isinstance(e, StreamReset)]
+    assert [(e.stream_id, "only RPC" in e.reason) for e in resets] == [(stream, True)]
+
+
+def test_a_unidirectional_stream_from_the_connector_is_stopped(pki: Pki) -> None:
+    """cloudflared opens none; whatever it carries (an RPC head, a data head, bytes), the
+    edge stops it, and never tries to reset a stream it cannot send on."""
+    tunnel = Tunnel.open(pki)
+    tunnel.take("connector")
+    quic = tunnel.connector.quic
+    head = encode_data_stream_head(ConnectRequest(dest="/", type=ConnectionType.HTTP))
+    uni = []
+    for payload in (RPC_STREAM_PREAMBLE, head, b"bytes"):
+        stream = quic.get_next_available_stream_id(is_unidirectional=True)
+        quic.send_stream_data(stream, payload)
+        uni.append(stream)
+    tunnel.run()
+    edge_events = tunnel.take("edge")
+    assert not any(isinstance(e, RequestReceived | ConnectionTerminated) for e in edge_events)
+    for stream in uni:
+        # STOP_SENDING came: the stream is reset (and gone once the edge acknowledged that).
+        left = quic._streams.get(stream)
+        assert left is None or left.sender._reset_error_code is not None, stream
+    good = tunnel.edge.send_request("GET", "/", "app.example.com", [], end_stream=True)
+    tunnel.run()
+    requests = [e for e in tunnel.take("connector") if isinstance(e, RequestReceived)]
+    assert [e.stream_id for e in requests] == [good]
+
+
+def test_a_stream_ended_inside_its_head_is_closed_both_ways(pki: Pki) -> None:
+    """Else its state, and its place among the streams the connector may open, would stay
+    for the connection's life (the edge's side of it never ended)."""
+    tunnel = Tunnel.open(pki)
+    stream = 4
+    tunnel.connector.quic.send_stream_data(stream, RPC_STREAM_PREAMBLE[:3], end_stream=True)
+    tunnel.run()
+    resets = [e for e in tunnel.take("edge") if isinstance(e, StreamReset)]
+    assert [(e.stream_id, "inside its head" in e.reason) for e in resets] == [(stream, True)]
+    assert stream not in tunnel.edge.quic._streams
