@@ -68,6 +68,7 @@ from adit.protocol.quic_engine import (
     TunnelQuicConnection,
     quic_configuration,
 )
+from adit.protocol.quic_rpc import CloudflaredClientSession, ConfigurationUpdated
 from adit.protocol.quic_tunnel import (
     ConnectionIdIssued,
     ConnectionIdRetired,
@@ -81,6 +82,7 @@ from adit.protocol.registration import (
     RegistrationError,
     TunnelAuth,
 )
+from adit.quic_rpc_streams import RpcStreamFailed, call_on_new_stream
 from adit.quicio import QuicIO
 
 __all__ = [
@@ -193,6 +195,18 @@ class QuicTunnelSession(QuicIO, TunnelSession):
         self.listener = listener
         #: The UDP flows this connection carries (:mod:`adit.edge.udp_flows`).
         self.udp = UdpFlows(self)
+
+    async def update_configuration(self, version: int, config: bytes) -> tuple[int, str | None]:
+        """``ConfigurationManager.updateConfiguration`` on the connector (PROTOCOL.md §5.6): a
+        remotely managed tunnel's configuration (JSON) pushed over an RPC stream of its own.
+        Returns the version the connector applied and its error (None: applied); raises
+        :class:`~adit.quic_rpc_streams.RpcStreamFailed` when there was no answer."""
+        client = CloudflaredClientSession()
+        question = client.update_configuration(version, config)
+        answer = await call_on_new_stream(self, client, question)
+        if isinstance(answer, ConfigurationUpdated):
+            return answer.latest_applied_version, answer.error
+        raise RpcStreamFailed(f"updateConfiguration failed: {getattr(answer, 'reason', answer)}")
 
     async def open_udp(
         self,

@@ -1,0 +1,124 @@
+"""A configuration pushed to a connector over QUIC: ``updateConfiguration`` on an RPC stream
+the edge opens (PROTOCOL.md §5.6), to the unmodified cloudflared and to adit's connector.
+
+The edge runs in the test's event loop (:mod:`udp_tunnel`) to call the push directly (the
+API that makes a tunnel remotely managed is another matter). cloudflared runs in a private
+network namespace holding only loopback, as in test_cloudflared_quic.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import dns_records
+from adversary import CLOUDFLARED, INSIDE_NETNS, rerun_in_private_netns
+from asynctests import asynctest
+from harness import Proc, Processes, adit_command
+from udp_tunnel import InProcessEdge, in_process_edge
+
+pytestmark = pytest.mark.process
+
+#: cloudflared's remote configuration JSON (CLOUDFLARED_FEATURES.md: the edge's push).
+CONFIG = json.dumps({"ingress": [{"service": "http_status:418"}], "warp-routing": {}}).encode()
+
+
+def _connector(
+    processes: Processes, edge: InProcessEdge, tmp_path: Path, command: list[str], *, run: str
+) -> Proc:
+    """``command`` then the edge's flags, with ``run`` before or after them (cloudflared takes
+    them before ``run`` only, adit after it only, for now)."""
+    credentials = edge.write_credentials(tmp_path / "credentials.json")
+    return processes.start(
+        Path(command[0]).name,
+        [
+            *command,
+            *(["run"] if run == "first" else []),
+            "--edge",
+            edge.tunnel_address,
+            "--cacert",
+            str(edge.ca_path),
+            "--protocol",
+            "quic",
+            "--metrics",
+            "127.0.0.1:0",
+            "--grace-period",
+            "1s",
+            *(["run"] if run == "last" else []),
+            "--credentials-file",
+            str(credentials),
+            "--hello-world",
+            str(edge.tunnel.id),
+        ],
+        env={"HOME": str(tmp_path)},
+    )
+
+
+def _metrics_address(proc: Proc) -> str:
+    match = re.search(r"Starting metrics server on (\S+)/metrics", proc.text())
+    assert match, proc.text()
+    return match.group(1)
+
+
+@pytest.mark.skipif(not CLOUDFLARED, reason="set ADIT_CLOUDFLARED to a cloudflared binary")
+def test_in_a_loopback_only_namespace() -> None:
+    rerun_in_private_netns(
+        f"{Path(__file__)}::test_cloudflared_applies_a_pushed_configuration", resolver=True
+    )
+
+
+@pytest.fixture
+def resolver() -> Iterator[None]:
+    with dns_records.serving():
+        yield
+
+
+@pytest.mark.skipif(not INSIDE_NETNS, reason="runs inside the namespace of its twin")
+def test_cloudflared_applies_a_pushed_configuration(
+    processes: Processes, tmp_path: Path, resolver: None
+) -> None:
+    @asynctest
+    async def run() -> None:
+        async with in_process_edge(tmp_path / "edge") as edge:
+            assert CLOUDFLARED is not None
+            proc = _connector(
+                processes,
+                edge,
+                tmp_path,
+                [CLOUDFLARED, "tunnel", "--no-autoupdate", "--no-prechecks"],
+                run="last",
+            )
+            session = await edge.session(timeout=30)
+            assert await session.update_configuration(7, CONFIG) == (7, None)
+            address = _metrics_address(proc)
+
+            def read_config() -> dict[str, object]:
+                with urllib.request.urlopen(f"http://{address}/config", timeout=10) as reply:
+                    loaded: dict[str, object] = json.loads(reply.read())
+                return loaded
+
+            applied = await asyncio.to_thread(read_config)
+            assert applied["version"] == 7, applied
+            # An older version is not applied again: cloudflared answers with the one it has.
+            assert await session.update_configuration(3, CONFIG) == (7, None)
+
+    run()
+
+
+def test_adits_connector_says_it_is_locally_managed(processes: Processes, tmp_path: Path) -> None:
+    @asynctest
+    async def run() -> None:
+        async with in_process_edge(tmp_path / "edge") as edge:
+            _connector(processes, edge, tmp_path, [*adit_command(), "tunnel"], run="first")
+            session = await edge.session(timeout=30)
+            version, error = await session.update_configuration(7, CONFIG)
+            assert version == -1
+            assert error is not None and "locally managed" in error
+
+    run()
