@@ -94,6 +94,8 @@ def _connector(
             "--config",
             str(path),
             "run",
+            "--protocol",
+            "http2",
             "--metrics",
             "127.0.0.1:0",
             "--credentials-file",

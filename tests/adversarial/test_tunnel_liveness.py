@@ -161,6 +161,8 @@ def test_a_link_cut_without_a_fin_is_redialled(processes: Processes, tmp_path: P
             "--config",
             str(config),
             "run",
+            "--protocol",
+            "http2",
             "--metrics",
             "127.0.0.1:0",
             "--edge",

@@ -306,10 +306,18 @@ class QuicTunnelConnection:
         elif isinstance(event, quic_events.StopSendingReceived):
             stream = self._streams.get(event.stream_id)
             if stream is not None and not stream.local_ended:
-                # cloudflared sends STOP_SENDING when it closes a stream it answered: the
-                # rest of what we send is not wanted. Our RESET_STREAM says so to aioquic.
+                # The peer wants no more of what we send: the stream is given up, as an
+                # HTTP/2 RST_STREAM gives it up. The edge sends it when its visitor left (a
+                # GET's request side has ended already, so STOP_SENDING is all it can say):
+                # the connector must stop the origin request, not keep pouring its body into
+                # a stream nobody reads. (cloudflared sends it when it closes a stream it
+                # answered; what it sent whole is still read: see StreamChannel.read.)
                 stream.stopped = True
-                self.quic.reset_stream(event.stream_id, event.error_code)
+                self._reset_sending(event.stream_id, event.error_code)
+                if not stream.remote_ended:
+                    self._stop_receiving(event.stream_id, event.error_code)
+                self._streams.pop(event.stream_id, None)
+                out.append(StreamReset(stream_id=event.stream_id, error_code=event.error_code))
         elif isinstance(event, quic_events.DatagramFrameReceived):
             out.append(DatagramReceived(data=event.data))
         elif isinstance(event, quic_events.HandshakeCompleted):

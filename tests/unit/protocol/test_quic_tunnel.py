@@ -430,3 +430,20 @@ def test_a_stream_ended_inside_its_head_is_closed_both_ways(pki: Pki) -> None:
     resets = [e for e in tunnel.take("edge") if isinstance(e, StreamReset)]
     assert [(e.stream_id, "inside its head" in e.reason) for e in resets] == [(stream, True)]
     assert stream not in tunnel.edge.quic._streams
+
+
+def test_stop_sending_from_the_edge_gives_the_stream_up_at_the_connector(pki: Pki) -> None:
+    """A visitor who leaves a download: the edge's GET has ended its side, so STOP_SENDING
+    is all it says; the connector must see the stream given up (and stop the origin), as an
+    HTTP/2 RST_STREAM tells it."""
+    tunnel = Tunnel.open(pki)
+    stream_id = tunnel.edge.send_request("GET", "/big", "app.example.com", [], end_stream=True)
+    tunnel.run()
+    tunnel.connector.send_response(stream_id, 200, [])
+    tunnel.connector.send_data(stream_id, b"x" * 10_000)
+    tunnel.run()
+    tunnel.take("connector")
+    tunnel.edge.reset_stream(stream_id)
+    tunnel.run()
+    resets = [e for e in tunnel.take("connector") if isinstance(e, StreamReset)]
+    assert [e.stream_id for e in resets] == [stream_id]
