@@ -97,7 +97,8 @@ def test_a_frozen_worker_stops_receiving_requests_within_seconds(
 
 def test_both_ends_turn_tcp_keepalive_on(processes: Processes, origin: Origin) -> None:
     edge = start_edge(processes)
-    start_tenant(processes, edge, "acme", HOST, origin.url)
+    # TCP keepalive is the HTTP/2 transport's (QUIC has its own PINGs).
+    start_tenant(processes, edge, "acme", HOST, origin.url, extra=["--protocol", "http2"])
     if shutil.which("ss") is None:
         pytest.skip("needs ss(8) to see the sockets' timers")
     port = edge.tunnel[0].rsplit(":", 1)[1]

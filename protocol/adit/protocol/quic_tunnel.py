@@ -639,8 +639,13 @@ class ConnectorQuicConnection(QuicTunnelConnection):
         if stream.request_type is RequestType.TCP:
             message = ConnectResponse()
         else:
-            if stream.request_type is RequestType.WEBSOCKET and status == 200:
-                status = 101  # HTTP/2 has no 101; QUIC carries the origin's own (§5.4)
+            if (
+                stream.request_type is RequestType.WEBSOCKET
+                and status == 200
+                and any(n.lower() == "sec-websocket-accept" for n, _ in headers)
+            ):
+                # An accepted upgrade in HTTP/2's words (200): QUIC carries the 101 (§5.4).
+                status = 101
             message = ConnectResponse(metadata=http_response_metadata(status, headers))
         self.quic.send_stream_data(stream_id, encode_data_stream_head(message) + body, end_stream)
         if end_stream:

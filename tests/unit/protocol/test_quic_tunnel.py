@@ -292,7 +292,7 @@ def test_websocket_and_tcp_streams_keep_their_type(pki: Pki) -> None:
     assert requests[ws].request_type is RequestType.WEBSOCKET
     assert requests[tcp].request_type is RequestType.TCP
     assert requests[tcp].authority == "10.1.2.3:22"
-    tunnel.connector.send_response(ws, 200, [("Sec-WebSocket-Accept", "a")])
+    tunnel.connector.send_response(ws, 101, [("Sec-WebSocket-Accept", "a")])
     tunnel.connector.send_response(tcp, 200, [])
     tunnel.connector.send_data(tcp, b"SSH-2.0-x\r\n")
     tunnel.run()

@@ -372,7 +372,8 @@ class OriginProxy:
             if response.status == 101:
                 if stream.request.kind is not StreamKind.WEBSOCKET:
                     raise OriginProtocolError("origin switched protocols without being asked to")
-                await stream.send_response(200, response.headers, source=ResponseSource.ORIGIN)
+                # The origin's 101 (HTTP/2 says 200 for it; QUIC carries the 101 itself).
+                await stream.send_response(101, response.headers, source=ResponseSource.ORIGIN)
                 reader, writer = connection.upgrade()
                 trailing = connection.trailing_data
                 # A WebSocket is piped for as long as it lives: hold nothing of the exchange.
