@@ -151,6 +151,11 @@ class _Stream:
 class QuicTunnelConnection:
     """What both roles share: streams, flow control, output, the events of a read."""
 
+    #: Whether STOP_SENDING gives the stream up: for a connector yes (the edge no longer
+    #: wants the answer: its visitor left), for the edge no (the connector wants no more of
+    #: the request body; its answer stands).
+    stop_sending_gives_up = True
+
     def __init__(self, quic: TunnelQuicConnection) -> None:
         self.quic = quic
         self._streams: dict[int, _Stream] = {}
@@ -314,6 +319,13 @@ class QuicTunnelConnection:
                 # answered; what it sent whole is still read: see StreamChannel.read.)
                 stream.stopped = True
                 self._reset_sending(event.stream_id, event.error_code)
+                if not self.stop_sending_gives_up:
+                    # The edge: the connector wants no more of the request (cloudflared's
+                    # close is FIN and STOP_SENDING, and the two may come in either order):
+                    # its answer, whole or still arriving, stands; only our sending stops. A
+                    # connector that gives the stream up resets its own side.
+                    self._local_end(stream)
+                    return
                 if not stream.remote_ended:
                     self._stop_receiving(event.stream_id, event.error_code)
                 self._streams.pop(event.stream_id, None)
@@ -439,6 +451,8 @@ class QuicTunnelConnection:
 
 class EdgeQuicConnection(QuicTunnelConnection):
     """The edge: QUIC *server*; opens a stream per eyeball request."""
+
+    stop_sending_gives_up = False
 
     #: No stream limit of cloudflared's to respect on QUIC (it allows 2^60).
     peer_max_concurrent_streams = 1 << 30
