@@ -153,6 +153,13 @@ class QuicListener(asyncio.DatagramProtocol):
         log.debug("QUIC listener: %s", exc)
 
     def datagram_received(self, data: bytes, addr: NetworkAddress) -> None:
+        if data and not data[0] & 0x80:
+            # A short header (every packet after the handshake): the connection id is the
+            # bytes after the first, of the length we issue; no header to parse to route it.
+            session = self._routes.get(data[1 : 1 + self.configuration.connection_id_length])
+            if session is not None:
+                session.datagram_received(data, addr)
+                return
         buf = Buffer(data=data)
         try:
             header = pull_quic_header(buf, host_cid_length=self.configuration.connection_id_length)
