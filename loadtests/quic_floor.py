@@ -1,14 +1,19 @@
 """CPU cost of the QUIC tunnel transport alone: aioquic and adit's adapter, both roles in memory.
 
 An edge and a connector (real aioquic connections, the edge's CA and leaf) joined by an
-in-memory wire with a virtual clock: no sockets, no event loop, no other process. Each side's
-calls are timed on the thread's CPU clock, so the figures hold up on a busy machine.
+in-memory wire: no sockets, no event loop, no other process. The wire is driven as
+``adit.quicio`` drives aioquic: a flush (``datagrams_to_send``, ``get_timer``) after each
+wake-up's datagrams (``--batch`` of them; 1, the default, is a wake-up per datagram, as at low
+rates), after every timer and after the application wrote. The clock is the real one, jumped
+over the waits for a timer. Each side's calls are timed on the thread's CPU clock, so the
+figures hold up on a busy machine.
 
 - ``bulk``: one response body, connector → edge (the download direction; an upload is the
   same with the roles swapped), as fast as QUIC's congestion control lets it go: CPU seconds
   per GiB and µs per datagram of the sender and of the receiver.
 - ``requests``: small exchanges, each on a new stream (the edge's ``ConnectRequest``, the
-  connector's ``ConnectResponse`` and a 1 KiB body): CPU µs per request on each side.
+  connector's ``ConnectResponse`` and a 1 KiB body), one at a time: CPU µs per request on
+  each side.
 
 ``--layer aioquic`` drives aioquic's ``QuicConnection`` (adit's ``TunnelQuicConnection``:
 flow control by consumption, nothing per packet) with the least an application can do: what
@@ -16,8 +21,8 @@ this layer costs, no Python code above aioquic can win back. ``--layer tunnel`` 
 adapter (``adit.protocol.quic_tunnel``: stream heads, events, credit). The asyncio part
 (``adit.quicio``, sockets, timers) is measured by the bench's profiles instead.
 
-    .venv/bin/python loadtests/quic_floor.py [--layer aioquic|tunnel]
-        [--mib N] [--requests N] [--datagram-size N] [--profile]
+    .venv/bin/python loadtests/quic_floor.py [--layer aioquic|tunnel] [--mib N]
+        [--requests N] [--datagram-size N] [--batch N] [--profile]
 """
 
 from __future__ import annotations
@@ -141,13 +146,13 @@ class Side:
 
 @dataclass
 class Wire:
-    """Zero-latency wire, driven as adit's QuicIO drives aioquic: a flush after every datagram
-    received, after every timer and after the application wrote. The clock is the real one
+    """Zero-latency wire, driven as adit's QuicIO drives aioquic: a flush after each wake-up's
+    datagrams, after every timer and after the application wrote. The clock is the real one
     (work takes the time it takes), jumped forward over the idle waits for a timer."""
 
     edge: Side
     connector: Side
-    #: Datagrams a side takes in before it flushes (1: adit's QuicIO, a flush per datagram).
+    #: Datagrams a side takes in before it flushes (QuicIO: those of one wake-up of the loop).
     batch: int = 1
     skew: float = 0.0
     in_flight: collections.deque[tuple[Side, bytes, tuple[str, int]]] = field(
@@ -387,16 +392,21 @@ def _acked(side: Side) -> bool:
 
 #: Where a profiled function's time goes, by module and name (first match wins).
 _CATEGORIES = (
-    ("crypto (C: AEAD, header protection)", ("_crypto.", "crypto.py")),
+    ("crypto (C: AEAD, header protection)", ("_crypto.", "crypto.py", "aead")),
     ("packet building (packet_builder.py)", ("packet_builder.py",)),
     ("packet parsing, frames (packet.py, _buffer)", ("packet.py", "_buffer.")),
     ("loss recovery, congestion (recovery.py, congestion/)", ("recovery.py", "congestion")),
     ("ranges (rangeset.py)", ("rangeset.py",)),
     ("streams (stream.py)", ("stream.py",)),
     ("connection (connection.py)", ("aioquic/quic/connection.py",)),
+    ("Enum.__hash__ (aioquic's Enum dict keys)", ("enum.py",)),
     ("adit quic_engine", ("quic_engine.py",)),
-    ("adit quic_tunnel, quic_metadata", ("quic_tunnel.py", "quic_metadata.py", "headers.py")),
+    (
+        "adit quic_tunnel, quic_metadata, quic_capnp",
+        ("quic_tunnel.py", "quic_metadata.py", "quic_capnp.py", "headers.py"),
+    ),
     ("this benchmark", ("quic_floor.py",)),
+    ("builtins (len, min, isinstance, ...)", ("built-in", "{method")),
 )
 
 
@@ -424,7 +434,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--datagram-size", type=int, default=1232)
     parser.add_argument(
-        "--batch", type=int, default=1, help="datagrams taken in per flush (adit: 1)"
+        "--batch", type=int, default=1, help="datagrams per wake-up, one flush for them all"
     )
     parser.add_argument("--profile", action="store_true", help="cProfile: categories, top 30")
     args = parser.parse_args()
