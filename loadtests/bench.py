@@ -299,11 +299,15 @@ class Bench:
                 figures = {"error": f"{type(exc).__name__}: {exc}"[:1000]}
             figures["loadavg_before"] = " ".join(map(str, before))
             udp_after = udp_counters()
-            for counter in ("RcvbufErrors", "SndbufErrors"):
+            for counter in ("InDatagrams", "RcvbufErrors", "SndbufErrors"):
                 if counter in udp_before and counter in udp_after:
-                    dropped = udp_after[counter] - udp_before[counter]
-                    if dropped:
-                        figures[f"udp_{counter}"] = dropped
+                    moved = udp_after[counter] - udp_before[counter]
+                    if moved:
+                        figures[f"udp_{counter}"] = moved
+            datagrams, moved_bytes = figures.get("udp_InDatagrams"), figures.get("bytes")
+            if isinstance(datagrams, int) and isinstance(moved_bytes, int) and moved_bytes:
+                # Both ways (data and ACKs), per MiB of body: QUIC's work goes by the packet.
+                figures["udp_datagrams_per_mib"] = round(datagrams / (moved_bytes / 2**20), 1)
             out[scenario] = figures
             print(f"    {_brief(figures)}", file=sys.stderr, flush=True)
 
@@ -391,11 +395,12 @@ class Bench:
     def _start_profilers(
         self, path: str, scenario: str, roles: dict[str, int]
     ) -> list[subprocess.Popen[bytes]]:
-        if not self.args.py_spy or not path.startswith("adit"):
+        if not self.args.py_spy:
             return []
         running = []
         for role, pid in roles.items():
-            if role == "supervisor":
+            # adit's busy processes: the edge (cloudflared's paths have it too) and workers.
+            if role != "edge" and not role.startswith("worker"):
                 continue
             out = self.args.profile_dir / f"{path}-{scenario}-{role}.txt"
             running.append(
@@ -446,8 +451,9 @@ def _check_protocol(connector: Service, protocol: str) -> None:
 
 
 def udp_counters() -> dict[str, int]:
-    """The network namespace's UDP counters (/proc/net/snmp): datagrams dropped because a
-    socket's receive or send buffer was full show QUIC losing packets on the machine itself."""
+    """The network namespace's UDP counters (/proc/net/snmp): datagrams delivered, and those
+    dropped because a socket's receive or send buffer was full (QUIC losing packets on the
+    machine itself)."""
     try:
         rows = [x.split() for x in Path("/proc/net/snmp").read_text().splitlines()]
     except OSError:

@@ -67,26 +67,30 @@ def _cpu(paths: dict[str, Any], path: str, scenario: str, prefix: str, side: str
 
 def ratios(paths: dict[str, Any]) -> dict[str, dict[str, dict[str, float]]]:
     """``{scenario.figure: {path: {vs_<peer>: path/peer}}}`` for every path and each of its
-    :func:`counterparts` with figures; CPU figures as ``cpu.<scenario>.<edge|connector>``."""
+    :func:`counterparts` with figures; CPU figures as ``cpu.<scenario>.<edge|connector>``
+    (against the other connectors only)."""
     out: dict[str, dict[str, dict[str, float]]] = {}
-    rows: list[tuple[str, Any]] = [
-        (f"{scenario}.{figure}", lambda p, s=scenario, f=figure: _value(paths, p, s, f))
+    rows: list[tuple[str, Any, bool]] = [
+        (f"{scenario}.{figure}", lambda p, s=scenario, f=figure: _value(paths, p, s, f), False)
         for scenario, figure, _label, _higher in HEADLINE
     ]
     rows += [
         (
             f"cpu.{scenario}.{side}",
             lambda p, s=scenario, x=prefix, d=side: _cpu(paths, p, s, x, d),
+            True,
         )
         for scenario, prefix, _label in CPU_HEADLINE
         for side in ("edge", "connector")
     ]
-    for key, get in rows:
+    for key, get, connectors_only in rows:
         for path in paths:
             value = get(path)
             if value is None:
                 continue
             for peer in counterparts(path, paths):
+                if connectors_only and transport(peer) is None:
+                    continue  # direct and ssh have no edge nor connector
                 other = get(peer)
                 if other is None or other == 0:
                     continue
@@ -145,7 +149,7 @@ def markdown(data: dict[str, Any]) -> str:
     pairs = [(q, h) for q, h in pairs if transport(h) == "http2"]
     lines += _ratio_table("QUIC against HTTP/2, same connector (QUIC ÷ HTTP/2)", paths, pairs)
     pairs = [(a, "ssh") for a in adit if "ssh" in names]
-    lines += _ratio_table("adit against ssh -R (adit ÷ ssh)", paths, pairs)
+    lines += _ratio_table("adit against ssh -R (adit ÷ ssh)", paths, pairs, cpu=False)
     lines += _cpu_table(paths, names)
     lines += ["", "## Memory (RSS, MiB): idle, and with the idle WebSockets open", ""]
     lines.append("| path | process | idle | with WebSockets |")
@@ -179,14 +183,19 @@ def markdown(data: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _ratio_table(title: str, paths: dict[str, Any], pairs: list[tuple[str, str]]) -> list[str]:
-    """One column per pair (``a ÷ b``), a row per headline figure and per CPU figure."""
+def _ratio_table(
+    title: str, paths: dict[str, Any], pairs: list[tuple[str, str]], *, cpu: bool = True
+) -> list[str]:
+    """One column per pair (``a ÷ b``), a row per headline figure and (``cpu``) per CPU
+    figure of the edge and of the connector."""
     if not pairs:
         return []
     lines = ["", f"## {title}", ""]
     lines.append(
         "Rates: >1 is better. Times and CPU: <1 is better. Connector CPU: supervisor and workers"
         " together, or cloudflared."
+        if cpu
+        else "Rates: >1 is better. Times: <1 is better."
     )
     lines.append("")
     lines.append("| figure | " + " | ".join(f"{a} ÷ {b}" for a, b in pairs) + " |")
@@ -197,7 +206,7 @@ def _ratio_table(title: str, paths: dict[str, Any], pairs: list[tuple[str, str]]
             x, y = _value(paths, a, scenario, figure), _value(paths, b, scenario, figure)
             row.append(f"{x / y:.2f}" if x is not None and y else "–")
         lines.append(f"| {label} | " + " | ".join(row) + " |")
-    for scenario, prefix, label in CPU_HEADLINE:
+    for scenario, prefix, label in CPU_HEADLINE if cpu else ():
         for side in ("edge", "connector"):
             row = []
             for a, b in pairs:
