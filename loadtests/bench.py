@@ -13,6 +13,7 @@ import datetime
 import json
 import os
 import platform
+import re
 import resource
 import shutil
 import subprocess
@@ -181,9 +182,9 @@ class Bench:
             ssh.client.stop()
             ssh.sshd.stop()
 
-    def run_adit(self, workers: int) -> None:
+    def run_adit(self, workers: int, protocol: str) -> None:
         assert self.tunnel is not None and self.config is not None
-        name = f"adit-{workers}w"
+        name = path_name(f"adit-{workers}w", protocol)
         started = time.monotonic()
         connector = start_adit(
             self.processes,
@@ -192,17 +193,26 @@ class Bench:
             workers=workers,
             ha=HA_CONNECTIONS,
             name=name,
+            protocol=protocol,
         )
-        self._connector_path(name, connector, started, lambda: self._adit_pids(connector))
+        self._connector_path(name, protocol, connector, started, lambda: self._adit_pids(connector))
 
-    def run_cloudflared(self, binary: Path) -> None:
+    def run_cloudflared(self, binary: Path, protocol: str) -> None:
         assert self.tunnel is not None and self.config is not None and self.edge is not None
+        name = path_name("cloudflared", protocol)
         started = time.monotonic()
         connector = start_cloudflared(
-            self.processes, binary, self.edge, self.tunnel, self.config, ha=HA_CONNECTIONS
+            self.processes,
+            binary,
+            self.edge,
+            self.tunnel,
+            self.config,
+            ha=HA_CONNECTIONS,
+            name=name,
+            protocol=protocol,
         )
         self._connector_path(
-            "cloudflared", connector, started, lambda: {"cloudflared": connector.pid}
+            name, protocol, connector, started, lambda: {"cloudflared": connector.pid}
         )
 
     def _adit_pids(self, supervisor: Service) -> dict[str, int]:
@@ -218,6 +228,7 @@ class Bench:
     def _connector_path(
         self,
         name: str,
+        protocol: str,
         connector: Service,
         started: float,
         pids: Callable[[], dict[str, int]],
@@ -231,6 +242,7 @@ class Bench:
             startup["first_ok_s"] = drivers.first_ok(target, since=started, timeout=30)
             connector.wait_log(r"Registered tunnel connection", timeout=30, count=HA_CONNECTIONS)
             startup["all_registered_s"] = round(time.monotonic() - started, 3)
+            _check_protocol(connector, protocol)
             self.scenarios(target, pids(), connector=connector)
             if "recovery" in self.args.scenarios:
                 self.results[name]["recovery"] = self.recovery(target)
@@ -279,12 +291,23 @@ class Bench:
             if scenario not in args.scenarios:
                 continue
             before = _loadavg()
+            udp_before = udp_counters()
             print(f"  {target.name}: {scenario}", file=sys.stderr, flush=True)
             try:
                 figures = step()
             except Exception as exc:
                 figures = {"error": f"{type(exc).__name__}: {exc}"[:1000]}
             figures["loadavg_before"] = " ".join(map(str, before))
+            udp_after = udp_counters()
+            for counter in ("InDatagrams", "RcvbufErrors", "SndbufErrors"):
+                if counter in udp_before and counter in udp_after:
+                    moved = udp_after[counter] - udp_before[counter]
+                    if moved:
+                        figures[f"udp_{counter}"] = moved
+            datagrams, moved_bytes = figures.get("udp_InDatagrams"), figures.get("bytes")
+            if isinstance(datagrams, int) and isinstance(moved_bytes, int) and moved_bytes:
+                # Both ways (data and ACKs), per MiB of body: QUIC's work goes by the packet.
+                figures["udp_datagrams_per_mib"] = round(datagrams / (moved_bytes / 2**20), 1)
             out[scenario] = figures
             print(f"    {_brief(figures)}", file=sys.stderr, flush=True)
 
@@ -372,11 +395,12 @@ class Bench:
     def _start_profilers(
         self, path: str, scenario: str, roles: dict[str, int]
     ) -> list[subprocess.Popen[bytes]]:
-        if not self.args.py_spy or not path.startswith("adit"):
+        if not self.args.py_spy:
             return []
         running = []
         for role, pid in roles.items():
-            if role == "supervisor":
+            # adit's busy processes: the edge (cloudflared's paths have it too) and workers.
+            if role != "edge" and not role.startswith("worker"):
                 continue
             out = self.args.profile_dir / f"{path}-{scenario}-{role}.txt"
             running.append(
@@ -395,6 +419,7 @@ class Bench:
                         "--output",
                         str(out),
                         "--nonblocking",
+                        *(["--native"] if self.args.py_spy_native else []),
                     ],
                     stdout=subprocess.DEVNULL,
                     stderr=subprocess.DEVNULL,
@@ -410,6 +435,33 @@ class Bench:
             except subprocess.TimeoutExpired:
                 popen.kill()
                 popen.wait()
+
+
+def path_name(connector: str, protocol: str) -> str:
+    """A connector path's name: HTTP/2 paths keep the names of the runs before QUIC."""
+    return f"{connector}-quic" if protocol == "quic" else connector
+
+
+def _check_protocol(connector: Service, protocol: str) -> None:
+    """Every registration so far used ``protocol`` (a path measures what it is named after)."""
+    lines = [x for x in connector.text().splitlines() if "Registered tunnel connection" in x]
+    other = [x for x in lines if not re.search(rf"protocol[=:\"' ]+{protocol}\b", x)]
+    if not lines or other:
+        raise BenchError(f"{connector.name}: registered over another protocol: {other[:2]}")
+
+
+def udp_counters() -> dict[str, int]:
+    """The network namespace's UDP counters (/proc/net/snmp): datagrams delivered, and those
+    dropped because a socket's receive or send buffer was full (QUIC losing packets on the
+    machine itself)."""
+    try:
+        rows = [x.split() for x in Path("/proc/net/snmp").read_text().splitlines()]
+    except OSError:
+        return {}
+    udp = [row[1:] for row in rows if row and row[0] == "Udp:"]
+    if len(udp) < 2:
+        return {}
+    return {k: int(v) for k, v in zip(udp[0], udp[1], strict=False) if v.lstrip("-").isdigit()}
 
 
 def _brief(figures: Figures) -> str:
@@ -460,6 +512,17 @@ def _cpu_model() -> str:
     return platform.processor()
 
 
+#: Every path, in the order they run. A connector path without ``-quic`` runs HTTP/2.
+PATHS = (
+    "direct",
+    "ssh",
+    "adit-1w",
+    "adit-1w-quic",
+    "adit-nw",
+    "adit-nw-quic",
+    "cloudflared",
+    "cloudflared-quic",
+)
 SCENARIOS = ("small_gets", "latency", "download", "upload", "websockets", "recovery")
 
 
@@ -471,8 +534,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument(
         "--paths",
-        default="direct,ssh,adit-1w,adit-nw,cloudflared",
-        help="comma-separated subset of direct,ssh,adit-1w,adit-nw,cloudflared",
+        default=",".join(PATHS),
+        help=f"comma-separated subset of {','.join(PATHS)} (-quic: --protocol quic; the "
+        "others: --protocol http2)",
     )
     parser.add_argument("--scenarios", default=",".join(SCENARIOS))
     parser.add_argument("--seconds", type=int, default=10, help="wrk and h2load duration")
@@ -484,9 +548,17 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=HERE / "results" / "latest")
     parser.add_argument("--plot-python", default=None, help="python with matplotlib")
     parser.add_argument("--py-spy", default=None, help="profile adit's processes with py-spy")
+    parser.add_argument(
+        "--py-spy-native",
+        action="store_true",
+        help="with --py-spy: native frames too (C extensions: aioquic's buffer and crypto)",
+    )
     parser.add_argument("--note", default="", help="free text stored with the results")
     args = parser.parse_args(argv)
     args.paths = [p.strip() for p in args.paths.split(",") if p.strip()]
+    unknown = [p for p in args.paths if p not in PATHS]
+    if unknown:
+        parser.error(f"unknown paths: {', '.join(unknown)}")
     args.scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
     return args
 
@@ -535,16 +607,18 @@ def main(argv: list[str]) -> int:
         bench.setup()
         for path in args.paths:
             print(f"path {path}", file=sys.stderr, flush=True)
+            protocol = "quic" if path.endswith("-quic") else "http2"
+            base = path.removesuffix("-quic")
             if path == "direct":
                 bench.run_direct()
             elif path == "ssh":
                 bench.run_ssh()
-            elif path == "adit-1w":
-                bench.run_adit(1)
-            elif path == "adit-nw":
-                bench.run_adit(cpus)
-            elif path == "cloudflared" and args.cloudflared is not None:
-                bench.run_cloudflared(args.cloudflared)
+            elif base == "adit-1w":
+                bench.run_adit(1, protocol)
+            elif base == "adit-nw":
+                bench.run_adit(cpus, protocol)
+            elif base == "cloudflared" and args.cloudflared is not None:
+                bench.run_cloudflared(args.cloudflared, protocol)
     finally:
         bench.processes.cleanup()
         meta["loadavg_end"] = _loadavg()

@@ -32,7 +32,8 @@ def _ephemeral_range() -> tuple[int, int]:
 
 
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing uses now and no other call of this run returns.
+    """A port on 127.0.0.1, free for TCP and UDP now, that no other call of this run returns
+    (the edge's tunnel listeners take both: HTTP/2 over TCP and QUIC over UDP).
 
     Chosen below the kernel's ephemeral range: a port from ``bind(0)`` is free only at that
     moment, and a client connection made before the service binds it (a readiness probe, say)
@@ -44,14 +45,20 @@ def free_port() -> int:
         port = random.randint(first, last)  # noqa: S311 - a port number, not a secret
         if port in _given:
             continue
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
+        if not all(_bindable(kind, port) for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM)):
+            continue
         _given.add(port)
         return port
     raise BenchError(f"no free port in {first}-{last} after 200 tries")
+
+
+def _bindable(kind: socket.SocketKind, port: int) -> bool:
+    with socket.socket(socket.AF_INET, kind) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def wait_port(port: int, timeout: float = 10.0) -> None:

@@ -18,7 +18,32 @@ HEADLINE: tuple[tuple[str, str, str, bool], ...] = (
     ("startup", "first_ok_s", "start → first 200 through the edge, s", False),
     ("recovery", "ok_after_edge_ready_s", "edge restarted → first 200, s", False),
 )
-PEERS = ("direct", "ssh", "cloudflared")
+#: CPU per unit of work, per process: (scenario, figure prefix, label). Lower is better.
+CPU_HEADLINE: tuple[tuple[str, str, str], ...] = (
+    ("small_gets", "cpu_us_per_req_", "CPU µs per 1 KiB GET, 64 conns"),
+    ("latency", "cpu_us_per_req_", "CPU µs per request at fixed rate (each alone)"),
+    ("download", "cpu_s_per_gib_", "CPU s per GiB downloaded"),
+    ("upload", "cpu_s_per_gib_", "CPU s per GiB uploaded"),
+)
+
+
+def transport(path: str) -> str | None:
+    """``quic`` or ``http2`` for a connector path (``-quic`` paths run QUIC), else None."""
+    if path.endswith("-quic"):
+        return "quic"
+    return "http2" if path.startswith(("adit", "cloudflared")) else None
+
+
+def counterparts(path: str, names: list[str] | dict[str, Any]) -> list[str]:
+    """The paths ``path`` is compared with: direct, ssh, cloudflared on the same transport
+    (for adit), and the same connector over HTTP/2 (for a QUIC path)."""
+    out = ["direct", "ssh"]
+    kind = transport(path)
+    if path.startswith("adit") and kind is not None:
+        out.append("cloudflared-quic" if kind == "quic" else "cloudflared")
+    if kind == "quic":
+        out.append(path.removesuffix("-quic"))
+    return [p for p in out if p != path and p in names]
 
 
 def _value(paths: dict[str, Any], path: str, scenario: str, figure: str) -> float | None:
@@ -26,18 +51,48 @@ def _value(paths: dict[str, Any], path: str, scenario: str, figure: str) -> floa
     return float(value) if isinstance(value, int | float) else None
 
 
+def _cpu(paths: dict[str, Any], path: str, scenario: str, prefix: str, side: str) -> float | None:
+    """The ``edge``'s figure, or the ``connector``'s (supervisor and workers, or cloudflared,
+    summed)."""
+    figures = paths.get(path, {}).get(scenario, {})
+    values = [
+        float(v)
+        for k, v in figures.items()
+        if k.startswith(prefix)
+        and isinstance(v, int | float)
+        and ((k == prefix + "edge") == (side == "edge"))
+    ]
+    return round(sum(values), 2) if values else None
+
+
 def ratios(paths: dict[str, Any]) -> dict[str, dict[str, dict[str, float]]]:
-    """``{scenario.figure: {path: {vs_<peer>: path/peer}}}`` for every pair with figures."""
+    """``{scenario.figure: {path: {vs_<peer>: path/peer}}}`` for every path and each of its
+    :func:`counterparts` with figures; CPU figures as ``cpu.<scenario>.<edge|connector>``
+    (against the other connectors only)."""
     out: dict[str, dict[str, dict[str, float]]] = {}
-    for scenario, figure, _label, _higher in HEADLINE:
-        key = f"{scenario}.{figure}"
+    rows: list[tuple[str, Any, bool]] = [
+        (f"{scenario}.{figure}", lambda p, s=scenario, f=figure: _value(paths, p, s, f), False)
+        for scenario, figure, _label, _higher in HEADLINE
+    ]
+    rows += [
+        (
+            f"cpu.{scenario}.{side}",
+            lambda p, s=scenario, x=prefix, d=side: _cpu(paths, p, s, x, d),
+            True,
+        )
+        for scenario, prefix, _label in CPU_HEADLINE
+        for side in ("edge", "connector")
+    ]
+    for key, get, connectors_only in rows:
         for path in paths:
-            value = _value(paths, path, scenario, figure)
+            value = get(path)
             if value is None:
                 continue
-            for peer in PEERS:
-                other = _value(paths, peer, scenario, figure)
-                if peer == path or other is None or other == 0:
+            for peer in counterparts(path, paths):
+                if connectors_only and transport(peer) is None:
+                    continue  # direct and ssh have no edge nor connector
+                other = get(peer)
+                if other is None or other == 0:
                     continue
                 out.setdefault(key, {}).setdefault(path, {})[f"vs_{peer}"] = round(value / other, 3)
     return out
@@ -83,20 +138,19 @@ def markdown(data: dict[str, Any]) -> str:
                 cell += " ⚠"
             cells.append(cell)
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    lines += ["", "## adit against its peers (adit ÷ peer; >1 is better for rates)", ""]
     adit = [n for n in names if n.startswith("adit")]
-    peers = [p for p in ("ssh", "cloudflared") if p in names]
-    if adit and peers:
-        header = [f"{a} ÷ {p}" for a in adit for p in peers]
-        lines.append("| scenario | " + " | ".join(header) + " |")
-        lines.append("|---|" + "---|" * len(header))
-        for scenario, figure, label, _higher in HEADLINE:
-            row = []
-            for a in adit:
-                for p in peers:
-                    x, y = _value(paths, a, scenario, figure), _value(paths, p, scenario, figure)
-                    row.append(f"{x / y:.2f}" if x is not None and y else "–")
-            lines.append(f"| {label} | " + " | ".join(row) + " |")
+    pairs = [(a, p) for a in adit for p in counterparts(a, names) if p.startswith("cloudflared")]
+    lines += _ratio_table(
+        "adit against cloudflared on the same transport and the same edge (adit ÷ cloudflared)",
+        paths,
+        pairs,
+    )
+    pairs = [(q, h) for q in names if transport(q) == "quic" for h in counterparts(q, names)]
+    pairs = [(q, h) for q, h in pairs if transport(h) == "http2"]
+    lines += _ratio_table("QUIC against HTTP/2, same connector (QUIC ÷ HTTP/2)", paths, pairs)
+    pairs = [(a, "ssh") for a in adit if "ssh" in names]
+    lines += _ratio_table("adit against ssh -R (adit ÷ ssh)", paths, pairs, cpu=False)
+    lines += _cpu_table(paths, names)
     lines += ["", "## Memory (RSS, MiB): idle, and with the idle WebSockets open", ""]
     lines.append("| path | process | idle | with WebSockets |")
     lines.append("|---|---|---|---|")
@@ -127,6 +181,60 @@ def markdown(data: dict[str, Any]) -> str:
     lines += ["", "## Versions", ""]
     lines += [f"- {k}: {v}" for k, v in meta["versions"].items()]
     return "\n".join(lines) + "\n"
+
+
+def _ratio_table(
+    title: str, paths: dict[str, Any], pairs: list[tuple[str, str]], *, cpu: bool = True
+) -> list[str]:
+    """One column per pair (``a ÷ b``), a row per headline figure and (``cpu``) per CPU
+    figure of the edge and of the connector."""
+    if not pairs:
+        return []
+    lines = ["", f"## {title}", ""]
+    lines.append(
+        "Rates: >1 is better. Times and CPU: <1 is better. Connector CPU: supervisor and workers"
+        " together, or cloudflared."
+        if cpu
+        else "Rates: >1 is better. Times: <1 is better."
+    )
+    lines.append("")
+    lines.append("| figure | " + " | ".join(f"{a} ÷ {b}" for a, b in pairs) + " |")
+    lines.append("|---|" + "---|" * len(pairs))
+    for scenario, figure, label, _higher in HEADLINE:
+        row = []
+        for a, b in pairs:
+            x, y = _value(paths, a, scenario, figure), _value(paths, b, scenario, figure)
+            row.append(f"{x / y:.2f}" if x is not None and y else "–")
+        lines.append(f"| {label} | " + " | ".join(row) + " |")
+    for scenario, prefix, label in CPU_HEADLINE if cpu else ():
+        for side in ("edge", "connector"):
+            row = []
+            for a, b in pairs:
+                x = _cpu(paths, a, scenario, prefix, side)
+                y = _cpu(paths, b, scenario, prefix, side)
+                row.append(f"{x / y:.2f}" if x is not None and y else "–")
+            lines.append(f"| {label}, {side} | " + " | ".join(row) + " |")
+    return lines
+
+
+def _cpu_table(paths: dict[str, Any], names: list[str]) -> list[str]:
+    """Every process's CPU per request and per GiB, per path."""
+    lines = ["", "## CPU per request and per GiB, each process", ""]
+    lines.append(
+        "| path | process | µs per GET, 64 conns | µs per request at fixed rate"
+        " | s per GiB down | s per GiB up |"
+    )
+    lines.append("|---|---|---|---|---|---|")
+    for path in names:
+        roles = list(paths[path].get("idle_rss_mb", {}))
+        for role in roles:
+            cells = [
+                _fmt(_value(paths, path, scenario, f"{prefix}{role}"))
+                for scenario, prefix, _label in CPU_HEADLINE
+            ]
+            if any(c != "–" for c in cells):
+                lines.append(f"| {path} | {role} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def _calibration(meta: dict[str, Any]) -> list[str]:
@@ -191,18 +299,28 @@ def _goals(paths: dict[str, Any]) -> list[str]:
                 f"- worker RSS ≤ 60 MB with {ws.get('opened')} idle WebSockets ({name}): "
                 f"max {worst} MiB = {worst_mb:.1f} MB → {'met' if worst_mb <= 60 else 'NOT met'}"
             )
-    if "cloudflared" in paths:
-        for name in (n for n in paths if n.startswith("adit")):
+    for name in (n for n in paths if n.startswith("adit")):
+        for peer in (p for p in counterparts(name, paths) if p.startswith("cloudflared")):
             worse = []
             for scenario, figure, label, higher in HEADLINE:
                 a = _value(paths, name, scenario, figure)
-                c = _value(paths, "cloudflared", scenario, figure)
+                c = _value(paths, peer, scenario, figure)
                 if a is None or c is None:
                     continue
                 if (a < c) if higher else (a > c):
                     worse.append(label)
             verdict = "met" if not worse else "NOT met: slower in " + "; ".join(worse)
-            out.append(f"- at least as fast as cloudflared ({name}): {verdict}")
+            out.append(f"- at least as fast as {peer} ({name}): {verdict}")
+            more = [
+                f"{label} ({side})"
+                for scenario, prefix, label in CPU_HEADLINE
+                for side in ("edge", "connector")
+                if (a := _cpu(paths, name, scenario, prefix, side)) is not None
+                and (c := _cpu(paths, peer, scenario, prefix, side)) is not None
+                and a > c
+            ]
+            verdict = "yes" if not more else "no: more in " + "; ".join(more)
+            out.append(f"- no more CPU than {peer} ({name}): {verdict}")
     return out
 
 

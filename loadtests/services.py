@@ -231,9 +231,16 @@ def write_ingress(path: Path, tunnel: Tunnel, origin: Origin) -> Path:
 
 
 def start_adit(
-    processes: Processes, tunnel: Tunnel, config: Path, *, workers: int, ha: int, name: str
+    processes: Processes,
+    tunnel: Tunnel,
+    config: Path,
+    *,
+    workers: int,
+    ha: int,
+    name: str,
+    protocol: str,
 ) -> Service:
-    """``adit tunnel run`` (the supervisor; workers are its children)."""
+    """``adit tunnel run --protocol PROTOCOL`` (the supervisor; workers are its children)."""
     return processes.start(
         name,
         [
@@ -250,6 +257,8 @@ def start_adit(
             "127.0.0.1:0",
             "--grace-period",
             "1s",
+            "--protocol",
+            protocol,
             tunnel.name,
         ],
         env={"HOME": str(tunnel.home)},
@@ -257,9 +266,21 @@ def start_adit(
 
 
 def start_cloudflared(
-    processes: Processes, binary: Path, edge: Edge, tunnel: Tunnel, config: Path, *, ha: int
+    processes: Processes,
+    binary: Path,
+    edge: Edge,
+    tunnel: Tunnel,
+    config: Path,
+    *,
+    ha: int,
+    name: str,
+    protocol: str,
 ) -> Service:
-    """cloudflared as the connector of the same tunnel, on the same edge (HTTP/2)."""
+    """cloudflared as the connector of the same tunnel, on the same edge.
+
+    ``protocol`` is always given (``http2`` or ``quic``): cloudflared's ``auto`` asks DNS
+    (``protocol-v2.argotunnel.com``), which fails in the bench's namespace and means HTTP/2.
+    """
     argv = [str(binary), "tunnel", "--no-autoupdate", "--config", str(config)]
     for address in edge.tunnel_addresses:
         argv += ["--edge", address]
@@ -267,7 +288,7 @@ def start_cloudflared(
         "--cacert",
         str(edge.ca),
         "--protocol",
-        "http2",
+        protocol,
         "--ha-connections",
         str(ha),
         "--no-prechecks",
@@ -278,7 +299,7 @@ def start_cloudflared(
         "run",
         tunnel.id,
     ]
-    return processes.start("cloudflared", argv, env={"HOME": str(tunnel.home)})
+    return processes.start(name, argv, env={"HOME": str(tunnel.home)})
 
 
 @dataclass(frozen=True)

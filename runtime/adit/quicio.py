@@ -24,9 +24,16 @@ from adit.protocol.errors import ProtocolError
 from adit.protocol.http2 import ConnectionTerminated, ErrorCode, Event, StreamReset
 from adit.protocol.liveness import Liveness, PeerState
 from adit.protocol.quic_tunnel import HandshakeDone, QuicEvent, QuicTunnelConnection
-from adit.tunnelio import HIGH_WATER, StreamChannel, StreamClosedError, TunnelIO
+from adit.tunnelio import _COMPACT_AT, HIGH_WATER, StreamChannel, StreamClosedError, TunnelIO
 
-__all__ = ["MAX_QUEUED_DATAGRAMS", "NO_ANSWER", "DatagramSend", "QuicIO", "QuicSender"]
+__all__ = [
+    "MAX_QUEUED_DATAGRAMS",
+    "NO_ANSWER",
+    "DatagramSend",
+    "QuicIO",
+    "QuicSender",
+    "QuicStreamChannel",
+]
 
 log = logging.getLogger("adit.quic")
 
@@ -40,6 +47,58 @@ NO_ANSWER = "no answer from the peer"
 
 #: Sends one datagram to an address (the listener's or the endpoint's transport).
 QuicSender = Callable[[bytes, NetworkAddress], None]
+#: The most a read joins of the pieces that are waiting (a piece is a packet's worth).
+READ_JOIN_LIMIT = 256 * 1024
+
+
+class QuicStreamChannel(StreamChannel):
+    """A QUIC stream's channel: a read takes every piece that has arrived, joined.
+
+    A QUIC packet carries at most ~1.2 KB of a stream, and each is a piece of its own: read
+    one at a time, a download made one read, one credit and one write to the visitor's socket
+    per packet, the edge's largest cost. The datagrams of one wake-up of the loop are read
+    before the reader runs, so it now takes them in one go.
+    """
+
+    io: QuicIO
+
+    async def read(self) -> bytes:
+        first = await super().read()
+        inbound = self._inbound
+        start = self._next
+        if not first or start >= len(inbound):
+            return first
+        pieces = [first]
+        size = len(first)
+        credit = 0
+        end = start
+        while end < len(inbound) and size < READ_JOIN_LIMIT:
+            data, flow_len = inbound[end]
+            pieces.append(data)
+            size += len(data)
+            credit += flow_len
+            end += 1
+        if end == len(inbound):
+            inbound.clear()
+            self._next = 0
+        elif end >= _COMPACT_AT and 2 * end >= len(inbound):
+            del inbound[:end]
+            self._next = 0
+        else:
+            self._next = end
+        self.io.acknowledge(self.stream_id, credit)
+        return b"".join(pieces)
+
+    async def write(self, data: bytes) -> None:
+        # QUIC has no "buffer drained" event: the I/O wakes the writers it knows of as it
+        # sends (only those inside write(), not every channel of the connection).
+        writing = self.io._writing
+        writing.add(self)
+        try:
+            await super().write(data)
+        finally:
+            writing.discard(self)
+
 
 #: DATAGRAM frames that may wait for the congestion window; beyond, a new one is dropped, as a
 #: full socket buffer drops UDP (aioquic's queue has no bound of its own).
@@ -68,6 +127,10 @@ class QuicIO(TunnelIO[Any]):
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._closing_timer: asyncio.TimerHandle | None = None
+        #: A flush is scheduled for the end of this turn of the loop.
+        self._flush_soon_pending = False
+        #: Channels inside :meth:`QuicStreamChannel.write` (those a flush may have to wake).
+        self._writing: set[QuicStreamChannel] = set()
         #: The negotiated ALPN once the handshake is done; fails if the connection ends first.
         self.handshake: asyncio.Future[str | None] = self._loop.create_future()
         if client:
@@ -100,7 +163,9 @@ class QuicIO(TunnelIO[Any]):
             self.fail(f"protocol error from peer: {exc}", ErrorCode.PROTOCOL_ERROR)
             return
         self._handle(events)
-        self.flush()
+        # One flush for every datagram of this wake-up (the loop reads a burst of them before
+        # anything else runs): building packets costs as much when there is nothing to send.
+        self.flush_soon()
 
     def _on_timer(self) -> None:
         self._timer = None
@@ -153,6 +218,7 @@ class QuicIO(TunnelIO[Any]):
 
     def flush(self) -> None:
         """Send what QUIC has to send now, and arm its timer."""
+        self._flush_soon_pending = False
         if self.closed:
             return
         now = self._loop.time()
@@ -161,12 +227,21 @@ class QuicIO(TunnelIO[Any]):
             send(data, addr)
         self._arm_timer()
         # QUIC has no "buffer drained" event: writers waiting for room are told here.
-        for channel in self.channels.values():
-            if (
-                channel._write_waiter is not None
-                and self.conn.pending(channel.stream_id) <= HIGH_WATER
-            ):
-                channel._wake_writer()
+        if self._writing:
+            pending = self.conn.pending
+            for channel in list(self._writing):
+                if channel._write_waiter is not None and pending(channel.stream_id) <= HIGH_WATER:
+                    channel._wake_writer()
+
+    def flush_soon(self) -> None:
+        """Flush at the end of this turn of the loop (once, however often asked)."""
+        if not self._flush_soon_pending and not self.closed:
+            self._flush_soon_pending = True
+            self._loop.call_soon(self._flush_if_pending)
+
+    def _flush_if_pending(self) -> None:
+        if self._flush_soon_pending:
+            self.flush()
 
     def write_held(self) -> None:
         """Nothing is held: datagrams are sent as :meth:`flush` makes them."""
@@ -202,7 +277,10 @@ class QuicIO(TunnelIO[Any]):
     def _arm_timer(self) -> None:
         at = self.conn.get_timer()
         if self._timer is not None:
-            if at == self._timer_at:
+            timer_at = self._timer_at
+            if at is None or (timer_at is not None and timer_at <= at):
+                # A timer due no later is kept: QUIC's deadline moves with nearly every packet,
+                # mostly later, and an early call only finds nothing due and arms again.
                 return
             self._timer.cancel()
             self._timer = None
@@ -211,6 +289,17 @@ class QuicIO(TunnelIO[Any]):
             self._timer = self._loop.call_at(at, self._on_timer)
 
     # -- flow control ------------------------------------------------------------------------
+
+    def channel(self, stream_id: int) -> StreamChannel:
+        channel = QuicStreamChannel(self, stream_id)
+        self.channels[stream_id] = channel
+        return channel
+
+    def acknowledge(self, stream_id: int, flow_len: int) -> None:
+        """Credit consumed bytes; a flush only once a receive limit moved (the credit is
+        batched: most calls change nothing that goes on the wire)."""
+        if not self.closed and self.conn.acknowledge(stream_id, flow_len):
+            self.flush_soon()
 
     def dispatch(self, event: Event) -> None:
         if type(event) is StreamReset:

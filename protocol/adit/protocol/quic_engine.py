@@ -571,18 +571,19 @@ class TunnelQuicConnection(QuicConnection):
         """Bytes of stream data the application consumed (plus those credited on resets)."""
         return self._consumed_total
 
-    def consumed(self, stream_id: int, length: int) -> None:
+    def consumed(self, stream_id: int, length: int) -> bool:
         """The application is done with ``length`` more bytes received on ``stream_id``.
 
         Raises the stream's and the connection's receive limits to ``consumed + window`` once
         half a window has been consumed since they last moved (the MAX_STREAM_DATA / MAX_DATA
-        frames go out with the next ``datagrams_to_send``). ``ValueError`` if that is more than
-        was delivered.
+        frames go out with the next ``datagrams_to_send``); returns whether a limit moved (if
+        not, there is nothing new to send). ``ValueError`` if that is more than was delivered.
         """
         if length < 0:
             raise ValueError("cannot consume a negative length")
         if self._consumed_total + length > self._local_max_data.used:
             raise ValueError("consumed more than the connection received")
+        moved = False
         stream = self._streams.get(stream_id)
         if stream is not None and not stream.receiver.is_finished:
             consumed = self._stream_consumed.get(stream_id, 0) + length
@@ -592,21 +593,25 @@ class TunnelQuicConnection(QuicConnection):
             limit = consumed + self._stream_window
             if limit - stream.max_stream_data_local >= self._stream_window // 2:
                 stream.max_stream_data_local = limit
+                moved = True
         else:
             # Finished receiving (no limit to raise any more) or already discarded.
             self._stream_consumed.pop(stream_id, None)
-        self._credit_connection(length)
+        moved = self._credit_connection(length) or moved
         if len(self._stream_consumed) > 2 * len(self._streams) + 64:
             # Streams abandoned without a last consumed() call: forget the discarded ones.
             for gone in self._stream_consumed.keys() - self._streams.keys():
                 del self._stream_consumed[gone]
+        return moved
 
-    def _credit_connection(self, length: int) -> None:
+    def _credit_connection(self, length: int) -> bool:
         self._consumed_total += length
         max_data = self._local_max_data
         limit = self._consumed_total + self._connection_window
         if limit - max_data.value >= self._connection_window // 2:
             max_data.value = limit
+            return True
+        return False
 
     def _write_stream_limits(
         self, builder: QuicPacketBuilder, space: QuicPacketSpace, stream: QuicStream

@@ -20,7 +20,6 @@ the reader took, and a slow origin would buffer an upload in memory without boun
 
 from __future__ import annotations
 
-import contextlib
 import enum
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -255,10 +254,10 @@ class QuicTunnelConnection:
         """Bytes queued on the stream and not yet sent."""
         return self.quic.stream_send_queued(stream_id)
 
-    def acknowledge(self, stream_id: int, flow_controlled_length: int) -> None:
-        """Credit what a stream's reader consumed back to the peer."""
-        if flow_controlled_length:
-            self._consume(stream_id, flow_controlled_length)
+    def acknowledge(self, stream_id: int, flow_controlled_length: int) -> bool:
+        """Credit what a stream's reader consumed back to the peer; whether that raised a
+        receive limit (a MAX_DATA or MAX_STREAM_DATA frame is then to be sent)."""
+        return bool(flow_controlled_length) and self._consume(stream_id, flow_controlled_length)
 
     def ping(self, payload: bytes) -> None:
         """A PING (aioquic matches its acknowledgement by an id, not a payload)."""
@@ -414,11 +413,13 @@ class QuicTunnelConnection:
             out.append(StreamEnded(stream_id=stream_id))
             self._maybe_forget(stream)
 
-    def _consume(self, stream_id: int, length: int) -> None:
+    def _consume(self, stream_id: int, length: int) -> bool:
         # More than arrived would be a caller's bookkeeping slip, not the peer's: the window
         # stays where it is rather than the connection failing.
-        with contextlib.suppress(ValueError):
-            self.quic.consumed(stream_id, length)
+        try:
+            return self.quic.consumed(stream_id, length)
+        except ValueError:
+            return False
 
     def _local_end(self, stream: _Stream) -> None:
         stream.local_ended = True
