@@ -7,14 +7,9 @@ sees are those its HTTP/2 counterpart produces (PROTOCOL.md §5).
 
 from __future__ import annotations
 
-import datetime
 from dataclasses import dataclass, field
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from adit.protocol.headers import RequestType, ResponseMeta
 from adit.protocol.http2 import (
@@ -26,7 +21,6 @@ from adit.protocol.http2 import (
     StreamReset,
 )
 from adit.protocol.quic_engine import (
-    SERVER_NAME,
     PostQuantum,
     TunnelQuicConnection,
     quic_configuration,
@@ -47,47 +41,15 @@ from adit.protocol.quic_tunnel import (
     QuicEvent,
     RpcStreamOpened,
 )
+from quic_pki import Pki, make_pki
 
 EDGE_ADDR = ("127.0.0.1", 7844)
 CONNECTOR_ADDR = ("127.0.0.1", 50000)
 
 
-@dataclass
-class Pki:
-    ca_pem: bytes
-    leaf: x509.Certificate
-    key: ec.EllipticCurvePrivateKey
-
-
 @pytest.fixture(scope="module")
 def pki() -> Pki:
-    now = datetime.datetime.now(datetime.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test CA")])
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(ca_key, hashes.SHA256())
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
-    leaf = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, SERVER_NAME)]))
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(SERVER_NAME)]), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    return Pki(ca.public_bytes(serialization.Encoding.PEM), leaf, key)
+    return make_pki()
 
 
 @dataclass
