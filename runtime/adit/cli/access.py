@@ -22,7 +22,7 @@ import logging
 import os
 import ssl
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -41,7 +41,7 @@ from adit.protocol.websocket import (
 )
 from adit.version import __version__
 
-__all__ = ["EdgeTarget", "access", "handshake_request", "resolve_target"]
+__all__ = ["EdgeTarget", "access", "frame_sender", "handshake_request", "resolve_target"]
 
 log = logging.getLogger("adit.access")
 
@@ -212,13 +212,7 @@ async def carry(
     """One local connection ↔ one WebSocket, until either side ends."""
     reader, writer, rest = await open_websocket(target, headers)
     ws = WebSocketConnection(Role.CLIENT)
-    lock = asyncio.Lock()
-
-    async def send(data: bytes) -> None:
-        if data:
-            async with lock:
-                writer.write(data)
-                await writer.drain()
+    send = frame_sender(writer)
 
     async def up() -> None:
         while data := await local_reader.read(_READ):
@@ -276,6 +270,21 @@ class _LocalWriter:
             return
         self._writer.write(data)
         await self._writer.drain()
+
+
+def frame_sender(writer: asyncio.StreamWriter) -> Callable[[bytes], Awaitable[None]]:
+    """Writes WebSocket bytes to the edge one caller at a time: a pong (from the reading
+    task) and a data frame (from the writing task) must not interleave inside a frame while
+    a write waits for the socket."""
+    lock = asyncio.Lock()
+
+    async def send(data: bytes) -> None:
+        if data:
+            async with lock:
+                writer.write(data)
+                await writer.drain()
+
+    return send
 
 
 def _write_stdout(data: bytes) -> None:

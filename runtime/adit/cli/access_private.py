@@ -38,6 +38,7 @@ from adit.cli.access import (
     _LocalWriter,
     _split_host,
     _stdin_reader,
+    frame_sender,
     open_websocket,
 )
 from adit.cli.apiclient import ApiClient, ApiError
@@ -229,13 +230,7 @@ async def carry_private_tcp(
     goes away). Raises :class:`FlowFailed` when the edge ended it with an error."""
     reader, writer, rest = await _open(target, headers)
     ws = WebSocketConnection(Role.CLIENT)
-    lock = asyncio.Lock()
-
-    async def send(data: bytes) -> None:
-        if data:
-            async with lock:
-                writer.write(data)
-                await writer.drain()
+    send = frame_sender(writer)
 
     async def up() -> None:
         while data := await local_reader.read(_READ):
@@ -371,13 +366,7 @@ class _UdpFlow:
         reader, writer, rest = await _open(relay.target, relay.headers)
         log.info("UDP flow for %s opened", join_host_port(*self.peer))
         ws = WebSocketConnection(Role.CLIENT, max_frame=65_535)
-        lock = asyncio.Lock()
-
-        async def send(data: bytes) -> None:
-            if data:
-                async with lock:
-                    writer.write(data)
-                    await writer.drain()
+        send = frame_sender(writer)
 
         async def up() -> None:
             while True:
