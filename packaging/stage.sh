@@ -59,6 +59,12 @@ find "$dest$venv" -name direct_url.json -delete
 find "$dest$venv" -name __pycache__ -prune -exec rm -rf {} +
 # Shared libraries are mapped, never executed.
 find "$dest$venv" -type f -name '*.so*' -exec chmod 0644 {} +
+# Some wheels ship modules with an execute bit and no interpreter line (certifi's tests, which
+# aioquic brings in); they are imported, never run, so they lose the bit (rpmlint: an error).
+find "$dest$venv/lib" -type f -perm /111 ! -name '*.so*' -print0 |
+    while IFS= read -r -d '' f; do
+        head -c2 "$f" | grep -q '#!' || chmod 0644 "$f"
+    done
 if [ "$bytecode" = 1 ]; then
     "$dest$venv/bin/python" -m compileall -q -j0 -s "$dest" -p / "$dest$venv/lib" >/dev/null
 fi
