@@ -5,8 +5,9 @@ the operator hosts, and a traceroute to the internet says little about them. Ins
 edge address the connector dials is checked the way the connector would use it:
 
 - ``tcp``: a TCP connect, and how long it took;
-- ``tls``: the TLS handshake of the HTTP/2 transport (SNI ``h2.cftunnel.com``, ALPN ``h2``),
-  its time, version, ALPN and the certificate's subject and expiry. The certificate is not
+- ``tls``: the TLS handshake of the HTTP/2 transport (SNI ``h2.cftunnel.com``, no ALPN, as
+  cloudflared and adit's connector dial it), its time, version and the certificate's
+  subject, issuer and expiry. The certificate is not
   verified here (diag has no ``--cacert``); the connector's own log says when it fails to;
 - ``quic``: a QUIC handshake (SNI ``quic.cftunnel.com``, ALPN ``argotunnel``) over UDP.
   ``reachable`` is true when the edge answered at all (even with an error): a timeout is
@@ -66,7 +67,6 @@ def check_tcp_tls(host: str, port: int, timeout: float) -> dict[str, Any]:
     context = ssl.create_default_context()
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE  # see the module docstring: timing and shape only
-    context.set_alpn_protocols(["h2"])
     start = time.monotonic()
     try:
         with context.wrap_socket(sock, server_hostname=_H2_SNI) as tls:
@@ -74,7 +74,6 @@ def check_tcp_tls(host: str, port: int, timeout: float) -> dict[str, Any]:
                 "ok": True,
                 "ms": _ms(start),
                 "version": tls.version(),
-                "alpn": tls.selected_alpn_protocol(),
                 "cipher": (tls.cipher() or ("",))[0],
                 "verified": False,
                 **_certificate(tls.getpeercert(binary_form=True)),
