@@ -120,14 +120,30 @@ def test_diag_bundle_has_every_part_and_no_secret(
     by_token = processes.start(
         "by-token",
         [*adit_command(), "tunnel", "--config", str(config), "run", "--token", token,
-         "--log-directory", str(logdir), "--metrics", "127.0.0.1:0", *edge_args(edge)],
+         "--log-directory", str(logdir), "--metrics", "127.0.0.1:0", "--loglevel", "debug",
+         *edge_args(edge)],
         env={"HOME": str(tmp_path / "elsewhere")},
     )  # fmt: skip
+    # Inline credentials, by environment, logging at debug level: the most there is to leak.
+    contents_log = tmp_path / "contents.log"
+    by_contents = processes.start(
+        "by-contents",
+        [*adit_command(), "tunnel", "--config", str(config), "run", "--logfile",
+         str(contents_log), "--metrics", "127.0.0.1:0", "--loglevel", "debug", tunnel.id],
+        env={"HOME": str(tmp_path / "elsewhere"),
+             "TUNNEL_CRED_CONTENTS": tunnel.credentials.read_text()},
+    )  # fmt: skip
     by_token.wait_for_log("Registered tunnel connection")
+    by_contents.wait_for_log("Registered tunnel connection")
     assert request(edge, HOST, path="/x").body == b"hello /x"
     secrets = _secrets(tunnel.credentials, token, account.home / ".adit" / "cert.pem")
 
-    for name, proc, logs_marker in (("file", by_file, logfile), ("token", by_token, logdir)):
+    connectors = (
+        ("file", by_file, logfile),
+        ("token", by_token, logdir),
+        ("contents", by_contents, contents_log),
+    )
+    for name, proc, logs_marker in connectors:
         address = _metrics_address(proc)
         workdir = tmp_path / f"diag-{name}"
         workdir.mkdir()
@@ -193,6 +209,8 @@ def test_diag_bundle_has_every_part_and_no_secret(
         if proc is by_token:
             assert flags["token"] == "*****"
             assert flags["log-directory"] == str(logdir)
+        elif proc is by_contents:
+            assert flags["credentials-contents"] == "*****"
         else:
             assert flags["logfile"] == str(logfile)
 
