@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from adversary import CLOUDFLARED, cloudflared_metrics, start_cloudflared
 from harness import (
     Account,
     Edge,
@@ -84,7 +85,7 @@ def _secrets(credentials: Path, token: str, origin_cert: Path) -> dict[str, byte
         "secret (urlsafe base64)": base64.urlsafe_b64encode(secret).rstrip(b"="),
         "secret (raw)": secret,
         "secret (hex)": secret.hex().encode(),
-        "token": token.encode(),
+        **({"token": token.encode()} if token else {}),
         "credentials file": credentials.read_bytes().strip(),
         "origin cert": origin_cert.read_bytes().strip(),
     }
@@ -180,14 +181,17 @@ def test_diag_bundle_has_every_part_and_no_secret(
         assert connections, state
         for connection in connections:
             assert connection["isConnected"] is True
-            assert connection["protocol"] in ("http2", "quic")
+            assert (connection["protocol"], connection["protocolName"]) in (
+                (0, "http2"),
+                (1, "quic"),
+            )
             assert connection["edge"] in edge.tunnel
             assert connection["edgeAddress"] == "127.0.0.1"
             worker = connection["workerPid"]
             assert isinstance(worker, int)
             parent = Path(f"/proc/{worker}/stat").read_text().rsplit(")", 1)[1].split()[1]
             assert int(parent) == proc.popen.pid  # a worker of this connector
-        assert by_file is not proc or {c["protocol"] for c in connections} == {"http2"}
+        assert by_file is not proc or {c["protocolName"] for c in connections} == {"http2"}
 
         system = parsed["systeminformation.json"]
         assert isinstance(system, dict)
@@ -319,3 +323,66 @@ def test_ready_exit_status(
     none = _adit(["tunnel", "ready"], tmp_path, seam_env(ADIT_TEST_METRICS_ADDRESSES=nobody))
     assert none.returncode == 1
     assert none.stderr.startswith("--metrics has to be provided"), none.stderr
+
+
+@pytest.mark.skipif(not CLOUDFLARED, reason="set ADIT_CLOUDFLARED to a cloudflared binary")
+def test_cloudflared_diag_reads_an_adit_connector(
+    processes: Processes, edge: Edge, account: Account, origin: Origin, tmp_path: Path
+) -> None:
+    tunnel = create_tunnel(account, "cfd-diag", HOST)
+    config = write_config(tmp_path / "config.yml", HOST, [{"service": origin.url}])
+    connector = start_connector(processes, tunnel, config, extra=["--protocol", "http2"])
+    address = _metrics_address(connector)
+    workdir = tmp_path / "cloudflared-diag"
+    workdir.mkdir()
+    result = subprocess.run(
+        [CLOUDFLARED, "tunnel", "diag", "--metrics", address, "--no-diag-network",
+         "--no-diag-logs"],
+        capture_output=True, text=True, check=False, timeout=120, cwd=workdir,
+        env={**os.environ, "HOME": str(tmp_path)}, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    bundles = list(workdir.glob("cloudflared-diag-*.zip"))
+    assert len(bundles) == 1, result.stderr
+    with zipfile.ZipFile(bundles[0]) as bundle:
+        files = {name: bundle.read(name) for name in bundle.namelist()}
+    tasks = json.loads(files["task-result.json"])
+    # cloudflared decodes adit's /diag/tunnel into its own TunnelState (a string protocol
+    # would fail there) and copies the rest.
+    for job in ("tunnel state", "system information", "metrics", "cli configuration"):
+        assert tasks[job]["result"] == "success", tasks
+    state = json.loads(files["tunnelstate.json"])
+    assert state["tunnelID"] == tunnel.id
+    assert state["connections"][0]["edgeAddress"] == "127.0.0.1"
+    assert json.loads(files["systeminformation.json"])["info"]["osSystem"] == "linux"
+
+
+@pytest.mark.skipif(not CLOUDFLARED, reason="set ADIT_CLOUDFLARED to a cloudflared binary")
+def test_adit_diag_reads_a_cloudflared_connector(
+    processes: Processes, edge: Edge, account: Account, origin: Origin, tmp_path: Path
+) -> None:
+    tunnel = create_tunnel(account, "cfd-conn", HOST)
+    config = write_config(tmp_path / "config.yml", HOST, [{"service": origin.url}])
+    logfile = tmp_path / "cloudflared.log"
+    connector = start_cloudflared(
+        processes, tunnel, config, edge, extra=["--logfile", str(logfile)]
+    )
+    address = cloudflared_metrics(connector)
+    workdir = tmp_path / "adit-diag"
+    workdir.mkdir()
+    result = _adit(["tunnel", "diag", "--metrics", address], workdir)
+    assert result.returncode == 0, result.stderr
+    files = _unzip(workdir)
+    parsed = _check_bundle(
+        files, _secrets(tunnel.credentials, "", account.home / ".adit" / "cert.pem")
+    )
+    tasks = parsed["task-result.json"]
+    assert isinstance(tasks, dict)
+    failed = {k: v for k, v in tasks.items() if v["result"] != "success"}
+    # cloudflared has no /diag/runtime; its /config is there.
+    assert set(failed) == {"runtime information"}, failed
+    assert "configuration.json" in files
+    assert b"Registered tunnel connection" in files["adit_logs.txt"]
+    network = parsed["network.json"]
+    assert isinstance(network, dict)
+    assert network[edge.tunnel[0]]["tcp"]["ok"] is True, network

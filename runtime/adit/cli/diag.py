@@ -29,6 +29,7 @@ import datetime
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -185,12 +186,39 @@ def _copy_metrics(address: str) -> Callable[[Path], None]:
     return run
 
 
-def _edge_addresses(state: dict[str, Any]) -> list[str]:
+#: The edge's tunnel port when nothing better is known.
+_EDGE_PORT = 7844
+
+
+def _flag_edges(flags: object) -> list[str]:
+    """``--edge`` values in ``/diag/configuration``: adit's ``a, b``, cloudflared's ``[a b]``."""
+    if not isinstance(flags, dict) or not flags.get("edge"):
+        return []
+    return [a for a in re.split(r"[\s,]+", str(flags["edge"]).strip("[]")) if a]
+
+
+def edge_addresses(state: dict[str, Any], flags: object) -> list[str]:
+    """``host:port`` of each edge the connector uses.
+
+    adit's ``/diag/tunnel`` names them (``edgeAddresses``, each connection's ``edge``).
+    cloudflared's gives only each connection's IP: then the ``--edge`` flag's addresses, or
+    else each IP at port 7844 (the port of Cloudflare's edge).
+    """
     addresses = [str(a) for a in state.get("edgeAddresses") or []]
+    ips: list[str] = []
     for connection in state.get("connections") or []:
-        if isinstance(connection, dict) and connection.get("edge"):
+        if not isinstance(connection, dict):
+            continue
+        if connection.get("edge"):
             addresses.append(str(connection["edge"]))
-    return addresses
+        elif connection.get("edgeAddress"):
+            ips.append(str(connection["edgeAddress"]))
+    if addresses:
+        return addresses
+    from_flags = _flag_edges(flags)
+    if from_flags:
+        return from_flags
+    return [f"[{ip}]:{_EDGE_PORT}" if ":" in ip else f"{ip}:{_EDGE_PORT}" for ip in ips]
 
 
 @dataclass
@@ -221,7 +249,11 @@ def create_jobs(address: str, tunnel: dict[str, Any] | None, toggles: Toggles) -
     def network(out: Path) -> None:
         from adit.cli.diag_network import check_edges
 
-        addresses = _edge_addresses(known) if known else []
+        try:
+            flags = _get_json(address, "/diag/configuration")
+        except DiagError:
+            flags = None
+        addresses = edge_addresses(known, flags) if known else []
         if not addresses:
             raise DiagError("no edge address known: the tunnel state could not be read")
         report, ok = check_edges(addresses)

@@ -12,10 +12,11 @@ CA) are never read, and the flags come from ``SupervisorSettings.cli_flags``, wh
 ``adit tunnel run`` built with the secret flags already masked. The listener itself defaults
 to localhost (``metrics_server``).
 
-Shapes that differ from cloudflared, on purpose: a connection's ``protocol`` is its name
-(``"http2"``/``"quic"``) rather than Go's enum number, every field is always present (Go's
-``omitempty`` drops connection index 0 and protocol HTTP/2), and each connection also names
-its edge as ``host:port`` and the pid of the worker holding it.
+The shapes are cloudflared's, so that cloudflared's own ``tunnel diag`` can read an adit
+connector: a connection's ``protocol`` is Go's enum number (0 HTTP/2, 1 QUIC). Additions (Go's
+decoder ignores them): ``protocolName``, each connection's edge as ``host:port``, its location,
+connection id and the pid of the worker holding it, the configured edge addresses. Unlike Go's
+``omitempty``, every field is always present (Go drops index 0 and protocol HTTP/2).
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ __all__ = ["DiagRoute", "diag_routes"]
 DiagRoute = Callable[[], tuple[str, bytes]]
 
 _JSON = "application/json"
+#: cloudflared's ``connection.Protocol`` numbers.
+_PROTOCOL_NUMBERS = {"http2": 0, "quic": 1}
 #: Disks listed in ``/diag/system`` at most (a host with hundreds of mounts stays readable).
 _MAX_DISKS = 32
 
@@ -52,10 +55,12 @@ def tunnel_state(state: SupervisorState) -> dict[str, object]:
     connections: list[dict[str, object]] = []
     for index in sorted(set(state.protocols) | set(state.registered)):
         event = state.registered.get(index)
+        protocol = event.protocol if event is not None else state.protocols[index]
         entry: dict[str, object] = {
             "index": index,
             "isConnected": event is not None and state.ready_connections > 0,
-            "protocol": event.protocol if event is not None else state.protocols[index],
+            "protocol": _PROTOCOL_NUMBERS.get(protocol, 0),
+            "protocolName": protocol,
         }
         if event is not None:
             host, _, _port = event.edge.rpartition(":")

@@ -6,7 +6,7 @@ import datetime
 
 import pytest
 
-from adit.cli.diag import zip_name
+from adit.cli.diag import edge_addresses, zip_name
 from adit.cli.main import main
 from adit.cli.run import diag_flags
 
@@ -92,3 +92,14 @@ def test_zip_name_is_cloudflared_rfc3339_without_colons() -> None:
     assert zip_name(utc) == "adit-diag-2026-12-07T05-01-02Z.zip"
     plus_one = utc.astimezone(datetime.timezone(datetime.timedelta(hours=1)))
     assert zip_name(plus_one) == "adit-diag-2026-12-07T06-01-02+01-00.zip"
+
+
+def test_edge_addresses_from_adit_and_cloudflared_states() -> None:
+    adit = {"edgeAddresses": ["10.0.0.1:7844"], "connections": [{"edge": "[::1]:9"}]}
+    assert edge_addresses(adit, {"edge": "x:1"}) == ["10.0.0.1:7844", "[::1]:9"]
+    cloudflared = {"connections": [{"edgeAddress": "198.41.200.13"}, {"edgeAddress": "::1"}]}
+    assert edge_addresses(cloudflared, {"edge": "[127.0.0.1:4 127.0.0.2:5]"}) == [
+        "127.0.0.1:4",
+        "127.0.0.2:5",
+    ]
+    assert edge_addresses(cloudflared, None) == ["198.41.200.13:7844", "[::1]:7844"]
