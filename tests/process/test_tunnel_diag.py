@@ -277,6 +277,18 @@ def test_diag_finds_one_instance_none_or_several(
     assert f"Selected server http://{two} starting diagnostic..." in single
     assert len(list((tmp_path / "single").glob("adit-diag-*.zip"))) == 1
 
+    # A connector logging only to the console: diag says where logs would come from.
+    (tmp_path / "no-logs").mkdir()
+    no_logs = _adit(["tunnel", "diag", "--metrics", one, "--no-diag-network"], tmp_path / "no-logs")
+    assert no_logs.returncode == 0
+    assert "Couldn't extract logs from the instance." in no_logs.stderr
+    assert "Diagnostic completed with one or more errors" in no_logs.stderr
+    tasks = json.loads(_unzip(tmp_path / "no-logs")["task-result.json"])
+    assert tasks["log information"] == {
+        "result": "failure",
+        "error": "provided log configuration is invalid",
+    }
+
     containers = _adit(
         ["tunnel", "diag", "--metrics", nobody, "--diag-container-id", "abc", "--no-diag-network"],
         tmp_path,
