@@ -16,8 +16,10 @@ cloudflared's procedure (diagnostic/diagnostic.go ``RunDiagnostic``), with adit'
    (mode 0600: logs name hosts and addresses) and say "Diagnostic completed", or "Diagnostic
    completed with one or more errors". The exit status is 0 either way.
 
-Secrets: the connector's endpoints never serve one (``adit.supervisor.diag_endpoints``);
-the logs are the connector's own, which mask the token and credentials contents.
+Secrets: the connector's endpoints never serve one (``adit.supervisor.diag_endpoints``), and
+diag masks any secret-named key in the JSON it copies all the same (:func:`redact`: a
+connector of another version, or cloudflared, may serve one); the logs are the connector's
+own, which mask the token and credentials contents.
 
 ``--diag-container-id``/``--diag-pod-id`` are accepted and answered with one line: adit does
 not reach into Docker or Kubernetes; run ``adit tunnel diag`` inside the container instead.
@@ -166,9 +168,32 @@ class Job:
     bypass: bool = False
 
 
+#: A key naming a secret (any JSON the bundle copies): its value is masked by diag too.
+_SECRET_KEY = re.compile(r"token|secret|password|credentials-contents|private", re.IGNORECASE)
+_NOT_SECRET_KEYS = frozenset({"token-file", "tokenFile"})
+
+
+def redact(value: Any) -> Any:
+    """``value`` with the value of every secret-named key masked, at any depth.
+
+    The connector's endpoints serve no secret already; this is the second lock, for a
+    connector of another version (or cloudflared) that serves one by mistake.
+    """
+    if isinstance(value, dict):
+        return {
+            k: "*****"
+            if _SECRET_KEY.search(str(k)) and k not in _NOT_SECRET_KEYS and v not in ("", None)
+            else redact(v)
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [redact(v) for v in value]
+    return value
+
+
 def _copy_endpoint(address: str, path: str) -> Callable[[Path], None]:
     def run(out: Path) -> None:
-        _write_json(out, _get_json(address, path))
+        _write_json(out, redact(_get_json(address, path)))
 
     return run
 
@@ -238,7 +263,7 @@ def create_jobs(address: str, tunnel: dict[str, Any] | None, toggles: Toggles) -
 
     def tunnel_state(out: Path) -> None:
         known.update(tunnel if tunnel is not None else _get_json(address, "/diag/tunnel"))
-        _write_json(out, known)
+        _write_json(out, redact(known))
 
     def logs(out: Path) -> None:
         flags = _get_json(address, "/diag/configuration")

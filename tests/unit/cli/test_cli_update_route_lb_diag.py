@@ -6,7 +6,7 @@ import datetime
 
 import pytest
 
-from adit.cli.diag import edge_addresses, zip_name
+from adit.cli.diag import edge_addresses, redact, zip_name
 from adit.cli.main import main
 from adit.cli.run import diag_flags
 
@@ -103,3 +103,18 @@ def test_edge_addresses_from_adit_and_cloudflared_states() -> None:
         "127.0.0.2:5",
     ]
     assert edge_addresses(cloudflared, None) == ["198.41.200.13:7844", "[::1]:7844"]
+
+
+def test_redact_masks_secret_named_keys_at_any_depth() -> None:
+    body = {
+        "config": {"ingress": [{"service": "http://x", "originRequest": {"access": {
+            "teamName": "t", "clientSecret": "s3"}}}]},
+        "token": "eyJ", "token-file": "/etc/adit/token", "TunnelSecret": "c2Vj",
+        "password": "", "version": 3,
+    }  # fmt: skip
+    assert redact(body) == {
+        "config": {"ingress": [{"service": "http://x", "originRequest": {"access": {
+            "teamName": "t", "clientSecret": "*****"}}}]},
+        "token": "*****", "token-file": "/etc/adit/token", "TunnelSecret": "*****",
+        "password": "", "version": 3,
+    }  # fmt: skip
