@@ -118,3 +118,10 @@ def test_redact_masks_secret_named_keys_at_any_depth() -> None:
         "token": "*****", "token-file": "/etc/adit/token", "TunnelSecret": "*****",
         "password": "", "version": 3,
     }  # fmt: skip
+
+
+def test_ready_and_diag_look_where_a_connector_listens_by_default() -> None:
+    from adit.cli.metrics_client import KNOWN_METRICS_ADDRESSES
+    from adit.supervisor.metrics_server import DEFAULT_METRICS_PORTS
+
+    assert tuple(f"localhost:{p}" for p in DEFAULT_METRICS_PORTS) == KNOWN_METRICS_ADDRESSES
