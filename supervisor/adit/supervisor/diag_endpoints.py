@@ -104,7 +104,12 @@ def cli_configuration(state: SupervisorState) -> dict[str, str]:
 
 
 def system_information() -> dict[str, object]:
-    """``/diag/system``: cloudflared's ``SystemInformationResponse`` (``info``, ``errors``)."""
+    """``/diag/system``: cloudflared's ``SystemInformationResponse`` (``info``, ``errors``).
+
+    It runs on the supervisor's loop, so it reads only what answers at once: ``/proc`` and
+    the local disks (``disk_partitions(all=False)`` leaves out ``nodev`` file systems, so an
+    NFS or CIFS mount that hangs is never asked).
+    """
     import psutil
 
     errors: dict[str, dict[str, str]] = {}
