@@ -136,7 +136,11 @@ def collect_logs(flags: dict[str, Any], out: Path) -> None:
             shutil.copyfile(str(logfile), out)
             return
         if directory:
-            files = sorted(p for p in Path(str(directory)).iterdir() if p.is_file())
+            # Oldest first: the rotated adit.log.N before the live adit.log.
+            files = sorted(
+                (p for p in Path(str(directory)).iterdir() if p.is_file()),
+                key=lambda p: p.stat().st_mtime,
+            )
             with out.open("wb") as sink:
                 for file in files:
                     with file.open("rb") as source:
