@@ -60,7 +60,8 @@ _COMMANDS = {
     "--metrics",
     envvar="TUNNEL_METRICS",
     default=None,
-    help="Metrics/readiness listener of a quick tunnel's connector.",
+    help="Metrics/readiness listener of a quick tunnel's connector; for `ready` and `diag`, "
+    "the connector to ask.",
 )
 @click.option(
     "--loglevel",
