@@ -12,6 +12,9 @@ directory on the path nothing here exists.
 * ``ADIT_TEST_QUIC_STATE=PATH``: on SIGUSR1 an edge writes what its QUIC listeners hold
   (``QuicListener.stats``, summed) to PATH as JSON, with the number found in ``PATH.seq``
   (``tests/quic_hostile.quic_state``).
+* ``ADIT_TEST_METRICS_ADDRESSES=HOST:PORT,...``: where ``adit tunnel ready``/``diag`` look
+  for a connector when ``--metrics`` is not given (in place of localhost:20241..20245, which
+  other tests' connectors on this machine may hold).
 * ``ADIT_TEST_QUIC_TOKEN_LIFETIME=SECONDS``: how long the edge accepts its Retry tokens
   (aioquic's 30 s; a negative value makes every token expired).
 """
@@ -48,6 +51,13 @@ if os.environ.get("ADIT_TEST_STANDIN") == "1":
     _install_standin()
 if os.environ.get("ADIT_TEST_STUCK_ON_SIGUSR2") == "1":
     signal.signal(signal.SIGUSR2, _block_forever)
+if os.environ.get("ADIT_TEST_METRICS_ADDRESSES") is not None:
+    # Before adit.cli.ready/diag import the name (they bind it at import).
+    import adit.cli.metrics_client
+
+    adit.cli.metrics_client.KNOWN_METRICS_ADDRESSES = tuple(
+        a for a in os.environ["ADIT_TEST_METRICS_ADDRESSES"].split(",") if a
+    )
 
 
 def _install_quic_state(path: Path) -> None:

@@ -15,6 +15,7 @@ import contextlib
 import datetime
 import json
 import os
+import re
 import secrets
 import uuid
 from collections.abc import Callable, Sequence
@@ -510,7 +511,8 @@ def create(
 @click.group("route", cls=LazyGroup, lazy_commands={"ip": "adit.cli.teamnet:route_ip"})
 def route() -> None:
     """Define which traffic is routed from the edge to this tunnel: requests to a DNS
-    hostname, or traffic to private IP networks (route ip)."""
+    hostname, or traffic to private IP networks (route ip). `route lb` is accepted and
+    explains adit's balancing over a tunnel's replicas."""
 
 
 @route.command("dns")
@@ -557,6 +559,49 @@ def route_dns(
         "unchanged": f"{name} is already configured to route to your tunnel",
     }.get(str(result.get("cname")), f"%!s(MISSING){name}")
     _log("INF", summary, tunnelID=str(tunnel_id))
+
+
+# -- route lb -------------------------------------------------------------------------------
+
+#: cloudflared's ``nameRegex`` for a pool name (cmd/cloudflared/tunnel/subcommands.go).
+_POOL_NAME = re.compile(r"[_a-zA-Z0-9][-_.a-zA-Z0-9]*")
+
+
+@route.command("lb")
+@click.argument("args", nargs=-1)
+def route_lb(args: tuple[str, ...]) -> None:
+    """Accepted for cloudflared's scripts; adit has no load balancer objects (exit status 1).
+
+    cloudflared's `route lb TUNNEL HOSTNAME POOL` makes the tunnel an origin of a Cloudflare
+    load-balancer pool. adit's edge balances by itself: every connector of a tunnel, on any
+    host, serves that tunnel's hostnames, and requests are spread over all their connections.
+    So run the same tunnel (same credentials or token) on several hosts and route the
+    hostname with `adit tunnel route dns TUNNEL HOSTNAME`.
+
+    Exit status: 255 for arguments cloudflared would refuse, otherwise 1 with what to do
+    instead, because nothing was routed and a script must not go on as if it had been.
+    """
+    if len(args) != 3:
+        raise UsageFailure(
+            'This command expects the format "adit tunnel route lb <tunnel name/id> <hostname> '
+            '<load balancer pool>"'
+        )
+    tunnel, hostname, pool = args
+    if not hostname:
+        raise UsageFailure("The third argument should be the load balancer name")
+    if not valid_hostname(hostname):
+        raise CommandFailure(f"{hostname} is not a valid load balancer name")
+    if not pool:
+        raise UsageFailure("The fourth argument should be the pool name")
+    if not _POOL_NAME.fullmatch(pool):
+        raise CommandFailure(f"{pool} is not a valid pool name")
+    raise CommandFailure(
+        f"adit's edge has no load balancers or pools: {hostname} was not routed and pool "
+        f"{pool} was not created. Its edge balances each tunnel over all of the tunnel's "
+        "connectors: run the same tunnel on several hosts "
+        f"(adit tunnel run {tunnel}, or --token) and route the hostname to it with "
+        f"`adit tunnel route dns {tunnel} {hostname}`."
+    )
 
 
 # -- list -----------------------------------------------------------------------------------

@@ -46,6 +46,7 @@ if TYPE_CHECKING:
 __all__ = [
     "COMMANDS",
     "MAX_GRACE_PERIOD",
+    "diag_flags",
     "load_settings",
     "parse_edge_addresses",
     "parse_tags",
@@ -631,7 +632,30 @@ def load_settings(
         worker_timeout=worker_timeout,
         config_path=str(loaded.path) if loaded is not None else None,
         credentials_path=credentials_path,
+        cli_flags=diag_flags(flags),
     )
+
+
+def diag_flags(flags: dict[str, object]) -> dict[str, str]:
+    """``set_flags()`` as strings for ``/diag/configuration``; secret flags stay masked.
+
+    Masked: the known secret flags, and any flag whose name says token, secret or password,
+    so that a secret flag added later is masked without anyone remembering this list (a
+    ``--token-file`` path is not a secret: the file is 0600 and stays on the host).
+    """
+    out: dict[str, str] = {}
+    for key, value in flags.items():
+        if value is None or value == "" or value is False:
+            continue
+        secret = key in _SECRET_FLAGS or any(w in key for w in ("token", "secret", "password"))
+        if secret and key != "token-file":
+            out[key] = "*****"
+            continue
+        if isinstance(value, list | tuple):
+            out[key] = ", ".join(str(v) for v in value)
+        else:
+            out[key] = "true" if value is True else str(value)
+    return out
 
 
 def _max_active_flows(values: _Resolver) -> int:

@@ -17,6 +17,8 @@ _COMMANDS = {
     ),
     "vnet": "adit.cli.teamnet:vnet",
     "run": "adit.cli.run:COMMANDS",
+    "ready": "adit.cli.ready:ready",
+    "diag": "adit.cli.diag:diag",
 }
 
 
@@ -58,7 +60,8 @@ _COMMANDS = {
     "--metrics",
     envvar="TUNNEL_METRICS",
     default=None,
-    help="Metrics/readiness listener of a quick tunnel's connector.",
+    help="Metrics/readiness listener of a quick tunnel's connector; for `ready` and `diag`, "
+    "the connector to ask.",
 )
 @click.option(
     "--loglevel",
@@ -83,6 +86,8 @@ def tunnel(
     state.origincert = origincert
     if url is not None:
         state.extra["url"] = url  # `ingress validate` refuses --url with ingress rules
+    if metrics:
+        state.extra["metrics"] = metrics  # `tunnel --metrics ADDR ready|diag`, as cloudflared
     if ctx.invoked_subcommand is not None:
         return
     if url is None and not hello_world:

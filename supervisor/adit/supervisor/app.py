@@ -39,6 +39,7 @@ from adit.ipc.channels import (
 )
 from adit.ipc.messages import Command, Event, Start
 from adit.logs import fields, parse_level
+from adit.supervisor.diag_endpoints import diag_routes
 from adit.supervisor.errors import SupervisorError
 from adit.supervisor.launch import EarlyWorkers, send_boot, worker_boot
 from adit.supervisor.metrics_server import MetricsServer, bind_metrics_socket, format_address
@@ -222,7 +223,9 @@ class Supervisor:
         loop = asyncio.get_running_loop()
         notifier = self._notifier or SystemdNotifier()
         self._notifier = notifier
-        metrics_server = MetricsServer(self.state.ready_body, self._render_metrics)
+        metrics_server = MetricsServer(
+            self.state.ready_body, self._render_metrics, routes=diag_routes(self.state)
+        )
         install_signal_handlers(loop, self._inbox.put_nowait)
         self._runtime_dir = (
             self._early.runtime_dir if self._early is not None else create_runtime_directory()

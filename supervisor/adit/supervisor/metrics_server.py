@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import json
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
 from adit.protocol.hostnames import AddressError, split_address
@@ -36,6 +36,8 @@ _MAX_REQUEST = 65536
 
 ReadyProvider = Callable[[], tuple[int, dict[str, object]]]
 MetricsProvider = Callable[[], bytes]
+#: An extra GET route: its content type and body (``diag_endpoints``).
+RouteProvider = Callable[[], tuple[str, bytes]]
 
 
 def parse_listen_address(address: str) -> tuple[str, int]:
@@ -88,9 +90,15 @@ def format_address(sock: socket.socket) -> str:
 class MetricsServer:
     """Serves the three endpoints from providers owned by the supervisor."""
 
-    def __init__(self, ready: ReadyProvider, metrics: MetricsProvider) -> None:
+    def __init__(
+        self,
+        ready: ReadyProvider,
+        metrics: MetricsProvider,
+        routes: Mapping[str, RouteProvider] | None = None,
+    ) -> None:
         self._ready = ready
         self._metrics = metrics
+        self._routes = dict(routes or {})
         self._server: asyncio.Server | None = None
 
     async def start(self, sock: socket.socket) -> None:
@@ -118,6 +126,10 @@ class MetricsServer:
             return 200, "text/plain; charset=utf-8", b"OK\n"
         if path == "/metrics":
             return 200, "text/plain; version=0.0.4; charset=utf-8", self._metrics()
+        route = self._routes.get(path)
+        if route is not None:
+            content_type, payload = route()
+            return 200, content_type, payload
         return 404, "text/plain; charset=utf-8", b"404 page not found\n"
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -66,6 +66,9 @@ class SupervisorSettings:
     config_path: str | None = None
     #: The credentials (or token) file; a change of its mtime triggers a reload.
     credentials_path: str | None = None
+    #: The flags as given (command line, environment or file), secret values masked, as
+    #: strings: ``/diag/configuration`` serves them to ``adit tunnel diag``.
+    cli_flags: dict[str, str] = field(default_factory=dict)
 
     @property
     def initial_protocol(self) -> str:
