@@ -203,7 +203,7 @@ def test_bastion_takes_the_destination_from_the_client(
     with socket.create_connection(("127.0.0.1", missing), timeout=10) as sock:
         sock.sendall(b"PING\r\n")
         assert sock.recv(100) == b""
-    access.wait_for_log("bad handshake")
+    access.wait_for_log(r"the tunnel for redis\.example\.test could not reach its origin \(502")
 
 
 def test_access_over_the_edge_https_listener(

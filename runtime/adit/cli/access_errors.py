@@ -45,21 +45,20 @@ def dial_error(
         detail = exc.verify_message or exc.reason or str(exc)
         if exc.verify_code in _NAME_MISMATCH:
             return (
-                f"TLS: the certificate of the edge at {where} is not valid for {server_name} "
-                f"({detail}): the edge may have no route for {server_name}, or --edge names "
-                "another server; check --hostname and --edge (and that the CA given with "
-                "--cacert is the edge's)"
+                f"TLS: the edge at {where} presented a certificate that is not valid for "
+                f"{server_name} (name mismatch): the edge may have no route for {server_name}, "
+                "or --edge names another server; check --hostname and --edge"
             )
         if exc.verify_code in _UNTRUSTED:
-            signer = f"not the CA from {ca_source}" if ca_source else "no CA the system trusts"
-            fix = (
-                "run `adit tunnel login` again if the edge's CA changed"
-                if ca_source == ORIGIN_CERT_FILE
-                else "give the edge's CA with --cacert CA.pem"
-            )
+            if ca_source == ORIGIN_CERT_FILE:
+                signer = f"the edge CA pinned in {ca_source}"
+                fix = "run `adit tunnel login` again if the edge's CA changed"
+            else:
+                signer = f"the CA in {ca_source}" if ca_source else "a CA the system trusts"
+                fix = "give the edge's CA with --cacert CA.pem"
             return (
-                f"TLS: the edge at {where} presented a certificate for {server_name} that "
-                f"{signer} signed ({detail}): {fix}"
+                f"TLS: the edge at {where} presented a certificate for {server_name} that is "
+                f"not signed by {signer} (untrusted CA: {detail}): {fix}"
             )
         return f"TLS: the certificate of the edge at {where} was refused: {detail}"
     if isinstance(exc, ssl.SSLError):
@@ -80,7 +79,8 @@ def dial_error(
 
 def refusal_error(status: int, body: bytes, hostname: str) -> str:
     """The message for an upgrade the edge answered with ``status`` (not 101)."""
-    reason = edge_reason(body)
+    # The edge's page heads "Error 404: ..."; the status is said already.
+    reason = edge_reason(body).removeprefix(f"Error {status}: ")
     said = f": {reason}" if reason else ""
     if status == 404:
         return (
