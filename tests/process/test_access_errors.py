@@ -35,6 +35,8 @@ SYSTEM_CAS = Path("/etc/ssl/certs/ca-certificates.crt")
 @dataclass
 class World:
     edge: Edge
+    #: HOME of the account's login (~/.adit/cert.pem: the private flows' API and CA).
+    home: Path
 
 
 @pytest.fixture(scope="module")
@@ -51,13 +53,15 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         )
         start_connector(processes, tunnel, config)
         create_tunnel(account, "down", DOWN_HOST)
-        yield World(edge)
+        yield World(edge, account.home)
     finally:
         processes.cleanup()
 
 
-def _access(*args: str) -> subprocess.CompletedProcess[str]:
+def _access(*args: str, home: Path | None = None) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SSL_CERT", "TUNNEL_"))}
+    if home is not None:
+        env["HOME"] = str(home)
     return subprocess.run(
         [*adit_command(), "access", "tcp", *args],
         input="",
@@ -150,6 +154,17 @@ def test_connection_refused(world: World) -> None:
     assert line == (
         f"Error: cannot connect to the edge at {where}: connection refused (nothing listens "
         "there; give the edge's public listener with --edge HOST:PORT)"
+    )
+
+
+def test_a_private_flows_refused_connection_names_the_api_listener(world: World) -> None:
+    where = f"127.0.0.1:{free_port()}"
+    line = _one_line_error(
+        _access("--destination", "10.1.2.3:22", "--api-url", f"https://{where}", home=world.home)
+    )
+    assert line == (
+        f"Error: cannot connect to the edge at {where}: connection refused (nothing listens "
+        "there; is the edge's API listener, named in cert.pem (or --api-url), up?)"
     )
 
 

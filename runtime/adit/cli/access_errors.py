@@ -41,16 +41,23 @@ def dial_error(
     """The message for a failed connect or TLS handshake to ``address:port``; ``ca_source``
     says where the CA trusted came from ("" for the system's)."""
     where = join_host_port(address, port)
+    # A private flow dials the API listener cert.pem names, trusting the CA pinned there.
+    private = ca_source == ORIGIN_CERT_FILE
     if isinstance(exc, ssl.SSLCertVerificationError):
         detail = exc.verify_message or exc.reason or str(exc)
         if exc.verify_code in _NAME_MISMATCH:
+            fix = (
+                f"the API URL in {ORIGIN_CERT_FILE} (or --api-url) names another server"
+                if private
+                else f"the edge may have no route for {server_name}, or --edge names another "
+                "server; check --hostname and --edge"
+            )
             return (
                 f"TLS: the edge at {where} presented a certificate that is not valid for "
-                f"{server_name} (name mismatch): the edge may have no route for {server_name}, "
-                "or --edge names another server; check --hostname and --edge"
+                f"{server_name} (name mismatch): {fix}"
             )
         if exc.verify_code in _UNTRUSTED:
-            if ca_source == ORIGIN_CERT_FILE:
+            if private:
                 signer = f"the edge CA pinned in {ca_source}"
                 fix = "run `adit tunnel login` again if the edge's CA changed"
             else:
@@ -62,14 +69,21 @@ def dial_error(
             )
         return f"TLS: the certificate of the edge at {where} was refused: {detail}"
     if isinstance(exc, ssl.SSLError):
-        return (
-            f"TLS handshake with the edge at {where} failed ({exc.reason or exc}): is it an "
-            "HTTPS listener? (for a plain-HTTP one, give --edge http://HOST:PORT)"
+        fix = (
+            f"is the API URL in {ORIGIN_CERT_FILE} the edge's API listener?"
+            if private
+            else "is it an HTTPS listener? (for a plain-HTTP one, give --edge http://HOST:PORT)"
         )
+        return f"TLS handshake with the edge at {where} failed ({exc.reason or exc}): {fix}"
     if isinstance(exc, ConnectionRefusedError):
+        fix = (
+            f"is the edge's API listener, named in {ORIGIN_CERT_FILE} (or --api-url), up?"
+            if private
+            else "give the edge's public listener with --edge HOST:PORT"
+        )
         return (
             f"cannot connect to the edge at {where}: connection refused (nothing listens "
-            "there; give the edge's public listener with --edge HOST:PORT)"
+            f"there; {fix})"
         )
     if isinstance(exc, TimeoutError):
         return f"cannot connect to the edge at {where}: no answer in time"
