@@ -47,6 +47,7 @@ PROTOCOLS = ["http2", "quic"]
 TWINS = [
     "test_ten_megabytes_each_way_through_access_tcp",
     "test_fifty_megabyte_scp_through_access_ssh",
+    "test_an_origin_cloudflared_cannot_reach_is_a_502",
 ]
 
 
@@ -192,3 +193,30 @@ def test_fifty_megabyte_scp_through_access_ssh(
     )
     assert result.returncode == 0, result.stderr
     assert hashlib.sha256(back.read_bytes()).hexdigest() == digest
+
+
+@pytest.mark.skipif(not INSIDE_NETNS, reason="runs inside the namespace made by the test above")
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_an_origin_cloudflared_cannot_reach_is_a_502(
+    processes: Processes, tmp_path: Path, protocol: str
+) -> None:
+    edge = start_edge(processes, https=True)
+    tunnel = create_tunnel(login(edge, tmp_path / "home"), "closed", TCP_HOST)
+    closed = free_port()  # nothing listens there
+    config = write_config(
+        tmp_path / "config.yml", TCP_HOST, [{"service": f"tcp://127.0.0.1:{closed}"}]
+    )
+    start_cloudflared(processes, tunnel, config, edge, protocol=protocol)
+    result = subprocess.run(
+        [*adit_command(), "access", "tcp", "--hostname", TCP_HOST, *_edge_flags(edge)],
+        input=b"",
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 1, result.stderr
+    (line,) = result.stderr.decode().splitlines()
+    assert line.startswith(f"Error: the tunnel for {TCP_HOST} could not reach its origin (502")
+    assert line.endswith(
+        "check the connector's ingress rule for it and that the origin service runs"
+    )
