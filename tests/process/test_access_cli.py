@@ -156,7 +156,9 @@ def test_refused_upgrade_fails_the_connection(stand_in: StandIn) -> None:
         check=False,
     )
     assert result.returncode == 1
-    assert b"bad handshake" in result.stderr
+    assert result.stderr == (
+        b"Error: the edge refused the WebSocket upgrade for tcp.example.com with status 403\n"
+    )
     assert stand_in.heads[0].split("\r\n")[1] == "Host: tcp.example.com:8443"
 
 

@@ -22,6 +22,7 @@ from harness import (
     create_tunnel,
     login,
     start_connector,
+    start_edge,
     write_config,
 )
 from sshd import Sshd, free_port, need, wait_port
@@ -203,7 +204,7 @@ def test_bastion_takes_the_destination_from_the_client(
     with socket.create_connection(("127.0.0.1", missing), timeout=10) as sock:
         sock.sendall(b"PING\r\n")
         assert sock.recv(100) == b""
-    access.wait_for_log("bad handshake")
+    access.wait_for_log(r"the tunnel for redis\.example\.test could not reach its origin \(502")
 
 
 def test_access_over_the_edge_https_listener(
@@ -268,3 +269,38 @@ def test_access_over_the_edge_https_listener(
     )
     access.wait_for_log("Start Websocket listener")
     assert _redis_cli(local, "PING") == "PONG"
+
+
+def test_edge_and_cacert_reach_a_self_hosted_edge(
+    processes: Processes, redis_port: int, tmp_path: Path
+) -> None:
+    """The documented options: --edge (the HTTPS listener; SNI and Host stay the hostname)
+    and --cacert (the edge's CA instead of the system's)."""
+    edge = start_edge(processes, "tls-edge", https=True)
+    tunnel = create_tunnel(login(edge, tmp_path / "home"), "redis-tls", REDIS_HOST)
+    config = write_config(
+        tmp_path / "config.yml", REDIS_HOST, [{"service": f"tcp://127.0.0.1:{redis_port}"}]
+    )
+    start_connector(processes, tunnel, config)
+    local = free_port()
+    access = processes.start(
+        "access",
+        [
+            *adit_command(),
+            "access",
+            "tcp",
+            "--hostname",
+            REDIS_HOST,
+            "--url",
+            f"127.0.0.1:{local}",
+            "--edge",
+            edge.https,
+            "--cacert",
+            str(edge.ca),
+        ],
+    )
+    access.wait_for_log("Start Websocket listener")
+    assert _redis_cli(local, "PING") == "PONG"
+    big = "y" * 300_000
+    assert _redis_cli(local, "-x", "SET", "big", stdin=big) == "OK"
+    assert _redis_cli(local, "STRLEN", "big") == "300000"

@@ -84,7 +84,7 @@ _PREFIX = "/client/v4"
 #: What the edge sends the client in one message: cloudflared's WebSocket reader keeps only
 #: this much of a message, and a client built like it must get every byte.
 MAX_MESSAGE = 16 * 1024
-#: A client frame larger than this is refused (1009): adit's client sends 64 KiB at most.
+#: A client frame larger than this is refused (1009): adit's client sends 16 KiB at most.
 MAX_TCP_FRAME = 1024 * 1024
 #: The largest UDP payload there is (IPv4: 65,535 less the IP and UDP headers).
 MAX_DATAGRAM = 65_507

@@ -7,11 +7,14 @@ Without ``--hostname``, ``--destination IP:PORT`` reaches a private address behi
 through the edge's API (adit's stand-in for the WARP client), as does ``udp`` for UDP: see
 :mod:`adit.cli.access_private`.
 
-Dialling: the hostname is always reached over TLS, as cloudflared does. The hidden
-``--connect-to`` redirects the dial (``host``, ``host:port`` or ``sni:port:host``, the last one
-without certificate verification); the hidden ``--edge-url http(s)://addr:port`` (an adit
-extension) dials an edge's public listener directly, in plain HTTP when its scheme is ``http``,
-still sending ``Host: HOSTNAME``.
+Dialling: the hostname is reached over TLS at ``HOSTNAME:443``, as cloudflared does, trusting
+the system's CAs. A self-hosted edge whose name is not in DNS, or whose certificate its own CA
+signed, is reached with two adit options: ``--edge HOST[:PORT]`` (or ``https://HOST:PORT``;
+``http://HOST:PORT`` for a plain-HTTP listener) dials there instead, still sending SNI and
+``Host`` for the hostname, and ``--cacert CA.pem`` trusts that CA instead of the system's.
+cloudflared's hidden ``--connect-to`` (``host``, ``host:port`` or ``sni:port:host``, the last
+one without certificate verification) is kept, and ``--edge-url`` is a hidden alias of
+``--edge``.
 """
 
 from __future__ import annotations
@@ -22,13 +25,15 @@ import logging
 import os
 import ssl
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import click
 import idna
 
+from adit.cli.access_errors import dial_error, refusal_error
+from adit.cli.access_frames import FrameSender
 from adit.protocol.hostnames import AddressError, host_of_authority, split_address
 from adit.protocol.websocket import (
     CloseCode,
@@ -41,7 +46,7 @@ from adit.protocol.websocket import (
 )
 from adit.version import __version__
 
-__all__ = ["EdgeTarget", "access", "frame_sender", "handshake_request", "resolve_target"]
+__all__ = ["EdgeTarget", "access", "handshake_request", "resolve_target"]
 
 log = logging.getLogger("adit.access")
 
@@ -74,8 +79,11 @@ class EdgeTarget:
     tls: bool
     server_name: str
     verify: bool = True
-    #: PEM of the only CA to trust (the edge CA pinned in cert.pem); empty: the system's.
+    #: PEM of the only CA to trust (--cacert, or the edge CA pinned in cert.pem); empty: the
+    #: system's.
     ca_pem: str = ""
+    #: Where ``ca_pem`` came from, for errors ("" with the system's CAs).
+    ca_source: str = ""
 
 
 def _split_host(netloc: str, default_port: int) -> tuple[str, int]:
@@ -92,8 +100,11 @@ def _punycode(host: str) -> str:
         raise click.BadParameter(f"invalid hostname {host!r}: {exc}") from exc
 
 
-def resolve_target(hostname: str, connect_to: str = "", edge_url: str = "") -> EdgeTarget:
-    """cloudflared's ``parseURL`` + ``--connect-to`` handling, plus ``--edge-url``."""
+def resolve_target(
+    hostname: str, connect_to: str = "", edge: str = "", cacert: str = ""
+) -> EdgeTarget:
+    """cloudflared's ``parseURL`` + ``--connect-to`` handling, plus ``--edge`` and
+    ``--cacert``."""
     raw = hostname if hostname.startswith(("https://", "http://")) else f"https://{hostname}"
     parts = urlsplit(raw)
     if not parts.hostname:
@@ -104,25 +115,79 @@ def resolve_target(hostname: str, connect_to: str = "", edge_url: str = "") -> E
     bracketed = f"[{host}]" if ":" in host else host
     host_header = bracketed if port == 443 else f"{bracketed}:{port}"
     path = parts.path or "/"
-    target = EdgeTarget(host_header, path, host, port, tls=True, server_name=host)
-    if edge_url:
-        edge = urlsplit(edge_url)
-        tls = edge.scheme in ("https", "wss")
-        address, edge_port = _split_host(edge.netloc, 443 if tls else 80)
-        return EdgeTarget(host_header, path, address, edge_port, tls, host)
+    ca_pem = read_cacert(cacert) if cacert else ""
+    ca_source = f"--cacert {cacert}" if cacert else ""
+    if edge and connect_to:
+        raise click.UsageError("give --edge or --connect-to, not both")
+    if edge:
+        address, edge_port, tls = parse_edge(edge)
+        return EdgeTarget(
+            host_header, path, address, edge_port, tls, host, ca_pem=ca_pem, ca_source=ca_source
+        )
     if connect_to:
         pieces = connect_to.split(":")
         if len(pieces) == 1:
-            return EdgeTarget(host_header, path, pieces[0], 443, True, host)
+            return EdgeTarget(
+                host_header, path, pieces[0], 443, True, host, True, ca_pem, ca_source
+            )
         if len(pieces) == 2:
-            return EdgeTarget(host_header, path, pieces[0], int(pieces[1]), True, host)
+            return EdgeTarget(
+                host_header, path, pieces[0], int(pieces[1]), True, host, True, ca_pem, ca_source
+            )
         if len(pieces) == 3:
             log.warning("Using insecure SSL connection because SNI overridden to %s", pieces[0])
             return EdgeTarget(
                 host_header, path, pieces[2], int(pieces[1]), True, pieces[0], verify=False
             )
         raise click.ClickException(f"invalid connection override: {connect_to}")
-    return target
+    return EdgeTarget(host_header, path, host, port, True, host, ca_pem=ca_pem, ca_source=ca_source)
+
+
+def parse_edge(value: str) -> tuple[str, int, bool]:
+    """``--edge``: ``HOST[:PORT]`` or ``https://HOST[:PORT]`` (TLS, port 443 by default), or
+    ``http://HOST[:PORT]`` (plain, port 80); ``wss``/``ws`` as ``https``/``http``."""
+    scheme, sep, rest = value.partition("://")
+    if not sep:
+        scheme, rest = "https", value
+    scheme = scheme.lower()
+    if scheme not in ("https", "wss", "http", "ws"):
+        raise click.BadParameter(
+            f"{value!r}: the scheme must be https or http", param_hint="--edge"
+        )
+    tls = scheme in ("https", "wss")
+    netloc, _, path = rest.partition("/")
+    if path or not netloc or "@" in netloc:
+        raise click.BadParameter(
+            f"{value!r}: give HOST:PORT or https://HOST:PORT (no path)", param_hint="--edge"
+        )
+    try:
+        address, port = _split_host(netloc, 443 if tls else 80)
+    except ValueError as exc:
+        raise click.BadParameter(f"{value!r}: {exc}", param_hint="--edge") from exc
+    if not address or not 0 < port < 65536:
+        raise click.BadParameter(f"{value!r}: not a HOST:PORT", param_hint="--edge")
+    return address, port, tls
+
+
+def read_cacert(path: str) -> str:
+    """``--cacert``: the PEM file's text, checked to hold a certificate OpenSSL loads."""
+    try:
+        with open(os.path.expanduser(path), encoding="ascii", errors="replace") as handle:
+            pem = handle.read(1024 * 1024)
+    except OSError as exc:
+        raise click.BadParameter(
+            f"cannot read {path}: {exc.strerror or exc}", param_hint="--cacert"
+        ) from exc
+    try:
+        if "-----BEGIN CERTIFICATE-----" not in pem:
+            raise ssl.SSLError("no BEGIN CERTIFICATE line")
+        ssl.create_default_context(cadata=pem)
+    except ssl.SSLError as exc:
+        raise click.BadParameter(
+            f"{path} holds no PEM CA certificate ({exc}): give the edge's ca.pem",
+            param_hint="--cacert",
+        ) from exc
+    return pem
 
 
 def handshake_request(target: EdgeTarget, key: str, headers: Sequence[tuple[str, str]]) -> bytes:
@@ -170,7 +235,15 @@ async def open_websocket(
                     raise AccessError("websocket: bad handshake (connection closed)")
                 buffer += chunk
     except (OSError, TimeoutError) as exc:
-        raise AccessError(f"failed to connect to origin: {exc}") from exc
+        raise AccessError(
+            dial_error(
+                exc,
+                address=target.address,
+                port=target.port,
+                server_name=target.server_name,
+                ca_source=target.ca_source,
+            )
+        ) from exc
     head, _, rest = buffer.partition(b"\r\n\r\n")
     status_line, *header_lines = head.decode("latin-1").split("\r\n")
     fields = status_line.split(" ", 2)
@@ -210,14 +283,17 @@ async def carry(
     headers: Sequence[tuple[str, str]],
 ) -> None:
     """One local connection ↔ one WebSocket, until either side ends."""
-    reader, writer, rest = await open_websocket(target, headers)
+    try:
+        reader, writer, rest = await open_websocket(target, headers)
+    except HandshakeRefused as exc:
+        raise AccessError(refusal_error(exc.status, exc.body, target.server_name)) from None
     ws = WebSocketConnection(Role.CLIENT)
-    send = frame_sender(writer)
+    sender = FrameSender(writer, ws)
 
     async def up() -> None:
         while data := await local_reader.read(_READ):
-            await send(ws.send_data(data))
-        await send(ws.send_close(CloseCode.NORMAL))
+            await sender.send_stream(data)
+        await sender.send_close(CloseCode.NORMAL)
         # Keep reading the edge until it answers our close (or goes away).
         await down_done.wait()
 
@@ -231,7 +307,7 @@ async def carry(
                     try:
                         frames = ws.receive(data)
                     finally:
-                        await send(ws.data_to_send())
+                        await sender.flush()
                     for frame in frames:
                         if frame.opcode in (Opcode.BINARY, Opcode.TEXT, Opcode.CONTINUATION):
                             await local_write(frame.payload)
@@ -270,21 +346,6 @@ class _LocalWriter:
             return
         self._writer.write(data)
         await self._writer.drain()
-
-
-def frame_sender(writer: asyncio.StreamWriter) -> Callable[[bytes], Awaitable[None]]:
-    """Writes WebSocket bytes to the edge one caller at a time: a pong (from the reading
-    task) and a data frame (from the writing task) must not interleave inside a frame while
-    a write waits for the socket."""
-    lock = asyncio.Lock()
-
-    async def send(data: bytes) -> None:
-        if data:
-            async with lock:
-                writer.write(data)
-                await writer.drain()
-
-    return send
 
 
 def _write_stdout(data: bytes) -> None:
@@ -373,12 +434,43 @@ def _private_options(func: Callable[..., None]) -> Callable[..., None]:
 
 
 @click.command("tcp", context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--hostname", "--tunnel-host", "-T", default=None, help="The public hostname.")
 @click.option(
-    "--url", "--listener", "-L", "listen", default=None, help="Listen on host:port (else stdio)."
+    "--hostname",
+    "--tunnel-host",
+    "-T",
+    envvar="TUNNEL_SERVICE_HOSTNAME",
+    default=None,
+    help="The public hostname.",
+)
+@click.option(
+    "--url",
+    "--listener",
+    "-L",
+    "listen",
+    envvar="TUNNEL_SERVICE_URL",
+    default=None,
+    help="Listen on host:port (else stdio).",
+)
+@click.option(
+    "--edge",
+    envvar="TUNNEL_SERVICE_EDGE",
+    default="",
+    metavar="HOST[:PORT]",
+    help="A self-hosted edge's public listener to dial instead of HOSTNAME:443 (SNI and Host "
+    "stay the hostname); https://HOST:PORT likewise, http://HOST:PORT for a plain-HTTP "
+    "listener.",
+)
+@click.option(
+    "--cacert",
+    envvar="TUNNEL_SERVICE_CACERT",
+    default="",
+    metavar="CA.pem",
+    help="Trust this CA (PEM) for the edge's certificate instead of the system's: a "
+    "self-hosted edge's ca.pem. Not needed once the edge has a publicly trusted certificate.",
 )
 @click.option(
     "--destination",
+    envvar="TUNNEL_SERVICE_DESTINATION",
     default=None,
     help="With --hostname: bastion mode's final host:port. Without: a private IP:PORT "
     "behind a tunnel (adit tunnel route ip), reached through the edge.",
@@ -410,7 +502,7 @@ def _private_options(func: Callable[..., None]) -> Callable[..., None]:
     help="debug, info, warn, error or fatal.",
 )
 @click.option("--connect-to", default="", hidden=True, help="host, host:port or sni:port:host.")
-@click.option("--edge-url", default="", hidden=True, help="Dial this edge URL (http or https).")
+@click.option("--edge-url", default="", hidden=True, help="The same as --edge.")
 @click.option("--debug-stream", default=None, hidden=True, type=int)
 @_private_options
 @click.pass_context
@@ -418,6 +510,8 @@ def tcp(
     ctx: click.Context,
     hostname: str | None,
     listen: str | None,
+    edge: str,
+    cacert: str,
     destination: str | None,
     header: tuple[str, ...],
     token_id: str | None,
@@ -442,7 +536,7 @@ def tcp(
         click.echo(ctx.get_help())
         ctx.exit(0)
     _configure_logging(log_level, logfile, stderr=listen is not None)
-    target = resolve_target(hostname, connect_to, edge_url)
+    target = resolve_target(hostname, connect_to, edge or edge_url, cacert)
     headers = _headers(header, token_id, token_secret, destination)
     try:
         if listen:

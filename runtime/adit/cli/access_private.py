@@ -38,9 +38,9 @@ from adit.cli.access import (
     _LocalWriter,
     _split_host,
     _stdin_reader,
-    frame_sender,
     open_websocket,
 )
+from adit.cli.access_frames import FrameSender, MessageTooLarge
 from adit.cli.apiclient import ApiClient, ApiError
 from adit.credentials import (
     CredentialsError,
@@ -178,7 +178,16 @@ def private_target(
     bracketed = f"[{host}]" if ":" in host else host
     default_port = 443 if tls else 80
     host_header = bracketed if api_port == default_port else f"{bracketed}:{api_port}"
-    target = EdgeTarget(host_header, path, host, api_port, tls, host, ca_pem=account.ca_pem)
+    target = EdgeTarget(
+        host_header,
+        path,
+        host,
+        api_port,
+        tls,
+        host,
+        ca_pem=account.ca_pem,
+        ca_source=ORIGIN_CERT_FILE,
+    )
     headers = [
         ("Authorization", f"Bearer {account.api_token}"),
         ("User-Agent", f"adit/{__version__}"),
@@ -230,13 +239,13 @@ async def carry_private_tcp(
     goes away). Raises :class:`FlowFailed` when the edge ended it with an error."""
     reader, writer, rest = await _open(target, headers)
     ws = WebSocketConnection(Role.CLIENT)
-    send = frame_sender(writer)
+    sender = FrameSender(writer, ws)
 
     async def up() -> None:
         while data := await local_reader.read(_READ):
-            await send(ws.send_data(data))
+            await sender.send_stream(data)
         # Our end: the destination reads it and may still answer; the edge's Close ends all.
-        await send(ws.send_data(b""))
+        await sender.send_message(b"")
         await asyncio.Future()  # only ``down`` ends the flow from here
 
     async def down() -> FlowFailed | None:
@@ -246,7 +255,7 @@ async def carry_private_tcp(
                 try:
                     frames = ws.receive(data)
                 finally:
-                    await send(ws.data_to_send())
+                    await sender.flush()
                 for frame in frames:
                     if frame.opcode in (Opcode.BINARY, Opcode.CONTINUATION):
                         await local_write(frame.payload)
@@ -263,7 +272,7 @@ async def carry_private_tcp(
         if up_task in done and up_task.exception() is not None:
             # The local side broke (reset): the flow goes with it.
             with contextlib.suppress(WebSocketError, OSError):
-                await send(ws.send_close(CloseCode.GOING_AWAY, "the local connection failed"))
+                await sender.send_close(CloseCode.GOING_AWAY, "the local connection failed")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait({down_task}, timeout=_CLOSE_WAIT)
             return
@@ -366,12 +375,18 @@ class _UdpFlow:
         reader, writer, rest = await _open(relay.target, relay.headers)
         log.info("UDP flow for %s opened", join_host_port(*self.peer))
         ws = WebSocketConnection(Role.CLIENT, max_frame=65_535)
-        send = frame_sender(writer)
+        sender = FrameSender(writer, ws)
 
         async def up() -> None:
             while True:
                 while self.pending:
-                    await send(ws.send_data(self.pending.popleft()))
+                    datagram = self.pending.popleft()
+                    try:
+                        await sender.send_message(datagram)
+                    except MessageTooLarge as exc:
+                        # The tunnel's datagrams are far smaller: it would be dropped there.
+                        relay.dropped += 1
+                        log.warning("UDP flow for %s: dropped: %s", join_host_port(*self.peer), exc)
                 self.wake.clear()
                 await self.wake.wait()
 
@@ -383,7 +398,7 @@ class _UdpFlow:
                     try:
                         frames = ws.receive(data)
                     finally:
-                        await send(ws.data_to_send())
+                        await sender.flush()
                     for frame in frames:
                         if frame.opcode in (Opcode.BINARY, Opcode.CONTINUATION):
                             message += frame.payload
@@ -416,7 +431,7 @@ class _UdpFlow:
             self.relay.forget(self)
             log.info("UDP flow for %s closed: %s", join_host_port(*self.peer), why)
             with contextlib.suppress(OSError):
-                await send(ws.send_close(CloseCode.NORMAL, why))
+                await sender.send_close(CloseCode.NORMAL, why)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait({down_task}, timeout=_CLOSE_WAIT)
         finally:
