@@ -16,6 +16,7 @@ import datetime
 import json
 import os
 import secrets
+import sys
 import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -336,7 +337,9 @@ def login(api_url: str, api_token: str | None, ca_fingerprint: str | None) -> No
             "If this is intentional, please move or delete that file then run this command "
             "again.\n",
         )
-        return
+        # cloudflared's message, but not its exit status 0: nothing was logged in, and a script
+        # running login must not go on as if it had been.
+        sys.exit(1)
     token = api_token or click.prompt("API token", hide_input=True, err=True)
     ca_pem = ""
     try:
@@ -1069,8 +1072,8 @@ def rotate(
 
     The edge keeps accepting the previous secret until every connection re-registered with
     the new one, until --deadline, or until `adit tunnel rotate --finish`. Running connectors
-    pick up the rewritten file on SIGHUP. Tunnels run with --token get a new token, printed
-    on stdout.
+    pick up the rewritten file on SIGHUP. The new token, for connectors run with --token, is
+    the last line on stdout.
     """
     if len(args) != 1:
         raise UsageFailure(
@@ -1141,12 +1144,14 @@ def rotate(
                 "running connectors (`adit tunnel run`) to re-register them with the new secret."
             )
     if not wrote:
-        _log(
-            "INF",
-            "No credentials file for this tunnel here: connectors run with --token need the new "
-            "token below (also shown by `adit tunnel token`).",
-        )
-        click.echo(str(result.get("token", "")))
+        _log("INF", "No credentials file for this tunnel here.")
+    # Printed whether or not a file was rewritten: a tunnel created here may run elsewhere
+    # with --token (stdout is the user's, not a log).
+    _log(
+        "INF",
+        "Connectors run with --token need the new token below (also shown by `adit tunnel token`).",
+    )
+    click.echo(str(result.get("token", "")))
 
 
 COMMANDS: list[click.Command] = [
