@@ -202,7 +202,7 @@ class AccountContext:
                 "ERR",
                 "Cannot find a valid certificate for your origin at the path:\n"
                 f"    {path}\nIf the path above is wrong, specify the path with the "
-                "-origincert option.\nIf you don't have a certificate signed by Cloudflare, "
+                "-origincert option.\nIf you don't have a certificate for your adit edge, "
                 "run the command:\n\tadit tunnel login\n",
             )
             raise ApiError(
@@ -429,9 +429,7 @@ def create(
     try:
         client = account.client()
     except ApiError as exc:
-        raise _fail(
-            f"{prefix}: couldn't create client to talk to Cloudflare Tunnel backend", exc
-        ) from exc
+        raise _fail(f"{prefix}: couldn't create client to talk to the adit edge", exc) from exc
     if secret:
         try:
             tunnel_secret = base64.b64decode(secret, validate=True)

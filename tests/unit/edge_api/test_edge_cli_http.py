@@ -290,7 +290,7 @@ def test_usage_errors_and_missing_cert(cli: Cli) -> None:
     assert no_cert.returncode == 1
     assert "Cannot determine default origin certificate path." in no_cert.stderr
     assert no_cert.stderr.splitlines()[-1] == (
-        "failed to create tunnel: couldn't create client to talk to Cloudflare Tunnel backend: "
+        "failed to create tunnel: couldn't create client to talk to the adit edge: "
         "Error locating origin cert: client didn't specify origincert path"
     )
     empty = cli.run("tunnel", "list", "--origincert", str(cli.home / "missing.pem"))

@@ -927,7 +927,9 @@ class WorkerRuntime:
             return DialFailure(f"registration did not complete: {exc or 'timeout'}", dial=False)
         if isinstance(result, RegistrationError):
             refusal = result.refusal()
-            log.error(
+            # The supervisor logs the refusal (cloudflared's "Register tunnel error from
+            # server side"): one line per refusal at the default level.
+            log.debug(
                 "The edge refused the registration",
                 extra=fields(
                     connIndex=slot.conn_index, error=refusal.cause, retry=refusal.retryable
@@ -982,6 +984,7 @@ class WorkerRuntime:
             extra=fields(
                 connIndex=slot.conn_index,
                 connection=str(details.uuid),
+                event=0,  # cloudflared's field: management log event type 0, "cloudflared"
                 location=details.location_name,
                 ip=edge.host,
                 protocol=protocol,
