@@ -969,16 +969,7 @@ class WorkerRuntime:
             slot.finish_rolls(True)
         if details.location_name:
             self._learned[slot.address % len(self.settings.edges)] = details.location_name
-        self.publish(
-            ConnectionRegistered(
-                self.settings.slot,
-                slot.conn_index,
-                str(details.uuid),
-                details.location_name,
-                f"{edge.host}:{edge.port}",
-                protocol,
-            )
-        )
+        # Logged before the supervisor hears of it: its READY=1 follows this line.
         log.info(
             "Registered tunnel connection",
             extra=fields(
@@ -989,6 +980,16 @@ class WorkerRuntime:
                 ip=edge.host,
                 protocol=protocol,
             ),
+        )
+        self.publish(
+            ConnectionRegistered(
+                self.settings.slot,
+                slot.conn_index,
+                str(details.uuid),
+                details.location_name,
+                f"{edge.host}:{edge.port}",
+                protocol,
+            )
         )
         if connection.registration.local_config:
             connection.spawn(connection.push_local_config_quietly())
