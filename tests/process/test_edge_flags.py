@@ -75,3 +75,21 @@ def test_an_unusable_state_dir_is_one_line_naming_it(
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith(f"adit edge: --state-dir {state}: {reason}"), lines
+
+
+def test_admin_commands_refuse_an_unusable_state_dir_alike(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    state = tmp_path / "file" / "state"
+    result = subprocess.run(
+        [*adit_command(), "edge", "account", "create", "acme", "--state-dir", str(state)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=30,
+        env={**os.environ, "HOME": str(tmp_path)},
+        stdin=subprocess.DEVNULL,
+    )
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"adit edge: --state-dir {state}: cannot create it: Not a directory"
+    ]
