@@ -40,7 +40,7 @@ def banner(url: str, *, connected: bool) -> str:
             "this machine's loopback, so only this machine can reach it):",
             url,
         ]
-    width = max(len(line) for line in lines) + 4
+    width = max(len(line) for line in lines) + 6  # "|  " and "  |"
     rule = "+" + "-" * (width - 2) + "+"
     body = [f"|  {line.ljust(width - 6)}  |" for line in lines]
     return "\n".join([rule, *body, rule])
@@ -85,7 +85,12 @@ def announce_when_connected(info: Mapping[str, str], ca_pem: str) -> None:
     connector_pid = os.getpid()
     sys.stdout.flush()
     sys.stderr.flush()
-    middle = os.fork()
+    try:
+        middle = os.fork()
+    except OSError:
+        # No watcher (no process to spare): say at once that the URL may not answer yet.
+        click.echo(banner(info["url"], connected=False), err=True)
+        return
     if middle == 0:  # pragma: no cover - runs in the forked processes
         try:
             if os.fork() == 0:
