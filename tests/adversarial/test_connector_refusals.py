@@ -56,7 +56,7 @@ def test_every_connection_refused_for_good_stops_the_connector(processes: Proces
             ],
             env={"HOME": str(tenant.account.home), "NOTIFY_SOCKET": notify.path},
         )
-        # The supervisor's line (it has event=): this connector's, not the first one's.
+        # This connector's registration of its second connection.
         connector.wait_for_log(r"Registered tunnel connection connIndex=1 .*event=0", timeout=30)
         ready = notify.wait_for("READY=1")
         tenant.account.cli("tunnel", "rotate", "--deadline", "10m", tenant.tunnel.name)

@@ -169,8 +169,8 @@ def worker_pids(proc: Proc) -> dict[int, int]:
 
 
 def quic_registrations(proc: Proc) -> int:
-    """Registrations over QUIC, by the workers' lines (the supervisor logs each one too, with
-    no slot)."""
+    """Registrations over QUIC, by the workers' lines (the only ones: the supervisor does not
+    repeat them)."""
     worker_line = r"Registered tunnel connection connIndex=.*protocol=quic slot=\d+$"
     return len(re.findall(worker_line, proc.text(), re.MULTILINE))
 

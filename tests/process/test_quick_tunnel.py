@@ -25,8 +25,11 @@ def _fetch(url: str) -> tuple[int, bytes]:
         return response.status, response.read()
 
 
+URL = r"http://[a-z0-9]+\.localhost:\d+"
+
+
 def _quick_url(proc_text: str) -> str:
-    match = re.search(r"http://[a-z0-9]+\.localhost:\d+", proc_text)
+    match = re.search(URL, proc_text)
     assert match, proc_text
     return match.group(0)
 
@@ -39,8 +42,11 @@ def test_quick_tunnel_reaches_the_origin_and_cleans_up(
         [*adit_command(), "tunnel", "--url", origin.url, "--metrics", "127.0.0.1:0"],
         env={"HOME": str(tmp_path)},
     )
-    text = proc.wait_for_log(r"Registered tunnel connection")
+    text = proc.wait_for_log(URL)
     url = _quick_url(text)
+    # Printed once it works: after the registration, and the first request succeeds.
+    assert text.index("Registered tunnel connection") < text.index(url), text
+    assert "Visit it at" in text
     status, body = _fetch(url + "/quick?x=1")
     assert (status, body) == (200, b"hello /quick?x=1")
     state = Path(re.search(r"token-file:(\S+)/token", text).group(1))  # type: ignore[union-attr]
@@ -60,7 +66,7 @@ def test_quick_tunnel_hello_world(processes: Processes, tmp_path: Path) -> None:
         [*adit_command(), "tunnel", "--hello-world", "--metrics", "127.0.0.1:0"],
         env={"HOME": str(tmp_path)},
     )
-    url = _quick_url(proc.wait_for_log(r"Registered tunnel connection"))
+    url = _quick_url(proc.wait_for_log(URL))
     status, body = _fetch(url + "/")
     assert status == 200
     assert b"<html" in body.lower()

@@ -178,6 +178,25 @@ def test_rotation_without_a_credentials_file_prints_the_new_token(
     assert "no secret rotation in progress" in again
 
 
+def test_rotation_with_a_credentials_file_prints_the_new_token_too(
+    processes: Processes, tmp_path: Path
+) -> None:
+    """The help promises the new token on stdout: a tunnel created here may run elsewhere with
+    --token even though its credentials file is here."""
+    edge = start_edge(processes)
+    account = login(edge, tmp_path / "home")
+    tunnel = create_tunnel(account, "both", "both.example.test")
+    old_secret = _secret(tunnel.credentials)
+    result = account.cli("tunnel", "rotate", "--deadline", "10m", "both")
+    assert f"Tunnel credentials written to {tunnel.credentials}" in result.stdout
+    new_secret = _secret(tunnel.credentials)
+    assert new_secret != old_secret
+    token = result.stdout.strip().splitlines()[-1]
+    assert _token_secret(token) == new_secret
+    assert account.cli("tunnel", "token", "both").stdout.strip() == token
+    assert "--token" in result.stderr
+
+
 def _adit() -> list[str]:
     from harness import adit_command
 

@@ -6,6 +6,7 @@ import base64
 import json
 import os
 import re
+import shlex
 import subprocess
 from pathlib import Path
 
@@ -138,3 +139,24 @@ def test_wrong_secret_is_refused_and_the_connector_exits_1(
     text = proc.text()
     assert "tunnel credentials rejected" in text
     assert "refused" in edge.proc.text() or "bad credentials" in edge.proc.text()
+
+
+def test_delete_refusal_gives_advice_that_works(
+    processes: Processes, edge: Edge, account: Account, tmp_path: Path
+) -> None:
+    """Every command the refusal suggests, run as written, lets the tunnel be deleted while its
+    connector keeps running (a suggestion a running connector undoes is no advice)."""
+    tunnel = create_tunnel(account, "busy", HOST)
+    config = write_config(tmp_path / "config.yml", HOST, [{"service": "http_status:204"}])
+    connector = start_connector(processes, tunnel, config)
+    refused = account.cli("tunnel", "delete", "busy", check=False)
+    assert refused.returncode == 1
+    assert "active connections" in refused.stderr
+    suggested = re.findall(r"`adit ([^`]+)`", refused.stderr)
+    assert suggested, refused.stderr
+    for command in suggested:
+        result = account.cli(*shlex.split(command), check=False)
+        assert result.returncode == 0, (command, result.stderr)
+    assert account.cli("tunnel", "list").stdout.count("busy") == 0
+    assert not tunnel.credentials.exists()
+    connector.wait_for_log("tunnel credentials rejected")

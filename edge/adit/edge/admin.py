@@ -12,22 +12,31 @@ import datetime
 import shlex
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import click
 
 from adit.edge.ca import EdgeCA
+from adit.edge.flag_checks import check_state_dir
 from adit.edge.store import Store, StoreError
 
 __all__ = ["ADMIN_COMMANDS", "DEFAULT_STATE_DIR"]
 
 DEFAULT_STATE_DIR = "/var/lib/adit-edge"
 
+
+def _usable_state_dir(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
+    check_state_dir(Path(value))  # one line naming the flag, exit 2; not a traceback
+    return value
+
+
 _state_dir_option = click.option(
     "--state-dir",
     envvar="ADIT_EDGE_STATE_DIR",
     default=DEFAULT_STATE_DIR,
     show_default=True,
-    type=click.Path(file_okay=False),
+    type=click.Path(),
+    callback=_usable_state_dir,
     help="Edge state directory (store, CA). Env: ADIT_EDGE_STATE_DIR.",
 )
 

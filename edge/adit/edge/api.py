@@ -17,6 +17,7 @@ import base64
 import binascii
 import datetime
 import logging
+import shlex
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -361,11 +362,14 @@ class ManagementApi:
         cascade = parse_bool(query["cascade"], "cascade") if query.get("cascade") else False
         if self._registry.connections(tunnel.id):
             if not cascade:
+                # No `tunnel cleanup` here: it closes the connections, but running connectors
+                # dial again at once, so the next delete is refused the same way.
                 raise ApiError(
                     400,
                     _ACTIVE_CONNECTIONS,
                     "Cannot delete tunnel because it has active connections. Stop its "
-                    "connectors or run `adit tunnel cleanup`, or delete it with -f",
+                    "connectors first, or delete it and close its connections with "
+                    f"`adit tunnel delete -f {shlex.quote(tunnel.name)}`",
                 )
             self._registry.disconnect(tunnel.id)
         try:

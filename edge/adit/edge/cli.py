@@ -10,6 +10,7 @@ import click
 
 from adit.config.duration import format_go_duration, parse_go_duration
 from adit.edge.admin import ADMIN_COMMANDS, DEFAULT_STATE_DIR
+from adit.edge.flag_checks import DIAL_ADDRESS, LISTEN_ADDRESS, check_state_dir
 from adit.edge.limits import Limits
 from adit.edge.private_flows import FlowLimits
 
@@ -63,12 +64,14 @@ SECONDS = Seconds()
     envvar="ADIT_EDGE_STATE_DIR",
     default=DEFAULT_STATE_DIR,
     show_default=True,
-    type=click.Path(file_okay=False, path_type=Path),
+    # Not file_okay=False: check_state_dir refuses a file, with the other unusable paths.
+    type=click.Path(path_type=Path),
     help="Where the store and the CA live (created on first start).",
 )
 @click.option(
     "--tunnel-listen",
     multiple=True,
+    type=LISTEN_ADDRESS,
     default=["0.0.0.0:7844"],
     show_default=True,
     help="Tunnel listener for connectors (TLS). Repeatable.",
@@ -76,6 +79,7 @@ SECONDS = Seconds()
 @click.option(
     "--http-listen",
     multiple=True,
+    type=LISTEN_ADDRESS,
     default=["0.0.0.0:8080"],
     show_default=True,
     help="Public HTTP listener. Repeatable.",
@@ -83,12 +87,14 @@ SECONDS = Seconds()
 @click.option(
     "--https-listen",
     multiple=True,
+    type=LISTEN_ADDRESS,
     default=[],
     help="Public HTTPS listener (certificates from the edge CA by SNI). Repeatable.",
 )
 @click.option(
     "--api-listen",
     multiple=True,
+    type=LISTEN_ADDRESS,
     default=["127.0.0.1:7843"],
     show_default=True,
     help="Management API listener (HTTPS, token-authenticated). Repeatable.",
@@ -97,6 +103,7 @@ SECONDS = Seconds()
 @click.option(
     "--advertise",
     multiple=True,
+    type=DIAL_ADDRESS,
     help="host:port connectors should dial (written into credentials). Repeatable.",
 )
 @click.option(
@@ -317,6 +324,7 @@ def edge(
     """Run the self-hosted edge (or administer it with a subcommand)."""
     if ctx.invoked_subcommand is not None:
         return
+    check_state_dir(state_dir)
     from adit.allocator import keep_read_buffers_on_heap
     from adit.edge.server import EdgeSettings, run_edge
     from adit.edge.tls_gate import DialRates

@@ -283,7 +283,18 @@ class EdgeServer:
                 edge_ca_pem=self.ca.cert_pem,
             )
         )
-        data = {"hostname": hostname, "url": f"http://{hostname}:{http_port}", "token": token}
+        # An API token of the quick account too: the CLI that started this edge prints the URL
+        # once the tunnel has a connection, which it learns from the API (`connections`).
+        api_token = self.store.create_api_token(account.tag, "quick").token
+        data = {
+            "hostname": hostname,
+            "url": f"http://{hostname}:{http_port}",
+            "token": token,
+            "tunnel_id": str(tunnel.id),
+            "account_tag": account.tag,
+            "api_url": self.addresses["api"][0],
+            "api_token": api_token,
+        }
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as out:
             json.dump(data, out)

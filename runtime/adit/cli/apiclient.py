@@ -207,7 +207,7 @@ class ApiClient:
     def _object(self, op: str, reply: _Reply) -> dict[str, Any]:
         result = self._result(op, reply)
         if not isinstance(result, dict):
-            raise ApiError("the Cloudflare API response was an unexpected type")
+            raise ApiError("the edge API response was an unexpected type")
         return result
 
     def get_tunnel(self, tunnel_id: uuid.UUID) -> dict[str, Any]:
@@ -240,7 +240,7 @@ class ApiClient:
             envelope = self._envelope(reply)
             result = envelope.get("result") or []
             if not isinstance(result, list):
-                raise ApiError("the Cloudflare API response was an unexpected type")
+                raise ApiError("the edge API response was an unexpected type")
             found.extend(t for t in result if isinstance(t, dict))
             info = envelope.get("result_info") or {}
             count, per_page = int(info.get("count", 0)), int(info.get("per_page", 0))
@@ -269,7 +269,7 @@ class ApiClient:
             "get tunnel token", self._call("GET", f"{self._tunnels}/{tunnel_id}/token")
         )
         if not isinstance(result, str):
-            raise ApiError("the Cloudflare API response was an unexpected type")
+            raise ApiError("the edge API response was an unexpected type")
         return result
 
     def rotate_tunnel_secret(self, tunnel_id: uuid.UUID, deadline_seconds: float) -> dict[str, Any]:
@@ -335,7 +335,7 @@ class ApiClient:
             "get route by IP", self._call("GET", f"{self._routes}/ip/{ip}", query)
         )
         if result is not None and not isinstance(result, dict):
-            raise ApiError("the Cloudflare API response was an unexpected type")
+            raise ApiError("the edge API response was an unexpected type")
         return result or None
 
     def create_vnet(self, name: str, comment: str, is_default: bool) -> dict[str, Any]:
@@ -349,7 +349,7 @@ class ApiClient:
         if result is None:
             return []  # Go decodes a null result as no networks
         if not isinstance(result, list):
-            raise ApiError("the Cloudflare API response was an unexpected type")
+            raise ApiError("the edge API response was an unexpected type")
         return [v for v in result if isinstance(v, dict)]
 
     def delete_vnet(self, vnet_id: uuid.UUID, force: bool) -> None:

@@ -25,6 +25,7 @@ from adit.config.ingress import (
 )
 from adit.config.load import LoadedConfig, find_config_path, load_config
 from adit.config.origin import Rule
+from adit.config.rule_keys import UnknownRuleKey
 from adit.config.services import parse_go_url
 from adit.config.validation import validate_file
 
@@ -124,6 +125,9 @@ def validate(ctx: click.Context, config_path: str | None, json_text: str | None)
     try:
         # The check `adit tunnel run` makes at start and on every reload.
         validate_file(loaded, single_origin=False)
+    except UnknownRuleKey as exc:
+        # adit's own error, not cloudflared's: it names the file, the line and the fix.
+        raise CommandFailure(f"Validation failed: {loaded.locate(exc)}") from None
     except IngressError as exc:
         raise CommandFailure(f"Validation failed: {exc}") from None
     if _url_is_set(ctx, loaded):

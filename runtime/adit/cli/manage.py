@@ -17,6 +17,7 @@ import json
 import os
 import re
 import secrets
+import sys
 import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -202,7 +203,7 @@ class AccountContext:
                 "ERR",
                 "Cannot find a valid certificate for your origin at the path:\n"
                 f"    {path}\nIf the path above is wrong, specify the path with the "
-                "-origincert option.\nIf you don't have a certificate signed by Cloudflare, "
+                "-origincert option.\nIf you don't have a certificate for your adit edge, "
                 "run the command:\n\tadit tunnel login\n",
             )
             raise ApiError(
@@ -337,7 +338,9 @@ def login(api_url: str, api_token: str | None, ca_fingerprint: str | None) -> No
             "If this is intentional, please move or delete that file then run this command "
             "again.\n",
         )
-        return
+        # cloudflared's message, but not its exit status 0: nothing was logged in, and a script
+        # running login must not go on as if it had been.
+        sys.exit(1)
     token = api_token or click.prompt("API token", hide_input=True, err=True)
     ca_pem = ""
     try:
@@ -427,9 +430,7 @@ def create(
     try:
         client = account.client()
     except ApiError as exc:
-        raise _fail(
-            f"{prefix}: couldn't create client to talk to Cloudflare Tunnel backend", exc
-        ) from exc
+        raise _fail(f"{prefix}: couldn't create client to talk to the adit edge", exc) from exc
     if secret:
         try:
             tunnel_secret = base64.b64decode(secret, validate=True)
@@ -1114,8 +1115,8 @@ def rotate(
 
     The edge keeps accepting the previous secret until every connection re-registered with
     the new one, until --deadline, or until `adit tunnel rotate --finish`. Running connectors
-    pick up the rewritten file on SIGHUP. Tunnels run with --token get a new token, printed
-    on stdout.
+    pick up the rewritten file on SIGHUP. The new token, for connectors run with --token, is
+    the last line on stdout.
     """
     if len(args) != 1:
         raise UsageFailure(
@@ -1186,12 +1187,14 @@ def rotate(
                 "running connectors (`adit tunnel run`) to re-register them with the new secret."
             )
     if not wrote:
-        _log(
-            "INF",
-            "No credentials file for this tunnel here: connectors run with --token need the new "
-            "token below (also shown by `adit tunnel token`).",
-        )
-        click.echo(str(result.get("token", "")))
+        _log("INF", "No credentials file for this tunnel here.")
+    # Printed whether or not a file was rewritten: a tunnel created here may run elsewhere
+    # with --token (stdout is the user's, not a log).
+    _log(
+        "INF",
+        "Connectors run with --token need the new token below (also shown by `adit tunnel token`).",
+    )
+    click.echo(str(result.get("token", "")))
 
 
 COMMANDS: list[click.Command] = [

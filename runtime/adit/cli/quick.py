@@ -17,8 +17,7 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-import click
-
+from adit.cli.quick_announce import announce_when_connected
 from adit.cli.state import CommandFailure
 from adit.service_manager import child_environment
 
@@ -31,18 +30,6 @@ def quick_protocol_args(environ: Mapping[str, str]) -> list[str]:
     if "TUNNEL_TRANSPORT_PROTOCOL" in environ:
         return []
     return ["--protocol", "quic"]
-
-
-def _banner(url: str) -> str:
-    lines = [
-        "Your quick Tunnel has been created! Visit it at (it is served by an embedded edge on",
-        "this machine's loopback, so only this machine can reach it):",
-        url,
-    ]
-    width = max(len(line) for line in lines) + 4
-    rule = "+" + "-" * (width - 2) + "+"
-    body = [f"|  {line.ljust(width - 6)}  |" for line in lines]
-    return "\n".join([rule, *body, rule])
 
 
 def start_quick_tunnel(
@@ -103,7 +90,6 @@ def start_quick_tunnel(
     fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as out:
         out.write(info["token"])
-    click.echo(_banner(info["url"]), err=True)
     origin = ["--hello-world"] if hello_world else ["--url", url or "http://localhost:8080"]
     argv = [
         sys.executable,
@@ -119,6 +105,9 @@ def start_quick_tunnel(
         *origin,
         *passthrough,
     ]
+    # The URL is printed once it works: after the first connection registered.
+    ca_pem = Path(json.loads(ready.read_text())["ca"]).read_text()
+    announce_when_connected(info, ca_pem)
     sys.stderr.flush()
     sys.stdout.flush()
     os.execv(sys.executable, argv)  # noqa: S606 - argv is ours, no shell involved

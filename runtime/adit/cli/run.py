@@ -71,8 +71,7 @@ _POST_QUANTUM_HTTP2: Final = (
 _UNKNOWN_PROTOCOL: Final = (
     "unknown protocol {}, Available protocols: 'auto' - automatically chooses the best protocol "
     "over time (the default; and also the recommended one); 'quic' - based on QUIC, relying on "
-    "UDP egress to Cloudflare edge; 'http2' - using Go's HTTP2 library, relying on TCP egress "
-    "to Cloudflare edge"
+    "UDP egress to the edge; 'http2' - based on HTTP/2, relying on TCP egress to the edge"
 )
 #: cloudflared's words (connection/protocol.go:243-246).
 _H2MUX_WARNING: Final = (

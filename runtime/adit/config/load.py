@@ -103,7 +103,9 @@ class LoadedConfig:
         """This file's ingress rules, validated; raises :class:`IngressError` (see
         :meth:`locate`)."""
         from adit.config.ingress import parse_ingress
+        from adit.config.rule_keys import check_rule_keys
 
+        check_rule_keys(self)  # a misspelt `service:` before its rule's empty service
         return parse_ingress(self.config.ingress or [], self.config.origin_request)
 
     def locate(self, error: IngressError) -> ConfigError:

@@ -379,7 +379,8 @@ class SupervisorState:
             return self._status()
         if isinstance(event, ConnectionUnregistered):
             self._forget_connection(event.slot, event.conn_index)
-            log.info("Unregistered tunnel connection", extra=fields(connIndex=event.conn_index))
+            # Likewise logged by the worker.
+            log.debug("Worker reported an unregistration", extra=fields(connIndex=event.conn_index))
             return self._status()
         raise AssertionError(f"unhandled event {event!r}")  # pragma: no cover - Event is closed
 
@@ -743,16 +744,11 @@ class SupervisorState:
         self.stats.timer_retries = len(self.retrying)
         self.stats.register_success += 1
         self.stats.set_location(event.conn_index, event.location)
-        host, _, _port = event.edge.rpartition(":")
-        log.info(
-            "Registered tunnel connection",
+        # The worker logged "Registered tunnel connection" already: one line per registration.
+        log.debug(
+            "Worker reported a registration",
             extra=fields(
-                connIndex=event.conn_index,
-                connection=event.connection_id,
-                event=0,
-                ip=host or event.edge,
-                location=event.location,
-                protocol=event.protocol,
+                connIndex=event.conn_index, connection=event.connection_id, slot=event.slot
             ),
         )
         actions: list[Action] = shared

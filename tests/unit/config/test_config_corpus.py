@@ -283,3 +283,36 @@ def test_config_found_on_search_path(tmp_path: Path) -> None:
     found.write_text((CORPUS / "02-minimal.yml").read_text(encoding="utf-8"), encoding="utf-8")
     outcome = run_adit(["tunnel", "ingress", "validate"], clean_env(tmp_path))
     assert outcome == Outcome(0, f"Validating rules from {found}\nOK\n", "")
+
+
+def test_run_refuses_a_misspelt_service_naming_file_rule_and_key(tmp_path: Path) -> None:
+    """`adit tunnel run` makes the check `ingress validate` makes: it never connects."""
+    credentials = tmp_path / "creds.json"
+    credentials.write_text(
+        '{"AccountTag": "acme", "TunnelSecret": "'
+        + "A" * 43
+        + '=", "TunnelID": "6ff42ae2-765d-4adf-8112-31c55c1551ef"}'
+    )
+    credentials.chmod(0o600)
+    outcome = run_adit(
+        [
+            "tunnel",
+            "--config",
+            "61-misspelt-service.yml",
+            "run",
+            "--metrics",
+            "127.0.0.1:0",
+            "--credentials-file",
+            str(credentials),
+            "--edge",
+            "127.0.0.1:9",
+            "6ff42ae2-765d-4adf-8112-31c55c1551ef",
+        ],
+        clean_env(tmp_path),
+    )
+    assert outcome.exit_code == 1, outcome
+    assert outcome.stderr.splitlines()[-2:] == [
+        '61-misspelt-service.yml:9: ingress[2]: unknown key "servce" on line 10 (did you mean '
+        '"service"?), and the rule has no service',
+        'fix: rename "servce" to "service"',
+    ], outcome.stderr

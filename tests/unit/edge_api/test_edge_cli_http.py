@@ -89,10 +89,15 @@ def test_login_pins_ca_and_writes_cert(cli: Cli) -> None:
     assert cert.account_id == cert.zone_id == account
     assert cert.api_url == cli.server.url
     assert cert.edge_ca_pem.strip() == cli.server.ca.cert_pem.strip()
-    # A second login keeps the existing cert and exits 0.
+    # A second login keeps the existing cert and fails (cloudflared's message, exit 1).
+    before = cert_path.read_bytes()
     again = cli.run("tunnel", "login", "--api-url", cli.server.url, "--api-token", "x")
-    assert again.returncode == 0
-    assert "You have an existing certificate at" in again.stderr
+    assert again.returncode == 1
+    assert f"You have an existing certificate at {cert_path} which login would overwrite" in (
+        again.stderr
+    )
+    assert "please move or delete that file" in again.stderr
+    assert cert_path.read_bytes() == before
 
 
 def test_login_rejects_wrong_fingerprint_and_bad_token(cli: Cli) -> None:
@@ -285,7 +290,7 @@ def test_usage_errors_and_missing_cert(cli: Cli) -> None:
     assert no_cert.returncode == 1
     assert "Cannot determine default origin certificate path." in no_cert.stderr
     assert no_cert.stderr.splitlines()[-1] == (
-        "failed to create tunnel: couldn't create client to talk to Cloudflare Tunnel backend: "
+        "failed to create tunnel: couldn't create client to talk to the adit edge: "
         "Error locating origin cert: client didn't specify origincert path"
     )
     empty = cli.run("tunnel", "list", "--origincert", str(cli.home / "missing.pem"))

@@ -927,7 +927,9 @@ class WorkerRuntime:
             return DialFailure(f"registration did not complete: {exc or 'timeout'}", dial=False)
         if isinstance(result, RegistrationError):
             refusal = result.refusal()
-            log.error(
+            # The supervisor logs the refusal (cloudflared's "Register tunnel error from
+            # server side"): one line per refusal at the default level.
+            log.debug(
                 "The edge refused the registration",
                 extra=fields(
                     connIndex=slot.conn_index, error=refusal.cause, retry=refusal.retryable
@@ -967,6 +969,18 @@ class WorkerRuntime:
             slot.finish_rolls(True)
         if details.location_name:
             self._learned[slot.address % len(self.settings.edges)] = details.location_name
+        # Logged before the supervisor hears of it: its READY=1 follows this line.
+        log.info(
+            "Registered tunnel connection",
+            extra=fields(
+                connIndex=slot.conn_index,
+                connection=str(details.uuid),
+                event=0,  # cloudflared's field: management log event type 0, "cloudflared"
+                location=details.location_name,
+                ip=edge.host,
+                protocol=protocol,
+            ),
+        )
         self.publish(
             ConnectionRegistered(
                 self.settings.slot,
@@ -976,16 +990,6 @@ class WorkerRuntime:
                 f"{edge.host}:{edge.port}",
                 protocol,
             )
-        )
-        log.info(
-            "Registered tunnel connection",
-            extra=fields(
-                connIndex=slot.conn_index,
-                connection=str(details.uuid),
-                location=details.location_name,
-                ip=edge.host,
-                protocol=protocol,
-            ),
         )
         if connection.registration.local_config:
             connection.spawn(connection.push_local_config_quietly())

@@ -48,13 +48,14 @@ _PAGE = """<!DOCTYPE html>
 <html lang="en">
   <head>
     <meta charset="utf-8">
-    <title>Cloudflare Tunnel Connection</title>
-    <meta name="description" content="Cloudflare Tunnel Connection">
+    <title>adit tunnel connection</title>
+    <meta name="description" content="adit tunnel connection">
   </head>
   <body>
     <h1>Congrats! You created a tunnel!</h1>
-    <p>Cloudflare Tunnel exposes locally running applications to the internet by running an
-    encrypted, virtual tunnel from your laptop or server to Cloudflare's edge network.</p>
+    <p>adit exposes locally running applications to the internet by running an encrypted,
+    outbound-only tunnel from your laptop or server to an adit edge (a self-hostable,
+    Cloudflare-Tunnel-compatible one).</p>
     <p>Served by {server}.</p>
     <section>
       <h4>Request</h4>
@@ -101,7 +102,7 @@ class HelloWorldOrigin:
         self._address: tuple[str, int] = ("127.0.0.1", 0)
         self._started_wall = datetime.datetime.now(datetime.UTC)
         self._started = time.monotonic()
-        self._server_name = socket.gethostname() or "the Cloudflare Tunnel test server"
+        self._server_name = socket.gethostname() or "the adit test server"
         self._clients: set[asyncio.Task[object]] = set()
 
     async def address(self) -> tuple[str, int]:
