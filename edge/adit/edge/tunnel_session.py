@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 from adit.edge.registry import ConnectionRegistry, LiveConnection
 from adit.edge.store import SecretMatch, Store, StoreError
+from adit.protocol.config_update import MAX_ANSWER, ConfigUpdateError, decode_answer, encode_update
 from adit.protocol.errors import ProtocolError
 from adit.protocol.headers import FEATURE_SERIALIZED_REQUEST_HEADERS, RequestType, ResponseMeta
 from adit.protocol.http2 import (
@@ -443,7 +444,19 @@ class TunnelSession(TunnelIO[EdgeTunnelConnection]):
         if match is SecretMatch.CURRENT:
             self._maybe_finish_rotation(tunnel_id, auth.account_tag)
         self._arm_recheck(match)
+        self._push_stored_config(self.live)
         return ConnectionDetails(connection_id, self.identity.location, False)
+
+    def _push_stored_config(self, live: LiveConnection) -> None:
+        """A remotely managed tunnel's connection gets the stored configuration as soon as
+        it is registered (the push goes out after the registration's answer)."""
+        try:
+            stored = self.store.configs.get(live.tunnel_id)
+        except StoreError as exc:
+            log.warning("could not read tunnel %s's configuration: %s", live.tunnel_id, exc)
+            return
+        if stored is not None:
+            self.registry.config_pusher.push(live, stored.version, stored.config.encode())
 
     @property
     def full(self) -> bool:
@@ -497,6 +510,40 @@ class TunnelSession(TunnelIO[EdgeTunnelConnection]):
         # A write: on the store's writer thread, never waiting for its lock on the loop.
         finishing = self.store.off_loop(self.store.finish_rotation, tunnel_id)
         finishing.add_done_callback(functools.partial(_rotation_finished, tunnel_id))
+
+    # -- configuration pushes ---------------------------------------------------------------
+
+    async def update_configuration(self, version: int, config: bytes) -> tuple[int, str | None]:
+        """Push a remotely managed tunnel's configuration (JSON) on a stream of its own
+        (PROTOCOL.md §4.6.1). Returns the version the connector runs and its error (None:
+        applied); raises :class:`ConfigUpdateError` or :class:`StreamClosedError` when there
+        was no proper answer. The caller bounds the wait."""
+        body = encode_update(version, config)
+        request = self.open_request(
+            "PUT",
+            "/",
+            "update-configuration",
+            [("content-type", "application/json"), ("content-length", str(len(body)))],
+            request_type=RequestType.CONFIGURATION,
+            end_stream=False,
+        )
+        try:
+            await request.channel.write(body)
+            request.channel.end()
+            self.flush()
+            answer = await request.response()
+            chunks: list[bytes] = []
+            size = 0
+            while data := await request.channel.read():
+                size += len(data)
+                if size > MAX_ANSWER:
+                    raise ConfigUpdateError("the connector's answer is too long")
+                chunks.append(data)
+        finally:
+            self.finished(request)
+        if answer.status != 200:
+            raise ConfigUpdateError(f"the connector answered HTTP {answer.status}")
+        return decode_answer(b"".join(chunks))
 
     # -- request streams --------------------------------------------------------------------
 
