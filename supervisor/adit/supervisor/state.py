@@ -46,6 +46,7 @@ from adit.ipc.messages import (
     Reconfigure,
     RecordRegistration,
     RegistrationRefused,
+    RemoteConfigReceived,
     Start,
     StatsSnapshot,
     WorkerSettings,
@@ -377,6 +378,8 @@ class SupervisorState:
                 ),
             )
             return self._status()
+        if isinstance(event, RemoteConfigReceived):
+            return self._on_remote_config(event)
         if isinstance(event, ConnectionUnregistered):
             self._forget_connection(event.slot, event.conn_index)
             log.info("Unregistered tunnel connection", extra=fields(connIndex=event.conn_index))
@@ -505,6 +508,14 @@ class SupervisorState:
             return []
         old = self.settings
         new = self._keep_fixed(old, new)
+        if new.ingress.accepts_remote() and old.ingress.remote_version >= 0:
+            # Still without local ingress: the configuration the edge pushed stays.
+            kept = msgspec.structs.replace(
+                new.ingress,
+                remote_version=old.ingress.remote_version,
+                remote_config=old.ingress.remote_config,
+            )
+            new = replace(new, ingress=kept)
         ingress_changed = _ingress_key(old.ingress) != _ingress_key(new.ingress)
         version = old.ingress.version + (1 if ingress_changed else 0)
         new = replace(new, ingress=msgspec.structs.replace(new.ingress, version=version))
@@ -550,6 +561,31 @@ class SupervisorState:
             ),
         )
         return actions + self._end_reload()
+
+    def _on_remote_config(self, event: RemoteConfigReceived) -> list[Action]:
+        """The edge pushed a configuration to a worker (which checked it): the next ingress
+        snapshot of every worker, the path of a reload, if newer than the one in force."""
+        old = self.settings.ingress
+        if self.phase is Phase.DRAINING or event.version <= old.remote_version:
+            return []
+        if not old.accepts_remote():
+            return []  # a reload gave the file ingress meanwhile: the file wins
+        snapshot = msgspec.structs.replace(
+            old,
+            version=old.version + 1,
+            remote_version=event.version,
+            remote_config=event.config,
+        )
+        self.settings = replace(self.settings, ingress=snapshot)
+        self.stats.config_version = snapshot.version
+        log.info(
+            "Updated to new configuration",
+            extra=fields(version=snapshot.version, remoteVersion=event.version),
+        )
+        push = ApplyIngress(snapshot)
+        return [
+            SendCommand(w.slot, push) for w in self.workers.values() if w.alive and not w.retiring
+        ]
 
     # -- internals -------------------------------------------------------------------------
 
