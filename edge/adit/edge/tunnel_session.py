@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 from adit.edge.registry import ConnectionRegistry, LiveConnection
 from adit.edge.store import SecretMatch, Store, StoreError
+from adit.edge.tunnel_configs import StoredConfig
 from adit.protocol.config_update import MAX_ANSWER, ConfigUpdateError, decode_answer, encode_update
 from adit.protocol.errors import ProtocolError
 from adit.protocol.headers import FEATURE_SERIALIZED_REQUEST_HEADERS, RequestType, ResponseMeta
@@ -427,7 +428,16 @@ class TunnelSession(TunnelIO[EdgeTunnelConnection]):
             protocol=self.protocol_name,
         )
         self.serialize_headers = FEATURE_SERIALIZED_REQUEST_HEADERS in options.client.features
-        self.registry.add(self.live)
+        stored = self._stored_config(tunnel_id)
+        if stored is None:
+            self.registry.add(self.live)
+        else:
+            # A remotely managed tunnel: the connection takes requests once it answered the
+            # push of the stored configuration (until then it would serve its default 503).
+            pushed = self.registry.config_pusher.push(
+                self.live, stored.version, stored.config.encode()
+            )
+            pushed.add_done_callback(functools.partial(self._list_after_push, self.live))
         if self._timeout is not None:
             self._timeout.cancel()
         log.info(
@@ -444,19 +454,21 @@ class TunnelSession(TunnelIO[EdgeTunnelConnection]):
         if match is SecretMatch.CURRENT:
             self._maybe_finish_rotation(tunnel_id, auth.account_tag)
         self._arm_recheck(match)
-        self._push_stored_config(self.live)
         return ConnectionDetails(connection_id, self.identity.location, False)
 
-    def _push_stored_config(self, live: LiveConnection) -> None:
-        """A remotely managed tunnel's connection gets the stored configuration as soon as
-        it is registered (the push goes out after the registration's answer)."""
+    def _stored_config(self, tunnel_id: uuid.UUID) -> StoredConfig | None:
+        """The tunnel's remotely managed configuration, if it has one (a store read)."""
         try:
-            stored = self.store.configs.get(live.tunnel_id)
+            return self.store.configs.get(tunnel_id)
         except StoreError as exc:
-            log.warning("could not read tunnel %s's configuration: %s", live.tunnel_id, exc)
-            return
-        if stored is not None:
-            self.registry.config_pusher.push(live, stored.version, stored.config.encode())
+            log.warning("could not read tunnel %s's configuration: %s", tunnel_id, exc)
+            return None
+
+    def _list_after_push(self, live: LiveConnection, _: object) -> None:
+        """The stored configuration's push ended (whatever its outcome: a connector that
+        refused it still serves something): the connection takes requests from now on."""
+        if self.live is live and not self.closed:
+            self.registry.add(live)
 
     @property
     def full(self) -> bool:

@@ -1,0 +1,349 @@
+"""Remotely managed tunnels: the edge stores a configuration (``PUT …/configurations``, here
+through ``adit tunnel config push``) and pushes it to the connectors that run with only their
+token, over HTTP/2 and QUIC, adit's connector and the unmodified cloudflared.
+
+Each test serves real requests through the edge's public listener: a config that routes the
+hostname to the origin with one ``httpHostHeader``, then a newer one with another, pushed while
+a bounded client loop runs; every request must succeed, and the ones after the push's answer
+must show the new header. cloudflared's tests re-run themselves in a network namespace holding
+only loopback, as the other cloudflared tests do.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+import dns_records
+from adversary import CLOUDFLARED, INSIDE_NETNS, api_call, rerun_in_private_netns
+from harness import (
+    Account,
+    Edge,
+    Origin,
+    Proc,
+    Processes,
+    Tunnel,
+    adit_command,
+    create_tunnel,
+    request,
+)
+
+pytestmark = pytest.mark.process
+
+HOST = "remote.example.test"
+#: Requests of the load loop: 4 clients of 75, while the second push lands.
+CLIENTS = 4
+PER_CLIENT = 75
+
+
+def _write(path: Path, origin: Origin, host_header: str, service: str | None = None) -> Path:
+    rule: dict[str, Any] = {"hostname": HOST, "service": service or origin.url}
+    rule["originRequest"] = {"httpHostHeader": host_header}
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "originRequest": {"connectTimeout": "5s"},
+                "ingress": [rule, {"service": "http_status:404"}],
+            }
+        )
+    )
+    return path
+
+
+def _push(account: Account, tunnel: Tunnel, path: Path, *, check: bool = True) -> str:
+    result = account.cli("tunnel", "config", "push", tunnel.name, "--file", str(path), check=check)
+    return result.stdout + result.stderr
+
+
+def _configuration(account: Account, tunnel: Tunnel) -> dict[str, Any]:
+    status, body = api_call(
+        account, "GET", f"/accounts/{account.tag}/cfd_tunnel/{tunnel.id}/configurations"
+    )
+    assert status == 200, body
+    envelope: dict[str, Any] = json.loads(body)
+    return envelope
+
+
+def _host_seen(edge: Edge) -> str:
+    """The Host header the origin saw for one request (its /headers echo)."""
+    reply = request(edge, HOST, path="/headers", timeout=15)
+    assert reply.status == 200, (reply.status, reply.body[:300])
+    return dict(json.loads(reply.body)).get("Host", "")
+
+
+def _wait_for_host(edge: Edge, expected: str, proc: Proc) -> None:
+    for _ in range(100):  # bounded: ~20 s
+        try:
+            if _host_seen(edge) == expected:
+                return
+        except AssertionError:
+            pass
+        threading.Event().wait(0.2)
+    raise AssertionError(f"the tunnel never served {expected!r}:\n{proc.text()[-3000:]}")
+
+
+def _push_under_load(
+    edge: Edge, account: Account, tunnel: Tunnel, newer: Path
+) -> tuple[list[int], list[str], str]:
+    """Run the client loop, push ``newer`` in its middle; every status, the Host headers
+    seen after the push answered, and the push's output."""
+    statuses: list[int] = []
+    after: list[str] = []
+    pushed = threading.Event()
+    started = threading.Event()
+    lock = threading.Lock()
+
+    def client() -> None:
+        for i in range(PER_CLIENT):
+            if i == PER_CLIENT // 4:
+                started.set()
+            try:
+                reply = request(edge, HOST, path="/headers", timeout=15)
+                status = reply.status
+                host = dict(json.loads(reply.body)).get("Host", "") if status == 200 else ""
+            except (OSError, ValueError):
+                status, host = 0, ""
+            with lock:
+                statuses.append(status)
+                if pushed.is_set():
+                    after.append(host)
+
+    threads = [threading.Thread(target=client) for _ in range(CLIENTS)]
+    for thread in threads:
+        thread.start()
+    started.wait(30)
+    output = _push(account, tunnel, newer)
+    pushed.set()
+    for thread in threads:
+        thread.join(120)
+    return statuses, after, output
+
+
+def _adit_connector(processes: Processes, account: Account, tunnel: Tunnel, protocol: str) -> Proc:
+    token = account.cli("tunnel", "token", tunnel.name).stdout.strip()
+    return processes.start(
+        f"connector-{protocol}",
+        [
+            *adit_command(),
+            "tunnel",
+            "run",
+            "--protocol",
+            protocol,
+            "--metrics",
+            "127.0.0.1:0",
+            "--grace-period",
+            "5s",
+            "--token",
+            token,
+        ],
+        env={"HOME": str(account.home / "connector-home")},
+    )
+
+
+def _serves_pushes(
+    processes: Processes,
+    edge: Edge,
+    account: Account,
+    origin: Origin,
+    tmp_path: Path,
+    start: Any,
+) -> Proc:
+    """(a)/(b) and (e): a connector started after the first PUT serves it, then a newer one
+    pushed under load with zero failed requests."""
+    tunnel = create_tunnel(account, "remote", HOST)
+    first = _write(tmp_path / "v1.yml", origin, "v1.internal")
+    out = _push(account, tunnel, first)
+    assert "Stored configuration version 1" in out, out
+    proc: Proc = start(tunnel)
+    proc.wait_for_log("Registered tunnel connection", timeout=30)
+    # Connected after the PUT: it got version 1 with its registration.
+    _wait_for_host(edge, "v1.internal", proc)
+    statuses, after, output = _push_under_load(
+        edge, account, tunnel, _write(tmp_path / "v2.yml", origin, "v2.internal")
+    )
+    assert "Stored configuration version 2" in output, output
+    assert "did not apply" not in output, output
+    assert len(statuses) == CLIENTS * PER_CLIENT
+    assert statuses == [200] * len(statuses), [s for s in statuses if s != 200]
+    assert after, "the push answered after the last request"
+    assert set(after) == {"v2.internal"}, after
+    shown = _configuration(account, tunnel)["result"]
+    assert shown["version"] == 2
+    assert {p["status"] for p in shown["pushes"]} == {"applied"}, shown["pushes"]
+    return proc
+
+
+@pytest.mark.parametrize("protocol", ["http2", "quic"])
+def test_adits_token_only_connector_serves_pushed_configurations(
+    processes: Processes,
+    edge: Edge,
+    account: Account,
+    origin: Origin,
+    tmp_path: Path,
+    protocol: str,
+) -> None:
+    proc = _serves_pushes(
+        processes,
+        edge,
+        account,
+        origin,
+        tmp_path,
+        lambda tunnel: _adit_connector(processes, account, tunnel, protocol),
+    )
+    # Applied on every worker through the supervisor, once per version.
+    assert "remoteVersion=2" in proc.text() or '"remoteVersion": 2' in proc.text(), proc.text()
+
+
+def test_a_rejected_or_older_configuration_leaves_the_running_one(
+    processes: Processes,
+    edge: Edge,
+    account: Account,
+    origin: Origin,
+    tmp_path: Path,
+) -> None:
+    """(c) a bad service is refused by the API and a connector with local ingress reports
+    its refusal; (d) an older version never replaces a newer one."""
+    tunnel = create_tunnel(account, "remote", HOST)
+    _push(account, tunnel, _write(tmp_path / "v1.yml", origin, "v1.internal"))
+    proc = _adit_connector(processes, account, tunnel, "http2")
+    proc.wait_for_log("Registered tunnel connection", timeout=30)
+    _wait_for_host(edge, "v1.internal", proc)
+
+    # A service that does not parse: 400 with Cloudflare's error shape, nothing stored.
+    bad = {"config": {"ingress": [{"hostname": HOST, "service": "gopher://x"}]}}
+    status, body = api_call(
+        account,
+        "PUT",
+        f"/accounts/{account.tag}/cfd_tunnel/{tunnel.id}/configurations",
+        json.dumps(bad).encode(),
+    )
+    envelope = json.loads(body)
+    assert status == 400, body
+    assert envelope["success"] is False and envelope["errors"][0]["message"], envelope
+    # No catch-all: refused too.
+    no_catch_all = {"config": {"ingress": [{"hostname": HOST, "service": origin.url}]}}
+    status, body = api_call(
+        account,
+        "PUT",
+        f"/accounts/{account.tag}/cfd_tunnel/{tunnel.id}/configurations",
+        json.dumps(no_catch_all).encode(),
+    )
+    assert status == 400, body
+    assert _configuration(account, tunnel)["result"]["version"] == 1
+    assert _host_seen(edge) == "v1.internal"
+
+    # (d) The connector already runs version 2; the edge pushes version 1 again (a
+    # reconnecting connection gets the stored version, here simulated by the registration
+    # push of a second connector run): the connector answers with 2 and keeps it.
+    _push(account, tunnel, _write(tmp_path / "v2.yml", origin, "v2.internal"))
+    _wait_for_host(edge, "v2.internal", proc)
+    log_before = proc.text()
+    # A locally configured connector of the same tunnel refuses pushes, and says so.
+    local = tmp_path / "local.yml"
+    local.write_text(
+        yaml.safe_dump(
+            {
+                "ingress": [
+                    {"hostname": HOST, "service": origin.url},
+                    {"service": "http_status:404"},
+                ]
+            }
+        )
+    )
+    token = account.cli("tunnel", "token", tunnel.name).stdout.strip()
+    local_proc = processes.start(
+        "local-connector",
+        [
+            *adit_command(),
+            "tunnel",
+            "--config",
+            str(local),
+            "run",
+            "--metrics",
+            "127.0.0.1:0",
+            "--token",
+            token,
+        ],
+        env={"HOME": str(account.home / "local-home")},
+    )
+    local_proc.wait_for_log("Registered tunnel connection", timeout=30)
+    out = _push(account, tunnel, _write(tmp_path / "v3.yml", origin, "v3.internal"), check=False)
+    assert "Stored configuration version 3" in out, out
+    assert "rejected: this connector is locally managed" in out, out
+    shown = _configuration(account, tunnel)
+    statuses = {p["status"] for p in shown["result"]["pushes"]}
+    assert statuses == {"applied", "rejected"}, shown
+    assert any("locally managed" in m["message"] for m in shown["messages"]), shown
+    # The token-only connector took version 3; nothing older came back on it.
+    assert proc.text().count("remoteVersion") >= log_before.count("remoteVersion")
+
+
+@pytest.fixture
+def resolver() -> Any:
+    with dns_records.serving():
+        yield
+
+
+def _cloudflared(processes: Processes, edge: Edge, account: Account, protocol: str) -> Any:
+    def start(tunnel: Tunnel) -> Proc:
+        assert CLOUDFLARED is not None
+        token = account.cli("tunnel", "token", tunnel.name).stdout.strip()
+        empty = account.home / "cloudflared-config.yml"
+        empty.write_text("loglevel: info\n")  # no ingress: everything comes from the edge
+        return processes.start(
+            f"cloudflared-{protocol}",
+            [
+                CLOUDFLARED,
+                "tunnel",
+                "--no-autoupdate",
+                "--config",
+                str(empty),
+                "--edge",
+                edge.tunnel[0],
+                "--cacert",
+                str(edge.ca),
+                "--protocol",
+                protocol,
+                "--no-prechecks",
+                "--metrics",
+                "127.0.0.1:0",
+                "--grace-period",
+                "3s",
+                "run",
+                "--token",
+                token,
+            ],
+        )
+
+    return start
+
+
+@pytest.mark.skipif(not CLOUDFLARED, reason="set ADIT_CLOUDFLARED to a cloudflared binary")
+@pytest.mark.parametrize("protocol", ["http2", "quic"])
+def test_cloudflared_in_a_loopback_only_namespace(protocol: str) -> None:
+    rerun_in_private_netns(
+        f"{Path(__file__)}::test_cloudflared_token_only_serves_pushed_configurations[{protocol}]",
+        resolver=True,
+    )
+
+
+@pytest.mark.skipif(not INSIDE_NETNS, reason="runs inside the namespace of its twin")
+@pytest.mark.parametrize("protocol", ["http2", "quic"])
+def test_cloudflared_token_only_serves_pushed_configurations(
+    processes: Processes,
+    edge: Edge,
+    account: Account,
+    origin: Origin,
+    tmp_path: Path,
+    resolver: None,
+    protocol: str,
+) -> None:
+    proc = _serves_pushes(
+        processes, edge, account, origin, tmp_path, _cloudflared(processes, edge, account, protocol)
+    )
+    assert "Updated to new configuration" in proc.text(), proc.text()[-3000:]
