@@ -12,6 +12,7 @@ only loopback, as the other cloudflared tests do.
 from __future__ import annotations
 
 import json
+import signal
 import threading
 from pathlib import Path
 from typing import Any
@@ -91,7 +92,7 @@ def _push_under_load(
     edge: Edge, account: Account, tunnel: Tunnel, newer: Path
 ) -> tuple[list[int], list[str], str]:
     """Run the client loop, push ``newer`` in its middle; every status, the Host headers
-    seen after the push answered, and the push's output."""
+    seen by the requests sent after the push answered, and the push's output."""
     statuses: list[int] = []
     after: list[str] = []
     pushed = threading.Event()
@@ -102,6 +103,8 @@ def _push_under_load(
         for i in range(PER_CLIENT):
             if i == PER_CLIENT // 4:
                 started.set()
+            # Sent after the push answered: every connection of every worker runs it.
+            late = pushed.is_set()
             try:
                 reply = request(edge, HOST, path="/headers", timeout=15)
                 status = reply.status
@@ -110,7 +113,7 @@ def _push_under_load(
                 status, host = 0, ""
             with lock:
                 statuses.append(status)
-                if pushed.is_set():
+                if late:
                     after.append(host)
 
     threads = [threading.Thread(target=client) for _ in range(CLIENTS)]
@@ -197,6 +200,11 @@ def test_adits_token_only_connector_serves_pushed_configurations(
     )
     # Applied on every worker through the supervisor, once per version.
     assert "remoteVersion=2" in proc.text() or '"remoteVersion": 2' in proc.text(), proc.text()
+    # A reload (no local ingress still) keeps what the edge pushed.
+    reloads = proc.text().count("Updated to new configuration")
+    proc.signal(signal.SIGHUP)
+    proc.wait_for_log("Updated to new configuration", count=reloads + 1, timeout=30)
+    assert _host_seen(edge) == "v2.internal"
 
 
 def test_a_rejected_configuration_is_reported_and_the_running_one_stays(

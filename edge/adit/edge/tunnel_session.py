@@ -21,6 +21,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from adit.edge.config_push import PushOutcome
 from adit.edge.registry import ConnectionRegistry, LiveConnection
 from adit.edge.store import SecretMatch, Store, StoreError
 from adit.edge.tunnel_configs import StoredConfig
@@ -464,11 +465,16 @@ class TunnelSession(TunnelIO[EdgeTunnelConnection]):
             log.warning("could not read tunnel %s's configuration: %s", tunnel_id, exc)
             return None
 
-    def _list_after_push(self, live: LiveConnection, _: object) -> None:
+    def _list_after_push(self, live: LiveConnection, pushed: asyncio.Future[PushOutcome]) -> None:
         """The stored configuration's push ended (whatever its outcome: a connector that
-        refused it still serves something): the connection takes requests from now on."""
-        if self.live is live and not self.closed:
-            self.registry.add(live)
+        refused it still serves something): the connection takes requests from now on. A
+        PUT meanwhile did not see it (it was not listed yet): it gets that version now."""
+        if self.live is not live or self.closed:
+            return
+        self.registry.add(live)
+        stored = self._stored_config(live.tunnel_id)
+        if stored is not None and stored.version > pushed.result().version:
+            self.registry.config_pusher.push(live, stored.version, stored.config.encode())
 
     @property
     def full(self) -> bool:
