@@ -32,6 +32,7 @@ from harness import (
     adit_command,
     create_tunnel,
     request,
+    start_location,
 )
 
 pytestmark = pytest.mark.process
@@ -127,7 +128,14 @@ def _push_under_load(
     return statuses, after, output
 
 
-def _adit_connector(processes: Processes, account: Account, tunnel: Tunnel, protocol: str) -> Proc:
+def _adit_connector(
+    processes: Processes,
+    account: Account,
+    tunnel: Tunnel,
+    protocol: str,
+    edge: Edge | None = None,
+) -> Proc:
+    """A token-only ``adit tunnel run`` (at ``edge``'s tunnel listener when given)."""
     token = account.cli("tunnel", "token", tunnel.name).stdout.strip()
     return processes.start(
         f"connector-{protocol}",
@@ -141,6 +149,7 @@ def _adit_connector(processes: Processes, account: Account, tunnel: Tunnel, prot
             "127.0.0.1:0",
             "--grace-period",
             "5s",
+            *(["--edge", edge.tunnel[0]] if edge is not None else []),
             "--token",
             token,
         ],
@@ -205,6 +214,27 @@ def test_adits_token_only_connector_serves_pushed_configurations(
     proc.signal(signal.SIGHUP)
     proc.wait_for_log("Updated to new configuration", count=reloads + 1, timeout=30)
     assert _host_seen(edge) == "v2.internal"
+
+
+def test_a_put_on_one_edge_process_reaches_the_connectors_of_another(
+    processes: Processes,
+    edge: Edge,
+    account: Account,
+    origin: Origin,
+    tmp_path: Path,
+) -> None:
+    """Two edge processes on one store (two locations): the connector is on the second, the
+    PUT goes to the first's API; the second pushes what the store holds."""
+    second = start_location(processes, "edge-b", "second", ["127.0.0.1:0"], shared=edge)
+    tunnel = create_tunnel(account, "remote", HOST)
+    _push(account, tunnel, _write(tmp_path / "v1.yml", origin, "v1.internal"))
+    proc = _adit_connector(processes, account, tunnel, "http2", edge=second)
+    proc.wait_for_log("Registered tunnel connection", timeout=30)
+    _wait_for_host(second, "v1.internal", proc)
+    out = _push(account, tunnel, _write(tmp_path / "v2.yml", origin, "v2.internal"))
+    assert "applied by 0 of 0 connections" in out, out
+    _wait_for_host(second, "v2.internal", proc)
+    second.proc.wait_for_log("another edge process stored", timeout=10)
 
 
 def test_a_rejected_configuration_is_reported_and_the_running_one_stays(

@@ -99,6 +99,8 @@ class _Lane:
     waiting: tuple[int, bytes] | None = None
     waiters: list[asyncio.Future[PushOutcome]] = field(default_factory=list)
     task: asyncio.Task[None] | None = None
+    #: The version in flight.
+    sending: int | None = None
 
 
 class ConfigPusher:
@@ -126,6 +128,16 @@ class ConfigPusher:
             lane.task = loop.create_task(self._drain(conn, lane))
         return done
 
+    def newest(self, conn: LiveConnection) -> int:
+        """The newest version pushed to ``conn``: waiting, in flight or answered (0: none)."""
+        lane = self._lanes.get(conn)
+        versions = [0]
+        if lane is not None:
+            versions += [v for v in (lane.sending, lane.waiting and lane.waiting[0]) if v]
+        if isinstance(conn.config_push, PushOutcome):
+            versions.append(conn.config_push.version)
+        return max(versions)
+
     @staticmethod
     def last_outcomes(conns: list[LiveConnection]) -> list[PushOutcome]:
         """The latest outcome of each of ``conns`` that was ever pushed to."""
@@ -144,14 +156,14 @@ class ConfigPusher:
         try:
             while lane.waiting is not None:
                 (version, config), waiters = lane.waiting, lane.waiters
-                lane.waiting, lane.waiters = None, []
+                lane.waiting, lane.waiters, lane.sending = None, [], version
                 outcome = await self._send(conn, version, config)
                 conn.config_push = outcome
                 for waiter in waiters:
                     if not waiter.done():
                         waiter.set_result(outcome)
         finally:
-            lane.task = None
+            lane.task = lane.sending = None
             if self._lanes.get(conn) is lane and lane.waiting is None:
                 del self._lanes[conn]
 

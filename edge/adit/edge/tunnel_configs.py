@@ -21,8 +21,11 @@ from adit.edge.database import decode_time as _parse_ts
 from adit.edge.database import encode_time as _ts
 from adit.edge.errors import TunnelDeleted, TunnelNotFound
 
-__all__ = ["SCHEMA", "TABLES", "StoredConfig", "TunnelConfigs"]
+__all__ = ["CONFIGS_COUNTER", "SCHEMA", "TABLES", "StoredConfig", "TunnelConfigs"]
 
+#: Bumped by every PUT in its transaction: another edge process sharing the store notices a
+#: new version by reading one row (:meth:`TunnelConfigs.counter`).
+CONFIGS_COUNTER = "tunnel_configs"
 SCHEMA = (
     """CREATE TABLE IF NOT EXISTS tunnel_configs (
     tunnel_id TEXT PRIMARY KEY REFERENCES tunnels(id),
@@ -30,6 +33,7 @@ SCHEMA = (
     config TEXT NOT NULL,
     created_at TEXT NOT NULL
 )""",
+    f"INSERT OR IGNORE INTO counters (name, value) VALUES ('{CONFIGS_COUNTER}', 0)",  # noqa: S608 (a constant)
 )
 TABLES = frozenset({"tunnel_configs"})
 
@@ -82,7 +86,15 @@ class TunnelConfigs:
                 (str(tunnel_id), version, config, _ts(now)),
             )
             db.execute("UPDATE tunnels SET remote_config = 1 WHERE id = ?", (str(tunnel_id),))
+            db.execute("UPDATE counters SET value = value + 1 WHERE name = ?", (CONFIGS_COUNTER,))
         return StoredConfig(tunnel_id, version, config, now)
+
+    def counter(self) -> int:
+        """How many PUTs the store has seen (any process's): one single-row read."""
+        row = self._db.read(
+            "SELECT value FROM counters WHERE name = ?", (CONFIGS_COUNTER,)
+        ).fetchone()
+        return 0 if row is None else int(row[0])
 
     def get(self, tunnel_id: uuid.UUID) -> StoredConfig | None:
         """The tunnel's latest configuration, or None if none was ever stored."""

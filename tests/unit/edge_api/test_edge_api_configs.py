@@ -267,3 +267,28 @@ def test_each_connection_is_pushed_to_and_refusals_are_reported(env: Env) -> Non
     shown = env.call("GET")[1]
     assert {p["status"] for p in shown["result"]["pushes"]} == {"applied", "rejected", "failed"}
     assert len(shown["messages"]) == 2
+
+
+def test_a_version_stored_elsewhere_is_pushed_once_to_connections_that_lack_it(env: Env) -> None:
+    from adit.edge.config_sync import push_newer
+
+    behind = Connector()
+    env.connect(behind, 0)
+    env.call("PUT", {"config": CONFIG})  # pushed by the PUT itself
+    assert behind.seen == [1]
+    late = Connector()
+    env.connect(late, 1)  # e.g. listed while another process stored version 2
+    env.store.configs.put(env.account, env.tunnel, json.dumps(CONFIG))
+    assert env.store.configs.counter() == 2
+
+    async def sweep() -> tuple[int, int]:
+        first = push_newer(env.store, env.registry)
+        second = push_newer(env.store, env.registry)  # in flight: not queued again
+        for _ in range(100):
+            if behind.runs == late.runs == 2:
+                break
+            await asyncio.sleep(0.01)
+        return first, second
+
+    assert asyncio.run(sweep()) == (2, 0)
+    assert (behind.seen, late.seen) == ([1, 2], [2])
