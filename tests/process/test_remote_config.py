@@ -187,6 +187,12 @@ def _serves_pushes(
     shown = _configuration(account, tunnel)["result"]
     assert shown["version"] == 2
     assert {p["status"] for p in shown["pushes"]} == {"applied"}, shown["pushes"]
+    # `config show`: the version, then config.yml YAML (durations as Go strings) that can be
+    # pushed back as it is.
+    text = account.cli("tunnel", "config", "show", tunnel.name).stdout
+    assert text.startswith("# version 2, stored "), text
+    assert "applied" in text, text
+    assert yaml.safe_load(text) == yaml.safe_load((tmp_path / "v2.yml").read_text()), text
     return proc
 
 
@@ -282,6 +288,16 @@ def test_a_rejected_configuration_is_reported_and_the_running_one_stays(
         json.dumps(no_catch_all).encode(),
     )
     assert status == 400, body
+    # The CLI checks the file first and names it (and its line) in a one-line error.
+    bad_file = tmp_path / "bad.yml"
+    bad_file.write_text("ingress:\n  - hostname: a.example.test\n    service: bogus\n")
+    result = account.cli(
+        "tunnel", "config", "push", tunnel.name, "--file", str(bad_file), check=False
+    )
+    assert result.returncode == 1
+    assert f"{bad_file}:3" in result.stderr and "bogus is an invalid address" in result.stderr
+    missing = account.cli(*push, str(tmp_path / "nope.yml"), check=False)
+    assert missing.returncode == 1 and "nope.yml" in missing.stderr, missing.stderr
     assert _configuration(account, tunnel)["result"]["version"] == 1
     assert _host_seen(edge) == "v1.internal"
 
