@@ -291,9 +291,8 @@ def test_a_rejected_configuration_is_reported_and_the_running_one_stays(
     # The CLI checks the file first and names it (and its line) in a one-line error.
     bad_file = tmp_path / "bad.yml"
     bad_file.write_text("ingress:\n  - hostname: a.example.test\n    service: bogus\n")
-    result = account.cli(
-        "tunnel", "config", "push", tunnel.name, "--file", str(bad_file), check=False
-    )
+    push = ("tunnel", "config", "push", tunnel.name, "--file")
+    result = account.cli(*push, str(bad_file), check=False)
     assert result.returncode == 1
     assert f"{bad_file}:3" in result.stderr and "bogus is an invalid address" in result.stderr
     missing = account.cli(*push, str(tmp_path / "nope.yml"), check=False)
