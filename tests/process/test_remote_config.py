@@ -12,8 +12,10 @@ only loopback, as the other cloudflared tests do.
 from __future__ import annotations
 
 import json
+import re
 import signal
 import threading
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -215,6 +217,12 @@ def test_adits_token_only_connector_serves_pushed_configurations(
     )
     # Applied on every worker through the supervisor, once per version.
     assert "remoteVersion=2" in proc.text() or '"remoteVersion": 2' in proc.text(), proc.text()
+    # cloudflared's gauge shows the edge's version, as cloudflared's does.
+    match = re.search(r"Starting metrics server on (\S+)/metrics", proc.text())
+    assert match, proc.text()
+    with urllib.request.urlopen(f"http://{match.group(1)}/metrics", timeout=10) as reply:
+        metrics = reply.read().decode()
+    assert "cloudflared_orchestration_config_version 2.0" in metrics, metrics
     # A reload (no local ingress still) keeps what the edge pushed.
     reloads = proc.text().count("Updated to new configuration")
     proc.signal(signal.SIGHUP)

@@ -534,6 +534,7 @@ class SupervisorState:
         self.reload_error = None
         self.stats.last_reload_success = True
         self.stats.config_version = version
+        self.stats.remote_config_version = new.ingress.remote_version
         actions: list[Action] = []
         if level_changed:
             actions.append(SetLogLevel(new.log.level))
@@ -578,6 +579,7 @@ class SupervisorState:
         )
         self.settings = replace(self.settings, ingress=snapshot)
         self.stats.config_version = snapshot.version
+        self.stats.remote_config_version = event.version
         log.info(
             "Updated to new configuration",
             extra=fields(version=snapshot.version, remoteVersion=event.version),

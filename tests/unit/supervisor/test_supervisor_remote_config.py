@@ -65,6 +65,7 @@ def test_a_newer_push_goes_to_every_worker_once() -> None:
     # The same version from the other worker's connection, or an older one: nothing.
     assert state.handle_event(RemoteConfigReceived(0, 5, PUSHED), 2.1) == []
     assert state.handle_event(RemoteConfigReceived(0, 4, NEWER), 2.2) == []
+    assert state.stats.remote_config_version == 5  # cloudflared_orchestration_config_version
     # A worker started now gets it with its settings.
     start = state.worker_settings(1)
     assert Start(start).settings.ingress.remote_config == PUSHED
@@ -95,3 +96,4 @@ def test_a_reload_without_local_ingress_keeps_the_pushed_configuration() -> None
     snapshot = _applied(actions)[0]
     assert (snapshot.rules, snapshot.remote_config, snapshot.remote_version) == (rules, b"", -1)
     assert state.handle_event(RemoteConfigReceived(0, 6, NEWER), 5.0) == []
+    assert state.stats.remote_config_version == -1
