@@ -117,15 +117,19 @@ def test_cloudflared_applies_a_pushed_configuration(
     run()
 
 
-def test_adits_connector_says_it_is_locally_managed(processes: Processes, tmp_path: Path) -> None:
+def test_adits_connector_with_local_ingress_takes_a_push_as_cloudflared_does(
+    processes: Processes, tmp_path: Path
+) -> None:
+    """cloudflared's orchestrator applies a push whatever its local ingress (a tunnel moved to
+    remote management is taken over by the edge's first version): adit's connector too."""
+
     @asynctest
     async def run() -> None:
         async with in_process_edge(tmp_path / "edge") as edge:
             _connector(processes, edge, tmp_path, [*adit_command(), "tunnel"], run="first")
             session = await edge.session(timeout=30)
-            version, error = await session.update_configuration(7, CONFIG)
-            assert version == -1
-            assert error is not None and "locally managed" in error
+            assert await session.update_configuration(7, CONFIG) == (7, None)
+            assert await session.update_configuration(3, CONFIG) == (7, None)
 
     run()
 

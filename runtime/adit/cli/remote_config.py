@@ -33,8 +33,8 @@ __all__ = ["config"]
 def config() -> None:
     """Remotely managed configuration: stored by the edge, pushed to the tunnel's connectors.
 
-    A connector started with only its token or credentials (no ingress in a config file, no
-    --url/--hello-world) serves what is pushed; one with local ingress refuses pushes.
+    Connectors started with only their token or credentials serve what is pushed; as with
+    cloudflared, a connector with ingress of its own takes the pushed version over it.
     """
 
 

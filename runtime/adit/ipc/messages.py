@@ -68,19 +68,9 @@ class IngressSnapshot(msgspec.Struct, frozen=True):
     #: The edge's version of ``remote_config`` (-1: none applied, cloudflared's start).
     remote_version: int = -1
     #: A remotely managed configuration pushed by the edge (its JSON: ``ingress``,
-    #: ``originRequest``, ``warp-routing``); when set it is the ingress, whatever the above.
+    #: ``originRequest``, ``warp-routing``); when set it is the ingress, whatever the above
+    #: (as cloudflared's orchestrator, the edge's version replaces the local ingress).
     remote_config: bytes = b""
-
-    def accepts_remote(self) -> bool:
-        """Whether the local part leaves the ingress to the edge's pushes: no rules in the
-        file, no single-origin flag (else the connector is locally managed)."""
-        return not (
-            self.rules
-            or self.cli_url
-            or self.cli_hello_world
-            or self.cli_unix_socket
-            or self.cli_bastion
-        )
 
 
 class WorkerSettings(msgspec.Struct, frozen=True):

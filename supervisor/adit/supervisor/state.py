@@ -508,8 +508,15 @@ class SupervisorState:
             return []
         old = self.settings
         new = self._keep_fixed(old, new)
-        if new.ingress.accepts_remote() and old.ingress.remote_version >= 0:
-            # Still without local ingress: the configuration the edge pushed stays.
+        if old.ingress.remote_version >= 0:
+            # The edge manages the ingress now (as cloudflared's orchestrator: a push replaces
+            # the local rules): the file's ingress waits for the next start.
+            if new.ingress.rules or new.ingress.cli_url or new.ingress.cli_hello_world:
+                log.warning(
+                    "The edge manages this tunnel's ingress: the configuration file's ingress "
+                    "is not used until the connector restarts",
+                    extra=fields(remoteVersion=old.ingress.remote_version),
+                )
             kept = msgspec.structs.replace(
                 new.ingress,
                 remote_version=old.ingress.remote_version,
@@ -565,12 +572,11 @@ class SupervisorState:
 
     def _on_remote_config(self, event: RemoteConfigReceived) -> list[Action]:
         """The edge pushed a configuration to a worker (which checked it): the next ingress
-        snapshot of every worker, the path of a reload, if newer than the one in force."""
+        snapshot of every worker, the path of a reload, if newer than the one in force (with
+        local ingress too, as cloudflared's orchestrator)."""
         old = self.settings.ingress
         if self.phase is Phase.DRAINING or event.version <= old.remote_version:
             return []
-        if not old.accepts_remote():
-            return []  # a reload gave the file ingress meanwhile: the file wins
         snapshot = msgspec.structs.replace(
             old,
             version=old.version + 1,

@@ -1,10 +1,9 @@
 """SupervisorState and the edge's configuration pushes: a push a worker received becomes the
-next ingress snapshot of every worker (the reload path), only if newer, only without local
-ingress; a reload that still has no local ingress keeps it."""
+next ingress snapshot of every worker (the reload path), only if newer, with or without local
+ingress (as cloudflared's orchestrator); a reload keeps it."""
 
 from __future__ import annotations
 
-import dataclasses
 import signal
 from collections.abc import Sequence
 
@@ -71,15 +70,16 @@ def test_a_newer_push_goes_to_every_worker_once() -> None:
     assert Start(start).settings.ingress.remote_config == PUSHED
 
 
-def test_a_connector_with_local_ingress_never_takes_a_push() -> None:
+def test_a_push_replaces_local_ingress_as_cloudflareds_orchestrator_does() -> None:
     local = IngressSnapshot(version=1, rules=[{"service": "http_status:404"}])
     state = _running(local)
-    assert state.handle_event(RemoteConfigReceived(0, 5, PUSHED), 2.0) == []
+    snapshot = _applied(state.handle_event(RemoteConfigReceived(0, 5, PUSHED), 2.0))[0]
+    assert (snapshot.remote_config, snapshot.version) == (PUSHED, 2)
     hello = _running(IngressSnapshot(version=1, cli_hello_world=True))
-    assert hello.handle_event(RemoteConfigReceived(0, 5, PUSHED), 2.0) == []
+    assert _applied(hello.handle_event(RemoteConfigReceived(0, 5, PUSHED), 2.0))
 
 
-def test_a_reload_without_local_ingress_keeps_the_pushed_configuration() -> None:
+def test_a_reload_keeps_the_pushed_configuration() -> None:
     state = _running(IngressSnapshot(version=1))
     state.handle_event(RemoteConfigReceived(0, 5, PUSHED), 2.0)
     state.handle_signal(signal.SIGHUP, 3.0)
@@ -87,13 +87,11 @@ def test_a_reload_without_local_ingress_keeps_the_pushed_configuration() -> None
     assert _applied(actions) == {}  # nothing changed for the workers
     assert state.settings.ingress.remote_config == PUSHED
     assert state.settings.ingress.remote_version == 5
-    # A reload that brings local ingress: the file wins, and pushes are refused from then on.
+    # A reload that brings local ingress: the edge still decides until the process ends.
     state.handle_signal(signal.SIGHUP, 4.0)
     rules: list[dict[str, object]] = [{"service": "http_status:404"}]
-    actions = state.settings_loaded(
-        dataclasses.replace(_settings(IngressSnapshot(version=1, rules=rules))), 4.5
-    )
-    snapshot = _applied(actions)[0]
-    assert (snapshot.rules, snapshot.remote_config, snapshot.remote_version) == (rules, b"", -1)
-    assert state.handle_event(RemoteConfigReceived(0, 6, NEWER), 5.0) == []
-    assert state.stats.remote_config_version == -1
+    actions = state.settings_loaded(_settings(IngressSnapshot(version=1, rules=rules)), 4.5)
+    snapshot = _applied(actions)[0]  # the local part changed: a new snapshot, the push kept
+    assert (snapshot.rules, snapshot.remote_config, snapshot.remote_version) == (rules, PUSHED, 5)
+    assert _applied(state.handle_event(RemoteConfigReceived(0, 6, NEWER), 5.0))
+    assert state.stats.remote_config_version == 6

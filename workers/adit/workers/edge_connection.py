@@ -181,7 +181,7 @@ class EdgeConnection(TunnelIO[ConnectorTunnelConnection]):
         self._serving: dict[int, asyncio.Task[None]] = {}
         self._calls: dict[int, asyncio.Future[bool]] = {}
         self.failure: str | None = None
-        #: Answers the edge's configuration pushes (None: locally managed, refused).
+        #: Answers the edge's configuration pushes (the worker sets it; None: refused).
         self.on_remote_config: RemoteConfigHandler | None = None
 
     #: The transport, as cloudflared names it in logs and metrics.

@@ -8,11 +8,13 @@ ingress snapshot and sends it to every worker with ``ApplyIngress``, the path of
 reload. The answer to the edge waits for that snapshot to arrive here: then every worker has
 it or is about to (it is one message away), and the answer is true.
 
-Like cloudflared's orchestrator: only a version newer than the one in force is applied (an
-older or equal one is answered with the version in force and no error); an invalid one leaves
-the rules in force and its error goes back in the answer. Unlike cloudflared, a connector whose
-ingress comes from its config file or ``--url``/``--hello-world`` refuses pushes: the file
-stays the one source of truth, and a SIGHUP reload never fights the edge over the rules.
+As cloudflared's orchestrator (orchestration/orchestrator.go ``UpdateConfig``): only a version
+newer than the one in force is applied (an older or equal one is answered with the version in
+force and no error); an invalid one leaves the rules in force and its error goes back in the
+answer. A connector with ingress of its own (config file, ``--url``, ``--hello-world``) takes
+a push too, as cloudflared does (its remote version starts at -1 so that a tunnel moved from
+local to remote management is taken over by the edge's first version): from then on the edge
+decides the ingress, across reloads, until the process ends (the supervisor keeps it).
 """
 
 from __future__ import annotations
@@ -24,7 +26,6 @@ from collections.abc import Callable
 
 from adit.ipc.messages import IngressSnapshot
 from adit.logs import fields
-from adit.workers.edge_connection import LOCALLY_MANAGED
 
 __all__ = ["APPLY_TIMEOUT", "RemoteConfigs"]
 
@@ -44,7 +45,6 @@ class RemoteConfigs:
         *,
         timeout: float = APPLY_TIMEOUT,
     ) -> None:
-        self._managed_here = snapshot.accepts_remote()
         self.version = snapshot.remote_version
         self._forward = forward
         self._timeout = timeout
@@ -52,7 +52,6 @@ class RemoteConfigs:
 
     def applied(self, snapshot: IngressSnapshot) -> None:
         """The worker now serves ``snapshot``: wake the pushes it fulfils."""
-        self._managed_here = snapshot.accepts_remote()
         self.version = snapshot.remote_version
         waiting = []
         for version, waiter in self._waiters:
@@ -65,8 +64,6 @@ class RemoteConfigs:
 
     async def update(self, version: int, config: bytes) -> tuple[int, str | None]:
         """Answer a push: the remote version in force afterwards and the error, if any."""
-        if not self._managed_here:
-            return -1, LOCALLY_MANAGED
         if version <= self.version:
             return self.version, None
         # Imported here: the config modules load off the first dial's path (runtime.run).
