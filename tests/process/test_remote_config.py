@@ -34,6 +34,7 @@ from harness import (
     adit_command,
     create_tunnel,
     request,
+    start_edge,
     start_location,
 )
 
@@ -43,6 +44,13 @@ HOST = "remote.example.test"
 #: Requests of the load loop: 4 clients of 75, while the second push lands.
 CLIENTS = 4
 PER_CLIENT = 75
+
+
+@pytest.fixture
+def edge(processes: Processes) -> Edge:
+    """An edge with two tunnel listeners: adit's connector holds a connection at each, one
+    per worker, so a push reaching one worker must reach the other through the supervisor."""
+    return start_edge(processes, tunnel_listen=["127.0.0.1:0", "127.0.0.1:0"])
 
 
 def _write(path: Path, origin: Origin, host_header: str, service: str | None = None) -> Path:
@@ -151,6 +159,10 @@ def _adit_connector(
             "127.0.0.1:0",
             "--grace-period",
             "5s",
+            "--ha-connections",
+            "2",
+            "--workers",
+            "2",
             *(["--edge", edge.tunnel[0]] if edge is not None else []),
             "--token",
             token,
@@ -166,6 +178,7 @@ def _serves_pushes(
     origin: Origin,
     tmp_path: Path,
     start: Any,
+    connections: int = 1,
 ) -> Proc:
     """(a)/(b) and (e): a connector started after the first PUT serves it, then a newer one
     pushed under load with zero failed requests."""
@@ -174,7 +187,7 @@ def _serves_pushes(
     out = _push(account, tunnel, first)
     assert "Stored configuration version 1" in out, out
     proc: Proc = start(tunnel)
-    proc.wait_for_log("Registered tunnel connection", timeout=30)
+    proc.wait_for_log("Registered tunnel connection", timeout=30, count=connections)
     # Connected after the PUT: it got version 1 with its registration.
     _wait_for_host(edge, "v1.internal", proc)
     statuses, after, output = _push_under_load(
@@ -214,7 +227,11 @@ def test_adits_token_only_connector_serves_pushed_configurations(
         origin,
         tmp_path,
         lambda tunnel: _adit_connector(processes, account, tunnel, protocol),
+        connections=2,
     )
+    # Two workers, a connection each: both applied every version, through the supervisor.
+    for version in (2, 3):
+        assert proc.text().count(f"Applied ingress version {version}") == 2, proc.text()
     # Applied on every worker through the supervisor, once per version.
     assert "remoteVersion=2" in proc.text() or '"remoteVersion": 2' in proc.text(), proc.text()
     # cloudflared's gauge shows the edge's version, as cloudflared's does.
