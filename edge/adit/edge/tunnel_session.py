@@ -472,6 +472,8 @@ class TunnelSession(TunnelIO[EdgeTunnelConnection]):
         if self.live is not live or self.closed:
             return
         self.registry.add(live)
+        if not self.revalidate():
+            return  # the tunnel was deleted or its secret rotated out meanwhile
         stored = self._stored_config(live.tunnel_id)
         if stored is not None and stored.version > pushed.result().version:
             self.registry.config_pusher.push(live, stored.version, stored.config.encode())
