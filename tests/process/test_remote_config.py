@@ -53,8 +53,9 @@ def edge(processes: Processes) -> Edge:
     return start_edge(processes, tunnel_listen=["127.0.0.1:0", "127.0.0.1:0"])
 
 
-def _write(path: Path, origin: Origin, host_header: str, service: str | None = None) -> Path:
-    rule: dict[str, Any] = {"hostname": HOST, "service": service or origin.url}
+def _write(path: Path, origin: Origin, host_header: str) -> Path:
+    """A config.yml routing HOST to the origin with ``host_header`` as its Host."""
+    rule: dict[str, Any] = {"hostname": HOST, "service": origin.url}
     rule["originRequest"] = {"httpHostHeader": host_header}
     path.write_text(
         yaml.safe_dump(
