@@ -30,7 +30,13 @@ CONFIG = json.dumps({"ingress": [{"service": "http_status:418"}], "warp-routing"
 
 
 def _connector(
-    processes: Processes, edge: InProcessEdge, tmp_path: Path, command: list[str], *, run: str
+    processes: Processes,
+    edge: InProcessEdge,
+    tmp_path: Path,
+    command: list[str],
+    *,
+    run: str,
+    hello_world: bool = True,
 ) -> Proc:
     """``command`` then the edge's flags, with ``run`` before or after them (cloudflared takes
     them before ``run`` only, adit after it only, for now)."""
@@ -53,7 +59,7 @@ def _connector(
             *(["run"] if run == "last" else []),
             "--credentials-file",
             str(credentials),
-            "--hello-world",
+            *(["--hello-world"] if hello_world else []),
             str(edge.tunnel.id),
         ],
         env={"HOME": str(tmp_path)},
@@ -111,14 +117,55 @@ def test_cloudflared_applies_a_pushed_configuration(
     run()
 
 
-def test_adits_connector_says_it_is_locally_managed(processes: Processes, tmp_path: Path) -> None:
+def test_adits_connector_with_local_ingress_takes_a_push_as_cloudflared_does(
+    processes: Processes, tmp_path: Path
+) -> None:
+    """cloudflared's orchestrator applies a push whatever its local ingress (a tunnel moved to
+    remote management is taken over by the edge's first version): adit's connector too."""
+
     @asynctest
     async def run() -> None:
         async with in_process_edge(tmp_path / "edge") as edge:
             _connector(processes, edge, tmp_path, [*adit_command(), "tunnel"], run="first")
             session = await edge.session(timeout=30)
-            version, error = await session.update_configuration(7, CONFIG)
-            assert version == -1
-            assert error is not None and "locally managed" in error
+            assert await session.update_configuration(7, CONFIG) == (7, None)
+            assert await session.update_configuration(3, CONFIG) == (7, None)
+
+    run()
+
+
+def test_adits_token_only_connector_applies_only_newer_valid_versions(
+    processes: Processes, tmp_path: Path
+) -> None:
+    """Without local ingress adit's connector applies a push as cloudflared's orchestrator
+    does: a newer version is applied (on every worker, through the supervisor), an older or
+    equal one is answered with the version in force, an invalid one keeps it and says why."""
+
+    @asynctest
+    async def run() -> None:
+        async with in_process_edge(tmp_path / "edge") as edge:
+            proc = _connector(
+                processes,
+                edge,
+                tmp_path,
+                [*adit_command(), "tunnel"],
+                run="first",
+                hello_world=False,
+            )
+            session = await edge.session(timeout=30)
+            assert await session.update_configuration(7, CONFIG) == (7, None)
+            assert await session.update_configuration(3, CONFIG) == (7, None)
+            assert await session.update_configuration(7, CONFIG) == (7, None)
+            bad = json.dumps({"ingress": [{"service": "bogus"}]}).encode()
+            version, error = await session.update_configuration(8, bad)
+            assert version == 7
+            assert error is not None and "invalid configuration version 8" in error, error
+            no_catch_all = json.dumps(
+                {"ingress": [{"hostname": "a.example.test", "service": "http_status:200"}]}
+            ).encode()
+            version, error = await session.update_configuration(9, no_catch_all)
+            assert (version, error is not None) == (7, True)
+            assert await session.update_configuration(10, CONFIG) == (10, None)
+            await asyncio.to_thread(proc.wait_for_log, "remoteVersion", 10, 2)
 
     run()

@@ -24,6 +24,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from adit.credentials import TunnelCredentials, encode_tunnel_token
+from adit.edge.api_configs import TunnelConfigApi
 from adit.edge.api_json import active_clients_json, envelope, error_envelope, tunnel_json
 from adit.edge.api_request import (
     BAD_REQUEST,
@@ -145,6 +146,7 @@ class ManagementApi:
         self._registry = registry
         self._edge = edge_info
         self._teamnet = TeamnetApi(store)
+        self._configs = TunnelConfigApi(store, registry)
 
     async def handle(
         self, method: str, target: str, headers: list[tuple[bytes, bytes]], body: bytes
@@ -241,6 +243,8 @@ class ManagementApi:
                 tunnel.id, parse_uuid(client_id, "client_id") if client_id else None
             )
             return self._ok(None)
+        if rest[1:] == ["configurations"]:
+            return await self._configs.dispatch(method, account, tunnel_id, body)
         if rest[1:] == ["rotate"]:
             self._allow(method, "POST")
             return await self._rotate(account, tunnel_id, body)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
 
+from adit.edge.config_push import ConfigPusher
 from adit.edge.cooldown import Cooldowns
 
 __all__ = ["ConnectionHandle", "ConnectionRegistry", "LiveConnection"]
@@ -25,6 +26,9 @@ class ConnectionHandle(Protocol):
 
     def revalidate(self) -> bool:
         """Close the connection if its credentials are no longer accepted; True if it stays."""
+
+    async def update_configuration(self, version: int, config: bytes) -> tuple[int, str | None]:
+        """Push a remote configuration; the version the connector runs and its error."""
 
     @property
     def full(self) -> bool:
@@ -55,6 +59,9 @@ class LiveConnection:
     #: Cleared while the connector does not answer PINGs (frozen, or cut off): new requests
     #: go to the tunnel's other connections (see :meth:`ConnectionRegistry.pick`).
     responsive: bool = True
+    #: The outcome of the latest configuration push to it
+    #: (:class:`~adit.edge.config_push.PushOutcome`), None before any.
+    config_push: object = None
 
 
 class ConnectionRegistry:
@@ -68,6 +75,8 @@ class ConnectionRegistry:
     def __init__(self) -> None:
         #: Tunnels that flooded the edge, refused registration for a while.
         self.cooldowns = Cooldowns()
+        #: Remote configuration pushes, one in flight per connection.
+        self.config_pusher = ConfigPusher()
         self._by_tunnel: dict[uuid.UUID, list[LiveConnection]] = {}
         # The index of the next connection to try, per tunnel.
         self._turns: dict[uuid.UUID, int] = {}

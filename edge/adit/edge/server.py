@@ -29,6 +29,7 @@ from adit.allocator import HeapTrimmer
 from adit.credentials import TunnelCredentials, encode_tunnel_token
 from adit.edge.api import EdgeInfo, ManagementApi
 from adit.edge.ca import EdgeCA
+from adit.edge.config_sync import SYNC_INTERVAL, sync_configs
 from adit.edge.http1 import BadRequest, Http1Connection, Request, RequestTimeout
 from adit.edge.limits import ConnectionTracker, Limits
 from adit.edge.private_flows import FlowLimits, PrivateFlows, flow_path
@@ -150,6 +151,8 @@ class EdgeServer:
         #: The eyeball-facing listeners' connections: public HTTP, public HTTPS, API.
         self.trackers = [ConnectionTracker(settings.limits) for _ in range(3)]
         self._api_tracker = self.trackers[2]
+        #: Pushes the configurations other edge processes stored (:mod:`adit.edge.config_sync`).
+        self._config_sync: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Load the routes, bind every listener; then write the ready file."""
@@ -157,6 +160,7 @@ class EdgeServer:
         self.store.load_routes()
         self.store.load_private_routes()
         self.store.watch_routes(ROUTE_WATCH_INTERVAL)
+        self._config_sync = loop.create_task(sync_configs(self.store, self.registry, SYNC_INTERVAL))
         tunnel_tls = self.ca.tunnel_server_context()
         tunnel_bound: list[str] = []
         for address in self.settings.tunnel_listen:
@@ -447,6 +451,8 @@ class EdgeServer:
 
     async def stop(self) -> None:
         """Close what is left: eyeball connections at once, then every tunnel connection."""
+        if self._config_sync is not None:
+            self._config_sync.cancel()
         for tracker in self.trackers:
             tracker.abort_all()
             tracker.close()

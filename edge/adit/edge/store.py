@@ -93,6 +93,9 @@ from adit.edge.private_routes import (
     PrivateRouteTable,
 )
 from adit.edge.route_table import ROUTES_COUNTER, LiveRoutes, Route, RouteTable
+from adit.edge.tunnel_configs import SCHEMA as TUNNEL_CONFIGS_SCHEMA
+from adit.edge.tunnel_configs import TABLES as TUNNEL_CONFIGS_TABLES
+from adit.edge.tunnel_configs import TunnelConfigs
 from adit.protocol.cidr import IPAddress
 from adit.protocol.hostnames import (
     InvalidHostname,
@@ -195,10 +198,12 @@ _SCHEMA = (
 )""",
     f"INSERT OR IGNORE INTO counters (name, value) VALUES ('{ROUTES_COUNTER}', 0)",  # noqa: S608 (a constant)
     *PRIVATE_NETWORKS_SCHEMA,
+    *TUNNEL_CONFIGS_SCHEMA,
 )
 _TABLES = frozenset(
     {"accounts", "api_tokens", "tunnels", "secret_rotations", "routes", "zones", "counters"}
     | PRIVATE_NETWORKS_TABLES
+    | TUNNEL_CONFIGS_TABLES
 )
 _COUNTERS = (ROUTES_COUNTER, PRIVATE_ROUTES_COUNTER)
 _BUMP_ROUTES = f"UPDATE counters SET value = value + 1 WHERE name = '{ROUTES_COUNTER}'"  # noqa: S608
@@ -307,6 +312,8 @@ class Store:
         self._watcher = TableWatcher([self._routes, self._private_routes])
         #: Virtual networks and IP routes (:class:`~adit.edge.private_networks.PrivateNetworks`).
         self.private = PrivateNetworks(self._db, clock, self._private_routes)
+        #: Remotely managed configurations (:class:`~adit.edge.tunnel_configs.TunnelConfigs`).
+        self.configs = TunnelConfigs(self._db, clock)
 
     @classmethod
     def open_in(

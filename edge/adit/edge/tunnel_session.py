@@ -21,8 +21,11 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from adit.edge.config_push import PushOutcome
 from adit.edge.registry import ConnectionRegistry, LiveConnection
 from adit.edge.store import SecretMatch, Store, StoreError
+from adit.edge.tunnel_configs import StoredConfig
+from adit.protocol.config_update import MAX_ANSWER, ConfigUpdateError, decode_answer, encode_update
 from adit.protocol.errors import ProtocolError
 from adit.protocol.headers import FEATURE_SERIALIZED_REQUEST_HEADERS, RequestType, ResponseMeta
 from adit.protocol.http2 import (
@@ -426,7 +429,16 @@ class TunnelSession(TunnelIO[EdgeTunnelConnection]):
             protocol=self.protocol_name,
         )
         self.serialize_headers = FEATURE_SERIALIZED_REQUEST_HEADERS in options.client.features
-        self.registry.add(self.live)
+        stored = self._stored_config(tunnel_id)
+        if stored is None:
+            self.registry.add(self.live)
+        else:
+            # A remotely managed tunnel: the connection takes requests once it answered the
+            # push of the stored configuration (until then it would serve its default 503).
+            pushed = self.registry.config_pusher.push(
+                self.live, stored.version, stored.config.encode()
+            )
+            pushed.add_done_callback(functools.partial(self._list_after_push, self.live))
         if self._timeout is not None:
             self._timeout.cancel()
         log.info(
@@ -444,6 +456,27 @@ class TunnelSession(TunnelIO[EdgeTunnelConnection]):
             self._maybe_finish_rotation(tunnel_id, auth.account_tag)
         self._arm_recheck(match)
         return ConnectionDetails(connection_id, self.identity.location, False)
+
+    def _stored_config(self, tunnel_id: uuid.UUID) -> StoredConfig | None:
+        """The tunnel's remotely managed configuration, if it has one (a store read)."""
+        try:
+            return self.store.configs.get(tunnel_id)
+        except StoreError as exc:
+            log.warning("could not read tunnel %s's configuration: %s", tunnel_id, exc)
+            return None
+
+    def _list_after_push(self, live: LiveConnection, pushed: asyncio.Future[PushOutcome]) -> None:
+        """The stored configuration's push ended (whatever its outcome: a connector that
+        refused it still serves something): the connection takes requests from now on. A
+        PUT meanwhile did not see it (it was not listed yet): it gets that version now."""
+        if self.live is not live or self.closed:
+            return
+        self.registry.add(live)
+        if not self.revalidate():
+            return  # the tunnel was deleted or its secret rotated out meanwhile
+        stored = self._stored_config(live.tunnel_id)
+        if stored is not None and stored.version > pushed.result().version:
+            self.registry.config_pusher.push(live, stored.version, stored.config.encode())
 
     @property
     def full(self) -> bool:
@@ -497,6 +530,40 @@ class TunnelSession(TunnelIO[EdgeTunnelConnection]):
         # A write: on the store's writer thread, never waiting for its lock on the loop.
         finishing = self.store.off_loop(self.store.finish_rotation, tunnel_id)
         finishing.add_done_callback(functools.partial(_rotation_finished, tunnel_id))
+
+    # -- configuration pushes ---------------------------------------------------------------
+
+    async def update_configuration(self, version: int, config: bytes) -> tuple[int, str | None]:
+        """Push a remotely managed tunnel's configuration (JSON) on a stream of its own
+        (PROTOCOL.md §4.6.1). Returns the version the connector runs and its error (None:
+        applied); raises :class:`ConfigUpdateError` or :class:`StreamClosedError` when there
+        was no proper answer. The caller bounds the wait."""
+        body = encode_update(version, config)
+        request = self.open_request(
+            "PUT",
+            "/",
+            "update-configuration",
+            [("content-type", "application/json"), ("content-length", str(len(body)))],
+            request_type=RequestType.CONFIGURATION,
+            end_stream=False,
+        )
+        try:
+            await request.channel.write(body)
+            request.channel.end()
+            self.flush()
+            answer = await request.response()
+            chunks: list[bytes] = []
+            size = 0
+            while data := await request.channel.read():
+                size += len(data)
+                if size > MAX_ANSWER:
+                    raise ConfigUpdateError("the connector's answer is too long")
+                chunks.append(data)
+        finally:
+            self.finished(request)
+        if answer.status != 200:
+            raise ConfigUpdateError(f"the connector answered HTTP {answer.status}")
+        return decode_answer(b"".join(chunks))
 
     # -- request streams --------------------------------------------------------------------
 

@@ -916,6 +916,9 @@ class EdgeTunnelConnection(TunnelHttp2Connection):
             h2_headers.append((_PROXY_CONNECTION_UPGRADE, b"websocket"))
         elif request_type is RequestType.TCP:
             h2_headers.append((_PROXY_SRC, b"tcp"))
+        elif request_type is RequestType.CONFIGURATION:
+            # The edge's own configuration push (PROTOCOL.md §4.6.1), never an eyeball's.
+            h2_headers.append((_PROXY_CONNECTION_UPGRADE, b"update-configuration"))
         if serialize_headers:
             h2_headers.append((_REQUEST_HEADERS, encode_serialized_headers(clean)))
         else:

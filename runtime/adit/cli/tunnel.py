@@ -16,6 +16,7 @@ _COMMANDS = {
         _MANAGE,
     ),
     "vnet": "adit.cli.teamnet:vnet",
+    "config": "adit.cli.remote_config:config",
     "run": "adit.cli.run:COMMANDS",
     "ready": "adit.cli.ready:ready",
     "diag": "adit.cli.diag:diag",

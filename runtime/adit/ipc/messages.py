@@ -26,6 +26,7 @@ __all__ = [
     "Reconfigure",
     "RecordRegistration",
     "RegistrationRefused",
+    "RemoteConfigReceived",
     "Start",
     "StatsSnapshot",
     "UdpStats",
@@ -64,6 +65,12 @@ class IngressSnapshot(msgspec.Struct, frozen=True):
     cli_bastion: bool = False
     #: The config.yml contents sent to the edge by updateLocalConfiguration (JSON bytes).
     local_config_json: bytes = b""
+    #: The edge's version of ``remote_config`` (-1: none applied, cloudflared's start).
+    remote_version: int = -1
+    #: A remotely managed configuration pushed by the edge (its JSON: ``ingress``,
+    #: ``originRequest``, ``warp-routing``); when set it is the ingress, whatever the above
+    #: (as cloudflared's orchestrator, the edge's version replaces the local ingress).
+    remote_config: bytes = b""
 
 
 class WorkerSettings(msgspec.Struct, frozen=True):
@@ -265,6 +272,15 @@ class StatsSnapshot(msgspec.Struct, frozen=True, tag=True):
     quic: QuicClientStats | None = None
 
 
+class RemoteConfigReceived(msgspec.Struct, frozen=True, tag=True):
+    """The edge pushed a configuration (already checked by the worker) to a connection of
+    ``slot``: make it the ingress of every worker if ``version`` is newer than the one in force."""
+
+    slot: int
+    version: int
+    config: bytes
+
+
 class Heartbeat(msgspec.Struct, frozen=True, tag=True):
     """Sent from the worker's event loop: proves the loop runs, with its lag."""
 
@@ -281,6 +297,7 @@ Event = (
     | ConnectionUnregistered
     | StatsSnapshot
     | Heartbeat
+    | RemoteConfigReceived
 )
 
 _boot_decoder = msgspec.msgpack.Decoder(WorkerBoot)

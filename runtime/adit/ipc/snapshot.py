@@ -6,11 +6,13 @@ re-runs exactly the validation the supervisor already passed.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import msgspec
 
-from adit.config.ingress import Ingress, ingress_from_cli, parse_ingress
+from adit.config.errors import ConfigError
+from adit.config.ingress import Ingress, ingress_from_cli, ingress_from_json, parse_ingress
 from adit.config.model import IngressRuleConfig, OriginRequestConfig, duration_hook
 from adit.config.options import resolve_options
 from adit.config.origin import OriginOptions
@@ -25,6 +27,14 @@ def _convert(value: Any, kind: type[Any]) -> Any:
 
 def build_ingress(snapshot: IngressSnapshot) -> Ingress:
     """The validated rules of a snapshot; raises ``adit.config.errors.ConfigError``."""
+    if snapshot.remote_config:
+        try:
+            obj = json.loads(snapshot.remote_config)
+        except ValueError as exc:
+            raise ConfigError(None, "", f"remote configuration is not JSON: {exc}") from None
+        if not isinstance(obj, dict):
+            raise ConfigError(None, "", "remote configuration is not a JSON object")
+        return ingress_from_json(obj)
     defaults: OriginRequestConfig | None = (
         _convert(snapshot.origin_request, OriginRequestConfig) if snapshot.origin_request else None
     )

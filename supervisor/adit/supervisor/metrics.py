@@ -110,7 +110,10 @@ class TunnelCollector(Collector):
         yield GaugeMetricFamily(
             "cloudflared_orchestration_config_version",
             "Configuration Version",
-            value=stats.config_version,
+            # cloudflared's is the remote version; a locally managed adit's, its own.
+            value=stats.remote_config_version
+            if stats.remote_config_version >= 0
+            else stats.config_version,
         )
         yield GaugeMetricFamily(
             "adit_config_version",

@@ -46,6 +46,7 @@ from adit.ipc.messages import (
     Reconfigure,
     RecordRegistration,
     RegistrationRefused,
+    RemoteConfigReceived,
     Start,
     StatsSnapshot,
     WorkerSettings,
@@ -377,6 +378,8 @@ class SupervisorState:
                 ),
             )
             return self._status()
+        if isinstance(event, RemoteConfigReceived):
+            return self._on_remote_config(event)
         if isinstance(event, ConnectionUnregistered):
             self._forget_connection(event.slot, event.conn_index)
             # Likewise logged by the worker.
@@ -506,6 +509,21 @@ class SupervisorState:
             return []
         old = self.settings
         new = self._keep_fixed(old, new)
+        if old.ingress.remote_version >= 0:
+            # The edge manages the ingress now (as cloudflared's orchestrator: a push replaces
+            # the local rules): the file's ingress waits for the next start.
+            if new.ingress.rules or new.ingress.cli_url or new.ingress.cli_hello_world:
+                log.warning(
+                    "The edge manages this tunnel's ingress: the configuration file's ingress "
+                    "is not used until the connector restarts",
+                    extra=fields(remoteVersion=old.ingress.remote_version),
+                )
+            kept = msgspec.structs.replace(
+                new.ingress,
+                remote_version=old.ingress.remote_version,
+                remote_config=old.ingress.remote_config,
+            )
+            new = replace(new, ingress=kept)
         ingress_changed = _ingress_key(old.ingress) != _ingress_key(new.ingress)
         version = old.ingress.version + (1 if ingress_changed else 0)
         new = replace(new, ingress=msgspec.structs.replace(new.ingress, version=version))
@@ -524,6 +542,7 @@ class SupervisorState:
         self.reload_error = None
         self.stats.last_reload_success = True
         self.stats.config_version = version
+        self.stats.remote_config_version = new.ingress.remote_version
         actions: list[Action] = []
         if level_changed:
             actions.append(SetLogLevel(new.log.level))
@@ -551,6 +570,31 @@ class SupervisorState:
             ),
         )
         return actions + self._end_reload()
+
+    def _on_remote_config(self, event: RemoteConfigReceived) -> list[Action]:
+        """The edge pushed a configuration to a worker (which checked it): the next ingress
+        snapshot of every worker, the path of a reload, if newer than the one in force (with
+        local ingress too, as cloudflared's orchestrator)."""
+        old = self.settings.ingress
+        if self.phase is Phase.DRAINING or event.version <= old.remote_version:
+            return []
+        snapshot = msgspec.structs.replace(
+            old,
+            version=old.version + 1,
+            remote_version=event.version,
+            remote_config=event.config,
+        )
+        self.settings = replace(self.settings, ingress=snapshot)
+        self.stats.config_version = snapshot.version
+        self.stats.remote_config_version = event.version
+        log.info(
+            "Updated to new configuration",
+            extra=fields(version=snapshot.version, remoteVersion=event.version),
+        )
+        push = ApplyIngress(snapshot)
+        return [
+            SendCommand(w.slot, push) for w in self.workers.values() if w.alive and not w.retiring
+        ]
 
     # -- internals -------------------------------------------------------------------------
 

@@ -31,6 +31,8 @@ class TunnelStats:
         self.timer_retries = 0
         #: Version of the ingress snapshot in force (1 at start, +1 per changed reload).
         self.config_version = 0
+        #: The edge's version of a pushed configuration in force (-1: none, locally managed).
+        self.remote_config_version = -1
         self.reload_failures = 0
         self.last_reload_success = True
         #: Streams in flight by live worker, from their heartbeats.

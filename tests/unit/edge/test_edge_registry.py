@@ -22,6 +22,9 @@ class _Handle:
     def revalidate(self) -> bool:
         return True
 
+    async def update_configuration(self, version: int, config: bytes) -> tuple[int, str | None]:
+        return version, None
+
     @property
     def full(self) -> bool:
         return self.is_full

@@ -34,6 +34,9 @@ class RecordingHandle:
     def revalidate(self) -> bool:
         return True
 
+    async def update_configuration(self, version: int, config: bytes) -> tuple[int, str | None]:
+        return version, None
+
     @property
     def full(self) -> bool:
         return False

@@ -31,6 +31,9 @@ class Handle:
     def revalidate(self) -> bool:
         return True
 
+    async def update_configuration(self, version: int, config: bytes) -> tuple[int, str | None]:
+        return version, None
+
     @property
     def full(self) -> bool:
         return False

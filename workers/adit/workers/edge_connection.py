@@ -10,16 +10,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
-import json
 import logging
 import uuid
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
 
 from adit.config.origin import OriginOptions
 from adit.logs import fields
+from adit.protocol.config_update import ConfigUpdateError, decode_update, encode_answer
 from adit.protocol.errors import Http2TunnelError, ProtocolError
 from adit.protocol.headers import RequestType, ResponseMeta
 from adit.protocol.hostnames import host_of_authority
@@ -76,6 +76,14 @@ class StreamServer(Protocol):
     def serve_private(
         self, stream: TunnelStream, options: OriginOptions
     ) -> Coroutine[Any, Any, None]: ...
+
+
+#: Answers a configuration push: (version, config JSON) → (version in force, error or None).
+RemoteConfigHandler = Callable[[int, bytes], Awaitable[tuple[int, str | None]]]
+#: A push body is a config.yml's worth of JSON; the edge caps the config at 256 KiB.
+MAX_PUSH = 1 << 20
+#: What a connector with local ingress answers a push with (HTTP/2 and QUIC alike).
+LOCALLY_MANAGED = "this connector is locally managed"
 
 
 class Registration(msgspec.Struct, frozen=True):
@@ -173,6 +181,8 @@ class EdgeConnection(TunnelIO[ConnectorTunnelConnection]):
         self._serving: dict[int, asyncio.Task[None]] = {}
         self._calls: dict[int, asyncio.Future[bool]] = {}
         self.failure: str | None = None
+        #: Answers the edge's configuration pushes (the worker sets it; None: refused).
+        self.on_remote_config: RemoteConfigHandler | None = None
 
     #: The transport, as cloudflared names it in logs and metrics.
     protocol_name = "http2"
@@ -195,7 +205,7 @@ class EdgeConnection(TunnelIO[ConnectorTunnelConnection]):
         if event.request_type is RequestType.CONTROL_STREAM:
             self._open_control(channel)
         elif event.request_type is RequestType.CONFIGURATION:
-            self.spawn(self._refuse_remote_config(channel))
+            self.spawn(self._serve_remote_config(channel))
         elif event.request_type is RequestType.TCP:
             # Private-network (WARP) routing: the edge opens a flow to ``ip:port`` only for a
             # route of the tunnel's account (enablement is the edge's, as with cloudflared).
@@ -271,16 +281,37 @@ class EdgeConnection(TunnelIO[ConnectorTunnelConnection]):
         task.add_done_callback(tracked.discard)
         return task
 
-    async def _refuse_remote_config(self, channel: StreamChannel) -> None:
-        # Locally managed: the config file is the source of truth (cloudflared answers the
-        # same way when it cannot apply a push: HTTP 200 with a non-null err).
+    async def answer_remote_config(self, version: int, config: bytes) -> tuple[int, str | None]:
+        """A push's answer: the version in force and the error (None: applied)."""
+        handler = self.on_remote_config
+        if handler is None:
+            # Locally managed: the config file is the source of truth; -1 is cloudflared's
+            # "no remote version applied".
+            return -1, LOCALLY_MANAGED
+        return await handler(version, config)
+
+    async def _serve_remote_config(self, channel: StreamChannel) -> None:
+        # The edge's push (PROTOCOL.md §4.6.1): answered 200 with the version in force and
+        # the error, as cloudflared does; a body that is not a push gets a 400.
         with contextlib.suppress(StreamClosedError):
-            while await channel.read():
-                pass
-            body = json.dumps(
-                {"lastAppliedVersion": -1, "err": "this connector is locally managed"}
-            ).encode()
-            self.conn.send_response(channel.stream_id, 200, [("Content-Type", "application/json")])
+            chunks: list[bytes] = []
+            size = 0
+            while data := await channel.read():
+                size += len(data)
+                if size > MAX_PUSH:
+                    channel.reset()
+                    return
+                chunks.append(data)
+            status = 200
+            try:
+                version, config = decode_update(b"".join(chunks))
+            except ConfigUpdateError as exc:
+                status, body = 400, encode_answer(-1, str(exc))
+            else:
+                body = encode_answer(*await self.answer_remote_config(version, config))
+            self.conn.send_response(
+                channel.stream_id, status, [("Content-Type", "application/json")]
+            )
             await channel.write(body)
             channel.end()
 

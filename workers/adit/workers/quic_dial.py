@@ -89,6 +89,7 @@ class QuicEdgeConnection(QuicIO, EdgeConnection):
             self.spawn,
             limiter=flow_limiter,
             counters=udp_counters,
+            on_update_configuration=self.answer_remote_config,
         )
 
     protocol_name = "quic"

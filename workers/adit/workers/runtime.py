@@ -39,7 +39,7 @@ import ssl
 import sys
 import uuid
 from collections.abc import Callable, Coroutine, Sequence
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 from adit.ipc.messages import (
     ConnectionLost,
@@ -49,6 +49,7 @@ from adit.ipc.messages import (
     Event,
     IngressSnapshot,
     RegistrationRefused,
+    RemoteConfigReceived,
     StatsSnapshot,
     UdpStats,
     WorkerSettings,
@@ -74,6 +75,7 @@ from adit.workers.protocol_choice import (
     Protocol,
     ProtocolSelector,
 )
+from adit.workers.remote_config import RemoteConfigs
 from adit.workers.stream import TunnelStream
 
 if TYPE_CHECKING:
@@ -85,6 +87,8 @@ if TYPE_CHECKING:
     from adit.workers.udp_sessions import FlowLimiter, UdpCounters
 
 log = logging.getLogger("adit.workers")
+
+EdgeConnectionT = TypeVar("EdgeConnectionT", bound=EdgeConnection)
 
 #: SNI cloudflared uses for HTTP/2 (PROTOCOL.md §1.4): the edge's certificate must match it.
 EDGE_SNI = Protocol.HTTP2.server_name
@@ -299,6 +303,13 @@ class WorkerRuntime:
         self._ingress: Ingress | None = None
         self._initial_ingress = settings.ingress
         self.ingress_version = settings.ingress.version
+        #: The edge's configuration pushes, handed to the supervisor for every worker.
+        self.remote = RemoteConfigs(
+            settings.ingress,
+            lambda version, config: self.publish(
+                RemoteConfigReceived(self.settings.slot, version, config)
+            ),
+        )
         self.slots: dict[int, ConnectionSlot] = {}
         self._draining = asyncio.Event()
         self._grace = settings.grace_period
@@ -395,6 +406,7 @@ class WorkerRuntime:
             return
         self._ingress = _build_ingress(snapshot)
         self.ingress_version = snapshot.version
+        self.remote.applied(snapshot)
 
     def ingress(self) -> Ingress:
         """The rules in force (read per request, so a swap applies to the next request)."""
@@ -810,7 +822,7 @@ class WorkerRuntime:
         try:
             _, connection = await asyncio.wait_for(
                 loop.create_connection(
-                    lambda: EdgeConnection(registration, self.proxy, self.ingress),
+                    lambda: self._answering(EdgeConnection(registration, self.proxy, self.ingress)),
                     edge.host,
                     edge.port,
                     ssl=self._tls,
@@ -872,6 +884,7 @@ class WorkerRuntime:
                 flow_limiter=limiter,
                 udp_counters=counters,
             )
+            self._answering(connection)
             telemetry.opened(slot.conn_index, quic)
             connection.lost.add_done_callback(lambda _: telemetry.closed(quic))
             return connection
@@ -945,6 +958,12 @@ class WorkerRuntime:
             await connection.unregister()
             connection.close("connector shutting down")
             return DialFailure("the connector is shutting down", dial=False)
+        return connection
+
+    def _answering(self, connection: EdgeConnectionT) -> EdgeConnectionT:
+        """``connection`` with the edge's configuration pushes answered by :attr:`remote`
+        (from its first byte on: the edge pushes right after the registration)."""
+        connection.on_remote_config = self.remote.update
         return connection
 
     def _install(

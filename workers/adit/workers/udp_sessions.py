@@ -31,7 +31,7 @@ import ipaddress
 import logging
 import socket
 import uuid
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import cast
 
@@ -177,8 +177,11 @@ class UdpSessions:
         *,
         limiter: FlowLimiter | None = None,
         counters: UdpCounters | None = None,
+        on_update_configuration: Callable[[int, bytes], Awaitable[tuple[int, str | None]]]
+        | None = None,
     ) -> None:
         self.io = io
+        self._on_update_configuration = on_update_configuration
         self.version = version
         self.conn_index = conn_index
         self._spawn = spawn
@@ -212,10 +215,13 @@ class UdpSessions:
                     self._close(found, event.message, tell_edge=False)
                 session.answer_empty(event.answer_id)
             elif isinstance(event, UpdateConfigurationCalled):
-                # Locally managed: the config file is the source of truth (as on HTTP/2,
-                # edge_connection._refuse_remote_config); -1 is cloudflared's "no remote
-                # version applied".
-                session.answer_update_configuration(event.answer_id, -1, LOCALLY_MANAGED)
+                # The connection answers as over HTTP/2 (edge_connection.answer_remote_config);
+                # without it, locally managed: -1 is cloudflared's "no remote version applied".
+                if self._on_update_configuration is None:
+                    session.answer_update_configuration(event.answer_id, -1, LOCALLY_MANAGED)
+                    return
+                applied, refusal = await self._on_update_configuration(event.version, event.config)
+                session.answer_update_configuration(event.answer_id, applied, refusal)
 
         self._spawn(serve_stream(channel, session, handle))
 
