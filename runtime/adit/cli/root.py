@@ -7,10 +7,13 @@ console script is :func:`adit.cli.main.main`.
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 from adit.cli.lazy_group import LazyGroup
 from adit.cli.state import CliState
+from adit.cli.tunnel_flags import tunnel_options
 from adit.version import __version__
 
 __all__ = ["cli"]
@@ -39,9 +42,15 @@ _COMMANDS = {
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 @click.version_option(__version__, "--version", "-v", "-V", message=_version_line())
+# cloudflared's app-level flags are the tunnel flags (``cloudflared --no-autoupdate tunnel
+# run``, its service unit's form): accepted here, seen by ``tunnel`` and ``run`` below.
+@tunnel_options(hide=True)
 @click.pass_context
-def cli(ctx: click.Context) -> None:
-    """adit: a self-hostable, Cloudflare-Tunnel-compatible tunnel."""
+def cli(ctx: click.Context, /, **_options: Any) -> None:
+    """adit: a self-hostable, Cloudflare-Tunnel-compatible tunnel.
+
+    The tunnel flags (adit tunnel run --help) are also accepted here, before the command.
+    """
     ctx.ensure_object(CliState)
 
 
