@@ -111,5 +111,13 @@ def effective_value(
     for file_key in [key] if key else _file_keys(param):
         value = file_value(config, file_key)
         if value is not None and value not in ("", []):
-            return value
+            return _typed(value, param, innermost)
     return innermost.params.get(name)
+
+
+def _typed(value: Any, param: click.Parameter, ctx: click.Context) -> Any:
+    """A file value of a key the model does not know (kept as YAML gave it: ``"20s"``) in
+    the flag's type, as the modelled keys already are."""
+    if isinstance(value, str) and not param.multiple and param.type is not click.STRING:
+        return param.type.convert(value, param, ctx)
+    return value

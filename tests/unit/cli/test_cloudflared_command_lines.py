@@ -1,0 +1,256 @@
+"""cloudflared command lines through adit's real click tree into the supervisor's settings.
+
+Each case of :mod:`corpus_cloudflared` runs ``adit.cli.main.main`` as the console script
+does, with the supervisor replaced by one that only records its settings (nothing is
+started); the settings are compared field by field with cloudflared's values, and stderr
+with the informational lines of the flags adit does not act on.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from adit.cli.main import main
+from adit.cli.tunnel_flags import TUNNEL_FLAGS
+from adit.credentials import TunnelCredentials, encode_tunnel_token
+from adit.credentials.tunnel_credentials import credentials_to_json
+from adit.supervisor import launch
+from adit.supervisor.settings import SupervisorSettings
+from quic_pki import make_pki
+from unit.cli.corpus_cloudflared import (
+    ACTING,
+    ELSEWHERE,
+    PRECEDENCE,
+    REAL_WORLD,
+    TOKEN_EDGES,
+    TUNNEL_ID,
+    Case,
+    every_flag_cases,
+)
+
+_ENV_NAMES = {env for flag in TUNNEL_FLAGS for env in flag.env}
+_NOTED = {flag.name: f"--{flag.name}: {flag.note}" for flag in TUNNEL_FLAGS if flag.note}
+
+
+@pytest.fixture(autouse=True)
+def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    for name in _ENV_NAMES:
+        monkeypatch.delenv(name, raising=False)
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+        handler.close()
+    for handler in handlers:
+        root.addHandler(handler)
+    root.setLevel(level)
+
+
+@pytest.fixture
+def started(monkeypatch: pytest.MonkeyPatch) -> list[SupervisorSettings]:
+    seen: list[SupervisorSettings] = []
+
+    class NoSupervisor:
+        failure = None
+
+        def __init__(self, settings: SupervisorSettings, reload: object) -> None:
+            seen.append(settings)
+
+        def run(self) -> int:
+            return 0
+
+    monkeypatch.setattr(launch, "Supervisor", NoSupervisor)
+    return seen
+
+
+class Files:
+    """The placeholders' values: token, credentials, cert.pem directory, CA, scratch."""
+
+    def __init__(self, root: Path) -> None:
+        root.mkdir(parents=True, exist_ok=True)
+        # Credentials written by adit tunnel create carry the edge's addresses.
+        creds = TunnelCredentials("acct", b"s" * 32, uuid.UUID(TUNNEL_ID), edge=TOKEN_EDGES)
+        self.token = encode_tunnel_token(creds)
+        self.cred = root / "creds.json"
+        self.cred.write_text(credentials_to_json(creds))
+        self.certdir = root / "certdir"
+        self.certdir.mkdir()
+        (self.certdir / "cert.pem").write_text("")
+        (self.certdir / f"{TUNNEL_ID}.json").write_text(credentials_to_json(creds))
+        self.ca = root / "ca.pem"
+        self.ca.write_bytes(make_pki().ca_pem)
+        self.token_file = root / "token"
+        self.token_file.write_text(self.token + "\n")
+        self.tmp = root / "scratch"
+        self.tmp.mkdir()
+        self.config = root / "config.yml"
+        self.values = {
+            "{TOKEN}": self.token,
+            "{TOKEN_FILE}": str(self.token_file),
+            "{TUNNEL_ID}": TUNNEL_ID,
+            "{CRED}": str(self.cred),
+            "{CRED_TEXT}": credentials_to_json(creds),
+            "{CERTDIR}": str(self.certdir),
+            "{CA}": str(self.ca),
+            "{CA_TEXT}": self.ca.read_text(),
+            "{TMP}": str(self.tmp),
+            "{CONFIG}": str(self.config),
+        }
+
+    def fill(self, value: Any) -> Any:
+        if isinstance(value, str):
+            for key, text in self.values.items():
+                value = value.replace(key, text)
+            return value
+        if isinstance(value, tuple):
+            return tuple(self.fill(v) for v in value)
+        if isinstance(value, dict):
+            return {k: self.fill(v) for k, v in value.items()}
+        return value
+
+
+def _field(settings: SupervisorSettings, dotted: str) -> Any:
+    value: Any = settings
+    for part in dotted.split("."):
+        value = value[part] if isinstance(value, dict) else getattr(value, part)
+    if dotted == "edges":
+        return tuple(f"{e.host}:{e.port}" for e in value)
+    if dotted == "ingress.rules":
+        return len(value)
+    return value
+
+
+def run_case(
+    case: Case,
+    tmp_path: Path,
+    started: list[SupervisorSettings],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> tuple[SupervisorSettings, str]:
+    files = Files(tmp_path / "files")
+    if case.config is not None:
+        files.config.write_text(files.fill(case.config))
+    for name, value in case.env.items():
+        monkeypatch.setenv(name, files.fill(value))
+    main([files.fill(arg) for arg in case.argv])
+    err = capsys.readouterr().err
+    assert started, err
+    settings = started[-1]
+    for dotted, expected in case.expect.items():
+        assert _field(settings, dotted) == files.fill(expected), (dotted, err)
+    for name, line in _NOTED.items():
+        assert err.count(line) == (1 if name in case.notes else 0), (name, err)
+    return settings, err
+
+
+def _ids(cases: list[Case] | tuple[Case, ...]) -> list[str]:
+    return [re.sub(r"\W+", "-", case.name) for case in cases]
+
+
+@pytest.mark.parametrize("case", REAL_WORLD, ids=_ids(REAL_WORLD))
+def test_real_world_command_lines(
+    case: Case,
+    tmp_path: Path,
+    started: list[SupervisorSettings],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    run_case(case, tmp_path, started, monkeypatch, capsys)
+
+
+@pytest.mark.parametrize("case", PRECEDENCE, ids=_ids(PRECEDENCE))
+def test_precedence_innermost_command_line_then_env_then_file_then_default(
+    case: Case,
+    tmp_path: Path,
+    started: list[SupervisorSettings],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    run_case(case, tmp_path, started, monkeypatch, capsys)
+
+
+_EVERY = every_flag_cases()
+
+
+@pytest.mark.parametrize("case", _EVERY, ids=_ids(_EVERY))
+def test_every_flag_in_every_position(
+    case: Case,
+    tmp_path: Path,
+    started: list[SupervisorSettings],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    run_case(case, tmp_path, started, monkeypatch, capsys)
+
+
+def test_the_corpus_covers_every_flag_of_cloudflared() -> None:
+    """Every flag is either acted on (a field in ACTING, or a case above) or noted."""
+    names = {flag.name for flag in TUNNEL_FLAGS}
+    acting = {flag.name for flag in TUNNEL_FLAGS if flag.note is None}
+    assert acting == set(ACTING) | ELSEWHERE
+    # cloudflared's flags named in CLOUDFLARED_FEATURES.md §1.10 and the source.
+    for name in (
+        "no-autoupdate",
+        "is-autoupdated",
+        "proxy-dns-upstream",
+        "s3-url-host",
+        "quic-stream-level-flow-control-limit",
+        "dns-resolver-addrs",
+        "icmpv6-src",
+        "management-hostname",
+        "service-op-ip",
+        "trace-output",
+        "use-reconnect-token",
+    ):
+        assert name in names
+
+
+def test_every_acting_flag_is_read_by_run() -> None:
+    """Nothing silently ignored: an acting flag's parameter is read in run.py or tunnel.py."""
+    import adit.cli.run as run_module
+    import adit.cli.tunnel as tunnel_module
+
+    source = Path(run_module.__file__).read_text() + Path(tunnel_module.__file__).read_text()
+    for flag in TUNNEL_FLAGS:
+        if flag.note is None:
+            assert f'"{flag.param}"' in source, flag.name
+
+
+def test_an_env_bool_of_cloudflared_spelling(
+    tmp_path: Path,
+    started: list[SupervisorSettings],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    case = Case(
+        "pq from env",
+        ("tunnel", "run", "--token", "{TOKEN}"),
+        {"post_quantum": True, "protocol": "quic"},
+        env={"TUNNEL_POST_QUANTUM": "1"},
+    )
+    run_case(case, tmp_path, started, monkeypatch, capsys)
+
+
+def test_the_settings_line_names_flags_from_every_level(
+    tmp_path: Path,
+    started: list[SupervisorSettings],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    case = Case("settings", ("--retries", "3", "tunnel", "--loglevel", "warn", "run",
+                             "--token", "{TOKEN}"), {"retries": 3})  # fmt: skip
+    settings, _err = run_case(case, tmp_path, started, monkeypatch, capsys)
+    flags = json.loads(settings.ingress.local_config_json)["__configuration_flags"]
+    assert flags["retries"] == "3"
+    assert flags["loglevel"] == "warn"
+    assert flags["token"] == "*****"
