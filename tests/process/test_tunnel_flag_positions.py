@@ -1,0 +1,75 @@
+"""Tunnel flags before ``run`` act on a real connector (they were once accepted and dropped).
+
+``adit tunnel --metrics 127.0.0.1:PORT --loglevel debug run NAME`` must serve /metrics on
+that port and log at debug level, as ``cloudflared tunnel --metrics ... run NAME`` does; and
+the systemd unit's form ``adit --no-autoupdate tunnel run`` must run and say once what adit
+does instead of updating itself.
+"""
+
+from __future__ import annotations
+
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from harness import (
+    Account,
+    Edge,
+    Origin,
+    Processes,
+    adit_command,
+    create_tunnel,
+    request,
+    write_config,
+)
+from sshd import free_port
+
+pytestmark = pytest.mark.process
+
+HOST = "flags.example.test"
+
+
+def _get(port: int, path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def test_metrics_and_loglevel_before_run_act(
+    processes: Processes, edge: Edge, account: Account, origin: Origin, tmp_path: Path
+) -> None:
+    tunnel = create_tunnel(account, "flags", HOST)
+    config = write_config(tmp_path / "config.yml", HOST, [{"service": origin.url}])
+    port = free_port()
+    proc = processes.start(
+        "connector",
+        [
+            *adit_command(),
+            "--no-autoupdate",
+            "tunnel",
+            "--config",
+            str(config),
+            "--metrics",
+            f"127.0.0.1:{port}",
+            "--loglevel",
+            "debug",
+            "run",
+            "--grace-period",
+            "5s",
+            tunnel.name,
+        ],
+        env={"HOME": str(account.home)},
+    )
+    proc.wait_for_log(r"Registered tunnel connection")
+    proc.wait_for_log(rf"Starting metrics server on 127\.0\.0\.1:{port}/metrics")
+    status, body = _get(port, "/metrics")
+    assert status == 200, body
+    assert "cloudflared_tunnel_ha_connections" in body
+    # A debug line every start logs (the supervisor's, once per worker): --loglevel acted.
+    proc.wait_for_log(r" DBG First heartbeat from worker")
+    assert proc.text().count("--no-autoupdate: adit never updates itself") == 1
+    assert request(edge, HOST).status == 200
