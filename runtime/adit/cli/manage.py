@@ -286,7 +286,7 @@ def _account_options(func: Callable[..., Any]) -> Callable[..., Any]:
         "--origincert",
         default=None,
         hidden=True,
-        help="Path to cert.pem (overrides `adit tunnel --origincert`).",
+        help="Path to cert.pem (overrides adit tunnel --origincert).",
     )(func)
     return click.option(
         "--api-url",
@@ -301,7 +301,7 @@ _output_option = click.option(
     "--output",
     "-o",
     default="",
-    help="Render output using given FORMAT. Valid options are 'json' or 'yaml'",
+    help="Render output using given FORMAT: json or yaml.",
 )
 _cred_file_option = click.option(
     "--credentials-file",
@@ -324,7 +324,7 @@ _cred_file_option = click.option(
 @click.option(
     "--ca-fingerprint",
     default=None,
-    help="SHA-256 fingerprint of the edge CA (sha256:...), as printed by `adit edge token create`.",
+    help="SHA-256 fingerprint of the edge CA (sha256:...), as printed by adit edge token create.",
 )
 def login(api_url: str, api_token: str | None, ca_fingerprint: str | None) -> None:
     """Log in to an adit edge: writes ~/.adit/cert.pem for the tunnel commands."""
@@ -408,7 +408,7 @@ def _pinned_ca(api_url: str, fingerprint: str) -> str:
     help="Base64 encoded secret to set for the tunnel (at least 32 bytes decoded).",
 )
 @_account_options
-@click.argument("args", nargs=-1)
+@click.argument("args", nargs=-1, metavar="NAME")
 @click.pass_context
 def create(
     ctx: click.Context,
@@ -525,7 +525,7 @@ def route() -> None:
     help="Overwrites existing DNS records with this hostname",
 )
 @_account_options
-@click.argument("args", nargs=-1)
+@click.argument("args", nargs=-1, metavar="TUNNEL HOSTNAME")
 @click.pass_context
 def route_dns(
     ctx: click.Context,
@@ -778,7 +778,7 @@ def list_command(
     help="Inverts the sort order of the tunnel info.",
 )
 @_account_options
-@click.argument("args", nargs=-1)
+@click.argument("args", nargs=-1, metavar="TUNNEL")
 @click.pass_context
 def info(
     ctx: click.Context,
@@ -899,7 +899,7 @@ def info(
     help="Deletes a tunnel even if it has active connections (they are closed).",
 )
 @_account_options
-@click.argument("args", nargs=-1)
+@click.argument("args", nargs=-1, metavar="TUNNEL...")
 @click.pass_context
 def delete(
     ctx: click.Context,
@@ -957,7 +957,7 @@ def delete(
 @click.command("token")
 @_cred_file_option
 @_account_options
-@click.argument("args", nargs=-1)
+@click.argument("args", nargs=-1, metavar="TUNNEL")
 @click.pass_context
 def token(
     ctx: click.Context,
@@ -966,8 +966,8 @@ def token(
     api_url: str | None,
     args: tuple[str, ...],
 ) -> None:
-    """Fetch the credentials token for an existing tunnel (by name or "
-    "UUID) that allows to run it."""
+    """Fetch the credentials token for an existing tunnel (by name or UUID) that allows to
+    run it."""
     if len(args) != 1:
         raise UsageFailure(
             '"adit tunnel token" requires exactly 1 argument, the name or UUID of '
@@ -1010,7 +1010,7 @@ def token(
     help="Constraints the cleanup to stop the connections of a single Connector (by its ID).",
 )
 @_account_options
-@click.argument("args", nargs=-1)
+@click.argument("args", nargs=-1, metavar="TUNNEL...")
 @click.pass_context
 def cleanup(
     ctx: click.Context,
@@ -1100,7 +1100,7 @@ def replace_credentials_file(path: Path, creds: TunnelCredentials) -> None:
     help="End a rotation now: the previous secret is refused from here on.",
 )
 @_account_options
-@click.argument("args", nargs=-1)
+@click.argument("args", nargs=-1, metavar="TUNNEL")
 @click.pass_context
 def rotate(
     ctx: click.Context,
@@ -1114,7 +1114,7 @@ def rotate(
     """Give a tunnel a new secret and rewrite its credentials file (by name or UUID).
 
     The edge keeps accepting the previous secret until every connection re-registered with
-    the new one, until --deadline, or until `adit tunnel rotate --finish`. Running connectors
+    the new one, until --deadline, or until adit tunnel rotate --finish. Running connectors
     pick up the rewritten file on SIGHUP. The new token, for connectors run with --token, is
     the last line on stdout.
     """

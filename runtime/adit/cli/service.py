@@ -355,5 +355,5 @@ def install_command(token: str | None, config_path: str | None) -> None:
 
 @service.command("uninstall")
 def uninstall_command() -> None:
-    """Stop, disable and remove what `adit service install` added."""
+    """Stop, disable and remove what adit service install added."""
     uninstall_service(Host())
