@@ -22,6 +22,7 @@ from harness import (
     adit_command,
     create_tunnel,
     request,
+    run_cli,
     write_config,
 )
 from sshd import free_port
@@ -73,3 +74,25 @@ def test_metrics_and_loglevel_before_run_act(
     proc.wait_for_log(r" DBG First heartbeat from worker")
     assert proc.text().count("--no-autoupdate: adit never updates itself") == 1
     assert request(edge, HOST).status == 200
+
+
+def test_management_commands_see_the_global_and_tunnel_flags(
+    account: Account, tmp_path: Path
+) -> None:
+    """``--origincert`` before ``tunnel`` (or before ``list``) finds the account, as
+    cloudflared's subcommands read their parents' flags; an update flag gets its line."""
+    create_tunnel(account, "listed", "listed.example.test")
+    cert = account.home / ".adit" / "cert.pem"
+    empty_home = tmp_path / "empty-home"
+    empty_home.mkdir()
+    for args in (
+        ["--origincert", str(cert), "tunnel", "list"],
+        ["tunnel", "--origincert", str(cert), "--no-autoupdate", "list"],
+        ["--no-autoupdate", "tunnel", "--origincert", str(cert), "list", "--output", "json"],
+    ):
+        result = run_cli(args, home=empty_home)
+        assert "listed" in result.stdout, (args, result.stderr)
+        expected = 1 if "--no-autoupdate" in args else 0
+        assert result.stderr.count("--no-autoupdate: adit never updates itself") == expected
+    refused = run_cli(["tunnel", "list"], home=empty_home, check=False)
+    assert refused.returncode == 1, refused.stderr

@@ -225,8 +225,9 @@ class AccountContext:
         """The API client for the account in cert.pem."""
         if self._client is None:
             cert, _ = self.credential()
+            # --api-url given to the subcommand, else at tunnel or global level, beats cert.pem.
             api_url = (
-                self._api_url or cert.api_url or cli_state(self._ctx).api_url or DEFAULT_API_URL
+                self._api_url or cli_state(self._ctx).api_url or cert.api_url or DEFAULT_API_URL
             )
             self._client = ApiClient(
                 api_url=api_url,

@@ -336,9 +336,9 @@ def resolve_credentials(
         from adit.cli.manage import AccountContext
 
         try:
-            tunnel_id = AccountContext(ctx, str(origincert) if origincert else None, None).find_id(
-                ref
-            )
+            api_url = values.get("api_url")
+            account = AccountContext(ctx, str(origincert) if origincert else None, api_url)
+            tunnel_id = account.find_id(ref)
         except ApiError as exc:
             raise CommandFailure(f"error parsing tunnel ID: {exc}") from None
     cert_path = Path(str(origincert)) if origincert else find_default_origin_cert()

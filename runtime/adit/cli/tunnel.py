@@ -8,7 +8,7 @@ import click
 
 from adit.cli.lazy_group import LazyGroup
 from adit.cli.state import CommandFailure, cli_state
-from adit.cli.tunnel_flags import explicit_argv, is_set, tunnel_options
+from adit.cli.tunnel_flags import explicit_argv, flag_notes, is_set, tunnel_options
 from adit.config.settings import effective_value
 
 _MANAGE = "adit.cli.manage:COMMANDS"
@@ -65,8 +65,8 @@ def tunnel(ctx: click.Context, /, quick_listen: str, **_options: Any) -> None:
         # `tunnel --metrics ADDR ready|diag`, as cloudflared (given, not the default).
         state.extra["metrics"] = effective_value(ctx, "metrics", None)
     if ctx.invoked_subcommand is not None:
-        if ctx.invoked_subcommand != "run" and any(is_set(ctx, p) for p in _LOG_FLAGS):
-            _configure_management_logging(ctx)
+        if ctx.invoked_subcommand != "run":
+            _management_logging(ctx)
         return
     hello_world = bool(effective_value(ctx, "hello_world", None))
     if url is None and not hello_world:
@@ -82,9 +82,15 @@ def tunnel(ctx: click.Context, /, quick_listen: str, **_options: Any) -> None:
     )
 
 
-def _configure_management_logging(ctx: click.Context) -> None:
+def _management_logging(ctx: click.Context) -> None:
     """The management commands log as ``run`` does: ``--loglevel``, ``--logfile``, ...
-    from any level (cloudflared creates their logger from the same flags)."""
+    from any level (cloudflared creates their logger from the same flags); and a tunnel
+    flag that means nothing to adit gets its line here too (``run`` logs its own)."""
+    notes = flag_notes(ctx, None)
+    if not notes and not any(is_set(ctx, p) for p in _LOG_FLAGS):
+        return
+    import logging
+
     from adit.logs import LogSettings, configure_logging
 
     configure_logging(
@@ -96,6 +102,8 @@ def _configure_management_logging(ctx: click.Context) -> None:
         ),
         rotate=False,
     )
+    for note in notes:
+        logging.getLogger("adit.cli").info(note)
 
 
 NO_ARGUMENT_MESSAGE = "\n".join(

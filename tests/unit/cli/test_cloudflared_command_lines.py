@@ -254,3 +254,39 @@ def test_the_settings_line_names_flags_from_every_level(
     assert flags["retries"] == "3"
     assert flags["loglevel"] == "warn"
     assert flags["token"] == "*****"
+
+
+def test_ingress_validate_reads_the_global_config(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "config.yml"
+    config.write_text("ingress:\n  - hostname: a.example\n    service: http://x:1\n")
+    with pytest.raises(SystemExit) as exited:
+        main(["--config", str(config), "tunnel", "ingress", "validate"])
+    out = capsys.readouterr()
+    # The last rule must match everything: the error names the file given before tunnel.
+    assert exited.value.code == 1
+    assert str(config) in out.out + out.err
+
+
+def test_a_quick_tunnel_hands_every_level_on_to_run() -> None:
+    """``adit --loglevel debug tunnel --metrics X --url U`` execs ``tunnel run`` with both
+    (cloudflared: the quick tunnel runs with the tunnel command's flags)."""
+    import click
+
+    from adit.cli.root import cli
+    from adit.cli.tunnel import _QUICK_OWN
+    from adit.cli.tunnel_flags import explicit_argv
+
+    argv = ["--loglevel", "error", "--edge-ip-version", "4", "tunnel", "--loglevel", "debug",
+            "--metrics", "127.0.0.1:9", "--url", "http://127.0.0.1:1", "--tag", "a=b"]  # fmt: skip
+    root = cli.make_context("adit", argv)
+    group = cli.get_command(root, "tunnel")
+    assert isinstance(group, click.Group)
+    rest = [*root._protected_args, *root.args][1:]  # after "tunnel"
+    ctx = group.make_context("tunnel", rest, parent=root)
+    # In the table's order; the innermost --loglevel; --url is the quick tunnel's own.
+    assert explicit_argv(ctx, skip=_QUICK_OWN) == [
+        "--metrics", "127.0.0.1:9", "--loglevel", "debug", "--edge-ip-version", "4",
+        "--tag", "a=b",
+    ]  # fmt: skip
