@@ -218,6 +218,26 @@ REAL_WORLD: tuple[Case, ...] = (
     ),
 )  # fmt: skip
 
+#: The credential flags at each level (cloudflared: run only, or tunnel for --cred-file;
+#: adit: anywhere). Expected: the tunnel, and the file the supervisor watches for rotation.
+_CREDENTIALS: tuple[tuple[tuple[str, ...], tuple[str, ...], object], ...] = (
+    (("--token", "{TOKEN}"), (), None),
+    (("--token-file", "{TOKEN_FILE}"), (), "{TOKEN_FILE}"),
+    (("--credentials-file", "{CRED}"), (TUNNEL_ID,), "{CRED}"),
+    (("--cred-file", "{CRED}"), (TUNNEL_ID,), "{CRED}"),
+    (("--credentials-contents", "{CRED_TEXT}"), (TUNNEL_ID,), None),
+    (("--origincert", "{CERTDIR}/cert.pem"), (TUNNEL_ID,), "{CERTDIR}/" + TUNNEL_ID + ".json"),
+)
+CREDENTIALS: tuple[Case, ...] = tuple(
+    Case(f"{given[0]} at {position}", argv, {"tunnel_id": TUNNEL_ID, "credentials_path": path})
+    for given, ref, path in _CREDENTIALS
+    for position, argv in (
+        ("global", (*given, "tunnel", "run", *ref)),
+        ("tunnel", ("tunnel", *given, "run", *ref)),
+        ("run", ("tunnel", "run", *given, *ref)),
+    )
+)
+
 # -- precedence ---------------------------------------------------------------------------------
 
 PRECEDENCE: tuple[Case, ...] = (

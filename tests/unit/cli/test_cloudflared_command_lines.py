@@ -27,6 +27,7 @@ from adit.supervisor.settings import SupervisorSettings
 from quic_pki import make_pki
 from unit.cli.corpus_cloudflared import (
     ACTING,
+    CREDENTIALS,
     ELSEWHERE,
     PRECEDENCE,
     REAL_WORLD,
@@ -159,6 +160,17 @@ def _ids(cases: list[Case] | tuple[Case, ...]) -> list[str]:
 
 @pytest.mark.parametrize("case", REAL_WORLD, ids=_ids(REAL_WORLD))
 def test_real_world_command_lines(
+    case: Case,
+    tmp_path: Path,
+    started: list[SupervisorSettings],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    run_case(case, tmp_path, started, monkeypatch, capsys)
+
+
+@pytest.mark.parametrize("case", CREDENTIALS, ids=_ids(CREDENTIALS))
+def test_credentials_from_every_level(
     case: Case,
     tmp_path: Path,
     started: list[SupervisorSettings],
