@@ -35,6 +35,7 @@ __all__ = [
     "TunnelFlag",
     "explicit_argv",
     "flag_notes",
+    "go_style_args",
     "is_set",
     "is_used",
     "tunnel_options",
@@ -432,3 +433,53 @@ def _as_argv(flag: TunnelFlag, value: Any) -> list[str]:
 def flag_for(param: str) -> TunnelFlag | None:
     """The flag whose click parameter is ``param``."""
     return _BY_PARAM.get(param)
+
+
+_LONG_NAMES: Final = {
+    name: flag
+    for flag in TUNNEL_FLAGS
+    for name in (flag.name, *(a for a in flag.aliases if len(a) > 1))
+}
+#: Go's ``strconv.ParseBool`` spellings.
+_TRUE: Final = frozenset({"1", "t", "T", "TRUE", "true", "True"})
+_FALSE: Final = frozenset({"0", "f", "F", "FALSE", "false", "False"})
+
+
+def go_style_args(args: list[str]) -> list[str]:
+    """``args`` with Go's flag spellings of the tunnel flags made click's.
+
+    cloudflared parses flags with Go's ``flag`` package, which takes one dash as well as two
+    (``-config FILE``, ``-no-autoupdate``) and a value on a boolean (``--no-autoupdate=true``,
+    ``--hello-world=false``); command lines written for it keep working here. Only tunnel
+    flag names are touched, and nothing after ``--``.
+    """
+    out: list[str] = []
+    for index, arg in enumerate(args):
+        if arg == "--":
+            out += args[index:]
+            break
+        spelled = _go_spelling(arg)
+        if spelled is not None:
+            out.append(spelled)
+    return out
+
+
+def _go_spelling(arg: str) -> str | None:
+    """One argument in click's spelling; ``None``: a boolean set to false (dropped)."""
+    single_dash = len(arg) > 2 and arg[0] == "-" and arg[1] != "-"
+    if single_dash and arg[1:].partition("=")[0] in _LONG_NAMES:
+        arg = "-" + arg
+    if not arg.startswith("--") or "=" not in arg:
+        return arg
+    name, _, value = arg[2:].partition("=")
+    flag = _LONG_NAMES.get(name)
+    if flag is None or flag.kind != "bool":
+        return arg
+    if value in _TRUE:
+        return f"--{name}"
+    if value in _FALSE and flag.default is not True:
+        return None  # off, as without it
+    if value in _FALSE:
+        # On by default; adit acts on none of these (they have notes): the note is what counts.
+        return f"--{name}"
+    return arg

@@ -238,6 +238,20 @@ CREDENTIALS: tuple[Case, ...] = tuple(
     )
 )
 
+#: Go's flag package takes one dash, and a value on a boolean (cloudflared's own docs and
+#: many hand-written units use both).
+GO_SPELLINGS: tuple[Case, ...] = (
+    Case("single-dash long flags", ("-config", "{CONFIG}", "tunnel", "-no-autoupdate", "run",
+                                    "-token", "{TOKEN}", "-loglevel=debug"),
+         {"config_path": "{CONFIG}", "log.level": "debug", "retries": 2},
+         config="retries: 2\n" + CATCH_ALL, notes=("no-autoupdate",)),
+    Case("booleans with a value", ("--no-autoupdate=true", "tunnel", "--hello-world=false",
+                                   "--post-quantum=True", "run", "--token", "{TOKEN}",
+                                   "--management-diagnostics=false"),
+         {"post_quantum": True, "ingress.cli_hello_world": False},
+         notes=("no-autoupdate", "management-diagnostics")),
+)  # fmt: skip
+
 # -- precedence ---------------------------------------------------------------------------------
 
 PRECEDENCE: tuple[Case, ...] = (

@@ -29,6 +29,7 @@ from unit.cli.corpus_cloudflared import (
     ACTING,
     CREDENTIALS,
     ELSEWHERE,
+    GO_SPELLINGS,
     PRECEDENCE,
     REAL_WORLD,
     TOKEN_EDGES,
@@ -171,6 +172,17 @@ def test_real_world_command_lines(
 
 @pytest.mark.parametrize("case", CREDENTIALS, ids=_ids(CREDENTIALS))
 def test_credentials_from_every_level(
+    case: Case,
+    tmp_path: Path,
+    started: list[SupervisorSettings],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    run_case(case, tmp_path, started, monkeypatch, capsys)
+
+
+@pytest.mark.parametrize("case", GO_SPELLINGS, ids=_ids(GO_SPELLINGS))
+def test_go_flag_spellings(
     case: Case,
     tmp_path: Path,
     started: list[SupervisorSettings],
