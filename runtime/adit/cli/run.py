@@ -21,7 +21,13 @@ import click
 import msgspec
 
 from adit.cli.state import CommandFailure, UsageFailure, cli_state
-from adit.cli.tunnel_flags import TUNNEL_FLAGS, flag_notes, is_used, tunnel_options
+from adit.cli.tunnel_flags import (
+    TUNNEL_FLAGS,
+    flag_notes,
+    is_flag_name,
+    is_used,
+    tunnel_options,
+)
 from adit.config.duration import Duration
 from adit.config.errors import ConfigError
 from adit.config.load import LoadedConfig, find_config_path, load_config, search_directories
@@ -249,6 +255,14 @@ def _load_config(ctx: click.Context, explicit: str | None) -> LoadedConfig | Non
         log.error("Configuration file %s was empty", path)
     if loaded.warnings:
         log.warning("Your configuration file has unused keys: %s", loaded.warnings_text())
+    unknown = [key for key in loaded.extra if not is_flag_name(key)]
+    if unknown:
+        # cloudflared ignores them without a word; a misspelt flag name should not be.
+        log.warning(
+            "Configuration file %s: %s not a flag name nor a known key; ignored",
+            path,
+            ", ".join(unknown) + (" is" if len(unknown) == 1 else " are"),
+        )
     return loaded
 
 

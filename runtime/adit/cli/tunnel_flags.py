@@ -36,6 +36,7 @@ __all__ = [
     "explicit_argv",
     "flag_notes",
     "go_style_args",
+    "is_flag_name",
     "is_set",
     "is_used",
     "tunnel_options",
@@ -483,3 +484,8 @@ def _go_spelling(arg: str) -> str | None:
         # On by default; adit acts on none of these (they have notes): the note is what counts.
         return f"--{name}"
     return arg
+
+
+def is_flag_name(key: str) -> bool:
+    """Whether config key ``key`` is a tunnel flag's name (or a long alias)."""
+    return key in _LONG_NAMES

@@ -27,6 +27,7 @@ from adit.supervisor.settings import SupervisorSettings
 from quic_pki import make_pki
 from unit.cli.corpus_cloudflared import (
     ACTING,
+    CATCH_ALL,
     CREDENTIALS,
     ELSEWHERE,
     GO_SPELLINGS,
@@ -314,3 +315,21 @@ def test_a_quick_tunnel_hands_every_level_on_to_run() -> None:
         "--metrics", "127.0.0.1:9", "--loglevel", "debug", "--edge-ip-version", "4",
         "--tag", "a=b",
     ]  # fmt: skip
+
+
+def test_a_misspelt_config_key_is_named(
+    tmp_path: Path,
+    started: list[SupervisorSettings],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    case = Case(
+        "typo",
+        ("tunnel", "--config", "{CONFIG}", "run", "--token", "{TOKEN}"),
+        {"log.level": "info"},
+        config="loglevl: debug\nproxy-dns-port: 53\n" + CATCH_ALL,
+        notes=("proxy-dns-port",),
+    )
+    _settings, err = run_case(case, tmp_path, started, monkeypatch, capsys)
+    assert "loglevl is not a flag name nor a known key; ignored" in err
+    assert "proxy-dns-port is not" not in err
