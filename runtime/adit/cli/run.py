@@ -85,10 +85,17 @@ _H2MUX_WARNING: Final = (
     "h2mux is no longer a supported protocol: upgrading edge connection to http2. Please "
     "remove '--protocol h2mux' from runtime arguments to remove this warning."
 )
-_SECRET_FLAGS: Final = frozenset({"token", "credentials-contents"})
+#: Masked in the Settings line and the copy the edge gets (the legacy API and SSH log-upload
+#: flags are accepted, so they may carry keys too).
+_SECRET_FLAGS: Final = frozenset(
+    {"token", "credentials-contents", "api-key", "api-ca-key", "secret-id", "access-key-id"}
+    | {"session-token"}
+)
 #: The flags (or keys) of ``--url`` mode: one of them serves a file without ``ingress`` rules.
 _SINGLE_ORIGIN_FLAGS: Final = ("url", "hello_world", "unix_socket", "bastion")
-_SECRET_ENV: Final = frozenset({"TUNNEL_TOKEN", "TUNNEL_CRED_CONTENTS"})
+_SECRET_ENV: Final = frozenset(
+    {"TUNNEL_TOKEN", "TUNNEL_CRED_CONTENTS", "TUNNEL_API_KEY", "TUNNEL_API_CA_KEY"}
+)
 #: ``--url``-mode flags and the ``originRequest`` key each one sets.
 _ORIGIN_FLAGS: Final = {
     "no_tls_verify": "noTLSVerify",

@@ -316,7 +316,6 @@ TUNNEL_FLAGS: Final[tuple[TunnelFlag, ...]] = (
        "duration", default=Duration.parse("10s"), env=("TUNNEL_WORKER_TIMEOUT",)),
 )  # fmt: skip
 
-_BY_PARAM: Final = {flag.param: flag for flag in TUNNEL_FLAGS}
 _EXPLICIT: Final = (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
 
 
@@ -389,11 +388,12 @@ def is_set(ctx: click.Context, param: str) -> bool:
 
 
 def is_used(ctx: click.Context, flag: TunnelFlag, loaded: LoadedConfig | None) -> bool:
+    """Whether ``flag`` was set: any level's command line, its env var, or the file (under
+    its name or a long alias; altsrc skips empty values)."""
     if is_set(ctx, flag.param):
         return True
-    """Whether ``flag`` was set: any level's command line, its env var, or the file."""
     keys = [flag.name, *(a for a in flag.aliases if len(a) > 1)]
-    return any(file_value(loaded, key) is not None for key in keys)
+    return any(file_value(loaded, key) not in (None, "", []) for key in keys)
 
 
 def flag_notes(ctx: click.Context, loaded: LoadedConfig | None) -> list[str]:
@@ -429,11 +429,6 @@ def _as_argv(flag: TunnelFlag, value: Any) -> list[str]:
     if isinstance(value, Duration):
         return [option, value.text]
     return [option, str(value)]
-
-
-def flag_for(param: str) -> TunnelFlag | None:
-    """The flag whose click parameter is ``param``."""
-    return _BY_PARAM.get(param)
 
 
 _LONG_NAMES: Final = {

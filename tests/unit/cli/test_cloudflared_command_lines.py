@@ -333,3 +333,22 @@ def test_a_misspelt_config_key_is_named(
     _settings, err = run_case(case, tmp_path, started, monkeypatch, capsys)
     assert "loglevl is not a flag name nor a known key; ignored" in err
     assert "proxy-dns-port is not" not in err
+
+
+def test_secret_flags_are_masked(
+    tmp_path: Path,
+    started: list[SupervisorSettings],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    case = Case(
+        "secrets",
+        ("--api-key", "k3y-s3cret", "tunnel", "--secret-id", "id-s3cret", "run", "--token",
+         "{TOKEN}"),
+        {"tunnel_id": TUNNEL_ID},
+        env={"TUNNEL_API_CA_KEY": "ca-s3cret"},
+        notes=("api-key", "secret-id", "api-ca-key"),
+    )  # fmt: skip
+    settings, err = run_case(case, tmp_path, started, monkeypatch, capsys)
+    assert "s3cret" not in err
+    assert b"s3cret" not in settings.ingress.local_config_json
