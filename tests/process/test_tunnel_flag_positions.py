@@ -96,3 +96,22 @@ def test_management_commands_see_the_global_and_tunnel_flags(
         assert result.stderr.count("--no-autoupdate: adit never updates itself") == expected
     refused = run_cli(["tunnel", "list"], home=empty_home, check=False)
     assert refused.returncode == 1, refused.stderr
+
+
+def test_a_quick_tunnel_runs_with_the_flags_of_every_level(
+    processes: Processes, origin: Origin, tmp_path: Path
+) -> None:
+    """``adit --loglevel debug --no-autoupdate tunnel --metrics ... --url ...``: the quick
+    tunnel's connector gets both levels' flags."""
+    port = free_port()
+    proc = processes.start(
+        "quick",
+        [*adit_command(), "--loglevel", "debug", "--no-autoupdate", "tunnel", "--metrics",
+         f"127.0.0.1:{port}", "--url", origin.url],
+        env={"HOME": str(tmp_path)},
+    )  # fmt: skip
+    proc.wait_for_log(r"Registered tunnel connection")
+    proc.wait_for_log(rf"Starting metrics server on 127\.0\.0\.1:{port}/metrics")
+    assert _get(port, "/metrics")[0] == 200
+    proc.wait_for_log(r" DBG First heartbeat from worker")
+    assert proc.text().count("--no-autoupdate: adit never updates itself") == 1
