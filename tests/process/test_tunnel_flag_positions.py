@@ -96,6 +96,13 @@ def test_management_commands_see_the_global_and_tunnel_flags(
         assert result.stderr.count("--no-autoupdate: adit never updates itself") == expected
     refused = run_cli(["tunnel", "list"], home=empty_home, check=False)
     assert refused.returncode == 1, refused.stderr
+    # --cred-file before the subcommand: token writes the credentials there.
+    written = tmp_path / "written.json"
+    run_cli(
+        ["--origincert", str(cert), "tunnel", "--cred-file", str(written), "token", "listed"],
+        home=empty_home,
+    )
+    assert written.is_file()
 
 
 def test_a_quick_tunnel_runs_with_the_flags_of_every_level(

@@ -30,6 +30,7 @@ from adit.cli.apiclient import ApiClient, ApiError, fetch_unverified_ca
 from adit.cli.lazy_group import LazyGroup
 from adit.cli.state import CommandFailure, UsageFailure, cli_state
 from adit.config.duration import parse_go_duration
+from adit.config.settings import effective_value
 from adit.credentials import (
     CredentialsError,
     InvalidTunnelToken,
@@ -304,12 +305,24 @@ _output_option = click.option(
     default="",
     help="Render output using given FORMAT: json or yaml.",
 )
+
+
+def _cred_file_of_lineage(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
+    """The subcommand's own ``--cred-file``, else one given before it (``adit tunnel
+    --cred-file X token NAME``), else ``$TUNNEL_CRED_FILE``: the innermost command line wins."""
+    if ctx.get_parameter_source(str(param.name)) is click.core.ParameterSource.COMMANDLINE:
+        return value
+    outer = effective_value(ctx.parent, "credentials_file", None) if ctx.parent else None
+    return outer or value
+
+
 _cred_file_option = click.option(
     "--credentials-file",
     "--cred-file",
     "cred_file",
     envvar="TUNNEL_CRED_FILE",
     default=None,
+    callback=_cred_file_of_lineage,
     help="Filepath at which to read/write the tunnel credentials",
 )
 
