@@ -526,7 +526,7 @@ def create(
 @click.group("route", cls=LazyGroup, lazy_commands={"ip": "adit.cli.teamnet:route_ip"})
 def route() -> None:
     """Define which traffic is routed from the edge to this tunnel: requests to a DNS
-    hostname, or traffic to private IP networks (route ip). `route lb` is accepted and
+    hostname, or traffic to private IP networks (route ip). route lb is accepted and
     explains adit's balancing over a tunnel's replicas."""
 
 
@@ -583,15 +583,15 @@ _POOL_NAME = re.compile(r"[_a-zA-Z0-9][-_.a-zA-Z0-9]*")
 
 
 @route.command("lb")
-@click.argument("args", nargs=-1)
+@click.argument("args", nargs=-1, metavar="TUNNEL HOSTNAME POOL")
 def route_lb(args: tuple[str, ...]) -> None:
     """Accepted for cloudflared's scripts; adit has no load balancer objects (exit status 1).
 
-    cloudflared's `route lb TUNNEL HOSTNAME POOL` makes the tunnel an origin of a Cloudflare
+    cloudflared's route lb TUNNEL HOSTNAME POOL makes the tunnel an origin of a Cloudflare
     load-balancer pool. adit's edge balances by itself: every connector of a tunnel, on any
     host, serves that tunnel's hostnames, and requests are spread over all their connections.
     So run the same tunnel (same credentials or token) on several hosts and route the
-    hostname with `adit tunnel route dns TUNNEL HOSTNAME`.
+    hostname with adit tunnel route dns TUNNEL HOSTNAME.
 
     Exit status: 255 for arguments cloudflared would refuse, otherwise 1 with what to do
     instead, because nothing was routed and a script must not go on as if it had been.
