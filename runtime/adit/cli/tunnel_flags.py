@@ -101,15 +101,16 @@ TUNNEL_FLAGS: Final[tuple[TunnelFlag, ...]] = (
        env=("TUNNEL_CONFIG",), dest="config_path"),
     _f("origincert", "Path to the cert.pem written by adit tunnel login.",
        env=("TUNNEL_ORIGIN_CERT",)),
-    _f("autoupdate-freq", "Autoupdate frequency (accepted; adit does not update itself).",
+    _f("autoupdate-freq", "cloudflared's autoupdate frequency.",
        "duration", default=Duration.parse("24h"), note=_AUTOUPDATE),
-    _f("no-autoupdate", "Disable the periodic update check (adit never has one).", "bool",
+    _f("no-autoupdate", "Disable cloudflared's periodic update check.", "bool",
        default=False, env=("NO_AUTOUPDATE",), note=_AUTOUPDATE),
     _f("no-prechecks", "Skip connectivity pre-checks at start-up.", "bool", default=False,
        env=("TUNNEL_NO_PRECHECKS",),
        note="adit runs no start-up connectivity pre-checks; a failing edge shows in the logs "
        "and on /ready"),
-    _f("metrics", "Listen address of /metrics, /ready and /healthcheck.",
+    _f("metrics", "Listen address of /metrics, /ready and /healthcheck (for tunnel ready and "
+       "tunnel diag: the connector to ask).",
        default="localhost:0", env=("TUNNEL_METRICS",)),
     _f("pidfile", "Write the PID to this file after the first connection registered.",
        env=("TUNNEL_PIDFILE",)),
@@ -132,9 +133,9 @@ TUNNEL_FLAGS: Final[tuple[TunnelFlag, ...]] = (
        default=100),
     _f("proxy-keepalive-timeout", _URL_MODE + "idle origin connections closed after.",
        "duration", default=Duration.parse("1m30s")),
-    _f("proxy-connection-timeout", "Deprecated; no effect.", "duration",
+    _f("proxy-connection-timeout", "Deprecated in cloudflared.", "duration",
        default=Duration.parse("1m30s"), note=_NO_EFFECT),
-    _f("proxy-expect-continue-timeout", "Deprecated; no effect.", "duration",
+    _f("proxy-expect-continue-timeout", "Deprecated in cloudflared.", "duration",
        default=Duration.parse("1m30s"), note=_NO_EFFECT),
     _f("http-host-header", _URL_MODE + "Host header sent to the origin.",
        env=("TUNNEL_HTTP_HOST_HEADER",)),
@@ -339,7 +340,8 @@ _TYPES: Final[dict[str, Any]] = {
 
 def _option(flag: TunnelFlag, *, hide: bool) -> Callable[[F], F]:
     kwargs: dict[str, Any] = {
-        "help": flag.help,
+        # A flag adit does not act on says so where it is described, not only when used.
+        "help": flag.help if flag.note is None else f"{flag.help} Here: {flag.note}.",
         "hidden": hide or flag.hidden,
         "envvar": list(flag.env) or None,
         "show_envvar": bool(flag.env),
