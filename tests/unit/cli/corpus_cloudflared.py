@@ -47,7 +47,7 @@ class Case:
     notes: tuple[str, ...] = ()
 
 
-# -- real-world command lines ------------------------------------------------------------------
+# -- real-world command lines, each one cloudflared takes (checked against its binary) -----
 
 REAL_WORLD: tuple[Case, ...] = (
     Case(
@@ -160,13 +160,6 @@ REAL_WORLD: tuple[Case, ...] = (
         notes=("no-autoupdate", "proxy-dns"),
     ),
     Case(
-        "config keys under their aliases: cred-file, proto-loglevel",
-        ("tunnel", "--config", "{CONFIG}", "run", TUNNEL_ID),
-        {"credentials_path": "{CRED}"},
-        config="cred-file: {CRED}\nproto-loglevel: debug\n" + CATCH_ALL,
-        notes=("transport-loglevel",),
-    ),
-    Case(
         "origincert from the global level finds <UUID>.json beside cert.pem",
         ("--origincert", "{CERTDIR}/cert.pem", "tunnel", "run", TUNNEL_ID),
         {"tunnel_id": TUNNEL_ID, "credentials_path": "{CERTDIR}/" + TUNNEL_ID + ".json"},
@@ -175,6 +168,48 @@ REAL_WORLD: tuple[Case, ...] = (
         "origincert from the tunnel level",
         ("tunnel", "--origincert", "{CERTDIR}/cert.pem", "run", TUNNEL_ID),
         {"credentials_path": "{CERTDIR}/" + TUNNEL_ID + ".json"},
+    ),
+    Case(
+        "quick tunnel style flags with a token",
+        ("tunnel", "--url", "http://127.0.0.1:8081", "--http-host-header", "app.local", "run",
+         "--token", "{TOKEN}"),
+        {"ingress.cli_url": "http://127.0.0.1:8081",
+         "ingress.origin_request": {"httpHostHeader": "app.local"}},
+    ),
+    Case(
+        "ad-hoc named tunnel flags are explained, not run",
+        ("tunnel", "-n", "web", "--hostname", "app.example.com", "-f", "run", "--token",
+         "{TOKEN}"),
+        {"tunnel_id": TUNNEL_ID},
+        notes=("name", "hostname", "overwrite-dns"),
+    ),
+    Case(
+        "no-effect flags where cloudflared takes them",
+        ("--no-autoupdate", "--autoupdate-freq", "12h", "tunnel", "--edge-ip-version", "4",
+         "--region", "us", "--no-prechecks", "--label", "rack-1", "--management-diagnostics",
+         "run", "--token", "{TOKEN}"),
+        {"tunnel_id": TUNNEL_ID},
+        notes=("no-autoupdate", "autoupdate-freq", "edge-ip-version", "region", "no-prechecks",
+               "management-diagnostics", "label"),
+    ),
+    Case(
+        "run's aliases and tunnel's log format",
+        ("tunnel", "--output", "json", "run", "--pq", "-F",
+         "support_datagram_v3_2", "--cred-file", "{CRED}", TUNNEL_ID),
+        {"protocol": "quic", "post_quantum": True, "features": ("support_datagram_v3_2",),
+         "log.output": "json", "credentials_path": "{CRED}"},
+    ),
+)  # fmt: skip
+
+#: Lines cloudflared itself refuses or reads otherwise (a run-only flag before run, a flag
+#: of tunnel after run, a config key under a flag's alias), which adit takes as meant.
+ADIT_EXTENSIONS: tuple[Case, ...] = (
+    Case(
+        "config keys under their aliases: cred-file, proto-loglevel",
+        ("tunnel", "--config", "{CONFIG}", "run", TUNNEL_ID),
+        {"credentials_path": "{CRED}"},
+        config="cred-file: {CRED}\nproto-loglevel: debug\n" + CATCH_ALL,
+        notes=("transport-loglevel",),
     ),
     Case(
         "credentials contents from the global level",
@@ -187,25 +222,11 @@ REAL_WORLD: tuple[Case, ...] = (
         {"tunnel_id": TUNNEL_ID, "credentials_path": "{TOKEN_FILE}"},
     ),
     Case(
-        "quick tunnel style flags with a token",
-        ("tunnel", "--url", "http://127.0.0.1:8081", "--http-host-header", "app.local", "run",
-         "--token", "{TOKEN}"),
-        {"ingress.cli_url": "http://127.0.0.1:8081",
-         "ingress.origin_request": {"httpHostHeader": "app.local"}},
-    ),
-    Case(
         "aliases: -p, --pq, -F, --log-format, --cred-file",
         ("-p", "quic", "tunnel", "--pq", "-F", "support_datagram_v3_2", "run", "--log-format",
          "json", "--cred-file", "{CRED}", TUNNEL_ID),
         {"protocol": "quic", "post_quantum": True, "features": ("support_datagram_v3_2",),
          "log.output": "json", "credentials_path": "{CRED}"},
-    ),
-    Case(
-        "ad-hoc named tunnel flags are explained, not run",
-        ("tunnel", "-n", "web", "--hostname", "app.example.com", "-f", "run", "--token",
-         "{TOKEN}"),
-        {"tunnel_id": TUNNEL_ID},
-        notes=("name", "hostname", "overwrite-dns"),
     ),
     Case(
         "every no-effect flag of cloudflared's service and container docs",

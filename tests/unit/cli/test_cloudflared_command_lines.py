@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
+import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,6 +29,7 @@ from adit.supervisor.settings import SupervisorSettings
 from quic_pki import make_pki
 from unit.cli.corpus_cloudflared import (
     ACTING,
+    ADIT_EXTENSIONS,
     CATCH_ALL,
     CREDENTIALS,
     ELSEWHERE,
@@ -39,6 +42,7 @@ from unit.cli.corpus_cloudflared import (
     every_flag_cases,
 )
 
+CLOUDFLARED = os.environ.get("ADIT_CLOUDFLARED", "")
 _ENV_NAMES = {env for flag in TUNNEL_FLAGS for env in flag.env}
 _NOTED = {flag.name: f"--{flag.name}: {flag.note}" for flag in TUNNEL_FLAGS if flag.note}
 
@@ -169,6 +173,40 @@ def test_real_world_command_lines(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     run_case(case, tmp_path, started, monkeypatch, capsys)
+
+
+@pytest.mark.parametrize("case", ADIT_EXTENSIONS, ids=_ids(ADIT_EXTENSIONS))
+def test_lines_cloudflared_refuses_mean_what_they_say(
+    case: Case,
+    tmp_path: Path,
+    started: list[SupervisorSettings],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    run_case(case, tmp_path, started, monkeypatch, capsys)
+
+
+@pytest.mark.skipif(not CLOUDFLARED, reason="set ADIT_CLOUDFLARED to a cloudflared binary")
+@pytest.mark.parametrize("case", REAL_WORLD, ids=_ids(REAL_WORLD))
+def test_cloudflared_takes_every_real_world_line(
+    case: Case, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The corpus is cloudflared's: its binary parses each line, finds the credentials and
+    stops at the first check after them (an unknown ``--protocol h3`` added to ``run``)."""
+    files = Files(tmp_path / "files")
+    if case.config is not None:
+        files.config.write_text(files.fill(case.config))
+    argv = [files.fill(arg) for arg in case.argv]
+    at = argv.index("run") + 1
+    argv[at:at] = ["--protocol", "h3"]
+    env = {**os.environ, "HOME": str(tmp_path / "home")}
+    for name in _ENV_NAMES:
+        env.pop(name, None)
+    env.update({name: files.fill(value) for name, value in case.env.items()})
+    result = subprocess.run(
+        [CLOUDFLARED, *argv], capture_output=True, text=True, env=env, timeout=30, check=False
+    )
+    assert "unknown protocol h3" in result.stderr, result.stdout + result.stderr
 
 
 @pytest.mark.parametrize("case", CREDENTIALS, ids=_ids(CREDENTIALS))
