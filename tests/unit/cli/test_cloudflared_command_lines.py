@@ -26,6 +26,7 @@ from adit.credentials import TunnelCredentials, encode_tunnel_token
 from adit.credentials.tunnel_credentials import credentials_to_json
 from adit.supervisor import launch
 from adit.supervisor.settings import SupervisorSettings
+from adversary import CLOUDFLARED, INSIDE_NETNS, rerun_in_private_netns
 from quic_pki import make_pki
 from unit.cli.corpus_cloudflared import (
     ACTING,
@@ -42,7 +43,6 @@ from unit.cli.corpus_cloudflared import (
     every_flag_cases,
 )
 
-CLOUDFLARED = os.environ.get("ADIT_CLOUDFLARED", "")
 _ENV_NAMES = {env for flag in TUNNEL_FLAGS for env in flag.env}
 _NOTED = {flag.name: f"--{flag.name}: {flag.note}" for flag in TUNNEL_FLAGS if flag.note}
 
@@ -187,10 +187,15 @@ def test_lines_cloudflared_refuses_mean_what_they_say(
 
 
 @pytest.mark.skipif(not CLOUDFLARED, reason="set ADIT_CLOUDFLARED to a cloudflared binary")
+def test_cloudflared_in_a_loopback_only_namespace() -> None:
+    """cloudflared looks up Cloudflare's DNS records at start: it runs where nothing leaves
+    the machine."""
+    rerun_in_private_netns(f"{Path(__file__)}::test_cloudflared_takes_every_real_world_line")
+
+
+@pytest.mark.skipif(not INSIDE_NETNS, reason="runs inside the namespace of its twin")
 @pytest.mark.parametrize("case", REAL_WORLD, ids=_ids(REAL_WORLD))
-def test_cloudflared_takes_every_real_world_line(
-    case: Case, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_cloudflared_takes_every_real_world_line(case: Case, tmp_path: Path) -> None:
     """The corpus is cloudflared's: its binary parses each line, finds the credentials and
     stops at the first check after them (an unknown ``--protocol h3`` added to ``run``)."""
     files = Files(tmp_path / "files")
