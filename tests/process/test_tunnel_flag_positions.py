@@ -105,15 +105,17 @@ def test_management_commands_see_the_global_and_tunnel_flags(
     assert written.is_file()
 
 
+@pytest.mark.parametrize("command", [["tunnel"], []], ids=["tunnel", "root"])
 def test_a_quick_tunnel_runs_with_the_flags_of_every_level(
-    processes: Processes, origin: Origin, tmp_path: Path
+    processes: Processes, origin: Origin, tmp_path: Path, command: list[str]
 ) -> None:
     """``adit --loglevel debug --no-autoupdate tunnel --metrics ... --url ...``: the quick
-    tunnel's connector gets both levels' flags."""
+    tunnel's connector gets both levels' flags; ``adit --url ...`` is the same command, as
+    cloudflared's root action is the tunnel command's."""
     port = free_port()
     proc = processes.start(
         "quick",
-        [*adit_command(), "--loglevel", "debug", "--no-autoupdate", "tunnel", "--metrics",
+        [*adit_command(), "--loglevel", "debug", "--no-autoupdate", *command, "--metrics",
          f"127.0.0.1:{port}", "--url", origin.url],
         env={"HOME": str(tmp_path)},
     )  # fmt: skip

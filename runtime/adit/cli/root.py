@@ -39,6 +39,9 @@ _COMMANDS = {
     lazy_commands=_COMMANDS,
     # The edge is optional in a connector-only install.
     optional_modules=frozenset({"adit.edge.cli"}),
+    # cloudflared --url URL is cloudflared tunnel --url URL; a bare adit still prints help.
+    invoke_without_command=True,
+    no_args_is_help=True,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 @click.version_option(__version__, "--version", "-v", "-V", message=_version_line())
@@ -52,6 +55,10 @@ def cli(ctx: click.Context, /, **_options: Any) -> None:
     The tunnel flags (adit tunnel run --help) are also accepted here, before the command.
     """
     ctx.ensure_object(CliState)
+    if ctx.invoked_subcommand is None:
+        from adit.cli.tunnel import quick_tunnel_or_explain
+
+        quick_tunnel_or_explain(ctx)
 
 
 @cli.command("version")

@@ -68,6 +68,13 @@ def tunnel(ctx: click.Context, /, quick_listen: str, **_options: Any) -> None:
         if ctx.invoked_subcommand != "run":
             _management_logging(ctx)
         return
+    quick_tunnel_or_explain(ctx, quick_listen)
+
+
+def quick_tunnel_or_explain(ctx: click.Context, quick_listen: str = "127.0.0.1:0") -> None:
+    """``tunnel`` (or ``adit`` itself, as cloudflared's root action is the tunnel command's)
+    with no subcommand: a quick tunnel for ``--url``/``--hello-world``, else what is missing."""
+    url = effective_value(ctx, "url", None)
     hello_world = bool(effective_value(ctx, "hello_world", None))
     if url is None and not hello_world:
         raise CommandFailure(NO_ARGUMENT_MESSAGE)
