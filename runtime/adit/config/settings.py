@@ -111,13 +111,20 @@ def effective_value(
     for file_key in [key] if key else _file_keys(param):
         value = file_value(config, file_key)
         if value is not None and value not in ("", []):
-            return _typed(value, param, innermost)
+            return _typed(value, param, innermost, f"{_where(config)}{file_key}")
     return innermost.params.get(name)
 
 
-def _typed(value: Any, param: click.Parameter, ctx: click.Context) -> Any:
+def _where(config: ConfigFile | LoadedConfig | None) -> str:
+    return f"{config.path}: " if isinstance(config, LoadedConfig) else ""
+
+
+def _typed(value: Any, param: click.Parameter, ctx: click.Context, where: str) -> Any:
     """A file value of a key the model does not know (kept as YAML gave it: ``"20s"``) in
-    the flag's type, as the modelled keys already are."""
+    the flag's type, as the modelled keys already are; a bad one names the file and key."""
     if isinstance(value, str) and not param.multiple and param.type is not click.STRING:
-        return param.type.convert(value, param, ctx)
+        try:
+            return param.type.convert(value, param, ctx)
+        except click.BadParameter as exc:
+            raise click.UsageError(f"{where}: {exc.message}", ctx) from None
     return value

@@ -395,3 +395,17 @@ def test_secret_flags_are_masked(
     settings, err = run_case(case, tmp_path, started, monkeypatch, capsys)
     assert "s3cret" not in err
     assert b"s3cret" not in settings.ingress.local_config_json
+
+
+def test_a_bad_value_of_an_unmodelled_key_names_the_file_and_key(
+    tmp_path: Path, started: list[SupervisorSettings], capsys: pytest.CaptureFixture[str]
+) -> None:
+    files = Files(tmp_path / "files")
+    files.config.write_text("worker-timeout: soon\n" + CATCH_ALL)
+    with pytest.raises(SystemExit) as exited:
+        main(["tunnel", "--config", str(files.config), "run", "--token", files.token])
+    assert exited.value.code == 255
+    assert f'{files.config}: worker-timeout: time: invalid duration "soon"' in (
+        capsys.readouterr().err
+    )
+    assert not started
