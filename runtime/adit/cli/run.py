@@ -497,6 +497,10 @@ def load_settings(
         for note in flag_notes(ctx, loaded):
             log.info(note)
 
+    ip_version = str(values.get("edge_ip_version"))
+    if ip_version not in ("4", "6", "auto"):
+        # Checked though adit does not use it, so that a unit that works here works there.
+        raise CommandFailure(f"invalid value for edge-ip-version: {ip_version}")
     protocol = resolve_protocol(str(values.get("protocol") or "auto"))
     post_quantum = bool(values.get("post_quantum"))
     if post_quantum:

@@ -364,6 +364,8 @@ NOT_CONFIG_KEYS = frozenset(
      "overwrite-dns"}
 )  # fmt: skip
 
+#: Values for flags adit does not act on but checks as cloudflared does.
+NOTED_VALUES = {"edge-ip-version": "6"}
 SINGLE_ORIGIN = frozenset({"url", "hello-world", "unix-socket", "bastion"})
 _SAMPLE = {"str": "x", "int": "3", "uint": "3", "duration": "1m", "list": "a"}
 
@@ -402,7 +404,8 @@ def every_flag_cases() -> list[Case]:
             expect: dict[str, object] = {field_name: expected}
             notes: tuple[str, ...] = ()
         else:
-            value, expect, notes = None, {"tunnel_id": TUNNEL_ID}, (flag.name,)
+            value, expect = NOTED_VALUES.get(flag.name), {"tunnel_id": TUNNEL_ID}
+            notes = (flag.name,)
         given = _flag_argv(flag, value)
         positions = {
             "global": (*given, "tunnel", "run", *token),

@@ -409,3 +409,14 @@ def test_a_bad_value_of_an_unmodelled_key_names_the_file_and_key(
         capsys.readouterr().err
     )
     assert not started
+
+
+def test_an_edge_ip_version_cloudflared_refuses_is_refused(
+    tmp_path: Path, started: list[SupervisorSettings], capsys: pytest.CaptureFixture[str]
+) -> None:
+    files = Files(tmp_path / "files")
+    with pytest.raises(SystemExit) as exited:
+        main(["tunnel", "--edge-ip-version", "5", "run", "--token", files.token])
+    assert exited.value.code == 1
+    assert "invalid value for edge-ip-version: 5" in capsys.readouterr().err
+    assert not started
