@@ -10,10 +10,11 @@ from __future__ import annotations
 from typing import Any
 
 import click
+from click.core import ParameterSource
 
 from adit.cli.lazy_group import LazyGroup
 from adit.cli.state import CliState
-from adit.cli.tunnel_flags import tunnel_options
+from adit.cli.tunnel_flags import TUNNEL_FLAGS, tunnel_options
 from adit.version import __version__
 
 __all__ = ["cli"]
@@ -59,6 +60,19 @@ def cli(ctx: click.Context, /, **_options: Any) -> None:
         from adit.cli.tunnel import quick_tunnel_or_explain
 
         quick_tunnel_or_explain(ctx)
+    elif ctx.invoked_subcommand not in ("tunnel", "service"):
+        _say_unused(ctx, ctx.invoked_subcommand)
+
+
+def _say_unused(ctx: click.Context, command: str) -> None:
+    """Tunnel flags before a command that is not ``tunnel`` (``adit --metrics X access``) act
+    on nothing there: one line each, not silence."""
+    for flag in TUNNEL_FLAGS:
+        if ctx.get_parameter_source(flag.param) is ParameterSource.COMMANDLINE:
+            click.echo(
+                f"--{flag.name} before {command}: a tunnel flag, it has no effect on {command}",
+                err=True,
+            )
 
 
 @cli.command("version")

@@ -420,3 +420,27 @@ def test_an_edge_ip_version_cloudflared_refuses_is_refused(
     assert exited.value.code == 1
     assert "invalid value for edge-ip-version: 5" in capsys.readouterr().err
     assert not started
+
+
+def test_service_install_takes_the_global_config(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """cloudflared's documented form: cloudflared --config FILE service install."""
+    import adit.cli.service as service_module
+
+    seen: list[str | None] = []
+    monkeypatch.setattr(
+        service_module, "install_service", lambda host, token, config: seen.append(config)
+    )
+    main(["--config", "/etc/cloudflared/config.yml", "service", "install"])
+    main(["--config", "/a.yml", "service", "install", "--config", "/b.yml"])
+    assert seen == ["/etc/cloudflared/config.yml", "/b.yml"]
+
+
+def test_a_tunnel_flag_before_another_command_is_said_to_do_nothing(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    main(["--metrics", "127.0.0.1:1", "--no-autoupdate", "version"])
+    err = capsys.readouterr().err
+    assert "--metrics before version: a tunnel flag, it has no effect on version" in err
+    assert "--no-autoupdate before version" in err
