@@ -428,8 +428,8 @@ def _private_options(func: Callable[..., None]) -> Callable[..., None]:
         "--origincert",
         envvar="TUNNEL_ORIGIN_CERT",
         default=None,
-        help="For a private address: the cert.pem `adit tunnel login` wrote (default: "
-        "searched as `adit tunnel` does).",
+        help="For a private address: the cert.pem adit tunnel login wrote (default: "
+        "searched as adit tunnel does).",
     )(func)
 
 
@@ -475,7 +475,7 @@ def _private_options(func: Callable[..., None]) -> Callable[..., None]:
     help="With --hostname: bastion mode's final host:port. Without: a private IP:PORT "
     "behind a tunnel (adit tunnel route ip), reached through the edge.",
 )
-@click.option("--header", "-H", "header", multiple=True, help='Extra header "K: V" (repeatable).')
+@click.option("--header", "-H", "header", multiple=True, help="Header NAME: VALUE (repeat).")
 @click.option(
     "--service-token-id",
     "--id",

@@ -43,16 +43,17 @@ _config_option = click.option(
     "--config",
     "config_path",
     default=None,
-    help="Path to a config.yml (default: `adit tunnel --config`, then the search path).",
+    help="Path to a config.yml (default: adit tunnel --config, then the search path).",
 )
 
 
-@click.group("ingress", hidden=True, invoke_without_command=True)
+# Listed under tunnel (cloudflared hides it, but it is how an adit user checks a config).
+@click.group("ingress", invoke_without_command=True)
 @click.pass_context
 def ingress(ctx: click.Context) -> None:
     """Validate and test the tunnel's ingress configuration.
 
-    Rules under the `ingress` key of config.yml route each request by hostname and path; the
+    Rules under the ingress key of config.yml route each request by hostname and path; the
     last rule must match everything. Multiple-origin routing is incompatible with --url.
     """
     if ctx.invoked_subcommand is None:

@@ -37,9 +37,10 @@ def run_cli(args: list[str]) -> None:
 
     from adit.cli.root import cli
     from adit.cli.state import UsageFailure
+    from adit.cli.tunnel_flags import go_style_args
 
     try:
-        cli.main(args=args, prog_name="adit", standalone_mode=False)
+        cli.main(args=go_style_args(args), prog_name="adit", standalone_mode=False)
     except click.exceptions.NoArgsIsHelpError as exc:
         click.echo(exc.ctx.get_help() if exc.ctx else "", err=False)
         sys.exit(0)

@@ -30,6 +30,7 @@ from adit.cli.apiclient import ApiClient, ApiError, fetch_unverified_ca
 from adit.cli.lazy_group import LazyGroup
 from adit.cli.state import CommandFailure, UsageFailure, cli_state
 from adit.config.duration import parse_go_duration
+from adit.config.settings import effective_value
 from adit.credentials import (
     CredentialsError,
     InvalidTunnelToken,
@@ -225,8 +226,9 @@ class AccountContext:
         """The API client for the account in cert.pem."""
         if self._client is None:
             cert, _ = self.credential()
+            # --api-url given to the subcommand, else at tunnel or global level, beats cert.pem.
             api_url = (
-                self._api_url or cert.api_url or cli_state(self._ctx).api_url or DEFAULT_API_URL
+                self._api_url or cli_state(self._ctx).api_url or cert.api_url or DEFAULT_API_URL
             )
             self._client = ApiClient(
                 api_url=api_url,
@@ -286,7 +288,7 @@ def _account_options(func: Callable[..., Any]) -> Callable[..., Any]:
         "--origincert",
         default=None,
         hidden=True,
-        help="Path to cert.pem (overrides `adit tunnel --origincert`).",
+        help="Path to cert.pem (overrides adit tunnel --origincert).",
     )(func)
     return click.option(
         "--api-url",
@@ -301,14 +303,26 @@ _output_option = click.option(
     "--output",
     "-o",
     default="",
-    help="Render output using given FORMAT. Valid options are 'json' or 'yaml'",
+    help="Render output using given FORMAT: json or yaml.",
 )
+
+
+def _cred_file_of_lineage(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
+    """The subcommand's own ``--cred-file``, else one given before it (``adit tunnel
+    --cred-file X token NAME``), else ``$TUNNEL_CRED_FILE``: the innermost command line wins."""
+    if ctx.get_parameter_source(str(param.name)) is click.core.ParameterSource.COMMANDLINE:
+        return value
+    outer = effective_value(ctx.parent, "credentials_file", None) if ctx.parent else None
+    return outer or value
+
+
 _cred_file_option = click.option(
     "--credentials-file",
     "--cred-file",
     "cred_file",
     envvar="TUNNEL_CRED_FILE",
     default=None,
+    callback=_cred_file_of_lineage,
     help="Filepath at which to read/write the tunnel credentials",
 )
 
@@ -324,7 +338,7 @@ _cred_file_option = click.option(
 @click.option(
     "--ca-fingerprint",
     default=None,
-    help="SHA-256 fingerprint of the edge CA (sha256:...), as printed by `adit edge token create`.",
+    help="SHA-256 fingerprint of the edge CA (sha256:...), as printed by adit edge token create.",
 )
 def login(api_url: str, api_token: str | None, ca_fingerprint: str | None) -> None:
     """Log in to an adit edge: writes ~/.adit/cert.pem for the tunnel commands."""
@@ -408,7 +422,7 @@ def _pinned_ca(api_url: str, fingerprint: str) -> str:
     help="Base64 encoded secret to set for the tunnel (at least 32 bytes decoded).",
 )
 @_account_options
-@click.argument("args", nargs=-1)
+@click.argument("args", nargs=-1, metavar="NAME")
 @click.pass_context
 def create(
     ctx: click.Context,
@@ -512,7 +526,7 @@ def create(
 @click.group("route", cls=LazyGroup, lazy_commands={"ip": "adit.cli.teamnet:route_ip"})
 def route() -> None:
     """Define which traffic is routed from the edge to this tunnel: requests to a DNS
-    hostname, or traffic to private IP networks (route ip). `route lb` is accepted and
+    hostname, or traffic to private IP networks (route ip). route lb is accepted and
     explains adit's balancing over a tunnel's replicas."""
 
 
@@ -525,7 +539,7 @@ def route() -> None:
     help="Overwrites existing DNS records with this hostname",
 )
 @_account_options
-@click.argument("args", nargs=-1)
+@click.argument("args", nargs=-1, metavar="TUNNEL HOSTNAME")
 @click.pass_context
 def route_dns(
     ctx: click.Context,
@@ -569,15 +583,15 @@ _POOL_NAME = re.compile(r"[_a-zA-Z0-9][-_.a-zA-Z0-9]*")
 
 
 @route.command("lb")
-@click.argument("args", nargs=-1)
+@click.argument("args", nargs=-1, metavar="TUNNEL HOSTNAME POOL")
 def route_lb(args: tuple[str, ...]) -> None:
     """Accepted for cloudflared's scripts; adit has no load balancer objects (exit status 1).
 
-    cloudflared's `route lb TUNNEL HOSTNAME POOL` makes the tunnel an origin of a Cloudflare
+    cloudflared's route lb TUNNEL HOSTNAME POOL makes the tunnel an origin of a Cloudflare
     load-balancer pool. adit's edge balances by itself: every connector of a tunnel, on any
     host, serves that tunnel's hostnames, and requests are spread over all their connections.
     So run the same tunnel (same credentials or token) on several hosts and route the
-    hostname with `adit tunnel route dns TUNNEL HOSTNAME`.
+    hostname with adit tunnel route dns TUNNEL HOSTNAME.
 
     Exit status: 255 for arguments cloudflared would refuse, otherwise 1 with what to do
     instead, because nothing was routed and a script must not go on as if it had been.
@@ -778,7 +792,7 @@ def list_command(
     help="Inverts the sort order of the tunnel info.",
 )
 @_account_options
-@click.argument("args", nargs=-1)
+@click.argument("args", nargs=-1, metavar="TUNNEL")
 @click.pass_context
 def info(
     ctx: click.Context,
@@ -899,7 +913,7 @@ def info(
     help="Deletes a tunnel even if it has active connections (they are closed).",
 )
 @_account_options
-@click.argument("args", nargs=-1)
+@click.argument("args", nargs=-1, metavar="TUNNEL...")
 @click.pass_context
 def delete(
     ctx: click.Context,
@@ -957,7 +971,7 @@ def delete(
 @click.command("token")
 @_cred_file_option
 @_account_options
-@click.argument("args", nargs=-1)
+@click.argument("args", nargs=-1, metavar="TUNNEL")
 @click.pass_context
 def token(
     ctx: click.Context,
@@ -966,8 +980,8 @@ def token(
     api_url: str | None,
     args: tuple[str, ...],
 ) -> None:
-    """Fetch the credentials token for an existing tunnel (by name or "
-    "UUID) that allows to run it."""
+    """Fetch the credentials token for an existing tunnel (by name or UUID) that allows to
+    run it."""
     if len(args) != 1:
         raise UsageFailure(
             '"adit tunnel token" requires exactly 1 argument, the name or UUID of '
@@ -1010,7 +1024,7 @@ def token(
     help="Constraints the cleanup to stop the connections of a single Connector (by its ID).",
 )
 @_account_options
-@click.argument("args", nargs=-1)
+@click.argument("args", nargs=-1, metavar="TUNNEL...")
 @click.pass_context
 def cleanup(
     ctx: click.Context,
@@ -1100,7 +1114,7 @@ def replace_credentials_file(path: Path, creds: TunnelCredentials) -> None:
     help="End a rotation now: the previous secret is refused from here on.",
 )
 @_account_options
-@click.argument("args", nargs=-1)
+@click.argument("args", nargs=-1, metavar="TUNNEL")
 @click.pass_context
 def rotate(
     ctx: click.Context,
@@ -1114,7 +1128,7 @@ def rotate(
     """Give a tunnel a new secret and rewrite its credentials file (by name or UUID).
 
     The edge keeps accepting the previous secret until every connection re-registered with
-    the new one, until --deadline, or until `adit tunnel rotate --finish`. Running connectors
+    the new one, until --deadline, or until adit tunnel rotate --finish. Running connectors
     pick up the rewritten file on SIGHUP. The new token, for connectors run with --token, is
     the last line on stdout.
     """

@@ -24,10 +24,10 @@ from adit.service_manager import child_environment
 START_TIMEOUT = 20.0
 
 
-def quick_protocol_args(environ: Mapping[str, str]) -> list[str]:
+def quick_protocol_args(environ: Mapping[str, str], *, protocol_set: bool = False) -> list[str]:
     """cloudflared runs a quick tunnel over QUIC unless the protocol was set
-    (cmd/cloudflared/tunnel/quick_tunnel.go:85-86); here only its variable can set it."""
-    if "TUNNEL_TRANSPORT_PROTOCOL" in environ:
+    (cmd/cloudflared/tunnel/quick_tunnel.go:85-86): by a flag or by its variable."""
+    if protocol_set or "TUNNEL_TRANSPORT_PROTOCOL" in environ:
         return []
     return ["--protocol", "quic"]
 
@@ -38,6 +38,7 @@ def start_quick_tunnel(
     hello_world: bool,
     http_listen: str,
     passthrough: list[str],
+    protocol_set: bool = False,
 ) -> None:
     """Start the embedded edge, then exec into ``adit tunnel run`` for the quick tunnel."""
     state = Path(tempfile.mkdtemp(prefix="adit-quick-"))
@@ -97,13 +98,14 @@ def start_quick_tunnel(
         "adit.cli",
         "tunnel",
         "run",
+        # The user's flags first: what the quick tunnel sets itself comes after and wins.
+        *passthrough,
         "--token-file",
         str(token_file),
         "--ha-connections",
         "1",
-        *quick_protocol_args(os.environ),
+        *quick_protocol_args(os.environ, protocol_set=protocol_set),
         *origin,
-        *passthrough,
     ]
     # The URL is printed once it works: after the first connection registered.
     ca_pem = Path(json.loads(ready.read_text())["ca"]).read_text()

@@ -21,10 +21,17 @@ import click
 import msgspec
 
 from adit.cli.state import CommandFailure, UsageFailure, cli_state
+from adit.cli.tunnel_flags import (
+    TUNNEL_FLAGS,
+    flag_notes,
+    is_flag_name,
+    is_used,
+    tunnel_options,
+)
 from adit.config.duration import Duration
 from adit.config.errors import ConfigError
 from adit.config.load import LoadedConfig, find_config_path, load_config, search_directories
-from adit.config.settings import DURATION, effective_value
+from adit.config.settings import effective_value
 from adit.credentials import (
     CredentialsError,
     InvalidCredentialsJson,
@@ -78,10 +85,17 @@ _H2MUX_WARNING: Final = (
     "h2mux is no longer a supported protocol: upgrading edge connection to http2. Please "
     "remove '--protocol h2mux' from runtime arguments to remove this warning."
 )
-_SECRET_FLAGS: Final = frozenset({"token", "credentials-contents"})
+#: Masked in the Settings line and the copy the edge gets (the legacy API and SSH log-upload
+#: flags are accepted, so they may carry keys too).
+_SECRET_FLAGS: Final = frozenset(
+    {"token", "credentials-contents", "api-key", "api-ca-key", "secret-id", "access-key-id"}
+    | {"session-token"}
+)
 #: The flags (or keys) of ``--url`` mode: one of them serves a file without ``ingress`` rules.
 _SINGLE_ORIGIN_FLAGS: Final = ("url", "hello_world", "unix_socket", "bastion")
-_SECRET_ENV: Final = frozenset({"TUNNEL_TOKEN", "TUNNEL_CRED_CONTENTS"})
+_SECRET_ENV: Final = frozenset(
+    {"TUNNEL_TOKEN", "TUNNEL_CRED_CONTENTS", "TUNNEL_API_KEY", "TUNNEL_API_CA_KEY"}
+)
 #: ``--url``-mode flags and the ``originRequest`` key each one sets.
 _ORIGIN_FLAGS: Final = {
     "no_tls_verify": "noTLSVerify",
@@ -101,97 +115,7 @@ _ORIGIN_FLAGS: Final = {
 }
 
 log = logging.getLogger("adit.cli")
-
-
-def _opt(*names: str, **kwargs: Any) -> Any:
-    return click.option(*names, **kwargs)
-
-
-_OPTIONS: Final = [
-    _opt("--config", "config_path", default=None, help="Path to a config.yml."),
-    _opt("--origincert", envvar="TUNNEL_ORIGIN_CERT", default=None, help="Origin cert.pem."),
-    _opt("--credentials-file", "--cred-file", "credentials_file", envvar="TUNNEL_CRED_FILE",
-         default=None, help="Tunnel credentials JSON written by `adit tunnel create`."),
-    _opt("--credentials-contents", envvar="TUNNEL_CRED_CONTENTS", default=None,
-         help="Tunnel credentials JSON given inline."),
-    _opt("--token", envvar="TUNNEL_TOKEN", default=None, help="Tunnel token."),
-    _opt("--token-file", envvar="TUNNEL_TOKEN_FILE", default=None, help="File holding a token."),
-    _opt("--edge", multiple=True, envvar="TUNNEL_EDGE", help="Edge address host:port (repeat)."),
-    _opt("--cacert", envvar="TUNNEL_CACERT", default=None, help="CA (PEM) of the edge's TLS."),
-    _opt("--ha-connections", type=int, default=4, show_default=True,
-         help="Edge connections to hold."),
-    _opt("--workers", type=int, default=None,
-         help="Worker processes (adit only; default: min(usable CPUs, --ha-connections))."),
-    _opt("--worker-timeout", type=DURATION, envvar="TUNNEL_WORKER_TIMEOUT",
-         default=Duration.parse("10s"),
-         help="A worker without a heartbeat this long is aborted and replaced (adit only)."),
-    _opt("--grace-period", type=DURATION, envvar="TUNNEL_GRACE_PERIOD",
-         default=Duration.parse("30s"), help="Drain time on SIGTERM/SIGINT (max 3m)."),
-    _opt("--retries", type=int, envvar="TUNNEL_RETRIES", default=5,
-         help="Backoff doublings; also failures before falling back from QUIC to HTTP/2."),
-    _opt("--max-edge-addr-retries", type=int, default=8, hidden=True,
-         help="Dial errors of a connection before it may fall back from QUIC to HTTP/2."),
-    _opt("--metrics", envvar="TUNNEL_METRICS", default="localhost:0", show_default=True,
-         help="Listen address of /metrics, /ready and /healthcheck."),
-    _opt("--pidfile", envvar="TUNNEL_PIDFILE", default=None,
-         help="Write the PID here after the first connection registered."),
-    _opt("--loglevel", envvar="TUNNEL_LOGLEVEL", default="info", show_default=True,
-         help="debug, info, warn, error or fatal."),
-    _opt("--transport-loglevel", "--proto-loglevel", "transport_loglevel",
-         envvar=["TUNNEL_PROTO_LOGLEVEL", "TUNNEL_TRANSPORT_LOGLEVEL"], default="info",
-         help="Transport log level (accepted)."),
-    _opt("--logfile", envvar="TUNNEL_LOGFILE", default=None, help="Append JSON logs here."),
-    _opt("--log-directory", envvar="TUNNEL_LOGDIRECTORY", default=None,
-         help="Rotating adit.log in this directory."),
-    _opt("--output", "--log-format", "output", envvar=["TUNNEL_MANAGEMENT_OUTPUT",
-         "TUNNEL_LOG_OUTPUT"], default="default", help="Console log format: default or json."),
-    _opt("--protocol", "-p", envvar="TUNNEL_TRANSPORT_PROTOCOL", default="auto",
-         help="auto, http2 or quic (auto: QUIC, falling back to HTTP/2)."),
-    _opt("--url", envvar="TUNNEL_URL", default=None, help="Single origin (without ingress)."),
-    _opt("--hello-world", envvar="TUNNEL_HELLO_WORLD", is_flag=True, default=False,
-         help="Serve the built-in test origin."),
-    _opt("--unix-socket", envvar="TUNNEL_UNIX_SOCKET", default=None,
-         help="Single origin over a unix socket."),
-    _opt("--bastion", envvar="TUNNEL_BASTION", is_flag=True, default=False,
-         help="Single origin is a bastion."),
-    _opt("--no-tls-verify", is_flag=True, default=False, help="--url mode: no TLS checks."),
-    _opt("--http-host-header", default=None, help="--url mode: Host header for the origin."),
-    _opt("--origin-server-name", default=None, help="--url mode: origin TLS server name."),
-    _opt("--origin-ca-pool", default=None, help="--url mode: origin CA pool."),
-    _opt("--proxy-connect-timeout", type=DURATION, default=None, help="--url mode."),
-    _opt("--proxy-tls-timeout", type=DURATION, default=None, help="--url mode."),
-    _opt("--proxy-tcp-keepalive", type=DURATION, default=None, help="--url mode."),
-    _opt("--proxy-no-happy-eyeballs", is_flag=True, default=None, help="--url mode."),
-    _opt("--proxy-keepalive-connections", type=int, default=None, help="--url mode."),
-    _opt("--proxy-keepalive-timeout", type=DURATION, default=None, help="--url mode."),
-    _opt("--no-chunked-encoding", is_flag=True, default=None, help="--url mode."),
-    _opt("--http2-origin", is_flag=True, default=None, help="--url mode."),
-    _opt("--proxy-address", default=None, help="--url mode."),
-    _opt("--proxy-port", type=int, default=None, help="--url mode."),
-    _opt("--tag", multiple=True, envvar="TUNNEL_TAG", help="KEY=VALUE sent to origins (repeat)."),
-    _opt("--label", default=None, help="Connector label."),
-    _opt("--features", "-F", multiple=True, help="Opt-in feature names (repeat)."),
-    _opt("--max-active-flows", type=click.IntRange(min=0), envvar="TUNNEL_MAX_ACTIVE_FLOWS",
-         default=None,
-         help="Most private-network UDP flows served at once (0: no limit; per worker)."),
-    _opt("--no-autoupdate", envvar="NO_AUTOUPDATE", is_flag=True, default=False,
-         help="Accepted; adit never updates itself."),
-    _opt("--autoupdate-freq", type=DURATION, default=None, help="Accepted, no effect."),
-    _opt("--no-prechecks", envvar="TUNNEL_NO_PRECHECKS", is_flag=True, default=False,
-         help="Accepted, no effect."),
-    _opt("--post-quantum", "--pq", envvar="TUNNEL_POST_QUANTUM", is_flag=True, default=False,
-         help="Accepted, no effect yet."),
-    _opt("--edge-ip-version", envvar="TUNNEL_EDGE_IP_VERSION", default="auto", help="Accepted."),
-    _opt("--edge-bind-address", envvar="TUNNEL_EDGE_BIND_ADDRESS", default=None,
-         help="Accepted."),
-    _opt("--region", envvar="TUNNEL_REGION", default=None, help="Accepted."),
-]  # fmt: skip
-
-
-def _with_options(command: Any) -> Any:
-    for option in reversed(_OPTIONS):
-        command = option(command)
-    return command
+_FLAGS: Final = {flag.param: flag for flag in TUNNEL_FLAGS}
 
 
 # -- pure helpers (unit-tested) -----------------------------------------------------------------
@@ -298,29 +222,25 @@ class _Resolver:
             return [value]
         return [str(v) for v in value]
 
+    def given(self, name: str) -> bool:
+        """Whether flag ``name`` was set (any level's command line, env, or the file)."""
+        flag = _FLAGS[name]
+        return is_used(self.ctx, flag, self.loaded)
+
     def set_flags(self) -> dict[str, object]:
         """Flags set explicitly or by the file, for the Settings line and the edge's copy."""
         settings: dict[str, object] = {}
-        for param in self.ctx.command.params:
-            if not isinstance(param, click.Option) or param.name is None:
+        for flag in TUNNEL_FLAGS:
+            if not self.given(flag.param):
                 continue
-            source = self.ctx.get_parameter_source(param.name)
-            key = max((o for o in param.opts if o.startswith("--")), key=len)[2:]
-            explicit = source in (
-                click.core.ParameterSource.COMMANDLINE,
-                click.core.ParameterSource.ENVIRONMENT,
-            )
-            file_has = self.loaded is not None and self.get(param.name) != self.ctx.params.get(
-                param.name
-            )
-            if not (explicit or file_has):
-                continue
-            value = self.get(param.name)
+            value = self.get(flag.param)
             if isinstance(value, Duration):
                 value = value.text
-            settings[key] = "*****" if key in _SECRET_FLAGS else value
-            if key == "credentials-file":
-                settings["cred-file"] = settings[key]
+            elif isinstance(value, tuple):
+                value = list(value)
+            settings[flag.name] = "*****" if flag.name in _SECRET_FLAGS else value
+            if flag.name == "credentials-file":
+                settings["cred-file"] = settings[flag.name]
         return settings
 
 
@@ -342,6 +262,14 @@ def _load_config(ctx: click.Context, explicit: str | None) -> LoadedConfig | Non
         log.error("Configuration file %s was empty", path)
     if loaded.warnings:
         log.warning("Your configuration file has unused keys: %s", loaded.warnings_text())
+    unknown = [key for key in loaded.extra if not is_flag_name(key)]
+    if unknown:
+        # cloudflared ignores them without a word; a misspelt flag name should not be.
+        log.warning(
+            "Configuration file %s: %s not a flag name nor a known key; ignored",
+            path,
+            ", ".join(unknown) + (" is" if len(unknown) == 1 else " are"),
+        )
     return loaded
 
 
@@ -429,9 +357,9 @@ def resolve_credentials(
         from adit.cli.manage import AccountContext
 
         try:
-            tunnel_id = AccountContext(ctx, str(origincert) if origincert else None, None).find_id(
-                ref
-            )
+            api_url = values.get("api_url")
+            account = AccountContext(ctx, str(origincert) if origincert else None, api_url)
+            tunnel_id = account.find_id(ref)
         except ApiError as exc:
             raise CommandFailure(f"error parsing tunnel ID: {exc}") from None
     cert_path = Path(str(origincert)) if origincert else find_default_origin_cert()
@@ -443,11 +371,17 @@ def resolve_credentials(
 
 def _origin_request_from_flags(values: _Resolver) -> dict[str, object]:
     origin: dict[str, object] = {}
+    # Only the flags that were set, as cloudflared's ``c.IsSet`` (ingress/config.go): the
+    # others leave the built-in originRequest defaults.
     for name, key in _ORIGIN_FLAGS.items():
+        if not values.given(name):
+            continue
         value = values.get(name)
         if value is None or value is False:
             continue
         origin[key] = value.text if isinstance(value, Duration) else value
+    if values.given("socks5") and values.get("socks5"):
+        origin["proxyType"] = "socks"
     return origin
 
 
@@ -550,7 +484,7 @@ def load_settings(
     """
     from adit.supervisor.settings import SupervisorSettings
 
-    loaded = _load_config(ctx, config_path or ctx.params.get("config_path"))
+    loaded = _load_config(ctx, config_path or effective_value(ctx, "config_path", None))
     values = _Resolver(ctx, loaded)
     log_settings = LogSettings(
         level=str(values.get("loglevel") or "info"),
@@ -560,7 +494,13 @@ def load_settings(
     )
     if starting:
         configure_logging(log_settings)
+        for note in flag_notes(ctx, loaded):
+            log.info(note)
 
+    ip_version = str(values.get("edge_ip_version"))
+    if ip_version not in ("4", "6", "auto"):
+        # Checked though adit does not use it, so that a unit that works here works there.
+        raise CommandFailure(f"invalid value for edge-ip-version: {ip_version}")
     protocol = resolve_protocol(str(values.get("protocol") or "auto"))
     post_quantum = bool(values.get("post_quantum"))
     if post_quantum:
@@ -679,13 +619,15 @@ def usable_cpus() -> list[int]:
 
 
 @click.command("run")
-@click.argument("tunnel", nargs=-1)
-@_with_options
+@click.argument("tunnel", nargs=-1, metavar="[TUNNEL]")
+@tunnel_options()
 @click.pass_context
 def run(ctx: click.Context, /, tunnel: tuple[str, ...], **_options: Any) -> None:
     """Run a tunnel: connect to the edge and proxy its requests to local origins.
 
-    TUNNEL is the tunnel's UUID or name (or `tunnel:` in the config file); a --token needs none.
+    TUNNEL is the tunnel's UUID or name (or tunnel: in the config file); a --token needs none.
+    Every flag is also accepted before run (adit tunnel --flag run) and before tunnel
+    (adit --flag tunnel run); the innermost one wins.
     """
     from adit.supervisor.launch import Supervisor
     from adit.supervisor.spawn import discard_prestarted

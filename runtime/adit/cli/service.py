@@ -348,12 +348,16 @@ def service() -> None:
     default=None,
     help="The config.yml to install (default: the first found in the search path).",
 )
-def install_command(token: str | None, config_path: str | None) -> None:
+@click.pass_context
+def install_command(ctx: click.Context, token: str | None, config_path: str | None) -> None:
     """Install, enable and start adit.service (with TOKEN: a token-run tunnel)."""
-    install_service(Host(), token, config_path)
+    from adit.config.settings import effective_value
+
+    # cloudflared's documented form is cloudflared --config FILE service install.
+    install_service(Host(), token, effective_value(ctx, "config_path", None) or config_path)
 
 
 @service.command("uninstall")
 def uninstall_command() -> None:
-    """Stop, disable and remove what `adit service install` added."""
+    """Stop, disable and remove what adit service install added."""
     uninstall_service(Host())

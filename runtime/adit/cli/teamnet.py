@@ -216,14 +216,14 @@ def route_ip() -> None:
     By default IP routes all exist within a single virtual network. If you use the same IP
     space(s) in different physical private networks, all meant to be reachable via IP routes,
     then you have to manage the ambiguous IP routes by associating them to virtual networks.
-    See "adit tunnel vnet --help" for more information.
+    See adit tunnel vnet --help for more information.
     """
 
 
 @route_ip.command("add")
 @_vnet_option
 @_account_options
-@click.argument("args", nargs=-1)
+@click.argument("args", nargs=-1, metavar="NETWORK TUNNEL [COMMENT]")
 @click.pass_context
 def route_ip_add(
     ctx: click.Context,
@@ -366,7 +366,7 @@ route_ip.add_command(route_ip_show, "list")
 @route_ip.command("delete")
 @_vnet_option
 @_account_options
-@click.argument("args", nargs=-1)
+@click.argument("args", nargs=-1, metavar="ROUTE_ID_OR_NETWORK")
 @click.pass_context
 def route_ip_delete(
     ctx: click.Context,
@@ -418,7 +418,7 @@ def route_ip_delete(
 @route_ip.command("get")
 @_vnet_option
 @_account_options
-@click.argument("args", nargs=-1)
+@click.argument("args", nargs=-1, metavar="IP")
 @click.pass_context
 def route_ip_get(
     ctx: click.Context,
@@ -461,7 +461,7 @@ def route_ip_get(
 def vnet() -> None:
     """Configure and query virtual networks to manage private IP routes with overlapping IPs.
 
-    By default, all IP routes (see "adit tunnel route ip") live in the same virtual network.
+    By default, all IP routes (see adit tunnel route ip) live in the same virtual network.
     When private networks behind different tunnels use the same IP space (say 10.0.0.0/8),
     add each one's routes to a virtual network of its own.
     """
@@ -480,7 +480,7 @@ _default_flag = click.option(
 @vnet.command("add")
 @_default_flag
 @_account_options
-@click.argument("args", nargs=-1)
+@click.argument("args", nargs=-1, metavar="NAME [COMMENT]")
 @click.pass_context
 def vnet_add(
     ctx: click.Context,
@@ -489,10 +489,7 @@ def vnet_add(
     api_url: str | None,
     args: tuple[str, ...],
 ) -> None:
-    """Add a new virtual network to which IP routes can be attached.
-
-    Usage: adit tunnel vnet add [-d] NAME ["comment"]
-    """
+    """Add a new virtual network to which IP routes can be attached."""
     if not args:
         raise CommandFailure(
             "You must supply at least 1 argument, the name of the virtual network you wish to add."
@@ -591,7 +588,7 @@ def vnet_list(
     "resources. Those resources will be deleted (e.g. IP Routes).",
 )
 @_account_options
-@click.argument("args", nargs=-1)
+@click.argument("args", nargs=-1, metavar="VNET")
 @click.pass_context
 def vnet_delete(
     ctx: click.Context,
@@ -634,7 +631,7 @@ def vnet_delete(
 )
 @_default_flag
 @_account_options
-@click.argument("args", nargs=-1)
+@click.argument("args", nargs=-1, metavar="VNET")
 @click.pass_context
 def vnet_update(
     ctx: click.Context,

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 from adit.cli.lazy_group import LazyGroup
 from adit.cli.state import CommandFailure, cli_state
+from adit.cli.tunnel_flags import explicit_argv, flag_notes, is_set, tunnel_options
+from adit.config.settings import effective_value
 
 _MANAGE = "adit.cli.manage:COMMANDS"
 #: The subcommands, imported when used: `tunnel run` never loads the management commands.
@@ -21,35 +25,22 @@ _COMMANDS = {
     "ready": "adit.cli.ready:ready",
     "diag": "adit.cli.diag:diag",
 }
+#: What the quick tunnel sets itself on the ``tunnel run`` it becomes.
+_LOG_FLAGS = ("loglevel", "logfile", "log_directory", "output")
+#: (Its connector dials the embedded edge: no other edge, CA or credentials apply.)
+_QUICK_OWN = frozenset(
+    {"url", "hello_world", "token", "token_file", "ha_connections", "edge", "cacert"}
+    | {"credentials_file", "credentials_contents"}
+)
 
 
-@click.group(cls=LazyGroup, lazy_commands=_COMMANDS, invoke_without_command=True)
-@click.option(
-    "--config",
-    "config_path",
-    envvar="TUNNEL_CONFIG",
-    default=None,
-    help="Path to a config.yml (default: the first found in the search path).",
+@click.group(
+    cls=LazyGroup,
+    lazy_commands=_COMMANDS,
+    invoke_without_command=True,
+    subcommand_metavar="[COMMAND [ARGS]...]",
 )
-@click.option(
-    "--origincert",
-    envvar="TUNNEL_ORIGIN_CERT",
-    default=None,
-    help="Path to the origin certificate written by `adit tunnel login`.",
-)
-@click.option(
-    "--url",
-    envvar="TUNNEL_URL",
-    default=None,
-    help="Quick tunnel: publish this local service through an embedded edge.",
-)
-@click.option(
-    "--hello-world",
-    envvar="TUNNEL_HELLO_WORLD",
-    is_flag=True,
-    default=False,
-    help="Quick tunnel: publish the built-in hello-world origin.",
-)
+@tunnel_options()
 @click.option(
     "--quick-listen",
     default="127.0.0.1:0",
@@ -57,52 +48,70 @@ _COMMANDS = {
     hidden=True,
     help="The embedded edge's public listener for a quick tunnel.",
 )
-@click.option(
-    "--metrics",
-    envvar="TUNNEL_METRICS",
-    default=None,
-    help="Metrics/readiness listener of a quick tunnel's connector; for `ready` and `diag`, "
-    "the connector to ask.",
-)
-@click.option(
-    "--loglevel",
-    envvar="TUNNEL_LOGLEVEL",
-    default=None,
-    help="Log level of a quick tunnel's connector.",
-)
 @click.pass_context
-def tunnel(
-    ctx: click.Context,
-    config_path: str | None,
-    origincert: str | None,
-    url: str | None,
-    hello_world: bool,
-    quick_listen: str,
-    metrics: str | None,
-    loglevel: str | None,
-) -> None:
-    """Create, route and run tunnels; with --url alone, a quick tunnel."""
+def tunnel(ctx: click.Context, /, quick_listen: str, **_options: Any) -> None:
+    """Create, route and run tunnels; with --url alone, a quick tunnel.
+
+    Every tunnel flag is accepted here as well as after run, and before tunnel.
+    """
     state = cli_state(ctx)
-    state.config_path = config_path
-    state.origincert = origincert
+    # The management subcommands read these from here (they also take the global level's).
+    state.config_path = effective_value(ctx, "config_path", None)
+    state.origincert = effective_value(ctx, "origincert", None)
+    state.api_url = effective_value(ctx, "api_url", None)
+    url = effective_value(ctx, "url", None)
     if url is not None:
         state.extra["url"] = url  # `ingress validate` refuses --url with ingress rules
-    if metrics:
-        state.extra["metrics"] = metrics  # `tunnel --metrics ADDR ready|diag`, as cloudflared
+    if is_set(ctx, "metrics"):
+        # `tunnel --metrics ADDR ready|diag`, as cloudflared (given, not the default).
+        state.extra["metrics"] = effective_value(ctx, "metrics", None)
     if ctx.invoked_subcommand is not None:
+        if ctx.invoked_subcommand != "run":
+            _management_logging(ctx)
         return
+    quick_tunnel_or_explain(ctx, quick_listen)
+
+
+def quick_tunnel_or_explain(ctx: click.Context, quick_listen: str = "127.0.0.1:0") -> None:
+    """``tunnel`` (or ``adit`` itself, as cloudflared's root action is the tunnel command's)
+    with no subcommand: a quick tunnel for ``--url``/``--hello-world``, else what is missing."""
+    url = effective_value(ctx, "url", None)
+    hello_world = bool(effective_value(ctx, "hello_world", None))
     if url is None and not hello_world:
         raise CommandFailure(NO_ARGUMENT_MESSAGE)
     from adit.cli.quick import start_quick_tunnel
 
-    passthrough: list[str] = []
-    if metrics:
-        passthrough += ["--metrics", metrics]
-    if loglevel:
-        passthrough += ["--loglevel", loglevel]
     start_quick_tunnel(
-        url=url, hello_world=hello_world, http_listen=quick_listen, passthrough=passthrough
+        url=url,
+        hello_world=hello_world,
+        http_listen=quick_listen,
+        passthrough=explicit_argv(ctx, skip=_QUICK_OWN),
+        protocol_set=is_set(ctx, "protocol"),
     )
+
+
+def _management_logging(ctx: click.Context) -> None:
+    """The management commands log as ``run`` does: ``--loglevel``, ``--logfile``, ...
+    from any level (cloudflared creates their logger from the same flags); and a tunnel
+    flag that means nothing to adit gets its line here too (``run`` logs its own)."""
+    notes = flag_notes(ctx, None)
+    if not notes and not any(is_set(ctx, p) for p in _LOG_FLAGS):
+        return
+    import logging
+
+    from adit.logs import LogSettings, configure_logging
+
+    configure_logging(
+        LogSettings(
+            level=str(effective_value(ctx, "loglevel", None) or "info"),
+            output=str(effective_value(ctx, "output", None) or "default"),
+            logfile=effective_value(ctx, "logfile", None),
+            log_directory=effective_value(ctx, "log_directory", None),
+        ),
+        rotate=False,
+    )
+    for note in notes:
+        logging.getLogger("adit.cli").info(note)
 
 
 NO_ARGUMENT_MESSAGE = "\n".join(

@@ -64,21 +64,24 @@ def file_value(config: ConfigFile | LoadedConfig | None, key: str) -> Any:
     return None if loaded is None else loaded.extra.get(key)
 
 
-def _owner(ctx: click.Context, name: str) -> tuple[click.Context, click.Parameter] | None:
-    """The nearest context (this one or a parent) whose command declares parameter ``name``."""
+def _owners(ctx: click.Context, name: str) -> list[tuple[click.Context, click.Parameter]]:
+    """Every context (this one, then its parents) whose command declares parameter ``name``."""
+    found: list[tuple[click.Context, click.Parameter]] = []
     current: click.Context | None = ctx
     while current is not None:
         for param in current.command.params:
             if param.name == name:
-                return current, param
+                found.append((current, param))
+                break
         current = current.parent
-    return None
+    return found
 
 
-def _file_key(param: click.Parameter) -> str:
-    """The config key of a flag: its longest ``--long-name`` without the dashes."""
-    longs = [opt for opt in param.opts if opt.startswith("--")]
-    return max(longs, key=len)[2:] if longs else str(param.name).replace("_", "-")
+def _file_keys(param: click.Parameter) -> list[str]:
+    """The config keys of a flag: its long names without the dashes, the name first (altsrc
+    also reads a flag from the file under its aliases, e.g. ``cred-file``)."""
+    keys = [opt[2:] for opt in param.opts if opt.startswith("--")]
+    return keys or [str(param.name).replace("_", "-")]
 
 
 def effective_value(
@@ -90,18 +93,38 @@ def effective_value(
 ) -> Any:
     """The value of parameter ``name`` with flag > env > config file > default precedence.
 
-    ``name`` is the click parameter name (``grace_period``); the file key defaults to the
-    flag's long name (``grace-period``) and can be given as ``key``. The parameter may be
-    declared on ``ctx``'s command or on any parent group. File values are the modelled types
+    ``name`` is the click parameter name (``grace_period``); the file keys default to the
+    flag's long names (``grace-period``) and can be given as ``key``. The parameter may be
+    declared on ``ctx``'s command and on any parent group. File values are the modelled types
     (durations as :class:`Duration`); use :data:`DURATION` for duration flags so both agree.
     """
-    found = _owner(ctx, name)
-    if found is None:
+    owners = _owners(ctx, name)
+    if not owners:
         return file_value(config, key or name.replace("_", "-"))
-    owner, param = found
-    if owner.get_parameter_source(name) in _EXPLICIT:
-        return owner.params.get(name)
-    value = file_value(config, key or _file_key(param))
-    if value is None or value in ("", []):
-        return owner.params.get(name)
+    # The tunnel flags are declared at every level (``adit --flag tunnel --flag run --flag``):
+    # the innermost command line wins, then the environment, then the file, then the default.
+    for source in _EXPLICIT:
+        for owner, _param in owners:
+            if owner.get_parameter_source(name) == source:
+                return owner.params.get(name)
+    innermost, param = owners[0]
+    for file_key in [key] if key else _file_keys(param):
+        value = file_value(config, file_key)
+        if value is not None and value not in ("", []):
+            return _typed(value, param, innermost, f"{_where(config)}{file_key}")
+    return innermost.params.get(name)
+
+
+def _where(config: ConfigFile | LoadedConfig | None) -> str:
+    return f"{config.path}: " if isinstance(config, LoadedConfig) else ""
+
+
+def _typed(value: Any, param: click.Parameter, ctx: click.Context, where: str) -> Any:
+    """A file value of a key the model does not know (kept as YAML gave it: ``"20s"``) in
+    the flag's type, as the modelled keys already are; a bad one names the file and key."""
+    if isinstance(value, str) and not param.multiple and param.type is not click.STRING:
+        try:
+            return param.type.convert(value, param, ctx)
+        except click.BadParameter as exc:
+            raise click.UsageError(f"{where}: {exc.message}", ctx) from None
     return value

@@ -163,17 +163,15 @@ _pending = _Prestarted()
 
 
 def wants_prestart(args: list[str]) -> bool:
-    """Whether ``adit`` ``args`` look like ``tunnel [...] run [...]`` that will run a tunnel.
+    """Whether ``adit`` ``args`` look like ``[...] tunnel [...] run [...]`` that will run a
+    tunnel (the tunnel flags may come before ``tunnel``: ``--no-autoupdate tunnel run``).
 
     A cheap guess made before click parses anything: a wrong "yes" costs one worker process
     that exits when its stdin closes, a wrong "no" only the head start.
     """
-    return (
-        len(args) >= 2
-        and args[0] == "tunnel"
-        and "run" in args[1:]
-        and not _NO_RUN.intersection(args)
-    )
+    if "tunnel" not in args or _NO_RUN.intersection(args):
+        return False
+    return "run" in args[args.index("tunnel") + 1 :]
 
 
 def prestart(args: list[str]) -> None:

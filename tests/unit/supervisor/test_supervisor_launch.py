@@ -97,6 +97,8 @@ def test_discard_kills_what_was_not_adopted(tmp_path: Path) -> None:
 def test_only_tunnel_run_prestarts_a_worker() -> None:
     assert wants_prestart(["tunnel", "run", "--token", "t"])
     assert wants_prestart(["tunnel", "--config", "c.yml", "run", "my-tunnel"])
+    assert wants_prestart(["--no-autoupdate", "tunnel", "run", "--token", "t"])
+    assert wants_prestart(["--config", "c.yml", "--no-autoupdate", "tunnel", "run"])
     assert not wants_prestart(["tunnel", "run", "--help"])
     assert not wants_prestart(["tunnel", "list"])
     assert not wants_prestart(["tunnel", "--url", "http://127.0.0.1:8080"])
