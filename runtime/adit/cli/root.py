@@ -27,6 +27,7 @@ _COMMANDS = {
     "access": "adit.cli.access:access",
     "forward": "adit.cli.access:access",
     "edge": "adit.edge.cli:edge",
+    "tail": "adit.cli.tail:tail",
 }
 
 

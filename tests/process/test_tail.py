@@ -1,0 +1,337 @@
+"""`adit tail`: a connector's live log through the edge's management hostname.
+
+The edge issues management tokens (``POST .../cfd_tunnel/ID/management/logs``), checks them on
+its public HTTPS listener for the management hostname and relays ``/logs`` to a connector of the
+token's tunnel; the unmodified cloudflared (ADIT_CLOUDFLARED) and adit's connector both answer.
+Refusals (no token, a forged, expired or other tunnel's token, the wrong resource) never reach
+a connector.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import re
+import ssl
+import subprocess
+import time
+from pathlib import Path
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+import dns_records
+from adversary import CLOUDFLARED, INSIDE_NETNS, rerun_in_private_netns, start_cloudflared
+from harness import (
+    Account,
+    Edge,
+    Origin,
+    Proc,
+    Processes,
+    Tunnel,
+    adit_command,
+    create_tunnel,
+    login,
+    request,
+    start_edge,
+    write_config,
+)
+from sshd import free_port
+
+pytestmark = pytest.mark.process
+
+HOST = "tail.example.test"
+DOWN = "down.tail.example.test"
+MANAGEMENT = "management.argotunnel.com"
+#: One printed log entry: ``<time> <level> <event> <message> <fields>``.
+ENTRY = re.compile(r"^\S+ (debug|info|warn|error) (cloudflared|http|tcp|udp) (.*)$", re.M)
+
+
+@pytest.fixture
+def tls_edge(processes: Processes) -> Edge:
+    return start_edge(processes, https=True)
+
+
+@pytest.fixture
+def tls_account(tls_edge: Edge, tmp_path: Path) -> Account:
+    return login(tls_edge, tmp_path / "home")
+
+
+def start_tail(
+    processes: Processes, account: Account, name: str, *args: str, tunnel: str = "tail"
+) -> Proc:
+    """`adit tail` against the edge's HTTPS listener, as the account's user."""
+    edge = account.edge
+    return processes.start(
+        name,
+        [
+            *adit_command(),
+            "tail",
+            "--edge",
+            edge.https,
+            "--cacert",
+            str(edge.ca),
+            "--loglevel",
+            "debug",
+            *args,
+            tunnel,
+        ],
+        env={"HOME": str(account.home)},
+    )
+
+
+def run_tail(account: Account, *args: str) -> subprocess.CompletedProcess[str]:
+    """`adit tail` expected to end by itself (a refusal)."""
+    edge = account.edge
+    return subprocess.run(
+        [*adit_command(), "tail", "--edge", edge.https, "--cacert", str(edge.ca), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={"HOME": str(account.home), "PATH": "/usr/bin:/bin"},
+    )
+
+
+def entries(proc: Proc) -> list[tuple[str, str, str]]:
+    """The log entries ``tail`` printed so far: (level, event, rest)."""
+    return [(m[0], m[1], m[2]) for m in ENTRY.findall(proc.text())]
+
+
+def wait_entries(
+    proc: Proc, want: re.Pattern[str], poke: object = None, count: int = 1, tries: int = 100
+) -> list[tuple[str, str, str]]:
+    """Until ``count`` printed entries match ``want``, calling ``poke()`` between looks (a
+    request that makes the connector log); bounded."""
+    for _ in range(tries):
+        found = [e for e in entries(proc) if want.search(" ".join(e))]
+        if len(found) >= count:
+            return found
+        if proc.popen.poll() is not None:
+            break
+        if callable(poke):
+            poke()
+        time.sleep(0.2)
+    raise AssertionError(f"{want.pattern!r} not printed by tail; its output:\n{proc.text()}")
+
+
+def api_post(account: Account, path: str, token: str | None = None) -> tuple[int, object]:
+    """A raw management API POST with the account's bearer token (or ``token``)."""
+    url = account.edge.api_url.removeprefix("https://")
+    host, port = url.rsplit(":", 1)
+    context = ssl.create_default_context(cafile=str(account.edge.ca))
+    context.check_hostname = False
+    conn = http.client.HTTPSConnection(host, int(port), context=context, timeout=15)
+    try:
+        conn.request("POST", path, headers={"Authorization": f"Bearer {token or account.token}"})
+        response = conn.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        conn.close()
+
+
+def management_token(account: Account, tunnel_id: str, resource: str = "logs") -> str:
+    status, body = api_post(
+        account, f"/client/v4/accounts/{account.tag}/cfd_tunnel/{tunnel_id}/management/{resource}"
+    )
+    assert status == 200, body
+    assert isinstance(body, dict) and isinstance(body["result"], str)
+    return body["result"]
+
+
+def signed_by_edge(edge: Edge, claims: dict[str, object]) -> str:
+    """A token signed with the edge's own management key (what only the edge can make)."""
+    key = serialization.load_pem_private_key(
+        (edge.state_dir / "management-key.pem").read_bytes(), password=None
+    )
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
+    return jwt.encode(claims, key, algorithm="ES256")
+
+
+# -- tokens and refusals (no connector needed: nothing is forwarded) ----------------------------
+
+
+def test_tokens_are_issued_per_tunnel_and_bad_ones_are_refused(
+    tls_edge: Edge, tls_account: Account, tmp_path: Path
+) -> None:
+    tunnel = create_tunnel(tls_account, "tail", HOST)
+    token = management_token(tls_account, tunnel.id)
+    header = jwt.get_unverified_header(token)
+    claims = jwt.decode(token, options={"verify_signature": False})
+    # What cloudflared's connector needs (management/token.go): ES256, tun and actor.
+    assert header["alg"] == "ES256"
+    assert claims["tun"] == {"id": tunnel.id, "account_tag": tls_account.tag}
+    assert claims["actor"]["id"] and claims["res"] == ["logs"]
+    assert 0 < claims["exp"] - claims["iat"] <= 3600
+    assert (tls_edge.state_dir / "management-key.pem").stat().st_mode & 0o777 == 0o600
+
+    # Another account cannot get a token for this tunnel, nor any without credentials.
+    other = login(tls_edge, tmp_path / "other", name="other")
+    status, _ = api_post(
+        other, f"/client/v4/accounts/{tls_account.tag}/cfd_tunnel/{tunnel.id}/management/logs"
+    )
+    assert status == 403
+    status, _ = api_post(
+        other, f"/client/v4/accounts/{other.tag}/cfd_tunnel/{tunnel.id}/management/logs"
+    )
+    assert status == 404
+    status, _ = api_post(
+        tls_account,
+        f"/client/v4/accounts/{tls_account.tag}/cfd_tunnel/{tunnel.id}/management/logs",
+        token="adit.nope.nope",
+    )
+    assert status == 401
+
+    # The tunnel has no connector: a good token gets the 530 cloudflared's tail explains.
+    refused = run_tail(tls_account, "--token", token)
+    assert refused.returncode == 1
+    assert "no connector available" in refused.stderr, refused.stderr
+    assert "(1006)" in refused.stderr
+
+    now = int(time.time())
+    good_claims = {
+        "tun": {"id": tunnel.id, "account_tag": tls_account.tag},
+        "actor": {"id": "someone", "support": False},
+        "res": ["logs"],
+        "iss": "adit-edge",
+        "iat": now,
+        "exp": now + 60,
+    }
+    forged = jwt.encode(good_claims, ec.generate_private_key(ec.SECP256R1()), algorithm="ES256")
+    expired = signed_by_edge(tls_edge, {**good_claims, "iat": now - 700, "exp": now - 100})
+    for bad in (forged, expired, token[:-4] + "AAAA", "not-a-jwt"):
+        refused = run_tail(tls_account, "--token", bad)
+        assert refused.returncode == 1, refused
+        assert "management request failed validation: (1002)" in refused.stderr, refused.stderr
+    wrong = management_token(tls_account, tunnel.id, "host_details")
+    refused = run_tail(tls_account, "--token", wrong)
+    assert "(1003) the access_token does not grant this resource" in refused.stderr
+    refused = run_tail(tls_account, "--token", token, "--connector-id", "nope")
+    assert "connector-id" in refused.stderr and refused.returncode == 1
+
+    # Without a token at all (the raw request cloudflared's tail would make).
+    address, port = tls_edge.https.rsplit(":", 1)
+    context = ssl.create_default_context(cafile=str(tls_edge.ca))
+    conn = http.client.HTTPSConnection(address, int(port), context=context, timeout=15)
+    conn.request("GET", "/logs", headers={"Host": MANAGEMENT})
+    response = conn.getresponse()
+    assert response.status == 401
+    assert json.loads(response.read())["errors"][0]["code"] == 1001
+    conn.close()
+
+    # The management hostname is no route: an unknown path is refused, not forwarded.
+    reply_status = _raw_status(tls_edge, f"/nothing?access_token={token}")
+    assert reply_status == 404
+
+
+def _raw_status(edge: Edge, target: str) -> int:
+    address, port = edge.https.rsplit(":", 1)
+    context = ssl.create_default_context(cafile=str(edge.ca))
+    conn = http.client.HTTPSConnection(address, int(port), context=context, timeout=15)
+    try:
+        conn.request("GET", target, headers={"Host": MANAGEMENT})
+        response = conn.getresponse()
+        response.read()
+        return response.status
+    finally:
+        conn.close()
+
+
+# -- the unmodified cloudflared as the connector ------------------------------------------------
+
+TWINS = ["test_tail_of_cloudflared_with_filters"]
+
+
+@pytest.mark.skipif(not CLOUDFLARED, reason="set ADIT_CLOUDFLARED to a cloudflared binary")
+@pytest.mark.parametrize("name", TWINS)
+def test_cloudflared_in_a_loopback_only_namespace(name: str) -> None:
+    rerun_in_private_netns(f"{Path(__file__)}::{name}", timeout=300, resolver=True)
+
+
+inside = pytest.mark.skipif(not INSIDE_NETNS, reason="runs inside the namespace of its twin")
+
+
+def _private_flow(account: Account, port: int) -> None:
+    """A private TCP flow to a closed port: cloudflared logs it as ``tcp`` events."""
+    subprocess.run(
+        [*adit_command(), "access", "tcp", "--destination", f"127.0.0.1:{port}"],
+        input=b"x",
+        capture_output=True,
+        timeout=60,
+        check=False,
+        env={"HOME": str(account.home), "PATH": "/usr/bin:/bin"},
+    )
+
+
+@inside
+@pytest.mark.timeout(300)
+def test_tail_of_cloudflared_with_filters(
+    processes: Processes, tls_edge: Edge, tls_account: Account, origin: Origin, tmp_path: Path
+) -> None:
+    tunnel: Tunnel = create_tunnel(tls_account, "tail", HOST)
+    tls_account.cli("tunnel", "route", "dns", "tail", DOWN)
+    tls_account.cli("tunnel", "route", "ip", "add", "127.0.0.0/8", "tail")
+    config = write_config(
+        tmp_path / "config.yml",
+        HOST,
+        [{"service": origin.url}],
+    )
+    config.write_text(
+        config.read_text().replace(
+            "ingress:\n", f"ingress:\n- hostname: {DOWN}\n  service: http://127.0.0.1:1\n", 1
+        )
+    )
+    closed = free_port()
+    with dns_records.serving():
+        start_cloudflared(processes, tunnel, config, tls_edge, protocol="quic")
+
+        # Every level and event: an HTTP request through the tunnel is an http debug entry.
+        everything = start_tail(processes, tls_account, "tail-all")
+        found = wait_entries(
+            everything,
+            re.compile(r"^debug http GET \S+/headers"),
+            poke=lambda: request(tls_edge, HOST, path="/headers"),
+        )
+        # cloudflared's line: "<method> <url> <proto>" and its fields as sorted JSON.
+        message, _, fields = found[0][2].partition(" {")
+        assert message == f"GET https://{HOST}/headers HTTP/1.1"
+        assert json.loads("{" + fields)["host"] == HOST
+        everything.signal(2)
+        assert everything.wait(15) == 0
+
+        # --level error: a request to a dead origin shows its error, not its debug line.
+        errors = start_tail(processes, tls_account, "tail-errors", "--level", "error")
+        wait_entries(
+            errors, re.compile(r"^error http "), poke=lambda: request(tls_edge, DOWN, path="/x")
+        )
+        assert all(level == "error" for level, _, _ in entries(errors)), errors.text()
+        errors.signal(15)
+        assert errors.wait(15) == 0
+
+        # --event tcp: once private flows show, an HTTP request in between shows nothing.
+        tcp = start_tail(processes, tls_account, "tail-tcp", "--event", "tcp", "--output", "json")
+        tcp_entry = re.compile(r'"event":"tcp"')
+
+        def json_entries() -> list[str]:
+            return [line for line in tcp.text().splitlines() if line.startswith("{")]
+
+        for _ in range(100):
+            if any(tcp_entry.search(line) for line in json_entries()):
+                break
+            _private_flow(tls_account, closed)
+            time.sleep(0.2)
+        seen = len(json_entries())
+        assert seen, tcp.text()
+        assert request(tls_edge, HOST, path="/headers").status == 200
+        _private_flow(tls_account, closed)
+        for _ in range(100):
+            if len(json_entries()) > seen:
+                break
+            time.sleep(0.1)
+        lines = json_entries()
+        assert len(lines) > seen, tcp.text()
+        assert all(json.loads(line).get("event") == "tcp" for line in lines), lines
+        tcp.signal(2)
+        assert tcp.wait(15) == 0
