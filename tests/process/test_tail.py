@@ -15,6 +15,7 @@ import re
 import ssl
 import subprocess
 import time
+import uuid
 from pathlib import Path
 
 import jwt
@@ -35,6 +36,7 @@ from harness import (
     create_tunnel,
     login,
     request,
+    start_connector,
     start_edge,
     write_config,
 )
@@ -335,3 +337,82 @@ def test_tail_of_cloudflared_with_filters(
         assert all(json.loads(line).get("event") == "tcp" for line in lines), lines
         tcp.signal(2)
         assert tcp.wait(15) == 0
+
+
+# -- adit's connector ---------------------------------------------------------------------------
+
+
+def _fields(rest: str) -> dict[str, object]:
+    """The fields JSON at the end of a printed entry."""
+    _, brace, tail = rest.partition(" {")
+    return json.loads("{" + tail) if brace else {}
+
+
+def test_tail_of_an_adit_connector_streams_every_process(
+    processes: Processes, tls_edge: Edge, tls_account: Account, origin: Origin, tmp_path: Path
+) -> None:
+    tunnel = create_tunnel(tls_account, "tail", HOST)
+    config = write_config(tmp_path / "config.yml", HOST, [{"service": origin.url}])
+    connector = start_connector(processes, tunnel, config)
+
+    def poke() -> None:
+        assert request(tls_edge, HOST, path="/headers").status == 200
+
+    # A worker's request line: an http debug entry (the connector logs at info: the stream
+    # gets debug anyway while someone listens, and its console does not).
+    everything = start_tail(processes, tls_account, "tail-all")
+    found = wait_entries(everything, re.compile(r"^debug http GET \S+/headers"), poke=poke)
+    message, _, _ = found[0][2].partition(" {")
+    assert message == f"GET https://{HOST}/headers HTTP/1.1"
+    line = _fields(found[0][2])
+    assert line["host"] == HOST and "slot" in line and line["ingressRule"] == 0
+    assert "GET https://" not in connector.text()  # the console stays at info
+
+    # A second tail at the same time, narrowed to http events at info and above: the
+    # request lines (debug) do not reach it, a supervisor line (info, cloudflared) neither.
+    second = start_tail(processes, tls_account, "tail-second", "--event", "http")
+    wait_entries(second, re.compile(r"^debug http GET \S+/headers"), poke=poke)
+    before = len(entries(everything))
+    # The supervisor's own line, on a reload (SIGHUP).
+    connector.signal(1)
+    reloaded = wait_entries(everything, re.compile(r"^info cloudflared Reloading configuration"))
+    assert "slot" not in _fields(reloaded[0][2])  # the supervisor, not a worker
+    wait_entries(everything, re.compile(r"^info cloudflared Updated to new configuration"))
+    poke()
+    wait_entries(second, re.compile(r"^debug http GET \S+/headers"), count=2, poke=poke)
+    assert len(entries(everything)) > before
+    assert all(event == "http" for _, event, _ in entries(second)), second.text()
+    for tail in (everything, second):
+        tail.signal(2)
+        assert tail.wait(15) == 0
+
+    # A token for another tunnel, or another connector of this one, reaches no connector.
+    other = create_tunnel(tls_account, "other", "other.tail.example.test")
+    refused = run_tail(tls_account, "--token", management_token(tls_account, other.id))
+    assert "no connector available" in refused.stderr, refused.stderr
+    token = management_token(tls_account, tunnel.id)
+    refused = run_tail(tls_account, "--token", token, "--connector-id", str(uuid.uuid4()))
+    assert "no connector available" in refused.stderr, refused.stderr
+
+    # /ping and /host_details through the edge with the right tokens.
+    assert _raw_status(tls_edge, f"/ping?access_token={token}") == 200
+    details_token = management_token(tls_account, tunnel.id, "host_details")
+    details = _raw_json(tls_edge, f"/host_details?access_token={details_token}")
+    assert uuid.UUID(str(details["connector_id"]))
+    assert details["ip"] == "127.0.0.1" and details["hostname"]
+
+
+def _raw_json(edge: Edge, target: str) -> dict[str, object]:
+    address, port = edge.https.rsplit(":", 1)
+    context = ssl.create_default_context(cafile=str(edge.ca))
+    conn = http.client.HTTPSConnection(address, int(port), context=context, timeout=15)
+    try:
+        conn.request("GET", target, headers={"Host": MANAGEMENT})
+        response = conn.getresponse()
+        body = response.read()
+        assert response.status == 200, body
+        result = json.loads(body)
+        assert isinstance(result, dict)
+        return result
+    finally:
+        conn.close()

@@ -19,6 +19,8 @@ from typing import Any, Final
 __all__ = [
     "EVENTS",
     "LEVELS",
+    "START_STREAMING",
+    "STOP_STREAMING",
     "ClientEvent",
     "InvalidManagementMessage",
     "LogEntry",

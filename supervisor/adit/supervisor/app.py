@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 
 import click
 import uvloop
+import zmq
 import zmq.asyncio
 
 from adit.ipc.channels import (
@@ -39,6 +40,7 @@ from adit.ipc.channels import (
 )
 from adit.ipc.messages import Command, Event, Start
 from adit.logs import fields, parse_level
+from adit.logs.live_stream import LogPublisher
 from adit.supervisor.errors import SupervisorError
 from adit.supervisor.launch import EarlyWorkers, send_boot, worker_boot
 from adit.supervisor.metrics_server import MetricsServer, bind_metrics_socket, format_address
@@ -230,6 +232,9 @@ class Supervisor:
         self._context = zmq.asyncio.Context()
         events = EventReceiver(self._context, self._runtime_dir)
         pumps: list[asyncio.Task[None]] = []
+        publisher = _publish_logs(self._context, self._runtime_dir)
+        if publisher is not None:
+            pumps.append(asyncio.create_task(publisher.watch(), name="logs"))
         try:
             log.info("Generated Connector ID: %s", self.settings.connector_id)
             log.info("Initial protocol %s", self.settings.initial_protocol)
@@ -257,6 +262,8 @@ class Supervisor:
                 self._early.discard()
             await metrics_server.close()
             events.close()
+            if publisher is not None:
+                publisher.shutdown()
             self._context.term()
             notifier.close()
             remove_runtime_directory(self._runtime_dir)
@@ -493,3 +500,12 @@ class Supervisor:
         if self._registry is None:
             self._registry = build_registry(self.state.stats, self._sample_workers)
         return render_metrics(self._registry)
+
+
+def _publish_logs(context: zmq.asyncio.Context, runtime_dir: Path) -> LogPublisher | None:
+    """The supervisor's records for ``tail`` (a worker's ``/logs`` stream subscribes)."""
+    try:
+        return LogPublisher.bind(zmq.Context.shadow(context.underlying), runtime_dir, {})
+    except zmq.ZMQError as exc:
+        log.warning("Cannot publish logs for tail error=%r", str(exc))
+        return None
