@@ -123,6 +123,20 @@ def _management_token(
     return token, client.ca_pem
 
 
+def _pinned_ca(origincert: str | None) -> str:
+    """The edge CA pinned in cert.pem, if there is one (with ``--token``, cert.pem is not
+    otherwise needed: its absence is no error)."""
+    from adit.credentials import CredentialsError, find_default_origin_cert, read_origin_cert
+
+    path = Path(origincert).expanduser() if origincert else find_default_origin_cert()
+    if path is None or not path.is_file():
+        return ""
+    try:
+        return read_origin_cert(path).edge_ca_pem
+    except (CredentialsError, OSError):
+        return ""
+
+
 def _refusal_lines(refused: HandshakeRefused) -> list[str]:
     """cloudflared's ``handleValidationError``."""
     import json
@@ -350,6 +364,8 @@ def tail(
     ca_pem = ""
     if not token:
         token, ca_pem = _management_token(ctx, tunnel, origincert, api_url)
+    if not ca_pem and cacert is None:
+        ca_pem = _pinned_ca(origincert)
     if cacert is not None:
         try:
             ca_pem = cacert.read_text(encoding="ascii")
