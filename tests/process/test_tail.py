@@ -421,3 +421,69 @@ def _raw_json(edge: Edge, target: str) -> dict[str, object]:
         return result
     finally:
         conn.close()
+
+
+def test_a_slow_tail_client_loses_counted_entries_and_never_slows_the_connector(
+    processes: Processes, tls_edge: Edge, tls_account: Account, origin: Origin, tmp_path: Path
+) -> None:
+    """A client that stops reading: the tunnel's flow control holds its stream, its session's
+    queue fills, and what does not fit is counted and told once it reads again; meanwhile
+    every request is served."""
+    import asyncio
+    import socket
+
+    import websockets.asyncio.client
+
+    tunnel = create_tunnel(tls_account, "tail", HOST)
+    config = write_config(tmp_path / "config.yml", HOST, [{"service": origin.url}])
+    start_connector(processes, tunnel, config)
+    token = management_token(tls_account, tunnel.id)
+    address, port = tls_edge.https.rsplit(":", 1)
+    context = ssl.create_default_context(cafile=str(tls_edge.ca))
+    # Long paths make long entries: the buffers on the way fill after a few hundred requests.
+    pad = "/pad/" + "p" * 24_000
+
+    async def main() -> tuple[list[int], str]:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect((address, int(port)))
+        async with websockets.asyncio.client.connect(
+            f"wss://{MANAGEMENT}/logs?access_token={token}",
+            sock=sock,
+            ssl=context,
+            server_hostname=MANAGEMENT,
+            max_queue=1,
+            max_size=None,
+            compression=None,
+            ping_interval=None,
+        ) as ws:
+            await ws.send(json.dumps({"type": "start_streaming", "filters": {"events": ["http"]}}))
+            statuses = await asyncio.to_thread(_flood, tls_edge, pad, 400)
+            for _ in range(5000):  # bounded: every message of the backlog, then the count
+                message = json.loads(await asyncio.wait_for(ws.recv(), 30))
+                for entry in message["logs"]:
+                    if "entries dropped" in entry.get("message", ""):
+                        return statuses, json.dumps(entry)
+            return statuses, ""
+
+    statuses, dropped = asyncio.run(main())
+    assert set(statuses) == {200}, statuses  # every request answered (by the origin)
+    assert dropped, "no drop count reached the client"
+    entry = json.loads(dropped)
+    assert entry["level"] == "warn" and entry["fields"]["dropped"] > 0, entry
+
+
+def _flood(edge: Edge, path: str, count: int) -> list[int]:
+    """``count`` requests over one keep-alive connection; their statuses."""
+    address, port = edge.http.rsplit(":", 1)
+    conn = http.client.HTTPConnection(address, int(port), timeout=30)
+    statuses = []
+    try:
+        for _ in range(count):
+            conn.request("GET", path, headers={"Host": HOST})
+            response = conn.getresponse()
+            response.read()
+            statuses.append(response.status)
+    finally:
+        conn.close()
+    return statuses

@@ -47,8 +47,9 @@ _RECEIVE_HWM: Final = 10000
 #: How often a publisher looks for (un)subscriptions, and a hub for new publishers.
 _POLL_INTERVAL: Final = 0.25
 _RESCAN_INTERVAL: Final = 1.0
-#: Entries a session holds for its client before it counts drops instead.
+#: Entries, and bytes of them, a session holds for its client before it counts drops instead.
 SESSION_CAPACITY: Final = 512
+SESSION_BYTES: Final = 1024 * 1024
 
 _LEVELS: Final = {
     logging.DEBUG: "debug",
@@ -206,22 +207,32 @@ class LogPublisher(logging.Handler):
 class LogSession:
     """One ``tail`` client's view: its filters, a bounded queue, and what it missed."""
 
-    def __init__(self, filters: StreamingFilters, capacity: int = SESSION_CAPACITY) -> None:
+    def __init__(
+        self,
+        filters: StreamingFilters,
+        capacity: int = SESSION_CAPACITY,
+        max_bytes: int = SESSION_BYTES,
+    ) -> None:
         self.filters = filters
         self._capacity = capacity
-        self._queue: collections.deque[LogEntry] = collections.deque()
+        self._max_bytes = max_bytes
+        self._queue: collections.deque[tuple[LogEntry, int]] = collections.deque()
+        self._bytes = 0
         self._ready = asyncio.Event()
         #: Entries that passed the filters but found the queue full (or were lost upstream).
         self.dropped = 0
 
-    def offer(self, entry: LogEntry) -> None:
-        """Queue ``entry`` if it passes the filters; never waits."""
+    def offer(self, entry: LogEntry, size: int = 0) -> None:
+        """Queue ``entry`` (about ``size`` bytes) if it passes the filters; never waits."""
         if not self.filters.accepts(entry.level, entry.event):
             return
-        if len(self._queue) >= self._capacity:
+        if len(self._queue) >= self._capacity or (
+            self._queue and self._bytes + size > self._max_bytes
+        ):
             self.dropped += 1
         else:
-            self._queue.append(entry)
+            self._queue.append((entry, size))
+            self._bytes += size
         self._ready.set()
 
     def lost(self, count: int) -> None:
@@ -235,7 +246,11 @@ class LogSession:
         while not self._queue and not self.dropped:
             self._ready.clear()
             await self._ready.wait()
-        batch = [self._queue.popleft() for _ in range(min(limit, len(self._queue)))]
+        batch = []
+        for _ in range(min(limit, len(self._queue))):
+            entry, size = self._queue.popleft()
+            self._bytes -= size
+            batch.append(entry)
         dropped, self.dropped = self.dropped, 0
         return batch, dropped
 
@@ -319,7 +334,7 @@ class LogHub:
                 session.lost(wire.seq - last - 1)
         entry = LogEntry(wire.time, wire.level, wire.message, wire.event, wire.fields or None)
         for session in self.sessions:
-            session.offer(entry)
+            session.offer(entry, len(payload))
 
 
 _hub: LogHub | None = None

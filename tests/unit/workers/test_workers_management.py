@@ -69,3 +69,17 @@ def test_a_session_holds_a_bounded_queue_and_counts_what_it_dropped() -> None:
         assert [e.message for e in batch] == ["line 10"] and dropped == 0
 
     asyncio.run(main())
+
+
+def test_a_session_bounds_the_bytes_it_holds_too() -> None:
+    async def main() -> None:
+        session = LogSession(StreamingFilters(), capacity=100, max_bytes=1000)
+        for n in range(5):
+            session.offer(_entry(n), 400)
+        batch, dropped = await session.next_batch()
+        assert len(batch) == 2 and dropped == 3
+        session.offer(_entry(9), 5000)  # one entry bigger than the bound still goes alone
+        batch, dropped = await session.next_batch()
+        assert len(batch) == 1 and dropped == 0
+
+    asyncio.run(main())

@@ -61,6 +61,8 @@ STATUS_IDLE_LIMIT: Final = 4003
 IDLE_TIMEOUT: Final = 300.0
 PING_INTERVAL: Final = 15.0
 _READ_LIMIT: Final = 64 * 1024
+#: How long a ``/logs`` request waits for the worker's log hub (set up with its ipc).
+HUB_WAIT: Final = 10.0
 
 _MISSING_TOKEN = {
     "success": False,
@@ -184,8 +186,14 @@ class ManagementService:
             await stream.send_response(426, [], source=ResponseSource.ORIGIN, end_stream=True)
             return
         hub = current_hub()
+        for _ in range(int(HUB_WAIT / 0.1)):
+            if hub is not None:
+                break
+            # The worker opens its ipc just after its first registration: a tail that comes
+            # at once waits for it (bounded) rather than fail.
+            await asyncio.sleep(0.1)
+            hub = current_hub()
         if hub is None:
-            # The worker's ipc is not up yet (its first seconds): nothing to stream from.
             await stream.send_response(503, [], source=ResponseSource.ORIGIN, end_stream=True)
             return
         await stream.send_response(
