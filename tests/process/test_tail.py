@@ -406,6 +406,14 @@ def test_tail_of_an_adit_connector_streams_every_process(
     assert uuid.UUID(str(details["connector_id"]))
     assert details["ip"] == "127.0.0.1" and details["hostname"]
 
+    # The connector stopping ends the streams at once (they would hold its drain open).
+    last = start_tail(processes, tls_account, "tail-last")
+    wait_entries(last, re.compile(r"^debug http GET \S+/headers"), poke=poke)
+    connector.signal(15)
+    assert connector.wait(30) == 0
+    assert last.wait(15) == 0
+    assert "received remote closure: (1001) the connector is stopping" in last.text()
+
 
 def _raw_json(edge: Edge, target: str) -> dict[str, object]:
     address, port = edge.https.rsplit(":", 1)

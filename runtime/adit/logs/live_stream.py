@@ -176,7 +176,7 @@ class LogPublisher(logging.Handler):
                 # Set at start, or changed by a reload since: what the other handlers keep.
                 self._configured = root.level
                 for handler in others:
-                    handler.setLevel(max(handler.level, root.level))
+                    handler.setLevel(root.level)
                 root.setLevel(logging.DEBUG)
         elif self._configured is not None:
             root.setLevel(self._configured)

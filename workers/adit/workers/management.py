@@ -125,6 +125,12 @@ class ManagementService:
         self._tunnel_id = tunnel_id
         self._label = label
         self.sessions = 0
+        #: Set when the worker drains: log streams end (they would hold the drain open).
+        self._closing = asyncio.Event()
+
+    def close_streams(self) -> None:
+        """End every log stream now (``1001 going away``) and refuse new ones."""
+        self._closing.set()
 
     async def serve(self, stream: TunnelStream) -> None:
         """Answer one management request; never raises."""
@@ -213,7 +219,7 @@ class ManagementService:
                 async with lock:
                     await stream.write(data)
 
-        if self.sessions >= MAX_SESSIONS:
+        if self.sessions >= MAX_SESSIONS or self._closing.is_set():
             await send(ws.send_close(STATUS_SESSION_LIMIT, "limit exceeded for streaming sessions"))
             await stream.end()
             return
@@ -223,7 +229,19 @@ class ManagementService:
         pinger = asyncio.ensure_future(self._ping(ws, send))
         try:
             while True:
-                message = await self._next_message(stream, ws, send, idle=session is None)
+                reading = asyncio.ensure_future(
+                    self._next_message(stream, ws, send, idle=session is None)
+                )
+                closing = asyncio.ensure_future(self._closing.wait())
+                await asyncio.wait({reading, closing}, return_when=asyncio.FIRST_COMPLETED)
+                closing.cancel()
+                if not reading.done():
+                    reading.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await reading
+                    await send(ws.send_close(CloseCode.GOING_AWAY, "the connector is stopping"))
+                    return
+                message = reading.result()
                 if message is None:
                     return
                 try:

@@ -219,6 +219,11 @@ class LazyProxy:
         await asyncio.shield(loading)
         await self.get().serve(stream, rule)
 
+    def close_management_streams(self) -> None:
+        """The worker drains: ``tail`` streams end rather than hold it for its grace."""
+        if self._management is not None:
+            self._management.close_streams()
+
     async def serve_management(self, stream: TunnelStream) -> None:
         """A request to the management hostname (``tail``; see
         :mod:`adit.workers.management`), imported on the first one."""
@@ -405,6 +410,7 @@ class WorkerRuntime:
         """Unregister all connections, let in-flight streams finish within ``grace`` seconds."""
         self._grace = grace
         self._draining.set()
+        self.proxy.close_management_streams()
 
     def apply_ingress(self, snapshot: IngressSnapshot) -> None:
         """Swap the ingress rules atomically; stale versions are ignored."""
