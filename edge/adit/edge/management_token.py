@@ -81,6 +81,7 @@ class ManagementSigner:
     @classmethod
     def load_or_create(cls, state_dir: str | os.PathLike[str]) -> ManagementSigner:
         """The key in ``state_dir``, generated (0600) on first use."""
+        Path(state_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
         path = Path(state_dir) / _KEY_FILE
         if path.exists():
             key = serialization.load_pem_private_key(path.read_bytes(), password=None)
