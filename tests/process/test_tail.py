@@ -353,12 +353,19 @@ def _fields(rest: str) -> dict[str, object]:
     return json.loads("{" + tail) if brace else {}
 
 
+@pytest.mark.parametrize("protocol", ["http2", "quic"])
 def test_tail_of_an_adit_connector_streams_every_process(
-    processes: Processes, tls_edge: Edge, tls_account: Account, origin: Origin, tmp_path: Path
+    processes: Processes,
+    tls_edge: Edge,
+    tls_account: Account,
+    origin: Origin,
+    tmp_path: Path,
+    protocol: str,
 ) -> None:
     tunnel = create_tunnel(tls_account, "tail", HOST)
     config = write_config(tmp_path / "config.yml", HOST, [{"service": origin.url}])
-    connector = start_connector(processes, tunnel, config)
+    connector = start_connector(processes, tunnel, config, extra=["--protocol", protocol])
+    assert f"protocol={protocol}" in connector.text()
 
     def poke() -> None:
         assert request(tls_edge, HOST, path="/headers").status == 200
