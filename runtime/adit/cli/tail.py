@@ -27,7 +27,13 @@ from urllib.parse import urlencode, urlsplit
 
 import click
 
-from adit.cli.access import EdgeTarget, HandshakeRefused, frame_sender, open_websocket
+from adit.cli.access import (
+    AccessError,
+    EdgeTarget,
+    HandshakeRefused,
+    frame_sender,
+    open_websocket,
+)
 from adit.cli.state import CommandFailure
 from adit.protocol.hostnames import AddressError, split_address
 from adit.protocol.management_logs import (
@@ -381,6 +387,10 @@ def tail(
         for line in _refusal_lines(refused):
             log.error("%s", line)
         sys.exit(1)
+    except AccessError as exc:
+        raise CommandFailure(
+            f"unable to start management log streaming session: {exc.message}"
+        ) from None
     except click.ClickException:
         raise
     except (OSError, WebSocketError) as exc:

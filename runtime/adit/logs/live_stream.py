@@ -76,6 +76,11 @@ _encode = msgspec.json.Encoder(enc_hook=str).encode
 _decode = msgspec.json.Decoder(_Wire).decode
 
 
+def _exception_text(record: logging.LogRecord) -> str:
+    assert record.exc_info is not None
+    return logging.Formatter().formatException(record.exc_info)
+
+
 def _timestamp(created: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(created))
 
@@ -123,7 +128,7 @@ class LogPublisher(logging.Handler):
         try:
             fields = {**self._context, **record_fields(record)}
             if record.exc_info:
-                fields.setdefault("error", self.formatter_exception(record))
+                fields.setdefault("error", _exception_text(record))
             payload = _encode(
                 _Wire(
                     _timestamp(record.created),
@@ -141,11 +146,6 @@ class LogPublisher(logging.Handler):
         except Exception:
             # A log line must never take its caller down (logging's own policy).
             self.handleError(record)
-
-    @staticmethod
-    def formatter_exception(record: logging.LogRecord) -> str:
-        assert record.exc_info is not None
-        return logging.Formatter().formatException(record.exc_info)
 
     def poll(self) -> None:
         """Take (un)subscriptions, and lower or restore the root level to match."""
