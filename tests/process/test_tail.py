@@ -248,7 +248,10 @@ def _raw_status(edge: Edge, target: str) -> int:
 
 # -- the unmodified cloudflared as the connector ------------------------------------------------
 
-TWINS = ["test_tail_of_cloudflared_with_filters"]
+TWINS = [
+    "test_tail_of_cloudflared_with_filters",
+    "test_cloudflareds_own_tail_reads_an_adit_connector",
+]
 
 
 @pytest.mark.skipif(not CLOUDFLARED, reason="set ADIT_CLOUDFLARED to a cloudflared binary")
@@ -502,3 +505,80 @@ def _flood(edge: Edge, path: str, count: int) -> list[int]:
     finally:
         conn.close()
     return statuses
+
+
+def _edge_on_443(processes: Processes) -> Edge:
+    """An edge whose public HTTPS listener is 127.0.0.1:443, where cloudflared's tail dials
+    ``management.argotunnel.com`` (the namespace's /etc/hosts says so)."""
+    state = processes.tmp / "edge-state"
+    ready = processes.tmp / "edge-ready.json"
+    proc = processes.start(
+        "edge",
+        [
+            *adit_command(),
+            "edge",
+            "--state-dir",
+            str(state),
+            "--tunnel-listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+            "--https-listen",
+            "127.0.0.1:443",
+            "--api-listen",
+            "127.0.0.1:0",
+            "--location",
+            "test",
+            "--ready-file",
+            str(ready),
+        ],
+    )
+    for _ in range(400):
+        if ready.exists() or proc.popen.poll() is not None:
+            break
+        time.sleep(0.05)
+    assert ready.exists(), proc.text()
+    info = json.loads(ready.read_text())
+    return Edge(
+        proc=proc,
+        state_dir=state,
+        http=info["http"][0],
+        api_url=info["api"][0],
+        tunnel=info["advertise"],
+        ca=Path(info["ca"]),
+        https=info["https"][0],
+    )
+
+
+@inside
+@pytest.mark.timeout(300)
+def test_cloudflareds_own_tail_reads_an_adit_connector(
+    processes: Processes, origin: Origin, tmp_path: Path
+) -> None:
+    """The unmodified ``cloudflared tail --token`` against adit's edge and connector: it dials
+    wss://management.argotunnel.com (here 127.0.0.1:443, trusting the edge CA through Go's
+    SSL_CERT_FILE) and prints the adit connector's request lines."""
+    hosts = tmp_path / "hosts"
+    hosts.write_text(f"127.0.0.1 localhost {MANAGEMENT}\n")
+    # The twin runs this in a mount namespace of its own: the bind mount ends with it.
+    subprocess.run(["mount", "--bind", str(hosts), "/etc/hosts"], check=True)
+    edge = _edge_on_443(processes)
+    account = login(edge, tmp_path / "home")
+    tunnel = create_tunnel(account, "tail", HOST)
+    config = write_config(tmp_path / "config.yml", HOST, [{"service": origin.url}])
+    start_connector(processes, tunnel, config)
+    token = management_token(account, tunnel.id)
+    tail = processes.start(
+        "cloudflared-tail",
+        [CLOUDFLARED, "tail", "--token", token, "--loglevel", "debug", "--event", "http"],
+        env={"SSL_CERT_FILE": str(edge.ca), "HOME": str(account.home)},
+    )
+    found = wait_entries(
+        tail,
+        re.compile(r"^debug http GET \S+/headers"),
+        poke=lambda: request(edge, HOST, path="/headers"),
+    )
+    assert _fields(found[0][2])["host"] == HOST
+    assert all(event == "http" for _, event, _ in entries(tail)), tail.text()
+    tail.signal(2)
+    assert tail.wait(15) == 0
