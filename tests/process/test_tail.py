@@ -582,3 +582,26 @@ def test_cloudflareds_own_tail_reads_an_adit_connector(
     assert all(event == "http" for _, event, _ in entries(tail)), tail.text()
     tail.signal(2)
     assert tail.wait(15) == 0
+
+
+def test_a_management_hostname_of_the_operators_choice(
+    processes: Processes, origin: Origin, tmp_path: Path
+) -> None:
+    """``adit edge --management-hostname``: tail asks for that name; connectors still get the
+    one they serve (management.argotunnel.com), and that name is no longer special."""
+    name = "mgmt.example.test"
+    edge = start_edge(processes, https=True, env={"ADIT_EDGE_MANAGEMENT_HOSTNAME": name})
+    account = login(edge, tmp_path / "home")
+    tunnel = create_tunnel(account, "tail", HOST)
+    config = write_config(tmp_path / "config.yml", HOST, [{"service": origin.url}])
+    start_connector(processes, tunnel, config)
+    tail = start_tail(processes, account, "tail", "--management-hostname", name)
+    wait_entries(
+        tail,
+        re.compile(r"^debug http GET \S+/headers"),
+        poke=lambda: request(edge, HOST, path="/headers"),
+    )
+    tail.signal(2)
+    assert tail.wait(15) == 0
+    token = management_token(account, tunnel.id)
+    assert _raw_status(edge, f"/ping?access_token={token}") == 404  # no such route now
