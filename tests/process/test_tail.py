@@ -367,7 +367,9 @@ def test_tail_of_an_adit_connector_streams_every_process(
 ) -> None:
     tunnel = create_tunnel(tls_account, "tail", HOST)
     config = write_config(tmp_path / "config.yml", HOST, [{"service": origin.url}])
-    connector = start_connector(processes, tunnel, config, extra=["--protocol", protocol])
+    connector = start_connector(
+        processes, tunnel, config, extra=["--protocol", protocol, "--label", "edge-box"]
+    )
     assert f"protocol={protocol}" in connector.text()
 
     def poke() -> None:
@@ -414,7 +416,7 @@ def test_tail_of_an_adit_connector_streams_every_process(
     details_token = management_token(tls_account, tunnel.id, "host_details")
     details = _raw_json(tls_edge, f"/host_details?access_token={details_token}")
     assert uuid.UUID(str(details["connector_id"]))
-    assert details["ip"] == "127.0.0.1" and details["hostname"]
+    assert details["ip"] == "127.0.0.1" and details["hostname"] == "custom:edge-box"
 
     # The connector stopping ends the streams at once (they would hold its drain open).
     last = start_tail(processes, tls_account, "tail-last")

@@ -119,7 +119,7 @@ class ManagementService:
         self,
         connector_id: uuid.UUID,
         tunnel_id: Callable[[], uuid.UUID | None],
-        label: str = "",
+        label: Callable[[], str] = lambda: "",
     ) -> None:
         self._connector_id = connector_id
         self._tunnel_id = tunnel_id
@@ -183,7 +183,8 @@ class ManagementService:
         sockname = connection.local_sockname() if connection is not None else None
         if isinstance(sockname, tuple) and sockname:
             details["ip"] = str(sockname[0])
-        details["hostname"] = f"custom:{self._label}" if self._label else socket.gethostname()
+        label = self._label()
+        details["hostname"] = f"custom:{label}" if label else socket.gethostname()
         return details
 
     async def _logs(self, stream: TunnelStream, actor: str) -> None:

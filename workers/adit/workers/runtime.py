@@ -171,10 +171,12 @@ class LazyProxy:
         connector_id: uuid.UUID,
         tags: dict[str, str],
         tunnel_id: Callable[[], uuid.UUID | None] = lambda: None,
+        label: Callable[[], str] = lambda: "",
     ) -> None:
         self._connector_id = connector_id
         self._tags = tags
         self._tunnel_id = tunnel_id
+        self._label = label
         self._proxy: OriginProxy | None = None
         self._loading: asyncio.Future[None] | None = None
         self._management: ManagementService | None = None
@@ -230,7 +232,7 @@ class LazyProxy:
         if self._management is None:
             from adit.workers.management import ManagementService
 
-            self._management = ManagementService(self._connector_id, self._tunnel_id)
+            self._management = ManagementService(self._connector_id, self._tunnel_id, self._label)
         await self._management.serve(stream)
 
     async def serve_private(self, stream: TunnelStream, options: OriginOptions) -> None:
@@ -316,7 +318,9 @@ class WorkerRuntime:
         self.settings = settings
         self.publish = publish
         self.connector_id = uuid.UUID(settings.connector_id)
-        self.proxy = LazyProxy(self.connector_id, settings.tags, self._tunnel_id)
+        self.proxy = LazyProxy(
+            self.connector_id, settings.tags, self._tunnel_id, lambda: self.settings.label
+        )
         # Built once the config modules are imported (off the first dial's path, see run()).
         self._ingress: Ingress | None = None
         self._initial_ingress = settings.ingress
