@@ -27,13 +27,7 @@ from urllib.parse import urlencode, urlsplit
 
 import click
 
-from adit.cli.access import (
-    AccessError,
-    EdgeTarget,
-    HandshakeRefused,
-    frame_sender,
-    open_websocket,
-)
+from adit.cli.access import AccessError, EdgeTarget, HandshakeRefused, open_websocket
 from adit.cli.state import CommandFailure
 from adit.protocol.hostnames import AddressError, split_address
 from adit.protocol.management_logs import (
@@ -183,7 +177,15 @@ async def stream_logs(
     interrupted (SIGINT, SIGTERM)."""
     reader, writer, rest = await open_websocket(target, headers)
     ws = WebSocketConnection(Role.CLIENT)
-    send = frame_sender(writer)
+    lock = asyncio.Lock()
+
+    async def send(data: bytes) -> None:
+        # One writer at a time: a pong (from the reader) must not land inside our close.
+        if data:
+            async with lock:
+                writer.write(data)
+                await writer.drain()
+
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
