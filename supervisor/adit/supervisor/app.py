@@ -40,7 +40,6 @@ from adit.ipc.channels import (
 )
 from adit.ipc.messages import Command, Event, Start
 from adit.logs import fields, parse_level
-from adit.logs.live_stream import LogPublisher
 from adit.supervisor.errors import SupervisorError
 from adit.supervisor.launch import EarlyWorkers, send_boot, worker_boot
 from adit.supervisor.metrics_server import MetricsServer, bind_metrics_socket, format_address
@@ -68,6 +67,8 @@ from adit.systemd import Notifier, SystemdNotifier
 if TYPE_CHECKING:
     import psutil
     from prometheus_client import CollectorRegistry
+
+    from adit.logs.live_stream import LogPublisher
 
 __all__ = [
     "EXIT_POLL_INTERVAL",
@@ -504,6 +505,8 @@ class Supervisor:
 
 def _publish_logs(context: zmq.asyncio.Context, runtime_dir: Path) -> LogPublisher | None:
     """The supervisor's records for ``tail`` (a worker's ``/logs`` stream subscribes)."""
+    from adit.logs.live_stream import LogPublisher
+
     try:
         return LogPublisher.bind(zmq.Context.shadow(context.underlying), runtime_dir, {})
     except zmq.ZMQError as exc:
