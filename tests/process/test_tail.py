@@ -217,6 +217,12 @@ def test_tokens_are_issued_per_tunnel_and_bad_ones_are_refused(
     assert "(1003) the access_token does not grant this resource" in refused.stderr
     refused = run_tail(tls_account, "--token", token, "--connector-id", "nope")
     assert "connector-id" in refused.stderr and refused.returncode == 1
+    junk = tmp_path / "junk.pem"
+    junk.write_text("not a certificate\n")
+    refused = run_tail(tls_account, "--token", token, "--cacert", str(junk))
+    assert f"--cacert {junk} holds no PEM CA certificate" in refused.stderr, refused.stderr
+    refused = run_tail(tls_account, "--token", token, "--level", "loud")
+    assert "invalid --level filter provided" in refused.stderr and refused.returncode == 1
 
     # Without a token at all (the raw request cloudflared's tail would make).
     address, port = tls_edge.https.rsplit(":", 1)

@@ -123,6 +123,25 @@ def _management_token(
     return token, client.ca_pem
 
 
+def _read_cacert(path: Path) -> str:
+    """``--cacert``: a PEM file OpenSSL takes as a CA, or a clear error naming it."""
+    import ssl
+
+    try:
+        pem = path.read_text(encoding="ascii", errors="replace")
+        if "-----BEGIN CERTIFICATE-----" not in pem:
+            raise ssl.SSLError("no BEGIN CERTIFICATE line")
+        ssl.create_default_context(cadata=pem)
+    except ssl.SSLError as exc:  # an OSError too: first
+        detail = getattr(exc, "reason", None) or (exc.args[-1] if exc.args else "")
+        raise CommandFailure(
+            f"--cacert {path} holds no PEM CA certificate ({detail}): give the edge's ca.pem"
+        ) from None
+    except OSError as exc:
+        raise CommandFailure(f"--cacert {path}: cannot read it: {exc.strerror or exc}") from None
+    return pem
+
+
 def _pinned_ca(origincert: str | None) -> str:
     """The edge CA pinned in cert.pem, if there is one (with ``--token``, cert.pem is not
     otherwise needed: its absence is no error)."""
@@ -375,10 +394,7 @@ def tail(
     if not ca_pem and cacert is None:
         ca_pem = _pinned_ca(origincert)
     if cacert is not None:
-        try:
-            ca_pem = cacert.read_text(encoding="ascii")
-        except (OSError, ValueError) as exc:
-            raise CommandFailure(f"--cacert {cacert}: cannot read it: {exc}") from None
+        ca_pem = _read_cacert(cacert)
     target = _target(management_hostname, edge, ca_pem, token, connector_id)
     headers = [("User-Agent", f"adit/{__version__}")]
     if trace:
