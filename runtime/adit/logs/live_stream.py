@@ -305,8 +305,11 @@ class LogHub:
                     pattern = os.path.join(os.fspath(self._runtime_dir), f"{_PREFIX}*")
                     for path in glob.glob(pattern):
                         if path not in connected:
-                            socket.connect(f"ipc://{path}")
                             connected.add(path)
+                            try:
+                                socket.connect(f"ipc://{path}")
+                            except zmq.ZMQError as exc:
+                                log.debug("cannot subscribe to %s: %s", path, exc)
                     rescan = loop.time() + _RESCAN_INTERVAL
                 if not await socket.poll(int(_RESCAN_INTERVAL * 1000)):
                     continue

@@ -104,6 +104,12 @@ def check_token(token: str, tunnel_id: uuid.UUID | None) -> str:
     return str(actor["id"])
 
 
+def _retrieve(task: asyncio.Future[None]) -> None:
+    """A writer or pinger that failed (the client went away): the reader ends the stream."""
+    if not task.cancelled() and task.exception() is not None:
+        log.debug("management stream task ended: %r", task.exception())
+
+
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
@@ -228,6 +234,7 @@ class ManagementService:
         session: LogSession | None = None
         writer: asyncio.Task[None] | None = None
         pinger = asyncio.ensure_future(self._ping(ws, send))
+        pinger.add_done_callback(_retrieve)
         try:
             while True:
                 reading = asyncio.ensure_future(
@@ -266,6 +273,7 @@ class ManagementService:
                 hub.add(session)
                 log.debug("Streaming logs actor=%s", actor)
                 writer = asyncio.ensure_future(self._write(session, ws, send))
+                writer.add_done_callback(_retrieve)
         finally:
             self.sessions -= 1
             if session is not None:
