@@ -425,7 +425,10 @@ def test_tail_of_an_adit_connector_streams_every_process(
     assert details["ip"] == "127.0.0.1" and details["hostname"] == "custom:edge-box"
 
     # The connector stopping ends the streams at once (they would hold its drain open).
-    last = start_tail(processes, tls_account, "tail-last")
+    connector_id = re.search(r"Generated Connector ID: ([0-9a-f-]{36})", connector.text())
+    assert connector_id, connector.text()
+    assert details["connector_id"] == connector_id.group(1)
+    last = start_tail(processes, tls_account, "tail-last", "--connector-id", connector_id.group(1))
     wait_entries(last, re.compile(r"^debug http GET \S+/headers"), poke=poke)
     connector.signal(15)
     assert connector.wait(30) == 0
