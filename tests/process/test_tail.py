@@ -424,6 +424,12 @@ def test_tail_of_an_adit_connector_streams_every_process(
     assert uuid.UUID(str(details["connector_id"]))
     assert details["ip"] == "127.0.0.1" and details["hostname"] == "custom:edge-box"
 
+    # Diagnostics: the supervisor's metrics, for an admin token only.
+    assert _raw_status(tls_edge, f"/metrics?access_token={token}") == 403
+    admin = management_token(tls_account, tunnel.id, "admin")
+    metrics = _raw_text(tls_edge, f"/metrics?access_token={admin}")
+    assert "cloudflared_tunnel_total_requests" in metrics, metrics[:2000]
+
     # The connector stopping ends the streams at once (they would hold its drain open).
     connector_id = re.search(r"Generated Connector ID: ([0-9a-f-]{36})", connector.text())
     assert connector_id, connector.text()
@@ -434,6 +440,20 @@ def test_tail_of_an_adit_connector_streams_every_process(
     assert connector.wait(30) == 0
     assert last.wait(15) == 0
     assert "received remote closure: (1001) the connector is stopping" in last.text()
+
+
+def _raw_text(edge: Edge, target: str) -> str:
+    address, port = edge.https.rsplit(":", 1)
+    context = ssl.create_default_context(cafile=str(edge.ca))
+    conn = http.client.HTTPSConnection(address, int(port), context=context, timeout=15)
+    try:
+        conn.request("GET", target, headers={"Host": MANAGEMENT})
+        response = conn.getresponse()
+        body = response.read().decode()
+        assert response.status == 200, body
+        return body
+    finally:
+        conn.close()
 
 
 def _raw_json(edge: Edge, target: str) -> dict[str, object]:

@@ -35,11 +35,21 @@ import zmq.asyncio
 from adit.logs.formats import EVENT_ATTR, record_fields
 from adit.protocol.management_logs import LogEntry, StreamingFilters
 
-__all__ = ["LogHub", "LogPublisher", "LogSession", "current_hub", "install_hub"]
+__all__ = [
+    "METRICS_ADDRESS_FILE",
+    "LogHub",
+    "LogPublisher",
+    "LogSession",
+    "current_hub",
+    "install_hub",
+]
 
 log = logging.getLogger("adit.logs.live")
 
 _PREFIX: Final = "logs-"
+#: The supervisor's metrics address (``host:port``), in the runtime directory, for the
+#: management service's ``/metrics``.
+METRICS_ADDRESS_FILE: Final = "metrics-address"
 #: Records a publisher queues for its subscribers before it drops (per subscriber).
 _SEND_HWM: Final = 1000
 #: Records a hub takes before the publishers' queues (the rest wait there, then drop).
@@ -260,7 +270,8 @@ class LogHub:
 
     def __init__(self, context: zmq.asyncio.Context, runtime_dir: Path) -> None:
         self._context = context
-        self._runtime_dir = runtime_dir
+        #: The connector's private runtime directory (ipc sockets, the metrics address).
+        self.runtime_dir = runtime_dir
         self.sessions: set[LogSession] = set()
         self._task: asyncio.Task[None] | None = None
         self._socket: zmq.asyncio.Socket | None = None
@@ -302,7 +313,7 @@ class LogHub:
             while True:
                 if loop.time() >= rescan:
                     # Workers respawn with new pids: their publishers are found here.
-                    pattern = os.path.join(os.fspath(self._runtime_dir), f"{_PREFIX}*")
+                    pattern = os.path.join(os.fspath(self.runtime_dir), f"{_PREFIX}*")
                     for path in glob.glob(pattern):
                         if path not in connected:
                             connected.add(path)

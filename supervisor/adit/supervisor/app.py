@@ -246,6 +246,7 @@ class Supervisor:
                 return 1
             await metrics_server.start(sock)
             log.info("Starting metrics server on %s/metrics", format_address(sock))
+            _note_metrics_address(self._runtime_dir, format_address(sock))
             pumps = [
                 asyncio.create_task(self._pump_events(events), name="events"),
                 asyncio.create_task(self._watch_credentials(), name="credentials"),
@@ -512,3 +513,17 @@ def _publish_logs(context: zmq.asyncio.Context, runtime_dir: Path) -> LogPublish
     except zmq.ZMQError as exc:
         log.warning("Cannot publish logs for tail error=%r", str(exc))
         return None
+
+
+def _note_metrics_address(runtime_dir: Path, address: str) -> None:
+    """Where the metrics server listens, for the workers' management ``/metrics`` (tail's
+    diagnostics relay it): a file in the private runtime directory."""
+    from adit.logs.live_stream import METRICS_ADDRESS_FILE
+
+    path = runtime_dir / METRICS_ADDRESS_FILE
+    try:
+        tmp = path.with_name(f".{METRICS_ADDRESS_FILE}.tmp")
+        tmp.write_text(address, encoding="ascii")
+        tmp.replace(path)
+    except OSError as exc:
+        log.warning("Cannot note the metrics address for management error=%r", str(exc))

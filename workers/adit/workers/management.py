@@ -2,11 +2,13 @@
 
 cloudflared serves it ahead of the user's ingress rules (``ingress.NewManagementRule``,
 ``management/service.go``): ``GET|HEAD /ping``, ``GET /host_details`` (``{"connector_id","ip",
-"hostname"}``) and ``GET /logs``, the WebSocket ``tail`` streams the connector's log over. Every
-path needs an ``access_token`` query parameter that parses as cloudflared's ``ParseToken``
-does: an ES256 JWS whose claims carry ``tun.id``, ``tun.account_tag`` and ``actor.id``. Its
-signature is the edge's to verify (cloudflared: "we verify the token in the edge before it
-reaches cloudflared"); adit also refuses a token naming another tunnel than its own.
+"hostname"}``), ``GET /logs``, the WebSocket ``tail`` streams the connector's log over, and the
+diagnostics ``GET /metrics`` (the supervisor's Prometheus text; Go's ``/debug/pprof`` has no
+match here). Every path needs an ``access_token`` query parameter that parses as
+cloudflared's ``ParseToken`` does: an ES256 JWS whose claims carry ``tun.id``,
+``tun.account_tag`` and ``actor.id``. Its signature is the edge's to verify (cloudflared: "we
+verify the token in the edge before it reaches cloudflared"); adit also refuses a token naming
+another tunnel than its own.
 
 The log stream carries the records of every process of the connector (supervisor and workers,
 :mod:`adit.logs.live_stream`). Unlike cloudflared, which serves one streaming session at a time,
@@ -28,7 +30,7 @@ from collections.abc import Awaitable, Callable
 from typing import Final
 from urllib.parse import parse_qs
 
-from adit.logs.live_stream import LogSession, current_hub
+from adit.logs.live_stream import METRICS_ADDRESS_FILE, LogSession, current_hub
 from adit.protocol.management_logs import (
     STOP_STREAMING,
     InvalidManagementMessage,
@@ -61,6 +63,9 @@ STATUS_IDLE_LIMIT: Final = 4003
 IDLE_TIMEOUT: Final = 300.0
 PING_INTERVAL: Final = 15.0
 _READ_LIMIT: Final = 64 * 1024
+#: ``/metrics``: how long the supervisor has to answer, and how much of it is relayed.
+METRICS_TIMEOUT: Final = 10.0
+METRICS_LIMIT: Final = 16 * 1024 * 1024
 #: How long a ``/logs`` request waits for the worker's log hub (set up with its ipc).
 HUB_WAIT: Final = 10.0
 
@@ -170,6 +175,8 @@ class ManagementService:
             await self._json(stream, 200, self._host_details(stream))
         elif path == "/logs" and method == "GET":
             await self._logs(stream, actor)
+        elif path == "/metrics" and method == "GET":
+            await self._metrics(stream)
         else:
             await stream.send_response(404, [], source=ResponseSource.ORIGIN, end_stream=True)
 
@@ -181,6 +188,27 @@ class ManagementService:
             source=ResponseSource.ORIGIN,
             end_stream=True,
             body=data,
+        )
+
+    async def _metrics(self, stream: TunnelStream) -> None:
+        """cloudflared's diagnostics ``/metrics`` (``--management-diagnostics``, on by
+        default): the supervisor's Prometheus text, the same as its metrics server's."""
+        hub = current_hub()
+        try:
+            if hub is None:
+                raise OSError("the worker's ipc is not up yet")
+            address = (hub.runtime_dir / METRICS_ADDRESS_FILE).read_text(encoding="ascii")
+            status, content_type, body = await _fetch_metrics(address.strip())
+        except (OSError, ValueError, TimeoutError) as exc:
+            log.debug("management /metrics failed: %s", exc)
+            await stream.send_response(502, [], source=ResponseSource.ORIGIN, end_stream=True)
+            return
+        await stream.send_response(
+            status,
+            [("Content-Type", content_type), ("Content-Length", str(len(body)))],
+            source=ResponseSource.ORIGIN,
+            end_stream=True,
+            body=body,
         )
 
     def _host_details(self, stream: TunnelStream) -> dict[str, str]:
@@ -346,3 +374,41 @@ class ManagementService:
         while True:
             await asyncio.sleep(PING_INTERVAL)
             await send(ws.send_ping(os.urandom(4)))
+
+
+async def _fetch_metrics(address: str) -> tuple[int, str, bytes]:
+    """GET /metrics from the supervisor's metrics server (bounded in time and size)."""
+    import h11  # the metrics server's own HTTP/1.1 library; only when asked
+
+    from adit.protocol.hostnames import split_address
+
+    host, port = split_address(address)
+    connection = h11.Connection(h11.CLIENT)
+    async with asyncio.timeout(METRICS_TIMEOUT):
+        reader, writer = await asyncio.open_connection(host.strip("[]"), port)
+        try:
+            request = h11.Request(
+                method="GET", target="/metrics", headers=[("Host", address), ("Accept", "*/*")]
+            )
+            writer.write(connection.send(request) + connection.send(h11.EndOfMessage()))
+            status, content_type, body = 0, "text/plain", bytearray()
+            while True:
+                try:
+                    event = connection.next_event()
+                except h11.ProtocolError as exc:
+                    raise ValueError(f"the metrics server's answer: {exc}") from None
+                if event is h11.NEED_DATA:
+                    connection.receive_data(await reader.read(_READ_LIMIT))
+                elif isinstance(event, h11.Response):
+                    status = event.status_code
+                    for name, value in event.headers:
+                        if name == b"content-type":
+                            content_type = value.decode("latin-1")
+                elif isinstance(event, h11.Data):
+                    body += event.data
+                    if len(body) > METRICS_LIMIT:
+                        raise ValueError("the metrics are too large to relay")
+                elif isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
+                    return status, content_type, bytes(body)
+        finally:
+            writer.close()
