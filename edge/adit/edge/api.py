@@ -39,6 +39,7 @@ from adit.edge.api_request import (
     parse_uuid,
 )
 from adit.edge.api_teamnet import TeamnetApi
+from adit.edge.management_token import RESOURCES, ManagementSigner
 from adit.edge.registry import ConnectionRegistry
 from adit.edge.store import (
     AccountNotFound,
@@ -141,10 +142,19 @@ def _store_error(exc: StoreError) -> ApiError:
 class ManagementApi:
     """cloudflared's tunnel management endpoints over the edge's store and registry."""
 
-    def __init__(self, store: Store, registry: ConnectionRegistry, edge_info: EdgeInfo) -> None:
+    def __init__(
+        self,
+        store: Store,
+        registry: ConnectionRegistry,
+        edge_info: EdgeInfo,
+        *,
+        management_signer: ManagementSigner | None = None,
+    ) -> None:
         self._store = store
         self._registry = registry
         self._edge = edge_info
+        #: Signs ``tail``'s management tokens (None: this API issues none).
+        self._management = management_signer
         self._teamnet = TeamnetApi(store)
         self._configs = TunnelConfigApi(store, registry)
 
@@ -260,6 +270,9 @@ class ManagementApi:
             if tunnel.deleted_at is not None:
                 raise ApiError(400, NOT_FOUND, f"Tunnel {tunnel.id} has been deleted")
             return self._ok(self._token(tunnel))
+        if len(rest) == 3 and rest[1] == "management" and rest[2] in RESOURCES:
+            self._allow(method, "POST")
+            return self._management_token(account, self._get(account, tunnel_id), rest[2])
         raise ApiError(404, _NOT_ROUTABLE, "Could not route to the requested resource")
 
     # -- helpers --------------------------------------------------------------------------
@@ -312,6 +325,22 @@ class ManagementApi:
         return encode_tunnel_token(creds)
 
     # -- endpoints ------------------------------------------------------------------------
+
+    def _management_token(self, account: str, tunnel: Tunnel, resource: str) -> Response:
+        """A short-lived management token for ``tail`` and host details (cloudflared's
+        ``GetManagementToken``): the result is the JWT itself."""
+        if self._management is None:
+            raise ApiError(404, _NOT_ROUTABLE, "Could not route to the requested resource")
+        if tunnel.deleted_at is not None:
+            raise ApiError(400, NOT_FOUND, f"Tunnel {tunnel.id} has been deleted")
+        token = self._management.issue(
+            tunnel_id=tunnel.id,
+            account_tag=tunnel.account_tag,
+            # Who asked; cloudflared lets one actor's new log stream take over its old one.
+            actor_id=f"account:{account}",
+            resource=resource,
+        )
+        return self._ok(token)
 
     async def _create(self, account: str, body: bytes) -> Response:
         req = json_object(body)

@@ -178,6 +178,14 @@ SECONDS = Seconds()
     show_default=True,
     help="New tunnel connections a client address may open at once (a reconnect storm).",
 )
+@click.option(
+    "--management-hostname",
+    envvar="ADIT_EDGE_MANAGEMENT_HOSTNAME",
+    default="management.argotunnel.com",
+    show_default=True,
+    help="Public hostname `tail` dials (a token, not a route, picks the tunnel); requests "
+    "reach connectors as management.argotunnel.com.",
+)
 @click.option("--exit-with-pid", type=int, default=None, hidden=True)
 @click.option("--ephemeral", is_flag=True, hidden=True, help="Delete the state dir on exit.")
 @click.option(
@@ -320,6 +328,7 @@ def edge(
     private_tcp_idle_timeout: float,
     private_udp_idle_timeout: float,
     grace_period: float,
+    management_hostname: str,
 ) -> None:
     """Run the self-hosted edge (or administer it with a subcommand)."""
     if ctx.invoked_subcommand is not None:
@@ -335,6 +344,12 @@ def edge(
     configure_logging(LogSettings(level=loglevel, output=log_format, logfile=logfile))
     for noisy in ("hpack", "h2"):  # frame-level debug output would drown the edge's own
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    from adit.protocol.hostnames import InvalidHostname, check_hostname
+
+    try:
+        management_hostname = check_hostname(management_hostname)
+    except InvalidHostname as exc:
+        raise click.BadParameter(str(exc), param_hint="--management-hostname") from None
     settings = EdgeSettings(
         state_dir=state_dir,
         tunnel_listen=tunnel_listen,
@@ -359,6 +374,7 @@ def edge(
             max_connections_per_ip=max_connections_per_ip,
         ),
         grace_period=grace_period,
+        management_hostname=management_hostname,
         tunnel_ping_interval=tunnel_ping_interval,
         tunnel_ping_timeout=tunnel_ping_timeout,
         tunnel_idle_timeout=tunnel_idle_timeout,

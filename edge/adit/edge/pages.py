@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import html
 from dataclasses import dataclass
+from typing import ClassVar
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,6 +24,8 @@ class ErrorPage:
     code: str
     title: str
     detail: str
+    #: What :meth:`render` makes (a subclass may answer in JSON).
+    content_type: ClassVar[str] = "text/html; charset=utf-8"
 
     def render(self, host: str, ray: str) -> bytes:
         """The HTML body."""

@@ -30,6 +30,7 @@ from adit.edge.http1 import (
     ResponseError,
 )
 from adit.edge.limits import ConnectionTracker, Deadline
+from adit.edge.management_route import CONNECTOR_MANAGEMENT_HOST, ManagementGate
 from adit.edge.pages import (
     BAD_REQUEST,
     BAD_RESPONSE,
@@ -69,7 +70,6 @@ _NAMES_KEPT = 4096
 _ORIGIN_ERROR_PREFIX = b"adit-origin-error:"
 _MAX_REASON = 2048
 _REASON_WAIT = 2.0
-_HTML = "text/html; charset=utf-8"
 
 
 class ClientGone(StreamClosedError):
@@ -108,8 +108,11 @@ class PublicListener:
         location: str,
         scheme: str,
         tracker: ConnectionTracker | None = None,
+        management: ManagementGate | None = None,
     ) -> None:
         self.store = store
+        #: The management hostname's gate (``tail``): None serves no such name.
+        self.management = management
         self.registry = registry
         self.location = location
         self.scheme = scheme
@@ -154,14 +157,25 @@ class PublicListener:
         except InvalidHostname:
             # No hostname (RFC 1035): nothing to route, and nothing of it goes back.
             return BAD_REQUEST, "-"
-        route = self.store.route(host)
-        if route is None:
-            return UNKNOWN_HOST, host or "-"
-        # Access policy: none yet; its check goes here, before a connection is picked.
-        tunnel_id, _account = route
-        live = self.registry.pick(tunnel_id)
-        if live is None:
-            return TUNNEL_DOWN, host
+        management = self.management
+        if management is not None and host == management.hostname:
+            # The token, not a route, names the tunnel; the connector is sent the name its
+            # management rule serves.
+            admitted = management.admit(target.path)
+            if isinstance(admitted, ErrorPage):
+                return admitted, host
+            tunnel_id, live = admitted.tunnel_id, admitted.connection
+            authority = CONNECTOR_MANAGEMENT_HOST
+        else:
+            route = self.store.route(host)
+            if route is None:
+                return UNKNOWN_HOST, host or "-"
+            # Access policy: none yet; its check goes here, before a connection is picked.
+            tunnel_id, _account = route
+            picked = self.registry.pick(tunnel_id)
+            if picked is None:
+                return TUNNEL_DOWN, host
+            live = picked
         session = live.handle
         assert isinstance(session, TunnelSession)
         headers = tunnel_request_headers(request.headers, conn.client_ip, self.scheme, ray)
@@ -244,7 +258,7 @@ class PublicListener:
         if not keep_alive:
             extra += (("Connection", "close"),)
         await conn.respond_simple(
-            page.status, page.render(host, ray), content_type=_HTML, extra=extra
+            page.status, page.render(host, ray), content_type=page.content_type, extra=extra
         )
 
     async def _answer_later(self, exchange: _Exchange) -> bool:
@@ -587,7 +601,7 @@ class _Exchange:
         try:
             self.conn.respond_now(
                 page.status,
-                [("Content-Type", _HTML), ("Content-Length", str(len(body)))],
+                [("Content-Type", page.content_type), ("Content-Length", str(len(body)))],
                 [body],
                 extra=extra,
             )

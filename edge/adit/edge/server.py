@@ -32,6 +32,8 @@ from adit.edge.ca import EdgeCA
 from adit.edge.config_sync import SYNC_INTERVAL, sync_configs
 from adit.edge.http1 import BadRequest, Http1Connection, Request, RequestTimeout
 from adit.edge.limits import ConnectionTracker, Limits
+from adit.edge.management_route import DEFAULT_MANAGEMENT_HOSTNAME, ManagementGate
+from adit.edge.management_token import ManagementSigner
 from adit.edge.private_flows import FlowLimits, PrivateFlows, flow_path
 from adit.edge.public import PublicListener
 from adit.edge.quic_listener import QuicListener, QuicTunnelSession, edge_quic_configuration
@@ -102,6 +104,8 @@ class EdgeSettings:
     tunnel_dial_rates: DialRates = field(default_factory=DialRates)
     #: Caps and idle deadlines of private-network flows (on the API listener).
     private_flows: FlowLimits = field(default_factory=FlowLimits)
+    #: The public name ``tail`` dials: relayed to a connector of the tunnel in its token.
+    management_hostname: str = DEFAULT_MANAGEMENT_HOSTNAME
 
     @property
     def tunnel_liveness(self) -> LivenessSettings:
@@ -138,6 +142,7 @@ class EdgeServer:
         self.settings = settings
         settings.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.ca = EdgeCA.load_or_create(settings.state_dir)
+        self.management_signer = ManagementSigner.load_or_create(settings.state_dir)
         self.store = Store.open_in(settings.state_dir, write_timeout=settings.store_timeout)
         self.registry = ConnectionRegistry()
         self.identity = EdgeIdentity(location=settings.location)
@@ -203,7 +208,13 @@ class EdgeServer:
             for a in tunnel_bound
         )
         self.api = ManagementApi(
-            self.store, self.registry, EdgeInfo(tunnel_addresses=advertise, ca_pem=self.ca.cert_pem)
+            self.store,
+            self.registry,
+            EdgeInfo(tunnel_addresses=advertise, ca_pem=self.ca.cert_pem),
+            management_signer=self.management_signer,
+        )
+        management = ManagementGate(
+            self.settings.management_hostname, self.management_signer, self.registry
         )
         self.flows = PrivateFlows(
             self.store,
@@ -218,6 +229,7 @@ class EdgeServer:
             location=self.settings.location,
             scheme="http",
             tracker=self.trackers[0],
+            management=management,
         )
         self.addresses["http"] = []
         for address in self.settings.http_listen:
@@ -233,6 +245,7 @@ class EdgeServer:
                 location=self.settings.location,
                 scheme="https",
                 tracker=self.trackers[1],
+                management=management,
             )
             public_tls = self._public_tls_context()
             for address in self.settings.https_listen:
@@ -320,7 +333,10 @@ class EdgeServer:
             context = by_name.get(name)
             if context is None:
                 try:
-                    if self.store.tunnel_for_hostname(name) is None:
+                    if (
+                        name != self.settings.management_hostname
+                        and self.store.tunnel_for_hostname(name) is None
+                    ):
                         return
                 except InvalidHostname:
                     return

@@ -272,6 +272,16 @@ class ApiClient:
             raise ApiError("the edge API response was an unexpected type")
         return result
 
+    def get_management_token(self, tunnel_id: uuid.UUID, resource: str) -> str:
+        """``POST .../cfd_tunnel/{id}/management/{logs|admin|host_details}`` (``tail``)."""
+        result = self._result(
+            "get tunnel token",  # cloudflared's wording for this call too
+            self._call("POST", f"{self._tunnels}/{tunnel_id}/management/{resource}"),
+        )
+        if not isinstance(result, str):
+            raise ApiError("the Cloudflare API response was an unexpected type")
+        return result
+
     def rotate_tunnel_secret(self, tunnel_id: uuid.UUID, deadline_seconds: float) -> dict[str, Any]:
         """adit's ``POST .../cfd_tunnel/{id}/rotate``: a new secret; the old one stays valid for
         ``deadline_seconds`` (or until every connection re-registered, or :meth:`finish`)."""

@@ -27,6 +27,7 @@ def _version_line() -> str:
 #: Subcommands and where they live (``access`` doubles as ``forward``, as in cloudflared).
 _COMMANDS = {
     "tunnel": "adit.cli.tunnel:tunnel",
+    "tail": "adit.cli.tail:tail",
     "service": "adit.cli.service:service",
     "access": "adit.cli.access:access",
     "forward": "adit.cli.access:access",

@@ -568,6 +568,7 @@ def load_settings(
         tags=tags,
         features=tuple(values.list("features")),
         max_active_flows=_max_active_flows(values),
+        label=str(values.get("label") or ""),
         worker_timeout=worker_timeout,
         config_path=str(loaded.path) if loaded is not None else None,
         credentials_path=credentials_path,

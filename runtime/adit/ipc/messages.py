@@ -105,6 +105,8 @@ class WorkerSettings(msgspec.Struct, frozen=True):
     post_quantum: bool = False
     #: ``--max-active-flows``: private-network UDP flows served at once (0: no limit).
     max_active_flows: int = 0
+    #: ``--label``: what ``/host_details`` calls this connector (``custom:<label>``).
+    label: str = ""
 
 
 class Start(msgspec.Struct, frozen=True, tag=True):

@@ -15,7 +15,15 @@ import logging
 import time
 from collections.abc import Mapping
 
-__all__ = ["ConsoleFormatter", "ContextFilter", "JsonFormatter", "fields", "record_fields"]
+__all__ = [
+    "EVENT_ATTR",
+    "ConsoleFormatter",
+    "ContextFilter",
+    "JsonFormatter",
+    "event",
+    "fields",
+    "record_fields",
+]
 
 _FIELDS_ATTR = "adit_fields"
 _CONTEXT_ATTR = "adit_context"
@@ -34,6 +42,17 @@ _LONG_LEVEL = {
     logging.ERROR: "error",
     logging.CRITICAL: "fatal",
 }
+
+
+#: The record attribute that names a line's ``tail`` event (``http``, ``tcp``, ``udp``); lines
+#: without one are ``cloudflared`` events, as in cloudflared.
+EVENT_ATTR = "adit_event"
+
+
+def event(name: str) -> dict[str, object]:
+    """``extra=`` for a logging call whose line is an ``http``/``tcp``/``udp`` event for
+    ``tail`` (merge it with :func:`fields`'s)."""
+    return {EVENT_ATTR: name}
 
 
 def fields(**values: object) -> dict[str, object]:

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 
 import click
 import uvloop
+import zmq
 import zmq.asyncio
 
 from adit.ipc.channels import (
@@ -67,6 +68,8 @@ from adit.systemd import Notifier, SystemdNotifier
 if TYPE_CHECKING:
     import psutil
     from prometheus_client import CollectorRegistry
+
+    from adit.logs.live_stream import LogPublisher
 
 __all__ = [
     "EXIT_POLL_INTERVAL",
@@ -233,6 +236,9 @@ class Supervisor:
         self._context = zmq.asyncio.Context()
         events = EventReceiver(self._context, self._runtime_dir)
         pumps: list[asyncio.Task[None]] = []
+        publisher = _publish_logs(self._context, self._runtime_dir)
+        if publisher is not None:
+            pumps.append(asyncio.create_task(publisher.watch(), name="logs"))
         try:
             log.info("Generated Connector ID: %s", self.settings.connector_id)
             log.info("Initial protocol %s", self.settings.initial_protocol)
@@ -243,6 +249,7 @@ class Supervisor:
                 return 1
             await metrics_server.start(sock)
             log.info("Starting metrics server on %s/metrics", format_address(sock))
+            _note_metrics_address(self._runtime_dir, format_address(sock))
             pumps = [
                 asyncio.create_task(self._pump_events(events), name="events"),
                 asyncio.create_task(self._watch_credentials(), name="credentials"),
@@ -260,6 +267,8 @@ class Supervisor:
                 self._early.discard()
             await metrics_server.close()
             events.close()
+            if publisher is not None:
+                publisher.shutdown()
             self._context.term()
             notifier.close()
             remove_runtime_directory(self._runtime_dir)
@@ -496,3 +505,28 @@ class Supervisor:
         if self._registry is None:
             self._registry = build_registry(self.state.stats, self._sample_workers)
         return render_metrics(self._registry)
+
+
+def _publish_logs(context: zmq.asyncio.Context, runtime_dir: Path) -> LogPublisher | None:
+    """The supervisor's records for ``tail`` (a worker's ``/logs`` stream subscribes)."""
+    from adit.logs.live_stream import LogPublisher
+
+    try:
+        return LogPublisher.bind(zmq.Context.shadow(context.underlying), runtime_dir, {})
+    except zmq.ZMQError as exc:
+        log.warning("Cannot publish logs for tail error=%r", str(exc))
+        return None
+
+
+def _note_metrics_address(runtime_dir: Path, address: str) -> None:
+    """Where the metrics server listens, for the workers' management ``/metrics`` (tail's
+    diagnostics relay it): a file in the private runtime directory."""
+    from adit.logs.live_stream import METRICS_ADDRESS_FILE
+
+    path = runtime_dir / METRICS_ADDRESS_FILE
+    try:
+        tmp = path.with_name(f".{METRICS_ADDRESS_FILE}.tmp")
+        tmp.write_text(address, encoding="ascii")
+        tmp.replace(path)
+    except OSError as exc:
+        log.warning("Cannot note the metrics address for management error=%r", str(exc))

@@ -53,6 +53,8 @@ class SupervisorSettings:
     features: tuple[str, ...] = ()
     #: ``--max-active-flows``: UDP flows a worker serves at once (0: no limit).
     max_active_flows: int = 0
+    #: ``--label``: the connector's name in ``tail``'s host details (else the OS hostname).
+    label: str = ""
     #: Pin worker ``i`` to the ``i``-th CPU this process may run on (when there are enough).
     pin_cpus: bool = True
     #: One random UUID per supervisor (cloudflared's connector id).

@@ -308,6 +308,7 @@ class SupervisorState:
             max_edge_addr_retries=s.max_edge_addr_retries,
             post_quantum=s.post_quantum,
             max_active_flows=s.max_active_flows,
+            label=s.label,
         )
 
     # -- inputs ----------------------------------------------------------------------------

@@ -59,6 +59,10 @@ RPC_TIMEOUT = 5.0
 LIVENESS = LivenessSettings()
 
 
+#: The host the edge sends ``tail``'s management requests under (cloudflared's
+#: ``--management-hostname`` default; adit's connector serves that name only).
+MANAGEMENT_HOSTNAME = "management.argotunnel.com"
+
 #: cloudflared's ``warp-routing`` defaults for private-network flows: 5 s to connect, TCP
 #: keep-alive every 30 s (CLOUDFLARED_FEATURES.md §4.13).
 WARP_ROUTING = OriginOptions(connect_timeout=5.0, tcp_keep_alive=30.0)
@@ -231,6 +235,11 @@ class EdgeConnection(TunnelIO[ConnectorTunnelConnection]):
                 else (StreamKind.HTTP)
             )
             host = host_of_authority(event.authority)
+            management = getattr(self.proxy, "serve_management", None)
+            if management is not None and host.lower() == MANAGEMENT_HOSTNAME:
+                # cloudflared's internal rule, ahead of the user's ingress (``tail``).
+                self._serve_management(event, host, management)
+                return
             request = IncomingRequest(
                 kind=kind,
                 method=event.method,
@@ -246,6 +255,28 @@ class EdgeConnection(TunnelIO[ConnectorTunnelConnection]):
             rule = self.ingress().find_matching_rule(host, decoded_path(event.path))
             stream = ConnectorStream(self, channel, request)
             self._track(event.stream_id, self.spawn(self.proxy.serve(stream, rule), stream=True))
+
+    def _serve_management(
+        self,
+        event: RequestReceived,
+        host: str,
+        serve: Callable[[TunnelStream], Coroutine[Any, Any, None]],
+    ) -> None:
+        kind = (
+            StreamKind.WEBSOCKET if event.request_type is RequestType.WEBSOCKET else StreamKind.HTTP
+        )
+        request = IncomingRequest(
+            kind=kind,
+            method=event.method,
+            path=event.path,
+            authority=event.authority,
+            host=host,
+            headers=event.headers,
+            conn_index=self.conn_index,
+            end_stream=event.end_stream,
+        )
+        stream = ConnectorStream(self, self.channel(event.stream_id), request)
+        self._track(event.stream_id, self.spawn(serve(stream), stream=True))
 
     def _track(self, stream_id: int, task: asyncio.Task[None]) -> None:
         """Remember the task serving a stream, to cancel it when the edge resets the stream."""

@@ -56,7 +56,10 @@ from adit.logs import LogSettings, configure_logging, parse_level
 from adit.workers.runtime import WorkerRuntime, warm_up
 
 if TYPE_CHECKING:
+    import zmq.asyncio
+
     from adit.ipc.channels import WorkerChannel
+    from adit.logs.live_stream import LogHub, LogPublisher
 
 __all__ = [
     "HEARTBEAT_INTERVAL",
@@ -167,12 +170,36 @@ class WorkerProcess:
         context = zmq.asyncio.Context()
         channel = WorkerChannel(context, self.runtime_dir, self.slot)
         self._channel = channel
+        hub, publisher = self._publish_logs(context)
         try:
-            await asyncio.gather(self._receive_commands(channel), self._send_events(channel))
+            await asyncio.gather(
+                self._receive_commands(channel),
+                self._send_events(channel),
+                *([publisher.watch()] if publisher is not None else []),
+            )
         finally:
             self._channel = None
+            hub.close()
+            if publisher is not None:
+                publisher.shutdown()
             channel.close()
             context.term()
+
+    def _publish_logs(self, context: zmq.asyncio.Context) -> tuple[LogHub, LogPublisher | None]:
+        """This worker's records for ``tail``, and the hub a ``/logs`` stream here reads."""
+        import zmq
+
+        from adit.logs.live_stream import LogPublisher, install_hub
+
+        hub = install_hub(context, self.runtime_dir)
+        try:
+            publisher = LogPublisher.bind(
+                zmq.Context.shadow(context.underlying), self.runtime_dir, {"slot": self.slot}
+            )
+        except zmq.ZMQError as exc:
+            log.warning("Cannot publish logs for tail error=%r", str(exc))
+            return hub, None
+        return hub, publisher
 
     def _watch_parent(self, loop: asyncio.AbstractEventLoop) -> None:
         """Drain when the supervisor's end of stdin closes (it died, or it already had)."""

@@ -30,7 +30,7 @@ from adit.config.origin import (
     StreamService,
     UnixService,
 )
-from adit.logs import fields
+from adit.logs.formats import event, fields
 from adit.protocol.hostnames import host_of_authority
 from adit.workers.errors import (
     UNREACHABLE_MESSAGE,
@@ -134,6 +134,8 @@ class OriginProxy:
         """Answer ``stream`` from ``rule``'s service; finishes or resets the stream."""
         self.stats.total_requests += 1
         self.stats.concurrent_requests += 1
+        if self._log.isEnabledFor(logging.DEBUG):  # at debug, or while a ``tail`` listens
+            self._log_request(stream, rule)
         try:
             await self._serve(stream, rule)
         except OriginError as exc:
@@ -157,6 +159,16 @@ class OriginProxy:
         self.stats.total_requests += 1
         self.stats.concurrent_requests += 1
         writer: asyncio.StreamWriter | None = None
+        if self._log.isEnabledFor(logging.DEBUG):
+            self._log.debug(
+                "tcp proxy stream started",
+                extra={
+                    **fields(
+                        destAddr=stream.request.authority, connIndex=stream.request.conn_index
+                    ),
+                    **event("tcp"),
+                },
+            )
         try:
             host, port = split_destination(stream.request.authority)
             reader, writer = await self._dialer.dial(OriginKey(host, port), options)
@@ -473,6 +485,30 @@ class OriginProxy:
             # The stream is already gone; resetting is the most we can still try.
             with contextlib.suppress(Exception):
                 stream.reset()
+
+    def _log_request(self, stream: TunnelStream, rule: Rule) -> None:
+        """cloudflared's ``logHTTPRequest``: ``GET https://host/path HTTP/1.1`` as an ``http``
+        event. Unlike cloudflared, neither the query string nor the headers are logged: they
+        carry tokens and cookies."""
+        request = stream.request
+        path = request.path.partition("?")[0]
+        ray = next((v for n, v in request.headers if n.lower() == "cf-ray"), "")
+        extra = {
+            "connIndex": request.conn_index,
+            "host": request.host,
+            "path": path,
+            "ingressRule": rule.index,
+            "originService": rule.service.url,
+        }
+        if ray:
+            extra["cfRay"] = ray
+        self._log.debug(
+            "%s https://%s%s HTTP/1.1",
+            request.method,
+            request.host,
+            path,
+            extra={**fields(**extra), **event("http")},
+        )
 
     def _log_failure(self, stream: TunnelStream, rule: Rule, exc: Exception, hint: str) -> None:
         if stream.response_started:

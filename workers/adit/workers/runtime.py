@@ -82,6 +82,7 @@ if TYPE_CHECKING:
     from adit.config.ingress import Ingress
     from adit.config.origin import OriginOptions, Rule
     from adit.protocol.quic_engine import TunnelQuicConfiguration, TunnelQuicConnection
+    from adit.workers.management import ManagementService
     from adit.workers.proxy import OriginProxy
     from adit.workers.quic_telemetry import QuicTelemetry
     from adit.workers.udp_sessions import FlowLimiter, UdpCounters
@@ -169,11 +170,20 @@ class LazyProxy:
     #: ingress rules are rebuilt with these).
     ALSO = ("adit.ipc.snapshot",)
 
-    def __init__(self, connector_id: uuid.UUID, tags: dict[str, str]) -> None:
+    def __init__(
+        self,
+        connector_id: uuid.UUID,
+        tags: dict[str, str],
+        tunnel_id: Callable[[], uuid.UUID | None] = lambda: None,
+        label: Callable[[], str] = lambda: "",
+    ) -> None:
         self._connector_id = connector_id
         self._tags = tags
+        self._tunnel_id = tunnel_id
+        self._label = label
         self._proxy: OriginProxy | None = None
         self._loading: asyncio.Future[None] | None = None
+        self._management: ManagementService | None = None
 
     @property
     def loaded(self) -> OriginProxy | None:
@@ -214,6 +224,20 @@ class LazyProxy:
     ) -> None:
         await asyncio.shield(loading)
         await self.get().serve(stream, rule)
+
+    def close_management_streams(self) -> None:
+        """The worker drains: ``tail`` streams end rather than hold it for its grace."""
+        if self._management is not None:
+            self._management.close_streams()
+
+    async def serve_management(self, stream: TunnelStream) -> None:
+        """A request to the management hostname (``tail``; see
+        :mod:`adit.workers.management`), imported on the first one."""
+        if self._management is None:
+            from adit.workers.management import ManagementService
+
+            self._management = ManagementService(self._connector_id, self._tunnel_id, self._label)
+        await self._management.serve(stream)
 
     async def serve_private(self, stream: TunnelStream, options: OriginOptions) -> None:
         """Serve a private-network flow (see ``OriginProxy.serve_private``)."""
@@ -298,7 +322,9 @@ class WorkerRuntime:
         self.settings = settings
         self.publish = publish
         self.connector_id = uuid.UUID(settings.connector_id)
-        self.proxy = LazyProxy(self.connector_id, settings.tags)
+        self.proxy = LazyProxy(
+            self.connector_id, settings.tags, self._tunnel_id, lambda: self.settings.label
+        )
         # Built once the config modules are imported (off the first dial's path, see run()).
         self._ingress: Ingress | None = None
         self._initial_ingress = settings.ingress
@@ -399,6 +425,7 @@ class WorkerRuntime:
         """Unregister all connections, let in-flight streams finish within ``grace`` seconds."""
         self._grace = grace
         self._draining.set()
+        self.proxy.close_management_streams()
 
     def apply_ingress(self, snapshot: IngressSnapshot) -> None:
         """Swap the ingress rules atomically; stale versions are ignored."""
@@ -413,6 +440,13 @@ class WorkerRuntime:
         if self._ingress is None:
             self._ingress = _build_ingress(self._initial_ingress)
         return self._ingress
+
+    def _tunnel_id(self) -> uuid.UUID | None:
+        """The tunnel this worker serves now (management tokens must name it)."""
+        try:
+            return uuid.UUID(self.settings.tunnel_id)
+        except ValueError:
+            return None
 
     def reconfigure(self, settings: WorkerSettings) -> asyncio.Task[None]:
         """Apply new settings; connections that need new credentials or addresses are rolled.
