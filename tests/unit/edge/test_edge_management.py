@@ -35,6 +35,9 @@ class _Handle:
     def revalidate(self) -> bool:
         return True
 
+    async def update_configuration(self, version: int, config: bytes) -> tuple[int, str | None]:
+        return version, None
+
 
 def _live(
     tunnel: uuid.UUID, account: str = ACCOUNT, client: uuid.UUID | None = None
