@@ -636,3 +636,31 @@ def test_a_management_hostname_of_the_operators_choice(
     assert tail.wait(15) == 0
     token = management_token(account, tunnel.id)
     assert _raw_status(edge, f"/ping?access_token={token}") == 404  # no such route now
+
+
+def test_the_connectors_management_flags(
+    processes: Processes, tls_edge: Edge, tls_account: Account, origin: Origin, tmp_path: Path
+) -> None:
+    """``--management-diagnostics=false`` takes ``/metrics`` off the management service (404,
+    as cloudflared's service never registers the route) while ``/ping`` still answers; a
+    connector with another ``--management-hostname`` no longer answers the edge's name, which
+    then reaches the connector's own ingress like any host (its catch-all: the origin)."""
+    tunnel = create_tunnel(tls_account, "flags", HOST)
+    config = write_config(tmp_path / "config.yml", HOST, [{"service": origin.url}])
+    connector = start_connector(processes, tunnel, config, extra=["--management-diagnostics=false"])
+    token = management_token(tls_account, tunnel.id)
+    admin = management_token(tls_account, tunnel.id, "admin")
+    assert _raw_status(tls_edge, f"/ping?access_token={token}") == 200
+    assert _raw_status(tls_edge, f"/metrics?access_token={admin}") == 404
+    connector.signal(15)
+    assert connector.wait(30) == 0
+
+    # The origin as the catch-all: what the edge's management name reaches when the connector
+    # no longer claims it.
+    catch_all = tmp_path / "catch-all.yml"
+    catch_all.write_text(f"ingress:\n  - service: {origin.url}\n")
+    connector = start_connector(
+        processes, tunnel, catch_all, extra=["--management-hostname", "mgmt.elsewhere.test"]
+    )
+    ping = _raw_text(tls_edge, f"/ping?access_token={token}")
+    assert ping == f"hello /ping?access_token={token}"  # the origin's answer, not /ping's

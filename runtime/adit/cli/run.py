@@ -569,6 +569,8 @@ def load_settings(
         features=tuple(values.list("features")),
         max_active_flows=_max_active_flows(values),
         label=str(values.get("label") or ""),
+        management_hostname=_management_hostname(values),
+        management_diagnostics=bool(values.get("management_diagnostics")),
         worker_timeout=worker_timeout,
         config_path=str(loaded.path) if loaded is not None else None,
         credentials_path=credentials_path,
@@ -596,6 +598,17 @@ def diag_flags(flags: dict[str, object]) -> dict[str, str]:
         else:
             out[key] = "true" if value is True else str(value)
     return out
+
+
+def _management_hostname(values: _Resolver) -> str:
+    """``--management-hostname`` as the connector compares it with a request's Host."""
+    from adit.protocol.hostnames import InvalidHostname, check_hostname
+
+    value = str(values.get("management_hostname") or "management.argotunnel.com")
+    try:
+        return check_hostname(value)
+    except InvalidHostname as exc:
+        raise CommandFailure(f"--management-hostname {value!r}: {exc}") from None
 
 
 def _max_active_flows(values: _Resolver) -> int:

@@ -361,7 +361,7 @@ def _print_message(payload: bytes, output: str) -> None:
     "--origincert",
     envvar="TUNNEL_ORIGIN_CERT",
     default=None,
-    help="Path to the certificate generated for your origin when you ran `adit tunnel login`.",
+    help="Path to the certificate generated for your origin when you ran adit tunnel login.",
 )
 @click.option("--api-url", envvar="TUNNEL_API_URL", default=None, hidden=True)
 @click.argument("tunnel", required=False)

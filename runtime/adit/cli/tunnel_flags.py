@@ -152,9 +152,7 @@ TUNNEL_FLAGS: Final[tuple[TunnelFlag, ...]] = (
     _f("http2-origin", _URL_MODE + "speak HTTP/2 to the origin.", "bool", default=False,
        env=("TUNNEL_ORIGIN_ENABLE_HTTP2",)),
     _f("management-hostname", "Hostname of management requests.",
-       default="management.argotunnel.com", env=("TUNNEL_MANAGEMENT_HOSTNAME",), hidden=True,
-       note="adit's management requests come over the tunnel's own control stream, not a "
-       "hostname"),
+       default="management.argotunnel.com", env=("TUNNEL_MANAGEMENT_HOSTNAME",), hidden=True),
     _f("service-op-ip", "Fallback IP of management service operations.",
        default="198.41.200.113:80", env=("TUNNEL_SERVICE_OP_IP",), hidden=True,
        note="adit has no management service operations"),
@@ -262,8 +260,8 @@ TUNNEL_FLAGS: Final[tuple[TunnelFlag, ...]] = (
     _f("quic-stream-level-flow-control-limit", "QUIC stream flow control limit.", "uint",
        default=6 * (1 << 20), env=("TUNNEL_QUIC_STREAM_LEVEL_FLOW_CONTROL_LIMIT",),
        hidden=True, note="adit's QUIC flow control windows are fixed"),
-    _f("label", "Connector label.", default="",
-       note="adit sends no connector label; connectors are told apart by their ID"),
+    _f("label", "Connector label: its name in tail's host details (else the host name).",
+       default=""),
     _f("grace-period", "Drain time on SIGTERM/SIGINT (at most 3m).", "duration",
        default=Duration.parse("30s"), env=("TUNNEL_GRACE_PERIOD",)),
     _f("compression-quality", "Cross-stream compression (removed).", "int", default=0,
@@ -289,8 +287,7 @@ TUNNEL_FLAGS: Final[tuple[TunnelFlag, ...]] = (
     _f("post-quantum", "Post-quantum key exchange (X25519MLKEM768, QUIC only).", "bool",
        default=False, env=("TUNNEL_POST_QUANTUM",), aliases=("pq",)),
     _f("management-diagnostics", "Diagnostics over the management service.", "bool",
-       default=True, env=("TUNNEL_MANAGEMENT_DIAGNOSTICS",),
-       note="adit serves diagnostics on the --metrics listener only"),
+       default=True, env=("TUNNEL_MANAGEMENT_DIAGNOSTICS",)),
     _f("protocol", "Edge transport: auto, http2 or quic (auto: QUIC, falling back to "
        "HTTP/2).", default="auto", env=("TUNNEL_TRANSPORT_PROTOCOL",), aliases=("p",)),
     _f("overwrite-dns", "Ad-hoc named tunnel: overwrite DNS records.", "bool", default=False,
@@ -346,8 +343,12 @@ def _option(flag: TunnelFlag, *, hide: bool) -> Callable[[F], F]:
         "envvar": list(flag.env) or None,
         "show_envvar": bool(flag.env),
     }
+    opts = flag.opts
     if flag.kind == "bool":
         kwargs.update(is_flag=True, default=bool(flag.default))
+        if flag.default is True:
+            # Go's --name=false is the only way to turn it off (go_style_args spells it so).
+            opts = [f"{opts[0]}/--no-{flag.name}", *opts[1:]]
     elif flag.kind == "list":
         kwargs.update(multiple=True, cls=_ListOption)
     else:
@@ -357,7 +358,7 @@ def _option(flag: TunnelFlag, *, hide: bool) -> Callable[[F], F]:
         if flag.kind in _TYPES:
             kwargs["type"] = _TYPES[flag.kind]
         kwargs["show_default"] = default not in (None, "")
-    return click.option(*flag.opts, flag.param, **kwargs)
+    return click.option(*opts, flag.param, **kwargs)
 
 
 def tunnel_options(*, hide: bool = False) -> Callable[[F], F]:
@@ -478,8 +479,7 @@ def _go_spelling(arg: str) -> str | None:
     if value in _FALSE and flag.default is not True:
         return None  # off, as without it
     if value in _FALSE:
-        # On by default; adit acts on none of these (they have notes): the note is what counts.
-        return f"--{name}"
+        return f"--no-{flag.name}"  # on by default: the option's off switch (``_option``)
     return arg
 
 

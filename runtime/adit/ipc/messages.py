@@ -107,6 +107,9 @@ class WorkerSettings(msgspec.Struct, frozen=True):
     max_active_flows: int = 0
     #: ``--label``: what ``/host_details`` calls this connector (``custom:<label>``).
     label: str = ""
+    #: ``--management-hostname`` and ``--management-diagnostics`` (``adit.workers.management``).
+    management_hostname: str = "management.argotunnel.com"
+    management_diagnostics: bool = True
 
 
 class Start(msgspec.Struct, frozen=True, tag=True):

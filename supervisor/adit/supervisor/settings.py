@@ -55,6 +55,11 @@ class SupervisorSettings:
     max_active_flows: int = 0
     #: ``--label``: the connector's name in ``tail``'s host details (else the OS hostname).
     label: str = ""
+    #: ``--management-hostname``: the Host of ``tail``'s requests, served ahead of the ingress.
+    management_hostname: str = "management.argotunnel.com"
+    #: ``--management-diagnostics``: ``/metrics`` over the management hostname (for ``tail``
+    #: users holding an admin token); off, it answers 404 as cloudflared's does.
+    management_diagnostics: bool = True
     #: Pin worker ``i`` to the ``i``-th CPU this process may run on (when there are enough).
     pin_cpus: bool = True
     #: One random UUID per supervisor (cloudflared's connector id).

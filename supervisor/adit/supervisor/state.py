@@ -309,6 +309,8 @@ class SupervisorState:
             post_quantum=s.post_quantum,
             max_active_flows=s.max_active_flows,
             label=s.label,
+            management_hostname=s.management_hostname,
+            management_diagnostics=s.management_diagnostics,
         )
 
     # -- inputs ----------------------------------------------------------------------------

@@ -188,9 +188,8 @@ REAL_WORLD: tuple[Case, ...] = (
         ("--no-autoupdate", "--autoupdate-freq", "12h", "tunnel", "--edge-ip-version", "4",
          "--region", "us", "--no-prechecks", "--label", "rack-1", "--management-diagnostics",
          "run", "--token", "{TOKEN}"),
-        {"tunnel_id": TUNNEL_ID},
-        notes=("no-autoupdate", "autoupdate-freq", "edge-ip-version", "region", "no-prechecks",
-               "management-diagnostics", "label"),
+        {"tunnel_id": TUNNEL_ID, "label": "rack-1", "management_diagnostics": True},
+        notes=("no-autoupdate", "autoupdate-freq", "edge-ip-version", "region", "no-prechecks"),
     ),
     Case(
         "run's aliases and tunnel's log format",
@@ -233,9 +232,8 @@ ADIT_EXTENSIONS: tuple[Case, ...] = (
         ("--no-autoupdate", "--autoupdate-freq", "12h", "tunnel", "--edge-ip-version", "4",
          "--region", "us", "--no-prechecks", "--management-diagnostics", "run",
          "--label", "rack-1", "--token", "{TOKEN}"),
-        {"tunnel_id": TUNNEL_ID},
-        notes=("no-autoupdate", "autoupdate-freq", "edge-ip-version", "region", "no-prechecks",
-               "management-diagnostics", "label"),
+        {"tunnel_id": TUNNEL_ID, "label": "rack-1", "management_diagnostics": True},
+        notes=("no-autoupdate", "autoupdate-freq", "edge-ip-version", "region", "no-prechecks"),
     ),
 )  # fmt: skip
 
@@ -269,8 +267,9 @@ GO_SPELLINGS: tuple[Case, ...] = (
     Case("booleans with a value", ("--no-autoupdate=true", "tunnel", "--hello-world=false",
                                    "--post-quantum=True", "run", "--token", "{TOKEN}",
                                    "--management-diagnostics=false"),
-         {"post_quantum": True, "ingress.cli_hello_world": False},
-         notes=("no-autoupdate", "management-diagnostics")),
+         {"post_quantum": True, "ingress.cli_hello_world": False,
+          "management_diagnostics": False},
+         notes=("no-autoupdate",)),
 )  # fmt: skip
 
 # -- precedence ---------------------------------------------------------------------------------
@@ -351,6 +350,11 @@ ACTING: dict[str, tuple[str | None, str, object]] = {
     "max-active-flows": ("9", "max_active_flows", 9),
     "workers": ("2", "workers", 2),
     "worker-timeout": ("20s", "worker_timeout", 20.0),
+    "label": ("rack-1", "label", "rack-1"),
+    "management-hostname": ("Mgmt.Example.test", "management_hostname", "mgmt.example.test"),
+    # On by default: given bare it stays on (the off switch is --management-diagnostics=false,
+    # GO_SPELLINGS).
+    "management-diagnostics": (None, "management_diagnostics", True),
 }
 #: Acting flags covered by the cases above instead (they choose credentials or the file) or
 #: by the management commands (``api-url``: the API that resolves a tunnel name).

@@ -60,8 +60,14 @@ LIVENESS = LivenessSettings()
 
 
 #: The host the edge sends ``tail``'s management requests under (cloudflared's
-#: ``--management-hostname`` default; adit's connector serves that name only).
+#: ``--management-hostname`` default; the worker's proxy says which name it serves).
 MANAGEMENT_HOSTNAME = "management.argotunnel.com"
+
+
+def _default_management_host(host: str) -> bool:
+    """For a proxy without ``is_management_host`` (tests' stand-ins): the default name."""
+    return host.lower() == MANAGEMENT_HOSTNAME
+
 
 #: cloudflared's ``warp-routing`` defaults for private-network flows: 5 s to connect, TCP
 #: keep-alive every 30 s (CLOUDFLARED_FEATURES.md §4.13).
@@ -236,7 +242,8 @@ class EdgeConnection(TunnelIO[ConnectorTunnelConnection]):
             )
             host = host_of_authority(event.authority)
             management = getattr(self.proxy, "serve_management", None)
-            if management is not None and host.lower() == MANAGEMENT_HOSTNAME:
+            is_management = getattr(self.proxy, "is_management_host", _default_management_host)
+            if management is not None and is_management(host):
                 # cloudflared's internal rule, ahead of the user's ingress (``tail``).
                 self._serve_management(event, host, management)
                 return

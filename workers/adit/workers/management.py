@@ -131,10 +131,15 @@ class ManagementService:
         connector_id: uuid.UUID,
         tunnel_id: Callable[[], uuid.UUID | None],
         label: Callable[[], str] = lambda: "",
+        *,
+        diagnostics: Callable[[], bool] = lambda: True,
     ) -> None:
         self._connector_id = connector_id
         self._tunnel_id = tunnel_id
         self._label = label
+        #: ``--management-diagnostics``: off, ``/metrics`` is 404 (cloudflared's service
+        #: does not register the route).
+        self._diagnostics = diagnostics
         self.sessions = 0
         #: Set when the worker drains: log streams end (they would hold the drain open).
         self._closing = asyncio.Event()
@@ -175,7 +180,7 @@ class ManagementService:
             await self._json(stream, 200, self._host_details(stream))
         elif path == "/logs" and method == "GET":
             await self._logs(stream, actor)
-        elif path == "/metrics" and method == "GET":
+        elif path == "/metrics" and method == "GET" and self._diagnostics():
             await self._metrics(stream)
         else:
             await stream.send_response(404, [], source=ResponseSource.ORIGIN, end_stream=True)

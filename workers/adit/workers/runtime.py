@@ -176,11 +176,14 @@ class LazyProxy:
         tags: dict[str, str],
         tunnel_id: Callable[[], uuid.UUID | None] = lambda: None,
         label: Callable[[], str] = lambda: "",
+        management: Callable[[], tuple[str, bool]] = lambda: ("management.argotunnel.com", True),
     ) -> None:
         self._connector_id = connector_id
         self._tags = tags
         self._tunnel_id = tunnel_id
         self._label = label
+        #: ``--management-hostname`` and ``--management-diagnostics`` as they are now.
+        self._management_settings = management
         self._proxy: OriginProxy | None = None
         self._loading: asyncio.Future[None] | None = None
         self._management: ManagementService | None = None
@@ -230,13 +233,22 @@ class LazyProxy:
         if self._management is not None:
             self._management.close_streams()
 
+    def is_management_host(self, host: str) -> bool:
+        """``host`` is ``--management-hostname`` (cloudflared's internal rule)."""
+        return host.lower() == self._management_settings()[0]
+
     async def serve_management(self, stream: TunnelStream) -> None:
         """A request to the management hostname (``tail``; see
         :mod:`adit.workers.management`), imported on the first one."""
         if self._management is None:
             from adit.workers.management import ManagementService
 
-            self._management = ManagementService(self._connector_id, self._tunnel_id, self._label)
+            self._management = ManagementService(
+                self._connector_id,
+                self._tunnel_id,
+                self._label,
+                diagnostics=lambda: self._management_settings()[1],
+            )
         await self._management.serve(stream)
 
     async def serve_private(self, stream: TunnelStream, options: OriginOptions) -> None:
@@ -323,7 +335,11 @@ class WorkerRuntime:
         self.publish = publish
         self.connector_id = uuid.UUID(settings.connector_id)
         self.proxy = LazyProxy(
-            self.connector_id, settings.tags, self._tunnel_id, lambda: self.settings.label
+            self.connector_id,
+            settings.tags,
+            self._tunnel_id,
+            lambda: self.settings.label,
+            lambda: (self.settings.management_hostname, self.settings.management_diagnostics),
         )
         # Built once the config modules are imported (off the first dial's path, see run()).
         self._ingress: Ingress | None = None
