@@ -16,10 +16,12 @@ __all__ = [
     "ConnectionLost",
     "ConnectionRegistered",
     "ConnectionUnregistered",
+    "ConnectorCounters",
     "Drain",
     "EdgeTarget",
     "Event",
     "Heartbeat",
+    "HistogramCounts",
     "IngressSnapshot",
     "QuicClientStats",
     "QuicConnectionStats",
@@ -27,6 +29,7 @@ __all__ = [
     "RecordRegistration",
     "RegistrationRefused",
     "RemoteConfigReceived",
+    "RpcClientCalls",
     "Start",
     "StatsSnapshot",
     "UdpStats",
@@ -262,6 +265,38 @@ class UdpStats(msgspec.Struct, frozen=True):
     dropped_datagrams: dict[int, dict[str, int]] = {}
 
 
+class HistogramCounts(msgspec.Struct, frozen=True):
+    """A histogram's state: observations per bucket (not cumulative; the last is +Inf), their
+    sum and count. The bucket bounds are fixed by the family (``adit.workers.telemetry``)."""
+
+    buckets: list[int]
+    total: float = 0.0
+    count: int = 0
+
+
+class RpcClientCalls(msgspec.Struct, frozen=True):
+    """cloudflared's ``cloudflared_rpc_client_*`` series of one ``handler``/``method``."""
+
+    handler: str
+    method: str
+    operations: int = 0
+    failures: int = 0
+    latency: HistogramCounts | None = None
+
+
+class ConnectorCounters(msgspec.Struct, frozen=True):
+    """One worker's counters behind cloudflared's ``cloudflared_tcp_*``, ``cloudflared_proxy_*``,
+    ``cloudflared_config_local_config_pushes*`` and ``cloudflared_rpc_client_*`` families."""
+
+    tcp_active_sessions: int = 0
+    tcp_total_sessions: int = 0
+    connect_latency: HistogramCounts | None = None
+    connect_stream_errors: int = 0
+    local_config_pushes: int = 0
+    local_config_push_errors: int = 0
+    rpc_client: list[RpcClientCalls] = []
+
+
 class StatsSnapshot(msgspec.Struct, frozen=True, tag=True):
     """Cumulative proxy counters of one worker, pushed periodically."""
 
@@ -275,6 +310,7 @@ class StatsSnapshot(msgspec.Struct, frozen=True, tag=True):
     #: ``None`` until the worker dialled QUIC (cloudflared registers its quic_client_*
     #: families at the first QUIC dial).
     quic: QuicClientStats | None = None
+    connector: ConnectorCounters | None = None
 
 
 class RemoteConfigReceived(msgspec.Struct, frozen=True, tag=True):

@@ -19,7 +19,9 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString as _untyped_float_to_go_string
 
+from adit.supervisor.connector_metrics import ConnectorCollector
 from adit.supervisor.quic_metrics import QuicClientCollector
+from adit.supervisor.standard_metrics import process_extras
 from adit.supervisor.stats import TunnelStats, WorkerSample, WorkerSampler
 
 __all__ = ["TunnelCollector", "TunnelStats", "WorkerSample", "build_registry", "render_metrics"]
@@ -212,6 +214,7 @@ def build_registry(stats: TunnelStats, workers: WorkerSampler | None = None) -> 
     registry = CollectorRegistry(auto_describe=False)
     registry.register(TunnelCollector(stats, workers))
     registry.register(QuicClientCollector(stats))
+    registry.register(ConnectorCollector(stats))
     return registry
 
 
@@ -225,11 +228,17 @@ def _escape_label(value: str) -> str:
     return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
 
+def _label_order(item: tuple[str, str]) -> tuple[bool, str]:
+    """Labels by name, a histogram's ``le`` last (as Go writes them)."""
+    return item[0] == "le", item[0]
+
+
 def _render_family(metric: Metric) -> str:
     doc = metric.documentation.replace("\\", "\\\\").replace("\n", "\\n")
     lines = [f"# HELP {metric.name} {doc}", f"# TYPE {metric.name} {metric.type}"]
     for sample in metric.samples:
-        labels = ",".join(f'{k}="{_escape_label(v)}"' for k, v in sorted(sample.labels.items()))
+        pairs = sorted(sample.labels.items(), key=_label_order)
+        labels = ",".join(f'{k}="{_escape_label(v)}"' for k, v in pairs)
         name = f"{sample.name}{{{labels}}}" if labels else sample.name
         lines.append(f"{name} {_go_float(sample.value)}")
     return "\n".join(lines) + "\n"
@@ -243,7 +252,7 @@ def render_metrics(registry: CollectorRegistry) -> bytes:
     break dashboards written for cloudflared's Go client.
     """
     text = "".join(_render_family(metric) for metric in registry.collect())
-    return text.encode("utf-8") + _process_metrics()
+    return text.encode("utf-8") + _process_metrics() + process_extras()
 
 
 _PROCESS_REGISTRY = CollectorRegistry(auto_describe=False)

@@ -1,4 +1,5 @@
-"""The supervisor's HTTP listener: ``/metrics``, ``/ready`` and ``/healthcheck`` (h11, asyncio).
+"""The supervisor's HTTP listener: ``/metrics``, ``/ready``, ``/healthcheck``, ``/config`` and
+``/quicktunnel`` (h11, asyncio).
 
 Address logic is cloudflared's (``metrics.CreateMetricsListener``): the default ``localhost:0``
 means the first free of ``127.0.0.1:20241``..``20245``, else a random port; any other address is
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING
 from adit.protocol.hostnames import AddressError, split_address
 from adit.supervisor.errors import MetricsListenerError
 from adit.supervisor.settings import DEFAULT_METRICS_ADDRESS
+from adit.supervisor.standard_metrics import ScrapeCounter
 
 # h11 is imported at the first request: the supervisor starts its workers without it.
 if TYPE_CHECKING:
@@ -38,6 +40,8 @@ ReadyProvider = Callable[[], tuple[int, dict[str, object]]]
 MetricsProvider = Callable[[], bytes]
 #: An extra GET route: its content type and body (``diag_endpoints``).
 RouteProvider = Callable[[], tuple[str, bytes]]
+#: A JSON body (``/config``, ``/quicktunnel``).
+JsonProvider = Callable[[], bytes]
 
 
 def parse_listen_address(address: str) -> tuple[str, int]:
@@ -88,17 +92,23 @@ def format_address(sock: socket.socket) -> str:
 
 
 class MetricsServer:
-    """Serves the three endpoints from providers owned by the supervisor."""
+    """Serves the endpoints from providers owned by the supervisor."""
 
     def __init__(
         self,
         ready: ReadyProvider,
         metrics: MetricsProvider,
         routes: Mapping[str, RouteProvider] | None = None,
+        *,
+        config: JsonProvider | None = None,
+        quicktunnel: JsonProvider | None = None,
     ) -> None:
         self._ready = ready
         self._metrics = metrics
         self._routes = dict(routes or {})
+        self._config = config
+        self._quicktunnel = quicktunnel
+        self._scrapes = ScrapeCounter()
         self._server: asyncio.Server | None = None
 
     async def start(self, sock: socket.socket) -> None:
@@ -125,7 +135,17 @@ class MetricsServer:
         if path == "/healthcheck":
             return 200, "text/plain; charset=utf-8", b"OK\n"
         if path == "/metrics":
-            return 200, "text/plain; version=0.0.4; charset=utf-8", self._metrics()
+            try:
+                scrape = self._metrics() + self._scrapes.render()
+            except Exception:
+                self._scrapes.answered(500)
+                raise
+            self._scrapes.answered(200)
+            return 200, "text/plain; version=0.0.4; charset=utf-8", scrape
+        if path == "/config" and self._config is not None:
+            return 200, "text/plain; charset=utf-8", self._config()
+        if path == "/quicktunnel" and self._quicktunnel is not None:
+            return 200, "text/plain; charset=utf-8", self._quicktunnel()
         route = self._routes.get(path)
         if route is not None:
             content_type, payload = route()

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from adit.ipc.messages import QuicClientStats, StatsSnapshot, UdpStats
+from adit.ipc.messages import ConnectorCounters, QuicClientStats, StatsSnapshot, UdpStats
 
 __all__ = ["TunnelStats", "WorkerSample", "WorkerSampler", "sum_udp"]
 
@@ -85,6 +85,10 @@ class TunnelStats:
             for _, snapshot in sorted(self._snapshots.items())
             if snapshot.quic is not None
         ]
+
+    def connector_counters(self) -> list[ConnectorCounters]:
+        """The live workers' TCP, stream-connect, config-push and RPC counters."""
+        return [s.connector for s in self._snapshots.values() if s.connector is not None]
 
     def udp(self) -> UdpStats:
         """Private-network UDP counters over all workers."""

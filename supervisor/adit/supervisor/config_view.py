@@ -1,0 +1,95 @@
+"""``GET /config`` and ``GET /quicktunnel`` of the metrics server, in cloudflared's shapes.
+
+``/config`` is orchestration/orchestrator.go ``GetVersionedConfigJSON``: ``{"version":N,
+"config":{"ingress":[...],"warp-routing":{...},"originRequest":{...}}}`` with every rule's
+``originRequest`` fully resolved (durations in seconds, Go's field order) and the top-level
+one the defaults. It is built from the ingress snapshot in force (the one a SIGHUP reload or a
+remote push replaced), and the version is that snapshot's. cloudflared reports -1 for a local
+configuration because it never changes one; adit reloads it, so it numbers it (1 at start,
++1 per reload that changed it), which is what makes a reload visible here. Nothing secret is
+in the snapshot (no credentials, no token), so nothing needs hiding.
+"""
+
+from __future__ import annotations
+
+import json
+
+from adit.ipc.messages import IngressSnapshot
+
+__all__ = ["quicktunnel_json", "versioned_config_json"]
+
+
+def _seconds(value: float) -> float | int:
+    """Go marshals a ``CustomDuration`` as its float seconds (``7``, ``1.5``)."""
+    return int(value) if value == int(value) else value
+
+
+def _origin_request(options: object) -> dict[str, object]:
+    from adit.config.origin import OriginOptions
+
+    assert isinstance(options, OriginOptions)
+    access: dict[str, object] = {"teamName": "", "audTag": None}
+    if options.access is not None:
+        access = {
+            **({"required": True} if options.access.required else {}),
+            "teamName": options.access.team_name,
+            "audTag": list(options.access.aud_tags) or None,
+        }
+    ip_rules = [
+        {"prefix": rule.prefix, "ports": list(rule.ports) or None, "allow": rule.allow}
+        for rule in options.ip_rules
+    ]
+    return {
+        "connectTimeout": _seconds(options.connect_timeout),
+        "tlsTimeout": _seconds(options.tls_timeout),
+        "tcpKeepAlive": _seconds(options.tcp_keep_alive),
+        "noHappyEyeballs": options.no_happy_eyeballs,
+        "keepAliveTimeout": _seconds(options.keep_alive_timeout),
+        "keepAliveConnections": options.keep_alive_connections,
+        "httpHostHeader": options.http_host_header,
+        "originServerName": options.origin_server_name,
+        "matchSNItoHost": options.match_sni_to_host,
+        "caPool": options.ca_pool,
+        "noTLSVerify": options.no_tls_verify,
+        "disableChunkedEncoding": options.disable_chunked_encoding,
+        "bastionMode": options.bastion_mode,
+        "proxyAddress": options.proxy_address,
+        "proxyPort": options.proxy_port,
+        "proxyType": options.proxy_type,
+        "ipRules": ip_rules or None,
+        "http2Origin": options.http2_origin,
+        "access": access,
+    }
+
+
+def versioned_config_json(snapshot: IngressSnapshot, max_active_flows: int = 0) -> bytes:
+    """The body of ``/config`` for ``snapshot`` (``max_active_flows``: ``--max-active-flows``,
+    the one ``warp-routing`` key adit applies; cloudflared shows only keys that were set)."""
+    from adit.ipc.snapshot import build_ingress
+
+    ingress = build_ingress(snapshot)
+    rules = [
+        {
+            "hostname": rule.hostname,
+            "path": rule.path.pattern if rule.path is not None else None,
+            "service": rule.service.url,
+            "Handlers": None,
+            "originRequest": _origin_request(rule.options),
+        }
+        for rule in ingress.rules
+    ]
+    warp: dict[str, object] = {"maxActiveFlows": max_active_flows} if max_active_flows else {}
+    body = {
+        "version": snapshot.version,
+        "config": {
+            "ingress": rules,
+            "warp-routing": warp,
+            "originRequest": _origin_request(ingress.defaults),
+        },
+    }
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+def quicktunnel_json(hostname: str) -> bytes:
+    """The body of ``/quicktunnel``: the quick tunnel's hostname, "" for any other tunnel."""
+    return json.dumps({"hostname": hostname}, separators=(",", ":")).encode()

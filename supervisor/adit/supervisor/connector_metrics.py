@@ -1,0 +1,137 @@
+"""cloudflared's ``cloudflared_tcp_*``, ``cloudflared_proxy_*``, ``cloudflared_config_*`` and
+``cloudflared_rpc_client_*`` families, summed over the live workers.
+
+Names, types, help texts, labels and histogram buckets are cloudflared's (proxy/metrics.go,
+connection/metrics.go, tunnelrpc/metrics/metrics.go). The counters are plain families;
+the RPC series appear once a call with their labels was made, as Go's vectors do. A
+replaced worker's counters start again from zero (query with ``rate``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from adit.ipc.messages import ConnectorCounters, HistogramCounts
+from adit.ipc.telemetry import CONNECT_LATENCY_BUCKETS, RPC_LATENCY_BUCKETS
+from adit.supervisor.standard_metrics import go_number
+from adit.supervisor.stats import TunnelStats
+
+__all__ = ["ConnectorCollector"]
+
+_Key = tuple[str, str]
+
+
+def _counter(name: str, documentation: str, samples: list[tuple[dict[str, str], float]]) -> Metric:
+    """A counter under exactly ``name``, as Go's client writes it (no ``_total``)."""
+    metric = Metric(name, documentation, "counter")
+    for labels, value in samples:
+        metric.add_sample(name, labels, value)
+    return metric
+
+
+def _sum_histograms(histograms: list[HistogramCounts], size: int) -> HistogramCounts:
+    buckets = [0] * size
+    for each in histograms:
+        for position, count in enumerate(each.buckets[:size]):
+            buckets[position] += count
+    return HistogramCounts(
+        buckets, sum(h.total for h in histograms), sum(h.count for h in histograms)
+    )
+
+
+def _cumulative(bounds: tuple[float, ...], counts: HistogramCounts) -> list[tuple[str, float]]:
+    """Go's ``le`` buckets (cumulative, +Inf last) from per-bucket counts."""
+    running = 0
+    out = []
+    for bound, count in zip((*bounds, float("inf")), counts.buckets, strict=False):
+        running += count
+        out.append((go_number(bound), float(running)))
+    return out
+
+
+class ConnectorCollector(Collector):
+    """Yields the families of :mod:`adit.ipc.telemetry`'s counters from the workers."""
+
+    def __init__(self, stats: TunnelStats) -> None:
+        self._stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        counters = self._stats.connector_counters()
+        yield from _collect_proxy(counters)
+        yield _counter(
+            "cloudflared_config_local_config_pushes",
+            "Number of local configuration pushes to the edge",
+            [({}, sum(c.local_config_pushes for c in counters))],
+        )
+        yield _counter(
+            "cloudflared_config_local_config_pushes_errors",
+            "Number of errors occurred during local configuration pushes",
+            [({}, sum(c.local_config_push_errors for c in counters))],
+        )
+        yield from _collect_rpc_client(counters)
+
+
+def _collect_proxy(counters: list[ConnectorCounters]) -> Iterator[Metric]:
+    yield GaugeMetricFamily(
+        "cloudflared_tcp_active_sessions",
+        "Concurrent count of TCP sessions that are being proxied to any origin",
+        value=sum(c.tcp_active_sessions for c in counters),
+    )
+    yield _counter(
+        "cloudflared_tcp_total_sessions",
+        "Total count of TCP sessions that have been proxied to any origin",
+        [({}, sum(c.tcp_total_sessions for c in counters))],
+    )
+    latency = _sum_histograms(
+        [c.connect_latency for c in counters if c.connect_latency is not None],
+        len(CONNECT_LATENCY_BUCKETS) + 1,
+    )
+    yield HistogramMetricFamily(
+        "cloudflared_proxy_connect_latency",
+        "Time it takes to establish and acknowledge connections in milliseconds",
+        buckets=_cumulative(CONNECT_LATENCY_BUCKETS, latency),
+        sum_value=latency.total,
+    )
+    yield _counter(
+        "cloudflared_proxy_connect_streams_errors",
+        "Total count of failure to establish and acknowledge connections",
+        [({}, sum(c.connect_stream_errors for c in counters))],
+    )
+
+
+def _collect_rpc_client(counters: list[ConnectorCounters]) -> Iterator[Metric]:
+    operations: dict[_Key, int] = {}
+    failures: dict[_Key, int] = {}
+    latencies: dict[_Key, list[HistogramCounts]] = {}
+    for each in counters:
+        for calls in each.rpc_client:
+            key = (calls.handler, calls.method)
+            operations[key] = operations.get(key, 0) + calls.operations
+            if calls.failures:
+                failures[key] = failures.get(key, 0) + calls.failures
+            if calls.latency is not None:
+                latencies.setdefault(key, []).append(calls.latency)
+    latency = HistogramMetricFamily(
+        "cloudflared_rpc_client_latency_secs",
+        "Latency of rpc methods by handler requested",
+        labels=["handler", "method"],
+    )
+    for key, histograms in sorted(latencies.items()):
+        summed = _sum_histograms(histograms, len(RPC_LATENCY_BUCKETS) + 1)
+        latency.add_metric(
+            list(key), _cumulative(RPC_LATENCY_BUCKETS, summed), sum_value=summed.total
+        )
+    yield latency
+    yield _counter(
+        "cloudflared_rpc_client_operations",
+        "Number of rpc methods by handler requested",
+        [({"handler": h, "method": m}, n) for (h, m), n in sorted(operations.items())],
+    )
+    yield _counter(
+        "cloudflared_rpc_client_failures",
+        "Number of rpc method failures by handler requested",
+        [({"handler": h, "method": m}, n) for (h, m), n in sorted(failures.items())],
+    )
