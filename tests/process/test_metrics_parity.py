@@ -18,6 +18,7 @@ import asyncio
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import threading
@@ -30,6 +31,7 @@ from pathlib import Path
 
 import pytest
 import websockets.asyncio.client
+import yaml
 
 from adversary import CLOUDFLARED, INSIDE_NETNS, rerun_in_private_netns, start_cloudflared
 from harness import (
@@ -188,8 +190,6 @@ def _setup(account: Account, tmp_path: Path, origin: Origin, ws_origin: int, ech
             {"service": origin.url},
         ],
     )
-    import yaml
-
     data = yaml.safe_load(config.read_text())
     data["ingress"][0:0] = [
         {"hostname": TCP_HOST, "service": f"tcp://127.0.0.1:{echo}"},
@@ -402,10 +402,28 @@ def test_adit_exposes_cloudflareds_families_config_and_quicktunnel(
     assert values[REGISTER_OPERATIONS] == 4
     assert values["cloudflared_config_local_config_pushes"] == 1
 
-    _check_config_and_quicktunnel(metrics, connector)
+    _check_config_and_quicktunnel(metrics)
+
+    # A SIGHUP reload that changes the ingress: /config shows the new rules and version.
+    before = json.loads(http_get(metrics, "/config")[1])
+    config = yaml.safe_load(setup.config.read_text())
+    config["ingress"].insert(0, {"hostname": "new.metrics.example.test", "service": origin.url})
+    setup.config.write_text(yaml.safe_dump(config))
+    connector.signal(signal.SIGHUP)
+    connector.wait_for_log(rf"Applied ingress version {before['version'] + 1}")
+    after = json.loads(http_get(metrics, "/config")[1])
+    assert after["version"] == before["version"] + 1
+    assert after["config"]["ingress"][0]["hostname"] == "new.metrics.example.test"
+    assert after["config"]["ingress"][1:] == before["config"]["ingress"]
+    assert (
+        samples(http_get(metrics, "/metrics")[1].decode())[
+            "cloudflared_orchestration_config_version"
+        ]
+        == after["version"]
+    )
 
 
-def _check_config_and_quicktunnel(metrics: str, connector: Proc) -> None:
+def _check_config_and_quicktunnel(metrics: str) -> None:
     reference = json.loads((CORPUS / "config.json").read_text())
     status, body = http_get(metrics, "/config")
     assert status == 200
