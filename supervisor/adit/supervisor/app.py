@@ -232,7 +232,7 @@ class Supervisor:
             self._render_metrics,
             routes=diag_routes(self.state),
             config=self._config_json,
-            quicktunnel=lambda: quicktunnel_json(self.state.settings.quick_tunnel_hostname),
+            quicktunnel=lambda: quicktunnel_json(self.settings.quick_tunnel_url),
         )
         install_signal_handlers(loop, self._inbox.put_nowait)
         self._runtime_dir = (
@@ -513,7 +513,11 @@ class Supervisor:
         from adit.supervisor.metrics import build_registry, render_metrics
 
         if self._registry is None:
-            self._registry = build_registry(self.state.stats, self._sample_workers)
+            self._registry = build_registry(
+                self.state.stats,
+                self._sample_workers,
+                quick_tunnel_url=self.settings.quick_tunnel_url,
+            )
         return render_metrics(self._registry)
 
 

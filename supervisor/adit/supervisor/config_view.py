@@ -13,6 +13,7 @@ in the snapshot (no credentials, no token), so nothing needs hiding.
 from __future__ import annotations
 
 import json
+import urllib.parse
 
 from adit.ipc.messages import IngressSnapshot
 
@@ -90,6 +91,10 @@ def versioned_config_json(snapshot: IngressSnapshot, max_active_flows: int = 0) 
     return json.dumps(body, separators=(",", ":")).encode()
 
 
-def quicktunnel_json(hostname: str) -> bytes:
-    """The body of ``/quicktunnel``: the quick tunnel's hostname, "" for any other tunnel."""
+def quicktunnel_json(url: str) -> bytes:
+    """The body of ``/quicktunnel``: the quick tunnel's hostname, "" for any other tunnel.
+
+    cloudflared's is a bare name served on 443; adit's embedded edge listens on a port of this
+    machine, so the hostname carries it (``abc.localhost:8080``): what a client needs."""
+    hostname = urllib.parse.urlsplit(url).netloc if url else ""
     return json.dumps({"hostname": hostname}, separators=(",", ":")).encode()

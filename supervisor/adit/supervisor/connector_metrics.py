@@ -55,11 +55,19 @@ def _cumulative(bounds: tuple[float, ...], counts: HistogramCounts) -> list[tupl
 class ConnectorCollector(Collector):
     """Yields the families of :mod:`adit.ipc.telemetry`'s counters from the workers."""
 
-    def __init__(self, stats: TunnelStats) -> None:
+    def __init__(self, stats: TunnelStats, quick_tunnel_url: str = "") -> None:
         self._stats = stats
+        self._quick_tunnel_url = quick_tunnel_url
 
     def collect(self) -> Iterator[Metric]:
         counters = self._stats.connector_counters()
+        if self._quick_tunnel_url:
+            # Set once for a quick tunnel (connection/observer.go SendURL), by its URL.
+            yield _counter(
+                "cloudflared_tunnel_user_hostnames_counts",
+                "Which user hostnames cloudflared is serving",
+                [({"userHostname": self._quick_tunnel_url}, 1)],
+            )
         yield from _collect_proxy(counters)
         yield _counter(
             "cloudflared_config_local_config_pushes",

@@ -209,12 +209,14 @@ def _collect_udp(stats: TunnelStats) -> Iterator[Metric]:
     )
 
 
-def build_registry(stats: TunnelStats, workers: WorkerSampler | None = None) -> CollectorRegistry:
+def build_registry(
+    stats: TunnelStats, workers: WorkerSampler | None = None, *, quick_tunnel_url: str = ""
+) -> CollectorRegistry:
     """A private registry (not the global default) with the tunnel and process collectors."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(TunnelCollector(stats, workers))
     registry.register(QuicClientCollector(stats))
-    registry.register(ConnectorCollector(stats))
+    registry.register(ConnectorCollector(stats, quick_tunnel_url))
     return registry
 
 
