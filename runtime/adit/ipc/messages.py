@@ -29,7 +29,7 @@ __all__ = [
     "RecordRegistration",
     "RegistrationRefused",
     "RemoteConfigReceived",
-    "RpcClientCalls",
+    "RpcCalls",
     "Start",
     "StatsSnapshot",
     "UdpStats",
@@ -274,8 +274,8 @@ class HistogramCounts(msgspec.Struct, frozen=True):
     count: int = 0
 
 
-class RpcClientCalls(msgspec.Struct, frozen=True):
-    """cloudflared's ``cloudflared_rpc_client_*`` series of one ``handler``/``method``."""
+class RpcCalls(msgspec.Struct, frozen=True):
+    """cloudflared's ``cloudflared_rpc_{client,server}_*`` series of one ``handler``/``method``."""
 
     handler: str
     method: str
@@ -286,7 +286,8 @@ class RpcClientCalls(msgspec.Struct, frozen=True):
 
 class ConnectorCounters(msgspec.Struct, frozen=True):
     """One worker's counters behind cloudflared's ``cloudflared_tcp_*``, ``cloudflared_proxy_*``,
-    ``cloudflared_config_local_config_pushes*`` and ``cloudflared_rpc_client_*`` families."""
+    ``cloudflared_config_local_config_pushes*``, ``cloudflared_rpc_*`` and
+    ``flow_client_registrations_rate_limited_total`` families."""
 
     tcp_active_sessions: int = 0
     tcp_total_sessions: int = 0
@@ -294,7 +295,11 @@ class ConnectorCounters(msgspec.Struct, frozen=True):
     connect_stream_errors: int = 0
     local_config_pushes: int = 0
     local_config_push_errors: int = 0
-    rpc_client: list[RpcClientCalls] = []
+    rpc_client: list[RpcCalls] = []
+    #: RPCs the edge called on this worker (over QUIC: UDP sessions, configuration).
+    rpc_server: list[RpcCalls] = []
+    #: Flows refused by ``--max-active-flows``, by cloudflared's ``flow_type``.
+    flows_rate_limited: dict[str, int] = {}
 
 
 class StatsSnapshot(msgspec.Struct, frozen=True, tag=True):

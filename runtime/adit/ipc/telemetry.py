@@ -10,13 +10,13 @@ from __future__ import annotations
 import bisect
 from dataclasses import dataclass, field
 
-from adit.ipc.messages import HistogramCounts, RpcClientCalls
+from adit.ipc.messages import HistogramCounts, RpcCalls
 
 __all__ = [
     "CONNECT_LATENCY_BUCKETS",
     "RPC_LATENCY_BUCKETS",
     "Histogram",
-    "RpcClientCounters",
+    "RpcCallCounters",
 ]
 
 #: ``cloudflared_proxy_connect_latency`` (proxy/metrics.go), milliseconds.
@@ -65,8 +65,9 @@ class _Calls:
 
 
 @dataclass(slots=True)
-class RpcClientCounters:
-    """RPCs this worker issued to the edge, by cloudflared's ``handler`` and ``method``."""
+class RpcCallCounters:
+    """RPCs this worker issued to the edge, or served for it, by cloudflared's ``handler``
+    and ``method``."""
 
     calls: dict[tuple[str, str], _Calls] = field(default_factory=dict)
 
@@ -77,8 +78,8 @@ class RpcClientCounters:
         calls.failures += 1 if failed else 0
         calls.latency.observe(seconds)
 
-    def snapshot(self) -> list[RpcClientCalls]:
+    def snapshot(self) -> list[RpcCalls]:
         return [
-            RpcClientCalls(handler, method, c.operations, c.failures, c.latency.snapshot())
+            RpcCalls(handler, method, c.operations, c.failures, c.latency.snapshot())
             for (handler, method), c in sorted(self.calls.items())
         ]

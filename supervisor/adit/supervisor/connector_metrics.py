@@ -1,10 +1,11 @@
-"""cloudflared's ``cloudflared_tcp_*``, ``cloudflared_proxy_*``, ``cloudflared_config_*`` and
-``cloudflared_rpc_client_*`` families, summed over the live workers.
+"""cloudflared's ``cloudflared_tcp_*``, ``cloudflared_proxy_*``, ``cloudflared_config_*``,
+``cloudflared_rpc_*`` and ``flow_client_*`` families (and ``user_hostnames_counts``), summed
+over the live workers.
 
 Names, types, help texts, labels and histogram buckets are cloudflared's (proxy/metrics.go,
-connection/metrics.go, tunnelrpc/metrics/metrics.go). The counters are plain families;
-the RPC series appear once a call with their labels was made, as Go's vectors do. A
-replaced worker's counters start again from zero (query with ``rate``).
+connection/metrics.go, tunnelrpc/metrics/metrics.go, flow/metrics.go). The series of a
+labelled family appear once a call or refusal with those labels happened, as Go's vectors
+do. A replaced worker's counters start again from zero (query with ``rate``).
 """
 
 from __future__ import annotations
@@ -79,7 +80,9 @@ class ConnectorCollector(Collector):
             "Number of errors occurred during local configuration pushes",
             [({}, sum(c.local_config_push_errors for c in counters))],
         )
-        yield from _collect_rpc_client(counters)
+        yield from _collect_rpc(counters, "client")
+        yield from _collect_rpc(counters, "server")
+        yield from _collect_flow_limits(counters)
 
 
 def _collect_proxy(counters: list[ConnectorCounters]) -> Iterator[Metric]:
@@ -110,21 +113,24 @@ def _collect_proxy(counters: list[ConnectorCounters]) -> Iterator[Metric]:
     )
 
 
-def _collect_rpc_client(counters: list[ConnectorCounters]) -> Iterator[Metric]:
+def _collect_rpc(counters: list[ConnectorCounters], side: str) -> Iterator[Metric]:
+    """``cloudflared_rpc_{side}_*``: ``client`` for the RPCs issued to the edge, ``server``
+    for the ones served for it (help texts differ only in "requested"/"served")."""
     operations: dict[_Key, int] = {}
     failures: dict[_Key, int] = {}
     latencies: dict[_Key, list[HistogramCounts]] = {}
     for each in counters:
-        for calls in each.rpc_client:
+        for calls in each.rpc_client if side == "client" else each.rpc_server:
             key = (calls.handler, calls.method)
             operations[key] = operations.get(key, 0) + calls.operations
             if calls.failures:
                 failures[key] = failures.get(key, 0) + calls.failures
             if calls.latency is not None:
                 latencies.setdefault(key, []).append(calls.latency)
+    verb = "requested" if side == "client" else "served"
     latency = HistogramMetricFamily(
-        "cloudflared_rpc_client_latency_secs",
-        "Latency of rpc methods by handler requested",
+        f"cloudflared_rpc_{side}_latency_secs",
+        f"Latency of rpc methods by handler {verb}",
         labels=["handler", "method"],
     )
     for key, histograms in sorted(latencies.items()):
@@ -134,12 +140,30 @@ def _collect_rpc_client(counters: list[ConnectorCounters]) -> Iterator[Metric]:
         )
     yield latency
     yield _counter(
-        "cloudflared_rpc_client_operations",
-        "Number of rpc methods by handler requested",
+        f"cloudflared_rpc_{side}_operations",
+        f"Number of rpc methods by handler {verb}",
         [({"handler": h, "method": m}, n) for (h, m), n in sorted(operations.items())],
     )
+    failures_help = (
+        "Number of rpc method failures by handler requested"
+        if side == "client"
+        else "Number of rpc methods failures by handler served"
+    )
     yield _counter(
-        "cloudflared_rpc_client_failures",
-        "Number of rpc method failures by handler requested",
+        f"cloudflared_rpc_{side}_failures",
+        failures_help,
         [({"handler": h, "method": m}, n) for (h, m), n in sorted(failures.items())],
+    )
+
+
+def _collect_flow_limits(counters: list[ConnectorCounters]) -> Iterator[Metric]:
+    """flow/metrics.go: flows refused by ``--max-active-flows``, by ``flow_type``."""
+    refused: dict[str, int] = {}
+    for each in counters:
+        for flow_type, n in each.flows_rate_limited.items():
+            refused[flow_type] = refused.get(flow_type, 0) + n
+    yield _counter(
+        "flow_client_registrations_rate_limited_total",
+        "Count registrations dropped due to high number of concurrent flows being handled",
+        [({"flow_type": t}, n) for t, n in sorted(refused.items())],
     )

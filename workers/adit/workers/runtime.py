@@ -55,7 +55,7 @@ from adit.ipc.messages import (
     UdpStats,
     WorkerSettings,
 )
-from adit.ipc.telemetry import RpcClientCounters
+from adit.ipc.telemetry import RpcCallCounters
 from adit.logs import fields
 from adit.protocol.headers import FEATURE_SERIALIZED_REQUEST_HEADERS
 from adit.protocol.registration import (
@@ -395,7 +395,7 @@ class WorkerRuntime:
         self._running = False
         self.fatal: str | None = None
         #: cloudflared_rpc_client_* and cloudflared_config_local_config_pushes* counts.
-        self.rpc_client = RpcClientCounters()
+        self.rpc_client = RpcCallCounters()
         self.local_config_pushes = 0
         self.local_config_push_errors = 0
 
@@ -1164,14 +1164,9 @@ class WorkerRuntime:
         proxy = self.proxy.loaded
         quic = self.quic_telemetry.snapshot() if self.quic_telemetry is not None else None
         udp = _udp_stats(self._udp_counters)
-        pushes = (self.local_config_pushes, self.local_config_push_errors)
+        counters = self._connector_counters()
         if proxy is None:
             # Nothing served yet.
-            counters = ConnectorCounters(
-                local_config_pushes=pushes[0],
-                local_config_push_errors=pushes[1],
-                rpc_client=self.rpc_client.snapshot(),
-            )
             self.publish(
                 StatsSnapshot(self.settings.slot, 0, 0, 0, {}, udp, quic=quic, connector=counters)
             )
@@ -1191,11 +1186,24 @@ class WorkerRuntime:
                     tcp_total_sessions=stats.tcp_total_sessions,
                     connect_latency=stats.connect_latency.snapshot(),
                     connect_stream_errors=stats.connect_stream_errors,
-                    local_config_pushes=pushes[0],
-                    local_config_push_errors=pushes[1],
-                    rpc_client=self.rpc_client.snapshot(),
+                    local_config_pushes=counters.local_config_pushes,
+                    local_config_push_errors=counters.local_config_push_errors,
+                    rpc_client=counters.rpc_client,
+                    rpc_server=counters.rpc_server,
+                    flows_rate_limited=counters.flows_rate_limited,
                 ),
             )
+        )
+
+    def _connector_counters(self) -> ConnectorCounters:
+        """The worker's RPC and config-push counts (the proxy's are added by the caller)."""
+        udp = self._udp_counters
+        return ConnectorCounters(
+            local_config_pushes=self.local_config_pushes,
+            local_config_push_errors=self.local_config_push_errors,
+            rpc_client=self.rpc_client.snapshot() + (udp.rpc_client.snapshot() if udp else []),
+            rpc_server=udp.rpc_server.snapshot() if udp else [],
+            flows_rate_limited={"udp": udp.rate_limited} if udp and udp.rate_limited else {},
         )
 
 
