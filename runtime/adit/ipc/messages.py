@@ -263,6 +263,10 @@ class UdpStats(msgspec.Struct, frozen=True):
     total_flows: dict[int, int] = {}
     failed_flows: dict[int, int] = {}
     dropped_datagrams: dict[int, dict[str, int]] = {}
+    #: v3 registrations answered again, by connection index.
+    retry_flow_responses: dict[int, int] = {}
+    #: Session RPCs a v3 connection does not serve, by connection index and command.
+    unsupported_remote_commands: dict[int, dict[str, int]] = {}
 
 
 class HistogramCounts(msgspec.Struct, frozen=True):

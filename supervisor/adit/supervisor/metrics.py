@@ -199,6 +199,20 @@ def _collect_udp(stats: TunnelStats) -> Iterator[Metric]:
         [({"conn_index": str(i)}, n) for i, n in sorted(udp.failed_flows.items())],
     )
     yield _counter(
+        "cloudflared_udp_retry_flow_responses",
+        "Total count of UDP flows that have had to send their registration response more than once",
+        [({"conn_index": str(i)}, n) for i, n in sorted(udp.retry_flow_responses.items())],
+    )
+    yield _counter(
+        "cloudflared_udp_unsupported_remote_command_total",
+        "Total count of unsupported remote RPC commands called",
+        [
+            ({"command": command, "conn_index": str(i)}, n)
+            for i, commands in sorted(udp.unsupported_remote_commands.items())
+            for command, n in sorted(commands.items())
+        ],
+    )
+    yield _counter(
         "cloudflared_udp_dropped_datagrams",
         "Total count of UDP dropped datagrams",
         [

@@ -1214,6 +1214,9 @@ def _udp_stats(counters: UdpCounters | None) -> UdpStats | None:
     dropped: dict[int, dict[str, int]] = {}
     for (conn_index, reason), count in counters.dropped.items():
         dropped.setdefault(conn_index, {})[reason] = count
+    unsupported: dict[int, dict[str, int]] = {}
+    for (conn_index, command), count in counters.unsupported.items():
+        unsupported.setdefault(conn_index, {})[command] = count
     return UdpStats(
         active_sessions=counters.active_sessions,
         total_sessions=counters.total_sessions,
@@ -1221,6 +1224,8 @@ def _udp_stats(counters: UdpCounters | None) -> UdpStats | None:
         total_flows=dict(counters.total_flows),
         failed_flows=dict(counters.failed_flows),
         dropped_datagrams=dropped,
+        retry_flow_responses=dict(counters.retried),
+        unsupported_remote_commands=unsupported,
     )
 
 

@@ -124,6 +124,10 @@ class UdpCounters:
     #: ``(conn_index, reason)``: cloudflared's ``reason`` labels (write_full,
     #: write_flow_unknown, read_too_large, write_failed...).
     dropped: collections.Counter[tuple[int, str]] = field(default_factory=collections.Counter)
+    #: v3 registrations answered again (``retry_flow_responses``), by connection index.
+    retried: collections.Counter[int] = field(default_factory=collections.Counter)
+    #: ``(conn_index, command)``: session RPCs a v3 connection does not serve.
+    unsupported: collections.Counter[tuple[int, str]] = field(default_factory=collections.Counter)
     #: Sessions refused by the flow limit (``flow_client_registrations_rate_limited_total``).
     rate_limited: int = 0
     #: The edge's RPCs served here and ours to it (``cloudflared_rpc_{server,client}_*``).
@@ -231,6 +235,7 @@ class UdpSessions:
                 session.answer_register_udp(event.answer_id, error)
             elif isinstance(event, UnregisterUdpSessionCalled):
                 if self.version is DatagramVersion.V3:
+                    self.counters.unsupported[(self.conn_index, "unregister_udp_session")] += 1
                     session.answer_exception(event.answer_id, V3_NO_RPC_UNREGISTRATION)
                     return True
                 found = self._sessions.get(event.session_id.int)
@@ -252,6 +257,7 @@ class UdpSessions:
     async def _register_v2(self, call: RegisterUdpSessionCalled) -> str:
         """Open the session ``call`` asks for; the error to answer with ("" when it is up)."""
         if self.version is DatagramVersion.V3:
+            self.counters.unsupported[(self.conn_index, "register_udp_session")] += 1
             return V3_NO_RPC_REGISTRATION
         destination = _address(call.dst_ip, call.dst_port)
         key = call.session_id.int
@@ -381,6 +387,7 @@ class UdpSessions:
             # handleSessionAlreadyRegistered): OK again, and the flow counts as active.
             session.last_active = self.io._loop.time()
             self._answer_v3(key, RegistrationStatus.OK)
+            self.counters.retried[self.conn_index] += 1
             return
         if not self.limiter.acquire():
             self.counters.rate_limited += 1
