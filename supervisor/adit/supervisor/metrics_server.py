@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import socket
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
@@ -31,6 +32,8 @@ __all__ = [
     "format_address",
     "parse_listen_address",
 ]
+
+log = logging.getLogger("adit.supervisor")
 
 DEFAULT_METRICS_PORTS = (20241, 20242, 20243, 20244, 20245)
 _REQUEST_TIMEOUT = 10.0
@@ -137,13 +140,21 @@ class MetricsServer:
         if path == "/metrics":
             try:
                 scrape = self._metrics() + self._scrapes.render()
-            except Exception:
+            except Exception as exc:
+                # promhttp's answer to a failing collector (and the daemon stays up).
+                log.exception("Failed to render /metrics")
                 self._scrapes.answered(500)
-                raise
+                text = f"An error has occurred while serving metrics:\n\n{exc}\n"
+                return 500, "text/plain; charset=utf-8", text.encode()
             self._scrapes.answered(200)
             return 200, "text/plain; version=0.0.4; charset=utf-8", scrape
         if path == "/config" and self._config is not None:
-            return 200, "text/plain; charset=utf-8", self._config()
+            try:
+                return 200, "text/plain; charset=utf-8", self._config()
+            except Exception as exc:
+                # cloudflared's words when GetVersionedConfigJSON fails.
+                log.exception("Failed to serve config")
+                return 500, "text/plain; charset=utf-8", f"ERR: {exc}".encode()
         if path == "/quicktunnel" and self._quicktunnel is not None:
             return 200, "text/plain; charset=utf-8", self._quicktunnel()
         route = self._routes.get(path)

@@ -231,3 +231,18 @@ def test_go_numbers() -> None:
         "1.8446744073709552e+19",
     ]
     assert ScrapeCounter().by_code == {"200": 0, "500": 0, "503": 0}
+
+
+def test_a_failing_provider_is_a_500_not_a_dead_listener() -> None:
+    def broken() -> bytes:
+        raise ValueError("no ingress")
+
+    server = MetricsServer(lambda: (200, {}), broken, config=broken)
+    assert server.respond("GET", "/config") == (
+        500,
+        "text/plain; charset=utf-8",
+        b"ERR: no ingress",
+    )
+    status, _, body = server.respond("GET", "/metrics")
+    assert status == 500 and b"no ingress" in body
+    assert server._scrapes.by_code["500"] == 1
