@@ -246,3 +246,117 @@ def test_a_failing_provider_is_a_500_not_a_dead_listener() -> None:
     status, _, body = server.respond("GET", "/metrics")
     assert status == 500 and b"no ingress" in body
     assert server._scrapes.by_code["500"] == 1
+
+
+#: Every family cloudflared defines (its source: connection/, proxy/, orchestration/,
+#: supervisor/, ingress/, quic/, quic/v3/, datagramsession/, tunnelrpc/metrics/, flow/,
+#: metrics/), besides the Go runtime's go_* and the default process_*/promhttp_* ones.
+CLOUDFLARED_FAMILIES = {
+    "build_info",
+    "tunnel_ids",
+    *(
+        f"cloudflared_tunnel_{name}"
+        for name in (
+            "ha_connections",
+            "server_locations",
+            "tunnel_register_success",
+            "tunnel_register_fail",
+            "tunnel_rpc_fail",
+            "user_hostnames_counts",
+            "max_concurrent_requests_per_tunnel",
+            "total_requests",
+            "concurrent_requests_per_tunnel",
+            "response_by_code",
+            "request_errors",
+        )
+    ),
+    "cloudflared_config_local_config_pushes",
+    "cloudflared_config_local_config_pushes_errors",
+    "cloudflared_tcp_active_sessions",
+    "cloudflared_tcp_total_sessions",
+    "cloudflared_proxy_connect_latency",
+    "cloudflared_proxy_connect_streams_errors",
+    "cloudflared_orchestration_config_version",
+    *(
+        f"cloudflared_udp_{name}"
+        for name in (
+            "active_sessions",
+            "total_sessions",
+            "active_flows",
+            "total_flows",
+            "failed_flows",
+            "retry_flow_responses",
+            "migrated_flows",
+            "unsupported_remote_command_total",
+            "dropped_datagrams",
+        )
+    ),
+    "cloudflared_icmp_dropped_packets",
+    "cloudflared_icmp_total_requests",
+    "cloudflared_icmp_total_replies",
+    "cloudflared_virtual_origins_dns_requests_total",
+    *(
+        f"cloudflared_rpc_{side}_{name}"
+        for side in ("client", "server")
+        for name in ("operations", "failures", "latency_secs")
+    ),
+    "flow_client_registrations_rate_limited_total",
+    *(
+        f"quic_client_{name}"
+        for name in (
+            "total_connections",
+            "closed_connections",
+            "max_udp_payload",
+            "sent_frames",
+            "sent_bytes",
+            "received_frames",
+            "receive_bytes",
+            "buffered_packets",
+            "dropped_packets",
+            "lost_packets",
+            "min_rtt",
+            "latest_rtt",
+            "smoothed_rtt",
+            "mtu",
+            "congestion_window",
+            "congestion_state",
+            "packet_too_big_dropped",
+        )
+    ),
+}
+
+
+def test_every_cloudflared_family_is_exposed_or_listed_with_a_reason() -> None:
+    from adit.ipc.messages import QuicClientStats, QuicConnectionStats
+    from adit.supervisor.metric_parity import NEVER_SET, NO_MEANING
+
+    stats = TunnelStats("x")
+    stats.update(
+        StatsSnapshot(
+            0,
+            1,
+            1,
+            0,
+            {"200": 1},
+            UdpStats(1, 1),
+            quic=QuicClientStats(1, 0, [QuicConnectionStats(0)]),
+            connector=_worker(0, [1], [0.1]).connector,
+        )
+    )
+    registry = build_registry(stats, quick_tunnel_url="http://q.localhost:1")
+    exposed = {
+        line.split()[2]
+        for line in render_metrics(registry).decode().splitlines()
+        if line.startswith("# TYPE ")
+    }
+    listed = {**NO_MEANING, **NEVER_SET}
+    unlisted = {
+        name
+        for name in CLOUDFLARED_FAMILIES - exposed
+        if not any(re.fullmatch(pattern, name) for pattern in listed)
+    }
+    assert unlisted == set()
+    assert {n for n in exposed if any(re.fullmatch(p, n) for p in listed)} == set()
+    # Each entry still names a family of cloudflared's (or the Go runtime's).
+    for pattern in listed:
+        assert pattern == r"go_.*" or any(re.fullmatch(pattern, n) for n in CLOUDFLARED_FAMILIES)
