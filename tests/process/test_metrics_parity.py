@@ -295,11 +295,18 @@ def _scrape_when(metrics: str, predicate: Callable[[dict[str, float]], bool]) ->
 
 
 def _traffic(
-    processes: Processes, edge: Edge, account: Account, echo: int, metrics: str
+    processes: Processes,
+    edge: Edge,
+    account: Account,
+    echo: int,
+    metrics: str,
+    *,
+    private: bool = True,
 ) -> Scrapes:
     """The traffic both connectors serve: 3 HTTP requests (200, 404 from the catch-all, 502
     from an origin that is down), a WebSocket (scraped while open), a TCP stream through a
-    rule and a private-network flow. 6 requests as cloudflared counts them."""
+    rule and (with ``private``) a private-network flow. 6 requests as cloudflared counts
+    them (5 without the flow)."""
 
     def ready(_: dict[str, float]) -> bool:
         status, body = http_get(metrics, "/ready")
@@ -323,12 +330,13 @@ def _traffic(
 
     during = asyncio.run(talk())
     _tcp_through_rule(processes, edge)
-    _private_flow(account, echo)
+    if private:
+        _private_flow(account, echo)
 
     def settled(values: dict[str, float]) -> bool:
         return (
             values.get("cloudflared_tunnel_concurrent_requests_per_tunnel") == 0
-            and values.get("cloudflared_tunnel_total_requests", 0) >= 6
+            and values.get("cloudflared_tunnel_total_requests", 0) >= (6 if private else 5)
             and values.get(REGISTER_OPERATIONS) == 4
         )
 
@@ -343,6 +351,15 @@ def _no_meaning() -> dict[str, str]:
 
 def _matches(name: str, patterns: dict[str, str]) -> bool:
     return any(re.fullmatch(pattern, name) for pattern in patterns)
+
+
+def _reference(protocol: str) -> Families:
+    """The recorded families (over QUIC); over HTTP/2 without quic_client_*, which
+    cloudflared registers at its first QUIC dial (and adit too)."""
+    reference = families((CORPUS / "metrics.txt").read_text())
+    if protocol == "http2":
+        reference = {n: f for n, f in reference.items() if not n.startswith("quic_client_")}
+    return reference
 
 
 def _same(
@@ -371,7 +388,9 @@ def _compare(reference: Families, ours: Families) -> list[str]:
 # --- adit against the recorded fixture -------------------------------------------------------
 
 
+@pytest.mark.parametrize("protocol", ["quic", "http2"])
 def test_adit_exposes_cloudflareds_families_config_and_quicktunnel(
+    protocol: str,
     processes: Processes,
     edge: Edge,
     account: Account,
@@ -385,14 +404,15 @@ def test_adit_exposes_cloudflareds_families_config_and_quicktunnel(
         processes,
         setup.tunnel,
         setup.config,
-        extra=["--protocol", "quic"],
+        extra=["--protocol", protocol],
         wait=4,
     )
     metrics = metrics_address(connector)
     scrapes = _traffic(processes, edge, account, tcp_echo, metrics)
 
-    reference = families((CORPUS / "metrics.txt").read_text())
+    reference = _reference(protocol)
     ours = families(scrapes.final)
+    assert protocol == "quic" or not any(n.startswith("quic_client_") for n in ours)
     problems = _compare(reference, ours)
     assert not problems, "\n".join(problems)
 
@@ -458,12 +478,17 @@ def _check_config_and_quicktunnel(metrics: str) -> None:
 
 
 @pytest.mark.skipif(not CLOUDFLARED, reason="set ADIT_CLOUDFLARED to a cloudflared binary")
-def test_cloudflared_live_in_a_loopback_only_namespace() -> None:
-    rerun_in_private_netns(f"{Path(__file__)}::test_cloudflared_live_matches_the_fixture_and_adit")
+@pytest.mark.parametrize("protocol", ["quic", "http2"])
+def test_cloudflared_live_in_a_loopback_only_namespace(protocol: str) -> None:
+    rerun_in_private_netns(
+        f"{Path(__file__)}::test_cloudflared_live_matches_the_fixture_and_adit[{protocol}]"
+    )
 
 
 @pytest.mark.skipif(not INSIDE_NETNS, reason="runs inside the namespace made by its twin")
+@pytest.mark.parametrize("protocol", ["quic", "http2"])
 def test_cloudflared_live_matches_the_fixture_and_adit(
+    protocol: str,
     processes: Processes,
     edge: Edge,
     account: Account,
@@ -474,15 +499,19 @@ def test_cloudflared_live_matches_the_fixture_and_adit(
 ) -> None:
     setup = _setup(account, tmp_path, origin, ws_origin, tcp_echo)
     cloudflared = start_cloudflared(
-        processes, setup.tunnel, setup.config, edge, protocol="quic", edges=edge.tunnel
+        processes, setup.tunnel, setup.config, edge, protocol=protocol, edges=edge.tunnel
     )
     cloudflared.wait_for_log("Registered tunnel connection", count=4, timeout=30)
     metrics = metrics_address(cloudflared)
-    scrapes = _traffic(processes, edge, account, tcp_echo, metrics)
+    # cloudflared over HTTP/2 resets a private-network TCP stream from adit's edge (RST_STREAM
+    # PROTOCOL_ERROR as the first bytes arrive; its QUIC flows work): an edge interop bug,
+    # left out here so the metrics comparison runs on both transports.
+    private = protocol == "quic"
+    scrapes = _traffic(processes, edge, account, tcp_echo, metrics, private=private)
     config = http_get(metrics, "/config")[1]
     quicktunnel = http_get(metrics, "/quicktunnel")[1]
     record = os.environ.get("ADIT_RECORD_METRICS_FIXTURE")
-    if record:
+    if record and protocol == "quic":
         out = Path(record)
         out.mkdir(parents=True, exist_ok=True)
         (out / "metrics.txt").write_text(scrapes.final)
@@ -492,13 +521,13 @@ def test_cloudflared_live_matches_the_fixture_and_adit(
     # cloudflared today exposes what the fixture holds (both ways: a family it gained is one
     # for adit to map or list).
     live = families(scrapes.final)
-    reference = families((CORPUS / "metrics.txt").read_text())
+    reference = _reference(protocol)
     # (A labelled family shows only once it has a series: the fixture's lost packets, say.)
     assert [n for n in live if n not in reference] == []
     assert [n for n, f in live.items() if not _same(f, reference[n])] == []
     assert [n for n, (_, labels) in reference.items() if n not in live and not labels] == []
     values = samples(scrapes.final)
-    assert values["cloudflared_tunnel_total_requests"] == 6
+    assert values["cloudflared_tunnel_total_requests"] == (6 if private else 5)
     assert (
         samples(scrapes.during_websocket)["cloudflared_tunnel_concurrent_requests_per_tunnel"] == 1
     )
@@ -509,9 +538,9 @@ def test_cloudflared_live_matches_the_fixture_and_adit(
     cloudflared.signal(signal.SIGTERM)
     assert cloudflared.wait(timeout=30) == 0
     connector = start_connector(
-        processes, setup.tunnel, setup.config, extra=["--protocol", "quic"], wait=4
+        processes, setup.tunnel, setup.config, extra=["--protocol", protocol], wait=4
     )
-    ours = _traffic(processes, edge, account, tcp_echo, metrics_address(connector))
+    ours = _traffic(processes, edge, account, tcp_echo, metrics_address(connector), private=private)
     problems = _compare(live, families(ours.final))
     assert not problems, "\n".join(problems)
     adit_values = samples(ours.final)
