@@ -300,13 +300,10 @@ def _traffic(
     account: Account,
     echo: int,
     metrics: str,
-    *,
-    private: bool = True,
 ) -> Scrapes:
     """The traffic both connectors serve: 3 HTTP requests (200, 404 from the catch-all, 502
     from an origin that is down), a WebSocket (scraped while open), a TCP stream through a
-    rule and (with ``private``) a private-network flow. 6 requests as cloudflared counts
-    them (5 without the flow)."""
+    rule and a private-network flow. 6 requests as cloudflared counts them."""
 
     def ready(_: dict[str, float]) -> bool:
         status, body = http_get(metrics, "/ready")
@@ -330,13 +327,12 @@ def _traffic(
 
     during = asyncio.run(talk())
     _tcp_through_rule(processes, edge)
-    if private:
-        _private_flow(account, echo)
+    _private_flow(account, echo)
 
     def settled(values: dict[str, float]) -> bool:
         return (
             values.get("cloudflared_tunnel_concurrent_requests_per_tunnel") == 0
-            and values.get("cloudflared_tunnel_total_requests", 0) >= (6 if private else 5)
+            and values.get("cloudflared_tunnel_total_requests", 0) >= 6
             and values.get(REGISTER_OPERATIONS) == 4
         )
 
@@ -503,11 +499,7 @@ def test_cloudflared_live_matches_the_fixture_and_adit(
     )
     cloudflared.wait_for_log("Registered tunnel connection", count=4, timeout=30)
     metrics = metrics_address(cloudflared)
-    # cloudflared over HTTP/2 resets a private-network TCP stream from adit's edge (RST_STREAM
-    # PROTOCOL_ERROR as the first bytes arrive; its QUIC flows work): an edge interop bug,
-    # left out here so the metrics comparison runs on both transports.
-    private = protocol == "quic"
-    scrapes = _traffic(processes, edge, account, tcp_echo, metrics, private=private)
+    scrapes = _traffic(processes, edge, account, tcp_echo, metrics)
     config = http_get(metrics, "/config")[1]
     quicktunnel = http_get(metrics, "/quicktunnel")[1]
     record = os.environ.get("ADIT_RECORD_METRICS_FIXTURE")
@@ -527,7 +519,7 @@ def test_cloudflared_live_matches_the_fixture_and_adit(
     assert [n for n, f in live.items() if not _same(f, reference[n])] == []
     assert [n for n, (_, labels) in reference.items() if n not in live and not labels] == []
     values = samples(scrapes.final)
-    assert values["cloudflared_tunnel_total_requests"] == (6 if private else 5)
+    assert values["cloudflared_tunnel_total_requests"] == 6
     assert (
         samples(scrapes.during_websocket)["cloudflared_tunnel_concurrent_requests_per_tunnel"] == 1
     )
@@ -540,7 +532,7 @@ def test_cloudflared_live_matches_the_fixture_and_adit(
     connector = start_connector(
         processes, setup.tunnel, setup.config, extra=["--protocol", protocol], wait=4
     )
-    ours = _traffic(processes, edge, account, tcp_echo, metrics_address(connector), private=private)
+    ours = _traffic(processes, edge, account, tcp_echo, metrics_address(connector))
     problems = _compare(live, families(ours.final))
     assert not problems, "\n".join(problems)
     adit_values = samples(ours.final)
