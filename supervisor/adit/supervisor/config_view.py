@@ -4,10 +4,11 @@
 "config":{"ingress":[...],"warp-routing":{...},"originRequest":{...}}}`` with every rule's
 ``originRequest`` fully resolved (durations in seconds, Go's field order) and the top-level
 one the defaults. It is built from the ingress snapshot in force (the one a SIGHUP reload or a
-remote push replaced), and the version is that snapshot's. cloudflared reports -1 for a local
-configuration because it never changes one; adit reloads it, so it numbers it (1 at start,
-+1 per reload that changed it), which is what makes a reload visible here. Nothing secret is
-in the snapshot (no credentials, no token), so nothing needs hiding.
+remote push replaced). The version is the edge's while a pushed configuration is in force, as
+cloudflared's; for a local one cloudflared reports -1 because it never changes one, but adit
+reloads it, so it shows its own number (1 at start, +1 per change), the same one
+``cloudflared_orchestration_config_version`` shows, which makes a reload visible here. Nothing
+secret is in the snapshot (no credentials, no token), so nothing needs hiding.
 """
 
 from __future__ import annotations
@@ -79,9 +80,12 @@ def versioned_config_json(snapshot: IngressSnapshot, max_active_flows: int = 0) 
         }
         for rule in ingress.rules
     ]
-    warp: dict[str, object] = {"maxActiveFlows": max_active_flows} if max_active_flows else {}
+    warp = _warp_routing(snapshot)
+    if max_active_flows:
+        # The flag wins over the pushed value (orchestrator.go overrideMaxActiveFlows).
+        warp["maxActiveFlows"] = max_active_flows
     body = {
-        "version": snapshot.version,
+        "version": snapshot.remote_version if snapshot.remote_version >= 0 else snapshot.version,
         "config": {
             "ingress": rules,
             "warp-routing": warp,
@@ -89,6 +93,25 @@ def versioned_config_json(snapshot: IngressSnapshot, max_active_flows: int = 0) 
         },
     }
     return json.dumps(body, separators=(",", ":")).encode()
+
+
+#: ``warp-routing`` keys cloudflared's ``RawConfig`` shows when set (``enabled`` is gone).
+_WARP_KEYS = ("connectTimeout", "maxActiveFlows", "tcpKeepAlive")
+
+
+def _warp_routing(snapshot: IngressSnapshot) -> dict[str, object]:
+    """The pushed configuration's ``warp-routing`` keys that were set (a local one has none
+    adit applies besides ``--max-active-flows``)."""
+    if not snapshot.remote_config:
+        return {}
+    try:
+        pushed = json.loads(snapshot.remote_config)
+    except ValueError:
+        return {}
+    warp = pushed.get("warp-routing") if isinstance(pushed, dict) else None
+    if not isinstance(warp, dict):
+        return {}
+    return {key: warp[key] for key in _WARP_KEYS if warp.get(key) is not None}
 
 
 def quicktunnel_json(url: str) -> bytes:

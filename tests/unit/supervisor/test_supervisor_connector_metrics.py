@@ -360,3 +360,23 @@ def test_every_cloudflared_family_is_exposed_or_listed_with_a_reason() -> None:
     # Each entry still names a family of cloudflared's (or the Go runtime's).
     for pattern in listed:
         assert pattern == r"go_.*" or any(re.fullmatch(pattern, n) for n in CLOUDFLARED_FAMILIES)
+
+
+def test_config_of_a_pushed_configuration_shows_the_edges_version() -> None:
+    pushed = {
+        "ingress": [
+            {"hostname": "p.example.com", "service": "http://127.0.0.1:9"},
+            {"service": "http_status:404"},
+        ],
+        "warp-routing": {"enabled": True, "maxActiveFlows": 7},
+    }
+    snapshot = IngressSnapshot(
+        version=4, remote_version=12, remote_config=json.dumps(pushed).encode()
+    )
+    body = json.loads(versioned_config_json(snapshot))
+    assert body["version"] == 12
+    assert [r["hostname"] for r in body["config"]["ingress"]] == ["p.example.com", ""]
+    assert body["config"]["warp-routing"] == {"maxActiveFlows": 7}
+    assert json.loads(versioned_config_json(snapshot, max_active_flows=3))["config"][
+        "warp-routing"
+    ] == {"maxActiveFlows": 3}
