@@ -40,7 +40,7 @@ from adit.ipc.channels import (
 )
 from adit.ipc.messages import Command, Event, Start
 from adit.logs import fields, parse_level
-from adit.supervisor.config_view import quicktunnel_json, versioned_config_json
+from adit.supervisor.config_view import config_routes, quicktunnel_json, versioned_config_json
 from adit.supervisor.diag_endpoints import diag_routes
 from adit.supervisor.errors import SupervisorError
 from adit.supervisor.launch import EarlyWorkers, send_boot, worker_boot
@@ -230,9 +230,10 @@ class Supervisor:
         metrics_server = MetricsServer(
             self.state.ready_body,
             self._render_metrics,
-            routes=diag_routes(self.state),
-            config=self._config_json,
-            quicktunnel=lambda: quicktunnel_json(self.settings.quick_tunnel_url),
+            routes={
+                **diag_routes(self.state),
+                **config_routes(self._config_json, self._quicktunnel),
+            },
         )
         install_signal_handlers(loop, self._inbox.put_nowait)
         self._runtime_dir = (
@@ -503,6 +504,9 @@ class Supervisor:
             return await asyncio.wait_for(self._inbox.get(), timeout)
         except TimeoutError:
             return _Tick()
+
+    def _quicktunnel(self) -> bytes:
+        return quicktunnel_json(self.settings.quick_tunnel_url)
 
     def _config_json(self) -> bytes:
         """``/config``: the ingress snapshot in force (a reload or a push replaces it)."""

@@ -15,10 +15,14 @@ from __future__ import annotations
 
 import json
 import urllib.parse
+from collections.abc import Callable
 
 from adit.ipc.messages import IngressSnapshot
 
-__all__ = ["quicktunnel_json", "versioned_config_json"]
+__all__ = ["config_routes", "quicktunnel_json", "versioned_config_json"]
+
+#: Go's sniffed type for both bodies (cloudflared writes them without a Content-Type).
+_CONTENT_TYPE = "text/plain; charset=utf-8"
 
 
 def _seconds(value: float) -> float | int:
@@ -121,3 +125,13 @@ def quicktunnel_json(url: str) -> bytes:
     machine, so the hostname carries it (``abc.localhost:8080``): what a client needs."""
     hostname = urllib.parse.urlsplit(url).netloc if url else ""
     return json.dumps({"hostname": hostname}, separators=(",", ":")).encode()
+
+
+def config_routes(
+    config: Callable[[], bytes], quicktunnel: Callable[[], bytes]
+) -> dict[str, Callable[[], tuple[str, bytes]]]:
+    """``/config`` and ``/quicktunnel`` as routes of the metrics server."""
+    return {
+        "/config": lambda: (_CONTENT_TYPE, config()),
+        "/quicktunnel": lambda: (_CONTENT_TYPE, quicktunnel()),
+    }

@@ -41,10 +41,9 @@ _MAX_REQUEST = 65536
 
 ReadyProvider = Callable[[], tuple[int, dict[str, object]]]
 MetricsProvider = Callable[[], bytes]
-#: An extra GET route: its content type and body (``diag_endpoints``).
+#: An extra GET route: its content type and body (``/config``, ``/quicktunnel``,
+#: ``diag_endpoints``).
 RouteProvider = Callable[[], tuple[str, bytes]]
-#: A JSON body (``/config``, ``/quicktunnel``).
-JsonProvider = Callable[[], bytes]
 
 
 def parse_listen_address(address: str) -> tuple[str, int]:
@@ -102,15 +101,10 @@ class MetricsServer:
         ready: ReadyProvider,
         metrics: MetricsProvider,
         routes: Mapping[str, RouteProvider] | None = None,
-        *,
-        config: JsonProvider | None = None,
-        quicktunnel: JsonProvider | None = None,
     ) -> None:
         self._ready = ready
         self._metrics = metrics
         self._routes = dict(routes or {})
-        self._config = config
-        self._quicktunnel = quicktunnel
         self._scrapes = ScrapeCounter()
         self._server: asyncio.Server | None = None
 
@@ -148,18 +142,14 @@ class MetricsServer:
                 return 500, "text/plain; charset=utf-8", text.encode()
             self._scrapes.answered(200)
             return 200, "text/plain; version=0.0.4; charset=utf-8", scrape
-        if path == "/config" and self._config is not None:
-            try:
-                return 200, "text/plain; charset=utf-8", self._config()
-            except Exception as exc:
-                # cloudflared's words when GetVersionedConfigJSON fails.
-                log.exception("Failed to serve config")
-                return 500, "text/plain; charset=utf-8", f"ERR: {exc}".encode()
-        if path == "/quicktunnel" and self._quicktunnel is not None:
-            return 200, "text/plain; charset=utf-8", self._quicktunnel()
         route = self._routes.get(path)
         if route is not None:
-            content_type, payload = route()
+            try:
+                content_type, payload = route()
+            except Exception as exc:
+                # cloudflared's words when /config's GetVersionedConfigJSON fails.
+                log.exception("Failed to serve %s", path)
+                return 500, "text/plain; charset=utf-8", f"ERR: {exc}".encode()
             return 200, content_type, payload
         return 404, "text/plain; charset=utf-8", b"404 page not found\n"
 

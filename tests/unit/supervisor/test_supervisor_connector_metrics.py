@@ -19,7 +19,7 @@ from adit.ipc.telemetry import (
     Histogram,
     RpcCallCounters,
 )
-from adit.supervisor.config_view import quicktunnel_json, versioned_config_json
+from adit.supervisor.config_view import config_routes, quicktunnel_json, versioned_config_json
 from adit.supervisor.metrics import TunnelStats, build_registry, render_metrics
 from adit.supervisor.metrics_server import MetricsServer
 from adit.supervisor.standard_metrics import ScrapeCounter, go_number, process_extras
@@ -194,8 +194,7 @@ def test_the_server_answers_config_and_quicktunnel_and_counts_scrapes() -> None:
     server = MetricsServer(
         lambda: (200, {}),
         lambda: b"",
-        config=lambda: b'{"version":1}',
-        quicktunnel=lambda: quicktunnel_json(""),
+        config_routes(lambda: b'{"version":1}', lambda: quicktunnel_json("")),
     )
     assert server.respond("GET", "/config")[::2] == (200, b'{"version":1}')
     assert server.respond("GET", "/quicktunnel")[::2] == (200, b'{"hostname":""}')
@@ -237,7 +236,7 @@ def test_a_failing_provider_is_a_500_not_a_dead_listener() -> None:
     def broken() -> bytes:
         raise ValueError("no ingress")
 
-    server = MetricsServer(lambda: (200, {}), broken, config=broken)
+    server = MetricsServer(lambda: (200, {}), broken, config_routes(broken, broken))
     assert server.respond("GET", "/config") == (
         500,
         "text/plain; charset=utf-8",
