@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import signal
 import time
@@ -49,6 +50,13 @@ def test_quick_tunnel_reaches_the_origin_and_cleans_up(
     assert "Visit it at" in text
     status, body = _fetch(url + "/quick?x=1")
     assert (status, body) == (200, b"hello /quick?x=1")
+    # The metrics server names the quick tunnel as cloudflared's does.
+    metrics = re.search(r"Starting metrics server on (\S+)/metrics", text).group(1)  # type: ignore[union-attr]
+    with urllib.request.urlopen(f"http://{metrics}/quicktunnel", timeout=10) as response:
+        assert json.loads(response.read()) == {"hostname": url.removeprefix("http://")}
+    with urllib.request.urlopen(f"http://{metrics}/metrics", timeout=10) as response:
+        scrape = response.read().decode()
+    assert f'cloudflared_tunnel_user_hostnames_counts{{userHostname="{url}"}} 1' in scrape
     state = Path(re.search(r"token-file:(\S+)/token", text).group(1))  # type: ignore[union-attr]
     assert state.is_dir()
     proc.signal(signal.SIGTERM)

@@ -241,6 +241,13 @@ def test_adits_token_only_connector_serves_pushed_configurations(
     with urllib.request.urlopen(f"http://{match.group(1)}/metrics", timeout=10) as reply:
         metrics = reply.read().decode()
     assert "cloudflared_orchestration_config_version 2.0" in metrics, metrics
+    # So does /config, with the pushed rules.
+    with urllib.request.urlopen(f"http://{match.group(1)}/config", timeout=10) as reply:
+        config = json.loads(reply.read())
+    assert config["version"] == 2
+    rule = config["config"]["ingress"][0]
+    assert (rule["hostname"], rule["originRequest"]["httpHostHeader"]) == (HOST, "v2.internal")
+    assert config["config"]["originRequest"]["connectTimeout"] == 5
     # A reload (no local ingress still) keeps what the edge pushed.
     reloads = proc.text().count("Updated to new configuration")
     proc.signal(signal.SIGHUP)

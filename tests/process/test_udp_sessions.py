@@ -266,8 +266,16 @@ async def exercise(
         ), reason
     await settled(proc, version, number)
     await more_flows_than_allowed(session, version, limit=2)
+    limited = 'flow_client_registrations_rate_limited_total{flow_type="udp"}'
+    await metric_reaches(proc, f"{limited} {number.format(1)}")
     if version is DatagramVersion.V2:
         await metric_reaches(proc, f"cloudflared_udp_total_sessions {number.format(5)}")
+        # Six registerUdpSession calls served, the refused one included (a refusal is an
+        # answer, not an RPC failure).
+        served = (
+            'cloudflared_rpc_server_operations{handler="session",method="register_udp_session"}'
+        )
+        await metric_reaches(proc, f"{served} {number.format(6)}")
     else:
         failed = 'cloudflared_udp_failed_flows{conn_index="0"}'
         await metric_reaches(proc, f"{failed} {number.format(1)}")

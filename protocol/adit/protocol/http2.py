@@ -906,12 +906,20 @@ class EdgeTunnelConnection(TunnelHttp2Connection):
         # A connector that reads plain HTTP/2 headers (cloudflared) would take an eyeball's
         # cf-cloudflared-proxy-connection-upgrade as the edge's word: a configuration push.
         clean = strip_for_tunnel(headers)
-        h2_headers: list[tuple[bytes, bytes]] = [
-            (b":method", wire_bytes(method)),
-            (b":scheme", b"https"),
-            (b":authority", wire_bytes(authority)),
-            (b":path", wire_bytes(path)),
-        ]
+        if method == "CONNECT":
+            # RFC 9113 §8.5: a CONNECT has no :scheme and no :path (Go's HTTP/2 server, hence
+            # cloudflared, resets one that has them with PROTOCOL_ERROR).
+            h2_headers: list[tuple[bytes, bytes]] = [
+                (b":method", b"CONNECT"),
+                (b":authority", wire_bytes(authority)),
+            ]
+        else:
+            h2_headers = [
+                (b":method", wire_bytes(method)),
+                (b":scheme", b"https"),
+                (b":authority", wire_bytes(authority)),
+                (b":path", wire_bytes(path)),
+            ]
         if request_type is RequestType.WEBSOCKET:
             h2_headers.append((_PROXY_CONNECTION_UPGRADE, b"websocket"))
         elif request_type is RequestType.TCP:

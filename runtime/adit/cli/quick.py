@@ -22,6 +22,10 @@ from adit.cli.state import CommandFailure
 from adit.service_manager import child_environment
 
 START_TIMEOUT = 20.0
+#: Set for the ``tunnel run`` a quick tunnel execs into: its URL, which the metrics server's
+#: ``/quicktunnel`` and ``cloudflared_tunnel_user_hostnames_counts`` show (cloudflared passes
+#: it in memory; here a process boundary lies between).
+QUICK_TUNNEL_URL_VARIABLE = "ADIT_QUICK_TUNNEL_URL"
 
 
 def quick_protocol_args(environ: Mapping[str, str], *, protocol_set: bool = False) -> list[str]:
@@ -110,6 +114,7 @@ def start_quick_tunnel(
     # The URL is printed once it works: after the first connection registered.
     ca_pem = Path(json.loads(ready.read_text())["ca"]).read_text()
     announce_when_connected(info, ca_pem)
+    os.environ[QUICK_TUNNEL_URL_VARIABLE] = info["url"]
     sys.stderr.flush()
     sys.stdout.flush()
     os.execv(sys.executable, argv)  # noqa: S606 - argv is ours, no shell involved

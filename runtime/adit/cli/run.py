@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Final, NoReturn
 import click
 import msgspec
 
+from adit.cli.quick import QUICK_TUNNEL_URL_VARIABLE
 from adit.cli.state import CommandFailure, UsageFailure, cli_state
 from adit.cli.tunnel_flags import (
     TUNNEL_FLAGS,
@@ -575,6 +576,7 @@ def load_settings(
         config_path=str(loaded.path) if loaded is not None else None,
         credentials_path=credentials_path,
         cli_flags=diag_flags(flags),
+        quick_tunnel_url=os.environ.get(QUICK_TUNNEL_URL_VARIABLE, ""),
     )
 
 

@@ -16,10 +16,12 @@ __all__ = [
     "ConnectionLost",
     "ConnectionRegistered",
     "ConnectionUnregistered",
+    "ConnectorCounters",
     "Drain",
     "EdgeTarget",
     "Event",
     "Heartbeat",
+    "HistogramCounts",
     "IngressSnapshot",
     "QuicClientStats",
     "QuicConnectionStats",
@@ -27,6 +29,7 @@ __all__ = [
     "RecordRegistration",
     "RegistrationRefused",
     "RemoteConfigReceived",
+    "RpcCalls",
     "Start",
     "StatsSnapshot",
     "UdpStats",
@@ -260,6 +263,47 @@ class UdpStats(msgspec.Struct, frozen=True):
     total_flows: dict[int, int] = {}
     failed_flows: dict[int, int] = {}
     dropped_datagrams: dict[int, dict[str, int]] = {}
+    #: v3 registrations answered again, by connection index.
+    retry_flow_responses: dict[int, int] = {}
+    #: Session RPCs a v3 connection does not serve, by connection index and command.
+    unsupported_remote_commands: dict[int, dict[str, int]] = {}
+
+
+class HistogramCounts(msgspec.Struct, frozen=True):
+    """A histogram's state: observations per bucket (not cumulative; the last is +Inf), their
+    sum and count. The bucket bounds are fixed by the family (``adit.workers.telemetry``)."""
+
+    buckets: list[int]
+    total: float = 0.0
+    count: int = 0
+
+
+class RpcCalls(msgspec.Struct, frozen=True):
+    """cloudflared's ``cloudflared_rpc_{client,server}_*`` series of one ``handler``/``method``."""
+
+    handler: str
+    method: str
+    operations: int = 0
+    failures: int = 0
+    latency: HistogramCounts | None = None
+
+
+class ConnectorCounters(msgspec.Struct, frozen=True):
+    """One worker's counters behind cloudflared's ``cloudflared_tcp_*``, ``cloudflared_proxy_*``,
+    ``cloudflared_config_local_config_pushes*``, ``cloudflared_rpc_*`` and
+    ``flow_client_registrations_rate_limited_total`` families."""
+
+    tcp_active_sessions: int = 0
+    tcp_total_sessions: int = 0
+    connect_latency: HistogramCounts | None = None
+    connect_stream_errors: int = 0
+    local_config_pushes: int = 0
+    local_config_push_errors: int = 0
+    rpc_client: list[RpcCalls] = []
+    #: RPCs the edge called on this worker (over QUIC: UDP sessions, configuration).
+    rpc_server: list[RpcCalls] = []
+    #: Flows refused by ``--max-active-flows``, by cloudflared's ``flow_type``.
+    flows_rate_limited: dict[str, int] = {}
 
 
 class StatsSnapshot(msgspec.Struct, frozen=True, tag=True):
@@ -275,6 +319,7 @@ class StatsSnapshot(msgspec.Struct, frozen=True, tag=True):
     #: ``None`` until the worker dialled QUIC (cloudflared registers its quic_client_*
     #: families at the first QUIC dial).
     quic: QuicClientStats | None = None
+    connector: ConnectorCounters | None = None
 
 
 class RemoteConfigReceived(msgspec.Struct, frozen=True, tag=True):

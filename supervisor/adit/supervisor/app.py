@@ -40,6 +40,7 @@ from adit.ipc.channels import (
 )
 from adit.ipc.messages import Command, Event, Start
 from adit.logs import fields, parse_level
+from adit.supervisor.config_view import config_routes, quicktunnel_json, versioned_config_json
 from adit.supervisor.diag_endpoints import diag_routes
 from adit.supervisor.errors import SupervisorError
 from adit.supervisor.launch import EarlyWorkers, send_boot, worker_boot
@@ -227,7 +228,12 @@ class Supervisor:
         notifier = self._notifier or SystemdNotifier()
         self._notifier = notifier
         metrics_server = MetricsServer(
-            self.state.ready_body, self._render_metrics, routes=diag_routes(self.state)
+            self.state.ready_body,
+            self._render_metrics,
+            routes={
+                **diag_routes(self.state),
+                **config_routes(self._config_json, self._quicktunnel),
+            },
         )
         install_signal_handlers(loop, self._inbox.put_nowait)
         self._runtime_dir = (
@@ -499,11 +505,23 @@ class Supervisor:
         except TimeoutError:
             return _Tick()
 
+    def _quicktunnel(self) -> bytes:
+        return quicktunnel_json(self.settings.quick_tunnel_url)
+
+    def _config_json(self) -> bytes:
+        """``/config``: the ingress snapshot in force (a reload or a push replaces it)."""
+        settings = self.state.settings
+        return versioned_config_json(settings.ingress, settings.max_active_flows)
+
     def _render_metrics(self) -> bytes:
         from adit.supervisor.metrics import build_registry, render_metrics
 
         if self._registry is None:
-            self._registry = build_registry(self.state.stats, self._sample_workers)
+            self._registry = build_registry(
+                self.state.stats,
+                self._sample_workers,
+                quick_tunnel_url=self.settings.quick_tunnel_url,
+            )
         return render_metrics(self._registry)
 
 

@@ -19,7 +19,9 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString as _untyped_float_to_go_string
 
+from adit.supervisor.connector_metrics import ConnectorCollector
 from adit.supervisor.quic_metrics import QuicClientCollector
+from adit.supervisor.standard_metrics import process_extras
 from adit.supervisor.stats import TunnelStats, WorkerSample, WorkerSampler
 
 __all__ = ["TunnelCollector", "TunnelStats", "WorkerSample", "build_registry", "render_metrics"]
@@ -197,6 +199,20 @@ def _collect_udp(stats: TunnelStats) -> Iterator[Metric]:
         [({"conn_index": str(i)}, n) for i, n in sorted(udp.failed_flows.items())],
     )
     yield _counter(
+        "cloudflared_udp_retry_flow_responses",
+        "Total count of UDP flows that have had to send their registration response more than once",
+        [({"conn_index": str(i)}, n) for i, n in sorted(udp.retry_flow_responses.items())],
+    )
+    yield _counter(
+        "cloudflared_udp_unsupported_remote_command_total",
+        "Total count of unsupported remote RPC commands called",
+        [
+            ({"command": command, "conn_index": str(i)}, n)
+            for i, commands in sorted(udp.unsupported_remote_commands.items())
+            for command, n in sorted(commands.items())
+        ],
+    )
+    yield _counter(
         "cloudflared_udp_dropped_datagrams",
         "Total count of UDP dropped datagrams",
         [
@@ -207,11 +223,14 @@ def _collect_udp(stats: TunnelStats) -> Iterator[Metric]:
     )
 
 
-def build_registry(stats: TunnelStats, workers: WorkerSampler | None = None) -> CollectorRegistry:
+def build_registry(
+    stats: TunnelStats, workers: WorkerSampler | None = None, *, quick_tunnel_url: str = ""
+) -> CollectorRegistry:
     """A private registry (not the global default) with the tunnel and process collectors."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(TunnelCollector(stats, workers))
     registry.register(QuicClientCollector(stats))
+    registry.register(ConnectorCollector(stats, quick_tunnel_url))
     return registry
 
 
@@ -225,11 +244,17 @@ def _escape_label(value: str) -> str:
     return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
 
+def _label_order(item: tuple[str, str]) -> tuple[bool, str]:
+    """Labels by name, a histogram's ``le`` last (as Go writes them)."""
+    return item[0] == "le", item[0]
+
+
 def _render_family(metric: Metric) -> str:
     doc = metric.documentation.replace("\\", "\\\\").replace("\n", "\\n")
     lines = [f"# HELP {metric.name} {doc}", f"# TYPE {metric.name} {metric.type}"]
     for sample in metric.samples:
-        labels = ",".join(f'{k}="{_escape_label(v)}"' for k, v in sorted(sample.labels.items()))
+        pairs = sorted(sample.labels.items(), key=_label_order)
+        labels = ",".join(f'{k}="{_escape_label(v)}"' for k, v in pairs)
         name = f"{sample.name}{{{labels}}}" if labels else sample.name
         lines.append(f"{name} {_go_float(sample.value)}")
     return "\n".join(lines) + "\n"
@@ -243,7 +268,7 @@ def render_metrics(registry: CollectorRegistry) -> bytes:
     break dashboards written for cloudflared's Go client.
     """
     text = "".join(_render_family(metric) for metric in registry.collect())
-    return text.encode("utf-8") + _process_metrics()
+    return text.encode("utf-8") + _process_metrics() + process_extras()
 
 
 _PROCESS_REGISTRY = CollectorRegistry(auto_describe=False)

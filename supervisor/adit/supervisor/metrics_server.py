@@ -1,4 +1,5 @@
-"""The supervisor's HTTP listener: ``/metrics``, ``/ready`` and ``/healthcheck`` (h11, asyncio).
+"""The supervisor's HTTP listener: ``/metrics``, ``/ready``, ``/healthcheck``, ``/config`` and
+``/quicktunnel`` (h11, asyncio).
 
 Address logic is cloudflared's (``metrics.CreateMetricsListener``): the default ``localhost:0``
 means the first free of ``127.0.0.1:20241``..``20245``, else a random port; any other address is
@@ -10,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import socket
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
@@ -17,6 +19,7 @@ from typing import TYPE_CHECKING
 from adit.protocol.hostnames import AddressError, split_address
 from adit.supervisor.errors import MetricsListenerError
 from adit.supervisor.settings import DEFAULT_METRICS_ADDRESS
+from adit.supervisor.standard_metrics import ScrapeCounter
 
 # h11 is imported at the first request: the supervisor starts its workers without it.
 if TYPE_CHECKING:
@@ -30,13 +33,16 @@ __all__ = [
     "parse_listen_address",
 ]
 
+log = logging.getLogger("adit.supervisor")
+
 DEFAULT_METRICS_PORTS = (20241, 20242, 20243, 20244, 20245)
 _REQUEST_TIMEOUT = 10.0
 _MAX_REQUEST = 65536
 
 ReadyProvider = Callable[[], tuple[int, dict[str, object]]]
 MetricsProvider = Callable[[], bytes]
-#: An extra GET route: its content type and body (``diag_endpoints``).
+#: An extra GET route: its content type and body (``/config``, ``/quicktunnel``,
+#: ``diag_endpoints``).
 RouteProvider = Callable[[], tuple[str, bytes]]
 
 
@@ -88,7 +94,7 @@ def format_address(sock: socket.socket) -> str:
 
 
 class MetricsServer:
-    """Serves the three endpoints from providers owned by the supervisor."""
+    """Serves the endpoints from providers owned by the supervisor."""
 
     def __init__(
         self,
@@ -99,6 +105,7 @@ class MetricsServer:
         self._ready = ready
         self._metrics = metrics
         self._routes = dict(routes or {})
+        self._scrapes = ScrapeCounter()
         self._server: asyncio.Server | None = None
 
     async def start(self, sock: socket.socket) -> None:
@@ -125,10 +132,24 @@ class MetricsServer:
         if path == "/healthcheck":
             return 200, "text/plain; charset=utf-8", b"OK\n"
         if path == "/metrics":
-            return 200, "text/plain; version=0.0.4; charset=utf-8", self._metrics()
+            try:
+                scrape = self._metrics() + self._scrapes.render()
+            except Exception as exc:
+                # promhttp's answer to a failing collector (and the daemon stays up).
+                log.exception("Failed to render /metrics")
+                self._scrapes.answered(500)
+                text = f"An error has occurred while serving metrics:\n\n{exc}\n"
+                return 500, "text/plain; charset=utf-8", text.encode()
+            self._scrapes.answered(200)
+            return 200, "text/plain; version=0.0.4; charset=utf-8", scrape
         route = self._routes.get(path)
         if route is not None:
-            content_type, payload = route()
+            try:
+                content_type, payload = route()
+            except Exception as exc:
+                # cloudflared's words when /config's GetVersionedConfigJSON fails.
+                log.exception("Failed to serve %s", path)
+                return 500, "text/plain; charset=utf-8", f"ERR: {exc}".encode()
             return 200, content_type, payload
         return 404, "text/plain; charset=utf-8", b"404 page not found\n"
 

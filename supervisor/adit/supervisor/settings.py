@@ -76,6 +76,8 @@ class SupervisorSettings:
     #: The flags as given (command line, environment or file), secret values masked, as
     #: strings: ``/diag/configuration`` serves them to ``adit tunnel diag``.
     cli_flags: dict[str, str] = field(default_factory=dict)
+    #: The quick tunnel's URL (``/quicktunnel``, ``user_hostnames_counts``); "" otherwise.
+    quick_tunnel_url: str = ""
 
     @property
     def initial_protocol(self) -> str:

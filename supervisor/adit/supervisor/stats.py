@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from adit.ipc.messages import QuicClientStats, StatsSnapshot, UdpStats
+from adit.ipc.messages import ConnectorCounters, QuicClientStats, StatsSnapshot, UdpStats
 
 __all__ = ["TunnelStats", "WorkerSample", "WorkerSampler", "sum_udp"]
 
@@ -86,6 +86,10 @@ class TunnelStats:
             if snapshot.quic is not None
         ]
 
+    def connector_counters(self) -> list[ConnectorCounters]:
+        """The live workers' TCP, stream-connect, config-push and RPC counters."""
+        return [s.connector for s in self._snapshots.values() if s.connector is not None]
+
     def udp(self) -> UdpStats:
         """Private-network UDP counters over all workers."""
         return sum_udp(self._snapshots.values())
@@ -103,24 +107,34 @@ def sum_udp(snapshots: Iterable[StatsSnapshot]) -> UdpStats:
     """The UDP counters of every worker, summed (connection indexes belong to one worker each,
     so the per-index families are merged, not added)."""
     active = total = 0
-    flows: list[dict[int, int]] = [{}, {}, {}]
-    dropped: dict[int, dict[str, int]] = {}
+    flows: list[dict[int, int]] = [{}, {}, {}, {}]
+    by_label: list[dict[int, dict[str, int]]] = [{}, {}]
     for snapshot in snapshots:
         udp = snapshot.udp
         if udp is None:
             continue
         active += udp.active_sessions
         total += udp.total_sessions
-        for merged, own in zip(
-            flows, (udp.active_flows, udp.total_flows, udp.failed_flows), strict=True
-        ):
+        per_index = (udp.active_flows, udp.total_flows, udp.failed_flows, udp.retry_flow_responses)
+        for merged, own in zip(flows, per_index, strict=True):
             for conn_index, count in own.items():
                 merged[conn_index] = merged.get(conn_index, 0) + count
-        for conn_index, reasons in udp.dropped_datagrams.items():
-            into = dropped.setdefault(conn_index, {})
-            for reason, count in reasons.items():
-                into[reason] = into.get(reason, 0) + count
-    return UdpStats(active, total, flows[0], flows[1], flows[2], dropped)
+        labelled = (udp.dropped_datagrams, udp.unsupported_remote_commands)
+        for merged_labels, own_labels in zip(by_label, labelled, strict=True):
+            for conn_index, labels in own_labels.items():
+                into = merged_labels.setdefault(conn_index, {})
+                for label, count in labels.items():
+                    into[label] = into.get(label, 0) + count
+    return UdpStats(
+        active_sessions=active,
+        total_sessions=total,
+        active_flows=flows[0],
+        total_flows=flows[1],
+        failed_flows=flows[2],
+        dropped_datagrams=by_label[0],
+        retry_flow_responses=flows[3],
+        unsupported_remote_commands=by_label[1],
+    )
 
 
 @dataclass(frozen=True)

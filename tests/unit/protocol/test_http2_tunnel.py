@@ -104,6 +104,32 @@ def test_websocket_and_control_stream_are_classified() -> None:
     assert all(n.lower() != "cf-cloudflared-proxy-connection-upgrade" for n, _ in ws.headers)
 
 
+def test_a_private_tcp_stream_is_a_connect_without_scheme_or_path() -> None:
+    """RFC 9113 §8.5, which Go's server (so cloudflared) enforces with PROTOCOL_ERROR."""
+    import hpack
+
+    pair = Pair()
+    pair.edge.send_request(
+        "CONNECT", "", "10.1.2.3:22", [], request_type=RequestType.TCP, end_stream=False
+    )
+    wire = pair.edge.data_to_send()
+    blocks = []
+    offset = 0
+    while offset < len(wire):
+        length = int.from_bytes(wire[offset : offset + 3], "big")
+        if wire[offset + 3] == 0x1:  # HEADERS (no padding or priority from the edge)
+            blocks.append(wire[offset + 9 : offset + 9 + length])
+        offset += 9 + length
+    (block,) = blocks
+    decoded = hpack.Decoder().decode(block, raw=True)
+    assert [name for name, _ in decoded if name.startswith(b":")] == [b":method", b":authority"]
+    pair.connector_events += pair.connector.receive_data(wire)
+    pair.pump()
+    (req,) = pair.take(pair.connector_events, RequestReceived)
+    assert (req.method, req.authority) == ("CONNECT", "10.1.2.3:22")
+    assert req.request_type is RequestType.TCP
+
+
 def test_connector_error_answer_has_no_serialised_headers() -> None:
     pair = Pair()
     sid = pair.edge.send_request("GET", "/", "h.test", [], end_stream=True)

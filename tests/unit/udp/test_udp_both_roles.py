@@ -308,6 +308,8 @@ def test_a_v3_registration_sent_again_is_answered_ok_again(tmp_path: Path) -> No
             assert {a.request_id for a in answers} == {request}
             assert len(pair.connector.sessions) == 1
             assert pair.counters.total_flows[0] == 1
+            # cloudflared_udp_retry_flow_responses: the two answers sent again.
+            assert pair.counters.retried == {0: 2}
 
     run()
 
@@ -350,6 +352,10 @@ def test_configuration_pushes_over_rpc_are_refused_as_over_http2(tmp_path: Path)
                 latest_applied_version=-1,
                 error="this connector is locally managed",
             )
+            # Served (a refusal in the answer is no RPC failure), as cloudflared counts it.
+            (served,) = pair.counters.rpc_server.snapshot()
+            assert (served.handler, served.method) == ("config", "update_configuration")
+            assert (served.operations, served.failures) == (1, 0)
 
     run()
 
@@ -363,6 +369,7 @@ def test_v3_connectors_refuse_rpc_registrations_as_cloudflared(tmp_path: Path) -
             answer = await call_on_new_stream(pair.session, client, question)
             assert isinstance(answer, UdpSessionRegistered)
             assert answer.error == "datagram v3 does not support RegisterUdpSession RPC"
+            assert pair.counters.unsupported == {(0, "register_udp_session"): 1}
 
     run()
 

@@ -762,6 +762,12 @@ async def test_stream_service_is_a_websocket_server_bridging_to_tcp() -> None:
         (frame,) = client.receive(stream.body[seen:])
         assert frame.opcode == Opcode.CLOSE and client.closed
         assert stream.ended and not stream.was_reset
+    # As cloudflared counts it: a request, one connect timed, the ack no origin response,
+    # and no TCP session (those are private flows).
+    stats = proxy.stats
+    assert (stats.total_requests, stats.concurrent_requests, stats.responses_by_code) == (1, 0, {})
+    assert (stats.connect_latency.snapshot().count, stats.connect_stream_errors) == (1, 0)
+    assert stats.tcp_total_sessions == 0
 
 
 @asynctest
@@ -840,6 +846,9 @@ async def test_stream_service_refuses_plain_http_and_reports_refused_origins(
     assert (plain.status, plain.source) == (502, ResponseSource.CONNECTOR)
     assert (refused.status, refused.source) == (502, ResponseSource.CONNECTOR)
     assert refused.body.startswith(b"adit-origin-error: refused\n")
+    # Only the refused dial is a connect error (the plain request never dialled).
+    assert (proxy.stats.connect_stream_errors, proxy.stats.request_errors) == (1, 2)
+    assert proxy.stats.connect_latency.snapshot().count == 0
 
 
 def payloads(body: bytes) -> bytes:
@@ -1170,6 +1179,9 @@ async def test_a_private_flow_passes_the_clients_end_on_and_the_answer_still_com
     assert (stream.status, stream.source) == (200, ResponseSource.ORIGIN)
     assert stream.body == b"got PING"
     assert stream.ended and not stream.was_reset
+    stats = proxy.stats
+    assert (stats.tcp_total_sessions, stats.tcp_active_sessions, stats.total_requests) == (1, 0, 1)
+    assert (stats.connect_latency.snapshot().count, stats.responses_by_code) == (1, {})
 
 
 @asynctest

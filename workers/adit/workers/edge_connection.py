@@ -426,23 +426,19 @@ class EdgeConnection(TunnelIO[ConnectorTunnelConnection]):
             return True
         return await self._call(self.rpc.update_local_configuration(self.registration.local_config))
 
-    async def push_local_config_quietly(self) -> None:
-        """Push the local config; a failure is only logged (the tunnel works without it)."""
-        if not await self.push_local_config():
-            log.warning(
-                "The edge did not take the local configuration",
-                extra=fields(connIndex=self.conn_index),
-            )
+    async def unregister(self) -> bool | None:
+        """Tell the edge to stop routing new requests here, then close the RPC session.
 
-    async def unregister(self) -> None:
-        """Tell the edge to stop routing new requests here, then close the RPC session."""
+        Whether the edge answered the call; None when there was nothing to unregister."""
         if self.details is None or self.closed or self.control is None:
-            return
+            return None
+        answered = False
         with contextlib.suppress(StreamClosedError):
-            await self._call(self.rpc.unregister())
+            answered = await self._call(self.rpc.unregister())
             self.rpc.close()
             await self._send_rpc()
             self.control.reset()
+        return answered
 
     async def drain(self, deadline: float) -> None:
         """Wait for in-flight streams until ``deadline`` (loop time), then close."""

@@ -13,7 +13,7 @@ import functools
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -30,6 +30,7 @@ from adit.config.origin import (
     StreamService,
     UnixService,
 )
+from adit.ipc.telemetry import CONNECT_LATENCY_BUCKETS, Histogram
 from adit.logs.formats import event, fields
 from adit.protocol.hostnames import host_of_authority
 from adit.workers.errors import (
@@ -76,12 +77,23 @@ WHOLE_BODY_LIMIT = 64 * 1024
 
 @dataclass(slots=True)
 class ProxyStats:
-    """Counters behind ``cloudflared_tunnel_{total_requests,request_errors,...}``; mutable."""
+    """Counters behind ``cloudflared_tunnel_{total_requests,request_errors,...}``,
+    ``cloudflared_tcp_*`` and ``cloudflared_proxy_*``; mutable.
+
+    Counted where cloudflared counts (proxy/proxy.go): every stream is a request, an upgraded
+    WebSocket or a TCP stream included, concurrent while it lasts; a response by code is an
+    HTTP origin's (a 101, a stream's ack and a middleware refusal are none); TCP sessions are
+    private-network flows only; the connect latency is a stream origin's dial and ack.
+    """
 
     total_requests: int = 0
     request_errors: int = 0
     concurrent_requests: int = 0
     responses_by_code: dict[int, int] = field(default_factory=dict)
+    tcp_active_sessions: int = 0
+    tcp_total_sessions: int = 0
+    connect_stream_errors: int = 0
+    connect_latency: Histogram = field(default_factory=lambda: Histogram(CONNECT_LATENCY_BUCKETS))
 
     def count_response(self, status: int) -> None:
         """One more response with ``status`` sent to the edge."""
@@ -158,6 +170,8 @@ class OriginProxy:
         involved. The bytes are piped both ways until either side ends."""
         self.stats.total_requests += 1
         self.stats.concurrent_requests += 1
+        self.stats.tcp_total_sessions += 1
+        self.stats.tcp_active_sessions += 1
         writer: asyncio.StreamWriter | None = None
         if self._log.isEnabledFor(logging.DEBUG):
             self._log.debug(
@@ -171,8 +185,9 @@ class OriginProxy:
             )
         try:
             host, port = split_destination(stream.request.authority)
-            reader, writer = await self._dialer.dial(OriginKey(host, port), options)
-            await stream.send_response(200, [], source=ResponseSource.ORIGIN)
+            with self._connecting():
+                reader, writer = await self._dialer.dial(OriginKey(host, port), options)
+                await stream.send_response(200, [], source=ResponseSource.ORIGIN)
             # A TCP connection end to end: a client's end of input still gets the answer.
             await pipe_half_closing(stream, reader, writer)
         except OriginError as exc:
@@ -202,13 +217,27 @@ class OriginProxy:
             if writer is not None:
                 writer.close()
             self.stats.concurrent_requests -= 1
+            self.stats.tcp_active_sessions -= 1
+
+    @contextlib.contextmanager
+    def _connecting(self) -> Iterator[None]:
+        """A stream origin's dial and ack: ``cloudflared_proxy_connect_latency`` in whole
+        milliseconds as Go counts them, or one ``connect_streams_errors``."""
+        start = time.monotonic()
+        try:
+            yield
+        except BaseException:
+            self.stats.connect_stream_errors += 1
+            raise
+        self.stats.connect_latency.observe(float(int((time.monotonic() - start) * 1000)))
 
     async def _serve(self, stream: TunnelStream, rule: Rule) -> None:
         access = rule.options.access
         if access is not None and access.required and not await self._access_granted(stream, rule):
-            # cloudflared's middleware: a bare 403, before any service is touched.
+            # cloudflared's middleware: a bare 403, before any service is touched, counted as
+            # a request error (logRequestError), not as an origin's response.
             await stream.send_response(403, [], source=ResponseSource.ORIGIN, end_stream=True)
-            self.stats.count_response(403)
+            self.stats.request_errors += 1
             return
         service = rule.service
         if isinstance(service, StatusService):
@@ -333,12 +362,14 @@ class OriginProxy:
                 if not service.port:
                     split_destination(service.host)  # raises Go's "missing port" error
                 host, port = service.host, service.port
-            reader, writer = await self._dialer.dial(OriginKey(host, port), rule.options)
         try:
-            await stream.send_response(
-                200, ack_headers(stream.request), source=ResponseSource.ORIGIN
-            )
-            self.stats.count_response(200)
+            with self._connecting():
+                if not socks:
+                    reader, writer = await self._dialer.dial(OriginKey(host, port), rule.options)
+                # The ack is no origin response (cloudflared's proxyStream counts none).
+                await stream.send_response(
+                    200, ack_headers(stream.request), source=ResponseSource.ORIGIN
+                )
             if reader is not None and writer is not None:
                 await bridge(stream, reader, writer)
             else:

@@ -45,6 +45,7 @@ from adit.ipc.messages import (
     ConnectionLost,
     ConnectionRegistered,
     ConnectionUnregistered,
+    ConnectorCounters,
     EdgeTarget,
     Event,
     IngressSnapshot,
@@ -54,6 +55,7 @@ from adit.ipc.messages import (
     UdpStats,
     WorkerSettings,
 )
+from adit.ipc.telemetry import RpcCallCounters
 from adit.logs import fields
 from adit.protocol.headers import FEATURE_SERIALIZED_REQUEST_HEADERS
 from adit.protocol.registration import (
@@ -95,6 +97,8 @@ EdgeConnectionT = TypeVar("EdgeConnectionT", bound=EdgeConnection)
 EDGE_SNI = Protocol.HTTP2.server_name
 #: TCP connect plus TLS handshake, as cloudflared's fixed 15 s.
 DIAL_TIMEOUT = 15.0
+#: cloudflared's ``handler`` label of the registration RPCs (tunnelrpc/metrics).
+_REGISTRATION = "registration"
 STATS_INTERVAL = 1.0
 #: Spacing of the first dials of connections other than 0 (cloudflared: 1 s).
 REGISTRATION_STAGGER = 0.5
@@ -390,6 +394,10 @@ class WorkerRuntime:
         self._leader = settings.conn_indexes[0] if settings.conn_indexes else 0
         self._running = False
         self.fatal: str | None = None
+        #: cloudflared_rpc_client_* and cloudflared_config_local_config_pushes* counts.
+        self.rpc_client = RpcCallCounters()
+        self.local_config_pushes = 0
+        self.local_config_push_errors = 0
 
     # -- public surface -------------------------------------------------------------------------
 
@@ -983,11 +991,20 @@ class WorkerRuntime:
         """Wait for ``connection``'s registration: the connection, or why not."""
         self._open.add(connection)
         connection.lost.add_done_callback(lambda _: self._open.discard(connection))
+        loop = asyncio.get_running_loop()
+        start = loop.time()
         try:
             result = await asyncio.wait_for(asyncio.shield(connection.registered), DIAL_TIMEOUT)
         except (ConnectionError, TimeoutError) as exc:
+            self.rpc_client.record(
+                _REGISTRATION, "register_connection", loop.time() - start, failed=True
+            )
             connection.close("registration failed")
             return DialFailure(f"registration did not complete: {exc or 'timeout'}", dial=False)
+        failed = not isinstance(result, ConnectionDetails)
+        self.rpc_client.record(
+            _REGISTRATION, "register_connection", loop.time() - start, failed=failed
+        )
         if isinstance(result, RegistrationError):
             refusal = result.refusal()
             # The supervisor logs the refusal (cloudflared's "Register tunnel error from
@@ -1005,7 +1022,7 @@ class WorkerRuntime:
         assert isinstance(result, ConnectionDetails)
         if self._draining.is_set() or slot.removed:
             # Registered while the worker began draining: it would never be unregistered.
-            await connection.unregister()
+            await self._unregister(connection)
             connection.close("connector shutting down")
             return DialFailure("the connector is shutting down", dial=False)
         return connection
@@ -1061,14 +1078,43 @@ class WorkerRuntime:
             )
         )
         if connection.registration.local_config:
-            connection.spawn(connection.push_local_config_quietly())
+            connection.spawn(self._push_local_config(connection))
+
+    async def _push_local_config(self, connection: EdgeConnection) -> None:
+        """``updateLocalConfiguration``, counted as cloudflared counts it (connection/control.go:
+        a push, and an error when the edge did not take it); a failure is only logged."""
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        taken = await connection.push_local_config()
+        elapsed = loop.time() - start
+        self.rpc_client.record(
+            _REGISTRATION, "update_local_configuration", elapsed, failed=not taken
+        )
+        self.local_config_pushes += 1
+        if not taken:
+            self.local_config_push_errors += 1
+            log.warning(
+                "The edge did not take the local configuration",
+                extra=fields(connIndex=connection.conn_index),
+            )
+
+    async def _unregister(self, connection: EdgeConnection) -> None:
+        """``unregisterConnection``, counted in ``cloudflared_rpc_client_*`` when it was sent."""
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        answered = await connection.unregister()
+        if answered is not None:
+            elapsed = loop.time() - start
+            self.rpc_client.record(
+                _REGISTRATION, "unregister_connection", elapsed, failed=not answered
+            )
 
     def _retire(self, conn_index: int, connection: EdgeConnection, *, announce: bool) -> None:
         """Unregister ``connection`` and let its streams finish within the grace period."""
 
         async def retire() -> None:
             deadline = asyncio.get_running_loop().time() + self._grace
-            await connection.unregister()
+            await self._unregister(connection)
             if announce:
                 self.publish(ConnectionUnregistered(self.settings.slot, conn_index))
             log.info(
@@ -1090,7 +1136,7 @@ class WorkerRuntime:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._grace
         connections = list(self.connections.items())
-        await asyncio.gather(*(c.unregister() for _, c in connections), return_exceptions=True)
+        await asyncio.gather(*(self._unregister(c) for _, c in connections), return_exceptions=True)
         for conn_index, _ in connections:
             self.publish(ConnectionUnregistered(self.settings.slot, conn_index))
             log.info("Unregistered tunnel connection", extra=fields(connIndex=conn_index))
@@ -1118,9 +1164,12 @@ class WorkerRuntime:
         proxy = self.proxy.loaded
         quic = self.quic_telemetry.snapshot() if self.quic_telemetry is not None else None
         udp = _udp_stats(self._udp_counters)
+        counters = self._connector_counters()
         if proxy is None:
             # Nothing served yet.
-            self.publish(StatsSnapshot(self.settings.slot, 0, 0, 0, {}, udp, quic=quic))
+            self.publish(
+                StatsSnapshot(self.settings.slot, 0, 0, 0, {}, udp, quic=quic, connector=counters)
+            )
             return
         stats = proxy.stats
         self.publish(
@@ -1132,7 +1181,29 @@ class WorkerRuntime:
                 responses_by_code={str(k): v for k, v in stats.responses_by_code.items()},
                 udp=udp,
                 quic=quic,
+                connector=ConnectorCounters(
+                    tcp_active_sessions=stats.tcp_active_sessions,
+                    tcp_total_sessions=stats.tcp_total_sessions,
+                    connect_latency=stats.connect_latency.snapshot(),
+                    connect_stream_errors=stats.connect_stream_errors,
+                    local_config_pushes=counters.local_config_pushes,
+                    local_config_push_errors=counters.local_config_push_errors,
+                    rpc_client=counters.rpc_client,
+                    rpc_server=counters.rpc_server,
+                    flows_rate_limited=counters.flows_rate_limited,
+                ),
             )
+        )
+
+    def _connector_counters(self) -> ConnectorCounters:
+        """The worker's RPC and config-push counts (the proxy's are added by the caller)."""
+        udp = self._udp_counters
+        return ConnectorCounters(
+            local_config_pushes=self.local_config_pushes,
+            local_config_push_errors=self.local_config_push_errors,
+            rpc_client=self.rpc_client.snapshot() + (udp.rpc_client.snapshot() if udp else []),
+            rpc_server=udp.rpc_server.snapshot() if udp else [],
+            flows_rate_limited={"udp": udp.rate_limited} if udp and udp.rate_limited else {},
         )
 
 
@@ -1143,6 +1214,9 @@ def _udp_stats(counters: UdpCounters | None) -> UdpStats | None:
     dropped: dict[int, dict[str, int]] = {}
     for (conn_index, reason), count in counters.dropped.items():
         dropped.setdefault(conn_index, {})[reason] = count
+    unsupported: dict[int, dict[str, int]] = {}
+    for (conn_index, command), count in counters.unsupported.items():
+        unsupported.setdefault(conn_index, {})[command] = count
     return UdpStats(
         active_sessions=counters.active_sessions,
         total_sessions=counters.total_sessions,
@@ -1150,6 +1224,8 @@ def _udp_stats(counters: UdpCounters | None) -> UdpStats | None:
         total_flows=dict(counters.total_flows),
         failed_flows=dict(counters.failed_flows),
         dropped_datagrams=dropped,
+        retry_flow_responses=dict(counters.retried),
+        unsupported_remote_commands=unsupported,
     )
 
 

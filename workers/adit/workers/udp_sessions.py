@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import cast
 
 from adit.config.duration import format_go_duration
+from adit.ipc.telemetry import RpcCallCounters
 from adit.logs import fields
 from adit.protocol.datagrams import (
     MAX_UDP_PAYLOAD,
@@ -75,6 +76,13 @@ DEFAULT_IDLE_TIMEOUT = 210.0
 ORIGIN_WRITE_LIMIT = 512 * MAX_UDP_PAYLOAD
 #: What cloudflared answers over RPC when v3 is on (connection/quic_datagram_v3.go).
 V3_NO_RPC_REGISTRATION = "datagram v3 does not support RegisterUdpSession RPC"
+#: cloudflared's ``handler`` and ``method`` labels (tunnelrpc/metrics) of the RPCs served.
+_SESSION = "session"
+_SERVER_METHODS: dict[type, tuple[str, str]] = {
+    RegisterUdpSessionCalled: (_SESSION, "register_udp_session"),
+    UnregisterUdpSessionCalled: (_SESSION, "unregister_udp_session"),
+    UpdateConfigurationCalled: ("config", "update_configuration"),
+}
 V3_NO_RPC_UNREGISTRATION = "datagram v3 does not support UnregisterUdpSession RPC"
 #: adit's answer to a configuration push over an RPC stream (as over HTTP/2).
 LOCALLY_MANAGED = "this connector is locally managed"
@@ -116,6 +124,15 @@ class UdpCounters:
     #: ``(conn_index, reason)``: cloudflared's ``reason`` labels (write_full,
     #: write_flow_unknown, read_too_large, write_failed...).
     dropped: collections.Counter[tuple[int, str]] = field(default_factory=collections.Counter)
+    #: v3 registrations answered again (``retry_flow_responses``), by connection index.
+    retried: collections.Counter[int] = field(default_factory=collections.Counter)
+    #: ``(conn_index, command)``: session RPCs a v3 connection does not serve.
+    unsupported: collections.Counter[tuple[int, str]] = field(default_factory=collections.Counter)
+    #: Sessions refused by the flow limit (``flow_client_registrations_rate_limited_total``).
+    rate_limited: int = 0
+    #: The edge's RPCs served here and ours to it (``cloudflared_rpc_{server,client}_*``).
+    rpc_server: RpcCallCounters = field(default_factory=RpcCallCounters)
+    rpc_client: RpcCallCounters = field(default_factory=RpcCallCounters)
 
 
 class _Origin(asyncio.DatagramProtocol):
@@ -203,13 +220,24 @@ class UdpSessions:
         session = CloudflaredServerSession()
 
         async def handle(event: object) -> None:
+            # Timed and counted as cloudflared's ObserveServerHandler does: a refusal in the
+            # answer (too many flows, a v3 registration) is no failure, an exception is.
+            method = _SERVER_METHODS.get(type(event))
+            start = self.io._loop.time()
+            failed = await answer(event)
+            if method is not None:
+                elapsed = self.io._loop.time() - start
+                self.counters.rpc_server.record(*method, elapsed, failed=failed)
+
+        async def answer(event: object) -> bool:
             if isinstance(event, RegisterUdpSessionCalled):
                 error = await self._register_v2(event)
                 session.answer_register_udp(event.answer_id, error)
             elif isinstance(event, UnregisterUdpSessionCalled):
                 if self.version is DatagramVersion.V3:
+                    self.counters.unsupported[(self.conn_index, "unregister_udp_session")] += 1
                     session.answer_exception(event.answer_id, V3_NO_RPC_UNREGISTRATION)
-                    return
+                    return True
                 found = self._sessions.get(event.session_id.int)
                 if found is not None:
                     self._close(found, event.message, tell_edge=False)
@@ -219,15 +247,17 @@ class UdpSessions:
                 # without it, locally managed: -1 is cloudflared's "no remote version applied".
                 if self._on_update_configuration is None:
                     session.answer_update_configuration(event.answer_id, -1, LOCALLY_MANAGED)
-                    return
+                    return False
                 applied, refusal = await self._on_update_configuration(event.version, event.config)
                 session.answer_update_configuration(event.answer_id, applied, refusal)
+            return False
 
         self._spawn(serve_stream(channel, session, handle))
 
     async def _register_v2(self, call: RegisterUdpSessionCalled) -> str:
         """Open the session ``call`` asks for; the error to answer with ("" when it is up)."""
         if self.version is DatagramVersion.V3:
+            self.counters.unsupported[(self.conn_index, "register_udp_session")] += 1
             return V3_NO_RPC_REGISTRATION
         destination = _address(call.dst_ip, call.dst_port)
         key = call.session_id.int
@@ -236,6 +266,7 @@ class UdpSessions:
             # The edge reuses a session id it still has here: the new registration wins.
             self._close(old, "registered again", tell_edge=False)
         if not self.limiter.acquire():
+            self.counters.rate_limited += 1
             log.warning(
                 "Too many concurrent sessions being handled, rejecting udp proxy to %s",
                 destination,
@@ -356,8 +387,10 @@ class UdpSessions:
             # handleSessionAlreadyRegistered): OK again, and the flow counts as active.
             session.last_active = self.io._loop.time()
             self._answer_v3(key, RegistrationStatus.OK)
+            self.counters.retried[self.conn_index] += 1
             return
         if not self.limiter.acquire():
+            self.counters.rate_limited += 1
             log.warning(
                 "Too many concurrent sessions being handled, rejecting udp proxy",
                 extra=fields(connIndex=self.conn_index),
@@ -440,16 +473,23 @@ class UdpSessions:
         quic_datagram_v2.go ``closeUDPSession``)."""
         client = SessionManagerClientSession()
         question = client.unregister_udp_session(session_id, message)
+        start = self.io._loop.time()
         try:
             answer = await call_on_new_stream(self.io, client, question)
         except RpcStreamFailed as exc:
+            self._count_unregister(start, failed=True)
             log.debug("Failed to unregister udp session with edge: %s", exc)
             return
+        self._count_unregister(start, failed=isinstance(answer, CallFailed))
         if isinstance(answer, CallFailed):
             log.error(
                 "Failed to unregister udp session with edge",
                 extra=fields(sessionID=session_id.hex, error=answer.reason),
             )
+
+    def _count_unregister(self, start: float, *, failed: bool) -> None:
+        elapsed = self.io._loop.time() - start
+        self.counters.rpc_client.record(_SESSION, "unregister_udp_session", elapsed, failed=failed)
 
     def close_all(self) -> None:
         """The tunnel connection ended: every session closes, the edge is not told."""
