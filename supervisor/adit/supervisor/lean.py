@@ -171,7 +171,7 @@ def load_in_child(args: list[str], config_path: str | None) -> Callable[[], Supe
         env = dict(os.environ)
         env["ADIT_SETTINGS_ONLY"] = config_path or ""
         done = subprocess.run(
-            [sys.executable, "-c", "from adit.cli.main import run_cli; import sys; "
+            [sys.executable, "-P", "-c", "from adit.cli.main import run_cli; import sys; "
              "run_cli(sys.argv[1:])", *args],
             env=env,
             stdin=subprocess.DEVNULL,
