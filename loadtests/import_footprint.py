@@ -75,6 +75,7 @@ def _run(role: str, trace: bool) -> None:
 def _table(role: str) -> None:
     """Two fresh interpreters: RSS without tracemalloc (it inflates RSS), then the heap."""
     import subprocess  # here: the measured interpreters should not have it imported
+
     runs = [
         subprocess.run(
             [sys.executable, __file__, "--in-process", role, flag],
