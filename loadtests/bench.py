@@ -25,6 +25,7 @@ from pathlib import Path
 
 import calibration
 import drivers
+import footprint
 import psutil
 import report
 from drivers import Figures, Target
@@ -263,6 +264,8 @@ class Bench:
         out = self.results.setdefault(target.name, {})
         out["idle_rss_mb"] = {role: _rss_mb(psutil.Process(pid)) for role, pid in roles.items()}
         steps: list[tuple[str, Callable[[], Figures]]] = [
+            # First: "idle" means before any other scenario touched the processes.
+            ("footprint", lambda: self._footprint(target, roles)),
             ("small_gets", lambda: self._small_gets(target, roles)),
             ("latency", lambda: self._latency(target, roles)),
             (
@@ -374,6 +377,14 @@ class Bench:
             return figures
 
         return drivers.idle_websockets(target, self.args.websockets, measure)
+
+    def _footprint(self, target: Target, roles: dict[str, int]) -> Figures:
+        """RSS and PSS of each process idle, then with the idle WebSockets open."""
+
+        def open_websockets(measure: Callable[[], Figures]) -> Figures:
+            return drivers.idle_websockets(target, self.args.websockets, measure)
+
+        return footprint.footprint(roles, open_websockets)
 
     def recovery(self, target: Target) -> Figures:
         """Restart the edge on the same addresses; time until a request succeeds again."""
@@ -523,7 +534,15 @@ PATHS = (
     "cloudflared",
     "cloudflared-quic",
 )
-SCENARIOS = ("small_gets", "latency", "download", "upload", "websockets", "recovery")
+SCENARIOS = (
+    "footprint",
+    "small_gets",
+    "latency",
+    "download",
+    "upload",
+    "websockets",
+    "recovery",
+)
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:

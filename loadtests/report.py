@@ -26,6 +26,14 @@ CPU_HEADLINE: tuple[tuple[str, str, str], ...] = (
     ("upload", "cpu_s_per_gib_", "CPU s per GiB uploaded"),
 )
 
+#: The footprint scenario's connector totals (supervisor and workers, or cloudflared), MiB.
+FOOTPRINT = (
+    "idle_rss_connector_mib",
+    "idle_pss_connector_mib",
+    "ws_rss_connector_mib",
+    "ws_pss_connector_mib",
+)
+
 
 def transport(path: str) -> str | None:
     """``quic`` or ``http2`` for a connector path (``-quic`` paths run QUIC), else None."""
@@ -82,6 +90,10 @@ def ratios(paths: dict[str, Any]) -> dict[str, dict[str, dict[str, float]]]:
         )
         for scenario, prefix, _label in CPU_HEADLINE
         for side in ("edge", "connector")
+    ]
+    rows += [
+        (f"footprint.{figure}", lambda p, f=figure: _value(paths, p, "footprint", f), True)
+        for figure in FOOTPRINT
     ]
     for key, get, connectors_only in rows:
         for path in paths:
@@ -159,6 +171,7 @@ def markdown(data: dict[str, Any]) -> str:
         ws = paths[path].get("websockets", {})
         for role, value in idle.items():
             lines.append(f"| {path} | {role} | {_fmt(value)} | {_fmt(ws.get(f'rss_{role}_mb'))} |")
+    lines += _footprint_table(paths, names)
     lines += ["", "## CPU during the small-GET run (cores busy)", ""]
     for path in names:
         gets = paths[path].get("small_gets", {})
@@ -237,6 +250,65 @@ def _cpu_table(paths: dict[str, Any], names: list[str]) -> list[str]:
     return lines
 
 
+def _footprint_table(paths: dict[str, Any], names: list[str]) -> list[str]:
+    """The footprint scenario: each process's RSS and PSS idle and with the WebSockets open."""
+    rows = []
+    for path in names:
+        figures = paths[path].get("footprint", {})
+        roles = [k[len("idle_rss_") : -len("_mib")] for k in figures if k.startswith("idle_rss_")]
+        for role in roles:
+            cells = [
+                _fmt(figures.get(f"{when}_{kind}_{role}_mib"))
+                for when in ("idle", "ws")
+                for kind in ("rss", "pss")
+            ]
+            rows.append(f"| {path} | {role} | " + " | ".join(cells) + " |")
+    if not rows:
+        return []
+    return [
+        "",
+        "## Footprint (MiB): RSS and PSS, idle and with the idle WebSockets open",
+        "",
+        "PSS divides each shared page (the interpreter, shared libraries) among the processes"
+        " that map it; `connector` is the supervisor and workers together (or cloudflared).",
+        "",
+        "| path | process | idle RSS | idle PSS | RSS with WebSockets | PSS with WebSockets |",
+        "|---|---|---|---|---|---|",
+        *rows,
+    ]
+
+
+def footprint_goals(paths: dict[str, Any]) -> list[str]:
+    """Connector idle memory ≤ 1.0× cloudflared's (RSS and PSS, over the same transport), and
+    a worker ≤ 45 MB with the idle WebSockets open."""
+    out = []
+    for name in (n for n in paths if n.startswith("adit")):
+        for peer in (p for p in counterparts(name, paths) if p.startswith("cloudflared")):
+            for kind in ("rss", "pss"):
+                a = _value(paths, name, "footprint", f"idle_{kind}_connector_mib")
+                c = _value(paths, peer, "footprint", f"idle_{kind}_connector_mib")
+                if a is not None and c:
+                    verdict = "met" if a <= c else "NOT met"
+                    out.append(
+                        f"- idle {kind.upper()} of supervisor + workers ≤ 1.0× {peer}'s"
+                        f" ({name}): {a} ÷ {c} MiB = {a / c:.2f}× → {verdict}"
+                    )
+        figures = paths[name].get("footprint", {})
+        workers = [
+            float(v)
+            for k, v in figures.items()
+            if k.startswith("ws_rss_worker") and isinstance(v, int | float)
+        ]
+        if workers:
+            worst_mb = max(workers) * 2**20 / 1e6
+            verdict = "met" if worst_mb <= 45 else "NOT met"
+            out.append(
+                f"- worker RSS ≤ 45 MB with the idle WebSockets open ({name}): max"
+                f" {max(workers)} MiB = {worst_mb:.1f} MB → {verdict}"
+            )
+    return out
+
+
 def _calibration(meta: dict[str, Any]) -> list[str]:
     """The machine's cold factor at the start and the end (``calibration.py``)."""
     lines = []
@@ -259,7 +331,7 @@ def _calibration(meta: dict[str, Any]) -> list[str]:
 
 
 def _goals(paths: dict[str, Any]) -> list[str]:
-    out = []
+    out = footprint_goals(paths)
     best_rps = max(
         (v for n in paths if n.startswith("adit") if (v := _value(paths, n, "small_gets", "rps"))),
         default=None,

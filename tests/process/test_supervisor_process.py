@@ -397,3 +397,26 @@ def test_a_worker_drains_when_its_supervisor_dies(connector: Connector) -> None:
     connector.wait_line(r"The supervisor exited; draining")
     _wait_for(lambda: "drain 0 2.0" in connector.standin_lines())
     worker.wait(timeout=10)
+
+
+def test_the_supervisor_runs_without_the_parser_and_leaves_no_settings_file(
+    connector: Connector,
+) -> None:
+    # `adit tunnel run` parses with click, yaml and the config code, then execs the lean
+    # supervisor (adit.supervisor.lean): same pid (systemd's main pid, the pidfile's number).
+    connector.wait_notify("READY=1")
+    pid = connector.process.pid
+    assert connector.pidfile.read_text() == str(pid)
+    assert b"adit.supervisor.lean" in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    # The parser's extension modules are not mapped (pyyaml's C loader; click and the config
+    # code are pure Python and leave no trace in the maps).
+    assert "/yaml/" not in Path(f"/proc/{pid}/maps").read_text()
+    # The handover file held the tunnel secret: read and removed at once.
+    (runtime_dir,) = connector.runtime_base.glob("adit-*")
+    assert "supervisor-start" not in {p.name for p in runtime_dir.iterdir()}
+    # A reload parses in a child: the supervisor still has no parser afterwards.
+    connector.process.send_signal(signal.SIGHUP)
+    connector.wait_notify("READY=1")
+    assert "/yaml/" not in Path(f"/proc/{pid}/maps").read_text()
+    connector.process.send_signal(signal.SIGTERM)
+    assert connector.wait_exit() == 0

@@ -8,6 +8,7 @@ run). The supervisor then gets one immutable :class:`SupervisorSettings`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -627,6 +628,11 @@ def _max_active_flows(values: _Resolver) -> int:
     return 0
 
 
+#: Set (to the config file a start read, or empty) in a reload's parser child: ``run`` prints
+#: the settings (msgpack) on stdout instead of running (``adit.supervisor.lean``).
+SETTINGS_ONLY = "ADIT_SETTINGS_ONLY"
+
+
 def usable_cpus() -> list[int]:
     """The CPUs this process may run on (its affinity mask), at least one entry."""
     if hasattr(os, "sched_getaffinity"):
@@ -646,8 +652,15 @@ def run(ctx: click.Context, /, tunnel: tuple[str, ...], **_options: Any) -> None
     (adit --flag tunnel run); the innermost one wins.
     """
     from adit.supervisor.launch import Supervisor
-    from adit.supervisor.spawn import discard_prestarted
+    from adit.supervisor.spawn import command_line, discard_prestarted
 
+    settings_only = os.environ.get(SETTINGS_ONLY)
+    if settings_only is not None:
+        # A lean supervisor's reload (adit.supervisor.lean.load_in_child): print, don't run.
+        from adit.supervisor.lean import write_settings
+
+        write_settings(load_settings(ctx, tunnel, config_path=settings_only or None))
+        return
     configure_logging(LogSettings())
     try:
         settings = load_settings(ctx, tunnel, starting=True)
@@ -655,6 +668,14 @@ def run(ctx: click.Context, /, tunnel: tuple[str, ...], **_options: Any) -> None
         # Worker 0 may have been started before the settings (adit.cli.main): it never runs.
         discard_prestarted()
         raise
+    args = command_line()
+    if args is not None:
+        # The real command line: become a supervisor without click, yaml and the config
+        # code (adit.supervisor.lean); returns only if the exec failed.
+        from adit.supervisor.lean import handover
+
+        with contextlib.suppress(OSError):
+            handover(settings, args)
     supervisor = Supervisor(
         settings, reload=lambda: load_settings(ctx, tunnel, config_path=settings.config_path)
     )

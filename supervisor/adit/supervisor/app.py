@@ -20,13 +20,13 @@ import contextlib
 import logging
 import os
 import signal
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import click
 import uvloop
 import zmq
 import zmq.asyncio
@@ -183,6 +183,23 @@ class _WorkerHandle:
                 asyncio.get_running_loop().remove_reader(self.pidfd)
             os.close(self.pidfd)
             self.pidfd = None
+
+
+def _refusal(exc: Exception) -> str | None:
+    """The user's message when a settings loader refused (bad config), else ``None`` (a bug).
+
+    In-process loaders raise click's exceptions; the lean supervisor's loader
+    (:mod:`adit.supervisor.lean`) raises its own. click is not imported for this: a process
+    that never imported it cannot have raised its exceptions.
+    """
+    from adit.supervisor.lean import SettingsRefused
+
+    if isinstance(exc, SettingsRefused):
+        return str(exc)
+    click = sys.modules.get("click")
+    if click is not None and isinstance(exc, click.ClickException):
+        return str(exc.format_message())
+    return None
 
 
 class Supervisor:
@@ -431,9 +448,10 @@ class Supervisor:
         def load() -> _SettingsLoaded:
             try:
                 return _SettingsLoaded(loader())
-            except click.ClickException as exc:
-                return _SettingsLoaded(None, exc.format_message())
             except Exception as exc:  # a loader bug must not take the connector down
+                refusal = _refusal(exc)
+                if refusal is not None:
+                    return _SettingsLoaded(None, refusal)
                 log.exception("Reloading the settings failed")
                 return _SettingsLoaded(None, f"{type(exc).__name__}: {exc}")
 

@@ -23,8 +23,11 @@ __all__ = [
     "HANDLED_SIGNALS",
     "SignalReceived",
     "capture_early",
+    "hold_for_exec",
     "install_signal_handlers",
+    "release_hold",
     "remove_signal_handlers",
+    "resume_after_exec",
 ]
 
 #: SIGTERM/SIGINT drain; SIGHUP reloads the configuration.
@@ -55,6 +58,27 @@ def capture_early(signals: Iterable[int] = HANDLED_SIGNALS) -> None:
     """Remember these signals until :func:`install_signal_handlers` takes them over."""
     for signum in signals:
         signal.signal(signum, _remember)
+
+
+def hold_for_exec() -> list[int]:
+    """Block the handled signals (the mask and what arrives meanwhile survive an ``exec``) and
+    return the ones remembered so far: the new program takes both over with
+    :func:`resume_after_exec`, so no signal is lost and none kills it before its handlers."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
+    return _early[:]
+
+
+def resume_after_exec(remembered: Iterable[int]) -> None:
+    """In the program :func:`hold_for_exec` handed over to: remember ``remembered``, then
+    unblock (signals that arrived across the ``exec`` are delivered now, and remembered)."""
+    capture_early()
+    _early.extend(remembered)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
+
+
+def release_hold() -> None:
+    """Undo :func:`hold_for_exec` when the ``exec`` failed."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
 
 
 def install_signal_handlers(

@@ -23,7 +23,9 @@ from adit.service_manager import child_environment
 
 __all__ = [
     "WorkerChild",
+    "command_line",
     "discard_prestarted",
+    "give_back_prestarted",
     "prestart",
     "spawn_worker",
     "take_prestarted",
@@ -157,6 +159,9 @@ class _Prestarted:
 
     def __init__(self) -> None:
         self.worker: tuple[str, WorkerChild] | None = None
+        #: ``adit``'s arguments when :func:`prestart` saw the real command line: the process
+        #: may then become the lean supervisor (``adit.supervisor.lean``).
+        self.args: list[str] | None = None
 
 
 _pending = _Prestarted()
@@ -180,6 +185,7 @@ def prestart(args: list[str]) -> None:
     It imports while the settings are loaded; ``adit.supervisor.launch.start_workers`` takes
     it and sends its boot message. Never raises: without it the start is only slower.
     """
+    _pending.args = list(args)
     if _pending.worker is not None or not wants_prestart(args):
         return
     try:
@@ -214,6 +220,17 @@ def take_prestarted() -> tuple[str, WorkerChild] | None:
     """The prestarted worker 0 and its socket directory, once."""
     found, _pending.worker = _pending.worker, None
     return found
+
+
+def give_back_prestarted(runtime_dir: str, child: WorkerChild) -> None:
+    """Make ``child`` the prestarted worker 0 again (for :func:`take_prestarted`)."""
+    _pending.worker = (runtime_dir, child)
+
+
+def command_line() -> list[str] | None:
+    """``adit``'s arguments if this process runs the real command line (:func:`prestart` was
+    called), else ``None`` (a caller in the same interpreter: tests)."""
+    return _pending.args
 
 
 def discard_prestarted() -> None:

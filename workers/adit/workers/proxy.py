@@ -419,9 +419,14 @@ class OriginProxy:
                 await stream.send_response(101, response.headers, source=ResponseSource.ORIGIN)
                 reader, writer = connection.upgrade()
                 trailing = connection.trailing_data
-                # A WebSocket is piped for as long as it lives: hold nothing of the exchange.
-                del head, headers, body, request, response
-                await pipe(stream, reader, writer, trailing)
+                # A WebSocket is piped for as long as it lives: hold nothing of the exchange,
+                # the connection's parse state included (its transport is the writer's now).
+                pooled = True  # i.e. not this frame's to close: the pipe's writer closes it
+                del head, headers, body, request, response, connection
+                try:
+                    await pipe(stream, reader, writer, trailing)
+                finally:
+                    writer.close()
                 await stream.end()
                 return
 

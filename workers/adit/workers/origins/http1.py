@@ -293,7 +293,11 @@ class OriginConnection:
         # The origin speaks only after a request, so the reader holds no data yet. The
         # writer is kept: dropping it would close the transport (StreamWriter.__del__).
         self._writer = writer
+        self._reader = reader
         self._transport = cast(asyncio.Transport, writer.transport)
+        # The dialer's stream protocol, put back by upgrade(): a WebSocket reuses the streams
+        # it came with rather than a second reader, protocol and writer (~1.2 KiB each).
+        self._stream_protocol = self._transport.get_protocol()
         # Kept: Python 3.11's get_running_loop() makes a getpid() system call every time.
         self._loop = asyncio.get_running_loop()
         self.requests = 0  # requests started on this connection
@@ -541,18 +545,18 @@ class OriginConnection:
     # -- after a 101 ---------------------------------------------------------------------------
 
     def upgrade(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        """Streams for the upgraded protocol; bytes that came before are :attr:`trailing_data`."""
-        loop = asyncio.get_running_loop()
-        reader = asyncio.StreamReader(limit=READ_LIMIT, loop=loop)
-        protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
-        self._transport.set_protocol(protocol)
-        protocol.connection_made(self._transport)
+        """Streams for the upgraded protocol; bytes that came before are :attr:`trailing_data`.
+
+        They are the dialer's: nothing was read through them (the connection's own protocol
+        took every byte since), so their protocol is simply put back on the transport.
+        """
+        self._transport.set_protocol(self._stream_protocol)
         if self._eof:
-            reader.feed_eof()
+            self._reader.feed_eof()
         if self._read_paused:
             self._read_paused = False
             self._transport.resume_reading()
-        return reader, asyncio.StreamWriter(self._transport, protocol, reader, loop)
+        return self._reader, self._writer
 
     def close(self) -> None:
         """Close the socket without waiting (safe to call twice)."""
