@@ -645,6 +645,7 @@ def main(argv: list[str]) -> int:
         meta["duration_s"] = round(time.monotonic() - started, 1)
         data = {"meta": meta, "paths": bench.results, "latency_curves_ms": bench.curves}
         data["ratios"] = report.ratios(bench.results)
+        data["goals"] = report.goals(bench.results)
         (args.out / "results.json").write_text(json.dumps(data, indent=1) + "\n")
         (args.out / "results.md").write_text(report.markdown(data))
         if args.plot_python:

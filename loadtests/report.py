@@ -34,6 +34,16 @@ FOOTPRINT = (
     "ws_pss_connector_mib",
 )
 
+#: The connector's footprint goals (issue "Connector footprint", CPU half): the connector's
+#: CPU (supervisor and workers together) at most this share of cloudflared's on the same edge
+#: and transport, per unit of work: (scenario, figure prefix, label, at most this ratio).
+CPU_GOALS: tuple[tuple[str, str, str, float], ...] = (
+    ("small_gets", "cpu_us_per_req_", "connector CPU per 1 KiB GET, 64 conns", 0.5),
+    ("latency", "cpu_us_per_req_", "connector CPU per request at fixed rate", 0.5),
+    ("download", "cpu_s_per_gib_", "connector CPU per GiB downloaded", 0.5),
+    ("upload", "cpu_s_per_gib_", "connector CPU per GiB uploaded", 0.5),
+)
+
 
 def transport(path: str) -> str | None:
     """``quic`` or ``http2`` for a connector path (``-quic`` paths run QUIC), else None."""
@@ -108,6 +118,31 @@ def ratios(paths: dict[str, Any]) -> dict[str, dict[str, dict[str, float]]]:
                     continue
                 out.setdefault(key, {}).setdefault(path, {})[f"vs_{peer}"] = round(value / other, 3)
     return out
+
+
+def goals(paths: dict[str, Any]) -> dict[str, Any]:
+    """The goals' figures for ``results.json``: ``{"connector_cpu": {scenario: {adit path:
+    {"peer", "adit", "cloudflared", "ratio", "goal", "met"}}}}``, each adit path against
+    cloudflared over HTTP/2, the default transport (QUIC's floor is aioquic's: OPTIMISATION.md,
+    "QUIC"). CPU in the scenario's unit: µs per request, s per GiB."""
+    cpu: dict[str, dict[str, dict[str, Any]]] = {}
+    for name in (n for n in paths if n.startswith("adit") and transport(n) == "http2"):
+        for peer in (p for p in counterparts(name, paths) if p.startswith("cloudflared")):
+            for scenario, prefix, _label, goal in CPU_GOALS:
+                a = _cpu(paths, name, scenario, prefix, "connector")
+                c = _cpu(paths, peer, scenario, prefix, "connector")
+                if a is None or not c:
+                    continue
+                ratio = round(a / c, 3)
+                cpu.setdefault(scenario, {})[name] = {
+                    "peer": peer,
+                    "adit": a,
+                    "cloudflared": c,
+                    "ratio": ratio,
+                    "goal": goal,
+                    "met": ratio <= goal,
+                }
+    return {"connector_cpu": cpu}
 
 
 def _fmt(value: object) -> str:
@@ -393,6 +428,13 @@ def _goals(paths: dict[str, Any]) -> list[str]:
             ]
             verdict = "yes" if not more else "no: more in " + "; ".join(more)
             out.append(f"- no more CPU than {peer} ({name}): {verdict}")
+    for scenario, _prefix, label, goal in CPU_GOALS:
+        for name, figure in goals(paths)["connector_cpu"].get(scenario, {}).items():
+            out.append(
+                f"- {label} ≤ {goal:g}× {figure['peer']}'s ({name}): {figure['adit']:g} against"
+                f" {figure['cloudflared']:g} = {figure['ratio']:.2f}× → "
+                f"{'met' if figure['met'] else 'NOT met'}"
+            )
     return out
 
 

@@ -24,8 +24,13 @@ __all__ = [
 #: Allocations below this come from the heap (a TLS read buffer is 256 KiB + a header).
 MMAP_THRESHOLD = 512 << 10
 #: Free memory at the top of the heap kept for reuse rather than returned to the kernel: room
-#: for a few read buffers, no more (after a bulk transfer RSS would stay higher by this much).
-TRIM_THRESHOLD = 1 << 20
+#: for what one read of a bulk transfer holds at its peak, no more (after a bulk transfer RSS
+#: may stay higher by this much). An upload's read allocates and frees more than 2 MiB around
+#: it (TLS records, the decrypted bytes, the DATA payloads, the origin's write): at 1 MiB the
+#: top went back to the kernel after every read and came back as fresh pages: ~15% of a
+#: worker's CPU per GiB uploaded (1.53-2.39 s at 1 MiB against 1.30-1.38 s at 4 MiB in
+#: alternating runs; OPTIMISATION.md, "Footprint: CPU").
+TRIM_THRESHOLD = 4 << 20
 
 #: The same settings for a child process, read by glibc as it starts (no ctypes needed).
 ENVIRONMENT = {
