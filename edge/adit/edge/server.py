@@ -27,8 +27,11 @@ from pathlib import Path
 
 from adit.allocator import HeapTrimmer
 from adit.credentials import TunnelCredentials, encode_tunnel_token
+from adit.edge.acme_challenges import Http01Solver, TlsAlpn01Solver
+from adit.edge.acme_issuer import AcmeSettings, Issuer
 from adit.edge.api import EdgeInfo, ManagementApi
 from adit.edge.ca import EdgeCA
+from adit.edge.certificates import CertificateManager
 from adit.edge.config_sync import SYNC_INTERVAL, sync_configs
 from adit.edge.http1 import BadRequest, Http1Connection, Request, RequestTimeout
 from adit.edge.limits import ConnectionTracker, Limits
@@ -106,6 +109,10 @@ class EdgeSettings:
     private_flows: FlowLimits = field(default_factory=FlowLimits)
     #: The public name ``tail`` dials: relayed to a connector of the tunnel in its token.
     management_hostname: str = DEFAULT_MANAGEMENT_HOSTNAME
+    #: Where the HTTPS listener's certificates come from (None: no ACME).
+    acme: AcmeSettings | None = None
+    #: Bring-your-own certificates (``NAME.crt``/``NAME.key``), watched.
+    certificate_dir: Path | None = None
 
     @property
     def tunnel_liveness(self) -> LivenessSettings:
@@ -158,6 +165,31 @@ class EdgeServer:
         self._api_tracker = self.trackers[2]
         #: Pushes the configurations other edge processes stored (:mod:`adit.edge.config_sync`).
         self._config_sync: asyncio.Task[None] | None = None
+        acme = settings.acme if settings.https_listen else None
+        #: HTTP-01 answers (None: ACME is off, the path is routed like any other). With ACME
+        #: on the path is the edge's even when HTTP-01 is not used: never a tunnel's.
+        self.http01 = (
+            Http01Solver(settings.state_dir / "acme" / "http-01") if acme is not None else None
+        )
+        self.tls_alpn01 = (
+            TlsAlpn01Solver()
+            if acme is not None and "tls-alpn-01" in acme.challenges and settings.https_listen
+            else None
+        )
+        solvers = [s for s in (self.tls_alpn01, self.http01) if s is not None]
+        if acme is not None and ("http-01" not in acme.challenges or not settings.http_listen):
+            solvers = [s for s in solvers if s.kind != "http-01"]
+        self.certificates = (
+            CertificateManager(
+                settings.state_dir,
+                self.store.routed_hostnames,
+                issuer=Issuer(acme, settings.state_dir / "acme") if acme is not None else None,
+                solvers=solvers,
+                certificate_dir=settings.certificate_dir,
+            )
+            if settings.https_listen and (acme is not None or settings.certificate_dir)
+            else None
+        )
 
     async def start(self) -> None:
         """Load the routes, bind every listener; then write the ready file."""
@@ -230,6 +262,7 @@ class EdgeServer:
             scheme="http",
             tracker=self.trackers[0],
             management=management,
+            challenges=self.http01.response if self.http01 is not None else None,
         )
         self.addresses["http"] = []
         for address in self.settings.http_listen:
@@ -275,6 +308,8 @@ class EdgeServer:
             )
             self.servers.append(gated)
             self.addresses["api"] += [f"https://{a}" for a in _bound(gated)]
+        if self.certificates is not None:
+            self.certificates.start()
         for kind, bound in self.addresses.items():
             for address in bound:
                 log.info("listening: %s %s", kind, address)
@@ -326,10 +361,19 @@ class EdgeServer:
         default.set_alpn_protocols(["http/1.1"])
         by_name: dict[str, ssl.SSLContext] = {}
 
+        alpn = self.tls_alpn01
+        certificates = self.certificates
+
         def choose(connection: ssl.SSLObject, name: str | None, _ctx: ssl.SSLContext) -> None:
             if not name:
                 return
             name = name.lower()
+            if alpn is not None and (challenge := alpn.context_for(name)) is not None:
+                connection.context = challenge  # TLS-ALPN-01 under way (RFC 8737)
+                return
+            if certificates is not None and (chosen := certificates.context_for(name)):
+                connection.context = chosen
+                return
             context = by_name.get(name)
             if context is None:
                 try:
@@ -469,6 +513,8 @@ class EdgeServer:
         """Close what is left: eyeball connections at once, then every tunnel connection."""
         if self._config_sync is not None:
             self._config_sync.cancel()
+        if self.certificates is not None:
+            await self.certificates.stop()
         for tracker in self.trackers:
             tracker.abort_all()
             tracker.close()

@@ -1,0 +1,233 @@
+"""ACME in the edge against a real pebble: challenges validated on the edge's own listeners.
+
+Each test runs pebble (tests/acme_pebble.py), a DNS server answering the test hostnames with
+127.0.0.1, an edge whose public HTTP/HTTPS ports are pebble's validation ports, a connector and
+an origin. curl trusts only pebble's root, so a page reached means the ACME certificate was
+served by SNI.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+import ssl
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+
+import dns_records
+from acme_pebble import start_pebble
+from harness import (
+    Edge,
+    Origin,
+    Processes,
+    create_tunnel,
+    login,
+    request,
+    run_cli,
+    start_connector,
+    start_edge,
+    write_config,
+)
+from sshd import free_port
+
+pytestmark = pytest.mark.process
+
+HOST = "www.acme-test.example.com"
+
+
+@contextlib.contextmanager
+def _dns(names: list[str]) -> Iterator[int]:
+    port = free_port()
+    with dns_records.serving({}, port=port, addresses={f"{n}.": "127.0.0.1" for n in names}):
+        yield port
+
+
+def _edge(
+    processes: Processes,
+    pebble_dir: str,
+    ca_bundle: Path,
+    http_port: int,
+    https_port: int,
+    challenges: str,
+    extra: list[str] | None = None,
+) -> Edge:
+    return start_edge(
+        processes,
+        https=True,
+        http_listen=f"127.0.0.1:{http_port}",
+        https_listen=f"127.0.0.1:{https_port}",
+        extra=[
+            "--acme-directory",
+            pebble_dir,
+            "--acme-ca-bundle",
+            str(ca_bundle),
+            "--acme-challenges",
+            challenges,
+            "--acme-email",
+            "ops@acme-test.example.com",
+            *(extra or []),
+        ],
+    )
+
+
+def _serve(edge: Edge, origin: Origin, tmp: Path, processes: Processes, host: str) -> None:
+    account = login(edge, tmp / "home")
+    tunnel = create_tunnel(account, "web", host)
+    config = write_config(tmp / "config.yml", host, [{"service": origin.url}])
+    start_connector(processes, tunnel, config)
+
+
+def _curl(root: Path, host: str, port: int, path: str = "/") -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [
+            "curl",
+            "-sS",
+            "--max-time",
+            "10",
+            "--cacert",
+            str(root),
+            "--resolve",
+            f"{host}:{port}:127.0.0.1",
+            f"https://{host}:{port}{path}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=20,
+        check=False,
+    )
+
+
+def _served_certificate(port: int, host: str) -> x509.Certificate:
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
+        context.wrap_socket(raw, server_hostname=host) as tls,
+    ):
+        der = tls.getpeercert(binary_form=True)
+    assert der is not None
+    return x509.load_der_x509_certificate(der)
+
+
+def _issuer(cert: x509.Certificate) -> str:
+    return cert.issuer.rfc4514_string()
+
+
+@pytest.mark.parametrize("challenge", ["http-01", "tls-alpn-01"])
+def test_challenge_issues_a_certificate_served_by_sni(
+    challenge: str, processes: Processes, origin: Origin, tmp_path: Path
+) -> None:
+    http_port, https_port = free_port(), free_port()
+    with _dns([HOST, "unrouted.acme-test.example.com"]) as dns_port:
+        pebble = start_pebble(
+            processes, http_port=http_port, tls_port=https_port, dns_port=dns_port
+        )
+        root = pebble.root(tmp_path / "pebble-root.pem")
+        edge = _edge(processes, pebble.directory, pebble.https_ca, http_port, https_port, challenge)
+        _serve(edge, origin, tmp_path, processes, HOST)
+        log = edge.proc.wait_for_log(rf"certificate for {HOST} issued by .*\({challenge}\)", 60)
+        assert "not issued" not in log
+        reply = _curl(root, HOST, https_port)
+        assert reply.returncode == 0, reply.stderr
+        assert reply.stdout == "hello /"
+        # Stored with its key, the key private.
+        stored = edge.state_dir / "certificates" / HOST
+        assert (stored / "privkey.pem").stat().st_mode & 0o777 == 0o600
+        assert (edge.state_dir / "acme" / "account-key.pem").stat().st_mode & 0o777 == 0o600
+        # A challenge path with an unknown token: a plain 404 from the edge, not the origin.
+        seen = len(origin.seen_headers)
+        unknown = request(edge, HOST, path="/.well-known/acme-challenge/no-such-token")
+        assert unknown.status == 404
+        assert len(origin.seen_headers) == seen
+        # An SNI nobody routed gets the edge CA's leaf and no order.
+        other = _served_certificate(https_port, "unrouted.acme-test.example.com")
+        assert "Pebble" not in _issuer(other)
+        time.sleep(2)  # the manager's ticks: an order would have started by now
+        assert not (edge.state_dir / "certificates" / "unrouted.acme-test.example.com").exists()
+        assert "unrouted" not in pebble.proc.text()
+        listing = run_cli(
+            ["edge", "cert", "list", "--state-dir", str(edge.state_dir)], home=tmp_path
+        )
+        assert HOST in listing.stdout and "acme" in listing.stdout
+
+
+def test_pebble_down_at_start_then_up(processes: Processes, origin: Origin, tmp_path: Path) -> None:
+    http_port, https_port, acme_port = free_port(), free_port(), free_port()
+    with _dns([HOST]) as dns_port:
+        # The bundle pebble's listener will use, made before pebble exists.
+        from acme_pebble import _https_certificate
+
+        https_ca, _, _ = _https_certificate(tmp_path)
+        directory = f"https://127.0.0.1:{acme_port}/dir"
+        edge = _edge(processes, directory, https_ca, http_port, https_port, "tls-alpn-01")
+        _serve(edge, origin, tmp_path, processes, HOST)
+        edge.proc.wait_for_log(rf"certificate for {HOST} not issued \(connection\)", timeout=30)
+        # Serving meanwhile, with the edge CA's leaf.
+        assert "Pebble" not in _issuer(_served_certificate(https_port, HOST))
+        status = json.loads((edge.state_dir / "certificates" / HOST / "status.json").read_text())
+        assert status["last_error_kind"] == "connection" and status["source"] == "edge-ca"
+        pebble = start_pebble(
+            processes,
+            http_port=http_port,
+            tls_port=https_port,
+            dns_port=dns_port,
+            listen_port=acme_port,
+        )
+        root = pebble.root(tmp_path / "pebble-root.pem")
+        edge.proc.wait_for_log(rf"certificate for {HOST} issued by", timeout=90)
+        reply = _curl(root, HOST, https_port)
+        assert reply.returncode == 0, reply.stderr
+        assert reply.stdout == "hello /"
+
+
+def test_garbage_acme_server_leaves_the_edge_up(
+    processes: Processes, origin: Origin, tmp_path: Path
+) -> None:
+    import http.server
+    import threading
+
+    class Garbage(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = b"<html>not ACME</html>"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Garbage)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        https_port = free_port()
+        ca = tmp_path / "unused-ca.pem"
+        from acme_pebble import _https_certificate
+
+        ca, _, _ = _https_certificate(tmp_path)
+        edge = _edge(
+            processes,
+            f"http://127.0.0.1:{server.server_address[1]}/dir",
+            ca,
+            free_port(),
+            https_port,
+            "http-01",
+        )
+        _serve(edge, origin, tmp_path, processes, HOST)
+        edge.proc.wait_for_log(rf"certificate for {HOST} not issued \(bad-response\)", timeout=30)
+        assert edge.proc.popen.poll() is None
+        # Plain HTTP still reaches the origin; HTTPS serves the edge CA's leaf.
+        assert request(edge, HOST).body == b"hello /"
+        assert "Pebble" not in _issuer(_served_certificate(https_port, HOST))
+    finally:
+        server.shutdown()
+        server.server_close()
