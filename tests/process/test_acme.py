@@ -231,3 +231,61 @@ def test_garbage_acme_server_leaves_the_edge_up(
     finally:
         server.shutdown()
         server.server_close()
+
+
+def _get(port: int, host: str, root: Path) -> tuple[bytes, int]:
+    """One HTTPS request (SNI ``host``, trusting only pebble's root): (response, serial)."""
+    context = ssl.create_default_context(cafile=str(root))
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
+        context.wrap_socket(raw, server_hostname=host) as tls,
+    ):
+        der = tls.getpeercert(binary_form=True)
+        assert der is not None
+        tls.sendall(f"GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+        data = b""
+        while chunk := tls.recv(65536):
+            data += chunk
+    return data, x509.load_der_x509_certificate(der).serial_number
+
+
+def test_renewal_swaps_the_certificate_without_a_failed_request(
+    processes: Processes, origin: Origin, tmp_path: Path
+) -> None:
+    http_port, https_port = free_port(), free_port()
+    with _dns([HOST]) as dns_port:
+        # pebble's certificates live 30 s: renewal is due at two thirds, ~20 s.
+        pebble = start_pebble(
+            processes, http_port=http_port, tls_port=https_port, dns_port=dns_port, validity=30
+        )
+        root = pebble.root(tmp_path / "pebble-root.pem")
+        edge = _edge(
+            processes, pebble.directory, pebble.https_ca, http_port, https_port, "tls-alpn-01"
+        )
+        _serve(edge, origin, tmp_path, processes, HOST)
+        edge.proc.wait_for_log(rf"certificate for {HOST} issued by", timeout=60)
+        _, first = _get(https_port, HOST, root)
+        serials = {first}
+        deadline = time.monotonic() + 60
+        for _ in range(1200):
+            reply, serial = _get(https_port, HOST, root)
+            assert reply.startswith(b"HTTP/1.1 200 ") and reply.endswith(b"hello /"), reply
+            serials.add(serial)
+            if len(serials) > 1 or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        assert len(serials) == 2, "the renewed certificate was never served"
+        edge.proc.wait_for_log(rf"certificate for {HOST} issued by", count=2, timeout=5)
+        # And on request: adit edge cert renew.
+        out = run_cli(
+            ["edge", "cert", "renew", HOST, "--state-dir", str(edge.state_dir)], home=tmp_path
+        )
+        assert "renewal of" in out.stdout
+        edge.proc.wait_for_log(r"renewal requested", timeout=10)
+        edge.proc.wait_for_log(rf"certificate for {HOST} issued by", count=3, timeout=30)
+        reply, serial = _get(https_port, HOST, root)
+        assert reply.endswith(b"hello /") and serial not in serials
+        shown = run_cli(
+            ["edge", "cert", "show", HOST, "--state-dir", str(edge.state_dir)], home=tmp_path
+        )
+        assert json.loads(shown.stdout)["source"] == "acme"

@@ -7,8 +7,9 @@ validate, and told to forget them afterwards. Two live in the edge's own listene
   listener, answered before routing. Tokens are also kept as files in the state directory so
   that any edge process sharing it answers, whichever one the CA's request reaches.
 * TLS-ALPN-01 (RFC 8737): a handshake offering ``acme-tls/1`` for the hostname gets a
-  self-signed certificate carrying the key authorisation's digest, chosen in the HTTPS
-  listener's SNI callback.
+  self-signed certificate carrying the key authorisation's digest. The HTTPS listener picks
+  it from the peeked ClientHello (SNI and ALPN), before OpenSSL sees it, and only while a
+  validation is under way: visitors of the name keep getting its real certificate.
 
 DNS-01 (wildcards) will be another :class:`ChallengeSolver` (RFC 2136 updates): the issuer
 only needs ``kind``, ``present`` and ``cleanup``.
@@ -31,6 +32,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from adit.edge.ca import LeafCertificate
+from adit.edge.client_hello import server_name_and_alpn
 
 __all__ = [
     "ACME_TLS_ALPN",
@@ -128,9 +130,19 @@ class TlsAlpn01Solver:
             if held is not None and held[0] == token:
                 del self._contexts[hostname]
 
-    def context_for(self, hostname: str) -> ssl.SSLContext | None:
-        """The challenge context while a validation of ``hostname`` is under way."""
-        held = self._contexts.get(hostname)
+    @property
+    def pending(self) -> bool:
+        """Whether a validation is under way (only then are ClientHellos peeked at)."""
+        return bool(self._contexts)
+
+    def context_for_hello(self, hello: bytes) -> ssl.SSLContext | None:
+        """The challenge context for a ClientHello that offers ``acme-tls/1`` for a name
+        under validation; None for everything else (a visitor never gets it, RFC 8737 §3).
+        Chosen from the peeked ClientHello: Python's SNI callback cannot see the ALPN."""
+        offer = server_name_and_alpn(hello)
+        if offer is None or ACME_TLS_ALPN not in offer[1]:
+            return None
+        held = self._contexts.get(offer[0])
         return None if held is None else held[1]
 
 

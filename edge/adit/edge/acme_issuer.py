@@ -188,7 +188,9 @@ class Issuer:
             # A server that answers something that is not ACME.
             self._client = None
             raise IssueError(
-                "bad-response", f"{self.settings.directory}: {type(exc).__name__}: {exc}"
+                "bad-response",
+                f"{self.settings.directory} does not answer as an ACME server does "
+                f"({type(exc).__name__}: {exc}): check --acme-directory",
             ) from None
 
     def _issue(self, hostname: str, solvers: Sequence[ChallengeSolver]) -> Issued:

@@ -291,6 +291,7 @@ class EdgeServer:
                     public_tls,
                     TLS_HANDSHAKE_TIMEOUT,
                     _admission(self.settings.limits),
+                    hello_router=self.tls_alpn01,
                 )
                 self.servers.append(gated)
                 self.addresses["https"] += _bound(gated)
@@ -361,16 +362,12 @@ class EdgeServer:
         default.set_alpn_protocols(["http/1.1"])
         by_name: dict[str, ssl.SSLContext] = {}
 
-        alpn = self.tls_alpn01
         certificates = self.certificates
 
         def choose(connection: ssl.SSLObject, name: str | None, _ctx: ssl.SSLContext) -> None:
             if not name:
                 return
             name = name.lower()
-            if alpn is not None and (challenge := alpn.context_for(name)) is not None:
-                connection.context = challenge  # TLS-ALPN-01 under way (RFC 8737)
-                return
             if certificates is not None and (chosen := certificates.context_for(name)):
                 connection.context = chosen
                 return
