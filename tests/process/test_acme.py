@@ -221,6 +221,7 @@ def test_garbage_acme_server_leaves_the_edge_up(
             free_port(),
             https_port,
             "http-01",
+            extra=["--metrics", "127.0.0.1:0"],
         )
         _serve(edge, origin, tmp_path, processes, HOST)
         edge.proc.wait_for_log(rf"certificate for {HOST} not issued \(bad-response\)", timeout=30)
@@ -228,6 +229,7 @@ def test_garbage_acme_server_leaves_the_edge_up(
         # Plain HTTP still reaches the origin; HTTPS serves the edge CA's leaf.
         assert request(edge, HOST).body == b"hello /"
         assert "Pebble" not in _issuer(_served_certificate(https_port, HOST))
+        assert 'adit_edge_acme_failures_total{kind="bad-response"} 1.0' in _metrics(tmp_path)
     finally:
         server.shutdown()
         server.server_close()
@@ -289,3 +291,103 @@ def test_renewal_swaps_the_certificate_without_a_failed_request(
             ["edge", "cert", "show", HOST, "--state-dir", str(edge.state_dir)], home=tmp_path
         )
         assert json.loads(shown.stdout)["source"] == "acme"
+
+
+def _metrics(tmp: Path) -> str:
+    import urllib.request
+
+    address = json.loads((tmp / "edge-ready.json").read_text())["metrics"][0]
+    with urllib.request.urlopen(f"http://{address}/metrics", timeout=10) as reply:
+        return str(reply.read().decode())
+
+
+def _own_certificate(directory: Path, host: str) -> int:
+    """A certificate for ``host`` from a CA of the test's own, as site.crt/site.key."""
+    from adit.edge.ca import EdgeCA
+
+    leaf = EdgeCA.generate("operator's own CA").issue_leaf([host])
+    (directory / "site.key").write_text(leaf.key_pem)
+    (directory / "site.crt").write_text(leaf.cert_chain_pem)
+    return x509.load_pem_x509_certificates(leaf.cert_chain_pem.encode())[0].serial_number
+
+
+def test_bring_your_own_certificate_wins_and_reloads(
+    processes: Processes, origin: Origin, tmp_path: Path
+) -> None:
+    http_port, https_port = free_port(), free_port()
+    own = tmp_path / "own-certs"
+    own.mkdir()
+    first = _own_certificate(own, HOST)
+    with _dns([HOST]) as dns_port:
+        pebble = start_pebble(
+            processes, http_port=http_port, tls_port=https_port, dns_port=dns_port
+        )
+        edge = _edge(
+            processes,
+            pebble.directory,
+            pebble.https_ca,
+            http_port,
+            https_port,
+            "tls-alpn-01",
+            extra=["--certificate-dir", str(own), "--metrics", "127.0.0.1:0"],
+        )
+        edge.proc.wait_for_log(r"certificate .*site\.crt loaded for " + HOST.replace(".", r"\."))
+        _serve(edge, origin, tmp_path, processes, HOST)
+        assert _served_certificate(https_port, HOST).serial_number == first
+        # Replaced on disk: served from the next handshakes on, no restart.
+        second = _own_certificate(own, HOST)
+        deadline = time.monotonic() + 20
+        served = first
+        for _ in range(200):
+            served = _served_certificate(https_port, HOST).serial_number
+            if served == second or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert served == second
+        # The operator's certificate wins: pebble was never asked for one.
+        time.sleep(2)
+        assert "Added order" not in pebble.proc.text()
+        assert (
+            f'adit_edge_certificate_expiry_timestamp_seconds{{hostname="{HOST}",source="file"}}'
+            in (_metrics(tmp_path))
+        )
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--acme-directory", "ftp:/nowhere"], "--acme-directory 'ftp:/nowhere' is no URL"),
+        (["--acme-email", "nobody"], "--acme-email 'nobody' is no e-mail address"),
+        (["--acme-eab-kid", "kid-1"], "--acme-eab-kid and --acme-eab-hmac-key"),
+        (["--acme-challenges", "dns-01"], "--acme-challenges 'dns-01'"),
+        (["--acme-ca-bundle", "/nonexistent.pem"], "--acme-ca-bundle /nonexistent.pem"),
+        (["--certificate-dir", "/nonexistent-dir"], "--certificate-dir /nonexistent-dir"),
+    ],
+)
+def test_acme_flags_refused_in_one_line(flags: list[str], message: str, tmp_path: Path) -> None:
+    result = run_cli(
+        ["edge", "--state-dir", str(tmp_path / "state"), *flags], home=tmp_path, check=False
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], result.stderr
+
+
+def test_eab_hmac_key_never_logged(tmp_path: Path) -> None:
+    key_file = tmp_path / "eab.key"
+    key_file.write_text("s3cr3t-value!!")
+    result = run_cli(
+        [
+            "edge",
+            "--state-dir",
+            str(tmp_path / "state"),
+            "--acme-eab-kid",
+            "kid-1",
+            "--acme-eab-hmac-key",
+            str(key_file),
+        ],
+        home=tmp_path,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "s3cr3t" not in result.stderr and "base64url" in result.stderr

@@ -279,13 +279,14 @@ class CertificateManager:
             "last_error_kind": host.last_error_kind or None,
         }
 
-    def expiries(self) -> Iterator[tuple[str, float]]:
-        """``(hostname, not_after timestamp)`` of every certificate served (the metric)."""
-        for name, host in self._hosts.items():
+    def expiries(self) -> Iterator[tuple[str, str, float]]:
+        """``(hostname, source, not_after timestamp)`` of every certificate served for a
+        routed hostname (the metric)."""
+        for name, host in sorted(self._hosts.items()):
             byo = self.byo.find(name) if self.byo is not None else None
             served = byo or host.served
             if served is not None:
-                yield name, served.not_after.timestamp()
+                yield name, "file" if byo else "acme", served.not_after.timestamp()
 
 
 def _iso(moment: float) -> str:

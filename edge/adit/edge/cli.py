@@ -239,6 +239,14 @@ SECONDS = Seconds()
     help="Your own certificates: NAME.crt (chain) beside NAME.key, served for the names in "
     "their SANs before ACME's; reloaded when they change.",
 )
+@click.option(
+    "--metrics",
+    "metrics_listen",
+    envvar="ADIT_EDGE_METRICS",
+    type=LISTEN_ADDRESS,
+    default=None,
+    help="Serve Prometheus /metrics here (certificate expiry, ACME failures); off by default.",
+)
 @click.option("--exit-with-pid", type=int, default=None, hidden=True)
 @click.option("--ephemeral", is_flag=True, hidden=True, help="Delete the state dir on exit.")
 @click.option(
@@ -389,6 +397,7 @@ def edge(
     acme_ca_bundle: Path | None,
     acme_challenges: str,
     certificate_dir: Path | None,
+    metrics_listen: str | None,
 ) -> None:
     """Run the self-hosted edge (or administer it with a subcommand)."""
     if ctx.invoked_subcommand is not None:
@@ -448,6 +457,7 @@ def edge(
         management_hostname=management_hostname,
         acme=acme,
         certificate_dir=certificate_dir,
+        metrics_listen=metrics_listen,
         tunnel_ping_interval=tunnel_ping_interval,
         tunnel_ping_timeout=tunnel_ping_timeout,
         tunnel_idle_timeout=tunnel_idle_timeout,

@@ -24,6 +24,7 @@ import ssl
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from adit.allocator import HeapTrimmer
 from adit.credentials import TunnelCredentials, encode_tunnel_token
@@ -53,6 +54,9 @@ from adit.protocol.liveness import (
 )
 from adit.protocol.quic_engine import TunnelQuicConnection
 from adit.systemd import SystemdNotifier
+
+if TYPE_CHECKING:
+    from adit.supervisor.metrics_server import MetricsServer
 
 log = logging.getLogger("adit.edge")
 
@@ -113,6 +117,8 @@ class EdgeSettings:
     acme: AcmeSettings | None = None
     #: Bring-your-own certificates (``NAME.crt``/``NAME.key``), watched.
     certificate_dir: Path | None = None
+    #: ``--metrics``: where ``/metrics`` (certificate expiry, ACME failures) is served.
+    metrics_listen: str | None = None
 
     @property
     def tunnel_liveness(self) -> LivenessSettings:
@@ -132,6 +138,11 @@ def _admission(limits: Limits) -> Admission:
     return Admission(
         max_pending=limits.max_connections, max_pending_per_ip=limits.max_connections_per_ip
     )
+
+
+def _bound_socket(sock: socket.socket) -> list[str]:
+    host, port = sock.getsockname()[:2]
+    return [f"[{host}]:{port}" if sock.family == socket.AF_INET6 else f"{host}:{port}"]
 
 
 def _bound(server: asyncio.Server | GatedListener) -> list[str]:
@@ -165,6 +176,7 @@ class EdgeServer:
         self._api_tracker = self.trackers[2]
         #: Pushes the configurations other edge processes stored (:mod:`adit.edge.config_sync`).
         self._config_sync: asyncio.Task[None] | None = None
+        self._metrics_server: MetricsServer | None = None
         acme = settings.acme if settings.https_listen else None
         #: HTTP-01 answers (None: ACME is off, the path is routed like any other). With ACME
         #: on the path is the edge's even when HTTP-01 is not used: never a tunnel's.
@@ -311,6 +323,8 @@ class EdgeServer:
             self.addresses["api"] += [f"https://{a}" for a in _bound(gated)]
         if self.certificates is not None:
             self.certificates.start()
+        if self.settings.metrics_listen is not None:
+            await self._serve_metrics(self.settings.metrics_listen)
         for kind, bound in self.addresses.items():
             for address in bound:
                 log.info("listening: %s %s", kind, address)
@@ -389,6 +403,22 @@ class EdgeServer:
         default.sni_callback = choose
         return default
 
+    async def _serve_metrics(self, address: str) -> None:
+        from adit.edge.cert_metrics import render_metrics
+        from adit.supervisor.errors import MetricsListenerError
+        from adit.supervisor.metrics_server import MetricsServer, bind_metrics_socket
+
+        try:
+            sock = bind_metrics_socket(address)
+        except MetricsListenerError as exc:
+            raise OSError(f"--metrics {address}: {exc}") from None
+        server = MetricsServer(
+            lambda: (200, {"status": 200}), lambda: render_metrics(self.certificates)
+        )
+        await server.start(sock)
+        self._metrics_server = server
+        self.addresses["metrics"] = _bound_socket(sock)
+
     @property
     def ca_path(self) -> Path:
         """The CA certificate connectors use as ``--cacert``."""
@@ -401,6 +431,7 @@ class EdgeServer:
             "http": self.addresses["http"],
             "https": self.addresses["https"],
             "api": self.addresses["api"],
+            "metrics": self.addresses.get("metrics", []),
             "ca": str(self.ca_path),
             "pid": os.getpid(),
         }
@@ -512,6 +543,8 @@ class EdgeServer:
             self._config_sync.cancel()
         if self.certificates is not None:
             await self.certificates.stop()
+        if self._metrics_server is not None:
+            await self._metrics_server.close()
         for tracker in self.trackers:
             tracker.abort_all()
             tracker.close()
