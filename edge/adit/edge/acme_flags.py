@@ -61,7 +61,8 @@ def acme_settings(
         )
     if hmac_key is not None:
         try:
-            base64.urlsafe_b64decode(hmac_key + "=" * (-len(hmac_key) % 4))
+            standard = hmac_key.replace("-", "+").replace("_", "/")
+            base64.b64decode(standard + "=" * (-len(standard) % 4), validate=True)
         except (binascii.Error, ValueError):
             raise EdgeFlagError(
                 "--acme-eab-hmac-key: the key is not base64url (copy it as the CA shows it)"
