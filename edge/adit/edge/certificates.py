@@ -45,6 +45,9 @@ BACKOFF_MAX = 6 * 3600.0
 RENEW_AT = 2 / 3
 #: ...give or take this fraction of its life (several edges do not renew all at once).
 RENEW_JITTER = 0.03
+#: Every this many ticks the files are looked at: another process's new certificate, a
+#: renewal request from ``adit edge cert renew`` (a stat per hostname, off the hot path).
+FILE_CHECK_TICKS = 3
 #: Orders running at once (each on a thread; they mostly wait on the CA).
 MAX_ORDERS = 2
 
@@ -92,6 +95,7 @@ class CertificateManager:
         self._rng = random.Random()  # noqa: S311 - jitter, not a secret
         self._orders: set[asyncio.Task[None]] = set()
         self._task: asyncio.Task[None] | None = None
+        self._ticks = 0
         #: ACME failures by kind since start (the metric).
         self.failures: dict[str, int] = {}
 
@@ -138,14 +142,18 @@ class CertificateManager:
             self._hosts[name] = _Host()
             self._reload(name, self._hosts[name])
         now = time.time()
+        self._ticks += 1
+        check_files = self._ticks % FILE_CHECK_TICKS == 0
         for name, host in self._hosts.items():
             if name not in wanted:
                 continue  # unrouted: nothing renewed; what it had is still served
             if host.ordering:
                 continue
-            if self.files.mtime_ns(name) != (host.served.mtime_ns if host.served else 0):
+            if check_files and self.files.mtime_ns(name) != (
+                host.served.mtime_ns if host.served else 0
+            ):
                 self._reload(name, host)  # another edge process issued it
-            if self.files.take_renewal_request(name):
+            if check_files and self.files.take_renewal_request(name):
                 log.info("certificate for %s: renewal requested", name)
                 host.due = 0.0
             if self.byo is not None and self.byo.find(name) is not None:
