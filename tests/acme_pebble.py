@@ -101,6 +101,7 @@ def start_pebble(
     validity: int | None = None,
     listen_port: int | None = None,
     name: str = "pebble",
+    eab_keys: dict[str, str] | None = None,
 ) -> Pebble:
     """pebble validating against ``http_port``/``tls_port`` on 127.0.0.1, names resolved by
     the DNS server on ``dns_port``; ``validity`` (seconds) shortens its certificates' life."""
@@ -122,6 +123,9 @@ def start_pebble(
     }
     if validity is not None:
         config["certificateValidityPeriod"] = validity
+    if eab_keys:
+        config["externalAccountBindingRequired"] = True
+        config["externalAccountMACKeys"] = eab_keys
     config_path = tmp / f"{name}.json"
     config_path.write_text(json.dumps({"pebble": config}))
     proc = processes.start(

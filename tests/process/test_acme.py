@@ -156,6 +156,15 @@ def test_challenge_issues_a_certificate_served_by_sni(
             ["edge", "cert", "list", "--state-dir", str(edge.state_dir)], home=tmp_path
         )
         assert HOST in listing.stdout and "acme" in listing.stdout
+        # Restarted on the same state: the stored certificate from the first handshake on,
+        # no new order.
+        orders = pebble.proc.text().count("Added order")
+        edge.proc.stop()
+        (tmp_path / "edge-ready.json").unlink()
+        edge = _edge(processes, pebble.directory, pebble.https_ca, http_port, https_port, challenge)
+        assert "Pebble" in _issuer(_served_certificate(https_port, HOST))
+        time.sleep(2)
+        assert pebble.proc.text().count("Added order") == orders
 
 
 def test_pebble_down_at_start_then_up(processes: Processes, origin: Origin, tmp_path: Path) -> None:
@@ -351,6 +360,40 @@ def test_bring_your_own_certificate_wins_and_reloads(
             f'adit_edge_certificate_expiry_timestamp_seconds{{hostname="{HOST}",source="file"}}'
             in (_metrics(tmp_path))
         )
+
+
+#: pebble's example EAB key (its docs): base64url, as ZeroSSL hands them out.
+EAB_KEY = "zWNDZM6eQGHWpSRTPal5eIUYFTu7EajVIoguysqZ9wG44nMEtx3MUAsUDkMTQ12W"
+
+
+def test_external_account_binding(processes: Processes, origin: Origin, tmp_path: Path) -> None:
+    http_port, https_port = free_port(), free_port()
+    key_file = tmp_path / "eab-hmac.key"
+    key_file.write_text(EAB_KEY + "\n")
+    key_file.chmod(0o600)
+    with _dns([HOST]) as dns_port:
+        pebble = start_pebble(
+            processes,
+            http_port=http_port,
+            tls_port=https_port,
+            dns_port=dns_port,
+            eab_keys={"kid-1": EAB_KEY},
+        )
+        root = pebble.root(tmp_path / "pebble-root.pem")
+        edge = _edge(
+            processes,
+            pebble.directory,
+            pebble.https_ca,
+            http_port,
+            https_port,
+            "http-01",
+            extra=["--acme-eab-kid", "kid-1", "--acme-eab-hmac-key", str(key_file)],
+        )
+        _serve(edge, origin, tmp_path, processes, HOST)
+        log = edge.proc.wait_for_log(rf"certificate for {HOST} issued by", timeout=60)
+        assert EAB_KEY not in log
+        reply = _curl(root, HOST, https_port)
+        assert reply.returncode == 0 and reply.stdout == "hello /", reply.stderr
 
 
 @pytest.mark.parametrize(

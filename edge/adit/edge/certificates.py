@@ -115,7 +115,13 @@ class CertificateManager:
     # -- the schedule ----------------------------------------------------------------------
 
     def start(self) -> None:
+        """Load what is on disk for the routed hostnames now (a restart serves them from its
+        first handshake), then run the schedule."""
         self._poll_byo()
+        for name in self._routed():
+            if not name.startswith("*.") and name not in self._hosts:
+                self._hosts[name] = _Host()
+                self._reload(name, self._hosts[name])
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self) -> None:
