@@ -119,7 +119,7 @@ class CertificateManager:
         first handshake), then run the schedule."""
         self._poll_byo()
         for name in self._routed():
-            if not name.startswith("*.") and name not in self._hosts:
+            if _orderable(name) and name not in self._hosts:
                 self._hosts[name] = _Host()
                 self._reload(name, self._hosts[name])
         self._task = asyncio.get_running_loop().create_task(self._run())
@@ -143,7 +143,7 @@ class CertificateManager:
 
     def _tick(self) -> None:
         self._poll_byo()
-        wanted = {name for name in self._routed() if not name.startswith("*.")}
+        wanted = {name for name in self._routed() if _orderable(name)}
         for name in wanted - self._hosts.keys():
             self._hosts[name] = _Host()
             self._reload(name, self._hosts[name])
@@ -301,6 +301,12 @@ class CertificateManager:
             served = byo or host.served
             if served is not None:
                 yield name, "file" if byo else "acme", served.not_after.timestamp()
+
+
+def _orderable(name: str) -> bool:
+    """Whether a routed name is one to order: no wildcard (DNS-01 is not done yet) and none
+    of the edge's own quick-tunnel names under ``localhost``, which no CA certifies."""
+    return not name.startswith("*.") and name != "localhost" and not name.endswith(".localhost")
 
 
 def _iso(moment: float) -> str:
