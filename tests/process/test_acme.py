@@ -23,6 +23,7 @@ from cryptography import x509
 import dns_records
 from acme_pebble import start_pebble
 from harness import (
+    Account,
     Edge,
     Origin,
     Processes,
@@ -76,11 +77,27 @@ def _edge(
     )
 
 
-def _serve(edge: Edge, origin: Origin, tmp: Path, processes: Processes, host: str) -> None:
+def _serve(edge: Edge, origin: Origin, tmp: Path, processes: Processes, host: str) -> Account:
     account = login(edge, tmp / "home")
     tunnel = create_tunnel(account, "web", host)
     config = write_config(tmp / "config.yml", host, [{"service": origin.url}])
     start_connector(processes, tunnel, config)
+    return account
+
+
+def _api_certificates(account: Account) -> dict[str, dict[str, object]]:
+    """``GET /adit/v1/certificates`` as the account: status by hostname."""
+    import urllib.request
+
+    context = ssl.create_default_context(cafile=str(account.edge.ca))
+    context.check_hostname = False
+    call = urllib.request.Request(
+        f"{account.edge.api_url}/adit/v1/certificates",
+        headers={"Authorization": f"Bearer {account.token}"},
+    )
+    with urllib.request.urlopen(call, context=context, timeout=10) as reply:
+        result = json.loads(reply.read())["result"]
+    return {row["hostname"]: row for row in result}
 
 
 def _curl(root: Path, host: str, port: int, path: str = "/") -> subprocess.CompletedProcess[str]:
@@ -176,8 +193,11 @@ def test_pebble_down_at_start_then_up(processes: Processes, origin: Origin, tmp_
         https_ca, _, _ = _https_certificate(tmp_path)
         directory = f"https://127.0.0.1:{acme_port}/dir"
         edge = _edge(processes, directory, https_ca, http_port, https_port, "tls-alpn-01")
-        _serve(edge, origin, tmp_path, processes, HOST)
+        account = _serve(edge, origin, tmp_path, processes, HOST)
         edge.proc.wait_for_log(rf"certificate for {HOST} not issued \(connection\)", timeout=30)
+        shown = _api_certificates(account)[HOST]
+        assert shown["source"] == "edge-ca" and shown["last_error_kind"] == "connection"
+        assert shown["next_attempt"]
         # Serving meanwhile, with the edge CA's leaf.
         assert "Pebble" not in _issuer(_served_certificate(https_port, HOST))
         status = json.loads((edge.state_dir / "certificates" / HOST / "status.json").read_text())
@@ -194,6 +214,8 @@ def test_pebble_down_at_start_then_up(processes: Processes, origin: Origin, tmp_
         reply = _curl(root, HOST, https_port)
         assert reply.returncode == 0, reply.stderr
         assert reply.stdout == "hello /"
+        shown = _api_certificates(account)[HOST]
+        assert shown["source"] == "acme" and shown["failures"] == 0 and shown["not_after"]
 
 
 def test_garbage_acme_server_leaves_the_edge_up(

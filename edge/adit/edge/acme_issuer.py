@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,6 +95,8 @@ class Issuer:
         self._acme_dir = acme_dir
         self._client: client.ClientV2 | None = None
         self._key: JWKEC | None = None
+        #: Orders run on several threads; the account is made (or found) once.
+        self._connecting = threading.Lock()
 
     def _account_key(self) -> JWKEC:
         path = self._acme_dir / "account-key.pem"
@@ -117,8 +120,10 @@ class Issuer:
         return JWKEC(key=key)
 
     def _connect(self) -> client.ClientV2:
-        if self._client is not None:
-            return self._client
+        with self._connecting:
+            return self._client or self._make_client()
+
+    def _make_client(self) -> client.ClientV2:
         key = self._key or self._account_key()
         self._key = key
         net = client.ClientNetwork(

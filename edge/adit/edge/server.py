@@ -256,6 +256,9 @@ class EdgeServer:
             self.registry,
             EdgeInfo(tunnel_addresses=advertise, ca_pem=self.ca.cert_pem),
             management_signer=self.management_signer,
+            certificate_status=(
+                self.certificates.status if self.certificates is not None else None
+            ),
         )
         management = ManagementGate(
             self.settings.management_hostname, self.management_signer, self.registry
