@@ -28,9 +28,15 @@ RECORDS = {"protocol-v2.argotunnel.com.": PROTOCOL_TXT}
 
 
 @contextmanager
-def serving(records: dict[str, str] | None = None, port: int = 53) -> Iterator[None]:
-    """Answer TXT queries for ``records`` on 127.0.0.1:``port`` (UDP) while in the block."""
+def serving(
+    records: dict[str, str] | None = None,
+    port: int = 53,
+    addresses: dict[str, str] | None = None,
+) -> Iterator[None]:
+    """Answer TXT queries for ``records`` on 127.0.0.1:``port`` (UDP) while in the block, and
+    A queries for ``addresses`` (name → IPv4; other types of those names: no records)."""
     table = {name.lower(): value for name, value in (records or RECORDS).items()}
+    hosts = {name.lower(): value for name, value in (addresses or {}).items()}
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.bind(("127.0.0.1", port))
     sock.settimeout(0.2)
@@ -44,7 +50,17 @@ def serving(records: dict[str, str] | None = None, port: int = 53) -> Iterator[N
         reply = dns.message.make_response(query)
         question = query.question[0] if query.question else None
         # (An RRset of a question holds no records: it is falsy, hence "is not None".)
-        value = table.get(question.name.to_text().lower()) if question is not None else None
+        name = question.name.to_text().lower() if question is not None else ""
+        if question is not None and name in hosts:
+            reply.flags |= dns.flags.AA
+            if question.rdtype == dns.rdatatype.A:
+                reply.answer.append(
+                    dns.rrset.from_text(
+                        question.name, 60, dns.rdataclass.IN, dns.rdatatype.A, hosts[name]
+                    )
+                )
+            return reply.to_wire()
+        value = table.get(name) if question is not None else None
         if question is None or value is None or question.rdtype != dns.rdatatype.TXT:
             reply.set_rcode(dns.rcode.NXDOMAIN)
         else:

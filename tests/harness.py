@@ -142,9 +142,14 @@ def start_edge(
     *,
     env: dict[str, str] | None = None,
     https: bool = False,
+    http_listen: str = "127.0.0.1:0",
+    https_listen: str = "127.0.0.1:0",
+    extra: list[str] | None = None,
 ) -> Edge:
     """An edge on 127.0.0.1; ``tunnel_listen`` gives several tunnel listeners (HA tests),
-    ``env`` extra environment (``ADIT_EDGE_*`` settings), ``https`` a public HTTPS listener."""
+    ``env`` extra environment (``ADIT_EDGE_*`` settings), ``https`` a public HTTPS listener,
+    ``extra`` more flags. ACME is off unless ``env`` or ``extra`` say otherwise: a test never
+    asks a CA on the internet for certificates."""
     state = processes.tmp / f"{name}-state"
     ready = processes.tmp / f"{name}-ready.json"
     listeners: list[str] = []
@@ -159,16 +164,17 @@ def start_edge(
             str(state),
             *listeners,
             "--http-listen",
-            "127.0.0.1:0",
-            *(["--https-listen", "127.0.0.1:0"] if https else []),
+            http_listen,
+            *(["--https-listen", https_listen] if https else []),
             "--api-listen",
             "127.0.0.1:0",
             "--location",
             location,
             "--ready-file",
             str(ready),
+            *(extra or []),
         ],
-        env=env,
+        env={"ADIT_EDGE_ACME_DIRECTORY": "off", **(env or {})},
     )
     deadline = time.monotonic() + 20
     while not ready.exists():

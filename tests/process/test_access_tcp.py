@@ -231,6 +231,8 @@ def test_access_over_the_edge_https_listener(
             "tls",
             "--ready-file",
             str(ready),
+            "--acme-directory",
+            "off",  # no CA on the internet asked from a test
         ],
     )
     deadline = time.monotonic() + 20

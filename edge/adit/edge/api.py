@@ -19,6 +19,7 @@ import datetime
 import logging
 import shlex
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -149,8 +150,12 @@ class ManagementApi:
         edge_info: EdgeInfo,
         *,
         management_signer: ManagementSigner | None = None,
+        certificate_status: Callable[[str], dict[str, Any]] | None = None,
     ) -> None:
         self._store = store
+        #: A hostname's public certificate status (:mod:`adit.edge.certificates`); None: the
+        #: edge has no HTTPS listener with ACME or certificate files.
+        self._certificate_status = certificate_status
         self._registry = registry
         self._edge = edge_info
         #: Signs ``tail``'s management tokens (None: this API issues none).
@@ -201,6 +206,16 @@ class ManagementApi:
                     "ca_pem": self._edge.ca_pem,
                     "endpoint": self._edge.endpoint,
                 }
+            )
+        if segments == ["adit", "v1", "certificates"]:
+            # The public HTTPS certificate of each of the account's routed hostnames.
+            self._allow(method, "GET")
+            status = self._certificate_status
+            return self._ok(
+                [
+                    status(host) if status is not None else {"hostname": host, "source": None}
+                    for host, _tunnel in self._store.routes(account)
+                ]
             )
         if len(segments) >= 3 and segments[0] == "accounts" and segments[2] == "cfd_tunnel":
             self._same_account(account, segments[1])

@@ -10,6 +10,7 @@ import click
 
 from adit.config.duration import format_go_duration, parse_go_duration
 from adit.edge.admin import ADMIN_COMMANDS, DEFAULT_STATE_DIR
+from adit.edge.cert_admin import cert_group
 from adit.edge.flag_checks import DIAL_ADDRESS, LISTEN_ADDRESS, check_state_dir
 from adit.edge.limits import Limits
 from adit.edge.private_flows import FlowLimits
@@ -186,6 +187,66 @@ SECONDS = Seconds()
     help="Public hostname `tail` dials (a token, not a route, picks the tunnel); requests "
     "reach connectors as management.argotunnel.com.",
 )
+@click.option(
+    "--acme-directory",
+    envvar="ADIT_EDGE_ACME_DIRECTORY",
+    default="https://acme-v02.api.letsencrypt.org/directory",
+    show_default=True,
+    help="ACME (RFC 8555) directory the HTTPS listener's certificates come from, for every "
+    "routed hostname; 'off' serves only the edge CA's (and --certificate-dir's).",
+)
+@click.option(
+    "--acme-email",
+    envvar="ADIT_EDGE_ACME_EMAIL",
+    default=None,
+    help="Contact address of the ACME account (the CA's expiry notices).",
+)
+@click.option(
+    "--acme-eab-kid",
+    envvar="ADIT_EDGE_ACME_EAB_KID",
+    default=None,
+    help="External account binding key id (ZeroSSL and other CAs that want one).",
+)
+@click.option(
+    "--acme-eab-hmac-key",
+    "acme_eab_hmac_key_file",
+    envvar="ADIT_EDGE_ACME_EAB_HMAC_KEY_FILE",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="File holding the external account binding's HMAC key (or the key itself in "
+    "ADIT_EDGE_ACME_EAB_HMAC_KEY).",
+)
+@click.option(
+    "--acme-ca-bundle",
+    envvar="ADIT_EDGE_ACME_CA_BUNDLE",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="PEM bundle to trust for the ACME directory's HTTPS (a private ACME server).",
+)
+@click.option(
+    "--acme-challenges",
+    envvar="ADIT_EDGE_ACME_CHALLENGES",
+    default="tls-alpn-01,http-01",
+    show_default=True,
+    help="Challenge types to answer, in order of preference (tls-alpn-01 on the HTTPS "
+    "listener, http-01 on the HTTP one; the CA must reach them on ports 443 and 80).",
+)
+@click.option(
+    "--certificate-dir",
+    envvar="ADIT_EDGE_CERTIFICATE_DIR",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Your own certificates: NAME.crt (chain) beside NAME.key, served for the names in "
+    "their SANs before ACME's; reloaded when they change.",
+)
+@click.option(
+    "--metrics",
+    "metrics_listen",
+    envvar="ADIT_EDGE_METRICS",
+    type=LISTEN_ADDRESS,
+    default=None,
+    help="Serve Prometheus /metrics here (certificate expiry, ACME failures); off by default.",
+)
 @click.option("--exit-with-pid", type=int, default=None, hidden=True)
 @click.option("--ephemeral", is_flag=True, hidden=True, help="Delete the state dir on exit.")
 @click.option(
@@ -329,11 +390,30 @@ def edge(
     private_udp_idle_timeout: float,
     grace_period: float,
     management_hostname: str,
+    acme_directory: str,
+    acme_email: str | None,
+    acme_eab_kid: str | None,
+    acme_eab_hmac_key_file: Path | None,
+    acme_ca_bundle: Path | None,
+    acme_challenges: str,
+    certificate_dir: Path | None,
+    metrics_listen: str | None,
 ) -> None:
     """Run the self-hosted edge (or administer it with a subcommand)."""
     if ctx.invoked_subcommand is not None:
         return
     check_state_dir(state_dir)
+    from adit.edge.acme_flags import acme_settings, check_certificate_dir
+
+    acme = acme_settings(
+        acme_directory,
+        acme_email,
+        acme_eab_kid,
+        acme_eab_hmac_key_file,
+        acme_ca_bundle,
+        acme_challenges,
+    )
+    check_certificate_dir(certificate_dir)
     from adit.allocator import keep_read_buffers_on_heap
     from adit.edge.server import EdgeSettings, run_edge
     from adit.edge.tls_gate import DialRates
@@ -375,6 +455,9 @@ def edge(
         ),
         grace_period=grace_period,
         management_hostname=management_hostname,
+        acme=acme,
+        certificate_dir=certificate_dir,
+        metrics_listen=metrics_listen,
         tunnel_ping_interval=tunnel_ping_interval,
         tunnel_ping_timeout=tunnel_ping_timeout,
         tunnel_idle_timeout=tunnel_idle_timeout,
@@ -400,6 +483,7 @@ def edge(
 
 for _command in ADMIN_COMMANDS:
     edge.add_command(_command)
+edge.add_command(cert_group)
 
 
 def main() -> None:

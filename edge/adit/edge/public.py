@@ -17,8 +17,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from random import getrandbits
 
+from adit.edge.acme_challenges import CHALLENGE_PATH
 from adit.edge.header_policy import is_websocket_upgrade, tunnel_request_headers
 from adit.edge.http1 import (
     BadRequest,
@@ -109,8 +111,11 @@ class PublicListener:
         scheme: str,
         tracker: ConnectionTracker | None = None,
         management: ManagementGate | None = None,
+        challenges: Callable[[bytes], bytes | None] | None = None,
     ) -> None:
         self.store = store
+        #: ACME HTTP-01 answers by request target (None: ACME is off; such paths are routed).
+        self.challenges = challenges
         #: The management hostname's gate (``tail``): None serves no such name.
         self.management = management
         self.registry = registry
@@ -220,10 +225,25 @@ class PublicListener:
         :meth:`_Exchange.answered`). Anything unusual is left to :meth:`_handle`."""
         if request.has_body or request.upgrade:
             return None
+        if self.challenges is not None and request.target.startswith(CHALLENGE_PATH):
+            return None
         forwarded = self._forward(conn, request, self._ray(), fast=True)
         return None if isinstance(forwarded, tuple) else forwarded
 
     async def _handle(self, conn: Http1Connection, request: Request) -> bool:
+        if self.challenges is not None and request.target.startswith(CHALLENGE_PATH):
+            # Before routing: the edge's own proof, never a tunnel's; an unknown token is a
+            # plain 404.
+            answer = self.challenges(request.target)
+            await conn.drain_body()
+            await conn.respond_simple(
+                200 if answer is not None else 404,
+                answer if answer is not None else b"404 page not found\n",
+                content_type="application/octet-stream"
+                if answer is not None
+                else "text/plain; charset=utf-8",
+            )
+            return True
         ray = self._ray()
         forwarded = self._forward(conn, request, ray, fast=False)
         if isinstance(forwarded, tuple):

@@ -24,11 +24,15 @@ import ssl
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from adit.allocator import HeapTrimmer
 from adit.credentials import TunnelCredentials, encode_tunnel_token
+from adit.edge.acme_challenges import Http01Solver, TlsAlpn01Solver
+from adit.edge.acme_issuer import AcmeSettings, Issuer
 from adit.edge.api import EdgeInfo, ManagementApi
 from adit.edge.ca import EdgeCA
+from adit.edge.certificates import CertificateManager
 from adit.edge.config_sync import SYNC_INTERVAL, sync_configs
 from adit.edge.http1 import BadRequest, Http1Connection, Request, RequestTimeout
 from adit.edge.limits import ConnectionTracker, Limits
@@ -50,6 +54,9 @@ from adit.protocol.liveness import (
 )
 from adit.protocol.quic_engine import TunnelQuicConnection
 from adit.systemd import SystemdNotifier
+
+if TYPE_CHECKING:
+    from adit.supervisor.metrics_server import MetricsServer
 
 log = logging.getLogger("adit.edge")
 
@@ -106,6 +113,12 @@ class EdgeSettings:
     private_flows: FlowLimits = field(default_factory=FlowLimits)
     #: The public name ``tail`` dials: relayed to a connector of the tunnel in its token.
     management_hostname: str = DEFAULT_MANAGEMENT_HOSTNAME
+    #: Where the HTTPS listener's certificates come from (None: no ACME).
+    acme: AcmeSettings | None = None
+    #: Bring-your-own certificates (``NAME.crt``/``NAME.key``), watched.
+    certificate_dir: Path | None = None
+    #: ``--metrics``: where ``/metrics`` (certificate expiry, ACME failures) is served.
+    metrics_listen: str | None = None
 
     @property
     def tunnel_liveness(self) -> LivenessSettings:
@@ -125,6 +138,11 @@ def _admission(limits: Limits) -> Admission:
     return Admission(
         max_pending=limits.max_connections, max_pending_per_ip=limits.max_connections_per_ip
     )
+
+
+def _bound_socket(sock: socket.socket) -> list[str]:
+    host, port = sock.getsockname()[:2]
+    return [f"[{host}]:{port}" if sock.family == socket.AF_INET6 else f"{host}:{port}"]
 
 
 def _bound(server: asyncio.Server | GatedListener) -> list[str]:
@@ -158,6 +176,32 @@ class EdgeServer:
         self._api_tracker = self.trackers[2]
         #: Pushes the configurations other edge processes stored (:mod:`adit.edge.config_sync`).
         self._config_sync: asyncio.Task[None] | None = None
+        self._metrics_server: MetricsServer | None = None
+        acme = settings.acme if settings.https_listen else None
+        #: HTTP-01 answers (None: ACME is off, the path is routed like any other). With ACME
+        #: on the path is the edge's even when HTTP-01 is not used: never a tunnel's.
+        self.http01 = (
+            Http01Solver(settings.state_dir / "acme" / "http-01") if acme is not None else None
+        )
+        self.tls_alpn01 = (
+            TlsAlpn01Solver()
+            if acme is not None and "tls-alpn-01" in acme.challenges and settings.https_listen
+            else None
+        )
+        solvers = [s for s in (self.tls_alpn01, self.http01) if s is not None]
+        if acme is not None and ("http-01" not in acme.challenges or not settings.http_listen):
+            solvers = [s for s in solvers if s.kind != "http-01"]
+        self.certificates = (
+            CertificateManager(
+                settings.state_dir,
+                self.store.routed_hostnames,
+                issuer=Issuer(acme, settings.state_dir / "acme") if acme is not None else None,
+                solvers=solvers,
+                certificate_dir=settings.certificate_dir,
+            )
+            if settings.https_listen and (acme is not None or settings.certificate_dir)
+            else None
+        )
 
     async def start(self) -> None:
         """Load the routes, bind every listener; then write the ready file."""
@@ -212,6 +256,9 @@ class EdgeServer:
             self.registry,
             EdgeInfo(tunnel_addresses=advertise, ca_pem=self.ca.cert_pem),
             management_signer=self.management_signer,
+            certificate_status=(
+                self.certificates.status if self.certificates is not None else None
+            ),
         )
         management = ManagementGate(
             self.settings.management_hostname, self.management_signer, self.registry
@@ -230,6 +277,7 @@ class EdgeServer:
             scheme="http",
             tracker=self.trackers[0],
             management=management,
+            challenges=self.http01.response if self.http01 is not None else None,
         )
         self.addresses["http"] = []
         for address in self.settings.http_listen:
@@ -258,6 +306,7 @@ class EdgeServer:
                     public_tls,
                     TLS_HANDSHAKE_TIMEOUT,
                     _admission(self.settings.limits),
+                    hello_router=self.tls_alpn01,
                 )
                 self.servers.append(gated)
                 self.addresses["https"] += _bound(gated)
@@ -275,6 +324,10 @@ class EdgeServer:
             )
             self.servers.append(gated)
             self.addresses["api"] += [f"https://{a}" for a in _bound(gated)]
+        if self.certificates is not None:
+            self.certificates.start()
+        if self.settings.metrics_listen is not None:
+            await self._serve_metrics(self.settings.metrics_listen)
         for kind, bound in self.addresses.items():
             for address in bound:
                 log.info("listening: %s %s", kind, address)
@@ -326,10 +379,15 @@ class EdgeServer:
         default.set_alpn_protocols(["http/1.1"])
         by_name: dict[str, ssl.SSLContext] = {}
 
+        certificates = self.certificates
+
         def choose(connection: ssl.SSLObject, name: str | None, _ctx: ssl.SSLContext) -> None:
             if not name:
                 return
             name = name.lower()
+            if certificates is not None and (chosen := certificates.context_for(name)):
+                connection.context = chosen
+                return
             context = by_name.get(name)
             if context is None:
                 try:
@@ -348,6 +406,22 @@ class EdgeServer:
         default.sni_callback = choose
         return default
 
+    async def _serve_metrics(self, address: str) -> None:
+        from adit.edge.cert_metrics import render_metrics
+        from adit.supervisor.errors import MetricsListenerError
+        from adit.supervisor.metrics_server import MetricsServer, bind_metrics_socket
+
+        try:
+            sock = bind_metrics_socket(address)
+        except MetricsListenerError as exc:
+            raise OSError(f"--metrics {address}: {exc}") from None
+        server = MetricsServer(
+            lambda: (200, {"status": 200}), lambda: render_metrics(self.certificates)
+        )
+        await server.start(sock)
+        self._metrics_server = server
+        self.addresses["metrics"] = _bound_socket(sock)
+
     @property
     def ca_path(self) -> Path:
         """The CA certificate connectors use as ``--cacert``."""
@@ -360,6 +434,7 @@ class EdgeServer:
             "http": self.addresses["http"],
             "https": self.addresses["https"],
             "api": self.addresses["api"],
+            "metrics": self.addresses.get("metrics", []),
             "ca": str(self.ca_path),
             "pid": os.getpid(),
         }
@@ -469,6 +544,10 @@ class EdgeServer:
         """Close what is left: eyeball connections at once, then every tunnel connection."""
         if self._config_sync is not None:
             self._config_sync.cancel()
+        if self.certificates is not None:
+            await self.certificates.stop()
+        if self._metrics_server is not None:
+            await self._metrics_server.close()
         for tracker in self.trackers:
             tracker.abort_all()
             tracker.close()

@@ -840,6 +840,11 @@ class Store:
         (:func:`~adit.protocol.hostnames.check_hostname`)."""
         return self._routes.find(name)
 
+    def routed_hostnames(self) -> list[str]:
+        """Every hostname routed now, from memory (wildcards as ``*.example.com``)."""
+        table = self._routes.current()
+        return [*table.exact, *(f"*.{zone}" for zone in table.wildcard)]
+
     def load_routes(self) -> RouteTable:
         """Build the route table now (the edge does, before it serves)."""
         return self._routes.reload()

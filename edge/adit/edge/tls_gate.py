@@ -29,6 +29,7 @@ import socket
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from adit.edge.client_hello import CLASSICAL_GROUPS, HANDSHAKE_FAILURE_ALERT, offered_groups
 from adit.protocol.rate_limit import TokenBucket
@@ -101,6 +102,18 @@ class _Doors:
             del self._buckets[address]
 
 
+class HelloRouter(Protocol):
+    """Another TLS context for some ClientHellos (see ``GatedListener(hello_router=)``)."""
+
+    #: Whether any ClientHello could be routed now (else none is peeked at).
+    @property
+    def pending(self) -> bool: ...
+
+    def context_for_hello(self, hello: bytes) -> ssl.SSLContext | None:
+        """The context for the connection whose first bytes are ``hello`` (None: the
+        listener's own)."""
+
+
 class GatedListener:
     """A TLS listening socket whose accept loop admits a client address before its handshake.
 
@@ -117,8 +130,12 @@ class GatedListener:
         admission: Admission,
         *,
         check_groups: bool = False,
+        hello_router: HelloRouter | None = None,
     ) -> None:
         self.sockets = [sock]
+        #: Picks another context from the peeked ClientHello while it has reason to (an ACME
+        #: TLS-ALPN-01 validation, which must never be what a visitor gets).
+        self._hello_router = hello_router
         #: Peek at each ClientHello and refuse one offering only key exchanges OpenSSL lacks
         #: (the tunnel listener: cloudflared --post-quantum over HTTP/2).
         self._check_groups = check_groups
@@ -144,12 +161,21 @@ class GatedListener:
         admission: Admission,
         *,
         check_groups: bool = False,
+        hello_router: HelloRouter | None = None,
     ) -> GatedListener:
         """Listen on ``host:port`` (``SO_REUSEADDR``, as ``loop.create_server`` does)."""
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         sock = socket.create_server((host, port), family=family, backlog=BACKLOG)
         sock.setblocking(False)
-        return cls(sock, protocol, context, handshake_timeout, admission, check_groups=check_groups)
+        return cls(
+            sock,
+            protocol,
+            context,
+            handshake_timeout,
+            admission,
+            check_groups=check_groups,
+            hello_router=hello_router,
+        )
 
     def close(self) -> None:
         """Stop accepting and close the listening socket (accepted connections live on)."""
@@ -193,6 +219,23 @@ class GatedListener:
             task = self._loop.create_task(self._handshake(conn, address))
             self._handshakes.add(task)
             task.add_done_callback(self._handshakes.discard)
+
+    async def _peek_hello(self, conn: socket.socket) -> bytes:
+        """The first bytes the client sent (left for OpenSSL); b"" when none came in time."""
+        readable: asyncio.Future[None] = self._loop.create_future()
+        fd = conn.fileno()
+        self._loop.add_reader(fd, release_waiter, readable)
+        try:
+            async with asyncio.timeout(self._handshake_timeout):
+                await readable
+        except TimeoutError:
+            return b""
+        finally:
+            self._loop.remove_reader(fd)
+        try:
+            return conn.recv(_PEEK, socket.MSG_PEEK)
+        except OSError:
+            return b""
 
     async def _offers_nothing_we_have(self, conn: socket.socket) -> bool:
         """Whether the client's ClientHello (peeked, left for OpenSSL) offers key exchanges
@@ -245,10 +288,14 @@ class GatedListener:
                 await self._refuse_groups(conn, address)
                 conn.close()
                 return
+            context = self._context
+            router = self._hello_router
+            if router is not None and router.pending:
+                context = router.context_for_hello(await self._peek_hello(conn)) or context
             await self._loop.connect_accepted_socket(
                 self._protocol,
                 conn,
-                ssl=self._context,
+                ssl=context,
                 ssl_handshake_timeout=self._handshake_timeout,
             )
         except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as exc:
