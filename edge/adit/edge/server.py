@@ -38,6 +38,7 @@ from adit.edge.private_flows import FlowLimits, PrivateFlows, flow_path
 from adit.edge.public import PublicListener
 from adit.edge.quic_listener import QuicListener, QuicTunnelSession, edge_quic_configuration
 from adit.edge.registry import ConnectionRegistry
+from adit.edge.route_dns import PublishedEdge
 from adit.edge.store import Store, StoreError
 from adit.edge.tls_gate import Admission, DialRates, GatedListener
 from adit.edge.tunnel_session import EdgeIdentity, TunnelSession
@@ -106,6 +107,9 @@ class EdgeSettings:
     private_flows: FlowLimits = field(default_factory=FlowLimits)
     #: The public name ``tail`` dials: relayed to a connector of the tunnel in its token.
     management_hostname: str = DEFAULT_MANAGEMENT_HOSTNAME
+    #: The edge's public name (routes' CNAME target) and addresses (zone apexes' A/AAAA), for
+    #: zones whose DNS server the edge updates.
+    published: PublishedEdge = field(default_factory=PublishedEdge)
 
     @property
     def tunnel_liveness(self) -> LivenessSettings:
@@ -212,6 +216,7 @@ class EdgeServer:
             self.registry,
             EdgeInfo(tunnel_addresses=advertise, ca_pem=self.ca.cert_pem),
             management_signer=self.management_signer,
+            published=self.settings.published,
         )
         management = ManagementGate(
             self.settings.management_hostname, self.management_signer, self.registry
