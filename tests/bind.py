@@ -26,6 +26,8 @@ from pathlib import Path
 NAMED = shutil.which("named") or "/usr/sbin/named"
 DIG = shutil.which("dig") or "/usr/bin/dig"
 KEY_NAME = "adit-edge"
+#: A key named serves queries for but lets update nothing (its updates are REFUSED).
+OTHER_KEY_NAME = "adit-reader"
 
 
 def available() -> bool:
@@ -41,6 +43,7 @@ class Bind:
     port: int
     directory: Path
     secret: str = field(repr=False)
+    other_secret: str = field(repr=False)
     popen: subprocess.Popen[bytes]
 
     @property
@@ -52,11 +55,10 @@ class Bind:
         path = self.directory / "named.out"
         return path.read_text(errors="replace") if path.exists() else ""
 
-    def key_file(self, path: Path, secret: str | None = None) -> Path:
+    def key_file(self, path: Path, secret: str | None = None, name: str = KEY_NAME) -> Path:
         """tsig-keygen's key clause for the zone's key (or another ``secret``), mode 0600."""
         path.write_text(
-            f'key "{KEY_NAME}" {{\n\talgorithm hmac-sha256;\n'
-            f'\tsecret "{secret or self.secret}";\n}};\n'
+            f'key "{name}" {{\n\talgorithm hmac-sha256;\n\tsecret "{secret or self.secret}";\n}};\n'
         )
         path.chmod(0o600)
         return path
@@ -97,7 +99,7 @@ def free_port() -> int:
     raise AssertionError("no free port for named")
 
 
-def _config(directory: Path, zone: str, port: int, secret: str) -> str:
+def _config(directory: Path, zone: str, port: int, secret: str, other: str) -> str:
     return f"""
 options {{
     directory "{directory}";
@@ -113,6 +115,7 @@ options {{
 }};
 controls {{ }};
 key "{KEY_NAME}" {{ algorithm hmac-sha256; secret "{secret}"; }};
+key "{OTHER_KEY_NAME}" {{ algorithm hmac-sha256; secret "{other}"; }};
 zone "{zone}" {{
     type primary;
     file "{directory}/{zone}.zone";
@@ -136,8 +139,9 @@ def running(zone: str) -> Iterator[Bind]:
     ends; its directory is removed afterwards."""
     directory = Path(tempfile.mkdtemp(prefix="adit-bind-"))
     secret = base64.b64encode(secrets.token_bytes(32)).decode()
+    other = base64.b64encode(secrets.token_bytes(32)).decode()
     port = free_port()
-    (directory / "named.conf").write_text(_config(directory, zone, port, secret))
+    (directory / "named.conf").write_text(_config(directory, zone, port, secret, other))
     (directory / f"{zone}.zone").write_text(_zone_file(zone))
     argv = [NAMED, "-g", "-c", str(directory / "named.conf"), "-n", "1"]
     if os.geteuid() == 0:
@@ -154,7 +158,7 @@ def running(zone: str) -> Iterator[Bind]:
         start_new_session=True,
     )
     output.close()
-    server = Bind(zone, port, directory, secret, popen)
+    server = Bind(zone, port, directory, secret, other, popen)
     try:
         deadline = time.monotonic() + 20
         while "running" not in (directory / "named.out").read_text(errors="replace"):

@@ -53,10 +53,12 @@ def _admin(edge: Edge, home: Path, *args: str, check: bool = True) -> str:
     return result.stdout + result.stderr
 
 
-def _zone_dns(edge: Edge, account: Account, named: bind.Bind, key: Path) -> str:
+def _zone_dns(
+    edge: Edge, account: Account, named: bind.Bind, key: Path, *flags: str, check: bool = True
+) -> str:
     return _admin(
         edge, account.home, "zone", "dns", ZONE, "--server", named.server,
-        "--tsig-secret-file", str(key),
+        "--tsig-secret-file", str(key), *flags, check=check,
     )  # fmt: skip
 
 
@@ -103,6 +105,7 @@ def test_route_dns_creates_overwrites_and_removes_records(
     # The apex cannot be a CNAME: A and AAAA of the edge's public addresses.
     code, out = _route(account, "web", ZONE)
     assert code == 0, out
+    assert f"Added A/AAAA records {ZONE} which will route to this tunnel" in out
     assert named.dig(ZONE, "A") == [PUBLIC_V4]
     assert named.dig(ZONE, "AAAA") == [PUBLIC_V6]
     assert named.dig(ZONE, "SOA")  # the zone's own records stay
@@ -130,7 +133,14 @@ def test_dns_failures_leave_no_route_and_name_the_server(
 ) -> None:
     account = login(dns_edge, tmp_path / "home", zones=(ZONE,))
     wrong = base64.b64encode(b"not the key of that server 1234").decode()
-    _zone_dns(dns_edge, account, named, named.key_file(tmp_path / "wrong.key", wrong))
+    wrong_key = named.key_file(tmp_path / "wrong.key", wrong)
+    # The admin is told at once (the server is asked for the zone's SOA with the key)...
+    out = _zone_dns(dns_edge, account, named, wrong_key, check=False)
+    assert f"DNS server {named.server}" in out and "BADSIG" in out, out
+    assert "nothing was saved" in out
+    assert "dns=" not in _admin(dns_edge, account.home, "zone", "list")
+    # ...and a key saved anyway fails the route, with no route left behind.
+    _zone_dns(dns_edge, account, named, wrong_key, "--no-check")
     account.cli("tunnel", "create", "web")
 
     code, out = _route(account, "web", f"app.{ZONE}", check=False)
@@ -138,6 +148,14 @@ def test_dns_failures_leave_no_route_and_name_the_server(
     assert f"DNS server {named.server}" in out and "BADSIG" in out, out
     assert _routes(dns_edge, account) == []
     assert named.dig(f"app.{ZONE}", "CNAME") == []
+
+    # A key the server knows but lets update nothing: REFUSED.
+    reader = named.key_file(tmp_path / "reader.key", named.other_secret, bind.OTHER_KEY_NAME)
+    _zone_dns(dns_edge, account, named, reader)
+    code, out = _route(account, "web", f"app.{ZONE}", check=False)
+    assert code == 1
+    assert f"DNS server {named.server}" in out and "REFUSED" in out, out
+    assert _routes(dns_edge, account) == []
 
     # The right key works; then BIND goes away: a clear error, no route.
     key = named.key_file(tmp_path / "adit.key")
@@ -162,6 +180,7 @@ def test_dns_failures_leave_no_route_and_name_the_server(
     assert json.loads(answer)["success"]
     for text in (out, listing, answer, dns_edge.proc.text()):
         assert named.secret not in text
+        assert named.other_secret not in text
         assert wrong not in text
     assert oct((dns_edge.state_dir / "adit-edge.sqlite3").stat().st_mode & 0o777) == "0o600"
 

@@ -8,6 +8,7 @@ changes by itself (its route watcher), and they never block its requests.
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import shlex
 from collections.abc import Iterator
@@ -20,12 +21,15 @@ from adit.edge.ca import EdgeCA
 from adit.edge.dns_update import (
     DEFAULT_TSIG_ALGORITHM,
     TSIG_ALGORITHMS,
+    DnsClient,
     DnsTarget,
     parse_server,
     parse_tsig_secret,
 )
+from adit.edge.errors import DnsUpdateFailed
 from adit.edge.flag_checks import check_state_dir
 from adit.edge.store import Store, StoreError
+from adit.protocol.hostnames import normalize_hostname
 
 __all__ = ["ADMIN_COMMANDS", "DEFAULT_STATE_DIR"]
 
@@ -143,6 +147,11 @@ def zone_list(account_tag: str | None, state_dir: str) -> None:
     help="File with the TSIG secret: tsig-keygen's key clause, or the base64 secret alone.",
 )
 @click.option("--clear", is_flag=True, help="Stop updating the zone's DNS server.")
+@click.option(
+    "--no-check",
+    is_flag=True,
+    help="Save without asking the server for the zone's SOA with the key first.",
+)
 @_state_dir_option
 def zone_dns(
     name: str,
@@ -151,6 +160,7 @@ def zone_dns(
     tsig_algorithm: str | None,
     tsig_secret_file: Path | None,
     clear: bool,
+    no_check: bool,
     state_dir: str,
 ) -> None:
     """Have route dns write zone NAME's records in its DNS server (RFC 2136 with TSIG).
@@ -198,6 +208,16 @@ def zone_dns(
             param_hint="--tsig-secret-file",
         )
     target = DnsTarget(host, port, key_name, algorithm, secret)
+    with _opened(state_dir) as store:
+        if store.zone_dns.zone_holding(name) != normalize_hostname(name):
+            raise click.ClickException(f"no zone {normalize_hostname(name)} (adit edge zone add)")
+    if not no_check:
+        try:
+            asyncio.run(DnsClient(target, name).check_zone())
+        except DnsUpdateFailed as exc:
+            raise click.ClickException(
+                f"{exc}; nothing was saved (--no-check saves it anyway)"
+            ) from None
     with _opened(state_dir) as store:
         store.zone_dns.set(name, target)
     click.echo(

@@ -483,10 +483,16 @@ class ManagementApi:
             raise ApiError(400, BAD_REQUEST, f"{hostname} is not a valid hostname")
         overwrite = req.get("overwrite_existing") is True
         try:
-            result = await self._records.route(account, tunnel_id, hostname, overwrite=overwrite)
+            result, record_types = await self._records.route(
+                account, tunnel_id, hostname, overwrite=overwrite
+            )
         except TunnelNotFound:
             raise ApiError(404, NOT_FOUND, f"Tunnel {tunnel_id} not found") from None
-        return self._ok({"cname": str(result.change), "name": result.hostname})
+        answer: dict[str, object] = {"cname": str(result.change), "name": result.hostname}
+        if record_types:
+            # adit's: the DNS record types written in the zone's server (A/AAAA at an apex).
+            answer["record_types"] = list(record_types)
+        return self._ok(answer)
 
     async def _unroute(self, account: str, tunnel_id: uuid.UUID, body: bytes) -> Response:
         """adit's ``DELETE`` of a hostname route (same body as the ``PUT``): the route, then

@@ -252,6 +252,13 @@ _RCODE_HINTS = {
 }
 
 
+_QUERY_HINTS = {
+    **_RCODE_HINTS,
+    dns.rcode.REFUSED: "REFUSED: the server does not serve that zone to this host (not one of "
+    "its zones, or allow-query)",
+}
+
+
 class DnsClient:
     """Queries and updates one zone at its target server."""
 
@@ -304,10 +311,10 @@ class DnsClient:
             reply = await self._exchange(query, f"a query for {host} {rdtype}")
             rcode = reply.rcode()
             if rcode not in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN):
-                reason = _RCODE_HINTS.get(rcode, dns.rcode.to_text(rcode))
+                reason = _QUERY_HINTS.get(rcode, dns.rcode.to_text(rcode))
                 raise DnsUpdateFailed(
                     f"DNS server {self.target.server} (zone {self.zone.rstrip('.')}) refused "
-                    f"a query for {host} {rdtype}: {reason}"
+                    f"a query for {host.rstrip('.')} {rdtype}: {reason}"
                 )
             wanted_type = dns.rdatatype.from_text(rdtype)
             found[rdtype] = tuple(
@@ -317,6 +324,16 @@ class DnsClient:
                 for rdata in rrset
             )
         return found
+
+    async def check_zone(self) -> None:
+        """Ask for the zone's SOA with the key: the server answers, knows the key and serves
+        the zone (whether the key may update it shows at the first update)."""
+        soa = await self.records(self.zone, ["SOA"])
+        if not soa["SOA"]:
+            raise DnsUpdateFailed(
+                f"DNS server {self.target.server} does not serve zone {self.zone.rstrip('.')}"
+                " (no SOA record in its answer)"
+            )
 
     async def send(self, update: dns.update.UpdateMessage, what: str) -> None:
         """Send one update; :class:`DnsUpdateFailed` (or :class:`DnsRecordConflict` when a

@@ -56,8 +56,9 @@ class RouteRecords:
 
     async def route(
         self, account_tag: str, tunnel_id: uuid.UUID, hostname: str, *, overwrite: bool
-    ) -> RouteResult:
-        """Route ``hostname`` to a tunnel, its record first (when its zone has a target)."""
+    ) -> tuple[RouteResult, tuple[str, ...]]:
+        """Route ``hostname`` to a tunnel, its record first (when its zone has a target);
+        the route and the types of its record (none without a target)."""
         planned, zone = self._store.plan_route(
             account_tag, tunnel_id, hostname, overwrite=overwrite
         )
@@ -89,8 +90,8 @@ class RouteRecords:
             raise
         if result.change is RouteChange.UNCHANGED and record is not RecordChange.UNCHANGED:
             # The route was there, its record was not (made before the zone had a target).
-            return RouteResult(host, RouteChange(str(record)))
-        return result
+            result = RouteResult(host, RouteChange(str(record)))
+        return result, tuple(wanted)
 
     async def unroute(self, account_tag: str, tunnel_id: uuid.UUID, hostname: str) -> str:
         """Drop a route, then its record; the hostname as stored."""

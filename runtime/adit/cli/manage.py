@@ -585,8 +585,11 @@ def route_dns(
     except ApiError as exc:
         raise _fail("", exc) from exc
     name = str(result.get("name") or hostname)
+    types = result.get("record_types")
+    # adit's edge writes A/AAAA records at a zone's apex, where a CNAME cannot be.
+    kind = "/".join(types) + " records" if types and "CNAME" not in types else "CNAME"
     summary = {
-        "new": f"Added CNAME {name} which will route to this tunnel",
+        "new": f"Added {kind} {name} which will route to this tunnel",
         "updated": f"{name} updated to route to your tunnel",
         "unchanged": f"{name} is already configured to route to your tunnel",
     }.get(str(result.get("cname")), f"%!s(MISSING){name}")
