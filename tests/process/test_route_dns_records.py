@@ -117,8 +117,14 @@ def test_route_dns_creates_overwrites_and_removes_records(
     assert f"app.{ZONE}" not in _routes(dns_edge, account)
     assert named.dig(f"taken.{ZONE}", "CNAME") == [f"{PUBLIC_NAME}."]
 
+    # A wildcard route is a wildcard record.
+    code, out = _route(account, "web", f"*.{ZONE}")
+    assert f"Added CNAME *.{ZONE} which will route to this tunnel" in out
+    assert named.dig(f"*.{ZONE}", "CNAME") == [f"{PUBLIC_NAME}."]
+
     # Deleting the tunnel removes the records of all its routes.
     account.cli("tunnel", "delete", "web")
+    assert named.dig(f"*.{ZONE}", "CNAME") == []
     assert named.dig(f"taken.{ZONE}", "CNAME") == []
     assert named.dig(ZONE, "A") == []
     assert named.dig(ZONE, "AAAA") == []
@@ -165,6 +171,12 @@ def test_dns_failures_leave_no_route_and_name_the_server(
     code, out = _route(account, "web", f"down.{ZONE}", check=False)
     assert code == 1
     assert f"DNS server {named.server}" in out and "could not be reached" in out, out
+    assert _routes(dns_edge, account) == [f"ok.{ZONE}"]
+    # Deleting a route while its server is down changes nothing: the same command can be
+    # run again once the server is back.
+    code, out = _route(account, "--delete", "web", f"ok.{ZONE}", check=False)
+    assert code == 1
+    assert "could not be reached" in out, out
     assert _routes(dns_edge, account) == [f"ok.{ZONE}"]
 
     # The secret is in no log, no CLI or API answer, no admin listing.

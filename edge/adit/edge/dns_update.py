@@ -308,7 +308,7 @@ class DnsClient:
         for rdtype in rdtypes:
             query = dns.message.make_query(name, rdtype)
             query.flags &= ~dns.flags.RD
-            reply = await self._exchange(query, f"a query for {host} {rdtype}")
+            reply = await self._exchange(query, f"a query for {host.rstrip('.')} {rdtype}")
             rcode = reply.rcode()
             if rcode not in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN):
                 reason = _QUERY_HINTS.get(rcode, dns.rcode.to_text(rcode))

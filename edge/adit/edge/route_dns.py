@@ -4,10 +4,11 @@ a tunnel removes its records after.
 
 The order is the point: when a zone has a target, no route exists without its record. A route
 is written only after its record is in place; if that write fails, a record it created is taken
-back. A removal drops the route first (the edge stops serving the name at once) and then the
-record; a record left behind by a failed removal points at the edge, which answers "no such
-host", and the failure names the server and why. Zones without a target keep routes in the
-store only, as before.
+back. Deleting a route removes the record first, so a server that refuses leaves both as they
+were and the same command can be tried again. Deleting a tunnel drops its routes first (the
+tunnel is gone whatever a server says) and then their records; one left behind by a server
+that failed points at the edge, which answers "no such host", and is logged with the server and
+why. Zones without a target keep routes in the store only, as before.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ import uuid
 from dataclasses import dataclass
 
 from adit.edge.dns_update import DnsClient, RecordChange, wanted_records
-from adit.edge.errors import DnsUpdateFailed
+from adit.edge.errors import DnsUpdateFailed, HostnameNotRouted
+from adit.edge.names import check_route_name
 from adit.edge.store import RouteChange, RouteResult, Store
 
 __all__ = ["PublishedEdge", "RouteRecords"]
@@ -94,14 +96,28 @@ class RouteRecords:
         return result, tuple(wanted)
 
     async def unroute(self, account_tag: str, tunnel_id: uuid.UUID, hostname: str) -> str:
-        """Drop a route, then its record; the hostname as stored."""
-        host = await self._store.off_loop(
-            self._store.unroute_hostname, account_tag, tunnel_id, hostname
-        )
-        failure = await self._remove_record(host)
-        if failure is not None:
-            raise DnsUpdateFailed(f"the route of {host} was removed, but {failure}")
-        return host
+        """Remove a route's record, then the route; the hostname as stored. A failure of the
+        server changes nothing."""
+        host = check_route_name(hostname)
+        if host not in self._store.tunnel_hostnames(account_tag, tunnel_id):
+            raise HostnameNotRouted(f"{host} does not route to tunnel {tunnel_id}")
+        zone = self._store.zone_dns.zone_holding(host)
+        client = None if zone is None else self._client(zone)
+        wanted: dict[str, tuple[str, ...]] = {}
+        if zone is not None and client is not None:
+            wanted = self._wanted(host, zone)
+            await client.remove_route(host, wanted)
+            log.info("DNS record %s removed at %s", host, client.target.server)
+        try:
+            return await self._store.off_loop(
+                self._store.unroute_hostname, account_tag, tunnel_id, host
+            )
+        except BaseException:
+            if client is not None:
+                # The route stays: so does its record.
+                with contextlib.suppress(DnsUpdateFailed):
+                    await client.put_route(host, wanted, overwrite=False)
+            raise
 
     async def forget(self, hostnames: list[str]) -> list[str]:
         """Remove the records of routes already dropped (a deleted tunnel's); the failures,
