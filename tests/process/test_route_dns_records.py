@@ -222,6 +222,11 @@ def test_zone_dns_flags_refuse_bad_input(dns_edge: Edge, named: bind.Bind, tmp_p
         "--tsig-secret-file", str(key), check=False,
     )  # fmt: skip
     assert "no zone other.example.org" in out
+    out = _admin(
+        dns_edge, account.home, "zone", "dns", ZONE, "--server", named.server,
+        "--tsig-secret-file", str(key), "--tsig-name", "two words", check=False,
+    )  # fmt: skip
+    assert "--tsig-name" in out and "no TSIG key name" in out
     assert not re.search(r"Traceback", out)
 
 

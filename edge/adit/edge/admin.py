@@ -23,6 +23,7 @@ from adit.edge.dns_update import (
     TSIG_ALGORITHMS,
     DnsClient,
     DnsTarget,
+    check_tsig_name,
     parse_server,
     parse_tsig_secret,
 )
@@ -200,6 +201,10 @@ def zone_dns(
     key_name = tsig_name or file_name
     if not key_name:
         raise click.UsageError("give --tsig-name (the key file names no key)")
+    try:
+        key_name = check_tsig_name(key_name)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--tsig-name") from None
     algorithm = tsig_algorithm or file_algorithm or DEFAULT_TSIG_ALGORITHM
     if algorithm not in TSIG_ALGORITHMS:
         raise click.BadParameter(

@@ -49,6 +49,7 @@ __all__ = [
     "DnsClient",
     "DnsTarget",
     "RecordChange",
+    "check_tsig_name",
     "parse_server",
     "parse_tsig_secret",
     "plan_update",
@@ -114,6 +115,16 @@ def parse_server(text: str) -> tuple[str, int]:
             "depends on the DNS it changes"
         ) from None
     return host, int(port)
+
+
+_KEY_NAME = re.compile(r"[A-Za-z0-9_][-A-Za-z0-9_]*(\.[A-Za-z0-9_][-A-Za-z0-9_]*)*\.?")
+
+
+def check_tsig_name(name: str) -> str:
+    """A TSIG key name as servers spell them (``adit-edge``, ``key.example.com``); ValueError."""
+    if len(name) > 253 or not _KEY_NAME.fullmatch(name):
+        raise ValueError(f"{name!r} is no TSIG key name (letters, digits, -, _ and dots)")
+    return name.rstrip(".")
 
 
 _KEY_CLAUSE = re.compile(r'key\s+"?([^"\s{]+)"?\s*\{')
