@@ -17,6 +17,7 @@ import pytest
 import bind
 from adit.edge.dns01 import remove_challenge, set_challenge
 from adit.edge.dns_update import DnsTarget
+from adit.edge.route_dns import PublishedEdge, RouteRecords
 from adit.edge.store import Store
 from harness import Account, Edge, Processes, login, run_cli, start_edge
 
@@ -256,6 +257,40 @@ def test_dns01_seam_sets_and_removes_txt(named: bind.Bind, tmp_path: Path) -> No
             assert named.dig(f"_acme-challenge.{ZONE}", "TXT") == [f'"{wildcard}"']
             await remove_challenge(store, f"*.{ZONE}", wildcard)
             assert named.dig(f"_acme-challenge.{ZONE}", "TXT") == []
+
+        asyncio.run(scenario())
+    finally:
+        store.close()
+
+
+def test_removal_takes_what_was_written_after_the_public_name_changed(
+    named: bind.Bind, tmp_path: Path
+) -> None:
+    store = Store.open_in(tmp_path / "state")
+    try:
+        account = store.create_account("acme")
+        store.add_zone(account.tag, ZONE)
+        store.zone_dns.set(
+            ZONE,
+            DnsTarget(
+                "127.0.0.1", named.port, bind.KEY_NAME, tsig_secret=base64.b64decode(named.secret)
+            ),
+        )
+        tunnel = store.create_tunnel(account.tag, "web")
+
+        async def scenario() -> None:
+            before = RouteRecords(store, PublishedEdge("old-edge.example.net"))
+            await before.route(account.tag, tunnel.id, f"a.{ZONE}", overwrite=False)
+            await before.route(account.tag, tunnel.id, f"b.{ZONE}", overwrite=False)
+            assert named.dig(f"a.{ZONE}", "CNAME") == ["old-edge.example.net."]
+            after = RouteRecords(store, PublishedEdge("new-edge.example.net"))
+            await after.unroute(account.tag, tunnel.id, f"a.{ZONE}")
+            assert named.dig(f"a.{ZONE}", "CNAME") == []
+            hostnames = store.tunnel_hostnames(account.tag, tunnel.id)
+            store.delete_tunnel(account.tag, tunnel.id)
+            assert await after.forget(hostnames) == []
+            assert named.dig(f"b.{ZONE}", "CNAME") == []
+            assert store.zone_dns.records(f"b.{ZONE}") is None
 
         asyncio.run(scenario())
     finally:

@@ -19,7 +19,7 @@ import uuid
 from dataclasses import dataclass
 
 from adit.edge.dns_update import DnsClient, RecordChange, wanted_records
-from adit.edge.errors import DnsUpdateFailed, HostnameNotRouted
+from adit.edge.errors import DnsUpdateFailed, HostnameNotRouted, StoreError
 from adit.edge.names import check_route_name
 from adit.edge.store import RouteChange, RouteResult, Store
 
@@ -82,7 +82,12 @@ class RouteRecords:
                 )
         try:
             result = await self._store.off_loop(
-                self._store.route_hostname, account_tag, tunnel_id, host, overwrite=overwrite
+                self._store.route_hostname,
+                account_tag,
+                tunnel_id,
+                host,
+                overwrite=overwrite,
+                dns_records=wanted,
             )
         except BaseException:
             if client is not None and record is RecordChange.NEW:
@@ -105,7 +110,7 @@ class RouteRecords:
         client = None if zone is None else self._client(zone)
         wanted: dict[str, tuple[str, ...]] = {}
         if zone is not None and client is not None:
-            wanted = self._wanted(host, zone)
+            wanted = self._written(host, zone)
             await client.remove_route(host, wanted)
             log.info("DNS record %s removed at %s", host, client.target.server)
         try:
@@ -135,9 +140,15 @@ class RouteRecords:
         if zone is None or client is None:
             return None
         try:
-            await client.remove_route(host, self._wanted(host, zone))
-        except DnsUpdateFailed as exc:
+            await client.remove_route(host, self._written(host, zone))
+            await self._store.off_loop(self._store.zone_dns.forget, host)
+        except StoreError as exc:  # DnsUpdateFailed, or the store busy
             log.warning("the DNS record of %s stays: %s", host, exc)
             return f"its DNS record stays: {exc}"
         log.info("DNS record %s removed at %s", host, client.target.server)
         return None
+
+    def _written(self, host: str, zone: str) -> dict[str, tuple[str, ...]]:
+        """What the route's record was made of (what the edge publishes now, for a route made
+        before records were kept)."""
+        return self._store.zone_dns.records(host) or self._wanted(host, zone)

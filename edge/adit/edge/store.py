@@ -99,7 +99,7 @@ from adit.edge.tunnel_configs import TABLES as TUNNEL_CONFIGS_TABLES
 from adit.edge.tunnel_configs import TunnelConfigs
 from adit.edge.zone_dns import SCHEMA as ZONE_DNS_SCHEMA
 from adit.edge.zone_dns import TABLES as ZONE_DNS_TABLES
-from adit.edge.zone_dns import ZoneDnsTargets
+from adit.edge.zone_dns import Records, ZoneDnsTargets, forget_records, remember_records
 from adit.protocol.cidr import IPAddress
 from adit.protocol.hostnames import (
     InvalidHostname,
@@ -746,14 +746,23 @@ class Store:
     # -- hostname routes ------------------------------------------------------------------
 
     def route_hostname(
-        self, account_tag: str, tunnel_id: uuid.UUID, hostname: str, *, overwrite: bool = False
+        self,
+        account_tag: str,
+        tunnel_id: uuid.UUID,
+        hostname: str,
+        *,
+        overwrite: bool = False,
+        dns_records: Records | None = None,
     ) -> RouteResult:
         """Route ``hostname`` (``*.example.com`` allowed) to one of the account's tunnels; it
-        must lie in one of the account's zones (:class:`HostnameOutsideZones`)."""
+        must lie in one of the account's zones (:class:`HostnameOutsideZones`). With
+        ``dns_records``, the records its zone's server holds for it are kept with the route."""
         host = check_route_name(hostname)
         with self._db.write() as db:
-            self._route_zone(db, account_tag, tunnel_id, host)
+            zone = self._route_zone(db, account_tag, tunnel_id, host)
             change = self._put_route(db, account_tag, tunnel_id, host, overwrite)
+            if dns_records:
+                remember_records(db, host, zone, dns_records)
         if change is not RouteChange.UNCHANGED:
             self._routes.changed()
         return RouteResult(host, change)
@@ -781,6 +790,7 @@ class Store:
             if not dropped.rowcount:
                 raise HostnameNotRouted(f"{host} does not route to tunnel {tunnel_id}")
             db.execute(_BUMP_ROUTES)
+            forget_records(db, host)  # the caller removed them from the server first
         self._routes.changed()
         return host
 
