@@ -7,6 +7,7 @@ import asyncio
 import base64
 import json
 import re
+import sqlite3
 import ssl
 import urllib.request
 from collections.abc import Iterator
@@ -18,7 +19,7 @@ import bind
 from adit.edge.dns01 import remove_challenge, set_challenge
 from adit.edge.dns_update import DnsTarget
 from adit.edge.route_dns import PublishedEdge, RouteRecords
-from adit.edge.store import Store
+from adit.edge.store import Store, StoreBusy
 from harness import Account, Edge, Processes, login, run_cli, start_edge
 
 pytestmark = [
@@ -293,5 +294,35 @@ def test_removal_takes_what_was_written_after_the_public_name_changed(
             assert store.zone_dns.records(f"b.{ZONE}") is None
 
         asyncio.run(scenario())
+    finally:
+        store.close()
+
+
+def test_a_route_the_store_could_not_write_takes_its_new_record_back(
+    named: bind.Bind, tmp_path: Path
+) -> None:
+    store = Store.open_in(tmp_path / "state", write_timeout=0.3)
+    try:
+        account = store.create_account("acme")
+        store.add_zone(account.tag, ZONE)
+        store.zone_dns.set(
+            ZONE,
+            DnsTarget(
+                "127.0.0.1", named.port, bind.KEY_NAME, tsig_secret=base64.b64decode(named.secret)
+            ),
+        )
+        tunnel = store.create_tunnel(account.tag, "web")
+        records = RouteRecords(store, PublishedEdge(PUBLIC_NAME))
+        # Another process (an admin command, a second edge) holds the store's write lock.
+        other = sqlite3.connect(tmp_path / "state" / "adit-edge.sqlite3", isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        try:
+            with pytest.raises(StoreBusy):
+                asyncio.run(records.route(account.tag, tunnel.id, f"app.{ZONE}", overwrite=False))
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+        assert named.dig(f"app.{ZONE}", "CNAME") == []
+        assert store.routes(account.tag) == []
     finally:
         store.close()
