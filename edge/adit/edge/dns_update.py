@@ -2,7 +2,8 @@
 
 What a route's record is (:func:`wanted_records`), what to send to get there from what the
 server holds (:func:`plan_update`, pure: rdata texts in, an update message out) and the I/O
-(:class:`DnsClient`: TCP, one bounded timeout a message) are kept apart, so the decisions are
+(:class:`DnsClient`: TCP, a bounded timeout a message and a budget for all of one operation's
+messages) are kept apart, so the decisions are
 tested without a server and the server is only asked what it must be asked.
 
 Safety (RFC 2136 §2.4, §3.2): every update that creates or replaces a record carries
@@ -23,6 +24,7 @@ import binascii
 import enum
 import ipaddress
 import re
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -43,6 +45,7 @@ from adit.edge.errors import DnsRecordConflict, DnsUpdateFailed
 __all__ = [
     "ACME_CHALLENGE_TTL",
     "DEFAULT_TSIG_ALGORITHM",
+    "DNS_BUDGET",
     "DNS_TIMEOUT",
     "RECORD_TTL",
     "TSIG_ALGORITHMS",
@@ -56,8 +59,11 @@ __all__ = [
     "wanted_records",
 ]
 
-#: Seconds one message (query or update) may take; a route command makes at most five.
+#: Seconds one message (query or update) may take...
 DNS_TIMEOUT = 5.0
+#: ...and all the messages of one client (one route command: up to six), well inside the CLI's
+#: 15 s wait for the API, so the user reads the server's failure, not a timed-out request.
+DNS_BUDGET = 10.0
 #: TTL of a route's record: Cloudflare's "auto" TTL.
 RECORD_TTL = 300
 #: TTL of a DNS-01 TXT record: short, it lives for one validation (RFC 8555 §8.4).
@@ -273,10 +279,19 @@ _QUERY_HINTS = {
 class DnsClient:
     """Queries and updates one zone at its target server."""
 
-    def __init__(self, target: DnsTarget, zone: str, *, timeout: float = DNS_TIMEOUT) -> None:
+    def __init__(
+        self,
+        target: DnsTarget,
+        zone: str,
+        *,
+        timeout: float = DNS_TIMEOUT,
+        budget: float = DNS_BUDGET,
+    ) -> None:
         self.target = target
         self.zone = _absolute(zone)
         self.timeout = timeout
+        self.budget = budget
+        self._deadline: float | None = None  # set by the first message
 
     def _sign(self, message: dns.message.Message) -> None:
         # A key object per message: tsig.Key's repr prints the secret, so none is kept.
@@ -288,14 +303,18 @@ class DnsClient:
     async def _exchange(self, message: dns.message.Message, what: str) -> dns.message.Message:
         self._sign(message)
         where = f"DNS server {self.target.server} (zone {self.zone.rstrip('.')})"
+        now = time.monotonic()
+        if self._deadline is None:
+            self._deadline = now + self.budget
+        timeout = min(self.timeout, self._deadline - now)
+        if timeout <= 0:
+            raise DnsUpdateFailed(f"{where} did not finish its answers within {self.budget:g}s")
         try:
             reply = await dns.asyncquery.tcp(
-                message, self.target.host, timeout=self.timeout, port=self.target.port
+                message, self.target.host, timeout=timeout, port=self.target.port
             )
         except dns.exception.Timeout:
-            raise DnsUpdateFailed(
-                f"{where} did not answer {what} within {self.timeout:g}s"
-            ) from None
+            raise DnsUpdateFailed(f"{where} did not answer {what} within {timeout:g}s") from None
         except dns.tsig.PeerError as exc:
             reason = next((r for k, r in _TSIG_ERRORS.items() if isinstance(exc, k)), "TSIG error")
             raise DnsUpdateFailed(f"{where} refused {what}: {reason}") from None

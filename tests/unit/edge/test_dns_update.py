@@ -136,3 +136,10 @@ def test_a_silent_server_times_out_with_its_address() -> None:
         client = DnsClient(target, ZONE, timeout=0.5)
         with pytest.raises(DnsUpdateFailed, match=rf"127\.0\.0\.1:{port}.*did not answer.*0\.5s"):
             asyncio.run(client.records("app.example.com"))
+        # One operation's messages share a budget: the first one here gets all of it, and a
+        # second could not start.
+        client = DnsClient(target, ZONE, timeout=5, budget=0.3)
+        with pytest.raises(DnsUpdateFailed, match=r"did not answer .* within 0\.3s"):
+            asyncio.run(client.records("app.example.com"))
+        with pytest.raises(DnsUpdateFailed, match=r"did not finish its answers within 0\.3s"):
+            asyncio.run(client.records("app.example.com"))
