@@ -232,6 +232,17 @@ def test_zone_dns_flags_refuse_bad_input(dns_edge: Edge, named: bind.Bind, tmp_p
     assert not re.search(r"Traceback", out)
 
 
+def test_edge_refuses_a_bad_public_name_or_address(tmp_path: Path) -> None:
+    for flag, value in (("--public-address", "edge.example.net"), ("--public-name", "a b")):
+        result = run_cli(
+            ["edge", "--state-dir", str(tmp_path / "state"), flag, value],
+            home=tmp_path,
+            check=False,
+        )
+        assert result.returncode == 255  # adit's usage errors, as cloudflared's
+        assert f"Invalid value for {flag}" in result.stderr and "Traceback" not in result.stderr
+
+
 def test_dns01_seam_sets_and_removes_txt(named: bind.Bind, tmp_path: Path) -> None:
     store = Store.open_in(tmp_path / "state")
     try:
