@@ -495,8 +495,8 @@ class ManagementApi:
         return self._ok(answer)
 
     async def _unroute(self, account: str, tunnel_id: uuid.UUID, body: bytes) -> Response:
-        """adit's ``DELETE`` of a hostname route (same body as the ``PUT``): the route, then
-        its DNS record."""
+        """adit's ``DELETE`` of a hostname route (same body as the ``PUT``): its DNS record,
+        then the route (:meth:`RouteRecords.unroute`)."""
         req = json_object(body)
         if req.get("type", "dns") != "dns":
             raise ApiError(400, BAD_REQUEST, f"unknown route type {req.get('type')!r}")
