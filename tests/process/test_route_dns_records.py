@@ -136,6 +136,20 @@ def test_route_dns_creates_overwrites_and_removes_records(
     assert named.secret not in log
 
 
+def test_zone_remove_removes_its_routes_records(
+    dns_edge: Edge, named: bind.Bind, tmp_path: Path
+) -> None:
+    account = login(dns_edge, tmp_path / "home", zones=(ZONE,))
+    _zone_dns(dns_edge, account, named, named.key_file(tmp_path / "adit.key"))
+    account.cli("tunnel", "create", "web")
+    _route(account, "web", f"app.{ZONE}")
+    assert named.dig(f"app.{ZONE}", "CNAME") == [f"{PUBLIC_NAME}."]
+    out = _admin(dns_edge, account.home, "zone", "remove", ZONE)
+    assert f"zone {ZONE} removed with 1 route" in out
+    assert named.dig(f"app.{ZONE}", "CNAME") == []
+    assert named.dig(f"taken.{ZONE}", "A") == ["192.0.2.99"]
+
+
 def test_dns_failures_leave_no_route_and_name_the_server(
     dns_edge: Edge, named: bind.Bind, tmp_path: Path
 ) -> None:

@@ -234,10 +234,33 @@ def zone_dns(
 @click.argument("name")
 @_state_dir_option
 def zone_remove(name: str, state_dir: str) -> None:
-    """Take zone NAME from its account, with the routes inside it (as a DNS zone's records)."""
+    """Take zone NAME from its account, with the routes inside it (as a DNS zone's records).
+
+    When the zone has a DNS server (zone dns), the records adit wrote there for those routes
+    are removed too; one the server refuses to remove is named, and the zone is gone anyway.
+    """
     with _opened(state_dir) as store:
+        target = store.zone_dns.target(name)
+        written = store.zone_dns.zone_records(name)
         dropped = store.remove_zone(name)
+        still = {
+            host for tag in {a.tag for a in store.list_accounts()} for host, _ in store.routes(tag)
+        }
     click.echo(f"zone {name} removed with {dropped} route{'' if dropped == 1 else 's'}")
+    if target is None:
+        return
+    client = DnsClient(target, name)
+    failures = []
+    for host, records in written.items():
+        if host in still:
+            continue
+        try:
+            asyncio.run(client.remove_route(host, records))
+        except DnsUpdateFailed as exc:
+            failures.append(f"the DNS record of {host} stays: {exc}")
+        client = DnsClient(target, name)  # each removal its own time budget
+    if failures:
+        raise click.ClickException("; ".join(failures))
 
 
 @click.group("token")

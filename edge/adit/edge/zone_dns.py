@@ -62,6 +62,11 @@ def forget_records(db: sqlite3.Connection, hostname: str) -> None:
     db.execute("DELETE FROM route_dns_records WHERE hostname = ?", (hostname,))
 
 
+def _decoded(text: str) -> Records:
+    stored = json.loads(text)
+    return {str(t): tuple(str(v) for v in values) for t, values in stored.items()}
+
+
 class ZoneDnsTargets:
     """Read and write zones' targets (reached as ``Store.zone_dns``)."""
 
@@ -119,10 +124,15 @@ class ZoneDnsTargets:
         row = self._db.read(
             "SELECT records FROM route_dns_records WHERE hostname = ?", (hostname,)
         ).fetchone()
-        if row is None:
-            return None
-        stored = json.loads(row[0])
-        return {str(t): tuple(str(v) for v in values) for t, values in stored.items()}
+        return None if row is None else _decoded(row[0])
+
+    def zone_records(self, zone: str) -> dict[str, Records]:
+        """Every record adit wrote in ``zone``'s server, by hostname."""
+        rows = self._db.read(
+            "SELECT hostname, records FROM route_dns_records WHERE zone = ? ORDER BY hostname",
+            (normalize_hostname(zone),),
+        )
+        return {host: _decoded(text) for host, text in rows}
 
     def forget(self, hostname: str) -> None:
         """``hostname``'s records are gone from its server (a write)."""
