@@ -91,9 +91,9 @@ class RouteRecords:
             )
         except BaseException:
             if client is not None and record is RecordChange.NEW:
-                # Take back the record this call made: no record without a route either.
+                # Take back the record this call made (with a time budget of its own).
                 with contextlib.suppress(DnsUpdateFailed):
-                    await client.remove_route(host, wanted)
+                    await DnsClient(client.target, zone).remove_route(host, wanted)
             raise
         if result.change is RouteChange.UNCHANGED and record is not RecordChange.UNCHANGED:
             # The route was there, its record was not (made before the zone had a target).
@@ -118,10 +118,10 @@ class RouteRecords:
                 self._store.unroute_hostname, account_tag, tunnel_id, host
             )
         except BaseException:
-            if client is not None:
-                # The route stays: so does its record.
+            if zone is not None and client is not None:
+                # The route stays: so does its record (with a time budget of its own).
                 with contextlib.suppress(DnsUpdateFailed):
-                    await client.put_route(host, wanted, overwrite=False)
+                    await DnsClient(client.target, zone).put_route(host, wanted, overwrite=False)
             raise
 
     async def forget(self, hostnames: list[str]) -> list[str]:
