@@ -323,7 +323,7 @@ def test_removal_takes_what_was_written_after_the_public_name_changed(
         store.close()
 
 
-def test_a_route_the_store_could_not_write_takes_its_new_record_back(
+def test_a_route_the_store_could_not_write_or_drop_keeps_dns_as_it_was(
     named: bind.Bind, tmp_path: Path
 ) -> None:
     store = Store.open_in(tmp_path / "state", write_timeout=0.3)
@@ -349,5 +349,18 @@ def test_a_route_the_store_could_not_write_takes_its_new_record_back(
             other.close()
         assert named.dig(f"app.{ZONE}", "CNAME") == []
         assert store.routes(account.tag) == []
+
+        # The same for a route's removal: its record comes back when the route stays.
+        asyncio.run(records.route(account.tag, tunnel.id, f"app.{ZONE}", overwrite=False))
+        other = sqlite3.connect(tmp_path / "state" / "adit-edge.sqlite3", isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        try:
+            with pytest.raises(StoreBusy):
+                asyncio.run(records.unroute(account.tag, tunnel.id, f"app.{ZONE}"))
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+        assert [h for h, _ in store.routes(account.tag)] == [f"app.{ZONE}"]
+        assert named.dig(f"app.{ZONE}", "CNAME") == [f"{PUBLIC_NAME}."]
     finally:
         store.close()
