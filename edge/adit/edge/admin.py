@@ -8,6 +8,7 @@ changes by itself (its route watcher), and they never block its requests.
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import shlex
 from collections.abc import Iterator
@@ -17,8 +18,19 @@ from pathlib import Path
 import click
 
 from adit.edge.ca import EdgeCA
+from adit.edge.dns_update import (
+    DEFAULT_TSIG_ALGORITHM,
+    TSIG_ALGORITHMS,
+    DnsClient,
+    DnsTarget,
+    check_tsig_name,
+    parse_server,
+    parse_tsig_secret,
+)
+from adit.edge.errors import DnsUpdateFailed
 from adit.edge.flag_checks import check_state_dir
 from adit.edge.store import Store, StoreError
+from adit.protocol.hostnames import normalize_hostname
 
 __all__ = ["ADMIN_COMMANDS", "DEFAULT_STATE_DIR"]
 
@@ -110,17 +122,145 @@ def zone_list(account_tag: str | None, state_dir: str) -> None:
     """List zones: name, account tag, creation time."""
     with _opened(state_dir) as store:
         for zone in store.zones(account_tag):
-            click.echo(f"{zone.name} {zone.account_tag} {_when(zone.created_at)}")
+            target = store.zone_dns.target(zone.name)
+            dns = "" if target is None else f" dns={target.server} key={target.tsig_name}"
+            click.echo(f"{zone.name} {zone.account_tag} {_when(zone.created_at)}{dns}")
+
+
+@zone_group.command("dns")
+@click.argument("name")
+@click.option(
+    "--server",
+    default=None,
+    help="The zone's primary server for RFC 2136 updates: IP:PORT (port 53 by default).",
+)
+@click.option("--tsig-name", default=None, help="TSIG key name (default: the key file's).")
+@click.option(
+    "--tsig-algorithm",
+    type=click.Choice(TSIG_ALGORITHMS),
+    default=None,
+    help=f"TSIG algorithm (default: the key file's, else {DEFAULT_TSIG_ALGORITHM}).",
+)
+@click.option(
+    "--tsig-secret-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="File with the TSIG secret: tsig-keygen's key clause, or the base64 secret alone.",
+)
+@click.option("--clear", is_flag=True, help="Stop updating the zone's DNS server.")
+@click.option(
+    "--no-check",
+    is_flag=True,
+    help="Save without asking the server for the zone's SOA with the key first.",
+)
+@_state_dir_option
+def zone_dns(
+    name: str,
+    server: str | None,
+    tsig_name: str | None,
+    tsig_algorithm: str | None,
+    tsig_secret_file: Path | None,
+    clear: bool,
+    no_check: bool,
+    state_dir: str,
+) -> None:
+    """Have route dns write zone NAME's records in its DNS server (RFC 2136 with TSIG).
+
+    With a server set, adit tunnel route dns adds a CNAME to the edge's --public-name (A/AAAA
+    of its --public-address at the zone's apex) before it stores the route, and deleting the
+    route or its tunnel removes the record. The server must allow the key to update the zone
+    (BIND: update-policy { grant KEY zonesub ANY; };). The secret is kept in the edge's store
+    (mode 0600) and never printed.
+    """
+    if clear:
+        if server or tsig_name or tsig_algorithm or tsig_secret_file:
+            raise click.UsageError("--clear takes no other option")
+        with _opened(state_dir) as store:
+            had = store.zone_dns.clear(name)
+        click.echo(f"zone {name}: {'DNS server cleared' if had else 'had no DNS server'}")
+        return
+    if server is None or tsig_secret_file is None:
+        raise click.UsageError("give --server and --tsig-secret-file (or --clear)")
+    try:
+        host, port = parse_server(server)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--server") from None
+    try:
+        text = tsig_secret_file.read_text(encoding="utf-8")
+    except (OSError, UnicodeError) as exc:
+        raise click.BadParameter(
+            f"cannot read {tsig_secret_file}: {getattr(exc, 'strerror', None) or exc}",
+            param_hint="--tsig-secret-file",
+        ) from None
+    try:
+        secret, file_name, file_algorithm = parse_tsig_secret(text)
+    except ValueError as exc:
+        raise click.BadParameter(
+            f"{tsig_secret_file}: {exc}", param_hint="--tsig-secret-file"
+        ) from None
+    key_name = tsig_name or file_name
+    if not key_name:
+        raise click.UsageError("give --tsig-name (the key file names no key)")
+    try:
+        key_name = check_tsig_name(key_name)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--tsig-name") from None
+    algorithm = tsig_algorithm or file_algorithm or DEFAULT_TSIG_ALGORITHM
+    if algorithm not in TSIG_ALGORITHMS:
+        raise click.BadParameter(
+            f"{tsig_secret_file} names algorithm {algorithm}, not one of "
+            f"{', '.join(TSIG_ALGORITHMS)}",
+            param_hint="--tsig-secret-file",
+        )
+    target = DnsTarget(host, port, key_name, algorithm, secret)
+    with _opened(state_dir) as store:
+        if store.zone_dns.zone_holding(name) != normalize_hostname(name):
+            raise click.ClickException(f"no zone {normalize_hostname(name)} (adit edge zone add)")
+    if not no_check:
+        try:
+            asyncio.run(DnsClient(target, name).check_zone())
+        except DnsUpdateFailed as exc:
+            raise click.ClickException(
+                f"{exc}; nothing was saved (--no-check saves it anyway)"
+            ) from None
+    with _opened(state_dir) as store:
+        store.zone_dns.set(name, target)
+    click.echo(
+        f"zone {name}: DNS updates to {target.server} with TSIG key {key_name} ({algorithm})"
+    )
 
 
 @zone_group.command("remove")
 @click.argument("name")
 @_state_dir_option
 def zone_remove(name: str, state_dir: str) -> None:
-    """Take zone NAME from its account, with the routes inside it (as a DNS zone's records)."""
+    """Take zone NAME from its account, with the routes inside it (as a DNS zone's records).
+
+    When the zone has a DNS server (zone dns), the records adit wrote there for those routes
+    are removed too; one the server refuses to remove is named, and the zone is gone anyway.
+    """
     with _opened(state_dir) as store:
+        target = store.zone_dns.target(name)
+        written = store.zone_dns.zone_records(name)
         dropped = store.remove_zone(name)
+        still = {
+            host for tag in {a.tag for a in store.list_accounts()} for host, _ in store.routes(tag)
+        }
     click.echo(f"zone {name} removed with {dropped} route{'' if dropped == 1 else 's'}")
+    if target is None:
+        return
+    client = DnsClient(target, name)
+    failures = []
+    for host, records in written.items():
+        if host in still:
+            continue
+        try:
+            asyncio.run(client.remove_route(host, records))
+        except DnsUpdateFailed as exc:
+            failures.append(f"the DNS record of {host} stays: {exc}")
+        client = DnsClient(target, name)  # each removal its own time budget
+    if failures:
+        raise click.ClickException("; ".join(failures))
 
 
 @click.group("token")

@@ -40,11 +40,14 @@ from adit.edge.api_request import (
     parse_uuid,
 )
 from adit.edge.api_teamnet import TeamnetApi
+from adit.edge.errors import DnsUpdateFailed
 from adit.edge.management_token import RESOURCES, ManagementSigner
 from adit.edge.registry import ConnectionRegistry
+from adit.edge.route_dns import PublishedEdge, RouteRecords
 from adit.edge.store import (
     AccountNotFound,
     HostnameConflict,
+    HostnameNotRouted,
     HostnameOutsideZones,
     HostnameRefused,
     HostnameTaken,
@@ -107,6 +110,9 @@ _STORE_ERRORS: dict[type[StoreError], tuple[int, int]] = {
     HostnameConflict: (409, _ROUTE_CONFLICT),
     HostnameTaken: (409, _ROUTE_CONFLICT),
     HostnameRefused: (400, _DNS_VALIDATION),
+    HostnameNotRouted: (404, NOT_FOUND),
+    # adit's choice: the zone's DNS server (RFC 2136) failed or refused; the message says which.
+    DnsUpdateFailed: (502, _UNAVAILABLE),
     HostnameOutsideZones: (403, _NO_ZONE_ACCESS),
     TunnelHasRoutes: (400, _HAS_DEPENDENCIES),
     NetworkRefused: (400, BAD_REQUEST),
@@ -151,11 +157,14 @@ class ManagementApi:
         *,
         management_signer: ManagementSigner | None = None,
         certificate_status: Callable[[str], dict[str, Any]] | None = None,
+        published: PublishedEdge | None = None,
     ) -> None:
         self._store = store
         #: A hostname's public certificate status (:mod:`adit.edge.certificates`); None: the
         #: edge has no HTTPS listener with ACME or certificate files.
         self._certificate_status = certificate_status
+        #: Routes with their DNS records in the zones' servers (:mod:`adit.edge.route_dns`).
+        self._records = RouteRecords(store, published or PublishedEdge())
         self._registry = registry
         self._edge = edge_info
         #: Signs ``tail``'s management tokens (None: this API issues none).
@@ -231,8 +240,11 @@ class ManagementApi:
         ):
             # The account is the zone (cert.pem's zoneID is the account tag).
             self._same_account(account, segments[1])
-            self._allow(method, "PUT")
-            return await self._route(account, parse_uuid(segments[3], "tunnel ID"), body)
+            self._allow(method, "PUT", "DELETE")
+            tunnel_id = parse_uuid(segments[3], "tunnel ID")
+            if method == "DELETE":
+                return await self._unroute(account, tunnel_id, body)
+            return await self._route(account, tunnel_id, body)
         raise ApiError(
             404,
             _NOT_ROUTABLE,
@@ -420,6 +432,7 @@ class ManagementApi:
                     f"`adit tunnel delete -f {shlex.quote(tunnel.name)}`",
                 )
             self._registry.disconnect(tunnel.id)
+        hostnames = self._store.tunnel_hostnames(account, tunnel.id)
         try:
             deleted = await self._store.off_loop(
                 self._store.delete_tunnel, account, tunnel.id, cascade=cascade
@@ -429,6 +442,8 @@ class ManagementApi:
         except TunnelDeleted as exc:
             raise ApiError(400, NOT_FOUND, str(exc)) from None
         self._registry.revalidate(tunnel.id)  # one that registered meanwhile goes too
+        # The tunnel is gone whatever the DNS servers say; a record left behind is logged.
+        await self._records.forget(hostnames)
         return self._ok(self._tunnel_json(deleted))
 
     async def _rotate(self, account: str, tunnel_id: uuid.UUID, body: bytes) -> Response:
@@ -483,9 +498,25 @@ class ManagementApi:
             raise ApiError(400, BAD_REQUEST, f"{hostname} is not a valid hostname")
         overwrite = req.get("overwrite_existing") is True
         try:
-            result = await self._store.off_loop(
-                self._store.route_hostname, account, tunnel_id, hostname, overwrite=overwrite
+            result, record_types = await self._records.route(
+                account, tunnel_id, hostname, overwrite=overwrite
             )
         except TunnelNotFound:
             raise ApiError(404, NOT_FOUND, f"Tunnel {tunnel_id} not found") from None
-        return self._ok({"cname": str(result.change), "name": result.hostname})
+        answer: dict[str, object] = {"cname": str(result.change), "name": result.hostname}
+        if record_types:
+            # adit's: the DNS record types written in the zone's server (A/AAAA at an apex).
+            answer["record_types"] = list(record_types)
+        return self._ok(answer)
+
+    async def _unroute(self, account: str, tunnel_id: uuid.UUID, body: bytes) -> Response:
+        """adit's ``DELETE`` of a hostname route (same body as the ``PUT``): its DNS record,
+        then the route (:meth:`RouteRecords.unroute`)."""
+        req = json_object(body)
+        if req.get("type", "dns") != "dns":
+            raise ApiError(400, BAD_REQUEST, f"unknown route type {req.get('type')!r}")
+        hostname = req.get("user_hostname")
+        if not isinstance(hostname, str):
+            raise ApiError(400, BAD_REQUEST, f"{hostname} is not a valid hostname")
+        host = await self._records.unroute(account, tunnel_id, hostname)
+        return self._ok({"name": host, "deleted": True})

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -14,6 +15,9 @@ from adit.edge.cert_admin import cert_group
 from adit.edge.flag_checks import DIAL_ADDRESS, LISTEN_ADDRESS, check_state_dir
 from adit.edge.limits import Limits
 from adit.edge.private_flows import FlowLimits
+
+if TYPE_CHECKING:
+    from adit.edge.route_dns import PublishedEdge
 
 
 class _Seconds(click.ParamType[float, "str | float"]):
@@ -247,6 +251,21 @@ SECONDS = Seconds()
     default=None,
     help="Serve Prometheus /metrics here (certificate expiry, ACME failures); off by default.",
 )
+@click.option(
+    "--public-name",
+    envvar="ADIT_EDGE_PUBLIC_NAME",
+    default="",
+    help="The edge's public DNS name: the CNAME target of route dns records in zones with a "
+    "DNS server (adit edge zone dns). Env: ADIT_EDGE_PUBLIC_NAME.",
+)
+@click.option(
+    "--public-address",
+    "public_addresses",
+    envvar="ADIT_EDGE_PUBLIC_ADDRESS",
+    multiple=True,
+    help="A public IP address of the edge: the A/AAAA records of a route at a zone's apex. "
+    "Repeatable. Env: ADIT_EDGE_PUBLIC_ADDRESS (space-separated).",
+)
 @click.option("--exit-with-pid", type=int, default=None, hidden=True)
 @click.option("--ephemeral", is_flag=True, hidden=True, help="Delete the state dir on exit.")
 @click.option(
@@ -398,6 +417,8 @@ def edge(
     acme_challenges: str,
     certificate_dir: Path | None,
     metrics_listen: str | None,
+    public_name: str,
+    public_addresses: tuple[str, ...],
 ) -> None:
     """Run the self-hosted edge (or administer it with a subcommand)."""
     if ctx.invoked_subcommand is not None:
@@ -430,7 +451,9 @@ def edge(
         management_hostname = check_hostname(management_hostname)
     except InvalidHostname as exc:
         raise click.BadParameter(str(exc), param_hint="--management-hostname") from None
+    published = _published(public_name, public_addresses)
     settings = EdgeSettings(
+        published=published,
         state_dir=state_dir,
         tunnel_listen=tunnel_listen,
         http_listen=http_listen,
@@ -479,6 +502,29 @@ def edge(
     except KeyboardInterrupt:
         code = 0
     sys.exit(code)
+
+
+def _published(name: str, addresses: tuple[str, ...]) -> PublishedEdge:
+    """--public-name and --public-address, checked (a usage error names the flag)."""
+    import ipaddress
+
+    from adit.edge.route_dns import PublishedEdge
+    from adit.protocol.hostnames import InvalidHostname, check_hostname
+
+    if name:
+        try:
+            name = check_hostname(name)
+        except InvalidHostname as exc:
+            raise click.BadParameter(str(exc), param_hint="--public-name") from None
+    checked = []
+    for address in addresses:
+        try:
+            checked.append(str(ipaddress.ip_address(address.strip("[]"))))
+        except ValueError:
+            raise click.BadParameter(
+                f"{address!r} is not an IP address", param_hint="--public-address"
+            ) from None
+    return PublishedEdge(name, tuple(checked))
 
 
 for _command in ADMIN_COMMANDS:

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 __all__ = [
     "AccountNotFound",
+    "DnsRecordConflict",
+    "DnsUpdateFailed",
     "HostnameConflict",
+    "HostnameNotRouted",
     "HostnameOutsideZones",
     "HostnameRefused",
     "HostnameTaken",
@@ -69,6 +72,20 @@ class WeakSecret(StoreError):
 
 class HostnameConflict(StoreError):
     """The hostname routes to another tunnel of the account and overwrite was not asked."""
+
+
+class DnsRecordConflict(HostnameConflict):
+    """The zone's DNS server holds another record at the route's name (or refused an update's
+    prerequisites), and overwrite was not asked or could not help."""
+
+
+class DnsUpdateFailed(StoreError):
+    """The zone's DNS server could not be reached, or refused a query or update (TSIG,
+    policy, timeout); the message names the server and its reason, never the key's secret."""
+
+
+class HostnameNotRouted(StoreError):
+    """The hostname does not route to that tunnel of the account."""
 
 
 class HostnameTaken(StoreError):

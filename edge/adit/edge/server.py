@@ -42,6 +42,7 @@ from adit.edge.private_flows import FlowLimits, PrivateFlows, flow_path
 from adit.edge.public import PublicListener
 from adit.edge.quic_listener import QuicListener, QuicTunnelSession, edge_quic_configuration
 from adit.edge.registry import ConnectionRegistry
+from adit.edge.route_dns import PublishedEdge
 from adit.edge.store import Store, StoreError
 from adit.edge.tls_gate import Admission, DialRates, GatedListener
 from adit.edge.tunnel_session import EdgeIdentity, TunnelSession
@@ -119,6 +120,9 @@ class EdgeSettings:
     certificate_dir: Path | None = None
     #: ``--metrics``: where ``/metrics`` (certificate expiry, ACME failures) is served.
     metrics_listen: str | None = None
+    #: The edge's public name (routes' CNAME target) and addresses (zone apexes' A/AAAA), for
+    #: zones whose DNS server the edge updates.
+    published: PublishedEdge = field(default_factory=PublishedEdge)
 
     @property
     def tunnel_liveness(self) -> LivenessSettings:
@@ -259,6 +263,7 @@ class EdgeServer:
             certificate_status=(
                 self.certificates.status if self.certificates is not None else None
             ),
+            published=self.settings.published,
         )
         management = ManagementGate(
             self.settings.management_hostname, self.management_signer, self.registry

@@ -48,6 +48,7 @@ from adit.edge.database import encode_time as _ts
 from adit.edge.errors import (
     AccountNotFound,
     HostnameConflict,
+    HostnameNotRouted,
     HostnameOutsideZones,
     HostnameRefused,
     HostnameTaken,
@@ -96,6 +97,9 @@ from adit.edge.route_table import ROUTES_COUNTER, LiveRoutes, Route, RouteTable
 from adit.edge.tunnel_configs import SCHEMA as TUNNEL_CONFIGS_SCHEMA
 from adit.edge.tunnel_configs import TABLES as TUNNEL_CONFIGS_TABLES
 from adit.edge.tunnel_configs import TunnelConfigs
+from adit.edge.zone_dns import SCHEMA as ZONE_DNS_SCHEMA
+from adit.edge.zone_dns import TABLES as ZONE_DNS_TABLES
+from adit.edge.zone_dns import Records, ZoneDnsTargets, forget_records, remember_records
 from adit.protocol.cidr import IPAddress
 from adit.protocol.hostnames import (
     InvalidHostname,
@@ -109,6 +113,7 @@ __all__ = [
     "Account",
     "AccountNotFound",
     "HostnameConflict",
+    "HostnameNotRouted",
     "HostnameOutsideZones",
     "HostnameRefused",
     "HostnameTaken",
@@ -199,11 +204,13 @@ _SCHEMA = (
     f"INSERT OR IGNORE INTO counters (name, value) VALUES ('{ROUTES_COUNTER}', 0)",  # noqa: S608 (a constant)
     *PRIVATE_NETWORKS_SCHEMA,
     *TUNNEL_CONFIGS_SCHEMA,
+    *ZONE_DNS_SCHEMA,
 )
 _TABLES = frozenset(
     {"accounts", "api_tokens", "tunnels", "secret_rotations", "routes", "zones", "counters"}
     | PRIVATE_NETWORKS_TABLES
     | TUNNEL_CONFIGS_TABLES
+    | ZONE_DNS_TABLES
 )
 _COUNTERS = (ROUTES_COUNTER, PRIVATE_ROUTES_COUNTER)
 _BUMP_ROUTES = f"UPDATE counters SET value = value + 1 WHERE name = '{ROUTES_COUNTER}'"  # noqa: S608
@@ -314,6 +321,8 @@ class Store:
         self.private = PrivateNetworks(self._db, clock, self._private_routes)
         #: Remotely managed configurations (:class:`~adit.edge.tunnel_configs.TunnelConfigs`).
         self.configs = TunnelConfigs(self._db, clock)
+        #: Zones' RFC 2136 targets (:class:`~adit.edge.zone_dns.ZoneDnsTargets`).
+        self.zone_dns = ZoneDnsTargets(self._db)
 
     @classmethod
     def open_in(
@@ -737,31 +746,78 @@ class Store:
     # -- hostname routes ------------------------------------------------------------------
 
     def route_hostname(
-        self, account_tag: str, tunnel_id: uuid.UUID, hostname: str, *, overwrite: bool = False
+        self,
+        account_tag: str,
+        tunnel_id: uuid.UUID,
+        hostname: str,
+        *,
+        overwrite: bool = False,
+        dns_records: Records | None = None,
     ) -> RouteResult:
         """Route ``hostname`` (``*.example.com`` allowed) to one of the account's tunnels; it
-        must lie in one of the account's zones (:class:`HostnameOutsideZones`)."""
+        must lie in one of the account's zones (:class:`HostnameOutsideZones`). With
+        ``dns_records``, the records its zone's server holds for it are kept with the route."""
         host = check_route_name(hostname)
         with self._db.write() as db:
-            tunnel = db.execute(
-                "SELECT deleted_at FROM tunnels WHERE id = ? AND account_tag = ?",
-                (str(tunnel_id), account_tag),
-            ).fetchone()
-            if tunnel is None:
-                raise TunnelNotFound(f"tunnel {tunnel_id} not found")
-            if tunnel[0] is not None:
-                raise TunnelDeleted(f"Tunnel {tunnel_id} has already been deleted")
-            zones = [
-                z
-                for (z,) in db.execute(
-                    "SELECT name FROM zones WHERE account_tag = ?", (account_tag,)
-                )
-            ]
-            zone_for_route(host, zones, account_tag)
+            zone = self._route_zone(db, account_tag, tunnel_id, host)
             change = self._put_route(db, account_tag, tunnel_id, host, overwrite)
+            if dns_records:
+                remember_records(db, host, zone, dns_records)
         if change is not RouteChange.UNCHANGED:
             self._routes.changed()
         return RouteResult(host, change)
+
+    def plan_route(
+        self, account_tag: str, tunnel_id: uuid.UUID, hostname: str, *, overwrite: bool = False
+    ) -> tuple[RouteResult, str]:
+        """What :meth:`route_hostname` would do, and the zone holding the name, without
+        writing (a read): the same refusals, raised before a DNS record is made for it."""
+        host = check_route_name(hostname)
+        with self._db.snapshot() as db:
+            zone = self._route_zone(db, account_tag, tunnel_id, host)
+            change = self._route_change(db, account_tag, tunnel_id, host, overwrite)
+        return RouteResult(host, change), zone
+
+    def unroute_hostname(self, account_tag: str, tunnel_id: uuid.UUID, hostname: str) -> str:
+        """Drop the route of ``hostname`` to one of the account's tunnels; the name as stored.
+        :class:`HostnameNotRouted` when it does not route there."""
+        host = check_route_name(hostname)
+        with self._db.write() as db:
+            dropped = db.execute(
+                "DELETE FROM routes WHERE hostname = ? AND account_tag = ? AND tunnel_id = ?",
+                (host, account_tag, str(tunnel_id)),
+            )
+            if not dropped.rowcount:
+                raise HostnameNotRouted(f"{host} does not route to tunnel {tunnel_id}")
+            db.execute(_BUMP_ROUTES)
+            forget_records(db, host)  # the caller removed them from the server first
+        self._routes.changed()
+        return host
+
+    def tunnel_hostnames(self, account_tag: str, tunnel_id: uuid.UUID) -> list[str]:
+        """The hostnames routed to one of the account's tunnels."""
+        rows = self._db.read(
+            "SELECT hostname FROM routes WHERE account_tag = ? AND tunnel_id = ? ORDER BY hostname",
+            (account_tag, str(tunnel_id)),
+        )
+        return [r[0] for r in rows]
+
+    @staticmethod
+    def _route_zone(
+        db: sqlite3.Connection, account_tag: str, tunnel_id: uuid.UUID, host: str
+    ) -> str:
+        tunnel = db.execute(
+            "SELECT deleted_at FROM tunnels WHERE id = ? AND account_tag = ?",
+            (str(tunnel_id), account_tag),
+        ).fetchone()
+        if tunnel is None:
+            raise TunnelNotFound(f"tunnel {tunnel_id} not found")
+        if tunnel[0] is not None:
+            raise TunnelDeleted(f"Tunnel {tunnel_id} has already been deleted")
+        zones = [
+            z for (z,) in db.execute("SELECT name FROM zones WHERE account_tag = ?", (account_tag,))
+        ]
+        return zone_for_route(host, zones, account_tag)
 
     def route_quick_tunnel(self, account_tag: str, tunnel_id: uuid.UUID, label: str) -> str:
         """The edge's own quick tunnel: route ``<label>.localhost`` without a zone. Only the
@@ -783,16 +839,34 @@ class Store:
         host: str,
         overwrite: bool,
     ) -> RouteChange:
-        existing = db.execute(
-            "SELECT account_tag, tunnel_id FROM routes WHERE hostname = ?", (host,)
-        ).fetchone()
-        if existing is None:
+        change = self._route_change(db, account_tag, tunnel_id, host, overwrite)
+        if change is RouteChange.NEW:
             db.execute(
                 "INSERT INTO routes (hostname, account_tag, tunnel_id, created_at)"
                 " VALUES (?, ?, ?, ?)",
                 (host, account_tag, str(tunnel_id), _ts(self._clock())),
             )
             db.execute(_BUMP_ROUTES)
+        elif change is RouteChange.UPDATED:
+            db.execute(
+                "UPDATE routes SET tunnel_id = ?, created_at = ? WHERE hostname = ?",
+                (str(tunnel_id), _ts(self._clock()), host),
+            )
+            db.execute(_BUMP_ROUTES)
+        return change
+
+    @staticmethod
+    def _route_change(
+        db: sqlite3.Connection,
+        account_tag: str,
+        tunnel_id: uuid.UUID,
+        host: str,
+        overwrite: bool,
+    ) -> RouteChange:
+        existing = db.execute(
+            "SELECT account_tag, tunnel_id FROM routes WHERE hostname = ?", (host,)
+        ).fetchone()
+        if existing is None:
             return RouteChange.NEW
         if existing[0] != account_tag:
             raise HostnameTaken(f"{host} is already routed by another account")
@@ -803,11 +877,6 @@ class Store:
                 f"An A, AAAA, or CNAME record with that host already exists: {host}"
                 " routes to another tunnel (use --overwrite-dns to move it)"
             )
-        db.execute(
-            "UPDATE routes SET tunnel_id = ?, created_at = ? WHERE hostname = ?",
-            (str(tunnel_id), _ts(self._clock()), host),
-        )
-        db.execute(_BUMP_ROUTES)
         return RouteChange.UPDATED
 
     def routes(self, account_tag: str) -> list[tuple[str, uuid.UUID]]:

@@ -306,6 +306,12 @@ class ApiClient:
         reply = self._call("PUT", f"/zones/{self.zone_id}/tunnels/{tunnel_id}/routes", body=body)
         return self._object("add route", reply)
 
+    def delete_route_dns(self, tunnel_id: uuid.UUID, hostname: str) -> dict[str, Any]:
+        """adit's ``DELETE /zones/{zone}/tunnels/{id}/routes``: the route and its DNS record."""
+        body = {"type": "dns", "user_hostname": hostname}
+        reply = self._call("DELETE", f"/zones/{self.zone_id}/tunnels/{tunnel_id}/routes", body=body)
+        return self._object("delete route", reply)
+
     # -- private networks (cfapi/ip_route.go, cfapi/virtual_network.go) -------------------
 
     @property

@@ -538,12 +538,18 @@ def route() -> None:
     envvar="TUNNEL_FORCE_PROVISIONING_DNS",
     help="Overwrites existing DNS records with this hostname",
 )
+@click.option(
+    "--delete",
+    is_flag=True,
+    help="Remove the route (and its DNS record, in a zone whose DNS server the edge updates).",
+)
 @_account_options
 @click.argument("args", nargs=-1, metavar="TUNNEL HOSTNAME")
 @click.pass_context
 def route_dns(
     ctx: click.Context,
     overwrite_dns: bool,
+    delete: bool,
     origincert: str | None,
     api_url: str | None,
     args: tuple[str, ...],
@@ -563,13 +569,27 @@ def route_dns(
         raise UsageFailure("The third argument should be the hostname")
     if not valid_hostname(hostname):
         raise CommandFailure(f"{hostname} is not a valid hostname")
+    if delete:
+        try:
+            gone = account.client().delete_route_dns(tunnel_id, hostname)
+        except ApiError as exc:
+            raise _fail("", exc) from exc
+        _log(
+            "INF",
+            f"{gone.get('name') or hostname} no longer routes to this tunnel",
+            tunnelID=str(tunnel_id),
+        )
+        return
     try:
         result = account.client().route_dns(tunnel_id, hostname, overwrite_dns)
     except ApiError as exc:
         raise _fail("", exc) from exc
     name = str(result.get("name") or hostname)
+    types = result.get("record_types")
+    # adit's edge writes A/AAAA records at a zone's apex, where a CNAME cannot be.
+    kind = "/".join(types) + " records" if types and "CNAME" not in types else "CNAME"
     summary = {
-        "new": f"Added CNAME {name} which will route to this tunnel",
+        "new": f"Added {kind} {name} which will route to this tunnel",
         "updated": f"{name} updated to route to your tunnel",
         "unchanged": f"{name} is already configured to route to your tunnel",
     }.get(str(result.get("cname")), f"%!s(MISSING){name}")
