@@ -17,8 +17,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from dataclasses import dataclass
 from random import getrandbits
 
+from adit.edge.h2_public import AlpnSwitch
 from adit.edge.header_policy import is_websocket_upgrade, tunnel_request_headers
 from adit.edge.http1 import (
     BadRequest,
@@ -72,6 +74,16 @@ _MAX_REASON = 2048
 _REASON_WAIT = 2.0
 
 
+@dataclass(frozen=True, slots=True)
+class Opened:
+    """A request's tunnel stream, opened: the hostname it was routed by, whether it is a
+    WebSocket upgrade."""
+
+    stream: RequestStream
+    host: str
+    websocket: bool
+
+
 class ClientGone(StreamClosedError):
     """The visitor went away (or closed its side): nothing more is sent to them."""
 
@@ -123,8 +135,15 @@ class PublicListener:
         # handful of authorities. Bounded; names that are no hostname are never kept.
         self._names: dict[str, tuple[str, str]] = {}
 
-    def protocol(self) -> Http1Connection:
-        """The protocol factory for ``loop.create_server``: one per eyeball connection."""
+    def protocol(self) -> asyncio.Protocol:
+        """The protocol factory for ``loop.create_server``: one per eyeball connection (over
+        TLS, HTTP/2 or HTTP/1.1 as ALPN chooses)."""
+        if self.scheme == "https":
+            return AlpnSwitch(self)
+        return self.http1_protocol()
+
+    def http1_protocol(self) -> Http1Connection:
+        """An HTTP/1.1 eyeball connection."""
         return Http1Connection(self._handle, self._refuse, self._fast, tracker=self.tracker)
 
     async def _refuse(self, conn: Http1Connection, exc: BadRequest) -> None:
@@ -145,6 +164,20 @@ class PublicListener:
 
         ``fast``: the answer is told from the tunnel's read (:meth:`_Exchange.answered`).
         """
+        opened = self.open_stream(request, conn.client_ip, ray)
+        if isinstance(opened, tuple):
+            return opened
+        exchange = _Exchange(self, conn, request, opened.stream, opened.host, ray, opened.websocket)
+        if fast:
+            opened.stream.on_answer = exchange.answered
+        conn.exchange = exchange
+        return exchange
+
+    def open_stream(
+        self, request: Request, client_ip: str, ray: str
+    ) -> Opened | tuple[ErrorPage, str]:
+        """Route ``request`` (from either HTTP version) and open its tunnel stream, or the
+        page that says why not (and the hostname it names)."""
         try:
             target = _target(request)
         except BadRequestTarget as exc:
@@ -178,7 +211,7 @@ class PublicListener:
             live = picked
         session = live.handle
         assert isinstance(session, TunnelSession)
-        headers = tunnel_request_headers(request.headers, conn.client_ip, self.scheme, ray)
+        headers = tunnel_request_headers(request.headers, client_ip, self.scheme, ray)
         websocket = request.upgrade and is_websocket_upgrade(request.headers)
         try:
             stream = session.open_request(
@@ -192,11 +225,7 @@ class PublicListener:
         except (StreamClosedError, Http2TunnelError) as exc:
             log.warning("cannot open a stream to tunnel %s ray=%s: %s", tunnel_id, ray, exc)
             return STREAM_FAILED, host
-        exchange = _Exchange(self, conn, request, stream, host, ray, websocket)
-        if fast:
-            stream.on_answer = exchange.answered
-        conn.exchange = exchange
-        return exchange
+        return Opened(stream, host, websocket)
 
     def _name(self, authority: str) -> tuple[str, str]:
         """The hostname of ``authority``, checked (RFC 1035) and in the one spelling the edge
@@ -298,7 +327,9 @@ class PublicListener:
         if response.meta is not ResponseMeta.ORIGIN:
             if uploader is not None:
                 uploader.cancel()
-            page = await self._connector_failure(exchange, response.end_stream)
+            page = await self.connector_failure(
+                exchange.stream, exchange.host, exchange.ray, response.end_stream
+            )
             await self._page(conn, page, exchange.host, exchange.ray, keep_alive=uploader is None)
             return uploader is None
         if not await self._relay(exchange, response, keep_alive=uploader is None):
@@ -421,7 +452,9 @@ class PublicListener:
             await self._failed(exchange, exc)
             return
         if response.meta is not ResponseMeta.ORIGIN:
-            page = await self._connector_failure(exchange, response.end_stream)
+            page = await self.connector_failure(
+                exchange.stream, exchange.host, exchange.ray, response.end_stream
+            )
             await self._page(conn, page, exchange.host, exchange.ray, keep_alive=False)
             return
         if not _switched(response):
@@ -442,10 +475,11 @@ class PublicListener:
             return
         await _pipe_raw(conn, stream, conn.take_leftover())
 
-    async def _connector_failure(self, exchange: _Exchange, ended: bool) -> ErrorPage:
+    async def connector_failure(
+        self, stream: RequestStream, host: str, ray: str, ended: bool
+    ) -> ErrorPage:
         """The page for a connector-made error response. Its reason's class picks the page;
         the connector's words (addresses, errors) go to the log under the Ray ID."""
-        stream = exchange.stream
         body = b""
         if not ended:
             with contextlib.suppress(StreamClosedError, TimeoutError):
@@ -456,8 +490,8 @@ class PublicListener:
         if not body.startswith(_ORIGIN_ERROR_PREFIX):
             log.warning(
                 "the connector could not reach the origin for %s ray=%s (it gave no reason)",
-                exchange.host,
-                exchange.ray,
+                host,
+                ray,
             )
             return ORIGIN_FAILED
         first, _, rest = body[:_MAX_REASON].partition(b"\n")
@@ -467,8 +501,8 @@ class PublicListener:
         )
         log.warning(
             "the connector could not reach the origin for %s ray=%s: %s: %s",
-            exchange.host,
-            exchange.ray,
+            host,
+            ray,
             reason,
             detail,
         )

@@ -1,0 +1,247 @@
+"""HTTP/2 visitors on the edge's HTTPS listener: curl --http2 and h2load through the tunnel
+(adit's connector; the unmodified cloudflared too when ADIT_CLOUDFLARED is set)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import shutil
+import ssl
+import subprocess
+from pathlib import Path
+
+import pytest
+import websockets.asyncio.client
+
+from adversary import CLOUDFLARED, INSIDE_NETNS, rerun_in_private_netns, start_cloudflared
+from harness import (
+    Account,
+    Edge,
+    Origin,
+    Proc,
+    Processes,
+    Tunnel,
+    create_tunnel,
+    pattern_bytes,
+    start_connector,
+    start_edge,
+    write_config,
+)
+
+pytestmark = pytest.mark.process
+
+HOST = "app.example.test"
+TEN_MB = 10 * 1024 * 1024
+
+
+@pytest.fixture
+def edge(processes: Processes) -> Edge:
+    return start_edge(processes, https=True)
+
+
+@pytest.fixture
+def tunnel(account: Account) -> Tunnel:
+    return create_tunnel(account, "web", HOST)
+
+
+def _config(tmp_path: Path, origin: Origin, ws_origin: int) -> Path:
+    return write_config(
+        tmp_path / "config.yml",
+        HOST,
+        [
+            {"path": "^/ws", "service": f"http://127.0.0.1:{ws_origin}"},
+            {"service": origin.url},
+        ],
+    )
+
+
+@pytest.fixture
+def connector(
+    processes: Processes, tunnel: Tunnel, origin: Origin, ws_origin: int, tmp_path: Path
+) -> Proc:
+    return start_connector(processes, tunnel, _config(tmp_path, origin, ws_origin))
+
+
+def curl(
+    edge: Edge, *args: str, path: str = "/", http2: bool = True
+) -> subprocess.CompletedProcess[bytes]:
+    """curl to the HTTPS listener as a visitor of HOST (the edge CA trusted)."""
+    port = edge.https.rsplit(":", 1)[1]
+    return subprocess.run(
+        [
+            "curl",
+            "-sS",
+            "--max-time",
+            "60",
+            "--cacert",
+            str(edge.ca),
+            "--resolve",
+            f"{HOST}:{port}:127.0.0.1",
+            "--http2" if http2 else "--http1.1",
+            *args,
+            f"https://{HOST}:{port}{path}",
+        ],
+        capture_output=True,
+        timeout=90,
+        check=False,
+    )
+
+
+def test_curl_http2_get_reports_version_2_and_the_edge_headers(
+    edge: Edge, connector: Proc, origin: Origin
+) -> None:
+    done = curl(
+        edge,
+        "-w",
+        "\n%{http_version}",
+        "-H",
+        "X-Forwarded-Proto: http",
+        "-H",
+        'Cf-Visitor: {"scheme":"ftp"}',
+        "-H",
+        "Cf-Connecting-Ip: 10.9.9.9",
+        path="/headers",
+    )
+    assert done.returncode == 0, done.stderr
+    body, _, version = done.stdout.rpartition(b"\n")
+    assert version == b"2"
+    seen = [(n.lower(), v) for n, v in json.loads(body)]
+    assert ("x-forwarded-proto", "https") in seen
+    assert ("cf-visitor", '{"scheme":"https"}') in seen
+    assert [v for n, v in seen if n == "cf-connecting-ip"] == ["127.0.0.1"]
+    assert [v for n, v in seen if n == "x-forwarded-proto"] == ["https"]
+    assert [v for n, v in seen if n == "host"] == [f"{HOST}:{edge.https.rsplit(':', 1)[1]}"]
+
+
+def test_ten_megabytes_down_and_up_over_http2(edge: Edge, connector: Proc, tmp_path: Path) -> None:
+    down = curl(edge, "-w", "%{http_version}", "-o", str(tmp_path / "down"), path=f"/big/{TEN_MB}")
+    assert down.returncode == 0, down.stderr
+    assert down.stdout == b"2"
+    expected = hashlib.sha256(pattern_bytes(TEN_MB)).hexdigest()
+    assert hashlib.sha256((tmp_path / "down").read_bytes()).hexdigest() == expected
+
+    upload = pattern_bytes(TEN_MB)[::-1]
+    (tmp_path / "up").write_bytes(upload)
+    sha = curl(edge, "--data-binary", f"@{tmp_path / 'up'}", path="/sha")
+    assert sha.returncode == 0, sha.stderr
+    assert sha.stdout.decode() == hashlib.sha256(upload).hexdigest()
+    echo = curl(
+        edge, "--data-binary", f"@{tmp_path / 'up'}", "-o", str(tmp_path / "echo"), path="/echo"
+    )
+    assert echo.returncode == 0, echo.stderr
+    assert (
+        hashlib.sha256((tmp_path / "echo").read_bytes()).digest() == hashlib.sha256(upload).digest()
+    )
+
+
+def test_streaming_response_arrives_in_pieces_over_http2(
+    edge: Edge, connector: Proc, origin: Origin
+) -> None:
+    port = edge.https.rsplit(":", 1)[1]
+    proc = subprocess.Popen(
+        [
+            "curl",
+            "-sSN",
+            "--http2",
+            "--max-time",
+            "30",
+            "--cacert",
+            str(edge.ca),
+            "--resolve",
+            f"{HOST}:{port}:127.0.0.1",
+            f"https://{HOST}:{port}/slow",
+        ],
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert proc.stdout is not None
+        # The origin holds its second piece back until released: the first must come first.
+        assert proc.stdout.readline() == b"first piece\n"
+        assert not origin.release_slow.is_set()
+        origin.release_slow.set()
+        assert proc.stdout.readline() == b"second piece\n"
+        assert proc.wait(timeout=30) == 0
+    finally:
+        proc.kill()
+        proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+@pytest.mark.skipif(shutil.which("h2load") is None, reason="h2load (nghttp2-client) missing")
+def test_h2load_hundred_concurrent_streams_on_one_connection(
+    edge: Edge, connector: Proc, origin: Origin
+) -> None:
+    port = edge.https.rsplit(":", 1)[1]
+    before = len(origin.seen_headers)
+    done = subprocess.run(
+        [
+            "h2load",
+            "-n",
+            "1000",
+            "-c",
+            "1",
+            "-m",
+            "100",
+            "--connect-to",
+            f"127.0.0.1:{port}",
+            f"https://{HOST}:{port}/hello",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "Application protocol: h2" in done.stdout, done.stdout
+    assert "1000 succeeded, 0 failed, 0 errored" in done.stdout, done.stdout
+    assert "status codes: 1000 2xx" in done.stdout, done.stdout
+    assert len(origin.seen_headers) - before == 1000
+
+
+def test_websocket_stays_on_http1_on_the_same_listener(edge: Edge, connector: Proc) -> None:
+    address, port = edge.https.rsplit(":", 1)
+    context = ssl.create_default_context(cafile=str(edge.ca))
+    context.set_alpn_protocols(
+        ["h2", "http/1.1"]
+    )  # offered h2, yet a WebSocket client asks http/1.1
+
+    async def talk() -> object:
+        ws_context = ssl.create_default_context(cafile=str(edge.ca))
+        async with websockets.asyncio.client.connect(
+            f"wss://{HOST}/ws",
+            host=address,
+            port=int(port),
+            ssl=ws_context,
+            server_hostname=HOST,
+            open_timeout=10,
+        ) as ws:
+            await ws.send("hello over tls")
+            return await asyncio.wait_for(ws.recv(), 10)
+
+    assert asyncio.run(talk()) == "hello over tls"
+    # And the same listener speaks HTTP/1.1 to a client that asks for it.
+    plain = curl(edge, "-w", "%{http_version}", "-o", "/dev/null", http2=False)
+    assert plain.stdout == b"1.1"
+
+
+@pytest.mark.skipif(not CLOUDFLARED, reason="set ADIT_CLOUDFLARED to a cloudflared binary")
+def test_cloudflared_in_a_loopback_only_namespace() -> None:
+    rerun_in_private_netns(f"{Path(__file__)}::test_http2_visitors_through_cloudflared")
+
+
+@pytest.mark.skipif(not INSIDE_NETNS, reason="runs inside the namespace made by the test above")
+def test_http2_visitors_through_cloudflared(
+    processes: Processes,
+    edge: Edge,
+    tunnel: Tunnel,
+    origin: Origin,
+    ws_origin: int,
+    tmp_path: Path,
+) -> None:
+    start_cloudflared(processes, tunnel, _config(tmp_path, origin, ws_origin), edge)
+    test_curl_http2_get_reports_version_2_and_the_edge_headers(edge, edge.proc, origin)
+    test_ten_megabytes_down_and_up_over_http2(edge, edge.proc, tmp_path)
+    test_h2load_hundred_concurrent_streams_on_one_connection(edge, edge.proc, origin)
+    test_websocket_stays_on_http1_on_the_same_listener(edge, edge.proc)
