@@ -58,8 +58,7 @@ __all__ = ["Http2Connection"]
 
 log = logging.getLogger("adit.edge.public")
 
-#: What one write to the socket may hold before senders wait for it to drain.
-_SOCKET_HIGH_WATER = 256 * 1024
+_CANCEL = 0x8
 
 
 class _StreamGone(Exception):
@@ -210,7 +209,11 @@ class Http2Connection(asyncio.Protocol):
         stream.ended = event.ended
         self._streams[stream.id] = stream
         self.deadline = math.inf  # each stream's waits have their own deadlines now
-        stream.task = self._loop.create_task(self._serve(stream, event.request))
+        task = self._loop.create_task(self._serve(stream, event.request))
+        # Not the task's own ``finally``: a stream reset in the read that opened it has its
+        # task cancelled before it ever runs (then nothing of it was forwarded either).
+        task.add_done_callback(lambda _: self._done(stream))
+        stream.task = task
 
     def _done(self, stream: _VisitorStream) -> None:
         self._streams.pop(stream.id, None)
@@ -242,7 +245,14 @@ class Http2Connection(asyncio.Protocol):
                 return
             tunnel = opened.stream
             await self._exchange(stream, request, tunnel, opened.host, ray)
-        except (_StreamGone, asyncio.CancelledError):
+        except _StreamGone as exc:
+            # The visitor took nothing in the send timeout (or the connection ended).
+            log.info("HTTP/2 stream from %s ended ray=%s: %s", self.client_ip, ray, exc)
+            self._h2.reset(stream.id, _CANCEL)
+            if tunnel is not None:
+                tunnel.cancel(StreamClosedError("the visitor stopped reading"))
+        except asyncio.CancelledError:
+            # The visitor reset the stream, or the connection is gone.
             if tunnel is not None:
                 tunnel.cancel(StreamClosedError("the visitor went away"))
         except Exception:
@@ -252,7 +262,6 @@ class Http2Connection(asyncio.Protocol):
         finally:
             if tunnel is not None:
                 tunnel.session.finished(tunnel)
-            self._done(stream)
 
     async def _exchange(
         self,
@@ -349,7 +358,7 @@ class Http2Connection(asyncio.Protocol):
             async with asyncio.timeout(_seconds(self._body_timeout)):
                 await waiter
         except TimeoutError:
-            raise _StreamGone from None
+            raise _StreamGone("the visitor took no response bytes in time") from None
         finally:
             self._senders.discard(waiter)
 
