@@ -9,6 +9,7 @@ import json
 import shutil
 import ssl
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,8 @@ from harness import (
     Tunnel,
     create_tunnel,
     pattern_bytes,
+    request,
+    run_cli,
     start_connector,
     start_edge,
     write_config,
@@ -245,3 +248,53 @@ def test_http2_visitors_through_cloudflared(
     test_ten_megabytes_down_and_up_over_http2(edge, edge.proc, tmp_path)
     test_h2load_hundred_concurrent_streams_on_one_connection(edge, edge.proc, origin)
     test_websocket_stays_on_http1_on_the_same_listener(edge, edge.proc)
+
+
+def _zone_options(edge: Edge, tunnel: Tunnel, *flags: str) -> str:
+    state = ["--state-dir", str(edge.state_dir)]
+    args = ["edge", "zone", "options", HOST, *flags, *state]
+    return run_cli(args, home=tunnel.account.home).stdout.strip()
+
+
+def _until(check: object, what: str) -> None:
+    assert callable(check)
+    for _ in range(150):  # the edge's route watcher picks changes up within seconds
+        if check():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"not reached: {what}")
+
+
+def test_always_https_redirects_and_hsts_is_sent(
+    edge: Edge, connector: Proc, tunnel: Tunnel
+) -> None:
+    assert request(edge, HOST, path="/x?y=1").status == 200
+    headers = curl(edge, "-D", "-", "-o", "/dev/null").stdout.decode().lower()
+    assert "strict-transport-security" not in headers
+
+    shown = _zone_options(edge, tunnel, "--always-https", "--hsts-max-age", "31536000")
+    assert shown == f"zone {HOST}: always-https on, hsts-max-age 31536000"
+    _until(lambda: request(edge, HOST, path="/x?y=1").status == 301, "the redirect")
+    moved = request(edge, HOST, path="/x?y=1")
+    assert moved.header("Location") == f"https://{HOST}/x?y=1"
+    # A certificate authority's HTTP-01 fetch still reaches the origin over plain HTTP.
+    acme = request(edge, HOST, path="/.well-known/acme-challenge/token123")
+    assert acme.status == 200 and acme.body == b"hello /.well-known/acme-challenge/token123"
+    for http2, version in ((True, "2"), (False, "1.1")):
+        done = curl(edge, "-D", "-", "-o", "/dev/null", "-w", "%{http_version}", http2=http2)
+        text = done.stdout.decode()
+        assert text.endswith(version)
+        assert "strict-transport-security: max-age=31536000" in text.lower()
+    # The plain listener never sends HSTS (RFC 6797 §7.2).
+    assert (
+        request(edge, HOST, path="/.well-known/acme-challenge/t").header(
+            "Strict-Transport-Security"
+        )
+        is None
+    )
+
+    shown = _zone_options(edge, tunnel, "--no-always-https", "--hsts-max-age", "0")
+    assert shown == f"zone {HOST}: always-https off, hsts-max-age 0"
+    _until(lambda: request(edge, HOST, path="/x").status == 200, "the redirect is gone")
+    headers = curl(edge, "-D", "-", "-o", "/dev/null").stdout.decode().lower()
+    assert "strict-transport-security" not in headers

@@ -298,7 +298,7 @@ class Http2Connection(asyncio.Protocol):
                 return
             head_only = request.method == b"HEAD" or response.status in (204, 304)
             ended = response.end_stream or head_only
-            headers = [*response.headers, ("Cf-Ray", ray)]
+            headers = [*response.headers, *self._listener.edge_headers(host, ray)]
             try:
                 self._h2.respond(stream.id, response.status, headers, end_stream=ended)
             except ResponseError as exc:

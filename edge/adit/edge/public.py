@@ -49,6 +49,7 @@ from adit.edge.pages import (
 from adit.edge.registry import ConnectionRegistry
 from adit.edge.store import Store
 from adit.edge.tunnel_session import RequestStream, StreamUndelivered, TunnelSession
+from adit.edge.zone_options import hsts_value
 from adit.protocol.errors import BadRequestTarget, Http2TunnelError
 from adit.protocol.headers import HOP_BY_HOP, RequestType, ResponseMeta
 from adit.protocol.hostnames import (
@@ -62,6 +63,8 @@ from adit.protocol.request_target import RequestTarget, normalize_target
 from adit.tunnelio import StreamClosedError
 
 log = logging.getLogger("adit.edge.public")
+
+_ACME_CHALLENGE = "/.well-known/acme-challenge/"
 
 #: Authorities whose hostname is remembered (see ``PublicListener._names``).
 _NAMES_KEPT = 4096
@@ -243,17 +246,55 @@ class PublicListener:
         self._names[authority] = names
         return names
 
+    def _https_redirect(self, request: Request) -> str | None:
+        """Where "Always Use HTTPS" sends a request on the HTTP listener (the same URL over
+        https), or None: another listener, no such zone option, or an ACME HTTP-01
+        challenge (a certificate authority fetches those over plain HTTP)."""
+        if self.scheme != "http" or not self.store.has_zone_options():
+            return None
+        try:
+            target = _target(request)
+            host, _ = self._names.get(target.authority) or self._name(target.authority)
+        except (BadRequestTarget, InvalidHostname):
+            return None
+        if target.path.startswith(_ACME_CHALLENGE):
+            return None
+        if not self.store.zone_options(host).always_https:
+            return None
+        return f"https://{host}{target.path}"
+
+    def edge_headers(self, host: str, ray: str) -> list[tuple[str, str]]:
+        """The headers the edge adds to an origin's response: its Ray ID, and over HTTPS the
+        zone's HSTS."""
+        headers = [("Cf-Ray", ray)]
+        if self.scheme == "https":
+            max_age = self.store.zone_options(host).hsts_max_age
+            if max_age:
+                headers.append(("Strict-Transport-Security", hsts_value(max_age)))
+        return headers
+
     def _fast(self, conn: Http1Connection, request: Request) -> _Exchange | None:
         """A bodiless request, from the connection's ``data_received``: forwarded at once,
         and answered from the tunnel's read when the whole response came in it (see
         :meth:`_Exchange.answered`). Anything unusual is left to :meth:`_handle`."""
-        if request.has_body or request.upgrade:
+        if request.has_body or request.upgrade or self._https_redirect(request) is not None:
             return None
         forwarded = self._forward(conn, request, self._ray(), fast=True)
         return None if isinstance(forwarded, tuple) else forwarded
 
     async def _handle(self, conn: Http1Connection, request: Request) -> bool:
         ray = self._ray()
+        location = self._https_redirect(request)
+        if location is not None:
+            await conn.drain_body()
+            body = b"Moved Permanently: " + location.encode("latin-1") + b"\n"
+            await conn.respond_simple(
+                301,
+                body,
+                content_type="text/plain; charset=utf-8",
+                extra=(("Location", location), ("Cf-Ray", ray)),
+            )
+            return True
         forwarded = self._forward(conn, request, ray, fast=False)
         if isinstance(forwarded, tuple):
             page, host = forwarded
@@ -350,7 +391,7 @@ class PublicListener:
         conn = exchange.conn
         stream = exchange.stream
         channel = stream.channel
-        headers = [*response.headers, ("Cf-Ray", exchange.ray)]
+        headers = [*response.headers, *self.edge_headers(exchange.host, exchange.ray)]
         try:
             # The head waits for body bytes that are already here (never for ones still to
             # come: a stream of events must show its head at once), and a chunk that is all
@@ -587,7 +628,7 @@ class _Exchange:
                 answer.headers,
                 stream.body,
                 drop=HOP_BY_HOP,
-                extra=(("Cf-Ray", self.ray),),
+                extra=self.listener.edge_headers(self.host, self.ray),
             )
             keep_alive = True
         except ResponseError as exc:
