@@ -449,10 +449,12 @@ def _seconds(timeout: float) -> float | None:
 
 class AlpnSwitch(asyncio.Protocol):
     """An HTTPS connection until its handshake is done: then the protocol ALPN chose
-    (``h2``, else HTTP/1.1) takes over the transport."""
+    (``h2``, else HTTP/1.1) takes over the transport (``set_protocol``; a transport without
+    it, as tests' stand-ins, goes on calling this one, which passes everything on)."""
 
     def __init__(self, listener: PublicListener) -> None:
         self._listener = listener
+        self._chosen: asyncio.Protocol | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """The handshake is done (asyncio calls this after it): hand over."""
@@ -463,5 +465,33 @@ class AlpnSwitch(asyncio.Protocol):
             protocol = Http2Connection(self._listener, self._listener.tracker)
         else:
             protocol = self._listener.http1_protocol()
-        transport.set_protocol(protocol)
+        self._chosen = protocol
+        set_protocol = getattr(transport, "set_protocol", None)
+        if set_protocol is not None:
+            set_protocol(protocol)
         protocol.connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        """Passed on (only without ``set_protocol``)."""
+        assert self._chosen is not None
+        self._chosen.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        """Passed on (only without ``set_protocol``)."""
+        assert self._chosen is not None
+        return self._chosen.eof_received()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """Passed on (only without ``set_protocol``)."""
+        if self._chosen is not None:
+            self._chosen.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        """Passed on (only without ``set_protocol``)."""
+        if self._chosen is not None:
+            self._chosen.pause_writing()
+
+    def resume_writing(self) -> None:
+        """Passed on (only without ``set_protocol``)."""
+        if self._chosen is not None:
+            self._chosen.resume_writing()
