@@ -7,9 +7,11 @@ import asyncio
 import hashlib
 import json
 import shutil
+import socket
 import ssl
 import subprocess
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -298,3 +300,51 @@ def test_always_https_redirects_and_hsts_is_sent(
     _until(lambda: request(edge, HOST, path="/x").status == 200, "the redirect is gone")
     headers = curl(edge, "-D", "-", "-o", "/dev/null").stdout.decode().lower()
     assert "strict-transport-security" not in headers
+
+
+def _tls(
+    edge: Edge, context: ssl.SSLContext, session: ssl.SSLSession | None = None
+) -> ssl.SSLSocket:
+    host, port = edge.https.rsplit(":", 1)
+    raw = socket.create_connection((host, int(port)), timeout=10)
+    return context.wrap_socket(raw, server_hostname=HOST, session=session)
+
+
+def test_tls_versions_ciphers_and_session_resumption(edge: Edge, connector: Proc) -> None:
+    old = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    old.load_verify_locations(str(edge.ca))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # that is the point
+        old.minimum_version = ssl.TLSVersion.TLSv1
+        old.maximum_version = ssl.TLSVersion.TLSv1_1
+    old.set_ciphers("ALL:@SECLEVEL=0")
+    with pytest.raises((ssl.SSLError, ConnectionError)):
+        _tls(edge, old).close()
+
+    cbc = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    cbc.load_verify_locations(str(edge.ca))
+    cbc.maximum_version = ssl.TLSVersion.TLSv1_2
+    cbc.set_ciphers("ECDHE-RSA-AES128-SHA:ECDHE-ECDSA-AES128-SHA:AES128-SHA")
+    with pytest.raises((ssl.SSLError, ConnectionError)):
+        _tls(edge, cbc).close()
+
+    for version in (ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3):
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.load_verify_locations(str(edge.ca))
+        context.minimum_version = context.maximum_version = version
+        context.set_alpn_protocols(["h2", "http/1.1"])
+        first = _tls(edge, context)
+        assert first.selected_alpn_protocol() == "h2"
+        assert first.compression() is None
+        if version is ssl.TLSVersion.TLSv1_3:
+            # TLS 1.3 tickets come after the handshake: read until the server's SETTINGS.
+            first.sendall(
+                b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+            )
+            first.recv(65536)
+        session = first.session
+        first.close()
+        assert session is not None and session.has_ticket
+        second = _tls(edge, context, session)
+        assert second.session_reused, version
+        second.close()
