@@ -106,6 +106,7 @@ class Http2Connection(asyncio.Protocol):
         self._draining = False
         #: Senders waiting for a window or the socket.
         self._senders: set[asyncio.Future[None]] = set()
+        self._flush_scheduled = False
 
     # -- asyncio.Protocol ------------------------------------------------------------------------
 
@@ -412,6 +413,14 @@ class Http2Connection(asyncio.Protocol):
     # -- the socket ----------------------------------------------------------------------------
 
     def _flush(self) -> None:
+        """Write what h2 has queued, once per turn of the loop: the frames of every stream
+        that moved in this turn leave in one TLS record batch and one system call."""
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._write_out)
+
+    def _write_out(self) -> None:
+        self._flush_scheduled = False
         data = self._h2.data_to_send()
         if data and self.transport is not None and not self.transport.is_closing():
             self.transport.write(data)
@@ -431,6 +440,7 @@ class Http2Connection(asyncio.Protocol):
 
     def _close_transport(self) -> None:
         self._closed = True
+        self._write_out()  # a GOAWAY or the last frames go before the close
         if self.transport is not None:
             self.transport.close()
 

@@ -128,7 +128,12 @@ class VisitorH2:
 
     def __init__(self) -> None:
         config = h2.config.H2Configuration(
-            client_side=False, header_encoding=None, validate_inbound_headers=True
+            client_side=False,
+            header_encoding=None,
+            validate_inbound_headers=True,
+            # :meth:`respond` checks and lower-cases response headers itself, once.
+            validate_outbound_headers=False,
+            normalize_outbound_headers=False,
         )
         self._h2 = h2.connection.H2Connection(config=config)
         self._resets = TokenBucket(RESET_RATE, RESET_BURST)
