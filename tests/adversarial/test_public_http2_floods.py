@@ -3,7 +3,8 @@ holds no more than its limits, whatever one connection sends.
 
 The visitor here writes raw frames (hyperframe + hpack), so it can break the rules h2's own
 client would not let it: streams beyond SETTINGS_MAX_CONCURRENT_STREAMS, a header block
-that never ends, a window past 2^31-1, resets as fast as it can send them, and never reading.
+that never ends, a window past 2^31-1, resets or PINGs as fast as it can send them, and never
+reading.
 Assertions are on counts (requests that reached the origin, bytes it could send, frames the
 edge answered), never on timing.
 """
@@ -24,6 +25,7 @@ from hyperframe.frame import (
     Frame,
     GoAwayFrame,
     HeadersFrame,
+    PingFrame,
     RstStreamFrame,
     SettingsFrame,
     WindowUpdateFrame,
@@ -38,6 +40,7 @@ HOST = "app.example.test"
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 MAX_STREAMS = 128  # adit.edge.h2_visitor.MAX_CONCURRENT_STREAMS
 RESET_BURST = 200  # adit.edge.h2_visitor.RESET_BURST
+CONTROL_BURST = 1000  # adit.edge.h2_visitor.CONTROL_BURST
 PROTOCOL_ERROR, FLOW_CONTROL_ERROR, CANCEL, ENHANCE_YOUR_CALM = 0x1, 0x3, 0x8, 0xB
 
 
@@ -294,3 +297,26 @@ def test_a_visitor_that_never_reads_holds_the_origin_not_the_edge(
             origin.wait_for(lambda o: o.open_connections == 0, timeout=30, what="origin freed")
         finally:
             visitor.close()
+
+
+def test_a_ping_flood_gets_goaway_after_a_bounded_number_of_answers(
+    edge: Edge, tenant: Tenant
+) -> None:
+    visitor = Visitor(edge)
+    pings = 50_000
+    try:
+        visitor.send(PingFrame(0, opaque_data=b"12345678").serialize() * pings)
+        answered = 0
+        goaway = None
+        for frame in visitor.frames(timeout=30, limit=pings + 100):
+            if isinstance(frame, PingFrame) and "ACK" in frame.flags:
+                answered += 1
+            elif isinstance(frame, GoAwayFrame):
+                goaway = frame
+                break
+        assert goaway is not None and goaway.error_code == ENHANCE_YOUR_CALM
+        # The budget, and at most one slice of frames read past it.
+        assert answered <= CONTROL_BURST + 16 * 1024 // 17 + 10
+    finally:
+        visitor.close()
+    assert served(edge)

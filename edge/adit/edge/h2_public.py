@@ -171,12 +171,18 @@ class Http2Connection(asyncio.Protocol):
             self._tracker = None
 
     def pause_writing(self) -> None:
-        """The socket's buffer is full."""
+        """The socket's buffer is full: read no more either. Frames the edge must answer
+        (PING, SETTINGS) would otherwise pile up unsent behind a visitor that does not read
+        (CVE-2019-9512, -9515); its requests wait in the kernel instead."""
         self._writing_paused = True
+        if self.transport is not None:
+            self.transport.pause_reading()
 
     def resume_writing(self) -> None:
         """The socket's buffer drained."""
         self._writing_paused = False
+        if self.transport is not None and not self._closed:
+            self.transport.resume_reading()
         self._wake_senders()
 
     # -- Tracked -------------------------------------------------------------------------------

@@ -16,7 +16,8 @@ does that):
   connection error); a visitor that resets streams faster than :data:`RESET_RATE` a second
   after a burst of :data:`RESET_BURST` (CVE-2023-44487, "rapid reset": each stream it opens
   costs the edge a tunnel stream and the origin a request, its reset costs the visitor
-  nothing) gets GOAWAY ENHANCE_YOUR_CALM;
+  nothing) gets GOAWAY ENHANCE_YOUR_CALM, and so does one that sends PING or SETTINGS frames
+  past :data:`CONTROL_BURST`, then :data:`CONTROL_RATE` a second (each asks for an answer);
 * requests as the HTTP/1.1 parser gives them (:class:`~adit.edge.http1_request.Request`), so
   routing, Access and the header policy see one shape: pseudo-headers become the method,
   target and host, cookie crumbs are joined (RFC 9113 §8.2.3);
@@ -45,6 +46,8 @@ from adit.protocol.rate_limit import TokenBucket
 
 __all__ = [
     "CONNECTION_WINDOW",
+    "CONTROL_BURST",
+    "CONTROL_RATE",
     "MAX_CONCURRENT_STREAMS",
     "RESET_BURST",
     "RESET_RATE",
@@ -68,6 +71,12 @@ CONNECTION_WINDOW = 1024 * 1024
 #: CVE-2023-44487 bound the same thing: work a visitor starts and cancels for free).
 RESET_BURST = 200.0
 RESET_RATE = 50.0
+#: PING and SETTINGS frames a connection may send at once, then a second: each makes the edge
+#: answer, and a browser sends a handful a minute.
+CONTROL_BURST = 1000.0
+CONTROL_RATE = 100.0
+#: Bytes given to h2 at a time (a flood is stopped within one slice of its budget).
+_SLICE = 16 * 1024
 
 # RFC 9110 §5.6.2 tokens (lower-case: HTTP/2 field names are).
 _TOKEN = re.compile(rb"[-!#$%&'*+.^_`|~0-9a-z]+")
@@ -137,6 +146,7 @@ class VisitorH2:
         )
         self._h2 = h2.connection.H2Connection(config=config)
         self._resets = TokenBucket(RESET_RATE, RESET_BURST)
+        self._control = TokenBucket(CONTROL_RATE, CONTROL_BURST)
         self.closed = False
 
     def start(self) -> None:
@@ -159,16 +169,26 @@ class VisitorH2:
         return self._h2.data_to_send()
 
     def receive(self, data: bytes, now: float) -> list[Event]:
-        """Bytes from the visitor; ``now`` is the loop's clock (for the reset budget)."""
-        if self.closed:
-            return []
+        """Bytes from the visitor; ``now`` is the loop's clock (for the budgets).
+
+        Fed to h2 a slice at a time, so that a flood is stopped within one slice of its
+        budget running out, however much of it one read brought."""
+        events: list[Event] = []
+        view = memoryview(data)
+        for start in range(0, len(view), _SLICE):
+            if self.closed:
+                break
+            self._receive(view[start : start + _SLICE], now, events)
+        return events
+
+    def _receive(self, data: memoryview, now: float, events: list[Event]) -> None:
         try:
             raw = self._h2.receive_data(data)
         except h2.exceptions.ProtocolError as exc:
             # h2 has queued its GOAWAY with the error's code.
             self.closed = True
-            return [Closed(f"HTTP/2 protocol error: {exc}")]
-        events: list[Event] = []
+            events.append(Closed(f"HTTP/2 protocol error: {exc}"))
+            return
         for event in raw:
             if isinstance(event, h2.events.RequestReceived):
                 events.append(self._head(event))
@@ -188,20 +208,24 @@ class VisitorH2:
                 assert event.stream_id is not None
                 events.append(StreamAborted(event.stream_id))
                 if event.remote_reset and not self._resets.take(now):
-                    self.close(h2.errors.ErrorCodes.ENHANCE_YOUR_CALM)
-                    events.append(Closed("too many stream resets (rapid reset)"))
-                    return events
-            elif isinstance(
-                event,
-                h2.events.WindowUpdated
-                | h2.events.RemoteSettingsChanged
-                | h2.events.SettingsAcknowledged,
-            ):
+                    self._calm(events, "too many stream resets (rapid reset)")
+                    return
+            elif isinstance(event, h2.events.PingReceived | h2.events.RemoteSettingsChanged):
+                # Each asks for an answer (CVE-2019-9512 ping flood, -9515 settings flood).
+                if not self._control.take(now):
+                    self._calm(events, "too many PING or SETTINGS frames")
+                    return
+                if isinstance(event, h2.events.RemoteSettingsChanged):
+                    events.append(WindowOpened())
+            elif isinstance(event, h2.events.WindowUpdated | h2.events.SettingsAcknowledged):
                 events.append(WindowOpened())
             elif isinstance(event, h2.events.ConnectionTerminated):
                 self.closed = True
                 events.append(Closed(f"the visitor ended the connection ({event.error_code})"))
-        return events
+
+    def _calm(self, events: list[Event], reason: str) -> None:
+        self.close(h2.errors.ErrorCodes.ENHANCE_YOUR_CALM)
+        events.append(Closed(reason))
 
     def _head(self, event: h2.events.RequestReceived) -> Event:
         assert event.stream_id is not None and event.headers is not None
