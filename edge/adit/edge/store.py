@@ -760,6 +760,11 @@ class Store:
         """The options of the zone holding normalised ``hostname`` (from memory)."""
         return self._zone_options.find(hostname)
 
+    def refresh_zone_options(self) -> bool:
+        """Rebuild the zone options if another process changed them (the watcher does this
+        by itself); True when it did."""
+        return self._zone_options.refresh()
+
     def zone_options_of(self, name: str) -> ZoneOptions:
         """Zone ``name``'s own options, read from the store."""
         return self._zone_options.reload().by_zone.get(normalize_hostname(name), ZoneOptions())
