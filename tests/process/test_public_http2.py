@@ -7,6 +7,7 @@ import asyncio
 import hashlib
 import json
 import shutil
+import signal
 import socket
 import ssl
 import subprocess
@@ -348,3 +349,49 @@ def test_tls_versions_ciphers_and_session_resumption(edge: Edge, connector: Proc
         second = _tls(edge, context, session)
         assert second.session_reused, version
         second.close()
+
+
+def test_sigterm_lets_an_http2_stream_in_flight_finish(
+    edge: Edge, connector: Proc, origin: Origin
+) -> None:
+    port = edge.https.rsplit(":", 1)[1]
+    proc = subprocess.Popen(
+        [
+            "curl",
+            "-sSN",
+            "--http2",
+            "--max-time",
+            "30",
+            "--cacert",
+            str(edge.ca),
+            "--resolve",
+            f"{HOST}:{port}:127.0.0.1",
+            f"https://{HOST}:{port}/slow",
+        ],
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == b"first piece\n"
+        edge.proc.signal(signal.SIGTERM)
+        # Draining has begun once the listening socket is closed (new visitors are refused).
+        _until(lambda: not _accepts(edge), "the HTTPS listener closes")
+        origin.release_slow.set()
+        # The edge's GOAWAY lets the stream finish; what the visitor then sends for it (its
+        # WINDOW_UPDATEs) is no protocol error.
+        assert proc.stdout.readline() == b"second piece\n"
+        assert proc.wait(timeout=30) == 0
+    finally:
+        proc.kill()
+        proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+def _accepts(edge: Edge) -> bool:
+    host, port = edge.https.rsplit(":", 1)
+    try:
+        socket.create_connection((host, int(port)), timeout=2).close()
+    except OSError:
+        return False
+    return True

@@ -198,7 +198,7 @@ class Http2Connection(asyncio.Protocol):
     def drain(self) -> None:
         """The edge shuts down: GOAWAY; close once the streams in progress are done."""
         self._draining = True
-        self._h2.close()
+        self._h2.drain()
         self._flush()
         if not self._streams:
             self._close_transport()

@@ -38,6 +38,7 @@ import h2.errors
 import h2.events
 import h2.exceptions
 import h2.settings
+from hyperframe.frame import GoAwayFrame
 
 from adit.edge.http1 import ResponseError
 from adit.edge.http1_request import MAX_HEADER_BYTES, Request
@@ -148,6 +149,9 @@ class VisitorH2:
         self._resets = TokenBucket(RESET_RATE, RESET_BURST)
         self._control = TokenBucket(CONTROL_RATE, CONTROL_BURST)
         self.closed = False
+        #: A graceful GOAWAY went out: streams open finish, new ones are refused.
+        self.draining = False
+        self._goaway = b""
 
     def start(self) -> None:
         """The server preface: our SETTINGS and the connection window."""
@@ -166,7 +170,22 @@ class VisitorH2:
 
     def data_to_send(self) -> bytes:
         """What to write to the socket now."""
-        return self._h2.data_to_send()
+        data = self._h2.data_to_send()
+        if self._goaway:
+            data, self._goaway = data + self._goaway, b""
+        return data
+
+    def drain(self) -> None:
+        """GOAWAY (NO_ERROR) that lets the streams already open finish. Not h2's
+        ``close_connection``: that ends its connection state, after which the visitor's
+        WINDOW_UPDATEs for those very streams would be protocol errors."""
+        if self.closed or self.draining:
+            return
+        self.draining = True
+        frame = GoAwayFrame(0)
+        frame.last_stream_id = self._h2.highest_inbound_stream_id
+        frame.error_code = h2.errors.ErrorCodes.NO_ERROR
+        self._goaway = frame.serialize()
 
     def receive(self, data: bytes, now: float) -> list[Event]:
         """Bytes from the visitor; ``now`` is the loop's clock (for the budgets).
@@ -191,6 +210,11 @@ class VisitorH2:
             return
         for event in raw:
             if isinstance(event, h2.events.RequestReceived):
+                if self.draining:
+                    # After our GOAWAY: not processed, the visitor may retry it elsewhere.
+                    assert event.stream_id is not None
+                    self.reset(event.stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
+                    continue
                 events.append(self._head(event))
             elif isinstance(event, h2.events.DataReceived):
                 assert event.stream_id is not None and event.data is not None
