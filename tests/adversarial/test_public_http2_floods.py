@@ -320,3 +320,29 @@ def test_a_ping_flood_gets_goaway_after_a_bounded_number_of_answers(
     finally:
         visitor.close()
     assert served(edge)
+
+
+def test_a_silent_or_idle_http2_connection_is_closed(processes: Processes) -> None:
+    edge = start_edge(
+        processes,
+        https=True,
+        env={"ADIT_EDGE_HEADER_TIMEOUT": "1s", "ADIT_EDGE_KEEPALIVE_TIMEOUT": "2s"},
+    )
+    with raw_origin() as origin:
+        start_tenant(processes, edge, "acme", HOST, origin.url)
+        # A preface and nothing else: the head timeout closes it, with a GOAWAY.
+        silent = Visitor(edge)
+        try:
+            assert silent.goaway(timeout=30) is not None
+        finally:
+            silent.close()
+        # One request answered, then nothing: the keep-alive timeout closes it.
+        idle = Visitor(edge)
+        try:
+            idle.send(idle.get(1))
+            frames = list(idle.frames(timeout=30))
+            assert any(isinstance(f, HeadersFrame) and f.stream_id == 1 for f in frames)
+            assert any(isinstance(f, GoAwayFrame) for f in frames)
+        finally:
+            idle.close()
+        assert served(edge)
