@@ -18,7 +18,14 @@ from pathlib import Path
 import pytest
 import websockets.asyncio.client
 
-from adversary import CLOUDFLARED, INSIDE_NETNS, rerun_in_private_netns, start_cloudflared
+from adversary import (
+    CLOUDFLARED,
+    INSIDE_NETNS,
+    canned,
+    raw_origin,
+    rerun_in_private_netns,
+    start_cloudflared,
+)
 from harness import (
     Account,
     Edge,
@@ -177,10 +184,21 @@ def test_streaming_response_arrives_in_pieces_over_http2(
 
 @pytest.mark.skipif(shutil.which("h2load") is None, reason="h2load (nghttp2-client) missing")
 def test_h2load_hundred_concurrent_streams_on_one_connection(
-    edge: Edge, connector: Proc, origin: Origin
+    processes: Processes, edge: Edge, tunnel: Tunnel, tmp_path: Path
 ) -> None:
+    # An origin with a real listen backlog: the connector opens up to a hundred connections
+    # to it at once (the shared test origin's backlog of 5 overflows on a busy machine, and
+    # a request whose connection the kernel dropped waits out the response timeout).
+    with raw_origin(canned()) as origin:
+        config = write_config(tmp_path / "raw.yml", HOST, [{"service": origin.url}])
+        start_connector(processes, tunnel, config)
+        h2load_hundred_streams(edge)
+        assert len(origin.parsed) == 1000
+
+
+def h2load_hundred_streams(edge: Edge) -> None:
+    """1000 GETs as 100 concurrent streams on one HTTP/2 connection, every one a 2xx."""
     port = edge.https.rsplit(":", 1)[1]
-    before = len(origin.seen_headers)
     done = subprocess.run(
         [
             "h2load",
@@ -203,7 +221,6 @@ def test_h2load_hundred_concurrent_streams_on_one_connection(
     assert "Application protocol: h2" in done.stdout, done.stdout
     assert "1000 succeeded, 0 failed, 0 errored" in done.stdout, done.stdout
     assert "status codes: 1000 2xx" in done.stdout, done.stdout
-    assert len(origin.seen_headers) - before == 1000
 
 
 def test_websocket_stays_on_http1_on_the_same_listener(edge: Edge, connector: Proc) -> None:
@@ -249,7 +266,7 @@ def test_http2_visitors_through_cloudflared(
     start_cloudflared(processes, tunnel, _config(tmp_path, origin, ws_origin), edge)
     test_curl_http2_get_reports_version_2_and_the_edge_headers(edge, edge.proc, origin)
     test_ten_megabytes_down_and_up_over_http2(edge, edge.proc, tmp_path)
-    test_h2load_hundred_concurrent_streams_on_one_connection(edge, edge.proc, origin)
+    h2load_hundred_streams(edge)
     test_websocket_stays_on_http1_on_the_same_listener(edge, edge.proc)
 
 
