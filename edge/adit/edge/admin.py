@@ -30,6 +30,7 @@ from adit.edge.dns_update import (
 from adit.edge.errors import DnsUpdateFailed
 from adit.edge.flag_checks import check_state_dir
 from adit.edge.store import Store, StoreError
+from adit.edge.zone_options import MAX_HSTS_AGE, ZoneOptions
 from adit.protocol.hostnames import normalize_hostname
 
 __all__ = ["ADMIN_COMMANDS", "DEFAULT_STATE_DIR"]
@@ -261,6 +262,41 @@ def zone_remove(name: str, state_dir: str) -> None:
         client = DnsClient(target, name)  # each removal its own time budget
     if failures:
         raise click.ClickException("; ".join(failures))
+
+
+@zone_group.command("options")
+@click.argument("name")
+@click.option(
+    "--always-https/--no-always-https",
+    default=None,
+    help="Answer plain-HTTP requests for names in the zone with a 301 to https (ACME "
+    "challenges under /.well-known/acme-challenge/ excepted).",
+)
+@click.option(
+    "--hsts-max-age",
+    type=click.IntRange(0, MAX_HSTS_AGE),
+    default=None,
+    metavar="SECONDS",
+    help="Send Strict-Transport-Security: max-age=SECONDS on HTTPS responses (0: none).",
+)
+@_state_dir_option
+def zone_options(
+    name: str, always_https: bool | None, hsts_max_age: int | None, state_dir: str
+) -> None:
+    """Show or set zone NAME's options: Always Use HTTPS and HSTS (options not given keep
+    their value; a running edge applies changes by itself)."""
+    with _opened(state_dir) as store:
+        current = store.zone_options_of(name)
+        if always_https is not None or hsts_max_age is not None:
+            current = ZoneOptions(
+                current.always_https if always_https is None else always_https,
+                current.hsts_max_age if hsts_max_age is None else hsts_max_age,
+            )
+            store.set_zone_options(name, current)
+    click.echo(
+        f"zone {name}: always-https {'on' if current.always_https else 'off'}, "
+        f"hsts-max-age {current.hsts_max_age}"
+    )
 
 
 @click.group("token")

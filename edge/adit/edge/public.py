@@ -18,9 +18,11 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from random import getrandbits
 
 from adit.edge.acme_challenges import CHALLENGE_PATH
+from adit.edge.h2_public import AlpnSwitch
 from adit.edge.header_policy import is_websocket_upgrade, tunnel_request_headers
 from adit.edge.http1 import (
     BadRequest,
@@ -49,6 +51,7 @@ from adit.edge.pages import (
 from adit.edge.registry import ConnectionRegistry
 from adit.edge.store import Store
 from adit.edge.tunnel_session import RequestStream, StreamUndelivered, TunnelSession
+from adit.edge.zone_options import hsts_value
 from adit.protocol.errors import BadRequestTarget, Http2TunnelError
 from adit.protocol.headers import HOP_BY_HOP, RequestType, ResponseMeta
 from adit.protocol.hostnames import (
@@ -63,6 +66,8 @@ from adit.tunnelio import StreamClosedError
 
 log = logging.getLogger("adit.edge.public")
 
+_ACME_CHALLENGE = "/.well-known/acme-challenge/"
+
 #: Authorities whose hostname is remembered (see ``PublicListener._names``).
 _NAMES_KEPT = 4096
 
@@ -72,6 +77,16 @@ _NAMES_KEPT = 4096
 _ORIGIN_ERROR_PREFIX = b"adit-origin-error:"
 _MAX_REASON = 2048
 _REASON_WAIT = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class Opened:
+    """A request's tunnel stream, opened: the hostname it was routed by, whether it is a
+    WebSocket upgrade."""
+
+    stream: RequestStream
+    host: str
+    websocket: bool
 
 
 class ClientGone(StreamClosedError):
@@ -128,8 +143,15 @@ class PublicListener:
         # handful of authorities. Bounded; names that are no hostname are never kept.
         self._names: dict[str, tuple[str, str]] = {}
 
-    def protocol(self) -> Http1Connection:
-        """The protocol factory for ``loop.create_server``: one per eyeball connection."""
+    def protocol(self) -> asyncio.Protocol:
+        """The protocol factory for ``loop.create_server``: one per eyeball connection (over
+        TLS, HTTP/2 or HTTP/1.1 as ALPN chooses)."""
+        if self.scheme == "https":
+            return AlpnSwitch(self)
+        return self.http1_protocol()
+
+    def http1_protocol(self) -> Http1Connection:
+        """An HTTP/1.1 eyeball connection."""
         return Http1Connection(self._handle, self._refuse, self._fast, tracker=self.tracker)
 
     async def _refuse(self, conn: Http1Connection, exc: BadRequest) -> None:
@@ -150,6 +172,20 @@ class PublicListener:
 
         ``fast``: the answer is told from the tunnel's read (:meth:`_Exchange.answered`).
         """
+        opened = self.open_stream(request, conn.client_ip, ray)
+        if isinstance(opened, tuple):
+            return opened
+        exchange = _Exchange(self, conn, request, opened.stream, opened.host, ray, opened.websocket)
+        if fast:
+            opened.stream.on_answer = exchange.answered
+        conn.exchange = exchange
+        return exchange
+
+    def open_stream(
+        self, request: Request, client_ip: str, ray: str
+    ) -> Opened | tuple[ErrorPage, str]:
+        """Route ``request`` (from either HTTP version) and open its tunnel stream, or the
+        page that says why not (and the hostname it names)."""
         try:
             target = _target(request)
         except BadRequestTarget as exc:
@@ -183,7 +219,7 @@ class PublicListener:
             live = picked
         session = live.handle
         assert isinstance(session, TunnelSession)
-        headers = tunnel_request_headers(request.headers, conn.client_ip, self.scheme, ray)
+        headers = tunnel_request_headers(request.headers, client_ip, self.scheme, ray)
         websocket = request.upgrade and is_websocket_upgrade(request.headers)
         try:
             stream = session.open_request(
@@ -197,11 +233,7 @@ class PublicListener:
         except (StreamClosedError, Http2TunnelError) as exc:
             log.warning("cannot open a stream to tunnel %s ray=%s: %s", tunnel_id, ray, exc)
             return STREAM_FAILED, host
-        exchange = _Exchange(self, conn, request, stream, host, ray, websocket)
-        if fast:
-            stream.on_answer = exchange.answered
-        conn.exchange = exchange
-        return exchange
+        return Opened(stream, host, websocket)
 
     def _name(self, authority: str) -> tuple[str, str]:
         """The hostname of ``authority``, checked (RFC 1035) and in the one spelling the edge
@@ -219,11 +251,38 @@ class PublicListener:
         self._names[authority] = names
         return names
 
+    def _https_redirect(self, request: Request) -> str | None:
+        """Where "Always Use HTTPS" sends a request on the HTTP listener (the same URL over
+        https), or None: another listener, no such zone option, or an ACME HTTP-01
+        challenge (a certificate authority fetches those over plain HTTP)."""
+        if self.scheme != "http" or not self.store.has_zone_options():
+            return None
+        try:
+            target = _target(request)
+            host, _ = self._names.get(target.authority) or self._name(target.authority)
+        except (BadRequestTarget, InvalidHostname):
+            return None
+        if target.path.startswith(_ACME_CHALLENGE):
+            return None
+        if not self.store.zone_options(host).always_https:
+            return None
+        return f"https://{host}{target.path}"
+
+    def edge_headers(self, host: str, ray: str) -> list[tuple[str, str]]:
+        """The headers the edge adds to an origin's response: its Ray ID, and over HTTPS the
+        zone's HSTS."""
+        headers = [("Cf-Ray", ray)]
+        if self.scheme == "https":
+            max_age = self.store.zone_options(host).hsts_max_age
+            if max_age:
+                headers.append(("Strict-Transport-Security", hsts_value(max_age)))
+        return headers
+
     def _fast(self, conn: Http1Connection, request: Request) -> _Exchange | None:
         """A bodiless request, from the connection's ``data_received``: forwarded at once,
         and answered from the tunnel's read when the whole response came in it (see
         :meth:`_Exchange.answered`). Anything unusual is left to :meth:`_handle`."""
-        if request.has_body or request.upgrade:
+        if request.has_body or request.upgrade or self._https_redirect(request) is not None:
             return None
         if self.challenges is not None and request.target.startswith(CHALLENGE_PATH):
             return None
@@ -245,6 +304,17 @@ class PublicListener:
             )
             return True
         ray = self._ray()
+        location = self._https_redirect(request)
+        if location is not None:
+            await conn.drain_body()
+            body = b"Moved Permanently: " + location.encode("latin-1") + b"\n"
+            await conn.respond_simple(
+                301,
+                body,
+                content_type="text/plain; charset=utf-8",
+                extra=(("Location", location), ("Cf-Ray", ray)),
+            )
+            return True
         forwarded = self._forward(conn, request, ray, fast=False)
         if isinstance(forwarded, tuple):
             page, host = forwarded
@@ -318,7 +388,9 @@ class PublicListener:
         if response.meta is not ResponseMeta.ORIGIN:
             if uploader is not None:
                 uploader.cancel()
-            page = await self._connector_failure(exchange, response.end_stream)
+            page = await self.connector_failure(
+                exchange.stream, exchange.host, exchange.ray, response.end_stream
+            )
             await self._page(conn, page, exchange.host, exchange.ray, keep_alive=uploader is None)
             return uploader is None
         if not await self._relay(exchange, response, keep_alive=uploader is None):
@@ -339,7 +411,7 @@ class PublicListener:
         conn = exchange.conn
         stream = exchange.stream
         channel = stream.channel
-        headers = [*response.headers, ("Cf-Ray", exchange.ray)]
+        headers = [*response.headers, *self.edge_headers(exchange.host, exchange.ray)]
         try:
             # The head waits for body bytes that are already here (never for ones still to
             # come: a stream of events must show its head at once), and a chunk that is all
@@ -441,7 +513,9 @@ class PublicListener:
             await self._failed(exchange, exc)
             return
         if response.meta is not ResponseMeta.ORIGIN:
-            page = await self._connector_failure(exchange, response.end_stream)
+            page = await self.connector_failure(
+                exchange.stream, exchange.host, exchange.ray, response.end_stream
+            )
             await self._page(conn, page, exchange.host, exchange.ray, keep_alive=False)
             return
         if not _switched(response):
@@ -462,10 +536,11 @@ class PublicListener:
             return
         await _pipe_raw(conn, stream, conn.take_leftover())
 
-    async def _connector_failure(self, exchange: _Exchange, ended: bool) -> ErrorPage:
+    async def connector_failure(
+        self, stream: RequestStream, host: str, ray: str, ended: bool
+    ) -> ErrorPage:
         """The page for a connector-made error response. Its reason's class picks the page;
         the connector's words (addresses, errors) go to the log under the Ray ID."""
-        stream = exchange.stream
         body = b""
         if not ended:
             with contextlib.suppress(StreamClosedError, TimeoutError):
@@ -476,8 +551,8 @@ class PublicListener:
         if not body.startswith(_ORIGIN_ERROR_PREFIX):
             log.warning(
                 "the connector could not reach the origin for %s ray=%s (it gave no reason)",
-                exchange.host,
-                exchange.ray,
+                host,
+                ray,
             )
             return ORIGIN_FAILED
         first, _, rest = body[:_MAX_REASON].partition(b"\n")
@@ -487,8 +562,8 @@ class PublicListener:
         )
         log.warning(
             "the connector could not reach the origin for %s ray=%s: %s: %s",
-            exchange.host,
-            exchange.ray,
+            host,
+            ray,
             reason,
             detail,
         )
@@ -573,7 +648,7 @@ class _Exchange:
                 answer.headers,
                 stream.body,
                 drop=HOP_BY_HOP,
-                extra=(("Cf-Ray", self.ray),),
+                extra=self.listener.edge_headers(self.host, self.ray),
             )
             keep_alive = True
         except ResponseError as exc:

@@ -40,6 +40,7 @@ from adit.edge.management_route import DEFAULT_MANAGEMENT_HOSTNAME, ManagementGa
 from adit.edge.management_token import ManagementSigner
 from adit.edge.private_flows import FlowLimits, PrivateFlows, flow_path
 from adit.edge.public import PublicListener
+from adit.edge.public_tls import harden_public_tls
 from adit.edge.quic_listener import QuicListener, QuicTunnelSession, edge_quic_configuration
 from adit.edge.registry import ConnectionRegistry
 from adit.edge.route_dns import PublishedEdge
@@ -381,7 +382,7 @@ class EdgeServer:
         names that are not routed (or no SNI) get the API names' certificate.
         """
         default = self.ca.api_server_context(self.settings.api_names)
-        default.set_alpn_protocols(["http/1.1"])
+        harden_public_tls(default)
         by_name: dict[str, ssl.SSLContext] = {}
 
         certificates = self.certificates
@@ -404,7 +405,7 @@ class EdgeServer:
                 except InvalidHostname:
                     return
                 context = self.ca.issue_leaf([name]).server_context()
-                context.set_alpn_protocols(["http/1.1"])
+                harden_public_tls(context)
                 by_name[name] = context
             connection.context = context
 

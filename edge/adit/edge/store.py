@@ -100,6 +100,9 @@ from adit.edge.tunnel_configs import TunnelConfigs
 from adit.edge.zone_dns import SCHEMA as ZONE_DNS_SCHEMA
 from adit.edge.zone_dns import TABLES as ZONE_DNS_TABLES
 from adit.edge.zone_dns import Records, ZoneDnsTargets, forget_records, remember_records
+from adit.edge.zone_options import SCHEMA as ZONE_OPTIONS_SCHEMA
+from adit.edge.zone_options import TABLES as ZONE_OPTIONS_TABLES
+from adit.edge.zone_options import LiveZoneOptions, ZoneOptions, write_zone_options
 from adit.protocol.cidr import IPAddress
 from adit.protocol.hostnames import (
     InvalidHostname,
@@ -205,12 +208,14 @@ _SCHEMA = (
     *PRIVATE_NETWORKS_SCHEMA,
     *TUNNEL_CONFIGS_SCHEMA,
     *ZONE_DNS_SCHEMA,
+    *ZONE_OPTIONS_SCHEMA,
 )
 _TABLES = frozenset(
     {"accounts", "api_tokens", "tunnels", "secret_rotations", "routes", "zones", "counters"}
     | PRIVATE_NETWORKS_TABLES
     | TUNNEL_CONFIGS_TABLES
     | ZONE_DNS_TABLES
+    | ZONE_OPTIONS_TABLES
 )
 _COUNTERS = (ROUTES_COUNTER, PRIVATE_ROUTES_COUNTER)
 _BUMP_ROUTES = f"UPDATE counters SET value = value + 1 WHERE name = '{ROUTES_COUNTER}'"  # noqa: S608
@@ -316,7 +321,8 @@ class Store:
         self._migrate()
         self._routes = LiveRoutes(self._db)
         self._private_routes = LivePrivateRoutes(self._db)
-        self._watcher = TableWatcher([self._routes, self._private_routes])
+        self._zone_options = LiveZoneOptions(self._db)
+        self._watcher = TableWatcher([self._routes, self._private_routes, self._zone_options])
         #: Virtual networks and IP routes (:class:`~adit.edge.private_networks.PrivateNetworks`).
         self.private = PrivateNetworks(self._db, clock, self._private_routes)
         #: Remotely managed configurations (:class:`~adit.edge.tunnel_configs.TunnelConfigs`).
@@ -721,6 +727,8 @@ class Store:
             if row is None:
                 raise ZoneNotFound(f"no zone {zone_name}")
             account_tag = row[0]
+            # Its options go too (the row cascades; the counter tells other processes).
+            write_zone_options(db, zone_name, ZoneOptions())
             db.execute("DELETE FROM zones WHERE name = ?", (zone_name,))
             left = [
                 z
@@ -741,7 +749,34 @@ class Store:
                 db.execute(_BUMP_ROUTES)
         if dropped:
             self._routes.changed()
+        self._zone_options.changed()
         return len(dropped)
+
+    def set_zone_options(self, name: str, options: ZoneOptions) -> None:
+        """Set zone ``name``'s options (Always Use HTTPS, HSTS); :class:`ZoneNotFound`."""
+        zone_name = normalize_hostname(name)
+        with self._db.write() as db:
+            if db.execute("SELECT 1 FROM zones WHERE name = ?", (zone_name,)).fetchone() is None:
+                raise ZoneNotFound(f"no zone {zone_name}")
+            write_zone_options(db, zone_name, options)
+        self._zone_options.changed()
+
+    def has_zone_options(self) -> bool:
+        """Whether any zone has options (most edges: none, and no lookup per request)."""
+        return bool(self._zone_options.current().by_zone)
+
+    def zone_options(self, hostname: str) -> ZoneOptions:
+        """The options of the zone holding normalised ``hostname`` (from memory)."""
+        return self._zone_options.find(hostname)
+
+    def refresh_zone_options(self) -> bool:
+        """Rebuild the zone options if another process changed them (the watcher does this
+        by itself); True when it did."""
+        return self._zone_options.refresh()
+
+    def zone_options_of(self, name: str) -> ZoneOptions:
+        """Zone ``name``'s own options, read from the store."""
+        return self._zone_options.reload().by_zone.get(normalize_hostname(name), ZoneOptions())
 
     # -- hostname routes ------------------------------------------------------------------
 

@@ -102,7 +102,7 @@ class _Edge:
         self.requests()  # SETTINGS acknowledged
 
     def eyeball(self) -> tuple[Http1Connection, _Socket]:
-        conn = self.listener.protocol()
+        conn = self.listener.http1_protocol()
         socket = _Socket()
         conn.connection_made(socket)  # type: ignore[arg-type]
         return conn, socket

@@ -1,0 +1,513 @@
+"""HTTP/2 visitors on the HTTPS listener: the I/O around :mod:`adit.edge.h2_visitor`.
+
+A connection whose TLS handshake chose ALPN ``h2`` is served here, one task per visitor
+stream, through the same seam as HTTP/1.1 (:meth:`PublicListener.open_stream`: route, Access,
+header policy, a tunnel stream each). Flow control is end to end:
+
+* upload: a visitor's body bytes are acknowledged to it (its window reopened) only once the
+  tunnel stream took them (:meth:`StreamChannel.write` waits on the connector's window), so a
+  connection holds at most :data:`~adit.edge.h2_visitor.CONNECTION_WINDOW` of them;
+* download: the next chunk is read from the tunnel (which reopens the connector's window)
+  only once the visitor's window and the socket took the one before, so a visitor that does
+  not read holds the origin, never the edge's memory; one that takes nothing for the body
+  timeout loses its stream.
+
+The listener's deadlines apply per stream (the response and body timeouts, the send
+timeout) and per connection (the head timeout for the preface and first request, the
+keep-alive timeout while no stream is open); the listener's connection caps count an HTTP/2
+connection as one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+from collections import deque
+from typing import TYPE_CHECKING, cast
+
+from adit.edge.h2_visitor import (
+    Closed,
+    RequestBody,
+    RequestEnded,
+    RequestHead,
+    StreamAborted,
+    VisitorH2,
+    WindowOpened,
+)
+from adit.edge.http1 import ResponseError
+from adit.edge.http1_request import Request
+from adit.edge.limits import ConnectionTracker
+from adit.edge.pages import (
+    BAD_REQUEST,
+    BAD_RESPONSE,
+    REQUEST_TIMEOUT,
+    STREAM_FAILED,
+    TUNNEL_TIMEOUT,
+    ErrorPage,
+)
+from adit.protocol.headers import ResponseMeta
+from adit.tunnelio import StreamClosedError, release_waiter
+
+if TYPE_CHECKING:
+    from adit.edge.public import PublicListener
+    from adit.edge.tunnel_session import RequestStream
+
+__all__ = ["Http2Connection"]
+
+log = logging.getLogger("adit.edge.public")
+
+_CANCEL = 0x8
+
+
+class _StreamGone(Exception):
+    """The visitor's stream (or its connection) ended: nothing more goes to it."""
+
+
+class _VisitorStream:
+    """One request stream: its body as it arrives, and the task that serves it."""
+
+    __slots__ = ("body", "ended", "id", "reset", "task", "waiter")
+
+    def __init__(self, stream_id: int) -> None:
+        self.id = stream_id
+        self.body: deque[tuple[bytes, int]] = deque()
+        self.ended = False
+        self.reset = False
+        self.waiter: asyncio.Future[None] | None = None
+        self.task: asyncio.Task[None] | None = None
+
+    def wake(self) -> None:
+        release_waiter(self.waiter)
+
+
+class Http2Connection(asyncio.Protocol):
+    """One visitor's HTTP/2 connection (the transport's protocol after ALPN chose ``h2``)."""
+
+    def __init__(self, listener: PublicListener, tracker: ConnectionTracker | None) -> None:
+        self._listener = listener
+        self._tracker = tracker
+        limits = tracker.limits if tracker is not None else None
+        self._head_timeout = limits.header_timeout if limits else math.inf
+        self._idle_timeout = limits.keepalive_timeout if limits else math.inf
+        self._body_timeout = limits.body_timeout if limits else math.inf
+        self._response_timeout = limits.response_timeout if limits else math.inf
+        self._h2 = VisitorH2()
+        self._streams: dict[int, _VisitorStream] = {}
+        self._loop = asyncio.get_running_loop()
+        self.transport: asyncio.Transport | None = None
+        self.client_ip = ""
+        #: When the connection's own wait expires (Tracked): the preface and first request,
+        #: or the next request while no stream is open.
+        self.deadline = math.inf
+        self._writing_paused = False
+        self._closed = False
+        self._draining = False
+        #: Senders waiting for a window or the socket.
+        self._senders: set[asyncio.Future[None]] = set()
+        self._flush_scheduled = False
+
+    # -- asyncio.Protocol ------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Send our preface (or close at once when a cap of the listener is reached)."""
+        self.transport = cast(asyncio.Transport, transport)
+        peer = transport.get_extra_info("peername")
+        self.client_ip = str(peer[0]) if peer else ""
+        if self._tracker is not None and not self._tracker.admit(self):
+            self._tracker = None
+            self._closed = True
+            transport.close()
+            return
+        self.deadline = self._loop.time() + self._head_timeout
+        self._h2.start()
+        self._flush()
+
+    def data_received(self, data: bytes) -> None:
+        """Feed the state machine and act on its events."""
+        if self._closed:
+            return
+        for event in self._h2.receive(data, self._loop.time()):
+            if type(event) is RequestHead:
+                self._begin(event)
+            elif type(event) is RequestBody:
+                stream = self._streams.get(event.stream_id)
+                if stream is None:
+                    self._h2.acknowledge(event.stream_id, event.flow)
+                else:
+                    stream.body.append((event.data, event.flow))
+                    stream.wake()
+            elif type(event) is RequestEnded:
+                stream = self._streams.get(event.stream_id)
+                if stream is not None:
+                    stream.ended = True
+                    stream.wake()
+            elif type(event) is StreamAborted:
+                stream = self._streams.get(event.stream_id)
+                if stream is not None:
+                    stream.reset = True
+                    if stream.task is not None:
+                        stream.task.cancel()
+            elif type(event) is WindowOpened:
+                self._wake_senders()
+            elif type(event) is Closed:
+                log.info("HTTP/2 connection from %s ends: %s", self.client_ip, event.reason)
+                self._flush()
+                self._shut()
+                return
+        self._flush()
+
+    def eof_received(self) -> bool:
+        """The visitor closed its side: nothing more can come, so no stream goes on."""
+        self._shut()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """Every stream's task ends (each resets its tunnel stream)."""
+        self._shut()
+        if self._tracker is not None:
+            self._tracker.release(self)
+            self._tracker = None
+
+    def pause_writing(self) -> None:
+        """The socket's buffer is full: read no more either. Frames the edge must answer
+        (PING, SETTINGS) would otherwise pile up unsent behind a visitor that does not read
+        (CVE-2019-9512, -9515); its requests wait in the kernel instead."""
+        self._writing_paused = True
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        """The socket's buffer drained."""
+        self._writing_paused = False
+        if self.transport is not None and not self._closed:
+            self.transport.resume_reading()
+        self._wake_senders()
+
+    # -- Tracked -------------------------------------------------------------------------------
+
+    def expire(self) -> None:
+        """The connection's wait passed (no request in time): GOAWAY and close."""
+        self.deadline = math.inf
+        if not self._streams:
+            self._h2.close()
+            self._flush()
+            self._close_transport()
+
+    def drain(self) -> None:
+        """The edge shuts down: GOAWAY; close once the streams in progress are done."""
+        self._draining = True
+        self._h2.drain()
+        self._flush()
+        if not self._streams:
+            self._close_transport()
+
+    def abort(self) -> None:
+        """Close at once."""
+        self._closed = True
+        if self.transport is not None:
+            self.transport.abort()
+
+    # -- streams -------------------------------------------------------------------------------
+
+    def _begin(self, event: RequestHead) -> None:
+        stream = _VisitorStream(event.stream_id)
+        stream.ended = event.ended
+        self._streams[stream.id] = stream
+        self.deadline = math.inf  # each stream's waits have their own deadlines now
+        task = self._loop.create_task(self._serve(stream, event.request))
+        # Not the task's own ``finally``: a stream reset in the read that opened it has its
+        # task cancelled before it ever runs (then nothing of it was forwarded either).
+        task.add_done_callback(lambda _: self._done(stream))
+        stream.task = task
+
+    def _done(self, stream: _VisitorStream) -> None:
+        self._streams.pop(stream.id, None)
+        # A body the stream did not take is the connection's window still: give it back.
+        flow = sum(flow for _, flow in stream.body)
+        stream.body.clear()
+        if flow:
+            self._h2.acknowledge(stream.id, flow)
+        if not self._streams:
+            if self._draining:
+                self._close_transport()
+            else:
+                self.deadline = self._loop.time() + self._idle_timeout
+        self._flush()
+
+    async def _serve(self, stream: _VisitorStream, request: Request) -> None:
+        listener = self._listener
+        ray = listener._ray()
+        tunnel: RequestStream | None = None
+        try:
+            if request.method == b"CONNECT":
+                # Extended CONNECT (RFC 8441) is not offered: WebSocket stays on HTTP/1.1.
+                await self._page(stream, BAD_REQUEST, "-", ray)
+                return
+            opened = listener.open_stream(request, self.client_ip, ray)
+            if isinstance(opened, tuple):
+                page, host = opened
+                await self._page(stream, page, host, ray)
+                return
+            tunnel = opened.stream
+            await self._exchange(stream, request, tunnel, opened.host, ray)
+        except _StreamGone as exc:
+            # The visitor took nothing in the send timeout (or the connection ended).
+            log.info("HTTP/2 stream from %s ended ray=%s: %s", self.client_ip, ray, exc)
+            self._h2.reset(stream.id, _CANCEL)
+            if tunnel is not None:
+                tunnel.cancel(StreamClosedError("the visitor stopped reading"))
+        except asyncio.CancelledError:
+            # The visitor reset the stream, or the connection is gone.
+            if tunnel is not None:
+                tunnel.cancel(StreamClosedError("the visitor went away"))
+        except Exception:
+            # A bug in one stream's handling costs that stream, never the connection.
+            log.exception("HTTP/2 request handling failed ray=%s", ray)
+            self._h2.reset(stream.id)
+        finally:
+            if tunnel is not None:
+                tunnel.session.finished(tunnel)
+
+    async def _exchange(
+        self,
+        stream: _VisitorStream,
+        request: Request,
+        tunnel: RequestStream,
+        host: str,
+        ray: str,
+    ) -> None:
+        uploader: asyncio.Task[None] | None = None
+        if request.has_body:
+            uploader = self._loop.create_task(self._upload(stream, tunnel))
+        try:
+            try:
+                async with asyncio.timeout(_seconds(self._response_timeout)):
+                    response = await tunnel.response()
+            except TimeoutError:
+                tunnel.cancel(StreamClosedError("no answer in time"))
+                log.warning("no answer in time from the tunnel for %s ray=%s", host, ray)
+                await self._page(stream, TUNNEL_TIMEOUT, host, ray)
+                return
+            except StreamClosedError as exc:
+                if _stalled(uploader):
+                    await self._page(stream, REQUEST_TIMEOUT, host, ray)
+                    return
+                log.warning("tunnel stream failed for %s ray=%s: %s", host, ray, exc)
+                await self._page(stream, STREAM_FAILED, host, ray)
+                return
+            if response.meta is not ResponseMeta.ORIGIN:
+                page = await self._listener.connector_failure(
+                    tunnel, host, ray, response.end_stream
+                )
+                await self._page(stream, page, host, ray)
+                return
+            head_only = request.method == b"HEAD" or response.status in (204, 304)
+            ended = response.end_stream or head_only
+            headers = [*response.headers, *self._listener.edge_headers(host, ray)]
+            try:
+                self._h2.respond(stream.id, response.status, headers, end_stream=ended)
+            except ResponseError as exc:
+                log.warning("undeliverable response for %s ray=%s: %s", host, ray, exc)
+                await self._page(stream, BAD_RESPONSE, host, ray)
+                return
+            self._flush()
+            if ended:
+                return
+            await self._download(stream, tunnel)
+        finally:
+            if uploader is not None:
+                uploader.cancel()
+                with contextlib.suppress(BaseException):
+                    await uploader
+
+    async def _download(self, stream: _VisitorStream, tunnel: RequestStream) -> None:
+        channel = tunnel.channel
+        while True:
+            try:
+                async with asyncio.timeout(_seconds(self._response_timeout)):
+                    chunk = await channel.read()
+            except (TimeoutError, StreamClosedError):
+                # The body broke (or stalled) after the head went out: the visitor must
+                # not take a cut body for a whole one.
+                self._h2.reset(stream.id)
+                self._flush()
+                return
+            if not chunk:
+                break
+            await self._send(stream, chunk)
+        self._h2.end_stream(stream.id)
+        self._flush()
+
+    async def _send(self, stream: _VisitorStream, data: bytes) -> None:
+        """Body bytes to the visitor as its windows and the socket take them."""
+        view = memoryview(data)
+        while view:
+            if self._closed or stream.reset:
+                raise _StreamGone
+            window = 0 if self._writing_paused else self._h2.window(stream.id)
+            if window <= 0:
+                if not self._h2.stream_open(stream.id):
+                    raise _StreamGone
+                await self._writable()
+                continue
+            piece = view[:window]
+            self._h2.send_data(stream.id, bytes(piece))
+            view = view[len(piece) :]
+            self._flush()
+
+    async def _writable(self) -> None:
+        """Until a window grows or the socket drains; the send timeout ends the stream."""
+        waiter = self._loop.create_future()
+        self._senders.add(waiter)
+        try:
+            async with asyncio.timeout(_seconds(self._body_timeout)):
+                await waiter
+        except TimeoutError:
+            raise _StreamGone("the visitor took no response bytes in time") from None
+        finally:
+            self._senders.discard(waiter)
+
+    def _wake_senders(self) -> None:
+        senders, self._senders = self._senders, set()
+        for waiter in senders:
+            release_waiter(waiter)
+
+    async def _upload(self, stream: _VisitorStream, tunnel: RequestStream) -> None:
+        """The visitor's body into the tunnel stream; each piece is acknowledged to the
+        visitor once the tunnel took it. A body that stalls past the body timeout fails the
+        stream (the answer is then a 408)."""
+        channel = tunnel.channel
+        try:
+            while True:
+                while not stream.body:
+                    if stream.ended:
+                        channel.end()
+                        return
+                    if stream.reset or self._closed:
+                        raise _StreamGone
+                    stream.waiter = self._loop.create_future()
+                    try:
+                        async with asyncio.timeout(_seconds(self._body_timeout)):
+                            await stream.waiter
+                    finally:
+                        stream.waiter = None
+                data, flow = stream.body.popleft()
+                await channel.write(data)
+                self._h2.acknowledge(stream.id, flow)
+                self._flush()
+        except TimeoutError:
+            tunnel.cancel(StreamClosedError("the request body stalled"))
+            raise
+
+    async def _page(self, stream: _VisitorStream, page: ErrorPage, host: str, ray: str) -> None:
+        body = page.render(host, ray)
+        headers = [
+            ("Content-Type", page.content_type),
+            ("Content-Length", str(len(body))),
+            ("Cf-Ray", ray),
+        ]
+        if not self._h2.stream_open(stream.id):
+            return
+        self._h2.respond(stream.id, page.status, headers, end_stream=False)
+        self._flush()
+        await self._send(stream, body)
+        self._h2.end_stream(stream.id)
+        self._flush()
+
+    # -- the socket ----------------------------------------------------------------------------
+
+    def _flush(self) -> None:
+        """Write what h2 has queued, once per turn of the loop: the frames of every stream
+        that moved in this turn leave in one TLS record batch and one system call."""
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._write_out)
+
+    def _write_out(self) -> None:
+        self._flush_scheduled = False
+        data = self._h2.data_to_send()
+        if data and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+    def _shut(self) -> None:
+        """No more of this connection: every stream's task is cancelled, the socket closed
+        once what is written went out."""
+        if self._closed:
+            return
+        self._closed = True
+        for stream in list(self._streams.values()):
+            stream.reset = True
+            if stream.task is not None:
+                stream.task.cancel()
+        self._wake_senders()
+        self._close_transport()
+
+    def _close_transport(self) -> None:
+        self._closed = True
+        self._write_out()  # a GOAWAY or the last frames go before the close
+        if self.transport is not None:
+            self.transport.close()
+
+
+def _stalled(uploader: asyncio.Task[None] | None) -> bool:
+    """Whether the request body stalled (the upload ended on the body timeout)."""
+    if uploader is None or not uploader.done() or uploader.cancelled():
+        return False
+    return isinstance(uploader.exception(), TimeoutError)
+
+
+def _seconds(timeout: float) -> float | None:
+    """A limit as ``asyncio.timeout`` takes it (None: no limit)."""
+    return None if timeout == math.inf else timeout
+
+
+class AlpnSwitch(asyncio.Protocol):
+    """An HTTPS connection until its handshake is done: then the protocol ALPN chose
+    (``h2``, else HTTP/1.1) takes over the transport (``set_protocol``; a transport without
+    it, as tests' stand-ins, goes on calling this one, which passes everything on)."""
+
+    def __init__(self, listener: PublicListener) -> None:
+        self._listener = listener
+        self._chosen: asyncio.Protocol | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """The handshake is done (asyncio calls this after it): hand over."""
+        ssl_object = transport.get_extra_info("ssl_object")
+        chosen = ssl_object.selected_alpn_protocol() if ssl_object is not None else None
+        protocol: asyncio.Protocol
+        if chosen == "h2":
+            protocol = Http2Connection(self._listener, self._listener.tracker)
+        else:
+            protocol = self._listener.http1_protocol()
+        self._chosen = protocol
+        set_protocol = getattr(transport, "set_protocol", None)
+        if set_protocol is not None:
+            set_protocol(protocol)
+        protocol.connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        """Passed on (only without ``set_protocol``)."""
+        assert self._chosen is not None
+        self._chosen.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        """Passed on (only without ``set_protocol``)."""
+        assert self._chosen is not None
+        return self._chosen.eof_received()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """Passed on (only without ``set_protocol``)."""
+        if self._chosen is not None:
+            self._chosen.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        """Passed on (only without ``set_protocol``)."""
+        if self._chosen is not None:
+            self._chosen.pause_writing()
+
+    def resume_writing(self) -> None:
+        """Passed on (only without ``set_protocol``)."""
+        if self._chosen is not None:
+            self._chosen.resume_writing()
