@@ -58,7 +58,7 @@ from adit.protocol.quic_engine import TunnelQuicConnection
 from adit.systemd import SystemdNotifier
 
 if TYPE_CHECKING:
-    from adit.supervisor.metrics_server import MetricsServer
+    from adit.metrics_listener import MetricsServer
 
 log = logging.getLogger("adit.edge")
 
@@ -414,8 +414,7 @@ class EdgeServer:
 
     async def _serve_metrics(self, address: str) -> None:
         from adit.edge.cert_metrics import render_metrics
-        from adit.supervisor.errors import MetricsListenerError
-        from adit.supervisor.metrics_server import MetricsServer, bind_metrics_socket
+        from adit.metrics_listener import MetricsListenerError, MetricsServer, bind_metrics_socket
 
         try:
             sock = bind_metrics_socket(address)

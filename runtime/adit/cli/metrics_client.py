@@ -1,6 +1,6 @@
 """A plain HTTP GET against a connector's metrics listener, for ``tunnel ready`` and ``diag``.
 
-The listener is the connector's own (``adit.supervisor.metrics_server``): HTTP/1.1, one
+The listener is the connector's own (``adit.metrics_listener``): HTTP/1.1, one
 request per connection, on localhost unless the operator chose otherwise. Errors are worded
 as Go's ``net/http`` words them, since cloudflared's messages quote them.
 """
@@ -20,7 +20,7 @@ __all__ = [
 
 #: Where a connector started without ``--metrics`` listens: the first free of these
 #: (cloudflared's ``GetMetricsKnownAddresses`` for a host runtime; the ports are
-#: ``adit.supervisor.metrics_server.DEFAULT_METRICS_PORTS``).
+#: ``adit.metrics_listener.DEFAULT_METRICS_PORTS``).
 KNOWN_METRICS_ADDRESSES = tuple(f"localhost:{port}" for port in range(20241, 20246))
 
 

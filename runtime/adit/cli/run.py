@@ -657,9 +657,14 @@ def run(ctx: click.Context, /, tunnel: tuple[str, ...], **_options: Any) -> None
     settings_only = os.environ.get(SETTINGS_ONLY)
     if settings_only is not None:
         # A lean supervisor's reload (adit.supervisor.lean.load_in_child): print, don't run.
-        from adit.supervisor.lean import write_settings
+        from adit.supervisor.lean import write_refusal, write_settings
 
-        write_settings(load_settings(ctx, tunnel, config_path=settings_only or None))
+        try:
+            settings = load_settings(ctx, tunnel, config_path=settings_only or None)
+        except click.ClickException as exc:
+            write_refusal(exc.format_message())
+            raise
+        write_settings(settings)
         return
     configure_logging(LogSettings())
     try:

@@ -40,11 +40,16 @@ from adit.ipc.channels import (
 )
 from adit.ipc.messages import Command, Event, Start
 from adit.logs import fields, parse_level
+from adit.metrics_listener import (
+    MetricsListenerError,
+    MetricsServer,
+    bind_metrics_socket,
+    format_address,
+)
 from adit.supervisor.config_view import config_routes, quicktunnel_json, versioned_config_json
 from adit.supervisor.diag_endpoints import diag_routes
 from adit.supervisor.errors import SupervisorError
 from adit.supervisor.launch import EarlyWorkers, send_boot, worker_boot
-from adit.supervisor.metrics_server import MetricsServer, bind_metrics_socket, format_address
 from adit.supervisor.pidfile import write_pidfile
 from adit.supervisor.settings import SupervisorSettings
 from adit.supervisor.signals import SignalReceived, install_signal_handlers, remove_signal_handlers
@@ -267,7 +272,7 @@ class Supervisor:
             log.info("Initial protocol %s", self.settings.initial_protocol)
             try:
                 sock = bind_metrics_socket(self.settings.metrics_address)
-            except SupervisorError as exc:
+            except (SupervisorError, MetricsListenerError) as exc:
                 self.failure = str(exc)
                 return 1
             await metrics_server.start(sock)

@@ -196,7 +196,7 @@ def runtime_information(state: SupervisorState) -> dict[str, object]:
 
 
 def diag_routes(state: SupervisorState) -> dict[str, DiagRoute]:
-    """The ``/diag/*`` routes for :class:`adit.supervisor.metrics_server.MetricsServer`."""
+    """The ``/diag/*`` routes for :class:`adit.metrics_listener.MetricsServer`."""
     return {
         "/diag/tunnel": lambda: _encode(tunnel_state(state)),
         "/diag/configuration": lambda: _encode(cli_configuration(state)),

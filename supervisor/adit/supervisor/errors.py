@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from adit.metrics_listener import MetricsListenerError as _MetricsListenerError
+
 __all__ = ["MetricsListenerError", "SupervisorError"]
 
 
@@ -9,5 +11,6 @@ class SupervisorError(Exception):
     """Base of the supervisor's failures; ``str()`` is what the user sees on stderr."""
 
 
-class MetricsListenerError(SupervisorError):
-    """The metrics/readiness address cannot be bound (cloudflared: fatal at start)."""
+# The metrics listener is shared with the edge (adit.metrics_listener); its failure is one of
+# the supervisor's.
+MetricsListenerError = _MetricsListenerError

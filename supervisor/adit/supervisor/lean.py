@@ -77,6 +77,18 @@ def write_settings(settings: SupervisorSettings) -> None:
     sys.stdout.buffer.flush()
 
 
+#: The line a reload's parser child writes its refusal on (one line whatever the message's:
+#: a config error has a "fix:" line after its reason, and warnings come before it).
+REFUSAL_PREFIX = "adit-reload-refused: "
+
+
+def write_refusal(message: str) -> None:
+    """Write why the settings were refused, as :func:`load_in_child` reads it."""
+    text = " ".join(line.strip() for line in message.splitlines() if line.strip())
+    sys.stderr.write(f"{REFUSAL_PREFIX}{text}\n")
+    sys.stderr.flush()
+
+
 def handover(settings: SupervisorSettings, args: list[str]) -> None:
     """Become the lean supervisor (``exec``): never returns unless ``exec`` fails (OSError).
 
@@ -185,6 +197,9 @@ def load_in_child(args: list[str], config_path: str | None) -> Callable[[], Supe
                 for line in done.stderr.decode(errors="replace").splitlines()
                 if line.strip() and not line.startswith("See '")
             ]
+            refusals = [line for line in lines if line.startswith(REFUSAL_PREFIX)]
+            if refusals:
+                raise SettingsRefused(refusals[-1][len(REFUSAL_PREFIX) :])
             raise SettingsRefused(lines[-1] if lines else f"exit code {done.returncode}")
         return msgspec.msgpack.decode(done.stdout, type=SupervisorSettings)
 

@@ -7,12 +7,12 @@ from dataclasses import dataclass, field
 
 from adit.ipc.messages import EdgeTarget, IngressSnapshot
 from adit.logs import LogSettings
+from adit.metrics_listener import DEFAULT_METRICS_ADDRESS
 from adit.version import __version__
 
 __all__ = ["DEFAULT_METRICS_ADDRESS", "SupervisorSettings"]
 
 #: cloudflared's ``--metrics`` default: try 20241..20245 on localhost, then a random port.
-DEFAULT_METRICS_ADDRESS = "localhost:0"
 
 
 def _new_connector_id() -> str:

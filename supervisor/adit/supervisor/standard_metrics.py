@@ -12,6 +12,8 @@ from __future__ import annotations
 import resource
 from pathlib import Path
 
+from adit.metrics_listener import ScrapeCounter
+
 __all__ = ["ScrapeCounter", "go_number", "process_extras"]
 
 #: Go reports an unlimited RLIMIT_AS as the largest uint64, printed as a float.
@@ -26,37 +28,6 @@ def go_number(value: float) -> str:
     if value == int(value) and abs(value) < 1e15:
         return str(int(value))
     return repr(value)
-
-
-class ScrapeCounter:
-    """``promhttp_metric_handler_requests_{in_flight,total}`` of the metrics server.
-
-    Scrapes are answered one at a time on the event loop, so the one in flight is the one
-    being rendered; a scrape counts under its status once it was answered.
-    """
-
-    def __init__(self) -> None:
-        self.by_code: dict[str, int] = {"200": 0, "500": 0, "503": 0}
-
-    def answered(self, code: int) -> None:
-        key = str(code)
-        self.by_code[key] = self.by_code.get(key, 0) + 1
-
-    def render(self) -> bytes:
-        lines = [
-            "# HELP promhttp_metric_handler_requests_in_flight Current number of scrapes being"
-            " served.",
-            "# TYPE promhttp_metric_handler_requests_in_flight gauge",
-            "promhttp_metric_handler_requests_in_flight 1",
-            "# HELP promhttp_metric_handler_requests_total Total number of scrapes by HTTP"
-            " status code.",
-            "# TYPE promhttp_metric_handler_requests_total counter",
-        ]
-        lines += [
-            f'promhttp_metric_handler_requests_total{{code="{code}"}} {count}'
-            for code, count in sorted(self.by_code.items())
-        ]
-        return ("\n".join(lines) + "\n").encode()
 
 
 def _netstat_octets(text: str) -> tuple[int, int] | None:

@@ -122,6 +122,6 @@ def test_redact_masks_secret_named_keys_at_any_depth() -> None:
 
 def test_ready_and_diag_look_where_a_connector_listens_by_default() -> None:
     from adit.cli.metrics_client import KNOWN_METRICS_ADDRESSES
-    from adit.supervisor.metrics_server import DEFAULT_METRICS_PORTS
+    from adit.metrics_listener import DEFAULT_METRICS_PORTS
 
     assert tuple(f"localhost:{p}" for p in DEFAULT_METRICS_PORTS) == KNOWN_METRICS_ADDRESSES

@@ -19,9 +19,9 @@ from adit.ipc.telemetry import (
     Histogram,
     RpcCallCounters,
 )
+from adit.metrics_listener import MetricsServer
 from adit.supervisor.config_view import config_routes, quicktunnel_json, versioned_config_json
 from adit.supervisor.metrics import TunnelStats, build_registry, render_metrics
-from adit.supervisor.metrics_server import MetricsServer
 from adit.supervisor.standard_metrics import ScrapeCounter, go_number, process_extras
 
 CORPUS = Path(__file__).parents[2] / "corpus" / "cloudflared_metrics"

@@ -7,8 +7,8 @@ import json
 import signal
 
 from adit.ipc.messages import ConnectionLost, ConnectionRegistered, EdgeTarget
+from adit.metrics_listener import MetricsServer
 from adit.supervisor.diag_endpoints import diag_routes
-from adit.supervisor.metrics_server import MetricsServer
 from adit.supervisor.settings import SupervisorSettings
 from adit.supervisor.state import SupervisorState
 

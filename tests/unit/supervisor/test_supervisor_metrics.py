@@ -11,15 +11,15 @@ import socket
 import pytest
 
 from adit.ipc.messages import StatsSnapshot
-from adit.supervisor.errors import MetricsListenerError
-from adit.supervisor.metrics import TunnelStats, build_registry, render_metrics
-from adit.supervisor.metrics_server import (
+from adit.metrics_listener import (
     DEFAULT_METRICS_PORTS,
     MetricsServer,
     bind_metrics_socket,
     format_address,
     parse_listen_address,
 )
+from adit.supervisor.errors import MetricsListenerError
+from adit.supervisor.metrics import TunnelStats, build_registry, render_metrics
 from adit.supervisor.settings import DEFAULT_METRICS_ADDRESS
 from adit.supervisor.signals import (
     SignalReceived,

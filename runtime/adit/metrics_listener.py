@@ -1,5 +1,6 @@
-"""The supervisor's HTTP listener: ``/metrics``, ``/ready``, ``/healthcheck``, ``/config`` and
-``/quicktunnel`` (h11, asyncio).
+"""The metrics HTTP listener: the connector's ``/metrics``, ``/ready``, ``/healthcheck``,
+``/config`` and ``/quicktunnel`` (served by its supervisor), and the edge's ``/metrics`` (h11,
+asyncio). Shared code of both, so neither imports the other.
 
 Address logic is cloudflared's (``metrics.CreateMetricsListener``): the default ``localhost:0``
 means the first free of ``127.0.0.1:20241``..``20245``, else a random port; any other address is
@@ -17,23 +18,62 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
 from adit.protocol.hostnames import AddressError, split_address
-from adit.supervisor.errors import MetricsListenerError
-from adit.supervisor.settings import DEFAULT_METRICS_ADDRESS
-from adit.supervisor.standard_metrics import ScrapeCounter
 
 # h11 is imported at the first request: the supervisor starts its workers without it.
 if TYPE_CHECKING:
     import h11
 
 __all__ = [
+    "DEFAULT_METRICS_ADDRESS",
     "DEFAULT_METRICS_PORTS",
+    "MetricsListenerError",
     "MetricsServer",
+    "ScrapeCounter",
     "bind_metrics_socket",
     "format_address",
     "parse_listen_address",
 ]
 
 log = logging.getLogger("adit.supervisor")
+
+#: cloudflared's default ``--metrics``: the first free of :data:`DEFAULT_METRICS_PORTS`.
+DEFAULT_METRICS_ADDRESS = "localhost:0"
+
+
+class MetricsListenerError(Exception):
+    """The metrics/readiness address cannot be bound (cloudflared: fatal at start)."""
+
+
+class ScrapeCounter:
+    """``promhttp_metric_handler_requests_{in_flight,total}`` of the metrics server.
+
+    Scrapes are answered one at a time on the event loop, so the one in flight is the one
+    being rendered; a scrape counts under its status once it was answered.
+    """
+
+    def __init__(self) -> None:
+        self.by_code: dict[str, int] = {"200": 0, "500": 0, "503": 0}
+
+    def answered(self, code: int) -> None:
+        key = str(code)
+        self.by_code[key] = self.by_code.get(key, 0) + 1
+
+    def render(self) -> bytes:
+        lines = [
+            "# HELP promhttp_metric_handler_requests_in_flight Current number of scrapes being"
+            " served.",
+            "# TYPE promhttp_metric_handler_requests_in_flight gauge",
+            "promhttp_metric_handler_requests_in_flight 1",
+            "# HELP promhttp_metric_handler_requests_total Total number of scrapes by HTTP"
+            " status code.",
+            "# TYPE promhttp_metric_handler_requests_total counter",
+        ]
+        lines += [
+            f'promhttp_metric_handler_requests_total{{code="{code}"}} {count}'
+            for code, count in sorted(self.by_code.items())
+        ]
+        return ("\n".join(lines) + "\n").encode()
+
 
 DEFAULT_METRICS_PORTS = (20241, 20242, 20243, 20244, 20245)
 _REQUEST_TIMEOUT = 10.0
