@@ -10,6 +10,7 @@ import hashlib
 import http.client
 import json
 import os
+import re
 import shlex
 import signal
 import socket
@@ -198,6 +199,76 @@ def _raw_flow(edge: Edge, path: str, token: str | None) -> tuple[int, str]:
     finally:
         conn.close()
     return response.status, str(body["errors"][0]["message"])
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("protocol", ["quic", "http2"])
+def test_max_active_flows_limits_private_tcp_flows(
+    edge: Edge,
+    account: Account,
+    processes: Processes,
+    answer_at_eof: int,
+    tmp_path: Path,
+    protocol: str,
+) -> None:
+    """``--max-active-flows 1``: while one private TCP flow is open a second is refused with
+    the reason and counted (``flow_client_registrations_rate_limited_total{flow_type="tcp"}``,
+    as cloudflared's ProxyTCP); once the first ends, a flow gets through again."""
+    tunnel, config = _tunnel(account, tmp_path, "127.0.0.1/32")
+    connector = start_connector(
+        processes,
+        tunnel,
+        config,
+        extra=["--protocol", protocol, "--max-active-flows", "1", "--ha-connections", "1"],
+    )
+    destination = f"127.0.0.1:{answer_at_eof}"
+    opened = edge.proc.text().count("private flow opened")
+    held = subprocess.Popen(
+        [*adit_command(), "access", "tcp", "--destination", destination],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "HOME": str(account.home)},
+    )
+    try:
+        assert held.stdin is not None
+        held.stdin.write(b"held open")
+        held.stdin.flush()
+        edge.proc.wait_for_log("private flow opened", count=opened + 1)
+        refused = _access(account, "tcp", "--destination", destination, stdin=b"PING\r\n")
+        assert refused.returncode == 1
+        assert b"too many active flows" in refused.stderr, refused.stderr
+        connector.wait_for_log("Too many concurrent flows being handled, rejecting tcp proxy")
+        out, _ = held.communicate(timeout=60)  # its end of input: the answer comes back
+        assert out == b"got held open"
+    finally:
+        if held.poll() is None:
+            held.kill()
+            held.wait(timeout=10)
+    # The slot is free again.
+    result = _access(account, "tcp", "--destination", destination, stdin=b"PING\r\n")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == b"got PING\r\n"
+    match = re.search(r"Starting metrics server on (\S+)/metrics", connector.text())
+    assert match, connector.text()
+    metrics = _metrics_with(f"http://{match.group(1)}/metrics", 'flow_type="tcp"')
+    assert 'flow_client_registrations_rate_limited_total{flow_type="tcp"} 1.0' in metrics, metrics
+    assert "cloudflared_tcp_active_sessions 0.0" in metrics, metrics
+
+
+def _metrics_with(url: str, needle: str) -> str:
+    """The connector's /metrics once it shows ``needle`` (workers report every heartbeat), or
+    after 15 s whatever it shows; bounded."""
+    import time
+    import urllib.request
+
+    deadline = time.monotonic() + 15
+    while True:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            text: str = response.read().decode()
+        if needle in text or time.monotonic() > deadline:
+            return text
+        time.sleep(0.3)
 
 
 def test_the_clients_end_of_input_still_gets_the_answer_and_mistakes_are_told(

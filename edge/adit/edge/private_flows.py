@@ -583,7 +583,11 @@ class PrivateFlows:
         except StreamClosedError as exc:
             raise CloseWith(1011, f"the tunnel stream failed: {exc}") from None
         if response.meta is not ResponseMeta.ORIGIN or response.status not in (101, 200):
-            reason = await _connector_reason(stream, response.end_stream)
+            if response.meta is ResponseMeta.FLOW_RATE_LIMITED:
+                # cloudflared over HTTP/2 says it only in the meta header, with no body.
+                reason = "too many active flows at the connector (--max-active-flows)"
+            else:
+                reason = await _connector_reason(stream, response.end_stream)
             log.warning(
                 "private flow: the connector could not reach the destination %s: %s",
                 flow.describe(),

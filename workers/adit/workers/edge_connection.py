@@ -13,7 +13,7 @@ import ipaddress
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import msgspec
 
@@ -62,6 +62,14 @@ LIVENESS = LivenessSettings()
 #: The host the edge sends ``tail``'s management requests under (cloudflared's
 #: ``--management-hostname`` default; the worker's proxy says which name it serves).
 MANAGEMENT_HOSTNAME = "management.argotunnel.com"
+
+
+#: Who answered, in the ``cf-cloudflared-response-meta`` header's words.
+_RESPONSE_META: Final = {
+    ResponseSource.ORIGIN: ResponseMeta.ORIGIN,
+    ResponseSource.CONNECTOR: ResponseMeta.CONNECTOR,
+    ResponseSource.FLOW_RATE_LIMITED: ResponseMeta.FLOW_RATE_LIMITED,
+}
 
 
 def _default_management_host(host: str) -> bool:
@@ -137,7 +145,7 @@ class ConnectorStream:
     ) -> None:
         if self.channel.reset_code is not None or self.connection.closed:
             raise StreamClosedError("stream is closed")
-        meta = ResponseMeta.ORIGIN if source is ResponseSource.ORIGIN else ResponseMeta.CONNECTOR
+        meta = _RESPONSE_META[source]
         try:
             self.connection.conn.send_response(
                 self.channel.stream_id,

@@ -55,6 +55,7 @@ if TYPE_CHECKING:
     # Imported when first used: h2 (http2Origin), h11 (hello_world) and PyJWT (access) are
     # memory in every worker that serves none of them.
     from adit.workers.access import AccessGate
+    from adit.workers.flow_limit import FlowLimiter
     from adit.workers.origins.helloworld import HelloWorldOrigin
     from adit.workers.origins.http2 import H2OriginConnection
 
@@ -92,6 +93,9 @@ class ProxyStats:
     responses_by_code: dict[int, int] = field(default_factory=dict)
     tcp_active_sessions: int = 0
     tcp_total_sessions: int = 0
+    #: Private TCP flows refused by ``--max-active-flows``
+    #: (``flow_client_registrations_rate_limited_total{flow_type="tcp"}``).
+    tcp_rate_limited: int = 0
     connect_stream_errors: int = 0
     connect_latency: Histogram = field(default_factory=lambda: Histogram(CONNECT_LATENCY_BUCKETS))
 
@@ -164,14 +168,51 @@ class OriginProxy:
         finally:
             self.stats.concurrent_requests -= 1
 
-    async def serve_private(self, stream: TunnelStream, options: OriginOptions) -> None:
+    async def serve_private(
+        self, stream: TunnelStream, options: OriginOptions, limiter: FlowLimiter | None = None
+    ) -> None:
         """A private-network TCP flow (cloudflared's ``ProxyTCP``): the edge names the
         ``ip:port`` itself, for a route of the account's to this tunnel; no ingress rule is
-        involved. The bytes are piped both ways until either side ends."""
+        involved. The bytes are piped both ways until either side ends.
+
+        ``limiter`` (``--max-active-flows``, shared with the UDP sessions) may refuse it: a 502
+        that says "flow rate limited" to the edge, as cloudflared's."""
         self.stats.total_requests += 1
         self.stats.concurrent_requests += 1
         self.stats.tcp_total_sessions += 1
         self.stats.tcp_active_sessions += 1
+        if limiter is not None and not limiter.acquire():
+            try:
+                await self._refuse_flow(stream)
+            finally:
+                self.stats.concurrent_requests -= 1
+                self.stats.tcp_active_sessions -= 1
+            return
+        try:
+            await self._serve_private(stream, options)
+        finally:
+            if limiter is not None:
+                limiter.release()
+
+    async def _refuse_flow(self, stream: TunnelStream) -> None:
+        self.stats.tcp_rate_limited += 1
+        self._log.warning(
+            "Too many concurrent flows being handled, rejecting tcp proxy",
+            extra=fields(destAddr=stream.request.authority, connIndex=stream.request.conn_index),
+        )
+        try:
+            await stream.send_response(
+                502,
+                [],
+                source=ResponseSource.FLOW_RATE_LIMITED,
+                end_stream=True,
+                body=b"failed to start tcp flow due to rate limiting: too many active flows",
+            )
+        except Exception:
+            with contextlib.suppress(Exception):
+                stream.reset()
+
+    async def _serve_private(self, stream: TunnelStream, options: OriginOptions) -> None:
         writer: asyncio.StreamWriter | None = None
         if self._log.isEnabledFor(logging.DEBUG):
             self._log.debug(

@@ -69,6 +69,7 @@ from adit.protocol.registration import (
 )
 from adit.workers.backoff import Backoff
 from adit.workers.edge_connection import EdgeConnection, Registration
+from adit.workers.flow_limit import FlowLimiter
 from adit.workers.locations import fallback, home_address
 from adit.workers.protocol_choice import (
     QUIC_HANDSHAKE_TIMEOUT,
@@ -87,7 +88,7 @@ if TYPE_CHECKING:
     from adit.workers.management import ManagementService
     from adit.workers.proxy import OriginProxy
     from adit.workers.quic_telemetry import QuicTelemetry
-    from adit.workers.udp_sessions import FlowLimiter, UdpCounters
+    from adit.workers.udp_sessions import UdpCounters
 
 log = logging.getLogger("adit.workers")
 
@@ -181,6 +182,7 @@ class LazyProxy:
         tunnel_id: Callable[[], uuid.UUID | None] = lambda: None,
         label: Callable[[], str] = lambda: "",
         management: Callable[[], tuple[str, bool]] = lambda: ("management.argotunnel.com", True),
+        flow_limiter: FlowLimiter | None = None,
     ) -> None:
         self._connector_id = connector_id
         self._tags = tags
@@ -188,6 +190,8 @@ class LazyProxy:
         self._label = label
         #: ``--management-hostname`` and ``--management-diagnostics`` as they are now.
         self._management_settings = management
+        #: ``--max-active-flows``, shared with the worker's UDP sessions.
+        self._flow_limiter = flow_limiter or FlowLimiter()
         self._proxy: OriginProxy | None = None
         self._loading: asyncio.Future[None] | None = None
         self._management: ManagementService | None = None
@@ -258,7 +262,12 @@ class LazyProxy:
     async def serve_private(self, stream: TunnelStream, options: OriginOptions) -> None:
         """Serve a private-network flow (see ``OriginProxy.serve_private``)."""
         await asyncio.shield(self.preload())
-        await self.get().serve_private(stream, options)
+        await self.get().serve_private(stream, options, self._flow_limiter)
+
+    @property
+    def tcp_rate_limited(self) -> int:
+        """Private TCP flows refused by ``--max-active-flows`` (0 before the proxy exists)."""
+        return self._proxy.stats.tcp_rate_limited if self._proxy is not None else 0
 
 
 def _import_all(names: tuple[str, ...]) -> None:
@@ -338,12 +347,16 @@ class WorkerRuntime:
         self.settings = settings
         self.publish = publish
         self.connector_id = uuid.UUID(settings.connector_id)
+        # The flow limit (--max-active-flows) of private TCP flows and UDP sessions together,
+        # as cloudflared's; the UDP counters are built at the first QUIC dial, as their module.
+        self._flow_limiter = FlowLimiter(settings.max_active_flows)
         self.proxy = LazyProxy(
             self.connector_id,
             settings.tags,
             self._tunnel_id,
             lambda: self.settings.label,
             lambda: (self.settings.management_hostname, self.settings.management_diagnostics),
+            self._flow_limiter,
         )
         # Built once the config modules are imported (off the first dial's path, see run()).
         self._ingress: Ingress | None = None
@@ -366,9 +379,6 @@ class WorkerRuntime:
         #: The quic_client_* counts, from the first QUIC dial on (cloudflared registers them
         #: then).
         self.quic_telemetry: QuicTelemetry | None = None
-        # UDP sessions' flow limit (--max-active-flows) and counters, shared by every QUIC
-        # connection of the worker; built at the first QUIC dial, as the module is.
-        self._flow_limiter: FlowLimiter | None = None
         self._udp_counters: UdpCounters | None = None
         #: ``--protocol`` and which protocol each connection index last registered with.
         #: Fixed for the worker's life: the supervisor keeps the setting across reloads.
@@ -520,8 +530,7 @@ class WorkerRuntime:
                 self._quic_config = None
             if settings.edges != old.edges:
                 self._learned.clear()
-            if self._flow_limiter is not None:
-                self._flow_limiter.limit = settings.max_active_flows
+            self._flow_limiter.limit = settings.max_active_flows
             if self._draining.is_set() or not self._running:
                 return
             wanted = list(settings.conn_indexes)
@@ -917,7 +926,7 @@ class WorkerRuntime:
             dial_quic,
         )
         from adit.workers.quic_telemetry import QuicTelemetry
-        from adit.workers.udp_sessions import FlowLimiter, UdpCounters
+        from adit.workers.udp_sessions import UdpCounters
 
         telemetry = self.quic_telemetry
         if telemetry is None:
@@ -928,8 +937,7 @@ class WorkerRuntime:
             config = self._quic_config = connector_quic_configuration(
                 self.settings.edge_ca_pem, post_quantum=self.settings.post_quantum
             )
-        if self._flow_limiter is None or self._udp_counters is None:
-            self._flow_limiter = FlowLimiter(self.settings.max_active_flows)
+        if self._udp_counters is None:
             self._udp_counters = UdpCounters()
         limiter, counters = self._flow_limiter, self._udp_counters
 
@@ -1203,7 +1211,14 @@ class WorkerRuntime:
             local_config_push_errors=self.local_config_push_errors,
             rpc_client=self.rpc_client.snapshot() + (udp.rpc_client.snapshot() if udp else []),
             rpc_server=udp.rpc_server.snapshot() if udp else [],
-            flows_rate_limited={"udp": udp.rate_limited} if udp and udp.rate_limited else {},
+            flows_rate_limited={
+                kind: count
+                for kind, count in (
+                    ("udp", udp.rate_limited if udp else 0),
+                    ("tcp", self.proxy.tcp_rate_limited),
+                )
+                if count
+            },
         )
 
 

@@ -25,6 +25,9 @@ class ResponseSource(enum.Enum):
 
     ORIGIN = "origin"
     CONNECTOR = "cloudflared"
+    #: The connector refused a private flow for ``--max-active-flows`` (cloudflared's
+    #: ``flow_rate_limited`` meta over HTTP/2, ``FlowConnectRateLimited`` over QUIC).
+    FLOW_RATE_LIMITED = "cloudflared, flow rate limited"
 
 
 class IncomingRequest(msgspec.Struct, frozen=True):

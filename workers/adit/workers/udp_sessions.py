@@ -63,6 +63,7 @@ from adit.protocol.quic_rpc import (
 from adit.quic_rpc_streams import RpcStreamFailed, call_on_new_stream, serve_stream
 from adit.quicio import DatagramSend, QuicIO
 from adit.tunnelio import StreamChannel
+from adit.workers.flow_limit import FlowLimiter
 
 __all__ = ["DEFAULT_IDLE_TIMEOUT", "FlowLimiter", "UdpCounters", "UdpSessions"]
 
@@ -90,25 +91,6 @@ LOCALLY_MANAGED = "this connector is locally managed"
 RATE_LIMITED = "failed to start udp session due to rate limiting: too many active flows"
 
 Spawn = Callable[[Coroutine[object, object, None]], object]
-
-
-class FlowLimiter:
-    """At most ``limit`` flows at once (0: unlimited), cloudflared's ``flow.Limiter``."""
-
-    def __init__(self, limit: int = 0) -> None:
-        self.limit = limit
-        self.active = 0
-
-    def acquire(self) -> bool:
-        """Take a slot; False when all are taken."""
-        if self.limit and self.active >= self.limit:
-            return False
-        self.active += 1
-        return True
-
-    def release(self) -> None:
-        """Give a slot back."""
-        self.active = max(0, self.active - 1)
 
 
 @dataclass
