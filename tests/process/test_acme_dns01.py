@@ -130,3 +130,17 @@ def test_wildcard_certificate_by_dns01(
     assert status[f"*.{NO_DNS_ZONE}"]["last_error_kind"] == "no-dns-target"
     assert status[f"*.{NO_DNS_ZONE}"]["source"] == "edge-ca"
     assert status[f"*.{ZONE}"]["source"] == "acme"
+
+    # adit tunnel info: cloudflared's output, then the hostnames' certificates.
+    info = account.cli("tunnel", "info", "web").stdout
+    head, _, section = info.partition("\nPUBLIC CERTIFICATES:\n")
+    assert "NAME:     web" in head and "CONNECTOR ID" in head, info
+    lines = section.splitlines()
+    assert lines[0].split() == ["HOSTNAME", "SOURCE", "EXPIRES", "LAST", "ERROR"], info
+    rows = {line.split()[0]: line for line in lines[1:]}
+    assert rows.keys() == {f"*.{ZONE}", f"*.{NO_DNS_ZONE}"}, info
+    issued = rows[f"*.{ZONE}"].split()
+    assert issued[1] == "acme" and issued[2].endswith("Z") and issued[3] == "-", info
+    skipped = rows[f"*.{NO_DNS_ZONE}"].split(maxsplit=3)
+    assert skipped[1:3] == ["edge-ca", "-"], info
+    assert skipped[3].startswith("no-dns-target: a wildcard needs DNS-01"), info
