@@ -9,6 +9,7 @@ certificate was chosen by SNI.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import time
 from collections.abc import Iterator
@@ -23,6 +24,7 @@ from harness import (
     Edge,
     Origin,
     Processes,
+    Tunnel,
     create_tunnel,
     login,
     run_cli,
@@ -66,7 +68,7 @@ def _curl(root: Path, host: str, port: int) -> subprocess.CompletedProcess[str]:
 
 
 def _wildcard_edge(
-    processes: Processes, named: bind.Bind, tmp: Path
+    processes: Processes, named: bind.Bind, tmp: Path, challenges: str = "tls-alpn-01,http-01"
 ) -> tuple[Edge, Pebble, Path, int]:
     http_port, https_port = free_port(), free_port()
     pebble = start_pebble(processes, http_port=http_port, tls_port=https_port, dns_port=named.port)
@@ -81,7 +83,7 @@ def _wildcard_edge(
             "--acme-directory", pebble.directory,
             "--acme-ca-bundle", str(pebble.https_ca),
             # No dns-01 here: a wildcard uses it all the same (the only type CAs offer).
-            "--acme-challenges", "tls-alpn-01,http-01",
+            "--acme-challenges", challenges,
         ],
     )  # fmt: skip
     return edge, pebble, root, https_port
@@ -144,3 +146,30 @@ def test_wildcard_certificate_by_dns01(
     skipped = rows[f"*.{NO_DNS_ZONE}"].split(maxsplit=3)
     assert skipped[1:3] == ["edge-ca", "-"], info
     assert skipped[3].startswith("no-dns-target: a wildcard needs DNS-01"), info
+
+
+def test_dns01_first_is_used_for_a_plain_hostname(
+    processes: Processes, origin: Origin, named: bind.Bind, tmp_path: Path
+) -> None:
+    host = f"www.{ZONE}"
+    # tls-alpn-01 would work too (pebble's tlsPort is the edge's HTTPS port): dns-01 first wins.
+    edge, _, root, https_port = _wildcard_edge(processes, named, tmp_path, "dns-01,tls-alpn-01")
+    account = login(edge, tmp_path / "home", zones=(ZONE,))
+    _zone_dns(edge, account, named, tmp_path)
+    # Not create_tunnel: it would add www.example.test as a zone of its own, without a server.
+    out = account.cli("tunnel", "create", "web").stdout
+    match = re.search(r"with id ([0-9a-f-]{36})", out)
+    assert match, out
+    tunnel = Tunnel(
+        account, "web", match.group(1), account.home / ".adit" / f"{match.group(1)}.json", host
+    )
+    account.cli("tunnel", "route", "dns", "web", host)
+    start_connector(
+        processes, tunnel, write_config(tmp_path / "config.yml", host, [{"service": origin.url}])
+    )
+    edge.proc.wait_for_log(rf"certificate for {host} issued by .*\(dns-01\)", 90)
+    reply = _curl(root, host, https_port)
+    assert reply.returncode == 0, reply.stderr
+    assert reply.stdout == "hello /"
+    answers = named.dig(f"_acme-challenge.{host}", "TXT")
+    assert [a for a in answers if a.startswith('"')] == [], answers

@@ -235,8 +235,10 @@ class Issuer:
                 challb = offered[kind]
                 token = challb.chall.to_partial_json()["token"]
                 solver = by_kind[kind]
-                solver.present(name, token, _key_authorization(token, self._key))
+                # Listed first: a proof half made (a DNS record added, then its check failed)
+                # is cleaned up too. Cleaning up what was never presented is harmless.
                 presented.append((solver, name, token))
+                solver.present(name, token, _key_authorization(token, self._key))
                 response: challenges.ChallengeResponse = (
                     challenges.HTTP01Response()
                     if kind == "http-01"
