@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 import bind
+import dns_records
 from acme_pebble import Pebble, start_pebble
 from harness import (
     Account,
@@ -68,10 +69,16 @@ def _curl(root: Path, host: str, port: int) -> subprocess.CompletedProcess[str]:
 
 
 def _wildcard_edge(
-    processes: Processes, named: bind.Bind, tmp: Path, challenges: str = "tls-alpn-01,http-01"
+    processes: Processes,
+    named: bind.Bind,
+    tmp: Path,
+    challenges: str = "tls-alpn-01,http-01",
+    pebble_dns: int | None = None,
 ) -> tuple[Edge, Pebble, Path, int]:
     http_port, https_port = free_port(), free_port()
-    pebble = start_pebble(processes, http_port=http_port, tls_port=https_port, dns_port=named.port)
+    pebble = start_pebble(
+        processes, http_port=http_port, tls_port=https_port, dns_port=pebble_dns or named.port
+    )
     root = pebble.root(tmp / "pebble-root.pem")
     edge = start_edge(
         processes,
@@ -173,3 +180,21 @@ def test_dns01_first_is_used_for_a_plain_hostname(
     assert reply.stdout == "hello /"
     answers = named.dig(f"_acme-challenge.{host}", "TXT")
     assert [a for a in answers if a.startswith('"')] == [], answers
+
+
+def test_failed_validation_removes_the_txt(
+    processes: Processes, origin: Origin, named: bind.Bind, tmp_path: Path
+) -> None:
+    # pebble asks a DNS server that is not the zone's: it never sees the TXT, validation fails.
+    elsewhere = free_port()
+    with dns_records.serving({"nothing.invalid.": "x"}, port=elsewhere):
+        edge, _, _, _ = _wildcard_edge(processes, named, tmp_path, pebble_dns=elsewhere)
+        account = login(edge, tmp_path / "home", zones=(ZONE,))
+        _zone_dns(edge, account, named, tmp_path)
+        create_tunnel(account, "web", f"*.{ZONE}")
+        edge.proc.wait_for_log(rf"certificate for \*\.{ZONE} not issued \(validation\)", 90)
+    assert f"adding an RR at '_acme-challenge.{ZONE}' TXT" in named.log
+    assert f"deleting an RR at _acme-challenge.{ZONE} TXT" in named.log
+    answers = named.dig(f"_acme-challenge.{ZONE}", "TXT")
+    assert [a for a in answers if a.startswith('"')] == [], answers
+    assert _status(edge, account.home)[f"*.{ZONE}"]["last_error_kind"] == "validation"
