@@ -133,7 +133,7 @@ def test_wildcard_certificate_by_dns01(
     time.sleep(12)  # past UNANSWERABLE_RECHECK: looked at again, not said again
     log = edge.proc.text()
     assert log.count(f"certificate for *.{NO_DNS_ZONE} not ordered") == 1
-    assert "adit edge zone dns ZONE" in log
+    assert f"adit edge zone dns {NO_DNS_ZONE} --server" in log
     assert NO_DNS_ZONE not in pebble.proc.text()
     status = _status(edge, account.home)
     assert status[f"*.{NO_DNS_ZONE}"]["last_error_kind"] == "no-dns-target"

@@ -52,6 +52,10 @@ class Dns01Solver:
         self._values: dict[tuple[str, str], str] = {}
         self._lock = threading.Lock()
 
+    def zone_of(self, hostname: str) -> str | None:
+        """The zone that holds ``hostname`` (its TXT goes to that zone's server)."""
+        return self._store.zone_dns.zone_holding(hostname)
+
     def can_answer(self, hostname: str) -> bool:
         """Whether ``hostname`` (or ``*.NAME``) is in a zone with an RFC 2136 target."""
         zones = self._store.zone_dns

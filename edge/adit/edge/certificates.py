@@ -213,8 +213,9 @@ class CertificateManager:
             why = "a wildcard needs DNS-01, and its zone has no DNS server"
         else:
             why = "--acme-challenges offers only dns-01, and its zone has no DNS server"
+        zone = (self._dns01.zone_of(name) if self._dns01 is not None else None) or "ZONE"
         host.last_error = (
-            f"{why}: the edge's administrator sets one with adit edge zone dns ZONE "
+            f"{why}: the edge's administrator sets one with adit edge zone dns {zone} "
             "--server HOST:PORT --tsig-secret-file FILE"
         )
         host.last_error_kind = NO_DNS_TARGET
