@@ -424,7 +424,7 @@ def test_external_account_binding(processes: Processes, origin: Origin, tmp_path
         (["--acme-directory", "ftp:/nowhere"], "--acme-directory 'ftp:/nowhere' is no URL"),
         (["--acme-email", "nobody"], "--acme-email 'nobody' is no e-mail address"),
         (["--acme-eab-kid", "kid-1"], "--acme-eab-kid and --acme-eab-hmac-key"),
-        (["--acme-challenges", "dns-01"], "--acme-challenges 'dns-01'"),
+        (["--acme-challenges", "dns-02"], "--acme-challenges 'dns-02'"),
         (["--acme-ca-bundle", "/nonexistent.pem"], "--acme-ca-bundle /nonexistent.pem"),
         (["--certificate-dir", "/nonexistent-dir"], "--certificate-dir /nonexistent-dir"),
     ],

@@ -47,6 +47,8 @@ def test_create_route_run_list_info_token_cleanup_delete(
     info = account.cli("tunnel", "info", "flow").stdout
     assert "NAME:     flow" in info
     assert "1xtest" in info
+    # An edge without an HTTPS listener: cloudflared's output only, no certificate section.
+    assert "PUBLIC CERTIFICATES" not in info
 
     refused = account.cli("tunnel", "delete", "flow", check=False)
     assert refused.returncode == 1

@@ -11,8 +11,9 @@ validate, and told to forget them afterwards. Two live in the edge's own listene
   it from the peeked ClientHello (SNI and ALPN), before OpenSSL sees it, and only while a
   validation is under way: visitors of the name keep getting its real certificate.
 
-DNS-01 (wildcards) will be another :class:`ChallengeSolver` (RFC 2136 updates): the issuer
-only needs ``kind``, ``present`` and ``cleanup``.
+DNS-01 (wildcards, and any name when listed first) is :class:`~adit.edge.acme_dns01.Dns01Solver`:
+TXT records through the zone's RFC 2136 server. The issuer only needs ``kind``, ``present``
+and ``cleanup``.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ from adit.edge.flag_checks import EdgeFlagError
 
 __all__ = ["CHALLENGE_TYPES", "EAB_HMAC_ENV", "acme_settings", "check_certificate_dir"]
 
-CHALLENGE_TYPES = ("tls-alpn-01", "http-01")
+CHALLENGE_TYPES = ("tls-alpn-01", "http-01", "dns-01")
 EAB_HMAC_ENV = "ADIT_EDGE_ACME_EAB_HMAC_KEY"
 _OFF = frozenset({"", "off", "none", "false", "no"})
 _EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")

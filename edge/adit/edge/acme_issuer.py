@@ -219,9 +219,13 @@ class Issuer:
                 for challb in authz.body.challenges:
                     # tls-alpn-01 is an UnrecognizedChallenge to ``acme``: its JSON says.
                     offered[str(challb.chall.to_partial_json().get("type", ""))] = challb
-                kind = next(
-                    (k for k in self.settings.challenges if k in offered and k in by_kind), None
+                # The configured order, then what else the caller handed over (DNS-01 for
+                # a wildcard, which is the only type a CA offers for one).
+                order_of = (
+                    *self.settings.challenges,
+                    *(k for k in by_kind if k not in self.settings.challenges),
                 )
+                kind = next((k for k in order_of if k in offered and k in by_kind), None)
                 if kind is None:
                     raise IssueError(
                         "no-challenge",
@@ -231,10 +235,16 @@ class Issuer:
                 challb = offered[kind]
                 token = challb.chall.to_partial_json()["token"]
                 solver = by_kind[kind]
-                solver.present(name, token, _key_authorization(token, self._key))
+                # Listed first: a proof half made (a DNS record added, then its check failed)
+                # is cleaned up too. Cleaning up what was never presented is harmless.
                 presented.append((solver, name, token))
+                solver.present(name, token, _key_authorization(token, self._key))
                 response: challenges.ChallengeResponse = (
-                    challenges.HTTP01Response() if kind == "http-01" else _TlsAlpn01Response()
+                    challenges.HTTP01Response()
+                    if kind == "http-01"
+                    else challenges.DNS01Response()
+                    if kind == "dns-01"
+                    else _TlsAlpn01Response()
                 )
                 acme.answer_challenge(challb, response)
             deadline = datetime.datetime.now() + ORDER_DEADLINE

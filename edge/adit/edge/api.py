@@ -222,8 +222,16 @@ class ManagementApi:
             status = self._certificate_status
             return self._ok(
                 [
-                    status(host) if status is not None else {"hostname": host, "source": None}
-                    for host, _tunnel in self._store.routes(account)
+                    {
+                        **(
+                            status(host)
+                            if status is not None
+                            else {"hostname": host, "source": None}
+                        ),
+                        # Which tunnel routes it (``adit tunnel info`` shows its own names).
+                        "tunnel_id": str(tunnel),
+                    }
+                    for host, tunnel in self._store.routes(account)
                 ]
             )
         if len(segments) >= 3 and segments[0] == "accounts" and segments[2] == "cfd_tunnel":

@@ -10,8 +10,10 @@ alone (the previous certificate, else the edge CA's leaf), and says why: a warni
 hostname and failure kind, ``status.json`` for ``adit edge cert list``, and
 ``adit_edge_acme_failures_total{kind}``.
 
-Wildcard routes need DNS-01 (:class:`~adit.edge.acme_challenges.ChallengeSolver`): not ordered
-yet; they are served by a bring-your-own certificate or the edge CA.
+Wildcard routes (``*.example.com``) are ordered with DNS-01 (:mod:`adit.edge.acme_dns01`), the
+only challenge a CA offers for them, and only in a zone with an RFC 2136 target (``adit edge
+zone dns``): elsewhere no order is made (it could not succeed) and the status says why, logged
+once. The SNI callback serves a name's own certificate before its parent's wildcard one.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from adit.edge.acme_challenges import ChallengeSolver
+from adit.edge.acme_dns01 import Dns01Solver
 from adit.edge.acme_issuer import Issued, IssueError, Issuer
 from adit.edge.cert_files import BringYourOwn, CertificateFiles, StoredCertificate
 
@@ -50,6 +53,11 @@ RENEW_JITTER = 0.03
 FILE_CHECK_TICKS = 3
 #: Orders running at once (each on a thread; they mostly wait on the CA).
 MAX_ORDERS = 2
+#: How often a name that no challenge can answer (a wildcard in a zone without a DNS target)
+#: is looked at again: the administrator may have run ``adit edge zone dns`` since.
+UNANSWERABLE_RECHECK = 10.0
+#: The status's ``last_error_kind`` for such a name (no order made, no ACME failure counted).
+NO_DNS_TARGET = "no-dns-target"
 
 
 def renewal_due(stored: StoredCertificate, rng: random.Random) -> float:
@@ -83,12 +91,14 @@ class CertificateManager:
         *,
         issuer: Issuer | None,
         solvers: Sequence[ChallengeSolver],
+        dns01: Dns01Solver | None = None,
         certificate_dir: Path | None = None,
     ) -> None:
         self.files = CertificateFiles(state_dir)
         self._routed = routed
         self._issuer = issuer
         self._solvers = solvers
+        self._dns01 = dns01
         self.byo = BringYourOwn(certificate_dir) if certificate_dir is not None else None
         self._byo_contexts: dict[str, ssl.SSLContext] = {}
         self._hosts: dict[str, _Host] = {}
@@ -110,7 +120,12 @@ class CertificateManager:
                 if context is not None:
                     return context
         host = self._hosts.get(hostname)
-        return None if host is None else host.context
+        if host is not None and host.context is not None:
+            return host.context
+        # A wildcard covers one label (RFC 6125 §6.4.3): a.example.com, not a.b.example.com.
+        parent = hostname.partition(".")[2]
+        wildcard = self._hosts.get(f"*.{parent}") if parent else None
+        return None if wildcard is None else wildcard.context
 
     # -- the schedule ----------------------------------------------------------------------
 
@@ -166,10 +181,49 @@ class CertificateManager:
                 continue  # the operator's certificate wins; no order for its names
             if self._issuer is None or host.due > now or len(self._orders) >= MAX_ORDERS:
                 continue
+            solvers = self._solvers_for(name)
+            if not solvers:
+                self._unanswerable(name, host, now)
+                continue
             host.ordering = True
-            task = asyncio.get_running_loop().create_task(self._order(name, host))
+            task = asyncio.get_running_loop().create_task(self._order(name, host, solvers))
             self._orders.add(task)
             task.add_done_callback(self._orders.discard)
+
+    def _solvers_for(self, name: str) -> list[ChallengeSolver]:
+        """The solvers that can answer for ``name``: DNS-01 alone for a wildcard; for another
+        name the listeners' solvers, plus DNS-01 when ``--acme-challenges`` lists it and the
+        name's zone has a DNS target (the issuer keeps the configured order)."""
+        assert self._issuer is not None
+        dns01 = self._dns01
+        answerable = dns01 is not None and dns01.can_answer(name)
+        if name.startswith("*."):
+            return [dns01] if dns01 is not None and answerable else []
+        solvers = list(self._solvers)
+        if dns01 is not None and answerable and dns01.kind in self._issuer.settings.challenges:
+            solvers.append(dns01)
+        return solvers
+
+    def _unanswerable(self, name: str, host: _Host, now: float) -> None:
+        """No order for ``name``: none could succeed. Said once, looked at again later."""
+        host.due = now + UNANSWERABLE_RECHECK
+        if host.last_error_kind == NO_DNS_TARGET:
+            return
+        if name.startswith("*."):
+            why = "a wildcard needs DNS-01, and its zone has no DNS server"
+        else:
+            why = "--acme-challenges offers only dns-01, and its zone has no DNS server"
+        zone = (self._dns01.zone_of(name) if self._dns01 is not None else None) or "ZONE"
+        host.last_error = (
+            f"{why}: the edge's administrator sets one with adit edge zone dns {zone} "
+            "--server HOST:PORT --tsig-secret-file FILE"
+        )
+        host.last_error_kind = NO_DNS_TARGET
+        serving = "its previous certificate" if host.served else "the edge CA's certificate"
+        log.warning(
+            "certificate for %s not ordered: %s; serving %s", name, host.last_error, serving
+        )
+        self._write_status(name, host)
 
     def _reload(self, name: str, host: _Host) -> None:
         try:
@@ -187,11 +241,11 @@ class CertificateManager:
         host.served, host.context = stored, context
         host.due = renewal_due(stored, self._rng)
 
-    async def _order(self, name: str, host: _Host) -> None:
+    async def _order(self, name: str, host: _Host, solvers: Sequence[ChallengeSolver]) -> None:
         assert self._issuer is not None
         issuer = self._issuer
         try:
-            outcome = await asyncio.to_thread(self._order_blocking, issuer, name)
+            outcome = await asyncio.to_thread(self._order_blocking, issuer, name, solvers)
         except IssueError as exc:
             self._failed(name, host, exc)
         else:
@@ -216,12 +270,12 @@ class CertificateManager:
             host.ordering = False
 
     def _order_blocking(
-        self, issuer: Issuer, name: str
+        self, issuer: Issuer, name: str, solvers: Sequence[ChallengeSolver]
     ) -> tuple[StoredCertificate, float | None, tuple[str, ...]] | None:
         with self.files.issuing(name) as mine:
             if not mine:
                 return None
-            issued: Issued = issuer.issue(name, self._solvers)
+            issued: Issued = issuer.issue(name, solvers)
             try:
                 stored = self.files.save(name, issued.chain_pem, issued.key_pem)
             except (OSError, ValueError) as exc:
@@ -304,9 +358,9 @@ class CertificateManager:
 
 
 def _orderable(name: str) -> bool:
-    """Whether a routed name is one to order: no wildcard (DNS-01 is not done yet) and none
-    of the edge's own quick-tunnel names under ``localhost``, which no CA certifies."""
-    return not name.startswith("*.") and name != "localhost" and not name.endswith(".localhost")
+    """Whether a routed name is one to order: none of the edge's own quick-tunnel names under
+    ``localhost``, which no CA certifies (wildcards are, with DNS-01)."""
+    return name != "localhost" and not name.endswith(".localhost")
 
 
 def _iso(moment: float) -> str:

@@ -233,7 +233,9 @@ SECONDS = Seconds()
     default="tls-alpn-01,http-01",
     show_default=True,
     help="Challenge types to answer, in order of preference (tls-alpn-01 on the HTTPS "
-    "listener, http-01 on the HTTP one; the CA must reach them on ports 443 and 80).",
+    "listener, http-01 on the HTTP one; the CA must reach them on ports 443 and 80; dns-01 "
+    "through the zone's RFC 2136 server, see 'adit edge zone dns'). Wildcard hostnames "
+    "always use dns-01.",
 )
 @click.option(
     "--certificate-dir",

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 from adit.allocator import HeapTrimmer
 from adit.credentials import TunnelCredentials, encode_tunnel_token
 from adit.edge.acme_challenges import Http01Solver, TlsAlpn01Solver
+from adit.edge.acme_dns01 import Dns01Solver
 from adit.edge.acme_issuer import AcmeSettings, Issuer
 from adit.edge.api import EdgeInfo, ManagementApi
 from adit.edge.ca import EdgeCA
@@ -202,6 +203,7 @@ class EdgeServer:
                 self.store.routed_hostnames,
                 issuer=Issuer(acme, settings.state_dir / "acme") if acme is not None else None,
                 solvers=solvers,
+                dns01=Dns01Solver(self.store) if acme is not None else None,
                 certificate_dir=settings.certificate_dir,
             )
             if settings.https_listen and (acme is not None or settings.certificate_dir)

@@ -189,6 +189,15 @@ class ApiClient:
             raise ApiError("the API response was an unexpected type")
         return result
 
+    def certificates(self) -> list[dict[str, Any]]:
+        """adit's ``GET /adit/v1/certificates``: the public certificate of each of the
+        account's routed hostnames (``hostname``, ``tunnel_id``, ``source``, ``not_after``,
+        ``last_error``...)."""
+        result = self._result("list certificates", self._call("GET", "/adit/v1/certificates"))
+        if not isinstance(result, list):
+            raise ApiError("the API response was an unexpected type")
+        return [row for row in result if isinstance(row, dict)]
+
     def create_tunnel(self, name: str, secret_b64: str) -> dict[str, Any]:
         """``POST .../cfd_tunnel`` → ``TunnelWithToken``."""
         if not name:

@@ -29,6 +29,7 @@ import yaml
 from adit.cli.apiclient import ApiClient, ApiError, fetch_unverified_ca
 from adit.cli.lazy_group import LazyGroup
 from adit.cli.state import CommandFailure, UsageFailure, cli_state
+from adit.cli.tunnel_certificates import certificate_lines
 from adit.config.duration import parse_go_duration
 from adit.config.settings import effective_value
 from adit.credentials import (
@@ -886,8 +887,11 @@ def info(
         }
         _render(output, shown, _go_yaml(shown))
         return
+    # adit's section on the hostnames' public certificates follows cloudflared's output.
+    certificates = certificate_lines(account.client(), tunnel_id)
     if not clients:
         click.echo(f"Your tunnel {tunnel_id} does not have any active connection.")
+        _echo_lines(certificates)
         return
     click.echo(f"NAME:     {tunnel.get('name', '')}")
     click.echo(f"ID:       {tunnel.get('id', '')}")
@@ -915,8 +919,15 @@ def info(
         )
     if len(rows) == 1:
         click.echo("This tunnel has no active connectors.")
+        _echo_lines(certificates)
         return
     for line in _tabulate(rows):
+        click.echo(line)
+    _echo_lines(certificates)
+
+
+def _echo_lines(lines: Sequence[str]) -> None:
+    for line in lines:
         click.echo(line)
 
 
