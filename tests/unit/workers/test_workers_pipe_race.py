@@ -140,16 +140,18 @@ def test_pipe_copies_both_ways_and_ends_with_the_origin() -> None:
 
         server = await asyncio.start_server(echo, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        transport, _ = await asyncio.get_running_loop().create_connection(
+            asyncio.Protocol, "127.0.0.1", port
+        )
         stream = _Stream()
         await stream.inbound.put(b"hello")
-        await asyncio.wait_for(pipe(stream, reader, writer, initial=b"first:"), 5)
+        await asyncio.wait_for(pipe(stream, transport, initial=b"first:"), 5)
         received = b""
         while not stream.written.empty():
             received += stream.written.get_nowait()
         assert received == b"first:HELLO"
         await _still_usable()
-        writer.close()
+        transport.close()
         server.close()
         await server.wait_closed()
 
@@ -169,14 +171,16 @@ def test_pipe_ends_when_the_edge_ends() -> None:
 
         server = await asyncio.start_server(sink, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        transport, _ = await asyncio.get_running_loop().create_connection(
+            asyncio.Protocol, "127.0.0.1", port
+        )
         stream = _Stream()
         await stream.inbound.put(b"bye")
         await stream.inbound.put(b"")
-        await asyncio.wait_for(pipe(stream, reader, writer), 5)
+        await asyncio.wait_for(pipe(stream, transport), 5)
         await asyncio.wait_for(closed.wait(), 5)
         await _still_usable()
-        writer.close()
+        transport.close()
         for each in origin_side:
             each.close()
         server.close()
