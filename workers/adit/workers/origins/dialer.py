@@ -121,6 +121,9 @@ class Dialer:
                     transport, _ = await loop.create_unix_connection(lambda: early, key.unix_path)
                     return transport, early
                 sock = await _open_tcp(key.host, key.port, options.no_happy_eyeballs)
+                # On the socket itself: the transport's get_extra_info("socket") would make
+                # (and keep) a second socket object for the connection's life.
+                _set_keepalive(sock, options.tcp_keep_alive)
                 transport, _ = await loop.create_connection(lambda: early, sock=sock)
         except TimeoutError as exc:
             raise OriginConnectTimeout(
@@ -130,7 +133,6 @@ class Dialer:
             # Go's wording: "dial tcp 127.0.0.1:1: connect: connection refused".
             cause = os.strerror(exc.errno).lower() if exc.errno else str(exc)
             raise OriginUnreachable(f"dial {key.describe()}: connect: {cause}") from exc
-        _set_keepalive(transport, options.tcp_keep_alive)
         return transport, early
 
 
@@ -185,9 +187,8 @@ def streams_of(
     return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
 
 
-def _set_keepalive(transport: asyncio.BaseTransport, period: float) -> None:
-    sock = transport.get_extra_info("socket")
-    if sock is None or period <= 0 or sock.family not in (socket.AF_INET, socket.AF_INET6):
+def _set_keepalive(sock: socket.socket, period: float) -> None:
+    if period <= 0 or sock.family not in (socket.AF_INET, socket.AF_INET6):
         return
     seconds = max(1, int(period))
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
