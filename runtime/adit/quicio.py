@@ -60,6 +60,8 @@ class QuicStreamChannel(StreamChannel):
     before the reader runs, so it now takes them in one go.
     """
 
+    __slots__ = ()
+
     io: QuicIO
 
     async def read(self) -> bytes:

@@ -71,6 +71,19 @@ class StreamClosedError(Exception):
 class StreamChannel:
     """The bodies of one stream as async reads and writes."""
 
+    # One per open stream, a thousand idle WebSockets at a time: no instance dict.
+    __slots__ = (
+        "_inbound",
+        "_next",
+        "_read_waiter",
+        "_write_waiter",
+        "io",
+        "local_ended",
+        "remote_ended",
+        "reset_code",
+        "stream_id",
+    )
+
     def __init__(self, io: TunnelIO[TunnelHttp2Connection], stream_id: int) -> None:
         self.io = io
         self.stream_id = stream_id

@@ -238,6 +238,8 @@ _NEVER_CACHED = frozenset(
         "x-b3-traceid",
         "x-b3-spanid",
         "sentry-trace",
+        "sec-websocket-key",
+        "sec-websocket-accept",
     }
 )
 _encoded: dict[tuple[str, str], bytes] = {}

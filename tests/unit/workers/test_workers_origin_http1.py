@@ -14,6 +14,7 @@ import pytest
 
 from adit.config.origin import HttpService, OriginOptions, Rule
 from adit.workers.errors import OriginProtocolError
+from adit.workers.origins.dialer import Dialer, OriginKey
 from adit.workers.origins.http1 import (
     MAX_RESPONSE_HEAD,
     OriginConnection,
@@ -75,7 +76,9 @@ class ScriptedOrigin:
             await self._server.wait_closed()
 
     async def connect(self) -> OriginConnection:
-        return OriginConnection(*await asyncio.open_connection("127.0.0.1", self.port))
+        return OriginConnection(
+            *await Dialer().connect(OriginKey("127.0.0.1", self.port), OriginOptions())
+        )
 
 
 async def fetch(

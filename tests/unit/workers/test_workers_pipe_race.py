@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from adit.workers.origins.pipe import pipe, race
 from adit.workers.stream import IncomingRequest, ResponseSource, StreamKind
 
@@ -140,16 +142,18 @@ def test_pipe_copies_both_ways_and_ends_with_the_origin() -> None:
 
         server = await asyncio.start_server(echo, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        transport, _ = await asyncio.get_running_loop().create_connection(
+            asyncio.Protocol, "127.0.0.1", port
+        )
         stream = _Stream()
         await stream.inbound.put(b"hello")
-        await asyncio.wait_for(pipe(stream, reader, writer, initial=b"first:"), 5)
+        await asyncio.wait_for(pipe(stream, transport, initial=b"first:"), 5)
         received = b""
         while not stream.written.empty():
             received += stream.written.get_nowait()
         assert received == b"first:HELLO"
         await _still_usable()
-        writer.close()
+        transport.close()
         server.close()
         await server.wait_closed()
 
@@ -169,16 +173,72 @@ def test_pipe_ends_when_the_edge_ends() -> None:
 
         server = await asyncio.start_server(sink, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        transport, _ = await asyncio.get_running_loop().create_connection(
+            asyncio.Protocol, "127.0.0.1", port
+        )
         stream = _Stream()
         await stream.inbound.put(b"bye")
         await stream.inbound.put(b"")
-        await asyncio.wait_for(pipe(stream, reader, writer), 5)
+        await asyncio.wait_for(pipe(stream, transport), 5)
         await asyncio.wait_for(closed.wait(), 5)
         await _still_usable()
-        writer.close()
+        transport.close()
         for each in origin_side:
             each.close()
+        server.close()
+        await server.wait_closed()
+
+    asyncio.run(main())
+
+
+class _SlowStream(_Stream):
+    """A tunnel that takes each write only when the test lets it (a closed flow window)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+
+    async def write(self, data: bytes) -> None:
+        await self.gate.wait()
+        await super().write(data)
+
+
+@pytest.mark.parametrize(
+    "size",
+    [
+        100 * 1024,  # all of it and the origin's end arrive while the tunnel holds a write
+        3 * 1024 * 1024,  # several times READ_LIMIT: reading pauses meanwhile
+    ],
+)
+def test_pipe_holds_the_origin_back_and_sends_all_of_it_before_its_end(size: int) -> None:
+    async def main() -> None:
+        payload = bytes(range(256)) * (size // 256)
+
+        async def flood(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            # The origin sends it all, then ends its side, while the tunnel takes nothing yet.
+            writer.write(payload)
+            await writer.drain()
+            writer.close()
+            await writer.wait_closed()
+
+        server = await asyncio.start_server(flood, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        transport, _ = await asyncio.get_running_loop().create_connection(
+            asyncio.Protocol, "127.0.0.1", port
+        )
+        stream = _SlowStream()
+        piping = asyncio.ensure_future(pipe(stream, transport, initial=b"first:"))
+        for _ in range(50):
+            await asyncio.sleep(0.01)
+        assert not piping.done()  # the origin's end waits for its bytes to be written
+        stream.gate.set()
+        await asyncio.wait_for(piping, 5)
+        received = b""
+        while not stream.written.empty():
+            received += stream.written.get_nowait()
+        assert received == b"first:" + payload
+        await _still_usable()
+        transport.close()
         server.close()
         await server.wait_closed()
 

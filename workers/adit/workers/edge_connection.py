@@ -117,6 +117,8 @@ class Registration(msgspec.Struct, frozen=True):
 class ConnectorStream:
     """A :class:`~adit.workers.stream.TunnelStream` over one HTTP/2 stream."""
 
+    __slots__ = ("_started", "channel", "connection", "request")
+
     def __init__(
         self, connection: EdgeConnection, channel: StreamChannel, request: IncomingRequest
     ) -> None:

@@ -39,7 +39,7 @@ from adit.workers.errors import (
     OriginProtocolError,
     UnsupportedService,
 )
-from adit.workers.origins.dialer import Dialer, OriginKey, split_destination
+from adit.workers.origins.dialer import Dialer, OriginKey, split_destination, streams_of
 from adit.workers.origins.http1 import OriginConnection, OriginResponse
 from adit.workers.origins.pipe import pipe, pipe_half_closing
 from adit.workers.origins.pool import ConnectionPool
@@ -340,12 +340,13 @@ class OriginProxy:
             return
         connection = self._h2_pool.checkout(key)
         if connection is None:
-            reader, writer = await self._dialer.dial(key, options)
-            ssl_object = writer.get_extra_info("ssl_object")
+            transport, early = await self._dialer.connect(key, options)
+            ssl_object = transport.get_extra_info("ssl_object")
             if ssl_object is None or ssl_object.selected_alpn_protocol() != "h2":
-                await self._proxy_http(stream, options, key, head, OriginConnection(reader, writer))
+                origin = OriginConnection(transport, early)
+                await self._proxy_http(stream, options, key, head, origin)
                 return
-            connection = H2OriginConnection(reader, writer)
+            connection = H2OriginConnection(*streams_of(transport, early))
         pooled = False
         pump: asyncio.Task[None] | None = None
         try:
@@ -451,23 +452,23 @@ class OriginProxy:
                     if not connection.reused or connection.response_bytes_seen or body.streamed:
                         raise
                     connection.close()
-                    connection = OriginConnection(*await self._dialer.dial(key, options))
+                    connection = OriginConnection(*await self._dialer.connect(key, options))
 
             if response.status == 101:
                 if stream.request.kind is not StreamKind.WEBSOCKET:
                     raise OriginProtocolError("origin switched protocols without being asked to")
                 # The origin's 101 (HTTP/2 says 200 for it; QUIC carries the 101 itself).
                 await stream.send_response(101, response.headers, source=ResponseSource.ORIGIN)
-                reader, writer = connection.upgrade()
+                transport, ended = connection.upgrade()
                 trailing = connection.trailing_data
                 # A WebSocket is piped for as long as it lives: hold nothing of the exchange,
-                # the connection's parse state included (its transport is the writer's now).
-                pooled = True  # i.e. not this frame's to close: the pipe's writer closes it
+                # the connection's parse state included (its transport is the pipe's now).
+                pooled = True  # i.e. not this frame's to close: closed after the pipe
                 del head, headers, body, request, response, connection
                 try:
-                    await pipe(stream, reader, writer, trailing)
+                    await pipe(stream, transport, trailing, ended=ended)
                 finally:
-                    writer.close()
+                    transport.close()
                 await stream.end()
                 return
 
@@ -509,7 +510,7 @@ class OriginProxy:
         connection = self._pool.checkout(key)
         if connection is not None:
             return connection
-        return OriginConnection(*await self._dialer.dial(key, options))
+        return OriginConnection(*await self._dialer.connect(key, options))
 
     async def _exchange(
         self, connection: OriginConnection, stream: TunnelStream, request: _Request

@@ -26,10 +26,12 @@ __all__ = [
     "HAPPY_EYEBALLS_DELAY",
     "READ_LIMIT",
     "Dialer",
+    "Early",
     "OriginKey",
     "connect_first",
     "interleave_families",
     "split_destination",
+    "streams_of",
 ]
 
 # Go's net.Dialer FallbackDelay default: how long IPv6 gets before IPv4 races it.
@@ -68,38 +70,61 @@ class Dialer:
     async def dial(
         self, key: OriginKey, options: OriginOptions
     ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        """Connect (and handshake); raises :class:`OriginUnreachable` or a subclass."""
-        reader, writer = await self._connect(key, options)
+        """Connect (and handshake) as asyncio streams; raises :class:`OriginUnreachable` or a
+        subclass."""
+        return streams_of(*await self.connect(key, options))
+
+    async def connect(
+        self, key: OriginKey, options: OriginOptions
+    ) -> tuple[asyncio.Transport, Early]:
+        """Connect (and handshake) as a bare transport, its callbacks held by an :class:`Early`
+        until its owner sets its own protocol; raises :class:`OriginUnreachable` or a subclass.
+
+        No streams: an HTTP/1.1 origin connection has its own protocol, and a WebSocket piped
+        for hours would otherwise keep a StreamReader, its protocol and a StreamWriter (~2 KiB).
+        """
+        transport, early = await self._connect(key, options)
         if not key.tls:
-            return reader, writer
+            return transport, early
         try:
             context = self._contexts.get(key.ca_pool, key.no_tls_verify, key.http2)
         except (OSError, ssl.SSLError) as exc:
-            writer.close()
+            transport.close()
             raise OriginTLSError(f"cannot load caPool {key.ca_pool!r}: {exc}") from exc
+        loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(options.tls_timeout):
-                await writer.start_tls(
+                secure = await loop.start_tls(
+                    transport,
+                    early,
                     context,
                     server_hostname=key.server_name or None,
                     ssl_handshake_timeout=options.tls_timeout,
                 )
         except TimeoutError as exc:
-            writer.close()
+            transport.close()
             raise OriginTLSError(f"TLS handshake timeout after {options.tls_timeout:g}s") from exc
         except (OSError, ssl.SSLError) as exc:
-            writer.close()
+            transport.close()
             raise OriginTLSError(f"TLS handshake with {key.describe()} failed: {exc}") from exc
-        return reader, writer
+        assert secure is not None
+        return secure, early
 
     async def _connect(
         self, key: OriginKey, options: OriginOptions
-    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    ) -> tuple[asyncio.Transport, Early]:
+        loop = asyncio.get_running_loop()
+        early = Early()
         try:
             async with asyncio.timeout(options.connect_timeout):
                 if key.unix_path:
-                    return await asyncio.open_unix_connection(key.unix_path, limit=READ_LIMIT)
-                reader, writer = await _open_tcp(key.host, key.port, options.no_happy_eyeballs)
+                    transport, _ = await loop.create_unix_connection(lambda: early, key.unix_path)
+                    return transport, early
+                sock = await _open_tcp(key.host, key.port, options.no_happy_eyeballs)
+                # On the socket itself: the transport's get_extra_info("socket") would make
+                # (and keep) a second socket object for the connection's life.
+                _set_keepalive(sock, options.tcp_keep_alive)
+                transport, _ = await loop.create_connection(lambda: early, sock=sock)
         except TimeoutError as exc:
             raise OriginConnectTimeout(
                 f"dial {key.describe()}: i/o timeout after {options.connect_timeout:g}s"
@@ -108,13 +133,62 @@ class Dialer:
             # Go's wording: "dial tcp 127.0.0.1:1: connect: connection refused".
             cause = os.strerror(exc.errno).lower() if exc.errno else str(exc)
             raise OriginUnreachable(f"dial {key.describe()}: connect: {cause}") from exc
-        _set_keepalive(writer, options.tcp_keep_alive)
-        return reader, writer
+        return transport, early
 
 
-def _set_keepalive(writer: asyncio.StreamWriter, period: float) -> None:
-    sock = writer.get_extra_info("socket")
-    if sock is None or period <= 0 or sock.family not in (socket.AF_INET, socket.AF_INET6):
+class Early(asyncio.Protocol):
+    """A dialed transport's callbacks until its owner sets its own protocol: what the origin
+    did meanwhile (it should say nothing before a request, but may close) is kept for it."""
+
+    __slots__ = ("data", "eof", "error", "lost", "write_paused")
+
+    def __init__(self) -> None:
+        self.data: list[bytes] = []
+        self.eof = False
+        self.lost = False
+        self.error: Exception | None = None
+        self.write_paused = False
+
+    def data_received(self, data: bytes) -> None:
+        self.data.append(data)
+
+    def eof_received(self) -> bool:
+        self.eof = True
+        return True  # as a StreamReaderProtocol: the owner decides when to close
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.eof = self.lost = True
+        self.error = exc
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+
+
+def streams_of(
+    transport: asyncio.Transport, early: Early
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """asyncio streams over a dialed transport, with what :class:`Early` kept replayed."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=READ_LIMIT, loop=loop)
+    protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
+    transport.set_protocol(protocol)
+    protocol.connection_made(transport)
+    for data in early.data:
+        protocol.data_received(data)
+    if early.write_paused:
+        protocol.pause_writing()
+    if early.lost:
+        protocol.connection_lost(early.error)
+    elif early.eof:
+        protocol.eof_received()
+    return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
+
+
+def _set_keepalive(sock: socket.socket, period: float) -> None:
+    if period <= 0 or sock.family not in (socket.AF_INET, socket.AF_INET6):
         return
     seconds = max(1, int(period))
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
@@ -125,9 +199,7 @@ def _set_keepalive(writer: asyncio.StreamWriter, period: float) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, seconds)
 
 
-async def _open_tcp(
-    host: str, port: int, no_happy_eyeballs: bool
-) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+async def _open_tcp(host: str, port: int, no_happy_eyeballs: bool) -> socket.socket:
     """Connect to ``host:port``, racing its addresses as Go's dialer does.
 
     asyncio's ``happy_eyeballs_delay`` is not available under uvloop, so the race is done
@@ -140,8 +212,7 @@ async def _open_tcp(
     if not infos:
         raise OSError(f"no addresses for {host}")
     addresses = interleave_families([(info[0], info[4]) for info in infos])
-    sock = await connect_first(addresses, race=not no_happy_eyeballs)
-    return await asyncio.open_connection(sock=sock, limit=READ_LIMIT)
+    return await connect_first(addresses, race=not no_happy_eyeballs)
 
 
 async def connect_first(

@@ -15,14 +15,13 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import AsyncIterator, Sequence
-from typing import cast
 
 import httptools
 import msgspec
 
 from adit.protocol.headers import wire_bytes
 from adit.workers.errors import OriginProtocolError
-from adit.workers.origins.dialer import READ_LIMIT
+from adit.workers.origins.dialer import READ_LIMIT, Early
 
 __all__ = ["MAX_RESPONSE_HEAD", "OriginConnection", "OriginResponse", "serialise_request_head"]
 
@@ -111,6 +110,10 @@ class _Response:
             return _Response(head_request)
         self._start(head_request)
         return self
+
+    def release(self) -> None:
+        """Drop the parser (and its reference back to this response): parsing is over."""
+        del self.parser
 
     def _start(self, head_request: bool) -> None:
         self.parsed_whole = False  # llhttp itself reached the end of the message
@@ -284,20 +287,13 @@ class _Link(asyncio.Protocol):
 class OriginConnection:
     """An open connection to an origin, reusable for sequential requests.
 
-    Built from the dialer's streams, it takes their transport over with its own protocol:
-    bytes from the socket go straight into llhttp (or, for a body of known length, straight
-    to :meth:`body`), without the StreamReader's buffer and its two copies per read.
+    Built from the dialer's bare transport, it sets its own protocol on it: bytes from the
+    socket go straight into llhttp (or, for a body of known length, straight to
+    :meth:`body`), with no StreamReader, its buffer and its two copies per read.
     """
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        # The origin speaks only after a request, so the reader holds no data yet. The
-        # writer is kept: dropping it would close the transport (StreamWriter.__del__).
-        self._writer = writer
-        self._reader = reader
-        self._transport = cast(asyncio.Transport, writer.transport)
-        # The dialer's stream protocol, put back by upgrade(): a WebSocket reuses the streams
-        # it came with rather than a second reader, protocol and writer (~1.2 KiB each).
-        self._stream_protocol = self._transport.get_protocol()
+    def __init__(self, transport: asyncio.Transport, early: Early) -> None:
+        self._transport = transport
         # Kept: Python 3.11's get_running_loop() makes a getpid() system call every time.
         self._loop = asyncio.get_running_loop()
         self.requests = 0  # requests started on this connection
@@ -306,14 +302,16 @@ class OriginConnection:
         self._request_done = False
         self._body_left = 0  # bytes still due under a Content-Length
         self._chunked = False
-        self._eof = reader.at_eof()
-        self._lost = False
+        # The origin speaks only after a request: bytes before one (``early.data``) are
+        # ignored, as they were when they sat unread in a StreamReader.
+        self._eof = early.eof
+        self._lost = early.lost
         self._error: OriginProtocolError | None = None
         self._interrupt: BaseException | None = None  # the request body failed
         self._waiter: asyncio.Future[None] | None = None
         self._buffered = 0  # response bytes received and not yet taken by body()
         self._read_paused = False
-        self._write_paused = False
+        self._write_paused = early.write_paused
         self._drain: asyncio.Future[None] | None = None
         self._transport.set_protocol(_Link(self))
 
@@ -544,19 +542,20 @@ class OriginConnection:
 
     # -- after a 101 ---------------------------------------------------------------------------
 
-    def upgrade(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        """Streams for the upgraded protocol; bytes that came before are :attr:`trailing_data`.
+    def upgrade(self) -> tuple[asyncio.Transport, bool]:
+        """The transport, for the upgraded protocol, and whether the origin already ended its
+        side; bytes that came before are :attr:`trailing_data`.
 
-        They are the dialer's: nothing was read through them (the connection's own protocol
-        took every byte since), so their protocol is simply put back on the transport.
+        The caller sets its own protocol on the transport (see :func:`~.pipe.pipe`); reading
+        resumes if the response had paused it.
         """
-        self._transport.set_protocol(self._stream_protocol)
-        if self._eof:
-            self._reader.feed_eof()
         if self._read_paused:
             self._read_paused = False
             self._transport.resume_reading()
-        return self._reader, self._writer
+        # llhttp's parser and the response refer to each other: a cycle that only the
+        # collector would free, while a thousand WebSockets hold on. Freed now instead.
+        self._response.release()
+        return self._transport, self._eof
 
     def close(self) -> None:
         """Close the socket without waiting (safe to call twice)."""
