@@ -58,11 +58,11 @@ def _status(edge: Edge, home: Path) -> dict[str, dict[str, object]]:
     return {row["hostname"]: row for row in json.loads(out)}
 
 
-def _curl(root: Path, host: str, port: int) -> subprocess.CompletedProcess[str]:
+def _curl(root: Path, host: str, port: int, *extra: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [
             "curl", "-sS", "--max-time", "10", "--cacert", str(root),
-            "--resolve", f"{host}:{port}:127.0.0.1", f"https://{host}:{port}/",
+            "--resolve", f"{host}:{port}:127.0.0.1", *extra, f"https://{host}:{port}/",
         ],
         capture_output=True, text=True, timeout=20, check=False,
     )  # fmt: skip
@@ -120,6 +120,10 @@ def test_wildcard_certificate_by_dns01(
     reply = _curl(root, f"a.{ZONE}", https_port)
     assert reply.returncode == 0, reply.stderr
     assert reply.stdout == "hello /"
+    # The ACME certificate's context speaks HTTP/2 as the edge CA's does.
+    reply = _curl(root, f"b.{ZONE}", https_port, "--http2", "-w", " %{http_version}")
+    assert reply.returncode == 0, reply.stderr
+    assert reply.stdout == "hello / 2", reply.stdout
     # The challenge's TXT record is gone from the zone (what dig still shows is the route's
     # wildcard CNAME, which covers the name once it holds nothing of its own).
     answers = named.dig(f"_acme-challenge.{ZONE}", "TXT")

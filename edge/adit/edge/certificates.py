@@ -34,6 +34,7 @@ from adit.edge.acme_challenges import ChallengeSolver
 from adit.edge.acme_dns01 import Dns01Solver
 from adit.edge.acme_issuer import Issued, IssueError, Issuer
 from adit.edge.cert_files import BringYourOwn, CertificateFiles, StoredCertificate
+from adit.edge.public_tls import harden_public_tls
 
 __all__ = ["CertificateManager", "renewal_due"]
 
@@ -237,7 +238,7 @@ class CertificateManager:
 
     def _serve(self, name: str, host: _Host, stored: StoredCertificate) -> None:
         context = stored.leaf.server_context()
-        context.set_alpn_protocols(["http/1.1"])
+        harden_public_tls(context)  # h2 and http/1.1, the listener's TLS versions and ciphers
         host.served, host.context = stored, context
         host.due = renewal_due(stored, self._rng)
 
@@ -319,7 +320,7 @@ class CertificateManager:
             except (ssl.SSLError, OSError) as exc:
                 log.warning("certificate %s not loaded: %s", path, exc)
                 continue
-            context.set_alpn_protocols(["http/1.1"])
+            harden_public_tls(context)  # h2 and http/1.1, the listener's TLS versions and ciphers
             contexts[path] = context
             log.info("certificate %s loaded for %s", path, ", ".join(stored.names))
         for problem in self.byo.errors.values():
