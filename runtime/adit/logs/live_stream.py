@@ -54,9 +54,12 @@ METRICS_ADDRESS_FILE: Final = "metrics-address"
 _SEND_HWM: Final = 1000
 #: Records a hub takes before the publishers' queues (the rest wait there, then drop).
 _RECEIVE_HWM: Final = 10000
-#: How often a publisher looks for (un)subscriptions, and a hub for new publishers.
+#: How often a publisher looks for (un)subscriptions, and a hub for new publishers (a
+#: directory listing, only while someone tails). A hub's first look can come before a publisher
+#: binds (a prestarted worker serves ``tail`` while the supervisor still starts): the interval
+#: is how long that publisher's lines are missed.
 _POLL_INTERVAL: Final = 0.25
-_RESCAN_INTERVAL: Final = 1.0
+_RESCAN_INTERVAL: Final = 0.25
 #: Entries, and bytes of them, a session holds for its client before it counts drops instead.
 SESSION_CAPACITY: Final = 512
 SESSION_BYTES: Final = 1024 * 1024
@@ -129,7 +132,13 @@ class LogPublisher(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         """Send the record when someone listens (called with the handler's lock held)."""
         if not self.subscribed:
-            return
+            # A subscription may be waiting on the socket since the last poll: take it now,
+            # so that a line logged just after ``tail`` connected is not lost to the poll's
+            # interval (that gap grows with the machine's load). Cheap: no record is built,
+            # and a connector that nobody tails logs little at its configured level.
+            self.poll()
+            if not self.subscribed:
+                return
         # Our own lines, and what other libraries have to warn about (their debug chatter,
         # hpack's per-frame lines, say, is not the connector's log).
         if record.levelno < logging.WARNING and not record.name.startswith("adit"):

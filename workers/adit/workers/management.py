@@ -27,7 +27,7 @@ import socket
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Final
+from typing import Any, Final
 from urllib.parse import parse_qs
 
 from adit.logs.live_stream import METRICS_ADDRESS_FILE, LogSession, current_hub
@@ -109,7 +109,7 @@ def check_token(token: str, tunnel_id: uuid.UUID | None) -> str:
     return str(actor["id"])
 
 
-def _retrieve(task: asyncio.Future[None]) -> None:
+def _retrieve(task: asyncio.Future[Any]) -> None:
     """A writer or pinger that failed (the client went away): the reader ends the stream."""
     if not task.cancelled() and task.exception() is not None:
         log.debug("management stream task ended: %r", task.exception())
@@ -268,11 +268,15 @@ class ManagementService:
         writer: asyncio.Task[None] | None = None
         pinger = asyncio.ensure_future(self._ping(ws, send))
         pinger.add_done_callback(_retrieve)
+        reading: asyncio.Future[bytes | None] | None = None
         try:
             while True:
                 reading = asyncio.ensure_future(
                     self._next_message(stream, ws, send, idle=session is None)
                 )
+                # Retrieved here whatever ends this handler (cancelled with the stream, say,
+                # while the client's reset is on its way): never a stray task error in the log.
+                reading.add_done_callback(_retrieve)
                 closing = asyncio.ensure_future(self._closing.wait())
                 await asyncio.wait({reading, closing}, return_when=asyncio.FIRST_COMPLETED)
                 closing.cancel()
@@ -311,7 +315,7 @@ class ManagementService:
             self.sessions -= 1
             if session is not None:
                 hub.remove(session)
-            for task in (writer, pinger):
+            for task in (writer, pinger, reading):
                 if task is not None:
                     task.cancel()
             with contextlib.suppress(Exception):
