@@ -1,0 +1,1 @@
+"""Cloudflare Access in the edge: applications, policies, identity providers, logins."""
