@@ -45,7 +45,7 @@ PAGE_HEADERS: tuple[tuple[str, str], ...] = (
     ("x-frame-options", "DENY"),
     (
         "content-security-policy",
-        "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'",
+        "default-src 'none'; style-src 'unsafe-inline'",
     ),
     ("referrer-policy", "no-referrer"),
 )
