@@ -25,6 +25,7 @@ __all__ = [
     "LOGIN_PATH",
     "PAGE_HEADERS",
     "ProviderChoice",
+    "cookie_header",
     "csrf_token",
     "csrf_valid",
     "denied_page",
@@ -93,6 +94,21 @@ def csrf_valid(key: bytes, binding: str | None, token: str | None) -> bool:
     if not binding or not token:
         return False
     return hmac.compare_digest(csrf_token(key, binding).encode(), token.encode())
+
+
+def cookie_header(
+    name: str, value: str, *, path: str = "/", max_age: int | None = None, secure: bool = True
+) -> str:
+    """A ``Set-Cookie`` value for Access's cookies: HttpOnly (no script reads a session or
+    flow id), SameSite=Lax (sent on the provider's top-level redirect back, not on cross-site
+    posts), Secure unless the listener is plain HTTP, host-only (no Domain attribute)."""
+    parts = [f"{name}={value}", f"Path={path}"]
+    if max_age is not None:
+        parts.append(f"Max-Age={max_age}")
+    parts += ["HttpOnly", "SameSite=Lax"]
+    if secure:
+        parts.append("Secure")
+    return "; ".join(parts)
 
 
 def _page(title: str, body: str) -> bytes:
