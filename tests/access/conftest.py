@@ -1,4 +1,4 @@
-"""The Access tests' real services: one browser per session (access_support.browser)."""
+"""The Access tests' real services: one browser per module (access_support.browser)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Headless Chromium (Debian's ``/usr/bin/chromium``) driven by Playwright, for the Access
-tests: one browser per test session, a fresh context (cookies, cache) per test.
+tests: one browser per test module, a fresh context (cookies, cache) per test.
 
 Never ``playwright install``: that downloads a browser from a host this machine cannot reach;
 Debian's chromium is given as the executable. ``*.example.test`` resolves to 127.0.0.1 inside
@@ -30,9 +30,13 @@ ARGS = [
 ]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def chromium() -> Iterator[Browser]:
-    """The session's browser; skips the test where Debian's chromium is not installed."""
+    """The module's browser; skips the test where Debian's chromium is not installed.
+
+    Per module, not per session: Playwright's sync API keeps its event loop running in the
+    main thread while it is open, and every asyncio test after it in the same worker would
+    fail ("asyncio.run() cannot be called from a running event loop")."""
     if not Path(CHROMIUM).exists():
         pytest.skip(f"{CHROMIUM} is not installed (tests/debian-packages.txt: chromium)")
     with sync_playwright() as playwright:
