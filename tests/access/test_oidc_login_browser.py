@@ -20,7 +20,7 @@ import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, Route
 
 from access_support.browser import Screens, new_context
-from access_support.oidc import USERS, OidcProvider, start_oidc_provider
+from access_support.oidc import USERS, OidcProvider, sign_in_at_provider, start_oidc_provider
 from access_support.relying_party import CALLBACK, RelyingParty, planned_origin, relying_party
 from adit.edge.access.oidc_client import OidcIdentity, OidcSettings
 
@@ -55,19 +55,6 @@ def rp(provider_and_rp: RelyingParty) -> RelyingParty:
 def provider_of(rp: RelyingParty) -> OidcProvider:
     provider: OidcProvider = rp.provider  # type: ignore[attr-defined]
     return provider
-
-
-def sign_in_at_provider(page: Page, email: str, password: str, screens: Screens | None) -> None:
-    """Fill the provider's own login form and allow the consent, as a person would."""
-    page.wait_for_selector("input[name=email]")
-    if screens:
-        screens.shot(page, "provider-login")
-    page.fill("input[name=email]", email)
-    page.fill("input[name=password]", password)
-    page.click("button[type=submit]")
-    page.wait_for_load_state()
-    if page.locator("text=Allow access").count():
-        page.click("button[type=submit]")
 
 
 @contextmanager

@@ -19,7 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from playwright.sync_api import Page
 
+from access_support.browser import Screens
+from access_support.pki import ServiceCa
 from harness import Processes
 
 HERE = Path(__file__).parent
@@ -65,9 +68,14 @@ def need_node() -> str:
 
 @contextmanager
 def start_oidc_provider(
-    tmp: Path, redirect_uris: Sequence[str], *, client_id: str = "adit-edge"
+    tmp: Path,
+    redirect_uris: Sequence[str],
+    *,
+    client_id: str = "adit-edge",
+    tls: ServiceCa | None = None,
 ) -> Iterator[OidcProvider]:
-    """The provider running (stopped on exit), once it listens; waits are bounded."""
+    """The provider running (stopped on exit), once it listens; waits are bounded. With
+    ``tls`` it serves HTTPS with that CA's leaf (the issuer is then https://127.0.0.1:PORT)."""
     node = need_node()
     secret = secrets.token_urlsafe(24)
     config = tmp / "oidc-provider.json"
@@ -81,6 +89,7 @@ def start_oidc_provider(
                         "redirect_uris": list(redirect_uris),
                     }
                 ],
+                "tls": {"cert": str(tls.cert), "key": str(tls.key)} if tls else None,
                 "users": [
                     {"email": u.email, "password": u.password, "groups": list(u.groups)}
                     for u in USERS
@@ -100,3 +109,16 @@ def start_oidc_provider(
         yield OidcProvider(match.group(1), client_id, secret, proc.log)
     finally:
         processes.cleanup()
+
+
+def sign_in_at_provider(page: Page, email: str, password: str, screens: Screens | None) -> None:
+    """Fill the provider's own login form and allow the consent, as a person would."""
+    page.wait_for_selector("input[name=email]")
+    if screens:
+        screens.shot(page, "provider-login")
+    page.fill("input[name=email]", email)
+    page.fill("input[name=password]", password)
+    page.click("button[type=submit]")
+    page.wait_for_load_state()
+    if page.locator("text=Allow access").count():
+        page.click("button[type=submit]")

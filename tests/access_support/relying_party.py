@@ -201,7 +201,11 @@ class RelyingParty:
                     headers[name.strip().lower()] = value.strip()
             length = min(int(headers.get("content-length", "0")), 1 << 16)
             body = await asyncio.wait_for(reader.readexactly(length), 10) if length else b""
-            response = await self.handle(method, target, headers, body)
+            try:
+                response = await self.handle(method, target, headers, body)
+            except Exception as exc:  # a test's failure shows in the page, not as a hang
+                self.results.append(f"error: {type(exc).__name__}: {exc}")
+                response = Response(500, f"relying party error: {exc!r}".encode())
             out = [f"HTTP/1.1 {response.status} X", f"content-length: {len(response.body)}"]
             out += [f"{k}: {v}" for k, v in response.headers]
             out.append("connection: close")

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import hmac
 import secrets
+import ssl
 import time
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -340,11 +341,14 @@ class OidcClient:
         self._metadata_at = 0.0
         self._jwks: jwt.PyJWKSet | None = None
         self._jwks_at = 0.0
+        self._tls: ssl.SSLContext | None = None
 
     def _http(self) -> httpx.AsyncClient:
-        verify: Any = self.settings.ca_bundle or True
+        if self._tls is None:
+            # One context per client, built once: loading a CA store costs milliseconds.
+            self._tls = ssl.create_default_context(cafile=self.settings.ca_bundle)
         return httpx.AsyncClient(
-            verify=verify, timeout=self.settings.timeout, follow_redirects=False
+            verify=self._tls, timeout=self.settings.timeout, follow_redirects=False
         )
 
     async def _get_json(self, url: str) -> object:
