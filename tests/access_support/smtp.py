@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+import ssl
 import threading
 import time
 from collections.abc import Iterator
@@ -14,6 +15,7 @@ from typing import Any
 
 from aiosmtpd.controller import Controller
 
+from access_support.pki import ServiceCa
 from sshd import free_port
 
 
@@ -50,10 +52,18 @@ class Mailbox:
 
 
 @contextmanager
-def smtp_server() -> Iterator[Mailbox]:
-    """An SMTP server (no TLS, no auth) running in its own thread until the block ends."""
+def smtp_server(tls: ServiceCa | None = None) -> Iterator[Mailbox]:
+    """An SMTP server (no auth) running in its own thread until the block ends; with ``tls``
+    it offers STARTTLS with that CA's leaf and refuses mail before it."""
     mailbox = Mailbox(port=free_port())
-    controller = Controller(mailbox, hostname="127.0.0.1", port=mailbox.port, ready_timeout=10)
+    options: dict[str, Any] = {}
+    if tls is not None:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(tls.cert, tls.key)
+        options = {"tls_context": context, "require_starttls": True}
+    controller = Controller(
+        mailbox, hostname="127.0.0.1", port=mailbox.port, ready_timeout=10, **options
+    )
     controller.start()
     try:
         yield mailbox

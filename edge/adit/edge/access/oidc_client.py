@@ -31,6 +31,7 @@ HTTP (discovery, JWKS, code exchange) with bounded timeouts and caches what it f
 from __future__ import annotations
 
 import hmac
+import json
 import secrets
 import ssl
 import time
@@ -353,14 +354,23 @@ class OidcClient:
 
     async def _get_json(self, url: str) -> object:
         try:
-            async with self._http() as http:
-                response = await http.get(url, headers={"accept": "application/json"})
+            async with (
+                self._http() as http,
+                http.stream("GET", url, headers={"accept": "application/json"}) as response,
+            ):
+                status = response.status_code
+                body = bytearray()
+                # Read no more than MAX_BODY: a provider's answer never holds the edge's memory.
+                async for chunk in response.aiter_bytes():
+                    body += chunk
+                    if len(body) > MAX_BODY:
+                        raise ProviderUnavailable(f"{url}: the answer is over {MAX_BODY} bytes")
         except httpx.HTTPError as exc:
             raise ProviderUnavailable(f"{url}: {type(exc).__name__}: {exc}") from None
-        if response.status_code != 200 or len(response.content) > MAX_BODY:
-            raise ProviderUnavailable(f"{url}: HTTP {response.status_code}")
+        if status != 200:
+            raise ProviderUnavailable(f"{url}: HTTP {status}")
         try:
-            return response.json()
+            return json.loads(body)
         except ValueError:
             raise ProviderUnavailable(f"{url}: the answer is not JSON") from None
 
