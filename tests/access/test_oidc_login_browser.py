@@ -12,7 +12,6 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import httpx
@@ -28,7 +27,9 @@ pytestmark = pytest.mark.process
 
 
 @pytest.fixture(scope="module")
-def provider_and_rp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RelyingParty]:
+def provider_and_rp(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[RelyingParty, OidcProvider]]:
     """One provider and one relying party for the module (the provider takes ~1 s to start)."""
     host, port = planned_origin()
     tmp = tmp_path_factory.mktemp("oidc")
@@ -41,20 +42,20 @@ def provider_and_rp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Relyin
             timeout=10.0,
         )
         with relying_party(host, port, settings) as rp:
-            rp.provider = provider  # type: ignore[attr-defined]
-            yield rp
+            yield rp, provider
 
 
 @pytest.fixture
-def rp(provider_and_rp: RelyingParty) -> RelyingParty:
-    provider_and_rp.results.clear()
-    provider_and_rp.held = None
-    return provider_and_rp
+def rp(provider_and_rp: tuple[RelyingParty, OidcProvider]) -> RelyingParty:
+    rp = provider_and_rp[0]
+    rp.results.clear()
+    rp.held = None
+    return rp
 
 
-def provider_of(rp: RelyingParty) -> OidcProvider:
-    provider: OidcProvider = rp.provider  # type: ignore[attr-defined]
-    return provider
+@pytest.fixture
+def issuer(provider_and_rp: tuple[RelyingParty, OidcProvider]) -> str:
+    return provider_and_rp[1].issuer
 
 
 @contextmanager
@@ -74,14 +75,14 @@ def start_login(page: Page, rp: RelyingParty) -> None:
 
 
 def test_browser_logs_in_and_returns_to_the_original_url(
-    rp: RelyingParty, browser_context: BrowserContext, screens: Screens
+    rp: RelyingParty, issuer: str, browser_context: BrowserContext, screens: Screens
 ) -> None:
     page = browser_context.new_page()
     page.goto(rp.url("/private/report?q=1"))
     assert urlsplit(page.url).path == "/cdn-cgi/access/login"
     screens.shot(page, "access-login-page")
     page.click("text=Sign in with Test IdP")
-    assert page.url.startswith(provider_of(rp).issuer)
+    assert page.url.startswith(issuer)
     alice = USERS[0]
     sign_in_at_provider(page, alice.email, alice.password, screens)
     page.wait_for_url(rp.url("/private/report?q=1"))
@@ -96,17 +97,20 @@ def test_browser_logs_in_and_returns_to_the_original_url(
             "alice@example.com",
             ("engineering", "admins"),
             "alice@example.com",
-            provider_of(rp).issuer,
+            issuer,
         )
     ]
     # The session cookie is HttpOnly and SameSite=Lax; the flow cookie is gone with its flow.
     cookies = {c["name"]: c for c in browser_context.cookies()}
     assert cookies["CF_Authorization"]["httpOnly"]
     assert cookies["CF_Authorization"]["sameSite"] == "Lax"
+    # The login page and the provider's form, kept as artifacts under the test's tmp dir.
+    assert [p.name for p in screens.saved] == ["00-access-login-page.png", "01-provider-login.png"]
+    assert all(p.stat().st_size > 1000 for p in screens.saved)
 
 
 def test_other_domain_user_gets_their_own_identity(
-    rp: RelyingParty, browser_context: BrowserContext
+    rp: RelyingParty, issuer: str, browser_context: BrowserContext
 ) -> None:
     page = browser_context.new_page()
     start_login(page, rp)
@@ -114,7 +118,7 @@ def test_other_domain_user_gets_their_own_identity(
     sign_in_at_provider(page, bob.email, bob.password, None)
     page.wait_for_url(rp.url("/private/report?q=1"))
     assert rp.results[-1] == OidcIdentity(
-        "bob@other.test", ("engineering",), "bob@other.test", provider_of(rp).issuer
+        "bob@other.test", ("engineering",), "bob@other.test", issuer
     )
 
 
@@ -194,7 +198,7 @@ def test_callback_in_another_browser_is_refused(
     assert rp.results == ["no login in progress for this browser (expired or already used)"]
 
 
-def test_login_post_from_another_site_is_refused(rp: RelyingParty) -> None:
+def test_login_post_from_another_site_is_refused(rp: RelyingParty, issuer: str) -> None:
     """Login CSRF by form: a post without the token bound to the browser's cookie."""
     with httpx.Client(timeout=10) as client:
         page = client.get(rp.local_url("/cdn-cgi/access/login?redirect_url=/x"))
@@ -212,7 +216,7 @@ def test_login_post_from_another_site_is_refused(rp: RelyingParty) -> None:
         )
     assert bare.status_code == 403 and wrong.status_code == 403
     assert right.status_code == 302
-    assert right.headers["location"].startswith(provider_of(rp).issuer)
+    assert right.headers["location"].startswith(issuer)
     assert rp.results == ["csrf refused", "csrf refused"]
 
 
@@ -232,7 +236,3 @@ def with_param(url: str, **params: str) -> str:
     query = dict(parse_qsl(parts.query))
     query.update(params)
     return urlunsplit(parts._replace(query=urlencode(query)))
-
-
-def test_screenshots_are_artifacts(tmp_path: Path, screens: Screens) -> None:
-    assert screens.folder == tmp_path / "screenshots"
