@@ -236,3 +236,20 @@ def with_param(url: str, **params: str) -> str:
     query = dict(parse_qsl(parts.query))
     query.update(params)
     return urlunsplit(parts._replace(query=urlencode(query)))
+
+
+def test_provider_requires_pkce(rp: RelyingParty, issuer: str) -> None:
+    """The test provider is as strict as the flow: an authorization request without a code
+    challenge is sent back with an error, never to a login form."""
+    query = {
+        "client_id": "adit-edge",
+        "response_type": "code",
+        "redirect_uri": rp.url(CALLBACK),
+        "scope": "openid email",
+        "state": "s" * 43,
+        "nonce": "n" * 43,
+    }
+    answer = httpx.get(f"{issuer}/auth", params=query, timeout=10, follow_redirects=False)
+    assert answer.status_code in (302, 303)
+    back = dict(parse_qsl(urlsplit(answer.headers["location"]).query))
+    assert back["error"] == "invalid_request" and "PKCE" in back["error_description"]

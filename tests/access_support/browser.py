@@ -5,6 +5,10 @@ Never ``playwright install``: that downloads a browser from a host this machine 
 Debian's chromium is given as the executable. ``*.example.test`` resolves to 127.0.0.1 inside
 the browser (``--host-resolver-rules``), so a test's hostnames work without DNS. Screenshots go
 to the test's tmp dir (``screenshots/``), kept as artifacts.
+
+A test folder gets the fixtures by importing them in its conftest.py (tests/access/conftest.py
+does). Playwright's sync API keeps its event loop running in the main thread while the browser
+is open: a test that uses the browser and also asyncio runs its coroutines in another thread.
 """
 
 from __future__ import annotations
