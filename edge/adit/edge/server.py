@@ -203,7 +203,7 @@ class EdgeServer:
             Http01Solver(settings.state_dir / "acme" / "http-01") if acme is not None else None
         )
         self.tls_alpn01 = (
-            TlsAlpn01Solver()
+            TlsAlpn01Solver(settings.state_dir / "acme" / "tls-alpn-01")
             if acme is not None and "tls-alpn-01" in acme.challenges and settings.https_listen
             else None
         )
