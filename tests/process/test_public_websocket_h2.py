@@ -124,6 +124,15 @@ def test_websocket_over_http2_next_to_requests_on_one_connection(
     assert client.receive().data == b"still here"
 
 
+def test_websocket_to_an_origin_that_answers_200_is_no_acceptance(
+    edge: Edge, connector: Proc, client: H2WebSocket
+) -> None:
+    # "/" goes to a plain HTTP origin: its 200 must not reach the visitor as the 2xx that
+    # accepts a WebSocket over HTTP/2.
+    assert client.connect("/plain") == 502
+    assert b"did not accept the WebSocket" in client.read_body()
+
+
 def test_extended_connect_for_another_protocol_is_refused(
     edge: Edge, connector: Proc, client: H2WebSocket
 ) -> None:

@@ -41,6 +41,7 @@ from adit.edge.h2_visitor import (
 from adit.edge.h2_websocket import (
     UNSUPPORTED_PROTOCOL,
     WEBSOCKET,
+    WEBSOCKET_REFUSED,
     response_headers,
     upgrade_accepted,
     websocket_request,
@@ -321,9 +322,16 @@ class Http2Connection(asyncio.Protocol):
                 )
                 await self._page(stream, page, host, ray)
                 return
-            if websocket and upgrade_accepted(response.headers):
-                await self._websocket(stream, tunnel, response.headers, host, ray)
-                return
+            if websocket:
+                if upgrade_accepted(response.headers):
+                    await self._websocket(stream, tunnel, response.headers, host, ray)
+                    return
+                if 200 <= response.status < 300:
+                    # Over HTTP/1.1 a refusal is any answer but 101; over HTTP/2 a 2xx is the
+                    # acceptance (RFC 8441 §5), so an origin's 200 must not pass as one.
+                    log.warning("the origin did not accept the WebSocket for %s ray=%s", host, ray)
+                    await self._page(stream, WEBSOCKET_REFUSED, host, ray)
+                    return
             head_only = request.method == b"HEAD" or response.status in (204, 304)
             ended = response.end_stream or head_only
             headers = [*response.headers, *self._listener.edge_headers(host, ray)]

@@ -23,6 +23,7 @@ from adit.protocol.websocket import client_key
 __all__ = [
     "UNSUPPORTED_PROTOCOL",
     "WEBSOCKET",
+    "WEBSOCKET_REFUSED",
     "response_headers",
     "upgrade_accepted",
     "websocket_request",
@@ -38,6 +39,16 @@ UNSUPPORTED_PROTOCOL = ErrorPage(
     "501",
     "Protocol not supported",
     "This edge carries only the websocket protocol over extended CONNECT (RFC 8441).",
+)
+
+#: The origin answered the upgrade with a 2xx but not as a WebSocket server: over HTTP/2 the
+#: visitor would take any 2xx for the WebSocket's acceptance.
+WEBSOCKET_REFUSED = ErrorPage(
+    502,
+    "502",
+    "Bad gateway: the origin did not accept the WebSocket",
+    "The origin answered the WebSocket request as an ordinary one (no Sec-WebSocket-Accept). "
+    "The tunnel owner should check that this path's service speaks WebSocket.",
 )
 
 # Headers the origin's 101 carries that a 200 on an HTTP/2 stream cannot: the key's proof,
