@@ -62,7 +62,8 @@ class H2WebSocket:
         self.ended_streams: set[int] = set()
         #: The WebSocket's stream (0: none yet).
         self.ws_stream = 0
-        self.reset_code: int | None = None
+        #: Streams the server reset, with the code.
+        self.resets: dict[int, int] = {}
         self.terminated: h2.events.ConnectionTerminated | None = None
         self.body = b""
         self.ws = Protocol(Side.CLIENT, max_size=None)
@@ -98,6 +99,11 @@ class H2WebSocket:
         if self.status == 200:
             self.ws_stream = self.stream_id
         return self.status
+
+    @property
+    def reset_code(self) -> int | None:
+        """The code the server reset the current stream with (None: not reset)."""
+        return self.resets.get(self.stream_id)
 
     @property
     def ended(self) -> bool:
@@ -154,7 +160,8 @@ class H2WebSocket:
                 if event.stream_id == self.ws_stream:
                     self.ws.receive_eof()
             elif isinstance(event, h2.events.StreamReset):
-                self.reset_code = int(event.error_code or 0)
+                assert event.stream_id is not None
+                self.resets[event.stream_id] = int(event.error_code or 0)
             elif isinstance(event, h2.events.ConnectionTerminated):
                 self.terminated = event
         self._write()

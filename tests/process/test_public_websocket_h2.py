@@ -5,6 +5,8 @@ when ADIT_CLOUDFLARED is set."""
 
 from __future__ import annotations
 
+import contextlib
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,7 +15,7 @@ import pytest
 from websockets.frames import Opcode
 
 from adversary import CLOUDFLARED, INSIDE_NETNS, rerun_in_private_netns, start_cloudflared
-from h2_websocket import H2WebSocket
+from h2_websocket import H2Closed, H2WebSocket
 from harness import (
     Account,
     Edge,
@@ -36,8 +38,9 @@ ONE_MB = 1_000_000
 
 
 @pytest.fixture
-def edge(processes: Processes) -> Edge:
-    return start_edge(processes, https=True)
+def edge(processes: Processes, request: pytest.FixtureRequest) -> Edge:
+    """The edge with an HTTPS listener; a test's indirect parameter adds flags."""
+    return start_edge(processes, https=True, extra=getattr(request, "param", []))
 
 
 @pytest.fixture
@@ -122,6 +125,28 @@ def test_websocket_over_http2_next_to_requests_on_one_connection(
     client.stream_id = websocket
     client.send_text("still here")
     assert client.receive().data == b"still here"
+
+
+@pytest.mark.parametrize(
+    "edge", [["--body-timeout", "1s", "--response-timeout", "1s"]], indirect=True
+)
+def test_quiet_websocket_lives_and_one_not_read_is_reset(
+    edge: Edge, connector: Proc, client: H2WebSocket
+) -> None:
+    assert client.connect("/ws/echo") == 200
+    # Quiet past every request deadline: as on HTTP/1.1, the peers decide when to stop.
+    time.sleep(3)
+    client.send_text("after a quiet while")
+    assert client.receive().data == b"after a quiet while"
+    # The echo of 200 kB is three times what the client's window takes: unread, the edge
+    # gives the stream up after the send (body) timeout, and the tunnel stream with it.
+    client.send_binary(pattern_bytes(200_000))
+    time.sleep(3)
+    with contextlib.suppress(H2Closed):
+        client.read_body()
+    assert client.reset_code == h2.errors.ErrorCodes.CANCEL
+    # The connection itself goes on.
+    assert client.connect("/ws/echo") == 200
 
 
 def test_websocket_to_an_origin_that_answers_200_is_no_acceptance(
