@@ -137,6 +137,8 @@ class PublicListener:
         self.location = location
         self.scheme = scheme
         self.tracker = tracker
+        #: The HTTPS port visitors' URLs name (None: 443, left out); set once HTTPS is bound.
+        self.https_port: int | None = None
         self._ray_suffix = f"-{location}"
         # A request's authority → (its hostname checked and in the one spelling, the
         # authority to forward): pure functions of the text, and most requests repeat a
@@ -266,7 +268,8 @@ class PublicListener:
             return None
         if not self.store.zone_options(host).always_https:
             return None
-        return f"https://{host}{target.path}"
+        port = f":{self.https_port}" if self.https_port is not None else ""
+        return f"https://{host}{port}{target.path}"
 
     def edge_headers(self, host: str, ray: str) -> list[tuple[str, str]]:
         """The headers the edge adds to an origin's response: its Ray ID, and over HTTPS the

@@ -125,6 +125,9 @@ class EdgeSettings:
     #: The edge's public name (routes' CNAME target) and addresses (zone apexes' A/AAAA), for
     #: zones whose DNS server the edge updates.
     published: PublishedEdge = field(default_factory=PublishedEdge)
+    #: ``--public-https-port``: the HTTPS port in URLs the edge builds for visitors (None:
+    #: the first HTTPS listener's bound port).
+    public_https_port: int | None = None
 
     @property
     def tunnel_liveness(self) -> LivenessSettings:
@@ -149,6 +152,16 @@ def _admission(limits: Limits) -> Admission:
 def _bound_socket(sock: socket.socket) -> list[str]:
     host, port = sock.getsockname()[:2]
     return [f"[{host}]:{port}" if sock.family == socket.AF_INET6 else f"{host}:{port}"]
+
+
+def _public_https_port(flag: int | None, bound: list[str]) -> int | None:
+    """The HTTPS port to write into visitors' URLs: ``--public-https-port``, else the first
+    HTTPS listener's (as bound: a port 0 is known only then); None for 443, the default
+    port a URL leaves out."""
+    port = flag
+    if port is None:
+        port = int(bound[0].rsplit(":", 1)[1]) if bound else 443
+    return None if port == 443 else port
 
 
 def _bound(server: asyncio.Server | GatedListener) -> list[str]:
@@ -190,7 +203,7 @@ class EdgeServer:
             Http01Solver(settings.state_dir / "acme" / "http-01") if acme is not None else None
         )
         self.tls_alpn01 = (
-            TlsAlpn01Solver()
+            TlsAlpn01Solver(settings.state_dir / "acme" / "tls-alpn-01")
             if acme is not None and "tls-alpn-01" in acme.challenges and settings.https_listen
             else None
         )
@@ -318,6 +331,9 @@ class EdgeServer:
                 )
                 self.servers.append(gated)
                 self.addresses["https"] += _bound(gated)
+            public.https_port = _public_https_port(
+                self.settings.public_https_port, self.addresses["https"]
+            )
         api_tls = self.ca.api_server_context(self.settings.api_names)
         self.addresses["api"] = []
         for address in self.settings.api_listen:
