@@ -332,6 +332,11 @@ class AccessStore:
         self._clock = clock
         self.live = LiveAccess(db)
 
+    @property
+    def db(self) -> Database:
+        """The database (the access log writes there too)."""
+        return self._db
+
     def table(self) -> AccessTable:
         return self.live.current()
 
@@ -471,6 +476,13 @@ class AccessStore:
         if not rules["include"]:
             raise InvalidAccess(f"{where}: include needs at least one rule")
         return name, decision, precedence, json.dumps(rules)
+
+    def normal_policy(self, raw: Mapping[str, Any]) -> dict[str, Any]:
+        """``raw`` as :meth:`Policy.json` would show it once stored (without its id)."""
+        name, decision, precedence, rules = self._policy_fields(raw, "policy", 1)
+        shown = _policy(("", "", name, decision, precedence, rules)).json()
+        del shown["id"]
+        return shown
 
     def create_policy(self, account: str, app_id: str, raw: Mapping[str, Any]) -> Policy:
         with self._db.write() as db:
