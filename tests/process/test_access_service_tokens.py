@@ -222,3 +222,53 @@ def test_service_token_reaches_the_origin_with_a_verifiable_assertion_and_nothin
     assert all(e["ray_id"] for e in logged)
     # Another account sees none of them.
     assert api(other, "GET", "logs/access_requests") == []
+
+
+def test_the_connector_with_access_required_trusts_the_edge_and_nothing_that_bypassed_it(
+    processes: Processes, tmp_path: Path, origin: Origin
+) -> None:
+    from harness import start_edge
+
+    edge = start_edge(processes, https=True)
+    account = login(edge, tmp_path / "home")
+    tunnel = create_tunnel(account, "web", HOST)
+    port = edge.https.rsplit(":", 1)[1]
+    # The team domain: where the connector fetches the key set (the edge's HTTPS listener;
+    # "localhost" resolves without DNS) and the issuer of every token.
+    team = f"localhost:{port}"
+    assert api(account, "PUT", "organizations", {"auth_domain": team})["auth_domain"] == team
+    app = api(account, "POST", "apps", {"name": "Wiki", "domain": HOST})
+    issued = api(account, "POST", "service_tokens", {"name": "ci"})
+    api(
+        account,
+        "POST",
+        f"apps/{app['id']}/policies",
+        {"name": "ci", "decision": "non_identity", "include": [{"any_valid_service_token": {}}]},
+    )
+    rule: dict[str, object] = {
+        "service": origin.url,
+        "originRequest": {
+            "access": {
+                "required": True,
+                "teamName": "team",
+                "audTag": [app["aud"]],
+                "teamDomain": f"https://{team}",
+            }
+        },
+    }
+    config = write_config(tmp_path / "config.yml", HOST, [rule])
+    start_connector(processes, tunnel, config, env={"SSL_CERT_FILE": str(edge.ca)})
+    good = [
+        ("CF-Access-Client-Id", issued["client_id"]),
+        ("CF-Access-Client-Secret", issued["client_secret"]),
+    ]
+    reply = request(edge, HOST, "GET", "/through-access", headers=good)
+    assert reply.status == 200, reply.body
+    assert len(origin.seen_headers) == 1
+    # Without the application the edge forwards the request as it is: the connector refuses
+    # it (no assertion), and a visitor's own assertion does not help (the edge drops it).
+    api(account, "DELETE", f"apps/{app['id']}")
+    forged = "eyJhbGciOiJSUzI1NiJ9.e30.c2ln"  # the edge drops the header whatever it holds
+    for headers in ([], [("Cf-Access-Jwt-Assertion", forged)]):
+        assert request(edge, HOST, "GET", "/bypassed", headers=headers).status == 403
+    assert len(origin.seen_headers) == 1

@@ -417,6 +417,7 @@ class EdgeServer:
                     if (
                         name != self.settings.management_hostname
                         and self.store.tunnel_for_hostname(name) is None
+                        and not self.access.guards(name)  # an Access team domain
                     ):
                         return
                 except InvalidHostname:
