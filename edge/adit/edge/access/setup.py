@@ -34,8 +34,6 @@ from adit.edge.access.store import AccessStore, InvalidAccessSetup
 
 __all__ = ["apply", "export"]
 
-_SECRET_MASK = "*****"  # noqa: S105 (what an export shows for a secret)
-
 
 def export(store: AccessStore, account: str) -> dict[str, Any]:
     """The account's Access setup as a document."""
@@ -116,12 +114,11 @@ def apply(store: AccessStore, account: str, doc: dict[str, Any]) -> dict[str, An
         if old is None:
             store.create_idp(account, raw)
             changes.append(f"identity provider {raw.get('name')} created")
-        elif {"name": old.name, "type": old.type, "config": old.json()["config"]} != {
-            "name": raw.get("name"),
-            "type": raw.get("type"),
-            "config": raw.get("config") or {},
-        } or any(
-            v != _SECRET_MASK for k, v in (raw.get("config") or {}).items() if k in old.secrets
+        elif store.normal_idp(raw, old.secrets) != (
+            old.name,
+            old.type,
+            dict(old.config),
+            dict(old.secrets),
         ):
             store.update_idp(account, old.id, raw)
             changes.append(f"identity provider {old.name} updated")

@@ -598,6 +598,12 @@ class AccessStore:
             _string(shown, "smtp_from", f"{where}.config")
         return name, kind, shown, hidden
 
+    def normal_idp(
+        self, raw: Mapping[str, Any], old_secrets: Mapping[str, str]
+    ) -> tuple[str, str, dict[str, Any], dict[str, str]]:
+        """``raw`` as it would be stored: name, type, config, secrets."""
+        return self._guard(lambda: self._idp_fields(raw, "identity provider", old_secrets))
+
     def create_idp(self, account: str, raw: Mapping[str, Any]) -> IdentityProvider:
         name, kind, shown, hidden = self._guard(
             lambda: self._idp_fields(raw, "identity provider", {})
