@@ -272,3 +272,73 @@ def test_the_connector_with_access_required_trusts_the_edge_and_nothing_that_byp
     for headers in ([], [("Cf-Access-Jwt-Assertion", forged)]):
         assert request(edge, HOST, "GET", "/bypassed", headers=headers).status == 403
     assert len(origin.seen_headers) == 1
+
+
+def test_http2_visitors_pass_the_same_gate(
+    processes: Processes, tmp_path: Path, origin: Origin
+) -> None:
+    import subprocess
+
+    from harness import start_edge
+
+    edge = start_edge(processes, https=True)
+    account = login(edge, tmp_path / "home")
+    tunnel = create_tunnel(account, "web", HOST)
+    app = api(account, "POST", "apps", {"name": "Wiki", "domain": HOST})
+    issued = api(account, "POST", "service_tokens", {"name": "ci"})
+    api(
+        account,
+        "POST",
+        f"apps/{app['id']}/policies",
+        {"name": "ci", "decision": "non_identity", "include": [{"any_valid_service_token": {}}]},
+    )
+    start_connector(
+        processes, tunnel, write_config(tmp_path / "config.yml", HOST, [{"service": origin.url}])
+    )
+    port = edge.https.rsplit(":", 1)[1]
+
+    def curl(*args: str) -> tuple[str, str]:
+        done = subprocess.run(
+            [
+                "curl",
+                "-sS",
+                "--http2",
+                "--max-time",
+                "30",
+                "--cacert",
+                str(edge.ca),
+                "--resolve",
+                f"{HOST}:{port}:127.0.0.1",
+                "-o",
+                "/dev/null",
+                "-D",
+                "-",
+                "-w",
+                "%{http_version} %{http_code}",
+                *args,
+                f"https://{HOST}:{port}/h2",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        head, _, last = done.stdout.rpartition("\n")
+        return head, last
+
+    head, status = curl(
+        "-H",
+        f"CF-Access-Client-Id: {issued['client_id']}",
+        "-H",
+        f"CF-Access-Client-Secret: {issued['client_secret']}",
+    )
+    assert status.endswith("2 200"), (status, head)
+    assert len(origin.seen_headers) == 1
+    assert _header(origin.seen_headers[0], "Cf-Access-Jwt-Assertion")
+    head, status = curl("-H", "Accept: text/html")
+    assert status.endswith("2 302"), status
+    assert "location: /cdn-cgi/access/login/app.example.test?" in head.lower()
+    _, status = curl("-H", f"CF-Access-Client-Id: {issued['client_id']}")
+    assert status.endswith("2 401"), status
+    assert len(origin.seen_headers) == 1
