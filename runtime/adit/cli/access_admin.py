@@ -364,7 +364,7 @@ def apply_cmd(path: str, origincert: str | None, api_url: str | None) -> None:
 @click.command("export", context_settings=_SETTINGS)
 @_account_options
 def export_cmd(origincert: str | None, api_url: str | None) -> None:
-    """The account's whole Access setup as YAML (for `adit access apply -f`)."""
+    """The account's whole Access setup as YAML (for adit access apply -f)."""
     _show(_call(origincert, api_url, "GET", "export"))
 
 
