@@ -403,6 +403,7 @@ class AccessStore:
                 raise AccessConflict(
                     f"an application already guards {host}{path}; update or delete it"
                 ) from None
+            self._first_key(db, account)
             db.execute(_BUMP)
         self.live.changed()
         return Application(aid, account, name, host, path, aud, session, tuple(idps))
@@ -847,6 +848,7 @@ class AccessStore:
                 )
             except sqlite3.IntegrityError:
                 raise AccessConflict(f"auth_domain {domain} is another account's") from None
+            self._first_key(db, account)
             db.execute(_BUMP)
         self.live.changed()
         return domain
@@ -856,6 +858,13 @@ class AccessStore:
             "SELECT auth_domain FROM access_orgs WHERE account_tag = ?", (account,)
         ).fetchone()
         return row[0] if row is not None else f"{account}.cloudflareaccess.com"
+
+    def _first_key(self, db: sqlite3.Connection, account: str) -> None:
+        """The account's first signing key, made with its first application (off the event
+        loop, as API writes are), so no request ever waits for an RSA key to be generated."""
+        if db.execute("SELECT 1 FROM access_keys WHERE account_tag = ?", (account,)).fetchone():
+            return
+        self._insert_key(db, account, new_signing_key(), self._clock())
 
     def ensure_key(self, account: str) -> SigningKey:
         """The account's current signing key, made on first use."""
@@ -879,14 +888,20 @@ class AccessStore:
                 " WHERE account_tag = ? AND retired_at IS NULL",
                 (encode_time(now), account),
             )
-            db.execute(
-                "INSERT INTO access_keys (kid, account_tag, private_pem, cert_pem, created_at)"
-                " VALUES (?, ?, ?, ?, ?)",
-                (key.kid, account, key.private_pem(), key.cert_pem, encode_time(now)),
-            )
+            self._insert_key(db, account, key, now)
             db.execute(_BUMP)
         self.live.reload()
         return key
+
+    @staticmethod
+    def _insert_key(
+        db: sqlite3.Connection, account: str, key: SigningKey, now: datetime.datetime
+    ) -> None:
+        db.execute(
+            "INSERT INTO access_keys (kid, account_tag, private_pem, cert_pem, created_at)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (key.kid, account, key.private_pem(), key.cert_pem, encode_time(now)),
+        )
 
     # -- helpers ---------------------------------------------------------------------------
 
