@@ -176,7 +176,9 @@ class PublicListener:
 
         ``fast``: the answer is told from the tunnel's read (:meth:`_Exchange.answered`).
         """
-        opened = self.open_stream(request, conn.client_ip, ray)
+        # A refusal on the fast path is answered by the task, which decides again: only
+        # that decision goes to the access log (with the Ray ID the visitor is shown).
+        opened = self.open_stream(request, conn.client_ip, ray, log_refusal=not fast)
         if isinstance(opened, tuple):
             return opened
         exchange = _Exchange(self, conn, request, opened.stream, opened.host, ray, opened.websocket)
@@ -186,7 +188,7 @@ class PublicListener:
         return exchange
 
     def open_stream(
-        self, request: Request, client_ip: str, ray: str
+        self, request: Request, client_ip: str, ray: str, *, log_refusal: bool = True
     ) -> Opened | tuple[ErrorPage, str]:
         """Route ``request`` (from either HTTP version) and open its tunnel stream, or the
         page that says why not (and the hostname it names)."""
@@ -217,7 +219,9 @@ class PublicListener:
             # request Access refused reaches a tunnel (and the team's key set needs no route).
             access = self.access
             if access is not None:
-                verdict = access.check(host, target.path, request.headers, client_ip, ray)
+                verdict = access.check(
+                    host, target.path, request.headers, client_ip, ray, log_refusal=log_refusal
+                )
                 if isinstance(verdict, ErrorPage):
                     return verdict, host
                 if verdict is not None:
@@ -283,18 +287,6 @@ class PublicListener:
             return None
         return f"https://{host}{target.path}"
 
-    def _guarded(self, request: Request) -> bool:
-        """Whether Access has anything to say about the request's hostname."""
-        access = self.access
-        if access is None or not access.active():
-            return False
-        try:
-            target = _target(request)
-            host, _ = self._names.get(target.authority) or self._name(target.authority)
-        except (BadRequestTarget, InvalidHostname):
-            return False
-        return access.guards(host)
-
     def edge_headers(self, host: str, ray: str) -> list[tuple[str, str]]:
         """The headers the edge adds to an origin's response: its Ray ID, and over HTTPS the
         zone's HSTS."""
@@ -312,10 +304,6 @@ class PublicListener:
         if request.has_body or request.upgrade or self._https_redirect(request) is not None:
             return None
         if self.challenges is not None and request.target.startswith(CHALLENGE_PATH):
-            return None
-        if self.access is not None and self._guarded(request):
-            # Access decides once per request, in the task (a refusal answered from here
-            # would be decided, and logged, twice).
             return None
         forwarded = self._forward(conn, request, self._ray(), fast=True)
         return None if isinstance(forwarded, tuple) else forwarded

@@ -119,11 +119,6 @@ class AccessGate:
         self._sessions: dict[str, _Session] = {}
         self._minted: dict[tuple[str, str, int], tuple[str, float]] = {}
 
-    def active(self) -> bool:
-        """Whether any application or team domain exists (else Access costs nothing)."""
-        table = self._store.table()
-        return bool(table.apps or table.team_hosts)
-
     def guards(self, host: str) -> bool:
         """Whether ``host`` has an application or is a team domain."""
         table = self._store.table()
@@ -136,8 +131,13 @@ class AccessGate:
         headers: Sequence[tuple[bytes, bytes]],
         client_ip: str,
         ray: str,
+        *,
+        log_refusal: bool = True,
     ) -> Admitted | ErrorPage | None:
-        """The verdict for a request to ``host`` ``path`` (None: no application guards it)."""
+        """The verdict for a request to ``host`` ``path`` (None: no application guards it).
+
+        ``log_refusal=False``: a refusal is not logged (the caller asks again, and answers,
+        elsewhere: HTTP/1.1's fast path hands refusals to its task)."""
         table = self._store.table()
         if not table.apps and not table.team_hosts:
             return None
@@ -150,7 +150,7 @@ class AccessGate:
             return None
         if path.startswith(LOGIN_PATH):
             return login_page(app, host, path, headers)
-        return self._decide(table, app, host, path, headers, client_ip, ray)
+        return self._decide(table, app, host, path, headers, client_ip, ray, log_refusal)
 
     # -- the decision ----------------------------------------------------------------------
 
@@ -163,6 +163,7 @@ class AccessGate:
         headers: Sequence[tuple[bytes, bytes]],
         client_ip: str,
         ray: str,
+        log_refusal: bool,
     ) -> Admitted | ErrorPage:
         now = self._clock()
         token = _cookie(headers, COOKIE) or _header(headers, b"cf-access-token")
@@ -183,7 +184,8 @@ class AccessGate:
             service_token_id=service.id if service is not None else None,
         )
         decision = evaluate(table.policies.get(app.id, ()), subject)
-        if not (decision.action == "allow" and session is not None and session.logged):
+        repeat = decision.action == "allow" and session is not None and session.logged
+        if not repeat and (decision.admitted or log_refusal):
             identity = subject.email or (service.client_id if service is not None else "")
             self._log(app, subject, identity, claims, decision, ray)
             if session is not None:
