@@ -175,3 +175,33 @@ def test_paths_and_unguarded_hosts(store: Store, account: str) -> None:
     assert isinstance(gate.check(HOST, "/admin/x", [], "", "r"), ErrorPage)
     assert isinstance(gate.check(HOST, "/admin?x", [], "", "r"), ErrorPage)
     assert gate.check("elsewhere.example.test", "/admin", [], "", "r") is None
+
+
+def test_garbage_is_refused_and_a_failure_to_decide_fails_closed(
+    store: Store, account: str
+) -> None:
+    app = setup_app(store, account)
+    gate = AccessGate(store.access, DecisionLog(store.access.db))
+    for junk in (b"x" * 10_000, b"a.b.c", b"\xff\xfe", b"=;=;CF_Authorization"):
+        verdict = gate.check(HOST, "/", [(b"cookie", b"CF_Authorization=" + junk)], "", "r")
+        assert isinstance(verdict, ErrorPage) and verdict.status == 401
+    ids = [(b"cf-access-client-id", b"\xff.access"), (b"cf-access-client-secret", b"")]
+    verdict = gate.check(HOST, "/", ids, "", "r")
+    assert isinstance(verdict, ErrorPage) and verdict.status == 401
+    # A token of ours whose claims the policies cannot read (a number for a country): the
+    # request is refused, the gate does not raise.
+    odd = (
+        store.access.table()
+        .keys[account][0]
+        .sign(
+            {
+                **jwt.decode(
+                    gate.mint_session(app, email="a@example.com", sub="a"),
+                    options={"verify_signature": False},
+                ),
+                "country": 49,
+            }
+        )
+    )
+    verdict = gate.check(HOST, "/", cookie(odd), "", "r")
+    assert isinstance(verdict, ErrorPage) and verdict.status in (403, 500)

@@ -39,6 +39,14 @@ from adit.edge.access.pages import (
 from adit.edge.access.store import AccessStore, AccessTable, secret_digest
 from adit.edge.pages import ErrorPage
 
+ACCESS_FAILED = ErrorPage(
+    500,
+    "500",
+    "Access could not check this request",
+    "The edge could not decide whether this request may pass, so it did not forward it. "
+    "Retrying usually works; the edge's operator finds the cause in its log under the Ray ID.",
+)
+
 __all__ = ["AccessGate", "Admitted", "login_page"]
 
 log = logging.getLogger("adit.edge.access")
@@ -137,7 +145,25 @@ class AccessGate:
         """The verdict for a request to ``host`` ``path`` (None: no application guards it).
 
         ``log_refusal=False``: a refusal is not logged (the caller asks again, and answers,
-        elsewhere: HTTP/1.1's fast path hands refusals to its task)."""
+        elsewhere: HTTP/1.1's fast path hands refusals to its task).
+
+        Never raises: a failure to decide (a bug, a store that cannot be read) refuses the
+        request with a 500 page (fail closed) and is logged with the Ray ID."""
+        try:
+            return self._check(host, path, headers, client_ip, ray, log_refusal)
+        except Exception:
+            log.exception("access: no decision for %s ray=%s", host, ray)
+            return ACCESS_FAILED
+
+    def _check(
+        self,
+        host: str,
+        path: str,
+        headers: Sequence[tuple[bytes, bytes]],
+        client_ip: str,
+        ray: str,
+        log_refusal: bool,
+    ) -> Admitted | ErrorPage | None:
         table = self._store.table()
         if not table.apps and not table.team_hosts:
             return None
