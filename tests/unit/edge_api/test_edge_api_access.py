@@ -160,3 +160,17 @@ def test_another_account_sees_and_touches_nothing(env: Env) -> None:
         env.api.handle("GET", f"/client/v4/accounts/{env.account}/access/apps", headers, b"")
     )
     assert status in (403, 404)
+
+
+def test_a_team_domain_is_no_other_accounts_name(env: Env) -> None:
+    # In another account's zone: refused; outside every zone (e.g. localhost:8443): fine.
+    status, reply = env.call("PUT", "organizations", {"auth_domain": "team.other.test"})
+    assert status == 409 and "another account's zone" in message(reply)
+    assert env.ok("PUT", "organizations", {"auth_domain": "localhost:8443"}) == {
+        "auth_domain": "localhost:8443"
+    }
+    status, reply = env.call("PUT", "organizations", {"auth_domain": "localhost:9443"}, other=True)
+    assert status == 409 and "another account's" in message(reply)
+    assert env.ok("PUT", "organizations", {"auth_domain": "team.example.test"}) == {
+        "auth_domain": "team.example.test"
+    }

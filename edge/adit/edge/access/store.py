@@ -354,6 +354,11 @@ class AccessStore:
         zones = [
             z for (z,) in db.execute("SELECT name FROM zones WHERE account_tag = ?", (account,))
         ]
+        for (team,) in db.execute(
+            "SELECT auth_domain FROM access_orgs WHERE account_tag != ?", (account,)
+        ):
+            if team.partition(":")[0] == host:
+                raise InvalidAccess(f"{where}: domain {host} is another account's team domain")
         if not any(is_within(host, zone) for zone in zones):
             raise InvalidAccess(
                 f"{where}: domain {host} is in none of this account's zones; "
@@ -840,6 +845,16 @@ class AccessStore:
                 "auth_domain: the port must be a number (team.example.com:8443)"
             )
         with self._db.write() as db:
+            # A team domain is the issuer origins trust and gets the edge's certificate: never
+            # a name of another account's zones, nor another team's hostname.
+            for (zone,) in db.execute("SELECT name FROM zones WHERE account_tag != ?", (account,)):
+                if is_within(host, zone):
+                    raise AccessConflict(f"auth_domain {host} is in another account's zone")
+            for (taken,) in db.execute(
+                "SELECT auth_domain FROM access_orgs WHERE account_tag != ?", (account,)
+            ):
+                if taken.partition(":")[0] == host:
+                    raise AccessConflict(f"auth_domain {host} is another account's")
             try:
                 db.execute(
                     "INSERT INTO access_orgs (account_tag, auth_domain) VALUES (?, ?)"
