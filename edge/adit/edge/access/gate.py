@@ -28,7 +28,6 @@ from adit.edge.access.engine import Decision, Subject, evaluate
 from adit.edge.access.jwt_keys import InvalidToken, SigningKey, key_set, verify
 from adit.edge.access.model import Application, ServiceToken
 from adit.edge.access.pages import (
-    LOGIN_PATH,
     denied,
     key_set_answer,
     login_redirect,
@@ -52,6 +51,8 @@ __all__ = ["AccessGate", "Admitted", "login_page"]
 log = logging.getLogger("adit.edge.access")
 
 CERTS_PATH: Final = "/cdn-cgi/access/certs"
+#: The login flow's own paths on a guarded hostname (never forwarded to the origin).
+_ACCESS_PATHS: Final = "/cdn-cgi/access/"
 COOKIE: Final = "CF_Authorization"
 ASSERTION: Final = "Cf-Access-Jwt-Assertion"
 USER_EMAIL: Final = "Cf-Access-Authenticated-User-Email"
@@ -60,18 +61,16 @@ _CACHE_ENTRIES: Final = 50_000
 #: A minted assertion is reused until this close to its expiry.
 _REMINT_MARGIN: Final = 60.0
 
-#: Answers ``/cdn-cgi/access/login...`` on a guarded hostname: (app, host, path, request
-#: headers) → the page. The browser login flow replaces it.
+#: Answers ``/cdn-cgi/access/...`` (but the key set) on a guarded hostname: (app, host, path,
+#: request headers) → the page. The browser login flow replaces :attr:`AccessGate.login_page`.
 LoginPage = Callable[[Application, str, str, Sequence[tuple[bytes, bytes]]], ErrorPage]
 
 
-def _login_unavailable(
+def login_page(
     app: Application, host: str, path: str, headers: Sequence[tuple[bytes, bytes]]
 ) -> ErrorPage:
+    """The stand-in: 501, sign-in is not available on this edge yet."""
     return login_unavailable(host, path)
-
-
-login_page: LoginPage = _login_unavailable
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +123,8 @@ class AccessGate:
         self._clock = clock
         #: The visitor's country from their address (a GeoIP database), or None.
         self.country_of = country_of
+        #: Serves the login flow's paths (``/cdn-cgi/access/login``, ``logout``...).
+        self.login_page: LoginPage = login_page
         self._sessions: dict[str, _Session] = {}
         self._minted: dict[tuple[str, str, int], tuple[str, float]] = {}
 
@@ -174,8 +175,8 @@ class AccessGate:
         app = table.application(host, path)
         if app is None:
             return None
-        if path.startswith(LOGIN_PATH):
-            return login_page(app, host, path, headers)
+        if path.startswith(_ACCESS_PATHS):
+            return self.login_page(app, host, path, headers)
         return self._decide(table, app, host, path, headers, client_ip, ray, log_refusal)
 
     # -- the decision ----------------------------------------------------------------------
