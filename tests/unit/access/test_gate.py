@@ -205,3 +205,46 @@ def test_garbage_is_refused_and_a_failure_to_decide_fails_closed(
     )
     verdict = gate.check(HOST, "/", cookie(odd), "", "r")
     assert isinstance(verdict, ErrorPage) and verdict.status in (403, 500)
+
+
+def test_keys_rotate_by_themselves_at_the_interval(store: Store, account: str) -> None:
+    import asyncio
+
+    app = setup_app(store, account)
+    token = store.access.create_service_token(account, {"name": "ci"})
+    store.access.create_policy(
+        account,
+        app.id,
+        {
+            "name": "ci",
+            "decision": "non_identity",
+            "include": [{"any_valid_service_token": {}}],
+            "precedence": 0,
+        },
+    )
+    settings = store.access.set_key_rotation(account, 21)
+    assert settings["key_rotation_interval_days"] == 21
+    assert settings["days_until_next_rotation"] in (20, 21)
+    clock = Clock()
+    gate = AccessGate(store.access, DecisionLog(store.access.db), clock=clock)
+    headers = [
+        (b"cf-access-client-id", token.token.client_id.encode()),
+        (b"cf-access-client-secret", token.client_secret.encode()),
+    ]
+    (first,) = store.access.table().keys[account]
+
+    async def requests() -> None:
+        assert isinstance(gate.check(HOST, "/", headers, "", "r1"), Admitted)
+        clock.now += 22 * 86400
+        for _ in range(100):  # the rotation runs on the store's writer thread
+            verdict = gate.check(HOST, "/", headers, "", "r2")
+            assert isinstance(verdict, Admitted)  # the old key signs meanwhile
+            if len(store.access.table().keys[account]) == 2:
+                break
+            await asyncio.sleep(0.05)
+
+    asyncio.run(requests())
+    keys = store.access.table().keys[account]
+    assert [k.kid for k in keys][1:] == [first.kid] and not keys[0].retired
+    with pytest.raises(Exception, match="21 to 365"):
+        store.access.set_key_rotation(account, 7)

@@ -11,7 +11,8 @@
 * ``GET logs/access_requests`` (``since``, ``until``, ``email``, ``app``, ``action``,
   ``page``/``per_page``, or Cloudflare's ``limit``), newest first;
 * ``GET|PUT organizations`` (``auth_domain``: the team domain, issuer of the tokens);
-* ``GET keys``, ``POST keys/rotate`` (signing keys; the previous stay in the key set a while);
+* ``GET|PUT keys`` (``key_rotation_interval_days``), ``POST keys/rotate`` (signing keys
+  rotate by themselves at that interval, or now; the previous stay in the key set a while);
 * adit's: ``GET export`` and ``PUT apply`` (:mod:`adit.edge.access.setup`).
 
 The caller's account was authenticated and matched to the path by :mod:`adit.edge.api`.
@@ -97,6 +98,10 @@ class AccessApi:
             done = await self._off(store.set_auth_domain, account, domain)
             return _ok({"auth_domain": done})
         if rest == ["keys"]:
+            if method == "PUT":
+                days = json_object(body).get("key_rotation_interval_days")
+                await self._off(store.set_key_rotation, account, days)
+                return _ok(self._keys(account))
             _allow(method, "GET")
             return _ok(self._keys(account))
         if rest == ["keys", "rotate"]:
@@ -117,6 +122,7 @@ class AccessApi:
     def _keys(self, account: str) -> dict[str, Any]:
         keys = self._store.table().keys.get(account, ())
         return {
+            **self._store.key_settings(account),
             "keys": [{"kid": k.kid, "current": not k.retired} for k in keys],
             "certs_url": f"https://{self._store.auth_domain(account)}/cdn-cgi/access/certs",
         }

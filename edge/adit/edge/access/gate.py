@@ -14,6 +14,7 @@ token of another account, expired or deleted (revoked) counts as no token at all
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import hmac
 import logging
@@ -126,6 +127,7 @@ class AccessGate:
         #: Serves the login flow's paths (``/cdn-cgi/access/login``, ``logout``...).
         self.login_page: LoginPage = login_page
         self._sessions: dict[str, _Session] = {}
+        self._rotating: set[str] = set()
         self._minted: dict[tuple[str, str, int], tuple[str, float]] = {}
 
     def guards(self, host: str) -> bool:
@@ -361,8 +363,32 @@ class AccessGate:
     def _current_key(self, table: AccessTable, account: str) -> SigningKey:
         keys = table.keys.get(account, ())
         if keys and not keys[0].retired:
-            return keys[0]
+            key = keys[0]
+            if self._clock() - key.created_at >= table.rotation_interval(account):
+                self._rotate_later(account)
+            return key
         return self._store.ensure_key(account)
+
+    def _rotate_later(self, account: str) -> None:
+        """Rotate the account's key on the store's writer thread (once at a time); until the
+        new key is in the table, the current one goes on signing."""
+        if account in self._rotating:
+            return
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return  # no loop (tools, tests): the next signing on the edge rotates
+        self._rotating.add(account)
+        future = self._store.db.off_loop(self._store.rotate_keys, account)
+
+        def done(finished: asyncio.Future[SigningKey]) -> None:
+            self._rotating.discard(account)
+            if finished.exception() is not None:
+                log.warning("access: key rotation for %s failed: %s", account, finished.exception())
+            else:
+                log.info("access: signing key of %s rotated", account)
+
+        future.add_done_callback(done)
 
     def _keys(self, table: AccessTable, account: str) -> tuple[SigningKey, ...]:
         keys = table.keys.get(account, ())

@@ -37,13 +37,17 @@ class SigningKey:
     key: rsa.RSAPrivateKey
     cert_pem: str
     retired: bool = False
+    #: When it was made (POSIX seconds): its age decides the next automatic rotation.
+    created_at: float = 0.0
 
     @classmethod
-    def load(cls, kid: str, pem: bytes, cert_pem: str, retired: bool) -> SigningKey:
+    def load(
+        cls, kid: str, pem: bytes, cert_pem: str, retired: bool, created_at: float
+    ) -> SigningKey:
         key = serialization.load_pem_private_key(pem, password=None)
         if not isinstance(key, rsa.RSAPrivateKey):
             raise ValueError(f"access key {kid} is not an RSA key")
-        return cls(kid, key, cert_pem, retired)
+        return cls(kid, key, cert_pem, retired, created_at)
 
     def private_pem(self) -> bytes:
         return self.key.private_bytes(
@@ -78,7 +82,12 @@ def new_signing_key() -> SigningKey:
         .not_valid_after(now + _CERT_LIFETIME)
         .sign(key, hashes.SHA256())
     )
-    return SigningKey(kid, key, cert.public_bytes(serialization.Encoding.PEM).decode("ascii"))
+    return SigningKey(
+        kid,
+        key,
+        cert.public_bytes(serialization.Encoding.PEM).decode("ascii"),
+        created_at=now.timestamp(),
+    )
 
 
 def key_set(keys: Sequence[SigningKey]) -> dict[str, Any]:

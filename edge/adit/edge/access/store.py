@@ -58,6 +58,10 @@ ACCESS_COUNTER: Final = "access"
 DEFAULT_SESSION = 24 * 3600
 #: Cloudflare's default service token lifetime (one year).
 DEFAULT_TOKEN_DURATION = "8760h"  # noqa: S105 (a duration)
+#: Days between automatic signing-key rotations (Cloudflare rotates every six weeks), and
+#: the range an account may choose (Cloudflare's ``key_rotation_interval_days``).
+DEFAULT_ROTATION_DAYS = 42
+ROTATION_DAYS_RANGE = (21, 365)
 #: How long a rotated-out signing key stays in the key set: longer than any session, so a
 #: token signed just before a rotation verifies until it expires.
 KEY_OVERLAP = datetime.timedelta(days=7)
@@ -134,6 +138,10 @@ SCHEMA = (
     account_tag TEXT PRIMARY KEY REFERENCES accounts(tag),
     auth_domain TEXT NOT NULL UNIQUE
 )""",
+    """CREATE TABLE IF NOT EXISTS access_key_settings (
+    account_tag TEXT PRIMARY KEY REFERENCES accounts(tag),
+    rotation_days INTEGER NOT NULL
+)""",
     """CREATE TABLE IF NOT EXISTS access_log (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     account_tag TEXT NOT NULL,
@@ -160,6 +168,7 @@ TABLES = frozenset(
         "access_service_tokens",
         "access_keys",
         "access_orgs",
+        "access_key_settings",
         "access_log",
     }
 )
@@ -210,6 +219,8 @@ class AccessTable:
     keys: Mapping[str, tuple[SigningKey, ...]] = field(default_factory=dict)
     #: app hostname → account (for the key set served on application hostnames).
     accounts_by_host: Mapping[str, str] = field(default_factory=dict)
+    #: account → days between automatic key rotations (absent: the default).
+    rotation_days: Mapping[str, int] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return sum(len(a) for a in self.apps.values())
@@ -220,6 +231,10 @@ class AccessTable:
             if app.covers(path):
                 return app
         return None
+
+    def rotation_interval(self, account: str) -> float:
+        """Seconds between automatic rotations of the account's signing key."""
+        return self.rotation_days.get(account, DEFAULT_ROTATION_DAYS) * 86400.0
 
     def issuer(self, account: str) -> str:
         return self.issuers.get(account) or f"https://{account}.cloudflareaccess.com"
@@ -281,13 +296,15 @@ def _load(db: sqlite3.Connection, version: int) -> AccessTable:
         issuers[account] = f"https://{domain}"
         team_hosts[domain.rsplit(":", 1)[0] if ":" in domain else domain] = account
     keys: dict[str, list[SigningKey]] = {}
-    for account, kid, pem, cert, retired in db.execute(
-        "SELECT account_tag, kid, private_pem, cert_pem, retired_at"
+    for account, kid, pem, cert, retired, created in db.execute(
+        "SELECT account_tag, kid, private_pem, cert_pem, retired_at, created_at"
         " FROM access_keys ORDER BY retired_at IS NOT NULL, created_at DESC"
     ):
+        made = datetime.datetime.fromisoformat(created).timestamp()
         keys.setdefault(account, []).append(
-            SigningKey.load(kid, bytes(pem), cert, retired is not None)
+            SigningKey.load(kid, bytes(pem), cert, retired is not None, made)
         )
+    rotation = dict(db.execute("SELECT account_tag, rotation_days FROM access_key_settings"))
     return AccessTable(
         version,
         {h: tuple(sorted(a, key=lambda x: -len(x.path))) for h, a in apps.items()},
@@ -297,6 +314,7 @@ def _load(db: sqlite3.Connection, version: int) -> AccessTable:
         team_hosts,
         {a: tuple(k) for a, k in keys.items()},
         by_host,
+        rotation,
     )
 
 
@@ -880,6 +898,42 @@ class AccessStore:
         if db.execute("SELECT 1 FROM access_keys WHERE account_tag = ?", (account,)).fetchone():
             return
         self._insert_key(db, account, new_signing_key(), self._clock())
+
+    def set_key_rotation(self, account: str, days: object) -> dict[str, Any]:
+        """``key_rotation_interval_days`` (21 to 365)."""
+        low, high = ROTATION_DAYS_RANGE
+        if not isinstance(days, int) or isinstance(days, bool) or not low <= days <= high:
+            raise InvalidAccessSetup(
+                f"key_rotation_interval_days must be a whole number from {low} to {high}"
+            )
+        with self._db.write() as db:
+            db.execute(
+                "INSERT INTO access_key_settings (account_tag, rotation_days) VALUES (?, ?)"
+                " ON CONFLICT (account_tag) DO UPDATE SET rotation_days = excluded.rotation_days",
+                (account, days),
+            )
+            db.execute(_BUMP)
+        self.live.changed()
+        return self.key_settings(account)
+
+    def key_settings(self, account: str) -> dict[str, Any]:
+        """Cloudflare's ``access/keys`` answer."""
+        table = self.table()
+        interval = table.rotation_interval(account)
+        current = next((k for k in table.keys.get(account, ()) if not k.retired), None)
+        last = current.created_at if current is not None else None
+        now = self._clock().timestamp()
+        return {
+            "key_rotation_interval_days": int(interval // 86400),
+            "last_key_rotation_at": (
+                encode_time(datetime.datetime.fromtimestamp(last, datetime.UTC))
+                if last is not None
+                else None
+            ),
+            "days_until_next_rotation": (
+                max(0, int((last + interval - now) // 86400)) if last is not None else 0
+            ),
+        }
 
     def ensure_key(self, account: str) -> SigningKey:
         """The account's current signing key, made on first use."""
