@@ -384,6 +384,14 @@ SECONDS = Seconds()
     show_default=True,
     help="After SIGTERM, how long in-flight requests may take to finish.",
 )
+@click.option(
+    "--access-log-retention",
+    envvar="ADIT_EDGE_ACCESS_LOG_RETENTION",
+    type=_SECONDS,
+    default="720h",
+    show_default=True,
+    help="How long Access decisions stay in the access log (30 days by default).",
+)
 @click.pass_context
 def edge(
     ctx: click.Context,
@@ -419,6 +427,7 @@ def edge(
     private_tcp_idle_timeout: float,
     private_udp_idle_timeout: float,
     grace_period: float,
+    access_log_retention: float,
     management_hostname: str,
     acme_directory: str,
     acme_email: str | None,
@@ -489,6 +498,7 @@ def edge(
             max_connections_per_ip=max_connections_per_ip,
         ),
         grace_period=grace_period,
+        access_log_retention=access_log_retention,
         management_hostname=management_hostname,
         acme=acme,
         certificate_dir=certificate_dir,

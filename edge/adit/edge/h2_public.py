@@ -484,6 +484,7 @@ class Http2Connection(asyncio.Protocol):
             ("Content-Type", page.content_type),
             ("Content-Length", str(len(body))),
             ("Cf-Ray", ray),
+            *page.extra_headers(),
         ]
         if not self._h2.stream_open(stream.id):
             return

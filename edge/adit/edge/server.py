@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import gc
 import json
 import logging
@@ -28,6 +29,8 @@ from typing import TYPE_CHECKING
 
 from adit.allocator import HeapTrimmer
 from adit.credentials import TunnelCredentials, encode_tunnel_token
+from adit.edge.access.decisions import DecisionLog
+from adit.edge.access.gate import AccessGate
 from adit.edge.acme_challenges import Http01Solver, TlsAlpn01Solver
 from adit.edge.acme_dns01 import Dns01Solver
 from adit.edge.acme_issuer import AcmeSettings, Issuer
@@ -103,6 +106,8 @@ class EdgeSettings:
     limits: Limits = field(default_factory=Limits)
     #: How long in-flight requests may take to finish after SIGTERM (cloudflared's flag).
     grace_period: float = 30.0
+    #: How long Access decisions are kept (``--access-log-retention``).
+    access_log_retention: float = 30 * 24 * 3600.0
     #: Liveness of connector connections (:mod:`adit.protocol.liveness`): a PING after this
     #: much silence...
     tunnel_ping_interval: float = DEFAULT_INTERVAL
@@ -182,6 +187,14 @@ class EdgeServer:
         self.management_signer = ManagementSigner.load_or_create(settings.state_dir)
         self.store = Store.open_in(settings.state_dir, write_timeout=settings.store_timeout)
         self.registry = ConnectionRegistry()
+        #: Cloudflare Access at the public listeners (:mod:`adit.edge.access`).
+        self.access = AccessGate(
+            self.store.access,
+            DecisionLog(
+                self.store.access.db,
+                retention=datetime.timedelta(seconds=settings.access_log_retention),
+            ),
+        )
         self.identity = EdgeIdentity(location=settings.location)
         self.liveness = settings.tunnel_liveness
         self.sessions: set[TunnelSession] = set()
@@ -299,6 +312,7 @@ class EdgeServer:
             tracker=self.trackers[0],
             management=management,
             challenges=self.http01.response if self.http01 is not None else None,
+            access=self.access,
         )
         self.addresses["http"] = []
         for address in self.settings.http_listen:
@@ -315,6 +329,7 @@ class EdgeServer:
                 scheme="https",
                 tracker=self.trackers[1],
                 management=management,
+                access=self.access,
             )
             public_tls = self._public_tls_context()
             for address in self.settings.https_listen:
@@ -418,6 +433,7 @@ class EdgeServer:
                     if (
                         name != self.settings.management_hostname
                         and self.store.tunnel_for_hostname(name) is None
+                        and not self.access.guards(name)  # an Access team domain
                     ):
                         return
                 except InvalidHostname:
@@ -582,6 +598,8 @@ class EdgeServer:
         for server in self.servers:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(server.wait_closed(), 2.0)
+        with contextlib.suppress(Exception):
+            self.access.decisions.write_now()  # the last moment's decisions are kept too
         self.store.close()
 
 
