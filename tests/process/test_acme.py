@@ -184,6 +184,55 @@ def test_challenge_issues_a_certificate_served_by_sni(
         assert pebble.proc.text().count("Added order") == orders
 
 
+def test_tls_alpn01_answered_by_the_edge_process_that_did_not_order(
+    processes: Processes, origin: Origin, tmp_path: Path
+) -> None:
+    pebble_http, pebble_tls, own_https = free_port(), free_port(), free_port()
+    with _dns([HOST]) as dns_port:
+        pebble = start_pebble(
+            processes, http_port=pebble_http, tls_port=pebble_tls, dns_port=dns_port
+        )
+        root = pebble.root(tmp_path / "pebble-root.pem")
+        # The process that orders is not where pebble validates...
+        orderer = _edge(
+            processes, pebble.directory, pebble.https_ca, free_port(), own_https, "tls-alpn-01"
+        )
+        # ...the one on pebble's TLS port shares its state directory and cannot order itself
+        # (its CA is unreachable): the challenge pebble's handshake asks for is the orderer's.
+        (processes.tmp / "other-state").symlink_to(orderer.state_dir)
+        other = start_edge(
+            processes,
+            "other",
+            location="other",
+            https=True,
+            http_listen=f"127.0.0.1:{pebble_http}",
+            https_listen=f"127.0.0.1:{pebble_tls}",
+            extra=[
+                "--acme-directory",
+                f"https://127.0.0.1:{free_port()}/dir",
+                "--acme-ca-bundle",
+                str(pebble.https_ca),
+                "--acme-challenges",
+                "tls-alpn-01",
+            ],
+        )
+        _serve(orderer, origin, tmp_path, processes, HOST)
+        log = orderer.proc.wait_for_log(rf"certificate for {HOST} issued by .*\(tls-alpn-01\)", 60)
+        assert "not issued" not in log
+        assert f"certificate for {HOST} issued" not in other.proc.text()
+        # The challenge was the other process's to answer, and is gone after the validation.
+        assert not list((orderer.state_dir / "acme" / "tls-alpn-01").iterdir())
+        reply = _curl(root, HOST, own_https)
+        assert reply.returncode == 0, reply.stderr
+        assert reply.stdout == "hello /"
+        # The other process serves the stored certificate too, once it saw the files.
+        for _ in range(100):
+            if "Pebble" in _issuer(_served_certificate(pebble_tls, HOST)):
+                break
+            time.sleep(0.1)
+        assert "Pebble" in _issuer(_served_certificate(pebble_tls, HOST))
+
+
 def test_pebble_down_at_start_then_up(processes: Processes, origin: Origin, tmp_path: Path) -> None:
     http_port, https_port, acme_port = free_port(), free_port(), free_port()
     with _dns([HOST]) as dns_port:

@@ -296,7 +296,8 @@ def test_always_https_redirects_and_hsts_is_sent(
     assert shown == f"zone {HOST}: always-https on, hsts-max-age 31536000"
     _until(lambda: request(edge, HOST, path="/x?y=1").status == 301, "the redirect")
     moved = request(edge, HOST, path="/x?y=1")
-    assert moved.header("Location") == f"https://{HOST}/x?y=1"
+    https_port = edge.https.rsplit(":", 1)[1]
+    assert moved.header("Location") == f"https://{HOST}:{https_port}/x?y=1"
     # A certificate authority's HTTP-01 fetch still reaches the origin over plain HTTP.
     acme = request(edge, HOST, path="/.well-known/acme-challenge/token123")
     assert acme.status == 200 and acme.body == b"hello /.well-known/acme-challenge/token123"

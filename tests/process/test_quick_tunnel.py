@@ -50,7 +50,9 @@ def test_quick_tunnel_reaches_the_origin_and_cleans_up(
     assert "Visit it at" in text
     status, body = _fetch(url + "/quick?x=1")
     assert (status, body) == (200, b"hello /quick?x=1")
-    # The metrics server names the quick tunnel as cloudflared's does.
+    # The metrics server names the quick tunnel as cloudflared's does (its line may come after
+    # the URL's: the supervisor starts it while the first worker registers).
+    text = proc.wait_for_log(r"Starting metrics server on \S+/metrics")
     metrics = re.search(r"Starting metrics server on (\S+)/metrics", text).group(1)  # type: ignore[union-attr]
     with urllib.request.urlopen(f"http://{metrics}/quicktunnel", timeout=10) as response:
         assert json.loads(response.read()) == {"hostname": url.removeprefix("http://")}

@@ -9,7 +9,10 @@ validate, and told to forget them afterwards. Two live in the edge's own listene
 * TLS-ALPN-01 (RFC 8737): a handshake offering ``acme-tls/1`` for the hostname gets a
   self-signed certificate carrying the key authorisation's digest. The HTTPS listener picks
   it from the peeked ClientHello (SNI and ALPN), before OpenSSL sees it, and only while a
-  validation is under way: visitors of the name keep getting its real certificate.
+  validation is under way: visitors of the name keep getting its real certificate. Pending
+  challenges are also kept as files in the state directory (the hostname and its key
+  authorisation), so that an edge process sharing it answers a CA handshake that reaches it
+  rather than the process that ordered.
 
 DNS-01 (wildcards, and any name when listed first) is :class:`~adit.edge.acme_dns01.Dns01Solver`:
 TXT records through the zone's RFC 2136 server. The issuer only needs ``kind``, ``present``
@@ -18,12 +21,14 @@ and ``cleanup``.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import hashlib
 import os
 import re
 import ssl
 import threading
+import time
 from pathlib import Path
 from typing import Protocol
 
@@ -51,6 +56,13 @@ ACME_TLS_ALPN = "acme-tls/1"
 _ACME_IDENTIFIER = x509.ObjectIdentifier("1.3.6.1.5.5.7.1.31")
 #: base64url without padding: what a token is made of (RFC 8555 §8.1).
 _TOKEN = re.compile(r"[A-Za-z0-9_-]{1,256}")
+#: A hostname that is safe as a file name (no path, no dot file): what an SNI must be to
+#: look for another process's challenge.
+_SHARED_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{0,252}")
+#: A directory changed this recently (ns) is listed again whatever its mtime says.
+_RECENT_NS = 1_000_000_000
+#: Other processes' challenge contexts kept at once (a handful of names validate at a time).
+_SHARED_KEPT = 64
 
 
 class ChallengeSolver(Protocol):
@@ -109,32 +121,68 @@ class Http01Solver:
 
 
 class TlsAlpn01Solver:
-    """Challenge certificates by hostname, for the HTTPS listener's SNI callback."""
+    """Challenge certificates by hostname, for the HTTPS listener's ClientHello router: this
+    process's own (memory), then those other processes on ``directory`` present (files)."""
 
     kind = "tls-alpn-01"
 
-    def __init__(self) -> None:
+    def __init__(self, directory: Path | None = None) -> None:
+        self._directory = directory
         self._contexts: dict[str, tuple[str, ssl.SSLContext]] = {}
         self._lock = threading.Lock()
+        #: Contexts made from other processes' files, by hostname, with the file's text.
+        self._shared: dict[str, tuple[str, ssl.SSLContext]] = {}
+        #: The directory's mtime when last listed, and whether it held a challenge then.
+        self._listed_mtime = -1
+        self._listed_any = False
 
     def present(self, hostname: str, token: str, key_authorization: str) -> None:
-        context = challenge_certificate(hostname, key_authorization).server_context()
-        # Only acme-tls/1: a handshake that picked this context and negotiates anything
-        # else gets no protocol, and the CA's validator closes after the handshake.
-        context.set_alpn_protocols([ACME_TLS_ALPN])
+        context = _challenge_context(hostname, key_authorization)
         with self._lock:
             self._contexts[hostname] = (token, context)
+        if self._directory is not None and _SHARED_NAME.fullmatch(hostname):
+            self._directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            tmp = self._directory / f".{hostname}.tmp"
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w", encoding="ascii") as out:
+                out.write(f"{token}\n{key_authorization}")
+            tmp.replace(self._directory / hostname)
 
     def cleanup(self, hostname: str, token: str) -> None:
         with self._lock:
             held = self._contexts.get(hostname)
             if held is not None and held[0] == token:
                 del self._contexts[hostname]
+        if self._directory is not None and _SHARED_NAME.fullmatch(hostname):
+            path = self._directory / hostname
+            with contextlib.suppress(OSError, UnicodeDecodeError):
+                # Only this challenge's file: a newer one for the name is another order's.
+                if path.read_text(encoding="ascii").partition("\n")[0] == token:
+                    path.unlink(missing_ok=True)
 
     @property
     def pending(self) -> bool:
-        """Whether a validation is under way (only then are ClientHellos peeked at)."""
-        return bool(self._contexts)
+        """Whether a validation is under way, here or in another process sharing the
+        directory (only then are ClientHellos peeked at). One ``stat`` a handshake: the
+        directory is listed again only when its mtime changed."""
+        if self._contexts:
+            return True
+        if self._directory is None:
+            return False
+        try:
+            mtime = os.stat(self._directory).st_mtime_ns
+        except OSError:
+            return False
+        # File times come from a coarse clock: a change in the same tick as the last listing
+        # leaves the mtime as it was, so a directory changed in the last second is listed
+        # each time (a validation's handshakes come seconds after its file).
+        if mtime != self._listed_mtime or time.time_ns() - mtime < _RECENT_NS:
+            self._listed_mtime = mtime
+            try:
+                self._listed_any = any(not n.startswith(".") for n in os.listdir(self._directory))
+            except OSError:
+                self._listed_any = False
+        return self._listed_any
 
     def context_for_hello(self, hello: bytes) -> ssl.SSLContext | None:
         """The challenge context for a ClientHello that offers ``acme-tls/1`` for a name
@@ -144,7 +192,37 @@ class TlsAlpn01Solver:
         if offer is None or ACME_TLS_ALPN not in offer[1]:
             return None
         held = self._contexts.get(offer[0])
-        return None if held is None else held[1]
+        if held is not None:
+            return held[1]
+        return self._shared_context(offer[0])
+
+    def _shared_context(self, hostname: str) -> ssl.SSLContext | None:
+        """The challenge context another process presented for ``hostname`` (its file)."""
+        if self._directory is None or _SHARED_NAME.fullmatch(hostname) is None:
+            return None
+        try:
+            text = (self._directory / hostname).read_text(encoding="ascii")
+        except (OSError, UnicodeDecodeError):
+            return None
+        cached = self._shared.get(hostname)
+        if cached is not None and cached[0] == text:
+            return cached[1]
+        token, _, key_authorization = text.partition("\n")
+        if _TOKEN.fullmatch(token) is None or not key_authorization.startswith(token + "."):
+            return None  # not a challenge file (RFC 8555 §8.1: token.thumbprint)
+        context = _challenge_context(hostname, key_authorization)
+        if len(self._shared) >= _SHARED_KEPT:
+            self._shared.clear()
+        self._shared[hostname] = (text, context)
+        return context
+
+
+def _challenge_context(hostname: str, key_authorization: str) -> ssl.SSLContext:
+    context = challenge_certificate(hostname, key_authorization).server_context()
+    # Only acme-tls/1: a handshake that picked this context and negotiates anything else
+    # gets no protocol, and the CA's validator closes after the handshake.
+    context.set_alpn_protocols([ACME_TLS_ALPN])
+    return context
 
 
 def challenge_certificate(hostname: str, key_authorization: str) -> LeafCertificate:

@@ -25,6 +25,8 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from adit.credentials import TunnelCredentials, encode_tunnel_token
+from adit.edge.access.api import AccessApi
+from adit.edge.access.store import AccessConflict, AccessNotFound, InvalidAccessSetup
 from adit.edge.api_configs import TunnelConfigApi
 from adit.edge.api_json import active_clients_json, envelope, error_envelope, tunnel_json
 from adit.edge.api_request import (
@@ -123,6 +125,9 @@ _STORE_ERRORS: dict[type[StoreError], tuple[int, int]] = {
     # adit's choices: Cloudflare's codes for these are not documented.
     VirtualNetworkInUse: (400, _HAS_DEPENDENCIES),
     VirtualNetworkIsDefault: (400, BAD_REQUEST),
+    AccessNotFound: (404, NOT_FOUND),
+    AccessConflict: (409, _NAME_CONFLICT),
+    InvalidAccessSetup: (400, BAD_REQUEST),
 }
 
 
@@ -171,6 +176,7 @@ class ManagementApi:
         self._management = management_signer
         self._teamnet = TeamnetApi(store)
         self._configs = TunnelConfigApi(store, registry)
+        self._access = AccessApi(store.access)
 
     async def handle(
         self, method: str, target: str, headers: list[tuple[bytes, bytes]], body: bytes
@@ -240,6 +246,9 @@ class ManagementApi:
         if len(segments) >= 4 and segments[0] == "accounts" and segments[2] == "teamnet":
             self._same_account(account, segments[1])
             return await self._teamnet.dispatch(method, account, segments[3:], query, body)
+        if len(segments) >= 4 and segments[0] == "accounts" and segments[2] == "access":
+            self._same_account(account, segments[1])
+            return await self._access.dispatch(method, account, segments[3:], query, body)
         if (
             len(segments) == 5
             and segments[0] == "zones"

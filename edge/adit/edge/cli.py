@@ -268,6 +268,15 @@ SECONDS = Seconds()
     help="A public IP address of the edge: the A/AAAA records of a route at a zone's apex. "
     "Repeatable. Env: ADIT_EDGE_PUBLIC_ADDRESS (space-separated).",
 )
+@click.option(
+    "--public-https-port",
+    envvar="ADIT_EDGE_PUBLIC_HTTPS_PORT",
+    type=click.IntRange(1, 65535),
+    default=None,
+    help="The port visitors reach the HTTPS listener on (behind a port forward or load "
+    "balancer), used in the Always-HTTPS redirect. Default: the first --https-listen port, "
+    "left out of URLs when it is 443. Env: ADIT_EDGE_PUBLIC_HTTPS_PORT.",
+)
 @click.option("--exit-with-pid", type=int, default=None, hidden=True)
 @click.option("--ephemeral", is_flag=True, hidden=True, help="Delete the state dir on exit.")
 @click.option(
@@ -375,6 +384,14 @@ SECONDS = Seconds()
     show_default=True,
     help="After SIGTERM, how long in-flight requests may take to finish.",
 )
+@click.option(
+    "--access-log-retention",
+    envvar="ADIT_EDGE_ACCESS_LOG_RETENTION",
+    type=_SECONDS,
+    default="720h",
+    show_default=True,
+    help="How long Access decisions stay in the access log (30 days by default).",
+)
 @click.pass_context
 def edge(
     ctx: click.Context,
@@ -410,6 +427,7 @@ def edge(
     private_tcp_idle_timeout: float,
     private_udp_idle_timeout: float,
     grace_period: float,
+    access_log_retention: float,
     management_hostname: str,
     acme_directory: str,
     acme_email: str | None,
@@ -421,6 +439,7 @@ def edge(
     metrics_listen: str | None,
     public_name: str,
     public_addresses: tuple[str, ...],
+    public_https_port: int | None,
 ) -> None:
     """Run the self-hosted edge (or administer it with a subcommand)."""
     if ctx.invoked_subcommand is not None:
@@ -479,10 +498,12 @@ def edge(
             max_connections_per_ip=max_connections_per_ip,
         ),
         grace_period=grace_period,
+        access_log_retention=access_log_retention,
         management_hostname=management_hostname,
         acme=acme,
         certificate_dir=certificate_dir,
         metrics_listen=metrics_listen,
+        public_https_port=public_https_port,
         tunnel_ping_interval=tunnel_ping_interval,
         tunnel_ping_timeout=tunnel_ping_timeout,
         tunnel_idle_timeout=tunnel_idle_timeout,

@@ -24,6 +24,7 @@ import os
 import sqlite3
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import ParamSpec, TypeVar
@@ -67,8 +68,10 @@ class Database:
         self.write_timeout = write_timeout
         if str(path) == ":memory:":
             # Tests and benchmarks: one private in-memory database that every thread's
-            # connection opens by name (shared cache), kept alive by the first connection.
-            self._target = f"file:adit-store-{id(self):x}?mode=memory&cache=shared"
+            # connection opens by name (shared cache), kept alive by the first connection. A
+            # random name, not id(self): a database not yet closed (another thread's connection
+            # still open) would be shared by a new one that reuses a freed object's address.
+            self._target = f"file:adit-store-{uuid.uuid4().hex}?mode=memory&cache=shared"
         else:
             file = Path(path)
             file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)

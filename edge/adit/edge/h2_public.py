@@ -24,7 +24,9 @@ import asyncio
 import contextlib
 import logging
 import math
+import secrets
 from collections import deque
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, cast
 
 from adit.edge.h2_visitor import (
@@ -35,6 +37,14 @@ from adit.edge.h2_visitor import (
     StreamAborted,
     VisitorH2,
     WindowOpened,
+)
+from adit.edge.h2_websocket import (
+    UNSUPPORTED_PROTOCOL,
+    WEBSOCKET,
+    WEBSOCKET_REFUSED,
+    response_headers,
+    upgrade_accepted,
+    websocket_request,
 )
 from adit.edge.http1 import ResponseError
 from adit.edge.http1_request import Request
@@ -59,6 +69,8 @@ __all__ = ["Http2Connection"]
 log = logging.getLogger("adit.edge.public")
 
 _CANCEL = 0x8
+#: After a visitor ends its WebSocket stream, how long the origin's last frames may take.
+_WEBSOCKET_LINGER = 5.0
 
 
 class _StreamGone(Exception):
@@ -216,7 +228,7 @@ class Http2Connection(asyncio.Protocol):
         stream.ended = event.ended
         self._streams[stream.id] = stream
         self.deadline = math.inf  # each stream's waits have their own deadlines now
-        task = self._loop.create_task(self._serve(stream, event.request))
+        task = self._loop.create_task(self._serve(stream, event.request, event.protocol))
         # Not the task's own ``finally``: a stream reset in the read that opened it has its
         # task cancelled before it ever runs (then nothing of it was forwarded either).
         task.add_done_callback(lambda _: self._done(stream))
@@ -236,22 +248,28 @@ class Http2Connection(asyncio.Protocol):
                 self.deadline = self._loop.time() + self._idle_timeout
         self._flush()
 
-    async def _serve(self, stream: _VisitorStream, request: Request) -> None:
+    async def _serve(self, stream: _VisitorStream, request: Request, protocol: bytes) -> None:
         listener = self._listener
         ray = listener._ray()
         tunnel: RequestStream | None = None
         try:
             if request.method == b"CONNECT":
-                # Extended CONNECT (RFC 8441) is not offered: WebSocket stays on HTTP/1.1.
-                await self._page(stream, BAD_REQUEST, "-", ray)
-                return
+                if protocol.lower() != WEBSOCKET:
+                    # A plain CONNECT (a proxy's tunnel) is not a route's; another protocol
+                    # over extended CONNECT is not carried.
+                    await self._page(
+                        stream, UNSUPPORTED_PROTOCOL if protocol else BAD_REQUEST, "-", ray
+                    )
+                    return
+                # WebSocket over HTTP/2 (RFC 8441): forwarded as the HTTP/1.1 upgrade.
+                request = websocket_request(request, secrets.token_bytes(16))
             opened = listener.open_stream(request, self.client_ip, ray)
             if isinstance(opened, tuple):
                 page, host = opened
                 await self._page(stream, page, host, ray)
                 return
             tunnel = opened.stream
-            await self._exchange(stream, request, tunnel, opened.host, ray)
+            await self._exchange(stream, request, tunnel, opened.host, ray, opened.websocket)
         except _StreamGone as exc:
             # The visitor took nothing in the send timeout (or the connection ended).
             log.info("HTTP/2 stream from %s ended ray=%s: %s", self.client_ip, ray, exc)
@@ -277,6 +295,7 @@ class Http2Connection(asyncio.Protocol):
         tunnel: RequestStream,
         host: str,
         ray: str,
+        websocket: bool = False,
     ) -> None:
         uploader: asyncio.Task[None] | None = None
         if request.has_body:
@@ -303,6 +322,16 @@ class Http2Connection(asyncio.Protocol):
                 )
                 await self._page(stream, page, host, ray)
                 return
+            if websocket:
+                if upgrade_accepted(response.headers):
+                    await self._websocket(stream, tunnel, response.headers, host, ray)
+                    return
+                if 200 <= response.status < 300:
+                    # Over HTTP/1.1 a refusal is any answer but 101; over HTTP/2 a 2xx is the
+                    # acceptance (RFC 8441 §5), so an origin's 200 must not pass as one.
+                    log.warning("the origin did not accept the WebSocket for %s ray=%s", host, ray)
+                    await self._page(stream, WEBSOCKET_REFUSED, host, ray)
+                    return
             head_only = request.method == b"HEAD" or response.status in (204, 304)
             ended = response.end_stream or head_only
             headers = [*response.headers, *self._listener.edge_headers(host, ray)]
@@ -322,11 +351,56 @@ class Http2Connection(asyncio.Protocol):
                 with contextlib.suppress(BaseException):
                     await uploader
 
-    async def _download(self, stream: _VisitorStream, tunnel: RequestStream) -> None:
+    async def _websocket(
+        self,
+        stream: _VisitorStream,
+        tunnel: RequestStream,
+        headers: Sequence[tuple[str, str]],
+        host: str,
+        ray: str,
+    ) -> None:
+        """The origin accepted the upgrade: the visitor gets 200 (RFC 8441 §5), then frames
+        go both ways, each direction flow-controlled as a body is, until either side ends.
+        Like an upgraded HTTP/1.1 connection, a quiet WebSocket is the peers' business: no
+        idle deadline of ours, but the send timeout still ends one whose visitor stopped
+        reading."""
+        out = [*response_headers(headers), *self._listener.edge_headers(host, ray)]
+        try:
+            self._h2.respond(stream.id, 200, out, end_stream=False)
+        except ResponseError as exc:
+            log.warning("undeliverable upgrade for %s ray=%s: %s", host, ray, exc)
+            await self._page(stream, BAD_RESPONSE, host, ray)
+            return
+        self._flush()
+        up = self._loop.create_task(self._upload(stream, tunnel, math.inf))
+        down = self._loop.create_task(self._download(stream, tunnel, math.inf))
+        try:
+            done, _ = await asyncio.wait({up, down}, return_when=asyncio.FIRST_COMPLETED)
+            if up in done and not up.exception():
+                # The visitor ended its side (after its close frame): the origin's last
+                # frames (the close echoed) get a moment.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(down), _WEBSOCKET_LINGER)
+        finally:
+            for task in (up, down):
+                task.cancel()
+            for task in (up, down):
+                with contextlib.suppress(BaseException):
+                    await task
+        if not down.cancelled() and down.exception() is None:
+            return
+        self._h2.reset(stream.id, _CANCEL)
+        self._flush()
+        tunnel.cancel(StreamClosedError("the WebSocket ended"))
+
+    async def _download(
+        self, stream: _VisitorStream, tunnel: RequestStream, idle: float | None = None
+    ) -> None:
         channel = tunnel.channel
+        idle = self._response_timeout if idle is None else idle
         while True:
             try:
-                async with asyncio.timeout(_seconds(self._response_timeout)):
+                async with asyncio.timeout(_seconds(idle)):
                     chunk = await channel.read()
             except (TimeoutError, StreamClosedError):
                 # The body broke (or stalled) after the head went out: the visitor must
@@ -374,11 +448,14 @@ class Http2Connection(asyncio.Protocol):
         for waiter in senders:
             release_waiter(waiter)
 
-    async def _upload(self, stream: _VisitorStream, tunnel: RequestStream) -> None:
+    async def _upload(
+        self, stream: _VisitorStream, tunnel: RequestStream, idle: float | None = None
+    ) -> None:
         """The visitor's body into the tunnel stream; each piece is acknowledged to the
         visitor once the tunnel took it. A body that stalls past the body timeout fails the
         stream (the answer is then a 408)."""
         channel = tunnel.channel
+        idle = self._body_timeout if idle is None else idle
         try:
             while True:
                 while not stream.body:
@@ -389,7 +466,7 @@ class Http2Connection(asyncio.Protocol):
                         raise _StreamGone
                     stream.waiter = self._loop.create_future()
                     try:
-                        async with asyncio.timeout(_seconds(self._body_timeout)):
+                        async with asyncio.timeout(_seconds(idle)):
                             await stream.waiter
                     finally:
                         stream.waiter = None
@@ -407,6 +484,7 @@ class Http2Connection(asyncio.Protocol):
             ("Content-Type", page.content_type),
             ("Content-Length", str(len(body))),
             ("Cf-Ray", ray),
+            *page.extra_headers(),
         ]
         if not self._h2.stream_open(stream.id):
             return

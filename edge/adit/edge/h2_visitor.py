@@ -8,8 +8,8 @@ does that):
   :data:`STREAM_WINDOW` per stream and :data:`CONNECTION_WINDOW` for the connection (so a
   connection's unforwarded request bodies are bounded by it: a visitor's bytes are
   acknowledged only once the tunnel took them), header lists of at most
-  :data:`~adit.edge.http1_request.MAX_HEADER_BYTES` (the HTTP/1.1 head limit) and no
-  server push;
+  :data:`~adit.edge.http1_request.MAX_HEADER_BYTES` (the HTTP/1.1 head limit), no
+  server push, and extended CONNECT (RFC 8441, WebSocket over HTTP/2);
 * the floods RFC 9113 leaves to implementations: h2 bounds a header block to 64
   CONTINUATION frames and its decoded size to the advertised list size (both a connection
   error), and refuses a stream beyond the advertised count and a window past 2^31-1 (a
@@ -88,11 +88,13 @@ _CONNECTION_SPECIFIC = HOP_BY_HOP | {"proxy-connection", "keep-alive", "transfer
 
 @dataclass(frozen=True, slots=True)
 class RequestHead:
-    """A visitor's request head on ``stream_id``; ``ended``: it has no body."""
+    """A visitor's request head on ``stream_id``; ``ended``: it has no body; ``protocol``:
+    an extended CONNECT's ``:protocol`` (RFC 8441), else empty."""
 
     stream_id: int
     request: Request
     ended: bool
+    protocol: bytes = b""
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +154,8 @@ class VisitorH2:
         #: A graceful GOAWAY went out: streams open finish, new ones are refused.
         self.draining = False
         self._goaway = b""
+        #: The visitor acknowledged our SETTINGS, so it knows extended CONNECT is on.
+        self._settings_acked = False
 
     def start(self) -> None:
         """The server preface: our SETTINGS and the connection window."""
@@ -163,6 +167,8 @@ class VisitorH2:
                 h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
                 h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: MAX_HEADER_BYTES,
                 h2.settings.SettingCodes.ENABLE_PUSH: 0,
+                # WebSocket over HTTP/2 (RFC 8441): extended CONNECT with ``:protocol``.
+                h2.settings.SettingCodes.ENABLE_CONNECT_PROTOCOL: 1,
             },
         )
         h2c.initiate_connection()
@@ -215,7 +221,14 @@ class VisitorH2:
                     assert event.stream_id is not None
                     self.reset(event.stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
                     continue
-                events.append(self._head(event))
+                head = self._head(event)
+                if head.protocol and not self._settings_acked:
+                    # Extended CONNECT before the visitor had our SETTINGS_ENABLE_CONNECT_
+                    # PROTOCOL (RFC 8441 §3; RFC 9113 §6.5.3: it acknowledges them on
+                    # receipt, before anything else): a malformed request.
+                    self.reset(head.stream_id, h2.errors.ErrorCodes.PROTOCOL_ERROR)
+                    continue
+                events.append(head)
             elif isinstance(event, h2.events.DataReceived):
                 assert event.stream_id is not None and event.data is not None
                 events.append(
@@ -242,6 +255,8 @@ class VisitorH2:
                 if isinstance(event, h2.events.RemoteSettingsChanged):
                     events.append(WindowOpened())
             elif isinstance(event, h2.events.WindowUpdated | h2.events.SettingsAcknowledged):
+                if isinstance(event, h2.events.SettingsAcknowledged):
+                    self._settings_acked = True
                 events.append(WindowOpened())
             elif isinstance(event, h2.events.ConnectionTerminated):
                 self.closed = True
@@ -251,11 +266,12 @@ class VisitorH2:
         self.close(h2.errors.ErrorCodes.ENHANCE_YOUR_CALM)
         events.append(Closed(reason))
 
-    def _head(self, event: h2.events.RequestReceived) -> Event:
+    def _head(self, event: h2.events.RequestReceived) -> RequestHead:
         assert event.stream_id is not None and event.headers is not None
         request = Request()
         request.http_version = "2"
         authority = b""
+        protocol = b""
         cookies: list[bytes] = []
         headers = request.headers
         for name, value in _pairs(event.headers):
@@ -266,6 +282,8 @@ class VisitorH2:
                     request.target = value
                 elif name == b":authority":
                     authority = value
+                elif name == b":protocol":
+                    protocol = value
             elif name == b"cookie":
                 cookies.append(value)
             elif name == b"host":
@@ -279,7 +297,7 @@ class VisitorH2:
             request.host = authority
         request.keep_alive = True
         request.has_body = event.stream_ended is None
-        return RequestHead(event.stream_id, request, not request.has_body)
+        return RequestHead(event.stream_id, request, not request.has_body, protocol)
 
     # -- answering -----------------------------------------------------------------------------
 

@@ -27,6 +27,10 @@ class ErrorPage:
     #: What :meth:`render` makes (a subclass may answer in JSON).
     content_type: ClassVar[str] = "text/html; charset=utf-8"
 
+    def extra_headers(self) -> tuple[tuple[str, str], ...]:
+        """Headers the answer carries besides its type and length (Access's ``Location``)."""
+        return ()
+
     def render(self, host: str, ray: str) -> bytes:
         """The HTML body."""
         return (

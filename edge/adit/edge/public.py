@@ -1,6 +1,6 @@
 """The public listener: eyeball HTTP(S) requests, routed by Host to tunnels.
 
-One seam per concern (DESIGN.md §3): parse (llhttp) → Access policy (none yet) → route
+One seam per concern (DESIGN.md §3): parse (llhttp) → Access (:mod:`adit.edge.access`) → route
 (hostname → tunnel) → pick a connection (the registry) → forward over the tunnel. Both ways a
 request is served go through :meth:`PublicListener._forward` for all but the parsing: the fast
 path (a bodiless request taken in ``data_received`` and answered from the tunnel's read) and
@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from random import getrandbits
 
+from adit.edge.access.gate import AccessGate
 from adit.edge.acme_challenges import CHALLENGE_PATH
 from adit.edge.h2_public import AlpnSwitch
 from adit.edge.header_policy import is_websocket_upgrade, tunnel_request_headers
@@ -127,8 +128,11 @@ class PublicListener:
         tracker: ConnectionTracker | None = None,
         management: ManagementGate | None = None,
         challenges: Callable[[bytes], bytes | None] | None = None,
+        access: AccessGate | None = None,
     ) -> None:
         self.store = store
+        #: Cloudflare Access (None: every routed hostname is open, as before Access).
+        self.access = access
         #: ACME HTTP-01 answers by request target (None: ACME is off; such paths are routed).
         self.challenges = challenges
         #: The management hostname's gate (``tail``): None serves no such name.
@@ -137,6 +141,8 @@ class PublicListener:
         self.location = location
         self.scheme = scheme
         self.tracker = tracker
+        #: The HTTPS port visitors' URLs name (None: 443, left out); set once HTTPS is bound.
+        self.https_port: int | None = None
         self._ray_suffix = f"-{location}"
         # A request's authority → (its hostname checked and in the one spelling, the
         # authority to forward): pure functions of the text, and most requests repeat a
@@ -172,7 +178,9 @@ class PublicListener:
 
         ``fast``: the answer is told from the tunnel's read (:meth:`_Exchange.answered`).
         """
-        opened = self.open_stream(request, conn.client_ip, ray)
+        # A refusal on the fast path is answered by the task, which decides again: only
+        # that decision goes to the access log (with the Ray ID the visitor is shown).
+        opened = self.open_stream(request, conn.client_ip, ray, log_refusal=not fast)
         if isinstance(opened, tuple):
             return opened
         exchange = _Exchange(self, conn, request, opened.stream, opened.host, ray, opened.websocket)
@@ -182,7 +190,7 @@ class PublicListener:
         return exchange
 
     def open_stream(
-        self, request: Request, client_ip: str, ray: str
+        self, request: Request, client_ip: str, ray: str, *, log_refusal: bool = True
     ) -> Opened | tuple[ErrorPage, str]:
         """Route ``request`` (from either HTTP version) and open its tunnel stream, or the
         page that says why not (and the hostname it names)."""
@@ -199,6 +207,7 @@ class PublicListener:
             # No hostname (RFC 1035): nothing to route, and nothing of it goes back.
             return BAD_REQUEST, "-"
         management = self.management
+        asserted: tuple[tuple[str, str], ...] = ()
         if management is not None and host == management.hostname:
             # The token, not a route, names the tunnel; the connector is sent the name its
             # management rule serves.
@@ -208,10 +217,20 @@ class PublicListener:
             tunnel_id, live = admitted.tunnel_id, admitted.connection
             authority = CONNECTOR_MANAGEMENT_HOST
         else:
+            # Access policy: before routing and before a connection is picked, so nothing of a
+            # request Access refused reaches a tunnel (and the team's key set needs no route).
+            access = self.access
+            if access is not None:
+                verdict = access.check(
+                    host, target.path, request.headers, client_ip, ray, log_refusal=log_refusal
+                )
+                if isinstance(verdict, ErrorPage):
+                    return verdict, host
+                if verdict is not None:
+                    asserted = verdict.headers
             route = self.store.route(host)
             if route is None:
                 return UNKNOWN_HOST, host or "-"
-            # Access policy: none yet; its check goes here, before a connection is picked.
             tunnel_id, _account = route
             picked = self.registry.pick(tunnel_id)
             if picked is None:
@@ -220,6 +239,8 @@ class PublicListener:
         session = live.handle
         assert isinstance(session, TunnelSession)
         headers = tunnel_request_headers(request.headers, client_ip, self.scheme, ray)
+        if asserted:
+            headers += asserted  # after the policy dropped any visitor-sent copy
         websocket = request.upgrade and is_websocket_upgrade(request.headers)
         try:
             stream = session.open_request(
@@ -266,7 +287,8 @@ class PublicListener:
             return None
         if not self.store.zone_options(host).always_https:
             return None
-        return f"https://{host}{target.path}"
+        port = f":{self.https_port}" if self.https_port is not None else ""
+        return f"https://{host}{port}{target.path}"
 
     def edge_headers(self, host: str, ray: str) -> list[tuple[str, str]]:
         """The headers the edge adds to an origin's response: its Ray ID, and over HTTPS the
@@ -344,7 +366,7 @@ class PublicListener:
         *,
         keep_alive: bool = True,
     ) -> None:
-        extra: tuple[tuple[str, str], ...] = (("Cf-Ray", ray),)
+        extra: tuple[tuple[str, str], ...] = (("Cf-Ray", ray), *page.extra_headers())
         if not keep_alive:
             extra += (("Connection", "close"),)
         await conn.respond_simple(
@@ -689,7 +711,7 @@ class _Exchange:
 
     def _respond_page(self, page: ErrorPage, *, keep_alive: bool) -> bool:
         """A page written at once (no task): whether the connection may live on."""
-        extra: tuple[tuple[str, str], ...] = (("Cf-Ray", self.ray),)
+        extra: tuple[tuple[str, str], ...] = (("Cf-Ray", self.ray), *page.extra_headers())
         if not keep_alive:
             extra += (("Connection", "close"),)
         body = page.render(self.host, self.ray)

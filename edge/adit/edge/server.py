@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import gc
 import json
 import logging
@@ -28,6 +29,8 @@ from typing import TYPE_CHECKING
 
 from adit.allocator import HeapTrimmer
 from adit.credentials import TunnelCredentials, encode_tunnel_token
+from adit.edge.access.decisions import DecisionLog
+from adit.edge.access.gate import AccessGate
 from adit.edge.acme_challenges import Http01Solver, TlsAlpn01Solver
 from adit.edge.acme_dns01 import Dns01Solver
 from adit.edge.acme_issuer import AcmeSettings, Issuer
@@ -103,6 +106,8 @@ class EdgeSettings:
     limits: Limits = field(default_factory=Limits)
     #: How long in-flight requests may take to finish after SIGTERM (cloudflared's flag).
     grace_period: float = 30.0
+    #: How long Access decisions are kept (``--access-log-retention``).
+    access_log_retention: float = 30 * 24 * 3600.0
     #: Liveness of connector connections (:mod:`adit.protocol.liveness`): a PING after this
     #: much silence...
     tunnel_ping_interval: float = DEFAULT_INTERVAL
@@ -125,6 +130,9 @@ class EdgeSettings:
     #: The edge's public name (routes' CNAME target) and addresses (zone apexes' A/AAAA), for
     #: zones whose DNS server the edge updates.
     published: PublishedEdge = field(default_factory=PublishedEdge)
+    #: ``--public-https-port``: the HTTPS port in URLs the edge builds for visitors (None:
+    #: the first HTTPS listener's bound port).
+    public_https_port: int | None = None
 
     @property
     def tunnel_liveness(self) -> LivenessSettings:
@@ -151,6 +159,16 @@ def _bound_socket(sock: socket.socket) -> list[str]:
     return [f"[{host}]:{port}" if sock.family == socket.AF_INET6 else f"{host}:{port}"]
 
 
+def _public_https_port(flag: int | None, bound: list[str]) -> int | None:
+    """The HTTPS port to write into visitors' URLs: ``--public-https-port``, else the first
+    HTTPS listener's (as bound: a port 0 is known only then); None for 443, the default
+    port a URL leaves out."""
+    port = flag
+    if port is None:
+        port = int(bound[0].rsplit(":", 1)[1]) if bound else 443
+    return None if port == 443 else port
+
+
 def _bound(server: asyncio.Server | GatedListener) -> list[str]:
     out = []
     for sock in server.sockets:
@@ -169,6 +187,14 @@ class EdgeServer:
         self.management_signer = ManagementSigner.load_or_create(settings.state_dir)
         self.store = Store.open_in(settings.state_dir, write_timeout=settings.store_timeout)
         self.registry = ConnectionRegistry()
+        #: Cloudflare Access at the public listeners (:mod:`adit.edge.access`).
+        self.access = AccessGate(
+            self.store.access,
+            DecisionLog(
+                self.store.access.db,
+                retention=datetime.timedelta(seconds=settings.access_log_retention),
+            ),
+        )
         self.identity = EdgeIdentity(location=settings.location)
         self.liveness = settings.tunnel_liveness
         self.sessions: set[TunnelSession] = set()
@@ -190,7 +216,7 @@ class EdgeServer:
             Http01Solver(settings.state_dir / "acme" / "http-01") if acme is not None else None
         )
         self.tls_alpn01 = (
-            TlsAlpn01Solver()
+            TlsAlpn01Solver(settings.state_dir / "acme" / "tls-alpn-01")
             if acme is not None and "tls-alpn-01" in acme.challenges and settings.https_listen
             else None
         )
@@ -286,6 +312,7 @@ class EdgeServer:
             tracker=self.trackers[0],
             management=management,
             challenges=self.http01.response if self.http01 is not None else None,
+            access=self.access,
         )
         self.addresses["http"] = []
         for address in self.settings.http_listen:
@@ -302,6 +329,7 @@ class EdgeServer:
                 scheme="https",
                 tracker=self.trackers[1],
                 management=management,
+                access=self.access,
             )
             public_tls = self._public_tls_context()
             for address in self.settings.https_listen:
@@ -318,6 +346,9 @@ class EdgeServer:
                 )
                 self.servers.append(gated)
                 self.addresses["https"] += _bound(gated)
+            public.https_port = _public_https_port(
+                self.settings.public_https_port, self.addresses["https"]
+            )
         api_tls = self.ca.api_server_context(self.settings.api_names)
         self.addresses["api"] = []
         for address in self.settings.api_listen:
@@ -402,6 +433,7 @@ class EdgeServer:
                     if (
                         name != self.settings.management_hostname
                         and self.store.tunnel_for_hostname(name) is None
+                        and not self.access.guards(name)  # an Access team domain
                     ):
                         return
                 except InvalidHostname:
@@ -566,6 +598,8 @@ class EdgeServer:
         for server in self.servers:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(server.wait_closed(), 2.0)
+        with contextlib.suppress(Exception):
+            self.access.decisions.write_now()  # the last moment's decisions are kept too
         self.store.close()
 
 

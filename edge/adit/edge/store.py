@@ -42,6 +42,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ParamSpec, TypeVar
 
+from adit.edge.access.store import SCHEMA as ACCESS_SCHEMA
+from adit.edge.access.store import TABLES as ACCESS_TABLES
+from adit.edge.access.store import AccessStore
 from adit.edge.database import DEFAULT_WRITE_TIMEOUT, Database
 from adit.edge.database import decode_time as _parse_ts
 from adit.edge.database import encode_time as _ts
@@ -209,6 +212,7 @@ _SCHEMA = (
     *TUNNEL_CONFIGS_SCHEMA,
     *ZONE_DNS_SCHEMA,
     *ZONE_OPTIONS_SCHEMA,
+    *ACCESS_SCHEMA,
 )
 _TABLES = frozenset(
     {"accounts", "api_tokens", "tunnels", "secret_rotations", "routes", "zones", "counters"}
@@ -216,6 +220,7 @@ _TABLES = frozenset(
     | TUNNEL_CONFIGS_TABLES
     | ZONE_DNS_TABLES
     | ZONE_OPTIONS_TABLES
+    | ACCESS_TABLES
 )
 _COUNTERS = (ROUTES_COUNTER, PRIVATE_ROUTES_COUNTER)
 _BUMP_ROUTES = f"UPDATE counters SET value = value + 1 WHERE name = '{ROUTES_COUNTER}'"  # noqa: S608
@@ -322,7 +327,11 @@ class Store:
         self._routes = LiveRoutes(self._db)
         self._private_routes = LivePrivateRoutes(self._db)
         self._zone_options = LiveZoneOptions(self._db)
-        self._watcher = TableWatcher([self._routes, self._private_routes, self._zone_options])
+        #: Cloudflare Access: applications, policies, tokens, keys (:mod:`adit.edge.access`).
+        self.access = AccessStore(self._db, clock)
+        self._watcher = TableWatcher(
+            [self._routes, self._private_routes, self._zone_options, self.access.live]
+        )
         #: Virtual networks and IP routes (:class:`~adit.edge.private_networks.PrivateNetworks`).
         self.private = PrivateNetworks(self._db, clock, self._private_routes)
         #: Remotely managed configurations (:class:`~adit.edge.tunnel_configs.TunnelConfigs`).

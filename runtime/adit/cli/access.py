@@ -647,3 +647,10 @@ def _configure_logging(level: str, logfile: str | None, *, stderr: bool) -> None
 for _name in ("tcp", "ssh", "rdp", "smb"):
     access.add_command(tcp, _name)
 access.add_command(udp)
+
+# The operators' side: an account's applications, policies, providers and tokens (imported
+# last: it uses the account loading of access_private, which imports this module).
+from adit.cli.access_admin import ADMIN_COMMANDS  # noqa: E402
+
+for _command in ADMIN_COMMANDS:
+    access.add_command(_command)

@@ -13,7 +13,7 @@ import ssl
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import quote, urlencode, urlsplit
 
 from adit.version import __version__
 
@@ -175,6 +175,19 @@ class ApiClient:
     def _expect_ok(self, op: str, reply: _Reply) -> None:
         if reply.status != 200:
             raise self._status_error(op, reply)
+
+    def access(
+        self,
+        method: str,
+        path: str,
+        *,
+        query: dict[str, str] | None = None,
+        body: object = None,
+        op: str = "call the Access API",
+    ) -> Any:
+        """One call under ``/accounts/{account}/access/`` (``adit access app|policy|...``)."""
+        base = f"/accounts/{quote(self.account_tag, safe='')}/access/"
+        return self._result(op, self._call(method, base + path, query, body))
 
     @property
     def _tunnels(self) -> str:

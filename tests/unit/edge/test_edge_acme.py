@@ -57,6 +57,35 @@ def test_tls_alpn_context_only_for_acme_tls_offers() -> None:
     assert not done
 
 
+def test_tls_alpn_challenge_shared_with_another_process(tmp_path: Path) -> None:
+    directory = tmp_path / "tls-alpn-01"
+    orderer, other = TlsAlpn01Solver(directory), TlsAlpn01Solver(directory)
+    hello = _client_hello("www.example.com", [ACME_TLS_ALPN])
+    assert not _pending(other)
+    assert other.context_for_hello(hello) is None
+    orderer.present("www.example.com", "tok", "tok.thumb")
+    path = directory / "www.example.com"
+    assert path.stat().st_mode & 0o777 == 0o600
+    # The other process peeks now, and answers the CA's handshake from the file...
+    assert _pending(other)
+    context = other.context_for_hello(hello)
+    assert context is not None and other.context_for_hello(hello) is context  # made once
+    # ...never a visitor's, nor another name's.
+    assert other.context_for_hello(_client_hello("www.example.com", ["h2"])) is None
+    assert other.context_for_hello(_client_hello("x.example.com", [ACME_TLS_ALPN])) is None
+    # Cleaned up after the validation (only by the challenge's own token).
+    orderer.cleanup("www.example.com", "other-token")
+    assert path.exists()
+    orderer.cleanup("www.example.com", "tok")
+    assert not path.exists()
+    assert not _pending(other)
+    assert other.context_for_hello(hello) is None
+
+
+def _pending(solver: TlsAlpn01Solver) -> bool:
+    return solver.pending
+
+
 def test_challenge_certificate_carries_the_digest() -> None:
     from cryptography import x509
 

@@ -1,0 +1,424 @@
+"""Access at the public listener's seam: for one request, admit it (with the headers the origin
+is to get), answer it (login, 401, 403, the key set), or let it pass (no application guards
+its hostname).
+
+The costs sit where Cloudflare's do: a session token (the ``CF_Authorization`` cookie or the
+``cf-access-token`` header) is verified once and then remembered until it expires, and the
+``Cf-Access-Jwt-Assertion`` for a service token is signed once per token and application and
+reused until shortly before it expires, so a request that passes Access costs dictionary
+lookups and the policy evaluation (a few comparisons), not an RSA operation.
+
+Service-token secrets are compared as SHA-256 digests with :func:`hmac.compare_digest`; a
+token of another account, expired or deleted (revoked) counts as no token at all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import hmac
+import logging
+import secrets
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+from adit.edge.access.decisions import DecisionLog, Entry
+from adit.edge.access.engine import Decision, Subject, evaluate
+from adit.edge.access.jwt_keys import InvalidToken, SigningKey, key_set, verify
+from adit.edge.access.model import Application, ServiceToken
+from adit.edge.access.pages import (
+    denied,
+    key_set_answer,
+    login_redirect,
+    login_unavailable,
+    unauthenticated,
+    wants_html,
+)
+from adit.edge.access.store import AccessStore, AccessTable, secret_digest
+from adit.edge.pages import ErrorPage
+
+ACCESS_FAILED = ErrorPage(
+    500,
+    "500",
+    "Access could not check this request",
+    "The edge could not decide whether this request may pass, so it did not forward it. "
+    "Retrying usually works; the edge's operator finds the cause in its log under the Ray ID.",
+)
+
+__all__ = ["AccessGate", "Admitted", "login_page"]
+
+log = logging.getLogger("adit.edge.access")
+
+CERTS_PATH: Final = "/cdn-cgi/access/certs"
+#: The login flow's own paths on a guarded hostname (never forwarded to the origin).
+_ACCESS_PATHS: Final = "/cdn-cgi/access/"
+COOKIE: Final = "CF_Authorization"
+ASSERTION: Final = "Cf-Access-Jwt-Assertion"
+USER_EMAIL: Final = "Cf-Access-Authenticated-User-Email"
+#: Verified sessions and minted service-token assertions kept; beyond, the memory is cleared.
+_CACHE_ENTRIES: Final = 50_000
+#: A minted assertion is reused until this close to its expiry.
+_REMINT_MARGIN: Final = 60.0
+
+#: Answers ``/cdn-cgi/access/...`` (but the key set) on a guarded hostname: (app, host, path,
+#: request headers) → the page. The browser login flow replaces :attr:`AccessGate.login_page`.
+LoginPage = Callable[[Application, str, str, Sequence[tuple[bytes, bytes]]], ErrorPage]
+
+
+def login_page(
+    app: Application, host: str, path: str, headers: Sequence[tuple[bytes, bytes]]
+) -> ErrorPage:
+    """The stand-in: 501, sign-in is not available on this edge yet."""
+    return login_unavailable(host, path)
+
+
+@dataclass(frozen=True, slots=True)
+class Admitted:
+    """Access let the request through: these headers go to the origin with it."""
+
+    headers: tuple[tuple[str, str], ...]
+
+
+@dataclass(slots=True)
+class _Session:
+    claims: dict[str, Any]
+    expires: float
+    aud: str
+    #: Its first decision is in the access log (later allows of one session are not).
+    logged: bool = False
+
+
+def _header(headers: Sequence[tuple[bytes, bytes]], name: bytes) -> str | None:
+    for raw, value in headers:
+        if len(raw) == len(name) and raw.lower() == name:
+            return value.decode("latin-1").strip()
+    return None
+
+
+def _cookie(headers: Sequence[tuple[bytes, bytes]], name: str) -> str | None:
+    for raw, value in headers:
+        if raw.lower() != b"cookie":
+            continue
+        for part in value.decode("latin-1").split(";"):
+            key, _, val = part.strip().partition("=")
+            if key == name and val:
+                return val
+    return None
+
+
+class AccessGate:
+    """Decides for the public listener; one per edge process."""
+
+    def __init__(
+        self,
+        store: AccessStore,
+        decisions: DecisionLog,
+        *,
+        clock: Callable[[], float] = time.time,
+        country_of: Callable[[str], str | None] | None = None,
+    ) -> None:
+        self._store = store
+        self.decisions = decisions
+        self._clock = clock
+        #: The visitor's country from their address (a GeoIP database), or None.
+        self.country_of = country_of
+        #: Serves the login flow's paths (``/cdn-cgi/access/login``, ``logout``...).
+        self.login_page: LoginPage = login_page
+        self._sessions: dict[str, _Session] = {}
+        self._rotating: set[str] = set()
+        self._minted: dict[tuple[str, str, int], tuple[str, float]] = {}
+
+    def guards(self, host: str) -> bool:
+        """Whether ``host`` has an application or is a team domain."""
+        table = self._store.table()
+        return host in table.apps or host in table.team_hosts
+
+    def check(
+        self,
+        host: str,
+        path: str,
+        headers: Sequence[tuple[bytes, bytes]],
+        client_ip: str,
+        ray: str,
+        *,
+        log_refusal: bool = True,
+    ) -> Admitted | ErrorPage | None:
+        """The verdict for a request to ``host`` ``path`` (None: no application guards it).
+
+        ``log_refusal=False``: a refusal is not logged (the caller asks again, and answers,
+        elsewhere: HTTP/1.1's fast path hands refusals to its task).
+
+        Never raises: a failure to decide (a bug, a store that cannot be read) refuses the
+        request with a 500 page (fail closed) and is logged with the Ray ID."""
+        try:
+            return self._check(host, path, headers, client_ip, ray, log_refusal)
+        except Exception:
+            log.exception("access: no decision for %s ray=%s", host, ray)
+            return ACCESS_FAILED
+
+    def _check(
+        self,
+        host: str,
+        path: str,
+        headers: Sequence[tuple[bytes, bytes]],
+        client_ip: str,
+        ray: str,
+        log_refusal: bool,
+    ) -> Admitted | ErrorPage | None:
+        table = self._store.table()
+        if not table.apps and not table.team_hosts:
+            return None
+        if path == CERTS_PATH or path.startswith(CERTS_PATH + "?"):
+            account = table.team_hosts.get(host) or table.accounts_by_host.get(host)
+            if account is not None:
+                return key_set_answer(key_set(self._keys(table, account)))
+        app = table.application(host, path)
+        if app is None:
+            return None
+        if path.startswith(_ACCESS_PATHS):
+            return self.login_page(app, host, path, headers)
+        return self._decide(table, app, host, path, headers, client_ip, ray, log_refusal)
+
+    # -- the decision ----------------------------------------------------------------------
+
+    def _decide(
+        self,
+        table: AccessTable,
+        app: Application,
+        host: str,
+        path: str,
+        headers: Sequence[tuple[bytes, bytes]],
+        client_ip: str,
+        ray: str,
+        log_refusal: bool,
+    ) -> Admitted | ErrorPage:
+        now = self._clock()
+        token = _cookie(headers, COOKIE) or _header(headers, b"cf-access-token")
+        session = self._session(table, app, token, now) if token else None
+        service = self._service_token(table, app, headers, now)
+        claims = session.claims if session is not None else {}
+        country = self.country_of(client_ip) if self.country_of is not None else None
+        if country is None:
+            country = claims.get("country") or None
+        groups = claims.get("custom") or {}
+        subject = Subject(
+            email=claims.get("email") or None,
+            claims={k: tuple(v) if isinstance(v, list) else (str(v),) for k, v in groups.items()}
+            if isinstance(groups, dict)
+            else {},
+            country=country,
+            client_ip=client_ip,
+            service_token_id=service.id if service is not None else None,
+        )
+        decision = evaluate(table.policies.get(app.id, ()), subject)
+        repeat = decision.action == "allow" and session is not None and session.logged
+        if not repeat and (decision.admitted or log_refusal):
+            identity = subject.email or (service.client_id if service is not None else "")
+            self._log(app, subject, identity, claims, decision, ray)
+            if session is not None:
+                session.logged = True
+        if decision.admitted:
+            return Admitted(self._origin_headers(table, app, decision, token, session, service))
+        browser = wants_html(_header(headers, b"accept") or "")
+        if decision.action == "login":
+            if browser:
+                return login_redirect(host, path, app.name, app.aud)
+            return unauthenticated(app.name)
+        return denied(app.name, browser)
+
+    def _session(
+        self, table: AccessTable, app: Application, token: str, now: float
+    ) -> _Session | None:
+        """The claims of a session token for ``app``, verified once and remembered."""
+        known = self._sessions.get(token)
+        if known is not None:
+            if known.expires > now and known.aud == app.aud:
+                return known
+            if known.expires <= now:
+                del self._sessions[token]
+            return None
+        try:
+            claims = verify(
+                token,
+                table.keys.get(app.account, ()),
+                audience=app.aud,
+                issuer=table.issuer(app.account),
+            )
+        except InvalidToken as exc:
+            log.info("access: session token refused for %s: %s", app.domain, exc)
+            return None
+        if len(self._sessions) >= _CACHE_ENTRIES:
+            self._sessions.clear()
+        session = _Session(claims, float(claims["exp"]), app.aud)
+        self._sessions[token] = session
+        return session
+
+    def _service_token(
+        self,
+        table: AccessTable,
+        app: Application,
+        headers: Sequence[tuple[bytes, bytes]],
+        now: float,
+    ) -> ServiceToken | None:
+        client_id = _header(headers, b"cf-access-client-id")
+        secret = _header(headers, b"cf-access-client-secret")
+        if not client_id or secret is None:
+            return None
+        token = table.tokens.get(client_id.lower())
+        # Compared whatever the lookup found, so the time taken does not tell a known client
+        # id from an unknown one.
+        expected = token.secret_sha256 if token is not None else secrets.token_bytes(32)
+        if not hmac.compare_digest(secret_digest(secret), expected) or token is None:
+            log.info("access: service token refused for %s: unknown id or wrong secret", app.domain)
+            return None
+        if token.account != app.account:
+            log.info("access: service token of another account refused for %s", app.domain)
+            return None
+        if datetime.datetime.fromisoformat(token.expires_at).timestamp() <= now:
+            log.info("access: expired service token %s refused for %s", token.client_id, app.domain)
+            return None
+        return token
+
+    # -- to the origin ---------------------------------------------------------------------
+
+    def _origin_headers(
+        self,
+        table: AccessTable,
+        app: Application,
+        decision: Decision,
+        token: str | None,
+        session: _Session | None,
+        service: ServiceToken | None,
+    ) -> tuple[tuple[str, str], ...]:
+        if decision.action == "bypass":
+            return ()  # Cloudflare sends no assertion for a bypassed request
+        if session is not None and token is not None:
+            # The session's own token is the assertion (it is for this application).
+            email = session.claims.get("email")
+            return ((ASSERTION, token), *(((USER_EMAIL, email),) if email else ()))
+        if service is not None:
+            return ((ASSERTION, self._service_assertion(table, app, service)),)
+        return ()
+
+    def _service_assertion(self, table: AccessTable, app: Application, token: ServiceToken) -> str:
+        key = self._current_key(table, app.account)
+        cache_key = (token.id, app.id, id(key))
+        now = self._clock()
+        minted = self._minted.get(cache_key)
+        if minted is not None and minted[1] - _REMINT_MARGIN > now:
+            return minted[0]
+        expires = min(
+            now + app.session_duration,
+            datetime.datetime.fromisoformat(token.expires_at).timestamp(),
+        )
+        claims = {
+            "type": "app",
+            "aud": [app.aud],
+            "iss": table.issuer(app.account),
+            "iat": int(now),
+            "nbf": int(now),
+            "exp": int(expires),
+            "sub": "",
+            "common_name": token.client_id,
+            "identity_nonce": "",
+        }
+        signed = key.sign(claims)
+        if len(self._minted) >= _CACHE_ENTRIES:
+            self._minted.clear()
+        self._minted[cache_key] = (signed, expires)
+        return signed
+
+    def mint_session(
+        self,
+        app: Application,
+        *,
+        email: str,
+        sub: str,
+        country: str | None = None,
+        custom: dict[str, list[str]] | None = None,
+    ) -> str:
+        """A session token for ``app`` (the ``CF_Authorization`` cookie's value and the
+        origin's assertion): for the browser login flow, and for tests."""
+        table = self._store.table()
+        key = self._current_key(table, app.account)
+        now = int(self._clock())
+        claims: dict[str, Any] = {
+            "type": "app",
+            "aud": [app.aud],
+            "email": email,
+            "sub": sub,
+            "iss": table.issuer(app.account),
+            "iat": now,
+            "nbf": now,
+            "exp": now + app.session_duration,
+            "identity_nonce": secrets.token_urlsafe(16),
+            "country": country or "",
+        }
+        if custom:
+            claims["custom"] = custom
+        return key.sign(claims)
+
+    def _current_key(self, table: AccessTable, account: str) -> SigningKey:
+        keys = table.keys.get(account, ())
+        if keys and not keys[0].retired:
+            key = keys[0]
+            if self._clock() - key.created_at >= table.rotation_interval(account):
+                self._rotate_later(account)
+            return key
+        return self._store.ensure_key(account)
+
+    def _rotate_later(self, account: str) -> None:
+        """Rotate the account's key on the store's writer thread (once at a time); until the
+        new key is in the table, the current one goes on signing."""
+        if account in self._rotating:
+            return
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return  # no loop (tools, tests): the next signing on the edge rotates
+        self._rotating.add(account)
+        future = self._store.db.off_loop(self._store.rotate_keys, account)
+
+        def done(finished: asyncio.Future[SigningKey]) -> None:
+            self._rotating.discard(account)
+            if finished.exception() is not None:
+                log.warning("access: key rotation for %s failed: %s", account, finished.exception())
+            else:
+                log.info("access: signing key of %s rotated", account)
+
+        future.add_done_callback(done)
+
+    def _keys(self, table: AccessTable, account: str) -> tuple[SigningKey, ...]:
+        keys = table.keys.get(account, ())
+        if not keys:
+            self._store.ensure_key(account)
+            keys = self._store.table().keys.get(account, ())
+        return keys
+
+    def _log(
+        self,
+        app: Application,
+        subject: Subject,
+        identity: str,
+        claims: dict[str, Any],
+        decision: Decision,
+        ray: str,
+    ) -> None:
+        self.decisions.record(
+            Entry(
+                account=app.account,
+                at=self.decisions.now(),
+                app_id=app.id,
+                app_domain=app.domain + app.path,
+                user_email=identity,
+                idp=str(claims.get("idp", "service_token" if subject.service_token_id else "")),
+                country=subject.country or "",
+                ip=subject.client_ip,
+                action=decision.action,
+                allowed=decision.admitted,
+                policy_id=decision.policy_id or "",
+                ray_id=ray,
+            )
+        )
