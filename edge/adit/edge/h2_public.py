@@ -400,8 +400,11 @@ class Http2Connection(asyncio.Protocol):
         idle = self._response_timeout if idle is None else idle
         while True:
             try:
-                async with asyncio.timeout(_seconds(idle)):
-                    chunk = await channel.read()
+                if channel.ready:
+                    chunk = await channel.read()  # no wait, so no timer to arm and cancel
+                else:
+                    async with asyncio.timeout(_seconds(idle)):
+                        chunk = await channel.read()
             except (TimeoutError, StreamClosedError):
                 # The body broke (or stalled) after the head went out: the visitor must
                 # not take a cut body for a whole one.
@@ -410,12 +413,17 @@ class Http2Connection(asyncio.Protocol):
                 return
             if not chunk:
                 break
+            if channel.exhausted:
+                # The body's last chunk carries END_STREAM: no empty DATA frame after it.
+                await self._send(stream, chunk, end=True)
+                return
             await self._send(stream, chunk)
         self._h2.end_stream(stream.id)
         self._flush()
 
-    async def _send(self, stream: _VisitorStream, data: bytes) -> None:
-        """Body bytes to the visitor as its windows and the socket take them."""
+    async def _send(self, stream: _VisitorStream, data: bytes, *, end: bool = False) -> None:
+        """Body bytes to the visitor as its windows and the socket take them (``end``: the
+        last piece ends the stream)."""
         view = memoryview(data)
         while view:
             if self._closed or stream.reset:
@@ -427,8 +435,8 @@ class Http2Connection(asyncio.Protocol):
                 await self._writable()
                 continue
             piece = view[:window]
-            self._h2.send_data(stream.id, bytes(piece))
             view = view[len(piece) :]
+            self._h2.send_data(stream.id, bytes(piece), end_stream=end and not view)
             self._flush()
 
     async def _writable(self) -> None:

@@ -340,9 +340,9 @@ class VisitorH2:
             return 0
         return min(window, self._h2.max_outbound_frame_size)
 
-    def send_data(self, stream_id: int, data: bytes) -> None:
-        """Response body bytes; at most :meth:`window` of them."""
-        self._h2.send_data(stream_id, data)
+    def send_data(self, stream_id: int, data: bytes, *, end_stream: bool = False) -> None:
+        """Response body bytes; at most :meth:`window` of them (``end_stream``: the last)."""
+        self._h2.send_data(stream_id, data, end_stream=end_stream)
 
     def end_stream(self, stream_id: int) -> None:
         """The response is complete."""
