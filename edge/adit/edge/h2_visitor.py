@@ -38,12 +38,18 @@ import h2.errors
 import h2.events
 import h2.exceptions
 import h2.settings
+from hpack.exceptions import HPACKDecodingError, OversizedHeaderListError
 from hyperframe.frame import GoAwayFrame
 
 from adit.edge.http1 import ResponseError
 from adit.edge.http1_request import MAX_HEADER_BYTES, Request
 from adit.protocol.headers import HOP_BY_HOP
-from adit.protocol.hpack_codec import PlainHpackEncoder
+from adit.protocol.hpack_codec import (
+    HpackDecoder,
+    HpackError,
+    HpackListTooLarge,
+    PlainHpackEncoder,
+)
 from adit.protocol.rate_limit import TokenBucket
 
 __all__ = [
@@ -153,6 +159,9 @@ class VisitorH2:
         # and pure-Python Huffman coder were a fifth of the edge's CPU per HTTP/2 request.
         # (h2 types the attribute as hpack's Encoder; it calls only what this one has.)
         self._h2.encoder = cast(Any, _ResponseEncoder())
+        # Request heads through the tunnel's decoder too: hpack's was the largest single cost
+        # of taking a request (a Python object and a log call per field).
+        self._h2.decoder = cast(Any, _RequestDecoder(self._h2.decoder.max_header_list_size))
         self._resets = TokenBucket(RESET_RATE, RESET_BURST)
         self._control = TokenBucket(CONTROL_RATE, CONTROL_BURST)
         self.closed = False
@@ -395,6 +404,38 @@ class _ResponseEncoder:
         """One header block for ``headers`` (lower-case byte pairs, as :meth:`respond`
         builds them)."""
         return self._plain.encode(headers)
+
+
+class _RequestDecoder:
+    """What h2 asks of its HPACK decoder, answered by :class:`HpackDecoder` (the same
+    bounds: the table size we advertise, the header list size h2 sets from our settings),
+    its errors raised as hpack's, which h2 turns into connection errors (PROTOCOL_ERROR;
+    an oversized list is a DenialOfServiceError, ENHANCE_YOUR_CALM). No
+    ``max_allowed_table_size`` setter: h2 sets one only when our HEADER_TABLE_SIZE setting
+    changes, and :meth:`VisitorH2.start` leaves it at the default the decoder starts with."""
+
+    def __init__(self, max_header_list_size: int) -> None:
+        self._decoder = HpackDecoder(max_header_list_size=max_header_list_size)
+
+    @property
+    def max_header_list_size(self) -> int:
+        """Our MAX_HEADER_LIST_SIZE once the visitor acknowledged it (h2 sets it)."""
+        return self._decoder.max_header_list_size
+
+    @max_header_list_size.setter
+    def max_header_list_size(self, value: int) -> None:
+        self._decoder.max_header_list_size = value
+
+    def decode(self, data: Any, raw: bool = False) -> list[tuple[bytes, bytes]]:
+        """One complete header block's fields (always raw bytes: h2 asks for them so)."""
+        if type(data) is not bytes:
+            data = bytes(data)
+        try:
+            return self._decoder.decode(data)
+        except HpackListTooLarge as exc:
+            raise OversizedHeaderListError(str(exc)) from exc
+        except HpackError as exc:
+            raise HPACKDecodingError(str(exc)) from exc
 
 
 def _pairs(headers: Any) -> list[tuple[bytes, bytes]]:

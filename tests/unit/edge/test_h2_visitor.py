@@ -139,3 +139,25 @@ def test_response_heads_decode_the_same_when_the_visitor_shrinks_its_table() -> 
         events = client.receive_data(server.data_to_send())
         responses = [e for e in events if isinstance(e, h2.events.ResponseReceived)]
         assert [r.headers for r in responses] == [expected], table_size
+
+
+def test_indexed_and_huffman_request_heads_decode_and_a_broken_block_ends_the_connection() -> None:
+    # h2's client indexes fields and Huffman-codes strings (as browsers do): the second
+    # request's head is mostly references into the dynamic table the first one filled.
+    client, server = _pair()
+    for stream_id in (1, 3):
+        _request(client, stream_id)
+        (head, *_) = server.receive(client.data_to_send(), 0.0)
+        assert isinstance(head, RequestHead)
+        assert (head.request.method, head.request.host) == (b"GET", b"app.example.com")
+        assert (b"x-thing", b"yes") in head.request.headers
+    # A HEADERS frame (stream 5, END_HEADERS) whose block indexes past both tables.
+    broken = b"\x00\x00\x02\x01\x05\x00\x00\x00\x05" + b"\xff\x7f"
+    events = server.receive(broken, 0.0)
+    assert isinstance(events[-1], Closed) and "protocol error" in events[-1].reason
+    goaway = [
+        e
+        for e in client.receive_data(server.data_to_send())
+        if isinstance(e, h2.events.ConnectionTerminated)
+    ]
+    assert goaway and goaway[0].error_code == 0x1  # h2 answers any HPACK error so
