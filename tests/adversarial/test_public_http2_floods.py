@@ -16,7 +16,7 @@ import socket
 import ssl
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import hpack
 import pytest
@@ -354,7 +354,7 @@ def test_a_stream_without_an_answer_in_time_gets_524_and_the_others_are_served(
     edge = start_edge(processes, https=True, env={"ADIT_EDGE_RESPONSE_TIMEOUT": "2s"})
     answer = canned()
 
-    def slow_or_answer(received: bytes) -> bytes | None:
+    def slow_or_answer(received: bytes) -> bytes | Iterable[bytes] | None:
         return None if b" /slow " in received else answer(received)
 
     with raw_origin(slow_or_answer) as origin:
