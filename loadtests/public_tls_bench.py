@@ -171,8 +171,26 @@ def h2load(port: int, args: list[str]) -> int:
 
 
 def measure(
-    target: str, port: int, pids: list[int], connector: list[int], mode: str, requests: int
+    target: str,
+    port: int,
+    pids: list[int],
+    connector: list[int],
+    mode: str,
+    requests: int,
+    profile: Path | None = None,
 ) -> Figure:
+    spy = None
+    if profile is not None:
+        # py-spy's collapsed stacks of the first process, native frames included (ssl, llhttp).
+        spy = subprocess.Popen(
+            [
+                *("py-spy", "record", "--native", "-r", "200", "-f", "raw"),
+                *("-o", str(profile / f"{mode}.txt"), "-p", str(pids[0])),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        time.sleep(1.0)
     before, before_c, start = cpu_seconds(pids), cpu_seconds(connector), time.monotonic()
     succeeded = 0
     if mode == "h1":
@@ -183,6 +201,9 @@ def measure(
         for _ in range(max(1, requests // 50)):
             succeeded += h2load(port, ["--h1", "-n", "50", "-c", "50"])
     seconds = time.monotonic() - start
+    if spy is not None:
+        spy.send_signal(2)
+        spy.wait(timeout=60)
     return Figure(
         target,
         mode,
@@ -197,7 +218,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--requests", type=int, default=20_000, help="per keep-alive run")
     parser.add_argument("--handshakes", type=int, default=1_000, help="new connections")
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        help="py-spy the edge during each of its runs (collapsed stacks into this folder;"
+        " the CPU figures then include py-spy's sampling cost)",
+    )
     options = parser.parse_args()
+    if options.profile is not None:
+        options.profile.mkdir(parents=True, exist_ok=True)
     for tool in ("h2load", "openssl"):
         if shutil.which(tool) is None:
             raise SystemExit(f"{tool} not found: apt-get install nghttp2-client openssl")
@@ -269,7 +298,15 @@ def main() -> None:
             h2load(edge.https_port, ["--h1", "-n", "200", "-c", "2"])
             h2load(nginx_port, ["--h1", "-n", "200", "-c", "2"])
             figures.append(
-                measure("adit edge", edge.https_port, edge_pids, connector_pids, mode, count)
+                measure(
+                    "adit edge",
+                    edge.https_port,
+                    edge_pids,
+                    connector_pids,
+                    mode,
+                    count,
+                    options.profile,
+                )
             )
             figures.append(measure("nginx", nginx_port, nginx_pids, [], mode, count))
         head = ("target", "mode", "requests", "req/s", "CPU us/req", "connector us/req")

@@ -106,6 +106,12 @@ class StreamChannel:
         """Whether :meth:`read` would return without waiting."""
         return self._next < len(self._inbound) or self.remote_ended or self.reset_code is not None
 
+    @property
+    def exhausted(self) -> bool:
+        """Whether the peer ended the stream and every chunk was read (:meth:`read` would
+        return ``b""``): the last chunk read was the body's last."""
+        return self.remote_ended and self._next >= len(self._inbound)
+
     async def read(self) -> bytes:
         """Next body chunk; ``b""`` once the peer ended the stream."""
         while self._next >= len(self._inbound):

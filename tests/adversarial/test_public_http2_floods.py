@@ -16,7 +16,7 @@ import socket
 import ssl
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import hpack
 import pytest
@@ -31,7 +31,7 @@ from hyperframe.frame import (
     WindowUpdateFrame,
 )
 
-from adversary import RawOrigin, Tenant, hang, raw_origin, start_tenant, streaming
+from adversary import RawOrigin, Tenant, canned, hang, raw_origin, start_tenant, streaming
 from harness import Edge, Processes, start_edge
 
 pytestmark = pytest.mark.process
@@ -345,4 +345,40 @@ def test_a_silent_or_idle_http2_connection_is_closed(processes: Processes) -> No
             assert any(isinstance(f, GoAwayFrame) for f in frames)
         finally:
             idle.close()
+        assert served(edge)
+
+
+def test_a_stream_without_an_answer_in_time_gets_524_and_the_others_are_served(
+    processes: Processes,
+) -> None:
+    edge = start_edge(processes, https=True, env={"ADIT_EDGE_RESPONSE_TIMEOUT": "2s"})
+    answer = canned()
+
+    def slow_or_answer(received: bytes) -> bytes | Iterable[bytes] | None:
+        return None if b" /slow " in received else answer(received)
+
+    with raw_origin(slow_or_answer) as origin:
+        start_tenant(processes, edge, "acme", HOST, origin.url)
+        port = edge.https.rsplit(":", 1)[1]
+        started = time.monotonic()
+        slow = subprocess.Popen(
+            [
+                *("curl", "-sS", "--http2", "--max-time", "20", "--cacert", str(edge.ca)),
+                *("--resolve", f"{HOST}:{port}:127.0.0.1", "-o", "/dev/null"),
+                *("-w", "%{http_code} %{http_version}", f"https://{HOST}:{port}/slow"),
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert served(edge)  # while the slow one waits
+            out, _ = slow.communicate(timeout=30)
+        finally:
+            if slow.poll() is None:
+                slow.kill()
+                slow.wait()
+        # The response timeout, met within the listener's sweep interval (and slack for a
+        # busy machine), as on HTTP/1.1 (test_public_timeouts.py).
+        assert out == "524 2"
+        assert time.monotonic() - started < 2 + 3.0
         assert served(edge)

@@ -80,10 +80,25 @@ class _StreamGone(Exception):
 class _VisitorStream:
     """One request stream: its body as it arrives, and the task that serves it."""
 
-    __slots__ = ("body", "ended", "id", "reset", "task", "waiter")
+    __slots__ = (
+        "answer_by",
+        "body",
+        "ended",
+        "id",
+        "reset",
+        "task",
+        "timed_out",
+        "tunnel",
+        "waiter",
+    )
 
     def __init__(self, stream_id: int) -> None:
         self.id = stream_id
+        #: When the tunnel must have answered (the listener's sweep checks it, see
+        #: :meth:`Http2Connection.expire`); ``timed_out``: it did not.
+        self.answer_by = math.inf
+        self.timed_out = False
+        self.tunnel: RequestStream | None = None
         self.body: deque[tuple[bytes, int]] = deque()
         self.ended = False
         self.reset = False
@@ -110,9 +125,9 @@ class Http2Connection(asyncio.Protocol):
         self._loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.client_ip = ""
-        #: When the connection's own wait expires (Tracked): the preface and first request,
-        #: or the next request while no stream is open.
-        self.deadline = math.inf
+        #: When the connection's own wait expires: the preface and first request, or the
+        #: next request while no stream is open.
+        self._wait_until = math.inf
         self._writing_paused = False
         self._closed = False
         self._draining = False
@@ -199,9 +214,32 @@ class Http2Connection(asyncio.Protocol):
 
     # -- Tracked -------------------------------------------------------------------------------
 
+    @property
+    def deadline(self) -> float:
+        """The first of the connection's own wait and its streams' waits for an answer (the
+        listener's sweep reads it once an interval: no timer per stream)."""
+        first = self._wait_until
+        for stream in self._streams.values():
+            first = min(first, stream.answer_by)
+        return first
+
+    @deadline.setter
+    def deadline(self, value: float) -> None:
+        self._wait_until = value
+
     def expire(self) -> None:
-        """The connection's wait passed (no request in time): GOAWAY and close."""
-        self.deadline = math.inf
+        """A wait passed: a stream the tunnel did not answer in time is cancelled (its task
+        answers 524); a connection with no request in time gets GOAWAY and is closed."""
+        now = self._loop.time()
+        for stream in list(self._streams.values()):
+            if stream.answer_by <= now:
+                stream.answer_by = math.inf
+                stream.timed_out = True
+                if stream.tunnel is not None:
+                    stream.tunnel.cancel(StreamClosedError("no answer in time"))
+        if self._wait_until > now:
+            return
+        self._wait_until = math.inf
         if not self._streams:
             self._h2.close()
             self._flush()
@@ -301,21 +339,26 @@ class Http2Connection(asyncio.Protocol):
         if request.has_body:
             uploader = self._loop.create_task(self._upload(stream, tunnel))
         try:
+            # The response timeout as a deadline the listener's sweep checks (expire), not an
+            # asyncio.timeout: a timer armed and cancelled per stream was a twentieth of the
+            # edge's CPU per HTTP/2 request.
+            stream.tunnel = tunnel
+            stream.answer_by = self._loop.time() + self._response_timeout
             try:
-                async with asyncio.timeout(_seconds(self._response_timeout)):
-                    response = await tunnel.response()
-            except TimeoutError:
-                tunnel.cancel(StreamClosedError("no answer in time"))
-                log.warning("no answer in time from the tunnel for %s ray=%s", host, ray)
-                await self._page(stream, TUNNEL_TIMEOUT, host, ray)
-                return
+                response = await tunnel.response()
             except StreamClosedError as exc:
+                if stream.timed_out:
+                    log.warning("no answer in time from the tunnel for %s ray=%s", host, ray)
+                    await self._page(stream, TUNNEL_TIMEOUT, host, ray)
+                    return
                 if _stalled(uploader):
                     await self._page(stream, REQUEST_TIMEOUT, host, ray)
                     return
                 log.warning("tunnel stream failed for %s ray=%s: %s", host, ray, exc)
                 await self._page(stream, STREAM_FAILED, host, ray)
                 return
+            finally:
+                stream.answer_by = math.inf
             if response.meta is not ResponseMeta.ORIGIN:
                 page = await self._listener.connector_failure(
                     tunnel, host, ray, response.end_stream
@@ -400,8 +443,11 @@ class Http2Connection(asyncio.Protocol):
         idle = self._response_timeout if idle is None else idle
         while True:
             try:
-                async with asyncio.timeout(_seconds(idle)):
-                    chunk = await channel.read()
+                if channel.ready:
+                    chunk = await channel.read()  # no wait, so no timer to arm and cancel
+                else:
+                    async with asyncio.timeout(_seconds(idle)):
+                        chunk = await channel.read()
             except (TimeoutError, StreamClosedError):
                 # The body broke (or stalled) after the head went out: the visitor must
                 # not take a cut body for a whole one.
@@ -410,12 +456,17 @@ class Http2Connection(asyncio.Protocol):
                 return
             if not chunk:
                 break
+            if channel.exhausted:
+                # The body's last chunk carries END_STREAM: no empty DATA frame after it.
+                await self._send(stream, chunk, end=True)
+                return
             await self._send(stream, chunk)
         self._h2.end_stream(stream.id)
         self._flush()
 
-    async def _send(self, stream: _VisitorStream, data: bytes) -> None:
-        """Body bytes to the visitor as its windows and the socket take them."""
+    async def _send(self, stream: _VisitorStream, data: bytes, *, end: bool = False) -> None:
+        """Body bytes to the visitor as its windows and the socket take them (``end``: the
+        last piece ends the stream)."""
         view = memoryview(data)
         while view:
             if self._closed or stream.reset:
@@ -427,8 +478,8 @@ class Http2Connection(asyncio.Protocol):
                 await self._writable()
                 continue
             piece = view[:window]
-            self._h2.send_data(stream.id, bytes(piece))
             view = view[len(piece) :]
+            self._h2.send_data(stream.id, bytes(piece), end_stream=end and not view)
             self._flush()
 
     async def _writable(self) -> None:

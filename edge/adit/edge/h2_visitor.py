@@ -30,7 +30,7 @@ from __future__ import annotations
 import contextlib
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import h2.config
 import h2.connection
@@ -38,11 +38,18 @@ import h2.errors
 import h2.events
 import h2.exceptions
 import h2.settings
+from hpack.exceptions import HPACKDecodingError, OversizedHeaderListError
 from hyperframe.frame import GoAwayFrame
 
 from adit.edge.http1 import ResponseError
 from adit.edge.http1_request import MAX_HEADER_BYTES, Request
 from adit.protocol.headers import HOP_BY_HOP
+from adit.protocol.hpack_codec import (
+    HpackDecoder,
+    HpackError,
+    HpackListTooLarge,
+    PlainHpackEncoder,
+)
 from adit.protocol.rate_limit import TokenBucket
 
 __all__ = [
@@ -148,6 +155,13 @@ class VisitorH2:
             normalize_outbound_headers=False,
         )
         self._h2 = h2.connection.H2Connection(config=config)
+        # Response heads through the tunnel's encoder, not hpack's: its dynamic-table search
+        # and pure-Python Huffman coder were a fifth of the edge's CPU per HTTP/2 request.
+        # (h2 types the attribute as hpack's Encoder; it calls only what this one has.)
+        self._h2.encoder = cast(Any, _ResponseEncoder())
+        # Request heads through the tunnel's decoder too: hpack's was the largest single cost
+        # of taking a request (a Python object and a log call per field).
+        self._h2.decoder = cast(Any, _RequestDecoder(self._h2.decoder.max_header_list_size))
         self._resets = TokenBucket(RESET_RATE, RESET_BURST)
         self._control = TokenBucket(CONTROL_RATE, CONTROL_BURST)
         self.closed = False
@@ -335,9 +349,9 @@ class VisitorH2:
             return 0
         return min(window, self._h2.max_outbound_frame_size)
 
-    def send_data(self, stream_id: int, data: bytes) -> None:
-        """Response body bytes; at most :meth:`window` of them."""
-        self._h2.send_data(stream_id, data)
+    def send_data(self, stream_id: int, data: bytes, *, end_stream: bool = False) -> None:
+        """Response body bytes; at most :meth:`window` of them (``end_stream``: the last)."""
+        self._h2.send_data(stream_id, data, end_stream=end_stream)
 
     def end_stream(self, stream_id: int) -> None:
         """The response is complete."""
@@ -364,6 +378,64 @@ class VisitorH2:
         """Whether ``stream_id`` can still carry a response."""
         stream: Any = self._h2.streams.get(stream_id)
         return stream is not None and stream.open
+
+
+class _ResponseEncoder:
+    """What h2 asks of its HPACK encoder, answered by :class:`PlainHpackEncoder`: static-table
+    references and raw literals, no dynamic table (a size update to 0 opens the first block,
+    and again after the visitor changes SETTINGS_HEADER_TABLE_SIZE, so its decoder never
+    expects one of ours). The same fields decode; a response head takes some more bytes."""
+
+    def __init__(self) -> None:
+        self._plain = PlainHpackEncoder()
+        self._table_size = 4096
+
+    @property
+    def header_table_size(self) -> int:
+        """The visitor's SETTINGS_HEADER_TABLE_SIZE (h2 sets it)."""
+        return self._table_size
+
+    @header_table_size.setter
+    def header_table_size(self, value: int) -> None:
+        self._table_size = value
+        self._plain = PlainHpackEncoder()  # its first block says "table size 0" again
+
+    def encode(self, headers: Any, huffman: bool = True) -> bytes:
+        """One header block for ``headers`` (lower-case byte pairs, as :meth:`respond`
+        builds them)."""
+        return self._plain.encode(headers)
+
+
+class _RequestDecoder:
+    """What h2 asks of its HPACK decoder, answered by :class:`HpackDecoder` (the same
+    bounds: the table size we advertise, the header list size h2 sets from our settings),
+    its errors raised as hpack's, which h2 turns into connection errors (PROTOCOL_ERROR;
+    an oversized list is a DenialOfServiceError, ENHANCE_YOUR_CALM). No
+    ``max_allowed_table_size`` setter: h2 sets one only when our HEADER_TABLE_SIZE setting
+    changes, and :meth:`VisitorH2.start` leaves it at the default the decoder starts with."""
+
+    def __init__(self, max_header_list_size: int) -> None:
+        self._decoder = HpackDecoder(max_header_list_size=max_header_list_size)
+
+    @property
+    def max_header_list_size(self) -> int:
+        """Our MAX_HEADER_LIST_SIZE once the visitor acknowledged it (h2 sets it)."""
+        return self._decoder.max_header_list_size
+
+    @max_header_list_size.setter
+    def max_header_list_size(self, value: int) -> None:
+        self._decoder.max_header_list_size = value
+
+    def decode(self, data: Any, raw: bool = False) -> list[tuple[bytes, bytes]]:
+        """One complete header block's fields (always raw bytes: h2 asks for them so)."""
+        if type(data) is not bytes:
+            data = bytes(data)
+        try:
+            return self._decoder.decode(data)
+        except HpackListTooLarge as exc:
+            raise OversizedHeaderListError(str(exc)) from exc
+        except HpackError as exc:
+            raise HPACKDecodingError(str(exc)) from exc
 
 
 def _pairs(headers: Any) -> list[tuple[bytes, bytes]]:

@@ -20,7 +20,7 @@ from hpack.table import HeaderTable
 
 from adit.protocol.errors import Http2TunnelError
 
-__all__ = ["HpackDecoder", "HpackError", "PlainHpackEncoder"]
+__all__ = ["HpackDecoder", "HpackError", "HpackListTooLarge", "PlainHpackEncoder"]
 
 _STATIC = HeaderTable.STATIC_TABLE
 _STATIC_COUNT = len(_STATIC)
@@ -112,6 +112,11 @@ class HpackError(Http2TunnelError):
     """A header block that cannot be decoded: a connection error (COMPRESSION_ERROR)."""
 
 
+class HpackListTooLarge(HpackError):
+    """A header list beyond our MAX_HEADER_LIST_SIZE (an HPACK bomb, or a peer that ignores
+    the setting)."""
+
+
 class HpackDecoder:
     """Decodes header blocks in order, keeping the peer's dynamic table (RFC 7541 §2.3)."""
 
@@ -185,8 +190,17 @@ class HpackDecoder:
             headers.append(field)
             size += len(field[0]) + len(field[1]) + _ENTRY_OVERHEAD
             if size > self._max_list:
-                raise HpackError("header list exceeds our MAX_HEADER_LIST_SIZE")
+                raise HpackListTooLarge("header list exceeds our MAX_HEADER_LIST_SIZE")
         return headers
+
+    @property
+    def max_header_list_size(self) -> int:
+        """The largest header list :meth:`decode` returns (our MAX_HEADER_LIST_SIZE)."""
+        return self._max_list
+
+    @max_header_list_size.setter
+    def max_header_list_size(self, value: int) -> None:
+        self._max_list = value
 
     def _entry(self, index: int) -> tuple[bytes, bytes]:
         if 0 < index <= len(_STATIC):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import h2.config
 import h2.connection
 import h2.events
+import h2.settings
 import pytest
 
 from adit.edge.h2_visitor import (
@@ -120,3 +121,43 @@ def test_the_advertised_stream_limit_is_in_force_from_the_start() -> None:
     server = VisitorH2()
     server.start()
     assert server._h2.local_settings.max_concurrent_streams == MAX_CONCURRENT_STREAMS
+
+
+def test_response_heads_decode_the_same_when_the_visitor_shrinks_its_table() -> None:
+    # The edge's encoder keeps no dynamic table; hpack's decoder (what h2 clients use) reads
+    # every head the same, also after the visitor lowers SETTINGS_HEADER_TABLE_SIZE, which
+    # obliges the encoder to open its next block with a table size update.
+    client, server = _pair()
+    headers = [("Content-Type", "text/plain"), ("X-Long", "v" * 300), ("Date", "now")]
+    expected = [(b":status", b"200"), *((n.lower().encode(), v.encode()) for n, v in headers)]
+    for n, table_size in enumerate((4096, 0, 256)):
+        stream_id = 1 + 2 * n
+        client.update_settings({h2.settings.SettingCodes.HEADER_TABLE_SIZE: table_size})
+        _request(client, stream_id)
+        server.receive(client.data_to_send(), 0.0)
+        server.respond(stream_id, 200, headers, end_stream=True)
+        events = client.receive_data(server.data_to_send())
+        responses = [e for e in events if isinstance(e, h2.events.ResponseReceived)]
+        assert [r.headers for r in responses] == [expected], table_size
+
+
+def test_indexed_and_huffman_request_heads_decode_and_a_broken_block_ends_the_connection() -> None:
+    # h2's client indexes fields and Huffman-codes strings (as browsers do): the second
+    # request's head is mostly references into the dynamic table the first one filled.
+    client, server = _pair()
+    for stream_id in (1, 3):
+        _request(client, stream_id)
+        (head, *_) = server.receive(client.data_to_send(), 0.0)
+        assert isinstance(head, RequestHead)
+        assert (head.request.method, head.request.host) == (b"GET", b"app.example.com")
+        assert (b"x-thing", b"yes") in head.request.headers
+    # A HEADERS frame (stream 5, END_HEADERS) whose block indexes past both tables.
+    broken = b"\x00\x00\x02\x01\x05\x00\x00\x00\x05" + b"\xff\x7f"
+    events = server.receive(broken, 0.0)
+    assert isinstance(events[-1], Closed) and "protocol error" in events[-1].reason
+    goaway = [
+        e
+        for e in client.receive_data(server.data_to_send())
+        if isinstance(e, h2.events.ConnectionTerminated)
+    ]
+    assert goaway and goaway[0].error_code == 0x1  # h2 answers any HPACK error so
