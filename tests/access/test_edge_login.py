@@ -1,0 +1,382 @@
+"""Issue 18: the Access browser login served by the edge itself, through a real edge, a real
+adit connector and a real origin, with headless Chromium, npm ``oidc-provider`` (over TLS with
+the test's own CA, which the edge trusts through ``SSL_CERT_FILE``), aiosmtpd for one-time
+PINs and a country database written by the test (``--geoip-db``).
+
+The mission's policy: e-mails ending in @example.com, country AT or DE (two Allow policies,
+each requiring one country). The browser's country is chosen by the address the edge is told
+through ``X-Forwarded-For``, which it believes only because 127.0.0.1 is a trusted proxy here
+(``--trusted-proxies``); the database maps 127.0.0.2 to DE and 127.0.0.3 to US.
+
+One provider per module (its redirect URIs name the edge's HTTPS port, fixed for the module);
+one edge, connector and origin per test (each test's decisions are its own).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+import jwt
+import pytest
+from playwright.sync_api import Browser, BrowserContext, Page
+
+from access_support.browser import Screens, new_context
+from access_support.geoip import write_country_db
+from access_support.oidc import USERS, OidcProvider, sign_in_at_provider, start_oidc_provider
+from access_support.pki import ServiceCa, write_service_ca
+from access_support.smtp import Mailbox, smtp_server
+from adversary import api_call
+from harness import (
+    Account,
+    Edge,
+    Origin,
+    Processes,
+    add_zone,
+    create_tunnel,
+    login,
+    request,
+    start_connector,
+    start_edge,
+    write_config,
+)
+from sshd import free_port
+
+pytestmark = [pytest.mark.process, pytest.mark.timeout(240)]
+
+HOST = "app.example.test"
+OTHER_HOST = "other.example.test"
+CALLBACK = "/cdn-cgi/access/callback"
+DE, US = "127.0.0.2", "127.0.0.3"
+
+
+@dataclass(frozen=True)
+class Provider:
+    oidc: OidcProvider
+    ca: ServiceCa
+    https_port: int
+
+
+@dataclass
+class Site:
+    edge: Edge
+    account: Account
+    origin: Origin
+    app: dict[str, Any]
+    other_app: dict[str, Any]
+    port: int
+
+    def url(self, path: str, host: str = HOST) -> str:
+        return f"https://{host}:{self.port}{path}"
+
+
+@pytest.fixture(scope="module")
+def provider(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Provider]:
+    tmp = tmp_path_factory.mktemp("provider")
+    ca = write_service_ca(tmp / "pki")
+    port = free_port()
+    redirects = [f"https://{h}:{port}{CALLBACK}" for h in (HOST, OTHER_HOST)]
+    with start_oidc_provider(tmp, redirects, tls=ca) as oidc:
+        yield Provider(oidc, ca, port)
+
+
+def api(account: Account, method: str, path: str, body: object = None) -> Any:
+    status, raw = api_call(
+        account,
+        method,
+        f"/client/v4/accounts/{account.tag}/access/{path}",
+        None if body is None else json.dumps(body).encode(),
+    )
+    answer = json.loads(raw)
+    assert status == 200, (status, answer)
+    return answer["result"]
+
+
+def _policy(country: str) -> dict[str, Any]:
+    return {
+        "name": f"example.com in {country}",
+        "decision": "allow",
+        "include": [{"email_domain": {"domain": "example.com"}}],
+        "require": [{"geo": {"country_code": country}}],
+    }
+
+
+@pytest.fixture
+def site(provider: Provider, processes: Processes, origin: Origin, tmp_path: Path) -> Site:
+    countries = write_country_db(tmp_path / "countries.mmdb")
+    edge = start_edge(
+        processes,
+        https=True,
+        https_listen=f"127.0.0.1:{provider.https_port}",
+        env={"SSL_CERT_FILE": str(provider.ca.ca)},
+        extra=["--geoip-db", str(countries), "--trusted-proxies", "127.0.0.1/32"],
+    )
+    account = login(edge, tmp_path / "home")
+    tunnel = create_tunnel(account, "web", HOST)
+    config = write_config(tmp_path / "config.yml", HOST, [{"service": origin.url}])
+    start_connector(processes, tunnel, config)
+    oidc = provider.oidc
+    idp = api(
+        account,
+        "POST",
+        "identity_providers",
+        {
+            "name": "Test IdP",
+            "type": "oidc",
+            "config": {
+                "discovery_url": oidc.issuer,
+                "client_id": oidc.client_id,
+                "client_secret": oidc.client_secret,
+                "scopes": ["openid", "email", "groups"],
+            },
+        },
+    )
+    app = api(
+        account, "POST", "apps", {"name": "Team Wiki", "domain": HOST, "allowed_idps": [idp["id"]]}
+    )
+    for country in ("AT", "DE"):
+        api(account, "POST", f"apps/{app['id']}/policies", _policy(country))
+    add_zone(account, OTHER_HOST)
+    other = api(account, "POST", "apps", {"name": "Payroll", "domain": OTHER_HOST})
+    api(
+        account,
+        "POST",
+        f"apps/{other['id']}/policies",
+        {"name": "everyone", "decision": "allow", "include": [{"everyone": {}}]},
+    )
+    return Site(edge, account, origin, app, other, provider.https_port)
+
+
+def visitor(chromium: Browser, address: str) -> BrowserContext:
+    """A fresh browser whose requests reach the edge as if from ``address`` (through the
+    trusted proxy). The edge's certificate comes from its own CA, which Chromium cannot be
+    given: only the browser ignores certificate errors."""
+    context = new_context(chromium, ignore_https_errors=True)
+    context.set_extra_http_headers({"X-Forwarded-For": address})
+    return context
+
+
+def _assertion(origin: Origin) -> str:
+    values = [v for n, v in origin.seen_headers[-1] if n.lower() == "cf-access-jwt-assertion"]
+    assert len(values) == 1
+    return values[0]
+
+
+def _verify(site: Site, token: str) -> dict[str, Any]:
+    certs = request(site.edge, HOST, "GET", "/cdn-cgi/access/certs")
+    assert certs.status == 200
+    keys = jwt.PyJWKSet.from_dict(json.loads(certs.body))
+    kid = jwt.get_unverified_header(token)["kid"]
+    claims: dict[str, Any] = jwt.decode(
+        token, keys[kid].key, algorithms=["RS256"], audience=site.app["aud"]
+    )
+    return claims
+
+
+def _session_cookie(context: BrowserContext) -> dict[str, Any]:
+    cookies = [c for c in context.cookies() if c["name"] == "CF_Authorization"]
+    assert len(cookies) == 1, cookies
+    return dict(cookies[0])
+
+
+def _sign_in(page: Page, site: Site, user_index: int, path: str, screens: Screens | None) -> None:
+    page.goto(site.url(path))
+    assert urlsplit(page.url).path == f"/cdn-cgi/access/login/{HOST}"
+    if screens is not None:
+        screens.shot(page, "access-login-page")
+    page.click("text=Sign in with Test IdP")
+    user = USERS[user_index]
+    sign_in_at_provider(page, user.email, user.password, None)
+
+
+def test_de_user_of_example_com_signs_in_and_the_origin_gets_a_verifiable_assertion(
+    site: Site, chromium: Browser, screens: Screens
+) -> None:
+    context = visitor(chromium, DE)
+    try:
+        page = context.new_page()
+        _sign_in(page, site, 0, "/private/report?q=1", screens)
+        page.wait_for_url(site.url("/private/report?q=1"))
+        assert site.origin.seen_headers, "the origin saw no request"
+        claims = _verify(site, _assertion(site.origin))
+        assert claims["email"] == "alice@example.com"
+        assert claims["aud"] == [site.app["aud"]]
+        assert claims["country"] == "DE"
+        assert claims["custom"] == {"groups": ["engineering", "admins"]}
+        seen = {n.lower(): v for n, v in site.origin.seen_headers[-1]}
+        assert seen["cf-access-authenticated-user-email"] == "alice@example.com"
+
+        cookie = _session_cookie(context)
+        assert cookie["httpOnly"] and cookie["secure"] and cookie["sameSite"] == "Lax"
+        assert cookie["domain"] == HOST  # host-only: no Domain attribute
+        # The login cookies of the flow are gone or never left /cdn-cgi/access.
+        assert all(
+            c["path"].startswith("/cdn-cgi/access")
+            for c in context.cookies()
+            if c["name"] != "CF_Authorization" and c["domain"] == HOST
+        )
+
+        # get-identity, as Cloudflare's.
+        page.goto(site.url("/cdn-cgi/access/get-identity"))
+        identity = json.loads(page.inner_text("body"))
+        assert identity["email"] == "alice@example.com"
+        assert identity["geo"] == {"country": "DE"}
+        assert identity["idp"]["type"] == "oidc"
+        assert {g["name"] for g in identity["groups"]} == {"engineering", "admins"}
+
+        # Logout ends the session: the old cookie, copied into a new browser, is refused.
+        page.goto(site.url("/cdn-cgi/access/logout"))
+        assert "Signed out" in page.inner_text("body")
+        assert not [c for c in context.cookies() if c["name"] == "CF_Authorization"]
+    finally:
+        context.close()
+    seen_before = len(site.origin.seen_headers)
+    copied = visitor(chromium, DE)
+    try:
+        copied.add_cookies([cookie])  # type: ignore[list-item]
+        page = copied.new_page()
+        page.goto(site.url("/private/report?q=1"))
+        assert urlsplit(page.url).path == f"/cdn-cgi/access/login/{HOST}"
+    finally:
+        copied.close()
+    reply = request(
+        site.edge,
+        HOST,
+        "GET",
+        "/private",
+        headers=[("Cookie", f"CF_Authorization={cookie['value']}")],
+    )
+    assert reply.status == 401
+    assert len(site.origin.seen_headers) == seen_before
+    assert [p.name for p in screens.saved] == ["00-access-login-page.png"]
+
+
+def test_us_user_and_a_user_of_another_domain_are_denied(
+    site: Site, chromium: Browser, screens: Screens
+) -> None:
+    for address, user, name in ((US, 0, "us-user"), (DE, 2, "other-domain")):
+        context = visitor(chromium, address)
+        try:
+            page = context.new_page()
+            _sign_in(page, site, user, "/private", None)
+            page.wait_for_selector("text=Access denied")
+            body = page.inner_text("body")
+            assert "Team Wiki" in body and USERS[user].email in body
+            screens.shot(page, f"access-denied-{name}")
+            assert urlsplit(page.url).path == CALLBACK
+            assert not [c for c in context.cookies() if c["name"] == "CF_Authorization"]
+        finally:
+            context.close()
+    assert site.origin.seen_headers == []
+    assert all(p.stat().st_size > 1000 for p in screens.saved)
+
+
+def test_pin_login_through_a_real_mail_server(
+    site: Site, chromium: Browser, tmp_path: Path
+) -> None:
+    with smtp_server() as mailbox:
+        pin_idp = api(
+            site.account,
+            "POST",
+            "identity_providers",
+            {
+                "name": "One-time PIN",
+                "type": "onetimepin",
+                "config": {
+                    "smtp_host": "127.0.0.1",
+                    "smtp_port": mailbox.port,
+                    "smtp_starttls": False,
+                    "smtp_from": "access@example.test",
+                },
+            },
+        )
+        app = site.app
+        api(
+            site.account,
+            "PUT",
+            f"apps/{app['id']}",
+            {
+                "name": app["name"],
+                "domain": HOST,
+                "allowed_idps": [*app["allowed_idps"], pin_idp["id"]],
+            },
+        )
+        context = visitor(chromium, DE)
+        try:
+            page = context.new_page()
+            page.goto(site.url("/pin-door"))
+            page.fill("input[name=email]", "carol@example.com")
+            page.click("text=Send me a code")
+            page.wait_for_selector("input[name=pin]")
+            mail = _pin_mail(mailbox)
+            pin = re.search(r"\b(\d{6})\b", mail)
+            assert pin is not None, mail
+            page.fill("input[name=pin]", pin.group(1))
+            page.click("button[type=submit]")
+            page.wait_for_url(site.url("/pin-door"))
+            claims = _verify(site, _assertion(site.origin))
+            assert claims["email"] == "carol@example.com"
+        finally:
+            context.close()
+
+
+def _pin_mail(mailbox: Mailbox) -> str:
+    (message,) = mailbox.wait_for(1)
+    assert message["To"] == "carol@example.com"
+    body = message.get_body(("plain",))
+    assert body is not None
+    return str(body.get_content())
+
+
+def test_attacks_forged_state_other_apps_cookie_and_a_foreign_redirect(
+    site: Site, chromium: Browser
+) -> None:
+    context = visitor(chromium, DE)
+    try:
+        page = context.new_page()
+        # A forged state: a login begun in this browser (its flow cookie set, the visitor
+        # at the provider's form), answered with a state of the attacker's choosing.
+        page.goto(site.url("/private"))
+        page.click("text=Sign in with Test IdP")
+        page.wait_for_selector("input[name=email]")
+        forged = f"{CALLBACK}?code=attacker-code&state=forged-{'a' * 40}"
+        response = page.goto(site.url(forged))
+        assert response is not None and response.status == 403
+        assert "state" in page.inner_text("body")
+        assert not [c for c in context.cookies() if c["name"] == "CF_Authorization"]
+
+        # A redirect to another host after login: the visitor stays on this one.
+        evil = quote("https://evil.example.test/steal", safe="")
+        page.goto(site.url(f"/cdn-cgi/access/login/{HOST}?redirect_url={evil}"))
+        page.click("text=Sign in with Test IdP")
+        sign_in_at_provider(page, USERS[0].email, USERS[0].password, None)
+        page.wait_for_url(re.compile(rf"https://{re.escape(HOST)}:\d+/$"))
+        assert urlsplit(page.url).hostname == HOST
+        token = _session_cookie(context)["value"]
+    finally:
+        context.close()
+    # This application's cookie presented to another application (same account, other
+    # hostname, an Allow-everyone policy): not a session there.
+    reply = request(
+        site.edge,
+        OTHER_HOST,
+        "GET",
+        "/",
+        headers=[("Cookie", f"CF_Authorization={token}"), ("Accept", "application/json")],
+    )
+    assert reply.status == 401, reply.body
+    # And a login form posted without this browser's CSRF token is refused.
+    csrf = request(
+        site.edge,
+        HOST,
+        "POST",
+        "/cdn-cgi/access/login/start",
+        body=b"provider=x&return_to=%2F&csrf=0",
+        headers=[("Content-Type", "application/x-www-form-urlencoded")],
+    )
+    assert csrf.status == 403 and b"not sent from this browser" in csrf.body
