@@ -496,14 +496,14 @@ def edge(
     try:
         proxies = parse_trusted_proxies([trusted_proxies])
     except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--trusted-proxies") from None
+        raise click.UsageError(str(exc)) from None
     if geoip_db is not None:
         from adit.edge.access.geoip import CountryDb, GeoIpError
 
         try:
             CountryDb(geoip_db).close()
         except GeoIpError as exc:
-            raise click.BadParameter(str(exc), param_hint="--geoip-db") from None
+            raise click.UsageError(str(exc)) from None
     settings = EdgeSettings(
         published=published,
         state_dir=state_dir,
