@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -274,6 +275,27 @@ def test_us_user_and_a_user_of_another_domain_are_denied(
             context.close()
     assert site.origin.seen_headers == []
     assert all(p.stat().st_size > 1000 for p in screens.saved)
+    # Both decisions are in the access log, with who, from where and through which provider.
+    denials = _logged(site, "deny", 2)
+    seen = {(e["user_email"], e["country"], e["ip_address"]) for e in denials}
+    assert seen == {("alice@example.com", "US", US), ("bob@other.test", "DE", DE)}
+    assert {(e["identity_provider"], e["app_domain"], e["allowed"]) for e in denials} == {
+        ("oidc", HOST, False)
+    }
+
+
+def _logged(site: Site, action: str, count: int) -> list[dict[str, Any]]:
+    """The access log's entries of ``action`` once there are ``count`` (the edge writes its
+    decisions a moment later; bounded wait)."""
+    deadline = time.monotonic() + 15
+    while True:
+        entries: list[dict[str, Any]] = api(
+            site.account, "GET", f"logs/access_requests?action={action}"
+        )
+        if len(entries) >= count or time.monotonic() > deadline:
+            assert len(entries) == count, entries
+            return entries
+        time.sleep(0.2)
 
 
 def test_pin_login_through_a_real_mail_server(
@@ -321,14 +343,43 @@ def test_pin_login_through_a_real_mail_server(
             page.wait_for_url(site.url("/pin-door"))
             claims = _verify(site, _assertion(site.origin))
             assert claims["email"] == "carol@example.com"
+            assert claims["idp"]["type"] == "onetimepin"
+
+            # Guessing: five wrong codes lock the address; then even the right one fails.
+            page.context.clear_cookies()
+            page.goto(site.url("/pin-door/again"))
+            page.fill("input[name=email]", "alice@example.com")
+            page.click("text=Send me a code")
+            page.wait_for_selector("input[name=pin]")
+            right = re.search(r"\b(\d{6})\b", _mail_to(mailbox, "alice@example.com"))
+            assert right is not None
+            wrong = f"{(int(right.group(1)) + 1) % 1_000_000:06d}"
+            for attempt in range(5):
+                page.fill("input[name=pin]", wrong)
+                with page.expect_navigation():
+                    page.click("button[type=submit]")
+                expected = "Too many wrong codes" if attempt == 4 else "That code is not right"
+                assert expected in page.inner_text("body")
+            page.fill("input[name=pin]", right.group(1))
+            with page.expect_navigation() as navigation:
+                page.click("button[type=submit]")
+            assert navigation.value is not None and navigation.value.status == 403
+            assert "Too many wrong codes" in page.inner_text("body")
+            assert not [c for c in context.cookies() if c["name"] == "CF_Authorization"]
         finally:
             context.close()
 
 
 def _pin_mail(mailbox: Mailbox) -> str:
-    (message,) = mailbox.wait_for(1)
-    assert message["To"] == "carol@example.com"
-    body = message.get_body(("plain",))
+    return _mail_to(mailbox, "carol@example.com")
+
+
+def _mail_to(mailbox: Mailbox, address: str) -> str:
+    deadline = time.monotonic() + 15
+    while not mailbox.to(address):
+        assert time.monotonic() < deadline, f"no mail to {address}"
+        mailbox.wait_for(len(mailbox.messages) + 1, timeout=max(0.1, deadline - time.monotonic()))
+    body = mailbox.to(address)[-1].get_body(("plain",))
     assert body is not None
     return str(body.get_content())
 
