@@ -15,7 +15,11 @@ one edge, connector and origin per test (each test's decisions are its own).
 from __future__ import annotations
 
 import json
+import os
+import queue
 import re
+import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -39,6 +43,7 @@ from harness import (
     Origin,
     Processes,
     add_zone,
+    adit_command,
     create_tunnel,
     login,
     request,
@@ -431,3 +436,129 @@ def test_attacks_forged_state_other_apps_cookie_and_a_foreign_redirect(
         headers=[("Content-Type", "application/x-www-form-urlencoded")],
     )
     assert csrf.status == 403 and b"not sent from this browser" in csrf.body
+
+
+def _login_url(proc: subprocess.Popen[str]) -> str:
+    """The URL ``adit access login`` prints (bounded wait; a thread reads, since a pipe read
+    cannot be bounded by itself)."""
+    assert proc.stderr is not None
+    stderr = proc.stderr
+    lines: queue.Queue[str] = queue.Queue()
+
+    def read() -> None:
+        for line in stderr:
+            lines.put(line)
+            if line.startswith("https://"):
+                return
+
+    threading.Thread(target=read, daemon=True).start()
+    deadline = time.monotonic() + 30
+    seen = ""
+    while time.monotonic() < deadline:
+        try:
+            line = lines.get(timeout=1.0)
+        except queue.Empty:
+            continue
+        seen += line
+        if line.startswith("https://"):
+            return line.strip()
+    raise AssertionError(f"adit access login printed no URL:\n{seen}")
+
+
+def test_cli_login_hands_the_token_over_once_and_token_and_curl_use_it(
+    site: Site, chromium: Browser, tmp_path: Path
+) -> None:
+    env = {**os.environ, "HOME": str(tmp_path / "cli-home")}
+    app_url = site.url("/private")
+    dial = ["--edge", site.edge.https, "--cacert", str(site.edge.ca)]
+    login = subprocess.Popen(
+        [*adit_command(), "access", "login", app_url, *dial, "--timeout", "90"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        cli_url = _login_url(login)
+        assert cli_url.startswith(site.url("/cdn-cgi/access/cli?token="))
+        context = visitor(chromium, DE)
+        try:
+            page = context.new_page()
+            page.goto(cli_url)  # no session yet: the login page first
+            assert urlsplit(page.url).path == f"/cdn-cgi/access/login/{HOST}"
+            page.click("text=Sign in with Test IdP")
+            sign_in_at_provider(page, USERS[0].email, USERS[0].password, None)
+            # Back at the CLI page: the hand-over is asked for, never automatic.
+            page.wait_for_selector("text=Allow the command line")
+            page.click("text=Allow the command line")
+            page.wait_for_selector("text=The command line now has your token")
+            browser_token = _session_cookie(context)["value"]
+        finally:
+            context.close()
+        out, err = login.communicate(timeout=60)
+    finally:
+        if login.poll() is None:
+            login.kill()
+            login.wait()
+    assert login.returncode == 0, err
+    token = out.split("Successfully fetched your token:", 1)[1].strip()
+    assert token == browser_token
+    assert _verify(site, token)["email"] == "alice@example.com"
+    (stored,) = (tmp_path / "cli-home" / ".adit").glob(f"{HOST}-*-token")
+    assert stored.name == f"{HOST}-{site.app['aud']}-token"
+    assert stored.stat().st_mode & 0o777 == 0o600
+    # The transfer is one-time: the box is gone.
+    key = urlsplit(cli_url).query.split("token=", 1)[1].split("&", 1)[0]
+    again = request(site.edge, HOST, "GET", f"/cdn-cgi/access/transfer/{key}")
+    assert again.status == 404
+
+    printed = subprocess.run(
+        [*adit_command(), "access", "token", "-app", app_url],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=True,
+    )
+    assert printed.stdout == token
+    before = len(site.origin.seen_headers)
+    host, port = HOST, site.port
+    curl = subprocess.run(
+        [
+            *adit_command(),
+            "access",
+            "curl",
+            site.url("/from-curl"),
+            "--resolve",
+            f"{host}:{port}:127.0.0.1",
+            "--cacert",
+            str(site.edge.ca),
+            "-H",
+            f"X-Forwarded-For: {DE}",
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+    assert (curl.returncode, curl.stdout) == (0, "200"), curl.stderr
+    assert len(site.origin.seen_headers) == before + 1
+    assert _verify(site, _assertion(site.origin))["email"] == "alice@example.com"
+    # Without a stored token there is nothing to send: a clear refusal, curl not run.
+    other_home = {**env, "HOME": str(tmp_path / "nobody")}
+    refused = subprocess.run(
+        [*adit_command(), "access", "token", "-app", app_url],
+        capture_output=True,
+        text=True,
+        env=other_home,
+        timeout=60,
+        check=False,
+    )
+    assert refused.returncode != 0
+    assert "Please run login command to generate token" in refused.stderr

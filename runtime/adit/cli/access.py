@@ -654,3 +654,9 @@ from adit.cli.access_admin import ADMIN_COMMANDS  # noqa: E402
 
 for _command in ADMIN_COMMANDS:
     access.add_command(_command)
+
+# An application's token for the command line: login, token, curl.
+from adit.cli.access_login import LOGIN_COMMANDS  # noqa: E402
+
+for _command in LOGIN_COMMANDS:
+    access.add_command(_command)

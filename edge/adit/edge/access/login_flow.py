@@ -11,6 +11,9 @@ path                                method  answer
 /cdn-cgi/access/login/pin/verify    POST    PIN checked → identity → decision
 /cdn-cgi/access/logout              GET     the session ended (revoked), cookie cleared
 /cdn-cgi/access/get-identity        GET     the session's identity as JSON (401 without)
+/cdn-cgi/access/cli?token=KEY       GET     ``adit access login``: the session's token
+                                            sealed to the CLI's KEY (login first if none)
+/cdn-cgi/access/transfer/KEY        GET     the sealed token, once (404 until then)
 =================================== ======= ==============================================
 
 A decision after login evaluates the application's policies with the identity (e-mail,
@@ -37,7 +40,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Final
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, quote, urlsplit
 
 from adit.edge.access.engine import Subject, evaluate
 from adit.edge.access.gate import COOKIE, AccessGate, FlowRequest
@@ -58,6 +61,7 @@ from adit.edge.access.pages import JsonAnswer
 from adit.edge.access.pin import PinBook, PinLocked, PinMailer, PinResult, SmtpSettings
 from adit.edge.access.store import AccessStore
 from adit.edge.pages import ErrorPage
+from adit.protocol.token_transfer import TransferError, parse_public_key, seal
 
 __all__ = ["FLOW_COOKIE", "LOGIN_COOKIE", "HtmlAnswer", "LoginFlow"]
 
@@ -73,6 +77,11 @@ FLOW_COOKIE: Final = "CF_AccessFlow"
 _FLOW_MAX_AGE: Final = 600
 #: A namespace for the ``sub`` of Access identities (stable per account and e-mail).
 _USER_NAMESPACE: Final = uuid.UUID("6f1c9a52-3b0e-4f7c-9d3e-0a1d2c3b4e5f")
+#: The paths forms are posted to (each checked for the browser's CSRF token).
+_FORMS: Final = (LOGIN + "/start", LOGIN + "/pin", LOGIN + "/pin/verify", PREFIX + "/cli")
+#: Sealed tokens waiting for their CLI: kept this long, at most this many.
+_TRANSFER_LIFETIME: Final = 300.0
+_MAX_TRANSFERS: Final = 10_000
 _HTML_HEADERS: Final = tuple((n, v) for n, v in PAGE_HEADERS if n != "content-type")
 
 
@@ -133,13 +142,16 @@ def _form(body: bytes) -> dict[str, str]:
     return dict(parse_qsl(text, max_num_fields=16))
 
 
-def _message(title: str, text: str) -> bytes:
-    """A one-paragraph page (signed out, a refused login)."""
+def _page(title: str, body: str) -> bytes:
     return (
         '<!doctype html><html lang="en"><head><meta charset="utf-8">'
-        f"<title>{html.escape(title)}</title></head><body><main>"
-        f"<h1>{html.escape(title)}</h1><p>{html.escape(text)}</p></main></body></html>"
+        f"<title>{html.escape(title)}</title></head><body><main>{body}</main></body></html>"
     ).encode()
+
+
+def _message(title: str, text: str) -> bytes:
+    """A one-paragraph page (signed out, a refused login)."""
+    return _page(title, f"<h1>{html.escape(title)}</h1><p>{html.escape(text)}</p>")
 
 
 class LoginFlow:
@@ -162,6 +174,8 @@ class LoginFlow:
         self._oidc: dict[str, tuple[OidcSettings, OidcClient]] = {}
         #: idp id → its pending PINs.
         self._pins: dict[str, PinBook] = {}
+        #: CLI public key → (the sealed token, when it goes): each fetched once.
+        self._transfers: dict[str, tuple[bytes, float]] = {}
 
     async def __call__(self, request: FlowRequest, method: str, body: bytes) -> ErrorPage:
         try:
@@ -190,7 +204,11 @@ class LoginFlow:
                 return self._logout(request, cookies)
             if path == PREFIX + "/get-identity":
                 return self._identity(request, cookies)
-        elif method == "POST" and path in (LOGIN + "/start", LOGIN + "/pin", LOGIN + "/pin/verify"):
+            if path == PREFIX + "/cli":
+                return self._cli(request, query, cookies)
+            if path.startswith(PREFIX + "/transfer/"):
+                return self._transfer(path.removeprefix(PREFIX + "/transfer/"))
+        elif method == "POST" and path in _FORMS:
             form = _form(body)
             if not csrf_valid(self._csrf_key, cookies.get(LOGIN_COOKIE), form.get("csrf")):
                 log.info("access: a login form without this browser's token refused (CSRF)")
@@ -202,6 +220,8 @@ class LoginFlow:
                         "Open the application again to sign in.",
                     ),
                 )
+            if path == PREFIX + "/cli":
+                return self._cli_allow(request, form, cookies)
             back = safe_return_path(form.get("return_to"))
             app = self._application(request, back)
             idp = self._provider(app, form.get("provider", ""))
@@ -515,3 +535,76 @@ class LoginFlow:
             "account_id": "",
         }
         return _json(200, identity)
+
+    # -- adit access login ---------------------------------------------------------------------
+
+    def _cli(
+        self, request: FlowRequest, query: dict[str, str], cookies: dict[str, str]
+    ) -> ErrorPage:
+        """Ask this browser, once it has a session, whether the CLI showing this key may have
+        its token (without a session: log in first and come back). A question, not an
+        automatic hand-over: a page of another site could send a signed-in browser here with
+        its own key, and would then fetch the victim's token."""
+        try:
+            parse_public_key(query.get("token", ""))
+        except TransferError:
+            return _html(400, _message("Not a CLI login", "This link is missing its key."))
+        back = safe_return_path(query.get("redirect_url"))
+        app = self._application(request, back)
+        if self._gate.session_claims(app, cookies.get(COOKIE)) is None:
+            here = safe_return_path(request.path)
+            login = f"{LOGIN}/{request.host}?kid={app.aud}&redirect_url={quote(here, safe='')}"
+            return _redirect(login)
+        binding = cookies.get(LOGIN_COOKIE) or secrets.token_urlsafe(24)
+        key = query["token"]
+        page = _page(
+            f"Command line login · {app.name}",
+            f"<h1>Sign the command line in to {html.escape(app.name)}?</h1>"
+            "<p>A terminal running <code>adit access login</code> asks for your token. Allow it"
+            " only if you started that command just now and it shows this key:</p>"
+            f"<p><code>{html.escape(key[:12])}</code></p>"
+            f'<form method="post" action="{PREFIX}/cli">'
+            f'<input type="hidden" name="token" value="{html.escape(key)}">'
+            f'<input type="hidden" name="redirect_url" value="{html.escape(back)}">'
+            f'<input type="hidden" name="csrf" value="{csrf_token(self._csrf_key, binding)}">'
+            '<button type="submit">Allow the command line</button></form>',
+        )
+        cookie = cookie_header(
+            LOGIN_COOKIE, binding, path=PREFIX + "/", secure=self._secure(request)
+        )
+        return _html(200, page, ("Set-Cookie", cookie))
+
+    def _cli_allow(
+        self, request: FlowRequest, form: dict[str, str], cookies: dict[str, str]
+    ) -> ErrorPage:
+        """The browser said yes: seal its token to the CLI's key, for one fetch."""
+        try:
+            client_key = parse_public_key(form.get("token", ""))
+        except TransferError:
+            return _html(400, _message("Not a CLI login", "This form is missing its key."))
+        app = self._application(request, safe_return_path(form.get("redirect_url")))
+        token = cookies.get(COOKIE)
+        if token is None or self._gate.session_claims(app, token) is None:
+            return self._refused(request, "this browser is not signed in")
+        now = self._clock()
+        for key, (_, expires) in list(self._transfers.items()):
+            if expires <= now:
+                del self._transfers[key]
+        if len(self._transfers) >= _MAX_TRANSFERS:
+            return _html(503, _message("Busy", "Too many logins are waiting. Try again soon."))
+        self._transfers[form["token"]] = (seal(client_key, token), now + _TRANSFER_LIFETIME)
+        return _html(
+            200,
+            _message(
+                "Signed in",
+                f"The command line now has your token for {app.name}. You can close this tab.",
+            ),
+        )
+
+    def _transfer(self, key: str) -> ErrorPage:
+        held = self._transfers.pop(key, None)
+        if held is None or held[1] <= self._clock():
+            return _json(404, {"err": "no token for this key (yet)"})
+        return JsonAnswer(
+            200, "200", "", "", body=held[0], headers=(("Cache-Control", "no-store"),)
+        )
