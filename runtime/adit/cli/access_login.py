@@ -203,7 +203,7 @@ def token(url: str, app_flag: str) -> None:
     context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False},
 )
 @click.option("--allow-request", "-ar", is_flag=True, help="Run curl even without a token.")
-@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED, metavar="URL [CURL ARGS]...")
 def curl(allow_request: bool, args: tuple[str, ...]) -> None:
     """Run curl with the application's stored token (cf-access-token)."""
     if not args or not args[0].startswith(("http://", "https://")):
