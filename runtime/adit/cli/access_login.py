@@ -110,10 +110,18 @@ def _host(url: str) -> str:
 
 
 _edge_option = click.option(
-    "--edge", default="", help="Dial this HOST[:PORT] instead of the application's hostname."
+    "--edge",
+    envvar="TUNNEL_SERVICE_EDGE",
+    default="",
+    metavar="HOST[:PORT]",
+    help="A self-hosted edge's public listener to dial instead of the application's hostname.",
 )
 _cacert_option = click.option(
-    "--cacert", default="", help="Trust this CA (the edge's ca.pem) instead of the system's."
+    "--cacert",
+    envvar="TUNNEL_SERVICE_CACERT",
+    default="",
+    metavar="CA.pem",
+    help="Trust this CA (the edge's ca.pem) instead of the system's.",
 )
 
 
