@@ -112,16 +112,19 @@ def _policy(country: str) -> dict[str, Any]:
     }
 
 
-@pytest.fixture
-def site(provider: Provider, processes: Processes, origin: Origin, tmp_path: Path) -> Site:
-    countries = write_country_db(tmp_path / "countries.mmdb")
-    edge = start_edge(
+def _start_edge(provider: Provider, processes: Processes, countries: Path) -> Edge:
+    return start_edge(
         processes,
         https=True,
         https_listen=f"127.0.0.1:{provider.https_port}",
         env={"SSL_CERT_FILE": str(provider.ca.ca)},
         extra=["--geoip-db", str(countries), "--trusted-proxies", "127.0.0.1/32"],
     )
+
+
+@pytest.fixture
+def site(provider: Provider, processes: Processes, origin: Origin, tmp_path: Path) -> Site:
+    edge = _start_edge(provider, processes, write_country_db(tmp_path / "countries.mmdb"))
     account = login(edge, tmp_path / "home")
     tunnel = create_tunnel(account, "web", HOST)
     config = write_config(tmp_path / "config.yml", HOST, [{"service": origin.url}])
@@ -201,7 +204,12 @@ def _sign_in(page: Page, site: Site, user_index: int, path: str, screens: Screen
 
 
 def test_de_user_of_example_com_signs_in_and_the_origin_gets_a_verifiable_assertion(
-    site: Site, chromium: Browser, screens: Screens
+    site: Site,
+    chromium: Browser,
+    screens: Screens,
+    provider: Provider,
+    processes: Processes,
+    tmp_path: Path,
 ) -> None:
     context = visitor(chromium, DE)
     try:
@@ -257,9 +265,17 @@ def test_de_user_of_example_com_signs_in_and_the_origin_gets_a_verifiable_assert
         "/private",
         headers=[("Cookie", f"CF_Authorization={cookie['value']}")],
     )
-    assert reply.status == 401
+    assert reply.status == 401, reply.body
     assert len(site.origin.seen_headers) == seen_before
     assert [p.name for p in screens.saved] == ["00-access-login-page.png"]
+    # The session's end is in the store: a restarted edge refuses the cookie too.
+    site.edge.proc.stop()
+    (processes.tmp / "edge-ready.json").unlink()
+    edge = _start_edge(provider, processes, tmp_path / "countries.mmdb")
+    reply = request(
+        edge, HOST, "GET", "/private", headers=[("Cookie", f"CF_Authorization={cookie['value']}")]
+    )
+    assert reply.status == 401, reply.body
 
 
 def test_us_user_and_a_user_of_another_domain_are_denied(

@@ -295,6 +295,8 @@ class AccessGate:
         """The claims of a session token for ``app``, verified once and remembered."""
         known = self._sessions.get(token)
         if known is not None:
+            if table.revoked and known.claims.get("identity_nonce") in table.revoked:
+                return None  # signed out at another edge process
             if known.expires > now and known.aud == app.aud:
                 return known
             if known.expires <= now:
@@ -313,7 +315,8 @@ class AccessGate:
         except InvalidToken as exc:
             log.info("access: session token refused for %s: %s", app.domain, exc)
             return None
-        if claims.get("identity_nonce") in self._revoked:
+        nonce = claims.get("identity_nonce")
+        if nonce in self._revoked or nonce in table.revoked:
             log.info("access: session token of a signed-out session refused for %s", app.domain)
             return None
         if len(self._sessions) >= _CACHE_ENTRIES:

@@ -201,7 +201,7 @@ class LoginFlow:
             if path == CALLBACK:
                 return await self._callback(request, query, cookies)
             if path == PREFIX + "/logout":
-                return self._logout(request, cookies)
+                return await self._logout(request, cookies)
             if path == PREFIX + "/get-identity":
                 return self._identity(request, cookies)
             if path == PREFIX + "/cli":
@@ -495,13 +495,21 @@ class LoginFlow:
 
     # -- after login ---------------------------------------------------------------------------
 
-    def _logout(self, request: FlowRequest, cookies: dict[str, str]) -> ErrorPage:
+    async def _logout(self, request: FlowRequest, cookies: dict[str, str]) -> ErrorPage:
         assert request.app is not None
         table = self._store.table()
         for app in table.apps.get(request.host, ()):
             claims = self._gate.session_claims(app, cookies.get(COOKIE))
-            if claims is not None:
-                self._gate.revoke(claims)
+            if claims is None:
+                continue
+            # At once in this process; through the store for the others (and restarts).
+            self._gate.revoke(claims)
+            nonce = claims.get("identity_nonce")
+            if isinstance(nonce, str) and nonce:
+                expires = float(claims.get("exp", 0))
+                await self._store.db.off_loop(
+                    self._store.revoke_session, app.account, nonce, expires
+                )
         clear = cookie_header(COOKIE, "", max_age=0, secure=self._secure(request))
         page = _message(
             "Signed out",
