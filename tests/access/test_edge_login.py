@@ -405,7 +405,7 @@ def _mail_to(mailbox: Mailbox, address: str) -> str:
     return str(body.get_content())
 
 
-def test_attacks_forged_state_other_apps_cookie_and_a_foreign_redirect(
+def test_attacks_forged_state_replayed_code_other_apps_cookie_foreign_redirect_csrf(
     site: Site, chromium: Browser
 ) -> None:
     context = visitor(chromium, DE)
@@ -424,12 +424,22 @@ def test_attacks_forged_state_other_apps_cookie_and_a_foreign_redirect(
 
         # A redirect to another host after login: the visitor stays on this one.
         evil = quote("https://evil.example.test/steal", safe="")
+        requested: list[str] = []
+        page.on("request", lambda r: requested.append(r.url))
         page.goto(site.url(f"/cdn-cgi/access/login/{HOST}?redirect_url={evil}"))
         page.click("text=Sign in with Test IdP")
         sign_in_at_provider(page, USERS[0].email, USERS[0].password, None)
         page.wait_for_url(re.compile(rf"https://{re.escape(HOST)}:\d+/$"))
         assert urlsplit(page.url).hostname == HOST
         token = _session_cookie(context)["value"]
+
+        # A replayed callback (the same code and state again): its flow is used up.
+        (callback,) = [u for u in requested if urlsplit(u).path == CALLBACK]
+        assert "code=" in callback
+        response = page.goto(callback)
+        assert response is not None and response.status == 403
+        assert "Sign-in refused" in page.inner_text("body")  # the flow cookie went with it
+        assert _session_cookie(context)["value"] == token  # the session is not replaced
     finally:
         context.close()
     # This application's cookie presented to another application (same account, other
