@@ -243,6 +243,10 @@ def test_de_user_of_example_com_signs_in_and_the_origin_gets_a_verifiable_assert
         assert identity["idp"]["type"] == "oidc"
         assert {g["name"] for g in identity["groups"]} == {"engineering", "admins"}
 
+        # Signed in already: the login page sends the visitor straight on.
+        page.goto(site.url(f"/cdn-cgi/access/login/{HOST}?redirect_url=%2Fagain"))
+        assert page.url == site.url("/again")
+
         # Logout ends the session: the old cookie, copied into a new browser, is refused.
         page.goto(site.url("/cdn-cgi/access/logout"))
         assert "Signed out" in page.inner_text("body")

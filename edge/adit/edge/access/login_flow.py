@@ -273,6 +273,8 @@ class LoginFlow:
     ) -> HtmlAnswer:
         back = safe_return_path(query.get("redirect_url"))
         app = self._application(request, back, query.get("kid"))
+        if error is None and self._gate.session_claims(app, cookies.get(COOKIE)) is not None:
+            return _redirect(back)  # signed in already (another tab finished first)
         binding = cookies.get(LOGIN_COOKIE) or secrets.token_urlsafe(24)
         choices = [ProviderChoice(i.id, i.name, i.type) for i in self._providers(app)]
         page = login_page(
