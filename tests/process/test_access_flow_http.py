@@ -87,6 +87,11 @@ def test_flow_paths_are_answered_by_the_edge_with_bounded_bodies(
     assert "SameSite=Lax" in cookie
     assert b"x-frame-options: deny" in page.lower()
 
+    # A query of garbage (more fields than any of ours) is no query, not a failure.
+    fields = "&".join(f"f{i}=1" for i in range(40))
+    status, _, page = curl(edge, path=f"/cdn-cgi/access/login/{HOST}?{fields}", http2=http2)
+    assert status == 200 and b"Sign in to Wiki" in page
+
     status, _, page = curl(edge, path="/cdn-cgi/access/no-such-page", http2=http2)
     assert status == 404 and b"no such Access page" in page
 

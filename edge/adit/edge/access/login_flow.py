@@ -136,10 +136,17 @@ def _cookies(headers: Sequence[tuple[bytes, bytes]]) -> dict[str, str]:
 
 def _form(body: bytes) -> dict[str, str]:
     try:
-        text = body.decode("utf-8")
+        return _fields(body.decode("utf-8"))
     except UnicodeDecodeError:
         return {}
-    return dict(parse_qsl(text, max_num_fields=16))
+
+
+def _fields(text: str) -> dict[str, str]:
+    """A query or form's fields; garbage (or more fields than any form of ours has) is none."""
+    try:
+        return dict(parse_qsl(text, max_num_fields=16))
+    except ValueError:
+        return {}
 
 
 def _page(title: str, body: str) -> bytes:
@@ -193,7 +200,7 @@ class LoginFlow:
     async def _answer(self, request: FlowRequest, method: str, body: bytes) -> ErrorPage:
         parts = urlsplit(request.path)
         path = parts.path
-        query = dict(parse_qsl(parts.query, max_num_fields=16))
+        query = _fields(parts.query)
         cookies = _cookies(request.headers)
         if method in ("GET", "HEAD"):
             if path in (LOGIN, f"{LOGIN}/{request.host}"):
