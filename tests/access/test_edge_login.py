@@ -580,6 +580,40 @@ def test_cli_login_hands_the_token_over_once_and_token_and_curl_use_it(
     assert (curl.returncode, curl.stdout) == (0, "200"), curl.stderr
     assert len(site.origin.seen_headers) == before + 1
     assert _verify(site, _assertion(site.origin))["email"] == "alice@example.com"
+
+    # adit access tcp sends the stored token too: the origin (an HTTP server, so the
+    # WebSocket itself goes nowhere) sees the upgrade arrive through Access, for the CLI's
+    # user; without the token the edge stops it.
+    def tcp(home: dict[str, str]) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [
+                *adit_command(),
+                "access",
+                "tcp",
+                "--hostname",
+                f"{HOST}:{port}",
+                *dial,
+                "--header",
+                f"X-Forwarded-For: {DE}",
+            ],
+            input="",
+            capture_output=True,
+            text=True,
+            env=home,
+            timeout=60,
+            check=False,
+        )
+
+    before = len(site.origin.seen_headers)
+    tcp(env)
+    assert len(site.origin.seen_headers) == before + 1
+    upgrade = {n.lower(): v for n, v in site.origin.seen_headers[-1]}
+    assert upgrade["upgrade"].lower() == "websocket"
+    assert _verify(site, upgrade["cf-access-jwt-assertion"])["email"] == "alice@example.com"
+    refused = tcp({**env, "HOME": str(tmp_path / "nobody")})
+    assert refused.returncode != 0
+    assert len(site.origin.seen_headers) == before + 1
+
     # Without a stored token there is nothing to send: a clear refusal, curl not run.
     other_home = {**env, "HOME": str(tmp_path / "nobody")}
     refused = subprocess.run(

@@ -32,7 +32,7 @@ from adit.cli.access import EdgeTarget, resolve_target
 from adit.credentials.search_path import default_login_directory
 from adit.protocol.token_transfer import TransferError, new_key, open_box, public_key_text
 
-__all__ = ["LOGIN_COMMANDS"]
+__all__ = ["LOGIN_COMMANDS", "stored_token"]
 
 _POLL_INTERVAL = 1.0
 _MISSING = (
@@ -77,8 +77,8 @@ def _token_dir() -> Path:
     return default_login_directory()
 
 
-def _stored(host: str) -> str | None:
-    """The newest live token stored for ``host``."""
+def stored_token(host: str) -> str | None:
+    """The newest live token stored for ``host`` (``adit access login``)."""
     directory = _token_dir()
     if not directory.is_dir():
         return None
@@ -200,7 +200,7 @@ def token(url: str, app_flag: str) -> None:
     url = app_flag or url
     if not url:
         raise click.UsageError("Please provide the url of the Access application")
-    found = _stored(_host(url))
+    found = stored_token(_host(url))
     if found is None:
         raise click.ClickException(_MISSING)
     sys.stdout.write(found)
@@ -216,7 +216,7 @@ def curl(allow_request: bool, args: tuple[str, ...]) -> None:
     """Run curl with the application's stored token (cf-access-token)."""
     if not args or not args[0].startswith(("http://", "https://")):
         raise click.UsageError("Please provide a valid URL as the first argument to curl.")
-    found = _stored(_host(args[0]))
+    found = stored_token(_host(args[0]))
     if found is None and not allow_request:
         raise click.ClickException(_MISSING)
     program = shutil.which("curl")
