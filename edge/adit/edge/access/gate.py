@@ -260,9 +260,12 @@ class AccessGate:
         session = self._session(table, app, token, now) if token else None
         service = self._service_token(table, app, headers, now)
         claims = session.claims if session is not None else {}
-        country = self.country_of(client_ip) if self.country_of is not None else None
-        if country is None:
-            country = claims.get("country") or None
+        if self.country_of is not None:
+            # The request's own address decides (a visitor who moved is where they are now;
+            # an address the database does not know has no country).
+            country = self.country_of(client_ip)
+        else:
+            country = claims.get("country") or None  # where the visitor logged in
         groups = claims.get("custom") or {}
         subject = Subject(
             email=claims.get("email") or None,
