@@ -6,7 +6,7 @@ PINs and a country database written by the test (``--geoip-db``).
 The mission's policy: e-mails ending in @example.com, country AT or DE (two Allow policies,
 each requiring one country). The browser's country is chosen by the address the edge is told
 through ``X-Forwarded-For``, which it believes only because 127.0.0.1 is a trusted proxy here
-(``--trusted-proxies``); the database maps 127.0.0.2 to DE and 127.0.0.3 to US.
+(``--trusted-proxies``); the database maps 127.0.0.2 to DE, 127.0.0.3 to US, 127.0.0.4 to AT.
 
 One provider per module (its redirect URIs name the edge's HTTPS port, fixed for the module);
 one edge, connector and origin per test (each test's decisions are its own).
@@ -58,7 +58,7 @@ pytestmark = [pytest.mark.process, pytest.mark.timeout(240)]
 HOST = "app.example.test"
 OTHER_HOST = "other.example.test"
 CALLBACK = "/cdn-cgi/access/callback"
-DE, US = "127.0.0.2", "127.0.0.3"
+DE, US, AT = "127.0.0.2", "127.0.0.3", "127.0.0.4"
 
 
 @dataclass(frozen=True)
@@ -511,7 +511,7 @@ def test_cli_login_hands_the_token_over_once_and_token_and_curl_use_it(
     try:
         cli_url = _login_url(login)
         assert cli_url.startswith(site.url("/cdn-cgi/access/cli?token="))
-        context = visitor(chromium, DE)
+        context = visitor(chromium, AT)  # the mission's other country
         try:
             page = context.new_page()
             page.goto(cli_url)  # no session yet: the login page first
@@ -534,6 +534,7 @@ def test_cli_login_hands_the_token_over_once_and_token_and_curl_use_it(
     token = out.split("Successfully fetched your token:", 1)[1].strip()
     assert token == browser_token
     assert _verify(site, token)["email"] == "alice@example.com"
+    assert _verify(site, token)["country"] == "AT"
     (stored,) = (tmp_path / "cli-home" / ".adit").glob(f"{HOST}-*-token")
     assert stored.name == f"{HOST}-{site.app['aud']}-token"
     assert stored.stat().st_mode & 0o777 == 0o600
