@@ -144,7 +144,8 @@ def test_service_token_reaches_the_origin_with_a_verifiable_assertion_and_nothin
     location = browser.header("Location") or ""
     assert location.startswith("/cdn-cgi/access/login/app.example.test?")
     assert "redirect_url=%2Fx%3Fy%3D1" in location
-    assert request(edge, HOST, "GET", location).status == 501  # the login flow's stand-in
+    page = request(edge, HOST, "GET", location)  # the edge's own login page, never forwarded
+    assert page.status == 200 and b"Sign in to Wiki" in page.body
 
     # Another account's token, even with its right secret.
     other = login(edge, tmp_path / "other", "globex")

@@ -392,6 +392,22 @@ SECONDS = Seconds()
     show_default=True,
     help="How long Access decisions stay in the access log (30 days by default).",
 )
+@click.option(
+    "--geoip-db",
+    envvar="ADIT_EDGE_GEOIP_DB",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="A MaxMind country database (GeoLite2-Country.mmdb): Access's country rules read "
+    "the visitor's country from it.",
+)
+@click.option(
+    "--trusted-proxies",
+    envvar="ADIT_EDGE_TRUSTED_PROXIES",
+    default="",
+    metavar="CIDR,...",
+    help="Proxies in front of the edge whose X-Forwarded-For names the visitor's address "
+    "(for Access's country and IP rules); from anyone else the header is ignored.",
+)
 @click.pass_context
 def edge(
     ctx: click.Context,
@@ -428,6 +444,8 @@ def edge(
     private_udp_idle_timeout: float,
     grace_period: float,
     access_log_retention: float,
+    geoip_db: Path | None,
+    trusted_proxies: str,
     management_hostname: str,
     acme_directory: str,
     acme_email: str | None,
@@ -473,6 +491,19 @@ def edge(
     except InvalidHostname as exc:
         raise click.BadParameter(str(exc), param_hint="--management-hostname") from None
     published = _published(public_name, public_addresses)
+    from adit.edge.access.client_address import parse_trusted_proxies
+
+    try:
+        proxies = parse_trusted_proxies([trusted_proxies])
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    if geoip_db is not None:
+        from adit.edge.access.geoip import CountryDb, GeoIpError
+
+        try:
+            CountryDb(geoip_db).close()
+        except GeoIpError as exc:
+            raise click.UsageError(str(exc)) from None
     settings = EdgeSettings(
         published=published,
         state_dir=state_dir,
@@ -499,6 +530,8 @@ def edge(
         ),
         grace_period=grace_period,
         access_log_retention=access_log_retention,
+        geoip_db=geoip_db,
+        trusted_proxies=tuple(str(n) for n in proxies),
         management_hostname=management_hostname,
         acme=acme,
         certificate_dir=certificate_dir,

@@ -29,6 +29,7 @@ from collections import deque
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, cast
 
+from adit.edge.access.gate import FLOW_BODY_TOO_LARGE, MAX_FLOW_BODY, FlowRequest
 from adit.edge.h2_visitor import (
     Closed,
     RequestBody,
@@ -304,6 +305,8 @@ class Http2Connection(asyncio.Protocol):
             opened = listener.open_stream(request, self.client_ip, ray)
             if isinstance(opened, tuple):
                 page, host = opened
+                if isinstance(page, FlowRequest):
+                    page = await self._access_flow(stream, request, page)
                 await self._page(stream, page, host, ray)
                 return
             tunnel = opened.stream
@@ -528,6 +531,36 @@ class Http2Connection(asyncio.Protocol):
         except TimeoutError:
             tunnel.cancel(StreamClosedError("the request body stalled"))
             raise
+
+    async def _access_flow(
+        self, stream: _VisitorStream, request: Request, flow: FlowRequest
+    ) -> ErrorPage:
+        """The login flow's answer, given the request's body (bounded)."""
+        access = self._listener.access
+        assert access is not None
+        body = bytearray()
+        try:
+            while True:
+                while not stream.body:
+                    if stream.ended:
+                        method = request.method.decode("latin-1")
+                        return await access.login_flow(flow, method, bytes(body))
+                    if stream.reset or self._closed:
+                        raise _StreamGone
+                    stream.waiter = self._loop.create_future()
+                    try:
+                        async with asyncio.timeout(_seconds(self._body_timeout)):
+                            await stream.waiter
+                    finally:
+                        stream.waiter = None
+                data, flow_credit = stream.body.popleft()
+                body += data
+                self._h2.acknowledge(stream.id, flow_credit)
+                self._flush()
+                if len(body) > MAX_FLOW_BODY:
+                    return FLOW_BODY_TOO_LARGE
+        except TimeoutError:
+            raise _StreamGone from None
 
     async def _page(self, stream: _VisitorStream, page: ErrorPage, host: str, ray: str) -> None:
         body = page.render(host, ray)

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from random import getrandbits
 
-from adit.edge.access.gate import AccessGate
+from adit.edge.access.gate import FLOW_BODY_TOO_LARGE, MAX_FLOW_BODY, AccessGate, FlowRequest
 from adit.edge.acme_challenges import CHALLENGE_PATH
 from adit.edge.h2_public import AlpnSwitch
 from adit.edge.header_policy import is_websocket_upgrade, tunnel_request_headers
@@ -224,6 +224,9 @@ class PublicListener:
                 verdict = access.check(
                     host, target.path, request.headers, client_ip, ray, log_refusal=log_refusal
                 )
+                if isinstance(verdict, FlowRequest):
+                    # The login flow: answered by the edge itself, never forwarded.
+                    return verdict.at(authority, self.scheme), host
                 if isinstance(verdict, ErrorPage):
                     return verdict, host
                 if verdict is not None:
@@ -344,7 +347,10 @@ class PublicListener:
                 # A request we cannot even route is not worth its body: answer and close.
                 await self._page(conn, page, host, ray, keep_alive=False)
                 return False
-            await conn.drain_body()
+            if isinstance(page, FlowRequest):
+                page = await self._access_flow(conn, request, page)
+            else:
+                await conn.drain_body()
             await self._page(conn, page, host, ray)
             return True
         try:
@@ -354,6 +360,22 @@ class PublicListener:
             return await self._forward_http(forwarded, request.has_body)
         finally:
             forwarded.finish()
+
+    async def _access_flow(
+        self, conn: Http1Connection, request: Request, flow: FlowRequest
+    ) -> ErrorPage:
+        """The login flow's answer, given the request's body (bounded: a larger one is
+        refused and the connection closed after the answer, its rest unread)."""
+        assert self.access is not None
+        if conn.expects_continue:
+            await conn.send_continue()
+        body = bytearray()
+        while chunk := await conn.read_body():
+            body += chunk
+            if len(body) > MAX_FLOW_BODY:
+                conn.close_after()
+                return FLOW_BODY_TOO_LARGE
+        return await self.access.login_flow(flow, request.method.decode("latin-1"), bytes(body))
 
     # -- answering ------------------------------------------------------------------------------
 

@@ -29,8 +29,11 @@ from typing import TYPE_CHECKING
 
 from adit.allocator import HeapTrimmer
 from adit.credentials import TunnelCredentials, encode_tunnel_token
+from adit.edge.access.client_address import TrustedProxies, parse_trusted_proxies
 from adit.edge.access.decisions import DecisionLog
 from adit.edge.access.gate import AccessGate
+from adit.edge.access.geoip import CountryDb
+from adit.edge.access.login_flow import LoginFlow
 from adit.edge.acme_challenges import Http01Solver, TlsAlpn01Solver
 from adit.edge.acme_dns01 import Dns01Solver
 from adit.edge.acme_issuer import AcmeSettings, Issuer
@@ -108,6 +111,10 @@ class EdgeSettings:
     grace_period: float = 30.0
     #: How long Access decisions are kept (``--access-log-retention``).
     access_log_retention: float = 30 * 24 * 3600.0
+    #: ``--geoip-db``: the visitor's country for Access (None: no country is known).
+    geoip_db: Path | None = None
+    #: ``--trusted-proxies``: networks whose X-Forwarded-For names the visitor.
+    trusted_proxies: tuple[str, ...] = ()
     #: Liveness of connector connections (:mod:`adit.protocol.liveness`): a PING after this
     #: much silence...
     tunnel_ping_interval: float = DEFAULT_INTERVAL
@@ -188,13 +195,19 @@ class EdgeServer:
         self.store = Store.open_in(settings.state_dir, write_timeout=settings.store_timeout)
         self.registry = ConnectionRegistry()
         #: Cloudflare Access at the public listeners (:mod:`adit.edge.access`).
+        country_of = CountryDb(settings.geoip_db) if settings.geoip_db is not None else None
         self.access = AccessGate(
             self.store.access,
             DecisionLog(
                 self.store.access.db,
                 retention=datetime.timedelta(seconds=settings.access_log_retention),
             ),
+            country_of=country_of,
+            client_address=TrustedProxies(parse_trusted_proxies(settings.trusted_proxies))
+            if settings.trusted_proxies
+            else None,
         )
+        self.access.login_flow = LoginFlow(self.access, self.store.access, country_of=country_of)
         self.identity = EdgeIdentity(location=settings.location)
         self.liveness = settings.tunnel_liveness
         self.sessions: set[TunnelSession] = set()

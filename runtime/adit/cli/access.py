@@ -538,6 +538,13 @@ def tcp(
     _configure_logging(log_level, logfile, stderr=listen is not None)
     target = resolve_target(hostname, connect_to, edge or edge_url, cacert)
     headers = _headers(header, token_id, token_secret, destination)
+    if not token_id:
+        # A person's token from ``adit access login`` (a service token, given, goes instead).
+        from adit.cli.access_login import stored_token
+
+        session = stored_token(target.server_name)
+        if session is not None:
+            headers.append(("cf-access-token", session))
     try:
         if listen:
             asyncio.run(_serve_listener(listen, target, headers))
@@ -653,4 +660,10 @@ access.add_command(udp)
 from adit.cli.access_admin import ADMIN_COMMANDS  # noqa: E402
 
 for _command in ADMIN_COMMANDS:
+    access.add_command(_command)
+
+# An application's token for the command line: login, token, curl.
+from adit.cli.access_login import LOGIN_COMMANDS  # noqa: E402
+
+for _command in LOGIN_COMMANDS:
     access.add_command(_command)

@@ -248,3 +248,17 @@ def test_keys_rotate_by_themselves_at_the_interval(store: Store, account: str) -
     assert [k.kid for k in keys][1:] == [first.kid] and not keys[0].retired
     with pytest.raises(Exception, match="21 to 365"):
         store.access.set_key_rotation(account, 7)
+
+
+def test_with_a_country_database_the_request_address_decides(store: Store, account: str) -> None:
+    """The token says where the visitor logged in; with ``--geoip-db`` every request is
+    judged by where it comes from now, and an address the database does not know has no
+    country (a geo rule does not match it)."""
+    app = setup_app(store, account)
+    countries = {"192.0.2.1": "DE", "192.0.2.2": "US"}
+    gate = AccessGate(store.access, DecisionLog(store.access.db), country_of=countries.get)
+    ann = gate.mint_session(app, email="ann@example.com", sub="ann", country="DE")
+    assert isinstance(gate.check(HOST, "/", cookie(ann), "192.0.2.1", "r1"), Admitted)
+    for elsewhere in ("192.0.2.2", "198.51.100.9"):
+        refused = gate.check(HOST, "/", cookie(ann), elsewhere, "r2")
+        assert isinstance(refused, ErrorPage) and refused.status == 403

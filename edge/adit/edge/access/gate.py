@@ -20,8 +20,8 @@ import hmac
 import logging
 import secrets
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, replace
 from typing import Any, Final
 
 from adit.edge.access.decisions import DecisionLog, Entry
@@ -47,7 +47,24 @@ ACCESS_FAILED = ErrorPage(
     "Retrying usually works; the edge's operator finds the cause in its log under the Ray ID.",
 )
 
-__all__ = ["AccessGate", "Admitted", "login_page"]
+FLOW_BODY_TOO_LARGE = ErrorPage(
+    413,
+    "413",
+    "The form is too large",
+    "A sign-in form is a few fields; this one was larger than the edge reads. Go back and "
+    "send it again.",
+)
+#: The most of a request body the login flow reads (its forms are a few short fields).
+MAX_FLOW_BODY: Final = 16 * 1024
+
+__all__ = [
+    "FLOW_BODY_TOO_LARGE",
+    "MAX_FLOW_BODY",
+    "AccessGate",
+    "Admitted",
+    "FlowRequest",
+    "login_page",
+]
 
 log = logging.getLogger("adit.edge.access")
 
@@ -62,16 +79,39 @@ _CACHE_ENTRIES: Final = 50_000
 #: A minted assertion is reused until this close to its expiry.
 _REMINT_MARGIN: Final = 60.0
 
-#: Answers ``/cdn-cgi/access/...`` (but the key set) on a guarded hostname: (app, host, path,
-#: request headers) → the page. The browser login flow replaces :attr:`AccessGate.login_page`.
-LoginPage = Callable[[Application, str, str, Sequence[tuple[bytes, bytes]]], ErrorPage]
+
+@dataclass(frozen=True, slots=True)
+class FlowRequest(ErrorPage):
+    """A request for the login flow's paths (``/cdn-cgi/access/...`` but the key set) on a
+    guarded hostname: the listener reads its body (bounded) and awaits
+    :meth:`AccessGate.answer_flow` for the page. Never forwarded.
+
+    An :class:`ErrorPage` (a 500) so that a listener that does not know it answers it as a
+    failure rather than forwarding anything."""
+
+    app: Application | None = None
+    host: str = ""
+    #: The request target (path and query).
+    path: str = ""
+    headers: Sequence[tuple[bytes, bytes]] = ()
+    #: The visitor's address (after ``--trusted-proxies``).
+    client_ip: str = ""
+    ray: str = ""
+    #: Filled in by the listener: the visitor's authority (host[:port]) and scheme.
+    authority: str = ""
+    scheme: str = "https"
+
+    def at(self, authority: str, scheme: str) -> FlowRequest:
+        return replace(self, authority=authority, scheme=scheme)
 
 
-def login_page(
-    app: Application, host: str, path: str, headers: Sequence[tuple[bytes, bytes]]
-) -> ErrorPage:
-    """The stand-in: 501, sign-in is not available on this edge yet."""
-    return login_unavailable(host, path)
+#: Answers a :class:`FlowRequest`: (request, method, body) → the page.
+LoginFlowHandler = Callable[[FlowRequest, str, bytes], Awaitable[ErrorPage]]
+
+
+async def login_page(request: FlowRequest, method: str, body: bytes) -> ErrorPage:
+    """The stand-in: 501, sign-in is not available on this edge."""
+    return login_unavailable(request.host, request.path)
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,15 +158,20 @@ class AccessGate:
         *,
         clock: Callable[[], float] = time.time,
         country_of: Callable[[str], str | None] | None = None,
+        client_address: Callable[[str, Sequence[tuple[bytes, bytes]]], str] | None = None,
     ) -> None:
         self._store = store
         self.decisions = decisions
         self._clock = clock
         #: The visitor's country from their address (a GeoIP database), or None.
         self.country_of = country_of
+        #: The visitor's address from the connection's and the headers (``--trusted-proxies``).
+        self.client_address = client_address
         #: Serves the login flow's paths (``/cdn-cgi/access/login``, ``logout``...).
-        self.login_page: LoginPage = login_page
+        self.login_flow: LoginFlowHandler = login_page
         self._sessions: dict[str, _Session] = {}
+        #: Ended sessions (logout): identity_nonce → the token's expiry (kept until then).
+        self._revoked: dict[str, float] = {}
         self._rotating: set[str] = set()
         self._minted: dict[tuple[str, str, int], tuple[str, float]] = {}
 
@@ -175,10 +220,26 @@ class AccessGate:
             if account is not None:
                 return key_set_answer(key_set(self._keys(table, account)))
         app = table.application(host, path)
+        if app is None and path.startswith(_ACCESS_PATHS):
+            # An application for a path of the host: the flow's paths are its too.
+            app = next(iter(table.apps.get(host, ())), None)
         if app is None:
             return None
+        if self.client_address is not None:
+            client_ip = self.client_address(client_ip, headers)
         if path.startswith(_ACCESS_PATHS):
-            return self.login_page(app, host, path, headers)
+            return FlowRequest(
+                500,
+                "500",
+                "Access could not answer this request",
+                "This edge cannot serve the sign-in pages on this connection.",
+                app=app,
+                host=host,
+                path=path,
+                headers=headers,
+                client_ip=client_ip,
+                ray=ray,
+            )
         return self._decide(table, app, host, path, headers, client_ip, ray, log_refusal)
 
     # -- the decision ----------------------------------------------------------------------
@@ -199,9 +260,12 @@ class AccessGate:
         session = self._session(table, app, token, now) if token else None
         service = self._service_token(table, app, headers, now)
         claims = session.claims if session is not None else {}
-        country = self.country_of(client_ip) if self.country_of is not None else None
-        if country is None:
-            country = claims.get("country") or None
+        if self.country_of is not None:
+            # The request's own address decides (a visitor who moved is where they are now;
+            # an address the database does not know has no country).
+            country = self.country_of(client_ip)
+        else:
+            country = claims.get("country") or None  # where the visitor logged in
         groups = claims.get("custom") or {}
         subject = Subject(
             email=claims.get("email") or None,
@@ -234,11 +298,16 @@ class AccessGate:
         """The claims of a session token for ``app``, verified once and remembered."""
         known = self._sessions.get(token)
         if known is not None:
+            if table.revoked and known.claims.get("identity_nonce") in table.revoked:
+                return None  # signed out at another edge process
             if known.expires > now and known.aud == app.aud:
                 return known
             if known.expires <= now:
                 del self._sessions[token]
             return None
+        return self._verified(table, app, token)
+
+    def _verified(self, table: AccessTable, app: Application, token: str) -> _Session | None:
         try:
             claims = verify(
                 token,
@@ -249,11 +318,41 @@ class AccessGate:
         except InvalidToken as exc:
             log.info("access: session token refused for %s: %s", app.domain, exc)
             return None
+        nonce = claims.get("identity_nonce")
+        if nonce in self._revoked or nonce in table.revoked:
+            log.info("access: session token of a signed-out session refused for %s", app.domain)
+            return None
         if len(self._sessions) >= _CACHE_ENTRIES:
             self._sessions.clear()
         session = _Session(claims, float(claims["exp"]), app.aud)
         self._sessions[token] = session
         return session
+
+    def session_claims(self, app: Application, token: str | None) -> dict[str, Any] | None:
+        """The claims of a live session token for ``app`` (get-identity, logout), or None."""
+        if not token:
+            return None
+        session = self._session(self._store.table(), app, token, self._clock())
+        return session.claims if session is not None else None
+
+    def revoke(self, claims: dict[str, Any]) -> None:
+        """End a session: its token (and every copy of it) is refused from now on, by this
+        edge process, until it would have expired anyway."""
+        nonce = claims.get("identity_nonce")
+        if not isinstance(nonce, str) or not nonce:
+            return
+        now = self._clock()
+        for nonce_, expires in list(self._revoked.items()):
+            if expires <= now:
+                del self._revoked[nonce_]
+        if len(self._revoked) >= _CACHE_ENTRIES:
+            # Never forget a revocation early: refuse the new one's memory instead of an old.
+            log.warning("access: too many signed-out sessions remembered; not revoking")
+            return
+        self._revoked[nonce] = float(claims.get("exp", now))
+        for token, session in list(self._sessions.items()):
+            if session.claims.get("identity_nonce") == nonce:
+                del self._sessions[token]
 
     def _service_token(
         self,
@@ -338,6 +437,7 @@ class AccessGate:
         sub: str,
         country: str | None = None,
         custom: dict[str, list[str]] | None = None,
+        idp: dict[str, str] | None = None,
     ) -> str:
         """A session token for ``app`` (the ``CF_Authorization`` cookie's value and the
         origin's assertion): for the browser login flow, and for tests."""
@@ -358,6 +458,8 @@ class AccessGate:
         }
         if custom:
             claims["custom"] = custom
+        if idp:
+            claims["idp"] = idp
         return key.sign(claims)
 
     def _current_key(self, table: AccessTable, account: str) -> SigningKey:
@@ -397,6 +499,17 @@ class AccessGate:
             keys = self._store.table().keys.get(account, ())
         return keys
 
+    def record(
+        self,
+        app: Application,
+        subject: Subject,
+        claims: dict[str, Any],
+        decision: Decision,
+        ray: str,
+    ) -> None:
+        """The login flow's decision, into the access log."""
+        self._log(app, subject, subject.email or "", claims, decision, ray)
+
     def _log(
         self,
         app: Application,
@@ -413,7 +526,7 @@ class AccessGate:
                 app_id=app.id,
                 app_domain=app.domain + app.path,
                 user_email=identity,
-                idp=str(claims.get("idp", "service_token" if subject.service_token_id else "")),
+                idp=_idp_name(claims, subject),
                 country=subject.country or "",
                 ip=subject.client_ip,
                 action=decision.action,
@@ -422,3 +535,12 @@ class AccessGate:
                 ray_id=ray,
             )
         )
+
+
+def _idp_name(claims: dict[str, Any], subject: Subject) -> str:
+    idp = claims.get("idp")
+    if isinstance(idp, dict):
+        return str(idp.get("type", ""))
+    if idp:
+        return str(idp)
+    return "service_token" if subject.service_token_id else ""

@@ -125,8 +125,8 @@ def denied(app_name: str, browser: bool) -> ErrorPage:
 
 
 def login_unavailable(host: str, path: str) -> ErrorPage:
-    """The login page's stand-in until the browser flow is there: replace
-    :data:`adit.edge.access.gate.login_page` to serve it."""
+    """The login flow's stand-in where none is set (:attr:`AccessGate.login_flow`; the
+    edge sets :class:`adit.edge.access.login_flow.LoginFlow`)."""
     return AccessPage(
         501,
         "501",

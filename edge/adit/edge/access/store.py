@@ -18,6 +18,7 @@ import hashlib
 import json
 import secrets
 import sqlite3
+import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -158,6 +159,12 @@ SCHEMA = (
     ray_id TEXT NOT NULL
 )""",
     "CREATE INDEX IF NOT EXISTS access_log_by_time ON access_log(account_tag, at)",
+    # Sessions ended by logout (their identity_nonce), until their tokens expire anyway.
+    """CREATE TABLE IF NOT EXISTS access_revoked (
+    nonce TEXT PRIMARY KEY,
+    account_tag TEXT NOT NULL,
+    expires_at REAL NOT NULL
+)""",
     f"INSERT OR IGNORE INTO counters (name, value) VALUES ('{ACCESS_COUNTER}', 0)",  # noqa: S608 (a constant)
 )
 TABLES = frozenset(
@@ -170,6 +177,7 @@ TABLES = frozenset(
         "access_orgs",
         "access_key_settings",
         "access_log",
+        "access_revoked",
     }
 )
 _BUMP = f"UPDATE counters SET value = value + 1 WHERE name = '{ACCESS_COUNTER}'"  # noqa: S608
@@ -221,6 +229,8 @@ class AccessTable:
     accounts_by_host: Mapping[str, str] = field(default_factory=dict)
     #: account → days between automatic key rotations (absent: the default).
     rotation_days: Mapping[str, int] = field(default_factory=dict)
+    #: identity_nonce of every session ended by logout and not yet expired.
+    revoked: frozenset[str] = frozenset()
 
     def __len__(self) -> int:
         return sum(len(a) for a in self.apps.values())
@@ -305,6 +315,12 @@ def _load(db: sqlite3.Connection, version: int) -> AccessTable:
             SigningKey.load(kid, bytes(pem), cert, retired is not None, made)
         )
     rotation = dict(db.execute("SELECT account_tag, rotation_days FROM access_key_settings"))
+    revoked = frozenset(
+        nonce
+        for (nonce,) in db.execute(
+            "SELECT nonce FROM access_revoked WHERE expires_at > ?", (time.time(),)
+        )
+    )
     return AccessTable(
         version,
         {h: tuple(sorted(a, key=lambda x: -len(x.path))) for h, a in apps.items()},
@@ -315,6 +331,7 @@ def _load(db: sqlite3.Connection, version: int) -> AccessTable:
         {a: tuple(k) for a, k in keys.items()},
         by_host,
         rotation,
+        revoked,
     )
 
 
@@ -357,6 +374,19 @@ class AccessStore:
 
     def table(self) -> AccessTable:
         return self.live.current()
+
+    def revoke_session(self, account: str, nonce: str, expires_at: float) -> None:
+        """End a session for every edge process of this store: its ``identity_nonce`` is
+        refused until ``expires_at`` (epoch seconds), when its token would be anyway."""
+        with self._db.write() as db:
+            db.execute("DELETE FROM access_revoked WHERE expires_at <= ?", (time.time(),))
+            db.execute(
+                "INSERT OR IGNORE INTO access_revoked (nonce, account_tag, expires_at)"
+                " VALUES (?, ?, ?)",
+                (nonce, account, expires_at),
+            )
+            db.execute(_BUMP)
+        self.live.changed()
 
     # -- applications ----------------------------------------------------------------------
 
