@@ -328,6 +328,9 @@ def start_connector(
     )
     if wait:
         proc.wait_for_log(r"Registered tunnel connection", count=wait)
+        # The supervisor's own start-up lines (connector ID, initial protocol, metrics server)
+        # may come after the prestarted worker 0 registered: the metrics line is the last.
+        proc.wait_for_log(r"Starting metrics server on ")
     return proc
 
 

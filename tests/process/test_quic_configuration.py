@@ -67,7 +67,8 @@ def _connector(
 
 
 def _metrics_address(proc: Proc) -> str:
-    match = re.search(r"Starting metrics server on (\S+)/metrics", proc.text())
+    text = proc.wait_for_log(r"Starting metrics server on \S+/metrics")
+    match = re.search(r"Starting metrics server on (\S+)/metrics", text)
     assert match, proc.text()
     return match.group(1)
 

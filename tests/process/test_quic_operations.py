@@ -543,7 +543,7 @@ def test_udp_blocked_inside_the_namespace(
     # At most 3 x 5 s of handshakes and 1 + 2 s of backoff.
     text = connector.wait_for_log(r"Switching to fallback protocol http2", timeout=90)
     text = connector.wait_for_log(r"Registered tunnel connection connIndex=0.*protocol=http2")
-    assert "Initial protocol quic" in text
+    assert "Initial protocol quic" in connector.wait_for_log("Initial protocol quic")
     switch = text.index("Switching to fallback protocol http2")
     dials = re.findall(
         r"retrying in .*failed to dial to edge with quic at \S+: QUIC", text[:switch]

@@ -125,8 +125,9 @@ def start_cloudflared(
 
 
 def metrics_text(proc: Proc) -> str:
-    match = re.search(r"Starting metrics server on (\S+)/metrics", proc.text())
-    assert match, proc.text()
+    log = proc.wait_for_log(r"Starting metrics server on \S+/metrics")
+    match = re.search(r"Starting metrics server on (\S+)/metrics", log)
+    assert match, log
     with urllib.request.urlopen(f"http://{match.group(1)}/metrics", timeout=10) as reply:
         text: str = reply.read().decode()
     return text
