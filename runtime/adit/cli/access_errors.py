@@ -106,6 +106,13 @@ def refusal_error(status: int, body: bytes, hostname: str) -> str:
             f"the tunnel for {hostname} could not reach its origin (502{said}): check the "
             "connector's ingress rule for it and that the origin service runs"
         )
+    if status == 401:
+        # Access wants an identity and none came (no stored login, or an expired one).
+        return (
+            f"Access refused {hostname} without a login (401{said}): run `adit access login "
+            f"https://{hostname}`, or give a service token with --service-token-id and "
+            "--service-token-secret"
+        )
     return f"the edge refused the WebSocket upgrade for {hostname} with status {status}{said}"
 
 

@@ -113,6 +113,12 @@ def test_the_edges_reasons_read_in_one_line() -> None:
     assert refusal_error(403, b"", "h.example") == (
         "the edge refused the WebSocket upgrade for h.example with status 403"
     )
+    # 401: Access wanted an identity; the message names the login command.
+    assert refusal_error(401, b"", "h.example") == (
+        "Access refused h.example without a login (401): run `adit access login "
+        "https://h.example`, or give a service token with --service-token-id and "
+        "--service-token-secret"
+    )
     assert refusal_error(502, page, "h.example").startswith(
         "the tunnel for h.example could not reach its origin (502: Bad gateway: it & you)"
     )
