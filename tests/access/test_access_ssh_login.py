@@ -253,7 +253,9 @@ def test_login_then_ssh_and_fifty_megabyte_scp_and_refused_without_login(
         check=False,
     )
     assert refused.returncode != 0
-    assert f"adit access login https://{HOST}" in refused.stderr, refused.stderr
+    (said,) = [line for line in refused.stderr.splitlines() if line.startswith("Error:")]
+    assert said.startswith(f"Error: Access refused {HOST} without a login (401: Build hosts is")
+    assert f"run `adit access login https://{HOST}`" in said, said
     assert not dest.exists()
     assert _connections(site) == probes
 

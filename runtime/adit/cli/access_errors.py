@@ -122,7 +122,11 @@ def edge_reason(body: bytes) -> str:
     text = body[:8192].decode("utf-8", "replace")
     reason = ""
     try:
-        reason = str(json.loads(text)["errors"][0]["message"])
+        answer = json.loads(text)
+        # The API's envelope ({"errors": [{"message"}]}), or Access's own 401/403 body
+        # ({"error", "message"}).
+        message = answer["message"] if "message" in answer else answer["errors"][0]["message"]
+        reason = str(message)
     except (ValueError, KeyError, IndexError, TypeError):
         match = re.search(r"<h1[^>]*>(.*?)</h1>", text, re.I | re.S) or re.search(
             r"<title[^>]*>(.*?)</title>", text, re.I | re.S
