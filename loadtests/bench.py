@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import access_setup
 import calibration
 import drivers
 import footprint
@@ -31,6 +32,7 @@ import report
 from drivers import Figures, Target
 from processes import BenchError, Processes, Service
 from services import (
+    ACCESS_HOSTNAME,
     HOSTNAME,
     Edge,
     Origin,
@@ -46,6 +48,10 @@ from services import (
 
 HERE = Path(__file__).resolve().parent
 HA_CONNECTIONS = 4
+#: adit-1w (HTTP/2) to a hostname behind an Access application, each request with a valid
+#: CF_Authorization cookie: the policy check's cost next to adit-1w (access_setup.py).
+ACCESS_PATH = "adit-1w-access"
+ACCESS_SCENARIOS = ("small_gets", "latency")
 #: adit's source roots (an editable install runs from them).
 SOURCE_ROOTS = ("protocol", "runtime", "edge", "workers", "supervisor")
 
@@ -140,6 +146,7 @@ class Bench:
         self.tunnel: Tunnel | None = None
         self.config: Path | None = None
         self.profiles: list[str] = []
+        self.access_cookie: str | None = None
 
     # -- set-up ---------------------------------------------------------------------------
 
@@ -152,7 +159,17 @@ class Bench:
     def _edge_target(self, name: str) -> Target:
         assert self.edge is not None
         base = f"127.0.0.1:{self.edge.http_port}"
+        if name == ACCESS_PATH:
+            # The same origin through the Access application, each request with the cookie.
+            cookie = (f"Cookie: CF_Authorization={self._access_cookie()}",)
+            return Target(name, base, base, base, ACCESS_HOSTNAME, cookie)
         return Target(name, base, base, base, HOSTNAME)
+
+    def _access_cookie(self) -> str:
+        if self.access_cookie is None:
+            assert self.edge is not None and self.tunnel is not None
+            self.access_cookie = access_setup.protect(self.edge, self.tunnel)
+        return self.access_cookie
 
     # -- paths ----------------------------------------------------------------------------
 
@@ -183,9 +200,11 @@ class Bench:
             ssh.client.stop()
             ssh.sshd.stop()
 
-    def run_adit(self, workers: int, protocol: str) -> None:
+    def run_adit(self, workers: int, protocol: str, name: str | None = None) -> None:
         assert self.tunnel is not None and self.config is not None
-        name = path_name(f"adit-{workers}w", protocol)
+        name = name or path_name(f"adit-{workers}w", protocol)
+        if name == ACCESS_PATH:
+            self._access_cookie()  # the application exists before the connector starts
         started = time.monotonic()
         connector = start_adit(
             self.processes,
@@ -245,7 +264,7 @@ class Bench:
             startup["all_registered_s"] = round(time.monotonic() - started, 3)
             _check_protocol(connector, protocol)
             self.scenarios(target, pids(), connector=connector)
-            if "recovery" in self.args.scenarios:
+            if "recovery" in self.args.scenarios and name != ACCESS_PATH:
                 self.results[name]["recovery"] = self.recovery(target)
         except BenchError as exc:
             self.results[name]["error"] = {"error": str(exc)[:2000]}
@@ -293,6 +312,8 @@ class Bench:
         for scenario, step in steps:
             if scenario not in args.scenarios:
                 continue
+            if target.name == ACCESS_PATH and scenario not in ACCESS_SCENARIOS:
+                continue  # its goal is per request; its hostname has no upload sink or echo
             before = _loadavg()
             udp_before = udp_counters()
             print(f"  {target.name}: {scenario}", file=sys.stderr, flush=True)
@@ -528,6 +549,7 @@ PATHS = (
     "direct",
     "ssh",
     "adit-1w",
+    "adit-1w-access",
     "adit-1w-quic",
     "adit-nw",
     "adit-nw-quic",
@@ -634,6 +656,8 @@ def main(argv: list[str]) -> int:
                 bench.run_ssh()
             elif base == "adit-1w":
                 bench.run_adit(1, protocol)
+            elif path == ACCESS_PATH:
+                bench.run_adit(1, "http2", name=ACCESS_PATH)
             elif base == "adit-nw":
                 bench.run_adit(cpus, protocol)
             elif base == "cloudflared" and args.cloudflared is not None:

@@ -31,9 +31,12 @@ class Target:
     sink: str
     ws: str
     host_header: str | None = None
+    #: More request headers ("Name: value"), sent by every driver: an Access cookie.
+    headers: tuple[str, ...] = ()
 
     def header_args(self, flag: str = "-H", name: str = "Host") -> list[str]:
-        return [flag, f"{name}: {self.host_header}"] if self.host_header else []
+        host = [flag, f"{name}: {self.host_header}"] if self.host_header else []
+        return host + [arg for header in self.headers for arg in (flag, header)]
 
 
 #: curl's exit code when ``--max-time`` ran out (its ``-w`` figures are still written).

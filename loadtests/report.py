@@ -142,7 +142,38 @@ def goals(paths: dict[str, Any]) -> dict[str, Any]:
                     "goal": goal,
                     "met": ratio <= goal,
                 }
-    return {"connector_cpu": cpu}
+    return {"connector_cpu": cpu, "access_cpu": access_goals(paths)}
+
+
+#: Issue 18: Access (the policy check on a valid session cookie; its token was verified and
+#: minted once per session) adds at most this share of the edge's CPU per request.
+ACCESS_GOAL = 1.10
+
+
+def access_goals(paths: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """``{scenario: {"plain", "access", "ratio", "goal", "met"}}``: the edge's CPU µs per
+    request on ``adit-1w-access`` against ``adit-1w`` (the same hostname's origin without
+    Access), with requests/s and p50 alongside."""
+    out: dict[str, dict[str, Any]] = {}
+    for scenario in ("small_gets", "latency"):
+        plain = _cpu(paths, "adit-1w", scenario, "cpu_us_per_req_", "edge")
+        access = _cpu(paths, "adit-1w-access", scenario, "cpu_us_per_req_", "edge")
+        if plain is None or not plain or access is None:
+            continue
+        ratio = round(access / plain, 3)
+        figure = "rps" if scenario == "small_gets" else "p50_ms"
+        out[scenario] = {
+            "plain": plain,
+            "access": access,
+            "ratio": ratio,
+            "goal": ACCESS_GOAL,
+            "met": ratio <= ACCESS_GOAL,
+            figure: {
+                "plain": _value(paths, "adit-1w", scenario, figure),
+                "access": _value(paths, "adit-1w-access", scenario, figure),
+            },
+        }
+    return out
 
 
 def _fmt(value: object) -> str:
@@ -428,6 +459,16 @@ def _goals(paths: dict[str, Any]) -> list[str]:
             ]
             verdict = "yes" if not more else "no: more in " + "; ".join(more)
             out.append(f"- no more CPU than {peer} ({name}): {verdict}")
+    for scenario, gate in access_goals(paths).items():
+        extra = ", ".join(
+            f"{k} {v['plain']} → {v['access']}" for k, v in gate.items() if isinstance(v, dict)
+        )
+        out.append(
+            f"- Access adds ≤ {100 * (gate['goal'] - 1):.0f}% edge CPU per request "
+            f"({scenario}, adit-1w-access ÷ adit-1w): {gate['access']:g} µs against "
+            f"{gate['plain']:g} µs = {gate['ratio']:.2f}× ({extra}) → "
+            f"{'met' if gate['met'] else 'NOT met'}"
+        )
     for scenario, _prefix, label, goal in CPU_GOALS:
         for name, figure in goals(paths)["connector_cpu"].get(scenario, {}).items():
             out.append(

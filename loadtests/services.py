@@ -19,6 +19,8 @@ from pathlib import Path
 from processes import BenchError, Processes, Service, free_port, wait_port
 
 HOSTNAME = "bench.example.test"  # a zone of the bench account (names under localhost are none)
+#: The same origin behind an Access application (the ``adit-1w-access`` path, access_setup.py).
+ACCESS_HOSTNAME = "access.example.test"
 #: The 1 KiB file of the small-GET scenario.
 SMALL_PATH = "/1k.bin"
 BIG_PATH = "/big.bin"
@@ -223,6 +225,7 @@ def write_ingress(path: Path, tunnel: Tunnel, origin: Origin) -> Path:
             "service": f"http://127.0.0.1:{origin.ws_port}",
         },
         {"hostname": HOSTNAME, "service": f"http://127.0.0.1:{origin.port}"},
+        {"hostname": ACCESS_HOSTNAME, "service": f"http://127.0.0.1:{origin.port}"},
         {"service": "http_status:404"},
     ]
     config = {"tunnel": tunnel.id, "credentials-file": str(tunnel.credentials), "ingress": rules}

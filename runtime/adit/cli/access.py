@@ -667,3 +667,9 @@ from adit.cli.access_login import LOGIN_COMMANDS  # noqa: E402
 
 for _command in LOGIN_COMMANDS:
     access.add_command(_command)
+
+# The ssh_config stanza for ``adit access ssh`` (and ssh-gen, which adit's edge cannot serve).
+from adit.cli.access_ssh_config import SSH_COMMANDS  # noqa: E402
+
+for _command in SSH_COMMANDS:
+    access.add_command(_command)

@@ -106,6 +106,13 @@ def refusal_error(status: int, body: bytes, hostname: str) -> str:
             f"the tunnel for {hostname} could not reach its origin (502{said}): check the "
             "connector's ingress rule for it and that the origin service runs"
         )
+    if status == 401:
+        # Access wants an identity and none came (no stored login, or an expired one).
+        return (
+            f"Access refused {hostname} without a login (401{said}): run `adit access login "
+            f"https://{hostname}`, or give a service token with --service-token-id and "
+            "--service-token-secret"
+        )
     return f"the edge refused the WebSocket upgrade for {hostname} with status {status}{said}"
 
 
@@ -115,7 +122,11 @@ def edge_reason(body: bytes) -> str:
     text = body[:8192].decode("utf-8", "replace")
     reason = ""
     try:
-        reason = str(json.loads(text)["errors"][0]["message"])
+        answer = json.loads(text)
+        # The API's envelope ({"errors": [{"message"}]}), or Access's own 401/403 body
+        # ({"error", "message"}).
+        message = answer["message"] if "message" in answer else answer["errors"][0]["message"]
+        reason = str(message)
     except (ValueError, KeyError, IndexError, TypeError):
         match = re.search(r"<h1[^>]*>(.*?)</h1>", text, re.I | re.S) or re.search(
             r"<title[^>]*>(.*?)</title>", text, re.I | re.S

@@ -107,11 +107,20 @@ def test_the_edges_reasons_read_in_one_line() -> None:
     page = b"<html><title>x | h</title><body><h1>Error 502: Bad gateway:\n it &amp; you</h1>"
     assert edge_reason(page) == "Error 502: Bad gateway: it & you"
     assert edge_reason(b'{"success":false,"errors":[{"code":1,"message":"no"}]}') == "no"
+    assert edge_reason(b'{"error":"unauthenticated","message":"App is protected"}') == (
+        "App is protected"
+    )
     assert edge_reason(b"plain words\nsecond line") == "plain words"
     assert edge_reason(b"\x1b[31mred\x1b[0m") == "[31mred [0m"
     assert len(edge_reason(b"a" * 1000)) == 160
     assert refusal_error(403, b"", "h.example") == (
         "the edge refused the WebSocket upgrade for h.example with status 403"
+    )
+    # 401: Access wanted an identity; the message names the login command.
+    assert refusal_error(401, b"", "h.example") == (
+        "Access refused h.example without a login (401): run `adit access login "
+        "https://h.example`, or give a service token with --service-token-id and "
+        "--service-token-secret"
     )
     assert refusal_error(502, page, "h.example").startswith(
         "the tunnel for h.example could not reach its origin (502: Bad gateway: it & you)"

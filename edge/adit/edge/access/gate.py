@@ -21,7 +21,7 @@ import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
 from adit.edge.access.decisions import DecisionLog, Entry
@@ -76,6 +76,8 @@ ASSERTION: Final = "Cf-Access-Jwt-Assertion"
 USER_EMAIL: Final = "Cf-Access-Authenticated-User-Email"
 #: Verified sessions and minted service-token assertions kept; beyond, the memory is cleared.
 _CACHE_ENTRIES: Final = 50_000
+#: A session's remembered allows (one per client address it came from, per store version).
+_ALLOWS_PER_SESSION: Final = 16
 #: A minted assertion is reused until this close to its expiry.
 _REMINT_MARGIN: Final = 60.0
 
@@ -128,6 +130,11 @@ class _Session:
     aud: str
     #: Its first decision is in the access log (later allows of one session are not).
     logged: bool = False
+    #: Allows already decided for it: (store version, application, client address) → the
+    #: verdict. The policies decide on the token's claims, the address and its country, all
+    #: fixed for that key; a changed store is a new version. Dropped with the session
+    #: (expiry, logout), so a later request never outlives its session's end.
+    allowed: dict[tuple[int, str, str], Admitted] = field(default_factory=dict)
 
 
 def _header(headers: Sequence[tuple[bytes, bytes]], name: bytes) -> str | None:
@@ -259,6 +266,11 @@ class AccessGate:
         token = _cookie(headers, COOKIE) or _header(headers, b"cf-access-token")
         session = self._session(table, app, token, now) if token else None
         service = self._service_token(table, app, headers, now)
+        if session is not None and service is None:
+            # The session's next request from the same address: decided already.
+            known = session.allowed.get((table.version, app.id, client_ip))
+            if known is not None:
+                return known
         claims = session.claims if session is not None else {}
         if self.country_of is not None:
             # The request's own address decides (a visitor who moved is where they are now;
@@ -284,7 +296,12 @@ class AccessGate:
             if session is not None:
                 session.logged = True
         if decision.admitted:
-            return Admitted(self._origin_headers(table, app, decision, token, session, service))
+            admitted = Admitted(self._origin_headers(table, app, decision, token, session, service))
+            if decision.action == "allow" and session is not None and service is None:
+                if len(session.allowed) >= _ALLOWS_PER_SESSION:
+                    session.allowed.clear()
+                session.allowed[(table.version, app.id, client_ip)] = admitted
+            return admitted
         browser = wants_html(_header(headers, b"accept") or "")
         if decision.action == "login":
             if browser:
