@@ -11,22 +11,19 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import queue
 import shlex
 import subprocess
-import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import pytest
 from playwright.sync_api import Browser
 
 from access_support.browser import new_context
-from access_support.oidc import USERS, OidcProvider, sign_in_at_provider, start_oidc_provider
+from access_support.cli_login import allow_cli_login, login_url
+from access_support.oidc import OidcProvider, start_oidc_provider
 from access_support.pki import ServiceCa, write_service_ca
 from adversary import api_call
 from harness import (
@@ -139,32 +136,6 @@ def site(provider: Provider, processes: Processes, tmp_path: Path) -> Site:
     return Site(edge, account, sshd, provider.https_port)
 
 
-def _login_url(proc: subprocess.Popen[str]) -> str:
-    """The URL ``adit access login`` prints (bounded wait; a thread reads the pipe)."""
-    assert proc.stderr is not None
-    stderr = proc.stderr
-    lines: queue.Queue[str] = queue.Queue()
-
-    def read() -> None:
-        for line in stderr:
-            lines.put(line)
-            if line.startswith("https://"):
-                return
-
-    threading.Thread(target=read, daemon=True).start()
-    deadline = time.monotonic() + 30
-    seen = ""
-    while time.monotonic() < deadline:
-        try:
-            line = lines.get(timeout=1.0)
-        except queue.Empty:
-            continue
-        seen += line
-        if line.startswith("https://"):
-            return line.strip()
-    raise AssertionError(f"adit access login printed no URL:\n{seen}")
-
-
 def _cli_login(site: Site, chromium: Browser, env: dict[str, str]) -> None:
     """``adit access login`` with alice@example.com signing in in the browser."""
     command = [
@@ -183,18 +154,11 @@ def _cli_login(site: Site, chromium: Browser, env: dict[str, str]) -> None:
         command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
     )
     try:
-        cli_url = _login_url(proc)
+        cli_url = login_url(proc)
         # Chromium cannot be given the edge's CA: only the browser ignores its errors.
         context = new_context(chromium, ignore_https_errors=True)
         try:
-            page = context.new_page()
-            page.goto(cli_url)
-            assert urlsplit(page.url).path == f"/cdn-cgi/access/login/{HOST}"
-            page.click("text=Sign in with Test IdP")
-            sign_in_at_provider(page, USERS[0].email, USERS[0].password, None)
-            page.wait_for_selector("text=Allow the command line")
-            page.click("text=Allow the command line")
-            page.wait_for_selector("text=The command line now has your token")
+            allow_cli_login(context.new_page(), cli_url, HOST)
         finally:
             context.close()
         _, err = proc.communicate(timeout=60)

@@ -16,10 +16,8 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import re
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -32,6 +30,7 @@ import pytest
 from playwright.sync_api import Browser, BrowserContext, Page
 
 from access_support.browser import Screens, new_context
+from access_support.cli_login import allow_cli_login, login_url
 from access_support.geoip import write_country_db
 from access_support.oidc import USERS, OidcProvider, sign_in_at_provider, start_oidc_provider
 from access_support.pki import ServiceCa, write_service_ca
@@ -468,33 +467,6 @@ def test_attacks_forged_state_replayed_code_other_apps_cookie_foreign_redirect_c
     assert csrf.status == 403 and b"not sent from this browser" in csrf.body
 
 
-def _login_url(proc: subprocess.Popen[str]) -> str:
-    """The URL ``adit access login`` prints (bounded wait; a thread reads, since a pipe read
-    cannot be bounded by itself)."""
-    assert proc.stderr is not None
-    stderr = proc.stderr
-    lines: queue.Queue[str] = queue.Queue()
-
-    def read() -> None:
-        for line in stderr:
-            lines.put(line)
-            if line.startswith("https://"):
-                return
-
-    threading.Thread(target=read, daemon=True).start()
-    deadline = time.monotonic() + 30
-    seen = ""
-    while time.monotonic() < deadline:
-        try:
-            line = lines.get(timeout=1.0)
-        except queue.Empty:
-            continue
-        seen += line
-        if line.startswith("https://"):
-            return line.strip()
-    raise AssertionError(f"adit access login printed no URL:\n{seen}")
-
-
 def test_cli_login_hands_the_token_over_once_and_token_and_curl_use_it(
     site: Site, chromium: Browser, tmp_path: Path
 ) -> None:
@@ -509,19 +481,11 @@ def test_cli_login_hands_the_token_over_once_and_token_and_curl_use_it(
         env=env,
     )
     try:
-        cli_url = _login_url(login)
+        cli_url = login_url(login)
         assert cli_url.startswith(site.url("/cdn-cgi/access/cli?token="))
         context = visitor(chromium, AT)  # the mission's other country
         try:
-            page = context.new_page()
-            page.goto(cli_url)  # no session yet: the login page first
-            assert urlsplit(page.url).path == f"/cdn-cgi/access/login/{HOST}"
-            page.click("text=Sign in with Test IdP")
-            sign_in_at_provider(page, USERS[0].email, USERS[0].password, None)
-            # Back at the CLI page: the hand-over is asked for, never automatic.
-            page.wait_for_selector("text=Allow the command line")
-            page.click("text=Allow the command line")
-            page.wait_for_selector("text=The command line now has your token")
+            allow_cli_login(context.new_page(), cli_url, HOST)
             browser_token = _session_cookie(context)["value"]
         finally:
             context.close()
