@@ -24,7 +24,8 @@ copy of the store file alone cannot answer a callback or redeem a code.
 A PIN's row follows :class:`~adit.edge.access.pin.PinBook`'s state table (the same limits:
 MAX_ATTEMPTS wrong PINs lock the address for the PIN's lifetime, MAX_ISSUES mails per
 lifetime), with the checks done in SQL transactions so that attempts made at different
-processes count together. Expired rows of a table are deleted by each write to it.
+processes count together. Expired rows of a table are deleted by each write to it and by the
+edge's periodic sweep (:mod:`.sweeper`).
 
 Every method here is a blocking store write: call it through ``Database.off_loop``.
 """
@@ -127,6 +128,22 @@ class LoginState:
 
     def __init__(self, db: Database) -> None:
         self._db = db
+
+    @property
+    def db(self) -> Database:
+        return self._db
+
+    def sweep(self, now: float) -> int:
+        """Delete every expired row (abandoned logins); how many."""
+        deleted = 0
+        with self._db.write() as db:
+            for table in ("access_login_flows", "access_pins", "access_transfers"):
+                cursor = db.execute(
+                    f"DELETE FROM {table} WHERE expires_at <= ?",  # noqa: S608 (constants)
+                    (now,),
+                )
+                deleted += cursor.rowcount
+        return deleted
 
     # -- a key every process shares ---------------------------------------------------------
 
