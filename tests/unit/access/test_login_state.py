@@ -154,3 +154,21 @@ def test_the_sweep_deletes_expired_rows_only(two: tuple[LoginState, LoginState])
     keep_id, keep = a.begin_flow("idp", "https://h/cb", "/", NOW + 1)
     assert b.sweep(NOW + PIN_LIFETIME) == 3
     assert b.take_flow(keep_id, keep.state, NOW + PIN_LIFETIME)[1] == keep
+
+
+def test_a_callback_raced_at_two_processes_is_taken_once(
+    two: tuple[LoginState, LoginState],
+) -> None:
+    a, b = two
+    for _ in range(5):
+        flow_id, flow = a.begin_flow("idp", "https://h/cb", "/", NOW)
+
+        def take(state: LoginState, flow_id: str = flow_id, good: str = flow.state) -> str:
+            try:
+                return state.take_flow(flow_id, good, NOW)[0]
+            except FlowRefused:
+                return "refused"
+
+        with ThreadPoolExecutor(2) as pool:
+            results = sorted(pool.map(take, (a, b)))
+        assert results == ["idp", "refused"]
