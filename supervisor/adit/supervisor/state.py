@@ -22,6 +22,10 @@ Invariants:
 * A reload (SIGHUP or a changed credentials file) is bracketed by ``RELOADING=1`` and
   ``READY=1`` once RUNNING, whether the new settings are accepted or rejected; a rejected one
   changes nothing but the reload metrics and ``STATUS=``.
+* An upgrade (SIGUSR2) is only begun while RUNNING with no reload or upgrade in progress: one
+  :class:`PrepareUpgrade`, answered by :meth:`SupervisorState.upgrade_refused` (nothing
+  changes but the upgrade metric and ``STATUS=``) or by the ``exec`` of the installed code
+  (``adit.supervisor.upgrade``), which sends ``RELOADING=1`` itself.
 """
 
 from __future__ import annotations
@@ -68,6 +72,7 @@ __all__ = [
     "LoadSettings",
     "Notify",
     "Phase",
+    "PrepareUpgrade",
     "SendCommand",
     "SetLogLevel",
     "SignalWorker",
@@ -154,6 +159,11 @@ class LoadSettings(msgspec.Struct, frozen=True):
     """Read the config and credentials again; report with ``settings_loaded``/``_rejected``."""
 
 
+class PrepareUpgrade(msgspec.Struct, frozen=True):
+    """Check the installed code in a child; ``exec`` it if it starts, else report the refusal
+    with ``upgrade_refused``."""
+
+
 class SetLogLevel(msgspec.Struct, frozen=True):
     """Change the supervisor's own log level."""
 
@@ -177,6 +187,7 @@ Action = (
     | SignalWorker
     | LoadSettings
     | SetLogLevel
+    | PrepareUpgrade
     | Exit
 )
 
@@ -251,6 +262,15 @@ class SupervisorState:
     #: The protocol of each connection index's latest registration, kept for the life of the
     #: process as cloudflared's tracker keeps it (tunnelstate/conntracker.go:40-60).
     protocols: dict[int, str] = field(default_factory=dict)
+    #: An upgrade's preflight runs (SIGUSR2): nothing else may begin meanwhile.
+    upgrading: bool = False
+    #: Why the last upgrade was refused (``None``: none was).
+    upgrade_error: str | None = None
+    #: Connections still registered by the workers of the code this process upgraded from
+    #: (``adit.supervisor.predecessors``): they count for ``/ready`` until they drained.
+    inherited_connections: int = 0
+    #: Old workers of that upgrade are still alive (another upgrade waits for them to exit).
+    inheriting: bool = False
     _last_status: str = ""
 
     def __post_init__(self) -> None:
@@ -267,13 +287,17 @@ class SupervisorState:
     @property
     def ready(self) -> bool:
         """``/ready`` answers 200: at least one connection registered and not draining."""
-        return self.phase is not Phase.DRAINING and bool(self.registered)
+        return self.phase is not Phase.DRAINING and bool(
+            self.registered or self.inherited_connections
+        )
 
     @property
     def ready_connections(self) -> int:
         """Connections registered and serving; none once draining began (they unregister
         at once, so /ready's count and status never disagree while the events arrive)."""
-        return 0 if self.phase is Phase.DRAINING else len(self.registered)
+        if self.phase is Phase.DRAINING:
+            return 0
+        return len(self.registered) + self.inherited_connections
 
     def ready_body(self) -> tuple[int, dict[str, object]]:
         """``/ready``'s status code and JSON body, as cloudflared's ``ReadyServer`` builds it."""
@@ -348,6 +372,8 @@ class SupervisorState:
         """SIGTERM/SIGINT: drain, and at once on the second; SIGHUP: reload."""
         if signum == signal.SIGHUP:
             return self.request_reload("SIGHUP", now)
+        if signum == signal.SIGUSR2:
+            return self.request_upgrade(now)
         if signum not in _SIGNAL_WORDS:
             log.info("Ignored signal %s", signal.Signals(signum).name)
             return []
@@ -490,6 +516,44 @@ class SupervisorState:
             usec = int(now * 1_000_000)
             actions.append(Notify(f"RELOADING=1\nMONOTONIC_USEC={usec}"))
         return [*actions, LoadSettings()]
+
+    def request_upgrade(self, now: float) -> list[Action]:
+        """SIGUSR2: upgrade in place to the installed code, if nothing else is under way."""
+        busy = {
+            Phase.STARTING: "the connector is still starting",
+            Phase.DRAINING: "the connector is shutting down",
+        }.get(self.phase)
+        if busy is None and (self.loading or self.bracketed):
+            busy = "a reload is in progress"
+        if busy is None and self.upgrading:
+            busy = "an upgrade is in progress"
+        if busy is None and self.inheriting:
+            busy = "the previous upgrade's old workers are still draining"
+        if busy is not None:
+            log.warning("Ignored an upgrade request (SIGUSR2): %s; send it again later", busy)
+            return []
+        self.upgrading = True
+        log.info("Upgrading in place (SIGUSR2): checking the installed adit")
+        return [PrepareUpgrade()]
+
+    def upgrade_refused(self, error: str, now: float) -> list[Action]:
+        """The installed code did not pass the preflight: nothing changes, and say why."""
+        self.upgrading = False
+        self.upgrade_error = " ".join(error.split())
+        self.stats.upgrade_failures += 1
+        log.error(
+            "Upgrade refused: %s; version %s keeps serving",
+            self.upgrade_error,
+            self.settings.version,
+        )
+        self._last_status = ""
+        return self._status()
+
+    def predecessors_changed(self, connections: int, alive: bool) -> list[Action]:
+        """The old workers of an upgrade registered, lost or drained connections, or exited."""
+        self.inherited_connections = connections
+        self.inheriting = alive
+        return self._status()
 
     def settings_rejected(self, error: str, now: float) -> list[Action]:
         """The reloaded settings did not validate: keep the old ones and say why."""
@@ -868,8 +932,10 @@ class SupervisorState:
             f"STATUS={self.phase.value}: {len(self.registered)}/"
             f"{self.settings.ha_connections} connections registered, "
             f"{live}/{wanted} workers running, config version "
-            f"{self.settings.ingress.version}"
+            f"{self.settings.ingress.version}, adit {self.settings.version}"
         )
+        if self.upgrade_error is not None:
+            text += f"; upgrade refused: {self.upgrade_error}"
         if self.reload_error is not None:
             text += f"; reload rejected: {self.reload_error}"
         if self.refused:
