@@ -335,6 +335,7 @@ def test_upgrade_restart_with_pid(
     command = [str(BIN / "adit"), "upgrade-restart", "--pid", str(pid)]
     command += ["--metrics", f"127.0.0.1:{port}", "--timeout", "60"]
 
+    set_version(tree, NEW_VERSION)
     break_module(tree, "workers/adit/workers/proxy.py")
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=90, check=False)
     assert done.returncode == 1, done
@@ -342,9 +343,15 @@ def test_upgrade_restart_with_pid(
     assert len(done.stderr.strip().splitlines()) == 1, done.stderr
 
     shutil.copy(REPO / "workers/adit/workers/proxy.py", tree / "workers/adit/workers/proxy.py")
-    set_version(tree, NEW_VERSION)
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=90, check=False)
     assert done.returncode == 0, done
     assert NEW_VERSION in done.stdout, done
     assert build_version(port) == NEW_VERSION
-    assert proc.popen.poll() is None
+    assert proc.popen.poll() is None and proc.popen.pid == pid
+
+    # Once it runs the installed version there is nothing to do; a gone pid is an error.
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=90, check=False)
+    assert done.returncode == 0 and "already runs" in done.stdout, done
+    proc.stop()
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=90, check=False)
+    assert done.returncode == 1 and f"no process {pid}" in done.stderr, done

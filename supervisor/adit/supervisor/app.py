@@ -290,6 +290,7 @@ class Supervisor:
             routes={
                 **diag_routes(self.state),
                 **config_routes(self._config_json, self._quicktunnel),
+                "/upgrade": self._upgrade_json,
             },
         )
         install_signal_handlers(loop, self._inbox.put_nowait)
@@ -700,6 +701,18 @@ class Supervisor:
             return await asyncio.wait_for(self._inbox.get(), timeout)
         except TimeoutError:
             return _Tick()
+
+    def _upgrade_json(self) -> tuple[str, bytes]:
+        """``/upgrade``: what ``adit upgrade-restart --pid`` waits on (this process's pid and
+        running version, the upgrades refused and the last reason)."""
+        body = {
+            "pid": os.getpid(),
+            "version": self.state.settings.version,
+            "upgrading": self.state.upgrading,
+            "upgradeFailures": self.state.stats.upgrade_failures,
+            "upgradeError": self.state.upgrade_error,
+        }
+        return "application/json", msgspec.json.encode(body)
 
     def _quicktunnel(self) -> bytes:
         return quicktunnel_json(self.settings.quick_tunnel_url)

@@ -271,6 +271,8 @@ class SupervisorState:
     inherited_connections: int = 0
     #: Old workers of that upgrade are still alive (another upgrade waits for them to exit).
     inheriting: bool = False
+    #: SIGUSR2 arrived while something else was under way: the upgrade begins after it.
+    upgrade_queued: bool = False
     _last_status: str = ""
 
     def __post_init__(self) -> None:
@@ -518,20 +520,27 @@ class SupervisorState:
         return [*actions, LoadSettings()]
 
     def request_upgrade(self, now: float) -> list[Action]:
-        """SIGUSR2: upgrade in place to the installed code, if nothing else is under way."""
-        busy = {
-            Phase.STARTING: "the connector is still starting",
-            Phase.DRAINING: "the connector is shutting down",
-        }.get(self.phase)
-        if busy is None and (self.loading or self.bracketed):
-            busy = "a reload is in progress"
-        if busy is None and self.upgrading:
-            busy = "an upgrade is in progress"
-        if busy is None and self.inheriting:
-            busy = "the previous upgrade's old workers are still draining"
-        if busy is not None:
-            log.warning("Ignored an upgrade request (SIGUSR2): %s; send it again later", busy)
+        """SIGUSR2: upgrade in place to the installed code once nothing else is under way (a
+        start, a reload, the old workers of the previous upgrade): it waits for them."""
+        if self.phase is Phase.DRAINING:
+            log.warning("Ignored an upgrade request (SIGUSR2): the connector is shutting down")
             return []
+        if self.upgrading:
+            log.info("An upgrade is in progress already; ignored another SIGUSR2")
+            return []
+        wait = None
+        if self.phase is Phase.STARTING:
+            wait = "the first connection registered"
+        elif self.loading or self.bracketed:
+            wait = "the reload is over"
+        elif self.inheriting:
+            wait = "the previous upgrade's old workers exited"
+        if wait is not None:
+            if not self.upgrade_queued:
+                log.info("Upgrade requested (SIGUSR2): it begins once %s", wait)
+            self.upgrade_queued = True
+            return []
+        self.upgrade_queued = False
         self.upgrading = True
         log.info("Upgrading in place (SIGUSR2): checking the installed adit")
         return [PrepareUpgrade()]
@@ -553,7 +562,11 @@ class SupervisorState:
         """The old workers of an upgrade registered, lost or drained connections, or exited."""
         self.inherited_connections = connections
         self.inheriting = alive
-        return self._status()
+        return self._status() + self._queued_upgrade()
+
+    def _queued_upgrade(self) -> list[Action]:
+        """The upgrade a SIGUSR2 asked for while busy, if it may begin now."""
+        return self.request_upgrade(0.0) if self.upgrade_queued else []
 
     def settings_rejected(self, error: str, now: float) -> list[Action]:
         """The reloaded settings did not validate: keep the old ones and say why."""
@@ -746,7 +759,7 @@ class SupervisorState:
             self.bracketed = False
             actions.append(Notify("READY=1"))
         self._last_status = ""  # always restate STATUS= after a reload
-        return actions + self._status()
+        return actions + self._status() + self._queued_upgrade()
 
     def _forget_connection(self, slot: int, conn_index: int) -> None:
         """Drop a registration, unless another worker has taken that index over since."""
@@ -867,6 +880,7 @@ class SupervisorState:
             self.phase = Phase.RUNNING
             # The pidfile first: whoever reacts to READY=1 may read it at once.
             actions += [WritePidfile(), Notify("READY=1")]
+            return actions + self._status() + self._queued_upgrade()
         return actions + self._status()
 
     def _on_refused(self, event: RegistrationRefused, now: float) -> list[Action]:
@@ -935,7 +949,10 @@ class SupervisorState:
             f"{self.settings.ingress.version}, adit {self.settings.version}"
         )
         if self.upgrade_error is not None:
-            text += f"; upgrade refused: {self.upgrade_error}"
+            # The count tells a waiting `adit upgrade-restart` this refusal from an earlier one.
+            text += (
+                f"; upgrade refused: {self.upgrade_error} (refusal {self.stats.upgrade_failures})"
+            )
         if self.reload_error is not None:
             text += f"; reload rejected: {self.reload_error}"
         if self.refused:
