@@ -326,13 +326,7 @@ class Supervisor:
             if self._watchdog is not None:
                 pumps.append(asyncio.create_task(self._watchdog_pings(), name="watchdog"))
             if self._inherited is not None and self._inherited.workers:
-                self._predecessors = Predecessors(
-                    self._inherited,
-                    self._context,
-                    lambda: self._inbox.put_nowait(_PredecessorsChanged()),
-                )
-                self._predecessors.start(self.settings.version)
-                self.state.predecessors_changed(self._predecessors.connections, alive=True)
+                self._adopt_predecessors(self._inherited)
             return await self._dispatch(self.state.start(self._clock()))
         finally:
             if self._predecessors is not None:
@@ -622,6 +616,30 @@ class Supervisor:
                 self._inbox.put_nowait(SignalReceived(signum))
             self._notifier.notify("READY=1")
             return self.state.upgrade_refused(f"exec failed: {exc}", now)
+
+    def _adopt_predecessors(self, inherited: Inherited) -> None:
+        """Take over the old workers of the upgrade this process came from."""
+        assert self._context is not None
+        try:
+            predecessors = Predecessors(
+                inherited, self._context, lambda: self._inbox.put_nowait(_PredecessorsChanged())
+            )
+        except (OSError, zmq.ZMQError) as exc:
+            # Without their endpoints they cannot be told to drain: their stdin's end of file
+            # tells them (they drain at once, before the new workers registered).
+            log.error(
+                "Cannot adopt the old workers; they drain now error=%r",
+                str(exc),
+                extra=fields(runtimeDir=str(inherited.runtime_dir)),
+            )
+            for worker in inherited.workers:
+                if worker.stdin is not None:
+                    with contextlib.suppress(OSError):
+                        os.close(worker.stdin)
+            return
+        self._predecessors = predecessors
+        predecessors.start(self.settings.version)
+        self.state.predecessors_changed(predecessors.connections, alive=True)
 
     def _predecessors_changed(self) -> list[Action]:
         predecessors = self._predecessors
