@@ -298,7 +298,8 @@ def test_a_handover_the_installed_version_cannot_read_is_refused(
     tree: Path,
     tmp_path: Path,
 ) -> None:
-    """A downgrade to a version that reads another hand-over format: refused, not a crash."""
+    """A downgrade to a version that reads another hand-over format, or that refuses the
+    config: refused with the reason, not a crash; the running version keeps serving."""
     proc = start(processes, account2, tree, origin, tmp_path, workers=1)
     pid = proc.popen.pid
     wait_until(lambda: len(workers_of(pid)) == 1)
@@ -311,9 +312,25 @@ def test_a_handover_the_installed_version_cannot_read_is_refused(
         proc.signal(signal.SIGUSR2)
         text = proc.wait_for_log(r"Upgrade refused:", timeout=60)
         loop.wait_more(20)
-    line = next(x for x in text.splitlines() if "Upgrade refused:" in x)
-    assert "the installed adit 2020.1.0 does not start" in line
-    assert "hand-over has format 1; this adit reads format 0" in line
+        line = next(x for x in text.splitlines() if "Upgrade refused:" in x)
+        assert "the installed adit 2020.1.0 does not start" in line
+        assert "hand-over has format 1; this adit reads format 0" in line
+
+        # A config the installed version refuses (here: the last rule is not a catch-all).
+        handover.write_text(
+            handover.read_text().replace("UPGRADE_FORMAT = 0", "UPGRADE_FORMAT = 1")
+        )
+        config = tmp_path / "config.yml"
+        good = config.read_text()
+        config.write_text(f"ingress:\n- hostname: {HOST}\n  service: {origin.url}\n")
+        proc.signal(signal.SIGUSR2)
+        text = proc.wait_for_log(r"Upgrade refused:", timeout=60, count=2)
+        config.write_text(good)
+        loop.wait_more(20)
+    line = [x for x in text.splitlines() if "Upgrade refused:" in x][1]
+    assert "the installed adit 2020.1.0 does not start" in line and "must match all URLs" in line, (
+        line
+    )
     assert loop.failures == []
     assert proc.popen.poll() is None and workers_of(pid) == old_workers
 
