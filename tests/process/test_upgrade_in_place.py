@@ -44,7 +44,6 @@ from harness import (
 pytestmark = [pytest.mark.process, pytest.mark.timeout(120)]
 
 HOST = "upgrade.example.test"
-HTTP2 = ["--protocol", "http2"]
 REPO = Path(__file__).resolve().parents[2]
 ROOTS = ("runtime", "supervisor", "workers", "edge", "protocol")
 NEW_VERSION = "2099.1.0"
@@ -64,7 +63,9 @@ class RequestLoop:
     def __post_init__(self) -> None:
         self._stop = threading.Event()
         self._lock = threading.Lock()
-        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(3)]
+        self._threads = [
+            threading.Thread(target=self._run, daemon=True) for _ in range(self.threads)
+        ]
 
     def _run(self) -> None:
         for _ in range(self.limit):
@@ -191,17 +192,18 @@ def start(
     *,
     workers: int,
     notify: NotifySocket | None = None,
+    protocol: str = "http2",
 ) -> Proc:
     tunnel = create_tunnel(account, "upgrade", HOST)
     config = write_config(tmp_path / "config.yml", HOST, [{"service": origin.url}])
     env = tree_env(tree)
     if notify is not None:
         env["NOTIFY_SOCKET"] = notify.path
-    extra = [*HTTP2, "--workers", str(workers)]
+    extra = ["--protocol", protocol, "--workers", str(workers)]
     return start_connector(processes, tunnel, config, extra=extra, env=env, wait=2)
 
 
-@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize(("workers", "protocol"), [(1, "http2"), (2, "http2"), (2, "quic")])
 def test_upgrade_in_place_keeps_the_pid_replaces_every_worker_and_drops_nothing(
     processes: Processes,
     edge2: Edge,
@@ -211,8 +213,18 @@ def test_upgrade_in_place_keeps_the_pid_replaces_every_worker_and_drops_nothing(
     tree: Path,
     tmp_path: Path,
     workers: int,
+    protocol: str,
 ) -> None:
-    proc = start(processes, account2, tree, origin, tmp_path, workers=workers, notify=notify)
+    proc = start(
+        processes,
+        account2,
+        tree,
+        origin,
+        tmp_path,
+        workers=workers,
+        notify=notify,
+        protocol=protocol,
+    )
     pid = proc.popen.pid
     port = metrics_port(proc)
     ready_at = notify.wait_for("READY=1")
