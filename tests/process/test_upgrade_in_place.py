@@ -384,3 +384,18 @@ def test_upgrade_restart_with_pid(
     proc.stop()
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=90, check=False)
     assert done.returncode == 1 and f"no process {pid}" in done.stderr, done
+
+    # A process that does not handle SIGUSR2 (a connector older than in-place upgrades)
+    # would die of it: it is not sent.
+    sleeper = processes.start("sleeper", ["sleep", "60"])
+    wait_until(lambda: psutil.Process(sleeper.popen.pid).name() == "sleep")
+    done = subprocess.run(
+        [str(BIN / "adit"), "upgrade-restart", "--pid", str(sleeper.popen.pid)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
+    )
+    assert done.returncode == 1 and "predates in-place upgrades" in done.stderr, done
+    assert sleeper.popen.poll() is None

@@ -96,6 +96,26 @@ def _journal_refusal(unit: str, since: float) -> str | None:
     return found[-1].strip() if found else None
 
 
+def _catches_usr2(pid: int) -> bool:
+    """Whether process ``pid`` handles SIGUSR2 (``SigCgt`` in ``/proc/PID/status``): one that
+    does not would die of it. ``True`` when it cannot be told."""
+    try:
+        text = Path(f"/proc/{pid}/status").read_text(encoding="ascii")
+    except OSError:
+        return True
+    for line in text.splitlines():
+        if line.startswith("SigCgt:"):
+            return bool(int(line.split()[1], 16) >> (signal.SIGUSR2 - 1) & 1)
+    return True
+
+
+def _predates(what: str, restart: str) -> _Failed:
+    return _Failed(
+        f"the running {what} predates in-place upgrades (it does not handle SIGUSR2); it keeps "
+        f"serving its version until restarted ({restart})"
+    )
+
+
 def _is_edge(unit: str) -> bool:
     return unit.removesuffix(".service").startswith("adit-edge")
 
@@ -107,13 +127,12 @@ def _upgrade_unit(unit: str, timeout: float) -> str:
         return f"{unit}: not active ({before.state or 'unknown'}); nothing to upgrade"
     edge = _is_edge(unit)
     refusals = 0
+    if before.main_pid and not _catches_usr2(before.main_pid):
+        raise _predates("edge" if edge else "connector", f"systemctl restart {unit}")
     if not edge:
         running = _STATUS_VERSION.search(before.status)
         if running is None:
-            raise _Failed(
-                "the running connector predates in-place upgrades; it keeps serving until "
-                f"restarted (systemctl restart {unit})"
-            )
+            raise _predates("connector", f"systemctl restart {unit}")
         if running.group(1) == __version__:
             return f"{unit}: already runs adit {__version__}"
         old = _STATUS_REFUSAL.search(before.status)
@@ -194,6 +213,8 @@ def _alive(pid: int) -> bool:
 def _upgrade_pid(pid: int, metrics: str | None, timeout: float) -> str:
     if not _alive(pid):
         raise _Failed(f"no process {pid}")
+    if not _catches_usr2(pid):
+        raise _predates("connector", "stop it and start it again")
     address = metrics or _find_metrics(pid)
     before = _upgrade_state(address)
     if before.get("pid") != pid:
