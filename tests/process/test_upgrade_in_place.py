@@ -399,3 +399,38 @@ def test_upgrade_restart_with_pid(
     )
     assert done.returncode == 1 and "predates in-place upgrades" in done.stderr, done
     assert sleeper.popen.poll() is None
+
+
+def test_new_workers_that_do_not_register_leave_the_old_ones_serving(
+    processes: Processes,
+    edge2: Edge,
+    account2: Account,
+    origin: Origin,
+    tree: Path,
+    tmp_path: Path,
+) -> None:
+    """The installed code starts but its workers cannot register (here: its config names an
+    edge that does not answer): the old workers keep serving, never drained."""
+    proc = start(processes, account2, tree, origin, tmp_path, workers=1)
+    pid = proc.popen.pid
+    port = metrics_port(proc)
+    wait_until(lambda: len(workers_of(pid)) == 1)
+    (old_worker,) = workers_of(pid)
+    predecessors = tree / "supervisor" / "adit" / "supervisor" / "predecessors.py"
+    predecessors.write_text(
+        predecessors.read_text().replace("REGISTER_TIMEOUT = 60.0", "REGISTER_TIMEOUT = 5.0")
+    )
+    set_version(tree, NEW_VERSION)
+    config = tmp_path / "config.yml"
+    config.write_text(config.read_text() + "edge:\n- 127.0.0.1:9\n")
+    with RequestLoop(edge2, HOST) as loop:
+        loop.wait_more(20)
+        proc.signal(signal.SIGUSR2)
+        text = proc.wait_for_log(r"did not register this slot's connections", timeout=60)
+        loop.wait_more(30)
+    assert loop.failures == [], loop.failures[:5]
+    assert "Draining the old worker" not in text
+    assert proc.popen.poll() is None and old_worker in workers_of(pid)
+    assert build_version(port) == NEW_VERSION
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=5) as response:
+        assert b'"readyConnections":2' in response.read().replace(b" ", b"")
