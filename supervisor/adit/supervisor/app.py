@@ -325,9 +325,10 @@ class Supervisor:
             ]
             if self._watchdog is not None:
                 pumps.append(asyncio.create_task(self._watchdog_pings(), name="watchdog"))
+            adopted: list[Action] = []
             if self._inherited is not None and self._inherited.workers:
-                self._adopt_predecessors(self._inherited)
-            return await self._dispatch(self.state.start(self._clock()))
+                adopted = self._adopt_predecessors(self._inherited)
+            return await self._dispatch([*adopted, *self.state.start(self._clock())])
         finally:
             if self._predecessors is not None:
                 self._predecessors.close()
@@ -378,7 +379,7 @@ class Supervisor:
             elif isinstance(item, _UpgradeChecked):
                 pending = self._upgrade(item, now)
             elif isinstance(item, _PredecessorsChanged):
-                pending = self._predecessors_changed()
+                pending = self._predecessors_changed(now)
             else:
                 pending = self.state.handle_event(item, now)
                 if isinstance(item, ConnectionRegistered):
@@ -617,7 +618,7 @@ class Supervisor:
             self._notifier.notify("READY=1")
             return self.state.upgrade_refused(f"exec failed: {exc}", now)
 
-    def _adopt_predecessors(self, inherited: Inherited) -> None:
+    def _adopt_predecessors(self, inherited: Inherited) -> list[Action]:
         """Take over the old workers of the upgrade this process came from."""
         assert self._context is not None
         try:
@@ -636,17 +637,17 @@ class Supervisor:
                 if worker.stdin is not None:
                     with contextlib.suppress(OSError):
                         os.close(worker.stdin)
-            return
+            return []
         self._predecessors = predecessors
         predecessors.start(self.settings.version)
-        self.state.predecessors_changed(predecessors.connections, alive=True)
+        return self.state.adopt_predecessors(predecessors.connections)
 
-    def _predecessors_changed(self) -> list[Action]:
+    def _predecessors_changed(self, now: float) -> list[Action]:
         predecessors = self._predecessors
         if predecessors is None:
             return []
         actions = self.state.predecessors_changed(
-            predecessors.connections, alive=not predecessors.done
+            predecessors.connections, alive=not predecessors.done, now=now
         )
         if predecessors.done:
             predecessors.close()

@@ -12,7 +12,8 @@ Invariants:
 * A refusal the edge marks retryable is retried by its worker; one it does not stops that
   connection until new connection settings arrive. With every connection refused for good and
   none registered, the supervisor stops with exit code 1.
-* ``READY=1`` and the pidfile happen exactly once, on the first ``ConnectionRegistered``.
+* ``READY=1`` and the pidfile happen exactly once, on the first ``ConnectionRegistered`` (or,
+  in the new code of an in-place upgrade, when it adopts old workers that serve).
 * Nothing is spawned once DRAINING; DRAINING ends in exactly one :class:`Exit`, when the last
   worker is gone, when the drain deadline passes (after :class:`KillWorkers`), or at once on a
   second SIGTERM/SIGINT.
@@ -25,7 +26,9 @@ Invariants:
 * An upgrade (SIGUSR2) is only begun while RUNNING with no reload or upgrade in progress: one
   :class:`PrepareUpgrade`, answered by :meth:`SupervisorState.upgrade_refused` (nothing
   changes but the upgrade metric and ``STATUS=``) or by the ``exec`` of the installed code
-  (``adit.supervisor.upgrade``), which sends ``RELOADING=1`` itself.
+  (``adit.supervisor.upgrade``), which sends ``RELOADING=1`` itself. While the old workers of
+  the upgrade serve, a failure of the new ones is logged, not acted on: the supervisor stops
+  only once they are gone.
 """
 
 from __future__ import annotations
@@ -273,6 +276,8 @@ class SupervisorState:
     inheriting: bool = False
     #: SIGUSR2 arrived while something else was under way: the upgrade begins after it.
     upgrade_queued: bool = False
+    #: Why this supervisor would have stopped while the old workers of its upgrade served.
+    deferred_failure: str | None = None
     _last_status: str = ""
 
     def __post_init__(self) -> None:
@@ -558,10 +563,23 @@ class SupervisorState:
         self._last_status = ""
         return self._status()
 
-    def predecessors_changed(self, connections: int, alive: bool) -> list[Action]:
+    def adopt_predecessors(self, connections: int) -> list[Action]:
+        """This process is an upgrade's new code and its old workers serve ``connections``:
+        ready at once, as after a reload (``READY=1`` ends the ``RELOADING=1`` sent before
+        the ``exec``), while its own workers start and register."""
+        self.inherited_connections = connections
+        self.inheriting = True
+        if self.phase is not Phase.STARTING or not connections:
+            return []
+        self.phase = Phase.RUNNING
+        return [WritePidfile(), Notify("READY=1")]
+
+    def predecessors_changed(self, connections: int, alive: bool, now: float) -> list[Action]:
         """The old workers of an upgrade registered, lost or drained connections, or exited."""
         self.inherited_connections = connections
         self.inheriting = alive
+        if not alive and self.deferred_failure is not None:
+            return self._fail(self.deferred_failure, now)
         return self._status() + self._queued_upgrade()
 
     def _queued_upgrade(self) -> list[Action]:
@@ -915,6 +933,20 @@ class SupervisorState:
     def _fail(self, failure: str, now: float) -> list[Action]:
         if self.phase is Phase.DRAINING:
             return []
+        if self.inheriting:
+            # The old workers of the upgrade still serve: stopping would take them down too.
+            # Keep them; fail for real once they are gone (predecessors_changed).
+            if self.deferred_failure is None:
+                self.deferred_failure = failure
+                self.upgrade_error = f"the new workers fail: {failure}"
+                log.error(
+                    "The upgraded workers fail: %s; the old workers keep serving (restart the "
+                    "unit to retry)",
+                    failure,
+                )
+                for record in self.workers.values():
+                    record.restart_at = None
+            return self._status()
         self.exit_code = 1
         self.failure = failure
         return self._begin_drain(0.0, now)

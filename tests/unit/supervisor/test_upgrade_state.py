@@ -8,14 +8,18 @@ import msgspec
 import pytest
 
 from adit.ipc.messages import ConnectionRegistered, EdgeTarget
+from adit.ipc.rendezvous import WORKER_BOOT_ERROR
 from adit.supervisor.predecessors import due_for_drain
 from adit.supervisor.settings import SupervisorSettings
 from adit.supervisor.state import (
+    Exit,
     LoadSettings,
     Notify,
     Phase,
     PrepareUpgrade,
+    SendCommand,
     SupervisorState,
+    WritePidfile,
 )
 from adit.supervisor.upgrade_handover import (
     UPGRADE_FORMAT,
@@ -95,11 +99,22 @@ def test_sigusr2_while_draining_is_ignored() -> None:
 
 def test_inherited_connections_keep_ready_and_a_second_upgrade_waits_for_them() -> None:
     state = _state()
-    state.predecessors_changed(2, alive=True)
-    assert state.ready and state.ready_connections == 2  # still STARTING: the old ones serve
-    _register(state, 0)
+    assert state.adopt_predecessors(2) == [WritePidfile(), Notify("READY=1")]
+    assert state.ready and state.ready_connections == 2 and state.phase is Phase.RUNNING
+    assert Notify("READY=1") not in _register(state, 0)  # said once, at the adoption
     assert state.handle_signal(signal.SIGUSR2, 2.0) == []
-    assert state.predecessors_changed(0, alive=False)[-1] == PrepareUpgrade()
+    assert state.predecessors_changed(0, alive=False, now=3.0)[-1] == PrepareUpgrade()
+
+
+def test_new_workers_that_fail_do_not_stop_the_old_ones_until_they_are_gone() -> None:
+    state = _state()
+    state.adopt_predecessors(2)
+    actions = state.worker_exited(0, 100, WORKER_BOOT_ERROR, 1.0)
+    assert not any(isinstance(a, Exit | SendCommand) for a in actions)
+    assert state.phase is Phase.RUNNING and state.ready and state.next_deadline() is None
+    assert "the new workers fail: worker 0 could not start" in (state.upgrade_error or "")
+    actions = state.predecessors_changed(0, alive=False, now=2.0)
+    assert actions[-1] == Exit(1, "worker 0 could not start (exit code 3)")
 
 
 def test_an_old_worker_drains_once_its_connections_are_registered_again() -> None:
