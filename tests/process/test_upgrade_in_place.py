@@ -254,6 +254,17 @@ def test_upgrade_in_place_keeps_the_pid_replaces_every_worker_and_drops_nothing(
     assert len(new_workers) == workers and not new_workers & old_workers
     assert request(edge2, HOST).status == 200
 
+    # The upgraded supervisor upgrades again (what it hands over is written by the new code).
+    set_version(tree, "2099.2.0")
+    with RequestLoop(edge2, HOST) as loop:
+        loop.wait_more(20)
+        proc.signal(signal.SIGUSR2)
+        proc.wait_for_log(r"Upgrade finished: every old worker drained", timeout=60, count=2)
+        loop.wait_more(20)
+    assert loop.failures == [], loop.failures[:5]
+    assert proc.popen.poll() is None and build_version(port) == "2099.2.0"
+    assert not workers_of(pid) & (old_workers | new_workers)
+
 
 def test_a_broken_installed_tree_is_refused_and_the_old_version_keeps_serving(
     processes: Processes,
