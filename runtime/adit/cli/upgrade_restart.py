@@ -240,6 +240,10 @@ def _upgrade_pid(pid: int, metrics: str | None, timeout: float) -> str:
     raise _Failed(f"no upgrade within {timeout:g}s (still adit {before.get('version')})")
 
 
+def _one_line(exc: Exception) -> str:
+    return " ".join(str(exc).split())
+
+
 @click.command("upgrade-restart")
 @click.argument("units", nargs=-1)
 @click.option("--pid", type=int, default=None, help="Upgrade this connector process instead.")
@@ -286,7 +290,7 @@ def upgrade_restart(
         try:
             click.echo(_upgrade_pid(pid, metrics, timeout))
         except (_Failed, MetricsUnreachable) as exc:
-            click.echo(f"adit upgrade-restart: pid {pid}: {exc}", err=True)
+            click.echo(f"adit upgrade-restart: pid {pid}: {_one_line(exc)}", err=True)
             raise SystemExit(1) from None
         return
     chosen = list(units) or _active_units()
@@ -299,7 +303,7 @@ def upgrade_restart(
         try:
             click.echo(_upgrade_unit(name, timeout))
         except (_Failed, OSError, subprocess.SubprocessError) as exc:
-            click.echo(f"adit upgrade-restart: {name}: {exc}", err=True)
+            click.echo(f"adit upgrade-restart: {name}: {_one_line(exc)}", err=True)
             failed = True
     if failed:
         raise SystemExit(1)
