@@ -41,7 +41,7 @@ from harness import (
     write_config,
 )
 
-pytestmark = [pytest.mark.process, pytest.mark.timeout(120)]
+pytestmark = [pytest.mark.process, pytest.mark.timeout(180)]
 
 HOST = "upgrade.example.test"
 REPO = Path(__file__).resolve().parents[2]
