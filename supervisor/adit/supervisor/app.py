@@ -606,8 +606,10 @@ class Supervisor:
             "Upgrading in place: exec of the installed adit",
             extra=fields(workers=len(handover.workers)),
         )
-        usec = int(self._clock() * 1_000_000)
-        self._notifier.notify(f"RELOADING=1\nMONOTONIC_USEC={usec}")
+        # No RELOADING=1: systemd would show the unit as "reloading" for the exec's second,
+        # and an upgrade must look to `systemctl is-active` like nothing happened (it is not
+        # a reload systemd asked for, so none is owed). STATUS= says what is going on.
+        self._notifier.notify("STATUS=upgrading in place to the installed adit")
         try:
             exec_upgrade(msgspec.structs.replace(handover, early_signals=queued), self._runtime_dir)
         except OSError as exc:

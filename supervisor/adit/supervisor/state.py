@@ -26,7 +26,8 @@ Invariants:
 * An upgrade (SIGUSR2) is only begun while RUNNING with no reload or upgrade in progress: one
   :class:`PrepareUpgrade`, answered by :meth:`SupervisorState.upgrade_refused` (nothing
   changes but the upgrade metric and ``STATUS=``) or by the ``exec`` of the installed code
-  (``adit.supervisor.upgrade``), which sends ``RELOADING=1`` itself. While the old workers of
+  (``adit.supervisor.upgrade``), which sends no ``RELOADING=1`` (systemd did not ask for a
+  reload, and the unit must stay "active" throughout). While the old workers of
   the upgrade serve, a failure of the new ones is logged, not acted on: the supervisor stops
   only once they are gone.
 """
@@ -565,8 +566,8 @@ class SupervisorState:
 
     def adopt_predecessors(self, connections: int) -> list[Action]:
         """This process is an upgrade's new code and its old workers serve ``connections``:
-        ready at once, as after a reload (``READY=1`` ends the ``RELOADING=1`` sent before
-        the ``exec``), while its own workers start and register."""
+        ready at once (``READY=1`` again: systemd takes it as a no-op), while its own
+        workers start and register."""
         self.inherited_connections = connections
         self.inheriting = True
         if self.phase is not Phase.STARTING or not connections:

@@ -10,8 +10,9 @@ A package upgrade replaces the files under a running connector. On SIGUSR2 the s
    writes or reads another format) refuse the upgrade with one line; the running version keeps
    serving.
 2. ``exec``\\ s ``python -m adit.supervisor.lean --upgrade FILE`` (:func:`exec_upgrade`): the
-   same pid (systemd's MAINPID, ``NOTIFY_SOCKET``, the pidfile stay valid), ``RELOADING=1``
-   before and, from the new code, ``READY=1`` once a new worker registered. The live workers
+   same pid (systemd's MAINPID, ``NOTIFY_SOCKET``, the pidfile stay valid), ``STATUS=``
+   before (no ``RELOADING=1``: the unit stays "active" throughout) and, from the new code,
+   ``READY=1`` and the new ``STATUS=``. The live workers
    (:class:`~adit.supervisor.upgrade_handover.InheritedWorker`) and the metrics listener go
    along.
 3. The new code (:func:`resume_upgrade`) starts its own workers in a fresh runtime directory
