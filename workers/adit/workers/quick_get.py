@@ -3,7 +3,7 @@
 Most requests through a tunnel are a GET that arrives whole (END_STREAM on its HEADERS) for
 a plain-HTTP origin the worker already holds an idle keep-alive connection to, answered by a
 small response that arrives with its head. For those the general path (a task per stream and
-a chain of five coroutines, each wake-up a future and a loop iteration) was a third of the
+a chain of five coroutines, each wake-up a future and a loop iteration) was a quarter of the
 worker's Python per request. Here the request head is written to the pooled connection from
 the tunnel's read, and the answer goes back to the tunnel from the origin's read, in the
 callback that received it (as the edge's own fast path does for the public side).
