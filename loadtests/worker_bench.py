@@ -29,7 +29,7 @@ from adit.config.ingress import ingress_from_cli
 from adit.protocol.http2 import EdgeTunnelConnection, ResponseReceived
 from adit.protocol.registration import ClientInfo, ConnectionOptions, TunnelAuth
 from adit.workers.edge_connection import EdgeConnection, Registration
-from adit.workers.origins.dialer import OriginKey
+from adit.workers.origins.dialer import Early, OriginKey
 from adit.workers.origins.http1 import OriginConnection
 from adit.workers.proxy import OriginProxy
 
@@ -102,7 +102,6 @@ async def _until_written(transport: _Transport, count: int) -> None:
 
 async def run(requests: int, concurrency: int, profile: cProfile.Profile | None) -> float:
     """Worker CPU µs per request (``concurrency`` requests in flight per round)."""
-    loop = asyncio.get_running_loop()
     registration = Registration(
         TunnelAuth("bench", b"\0" * 32),
         uuid.uuid4(),
@@ -119,10 +118,7 @@ async def run(requests: int, concurrency: int, profile: cProfile.Profile | None)
     origins: list[_Transport] = []
     for _ in range(concurrency):
         transport = _Transport()
-        reader = asyncio.StreamReader()
-        protocol = asyncio.StreamReaderProtocol(reader)
-        writer = asyncio.StreamWriter(transport, protocol, reader, loop)
-        connection = OriginConnection(reader, writer)
+        connection = OriginConnection(transport, Early())
         proxy._pool.checkin(
             OriginKey("127.0.0.1", 8080), connection, max_idle=concurrency, idle_timeout=1e9
         )

@@ -43,12 +43,13 @@ from adit.protocol.rpc_events import (
     RegistrationReturned,
     RpcAborted,
 )
-from adit.tunnelio import StreamChannel, StreamClosedError, TunnelIO
+from adit.tunnelio import StreamChannel, StreamClosedError, TunnelIO, release_waiter
 from adit.workers.stream import IncomingRequest, ResponseSource, StreamKind, TunnelStream
 
 if TYPE_CHECKING:
     from adit.config.ingress import Ingress
     from adit.config.origin import Rule
+    from adit.workers.quick_get import QuickExchange
 
 log = logging.getLogger("adit.workers.edge")
 
@@ -131,6 +132,10 @@ class ConnectorStream:
     def response_started(self) -> bool:
         return self._started
 
+    @property
+    def stream_id(self) -> int:
+        return self.channel.stream_id
+
     # read() and write() hand out the channel's own coroutines: no wrapper frame per call (on
     # the data path) nor per idle stream (a WebSocket waits in read() for its whole life).
     def read(self) -> Coroutine[Any, Any, bytes]:
@@ -145,9 +150,22 @@ class ConnectorStream:
         end_stream: bool = False,
         body: bytes = b"",
     ) -> None:
+        self._send(status, headers, _RESPONSE_META[source], end_stream, body)
+
+    def send_whole(self, status: int, headers: list[tuple[str, str]], body: bytes) -> None:
+        """An origin's whole response at once (the callback path: no coroutine)."""
+        self._send(status, headers, ResponseMeta.ORIGIN, True, body)
+
+    def _send(
+        self,
+        status: int,
+        headers: list[tuple[str, str]],
+        meta: ResponseMeta,
+        end_stream: bool,
+        body: bytes,
+    ) -> None:
         if self.channel.reset_code is not None or self.connection.closed:
             raise StreamClosedError("stream is closed")
-        meta = _RESPONSE_META[source]
         try:
             self.connection.conn.send_response(
                 self.channel.stream_id,
@@ -199,6 +217,10 @@ class EdgeConnection(TunnelIO[ConnectorTunnelConnection]):
         self.background: set[asyncio.Task[None]] = set()
         # The task serving each eyeball stream, to stop when the edge resets it.
         self._serving: dict[int, asyncio.Task[None]] = {}
+        # Streams answered on the callback path (adit.workers.quick_get), likewise.
+        self._quick: dict[int, QuickExchange] = {}
+        self._quick_idle: asyncio.Future[None] | None = None  # a drain waits for them
+        self._serve_quick = getattr(proxy, "serve_quick", None)
         self._calls: dict[int, asyncio.Future[bool]] = {}
         self.failure: str | None = None
         #: Answers the edge's configuration pushes (the worker sets it; None: refused).
@@ -271,6 +293,9 @@ class EdgeConnection(TunnelIO[ConnectorTunnelConnection]):
             # path as sent, which the edge made the one normal spelling of that same path.
             rule = self.ingress().find_matching_rule(host, decoded_path(event.path))
             stream = ConnectorStream(self, channel, request)
+            quick = self._serve_quick
+            if quick is not None and quick(stream, rule, self):
+                return
             self._track(event.stream_id, self.spawn(self.proxy.serve(stream, rule), stream=True))
 
     def _serve_management(
@@ -308,9 +333,37 @@ class EdgeConnection(TunnelIO[ConnectorTunnelConnection]):
 
         task.add_done_callback(done)
 
+    @property
+    def in_flight(self) -> int:
+        """Eyeball streams being served (what a drain waits for)."""
+        return len(self.tasks) + len(self._quick)
+
+    def quick_begin(self, exchange: QuickExchange) -> None:
+        self._quick[exchange.stream_id] = exchange
+
+    def quick_end(self, exchange: QuickExchange) -> None:
+        stream_id = exchange.stream_id
+        del self._quick[stream_id]
+        channel = self.channels.get(stream_id)
+        if channel is not None:
+            self.release(channel)
+        if not self._quick and self._quick_idle is not None:
+            release_waiter(self._quick_idle)
+
+    def quick_handoff(self, exchange: QuickExchange, work: Coroutine[Any, Any, None]) -> None:
+        stream_id = exchange.stream_id
+        del self._quick[stream_id]
+        self._track(stream_id, self.spawn(work, stream=True))
+        if not self._quick and self._quick_idle is not None:
+            release_waiter(self._quick_idle)
+
     def dispatch(self, event: Event) -> None:
         super().dispatch(event)
         if type(event) is StreamReset:
+            exchange = self._quick.get(event.stream_id)
+            if exchange is not None:
+                exchange.cancel()  # as a task's cancel below
+                return
             task = self._serving.get(event.stream_id)
             if task is not None:
                 # The edge gave up on the request (its visitor left, or a deadline passed):
@@ -453,8 +506,15 @@ class EdgeConnection(TunnelIO[ConnectorTunnelConnection]):
     async def drain(self, deadline: float) -> None:
         """Wait for in-flight streams until ``deadline`` (loop time), then close."""
         loop = asyncio.get_running_loop()
-        while self.tasks and loop.time() < deadline:
-            await asyncio.wait(set(self.tasks), timeout=max(0.0, deadline - loop.time()))
+        while (self.tasks or self._quick) and loop.time() < deadline:
+            waiting: set[asyncio.Future[None]] = set(self.tasks)
+            if self._quick:
+                if self._quick_idle is None or self._quick_idle.done():
+                    self._quick_idle = loop.create_future()
+                waiting.add(self._quick_idle)
+            await asyncio.wait(waiting, timeout=max(0.0, deadline - loop.time()))
+        for exchange in list(self._quick.values()):
+            exchange.cancel()
         for task in [*self.tasks, *self.background]:
             task.cancel()
         self.close("connector shutting down")

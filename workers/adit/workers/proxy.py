@@ -13,9 +13,9 @@ import functools
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -49,6 +49,7 @@ from adit.workers.origins.request import (
     build_request_head,
     tag_headers,
 )
+from adit.workers.quick_get import QuickExchange, QuickOwner, QuickStream
 from adit.workers.stream import ResponseSource, StreamKind, TunnelStream
 
 if TYPE_CHECKING:
@@ -122,6 +123,8 @@ class OriginProxy:
     :meth:`aclose` on shutdown.
     """
 
+    whole_body_limit = WHOLE_BODY_LIMIT
+
     def __init__(
         self,
         connector_id: uuid.UUID,
@@ -152,8 +155,103 @@ class OriginProxy:
         self.stats.concurrent_requests += 1
         if self._log.isEnabledFor(logging.DEBUG):  # at debug, or while a ``tail`` listens
             self._log_request(stream, rule)
+        await self._guarded(stream, rule, self._serve(stream, rule))
+
+    def serve_quick(self, stream: QuickStream, rule: Rule, owner: QuickOwner) -> bool:
+        """Start answering ``stream`` without a task when it is the simple case: a bodiless
+        request to a plain-HTTP origin with an idle pooled connection (see
+        :mod:`~adit.workers.quick_get`). False: not started, :meth:`serve` it."""
+        request = stream.request
+        if not request.end_stream or request.kind is not StreamKind.HTTP:
+            return False
+        service = rule.service
+        if not isinstance(service, HttpService) or service.scheme != "http":
+            return False
+        options = rule.options
+        access = options.access
+        if (access is not None and access.required) or self._log.isEnabledFor(logging.DEBUG):
+            return False
+        key = OriginKey(service.host, service.port)
+        connection = self._pool.checkout(key)
+        if connection is None:
+            return False  # a dial: the general path
+        head = build_request_head(request, options, self._tags)
+        if head.framing is not BodyFraming.NONE and head.framing is not BodyFraming.PROBE:
+            self._pool.checkin(
+                key,
+                connection,
+                max_idle=options.keep_alive_connections,
+                idle_timeout=options.keep_alive_timeout,
+            )
+            return False
         try:
-            await self._serve(stream, rule)
+            connection.start_request(head.method, head.target, head.headers)
+        except OriginError:
+            # An invalid head (the general path says why) or a connection that died idle.
+            connection.close()
+            return False
+        self.stats.total_requests += 1
+        self.stats.concurrent_requests += 1
+        QuickExchange(self, stream, rule, key, head, connection, owner)
+        return True
+
+    def quick_done(self, exchange: QuickExchange, whole: bytes) -> None:
+        """A quick exchange's complete answer (its head in ``exchange.response``) goes to the
+        edge in one call; the origin connection back to the pool."""
+        stream = exchange.stream
+        connection = exchange.connection
+        response = exchange.response
+        assert response is not None
+        options = exchange.rule.options
+        try:
+            stream.send_whole(response.status, _response_headers(response), whole)
+        except Exception as exc:
+            # The stream went away meanwhile (the edge connection closed).
+            self._log_failure(stream, exchange.rule, exc, "the request ended abruptly")
+            self.stats.request_errors += 1
+            with contextlib.suppress(Exception):
+                stream.reset()
+        else:
+            self.stats.count_response(response.status)
+        finally:
+            self.stats.concurrent_requests -= 1
+        if connection.reusable:
+            self._pool.checkin(
+                exchange.key,
+                connection,
+                max_idle=options.keep_alive_connections,
+                idle_timeout=options.keep_alive_timeout,
+            )
+        else:
+            connection.close()
+
+    def quick_cancelled(self, exchange: QuickExchange) -> None:
+        """The edge reset a quick exchange's stream: its origin connection is dropped (as a
+        cancelled request's is)."""
+        exchange.connection.close()
+        self.stats.concurrent_requests -= 1
+        with contextlib.suppress(Exception):
+            exchange.stream.reset()
+
+    def quick_resumed(self, exchange: QuickExchange) -> Coroutine[Any, Any, None]:
+        """What a quick exchange that is not the simple case after all (a large or streamed
+        body, a 101, an error, a pooled connection the origin had closed) becomes: the
+        general path, from the request already sent, in a task."""
+        stream, rule = exchange.stream, exchange.rule
+        head = exchange.head
+        request = _Request(head.method, head.target, head.headers, _NO_BODY, None)
+        work = self._send_and_respond(
+            stream, rule.options, exchange.key, request, exchange.connection, sent=True
+        )
+        return self._guarded(stream, rule, work)
+
+    async def _guarded(
+        self, stream: TunnelStream, rule: Rule, work: Coroutine[Any, Any, None]
+    ) -> None:
+        """Run ``work`` for ``stream`` (counted in by the caller): failures end the stream
+        as described at the top."""
+        try:
+            await work
         except OriginError as exc:
             self._log_failure(stream, rule, exc, exc.hint)
             await self._abort(stream, exc)
@@ -439,12 +537,31 @@ class OriginProxy:
 
         if connection is None:
             connection = await self._checkout(key, options)
+        await self._send_and_respond(stream, options, key, request, connection)
+
+    async def _send_and_respond(
+        self,
+        stream: TunnelStream,
+        options: OriginOptions,
+        key: OriginKey,
+        request: _Request,
+        connection: OriginConnection,
+        *,
+        sent: bool = False,
+    ) -> None:
+        """The exchange on ``connection`` (``sent``: the bodiless request is written
+        already), then the response to the tunnel."""
+        body = request.body
         pump: asyncio.Task[None] | None = None
         pooled = False
         try:
             while True:
                 try:
-                    pump, response = await self._exchange(connection, stream, request)
+                    if sent:
+                        sent = False
+                        response = await connection.receive_response()
+                    else:
+                        pump, response = await self._exchange(connection, stream, request)
                     break
                 except OriginProtocolError:
                     # A pooled connection the origin closed meanwhile: retry once on a fresh
@@ -464,7 +581,7 @@ class OriginProxy:
                 # A WebSocket is piped for as long as it lives: hold nothing of the exchange,
                 # the connection's parse state included (its transport is the pipe's now).
                 pooled = True  # i.e. not this frame's to close: closed after the pipe
-                del head, headers, body, request, response, connection
+                del body, request, response, connection
                 try:
                     await pipe(stream, transport, trailing, ended=ended)
                 finally:

@@ -88,6 +88,7 @@ if TYPE_CHECKING:
     from adit.workers.management import ManagementService
     from adit.workers.proxy import OriginProxy
     from adit.workers.quic_telemetry import QuicTelemetry
+    from adit.workers.quick_get import QuickOwner, QuickStream
     from adit.workers.udp_sessions import UdpCounters
 
 log = logging.getLogger("adit.workers")
@@ -229,6 +230,12 @@ class LazyProxy:
         if loading.done():
             return self.get().serve(stream, rule)
         return self._serve_when_loaded(loading, stream, rule)
+
+    def serve_quick(self, stream: QuickStream, rule: Rule, owner: QuickOwner) -> bool:
+        """Start ``stream`` on the callback path if it is the simple case (see
+        ``OriginProxy.serve_quick``); False before the proxy is loaded."""
+        proxy = self._proxy
+        return proxy is not None and proxy.serve_quick(stream, rule, owner)
 
     async def _serve_when_loaded(
         self, loading: asyncio.Future[None], stream: TunnelStream, rule: Rule
@@ -506,7 +513,7 @@ class WorkerRuntime:
     @property
     def active_streams(self) -> int:
         """Streams in flight across all connections (retiring ones included)."""
-        live = sum(len(c.tasks) for c in self.connections.values())
+        live = sum(c.in_flight for c in self.connections.values())
         return live + sum(1 for t in self._retiring if not t.done())
 
     # -- reconfiguration ----------------------------------------------------------------------

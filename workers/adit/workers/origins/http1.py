@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 
 import httptools
 import msgspec
@@ -309,6 +309,8 @@ class OriginConnection:
         self._error: OriginProtocolError | None = None
         self._interrupt: BaseException | None = None  # the request body failed
         self._waiter: asyncio.Future[None] | None = None
+        #: Called instead of waking a waiter: the callback path's owner of the exchange.
+        self.listener: Callable[[], None] | None = None
         self._buffered = 0  # response bytes received and not yet taken by body()
         self._read_paused = False
         self._write_paused = early.write_paused
@@ -361,6 +363,31 @@ class OriginConnection:
         ``Content-Length`` (pass the same ``content_length``, which is enforced) or
         ``Transfer-Encoding: chunked`` (pass ``chunked``). With neither there is no body.
         """
+        self.start_request(
+            method,
+            target,
+            headers,
+            body=body,
+            content_length=content_length,
+            chunked=chunked,
+            end=end,
+        )
+        if self._write_paused or self._lost:
+            await self._drained()  # (no coroutine frame for the usual request)
+
+    def start_request(
+        self,
+        method: str,
+        target: str,
+        headers: Sequence[tuple[str, str]],
+        *,
+        body: bytes = b"",
+        content_length: int | None = None,
+        chunked: bool = False,
+        end: bool = True,
+    ) -> None:
+        """:meth:`send_request` without the wait while the socket's buffer is full (the
+        callback path's bodiless request: its head is all there is to write)."""
         head = serialise_request_head(method, target, headers)
         self.requests += 1
         self.response_bytes_seen = False
@@ -374,8 +401,6 @@ class OriginConnection:
             self._put(head, *self._frame(body), *self._ending(end))
         else:
             self._put(head, *self._ending(end))
-        if self._write_paused or self._lost:
-            await self._drained()  # (no coroutine frame for the usual request)
 
     async def send_body(self, data: bytes) -> None:
         """Write a piece of the request body (framed as :meth:`send_request` announced)."""
@@ -453,6 +478,25 @@ class OriginConnection:
             await self._wait()
         return OriginResponse(response.status, response.headers)
 
+    @property
+    def failed(self) -> bool:
+        """The response cannot complete: a parse or read error, or the origin ended its side
+        before the whole response arrived (:meth:`receive_response` or :meth:`body` raises)."""
+        return self._error is not None or (self._eof and not self._response.complete)
+
+    @property
+    def head_received(self) -> bool:
+        """The final response head (or a 101) has arrived."""
+        return self._response.head_done
+
+    @property
+    def complete_response(self) -> OriginResponse | None:
+        """The response when it has wholly arrived (head and body) and is not a 101."""
+        response = self._response
+        if not response.complete or response.status == 101 or self._error is not None:
+            return None
+        return OriginResponse(response.status, response.headers)
+
     def interrupt(self, exc: BaseException) -> None:
         """Make :meth:`receive_response` raise ``exc`` unless the head is already in.
 
@@ -516,6 +560,9 @@ class OriginConnection:
             self._waiter = None
 
     def _wake(self) -> None:
+        if self.listener is not None:
+            self.listener()
+            return
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
 
