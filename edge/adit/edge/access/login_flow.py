@@ -19,9 +19,9 @@ path                                method  answer
 A decision after login evaluates the application's policies with the identity (e-mail,
 groups), the country of the visitor's address (``--geoip-db``) and the address itself. An
 allowed visitor gets the ``CF_Authorization`` cookie (HttpOnly, SameSite=Lax, Secure over
-HTTPS, host-only) holding a session JWT and a 302 back to the same-host path they asked for;
-a denied one gets the 403 page naming the application. Either way the decision is in the
-access log.
+HTTPS, host-only, with the application's path as ``Path``: :mod:`.app_cookies`) holding a
+session JWT and a 302 back to the same-host path they asked for; a denied one gets the 403
+page naming the application. Either way the decision is in the access log.
 
 Every form post carries a CSRF token bound to the browser's pre-login cookie; an OIDC callback
 is accepted only with the flow cookie of the browser that began it (:mod:`.oidc_client`).
@@ -42,8 +42,9 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Final
 from urllib.parse import parse_qsl, quote, urlsplit
 
+from adit.edge.access.app_cookies import COOKIE, cookie_path
 from adit.edge.access.engine import Subject, evaluate
-from adit.edge.access.gate import COOKIE, AccessGate, FlowRequest
+from adit.edge.access.gate import AccessGate, FlowRequest
 from adit.edge.access.login_page import (
     PAGE_HEADERS,
     ProviderChoice,
@@ -280,7 +281,7 @@ class LoginFlow:
     ) -> HtmlAnswer:
         back = safe_return_path(query.get("redirect_url"))
         app = self._application(request, back, query.get("kid"))
-        if error is None and self._gate.session_claims(app, cookies.get(COOKIE)) is not None:
+        if error is None and self._gate.request_session(app, request.headers) is not None:
             return _redirect(back)  # signed in already (another tab finished first)
         binding = cookies.get(LOGIN_COOKIE) or secrets.token_urlsafe(24)
         choices = [ProviderChoice(i.id, i.name, i.type) for i in self._providers(app)]
@@ -498,7 +499,11 @@ class LoginFlow:
             idp=idp_claim,
         )
         session = cookie_header(
-            COOKIE, token, max_age=app.session_duration, secure=self._secure(request)
+            COOKIE,
+            token,
+            path=cookie_path(app.path),
+            max_age=app.session_duration,
+            secure=self._secure(request),
         )
         return _redirect(back, *headers, ("Set-Cookie", session))
 
@@ -507,10 +512,12 @@ class LoginFlow:
     async def _logout(self, request: FlowRequest, cookies: dict[str, str]) -> ErrorPage:
         assert request.app is not None
         table = self._store.table()
-        for app in table.apps.get(request.host, ()):
-            claims = self._gate.session_claims(app, cookies.get(COOKIE))
-            if claims is None:
+        apps = table.apps.get(request.host, ())
+        for app in apps:
+            found = self._gate.request_session(app, request.headers)
+            if found is None:
                 continue
+            claims = found[1]
             # At once in this process; through the store for the others (and restarts).
             self._gate.revoke(claims)
             nonce = claims.get("identity_nonce")
@@ -519,19 +526,25 @@ class LoginFlow:
                 await self._store.db.off_loop(
                     self._store.revoke_session, app.account, nonce, expires
                 )
-        clear = cookie_header(COOKIE, "", max_age=0, secure=self._secure(request))
+        # Every application's cookie on this host goes from the browser (each has its path).
+        secure = self._secure(request)
+        clear = [
+            ("Set-Cookie", cookie_header(COOKIE, "", path=p, max_age=0, secure=secure))
+            for p in sorted({cookie_path(a.path) for a in apps} | {"/"})
+        ]
         page = _message(
             "Signed out",
             f"You are signed out of {request.app.name}. Open the application again to sign in.",
         )
-        return _html(200, page, ("Set-Cookie", clear))
+        return _html(200, page, *clear)
 
     def _identity(self, request: FlowRequest, cookies: dict[str, str]) -> ErrorPage:
         assert request.app is not None
         claims = None
         for app in self._store.table().apps.get(request.host, ()):
-            claims = self._gate.session_claims(app, cookies.get(COOKIE))
-            if claims is not None:
+            found = self._gate.request_session(app, request.headers)
+            if found is not None:
+                claims = found[1]
                 break
         if claims is None:
             return _json(401, {"err": "no valid session: sign in first"})
@@ -568,8 +581,11 @@ class LoginFlow:
             return _html(400, _message("Not a CLI login", "This link is missing its key."))
         back = safe_return_path(query.get("redirect_url"))
         app = self._application(request, back)
-        if self._gate.session_claims(app, cookies.get(COOKIE)) is None:
-            here = safe_return_path(request.path)
+        if app.path and request.mount != app.path:
+            # A path application's cookie is sent only under its path: ask there.
+            return _redirect(app.path + request.path)
+        if self._gate.request_session(app, request.headers) is None:
+            here = safe_return_path(request.mount + request.path)
             login = f"{LOGIN}/{request.host}?kid={app.aud}&redirect_url={quote(here, safe='')}"
             return _redirect(login)
         binding = cookies.get(LOGIN_COOKIE) or secrets.token_urlsafe(24)
@@ -580,14 +596,14 @@ class LoginFlow:
             "<p>A terminal running <code>adit access login</code> asks for your token. Allow it"
             " only if you started that command just now and it shows this key:</p>"
             f"<p><code>{html.escape(key[:12])}</code></p>"
-            f'<form method="post" action="{PREFIX}/cli">'
+            f'<form method="post" action="{request.mount}{PREFIX}/cli">'
             f'<input type="hidden" name="token" value="{html.escape(key)}">'
             f'<input type="hidden" name="redirect_url" value="{html.escape(back)}">'
             f'<input type="hidden" name="csrf" value="{csrf_token(self._csrf_key, binding)}">'
             '<button type="submit">Allow the command line</button></form>',
         )
         cookie = cookie_header(
-            LOGIN_COOKIE, binding, path=PREFIX + "/", secure=self._secure(request)
+            LOGIN_COOKIE, binding, path=request.mount + PREFIX + "/", secure=self._secure(request)
         )
         return _html(200, page, ("Set-Cookie", cookie))
 
@@ -600,9 +616,10 @@ class LoginFlow:
         except TransferError:
             return _html(400, _message("Not a CLI login", "This form is missing its key."))
         app = self._application(request, safe_return_path(form.get("redirect_url")))
-        token = cookies.get(COOKIE)
-        if token is None or self._gate.session_claims(app, token) is None:
+        found = self._gate.request_session(app, request.headers)
+        if found is None:
             return self._refused(request, "this browser is not signed in")
+        token = found[0]
         now = self._clock()
         for key, (_, expires) in list(self._transfers.items()):
             if expires <= now:
