@@ -79,6 +79,9 @@ __all__ = [
 log = logging.getLogger("adit.edge.access")
 
 CERTS_PATH: Final = "/cdn-cgi/access/certs"
+#: Where cloudflared's ``access ssh-gen`` asks the token's issuer (the team domain) for an
+#: SSH certificate (:mod:`adit.edge.access.cert_sign`).
+CERT_SIGN_PATH: Final = "/cdn-cgi/access/cert_sign"
 #: The login flow's own paths on a guarded hostname (never forwarded to the origin).
 _ACCESS_PATHS: Final = "/cdn-cgi/access/"
 ASSERTION: Final = "Cf-Access-Jwt-Assertion"
@@ -227,6 +230,8 @@ class AccessGate:
             account = table.team_hosts.get(host) or table.accounts_by_host.get(host)
             if account is not None:
                 return key_set_answer(key_set(self._keys(table, account)))
+        if path == CERT_SIGN_PATH and host in table.team_hosts:
+            return self._flow(None, host, path, headers, client_ip, ray, "")
         app = table.application(host, path)
         mount = ""
         if app is not None and app.path and path.startswith(app.path + _ACCESS_PATHS):
@@ -237,23 +242,37 @@ class AccessGate:
             app = next(iter(table.apps.get(host, ())), None)
         if app is None:
             return None
+        if path.startswith(_ACCESS_PATHS):
+            return self._flow(app, host, path, headers, client_ip, ray, mount)
         if self.client_address is not None:
             client_ip = self.client_address(client_ip, headers)
-        if path.startswith(_ACCESS_PATHS):
-            return FlowRequest(
-                500,
-                "500",
-                "Access could not answer this request",
-                "This edge cannot serve the sign-in pages on this connection.",
-                app=app,
-                host=host,
-                path=path,
-                headers=headers,
-                client_ip=client_ip,
-                ray=ray,
-                mount=mount,
-            )
         return self._decide(table, app, host, path, headers, client_ip, ray, log_refusal)
+
+    def _flow(
+        self,
+        app: Application | None,
+        host: str,
+        path: str,
+        headers: Sequence[tuple[bytes, bytes]],
+        client_ip: str,
+        ray: str,
+        mount: str,
+    ) -> FlowRequest:
+        if self.client_address is not None:
+            client_ip = self.client_address(client_ip, headers)
+        return FlowRequest(
+            500,
+            "500",
+            "Access could not answer this request",
+            "This edge cannot serve the sign-in pages on this connection.",
+            app=app,
+            host=host,
+            path=path,
+            headers=headers,
+            client_ip=client_ip,
+            ray=ray,
+            mount=mount,
+        )
 
     # -- the decision ----------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ path                                method  answer
 /cdn-cgi/access/cli?token=KEY       GET     ``adit access login``: the session's token
                                             sealed to the CLI's KEY (login first if none)
 /cdn-cgi/access/transfer/KEY        GET     the sealed token, once (404 until then)
+/cdn-cgi/access/cert_sign           POST    a short-lived SSH certificate (:mod:`.cert_sign`)
 =================================== ======= ==============================================
 
 A decision after login evaluates the application's policies with the identity (e-mail,
@@ -43,6 +44,7 @@ from typing import Any, ClassVar, Final
 from urllib.parse import parse_qsl, quote, urlsplit
 
 from adit.edge.access.app_cookies import COOKIE, cookie_path
+from adit.edge.access.cert_sign import CERT_SIGN, CertSigner
 from adit.edge.access.engine import Subject, evaluate
 from adit.edge.access.gate import AccessGate, FlowRequest
 from adit.edge.access.login_page import (
@@ -184,6 +186,7 @@ class LoginFlow:
         self._pins: dict[str, PinBook] = {}
         #: CLI public key → (the sealed token, when it goes): each fetched once.
         self._transfers: dict[str, tuple[bytes, float]] = {}
+        self._cert_sign = CertSigner(gate, store, country_of=country_of)
 
     async def __call__(self, request: FlowRequest, method: str, body: bytes) -> ErrorPage:
         try:
@@ -203,6 +206,8 @@ class LoginFlow:
         path = parts.path
         query = _fields(parts.query)
         cookies = _cookies(request.headers)
+        if method == "POST" and path == CERT_SIGN:
+            return await self._cert_sign(request, body)  # a token in the body, no cookies
         if method in ("GET", "HEAD"):
             if path in (LOGIN, f"{LOGIN}/{request.host}"):
                 return self._login_page(request, query, cookies)
