@@ -5,7 +5,9 @@ origin, headless Chromium and one-time PINs over a real SMTP server (aiosmtpd).
 A visitor allowed on ``/`` but not on ``/admin`` is sent to sign in at ``/admin`` although
 their ``/`` cookie goes there too, and is denied after signing in; signing in to ``/admin``
 does not sign anyone out of ``/``. Then, as an attacker with raw HTTP, the one application's
-token is offered to the other in every order: never a session there.
+token is offered to the other in every order: never a session there. Signing out at the
+host's ``/cdn-cgi/access/logout`` ends both sessions (it passes by ``/admin``'s own sign-out,
+where that application's cookie is sent).
 """
 
 from __future__ import annotations
@@ -195,8 +197,10 @@ def test_each_path_application_has_its_own_session(
         identity = json.loads(_body(page, site, "/admin/cdn-cgi/access/get-identity"))
         assert identity["email"] == "boss@example.com"
         screens.shot(page, "admin-identity")
-        # Signing out under /admin ends both sessions there and clears every cookie.
-        assert "Signed out" in _body(page, site, "/admin/cdn-cgi/access/logout")
+        # The host's sign-out ends both sessions: it passes by /admin's own sign-out, where
+        # that cookie is sent, and both cookies go.
+        assert "Signed out" in _body(page, site, "/cdn-cgi/access/logout")
+        assert page.url == site.url("/admin/cdn-cgi/access/logout?step=1")
         assert _sessions(boss) == {}
     finally:
         boss.close()
@@ -218,6 +222,7 @@ def test_each_path_application_has_its_own_session(
     assert status("/admin/users", carol_wiki) == 401
     assert status("/admin/users", "x.y.z", carol_wiki, "garbage") == 401
     assert status("/admin/users", tokens["/admin"]) == 401  # signed out
+    assert status("/docs", tokens["/"]) == 401  # signed out
     assert status("/admin/users", carol_wiki, tokens["/admin"]) == 401
     assert len(site.origin.seen_headers) == seen
     # The wiki token still works where it belongs, also next to a foreign one.

@@ -9,7 +9,7 @@ path                                method  answer
 /cdn-cgi/access/callback            GET     code exchange, ID token → identity → decision
 /cdn-cgi/access/login/pin           POST    a PIN mailed; the PIN entry page
 /cdn-cgi/access/login/pin/verify    POST    PIN checked → identity → decision
-/cdn-cgi/access/logout              GET     the session ended (revoked), cookie cleared
+/cdn-cgi/access/logout              GET     the sessions ended (revoked), cookies cleared
 /cdn-cgi/access/get-identity        GET     the session's identity as JSON (401 without)
 /cdn-cgi/access/cli?token=KEY       GET     ``adit access login``: the session's token
                                             sealed to the CLI's KEY (login first if none)
@@ -214,7 +214,7 @@ class LoginFlow:
             if path == CALLBACK:
                 return await self._callback(request, query, cookies)
             if path == PREFIX + "/logout":
-                return await self._logout(request, cookies)
+                return await self._logout(request, query)
             if path == PREFIX + "/get-identity":
                 return self._identity(request, cookies)
             if path == PREFIX + "/cli":
@@ -514,7 +514,7 @@ class LoginFlow:
 
     # -- after login ---------------------------------------------------------------------------
 
-    async def _logout(self, request: FlowRequest, cookies: dict[str, str]) -> ErrorPage:
+    async def _logout(self, request: FlowRequest, query: dict[str, str]) -> ErrorPage:
         assert request.app is not None
         table = self._store.table()
         apps = table.apps.get(request.host, ())
@@ -531,12 +531,21 @@ class LoginFlow:
                 await self._store.db.off_loop(
                     self._store.revoke_session, app.account, nonce, expires
                 )
-        # Every application's cookie on this host goes from the browser (each has its path).
+        # The cookies this request could carry go: the host's root one and, under a path
+        # application's path, that application's.
         secure = self._secure(request)
         clear = [
             ("Set-Cookie", cookie_header(COOKIE, "", path=p, max_age=0, secure=secure))
-            for p in sorted({cookie_path(a.path) for a in apps} | {"/"})
+            for p in sorted({"/", cookie_path(request.mount)})
         ]
+        # A path application's cookie is sent only under its path, so the sign-out visits each
+        # one's (a chain of redirects, one per path application, ``step`` counting): every
+        # session on the host ends, in the store too, not only those this request carried.
+        mounts = sorted({a.path for a in apps if a.path})
+        step = query.get("step", "0")
+        at = int(step) if step.isdigit() and len(step) < 4 else 0
+        if at < len(mounts):
+            return _redirect(f"{mounts[at]}{PREFIX}/logout?step={at + 1}", *clear)
         page = _message(
             "Signed out",
             f"You are signed out of {request.app.name}. Open the application again to sign in.",
