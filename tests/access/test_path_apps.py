@@ -13,7 +13,9 @@ where that application's cookie is sent).
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,6 +27,7 @@ import pytest
 from playwright.sync_api import Browser, BrowserContext, Page
 
 from access_support.browser import Screens, new_context
+from access_support.cli_login import login_url
 from access_support.smtp import Mailbox, smtp_server
 from adversary import api_call
 from harness import (
@@ -32,6 +35,7 @@ from harness import (
     Edge,
     Origin,
     Processes,
+    adit_command,
     create_tunnel,
     login,
     request,
@@ -228,3 +232,66 @@ def test_each_path_application_has_its_own_session(
     # The wiki token still works where it belongs, also next to a foreign one.
     assert status("/docs", tokens["/admin"], carol_wiki) == 200
     assert len(site.origin.seen_headers) == seen + 1
+
+
+def test_cli_login_to_a_path_application(
+    site: Site, chromium: Browser, screens: Screens, tmp_path: Path
+) -> None:
+    """``adit access login https://H/admin``: the hand-over is asked under /admin, where the
+    browser sends that application's cookie; the stored token is /admin's."""
+    env = {**os.environ, "HOME": str(tmp_path / "cli-home")}
+    proc = subprocess.Popen(
+        [
+            *adit_command(),
+            "access",
+            "login",
+            site.url("/admin"),
+            "--edge",
+            site.edge.https,
+            "--cacert",
+            str(site.edge.ca),
+            "--timeout",
+            "90",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        cli_url = login_url(proc)
+        context = visitor(chromium)
+        try:
+            page = context.new_page()
+            page.goto(cli_url)
+            before = len(site.mailbox.to("boss@example.com"))
+            page.fill("input[name=email]", "boss@example.com")
+            page.click("text=Send me a code")
+            page.wait_for_selector("input[name=pin]")
+            page.fill("input[name=pin]", _pin(site.mailbox, "boss@example.com", before))
+            page.click("button[type=submit]")
+            page.wait_for_selector("text=Allow the command line")
+            assert urlsplit(page.url).path == "/admin/cdn-cgi/access/cli"
+            screens.shot(page, "cli-login-under-admin")
+            page.click("text=Allow the command line")
+            page.wait_for_selector("text=The command line now has your token")
+        finally:
+            context.close()
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    (stored,) = (tmp_path / "cli-home" / ".adit").glob(f"{HOST}-*-token")
+    token = stored.read_text().strip()
+    admin_aud = stored.name.removeprefix(f"{HOST}-").removesuffix("-token")
+    apps = {a["name"]: a["aud"] for a in api(site.account, "GET", "apps")}
+    assert admin_aud == apps["Admin Panel"]
+
+    def status(path: str) -> int:
+        headers = [("cf-access-token", token), ("Accept", "application/json")]
+        return request(site.edge, HOST, "GET", path, headers=headers).status
+
+    assert status("/admin/users") == 200
+    assert status("/docs") == 401  # /admin's token is no session of the wiki
