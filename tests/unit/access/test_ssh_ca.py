@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives.serialization import (
     load_ssh_public_identity,
 )
 
+from adit.edge.access import setup
 from adit.edge.access.ssh_ca import (
     CERT_LIFETIME,
     InvalidPublicKey,
@@ -107,3 +108,22 @@ def test_keys_that_cannot_be_certified_are_refused() -> None:
     with pytest.raises(InvalidPublicKey, match="not an OpenSSH public key"):
         sign_user_key(ca, "ssh-ed25519 garbage", email="a@example.com", now=NOW)
     assert principal_of("bob.smith@example.com") == "bob.smith"
+
+
+def test_apply_gives_an_application_its_ca_once_and_export_says_so(store: Store) -> None:
+    account = store.create_account("acme").tag
+    store.add_zone(account, "example.test")
+    doc = {"apps": [{"name": "ssh", "domain": "ssh.example.test", "ssh_ca": True}]}
+    first = setup.apply(store.access, account, doc)
+    assert first["changes"] == [
+        "application ssh.example.test created",
+        "SSH CA of ssh.example.test created",
+    ]
+    (ca,) = SshCas(store.access).list(account)
+    assert setup.apply(store.access, account, doc)["changes"] == []
+    assert SshCas(store.access).list(account) == [ca]
+    (app,) = setup.export(store.access, account)["apps"]
+    assert app["ssh_ca"] is True
+    # Left out of the document, the CA stays (only DELETE .../ca removes one).
+    setup.apply(store.access, account, {"apps": [{"name": "ssh", "domain": "ssh.example.test"}]})
+    assert SshCas(store.access).list(account) == [ca]
