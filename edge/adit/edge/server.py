@@ -34,6 +34,8 @@ from adit.edge.access.decisions import DecisionLog
 from adit.edge.access.gate import AccessGate
 from adit.edge.access.geoip import CountryDb
 from adit.edge.access.login_flow import LoginFlow
+from adit.edge.access.login_state import LoginState
+from adit.edge.access.sweeper import sweep_access
 from adit.edge.acme_challenges import Http01Solver, TlsAlpn01Solver
 from adit.edge.acme_dns01 import Dns01Solver
 from adit.edge.acme_issuer import AcmeSettings, Issuer
@@ -221,6 +223,8 @@ class EdgeServer:
         self._api_tracker = self.trackers[2]
         #: Pushes the configurations other edge processes stored (:mod:`adit.edge.config_sync`).
         self._config_sync: asyncio.Task[None] | None = None
+        #: The access log's retention and expired logins (:mod:`adit.edge.access.sweeper`).
+        self._access_sweep: asyncio.Task[None] | None = None
         self._metrics_server: MetricsServer | None = None
         acme = settings.acme if settings.https_listen else None
         #: HTTP-01 answers (None: ACME is off, the path is routed like any other). With ACME
@@ -256,6 +260,9 @@ class EdgeServer:
         self.store.load_private_routes()
         self.store.watch_routes(ROUTE_WATCH_INTERVAL)
         self._config_sync = loop.create_task(sync_configs(self.store, self.registry, SYNC_INTERVAL))
+        self._access_sweep = loop.create_task(
+            sweep_access(self.access.decisions, LoginState(self.store.access.db))
+        )
         tunnel_tls = self.ca.tunnel_server_context()
         tunnel_bound: list[str] = []
         for address in self.settings.tunnel_listen:
@@ -596,6 +603,8 @@ class EdgeServer:
         """Close what is left: eyeball connections at once, then every tunnel connection."""
         if self._config_sync is not None:
             self._config_sync.cancel()
+        if self._access_sweep is not None:
+            self._access_sweep.cancel()
         if self.certificates is not None:
             await self.certificates.stop()
         if self._metrics_server is not None:

@@ -33,6 +33,7 @@ _COMMANDS = {
     "forward": "adit.cli.access:access",
     "edge": "adit.edge.cli:edge",
     "update": "adit.cli.update:update",
+    "upgrade-restart": "adit.cli.upgrade_restart:upgrade_restart",
 }
 
 

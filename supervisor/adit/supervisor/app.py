@@ -20,6 +20,7 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -27,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import msgspec
 import uvloop
 import zmq
 import zmq.asyncio
@@ -38,7 +40,7 @@ from adit.ipc.channels import (
     create_runtime_directory,
     remove_runtime_directory,
 )
-from adit.ipc.messages import Command, Event, Start
+from adit.ipc.messages import Command, ConnectionRegistered, Event, Start
 from adit.logs import fields, parse_level
 from adit.metrics_listener import (
     MetricsListenerError,
@@ -51,6 +53,7 @@ from adit.supervisor.diag_endpoints import diag_routes
 from adit.supervisor.errors import SupervisorError
 from adit.supervisor.launch import EarlyWorkers, send_boot, worker_boot
 from adit.supervisor.pidfile import write_pidfile
+from adit.supervisor.predecessors import Inherited, Predecessors
 from adit.supervisor.settings import SupervisorSettings
 from adit.supervisor.signals import SignalReceived, install_signal_handlers, remove_signal_handlers
 from adit.supervisor.spawn import WorkerChild, spawn_worker, worker_environment
@@ -60,6 +63,7 @@ from adit.supervisor.state import (
     KillWorkers,
     LoadSettings,
     Notify,
+    PrepareUpgrade,
     SendCommand,
     SetLogLevel,
     SignalWorker,
@@ -69,6 +73,14 @@ from adit.supervisor.state import (
     WritePidfile,
 )
 from adit.supervisor.stats import WorkerSample
+from adit.supervisor.upgrade import (
+    UPGRADE_FORMAT,
+    InheritedWorker,
+    UpgradeHandover,
+    UpgradeRefused,
+    exec_upgrade,
+    preflight,
+)
 from adit.systemd import Notifier, SystemdNotifier
 
 if TYPE_CHECKING:
@@ -127,6 +139,19 @@ class _SettingsLoaded:
     error: str | None = None
 
 
+@dataclass(frozen=True)
+class _UpgradeChecked:
+    """The upgrade's preflight finished: the installed code's settings, or why not."""
+
+    settings: bytes | None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class _PredecessorsChanged:
+    """An old worker of an upgrade registered, lost a connection, or exited (queue item)."""
+
+
 _Input = (
     SignalReceived
     | WorkerExited
@@ -134,6 +159,8 @@ _Input = (
     | _WatchdogDue
     | _CredentialsChanged
     | _SettingsLoaded
+    | _UpgradeChecked
+    | _PredecessorsChanged
     | Event
 )
 SettingsLoader = Callable[[], SupervisorSettings]
@@ -218,8 +245,16 @@ class Supervisor:
         clock: Callable[[], float] = time.monotonic,
         reload: SettingsLoader | None = None,
         early: EarlyWorkers | None = None,
+        upgrade_args: list[str] | None = None,
+        inherited: Inherited | None = None,
     ) -> None:
         self.settings = settings
+        #: ``adit``'s arguments for an upgrade's parser child (``None``: cannot upgrade).
+        self._upgrade_args = upgrade_args
+        #: The old workers and metrics listener of the upgrade this process came from.
+        self._inherited = inherited
+        self._predecessors: Predecessors | None = None
+        self._metrics_socket: socket.socket | None = None
         #: Worker processes started before this loop (adit.supervisor.launch), to adopt.
         self._early = early
         self._notifier = notifier
@@ -255,6 +290,7 @@ class Supervisor:
             routes={
                 **diag_routes(self.state),
                 **config_routes(self._config_json, self._quicktunnel),
+                "/upgrade": self._upgrade_json,
             },
         )
         install_signal_handlers(loop, self._inbox.put_nowait)
@@ -271,10 +307,15 @@ class Supervisor:
             log.info("Generated Connector ID: %s", self.settings.connector_id)
             log.info("Initial protocol %s", self.settings.initial_protocol)
             try:
-                sock = bind_metrics_socket(self.settings.metrics_address)
+                sock = (
+                    self._inherited.metrics_socket
+                    if self._inherited is not None and self._inherited.metrics_socket is not None
+                    else bind_metrics_socket(self.settings.metrics_address)
+                )
             except (SupervisorError, MetricsListenerError) as exc:
                 self.failure = str(exc)
                 return 1
+            self._metrics_socket = sock
             await metrics_server.start(sock)
             log.info("Starting metrics server on %s/metrics", format_address(sock))
             _note_metrics_address(self._runtime_dir, format_address(sock))
@@ -284,8 +325,13 @@ class Supervisor:
             ]
             if self._watchdog is not None:
                 pumps.append(asyncio.create_task(self._watchdog_pings(), name="watchdog"))
-            return await self._dispatch(self.state.start(self._clock()))
+            adopted: list[Action] = []
+            if self._inherited is not None and self._inherited.workers:
+                adopted = self._adopt_predecessors(self._inherited)
+            return await self._dispatch([*adopted, *self.state.start(self._clock())])
         finally:
+            if self._predecessors is not None:
+                self._predecessors.close()
             remove_signal_handlers(loop)
             for task in pumps:
                 task.cancel()
@@ -330,8 +376,14 @@ class Supervisor:
                     self.settings = self.state.settings
                 else:
                     pending = self.state.settings_rejected(item.error or "unknown error", now)
+            elif isinstance(item, _UpgradeChecked):
+                pending = self._upgrade(item, now)
+            elif isinstance(item, _PredecessorsChanged):
+                pending = self._predecessors_changed(now)
             else:
                 pending = self.state.handle_event(item, now)
+                if isinstance(item, ConnectionRegistered):
+                    self._drain_predecessors()
 
     def _perform(self, action: Action) -> int | None:
         if isinstance(action, SpawnWorker):
@@ -363,6 +415,8 @@ class Supervisor:
                     handle.process.send_signal(action.signum)
         elif isinstance(action, LoadSettings):
             self._load_settings()
+        elif isinstance(action, PrepareUpgrade):
+            self._prepare_upgrade()
         elif isinstance(action, SetLogLevel):
             logging.getLogger().setLevel(parse_level(action.level) or logging.INFO)
         elif isinstance(action, Exit):
@@ -468,6 +522,147 @@ class Supervisor:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
+    def _handover(self, settings: bytes) -> UpgradeHandover:
+        """What the installed code gets across the ``exec``: every live worker."""
+        assert self._runtime_dir is not None
+        workers = [
+            InheritedWorker(
+                slot=handle.slot,
+                pid=handle.process.pid,
+                stdin=handle.process.stdin,
+                conn_indexes=list(self.state.workers[handle.slot].conn_indexes),
+                registered=sorted(
+                    i for i, r in self.state.registered.items() if r.slot == handle.slot
+                ),
+            )
+            for handle in self._handles.values()
+            if handle.process.poll() is None and handle.slot in self.state.workers
+        ]
+        sock = self._metrics_socket
+        return UpgradeHandover(
+            format=UPGRADE_FORMAT,
+            from_version=self.settings.version,
+            settings=settings,
+            args=list(self._upgrade_args or []),
+            inherited_dir=str(self._runtime_dir),
+            workers=workers,
+            metrics_fd=sock.fileno() if sock is not None else None,
+        )
+
+    def _prepare_upgrade(self) -> None:
+        """Run the preflight in a thread; its outcome comes back through the inbox."""
+        args = self._upgrade_args
+        if args is None:
+            self._inbox.put_nowait(
+                _UpgradeChecked(None, "this connector was not started by `adit tunnel run`")
+            )
+            return
+        config_path = self.settings.config_path
+        # Built here, on the loop, from the state of now: the check child reads its shape.
+        sample = self._handover(b"")
+
+        def check() -> _UpgradeChecked:
+            try:
+                settings, _ = preflight(
+                    args,
+                    config_path,
+                    lambda data: msgspec.structs.replace(sample, settings=data),
+                )
+            except UpgradeRefused as exc:
+                return _UpgradeChecked(None, str(exc))
+            except Exception as exc:  # a bug in the check must not take the connector down
+                log.exception("Checking the installed adit failed")
+                return _UpgradeChecked(None, f"{type(exc).__name__}: {exc}")
+            return _UpgradeChecked(settings)
+
+        async def run() -> None:
+            result = await asyncio.get_running_loop().run_in_executor(None, check)
+            self._inbox.put_nowait(result)
+
+        task = asyncio.create_task(run(), name="upgrade")
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def _upgrade(self, checked: _UpgradeChecked, now: float) -> list[Action]:
+        """``exec`` the installed code that passed the preflight (never returns), or refuse."""
+        if checked.settings is None:
+            return self.state.upgrade_refused(checked.error or "unknown error", now)
+        from adit.supervisor.state import Phase
+
+        if self.state.phase is not Phase.RUNNING:
+            return self.state.upgrade_refused("the connector began shutting down", now)
+        assert self._runtime_dir is not None and self._notifier is not None
+        handover = self._handover(checked.settings)
+        # Signals that were queued and not handled yet go across the exec.
+        queued: list[int] = []
+        kept: list[_Input] = []
+        while not self._inbox.empty():
+            item = self._inbox.get_nowait()
+            if isinstance(item, SignalReceived):
+                queued.append(item.signum)
+            else:
+                kept.append(item)
+        log.info(
+            "Upgrading in place: exec of the installed adit",
+            extra=fields(workers=len(handover.workers)),
+        )
+        # No RELOADING=1: systemd would show the unit as "reloading" for the exec's second,
+        # and an upgrade must look to `systemctl is-active` like nothing happened (it is not
+        # a reload systemd asked for, so none is owed). STATUS= says what is going on.
+        self._notifier.notify("STATUS=upgrading in place to the installed adit")
+        try:
+            exec_upgrade(msgspec.structs.replace(handover, early_signals=queued), self._runtime_dir)
+        except OSError as exc:
+            for item in kept:
+                self._inbox.put_nowait(item)
+            for signum in queued:
+                self._inbox.put_nowait(SignalReceived(signum))
+            self._notifier.notify("READY=1")
+            return self.state.upgrade_refused(f"exec failed: {exc}", now)
+
+    def _adopt_predecessors(self, inherited: Inherited) -> list[Action]:
+        """Take over the old workers of the upgrade this process came from."""
+        assert self._context is not None
+        try:
+            predecessors = Predecessors(
+                inherited, self._context, lambda: self._inbox.put_nowait(_PredecessorsChanged())
+            )
+        except (OSError, zmq.ZMQError) as exc:
+            # Without their endpoints they cannot be told to drain: their stdin's end of file
+            # tells them (they drain at once, before the new workers registered).
+            log.error(
+                "Cannot adopt the old workers; they drain now error=%r",
+                str(exc),
+                extra=fields(runtimeDir=str(inherited.runtime_dir)),
+            )
+            for worker in inherited.workers:
+                if worker.stdin is not None:
+                    with contextlib.suppress(OSError):
+                        os.close(worker.stdin)
+            return []
+        self._predecessors = predecessors
+        predecessors.start(self.settings.version)
+        return self.state.adopt_predecessors(predecessors.connections)
+
+    def _predecessors_changed(self, now: float) -> list[Action]:
+        predecessors = self._predecessors
+        if predecessors is None:
+            return []
+        actions = self.state.predecessors_changed(
+            predecessors.connections, alive=not predecessors.done, now=now
+        )
+        if predecessors.done:
+            predecessors.close()
+            self._predecessors = None
+        return actions
+
+    def _drain_predecessors(self) -> None:
+        if self._predecessors is None:
+            return
+        wanted = set(range(self.settings.ha_connections))
+        registered = [i for i in self.state.registered if i in wanted]
+        self._predecessors.drain_covered(registered, wanted, self.settings.grace_period)
+
     async def _watch_credentials(self) -> None:
         path = self.state.settings.credentials_path
         seen = _file_signature(path)
@@ -527,6 +722,18 @@ class Supervisor:
             return await asyncio.wait_for(self._inbox.get(), timeout)
         except TimeoutError:
             return _Tick()
+
+    def _upgrade_json(self) -> tuple[str, bytes]:
+        """``/upgrade``: what ``adit upgrade-restart --pid`` waits on (this process's pid and
+        running version, the upgrades refused and the last reason)."""
+        body = {
+            "pid": os.getpid(),
+            "version": self.state.settings.version,
+            "upgrading": self.state.upgrading,
+            "upgradeFailures": self.state.stats.upgrade_failures,
+            "upgradeError": self.state.upgrade_error,
+        }
+        return "application/json", msgspec.json.encode(body)
 
     def _quicktunnel(self) -> bytes:
         return quicktunnel_json(self.settings.quick_tunnel_url)

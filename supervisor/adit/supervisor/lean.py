@@ -36,9 +36,11 @@ __all__ = [
     "HANDOVER_FILE",
     "Handover",
     "SettingsRefused",
+    "child_refusal",
     "handover",
     "load_in_child",
     "main",
+    "parse_in_child",
     "write_settings",
 ]
 
@@ -178,32 +180,45 @@ def load_in_child(args: list[str], config_path: str | None) -> Callable[[], Supe
     """
 
     def load() -> SupervisorSettings:
-        import subprocess
-
-        env = dict(os.environ)
-        env["ADIT_SETTINGS_ONLY"] = config_path or ""
-        done = subprocess.run(
-            [sys.executable, "-P", "-c", "from adit.cli.main import run_cli; import sys; "
-             "run_cli(sys.argv[1:])", *args],
-            env=env,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            timeout=RELOAD_TIMEOUT,
-            check=False,
-        )  # fmt: skip
-        if done.returncode != 0:
-            lines = [
-                line
-                for line in done.stderr.decode(errors="replace").splitlines()
-                if line.strip() and not line.startswith("See '")
-            ]
-            refusals = [line for line in lines if line.startswith(REFUSAL_PREFIX)]
-            if refusals:
-                raise SettingsRefused(refusals[-1][len(REFUSAL_PREFIX) :])
-            raise SettingsRefused(lines[-1] if lines else f"exit code {done.returncode}")
-        return msgspec.msgpack.decode(done.stdout, type=SupervisorSettings)
+        data = parse_in_child(args, config_path)
+        return msgspec.msgpack.decode(data, type=SupervisorSettings)
 
     return load
+
+
+def parse_in_child(args: list[str], config_path: str | None) -> bytes:
+    """The settings (msgpack) as the installed code's parser prints them for ``args``;
+    :class:`SettingsRefused` with the child's message when it refuses (see
+    :func:`load_in_child`)."""
+    import subprocess
+
+    env = dict(os.environ)
+    env["ADIT_SETTINGS_ONLY"] = config_path or ""
+    done = subprocess.run(
+        [sys.executable, "-P", "-c", "from adit.cli.main import run_cli; import sys; "
+         "run_cli(sys.argv[1:])", *args],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        timeout=RELOAD_TIMEOUT,
+        check=False,
+    )  # fmt: skip
+    if done.returncode != 0:
+        raise SettingsRefused(child_refusal(done.stderr, done.returncode))
+    return done.stdout
+
+
+def child_refusal(stderr: bytes, returncode: int) -> str:
+    """Why a child refused: its refusal line, else its last line of stderr."""
+    lines = [
+        line
+        for line in stderr.decode(errors="replace").splitlines()
+        if line.strip() and not line.startswith("See '")
+    ]
+    refusals = [line for line in lines if line.startswith(REFUSAL_PREFIX)]
+    if refusals:
+        return refusals[-1][len(REFUSAL_PREFIX) :]
+    return lines[-1] if lines else f"exit code {returncode}"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -212,6 +227,10 @@ def main(argv: list[str] | None = None) -> None:
 
     # The handled signals are blocked since before the exec (hold_for_exec): none is lost.
     args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["--upgrade"]:
+        from adit.supervisor.upgrade import resume_upgrade
+
+        resume_upgrade(Path(args[1]))  # never returns
     path = Path(args[0])
     start = msgspec.msgpack.decode(path.read_bytes(), type=Handover)
     path.unlink(missing_ok=True)
@@ -229,7 +248,11 @@ def main(argv: list[str] | None = None) -> None:
         child.booted = start.worker_booted
         give_back_prestarted(start.runtime_dir, child)
     settings = start.settings
-    supervisor = Supervisor(settings, reload=load_in_child(start.args, settings.config_path))
+    supervisor = Supervisor(
+        settings,
+        reload=load_in_child(start.args, settings.config_path),
+        upgrade_args=start.args,
+    )
     code = supervisor.run()
     if code == 1:
         print(supervisor.failure or "tunnel stopped with an error", file=sys.stderr, flush=True)

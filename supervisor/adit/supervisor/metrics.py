@@ -132,6 +132,11 @@ class TunnelCollector(Collector):
             "1 if the last reload was accepted (or none happened), else 0",
             value=1 if stats.last_reload_success else 0,
         )
+        yield _counter(
+            "adit_upgrade_failures_total",
+            "In-place upgrades (SIGUSR2) refused because the installed adit did not start",
+            [({}, stats.upgrade_failures)],
+        )
         yield from _collect_udp(stats)
         yield from self._collect_workers()
 

@@ -30,8 +30,9 @@ __all__ = [
     "resume_after_exec",
 ]
 
-#: SIGTERM/SIGINT drain; SIGHUP reloads the configuration.
-HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+#: SIGTERM/SIGINT drain; SIGHUP reloads the configuration; SIGUSR2 upgrades in place to the
+#: installed code (nginx's signal for a binary upgrade; its default disposition would kill).
+HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR2)
 
 
 class SignalReceived:

@@ -12,7 +12,8 @@ Invariants:
 * A refusal the edge marks retryable is retried by its worker; one it does not stops that
   connection until new connection settings arrive. With every connection refused for good and
   none registered, the supervisor stops with exit code 1.
-* ``READY=1`` and the pidfile happen exactly once, on the first ``ConnectionRegistered``.
+* ``READY=1`` and the pidfile happen exactly once, on the first ``ConnectionRegistered`` (or,
+  in the new code of an in-place upgrade, when it adopts old workers that serve).
 * Nothing is spawned once DRAINING; DRAINING ends in exactly one :class:`Exit`, when the last
   worker is gone, when the drain deadline passes (after :class:`KillWorkers`), or at once on a
   second SIGTERM/SIGINT.
@@ -22,6 +23,13 @@ Invariants:
 * A reload (SIGHUP or a changed credentials file) is bracketed by ``RELOADING=1`` and
   ``READY=1`` once RUNNING, whether the new settings are accepted or rejected; a rejected one
   changes nothing but the reload metrics and ``STATUS=``.
+* An upgrade (SIGUSR2) is only begun while RUNNING with no reload or upgrade in progress: one
+  :class:`PrepareUpgrade`, answered by :meth:`SupervisorState.upgrade_refused` (nothing
+  changes but the upgrade metric and ``STATUS=``) or by the ``exec`` of the installed code
+  (``adit.supervisor.upgrade``), which sends no ``RELOADING=1`` (systemd did not ask for a
+  reload, and the unit must stay "active" throughout). While the old workers of
+  the upgrade serve, a failure of the new ones is logged, not acted on: the supervisor stops
+  only once they are gone.
 """
 
 from __future__ import annotations
@@ -68,6 +76,7 @@ __all__ = [
     "LoadSettings",
     "Notify",
     "Phase",
+    "PrepareUpgrade",
     "SendCommand",
     "SetLogLevel",
     "SignalWorker",
@@ -154,6 +163,11 @@ class LoadSettings(msgspec.Struct, frozen=True):
     """Read the config and credentials again; report with ``settings_loaded``/``_rejected``."""
 
 
+class PrepareUpgrade(msgspec.Struct, frozen=True):
+    """Check the installed code in a child; ``exec`` it if it starts, else report the refusal
+    with ``upgrade_refused``."""
+
+
 class SetLogLevel(msgspec.Struct, frozen=True):
     """Change the supervisor's own log level."""
 
@@ -177,6 +191,7 @@ Action = (
     | SignalWorker
     | LoadSettings
     | SetLogLevel
+    | PrepareUpgrade
     | Exit
 )
 
@@ -251,6 +266,19 @@ class SupervisorState:
     #: The protocol of each connection index's latest registration, kept for the life of the
     #: process as cloudflared's tracker keeps it (tunnelstate/conntracker.go:40-60).
     protocols: dict[int, str] = field(default_factory=dict)
+    #: An upgrade's preflight runs (SIGUSR2): nothing else may begin meanwhile.
+    upgrading: bool = False
+    #: Why the last upgrade was refused (``None``: none was).
+    upgrade_error: str | None = None
+    #: Connections still registered by the workers of the code this process upgraded from
+    #: (``adit.supervisor.predecessors``): they count for ``/ready`` until they drained.
+    inherited_connections: int = 0
+    #: Old workers of that upgrade are still alive (another upgrade waits for them to exit).
+    inheriting: bool = False
+    #: SIGUSR2 arrived while something else was under way: the upgrade begins after it.
+    upgrade_queued: bool = False
+    #: Why this supervisor would have stopped while the old workers of its upgrade served.
+    deferred_failure: str | None = None
     _last_status: str = ""
 
     def __post_init__(self) -> None:
@@ -267,13 +295,17 @@ class SupervisorState:
     @property
     def ready(self) -> bool:
         """``/ready`` answers 200: at least one connection registered and not draining."""
-        return self.phase is not Phase.DRAINING and bool(self.registered)
+        return self.phase is not Phase.DRAINING and bool(
+            self.registered or self.inherited_connections
+        )
 
     @property
     def ready_connections(self) -> int:
         """Connections registered and serving; none once draining began (they unregister
         at once, so /ready's count and status never disagree while the events arrive)."""
-        return 0 if self.phase is Phase.DRAINING else len(self.registered)
+        if self.phase is Phase.DRAINING:
+            return 0
+        return len(self.registered) + self.inherited_connections
 
     def ready_body(self) -> tuple[int, dict[str, object]]:
         """``/ready``'s status code and JSON body, as cloudflared's ``ReadyServer`` builds it."""
@@ -348,6 +380,8 @@ class SupervisorState:
         """SIGTERM/SIGINT: drain, and at once on the second; SIGHUP: reload."""
         if signum == signal.SIGHUP:
             return self.request_reload("SIGHUP", now)
+        if signum == signal.SIGUSR2:
+            return self.request_upgrade(now)
         if signum not in _SIGNAL_WORDS:
             log.info("Ignored signal %s", signal.Signals(signum).name)
             return []
@@ -490,6 +524,68 @@ class SupervisorState:
             usec = int(now * 1_000_000)
             actions.append(Notify(f"RELOADING=1\nMONOTONIC_USEC={usec}"))
         return [*actions, LoadSettings()]
+
+    def request_upgrade(self, now: float) -> list[Action]:
+        """SIGUSR2: upgrade in place to the installed code once nothing else is under way (a
+        start, a reload, the old workers of the previous upgrade): it waits for them."""
+        if self.phase is Phase.DRAINING:
+            log.warning("Ignored an upgrade request (SIGUSR2): the connector is shutting down")
+            return []
+        if self.upgrading:
+            log.info("An upgrade is in progress already; ignored another SIGUSR2")
+            return []
+        wait = None
+        if self.phase is Phase.STARTING:
+            wait = "the first connection registered"
+        elif self.loading or self.bracketed:
+            wait = "the reload is over"
+        elif self.inheriting:
+            wait = "the previous upgrade's old workers exited"
+        if wait is not None:
+            if not self.upgrade_queued:
+                log.info("Upgrade requested (SIGUSR2): it begins once %s", wait)
+            self.upgrade_queued = True
+            return []
+        self.upgrade_queued = False
+        self.upgrading = True
+        log.info("Upgrading in place (SIGUSR2): checking the installed adit")
+        return [PrepareUpgrade()]
+
+    def upgrade_refused(self, error: str, now: float) -> list[Action]:
+        """The installed code did not pass the preflight: nothing changes, and say why."""
+        self.upgrading = False
+        self.upgrade_error = " ".join(error.split())
+        self.stats.upgrade_failures += 1
+        log.error(
+            "Upgrade refused: %s; version %s keeps serving",
+            self.upgrade_error,
+            self.settings.version,
+        )
+        self._last_status = ""
+        return self._status()
+
+    def adopt_predecessors(self, connections: int) -> list[Action]:
+        """This process is an upgrade's new code and its old workers serve ``connections``:
+        ready at once (``READY=1`` again: systemd takes it as a no-op), while its own
+        workers start and register."""
+        self.inherited_connections = connections
+        self.inheriting = True
+        if self.phase is not Phase.STARTING or not connections:
+            return []
+        self.phase = Phase.RUNNING
+        return [WritePidfile(), Notify("READY=1")]
+
+    def predecessors_changed(self, connections: int, alive: bool, now: float) -> list[Action]:
+        """The old workers of an upgrade registered, lost or drained connections, or exited."""
+        self.inherited_connections = connections
+        self.inheriting = alive
+        if not alive and self.deferred_failure is not None:
+            return self._fail(self.deferred_failure, now)
+        return self._status() + self._queued_upgrade()
+
+    def _queued_upgrade(self) -> list[Action]:
+        """The upgrade a SIGUSR2 asked for while busy, if it may begin now."""
+        return self.request_upgrade(0.0) if self.upgrade_queued else []
 
     def settings_rejected(self, error: str, now: float) -> list[Action]:
         """The reloaded settings did not validate: keep the old ones and say why."""
@@ -682,7 +778,7 @@ class SupervisorState:
             self.bracketed = False
             actions.append(Notify("READY=1"))
         self._last_status = ""  # always restate STATUS= after a reload
-        return actions + self._status()
+        return actions + self._status() + self._queued_upgrade()
 
     def _forget_connection(self, slot: int, conn_index: int) -> None:
         """Drop a registration, unless another worker has taken that index over since."""
@@ -803,6 +899,7 @@ class SupervisorState:
             self.phase = Phase.RUNNING
             # The pidfile first: whoever reacts to READY=1 may read it at once.
             actions += [WritePidfile(), Notify("READY=1")]
+            return actions + self._status() + self._queued_upgrade()
         return actions + self._status()
 
     def _on_refused(self, event: RegistrationRefused, now: float) -> list[Action]:
@@ -837,6 +934,20 @@ class SupervisorState:
     def _fail(self, failure: str, now: float) -> list[Action]:
         if self.phase is Phase.DRAINING:
             return []
+        if self.inheriting:
+            # The old workers of the upgrade still serve: stopping would take them down too.
+            # Keep them; fail for real once they are gone (predecessors_changed).
+            if self.deferred_failure is None:
+                self.deferred_failure = failure
+                self.upgrade_error = f"the new workers fail: {failure}"
+                log.error(
+                    "The upgraded workers fail: %s; the old workers keep serving (restart the "
+                    "unit to retry)",
+                    failure,
+                )
+                for record in self.workers.values():
+                    record.restart_at = None
+            return self._status()
         self.exit_code = 1
         self.failure = failure
         return self._begin_drain(0.0, now)
@@ -868,8 +979,13 @@ class SupervisorState:
             f"STATUS={self.phase.value}: {len(self.registered)}/"
             f"{self.settings.ha_connections} connections registered, "
             f"{live}/{wanted} workers running, config version "
-            f"{self.settings.ingress.version}"
+            f"{self.settings.ingress.version}, adit {self.settings.version}"
         )
+        if self.upgrade_error is not None:
+            # The count tells a waiting `adit upgrade-restart` this refusal from an earlier one.
+            text += (
+                f"; upgrade refused: {self.upgrade_error} (refusal {self.stats.upgrade_failures})"
+            )
         if self.reload_error is not None:
             text += f"; reload rejected: {self.reload_error}"
         if self.refused:

@@ -34,6 +34,8 @@ class TunnelStats:
         #: The edge's version of a pushed configuration in force (-1: none, locally managed).
         self.remote_config_version = -1
         self.reload_failures = 0
+        #: In-place upgrades (SIGUSR2) refused because the installed code did not start.
+        self.upgrade_failures = 0
         self.last_reload_success = True
         #: Streams in flight by live worker, from their heartbeats.
         self.active_streams = 0

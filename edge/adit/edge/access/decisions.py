@@ -3,8 +3,9 @@
 The public listener records decisions on its event loop (:meth:`DecisionLog.record`: a list
 append); they reach the store in batches on the store's writer thread, a moment later, so a
 request never waits for SQLite. Entries older than the retention are deleted as batches are
-written (at most once a minute). Queries (:func:`query`) filter by time, e-mail, application
-and action, newest first, paged.
+written (at most once a minute) and by :func:`~adit.edge.access.sweeper.sweep_access` (at
+start and every minute, whether or not decisions are being made). Queries (:func:`query`)
+filter by time, e-mail, application and action, newest first, paged.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import logging
+import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -147,13 +149,20 @@ class DecisionLog:
                     for e in batch
                 ],
             )
-            now = time.monotonic()
-            if now - self._purged_at >= _PURGE_EVERY:
-                self._purged_at = now
-                db.execute(
-                    "DELETE FROM access_log WHERE at < ?",
-                    (encode_time(self._clock() - self.retention),),
-                )
+            if time.monotonic() - self._purged_at >= _PURGE_EVERY:
+                self._purge(db)
+
+    def purge(self) -> tuple[int, str]:
+        """Delete the decisions older than the retention (a store write: off the loop);
+        (how many, the cutoff)."""
+        with self._db.write() as db:
+            return self._purge(db)
+
+    def _purge(self, db: sqlite3.Connection) -> tuple[int, str]:
+        self._purged_at = time.monotonic()
+        cutoff = encode_time(self._clock() - self.retention)
+        deleted = db.execute("DELETE FROM access_log WHERE at < ?", (cutoff,)).rowcount
+        return deleted, cutoff
 
 
 def query(

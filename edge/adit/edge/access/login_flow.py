@@ -26,6 +26,11 @@ page naming the application. Either way the decision is in the access log.
 
 Every form post carries a CSRF token bound to the browser's pre-login cookie; an OIDC callback
 is accepted only with the flow cookie of the browser that began it (:mod:`.oidc_client`).
+
+What a login in progress needs (the OIDC flow, the mailed PIN and its attempt count, the CLI's
+sealed token, the CSRF key) lives in the edge's store (:mod:`.login_state`), not in this
+process: a login begun at one edge process finishes at another on the same state directory,
+or at this one after a restart, and each of them is used at most once across all of them.
 The application a form or callback is for is the one guarding the path the visitor returns
 to, and its provider must be one the application allows.
 """
@@ -58,10 +63,11 @@ from adit.edge.access.login_page import (
     pin_entry_page,
     safe_return_path,
 )
+from adit.edge.access.login_state import LoginState, TransfersFull
 from adit.edge.access.model import Application, IdentityProvider
-from adit.edge.access.oidc_client import OidcClient, OidcError, OidcSettings
+from adit.edge.access.oidc_client import FlowRefused, OidcClient, OidcError, OidcSettings
 from adit.edge.access.pages import JsonAnswer
-from adit.edge.access.pin import PinBook, PinLocked, PinMailer, PinResult, SmtpSettings
+from adit.edge.access.pin import PinLocked, PinMailer, PinResult, SmtpSettings
 from adit.edge.access.store import AccessStore
 from adit.edge.pages import ErrorPage
 from adit.protocol.token_transfer import TransferError, parse_public_key, seal
@@ -82,9 +88,6 @@ _FLOW_MAX_AGE: Final = 600
 _USER_NAMESPACE: Final = uuid.UUID("6f1c9a52-3b0e-4f7c-9d3e-0a1d2c3b4e5f")
 #: The paths forms are posted to (each checked for the browser's CSRF token).
 _FORMS: Final = (LOGIN + "/start", LOGIN + "/pin", LOGIN + "/pin/verify", PREFIX + "/cli")
-#: Sealed tokens waiting for their CLI: kept this long, at most this many.
-_TRANSFER_LIFETIME: Final = 300.0
-_MAX_TRANSFERS: Final = 10_000
 _HTML_HEADERS: Final = tuple((n, v) for n, v in PAGE_HEADERS if n != "content-type")
 
 
@@ -173,19 +176,18 @@ class LoginFlow:
         store: AccessStore,
         *,
         country_of: Callable[[str], str | None] | None = None,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self._gate = gate
         self._store = store
         self._country_of = country_of
+        #: Wall-clock seconds: the expiries of logins in progress are shared between processes.
         self._clock = clock
-        self._csrf_key = secrets.token_bytes(32)
+        self._state = LoginState(store.db)
+        # One key for every process on this store: a form served by one is posted to another.
+        self._csrf_key = self._state.shared_key("csrf")
         #: idp id → (its settings, its client): a changed provider gets a new client.
         self._oidc: dict[str, tuple[OidcSettings, OidcClient]] = {}
-        #: idp id → its pending PINs.
-        self._pins: dict[str, PinBook] = {}
-        #: CLI public key → (the sealed token, when it goes): each fetched once.
-        self._transfers: dict[str, tuple[bytes, float]] = {}
         self._cert_sign = CertSigner(gate, store, country_of=country_of)
 
     async def __call__(self, request: FlowRequest, method: str, body: bytes) -> ErrorPage:
@@ -220,7 +222,7 @@ class LoginFlow:
             if path == PREFIX + "/cli":
                 return self._cli(request, query, cookies)
             if path.startswith(PREFIX + "/transfer/"):
-                return self._transfer(path.removeprefix(PREFIX + "/transfer/"))
+                return await self._transfer(path.removeprefix(PREFIX + "/transfer/"))
         elif method == "POST" and path in _FORMS:
             form = _form(body)
             if not csrf_valid(self._csrf_key, cookies.get(LOGIN_COOKIE), form.get("csrf")):
@@ -234,7 +236,7 @@ class LoginFlow:
                     ),
                 )
             if path == PREFIX + "/cli":
-                return self._cli_allow(request, form, cookies)
+                return await self._cli_allow(request, form, cookies)
             back = safe_return_path(form.get("return_to"))
             app = self._application(request, back)
             idp = self._provider(app, form.get("provider", ""))
@@ -247,7 +249,7 @@ class LoginFlow:
             if path == LOGIN + "/pin" and idp.type == "onetimepin":
                 return await self._pin_mail(request, app, idp, form, back, cookies)
             if path == LOGIN + "/pin/verify" and idp.type == "onetimepin":
-                return self._pin_verify(request, app, idp, form, back, cookies)
+                return await self._pin_verify(request, app, idp, form, back, cookies)
         return _html(404, _message("Not found", "There is no such Access page."))
 
     # -- which application, which providers -------------------------------------------------
@@ -314,6 +316,7 @@ class LoginFlow:
             scopes=tuple(str(s) for s in scopes),
             email_claim=str(config.get("email_claim_name") or "email"),
             groups_claim=str(config.get("groups_claim_name") or "groups"),
+            ca_pem=str(config["ca_pem"]) if config.get("ca_pem") else None,
         )
         known = self._oidc.get(idp.id)
         if known is not None and known[0] == settings:
@@ -328,9 +331,14 @@ class LoginFlow:
         client = self._client(idp)
         redirect_uri = f"{request.scheme}://{request.authority}{CALLBACK}"
         try:
-            flow_id, url = await client.begin(redirect_uri, back)
+            # Discovery first: a provider that cannot be reached leaves no flow behind.
+            await client.metadata()
+            flow_id, flow = await self._store.db.off_loop(
+                self._state.begin_flow, idp.id, redirect_uri, back, self._clock()
+            )
+            url = await client.authorize(flow)
         except OidcError as exc:
-            log.warning("access: provider %s unavailable: %s", idp.name, exc)
+            log.warning("access: identity provider %r unavailable: %s", idp.name, exc)
             return self._login_page(
                 request,
                 {"redirect_url": back},
@@ -349,26 +357,35 @@ class LoginFlow:
     async def _callback(
         self, request: FlowRequest, query: dict[str, str], cookies: dict[str, str]
     ) -> ErrorPage:
-        idp_id, _, flow_id = cookies.get(FLOW_COOKIE, "").rpartition(".")
+        _, _, flow_id = cookies.get(FLOW_COOKIE, "").rpartition(".")
         clear = (
             "Set-Cookie",
             cookie_header(FLOW_COOKIE, "", path=CALLBACK, max_age=0, secure=self._secure(request)),
         )
-        entry = self._oidc.get(idp_id)
-        if entry is None:
+        if not flow_id:
             log.info("access: a callback with no login in progress refused on %s", request.host)
             return self._refused(request, "no sign-in was started in this browser", clear)
         try:
-            identity, flow = await entry[1].finish(flow_id, query)
-        except OidcError as exc:
+            # Taken from the store (by whichever process the provider sent the browser to),
+            # at most once: a replayed callback finds nothing.
+            idp_id, flow = await self._store.db.off_loop(
+                self._state.take_flow, flow_id, query.get("state"), self._clock()
+            )
+        except FlowRefused as exc:
             log.info("access: OIDC login refused on %s: %s", request.host, exc)
             return self._refused(request, str(exc), clear)
         back = safe_return_path(flow.return_to)
         app = self._application(request, back)
         idp = self._provider(app, idp_id)
-        if idp is None:
+        if idp is None or idp.type != "oidc":
             return self._refused(request, "this application does not use that provider", clear)
-        groups_claim = entry[0].groups_claim
+        client = self._client(idp)
+        try:
+            identity = await client.complete(flow, query)
+        except OidcError as exc:
+            log.info("access: OIDC login refused on %s: %s", request.host, exc)
+            return self._refused(request, str(exc), clear)
+        groups_claim = client.settings.groups_claim
         custom = {groups_claim: list(identity.groups)} if identity.groups else {}
         return self._decide(request, app, idp, identity.email, custom, back, clear)
 
@@ -384,12 +401,6 @@ class LoginFlow:
         )
 
     # -- one-time PIN --------------------------------------------------------------------------
-
-    def _book(self, idp: IdentityProvider) -> PinBook:
-        book = self._pins.get(idp.id)
-        if book is None:
-            book = self._pins[idp.id] = PinBook()
-        return book
 
     async def _pin_mail(
         self,
@@ -411,7 +422,7 @@ class LoginFlow:
                 request, {"redirect_url": back}, cookies, f"{idp.name} has no mail server set up."
             )
         try:
-            pin = self._book(idp).issue(email, self._clock())
+            pin = await self._store.db.off_loop(self._state.issue_pin, idp.id, email, self._clock())
         except PinLocked as exc:
             return self._login_page(request, {"redirect_url": back}, cookies, str(exc))
         mailer = PinMailer(
@@ -438,7 +449,7 @@ class LoginFlow:
         page = pin_entry_page(app.name, provider=idp.id, email=email, return_to=back, csrf=csrf)
         return _html(200, page)
 
-    def _pin_verify(
+    async def _pin_verify(
         self,
         request: FlowRequest,
         app: Application,
@@ -448,7 +459,9 @@ class LoginFlow:
         cookies: dict[str, str],
     ) -> ErrorPage:
         email = form.get("email", "").strip().lower()
-        result = self._book(idp).check(email, form.get("pin", ""), self._clock())
+        result = await self._store.db.off_loop(
+            self._state.check_pin, idp.id, email, form.get("pin", ""), self._clock()
+        )
         if result is PinResult.ACCEPTED:
             return self._decide(request, app, idp, email, {}, back)
         log.info("access: PIN for %s on %s: %s", email, app.domain, result.value)
@@ -621,7 +634,7 @@ class LoginFlow:
         )
         return _html(200, page, ("Set-Cookie", cookie))
 
-    def _cli_allow(
+    async def _cli_allow(
         self, request: FlowRequest, form: dict[str, str], cookies: dict[str, str]
     ) -> ErrorPage:
         """The browser said yes: seal its token to the CLI's key, for one fetch."""
@@ -634,13 +647,13 @@ class LoginFlow:
         if found is None:
             return self._refused(request, "this browser is not signed in")
         token = found[0]
-        now = self._clock()
-        for key, (_, expires) in list(self._transfers.items()):
-            if expires <= now:
-                del self._transfers[key]
-        if len(self._transfers) >= _MAX_TRANSFERS:
+        sealed = seal(client_key, token)
+        try:
+            await self._store.db.off_loop(
+                self._state.put_transfer, form["token"], sealed, self._clock()
+            )
+        except TransfersFull:
             return _html(503, _message("Busy", "Too many logins are waiting. Try again soon."))
-        self._transfers[form["token"]] = (seal(client_key, token), now + _TRANSFER_LIFETIME)
         return _html(
             200,
             _message(
@@ -649,10 +662,8 @@ class LoginFlow:
             ),
         )
 
-    def _transfer(self, key: str) -> ErrorPage:
-        held = self._transfers.pop(key, None)
-        if held is None or held[1] <= self._clock():
+    async def _transfer(self, key: str) -> ErrorPage:
+        sealed = await self._store.db.off_loop(self._state.claim_transfer, key, self._clock())
+        if sealed is None:
             return _json(404, {"err": "no token for this key (yet)"})
-        return JsonAnswer(
-            200, "200", "", "", body=held[0], headers=(("Cache-Control", "no-store"),)
-        )
+        return JsonAnswer(200, "200", "", "", body=sealed, headers=(("Cache-Control", "no-store"),))

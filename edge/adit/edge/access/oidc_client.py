@@ -59,8 +59,10 @@ __all__ = [
     "ProviderMetadata",
     "ProviderUnavailable",
     "authorization_url",
+    "check_ca_pem",
     "identity_from_claims",
     "parse_metadata",
+    "tls_context",
     "validate_id_token",
 ]
 
@@ -116,8 +118,11 @@ class OidcSettings:
     #: Claim names mapped to the identity (Cloudflare's "OIDC claims" settings).
     email_claim: str = "email"
     groups_claim: str = "groups"
-    #: A PEM bundle of CAs for the provider's TLS (None: the system's store).
+    #: A PEM bundle of CAs for the provider's TLS, as a file (None: the system's store).
     ca_bundle: str | None = None
+    #: The same as PEM text (the provider's ``ca_pem`` setting): with either, the provider's
+    #: certificate must chain to these CAs and to nothing else.
+    ca_pem: str | None = None
     #: Seconds any one request to the provider may take.
     timeout: float = 10.0
 
@@ -347,7 +352,7 @@ class OidcClient:
     def _http(self) -> httpx.AsyncClient:
         if self._tls is None:
             # One context per client, built once: loading a CA store costs milliseconds.
-            self._tls = ssl.create_default_context(cafile=self.settings.ca_bundle)
+            self._tls = tls_context(self.settings)
         return httpx.AsyncClient(
             verify=self._tls, timeout=self.settings.timeout, follow_redirects=False
         )
@@ -366,7 +371,9 @@ class OidcClient:
                     if len(body) > MAX_BODY:
                         raise ProviderUnavailable(f"{url}: the answer is over {MAX_BODY} bytes")
         except httpx.HTTPError as exc:
-            raise ProviderUnavailable(f"{url}: {type(exc).__name__}: {exc}") from None
+            raise ProviderUnavailable(
+                f"{url}: {type(exc).__name__}: {exc}{_tls_hint(exc)}"
+            ) from None
         if status != 200:
             raise ProviderUnavailable(f"{url}: HTTP {status}")
         try:
@@ -404,11 +411,20 @@ class OidcClient:
         flow_id, flow = self.flows.begin(redirect_uri, return_to, self._clock())
         return flow_id, authorization_url(metadata, self.settings, flow)
 
+    async def authorize(self, flow: PendingFlow) -> str:
+        """The provider's authorization URL for a flow kept elsewhere (the edge's store)."""
+        return authorization_url(await self.metadata(), self.settings, flow)
+
     async def finish(
         self, flow_id: str | None, query: Mapping[str, str]
     ) -> tuple[OidcIdentity, PendingFlow]:
         """The identity the callback's ``query`` proves, and the flow it ends."""
         flow = self.flows.take(flow_id, query.get("state"), self._clock())
+        return await self.complete(flow, query), flow
+
+    async def complete(self, flow: PendingFlow, query: Mapping[str, str]) -> OidcIdentity:
+        """The identity the callback's ``query`` proves for ``flow`` (already taken, its
+        ``state`` already checked)."""
         if "error" in query:
             raise FlowRefused(f"the provider refused the login: {query['error'][:100]}")
         code = query.get("code")
@@ -421,7 +437,7 @@ class OidcClient:
         if kid is not None and all(k.key_id != kid for k in jwks.keys):
             jwks = await self.jwks(refresh=True)
         claims = validate_id_token(token, jwks, metadata, self.settings, flow.nonce, self._wall())
-        return identity_from_claims(claims, self.settings), flow
+        return identity_from_claims(claims, self.settings)
 
     async def _exchange(self, metadata: ProviderMetadata, flow: PendingFlow, code: str) -> str:
         body = prepare_token_request(
@@ -457,6 +473,34 @@ class OidcClient:
         if not isinstance(token, str):
             raise IdTokenRejected(f"{where}: the answer carries no id_token")
         return token
+
+
+def tls_context(settings: OidcSettings) -> ssl.SSLContext:
+    """The TLS context for a provider: its own CAs if it names any, else the system's."""
+    if settings.ca_bundle is None and settings.ca_pem is None:
+        return ssl.create_default_context()
+    return ssl.create_default_context(cafile=settings.ca_bundle, cadata=settings.ca_pem)
+
+
+def check_ca_pem(value: object) -> str | None:
+    """Why ``value`` is no usable ``ca_pem`` (PEM text of one or more CA certificates), or
+    None when it is."""
+    if not isinstance(value, str) or "-----BEGIN CERTIFICATE-----" not in value:
+        return "must be PEM text holding at least one CA certificate (-----BEGIN CERTIFICATE-----)"
+    try:
+        ssl.create_default_context(cadata=value)
+    except (ssl.SSLError, ValueError) as exc:
+        return f"is not a readable PEM certificate bundle ({exc})"
+    return None
+
+
+def _tls_hint(exc: Exception) -> str:
+    if "CERTIFICATE_VERIFY_FAILED" not in str(exc):
+        return ""
+    return (
+        " (the provider's certificate is not trusted: if a private CA issued it, give that CA"
+        " as the identity provider's config.ca_pem)"
+    )
 
 
 def _kid_of(token: str) -> str | None:

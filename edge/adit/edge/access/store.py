@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar
 
 from adit.edge.access.jwt_keys import SigningKey, new_signing_key
+from adit.edge.access.login_state import SCHEMA as LOGIN_STATE_SCHEMA
+from adit.edge.access.login_state import TABLES as LOGIN_STATE_TABLES
 from adit.edge.access.model import (
     DECISIONS,
     Application,
@@ -36,6 +38,7 @@ from adit.edge.access.model import (
     parse_duration,
     parse_rules,
 )
+from adit.edge.access.oidc_client import check_ca_pem
 from adit.edge.database import Database, encode_time
 from adit.edge.errors import StoreError
 from adit.edge.live_table import LiveTable
@@ -75,6 +78,8 @@ _IDP_FIELDS: Final = {
         "scopes",
         "email_claim_name",
         "groups_claim_name",
+        # adit's own (Cloudflare's providers are public): CAs the provider's TLS chains to.
+        "ca_pem",
     ),
     "onetimepin": (
         "smtp_host",
@@ -165,6 +170,8 @@ SCHEMA = (
     account_tag TEXT NOT NULL,
     expires_at REAL NOT NULL
 )""",
+    # Logins in progress, shared by the edge processes of one store (:mod:`.login_state`).
+    *LOGIN_STATE_SCHEMA,
     f"INSERT OR IGNORE INTO counters (name, value) VALUES ('{ACCESS_COUNTER}', 0)",  # noqa: S608 (a constant)
 )
 TABLES = frozenset(
@@ -179,6 +186,7 @@ TABLES = frozenset(
         "access_log",
         "access_revoked",
     }
+    | LOGIN_STATE_TABLES
 )
 _BUMP = f"UPDATE counters SET value = value + 1 WHERE name = '{ACCESS_COUNTER}'"  # noqa: S608
 
@@ -643,6 +651,8 @@ class AccessStore:
             if not isinstance(scopes, list) or not all(isinstance(s, str) for s in scopes):
                 raise InvalidAccess(f"{where}.config: scopes must be a list of strings")
             shown.setdefault("email_claim_name", "email")
+            if "ca_pem" in shown and (why := check_ca_pem(shown["ca_pem"])) is not None:
+                raise InvalidAccess(f"{where}.config: ca_pem {why}")
             if "client_secret" not in hidden:
                 raise InvalidAccess(f"{where}.config: client_secret is required")
         elif "smtp_host" in shown:
