@@ -41,7 +41,13 @@ def need(*programs: str) -> None:
 class Sshd:
     """A private sshd on 127.0.0.1 and the client options to log in to it."""
 
-    def __init__(self, tmp: Path, processes: Processes, log_level: str | None = None) -> None:
+    def __init__(
+        self,
+        tmp: Path,
+        processes: Processes,
+        log_level: str | None = None,
+        extra_config: tuple[str, ...] = (),
+    ) -> None:
         need("/usr/sbin/sshd", "ssh", "scp", "ssh-keygen")
         self.dir = tmp / "sshd"
         self.dir.mkdir()
@@ -70,6 +76,7 @@ class Sshd:
                     "Subsystem sftp /usr/lib/openssh/sftp-server",
                     # VERBOSE logs each accepted connection ("Connection from ...").
                     *([f"LogLevel {log_level}"] if log_level else []),
+                    *extra_config,
                     "",
                 ]
             )

@@ -42,6 +42,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ParamSpec, TypeVar
 
+from adit.edge.access.ssh_ca import SCHEMA as SSH_CA_SCHEMA
+from adit.edge.access.ssh_ca import TABLES as SSH_CA_TABLES
 from adit.edge.access.store import SCHEMA as ACCESS_SCHEMA
 from adit.edge.access.store import TABLES as ACCESS_TABLES
 from adit.edge.access.store import AccessStore
@@ -213,6 +215,7 @@ _SCHEMA = (
     *ZONE_DNS_SCHEMA,
     *ZONE_OPTIONS_SCHEMA,
     *ACCESS_SCHEMA,
+    *SSH_CA_SCHEMA,
 )
 _TABLES = frozenset(
     {"accounts", "api_tokens", "tunnels", "secret_rotations", "routes", "zones", "counters"}
@@ -221,6 +224,7 @@ _TABLES = frozenset(
     | ZONE_DNS_TABLES
     | ZONE_OPTIONS_TABLES
     | ACCESS_TABLES
+    | SSH_CA_TABLES
 )
 _COUNTERS = (ROUTES_COUNTER, PRIVATE_ROUTES_COUNTER)
 _BUMP_ROUTES = f"UPDATE counters SET value = value + 1 WHERE name = '{ROUTES_COUNTER}'"  # noqa: S608

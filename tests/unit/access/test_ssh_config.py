@@ -1,8 +1,10 @@
 """``adit access ssh-config`` prints cloudflared's stanza (its sshConfigTemplate, rendered by
-cloudflared itself for the expected texts below) with adit for the program; ``ssh-gen`` says
-in one line why adit cannot and exits 1."""
+cloudflared itself for the expected texts below) with adit for the program; ``ssh-gen``
+without a login refuses in one line naming the command to run, and exits 1."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from click.testing import CliRunner
 
@@ -45,23 +47,26 @@ def test_command_prints_the_stanza_with_home_and_a_placeholder_hostname() -> Non
     assert program == "adit" or program.endswith("/adit")
 
 
-def test_short_lived_cert_notes_that_ssh_gen_cannot_serve_it() -> None:
+def test_short_lived_cert_prints_the_match_stanza_only() -> None:
     result = CliRunner().invoke(
         access, ["ssh-config", "--hostname", "h.example", "--short-lived-cert"]
     )
     assert result.exit_code == 0
     assert result.stdout.splitlines()[2].startswith('Match host h.example exec "')
-    assert "no SSH CA" in result.stderr
+    assert result.stderr == ""
 
 
-def test_ssh_gen_refuses_in_one_line_with_exit_1() -> None:
-    result = CliRunner().invoke(access, ["ssh-gen", "--hostname", "ssh.example.com"])
+def test_ssh_gen_without_a_login_names_the_command_to_run(tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        access, ["ssh-gen", "--hostname", "ssh.example.com"], env={"HOME": str(tmp_path)}
+    )
     assert result.exit_code == 1
     assert result.stdout == ""
     lines = result.stderr.splitlines()
     assert len(lines) == 1
-    assert "no" in lines[0] and "SSH CA" in lines[0]
-    assert "adit access login https://ssh.example.com" in lines[0]
+    assert "no login for ssh.example.com" in lines[0]
+    assert "run `adit access login https://ssh.example.com` first" in lines[0]
+    assert not (tmp_path / ".adit").exists()  # no key made for nothing
 
 
 def test_ssh_gen_without_hostname_shows_help_as_cloudflared() -> None:

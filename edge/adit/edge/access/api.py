@@ -8,6 +8,8 @@
   ``POST service_tokens/{id}/rotate`` (a new secret, same client id),
   ``POST service_tokens/{id}/refresh`` (expiry pushed out); the secret is answered on create
   and rotate only;
+* ``GET|POST|DELETE apps/{id}/ca`` (the application's short-lived SSH certificate CA:
+  ``{id, aud, public_key}``, :mod:`adit.edge.access.ssh_ca`), ``GET apps/ca`` (all of them);
 * ``GET logs/access_requests`` (``since``, ``until``, ``email``, ``app``, ``action``,
   ``page``/``per_page``, or Cloudflare's ``limit``), newest first;
 * ``GET|PUT organizations`` (``auth_domain``: the team domain, issuer of the tokens);
@@ -25,6 +27,7 @@ from typing import Any
 
 from adit.edge.access import setup
 from adit.edge.access.decisions import query
+from adit.edge.access.ssh_ca import SshCas
 from adit.edge.access.store import AccessStore
 from adit.edge.api_json import envelope
 from adit.edge.api_request import (
@@ -72,6 +75,7 @@ class AccessApi:
 
     def __init__(self, store: AccessStore) -> None:
         self._store = store
+        self._cas = SshCas(store)
 
     async def dispatch(
         self, method: str, account: str, rest: list[str], query: dict[str, str], body: bytes
@@ -138,6 +142,11 @@ class AccessApi:
             _allow(method, "POST")
             return _ok((await self._off(store.create_app, account, json_object(body))).json())
         app_id = rest[0]
+        if rest == ["ca"]:
+            _allow(method, "GET")
+            return _ok([ca.json() for ca in self._cas.list(account)])
+        if rest[1:] == ["ca"]:
+            return await self._ca(method, account, app_id)
         if len(rest) == 1:
             if method == "GET":
                 return _ok(store.app(account, app_id).json())
@@ -167,6 +176,14 @@ class AccessApi:
         _allow(method, "DELETE")
         await self._off(store.delete_policy, account, app_id, policy_id)
         return _ok({"id": policy_id})
+
+    async def _ca(self, method: str, account: str, app_id: str) -> Response:
+        if method == "GET":
+            return _ok(self._cas.get(account, app_id).json())
+        if method == "POST":
+            return _ok((await self._off(self._cas.create, account, app_id)).json())
+        _allow(method, "DELETE")
+        return _ok({"id": await self._off(self._cas.delete, account, app_id)})
 
     async def _idps(
         self, method: str, account: str, rest: list[str], query: dict[str, str], body: bytes

@@ -2,6 +2,15 @@
 is to get), answer it (login, 401, 403, the key set), or let it pass (no application guards
 its hostname).
 
+Every application's session is its own, also for applications on paths of one hostname
+(``app.example.com/`` and ``app.example.com/admin``): the login flow scopes each one's
+``CF_Authorization`` cookie to its path (Cloudflare's "path cookie attribute", always on), so
+the browser keeps one cookie per application and sends a path application's first; the gate
+takes, of all the cookies a request carries, the one whose ``aud`` is the application's, and
+a token of another application is never a session here. The flow's paths are also served
+under a path application's own path (``/admin/cdn-cgi/access/logout``), where its cookie is
+sent (:mod:`adit.edge.access.app_cookies`).
+
 The costs sit where Cloudflare's do: a session token (the ``CF_Authorization`` cookie or the
 ``cf-access-token`` header) is verified once and then remembered until it expires, and the
 ``Cf-Access-Jwt-Assertion`` for a service token is signed once per token and application and
@@ -24,6 +33,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
+from adit.edge.access.app_cookies import session_tokens, token_claims_aud
 from adit.edge.access.decisions import DecisionLog, Entry
 from adit.edge.access.engine import Decision, Subject, evaluate
 from adit.edge.access.jwt_keys import InvalidToken, SigningKey, key_set, verify
@@ -69,9 +79,11 @@ __all__ = [
 log = logging.getLogger("adit.edge.access")
 
 CERTS_PATH: Final = "/cdn-cgi/access/certs"
+#: Where cloudflared's ``access ssh-gen`` asks the token's issuer (the team domain) for an
+#: SSH certificate (:mod:`adit.edge.access.cert_sign`).
+CERT_SIGN_PATH: Final = "/cdn-cgi/access/cert_sign"
 #: The login flow's own paths on a guarded hostname (never forwarded to the origin).
 _ACCESS_PATHS: Final = "/cdn-cgi/access/"
-COOKIE: Final = "CF_Authorization"
 ASSERTION: Final = "Cf-Access-Jwt-Assertion"
 USER_EMAIL: Final = "Cf-Access-Authenticated-User-Email"
 #: Verified sessions and minted service-token assertions kept; beyond, the memory is cleared.
@@ -102,6 +114,9 @@ class FlowRequest(ErrorPage):
     #: Filled in by the listener: the visitor's authority (host[:port]) and scheme.
     authority: str = ""
     scheme: str = "https"
+    #: The application path the flow's path was asked under ("" at the host's root): there
+    #: the browser sends that application's own cookie.
+    mount: str = ""
 
     def at(self, authority: str, scheme: str) -> FlowRequest:
         return replace(self, authority=authority, scheme=scheme)
@@ -141,17 +156,6 @@ def _header(headers: Sequence[tuple[bytes, bytes]], name: bytes) -> str | None:
     for raw, value in headers:
         if len(raw) == len(name) and raw.lower() == name:
             return value.decode("latin-1").strip()
-    return None
-
-
-def _cookie(headers: Sequence[tuple[bytes, bytes]], name: str) -> str | None:
-    for raw, value in headers:
-        if raw.lower() != b"cookie":
-            continue
-        for part in value.decode("latin-1").split(";"):
-            key, _, val = part.strip().partition("=")
-            if key == name and val:
-                return val
     return None
 
 
@@ -226,28 +230,49 @@ class AccessGate:
             account = table.team_hosts.get(host) or table.accounts_by_host.get(host)
             if account is not None:
                 return key_set_answer(key_set(self._keys(table, account)))
+        if path == CERT_SIGN_PATH and host in table.team_hosts:
+            return self._flow(None, host, path, headers, client_ip, ray, "")
         app = table.application(host, path)
+        mount = ""
+        if app is not None and app.path and path.startswith(app.path + _ACCESS_PATHS):
+            # The flow under a path application's own path (its cookie is sent only there).
+            mount, path = app.path, path[len(app.path) :]
         if app is None and path.startswith(_ACCESS_PATHS):
             # An application for a path of the host: the flow's paths are its too.
             app = next(iter(table.apps.get(host, ())), None)
         if app is None:
             return None
+        if path.startswith(_ACCESS_PATHS):
+            return self._flow(app, host, path, headers, client_ip, ray, mount)
         if self.client_address is not None:
             client_ip = self.client_address(client_ip, headers)
-        if path.startswith(_ACCESS_PATHS):
-            return FlowRequest(
-                500,
-                "500",
-                "Access could not answer this request",
-                "This edge cannot serve the sign-in pages on this connection.",
-                app=app,
-                host=host,
-                path=path,
-                headers=headers,
-                client_ip=client_ip,
-                ray=ray,
-            )
         return self._decide(table, app, host, path, headers, client_ip, ray, log_refusal)
+
+    def _flow(
+        self,
+        app: Application | None,
+        host: str,
+        path: str,
+        headers: Sequence[tuple[bytes, bytes]],
+        client_ip: str,
+        ray: str,
+        mount: str,
+    ) -> FlowRequest:
+        if self.client_address is not None:
+            client_ip = self.client_address(client_ip, headers)
+        return FlowRequest(
+            500,
+            "500",
+            "Access could not answer this request",
+            "This edge cannot serve the sign-in pages on this connection.",
+            app=app,
+            host=host,
+            path=path,
+            headers=headers,
+            client_ip=client_ip,
+            ray=ray,
+            mount=mount,
+        )
 
     # -- the decision ----------------------------------------------------------------------
 
@@ -263,8 +288,7 @@ class AccessGate:
         log_refusal: bool,
     ) -> Admitted | ErrorPage:
         now = self._clock()
-        token = _cookie(headers, COOKIE) or _header(headers, b"cf-access-token")
-        session = self._session(table, app, token, now) if token else None
+        token, session = self._app_session(table, app, headers, now)
         service = self._service_token(table, app, headers, now)
         if session is not None and service is None:
             # The session's next request from the same address: decided already.
@@ -309,6 +333,25 @@ class AccessGate:
             return unauthenticated(app.name)
         return denied(app.name, browser)
 
+    def _app_session(
+        self,
+        table: AccessTable,
+        app: Application,
+        headers: Sequence[tuple[bytes, bytes]],
+        now: float,
+    ) -> tuple[str | None, _Session | None]:
+        """The request's session for ``app`` and its token: the first of its
+        ``CF_Authorization`` cookies (a browser sends one per application whose path covers
+        the request) or ``cf-access-token`` header that is a live session of this
+        application; a token for another application is skipped before any signature check."""
+        for token in session_tokens(headers):
+            if token not in self._sessions and app.aud not in token_claims_aud(token):
+                continue
+            session = self._session(table, app, token, now)
+            if session is not None:
+                return token, session
+        return None, None
+
     def _session(
         self, table: AccessTable, app: Application, token: str, now: float
     ) -> _Session | None:
@@ -351,6 +394,16 @@ class AccessGate:
             return None
         session = self._session(self._store.table(), app, token, self._clock())
         return session.claims if session is not None else None
+
+    def request_session(
+        self, app: Application, headers: Sequence[tuple[bytes, bytes]]
+    ) -> tuple[str, dict[str, Any]] | None:
+        """The token and claims of the request's session for ``app`` (of all the cookies it
+        carries, the one for this application), or None."""
+        token, session = self._app_session(self._store.table(), app, headers, self._clock())
+        if token is None or session is None:
+            return None
+        return token, session.claims
 
     def revoke(self, claims: dict[str, Any]) -> None:
         """End a session: its token (and every copy of it) is refused from now on, by this

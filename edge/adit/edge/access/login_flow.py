@@ -9,19 +9,20 @@ path                                method  answer
 /cdn-cgi/access/callback            GET     code exchange, ID token → identity → decision
 /cdn-cgi/access/login/pin           POST    a PIN mailed; the PIN entry page
 /cdn-cgi/access/login/pin/verify    POST    PIN checked → identity → decision
-/cdn-cgi/access/logout              GET     the session ended (revoked), cookie cleared
+/cdn-cgi/access/logout              GET     the sessions ended (revoked), cookies cleared
 /cdn-cgi/access/get-identity        GET     the session's identity as JSON (401 without)
 /cdn-cgi/access/cli?token=KEY       GET     ``adit access login``: the session's token
                                             sealed to the CLI's KEY (login first if none)
 /cdn-cgi/access/transfer/KEY        GET     the sealed token, once (404 until then)
+/cdn-cgi/access/cert_sign           POST    a short-lived SSH certificate (:mod:`.cert_sign`)
 =================================== ======= ==============================================
 
 A decision after login evaluates the application's policies with the identity (e-mail,
 groups), the country of the visitor's address (``--geoip-db``) and the address itself. An
 allowed visitor gets the ``CF_Authorization`` cookie (HttpOnly, SameSite=Lax, Secure over
-HTTPS, host-only) holding a session JWT and a 302 back to the same-host path they asked for;
-a denied one gets the 403 page naming the application. Either way the decision is in the
-access log.
+HTTPS, host-only, with the application's path as ``Path``: :mod:`.app_cookies`) holding a
+session JWT and a 302 back to the same-host path they asked for; a denied one gets the 403
+page naming the application. Either way the decision is in the access log.
 
 Every form post carries a CSRF token bound to the browser's pre-login cookie; an OIDC callback
 is accepted only with the flow cookie of the browser that began it (:mod:`.oidc_client`).
@@ -47,8 +48,10 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Final
 from urllib.parse import parse_qsl, quote, urlsplit
 
+from adit.edge.access.app_cookies import COOKIE, cookie_path
+from adit.edge.access.cert_sign import CERT_SIGN, CertSigner
 from adit.edge.access.engine import Subject, evaluate
-from adit.edge.access.gate import COOKIE, AccessGate, FlowRequest
+from adit.edge.access.gate import AccessGate, FlowRequest
 from adit.edge.access.login_page import (
     PAGE_HEADERS,
     ProviderChoice,
@@ -185,6 +188,7 @@ class LoginFlow:
         self._csrf_key = self._state.shared_key("csrf")
         #: idp id → (its settings, its client): a changed provider gets a new client.
         self._oidc: dict[str, tuple[OidcSettings, OidcClient]] = {}
+        self._cert_sign = CertSigner(gate, store, country_of=country_of)
 
     async def __call__(self, request: FlowRequest, method: str, body: bytes) -> ErrorPage:
         try:
@@ -204,13 +208,15 @@ class LoginFlow:
         path = parts.path
         query = _fields(parts.query)
         cookies = _cookies(request.headers)
+        if method == "POST" and path == CERT_SIGN:
+            return await self._cert_sign(request, body)  # a token in the body, no cookies
         if method in ("GET", "HEAD"):
             if path in (LOGIN, f"{LOGIN}/{request.host}"):
                 return self._login_page(request, query, cookies)
             if path == CALLBACK:
                 return await self._callback(request, query, cookies)
             if path == PREFIX + "/logout":
-                return await self._logout(request, cookies)
+                return await self._logout(request, query)
             if path == PREFIX + "/get-identity":
                 return self._identity(request, cookies)
             if path == PREFIX + "/cli":
@@ -282,7 +288,7 @@ class LoginFlow:
     ) -> HtmlAnswer:
         back = safe_return_path(query.get("redirect_url"))
         app = self._application(request, back, query.get("kid"))
-        if error is None and self._gate.session_claims(app, cookies.get(COOKIE)) is not None:
+        if error is None and self._gate.request_session(app, request.headers) is not None:
             return _redirect(back)  # signed in already (another tab finished first)
         binding = cookies.get(LOGIN_COOKIE) or secrets.token_urlsafe(24)
         choices = [ProviderChoice(i.id, i.name, i.type) for i in self._providers(app)]
@@ -511,19 +517,25 @@ class LoginFlow:
             idp=idp_claim,
         )
         session = cookie_header(
-            COOKIE, token, max_age=app.session_duration, secure=self._secure(request)
+            COOKIE,
+            token,
+            path=cookie_path(app.path),
+            max_age=app.session_duration,
+            secure=self._secure(request),
         )
         return _redirect(back, *headers, ("Set-Cookie", session))
 
     # -- after login ---------------------------------------------------------------------------
 
-    async def _logout(self, request: FlowRequest, cookies: dict[str, str]) -> ErrorPage:
+    async def _logout(self, request: FlowRequest, query: dict[str, str]) -> ErrorPage:
         assert request.app is not None
         table = self._store.table()
-        for app in table.apps.get(request.host, ()):
-            claims = self._gate.session_claims(app, cookies.get(COOKIE))
-            if claims is None:
+        apps = table.apps.get(request.host, ())
+        for app in apps:
+            found = self._gate.request_session(app, request.headers)
+            if found is None:
                 continue
+            claims = found[1]
             # At once in this process; through the store for the others (and restarts).
             self._gate.revoke(claims)
             nonce = claims.get("identity_nonce")
@@ -532,19 +544,34 @@ class LoginFlow:
                 await self._store.db.off_loop(
                     self._store.revoke_session, app.account, nonce, expires
                 )
-        clear = cookie_header(COOKIE, "", max_age=0, secure=self._secure(request))
+        # The cookies this request could carry go: the host's root one and, under a path
+        # application's path, that application's.
+        secure = self._secure(request)
+        clear = [
+            ("Set-Cookie", cookie_header(COOKIE, "", path=p, max_age=0, secure=secure))
+            for p in sorted({"/", cookie_path(request.mount)})
+        ]
+        # A path application's cookie is sent only under its path, so the sign-out visits each
+        # one's (a chain of redirects, one per path application, ``step`` counting): every
+        # session on the host ends, in the store too, not only those this request carried.
+        mounts = sorted({a.path for a in apps if a.path})
+        step = query.get("step", "0")
+        at = int(step) if step.isdigit() and len(step) < 4 else 0
+        if at < len(mounts):
+            return _redirect(f"{mounts[at]}{PREFIX}/logout?step={at + 1}", *clear)
         page = _message(
             "Signed out",
             f"You are signed out of {request.app.name}. Open the application again to sign in.",
         )
-        return _html(200, page, ("Set-Cookie", clear))
+        return _html(200, page, *clear)
 
     def _identity(self, request: FlowRequest, cookies: dict[str, str]) -> ErrorPage:
         assert request.app is not None
         claims = None
         for app in self._store.table().apps.get(request.host, ()):
-            claims = self._gate.session_claims(app, cookies.get(COOKIE))
-            if claims is not None:
+            found = self._gate.request_session(app, request.headers)
+            if found is not None:
+                claims = found[1]
                 break
         if claims is None:
             return _json(401, {"err": "no valid session: sign in first"})
@@ -581,8 +608,11 @@ class LoginFlow:
             return _html(400, _message("Not a CLI login", "This link is missing its key."))
         back = safe_return_path(query.get("redirect_url"))
         app = self._application(request, back)
-        if self._gate.session_claims(app, cookies.get(COOKIE)) is None:
-            here = safe_return_path(request.path)
+        if app.path and request.mount != app.path:
+            # A path application's cookie is sent only under its path: ask there.
+            return _redirect(app.path + request.path)
+        if self._gate.request_session(app, request.headers) is None:
+            here = safe_return_path(request.mount + request.path)
             login = f"{LOGIN}/{request.host}?kid={app.aud}&redirect_url={quote(here, safe='')}"
             return _redirect(login)
         binding = cookies.get(LOGIN_COOKIE) or secrets.token_urlsafe(24)
@@ -593,14 +623,14 @@ class LoginFlow:
             "<p>A terminal running <code>adit access login</code> asks for your token. Allow it"
             " only if you started that command just now and it shows this key:</p>"
             f"<p><code>{html.escape(key[:12])}</code></p>"
-            f'<form method="post" action="{PREFIX}/cli">'
+            f'<form method="post" action="{request.mount}{PREFIX}/cli">'
             f'<input type="hidden" name="token" value="{html.escape(key)}">'
             f'<input type="hidden" name="redirect_url" value="{html.escape(back)}">'
             f'<input type="hidden" name="csrf" value="{csrf_token(self._csrf_key, binding)}">'
             '<button type="submit">Allow the command line</button></form>',
         )
         cookie = cookie_header(
-            LOGIN_COOKIE, binding, path=PREFIX + "/", secure=self._secure(request)
+            LOGIN_COOKIE, binding, path=request.mount + PREFIX + "/", secure=self._secure(request)
         )
         return _html(200, page, ("Set-Cookie", cookie))
 
@@ -613,9 +643,10 @@ class LoginFlow:
         except TransferError:
             return _html(400, _message("Not a CLI login", "This form is missing its key."))
         app = self._application(request, safe_return_path(form.get("redirect_url")))
-        token = cookies.get(COOKIE)
-        if token is None or self._gate.session_claims(app, token) is None:
+        found = self._gate.request_session(app, request.headers)
+        if found is None:
             return self._refused(request, "this browser is not signed in")
+        token = found[0]
         sealed = seal(client_key, token)
         try:
             await self._store.db.off_loop(

@@ -12,6 +12,7 @@ The document (YAML or JSON; the API takes and gives JSON)::
         domain: wiki.example.com
         session_duration: 24h
         allowed_idps: [corp]          # providers by name
+        ssh_ca: true                  # a short-lived SSH certificate CA (ssh_ca.py)
         policies:
           - {name: staff, decision: allow, include: [{email_domain: {domain: example.com}}]}
           - {name: ci, decision: non_identity, include: [{service_token: {token_id: ci}}]}
@@ -21,8 +22,11 @@ and policies by name within their application, creates what is missing, updates 
 differs and deletes applications, policies and providers the document no longer has
 (declarative: the file in git is the truth). Service tokens are only ever created (deleting
 one would lock a machine out; ``access service-token delete`` does that on purpose), and a
-service-token rule may name the token by name. Secrets are exported as ``*****``; applying
-``*****`` keeps the stored secret. Applying the same document twice changes nothing.
+service-token rule may name the token by name. ``ssh_ca: true`` gives an application its SSH
+CA when it has none; like a token, a CA is never deleted here (the SSH servers trusting it
+would lock everyone out): ``DELETE .../apps/{id}/ca`` does that. Secrets are exported as
+``*****``; applying ``*****`` keeps the stored secret. Applying the same document twice
+changes nothing.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from __future__ import annotations
 from typing import Any
 
 from adit.edge.access.model import InvalidAccess, parse_duration
+from adit.edge.access.ssh_ca import SshCas
 from adit.edge.access.store import AccessStore, InvalidAccessSetup
 
 __all__ = ["apply", "export"]
@@ -42,6 +47,7 @@ def export(store: AccessStore, account: str) -> dict[str, Any]:
     tokens = store.service_tokens(account)
     token_names = {t.id: t.name for t in tokens}
     apps = []
+    with_ca = {ca.app_id for ca in SshCas(store).list(account)}
     for app in store.apps(account):
         policies = []
         for policy in store.policies(account, app.id):
@@ -60,6 +66,7 @@ def export(store: AccessStore, account: str) -> dict[str, Any]:
                 "session_duration": entry["session_duration"],
                 "allowed_idps": [idp_names[i] for i in app.allowed_idps if i in idp_names],
                 "policies": policies,
+                **({"ssh_ca": True} if app.id in with_ca else {}),
             }
         )
     return {
@@ -137,9 +144,10 @@ def apply(store: AccessStore, account: str, doc: dict[str, Any]) -> dict[str, An
     wanted_apps = _list(doc, "apps")
     _unique(wanted_apps, "domain", "apps")
     apps = {a.domain + a.path: a for a in store.apps(account)}
+    cas = {ca.app_id for ca in SshCas(store).list(account)}
     seen: set[str] = set()
     for raw in wanted_apps:
-        spec = {k: v for k, v in raw.items() if k != "policies"}
+        spec = {k: v for k, v in raw.items() if k not in ("policies", "ssh_ca")}
         spec["allowed_idps"] = [idp_ids.get(str(n), str(n)) for n in raw.get("allowed_idps") or []]
         domain_key = str(raw.get("domain", "")).strip().lower().rstrip("/")
         app = apps.get(domain_key)
@@ -156,6 +164,9 @@ def apply(store: AccessStore, account: str, doc: dict[str, Any]) -> dict[str, An
                 changes.append(f"application {app.domain}{app.path} updated")
         seen.add(app.id)
         changes += _apply_policies(store, account, app.id, raw, token_ids)
+        if raw.get("ssh_ca") is True and app.id not in cas:
+            SshCas(store).create(account, app.id)
+            changes.append(f"SSH CA of {app.domain}{app.path} created")
     for app in apps.values():
         if app.id not in seen:
             store.delete_app(account, app.id)

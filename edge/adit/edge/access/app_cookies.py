@@ -1,0 +1,76 @@
+"""One session per application, also where applications share a hostname on different paths.
+
+Cloudflare scopes an application's ``CF_Authorization`` cookie to the hostname unless its
+"path cookie attribute" (``path_cookie_attribute``) is on; then the cookie carries
+``Path=<the application's path>``. adit always does the latter for an application with a
+path: with one host-wide cookie, signing in to ``/admin`` would overwrite the session of
+``/`` (signing the visitor out of it), and the two applications could not both be used.
+
+With a cookie per path, a browser sends every cookie whose path covers the request, the
+longest path first (RFC 6265 §5.4): ``/admin/x`` carries the ``/admin`` application's cookie
+and then the ``/`` one's. So the gate looks at all of a request's ``CF_Authorization``
+values (and the ``cf-access-token`` header) and takes the one whose ``aud`` is the
+application's; a token of another application is passed over before any signature is
+checked (its unverified ``aud`` does not name this application), so a request carrying
+foreign tokens costs no RSA operation, and never gets their session.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterator, Sequence
+from typing import Final
+
+__all__ = ["COOKIE", "MAX_TOKENS", "cookie_path", "session_tokens", "token_claims_aud"]
+
+COOKIE: Final = "CF_Authorization"
+#: The most session tokens looked at in one request (a browser has one per application
+#: covering the path: a handful); the rest are ignored.
+MAX_TOKENS: Final = 8
+
+
+def cookie_path(app_path: str) -> str:
+    """The ``Path`` of an application's session cookie: its own path, else the host's root."""
+    return app_path or "/"
+
+
+def session_tokens(headers: Sequence[tuple[bytes, bytes]]) -> Iterator[str]:
+    """The request's session tokens in the order the client sent them: every
+    ``CF_Authorization`` cookie value, then the ``cf-access-token`` header; at most
+    :data:`MAX_TOKENS`."""
+    given = 0
+    for raw, value in headers:
+        name = raw.lower()
+        if name == b"cookie":
+            for part in value.decode("latin-1").split(";"):
+                key, _, val = part.strip().partition("=")
+                if key == COOKIE and val:
+                    yield val
+                    given += 1
+                    if given >= MAX_TOKENS:
+                        return
+    for raw, value in headers:
+        if raw.lower() == b"cf-access-token":
+            token = value.decode("latin-1").strip()
+            if token:
+                yield token
+            return
+
+
+def token_claims_aud(token: str) -> tuple[str, ...]:
+    """The ``aud`` a JWT *claims* (unverified: only to pass over a token that is not for an
+    application, never to accept one); () when it is not a JWT."""
+    parts = token.split(".")
+    if len(parts) != 3 or len(parts[1]) > 8192:
+        return ()
+    try:
+        payload = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+    except (ValueError, UnicodeDecodeError):
+        return ()
+    aud = payload.get("aud") if isinstance(payload, dict) else None
+    if isinstance(aud, str):
+        return (aud,)
+    if isinstance(aud, list):
+        return tuple(a for a in aud if isinstance(a, str))
+    return ()
