@@ -397,7 +397,9 @@ SECONDS = Seconds()
     "--handover-hold",
     envvar="ADIT_EDGE_HANDOVER_HOLD",
     type=_SECONDS,
-    default="10s",
+    # cloudflared redials a closed connection after its supervisor's backoff: up to 1s plus
+    # a random wait of up to 10s (20s when it had to retry lately); adit's connector at once.
+    default="30s",
     show_default=True,
     help="Right after a hand-over, how long a visitor's request waits for a connection of a "
     "tunnel whose connectors are still moving to the new process (instead of a 530).",

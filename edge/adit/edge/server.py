@@ -160,7 +160,7 @@ class EdgeSettings:
     handover_timeout: float = 60.0
     #: ``--handover-hold``: how long a visitor's request waits, right after a hand-over, for
     #: a connection of a tunnel whose connectors are moving here.
-    handover_hold: float = 10.0
+    handover_hold: float = 30.0
 
     @property
     def tunnel_liveness(self) -> LivenessSettings:
