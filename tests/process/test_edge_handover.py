@@ -403,3 +403,43 @@ def test_a_broken_new_version_changes_nothing(
     assert edge.proc.wait(timeout=30) == 0
     connector.wait_for_log("Registered tunnel connection", count=2, timeout=30)
     assert _alive(new)
+
+
+def test_a_new_version_that_never_gets_ready_is_stopped(
+    processes: Processes, tmp_path: Path, notify_socket: socket.socket
+) -> None:
+    script = _installed(tmp_path)
+    edge = start_edge(
+        processes,
+        command=[str(script)],
+        env={
+            "NOTIFY_SOCKET": str(tmp_path / "notify.sock"),
+            "ADIT_EDGE_HANDOVER_TIMEOUT": "2s",
+        },
+    )
+    _notifications(notify_socket, "READY=1", 5)
+    # A build that hangs at start (it answers --version).
+    script.write_text(
+        f"#!{BIN / 'python3'}\n"
+        "import sys, time\n"
+        "if sys.argv[1:] == ['--version']:\n"
+        "    print('adit version 2099.2.0')\n"
+        "    sys.exit(0)\n"
+        "time.sleep(120)\n"
+    )
+    edge.proc.signal(signal.SIGUSR2)
+    text = edge.proc.wait_for_log(r"hand-over to adit 2099\.2\.0 \(pid \d+\) failed: ")
+    line = next(x for x in text.splitlines() if "hand-over to adit 2099.2.0" in x)
+    assert "it was not ready within 2s" in line, line
+    pid = int(line.split("(pid ")[1].split(")")[0])
+    deadline = time.monotonic() + 10
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(pid), "the hanging new edge was not stopped"
+    assert edge.proc.popen.poll() is None
+    ip, port = edge.http.rsplit(":", 1)
+    conn = http.client.HTTPConnection(ip, int(port), timeout=10)
+    try:
+        assert _get(conn, "nowhere.example.com", "/", keep=False)[0] == 404
+    finally:
+        conn.close()
