@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import shutil
 import signal
 import socket
@@ -403,6 +404,21 @@ def test_a_broken_new_version_changes_nothing(
     assert edge.proc.wait(timeout=30) == 0
     connector.wait_for_log("Registered tunnel connection", count=2, timeout=30)
     assert _alive(new)
+    # The new edge hands over in turn (its sockets were inherited, its successor inherits
+    # them again), serving all along.
+    with Load(edge, edge.ca) as load:
+        time.sleep(LOAD_BEFORE)
+        os.kill(new, signal.SIGUSR2)
+        third = _wait_new_pid(scene, new)
+        connector.wait_for_log("Registered tunnel connection", count=3, timeout=30)
+        deadline = time.monotonic() + 30
+        while _alive(new) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(LOAD_AFTER)
+    assert load.tally.failed == [] and load.tally.refused == 0, load.tally.failed[:10]
+    assert not _alive(new) and _alive(third)
+    notes = _notifications(notify_socket, f"MAINPID={third}", 10)
+    assert f"MAINPID={third}" in notes, notes
 
 
 def test_a_new_version_that_never_gets_ready_is_stopped(
