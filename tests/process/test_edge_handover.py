@@ -16,6 +16,7 @@ import shutil
 import signal
 import socket
 import ssl
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -106,6 +107,8 @@ def _break(script: Path, version: str) -> None:
 @dataclass
 class Tally:
     ok: int = 0
+    #: Successes by kind of visitor (``http/new``, ``https/keep-alive``, ``https/h2``...).
+    by_kind: dict[str, int] = field(default_factory=dict)
     #: Failures: (kind, what happened).
     failed: list[tuple[str, str]] = field(default_factory=list)
     refused: int = 0
@@ -126,11 +129,14 @@ class Load:
         self.tally = Tally()
         self.stop = threading.Event()
         self.context = ssl.create_default_context(cafile=str(ca))
+        self.ca = ca
         self.threads = [
             threading.Thread(target=self._run, args=(tls, keep), daemon=True)
             for tls in (False, True)
             for keep in (False, True)
         ]
+        if shutil.which("curl") is not None:
+            self.threads.append(threading.Thread(target=self._run_http2, daemon=True))
 
     def __enter__(self) -> Load:
         for thread in self.threads:
@@ -182,8 +188,7 @@ class Load:
                 conn = None
                 continue
             if status == 200 and body == f"hello /n{count}".encode():
-                with self.tally.lock:
-                    self.tally.ok += 1
+                self._ok(kind, 1)
             else:
                 self._fail(kind, f"{status} {body[:200]!r}")
             if not keep:
@@ -191,6 +196,49 @@ class Load:
                 conn = None
         if conn is not None:
             conn.close()
+
+    def _run_http2(self) -> None:
+        """HTTP/2 visitors (curl: a new connection each, two requests on it)."""
+        port = self.edge.https.rsplit(":", 1)[1]
+        count = 0
+        while not self.stop.is_set() and count < 2000:
+            count += 1
+            urls = [f"https://{self.host}:{port}/h{count}-{n}" for n in (1, 2)]
+            try:
+                done = subprocess.run(
+                    [
+                        "curl",
+                        "-sS",
+                        "--http2",
+                        "--cacert",
+                        str(self.ca),
+                        "--resolve",
+                        f"{self.host}:{port}:127.0.0.1",
+                        "-w",
+                        "|%{http_code} %{http_version}\n",
+                        *urls,
+                    ],
+                    capture_output=True,
+                    timeout=60,
+                    check=False,
+                )
+            except subprocess.TimeoutExpired:
+                self._fail("https/h2", "curl timed out")
+                continue
+            if done.returncode == 7:
+                with self.tally.lock:
+                    self.tally.refused += 1
+                continue
+            expected = b"".join(f"hello /h{count}-{n}|200 2\n".encode() for n in (1, 2))
+            if done.returncode != 0 or done.stdout != expected:
+                self._fail("https/h2", f"{done.returncode} {done.stdout[:200]!r} {done.stderr!r}")
+            else:
+                self._ok("https/h2", 2)
+
+    def _ok(self, kind: str, count: int) -> None:
+        with self.tally.lock:
+            self.tally.ok += count
+            self.tally.by_kind[kind] = self.tally.by_kind.get(kind, 0) + count
 
     def _fail(self, kind: str, what: str) -> None:
         with self.tally.lock:
@@ -354,6 +402,7 @@ def test_sigusr2_hands_over_without_a_failed_request(
     assert tally.failed == [], (tally.failed[:10], edge.proc.text()[-4000:])
     assert tally.refused == 0
     assert tally.ok > 50, tally
+    assert all(tally.by_kind.get(kind) for kind in ("http/new", "https/keep-alive")), tally
     assert slow["reply"] == (200, b"first piece\nsecond piece\n"), slow
     # The old process is gone, the new one serves and is systemd's main process now.
     assert not _alive(old)
