@@ -19,6 +19,7 @@ import ssl
 import subprocess
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -290,6 +291,7 @@ def scene(processes: Processes, tmp_path: Path, notify_socket: socket.socket) ->
         processes,
         https=True,
         command=[str(script)],
+        extra=["--metrics", "127.0.0.1:0"],
         env={
             "NOTIFY_SOCKET": str(tmp_path / "notify.sock"),
             "ADIT_EDGE_GRACE_PERIOD": "15s",
@@ -303,6 +305,12 @@ def scene(processes: Processes, tmp_path: Path, notify_socket: socket.socket) ->
 
 def _ready_pid(path: Path) -> int:
     return int(json.loads(path.read_text())["pid"])
+
+
+def _metrics(ready_file: Path) -> str:
+    address = json.loads(ready_file.read_text())["metrics"][0]
+    with urllib.request.urlopen(f"http://{address}/metrics", timeout=10) as reply:
+        return str(reply.read().decode())
 
 
 def _wait_new_pid(scene: Scene, old: int, timeout: float = 30) -> int:
@@ -446,6 +454,7 @@ def test_a_broken_new_version_changes_nothing(
     assert "exited with status 1 before it was ready" in line, line
     assert "this edge keeps serving" in line
     assert not [n for n in _notifications(notify_socket) if "MAINPID" in n]
+    assert "adit_edge_handover_failures_total 1" in _metrics(scene.ready_file)
     # Fixed: the next SIGUSR2 hands over (the failure left nothing behind).
     scene.script.write_bytes(good)
     edge.proc.signal(signal.SIGUSR2)
@@ -466,6 +475,8 @@ def test_a_broken_new_version_changes_nothing(
         time.sleep(LOAD_AFTER)
     assert load.tally.failed == [] and load.tally.refused == 0, load.tally.failed[:10]
     assert not _alive(new) and _alive(third)
+    # The metrics listener moved too (the count is the new process's own).
+    assert "adit_edge_handover_failures_total 0" in _metrics(scene.ready_file)
     notes = _notifications(notify_socket, f"MAINPID={third}", 10)
     assert f"MAINPID={third}" in notes, notes
 
