@@ -5,6 +5,12 @@ every listening socket closes (new visitors and connectors are refused), in-flig
 finish within the grace period (their responses say ``Connection: close``; idle connections
 close at once), and only then do the tunnel connections get GOAWAY. A second signal ends the
 drain at once. The exit code is 0.
+
+SIGUSR2 hands over to the ``adit`` installed now (:mod:`adit.edge.handover`): a new process
+inherits every listening socket and, once it serves, becomes systemd's main process; this one
+then drains the same way (without STOPPING=1: the service is not stopping), closing each tunnel
+connection once no request is in flight on it, so that its connector redials the new process.
+A new process that does not get ready changes nothing.
 """
 
 from __future__ import annotations
@@ -808,8 +814,9 @@ async def run_edge(settings: EdgeSettings) -> int:
     """Run until SIGTERM/SIGINT; returns the exit code.
 
     systemd sees READY=1 once every listener is bound, RELOADING=1/READY=1 around SIGHUP and
-    STOPPING=1 when shutdown begins. The edge's state lives in its store; routes are kept in
-    memory and followed by a watcher thread, and a reload re-reads them at once.
+    STOPPING=1 when shutdown begins; after a hand-over (SIGUSR2) ``MAINPID=`` of the new
+    process, which sends READY=1 once it is main. The edge's state lives in its store; routes
+    are kept in memory and followed by a watcher thread, and a reload re-reads them at once.
     """
     loop = asyncio.get_running_loop()
     notifier = SystemdNotifier()
