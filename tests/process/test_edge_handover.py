@@ -519,3 +519,36 @@ def test_a_new_version_that_never_gets_ready_is_stopped(
         assert _get(conn, "nowhere.example.com", "/", keep=False)[0] == 404
     finally:
         conn.close()
+
+
+def test_sigusr2_during_a_sigterm_drain_neither_cuts_it_short_nor_starts_an_edge(
+    processes: Processes, scene: Scene, origin: Origin, tmp_path: Path
+) -> None:
+    _connector("adit-http2", processes, scene, origin, tmp_path)
+    edge = scene.edge
+    reply: list[object] = []
+
+    def slow_request() -> None:
+        ip, port = edge.http.rsplit(":", 1)
+        conn = http.client.HTTPConnection(ip, int(port), timeout=30)
+        try:
+            reply.append(_get(conn, HOST, "/slow", keep=False))
+        except Exception as exc:
+            reply.append(exc)
+        finally:
+            conn.close()
+
+    flight = threading.Thread(target=slow_request, daemon=True)
+    flight.start()
+    deadline = time.monotonic() + 10
+    while not origin.accepted and time.monotonic() < deadline:
+        time.sleep(0.05)
+    edge.proc.signal(signal.SIGTERM)
+    edge.proc.wait_for_log("shutting down on SIGTERM")
+    edge.proc.signal(signal.SIGUSR2)
+    edge.proc.wait_for_log("SIGUSR2 while draining: ignored")
+    origin.release_slow.set()
+    flight.join(20)
+    assert reply == [(200, b"first piece\nsecond piece\n")], reply
+    assert edge.proc.wait(timeout=30) == 0
+    assert "started the new edge" not in edge.proc.text()

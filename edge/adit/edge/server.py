@@ -970,7 +970,7 @@ async def _handed_over(
 
 async def _drain(edge: EdgeServer, signals: asyncio.Queue[int], grace: float) -> None:
     """Wait for in-flight requests: until none is left, the grace period is over, or a second
-    SIGTERM/SIGINT says to stop now (a SIGHUP meanwhile changes nothing)."""
+    SIGTERM/SIGINT says to stop now (a SIGHUP or SIGUSR2 meanwhile changes nothing)."""
     drained = asyncio.ensure_future(edge.drained())
     try:
         async with asyncio.timeout(grace):
@@ -979,9 +979,13 @@ async def _drain(edge: EdgeServer, signals: asyncio.Queue[int], grace: float) ->
                 await asyncio.wait({drained, second}, return_when=asyncio.FIRST_COMPLETED)
                 if not second.done():
                     second.cancel()
-                elif second.result() != signal.SIGHUP:
+                elif second.result() in (signal.SIGTERM, signal.SIGINT):
                     log.info("second signal: not waiting for in-flight requests")
                     return
+                elif second.result() == signal.SIGUSR2:
+                    # An upgrade that still saw this process as the main one: the new edge
+                    # (if any) is systemd's now; this one only finishes what it has.
+                    log.warning("SIGUSR2 while draining: ignored (this edge is shutting down)")
         log.info("in-flight requests finished")
     except TimeoutError:
         log.warning("grace period over: closing the connections still in flight")
