@@ -552,3 +552,27 @@ def test_sigusr2_during_a_sigterm_drain_neither_cuts_it_short_nor_starts_an_edge
     assert reply == [(200, b"first piece\nsecond piece\n")], reply
     assert edge.proc.wait(timeout=30) == 0
     assert "started the new edge" not in edge.proc.text()
+
+
+def test_every_listening_socket_is_handed_over(processes: Processes, tmp_path: Path) -> None:
+    # Two --http-listen flags; the first a name, which may resolve to several addresses (a
+    # socket each: all of them are handed over).
+    edge = start_edge(processes, http_listen="localhost:0", extra=["--http-listen", "127.0.0.1:0"])
+    ready = tmp_path / "edge-ready.json"
+    addresses = json.loads(ready.read_text())["http"]
+    assert len(addresses) >= 2
+    old = edge.proc.popen.pid
+    edge.proc.signal(signal.SIGUSR2)
+    deadline = time.monotonic() + 30
+    while _ready_pid(ready) == old and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert edge.proc.wait(timeout=30) == 0
+    assert json.loads(ready.read_text())["http"] == addresses
+    assert "is not used by this configuration" not in edge.proc.text()
+    for address in addresses:
+        ip, port = address.rsplit(":", 1)
+        conn = http.client.HTTPConnection(ip.strip("[]"), int(port), timeout=10)
+        try:
+            assert _get(conn, "nowhere.example.com", "/", keep=False)[0] == 404
+        finally:
+            conn.close()

@@ -203,6 +203,11 @@ def _public_https_port(flag: int | None, bound: list[str]) -> int | None:
     return None if port == 443 else port
 
 
+def _http_name(index: int, n: int) -> str:
+    """The hand-over name of the ``n``-th socket of the ``index``-th ``--http-listen``."""
+    return f"http:{index}.{n}" if n else f"http:{index}"
+
+
 def _bound(server: asyncio.Server | GatedListener) -> list[str]:
     out = []
     for sock in server.sockets:
@@ -375,15 +380,23 @@ class EdgeServer:
         )
         self.addresses["http"] = []
         for index, address in enumerate(self.settings.http_listen):
-            sock = self.inherited.take(f"http:{index}")
-            if sock is not None:
-                server = await loop.create_server(public.protocol, sock=sock)
+            # A name may resolve to several addresses: one socket each (``http:0``, ``http:0.1``).
+            handed: list[socket.socket] = []
+            while taken := self.inherited.take(_http_name(index, len(handed))):
+                handed.append(taken)
+            if handed:
+                servers = [await loop.create_server(public.protocol, sock=s) for s in handed]
             else:
                 host, port = _listen_address(address)
-                server = await loop.create_server(public.protocol, host, port, reuse_address=True)
-            self.servers.append(server)
-            self.listening[f"http:{index}"] = server.sockets[0].fileno()
-            self.addresses["http"] += _bound(server)
+                servers = [
+                    await loop.create_server(public.protocol, host, port, reuse_address=True)
+                ]
+            sockets = [sock for server in servers for sock in server.sockets]
+            for n, listening in enumerate(sockets):
+                self.listening[_http_name(index, n)] = listening.fileno()
+            self.servers += servers
+            for server in servers:
+                self.addresses["http"] += _bound(server)
         self.addresses["https"] = []
         if self.settings.https_listen:
             secure = PublicListener(
