@@ -425,7 +425,8 @@ def test_sigusr2_hands_over_without_a_failed_request(
     log = edge.proc.text()
     assert "took over from the previous edge" in log, log[-3000:]
     print(
-        f"{kind}: {tally.ok} requests, {tally.retried} keep-alive retries after a close, 0 failed"
+        f"{kind}: {tally.ok} requests {tally.by_kind}, {tally.retried} keep-alive retries "
+        "after a close, 0 failed"
     )
 
 

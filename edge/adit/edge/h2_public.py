@@ -152,6 +152,10 @@ class Http2Connection(asyncio.Protocol):
         self.deadline = self._loop.time() + self._head_timeout
         self._h2.start()
         self._flush()
+        if self._tracker is not None and self._tracker.draining:
+            # Accepted before the listener closed (its handshake ended after): GOAWAY at
+            # once, which tells the client that no stream was taken (it retries elsewhere).
+            self.drain()
 
     def data_received(self, data: bytes) -> None:
         """Feed the state machine and act on its events."""

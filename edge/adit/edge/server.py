@@ -741,10 +741,7 @@ class EdgeServer:
         for listener, relay in self._relays:
             loop.add_reader(relay.fileno(), self._relayed, listener, relay)
         self.stop_listening()
-        connections = self.registry.all_connections()
-        for conn in connections:
-            conn.draining = True
-        return sorted({conn.tunnel_id for conn in connections})
+        return sorted({conn.tunnel_id for conn in self.registry.all_connections()})
 
     def _relayed(self, listener: QuicListener, relay: socket.socket) -> None:
         for _ in range(64):  # bounded per wake-up: the loop serves the rest meanwhile
@@ -770,12 +767,19 @@ class EdgeServer:
 
     async def move_tunnels(self, grace: float) -> None:
         """Close each tunnel connection (GOAWAY, or QUIC's close) once no request is in
-        flight on it, within ``grace``; its connector redials the successor."""
-        deadline = asyncio.get_running_loop().time() + grace
-        while self.sessions and asyncio.get_running_loop().time() < deadline:
-            for session in list(self.sessions):
-                if not session.in_flight and not session.closed:
-                    session.close("edge handed over to a new process")
+        flight on it, within ``grace``; its connector redials the successor.
+
+        Not before the requests still due here have come: those of visitor connections
+        accepted before the listeners closed (bounded by the head timeout). Each one's
+        response is its connection's last, so after them no request comes here at all.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        while self.sessions and loop.time() < deadline:
+            if not any(tracker.awaiting() for tracker in self.trackers):
+                for session in list(self.sessions):
+                    if not session.in_flight and not session.closed:
+                        session.close("edge handed over to a new process")
             if self.sessions:
                 await asyncio.sleep(0.05)
 
