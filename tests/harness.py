@@ -145,8 +145,10 @@ def start_edge(
     http_listen: str = "127.0.0.1:0",
     https_listen: str = "127.0.0.1:0",
     extra: list[str] | None = None,
+    command: list[str] | None = None,
 ) -> Edge:
-    """An edge on 127.0.0.1; ``tunnel_listen`` gives several tunnel listeners (HA tests),
+    """An edge on 127.0.0.1 (``command``: another `adit` than this environment's);
+    ``tunnel_listen`` gives several tunnel listeners (HA tests),
     ``env`` extra environment (``ADIT_EDGE_*`` settings), ``https`` a public HTTPS listener,
     ``extra`` more flags. ACME is off unless ``env`` or ``extra`` say otherwise: a test never
     asks a CA on the internet for certificates."""
@@ -158,7 +160,7 @@ def start_edge(
     proc = processes.start(
         name,
         [
-            *adit_command(),
+            *(command or adit_command()),
             "edge",
             "--state-dir",
             str(state),

@@ -385,6 +385,26 @@ SECONDS = Seconds()
     help="After SIGTERM, how long in-flight requests may take to finish.",
 )
 @click.option(
+    "--handover-timeout",
+    envvar="ADIT_EDGE_HANDOVER_TIMEOUT",
+    type=_SECONDS,
+    default="60s",
+    show_default=True,
+    help="After SIGUSR2, how long the new edge process has to be ready before this one "
+    "gives up on it and keeps serving.",
+)
+@click.option(
+    "--handover-hold",
+    envvar="ADIT_EDGE_HANDOVER_HOLD",
+    type=_SECONDS,
+    # cloudflared redials a closed connection after its supervisor's backoff: up to 1s plus
+    # a random wait of up to 10s (20s when it had to retry lately); adit's connector at once.
+    default="30s",
+    show_default=True,
+    help="Right after a hand-over, how long a visitor's request waits for a connection of a "
+    "tunnel whose connectors are still moving to the new process (instead of a 530).",
+)
+@click.option(
     "--access-log-retention",
     envvar="ADIT_EDGE_ACCESS_LOG_RETENTION",
     type=_SECONDS,
@@ -443,6 +463,8 @@ def edge(
     private_tcp_idle_timeout: float,
     private_udp_idle_timeout: float,
     grace_period: float,
+    handover_timeout: float,
+    handover_hold: float,
     access_log_retention: float,
     geoip_db: Path | None,
     trusted_proxies: str,
@@ -529,6 +551,8 @@ def edge(
             max_connections_per_ip=max_connections_per_ip,
         ),
         grace_period=grace_period,
+        handover_timeout=handover_timeout,
+        handover_hold=handover_hold,
         access_log_retention=access_log_retention,
         geoip_db=geoip_db,
         trusted_proxies=tuple(str(n) for n in proxies),

@@ -55,6 +55,7 @@ from adit.edge.pages import (
     BAD_RESPONSE,
     REQUEST_TIMEOUT,
     STREAM_FAILED,
+    TUNNEL_DOWN,
     TUNNEL_TIMEOUT,
     ErrorPage,
 )
@@ -151,6 +152,10 @@ class Http2Connection(asyncio.Protocol):
         self.deadline = self._loop.time() + self._head_timeout
         self._h2.start()
         self._flush()
+        if self._tracker is not None and self._tracker.draining:
+            # Accepted before the listener closed (its handshake ended after): GOAWAY at
+            # once, which tells the client that no stream was taken (it retries elsewhere).
+            self.drain()
 
     def data_received(self, data: bytes) -> None:
         """Feed the state machine and act on its events."""
@@ -303,6 +308,12 @@ class Http2Connection(asyncio.Protocol):
                 # WebSocket over HTTP/2 (RFC 8441): forwarded as the HTTP/1.1 upgrade.
                 request = websocket_request(request, secrets.token_bytes(16))
             opened = listener.open_stream(request, self.client_ip, ray)
+            if (
+                isinstance(opened, tuple)
+                and opened[0] is TUNNEL_DOWN
+                and await listener.tunnel_moved(opened[1])
+            ):
+                opened = listener.open_stream(request, self.client_ip, ray)
             if isinstance(opened, tuple):
                 page, host = opened
                 if isinstance(page, FlowRequest):

@@ -244,6 +244,10 @@ class Http1Connection(asyncio.Protocol):
         # The first head is due within the head timeout of the connection (not of its
         # first byte: a client that says nothing is a slow client too).
         self._arm(_WAIT_HEAD)
+        if self._tracker is not None and self._tracker.draining:
+            # Accepted before the listener closed (its handshake ended after): its first
+            # request is answered, and is its last.
+            self._draining = True
         self.serving = self._loop.create_task(self._serve())
 
     def data_received(self, data: bytes) -> None:
@@ -362,11 +366,22 @@ class Http1Connection(asyncio.Protocol):
         if exchange is not None:
             exchange.abandon(why)
 
+    @property
+    def awaiting_request(self) -> bool:
+        """Whether a request is due: the connection is new (its client connected to send
+        one) or a head has begun."""
+        return self.phase is _IDLE and (
+            self._waiting_for is _WAIT_HEAD or self.parser.in_message or bool(self.parser.events)
+        )
+
     def drain(self) -> None:
-        """The edge shuts down: close now if idle, else after the response in progress."""
+        """The edge shuts down: close now if idle between requests, else after the response
+        in progress. A new connection is not idle: its client connected to send a request
+        (closing it would fail that request, where a keep-alive client retries), so its
+        first request is answered (within the head timeout) and is its last."""
         self._draining = True
         self._keep_alive = False  # the response in progress, if any, is the last
-        if self.phase is _IDLE and not self.parser.in_message and not self.parser.events:
+        if self.phase is _IDLE and not self.awaiting_request:
             self.close()
 
     # -- reading -------------------------------------------------------------------------------

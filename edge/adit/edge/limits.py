@@ -112,8 +112,12 @@ class ConnectionTracker:
         return len(self._connections)
 
     def admit(self, conn: Tracked) -> bool:
-        """Count a new connection in; False (and not counted) when a cap is reached."""
-        if self.draining or len(self._connections) >= self.limits.max_connections:
+        """Count a new connection in; False (and not counted) when a cap is reached.
+
+        While draining the listener is closed: what still comes was accepted before (its TLS
+        handshake ended after) and is let in, to be drained itself.
+        """
+        if len(self._connections) >= self.limits.max_connections:
             return False
         ip = conn.client_ip
         count = self._per_ip.get(ip, 0)
@@ -156,6 +160,11 @@ class ConnectionTracker:
         self.draining = True
         for conn in list(self._connections):
             conn.drain()
+
+    def awaiting(self) -> int:
+        """Connections a request is due on (new ones, or a head begun): while draining,
+        requests that will still come."""
+        return sum(1 for conn in self._connections if getattr(conn, "awaiting_request", False))
 
     async def wait_empty(self) -> None:
         """Until every connection has closed."""

@@ -259,6 +259,16 @@ class PublicListener:
             return STREAM_FAILED, host
         return Opened(stream, host, websocket)
 
+    async def tunnel_moved(self, host: str) -> bool:
+        """Right after a hand-over: wait (bounded) for a connection of the tunnel routed at
+        ``host`` while its connectors move here (:mod:`adit.edge.tunnel_hold`); whether one
+        registered (then the request is routed again)."""
+        hold = self.registry.hold
+        if hold is None:
+            return False
+        route = self.store.route(host)
+        return route is not None and await hold.connection(route[0])
+
     def _name(self, authority: str) -> tuple[str, str]:
         """The hostname of ``authority``, checked (RFC 1035) and in the one spelling the edge
         routes by, and the authority to forward: the host in that spelling, so that every
@@ -341,6 +351,12 @@ class PublicListener:
             )
             return True
         forwarded = self._forward(conn, request, ray, fast=False)
+        if (
+            isinstance(forwarded, tuple)
+            and forwarded[0] is TUNNEL_DOWN
+            and await self.tunnel_moved(forwarded[1])
+        ):
+            forwarded = self._forward(conn, request, ray, fast=False)
         if isinstance(forwarded, tuple):
             page, host = forwarded
             if page is BAD_REQUEST:

@@ -25,6 +25,7 @@ import contextlib
 import ipaddress
 import logging
 import os
+import socket
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -310,6 +311,11 @@ class QuicListener(asyncio.DatagramProtocol):
         self._refusals_logged_at: float | None = None
         self.transport: asyncio.DatagramTransport | None = None
         self._loop = asyncio.get_running_loop()
+        #: After a hand-over (:mod:`adit.edge.handover`): where datagrams of no connection of
+        #: ours that open none go (the predecessor's connections), in the successor...
+        self.stray: Callable[[bytes, tuple[str, int]], None] | None = None
+        #: ...and the duplicate socket the predecessor sends on once it no longer reads.
+        self._sender: socket.socket | None = None
 
     # -- asyncio.DatagramProtocol ----------------------------------------------------------
 
@@ -344,7 +350,11 @@ class QuicListener(asyncio.DatagramProtocol):
             session.datagram_received(data, addr)
             return
         if version is None:
-            return  # a short header for no connection of ours (a stateless reset is optional)
+            # A short header for no connection of ours (a stateless reset is optional): the
+            # predecessor's, right after a hand-over.
+            if self.stray is not None:
+                self.stray(data, (str(addr[0]), int(addr[1])))
+            return
         if version == QuicProtocolVersion.NEGOTIATION:
             return  # never answered (RFC 9000 §6.1: two endpoints would ping-pong for ever)
         if version not in self.configuration.supported_versions:
@@ -373,6 +383,8 @@ class QuicListener(asyncio.DatagramProtocol):
         except ValueError:
             return  # not QUIC: nothing to answer (answering garbage amplifies it)
         if header.packet_type != QuicPacketType.INITIAL or len(data) < SMALLEST_MAX_DATAGRAM_SIZE:
+            if header.packet_type != QuicPacketType.INITIAL and self.stray is not None:
+                self.stray(data, (str(addr[0]), int(addr[1])))
             return  # a packet of a connection we do not have, or an unpadded Initial
         host = str(addr[0])
         now = self._loop.time()
@@ -462,6 +474,10 @@ class QuicListener(asyncio.DatagramProtocol):
         )
 
     def _send(self, data: bytes, addr: NetworkAddress) -> None:
+        if self._sender is not None:
+            with contextlib.suppress(OSError):
+                self._sender.sendto(data, addr)
+            return
         if self.transport is not None and not self.transport.is_closing():
             with contextlib.suppress(OSError):
                 self.transport.sendto(data, addr)
@@ -525,10 +541,24 @@ class QuicListener(asyncio.DatagramProtocol):
         """New connections are refused (the drain): datagrams of live ones still flow."""
         self._max = 0
 
+    def stop_reading(self) -> None:
+        """Stop reading the socket (a successor reads it now) but keep sending on it: the
+        live connections get their datagrams from :meth:`datagram_received`, relayed."""
+        if self.transport is None or self._sender is not None:
+            return
+        sock = self.transport.get_extra_info("socket")
+        if sock is not None:
+            self._sender = socket.socket(fileno=os.dup(sock.fileno()))
+            self._sender.setblocking(False)
+        self.stop_accepting()
+        self.transport.close()
+
     def close(self) -> None:
         """Stop receiving (the sessions are closed by the server)."""
         if self.transport is not None:
             self.transport.close()
+        if self._sender is not None:
+            self._sender.close()
 
     async def wait_closed(self) -> None:
         """For symmetry with asyncio.Server (the UDP transport closes at once)."""

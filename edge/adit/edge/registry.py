@@ -14,6 +14,7 @@ from typing import Protocol
 
 from adit.edge.config_push import ConfigPusher
 from adit.edge.cooldown import Cooldowns
+from adit.edge.tunnel_hold import TunnelHold
 
 __all__ = ["ConnectionHandle", "ConnectionRegistry", "LiveConnection"]
 
@@ -87,10 +88,14 @@ class ConnectionRegistry:
         self._turn_ends = False
         # Asked for once: get_running_loop costs a getpid system call each time.
         self._loop: asyncio.AbstractEventLoop | None = None
+        #: After a hand-over: requests for tunnels whose connectors are moving here wait.
+        self.hold: TunnelHold | None = None
 
     def add(self, conn: LiveConnection) -> None:
         """Record a registered connection."""
         self._by_tunnel.setdefault(conn.tunnel_id, []).append(conn)
+        if self.hold is not None:
+            self.hold.connected(conn.tunnel_id)
 
     def remove(self, conn: LiveConnection) -> None:
         """Forget a connection (closed, or failed)."""

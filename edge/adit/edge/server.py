@@ -5,6 +5,12 @@ every listening socket closes (new visitors and connectors are refused), in-flig
 finish within the grace period (their responses say ``Connection: close``; idle connections
 close at once), and only then do the tunnel connections get GOAWAY. A second signal ends the
 drain at once. The exit code is 0.
+
+SIGUSR2 hands over to the ``adit`` installed now (:mod:`adit.edge.handover`): a new process
+inherits every listening socket and, once it serves, becomes systemd's main process; this one
+then drains the same way (without STOPPING=1: the service is not stopping), closing each tunnel
+connection once no request is in flight on it, so that its connector redials the new process.
+A new process that does not get ready changes nothing.
 """
 
 from __future__ import annotations
@@ -23,6 +29,8 @@ import socket
 import sqlite3
 import ssl
 import time
+import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -43,6 +51,17 @@ from adit.edge.api import EdgeInfo, ManagementApi
 from adit.edge.ca import EdgeCA
 from adit.edge.certificates import CertificateManager
 from adit.edge.config_sync import SYNC_INTERVAL, sync_configs
+from adit.edge.handover import (
+    MAIN_TIMEOUT,
+    HandoverOutcome,
+    Inherited,
+    Predecessor,
+    RelaySender,
+    Successor,
+    decode_relayed,
+    handover_metrics,
+    successor_argv,
+)
 from adit.edge.http1 import BadRequest, Http1Connection, Request, RequestTimeout
 from adit.edge.limits import ConnectionTracker, Limits
 from adit.edge.management_route import DEFAULT_MANAGEMENT_HOSTNAME, ManagementGate
@@ -54,7 +73,8 @@ from adit.edge.quic_listener import QuicListener, QuicTunnelSession, edge_quic_c
 from adit.edge.registry import ConnectionRegistry
 from adit.edge.route_dns import PublishedEdge
 from adit.edge.store import Store, StoreError
-from adit.edge.tls_gate import Admission, DialRates, GatedListener
+from adit.edge.tls_gate import Admission, DialRates, GatedListener, HelloRouter
+from adit.edge.tunnel_hold import TunnelHold
 from adit.edge.tunnel_session import EdgeIdentity, TunnelSession
 from adit.protocol.hostnames import InvalidHostname, split_address, split_host_port
 from adit.protocol.liveness import (
@@ -63,7 +83,7 @@ from adit.protocol.liveness import (
     DEFAULT_TIMEOUT,
     LivenessSettings,
 )
-from adit.protocol.quic_engine import TunnelQuicConnection
+from adit.protocol.quic_engine import TunnelQuicConfiguration, TunnelQuicConnection
 from adit.systemd import SystemdNotifier
 
 if TYPE_CHECKING:
@@ -75,6 +95,8 @@ log = logging.getLogger("adit.edge")
 TUNNEL_MAX_HANDSHAKES = 4096
 #: How often the edge looks at whether freed heap memory should go back to the kernel.
 HEAP_CHECK_INTERVAL = 10.0
+#: Put on the signal queue when a hand-over attempt has an outcome (not a signal number).
+_HANDOVER_ENDED = 0
 
 #: A TLS handshake that does not finish in this time is dropped (half-open guard).
 TLS_HANDSHAKE_TIMEOUT = 10.0
@@ -142,6 +164,11 @@ class EdgeSettings:
     #: ``--public-https-port``: the HTTPS port in URLs the edge builds for visitors (None:
     #: the first HTTPS listener's bound port).
     public_https_port: int | None = None
+    #: ``--handover-timeout``: how long a new edge started by SIGUSR2 has to say it is ready.
+    handover_timeout: float = 60.0
+    #: ``--handover-hold``: how long a visitor's request waits, right after a hand-over, for
+    #: a connection of a tunnel whose connectors are moving here.
+    handover_hold: float = 30.0
 
     @property
     def tunnel_liveness(self) -> LivenessSettings:
@@ -178,6 +205,11 @@ def _public_https_port(flag: int | None, bound: list[str]) -> int | None:
     return None if port == 443 else port
 
 
+def _http_name(index: int, n: int) -> str:
+    """The hand-over name of the ``n``-th socket of the ``index``-th ``--http-listen``."""
+    return f"http:{index}.{n}" if n else f"http:{index}"
+
+
 def _bound(server: asyncio.Server | GatedListener) -> list[str]:
     out = []
     for sock in server.sockets:
@@ -189,8 +221,22 @@ def _bound(server: asyncio.Server | GatedListener) -> list[str]:
 class EdgeServer:
     """Owns the store, the CA, the registry and the listeners of one edge process."""
 
-    def __init__(self, settings: EdgeSettings) -> None:
+    def __init__(self, settings: EdgeSettings, inherited: Inherited | None = None) -> None:
         self.settings = settings
+        #: The listening sockets a predecessor handed over (:mod:`adit.edge.handover`).
+        self.inherited = inherited if inherited is not None else Inherited({})
+        #: Every listening socket's descriptor by its hand-over name (``http:0``, ...).
+        self.listening: dict[str, int] = {}
+        #: Inherited UDP sockets read only once the predecessor stopped reading them, and
+        #: the relays for its QUIC connections' datagrams (:meth:`start_inherited_quic`).
+        self._quic_inherited: list[tuple[int, socket.socket, socket.socket | None]] = []
+        self._quic_config: TunnelQuicConfiguration | None = None
+        self._quic_by_index: dict[int, QuicListener] = {}
+        #: After a hand-over: the relays that bring this process's QUIC connections their
+        #: datagrams from the successor.
+        self._relays: list[tuple[QuicListener, socket.socket]] = []
+        #: Failed hand-overs (SIGUSR2) since start.
+        self.handover_failures = 0
         settings.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.ca = EdgeCA.load_or_create(settings.state_dir)
         self.management_signer = ManagementSigner.load_or_create(settings.state_dir)
@@ -265,12 +311,11 @@ class EdgeServer:
         )
         tunnel_tls = self.ca.tunnel_server_context()
         tunnel_bound: list[str] = []
-        for address in self.settings.tunnel_listen:
-            host, port = _listen_address(address)
+        for index, address in enumerate(self.settings.tunnel_listen):
             # A client address is admitted (its dial rate) before any TLS work is done.
-            gated = GatedListener.bind(
-                host,
-                port,
+            gated = self._gated(
+                f"tunnel:{index}",
+                address,
                 self._new_session,
                 tunnel_tls,
                 TLS_HANDSHAKE_TIMEOUT,
@@ -281,12 +326,18 @@ class EdgeServer:
                 ),
                 check_groups=True,
             )
-            self.servers.append(gated)
             tunnel_bound += _bound(gated)
         # QUIC on the same addresses and ports, UDP (cloudflared dials both at one address).
         leaf = self.ca.tunnel_leaf()
-        quic_config = edge_quic_configuration(leaf.cert_chain_pem, leaf.key_pem)
-        for address in tunnel_bound:
+        quic_config = self._quic_config = edge_quic_configuration(leaf.cert_chain_pem, leaf.key_pem)
+        for index, address in enumerate(tunnel_bound):
+            inherited = self.inherited.take(f"quic:{index}")
+            if inherited is not None:
+                # Read once the predecessor no longer does (two readers lose each other's
+                # packets): start_inherited_quic.
+                relay = self.inherited.take(f"quic-relay:{index}")
+                self._quic_inherited.append((index, inherited, relay))
+                continue
             host, port = _listen_address(address)
             _, listener = await loop.create_datagram_endpoint(
                 lambda: QuicListener(
@@ -298,7 +349,7 @@ class EdgeServer:
                 local_addr=(host, port),
                 reuse_port=False,
             )
-            self.quic_listeners.append(listener)
+            self._listed_quic(index, listener)
         self.addresses["tunnel"] = tunnel_bound
         advertise = self.settings.advertise or tuple(
             a.replace("0.0.0.0", "127.0.0.1")  # noqa: S104 - rewriting, not binding
@@ -335,11 +386,24 @@ class EdgeServer:
             access=self.access,
         )
         self.addresses["http"] = []
-        for address in self.settings.http_listen:
-            host, port = _listen_address(address)
-            server = await loop.create_server(public.protocol, host, port, reuse_address=True)
-            self.servers.append(server)
-            self.addresses["http"] += _bound(server)
+        for index, address in enumerate(self.settings.http_listen):
+            # A name may resolve to several addresses: one socket each (``http:0``, ``http:0.1``).
+            handed: list[socket.socket] = []
+            while taken := self.inherited.take(_http_name(index, len(handed))):
+                handed.append(taken)
+            if handed:
+                servers = [await loop.create_server(public.protocol, sock=s) for s in handed]
+            else:
+                host, port = _listen_address(address)
+                servers = [
+                    await loop.create_server(public.protocol, host, port, reuse_address=True)
+                ]
+            sockets = [sock for server in servers for sock in server.sockets]
+            for n, listening in enumerate(sockets):
+                self.listening[_http_name(index, n)] = listening.fileno()
+            self.servers += servers
+            for server in servers:
+                self.addresses["http"] += _bound(server)
         self.addresses["https"] = []
         if self.settings.https_listen:
             secure = PublicListener(
@@ -352,41 +416,38 @@ class EdgeServer:
                 access=self.access,
             )
             public_tls = self._public_tls_context()
-            for address in self.settings.https_listen:
-                host, port = _listen_address(address)
+            for index, address in enumerate(self.settings.https_listen):
                 # The listener's caps apply from the first byte, not only once TLS is up.
-                gated = GatedListener.bind(
-                    host,
-                    port,
+                gated = self._gated(
+                    f"https:{index}",
+                    address,
                     secure.protocol,
                     public_tls,
                     TLS_HANDSHAKE_TIMEOUT,
                     _admission(self.settings.limits),
                     hello_router=self.tls_alpn01,
                 )
-                self.servers.append(gated)
                 self.addresses["https"] += _bound(gated)
             public.https_port = _public_https_port(
                 self.settings.public_https_port, self.addresses["https"]
             )
         api_tls = self.ca.api_server_context(self.settings.api_names)
         self.addresses["api"] = []
-        for address in self.settings.api_listen:
-            host, port = _listen_address(address)
-            gated = GatedListener.bind(
-                host,
-                port,
+        for index, address in enumerate(self.settings.api_listen):
+            gated = self._gated(
+                f"api:{index}",
+                address,
                 self._api_protocol,
                 api_tls,
                 TLS_HANDSHAKE_TIMEOUT,
                 _admission(self.settings.limits),
             )
-            self.servers.append(gated)
             self.addresses["api"] += [f"https://{a}" for a in _bound(gated)]
         if self.certificates is not None:
             self.certificates.start()
         if self.settings.metrics_listen is not None:
             await self._serve_metrics(self.settings.metrics_listen)
+        self.inherited.close_rest()
         for kind, bound in self.addresses.items():
             for address in bound:
                 log.info("listening: %s %s", kind, address)
@@ -395,6 +456,74 @@ class EdgeServer:
             self._provision_quick_tunnel(self.settings.quick_tunnel_file, advertise)
         if self.settings.ready_file is not None:
             self._write_ready_file(self.settings.ready_file, advertise)
+
+    def _gated(
+        self,
+        name: str,
+        address: str,
+        protocol: Callable[[], asyncio.Protocol],
+        context: ssl.SSLContext,
+        handshake_timeout: float,
+        admission: Admission,
+        *,
+        check_groups: bool = False,
+        hello_router: HelloRouter | None = None,
+    ) -> GatedListener:
+        """A TLS listener on the socket a predecessor handed over as ``name``, or on a new
+        one bound to ``address``."""
+        sock = self.inherited.take(name)
+        if sock is not None:
+            gated = GatedListener(
+                sock,
+                protocol,
+                context,
+                handshake_timeout,
+                admission,
+                check_groups=check_groups,
+                hello_router=hello_router,
+            )
+        else:
+            host, port = _listen_address(address)
+            gated = GatedListener.bind(
+                host,
+                port,
+                protocol,
+                context,
+                handshake_timeout,
+                admission,
+                check_groups=check_groups,
+                hello_router=hello_router,
+            )
+        self.servers.append(gated)
+        self.listening[name] = gated.sockets[0].fileno()
+        return gated
+
+    def _listed_quic(self, index: int, listener: QuicListener) -> None:
+        self.quic_listeners.append(listener)
+        self._quic_by_index[index] = listener
+        assert listener.transport is not None
+        self.listening[f"quic:{index}"] = listener.transport.get_extra_info("socket").fileno()
+
+    async def start_inherited_quic(self) -> None:
+        """Read the UDP sockets a predecessor handed over (it reads them no more); what
+        belongs to its QUIC connections is relayed to it."""
+        loop = asyncio.get_running_loop()
+        config = self._quic_config
+        assert config is not None
+        for index, sock, relay in self._quic_inherited:
+            _, listener = await loop.create_datagram_endpoint(
+                lambda: QuicListener(
+                    config,
+                    self._new_quic_session,
+                    max_connections=TUNNEL_MAX_HANDSHAKES,
+                    max_connections_per_ip=int(self.settings.tunnel_dial_rates.burst),
+                ),
+                sock=sock,
+            )
+            if relay is not None:
+                listener.stray = RelaySender(relay)
+            self._listed_quic(index, listener)
+        self._quic_inherited.clear()
 
     def _provision_quick_tunnel(self, path: Path, advertise: tuple[str, ...]) -> None:
         label = secrets.token_hex(6)
@@ -470,14 +599,18 @@ class EdgeServer:
         from adit.edge.cert_metrics import render_metrics
         from adit.metrics_listener import MetricsListenerError, MetricsServer, bind_metrics_socket
 
+        sock = self.inherited.take("metrics:0")
         try:
-            sock = bind_metrics_socket(address)
+            if sock is None:
+                sock = bind_metrics_socket(address)
         except MetricsListenerError as exc:
             raise OSError(f"--metrics {address}: {exc}") from None
         server = MetricsServer(
-            lambda: (200, {"status": 200}), lambda: render_metrics(self.certificates)
+            lambda: (200, {"status": 200}),
+            lambda: render_metrics(self.certificates) + handover_metrics(self.handover_failures),
         )
         await server.start(sock)
+        self.listening["metrics:0"] = sock.fileno()
         self._metrics_server = server
         self.addresses["metrics"] = _bound_socket(sock)
 
@@ -580,6 +713,83 @@ class EdgeServer:
         await conn.end_response()
         return True
 
+    # -- the hand-over (SIGUSR2: adit.edge.handover) ------------------------------------------
+
+    def spawn_successor(self) -> Successor:
+        """Start the installed ``adit edge`` with this process's listening sockets (and a
+        relay for each UDP socket's datagrams of this process's QUIC connections)."""
+        fds = dict(self.listening)
+        theirs: list[socket.socket] = []
+        try:
+            for index, listener in self._quic_by_index.items():
+                ours, their = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+                ours.setblocking(False)
+                their.setblocking(False)
+                self._relays.append((listener, ours))
+                theirs.append(their)
+                fds[f"quic-relay:{index}"] = their.fileno()
+            return Successor(successor_argv(), os.environ, fds)
+        except BaseException:
+            self.close_relays()
+            raise
+        finally:
+            for sock in theirs:
+                sock.close()
+
+    def hand_over(self) -> list[uuid.UUID]:
+        """The successor is ready: stop reading the UDP sockets (their datagrams come
+        relayed now), close every listening socket, let eyeball connections end after their
+        response in progress, and route no new request to a tunnel connection. Returns the
+        tunnels that have connections here (the successor holds their requests while their
+        connectors move)."""
+        loop = asyncio.get_running_loop()
+        for listener in self.quic_listeners:
+            listener.stop_reading()
+        for listener, relay in self._relays:
+            loop.add_reader(relay.fileno(), self._relayed, listener, relay)
+        self.stop_listening()
+        return sorted({conn.tunnel_id for conn in self.registry.all_connections()})
+
+    def _relayed(self, listener: QuicListener, relay: socket.socket) -> None:
+        for _ in range(64):  # bounded per wake-up: the loop serves the rest meanwhile
+            try:
+                message = relay.recv(65536)
+            except BlockingIOError:
+                return
+            except OSError:
+                asyncio.get_running_loop().remove_reader(relay.fileno())
+                return
+            decoded = decode_relayed(message)
+            if decoded is not None:
+                listener.datagram_received(*decoded)
+
+    def close_relays(self) -> None:
+        """The successor relays nothing more (it failed, or this process is done)."""
+        loop = asyncio.get_running_loop()
+        for _, relay in self._relays:
+            with contextlib.suppress(Exception):
+                loop.remove_reader(relay.fileno())
+            relay.close()
+        self._relays.clear()
+
+    async def move_tunnels(self, grace: float) -> None:
+        """Close each tunnel connection (GOAWAY, or QUIC's close) once no request is in
+        flight on it, within ``grace``; its connector redials the successor.
+
+        Not before the requests still due here have come: those of visitor connections
+        accepted before the listeners closed (bounded by the head timeout). Each one's
+        response is its connection's last, so after them no request comes here at all.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        while self.sessions and loop.time() < deadline:
+            if not any(tracker.awaiting() for tracker in self.trackers):
+                for session in list(self.sessions):
+                    if not session.in_flight and not session.closed:
+                        session.close("edge handed over to a new process")
+            if self.sessions:
+                await asyncio.sleep(0.05)
+
     def stop_listening(self) -> None:
         """Close every listening socket (new connections are refused from now on) and let
         each eyeball connection end after its response in progress (idle ones close now)."""
@@ -617,6 +827,7 @@ class EdgeServer:
         for listener in self.quic_listeners:
             # After the sessions: their CONNECTION_CLOSE goes out on the listener's socket.
             listener.close()
+        self.close_relays()
         for server in self.servers:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(server.wait_closed(), 2.0)
@@ -629,16 +840,26 @@ async def run_edge(settings: EdgeSettings) -> int:
     """Run until SIGTERM/SIGINT; returns the exit code.
 
     systemd sees READY=1 once every listener is bound, RELOADING=1/READY=1 around SIGHUP and
-    STOPPING=1 when shutdown begins. The edge's state lives in its store; routes are kept in
-    memory and followed by a watcher thread, and a reload re-reads them at once.
+    STOPPING=1 when shutdown begins; after a hand-over (SIGUSR2) ``MAINPID=`` of the new
+    process, which sends READY=1 once it is main. The edge's state lives in its store; routes
+    are kept in memory and followed by a watcher thread, and a reload re-reads them at once.
     """
     loop = asyncio.get_running_loop()
     notifier = SystemdNotifier()
     notify = notifier.notify
     signals: asyncio.Queue[int] = asyncio.Queue()
-    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR2):
         loop.add_signal_handler(signum, signals.put_nowait, signum)
-    edge = EdgeServer(settings)
+    # A predecessor that handed over (adit.edge.handover) left its sockets and a channel.
+    predecessor = Predecessor.from_environ(os.environ)
+    inherited = Inherited.from_environ(os.environ)
+    edge = EdgeServer(settings, inherited)
+    if predecessor is not None:
+        # Visitors reach this process from now on; the connectors are still at the old one.
+        edge.registry.hold = TunnelHold(
+            until=loop.time() + MAIN_TIMEOUT + settings.grace_period + settings.handover_hold,
+            longest=settings.handover_hold,
+        )
     try:
         await edge.start()
     except OSError as exc:
@@ -647,6 +868,17 @@ async def run_edge(settings: EdgeSettings) -> int:
     # What start-up made (modules, schemas, TLS contexts) lives as long as the process: out of
     # the collector's way, so its full collections under load walk only what requests made.
     gc.freeze()
+    if predecessor is not None:
+        moving = await predecessor.ready()
+        if edge.registry.hold is not None:
+            edge.registry.hold.narrow(
+                moving, loop.time() + settings.grace_period + settings.handover_hold
+            )
+        await edge.start_inherited_quic()
+        log.info(
+            "took over from the previous edge: %d tunnels' connectors are moving here",
+            len(moving),
+        )
     notify("READY=1")
     watcher = (
         loop.create_task(_watch_parent(settings.exit_with_pid, signals))
@@ -654,16 +886,59 @@ async def run_edge(settings: EdgeSettings) -> int:
         else None
     )
     trimming = loop.create_task(_trim_heap(HeapTrimmer()))
-    while (received := await signals.get()) == signal.SIGHUP:
-        usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
-        notify(f"RELOADING=1\nMONOTONIC_USEC={usec}")
-        try:
-            table = await loop.run_in_executor(None, edge.store.load_routes)
-            private = await loop.run_in_executor(None, edge.store.load_private_routes)
-            log.info("reloaded: %d routes, %d private routes", len(table), len(private))
-        except (sqlite3.Error, StoreError) as exc:
-            log.warning("reload: cannot read routes from the store: %s", exc)
-        notify("READY=1")
+    successor: Successor | None = None
+    waiting: asyncio.Task[HandoverOutcome] | None = None
+    while True:
+        received = await signals.get()
+        if received == signal.SIGHUP:
+            usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+            notify(f"RELOADING=1\nMONOTONIC_USEC={usec}")
+            try:
+                table = await loop.run_in_executor(None, edge.store.load_routes)
+                private = await loop.run_in_executor(None, edge.store.load_private_routes)
+                log.info("reloaded: %d routes, %d private routes", len(table), len(private))
+            except (sqlite3.Error, StoreError) as exc:
+                log.warning("reload: cannot read routes from the store: %s", exc)
+            notify("READY=1")
+        elif received == signal.SIGUSR2:
+            if waiting is not None:
+                log.warning("SIGUSR2: a hand-over is already in progress")
+            elif settings.ephemeral or settings.quick_tunnel_file is not None:
+                log.warning("SIGUSR2: a quick tunnel's edge does not hand over")
+            else:
+                try:
+                    successor = edge.spawn_successor()
+                except OSError as exc:
+                    edge.handover_failures += 1
+                    log.error("hand-over failed: cannot start the new edge: %s", exc)
+                    continue
+                log.info(
+                    "SIGUSR2: started the new edge (pid %d) with this one's sockets", successor.pid
+                )
+                waiting = loop.create_task(successor.wait_ready(settings.handover_timeout))
+                waiting.add_done_callback(lambda _: signals.put_nowait(_HANDOVER_ENDED))
+        elif received == _HANDOVER_ENDED and waiting is not None and successor is not None:
+            outcome = waiting.result()
+            waiting = None
+            if not outcome.error:
+                return await _handed_over(
+                    edge, successor, outcome, notifier, signals, trimming, watcher
+                )
+            edge.handover_failures += 1
+            edge.close_relays()
+            log.error(
+                "hand-over to %s (pid %d) failed: %s; this edge keeps serving",
+                outcome.version,
+                outcome.pid,
+                outcome.error,
+            )
+            successor = None
+        elif received in (signal.SIGTERM, signal.SIGINT):
+            break
+    if waiting is not None and successor is not None:
+        waiting.cancel()
+        successor.stop()
+        edge.close_relays()
     notify("STOPPING=1")
     log.info(
         "shutting down on %s: in-flight requests have %gs to finish",
@@ -682,9 +957,46 @@ async def run_edge(settings: EdgeSettings) -> int:
     return 0
 
 
+async def _handed_over(
+    edge: EdgeServer,
+    successor: Successor,
+    outcome: HandoverOutcome,
+    notifier: SystemdNotifier,
+    signals: asyncio.Queue[int],
+    trimming: asyncio.Task[None],
+    watcher: asyncio.Task[None] | None,
+) -> int:
+    """The successor is ready: systemd follows it (``MAINPID=``, sent while this is still
+    the main process), it gets the sockets to itself, and this process drains and exits 0.
+    No STOPPING=1: the service is not stopping, and no state directory is removed."""
+    notifier.notify(f"MAINPID={outcome.pid}")
+    notifier.close()
+    grace = edge.settings.grace_period
+    log.info(
+        "handing over to %s (pid %d): no longer accepting; in-flight requests have %gs to "
+        "finish, tunnel connections close as they become idle",
+        outcome.version,
+        outcome.pid,
+        grace,
+    )
+    if watcher is not None:
+        watcher.cancel()
+    trimming.cancel()
+    moving = edge.hand_over()
+    successor.tell_main(moving)
+    tunnels = asyncio.ensure_future(edge.move_tunnels(grace))
+    await _drain(edge, signals, grace)
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(grace):
+            await tunnels
+    await edge.stop()
+    log.info("handed over to pid %d; exiting", outcome.pid)
+    return 0
+
+
 async def _drain(edge: EdgeServer, signals: asyncio.Queue[int], grace: float) -> None:
     """Wait for in-flight requests: until none is left, the grace period is over, or a second
-    SIGTERM/SIGINT says to stop now (a SIGHUP meanwhile changes nothing)."""
+    SIGTERM/SIGINT says to stop now (a SIGHUP or SIGUSR2 meanwhile changes nothing)."""
     drained = asyncio.ensure_future(edge.drained())
     try:
         async with asyncio.timeout(grace):
@@ -693,9 +1005,13 @@ async def _drain(edge: EdgeServer, signals: asyncio.Queue[int], grace: float) ->
                 await asyncio.wait({drained, second}, return_when=asyncio.FIRST_COMPLETED)
                 if not second.done():
                     second.cancel()
-                elif second.result() != signal.SIGHUP:
+                elif second.result() in (signal.SIGTERM, signal.SIGINT):
                     log.info("second signal: not waiting for in-flight requests")
                     return
+                elif second.result() == signal.SIGUSR2:
+                    # An upgrade that still saw this process as the main one: the new edge
+                    # (if any) is systemd's now; this one only finishes what it has.
+                    log.warning("SIGUSR2 while draining: ignored (this edge is shutting down)")
         log.info("in-flight requests finished")
     except TimeoutError:
         log.warning("grace period over: closing the connections still in flight")

@@ -14,8 +14,11 @@ doubling) when a dial fails, so thirty connectors behind one NAT address restart
 fit in the burst, and a hundred are all back within some twenty seconds; an attacker on one
 address costs the edge some 6 % of a core in handshakes.
 
-:class:`GatedListener` accepts connections itself (``loop.sock_accept``) and hands only an
-admitted one to ``loop.connect_accepted_socket`` for its handshake. (Upgrading an accepted
+:class:`GatedListener` accepts connections itself (a reader callback on the listening socket)
+and hands only an admitted one to ``loop.connect_accepted_socket`` for its handshake. Accepting
+in the callback (not in a task awaiting ``loop.sock_accept``) means closing the listener never
+drops a connection the kernel already handed over: a hand-over (:mod:`adit.edge.handover`)
+closes it while the new process accepts from the same queue. (Upgrading an accepted
 plain transport with ``loop.start_tls`` would have been neater, but uvloop's server-side
 ``start_tls`` never completed a handshake here.)
 """
@@ -45,6 +48,8 @@ BACKLOG = 1024
 #: How long the accept loop waits after a failed accept (out of descriptors) before it tries
 #: again.
 ACCEPT_RETRY = 0.1
+#: Connections accepted per wake-up at most (the loop serves the rest meanwhile).
+ACCEPT_BATCH = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,7 +153,9 @@ class GatedListener:
         self._loop = asyncio.get_running_loop()
         self._handshakes: set[asyncio.Task[None]] = set()
         self._refusals_logged: dict[str, float] = {}
-        self._accepting = self._loop.create_task(self._accept())
+        self._closed = False
+        self._retry: asyncio.TimerHandle | None = None
+        self._loop.add_reader(sock.fileno(), self._accept)
 
     @classmethod
     def bind(
@@ -179,14 +186,18 @@ class GatedListener:
 
     def close(self) -> None:
         """Stop accepting and close the listening socket (accepted connections live on)."""
-        self._accepting.cancel()
+        if self._closed:
+            return
+        self._closed = True
+        if self._retry is not None:
+            self._retry.cancel()
         for sock in self.sockets:
+            with contextlib.suppress(Exception):
+                self._loop.remove_reader(sock.fileno())
             sock.close()
 
     async def wait_closed(self) -> None:
-        """Wait for the accept loop to end."""
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._accepting
+        """For symmetry with asyncio.Server (nothing is left running once closed)."""
 
     def _admit(self, address: str) -> str:
         """Why a connection from ``address`` is turned away ("" when it is let in)."""
@@ -199,16 +210,25 @@ class GatedListener:
             return "it dials too fast"
         return ""
 
-    async def _accept(self) -> None:
+    def _resume(self) -> None:
+        self._retry = None
+        if not self._closed:
+            self._loop.add_reader(self.sockets[0].fileno(), self._accept)
+
+    def _accept(self) -> None:
         sock = self.sockets[0]
-        while True:
+        for _ in range(ACCEPT_BATCH):
             try:
-                conn, peer = await self._loop.sock_accept(sock)
+                conn, peer = sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
             except OSError as exc:
                 # Out of descriptors, or the like: wait a moment rather than spin.
                 log.warning("listener cannot accept: %s", exc)
-                await asyncio.sleep(ACCEPT_RETRY)
-                continue
+                self._loop.remove_reader(sock.fileno())
+                self._retry = self._loop.call_later(ACCEPT_RETRY, self._resume)
+                return
+            conn.setblocking(False)
             address = str(peer[0]) if isinstance(peer, tuple) and peer else ""
             refusal = self._admit(address)
             if refusal:

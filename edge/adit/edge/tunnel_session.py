@@ -598,6 +598,11 @@ class TunnelSession(TunnelIO[EdgeTunnelConnection]):
         self.flush()
         return request
 
+    @property
+    def in_flight(self) -> int:
+        """Request streams open on this connection (a hand-over closes it at none)."""
+        return len(self._requests)
+
     def finished(self, request: RequestStream) -> None:
         """The pipeline is done with a request stream; one still open either way is reset
         (the connector then stops its origin request, and sends no more of the body)."""

@@ -310,7 +310,12 @@ async def test_a_client_that_does_not_read_is_cut() -> None:
 @uvloop_test
 async def test_drain_closes_idle_connections_and_ends_busy_ones_after_their_response() -> None:
     server = _Server(fast=False)
-    _, idle_transport = server.connect()
+    # Idle between requests: its client retries a request it sends as the close arrives.
+    idle, idle_transport = server.connect()
+    idle.data_received(_GET)
+    await settle()
+    _answer(server)
+    await settle()
     busy, busy_transport = server.connect("192.0.2.2")
     busy.data_received(_GET)
     await settle()
@@ -322,7 +327,30 @@ async def test_drain_closes_idle_connections_and_ends_busy_ones_after_their_resp
     assert b"\r\nConnection: close\r\n" in busy_transport.out
     assert busy_transport.is_closing()
     await asyncio.wait_for(server.tracker.wait_empty(), 1)
-    assert server.connect()[1].closed  # no new connection while draining
+
+
+@uvloop_test
+async def test_drain_answers_the_first_request_of_a_new_connection() -> None:
+    # A new connection is not idle: its client connected to send a request, which a close
+    # would fail (it was never answered, nothing tells the client it may retry). So are those
+    # whose TLS handshake ends once the listener is closed (accepted before it closed).
+    server = _Server(fast=False)
+    fresh, fresh_transport = server.connect()
+    server.tracker.drain()
+    late, late_transport = server.connect("192.0.2.3")
+    await settle()
+    assert not fresh_transport.closed and not late_transport.closed
+    assert server.tracker.awaiting() == 2
+    for conn, transport in ((fresh, fresh_transport), (late, late_transport)):
+        conn.data_received(_GET)
+        await settle()
+        _answer(server)
+        await settle()
+        assert transport.out.startswith(b"HTTP/1.1 200 ")
+        assert b"\r\nConnection: close\r\n" in transport.out
+        assert transport.is_closing()
+    assert server.tracker.awaiting() == 0
+    await asyncio.wait_for(server.tracker.wait_empty(), 1)
 
 
 @uvloop_test
