@@ -24,9 +24,9 @@ are 10 ms). Issue 17's goal has two readings, both reported in the table of goal
 
 and the handshake's cost apart (CPU per request on a new connection less on keep-alive).
 ``--rounds R`` repeats every mode R times (edge, then nginx, each round), for medians and
-their spread on a shared machine; ``--edge-src DIR`` runs the edge from another checkout's
-source roots (alternate it with this one's to measure a change). Loopback only, bounded in
-requests; never part of the test suite. Usage:
+their spread on a shared machine; ``--adit-src DIR`` runs adit (edge and connector) from
+another checkout's source roots (alternate it with this one's to measure a change). Loopback
+only, bounded in requests; never part of the test suite. Usage:
 ``python loadtests/public_tls_bench.py [--requests N] [--rounds R] [--out DIR]`` (needs
 nginx and h2load: Debian ``nginx-light nghttp2-client``).
 """
@@ -101,8 +101,6 @@ class HttpsEdge(Edge):
     """The bench's edge with a public HTTPS listener too."""
 
     https_port: int = 0
-    #: Extra environment of the edge process (``PYTHONPATH`` of another checkout).
-    env: dict[str, str] | None = None
 
     def start(self) -> float:
         ready = self.state.parent / "edge-ready.json"
@@ -115,7 +113,7 @@ class HttpsEdge(Edge):
         argv += ["--api-listen", f"127.0.0.1:{self.api_port}", "--ready-file", str(ready)]
         argv += ["--max-connections-per-ip", "100000"]
         self.generation += 1
-        self.service = self.processes.start(f"edge-{self.generation}", argv, env=self.env)
+        self.service = self.processes.start(f"edge-{self.generation}", argv)
         deadline = time.monotonic() + 20
         while not ready.exists():
             if self.service.popen.poll() is not None or time.monotonic() > deadline:
@@ -355,9 +353,10 @@ def main() -> None:
         help=f"a subset of {','.join(MODES)} (the goals need h1 and h1-plain)",
     )
     parser.add_argument(
-        "--edge-src",
+        "--adit-src",
         type=Path,
-        help="run the edge from this checkout's source roots (to alternate with this one's)",
+        help="run adit (edge and connector) from this checkout's source roots, to alternate"
+        " with this one's",
     )
     parser.add_argument("--out", type=Path, help="write results.md and results.json here")
     parser.add_argument(
@@ -367,6 +366,11 @@ def main() -> None:
         " the CPU figures then include py-spy's sampling cost)",
     )
     options = parser.parse_args()
+    if options.adit_src is not None:
+        # Every adit process this run starts (edge, CLI, connector) inherits it.
+        roots = ("edge", "protocol", "runtime", "supervisor", "workers")
+        src = options.adit_src.resolve()
+        os.environ["PYTHONPATH"] = os.pathsep.join(str(src / root) for root in roots)
     modes = [m for m in options.modes.split(",") if m]
     if not modes or not set(modes) <= set(MODES):
         parser.error(f"--modes: a comma-separated subset of {','.join(MODES)}")
@@ -381,10 +385,6 @@ def main() -> None:
         origin = start_origin(processes, tmp, 1024 * 1024)
         edge = HttpsEdge(processes, tmp / "edge-state", (free_port(),), free_port(), free_port())
         edge.https_port = free_port()
-        if options.edge_src is not None:
-            roots = ("edge", "protocol", "runtime", "supervisor", "workers")
-            src = options.edge_src.resolve()
-            edge.env = {"PYTHONPATH": os.pathsep.join(str(src / root) for root in roots)}
         edge.start()
         tunnel = create_tunnel(edge, tmp)
         config = write_ingress(tmp / "config.yml", tunnel, origin)
@@ -479,7 +479,7 @@ def main() -> None:
                 f"{f.target:10} {f.mode:10} {f.requests:8d} {f.rps:8.0f}"
                 f" {f.us_per_request:11.0f} {connector_us:>17} {f.load:5.1f}"
             )
-        note = f"Edge from {options.edge_src}. " if options.edge_src is not None else ""
+        note = f"adit from {options.adit_src}. " if options.adit_src is not None else ""
         text = report(figures, (loads[0], loads[1]), note)
         print()
         print(text)
@@ -487,7 +487,7 @@ def main() -> None:
             options.out.mkdir(parents=True, exist_ok=True)
             (options.out / "results.md").write_text(text)
             data = {
-                "edge_src": str(options.edge_src) if options.edge_src else None,
+                "adit_src": str(options.adit_src) if options.adit_src else None,
                 "load_average": loads,
                 "runs": [
                     {
