@@ -354,6 +354,9 @@ class Http2Connection(asyncio.Protocol):
             log.exception("HTTP/2 request handling failed ray=%s", ray)
             self._h2.reset(stream.id)
         stream.answer_by = math.inf
+        # Done with each other: no cycle through the callback left to the collector.
+        tunnel.on_answer = None
+        stream.fast = None
         tunnel.session.finished(tunnel)
         self._done(stream)
 
