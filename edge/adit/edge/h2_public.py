@@ -160,9 +160,18 @@ class Http2Connection(asyncio.Protocol):
         """Feed the state machine and act on its events."""
         if self._closed:
             return
+        # Bodiless requests for the fast path, forwarded once the whole read is taken: a
+        # stream reset in the read that opened it is never forwarded (as with its task,
+        # cancelled before it ran), so a rapid-reset flood does not reach the tunnel.
+        fast: list[tuple[_VisitorStream, Request]] = []
         for event in self._h2.receive(data, self._loop.time()):
             if type(event) is RequestHead:
-                self._begin(event)
+                request = event.request
+                begun = self._open(event)
+                if event.ended and not event.protocol and request.method != b"CONNECT":
+                    fast.append((begun, request))
+                else:
+                    self._start(begun, self._serve(begun, request, event.protocol))
             elif type(event) is RequestBody:
                 stream = self._streams.get(event.stream_id)
                 if stream is None:
@@ -187,9 +196,13 @@ class Http2Connection(asyncio.Protocol):
                 self._wake_senders()
             elif type(event) is Closed:
                 log.info("HTTP/2 connection from %s ends: %s", self.client_ip, event.reason)
-                self._flush()
                 self._shut()
-                return
+                break
+        for begun, request in fast:
+            if begun.reset or self._closed:
+                self._done(begun)
+            elif not self._fast(begun, request):
+                self._start(begun, self._serve(begun, request, b""))
         self._flush()
 
     def eof_received(self) -> bool:
@@ -270,16 +283,12 @@ class Http2Connection(asyncio.Protocol):
 
     # -- streams -------------------------------------------------------------------------------
 
-    def _begin(self, event: RequestHead) -> None:
+    def _open(self, event: RequestHead) -> _VisitorStream:
         stream = _VisitorStream(event.stream_id)
         stream.ended = event.ended
         self._streams[stream.id] = stream
         self.deadline = math.inf  # each stream's waits have their own deadlines now
-        request = event.request
-        fast = event.ended and not event.protocol and request.method != b"CONNECT"
-        if fast and self._fast(stream, request):
-            return
-        self._start(stream, self._serve(stream, request, event.protocol))
+        return stream
 
     def _start(self, stream: _VisitorStream, work: Coroutine[object, object, None]) -> None:
         task = self._loop.create_task(work)
