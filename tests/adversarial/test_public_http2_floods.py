@@ -22,6 +22,7 @@ import hpack
 import pytest
 from hyperframe.frame import (
     ContinuationFrame,
+    DataFrame,
     Frame,
     GoAwayFrame,
     HeadersFrame,
@@ -52,7 +53,7 @@ def edge(processes: Processes) -> Edge:
 class Visitor:
     """A raw HTTP/2 client over TLS (ALPN h2) that sends whatever frames it is told to."""
 
-    def __init__(self, edge: Edge) -> None:
+    def __init__(self, edge: Edge, *, window: int | None = None) -> None:
         host, port = edge.https.rsplit(":", 1)
         context = ssl.create_default_context(cafile=str(edge.ca))
         context.set_alpn_protocols(["h2"])
@@ -61,7 +62,8 @@ class Visitor:
         assert self.sock.selected_alpn_protocol() == "h2"
         self.encoder = hpack.Encoder()
         self.buffer = b""
-        self.sock.sendall(PREFACE + SettingsFrame(0).serialize())
+        settings = {} if window is None else {SettingsFrame.INITIAL_WINDOW_SIZE: window}
+        self.sock.sendall(PREFACE + SettingsFrame(0, settings=settings).serialize())
 
     def headers_block(self, path: str = "/", extra: list[tuple[str, str]] | None = None) -> bytes:
         return self.encoder.encode(
@@ -345,6 +347,40 @@ def test_a_silent_or_idle_http2_connection_is_closed(processes: Processes) -> No
             assert any(isinstance(f, GoAwayFrame) for f in frames)
         finally:
             idle.close()
+        assert served(edge)
+
+
+def test_a_whole_answer_beyond_the_visitors_window_goes_as_the_window_opens(
+    processes: Processes, edge: Edge
+) -> None:
+    # The origin's answer comes whole in one tunnel read, but the visitor's stream window
+    # (100 bytes) takes a tenth of it: it must go out piece by piece as the visitor opens
+    # the window, never beyond it, and whole (the fast path leaves it to the stream's task).
+    body = bytes(range(256)) * 4
+    response = b"HTTP/1.1 200 OK\r\nContent-Length: 1024\r\n\r\n" + body
+    with raw_origin(canned(response)) as origin:
+        start_tenant(processes, edge, "acme", HOST, origin.url)
+        visitor = Visitor(edge, window=100)
+        try:
+            visitor.send(visitor.get(1, "/whole"))
+            got, ended = b"", False
+            for frame in visitor.frames(timeout=20, limit=1000):
+                if isinstance(frame, RstStreamFrame):
+                    break
+                if not isinstance(frame, DataFrame) or frame.stream_id != 1:
+                    continue
+                assert len(frame.data) <= 100
+                got += frame.data
+                if "END_STREAM" in frame.flags:
+                    ended = True
+                    break
+                update = WindowUpdateFrame(1)
+                update.window_increment = len(frame.data)
+                assert visitor.send(update.serialize())
+            assert ended
+            assert got == body
+        finally:
+            visitor.close()
         assert served(edge)
 
 
