@@ -297,18 +297,32 @@ def test_a_broken_installed_tree_is_refused_and_the_old_version_keeps_serving(
         assert f"version {old_version} keeps serving" in line
         loop.wait_more(20)
 
-        # A supervisor module that raises (the one the new supervisor would run).
+        # The worker's entry point raises (importing its package does not run it).
         shutil.copy(REPO / "workers/adit/workers/proxy.py", tree / "workers/adit/workers/proxy.py")
+        main_py = tree / "workers/adit/workers/__main__.py"
+        main_py.write_text(
+            main_py.read_text().replace(
+                "import gc\n", 'import gc\n\nraise RuntimeError("broken build for the test")\n', 1
+            )
+        )
+        proc.signal(signal.SIGUSR2)
+        text = proc.wait_for_log(r"Upgrade refused:", timeout=60, count=2)
+        line = [x for x in text.splitlines() if "Upgrade refused:" in x][1]
+        assert "broken build for the test" in line
+        loop.wait_more(20)
+
+        # A supervisor module that raises (the one the new supervisor would run).
+        shutil.copy(REPO / "workers/adit/workers/__main__.py", main_py)
         break_module(tree, "supervisor/adit/supervisor/app.py")
         proc.signal(signal.SIGUSR2)
-        proc.wait_for_log(r"Upgrade refused:", timeout=60, count=2)
+        proc.wait_for_log(r"Upgrade refused:", timeout=60, count=3)
         loop.wait_more(20)
     assert loop.failures == [], loop.failures[:5]
     assert proc.popen.poll() is None
     assert workers_of(pid) == old_workers
     assert build_version(port) == old_version
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-        assert "adit_upgrade_failures_total 2.0" in response.read().decode()
+        assert "adit_upgrade_failures_total 3.0" in response.read().decode()
     assert "upgrade refused:" in notify.states()[notify.wait_for("STATUS=")] or any(
         "upgrade refused:" in s for s in notify.states()
     )

@@ -73,6 +73,9 @@ log = logging.getLogger("adit.edge.public")
 _CANCEL = 0x8
 #: After a visitor ends its WebSocket stream, how long the origin's last frames may take.
 _WEBSOCKET_LINGER = 5.0
+#: A connection accepted as the edge began draining: how long its first requests may take to
+#: arrive before it gets GOAWAY anyway (seconds).
+_LATE_DRAIN_WAIT = 1.0
 
 
 class _StreamGone(Exception):
@@ -140,6 +143,10 @@ class Http2Connection(asyncio.Protocol):
         #: Senders waiting for a window or the socket.
         self._senders: set[asyncio.Future[None]] = set()
         self._flush_scheduled = False
+        #: Whether a request came on this connection yet.
+        self._requested = False
+        #: Asked to drain before any request came: GOAWAY once the first read's streams began.
+        self._drain_after_first_read = False
 
     # -- asyncio.Protocol ------------------------------------------------------------------------
 
@@ -157,8 +164,8 @@ class Http2Connection(asyncio.Protocol):
         self._h2.start()
         self._flush()
         if self._tracker is not None and self._tracker.draining:
-            # Accepted before the listener closed (its handshake ended after): GOAWAY at
-            # once, which tells the client that no stream was taken (it retries elsewhere).
+            # Accepted before the listener closed (its handshake ended after): its first
+            # read's streams are served, then GOAWAY (see drain).
             self.drain()
 
     def data_received(self, data: bytes) -> None:
@@ -171,6 +178,7 @@ class Http2Connection(asyncio.Protocol):
         fast: list[tuple[_VisitorStream, Request]] = []
         for event in self._h2.receive(data, self._loop.time()):
             if type(event) is RequestHead:
+                self._requested = True
                 request = event.request
                 begun = self._open(event)
                 if event.ended and not event.protocol and request.method != b"CONNECT":
@@ -208,6 +216,8 @@ class Http2Connection(asyncio.Protocol):
                 self._done(begun)
             elif not self._fast(begun, request):
                 self._start(begun, self._serve(begun, request, b""))
+        if self._drain_after_first_read and self._streams:
+            self._drain_now()  # the streams of this read are served; no new one after them
         self._flush()
 
     def eof_received(self) -> bool:
@@ -273,8 +283,27 @@ class Http2Connection(asyncio.Protocol):
             self._close_transport()
 
     def drain(self) -> None:
-        """The edge shuts down: GOAWAY; close once the streams in progress are done."""
+        """The edge shuts down: GOAWAY; close once the streams in progress are done.
+
+        A connection that has not brought a request yet (accepted just before the listener
+        closed, or its handshake ended after) likely has its first requests on the way: a
+        GOAWAY before it reads our preface, then a close racing its bytes (a reset), is a
+        failed request for the client (curl: "Error in the HTTP2 framing layer"). As HTTP/1.1
+        answers such a connection's first request, the streams of its first read are served,
+        then GOAWAY (or after a moment if nothing comes)."""
+        if self._draining or self._closed or self._drain_after_first_read:
+            return
+        if not self._requested:
+            self._drain_after_first_read = True
+            self._loop.call_later(_LATE_DRAIN_WAIT, self._drain_now)
+            return
+        self._drain_now()
+
+    def _drain_now(self) -> None:
+        if self._draining or self._closed:
+            return
         self._draining = True
+        self._drain_after_first_read = False
         self._h2.drain()
         self._flush()
         if not self._streams:

@@ -4,7 +4,8 @@
 first (so even a tree that fails to import this module is named in the refusal), then calls
 :func:`main` with the hand-over the running supervisor would write on stdin. It checks what
 the ``exec``\\ ed supervisor would need: the hand-over reads (format and fields), the settings
-decode, and every module of the supervisor and the workers imports. On success it prints
+decode, every module of the supervisor and the workers imports, and the worker's entry point
+(``python -m adit.workers``) runs up to its start with ``--preflight``. On success it prints
 ``ok``; otherwise one refusal line (``adit.supervisor.lean.REFUSAL_PREFIX``) and exit code 1.
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+import runpy
 import sys
 
 __all__ = ["CHECKED_PACKAGES", "main"]
@@ -24,8 +26,26 @@ def _import_all(package_name: str) -> None:
     package = importlib.import_module(package_name)
     for info in pkgutil.walk_packages(package.__path__, prefix=f"{package_name}."):
         if info.name.rsplit(".", 1)[-1] == "__main__":
-            continue  # runs the program on import
-        importlib.import_module(info.name)
+            _run_main(info.name.rsplit(".", 1)[0])
+        else:
+            importlib.import_module(info.name)
+
+
+def _run_main(package: str) -> None:
+    """``python -m PACKAGE --preflight``, in this process: the entry point's own code runs
+    (the worker's ``__main__`` is what the supervisor starts, and importing its package does
+    not run it), then it exits 0 before its program would start."""
+    saved = sys.argv
+    sys.argv = [package, "--preflight"]
+    try:
+        runpy.run_module(package, run_name="__main__", alter_sys=False)
+    except SystemExit as exc:
+        if exc.code not in (0, None):
+            raise RuntimeError(f"python -m {package} exited {exc.code!r}") from None
+    else:
+        raise RuntimeError(f"python -m {package} does not take --preflight")
+    finally:
+        sys.argv = saved
 
 
 def main() -> None:

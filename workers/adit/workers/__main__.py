@@ -21,4 +21,8 @@ signal.signal(signal.SIGTERM, lambda signum, _frame: _early_signals.append(signu
 
 from adit.workers.process import main  # noqa: E402 - after the signal dispositions on purpose
 
+if sys.argv[1:] == ["--preflight"]:
+    # An upgrade's preflight (adit.supervisor.upgrade_check) runs this file with the installed
+    # code: everything above ran, so a worker that would not start is found before the exec.
+    sys.exit(0)
 sys.exit(main(early_signals=_early_signals))
