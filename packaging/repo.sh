@@ -220,7 +220,8 @@ if want rpm; then
     for v in "${versions[@]}"; do cp "$work/rpm-$v"/RPMS/*/adit-*.rpm "$out/rpm/"; done
     rpmsign --define "_gpg_name $fingerprint" --define "_gpg_path $key_dir" \
         --define "__gpg $(command -v gpg)" --define "_gpg_digest_algo sha512" \
-        --addsign "$out/rpm/"*.rpm >/dev/null
+        --addsign "$out/rpm/"*.rpm >/dev/null 2>"$work/rpmsign.log" ||
+        { cat "$work/rpmsign.log" >&2; die "rpmsign failed (key $fingerprint)"; }
     createrepo_c --quiet --update "$out/rpm" >/dev/null
     rm -f "$out/rpm/repodata/repomd.xml.asc"
     sign_detached "$out/rpm/repodata/repomd.xml" armor
@@ -247,6 +248,8 @@ if want pacman; then
                 "$out/pacman/$parch/${pkg##*/}" >/dev/null
         done
     done
+    # repo-add keeps the previous database as *.old: not part of what is published.
+    rm -f "$out/pacman/"*/adit.*.old "$out/pacman/"*/adit.*.old.sig
 fi
 
 echo "$me: repositories in $out signed by $fingerprint (versions: ${versions[*]})"
