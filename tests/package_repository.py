@@ -191,3 +191,19 @@ def readme_block(marker: str) -> str:
     found = [block for block in blocks if marker in block]
     assert len(found) == 1, f"README.md: {len(found)} sh blocks mention {marker!r}"
     return found[0]
+
+
+def rpmlint(rpm: Path, key: Path, scratch: Path) -> tuple[list[str], str]:
+    """rpmlint's errors for ``rpm`` and its whole report; the signature is checked against ``key``.
+
+    rpmlint verifies the signature with the rpmdb, so the (armored) key goes into a private one,
+    named by the ``.rpmmacros`` of a scratch HOME, never into the host's.
+    """
+    rpmdb = scratch / "rpmdb"
+    rpmdb.mkdir(parents=True, exist_ok=True)
+    run(["rpm", "--dbpath", str(rpmdb), "--import", str(key)])
+    (scratch / ".rpmmacros").write_text(f"%_dbpath {rpmdb}\n", encoding="utf-8")
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": str(scratch), "LANG": "C.UTF-8"}
+    rc = str(REPO / "rpm/adit.rpmlintrc")
+    lint = run(["rpmlint", "-r", rc, str(rpm)], check=False, timeout=900, env=env)
+    return [line for line in lint.stdout.splitlines() if ": E: " in line], lint.stdout

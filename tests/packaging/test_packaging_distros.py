@@ -27,7 +27,6 @@ import pytest
 
 from distro_roots import (
     PROBE,
-    REPO,
     SUITES,
     VERSION,
     booted,
@@ -38,7 +37,7 @@ from distro_roots import (
     run,
     wait_for_body,
 )
-from package_repository import Repository
+from package_repository import Repository, rpmlint
 
 #: Paths no adit package may ship: Debian's supervisor package owns them (STYLE.md §10).
 FORBIDDEN = re.compile(r"dist-packages/supervisor|/etc/supervisor|supervisor\.service")
@@ -64,7 +63,6 @@ class Artifacts:
     rpm: Path
     pacman: Path
     roots: dict[str, Path]
-    src: Path
 
 
 @pytest.fixture(scope="session")
@@ -81,7 +79,7 @@ def artifacts(
         debs[suite] = Path(shutil.copy2(deb, roots[suite] / "srv/adit-out" / deb.name))
     rpm = [p for p in repository.rpms() if p.name.startswith(f"adit-{VERSION}-1.")]
     assert len(rpm) == 1, repository.rpms()
-    yield Artifacts(debs, rpm[0], repository.pacman_package(VERSION), roots, REPO)
+    yield Artifacts(debs, rpm[0], repository.pacman_package(VERSION), roots)
     # The booted copies are ~0.4 GB each; pytest would keep three runs of them.
     for root in roots.values():
         shutil.rmtree(root, ignore_errors=True)
@@ -117,7 +115,9 @@ def test_deb_contents_metadata_and_lintian(artifacts: Artifacts, suite: str) -> 
     assert not errors, lintian.stdout
 
 
-def test_rpm_contents_metadata_and_rpmlint(artifacts: Artifacts) -> None:
+def test_rpm_contents_metadata_and_rpmlint(
+    artifacts: Artifacts, repository: Repository, tmp_path: Path
+) -> None:
     rpm = str(artifacts.rpm)
     check_file_list(run(["rpm", "-qlp", rpm]).stdout.splitlines())
     assert run(["rpm", "-qp", "--queryformat", "%{VERSION}", rpm]).stdout == VERSION
@@ -129,10 +129,8 @@ def test_rpm_contents_metadata_and_rpmlint(artifacts: Artifacts) -> None:
     scripts = run(["rpm", "-qp", "--scripts", rpm]).stdout
     assert "systemctl --no-reload preset adit.service" in scripts
     assert "disable --now adit.service" in scripts
-    rc = str(artifacts.src / "rpm/adit.rpmlintrc")
-    lint = run(["rpmlint", "-r", rc, rpm], check=False, timeout=900)
-    errors = [line for line in lint.stdout.splitlines() if ": E: " in line]
-    assert not errors, lint.stdout
+    errors, report = rpmlint(artifacts.rpm, repository.out / "adit.asc", tmp_path)
+    assert not errors, report
 
 
 def test_pacman_contents_and_metadata(artifacts: Artifacts) -> None:
