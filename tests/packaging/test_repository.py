@@ -294,11 +294,6 @@ def assert_invisible(what: str, probe: list[str], active: list[str], step: str) 
     assert states == ["active"], f"{what}: systemctl is-active said {states}\n{step}"
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="needs `adit upgrade-restart` from postinst (the SIGUSR2 hand-over of the connector "
-    "and the edge, issue 19, other branches); until then postinst restarts the connector",
-)
 @pytest.mark.parametrize("suite", SUITES)
 def test_upgrade_broken_and_downgrade_under_load(repository: Repository, suite: str) -> None:
     work = Path(str(repository.out) + f"-upgrade-{suite}")
