@@ -181,8 +181,12 @@ def older_restarted_once(c: Container) -> None:
     SIGUSR2, as a sleep does not): `adit upgrade-restart` never signals it (it would die) and
     reports it; with `--restart-older`, what the package scripts pass, it gets the
     `systemctl try-restart` that its own release's scripts would have given it."""
-    c.write("/run/systemd/system/adit-older.service", "[Service]\nExecStart=/bin/sleep infinity\n")
-    c.sh("systemctl daemon-reload && systemctl start adit-older.service")
+    # In the container's own /run (a tmpfs there, not the root's directory on the host).
+    c.sh(
+        "printf '[Service]\\nExecStart=/bin/sleep infinity\\n' "
+        ">/run/systemd/system/adit-older.service && systemctl daemon-reload "
+        "&& systemctl start adit-older.service"
+    )
     pid = c.out("systemctl show -P MainPID adit-older.service")
     left = c.sh("adit upgrade-restart adit-older.service 2>&1", check=False)
     assert left.returncode == 1, left.stdout
