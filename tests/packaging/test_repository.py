@@ -176,6 +176,29 @@ def serve(c: Container, repository: Repository) -> None:
     c.write("/etc/apt/apt.conf.d/90assume-yes", 'APT::Get::Assume-Yes "true";\n')
 
 
+def older_restarted_once(c: Container) -> None:
+    """A unit whose running adit predates in-place upgrades (its main process does not handle
+    SIGUSR2, as a sleep does not): `adit upgrade-restart` never signals it (it would die) and
+    reports it; with `--restart-older`, what the package scripts pass, it gets the
+    `systemctl try-restart` that its own release's scripts would have given it."""
+    # In the container's own /run (a tmpfs there, not the root's directory on the host).
+    c.sh(
+        "printf '[Service]\\nExecStart=/bin/sleep infinity\\n' "
+        ">/run/systemd/system/adit-older.service && systemctl daemon-reload "
+        "&& systemctl start adit-older.service"
+    )
+    pid = c.out("systemctl show -P MainPID adit-older.service")
+    left = c.sh("adit upgrade-restart adit-older.service 2>&1", check=False)
+    assert left.returncode == 1, left.stdout
+    assert "predates in-place upgrades" in left.stdout, left.stdout
+    assert c.out("systemctl show -P MainPID adit-older.service") == pid
+    done = c.out("adit upgrade-restart --restart-older adit-older.service 2>&1")
+    assert "restarted (it predated in-place upgrades" in done, done
+    assert c.out("systemctl show -P MainPID adit-older.service") not in ("", "0", pid)
+    c.sh("systemctl stop adit-older.service && rm /run/systemd/system/adit-older.service")
+    c.sh("systemctl daemon-reload")
+
+
 def readme_apt(install: str | None = None) -> str:
     """The README's apt lines as a root shell on this machine runs them (BASE for the URL)."""
     block = readme_block("signed-by=").replace(README_URL, BASE).replace("sudo ", "")
@@ -224,6 +247,7 @@ def test_apt_install_forged_purge_and_reinstall(repository: Repository, suite: s
             assert c.out("systemctl is-enabled adit") == "enabled"
 
             forged_refused(c, suite, repository, repository.stranger)
+            older_restarted_once(c)
 
             c.sh("apt-get purge adit", timeout=300)
             assert c.out("id -un adit") == "adit"

@@ -109,11 +109,32 @@ def _catches_usr2(pid: int) -> bool:
     return True
 
 
+class _Predates(_Failed):
+    """The running process cannot take an upgrade in place (an adit from before SIGUSR2)."""
+
+
 def _predates(what: str, restart: str) -> _Failed:
-    return _Failed(
+    return _Predates(
         f"the running {what} predates in-place upgrades (it does not handle SIGUSR2); it keeps "
         f"serving its version until restarted ({restart})"
     )
+
+
+def _restart_older(unit: str) -> str:
+    """``systemctl try-restart``: what the package scripts of a version without in-place
+    upgrades did on every upgrade. Left running, such a process would start new workers (and a
+    reload's parser) from the new files under its old code."""
+    done = subprocess.run(
+        ["systemctl", "try-restart", unit],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    if done.returncode != 0:
+        reason = done.stderr.strip()
+        raise _Failed(f"it predates in-place upgrades and its restart failed: {reason}")
+    return f"{unit}: restarted (it predated in-place upgrades; the next upgrade is in place)"
 
 
 def _is_edge(unit: str) -> bool:
@@ -260,6 +281,13 @@ def _one_line(exc: Exception) -> str:
     "localhost:20241..20245 with that pid).",
 )
 @click.option(
+    "--restart-older",
+    is_flag=True,
+    help="Restart (systemctl try-restart) a unit whose running adit predates in-place "
+    "upgrades, as the package scripts of that version did; without it such a unit is left "
+    "running and reported.",
+)
+@click.option(
     "--timeout",
     type=click.FloatRange(min=1),
     default=300.0,
@@ -271,6 +299,7 @@ def upgrade_restart(
     pid: int | None,
     pidfile: Path | None,
     metrics: str | None,
+    restart_older: bool,
     timeout: float,
 ) -> None:
     """Have running adit units take up the installed version in place (SIGUSR2).
@@ -301,7 +330,12 @@ def upgrade_restart(
     for unit in chosen:
         name = unit if "." in unit else f"{unit}.service"
         try:
-            click.echo(_upgrade_unit(name, timeout))
+            try:
+                click.echo(_upgrade_unit(name, timeout))
+            except _Predates:
+                if not restart_older:
+                    raise
+                click.echo(_restart_older(name))
         except (_Failed, OSError, subprocess.SubprocessError) as exc:
             click.echo(f"adit upgrade-restart: {name}: {_one_line(exc)}", err=True)
             failed = True

@@ -609,7 +609,7 @@ class Supervisor:
         # No RELOADING=1: systemd would show the unit as "reloading" for the exec's second,
         # and an upgrade must look to `systemctl is-active` like nothing happened (it is not
         # a reload systemd asked for, so none is owed). STATUS= says what is going on.
-        self._notifier.notify("STATUS=upgrading in place to the installed adit")
+        self._notifier.notify(f"STATUS=upgrading in place from adit {self.state.settings.version}")
         try:
             exec_upgrade(msgspec.structs.replace(handover, early_signals=queued), self._runtime_dir)
         except OSError as exc:
