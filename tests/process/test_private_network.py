@@ -251,8 +251,11 @@ def test_max_active_flows_limits_private_tcp_flows(
     assert result.stdout == b"got PING\r\n"
     match = re.search(r"Starting metrics server on (\S+)/metrics", connector.text())
     assert match, connector.text()
-    metrics = _metrics_with(f"http://{match.group(1)}/metrics", 'flow_type="tcp"')
+    url = f"http://{match.group(1)}/metrics"
+    metrics = _metrics_with(url, 'flow_type="tcp"')
     assert 'flow_client_registrations_rate_limited_total{flow_type="tcp"} 1.0' in metrics, metrics
+    # The last flow's end reaches the supervisor with the worker's next telemetry.
+    metrics = _metrics_with(url, "cloudflared_tcp_active_sessions 0.0")
     assert "cloudflared_tcp_active_sessions 0.0" in metrics, metrics
 
 

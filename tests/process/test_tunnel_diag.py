@@ -13,6 +13,8 @@ import os
 import re
 import socket
 import subprocess
+import time
+import urllib.request
 import zipfile
 from pathlib import Path
 
@@ -44,6 +46,18 @@ def _metrics_address(proc: Proc) -> str:
     match = re.search(r"Starting metrics server on (\S+)/metrics", text)
     assert match, text
     return match.group(1)
+
+
+def _wait_connected(address: str, timeout: float = 15.0) -> None:
+    """Until the supervisor's /diag/tunnel lists a connected connection (bounded)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with urllib.request.urlopen(f"http://{address}/diag/tunnel", timeout=5) as response:
+            state = json.loads(response.read())
+        if any(c.get("isConnected") for c in state.get("connections", [])):
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"/diag/tunnel lists no connected connection: {state}")
 
 
 def _adit(
@@ -341,6 +355,9 @@ def test_cloudflared_diag_reads_an_adit_connector(
     config = write_config(tmp_path / "config.yml", HOST, [{"service": origin.url}])
     connector = start_connector(processes, tunnel, config, extra=["--protocol", "http2"])
     address = _metrics_address(connector)
+    # The worker logs its registration before the supervisor has taken in the event that
+    # /diag/tunnel reports (under load, a moment later): wait for it, bounded.
+    _wait_connected(address)
     workdir = tmp_path / "cloudflared-diag"
     workdir.mkdir()
     result = subprocess.run(
