@@ -49,7 +49,6 @@ from harness import (
     create_tunnel,
     edge_args,
     login,
-    request,
     start_connector,
     start_edge,
     write_config,
@@ -175,7 +174,7 @@ def pair(
             account,
             "POST",
             "apps",
-            {"name": "Team Wiki", "domain": HOST, "allowed_idps": [oidc_idp["id"], pin_idp["id"]]},
+            {"name": "Team Wiki", "domain": HOST, "allowed_idps": [oidc_idp["id"]]},
         )
         api(
             account,
@@ -187,15 +186,29 @@ def pair(
                 "include": [{"email_domain": {"domain": "example.com"}}],
             },
         )
-        # The other process reads the new application within its store watcher's interval.
-        for edge in (a, b):
-            deadline = time.monotonic() + 15
-            while request(edge, HOST).status == 200 and time.monotonic() < deadline:
-                time.sleep(0.2)
-        origin.seen_headers.clear()
-        yield Pair(
+        # The PIN provider joins last: a process whose login page offers it has read every
+        # write before it, the policy too (each process reads another's writes within its
+        # store watcher's interval; under load the application alone was seen first once, and
+        # a right PIN was then denied for want of the policy).
+        api(account, "PUT", f"apps/{app['id']}", {"allowed_idps": [oidc_idp["id"], pin_idp["id"]]})
+        pair = Pair(
             a, b, account, origin, mailbox, app, oidc_idp, pin_idp, provider.ports, processes
         )
+        probe = Visitor(pair)
+        try:
+            for which in (0, 1):
+                deadline = time.monotonic() + 15
+                while time.monotonic() < deadline:
+                    page = probe.send(which, "GET", "/cdn-cgi/access/login?redirect_url=/inbox")
+                    if page.status_code == 200 and "One-time PIN" in page.text:
+                        break
+                    time.sleep(0.2)
+                else:
+                    raise AssertionError(f"edge {which} never offered the PIN provider")
+        finally:
+            probe.close()
+        origin.seen_headers.clear()
+        yield pair
 
 
 class Visitor:
