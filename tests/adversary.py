@@ -456,6 +456,20 @@ def exchange(
         return read_until_closed(sock, timeout)
 
 
+def access_api(account: Account, method: str, path: str, body: object = None) -> Any:
+    """An Access API call of the account (``/accounts/{tag}/access/PATH``); its result, or a
+    failed assertion with the answer."""
+    status, raw = api_call(
+        account,
+        method,
+        f"/client/v4/accounts/{account.tag}/access/{path}",
+        None if body is None else json.dumps(body).encode(),
+    )
+    answer = json.loads(raw)
+    assert status == 200, (status, answer)
+    return answer["result"]
+
+
 def api_call(
     account: Account,
     method: str,

@@ -35,7 +35,7 @@ from access_support.geoip import write_country_db
 from access_support.oidc import USERS, OidcProvider, sign_in_at_provider, start_oidc_provider
 from access_support.pki import ServiceCa, write_service_ca
 from access_support.smtp import Mailbox, smtp_server
-from adversary import api_call
+from adversary import access_api as api
 from harness import (
     Account,
     Edge,
@@ -88,18 +88,6 @@ def provider(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Provider]:
     redirects = [f"https://{h}:{port}{CALLBACK}" for h in (HOST, OTHER_HOST)]
     with start_oidc_provider(tmp, redirects, tls=ca) as oidc:
         yield Provider(oidc, ca, port)
-
-
-def api(account: Account, method: str, path: str, body: object = None) -> Any:
-    status, raw = api_call(
-        account,
-        method,
-        f"/client/v4/accounts/{account.tag}/access/{path}",
-        None if body is None else json.dumps(body).encode(),
-    )
-    answer = json.loads(raw)
-    assert status == 200, (status, answer)
-    return answer["result"]
 
 
 def _policy(country: str) -> dict[str, Any]:

@@ -40,6 +40,7 @@ from access_support.oidc import USERS, OidcProvider, sign_in_at_provider, start_
 from access_support.pki import ServiceCa, write_service_ca
 from access_support.smtp import Mailbox, smtp_server
 from adit.protocol.token_transfer import new_key, open_box, public_key_text
+from adversary import access_api as api
 from adversary import api_call
 from harness import (
     Account,
@@ -97,18 +98,6 @@ def provider(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Provider]:
     redirects = [f"https://{HOST}:{port}{CALLBACK}" for port in ports]
     with start_oidc_provider(tmp, redirects, tls=ca) as oidc:
         yield Provider(oidc, ca, ports)
-
-
-def api(account: Account, method: str, path: str, body: object = None) -> Any:
-    status, raw = api_call(
-        account,
-        method,
-        f"/client/v4/accounts/{account.tag}/access/{path}",
-        None if body is None else json.dumps(body).encode(),
-    )
-    answer = json.loads(raw)
-    assert status == 200, (status, answer)
-    return answer["result"]
 
 
 def _edge(processes: Processes, name: str, location: str, port: int) -> Edge:

@@ -29,7 +29,7 @@ from playwright.sync_api import Browser, BrowserContext, Page
 from access_support.browser import Screens, new_context
 from access_support.cli_login import login_url
 from access_support.smtp import Mailbox, smtp_server
-from adversary import api_call
+from adversary import access_api as api
 from harness import (
     Account,
     Edge,
@@ -59,18 +59,6 @@ class Site:
 
     def url(self, path: str) -> str:
         return f"https://{HOST}:{self.port}{path}"
-
-
-def api(account: Account, method: str, path: str, body: object = None) -> Any:
-    status, raw = api_call(
-        account,
-        method,
-        f"/client/v4/accounts/{account.tag}/access/{path}",
-        None if body is None else json.dumps(body).encode(),
-    )
-    answer = json.loads(raw)
-    assert status == 200, (status, answer)
-    return answer["result"]
 
 
 def _allow(account: Account, app: dict[str, Any], rule: dict[str, Any]) -> None:

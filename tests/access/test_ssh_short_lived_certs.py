@@ -12,7 +12,6 @@ real CA, read from the edge's store as only a thief could) and one of another CA
 from __future__ import annotations
 
 import datetime
-import json
 import os
 import re
 import shlex
@@ -38,7 +37,7 @@ from playwright.sync_api import Browser
 from access_support.browser import new_context
 from access_support.cli_login import login_url
 from access_support.smtp import Mailbox, smtp_server
-from adversary import api_call
+from adversary import access_api as api
 from harness import (
     Account,
     Edge,
@@ -70,18 +69,6 @@ class Site:
 
     def url(self, path: str) -> str:
         return f"https://{HOST}:{self.port}{path}"
-
-
-def api(account: Account, method: str, path: str, body: object = None) -> Any:
-    status, raw = api_call(
-        account,
-        method,
-        f"/client/v4/accounts/{account.tag}/access/{path}",
-        None if body is None else json.dumps(body).encode(),
-    )
-    answer = json.loads(raw)
-    assert status == 200, (status, answer)
-    return answer["result"]
 
 
 @pytest.fixture

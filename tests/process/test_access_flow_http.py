@@ -5,15 +5,13 @@ SameSite=Lax. curl is the visitor here (no browser, no provider: the paths that 
 
 from __future__ import annotations
 
-import json
 import subprocess
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from adversary import api_call
-from harness import Account, Edge, Processes, add_zone, login, start_edge
+from adversary import access_api as api
+from harness import Edge, Processes, add_zone, login, start_edge
 
 pytestmark = [pytest.mark.process, pytest.mark.timeout(120)]
 
@@ -23,18 +21,6 @@ HOST = "app.example.test"
 @pytest.fixture
 def edge(processes: Processes) -> Edge:
     return start_edge(processes, https=True)
-
-
-def api(account: Account, method: str, path: str, body: object = None) -> Any:
-    status, raw = api_call(
-        account,
-        method,
-        f"/client/v4/accounts/{account.tag}/access/{path}",
-        None if body is None else json.dumps(body).encode(),
-    )
-    answer = json.loads(raw)
-    assert status == 200, (status, answer)
-    return answer["result"]
 
 
 def curl(edge: Edge, *args: str, path: str, http2: bool) -> tuple[int, str, bytes]:

@@ -21,7 +21,7 @@ from typing import Any
 import jwt
 import pytest
 
-from adversary import api_call
+from adversary import access_api as api
 from harness import (
     Account,
     Edge,
@@ -41,18 +41,6 @@ pytestmark = [pytest.mark.process, pytest.mark.timeout(180)]
 
 HOST = "app.example.test"
 OTHER_HOST = "other.example.test"
-
-
-def api(account: Account, method: str, path: str, body: object = None) -> Any:
-    status, raw = api_call(
-        account,
-        method,
-        f"/client/v4/accounts/{account.tag}/access/{path}",
-        None if body is None else json.dumps(body).encode(),
-    )
-    answer = json.loads(raw)
-    assert status == 200, (status, answer)
-    return answer["result"]
 
 
 @pytest.fixture
