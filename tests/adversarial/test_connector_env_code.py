@@ -60,7 +60,7 @@ def test_environment_names_no_code_and_no_stuck_hook(
     # SIGUSR2's default action ends the process; with the hook its event loop blocks instead
     # and the process lives on until the supervisor's stuck-worker timeout.
     deadline = signalled + 5.0
-    while psutil.pid_exists(worker) and psutil.Process(worker).status() != "zombie":
+    while _running(worker):
         assert time.monotonic() < deadline, "SIGUSR2 froze the worker instead of ending it"
         time.sleep(0.05)
     text = tenant.connector.wait_for_log(rf"Started worker pid=(?!{worker}\b)\d+", timeout=20)
@@ -70,3 +70,11 @@ def test_environment_names_no_code_and_no_stuck_hook(
         assert time.monotonic() < deadline, "the restarted worker never served"
         time.sleep(0.1)
     assert not marker.exists()
+
+
+def _running(pid: int) -> bool:
+    """Whether ``pid`` still runs (a zombie, or a process gone between two looks, does not)."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False

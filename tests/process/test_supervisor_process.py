@@ -306,11 +306,13 @@ def test_sighup_with_unchanged_settings_pushes_nothing(short_tmp: Path) -> None:
 
 
 def _worker_children(pid: int) -> list[psutil.Process]:
-    return [
-        child
-        for child in psutil.Process(pid).children()
-        if "adit.workers" in child.cmdline() and child.status() != psutil.STATUS_ZOMBIE
-    ]
+    """The live workers of supervisor ``pid`` (one that ends while being looked at is not)."""
+    workers = []
+    for child in psutil.Process(pid).children():
+        with contextlib.suppress(psutil.NoSuchProcess):
+            if "adit.workers" in child.cmdline() and child.status() != psutil.STATUS_ZOMBIE:
+                workers.append(child)
+    return workers
 
 
 def _catches(pid: int, signum: int) -> bool:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import errno
 import gc
 import json
 import logging
@@ -100,6 +101,8 @@ _HANDOVER_ENDED = 0
 
 #: A TLS handshake that does not finish in this time is dropped (half-open guard).
 TLS_HANDSHAKE_TIMEOUT = 10.0
+#: Tries at a port 0 tunnel listener whose TCP port turns out to be taken for UDP.
+PORT_ZERO_TRIES = 20
 MAX_API_BODY = 1024 * 1024
 #: How often the edge looks for route changes other processes made (one row read a time).
 ROUTE_WATCH_INTERVAL = 0.5
@@ -187,6 +190,15 @@ def _admission(limits: Limits) -> Admission:
     """A public or API listener's caps, applied to connections still in their handshake."""
     return Admission(
         max_pending=limits.max_connections, max_pending_per_ip=limits.max_connections_per_ip
+    )
+
+
+def _address_in_use(exc: OSError) -> bool:
+    """Whether a bind failed on a port in use (uvloop wraps the system's error in one
+    without an errno: its cause has it)."""
+    cause = exc.__cause__
+    return exc.errno == errno.EADDRINUSE or (
+        isinstance(cause, OSError) and cause.errno == errno.EADDRINUSE
     )
 
 
@@ -310,46 +322,12 @@ class EdgeServer:
             sweep_access(self.access.decisions, LoginState(self.store.access.db))
         )
         tunnel_tls = self.ca.tunnel_server_context()
-        tunnel_bound: list[str] = []
-        for index, address in enumerate(self.settings.tunnel_listen):
-            # A client address is admitted (its dial rate) before any TLS work is done.
-            gated = self._gated(
-                f"tunnel:{index}",
-                address,
-                self._new_session,
-                tunnel_tls,
-                TLS_HANDSHAKE_TIMEOUT,
-                Admission(
-                    self.settings.tunnel_dial_rates,
-                    max_pending=TUNNEL_MAX_HANDSHAKES,
-                    max_pending_per_ip=int(self.settings.tunnel_dial_rates.burst),
-                ),
-                check_groups=True,
-            )
-            tunnel_bound += _bound(gated)
         # QUIC on the same addresses and ports, UDP (cloudflared dials both at one address).
         leaf = self.ca.tunnel_leaf()
-        quic_config = self._quic_config = edge_quic_configuration(leaf.cert_chain_pem, leaf.key_pem)
-        for index, address in enumerate(tunnel_bound):
-            inherited = self.inherited.take(f"quic:{index}")
-            if inherited is not None:
-                # Read once the predecessor no longer does (two readers lose each other's
-                # packets): start_inherited_quic.
-                relay = self.inherited.take(f"quic-relay:{index}")
-                self._quic_inherited.append((index, inherited, relay))
-                continue
-            host, port = _listen_address(address)
-            _, listener = await loop.create_datagram_endpoint(
-                lambda: QuicListener(
-                    quic_config,
-                    self._new_quic_session,
-                    max_connections=TUNNEL_MAX_HANDSHAKES,
-                    max_connections_per_ip=int(self.settings.tunnel_dial_rates.burst),
-                ),
-                local_addr=(host, port),
-                reuse_port=False,
-            )
-            self._listed_quic(index, listener)
+        self._quic_config = edge_quic_configuration(leaf.cert_chain_pem, leaf.key_pem)
+        tunnel_bound: list[str] = []
+        for index, address in enumerate(self.settings.tunnel_listen):
+            tunnel_bound += await self._bind_tunnel(index, address, tunnel_tls)
         self.addresses["tunnel"] = tunnel_bound
         advertise = self.settings.advertise or tuple(
             a.replace("0.0.0.0", "127.0.0.1")  # noqa: S104 - rewriting, not binding
@@ -497,6 +475,82 @@ class EdgeServer:
         self.servers.append(gated)
         self.listening[name] = gated.sockets[0].fileno()
         return gated
+
+    async def _bind_tunnel(self, index: int, address: str, context: ssl.SSLContext) -> list[str]:
+        """The ``index``-th tunnel listener: TLS over TCP and QUIC over UDP on one port; its
+        bound addresses.
+
+        Port 0 picks a TCP port the kernel knows nothing of for UDP, where something else may
+        hold it: then both are bound again on another port (bounded tries), the refused TCP
+        listeners held open meanwhile so the kernel does not hand out the same port again. A
+        port given by number that is taken for UDP is an error like any other.
+        """
+        refused: list[GatedListener] = []
+        try:
+            for attempt in range(PORT_ZERO_TRIES):
+                gated, paired = await self._bind_tunnel_once(index, address, context)
+                if paired:
+                    return _bound(gated)
+                refused.append(gated)
+                if attempt + 1 == PORT_ZERO_TRIES:
+                    raise OSError(
+                        errno.EADDRINUSE,
+                        f"no port free for both TCP and UDP at {address} "
+                        f"in {PORT_ZERO_TRIES} tries",
+                    )
+            raise AssertionError("unreachable: the last try raises")
+        finally:
+            for gated in refused:
+                gated.close()
+                self.servers.remove(gated)
+
+    async def _bind_tunnel_once(
+        self, index: int, address: str, context: ssl.SSLContext
+    ) -> tuple[GatedListener, bool]:
+        """Bind the TCP listener, then UDP on its port: (listener, True), or (listener,
+        False) when a port 0 landed on a UDP port something else holds. An inherited UDP
+        socket is read once the predecessor no longer does (two readers lose each other's
+        packets): :meth:`start_inherited_quic`."""
+        loop = asyncio.get_running_loop()
+        config = self._quic_config
+        assert config is not None
+        # A client address is admitted (its dial rate) before any TLS work is done.
+        gated = self._gated(
+            f"tunnel:{index}",
+            address,
+            self._new_session,
+            context,
+            TLS_HANDSHAKE_TIMEOUT,
+            Admission(
+                self.settings.tunnel_dial_rates,
+                max_pending=TUNNEL_MAX_HANDSHAKES,
+                max_pending_per_ip=int(self.settings.tunnel_dial_rates.burst),
+            ),
+            check_groups=True,
+        )
+        inherited = self.inherited.take(f"quic:{index}")
+        if inherited is not None:
+            relay = self.inherited.take(f"quic-relay:{index}")
+            self._quic_inherited.append((index, inherited, relay))
+            return gated, True
+        host, port = _listen_address(_bound(gated)[0])
+        try:
+            _, listener = await loop.create_datagram_endpoint(
+                lambda: QuicListener(
+                    config,
+                    self._new_quic_session,
+                    max_connections=TUNNEL_MAX_HANDSHAKES,
+                    max_connections_per_ip=int(self.settings.tunnel_dial_rates.burst),
+                ),
+                local_addr=(host, port),
+                reuse_port=False,
+            )
+        except OSError as exc:
+            if not _address_in_use(exc) or _listen_address(address)[1] != 0:
+                raise
+            return gated, False
+        self._listed_quic(index, listener)
+        return gated, True
 
     def _listed_quic(self, index: int, listener: QuicListener) -> None:
         self.quic_listeners.append(listener)
