@@ -111,9 +111,11 @@ class Processes:
 
     def cleanup(self) -> None:
         for proc in reversed(self.started):
+            # Also when the process itself has ended: what it started lives on in its group
+            # (an edge's successor after a hand-over, which outlives it by design).
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.popen.pid, signal.SIGKILL)
             if proc.popen.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.popen.pid, signal.SIGKILL)
                 proc.popen.wait(timeout=10)
 
 

@@ -13,8 +13,8 @@ from adit.config.duration import format_go_duration, parse_go_duration
 from adit.edge.admin import ADMIN_COMMANDS, DEFAULT_STATE_DIR
 from adit.edge.cert_admin import cert_group
 from adit.edge.flag_checks import DIAL_ADDRESS, LISTEN_ADDRESS, check_state_dir
+from adit.edge.flow_limits import FlowLimits
 from adit.edge.limits import Limits
-from adit.edge.private_flows import FlowLimits
 
 if TYPE_CHECKING:
     from adit.edge.route_dns import PublishedEdge

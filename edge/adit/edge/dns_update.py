@@ -28,7 +28,6 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-import dns.asyncquery
 import dns.exception
 import dns.flags
 import dns.message
@@ -309,6 +308,10 @@ class DnsClient:
         timeout = min(self.timeout, self._deadline - now)
         if timeout <= 0:
             raise DnsUpdateFailed(f"{where} did not finish its answers within {self.budget:g}s")
+        # Imported here: dnspython's asyncquery brings its QUIC and HTTPS clients (a tenth of
+        # a second), which every `adit edge` command would pay for otherwise.
+        import dns.asyncquery
+
         try:
             reply = await dns.asyncquery.tcp(
                 message, self.target.host, timeout=timeout, port=self.target.port

@@ -51,6 +51,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from adit.edge.api_json import error_envelope
 from adit.edge.api_request import BAD_REQUEST, NOT_FOUND, ApiError, parse_uuid
+from adit.edge.flow_limits import FlowLimits
 from adit.edge.header_policy import is_websocket_upgrade
 from adit.edge.http1 import Http1Connection, Request
 from adit.edge.registry import ConnectionRegistry, LiveConnection
@@ -124,21 +125,6 @@ class CloseWith(Exception):
         super().__init__(reason)
         self.code = code
         self.reason = reason
-
-
-@dataclass(frozen=True, slots=True)
-class FlowLimits:
-    """Caps and deadlines of private flows (each an ``adit edge`` flag)."""
-
-    #: Flows one account may have open at once (TCP and UDP together).
-    max_per_account: int = 1024
-    #: A TCP flow with no byte either way for this long is closed: an interactive session
-    #: left alone for half an hour, or a connection a client forgot.
-    tcp_idle_timeout: float = 1800.0
-    #: The same for a UDP flow: cloudflared's idle timeout for UDP sessions.
-    udp_idle_timeout: float = 210.0
-    #: How long the connector may take to reach the destination.
-    connect_timeout: float = 30.0
 
 
 def flow_path(target: bytes) -> tuple[str, FlowKind] | None:

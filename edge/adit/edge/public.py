@@ -208,6 +208,7 @@ class PublicListener:
             return BAD_REQUEST, "-"
         management = self.management
         asserted: tuple[tuple[str, str], ...] = ()
+        encoded: dict[tuple[str, str], bytes] | None = None
         if management is not None and host == management.hostname:
             # The token, not a route, names the tunnel; the connector is sent the name its
             # management rule serves.
@@ -230,7 +231,7 @@ class PublicListener:
                 if isinstance(verdict, ErrorPage):
                     return verdict, host
                 if verdict is not None:
-                    asserted = verdict.headers
+                    asserted, encoded = verdict.headers, verdict.encoded
             route = self.store.route(host)
             if route is None:
                 return UNKNOWN_HOST, host or "-"
@@ -253,6 +254,7 @@ class PublicListener:
                 headers,
                 request_type=RequestType.WEBSOCKET if websocket else RequestType.HTTP,
                 end_stream=not request.has_body and not websocket,
+                encoded=encoded,
             )
         except (StreamClosedError, Http2TunnelError) as exc:
             log.warning("cannot open a stream to tunnel %s ray=%s: %s", tunnel_id, ray, exc)

@@ -18,7 +18,7 @@ import ipaddress
 import logging
 import random
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from adit.edge.config_push import PushOutcome
@@ -579,8 +579,10 @@ class TunnelSession(TunnelIO[EdgeTunnelConnection]):
         request_type: RequestType,
         end_stream: bool,
         on_answer: AnswerCallback | None = None,
+        encoded: Mapping[tuple[str, str], bytes] | None = None,
     ) -> RequestStream:
-        """Open a stream for an eyeball request (``on_answer``: see :class:`RequestStream`)."""
+        """Open a stream for an eyeball request (``on_answer``: see :class:`RequestStream`;
+        ``encoded``: pairs of ``headers`` serialised already)."""
         if self.closed:
             raise StreamClosedError("tunnel connection is closed")
         stream_id = self.conn.send_request(
@@ -591,6 +593,7 @@ class TunnelSession(TunnelIO[EdgeTunnelConnection]):
             request_type=request_type,
             serialize_headers=self.serialize_headers,
             end_stream=end_stream,
+            encoded=encoded,
         )
         channel = self.channel(stream_id)
         if end_stream:

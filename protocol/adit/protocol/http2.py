@@ -16,6 +16,7 @@ to end: a slow eyeball slows the origin, and no body is ever held whole in memor
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import msgspec
@@ -893,6 +894,7 @@ class EdgeTunnelConnection(TunnelHttp2Connection):
         request_type: RequestType = RequestType.HTTP,
         serialize_headers: bool = False,
         end_stream: bool = False,
+        encoded: Mapping[tuple[str, str], bytes] | None = None,
     ) -> int:
         """Open a stream for an eyeball request; returns its stream id.
 
@@ -900,7 +902,8 @@ class EdgeTunnelConnection(TunnelHttp2Connection):
         header the tunnel gives meaning to (:func:`~adit.protocol.headers.is_tunnel_internal`):
         the stream's kind is ``request_type`` alone, whatever headers the caller passes. With
         ``serialize_headers`` (connectors announcing the adit feature) the exact header names
-        travel in ``cf-cloudflared-request-headers`` instead of as HTTP/2 headers.
+        travel in ``cf-cloudflared-request-headers`` instead of as HTTP/2 headers (``encoded``:
+        pairs of ``headers`` coded for it already, see ``encode_serialized_headers``).
         """
         stream = self._open_stream(self._new_stream_id())
         # A connector that reads plain HTTP/2 headers (cloudflared) would take an eyeball's
@@ -928,7 +931,7 @@ class EdgeTunnelConnection(TunnelHttp2Connection):
             # The edge's own configuration push (PROTOCOL.md §4.6.1), never an eyeball's.
             h2_headers.append((_PROXY_CONNECTION_UPGRADE, b"update-configuration"))
         if serialize_headers:
-            h2_headers.append((_REQUEST_HEADERS, encode_serialized_headers(clean)))
+            h2_headers.append((_REQUEST_HEADERS, encode_serialized_headers(clean, encoded)))
         else:
             h2_headers.extend(
                 (wire_bytes(name.lower()), wire_bytes(value))

@@ -21,7 +21,7 @@ the reader took, and a slow origin would buffer an upload in memory without boun
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -473,12 +473,13 @@ class EdgeQuicConnection(QuicTunnelConnection):
         request_type: RequestType = RequestType.HTTP,
         serialize_headers: bool = False,
         end_stream: bool = False,
+        encoded: Mapping[tuple[str, str], bytes] | None = None,
     ) -> int:
         """Open a stream for an eyeball request: preamble, ``ConnectRequest``, then the body.
 
         As on HTTP/2 every header the tunnel gives meaning to is dropped: the stream's kind
         is ``request_type`` alone (cloudflared takes it from ``ConnectRequest.type``)."""
-        del serialize_headers  # QUIC metadata carries every name as it is
+        del serialize_headers, encoded  # QUIC metadata carries every name as it is
         if self._terminated:
             raise Http2TunnelError("the connection is closed: no new streams")
         stream_id = self.quic.get_next_available_stream_id()

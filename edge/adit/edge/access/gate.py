@@ -48,6 +48,7 @@ from adit.edge.access.pages import (
 )
 from adit.edge.access.store import AccessStore, AccessTable, secret_digest
 from adit.edge.pages import ErrorPage
+from adit.protocol.headers import serialized_pair
 
 ACCESS_FAILED = ErrorPage(
     500,
@@ -133,9 +134,20 @@ async def login_page(request: FlowRequest, method: str, body: bytes) -> ErrorPag
 
 @dataclass(frozen=True, slots=True)
 class Admitted:
-    """Access let the request through: these headers go to the origin with it."""
+    """Access let the request through: these headers go to the origin with it.
+
+    ``encoded``: the same headers as the tunnel's serialised request headers code them. An
+    admission is remembered for its session's next requests, and its assertion is near a
+    kilobyte: coded once here, not on every request (it lives exactly as long as the token
+    it codes, which the session holds anyway).
+    """
 
     headers: tuple[tuple[str, str], ...]
+    encoded: dict[tuple[str, str], bytes] = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        pieces = {pair: serialized_pair(*pair) for pair in self.headers}
+        object.__setattr__(self, "encoded", pieces)
 
 
 @dataclass(slots=True)
@@ -432,8 +444,10 @@ class AccessGate:
         now: float,
     ) -> ServiceToken | None:
         client_id = _header(headers, b"cf-access-client-id")
+        if not client_id:
+            return None  # the common case: one look at the headers, not two
         secret = _header(headers, b"cf-access-client-secret")
-        if not client_id or secret is None:
+        if secret is None:
             return None
         token = table.tokens.get(client_id.lower())
         # Compared whatever the lookup found, so the time taken does not tell a known client

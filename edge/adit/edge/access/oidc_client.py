@@ -38,13 +38,25 @@ import time
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
 import jwt
 from authlib.common.security import generate_token
 from authlib.oauth2.rfc6749.parameters import prepare_grant_uri, prepare_token_request
 from authlib.oauth2.rfc7636 import create_s256_code_challenge
+
+if TYPE_CHECKING:
+    import httpx
+
+
+def _http_errors() -> type[Exception]:
+    """httpx's base error. httpx is imported when a provider is first asked, not with this
+    module: every `adit edge` command imports the store, which imports this module, and
+    httpx costs a tenth of a second to import."""
+    import httpx
+
+    return httpx.HTTPError
+
 
 __all__ = [
     "FLOW_LIFETIME",
@@ -350,6 +362,8 @@ class OidcClient:
         self._tls: ssl.SSLContext | None = None
 
     def _http(self) -> httpx.AsyncClient:
+        import httpx
+
         if self._tls is None:
             # One context per client, built once: loading a CA store costs milliseconds.
             self._tls = tls_context(self.settings)
@@ -370,7 +384,7 @@ class OidcClient:
                     body += chunk
                     if len(body) > MAX_BODY:
                         raise ProviderUnavailable(f"{url}: the answer is over {MAX_BODY} bytes")
-        except httpx.HTTPError as exc:
+        except _http_errors() as exc:
             raise ProviderUnavailable(
                 f"{url}: {type(exc).__name__}: {exc}{_tls_hint(exc)}"
             ) from None
@@ -452,13 +466,13 @@ class OidcClient:
                 response = await http.post(
                     where,
                     content=body,
-                    auth=httpx.BasicAuth(self.settings.client_id, self.settings.client_secret),
+                    auth=(self.settings.client_id, self.settings.client_secret),
                     headers={
                         "content-type": "application/x-www-form-urlencoded",
                         "accept": "application/json",
                     },
                 )
-        except httpx.HTTPError as exc:
+        except _http_errors() as exc:
             raise ProviderUnavailable(f"{where}: {type(exc).__name__}: {exc}") from None
         try:
             answer = response.json()
