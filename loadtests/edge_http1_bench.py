@@ -13,6 +13,11 @@ headers) → a sans-IO connector that answers every stream with the same 1 KiB r
 back to the eyeball's ``Http1Connection``. ``--concurrency C`` eyeballs each send a request
 before the connector answers them all in one read (as under load). The connector's own CPU is
 measured apart and left out: the figure is the edge's Python per request, no syscalls, no TLS.
+
+``--tunnel --access`` compares that path with the same path through Access: a hostname an
+application guards, with an allow policy, and requests that carry a valid ``CF_Authorization``
+cookie. The two alternate round by round in one process, so a busy machine slows both alike;
+the figure of interest is the ratio (issue 18's goal: at most 1.10).
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ import uuid
 
 import uvloop
 
+from adit.edge.access.decisions import DecisionLog
+from adit.edge.access.gate import AccessGate
 from adit.edge.http1 import BadRequest, Http1Connection, Request
 from adit.edge.public import PublicListener
 from adit.edge.registry import ConnectionRegistry, LiveConnection
@@ -151,18 +158,25 @@ _REQUEST = (
     b"GET /file-1k HTTP/1.1\r\nHost: bench.localhost\r\nUser-Agent: bench/1.0\r\n"
     b"Accept: */*\r\nAccept-Encoding: gzip\r\n\r\n"
 )
+_ACCESS_HOST = "app.bench.test"
 
 
 class _TunnelPath:
     """The edge's public path wired to an in-process connector (see the module docstring)."""
 
-    def __init__(self, concurrency: int) -> None:
+    def __init__(self, concurrency: int, access: bool = False) -> None:
         store = Store(":memory:")
         account = store.create_account("bench")
         tunnel = store.create_tunnel(account.tag, "bench")
         store.route_quick_tunnel(account.tag, tunnel.id, "bench")  # bench.localhost
         registry = ConnectionRegistry()
-        self.listener = PublicListener(store, registry, location="bench", scheme="https")
+        gate = None
+        self.request = _REQUEST
+        if access:
+            gate, self.request = _guarded(store, account.tag, tunnel.id)
+        self.listener = PublicListener(
+            store, registry, location="bench", scheme="https", access=gate
+        )
         self.session = TunnelSession(store, registry, EdgeIdentity("bench"))
         self.session.live = LiveConnection(
             tunnel_id=tunnel.id,
@@ -211,8 +225,9 @@ class _TunnelPath:
 
     async def round(self) -> None:
         """One request on every eyeball connection, answered together."""
+        request = self.request
         for conn, _ in self.eyeballs:
-            conn.data_received(_REQUEST)
+            conn.data_received(request)
         await self.settle()
         self.session.data_received(self.answer())
         await self.settle()
@@ -222,22 +237,62 @@ class _TunnelPath:
                 raise RuntimeError(f"unexpected response {response[:80]!r}")
 
 
-async def _run_tunnel(requests: int, concurrency: int, rounds: int) -> list[float]:
-    path = _TunnelPath(concurrency)
+def _guarded(store: Store, account: str, tunnel_id: uuid.UUID) -> tuple[AccessGate, bytes]:
+    """An application on :data:`_ACCESS_HOST` (routed to the tunnel) with an allow policy,
+    its gate, and a request carrying a session cookie the gate admits."""
+    store.add_zone(account, "bench.test")
+    store.route_hostname(account, tunnel_id, _ACCESS_HOST)
+    app = store.access.create_app(account, {"name": "Bench", "domain": _ACCESS_HOST})
+    store.access.create_policy(
+        account,
+        app.id,
+        {"name": "staff", "decision": "allow", "include": [{"email_domain": {"domain": "a.test"}}]},
+    )
+    gate = AccessGate(store.access, DecisionLog(store.access.db))
+    token = gate.mint_session(app, email="ann@a.test", sub="ann")
+    request = (
+        f"GET /file-1k HTTP/1.1\r\nHost: {_ACCESS_HOST}\r\nUser-Agent: bench/1.0\r\n"
+        f"Accept: */*\r\nAccept-Encoding: gzip\r\nCookie: CF_Authorization={token}\r\n\r\n"
+    ).encode()
+    return gate, request
+
+
+async def _ready(concurrency: int, access: bool) -> _TunnelPath:
+    path = _TunnelPath(concurrency, access)
     await path.settle()
     path.session.data_received(path.answer())  # SETTINGS both ways
     for _ in range(300 // concurrency + 1):
         await path.round()  # warm-up
-    figures = []
+    return path
+
+
+async def _measure(path: _TunnelPath, per_round: int, concurrency: int) -> float:
+    path.connector_cpu = 0.0
+    start = time.process_time()
+    for _ in range(per_round):
+        await path.round()
+    spent = time.process_time() - start - path.connector_cpu
+    return spent / (per_round * concurrency) * 1e6
+
+
+async def _run_tunnel(requests: int, concurrency: int, rounds: int) -> list[float]:
+    path = await _ready(concurrency, access=False)
     per_round = max(1, requests // concurrency)
+    return [await _measure(path, per_round, concurrency) for _ in range(rounds)]
+
+
+async def _run_access(
+    requests: int, concurrency: int, rounds: int
+) -> tuple[list[float], list[float]]:
+    """Rounds of the plain path and of the Access path, alternated."""
+    plain = await _ready(concurrency, access=False)
+    guarded = await _ready(concurrency, access=True)
+    per_round = max(1, requests // concurrency)
+    without, with_access = [], []
     for _ in range(rounds):
-        path.connector_cpu = 0.0
-        start = time.process_time()
-        for _ in range(per_round):
-            await path.round()
-        spent = time.process_time() - start - path.connector_cpu
-        figures.append(spent / (per_round * concurrency) * 1e6)
-    return figures
+        without.append(await _measure(plain, per_round, concurrency))
+        with_access.append(await _measure(guarded, per_round, concurrency))
+    return without, with_access
 
 
 def main() -> None:
@@ -248,7 +303,27 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--tunnel", action="store_true", help="the whole public path")
     parser.add_argument("--concurrency", type=int, default=8, help="with --tunnel")
+    parser.add_argument("--access", action="store_true", help="with --tunnel: Access's cost")
     args = parser.parse_args()
+    if args.tunnel and args.access:
+        without, with_access = uvloop.run(_run_access(args.requests, args.concurrency, args.rounds))
+        plain, guarded = statistics.median(without), statistics.median(with_access)
+        print(
+            json.dumps(
+                {
+                    "requests": args.requests,
+                    "concurrency": args.concurrency,
+                    "rounds": args.rounds,
+                    "plain_us_per_request_median": round(plain, 1),
+                    "access_us_per_request_median": round(guarded, 1),
+                    "ratio": round(guarded / plain, 3),
+                    "ratios_by_round": [
+                        round(b / a, 3) for a, b in zip(without, with_access, strict=True)
+                    ],
+                }
+            )
+        )
+        return
     if args.tunnel:
         figures = uvloop.run(_run_tunnel(args.requests, args.concurrency, args.rounds))
     else:

@@ -101,5 +101,13 @@ def test_tokens_are_bounded_and_foreign_ones_recognised_unverified() -> None:
     assert len(list(session_tokens(many))) == MAX_TOKENS
     header = [(b"cf-access-token", b"h")]
     assert list(session_tokens([*_cookies("c"), *header])) == ["c", "h"]
+    # Only a cookie named exactly CF_Authorization with a value is a token.
+    near = [
+        (
+            b"Cookie",
+            b"XCF_Authorization=x; CF_Authorization=; cf_authorization=y;CF_Authorization=z",
+        )
+    ]
+    assert session_tokens(near) == ["z"]
     assert token_claims_aud("not.a.jwt") == ()
     assert token_claims_aud("garbage") == ()
