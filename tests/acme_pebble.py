@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from harness import Proc, Processes
-from sshd import free_port
+from ports import free_port
 
 PEBBLE = "/usr/bin/pebble"
 

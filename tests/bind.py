@@ -15,13 +15,14 @@ import pwd
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from ports import free_port
 
 NAMED = shutil.which("named") or "/usr/sbin/named"
 DIG = shutil.which("dig") or "/usr/bin/dig"
@@ -84,21 +85,6 @@ class Bind:
                 self.popen.wait(timeout=5)
 
 
-def free_port() -> int:
-    """A port free for both TCP and UDP on 127.0.0.1 (bounded tries)."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-            tcp.bind(("127.0.0.1", 0))
-            port = int(tcp.getsockname()[1])
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-                try:
-                    udp.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-                return port
-    raise AssertionError("no free port for named")
-
-
 def _config(directory: Path, zone: str, port: int, secret: str, other: str) -> str:
     return f"""
 options {{
@@ -140,7 +126,7 @@ def running(zone: str) -> Iterator[Bind]:
     directory = Path(tempfile.mkdtemp(prefix="adit-bind-"))
     secret = base64.b64encode(secrets.token_bytes(32)).decode()
     other = base64.b64encode(secrets.token_bytes(32)).decode()
-    port = free_port()
+    port = free_port("both")
     (directory / "named.conf").write_text(_config(directory, zone, port, secret, other))
     (directory / f"{zone}.zone").write_text(_zone_file(zone))
     argv = [NAMED, "-g", "-c", str(directory / "named.conf"), "-n", "1"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import random
 import shutil
 import socket
 import subprocess
@@ -12,26 +11,7 @@ from pathlib import Path
 import pytest
 
 from harness import Processes
-
-#: Where :func:`free_port` looks: below Linux's ephemeral range (32768-60999), so that a port
-#: chosen now and bound later (a module's fixture binds it once per test) is not taken
-#: meanwhile as the source port of some other test's outgoing connection.
-_PLANNED_PORTS = (20000, 32000)
-
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 just now, outside the ephemeral range."""
-    for _ in range(100):
-        port = random.randrange(*_PLANNED_PORTS)
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from ports import free_port
 
 
 def wait_port(port: int, timeout: float = 15.0) -> None:

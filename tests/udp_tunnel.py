@@ -23,6 +23,7 @@ from adit.edge.quic_listener import QuicTunnelSession
 from adit.edge.server import EdgeServer, EdgeSettings
 from adit.edge.store import Account, Tunnel
 from adit.edge.udp_flows import UdpFlow, UdpFlowClosed
+from ports import free_port
 
 LOOPBACK = ipaddress.IPv4Address("127.0.0.1")
 
@@ -113,12 +114,8 @@ async def udp_echo() -> AsyncIterator[tuple[int, _Echo]]:
 
 
 def free_udp_port() -> int:
-    """A UDP port on 127.0.0.1 that nobody listens on (bound, then released)."""
-    import socket
-
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+    """A UDP port on 127.0.0.1 that nobody listens on (:func:`ports.free_port`)."""
+    return free_port("udp")
 
 
 @dataclass

@@ -37,7 +37,8 @@ from harness import (
     start_edge,
     write_config,
 )
-from sshd import Sshd, free_port
+from ports import free_port
+from sshd import Sshd
 
 pytestmark = [pytest.mark.process, pytest.mark.timeout(420)]
 

@@ -40,7 +40,7 @@ from adit.edge.access.login_page import (
 )
 from adit.edge.access.oidc_client import OidcClient, OidcError, OidcSettings
 from adit.edge.access.pin import PinBook, PinLocked, PinMailer, PinResult, SmtpSettings
-from sshd import free_port
+from ports import free_port
 
 APP = "Test App"
 LOGIN_COOKIE = "CF_AccessLogin"

@@ -16,7 +16,7 @@ from typing import Any
 from aiosmtpd.controller import Controller
 
 from access_support.pki import ServiceCa
-from sshd import free_port
+from ports import free_port
 
 
 @dataclass

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import base64
 import re
-import socket
 from pathlib import Path
 
 import pytest
@@ -31,6 +30,7 @@ from adversary import (
     status_of,
 )
 from harness import Account, Edge, Processes, Tunnel, create_tunnel, write_config
+from ports import free_port
 
 pytestmark = pytest.mark.process
 
@@ -146,8 +146,7 @@ def test_a_response_that_cannot_be_delivered_gets_a_502_page(
 
 
 def _closed_port() -> int:
-    with socket.create_server(("127.0.0.1", 0)) as sock:
-        return int(sock.getsockname()[1])
+    return free_port()
 
 
 def test_the_502_page_names_the_reason_and_the_ray_not_the_inside(

@@ -25,7 +25,8 @@ from harness import (
     start_edge,
     write_config,
 )
-from sshd import Sshd, free_port, need, wait_port
+from ports import free_port
+from sshd import Sshd, need, wait_port
 
 pytestmark = pytest.mark.process
 

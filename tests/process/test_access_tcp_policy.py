@@ -23,7 +23,7 @@ from harness import (
     start_connector,
     write_config,
 )
-from sshd import free_port
+from ports import free_port
 
 pytestmark = [pytest.mark.process, pytest.mark.timeout(120)]
 

@@ -37,6 +37,7 @@ from harness import (
     start_edge,
     write_config,
 )
+from ports import free_port
 
 pytestmark = pytest.mark.process
 
@@ -142,9 +143,7 @@ def _websocket(edge: Edge) -> None:
 
 
 def _tcp(processes: Processes, edge: Edge) -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        listen_port = int(probe.getsockname()[1])
+    listen_port = free_port()
     processes.start(
         "access",
         [

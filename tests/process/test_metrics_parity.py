@@ -48,6 +48,7 @@ from harness import (
     start_edge,
     write_config,
 )
+from ports import free_port
 
 pytestmark = pytest.mark.process
 
@@ -202,9 +203,7 @@ def _setup(account: Account, tmp_path: Path, origin: Origin, ws_origin: int, ech
 
 
 def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+    return free_port()
 
 
 def _tcp_through_rule(processes: Processes, edge: Edge) -> None:

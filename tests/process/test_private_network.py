@@ -40,7 +40,8 @@ from harness import (
     start_connector,
     write_config,
 )
-from sshd import Sshd, free_port
+from ports import free_port
+from sshd import Sshd
 
 pytestmark = pytest.mark.process
 
@@ -494,9 +495,7 @@ def _udp_access(processes: Processes, account: Account, destination: str, name: 
 
 def free_udp_port() -> int:
     """A UDP port free on 127.0.0.1 just now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    return free_port("udp")
 
 
 def _echo_many(port: int) -> tuple[int, int]:

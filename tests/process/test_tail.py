@@ -40,7 +40,7 @@ from harness import (
     start_edge,
     write_config,
 )
-from sshd import free_port
+from ports import free_port
 
 pytestmark = pytest.mark.process
 

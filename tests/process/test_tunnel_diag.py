@@ -11,7 +11,6 @@ import base64
 import json
 import os
 import re
-import socket
 import subprocess
 import time
 import urllib.request
@@ -35,6 +34,7 @@ from harness import (
     start_connector,
     write_config,
 )
+from ports import free_port
 
 pytestmark = pytest.mark.process
 
@@ -76,9 +76,7 @@ def _adit(
 
 
 def _closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    return free_port()
 
 
 def _unzip(directory: Path) -> dict[str, bytes]:

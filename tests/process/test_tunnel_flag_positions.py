@@ -25,7 +25,7 @@ from harness import (
     run_cli,
     write_config,
 )
-from sshd import free_port
+from ports import free_port
 
 pytestmark = pytest.mark.process
 

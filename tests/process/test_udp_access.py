@@ -38,6 +38,7 @@ from harness import (
     start_edge,
     write_config,
 )
+from ports import free_port
 
 pytestmark = pytest.mark.process
 
@@ -100,9 +101,7 @@ def _tunnel(account: Account, tmp_path: Path) -> tuple[Tunnel, Path]:
 
 
 def _free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    return free_port("udp")
 
 
 def _access(

@@ -43,7 +43,7 @@ from adit.edge.access.pin import (
     PinResult,
     SmtpSettings,
 )
-from sshd import free_port
+from ports import free_port
 
 # --- one-time PIN -------------------------------------------------------------------------
 

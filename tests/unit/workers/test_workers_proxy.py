@@ -31,6 +31,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from websockets.asyncio.server import ServerConnection, serve
 
+import ports
 from adit.config.origin import (
     BastionService,
     HelloWorldService,
@@ -323,9 +324,7 @@ async def proxy_for_test(
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    return ports.free_port()
 
 
 def blob(size: int) -> bytes:
