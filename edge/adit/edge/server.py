@@ -512,8 +512,6 @@ class EdgeServer:
         socket is read once the predecessor no longer does (two readers lose each other's
         packets): :meth:`start_inherited_quic`."""
         loop = asyncio.get_running_loop()
-        config = self._quic_config
-        assert config is not None
         # A client address is admitted (its dial rate) before any TLS work is done.
         gated = self._gated(
             f"tunnel:{index}",
@@ -536,14 +534,7 @@ class EdgeServer:
         host, port = _listen_address(_bound(gated)[0])
         try:
             _, listener = await loop.create_datagram_endpoint(
-                lambda: QuicListener(
-                    config,
-                    self._new_quic_session,
-                    max_connections=TUNNEL_MAX_HANDSHAKES,
-                    max_connections_per_ip=int(self.settings.tunnel_dial_rates.burst),
-                ),
-                local_addr=(host, port),
-                reuse_port=False,
+                self._quic_listener, local_addr=(host, port), reuse_port=False
             )
         except OSError as exc:
             if not _address_in_use(exc) or _listen_address(address)[1] != 0:
@@ -551,6 +542,17 @@ class EdgeServer:
             return gated, False
         self._listed_quic(index, listener)
         return gated, True
+
+    def _quic_listener(self) -> QuicListener:
+        """A tunnel listener's QUIC protocol (on a new or an inherited UDP socket)."""
+        config = self._quic_config
+        assert config is not None
+        return QuicListener(
+            config,
+            self._new_quic_session,
+            max_connections=TUNNEL_MAX_HANDSHAKES,
+            max_connections_per_ip=int(self.settings.tunnel_dial_rates.burst),
+        )
 
     def _listed_quic(self, index: int, listener: QuicListener) -> None:
         self.quic_listeners.append(listener)
@@ -562,18 +564,8 @@ class EdgeServer:
         """Read the UDP sockets a predecessor handed over (it reads them no more); what
         belongs to its QUIC connections is relayed to it."""
         loop = asyncio.get_running_loop()
-        config = self._quic_config
-        assert config is not None
         for index, sock, relay in self._quic_inherited:
-            _, listener = await loop.create_datagram_endpoint(
-                lambda: QuicListener(
-                    config,
-                    self._new_quic_session,
-                    max_connections=TUNNEL_MAX_HANDSHAKES,
-                    max_connections_per_ip=int(self.settings.tunnel_dial_rates.burst),
-                ),
-                sock=sock,
-            )
+            _, listener = await loop.create_datagram_endpoint(self._quic_listener, sock=sock)
             if relay is not None:
                 listener.stray = RelaySender(relay)
             self._listed_quic(index, listener)
