@@ -487,18 +487,15 @@ class EdgeServer:
         """
         refused: list[GatedListener] = []
         try:
-            for attempt in range(PORT_ZERO_TRIES):
+            for _ in range(PORT_ZERO_TRIES):
                 gated, paired = await self._bind_tunnel_once(index, address, context)
                 if paired:
                     return _bound(gated)
                 refused.append(gated)
-                if attempt + 1 == PORT_ZERO_TRIES:
-                    raise OSError(
-                        errno.EADDRINUSE,
-                        f"no port free for both TCP and UDP at {address} "
-                        f"in {PORT_ZERO_TRIES} tries",
-                    )
-            raise AssertionError("unreachable: the last try raises")
+            raise OSError(
+                errno.EADDRINUSE,
+                f"no port free for both TCP and UDP at {address} in {PORT_ZERO_TRIES} tries",
+            )
         finally:
             for gated in refused:
                 gated.close()
