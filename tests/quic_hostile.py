@@ -341,6 +341,13 @@ class HostileQuic:
         self.consume = True
         #: A Retry packet came before the handshake.
         self.retried = False
+        #: Move to the first connection id the edge issues as soon as it comes, before
+        #: answering anything (RFC 9000 §5.1.1 allows it), and lose every packet between the
+        #: handshake's last one and that move (as a lossy path may): after the handshake the
+        #: edge receives nothing addressed to the ids it knew then.
+        self.switch_at_once = False
+        self.switched = asyncio.Event()
+        self._finished_sent = False
         self._vanished = False
         self._registration: asyncio.Future[object] | None = None
         self._transport: asyncio.DatagramTransport | None = None
@@ -405,9 +412,13 @@ class HostileQuic:
         if transport is None or transport.is_closing() or self._vanished:
             return
         loop = asyncio.get_running_loop()
+        lost = self.switch_at_once and self._finished_sent and not self.switched.is_set()
         for data, addr in self.quic.datagrams_to_send(now=loop.time()):
-            with contextlib.suppress(OSError):
-                transport.sendto(data, addr)
+            if not lost:
+                with contextlib.suppress(OSError):
+                    transport.sendto(data, addr)
+        if self.handshake.is_set():
+            self._finished_sent = True
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -481,6 +492,9 @@ class HostileQuic:
         if not self.handshake.is_set() and packet_type(data) is QuicPacketType.RETRY:
             self.retried = True
         self.quic.receive_datagram(data, addr, now=asyncio.get_running_loop().time())
+        if self.switch_at_once and not self.switched.is_set() and self.quic._peer_cid_available:
+            self.quic.change_connection_id()
+            self.switched.set()
         self._events()
         self.flush()
 

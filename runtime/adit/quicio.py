@@ -225,8 +225,15 @@ class QuicIO(TunnelIO[Any]):
             return
         now = self._loop.time()
         send = self._send
-        for data, addr in self.conn.datagrams_to_send(now):
+        conn = self.conn
+        for data, addr in conn.datagrams_to_send(now):
             send(data, addr)
+        if conn.events_pending:
+            # Made while building packets (only ConnectionIdIssued): an id issued is routed
+            # before the peer can have it, since the peer may use it at once and send nothing
+            # else (not at our next read or timer). No after_read: no read happened.
+            for event in conn.take_events():
+                self.dispatch(event)  # type: ignore[arg-type]
         self._arm_timer()
         # QUIC has no "buffer drained" event: writers waiting for room are told here.
         if self._writing:

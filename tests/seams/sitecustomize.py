@@ -61,8 +61,8 @@ if os.environ.get("ADIT_TEST_METRICS_ADDRESSES") is not None:
 
 
 def _install_quic_state(path: Path) -> None:
-    # The edge's listeners are remembered as they are made (weakly), read on SIGUSR1 in the
-    # main thread between two callbacks of its loop, so never while they change.
+    # The edge's listeners are remembered as they are made (weakly), read after SIGUSR1 by a
+    # callback of the edge's loop, so never while they change.
     from adit.edge.quic_listener import QuicListener
 
     listeners: weakref.WeakSet[QuicListener] = weakref.WeakSet()
@@ -75,6 +75,18 @@ def _install_quic_state(path: Path) -> None:
     QuicListener.__init__ = remembered  # type: ignore[method-assign]
 
     def dump(_signum: int, _frame: object) -> None:
+        # A Python signal handler runs between two bytecodes, maybe inside a callback that is
+        # changing the listener: the state is read by a callback of the loop of its own.
+        import asyncio
+
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            write()
+        else:
+            loop.call_soon_threadsafe(write)
+
+    def write() -> None:
         total: dict[str, Any] = {
             "sessions": 0,
             "unregistered": 0,

@@ -462,6 +462,12 @@ class TunnelQuicConnection(QuicConnection):
         for epoch, space in self._spaces.items():
             space.received_packets = _DuplicateCountingWindow(counters, _PACKET_TYPES[epoch])
 
+    @property
+    def events_pending(self) -> bool:
+        """Events wait to be taken (building packets makes some: a NEW_CONNECTION_ID written
+        is a ``ConnectionIdIssued``)."""
+        return bool(self._events)
+
     def next_event(self) -> events.QuicEvent | None:
         """aioquic's next event; a strict client refused during the handshake is told why."""
         event = super().next_event()

@@ -288,8 +288,13 @@ class QuicTunnelConnection:
         """UDP datagrams to send now."""
         return self.quic.datagrams_to_send(now=now)
 
+    @property
+    def events_pending(self) -> bool:
+        """Sending made events (see :meth:`take_events`)."""
+        return self.quic.events_pending
+
     def take_events(self) -> list[QuicEvent]:
-        """Events produced outside a read (``initiate`` of the connector)."""
+        """Events produced outside a read (``initiate`` of the connector, packets built)."""
         return self._drain()
 
     # -- events -------------------------------------------------------------------------------
