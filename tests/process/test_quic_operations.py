@@ -79,6 +79,10 @@ class RequestLoop:
         self.ok = 0
         self.failures: list[str] = []
         self._lock = threading.Lock()
+        # Requests in flight, and whether between_requests holds new ones back.
+        self._idle = threading.Condition()
+        self._in_flight = 0
+        self._held = False
         self._threads = [threading.Thread(target=self._run, args=(t,)) for t in range(threads)]
 
     def _run(self, number: int) -> None:
@@ -86,6 +90,9 @@ class RequestLoop:
             if self.stop.is_set():
                 return
             path = f"/loop/{number}/{n}"
+            with self._idle:
+                self._idle.wait_for(lambda: not self._held, timeout=30)
+                self._in_flight += 1
             try:
                 reply = request(self.edge, self.host, path=path, timeout=15)
             except (OSError, http.client.HTTPException) as exc:
@@ -93,6 +100,10 @@ class RequestLoop:
             else:
                 good = reply.status == 200 and reply.body == f"hello {path}".encode()
                 outcome = "" if good else f"{path}: {reply.status} {reply.body[:200]!r}"
+            finally:
+                with self._idle:
+                    self._in_flight -= 1
+                    self._idle.notify_all()
             with self._lock:
                 if outcome:
                     self.failures.append(outcome)
@@ -104,6 +115,19 @@ class RequestLoop:
     def done(self) -> int:
         with self._lock:
             return self.ok + len(self.failures)
+
+    @contextlib.contextmanager
+    def between_requests(self) -> Iterator[None]:
+        """While no request is in flight (none starts meanwhile)."""
+        with self._idle:
+            self._held = True
+            self._idle.wait_for(lambda: self._in_flight == 0, timeout=30)
+        try:
+            yield
+        finally:
+            with self._idle:
+                self._held = False
+                self._idle.notify_all()
 
     def wait_more(self, count: int, timeout: float = 20.0) -> None:
         """Until ``count`` more requests have completed (bounded)."""
@@ -299,13 +323,15 @@ def test_reload_killed_worker_and_drain_over_quic(
 
     # 2. kill -9 of a worker under load: replaced, registered again over QUIC, nothing fails
     # (the other worker's connection serves meanwhile). The load of the HTTP/2 test: over
-    # either transport a request the killed worker had begun to answer is lost with it. Over
-    # QUIC nothing tells the edge at once that the worker is gone (no reset as with TCP):
-    # what it routes there meanwhile, unacknowledged, goes over the other connection.
+    # either transport a request the killed worker had begun to answer is lost with it, so
+    # the kill comes between two requests (the CI once killed it amid one: a 502). Over QUIC
+    # nothing tells the edge at once that the worker is gone (no reset as with TCP): what it
+    # routes there meanwhile, unacknowledged, goes over the other connection.
     pids = worker_pids(proc)
     with RequestLoop(edge, threads=1, interval=0.03) as loop:
         loop.wait_more(20)
-        psutil.Process(pids[1]).kill()
+        with loop.between_requests():
+            psutil.Process(pids[1]).kill()
         wait_until(lambda: worker_pids(proc)[1] != pids[1], timeout=10)
         wait_until(lambda: ready_connections(port) == 2, timeout=15)
         loop.wait_more(20)

@@ -26,6 +26,7 @@ __all__ = ["COOKIE", "MAX_TOKENS", "cookie_path", "session_tokens", "token_claim
 
 COOKIE: Final = "CF_Authorization"
 _COOKIE_PREFIX: Final = b"CF_Authorization="
+_PREFIX_LENGTH: Final = len(_COOKIE_PREFIX)
 #: The most session tokens looked at in one request (a browser has one per application
 #: covering the path: a handful); the rest are ignored.
 MAX_TOKENS: Final = 8
@@ -41,21 +42,15 @@ def session_tokens(headers: Sequence[tuple[bytes, bytes]]) -> list[str]:
     ``CF_Authorization`` cookie value, then the ``cf-access-token`` header; at most
     :data:`MAX_TOKENS`.
 
-    On every request through Access: the cookie header is taken apart as bytes and only
-    the tokens are decoded (a browser's cookie header is often a kilobyte or more)."""
+    On every request through Access: the cookie header is searched, not split into its
+    pieces (a browser's is often a kilobyte or more), and only the tokens are decoded."""
     tokens: list[str] = []
     header: bytes | None = None
     for raw, value in headers:
         size = len(raw)
         if size == 6 and raw.lower() == b"cookie":
-            if _COOKIE_PREFIX not in value:
-                continue
-            for piece in value.split(b";"):
-                part = piece.strip()
-                if part.startswith(_COOKIE_PREFIX) and len(part) > len(_COOKIE_PREFIX):
-                    tokens.append(part[len(_COOKIE_PREFIX) :].decode("latin-1"))
-                    if len(tokens) >= MAX_TOKENS:
-                        return tokens
+            if _cookie_tokens(value, tokens):
+                return tokens
         elif size == 15 and header is None and raw.lower() == b"cf-access-token":
             header = value
     if header is not None:
@@ -63,6 +58,29 @@ def session_tokens(headers: Sequence[tuple[bytes, bytes]]) -> list[str]:
         if token:
             tokens.append(token)
     return tokens
+
+
+def _cookie_tokens(value: bytes, tokens: list[str]) -> bool:
+    """Adds the ``CF_Authorization`` values of one cookie header to ``tokens``; whether
+    :data:`MAX_TOKENS` is reached. A pair is ``name=value`` between semicolons, with
+    whitespace around it (RFC 6265 §5.2); the name is matched only at a pair's start."""
+    find = value.find
+    at = find(_COOKIE_PREFIX)
+    while at >= 0:
+        if at and value[value.rfind(b";", 0, at) + 1 : at].strip():
+            at = find(_COOKIE_PREFIX, at + 1)  # inside another pair ("x=CF_Authorization=")
+            continue
+        start = at + _PREFIX_LENGTH
+        end = find(b";", start)
+        token = (value[start:] if end < 0 else value[start:end]).rstrip()
+        if token:
+            tokens.append(token.decode("latin-1"))
+            if len(tokens) >= MAX_TOKENS:
+                return True
+        if end < 0:
+            return False
+        at = find(_COOKIE_PREFIX, end)
+    return False
 
 
 def token_claims_aud(token: str) -> tuple[str, ...]:
