@@ -134,6 +134,8 @@ class Http2Connection(asyncio.Protocol):
         self._loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.client_ip = ""
+        #: The cookie headers Access read on this connection (a browser repeats them).
+        self.access_cookies: dict[bytes, tuple[str, ...]] = {}
         #: When the connection's own wait expires: the preface and first request, or the
         #: next request while no stream is open.
         self._wait_until = math.inf
@@ -341,7 +343,9 @@ class Http2Connection(asyncio.Protocol):
         decided again there, and only that decision is logged)."""
         listener = self._listener
         ray = listener._ray()
-        opened = listener.open_stream(request, self.client_ip, ray, log_refusal=False)
+        opened = listener.open_stream(
+            request, self.client_ip, ray, log_refusal=False, cookies=self.access_cookies
+        )
         if isinstance(opened, tuple):
             return False
         tunnel = opened.stream
@@ -466,13 +470,15 @@ class Http2Connection(asyncio.Protocol):
                     return
                 # WebSocket over HTTP/2 (RFC 8441): forwarded as the HTTP/1.1 upgrade.
                 request = websocket_request(request, secrets.token_bytes(16))
-            opened = listener.open_stream(request, self.client_ip, ray)
+            opened = listener.open_stream(request, self.client_ip, ray, cookies=self.access_cookies)
             if (
                 isinstance(opened, tuple)
                 and opened[0] is TUNNEL_DOWN
                 and await listener.tunnel_moved(opened[1])
             ):
-                opened = listener.open_stream(request, self.client_ip, ray)
+                opened = listener.open_stream(
+                    request, self.client_ip, ray, cookies=self.access_cookies
+                )
             if isinstance(opened, tuple):
                 page, host = opened
                 if isinstance(page, FlowRequest):

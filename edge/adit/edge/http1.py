@@ -204,6 +204,8 @@ class Http1Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         #: The client's address ("" when the transport has none).
         self.client_ip = ""
+        #: The cookie headers Access read on this connection (a browser repeats them).
+        self.access_cookies: dict[bytes, tuple[str, ...]] = {}
         #: The task serving this connection (done once it is closed).
         self.serving: asyncio.Task[None] | None = None
         self._loop = asyncio.get_running_loop()

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from random import getrandbits
 
+from adit.edge.access.app_cookies import CookieMemo
 from adit.edge.access.gate import FLOW_BODY_TOO_LARGE, MAX_FLOW_BODY, AccessGate, FlowRequest
 from adit.edge.acme_challenges import CHALLENGE_PATH
 from adit.edge.h2_public import AlpnSwitch
@@ -180,7 +181,9 @@ class PublicListener:
         """
         # A refusal on the fast path is answered by the task, which decides again: only
         # that decision goes to the access log (with the Ray ID the visitor is shown).
-        opened = self.open_stream(request, conn.client_ip, ray, log_refusal=not fast)
+        opened = self.open_stream(
+            request, conn.client_ip, ray, log_refusal=not fast, cookies=conn.access_cookies
+        )
         if isinstance(opened, tuple):
             return opened
         exchange = _Exchange(self, conn, request, opened.stream, opened.host, ray, opened.websocket)
@@ -190,10 +193,17 @@ class PublicListener:
         return exchange
 
     def open_stream(
-        self, request: Request, client_ip: str, ray: str, *, log_refusal: bool = True
+        self,
+        request: Request,
+        client_ip: str,
+        ray: str,
+        *,
+        log_refusal: bool = True,
+        cookies: CookieMemo | None = None,
     ) -> Opened | tuple[ErrorPage, str]:
         """Route ``request`` (from either HTTP version) and open its tunnel stream, or the
-        page that says why not (and the hostname it names)."""
+        page that says why not (and the hostname it names). ``cookies``: the visitor
+        connection's (Access reads its session cookie from it)."""
         try:
             target = _target(request)
         except BadRequestTarget as exc:
@@ -223,7 +233,13 @@ class PublicListener:
             access = self.access
             if access is not None:
                 verdict = access.check(
-                    host, target.path, request.headers, client_ip, ray, log_refusal=log_refusal
+                    host,
+                    target.path,
+                    request.headers,
+                    client_ip,
+                    ray,
+                    log_refusal=log_refusal,
+                    cookies=cookies,
                 )
                 if isinstance(verdict, FlowRequest):
                     # The login flow: answered by the edge itself, never forwarded.

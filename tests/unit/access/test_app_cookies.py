@@ -9,7 +9,12 @@ from collections.abc import Iterator
 
 import pytest
 
-from adit.edge.access.app_cookies import MAX_TOKENS, session_tokens, token_claims_aud
+from adit.edge.access.app_cookies import (
+    MAX_REMEMBERED,
+    MAX_TOKENS,
+    session_tokens,
+    token_claims_aud,
+)
 from adit.edge.access.decisions import DecisionLog
 from adit.edge.access.gate import ASSERTION, AccessGate, Admitted, FlowRequest
 from adit.edge.access.model import Application
@@ -111,3 +116,24 @@ def test_tokens_are_bounded_and_foreign_ones_recognised_unverified() -> None:
     assert session_tokens(near) == ["z"]
     assert token_claims_aud("not.a.jwt") == ()
     assert token_claims_aud("garbage") == ()
+
+
+def test_a_connections_memo_gives_the_tokens_of_each_cookie_header_it_holds() -> None:
+    """A visitor connection remembers its cookie headers' tokens (a browser repeats them): the
+    same token objects come back for the same bytes, and anything else is read afresh (a
+    visitor who signs in as someone else on the same connection gets the new session)."""
+    memo: dict[bytes, tuple[str, ...]] = {}
+    first = session_tokens([(b"Cookie", b"a=1; CF_Authorization=one")], memo)
+    again = session_tokens([(b"cookie", bytes(bytearray(b"a=1; CF_Authorization=one")))], memo)
+    assert first == again == ["one"] and first[0] is again[0]
+    assert session_tokens([(b"Cookie", b"CF_Authorization=two")], memo) == ["two"]
+    # HTTP/2 browsers split the cookie into one header per pair: each is remembered.
+    crumbs = [(b"cookie", b"a=1"), (b"cookie", b"CF_Authorization=three")]
+    assert session_tokens([*crumbs, (b"cf-access-token", b"h")], memo) == ["three", "h"]
+    # Bounded: a connection sending ever new cookies keeps at most a few of them.
+    for n in range(100):
+        session_tokens([(b"Cookie", f"CF_Authorization=t{n}".encode())], memo)
+        assert len(memo) <= MAX_REMEMBERED
+    many = _cookies(*(f"t{i}" for i in range(MAX_TOKENS + 5)))
+    assert session_tokens(many, memo) == session_tokens(many)
+    assert len(session_tokens(many, memo)) == MAX_TOKENS

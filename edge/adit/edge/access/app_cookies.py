@@ -22,7 +22,14 @@ import json
 from collections.abc import Sequence
 from typing import Final
 
-__all__ = ["COOKIE", "MAX_TOKENS", "cookie_path", "session_tokens", "token_claims_aud"]
+__all__ = [
+    "COOKIE",
+    "MAX_TOKENS",
+    "CookieMemo",
+    "cookie_path",
+    "session_tokens",
+    "token_claims_aud",
+]
 
 COOKIE: Final = "CF_Authorization"
 _COOKIE_PREFIX: Final = b"CF_Authorization="
@@ -37,20 +44,42 @@ def cookie_path(app_path: str) -> str:
     return app_path or "/"
 
 
-def session_tokens(headers: Sequence[tuple[bytes, bytes]]) -> list[str]:
+#: What one visitor connection's cookie headers held: a browser sends the same ones with
+#: every request on it. Bounded (:data:`MAX_REMEMBERED`); kept as long as the connection.
+CookieMemo = dict[bytes, tuple[str, ...]]
+MAX_REMEMBERED: Final = 8
+
+
+def session_tokens(
+    headers: Sequence[tuple[bytes, bytes]], memo: CookieMemo | None = None
+) -> list[str]:
     """The request's session tokens in the order the client sent them: every
     ``CF_Authorization`` cookie value, then the ``cf-access-token`` header; at most
     :data:`MAX_TOKENS`.
 
     On every request through Access: the cookie header is searched, not split into its
-    pieces (a browser's is often a kilobyte or more), and only the tokens are decoded."""
+    pieces (a browser's is often a kilobyte or more), and only the tokens are decoded. With
+    ``memo`` (its connection's), a cookie header seen before gives the same token objects
+    again: no kilobyte copied and decoded, and their hash (the gate's session key) kept."""
     tokens: list[str] = []
     header: bytes | None = None
     for raw, value in headers:
         size = len(raw)
         if size == 6 and raw.lower() == b"cookie":
-            if _cookie_tokens(value, tokens):
-                return tokens
+            if memo is None:
+                if _cookie_tokens(value, tokens):
+                    return tokens
+                continue
+            found = memo.get(value)
+            if found is None:
+                crumbs: list[str] = []
+                _cookie_tokens(value, crumbs)
+                if len(memo) >= MAX_REMEMBERED:
+                    memo.clear()
+                found = memo[value] = tuple(crumbs)
+            tokens += found
+            if len(tokens) >= MAX_TOKENS:
+                return tokens[:MAX_TOKENS]
         elif size == 15 and header is None and raw.lower() == b"cf-access-token":
             header = value
     if header is not None:

@@ -33,7 +33,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
-from adit.edge.access.app_cookies import session_tokens, token_claims_aud
+from adit.edge.access.app_cookies import CookieMemo, session_tokens, token_claims_aud
 from adit.edge.access.decisions import DecisionLog, Entry
 from adit.edge.access.engine import Decision, Subject, evaluate
 from adit.edge.access.jwt_keys import InvalidToken, SigningKey, key_set, verify
@@ -212,16 +212,18 @@ class AccessGate:
         ray: str,
         *,
         log_refusal: bool = True,
+        cookies: CookieMemo | None = None,
     ) -> Admitted | ErrorPage | None:
         """The verdict for a request to ``host`` ``path`` (None: no application guards it).
 
         ``log_refusal=False``: a refusal is not logged (the caller asks again, and answers,
-        elsewhere: HTTP/1.1's fast path hands refusals to its task).
+        elsewhere: HTTP/1.1's fast path hands refusals to its task). ``cookies``: the
+        visitor connection's memo of its cookie headers (see :func:`session_tokens`).
 
         Never raises: a failure to decide (a bug, a store that cannot be read) refuses the
         request with a 500 page (fail closed) and is logged with the Ray ID."""
         try:
-            return self._check(host, path, headers, client_ip, ray, log_refusal)
+            return self._check(host, path, headers, client_ip, ray, log_refusal, cookies)
         except Exception:
             log.exception("access: no decision for %s ray=%s", host, ray)
             return ACCESS_FAILED
@@ -234,6 +236,7 @@ class AccessGate:
         client_ip: str,
         ray: str,
         log_refusal: bool,
+        cookies: CookieMemo | None = None,
     ) -> Admitted | ErrorPage | None:
         table = self._store.table()
         if not table.apps and not table.team_hosts:
@@ -258,7 +261,7 @@ class AccessGate:
             return self._flow(app, host, path, headers, client_ip, ray, mount)
         if self.client_address is not None:
             client_ip = self.client_address(client_ip, headers)
-        return self._decide(table, app, host, path, headers, client_ip, ray, log_refusal)
+        return self._decide(table, app, host, path, headers, client_ip, ray, log_refusal, cookies)
 
     def _flow(
         self,
@@ -298,9 +301,10 @@ class AccessGate:
         client_ip: str,
         ray: str,
         log_refusal: bool,
+        cookies: CookieMemo | None,
     ) -> Admitted | ErrorPage:
         now = self._clock()
-        token, session = self._app_session(table, app, headers, now)
+        token, session = self._app_session(table, app, headers, now, cookies)
         service = self._service_token(table, app, headers, now)
         if session is not None and service is None:
             # The session's next request from the same address: decided already.
@@ -351,12 +355,13 @@ class AccessGate:
         app: Application,
         headers: Sequence[tuple[bytes, bytes]],
         now: float,
+        cookies: CookieMemo | None = None,
     ) -> tuple[str | None, _Session | None]:
         """The request's session for ``app`` and its token: the first of its
         ``CF_Authorization`` cookies (a browser sends one per application whose path covers
         the request) or ``cf-access-token`` header that is a live session of this
         application; a token for another application is skipped before any signature check."""
-        for token in session_tokens(headers):
+        for token in session_tokens(headers, cookies):
             if token not in self._sessions and app.aud not in token_claims_aud(token):
                 continue
             session = self._session(table, app, token, now)
