@@ -14,6 +14,7 @@ one edge, connector and origin per test (each test's decisions are its own).
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import re
@@ -234,10 +235,27 @@ def test_de_user_of_example_com_signs_in_and_the_origin_gets_a_verifiable_assert
         page.goto(site.url(f"/cdn-cgi/access/login/{HOST}?redirect_url=%2Fagain"))
         assert page.url == site.url("/again")
 
+        # A copy of the cookie in use on a keep-alive connection (what the edge remembers for
+        # a connection must end with the session too).
+        address, port = site.edge.http.rsplit(":", 1)
+        kept = http.client.HTTPConnection(address, int(port), timeout=30)
+        stolen = [
+            ("Host", HOST),
+            ("X-Forwarded-For", DE),
+            ("Cookie", f"CF_Authorization={cookie['value']}"),
+        ]
+        assert _get(kept, "/private", stolen) == 200
+        assert _get(kept, "/private", stolen) == 200
+
         # Logout ends the session: the old cookie, copied into a new browser, is refused.
         page.goto(site.url("/cdn-cgi/access/logout"))
         assert "Signed out" in page.inner_text("body")
         assert not [c for c in context.cookies() if c["name"] == "CF_Authorization"]
+        # And on the connection that used it a moment ago.
+        seen_kept = len(site.origin.seen_headers)
+        assert _get(kept, "/private", stolen) == 401
+        assert len(site.origin.seen_headers) == seen_kept
+        kept.close()
     finally:
         context.close()
     seen_before = len(site.origin.seen_headers)
@@ -579,3 +597,15 @@ def test_cli_login_hands_the_token_over_once_and_token_and_curl_use_it(
     )
     assert refused.returncode != 0
     assert "Please run login command to generate token" in refused.stderr
+
+
+def _get(conn: http.client.HTTPConnection, path: str, headers: list[tuple[str, str]]) -> int:
+    """One GET on a kept connection (keep-alive: the next one goes on the same connection)."""
+    conn.putrequest("GET", path, skip_host=True, skip_accept_encoding=True)
+    for name, value in headers:
+        conn.putheader(name, value)
+    conn.endheaders()
+    response = conn.getresponse()
+    response.read()
+    assert not response.will_close, "the edge closed the kept connection"
+    return response.status

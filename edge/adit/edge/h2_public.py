@@ -29,7 +29,7 @@ from collections import deque
 from collections.abc import Coroutine, Sequence
 from typing import TYPE_CHECKING, cast
 
-from adit.edge.access.gate import FLOW_BODY_TOO_LARGE, MAX_FLOW_BODY, FlowRequest
+from adit.edge.access.gate import FLOW_BODY_TOO_LARGE, MAX_FLOW_BODY, ConnectionMemo, FlowRequest
 from adit.edge.h2_visitor import (
     Closed,
     RequestBody,
@@ -134,8 +134,8 @@ class Http2Connection(asyncio.Protocol):
         self._loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.client_ip = ""
-        #: The cookie headers Access read on this connection (a browser repeats them).
-        self.access_cookies: dict[bytes, tuple[str, ...]] = {}
+        #: What Access remembers for this connection (made at its first use).
+        self.access_memo: ConnectionMemo | None = None
         #: When the connection's own wait expires: the preface and first request, or the
         #: next request while no stream is open.
         self._wait_until = math.inf
@@ -344,7 +344,7 @@ class Http2Connection(asyncio.Protocol):
         listener = self._listener
         ray = listener._ray()
         opened = listener.open_stream(
-            request, self.client_ip, ray, log_refusal=False, cookies=self.access_cookies
+            request, self.client_ip, ray, log_refusal=False, memo=self._access_memo()
         )
         if isinstance(opened, tuple):
             return False
@@ -470,14 +470,14 @@ class Http2Connection(asyncio.Protocol):
                     return
                 # WebSocket over HTTP/2 (RFC 8441): forwarded as the HTTP/1.1 upgrade.
                 request = websocket_request(request, secrets.token_bytes(16))
-            opened = listener.open_stream(request, self.client_ip, ray, cookies=self.access_cookies)
+            opened = listener.open_stream(request, self.client_ip, ray, memo=self._access_memo())
             if (
                 isinstance(opened, tuple)
                 and opened[0] is TUNNEL_DOWN
                 and await listener.tunnel_moved(opened[1])
             ):
                 opened = listener.open_stream(
-                    request, self.client_ip, ray, cookies=self.access_cookies
+                    request, self.client_ip, ray, memo=self._access_memo()
                 )
             if isinstance(opened, tuple):
                 page, host = opened
@@ -747,6 +747,14 @@ class Http2Connection(asyncio.Protocol):
                     return FLOW_BODY_TOO_LARGE
         except TimeoutError:
             raise _StreamGone from None
+
+    def _access_memo(self) -> ConnectionMemo | None:
+        """What Access remembers for this connection, made at its first use (None: no Access
+        on this listener)."""
+        memo = self.access_memo
+        if memo is None and self._listener.access is not None:
+            memo = self.access_memo = ConnectionMemo()
+        return memo
 
     async def _page(self, stream: _VisitorStream, page: ErrorPage, host: str, ray: str) -> None:
         body = page.render(host, ray)

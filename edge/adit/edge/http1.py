@@ -15,7 +15,7 @@ import re
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from http import HTTPStatus
-from typing import Protocol, cast
+from typing import TYPE_CHECKING, Protocol, cast
 
 from adit.edge.http1_request import (
     MAX_HEADER_BYTES,
@@ -28,6 +28,9 @@ from adit.edge.http1_request import (
 from adit.edge.limits import ConnectionTracker, Deadline
 from adit.protocol.headers import wire_bytes
 from adit.tunnelio import release_waiter
+
+if TYPE_CHECKING:
+    from adit.edge.access.gate import ConnectionMemo
 
 __all__ = [
     "MAX_HEADER_BYTES",
@@ -204,8 +207,8 @@ class Http1Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         #: The client's address ("" when the transport has none).
         self.client_ip = ""
-        #: The cookie headers Access read on this connection (a browser repeats them).
-        self.access_cookies: dict[bytes, tuple[str, ...]] = {}
+        #: What Access remembers for this connection (made at its first use).
+        self.access_memo: ConnectionMemo | None = None
         #: The task serving this connection (done once it is closed).
         self.serving: asyncio.Task[None] | None = None
         self._loop = asyncio.get_running_loop()

@@ -21,8 +21,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from random import getrandbits
 
-from adit.edge.access.app_cookies import CookieMemo
-from adit.edge.access.gate import FLOW_BODY_TOO_LARGE, MAX_FLOW_BODY, AccessGate, FlowRequest
+from adit.edge.access.gate import (
+    FLOW_BODY_TOO_LARGE,
+    MAX_FLOW_BODY,
+    AccessGate,
+    ConnectionMemo,
+    FlowRequest,
+)
 from adit.edge.acme_challenges import CHALLENGE_PATH
 from adit.edge.h2_public import AlpnSwitch
 from adit.edge.header_policy import is_websocket_upgrade, tunnel_request_headers
@@ -181,9 +186,10 @@ class PublicListener:
         """
         # A refusal on the fast path is answered by the task, which decides again: only
         # that decision goes to the access log (with the Ray ID the visitor is shown).
-        opened = self.open_stream(
-            request, conn.client_ip, ray, log_refusal=not fast, cookies=conn.access_cookies
-        )
+        memo = conn.access_memo
+        if memo is None and self.access is not None:
+            memo = conn.access_memo = ConnectionMemo()
+        opened = self.open_stream(request, conn.client_ip, ray, log_refusal=not fast, memo=memo)
         if isinstance(opened, tuple):
             return opened
         exchange = _Exchange(self, conn, request, opened.stream, opened.host, ray, opened.websocket)
@@ -199,11 +205,11 @@ class PublicListener:
         ray: str,
         *,
         log_refusal: bool = True,
-        cookies: CookieMemo | None = None,
+        memo: ConnectionMemo | None = None,
     ) -> Opened | tuple[ErrorPage, str]:
         """Route ``request`` (from either HTTP version) and open its tunnel stream, or the
-        page that says why not (and the hostname it names). ``cookies``: the visitor
-        connection's (Access reads its session cookie from it)."""
+        page that says why not (and the hostname it names). ``memo``: what Access remembers
+        for the visitor's connection."""
         try:
             target = _target(request)
         except BadRequestTarget as exc:
@@ -239,7 +245,7 @@ class PublicListener:
                     client_ip,
                     ray,
                     log_refusal=log_refusal,
-                    cookies=cookies,
+                    memo=memo,
                 )
                 if isinstance(verdict, FlowRequest):
                     # The login flow: answered by the edge itself, never forwarded.

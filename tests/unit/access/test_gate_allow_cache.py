@@ -1,16 +1,21 @@
 """A session's allow is decided once per store version and client address, then remembered
 (the bench's per-request cost): a changed policy, another address (another country) and a
-logout are each decided afresh."""
+logout are each decided afresh. The same holds for what a visitor connection remembers (its
+last allow, :class:`ConnectionMemo`), which a visitor keeps using on a keep-alive connection:
+a sign-out, here or at another edge process, an expired session, another cookie or another
+credential is never answered from it."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
+from typing import Any
 
 import jwt
 import pytest
 
 from adit.edge.access.decisions import DecisionLog
-from adit.edge.access.gate import AccessGate, Admitted
+from adit.edge.access.gate import AccessGate, Admitted, ConnectionMemo, _sole_cookie
 from adit.edge.pages import ErrorPage
 from adit.edge.store import Store
 
@@ -36,7 +41,18 @@ def _status(verdict: object) -> int:
     return verdict.status
 
 
-def test_remembered_allows_follow_policy_changes_addresses_and_logout(store: Store) -> None:
+class Clock:
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.mark.parametrize("one_connection", [False, True], ids=["requests", "one-connection"])
+def test_remembered_allows_follow_policy_changes_addresses_and_logout(
+    store: Store, one_connection: bool
+) -> None:
     account = store.create_account("acme").tag
     store.add_zone(account, "example.test")
     app = store.access.create_app(account, {"name": "Wiki", "domain": HOST})
@@ -53,6 +69,14 @@ def test_remembered_allows_follow_policy_changes_addresses_and_logout(store: Sto
     countries = {DE: "DE", US: "US"}
     gate = AccessGate(store.access, DecisionLog(store.access.db), country_of=countries.get)
     ann = gate.mint_session(app, email="ann@example.com", sub="ann", country="DE")
+    if one_connection:
+        memo = ConnectionMemo()
+        plain = gate.check
+
+        def check(*args: Any, **kwargs: Any) -> Admitted | ErrorPage | None:
+            return plain(*args, memo=memo, **kwargs)
+
+        gate.check = check  # type: ignore[method-assign]
 
     first = gate.check(HOST, "/", _cookie(ann), DE, "r1")
     assert _status(first) == 200
@@ -79,3 +103,61 @@ def test_remembered_allows_follow_policy_changes_addresses_and_logout(store: Sto
     assert _status(gate.check(HOST, "/", _cookie(bob), DE, "r6")) == 200
     gate.revoke(jwt.decode(bob, options={"verify_signature": False}))
     assert _status(gate.check(HOST, "/", _cookie(bob), DE, "r7")) == 401
+
+
+def test_a_connections_remembered_allow_ends_with_its_session(store: Store) -> None:
+    account = store.create_account("acme").tag
+    store.add_zone(account, "example.test")
+    app = store.access.create_app(account, {"name": "Wiki", "domain": HOST})
+    store.access.create_policy(
+        account,
+        app.id,
+        {
+            "name": "staff",
+            "decision": "allow",
+            "include": [{"email_domain": {"domain": "example.com"}}],
+        },
+    )
+    clock = Clock()
+    gate = AccessGate(store.access, DecisionLog(store.access.db), clock=clock)
+    memo = ConnectionMemo()
+    ann = gate.mint_session(app, email="ann@example.com", sub="ann")
+    eve = gate.mint_session(app, email="eve@evil.test", sub="eve")
+
+    def check(headers: list[tuple[bytes, bytes]], ip: str = DE) -> int:
+        return _status(gate.check(HOST, "/", headers, ip, "r", memo=memo))
+
+    assert check(_cookie(ann)) == 200
+    remembered = memo.last
+    assert remembered is not None and check(_cookie(ann)) == 200 and memo.last is remembered
+    # Another cookie on the same connection is its own decision, not the remembered one.
+    assert check(_cookie(eve)) == 403
+    assert check(_cookie(ann)) == 200
+    # Two cookie headers, the remembered one last: decided afresh, by the first live session
+    # of the application (eve's), not by the remembered allow.
+    assert check([*_cookie(eve), *_cookie(ann)]) == 403
+    # Signed out at another edge process (through the store): the same connection is refused.
+    nonce = jwt.decode(ann, options={"verify_signature": False})["identity_nonce"]
+    store.access.revoke_session(account, nonce, clock.now + 3600)
+    assert check(_cookie(ann)) == 401
+
+    # Signed out at this process.
+    bob = gate.mint_session(app, email="bob@example.com", sub="bob")
+    assert check(_cookie(bob)) == 200 and check(_cookie(bob)) == 200
+    gate.revoke(jwt.decode(bob, options={"verify_signature": False}))
+    assert check(_cookie(bob)) == 401
+
+    # The session's end.
+    cat = gate.mint_session(app, email="cat@example.com", sub="cat")
+    assert check(_cookie(cat)) == 200 and check(_cookie(cat)) == 200
+    clock.now = jwt.decode(cat, options={"verify_signature": False})["exp"] + 1
+    assert check(_cookie(cat)) == 401
+
+
+def test_only_a_request_with_one_cookie_header_and_no_other_credential_is_remembered() -> None:
+    crumb = (b"cookie", b"CF_Authorization=t")
+    assert _sole_cookie([(b"accept", b"*/*"), crumb]) == b"CF_Authorization=t"
+    assert _sole_cookie([(b"accept", b"*/*")]) is None
+    assert _sole_cookie([crumb, (b"Cookie", b"a=1")]) is None
+    assert _sole_cookie([crumb, (b"CF-Access-Token", b"t")]) is None
+    assert _sole_cookie([(b"Cf-Access-Client-Id", b"x"), crumb]) is None

@@ -164,6 +164,56 @@ class _Session:
     allowed: dict[tuple[int, str, str], Admitted] = field(default_factory=dict)
 
 
+@dataclass(slots=True)
+class _Remembered:
+    """A connection's last allow, and all it was decided on (see :class:`ConnectionMemo`)."""
+
+    cookie: bytes
+    table: AccessTable
+    app: Application
+    client_ip: str
+    generation: int
+    expires: float
+    admitted: Admitted
+
+
+class ConnectionMemo:
+    """What Access remembers for one visitor connection: the tokens of its cookie headers
+    (:func:`session_tokens`) and its last allow.
+
+    A browser sends the same cookie with each request of a keep-alive connection. The next
+    request to the same application, from the same address, with the very same cookie header
+    and no other credential, is the same decision while the store (policies, keys, sign-outs
+    at other processes), the session's life and this process's sign-outs are unchanged: it is
+    taken again without reading the cookie, the session or the policies."""
+
+    __slots__ = ("last", "tokens")
+
+    def __init__(self) -> None:
+        self.tokens: CookieMemo = {}
+        self.last: _Remembered | None = None
+
+
+_OTHER_CREDENTIALS: Final = frozenset((b"cf-access-token", b"cf-access-client-id"))
+_OTHER_CREDENTIAL_LENGTHS: Final = frozenset(len(name) for name in _OTHER_CREDENTIALS)
+
+
+def _sole_cookie(headers: Sequence[tuple[bytes, bytes]]) -> bytes | None:
+    """The request's one cookie header, when it carries no other credential (the header
+    token, a service token) and no second cookie header; else None."""
+    cookie = None
+    for raw, value in headers:
+        size = len(raw)
+        if size == 6:
+            if raw.lower() == b"cookie":
+                if cookie is not None:
+                    return None
+                cookie = value
+        elif size in _OTHER_CREDENTIAL_LENGTHS and raw.lower() in _OTHER_CREDENTIALS:
+            return None
+    return cookie
+
+
 def _header(headers: Sequence[tuple[bytes, bytes]], name: bytes) -> str | None:
     for raw, value in headers:
         if len(raw) == len(name) and raw.lower() == name:
@@ -197,6 +247,8 @@ class AccessGate:
         self._revoked: dict[str, float] = {}
         self._rotating: set[str] = set()
         self._minted: dict[tuple[str, str, int], tuple[str, float]] = {}
+        #: Counts this process's sign-outs: a connection's remembered allow is of one count.
+        self._generation = 0
 
     def guards(self, host: str) -> bool:
         """Whether ``host`` has an application or is a team domain."""
@@ -212,18 +264,18 @@ class AccessGate:
         ray: str,
         *,
         log_refusal: bool = True,
-        cookies: CookieMemo | None = None,
+        memo: ConnectionMemo | None = None,
     ) -> Admitted | ErrorPage | None:
         """The verdict for a request to ``host`` ``path`` (None: no application guards it).
 
         ``log_refusal=False``: a refusal is not logged (the caller asks again, and answers,
-        elsewhere: HTTP/1.1's fast path hands refusals to its task). ``cookies``: the
-        visitor connection's memo of its cookie headers (see :func:`session_tokens`).
+        elsewhere: HTTP/1.1's fast path hands refusals to its task). ``memo``: what is
+        remembered for the visitor's connection (:class:`ConnectionMemo`).
 
         Never raises: a failure to decide (a bug, a store that cannot be read) refuses the
         request with a 500 page (fail closed) and is logged with the Ray ID."""
         try:
-            return self._check(host, path, headers, client_ip, ray, log_refusal, cookies)
+            return self._check(host, path, headers, client_ip, ray, log_refusal, memo)
         except Exception:
             log.exception("access: no decision for %s ray=%s", host, ray)
             return ACCESS_FAILED
@@ -236,7 +288,7 @@ class AccessGate:
         client_ip: str,
         ray: str,
         log_refusal: bool,
-        cookies: CookieMemo | None = None,
+        memo: ConnectionMemo | None = None,
     ) -> Admitted | ErrorPage | None:
         table = self._store.table()
         if not table.apps and not table.team_hosts:
@@ -261,7 +313,7 @@ class AccessGate:
             return self._flow(app, host, path, headers, client_ip, ray, mount)
         if self.client_address is not None:
             client_ip = self.client_address(client_ip, headers)
-        return self._decide(table, app, host, path, headers, client_ip, ray, log_refusal, cookies)
+        return self._decide(table, app, host, path, headers, client_ip, ray, log_refusal, memo)
 
     def _flow(
         self,
@@ -301,15 +353,36 @@ class AccessGate:
         client_ip: str,
         ray: str,
         log_refusal: bool,
-        cookies: CookieMemo | None,
+        memo: ConnectionMemo | None,
     ) -> Admitted | ErrorPage:
         now = self._clock()
-        token, session = self._app_session(table, app, headers, now, cookies)
+        cookie = None
+        if memo is not None:
+            cookie = _sole_cookie(headers)
+            last = memo.last
+            if (
+                last is not None
+                and cookie is not None
+                and last.table is table
+                and last.app is app
+                and last.generation == self._generation
+                and now < last.expires
+                and last.client_ip == client_ip
+                and last.cookie == cookie
+            ):
+                return last.admitted
+        token, session = self._app_session(
+            table, app, headers, now, memo.tokens if memo is not None else None
+        )
         service = self._service_token(table, app, headers, now)
         if session is not None and service is None:
             # The session's next request from the same address: decided already.
             known = session.allowed.get((table.version, app.id, client_ip))
             if known is not None:
+                if memo is not None and cookie is not None:
+                    memo.last = _Remembered(
+                        cookie, table, app, client_ip, self._generation, session.expires, known
+                    )
                 return known
         claims = session.claims if session is not None else {}
         if self.country_of is not None:
@@ -341,6 +414,10 @@ class AccessGate:
                 if len(session.allowed) >= _ALLOWS_PER_SESSION:
                     session.allowed.clear()
                 session.allowed[(table.version, app.id, client_ip)] = admitted
+                if memo is not None and cookie is not None:
+                    memo.last = _Remembered(
+                        cookie, table, app, client_ip, self._generation, session.expires, admitted
+                    )
             return admitted
         browser = wants_html(_header(headers, b"accept") or "")
         if decision.action == "login":
@@ -437,6 +514,7 @@ class AccessGate:
             log.warning("access: too many signed-out sessions remembered; not revoking")
             return
         self._revoked[nonce] = float(claims.get("exp", now))
+        self._generation += 1
         for token, session in list(self._sessions.items()):
             if session.claims.get("identity_nonce") == nonce:
                 del self._sessions[token]
