@@ -17,7 +17,9 @@ measured apart and left out: the figure is the edge's Python per request, no sys
 ``--tunnel --access`` compares that path with the same path through Access: a hostname an
 application guards, with an allow policy, and requests that carry a valid ``CF_Authorization``
 cookie. The two alternate round by round in one process, so a busy machine slows both alike;
-the figure of interest is the ratio (issue 18's goal: at most 1.10).
+the figure of interest is the ratio (issue 18's goal: at most 1.10). ``--tunnel
+--access-parts`` takes that cost apart: five variants of the path, each adding one piece (the
+cookie, the guarded hostname, the admission's headers, the real gate), alternated likewise.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import statistics
 import sys
 import time
 import uuid
+from typing import Any
 
 import uvloop
 
@@ -295,6 +298,51 @@ async def _run_access(
     return without, with_access
 
 
+#: ``--access-parts``: Access's cost taken apart, each variant of the path adding one piece.
+_PARTS = ("plain", "plain+cookie", "guarded", "admission", "access")
+
+
+async def _part(kind: str, concurrency: int) -> _TunnelPath:
+    """One variant: ``plain``; ``plain+cookie`` (the plain hostname, with the Access path's
+    ~900-byte cookie); ``guarded`` (the Access hostname, the gate answering "no application");
+    ``admission`` (the gate answering the session's admission at once: its headers added);
+    ``access`` (the real gate)."""
+    path = _TunnelPath(concurrency, access=kind != "plain")
+    gate = path.listener.access
+    if kind == "plain+cookie":
+        cookie = path.request.split(b"\r\nCookie: ", 1)[1].split(b"\r\n", 1)[0]
+        path.listener.access = None
+        path.request = _REQUEST[:-2] + b"Cookie: " + cookie + b"\r\n\r\n"
+    elif kind in ("guarded", "admission") and gate is not None:
+        real = gate.check
+        kept: list[object] = []
+
+        def stub(*args: Any, **kwargs: Any) -> Any:
+            if kind == "guarded":
+                return None
+            if not kept:
+                kept.append(real(*args, **kwargs))
+            return kept[0]
+
+        gate.check = stub  # type: ignore[method-assign]
+    await path.settle()
+    path.session.data_received(path.answer())
+    for _ in range(300 // concurrency + 1):
+        await path.round()
+    return path
+
+
+async def _run_parts(requests: int, concurrency: int, rounds: int) -> dict[str, list[float]]:
+    """Every variant of :data:`_PARTS`, alternated round by round."""
+    paths = {kind: await _part(kind, concurrency) for kind in _PARTS}
+    per_round = max(1, requests // concurrency)
+    figures: dict[str, list[float]] = {kind: [] for kind in _PARTS}
+    for _ in range(rounds):
+        for kind, path in paths.items():
+            figures[kind].append(await _measure(path, per_round, concurrency))
+    return figures
+
+
 def main() -> None:
     """Print CPU µs per request (median, min, max over the rounds) as JSON."""
     parser = argparse.ArgumentParser(description=__doc__)
@@ -304,7 +352,15 @@ def main() -> None:
     parser.add_argument("--tunnel", action="store_true", help="the whole public path")
     parser.add_argument("--concurrency", type=int, default=8, help="with --tunnel")
     parser.add_argument("--access", action="store_true", help="with --tunnel: Access's cost")
+    parser.add_argument(
+        "--access-parts", action="store_true", help="with --tunnel: Access's cost taken apart"
+    )
     args = parser.parse_args()
+    if args.tunnel and args.access_parts:
+        parts = uvloop.run(_run_parts(args.requests, args.concurrency, args.rounds))
+        medians = {kind: round(statistics.median(values), 1) for kind, values in parts.items()}
+        print(json.dumps({"rounds": args.rounds, "us_per_request_median": medians}))
+        return
     if args.tunnel and args.access:
         without, with_access = uvloop.run(_run_access(args.requests, args.concurrency, args.rounds))
         plain, guarded = statistics.median(without), statistics.median(with_access)
