@@ -16,6 +16,7 @@ import pytest
 
 from adit.edge.access.decisions import DecisionLog
 from adit.edge.access.gate import AccessGate, Admitted, ConnectionMemo, _sole_cookie
+from adit.edge.access.model import Application
 from adit.edge.pages import ErrorPage
 from adit.edge.store import Store
 
@@ -49,22 +50,24 @@ class Clock:
         return self.now
 
 
+_STAFF = {"email_domain": {"domain": "example.com"}}
+
+
+def _wiki(store: Store, **policy: object) -> tuple[str, Application]:
+    """An account with the Wiki application on ``HOST`` and one allow ``policy``."""
+    account = store.create_account("acme").tag
+    store.add_zone(account, "example.test")
+    app = store.access.create_app(account, {"name": "Wiki", "domain": HOST})
+    store.access.create_policy(account, app.id, {"decision": "allow", **policy})
+    return account, app
+
+
 @pytest.mark.parametrize("one_connection", [False, True], ids=["requests", "one-connection"])
 def test_remembered_allows_follow_policy_changes_addresses_and_logout(
     store: Store, one_connection: bool
 ) -> None:
-    account = store.create_account("acme").tag
-    store.add_zone(account, "example.test")
-    app = store.access.create_app(account, {"name": "Wiki", "domain": HOST})
-    store.access.create_policy(
-        account,
-        app.id,
-        {
-            "name": "staff in DE",
-            "decision": "allow",
-            "include": [{"email_domain": {"domain": "example.com"}}],
-            "require": [{"geo": {"country_code": "DE"}}],
-        },
+    account, app = _wiki(
+        store, name="staff in DE", include=[_STAFF], require=[{"geo": {"country_code": "DE"}}]
     )
     countries = {DE: "DE", US: "US"}
     gate = AccessGate(store.access, DecisionLog(store.access.db), country_of=countries.get)
@@ -106,18 +109,7 @@ def test_remembered_allows_follow_policy_changes_addresses_and_logout(
 
 
 def test_a_connections_remembered_allow_ends_with_its_session(store: Store) -> None:
-    account = store.create_account("acme").tag
-    store.add_zone(account, "example.test")
-    app = store.access.create_app(account, {"name": "Wiki", "domain": HOST})
-    store.access.create_policy(
-        account,
-        app.id,
-        {
-            "name": "staff",
-            "decision": "allow",
-            "include": [{"email_domain": {"domain": "example.com"}}],
-        },
-    )
+    account, app = _wiki(store, name="staff", include=[_STAFF])
     clock = Clock()
     gate = AccessGate(store.access, DecisionLog(store.access.db), clock=clock)
     memo = ConnectionMemo()
