@@ -380,9 +380,7 @@ class AccessGate:
             known = session.allowed.get((table.version, app.id, client_ip))
             if known is not None:
                 if memo is not None and cookie is not None:
-                    memo.last = _Remembered(
-                        cookie, table, app, client_ip, self._generation, session.expires, known
-                    )
+                    memo.last = self._remembered(cookie, table, app, client_ip, session, known)
                 return known
         claims = session.claims if session is not None else {}
         if self.country_of is not None:
@@ -415,9 +413,7 @@ class AccessGate:
                     session.allowed.clear()
                 session.allowed[(table.version, app.id, client_ip)] = admitted
                 if memo is not None and cookie is not None:
-                    memo.last = _Remembered(
-                        cookie, table, app, client_ip, self._generation, session.expires, admitted
-                    )
+                    memo.last = self._remembered(cookie, table, app, client_ip, session, admitted)
             return admitted
         browser = wants_html(_header(headers, b"accept") or "")
         if decision.action == "login":
@@ -425,6 +421,20 @@ class AccessGate:
                 return login_redirect(host, path, app.name, app.aud)
             return unauthenticated(app.name)
         return denied(app.name, browser)
+
+    def _remembered(
+        self,
+        cookie: bytes,
+        table: AccessTable,
+        app: Application,
+        client_ip: str,
+        session: _Session,
+        admitted: Admitted,
+    ) -> _Remembered:
+        """A connection's allow, with what a later request must match to be given it."""
+        return _Remembered(
+            cookie, table, app, client_ip, self._generation, session.expires, admitted
+        )
 
     def _app_session(
         self,
