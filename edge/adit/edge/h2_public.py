@@ -344,7 +344,7 @@ class Http2Connection(asyncio.Protocol):
         listener = self._listener
         ray = listener._ray()
         opened = listener.open_stream(
-            request, self.client_ip, ray, log_refusal=False, memo=self._access_memo()
+            request, self.client_ip, ray, log_refusal=False, memo=listener.access_memo(self)
         )
         if isinstance(opened, tuple):
             return False
@@ -470,14 +470,16 @@ class Http2Connection(asyncio.Protocol):
                     return
                 # WebSocket over HTTP/2 (RFC 8441): forwarded as the HTTP/1.1 upgrade.
                 request = websocket_request(request, secrets.token_bytes(16))
-            opened = listener.open_stream(request, self.client_ip, ray, memo=self._access_memo())
+            opened = listener.open_stream(
+                request, self.client_ip, ray, memo=listener.access_memo(self)
+            )
             if (
                 isinstance(opened, tuple)
                 and opened[0] is TUNNEL_DOWN
                 and await listener.tunnel_moved(opened[1])
             ):
                 opened = listener.open_stream(
-                    request, self.client_ip, ray, memo=self._access_memo()
+                    request, self.client_ip, ray, memo=listener.access_memo(self)
                 )
             if isinstance(opened, tuple):
                 page, host = opened
@@ -747,14 +749,6 @@ class Http2Connection(asyncio.Protocol):
                     return FLOW_BODY_TOO_LARGE
         except TimeoutError:
             raise _StreamGone from None
-
-    def _access_memo(self) -> ConnectionMemo | None:
-        """What Access remembers for this connection, made at its first use (None: no Access
-        on this listener)."""
-        memo = self.access_memo
-        if memo is None and self._listener.access is not None:
-            memo = self.access_memo = ConnectionMemo()
-        return memo
 
     async def _page(self, stream: _VisitorStream, page: ErrorPage, host: str, ray: str) -> None:
         body = page.render(host, ray)

@@ -29,7 +29,7 @@ from adit.edge.access.gate import (
     FlowRequest,
 )
 from adit.edge.acme_challenges import CHALLENGE_PATH
-from adit.edge.h2_public import AlpnSwitch
+from adit.edge.h2_public import AlpnSwitch, Http2Connection
 from adit.edge.header_policy import is_websocket_upgrade, tunnel_request_headers
 from adit.edge.http1 import (
     BadRequest,
@@ -186,10 +186,9 @@ class PublicListener:
         """
         # A refusal on the fast path is answered by the task, which decides again: only
         # that decision goes to the access log (with the Ray ID the visitor is shown).
-        memo = conn.access_memo
-        if memo is None and self.access is not None:
-            memo = conn.access_memo = ConnectionMemo()
-        opened = self.open_stream(request, conn.client_ip, ray, log_refusal=not fast, memo=memo)
+        opened = self.open_stream(
+            request, conn.client_ip, ray, log_refusal=not fast, memo=self.access_memo(conn)
+        )
         if isinstance(opened, tuple):
             return opened
         exchange = _Exchange(self, conn, request, opened.stream, opened.host, ray, opened.websocket)
@@ -197,6 +196,14 @@ class PublicListener:
             opened.stream.on_answer = exchange.answered
         conn.exchange = exchange
         return exchange
+
+    def access_memo(self, conn: Http1Connection | Http2Connection) -> ConnectionMemo | None:
+        """What Access remembers for the visitor connection ``conn``, made at its first use
+        (None: no Access on this listener)."""
+        memo = conn.access_memo
+        if memo is None and self.access is not None:
+            memo = conn.access_memo = ConnectionMemo()
+        return memo
 
     def open_stream(
         self,

@@ -66,17 +66,13 @@ def session_tokens(
     for raw, value in headers:
         size = len(raw)
         if size == 6 and raw.lower() == b"cookie":
-            if memo is None:
-                if _cookie_tokens(value, tokens):
-                    return tokens
-                continue
-            found = memo.get(value)
+            found = memo.get(value) if memo is not None else None
             if found is None:
-                crumbs: list[str] = []
-                _cookie_tokens(value, crumbs)
-                if len(memo) >= MAX_REMEMBERED:
-                    memo.clear()
-                found = memo[value] = tuple(crumbs)
+                found = _cookie_tokens(value)
+                if memo is not None:
+                    if len(memo) >= MAX_REMEMBERED:
+                        memo.clear()
+                    memo[value] = found
             tokens += found
             if len(tokens) >= MAX_TOKENS:
                 return tokens[:MAX_TOKENS]
@@ -89,10 +85,11 @@ def session_tokens(
     return tokens
 
 
-def _cookie_tokens(value: bytes, tokens: list[str]) -> bool:
-    """Adds the ``CF_Authorization`` values of one cookie header to ``tokens``; whether
-    :data:`MAX_TOKENS` is reached. A pair is ``name=value`` between semicolons, with
-    whitespace around it (RFC 6265 §5.2); the name is matched only at a pair's start."""
+def _cookie_tokens(value: bytes) -> tuple[str, ...]:
+    """The ``CF_Authorization`` values of one cookie header (at most :data:`MAX_TOKENS`). A
+    pair is ``name=value`` between semicolons, with whitespace around it (RFC 6265 §5.2); the
+    name is matched only at a pair's start."""
+    tokens: list[str] = []
     find = value.find
     at = find(_COOKIE_PREFIX)
     while at >= 0:
@@ -105,11 +102,11 @@ def _cookie_tokens(value: bytes, tokens: list[str]) -> bool:
         if token:
             tokens.append(token.decode("latin-1"))
             if len(tokens) >= MAX_TOKENS:
-                return True
+                break
         if end < 0:
-            return False
+            break
         at = find(_COOKIE_PREFIX, end)
-    return False
+    return tuple(tokens)
 
 
 def token_claims_aud(token: str) -> tuple[str, ...]:
