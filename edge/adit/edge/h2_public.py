@@ -136,6 +136,9 @@ class Http2Connection(asyncio.Protocol):
         self.client_ip = ""
         #: What Access remembers for this connection (made at its first use).
         self.access_memo: ConnectionMemo | None = None
+        #: The serialised request headers it repeats that no process cache keeps (its cookie):
+        #: see ``encode_serialized_headers``.
+        self.coded: dict[tuple[str, str], bytes] = {}
         #: When the connection's own wait expires: the preface and first request, or the
         #: next request while no stream is open.
         self._wait_until = math.inf
@@ -343,9 +346,7 @@ class Http2Connection(asyncio.Protocol):
         decided again there, and only that decision is logged)."""
         listener = self._listener
         ray = listener._ray()
-        opened = listener.open_stream(
-            request, self.client_ip, ray, log_refusal=False, memo=listener.access_memo(self)
-        )
+        opened = listener.open_stream(request, self, ray, log_refusal=False)
         if isinstance(opened, tuple):
             return False
         tunnel = opened.stream
@@ -470,17 +471,13 @@ class Http2Connection(asyncio.Protocol):
                     return
                 # WebSocket over HTTP/2 (RFC 8441): forwarded as the HTTP/1.1 upgrade.
                 request = websocket_request(request, secrets.token_bytes(16))
-            opened = listener.open_stream(
-                request, self.client_ip, ray, memo=listener.access_memo(self)
-            )
+            opened = listener.open_stream(request, self, ray)
             if (
                 isinstance(opened, tuple)
                 and opened[0] is TUNNEL_DOWN
                 and await listener.tunnel_moved(opened[1])
             ):
-                opened = listener.open_stream(
-                    request, self.client_ip, ray, memo=listener.access_memo(self)
-                )
+                opened = listener.open_stream(request, self, ray)
             if isinstance(opened, tuple):
                 page, host = opened
                 if isinstance(page, FlowRequest):

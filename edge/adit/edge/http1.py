@@ -209,6 +209,9 @@ class Http1Connection(asyncio.Protocol):
         self.client_ip = ""
         #: What Access remembers for this connection (made at its first use).
         self.access_memo: ConnectionMemo | None = None
+        #: The serialised request headers it repeats that no process cache keeps (its cookie):
+        #: see ``encode_serialized_headers``.
+        self.coded: dict[tuple[str, str], bytes] = {}
         #: The task serving this connection (done once it is closed).
         self.serving: asyncio.Task[None] | None = None
         self._loop = asyncio.get_running_loop()

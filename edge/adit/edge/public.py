@@ -186,9 +186,7 @@ class PublicListener:
         """
         # A refusal on the fast path is answered by the task, which decides again: only
         # that decision goes to the access log (with the Ray ID the visitor is shown).
-        opened = self.open_stream(
-            request, conn.client_ip, ray, log_refusal=not fast, memo=self.access_memo(conn)
-        )
+        opened = self.open_stream(request, conn, ray, log_refusal=not fast)
         if isinstance(opened, tuple):
             return opened
         exchange = _Exchange(self, conn, request, opened.stream, opened.host, ray, opened.websocket)
@@ -208,15 +206,14 @@ class PublicListener:
     def open_stream(
         self,
         request: Request,
-        client_ip: str,
+        visitor: Http1Connection | Http2Connection,
         ray: str,
         *,
         log_refusal: bool = True,
-        memo: ConnectionMemo | None = None,
     ) -> Opened | tuple[ErrorPage, str]:
-        """Route ``request`` (from either HTTP version) and open its tunnel stream, or the
-        page that says why not (and the hostname it names). ``memo``: what Access remembers
-        for the visitor's connection."""
+        """Route ``request`` (from either HTTP version, on the connection ``visitor``) and
+        open its tunnel stream, or the page that says why not (and the hostname it names)."""
+        client_ip = visitor.client_ip
         try:
             target = _target(request)
         except BadRequestTarget as exc:
@@ -252,7 +249,7 @@ class PublicListener:
                     client_ip,
                     ray,
                     log_refusal=log_refusal,
-                    memo=memo,
+                    memo=self.access_memo(visitor),
                 )
                 if isinstance(verdict, FlowRequest):
                     # The login flow: answered by the edge itself, never forwarded.
@@ -284,6 +281,7 @@ class PublicListener:
                 request_type=RequestType.WEBSOCKET if websocket else RequestType.HTTP,
                 end_stream=not request.has_body and not websocket,
                 encoded=encoded,
+                keep=visitor.coded,
             )
         except (StreamClosedError, Http2TunnelError) as exc:
             log.warning("cannot open a stream to tunnel %s ray=%s: %s", tunnel_id, ray, exc)

@@ -580,9 +580,11 @@ class TunnelSession(TunnelIO[EdgeTunnelConnection]):
         end_stream: bool,
         on_answer: AnswerCallback | None = None,
         encoded: Mapping[tuple[str, str], bytes] | None = None,
+        keep: dict[tuple[str, str], bytes] | None = None,
     ) -> RequestStream:
         """Open a stream for an eyeball request (``on_answer``: see :class:`RequestStream`;
-        ``encoded``: pairs of ``headers`` serialised already)."""
+        ``encoded``: pairs of ``headers`` serialised already; ``keep``: the visitor
+        connection's memo of serialised pairs, see ``encode_serialized_headers``)."""
         if self.closed:
             raise StreamClosedError("tunnel connection is closed")
         stream_id = self.conn.send_request(
@@ -594,6 +596,7 @@ class TunnelSession(TunnelIO[EdgeTunnelConnection]):
             serialize_headers=self.serialize_headers,
             end_stream=end_stream,
             encoded=encoded,
+            keep=keep,
         )
         channel = self.channel(stream_id)
         if end_stream:

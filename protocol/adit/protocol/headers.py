@@ -219,13 +219,13 @@ def _unb64(data: bytes) -> str:
 # Server, Content-Type...): like HPACK's dynamic table, each process remembers the pairs it
 # coded recently, so a repeated one costs a dict lookup instead of two base64 round trips
 # (they were a third of the tunnel protocol's CPU per request). The output is a pure function
-# of the input, so nothing crosses from one tunnel to another; credentials are never kept, so
-# their lifetime in memory is that of the request and no timing can tell a guess apart.
-# Names whose value is new on every request are not kept either: they would only push out
-# the pairs that do repeat.
+# of the input, so nothing crosses from one tunnel to another; credentials are never kept
+# here, so their lifetime in memory is not that of the process and no timing can tell a
+# guess apart. Names whose value is new on every request are not kept either: they would
+# only push out the pairs that do repeat.
 _CACHE_ENTRIES = 2048
 _CACHE_PAIR_BYTES = 256
-_NEVER_CACHED = frozenset(
+_CREDENTIALS = frozenset(
     {
         "authorization",
         "proxy-authorization",
@@ -235,7 +235,10 @@ _NEVER_CACHED = frozenset(
         "cf-access-jwt-assertion",
         "cf-access-token",
         "cf-authorization",
-        # new on every request
+    }
+)
+_NEW_EVERY_TIME = frozenset(
+    {
         "cf-ray",
         "x-request-id",
         "traceparent",
@@ -248,6 +251,12 @@ _NEVER_CACHED = frozenset(
         "sec-websocket-accept",
     }
 )
+_NEVER_CACHED = _CREDENTIALS | _NEW_EVERY_TIME
+# What one visitor connection repeats and the process cache does not take: its cookie (near
+# a kilobyte under Access, and on most sites), its Authorization, a long value. Kept by the
+# connection (``keep``), so it lives as long as the connection that sent it and no other
+# visitor's requests ever look it up. A few: a browser's connection repeats one or two.
+_KEPT_PER_CONNECTION = 4
 _encoded: dict[tuple[str, str], bytes] = {}
 _decoded: dict[bytes, tuple[str, str]] = {}
 
@@ -256,14 +265,22 @@ def _cacheable(name: str, size: int) -> bool:
     return size <= _CACHE_PAIR_BYTES and name.lower() not in _NEVER_CACHED
 
 
-def _encode_pair(pair: tuple[str, str]) -> bytes:
-    """``b64(name):b64(value)``, or ``b""`` for an internal name (left out)."""
+def _encode_pair(pair: tuple[str, str], keep: dict[tuple[str, str], bytes] | None) -> bytes:
+    """``b64(name):b64(value)``, or ``b""`` for an internal name (left out); remembered in the
+    process's cache, or else in ``keep`` (a connection's), as the comment above says."""
     name, value = pair
     piece = serialized_pair(name, value)
-    if _cacheable(name, len(name) + len(value)):
+    lowered = name.lower()
+    if lowered in _NEW_EVERY_TIME:
+        return piece
+    if len(name) + len(value) <= _CACHE_PAIR_BYTES and lowered not in _CREDENTIALS:
         if len(_encoded) >= _CACHE_ENTRIES:
             _encoded.clear()
         _encoded[pair] = piece
+    elif keep is not None:
+        if len(keep) >= _KEPT_PER_CONNECTION:
+            keep.clear()
+        keep[pair] = piece
     return piece
 
 
@@ -280,21 +297,29 @@ def _decode_pair(piece: bytes) -> tuple[str, str]:
 
 
 def encode_serialized_headers(
-    headers: Iterable[tuple[str, str]], encoded: Mapping[tuple[str, str], bytes] | None = None
+    headers: Iterable[tuple[str, str]],
+    encoded: Mapping[tuple[str, str], bytes] | None = None,
+    keep: dict[tuple[str, str], bytes] | None = None,
 ) -> bytes:
     """``b64(name):b64(value)`` pairs joined by ``;`` (unpadded standard base64).
 
     Internal names (``:…``, ``cf-int-…``, ``cf-cloudflared-…``, ``cf-proxy-…``) are left out,
     exactly as cloudflared does; repeated names stay repeated and in order. ``encoded``:
     pairs the caller coded already (:func:`serialized_pair`), such as a credential it keeps
-    for a session anyway, which this module's cache never holds.
+    for a session anyway, which this module's cache never holds. ``keep``: the sending
+    connection's own memo of the pairs it repeats that this module's cache does not hold (a
+    few, bounded here; the caller keeps it as long as the connection).
     """
     known = _encoded
     pieces = []
     for pair in headers:
         piece = known.get(pair)
-        if piece is None and (encoded is None or (piece := encoded.get(pair)) is None):
-            piece = _encode_pair(tuple(pair))  # type: ignore[arg-type]
+        if (
+            piece is None
+            and (encoded is None or (piece := encoded.get(pair)) is None)
+            and (keep is None or (piece := keep.get(pair)) is None)
+        ):
+            piece = _encode_pair(tuple(pair), keep)  # type: ignore[arg-type]
         if piece:
             pieces.append(piece)
     return b";".join(pieces)

@@ -895,6 +895,7 @@ class EdgeTunnelConnection(TunnelHttp2Connection):
         serialize_headers: bool = False,
         end_stream: bool = False,
         encoded: Mapping[tuple[str, str], bytes] | None = None,
+        keep: dict[tuple[str, str], bytes] | None = None,
     ) -> int:
         """Open a stream for an eyeball request; returns its stream id.
 
@@ -903,7 +904,8 @@ class EdgeTunnelConnection(TunnelHttp2Connection):
         the stream's kind is ``request_type`` alone, whatever headers the caller passes. With
         ``serialize_headers`` (connectors announcing the adit feature) the exact header names
         travel in ``cf-cloudflared-request-headers`` instead of as HTTP/2 headers (``encoded``:
-        pairs of ``headers`` coded for it already, see ``encode_serialized_headers``).
+        pairs of ``headers`` coded for it already; ``keep``: the visitor connection's memo of the
+        pairs it repeats; see ``encode_serialized_headers``).
         """
         stream = self._open_stream(self._new_stream_id())
         # A connector that reads plain HTTP/2 headers (cloudflared) would take an eyeball's
@@ -931,7 +933,7 @@ class EdgeTunnelConnection(TunnelHttp2Connection):
             # The edge's own configuration push (PROTOCOL.md §4.6.1), never an eyeball's.
             h2_headers.append((_PROXY_CONNECTION_UPGRADE, b"update-configuration"))
         if serialize_headers:
-            h2_headers.append((_REQUEST_HEADERS, encode_serialized_headers(clean, encoded)))
+            h2_headers.append((_REQUEST_HEADERS, encode_serialized_headers(clean, encoded, keep)))
         else:
             h2_headers.extend(
                 (wire_bytes(name.lower()), wire_bytes(value))

@@ -173,3 +173,28 @@ def test_header_caches_stay_bounded() -> None:
     big = "v" * (headers_module._CACHE_PAIR_BYTES + 1)
     encode_serialized_headers([("X-Big", big)])
     assert ("X-Big", big) not in headers_module._encoded
+
+
+def test_a_connection_keeps_what_it_repeats_and_the_process_cache_does_not() -> None:
+    # A visitor connection's cookie (a credential, and near a kilobyte under Access) is coded
+    # once per connection: into the connection's own memo, never the process's cache.
+    cookie = ("Cookie", "CF_Authorization=" + "t" * 900)
+    long_value = ("X-Long", "v" * (headers_module._CACHE_PAIR_BYTES + 1))
+    ray = ("Cf-Ray", "0123456789abcdef-LHR")
+    headers = [("Host", "h"), cookie, long_value, ray]
+    keep: dict[tuple[str, str], bytes] = {}
+    first = encode_serialized_headers(headers, keep=keep)
+    assert set(keep) == {cookie, long_value}  # not the ray: new on every request
+    assert cookie not in headers_module._encoded
+    assert (
+        encode_serialized_headers(headers, keep=keep) == first == encode_serialized_headers(headers)
+    )
+    assert decode_serialized_headers(first) == headers
+
+
+def test_a_connections_memo_stays_bounded() -> None:
+    keep: dict[tuple[str, str], bytes] = {}
+    for n in range(50):
+        pair = ("Cookie", f"id={n}")
+        assert decode_serialized_headers(encode_serialized_headers([pair], keep=keep)) == [pair]
+        assert 0 < len(keep) <= headers_module._KEPT_PER_CONNECTION
