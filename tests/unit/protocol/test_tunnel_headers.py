@@ -63,7 +63,8 @@ header_names = st.text(
 ).filter(lambda n: not n.lower().startswith(("cf-int-", "cf-cloudflared-", "cf-proxy-")))
 
 
-latin1_values = st.text(alphabet=st.characters(max_codepoint=255), max_size=50)
+# Up to 300: short pieces are coded by binascii, long ones by pybase64 (headers._SHORT).
+latin1_values = st.text(alphabet=st.characters(max_codepoint=255), max_size=300)
 
 
 @given(st.lists(st.tuples(header_names, latin1_values), max_size=20))
@@ -84,6 +85,16 @@ def test_garbage_raises_only_header_decode_error(value: str) -> None:
 
 def test_padding_is_tolerated() -> None:
     assert decode_serialized_headers("QQ==:Qg==") == [("A", "B")]
+
+
+@pytest.mark.parametrize("size", [3, 60, 300, 3000])  # both sides of headers._SHORT
+@pytest.mark.parametrize("bad", ["!", "=", " ", "-", "\n"])
+def test_a_piece_outside_base64_is_refused_short_or_long(size: int, bad: str) -> None:
+    good = encode_serialized_headers([("X-Value", "v" * size)]).decode()
+    name, value = good.split(":")
+    at = len(value) // 2
+    with pytest.raises(HeaderDecodeError):
+        decode_serialized_headers(f"{name}:{value[:at]}{bad}{value[at:]}")
 
 
 @pytest.mark.parametrize(
