@@ -479,12 +479,13 @@ class EdgeQuicConnection(QuicTunnelConnection):
         serialize_headers: bool = False,
         end_stream: bool = False,
         encoded: Mapping[tuple[str, str], bytes] | None = None,
+        keep: dict[tuple[str, str], bytes] | None = None,
     ) -> int:
         """Open a stream for an eyeball request: preamble, ``ConnectRequest``, then the body.
 
         As on HTTP/2 every header the tunnel gives meaning to is dropped: the stream's kind
         is ``request_type`` alone (cloudflared takes it from ``ConnectRequest.type``)."""
-        del serialize_headers, encoded  # QUIC metadata carries every name as it is
+        del serialize_headers, encoded, keep  # QUIC metadata carries every name as it is
         if self._terminated:
             raise Http2TunnelError("the connection is closed: no new streams")
         stream_id = self.quic.get_next_available_stream_id()

@@ -15,8 +15,15 @@ import jwt
 import pytest
 
 from adit.edge.access.decisions import DecisionLog
-from adit.edge.access.gate import AccessGate, Admitted, ConnectionMemo, _sole_cookie
+from adit.edge.access.gate import (
+    AccessGate,
+    Admitted,
+    ConnectionMemo,
+    FlowRequest,
+    _sole_cookie,
+)
 from adit.edge.access.model import Application
+from adit.edge.access.pages import JsonAnswer
 from adit.edge.pages import ErrorPage
 from adit.edge.store import Store
 
@@ -153,3 +160,42 @@ def test_only_a_request_with_one_cookie_header_and_no_other_credential_is_rememb
     assert _sole_cookie([crumb, (b"Cookie", b"a=1")]) is None
     assert _sole_cookie([crumb, (b"CF-Access-Token", b"t")]) is None
     assert _sole_cookie([(b"Cf-Access-Client-Id", b"x"), crumb]) is None
+
+
+def test_a_connections_next_request_to_the_same_host_is_resolved_like_the_first(
+    store: Store,
+) -> None:
+    # After an allow, the connection's next request to the same host takes the remembered
+    # application without resolving it again: only while that host has that one application
+    # for all its paths, and never for the flow's or the key set's paths.
+    account, app = _wiki(store, name="staff", include=[_STAFF])
+    other = store.access.create_app(account, {"name": "Admin", "domain": "admin.example.test"})
+    store.access.create_policy(
+        account, other.id, {"name": "staff", "decision": "allow", "include": [_STAFF]}
+    )
+    gate = AccessGate(store.access, DecisionLog(store.access.db))
+    memo = ConnectionMemo()
+    ann = gate.mint_session(app, email="ann@example.com", sub="ann")
+
+    def check(path: str, host: str = HOST) -> object:
+        return gate.check(host, path, _cookie(ann), DE, "r", memo=memo)
+
+    assert _status(check("/")) == 200 and memo.last is not None and memo.last.whole_host
+    assert _status(check("/any/other/path?q=1")) == 200
+    # The flow's paths and the key set are the edge's own answers, never the allow.
+    assert isinstance(check("/cdn-cgi/access/logout"), FlowRequest)
+    certs = check("/cdn-cgi/access/certs")
+    assert isinstance(certs, JsonAnswer) and b'"keys"' in certs.render(HOST, "r")
+    # Another host on the same connection: its own application, whose aud ann's cookie lacks.
+    assert _status(check("/", host="admin.example.test")) in (401, 403)
+    assert _status(check("/")) == 200
+    # A path application added on the host: resolved afresh, and it decides under its path.
+    admin = store.access.create_app(account, {"name": "Wiki admin", "domain": f"{HOST}/admin"})
+    store.access.create_policy(
+        account, admin.id, {"name": "staff", "decision": "allow", "include": [_STAFF]}
+    )
+    assert _status(check("/admin/users")) in (401, 403)  # ann's cookie is the Wiki's
+    assert _status(check("/")) == 200
+    assert getattr(memo.last, "whole_host", None) is False
+    # ...and stays the path application's, in the same table, after the Wiki's allow.
+    assert _status(check("/admin/users")) in (401, 403)

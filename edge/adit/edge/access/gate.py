@@ -171,6 +171,9 @@ class _Remembered:
     cookie: bytes
     table: AccessTable
     app: Application
+    host: str
+    #: ``app`` is the host's one application and covers all of its paths.
+    whole_host: bool
     client_ip: str
     generation: int
     expires: float
@@ -291,6 +294,37 @@ class AccessGate:
         memo: ConnectionMemo | None = None,
     ) -> Admitted | ErrorPage | None:
         table = self._store.table()
+        last = memo.last if memo is not None else None
+        if (
+            last is not None
+            and last.table is table
+            and last.host == host
+            and last.whole_host
+            and not path.startswith(_ACCESS_PATHS)
+        ):
+            # The host of the connection's last allow, in the same table, and not a path of
+            # the flow or the key set: the application is that one, as resolved below.
+            app = last.app
+        else:
+            resolved = self._resolve(table, host, path, headers, client_ip, ray)
+            if not isinstance(resolved, Application):
+                return resolved
+            app = resolved
+        if self.client_address is not None:
+            client_ip = self.client_address(client_ip, headers)
+        return self._decide(table, app, host, path, headers, client_ip, ray, log_refusal, memo)
+
+    def _resolve(
+        self,
+        table: AccessTable,
+        host: str,
+        path: str,
+        headers: Sequence[tuple[bytes, bytes]],
+        client_ip: str,
+        ray: str,
+    ) -> Application | ErrorPage | None:
+        """The application that decides on ``host`` ``path``, or the edge's own answer (the
+        key set, the login flow), or None (no application guards it)."""
         if not table.apps and not table.team_hosts:
             return None
         if path == CERTS_PATH or path.startswith(CERTS_PATH + "?"):
@@ -311,9 +345,7 @@ class AccessGate:
             return None
         if path.startswith(_ACCESS_PATHS):
             return self._flow(app, host, path, headers, client_ip, ray, mount)
-        if self.client_address is not None:
-            client_ip = self.client_address(client_ip, headers)
-        return self._decide(table, app, host, path, headers, client_ip, ray, log_refusal, memo)
+        return app
 
     def _flow(
         self,
@@ -380,7 +412,9 @@ class AccessGate:
             known = session.allowed.get((table.version, app.id, client_ip))
             if known is not None:
                 if memo is not None and cookie is not None:
-                    memo.last = self._remembered(cookie, table, app, client_ip, session, known)
+                    memo.last = self._remembered(
+                        cookie, table, app, host, client_ip, session, known
+                    )
                 return known
         claims = session.claims if session is not None else {}
         if self.country_of is not None:
@@ -413,7 +447,9 @@ class AccessGate:
                     session.allowed.clear()
                 session.allowed[(table.version, app.id, client_ip)] = admitted
                 if memo is not None and cookie is not None:
-                    memo.last = self._remembered(cookie, table, app, client_ip, session, admitted)
+                    memo.last = self._remembered(
+                        cookie, table, app, host, client_ip, session, admitted
+                    )
             return admitted
         browser = wants_html(_header(headers, b"accept") or "")
         if decision.action == "login":
@@ -427,13 +463,23 @@ class AccessGate:
         cookie: bytes,
         table: AccessTable,
         app: Application,
+        host: str,
         client_ip: str,
         session: _Session,
         admitted: Admitted,
     ) -> _Remembered:
         """A connection's allow, with what a later request must match to be given it."""
+        whole_host = not app.path and table.apps.get(host, ()) == (app,)
         return _Remembered(
-            cookie, table, app, client_ip, self._generation, session.expires, admitted
+            cookie,
+            table,
+            app,
+            host,
+            whole_host,
+            client_ip,
+            self._generation,
+            session.expires,
+            admitted,
         )
 
     def _app_session(
