@@ -84,9 +84,25 @@ class PlainHpackEncoder:
             # sensitive to this one (another may have cached it as an ordinary literal).
             coded = known.get(field) if field[0] not in sensitive else None
             if coded is None:
+                if len(field[1]) > _CACHED_FIELD_BYTES:
+                    # A long value (the serialised request headers: kilobytes under Access)
+                    # is copied once, by the join, not into its field first.
+                    parts += self._long_field(field)
+                    continue
                 coded = self._field(field)
             parts.append(coded)
         return b"".join(parts)
+
+    def _long_field(self, field: tuple[bytes, bytes]) -> tuple[bytes, bytes]:
+        """A literal field too long to be cached, as (its start, its value)."""
+        name, value = field
+        sensitive = name in self._sensitive
+        name_index = _STATIC_NAMES.get(name)
+        if name_index is not None:
+            start = _integer(name_index, 4, 0x10 if sensitive else 0x00)
+        else:
+            start = (b"\x10" if sensitive else b"\x00") + _string(name)
+        return start + _integer(len(value), 7, 0), value
 
     def _field(self, field: tuple[bytes, bytes]) -> bytes:
         name, value = field

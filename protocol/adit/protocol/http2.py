@@ -46,6 +46,7 @@ from adit.protocol.http2_frames import (
     FrameType,
     data_frame_header,
     frame,
+    frame_header,
     goaway_frame,
     parse_goaway,
     parse_settings,
@@ -319,7 +320,13 @@ class TunnelHttp2Connection:
         limit = self._peer_max_frame
         sid = stream.stream_id
         if len(block) <= limit:
-            self._out.append(frame(FrameType.HEADERS, flags | Flag.END_HEADERS, sid, block))
+            # The header and the block apart: the block is copied once, when the output is
+            # joined for the transport (it holds kilobytes of serialised headers under Access).
+            length = len(block)
+            self._out += (
+                frame_header(FrameType.HEADERS, flags | Flag.END_HEADERS, sid, length),
+                block,
+            )
         else:
             self._out.append(frame(FrameType.HEADERS, flags, sid, block[:limit]))
             for offset in range(limit, len(block), limit):

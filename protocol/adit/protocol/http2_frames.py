@@ -166,10 +166,14 @@ def frame(kind: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes:
     return _HEADER.pack(length >> 8, length & 0xFF, kind, flags, stream_id) + payload
 
 
+def frame_header(kind: int, flags: int, stream_id: int, length: int) -> bytes:
+    """The 9-byte header of a frame whose ``length``-byte payload is written after it."""
+    return _HEADER.pack(length >> 8, length & 0xFF, kind, flags, stream_id)
+
+
 def data_frame_header(stream_id: int, length: int, *, end_stream: bool) -> bytes:
     """The 9-byte header of a DATA frame; the payload is written after it, uncopied."""
-    flags = Flag.END_STREAM if end_stream else 0
-    return _HEADER.pack(length >> 8, length & 0xFF, FrameType.DATA, flags, stream_id)
+    return frame_header(FrameType.DATA, Flag.END_STREAM if end_stream else 0, stream_id, length)
 
 
 def settings_frame(settings: Iterable[tuple[int, int]] = (), *, ack: bool = False) -> bytes:
