@@ -27,6 +27,7 @@ from harness import (
     start_location,
     write_config,
 )
+from ports import free_port
 
 pytestmark = pytest.mark.process
 
@@ -51,7 +52,10 @@ def test_two_locations_one_killed_and_restarted(
 ) -> None:
     any_port = ["127.0.0.1:0", "127.0.0.1:0"]
     edge_a = start_location(processes, "edge-a", "a", any_port)
-    edge_b = start_location(processes, "edge-b", "b", any_port, edge_a)
+    # Location b is started again on its addresses: planned ports, outside the ephemeral
+    # range, which another test's outgoing connection or QUIC socket may take meanwhile.
+    planned = [f"127.0.0.1:{free_port('both')}" for _ in range(2)]
+    edge_b = start_location(processes, "edge-b", "b", planned, edge_a)
     assert len(edge_a.tunnel) == 2 and len(edge_b.tunnel) == 2
     account = login(edge_a, tmp_path / "home")
     tunnel = create_tunnel(account, "ha", HOST)
