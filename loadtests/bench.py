@@ -105,10 +105,8 @@ def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
     return out
 
 
-def _io_calls(pid: int | None) -> int:
+def _io_calls(pid: int) -> int:
     """Read and write system calls made by ``pid`` so far (/proc/PID/io), 0 if unknown."""
-    if pid is None:
-        return 0
     try:
         with open(f"/proc/{pid}/io") as file:
             fields = dict(line.split(": ") for line in file.read().splitlines())

@@ -284,7 +284,7 @@ def _encode_pair(pair: tuple[str, str], keep: dict[tuple[str, str], bytes] | Non
     lowered = name.lower()
     if lowered in _NEW_EVERY_TIME:
         return piece
-    if len(name) + len(value) <= _CACHE_PAIR_BYTES and lowered not in _CREDENTIALS:
+    if _cacheable(lowered, len(name) + len(value)):
         if len(_encoded) >= _CACHE_ENTRIES:
             _encoded.clear()
         _encoded[pair] = piece

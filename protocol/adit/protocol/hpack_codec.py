@@ -96,13 +96,16 @@ class PlainHpackEncoder:
     def _long_field(self, field: tuple[bytes, bytes]) -> tuple[bytes, bytes]:
         """A literal field too long to be cached, as (its start, its value)."""
         name, value = field
+        return self._literal_start(name) + _integer(len(value), 7, 0), value
+
+    def _literal_start(self, name: bytes) -> bytes:
+        """A literal field's bytes before its value's length: the name, by index or as a string
+        (never indexed when ``name`` is sensitive)."""
         sensitive = name in self._sensitive
         name_index = _STATIC_NAMES.get(name)
         if name_index is not None:
-            start = _integer(name_index, 4, 0x10 if sensitive else 0x00)
-        else:
-            start = (b"\x10" if sensitive else b"\x00") + _string(name)
-        return start + _integer(len(value), 7, 0), value
+            return _integer(name_index, 4, 0x10 if sensitive else 0x00)
+        return (b"\x10" if sensitive else b"\x00") + _string(name)
 
     def _field(self, field: tuple[bytes, bytes]) -> bytes:
         name, value = field
@@ -110,11 +113,7 @@ class PlainHpackEncoder:
         if index is not None:
             return bytes((0x80 | index,))  # the static table has 61 entries: one byte
         sensitive = name in self._sensitive
-        name_index = _STATIC_NAMES.get(name)
-        if name_index is not None:
-            coded = _integer(name_index, 4, 0x10 if sensitive else 0x00) + _string(value)
-        else:
-            coded = (b"\x10" if sensitive else b"\x00") + _string(name) + _string(value)
+        coded = self._literal_start(name) + _string(value)
         # The same few fields (a status, the response meta, a length) recur on every stream;
         # the serialised eyeball headers do not, and are sensitive anyway.
         if not sensitive and len(coded) <= _CACHED_FIELD_BYTES:

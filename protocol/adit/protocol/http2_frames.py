@@ -162,8 +162,7 @@ class FrameReader:
 
 def frame(kind: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes:
     """One whole frame."""
-    length = len(payload)
-    return _HEADER.pack(length >> 8, length & 0xFF, kind, flags, stream_id) + payload
+    return frame_header(kind, flags, stream_id, len(payload)) + payload
 
 
 def frame_header(kind: int, flags: int, stream_id: int, length: int) -> bytes:
