@@ -387,7 +387,8 @@ class Bench:
         # Read and write calls per request: how well each process batches under this load.
         calls: dict[str, list[float]] = {key: [] for key in spent}
         kinds = list(variants)
-        for round_ in range(ACCESS_ROUNDS):
+        rounds = self.args.access_rounds
+        for round_ in range(rounds):
             for kind in kinds[round_ % 3 :] + kinds[: round_ % 3]:
                 before = cpu_seconds(roles)
                 io_before = {role: _io_calls(roles[role]) for role in watched}
@@ -405,7 +406,7 @@ class Bench:
         deciding = [a / c for c, a in zip(edge["cookie"], edge["access"], strict=True)]
         whole = [a / p for p, a in zip(edge["plain"], edge["access"], strict=True)]
         return {
-            "rounds": ACCESS_ROUNDS,
+            "rounds": rounds,
             "seconds_each": seconds,
             **{f"cpu_us_per_req_{k}": round(statistics.median(v), 1) for k, v in spent.items()},
             "ratio_median": round(statistics.median(deciding), 3),
@@ -652,6 +653,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--scenarios", default=",".join(SCENARIOS))
     parser.add_argument("--seconds", type=int, default=10, help="wrk and h2load duration")
     parser.add_argument("--rate", type=int, default=200, help="latency scenario: requests/s")
+    parser.add_argument(
+        "--access-rounds",
+        type=int,
+        default=ACCESS_ROUNDS,
+        help="access_pairs: rounds of three small-GET runs of --seconds/2 each",
+    )
     parser.add_argument("--rate-clients", type=int, default=10)
     parser.add_argument("--size-mib", type=int, default=1024, help="download/upload size")
     parser.add_argument("--max-transfer", type=int, default=60, help="seconds per transfer")
@@ -703,6 +710,7 @@ def main(argv: list[str]) -> int:
             "wrk_threads": 2,
             "rate": args.rate,
             "rate_clients": args.rate_clients,
+            "access_rounds": args.access_rounds,
             "size_mib": args.size_mib,
             "websockets": args.websockets,
             "ha_connections": HA_CONNECTIONS,

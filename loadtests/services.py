@@ -115,6 +115,10 @@ class Edge:
     api_port: int
     service: Service | None = None
     generation: int = 0
+    #: Run the edge under this command (``valgrind --tool=callgrind ...``: instructions.py).
+    prefix: tuple[str, ...] = ()
+    #: Seconds for the ready file to appear (a minute or so under valgrind).
+    start_timeout: float = 20.0
 
     @property
     def tunnel_addresses(self) -> list[str]:
@@ -132,7 +136,7 @@ class Edge:
         """Start and wait for the ready file; returns when it appeared (monotonic)."""
         ready = self.state.parent / "edge-ready.json"
         ready.unlink(missing_ok=True)
-        argv = [ADIT, "edge", "--state-dir", str(self.state), "--location", "bench"]
+        argv = [*self.prefix, ADIT, "edge", "--state-dir", str(self.state), "--location", "bench"]
         for port in self.tunnel_ports:
             argv += ["--tunnel-listen", f"127.0.0.1:{port}"]
         argv += ["--http-listen", f"127.0.0.1:{self.http_port}"]
@@ -142,7 +146,7 @@ class Edge:
         argv += ["--max-connections-per-ip", "100000"]
         self.generation += 1
         self.service = self.processes.start(f"edge-{self.generation}", argv)
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + self.start_timeout
         while not ready.exists():
             if self.service.popen.poll() is not None or time.monotonic() > deadline:
                 raise BenchError(f"edge did not start:\n{self.service.text()}")
