@@ -614,6 +614,12 @@ class TunnelSession(TunnelIO[EdgeTunnelConnection]):
     def finished(self, request: RequestStream) -> None:
         """The pipeline is done with a request stream; one still open either way is reset
         (the connector then stops its origin request, and sends no more of the body)."""
+        # No more callbacks; and the callback (an exchange's bound method, holding the
+        # exchange that holds this stream) is a reference cycle: cut here, the request's
+        # objects go with their last reference instead of waiting for the cyclic collector
+        # (which cost the edge ~3 % of its instructions a request, collecting ~15 objects
+        # of each).
+        request.on_answer = None
         self._requests.pop(request.channel.stream_id, None)
         channel = request.channel
         self.release(channel)

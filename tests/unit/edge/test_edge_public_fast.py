@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import gc
 import uuid
 
 import pytest
@@ -165,6 +166,45 @@ async def test_whole_response_from_the_tunnel_read() -> None:
     (second,) = edge.requests()
     edge.session.data_received(edge.answer(second.stream_id, b"again", [("X-A", "1")]))
     assert socket.take().endswith(b"Transfer-Encoding: chunked\r\n\r\n5\r\nagain\r\n0\r\n\r\n")
+
+
+@uvloop_test
+async def test_answered_requests_leave_nothing_to_the_cyclic_collector() -> None:
+    # A request's objects (its exchange, tunnel stream and channel, the answer) must go with
+    # their last reference: left in a reference cycle, they wait for the cyclic collector,
+    # whose runs cost the edge ~3 % of its instructions a request at ~15 objects each.
+    edge, conn, socket = await _started()
+    cyclic = ("RequestStream", "StreamChannel", "_Exchange", "ResponseReceived", "Request")
+    was_enabled = gc.isenabled()
+    gc.collect()
+    gc.disable()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        for _ in range(3):
+            # Fast path: the whole answer in one read.
+            conn.data_received(_GET)
+            await settle()
+            (request,) = edge.requests()
+            edge.session.data_received(edge.answer(request.stream_id))
+            # The task's path: the body in a later read.
+            conn.data_received(_GET)
+            await settle()
+            (request,) = edge.requests()
+            edge.connector.send_response(request.stream_id, 200, _HEADERS)
+            edge.session.data_received(edge.connector.data_to_send())
+            await settle()
+            edge.connector.send_data(request.stream_id, b"hello", end_stream=True)
+            edge.session.data_received(edge.connector.data_to_send())
+            await settle()
+        assert socket.take().count(b"HTTP/1.1 200 OK") == 6
+        gc.collect()
+        left = sorted({type(o).__name__ for o in gc.garbage} & set(cyclic))
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        if was_enabled:
+            gc.enable()
+    assert left == []
 
 
 @uvloop_test
