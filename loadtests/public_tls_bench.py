@@ -50,7 +50,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from processes import BenchError, Processes, free_port, wait_port
 from services import (
-    ADIT,
     HOSTNAME,
     SMALL_PATH,
     Edge,
@@ -64,7 +63,7 @@ from adit.edge.public_tls import INTERMEDIATE_CIPHERS
 
 _TLS_NGINX = """\
 {user}daemon off;
-worker_processes 1;
+{processes}
 error_log {tmp}/tls-nginx-error.log warn;
 pid {tmp}/tls-nginx.pid;
 events {{ worker_connections 8192; }}
@@ -97,29 +96,44 @@ http {{
 """
 
 
-class HttpsEdge(Edge):
-    """The bench's edge with a public HTTPS listener too."""
+def self_signed(tmp: Path) -> tuple[Path, Path]:
+    """An ECDSA P-256 key and self-signed certificate for :data:`HOSTNAME` (like the edge
+    CA's leaves), for the TLS-terminating nginx."""
+    key, cert = tmp / "tls.key", tmp / "tls.pem"
+    subprocess.run(
+        [
+            *("openssl", "req", "-x509", "-newkey", "ec"),
+            *("-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"),
+            *("-keyout", str(key), "-out", str(cert), "-days", "2"),
+            *("-subj", f"/CN={HOSTNAME}", "-addext", f"subjectAltName=DNS:{HOSTNAME}"),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return key, cert
 
-    https_port: int = 0
 
-    def start(self) -> float:
-        ready = self.state.parent / "edge-ready.json"
-        ready.unlink(missing_ok=True)
-        argv = [ADIT, "edge", "--state-dir", str(self.state), "--location", "bench"]
-        for port in self.tunnel_ports:
-            argv += ["--tunnel-listen", f"127.0.0.1:{port}"]
-        argv += ["--http-listen", f"127.0.0.1:{self.http_port}"]
-        argv += ["--https-listen", f"127.0.0.1:{self.https_port}"]
-        argv += ["--api-listen", f"127.0.0.1:{self.api_port}", "--ready-file", str(ready)]
-        argv += ["--max-connections-per-ip", "100000"]
-        self.generation += 1
-        self.service = self.processes.start(f"edge-{self.generation}", argv)
-        deadline = time.monotonic() + 20
-        while not ready.exists():
-            if self.service.popen.poll() is not None or time.monotonic() > deadline:
-                raise BenchError(f"edge did not start:\n{self.service.text()}")
-            time.sleep(0.05)
-        return time.monotonic()
+def tls_nginx_conf(
+    tmp: Path, origin: int, port: int, plain_port: int, *, single_process: bool = False
+) -> Path:
+    """The TLS-terminating nginx's configuration file (one worker; ``single_process``: no
+    master either, so that valgrind sees the one process that serves: instructions.py)."""
+    key, cert = self_signed(tmp)
+    conf = tmp / "tls-nginx.conf"
+    conf.write_text(
+        _TLS_NGINX.format(
+            user="user root;\n" if os.geteuid() == 0 else "",
+            processes="master_process off;\n" if single_process else "worker_processes 1;\n",
+            tmp=tmp,
+            origin=origin,
+            port=port,
+            plain_port=plain_port,
+            cert=cert,
+            key=key,
+            ciphers=INTERMEDIATE_CIPHERS,
+        )
+    )
+    return conf
 
 
 def cpu_seconds(pids: list[int]) -> float:
@@ -381,8 +395,14 @@ def main() -> None:
     processes = Processes(tmp)
     try:
         origin = start_origin(processes, tmp, 1024 * 1024)
-        edge = HttpsEdge(processes, tmp / "edge-state", (free_port(),), free_port(), free_port())
-        edge.https_port = free_port()
+        edge = Edge(
+            processes,
+            tmp / "edge-state",
+            (free_port(),),
+            free_port(),
+            free_port(),
+            https_port=free_port(),
+        )
         edge.start()
         tunnel = create_tunnel(edge, tmp)
         config = write_ingress(tmp / "config.yml", tunnel, origin)
@@ -390,45 +410,8 @@ def main() -> None:
             processes, tunnel, config, workers=1, ha=1, name="adit", protocol="http2"
         )
         connector.wait_log("Registered tunnel connection")
-        key, cert = tmp / "tls.key", tmp / "tls.pem"
-        subprocess.run(
-            [
-                "openssl",
-                "req",
-                "-x509",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:prime256v1",
-                "-nodes",
-                "-keyout",
-                str(key),
-                "-out",
-                str(cert),
-                "-days",
-                "2",
-                "-subj",
-                f"/CN={HOSTNAME}",
-                "-addext",
-                f"subjectAltName=DNS:{HOSTNAME}",
-            ],
-            check=True,
-            capture_output=True,
-        )
         nginx_port, nginx_plain_port = free_port(), free_port()
-        conf = tmp / "tls-nginx.conf"
-        conf.write_text(
-            _TLS_NGINX.format(
-                user="user root;\n" if os.geteuid() == 0 else "",
-                tmp=tmp,
-                origin=origin.port,
-                port=nginx_port,
-                plain_port=nginx_plain_port,
-                cert=cert,
-                key=key,
-                ciphers=INTERMEDIATE_CIPHERS,
-            )
-        )
+        conf = tls_nginx_conf(tmp, origin.port, nginx_port, nginx_plain_port)
         nginx = processes.start(
             "tls-nginx",
             [shutil.which("nginx") or "/usr/sbin/nginx", "-c", str(conf), "-p", str(tmp)],
@@ -447,6 +430,7 @@ def main() -> None:
                     continue
                 count = options.handshakes if mode == "handshake" else options.requests
                 # Warm up, then measure each side in turn.
+                assert edge.https_port is not None
                 h2load(edge.https_port, ["--h1", "-n", "200", "-c", "2"])
                 h2load(nginx_port, ["--h1", "-n", "200", "-c", "2"])
                 edge_port, nginx_at = edge.https_port, nginx_port

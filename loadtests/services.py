@@ -119,6 +119,8 @@ class Edge:
     prefix: tuple[str, ...] = ()
     #: Seconds for the ready file to appear (a minute or so under valgrind).
     start_timeout: float = 20.0
+    #: A public HTTPS listener too (``--https-listen``: public_tls_bench.py), when set.
+    https_port: int | None = None
 
     @property
     def tunnel_addresses(self) -> list[str]:
@@ -140,6 +142,8 @@ class Edge:
         for port in self.tunnel_ports:
             argv += ["--tunnel-listen", f"127.0.0.1:{port}"]
         argv += ["--http-listen", f"127.0.0.1:{self.http_port}"]
+        if self.https_port is not None:
+            argv += ["--https-listen", f"127.0.0.1:{self.https_port}"]
         argv += ["--api-listen", f"127.0.0.1:{self.api_port}", "--ready-file", str(ready)]
         # Every eyeball of the bench is 127.0.0.1: the per-address cap (256) would refuse
         # the idle-WebSocket scenario's thousand, which is what it is for.
