@@ -21,8 +21,8 @@ callgrind and adit's connector (one worker, one connection) as usual, and counts
 ``--compare tls`` (issue 17's goal, read both ways as ``public_tls_bench.py`` does) adds the
 edge's public HTTPS listener and a TLS-terminating nginx (``public_tls_bench.py``'s, as one
 process with no master) in front of the same origin, also under callgrind, and counts each
-over HTTPS and over plain HTTP: (a) edge ÷ nginx over HTTPS, (b) what TLS adds to each
-(HTTPS less plain HTTP), edge ÷ nginx.
+over HTTPS (HTTP/1.1 and HTTP/2, one stream at a time) and over plain HTTP: (a) edge ÷ nginx
+over HTTPS, (b) what TLS adds to each (HTTPS less plain HTTP, HTTP/1.1), edge ÷ nginx.
 
 Each variant's ``--requests`` small GETs are counted between a zero and a dump of its
 process's counters (``callgrind_control``), less what that process executes idle for as long
@@ -141,9 +141,14 @@ class Counter:
 
 
 def _h2load(
-    url: str, headers: list[str], requests: int, connections: int, connect_to: str | None = None
+    url: str,
+    headers: list[str],
+    requests: int,
+    connections: int,
+    connect_to: str | None = None,
+    http2: bool = False,
 ) -> None:
-    argv = ["h2load", "--h1", f"-n{requests}", f"-c{connections}", "-m1"]
+    argv = ["h2load", *(() if http2 else ("--h1",)), f"-n{requests}", f"-c{connections}", "-m1"]
     for header in headers:
         argv += ["-H", header]
     if connect_to is not None:
@@ -177,9 +182,11 @@ class Variant:
     url: str
     headers: tuple[str, ...] = ()
     connect_to: str | None = None
+    #: HTTP/2 (over TLS, ALPN h2) instead of HTTP/1.1.
+    http2: bool = False
 
     def send(self, requests: int, connections: int) -> None:
-        _h2load(self.url, list(self.headers), requests, connections, self.connect_to)
+        _h2load(self.url, list(self.headers), requests, connections, self.connect_to, self.http2)
 
 
 #: A figure of one round from its variants' instructions per request, e.g. access ÷ cookie.
@@ -335,10 +342,27 @@ def compare_tls(
             connect_to=f"127.0.0.1:{plain_port}",
         ),
     ]
+    variants += [
+        Variant(
+            "edge h2",
+            edge_counter,
+            https.format(port=edge.https_port),
+            connect_to=f"127.0.0.1:{edge.https_port}",
+            http2=True,
+        ),
+        Variant(
+            "nginx h2",
+            nginx_counter,
+            https.format(port=port),
+            connect_to=f"127.0.0.1:{port}",
+            http2=True,
+        ),
+    ]
     for variant in (variants[0], variants[2]):
         _wait_routed(variant)
     ratios: list[Ratio] = [
         ("(a) edge https ÷ nginx https", lambda r: r["edge https"] / r["nginx https"]),
+        ("(a) edge h2 ÷ nginx h2", lambda r: r["edge h2"] / r["nginx h2"]),
         (
             "(b) TLS: edge (https − http) ÷ nginx (https − http)",
             lambda r: (r["edge https"] - r["edge http"]) / (r["nginx https"] - r["nginx http"]),
