@@ -639,6 +639,20 @@ class ProcessProbe:
         """Open file descriptors."""
         return len(os.listdir(f"/proc/{self.pid}/fd"))
 
+    def fd_kinds(self) -> dict[str, int]:
+        """The process's descriptors counted by kind (``socket``, ``pipe``,
+        ``anon_inode:[eventfd]``, a file's path...), for a failure to say what was left."""
+        counts: dict[str, int] = {}
+        folder = f"/proc/{self.pid}/fd"
+        for fd in os.listdir(folder):
+            try:
+                target = os.readlink(f"{folder}/{fd}")
+            except OSError:
+                continue  # closed meanwhile
+            kind = target.split(":[", 1)[0] if target.startswith(("socket:", "pipe:")) else target
+            counts[kind] = counts.get(kind, 0) + 1
+        return counts
+
     def rss(self) -> int:
         """Resident memory in bytes."""
         return int(self.process.memory_info().rss)
@@ -678,7 +692,7 @@ class ProcessProbe:
             time.sleep(0.05)
         raise AssertionError(
             f"pid {self.pid}: {what or predicate} not reached within {timeout}s: "
-            f"fds={self.fds()} tcp={self.tcp_states()}"
+            f"fds={self.fds()} {self.fd_kinds()} tcp={self.tcp_states()}"
         )
 
 
@@ -690,6 +704,31 @@ def probe(proc: Proc) -> ProcessProbe:
 def worker_pids(connector: Proc) -> list[int]:
     """The connector's worker processes (children of its supervisor)."""
     return [child.pid for child in psutil.Process(connector.popen.pid).children()]
+
+
+def wait_for_worker_channels(connector: Proc, timeout: float = 20.0) -> None:
+    """Until the connector's supervisor has heard of its registered connections.
+
+    A worker opens its ZeroMQ channel to the supervisor only once its first connection has
+    registered (``adit.workers.process``): a test that reads the worker's descriptors right
+    after the first request through it may read them before the channel's sockets, eventfds
+    and epolls exist. The supervisor learns of registrations only over that channel, so a
+    ``/ready`` that counts one means the channel is up."""
+    address = cloudflared_metrics(connector)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError, ValueError):
+            host, port = address.rsplit(":", 1)
+            conn = http.client.HTTPConnection(host, int(port), timeout=2)
+            try:
+                conn.request("GET", "/ready")
+                body = json.loads(conn.getresponse().read())
+            finally:
+                conn.close()
+            if int(body.get("readyConnections", 0)) >= 1:
+                return
+        time.sleep(0.05)
+    raise AssertionError(f"{connector.name}: the supervisor heard of no registration in {timeout}s")
 
 
 # --- tenants and a steady load ---------------------------------------------------------------

@@ -18,6 +18,7 @@ from adversary import (
     probe,
     status_of,
     streaming,
+    wait_for_worker_channels,
     worker_pids,
 )
 from harness import Edge
@@ -58,11 +59,14 @@ def test_visitors_who_give_up_on_a_hung_origin_free_every_socket(
         f"GET / HTTP/1.1\r\nHost: {tenant.hostname}\r\nConnection: close\r\n\r\n".encode(),
     )
     assert status_of(ok) == 200
+    # And the worker's channel to its supervisor, which it opens once registered, is open.
+    wait_for_worker_channels(tenant.connector)
     recorder.responder = hang
     edge_probe = probe(edge.proc)
     workers = [ProcessProbe(pid) for pid in worker_pids(tenant.connector)]
     fds_before = edge_probe.fds()
     worker_fds = [w.fds() for w in workers]
+    worker_kinds = [w.fd_kinds() for w in workers]
     visitors = [connect(edge.http) for _ in range(200)]
     for sock in visitors:
         sock.sendall(f"GET /hung HTTP/1.1\r\nHost: {tenant.hostname}\r\n\r\n".encode())
@@ -76,9 +80,9 @@ def test_visitors_who_give_up_on_a_hung_origin_free_every_socket(
         what="the edge let go of every visitor",
     )
     recorder.wait_for(lambda o: o.open_connections == 0, 20, "every origin connection closed")
-    for worker, before in zip(workers, worker_fds, strict=True):
+    for worker, before, kinds in zip(workers, worker_fds, worker_kinds, strict=True):
         worker.wait_until(
             lambda p, before=before: p.fds() <= before + 2 and p.close_wait() == 0,  # type: ignore[misc]
             timeout=20,
-            what="the worker let go of every origin connection",
+            what=f"the worker let go of every origin connection (before: {before} {kinds})",
         )
