@@ -572,6 +572,14 @@ class Http1Connection(asyncio.Protocol):
                 return await self.next_request()
             await self._wait_for_data()
 
+    def broken_body(self) -> BadRequest | None:
+        """The parse error that ends the current request's body, when the parser has met it
+        already: that body can never end, whatever of it is still queued. (An error after the
+        body's end belongs to a later request, answered after this one.)"""
+        if self._error is None or self._body_done or b"" in self.parser.events:
+            return None
+        return self._error
+
     async def read_body(self) -> bytes:
         """The next chunk of the current request's body; ``b""`` once it ended.
 

@@ -450,6 +450,12 @@ class PublicListener:
     async def _forward_http(self, exchange: _Exchange, has_body: bool) -> bool:
         uploader = None
         if has_body:
+            broken = exchange.conn.broken_body()
+            if broken is not None:
+                # It came with its head: the stream is reset now, before the loop turns. The
+                # uploader would find the same error, but an origin that answers a head at once
+                # could have its answer read before the uploader runs, and relayed.
+                exchange.stream.cancel(RequestAborted(broken))
             uploader = asyncio.ensure_future(self._upload(exchange))
             # Its error matters only while we wait for it; after that it is the answer's.
             uploader.add_done_callback(_retrieve)

@@ -12,6 +12,7 @@ import asyncio
 import datetime
 import gc
 import uuid
+from typing import Any
 
 import pytest
 
@@ -205,6 +206,33 @@ async def test_answered_requests_leave_nothing_to_the_cyclic_collector() -> None
         if was_enabled:
             gc.enable()
     assert left == []
+
+
+@uvloop_test
+async def test_a_body_broken_in_the_heads_read_gets_400_even_if_an_answer_came_first() -> None:
+    # The visitor's head and a chunked body that breaks arrive in one read. On a loaded machine
+    # the edge can be preempted right after it forwarded the head, and the connector's answer
+    # (an origin that answers heads at once) read before the body's uploader ever ran: the
+    # uploader is made to run only after that answer here.
+    edge, conn, socket = await _started()
+    upload = edge.listener._upload
+
+    async def upload_after_the_answer(exchange: Any) -> None:
+        (request,) = edge.requests()
+        edge.session.data_received(edge.answer(request.stream_id))
+        await upload(exchange)
+
+    edge.listener._upload = upload_after_the_answer  # type: ignore[method-assign]
+    conn.data_received(
+        b"POST /upload HTTP/1.1\r\nHost: app.example.com\r\nTransfer-Encoding: chunked\r\n"
+        b"\r\n0x5\r\nhi\r\n0\r\n\r\n"
+    )
+    for _ in range(5):
+        await settle()
+    reply = socket.take()
+    assert reply.startswith(b"HTTP/1.1 400 "), reply[:80]
+    assert b"\r\nConnection: close\r\n" in reply
+    assert b"200 OK" not in reply
 
 
 @uvloop_test
