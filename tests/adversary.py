@@ -718,14 +718,7 @@ def wait_for_worker_channels(connector: Proc, timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with contextlib.suppress(OSError, ValueError):
-            host, port = address.rsplit(":", 1)
-            conn = http.client.HTTPConnection(host, int(port), timeout=2)
-            try:
-                conn.request("GET", "/ready")
-                body = json.loads(conn.getresponse().read())
-            finally:
-                conn.close()
-            if int(body.get("readyConnections", 0)) >= 1:
+            if int(metrics_json(address, "/ready", timeout=2).get("readyConnections", 0)) >= 1:
                 return
         time.sleep(0.05)
     raise AssertionError(f"{connector.name}: the supervisor heard of no registration in {timeout}s")
@@ -1268,6 +1261,17 @@ def start_cloudflared(
     if wait is not None:
         proc.wait_for_log("Registered tunnel connection", timeout=wait)
     return proc
+
+
+def metrics_json(address: str, path: str, timeout: float = 10.0) -> Any:
+    """The JSON a metrics server (``host:port``) answers at ``path`` (``/ready``, ``/config``)."""
+    host, port = address.rsplit(":", 1)
+    conn = http.client.HTTPConnection(host, int(port), timeout=timeout)
+    try:
+        conn.request("GET", path)
+        return json.loads(conn.getresponse().read())
+    finally:
+        conn.close()
 
 
 def cloudflared_metrics(proc: Proc) -> str:

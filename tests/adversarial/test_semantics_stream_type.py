@@ -24,6 +24,7 @@ from adversary import (
     RawOrigin,
     canned,
     cloudflared_metrics,
+    metrics_json,
     raw_origin,
     request_complete,
     rerun_in_private_netns,
@@ -103,13 +104,7 @@ def test_cloudflared_serves_smuggled_kinds_as_plain(
     metrics = cloudflared_metrics(cloudflared)
 
     def applied() -> tuple[int, list[str]]:
-        host, port = metrics.rsplit(":", 1)
-        conn = http.client.HTTPConnection(host, int(port), timeout=10)
-        try:
-            conn.request("GET", "/config")
-            current = json.loads(conn.getresponse().read())
-        finally:
-            conn.close()
+        current = metrics_json(metrics, "/config")
         return current["version"], [rule["service"] for rule in current["config"]["ingress"]]
 
     before = applied()
