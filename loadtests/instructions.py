@@ -243,7 +243,7 @@ def measure(
 
 
 def _edge(
-    processes: Processes, tmp: Path, dumps: Path, https: bool = False
+    processes: Processes, tmp: Path, dumps: Path, keep: Path | None, https: bool = False
 ) -> tuple[Edge, Counter]:
     edge = Edge(
         processes,
@@ -258,7 +258,7 @@ def _edge(
     print("starting the edge under callgrind (a minute or so)", file=sys.stderr, flush=True)
     edge.start()
     assert edge.service is not None
-    return edge, Counter(edge.service.pid, dumps)
+    return edge, Counter(edge.service.pid, dumps, keep)
 
 
 def _wait_routed(variant: Variant) -> None:
@@ -278,8 +278,7 @@ def compare_access(
 ) -> dict[str, object]:
     """Issue 18's goal: plain, cookie and Access, all counted at the edge."""
     origin = start_origin(processes, tmp, 2**20)
-    edge, counter = _edge(processes, tmp, dumps)
-    counter.keep = options.keep_dumps
+    edge, counter = _edge(processes, tmp, dumps, options.keep_dumps)
     tunnel = create_tunnel(edge, tmp)
     config = write_ingress(tmp / "config.yml", tunnel, origin)
     cookie = f"Cookie: CF_Authorization={access_setup.protect(edge, tunnel)}"
@@ -304,8 +303,7 @@ def compare_tls(
     """Issue 17's goal read both ways: the edge and a TLS-terminating nginx (one process,
     also under callgrind) in front of the same origin, each over HTTPS and plain HTTP."""
     origin = start_origin(processes, tmp, 2**20)
-    edge, edge_counter = _edge(processes, tmp, dumps, https=True)
-    edge_counter.keep = options.keep_dumps
+    edge, edge_counter = _edge(processes, tmp, dumps, options.keep_dumps, https=True)
     tunnel = create_tunnel(edge, tmp)
     config = write_ingress(tmp / "config.yml", tunnel, origin)
     start_adit(processes, tunnel, config, workers=1, ha=1, name="adit", protocol="http2")
